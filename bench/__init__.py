@@ -1,0 +1,1 @@
+"""Benchmarks and the kube-proxy ruleset synthesizer they (and the sample dumps) are built from."""

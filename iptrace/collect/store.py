@@ -1,0 +1,146 @@
+"""The on-disk layout of a collection: `DIR/NODE/{iptables-save.txt, ip6tables-save.txt,
+iptables-legacy-save.txt, meta.json}`. Writes are atomic and private (0600 files in 0700 directories, because
+dumps describe the cluster's topology); reads never touch the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from iptrace.errors import InputError
+
+META_FILE = "meta.json"
+DUMP_FILE = "iptables-save.txt"
+IP6_DUMP_FILE = "ip6tables-save.txt"
+LEGACY_DUMP_FILE = "iptables-legacy-save.txt"
+DUMP_FILES = (DUMP_FILE, IP6_DUMP_FILE, LEGACY_DUMP_FILE)
+# Bumped when meta.json changes incompatibly; readers accept what they know.
+META_FORMAT = 1
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSnapshot:
+    """One node's collected rules, as read back from `DIR/NODE`."""
+
+    node: str
+    dump_path: Path
+    dump_text: str
+    ip6_dump_text: str | None
+    legacy_dump_text: str | None
+    addresses: tuple[str, ...]
+    meta: dict[str, Any] = field(compare=False)
+
+
+def is_node_dir(path: Path) -> bool:
+    """True when `path` looks like one node of a collection (it holds a dump and meta.json)."""
+    return path.is_dir() and (path / DUMP_FILE).is_file() and (path / META_FILE).is_file()
+
+
+def read_node_dir(path: Path) -> NodeSnapshot:
+    """Read `DIR/NODE`; raises InputError naming the file when something is missing or unreadable."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"{path}: not a directory; expected a node directory written by `iptrace collect`")
+    meta_path = path / META_FILE
+    dump_path = path / DUMP_FILE
+    if not dump_path.is_file():
+        raise InputError(f"{dump_path}: missing; {path} is not a collected node directory "
+                         "(run `iptrace collect` again for this node)")
+    meta: dict[str, Any] = {}
+    if meta_path.is_file():
+        try:
+            loaded = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(f"{meta_path}: unreadable metadata ({exc}); collect this node again") from exc
+        if not isinstance(loaded, dict):
+            raise InputError(f"{meta_path}: metadata is not a JSON object; collect this node again")
+        meta = loaded
+    addresses = meta.get("addresses", [])
+    if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
+        raise InputError(f"{meta_path}: `addresses` must be a list of strings; collect this node again")
+    node = meta.get("node") if isinstance(meta.get("node"), str) else path.name
+    return NodeSnapshot(
+        node=node,
+        dump_path=dump_path,
+        dump_text=_read_text(dump_path),
+        ip6_dump_text=_read_optional(path / IP6_DUMP_FILE),
+        legacy_dump_text=_read_optional(path / LEGACY_DUMP_FILE),
+        addresses=tuple(addresses),
+        meta=meta,
+    )
+
+
+def list_snapshot(directory: Path) -> list[NodeSnapshot]:
+    """Every node directory under a collection directory, sorted by directory name."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InputError(f"{directory}: not a directory; expected the --out directory of `iptrace collect`")
+    return [read_node_dir(child) for child in sorted(directory.iterdir(), key=lambda p: p.name)
+            if not child.name.startswith(".") and is_node_dir(child)]
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from exc
+
+
+def _read_optional(path: Path) -> str | None:
+    return _read_text(path) if path.is_file() else None
+
+
+def ensure_private_dir(path: Path, *, tighten: bool = True) -> None:
+    """Create `path` (and parents) as 0700. `tighten` also chmods an existing directory: right for a node's
+    own directory, wrong for an --out directory the user made (it may be `.`)."""
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    if tighten:
+        os.chmod(path, DIR_MODE)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write through a temporary file in the same directory and os.replace it, so a reader (or a crash)
+    sees either the old file or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_node_dir(path: Path, dumps: dict[str, bytes], meta: dict[str, Any]) -> list[Path]:
+    """Replace a node's files with a new, complete collection. Dumps first and meta.json last, so meta.json
+    (the list of files) never names a file that is not there yet; stale dumps of the previous collection
+    (e.g. a legacy dump that is no longer collected) are removed at the end."""
+    ensure_private_dir(path)
+    written: list[Path] = []
+    for name, data in dumps.items():
+        if name not in DUMP_FILES:
+            raise ValueError(f"unexpected dump file name {name!r}")
+        target = path / name
+        write_atomic(target, data)
+        written.append(target)
+    meta_path = path / META_FILE
+    write_atomic(meta_path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    written.append(meta_path)
+    for name in DUMP_FILES:
+        if name not in dumps:
+            with contextlib.suppress(FileNotFoundError):
+                (path / name).unlink()
+    return written

@@ -1,0 +1,99 @@
+"""Loads the lark grammar once and turns lark's errors into iptrace's one-line ParseErrors.
+
+The only module (with the loader) that imports lark.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from lark import Lark, Token, Tree, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+
+from iptrace.errors import ParseError
+
+_GRAMMAR_NAME = "iptables_save.lark"
+
+_EXPECTED_NAMES = {
+    "WORD": "a word", "QUOTED": "a quoted string", "NEG": '"!"', "COUNTERS": "[packets:bytes]",
+    "NAME": "a name", "POLICY": "a policy (ACCEPT, DROP or -)", "_NL": "end of line", "$END": "end of line",
+    "COMMENT": "a comment", "STAR": '"*"', "COLON": '":"', "COMMIT": '"COMMIT"', "__ANON_0": '"-A"',
+}
+
+
+def grammar_text() -> str:
+    """The grammar, from the repository's grammars/ (source checkouts, editable installs) or the wheel."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here.parent / "grammars" / _GRAMMAR_NAME, here / "grammars" / _GRAMMAR_NAME):
+        if candidate.is_file():
+            return candidate.read_text(encoding="utf-8")
+    return resources.files("iptrace").joinpath("grammars", _GRAMMAR_NAME).read_text(encoding="utf-8")
+
+
+@cache
+def parser() -> Lark:
+    return Lark(grammar_text(), parser="lalr", start=["document", "line"], maybe_placeholders=False)
+
+
+def _describe_expected(expected: set[str] | frozenset[str]) -> str:
+    names: list[str] = []
+    for term in sorted(expected):
+        if term.startswith("__ANON") or term not in _EXPECTED_NAMES:
+            try:
+                pattern = parser().get_terminal(term).pattern
+                names.append(f'"{pattern.value}"' if pattern.type == "str" else term.lower())
+            except KeyError:
+                names.append(term.lower())
+        else:
+            names.append(_EXPECTED_NAMES[term])
+    unique = list(dict.fromkeys(names))
+    return ", ".join(unique[:-1]) + (" or " if len(unique) > 1 else "") + unique[-1] if unique else "nothing"
+
+
+def error_from_lark(exc: UnexpectedInput, *, source: str, line_no: int, text: str) -> ParseError:
+    """A ParseError for a lark failure while parsing the single line `text` (which is line `line_no`)."""
+    column = getattr(exc, "column", 1) or 1
+    if isinstance(exc, UnexpectedToken):
+        token = exc.token
+        found = "end of line" if token.type in ("$END", "_NL") else repr(str(token))
+        if str(token).startswith('"') and not str(token).endswith('"') or str(token) == '"':
+            why = "unterminated quoted string; expected a closing '\"' before the end of the line"
+        else:
+            why = f"unexpected {found}; expected {_describe_expected(exc.expected)}"
+    elif isinstance(exc, UnexpectedCharacters):
+        char = text[exc.pos_in_stream] if 0 <= exc.pos_in_stream < len(text) else "?"
+        if char == '"':
+            why = "unterminated quoted string; expected a closing '\"' before the end of the line"
+        else:
+            allowed = _describe_expected(exc.allowed) if exc.allowed else "a word"
+            why = f"unexpected {char!r}; expected {allowed}"
+    else:
+        why = "unexpected end of line"
+    return ParseError(why, source=source, line=line_no, column=column, text=text)
+
+
+def parse_line(text: str, *, source: str, line_no: int) -> Tree:
+    """Parse one line with the grammar, raising ParseError with its real position."""
+    try:
+        return parser().parse(text, start="line")
+    except UnexpectedInput as exc:
+        raise error_from_lark(exc, source=source, line_no=line_no, text=text) from None
+
+
+def rule_arg_tokens(tree: Tree) -> tuple[list[tuple[str, str, int]], Token | None, str]:
+    """From a parsed `rule` line: its args as (type, text, column) plus its counters token and chain name."""
+    rule = tree.children[0]
+    counters: Token | None = None
+    chain = ""
+    args: list[tuple[str, str, int]] = []
+    for child in rule.children:
+        if isinstance(child, Token):
+            if child.type == "COUNTERS":
+                counters = child
+            elif child.type == "NAME":
+                chain = str(child)
+        else:
+            tok = child.children[0]
+            args.append((tok.type, str(tok), tok.column or 0))
+    return args, counters, chain

@@ -1,0 +1,531 @@
+"""Text → Ruleset. Reads iptables-save / ip6tables-save output (nft and legacy backends, with or without
+counters) and `iptables -S` listings.
+
+Speed matters (a 160,000-rule dump should load in about a second), so lines are classified by their first
+character and every rule is keyed by its *shape* — the rule text with each value replaced by `_`. kube-proxy
+dumps repeat a few hundred shapes; lark parses one line of each new shape (that validates its syntax and
+gives exact error columns), the option table reads it once, and every other rule of that shape only stores
+its text. Lines that do not look like anything known go through lark too, for a precise error.
+"""
+
+from __future__ import annotations
+
+import gc
+import gzip
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from iptrace.errors import DumpSemanticError, InputError, ParseError
+from iptrace.model.rules import BUILTIN_CHAINS, TOKEN_RE, Chain, LoadWarning, Rule, Ruleset, RuleShape, Table
+from iptrace.parse import grammar
+from iptrace.parse.options import (
+    BASIC_ALIASES,
+    BASIC_ARITY,
+    BUILTIN_TARGETS,
+    IMPLICIT_PROTOCOL_ARITY,
+    JUMP_WORDS,
+    MATCH_WORDS,
+    TARGET_ARITY,
+    match_arity,
+)
+
+# Values become "_"; option words, "!" and the module name after -m stay, so one key means one layout.
+_SHAPE_KEY_RE = re.compile(r'(?<= )(?<!-m )(?<!--match )(?:"[^"\\]*(?:\\.[^"\\]*)*"|[^-!" ][^ ]*)')
+_TABLE_LINE_RE = re.compile(r"^[ \t]*\*", re.MULTILINE)
+_CHAIN_RE = re.compile(r":(\S+)\s+(\S+)(?:\s+\[(\d+):(\d+)\])?\s*")
+_COUNTED_RULE_RE = re.compile(r"\[(\d+):(\d+)\]\s+-A\s")
+_IPV6_HINT_RE = re.compile(r" -[sd] !? ?[0-9a-fA-F]*:[0-9a-fA-F:]*[/ ]|icmp6|ipv6-icmp|icmpv6")
+_S_TABLE_HINT_RE = re.compile(r"(?:-t|--table)[ =]?(raw|mangle|nat|filter|security)\b")
+TABLES = ("raw", "mangle", "nat", "filter", "security")
+_NAT_ONLY_TARGETS = frozenset({"DNAT", "SNAT", "MASQUERADE", "REDIRECT", "NETMAP", "KUBE-MARK-MASQ"})
+_FILTER_ONLY_TARGETS = frozenset({"REJECT"})
+_MANGLE_ONLY_TARGETS = frozenset({"TPROXY", "TCPMSS", "CHECKSUM", "DSCP", "TOS", "TTL", "HL", "ECN"})
+_RAW_ONLY_TARGETS = frozenset({"CT", "NOTRACK"})
+
+
+def read_dump(path: str | Path) -> tuple[str, str]:
+    """Read a dump file (`-` = stdin, `.gz` decompressed) as text; returns (text, display name).
+
+    Bytes that are not UTF-8 are replaced, never fatal; the first such line becomes a load warning.
+    """
+    name = str(path)
+    try:
+        if name == "-":
+            data = sys.stdin.buffer.read()
+            name = "<stdin>"
+        else:
+            p = Path(path)
+            if p.is_dir():
+                raise InputError(f"{name}: is a directory; expected an iptables-save dump file "
+                                 "(or a collected node directory holding iptables-save.txt)")
+            data = p.read_bytes()
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+    except OSError as exc:
+        raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    except (EOFError, gzip.BadGzipFile) as exc:
+        raise InputError(f"{name}: not a readable gzip file ({exc})") from None
+    return data.decode("utf-8", errors="replace"), name
+
+
+@dataclass
+class _OpenTable:
+    name: str
+    line: int
+    comments: tuple[str, ...]
+    chains: dict[str, tuple[str | None, tuple[int, int] | None, int]] = field(default_factory=dict)
+    rules: dict[str, list[Rule]] = field(default_factory=dict)
+    jumps: list[tuple[str, int, str]] = field(default_factory=list)  # (target, line, chain)
+
+
+class _Loader:
+    def __init__(self, source: str, lenient: bool, table: str | None) -> None:
+        self.source = source
+        self.lenient = lenient
+        self.table_hint = table
+        self.shapes: dict[str, RuleShape] = {}
+        self.warnings: list[LoadWarning] = []
+        self.skipped: list[LoadWarning] = []
+        self.warned_options: set[str] = set()
+        self.tables: dict[str, Table] = {}
+        self.order: list[str] = []
+        self.listing = False
+
+    # -- errors -----------------------------------------------------------------------------------------
+    def fail(self, exc: ParseError) -> None:
+        """Raise, or in lenient mode remember what was skipped and go on."""
+        if not self.lenient:
+            raise exc
+        self.skipped.append(LoadWarning(exc.line, exc.reason))
+
+    def semantic(self, why: str, line_no: int, text: str = "", column: int = 1) -> None:
+        self.fail(DumpSemanticError(why, source=self.source, line=line_no, column=column, text=text))
+
+    # -- shapes -----------------------------------------------------------------------------------------
+    def shape_for(self, key: str, line: str, line_no: int) -> RuleShape | None:
+        shape = self.shapes.get(key)
+        if shape is not None:
+            return shape
+        try:
+            tree = grammar.parse_line(line, source=self.source, line_no=line_no)
+        except ParseError as exc:
+            self.fail(exc)
+            return None
+        args, _, _ = grammar.rule_arg_tokens(tree)
+        try:
+            shape = self.build_shape(args, line, line_no)
+        except ParseError as exc:
+            self.fail(exc)
+            return None
+        self.shapes[key] = shape
+        return shape
+
+    def build_shape(self, args: list[tuple[str, str, int]], line: str, line_no: int) -> RuleShape:
+        """Read one rule's tokens with the option table: which are options, values, modules, the target."""
+        slots: list[tuple] = []
+        first: dict[str, int] = {}
+        unknown: list[str] = []
+        n = len(args)
+        module: str | None = None
+        protocol_index = -1
+        in_target = False
+        target_index = -1
+        goto = False
+        negate = False
+        i = 0
+
+        def values(start: int, count: int, opt: str, col: int) -> tuple[bool, tuple[int, ...], int]:
+            old_negation = start < n and args[start][0] == "NEG" and count > 0
+            if old_negation:
+                start += 1
+            end = start + count
+            if end > n:
+                raise ParseError(f"option {opt} expects {count} value{'s' if count > 1 else ''}, found end of "
+                                 "line", source=self.source, line=line_no, column=col, text=line)
+            return old_negation, tuple(range(start, end)), end
+
+        while i < n:
+            kind, word, col = args[i]
+            if kind == "NEG":
+                if negate:
+                    raise ParseError('"!" twice in a row; expected an option after "!"', source=self.source,
+                                     line=line_no, column=col, text=line)
+                negate = True
+                i += 1
+                continue
+            if word in MATCH_WORDS:
+                if i + 1 >= n:
+                    raise ParseError(f"{word} expects a module name, found end of line", source=self.source,
+                                     line=line_no, column=col, text=line)
+                module = args[i + 1][1]
+                slots.append(("match", None, i + 1, False))
+                in_target = False
+                i += 2
+                continue
+            if word in JUMP_WORDS:
+                if i + 1 >= n:
+                    raise ParseError(f"{word} expects a target or chain name, found end of line",
+                                     source=self.source, line=line_no, column=col, text=line)
+                goto = JUMP_WORDS[word]
+                target_index = i + 1
+                slots.append(("target", i + 1, goto))
+                in_target = True
+                i += 2
+                continue
+            basic = BASIC_ALIASES.get(word, word)
+            if not in_target and basic in BASIC_ARITY:
+                old_neg, idx, i = values(i + 1, BASIC_ARITY[basic], word, col)
+                slots.append(("match", "", -1, False))
+                first.setdefault(basic, len(slots))
+                slots.append(("opt", basic, negate or old_neg, idx))
+                if basic == "-p":
+                    protocol_index = idx[0]
+                negate = False
+                continue
+            if in_target:
+                arity = TARGET_ARITY.get(word)
+            else:
+                arity = match_arity(module, word)
+                if arity is None and module is None and protocol_index >= 0 and word in IMPLICIT_PROTOCOL_ARITY:
+                    # `-p tcp --dport 80` without -m: the protocol's own match, loaded implicitly.
+                    slots.append(("match", None, protocol_index, True))
+                    module = "\0implicit"
+                    arity = IMPLICIT_PROTOCOL_ARITY[word]
+                elif arity is None and module == "\0implicit":
+                    arity = IMPLICIT_PROTOCOL_ARITY.get(word)
+            if arity is None:
+                if not word.startswith("-"):
+                    if not slots or slots[-1][0] != "opt":
+                        raise ParseError(f"unexpected {word!r}; expected an option such as -m, -j, -s or -d",
+                                         source=self.source, line=line_no, column=col, text=line)
+                    # A value the option table did not expect: keep it with the option before it.
+                    prev = slots[-1]
+                    slots[-1] = (prev[0], prev[1], prev[2], (*prev[3], i))
+                    self.warn_once(f"{prev[1]}+", line_no, f"option {prev[1]} has more values than iptrace "
+                                   f"knows of ({word!r}); kept verbatim")
+                    i += 1
+                    continue
+                # Unknown option: keep it with every value up to the next option word.
+                j = i + 1
+                while j < n and args[j][0] != "NEG" and not args[j][1].startswith("-"):
+                    j += 1
+                owner = "target" if in_target else (f"-m {module}" if module else "the rule")
+                unknown.append(word)
+                self.warn_once(word, line_no, f"unknown option {word} of {owner}; kept verbatim")
+                if not in_target:
+                    first.setdefault(word, len(slots))
+                slots.append(("opt", word, negate, tuple(range(i + 1, j))))
+                negate = False
+                i = j
+                continue
+            old_neg, idx, i = values(i + 1, arity, word, col)
+            if not in_target:
+                first.setdefault(word, len(slots))
+            slots.append(("opt", word, negate or old_neg, idx))
+            negate = False
+        if negate:
+            raise ParseError('"!" at the end of the rule; expected an option after it', source=self.source,
+                             line=line_no, column=len(line), text=line)
+        return RuleShape(tuple(slots), target_index, goto, n, tuple(unknown), first)
+
+    def warn_once(self, key: str, line_no: int, message: str) -> None:
+        if key not in self.warned_options:
+            self.warned_options.add(key)
+            self.warnings.append(LoadWarning(line_no, message))
+
+    # -- tables -----------------------------------------------------------------------------------------
+    def close_table(self, t: _OpenTable) -> None:
+        for target, line_no, chain in t.jumps:
+            if target not in t.chains:
+                rule = next(r for r in t.rules[chain] if r.line == line_no)
+                raw = rule.to_save()
+                col = raw.rfind(target) + 1
+                self.semantic(f"jump to undefined chain {target!r} in table {t.name}; "
+                              f"expected a chain declared in this table or a known target", line_no, raw, col)
+        chains = tuple(Chain(name, policy, tuple(t.rules[name]), counters, line)
+                       for name, (policy, counters, line) in t.chains.items())
+        if t.name in self.tables:
+            # Seen twice (e.g. two `iptables -S` sections for one table): merge, first declaration wins.
+            old = self.tables[t.name]
+            merged = {c.name: c for c in old.chains}
+            for c in chains:
+                prev = merged.get(c.name)
+                merged[c.name] = c if prev is None else Chain(c.name, prev.policy or c.policy,
+                                                              prev.rules + c.rules, prev.counters, prev.line)
+            self.tables[t.name] = Table(t.name, tuple(merged.values()), old.comments + t.comments, old.line)
+        else:
+            self.tables[t.name] = Table(t.name, chains, t.comments, t.line)
+            self.order.append(t.name)
+
+    # -- the main loop ----------------------------------------------------------------------------------
+    def load(self, text: str) -> Ruleset:
+        lines = text.split("\n")
+        is_save = _TABLE_LINE_RE.search(text) is not None
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # bulk construction of acyclic objects: the cyclic collector only costs time here
+        try:
+            if is_save:
+                return self.load_save(lines, text)
+            return self.load_listing(lines, text)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def finish(self, text: str, fmt: str, trailer: list[str]) -> Ruleset:
+        header = " ".join(c for t in self.tables.values() for c in t.comments) + " ".join(trailer)
+        # An IPv6 dump shows it in its header or within its first rules; scanning 24 MB would cost 0.3 s.
+        family = "ipv6" if "ip6tables" in header or _IPV6_HINT_RE.search(text, 0, 262144) else "ipv4"
+        tables = tuple(self.tables[name] for name in self.order)
+        return Ruleset(tables, family, fmt, tuple(trailer), self.source, tuple(self.warnings),
+                       tuple(self.skipped))
+
+    def add_rule(self, t: _OpenTable, line: str, line_no: int, body: str,
+                 counters: tuple[int, int] | None) -> None:
+        """`body` is the text after '-A ': the chain name and its arguments."""
+        sp = body.find(" ")
+        if sp < 0:
+            chain, args = body, ""
+        else:
+            chain, args = body[:sp], body[sp + 1:].strip()
+        if "  " in args or "\t" in args:
+            args = " ".join(TOKEN_RE.findall(args))
+        rules = t.rules.get(chain)
+        if rules is None and self.listing and (self.lenient or chain in BUILTIN_CHAINS.get(t.name, ())):
+            # `iptables -S` pasted without its -P/-N lines: the chain exists, its declaration was cut off.
+            builtin = chain in BUILTIN_CHAINS.get(t.name, ())
+            self.declare(t, chain, "ACCEPT" if builtin else "-", None, None, line_no, line)
+            if not builtin:
+                self.skipped.append(LoadWarning(line_no, f"chain {chain!r} used without a '-N {chain}' line; "
+                                                "assumed to exist"))
+            rules = t.rules[chain]
+        if rules is None:
+            self.semantic(f"rule for chain {chain!r}, which table {t.name} does not declare; expected a "
+                          f"':{chain} - [0:0]' line before its rules", line_no, line, line.find(chain) + 1)
+            return
+        shape = self.shape_for(_SHAPE_KEY_RE.sub("_", args), line, line_no)
+        if shape is None:
+            return
+        # A target followed by options is an extension target (chains take no options); only a last-word
+        # target can be a jump to a chain, which must then exist in this table.
+        if shape.target_index == shape.n_tokens - 1:
+            target = args[args.rfind(" ") + 1:]
+            if target not in BUILTIN_TARGETS:
+                t.jumps.append((target, line_no, chain))
+        rules.append(Rule(chain, args, counters, line_no, shape))
+
+    def load_save(self, lines: list[str], text: str) -> Ruleset:
+        current: _OpenTable | None = None
+        pending_comments: list[str] = []
+        source = self.source
+        line_no = 0
+        for line_no, raw in enumerate(lines, 1):
+            line = raw.strip()
+            if not line:
+                continue
+            c = line[0]
+            if c == "-" and line[:3] == "-A ":
+                if current is None:
+                    self.semantic("rule before its table; expected a '*filter' (or *nat, *mangle, …) line "
+                                  "first", line_no, line)
+                    continue
+                self.add_rule(current, line, line_no, line[3:], None)
+            elif c == ":":
+                m = _CHAIN_RE.fullmatch(line)
+                if m is None:
+                    self.fail_line(line, line_no)
+                    continue
+                if current is None:
+                    self.semantic("chain declaration before its table; expected a '*table' line first",
+                                  line_no, line)
+                    continue
+                self.declare(current, m.group(1), m.group(2), m.group(3), m.group(4), line_no, line)
+            elif c == "[":
+                m = _COUNTED_RULE_RE.match(line)
+                if m is None:
+                    self.fail_line(line, line_no)
+                    continue
+                if current is None:
+                    self.semantic("rule before its table; expected a '*table' line first", line_no, line)
+                    continue
+                self.add_rule(current, line, line_no, line[m.end():].lstrip(),
+                              (int(m.group(1)), int(m.group(2))))
+            elif c == "*":
+                name = line[1:].strip()
+                if current is not None:
+                    self.semantic(f"table {current.name} (line {current.line}) has no COMMIT before the next "
+                                  "table; expected 'COMMIT'", line_no, line)
+                    self.close_table(current)
+                if name not in TABLES:
+                    self.semantic(f"unknown table {name!r}; expected one of {', '.join(TABLES)}", line_no,
+                                  line, 2)
+                    current = None
+                    continue
+                if name in self.tables:
+                    self.semantic(f"table {name} appears twice (first at line {self.tables[name].line})",
+                                  line_no, line, 2)
+                current = _OpenTable(name, line_no, tuple(pending_comments))
+                pending_comments = []
+            elif c == "#":
+                pending_comments.append(line)
+            elif line == "COMMIT":
+                if current is None:
+                    self.semantic("COMMIT without an open table", line_no, line)
+                    continue
+                self.close_table(current)
+                current = None
+            else:
+                self.fail_line(line, line_no)
+        if current is not None:
+            self.semantic(f"table {current.name} opened at line {current.line} has no COMMIT (the dump looks "
+                          "truncated); expected 'COMMIT' at its end", line_no + 1 if lines[-1] else line_no)
+            self.close_table(current)
+        if not self.tables and not self.skipped:
+            raise ParseError("no table found; expected iptables-save output ('*filter' … 'COMMIT') or an "
+                             "'iptables -S' listing", source=source, line=1, column=1,
+                             text=lines[0] if lines else "")
+        return self.finish(text, "save", pending_comments)
+
+    def declare(self, t: _OpenTable, name: str, policy: str, pk: str | None, pb: str | None, line_no: int,
+                line: str) -> None:
+        if name in t.chains:
+            self.semantic(f"chain {name!r} declared twice in table {t.name} (first at line "
+                          f"{t.chains[name][2]})", line_no, line, 2)
+            return
+        builtin = name in BUILTIN_CHAINS.get(t.name, ())
+        if builtin and policy == "-":
+            # iptables-restore accepts "-" for a built-in chain and keeps its current policy (ACCEPT on a
+            # fresh node); kube-proxy's own test dumps write it that way.
+            self.warnings.append(LoadWarning(line_no, f"built-in chain {name} has no policy ('-'); "
+                                             "assumed ACCEPT"))
+            policy = "ACCEPT"
+        counters = (int(pk), int(pb)) if pk is not None and pb is not None else (0, 0)
+        t.chains[name] = (None if policy == "-" else policy, counters, line_no)
+        t.rules[name] = []
+
+    def fail_line(self, line: str, line_no: int) -> None:
+        """A line no fast path recognises: ask the grammar exactly what is wrong with it."""
+        try:
+            grammar.parse_line(line, source=self.source, line_no=line_no)
+        except ParseError as exc:
+            self.fail(exc)
+            return
+        self.semantic("a line of iptables -S format (-P/-N) inside iptables-save output; expected a chain "
+                      "declaration ':NAME POLICY [0:0]'", line_no, line)
+
+    # -- `iptables -S` listings -------------------------------------------------------------------------
+    def load_listing(self, lines: list[str], text: str) -> Ruleset:
+        self.listing = True
+        sections = self.split_sections(lines)
+        if not sections:
+            raise ParseError("no rules found; expected iptables-save output ('*filter' … 'COMMIT') or an "
+                             "'iptables -S' listing (-P/-N/-A lines)", source=self.source, line=1, column=1,
+                             text=lines[0] if lines else "")
+        for hint, body in sections:
+            name = hint or self.infer_table(body)
+            t = _OpenTable(name, body[0][0], ())
+            for line_no, line in body:
+                if line.startswith("-P "):
+                    parts = line.split()
+                    if len(parts) != 3:
+                        self.fail_line(line, line_no)
+                        continue
+                    self.declare(t, parts[1], parts[2], None, None, line_no, line)
+                elif line.startswith("-N "):
+                    parts = line.split()
+                    if len(parts) != 2:
+                        self.fail_line(line, line_no)
+                        continue
+                    self.declare(t, parts[1], "-", None, None, line_no, line)
+                elif line.startswith("-A "):
+                    self.add_rule(t, line, line_no, line[3:], None)
+                else:
+                    self.fail_line(line, line_no)
+            self.close_table(t)
+        return self.finish(text, "S", [])
+
+    def split_sections(self, lines: list[str]) -> list[tuple[str | None, list[tuple[int, str]]]]:
+        """An `iptables -S` file may hold several listings (`iptables -S` then `iptables -t nat -S`): a new
+        one starts at a comment naming a table or at a `-P` line after rules."""
+        sections: list[tuple[str | None, list[tuple[int, str]]]] = []
+        hint: str | None = None
+        body: list[tuple[int, str]] = []
+        seen_rules = False
+        for line_no, raw in enumerate(lines, 1):
+            line = raw.strip()
+            if not line:
+                continue
+            if line.startswith("#"):
+                m = _S_TABLE_HINT_RE.search(line)
+                if m or "-S" in line:
+                    if body:
+                        sections.append((hint, body))
+                    hint, body, seen_rules = (m.group(1) if m else None), [], False
+                continue
+            if line.startswith("-P ") and seen_rules:
+                sections.append((hint, body))
+                hint, body, seen_rules = None, [], False
+            if not line.startswith("-P "):
+                seen_rules = True
+            body.append((line_no, line))
+        if body:
+            sections.append((hint, body))
+        return sections
+
+    def infer_table(self, body: list[tuple[int, str]]) -> str:
+        policies = {line.split()[1] for _, line in body if line.startswith("-P ") and len(line.split()) > 1}
+        targets: set[str] = set()
+        for _, line in body:
+            if line.startswith("-A "):
+                for j in ("-j ", "-g "):
+                    k = line.rfind(j)
+                    if k >= 0:
+                        targets.add(line[k + 3:].split(" ", 1)[0])
+        candidates = [name for name in TABLES if policies <= set(BUILTIN_CHAINS[name])]
+        votes = {
+            "nat": bool(targets & _NAT_ONLY_TARGETS) or any(t.startswith(("KUBE-SEP-", "KUBE-SVC-"))
+                                                          for t in targets),
+            "filter": bool(targets & _FILTER_ONLY_TARGETS),
+            "mangle": bool(targets & _MANGLE_ONLY_TARGETS),
+            "raw": bool(targets & _RAW_ONLY_TARGETS),
+        }
+        voted = [name for name in candidates if votes.get(name)]
+        if len(voted) == 1:
+            return voted[0]
+        if self.table_hint:
+            return self.table_hint
+        if policies == {"INPUT", "FORWARD", "OUTPUT"} and not voted:
+            return "filter"
+        if len(candidates) == 1:
+            return candidates[0]
+        if policies == {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"}:
+            return "nat"
+        if policies == set(BUILTIN_CHAINS["mangle"]):
+            return "mangle"
+        first_line = body[0][0]
+        raise ParseError("cannot tell which table this 'iptables -S' listing belongs to; pass --table NAME "
+                         "(e.g. --table nat)", source=self.source, line=first_line, column=1, text=body[0][1])
+
+
+def load(text: str | bytes, *, source: str = "<dump>", lenient: bool = False,
+         table: str | None = None) -> Ruleset:
+    """Parse a dump's text into a Ruleset. Raises ParseError (or DumpSemanticError) unless `lenient`, in
+    which case unreadable lines are skipped and listed in `Ruleset.skipped`."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    if table is not None and table not in TABLES:
+        raise InputError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
+    loader = _Loader(source, lenient, table)
+    ruleset = loader.load(text)
+    if "\ufffd" in text:
+        bad = next(i for i, line in enumerate(text.split("\n"), 1) if "\ufffd" in line)
+        warnings = (*ruleset.warnings, LoadWarning(bad, "bytes that are not UTF-8 were replaced by U+FFFD"))
+        return Ruleset(ruleset.tables, ruleset.family, ruleset.format, ruleset.trailer, ruleset.source,
+                       warnings, ruleset.skipped)
+    return ruleset
+
+
+def load_path(path: str | Path, *, lenient: bool = False, table: str | None = None) -> Ruleset:
+    text, name = read_dump(path)
+    return load(text, source=name, lenient=lenient, table=table)
