@@ -139,18 +139,15 @@ def _labels(parent: Mapping[str, Any], key: str, path: str) -> Labels:
 
 def _meta(obj: Mapping[str, Any], *, namespaced: bool) -> tuple[str, str, dict[str, Any]]:
     meta = _obj(obj, "metadata", "", required=True)
-    name = _str(meta, "name", "metadata.", required=True)
-    assert name is not None
-    namespace = _str(meta, "namespace", "metadata.", default="default") if namespaced else ""
-    assert namespace is not None
+    name = _str(meta, "name", "metadata.", required=True) or ""
+    namespace = (_str(meta, "namespace", "metadata.", default="default") or "") if namespaced else ""
     return namespace, name, meta
 
 
 def _service(obj: Mapping[str, Any]) -> ClusterService:
     namespace, name, meta = _meta(obj, namespaced=True)
     spec = _obj(obj, "spec", "")
-    svc_type = _str(spec, "type", "spec.", default="ClusterIP")
-    assert svc_type is not None
+    svc_type = _str(spec, "type", "spec.", default="ClusterIP") or "ClusterIP"
     cluster_ips = _strs(spec, "clusterIPs", "spec.")
     single = _str(spec, "clusterIP", "spec.")
     if not cluster_ips and single:
@@ -163,8 +160,7 @@ def _service(obj: Mapping[str, Any]) -> ClusterService:
         where = f"spec.ports[{i}]."
         if not isinstance(p, dict):
             raise _ShapeError(where[:-1], f"expected an object, got {_type_name(p)}")
-        port = _int(p, "port", where, required=True)
-        assert port is not None
+        port = _int(p, "port", where, required=True) or 0
         target = p.get("targetPort")
         if target is None:
             target = port
@@ -713,6 +709,8 @@ def _config_error(shown: str, context: str | None, message: str) -> str:
         return f"kubeconfig {shown} has no context {context!r}; see kubectl config get-contexts"
     if "current-context" in text:
         return f"kubeconfig {shown} sets no current-context; pass --context NAME"
+    if "file is empty" in text:
+        return f"kubeconfig {shown} is empty; pass --kubeconfig PATH or set KUBECONFIG"
     if "No configuration found" in text:
         return f"kubeconfig {shown} holds no configuration; pass --kubeconfig PATH or set KUBECONFIG"
     return f"kubeconfig {shown} cannot be used: {text}"

@@ -5,10 +5,12 @@ with shlex; nothing a user or an inventory supplies ever reaches a remote shell.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import ipaddress
 import os
 import re
+import secrets
 import shlex
 import socket
 import threading
@@ -133,7 +135,8 @@ def read_inventory(path: Path) -> list[NodeTarget]:
         line = re.sub(r"(^|\s)[#;].*$", "", raw).strip()
         if not line:
             continue
-        if line.startswith("[") and line.endswith("]") and not re.fullmatch(r"\[[0-9a-fA-F:.]+\](:\d+)?", line):
+        is_address = re.fullmatch(r"\[[0-9a-fA-F:.]+\](:\d+)?", line) is not None
+        if line.startswith("[") and line.endswith("]") and not is_address:
             in_hosts_section = ":" not in line
             continue
         if not in_hosts_section:
@@ -278,7 +281,8 @@ def collect(targets: Iterable[NodeTarget | str], *, out_dir: Path, user: str | N
     if not nodes:
         return []
     results: dict[str, NodeResult] = {}
-    with ThreadPoolExecutor(max_workers=min(parallel, len(nodes)), thread_name_prefix="iptrace-collect") as pool:
+    workers = min(parallel, len(nodes))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="iptrace-collect") as pool:
         futures = {pool.submit(_collect_node, node, out_dir, settings): node for node in nodes}
         for future in as_completed(futures):
             result = future.result()
@@ -306,8 +310,8 @@ def _collect_node(target: NodeTarget, out_dir: Path, settings: _Settings) -> Nod
                           target=target)
     except OSError as exc:
         # Only the local write can get here (remote OSErrors are classified in _connect_chain/_gather).
-        return NodeResult(target.name, False, "ssh", f"{target.name}: cannot write {exc.filename or out_dir}: "
-                          f"{exc.strerror}", (), time.monotonic() - started, target=target)
+        message = f"{target.name}: cannot write {exc.filename or out_dir}: {exc.strerror}"
+        return NodeResult(target.name, False, "ssh", message, (), time.monotonic() - started, target=target)
     return NodeResult(target.name, True, None, None, tuple(files), time.monotonic() - started,
                       tuple(warnings), target=target)
 
@@ -362,8 +366,9 @@ def _resolve_hop(alias: str, user: str | None, port: int | None, settings: _Sett
         raise CollectError(f"{alias}: bad Port {options.get('port')!r} in ssh config", kind="ssh",
                            node=alias) from exc
     config_keys = tuple(str(Path(p).expanduser()) for p in options.get("identityfile", []))
-    identity_files = settings.identity_files + tuple(k for k in config_keys
-                                                     if Path(k).is_file() and k not in settings.identity_files)
+    # OpenSSH skips configured identity files that do not exist (the defaults usually do not).
+    identity_files = settings.identity_files + tuple(
+        k for k in config_keys if Path(k).is_file() and k not in settings.identity_files)
     identities_only = str(options.get("identitiesonly", "no")).lower() == "yes"
     look_for_keys = not identity_files and not identities_only
     if settings.known_hosts is not None:
@@ -389,8 +394,8 @@ def _resolve_hop(alias: str, user: str | None, port: int | None, settings: _Sett
         jumps = _split_jumps(str(options.get("proxyjump", "")))
     return _Hop(label=alias, hostname=hostname, port=port, user=user, identity_files=identity_files,
                 look_for_keys=look_for_keys, known_hosts_files=known_hosts, host_key_name=host_key_name,
-                accept_new=accept_new, hash_known_hosts=str(options.get("hashknownhosts", "no")).lower() == "yes",
-                jumps=jumps)
+                accept_new=accept_new, jumps=jumps,
+                hash_known_hosts=str(options.get("hashknownhosts", "no")).lower() == "yes")
 
 
 def _resolve_chain(target: NodeTarget, settings: _Settings) -> list[_Hop]:
@@ -570,7 +575,9 @@ def _classify_connect_error(exc: BaseException, hop: _Hop, node: str, via: str,
     if isinstance(exc, OSError) and not isinstance(exc, ConnectionResetError | BrokenPipeError):
         return CollectError(f"{node}: cannot connect to {where} ({_reason(exc)})", kind="refused", node=node)
     text = _reason(exc)
-    if "banner" in text.lower() or "timed out" in text.lower() or "timeout" in text.lower():
+    # paramiko's start_client() gives up silently at its timeout; the next step then finds "No existing
+    # session". Either way the server did not finish the handshake in time.
+    if any(s in text.lower() for s in ("banner", "timed out", "timeout", "no existing session")):
         return CollectError(f"{node}: {where} accepted the connection but did not speak SSH within the "
                             f"connect timeout ({text})", kind="timeout", node=node)
     if isinstance(exc, EOFError | ConnectionResetError | BrokenPipeError):
@@ -580,30 +587,51 @@ def _classify_connect_error(exc: BaseException, hop: _Hop, node: str, via: str,
 
 # ----------------------------------------------------------------------------------------- remote commands
 
+# One session runs the batch below through `sh -c`, whatever the login shell is (fish and csh pass a quoted
+# word through unchanged). Each command's stdout and stderr are followed by a boundary line that carries its
+# exit status; the boundary is a random token made here for each node, so a dump cannot forge one. One
+# session instead of one per command saves a round trip per command and a login shell per command on the node.
+BATCH = (SAVE_ARGV, SAVE6_ARGV, VERSION_ARGV, ADDRESSES_ARGV)
+_BATCH_SCRIPT = (
+    'b=$1; if [ -n "$2" ]; then s="sudo -n"; else s=; fi; '
+    'run() { "$@"; r=$?; printf "\\n%s %s\\n" "$b" "$r"; printf "\\n%s\\n" "$b" >&2; }; '
+    "run $s iptables-save; run $s ip6tables-save; run iptables --version; run ip -o addr show")
+
+
 def remote_command(argv: Sequence[str], *, sudo: bool) -> str:
-    """The exact string sent to the remote shell; argv entries are our constants, quoted anyway."""
+    """The exact string sent to the node for one command; argv entries are our constants, quoted anyway."""
     return shlex.join((*SUDO_ARGV, *argv) if sudo else argv)
 
 
-def _start(client: paramiko.SSHClient, argv: tuple[str, ...], sudo: bool, timeout: float) -> Any:
+def batch_command(boundary: str, *, sudo: bool) -> str:
+    """The string that runs BATCH on the node (`boundary` is our own random token)."""
+    if not re.fullmatch(r"[A-Za-z0-9-]+", boundary):
+        raise ValueError("boundary must be a plain token")
+    return shlex.join(("sh", "-c", _BATCH_SCRIPT, "iptrace", boundary, "1" if sudo else ""))
+
+
+def _run(client: paramiko.SSHClient, command: str, settings: _Settings, node: str,
+         on_timeout: Callable[[bytes], str]) -> tuple[bytes, bytes, int]:
+    """Run one remote command to its end: (stdout, stderr, exit status). A command still running at the
+    command timeout is stopped; `on_timeout(stdout so far)` names what hung."""
+    import paramiko
+
     transport = client.get_transport()
     assert transport is not None
-    channel = transport.open_session(timeout=timeout)
-    channel.exec_command(remote_command(argv, sudo=sudo))
-    return channel
-
-
-def _finish(channel: Any, argv: tuple[str, ...], deadline: float) -> _Output:
-    """Read a command to its end, or give up at `deadline` (then raise TimeoutError after killing it)."""
+    deadline = time.monotonic() + settings.command_timeout
     out: list[bytes] = []
     err: list[bytes] = []
+    channel = None
     try:
+        channel = transport.open_session(timeout=settings.command_timeout)
+        channel.exec_command(command)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
             channel.settimeout(remaining)
             data = channel.recv(1 << 20)
+            # Drained as we go: paramiko stops granting window when a stream is not read.
             while channel.recv_stderr_ready():
                 err.append(channel.recv_stderr(1 << 16))
             if not data:
@@ -613,18 +641,25 @@ def _finish(channel: Any, argv: tuple[str, ...], deadline: float) -> _Output:
             err.append(channel.recv_stderr(1 << 16))
         if not channel.status_event.wait(max(deadline - time.monotonic(), 0)):
             raise TimeoutError
-        status = channel.recv_exit_status()
-    except (TimeoutError, socket.timeout):
-        _kill(channel)
-        raise TimeoutError from None
+        return b"".join(out), b"".join(err), channel.recv_exit_status()
+    except TimeoutError:
+        if channel is not None:
+            _kill(channel)
+        raise CollectError(f"{node}: {on_timeout(b''.join(out))} did not finish within "
+                           f"{settings.command_timeout:g}s; it was stopped", kind="timeout",
+                           node=node) from None
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise CollectError(f"{node}: running commands failed ({_reason(exc)})", kind="ssh",
+                           node=node) from None
     finally:
-        channel.close()
-    return _Output(argv, status, b"".join(out), b"".join(err).decode("utf-8", "replace").strip())
+        if channel is not None:
+            channel.close()
 
 
 def _kill(channel: Any) -> None:
-    """Ask sshd to SIGKILL the command's process group (RFC 4254 §6.9 "signal"); closing the channel alone
-    would leave a hung command running on the node. paramiko has no public call for it."""
+    """Ask sshd to SIGKILL the command's process group (RFC 4254 §6.9 "signal"): closing the channel alone
+    can leave a hung command running on the node. paramiko has no public call for it. sshd refuses it for
+    sessions without privilege separation (e.g. root logins); closing the channel is then all we can do."""
     import paramiko
     from paramiko.common import cMSG_CHANNEL_REQUEST
 
@@ -634,42 +669,56 @@ def _kill(channel: Any) -> None:
     message.add_string("signal")
     message.add_boolean(False)
     message.add_string("KILL")
-    try:
+    with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
         channel.transport._send_user_message(message)
-    except (paramiko.SSHException, OSError, EOFError):
-        pass
 
 
-def _run_all(client: paramiko.SSHClient, commands: list[tuple[str, ...]], settings: _Settings, node: str,
-             sudo_for: set[tuple[str, ...]]) -> dict[tuple[str, ...], _Output]:
-    """Run commands concurrently on one connection (one channel each): latency is the slowest, not the sum."""
-    import paramiko
+def _run_batch(client: paramiko.SSHClient, settings: _Settings, node: str) -> dict[tuple[str, ...], _Output]:
+    boundary = f"iptrace-{secrets.token_hex(16)}"
 
-    deadline = time.monotonic() + settings.command_timeout
-    channels: dict[tuple[str, ...], Any] = {}
-    results: dict[tuple[str, ...], _Output] = {}
-    current = commands[0]
-    try:
-        for argv in commands:
-            current = argv
-            channels[argv] = _start(client, argv, settings.sudo and argv in sudo_for, settings.command_timeout)
-        for argv, channel in channels.items():
-            current = argv
-            results[argv] = _finish(channel, argv, deadline)
-        return results
-    except TimeoutError:
-        raise CollectError(f"{node}: `{shlex.join(current)}` did not finish within "
-                           f"{settings.command_timeout:g}s; it was stopped", kind="timeout", node=node) from None
-    except (paramiko.SSHException, OSError, EOFError) as exc:
-        raise CollectError(f"{node}: running commands failed ({_reason(exc)})", kind="ssh", node=node) from None
-    finally:
-        for channel in channels.values():
-            channel.close()
+    def hung(stdout: bytes) -> str:
+        done = stdout.count(f"\n{boundary} ".encode())
+        return f"`{shlex.join(BATCH[min(done, len(BATCH) - 1)])}`"
+
+    stdout, stderr, status = _run(client, batch_command(boundary, sudo=settings.sudo), settings, node, hung)
+    outs = _split_batch(stdout, boundary, with_status=True)
+    errs = _split_batch(stderr, boundary, with_status=False)
+    if len(outs) < len(BATCH):
+        detail = stderr.decode("utf-8", "replace").strip().splitlines()
+        raise CollectError(f"{node}: the node's shell did not run the commands (exit status {status}"
+                           f"{': ' + detail[0][:300] if detail else ''}); is `sh` its /bin/sh?", kind="ssh",
+                           node=node)
+    results = {}
+    for index, argv in enumerate(BATCH):
+        text, code = outs[index]
+        err_text = errs[index][0] if index < len(errs) else b""
+        results[argv] = _Output(argv, code, text, err_text.decode("utf-8", "replace").strip())
+    return results
+
+
+def _split_batch(data: bytes, boundary: str, *, with_status: bool) -> list[tuple[bytes, int]]:
+    """Cut a batch stream at its boundary lines: `\\nBOUNDARY STATUS\\n` on stdout, `\\nBOUNDARY\\n` on
+    stderr (the leading newline is ours, so output without a final newline comes back byte for byte)."""
+    marker = f"\n{boundary}".encode()
+    parts: list[tuple[bytes, int]] = []
+    position = 0
+    while True:
+        found = data.find(marker, position)
+        if found < 0:
+            return parts
+        line_end = data.find(b"\n", found + len(marker))
+        if line_end < 0:
+            return parts
+        tail = data[found + len(marker):line_end]
+        code = int(tail) if with_status and tail.strip().isdigit() else 0
+        parts.append((data[position:found], code))
+        position = line_end + 1
 
 
 _SUDO_PASSWORD = ("a password is required", "a terminal is required", "no tty present", "askpass")
 _SUDO_DENIED = ("not in the sudoers", "is not allowed to execute", "may not run sudo", "not allowed to run")
 _PERMISSION = ("permission denied", "you must be root", "operation not permitted")
+_SUDO_MISSING = re.compile(r"\bsudo: (?:command )?not found")
 
 
 def _command_error(output: _Output, node: str, sudo: bool, user: str) -> CollectError | None:
@@ -678,6 +727,9 @@ def _command_error(output: _Output, node: str, sudo: bool, user: str) -> Collect
     command = shlex.join(output.argv)
     lowered = output.stderr.lower()
     detail = output.stderr.splitlines()[0][:300] if output.stderr else f"exit status {output.status}"
+    if sudo and _SUDO_MISSING.search(lowered):
+        return CollectError(f"{node}: `sudo` not found on the node; drop --sudo or connect as root",
+                            kind="command-missing", node=node)
     if sudo and any(s in lowered for s in _SUDO_PASSWORD):
         return CollectError(f"{node}: `sudo -n {command}` needs a password ({detail}); allow it without a "
                             f"password for {user} (NOPASSWD in sudoers) or connect as root",
@@ -698,10 +750,8 @@ def _command_error(output: _Output, node: str, sudo: bool, user: str) -> Collect
 def _gather(client: paramiko.SSHClient, hop: _Hop, target: NodeTarget,
             settings: _Settings) -> tuple[dict[str, bytes], dict[str, Any], list[str]]:
     node = target.name
-    needs_root = {SAVE_ARGV, SAVE6_ARGV, SAVE_LEGACY_ARGV}
-    outputs = _run_all(client, [SAVE_ARGV, SAVE6_ARGV, VERSION_ARGV, ADDRESSES_ARGV], settings, node,
-                       needs_root)
     collected_at = datetime.now(UTC).isoformat(timespec="seconds")
+    outputs = _run_batch(client, settings, node)
     error = _command_error(outputs[SAVE_ARGV], node, settings.sudo, hop.user)
     if error is not None:
         raise error
@@ -717,7 +767,12 @@ def _gather(client: paramiko.SSHClient, hop: _Hop, target: NodeTarget,
     else:
         warnings.append(f"ip6tables-save: {_strip_node(str(six_error), node)}")
     if LEGACY_WARNING in save_text:
-        legacy = _run_all(client, [SAVE_LEGACY_ARGV], settings, node, needs_root)[SAVE_LEGACY_ARGV]
+        # Only now: running iptables-legacy-save where no legacy tables exist would load the legacy
+        # modules and create them, changing the node it is auditing.
+        command = remote_command(SAVE_LEGACY_ARGV, sudo=settings.sudo)
+        stdout, stderr, status = _run(client, command, settings, node,
+                                      lambda _: f"`{shlex.join(SAVE_LEGACY_ARGV)}`")
+        legacy = _Output(SAVE_LEGACY_ARGV, status, stdout, stderr.decode("utf-8", "replace").strip())
         legacy_error = _command_error(legacy, node, settings.sudo, hop.user)
         if legacy_error is not None:
             raise CollectError(f"{legacy_error} (the node has legacy iptables tables, which may hold "
@@ -728,7 +783,7 @@ def _gather(client: paramiko.SSHClient, hop: _Hop, target: NodeTarget,
     if version_output.status == 0:
         version, backend = parse_iptables_version(version_output.stdout.decode("utf-8", "replace"))
     else:
-        warnings.append(f"iptables --version: {_strip_node(str(_command_error(version_output, node, False, hop.user)), node)}")
+        warnings.append(f"iptables --version: {_warning(version_output, node, hop.user)}")
     if version is None:
         version, backend = parse_iptables_version(save_text.partition("\n")[0])
     address_output = outputs[ADDRESSES_ARGV]
@@ -736,7 +791,7 @@ def _gather(client: paramiko.SSHClient, hop: _Hop, target: NodeTarget,
     if address_output.status == 0:
         details = parse_ip_addr(address_output.stdout.decode("utf-8", "replace"))
     else:
-        warnings.append(f"ip -o addr show: {_strip_node(str(_command_error(address_output, node, False, hop.user)), node)}")
+        warnings.append(f"ip -o addr show: {_warning(address_output, node, hop.user)}")
     addresses = list(dict.fromkeys(d["address"] for d in details))
     meta: dict[str, Any] = {
         "format": store.META_FORMAT,
@@ -755,6 +810,10 @@ def _gather(client: paramiko.SSHClient, hop: _Hop, target: NodeTarget,
         "errors": warnings,
     }
     return dumps, meta, warnings
+
+
+def _warning(output: _Output, node: str, user: str) -> str:
+    return _strip_node(str(_command_error(output, node, False, user)), node)
 
 
 def _strip_node(message: str, node: str) -> str:

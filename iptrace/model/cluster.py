@@ -156,7 +156,7 @@ class _Index:
 
 @dataclass(frozen=True, slots=True)
 class ClusterState:
-    """Services, EndpointSlices and Nodes, each sorted by namespace and name.
+    """Services, EndpointSlices and Nodes (the loaders sort each by namespace and name).
 
     `source` says where the data came from (files or a kubeconfig context); it is left out of equality so
     the same objects read two ways compare equal."""

@@ -56,8 +56,10 @@ def error_from_lark(exc: UnexpectedInput, *, source: str, line_no: int, text: st
     column = getattr(exc, "column", 1) or 1
     if isinstance(exc, UnexpectedToken):
         token = exc.token
+        if token.type in ("$END", "_NL"):
+            column = len(text.rstrip()) + 1
         found = "end of line" if token.type in ("$END", "_NL") else repr(str(token))
-        if str(token).startswith('"') and not str(token).endswith('"') or str(token) == '"':
+        if (str(token).startswith('"') and not str(token).endswith('"')) or str(token) == '"':
             why = "unterminated quoted string; expected a closing '\"' before the end of the line"
         else:
             why = f"unexpected {found}; expected {_describe_expected(exc.expected)}"

@@ -309,7 +309,7 @@ class _Loader:
             return
         # A target followed by options is an extension target (chains take no options); only a last-word
         # target can be a jump to a chain, which must then exist in this table.
-        if shape.target_index == shape.n_tokens - 1:
+        if shape.target_index == shape.n_tokens - 1 >= 0:
             target = args[args.rfind(" ") + 1:]
             if target not in BUILTIN_TARGETS:
                 t.jumps.append((target, line_no, chain))
@@ -417,6 +417,13 @@ class _Loader:
     # -- `iptables -S` listings -------------------------------------------------------------------------
     def load_listing(self, lines: list[str], text: str) -> Ruleset:
         self.listing = True
+        if not any(line.lstrip()[:3] in ("-P ", "-N ", "-A ") for line in lines):
+            # Neither iptables-save nor `iptables -S`: let the grammar say what is wrong where.
+            for line_no, raw in enumerate(lines, 1):
+                line = raw.strip()
+                if line and not line.startswith("#"):
+                    self.fail_line(line, line_no)
+                    break
         sections = self.split_sections(lines)
         if not sections:
             raise ParseError("no rules found; expected iptables-save output ('*filter' … 'COMMIT') or an "

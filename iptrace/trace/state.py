@@ -1,0 +1,150 @@
+"""The mutable state of one branch of a trace (copied on every split) and the static trace context."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from iptrace.errors import InputError, TraceError
+
+# A persistent singly linked list: (head, tail) or None. Branches share their common prefix for free.
+Cons = tuple[Any, "Cons"] | None
+
+
+def cons_to_tuple(cell: Cons) -> tuple[Any, ...]:
+    out: list[Any] = []
+    while cell is not None:
+        out.append(cell[0])
+        cell = cell[1]
+    out.reverse()
+    return tuple(out)
+
+
+def parse_net(text: str, version: int) -> tuple[int, int] | None:
+    """`addr`, `addr/len` or `addr/netmask` (also non-contiguous masks) → (network, mask) as ints.
+
+    None when the address is of the other IP version (such a rule never matches this packet).
+    """
+    addr_text, _, mask_text = text.partition("/")
+    try:
+        addr = ipaddress.ip_address(addr_text)
+    except ValueError:
+        raise TraceError(f"cannot read address {text!r}; expected an IP address, CIDR or addr/netmask") from None
+    if addr.version != version:
+        return None
+    bits = 32 if version == 4 else 128
+    full = (1 << bits) - 1
+    if not mask_text:
+        mask = full
+    elif mask_text.isdigit():
+        length = int(mask_text)
+        if length > bits:
+            raise TraceError(f"cannot read address {text!r}: prefix length {length} exceeds {bits}")
+        mask = (full << (bits - length)) & full
+    else:
+        try:
+            mask_addr = ipaddress.ip_address(mask_text)
+        except ValueError:
+            raise TraceError(f"cannot read netmask in {text!r}") from None
+        if mask_addr.version != version:
+            return None
+        mask = int(mask_addr)
+    return int(addr) & mask, mask
+
+
+def format_ip(value: int, version: int) -> str:
+    return str(ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value))
+
+
+LOOPBACK_V4 = parse_net("127.0.0.0/8", 4)
+LOOPBACK_V6 = (1, (1 << 128) - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a trace knows besides the packet: the node's own addresses and known ipset memberships."""
+
+    version: int
+    local_addresses: frozenset[int]
+    node_ips_known: bool
+    ipsets: Mapping[str, tuple[tuple[int, int], ...]]
+
+    @classmethod
+    def build(cls, version: int, node_ips: Iterable[str], ipsets: Mapping[str, Sequence[str]] | None) -> Context:
+        local: set[int] = set()
+        known = False
+        for text in node_ips:
+            try:
+                addr = ipaddress.ip_address(text.strip("[]"))
+            except ValueError:
+                raise InputError(f"node address {text!r} is not an IP address") from None
+            known = True  # an address of the other family still tells us the user gave the node's addresses
+            if addr.version == version:
+                local.add(int(addr))
+        sets: dict[str, tuple[tuple[int, int], ...]] = {}
+        for name, members in (ipsets or {}).items():
+            nets = [parse_net(m, version) for m in members]
+            sets[name] = tuple(n for n in nets if n is not None)
+        return cls(version, frozenset(local), known, sets)
+
+    def is_loopback(self, addr: int) -> bool:
+        if self.version == 4:
+            net, mask = LOOPBACK_V4  # type: ignore[misc]
+            return addr & mask == net
+        return addr == 1
+
+    def is_local(self, addr: int) -> bool:
+        """A node address or loopback: `--dst-type LOCAL`, and what the routing decision delivers locally."""
+        return addr in self.local_addresses or self.is_loopback(addr)
+
+
+class State:
+    """One branch: the packet as rules see it now, marks, NAT done so far, and what the branch went through.
+
+    Mutable on purpose (a trace of a 10-endpoint Service makes ~10 of these); `copy()` before every split.
+    """
+
+    __slots__ = (
+        "accept", "assumptions", "chains", "ctmark", "dnat", "dnat_by", "dport", "dst", "in_iface",
+        "kube_masq", "mark", "mark_drop", "masq", "notrack", "orig_dport", "orig_dst", "out_iface", "path",
+        "prob", "proto", "recent", "snat", "sport", "src",
+    )
+
+    def __init__(self, src: int, dst: int, sport: int, dport: int, proto: int, in_iface: str | None) -> None:
+        self.src = src
+        self.dst = dst
+        self.sport = sport
+        self.dport = dport
+        self.proto = proto
+        self.orig_dst = dst
+        self.orig_dport = dport
+        self.in_iface = in_iface
+        self.out_iface: str | None = None
+        self.mark = 0
+        self.ctmark = 0
+        self.dnat = False
+        self.snat = False
+        self.masq = False
+        self.notrack = False
+        self.kube_masq = False
+        self.mark_drop: Any = None  # the Step of a jump to KUBE-MARK-DROP (fragment entry only)
+        self.recent: frozenset[tuple[str, int]] = frozenset()
+        self.prob = Fraction(1)
+        self.path: Cons = None
+        self.chains: Cons = None
+        self.assumptions: tuple[str, ...] = ()
+        self.accept: Any = None  # Decision of the last filter-table ACCEPT (rule or policy)
+        self.dnat_by: Any = None  # Decision of the DNAT/REDIRECT rule
+
+    def copy(self) -> State:
+        new = State.__new__(State)
+        for name in State.__slots__:
+            setattr(new, name, getattr(self, name))
+        return new
+
+    def assume(self, text: str) -> None:
+        if text not in self.assumptions:
+            self.assumptions = (*self.assumptions, text)
