@@ -12,9 +12,9 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
-import json
 import datetime
 import ipaddress
+import json
 import re
 import ssl
 import tempfile
@@ -178,7 +178,8 @@ class ApiServer:
                 (Path(d) / "key.pem").write_bytes(key_pem)
                 context.load_cert_chain(Path(d) / "cert.pem", Path(d) / "key.pem")
             self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-apiserver", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
+                                        name="fake-apiserver", daemon=True)
         self._thread.start()
         return self
 
@@ -264,7 +265,7 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server_version = "fake-kube-apiserver"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - BaseHTTPRequestHandler's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def _send_json(self, code: int, body: Any) -> None:
@@ -349,7 +350,9 @@ class _Handler(BaseHTTPRequestHandler):
         return None
 
     def _forbidden(self, res: Resource, verb: str, namespace: str | None, grant: Grant, name: str | None) -> None:
-        what = f'{res.plural} "{name}"' if name else res.plural
+        # apierrors.NewForbidden: the qualified GroupResource, then the name when there is one.
+        qualified = f"{res.plural}.{res.group}" if res.group else res.plural
+        what = f'{qualified} "{name}"' if name else qualified
         scope = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
         message = (f'{what} is forbidden: User "{grant.user}" cannot {verb} resource "{res.plural}" in API group '
                    f'"{res.group}" {scope}')

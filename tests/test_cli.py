@@ -1,0 +1,89 @@
+"""The command line: exit statuses, exact error text, help with examples, JSON that `jq` can read."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from iptrace.cli import main
+
+DUMP = "*filter\n:INPUT ACCEPT [0:0]\n:KUBE-FOO - [0:0]\n-A INPUT -j KUBE-FOO\n-A KUBE-FOO -s 10.0.0.0/8 -j ACCEPT\nCOMMIT\n"
+
+
+@pytest.fixture
+def dump(tmp_path):
+    p = tmp_path / "node.txt"
+    p.write_text(DUMP)
+    return p
+
+
+def run(*args: str, input: str | None = None):
+    return CliRunner().invoke(main, list(args), input=input, catch_exceptions=False)
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    assert main.commands
+    for name, command in main.commands.items():
+        result = run(name, "--help")
+        assert result.exit_code == 0, name
+        assert "Example" in result.output, f"{name} --help shows no example"
+        assert f"iptrace {name}" in result.output, name
+        assert isinstance(command, click.Command)
+
+
+def test_parse_text_json_and_save(dump) -> None:
+    text = run("parse", str(dump))
+    assert text.exit_code == 0
+    assert "2 rules" in text.output and "*filter" in text.output
+    data = json.loads(run("parse", str(dump), "-o", "json").output)
+    assert data["rule_count"] == 2
+    assert data["tables"][0]["chains"][1]["rules"][0]["matches"][0]["options"][0] == {
+        "name": "-s", "values": ["10.0.0.0/8"], "negated": False}
+    assert run("parse", "--save", str(dump)).output == DUMP
+
+
+def test_parse_from_stdin() -> None:
+    result = run("parse", "-", "-o", "json", input=DUMP)
+    assert result.exit_code == 0
+    assert json.loads(result.output)["source"] == "<stdin>"
+
+
+def test_bad_input_is_one_error_line_with_position(tmp_path) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_text('*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -m comment --comment "oops\nCOMMIT\n')
+    result = CliRunner().invoke(main, ["parse", str(bad)])
+    assert result.exit_code == 1
+    first = result.stderr.splitlines()[0] if hasattr(result, "stderr") else result.output.splitlines()[0]
+    assert first == f"Error: {bad}:3:31: unterminated quoted string; expected a closing '\"' before the end of the line"
+    assert "Traceback" not in result.output
+
+
+def test_lenient_lists_what_was_skipped(tmp_path) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_text('*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\n-A INPUT -m comment --comment "oops\n')
+    result = run("parse", "--lenient", str(bad))
+    assert result.exit_code == 0
+    assert "skipped with --lenient (2)" in result.output
+    assert "line 4: unterminated quoted string" in result.output
+
+
+def test_missing_file_and_usage_errors(tmp_path) -> None:
+    result = CliRunner().invoke(main, ["parse", str(tmp_path / "nope.txt")])
+    assert result.exit_code == 1
+    assert "Error: " in result.output and "cannot read" in result.output
+    assert CliRunner().invoke(main, ["parse"]).exit_code == 2
+    assert CliRunner().invoke(main, ["parse", "x", "-o", "yaml"]).exit_code == 2
+
+
+def test_help_does_not_import_heavy_modules() -> None:
+    code = ("import sys; from iptrace.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('lark', 'paramiko', 'kubernetes', 'rich') if m in sys.modules]\n"
+            "print('HEAVY=' + ','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY="
