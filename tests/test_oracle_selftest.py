@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections import Counter
 
 import pytest
 
-from tests.oracle import CLIENT_IP, NODE_IP, NODE_POD_SIDE_IP, Topology, reap_stale_namespaces, requires_root_netns
+from tests.oracle import (
+    CLIENT_IP,
+    NODE_IP,
+    NODE_POD_SIDE_IP,
+    Topology,
+    reap_stale_namespaces,
+    requires_root_netns,
+)
 from tests.oracle.netns import oracle_unavailable
 
 pytestmark = [pytest.mark.root, requires_root_netns()]
@@ -66,7 +74,8 @@ def test_dnat_is_observed_as_the_endpoint(topo: Topology) -> None:
     assert (from_client.outcome, from_client.endpoint, from_client.seen_source) == (
         "connected", (POD_A, 8080), CLIENT_IP)
     from_node = topo.probe("node", SERVICE, 80)  # nat OUTPUT, source is the node's own address
-    assert (from_node.outcome, from_node.endpoint, from_node.seen_source) == ("connected", (POD_A, 8080), NODE_IP)
+    assert (from_node.outcome, from_node.endpoint, from_node.seen_source) == (
+        "connected", (POD_A, 8080), NODE_IP)
     udp = topo.probe("client", SERVICE, 53, proto="udp")
     assert (udp.outcome, udp.endpoint) == ("connected", (POD_A, 5353))
     assert (POD_A, 8080) in topo.conntrack_dnat(SERVICE, 80)
@@ -127,12 +136,15 @@ def test_source_range_and_extra_node_address(topo: Topology) -> None:
     topo.load(dump(
         f"-A SVC -s 198.18.64.0/24 -d {SERVICE}/32 -p tcp --dport 80 -j DNAT --to-destination {POD_A}:8080\n"
         "-A SVC -p tcp --dport 30080 -m addrtype --dst-type LOCAL "
-        f"-j DNAT --to-destination {POD_B}:8080\n"))
+        f"-j DNAT --to-destination {POD_B}:8080\n"
+        # A localhost NodePort leaves the node with source 127.0.0.1: only masquerading makes it routable.
+        "-A POSTROUTING -s 127.0.0.0/8 -o cni0 -j MASQUERADE\n"))
     assert topo.probe("client", SERVICE, 80, src_ip="198.18.64.7").endpoint == (POD_A, 8080)
     assert topo.probe("client", SERVICE, 80, timeout=QUICK).outcome == "timeout"
     assert topo.probe("client", "198.18.0.100", 30080).endpoint == (POD_B, 8080)
     assert topo.probe("client", NODE_IP, 30080).endpoint == (POD_B, 8080)
-    assert topo.probe("node", "127.0.0.1", 30080).endpoint == (POD_B, 8080)  # route_localnet, as kube-proxy
+    localhost = topo.probe("node", "127.0.0.1", 30080)  # needs route_localnet=1, which kube-proxy sets
+    assert (localhost.endpoint, localhost.seen_source) == ((POD_B, 8080), NODE_POD_SIDE_IP)
 
 
 def test_hairpin_needs_masquerade(topo: Topology) -> None:
@@ -156,11 +168,14 @@ def test_counters_show_the_path(topo: Topology) -> None:
         "-A FORWARD -d 198.18.128.0/17 -p tcp -j ACCEPT\n"))
     path = topo.path_of(lambda: topo.probe("client", SERVICE, 80))
     assert path.result.endpoint == (POD_A, 8080)
-    hits = [(step.table, step.chain, step.index) for step in path]
-    assert hits == [("nat", "PREROUTING", 1), ("nat", "SVC", 1), ("filter", "FORWARD", 2)], path
+    # Dump order: the backend decides the order of tables, the chains follow iptables-save's order.
+    hits = {(step.table, step.chain, step.index) for step in path}
+    assert hits == {("nat", "PREROUTING", 1), ("nat", "SVC", 1), ("filter", "FORWARD", 2)}, path
     assert all(step.packets == 1 for step in path if step.table == "nat")  # nat sees the first packet only
-    assert path[1].rule == (f"-A SVC -d {SERVICE}/32 -p tcp -m tcp --dport 80 "
-                            f"-j DNAT --to-destination {POD_A}:8080")
+    dnat = next(step for step in path if step.chain == "SVC")
+    # The kernel's normal form: /32 added, `-m tcp` inserted.
+    assert dnat.rule == (
+        f"-A SVC -d {SERVICE}/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination {POD_A}:8080")
 
     from_node = topo.path_of(lambda: topo.probe("node", "198.19.0.11", 80))
     assert [(s.table, s.chain, s.index) for s in from_node] == [("nat", "OUTPUT", 1), ("nat", "SVC", 2)]
@@ -231,4 +246,20 @@ def test_ipv6(backend: str) -> None:
             "connected", (pod, 8080), "fd00:198:18:8000::1")
         assert [(s.table, s.chain) for s in topology.path_of(
             lambda: topology.probe("client", service, 80), ipv6=True)] == [
-            ("nat", "PREROUTING"), ("nat", "SVC"), ("nat", "POSTROUTING")]
+            ("nat", "PREROUTING"), ("nat", "POSTROUTING"), ("nat", "SVC")]
+
+
+def test_nfacct_counters_are_created_like_kube_proxy_does(topo: Topology) -> None:
+    # kube-proxy 1.29+ names nfacct objects in its rules and creates them first; load() does the same.
+    topo.load(dump(filter_=(
+        "-A INPUT -m nfacct --nfacct-name localhost_nps_accepted_pkts -j ACCEPT\n"
+        "-A FORWARD -m nfacct --nfacct-name ct_state_invalid_dropped_pkts -j ACCEPT\n")))
+    topo.load(dump(filter_="-A INPUT -m nfacct --nfacct-name localhost_nps_accepted_pkts -j ACCEPT\n"))
+    # iptables-save prints this option with two spaces: `--nfacct-name  localhost_nps_accepted_pkts`.
+    assert re.search(r"--nfacct-name +localhost_nps_accepted_pkts", topo.save())
+
+
+def test_not_being_root_is_a_clear_skip_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    reason = oracle_unavailable.__wrapped__("nft")
+    assert reason is not None and "needs root" in reason

@@ -12,6 +12,12 @@ Address plan (TESTING.md's ranges; IPv6 mirrors it in a ULA assigned only inside
                                                                    `-i cni0` local-detection rules match)
     pods   eth0   pod IPs, /32 each        /128 each              via add_pod_ip()
     services      198.19.0.0/16            fd00:198:19::/64       routed by the node into a silent sink
+
+Fidelity notes. All pod IPs share one namespace, but a policy rule sends pod-originated traffic for test
+addresses through the node, so pod → service → other pod crosses the node's rules as in a cluster, and a pod
+reaching itself through a service without masquerade is dropped (as the kernel drops a martian source in a
+real pod). A pod probing its own IP directly is not modeled. `path_of` lists rules in dump order, and the
+order of tables in a dump differs by backend (nft: filter first; legacy: nat first).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import re
 import select
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -502,6 +509,9 @@ class Topology:
         """
         restore = _tools(self.backend, v6=ipv6)[2]
         argv = ["ip", "netns", "exec", self.node, restore] + (["--noflush"] if noflush else [])
+        # kube-proxy (1.29+) creates its nfacct counters before restoring rules that name them; without the
+        # objects the restore fails, so the oracle plays that part of kube-proxy.
+        self.add_nfacct(*dict.fromkeys(_NFACCT_NAME.findall(dump_text)))
         _run(argv, stdin=dump_text)
         if flush_conntrack:
             self.flush_conntrack()
@@ -534,6 +544,11 @@ class Topology:
             path = Path(_hit_rules(self.save(counters=True, ipv6=ipv6)))
             path.result = result
             return path
+
+    def add_nfacct(self, *names: str) -> None:
+        """Create nfacct objects in `node` (what `nfacct add NAME` does), ignoring ones that exist."""
+        if names:
+            run_in_netns(self.node, lambda: _nfacct_add(names))
 
     # conntrack
 
@@ -712,6 +727,28 @@ def _hit_rules(save_text: str) -> Iterator[PathStep]:
         packets = int(match.group(1))
         if packets:
             yield PathStep(table, chain, match.group(3), position[chain], packets)
+
+
+_NFACCT_NAME = re.compile(r"--nfacct-name\s+\"?([^\s\"]+)")
+
+
+def _nfacct_add(names: Iterable[str]) -> None:
+    # nfnetlink_acct: NFNL_SUBSYS_ACCT (7) << 8 | NFNL_MSG_ACCT_NEW (0), one NFACCT_NAME (1) attribute.
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12) as nl:  # NETLINK_NETFILTER
+        nl.bind((0, 0))
+        nl.settimeout(5.0)
+        for seq, name in enumerate(names, start=1):
+            value = name.encode() + b"\0"
+            attr = struct.pack("=HH", 4 + len(value), 1) + value
+            attr += b"\0" * (-len(attr) % 4)
+            body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0) + attr
+            flags = 0x1 | 0x4 | 0x400  # NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE
+            nl.send(struct.pack("=IHHII", 16 + len(body), 7 << 8, flags, seq, 0) + body)
+            reply = nl.recv(65536)
+            msg_type = struct.unpack_from("=H", reply, 4)[0]
+            error = struct.unpack_from("=i", reply, 16)[0] if msg_type == 2 else 0  # NLMSG_ERROR
+            if error not in (0, -16):  # EBUSY: the object exists already
+                raise OracleError(f"nfacct add {name} failed: {os.strerror(-error)}")
 
 
 _CT_FIELD = re.compile(r"(\w+)=(\S+)")
