@@ -43,8 +43,10 @@ COMMIT
 -j KUBE-SVC-XPGD46QRK7WJZT7O
 -A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 -> 198.18.128.1:80" \
 -j KUBE-SEP-SXIVWICOYRO3J4NJ
--A KUBE-SEP-SXIVWICOYRO3J4NJ -s 198.18.128.1/32 -m comment --comment "ns1/svc1:p80" -j MARK --set-xmark 0x4000/0x4000
--A KUBE-SEP-SXIVWICOYRO3J4NJ -p tcp -m comment --comment "ns1/svc1:p80" -m tcp -j DNAT --to-destination 198.18.128.1:80
+-A KUBE-SEP-SXIVWICOYRO3J4NJ -s 198.18.128.1/32 -m comment --comment "ns1/svc1:p80" \
+-j MARK --set-xmark 0x4000/0x4000
+-A KUBE-SEP-SXIVWICOYRO3J4NJ -p tcp -m comment --comment "ns1/svc1:p80" -m tcp \
+-j DNAT --to-destination 198.18.128.1:80
 COMMIT
 # Completed on Mon Jan  6 10:00:00 2025
 # node %(ip)s
@@ -104,7 +106,8 @@ def default_scripts(ip: str, *, legacy: bool = False) -> dict[str, str]:
     scripts = {
         "iptables-save": "#!/bin/sh\ncat <<'EOF'\n" + dump + "EOF\n",
         "ip6tables-save": "#!/bin/sh\ncat <<'EOF'\n" + SAMPLE_DUMP6 + "EOF\n",
-        "iptables": '#!/bin/sh\n[ "$1" = --version ] && echo "iptables v1.8.9 (nf_tables)" && exit 0\nexit 2\n',
+        "iptables": ('#!/bin/sh\n[ "$1" = --version ] && echo "iptables v1.8.9 (nf_tables)" && exit 0\n'
+                     "exit 2\n"),
         "ip": "#!/bin/sh\ncat <<'EOF'\n" + IP_ADDR % {"ip": ip} + "EOF\n",
         "sudo": SUDO_OK,
     }
@@ -150,7 +153,7 @@ class SshdFarm:
     def start(self, name: str, *, ip: str = "198.18.0.1", scripts: dict[str, str] | None = None,
               authorized: tuple[Path, ...] | None = None, host_key: Path | None = None,
               extra_config: str = "", netns: str | None = None, listen: str = "127.0.0.1",
-              path_tail: str = "/usr/bin:/bin") -> Sshd:
+              path_tail: str = "/usr/bin:/bin", sshd_flags: tuple[str, ...] = ()) -> Sshd:
         directory = self.root / f"sshd-{name}"
         bin_dir = directory / "bin"
         bin_dir.mkdir(parents=True)
@@ -161,22 +164,25 @@ class SshdFarm:
         for script, text in (default_scripts(ip) if scripts is None else scripts).items():
             (bin_dir / script).write_text(text)
             (bin_dir / script).chmod(0o755)
-        # HOME points at an empty directory so the login shell does not source root's ~/.bashrc (pyenv init
-        # costs ~130 ms per command); PATH puts the stand-in commands first.
-        options = f'environment="PATH={bin_dir}:{path_tail}",environment="HOME={home}"'
         keys = authorized if authorized is not None else (self.client_key,)
-        (directory / "authorized_keys").write_text("".join(f"{options} {public_key(k)}\n" for k in keys))
+        # Plain key lines: key options (environment=…) make sshd send SSH_MSG_DEBUG packets, which stall
+        # ~40 ms on Nagle + delayed ACK and would distort the benchmark. The environment comes from SetEnv.
+        (directory / "authorized_keys").write_text("".join(f"{public_key(k)}\n" for k in keys))
         port = free_port() if netns is None else 22
         log = directory / "sshd.log"
         config = directory / "sshd_config"
+        # sshd keeps the first value of a keyword: the caller's settings come first.
         config.write_text(
-            f"ListenAddress {listen}\nPort {port}\nHostKey {host_key}\n"
+            extra_config + f"ListenAddress {listen}\nPort {port}\nHostKey {host_key}\n"
             f"AuthorizedKeysFile {directory / 'authorized_keys'}\n"
             "PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
             "UsePAM no\nStrictModes no\nPidFile none\nPermitRootLogin prohibit-password\n"
-            "PermitUserEnvironment yes\nAllowTcpForwarding yes\nLogLevel VERBOSE\n" + extra_config)
+            "AllowTcpForwarding yes\nLogLevel VERBOSE\n"
+            # HOME points at an empty directory so the login shell does not source root's ~/.bashrc (pyenv
+            # init costs ~130 ms per command); PATH puts the stand-in commands first.
+            f"SetEnv PATH={bin_dir}:{path_tail} HOME={home}\n")
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-        argv = [SSHD, "-D", "-e", "-f", str(config)]
+        argv = [SSHD, "-D", "-e", *sshd_flags, "-f", str(config)]
         if netns is not None:
             argv = ["ip", "netns", "exec", netns, *argv]
         with open(log, "wb") as log_handle:
@@ -195,6 +201,12 @@ class SshdFarm:
         return path
 
     def stop_all(self) -> None:
+        # Let each listener reap the connection handlers it still has: terminated first, they would be
+        # orphaned, and a container's PID 1 does not always reap orphans.
+        deadline = time.monotonic() + 3
+        for server in self.servers:
+            while _children(server.process.pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
         for process in [s.process for s in self.servers] + self.extra_processes:
             if process.poll() is None:
                 process.terminate()
@@ -206,6 +218,13 @@ class SshdFarm:
                 process.wait()
         self.servers.clear()
         self.extra_processes.clear()
+
+
+def _children(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
 
 
 def have_sshd() -> bool:

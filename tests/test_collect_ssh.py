@@ -146,7 +146,7 @@ def test_parse_version_and_addresses():
     assert parse_iptables_version("nonsense") == (None, None)
     text = ("1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever\n"
             "3: eth0@if7    inet 198.18.0.4/24 brd 198.18.0.255 scope global eth0\\       valid_lft forever\n"
-            "3: eth0@if7    inet6 fe80::1%eth0/64 scope link \\       valid_lft forever preferred_lft forever\n"
+            "3: eth0@if7    inet6 fe80::1%eth0/64 scope link \\       valid_lft forever\n"
             "garbage line\n")
     parsed = parse_ip_addr(text)
     assert [(a["interface"], a["address"], a["prefixlen"], a["scope"]) for a in parsed] == [
@@ -169,11 +169,11 @@ def test_store_rejects_what_is_not_a_node_dir(tmp_path: Path):
         store.read_node_dir(tmp_path / "missing")
     (tmp_path / "n").mkdir()
     assert not store.is_node_dir(tmp_path / "n")
-    with pytest.raises(InputError, match="iptables-save.txt: missing"):
+    with pytest.raises(InputError, match=r"iptables-save\.txt: missing"):
         store.read_node_dir(tmp_path / "n")
     (tmp_path / "n" / "iptables-save.txt").write_text("*filter\nCOMMIT\n")
     (tmp_path / "n" / "meta.json").write_text("{not json")
-    with pytest.raises(InputError, match="meta.json: unreadable metadata"):
+    with pytest.raises(InputError, match=r"meta\.json: unreadable metadata"):
         store.read_node_dir(tmp_path / "n")
 
 
@@ -412,7 +412,8 @@ def test_jump_host_via_ssh_config_and_argument(farm: SshdFarm, tmp_path: Path, c
     [result] = collect(["node-7"], out_dir=tmp_path / "out", ssh_config=config, allow_agent=False)
     assert result.ok, result.error
     meta = json.loads((tmp_path / "out" / "node-7" / "meta.json").read_text())
-    assert (meta["node"], meta["host"], meta["port"], meta["user"]) == ("node-7", "127.0.0.1", target.port, "root")
+    assert (meta["node"], meta["host"], meta["port"], meta["user"]) == (
+        "node-7", "127.0.0.1", target.port, "root")
     assert "198.18.0.7" in meta["addresses"]
     assert f"target 127.0.0.1 port {target.port}" in jump.log.read_text(), "not forwarded by the jump host"
 
@@ -428,6 +429,25 @@ def test_jump_host_via_ssh_config_and_argument(farm: SshdFarm, tmp_path: Path, c
                         known_hosts=known_hosts, out_dir=tmp_path / "out3")
     assert result.error_kind == "refused", _describe([result])
     assert "jump host root@127.0.0.1" in result.error
+
+
+@needs_sshd
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="the OpenSSH client is not installed")
+def test_proxy_command_from_ssh_config(farm: SshdFarm, tmp_path: Path, client_key: Path):
+    """ProxyCommand runs the user's own command (here the real `ssh -W`) as the transport."""
+    jump = farm.start("jump", scripts={})
+    target = farm.start("target", ip="198.18.0.8")
+    known_hosts = farm.known_hosts(tmp_path / "known_hosts")
+    config = tmp_path / "ssh_config_proxy"
+    config.write_text(
+        "Host node-8\n"
+        f"  HostName 127.0.0.1\n  Port {target.port}\n  User root\n  IdentityFile {client_key}\n"
+        f"  UserKnownHostsFile {known_hosts}\n"
+        f"  ProxyCommand ssh -F /dev/null -i {client_key} -o BatchMode=yes -o IdentitiesOnly=yes "
+        f"-o UserKnownHostsFile={known_hosts} -p {jump.port} -W %h:%p root@127.0.0.1\n")
+    [result] = collect(["node-8"], out_dir=tmp_path / "out", ssh_config=config, allow_agent=False)
+    assert result.ok, result.error
+    assert "198.18.0.8" in store.read_node_dir(tmp_path / "out" / "node-8").addresses
 
 
 @needs_sshd
@@ -472,7 +492,8 @@ def test_secrets_never_appear(farm: SshdFarm, tmp_path: Path, monkeypatch: pytes
     subprocess.run(["ssh-add", str(locked)], env=env, check=True, stdin=subprocess.DEVNULL,
                    capture_output=True)
     monkeypatch.setenv("SSH_AUTH_SOCK", str(agent_sock))
-    [agent_result] = _collect(farm, [_target(server)], tmp_path, identity_files=(), out_dir=tmp_path / "out_agent")
+    [agent_result] = _collect(farm, [_target(server)], tmp_path, identity_files=(),
+                              out_dir=tmp_path / "out_agent")
     assert agent_result.ok, agent_result.error
 
     [ok] = _collect(farm, [_target(server)], tmp_path, out_dir=tmp_path / "out_ok")
@@ -481,7 +502,8 @@ def test_secrets_never_appear(farm: SshdFarm, tmp_path: Path, monkeypatch: pytes
     [auth] = _collect(farm, [_target(server)], tmp_path, identity_files=[wrong], allow_agent=False,
                       out_dir=tmp_path / "out_auth")
     assert auth.error_kind == "auth"
-    texts = [repr(r) for r in (locked_result, agent_result, ok, auth)] + [str(r.error) for r in (locked_result, auth)]
+    results = (locked_result, agent_result, ok, auth)
+    texts = [repr(r) for r in results] + [str(r.error) for r in results]
     for out in ("out_locked", "out_agent", "out_ok", "out_auth"):
         texts += [p.read_text() for p in (tmp_path / out).rglob("*") if p.is_file()]
     for text in texts:
@@ -492,7 +514,8 @@ def test_secrets_never_appear(farm: SshdFarm, tmp_path: Path, monkeypatch: pytes
 # ------------------------------------------------------------------------ real iptables-save in a netns
 
 def _netns_available() -> bool:
-    return os.geteuid() == 0 and shutil.which("ip") is not None and shutil.which("iptables-restore") is not None
+    tools = ("ip", "iptables-restore")
+    return os.geteuid() == 0 and all(shutil.which(tool) is not None for tool in tools)
 
 
 @pytest.mark.root
@@ -529,7 +552,7 @@ def test_real_iptables_save_inside_a_node_namespace(farm: SshdFarm, tmp_path: Pa
             "import json, sys\n"
             "from pathlib import Path\n"
             "from iptrace.collect.ssh import collect\n"
-            f"r = collect(['root@198.18.0.1'], out_dir=Path({str(tmp_path / 'out')!r}), "
+            f"[x] = collect(['root@198.18.0.1'], out_dir=Path({str(tmp_path / 'out')!r}), "
             f"identity_files=[{str(farm.client_key)!r}], known_hosts=Path({str(known_hosts)!r}), "
             f"ssh_config=Path({str(tmp_path / 'cfg_ns')!r}), allow_agent=False, connect_timeout=5)\n"
             "print(json.dumps([x.ok, x.error_kind, x.error]))\n")
