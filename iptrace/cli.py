@@ -133,5 +133,343 @@ def parse(dump: str, output: str, as_save: bool, lenient: bool, table: str | Non
         click.echo(render_parse_summary(ruleset, era), nl=False)
 
 
+# -- analysis commands ---------------------------------------------------------------------------------------
+
+def _parse_destination(text: str) -> tuple[str, int]:
+    """`IP:PORT` or `[IPv6]:PORT` → (ip, port)."""
+    import ipaddress
+
+    host, sep, port = text.rpartition(":")
+    if text.startswith("[") and "]:" in text:
+        host, port = text[1:].split("]:", 1)
+    elif not sep or ":" in host:
+        raise click.BadParameter(f"{text!r}: expected IP:PORT, e.g. 10.96.0.10:53 or [fd00::10]:53",
+                                 param_hint="--dst")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected IP:PORT, e.g. 10.96.0.10:53 or [fd00::10]:53",
+                                 param_hint="--dst") from None
+    if not 0 < number <= 65535:
+        raise click.BadParameter(f"port {number} is out of range (1-65535)", param_hint="--dst")
+    return host, number
+
+
+def _check_ip(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    import ipaddress
+
+    for value in values:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not an IP address", ctx=ctx, param=param) from None
+    return values
+
+
+def _analysis_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options every analysis command shares: node addresses and cluster data."""
+    options = [
+        click.option("--node-ip", "node_ips", multiple=True, callback=_check_ip, metavar="IP",
+                     help="The node's own address (repeatable); taken from a collected node directory's "
+                          "metadata when DUMP is one."),
+        click.option("--cluster", "cluster_files", multiple=True, type=click.Path(dir_okay=True),
+                     help="Services/EndpointSlices/Nodes JSON (`kubectl get --raw …` or `kubectl get … -o json`)."),
+        click.option("--kubeconfig", type=click.Path(dir_okay=False),
+                     help="Read Services/EndpointSlices/Nodes live (read-only) with this kubeconfig."),
+        click.option("--context", help="kubeconfig context to use with --kubeconfig."),
+        _lenient_option,
+        _table_option,
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _cluster(cluster_files: tuple[str, ...], kubeconfig: str | None, context: str | None,
+             namespace: str | None = None) -> Any:
+    if cluster_files:
+        from iptrace.collect.cluster import load_cluster_files
+
+        return load_cluster_files(list(cluster_files))
+    if kubeconfig or context:
+        from iptrace.collect.cluster import load_cluster_live
+
+        return load_cluster_live(kubeconfig, context, namespace)
+    return None
+
+
+def _node_ips(given: tuple[str, ...], collected: list[str]) -> list[str]:
+    return list(given) or collected
+
+
+@main.command()
+@click.argument("dump")
+@_output_option("text", "json", "dot", "svg", "mermaid")
+@click.option("--namespace", "-n", help="Only Services in this namespace.")
+@click.option("--service", metavar="NS/NAME", help="Only this Service.")
+@click.option("--address", callback=lambda c, p, v: _check_ip(c, p, (v,))[0] if v else None, metavar="IP",
+              help="Only Services reachable at this address (ClusterIP, externalIP, LB IP, endpoint).")
+@_analysis_options
+def services(dump: str, output: str, namespace: str | None, service: str | None, address: str | None,
+             node_ips: tuple[str, ...], cluster_files: tuple[str, ...], kubeconfig: str | None,
+             context: str | None, lenient: bool, table: str | None) -> None:
+    """The kube-proxy view: every Service port the node forwards, every way in, every endpoint.
+
+    \b
+    Examples:
+      iptrace services sample_dumps/nodeport-fb-backends.txt
+      iptrace services node1.txt --namespace kube-system -o json | jq '.[].endpoints'
+      iptrace services node1.txt --service default/fb-backends -o mermaid
+      iptrace services node1.txt -o svg > services.svg
+    """
+    from iptrace.kube.view import build_view, filter_view
+    from iptrace.render.graph import render_dot, render_mermaid
+    from iptrace.render.services import render_services_text, services_to_json
+
+    if service is not None and "/" not in service:
+        raise click.BadParameter(f"{service!r}: expected NS/NAME, e.g. default/kubernetes", param_hint="--service")
+    ruleset, _ = _load(dump, lenient=lenient, table=table)
+    cluster = _cluster(cluster_files, kubeconfig, context, namespace)
+    view = filter_view(build_view(ruleset, cluster=cluster), namespace=namespace, service=service,
+                       address=address)
+    if output == "json":
+        _emit_json(services_to_json(view))
+    elif output == "dot":
+        click.echo(render_dot(view), nl=False)
+    elif output == "svg":
+        click.echo(_render_svg(render_dot(view)), nl=False)
+    elif output == "mermaid":
+        click.echo(render_mermaid(view), nl=False)
+    else:
+        click.echo(render_services_text(view), nl=False)
+
+
+def _render_svg(dot: str) -> str:
+    import shutil
+    import subprocess
+
+    from iptrace.errors import InputError
+
+    exe = shutil.which("dot")
+    if exe is None:
+        raise InputError("-o svg needs Graphviz's `dot` (apt-get install graphviz); -o dot prints its input")
+    done = subprocess.run([exe, "-Tsvg"], input=dot, capture_output=True, text=True, check=False, timeout=120)
+    if done.returncode != 0:
+        raise InputError(f"Graphviz failed: {done.stderr.strip().splitlines()[-1] if done.stderr else 'no output'}")
+    return done.stdout
+
+
+_SRC_HELP = ("Where the connection comes from: an IP, or `pod` (an address in the pod CIDR), `node` (a node "
+             "address) or `external` (an address outside both).")
+
+
+@main.command()
+@click.argument("dump")
+@click.option("--dst", required=True, metavar="IP:PORT", help="Destination of the new connection.")
+@click.option("--src", default="external", show_default=True, metavar="IP|pod|node|external", help=_SRC_HELP)
+@click.option("--proto", type=click.Choice(["tcp", "udp", "sctp"]), default="tcp", show_default=True)
+@click.option("--in-interface", metavar="IFACE", help="Interface the packet arrives on (for -i matches).")
+@_output_option("text", "json")
+@_analysis_options
+def trace(dump: str, dst: str, src: str, proto: str, in_interface: str | None, output: str,
+          node_ips: tuple[str, ...], cluster_files: tuple[str, ...], kubeconfig: str | None, context: str | None,
+          lenient: bool, table: str | None) -> None:
+    """Simulate one new connection through the rules, exactly as the kernel would.
+
+    Prints every outcome (DNAT to which endpoint, ACCEPT, DROP, REJECT, CONTINUE) with its exact probability,
+    whether it is masqueraded, and the table, chain, line and text of every rule on its path.
+
+    \b
+    Examples:
+      iptrace trace sample_dumps/nodeport-fb-backends.txt --dst 10.101.234.168:5001 --src pod
+      iptrace trace node1.txt --dst 192.168.49.2:30904 --src external -o json | jq '.outcomes[].destination'
+      iptrace trace snap/node1 --dst 10.96.0.10:53 --proto udp
+    """
+    from iptrace.kube.view import build_view
+    from iptrace.render.trace import render_trace_text
+    from iptrace.trace.packet import Packet
+    from iptrace.trace.result import trace_to_json
+    from iptrace.trace.sources import infer_node_ips, infer_pod_cidrs, pick_source
+    from iptrace.trace.walk import Tracer
+
+    host, port = _parse_destination(dst)
+    ruleset, collected = _load(dump, lenient=lenient, table=table)
+    cluster = _cluster(cluster_files, kubeconfig, context)
+    view = build_view(ruleset, cluster=cluster)
+    ips = _node_ips(node_ips, collected) or infer_node_ips(ruleset)
+    pods = infer_pod_cidrs(ruleset)
+    src_ip = pick_source(src, ruleset, ips, pods)[0] if src in ("pod", "node", "external") else \
+        _check_ip(click.get_current_context(), click.Option(["--src"]), (src,))[0]
+    tracer = Tracer(ruleset, node_ips=ips, pod_cidrs=pods, names=view.chain_labels)
+    result = tracer.trace(Packet(src_ip, host, port, proto, in_interface=in_interface))
+    if output == "json":
+        _emit_json(trace_to_json(result))
+    else:
+        click.echo(render_trace_text(result), nl=False)
+
+
+@main.command()
+@click.argument("dump")
+@click.option("--dst", required=True, metavar="IP:PORT", help="The address that fails (or works).")
+@click.option("--src", default=None, metavar="IP|pod|node|external",
+              help=_SRC_HELP + " Default: explain from a pod, the node and an outside client, and compare.")
+@click.option("--proto", type=click.Choice(["tcp", "udp", "sctp"]), default="tcp", show_default=True)
+@click.option("--in-interface", metavar="IFACE", help="Interface the packet arrives on (for -i matches).")
+@_output_option("text", "json")
+@_analysis_options
+def explain(dump: str, dst: str, src: str | None, proto: str, in_interface: str | None, output: str,
+            node_ips: tuple[str, ...], cluster_files: tuple[str, ...], kubeconfig: str | None,
+            context: str | None, lenient: bool, table: str | None) -> None:
+    """Explain why a connection fails and what would work instead.
+
+    Exit status 3 when any diagnosis is an error (the connection does not reach an endpoint), 0 otherwise.
+
+    \b
+    Examples:
+      iptrace explain sample_dumps/nodeport-fb-backends.txt --dst 10.101.234.168:8001
+      iptrace explain node1.txt --dst 10.96.0.10:53 --proto udp --src pod
+      iptrace explain snap/node1 --dst 192.168.49.2:30904 -o json | jq '.diagnoses[].id'
+    """
+    from iptrace.explain import Explainer
+    from iptrace.render.explain import explain_to_json, render_explain_text
+
+    host, port = _parse_destination(dst)
+    if src is not None and src not in ("pod", "node", "external"):
+        _check_ip(click.get_current_context(), click.Option(["--src"]), (src,))
+    ruleset, collected = _load(dump, lenient=lenient, table=table)
+    cluster = _cluster(cluster_files, kubeconfig, context)
+    explainer = Explainer(ruleset, node_ips=_node_ips(node_ips, collected), cluster=cluster)
+    report = explainer.explain(host, port, proto=proto, src=src, in_interface=in_interface)
+    if output == "json":
+        _emit_json(explain_to_json(report))
+    else:
+        click.echo(render_explain_text(report), nl=False)
+    if report.has_error:
+        raise click.exceptions.Exit(EXIT_FINDINGS)
+
+
+# -- fleet ----------------------------------------------------------------------------------------------------
+
+def _collect_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--inventory", type=click.Path(exists=True, dir_okay=False),
+                     help="File with one node per line ([user@]host[:port], # comments; Ansible INI works)."),
+        click.option("--kubeconfig", type=click.Path(dir_okay=False),
+                     help="Take the nodes from the cluster (their InternalIPs), read-only."),
+        click.option("--context", help="kubeconfig context for --kubeconfig."),
+        click.option("-l", "--selector", "node_selector", metavar="LABELS",
+                     help="With --kubeconfig: only nodes with these labels (e.g. node-role.kubernetes.io/worker)."),
+        click.option("--user", help="SSH user (default: ~/.ssh/config, then the local user)."),
+        click.option("--port", type=int, help="SSH port (default: ~/.ssh/config, then 22)."),
+        click.option("-i", "identity_files", multiple=True, type=click.Path(dir_okay=False),
+                     help="Private key (repeatable); the agent and ~/.ssh/config keys are tried too."),
+        click.option("--known-hosts", type=click.Path(dir_okay=False), help="known_hosts file to verify hosts."),
+        click.option("--accept-new-host-keys", is_flag=True,
+                     help="Accept and record unknown host keys (never changed ones), like "
+                          "StrictHostKeyChecking=accept-new."),
+        click.option("--jump", metavar="[USER@]HOST[:PORT]", help="Jump host, like ssh -J."),
+        click.option("--ssh-config", type=click.Path(dir_okay=False),
+                     help="ssh_config to use (default ~/.ssh/config)."),
+        click.option("--sudo", is_flag=True, help="Run iptables-save with `sudo -n` (a password prompt is an error)."),
+        click.option("--parallel", type=int, default=10, show_default=True, help="Nodes collected at once."),
+        click.option("--timeout", type=float, default=30.0, show_default=True,
+                     help="Seconds to connect, and per command."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _targets(nodes: tuple[str, ...], inventory: str | None, kubeconfig: str | None, context: str | None,
+             node_selector: str | None) -> list[Any]:
+    from iptrace.collect.ssh import NodeTarget, read_inventory
+
+    targets: list[Any] = [NodeTarget.parse(n) for n in nodes]
+    if inventory:
+        targets += read_inventory(Path(inventory))
+    if kubeconfig or context or node_selector:
+        from iptrace.collect.cluster import load_cluster_live, node_addresses
+
+        state = load_cluster_live(kubeconfig, context, None, node_selector=node_selector)
+        targets += [NodeTarget.parse(ip if ":" not in ip else f"[{ip}]", name=name)
+                    for name, ip in node_addresses(state, node_selector)]
+    if not targets:
+        raise click.UsageError("no nodes: give NODE arguments, --inventory FILE or --kubeconfig")
+    return targets
+
+
+def _run_collect(targets: list[Any], out: Path, opts: dict[str, Any]) -> list[Any]:
+    from iptrace.collect.ssh import collect
+
+    kwargs: dict[str, Any] = {
+        "out_dir": out, "user": opts["user"], "port": opts["port"], "identity_files": opts["identity_files"],
+        "known_hosts": Path(opts["known_hosts"]) if opts["known_hosts"] else None,
+        "accept_new_host_keys": opts["accept_new_host_keys"], "jump": opts["jump"], "sudo": opts["sudo"],
+        "parallel": opts["parallel"], "connect_timeout": opts["timeout"], "command_timeout": opts["timeout"],
+        "ssh_config": Path(opts["ssh_config"]) if opts["ssh_config"] else None,
+    }
+    if sys.stderr.isatty():
+        from rich.progress import Progress
+
+        with Progress(transient=True) as bar:
+            task = bar.add_task("collecting", total=len(targets))
+
+            def tick(result: Any) -> None:
+                bar.update(task, advance=1, description=f"collected {result.node}")
+
+            return collect(targets, progress=tick, **kwargs)
+    return collect(targets, **kwargs)
+
+
+def _collect_table(results: list[Any]) -> str:
+    width = max([len(r.node) for r in results] + [4])
+    lines = [f"{'NODE':<{width}}  STATUS  TIME    DETAIL"]
+    for r in results:
+        status = "ok" if r.ok else r.error_kind or "failed"
+        detail = ", ".join(str(f.name) for f in r.files) if r.ok else (r.error or "")
+        if r.warnings:
+            detail += "  (" + "; ".join(r.warnings) + ")"
+        lines.append(f"{r.node:<{width}}  {status:<6}  {r.duration:5.1f}s  {detail}")
+    ok = sum(r.ok for r in results)
+    lines.append(f"{ok} of {len(results)} node{'s' if len(results) != 1 else ''} collected")
+    return "\n".join(lines) + "\n"
+
+
+@main.command()
+@click.argument("nodes", nargs=-1)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to write DIR/NODE/ into.")
+@_collect_options
+@_output_option("text", "json")
+def collect(nodes: tuple[str, ...], out: str, output: str, inventory: str | None, kubeconfig: str | None,
+            context: str | None, node_selector: str | None, **opts: Any) -> None:
+    """Fetch iptables-save (and ip6tables-save, legacy tables, addresses) from many nodes over SSH.
+
+    NODE is [user@]host[:port] or a Host alias of ~/.ssh/config. Each node gets DIR/NODE/ with
+    iptables-save.txt, ip6tables-save.txt and meta.json (0600 files in 0700 directories, written atomically;
+    a node's previous files are replaced only when its new collection succeeded). Exit status 1 if any node
+    failed; the others' data is kept.
+
+    \b
+    Examples:
+      iptrace collect node1 node2 admin@node3.example.com:2222 --out snap/
+      iptrace collect --inventory nodes.txt --sudo --parallel 20 --out snap/
+      iptrace collect --kubeconfig ~/.kube/config -l node-role.kubernetes.io/worker= --out snap/
+    """
+    targets = _targets(nodes, inventory, kubeconfig, context, node_selector)
+    results = _run_collect(targets, Path(out), opts)
+    if output == "json":
+        _emit_json([{"node": r.node, "ok": r.ok, "error_kind": r.error_kind, "error": r.error,
+                     "files": [str(f) for f in r.files], "duration_s": round(r.duration, 3),
+                     "warnings": list(r.warnings)} for r in results])
+    else:
+        click.echo(_collect_table(results), nl=False)
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        click.echo(f"Error: {r.error}", err=True)
+    if failed:
+        raise click.exceptions.Exit(EXIT_ERROR)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,1 +1,107 @@
-"""explain."""
+"""Trace + diagnosis: what fails for a destination, why, and what to use instead.
+
+`Explainer` builds the kube-proxy view, the tracer and the indexes once (that is the "loading"); each
+`explain()` then costs one trace per source plus a few dictionary look-ups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from iptrace.errors import InputError
+from iptrace.explain.catalogue import CATALOGUE, Case, Facts, diagnose
+from iptrace.explain.diagnosis import SEVERITY_ORDER, Diagnosis, Evidence, Explanation, Report
+from iptrace.kube.era import detect
+from iptrace.kube.view import build_view
+from iptrace.model.rules import Ruleset
+from iptrace.trace.packet import Packet, join_host_port
+from iptrace.trace.result import Trace
+from iptrace.trace.sources import infer_node_ips, infer_pod_cidrs, pick_source
+from iptrace.trace.walk import Tracer
+
+__all__ = ["CATALOGUE", "Diagnosis", "Evidence", "Explainer", "Explanation", "Report"]
+
+SOURCE_KINDS = ("pod", "node", "external")
+_SOURCE_WORDS = {"pod": "from a pod", "node": "from the node itself", "external": "from outside the cluster",
+                 "given": "from the given source"}
+
+
+class Explainer:
+    def __init__(self, ruleset: Ruleset, *, node_ips: Sequence[str] = (), pod_cidrs: Sequence[str] = (),
+                 cluster: Any = None) -> None:
+        self.ruleset = ruleset
+        self.era = detect(ruleset)
+        self.view = build_view(ruleset, cluster=cluster)
+        self.node_ips = tuple(node_ips) or tuple(infer_node_ips(ruleset))
+        self.pod_cidrs = tuple(pod_cidrs) or tuple(infer_pod_cidrs(ruleset))
+        self.tracer = Tracer(ruleset, node_ips=self.node_ips, pod_cidrs=self.pod_cidrs,
+                             names=self.view.chain_labels)
+        self.facts = Facts.build(ruleset, self.view, self.era, self.node_ips)
+
+    def source(self, kind: str) -> tuple[str, str]:
+        return pick_source(kind, self.ruleset, self.node_ips, self.pod_cidrs)  # type: ignore[arg-type]
+
+    def explain_one(self, dst: str, dport: int, *, proto: str = "tcp", src: str = "external",
+                    in_interface: str | None = None) -> Explanation:
+        kind = src if src in SOURCE_KINDS else "given"
+        src_ip = self.source(src)[0] if kind != "given" else src
+        packet = Packet(src_ip, dst, dport, proto, in_interface=in_interface)
+        trace = self.tracer.trace(packet)
+        diagnoses = tuple(sorted(diagnose(Case(self.facts, trace, kind)),
+                                 key=lambda d: SEVERITY_ORDER[d.severity]))
+        return Explanation(kind, trace, _verdict(trace), _headline(trace, packet), diagnoses)
+
+    def explain(self, dst: str, dport: int, *, proto: str = "tcp", src: str | None = None,
+                in_interface: str | None = None) -> Report:
+        if not 0 < dport <= 65535:
+            raise InputError(f"port {dport} is out of range; expected 1-65535")
+        kinds = (src,) if src is not None else SOURCE_KINDS
+        explanations = tuple(self.explain_one(dst, dport, proto=proto, src=k, in_interface=in_interface)
+                             for k in kinds)
+        return Report(join_host_port(dst, dport), proto, explanations, _differences(explanations))
+
+
+def _verdict(trace: Trace) -> str:
+    weights: dict[str, float] = {}
+    for o in trace.outcomes:
+        weights[o.verdict] = weights.get(o.verdict, 0.0) + o.probability
+    return max(weights.items(), key=lambda kv: kv[1])[0] if weights else "CONTINUE"
+
+
+def _headline(trace: Trace, packet: Packet) -> str:
+    target = f"{join_host_port(packet.dst, packet.dport)}/{packet.proto}"
+    dnat = [o for o in trace.outcomes if o.verdict == "DNAT"]
+    if dnat and len(dnat) == len(trace.outcomes):
+        service = dnat[0].service or "a Service"
+        return f"{target} reaches {service} on {len(dnat)} endpoint{'s' if len(dnat) > 1 else ''}"
+    verdicts = {o.verdict for o in trace.outcomes}
+    if verdicts == {"REJECT"}:
+        return f"{target} is refused: a rule REJECTs it (connection refused at once)"
+    if verdicts == {"DROP"}:
+        return f"{target} is dropped: a rule DROPs it (the client waits until it times out)"
+    if verdicts <= {"CONTINUE", "ACCEPT"} and not dnat:
+        return f"{target} is never DNATed: no kube-proxy rule matches it, so the packet goes on unchanged"
+    parts = [f"{o.verdict} {o.probability * 100:.0f}%" for o in trace.outcomes]
+    return f"{target}: " + ", ".join(parts)
+
+
+def _differences(explanations: Sequence[Explanation]) -> tuple[str, ...]:
+    if len(explanations) < 2:
+        return ()
+    by_verdict: dict[tuple[str, frozenset[str]], list[str]] = {}
+    for e in explanations:
+        ids = frozenset(d.id for d in e.diagnoses if d.severity != "info")
+        by_verdict.setdefault((e.verdict, ids), []).append(e.source_kind)
+    if len(by_verdict) == 1:
+        masq = {e.source_kind: any(o.masquerade for o in e.trace.outcomes) for e in explanations}
+        if len(set(masq.values())) > 1:
+            yes = [_SOURCE_WORDS[k] for k, v in masq.items() if v]
+            no = [_SOURCE_WORDS[k] for k, v in masq.items() if not v]
+            return (f"same verdict from every source; masqueraded {', '.join(yes)}, not {', '.join(no)}",)
+        return ()
+    out = []
+    for (verdict, ids), kinds in by_verdict.items():
+        words = " and ".join(_SOURCE_WORDS[k] for k in kinds)
+        out.append(f"{words}: {verdict}" + (f" ({', '.join(sorted(ids))})" if ids else ""))
+    return tuple(out)

@@ -1,0 +1,221 @@
+"""The benchmark: every SPEC.md performance budget as a figure and a ratio to a baseline of the same run.
+
+    python3 -m bench.run                 # all figures at SPEC scale (5,000 services x 10 endpoints)
+    python3 -m bench.run --only parse    # one figure
+    python3 -m bench.run --scale 1000    # smaller, for a quick look
+
+It synthesizes kube-proxy dumps itself (bench.synth, current layout, comments on) and runs each figure in a
+fresh Python process so that peak memory is that figure's own. Not a test: machines are shared and noisy, so
+the budgets are reported (with PASS/OVER), never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BASELINE_RE = r'"(?:\\.|[^"\\])*"|\S+'
+
+
+def synth_dump(n: int, m: int, path: Path) -> Path:
+    from bench import synth
+
+    # The cache file is named after the synthesizer's own mtime: a changed synthesizer makes a new dump.
+    path = path.with_name(f"{path.stem}-{int(Path(synth.__file__).stat().st_mtime)}{path.suffix}")
+    if not path.exists():
+        text = synth.render(synth.scale(n, m), node_ips=["192.168.0.10"], pod_cidr="10.244.0.0/16", comments=True)
+        path.write_text(text)
+    return path
+
+
+def baseline_seconds(text: str) -> float:
+    import re
+
+    pattern = re.compile(BASELINE_RE)
+    start = time.perf_counter()
+    for line in text.splitlines():
+        pattern.findall(line)
+    return time.perf_counter() - start
+
+
+def best_of(fn: Any, repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -- figures, each run in its own process ------------------------------------------------------------------
+
+def figure_parse(dump: Path) -> dict[str, Any]:
+    from iptrace.parse import load
+
+    text = dump.read_text()
+    base = min(baseline_seconds(text) for _ in range(3))
+    seconds = best_of(lambda: load(text), 3)
+    rules = load(text).rule_count
+    return {"rules": rules, "mb": round(len(text) / 1e6, 1), "parse_s": round(seconds, 3),
+            "baseline_s": round(base, 3), "ratio": round(seconds / base, 2), "peak_rss_mb": round(peak_rss_mb())}
+
+
+def figure_services(dump: Path) -> dict[str, Any]:
+    start = time.perf_counter()
+    from iptrace.kube.view import build_view
+    from iptrace.parse import load_path
+    from iptrace.render.services import services_to_json
+
+    ruleset = load_path(dump)
+    view = build_view(ruleset)
+    out = json.dumps(services_to_json(view))
+    seconds = time.perf_counter() - start
+    size_mb = dump.stat().st_size / 1e6
+    rss = peak_rss_mb()
+    return {"services": len(view.services), "json_mb": round(len(out) / 1e6, 1), "end_to_end_s": round(seconds, 3),
+            "peak_rss_mb": round(rss), "rss_over_dump": round(rss / size_mb, 1)}
+
+
+def _cluster_ips(view: Any) -> list[tuple[str, int, str]]:
+    return [(s.cluster_ip, s.port, s.protocol.lower()) for s in view.services if s.cluster_ip and s.port]
+
+
+def figure_trace(dump: Path) -> dict[str, Any]:
+    from iptrace.kube.view import build_view
+    from iptrace.parse import load_path
+    from iptrace.trace.packet import Packet
+    from iptrace.trace.walk import Tracer
+
+    ruleset = load_path(dump)
+    view = build_view(ruleset)
+    tracer = Tracer(ruleset, node_ips=["192.168.0.10"], names=view.chain_labels)
+    targets = _cluster_ips(view)
+    src = "10.244.3.7"
+    tracer.trace(Packet(src, targets[0][0], targets[0][1], targets[0][2]))  # warm-up: lazy compilation
+    sample = targets[:: max(1, len(targets) // 200)]
+    start = time.perf_counter()
+    for ip, port, proto in sample:
+        tracer.trace(Packet(src, ip, port, proto))
+    one_ms = (time.perf_counter() - start) / len(sample) * 1000
+    fresh = Tracer(ruleset, node_ips=["192.168.0.10"], names=view.chain_labels)
+    start = time.perf_counter()
+    for ip, port, proto in targets:
+        fresh.trace(Packet(src, ip, port, proto))
+    all_s = time.perf_counter() - start
+    return {"cluster_ips": len(targets), "one_trace_ms": round(one_ms, 2), "all_cluster_ips_s": round(all_s, 2)}
+
+
+def figure_explain(dump: Path) -> dict[str, Any]:
+    from iptrace.explain import Explainer
+    from iptrace.parse import load_path
+
+    ruleset = load_path(dump)
+    explainer = Explainer(ruleset, node_ips=["192.168.0.10"])
+    svc = next(s for s in explainer.view.services if s.cluster_ip and s.endpoints)
+    target = svc.endpoints[0].port
+    explainer.explain(svc.cluster_ip, target, proto=svc.protocol.lower())  # warm-up
+    runs = []
+    for s in explainer.view.services[:: max(1, len(explainer.view.services) // 50)]:
+        if not s.cluster_ip:
+            continue
+        start = time.perf_counter()
+        explainer.explain(s.cluster_ip, s.port + 1, proto=s.protocol.lower())
+        runs.append(time.perf_counter() - start)
+    runs.sort()
+    return {"explained": len(runs), "median_ms": round(runs[len(runs) // 2] * 1000, 2),
+            "max_ms": round(runs[-1] * 1000, 2)}
+
+
+FIGURES = {"parse": figure_parse, "services": figure_services, "trace": figure_trace, "explain": figure_explain}
+
+
+def run_figure(name: str, dump: Path) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-m", "bench.run", "--child", name, "--dump", str(dump)], cwd=ROOT,
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(out.stdout)
+
+
+def help_seconds() -> float:
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "iptrace.cli", "--help"], cwd=ROOT, capture_output=True, check=True)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def verdict(value: float, budget: float) -> str:
+    return "PASS" if value <= budget else "OVER"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=int, default=5000, help="services (endpoints: 10 each)")
+    parser.add_argument("--only", choices=[*FIGURES, "growth", "help"], action="append")
+    parser.add_argument("--child", choices=list(FIGURES), help=argparse.SUPPRESS)
+    parser.add_argument("--dump", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(FIGURES[args.child](args.dump)))
+        return
+    only = set(args.only or [*FIGURES, "growth", "help"])
+    cache = Path(os.environ.get("IPTRACE_BENCH_CACHE", tempfile.gettempdir()))
+    n = args.scale
+    dump = synth_dump(n, 10, cache / f"iptrace-bench-{n}x10.txt")
+    report: dict[str, Any] = {"dump": str(dump), "mb": round(dump.stat().st_size / 1e6, 1)}
+    for name in FIGURES:
+        if name in only:
+            report[name] = run_figure(name, dump)
+    if "growth" in only:
+        double = synth_dump(2 * n, 10, cache / f"iptrace-bench-{2 * n}x10.txt")
+        small, big = run_figure("parse", dump), run_figure("parse", double)
+        if "parse_s" in small and "parse_s" in big:
+            report["growth"] = {"parse_s": [small["parse_s"], big["parse_s"]],
+                                "ratio_2x": round(big["parse_s"] / small["parse_s"], 2)}
+    if "help" in only:
+        report["help"] = {"seconds": round(help_seconds(), 3)}
+    print(json.dumps(report, indent=2))
+    print()
+    rows = []
+    p, s, t, e = (report.get(k, {}) for k in ("parse", "services", "trace", "explain"))
+    if "parse_s" in p:
+        rows.append(("parse to model", f"{p['parse_s']} s, {p['ratio']}x baseline", "<= 2 s, <= 3x",
+                     verdict(p["parse_s"], 2) if p["ratio"] <= 3 else "OVER"))
+    if "end_to_end_s" in s:
+        rows.append(("services end to end", f"{s['end_to_end_s']} s", "<= 4 s", verdict(s["end_to_end_s"], 4)))
+        rows.append(("services peak memory", f"{s['rss_over_dump']}x dump", "<= 15x", verdict(s["rss_over_dump"], 15)))
+    if "one_trace_ms" in t:
+        rows.append(("one trace after load", f"{t['one_trace_ms']} ms", "<= 5 ms", verdict(t["one_trace_ms"], 5)))
+        rows.append(("all ClusterIPs traced", f"{t['all_cluster_ips_s']} s", "<= 5 s", verdict(t["all_cluster_ips_s"], 5)))
+    if "median_ms" in e:
+        rows.append(("explain after load", f"{e['max_ms']} ms (max)", "<= 50 ms", verdict(e["max_ms"], 50)))
+    g = report.get("growth", {})
+    if "ratio_2x" in g:
+        rows.append(("2x services, parse time", f"{g['ratio_2x']}x", "<= 2.2x", verdict(g["ratio_2x"], 2.2)))
+    if "help" in report:
+        rows.append(("iptrace --help", f"{report['help']['seconds']} s", "<= 0.3 s",
+                     verdict(report["help"]["seconds"], 0.3)))
+    for row in rows:
+        print(f"{row[0]:<28} {row[1]:<28} budget {row[2]:<14} {row[3]}")
+    for name in FIGURES:
+        if "error" in report.get(name, {}):
+            print(f"{name}: not measured ({report[name]['error']})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""What `explain` says: diagnoses with stable ids, and the answer for one source or several."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from iptrace.trace.result import Trace, trace_to_json
+
+Severity = Literal["error", "warning", "info"]
+SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    line: int
+    rule: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"line": self.line, "rule": self.rule}
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    """One finding. `summary` is one line; `detail` says why in plain words; `fix` what would work instead."""
+
+    id: str
+    severity: Severity
+    summary: str
+    detail: str
+    fix: str
+    evidence: tuple[Evidence, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "severity": self.severity, "summary": self.summary, "detail": self.detail,
+                "fix": self.fix, "evidence": [e.to_json() for e in self.evidence]}
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """The answer for one source: the trace and what it means."""
+
+    source_kind: str  # "pod", "node", "external" or "given"
+    trace: Trace
+    verdict: str
+    headline: str  # one sentence: what happens to the connection
+    diagnoses: tuple[Diagnosis, ...]
+
+    @property
+    def has_error(self) -> bool:
+        return any(d.severity == "error" for d in self.diagnoses)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "headline": self.headline,
+                "diagnoses": [d.to_json() for d in self.diagnoses], "trace": trace_to_json(self.trace)}
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """`explain` without --src: one Explanation per kind of client, and where they differ."""
+
+    destination: str
+    proto: str
+    explanations: tuple[Explanation, ...]
+    differences: tuple[str, ...] = field(default=())
+
+    @property
+    def has_error(self) -> bool:
+        return any(e.has_error for e in self.explanations)
+
+    def to_json(self) -> dict[str, Any]:
+        merged: dict[str, Diagnosis] = {}
+        for e in self.explanations:
+            for d in e.diagnoses:
+                merged.setdefault(d.id, d)
+        verdicts = {e.verdict for e in self.explanations}
+        return {
+            "destination": self.destination,
+            "proto": self.proto,
+            "verdict": verdicts.pop() if len(verdicts) == 1 else None,
+            "diagnoses": [d.to_json() for d in sorted(merged.values(), key=lambda d: SEVERITY_ORDER[d.severity])],
+            "sources": {e.source_kind: {"src": e.trace.packet.src, **e.to_json()} for e in self.explanations},
+            "differences": list(self.differences),
+        }

@@ -1,0 +1,78 @@
+"""Renders an explain Report as a few lines of prose (text) or the documented JSON. No I/O."""
+
+from __future__ import annotations
+
+import textwrap
+from typing import Any
+
+from iptrace.explain.diagnosis import Diagnosis, Explanation, Report
+
+_MARK = {"error": "✗", "warning": "!", "info": "✓"}
+_WHO = {"pod": "From a pod", "node": "From the node itself", "external": "From outside the cluster",
+        "given": "From"}
+_WIDTH = 100
+
+
+def _wrap(text: str, indent: str) -> list[str]:
+    return textwrap.wrap(text, width=_WIDTH, initial_indent=indent, subsequent_indent=indent,
+                         break_long_words=False, break_on_hyphens=False) or [indent.rstrip()]
+
+
+def _diagnosis(d: Diagnosis) -> list[str]:
+    out = [f"{_MARK[d.severity]} {d.summary}   [{d.id}, {d.severity}]"]
+    out += _wrap(d.detail, "  ")
+    out += _wrap(f"{'Note' if d.severity == 'info' else 'Fix'}: {d.fix}", "  ")
+    if d.evidence:
+        out.append("  Evidence:")
+        for e in d.evidence:
+            where = f"line {e.line}" if e.line else "dump"
+            out.append(f"    {where}: {e.rule}")
+    return out
+
+
+def _explanation(e: Explanation, with_source: bool) -> list[str]:
+    out: list[str] = []
+    if with_source:
+        who = _WHO[e.source_kind]
+        out.append(f"{who} ({e.trace.packet.src}): {e.headline}")
+    else:
+        out.append(e.headline)
+    for d in e.diagnoses:
+        out.append("")
+        out += _diagnosis(d)
+    return out
+
+
+def render_explain_text(report: Report) -> str:
+    out: list[str] = []
+    first = report.explanations[0]
+    if len(report.explanations) == 1:
+        out += _explanation(first, first.source_kind != "external")
+    elif not _differ(report):
+        sources = ", ".join(f"{e.source_kind} {e.trace.packet.src}" for e in report.explanations)
+        out += _explanation(first, False)
+        out.append("")
+        out.append(f"The same from every source ({sources}).")
+        out += [f"Note: {d}" for d in report.differences]
+    else:
+        out.append(f"{report.destination}/{report.proto}: the answer depends on where the client is.")
+        out += [f"  - {d}" for d in report.differences]
+        for e in report.explanations:
+            out.append("")
+            out += _explanation(e, True)
+    assumptions = sorted({a for e in report.explanations for a in e.trace.assumptions})
+    if assumptions:
+        out.append("")
+        out.append("Assumed: " + "; ".join(assumptions))
+    return "\n".join(out) + "\n"
+
+
+def _differ(report: Report) -> bool:
+    keys = {(e.verdict, tuple(d.id for d in e.diagnoses)) for e in report.explanations}
+    return len(keys) > 1
+
+
+def explain_to_json(report: Report) -> dict[str, Any]:
+    if len(report.explanations) == 1:
+        return report.explanations[0].to_json()
+    return report.to_json()

@@ -1,0 +1,63 @@
+"""Renders a Trace as a compact tree: the path all branches share, then one branch per outcome. No I/O."""
+
+from __future__ import annotations
+
+from iptrace.trace.packet import join_host_port
+from iptrace.trace.result import Outcome, Step, Trace
+
+_ENTRY = {"hooks": "real hook order (the dump wires the built-in chains)",
+          "kube-proxy": "kube-proxy's chains entered directly (the dump has no built-in chains wired)"}
+
+
+def _pct(p: float) -> str:
+    if p == 1:
+        return "100%"
+    text = f"{p * 100:.2f}".rstrip("0").rstrip(".")
+    return f"{text}%"
+
+
+def _step(step: Step, indent: str) -> str:
+    return f"{indent}{step.table:<6} {step.chain:<28} line {step.line:<6} {step.rule}"
+
+
+def _outcome_line(o: Outcome) -> str:
+    parts = [f"{_pct(o.probability):>6}  {o.verdict}"]
+    if o.verdict == "DNAT" and o.destination:
+        parts.append(f"→ {o.destination}")
+    if o.service:
+        parts.append(f"  {o.service}")
+    if o.verdict in ("DNAT", "ACCEPT", "CONTINUE"):
+        parts.append(f"  masquerade: {'yes' if o.masquerade else 'no'}")
+    if o.decided_by is not None and o.decided_by.policy is not None:
+        parts.append(f"  (policy of {o.decided_by.table} {o.decided_by.chain})")
+    return " ".join(parts)
+
+
+def render_trace_text(trace: Trace) -> str:
+    p = trace.packet
+    out = [f"{p.proto} {join_host_port(p.src, p.sport)} → {join_host_port(p.dst, p.dport)}",
+           f"entry: {_ENTRY[trace.entry]}"]
+    paths = [o.path for o in trace.outcomes]
+    common = 0
+    if paths:
+        shortest = min(len(path) for path in paths)
+        while common < shortest and all(path[common] == paths[0][common] for path in paths):
+            common += 1
+    if len(trace.outcomes) > 1 and common:
+        out.append("")
+        out.append("every branch:")
+        out += [_step(s, "    ") for s in paths[0][:common]]
+    for i, o in enumerate(trace.outcomes):
+        last = i == len(trace.outcomes) - 1
+        out.append("")
+        out.append(("└─" if last else "├─") + _outcome_line(o))
+        rest = o.path[common:] if len(trace.outcomes) > 1 else o.path
+        bar = "   " if last else "│  "
+        out += [_step(s, bar + " ") for s in rest]
+        if not o.path:
+            out.append(bar + " (no rule matched)")
+    if trace.assumptions:
+        out.append("")
+        out.append("assumed:")
+        out += [f"  - {a}" for a in trace.assumptions]
+    return "\n".join(out) + "\n"
