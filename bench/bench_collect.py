@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from iptrace.collect.ssh import collect  # noqa: E402
-from tests.sshd import SshdFarm, have_sshd, keygen  # noqa: E402
+from tests.sshd import SshdFarm, default_scripts, have_sshd, keygen  # noqa: E402
 
 BUDGET = 3.0
 
@@ -51,6 +51,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=20)
     parser.add_argument("--runs", type=int, default=5, help="repetitions; the median is reported")
+    parser.add_argument("--node-work-ms", type=int, default=0,
+                        help="time the simulated node's own iptables-save takes (a sleep: on a real node it runs "
+                             "on that node's CPU, not the collector's); 0 = instant")
     args = parser.parse_args()
     if not have_sshd():
         print("skipped: /usr/sbin/sshd is not installed")
@@ -61,7 +64,14 @@ def main() -> int:
         key = keygen(root / "client_key")
         farm = SshdFarm(root, key)
         try:
-            servers = [farm.start(f"n{i}", ip=f"198.18.0.{i + 1}") for i in range(args.nodes)]
+            servers = []
+            for i in range(args.nodes):
+                scripts = default_scripts(f"198.18.0.{i + 1}")
+                if args.node_work_ms:
+                    # The node spends this long producing its dump, as iptables-save does on a busy node.
+                    scripts["iptables-save"] = scripts["iptables-save"].replace(
+                        "#!/bin/sh\n", f"#!/bin/sh\nsleep {args.node_work_ms / 1000:.3f}\n", 1)
+                servers.append(farm.start(f"n{i}", ip=f"198.18.0.{i + 1}", scripts=scripts))
             known_hosts = farm.known_hosts(root / "known_hosts")
             config = root / "ssh_config"
             config.write_text("")
@@ -77,6 +87,8 @@ def main() -> int:
     ratio = many / one
     cpus = os.cpu_count() or 1
     verdict = "within" if ratio <= BUDGET else "OVER"
+    if args.node_work_ms:
+        print(f"each simulated node's iptables-save takes {args.node_work_ms} ms (node-side work)")
     print(f"collect 1 node:                {one * 1000:8.1f} ms (median of {args.runs})")
     print(f"collect {args.nodes} nodes, parallel={args.nodes}: {many * 1000:8.1f} ms (median of {args.runs})")
     print(f"ratio: {ratio:.2f}x  (budget <= {BUDGET:g}x: {verdict} budget)")
