@@ -1,0 +1,76 @@
+"""STYLE.md's house rules, enforced: who may import whom, and where the world is touched."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parent.parent / "iptrace"
+
+
+def _modules() -> list[tuple[str, ast.Module, str]]:
+    out = []
+    for path in sorted(PKG.rglob("*.py")):
+        rel = path.relative_to(PKG.parent).with_suffix("").as_posix().replace("/", ".")
+        text = path.read_text()
+        out.append((rel, ast.parse(text), text))
+    return out
+
+
+def _imports(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_model_imports_nothing_of_ours_but_errors() -> None:
+    for name, tree, _ in _modules():
+        if _layer(name) == "model":
+            ours = {m for m in _imports(tree) if m.startswith("iptrace")}
+            assert ours <= {"iptrace.errors"} | {m for m in ours if m.startswith("iptrace.model")}, name
+
+
+def test_third_party_owners() -> None:
+    owners = {"lark": {"parse"}, "paramiko": {"collect"}, "kubernetes": {"collect"}, "click": {"cli"},
+              "urllib3": {"collect"}}
+    for name, tree, _ in _modules():
+        layer = _layer(name)
+        for imported in _imports(tree):
+            top = imported.split(".")[0]
+            if top in owners:
+                assert layer in owners[top], f"{name} imports {top}; only {owners[top]} may"
+
+
+def test_render_and_analysis_layers_do_no_io() -> None:
+    pure = {"model", "parse", "kube", "trace", "explain", "render"}
+    for name, tree, text in _modules():
+        if _layer(name) not in pure or name.endswith("parse.loader"):
+            continue  # the loader reads a dump file for the CLI (read_dump); nothing else may
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert node.func.id not in ("print", "open", "input", "exit"), f"{name} calls {node.func.id}()"
+        assert "sys.exit" not in text, name
+        assert "subprocess" not in _imports(tree), name
+
+
+def test_no_bare_except_exception_in_library_layers() -> None:
+    for name, tree, _ in _modules():
+        if name == "iptrace.cli":
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ExceptHandler) and isinstance(node.type, ast.Name) \
+                    and node.type.id in ("Exception", "BaseException"):
+                # Clean-up-and-re-raise is fine; swallowing every error is not.
+                last = node.body[-1]
+                assert isinstance(last, ast.Raise) and last.exc is None, f"{name}:{node.lineno} swallows {node.type.id}"
+            if isinstance(node, ast.ExceptHandler):
+                assert node.type is not None, f"{name}:{node.lineno} has a bare except"
