@@ -79,17 +79,33 @@ _table_option = click.option("--table", "table", type=click.Choice(["raw", "mang
                              help="Table of an `iptables -S` listing when its chains do not tell.")
 
 
-def _load(dump: str, *, lenient: bool = False, table: str | None = None) -> tuple[Any, list[str]]:
-    """Load DUMP (a file, `-`, a .gz, or a collected node directory) → (Ruleset, node addresses)."""
-    from iptrace.parse import load_path
+def _load(dump: str, *, lenient: bool = False, table: str | None = None,
+          ipv6: bool = False) -> tuple[Any, list[str]]:
+    """Load DUMP (a file, `-`, a .gz, or a collected node directory) → (Ruleset, node addresses).
+
+    For a node directory the dump that answers the question is chosen: ip6tables-save.txt for an IPv6
+    destination, and iptables-legacy-save.txt when kube-proxy's rules are only in the legacy backend.
+    """
+    from iptrace.parse import load, load_path
 
     path = Path(dump)
-    if dump != "-" and path.is_dir():
-        from iptrace.collect.store import read_node_dir
+    if dump == "-" or not path.is_dir():
+        return load_path(dump, lenient=lenient, table=table), []
+    from iptrace.collect.store import read_node_dir
+    from iptrace.kube.era import detect
 
-        snapshot = read_node_dir(path)
-        return load_path(snapshot.dump_path, lenient=lenient, table=table), list(snapshot.addresses)
-    return load_path(dump, lenient=lenient, table=table), []
+    snapshot = read_node_dir(path)
+    text, name = snapshot.dump_text, str(snapshot.dump_path)
+    if ipv6 and snapshot.ip6_dump_text:
+        text, name = snapshot.ip6_dump_text, str(path / "ip6tables-save.txt")
+    ruleset = load(text, source=name, lenient=lenient, table=table)
+    if snapshot.legacy_dump_text and not ipv6 and not detect(ruleset).has_iptables_rules:
+        legacy = load(snapshot.legacy_dump_text, source=str(path / "iptables-legacy-save.txt"), lenient=lenient)
+        if detect(legacy).has_iptables_rules:
+            click.echo(f"note: {path.name}: kube-proxy's rules are in the legacy iptables backend; analyzing "
+                       "iptables-legacy-save.txt", err=True)
+            ruleset = legacy
+    return ruleset, list(snapshot.addresses)
 
 
 def _emit_json(data: Any) -> None:
@@ -294,7 +310,7 @@ def trace(dump: str, dst: str, src: str, proto: str, in_interface: str | None, o
     from iptrace.trace.walk import Tracer
 
     host, port = _parse_destination(dst)
-    ruleset, collected = _load(dump, lenient=lenient, table=table)
+    ruleset, collected = _load(dump, lenient=lenient, table=table, ipv6=":" in host)
     cluster = _cluster(cluster_files, kubeconfig, context)
     view = build_view(ruleset, cluster=cluster)
     ips = _node_ips(node_ips, collected) or infer_node_ips(ruleset)
@@ -337,7 +353,7 @@ def explain(dump: str, dst: str, src: str | None, proto: str, in_interface: str 
     host, port = _parse_destination(dst)
     if src is not None and src not in ("pod", "node", "external"):
         _check_ip(click.get_current_context(), click.Option(["--src"]), (src,))
-    ruleset, collected = _load(dump, lenient=lenient, table=table)
+    ruleset, collected = _load(dump, lenient=lenient, table=table, ipv6=":" in host)
     cluster = _cluster(cluster_files, kubeconfig, context)
     explainer = Explainer(ruleset, node_ips=_node_ips(node_ips, collected), cluster=cluster)
     report = explainer.explain(host, port, proto=proto, src=src, in_interface=in_interface)
