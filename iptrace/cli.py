@@ -487,5 +487,135 @@ def collect(nodes: tuple[str, ...], out: str, output: str, inventory: str | None
         raise click.exceptions.Exit(EXIT_ERROR)
 
 
+def _audit_inputs(sources: tuple[str, ...], node_ips: tuple[str, ...], lenient: bool) -> list[Any]:
+    """NodeInputs from collected directories (DIR or DIR/NODE) and plain dump files."""
+    from iptrace.errors import IptraceError
+    from iptrace.kube.compare import NodeInput, inputs_from_directory
+    from iptrace.parse import load_path
+
+    inputs: list[Any] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            inputs += inputs_from_directory(path, lenient=lenient)
+            continue
+        name = path.name.removesuffix(".gz").removesuffix(".txt") if source != "-" else "stdin"
+        try:
+            inputs.append(NodeInput(name, load_path(source, lenient=lenient), addresses=node_ips))
+        except IptraceError as exc:
+            inputs.append(NodeInput(name, None, str(exc)))
+    names = [i.name for i in inputs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise click.UsageError(f"two inputs are both called {duplicates[0]!r}; rename one of them")
+    return inputs
+
+
+@main.command()
+@click.argument("sources", nargs=-1, metavar="DIR|DUMP|NODE...")
+@click.option("--collect", "collect_first", is_flag=True,
+              help="Treat every SOURCE as a node ([user@]host[:port]) to collect over SSH first, even if a "
+                   "file of that name exists. Without it, SOURCES that are not existing paths are nodes.")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="With --collect: where to keep the collection (default: a temporary directory).")
+@click.option("--cluster", "cluster_files", multiple=True, type=click.Path(),
+              help="Services/EndpointSlices/Nodes JSON to compare every node with.")
+@click.option("--namespace", "-n", help="With --kubeconfig: only this namespace's Services.")
+@click.option("--node-ip", "node_ips", multiple=True, callback=_check_ip, metavar="IP",
+              help="Addresses of a node given as a plain dump file.")
+@click.option("--verbose", "-v", is_flag=True, help="Show each finding's detail and evidence lines.")
+@_output_option("text", "json")
+@_lenient_option
+@_collect_options
+def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluster_files: tuple[str, ...],
+          namespace: str | None, node_ips: tuple[str, ...], verbose: bool, output: str, lenient: bool,
+          inventory: str | None, kubeconfig: str | None, context: str | None, node_selector: str | None,
+          **opts: Any) -> None:
+    """Analyze every node of a collection and compare them with each other and with the cluster.
+
+    Finds Services missing or forwarded differently on some nodes (differences that traffic policy Local
+    explains are not findings), stale kube-proxies, nodes without kube-proxy rules, backend splits and, with
+    --cluster/--kubeconfig, every disagreement between a node's rules and the API. Exit status 3 when any
+    finding is an error.
+
+    \b
+    Examples:
+      iptrace audit snap/
+      iptrace audit snap/ --cluster services.json --cluster endpointslices.json -o json | jq '.findings[].id'
+      iptrace audit node1 node2 admin@node3:2222 --sudo --kubeconfig ~/.kube/config
+      iptrace audit node1.txt node2.txt
+    """
+    import tempfile
+
+    from iptrace.kube.compare import audit as run_audit
+    from iptrace.render.audit import audit_to_json, render_audit_text
+
+    discover = not sources and not inventory and bool(kubeconfig or context or node_selector)
+    if not sources and not inventory and not discover:
+        raise click.UsageError("nothing to audit: give a collection DIR, dump files, nodes, --inventory FILE, "
+                               "or --kubeconfig to take the nodes from the cluster")
+    cluster = _cluster(cluster_files, kubeconfig, context, namespace)
+    failures: list[Any] = []
+    with tempfile.TemporaryDirectory(prefix="iptrace-audit-") as tmp:
+        nodes = sources if collect_first else tuple(x for x in sources if x != "-" and not Path(x).exists())
+        paths = () if collect_first else tuple(x for x in sources if x not in nodes)
+        if nodes or inventory or discover:
+            targets = _targets(nodes, inventory, kubeconfig if discover else None, context if discover else None,
+                               node_selector if discover else None)
+            where = Path(out) if out else Path(tmp)
+            results = _run_collect(targets, where, opts)
+            failures = [r for r in results if not r.ok]
+            collected = tuple(str(where / r.node) for r in results if r.ok)
+            if not collected and not paths:
+                for r in failures:
+                    click.echo(f"Error: {r.error}", err=True)
+                raise click.exceptions.Exit(EXIT_ERROR)
+            inputs = _audit_inputs(paths + collected, node_ips, lenient)
+        else:
+            inputs = _audit_inputs(paths, node_ips, lenient)
+        report = run_audit(inputs, cluster)
+    if output == "json":
+        _emit_json(audit_to_json(report))
+    else:
+        click.echo(render_audit_text(report, verbose=verbose), nl=False)
+    for r in failures:
+        click.echo(f"Error: {r.error}", err=True)
+    if report.has_error:
+        raise click.exceptions.Exit(EXIT_FINDINGS)
+    if failures:
+        raise click.exceptions.Exit(EXIT_ERROR)
+
+
+@main.command()
+@click.argument("a")
+@click.argument("b")
+@_output_option("text", "json")
+@click.option("--cluster", "cluster_files", multiple=True, type=click.Path(),
+              help="Services/EndpointSlices JSON, to name comment-less chains on both sides.")
+@_lenient_option
+@_table_option
+def diff(a: str, b: str, output: str, cluster_files: tuple[str, ...], lenient: bool, table: str | None) -> None:
+    """Service-level difference between two dumps (or two nodes of a collection).
+
+    Services added or removed, endpoints and ports changed, and rules changed outside kube-proxy's chains.
+
+    \b
+    Examples:
+      iptrace diff before.txt after.txt
+      iptrace diff snap/node1 snap/node2 -o json | jq '.services'
+    """
+    from iptrace.kube.diff import diff as run_diff
+    from iptrace.render.audit import diff_to_json, render_diff_text
+
+    left, _ = _load(a, lenient=lenient, table=table)
+    right, _ = _load(b, lenient=lenient, table=table)
+    cluster = _cluster(cluster_files, None, None)
+    result = run_diff(left, right, cluster=cluster)
+    if output == "json":
+        _emit_json(diff_to_json(result))
+    else:
+        click.echo(render_diff_text(result), nl=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,159 @@
+"""Renders an audit report and a dump diff as short text or the documented JSON (docs/audit-json.md).
+Returns strings; no I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from iptrace.kube.compare import AuditReport, Finding
+from iptrace.kube.diff import Diff
+
+AUDIT_FORMAT = 1
+DIFF_FORMAT = 1
+_MARK = {"error": "✗", "warning": "!", "info": "·"}
+
+
+# ------------------------------------------------------------------------------------------------ audit
+
+
+def finding_to_json(f: Finding) -> dict[str, Any]:
+    return f.to_json()
+
+
+def audit_to_json(report: AuditReport) -> dict[str, Any]:
+    """The audit as a JSON-ready dict; keys are stable (docs/audit-json.md)."""
+    counts = {s: sum(f.severity == s for f in report.findings) for s in ("error", "warning", "info")}
+    return {
+        "format": AUDIT_FORMAT,
+        "cluster": report.cluster_source,
+        "ok": not report.has_error,
+        "counts": counts,
+        "nodes": [{
+            "name": n.name, "status": n.status, "kube_node": n.kube_node, "era": n.era,
+            "version_hint": n.version_hint, "services": n.services,
+            "findings": {"error": n.errors, "warning": n.warnings, "info": n.infos}, "error": n.error,
+        } for n in report.nodes],
+        "findings": [f.to_json() for f in report.findings],
+    }
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+
+
+def render_audit_text(report: AuditReport, *, verbose: bool = False) -> str:
+    """Findings ordered by severity (one line each, plus the fix; `verbose` adds details and evidence),
+    then one row per node."""
+    out: list[str] = []
+    errors = sum(f.severity == "error" for f in report.findings)
+    warnings = sum(f.severity == "warning" for f in report.findings)
+    n = len(report.nodes)
+    head = f"Audit of {n} node{'s' if n != 1 else ''}"
+    if report.cluster_source:
+        head += f" against {report.cluster_source}"
+    if not report.findings:
+        out.append(f"{head}: no findings — every node forwards every Service the same way"
+                   + (" the API asks" if report.cluster_source else "") + ".")
+    else:
+        out.append(f"{head}: {errors} error(s), {warnings} warning(s).")
+        out.append("")
+        for f in report.findings:
+            summary = f.summary
+            if f.service is None and f.node and summary.startswith(f"{f.node}: "):
+                summary = summary[len(f.node) + 2:]  # the node is already in the brackets
+            where = f"[{f.node}] " if f.node else ""
+            out.append(f"{_MARK[f.severity]} {where}{summary}   ({f.id})")
+            if verbose:
+                out.append(f"    {f.detail}")
+            out.append(f"    fix: {f.fix}")
+            if verbose:
+                for line, rule in f.evidence:
+                    out.append(f"    line {line}: {rule}" if line else f"    {rule}")
+    out.append("")
+    rows = [["NODE", "STATUS", "ERA", "SERVICES", "FINDINGS"]]
+    for s in report.nodes:
+        name = s.name if not s.kube_node or s.kube_node == s.name else f"{s.name} ({s.kube_node})"
+        era = s.era + (f" {s.version_hint}" if s.version_hint else "")
+        found = f"{s.errors} error(s), {s.warnings} warning(s)" if (s.errors or s.warnings) else "-"
+        rows.append([name, s.status, era, str(s.services) if s.status != "load-error" else "-", found])
+    out += _table(rows)
+    for s in report.nodes:
+        if s.error:
+            out.append(f"{s.name}: {s.error}")
+    return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ diff
+
+
+def diff_to_json(d: Diff) -> dict[str, Any]:
+    """The diff as a JSON-ready dict; keys are stable (docs/audit-json.md)."""
+    def side(s: Any) -> dict[str, Any]:
+        return {"service": s.service, "cluster_ip": s.cluster_ip, "port": s.port, "node_port": s.node_port,
+                "endpoints": list(s.endpoints)}
+
+    def value(v: object) -> object:
+        return list(v) if isinstance(v, tuple) else v
+
+    return {
+        "format": DIFF_FORMAT,
+        "a": d.a, "b": d.b,
+        "era": {"a": d.era_a, "b": d.era_b},
+        "services_added": [side(s) for s in d.added],
+        "services_removed": [side(s) for s in d.removed],
+        "services_changed": [{
+            "service": c.service,
+            "fields": [{"field": f.field, "a": value(f.before), "b": value(f.after)} for f in c.fields],
+            "endpoints": [{"endpoint": e.endpoint, "change": e.change, "a": e.before, "b": e.after}
+                          for e in c.endpoints],
+        } for c in d.changed],
+        "rules": [{"table": r.table, "chain": r.chain, "change": r.change, "rule": r.rule, "line": r.line}
+                  for r in d.rules],
+    }
+
+
+def _fmt(v: object) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, tuple):
+        return ", ".join(str(x) for x in v) or "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def render_diff_text(d: Diff) -> str:
+    """`-`/`+` lines per Service port, then the rules changed outside kube-proxy's chains."""
+    out = [f"--- {d.a}", f"+++ {d.b}"]
+    if d.empty:
+        out.append("no differences in Services, endpoints or non-kube-proxy rules")
+        return "\n".join(out) + "\n"
+    if d.era_a != d.era_b:
+        out.append(f"kube-proxy layout: {d.era_a} -> {d.era_b}")
+    for s in d.removed:
+        where = f" {s.cluster_ip}:{s.port}" if s.cluster_ip else ""
+        out.append(f"- service {s.service}{where} ({len(s.endpoints)} endpoint(s))")
+    for s in d.added:
+        where = f" {s.cluster_ip}:{s.port}" if s.cluster_ip else ""
+        out.append(f"+ service {s.service}{where} ({len(s.endpoints)} endpoint(s))")
+    for c in d.changed:
+        out.append(f"~ service {c.service}")
+        for f in c.fields:
+            out.append(f"    {f.field}: {_fmt(f.before)} -> {_fmt(f.after)}")
+        for e in c.endpoints:
+            if e.change == "added":
+                out.append(f"    + endpoint {e.endpoint} (p={_fmt(e.after)})")
+            elif e.change == "removed":
+                out.append(f"    - endpoint {e.endpoint} (p={_fmt(e.before)})")
+            elif e.change == "probability":
+                out.append(f"    ~ endpoint {e.endpoint} probability {_fmt(e.before)} -> {_fmt(e.after)}")
+            else:
+                out.append(f"    ~ endpoint {e.endpoint} local {_fmt(e.before)} -> {_fmt(e.after)}")
+    if d.rules:
+        out.append("rules outside kube-proxy's chains:")
+        for r in d.rules:
+            sign = {"added": "+", "removed": "-", "chain-added": "+", "chain-removed": "-"}.get(r.change, "~")
+            side = "b" if r.change in ("added", "chain-added", "policy") else "a"
+            out.append(f"  {sign} [{r.table}] {r.rule}   ({side}:{r.line})")
+    return "\n".join(out) + "\n"

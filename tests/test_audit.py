@@ -1,0 +1,262 @@
+"""audit: fleets of node dumps rendered by bench/synth.py (each node with its own local endpoints), with and
+without cluster data; the JSON and text reports; and an audit of a snapshot written by the real `collect`
+from real sshd processes (tests/sshd.py)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.synth import EndpointSpec, PortSpec, ServiceSpec
+from iptrace.collect import store
+from iptrace.collect.ssh import collect
+from iptrace.kube.compare import (
+    AuditReport,
+    NodeInput,
+    audit,
+    inputs_from_directory,
+    kube_node_for,
+    node_input_from_snapshot,
+)
+from iptrace.parse import load
+from iptrace.render.audit import audit_to_json, render_audit_text
+from tests.sshd import SshdFarm, have_sshd, keygen
+from tests.test_compare import NODES, base_services, cluster_of, dump, dump_text, svc
+
+LEGACY_WARNING = "# Warning: iptables-legacy tables present, use iptables-legacy-save to see them\n"
+
+
+def node(name: str, services: list[ServiceSpec], **kwargs: Any) -> NodeInput:
+    return NodeInput(name, dump(services, name, **kwargs), addresses=(NODES[name], "127.0.0.1"))
+
+
+def fleet(services: list[ServiceSpec]) -> list[NodeInput]:
+    return [node(n, services) for n in sorted(NODES)]
+
+
+def by_node(report: AuditReport) -> dict[str, list[tuple[str, str, str | None]]]:
+    out: dict[str, list[tuple[str, str, str | None]]] = {}
+    for f in report.findings:
+        out.setdefault(f.node, []).append((f.id, f.severity, f.service))
+    return out
+
+
+def show(report: AuditReport) -> str:
+    return render_audit_text(report, verbose=True)
+
+
+def stale_services() -> tuple[list[ServiceSpec], list[ServiceSpec]]:
+    """(what a stale node still has, what the API and the other nodes have now)."""
+    old = base_services()
+    svc(old, "web").endpoints.append(EndpointSpec("10.244.2.99", 8080))
+    old.append(ServiceSpec("default", "gone", "10.96.10.30", [PortSpec("http", 80, target_port=8080)],
+                           endpoints=[EndpointSpec("10.244.3.50", 8080)]))
+    return old, base_services()
+
+
+# ------------------------------------------------------------------------------------------------ fleets
+
+
+@pytest.mark.parametrize("with_cluster", [False, True])
+def test_healthy_fleet_has_no_findings_local_policies_included(with_cluster: bool) -> None:
+    services = base_services()
+    cluster = cluster_of(services) if with_cluster else None
+    report = audit(fleet(services), cluster)
+    assert report.findings == (), show(report)
+    assert not report.has_error
+    assert [(n.name, n.status, n.kube_node, n.era) for n in report.nodes] == [
+        (n, "ok", n if with_cluster else None, "KUBE-EXT era") for n in sorted(NODES)]
+    # The nodes do differ where Local policies make them: local-lb DROPs on node-c, DNATs on node-a.
+    views = {n.name: n.ruleset for n in fleet(services)}
+    assert "has no local endpoints" in dump_text(services, "node-c")
+    assert views["node-a"] is not None
+
+
+def test_one_stale_node_without_cluster_data() -> None:
+    old, new = stale_services()
+    nodes = [node("node-a", new), node("node-b", old), node("node-c", new)]
+    report = audit(nodes, None)
+    found = by_node(report)
+    assert set(found) == {"node-b"}, show(report)
+    assert ("endpoints-differ", "error", "default/web:http") in found["node-b"]
+    assert ("service-only-on-node", "warning", "default/gone:http") in found["node-b"]
+    assert ("kube-proxy-stale", "error", None) in found["node-b"]
+    web = next(f for f in report.findings if f.id == "endpoints-differ")
+    assert "10.244.2.99:8080" in web.summary and "the other nodes do not have" in web.summary
+    assert any("10.244.2.99:8080" in rule for _, rule in web.evidence)
+    assert report.has_error
+
+
+def test_one_stale_node_against_the_api() -> None:
+    old, new = stale_services()
+    nodes = [node("node-a", new), node("node-b", old), node("node-c", new)]
+    report = audit(nodes, cluster_of(new))
+    found = by_node(report)
+    assert set(found) == {"node-b"}, show(report)
+    assert sorted(found["node-b"]) == [("kube-proxy-stale", "error", None),
+                                       ("stale-endpoints", "error", "default/web:http"),
+                                       ("unknown-service", "warning", "default/gone:http")], show(report)
+    assert [f.severity for f in report.findings] == ["error", "error", "warning"]
+
+
+def test_a_service_missing_on_one_node() -> None:
+    services = base_services()
+    lagging = [s for s in services if s.name != "affine"]
+    report = audit([node("node-a", services), node("node-b", services), node("node-c", lagging)], None)
+    assert by_node(report) == {"node-c": [("kube-proxy-stale", "error", None),
+                                          ("service-missing-on-node", "error", "default/affine")]}, show(report)
+
+
+def test_two_nodes_that_disagree_are_both_told() -> None:
+    old, new = stale_services()
+    report = audit([node("node-a", new), node("node-b", old)], None)
+    found = by_node(report)
+    assert ("endpoints-differ", "warning", "default/web:http") in found["node-a"], show(report)
+    assert ("endpoints-differ", "error", "default/web:http") in found["node-b"], show(report)
+
+
+def test_node_without_kube_proxy() -> None:
+    services = base_services()
+    bare = NodeInput("node-c", load("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\nCOMMIT\n"),
+                     addresses=(NODES["node-c"],))
+    for cluster in (None, cluster_of(services)):
+        report = audit([node("node-a", services), node("node-b", services), bare], cluster)
+        assert by_node(report) == {"node-c": [("no-kube-proxy-rules", "error", None)]}, show(report)
+        assert [n.status for n in report.nodes] == ["ok", "ok", "no-kube-proxy"]
+
+
+def test_legacy_backend_split() -> None:
+    services = base_services()
+    split = NodeInput("node-b", load(LEGACY_WARNING + dump_text(services, "node-b")),
+                      addresses=(NODES["node-b"],),
+                      legacy_ruleset=load(dump_text(services, "node-b")))
+    report = audit([node("node-a", services), split, node("node-c", services)], cluster_of(services))
+    assert by_node(report) == {"node-b": [("iptables-backend-split", "warning", None)]}, show(report)
+    assert "kube-proxy chain" in report.findings[0].detail
+
+
+def test_another_era_is_a_warning() -> None:
+    services = [s for s in base_services() if s.name != "itp"]
+    report = audit([node("node-a", services), node("node-b", services), node("node-c", services, era="xlb")],
+                   cluster_of(services))
+    assert by_node(report) == {"node-c": [("era-mismatch", "warning", None)]}, show(report)
+    assert "KUBE-XLB era" in report.findings[0].summary
+
+
+def test_a_node_whose_dump_does_not_parse(tmp_path: Path) -> None:
+    services = base_services()
+    good = tmp_path / "snap" / "node-a"
+    bad = tmp_path / "snap" / "node-b"
+    store.write_node_dir(good, {store.DUMP_FILE: dump_text(services, "node-a").encode()},
+                         {"node": "node-a", "addresses": [NODES["node-a"]]})
+    store.write_node_dir(bad, {store.DUMP_FILE: b"*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j\nCOMMIT\n"},
+                         {"node": "node-b", "addresses": [NODES["node-b"]]})
+    broken_meta = tmp_path / "snap" / "node-c"
+    store.write_node_dir(broken_meta, {store.DUMP_FILE: dump_text(services, "node-c").encode()}, {})
+    (broken_meta / store.META_FILE).write_text("{not json")
+    inputs = inputs_from_directory(tmp_path / "snap")
+    assert [i.name for i in inputs] == ["node-a", "node-b", "node-c"]
+    assert inputs[2].ruleset is None and "meta.json: unreadable metadata" in (inputs[2].error or "")
+    inputs = inputs[:2]
+    assert inputs[1].ruleset is None and inputs[1].error and "iptables-save.txt:3" in inputs[1].error
+    report = audit(inputs, cluster_of(services))
+    assert by_node(report) == {"node-b": [("load-error", "error", None)]}, show(report)
+    assert report.findings[0].detail == inputs[1].error
+    assert [n.status for n in report.nodes] == ["ok", "load-error"]
+    text = render_audit_text(report)
+    assert inputs[1].error in text
+
+
+def test_node_not_in_the_cluster_data_is_said() -> None:
+    services = base_services()
+    stranger = NodeInput("10.9.9.9", dump(services, "node-a"), addresses=("10.9.9.9",))
+    assert kube_node_for("10.9.9.9", ("10.9.9.9",), cluster_of(services)) is None
+    assert kube_node_for("x", ("127.0.0.1", NODES["node-b"]), cluster_of(services)) == "node-b"
+    assert kube_node_for("node-c", (), cluster_of(services)) == "node-c"
+    report = audit([stranger], cluster_of(services))
+    assert by_node(report) == {"10.9.9.9": [("node-not-in-cluster", "warning", None)]}, show(report)
+
+
+# ------------------------------------------------------------------------------------------------ renderers
+
+
+def test_json_report_is_stable_and_serializable() -> None:
+    old, new = stale_services()
+    report = audit([node("node-a", new), node("node-b", old), node("node-c", new)], cluster_of(new))
+    doc = audit_to_json(report)
+    assert list(doc) == ["format", "cluster", "ok", "counts", "nodes", "findings"]
+    assert doc["ok"] is False and doc["counts"] == {"error": 2, "warning": 1, "info": 0}
+    assert doc["cluster"] == "test cluster"
+    assert list(doc["nodes"][0]) == ["name", "status", "kube_node", "era", "version_hint", "services",
+                                     "findings", "error"]
+    assert doc["nodes"][1]["findings"] == {"error": 2, "warning": 1, "info": 0}
+    assert list(doc["findings"][0]) == ["id", "severity", "node", "service", "summary", "detail", "fix", "evidence"]
+    assert json.loads(json.dumps(doc)) == doc
+
+
+def test_text_report_is_short_and_ordered() -> None:
+    old, new = stale_services()
+    report = audit([node("node-a", new), node("node-b", old), node("node-c", new)], cluster_of(new))
+    text = render_audit_text(report)
+    lines = text.splitlines()
+    assert lines[0] == "Audit of 3 nodes against test cluster: 2 error(s), 1 warning(s)."
+    marks = [line[0] for line in lines if line[:1] in ("✗", "!")]
+    assert marks == ["✗", "✗", "!"]
+    table = lines[lines.index(next(x for x in lines if x.startswith("NODE"))):]
+    assert table[0].split() == ["NODE", "STATUS", "ERA", "SERVICES", "FINDINGS"]
+    assert table[2].startswith("node-b") and "2 error(s), 1 warning(s)" in table[2]
+    assert len(lines) < 20
+    healthy = render_audit_text(audit(fleet(new), cluster_of(new)))
+    assert healthy.startswith("Audit of 3 nodes against test cluster: no findings")
+
+
+# ------------------------------------------------------------------------------------------------ real collect
+
+
+@pytest.mark.skipif(not have_sshd(), reason="OpenSSH server (/usr/sbin/sshd) is not installed")
+def test_audit_of_a_snapshot_collected_over_real_ssh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    old, new = stale_services()
+    farm = SshdFarm(tmp_path, keygen(tmp_path / "client_key"))
+    try:
+        servers = []
+        for name, services in (("node-a", new), ("node-b", old)):
+            ip = NODES[name]
+            scripts = {
+                "iptables-save": "#!/bin/sh\ncat <<'EOF'\n" + dump_text(services, name) + "EOF\n",
+                "iptables": '#!/bin/sh\n[ "$1" = --version ] && echo "iptables v1.8.9 (nf_tables)" && exit 0\n'
+                            "exit 2\n",
+                "ip": "#!/bin/sh\ncat <<'EOF'\n"
+                      "1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever\n"
+                      f"2: eth0    inet {ip}/24 brd 192.168.49.255 scope global eth0\\       valid_lft forever "
+                      "preferred_lft forever\nEOF\n",
+            }
+            servers.append(farm.start(name, ip=ip, scripts=scripts))
+        (tmp_path / "ssh_config").write_text("")
+        results = collect([f"127.0.0.1:{s.port}" for s in servers], out_dir=tmp_path / "snap",
+                          identity_files=[farm.client_key], user="root",
+                          known_hosts=farm.known_hosts(tmp_path / "known_hosts"),
+                          ssh_config=tmp_path / "ssh_config", connect_timeout=5, command_timeout=10)
+    finally:
+        farm.stop_all()
+    assert all(r.ok for r in results), [(r.node, r.error) for r in results]
+    inputs = inputs_from_directory(tmp_path / "snap")
+    assert inputs == [node_input_from_snapshot(s) for s in store.list_snapshot(tmp_path / "snap")]
+    report = audit(inputs, cluster_of(new))
+    names = {s.port: f"127.0.0.1:{s.port}" for s in servers}
+    stale_node = names[servers[1].port]
+    assert [(n.name, n.kube_node, n.status) for n in report.nodes] == sorted(
+        [(names[servers[0].port], "node-a", "ok"), (stale_node, "node-b", "ok")])
+    found = by_node(report)
+    assert set(found) == {stale_node}, show(report)
+    assert ("stale-endpoints", "error", "default/web:http") in found[stale_node]
+    assert ("kube-proxy-stale", "error", None) in found[stale_node]
+    doc = audit_to_json(report)
+    assert doc["ok"] is False
+    # Local endpoints were judged with the Node names matched through the collected addresses.
+    assert copy.deepcopy(doc) == json.loads(json.dumps(doc))
