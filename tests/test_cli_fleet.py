@@ -1,0 +1,104 @@
+"""The fleet commands end to end through the CLI, against real OpenSSH servers: collect (with one node
+failing), then audit, diff and explain on the collection. Nodes print rules synthesized by bench.synth."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bench import synth
+from iptrace.cli import main
+from tests.sshd import SshdFarm, default_scripts, free_port, have_sshd, keygen
+
+pytestmark = pytest.mark.skipif(not have_sshd(), reason="OpenSSH server (/usr/sbin/sshd) is not installed")
+
+
+def _dump(node_ip: str, endpoints: list[str]) -> str:
+    svc = synth.ServiceSpec("default", "web", "10.96.7.7", [synth.PortSpec("http", 80, "TCP", 30080, 8080)],
+                            type="NodePort", endpoints=[synth.EndpointSpec(ip, 8080) for ip in endpoints])
+    return synth.render([svc], node_ips=[node_ip], pod_cidr="10.244.0.0/16")
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    key = keygen(tmp_path / "client_key")
+    farm = SshdFarm(tmp_path, key)
+    try:
+        nodes = {}
+        # node-b's kube-proxy is stale: it still DNATs to an endpoint the others dropped.
+        for name, ip, eps in (("node-a", "198.18.0.11", ["10.244.1.5", "10.244.2.6"]),
+                              ("node-b", "198.18.0.12", ["10.244.1.5", "10.244.2.6", "10.244.3.9"]),
+                              ("node-c", "198.18.0.13", ["10.244.1.5", "10.244.2.6"])):
+            scripts = default_scripts(ip)
+            scripts["iptables-save"] = "#!/bin/sh\ncat <<'EOF'\n" + _dump(ip, eps) + "EOF\n"
+            nodes[name] = farm.start(name, ip=ip, scripts=scripts)
+        known_hosts = farm.known_hosts(tmp_path / "known_hosts")
+        config = tmp_path / "ssh_config"
+        config.write_text("".join(f"Host {name}\n  HostName 127.0.0.1\n  Port {s.port}\n  User root\n"
+                                  for name, s in nodes.items()))
+        yield {"farm": farm, "key": key, "known_hosts": known_hosts, "config": config, "tmp": tmp_path}
+    finally:
+        farm.stop_all()
+
+
+def _ssh_args(f) -> list[str]:
+    return ["-i", str(f["key"]), "--known-hosts", str(f["known_hosts"]), "--ssh-config", str(f["config"]),
+            "--timeout", "5"]
+
+
+def test_collect_audit_diff_explain(fleet) -> None:
+    out = fleet["tmp"] / "snap"
+    dead = f"root@127.0.0.1:{free_port()}"
+    runner = CliRunner()
+    result = runner.invoke(main, ["collect", "node-a", "node-b", "node-c", dead, "--out", str(out),
+                                  *_ssh_args(fleet)])
+    assert result.exit_code == 1, result.output
+    assert "3 of 4 nodes collected" in result.output
+    assert "refused" in result.output
+    assert f"Error: 127.0.0.1:{dead.rsplit(':', 1)[1]}" in result.output  # the failure is named on stderr
+    for name in ("node-a", "node-b", "node-c"):
+        dump = out / name / "iptables-save.txt"
+        assert dump.is_file()
+        assert stat.S_IMODE(dump.stat().st_mode) == 0o600
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o700
+
+    audit = runner.invoke(main, ["audit", str(out), "-o", "json"])
+    report = json.loads(audit.output)
+    ids = {(f["node"], f["id"]) for f in report["findings"]}
+    # node-b, and only node-b, is told its endpoints disagree with the majority of the fleet
+    assert {node for node, _ in ids} == {"node-b"}, report["findings"]
+    assert ("node-b", "endpoints-differ") in ids or ("node-b", "kube-proxy-stale") in ids
+    assert "10.244.3.9" in json.dumps(report["findings"])
+    assert audit.exit_code == (3 if any(f["severity"] == "error" for f in report["findings"]) else 0)
+
+    d = runner.invoke(main, ["diff", str(out / "node-a"), str(out / "node-b"), "-o", "json"])
+    assert d.exit_code == 0, d.output
+    assert "10.244.3.9" in d.output
+
+    # A collected node directory brings its own addresses: the nodePort on node-a's address is recognised.
+    e = runner.invoke(main, ["explain", str(out / "node-a"), "--dst", "198.18.0.11:80", "--src", "external",
+                             "-o", "json"])
+    assert e.exit_code == 3, e.output
+    assert json.loads(e.output)["diagnoses"][0]["id"] == "service-port-on-node-ip"
+    ok = runner.invoke(main, ["trace", str(out / "node-a"), "--dst", "198.18.0.11:30080", "-o", "json"])
+    assert ok.exit_code == 0, ok.output
+    assert {o["destination"] for o in json.loads(ok.output)["outcomes"]} == {"10.244.1.5:8080", "10.244.2.6:8080"}
+
+
+def test_rerun_keeps_the_old_files_of_a_node_that_now_fails(fleet) -> None:
+    out = fleet["tmp"] / "snap"
+    runner = CliRunner()
+    first = runner.invoke(main, ["collect", "node-a", "--out", str(out), *_ssh_args(fleet)])
+    assert first.exit_code == 0, first.output
+    before = (out / "node-a" / "iptables-save.txt").read_text()
+    fleet["farm"].servers[0].set_script("iptables-save", None)  # the command disappears on the node
+    second = runner.invoke(main, ["collect", "node-a", "--out", str(out), *_ssh_args(fleet)])
+    assert second.exit_code == 1
+    assert "command-missing" in second.output
+    assert (out / "node-a" / "iptables-save.txt").read_text() == before
