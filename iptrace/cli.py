@@ -245,12 +245,26 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
 
     if service is not None and "/" not in service:
         raise click.BadParameter(f"{service!r}: expected NS/NAME, e.g. default/kubernetes", param_hint="--service")
-    ruleset, _ = _load(dump, lenient=lenient, table=table)
+    ruleset, collected = _load(dump, lenient=lenient, table=table)
     cluster = _cluster(cluster_files, kubeconfig, context, namespace)
-    view = filter_view(build_view(ruleset, cluster=cluster), namespace=namespace, service=service,
-                       address=address)
+    full = build_view(ruleset, cluster=cluster)
+    view = filter_view(full, namespace=namespace, service=service, address=address)
+    findings = _cluster_findings(full, ruleset, cluster, dump, _node_ips(node_ips, collected), view) \
+        if cluster is not None else []
     if output == "json":
-        _emit_json(services_to_json(view))
+        data = services_to_json(view)
+        if cluster is not None:
+            by_label: dict[str, list[Any]] = {}
+            for f in findings:
+                by_label.setdefault(f.service or "", []).append(f)
+            for item in data:
+                label = item["service"] + ("" if item["protocol"] == "tcp" else f"/{item['protocol']}")
+                item["findings"] = [f.to_json() for f in by_label.pop(label, [])]
+            rest = sum(len(v) for v in by_label.values())
+            if rest:
+                click.echo(f"note: {rest} finding(s) concern Services this node has no rules for, or the node "
+                           f"itself; see `iptrace audit {dump} --cluster …`", err=True)
+        _emit_json(data)
     elif output == "dot":
         click.echo(render_dot(view), nl=False)
     elif output == "svg":
@@ -259,6 +273,30 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
         click.echo(render_mermaid(view), nl=False)
     else:
         click.echo(render_services_text(view), nl=False)
+        if cluster is not None:
+            from iptrace.render.audit import render_findings_lines
+
+            click.echo("")
+            if findings:
+                click.echo(f"Compared with the cluster ({getattr(cluster, 'source', '')}): {len(findings)} "
+                           "finding(s)")
+                click.echo("\n".join(render_findings_lines(findings, with_node=False)))
+            else:
+                click.echo(f"Compared with the cluster ({getattr(cluster, 'source', '')}): the rules match "
+                           "the API.")
+
+
+def _cluster_findings(full: Any, ruleset: Any, cluster: Any, dump: str, node_ips: list[str], view: Any) -> list[Any]:
+    """The API comparison for the Services shown (and, unfiltered, the Services the node lacks)."""
+    from iptrace.kube.compare import compare_with_cluster, kube_node_for, view_service_label
+
+    name = Path(dump).name if dump != "-" else "stdin"
+    node_name = kube_node_for(name, node_ips, cluster)
+    findings = compare_with_cluster(full, cluster, node_name=node_name, ruleset=ruleset, node=name)
+    if len(view.services) == len(full.services):
+        return findings
+    shown = {view_service_label(s) for s in view.services}
+    return [f for f in findings if f.service in shown]
 
 
 def _render_svg(dot: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -87,3 +88,19 @@ def test_help_does_not_import_heavy_modules() -> None:
             "print('HEAVY=' + ','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "HEAVY="
+
+
+def test_services_with_cluster_data_attaches_findings() -> None:
+    root = Path(__file__).resolve().parent
+    data = root / "data" / "cluster"
+    args = ["services", str(root.parent / "sample_dumps" / "nodeport-fb-backends.txt"), "--node-ip", "192.168.49.2",
+            "--cluster", str(data / "services.json"), "--cluster", str(data / "endpointslices.json")]
+    result = CliRunner().invoke(main, [*args, "-o", "json"])
+    assert result.exit_code == 0, result.output
+    items = {i["service"]: i for i in json.loads(result.stdout)}
+    karma = [f["id"] for f in items["default/karma-daemon:http"]["findings"]]
+    assert karma == ["stale-endpoints"]
+    assert items["default/fb-backends:ka-port"]["findings"] == []
+    text = CliRunner().invoke(main, args)
+    assert "Compared with the cluster" in text.output
+    assert "(missing-service)" in text.output

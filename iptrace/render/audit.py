@@ -3,6 +3,7 @@ Returns strings; no I/O."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from iptrace.kube.compare import AuditReport, Finding
@@ -42,6 +43,24 @@ def _table(rows: list[list[str]]) -> list[str]:
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
+def render_findings_lines(findings: Sequence[Finding], *, verbose: bool = False, with_node: bool = True) -> list[str]:
+    """One line per finding (plus its fix; `verbose` adds the detail and the evidence lines)."""
+    out: list[str] = []
+    for f in findings:
+        summary = f.summary
+        if f.service is None and f.node and summary.startswith(f"{f.node}: "):
+            summary = summary[len(f.node) + 2:]  # the node is already in the brackets
+        where = f"[{f.node}] " if f.node and with_node else ""
+        out.append(f"{_MARK[f.severity]} {where}{summary}   ({f.id})")
+        if verbose:
+            out.append(f"    {f.detail}")
+        out.append(f"    fix: {f.fix}")
+        if verbose:
+            for line, rule in f.evidence:
+                out.append(f"    line {line}: {rule}" if line else f"    {rule}")
+    return out
+
+
 def render_audit_text(report: AuditReport, *, verbose: bool = False) -> str:
     """Findings ordered by severity (one line each, plus the fix; `verbose` adds details and evidence),
     then one row per node."""
@@ -58,18 +77,7 @@ def render_audit_text(report: AuditReport, *, verbose: bool = False) -> str:
     else:
         out.append(f"{head}: {errors} error(s), {warnings} warning(s).")
         out.append("")
-        for f in report.findings:
-            summary = f.summary
-            if f.service is None and f.node and summary.startswith(f"{f.node}: "):
-                summary = summary[len(f.node) + 2:]  # the node is already in the brackets
-            where = f"[{f.node}] " if f.node else ""
-            out.append(f"{_MARK[f.severity]} {where}{summary}   ({f.id})")
-            if verbose:
-                out.append(f"    {f.detail}")
-            out.append(f"    fix: {f.fix}")
-            if verbose:
-                for line, rule in f.evidence:
-                    out.append(f"    line {line}: {rule}" if line else f"    {rule}")
+        out += render_findings_lines(report.findings, verbose=verbose)
     out.append("")
     rows = [["NODE", "STATUS", "ERA", "SERVICES", "FINDINGS"]]
     for s in report.nodes:
