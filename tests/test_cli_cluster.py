@@ -1,0 +1,60 @@
+"""--kubeconfig/--context through the CLI: the unmodified kubernetes client over real HTTP to a local
+API-shaped server; read-only; errors are one line and exit 1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from iptrace.cli import main
+from tests.apiserver import ApiServer, Grant, write_kubeconfig
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_dumps" / "nodeport-fb-backends.txt"
+
+
+@pytest.fixture
+def api():
+    grants = {"admin-token": Grant("admin"),
+              "no-slices-token": Grant("bob", resources=frozenset({"services", "nodes"}))}
+    with ApiServer.from_data(grants) as server:
+        yield server
+
+
+@pytest.fixture
+def kubeconfig(api: ApiServer, tmp_path: Path) -> str:
+    return str(write_kubeconfig(tmp_path / "kubeconfig", api.url, {"admin": "admin-token",
+                                                                    "bob": "no-slices-token"}))
+
+
+def test_services_live_from_the_api(api: ApiServer, kubeconfig: str) -> None:
+    result = CliRunner().invoke(main, ["services", str(SAMPLE), "--kubeconfig", kubeconfig, "-o", "json",
+                                       "--node-ip", "192.168.49.2"])
+    assert result.exit_code == 0, result.output
+    items = {i["service"]: i for i in json.loads(result.stdout)}
+    assert [f["id"] for f in items["default/karma-daemon:http"]["findings"]] == ["stale-endpoints"]
+    assert all(r.method == "GET" for r in api.requests), "iptrace must never write to the cluster"
+    assert {r.path.split("?")[0] for r in api.requests} >= {"/api/v1/services",
+                                                            "/apis/discovery.k8s.io/v1/endpointslices"}
+
+
+def test_forbidden_names_the_missing_permission(kubeconfig: str) -> None:
+    result = CliRunner().invoke(main, ["services", str(SAMPLE), "--kubeconfig", kubeconfig, "--context", "bob"])
+    assert result.exit_code == 1
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith("Error: forbidden: list endpointslices.discovery.k8s.io at cluster scope"), line
+
+
+def test_unreachable_server_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = write_kubeconfig(tmp_path / "kc", f"http://127.0.0.1:{port}", {"admin": "x"})
+    result = CliRunner().invoke(main, ["explain", str(SAMPLE), "--dst", "10.101.234.168:5001",
+                                       "--kubeconfig", str(config)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith(f"Error: cannot reach the API server at http://127.0.0.1:{port}")
