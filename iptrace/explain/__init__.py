@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from iptrace.errors import InputError
@@ -23,6 +24,8 @@ from iptrace.trace.walk import Tracer
 __all__ = ["CATALOGUE", "Diagnosis", "Evidence", "Explainer", "Explanation", "Report"]
 
 SOURCE_KINDS = ("pod", "node", "external")
+_VERDICT_WORDS = {"DNAT": "reaches an endpoint", "DROP": "dropped (times out)", "REJECT": "refused",
+                  "ACCEPT": "not sent to any pod", "CONTINUE": "not sent to any pod"}
 _SOURCE_WORDS = {"pod": "from a pod", "node": "from the node itself", "external": "from outside the cluster",
                  "given": "from the given source"}
 
@@ -37,17 +40,29 @@ class Explainer:
         self.pod_cidrs = tuple(pod_cidrs) or tuple(infer_pod_cidrs(ruleset))
         self.tracer = Tracer(ruleset, node_ips=self.node_ips, pod_cidrs=self.pod_cidrs,
                              names=self.view.chain_labels)
-        self.facts = Facts.build(ruleset, self.view, self.era, self.node_ips)
+        self.facts = Facts.build(ruleset, self.view, self.era, self.node_ips, node_ips_given=bool(node_ips),
+                                 pod_cidrs=self.pod_cidrs)
+        if cluster is not None:
+            self.facts.add_cluster(cluster, _cluster_findings(self.view, cluster, ruleset, self.node_ips))
+        # Picking a pod source scans every KUBE-SEP chain: do it once here, not once per explain().
+        self._sources = {kind: pick_source(kind, ruleset, self.node_ips, self.pod_cidrs)  # type: ignore[arg-type]
+                         for kind in SOURCE_KINDS}
 
     def source(self, kind: str) -> tuple[str, str]:
-        return pick_source(kind, self.ruleset, self.node_ips, self.pod_cidrs)  # type: ignore[arg-type]
+        """(address, the assumption that choice makes) for `pod`, `node` or `external`."""
+        found = self._sources.get(kind)
+        if found is None:
+            raise InputError(f"unknown source kind {kind!r}; expected pod, node, external or an IP address")
+        return found
 
     def explain_one(self, dst: str, dport: int, *, proto: str = "tcp", src: str = "external",
                     in_interface: str | None = None) -> Explanation:
         kind = src if src in SOURCE_KINDS else "given"
-        src_ip = self.source(src)[0] if kind != "given" else src
+        src_ip, chosen = self.source(src) if kind != "given" else (src, "")
         packet = Packet(src_ip, dst, dport, proto, in_interface=in_interface)
         trace = self.tracer.trace(packet)
+        if chosen:
+            trace = replace(trace, assumptions=(*trace.assumptions, chosen))
         diagnoses = tuple(sorted(diagnose(Case(self.facts, trace, kind)),
                                  key=lambda d: SEVERITY_ORDER[d.severity]))
         return Explanation(kind, trace, _verdict(trace), _headline(trace, packet), diagnoses)
@@ -62,6 +77,19 @@ class Explainer:
         return Report(join_host_port(dst, dport), proto, explanations, _differences(explanations))
 
 
+def _cluster_findings(view: Any, cluster: Any, ruleset: Ruleset, node_ips: Sequence[str]) -> list[Any]:
+    """Where this node's rules disagree with the API (stale-endpoints, missing-service, …), computed once."""
+    from iptrace.kube.compare import compare_with_cluster
+
+    node_name = None
+    for ip in node_ips:
+        node = cluster.node_by_ip(ip)
+        if node is not None:
+            node_name = node.name
+            break
+    return compare_with_cluster(view, cluster, node_name=node_name, ruleset=ruleset)
+
+
 def _verdict(trace: Trace) -> str:
     weights: dict[str, float] = {}
     for o in trace.outcomes:
@@ -74,14 +102,15 @@ def _headline(trace: Trace, packet: Packet) -> str:
     dnat = [o for o in trace.outcomes if o.verdict == "DNAT"]
     if dnat and len(dnat) == len(trace.outcomes):
         service = dnat[0].service or "a Service"
-        return f"{target} reaches {service} on {len(dnat)} endpoint{'s' if len(dnat) > 1 else ''}"
+        return f"{target} reaches {service} ({len(dnat)} endpoint{'s' if len(dnat) > 1 else ''})"
     verdicts = {o.verdict for o in trace.outcomes}
     if verdicts == {"REJECT"}:
-        return f"{target} is refused: a rule REJECTs it (connection refused at once)"
+        return f"{target} is refused: a rule rejects it, so the client gets 'connection refused' at once"
     if verdicts == {"DROP"}:
-        return f"{target} is dropped: a rule DROPs it (the client waits until it times out)"
-    if verdicts <= {"CONTINUE", "ACCEPT"} and not dnat:
-        return f"{target} is never DNATed: no kube-proxy rule matches it, so the packet goes on unchanged"
+        return f"{target} is dropped: a rule drops it, so the client waits until it times out"
+    if verdicts <= {"CONTINUE", "ACCEPT"}:
+        return (f"no kube-proxy rule matches {target}: its destination is not rewritten (no DNAT), so it goes to "
+                f"{packet.dst} unchanged")
     parts = [f"{o.verdict} {o.probability * 100:.0f}%" for o in trace.outcomes]
     return f"{target}: " + ", ".join(parts)
 
@@ -98,10 +127,10 @@ def _differences(explanations: Sequence[Explanation]) -> tuple[str, ...]:
         if len(set(masq.values())) > 1:
             yes = [_SOURCE_WORDS[k] for k, v in masq.items() if v]
             no = [_SOURCE_WORDS[k] for k, v in masq.items() if not v]
-            return (f"same verdict from every source; masqueraded {', '.join(yes)}, not {', '.join(no)}",)
+            return (f"masqueraded {' and '.join(yes)} (the pod sees the node's address), not {' or '.join(no)}",)
         return ()
     out = []
     for (verdict, ids), kinds in by_verdict.items():
         words = " and ".join(_SOURCE_WORDS[k] for k in kinds)
-        out.append(f"{words}: {verdict}" + (f" ({', '.join(sorted(ids))})" if ids else ""))
+        out.append(f"{words}: {_VERDICT_WORDS.get(verdict, verdict)}" + (f" ({', '.join(sorted(ids))})" if ids else ""))
     return tuple(out)

@@ -21,8 +21,22 @@ class Evidence:
 
 
 @dataclass(frozen=True, slots=True)
+class Suggestion:
+    """An address the `fix` names that does reach the Service, and from where (`pod`, `node`, `external`)."""
+
+    address: str
+    port: int
+    proto: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
 class Diagnosis:
-    """One finding. `summary` is one line; `detail` says why in plain words; `fix` what would work instead."""
+    """One finding. `summary` is one line; `detail` says why in plain words; `fix` what would work instead.
+
+    `instead` repeats the addresses of `fix` in structured form (for callers and the kernel proof); it is
+    not part of the JSON, whose shape SPEC.md fixes.
+    """
 
     id: str
     severity: Severity
@@ -30,6 +44,7 @@ class Diagnosis:
     detail: str
     fix: str
     evidence: tuple[Evidence, ...] = ()
+    instead: tuple[Suggestion, ...] = field(default=(), compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "severity": self.severity, "summary": self.summary, "detail": self.detail,

@@ -8,8 +8,7 @@ from typing import Any
 from iptrace.explain.diagnosis import Diagnosis, Explanation, Report
 
 _MARK = {"error": "✗", "warning": "!", "info": "✓"}
-_WHO = {"pod": "From a pod", "node": "From the node itself", "external": "From outside the cluster",
-        "given": "From"}
+_WHO = {"pod": "From a pod", "node": "From the node itself", "external": "From outside the cluster"}
 _WIDTH = 100
 
 
@@ -30,14 +29,16 @@ def _diagnosis(d: Diagnosis) -> list[str]:
     return out
 
 
-def _explanation(e: Explanation, with_source: bool) -> list[str]:
-    out: list[str] = []
-    if with_source:
-        who = _WHO[e.source_kind]
-        out.append(f"{who} ({e.trace.packet.src}): {e.headline}")
-    else:
-        out.append(e.headline)
+def _who(e: Explanation) -> str:
+    src = e.trace.packet.src
+    return f"From {src}" if e.source_kind not in _WHO else f"{_WHO[e.source_kind]} ({src})"
+
+
+def _explanation(e: Explanation, with_source: bool, skip: tuple[Diagnosis, ...] = ()) -> list[str]:
+    out = [f"{_who(e)}: {e.headline}" if with_source else e.headline]
     for d in e.diagnoses:
+        if d in skip:
+            continue
         out.append("")
         out += _diagnosis(d)
     return out
@@ -57,13 +58,21 @@ def render_explain_text(report: Report) -> str:
     else:
         out.append(f"{report.destination}/{report.proto}: the answer depends on where the client is.")
         out += [f"  - {d}" for d in report.differences]
+        # A finding every source shares (a node-wide one, say) is said once, before the per-source answers.
+        shared = tuple(d for d in first.diagnoses if all(d in e.diagnoses for e in report.explanations[1:]))
+        for d in shared:
+            out.append("")
+            out += _diagnosis(d)
         for e in report.explanations:
             out.append("")
-            out += _explanation(e, True)
-    assumptions = sorted({a for e in report.explanations for a in e.trace.assumptions})
+            out += _explanation(e, True, shared)
+    assumptions = list(dict.fromkeys(a for e in report.explanations for a in e.trace.assumptions))
     if assumptions:
         out.append("")
-        out.append("Assumed: " + "; ".join(assumptions))
+        out.append("Assumed:")
+        for a in assumptions:
+            out += textwrap.wrap(a, width=_WIDTH, initial_indent="  - ", subsequent_indent="    ",
+                                 break_long_words=False, break_on_hyphens=False)
     return "\n".join(out) + "\n"
 
 
