@@ -1,0 +1,155 @@
+"""Pictures of the kube-proxy view: Graphviz DOT (`-o dot`, `-o svg` through `dot -Tsvg`) and a Mermaid
+flowchart that pastes into a GitHub issue. One box per Service port: ways in → chains → endpoints, edges
+labelled with each endpoint's share. Returns str; no I/O."""
+
+from __future__ import annotations
+
+from iptrace.kube.view import HEALTH_CHECK, EntryView, KubeView, ServicePortView
+from iptrace.render.json import percent
+
+_KIND_SHORT = {"clusterIP": "ClusterIP", "nodePort": "NodePort", "externalIP": "externalIP",
+               "loadBalancer": "LB IP", "healthCheck": "health check"}
+
+
+class _Graph:
+    """Nodes and edges of one picture, format-neutral; ids are short and safe in both languages."""
+
+    def __init__(self) -> None:
+        self.clusters: list[tuple[str, str, list[tuple[str, str, str]]]] = []  # (id, label, nodes)
+        self.edges: list[tuple[str, str, str]] = []  # (from, to, label)
+
+
+def _entry_text(e: EntryView) -> str:
+    return f"{e.label}\n{_KIND_SHORT[e.kind]}"
+
+
+def _verdict_text(s: ServicePortView, verdict: str) -> str:
+    if verdict == "REJECT" and s.no_endpoints:
+        return "REJECT\nhas no endpoints"
+    if verdict == "DROP" and s.no_local_endpoints:
+        return "DROP\nno local endpoints"
+    return verdict
+
+
+def _build(view: KubeView) -> _Graph:
+    graph = _Graph()
+    for i, s in enumerate(view.services):
+        sid = f"s{i}"
+        nodes: list[tuple[str, str, str]] = []  # (id, label, kind: entry|chain|endpoint|verdict)
+        ids: dict[str, str] = {}
+        edges: dict[tuple[str, str], str] = {}
+
+        def node(key: str, label: str, kind: str, prefix: str, _ids: dict[str, str] = ids,
+                 _nodes: list[tuple[str, str, str]] = nodes, _sid: str = sid) -> str:
+            found = _ids.get(key)
+            if found is None:
+                found = _ids[key] = f"{_sid}{prefix}{len(_ids)}"
+                _nodes.append((found, label, kind))
+            return found
+
+        local = {ep.address for ep in s.endpoints if ep.local}
+        for e in s.entries:
+            entry = node(f"entry:{e.kind}:{e.address}:{e.port}", _entry_text(e), "entry", "e")
+            if e.kind == HEALTH_CHECK:
+                edges.setdefault((entry, node("verdict:ACCEPT", "ACCEPT\nhealth check server", "verdict", "v")),
+                                 "")
+                continue
+            previous = entry
+            for chain in e.via:
+                current = node(f"chain:{chain}", chain, "chain", "c")
+                edges.setdefault((previous, current), "")
+                previous = current
+            if e.verdict == "DNAT":
+                for r in e.reaches:
+                    label = r.endpoint + ("\nlocal" if r.endpoint in local else "")
+                    target = node(f"ep:{r.endpoint}", label, "endpoint", "p")
+                    edges.setdefault((previous, target), percent(r.probability))
+            else:
+                target = node(f"verdict:{e.verdict}", _verdict_text(s, e.verdict), "verdict", "v")
+                edges.setdefault((previous, target), "")
+        title = f"{s.label} · {s.protocol} · {s.type}"
+        if s.external_traffic_policy:
+            title += f" · eTP={s.external_traffic_policy}"
+        if s.internal_traffic_policy == "Local":
+            title += " · iTP=Local"
+        if s.session_affinity_timeout is not None:
+            title += f" · affinity {s.session_affinity_timeout}s"
+        graph.clusters.append((sid, title, nodes))
+        graph.edges.extend((a, b, label) for (a, b), label in edges.items())
+    return graph
+
+
+# ------------------------------------------------------------------------------------------------ DOT
+
+
+def _dot_quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+_DOT_STYLE = {
+    "entry": 'shape=box, style="rounded,filled", fillcolor="#e8f0fe"',
+    "chain": 'shape=box, fontname="monospace"',
+    "endpoint": 'shape=box, style=filled, fillcolor="#e6f4ea"',
+    "verdict": 'shape=octagon, style=filled, fillcolor="#fce8e6"',
+}
+
+
+def render_dot(view: KubeView) -> str:
+    """Graphviz DOT: `iptrace services DUMP -o dot | dot -Tsvg > services.svg`."""
+    graph = _build(view)
+    out = ["digraph services {", "  rankdir=LR;", '  node [fontname="Helvetica", fontsize=10];',
+           "  edge [fontsize=9];", f"  label={_dot_quote(_title(view))};", "  labelloc=t;"]
+    for sid, title, nodes in graph.clusters:
+        out.append(f"  subgraph cluster_{sid} {{")
+        out.append(f"    label={_dot_quote(title)};")
+        for nid, label, kind in nodes:
+            out.append(f"    {nid} [label={_dot_quote(label)}, {_DOT_STYLE[kind]}];")
+        out.append("  }")
+    for a, b, label in graph.edges:
+        attrs = f" [label={_dot_quote(label)}]" if label else ""
+        out.append(f"  {a} -> {b}{attrs};")
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def _title(view: KubeView) -> str:
+    if not view.era.has_iptables_rules:
+        return f"{view.source}: {view.era.name}: no kube-proxy iptables service rules"
+    return f"{view.source}: kube-proxy {view.era.name}, {len(view.services)} service ports"
+
+
+# ------------------------------------------------------------------------------------------------ Mermaid
+
+
+def _mermaid_quote(text: str) -> str:
+    # Mermaid reads labels as HTML-ish text: entities for the characters it would interpret.
+    escaped = (text.replace("&", "#amp;").replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
+               .replace("\n", "<br/>"))
+    return '"' + escaped + '"'
+
+
+_MERMAID_SHAPE = {"entry": ("([", "])"), "chain": ("[", "]"), "endpoint": ("[", "]"), "verdict": ("{{", "}}")}
+
+
+def render_mermaid(view: KubeView) -> str:
+    """A Mermaid flowchart (```mermaid block in a GitHub issue or README renders it)."""
+    graph = _build(view)
+    out = ["flowchart LR"]
+    if not graph.clusters:
+        out.append(f"  empty[{_mermaid_quote(_title(view))}]")
+    for sid, title, nodes in graph.clusters:
+        out.append(f"  subgraph {sid}[{_mermaid_quote(title)}]")
+        for nid, label, kind in nodes:
+            left, right = _MERMAID_SHAPE[kind]
+            out.append(f"    {nid}{left}{_mermaid_quote(label)}{right}")
+        out.append("  end")
+    for a, b, label in graph.edges:
+        arrow = f" -->|{_mermaid_quote(label)}| " if label else " --> "
+        out.append(f"  {a}{arrow}{b}")
+    classes = {"entry": "fill:#e8f0fe", "endpoint": "fill:#e6f4ea", "verdict": "fill:#fce8e6"}
+    for kind, style in classes.items():
+        members = [nid for _, _, nodes in graph.clusters for nid, _, k in nodes if k == kind]
+        if members:
+            out.append(f"  classDef {kind} {style}")
+            out.append(f"  class {','.join(members)} {kind}")
+    return "\n".join(out) + "\n"

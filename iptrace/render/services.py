@@ -1,0 +1,299 @@
+"""Renders the kube-proxy view (`iptrace services`): a small flow per Service port for people, and one JSON
+object per Service port for scripts (keys documented in docs/services-json.md). Returns str/data; no I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from iptrace.kube.view import (
+    CLUSTER_IP,
+    EXTERNAL_IP,
+    HEALTH_CHECK,
+    LOAD_BALANCER,
+    MASQ_ALWAYS,
+    MASQ_NEVER,
+    MASQ_OFF_POD,
+    NODE,
+    NODE_PORT,
+    OUTSIDE_RANGES,
+    POD,
+    EntryView,
+    KubeView,
+    ServicePortView,
+    SourcePath,
+)
+from iptrace.render.json import percent, share
+
+_KIND_NAMES = {CLUSTER_IP: "ClusterIP", NODE_PORT: "NodePort", EXTERNAL_IP: "externalIP",
+               LOAD_BALANCER: "LoadBalancer IP", HEALTH_CHECK: "health check"}
+_SOURCE_NAMES = {POD: "from a pod", NODE: "from the node itself",
+                 OUTSIDE_RANGES: "from outside loadBalancerSourceRanges"}
+
+
+# ------------------------------------------------------------------------------------------------ JSON
+
+
+def _entry_json(e: EntryView) -> dict[str, Any]:
+    return {
+        "kind": e.kind,
+        "address": e.address,
+        "port": e.port,
+        "protocol": e.protocol,
+        "chain": e.chain or None,
+        "verdict": e.verdict,
+        "endpoints": [{"address": r.endpoint, "probability": share(r.probability)} for r in e.reaches],
+        "masquerade": e.masquerade,
+        "masquerade_sources": list(e.masquerade_sources),
+        "via": list(e.via),
+        "other_sources": [_path_json(p) for p in e.paths],
+        "notes": list(e.notes),
+        "lines": list(e.lines),
+    }
+
+
+def _path_json(p: SourcePath) -> dict[str, Any]:
+    return {
+        "source": p.source,
+        "verdict": p.verdict,
+        "endpoints": [{"address": r.endpoint, "probability": share(r.probability)} for r in p.reaches],
+        "masquerade": p.masquerade,
+        "via": list(p.via),
+        "decided_by_line": p.decided_by or None,
+    }
+
+
+def service_to_json(s: ServicePortView) -> dict[str, Any]:
+    """One Service port as a JSON object (see docs/services-json.md for every key)."""
+    return {
+        "service": s.label,
+        "namespace": s.namespace,
+        "name": s.name,
+        "port_name": s.port_name,
+        "protocol": s.protocol,
+        "type": s.type,
+        "identity": s.identity,
+        "cluster_ip": s.cluster_ip,
+        "port": s.port,
+        "node_port": s.node_port,
+        "external_ips": list(s.external_ips),
+        "lb_ips": list(s.lb_ips),
+        "lb_source_ranges": list(s.lb_source_ranges),
+        "health_check_node_port": s.health_check_node_port,
+        "external_traffic_policy": s.external_traffic_policy,
+        "internal_traffic_policy": s.internal_traffic_policy,
+        "session_affinity": "ClientIP" if s.session_affinity_timeout is not None else "None",
+        "session_affinity_timeout": s.session_affinity_timeout,
+        "no_endpoints": s.no_endpoints,
+        "no_local_endpoints": s.no_local_endpoints,
+        "endpoints": [
+            {"ip": ep.ip, "port": ep.port, "address": ep.address, "probability": share(ep.probability),
+             "local": ep.local, "local_probability": None if ep.local_probability is None
+             else share(ep.local_probability), "chain": ep.chain, "line": ep.line}
+            for ep in s.endpoints
+        ],
+        "entries": [_entry_json(e) for e in s.entries],
+        "chains": list(s.chains),
+        "lines": list(s.lines),
+        "notes": list(s.notes),
+    }
+
+
+def services_to_json(view: KubeView) -> list[dict[str, Any]]:
+    """`iptrace services -o json`: one object per Service port, sorted by (namespace, name, port, protocol)."""
+    return [service_to_json(s) for s in view.services]
+
+
+def view_to_json(view: KubeView) -> dict[str, Any]:
+    """The whole view, node-level facts included (for `audit` and scripts that want the era too)."""
+    npa = view.node_port_addresses
+    return {
+        "source": view.source,
+        "mode": view.era.name,
+        "version_hint": view.era.version_hint,
+        "evidence": list(view.era.evidence),
+        "family": view.family,
+        "node_port_addresses": {"mode": npa.mode, "addresses": list(npa.addresses),
+                                "excluded": list(npa.excluded), "localhost": npa.localhost,
+                                "lines": list(npa.lines)},
+        "pod_cidrs": list(view.pod_cidrs),
+        "pod_interfaces": list(view.pod_interfaces),
+        "masquerade_mark": view.masquerade_mark,
+        "random_fully": view.random_fully,
+        "warnings": list(view.warnings),
+        "services": services_to_json(view),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ text
+
+
+def render_services_text(view: KubeView) -> str:
+    """A small flow per Service port: every way in on the left, the chain that balances, every endpoint with
+    its share on the right; then what other clients get and who is masqueraded."""
+    out: list[str] = [_summary(view), ""]
+    if not view.services and view.era.has_iptables_rules:
+        out.extend(["no Service ports", ""])
+    for s in view.services:
+        out.extend(_service_text(s, view))
+        out.append("")
+    if view.warnings:
+        out.append("warnings:")
+        out.extend(f"  {w}" for w in view.warnings)
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _summary(view: KubeView) -> str:
+    era = view.era
+    if not era.has_iptables_rules:
+        return f"{view.source}: {era.name}: no kube-proxy iptables service rules"
+    hint = f" ({era.version_hint})" if era.version_hint else ""
+    parts = [f"{view.source}: kube-proxy iptables mode, {era.name}{hint}", view.family,
+             f"{len(view.services)} service port{'s' if len(view.services) != 1 else ''}"]
+    lines = [" · ".join(parts), view.node_port_addresses.describe()]
+    extra = []
+    if view.pod_cidrs:
+        extra.append("pod CIDR " + ", ".join(view.pod_cidrs))
+    if view.pod_interfaces:
+        extra.append("pod interfaces " + ", ".join(view.pod_interfaces))
+    if view.masquerade_mark:
+        extra.append(f"masquerade mark {view.masquerade_mark}" + (" (--random-fully)" if view.random_fully else ""))
+    if extra:
+        lines.append(" · ".join(extra))
+    return "\n".join(lines)
+
+
+def _header(s: ServicePortView) -> str:
+    kind = s.type + (" + externalIPs" if s.external_ips else "")
+    parts = [s.label, s.protocol, kind]
+    if s.external_traffic_policy is not None:
+        parts.append(f"externalTrafficPolicy={s.external_traffic_policy}")
+    if s.internal_traffic_policy == "Local":
+        parts.append("internalTrafficPolicy=Local")
+    if s.session_affinity_timeout is not None:
+        parts.append(f"sessionAffinity=ClientIP ({s.session_affinity_timeout}s)")
+    return "  ".join(parts)
+
+
+def _entry_label(e: EntryView) -> str:
+    label = e.label
+    if e.kind == EXTERNAL_IP:
+        label += " (externalIP)"
+    elif e.kind == LOAD_BALANCER:
+        label += " (LB)"
+    # Every chain of one service port shares the hash: show it once, on the chain that balances.
+    return "".join([label, *(f" ─▶ {c.rsplit('-', 1)[0]}" for c in e.via[:-1])])
+
+
+def _verdict_text(s: ServicePortView, verdict: str) -> str:
+    if verdict == "REJECT" and s.no_endpoints:
+        return "REJECT  has no endpoints"
+    if verdict == "DROP" and s.no_local_endpoints:
+        return "DROP  no local endpoints"
+    if verdict == "CONTINUE":
+        return "not DNATed (no rule decides)"
+    return verdict
+
+
+def _endpoint_texts(s: ServicePortView, reaches: tuple[tuple[str, float], ...]) -> list[str]:
+    local = {ep.address for ep in s.endpoints if ep.local}
+    width = max((len(a) for a, _ in reaches), default=0)
+    return [f"{a:<{width}}  {percent(p)}" + ("  (local)" if a in local else "") for a, p in reaches]
+
+
+def _block(lefts: list[str], middle: str, rights: list[str]) -> list[str]:
+    width = max(len(x) for x in lefts)
+    mid = f"─▶ {middle} " if middle else ""
+    n, m = len(lefts), len(rights)
+    rows: list[str] = []
+    for i in range(max(n, m)):
+        if i < n:
+            left = lefts[i] + " " + "─" * (width - len(lefts[i]) + 1)
+            left += "─" if n == 1 else ("┬" if i == 0 else ("┘" if i == n - 1 else "┤"))
+        else:
+            left = " " * (width + 3)
+        center = mid if i == 0 else " " * len(mid)
+        if i < m:
+            right = ("─" if m == 1 else ("┬" if i == 0 else ("└" if i == m - 1 else "├"))) + "─▶ " + rights[i]
+        else:
+            right = ""
+        rows.append(("  " + left + center + right).rstrip())
+    return rows
+
+
+def _service_text(s: ServicePortView, view: KubeView) -> list[str]:
+    out = [_header(s)]
+    groups: dict[tuple[Any, ...], list[EntryView]] = {}
+    for e in s.entries:
+        if e.kind == HEALTH_CHECK:
+            continue
+        key = (e.verdict, e.via[-1:], tuple((r.endpoint, r.probability) for r in e.reaches))
+        groups.setdefault(key, []).append(e)
+    if not groups and not s.entries:
+        out.append("  (no way in: no KUBE-SERVICES or KUBE-NODEPORTS rule leads here)")
+    for (verdict, via, reaches), entries in groups.items():
+        lefts = [_entry_label(e) for e in entries]
+        if verdict == "DNAT":
+            rights = _endpoint_texts(s, reaches)
+        else:
+            rights = [_verdict_text(s, verdict)]
+        out.extend(_block(lefts, via[0] if via else "", rights))
+        per_entry = [[*_other_sources(s, [e]), *e.notes] for e in entries]
+        shared = [t for t in per_entry[0] if all(t in texts for texts in per_entry[1:])]
+        out.extend(f"    {t}" for t in shared)
+        for e, texts in zip(entries, per_entry, strict=True):
+            out.extend(f"    {e.label}: {t}" for t in texts if t not in shared)
+    for e in s.entries:
+        if e.kind == HEALTH_CHECK:
+            out.append(f"  health check: {e.label}/tcp ─▶ ACCEPT (kube-proxy's health server)")
+    if s.lb_source_ranges:
+        out.append("  loadBalancerSourceRanges: " + ", ".join(s.lb_source_ranges))
+    masq = _masquerade_text(s, view)
+    if masq:
+        out.append(f"  masquerade: {masq}")
+    out.extend(f"  note: {n}" for n in s.notes)
+    return out
+
+
+def _other_sources(s: ServicePortView, entries: list[EntryView]) -> list[str]:
+    seen: dict[tuple[Any, ...], list[str]] = {}
+    for e in entries:
+        for p in e.paths:
+            key = (p.verdict, p.via, tuple(r.endpoint for r in p.reaches), p.decided_by)
+            names = seen.setdefault(key, [])
+            if p.source not in names:
+                names.append(p.source)
+    lines = []
+    all_endpoints = {ep.address for ep in s.endpoints if ep.in_cluster_chain}
+    for (verdict, via, reached, line), sources in seen.items():
+        who = " or ".join(_SOURCE_NAMES.get(x, x) for x in sources)
+        if verdict == "DNAT":
+            what = ("every endpoint" if set(reached) == all_endpoints and all_endpoints
+                    else ", ".join(reached))
+            chain = f" through {via[-1]}" if via else ""
+            lines.append(f"{who}: {what}{chain}")
+        else:
+            at = f" (line {line})" if line else ""
+            lines.append(f"{who}: {_verdict_text(s, verdict)}{at}")
+    return lines
+
+
+def _masquerade_text(s: ServicePortView, view: KubeView) -> str:
+    by_value: dict[str, list[str]] = {}
+    for e in s.entries:
+        if e.kind == HEALTH_CHECK or e.verdict != "DNAT":
+            continue
+        name = _KIND_NAMES[e.kind]
+        names = by_value.setdefault(e.masquerade, [])
+        if name not in names:
+            names.append(name)
+    if not by_value:
+        return ""
+    pods = f" (sources outside {', '.join(view.pod_cidrs)})" if view.pod_cidrs else ""
+    words = {
+        MASQ_ALWAYS: "always",
+        MASQ_OFF_POD: f"off-node/off-pod clients only{pods}",
+        MASQ_NEVER: "never (the client's address is kept)",
+    }
+    if len(by_value) == 1:
+        return words[next(iter(by_value))]
+    return "; ".join(f"{'/'.join(names)}: {words[value]}" for value, names in by_value.items())
