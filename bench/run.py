@@ -74,18 +74,19 @@ def figure_parse(dump: Path) -> dict[str, Any]:
 
 
 def figure_services(dump: Path) -> dict[str, Any]:
-    start = time.perf_counter()
-    from iptrace.kube.view import build_view
-    from iptrace.parse import load_path
-    from iptrace.render.services import services_to_json
-
-    ruleset = load_path(dump)
-    view = build_view(ruleset)
-    out = json.dumps(services_to_json(view))
-    seconds = time.perf_counter() - start
+    """`iptrace services DUMP -o json` end to end: a fresh process, its wall time and its peak memory."""
+    best = float("inf")
+    out_size = 0
+    for _ in range(2):
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "iptrace.cli", "services", str(dump), "-o", "json"],
+                              cwd=ROOT, capture_output=True, check=True)
+        best = min(best, time.perf_counter() - start)
+        out_size = len(done.stdout)
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     size_mb = dump.stat().st_size / 1e6
-    rss = peak_rss_mb()
-    return {"services": len(view.services), "json_mb": round(len(out) / 1e6, 1), "end_to_end_s": round(seconds, 3),
+    services = json.loads(done.stdout)
+    return {"services": len(services), "json_mb": round(out_size / 1e6, 1), "end_to_end_s": round(best, 3),
             "peak_rss_mb": round(rss), "rss_over_dump": round(rss / size_mb, 1)}
 
 
