@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -296,3 +297,17 @@ def test_model_types_are_frozen() -> None:
 def test_semantic_errors_are_a_subclass() -> None:
     with pytest.raises(DumpSemanticError):
         load("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j NOPE\nCOMMIT\n")
+
+
+SAMPLES = sorted((Path(__file__).resolve().parent.parent / "sample_dumps").glob("*.txt"))
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=[p.stem for p in SAMPLES])
+def test_parse_summary_golden(sample: Path, golden) -> None:
+    """What `iptrace parse` prints for every bundled dump (reviewed as text)."""
+    from iptrace.kube.era import detect
+    from iptrace.render.parse import render_parse_summary
+
+    r = load(sample.read_text(), source=f"sample_dumps/{sample.name}")
+    golden(Path(__file__).parent / "golden" / sample.stem / "parse.txt", render_parse_summary(r, detect(r)))
+    assert load(save(r)) == r

@@ -54,7 +54,7 @@ def render_parse_summary(ruleset: Ruleset, era: Era) -> str:
     out: list[str] = []
     fmt = "iptables-save" if ruleset.format == "save" else "iptables -S listing"
     out.append(f"{ruleset.source}: {fmt}, {ruleset.family}, {len(ruleset.tables)} table"
-               f"{'s' if len(ruleset.tables) != 1 else ''}, {ruleset.rule_count} rules")
+               f"{'s' if len(ruleset.tables) != 1 else ''}, {_rules(ruleset.rule_count)}")
     hint = f" ({era.version_hint})" if era.version_hint else ""
     out.append(f"kube-proxy: {era.name}{hint}")
     for reason in era.evidence:
@@ -63,16 +63,17 @@ def render_parse_summary(ruleset: Ruleset, era: Era) -> str:
         builtin = [c for c in t.chains if c.builtin]
         user = [c for c in t.chains if not c.builtin]
         out.append("")
-        out.append(f"*{t.name}  {t.rule_count} rules, {len(builtin)} built-in and {len(user)} user chains")
+        out.append(f"*{t.name}  {_rules(t.rule_count)}, {len(builtin)} built-in and {len(user)} user "
+                   f"chain{'s' if len(user) != 1 else ''}")
         for c in builtin:
-            out.append(f"  {c.name:<12} policy {c.policy:<6} {len(c.rules):>6} rules")
+            out.append(f"  {c.name:<12} policy {c.policy:<6} {_rules(len(c.rules)):>12}")
         if user:
             groups: dict[str, list[int]] = {}
             for c in user:
                 groups.setdefault(_chain_family(c.name), []).append(len(c.rules))
             for family, counts in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
                 label = family if len(counts) == 1 and not family.endswith("*") else f"{family} ×{len(counts)}"
-                out.append(f"  {label:<32} {sum(counts):>6} rules")
+                out.append(f"  {label:<32} {_rules(sum(counts)):>12}")
     if ruleset.warnings:
         out.append("")
         out.append(f"warnings ({len(ruleset.warnings)}):")
@@ -86,6 +87,10 @@ def render_parse_summary(ruleset: Ruleset, era: Era) -> str:
         if len(ruleset.skipped) > 50:
             out.append(f"  … and {len(ruleset.skipped) - 50} more (see -o json)")
     return "\n".join(out) + "\n"
+
+
+def _rules(n: int) -> str:
+    return f"{n} rule" if n == 1 else f"{n} rules"
 
 
 _FAMILY_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-FW-", "KUBE-XLB-", "cali-",
