@@ -9,6 +9,7 @@ built-in generator is used.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import time
@@ -22,6 +23,9 @@ from iptrace.trace import Packet, Tracer  # noqa: E402
 
 NODE_IP = "192.168.0.10"
 POD_CIDR = "10.244.0.0/16"
+# SPEC.md's baseline: tokenizing every line of the same text, measured in the same run, so that figures
+# from machines of different speed compare.
+BASELINE_RE = re.compile(r'"(?:\\.|[^"\\])*"|\S+')
 ONE_TRACE_BUDGET_MS = 5.0
 ALL_CLUSTER_IPS_BUDGET_S = 5.0
 
@@ -72,6 +76,11 @@ def main() -> int:
     print(f"dump: {ruleset.rule_count} rules, {len(text) / 1e6:.1f} MB, loaded in {load_s:.2f} s; "
           f"{len(targets)} ClusterIP ports")
 
+    t0 = time.perf_counter()
+    for line in text.splitlines():
+        BASELINE_RE.findall(line)
+    baseline_s = time.perf_counter() - t0
+
     tracer = Tracer(ruleset, node_ips=[NODE_IP], pod_cidrs=[POD_CIDR])
     source = "10.244.7.7"
     first = time.perf_counter()
@@ -88,17 +97,20 @@ def main() -> int:
     one_ms = statistics.median(samples)
 
     all_tracer = Tracer(ruleset, node_ips=[NODE_IP], pod_cidrs=[POD_CIDR])
+    packets = [Packet(source, ip, port, proto) for ip, port, proto in targets]
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
-    outcomes = 0
-    for ip, port, proto in targets:
-        outcomes += len(all_tracer.trace(Packet(source, ip, port, proto)).outcomes)
+    outcomes = sum(len(t.outcomes) for t in all_tracer.trace_many(packets))
     all_s = time.perf_counter() - t0
+    all_cpu_s = time.process_time() - cpu0
 
     print(f"first trace (builds the KUBE-SERVICES index): {first_ms:.1f} ms")
     print(f"one trace after load (median, cold rules): {one_ms:.2f} ms   budget {ONE_TRACE_BUDGET_MS} ms   "
           f"{'OK' if one_ms <= ONE_TRACE_BUDGET_MS else 'OVER'}")
-    print(f"all {len(targets)} ClusterIPs traced: {all_s:.2f} s ({outcomes} outcomes)   budget "
-          f"{ALL_CLUSTER_IPS_BUDGET_S} s   {'OK' if all_s <= ALL_CLUSTER_IPS_BUDGET_S else 'OVER'}")
+    print(f"all {len(targets)} ClusterIPs traced: {all_s:.2f} s (cpu {all_cpu_s:.2f} s, {outcomes} outcomes)   "
+          f"budget {ALL_CLUSTER_IPS_BUDGET_S} s   {'OK' if all_s <= ALL_CLUSTER_IPS_BUDGET_S else 'OVER'}")
+    print(f"baseline (tokenize every line): {baseline_s:.3f} s; one trace = {one_ms / 1e3 / baseline_s:.4f}x, "
+          f"all ClusterIPs = {all_s / baseline_s:.1f}x the baseline")
     if args.plain:
         plain = Tracer(ruleset, node_ips=[NODE_IP], pod_cidrs=[POD_CIDR], use_index=False)
         t0 = time.perf_counter()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
 from iptrace.errors import InputError, TraceError
@@ -23,6 +23,22 @@ def cons_to_tuple(cell: Cons) -> tuple[Any, ...]:
     return tuple(out)
 
 
+def ip_int(text: str) -> tuple[int, int]:
+    """(version, integer) of an address; dotted quads take a fast path (a dump holds ~10^5 of them)."""
+    parts = text.split(".")
+    if len(parts) == 4:
+        try:
+            a, b, c, d = (int(p) for p in parts)
+        except ValueError:
+            pass
+        else:
+            if 0 <= a < 256 and 0 <= b < 256 and 0 <= c < 256 and 0 <= d < 256 and text.isascii():
+                return 4, (a << 24) | (b << 16) | (c << 8) | d
+    addr = ipaddress.ip_address(text)
+    return addr.version, int(addr)
+
+
+@functools.lru_cache(maxsize=65536)
 def parse_net(text: str, version: int) -> tuple[int, int] | None:
     """`addr`, `addr/len` or `addr/netmask` (also non-contiguous masks) → (network, mask) as ints.
 
@@ -30,10 +46,10 @@ def parse_net(text: str, version: int) -> tuple[int, int] | None:
     """
     addr_text, _, mask_text = text.partition("/")
     try:
-        addr = ipaddress.ip_address(addr_text)
+        addr_version, addr = ip_int(addr_text)
     except ValueError:
         raise TraceError(f"cannot read address {text!r}; expected an IP address, CIDR or addr/netmask") from None
-    if addr.version != version:
+    if addr_version != version:
         return None
     bits = 32 if version == 4 else 128
     full = (1 << bits) - 1
@@ -52,11 +68,21 @@ def parse_net(text: str, version: int) -> tuple[int, int] | None:
         if mask_addr.version != version:
             return None
         mask = int(mask_addr)
-    return int(addr) & mask, mask
+    return addr & mask, mask
 
 
 def format_ip(value: int, version: int) -> str:
-    return str(ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value))
+    if version == 4:
+        return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}"
+    return str(ipaddress.IPv6Address(value))
+
+
+def cons_to_set(cell: Cons) -> frozenset[Any]:
+    out = set()
+    while cell is not None:
+        out.add(cell[0])
+        cell = cell[1]
+    return frozenset(out)
 
 
 LOOPBACK_V4 = parse_net("127.0.0.0/8", 4)
@@ -108,9 +134,9 @@ class State:
     """
 
     __slots__ = (
-        "accept", "assumptions", "chains", "ctmark", "dnat", "dnat_by", "dport", "dst", "in_iface",
-        "kube_masq", "mark", "mark_drop", "masq", "notrack", "orig_dport", "orig_dst", "out_iface", "path",
-        "prob", "proto", "recent", "snat", "sport", "src",
+        "accept", "assumptions", "chains", "ctmark", "dnat", "dnat_by", "dport", "dst", "hook", "in_iface",
+        "kube_masq", "local_origin", "mark", "mark_drop", "masq", "notrack", "orig_dport", "orig_dst",
+        "out_iface", "path", "prob", "proto", "recent", "snat", "sport", "src",
     )
 
     def __init__(self, src: int, dst: int, sport: int, dport: int, proto: int, in_iface: str | None) -> None:
@@ -122,6 +148,8 @@ class State:
         self.orig_dst = dst
         self.orig_dport = dport
         self.in_iface = in_iface
+        self.hook = ""  # the netfilter hook being walked (PREROUTING, OUTPUT, …)
+        self.local_origin = False  # sent by the node itself (OUTPUT path)
         self.out_iface: str | None = None
         self.mark = 0
         self.ctmark = 0
@@ -132,7 +160,7 @@ class State:
         self.kube_masq = False
         self.mark_drop: Any = None  # the Step of a jump to KUBE-MARK-DROP (fragment entry only)
         self.recent: frozenset[tuple[str, int]] = frozenset()
-        self.prob = Fraction(1)
+        self.prob = (1, 1)  # exact branch probability as (numerator, denominator)
         self.path: Cons = None
         self.chains: Cons = None
         self.assumptions: tuple[str, ...] = ()
@@ -141,8 +169,32 @@ class State:
 
     def copy(self) -> State:
         new = State.__new__(State)
-        for name in State.__slots__:
-            setattr(new, name, getattr(self, name))
+        new.accept = self.accept
+        new.assumptions = self.assumptions
+        new.chains = self.chains
+        new.ctmark = self.ctmark
+        new.dnat = self.dnat
+        new.dnat_by = self.dnat_by
+        new.dport = self.dport
+        new.dst = self.dst
+        new.hook = self.hook
+        new.in_iface = self.in_iface
+        new.kube_masq = self.kube_masq
+        new.local_origin = self.local_origin
+        new.mark = self.mark
+        new.mark_drop = self.mark_drop
+        new.masq = self.masq
+        new.notrack = self.notrack
+        new.orig_dport = self.orig_dport
+        new.orig_dst = self.orig_dst
+        new.out_iface = self.out_iface
+        new.path = self.path
+        new.prob = self.prob
+        new.proto = self.proto
+        new.recent = self.recent
+        new.snat = self.snat
+        new.sport = self.sport
+        new.src = self.src
         return new
 
     def assume(self, text: str) -> None:

@@ -1,0 +1,131 @@
+"""Where a traced packet comes from: pod CIDRs and node addresses the dump reveals, and a source address
+for `--src pod|node|external`."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from typing import Literal
+
+from iptrace.errors import InputError
+from iptrace.model.rules import Ruleset
+
+SourceKind = Literal["pod", "node", "external"]
+
+# Documentation ranges (RFC 5737 / RFC 3849): never a real client, never probed.
+_EXTERNAL_V4 = ("203.0.113.1", "198.51.100.1", "192.0.2.1", "203.0.113.201")
+_EXTERNAL_V6 = ("2001:db8::1", "2001:db8:ffff::1", "2001:db8:ff00::1")
+# Used only when the dump reveals no pod CIDR (flannel's and kubeadm's defaults).
+_FALLBACK_POD_CIDR = {4: "10.244.0.0/16", 6: "fd00:10:244::/56"}
+
+
+def _version(ruleset: Ruleset) -> int:
+    return 6 if ruleset.family == "ipv6" else 4
+
+
+def infer_pod_cidrs(ruleset: Ruleset) -> list[str]:
+    """Pod CIDRs from kube-proxy's local-traffic detection: `! -s CIDR -j KUBE-MARK-MASQ` (cluster IP
+    masquerading), `-s CIDR -j KUBE-SVC-…` in KUBE-EXT/KUBE-XLB ("pod traffic", "Redirect pods …")."""
+    found: list[str] = []
+    nat = ruleset.table("nat")
+    if nat is None:
+        return found
+    for chain in nat.chains:
+        ext = chain.name.startswith(("KUBE-EXT-", "KUBE-XLB-"))
+        if not (ext or chain.name.startswith(("KUBE-SVC-", "KUBE-SVL-")) or chain.name == "KUBE-SERVICES"):
+            continue
+        for rule in chain.rules:
+            opt = rule.option("-s")
+            if opt is None or "/" not in opt.value:
+                continue
+            target = rule.target_name
+            if (opt.negated and target == "KUBE-MARK-MASQ") or (
+                    ext and not opt.negated and target.startswith(("KUBE-SVC-", "KUBE-SVL-"))):
+                try:
+                    cidr = str(ipaddress.ip_network(opt.value, strict=False))
+                except ValueError:
+                    continue
+                if cidr not in found and not cidr.endswith(("/32", "/128")):
+                    found.append(cidr)
+    return found
+
+
+def infer_node_ips(ruleset: Ruleset) -> list[str]:
+    """Node addresses the rules name: `-d IP -j KUBE-NODEPORTS` in nat KUBE-SERVICES (kube-proxy's
+    --nodeport-addresses form). Loopback is always local and not listed. (The kubernetes Service's
+    endpoints are control-plane addresses, not necessarily this node's, so they are not used.)"""
+    found: list[str] = []
+    chain = ruleset.chain("nat", "KUBE-SERVICES")
+    if chain is None:
+        return found
+    for rule in chain.rules:
+        if rule.target_name != "KUBE-NODEPORTS":
+            continue
+        opt = rule.option("-d")
+        if opt is None or opt.negated:
+            continue
+        try:
+            net = ipaddress.ip_network(opt.value, strict=False)
+        except ValueError:
+            continue
+        if net.num_addresses == 1 and not net.network_address.is_loopback:
+            ip = str(net.network_address)
+            if ip not in found:
+                found.append(ip)
+    return found
+
+
+def _endpoint_ips(ruleset: Ruleset) -> set[str]:
+    """Addresses of endpoints (`-s EP -j KUBE-MARK-MASQ` hairpin rules in KUBE-SEP chains)."""
+    out: set[str] = set()
+    nat = ruleset.table("nat")
+    if nat is None:
+        return out
+    for chain in nat.chains:
+        if chain.name.startswith("KUBE-SEP-"):
+            for rule in chain.rules:
+                opt = rule.option("-s")
+                if opt is not None and not opt.negated:
+                    out.add(opt.value.split("/")[0])
+    return out
+
+
+def pick_source(kind: SourceKind, ruleset: Ruleset, node_ips: Sequence[str] = (),
+                pod_cidrs: Sequence[str] = ()) -> tuple[str, str]:
+    """A source address of `kind` for this dump, and the assumption that choice makes (for the trace).
+
+    pod: an address inside the pod CIDR that is no endpoint (so that no hairpin rule fires by accident);
+    node: a node address (loopback when none is known); external: a documentation address outside both.
+    """
+    version = _version(ruleset)
+    nodes = [ip for ip in (list(node_ips) or infer_node_ips(ruleset))
+             if ipaddress.ip_address(ip.strip("[]")).version == version]
+    cidrs = [c for c in (list(pod_cidrs) or infer_pod_cidrs(ruleset))
+             if ipaddress.ip_network(c, strict=False).version == version]
+    if kind == "pod":
+        fallback = not cidrs
+        net = ipaddress.ip_network(cidrs[0] if cidrs else _FALLBACK_POD_CIDR[version], strict=False)
+        taken = _endpoint_ips(ruleset) | set(nodes)
+        for offset in range(2, min(net.num_addresses, 4096)):
+            candidate = str(net.network_address + offset)
+            if candidate not in taken:
+                break
+        else:
+            candidate = str(net.network_address)
+        if fallback:
+            return candidate, (f"source {candidate}: a pod address; the dump reveals no pod CIDR, so "
+                               f"{net} was assumed (pass --src IP)")
+        return candidate, f"source {candidate}: a pod address inside the pod CIDR {net} (not an endpoint)"
+    if kind == "node":
+        if nodes:
+            return nodes[0], f"source {nodes[0]}: the node's own address"
+        loop = "::1" if version == 6 else "127.0.0.1"
+        return loop, f"source {loop}: the node itself (its addresses are unknown; pass --node-ip)"
+    if kind == "external":
+        nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+        for candidate in (_EXTERNAL_V6 if version == 6 else _EXTERNAL_V4):
+            addr = ipaddress.ip_address(candidate)
+            if candidate not in nodes and not any(addr in n for n in nets):
+                return candidate, f"source {candidate}: an external client (a documentation address)"
+        raise InputError("no documentation address is outside the node and pod addresses; pass --src IP")
+    raise InputError(f"unknown source kind {kind!r}; expected pod, node, external or an IP address")
