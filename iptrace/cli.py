@@ -364,10 +364,13 @@ def trace(dump: str, dst: str, src: str, proto: str, in_interface: str | None, o
     view = build_view(ruleset, cluster=cluster)
     ips = _node_ips(node_ips, collected) or infer_node_ips(ruleset)
     pods = infer_pod_cidrs(ruleset)
-    src_ip = pick_source(src, ruleset, ips, pods)[0] if src in ("pod", "node", "external") else \
-        _check_ip(click.get_current_context(), click.Option(["--src"]), (src,))[0]
+    if src in ("pod", "node", "external"):
+        src_ip, note = pick_source(src, ruleset, ips, pods)  # type: ignore[arg-type]
+        notes = [note]
+    else:
+        src_ip, notes = _check_ip(click.get_current_context(), click.Option(["--src"]), (src,))[0], []
     tracer = Tracer(ruleset, node_ips=ips, pod_cidrs=pods, names=view.chain_labels)
-    result = tracer.trace(Packet(src_ip, host, port, proto, in_interface=in_interface))
+    result = tracer.trace(Packet(src_ip, host, port, proto, in_interface=in_interface), assumptions=notes)
     if output == "json":
         _emit_json(trace_to_json(result))
     else:
