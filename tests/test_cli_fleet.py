@@ -102,3 +102,31 @@ def test_rerun_keeps_the_old_files_of_a_node_that_now_fails(fleet) -> None:
     assert second.exit_code == 1
     assert "command-missing" in second.output
     assert (out / "node-a" / "iptables-save.txt").read_text() == before
+
+
+def test_collect_nodes_from_the_cluster(fleet) -> None:
+    """`collect --kubeconfig -l SEL`: the nodes' InternalIPs come from the API (the unmodified client over real
+    HTTP); the node directory is named after the Node. Only loopback addresses are ever contacted."""
+    from tests.apiserver import ApiServer, Grant, write_kubeconfig
+
+    def node(name: str, ip: str, role: str) -> dict:
+        return {"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "role": role}},
+                "status": {"addresses": [{"type": "InternalIP", "address": ip},
+                                         {"type": "Hostname", "address": name}]}}
+
+    objects = {"Service": [], "EndpointSlice": [],
+               "Node": [node("worker-1", "127.0.0.1", "worker"), node("cp-1", "127.0.0.2", "control-plane")]}
+    port = fleet["farm"].servers[0].port
+    with ApiServer(objects=objects, tokens={"t": Grant("admin")}) as api:
+        kubeconfig = write_kubeconfig(fleet["tmp"] / "kubeconfig", api.url, {"admin": "t"})
+        out = fleet["tmp"] / "from-cluster"
+        args = ["-i", str(fleet["key"]), "--accept-new-host-keys", "--known-hosts", str(fleet["tmp"] / "kh"),
+                "--ssh-config", str(fleet["tmp"] / "empty_config"), "--user", "root", "--port", str(port)]
+        (fleet["tmp"] / "empty_config").write_text("")
+        result = CliRunner().invoke(main, ["collect", "--kubeconfig", str(kubeconfig), "-l", "role=worker",
+                                           "--out", str(out), *args])
+    assert result.exit_code == 0, result.output
+    assert "1 of 1 node collected" in result.output
+    assert (out / "worker-1" / "iptables-save.txt").is_file()
+    assert not (out / "cp-1").exists()
