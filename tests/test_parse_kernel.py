@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from bench import netns
-from iptrace.model.rules import TOKEN_RE
 from iptrace.parse import load, save
+from tests.dumps import rule_tokens
 from tests.oracle import requires_root_netns
 
 pytestmark = [pytest.mark.root, requires_root_netns()]
@@ -18,15 +18,6 @@ pytestmark = [pytest.mark.root, requires_root_netns()]
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_dumps"
 NFACCT_RE = re.compile(r"--nfacct-name\s+(\S+)")
 IPSET_RE = re.compile(r"--match-set\s+(\S+)")
-
-
-def _rule_tokens(text: str) -> list[tuple[str, ...]]:
-    out = []
-    for line in text.splitlines():
-        s = re.sub(r"^\[\d+:\d+\]\s+", "", line.strip())
-        if s.startswith("-A "):
-            out.append(tuple(TOKEN_RE.findall(s)))
-    return sorted(out)
 
 
 def _samples() -> list[Path]:
@@ -56,6 +47,6 @@ def test_samples_through_the_kernel(backend: str) -> None:
                 kernel = saved.stdout
                 r = load(kernel, source=f"{sample.name} via {tool}-save")
                 assert load(save(r)) == r, sample.name
-                assert _rule_tokens(save(r)) == _rule_tokens(kernel), sample.name
+                assert rule_tokens(save(r)) == rule_tokens(kernel), sample.name
                 # the kernel's text means the same rules as the sample (it may normalise spelling)
                 assert r.rule_count == load(text).rule_count, sample.name

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from iptrace.kube.era import Era
-from iptrace.model.rules import Option, Rule, Ruleset
+from iptrace.model.rules import LoadWarning, Option, Rule, Ruleset
 
 
 def _option_json(opt: Option) -> dict[str, Any]:
@@ -74,19 +74,19 @@ def render_parse_summary(ruleset: Ruleset, era: Era) -> str:
             for family, counts in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
                 label = family if len(counts) == 1 and not family.endswith("*") else f"{family} ×{len(counts)}"
                 out.append(f"  {label:<32} {_rules(sum(counts)):>12}")
-    if ruleset.warnings:
-        out.append("")
-        out.append(f"warnings ({len(ruleset.warnings)}):")
-        out.extend(f"  line {w.line}: {w.message}" for w in ruleset.warnings[:50])
-        if len(ruleset.warnings) > 50:
-            out.append(f"  … and {len(ruleset.warnings) - 50} more (see -o json)")
-    if ruleset.skipped:
-        out.append("")
-        out.append(f"skipped with --lenient ({len(ruleset.skipped)}):")
-        out.extend(f"  line {w.line}: {w.message}" for w in ruleset.skipped[:50])
-        if len(ruleset.skipped) > 50:
-            out.append(f"  … and {len(ruleset.skipped) - 50} more (see -o json)")
+    out += _listed("warnings", ruleset.warnings)
+    out += _listed("skipped with --lenient", ruleset.skipped)
     return "\n".join(out) + "\n"
+
+
+def _listed(title: str, items: tuple[LoadWarning, ...], limit: int = 50) -> list[str]:
+    if not items:
+        return []
+    out = ["", f"{title} ({len(items)}):"]
+    out += [f"  line {w.line}: {w.message}" for w in items[:limit]]
+    if len(items) > limit:
+        out.append(f"  … and {len(items) - limit} more (see -o json)")
+    return out
 
 
 def _rules(n: int) -> str:
