@@ -1,7 +1,9 @@
 """Benchmark: `trace` on the 5,000-Service × 10-endpoint dump (SPEC budgets: one trace <= 5 ms after load,
 every ClusterIP of the dump traced <= 5 s), with the index and, for comparison, without it.
 
-Run:  python bench/bench_trace.py [--services 5000] [--endpoints 10] [--plain]
+Run:  python bench/bench_trace.py [--services 5000] [--endpoints 10] [--plain] [--repeat N]
+With --repeat, the all-ClusterIPs figure is measured N times (a fresh Tracer each time, so every rule is
+compiled again) and judged by the median: on a shared machine single runs vary by ±30%.
 The dump comes from bench/synth.py (kube-proxy's own layout); when that module is missing a simpler
 built-in generator is used.
 """
@@ -67,6 +69,7 @@ def main() -> int:
     parser.add_argument("--services", type=int, default=5000)
     parser.add_argument("--endpoints", type=int, default=10)
     parser.add_argument("--plain", action="store_true", help="also time a few traces without the index")
+    parser.add_argument("--repeat", type=int, default=1, help="measure all ClusterIPs N times (median)")
     args = parser.parse_args()
 
     text, targets = _dump(args.services, args.endpoints)
@@ -96,19 +99,25 @@ def main() -> int:
         samples.append((time.perf_counter() - t0) * 1e3)
     one_ms = statistics.median(samples)
 
-    all_tracer = Tracer(ruleset, node_ips=[NODE_IP], pod_cidrs=[POD_CIDR])
     packets = [Packet(source, ip, port, proto) for ip, port, proto in targets]
-    cpu0 = time.process_time()
-    t0 = time.perf_counter()
-    outcomes = sum(len(t.outcomes) for t in all_tracer.trace_many(packets))
-    all_s = time.perf_counter() - t0
-    all_cpu_s = time.process_time() - cpu0
+    runs: list[tuple[float, float]] = []
+    for _ in range(max(1, args.repeat)):
+        all_tracer = Tracer(ruleset, node_ips=[NODE_IP], pod_cidrs=[POD_CIDR])
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        traces = all_tracer.trace_many(packets)
+        runs.append((time.perf_counter() - t0, time.process_time() - cpu0))
+        outcomes = sum(len(t.outcomes) for t in traces)
+        del traces, all_tracer
+    all_s = statistics.median(r[0] for r in runs)
+    all_cpu_s = statistics.median(r[1] for r in runs)
 
     print(f"first trace (builds the KUBE-SERVICES index): {first_ms:.1f} ms")
     print(f"one trace after load (median, cold rules): {one_ms:.2f} ms   budget {ONE_TRACE_BUDGET_MS} ms   "
           f"{'OK' if one_ms <= ONE_TRACE_BUDGET_MS else 'OVER'}")
-    print(f"all {len(targets)} ClusterIPs traced: {all_s:.2f} s (cpu {all_cpu_s:.2f} s, {outcomes} outcomes)   "
-          f"budget {ALL_CLUSTER_IPS_BUDGET_S} s   {'OK' if all_s <= ALL_CLUSTER_IPS_BUDGET_S else 'OVER'}")
+    each = f"; runs {', '.join(f'{r[0]:.2f}' for r in runs)} s, median" if len(runs) > 1 else ""
+    print(f"all {len(targets)} ClusterIPs traced{each}: {all_s:.2f} s (cpu {all_cpu_s:.2f} s, {outcomes} outcomes)"
+          f"   budget {ALL_CLUSTER_IPS_BUDGET_S} s   {'OK' if all_s <= ALL_CLUSTER_IPS_BUDGET_S else 'OVER'}")
     print(f"baseline (tokenize every line): {baseline_s:.3f} s; one trace = {one_ms / 1e3 / baseline_s:.4f}x, "
           f"all ClusterIPs = {all_s / baseline_s:.1f}x the baseline")
     if args.plain:

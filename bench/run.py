@@ -95,6 +95,9 @@ def _cluster_ips(view: Any) -> list[tuple[str, int, str]]:
 
 
 def figure_trace(dump: Path) -> dict[str, Any]:
+    import gc
+
+    gc.disable()  # as every analysis command of the CLI runs (iptrace.cli._batch)
     from iptrace.kube.view import build_view
     from iptrace.parse import load_path
     from iptrace.trace.packet import Packet
@@ -120,6 +123,9 @@ def figure_trace(dump: Path) -> dict[str, Any]:
 
 
 def figure_explain(dump: Path) -> dict[str, Any]:
+    import gc
+
+    gc.disable()  # as every analysis command of the CLI runs (iptrace.cli._batch)
     from iptrace.explain import Explainer
     from iptrace.parse import load_path
 

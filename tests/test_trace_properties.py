@@ -3,20 +3,27 @@ traces are deterministic, and the chain index never changes a result.
 
 Dumps come from bench/synth.py (kube-proxy's own layouts, all eras, full dumps and restore fragments) and
 from a generator of arbitrary long chains (CIDRs, negations, ports, jumps, RETURN) for the index.
+
+The caches that only accelerate are checked the same way: the walk shared between branches after NAT
+(memo.py; `share=False` turns it off), matches compiled once per rule structure and option values
+(`bind_matches` against `compile_matches`), and the tokenizer's fast path.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from functools import lru_cache
 
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from bench import synth
-from iptrace.model.rules import Ruleset
+from iptrace.model.rules import TOKEN_RE, Ruleset
 from iptrace.parse import load
 from iptrace.trace import Packet, Trace, Tracer, trace_to_json
+from iptrace.trace.matchers import bind_matches, binder_for, compile_matches, fast_tokens, rule_structure
+from iptrace.trace.state import Context, State
 
 NODE_IP = "192.168.0.10"
 POD_CIDR = "10.244.0.0/16"
@@ -62,6 +69,14 @@ def check_trace(trace: Trace, ruleset: Ruleset, lines: tuple[str, ...]) -> None:
             assert lines[step.line - 1].split() == step.rule.split()
 
 
+def assert_same(got: Trace, expected: Trace, message: str) -> None:
+    """Equal traces, down to what equality leaves out (exact probabilities, per-branch assumptions in order)."""
+    assert got == expected, message
+    assert got.assumptions == expected.assumptions, message
+    for a, b in zip(got.outcomes, expected.outcomes, strict=True):
+        assert (a.exact_probability, a.assumptions, a.chains) == (b.exact_probability, b.assumptions, b.chains), message
+
+
 kube_cases = st.tuples(
     st.integers(0, 10_000),                       # seed
     st.integers(20, 60),                          # services (KUBE-SERVICES long enough to be indexed)
@@ -79,7 +94,7 @@ def test_kube_proxy_dumps(case: tuple, pick: int, src_pick: int) -> None:
     assume(full or era != "xlb")
     ruleset, lines, targets = kube_dump(seed, n, endpoints, era, full)
     indexed = Tracer(ruleset, node_ips=[NODE_IP], pod_cidrs=[POD_CIDR])
-    plain = Tracer(ruleset, node_ips=[NODE_IP], pod_cidrs=[POD_CIDR], use_index=False)
+    plain = Tracer(ruleset, node_ips=[NODE_IP], pod_cidrs=[POD_CIDR], use_index=False, share=False)
     for k in range(8):
         dst, port, proto = targets[(pick + k * 7919) % len(targets)]
         packet = Packet(sources(seed)[(src_pick + k) % 6], dst, port, proto)
@@ -88,7 +103,7 @@ def test_kube_proxy_dumps(case: tuple, pick: int, src_pick: int) -> None:
         assert trace_to_json(indexed.trace(packet)) == trace_to_json(first)  # deterministic
         again = Tracer(ruleset, node_ips=[NODE_IP], pod_cidrs=[POD_CIDR]).trace(packet)
         assert again == first
-        assert plain.trace(packet) == first, f"index changed the result for {packet}"
+        assert_same(plain.trace(packet), first, f"index or shared walk changed the result for {packet}")
 
 
 # ------------------------------------------------------------------------------ arbitrary long chains
@@ -119,6 +134,13 @@ def rule_text(draw: st.DrawFn, chain: str, subchains: list[str]) -> str:
         parts += ["-m", "statistic", "--mode", "random", "--probability", draw(st.sampled_from(["0.25", "0.5"]))]
     if draw(st.integers(0, 8)) == 0:
         parts += ["-m", "mark", "--mark", "0x1/0x1"]
+    # Options that read more of the branch (interfaces, recent lists, conntrack's original destination) or
+    # record assumptions: what the walk shared after NAT (memo.py) has to key or replay.
+    parts += draw(st.sampled_from([
+        [], [], [], [], [], ["-i", "eth0"], ["!", "-o", "eth1"], ["-m", "recent", "--name", "R", "--set"],
+        ["-m", "recent", "--name", "R", "--rcheck"], ["-m", "conntrack", "--ctstate", "DNAT"],
+        ["-m", "conntrack", "--ctorigdst", "10.0.0.1"], ["-m", "comment", "--comment", '"a b"'],
+        ["-m", "multiport", "--dports", "80,443"]]))
     targets = ["ACCEPT", "DROP", "REJECT", "RETURN", "MARK --set-xmark 0x1/0x1", "LOG", *subchains]
     target = draw(st.sampled_from(targets))
     return f"-A {chain} {' '.join(parts)} -j {target}".replace("  ", " ")
@@ -141,7 +163,18 @@ def long_chain_dump(draw: st.DrawFn) -> str:
     sub = draw(st.lists(rule_text("SUB", []), min_size=0, max_size=5))
     dnat = "-A PREROUTING -p tcp -m tcp --dport 80 -m statistic --mode random --probability 0.5 " \
            "-j DNAT --to-destination 10.0.0.2:8080\n"
-    return ("*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n" + dnat + "COMMIT\n"
+    snat = "".join(f"-A POSTROUTING {rule}\n" for rule in draw(st.lists(st.sampled_from([
+        "-m mark --mark 0x1/0x1 -j MASQUERADE", "-o eth0 -j MASQUERADE", "-s 10.0.0.0/8 -d 10.0.0.2 -j SNAT "
+        "--to-source 10.9.9.9", "-d 10.0.1.0/24 -j NETMAP --to 10.9.0.0/24", "-m recent --name R --rcheck -j ACCEPT",
+        "-p tcp -m tcp --dport 8080 -j MASQUERADE"]), max_size=3)))
+    # Before NAT, some packets get a recent entry, a mark or an assumption: branches that reach the walk
+    # after NAT (shared between branches, memo.py) with different values of what it keys or replays.
+    mangle = "".join(f"-A PREROUTING {rule}\n" for rule in draw(st.lists(st.sampled_from([
+        "-s 10.0.0.1 -m recent --name R --set", "-s 10.0.1.1 -j MARK --set-xmark 0x1/0x1", "-s 10.0.0.2 -i eth0 -j LOG",
+        "-d 10.0.0.1 -m recent --name R --rdest --set"]), max_size=3)))
+    return ("*mangle\n:PREROUTING ACCEPT [0:0]\n" + mangle + "COMMIT\n"
+            "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n" + dnat + snat
+            + "COMMIT\n"
             "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n:BIG - [0:0]\n:SUB - [0:0]\n"
             "-A INPUT -j BIG\n-A FORWARD -j BIG\n-A OUTPUT -j BIG\n"
             + "\n".join(main + sub) + "\nCOMMIT\n")
@@ -155,13 +188,140 @@ def test_index_never_changes_a_result(text: str, packets: list) -> None:
     ruleset = load(text)
     lines = tuple(text.splitlines())
     indexed = Tracer(ruleset, node_ips=["192.168.0.10"])
-    plain = Tracer(ruleset, node_ips=["192.168.0.10"], use_index=False)
+    plain = Tracer(ruleset, node_ips=["192.168.0.10"], use_index=False, share=False)
+    unshared = Tracer(ruleset, node_ips=["192.168.0.10"], share=False)
     code = indexed._code("filter", "BIG")
     assert code is not None and code.index is not None
     for src, dst, dport, proto in packets:
         assume(ipaddress.ip_address(src) != ipaddress.ip_address(dst) or src != "127.0.0.1")
         packet = Packet(src, dst, dport, proto)
+        # `indexed` keeps its recorded walks from one packet to the next: later packets replay them.
         a, b = indexed.trace(packet), plain.trace(packet)
         check_trace(a, ruleset, lines)
-        assert a == b
-        assert a.assumptions == b.assumptions
+        assert_same(a, b, f"index or shared walk changed the result for {packet}")
+        assert_same(unshared.trace(packet), b, f"index changed the result for {packet}")
+
+
+# ------------------------------------------------------------------------------ compile caches
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(alphabet=' \t"\\ab-!/:\u00a0\u2003x', max_size=40))
+def test_fast_tokens_split_like_the_model(text: str) -> None:
+    assert fast_tokens(text) == TOKEN_RE.findall(text)
+
+
+STATE_FIELDS = st.fixed_dictionaries({
+    "src": address, "dst": st.one_of(address, st.just("10.0.0.77")), "dport": port, "proto": st.sampled_from([6, 17]),
+    "in_iface": st.sampled_from([None, "eth0"]), "mark": st.sampled_from([0, 1]), "dnat": st.booleans(),
+    "notrack": st.booleans(), "recent": st.booleans()})
+
+
+def _evaluate(tests: tuple, assumed: tuple, effects: tuple, never: bool, s: State) -> tuple:
+    """What the walk does with a rule's matches on branch `s` (walk.Tracer._run_chain)."""
+    if never or not all(test(s) for test in tests):
+        return (False,)
+    answers = []
+    for check in assumed:
+        result, note = check(s)
+        answers.append((result, note))
+        if not result:
+            return (False, answers)
+    for effect in effects:
+        effect(s)
+    return (True, answers, s.recent)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=long_chain_dump(), states=st.lists(STATE_FIELDS, min_size=1, max_size=4))
+def test_bound_matches_are_compiled_matches(text: str, states: list) -> None:
+    """A rule compiled through the shared per-structure cache (bind_matches) answers like one compiled alone."""
+    ruleset = load(text)
+    ctx = Context.build(4, ["192.168.0.10"], None)
+    structures: dict = {}
+    binders: dict = {}
+    bound: dict = {}
+    groups: dict = {}
+    for table in ruleset.tables:
+        for chain in table.chains:
+            for rule in chain.rules:
+                tokens = fast_tokens(rule.text)
+                structure = rule_structure(rule, tokens, structures)
+                alone = compile_matches(rule, ctx, rule_structure(rule, tokens), tokens)
+                shared, src, dst, addresses, never = bind_matches(rule, ctx, binder_for(structure, binders), tokens,
+                                                                  bound, groups)
+                assert shared.probability == alone.probability
+                nets = tuple(_net_test(attr, net) for attr, net in (("src", src), ("dst", dst)) if net is not None)
+                for fields in states:
+                    s1, s2 = _state(fields), _state(fields)
+                    got = _evaluate(nets + addresses + shared.tests, shared.assumed, shared.effects,
+                                    never or shared.never, s1)
+                    assert got == _evaluate(tuple(alone.tests), tuple(alone.assumed), tuple(alone.effects),
+                                            alone.never, s2), rule
+
+
+def _net_test(attr: str, net: tuple[int, int, bool]) -> Callable[[State], bool]:
+    """A -s/-d kept as data (matchers.Net), as the walk tests it."""
+    mask, network, negated = net
+    return lambda s: ((s.src if attr == "src" else s.dst) & mask == network) != negated
+
+
+def _state(fields: dict) -> State:
+    s = State(int(ipaddress.ip_address(fields["src"])), int(ipaddress.ip_address(fields["dst"])), 40000,
+              fields["dport"], fields["proto"], fields["in_iface"])
+    s.mark = fields["mark"]
+    s.dnat = fields["dnat"]
+    s.notrack = fields["notrack"]
+    if fields["recent"]:
+        s.recent = frozenset({("R", s.src)})
+    return s
+
+
+# ------------------------------------------------------------------------------ the walk shared after NAT
+
+SHARED_WALK_DUMP = """*mangle
+:PREROUTING ACCEPT [0:0]
+-A PREROUTING -d 10.0.0.1 -m recent --name R --rdest --set
+-A PREROUTING -s 10.0.1.1 -m addrtype --dst-type LOCAL -j LOG
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -d 10.0.0.1 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.2:80
+-A PREROUTING -d 10.0.0.3 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.2:80
+-A PREROUTING -d 10.0.0.4 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.2:80
+-A POSTROUTING -m mark --mark 0x1/0x1 -j MASQUERADE
+COMMIT
+*filter
+:FORWARD ACCEPT [0:0]
+-A FORWARD -m recent --name R --rcheck -j DROP
+-A FORWARD -m addrtype --dst-type LOCAL -j LOG
+-A FORWARD -s 10.0.1.1 -j MARK --set-xmark 0x1/0x1
+COMMIT
+"""
+
+
+def test_shared_walk_keys_recent_lists_and_replays_assumptions() -> None:
+    """Branches that differ only in a recent list (set before NAT) or in assumptions made before NAT: each
+    replayed walk gives what a walk of its own gives, whatever was recorded first."""
+    ruleset = load(SHARED_WALK_DUMP)
+    packets = [Packet(src, dst, 80) for src in ("10.0.0.1", "10.0.0.9", "10.0.1.1")
+               for dst in ("10.0.0.3", "10.0.0.1", "10.0.0.4")]
+    for order in (packets, packets[::-1]):
+        shared = Tracer(ruleset)  # no node addresses: addrtype notes are assumptions
+        for packet in order:
+            expected = Tracer(ruleset, share=False).trace(packet)
+            assert_same(shared.trace(packet), expected, f"shared walk changed the result for {packet}")
+        assert sum(len(plan.memo) for plan in shared._plans.values() if plan is not None) < len(packets)
+    dropped = Tracer(ruleset).trace(Packet("10.0.0.1", "10.0.0.1", 80))
+    assert [o.verdict for o in dropped.outcomes] == ["DROP"]
+
+
+def test_kube_proxy_branches_share_the_walk_after_dnat() -> None:
+    """Every endpoint of every ClusterIP crosses FORWARD and POSTROUTING the same way: a handful of recorded
+    walks serve them all (a performance property the trace budget rests on, not a result)."""
+    ruleset, _lines, targets = kube_dump(7, 40, 4, "current", True)
+    tracer = Tracer(ruleset, node_ips=[NODE_IP], pod_cidrs=[POD_CIDR])
+    branches = sum(len(tracer.trace(Packet("10.244.3.3", ip, port, proto)).outcomes)
+                   for ip, port, proto in targets if ip.startswith("10.96."))
+    recorded = sum(len(plan.memo) for plan in tracer._plans.values() if plan is not None)
+    assert branches > 50 and recorded * 5 < branches

@@ -4,7 +4,7 @@ so that a packet visits only the rules that can match it, in their original orde
 A rule is filed under its exact, non-negated protocol + destination port (+ destination host when it has one),
 or under its destination host alone; every other rule (CIDRs, negations, addrtype, no -d) stays in `rest`.
 The index only skips rules whose definite tests would fail, so a walk with it gives the same result as a
-walk without it (tests/test_trace_index.py checks that).
+walk without it (tests/test_trace_properties.py checks that).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import heapq
 from collections.abc import Sequence
 
 from iptrace.errors import IptraceError
-from iptrace.model.rules import Rule
-from iptrace.trace.matchers import Structure, rule_options
+from iptrace.model.rules import Rule, unquote
+from iptrace.trace.matchers import Structure, fast_tokens, rule_structure
 from iptrace.trace.packet import protocol_number
 from iptrace.trace.state import parse_net
 
@@ -25,35 +25,70 @@ _DPORT = frozenset({"--dport", "--destination-port"})
 Key = tuple[int, int, int | None]
 
 
-def index_key(rule: Rule, version: int, cache: dict[object, Structure] | None = None,
-              ) -> tuple[Key | None, int | None]:
+# What the index reads from a rule of one structure, in order: ("-p" | "-d" | "--dport", value token index or
+# None when the option has no value).
+KeyPlan = tuple[tuple[str, int | None], ...]
+
+
+def _key_plan(structure: Structure) -> KeyPlan:
+    plan: list[tuple[str, int | None]] = []
+    for module, specs in structure[0]:
+        for name, negated, idx in specs:
+            if negated:
+                continue
+            if module == "" and name in ("-p", "-d"):
+                plan.append((name, idx[0] if idx else None))
+            elif module in _PORT_MODULES and name in _DPORT:
+                plan.append(("--dport", idx[0] if idx else None))
+    return tuple(plan)
+
+
+def _planned_key(plan: KeyPlan, tokens: Sequence[str], version: int) -> tuple[Key | None, int | None]:
     """(protocol, dport, host-or-None) when the rule requires an exact protocol and port, else None; and the
-    exact destination host the rule requires (or None)."""
+    exact destination host the rule requires (or None). The last of repeated options wins, as in iptables."""
     proto: int | None = None
     dport: int | None = None
     host: int | None = None
-    bits = 32 if version == 4 else 128
-    for module, opts in rule_options(rule, cache):
-        for opt in opts:
-            if opt.negated:
-                continue
-            if module == "" and opt.name == "-p":
+    full = (1 << (32 if version == 4 else 128)) - 1
+    for kind, i in plan:
+        value = "" if i is None else unquote(tokens[i]) if tokens[i][0] == '"' else tokens[i]
+        if kind == "-p":
+            try:
+                proto = protocol_number(value)
+            except IptraceError:
+                proto = None
+        elif kind == "-d":
+            if i is not None and "," not in value:
                 try:
-                    proto = protocol_number(opt.value)
-                except IptraceError:
-                    proto = None
-            elif module == "" and opt.name == "-d" and "," not in opt.value:
-                try:
-                    net = parse_net(opt.value, version)
+                    net = parse_net(value, version)
                 except IptraceError:
                     net = None
-                if net is not None and net[1] == (1 << bits) - 1:
+                if net is not None and net[1] == full:
                     host = net[0]
-            elif module in _PORT_MODULES and opt.name in _DPORT and opt.value.isdigit():
-                dport = int(opt.value)
+        elif value.isdigit():
+            dport = int(value)
     if proto is not None and dport is not None:
         return (proto, dport, host), host
     return None, host
+
+
+def rule_key(rule: Rule, version: int, cache: dict[object, Structure], plans: dict[int, KeyPlan],
+             alive: list[Structure]) -> tuple[Key | None, int | None]:
+    """What the index files a rule under: ((protocol, dport, host-or-None) or None, exact host or None).
+    A rule filed under a key (a host) has definite tests that fail for every packet without that protocol and
+    port (that destination). `plans` caches per structure id; `alive` keeps those structures alive."""
+    tokens: Sequence[str] | None = None
+    structure = cache.get(rule.shape) if rule.shape is not None else None
+    if structure is None:
+        tokens = fast_tokens(rule.text)
+        structure = rule_structure(rule, tokens, cache)
+    plan = plans.get(id(structure))
+    if plan is None:
+        plan = plans[id(structure)] = _key_plan(structure)
+        alive.append(structure)
+    if not plan:
+        return None, None
+    return _planned_key(plan, tokens if tokens is not None else fast_tokens(rule.text), version)
 
 
 class ChainIndex:
@@ -61,19 +96,10 @@ class ChainIndex:
 
     __slots__ = ("by_host", "by_port", "rest")
 
-    def __init__(self, rules: Sequence[Rule], version: int, cache: dict[object, Structure] | None = None,
-                 ) -> None:
+    def __init__(self) -> None:
         self.by_port: dict[Key, list[int]] = {}
         self.by_host: dict[int, list[int]] = {}
         self.rest: list[int] = []
-        for i, rule in enumerate(rules):
-            key, host = index_key(rule, version, cache)
-            if key is not None:
-                self.by_port.setdefault(key, []).append(i)
-            elif host is not None:
-                self.by_host.setdefault(host, []).append(i)
-            else:
-                self.rest.append(i)
 
     @classmethod
     def build(cls, rules: Sequence[Rule], version: int, cache: dict[object, Structure] | None = None,
@@ -81,9 +107,22 @@ class ChainIndex:
         """An index when it pays (a long chain, mostly indexable), else None."""
         if len(rules) < MIN_RULES:
             return None
-        index = cls(rules, version, cache)
-        if len(index.rest) * 2 > len(rules):
-            return None
+        index = cls()
+        limit = len(rules) // 2  # more rules left unindexed than this: a plain walk is as fast
+        plans: dict[int, KeyPlan] = {}
+        alive: list[Structure] = []  # keeps every structure (hence its id) alive while `plans` is in use
+        if cache is None:
+            cache = {}
+        for i, rule in enumerate(rules):
+            key, host = rule_key(rule, version, cache, plans, alive)
+            if key is not None:
+                index.by_port.setdefault(key, []).append(i)
+            elif host is not None:
+                index.by_host.setdefault(host, []).append(i)
+            else:
+                index.rest.append(i)
+                if len(index.rest) > limit:
+                    return None
         return index
 
     def candidates(self, proto: int, dport: int, dst: int) -> list[int]:

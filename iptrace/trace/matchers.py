@@ -26,10 +26,11 @@ import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from operator import itemgetter
 from typing import NamedTuple
 
 from iptrace.errors import TraceError
-from iptrace.model.rules import Rule, unquote
+from iptrace.model.rules import TOKEN_RE, Rule, unquote
 from iptrace.parse.options import BASIC_ALIASES, BASIC_ARITY, MODULE_ARITY
 from iptrace.trace.packet import protocol_number
 from iptrace.trace.state import Context, State, parse_net
@@ -96,6 +97,38 @@ class Opt(NamedTuple):
 OptSpec = tuple[str, bool, tuple[int, ...]]
 # A rule's matches as (module, options) groups ("" = the basic matches), plus its target options.
 Structure = tuple[tuple[tuple[str, tuple[OptSpec, ...]], ...], tuple[OptSpec, ...]]
+
+
+def fast_tokens(text: str) -> list[str]:
+    """`TOKEN_RE.findall(text)` (model.rules), faster for a rule with at most one quoted token whose quotes
+    stand alone (kube-proxy's comments): a plain split around it gives the same tokens."""
+    if '"' not in text:
+        return text.split()
+    if "\\" not in text:
+        parts = text.split('"')
+        if len(parts) == 3:
+            head, quoted, tail = parts
+            if (not head or head[-1].isspace()) and (not tail or tail[0].isspace()):
+                return [*head.split(), f'"{quoted}"', *tail.split()]
+    return TOKEN_RE.findall(text)
+
+
+def token_value(token: str) -> str:
+    """`unquote(token)` (model.rules), without its regex when there is nothing to unescape."""
+    if len(token) >= 2 and token[0] == '"' and token[-1] == '"':
+        inner = token[1:-1]
+        return inner if "\\" not in inner else unquote(token)
+    return token
+
+
+def rule_comment(rule: Rule) -> str | None:
+    """`rule.comment`: the values of its first --comment, joined."""
+    shape = rule.shape
+    index = shape.first.get("--comment") if shape is not None else None
+    if index is None:
+        return None
+    tokens = fast_tokens(rule.text)
+    return " ".join([token_value(tokens[i]) for i in shape.slots[index][3]])  # type: ignore[union-attr]
 
 
 def _modules(rule: Rule, tokens: Sequence[str]) -> tuple[str, ...]:
@@ -190,15 +223,6 @@ def options_of(specs: Sequence[OptSpec], tokens: Sequence[str]) -> list[Opt]:
             for name, neg, idx in specs]
 
 
-def rule_options(rule: Rule, cache: dict[object, Structure] | None = None,
-                 tokens: Sequence[str] | None = None) -> list[tuple[str, list[Opt]]]:
-    """The rule's matches as (module, options) pairs, "" for the basic matches."""
-    if tokens is None:
-        tokens = rule.tokens
-    groups, _ = rule_structure(rule, tokens, cache)
-    return [(module, options_of(specs, tokens)) for module, specs in groups]
-
-
 def compile_matches(rule: Rule, ctx: Context, structure: Structure, tokens: Sequence[str],
                     groups: dict[object, MatchPlan] | None = None) -> MatchPlan:
     """The tests of one rule. `groups` caches the tests of a match group by its option values (`-p tcp`,
@@ -228,6 +252,114 @@ def compile_matches(rule: Rule, ctx: Context, structure: Structure, tokens: Sequ
             groups[key] = part
         _merge(plan, part)
     return plan
+
+
+class Bound(NamedTuple):
+    """A rule's compiled matches (MatchPlan's fields, frozen so that rules can share them)."""
+
+    tests: tuple[Test, ...]
+    assumed: tuple[Assumed, ...]
+    effects: tuple[Effect, ...]
+    probability: Fraction | None
+    never: bool
+    # A probability below 1 as ((num, den), (den - num, den)): the rule's branch and the rest.
+    branch: tuple[tuple[int, int], tuple[int, int]] | None
+
+
+class Binder:
+    """One rule structure, split into what is compiled once per distinct option values (shared by every rule
+    with those values: kube-proxy repeats `-p tcp -m tcp --dport 80` thousands of times) and the addresses
+    (-s/-d: nearly unique per rule), bound per rule. Definite tests are pure, so their order does not matter;
+    addresses give no assumptions, so the assumptions keep their order."""
+
+    __slots__ = ("addresses", "rest", "values")
+
+    def __init__(self, structure: Structure) -> None:
+        groups: list[tuple[str, tuple[OptSpec, ...]]] = []
+        addresses: list[OptSpec] = []
+        indices: list[int] = []
+        for module, specs in structure[0]:
+            if module in ("comment", "nfacct"):
+                continue
+            if module == "":
+                addresses.extend(spec for spec in specs if spec[0] in ("-s", "-d"))
+                specs = tuple(spec for spec in specs if spec[0] not in ("-s", "-d"))
+                if not specs:
+                    continue
+            groups.append((module, specs))
+            for spec in specs:
+                indices.extend(spec[2])
+        self.rest: Structure = (tuple(groups), structure[1])
+        # (attr, negated, token index of the value or -1)
+        self.addresses = tuple(("src" if name == "-s" else "dst", negated, idx[0] if idx else -1)
+                               for name, negated, idx in addresses)
+        self.values: Callable[[Sequence[str]], object] | None = itemgetter(*indices) if indices else None
+
+
+def binder_for(structure: Structure, binders: dict[int, Binder]) -> Binder:
+    """The Binder of a structure; `binders` is keyed by the id of a structure the caller keeps alive (in its
+    structure cache)."""
+    binder = binders.get(id(structure))
+    if binder is None:
+        binder = binders[id(structure)] = Binder(structure)
+    return binder
+
+
+# A -s/-d test as data, (mask, network, negated): the packet passes when (address & mask == network) != negated.
+# Data rather than a closure: a big dump's rules hold ~10^5 of these, and plain int tuples cost the cyclic
+# garbage collector nothing.
+Net = tuple[int, int, bool]
+
+
+def bind_matches(rule: Rule, ctx: Context, binder: Binder, tokens: Sequence[str], bound: dict[object, Bound],
+                 groups: dict[object, MatchPlan] | None = None,
+                 ) -> tuple[Bound, Net | None, Net | None, tuple[Test, ...], bool]:
+    """`compile_matches` for a rule: (the matches it shares with every rule of the same structure and option
+    values, its first -s and first -d as data (if they name one network), its other -s/-d tests, whether one
+    of those can never match). Matches that make assumptions (which name the rule's line) are compiled per
+    rule."""
+    key: object = (binder, binder.values(tokens)) if binder.values is not None else binder
+    found = bound.get(key)
+    if found is None:
+        plan = compile_matches(rule, ctx, binder.rest, tokens, groups)
+        p = plan.probability
+        branch = None
+        if p is not None and p != 1:
+            branch = ((p.numerator, p.denominator), (p.denominator - p.numerator, p.denominator))
+        found = Bound(tuple(plan.tests), tuple(plan.assumed), tuple(plan.effects), p, plan.never, branch)
+        if not plan.assumed:
+            if len(bound) >= _BOUND_SIZE:
+                bound.clear()
+            bound[key] = found
+    if not binder.addresses:
+        return found, None, None, (), False
+    src: Net | None = None
+    dst: Net | None = None
+    tests: list[Test] = []
+    never = False
+    version = ctx.version
+    for attr, negated, i in binder.addresses:
+        value = tokens[i] if i >= 0 else ""
+        if value[:1] == '"':
+            value = unquote(value)
+        if "," not in value and (src is None if attr == "src" else dst is None):
+            net = parse_net(value, version)
+            if net is None:
+                never = never or not negated
+            elif attr == "src":
+                src = (net[1], net[0], negated)
+            else:
+                dst = (net[1], net[0], negated)
+            continue
+        test = address_test(value, negated, attr, version)
+        if test is not None:
+            tests.append(test)
+        elif not negated:
+            never = True
+    return found, src, dst, tuple(tests), never
+
+
+_BOUND_SIZE = 100_000
 
 
 def _merge(plan: MatchPlan, part: MatchPlan) -> None:
@@ -279,22 +411,31 @@ def _port_test(ranges: list[tuple[int, int]], negated: bool, attr: str) -> Test:
 
 
 def _addr_test(values: str, negated: bool, attr: str, ctx: Context, plan: MatchPlan) -> None:
-    nets = [n for n in (parse_net(v, ctx.version) for v in values.split(",")) if n is not None]
+    test = address_test(values, negated, attr, ctx.version)
+    if test is not None:
+        plan.tests.append(test)
+    elif not negated:
+        plan.never = True
+
+
+def address_test(values: str, negated: bool, attr: str, version: int) -> Test | None:
+    """-s/-d (`attr` "src"/"dst"); None when no listed address is of this IP version (the option can never
+    match; negated, it always does)."""
+    if "," in values:
+        nets = [n for n in (parse_net(v, version) for v in values.split(",")) if n is not None]
+    else:
+        one = parse_net(values, version)
+        nets = [one] if one is not None else []
     if not nets:
-        if not negated:
-            plan.never = True
-        return
+        return None
     if len(nets) == 1:
         net, mask = nets[0]
         if attr == "src":
-            plan.tests.append((lambda s: s.src & mask != net) if negated else (lambda s: s.src & mask == net))
-        else:
-            plan.tests.append((lambda s: s.dst & mask != net) if negated else (lambda s: s.dst & mask == net))
-        return
+            return (lambda s: s.src & mask != net) if negated else (lambda s: s.src & mask == net)
+        return (lambda s: s.dst & mask != net) if negated else (lambda s: s.dst & mask == net)
     if attr == "src":
-        plan.tests.append(lambda s: any(s.src & m == n for n, m in nets) != negated)
-    else:
-        plan.tests.append(lambda s: any(s.dst & m == n for n, m in nets) != negated)
+        return lambda s: any(s.src & m == n for n, m in nets) != negated
+    return lambda s: any(s.dst & m == n for n, m in nets) != negated
 
 
 def _iface_matches(pattern: str, name: str) -> bool:

@@ -14,21 +14,12 @@ from iptrace.errors import InputError, TraceError
 Cons = tuple[Any, "Cons"] | None
 
 
-def cons_to_tuple(cell: Cons) -> tuple[Any, ...]:
-    out: list[Any] = []
-    while cell is not None:
-        out.append(cell[0])
-        cell = cell[1]
-    out.reverse()
-    return tuple(out)
-
-
 def ip_int(text: str) -> tuple[int, int]:
     """(version, integer) of an address; dotted quads take a fast path (a dump holds ~10^5 of them)."""
     parts = text.split(".")
     if len(parts) == 4:
         try:
-            a, b, c, d = (int(p) for p in parts)
+            a, b, c, d = map(int, parts)
         except ValueError:
             pass
         else:
@@ -75,14 +66,6 @@ def format_ip(value: int, version: int) -> str:
     if version == 4:
         return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}"
     return str(ipaddress.IPv6Address(value))
-
-
-def cons_to_set(cell: Cons) -> frozenset[Any]:
-    out = set()
-    while cell is not None:
-        out.add(cell[0])
-        cell = cell[1]
-    return frozenset(out)
 
 
 LOOPBACK_V4 = parse_net("127.0.0.0/8", 4)

@@ -15,24 +15,42 @@ from fractions import Fraction
 from typing import Any
 
 from iptrace.errors import InputError, TraceError
-from iptrace.model.rules import BUILTIN_CHAINS, Chain, Rule, Ruleset
+from iptrace.model.rules import BUILTIN_CHAINS, Chain, Rule, Ruleset, RuleShape, unquote
 from iptrace.parse.options import BUILTIN_TARGETS
-from iptrace.trace.index import ChainIndex
+from iptrace.trace.index import MIN_RULES, ChainIndex, KeyPlan, rule_key
 from iptrace.trace.matchers import (
     NEW_CONNECTION,
     Assumed,
+    Binder,
+    Bound,
     Effect,
     MatchPlan,
+    Net,
     Structure,
     Test,
-    compile_matches,
+    bind_matches,
+    binder_for,
+    fast_tokens,
     mark_value,
-    options_of,
+    rule_comment,
     rule_structure,
+)
+from iptrace.trace.memo import (
+    ALWAYS,
+    BOTH,
+    HOST,
+    MAX_CLOSURE_RULES,
+    PACKET_WRITERS,
+    PORT,
+    StagePlan,
+    record,
+    replay,
+    rule_target,
+    structure_reads,
 )
 from iptrace.trace.packet import Packet, join_host_port
 from iptrace.trace.result import Decision, Entry, Outcome, Step, Trace
-from iptrace.trace.state import Context, State, cons_to_set, cons_to_tuple, format_ip, ip_int, parse_net
+from iptrace.trace.state import Context, State, format_ip, ip_int, parse_net
 
 # Actions of a compiled rule.
 JUMP, GOTO, RETURN, ACCEPT, DROP, REJECT, DNAT, SNAT, MASQUERADE, REDIRECT, NETMAP = range(11)
@@ -75,6 +93,9 @@ FRAGMENT_ASSUMPTION = (
 # "ns/svc:port" (or "ns/svc") at the start of a kube-proxy comment or after "for "/"to ".
 _SERVICE_RE = re.compile(r"(?:^|\bfor |\bto )([a-z0-9][-a-z0-9.]*/[a-z0-9][-a-z0-9.]*(?::[-a-z0-9]+)?)")
 
+# Recorded walks kept per stage sequence (a few per distinct mark/conntrack state in practice).
+MEMO_SIZE = 4096
+
 # A terminal result of a chain walk: (verdict, decision); None = the chain returned / fell off its end.
 Terminal = tuple[str, Decision] | None
 
@@ -83,25 +104,34 @@ class Compiled:
     """One rule, ready to test and apply. Step and Decision are built on first use (most rules never
     decide anything and never end up in a reported path)."""
 
-    # Class-level defaults: a kube-proxy rule sets only a few of these, and a trace compiles ~30 rules.
-    tests: tuple[Test, ...] = ()
-    assumed: tuple[Assumed, ...] = ()
-    effects: tuple[Effect, ...] = ()
-    probability: tuple[int, int] | None = None  # (num, den) when the rule is a branch
-    complement: tuple[int, int] = (0, 1)
-    never = False
-    action = CONTINUE
-    arg: Any = None
-    note: str | None = None
-    target = ""
-    label: str | None = None
-    _step: Step | None = None
-    _decision: Decision | None = None
-    sub: ChainCode | None = None  # the jump target, resolved on first use
+    # Slots: a trace of every Service of a big dump compiles ~10^5 rules.
+    __slots__ = ("_decision", "_step", "action", "arg", "assumed", "complement", "dst", "effects", "label",
+                 "names_label", "never", "note", "probability", "rule", "src", "sub", "table", "target", "tests")
 
-    def __init__(self, table: str, rule: Rule) -> None:
+    def __init__(self, table: str, rule: Rule, matches: Bound) -> None:
         self.table = table
         self.rule = rule
+        self.tests: tuple[Test, ...] = matches.tests
+        self.assumed: tuple[Assumed, ...] = matches.assumed
+        self.effects: tuple[Effect, ...] = matches.effects
+        # Branch weights as (numerator, denominator) int pairs: exact like Fraction, without normalising at
+        # every split (the outcome normalises once).
+        branch = matches.branch
+        self.probability: tuple[int, int] | None = branch[0] if branch is not None else None
+        self.complement: tuple[int, int] = branch[1] if branch is not None else (0, 1)
+        self.never = matches.never
+        # -s and -d as (mask, network, negated), tested before `tests` (matchers.Net)
+        self.src: Net | None = None
+        self.dst: Net | None = None
+        self.action = CONTINUE
+        self.arg: Any = None
+        self.note: str | None = None
+        self.target = ""
+        self.label: str | None = None  # from the rule's comment, "" when none (see service_label)
+        self.names_label: str | None = None  # from the Tracer's `names`, "" when none (see Tracer._service)
+        self._step: Step | None = None
+        self._decision: Decision | None = None
+        self.sub: ChainCode | None = None  # the jump target, resolved on first use
 
     @property
     def step(self) -> Step:
@@ -114,7 +144,7 @@ class Compiled:
     def service_label(self) -> str | None:
         """The "ns/svc:port" a kube-proxy comment on this rule names, if any."""
         if self.label is None:
-            comment = self.rule.comment
+            comment = rule_comment(self.rule)
             found = _SERVICE_RE.search(comment) if comment else None
             self.label = found.group(1) if found else ""
         return self.label or None
@@ -127,11 +157,13 @@ class Compiled:
 
 
 class ChainCode:
-    __slots__ = ("chain", "compiled", "index", "name", "rules", "table")
+    __slots__ = ("chain", "compiled", "index", "key", "name", "rules", "table", "table_chains")
 
-    def __init__(self, table: str, chain: Chain, index: ChainIndex | None) -> None:
+    def __init__(self, table: str, chain: Chain, index: ChainIndex | None, table_chains: Mapping[str, str]) -> None:
         self.table = table
+        self.table_chains = table_chains  # the chains a rule of this table can jump to (name → name)
         self.name = chain.name
+        self.key = (table, chain.name)
         self.chain = chain
         self.rules = chain.rules
         self.compiled: list[Compiled | None] = [None] * len(chain.rules)
@@ -151,6 +183,17 @@ def _wired(ruleset: Ruleset) -> bool:
 
 def _parse_nat_to(text: str, version: int) -> tuple[int | None, int | None, str | None]:
     """`ip`, `ip:port`, `[v6]:port`, ranges `a-b:p-q` → (first address, first port, note on ranges)."""
+    if version == 4 and "-" not in text and "/" not in text and not text.startswith("["):
+        # kube-proxy's `a.b.c.d:port` (one per endpoint): the general reading below, minus what cannot apply.
+        addr_part, _, port_part = text.partition(":")
+        if addr_part:
+            try:
+                addr_version, addr = ip_int(addr_part)
+            except ValueError:
+                raise TraceError(f"cannot read NAT address {text!r}") from None
+            if addr_version != version:
+                raise TraceError(f"NAT address {addr_part} is not IPv{version}")
+            return addr, int(port_part) if port_part else None, None
     addr_part, port_part = text, ""
     if text.startswith("["):
         addr_part, _, rest = text[1:].partition("]")
@@ -181,12 +224,13 @@ class Tracer:
     node_ips: the node's own addresses (`--dst-type LOCAL`, and whether a packet is node-originated or for
     the node). pod_cidrs: kept for callers choosing sources. names: chain name → "ns/svc:port" labels from
     the kube view (None: labels come from the rules' comments). ipsets: known ipset members (set name →
-    addresses/CIDRs); sets not listed have unknown membership.
+    addresses/CIDRs); sets not listed have unknown membership. share: replay the walk after NAT for branches
+    the rules there cannot tell apart (memo.py; off only to check that it changes nothing).
     """
 
     def __init__(self, ruleset: Ruleset, *, node_ips: Sequence[str] = (), pod_cidrs: Sequence[str] = (),
                  names: Mapping[str, str] | None = None, use_index: bool = True,
-                 ipsets: Mapping[str, Sequence[str]] | None = None) -> None:
+                 ipsets: Mapping[str, Sequence[str]] | None = None, share: bool = True) -> None:
         self.ruleset = ruleset
         self.version = 6 if ruleset.family == "ipv6" else 4
         self.ctx = Context.build(self.version, node_ips, ipsets)
@@ -194,10 +238,17 @@ class Tracer:
         self.pod_cidrs = tuple(pod_cidrs)
         self.names = names
         self.use_index = use_index
+        self.share = share
+        self._plans: dict[tuple[tuple[str, str], ...], StagePlan | None] = {}
         self.entry: Entry = "hooks" if _wired(ruleset) else "kube-proxy"
         self._codes: dict[tuple[str, str], ChainCode | None] = {}
         self._structures: dict[object, Structure] = {}
         self._groups: dict[object, MatchPlan] = {}
+        self._binders: dict[int, Binder] = {}
+        self._shape_binders: dict[RuleShape | None, tuple[Structure, Binder]] = {}
+        self._chain_names: dict[str, dict[str, str]] = {}
+        self._probabilities: dict[tuple[int, int], tuple[Fraction, float]] = {}
+        self._bound: dict[object, Bound] = {}
         self._policies: dict[tuple[str, str, str], Decision] = {}
         self._effective_stages: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
         no_policy = {w.line for w in ruleset.warnings if "has no policy" in w.message}
@@ -213,50 +264,60 @@ class Tracer:
             if found is None:
                 code = None
             else:
-                index = ChainIndex.build(found.rules, self.version, self._structures) if self.use_index else None
-                code = ChainCode(table, found, index)
+                index = None
+                if self.use_index and len(found.rules) >= MIN_RULES:
+                    index = ChainIndex.build(found.rules, self.version, self._structures)
+                names = self._chain_names.get(table)
+                if names is None:
+                    found_table = self.ruleset.table(table)
+                    names = self._chain_names[table] = {
+                        c.name: c.name for c in found_table.chains} if found_table is not None else {}
+                code = ChainCode(table, found, index, names)
             self._codes[key] = code
         return code  # type: ignore[return-value]
 
     def _compile(self, code: ChainCode, i: int) -> Compiled:
         rule = code.rules[i]
-        c = Compiled(code.table, rule)
-        tokens = rule.tokens
-        structure = rule_structure(rule, tokens, self._structures)
-        plan = compile_matches(rule, self.ctx, structure, tokens, self._groups)
-        if plan.tests:
-            c.tests = tuple(plan.tests)
-        if plan.assumed:
-            c.assumed = tuple(plan.assumed)
-        if plan.effects:
-            c.effects = tuple(plan.effects)
-        p = plan.probability
-        if p is not None and p != 1:
-            # Branch weights as (numerator, denominator) int pairs: exact like Fraction, without normalising
-            # at every split (the outcome normalises once).
-            c.probability = (p.numerator, p.denominator)
-            c.complement = (p.denominator - p.numerator, p.denominator)
-        if plan.never:
+        tokens = fast_tokens(rule.text)
+        shape = rule.shape
+        found = self._shape_binders.get(shape)
+        if found is None:
+            structure = rule_structure(rule, tokens, self._structures)
+            binder = binder_for(structure, self._binders)
+            if self._structures.get(shape) is structure:  # (else the structure depends on the rule's tokens)
+                self._shape_binders[shape] = (structure, binder)
+        else:
+            structure, binder = found
+        matches, src, dst, addresses, never = bind_matches(rule, self.ctx, binder, tokens, self._bound,
+                                                           self._groups)
+        c = Compiled(code.table, rule, matches)
+        c.src = src
+        c.dst = dst
+        if addresses:
+            c.tests = addresses + matches.tests  # (pure tests: their order does not matter)
+        if never:
             c.never = True
-        self._compile_target(code, rule, c, tokens, structure)
+        if shape is not None and shape.target_index >= 0:
+            name = tokens[shape.target_index]
+            chain = code.table_chains.get(name) if name not in BUILTIN_TARGETS else None
+            if chain is not None:
+                # The chain's own name object: the token would be one more string kept per rule.
+                c.target = c.arg = chain
+                c.action = GOTO if shape.goto else JUMP
+            else:
+                c.target = name
+                self._compile_target(code, rule, c, name, tokens, structure)
         code.compiled[i] = c
         return c
 
-    def _compile_target(self, code: ChainCode, rule: Rule, c: Compiled, tokens: Sequence[str],
+    def _compile_target(self, code: ChainCode, rule: Rule, c: Compiled, name: str, tokens: Sequence[str],
                         structure: Structure) -> None:
-        shape = rule.shape
+        """A target other than a jump to a chain of the table."""
         where = f"line {rule.line}"
-        if shape is None or shape.target_index < 0:
-            c.action = CONTINUE
-            return
-        name = tokens[shape.target_index]
-        c.target = name
-        opts = {o.name: o.value for o in options_of(structure[1], tokens)} if structure[1] else {}
-        table = self.ruleset.table(code.table)
-        if name not in BUILTIN_TARGETS and table is not None and name in table:
-            c.action = GOTO if shape.goto else JUMP
-            c.arg = name
-        elif name == "RETURN":
+        # An option's first value (`Opt.value`); later repeats of an option win, as in `dict(options)`.
+        opts = {opt: (unquote(tokens[idx[0]]) if tokens[idx[0]][0] == '"' else tokens[idx[0]]) if idx else ""
+                for opt, _negated, idx in structure[1]}
+        if name == "RETURN":
             c.action = RETURN
         elif name in ("ACCEPT", "DROP", "REJECT"):
             c.action = {"ACCEPT": ACCEPT, "DROP": DROP, "REJECT": REJECT}[name]
@@ -294,16 +355,9 @@ class Tracer:
 
     # ------------------------------------------------------------------------------------ walk
 
-    def _positions(self, code: ChainCode, s: State, start: int) -> Sequence[int]:
-        index = code.index
-        if index is None:
-            return range(start, len(code.rules))
-        cands = index.candidates(s.proto, s.dport, s.dst)
-        return cands[bisect.bisect_left(cands, start):] if start else cands
-
     def _run_chain(self, code: ChainCode, state: State, stack: tuple[str, ...]) -> list[tuple[State, Terminal]]:
         """Walk one chain; returns every branch with its terminal verdict, or None when it came back."""
-        state.chains = ((code.table, code.name), state.chains)
+        state.chains = (code.key, state.chains)
         index = code.index
         cands: Sequence[int] = ()
         if index is not None:
@@ -328,6 +382,12 @@ class Tracer:
             for i in positions:
                 c = compiled[i] or self._compile(code, i)
                 if c.never:
+                    continue
+                net = c.src
+                if net is not None and (s.src & net[0] == net[1]) == net[2]:
+                    continue
+                net = c.dst
+                if net is not None and (s.dst & net[0] == net[1]) == net[2]:
                     continue
                 for test in c.tests:
                     if not test(s):
@@ -531,11 +591,32 @@ class Tracer:
             found = self._policies[key] = Decision(table, chain, policy=policy)
         return found
 
-    def _stages(self, s: State, stages: Sequence[tuple[str, str]], k: int = 0,
+    def _stages(self, s: State, stages: Sequence[tuple[str, str]],
                 then: Callable[[State], list[tuple[State, Terminal]]] | None = None,
                 ) -> list[tuple[State, Terminal]]:
-        if k == 0:
-            stages = self._effective(stages)
+        stages = self._effective(stages)
+        if then is None and self.share:
+            plan = self._plans.get(stages, False)
+            if plan is False:
+                plan = self._plans[stages] = self._stage_plan(stages)
+            if plan is not None:
+                key, keyed_recent = plan.key(s)
+                found = plan.memo.get(key)
+                if found is not None:
+                    return replay(found, s, keyed_recent)
+                path, chains, prob, assumptions = s.path, s.chains, s.prob, s.assumptions
+                s.assumptions = ()
+                results = self._walk_stages(s, stages, 0, None)
+                recorded = record(results, path, chains, prob, assumptions)
+                if recorded is not None:
+                    if len(plan.memo) >= MEMO_SIZE:
+                        plan.memo.clear()
+                    plan.memo[key] = recorded
+                return results
+        return self._walk_stages(s, stages, 0, then)
+
+    def _walk_stages(self, s: State, stages: tuple[tuple[str, str], ...], k: int,
+                     then: Callable[[State], list[tuple[State, Terminal]]] | None) -> list[tuple[State, Terminal]]:
         if k == len(stages):
             return then(s) if then is not None else [(s, None)]
         out: list[tuple[State, Terminal]] = []
@@ -543,8 +624,54 @@ class Tracer:
             if terminal is not None:
                 out.append((s2, terminal))
             else:
-                out.extend(self._stages(s2, stages, k + 1, then))
+                out.extend(self._walk_stages(s2, stages, k + 1, then))
         return out
+
+    def _stage_plan(self, stages: tuple[tuple[str, str], ...]) -> StagePlan | None:
+        """What the rules reachable from `stages` read (memo.py), or None when their walk cannot be shared.
+
+        A rule with an exact destination host, or an exact protocol and destination port (what the index files
+        it under, indexed chain or not), fails for every packet without them: what it reads, and what the
+        chains it jumps to read, only counts for packets that have them."""
+        reads: list[set[str]] = [set(), set(), set(), set()]
+        hosts: set[int] = set()
+        ports: set[tuple[int, int]] = set()
+        seen: set[tuple[str, str, int]] = set()
+        todo = [(table, chain, ALWAYS) for table, chain in stages]
+        plans: dict[int, KeyPlan] = {}
+        alive: list[Structure] = []
+        count = 0
+        while todo:
+            item = todo.pop()
+            if item in seen:
+                continue
+            seen.add(item)
+            table, chain, label = item
+            found_chain = self.ruleset.chain(table, chain)
+            if found_chain is None:
+                continue
+            count += len(found_chain.rules)
+            if count > MAX_CLOSURE_RULES:
+                return None
+            found = self.ruleset.table(table)
+            for rule in found_chain.rules:
+                key, host = rule_key(rule, self.version, self._structures, plans, alive)
+                here = label
+                if key is not None:
+                    ports.add(key[:2])
+                    if key[2] is not None:
+                        hosts.add(key[2])
+                    here |= PORT if key[2] is None else BOTH
+                elif host is not None:
+                    hosts.add(host)
+                    here |= HOST
+                reads[here] |= structure_reads(rule_structure(rule, fast_tokens(rule.text), self._structures))
+                jump, name = rule_target(rule, found, BUILTIN_TARGETS)
+                if jump is not None:
+                    todo.append((table, jump, here))
+                elif name in PACKET_WRITERS:
+                    return None
+        return StagePlan(reads, hosts, ports)
 
     def _after_prerouting(self, s: State) -> list[tuple[State, Terminal]]:
         if self.ctx.is_local(s.dst):
@@ -561,13 +688,13 @@ class Tracer:
         if self.ctx.is_local(s.src):
             s.local_origin = True
             s.out_iface = "lo" if self.ctx.is_local(s.dst) else None
-            return self._stages(s, _OUTPUT, 0, lambda s1: self._post_output(s1))
-        return self._stages(s, _PREROUTING, 0, self._after_prerouting)
+            return self._stages(s, _OUTPUT, self._post_output)
+        return self._stages(s, _PREROUTING, self._after_prerouting)
 
     def _post_output(self, s: State) -> list[tuple[State, Terminal]]:
         # The routing decision is taken again after nat OUTPUT rewrote the destination.
         s.out_iface = "lo" if self.ctx.is_local(s.dst) else None
-        return self._stages(s, _POSTROUTING, 0, self._after_output)
+        return self._stages(s, _POSTROUTING, self._after_output)
 
     def _walk_fragment(self, s: State) -> list[tuple[State, Terminal]]:
         s.assume(FRAGMENT_ASSUMPTION)
@@ -633,7 +760,8 @@ class Tracer:
                 finals = self._walk_hooks(state)
             else:
                 finals = self._walk_fragment(state)
-            outcomes = tuple(self._outcome(s, terminal, packet) for s, terminal in finals)
+            original = join_host_port(packet.dst, packet.dport)
+            outcomes = tuple([self._outcome(s, terminal, original) for s, terminal in finals])
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -644,9 +772,23 @@ class Tracer:
                     notes.append(note)
         return Trace(packet, self.entry, outcomes, tuple(notes))
 
-    def _outcome(self, s: State, terminal: Terminal, packet: Packet) -> Outcome:
-        compiled: tuple[Compiled, ...] = cons_to_tuple(s.path)
-        path = tuple(c.step for c in compiled)
+    def _outcome(self, s: State, terminal: Terminal, original: str) -> Outcome:
+        compiled: list[Compiled] = []
+        steps: list[Step] = []
+        cell = s.path
+        while cell is not None:
+            c = cell[0]
+            compiled.append(c)
+            steps.append(c._step or c.step)
+            cell = cell[1]
+        compiled.reverse()
+        steps.reverse()
+        path = tuple(steps)
+        entered = []
+        cell = s.chains
+        while cell is not None:
+            entered.append(cell[0])
+            cell = cell[1]
         fragment = self.entry == "kube-proxy"
         decided: Decision | None
         destination = None
@@ -667,26 +809,26 @@ class Tracer:
         else:
             verdict, decided = "CONTINUE", None
         masquerade = s.kube_masq if fragment else s.masq
-        exact = Fraction(*s.prob)
-        return Outcome(
-            verdict=verdict,  # type: ignore[arg-type]
-            destination=destination,
-            probability=float(exact),
-            masquerade=masquerade,
-            service=self._service(compiled),
-            decided_by=decided,
-            path=path,
-            exact_probability=exact,
-            original_destination=join_host_port(packet.dst, packet.dport),
-            final_destination=final,
-            chains=cons_to_set(s.chains),
-            assumptions=s.assumptions,
-        )
+        # Branches of Services with the same endpoint count have the same probabilities.
+        probability = self._probabilities.get(s.prob)
+        if probability is None:
+            exact = Fraction(*s.prob)
+            probability = (exact, float(exact))
+            if len(self._probabilities) >= MEMO_SIZE:
+                self._probabilities.clear()
+            self._probabilities[s.prob] = probability
+        return Outcome(verdict, destination, probability[1], masquerade,  # type: ignore[arg-type]
+                       self._service(compiled), decided, path, probability[0], original, final,
+                       frozenset(entered), s.assumptions)
 
     def _service(self, compiled: Sequence[Compiled]) -> str | None:
-        if self.names is not None:
+        names = self.names
+        if names is not None:
             for c in compiled:
-                label = self.names.get(c.rule.chain) or (self.names.get(c.arg) if isinstance(c.arg, str) else None)
+                label = c.names_label
+                if label is None:
+                    label = c.names_label = names.get(c.rule.chain) or (
+                        names.get(c.arg) if isinstance(c.arg, str) else None) or ""
                 if label:
                     return label
         # Without the kube view (or for chains it does not know), kube-proxy's comments name the Service.

@@ -1,0 +1,223 @@
+"""Sharing the walk after NAT between branches that the rules met there cannot tell apart.
+
+A kube-proxy Service with ten endpoints splits into ten branches that differ (after DNAT) only in the
+destination; every branch then crosses the same FORWARD and POSTROUTING chains, whose rules look at marks and
+conntrack state, or at destinations that none of the endpoints has. So the walk through such a stage sequence
+is recorded once as a *delta* (rules appended to the path, chains entered, the probability factor, the
+assumptions made, the branch's other fields afterwards) and replayed for every state with the same *key*.
+
+The key is exact, not a guess. It holds every field of the branch the walk can read, except that of the
+optional fields (the packet's addresses and ports, and `recent`) it holds only those some rule reachable from
+the stages reads. Three refinements make it useful:
+- a rule with an exact destination host (or an exact protocol + destination port: what the index files it
+  under, whether its chain is indexed or not) fails for every packet without that host (port), so what it
+  reads, and what the chains it jumps to read, only counts for such packets — and for them the key holds the
+  exact destination (port);
+- the packet fields are never written on the way (a closure holding DNAT, REDIRECT or NETMAP is not shared),
+  and `recent` only by rules that read it, so a replayed branch keeps its own values of unkeyed fields;
+- the walk only ever appends to `assumptions` (skipping texts already there), so it is recorded from an empty
+  list and the texts are appended the same way on replay — they need not be in the key.
+Two states with equal keys therefore meet the same candidate rules, every test answers the same, and the
+live walk would produce exactly the recorded delta (tests/test_trace_properties.py compares both walks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from operator import attrgetter
+from typing import Any
+
+from iptrace.model.rules import Rule
+from iptrace.trace.matchers import MATCHERS, Structure
+
+# Fields the key leaves out unless a reachable rule reads them.
+OPTIONAL_FIELDS = ("src", "sport", "dst", "dport", "orig_dst", "orig_dport", "recent")
+_ALL = frozenset(OPTIONAL_FIELDS)
+_NONE: frozenset[str] = frozenset()
+# Every other field a walk reads or writes is always part of the key (`dnat_by` is neither read nor written
+# in a shared closure: only DNAT-like targets set it, and they make the closure unshared; `assumptions` see
+# above; `path`, `chains` and `prob` are replayed as deltas).
+KEYED_FIELDS = ("proto", "hook", "local_origin", "in_iface", "out_iface", "mark", "ctmark", "dnat", "snat", "masq",
+                "notrack", "kube_masq", "mark_drop", "accept")
+# Targets that rewrite the packet's addresses or ports.
+PACKET_WRITERS = frozenset({"DNAT", "REDIRECT", "NETMAP"})
+# Analysing a closure costs about as much as compiling it: give up on very large ones.
+MAX_CLOSURE_RULES = 20_000
+
+_PORT_OPTIONS = {"--dport": {"dport"}, "--destination-port": {"dport"}, "--sport": {"sport"},
+                 "--source-port": {"sport"}, "--syn": set(), "--tcp-flags": set(), "--tcp-option": set()}
+_CONNTRACK_OPTIONS = {
+    "--ctstate": set(), "--state": set(), "--ctproto": set(), "--ctstatus": set(), "--ctdir": set(),
+    "--ctorigsrc": {"src"}, "--ctorigdst": {"orig_dst"}, "--ctreplsrc": {"dst"}, "--ctrepldst": {"src"},
+    "--ctorigsrcport": {"sport"}, "--ctorigdstport": {"orig_dport"}, "--ctreplsrcport": {"dport"},
+    "--ctrepldstport": {"sport"},
+}
+# Optional fields each option of a modeled match reads (see matchers.py); an option not listed reads all of them.
+_OPTION_READS: dict[str, dict[str, set[str]]] = {
+    "": {"-s": {"src"}, "-d": {"dst"}, "-p": set(), "-i": set(), "-o": set(), "-f": set()},
+    **{m: _PORT_OPTIONS for m in ("tcp", "udp", "udplite", "sctp", "dccp")},
+    "multiport": {"--dports": {"dport"}, "--destination-ports": {"dport"}, "--sports": {"sport"},
+                  "--source-ports": {"sport"}, "--ports": {"sport", "dport"}},
+    "addrtype": {"--src-type": {"src"}, "--dst-type": {"dst"}, "--limit-iface-in": set(),
+                 "--limit-iface-out": set()},
+    "conntrack": _CONNTRACK_OPTIONS,
+    "state": _CONNTRACK_OPTIONS,
+    "mark": {"--mark": set()},
+    "connmark": {"--mark": set()},
+}
+# Modules whose tests (and effects) read the same optional fields whatever their options.
+_MODULE_READS: dict[str, frozenset[str]] = {
+    **{m: _NONE for m in ("comment", "nfacct", "statistic", "limit", "hashlimit", "connlimit", "quota", "rpfilter",
+                          "length", "ttl", "hl", "tos", "dscp", "policy", "icmp", "icmp6", "icmpv6", "ipv6-icmp")},
+    "recent": frozenset({"src", "dst", "recent"}),
+    "set": frozenset({"src", "dst"}),
+    "pkttype": frozenset({"dst"}),
+    "iprange": frozenset({"src", "dst"}),
+}
+
+
+def structure_reads(structure: Structure) -> frozenset[str]:
+    """The optional fields a rule's matches can read (a superset: unknown options count as reading all)."""
+    reads: set[str] = set()
+    for module, specs in structure[0]:
+        fixed = _MODULE_READS.get(module)
+        if fixed is not None:
+            reads |= fixed
+            continue
+        table = _OPTION_READS.get(module)
+        if table is None:
+            if module in MATCHERS:
+                return _ALL
+            continue  # not modeled: the matcher answers a constant (matchers._unmodeled)
+        for name, _neg, _idx in specs:
+            found = table.get(name)
+            if found is None:
+                return _ALL
+            reads |= found
+    return frozenset(reads)
+
+
+# Conditions under which an index makes a rule a candidate: always, for its destination host, for its
+# protocol + port, or for both.
+ALWAYS, HOST, PORT, BOTH = 0, 1, 2, 3
+
+
+class StagePlan:
+    """How to key the walk through one stage sequence (Tracer._stage_plan gives None when it cannot be
+    shared), and the walks recorded so far."""
+
+    __slots__ = ("_getters", "hosts", "memo", "ports")
+
+    def __init__(self, reads: Sequence[set[str]], hosts: set[int], ports: set[tuple[int, int]]) -> None:
+        self.hosts = frozenset(hosts)
+        self.ports = frozenset(ports)
+        self.memo: dict[tuple[Any, ...], tuple[Recorded, ...]] = {}
+        always = attrgetter(*KEYED_FIELDS)
+        getters: list[tuple[Callable[[Any], tuple[Any, ...]], bool]] = []
+        for dst_in in (False, True):
+            for port_in in (False, True):
+                fields = set(reads[ALWAYS])
+                if dst_in:
+                    fields |= reads[HOST] | {"dst"}
+                if port_in:
+                    fields |= reads[PORT] | {"dport"}
+                if dst_in and port_in:
+                    fields |= reads[BOTH]
+                read = [f for f in OPTIONAL_FIELDS if f in fields]
+                getters.append((_getter(always, attrgetter(*read) if read else None), "recent" in fields))
+        self._getters = getters
+
+    def key(self, s: Any) -> tuple[tuple[Any, ...], bool]:
+        """(the key of state `s`, whether the key holds `recent`)."""
+        getter, recent = self._getters[(2 if s.dst in self.hosts else 0) + (1 if (s.proto, s.dport) in self.ports
+                                                                              else 0)]
+        return getter(s), recent
+
+
+def _getter(always: Callable[[Any], Any], optional: Callable[[Any], Any] | None,
+            ) -> Callable[[Any], tuple[Any, ...]]:
+    if optional is None:
+        return lambda s: (always(s), None)
+    return lambda s: (always(s), optional(s))
+
+
+# (template state, path items oldest first, chains entered oldest first, probability factor (numerator,
+# denominator), assumptions made, terminal)
+Recorded = tuple[Any, tuple[Any, ...], tuple[Any, ...], int, int, tuple[str, ...], Any]
+
+
+def _prefix(cell: Any, stop: Any) -> tuple[Any, ...] | None:
+    """The items a cons list gained in front of `stop`, oldest first; None if `stop` is not its tail."""
+    items = []
+    while cell is not stop:
+        if cell is None:
+            return None
+        items.append(cell[0])
+        cell = cell[1]
+    items.reverse()
+    return tuple(items)
+
+
+def _assume(assumptions: tuple[str, ...], made: tuple[str, ...]) -> tuple[str, ...]:
+    """`State.assume` of every text in `made`, in order."""
+    new = tuple(text for text in made if text not in assumptions)
+    return assumptions + new if new else assumptions
+
+
+def record(results: Sequence[tuple[Any, Any]], path: Any, chains: Any, prob: tuple[int, int],
+           assumptions: tuple[str, ...]) -> tuple[Recorded, ...] | None:
+    """The branches of a walk that started from `assumptions=()` as deltas from the state it started with
+    (path, chains, prob and assumptions before it). Puts the assumptions the live walk would have left back
+    on each branch."""
+    num0, den0 = prob
+    out = []
+    for s, terminal in results:
+        made = s.assumptions
+        s.assumptions = _assume(assumptions, made)
+        items = _prefix(s.path, path)
+        entered = _prefix(s.chains, chains)
+        if items is None or entered is None or not num0 or not den0:
+            continue  # (cannot happen: the walk only prepends to path and chains, and multiplies prob)
+        fnum, rnum = divmod(s.prob[0], num0)
+        fden, rden = divmod(s.prob[1], den0)
+        if rnum or rden:
+            continue
+        out.append((s.copy(), items, entered, fnum, fden, made, terminal))
+    return tuple(out) if len(out) == len(results) else None
+
+
+def replay(recorded: tuple[Recorded, ...], s: Any, keyed_recent: bool) -> list[tuple[Any, Any]]:
+    """The recorded branches on state `s`: its unkeyed fields (and `dnat_by`), the recorded rest."""
+    out = []
+    num, den = s.prob
+    for template, items, entered, fnum, fden, made, terminal in recorded:
+        new = template.copy()
+        new.src = s.src
+        new.sport = s.sport
+        new.dst = s.dst
+        new.dport = s.dport
+        new.orig_dst = s.orig_dst
+        new.orig_dport = s.orig_dport
+        new.dnat_by = s.dnat_by
+        if not keyed_recent:
+            new.recent = s.recent
+        new.assumptions = _assume(s.assumptions, made)
+        path = s.path
+        for item in items:
+            path = (item, path)
+        new.path = path
+        chains = s.chains
+        for item in entered:
+            chains = (item, chains)
+        new.chains = chains
+        new.prob = (num * fnum, den * fden)
+        out.append((new, terminal))
+    return out
+
+
+def rule_target(rule: Rule, table_chains: Any, builtin_targets: Any) -> tuple[str | None, str]:
+    """(the chain a rule jumps or goes to, or None; its target name) as the walk reads them."""
+    name = rule.target_name
+    if name and name not in builtin_targets and name in table_chains:
+        return name, name
+    return None, name
