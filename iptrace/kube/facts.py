@@ -1,12 +1,14 @@
 """What one kube-proxy rule says, read fast: addresses, ports, statistic, affinity, marks and the target.
 
 The service view reads every rule of a 160,000-rule dump, so it does not build `Rule.matches`: each rule
-shape gets a reading plan once (which token holds which option), and each rule is tokenized at most once.
+shape gets a reading plan once (which token holds which option), turned into a reader function for that
+shape, and each rule is tokenized at most once.
 Pure; knows nothing about Services, only about the match modules kube-proxy and kubelet write.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from iptrace.model.rules import TOKEN_RE, Rule, RuleShape, unquote
@@ -93,13 +95,12 @@ class _Plan:
     needs_tokens: bool
 
 
-_PLANS: dict[int, tuple[RuleShape, _Plan]] = {}
+# id(shape) -> (shape, its reader): a dump has a few hundred shapes, and a loader's shapes live as long as
+# the rules that share them.
+_READERS: dict[int, tuple[RuleShape, Callable[[Rule], RuleFacts]]] = {}
 
 
 def _plan(shape: RuleShape) -> _Plan:
-    cached = _PLANS.get(id(shape))
-    if cached is not None and cached[0] is shape:
-        return cached[1]
     values: list[tuple[str, int, bool]] = []
     flags: list[str] = []
     unknown: str | None = None
@@ -133,62 +134,66 @@ def _plan(shape: RuleShape) -> _Plan:
     if module_tokens:
         plan = _Plan(plan.values + tuple(("_module", i, False) for i in module_tokens), plan.flags,
                      plan.target_index, plan.goto, plan.n_tokens, plan.unknown, True)
-    _PLANS[id(shape)] = (shape, plan)
     return plan
-
-
-def tokens(text: str, n_tokens: int) -> list[str]:
-    """The rule's tokens; fast when, as in every kube-proxy rule, at most one token is quoted."""
-    first = text.find('"')
-    if first < 0:
-        out = text.split()
-    else:
-        last = text.rfind('"')
-        out = text[:first].split()
-        out.append(text[first:last + 1])
-        out.extend(text[last + 1:].split())
-    if len(out) != n_tokens:
-        return TOKEN_RE.findall(text)
-    return out
 
 
 def read(rule: Rule) -> RuleFacts:
     """Read one rule. A rule the loader could not shape keeps only its target-less facts."""
-    facts = RuleFacts(rule)
-    shape = rule.shape
+    shape = rule[4]
     if shape is None:
-        return facts
-    cached = _PLANS.get(id(shape))
-    plan = cached[1] if cached is not None and cached[0] is shape else _plan(shape)
-    text = rule.text
-    toks = tokens(text, plan.n_tokens) if plan.needs_tokens else None
-    d = facts.__dict__
-    if plan.target_index >= 0:
-        if toks is not None:
-            d["target"] = toks[plan.target_index]
-        elif plan.target_index == plan.n_tokens - 1:
-            d["target"] = text.rsplit(None, 1)[-1]
-        else:
-            d["target"] = tokens(text, plan.n_tokens)[plan.target_index]
-        if plan.goto:
-            d["goto"] = True
+        return RuleFacts(rule)
+    cached = _READERS.get(id(shape))
+    reader = cached[1] if cached is not None and cached[0] is shape else _reader(shape)
+    return reader(rule)
+
+
+def _reader(shape: RuleShape) -> Callable[[Rule], RuleFacts]:
+    """A function that reads every rule of `shape`, generated from its plan.
+
+    This is the loop over the plan's values unrolled into straight code (as `dataclasses` and `namedtuple`
+    generate theirs): the branches on the attribute name, the quoting and the host prefix are decided
+    once per shape, not once per rule of a 160,000-rule dump."""
+    plan = _plan(shape)
+    n = plan.n_tokens
+    body = ["def read_shape(rule):", "    f = _new(RuleFacts)", "    f.rule = rule", "    f.line = rule[3]",
+            "    text = rule[1]"]
+    if plan.needs_tokens or 0 <= plan.target_index != n - 1:
+        # Fast when, as in every kube-proxy rule, at most one token is quoted; else the full tokenizer.
+        body += ["    first = text.find('\"')",
+                 "    if first < 0:",
+                 "        t = text.split()",
+                 "    else:",
+                 "        last = text.rfind('\"')",
+                 "        t = text[:first].split()",
+                 "        t.append(text[first:last + 1])",
+                 "        t.extend(text[last + 1:].split())",
+                 f"    if len(t) != {n}:",
+                 "        t = _findall(text)"]
+        if plan.target_index >= 0:
+            body.append(f"    f.target = t[{plan.target_index}]")
+    elif plan.target_index >= 0:
+        body.append("    f.target = text.rsplit(None, 1)[-1]")
+    if plan.target_index >= 0 and plan.goto:
+        body.append("    f.goto = True")
     if plan.unknown is not None:
-        d["unknown"] = plan.unknown
-    if toks is not None:
-        for attr, index, negated in plan.values:
-            value = toks[index]
-            if attr == "_module":
-                if value not in _KNOWN_MODULES and "unknown" not in d:
-                    d["unknown"] = f"-m {value}"
-                continue
-            if value[:1] == '"':
-                value = unquote(value) if "\\" in value else value[1:-1]
-            elif attr == "src" or attr == "dst":
-                if value.endswith("/32") or value.endswith("/128"):
-                    value = value[: value.rindex("/")]
-            d[attr] = value
-            if negated:
-                d[attr + "_neg"] = True
-    for flag in plan.flags:
-        d[flag] = True
-    return facts
+        body.append(f"    f.unknown = {plan.unknown!r}")
+    for attr, index, negated in plan.values:
+        if attr == "_module":
+            body += [f"    v = t[{index}]",
+                     "    if v not in _KNOWN_MODULES and 'unknown' not in f.__dict__:",
+                     "        f.unknown = '-m ' + v"]
+            continue
+        body += [f"    v = t[{index}]", "    if v[:1] == '\"':", "        v = _unquote(v) if '\\\\' in v else v[1:-1]"]
+        if attr in ("src", "dst"):
+            body += ["    elif v.endswith('/32') or v.endswith('/128'):", "        v = v[:v.rindex('/')]"]
+        body.append(f"    f.{attr} = v")
+        if negated:
+            body.append(f"    f.{attr}_neg = True")
+    body += [f"    f.{flag} = True" for flag in plan.flags]
+    body.append("    return f")
+    namespace = {"_new": object.__new__, "RuleFacts": RuleFacts, "_findall": TOKEN_RE.findall,
+                 "_KNOWN_MODULES": _KNOWN_MODULES, "_unquote": unquote}
+    exec("\n".join(body), namespace)
+    reader: Callable[[Rule], RuleFacts] = namespace["read_shape"]
+    _READERS[id(shape)] = (shape, reader)
+    return reader

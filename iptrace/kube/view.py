@@ -13,17 +13,20 @@ from __future__ import annotations
 import gc
 import ipaddress
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
-from typing import NamedTuple
+from operator import itemgetter
+from typing import TYPE_CHECKING, NamedTuple
 
 from iptrace.kube import era as era_mod
 from iptrace.kube.era import Era
 from iptrace.kube.facts import RuleFacts, read
 from iptrace.kube.hashes import SERVICE_PORT_CHAIN_PREFIXES, service_port_chain
-from iptrace.model.cluster import ClusterState
 from iptrace.model.rules import Chain, Ruleset
+
+if TYPE_CHECKING:  # only cluster data passed in: `services` without --cluster need not import the model
+    from iptrace.model.cluster import ClusterState
 
 # Kinds of ways in, in the order they are listed.
 CLUSTER_IP = "clusterIP"
@@ -228,6 +231,27 @@ class KubeView:
     source: str = field(default="<dump>", compare=False)
 
 
+def _positional_new(cls: type) -> Callable[..., object]:
+    """`cls(*values)` for a frozen slots dataclass, every field given, without its generated `__init__`.
+
+    A frozen dataclass sets each field through `object.__setattr__`; a big dump builds ~80,000 of these
+    views, and storing through the slots' own descriptors makes the same object three times faster."""
+    names = [f.name for f in fields(cls)]
+    namespace: dict[str, object] = {"_new": object.__new__, "cls": cls}
+    lines = [f"def new({', '.join(names)}):", "    self = _new(cls)"]
+    for i, name in enumerate(names):
+        namespace[f"_set{i}"] = getattr(cls, name).__set__
+        lines.append(f"    _set{i}(self, {name})")
+    lines.append("    return self")
+    exec("\n".join(lines), namespace)
+    return namespace["new"]  # type: ignore[return-value]
+
+
+_new_endpoint = _positional_new(EndpointView)
+_new_path = _positional_new(SourcePath)
+_new_entry = _positional_new(EntryView)
+_new_service = _positional_new(ServicePortView)
+
 # ------------------------------------------------------------------------------------------------ comments
 
 _PORT_NAME = r"[^\s/]+/[^\s/:]+(?::\S*)?"
@@ -352,15 +376,33 @@ class _Tables:
         self.filter: dict[str, list[RuleFacts]] = {}
         self.nat_chains: dict[str, Chain] = {}
         self.sep_chains: dict[str, Chain] = {}
+        # KUBE-SEP chain -> the lines of its rules, and (ip:port, line) of its DNAT rule when the rule's end
+        # says it plainly (else None: dnat_of reads the rule). Collected in one pass in dump order: looked up
+        # later in service order, the rules of 50,000 endpoint chains would be fetched from all over memory.
+        self.sep_info: dict[str, tuple[tuple[int, ...], tuple[str, int] | None]] = {}
+        # KUBE-SEP chain -> (ip:port, line) of its DNAT rule, for every chain whose DNAT rule was read.
+        self.dnat: dict[str, tuple[str, int]] = {}
         self._sep_facts: dict[str, list[RuleFacts]] = {}
         nat = ruleset.table("nat")
         filt = ruleset.table("filter")
         if nat is not None:
+            sep_info, sep_dnat = self.sep_info, self.dnat
             for chain in nat.chains:
                 self.nat_chains[chain.name] = chain
                 name = chain.name
                 if name.startswith(_SEP):
-                    self.sep_chains[name] = chain  # read on demand: half of a big dump, mostly one DNAT each
+                    # Not read into RuleFacts: half of a big dump, mostly one DNAT each.
+                    self.sep_chains[name] = chain
+                    dnat: tuple[str, int] | None = None
+                    for rule in chain.rules:
+                        text = rule[1]
+                        if "DNAT" not in text:
+                            continue
+                        parts = text.rsplit(None, 3)
+                        if len(parts) == 4 and parts[1] == "DNAT" and parts[2] == "--to-destination":
+                            dnat = sep_dnat[name] = (parts[3], rule[3])
+                            break
+                    sep_info[name] = (tuple(map(_RULE_LINE, chain.rules)), dnat)
                 elif name.startswith("KUBE-") or name in ("POSTROUTING",):
                     self.nat[name] = [read(r) for r in chain.rules]
         if filt is not None:
@@ -370,6 +412,7 @@ class _Tables:
                     self.filter[name] = [read(r) for r in chain.rules]
         self._by_dst: dict[tuple[str, str], tuple[dict[str, list[int]], list[int]]] = {}
         self._by_port: dict[tuple[str, str], tuple[dict[str, list[int]], list[int]]] = {}
+        self._picked: dict[tuple[str, str, str, str | int | None], list[RuleFacts]] = {}
 
     def sep_facts(self, name: str) -> list[RuleFacts]:
         """The rules of a KUBE-SEP chain except the hairpin masquerade rule."""
@@ -382,18 +425,14 @@ class _Tables:
 
     def dnat_of(self, name: str) -> tuple[str, int] | None:
         """(ip:port, line) of a KUBE-SEP chain's DNAT rule, read from the end of the rule when it can be."""
-        chain = self.sep_chains.get(name)
-        if chain is None:
+        found = self.dnat.get(name)
+        if found is not None:
+            return found
+        if name not in self.sep_chains:
             return None
-        for rule in chain.rules:
-            text = rule.text
-            if "DNAT" not in text:
-                continue
-            parts = text.rsplit(None, 3)
-            if len(parts) == 4 and parts[1] == "DNAT" and parts[2] == "--to-destination":
-                return parts[3], rule.line
         for f in self.sep_facts(name):
             if f.target == "DNAT" and f.to_destination:
+                self.dnat[name] = (f.to_destination, f.line)
                 return f.to_destination, f.line
         return None
 
@@ -403,6 +442,11 @@ class _Tables:
     def by_destination(self, table: str, chain: str, address: str | None) -> list[RuleFacts]:
         """The rules of a long chain that can match a packet to `address`, in order: those with that `-d`
         host and those without a host `-d` (the KUBE-NODEPORTS jump, foreign rules)."""
+        # Every entry is walked for up to four kinds of client: the pick is made once per address.
+        key = ("-d", table, chain, address)
+        picked_rules = self._picked.get(key)
+        if picked_rules is not None:
+            return picked_rules
         rules = self._table(table).get(chain, [])
         index = self._by_dst.get((table, chain))
         if index is None:
@@ -416,10 +460,16 @@ class _Tables:
             index = self._by_dst[(table, chain)] = (exact, other)
         exact, other = index
         picked = exact.get(address, []) if address is not None else []
-        return [rules[i] for i in sorted((*picked, *other))] if picked else [rules[i] for i in other]
+        picked_rules = [rules[i] for i in sorted((*picked, *other))] if picked else [rules[i] for i in other]
+        self._picked[key] = picked_rules
+        return picked_rules
 
     def by_port(self, table: str, chain: str, port: int) -> list[RuleFacts]:
         """Like by_destination, keyed by `--dport` (for KUBE-NODEPORTS)."""
+        key = ("--dport", table, chain, port)
+        picked_rules = self._picked.get(key)
+        if picked_rules is not None:
+            return picked_rules
         rules = self._table(table).get(chain, [])
         index = self._by_port.get((table, chain))
         if index is None:
@@ -433,7 +483,13 @@ class _Tables:
             index = self._by_port[(table, chain)] = (exact, other)
         exact, other = index
         picked = exact.get(str(port), [])
-        return [rules[i] for i in sorted((*picked, *other))] if picked else [rules[i] for i in other]
+        picked_rules = [rules[i] for i in sorted((*picked, *other))] if picked else [rules[i] for i in other]
+        self._picked[key] = picked_rules
+        return picked_rules
+
+
+_RULE_LINE = itemgetter(3)  # Rule.line, read straight from the tuple
+_EXTERNAL_KINDS = frozenset({NODE_PORT, EXTERNAL_IP, LOAD_BALANCER})
 
 
 def _is_hairpin(text: str) -> bool:
@@ -444,13 +500,13 @@ def _is_hairpin(text: str) -> bool:
 # ------------------------------------------------------------------------------------------------ the walk
 
 
-@dataclass(frozen=True, slots=True)
-class _Context:
+class _Context(NamedTuple):
     source: str
     address: str | None  # None: a node address
     port: int
     protocol: str
     node_local: bool  # the destination is a local address (--dst-type LOCAL)
+    port_text: str  # str(port), as a `--dport` value is written
 
 
 @dataclass(slots=True)
@@ -480,7 +536,7 @@ class _Walker:
         self.pod_interfaces = pod_interfaces
         self.masq_mark = masq_mark
         self.notes = notes
-        self.endpoints: dict[str, tuple[str, int]] = {}  # SEP chain -> (ip:port, DNAT line)
+        self.endpoints = tables.dnat  # SEP chain -> (ip:port, DNAT line), as far as read
         self.tails: dict[str, tuple[int, list[tuple[str, float, int]], float]] = {}
         self.pod_ranges: dict[str, bool] = {}
         # Set when a rule looked at what tells a client outside the cluster from the node itself / a pod.
@@ -491,10 +547,7 @@ class _Walker:
         cached = self.endpoints.get(sep)
         if cached is not None:
             return cached
-        found = self.tables.dnat_of(sep)
-        if found is not None:
-            self.endpoints[sep] = found
-        return found
+        return self.tables.dnat_of(sep)
 
     # -- conditions
 
@@ -504,14 +557,19 @@ class _Walker:
             self.notes.add(f"line {f.line}: {f.unknown} is not modelled by the service view; taken as not "
                            "matching")
             return 0.0
-        if f.proto is not None and (f.proto.lower() == ctx.protocol) == f.proto_neg:
+        proto = f.proto
+        if proto is not None and (proto.lower() == ctx.protocol) == f.proto_neg:
             return 0.0
-        if f.dst is not None:
-            hit = ctx.address is not None and _in_network(ctx.address, f.dst)
+        dst = f.dst
+        if dst is not None:
+            address = ctx.address
+            # _in_network, with its common case (a host address) first
+            hit = address is not None and (address == dst if "/" not in dst else _in_network(address, dst))
             if hit == f.dst_neg:
                 return 0.0
-        if f.dport is not None:
-            hit = _port_in(ctx.port, f.dport)
+        dport = f.dport
+        if dport is not None:
+            hit = dport == ctx.port_text if ":" not in dport else _port_in(ctx.port, dport)
             if hit == f.dport_neg:
                 return 0.0
         if f.src is not None:
@@ -596,11 +654,12 @@ class _Walker:
             if start < len(rules):
                 split: list[tuple[str, float, int]] = []
                 remaining = 1.0
+                endpoints = self.endpoints
                 for f in rules[start:]:
-                    p = _share(f)
+                    p = _share(f) if f.mode is not None or f.recent_check else 1.0
                     if p <= 0.0:
                         continue
-                    ep = self.endpoint_of(f.target)
+                    ep = endpoints.get(f.target) or self.endpoint_of(f.target)
                     if ep is None:
                         self.notes.add(f"line {f.line}: {f.target} has no DNAT rule")
                         continue
@@ -609,13 +668,6 @@ class _Walker:
                 result = (start, split, max(remaining, 0.0))
         self.tails[chain] = result
         return result
-
-    def rules_of(self, chain: str, ctx: _Context) -> list[RuleFacts]:
-        if chain == _SERVICES:
-            return self.tables.by_destination("nat", chain, ctx.address)
-        if chain == _NODEPORTS:
-            return self.tables.by_port("nat", chain, ctx.port)
-        return self.tables.nat.get(chain, [])
 
     def run(self, chain: str, branches: list[_Branch], ctx: _Context, depth: int = 0
             ) -> tuple[list[_Outcome], list[_Branch]]:
@@ -626,8 +678,17 @@ class _Walker:
             return outcomes, []
         live = [(m, q, (*path, chain)) for m, q, path in branches]
         returned: list[_Branch] = []
-        tail_start, tail, rest = self.tail_of(chain)
-        for i, f in enumerate(self.rules_of(chain, ctx)):
+        cached = self.tails.get(chain)
+        tail_start, tail, rest = cached if cached is not None else self.tail_of(chain)
+        # The long chains are indexed by destination (KUBE-SERVICES) and port (KUBE-NODEPORTS).
+        if chain == _SERVICES:
+            rules = self.tables.by_destination("nat", chain, ctx.address)
+        elif chain == _NODEPORTS:
+            rules = self.tables.by_port("nat", chain, ctx.port)
+        else:
+            rules = self.tables.nat.get(chain, [])
+        matches = self.matches
+        for i, f in enumerate(rules):
             if not live:
                 break
             if i == tail_start:
@@ -635,13 +696,16 @@ class _Walker:
                 outcomes += [_Outcome("DNAT", None, m, q, path, 0, tail) for m, q, path in live if tail]
                 live = [(m * rest, q, path) for m, q, path in live] if rest > 0.0 else []
                 break
-            p = self.matches(f, ctx)
+            p = matches(f, ctx)
             if p <= 0.0:
                 continue
-            matched = [(m * p, q, path) for m, q, path in live]
-            live = [(m * (1.0 - p), q, path) for m, q, path in live] if p < 1.0 else []
+            if p < 1.0:
+                matched = [(m * p, q, path) for m, q, path in live]
+                live = [(m * (1.0 - p), q, path) for m, q, path in live]
+            else:
+                matched, live = live, []  # m * 1.0 is m
             target = f.target
-            if self.is_masquerade(f):
+            if target == _MASQ_CHAIN or (target == "MARK" and self.is_masquerade(f)):
                 live = _merge(live + [(m, True, path) for m, _q, path in matched])
             elif target == _DROP_CHAIN:
                 outcomes += [_Outcome("DROP", None, m, q, path, f.line) for m, q, path in matched]
@@ -661,11 +725,12 @@ class _Walker:
             elif target in self.tables.nat:
                 sub_out, back = self.run(target, matched, ctx, depth + 1)
                 outcomes += sub_out
-                back = [(m, q, path) for m, q, path in back]
                 if f.goto:
                     returned += back
-                else:
+                elif live:
                     live = _merge(live + back)
+                else:
+                    live = back  # run() merged it already
             elif target == "":
                 live = _merge(live + matched)
             else:
@@ -712,11 +777,15 @@ def _share(f: RuleFacts) -> float:
     return 1.0
 
 
+# RuleFacts attributes that make a rule depend on the packet or its client (statistic and affinity do not).
+_CLIENT_CONDITIONS = frozenset({"unknown", "src", "dst", "dport", "proto", "in_iface", "src_type", "dst_type",
+                                "mark", "ctstate"})
+
+
 def _client_independent(f: RuleFacts) -> bool:
     """A jump to an endpoint whose only conditions are statistic/affinity: same for every client."""
-    return (f.target.startswith(_SEP) and f.unknown is None and f.src is None and f.dst is None
-            and f.dport is None and f.proto is None and f.in_iface is None and f.src_type is None
-            and f.dst_type is None and f.mark is None and f.ctstate is None)
+    # RuleFacts stores only the attributes a rule has (the rest are the class's None defaults).
+    return f.target.startswith(_SEP) and _CLIENT_CONDITIONS.isdisjoint(f.__dict__)
 
 
 def _merge(branches: list[_Branch]) -> list[_Branch]:
@@ -1087,7 +1156,8 @@ def _split_reaches(split: list[tuple[str, float, int]]) -> tuple[Reach, ...]:
     cached = _SPLIT_REACHES.get(id(split))
     if cached is not None and cached[0] is split:
         return cached[1]
-    reaches = tuple(Reach(ep, p) for ep, p, _line in split)
+    new = tuple.__new__  # Reach(ep, p) without the NamedTuple's Python-level __new__ (50,000 of them)
+    reaches = tuple([new(Reach, (ep, p)) for ep, p, _line in split])
     _SPLIT_REACHES[id(split)] = (split, reaches)
     return reaches
 
@@ -1109,52 +1179,69 @@ def _via(outcomes: list[_Outcome]) -> tuple[str, ...]:
 
 
 def _path(source: str, outcomes: list[_Outcome]) -> SourcePath:
+    if len(outcomes) == 1 and outcomes[0].verdict == "DNAT":
+        # The usual walk: one branch, DNATed (_verdict, _via and the masquerade test in one step).
+        o = outcomes[0]
+        via = tuple([c for c in o.via if c != _SERVICES and c != _NODEPORTS])
+        return _new_path(source, "DNAT", via, _reaches(outcomes), o.masquerade, 0)
     verdict, line = _verdict(outcomes)
     masq = any(o.masquerade for o in outcomes if o.verdict == "DNAT")
-    return SourcePath(source, verdict, _via(outcomes), _reaches(outcomes), masq, line)
+    return _new_path(source, verdict, _via(outcomes), _reaches(outcomes), masq, line)
 
 
 def _analyse_entry(seed: _EntrySeed, walker: _Walker, node_local: bool, firewalled: bool) -> EntryView:
     sources = (EXTERNAL, OUTSIDE_RANGES, POD, NODE) if firewalled else (EXTERNAL, POD, NODE)
     paths: dict[str, SourcePath] = {}
-    external: list[_Outcome] = []
     node_sensitive = pod_sensitive = True
+    start = seed.start
     for source in sources:
-        ctx = _Context(source, seed.address, seed.port, seed.protocol, node_local)
         walker.source_sensitive = walker.pod_sensitive = False
-        if not seed.start:
+        if not start:
             outcomes: list[_Outcome] = []
         elif (source == NODE and not node_sensitive) or (source == POD and not pod_sensitive):
-            outcomes = external  # no rule on the way told this client from an outside one
+            # No rule on the way told this client from an outside one.
+            p = paths[EXTERNAL]
+            paths[source] = _new_path(source, p.verdict, p.via, p.reaches, p.masquerade, p.decided_by)
+            continue
         else:
-            outcomes = walker.walk(seed.start, ctx)
+            ctx = _Context(source, seed.address, seed.port, seed.protocol, node_local, str(seed.port))
+            outcomes = walker.walk(start, ctx)
         if source == EXTERNAL:
-            external = outcomes
             node_sensitive, pod_sensitive = walker.source_sensitive, walker.pod_sensitive
-        if source != EXTERNAL and outcomes is external and seed.start:
-            paths[source] = replace(paths[EXTERNAL], source=source)
-        else:
-            paths[source] = _path(source, outcomes)
+        paths[source] = _path(source, outcomes)
     main = paths[EXTERNAL]
-    masq_sources = tuple(s for s in (EXTERNAL, POD, NODE) if paths[s].masquerade and paths[s].verdict == "DNAT")
+    ext_path, pod_path, node_path = main, paths[POD], paths[NODE]
+    masq_sources = tuple(s for s, p in ((EXTERNAL, ext_path), (POD, pod_path), (NODE, node_path))
+                         if p.masquerade and p.verdict == "DNAT")
     # Only the kinds of client that are DNATed count: a pod blocked by source ranges masquerades nothing.
-    dnat = [s for s in (EXTERNAL, POD, NODE) if paths[s].verdict == "DNAT"]
-    if EXTERNAL in dnat and all(paths[s].masquerade for s in dnat):
-        masq = MASQ_ALWAYS
-    elif EXTERNAL in dnat and paths[EXTERNAL].masquerade:
-        masq = MASQ_OFF_POD
+    if main.verdict == "DNAT" and main.masquerade:
+        if (pod_path.masquerade or pod_path.verdict != "DNAT") and (node_path.masquerade or
+                                                                    node_path.verdict != "DNAT"):
+            masq = MASQ_ALWAYS
+        else:
+            masq = MASQ_OFF_POD
     else:
         masq = MASQ_NEVER
-    others = tuple(p for s, p in paths.items()
-                   if s != EXTERNAL and (p.verdict, {r.endpoint for r in p.reaches})
-                   != (main.verdict, {r.endpoint for r in main.reaches}))
-    notes = list(dict.fromkeys(seed.notes))
+    others_list: list[SourcePath] = []
+    main_endpoints: set[str] | None = None
+    for s, p in paths.items():
+        if s == EXTERNAL:
+            continue
+        if p.verdict != main.verdict:
+            others_list.append(p)
+        elif p.reaches is not main.reaches:  # the same (shared) tuple reaches the same endpoints
+            if main_endpoints is None:
+                main_endpoints = {r.endpoint for r in main.reaches}
+            if {r.endpoint for r in p.reaches} != main_endpoints:
+                others_list.append(p)
+    others = tuple(others_list)
+    notes = list(dict.fromkeys(seed.notes)) if seed.notes else []
     if seed.ambiguous_ip:
         notes.append("an externalIP or a LoadBalancer IP: kube-proxy writes the same rule for both")
     if masq == MASQ_NEVER and NODE in masq_sources:
         notes.append("connections from the node itself are masqueraded")
-    return EntryView(seed.kind, seed.address, seed.port, seed.protocol, seed.chain, main.verdict, main.reaches,
-                     masq, masq_sources, main.via, others, tuple(notes), tuple(sorted(set(seed.lines))))
+    return _new_entry(seed.kind, seed.address, seed.port, seed.protocol, seed.chain, main.verdict, main.reaches,
+                      masq, masq_sources, main.via, others, tuple(notes), tuple(sorted(set(seed.lines))))
 
 
 def _chain_split(chain: str, walker: _Walker) -> list[tuple[str, float, int]]:
@@ -1163,14 +1250,18 @@ def _chain_split(chain: str, walker: _Walker) -> list[tuple[str, float, int]]:
     out: list[tuple[str, float, int]] = []
     seen: set[str] = set()
     for f in walker.tables.nat.get(chain, ()):
-        if not f.target.startswith(_SEP) or f.recent_check:
+        target = f.target
+        if not target.startswith(_SEP) or f.recent_check:
             continue
-        if f.mode == "random" and f.probability is not None:
+        mode = f.mode
+        if mode is None:
+            p = 1.0
+        elif mode == "random" and f.probability is not None:
             try:
                 p = float(f.probability)
             except ValueError:
                 p = 0.0
-        elif f.mode == "nth" and f.every is not None:
+        elif mode == "nth" and f.every is not None:
             try:
                 p = 1.0 / int(f.every)
             except (ValueError, ZeroDivisionError):
@@ -1179,11 +1270,11 @@ def _chain_split(chain: str, walker: _Walker) -> list[tuple[str, float, int]]:
             p = 1.0
         share = remaining * p
         remaining -= share
-        if f.target in seen:
-            out = [(c, s + share if c == f.target else s, ln) for c, s, ln in out]
+        if target in seen:
+            out = [(c, s + share if c == target else s, ln) for c, s, ln in out]
         else:
-            seen.add(f.target)
-            out.append((f.target, share, f.line))
+            seen.add(target)
+            out.append((target, share, f.line))
         if remaining <= 0.0:
             break
     return out
@@ -1223,22 +1314,29 @@ def _build_service(g: _Group, b: _Builder, walker: _Walker, node_local_addresses
                 e[0], e[3] = share, True
     endpoint_views: list[EndpointView] = []
     nat_chains = tables.nat_chains
+    g_lines = g.lines
+    sep_info = tables.sep_info
     for sep, (probability, local, local_probability, in_cluster) in found.items():
-        sep_chain = nat_chains.get(sep)
-        if sep_chain is not None:
-            g.lines.update([r.line for r in sep_chain.rules])
-        ep = walker.endpoint_of(sep)
+        info = sep_info.get(sep)  # every chain _chain_split names is a KUBE-SEP chain
+        if info is not None:
+            g_lines.update(info[0])
+            ep = info[1] or walker.endpoint_of(sep)
+        else:
+            ep = walker.endpoint_of(sep)
         if ep is None:
             b.warnings.append(f"{sep}: no DNAT rule; endpoint unknown")
             continue
         ip, port = _split_destination(ep[0])
-        endpoint_views.append(EndpointView(ip, port, probability, local, sep,  # type: ignore[arg-type]
-                                           local_probability, in_cluster, ep[1]))  # type: ignore[arg-type]
+        endpoint_views.append(_new_endpoint(ip, port, probability, local, sep,  # type: ignore[arg-type]
+                                            local_probability, in_cluster, ep[1]))
     chains = list(found)
 
     firewalled = "KUBE-FW-" in g.chains
     entries: list[EntryView] = []
-    for seed in sorted(g.entries.values(), key=lambda s: (ENTRY_KINDS.index(s.kind), s.address or "", s.port)):
+    seeds = list(g.entries.values())
+    if len(seeds) > 1:
+        seeds.sort(key=lambda s: (ENTRY_KINDS.index(s.kind), s.address or "", s.port))
+    for seed in seeds:
         if seed.kind == HEALTH_CHECK:
             entries.append(EntryView(HEALTH_CHECK, None, seed.port, "tcp", "", "ACCEPT", (), MASQ_NEVER, (), (),
                                      notes=("kube-proxy's health check server for externalTrafficPolicy=Local",),
@@ -1247,10 +1345,25 @@ def _build_service(g: _Group, b: _Builder, walker: _Walker, node_local_addresses
         node_local = seed.address is None or seed.address in node_local_addresses
         entries.append(_analyse_entry(seed, walker, node_local, firewalled and seed.kind == LOAD_BALANCER))
 
-    cluster_entry = next((e for e in entries if e.kind == CLUSTER_IP), None)
-    node_port = next((e.port for e in entries if e.kind == NODE_PORT), None)
-    external_ips = tuple(e.address for e in entries if e.kind == EXTERNAL_IP and e.address)
-    lb_ips = tuple(e.address for e in entries if e.kind == LOAD_BALANCER and e.address)
+    cluster_entry: EntryView | None = None
+    node_port: int | None = None
+    external_list: list[str] = []
+    lb_list: list[str] = []
+    for e in entries:
+        kind = e.kind
+        if kind == CLUSTER_IP:
+            if cluster_entry is None:
+                cluster_entry = e
+        elif kind == NODE_PORT:
+            if node_port is None:
+                node_port = e.port
+        elif kind == EXTERNAL_IP:
+            if e.address:
+                external_list.append(e.address)
+        elif kind == LOAD_BALANCER and e.address:
+            lb_list.append(e.address)
+    external_ips = tuple(external_list)
+    lb_ips = tuple(lb_list)
     ranges: list[str] = []
     fw = g.chains.get("KUBE-FW-")
     if fw is not None:
@@ -1261,9 +1374,8 @@ def _build_service(g: _Group, b: _Builder, walker: _Walker, node_local_addresses
                 if f.src not in ranges:
                     ranges.append(f.src)
 
-    external_kinds = {NODE_PORT, EXTERNAL_IP, LOAD_BALANCER}
     etp: str | None = None
-    if any(e.kind in external_kinds for e in entries):
+    if node_port is not None or external_list or lb_list or any(e.kind in _EXTERNAL_KINDS for e in entries):
         ext_chain = g.chains.get("KUBE-EXT-")
         ext_local = False
         if "KUBE-XLB-" in g.chains or g.etp_local_drop:
@@ -1282,13 +1394,14 @@ def _build_service(g: _Group, b: _Builder, walker: _Walker, node_local_addresses
         elif cluster_entry.chain.startswith("KUBE-SVC-"):
             itp = "Cluster"
 
-    lines: set[int] = set(g.lines)
+    lines: set[int] = set(g_lines)
     for e in entries:
         lines.update(e.lines)
     lines.update(g.firewall_lines)
     for chain in g.chains.values():
-        if chain in tables.nat_chains:
-            lines.update(r.line for r in tables.nat_chains[chain].rules)
+        if chain in nat_chains:
+            lines.update(map(_RULE_LINE, nat_chains[chain].rules))
+    lines.discard(0)
     all_chains = [*sorted(g.chains.values()), *chains]
 
     name = g.name
@@ -1307,7 +1420,7 @@ def _build_service(g: _Group, b: _Builder, walker: _Walker, node_local_addresses
                      "pass cluster data to name it from the chain hash")
     if not g.chains and not g.no_endpoints and not g.no_local_endpoints and not entries:
         notes.append("only filter rules mention this Service port")
-    return ServicePortView(
+    return _new_service(  # type: ignore[no-any-return]
         namespace=ns, name=svc, port_name=port_name, protocol=proto,
         cluster_ip=cluster_entry.address if cluster_entry else None,
         port=cluster_entry.port if cluster_entry else next((e.port for e in entries
@@ -1316,7 +1429,7 @@ def _build_service(g: _Group, b: _Builder, walker: _Walker, node_local_addresses
         health_check_node_port=g.health_check, external_traffic_policy=etp, internal_traffic_policy=itp,
         session_affinity_timeout=_affinity(g, tables), endpoints=tuple(endpoint_views), entries=tuple(entries),
         no_endpoints=g.no_endpoints, no_local_endpoints=g.no_local_endpoints, chains=tuple(all_chains),
-        lines=tuple(sorted(x for x in lines if x)), identity=identity, notes=tuple(notes))
+        lines=tuple(sorted(lines)), identity=identity, notes=tuple(notes))
 
 
 def _cluster_name_by_address(cluster: ClusterState, address: str | None, port: int, proto: str) -> str | None:
@@ -1383,10 +1496,10 @@ def _build(ruleset: Ruleset, cluster: ClusterState | None, detected: Era, warnin
     services.sort(key=lambda s: s.sort_key)
     labels: dict[str, str] = {}
     for s in services:
+        label = s.label
         for c in s.chains:
-            labels[c] = s.label
-    all_chains = set(b.tables.nat_chains)
-    orphans = sorted(c for c in all_chains if c.startswith(_SEP) and c not in labels)
+            labels[c] = label
+    orphans = sorted(c for c in b.tables.sep_chains if c not in labels)
     if orphans:
         shown = ", ".join(orphans[:5]) + (f" and {len(orphans) - 5} more" if len(orphans) > 5 else "")
         warnings.append(f"{len(orphans)} KUBE-SEP chain(s) no service chain jumps to: {shown}")

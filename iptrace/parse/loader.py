@@ -32,7 +32,9 @@ from iptrace.parse.options import (
 )
 
 # Values become "_"; option words, "!" and the module name after -m stay, so one key means one layout.
-_SHAPE_KEY_RE = re.compile(r'(?<= )(?<!-m )(?<!--match )(?:"[^"\\]*(?:\\.[^"\\]*)*"|[^-!" ][^ ]*)')
+# The pattern starts with the space before a value (replaced by " _") rather than a look-behind for it:
+# the regex engine then skips ahead to each space instead of trying every position (a third faster).
+_SHAPE_KEY_RE = re.compile(r' (?<!-m )(?<!--match )(?:"[^"\\]*(?:\\.[^"\\]*)*"|[^-!" ][^ ]*)')
 _TABLE_LINE_RE = re.compile(r"^[ \t]*\*", re.MULTILINE)
 _CHAIN_RE = re.compile(r":(\S+)\s+(\S+)(?:\s+\[(\d+):(\d+)\])?\s*")
 _COUNTED_RULE_RE = re.compile(r"\[(\d+):(\d+)\]\s+-A\s")
@@ -304,15 +306,15 @@ class _Loader:
             self.semantic(f"rule for chain {chain!r}, which table {t.name} does not declare; expected a "
                           f"':{chain} - [0:0]' line before its rules", line_no, line, line.find(chain) + 1)
             return
-        shape = self.shape_for(_SHAPE_KEY_RE.sub("_", args), line, line_no)
+        shape = self.shape_for(_SHAPE_KEY_RE.sub(" _", args), line, line_no)
         if shape is None:
             return
         # A target followed by options is an extension target (chains take no options); only a last-word
         # target can be a jump to a chain, which must then exist in this table.
         if shape.target_index == shape.n_tokens - 1 >= 0:
             target = args[args.rfind(" ") + 1:]
-            if target not in BUILTIN_TARGETS:
-                t.jumps.append((target, line_no, chain))
+            if target not in BUILTIN_TARGETS and target not in t.chains:
+                t.jumps.append((target, line_no, chain))  # checked again when the table closes
         rules.append(Rule(chain, args, counters, line_no, shape))
 
     def load_save(self, lines: list[str], text: str) -> Ruleset:
@@ -320,6 +322,14 @@ class _Loader:
         pending_comments: list[str] = []
         source = self.source
         line_no = 0
+        # add_rule's common case, inlined: this loop runs once per line of a 24 MB dump.
+        shapes = self.shapes
+        shape_key = _SHAPE_KEY_RE.sub
+        new_rule = tuple.__new__  # Rule(chain, args, None, line_no, shape) without Rule.__new__'s frame
+        table_rules: dict[str, list[Rule]] = {}
+        table_chains: dict[str, tuple[str | None, tuple[int, int] | None, int]] = {}
+        jumps: list[tuple[str, int, str]] = []
+        builtin_chains: tuple[str, ...] = ()
         for line_no, raw in enumerate(lines, 1):
             line = raw.strip()
             if not line:
@@ -330,7 +340,22 @@ class _Loader:
                     self.semantic("rule before its table; expected a '*filter' (or *nat, *mangle, …) line "
                                   "first", line_no, line)
                     continue
-                self.add_rule(current, line, line_no, line[3:], None)
+                sp = line.find(" ", 3)
+                rules = table_rules.get(line[3:sp]) if sp > 3 else None
+                if rules is None or "  " in line or "\t" in line:
+                    self.add_rule(current, line, line_no, line[3:], None)
+                    continue
+                args = line[sp + 1:]
+                shape = shapes.get(shape_key(" _", args))
+                if shape is None:
+                    self.add_rule(current, line, line_no, line[3:], None)  # a new shape: lark reads it
+                    continue
+                chain = line[3:sp]
+                if shape.target_index == shape.n_tokens - 1 >= 0:
+                    target = args[args.rfind(" ") + 1:]
+                    if target not in BUILTIN_TARGETS and target not in table_chains:
+                        jumps.append((target, line_no, chain))
+                rules.append(new_rule(Rule, (chain, args, None, line_no, shape)))
             elif c == ":":
                 m = _CHAIN_RE.fullmatch(line)
                 if m is None:
@@ -340,7 +365,14 @@ class _Loader:
                     self.semantic("chain declaration before its table; expected a '*table' line first",
                                   line_no, line)
                     continue
-                self.declare(current, m.group(1), m.group(2), m.group(3), m.group(4), line_no, line)
+                name, policy, pk, pb = m.groups()
+                if policy == "-" and name not in table_chains and name not in builtin_chains:
+                    # declare()'s common case: a new user chain.
+                    counters = (0, 0) if (pk == "0" and pb == "0") or pk is None or pb is None else (int(pk), int(pb))
+                    table_chains[name] = (None, counters, line_no)
+                    table_rules[name] = []
+                else:
+                    self.declare(current, name, policy, pk, pb, line_no, line)
             elif c == "[":
                 m = _COUNTED_RULE_RE.match(line)
                 if m is None:
@@ -366,6 +398,8 @@ class _Loader:
                     self.semantic(f"table {name} appears twice (first at line {self.tables[name].line})",
                                   line_no, line, 2)
                 current = _OpenTable(name, line_no, tuple(pending_comments))
+                table_rules, table_chains, jumps = current.rules, current.chains, current.jumps
+                builtin_chains = BUILTIN_CHAINS.get(name, ())
                 pending_comments = []
             elif c == "#":
                 pending_comments.append(line)

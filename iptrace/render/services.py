@@ -22,7 +22,7 @@ from iptrace.kube.view import (
     ServicePortView,
     SourcePath,
 )
-from iptrace.render.json import percent, share
+from iptrace.render.json import SHARE_DIGITS, percent
 
 _KIND_NAMES = {CLUSTER_IP: "ClusterIP", NODE_PORT: "NodePort", EXTERNAL_IP: "externalIP",
                LOAD_BALANCER: "LoadBalancer IP", HEALTH_CHECK: "health check"}
@@ -33,6 +33,10 @@ _SOURCE_NAMES = {POD: "from a pod", NODE: "from the node itself",
 # ------------------------------------------------------------------------------------------------ JSON
 
 
+# A 5,000-Service dump renders ~100,000 endpoint objects: the loops below spell share() (a round to
+# SHARE_DIGITS decimals) and EndpointView.address inline.
+
+
 def _entry_json(e: EntryView) -> dict[str, Any]:
     return {
         "kind": e.kind,
@@ -41,11 +45,11 @@ def _entry_json(e: EntryView) -> dict[str, Any]:
         "protocol": e.protocol,
         "chain": e.chain or None,
         "verdict": e.verdict,
-        "endpoints": [{"address": r.endpoint, "probability": share(r.probability)} for r in e.reaches],
+        "endpoints": [{"address": a, "probability": round(p, SHARE_DIGITS)} for a, p in e.reaches],
         "masquerade": e.masquerade,
         "masquerade_sources": list(e.masquerade_sources),
         "via": list(e.via),
-        "other_sources": [_path_json(p) for p in e.paths],
+        "other_sources": [_path_json(p) for p in e.paths] if e.paths else [],
         "notes": list(e.notes),
         "lines": list(e.lines),
     }
@@ -55,7 +59,7 @@ def _path_json(p: SourcePath) -> dict[str, Any]:
     return {
         "source": p.source,
         "verdict": p.verdict,
-        "endpoints": [{"address": r.endpoint, "probability": share(r.probability)} for r in p.reaches],
+        "endpoints": [{"address": a, "probability": round(q, SHARE_DIGITS)} for a, q in p.reaches],
         "masquerade": p.masquerade,
         "via": list(p.via),
         "decided_by_line": p.decided_by or None,
@@ -86,9 +90,11 @@ def service_to_json(s: ServicePortView) -> dict[str, Any]:
         "no_endpoints": s.no_endpoints,
         "no_local_endpoints": s.no_local_endpoints,
         "endpoints": [
-            {"ip": ep.ip, "port": ep.port, "address": ep.address, "probability": share(ep.probability),
-             "local": ep.local, "local_probability": None if ep.local_probability is None
-             else share(ep.local_probability), "chain": ep.chain, "line": ep.line}
+            {"ip": ep.ip, "port": ep.port,
+             "address": ep.ip if ep.port is None else f"[{ep.ip}]:{ep.port}" if ":" in ep.ip else f"{ep.ip}:{ep.port}",
+             "probability": round(ep.probability, SHARE_DIGITS), "local": ep.local,
+             "local_probability": None if ep.local_probability is None else round(ep.local_probability, SHARE_DIGITS),
+             "chain": ep.chain, "line": ep.line}
             for ep in s.endpoints
         ],
         "entries": [_entry_json(e) for e in s.entries],
