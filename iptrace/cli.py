@@ -262,7 +262,7 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
     findings = _cluster_findings(full, ruleset, cluster, dump, _node_ips(node_ips, collected), view) \
         if cluster is not None else []
     if output == "json":
-        data = services_to_json(view)
+        data = services_to_json(view, cluster)
         if cluster is not None:
             by_label: dict[str, list[Any]] = {}
             for f in findings:
@@ -282,7 +282,7 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
     elif output == "mermaid":
         click.echo(render_mermaid(view), nl=False)
     else:
-        click.echo(render_services_text(view), nl=False)
+        click.echo(render_services_text(view, cluster), nl=False)
         if cluster is not None:
             from iptrace.render.audit import render_findings_lines
 

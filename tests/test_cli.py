@@ -101,6 +101,9 @@ def test_services_with_cluster_data_attaches_findings() -> None:
     karma = [f["id"] for f in items["default/karma-daemon:http"]["findings"]]
     assert karma == ["stale-endpoints"]
     assert items["default/fb-backends:ka-port"]["findings"] == []
+    api = items["default/fb-backends:ka-port"]["api"]
+    assert api["type"] == "NodePort" and api["selector"] == {"app": "fb-backends"} and api["target_port"] == 8001
+    assert api["endpoint_nodes"] == {"10.244.1.7:8001": "minikube-m02", "10.244.2.3:8001": "minikube-m03"}
     text = CliRunner().invoke(main, args)
     assert "Compared with the cluster" in text.output
     assert "(missing-service)" in text.output

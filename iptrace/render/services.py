@@ -104,9 +104,57 @@ def service_to_json(s: ServicePortView) -> dict[str, Any]:
     }
 
 
-def services_to_json(view: KubeView) -> list[dict[str, Any]]:
-    """`iptrace services -o json`: one object per Service port, sorted by (namespace, name, port, protocol)."""
-    return [service_to_json(s) for s in view.services]
+def services_to_json(view: KubeView, cluster: Any = None) -> list[dict[str, Any]]:
+    """`iptrace services -o json`: one object per Service port, sorted by (namespace, name, port, protocol).
+    With cluster data each object also has `api`: what the API says of that Service port (or null)."""
+    items = [service_to_json(s) for s in view.services]
+    if cluster is not None:
+        for item, s in zip(items, view.services, strict=True):
+            item["api"] = api_facts(s, cluster)
+    return items
+
+
+def api_facts(s: ServicePortView, cluster: Any) -> dict[str, Any] | None:
+    """The API's side of one Service port (a `model.cluster.ClusterState`): type, selector, the targetPort as
+    written (a name is resolved through the EndpointSlices) and the node of every endpoint; None when the API
+    has no such Service port."""
+    svc = cluster.service(s.namespace, s.name)
+    if svc is None:
+        return None
+    port = svc.port(s.port_name, s.protocol)
+    endpoints = cluster.endpoints_for(s.namespace, s.name, s.port_name, s.protocol.upper()) if port else ()
+    nodes = {e.ip: e.node_name for e in endpoints}
+    target = port.target_port if port is not None else None
+    resolved = sorted({e.port for e in endpoints}) if isinstance(target, str) else []
+    return {
+        "type": svc.type,
+        "selector": dict(svc.selector) if svc.selector is not None else None,
+        "target_port": target,
+        "target_port_resolved": resolved,
+        "endpoint_nodes": {ep.address: nodes.get(ep.ip) for ep in s.endpoints},
+    }
+
+
+def _api_text(s: ServicePortView, cluster: Any) -> list[str]:
+    facts = api_facts(s, cluster)
+    if facts is None:
+        return ["  API: no such Service port in the cluster data"]
+    parts = [f"type {facts['type']}"]
+    if facts["selector"]:
+        parts.append("selector " + ",".join(f"{k}={v}" for k, v in facts["selector"].items()))
+    elif facts["selector"] is None:
+        parts.append("no selector (endpoints managed by hand)")
+    target = facts["target_port"]
+    if isinstance(target, str):
+        ports = "/".join(str(p) for p in facts["target_port_resolved"]) or "unresolved"
+        parts.append(f"targetPort {target} (= {ports})")
+    elif target is not None:
+        parts.append(f"targetPort {target}")
+    out = ["  API: " + " · ".join(parts)]
+    placed = [f"{address} on {node}" for address, node in facts["endpoint_nodes"].items() if node]
+    if placed:
+        out.append("  endpoint nodes: " + ", ".join(placed))
+    return out
 
 
 def view_to_json(view: KubeView) -> dict[str, Any]:
@@ -133,14 +181,17 @@ def view_to_json(view: KubeView) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ text
 
 
-def render_services_text(view: KubeView) -> str:
+def render_services_text(view: KubeView, cluster: Any = None) -> str:
     """A small flow per Service port: every way in on the left, the chain that balances, every endpoint with
-    its share on the right; then what other clients get and who is masqueraded."""
+    its share on the right; then what other clients get and who is masqueraded. With cluster data, what the
+    API says of each (type, selector, targetPort, endpoint nodes)."""
     out: list[str] = [_summary(view), ""]
     if not view.services and view.era.has_iptables_rules:
         out.extend(["no Service ports", ""])
     for s in view.services:
         out.extend(_service_text(s, view))
+        if cluster is not None:
+            out.extend(_api_text(s, cluster))
         out.append("")
     if view.warnings:
         out.append("warnings:")
