@@ -31,7 +31,7 @@ from iptrace.model.rules import Ruleset
 Severity = Literal["error", "warning", "info"]
 SEVERITY_ORDER: dict[str, int] = {"error": 0, "warning": 1, "info": 2}
 
-# Finding ids (stable: scripts match on them; docs/audit-json.md lists them).
+# Finding ids (stable: scripts match on them; the README's JSON reference lists them).
 STALE_ENDPOINTS = "stale-endpoints"
 MISSING_SERVICE = "missing-service"
 UNKNOWN_SERVICE = "unknown-service"

@@ -1,4 +1,4 @@
-"""Renders an audit report and a dump diff as short text or the documented JSON (docs/audit-json.md).
+"""Renders an audit report and a dump diff as short text or the documented JSON (the README's JSON reference).
 Returns strings; no I/O."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def finding_to_json(f: Finding) -> dict[str, Any]:
 
 
 def audit_to_json(report: AuditReport) -> dict[str, Any]:
-    """The audit as a JSON-ready dict; keys are stable (docs/audit-json.md)."""
+    """The audit as a JSON-ready dict; keys are stable (the README's JSON reference)."""
     counts = {s: sum(f.severity == s for f in report.findings) for s in ("error", "warning", "info")}
     return {
         "format": AUDIT_FORMAT,
@@ -96,7 +96,7 @@ def render_audit_text(report: AuditReport, *, verbose: bool = False) -> str:
 
 
 def diff_to_json(d: Diff) -> dict[str, Any]:
-    """The diff as a JSON-ready dict; keys are stable (docs/audit-json.md)."""
+    """The diff as a JSON-ready dict; keys are stable (the README's JSON reference)."""
     def side(s: Any) -> dict[str, Any]:
         return {"service": s.service, "cluster_ip": s.cluster_ip, "port": s.port, "node_port": s.node_port,
                 "endpoints": list(s.endpoints)}

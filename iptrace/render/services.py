@@ -1,5 +1,5 @@
 """Renders the kube-proxy view (`iptrace services`): a small flow per Service port for people, and one JSON
-object per Service port for scripts (keys documented in docs/services-json.md). Returns str/data; no I/O."""
+object per Service port for scripts (keys documented in the README's JSON reference). Returns str/data; no I/O."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def _path_json(p: SourcePath) -> dict[str, Any]:
 
 
 def service_to_json(s: ServicePortView) -> dict[str, Any]:
-    """One Service port as a JSON object (see docs/services-json.md for every key)."""
+    """One Service port as a JSON object (see the README's JSON reference for every key)."""
     return {
         "service": s.label,
         "namespace": s.namespace,
