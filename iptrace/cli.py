@@ -224,6 +224,17 @@ def _cluster(cluster_files: tuple[str, ...], kubeconfig: str | None, context: st
     return None
 
 
+def _same_family(ruleset: Any, host: str) -> None:
+    """An IPv6 question to an iptables-save dump (or the reverse) has no answer in it: say which dump would."""
+    from iptrace.errors import InputError
+
+    wanted = "ipv6" if ":" in host else "ipv4"
+    if ruleset.family != wanted:
+        tool = "ip6tables-save" if wanted == "ipv6" else "iptables-save"
+        raise InputError(f"{host} is an {wanted.replace('ip', 'IP')} address but {ruleset.source} is an "
+                         f"{ruleset.family.replace('ip', 'IP')} dump; give the node's {tool} output instead")
+
+
 def _node_ips(given: tuple[str, ...], collected: list[str]) -> list[str]:
     return list(given) or collected
 
@@ -360,6 +371,7 @@ def trace(dump: str, dst: str, src: str, proto: str, in_interface: str | None, o
 
     host, port = _parse_destination(dst)
     ruleset, collected = _load(dump, lenient=lenient, table=table, ipv6=":" in host)
+    _same_family(ruleset, host)
     cluster = _cluster(cluster_files, kubeconfig, context)
     view = build_view(ruleset, cluster=cluster)
     ips = _node_ips(node_ips, collected) or infer_node_ips(ruleset)
@@ -407,6 +419,7 @@ def explain(dump: str, dst: str, src: str | None, proto: str, in_interface: str 
     if src is not None and src not in ("pod", "node", "external"):
         _check_ip(click.get_current_context(), click.Option(["--src"]), (src,))
     ruleset, collected = _load(dump, lenient=lenient, table=table, ipv6=":" in host)
+    _same_family(ruleset, host)
     cluster = _cluster(cluster_files, kubeconfig, context)
     explainer = Explainer(ruleset, node_ips=_node_ips(node_ips, collected), cluster=cluster)
     report = explainer.explain(host, port, proto=proto, src=src, in_interface=in_interface)

@@ -107,3 +107,9 @@ def test_services_with_cluster_data_attaches_findings() -> None:
     text = CliRunner().invoke(main, args)
     assert "Compared with the cluster" in text.output
     assert "(missing-service)" in text.output
+
+
+def test_address_family_must_match_the_dump(dump) -> None:
+    result = CliRunner().invoke(main, ["trace", str(dump), "--dst", "[fd00::1]:80"])
+    assert result.exit_code == 1
+    assert "fd00::1 is an IPv6 address but" in result.output and "ip6tables-save" in result.output
