@@ -388,11 +388,9 @@ def _nodeport_tail(ipv6: bool, localhost: bool, node_ips: list[str], addresses: 
     return rules, localhost
 
 
-def _sync_current(sps: list[_ServicePort], cfg: _Config) -> _Restore:
-    """syncProxyRules, KUBE-EXT/KUBE-SVL layout (current and ext eras)."""
-    r = _Restore()
-    r.filter_chains += ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS",
-                        "KUBE-PROXY-FIREWALL"]
+def _masquerade_chains(r: _Restore, cfg: _Config) -> None:
+    """The chains every era writes first: KUBE-SERVICES/NODEPORTS and the masquerade-mark pair
+    (KUBE-MARK-MASQ sets the mark, KUBE-POSTROUTING clears it and masquerades)."""
     for c in ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"):
         r.nat_chain(c)
     mark = f"{MASQ_MARK}/{MASQ_MARK}"
@@ -401,6 +399,15 @@ def _sync_current(sps: list[_ServicePort], cfg: _Config) -> _Restore:
     masq = ["-m", "comment", "--comment", _q("kubernetes service traffic requiring SNAT"), "-j", "MASQUERADE"]
     r.nat("KUBE-POSTROUTING", *masq, *(["--random-fully"] if cfg.random_fully else []))
     r.nat("KUBE-MARK-MASQ", "-j", "MARK", "--or-mark", MASQ_MARK)
+
+
+def _sync_current(sps: list[_ServicePort], cfg: _Config) -> _Restore:
+    """syncProxyRules, KUBE-EXT/KUBE-SVL layout (current and ext eras)."""
+    r = _Restore()
+    r.filter_chains += ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS",
+                        "KUBE-PROXY-FIREWALL"]
+    _masquerade_chains(r, cfg)
+    mark = f"{MASQ_MARK}/{MASQ_MARK}"
     if not cfg.ipv6 and cfg.localhost_nodeports:
         r.filter_chains.append("KUBE-FIREWALL")
         r.filter("KUBE-FIREWALL", "-m", "comment", "--comment", _q("block incoming localnet connections"),
@@ -606,14 +613,8 @@ def _sync_xlb(sps: list[_ServicePort], cfg: _Config) -> _Restore:
     KUBE-SERVICES / KUBE-SVC / KUBE-FW, and unroutable LB traffic marked for kubelet's KUBE-FIREWALL."""
     r = _Restore()
     r.filter_chains += ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS"]
-    for c in ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"):
-        r.nat_chain(c)
+    _masquerade_chains(r, cfg)
     mark = f"{MASQ_MARK}/{MASQ_MARK}"
-    r.nat("KUBE-POSTROUTING", "-m", "mark", "!", "--mark", mark, "-j", "RETURN")
-    r.nat("KUBE-POSTROUTING", "-j", "MARK", "--xor-mark", MASQ_MARK)
-    masq = ["-m", "comment", "--comment", _q("kubernetes service traffic requiring SNAT"), "-j", "MASQUERADE"]
-    r.nat("KUBE-POSTROUTING", *masq, *(["--random-fully"] if cfg.random_fully else []))
-    r.nat("KUBE-MARK-MASQ", "-j", "MARK", "--or-mark", MASQ_MARK)
     loopback = "::1/128" if cfg.ipv6 else "127.0.0.0/8"
 
     for sp in sps:
