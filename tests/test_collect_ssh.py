@@ -9,6 +9,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -557,7 +558,7 @@ def test_real_iptables_save_inside_a_node_namespace(farm: SshdFarm, tmp_path: Pa
             f"ssh_config=Path({str(tmp_path / 'cfg_ns')!r}), allow_agent=False, connect_timeout=5)\n"
             "print(json.dumps([x.ok, x.error_kind, x.error]))\n")
         repo = Path(__file__).resolve().parents[1]
-        done = subprocess.run(["ip", "netns", "exec", client_ns, "python3", "-c", script], cwd=repo,
+        done = subprocess.run(["ip", "netns", "exec", client_ns, sys.executable, "-c", script], cwd=repo,
                               capture_output=True, text=True, timeout=60,
                               env={**os.environ, "PYTHONPATH": str(repo)})
         assert done.returncode == 0, done.stderr
