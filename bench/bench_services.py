@@ -27,8 +27,8 @@ BASELINE_RE = r'"(?:\\.|[^"\\])*"|\S+'
 def _child(dump: Path, profile: bool) -> dict[str, float]:
     import re
 
+    from iptrace.iptables import load
     from iptrace.kube.view import build_view
-    from iptrace.parse import load
     from iptrace.render.json import dumps
     from iptrace.render.services import services_to_json
 

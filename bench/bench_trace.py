@@ -20,8 +20,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from iptrace.parse import load  # noqa: E402
-from iptrace.trace import Packet, Tracer  # noqa: E402
+from iptrace.dataplane import Packet  # noqa: E402
+from iptrace.iptables import load  # noqa: E402
+from iptrace.iptables.walk import Tracer  # noqa: E402
 
 NODE_IP = "192.168.0.10"
 POD_CIDR = "10.244.0.0/16"

@@ -63,7 +63,7 @@ def peak_rss_mb() -> float:
 # -- figures, each run in its own process ------------------------------------------------------------------
 
 def figure_parse(dump: Path) -> dict[str, Any]:
-    from iptrace.parse import load
+    from iptrace.iptables import load
 
     text = dump.read_text()
     base = min(baseline_seconds(text) for _ in range(3))
@@ -98,10 +98,10 @@ def figure_trace(dump: Path) -> dict[str, Any]:
     import gc
 
     gc.disable()  # as every analysis command of the CLI runs (iptrace.cli._batch)
+    from iptrace.dataplane import Packet
+    from iptrace.iptables import load_path
+    from iptrace.iptables.walk import Tracer
     from iptrace.kube.view import build_view
-    from iptrace.parse import load_path
-    from iptrace.trace.packet import Packet
-    from iptrace.trace.walk import Tracer
 
     ruleset = load_path(dump)
     view = build_view(ruleset)
@@ -127,7 +127,7 @@ def figure_explain(dump: Path) -> dict[str, Any]:
 
     gc.disable()  # as every analysis command of the CLI runs (iptrace.cli._batch)
     from iptrace.explain import Explainer
-    from iptrace.parse import load_path
+    from iptrace.iptables import load_path
 
     ruleset = load_path(dump)
     explainer = Explainer(ruleset, node_ips=["192.168.0.10"])

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from iptrace.kube.hashes import endpoint_chain, service_port_chain
+from iptrace.iptables.hashes import endpoint_chain, service_port_chain
 
 ERAS = ("current", "ext", "xlb")
 

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from iptrace.model.rules import Ruleset
+    from iptrace.iptables.model import Ruleset
 
 
 def load(text: str | bytes, *, source: str = "<dump>", lenient: bool = False,
          table: str | None = None) -> Ruleset:
     """Parse iptables-save / ip6tables-save / `iptables -S` text into a frozen Ruleset."""
-    from iptrace.parse import load as _load
+    from iptrace.iptables import load as _load
 
     return _load(text, source=source, lenient=lenient, table=table)
 

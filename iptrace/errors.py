@@ -1,4 +1,4 @@
-"""The whole exception tree. Library layers raise these; only cli.py turns them into `Error: …` and exit 1."""
+"""The whole exception tree. Library layers raise these; only the cli package turns them into `Error: …` and exit 1."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from iptrace.model.rules import TOKEN_RE
+from iptrace.iptables.model import TOKEN_RE
 
 
 def rule_tokens(text: str) -> list[tuple[str, ...]]:

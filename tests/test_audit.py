@@ -14,6 +14,7 @@ import pytest
 from bench.synth import EndpointSpec, PortSpec, ServiceSpec
 from iptrace.collect import store
 from iptrace.collect.ssh import collect
+from iptrace.iptables import load
 from iptrace.kube.compare import (
     AuditReport,
     NodeInput,
@@ -22,7 +23,6 @@ from iptrace.kube.compare import (
     kube_node_for,
     node_input_from_snapshot,
 )
-from iptrace.parse import load
 from iptrace.render.audit import audit_to_json, render_audit_text
 from tests.sshd import SshdFarm, have_sshd, keygen
 from tests.test_compare import NODES, base_services, cluster_of, dump, dump_text, svc

@@ -19,7 +19,7 @@ import pytest
 
 from iptrace.collect.cluster import load_cluster_files, load_cluster_live, matches_label_selector, node_addresses
 from iptrace.errors import ClusterError, InputError
-from iptrace.model.cluster import ClusterEndpoint, ClusterEndpointSlice, ClusterNode, ClusterState
+from iptrace.kube.cluster import ClusterEndpoint, ClusterEndpointSlice, ClusterNode, ClusterState
 
 try:
     from tests.apiserver import DATA, ApiServer, Grant, write_kubeconfig

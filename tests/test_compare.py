@@ -13,11 +13,11 @@ import pytest
 
 from bench.synth import EndpointSpec, PortSpec, ServiceSpec, render
 from iptrace.collect.cluster import state_from_objects
+from iptrace.iptables import load
+from iptrace.iptables.model import Ruleset
+from iptrace.kube.cluster import ClusterState
 from iptrace.kube.compare import Finding, compare_with_cluster
 from iptrace.kube.view import build_view
-from iptrace.model.cluster import ClusterState
-from iptrace.model.rules import Ruleset
-from iptrace.parse import load
 
 NODES = {"node-a": "192.168.49.2", "node-b": "192.168.49.3", "node-c": "192.168.49.4"}
 ZONES = {"node-a": "zone-a", "node-b": "zone-b", "node-c": "zone-a"}

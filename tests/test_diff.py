@@ -9,8 +9,8 @@ import json
 import pytest
 
 from bench.synth import EndpointSpec, PortSpec, ServiceSpec, render
+from iptrace.iptables import load
 from iptrace.kube.diff import EndpointChange, FieldChange, diff
-from iptrace.parse import load
 from iptrace.render.audit import diff_to_json, render_diff_text
 from tests.test_compare import NODES, POD_CIDR, base_services, dump, dump_text, svc, with_local
 

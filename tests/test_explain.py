@@ -16,7 +16,7 @@ from iptrace.cli import main
 from iptrace.explain import Explainer, Explanation
 from iptrace.explain.catalogue import CATALOGUE
 from iptrace.explain.diagnosis import Diagnosis
-from iptrace.parse import load, load_path
+from iptrace.iptables import load, load_path
 from iptrace.render.explain import explain_to_json, render_explain_text
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_dumps"

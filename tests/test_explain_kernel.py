@@ -16,7 +16,7 @@ import pytest
 from bench.synth import EndpointSpec, PortSpec, ServiceSpec, render
 from iptrace.explain import Explainer, Explanation
 from iptrace.explain.diagnosis import Diagnosis, Suggestion
-from iptrace.parse import load
+from iptrace.iptables import load
 from tests.oracle import CLIENT_IP, NODE_IP, Topology, requires_root_netns
 
 pytestmark = [pytest.mark.root, requires_root_netns("nft")]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from iptrace.kube.facts import RuleFacts, read
-from iptrace.model.rules import Rule
-from iptrace.parse import load
+from iptrace.iptables import load
+from iptrace.iptables.facts import RuleFacts, read
+from iptrace.iptables.model import Rule
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_FILES = sorted((ROOT / "sample_dumps").glob("*.txt"))

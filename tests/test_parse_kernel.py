@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench import netns
-from iptrace.parse import load, save
+from iptrace.iptables import load, save
 from tests.dumps import rule_tokens
 from tests.oracle import requires_root_netns
 

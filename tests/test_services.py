@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from bench.synth import EndpointSpec, PortSpec, ServiceSpec, expected_service_ports
-from iptrace.kube import era as era_mod
+from iptrace.iptables import era as era_mod
+from iptrace.iptables import load
 from iptrace.kube.view import build_view, filter_view, parse_comment, split_service_port_name
-from iptrace.parse import load
 from iptrace.render.graph import render_dot, render_mermaid
 from iptrace.render.json import dumps
 from iptrace.render.services import render_services_text, services_to_json, view_to_json

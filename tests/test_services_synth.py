@@ -10,9 +10,9 @@ import re
 import pytest
 
 from bench.synth import EndpointSpec, PortSpec, ServiceSpec, render
+from iptrace.iptables import load
+from iptrace.kube.cluster import ClusterService, ClusterServicePort, ClusterState
 from iptrace.kube.view import MASQ_ALWAYS, MASQ_NEVER, MASQ_OFF_POD, build_view
-from iptrace.model.cluster import ClusterService, ClusterServicePort, ClusterState
-from iptrace.parse import load
 
 NODE_V4, NODE_V6 = "192.168.49.2", "fd00:49::2"
 

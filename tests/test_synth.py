@@ -23,7 +23,7 @@ from bench.synth import (
     render,
     scale,
 )
-from iptrace.kube.hashes import endpoint_chain, service_port_chain
+from iptrace.iptables.hashes import endpoint_chain, service_port_chain
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "kube-proxy"
 FIXTURES = sorted(CORPUS.glob("*.json")) if CORPUS.is_dir() else []

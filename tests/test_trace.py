@@ -7,10 +7,12 @@ from fractions import Fraction
 
 import pytest
 
+from iptrace.dataplane import Packet, trace_to_json
 from iptrace.errors import InputError, TraceError
-from iptrace.parse import load
-from iptrace.trace import Packet, Tracer, infer_node_ips, infer_pod_cidrs, pick_source, trace, trace_to_json
-from iptrace.trace.matchers import kernel_probability
+from iptrace.iptables import load
+from iptrace.iptables.matchers import kernel_probability
+from iptrace.iptables.sources import infer_node_ips, infer_pod_cidrs, pick_source
+from iptrace.iptables.walk import Tracer, trace
 
 NODE = "192.168.0.2"
 POD = "10.244.1.5"

@@ -21,9 +21,10 @@ from collections.abc import Iterator
 import pytest
 
 from bench.synth import EndpointSpec, PortSpec, ServiceSpec, render
-from iptrace.model.rules import Ruleset
-from iptrace.parse import load
-from iptrace.trace import Outcome, Packet, Trace, Tracer
+from iptrace.dataplane import Outcome, Packet, Trace
+from iptrace.iptables import load
+from iptrace.iptables.model import Ruleset
+from iptrace.iptables.walk import Tracer
 from tests.oracle import CLIENT_IP, NODE_IP, ProbeResult, Topology, oracle_unavailable, requires_root_netns
 
 pytestmark = [pytest.mark.root, requires_root_netns()]

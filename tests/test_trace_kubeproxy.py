@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from iptrace.parse import load
-from iptrace.trace import Packet, Trace, Tracer
+from iptrace.dataplane import Packet, Trace
+from iptrace.iptables import load
+from iptrace.iptables.walk import Tracer
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "kube-proxy"
 FIXTURES = sorted(CORPUS.glob("*.json")) if CORPUS.is_dir() else []

@@ -19,11 +19,12 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from bench import synth
-from iptrace.model.rules import TOKEN_RE, Ruleset
-from iptrace.parse import load
-from iptrace.trace import Packet, Trace, Tracer, trace_to_json
-from iptrace.trace.matchers import bind_matches, binder_for, compile_matches, fast_tokens, rule_structure
-from iptrace.trace.state import Context, State
+from iptrace.dataplane import Packet, Trace, trace_to_json
+from iptrace.iptables import load
+from iptrace.iptables.matchers import bind_matches, binder_for, compile_matches, fast_tokens, rule_structure
+from iptrace.iptables.model import TOKEN_RE, Ruleset
+from iptrace.iptables.state import Context, State
+from iptrace.iptables.walk import Tracer
 
 NODE_IP = "192.168.0.10"
 POD_CIDR = "10.244.0.0/16"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from iptrace.errors import ClusterError, InputError
-from iptrace.model.cluster import (
+from iptrace.kube.cluster import (
     ClusterEndpoint,
     ClusterEndpointSlice,
     ClusterLoadBalancerIngress,

@@ -10,16 +10,15 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from iptrace.dataplane import Packet, Trace, join_host_port
 from iptrace.errors import InputError
 from iptrace.explain.catalogue import CATALOGUE, Case, Facts, diagnose
 from iptrace.explain.diagnosis import SEVERITY_ORDER, Diagnosis, Evidence, Explanation, Report
-from iptrace.kube.era import detect
+from iptrace.iptables.era import detect
+from iptrace.iptables.model import Ruleset
+from iptrace.iptables.sources import infer_node_ips, infer_pod_cidrs, pick_source
+from iptrace.iptables.walk import Tracer
 from iptrace.kube.view import build_view
-from iptrace.model.rules import Ruleset
-from iptrace.trace.packet import Packet, join_host_port
-from iptrace.trace.result import Trace
-from iptrace.trace.sources import infer_node_ips, infer_pod_cidrs, pick_source
-from iptrace.trace.walk import Tracer
 
 __all__ = ["CATALOGUE", "Diagnosis", "Evidence", "Explainer", "Explanation", "Report"]
 

@@ -14,11 +14,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from iptrace.dataplane import Outcome, Step, Trace, join_host_port
 from iptrace.explain.diagnosis import Diagnosis, Evidence, Suggestion
-from iptrace.kube import era as eras
-from iptrace.model.rules import Rule, Ruleset
-from iptrace.trace.packet import join_host_port
-from iptrace.trace.result import Outcome, Step, Trace
+from iptrace.iptables import era as eras
+from iptrace.iptables.model import Rule, Ruleset
 
 CATALOGUE: tuple[str, ...] = (
     "target-port-on-service-ip", "node-port-on-service-ip", "service-port-on-node-ip", "unknown-port",

@@ -14,8 +14,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from iptrace.kube import era as era_mod
-from iptrace.kube.hashes import SERVICE_PORT_CHAIN_PREFIXES, service_port_chain
+from iptrace.iptables import era as era_mod
+from iptrace.iptables.hashes import SERVICE_PORT_CHAIN_PREFIXES, service_port_chain
+from iptrace.iptables.model import Ruleset
+from iptrace.kube.cluster import ClusterEndpoint, ClusterService, ClusterServicePort, ClusterState
 from iptrace.kube.view import (
     EXTERNAL_IP,
     HEALTH_CHECK,
@@ -25,8 +27,6 @@ from iptrace.kube.view import (
     ServicePortView,
     build_view,
 )
-from iptrace.model.cluster import ClusterEndpoint, ClusterService, ClusterServicePort, ClusterState
-from iptrace.model.rules import Ruleset
 
 Severity = Literal["error", "warning", "info"]
 SEVERITY_ORDER: dict[str, int] = {"error": 0, "warning": 1, "info": 2}
@@ -717,7 +717,7 @@ def node_input_from_snapshot(snapshot: Any, *, lenient: bool = False) -> NodeInp
     """A NodeInput from a `collect.store.NodeSnapshot` (or any object with its fields): the dumps are parsed
     here, and a dump that does not parse becomes the node's `error` instead of stopping the audit."""
     from iptrace.errors import IptraceError
-    from iptrace.parse import load
+    from iptrace.iptables import load
 
     def parse(text: str | None, name: str) -> Ruleset | None:
         if text is None:

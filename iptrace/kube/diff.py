@@ -10,10 +10,10 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
+from iptrace.iptables.model import Ruleset
+from iptrace.kube.cluster import ClusterState
 from iptrace.kube.compare import view_service_label
 from iptrace.kube.view import KubeView, ServicePortView, build_view
-from iptrace.model.cluster import ClusterState
-from iptrace.model.rules import Ruleset
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,14 +19,14 @@ from functools import lru_cache
 from operator import itemgetter
 from typing import TYPE_CHECKING, NamedTuple
 
-from iptrace.kube import era as era_mod
-from iptrace.kube.era import Era
-from iptrace.kube.facts import RuleFacts, read
-from iptrace.kube.hashes import SERVICE_PORT_CHAIN_PREFIXES, service_port_chain
-from iptrace.model.rules import Chain, Ruleset
+from iptrace.iptables import era as era_mod
+from iptrace.iptables.era import Era
+from iptrace.iptables.facts import RuleFacts, read
+from iptrace.iptables.hashes import SERVICE_PORT_CHAIN_PREFIXES, service_port_chain
+from iptrace.iptables.model import Chain, Ruleset
 
 if TYPE_CHECKING:  # only cluster data passed in: `services` without --cluster need not import the model
-    from iptrace.model.cluster import ClusterState
+    from iptrace.kube.cluster import ClusterState
 
 # Kinds of ways in, in the order they are listed.
 CLUSTER_IP = "clusterIP"

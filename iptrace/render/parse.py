@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from iptrace.kube.era import Era
-from iptrace.model.rules import LoadWarning, Option, Rule, Ruleset
+from iptrace.iptables.era import Era
+from iptrace.iptables.model import LoadWarning, Option, Rule, Ruleset
 
 
 def _option_json(opt: Option) -> dict[str, Any]:

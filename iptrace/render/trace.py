@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from iptrace.trace.packet import join_host_port
-from iptrace.trace.result import Outcome, Step, Trace
+from iptrace.dataplane import Outcome, Step, Trace, join_host_port
 
 _ENTRY = {"hooks": "real hook order (the dump wires the built-in chains)",
           "kube-proxy": "kube-proxy's chains entered directly (the dump has no built-in chains wired)"}

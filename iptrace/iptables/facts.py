@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from iptrace.model.rules import TOKEN_RE, Rule, RuleShape, unquote
+from iptrace.iptables.model import TOKEN_RE, Rule, RuleShape, unquote
 
 # Match options whose value the view reads: option name -> RuleFacts attribute.
 _FIELDS: dict[str, str] = {

@@ -27,8 +27,8 @@ from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Any
 
-from iptrace.model.rules import Rule
-from iptrace.trace.matchers import MATCHERS, Structure
+from iptrace.iptables.matchers import MATCHERS, Structure
+from iptrace.iptables.model import Rule
 
 # Fields the key leaves out unless a reachable rule reads them.
 OPTIONAL_FIELDS = ("src", "sport", "dst", "dport", "orig_dst", "orig_dport", "recent")

@@ -12,11 +12,11 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 
+from iptrace.dataplane import protocol_number
 from iptrace.errors import IptraceError
-from iptrace.model.rules import Rule, unquote
-from iptrace.trace.matchers import Structure, fast_tokens, rule_structure
-from iptrace.trace.packet import protocol_number
-from iptrace.trace.state import parse_net
+from iptrace.iptables.matchers import Structure, fast_tokens, rule_structure
+from iptrace.iptables.model import Rule, unquote
+from iptrace.iptables.state import parse_net
 
 MIN_RULES = 16  # below this a plain walk is as fast
 _PORT_MODULES = frozenset({"tcp", "udp", "sctp", "udplite", "dccp"})

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iptrace.errors import DumpSemanticError, InputError, ParseError
-from iptrace.model.rules import BUILTIN_CHAINS, TOKEN_RE, Chain, LoadWarning, Rule, Ruleset, RuleShape, Table
-from iptrace.parse import grammar
-from iptrace.parse.options import (
+from iptrace.iptables import grammar
+from iptrace.iptables.model import BUILTIN_CHAINS, TOKEN_RE, Chain, LoadWarning, Rule, Ruleset, RuleShape, Table
+from iptrace.iptables.options import (
     BASIC_ALIASES,
     BASIC_ARITY,
     BUILTIN_TARGETS,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from iptrace.model.rules import Ruleset
+from iptrace.iptables.model import Ruleset
 
 
 def save(ruleset: Ruleset) -> str:

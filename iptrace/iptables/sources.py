@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from iptrace.errors import InputError
-from iptrace.model.rules import Ruleset
+from iptrace.iptables.model import Ruleset
 
 SourceKind = Literal["pod", "node", "external"]
 

@@ -29,11 +29,11 @@ from fractions import Fraction
 from operator import itemgetter
 from typing import NamedTuple
 
+from iptrace.dataplane import protocol_number
 from iptrace.errors import TraceError
-from iptrace.model.rules import TOKEN_RE, Rule, unquote
-from iptrace.parse.options import BASIC_ALIASES, BASIC_ARITY, MODULE_ARITY
-from iptrace.trace.packet import protocol_number
-from iptrace.trace.state import Context, State, parse_net
+from iptrace.iptables.model import TOKEN_RE, Rule, unquote
+from iptrace.iptables.options import BASIC_ALIASES, BASIC_ARITY, MODULE_ARITY
+from iptrace.iptables.state import Context, State, parse_net
 
 Test = Callable[[State], bool]
 # An assumed test answers (matches, assumption text or None when it turned out to be definite after all).

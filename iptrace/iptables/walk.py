@@ -14,11 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
+from iptrace.dataplane import Decision, Entry, Outcome, Packet, Step, Trace, join_host_port
 from iptrace.errors import InputError, TraceError
-from iptrace.model.rules import BUILTIN_CHAINS, Chain, Rule, Ruleset, RuleShape, unquote
-from iptrace.parse.options import BUILTIN_TARGETS
-from iptrace.trace.index import MIN_RULES, ChainIndex, KeyPlan, rule_key
-from iptrace.trace.matchers import (
+from iptrace.iptables.index import MIN_RULES, ChainIndex, KeyPlan, rule_key
+from iptrace.iptables.matchers import (
     NEW_CONNECTION,
     Assumed,
     Binder,
@@ -35,7 +34,7 @@ from iptrace.trace.matchers import (
     rule_comment,
     rule_structure,
 )
-from iptrace.trace.memo import (
+from iptrace.iptables.memo import (
     ALWAYS,
     BOTH,
     HOST,
@@ -48,9 +47,9 @@ from iptrace.trace.memo import (
     rule_target,
     structure_reads,
 )
-from iptrace.trace.packet import Packet, join_host_port
-from iptrace.trace.result import Decision, Entry, Outcome, Step, Trace
-from iptrace.trace.state import Context, State, format_ip, ip_int, parse_net
+from iptrace.iptables.model import BUILTIN_CHAINS, Chain, Rule, Ruleset, RuleShape, unquote
+from iptrace.iptables.options import BUILTIN_TARGETS
+from iptrace.iptables.state import Context, State, format_ip, ip_int, parse_net
 
 # Actions of a compiled rule.
 JUMP, GOTO, RETURN, ACCEPT, DROP, REJECT, DNAT, SNAT, MASQUERADE, REDIRECT, NETMAP = range(11)

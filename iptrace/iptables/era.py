@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from iptrace.model.rules import Chain, Rule, Ruleset, Table
+from iptrace.iptables.model import Chain, Rule, Ruleset, Table
 
 NONE = "none"
 XLB = "KUBE-XLB era"

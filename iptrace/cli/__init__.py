@@ -1,0 +1,73 @@
+"""The command line: the only layer that imports click, prints or exits.
+
+Every command parses its options, calls the library and renders. Library errors (IptraceError) become one
+`Error: …` line on stderr and exit status 1, here and nowhere else. Heavy modules (lark, paramiko,
+kubernetes) are imported inside the commands so that `iptrace --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, NoReturn
+
+import click
+
+from iptrace import __version__
+from iptrace.errors import IptraceError, ParseError
+
+EXIT_ERROR = 1
+EXIT_FINDINGS = 3
+
+
+def _fail(exc: IptraceError) -> NoReturn:
+    if isinstance(exc, ParseError):
+        click.echo(f"Error: {exc.with_caret()}", err=True)
+    else:
+        click.echo(f"Error: {exc}", err=True)
+    raise click.exceptions.Exit(EXIT_ERROR)
+
+
+class _Group(click.Group):
+    """The single error boundary of the program."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except IptraceError as exc:
+            _fail(exc)
+        except BrokenPipeError:
+            # `iptrace … | head`: the reader went away; that is not an error of ours.
+            sys.stderr.close()
+            raise click.exceptions.Exit(0) from None
+        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # the last line of defence: a bug must still not print a traceback
+            if os.environ.get("IPTRACE_DEBUG"):
+                raise
+            click.echo(f"Error: internal error ({type(exc).__name__}: {exc}); please report it with the "
+                       "input that caused it (IPTRACE_DEBUG=1 shows the traceback)", err=True)
+            raise click.exceptions.Exit(EXIT_ERROR) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, "--version", prog_name="iptrace")
+def main() -> None:
+    """Show how a Kubernetes node really forwards traffic, from its iptables rules.
+
+    \b
+    Examples:
+      iptrace explain sample_dumps/nodeport-fb-backends.txt --dst 10.101.234.168:8001
+      iptrace services node1.txt --namespace default
+      iptrace trace node1.txt --dst 10.101.234.168:5001 --src pod
+      iptrace parse node1.txt
+    """
+
+
+# -- shared option helpers ------------------------------------------------------------------------------
+
+
+# The commands register themselves on `main` (each module is small enough to read in one sitting).
+from iptrace.cli import analysis, fleet  # noqa: E402
+
+__all__ = ["analysis", "fleet", "main"]
