@@ -9,9 +9,10 @@ SPEC.md. Pure: no I/O.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from iptrace.errors import InputError
 
@@ -164,3 +165,167 @@ def trace_to_json(trace: Trace) -> dict[str, Any]:
         "outcomes": [o.to_json() for o in trace.outcomes],
         "assumptions": list(trace.assumptions),
     }
+
+
+# ------------------------------------------------------------------------------------------------ the interface
+# What iptrace.kube and iptrace.explain read of a dataplane. A dataplane package exposes one object, `DATAPLANE`,
+# satisfying `Dataplane`; the layers above never import a dataplane's own modules.
+
+# Kinds of ways into a Service port, in the order they are listed.
+CLUSTER_IP = "clusterIP"
+NODE_PORT = "nodePort"
+EXTERNAL_IP = "externalIP"
+LOAD_BALANCER = "loadBalancer"
+HEALTH_CHECK = "healthCheck"
+ENTRY_KINDS = (CLUSTER_IP, NODE_PORT, EXTERNAL_IP, LOAD_BALANCER, HEALTH_CHECK)
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyMode:
+    """Which kube-proxy wrote the rules, and in which layout. `mode` is the proxy mode seen
+    (iptables, nftables, ipvs, userspace, none); `name` the layout era as a person says it."""
+
+    dataplane: str  # "iptables" | "nftables"
+    mode: str
+    name: str
+    evidence: tuple[str, ...] = ()
+    version_hint: str = ""
+    legacy_tables_present: bool = False
+    nft_tables_present: bool = False
+
+    @property
+    def has_rules(self) -> bool:
+        """kube-proxy's Service rules are in this dataplane (so there is a view to build)."""
+        return self.mode in ("iptables", "nftables", "userspace")
+
+
+@dataclass(frozen=True, slots=True)
+class WayIn:
+    """One way into a Service port as kube-proxy's dispatch writes it. `address` None: the node's own addresses
+    (NodePorts, health checks). `chain` is where the dispatch sends it ("" when only a filter rule names it).
+    `lines` are the dump lines that write it (evidence)."""
+
+    kind: str
+    address: str | None
+    port: int
+    protocol: str
+    chain: str
+    lines: tuple[int, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePortLayout:
+    """One Service port as its chains are laid out. `cluster_chain` load-balances over every usable endpoint
+    (KUBE-SVC-…, service-…), `local_chain` over the node-local ones (KUBE-SVL-…/KUBE-XLB-…, local-…); the view
+    walks them (and every way in) with the dataplane's own tracer. `name` is "ns/svc:port" when the rules say
+    it; `identity` how it was found: comment | hash | address | chain."""
+
+    key: str
+    name: str | None
+    identity: str
+    protocol: str
+    ways_in: tuple[WayIn, ...]
+    cluster_chain: str | None
+    local_chain: str | None
+    chains: tuple[str, ...]
+    lines: tuple[int, ...]
+    external_traffic_policy: str | None
+    internal_traffic_policy: str | None
+    session_affinity_timeout: int | None
+    lb_source_ranges: tuple[str, ...]
+    health_check_node_port: int | None
+    no_endpoints: bool
+    no_local_endpoints: bool
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NodePortAddresses:
+    """Where the dispatch accepts NodePorts. `mode`: "all-local" (every local address), "addresses" (one rule or
+    set element per address: --nodeport-addresses), or "none" (NodePorts closed). `localhost` is True/False when
+    the rules say whether 127.0.0.1:<nodePort> works, None when they do not."""
+
+    mode: str
+    addresses: tuple[str, ...] = ()
+    excluded: tuple[str, ...] = ()
+    localhost: bool | None = None
+    lines: tuple[int, ...] = ()
+
+    def describe(self) -> str:
+        if self.mode == "none":
+            return "no rule sends traffic to the NodePorts: NodePorts are not reachable"
+        if self.mode == "addresses":
+            text = "NodePorts on " + ", ".join(self.addresses)
+        else:
+            text = "NodePorts on every local address"
+            if self.excluded:
+                text += " except " + ", ".join(self.excluded)
+        if self.localhost is True:
+            text += "; localhost (127.0.0.1) allowed"
+        elif self.localhost is False:
+            text += "; not on localhost"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Everything a dataplane reads of kube-proxy's layout for one IP family of one ruleset."""
+
+    proxy: ProxyMode
+    family: str  # "ipv4" | "ipv6"
+    service_ports: tuple[ServicePortLayout, ...]
+    node_port_addresses: NodePortAddresses
+    pod_cidrs: tuple[str, ...]  # from kube-proxy's local-traffic detector
+    pod_interfaces: tuple[str, ...]
+    node_ips: tuple[str, ...]  # the node addresses the rules reveal
+    endpoint_ips: frozenset[str]  # so that a "pod" source is picked that is no endpoint
+    masquerade_mark: str | None
+    random_fully: bool
+    warnings: tuple[str, ...] = ()
+
+
+class Ruleset(Protocol):
+    """What the layers above may read of any dataplane's parsed rules."""
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """The IP families the rules can answer for ("ipv4", "ipv6")."""
+        ...
+
+    def line_text(self, line: int) -> str | None:
+        """The input line `line` (1-based) as evidence, or None."""
+        ...
+
+
+class Tracer(Protocol):
+    entry: str  # "hooks" or "kube-proxy" (see Trace.entry)
+
+    def trace(self, packet: Packet, *, in_interface: str | None = None, assumptions: Sequence[str] = ()) -> Trace:
+        """Every outcome of a new connection's first packet, through the hooks in the kernel's order."""
+        ...
+
+    def trace_chain(self, chain: str, packet: Packet) -> Trace:
+        """The outcomes of `packet` entering `chain` (of kube-proxy's table) directly: the endpoint shares of a
+        load-balancing chain, by the same walk."""
+        ...
+
+
+class Dataplane(Protocol):
+    name: str  # "iptables" | "nftables"
+
+    def sniff(self, text: str) -> bool:
+        """Whether `text` looks like this dataplane's input (only its first few kilobytes are looked at)."""
+        ...
+
+    def load(self, text: str | bytes, *, source: str = "<dump>", lenient: bool = False) -> Ruleset: ...
+
+    def layout(self, ruleset: Any, family: str, *, names: Mapping[str, str] | None = None) -> Layout:
+        """kube-proxy's layout for one family; `names` maps chain-name hashes to "ns/svc:port" (cluster data)."""
+        ...
+
+    def tracer(self, ruleset: Any, *, node_ips: Sequence[str] = (), pod_cidrs: Sequence[str] = (),
+               names: Mapping[str, str] | None = None) -> Tracer: ...
