@@ -27,8 +27,8 @@ BASELINE_RE = r'"(?:\\.|[^"\\])*"|\S+'
 def _child(dump: Path, profile: bool) -> dict[str, float]:
     import re
 
-    from iptrace.iptables import load
-    from iptrace.kube.view import build_view
+    from iptrace.iptables import DATAPLANE, load
+    from iptrace.kube.analysis import analyse
     from iptrace.render.json import dumps
     from iptrace.render.services import services_to_json
 
@@ -48,7 +48,7 @@ def _child(dump: Path, profile: bool) -> dict[str, float]:
 
         prof = cProfile.Profile()
         prof.enable()
-    view = build_view(ruleset)
+    view = analyse(DATAPLANE, ruleset).view
     if profile:
         prof.disable()
         pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(20)

@@ -90,23 +90,21 @@ def figure_services(dump: Path) -> dict[str, Any]:
             "peak_rss_mb": round(rss), "rss_over_dump": round(rss / size_mb, 1)}
 
 
-def _cluster_ips(view: Any) -> list[tuple[str, int, str]]:
-    return [(s.cluster_ip, s.port, s.protocol.lower()) for s in view.services if s.cluster_ip and s.port]
-
-
 def figure_trace(dump: Path) -> dict[str, Any]:
     import gc
 
     gc.disable()  # as every analysis command of the CLI runs (iptrace.cli._batch)
     from iptrace.dataplane import Packet
-    from iptrace.iptables import load_path
+    from iptrace.iptables import DATAPLANE, load_path
     from iptrace.iptables.walk import Tracer
-    from iptrace.kube.view import build_view
+    from iptrace.kube.view import chain_labels
 
     ruleset = load_path(dump)
-    view = build_view(ruleset)
-    tracer = Tracer(ruleset, node_ips=["192.168.0.10"], names=view.chain_labels)
-    targets = _cluster_ips(view)
+    layout = DATAPLANE.layout(ruleset, ruleset.family)
+    labels = chain_labels(layout)
+    tracer = Tracer(ruleset, node_ips=["192.168.0.10"], names=labels)
+    targets = [(w.address, w.port, w.protocol) for sp in layout.service_ports for w in sp.ways_in
+               if w.kind == "clusterIP" and sp.cluster_chain]
     src = "10.244.3.7"
     tracer.trace(Packet(src, targets[0][0], targets[0][1], targets[0][2]))  # warm-up: lazy compilation
     sample = targets[:: max(1, len(targets) // 200)]
@@ -114,7 +112,7 @@ def figure_trace(dump: Path) -> dict[str, Any]:
     for ip, port, proto in sample:
         tracer.trace(Packet(src, ip, port, proto))
     one_ms = (time.perf_counter() - start) / len(sample) * 1000
-    fresh = Tracer(ruleset, node_ips=["192.168.0.10"], names=view.chain_labels)
+    fresh = Tracer(ruleset, node_ips=["192.168.0.10"], names=labels)
     start = time.perf_counter()
     for ip, port, proto in targets:
         fresh.trace(Packet(src, ip, port, proto))
@@ -127,10 +125,11 @@ def figure_explain(dump: Path) -> dict[str, Any]:
 
     gc.disable()  # as every analysis command of the CLI runs (iptrace.cli._batch)
     from iptrace.explain import Explainer
-    from iptrace.iptables import load_path
+    from iptrace.iptables import DATAPLANE, load_path
+    from iptrace.kube.analysis import analyse
 
     ruleset = load_path(dump)
-    explainer = Explainer(ruleset, node_ips=["192.168.0.10"])
+    explainer = Explainer(analyse(DATAPLANE, ruleset, node_ips=["192.168.0.10"]))
     svc = next(s for s in explainer.view.services if s.cluster_ip and s.endpoints)
     target = svc.endpoints[0].port
     explainer.explain(svc.cluster_ip, target, proto=svc.protocol.lower())  # warm-up

@@ -9,20 +9,28 @@ SPEC.md. Pure: no I/O.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Literal, Protocol
 
 from iptrace.errors import InputError
 
-# IP protocol numbers for the names iptables accepts after -p (and /etc/protocols spells).
+# IP protocol numbers for the names iptables accepts after -p: its own built-in names plus Debian's
+# /etc/protocols (iptables-save prints getprotobynumber's name, e.g. `-p ipencap` for Calico's IP-in-IP).
 PROTOCOL_NUMBERS: dict[str, int] = {
-    "tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "ipv6-icmp": 58, "icmpv6": 58, "icmp6": 58,
-    "udplite": 136, "dccp": 33, "esp": 50, "ah": 51, "gre": 47, "ipip": 4, "mh": 135, "ipv6-mh": 135,
+    "ip": 0, "hopopt": 0, "icmp": 1, "igmp": 2, "ggp": 3, "ipencap": 4, "st": 5, "tcp": 6, "egp": 8, "igp": 9,
+    "pup": 12, "udp": 17, "hmp": 20, "xns-idp": 22, "rdp": 27, "iso-tp4": 29, "dccp": 33, "xtp": 36, "ddp": 37,
+    "idpr-cmtp": 38, "ipv6": 41, "ipv6-route": 43, "ipv6-frag": 44, "idrp": 45, "rsvp": 46, "gre": 47,
+    "esp": 50, "ah": 51, "skip": 57, "ipv6-icmp": 58, "icmpv6": 58, "icmp6": 58, "ipv6-nonxt": 59,
+    "ipv6-opts": 60, "rspf": 73, "vmtp": 81, "eigrp": 88, "ospf": 89, "ax.25": 93, "ipip": 94, "etherip": 97,
+    "encap": 98, "pim": 103, "ipcomp": 108, "vrrp": 112, "l2tp": 115, "isis": 124, "sctp": 132, "fc": 133,
+    "mobility-header": 135, "mh": 135, "ipv6-mh": 135, "udplite": 136, "mpls-in-ip": 137, "manet": 138,
+    "hip": 139, "shim6": 140, "wesp": 141, "rohc": 142, "ethernet": 143,
 }
 PROTOCOL_NAMES: dict[int, str] = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmp", 58: "ipv6-icmp", 136: "udplite",
-                                  33: "dccp", 50: "esp", 51: "ah", 47: "gre", 4: "ipip", 135: "mh"}
+                                  33: "dccp", 50: "esp", 51: "ah", 47: "gre", 4: "ipencap", 94: "ipip",
+                                  135: "mh"}
 
 
 def protocol_number(name: str) -> int | None:
@@ -88,13 +96,19 @@ Entry = Literal["hooks", "kube-proxy"]
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One rule that matched, in the order the packet met it. `rule` is the rule as iptables-save prints it
-    (without counters): `-A CHAIN args…`."""
+    """One rule that matched, in the order the packet met it. `rule` is the rule as its dataplane prints it
+    (iptables-save without counters: `-A CHAIN args…`; an nft rule or set element). `line` is the 1-based input
+    line (0 when unknown, e.g. nft JSON input). `kind` says what the rule is to kube-proxy, whatever the
+    dataplane: "dispatch" (a way into a Service), "endpoint" (an endpoint's own chain), "no-endpoints",
+    "no-local-endpoints", "firewall" (loadBalancerSourceRanges), or "" (anything else); `service` the Service
+    port ("ns/svc:port") it belongs to when the rules say."""
 
     table: str
     chain: str
     line: int
     rule: str
+    kind: str = field(default="", compare=False)
+    service: str | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"table": self.table, "chain": self.chain, "line": self.line, "rule": self.rule}
@@ -115,22 +129,91 @@ class Decision:
         return {"table": self.table, "chain": self.chain, "line": self.line}
 
 
-@dataclass(frozen=True, slots=True)
 class Outcome:
-    """One branch of the trace. `probability` is the float of `exact_probability` (a Fraction)."""
+    """One branch of the trace. `probability` is the float of `exact_probability` (a Fraction).
+
+    Immutable. `path`, `chains` and `service` may be handed over as functions computing them: a dataplane's
+    walk then pays for them only when someone reads them (the Service view reads few paths of ~10^5 outcomes).
+    """
+
+    __slots__ = ("_chains", "_path", "_service", "assumptions", "decided_by", "destination", "exact_probability",
+                 "final_destination", "masquerade", "original_destination", "probability", "verdict")
 
     verdict: Verdict
     destination: str | None
     probability: float
     masquerade: bool
-    service: str | None
     decided_by: Decision | None
-    path: tuple[Step, ...]
-    exact_probability: Fraction = field(default=Fraction(1), compare=False)
-    original_destination: str = ""
-    final_destination: str = ""
-    chains: frozenset[tuple[str, str]] = frozenset()  # (table, chain) of every chain the packet entered
-    assumptions: tuple[str, ...] = ()  # those made on this branch
+    exact_probability: Fraction
+    original_destination: str
+    final_destination: str
+    assumptions: tuple[str, ...]
+
+    def __init__(self, verdict: Verdict, destination: str | None, probability: float, masquerade: bool,
+                 service: str | Callable[[], str | None] | None, decided_by: Decision | None,
+                 path: tuple[Step, ...] | Callable[[], tuple[Step, ...]],
+                 exact_probability: Fraction = Fraction(1), original_destination: str = "",
+                 final_destination: str = "",
+                 chains: tuple[tuple[str, str], ...] | Callable[[], tuple[tuple[str, str], ...]] = (),
+                 assumptions: tuple[str, ...] = ()) -> None:
+        setattr_ = object.__setattr__
+        setattr_(self, "verdict", verdict)
+        setattr_(self, "destination", destination)
+        setattr_(self, "probability", probability)
+        setattr_(self, "masquerade", masquerade)
+        setattr_(self, "_service", service)
+        setattr_(self, "decided_by", decided_by)
+        setattr_(self, "_path", path)
+        setattr_(self, "exact_probability", exact_probability)
+        setattr_(self, "original_destination", original_destination)
+        setattr_(self, "final_destination", final_destination)
+        setattr_(self, "_chains", chains)
+        setattr_(self, "assumptions", assumptions)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"Outcome is immutable (cannot set {name})")
+
+    @property
+    def path(self) -> tuple[Step, ...]:
+        """Every rule that matched, in the order the packet met it."""
+        value = self._path
+        if callable(value):
+            value = value()
+            object.__setattr__(self, "_path", value)
+        return value  # type: ignore[no-any-return]
+
+    @property
+    def chains(self) -> tuple[tuple[str, str], ...]:
+        """(table, chain) of every chain the packet entered, in order."""
+        value = self._chains
+        if callable(value):
+            value = value()
+            object.__setattr__(self, "_chains", value)
+        return value  # type: ignore[no-any-return]
+
+    @property
+    def service(self) -> str | None:
+        """The Service ("ns/svc:port") the outcome belongs to, when the rules say."""
+        value = self._service
+        if callable(value):
+            value = value()
+            object.__setattr__(self, "_service", value)
+        return value  # type: ignore[no-any-return]
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.verdict, self.destination, self.probability, self.masquerade, self.service, self.decided_by,
+                self.path, self.original_destination, self.final_destination, self.chains, self.assumptions)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Outcome) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (f"Outcome(verdict={self.verdict!r}, destination={self.destination!r}, "
+                f"probability={self.probability!r}, masquerade={self.masquerade!r}, service={self.service!r}, "
+                f"decided_by={self.decided_by!r})")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -192,6 +275,9 @@ class ProxyMode:
     version_hint: str = ""
     legacy_tables_present: bool = False
     nft_tables_present: bool = False
+    warning: tuple[int, str] | None = None  # (line, text) of the dump's own warning about the other backend
+    # Before KEP-3178 (iptables' KUBE-XLB layout) internalTrafficPolicy=Local filtered the cluster chain itself.
+    itp_filters_cluster_chain: bool = False
 
     @property
     def has_rules(self) -> bool:
@@ -285,6 +371,30 @@ class Layout:
     warnings: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class KnownServicePort:
+    """A Service port as the API knows it, given to a dataplane so that it can name comment-less chains (by
+    kube-proxy's chain-name hash) and filter rules (by address and port)."""
+
+    name: str  # kube-proxy's ServicePortName: "ns/svc:port", or "ns/svc" for an unnamed port
+    protocol: str  # lower case
+    port: int
+    addresses: tuple[str, ...]  # ClusterIPs, externalIPs, LB IPs
+    node_port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ForeignChain:
+    """A chain kube-proxy did not write (a CNI's, the host firewall's), for node-to-node diffs: `header` names it
+    as its dataplane prints it, `rules` are (text, line) in order."""
+
+    table: str
+    name: str
+    header: str
+    line: int
+    rules: tuple[tuple[str, int], ...]
+
+
 class Ruleset(Protocol):
     """What the layers above may read of any dataplane's parsed rules."""
 
@@ -323,9 +433,17 @@ class Dataplane(Protocol):
 
     def load(self, text: str | bytes, *, source: str = "<dump>", lenient: bool = False) -> Ruleset: ...
 
-    def layout(self, ruleset: Any, family: str, *, names: Mapping[str, str] | None = None) -> Layout:
-        """kube-proxy's layout for one family; `names` maps chain-name hashes to "ns/svc:port" (cluster data)."""
+    def layout(self, ruleset: Any, family: str, *, known: Sequence[KnownServicePort] = ()) -> Layout:
+        """kube-proxy's layout for one family; `known` (cluster data) names what the rules leave unnamed."""
         ...
 
     def tracer(self, ruleset: Any, *, node_ips: Sequence[str] = (), pod_cidrs: Sequence[str] = (),
                names: Mapping[str, str] | None = None) -> Tracer: ...
+
+    def service_chain(self, role: str, service_port_name: str, protocol: str) -> str:
+        """The chain kube-proxy names for a Service port: role cluster | local | external | firewall."""
+        ...
+
+    def foreign_chains(self, ruleset: Any) -> list[ForeignChain]:
+        """Every chain of `ruleset` that kube-proxy did not write, in dump order."""
+        ...

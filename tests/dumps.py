@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import Any
 
 from iptrace.iptables.model import TOKEN_RE
 
@@ -16,3 +18,23 @@ def rule_tokens(text: str) -> list[tuple[str, ...]]:
         if s.startswith("-A "):
             out.append(tuple(TOKEN_RE.findall(s)))
     return sorted(out)
+
+
+def analysis(ruleset: Any, *, cluster: Any = None, node_ips: Sequence[str] = (), family: str | None = None) -> Any:
+    """The Analysis (layout, tracer, Service view) of a parsed dump, as the CLI builds it."""
+    from iptrace.dataplanes import by_name
+    from iptrace.kube.analysis import analyse
+
+    dataplane = by_name("nftables" if type(ruleset).__module__.startswith("iptrace.nftables") else "iptables")
+    return analyse(dataplane, ruleset, family, node_ips=node_ips, cluster=cluster)
+
+
+def build_view(ruleset: Any, *, cluster: Any = None, node_ips: Sequence[str] = ()) -> Any:
+    """The Service view of a parsed dump (built from its dataplane's own walk)."""
+    return analysis(ruleset, cluster=cluster, node_ips=node_ips).view
+
+
+def explainer(ruleset: Any, *, node_ips: Sequence[str] = (), cluster: Any = None) -> Any:
+    from iptrace.explain import Explainer
+
+    return Explainer(analysis(ruleset, cluster=cluster, node_ips=node_ips), cluster=cluster)

@@ -7,35 +7,48 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
 from bench.synth import EndpointSpec, PortSpec, ServiceSpec
 from iptrace.collect import store
+from iptrace.collect.inputs import inputs_from_directory, legacy_note_for, node_input
 from iptrace.collect.ssh import collect
-from iptrace.iptables import load
-from iptrace.kube.compare import (
-    AuditReport,
-    NodeInput,
-    audit,
-    inputs_from_directory,
-    kube_node_for,
-    node_input_from_snapshot,
-)
+from iptrace.iptables import DATAPLANE, load
+from iptrace.kube import audit as audit_module
+from iptrace.kube.audit import AuditReport, NodeInput, kube_node_for
 from iptrace.render.audit import audit_to_json, render_audit_text
+from tests.dumps import analysis
 from tests.sshd import SshdFarm, have_sshd, keygen
 from tests.test_compare import NODES, base_services, cluster_of, dump, dump_text, svc
 
 LEGACY_WARNING = "# Warning: iptables-legacy tables present, use iptables-legacy-save to see them\n"
 
 
-def node(name: str, services: list[ServiceSpec], **kwargs: Any) -> NodeInput:
-    return NodeInput(name, dump(services, name, **kwargs), addresses=(NODES[name], "127.0.0.1"))
+class Dumped(NamedTuple):
+    """A node given as its parsed dump; `audit` below analyses it with the audit's cluster data, as the CLI
+    does (iptrace.collect.inputs)."""
+
+    name: str
+    ruleset: Any
+    addresses: tuple[str, ...] = ()
+    legacy: Any = None
 
 
-def fleet(services: list[ServiceSpec]) -> list[NodeInput]:
+def node(name: str, services: list[ServiceSpec], **kwargs: Any) -> Dumped:
+    return Dumped(name, dump(services, name, **kwargs), (NODES[name], "127.0.0.1"))
+
+
+def fleet(services: list[ServiceSpec]) -> list[Dumped]:
     return [node(n, services) for n in sorted(NODES)]
+
+
+def audit(nodes: list[Any], cluster: Any) -> AuditReport:
+    inputs = [n if isinstance(n, NodeInput) else NodeInput(
+        n.name, {n.ruleset.family: analysis(n.ruleset, cluster=cluster, node_ips=n.addresses)}, None, n.addresses,
+        {}, legacy_note_for(DATAPLANE, n.legacy) if n.legacy is not None else None) for n in nodes]
+    return audit_module.audit(inputs, cluster)
 
 
 def by_node(report: AuditReport) -> dict[str, list[tuple[str, str, str | None]]]:
@@ -121,8 +134,8 @@ def test_two_nodes_that_disagree_are_both_told() -> None:
 
 def test_node_without_kube_proxy() -> None:
     services = base_services()
-    bare = NodeInput("node-c", load("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\nCOMMIT\n"),
-                     addresses=(NODES["node-c"],))
+    bare = Dumped("node-c", load("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\nCOMMIT\n"),
+                  (NODES["node-c"],))
     for cluster in (None, cluster_of(services)):
         report = audit([node("node-a", services), node("node-b", services), bare], cluster)
         assert by_node(report) == {"node-c": [("no-kube-proxy-rules", "error", None)]}, show(report)
@@ -131,12 +144,11 @@ def test_node_without_kube_proxy() -> None:
 
 def test_legacy_backend_split() -> None:
     services = base_services()
-    split = NodeInput("node-b", load(LEGACY_WARNING + dump_text(services, "node-b")),
-                      addresses=(NODES["node-b"],),
-                      legacy_ruleset=load(dump_text(services, "node-b")))
+    split = Dumped("node-b", load(LEGACY_WARNING + dump_text(services, "node-b")), (NODES["node-b"],),
+                   load(dump_text(services, "node-b")))
     report = audit([node("node-a", services), split, node("node-c", services)], cluster_of(services))
     assert by_node(report) == {"node-b": [("iptables-backend-split", "warning", None)]}, show(report)
-    assert "kube-proxy chain" in report.findings[0].detail
+    assert "kube-proxy Service port" in report.findings[0].detail
 
 
 def test_another_era_is_a_warning() -> None:
@@ -158,11 +170,11 @@ def test_a_node_whose_dump_does_not_parse(tmp_path: Path) -> None:
     broken_meta = tmp_path / "snap" / "node-c"
     store.write_node_dir(broken_meta, {store.DUMP_FILE: dump_text(services, "node-c").encode()}, {})
     (broken_meta / store.META_FILE).write_text("{not json")
-    inputs = inputs_from_directory(tmp_path / "snap")
+    inputs = inputs_from_directory(tmp_path / "snap", cluster=cluster_of(services))
     assert [i.name for i in inputs] == ["node-a", "node-b", "node-c"]
-    assert inputs[2].ruleset is None and "meta.json: unreadable metadata" in (inputs[2].error or "")
+    assert not inputs[2].analyses and "meta.json: unreadable metadata" in (inputs[2].error or "")
     inputs = inputs[:2]
-    assert inputs[1].ruleset is None and inputs[1].error and "iptables-save.txt:3" in inputs[1].error
+    assert not inputs[1].analyses and inputs[1].error and "iptables-save.txt:3" in inputs[1].error
     report = audit(inputs, cluster_of(services))
     assert by_node(report) == {"node-b": [("load-error", "error", None)]}, show(report)
     assert report.findings[0].detail == inputs[1].error
@@ -173,7 +185,7 @@ def test_a_node_whose_dump_does_not_parse(tmp_path: Path) -> None:
 
 def test_node_not_in_the_cluster_data_is_said() -> None:
     services = base_services()
-    stranger = NodeInput("10.9.9.9", dump(services, "node-a"), addresses=("10.9.9.9",))
+    stranger = Dumped("10.9.9.9", dump(services, "node-a"), ("10.9.9.9",))
     assert kube_node_for("10.9.9.9", ("10.9.9.9",), cluster_of(services)) is None
     assert kube_node_for("x", ("127.0.0.1", NODES["node-b"]), cluster_of(services)) == "node-b"
     assert kube_node_for("node-c", (), cluster_of(services)) == "node-c"
@@ -245,8 +257,10 @@ def test_audit_of_a_snapshot_collected_over_real_ssh(tmp_path: Path, monkeypatch
     finally:
         farm.stop_all()
     assert all(r.ok for r in results), [(r.node, r.error) for r in results]
-    inputs = inputs_from_directory(tmp_path / "snap")
-    assert inputs == [node_input_from_snapshot(s) for s in store.list_snapshot(tmp_path / "snap")]
+    inputs = inputs_from_directory(tmp_path / "snap", cluster=cluster_of(new))
+    again = [node_input(s, cluster=cluster_of(new)) for s in store.list_snapshot(tmp_path / "snap")]
+    assert [(i.name, i.addresses, i.error, sorted(i.analyses)) for i in inputs] == [
+        (i.name, i.addresses, i.error, sorted(i.analyses)) for i in again]
     report = audit(inputs, cluster_of(new))
     names = {s.port: f"127.0.0.1:{s.port}" for s in servers}
     stale_node = names[servers[1].port]

@@ -17,7 +17,7 @@ from iptrace.iptables import load
 from iptrace.iptables.model import Ruleset
 from iptrace.kube.cluster import ClusterState
 from iptrace.kube.compare import Finding, compare_with_cluster
-from iptrace.kube.view import build_view
+from tests.dumps import analysis
 
 NODES = {"node-a": "192.168.49.2", "node-b": "192.168.49.3", "node-c": "192.168.49.4"}
 ZONES = {"node-a": "zone-a", "node-b": "zone-b", "node-c": "zone-a"}
@@ -196,8 +196,7 @@ def dump(services: list[ServiceSpec], node: str, **kwargs: Any) -> Ruleset:
 
 
 def compare(ruleset: Ruleset, cluster: ClusterState, node: str | None) -> list[Finding]:
-    view = build_view(ruleset, cluster=cluster)
-    return compare_with_cluster(view, cluster, node_name=node, ruleset=ruleset)
+    return compare_with_cluster(analysis(ruleset, cluster=cluster), cluster, node_name=node)
 
 
 def svc(services: list[ServiceSpec], name: str) -> ServiceSpec:
@@ -235,9 +234,9 @@ def test_comment_less_dump_is_named_by_hash() -> None:
     cluster = cluster_of(services)
     text = re.sub(r' -m comment --comment (?:"[^"]*"|\S+)', "", dump_text(services, "node-a"))
     ruleset = load(text)
-    view = build_view(ruleset)  # no cluster data: chain-named service ports
-    assert any(not sp.namespace for sp in view.services)
-    findings = compare_with_cluster(view, cluster, node_name="node-a", ruleset=ruleset)
+    anonymous = analysis(ruleset)  # no cluster data: chain-named service ports
+    assert any(not sp.namespace for sp in anonymous.view.services)
+    findings = compare_with_cluster(anonymous, cluster, node_name="node-a")
     assert [f for f in findings if f.id in ("unknown-service", "missing-service")] == [], show(findings)
 
 
@@ -428,7 +427,7 @@ def test_findings_are_ordered_by_severity_and_to_json_is_stable() -> None:
 def test_nothing_for_a_node_without_kube_proxy_rules() -> None:
     ruleset = load("*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n")
     cluster = cluster_of(base_services())
-    assert compare_with_cluster(build_view(ruleset), cluster, node_name="node-a") == []
+    assert compare_with_cluster(analysis(ruleset), cluster, node_name="node-a") == []
 
 
 def test_ipv6_view_is_compared_with_ipv6_services_only() -> None:

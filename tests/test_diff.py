@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import copy
 import json
+from typing import Any
 
 import pytest
 
 from bench.synth import EndpointSpec, PortSpec, ServiceSpec, render
 from iptrace.iptables import load
-from iptrace.kube.diff import EndpointChange, FieldChange, diff
+from iptrace.kube import diff as diff_module
+from iptrace.kube.diff import Diff, EndpointChange, FieldChange
 from iptrace.render.audit import diff_to_json, render_diff_text
+from tests.dumps import analysis
 from tests.test_compare import NODES, POD_CIDR, base_services, dump, dump_text, svc, with_local
 
 CALICO = """\
@@ -21,6 +24,10 @@ CALICO = """\
 -A cali-INPUT -p udp -m udp --dport 4789 -j ACCEPT
 COMMIT
 """
+
+
+def diff(a: Any, b: Any) -> Diff:
+    return diff_module.diff(analysis(a), analysis(b))
 
 
 def test_identical_dumps_have_no_diff() -> None:

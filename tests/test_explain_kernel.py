@@ -17,6 +17,7 @@ from bench.synth import EndpointSpec, PortSpec, ServiceSpec, render
 from iptrace.explain import Explainer, Explanation
 from iptrace.explain.diagnosis import Diagnosis, Suggestion
 from iptrace.iptables import load
+from tests.dumps import explainer as make_explainer
 from tests.oracle import CLIENT_IP, NODE_IP, Topology, requires_root_netns
 
 pytestmark = [pytest.mark.root, requires_root_netns("nft")]
@@ -62,7 +63,7 @@ def topo() -> Iterator[Topology]:
 
 
 def explainer(text: str) -> Explainer:
-    return Explainer(load(text), node_ips=[NODE_IP])
+    return make_explainer(load(text), node_ips=[NODE_IP])
 
 
 def explain(ex: Explainer, dst: str, port: int, src: str) -> Explanation:

@@ -81,3 +81,27 @@ def test_no_bare_except_exception_in_library_layers() -> None:
                 assert isinstance(last, ast.Raise) and last.exc is None, f"{name}:{node.lineno} swallows {node.type.id}"
             if isinstance(node, ast.ExceptHandler):
                 assert node.type is not None, f"{name}:{node.lineno} has a bare except"
+
+
+def test_layers_above_the_dataplanes_read_them_only_through_the_interface() -> None:
+    """kube, explain and render know dataplanes only as iptrace.dataplane's types (STYLE.md "The shape of the
+    house"); picking a dataplane by its input is iptrace.dataplanes' job, used by collect and cli."""
+    for name, tree, _ in _modules():
+        if _layer(name) not in ("kube", "explain", "render", "conntrack"):
+            continue
+        for imported in _imports(tree):
+            layer = imported.split(".")[1] if imported.startswith("iptrace.") else ""
+            assert layer not in (*DATAPLANES, "dataplanes", "collect", "cli"), f"{name} imports {imported}"
+
+
+def test_only_collect_and_cli_pick_a_dataplane() -> None:
+    for name, tree, _ in _modules():
+        if "iptrace.dataplanes" in _imports(tree):
+            assert _layer(name) in ("collect", "cli"), f"{name} imports iptrace.dataplanes"
+
+
+def test_modules_stay_small_enough_to_read_in_one_sitting() -> None:
+    sizes = {name: len(text.splitlines()) for name, _, text in _modules()}
+    assert max(sizes.values()) <= 900, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
+    big = [name for name, n in sizes.items() if n > 600]
+    assert len(big) <= 1, f"more than one module over 600 lines: {big}"

@@ -17,10 +17,12 @@ import pytest
 from bench.synth import EndpointSpec, PortSpec, ServiceSpec, expected_service_ports
 from iptrace.iptables import era as era_mod
 from iptrace.iptables import load
-from iptrace.kube.view import build_view, filter_view, parse_comment, split_service_port_name
+from iptrace.iptables.layout import parse_comment
+from iptrace.kube.view import filter_view, split_service_port_name
 from iptrace.render.graph import render_dot, render_mermaid
 from iptrace.render.json import dumps
 from iptrace.render.services import render_services_text, services_to_json, view_to_json
+from tests.dumps import build_view
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_dumps"

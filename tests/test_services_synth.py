@@ -12,7 +12,8 @@ import pytest
 from bench.synth import EndpointSpec, PortSpec, ServiceSpec, render
 from iptrace.iptables import load
 from iptrace.kube.cluster import ClusterService, ClusterServicePort, ClusterState
-from iptrace.kube.view import MASQ_ALWAYS, MASQ_NEVER, MASQ_OFF_POD, build_view
+from iptrace.kube.view import MASQ_ALWAYS, MASQ_NEVER, MASQ_OFF_POD
+from tests.dumps import build_view
 
 NODE_V4, NODE_V6 = "192.168.49.2", "fd00:49::2"
 
@@ -179,6 +180,10 @@ def _check_port(svc: ServiceSpec, p: PortSpec, got, era: str) -> None:
                 assert entry.verdict == "DNAT", (label, entry)
                 assert {r.endpoint for r in entry.reaches} == {_addr(*x) for x in want_local}, (label, entry)
                 assert entry.masquerade == MASQ_NEVER, (label, entry)
+            elif era == "xlb" and entry.address is not None:
+                # The KUBE-XLB era only marks the packet (KUBE-MARK-DROP); kubelet drops marked packets in INPUT
+                # and OUTPUT, so an external/LB IP the node does not hold is forwarded, never DNATed.
+                assert entry.verdict != "DNAT" and any("KUBE-MARK-DROP" in n for n in entry.notes), (label, entry)
             else:
                 assert entry.verdict == "DROP", (label, entry)
             pod = next((pp for pp in entry.paths if pp.source == "pod"), None)
@@ -193,7 +198,10 @@ def _check_port(svc: ServiceSpec, p: PortSpec, got, era: str) -> None:
                 assert entry.masquerade == MASQ_ALWAYS, (label, entry)
         if entry.kind == "loadBalancer" and svc.lb_source_ranges:
             outside = next(pp for pp in entry.paths if pp.source == "outside-source-ranges")
-            assert outside.verdict == "DROP", (label, entry)
+            if era == "xlb":  # marked for dropping only (see above)
+                assert outside.verdict != "DNAT" and any("KUBE-MARK-DROP" in n for n in entry.notes), (label, entry)
+            else:
+                assert outside.verdict == "DROP", (label, entry)
 
 
 def _addr(ip: str, port: int) -> str:

@@ -11,8 +11,10 @@ from iptrace.dataplane import Packet, trace_to_json
 from iptrace.errors import InputError, TraceError
 from iptrace.iptables import load
 from iptrace.iptables.matchers import kernel_probability
-from iptrace.iptables.sources import infer_node_ips, infer_pod_cidrs, pick_source
+from iptrace.iptables.model import Ruleset
+from iptrace.iptables.sources import endpoint_ips, infer_node_ips, infer_pod_cidrs
 from iptrace.iptables.walk import Tracer, trace
+from iptrace.kube import sources
 
 NODE = "192.168.0.2"
 POD = "10.244.1.5"
@@ -347,6 +349,11 @@ def test_sources_from_a_kube_proxy_dump() -> None:
         "-A KUBE-SEP-A -p tcp -j DNAT --to-destination 10.244.0.2:80\n"
         "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\nCOMMIT\n")
     ruleset = load(text)
+
+    def pick_source(kind: str, rs: Ruleset, pod_cidrs: list[str] | None = None) -> tuple[str, str]:
+        return sources.pick_source(kind, rs.family, infer_node_ips(rs),
+                                   infer_pod_cidrs(rs) if pod_cidrs is None else pod_cidrs, endpoint_ips(rs))
+
     assert infer_pod_cidrs(ruleset) == ["10.244.0.0/16"]
     assert infer_node_ips(ruleset) == ["192.168.0.2"]
     pod, note = pick_source("pod", ruleset)

@@ -9,6 +9,7 @@ import click
 
 from iptrace.cli import EXIT_FINDINGS, main
 from iptrace.cli.common import (
+    analysis_of,
     analysis_options,
     batch,
     check_ip,
@@ -16,10 +17,8 @@ from iptrace.cli.common import (
     emit_json,
     lenient_option,
     load_dump,
-    node_ips_or,
     output_option,
     parse_destination,
-    same_family,
     table_option,
 )
 
@@ -43,11 +42,16 @@ def parse(dump: str, output: str, as_save: bool, lenient: bool, table: str | Non
       iptrace parse --table nat eks-nat-S.txt -o json | jq '.tables[0].chains | length'
     """
     batch()
+    dataplane, ruleset, _ = load_dump(dump, lenient=lenient, table=table)
+    if dataplane.name != "iptables":
+        from iptrace.render.parse import render_dataplane_parse
+
+        click.echo(render_dataplane_parse(dataplane, ruleset, output, as_save), nl=False)
+        return
     from iptrace.iptables import save
     from iptrace.iptables.era import detect
     from iptrace.render.parse import render_parse_summary, ruleset_to_json
 
-    ruleset, _ = load_dump(dump, lenient=lenient, table=table)
     if as_save:
         click.echo(save(ruleset), nl=False)
         return
@@ -78,18 +82,17 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
       iptrace services node1.txt -o svg > services.svg
     """
     batch()
-    from iptrace.kube.view import build_view, filter_view
+    from iptrace.kube.view import filter_view
     from iptrace.render.graph import render_dot, render_mermaid
     from iptrace.render.services import render_services_text, services_to_json
 
     if service is not None and "/" not in service:
         raise click.BadParameter(f"{service!r}: expected NS/NAME, e.g. default/kubernetes", param_hint="--service")
-    ruleset, collected = load_dump(dump, lenient=lenient, table=table)
     cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
-    full = build_view(ruleset, cluster=cluster)
+    analysis = analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table)
+    full = analysis.view
     view = filter_view(full, namespace=namespace, service=service, address=address)
-    findings = _cluster_findings(full, ruleset, cluster, dump, node_ips_or(node_ips, collected), view) \
-        if cluster is not None else []
+    findings = _cluster_findings(analysis, cluster, dump, view) if cluster is not None else []
     if output == "json":
         data = services_to_json(view, cluster)
         if cluster is not None:
@@ -125,13 +128,15 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
                            "the API.")
 
 
-def _cluster_findings(full: Any, ruleset: Any, cluster: Any, dump: str, node_ips: list[str], view: Any) -> list[Any]:
+def _cluster_findings(analysis: Any, cluster: Any, dump: str, view: Any) -> list[Any]:
     """The API comparison for the Services shown (and, unfiltered, the Services the node lacks)."""
-    from iptrace.kube.compare import compare_with_cluster, kube_node_for, view_service_label
+    from iptrace.kube.audit import kube_node_for
+    from iptrace.kube.compare import compare_with_cluster, view_service_label
 
     name = Path(dump).name if dump != "-" else "stdin"
-    node_name = kube_node_for(name, node_ips, cluster)
-    findings = compare_with_cluster(full, cluster, node_name=node_name, ruleset=ruleset, node=name)
+    node_name = kube_node_for(name, analysis.node_ips, cluster)
+    findings = compare_with_cluster(analysis, cluster, node_name=node_name, node=name)
+    full = analysis.view
     if len(view.services) == len(full.services):
         return findings
     shown = {view_service_label(s) for s in view.services}
@@ -181,25 +186,22 @@ def trace(dump: str, dst: str, src: str, proto: str, in_interface: str | None, o
     """
     batch()
     from iptrace.dataplane import Packet, trace_to_json
-    from iptrace.iptables.sources import infer_node_ips, infer_pod_cidrs, pick_source
-    from iptrace.iptables.walk import Tracer
-    from iptrace.kube.view import build_view
+    from iptrace.kube.sources import of_family, pick_source
     from iptrace.render.trace import render_trace_text
 
     host, port = parse_destination(dst)
-    ruleset, collected = load_dump(dump, lenient=lenient, table=table, ipv6=":" in host)
-    same_family(ruleset, host)
+    if src not in ("pod", "node", "external"):
+        check_ip(click.get_current_context(), click.Option(["--src"]), (src,))
     cluster = cluster_data(cluster_files, kubeconfig, context)
-    view = build_view(ruleset, cluster=cluster)
-    ips = node_ips_or(node_ips, collected) or infer_node_ips(ruleset)
-    pods = infer_pod_cidrs(ruleset)
+    analysis = analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table, host=host)
+    layout = analysis.layout
+    ips = of_family(analysis.node_ips, analysis.family) or of_family(layout.node_ips, analysis.family)
     if src in ("pod", "node", "external"):
-        src_ip, note = pick_source(src, ruleset, ips, pods)  # type: ignore[arg-type]
+        src_ip, note = pick_source(src, analysis.family, ips, layout.pod_cidrs, layout.endpoint_ips)
         notes = [note]
     else:
-        src_ip, notes = check_ip(click.get_current_context(), click.Option(["--src"]), (src,))[0], []
-    tracer = Tracer(ruleset, node_ips=ips, pod_cidrs=pods, names=view.chain_labels)
-    result = tracer.trace(Packet(src_ip, host, port, proto, in_interface=in_interface), assumptions=notes)
+        src_ip, notes = src, []
+    result = analysis.tracer.trace(Packet(src_ip, host, port, proto, in_interface=in_interface), assumptions=notes)
     if output == "json":
         emit_json(trace_to_json(result))
     else:
@@ -235,10 +237,9 @@ def explain(dump: str, dst: str, src: str | None, proto: str, in_interface: str 
     host, port = parse_destination(dst)
     if src is not None and src not in ("pod", "node", "external"):
         check_ip(click.get_current_context(), click.Option(["--src"]), (src,))
-    ruleset, collected = load_dump(dump, lenient=lenient, table=table, ipv6=":" in host)
-    same_family(ruleset, host)
     cluster = cluster_data(cluster_files, kubeconfig, context)
-    explainer = Explainer(ruleset, node_ips=node_ips_or(node_ips, collected), cluster=cluster)
+    analysis = analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table, host=host)
+    explainer = Explainer(analysis, cluster=cluster)
     report = explainer.explain(host, port, proto=proto, src=src, in_interface=in_interface)
     if output == "json":
         emit_json(explain_to_json(report))

@@ -21,32 +21,51 @@ table_option = click.option("--table", "table", type=click.Choice(["raw", "mangl
 
 
 def load_dump(dump: str, *, lenient: bool = False, table: str | None = None,
-          ipv6: bool = False) -> tuple[Any, list[str]]:
-    """Load DUMP (a file, `-`, a .gz, or a collected node directory) → (Ruleset, node addresses).
+              family: str = "ipv4") -> tuple[Any, Any, list[str]]:
+    """Load DUMP (a file, `-`, a .gz, or a collected node directory) → (dataplane, its ruleset, node addresses).
 
-    For a node directory the dump that answers the question is chosen: ip6tables-save.txt for an IPv6
-    destination, and iptables-legacy-save.txt when kube-proxy's rules are only in the legacy backend.
+    The dataplane is recognised by content (iptables-save, `iptables -S`, nft list ruleset, nft -j, kube-proxy's
+    nft transaction). For a node directory the dump that answers is chosen (collect.inputs.choose_dump):
+    ip6tables-save.txt for IPv6, the legacy backend's or the nftables ruleset when kube-proxy's rules are there.
     """
-    from iptrace.iptables import load, load_path
+    from iptrace import dataplanes
+    from iptrace.iptables import read_dump
 
     path = Path(dump)
     if dump == "-" or not path.is_dir():
-        return load_path(dump, lenient=lenient, table=table), []
+        text, source = read_dump(dump)
+        dataplane, ruleset = dataplanes.load(text, source=source, lenient=lenient, table=table)
+        return dataplane, ruleset, []
+    from iptrace.collect.inputs import choose_dump
     from iptrace.collect.store import read_node_dir
-    from iptrace.iptables.era import detect
 
     snapshot = read_node_dir(path)
-    text, name = snapshot.dump_text, str(snapshot.dump_path)
-    if ipv6 and snapshot.ip6_dump_text:
-        text, name = snapshot.ip6_dump_text, str(path / "ip6tables-save.txt")
-    ruleset = load(text, source=name, lenient=lenient, table=table)
-    if snapshot.legacy_dump_text and not ipv6 and not detect(ruleset).has_iptables_rules:
-        legacy = load(snapshot.legacy_dump_text, source=str(path / "iptables-legacy-save.txt"), lenient=lenient)
-        if detect(legacy).has_iptables_rules:
-            click.echo(f"note: {path.name}: kube-proxy's rules are in the legacy iptables backend; analyzing "
-                       "iptables-legacy-save.txt", err=True)
-            ruleset = legacy
-    return ruleset, list(snapshot.addresses)
+    chosen = choose_dump(snapshot, family, lenient=lenient)
+    if chosen.note is not None:
+        click.echo(f"note: {chosen.note}", err=True)
+    return chosen.dataplane, chosen.ruleset, list(snapshot.addresses)
+
+
+def analysis_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = None, lenient: bool = False,
+                table: str | None = None, host: str | None = None) -> Any:
+    """DUMP loaded and analysed (iptrace.kube.analysis.Analysis: the layout, the tracer and the Service view)
+    for the family of `host` when given, else for the dump's first. Node addresses: --node-ip, else those
+    collected with a node directory."""
+    from iptrace.kube.analysis import analyse
+
+    family = ("ipv6" if ":" in host else "ipv4") if host else "ipv4"
+    dataplane, ruleset, collected = load_dump(dump, lenient=lenient, table=table, family=family)
+    if host is None:
+        family = ruleset.families[0]
+    elif family not in ruleset.families:
+        from iptrace.errors import InputError
+
+        # An IPv6 question to an iptables-save dump (or the reverse) has no answer in it: say which dump would.
+        tool = "ip6tables-save" if family == "ipv6" else "iptables-save"
+        have = ruleset.families[0]
+        raise InputError(f"{host} is an {family.replace('ip', 'IP')} address but {ruleset.source} is an "
+                         f"{have.replace('ip', 'IP')} dump; give the node's {tool} output instead")
+    return analyse(dataplane, ruleset, family, node_ips=list(node_ips) or collected, cluster=cluster)
 
 
 def batch() -> None:
@@ -127,17 +146,6 @@ def cluster_data(cluster_files: tuple[str, ...], kubeconfig: str | None, context
 
         return load_cluster_live(kubeconfig, context, namespace)
     return None
-
-
-def same_family(ruleset: Any, host: str) -> None:
-    """An IPv6 question to an iptables-save dump (or the reverse) has no answer in it: say which dump would."""
-    from iptrace.errors import InputError
-
-    wanted = "ipv6" if ":" in host else "ipv4"
-    if ruleset.family != wanted:
-        tool = "ip6tables-save" if wanted == "ipv6" else "iptables-save"
-        raise InputError(f"{host} is an {wanted.replace('ip', 'IP')} address but {ruleset.source} is an "
-                         f"{ruleset.family.replace('ip', 'IP')} dump; give the node's {tool} output instead")
 
 
 def node_ips_or(given: tuple[str, ...], collected: list[str]) -> list[str]:

@@ -11,12 +11,12 @@ import click
 
 from iptrace.cli import EXIT_ERROR, EXIT_FINDINGS, main
 from iptrace.cli.common import (
+    analysis_of,
     batch,
     check_ip,
     cluster_data,
     emit_json,
     lenient_option,
-    load_dump,
     output_option,
     table_option,
 )
@@ -142,23 +142,26 @@ def collect(nodes: tuple[str, ...], out: str, output: str, inventory: str | None
         raise click.exceptions.Exit(EXIT_ERROR)
 
 
-def _audit_inputs(sources: tuple[str, ...], node_ips: tuple[str, ...], lenient: bool) -> list[Any]:
-    """NodeInputs from collected directories (DIR or DIR/NODE) and plain dump files."""
+def _audit_inputs(sources: tuple[str, ...], node_ips: tuple[str, ...], lenient: bool, cluster: Any) -> list[Any]:
+    """Every node to audit: each collection directory's nodes, each plain dump file as one node."""
+    from iptrace.collect.inputs import dump_input, inputs_from_directory
     from iptrace.errors import IptraceError
-    from iptrace.iptables import load_path
-    from iptrace.kube.compare import NodeInput, inputs_from_directory
+    from iptrace.iptables import read_dump
+    from iptrace.kube.audit import NodeInput
 
     inputs: list[Any] = []
     for source in sources:
         path = Path(source)
         if path.is_dir():
-            inputs += inputs_from_directory(path, lenient=lenient)
+            inputs += inputs_from_directory(path, cluster=cluster, lenient=lenient)
             continue
         name = path.name.removesuffix(".gz").removesuffix(".txt") if source != "-" else "stdin"
         try:
-            inputs.append(NodeInput(name, load_path(source, lenient=lenient), addresses=node_ips))
+            text, where = read_dump(source)
         except IptraceError as exc:
-            inputs.append(NodeInput(name, None, str(exc)))
+            inputs.append(NodeInput(name, {}, str(exc)))
+            continue
+        inputs.append(dump_input(text, where, node_ips=node_ips, cluster=cluster, lenient=lenient, name=name))
     names = [i.name for i in inputs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -203,7 +206,7 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
     batch()
     import tempfile
 
-    from iptrace.kube.compare import audit as run_audit
+    from iptrace.kube.audit import audit as run_audit
     from iptrace.render.audit import audit_to_json, render_audit_text
 
     discover = not sources and not inventory and bool(kubeconfig or context or node_selector)
@@ -226,9 +229,9 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
                 for r in failures:
                     click.echo(f"Error: {r.error}", err=True)
                 raise click.exceptions.Exit(EXIT_ERROR)
-            inputs = _audit_inputs(paths + collected, node_ips, lenient)
+            inputs = _audit_inputs(paths + collected, node_ips, lenient, cluster)
         else:
-            inputs = _audit_inputs(paths, node_ips, lenient)
+            inputs = _audit_inputs(paths, node_ips, lenient, cluster)
         report = run_audit(inputs, cluster)
     if output == "json":
         emit_json(audit_to_json(report))
@@ -264,10 +267,10 @@ def diff(a: str, b: str, output: str, cluster_files: tuple[str, ...], lenient: b
     from iptrace.kube.diff import diff as run_diff
     from iptrace.render.audit import diff_to_json, render_diff_text
 
-    left, _ = load_dump(a, lenient=lenient, table=table)
-    right, _ = load_dump(b, lenient=lenient, table=table)
     cluster = cluster_data(cluster_files, None, None)
-    result = run_diff(left, right, cluster=cluster)
+    left = analysis_of(a, cluster=cluster, lenient=lenient, table=table)
+    right = analysis_of(b, cluster=cluster, lenient=lenient, table=table)
+    result = run_diff(left, right)
     if output == "json":
         emit_json(diff_to_json(result))
     else:

@@ -1,7 +1,8 @@
 """Trace + diagnosis: what fails for a destination, why, and what to use instead.
 
-`Explainer` builds the kube-proxy view, the tracer and the indexes once (that is the "loading"); each
-`explain()` then costs one trace per source plus a few dictionary look-ups.
+`Explainer` is built on an iptrace.kube.analysis.Analysis (the dataplane's layout and tracer and the Service
+view, built once: that is the "loading"); each `explain()` then costs one trace per source plus a few
+dictionary look-ups. Dataplane-free: iptables and nftables nodes are explained by the same code.
 """
 
 from __future__ import annotations
@@ -12,13 +13,10 @@ from typing import Any
 
 from iptrace.dataplane import Packet, Trace, join_host_port
 from iptrace.errors import InputError
-from iptrace.explain.catalogue import CATALOGUE, Case, Facts, diagnose
+from iptrace.explain.catalogue import CATALOGUE, diagnose
 from iptrace.explain.diagnosis import SEVERITY_ORDER, Diagnosis, Evidence, Explanation, Report
-from iptrace.iptables.era import detect
-from iptrace.iptables.model import Ruleset
-from iptrace.iptables.sources import infer_node_ips, infer_pod_cidrs, pick_source
-from iptrace.iptables.walk import Tracer
-from iptrace.kube.view import build_view
+from iptrace.explain.facts import Case, Facts
+from iptrace.kube.sources import of_family, pick_source
 
 __all__ = ["CATALOGUE", "Diagnosis", "Evidence", "Explainer", "Explanation", "Report"]
 
@@ -30,21 +28,22 @@ _SOURCE_WORDS = {"pod": "from a pod", "node": "from the node itself", "external"
 
 
 class Explainer:
-    def __init__(self, ruleset: Ruleset, *, node_ips: Sequence[str] = (), pod_cidrs: Sequence[str] = (),
-                 cluster: Any = None) -> None:
-        self.ruleset = ruleset
-        self.era = detect(ruleset)
-        self.view = build_view(ruleset, cluster=cluster)
-        self.node_ips = tuple(node_ips) or tuple(infer_node_ips(ruleset))
-        self.pod_cidrs = tuple(pod_cidrs) or tuple(infer_pod_cidrs(ruleset))
-        self.tracer = Tracer(ruleset, node_ips=self.node_ips, pod_cidrs=self.pod_cidrs,
-                             names=self.view.chain_labels)
-        self.facts = Facts.build(ruleset, self.view, self.era, self.node_ips, node_ips_given=bool(node_ips),
+    def __init__(self, analysis: Any, *, cluster: Any = None, findings: Sequence[Any] | None = None) -> None:
+        """`analysis`: iptrace.kube.analysis.Analysis of one node and family. With `cluster` (a ClusterState)
+        the API's findings for the asked Services are included (`findings` when already computed)."""
+        self.analysis = analysis
+        layout = analysis.layout
+        family = analysis.family
+        self.view = analysis.view
+        self.tracer = analysis.tracer
+        self.node_ips = tuple(of_family(analysis.node_ips, family)) or tuple(of_family(layout.node_ips, family))
+        self.pod_cidrs = tuple(layout.pod_cidrs)
+        self.facts = Facts.build(analysis, self.node_ips, node_ips_given=analysis.node_ips_given,
                                  pod_cidrs=self.pod_cidrs)
         if cluster is not None:
-            self.facts.add_cluster(cluster, _cluster_findings(self.view, cluster, ruleset, self.node_ips))
-        # Picking a pod source scans every KUBE-SEP chain: do it once here, not once per explain().
-        self._sources = {kind: pick_source(kind, ruleset, self.node_ips, self.pod_cidrs)  # type: ignore[arg-type]
+            self.facts.add_cluster(cluster, findings if findings is not None else
+                                   _cluster_findings(analysis, cluster, self.node_ips))
+        self._sources = {kind: pick_source(kind, family, self.node_ips, self.pod_cidrs, layout.endpoint_ips)
                          for kind in SOURCE_KINDS}
 
     def source(self, kind: str) -> tuple[str, str]:
@@ -76,7 +75,7 @@ class Explainer:
         return Report(join_host_port(dst, dport), proto, explanations, _differences(explanations))
 
 
-def _cluster_findings(view: Any, cluster: Any, ruleset: Ruleset, node_ips: Sequence[str]) -> list[Any]:
+def _cluster_findings(analysis: Any, cluster: Any, node_ips: Sequence[str]) -> list[Any]:
     """Where this node's rules disagree with the API (stale-endpoints, missing-service, …), computed once."""
     from iptrace.kube.compare import compare_with_cluster
 
@@ -86,7 +85,7 @@ def _cluster_findings(view: Any, cluster: Any, ruleset: Ruleset, node_ips: Seque
         if node is not None:
             node_name = node.name
             break
-    return compare_with_cluster(view, cluster, node_name=node_name, ruleset=ruleset)
+    return compare_with_cluster(analysis, cluster, node_name=node_name)
 
 
 def _verdict(trace: Trace) -> str:

@@ -1,23 +1,19 @@
 """The diagnoses catalogue (SPEC.md "Diagnoses"): each a small function with a stable id.
 
-A function looks at one trace plus the kube-proxy view and returns a Diagnosis or None. It must say what
-happens, why (in the Service's own terms: port, targetPort, nodePort), the dump lines that prove it, and
-what to use instead. Everything a function asks of the dump is indexed once in `Facts`, so that one
-diagnosis costs dictionary look-ups, never a scan of the rules. Pure: no I/O, no printing.
+A function looks at one trace plus the Service view (through `Facts`) and returns a Diagnosis or None. It
+must say what happens, why (in the Service's own terms: port, targetPort, nodePort), the dump lines that
+prove it, and what to use instead. Dataplane-free: what a rule is to kube-proxy comes from the trace's own
+steps (Step.kind), never from a dataplane's rule syntax. Pure: no I/O, no printing.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from iptrace.dataplane import Outcome, Step, Trace, join_host_port
+from iptrace.dataplane import Outcome, Step, join_host_port
 from iptrace.explain.diagnosis import Diagnosis, Evidence, Suggestion
-from iptrace.iptables import era as eras
-from iptrace.iptables.model import Rule, Ruleset
+from iptrace.explain.facts import Case, Facts, canonical, finding_label, label, step_evidence
 
 CATALOGUE: tuple[str, ...] = (
     "target-port-on-service-ip", "node-port-on-service-ip", "service-port-on-node-ip", "unknown-port",
@@ -26,23 +22,9 @@ CATALOGUE: tuple[str, ...] = (
     "not-forwarded", "blocked-by-rule", "healthy",
 )
 
-_NO_LOCAL = re.compile(r"^(?P<n>\S+) has no local endpoints$")
-_NO_ENDPOINTS = re.compile(r"^(?P<n>\S+) has no endpoints$")
-_FW_DROPPED = re.compile(r"^other traffic to (?P<n>\S+) will be dropped by KUBE-PROXY-FIREWALL$")
-_FW_NOT_ACCEPTED = re.compile(r"^(?P<n>\S+) traffic not accepted by KUBE-FW-\S+$")
-
-
-def label(svc: Any) -> str:
-    """kube-proxy's service port name: `ns/name:port`, or `ns/name` for an unnamed port."""
-    return str(svc.label)
-
 
 def _service_name(svc: Any) -> str:
     return f"{svc.namespace}/{svc.name}" if svc.namespace else str(svc.name)
-
-
-def _host(address: str) -> str:
-    return address.split("/", 1)[0] if address.endswith(("/32", "/128")) else address
 
 
 def _pct(p: float) -> str:
@@ -56,250 +38,6 @@ def _plural(n: int, word: str) -> str:
 
 def _ip_of(destination: str) -> str:
     return destination.rsplit(":", 1)[0].strip("[]")
-
-
-def _comment_of(text: str) -> str:
-    """The --comment of a rule as iptables-save prints it (quoted or a single word)."""
-    m = re.search(r'--comment (?:"((?:\\.|[^"\\])*)"|(\S+))', text)
-    if m is None:
-        return ""
-    return (m.group(1) if m.group(1) is not None else m.group(2)).replace('\\"', '"')
-
-
-def _comment_lines(ruleset: Ruleset) -> dict[str, int]:
-    """Dump line of every comment line the loader kept (the legacy-tables warning is one).
-
-    The model keeps comments without positions; in iptables-save text they sit right before a table header
-    or right after the last COMMIT, so the positions follow from the table's header line and its size.
-    """
-    out: dict[str, int] = {}
-    end = 0
-    for table in ruleset.tables:
-        if not table.line:
-            return out
-        for i, text in enumerate(table.comments):
-            out.setdefault(text, table.line - len(table.comments) + i)
-        end = table.line + len(table.chains) + table.rule_count + 1  # the COMMIT line
-    if end and ruleset.format == "save":
-        for i, text in enumerate(ruleset.trailer):
-            out.setdefault(text, end + 1 + i)
-    return out
-
-
-@dataclass
-class Facts:
-    """Indexes over the view and the dump that every diagnosis may ask; built once per Explainer."""
-
-    ruleset: Ruleset
-    view: Any
-    era: eras.Era
-    node_ips: tuple[str, ...]
-    node_ips_given: bool = True  # False when the node's addresses were guessed from the rules
-    pod_cidrs: tuple[str, ...] = ()
-    by_address: dict[str, list[tuple[Any, str]]] = field(default_factory=dict)  # ip -> [(svc, entry kind)]
-    by_endpoint_ip: dict[str, list[Any]] = field(default_factory=dict)
-    by_label: dict[str, list[Any]] = field(default_factory=dict)
-    node_ports: dict[int, list[Any]] = field(default_factory=dict)
-    service_ports: dict[int, list[Any]] = field(default_factory=dict)
-    rules_by_line: dict[int, Rule] = field(default_factory=dict)
-    service_rules: dict[str, list[Rule]] = field(default_factory=dict)  # ip -> KUBE-SERVICES rules naming it
-    node_port_rules: dict[int, list[Rule]] = field(default_factory=dict)  # nodePort -> nat KUBE-NODEPORTS rules
-    reject_rules: dict[str, list[Rule]] = field(default_factory=dict)  # label -> its "has no endpoints" rules
-    service_nets: frozenset[Any] = frozenset()  # the /16 (/112) around every ClusterIP
-    pod_nets: tuple[Any, ...] = ()
-    comment_lines: dict[str, int] = field(default_factory=dict)
-    node_port_listing: str = "none"
-    has_cluster: bool = False
-    # With cluster data: compare_with_cluster's findings by service port label, and which labels own an
-    # address or a nodePort in the API (a Service missing from the rules is known only there).
-    findings_by_label: dict[str, list[Diagnosis]] = field(default_factory=dict)
-    api_ports_by_address: dict[str, set[tuple[str, int, str]]] = field(default_factory=dict)  # (label, port, proto)
-    api_labels_by_node_port: dict[int, set[str]] = field(default_factory=dict)
-
-    @classmethod
-    def build(cls, ruleset: Ruleset, view: Any, era: eras.Era, node_ips: Sequence[str], *,
-              node_ips_given: bool = True, pod_cidrs: Sequence[str] = ()) -> Facts:
-        f = cls(ruleset, view, era, tuple(node_ips), node_ips_given, tuple(pod_cidrs))
-        nets = set()
-        for svc in view.services:
-            for ip, kind in _addresses(svc):
-                f.by_address.setdefault(ip, []).append((svc, kind))
-            for ep in svc.endpoints:
-                f.by_endpoint_ip.setdefault(ep.ip, []).append(svc)
-            f.by_label.setdefault(label(svc), []).append(svc)
-            if svc.node_port:
-                f.node_ports.setdefault(svc.node_port, []).append(svc)
-            if svc.port:
-                f.service_ports.setdefault(svc.port, []).append(svc)
-            if svc.cluster_ip:
-                addr = ipaddress.ip_address(svc.cluster_ip)
-                nets.add(ipaddress.ip_network(f"{addr}/{16 if addr.version == 4 else 112}", strict=False))
-        f.service_nets = frozenset(nets)
-        pod_nets = []
-        for cidr in pod_cidrs:
-            try:
-                pod_nets.append(ipaddress.ip_network(cidr, strict=False))
-            except ValueError:
-                continue
-        f.pod_nets = tuple(pod_nets)
-        f.rules_by_line = {rule.line: rule for _, _, rule in ruleset.rules()}
-        for table in ("nat", "filter"):
-            for chain in ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS"):
-                c = ruleset.chain(table, chain)
-                if c is None:
-                    continue
-                for rule in c.rules:
-                    m = _NO_ENDPOINTS.match(rule.comment or "") if table == "filter" else None
-                    if m is not None:
-                        f.reject_rules.setdefault(m.group("n"), []).append(rule)
-                    d = rule.option("-d")
-                    if d is not None and not d.negated:
-                        f.service_rules.setdefault(_host(d.value), []).append(rule)
-                    elif table == "nat" and chain == "KUBE-NODEPORTS":
-                        port = rule.option("--dport")
-                        if port is not None and port.value.isdigit():
-                            f.node_port_rules.setdefault(int(port.value), []).append(rule)
-        f.comment_lines = _comment_lines(ruleset)
-        node_ports = sorted({(s.node_port, s.protocol.lower(), label(s)) for ports in f.node_ports.values()
-                             for s in ports})
-        listing = ", ".join(f"{p}/{pr} ({name})" for p, pr, name in node_ports[:12])
-        if len(node_ports) > 12:
-            listing += f" and {len(node_ports) - 12} more (`iptrace services`)"
-        f.node_port_listing = listing or "none"
-        return f
-
-    def add_cluster(self, cluster: Any, findings: Iterable[Any]) -> None:
-        """Index the API's Services and compare_with_cluster's findings (iptrace.kube.compare.Finding)."""
-        self.has_cluster = True
-        for f in findings:
-            if f.service is None:
-                continue
-            self.findings_by_label.setdefault(f.service, []).append(Diagnosis(
-                f.id, f.severity, f.summary, f.detail, f.fix,
-                tuple(Evidence(line, rule) for line, rule in f.evidence)))
-        for svc in cluster.services:
-            for port in svc.ports:
-                name = finding_label(svc.namespace, svc.name, port.name, port.protocol)
-                for ip in (*svc.cluster_ips, *svc.external_ips, *(i.ip for i in svc.lb_ips if i.ip)):
-                    if ip and ip != "None":
-                        self.api_ports_by_address.setdefault(_canonical(ip), set()).add(
-                            (name, port.port, port.protocol.lower()))
-                if port.node_port:
-                    self.api_labels_by_node_port.setdefault(port.node_port, set()).add(name)
-
-    def evidence(self, rules: Iterable[Rule], limit: int = 4) -> tuple[Evidence, ...]:
-        out = []
-        for rule in rules:
-            out.append(Evidence(rule.line, rule.to_save()))
-            if len(out) >= limit:
-                break
-        return tuple(out)
-
-    def rules_for(self, svc: Any, address: str | None = None) -> list[Rule]:
-        """The KUBE-SERVICES rules that belong to this service port (for evidence)."""
-        wanted = label(svc)
-        addresses = [address] if address else [ip for ip, _ in _addresses(svc)]
-        out: list[Rule] = []
-        for ip in addresses:
-            for rule in self.service_rules.get(ip, ()):
-                comment = rule.comment or ""
-                if comment.startswith(wanted + " ") or comment == wanted or not comment:
-                    port = rule.option("--dport")
-                    if port is None or port.value == str(svc.port):
-                        out.append(rule)
-        return out
-
-    def is_node_address(self, ip: str) -> bool:
-        return ip in self.node_ips or ipaddress.ip_address(ip).is_loopback
-
-    def in_pod_network(self, ip: str) -> bool:
-        addr = ipaddress.ip_address(ip)
-        return any(addr.version == net.version and addr in net for net in self.pod_nets)
-
-    def near_service_range(self, ip: str) -> str | None:
-        addr = ipaddress.ip_address(ip)
-        net = ipaddress.ip_network(f"{addr}/{16 if addr.version == 4 else 112}", strict=False)
-        return str(net) if net in self.service_nets else None
-
-    def node_hint(self) -> str:
-        return self.node_ips[0] if self.node_ips else "<node-ip>"
-
-    def line_of_comment(self, needle: str) -> Evidence | None:
-        for text, line in self.comment_lines.items():
-            if needle in text:
-                return Evidence(line, text)
-        return None
-
-
-def finding_label(namespace: str, name: str, port_name: str, protocol: str) -> str:
-    """How compare_with_cluster names a service port: `ns/svc:port`, with `/udp` (`/sctp`) when not TCP."""
-    base = f"{namespace}/{name}:{port_name}" if port_name else f"{namespace}/{name}"
-    return base if protocol.lower() == "tcp" else f"{base}/{protocol.lower()}"
-
-
-def _canonical(ip: str) -> str:
-    try:
-        return str(ipaddress.ip_address(ip))
-    except ValueError:
-        return ip
-
-
-def _addresses(svc: Any) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    if svc.cluster_ip:
-        out.append((svc.cluster_ip, "ClusterIP"))
-    out.extend((ip, "externalIP") for ip in svc.external_ips)
-    out.extend((ip, "LoadBalancer IP") for ip in svc.lb_ips)
-    return out
-
-
-@dataclass
-class Case:
-    """One question: a trace from one source, and what the packet was."""
-
-    facts: Facts
-    trace: Trace
-    source_kind: str
-
-    @property
-    def dst(self) -> str:
-        return self.trace.packet.dst
-
-    @property
-    def src(self) -> str:
-        return self.trace.packet.src
-
-    @property
-    def dport(self) -> int:
-        return self.trace.packet.dport
-
-    @property
-    def proto(self) -> str:
-        return self.trace.packet.proto
-
-    @property
-    def target(self) -> str:
-        return join_host_port(self.dst, self.dport)
-
-    @property
-    def dnat(self) -> list[Outcome]:
-        return [o for o in self.trace.outcomes if o.verdict == "DNAT"]
-
-    @property
-    def failed(self) -> list[Outcome]:
-        return [o for o in self.trace.outcomes if o.verdict != "DNAT"]
-
-    def decided_rule(self, outcome: Outcome) -> Rule | None:
-        if outcome.decided_by is None or outcome.decided_by.line is None:
-            return None
-        return self.facts.rules_by_line.get(outcome.decided_by.line)
-
-
-def _step_evidence(steps: Iterable[Step]) -> tuple[Evidence, ...]:
-    seen: dict[int, Evidence] = {}
-    for s in steps:
-        seen.setdefault(s.line, Evidence(s.line, s.rule))
-    return tuple(seen.values())
 
 
 def _use_instead(facts: Facts, svc: Any) -> tuple[str, tuple[Suggestion, ...]]:
@@ -348,39 +86,49 @@ def _fate(case: Case, kind: str) -> str:
 # -- whole-node diagnoses -----------------------------------------------------------------------------------
 
 def no_kube_proxy_rules(case: Case) -> Diagnosis | None:
-    era = case.facts.era
-    if era.has_iptables_rules:
+    proxy = case.facts.proxy
+    if proxy.has_rules:
         return None
     lost = ("so nothing on this node rewrites a Service address to a pod: every ClusterIP and nodePort "
             "connection fails here")
-    warning = case.facts.line_of_comment(eras.LEGACY_WARNING)
-    if era.name == eras.IPVS:
+    warning = case.facts.warning()
+    if proxy.dataplane == "nftables":
+        summary = "this node has no kube-proxy nftables table"
+        detail = (f"The ruleset has no `kube-proxy` table, {lost}. kube-proxy is not running in nftables mode: it "
+                  "is stopped, runs in iptables or IPVS mode, or was replaced (Cilium, kube-router).")
+        fix = ("check kube-proxy's --proxy-mode on this node, and its pod's logs; for iptables mode give "
+               "`iptables-save` to iptrace instead")
+    elif proxy.mode == "ipvs":
+        summary = "this node has no kube-proxy iptables rules"
         detail = ("kube-proxy runs in IPVS mode: Services are IPVS virtual servers in the kernel, not iptables "
                   "rules, so an iptables dump cannot show where they go.")
         fix = "list the virtual servers with `ipvsadm -Ln` on the node"
-    elif era.name == eras.NFTABLES:
+    elif proxy.mode == "nftables":
+        summary = "this node has no kube-proxy iptables rules"
         detail = ("The dump has no KUBE-SERVICES chain and says some tables are managed by nftables itself: "
-                  "kube-proxy probably runs in nftables mode, which iptables cannot show.")
-        fix = "look at `nft list table ip kube-proxy` (and `ip6 kube-proxy`) on the node"
+                  "kube-proxy probably runs in nftables mode.")
+        fix = "give iptrace the node's `nft list ruleset` (`iptrace collect` saves it as nft-ruleset.txt)"
     elif warning is not None:
+        summary = "this node has no kube-proxy iptables rules"
         detail = ("The dump has no KUBE-SERVICES chain, but it warns that iptables-legacy tables exist: "
                   "kube-proxy most likely wrote its rules through iptables-legacy, which this (nft) dump "
                   "does not show.")
         fix = ("run `iptables-legacy-save` on the node and explain that dump (`iptrace collect` fetches both); "
                "then make kube-proxy, kubelet and the CNI use one backend")
     else:
+        summary = "this node has no kube-proxy iptables rules"
         detail = (f"The dump has no KUBE-SERVICES chain, {lost}. kube-proxy is not running in iptables mode: "
                   "it is stopped, runs in IPVS or nftables mode, or was replaced (Cilium, kube-router).")
         fix = ("check kube-proxy on this node (`kubectl -n kube-system get pods -o wide | grep kube-proxy`, its "
                "logs and its --proxy-mode)")
-    return Diagnosis("no-kube-proxy-rules", "error", "this node has no kube-proxy iptables rules", detail, fix,
+    return Diagnosis("no-kube-proxy-rules", "error", summary, detail, fix,
                      (warning,) if warning is not None else ())
 
 
 def iptables_backend_split(case: Case) -> Diagnosis | None:
-    if not case.facts.era.legacy_tables_present:
+    if not case.facts.proxy.legacy_tables_present:
         return None
-    warning = case.facts.line_of_comment(eras.LEGACY_WARNING)
+    warning = case.facts.warning()
     return Diagnosis(
         "iptables-backend-split", "warning", "the node has rules in both iptables backends (nft and legacy)",
         "This dump was read through the nf_tables backend, and it warns that iptables-legacy tables exist too. "
@@ -405,15 +153,14 @@ def _no_endpoints_diagnosis(name: str, detail: str, evidence: tuple[Evidence, ..
 
 def no_endpoints(case: Case) -> Diagnosis | None:
     for outcome in case.failed:
-        rule = case.decided_rule(outcome)
-        m = _NO_ENDPOINTS.match(rule.comment or "") if rule is not None and outcome.verdict == "REJECT" else None
-        if rule is None or m is None:
+        step = case.decided_step(outcome) if outcome.verdict == "REJECT" else None
+        if step is None or step.kind != "no-endpoints" or step.service is None:
             continue
-        name = m.group("n")
+        name = step.service
         return _no_endpoints_diagnosis(
             name, f"No pod of {name} is ready, so kube-proxy answers for the Service with a REJECT rule: the "
             "client gets 'connection refused' at once (an ICMP port-unreachable), not a timeout.",
-            case.facts.evidence([rule]))
+            step_evidence([step]))
     if case.dnat:
         return None
     # kube-proxy hooks its REJECT for externalIPs, LB IPs and nodePorts (filter KUBE-EXTERNAL-SERVICES) into
@@ -431,15 +178,14 @@ def no_endpoints(case: Case) -> Diagnosis | None:
     return _no_endpoints_diagnosis(
         name, f"No pod of {name} is ready. kube-proxy's REJECT rule for it guards only traffic that arrives "
         f"from outside; this packet leaves the node itself, so it is not rewritten and {fate}.",
-        facts.evidence(facts.reject_rules.get(name, ())))
+        facts.evidence(facts.service_lines(name)))
 
 
 def _local_drop_step(case: Case) -> tuple[Outcome, Step, str] | None:
     for outcome in case.failed:
         for step in outcome.path:
-            m = _NO_LOCAL.match(_comment_of(step.rule))
-            if m is not None:
-                return outcome, step, m.group("n")
+            if step.kind == "no-local-endpoints" and step.service is not None:
+                return outcome, step, step.service
     return None
 
 
@@ -450,7 +196,8 @@ def no_local_endpoints(case: Case) -> Diagnosis | None:
     outcome, step, name = found
     svcs = case.facts.by_label.get(name, [])
     svc = svcs[0] if svcs else None
-    internal = step.table == "filter" and step.chain == "KUBE-SERVICES"
+    # A ClusterIP is governed by internalTrafficPolicy; externalIPs, LB IPs and nodePorts by the external one.
+    internal = any(kind == "ClusterIP" for s, kind in case.facts.by_address.get(case.dst, []) if label(s) == name)
     policy = "internalTrafficPolicy" if internal else "externalTrafficPolicy"
     elsewhere = ", ".join(ep.ip for ep in svc.endpoints[:4]) if svc is not None and svc.endpoints else ""
     where = f" (its endpoints {elsewhere} run on other nodes)" if elsewhere else ""
@@ -475,13 +222,13 @@ def no_local_endpoints(case: Case) -> Diagnosis | None:
             instead = (Suggestion(svc.cluster_ip, svc.port, svc.protocol.lower(), "pod"),)
         fix = (f"send the traffic to a node that runs one of its pods{hc}, or set {policy}: Cluster if the "
                f"client's source address need not be kept{inside}")
-    rule = case.decided_rule(outcome)
-    steps = [step] + ([s for s in outcome.path if rule is not None and s.line == rule.line and s != step])
+    decided = case.decided_step(outcome)
+    steps = [step] + ([decided] if decided is not None and decided != step else [])
     return Diagnosis(
         "no-local-endpoints", "error",
         f"{name} has {policy} Local and no endpoint on this node, so the packet "
         + ("is dropped" if outcome.verdict == "DROP" else "never reaches a pod"),
-        detail, fix, _step_evidence(steps), instead)
+        detail, fix, step_evidence(steps), instead)
 
 
 def source_range_blocked(case: Case) -> Diagnosis | None:
@@ -489,14 +236,9 @@ def source_range_blocked(case: Case) -> Diagnosis | None:
         steps = []
         name = ""
         for step in outcome.path:
-            comment = _comment_of(step.rule)
-            m = _FW_DROPPED.match(comment) or _FW_NOT_ACCEPTED.match(comment)
-            if m is not None:
+            if step.kind == "firewall":
                 steps.append(step)
-                name = m.group("n")
-            elif step.chain.startswith("KUBE-FW-") and step.rule.endswith("-j KUBE-MARK-DROP"):
-                steps.append(step)
-                name = case.facts.view.chain_labels.get(step.chain, step.chain)
+                name = step.service or case.facts.view.chain_labels.get(step.chain, step.chain)
         if not steps:
             continue
         svcs = case.facts.by_label.get(name, [])
@@ -513,7 +255,7 @@ def source_range_blocked(case: Case) -> Diagnosis | None:
             f"the packet falls through the Service's firewall chain and is dropped: {fate}.",
             f"connect from an allowed range, or add the client's range to spec.loadBalancerSourceRanges of "
             f"{_service_name(svcs[0]) if svcs else name}",
-            _step_evidence(steps), instead)
+            step_evidence(steps), instead)
     return None
 
 
@@ -588,7 +330,7 @@ def wrong_protocol(case: Case) -> Diagnosis | None:
             f"kube-proxy opens nodePort {dport} for {use.upper()} only. A {proto.upper()} packet to {case.target} "
             f"is delivered to the node itself, where nothing of the Service listens.",
             f"use {use.upper()} ({case.target}/{use}), or add a {proto.upper()} port to the Service",
-            facts.evidence(facts.node_port_rules.get(dport, ())),
+            facts.evidence(facts.node_port_lines(dport)),
             (Suggestion(dst, dport, use, "external"),))
     return None
 
@@ -660,7 +402,7 @@ def unknown_port(case: Case) -> Diagnosis | None:
         f"{dst} forwards only {ports}. {dport}/{proto} is none of the Service's ports (nor a targetPort or "
         f"nodePort of it), so no rule matches. {_fate(case, kind)}",
         f"use one of the ports it has: {ports}",
-        facts.evidence(rule for s in svcs for rule in facts.rules_for(s, dst)), instead)
+        facts.evidence(line for s in svcs for line in facts.rules_for(s, dst)), instead)
 
 
 def service_port_on_node_ip(case: Case) -> Diagnosis | None:
@@ -765,7 +507,7 @@ def blocked_by_rule(case: Case) -> Diagnosis | None:
         if outcome.verdict not in ("DROP", "REJECT") or outcome.decided_by is None:
             continue
         d = outcome.decided_by
-        rule = case.decided_rule(outcome)
+        step = case.decided_step(outcome)
         rewritten = outcome.final_destination and outcome.final_destination != outcome.original_destination
         after = f" after it was sent to {outcome.final_destination}" if rewritten else ""
         refused = "the client gets 'connection refused'" if outcome.verdict == "REJECT" else \
@@ -778,7 +520,7 @@ def blocked_by_rule(case: Case) -> Diagnosis | None:
         else:
             summary = f"a {outcome.verdict} rule in {d.table} {d.chain} (line {d.line}) stops the packet{after}"
             detail = (f"This rule is not kube-proxy's (a host firewall or the CNI wrote it), and {refused}.")
-            evidence = case.facts.evidence([rule]) if rule is not None else ()
+            evidence = step_evidence([step]) if step is not None else ()
         return Diagnosis(
             "blocked-by-rule", "error", summary, detail,
             "allow this traffic in the rules that own that chain (the host firewall or the CNI's policy), or "
@@ -800,7 +542,7 @@ def hairpin(case: Case) -> Diagnosis | None:
                 "through it, which works only when that bridge port has hairpin mode on.",
                 "if these connections hang, turn on hairpin mode (kubelet --hairpin-mode=hairpin-veth, or "
                 "`hairpinMode: true` in the CNI bridge configuration), or let the pod talk to itself on localhost",
-                _step_evidence(s for s in outcome.path if s.chain.startswith("KUBE-SEP-"))[:2])
+                step_evidence(s for s in outcome.path if s.kind == "endpoint")[:2])
     return None
 
 
@@ -824,7 +566,7 @@ def healthy(case: Case) -> Diagnosis | None:
         f"kube-proxy rewrites the destination to {'one of ' if len(dnat) > 1 else ''}{dests}, {masq_text}.",
         "nothing to fix in these rules; if the connection still fails, look at the pods (readiness, the port they "
         "listen on, NetworkPolicies)",
-        _step_evidence(s for s in dnat[0].path if s.chain in ("KUBE-SERVICES", "KUBE-NODEPORTS"))[:2])
+        step_evidence(s for s in dnat[0].path if s.kind == "dispatch")[:2])
 
 
 def cluster_disagreements(case: Case) -> list[Diagnosis]:
@@ -837,7 +579,7 @@ def cluster_disagreements(case: Case) -> list[Diagnosis]:
     # missing from the rules or renumbered in the API concerns every port of the address).
     ports = {(finding_label(svc.namespace, svc.name, svc.port_name, svc.protocol), svc.port or 0,
               svc.protocol.lower()) for svc, _ in facts.by_address.get(case.dst, [])}
-    ports |= facts.api_ports_by_address.get(_canonical(case.dst), set())
+    ports |= facts.api_ports_by_address.get(canonical(case.dst), set())
     exact = {p for p in ports if p[1] == case.dport and p[2] == case.proto}
     labels = {name for name, _, _ in (exact or ports)}
     if facts.is_node_address(case.dst):
@@ -874,7 +616,7 @@ def diagnose(case: Case) -> tuple[Diagnosis, ...]:
     if answer is not None:
         found.append(answer)
     else:
-        if not case.dnat and case.facts.era.has_iptables_rules:
+        if not case.dnat and case.facts.proxy.has_rules:
             address = _first(ADDRESS_RULES, case)
             if address is not None:
                 found.append(address)

@@ -1,8 +1,53 @@
 """The iptables dataplane: everything that knows iptables-save text, its model, the netfilter walk over it
 and how kube-proxy lays out its rules there. Imports only `iptrace.errors`, `iptrace.dataplane` and its own
-modules; lark only in grammar.py and loader.py."""
+modules; lark only in grammar.py and loader.py. `DATAPLANE` is what the layers above use."""
 
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from iptrace.dataplane import ForeignChain, KnownServicePort, Layout
 from iptrace.iptables.loader import load, load_path, read_dump
 from iptrace.iptables.save import save
 
-__all__ = ["load", "load_path", "read_dump", "save"]
+__all__ = ["DATAPLANE", "IptablesDataplane", "load", "load_path", "read_dump", "save"]
+
+
+class IptablesDataplane:
+    """The `iptrace.dataplane.Dataplane` of iptables-save / ip6tables-save / `iptables -S` input."""
+
+    name = "iptables"
+
+    def sniff(self, text: str) -> bool:
+        head = text[:4096].lstrip()
+        return head.startswith(("*", "#", ":", "-A ", "-N ", "-P ")) or "\n*" in head or "\n-A " in head
+
+    def load(self, text: str | bytes, *, source: str = "<dump>", lenient: bool = False,
+             table: str | None = None) -> Any:
+        return load(text, source=source, lenient=lenient, table=table)
+
+    def layout(self, ruleset: Any, family: str, *, known: Sequence[KnownServicePort] = ()) -> Layout:
+        from iptrace.iptables.layout import read_layout
+
+        return read_layout(ruleset, family, known=known)
+
+    def tracer(self, ruleset: Any, *, node_ips: Sequence[str] = (), pod_cidrs: Sequence[str] = (),
+               names: Mapping[str, str] | None = None) -> Any:
+        from iptrace.iptables.walk import Tracer
+
+        return Tracer(ruleset, node_ips=node_ips, pod_cidrs=pod_cidrs, names=names)
+
+    def service_chain(self, role: str, service_port_name: str, protocol: str) -> str:
+        from iptrace.iptables.hashes import service_port_chain
+
+        prefix = {"cluster": "KUBE-SVC-", "local": "KUBE-SVL-", "external": "KUBE-EXT-", "firewall": "KUBE-FW-"}
+        return service_port_chain(prefix[role], service_port_name, protocol)
+
+    def foreign_chains(self, ruleset: Any) -> list[ForeignChain]:
+        return [ForeignChain(table.name, chain.name, f":{chain.name} {chain.policy or '-'}", chain.line,
+                             tuple((f"-A {chain.name} {r.text}".rstrip(), r.line) for r in chain.rules))
+                for table in ruleset.tables for chain in table.chains if not chain.name.startswith("KUBE-")]
+
+
+DATAPLANE = IptablesDataplane()

@@ -281,9 +281,26 @@ class Ruleset:
     warnings: tuple[LoadWarning, ...] = field(default=(), compare=False)
     skipped: tuple[LoadWarning, ...] = field(default=(), compare=False)
     _index: Mapping[str, Table] = field(default_factory=dict, compare=False, repr=False)
+    _by_line: dict[int, Rule] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_index", {t.name: t for t in self.tables})
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """The IP family this dump answers for (iptables-save and ip6tables-save are separate dumps)."""
+        return (self.family,)
+
+    def rule_at(self, line: int) -> Rule | None:
+        """The rule written on input line `line` (an index built on first use)."""
+        if not self._by_line:
+            self._by_line.update((r.line, r) for _, _, r in self.rules())
+        return self._by_line.get(line)
+
+    def line_text(self, line: int) -> str | None:
+        """The rule on input line `line` as iptables-save prints it (evidence), or None."""
+        rule = self.rule_at(line)
+        return rule.to_save() if rule is not None else None
 
     def table(self, name: str) -> Table | None:
         return self._index.get(name)

@@ -1,13 +1,11 @@
-"""Where a traced packet comes from: pod CIDRs and node addresses the dump reveals, and a source address
-for `--src pod|node|external`."""
+"""What an iptables dump reveals of the node around it: its pod CIDRs, its own addresses and the endpoints'
+addresses (iptrace.kube.sources picks a traced packet's source address from these)."""
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
 from typing import Literal
 
-from iptrace.errors import InputError
 from iptrace.iptables.model import Ruleset
 
 SourceKind = Literal["pod", "node", "external"]
@@ -75,7 +73,7 @@ def infer_node_ips(ruleset: Ruleset) -> list[str]:
     return found
 
 
-def _endpoint_ips(ruleset: Ruleset) -> set[str]:
+def endpoint_ips(ruleset: Ruleset) -> set[str]:
     """Addresses of endpoints (`-s EP -j KUBE-MARK-MASQ` hairpin rules in KUBE-SEP chains)."""
     out: set[str] = set()
     nat = ruleset.table("nat")
@@ -88,44 +86,3 @@ def _endpoint_ips(ruleset: Ruleset) -> set[str]:
                 if opt is not None and not opt.negated:
                     out.add(opt.value.split("/")[0])
     return out
-
-
-def pick_source(kind: SourceKind, ruleset: Ruleset, node_ips: Sequence[str] = (),
-                pod_cidrs: Sequence[str] = ()) -> tuple[str, str]:
-    """A source address of `kind` for this dump, and the assumption that choice makes (for the trace).
-
-    pod: an address inside the pod CIDR that is no endpoint (so that no hairpin rule fires by accident);
-    node: a node address (loopback when none is known); external: a documentation address outside both.
-    """
-    version = _version(ruleset)
-    nodes = [ip for ip in (list(node_ips) or infer_node_ips(ruleset))
-             if ipaddress.ip_address(ip.strip("[]")).version == version]
-    cidrs = [c for c in (list(pod_cidrs) or infer_pod_cidrs(ruleset))
-             if ipaddress.ip_network(c, strict=False).version == version]
-    if kind == "pod":
-        fallback = not cidrs
-        net = ipaddress.ip_network(cidrs[0] if cidrs else _FALLBACK_POD_CIDR[version], strict=False)
-        taken = _endpoint_ips(ruleset) | set(nodes)
-        for offset in range(2, min(net.num_addresses, 4096)):
-            candidate = str(net.network_address + offset)
-            if candidate not in taken:
-                break
-        else:
-            candidate = str(net.network_address)
-        if fallback:
-            return candidate, (f"source {candidate}: a pod address; the dump reveals no pod CIDR, so "
-                               f"{net} was assumed (pass --src IP)")
-        return candidate, f"source {candidate}: a pod address inside the pod CIDR {net} (not an endpoint)"
-    if kind == "node":
-        if nodes:
-            return nodes[0], f"source {nodes[0]}: the node's own address"
-        loop = "::1" if version == 6 else "127.0.0.1"
-        return loop, f"source {loop}: the node itself (its addresses are unknown; pass --node-ip)"
-    if kind == "external":
-        nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
-        for candidate in (_EXTERNAL_V6 if version == 6 else _EXTERNAL_V4):
-            addr = ipaddress.ip_address(candidate)
-            if candidate not in nodes and not any(addr in n for n in nets):
-                return candidate, f"source {candidate}: an external client (a documentation address)"
-        raise InputError("no documentation address is outside the node and pod addresses; pass --src IP")
-    raise InputError(f"unknown source kind {kind!r}; expected pod, node, external or an IP address")

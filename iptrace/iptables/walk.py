@@ -16,7 +16,9 @@ from typing import Any
 
 from iptrace.dataplane import Decision, Entry, Outcome, Packet, Step, Trace, join_host_port
 from iptrace.errors import InputError, TraceError
+from iptrace.iptables import chainmemo
 from iptrace.iptables.index import MIN_RULES, ChainIndex, KeyPlan, rule_key
+from iptrace.iptables.layout import parse_comment
 from iptrace.iptables.matchers import (
     NEW_CONNECTION,
     Assumed,
@@ -104,7 +106,7 @@ class Compiled:
     decide anything and never end up in a reported path)."""
 
     # Slots: a trace of every Service of a big dump compiles ~10^5 rules.
-    __slots__ = ("_decision", "_step", "action", "arg", "assumed", "complement", "dst", "effects", "label",
+    __slots__ = ("_decision", "_step", "access", "action", "arg", "assumed", "complement", "dst", "effects", "label",
                  "names_label", "never", "note", "probability", "rule", "src", "sub", "table", "target", "tests")
 
     def __init__(self, table: str, rule: Rule, matches: Bound) -> None:
@@ -131,6 +133,7 @@ class Compiled:
         self._step: Step | None = None
         self._decision: Decision | None = None
         self.sub: ChainCode | None = None  # the jump target, resolved on first use
+        self.access: chainmemo.Access | None = None  # what it reads and writes (for chainmemo)
 
     @property
     def step(self) -> Step:
@@ -250,6 +253,7 @@ class Tracer:
         self._bound: dict[object, Bound] = {}
         self._policies: dict[tuple[str, str, str], Decision] = {}
         self._effective_stages: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
+        self._chain_plans: dict[tuple[str, str], tuple[chainmemo.ChainPlan, tuple[str, ...]] | None] = {}
         no_policy = {w.line for w in ruleset.warnings if "has no policy" in w.message}
         self._dash_policy = {(t.name, c.name) for t in ruleset.tables for c in t.chains if c.line in no_policy}
 
@@ -306,6 +310,7 @@ class Tracer:
             else:
                 c.target = name
                 self._compile_target(code, rule, c, name, tokens, structure)
+        c.access = chainmemo.rule_access(structure, c.target, bool(addresses))
         code.compiled[i] = c
         return c
 
@@ -422,6 +427,71 @@ class Tracer:
                 out.append((s, None))
         return out
 
+    def _enter(self, code: ChainCode, s: State, stack: tuple[str, ...]) -> list[tuple[State, Terminal]]:
+        """Walk a chain entered by a jump, replaying a recorded walk of its closure when one has the same key
+        (chainmemo.py)."""
+        plan = self._chain_plans.get(code.key, False)
+        if plan is False:
+            plan = self._chain_plans[code.key] = self._chain_plan(code) if self.share else None
+        if plan is None:
+            return self._run_chain(code, s, stack)
+        chain_plan, written = plan
+        key = chain_plan.key(s)
+        found = chain_plan.memo.get(key)
+        if found is None:
+            start = s.copy()
+            start.path = start.chains = None
+            start.prob = (1, 1)
+            start.assumptions = ()
+            before = start.copy()
+            found = chainmemo.record(self._run_chain(code, start, stack), before)
+            if len(chain_plan.memo) >= chainmemo.MEMO_SIZE:
+                chain_plan.memo.clear()
+            chain_plan.memo[key] = found
+        return chainmemo.replay(found, s, written)
+
+    def _chain_plan(self, code: ChainCode) -> tuple[chainmemo.ChainPlan, tuple[str, ...]] | None:
+        """How to key the walk of `code`'s closure, or None when it cannot be shared (see chainmemo.py)."""
+        fields: set[str] = set()
+        raw: set[str] = set()
+        src_nets: list[tuple[int, int]] = []
+        dst_nets: list[tuple[int, int]] = []
+        seen: set[tuple[str, str]] = set()
+        todo = [code]
+        count = 0
+        split = False
+        while todo:
+            chain = todo.pop()
+            if chain.key in seen:
+                continue
+            seen.add(chain.key)
+            count += len(chain.rules)
+            if chain.index is not None or count > chainmemo.MAX_CLOSURE_RULES:
+                return None
+            for i in range(len(chain.rules)):
+                c = chain.compiled[i] or self._compile(chain, i)
+                access = c.access
+                if access is None or not access.known:
+                    return None
+                fields |= access.fields
+                raw |= access.raw
+                split = split or c.probability is not None
+                if c.src is not None:
+                    src_nets.append((c.src[0], c.src[1]))
+                if c.dst is not None:
+                    dst_nets.append((c.dst[0], c.dst[1]))
+                if c.action == JUMP or c.action == GOTO:
+                    sub = c.sub
+                    if sub is None:
+                        sub = c.sub = self._code(chain.table, c.arg)
+                    if sub is not None:
+                        todo.append(sub)
+        if count < 8 and not split:
+            return None  # a closure this small walks faster than its key is computed and its walk replayed
+        fields.add("proto")  # every port test reads it
+        written = tuple(sorted(fields - {"proto", "hook", "local_origin", "in_iface", "out_iface"}))
+        return chainmemo.ChainPlan(fields, raw, src_nets, dst_nets), written
+
     def _apply(self, code: ChainCode, c: Compiled, i: int, s: State, stack: tuple[str, ...],
                out: list[tuple[State, Terminal]], todo: list[tuple[int, State]]) -> bool:
         """Apply a matching rule's target; True when this branch left the chain."""
@@ -440,7 +510,7 @@ class Tracer:
             if sub is None:
                 sub = c.sub = self._code(code.table, name)
                 assert sub is not None
-            results = self._run_chain(sub, s, (*stack, code.name))
+            results = self._enter(sub, s, (*stack, code.name))
             if action == JUMP and len(results) == 1 and results[0][0] is s and results[0][1] is None:
                 # The common case: the chain came back with this very branch; go on with the next rule.
                 # (A chain that returns cannot have rewritten the destination: NAT targets are terminal.)
@@ -739,6 +809,26 @@ class Tracer:
             if gc_was_enabled:
                 gc.enable()
 
+    def trace_chain(self, chain: str, packet: Packet, *, table: str = "nat") -> Trace:
+        """`packet` entering `chain` directly, without the hooks: the same walk, from inside (the Service view
+        reads a load-balancing chain's endpoint shares this way)."""
+        code = self._code(table, chain)
+        if code is None:
+            raise TraceError(f"no chain {chain} in table {table}")
+        state = State(ip_int(packet.src)[1], ip_int(packet.dst)[1], packet.sport, packet.dport,
+                      packet.proto_number, packet.in_interface)
+        state.hook = "OUTPUT" if self.ctx.is_local(state.src) else "PREROUTING"
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            finals = self._enter(code, state, ())
+            original = join_host_port(packet.dst, packet.dport)
+            outcomes = tuple([self._outcome(s, terminal, original, fragment=True) for s, terminal in finals])
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        return Trace(packet, "kube-proxy", outcomes, (NEW_CONNECTION,))
+
     def trace(self, packet: Packet, *, in_interface: str | None = None, assumptions: Sequence[str] = ()) -> Trace:
         """Every outcome of `packet`. `assumptions` are the caller's (e.g. pick_source's note on the source
         address); they are listed after the first-packet one."""
@@ -771,24 +861,10 @@ class Tracer:
                     notes.append(note)
         return Trace(packet, self.entry, outcomes, tuple(notes))
 
-    def _outcome(self, s: State, terminal: Terminal, original: str) -> Outcome:
-        compiled: list[Compiled] = []
-        steps: list[Step] = []
-        cell = s.path
-        while cell is not None:
-            c = cell[0]
-            compiled.append(c)
-            steps.append(c._step or c.step)
-            cell = cell[1]
-        compiled.reverse()
-        steps.reverse()
-        path = tuple(steps)
-        entered = []
-        cell = s.chains
-        while cell is not None:
-            entered.append(cell[0])
-            cell = cell[1]
-        fragment = self.entry == "kube-proxy"
+    def _outcome(self, s: State, terminal: Terminal, original: str, *, fragment: bool | None = None) -> Outcome:
+        path_cell, chains_cell = s.path, s.chains
+        if fragment is None:
+            fragment = self.entry == "kube-proxy"
         decided: Decision | None
         destination = None
         final = join_host_port(format_ip(s.dst, self.version), s.dport)
@@ -816,9 +892,26 @@ class Tracer:
             if len(self._probabilities) >= MEMO_SIZE:
                 self._probabilities.clear()
             self._probabilities[s.prob] = probability
+        # Steps, chains and the Service label are built only when read (most outcomes of a Service view never are).
         return Outcome(verdict, destination, probability[1], masquerade,  # type: ignore[arg-type]
-                       self._service(compiled), decided, path, probability[0], original, final,
-                       frozenset(entered), s.assumptions)
+                       lambda: self._service(_compiled_path(path_cell)), decided,
+                       lambda: tuple(self._step(c) for c in _compiled_path(path_cell)), probability[0],
+                       original, final, lambda: _chain_list(chains_cell), s.assumptions)
+
+    def _step(self, c: Compiled) -> Step:
+        """The Step of a rule on a reported path, with what it is to kube-proxy (Step.kind) and its Service."""
+        step = c._step
+        if step is None or (not step.kind and step.service is None):
+            rule = c.rule
+            comment = rule_comment(rule)
+            parsed = parse_comment(comment) if comment else None
+            kind = _step_kind(c.table, rule.chain, c.target, parsed[1] if parsed else "")
+            service = parsed[0] if parsed else None
+            if service is None and self.names is not None:
+                service = self.names.get(rule.chain) or (self.names.get(c.target) if c.target else None)
+            step = c._step = Step(c.table, rule.chain, rule.line, f"-A {rule.chain} {rule.text}".rstrip(), kind,
+                                  service)
+        return step
 
     def _service(self, compiled: Sequence[Compiled]) -> str | None:
         names = self.names
@@ -836,6 +929,44 @@ class Tracer:
             if label:
                 return label
         return None
+
+
+_DISPATCH_CHAINS = frozenset({"KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-EXTERNAL-SERVICES"})
+_SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-XLB-")
+
+
+def _step_kind(table: str, chain: str, target: str, comment_kind: str) -> str:
+    """What a rule is to kube-proxy (Step.kind), from its comment's kind (layout.parse_comment), its chain and
+    its target."""
+    if comment_kind in ("no-endpoints", "no-local-endpoints", "firewall"):
+        return comment_kind
+    if chain.startswith("KUBE-FW-") and target == KUBE_MARK_DROP:
+        return "firewall"
+    if chain in _DISPATCH_CHAINS and (target.startswith(_SERVICE_CHAIN_PREFIXES) or target == "KUBE-NODEPORTS"
+                                      or (table == "filter" and target == "REJECT")):
+        return "no-endpoints" if table == "filter" else "dispatch"
+    if chain.startswith("KUBE-SEP-"):
+        return "endpoint"
+    return ""
+
+
+def _compiled_path(cell: Any) -> list[Compiled]:
+    """The rules of a branch's path (a cons list, newest first), oldest first."""
+    out = []
+    while cell is not None:
+        out.append(cell[0])
+        cell = cell[1]
+    out.reverse()
+    return out
+
+
+def _chain_list(cell: Any) -> tuple[tuple[str, str], ...]:
+    out = []
+    while cell is not None:
+        out.append(cell[0])
+        cell = cell[1]
+    out.reverse()
+    return tuple(out)
 
 
 def _mark_effect(target: str, opts: Mapping[str, str]) -> Callable[[State], None]:

@@ -1,19 +1,19 @@
 """What changed between two dumps, at the level people think about: Service ports added or removed, their
-ways in, policies and endpoints, and — outside kube-proxy's KUBE-* chains — rules added or removed.
+ways in, policies and endpoints, and — outside kube-proxy's own chains — rules added or removed.
 
-Rules are compared as text (counters and line numbers ignored), in order, with difflib, so a rule that moved
-shows as removed here and added there. Pure: no I/O, no printing.
+Both sides are iptrace.kube.analysis.Analysis objects, of the same dataplane or not (an iptables dump against
+an nftables ruleset of the same cluster is the migration check). Rules outside kube-proxy's are compared as text
+(counters and line numbers ignored), in order, with difflib, and only between dumps of one dataplane. Pure.
 """
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from typing import Any
 
-from iptrace.iptables.model import Ruleset
-from iptrace.kube.cluster import ClusterState
 from iptrace.kube.compare import view_service_label
-from iptrace.kube.view import KubeView, ServicePortView, build_view
+from iptrace.kube.view import ServicePortView
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,48 +111,43 @@ def _service_change(a: ServicePortView, b: ServicePortView) -> ServiceChange | N
     return ServiceChange(view_service_label(a), tuple(fields), tuple(endpoints))
 
 
-def _other_rules(a: Ruleset, b: Ruleset) -> list[RuleChange]:
-    """Rules of the chains outside kube-proxy's (not KUBE-*), rule by rule as text."""
+def _other_rules(a: Any, b: Any) -> list[RuleChange]:
+    """Rules of the chains kube-proxy did not write, rule by rule as text (one dataplane on both sides)."""
     out: list[RuleChange] = []
-    tables = [t.name for t in a.tables] + [t.name for t in b.tables if a.table(t.name) is None]
-    for tname in tables:
-        ta, tb = a.table(tname), b.table(tname)
-        chains_a = {c.name: c for c in ta.chains} if ta is not None else {}
-        chains_b = {c.name: c for c in tb.chains} if tb is not None else {}
-        names = list(chains_a) + [c for c in chains_b if c not in chains_a]
-        for cname in names:
-            if cname.startswith("KUBE-"):
+    if a.dataplane.name != b.dataplane.name:
+        return out
+    chains_a = {(c.table, c.name): c for c in a.dataplane.foreign_chains(a.ruleset)}
+    chains_b = {(c.table, c.name): c for c in b.dataplane.foreign_chains(b.ruleset)}
+    for key in list(chains_a) + [k for k in chains_b if k not in chains_a]:
+        tname, cname = key
+        ca, cb = chains_a.get(key), chains_b.get(key)
+        if ca is None and cb is not None:
+            out.append(RuleChange(tname, cname, "chain-added", cb.header, cb.line))
+        elif cb is None and ca is not None:
+            out.append(RuleChange(tname, cname, "chain-removed", ca.header, ca.line))
+        elif ca is not None and cb is not None and ca.header != cb.header:
+            out.append(RuleChange(tname, cname, "policy", f"{ca.header} -> {cb.header.split()[-1]}", cb.line))
+        ra = list(ca.rules) if ca is not None else []
+        rb = list(cb.rules) if cb is not None else []
+        texts_a = [r[0] for r in ra]
+        texts_b = [r[0] for r in rb]
+        if texts_a == texts_b:
+            continue
+        matcher = difflib.SequenceMatcher(a=texts_a, b=texts_b, autojunk=False)
+        for op, i1, i2, j1, j2 in matcher.get_opcodes():
+            if op == "equal":
                 continue
-            ca, cb = chains_a.get(cname), chains_b.get(cname)
-            if ca is None and cb is not None:
-                out.append(RuleChange(tname, cname, "chain-added", f":{cname} {cb.policy or '-'}", cb.line))
-            elif cb is None and ca is not None:
-                out.append(RuleChange(tname, cname, "chain-removed", f":{cname} {ca.policy or '-'}", ca.line))
-            elif ca is not None and cb is not None and ca.policy != cb.policy:
-                out.append(RuleChange(tname, cname, "policy", f":{cname} {ca.policy} -> {cb.policy}", cb.line))
-            ra = list(ca.rules) if ca is not None else []
-            rb = list(cb.rules) if cb is not None else []
-            texts_a = [r.text for r in ra]
-            texts_b = [r.text for r in rb]
-            if texts_a == texts_b:
-                continue
-            matcher = difflib.SequenceMatcher(a=texts_a, b=texts_b, autojunk=False)
-            for op, i1, i2, j1, j2 in matcher.get_opcodes():
-                if op == "equal":
-                    continue
-                for r in ra[i1:i2]:
-                    out.append(RuleChange(tname, cname, "removed", f"-A {cname} {r.text}".rstrip(), r.line))
-                for r in rb[j1:j2]:
-                    out.append(RuleChange(tname, cname, "added", f"-A {cname} {r.text}".rstrip(), r.line))
+            for text, line in ra[i1:i2]:
+                out.append(RuleChange(tname, cname, "removed", text, line))
+            for text, line in rb[j1:j2]:
+                out.append(RuleChange(tname, cname, "added", text, line))
     return out
 
 
-def diff(a: Ruleset, b: Ruleset, *, a_view: KubeView | None = None, b_view: KubeView | None = None,
-         cluster: ClusterState | None = None) -> Diff:
-    """The difference from dump `a` to dump `b`. Views are built here unless given (pass the ones you have;
-    `cluster` names comment-less chains on both sides)."""
-    va = a_view if a_view is not None else build_view(a, cluster=cluster)
-    vb = b_view if b_view is not None else build_view(b, cluster=cluster)
+def diff(a: Any, b: Any) -> Diff:
+    """The difference from `a` to `b` (iptrace.kube.analysis.Analysis of one family each; build both with the
+    same cluster data so that comment-less chains are named alike)."""
+    va, vb = a.view, b.view
     sa = {view_service_label(sp): sp for sp in va.services}
     sb = {view_service_label(sp): sp for sp in vb.services}
     added = tuple(_side(sb[k]) for k in sorted(sb.keys() - sa.keys()))
@@ -162,5 +157,5 @@ def diff(a: Ruleset, b: Ruleset, *, a_view: KubeView | None = None, b_view: Kube
         change = _service_change(sa[k], sb[k])
         if change is not None:
             changed.append(change)
-    return Diff(a.source, b.source, va.era.name, vb.era.name, added, removed, tuple(changed),
+    return Diff(a.ruleset.source, b.ruleset.source, va.era.name, vb.era.name, added, removed, tuple(changed),
                 tuple(_other_rules(a, b)))

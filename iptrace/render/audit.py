@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from iptrace.kube.compare import AuditReport, Finding
+from iptrace.kube.audit import AuditReport
+from iptrace.kube.compare import Finding
 from iptrace.kube.diff import Diff
 
 AUDIT_FORMAT = 1

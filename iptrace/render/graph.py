@@ -113,7 +113,7 @@ def render_dot(view: KubeView) -> str:
 
 
 def _title(view: KubeView) -> str:
-    if not view.era.has_iptables_rules:
+    if not view.era.has_rules:
         return f"{view.source}: {view.era.name}: no kube-proxy iptables service rules"
     return f"{view.source}: kube-proxy {view.era.name}, {len(view.services)} service ports"
 

@@ -186,7 +186,7 @@ def render_services_text(view: KubeView, cluster: Any = None) -> str:
     its share on the right; then what other clients get and who is masqueraded. With cluster data, what the
     API says of each (type, selector, targetPort, endpoint nodes)."""
     out: list[str] = [_summary(view), ""]
-    if not view.services and view.era.has_iptables_rules:
+    if not view.services and view.era.has_rules:
         out.extend(["no Service ports", ""])
     for s in view.services:
         out.extend(_service_text(s, view))
@@ -201,7 +201,7 @@ def render_services_text(view: KubeView, cluster: Any = None) -> str:
 
 def _summary(view: KubeView) -> str:
     era = view.era
-    if not era.has_iptables_rules:
+    if not era.has_rules:
         return f"{view.source}: {era.name}: no kube-proxy iptables service rules"
     hint = f" ({era.version_hint})" if era.version_hint else ""
     parts = [f"{view.source}: kube-proxy iptables mode, {era.name}{hint}", view.family,

@@ -1,0 +1,155 @@
+"""Collected nodes read back and analysed: for each node the dumps of the dataplane kube-proxy actually
+programs there (iptables-save, ip6tables-save, iptables-legacy-save or nft list ruleset), parsed and turned
+into one iptrace.kube.analysis.Analysis per IP family. The I/O side of `audit`, `trace DIR/NODE` and friends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from iptrace import dataplanes
+from iptrace.collect import store
+from iptrace.errors import InputError, IptraceError
+from iptrace.kube.analysis import Analysis, analyse
+from iptrace.kube.audit import NodeInput
+
+NFT_FILE = "nft-ruleset.txt"
+
+
+@dataclass(frozen=True)
+class NodeDump:
+    """One dump chosen to answer for a family: its dataplane, its parsed rules, and why it was chosen."""
+
+    dataplane: Any
+    ruleset: Any
+    note: str | None = None  # said to the user when the choice is not the obvious iptables-save.txt
+
+
+def _nft_text(snapshot: Any) -> str | None:
+    text = getattr(snapshot, "nft_text", None)
+    if text is None and snapshot.dump_path is not None:
+        path = Path(snapshot.dump_path).parent / NFT_FILE
+        text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else None
+    return text
+
+
+def _has_kube_rules(dataplane: Any, ruleset: Any, family: str) -> bool:
+    return family in ruleset.families and bool(dataplane.layout(ruleset, family).proxy.has_rules)
+
+
+def choose_dump(snapshot: Any, family: str = "ipv4", *, lenient: bool = False) -> NodeDump:
+    """The dump of `snapshot` (a collect.store.NodeSnapshot) that answers for `family`: the iptables-save (or
+    ip6tables-save) dump when kube-proxy's rules are there, else the legacy backend's, else the nftables
+    ruleset's. Raises IptraceError when the main dump cannot be read."""
+    node = snapshot.node
+    text = snapshot.dump_text
+    name = str(snapshot.dump_path)
+    if family == "ipv6" and snapshot.ip6_dump_text:
+        text, name = snapshot.ip6_dump_text, str(Path(snapshot.dump_path).parent / store.IP6_DUMP_FILE)
+    dataplane, ruleset = dataplanes.load(text, source=name, lenient=lenient)
+    if _has_kube_rules(dataplane, ruleset, family):
+        return NodeDump(dataplane, ruleset)
+    if snapshot.legacy_dump_text and family == "ipv4":
+        legacy_dp, legacy = dataplanes.load(snapshot.legacy_dump_text, lenient=lenient,
+                                            source=str(Path(snapshot.dump_path).parent / store.LEGACY_DUMP_FILE))
+        if _has_kube_rules(legacy_dp, legacy, family):
+            return NodeDump(legacy_dp, legacy, f"{node}: kube-proxy's rules are in the legacy iptables backend; "
+                                               f"analyzing {store.LEGACY_DUMP_FILE}")
+    nft = _nft_text(snapshot)
+    if nft:
+        nft_dp, nft_rs = dataplanes.load(nft, source=str(Path(snapshot.dump_path).parent / NFT_FILE),
+                                         lenient=lenient)
+        if _has_kube_rules(nft_dp, nft_rs, family):
+            return NodeDump(nft_dp, nft_rs, f"{node}: kube-proxy runs in nftables mode here; analyzing {NFT_FILE}")
+    return NodeDump(dataplane, ruleset)
+
+
+def legacy_note_for(dataplane: Any, legacy: Any) -> str:
+    """What a node's iptables-legacy dump holds of kube-proxy's, for the audit's backend-split finding."""
+    ports = dataplane.layout(legacy, legacy.families[0]).service_ports
+    if not ports:
+        return "The collected legacy dump holds no kube-proxy Service chains."
+    example = ports[0].name or ports[0].cluster_chain or ports[0].key
+    return (f"The legacy dump holds {len(ports)} kube-proxy Service port(s) (e.g. {example}): kube-proxy (or an "
+            "old copy of it) writes there too.")
+
+
+def node_input(snapshot: Any, *, cluster: Any = None, lenient: bool = False) -> NodeInput:
+    """The audit's view of one collected node: an Analysis per family. A dump that cannot be read becomes
+    the node's `error` (the main dump) or a load warning (an extra one); it never stops the audit."""
+    meta = dict(snapshot.meta)
+    problems: list[str] = []
+    analyses: dict[str, Analysis] = {}
+    legacy_note = None
+    try:
+        chosen = choose_dump(snapshot, "ipv4", lenient=lenient)
+    except IptraceError as exc:
+        return NodeInput(snapshot.node, {}, str(exc), tuple(snapshot.addresses), meta)
+    for family in chosen.ruleset.families:
+        analyses[family] = analyse(chosen.dataplane, chosen.ruleset, family, node_ips=snapshot.addresses,
+                                   cluster=cluster)
+    if "ipv6" not in analyses and snapshot.ip6_dump_text:
+        try:
+            v6 = choose_dump(snapshot, "ipv6", lenient=lenient)
+            if "ipv6" in v6.ruleset.families:
+                analyses["ipv6"] = analyse(v6.dataplane, v6.ruleset, "ipv6", node_ips=snapshot.addresses,
+                                           cluster=cluster)
+        except IptraceError as exc:
+            problems.append(str(exc))
+    if snapshot.legacy_dump_text and chosen.note is None:
+        try:
+            legacy_dp, legacy = dataplanes.load(snapshot.legacy_dump_text, source=f"{snapshot.node}/"
+                                                f"{store.LEGACY_DUMP_FILE}", lenient=lenient)
+            legacy_note = legacy_note_for(legacy_dp, legacy)
+        except IptraceError as exc:
+            problems.append(str(exc))
+    if chosen.note is not None:
+        meta["dataplane_note"] = chosen.note
+    meta["dataplane"] = chosen.dataplane.name
+    if problems:
+        meta["load_warnings"] = problems
+    return NodeInput(snapshot.node, analyses, None, tuple(snapshot.addresses), meta, legacy_note)
+
+
+def inputs_from_directory(directory: Any, *, cluster: Any = None, lenient: bool = False) -> list[NodeInput]:
+    """Every node of a collection directory (`iptrace collect --out DIR`), or the one node when `directory`
+    is itself a node directory, sorted by name. A node whose files cannot be read or parsed becomes a
+    NodeInput with its `error`, so one bad node never stops the audit. Raises InputError when `directory`
+    holds no node at all."""
+    root = Path(directory)
+    if store.is_node_dir(root):
+        candidates = [root]
+    elif root.is_dir():
+        candidates = sorted((c for c in root.iterdir() if c.is_dir() and not c.name.startswith(".")
+                             and ((c / store.DUMP_FILE).exists() or (c / store.META_FILE).exists())),
+                            key=lambda c: c.name)
+    elif not root.exists():
+        raise InputError(f"{root}: no such file or directory")
+    else:
+        raise InputError(f"{root}: not a directory; expected the --out directory of `iptrace collect`")
+    if not candidates:
+        raise InputError(f"{root}: no node directories (NODE/iptables-save.txt + NODE/meta.json) found; "
+                         "run `iptrace collect NODE... --out DIR` first")
+    out: list[NodeInput] = []
+    for path in candidates:
+        try:
+            snapshot = store.read_node_dir(path)
+        except InputError as exc:
+            out.append(NodeInput(path.name, {}, str(exc)))
+            continue
+        out.append(node_input(snapshot, cluster=cluster, lenient=lenient))
+    return out
+
+
+def dump_input(text: str, source: str, *, node_ips: Sequence[str] = (), cluster: Any = None,
+               lenient: bool = False, name: str | None = None) -> NodeInput:
+    """A plain dump file given to `audit` as one node (named after the file)."""
+    try:
+        dataplane, ruleset = dataplanes.load(text, source=source, lenient=lenient)
+    except IptraceError as exc:
+        return NodeInput(name or Path(source).name, {}, str(exc), tuple(node_ips))
+    analyses = {f: analyse(dataplane, ruleset, f, node_ips=node_ips, cluster=cluster) for f in ruleset.families}
+    return NodeInput(name or Path(source).name, analyses, None, tuple(node_ips), {"dataplane": dataplane.name})

@@ -1,0 +1,52 @@
+"""Which dataplane a dump belongs to, by its content, and loading it there. The one module that knows every
+dataplane package; the CLI and collection use it, the analysis layers (kube, explain, render) never do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from iptrace.dataplane import Dataplane
+from iptrace.errors import InputError
+
+
+def all_dataplanes() -> list[Dataplane]:
+    from iptrace.iptables import DATAPLANE as IPTABLES
+
+    found: list[Dataplane] = []
+    try:
+        from iptrace.nftables import DATAPLANE as NFTABLES  # type: ignore[attr-defined]
+    except ImportError:  # a checkout without the nftables package
+        NFTABLES = None
+    if NFTABLES is not None:
+        found.append(NFTABLES)
+    found.append(IPTABLES)  # last: it also reads fragments and `iptables -S` listings
+    return found
+
+
+def by_name(name: str) -> Dataplane:
+    for dataplane in all_dataplanes():
+        if dataplane.name == name:
+            return dataplane
+    raise InputError(f"unknown dataplane {name!r}; expected iptables or nftables")
+
+
+def detect(text: str) -> Dataplane:
+    """The dataplane whose input `text` looks like (iptables when nothing else claims it: its loader gives the
+    clear error for text that is neither)."""
+    for dataplane in all_dataplanes():
+        if dataplane.sniff(text):
+            return dataplane
+    return all_dataplanes()[-1]
+
+
+def load(text: str | bytes, *, source: str = "<dump>", lenient: bool = False, table: str | None = None,
+         ) -> tuple[Dataplane, Any]:
+    """(dataplane, its ruleset) for a dump's text."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    dataplane = detect(text)
+    if dataplane.name == "iptables":
+        return dataplane, dataplane.load(text, source=source, lenient=lenient, table=table)  # type: ignore[call-arg]
+    if table is not None:
+        raise InputError(f"{source}: --table applies to iptables listings, and this is {dataplane.name} input")
+    return dataplane, dataplane.load(text, source=source, lenient=lenient)

@@ -1,0 +1,203 @@
+"""Sharing the walk of a user chain between branches that enter it alike (memo.py does it for whole stages).
+
+A Service's load-balancing chain (KUBE-SVC-…, with its KUBE-SEP-… chains) is entered once per way in and
+kind of client; the Service view asks for every one of them. The chain's walk is recorded once per *key* as
+deltas (rules appended to the path, chains entered, the probability factor, assumptions made, the fields the
+walk may write, and for each branch whether it rewrote the destination) and replayed onto every later
+branch with the same key.
+
+The key is exact. It holds every branch field a rule of the chain's closure (the chain and every chain it
+jumps or goes to) can read or write; of the source and destination addresses, when only plain `-s`/`-d`
+networks read them, it holds which of those networks contain the address (kube-proxy's closures test a pod
+CIDR and a few endpoint addresses: a pod, the node and an outside client are then told apart by two bits,
+not by their addresses). Fields outside the key are neither read nor written on the way, so a replayed
+branch keeps its own values; fields the walk writes are in the key, so the recorded values are right.
+A closure with a module or target whose reads are not listed here is not shared (walked every time).
+tests/test_trace_properties.py compares shared and unshared walks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from operator import attrgetter
+from typing import Any
+
+from iptrace.iptables.matchers import Structure
+from iptrace.iptables.memo import structure_reads
+
+# Branch fields a closure may read or write besides the packet's addresses and ports, per match module.
+_MODULE_FIELDS: dict[str, frozenset[str]] = {
+    **{m: frozenset() for m in ("comment", "nfacct", "statistic", "tcp", "udp", "sctp", "udplite", "dccp",
+                                "multiport", "icmp", "icmp6", "icmpv6", "ipv6-icmp", "limit", "length", "ttl",
+                                "hl", "tos", "dscp", "quota", "hashlimit", "connlimit", "rpfilter")},
+    "mark": frozenset({"mark"}),
+    "connmark": frozenset({"ctmark"}),
+    "conntrack": frozenset({"dnat", "snat", "notrack"}),
+    "state": frozenset({"dnat", "snat", "notrack"}),
+    "recent": frozenset({"recent"}),
+    "addrtype": frozenset({"hook", "local_origin", "in_iface", "out_iface"}),
+}
+_INTERFACES = frozenset({"in_iface", "out_iface", "hook", "local_origin"})
+# Fields each target writes (and, for the read-modify-write ones, reads).
+_TARGET_FIELDS: dict[str, frozenset[str]] = {
+    "MARK": frozenset({"mark", "ctmark"}), "CONNMARK": frozenset({"mark", "ctmark"}),
+    "SNAT": frozenset({"snat", "masq"}), "MASQUERADE": frozenset({"snat", "masq"}),
+    "NOTRACK": frozenset({"notrack"}), "CT": frozenset({"notrack"}),
+    "DNAT": frozenset({"dnat"}), "REDIRECT": frozenset({"dnat", "local_origin"}),
+    "NETMAP": frozenset({"dnat", "snat", "masq", "hook"}),
+    "KUBE-MARK-MASQ": frozenset({"kube_masq"}), "KUBE-MARK-DROP": frozenset({"mark_drop"}),
+}
+_PACKET_WRITERS = frozenset({"DNAT", "REDIRECT", "NETMAP"})
+_NO_FIELDS: frozenset[str] = frozenset()
+# The packet fields a replay takes from the recording when the branch rewrote its destination.
+_DESTINATION = ("dst", "dport", "dnat", "dnat_by")
+# Very large closures (KUBE-SERVICES) are never shared: their key would be the whole packet.
+MAX_CLOSURE_RULES = 2_000
+# Recorded keys kept per chain before the memo is cleared (a few per kind of client in practice).
+MEMO_SIZE = 256
+
+
+class Access:
+    """What one rule's matches and target can read or write: `fields` (branch fields), `raw` (optional packet
+    fields read other than through the rule's own first -s/-d network), `known` (every module is listed)."""
+
+    __slots__ = ("fields", "known", "raw")
+
+    def __init__(self, fields: frozenset[str], raw: frozenset[str], known: bool) -> None:
+        self.fields = fields
+        self.raw = raw
+        self.known = known
+
+
+_ACCESS: dict[tuple[int, str], Access] = {}
+
+
+def rule_access(structure: Structure, target: str, extra_addresses: bool) -> Access:
+    """The Access of a rule of `structure` with target `target` (a chain's name for a jump). `extra_addresses`:
+    the rule has -s/-d tests besides its first of each (they read the address itself)."""
+    # Of jump targets only kube-proxy's marking chains write anything by being jumped to.
+    kind = target if target in _TARGET_FIELDS or (target.isupper() and "-" not in target) else ""
+    key = (id(structure), kind)
+    found = _ACCESS.get(key)
+    if found is not None and not extra_addresses:
+        return found
+    fields: set[str] = set(_TARGET_FIELDS.get(kind, _NO_FIELDS))
+    known = True
+    rest = []
+    for module, specs in structure[0]:
+        if module == "":
+            for name, _negated, _idx in specs:
+                if name in ("-i", "-o", "--in-interface", "--out-interface"):
+                    fields |= _INTERFACES
+            rest.append((module, tuple(s for s in specs if s[0] not in ("-s", "-d", "--source", "--destination"))))
+            continue
+        module_fields = _MODULE_FIELDS.get(module)
+        if module_fields is None:
+            known = False
+        else:
+            fields |= module_fields
+        rest.append((module, specs))
+    raw = set(structure_reads((tuple(rest), structure[1])))
+    if kind in _PACKET_WRITERS:
+        raw -= {"dst", "dport"}  # written, not read: replays take them from the recording (see _DESTINATION)
+    if extra_addresses:
+        raw |= {"src", "dst"}
+    access = Access(frozenset(fields), frozenset(raw), known)
+    if not extra_addresses:
+        _ACCESS[key] = access
+    return access
+
+
+class ChainPlan:
+    """How to key the walk of one chain's closure, and the walks recorded so far."""
+
+    __slots__ = ("_key", "memo")
+
+    def __init__(self, fields: Iterable[str], raw: Iterable[str], src_nets: Iterable[tuple[int, int]],
+                 dst_nets: Iterable[tuple[int, int]]) -> None:
+        self.memo: dict[Any, tuple[Recorded, ...]] = {}
+        self._key = _key_function(sorted(set(fields)), sorted(set(raw)), src_nets, dst_nets)
+
+    def key(self, s: Any) -> Any:
+        return self._key(s)
+
+
+def _net_test(attr: str, nets: Iterable[tuple[int, int]]) -> Callable[[Any], Any] | None:
+    """Which of `nets` contain the branch's `attr`: host networks as the one address matched (or -1), the
+    others as a tuple of bits."""
+    unique = sorted(set(nets))
+    if not unique:
+        return None
+    full = max(mask for mask, _net in unique)
+    hosts = frozenset(net for mask, net in unique if mask == full)
+    others = tuple((mask, net) for mask, net in unique if mask != full)
+    get = attrgetter(attr)
+    if not others:
+        return lambda s: a if (a := get(s)) in hosts else -1
+    return lambda s: (a if (a := get(s)) in hosts else -1, tuple(a & m == n for m, n in others))
+
+
+def _key_function(fields: list[str], raw: list[str], src_nets: Iterable[tuple[int, int]],
+                  dst_nets: Iterable[tuple[int, int]]) -> Callable[[Any], Any]:
+    plain = attrgetter(*fields, *raw) if fields or raw else (lambda s: None)
+    src = None if "src" in raw else _net_test("src", src_nets)
+    dst = None if "dst" in raw else _net_test("dst", dst_nets)
+    if src is None and dst is None:
+        return plain
+    if dst is None:
+        return lambda s: (plain(s), src(s))  # type: ignore[misc]
+    if src is None:
+        return lambda s: (plain(s), dst(s))
+    return lambda s: (plain(s), src(s), dst(s))
+
+
+# (final state, path items oldest first, chains entered oldest first, probability factor (num, den),
+# assumptions made, terminal, whether the branch rewrote its destination)
+Recorded = tuple[Any, tuple[Any, ...], tuple[Any, ...], int, int, tuple[str, ...], Any, bool]
+
+
+def _items(cell: Any) -> tuple[Any, ...]:
+    out = []
+    while cell is not None:
+        out.append(cell[0])
+        cell = cell[1]
+    out.reverse()
+    return tuple(out)
+
+
+def record(results: Iterable[tuple[Any, Any]], start: Any) -> tuple[Recorded, ...]:
+    """The branches of a walk that started from `start` (with path, chains and assumptions empty and
+    probability 1) as deltas."""
+    before = (start.dst, start.dport, start.dnat, start.dnat_by)
+    out = []
+    for s, terminal in results:
+        wrote = (s.dst, s.dport, s.dnat, s.dnat_by) != before
+        out.append((s, _items(s.path), _items(s.chains), s.prob[0], s.prob[1], s.assumptions, terminal, wrote))
+    return tuple(out)
+
+
+def replay(recorded: tuple[Recorded, ...], s: Any, written: tuple[str, ...]) -> list[tuple[Any, Any]]:
+    """The recorded branches on branch `s`: its own fields, the recorded written ones and deltas."""
+    out = []
+    num, den = s.prob
+    single = len(recorded) == 1
+    for template, items, entered, fnum, fden, made, terminal, wrote in recorded:
+        new = s if single else s.copy()
+        for name in written:
+            setattr(new, name, getattr(template, name))
+        if wrote:
+            new.dst, new.dport, new.dnat, new.dnat_by = template.dst, template.dport, template.dnat, template.dnat_by
+        if made:
+            new.assumptions = new.assumptions + tuple(t for t in made if t not in new.assumptions)
+        path = s.path
+        for item in items:
+            path = (item, path)
+        new.path = path
+        chains = s.chains
+        for item in entered:
+            chains = (item, chains)
+        new.chains = chains
+        if fnum != fden:
+            new.prob = (num * fnum, den * fden)
+        out.append((new, terminal))
+    return out

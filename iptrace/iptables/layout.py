@@ -1,0 +1,632 @@
+"""kube-proxy's iptables layout, read statically: which chains make up each Service port and its ways in.
+
+Mirrors `syncProxyRules` in kubernetes/kubernetes pkg/proxy/iptables/proxier.go, read backwards, for every
+layout in KUBE-PROXY-LAYOUT.md (KUBE-XLB era, KUBE-EXT/KUBE-SVL era, current, the 2015 iptables proxier). A
+service port is the family of chains sharing one hash (KUBE-SVC/SVL/EXT/FW/XLB-<H>) plus the filter rules
+naming it. Nothing here decides where a packet goes: verdicts, endpoints, shares and masquerading come from
+the walk (walk.py) that `trace` runs, which iptrace.kube.view asks for every way in. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import gc
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from operator import itemgetter
+
+from iptrace.dataplane import (
+    CLUSTER_IP,
+    ENTRY_KINDS,
+    EXTERNAL_IP,
+    HEALTH_CHECK,
+    LOAD_BALANCER,
+    NODE_PORT,
+    KnownServicePort,
+    Layout,
+    NodePortAddresses,
+    ProxyMode,
+    ServicePortLayout,
+    WayIn,
+)
+from iptrace.iptables import era as era_mod
+from iptrace.iptables.facts import RuleFacts, read
+from iptrace.iptables.hashes import SERVICE_PORT_CHAIN_PREFIXES, service_port_chain
+from iptrace.iptables.model import Chain, Ruleset
+from iptrace.iptables.sources import endpoint_ips, infer_node_ips
+
+MASQ_CHAIN = "KUBE-MARK-MASQ"
+DROP_CHAIN = "KUBE-MARK-DROP"
+NODEPORTS = "KUBE-NODEPORTS"
+SERVICES = "KUBE-SERVICES"
+EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"
+PROXY_FIREWALL = "KUBE-PROXY-FIREWALL"
+SEP = "KUBE-SEP-"
+_FILTER_CHAINS = (SERVICES, EXTERNAL_SERVICES, NODEPORTS, PROXY_FIREWALL)
+_LOCAL_PREFIXES = ("KUBE-SVL-", "KUBE-XLB-")
+_RULE_LINE = itemgetter(3)  # Rule.line, read straight from the tuple
+
+# ------------------------------------------------------------------------------------------------ comments
+
+_PORT_NAME = r"[^\s/]+/[^\s/:]+(?::\S*)?"
+_COMMENT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(p), kind) for p, kind in (
+        (rf"(?P<n>{_PORT_NAME}) cluster IP", CLUSTER_IP),
+        (rf"(?P<n>{_PORT_NAME}) external IP", EXTERNAL_IP),
+        (rf"(?P<n>{_PORT_NAME}) loadbalancer IP", LOAD_BALANCER),
+        (rf"(?P<n>{_PORT_NAME}) has no endpoints", "no-endpoints"),
+        (rf"(?P<n>{_PORT_NAME}) has no local endpoints", "no-local-endpoints"),
+        (rf"(?P<n>{_PORT_NAME}) health check node port", HEALTH_CHECK),
+        (rf"(?P<n>{_PORT_NAME}) traffic not accepted by \S+", "firewall"),
+        (rf"(?P<n>{_PORT_NAME}) -> \S+", "endpoint"),
+        (rf"(?:masquerade|pod|route) (?:LOCAL )?traffic for (?P<n>{_PORT_NAME}) (?:external destinations|LB IP"
+         r"(?: to service chain)?)", "ext"),
+        (rf"other traffic to (?P<n>{_PORT_NAME}) will be dropped by KUBE-PROXY-FIREWALL", "firewall"),
+        (rf"Balancing rule \d+ for (?P<n>{_PORT_NAME})", "endpoint"),
+        (rf"portal for (?P<n>{_PORT_NAME})", "portal"),
+        (rf"(?P<n>{_PORT_NAME})", "plain"),
+    ))
+
+
+@lru_cache(maxsize=65536)
+def parse_comment(comment: str) -> tuple[str, str] | None:
+    """(service port name, kind) from one of kube-proxy's comments, or None."""
+    patterns = _COMMENT_PATTERNS if " " in comment else _COMMENT_PATTERNS[-1:]
+    for pattern, kind in patterns:
+        m = pattern.fullmatch(comment)
+        if m is not None:
+            name = m.group("n")
+            # "10.0.0.0/8" would read as a name: a namespace never starts with a digit-dot address.
+            head = name.split("/", 1)[0]
+            if head.replace(".", "").isdigit() or ":" in head:
+                return None
+            return name, kind
+    return None
+
+
+def chain_key(name: str) -> tuple[str, str] | None:
+    """("KUBE-SVC-", "<H>") for a per-service-port chain, else None."""
+    for prefix in SERVICE_PORT_CHAIN_PREFIXES:
+        if name.startswith(prefix):
+            return prefix, name[len(prefix):]
+    return None
+
+
+def _port(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def is_loopback(cidr: str) -> bool:
+    return cidr.startswith("127.") or cidr in ("::1", "::1/128")
+
+
+@lru_cache(maxsize=4096)
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+class _Tables:
+    """The rules of the chains kube-proxy owns, read once into RuleFacts (endpoint chains only on demand)."""
+
+    def __init__(self, ruleset: Ruleset) -> None:
+        self.nat: dict[str, list[RuleFacts]] = {}
+        self.filter: dict[str, list[RuleFacts]] = {}
+        self.nat_chains: dict[str, Chain] = {}
+        self.sep_chains: dict[str, Chain] = {}
+        self._sep_facts: dict[str, list[RuleFacts]] = {}
+        nat = ruleset.table("nat")
+        filt = ruleset.table("filter")
+        if nat is not None:
+            for chain in nat.chains:
+                name = chain.name
+                self.nat_chains[name] = chain
+                if name.startswith(SEP):
+                    self.sep_chains[name] = chain  # half of a big dump: read only when a name is missing
+                elif name.startswith("KUBE-") or name == "POSTROUTING":
+                    self.nat[name] = [read(r) for r in chain.rules]
+        if filt is not None:
+            for name in _FILTER_CHAINS:
+                found = filt.chain(name)
+                if found is not None:
+                    self.filter[name] = [read(r) for r in found.rules]
+
+    def sep_facts(self, name: str) -> list[RuleFacts]:
+        facts = self._sep_facts.get(name)
+        if facts is None:
+            chain = self.sep_chains.get(name)
+            facts = self._sep_facts[name] = [read(r) for r in chain.rules] if chain is not None else []
+        return facts
+
+
+@dataclass
+class _Seed:
+    kind: str
+    address: str | None
+    port: int
+    protocol: str
+    chain: str = ""
+    lines: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Group:
+    key: str
+    name: str | None = None
+    identity: str = "chain"
+    protocol: str | None = None
+    chains: dict[str, str] = field(default_factory=dict)  # prefix -> chain name
+    seeds: dict[tuple[str, str | None, int, str], _Seed] = field(default_factory=dict)
+    lines: set[int] = field(default_factory=set)
+    no_endpoints: bool = False
+    no_local_endpoints: bool = False
+    itp_local_drop: bool = False
+    etp_local_drop: bool = False
+    firewall_lines: list[int] = field(default_factory=list)
+    health_check: int | None = None
+
+    def seed(self, kind: str, address: str | None, port: int, protocol: str) -> _Seed:
+        k = (kind, address, port, protocol)
+        found = self.seeds.get(k)
+        if found is None:
+            found = self.seeds[k] = _Seed(kind, address, port, protocol)
+        return found
+
+    def has_kind(self, kind: str) -> bool:
+        return any(k[0] == kind for k in self.seeds)
+
+
+class _Reader:
+    def __init__(self, ruleset: Ruleset, known: Sequence[KnownServicePort]) -> None:
+        self.ruleset = ruleset
+        self.known = known
+        self.tables = _Tables(ruleset)
+        self.groups: dict[str, _Group] = {}
+        self.by_name: dict[str, str] = {}  # "ns/svc:port|proto" -> group key
+        self.by_address: dict[tuple[str | None, int, str], str] = {}  # (address, port, proto) -> group key
+        self.warnings: list[str] = []
+
+    # -- grouping
+
+    def group(self, key: str) -> _Group:
+        g = self.groups.get(key)
+        if g is None:
+            g = self.groups[key] = _Group(key)
+        return g
+
+    @staticmethod
+    def name_group(g: _Group, name: str) -> None:
+        if g.name is None:
+            g.name, g.identity = name, "comment"
+
+    def group_for_name(self, name: str, protocol: str | None) -> _Group:
+        proto = (protocol or "tcp").lower()
+        key = self.by_name.get(f"{name}|{proto}")
+        if key is None:
+            key = self.by_name[f"{name}|{proto}"] = service_port_chain("", name, proto)
+        g = self.group(key)
+        self.name_group(g, name)
+        if g.protocol is None:
+            g.protocol = proto
+        return g
+
+    def add_seed(self, g: _Group, kind: str, address: str | None, port: int, proto: str) -> _Seed:
+        if kind != HEALTH_CHECK:
+            self.by_address.setdefault((address, port, proto), g.key)
+        return g.seed(kind, address, port, proto)
+
+    def collect_chains(self) -> None:
+        for chain, facts in self.tables.nat.items():
+            split = chain_key(chain)
+            if split is None:
+                continue
+            prefix, key = split
+            g = self.group(key)
+            g.chains[prefix] = chain
+            for f in facts:
+                if f.comment:
+                    if g.name is None:
+                        parsed = parse_comment(f.comment)
+                        if parsed is not None:
+                            self.name_group(g, parsed[0])
+                    if f.target == DROP_CHAIN and "has no local endpoints" in f.comment:
+                        g.no_local_endpoints = True
+                if f.proto and g.protocol is None:
+                    g.protocol = f.proto.lower()
+            if g.name is not None and g.protocol is not None:
+                continue
+            for f in facts:  # the endpoint chains still carry the name and protocol (2015, XLB era)
+                if f.target.startswith(SEP):
+                    for sf in self.tables.sep_facts(f.target):
+                        if sf.proto and g.protocol is None:
+                            g.protocol = sf.proto.lower()
+                        if sf.comment and g.name is None:
+                            parsed = parse_comment(sf.comment)
+                            if parsed is not None:
+                                self.name_group(g, parsed[0])
+        for g in self.groups.values():
+            if g.name is not None:
+                self.by_name.setdefault(f"{g.name}|{g.protocol or 'tcp'}", g.key)
+
+    def collect_ways_in(self) -> None:
+        # nat KUBE-SERVICES: the ClusterIP, external IP and LB IP jumps.
+        for f in self.tables.nat.get(SERVICES, ()):
+            split = chain_key(f.target)
+            if split is None:
+                continue
+            prefix, key = split
+            g = self.group(key)
+            parsed = parse_comment(f.comment) if f.comment else None
+            if parsed is not None:
+                self.name_group(g, parsed[0])
+            kind = parsed[1] if parsed is not None and parsed[1] in (CLUSTER_IP, EXTERNAL_IP, LOAD_BALANCER) \
+                else None
+            if kind is None:
+                if prefix in ("KUBE-SVC-", "KUBE-SVL-"):
+                    kind = EXTERNAL_IP if g.has_kind(CLUSTER_IP) else CLUSTER_IP
+                elif prefix == "KUBE-FW-":
+                    kind = LOAD_BALANCER
+                else:
+                    kind = EXTERNAL_IP
+            port = _port(f.dport)
+            if f.dst is None or f.dst_neg or port is None:
+                self.warnings.append(f"line {f.line}: KUBE-SERVICES jump to {f.target} without a destination "
+                                     "address and port; not read as a way in")
+                continue
+            proto = (f.proto or g.protocol or "tcp").lower()
+            if g.protocol is None:
+                g.protocol = proto
+            seed = self.add_seed(g, kind, f.dst, port, proto)
+            seed.chain = seed.chain or f.target
+            seed.lines.append(f.line)
+        # nat KUBE-NODEPORTS: nodePorts (and the localhost copy of each, ~1.29+).
+        for f in self.tables.nat.get(NODEPORTS, ()):
+            split = chain_key(f.target)
+            if split is None:
+                continue
+            g = self.group(split[1])
+            parsed = parse_comment(f.comment) if f.comment else None
+            if parsed is not None:
+                self.name_group(g, parsed[0])
+            port = _port(f.dport)
+            if port is None:
+                continue
+            proto = (f.proto or g.protocol or "tcp").lower()
+            seed = self.add_seed(g, NODE_PORT, None, port, proto)
+            seed.lines.append(f.line)
+            if f.dst is not None and not f.dst_neg and is_loopback(f.dst):
+                counted = f" (counted by nfacct {f.nfacct})" if f.nfacct else ""
+                seed.notes.append(f"also reachable on localhost {f.dst}{counted}")
+            else:
+                seed.chain = seed.chain or f.target
+        # filter: REJECT/DROP for services without (local) endpoints, health checks, the LB firewall.
+        for chain in _FILTER_CHAINS:
+            for f in self.tables.filter.get(chain, ()):
+                self.filter_rule(chain, f)
+
+    def filter_rule(self, chain: str, f: RuleFacts) -> None:
+        parsed = parse_comment(f.comment) if f.comment else None
+        port = _port(f.dport)
+        proto = (f.proto or "tcp").lower()
+        g: _Group | None = None
+        if chain == PROXY_FIREWALL and f.comment:
+            m = re.search(r"traffic not accepted by KUBE-FW-(\S+)", f.comment)
+            if m is not None:
+                g = self.group(m.group(1))
+        if g is None and parsed is not None and parsed[1] == HEALTH_CHECK:
+            # Health checks are TCP whatever the service port's protocol.
+            g = next((self.groups[k] for p in ("tcp", "udp", "sctp")
+                      if (k := self.by_name.get(f"{parsed[0]}|{p}")) is not None), None)
+        if g is None and parsed is not None:
+            g = self.group_for_name(parsed[0], proto)
+        if g is None and port is not None:
+            key = self.by_address.get((f.dst, port, proto))
+            g = self.groups[key] if key is not None else None
+        if g is None and port is not None:
+            name = _known_by_address(self.known, f.dst, port, proto)
+            if name is not None:
+                g = self.group_for_name(name, proto)
+                g.identity = "address"
+        if g is None:
+            if f.target not in ("REJECT", "DROP", "ACCEPT") or port is None:
+                return
+            # No comment and no cluster data: still a Service port, named by where it is.
+            g = self.group(f"{f.dst or '<node>'}:{port}/{proto}")
+        if parsed is not None:
+            self.name_group(g, parsed[0])
+        if g.protocol is None:
+            g.protocol = proto
+        kind = parsed[1] if parsed is not None else ""
+        g.lines.add(f.line)
+        if chain == PROXY_FIREWALL:
+            g.firewall_lines.append(f.line)
+            if f.dst is not None and port is not None:
+                self.add_seed(g, LOAD_BALANCER, f.dst, port, proto).lines.append(f.line)
+            return
+        if chain == NODEPORTS:
+            if f.target == "ACCEPT" and port is not None:
+                g.health_check = port
+                g.seed(HEALTH_CHECK, None, port, proto).lines.append(f.line)
+            return
+        if kind == "no-endpoints" or (f.target == "REJECT" and kind != "no-local-endpoints"):
+            g.no_endpoints = True
+        elif kind == "no-local-endpoints" or f.target == "DROP":
+            g.no_local_endpoints = True
+            if chain == SERVICES:
+                g.itp_local_drop = True
+            else:
+                g.etp_local_drop = True
+        if port is None:
+            return
+        if f.dst is None and f.dst_type is not None and "LOCAL" in f.dst_type:
+            seed = self.add_seed(g, NODE_PORT, None, port, proto)
+        elif f.dst is not None and not f.dst_neg:
+            known = [k for k in g.seeds if k[1] == f.dst and k[0] != HEALTH_CHECK]
+            if known:
+                seed = g.seeds[known[0]]
+            elif chain == SERVICES and not g.has_kind(CLUSTER_IP):
+                seed = self.add_seed(g, CLUSTER_IP, f.dst, port, proto)
+            else:
+                seed = self.add_seed(g, EXTERNAL_IP, f.dst, port, proto)
+                seed.notes.append("an externalIP or a LoadBalancer IP: kube-proxy writes the same rule for both")
+        else:
+            return
+        seed.lines.append(f.line)
+
+    # -- node-level facts
+
+    def node_port_addresses(self) -> NodePortAddresses:
+        jumps = [f for f in self.tables.nat.get(SERVICES, ()) if f.target == NODEPORTS]
+        if not jumps:
+            return NodePortAddresses("none")
+        lines = tuple(f.line for f in jumps)
+        addresses = tuple(f.dst for f in jumps if f.dst is not None and not f.dst_neg)
+        excluded = tuple(f.dst for f in jumps if f.dst is not None and f.dst_neg)
+        localhost_rules = any(f.dst is not None and not f.dst_neg and is_loopback(f.dst)
+                              for f in self.tables.nat.get(NODEPORTS, ()))
+        localhost: bool | None
+        if addresses:
+            mode = "addresses"
+            localhost = any(is_loopback(a) for a in addresses)
+        else:
+            mode = "all-local"
+            if any(is_loopback(x) for x in excluded):
+                localhost = False
+            elif localhost_rules or self.ruleset.family == "ipv4":
+                # --dst-type LOCAL includes 127.0.0.1; kube-proxy sets route_localnet to make it work.
+                localhost = True
+            else:
+                localhost = None
+        return NodePortAddresses(mode, addresses, excluded, localhost, lines)
+
+    def pod_detection(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The pod CIDRs and pod interfaces kube-proxy's local-traffic detector wrote into its rules."""
+        cidrs: list[str] = []
+        ifaces: list[str] = []
+        for chain, facts in self.tables.nat.items():
+            if not (chain == SERVICES or chain_key(chain) is not None):
+                continue
+            short_circuit = chain.startswith(("KUBE-EXT-", "KUBE-XLB-"))
+            for f in facts:
+                masq = f.target == MASQ_CHAIN
+                # "! -s <podCIDR> -j KUBE-MARK-MASQ" (cluster IP) or "-s <podCIDR> -j KUBE-SVC-…" (pods
+                # short-circuited past externalTrafficPolicy=Local); the same with -i for interface detection.
+                to_service = short_circuit and f.target.startswith("KUBE-SVC-")
+                if f.src is not None and "/" in f.src and ((masq and f.src_neg) or (to_service and not f.src_neg)):
+                    if f.src not in cidrs and not is_loopback(f.src):
+                        cidrs.append(f.src)
+                if f.in_iface is not None and ((masq and f.in_iface_neg) or (to_service and not f.in_iface_neg)):
+                    if f.in_iface not in ifaces:
+                        ifaces.append(f.in_iface)
+        return tuple(cidrs), tuple(ifaces)
+
+    def masquerade(self) -> tuple[str | None, bool]:
+        mark: str | None = None
+        for f in self.tables.nat.get(MASQ_CHAIN, ()):
+            if f.target == "MARK" and f.set_mark:
+                mark = f.set_mark.split("/", 1)[0]
+                break
+        random_fully = False
+        for chain in ("KUBE-POSTROUTING", "POSTROUTING"):
+            for f in self.tables.nat.get(chain, ()):
+                if f.target == "MASQUERADE" and (chain == "KUBE-POSTROUTING" or
+                                                 (f.comment or "").startswith("kubernetes")):
+                    random_fully = random_fully or f.random_fully
+                    if mark is None and f.mark is not None and not f.mark_neg:
+                        mark = f.mark.split("/", 1)[0]  # 2015: POSTROUTING -m mark --mark 0x4d415351
+        return mark, random_fully
+
+    # -- one service port
+
+    def endpoint_chains(self, chain: str | None) -> list[str]:
+        """The KUBE-SEP chains a load-balancing chain jumps to, in rule order."""
+        if chain is None:
+            return []
+        return list(dict.fromkeys(f.target for f in self.tables.nat.get(chain, ()) if f.target.startswith(SEP)))
+
+    def service_port(self, g: _Group, hash_names: dict[str, str]) -> ServicePortLayout:
+        tables = self.tables
+        seeds = sorted(g.seeds.values(), key=lambda s: (ENTRY_KINDS.index(s.kind), s.address or "", s.port))
+        ways_in = tuple(WayIn(s.kind, s.address, s.port, s.protocol if s.kind != HEALTH_CHECK else "tcp", s.chain,
+                              tuple(sorted(set(s.lines))), tuple(dict.fromkeys(s.notes))) for s in seeds)
+        cluster_chain = g.chains.get("KUBE-SVC-")
+        local_chain = g.chains.get("KUBE-SVL-") or g.chains.get("KUBE-XLB-")
+        endpoint_chains = list(dict.fromkeys([*self.endpoint_chains(cluster_chain),
+                                              *self.endpoint_chains(local_chain)]))
+        lb_ips = [w.address for w in ways_in if w.kind == LOAD_BALANCER and w.address]
+        ranges: list[str] = []
+        fw = g.chains.get("KUBE-FW-")
+        if fw is not None:
+            for f in tables.nat.get(fw, ()):
+                if f.src is not None and not f.src_neg and f.target.startswith(("KUBE-EXT-", "KUBE-SVC-", "KUBE-XLB-")):
+                    if f.src in lb_ips and "/" not in f.src:
+                        continue  # kube-proxy's "allow the node itself" rule for a VIP-style LB
+                    if f.src not in ranges:
+                        ranges.append(f.src)
+        etp: str | None = None
+        if any(w.kind in (NODE_PORT, EXTERNAL_IP, LOAD_BALANCER) for w in ways_in):
+            ext_chain = g.chains.get("KUBE-EXT-")
+            ext_local = "KUBE-XLB-" in g.chains or g.etp_local_drop
+            if not ext_local and ext_chain is not None:
+                ext_local = any(f.target.startswith("KUBE-SVL-") or f.src_type is not None
+                                for f in tables.nat.get(ext_chain, ()))
+            if ext_local:
+                etp = "Local"
+            elif g.chains or not g.no_endpoints:
+                etp = "Cluster"
+        itp: str | None = None
+        cluster_way = next((w for w in ways_in if w.kind == CLUSTER_IP), None)
+        if cluster_way is not None:
+            if cluster_way.chain.startswith("KUBE-SVL-") or g.itp_local_drop:
+                itp = "Local"
+            elif cluster_way.chain.startswith("KUBE-SVC-"):
+                itp = "Cluster"
+        affinity: int | None = None
+        for chain in (cluster_chain, local_chain):
+            for f in tables.nat.get(chain or "", ()):
+                if f.recent_check and f.seconds is not None and affinity is None:
+                    affinity = _port(f.seconds)
+        lines: set[int] = set(g.lines)
+        for w in ways_in:
+            lines.update(w.lines)
+        lines.update(g.firewall_lines)
+        for chain in (*g.chains.values(), *endpoint_chains):
+            found = tables.nat_chains.get(chain)
+            if found is not None:
+                lines.update(map(_RULE_LINE, found.rules))
+        lines.discard(0)
+        name, identity = g.name, g.identity
+        if name is None and g.key in hash_names:
+            name, identity = hash_names[g.key], "hash"
+        notes: list[str] = []
+        if name is None:
+            notes.append("no comment names this Service port (kube-proxy drops comments in large clusters); "
+                         "pass cluster data to name it from the chain hash")
+        if not g.chains and not g.no_endpoints and not g.no_local_endpoints and not ways_in:
+            notes.append("only filter rules mention this Service port")
+        return ServicePortLayout(
+            key=g.key, name=name, identity=identity, protocol=g.protocol or "tcp", ways_in=ways_in,
+            cluster_chain=cluster_chain, local_chain=local_chain,
+            chains=(*sorted(g.chains.values()), *endpoint_chains), lines=tuple(sorted(lines)),
+            external_traffic_policy=etp, internal_traffic_policy=itp, session_affinity_timeout=affinity,
+            lb_source_ranges=tuple(ranges), health_check_node_port=g.health_check,
+            no_endpoints=g.no_endpoints, no_local_endpoints=g.no_local_endpoints, notes=tuple(notes))
+
+
+def _known_by_address(known: Sequence[KnownServicePort], address: str | None, port: int, proto: str) -> str | None:
+    """The service port a comment-less filter rule is about: by address and port, or by nodePort when the rule
+    has no address."""
+    for k in known:
+        if k.protocol != proto:
+            continue
+        if address is None:
+            if k.node_port == port:
+                return k.name
+        elif k.port == port and address in k.addresses:
+            return k.name
+    return None
+
+
+def _comment_lines(ruleset: Ruleset) -> dict[str, int]:
+    """Dump line of every comment line the loader kept (the legacy-tables warning is one).
+
+    The model keeps comments without positions; in iptables-save text they sit right before a table header
+    or right after the last COMMIT, so the positions follow from the table's header line and its size.
+    """
+    out: dict[str, int] = {}
+    end = 0
+    for table in ruleset.tables:
+        if not table.line:
+            return out
+        for i, text in enumerate(table.comments):
+            out.setdefault(text, table.line - len(table.comments) + i)
+        end = table.line + len(table.chains) + table.rule_count + 1  # the COMMIT line
+    if end and ruleset.format == "save":
+        for i, text in enumerate(ruleset.trailer):
+            out.setdefault(text, end + 1 + i)
+    return out
+
+
+def proxy_mode(ruleset: Ruleset) -> ProxyMode:
+    """kube-proxy's mode and era as this dump shows them (era.py)."""
+    detected = era_mod.detect(ruleset)
+    mode = {era_mod.XLB: "iptables", era_mod.EXT: "iptables", era_mod.IPVS: "ipvs", era_mod.NFTABLES: "nftables",
+            era_mod.USERSPACE: "userspace"}.get(detected.name, "none")
+    warning = None
+    if detected.legacy_tables_present:
+        warning = next(((line, text) for text, line in _comment_lines(ruleset).items()
+                        if era_mod.LEGACY_WARNING in text), None)
+    return ProxyMode("iptables", mode, detected.name, detected.evidence, detected.version_hint,
+                     detected.legacy_tables_present, detected.nft_tables_present, warning,
+                     itp_filters_cluster_chain=detected.name == era_mod.XLB)
+
+
+def read_layout(ruleset: Ruleset, family: str | None = None, *,
+                known: Sequence[KnownServicePort] = ()) -> Layout:
+    """kube-proxy's layout in `ruleset`. Never raises for odd rules (they become warnings)."""
+    family = family or ruleset.family
+    proxy = proxy_mode(ruleset)
+    if proxy.mode not in ("iptables",) or family != ruleset.family:
+        return Layout(proxy, family, (), NodePortAddresses("none"), (), (), (), frozenset(), None, False,
+                      tuple(no_rules_warnings(proxy)) if family == ruleset.family else ())
+    enabled = gc.isenabled()
+    gc.disable()  # ~10^5 small acyclic objects: the cyclic collector would only rescan the whole ruleset
+    try:
+        return _read(ruleset, proxy, known)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _read(ruleset: Ruleset, proxy: ProxyMode, known: Sequence[KnownServicePort]) -> Layout:
+    r = _Reader(ruleset, known)
+    r.collect_chains()
+    r.collect_ways_in()
+    pod_cidrs, pod_ifaces = r.pod_detection()
+    mark, random_fully = r.masquerade()
+    hash_names = {service_port_chain("", k.name, k.protocol): k.name for k in known}
+    ports = [r.service_port(g, hash_names) for g in r.groups.values()]
+    used = {c for p in ports for c in p.chains}
+    warnings: list[str] = []
+    orphans = sorted(c for c in r.tables.sep_chains if c not in used)
+    if orphans:
+        shown = ", ".join(orphans[:5]) + (f" and {len(orphans) - 5} more" if len(orphans) > 5 else "")
+        warnings.append(f"{len(orphans)} KUBE-SEP chain(s) no service chain jumps to: {shown}")
+    if proxy.legacy_tables_present:
+        warnings.append("the dump warns that iptables-legacy tables are present: the rules that matter may be "
+                        "in the other backend (iptables-legacy-save)")
+    warnings.extend(r.warnings)
+    return Layout(proxy, ruleset.family, tuple(ports), r.node_port_addresses(), pod_cidrs, pod_ifaces,
+                  tuple(infer_node_ips(ruleset)), frozenset(endpoint_ips(ruleset)), mark, random_fully,
+                  tuple(dict.fromkeys(warnings)))
+
+
+def no_rules_warnings(proxy: ProxyMode) -> list[str]:
+    what = {
+        "ipvs": "kube-proxy runs in IPVS mode: Services live in IPVS virtual servers (ipvsadm -Ln) and ipsets, "
+                "not in iptables chains",
+        "nftables": "no kube-proxy iptables rules; the dump says some tables are managed by nftables "
+                    "(kube-proxy nftables mode? see `nft list table ip kube-proxy`)",
+        "userspace": "kube-proxy runs in userspace mode: it picks endpoints itself; iptables only redirect "
+                     "Service traffic to its local proxy ports",
+        "none": "no kube-proxy iptables rules (no KUBE-SERVICES chain): kube-proxy is not running in iptables "
+                "mode on this node, or a replacement (Cilium, kube-router IPVS, …) handles Services",
+    }
+    out = [what.get(proxy.mode, f"kube-proxy mode {proxy.name}: no iptables service rules"), *proxy.evidence]
+    if proxy.legacy_tables_present:
+        out.append("kube-proxy may have written its rules through the other backend: look at "
+                   "`iptables-legacy-save` from this node")
+    return out

@@ -1,0 +1,50 @@
+"""One node's rules analysed for one IP family: the dataplane's layout and tracer, and the Service view built
+from them. The dataplane object is passed in (iptrace.dataplanes picks it from the input); nothing here knows
+which one it is."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from iptrace.dataplane import Dataplane, KnownServicePort, Layout, Tracer
+from iptrace.kube.view import KubeView, build_view, chain_labels, view_node_ips
+
+
+@dataclass(frozen=True)
+class Analysis:
+    dataplane: Dataplane
+    ruleset: Any  # the dataplane's own model, read through iptrace.dataplane.Ruleset
+    family: str
+    layout: Layout
+    tracer: Tracer  # knows the node addresses (and a placeholder when none is known, see view_node_ips)
+    view: KubeView
+    node_ips: tuple[str, ...]  # as given (or collected); empty when unknown
+    node_ips_given: bool
+
+
+def known_ports(cluster: Any, family: str) -> tuple[KnownServicePort, ...]:
+    """The API's Service ports (an iptrace.kube.cluster.ClusterState) as a dataplane can use them to name
+    comment-less rules."""
+    if cluster is None:
+        return ()
+    out = []
+    for svc, port in cluster.service_ports():
+        addresses = tuple(a for a in (*svc.cluster_ips, *svc.external_ips, *(i.ip for i in svc.lb_ips if i.ip))
+                          if a and a != "None" and (":" in a) == (family == "ipv6"))
+        out.append(KnownServicePort(svc.service_port_name(port), port.protocol.lower(), port.port, addresses,
+                                    port.node_port or None))
+    return tuple(out)
+
+
+def analyse(dataplane: Dataplane, ruleset: Any, family: str | None = None, *, node_ips: Sequence[str] = (),
+            cluster: Any = None) -> Analysis:
+    """Layout, tracer and view of `ruleset` for `family` (default: its first)."""
+    family = family or ruleset.families[0]
+    layout = dataplane.layout(ruleset, family, known=known_ports(cluster, family))
+    labels = chain_labels(layout)
+    tracer = dataplane.tracer(ruleset, node_ips=view_node_ips(layout, node_ips), pod_cidrs=layout.pod_cidrs,
+                              names=labels)
+    view = build_view(layout, tracer, source=ruleset.source, node_ips=view_node_ips(layout, node_ips))
+    return Analysis(dataplane, ruleset, family, layout, tracer, view, tuple(node_ips), bool(node_ips))

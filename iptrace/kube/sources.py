@@ -1,0 +1,89 @@
+"""Where a traced packet comes from: a source address for each kind of client (a pod, the node itself, a client
+outside the cluster), chosen from what the layout reveals. Dataplane-free and pure."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Collection, Sequence
+from typing import Literal
+
+from iptrace.errors import InputError
+
+SourceKind = Literal["pod", "node", "external"]
+
+# Documentation ranges (RFC 5737 / RFC 3849): never a real client, never probed.
+EXTERNAL_V4 = ("203.0.113.1", "198.51.100.1", "192.0.2.1", "203.0.113.201")
+EXTERNAL_V6 = ("2001:db8::1", "2001:db8:ffff::1", "2001:db8:ff00::1")
+# Used only when the dump reveals no pod CIDR (flannel's and kubeadm's defaults).
+_FALLBACK_POD_CIDR = {4: "10.244.0.0/16", 6: "fd00:10:244::/56"}
+
+
+def _version(family: str) -> int:
+    return 6 if family == "ipv6" else 4
+
+
+def of_family(addresses: Sequence[str], family: str) -> list[str]:
+    version = _version(family)
+    return [a for a in addresses if ipaddress.ip_address(a.strip("[]")).version == version]
+
+
+def pick_source(kind: SourceKind | str, family: str, node_ips: Sequence[str] = (), pod_cidrs: Sequence[str] = (),
+                endpoint_ips: Collection[str] = ()) -> tuple[str, str]:
+    """A source address of `kind`, and the assumption that choice makes (for the trace).
+
+    pod: an address inside the pod CIDR that is no endpoint (so that no hairpin rule fires by accident);
+    node: a node address (loopback when none is known); external: a documentation address outside both.
+    """
+    version = _version(family)
+    nodes = of_family(node_ips, family)
+    cidrs = [c for c in pod_cidrs if ipaddress.ip_network(c, strict=False).version == version]
+    if kind == "pod":
+        fallback = not cidrs
+        net = ipaddress.ip_network(cidrs[0] if cidrs else _FALLBACK_POD_CIDR[version], strict=False)
+        taken = set(endpoint_ips) | set(nodes)
+        for offset in range(2, min(net.num_addresses, 4096)):
+            candidate = str(net.network_address + offset)
+            if candidate not in taken:
+                break
+        else:
+            candidate = str(net.network_address)
+        if fallback:
+            return candidate, (f"source {candidate}: a pod address; the dump reveals no pod CIDR, so "
+                               f"{net} was assumed (pass --src IP)")
+        return candidate, f"source {candidate}: a pod address inside the pod CIDR {net} (not an endpoint)"
+    if kind == "node":
+        if nodes:
+            return nodes[0], f"source {nodes[0]}: the node's own address"
+        loop = "::1" if version == 6 else "127.0.0.1"
+        return loop, f"source {loop}: the node itself (its addresses are unknown; pass --node-ip)"
+    if kind == "external":
+        found = outside(family, nodes, cidrs)
+        if found is None:
+            raise InputError("no documentation address is outside the node and pod addresses; pass --src IP")
+        return found, f"source {found}: an external client (a documentation address)"
+    raise InputError(f"unknown source kind {kind!r}; expected pod, node, external or an IP address")
+
+
+def outside(family: str, taken: Collection[str], ranges: Sequence[str]) -> str | None:
+    """A documentation address that is none of `taken` and in none of `ranges` (CIDRs)."""
+    nets = [ipaddress.ip_network(c, strict=False) for c in ranges]
+    for candidate in (EXTERNAL_V6 if _version(family) == 6 else EXTERNAL_V4):
+        addr = ipaddress.ip_address(candidate)
+        if candidate not in taken and not any(addr.version == n.version and addr in n for n in nets):
+            return candidate
+    return None
+
+
+def inside(cidr: str, taken: Collection[str]) -> str | None:
+    """An address inside `cidr` (a loadBalancerSourceRange) that is none of `taken`."""
+    try:
+        net = ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return None
+    if net.num_addresses == 1:
+        return str(net.network_address)
+    for offset in range(1, min(net.num_addresses - 1, 256) + 1):
+        candidate = str(net.network_address + offset)
+        if candidate not in taken:
+            return candidate
+    return None
