@@ -447,3 +447,15 @@ class Dataplane(Protocol):
     def foreign_chains(self, ruleset: Any) -> list[ForeignChain]:
         """Every chain of `ruleset` that kube-proxy did not write, in dump order."""
         ...
+
+    def summary(self, ruleset: Any) -> str:
+        """`iptrace parse`: tables, chains, rule counts, kube-proxy's mode and era, warnings (text)."""
+        ...
+
+    def to_json(self, ruleset: Any) -> dict[str, Any]:
+        """`iptrace parse -o json`: the whole model."""
+        ...
+
+    def save(self, ruleset: Any) -> str:
+        """`iptrace parse --save`: the rules back in this dataplane's own syntax."""
+        ...

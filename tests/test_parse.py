@@ -298,7 +298,7 @@ SAMPLES = sorted((Path(__file__).resolve().parent.parent / "sample_dumps").glob(
 def test_parse_summary_golden(sample: Path, golden) -> None:
     """What `iptrace parse` prints for every bundled dump (reviewed as text)."""
     from iptrace.iptables.era import detect
-    from iptrace.render.parse import render_parse_summary
+    from iptrace.iptables.summary import render_parse_summary
 
     r = load(sample.read_text(), source=f"sample_dumps/{sample.name}")
     golden(Path(__file__).parent / "golden" / sample.stem / "parse.txt", render_parse_summary(r, detect(r)))

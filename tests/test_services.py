@@ -17,7 +17,7 @@ import pytest
 from bench.synth import EndpointSpec, PortSpec, ServiceSpec, expected_service_ports
 from iptrace.iptables import era as era_mod
 from iptrace.iptables import load
-from iptrace.iptables.layout import parse_comment
+from iptrace.iptables.comments import parse_comment
 from iptrace.kube.view import filter_view, split_service_port_name
 from iptrace.render.graph import render_dot, render_mermaid
 from iptrace.render.json import dumps

@@ -26,7 +26,8 @@ from iptrace.cli.common import (
 @main.command()
 @click.argument("dump")
 @output_option("text", "json")
-@click.option("--save", "as_save", is_flag=True, help="Print the dump back in canonical iptables-save form.")
+@click.option("--save", "as_save", is_flag=True,
+              help="Print the rules back in their own syntax (canonical iptables-save, or nft).")
 @lenient_option
 @table_option
 def parse(dump: str, output: str, as_save: bool, lenient: bool, table: str | None) -> None:
@@ -43,23 +44,13 @@ def parse(dump: str, output: str, as_save: bool, lenient: bool, table: str | Non
     """
     batch()
     dataplane, ruleset, _ = load_dump(dump, lenient=lenient, table=table)
-    if dataplane.name != "iptables":
-        from iptrace.render.parse import render_dataplane_parse
-
-        click.echo(render_dataplane_parse(dataplane, ruleset, output, as_save), nl=False)
-        return
-    from iptrace.iptables import save
-    from iptrace.iptables.era import detect
-    from iptrace.render.parse import render_parse_summary, ruleset_to_json
-
     if as_save:
-        click.echo(save(ruleset), nl=False)
-        return
-    era = detect(ruleset)
-    if output == "json":
-        emit_json(ruleset_to_json(ruleset, era))
+        click.echo(dataplane.save(ruleset), nl=False)
+    elif output == "json":
+        emit_json(dataplane.to_json(ruleset))
     else:
-        click.echo(render_parse_summary(ruleset, era), nl=False)
+        click.echo(dataplane.summary(ruleset), nl=False)
+
 
 @main.command()
 @click.argument("dump")

@@ -9,11 +9,12 @@ steps (Step.kind), never from a dataplane's rule syntax. Pure: no I/O, no printi
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from iptrace.dataplane import Outcome, Step, join_host_port
+from iptrace.explain.addresses import ADDRESS_RULES
 from iptrace.explain.diagnosis import Diagnosis, Evidence, Suggestion
-from iptrace.explain.facts import Case, Facts, canonical, finding_label, label, step_evidence
+from iptrace.explain.facts import Case, canonical, finding_label, label, step_evidence
+from iptrace.explain.phrases import ip_of, pct, plural, service_name, wait
 
 CATALOGUE: tuple[str, ...] = (
     "target-port-on-service-ip", "node-port-on-service-ip", "service-port-on-node-ip", "unknown-port",
@@ -21,66 +22,6 @@ CATALOGUE: tuple[str, ...] = (
     "hairpin", "no-kube-proxy-rules", "iptables-backend-split", "stale-endpoints", "missing-service",
     "not-forwarded", "blocked-by-rule", "healthy",
 )
-
-
-def _service_name(svc: Any) -> str:
-    return f"{svc.namespace}/{svc.name}" if svc.namespace else str(svc.name)
-
-
-def _pct(p: float) -> str:
-    text = f"{p * 100:.1f}".rstrip("0").rstrip(".")
-    return f"{text}%"
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def _ip_of(destination: str) -> str:
-    return destination.rsplit(":", 1)[0].strip("[]")
-
-
-def _use_instead(facts: Facts, svc: Any) -> tuple[str, tuple[Suggestion, ...]]:
-    """Every address that does reach this service port, by kind of client."""
-    proto = svc.protocol.lower()
-    parts: list[str] = []
-    out: list[Suggestion] = []
-    if svc.cluster_ip and svc.port:
-        parts.append(f"{join_host_port(svc.cluster_ip, svc.port)} from inside the cluster")
-        out.append(Suggestion(svc.cluster_ip, svc.port, proto, "pod"))
-    for ip in (*svc.external_ips, *svc.lb_ips):
-        if svc.port:
-            parts.append(f"{join_host_port(ip, svc.port)} from outside")
-            out.append(Suggestion(ip, svc.port, proto, "external"))
-    if svc.node_port:
-        parts.append(f"{join_host_port(facts.node_hint(), svc.node_port)} (or any other node's address) "
-                     "from outside")
-        if facts.node_ips:
-            out.append(Suggestion(facts.node_ips[0], svc.node_port, proto, "external"))
-    text = "; ".join(parts) if parts else "no address of this node reaches it"
-    return text + (f" (all {proto.upper()})" if proto != "tcp" else ""), tuple(out)
-
-
-def _ports_text(svcs: Iterable[Any]) -> str:
-    items = sorted({(s.port, s.protocol.lower(), s.port_name) for s in svcs if s.port})
-    return ", ".join(f"{p}/{proto}" + (f" ({name})" if name else "") for p, proto, name in items)
-
-
-def _wait(proto: str) -> str:
-    return "no answer ever comes back" if proto == "udp" else "the connection hangs until it times out"
-
-
-def _fate(case: Case, kind: str) -> str:
-    """What becomes of a packet that kube-proxy left alone, as a sentence."""
-    verdicts = case.trace.verdicts
-    if verdicts == {"REJECT"}:
-        return "A later rule, not kube-proxy's, rejects it (connection refused)."
-    if verdicts == {"DROP"}:
-        return f"A later rule, not kube-proxy's, drops it: {_wait(case.proto)}."
-    if kind == "ClusterIP":
-        return f"No machine owns a ClusterIP, so the packet goes nowhere: {_wait(case.proto)}."
-    return (f"It goes on to {case.dst} unchanged; unless some machine there serves port {case.dport}, "
-            f"{_wait(case.proto)}.")
 
 
 # -- whole-node diagnoses -----------------------------------------------------------------------------------
@@ -174,7 +115,7 @@ def no_endpoints(case: Case) -> Diagnosis | None:
         return None
     name = label(empty[0])
     fate = ("it is delivered to the node itself, where nothing listens on that port (connection refused)"
-            if facts.is_node_address(case.dst) else f"it goes on to {case.dst} unchanged and {_wait(case.proto)}")
+            if facts.is_node_address(case.dst) else f"it goes on to {case.dst} unchanged and {wait(case.proto)}")
     return _no_endpoints_diagnosis(
         name, f"No pod of {name} is ready. kube-proxy's REJECT rule for it guards only traffic that arrives "
         f"from outside; this packet leaves the node itself, so it is not rewritten and {fate}.",
@@ -202,7 +143,7 @@ def no_local_endpoints(case: Case) -> Diagnosis | None:
     elsewhere = ", ".join(ep.ip for ep in svc.endpoints[:4]) if svc is not None and svc.endpoints else ""
     where = f" (its endpoints {elsewhere} run on other nodes)" if elsewhere else ""
     if outcome.verdict == "DROP":
-        fate = f"so kube-proxy drops the packet and {_wait(case.proto)}"
+        fate = f"so kube-proxy drops the packet and {wait(case.proto)}"
     else:
         fate = ("so kube-proxy marks the packet to be dropped (KUBE-MARK-DROP); kubelet drops marked packets only "
                 f"when they are addressed to the node itself, so this one goes on to {case.dst} unchanged and "
@@ -247,256 +188,16 @@ def source_range_blocked(case: Case) -> Diagnosis | None:
         instead: tuple[Suggestion, ...] = ()
         if svcs and svcs[0].port:
             instead = tuple(Suggestion(case.dst, case.dport, case.proto, r) for r in svcs[0].lb_source_ranges)
-        fate = _wait(case.proto) if outcome.verdict == "DROP" else "it never reaches a pod"
+        fate = wait(case.proto) if outcome.verdict == "DROP" else "it never reaches a pod"
         return Diagnosis(
             "source-range-blocked", "error",
             f"{case.src} is outside the loadBalancerSourceRanges of {name}, so the packet is dropped",
             f"{name} accepts traffic to its LoadBalancer IP {allowed}. {case.src} is not in those ranges, so "
             f"the packet falls through the Service's firewall chain and is dropped: {fate}.",
             f"connect from an allowed range, or add the client's range to spec.loadBalancerSourceRanges of "
-            f"{_service_name(svcs[0]) if svcs else name}",
+            f"{service_name(svcs[0]) if svcs else name}",
             step_evidence(steps), instead)
     return None
-
-
-# -- nothing rewrote the packet: what the address and port are, in the Service's terms ---------------------
-
-def _who_can(kind: str) -> str:
-    """Which client a Service address is meant for: a ClusterIP from inside, the others from outside."""
-    return "pod" if kind == "ClusterIP" else "external"
-
-
-def _service_address(case: Case) -> tuple[list[Any], str] | None:
-    here = case.facts.by_address.get(case.dst, [])
-    if not here:
-        return None
-    kinds = [kind for _, kind in here]
-    return [svc for svc, _ in here], kinds[0]
-
-
-def not_forwarded(case: Case) -> Diagnosis | None:
-    """The address and port are a real entry, yet nothing DNATed the packet: say so, never guess a cause."""
-    facts, dst, dport, proto = case.facts, case.dst, case.dport, case.proto
-    found = _service_address(case)
-    if found is not None:
-        svcs, kind = found
-        exact = [s for s in svcs if s.port == dport and s.protocol.lower() == proto]
-    elif facts.is_node_address(dst):
-        kind = "node address"
-        exact = [s for s in facts.node_ports.get(dport, []) if s.protocol.lower() == proto]
-    else:
-        return None
-    if not exact:
-        return None
-    s = exact[0]
-    return Diagnosis(
-        "not-forwarded", "error", f"{case.target} is {label(s)}, but this packet is not sent to a pod",
-        f"kube-proxy has a rule for {case.target}/{proto} (a {kind}), yet from {case.src} the packet leaves "
-        "its chains without being rewritten to an endpoint. The path below shows which rules it met.",
-        "compare the path with the Service (`iptrace services`); a rule inserted before kube-proxy's (CNI, host "
-        "firewall) may divert it",
-        facts.evidence(facts.rules_for(s, None if kind == "node address" else dst)))
-
-
-def wrong_protocol(case: Case) -> Diagnosis | None:
-    facts, dst, dport, proto = case.facts, case.dst, case.dport, case.proto
-    found = _service_address(case)
-    if found is not None:
-        svcs, kind = found
-        if any(s.port == dport and s.protocol.lower() == proto for s in svcs):
-            return None
-        other = [s for s in svcs if s.port == dport and s.protocol.lower() != proto]
-        if not other:
-            return None
-        s = other[0]
-        use = s.protocol.lower()
-        return Diagnosis(
-            "wrong-protocol", "error", f"{case.target} is {label(s)} over {use.upper()}, not {proto.upper()}",
-            f"The Service declares port {dport} with protocol {use.upper()}, and kube-proxy only rewrites "
-            f"{use.upper()} packets for it. A {proto.upper()} packet to {case.target} matches no rule. "
-            f"{_fate(case, kind)}",
-            f"use {use.upper()} ({case.target}/{use}), or add a {proto.upper()} port to the Service",
-            facts.evidence(facts.rules_for(s, dst)), (Suggestion(dst, dport, use, _who_can(kind)),))
-    if facts.is_node_address(dst):
-        if any(s.protocol.lower() == proto for s in facts.node_ports.get(dport, [])):
-            return None
-        other = facts.node_ports.get(dport, [])
-        if not other:
-            return None
-        s = other[0]
-        use = s.protocol.lower()
-        return Diagnosis(
-            "wrong-protocol", "error", f"nodePort {dport} of {label(s)} is {use.upper()}, not {proto.upper()}",
-            f"kube-proxy opens nodePort {dport} for {use.upper()} only. A {proto.upper()} packet to {case.target} "
-            f"is delivered to the node itself, where nothing of the Service listens.",
-            f"use {use.upper()} ({case.target}/{use}), or add a {proto.upper()} port to the Service",
-            facts.evidence(facts.node_port_lines(dport)),
-            (Suggestion(dst, dport, use, "external"),))
-    return None
-
-
-def node_port_on_service_ip(case: Case) -> Diagnosis | None:
-    facts, dst, dport, proto = case.facts, case.dst, case.dport, case.proto
-    found = _service_address(case)
-    if found is None:
-        return None
-    svcs, kind = found
-    if any(s.port == dport for s in svcs):
-        return None
-    mine = [s for s in svcs if s.node_port == dport and s.protocol.lower() == proto]
-    others = [s for s in facts.node_ports.get(dport, []) if s.protocol.lower() == proto]
-    candidates = mine or others
-    if not candidates:
-        return None
-    s = candidates[0]
-    whose = "its" if mine else f"another Service's ({label(s)}), not of {_service_name(svcs[0])}; on this"
-    use, instead = _use_instead(facts, s)
-    return Diagnosis(
-        "node-port-on-service-ip", "error",
-        f"{dport} is the nodePort of {label(s)}, used on {'its' if mine else 'the'} {kind} {dst}",
-        f"A nodePort is opened on the nodes' own addresses, not on Service IPs. {dport} is {whose} nodePort; "
-        f"{dst} only forwards {_ports_text(svcs)}. A packet to {case.target} matches no rule. "
-        f"{_fate(case, kind)}",
-        f"use {use}", facts.evidence(facts.rules_for(svcs[0] if not mine else s, dst)), instead)
-
-
-def target_port_on_service_ip(case: Case) -> Diagnosis | None:
-    facts, dst, dport, proto = case.facts, case.dst, case.dport, case.proto
-    found = _service_address(case)
-    if found is None:
-        return None
-    svcs, kind = found
-    if any(s.port == dport for s in svcs):
-        return None
-    target = [s for s in svcs if s.protocol.lower() == proto and any(ep.port == dport for ep in s.endpoints)]
-    if not target:
-        return None
-    s = target[0]
-    pods = ", ".join(join_host_port(ep.ip, ep.port) for ep in s.endpoints[:4] if ep.port == dport)
-    more = ", …" if len(s.endpoints) > 4 else ""
-    use, instead = _use_instead(facts, s)
-    return Diagnosis(
-        "target-port-on-service-ip", "error",
-        f"{dport} is the targetPort of {label(s)}; the Service listens on {s.port}",
-        f"{dport} is the port the pods listen on (the Service's targetPort). kube-proxy only rewrites "
-        f"{join_host_port(dst, s.port)} to port {dport} of a pod; a packet to {case.target} matches no rule. "
-        f"{_fate(case, kind)}",
-        f"use {use}. Port {dport} only works on the pod IPs themselves ({pods}{more})",
-        facts.evidence(facts.rules_for(s, dst)), instead)
-
-
-def unknown_port(case: Case) -> Diagnosis | None:
-    facts, dst, dport, proto = case.facts, case.dst, case.dport, case.proto
-    found = _service_address(case)
-    if found is None:
-        return None
-    svcs, kind = found
-    if any(s.port == dport and s.protocol.lower() == proto for s in svcs):
-        return None
-    names = ", ".join(sorted({_service_name(s) for s in svcs}))
-    ports = _ports_text(svcs)
-    first = sorted((s for s in svcs if s.port), key=lambda s: (s.protocol.lower() != proto, s.port))
-    instead = tuple(Suggestion(dst, s.port, s.protocol.lower(), _who_can(kind)) for s in first[:1])
-    return Diagnosis(
-        "unknown-port", "error", f"{dst} is the {kind} of {names}, which has no port {dport}/{proto}",
-        f"{dst} forwards only {ports}. {dport}/{proto} is none of the Service's ports (nor a targetPort or "
-        f"nodePort of it), so no rule matches. {_fate(case, kind)}",
-        f"use one of the ports it has: {ports}",
-        facts.evidence(line for s in svcs for line in facts.rules_for(s, dst)), instead)
-
-
-def service_port_on_node_ip(case: Case) -> Diagnosis | None:
-    facts, dst, dport, proto = case.facts, case.dst, case.dport, case.proto
-    if not facts.is_node_address(dst) or facts.node_ports.get(dport):
-        return None
-    svc_port = facts.service_ports.get(dport, [])
-    same = [s for s in svc_port if s.protocol.lower() == proto]
-    if not (same or svc_port):
-        return None
-    s = (same or svc_port)[0]
-    with_np = [x for x in (same or svc_port) if x.node_port]
-    instead: tuple[Suggestion, ...]
-    if with_np:
-        n = with_np[0]
-        fix = (f"use {join_host_port(dst, n.node_port)} (the nodePort of {label(n)}) from outside, or "
-               f"{join_host_port(n.cluster_ip, dport)} from inside the cluster")
-        instead = (Suggestion(dst, n.node_port, n.protocol.lower(), "external"),
-                   Suggestion(n.cluster_ip, dport, n.protocol.lower(), "pod"))
-    else:
-        fix = (f"use {join_host_port(s.cluster_ip, dport)} from inside the cluster; {label(s)} has no nodePort, "
-               "so to reach it from outside make it type NodePort or LoadBalancer")
-        instead = (Suggestion(s.cluster_ip, dport, s.protocol.lower(), "pod"),) if s.cluster_ip else ()
-    owners = " and ".join(sorted({label(x) for x in (same or svc_port)})[:3])
-    return Diagnosis(
-        "service-port-on-node-ip", "error", f"{dport} is the service port of {owners}, used on a node address",
-        f"{dst} is this node's own address. A Service port is forwarded only on the Service's own IPs (here "
-        f"{join_host_port(s.cluster_ip, dport)}); a node address forwards only nodePorts, and no Service has "
-        f"nodePort {dport}/{proto}. The packet is delivered to the node itself: a program listening on {dport} "
-        "answers, otherwise the connection is refused.",
-        fix, facts.evidence(facts.rules_for(s)), instead)
-
-
-def not_a_service_address(case: Case) -> Diagnosis | None:
-    facts, dst, dport, proto = case.facts, case.dst, case.dport, case.proto
-    if _service_address(case) is not None:
-        return None
-    owners = facts.by_endpoint_ip.get(dst, [])
-    node_port = [s for s in facts.node_ports.get(dport, []) if s.protocol.lower() == proto]
-    if facts.is_node_address(dst):
-        serves = [o for o in owners if any(ep.ip == dst and ep.port == dport for ep in o.endpoints)]
-        if serves:
-            return Diagnosis(
-                "not-a-service-address", "info", f"{case.target} is this node's own address, an endpoint of "
-                f"{label(serves[0])}",
-                f"The node serves {label(serves[0])} itself on port {dport}; kube-proxy does not rewrite traffic "
-                "to it, and none is needed.",
-                f"through the Service use {_use_instead(facts, serves[0])[0]}", ())
-        return Diagnosis(
-            "not-a-service-address", "warning", f"{dst} is a node address, and no Service has nodePort {dport}/{proto}",
-            f"kube-proxy forwards only nodePorts on the node's addresses, so the packet is delivered to the node "
-            f"itself: a program listening on {dport} answers, otherwise the connection is refused.",
-            f"nodePorts on this node: {facts.node_port_listing}", ())
-    hint = ""
-    if node_port:
-        unknown = "" if facts.node_ips_given else " (this node's addresses were not given, so only loopback counts)"
-        hint = (f"{dport} is the nodePort of {label(node_port[0])}: if {dst} is a node's address, pass it with "
-                f"--node-ip{unknown}. ")
-    if owners:
-        s = owners[0]
-        ports = sorted({ep.port for o in owners for ep in o.endpoints if ep.ip == dst and ep.port})
-        ok = dport in ports
-        what = "a pod IP" if facts.in_pod_network(dst) or not facts.pod_nets else "a host-network address"
-        port_text = ", ".join(map(str, ports)) or "?"
-        use, instead = _use_instead(facts, s)
-        serves = f"It serves {label(s)} on port{'s' if len(ports) > 1 else ''} {port_text}"
-        return Diagnosis(
-            "not-a-service-address", "info" if ok else "warning",
-            f"{dst} is {what}, an endpoint of {label(s)}, not a Service address",
-            hint + f"Traffic to an endpoint's own address needs no kube-proxy rule and is not rewritten. {serves}"
-            + ("." if ok else f", not {dport}: {dport} answers only if something else listens there."),
-            f"through the Service use {use}" + ("" if ok or not ports else
-                                               f"; directly, use {join_host_port(dst, ports[0])}"),
-            (), instead)
-    nearby = facts.near_service_range(dst)
-    if nearby:
-        detail = (f"{dst} looks like a ClusterIP (this node's Service IPs are in {nearby}), but no rule names it: "
-                  "the Service was deleted or not yet synced to this node, it lives in another cluster, or the "
-                  f"address is mistyped. {_fate(case, 'ClusterIP')}")
-    else:
-        detail = (f"{dst} appears in no kube-proxy rule: it is no ClusterIP, externalIP or LoadBalancer IP this "
-                  "node knows, nor an endpoint (another cluster? a stale DNS answer? an address outside "
-                  "Kubernetes?). kube-proxy leaves the packet alone.")
-    return Diagnosis(
-        "not-a-service-address", "error" if nearby else "warning", f"no Service on this node has the address {dst}",
-        hint + detail,
-        "look the Service up again (`kubectl get svc -A -o wide`) and use its current ClusterIP; "
-        "--cluster or --kubeconfig compares the rules with the API", ())
-
-
-ADDRESS_RULES: tuple[Callable[[Case], Diagnosis | None], ...] = (
-    not_forwarded, wrong_protocol, node_port_on_service_ip, target_port_on_service_ip, unknown_port,
-    service_port_on_node_ip, not_a_service_address,
-)
 
 
 # -- anything else that stopped it --------------------------------------------------------------------------
@@ -511,7 +212,7 @@ def blocked_by_rule(case: Case) -> Diagnosis | None:
         rewritten = outcome.final_destination and outcome.final_destination != outcome.original_destination
         after = f" after it was sent to {outcome.final_destination}" if rewritten else ""
         refused = "the client gets 'connection refused'" if outcome.verdict == "REJECT" else \
-            f"{_wait(case.proto)}"
+            f"{wait(case.proto)}"
         if d.policy is not None:
             summary = f"the {d.table} {d.chain} chain's policy {d.policy} stops the packet{after}"
             detail = (f"No rule in {d.table} {d.chain} accepts it, so the chain's default policy ({d.policy}) "
@@ -531,13 +232,13 @@ def blocked_by_rule(case: Case) -> Diagnosis | None:
 def hairpin(case: Case) -> Diagnosis | None:
     src = case.src
     for outcome in case.dnat:
-        if outcome.destination and _ip_of(outcome.destination) == src:
+        if outcome.destination and ip_of(outcome.destination) == src:
             masq = ("; kube-proxy masquerades it, so the pod sees the node's address as the source (the KUBE-SEP "
                     f"rule `-s {src}` → KUBE-MARK-MASQ)") \
                 if outcome.masquerade else ""
             return Diagnosis(
                 "hairpin", "info", f"the pod {src} reaches itself through its Service (hairpin)",
-                f"With probability {_pct(outcome.probability)} the Service sends this connection back to the pod "
+                f"With probability {pct(outcome.probability)} the Service sends this connection back to the pod "
                 f"that opened it{masq}. The reply then has to leave the pod's own network port and come back "
                 "through it, which works only when that bridge port has hairpin mode on.",
                 "if these connections hang, turn on hairpin mode (kubelet --hairpin-mode=hairpin-veth, or "
@@ -551,7 +252,7 @@ def healthy(case: Case) -> Diagnosis | None:
     if not dnat or len(dnat) != len(case.trace.outcomes):
         return None
     service = dnat[0].service or "the Service"
-    parts = [f"{o.destination} {_pct(o.probability)}" for o in dnat]
+    parts = [f"{o.destination} {pct(o.probability)}" for o in dnat]
     masq = {o.masquerade for o in dnat}
     if masq == {True}:
         masq_text = "masqueraded: the pod sees the node's address as the source, not the client's"
@@ -560,7 +261,7 @@ def healthy(case: Case) -> Diagnosis | None:
     else:
         masq_dest = ", ".join(str(o.destination) for o in dnat if o.masquerade)
         masq_text = f"masqueraded (the pod sees the node's address) only on the way to {masq_dest}"
-    dests = _plural(len(dnat), "endpoint")
+    dests = plural(len(dnat), "endpoint")
     return Diagnosis(
         "healthy", "info", f"reaches {service}: {', '.join(parts)}",
         f"kube-proxy rewrites the destination to {'one of ' if len(dnat) > 1 else ''}{dests}, {masq_text}.",

@@ -44,6 +44,21 @@ class IptablesDataplane:
         prefix = {"cluster": "KUBE-SVC-", "local": "KUBE-SVL-", "external": "KUBE-EXT-", "firewall": "KUBE-FW-"}
         return service_port_chain(prefix[role], service_port_name, protocol)
 
+    def summary(self, ruleset: Any) -> str:
+        from iptrace.iptables.era import detect
+        from iptrace.iptables.summary import render_parse_summary
+
+        return render_parse_summary(ruleset, detect(ruleset))
+
+    def to_json(self, ruleset: Any) -> dict[str, Any]:
+        from iptrace.iptables.era import detect
+        from iptrace.iptables.summary import ruleset_to_json
+
+        return ruleset_to_json(ruleset, detect(ruleset))
+
+    def save(self, ruleset: Any) -> str:
+        return save(ruleset)
+
     def foreign_chains(self, ruleset: Any) -> list[ForeignChain]:
         return [ForeignChain(table.name, chain.name, f":{chain.name} {chain.policy or '-'}", chain.line,
                              tuple((f"-A {chain.name} {r.text}".rstrip(), r.line) for r in chain.rules))

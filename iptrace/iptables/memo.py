@@ -27,8 +27,10 @@ from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Any
 
-from iptrace.iptables.matchers import MATCHERS, Structure
-from iptrace.iptables.model import Rule
+from iptrace.iptables.index import KeyPlan, rule_key
+from iptrace.iptables.matchers import MATCHERS, Structure, fast_tokens, rule_structure
+from iptrace.iptables.model import Rule, Ruleset
+from iptrace.iptables.options import BUILTIN_TARGETS
 
 # Fields the key leaves out unless a reachable rule reads them.
 OPTIONAL_FIELDS = ("src", "sport", "dst", "dport", "orig_dst", "orig_dport", "recent")
@@ -213,6 +215,54 @@ def replay(recorded: tuple[Recorded, ...], s: Any, keyed_recent: bool) -> list[t
         new.prob = (num * fnum, den * fden)
         out.append((new, terminal))
     return out
+
+
+def stage_plan(ruleset: Ruleset, version: int, structures: dict[object, Structure],
+               stages: tuple[tuple[str, str], ...]) -> StagePlan | None:
+    """What the rules reachable from `stages` read (memo.py), or None when their walk cannot be shared.
+
+    A rule with an exact destination host, or an exact protocol and destination port (what the index files
+    it under, indexed chain or not), fails for every packet without them: what it reads, and what the
+    chains it jumps to read, only counts for packets that have them."""
+    reads: list[set[str]] = [set(), set(), set(), set()]
+    hosts: set[int] = set()
+    ports: set[tuple[int, int]] = set()
+    seen: set[tuple[str, str, int]] = set()
+    todo = [(table, chain, ALWAYS) for table, chain in stages]
+    plans: dict[int, KeyPlan] = {}
+    alive: list[Structure] = []
+    count = 0
+    while todo:
+        item = todo.pop()
+        if item in seen:
+            continue
+        seen.add(item)
+        table, chain, label = item
+        found_chain = ruleset.chain(table, chain)
+        if found_chain is None:
+            continue
+        count += len(found_chain.rules)
+        if count > MAX_CLOSURE_RULES:
+            return None
+        found = ruleset.table(table)
+        for rule in found_chain.rules:
+            key, host = rule_key(rule, version, structures, plans, alive)
+            here = label
+            if key is not None:
+                ports.add(key[:2])
+                if key[2] is not None:
+                    hosts.add(key[2])
+                here |= PORT if key[2] is None else BOTH
+            elif host is not None:
+                hosts.add(host)
+                here |= HOST
+            reads[here] |= structure_reads(rule_structure(rule, fast_tokens(rule.text), structures))
+            jump, name = rule_target(rule, found, BUILTIN_TARGETS)
+            if jump is not None:
+                todo.append((table, jump, here))
+            elif name in PACKET_WRITERS:
+                return None
+    return StagePlan(reads, hosts, ports)
 
 
 def rule_target(rule: Rule, table_chains: Any, builtin_targets: Any) -> tuple[str | None, str]:

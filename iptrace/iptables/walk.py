@@ -9,63 +9,48 @@ from __future__ import annotations
 
 import bisect
 import gc
-import re
 from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
-from iptrace.dataplane import Decision, Entry, Outcome, Packet, Step, Trace, join_host_port
+from iptrace.dataplane import Decision, Entry, Outcome, Packet, Trace, join_host_port
 from iptrace.errors import InputError, TraceError
 from iptrace.iptables import chainmemo
-from iptrace.iptables.index import MIN_RULES, ChainIndex, KeyPlan, rule_key
-from iptrace.iptables.layout import parse_comment
+from iptrace.iptables.compile import (
+    ACCEPT,
+    ACCEPT_ASSUMED,
+    CONTINUE,
+    DNAT,
+    DROP,
+    GOTO,
+    JUMP,
+    KUBE_MARK_DROP,
+    KUBE_MARK_MASQ,
+    MASQUERADE,
+    NETMAP,
+    NOTRACK,
+    REDIRECT,
+    REJECT,
+    RETURN,
+    SET_MARK,
+    SNAT,
+    ChainCode,
+    Compiled,
+    Compiler,
+    chain_list,
+    compiled_path,
+)
 from iptrace.iptables.matchers import (
     NEW_CONNECTION,
-    Assumed,
-    Binder,
-    Bound,
-    Effect,
-    MatchPlan,
-    Net,
-    Structure,
-    Test,
-    bind_matches,
-    binder_for,
-    fast_tokens,
-    mark_value,
-    rule_comment,
-    rule_structure,
 )
 from iptrace.iptables.memo import (
-    ALWAYS,
-    BOTH,
-    HOST,
-    MAX_CLOSURE_RULES,
-    PACKET_WRITERS,
-    PORT,
     StagePlan,
     record,
     replay,
-    rule_target,
-    structure_reads,
+    stage_plan,
 )
-from iptrace.iptables.model import BUILTIN_CHAINS, Chain, Rule, Ruleset, RuleShape, unquote
-from iptrace.iptables.options import BUILTIN_TARGETS
-from iptrace.iptables.state import Context, State, format_ip, ip_int, parse_net
-
-# Actions of a compiled rule.
-JUMP, GOTO, RETURN, ACCEPT, DROP, REJECT, DNAT, SNAT, MASQUERADE, REDIRECT, NETMAP = range(11)
-SET_MARK, NOTRACK, CONTINUE, UNKNOWN, ACCEPT_ASSUMED = range(11, 16)
-
-# Targets that change nothing iptrace models and return to the chain (logging, QoS, checksums, …).
-_PASSIVE_TARGETS = frozenset({
-    "LOG", "NFLOG", "ULOG", "TRACE", "AUDIT", "CHECKSUM", "TCPMSS", "DSCP", "TOS", "TTL", "HL", "ECN",
-    "CLASSIFY", "SECMARK", "CONNSECMARK", "IDLETIMER", "LED", "RATEEST", "TCPOPTSTRIP", "SET", "TEE", "CT",
-})
-# Terminating targets whose effect lies outside the rules (a userspace program, a transparent proxy).
-_HANDED_OFF = {"QUEUE": "queued to a userspace program", "NFQUEUE": "queued to a userspace program",
-               "TPROXY": "handed to a transparent proxy socket", "SYNPROXY": "answered by SYNPROXY",
-               "MIRROR": "mirrored back"}
+from iptrace.iptables.model import BUILTIN_CHAINS, Ruleset
+from iptrace.iptables.state import Context, State, format_ip, ip_int
 
 # Hook order (net/netfilter priorities): raw -300, mangle -150, nat DNAT -100, filter 0, security 50,
 # nat SNAT 100.
@@ -83,93 +68,18 @@ _LOOPBACK_IN = (("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("mangle", "INP
 # SPEC.md "Fragments without built-in chains".
 FRAGMENT_NAT_CHAIN = "KUBE-SERVICES"
 FRAGMENT_FILTER_CHAINS = ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS", "KUBE-PROXY-FIREWALL")
-KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
-KUBE_MARK_DROP = "KUBE-MARK-DROP"
 
 FRAGMENT_ASSUMPTION = (
     "the dump does not wire the built-in chains: entered nat KUBE-SERVICES, then filter KUBE-SERVICES, "
     "KUBE-EXTERNAL-SERVICES, KUBE-NODEPORTS and KUBE-PROXY-FIREWALL directly; masquerade = the path crossed "
     "a jump to KUBE-MARK-MASQ")
 
-# "ns/svc:port" (or "ns/svc") at the start of a kube-proxy comment or after "for "/"to ".
-_SERVICE_RE = re.compile(r"(?:^|\bfor |\bto )([a-z0-9][-a-z0-9.]*/[a-z0-9][-a-z0-9.]*(?::[-a-z0-9]+)?)")
 
 # Recorded walks kept per stage sequence (a few per distinct mark/conntrack state in practice).
 MEMO_SIZE = 4096
 
 # A terminal result of a chain walk: (verdict, decision); None = the chain returned / fell off its end.
 Terminal = tuple[str, Decision] | None
-
-
-class Compiled:
-    """One rule, ready to test and apply. Step and Decision are built on first use (most rules never
-    decide anything and never end up in a reported path)."""
-
-    # Slots: a trace of every Service of a big dump compiles ~10^5 rules.
-    __slots__ = ("_decision", "_step", "access", "action", "arg", "assumed", "complement", "dst", "effects", "label",
-                 "names_label", "never", "note", "probability", "rule", "src", "sub", "table", "target", "tests")
-
-    def __init__(self, table: str, rule: Rule, matches: Bound) -> None:
-        self.table = table
-        self.rule = rule
-        self.tests: tuple[Test, ...] = matches.tests
-        self.assumed: tuple[Assumed, ...] = matches.assumed
-        self.effects: tuple[Effect, ...] = matches.effects
-        # Branch weights as (numerator, denominator) int pairs: exact like Fraction, without normalising at
-        # every split (the outcome normalises once).
-        branch = matches.branch
-        self.probability: tuple[int, int] | None = branch[0] if branch is not None else None
-        self.complement: tuple[int, int] = branch[1] if branch is not None else (0, 1)
-        self.never = matches.never
-        # -s and -d as (mask, network, negated), tested before `tests` (matchers.Net)
-        self.src: Net | None = None
-        self.dst: Net | None = None
-        self.action = CONTINUE
-        self.arg: Any = None
-        self.note: str | None = None
-        self.target = ""
-        self.label: str | None = None  # from the rule's comment, "" when none (see service_label)
-        self.names_label: str | None = None  # from the Tracer's `names`, "" when none (see Tracer._service)
-        self._step: Step | None = None
-        self._decision: Decision | None = None
-        self.sub: ChainCode | None = None  # the jump target, resolved on first use
-        self.access: chainmemo.Access | None = None  # what it reads and writes (for chainmemo)
-
-    @property
-    def step(self) -> Step:
-        if self._step is None:
-            rule = self.rule
-            self._step = Step(self.table, rule.chain, rule.line, f"-A {rule.chain} {rule.text}".rstrip())
-        return self._step
-
-    @property
-    def service_label(self) -> str | None:
-        """The "ns/svc:port" a kube-proxy comment on this rule names, if any."""
-        if self.label is None:
-            comment = rule_comment(self.rule)
-            found = _SERVICE_RE.search(comment) if comment else None
-            self.label = found.group(1) if found else ""
-        return self.label or None
-
-    @property
-    def decision(self) -> Decision:
-        if self._decision is None:
-            self._decision = Decision(self.table, self.rule.chain, self.rule.line)
-        return self._decision
-
-
-class ChainCode:
-    __slots__ = ("chain", "compiled", "index", "key", "name", "rules", "table", "table_chains")
-
-    def __init__(self, table: str, chain: Chain, index: ChainIndex | None, table_chains: Mapping[str, str]) -> None:
-        self.table = table
-        self.table_chains = table_chains  # the chains a rule of this table can jump to (name → name)
-        self.name = chain.name
-        self.key = (table, chain.name)
-        self.chain = chain
-        self.rules = chain.rules
-        self.compiled: list[Compiled | None] = [None] * len(chain.rules)
-        self.index = index
 
 
 def _wired(ruleset: Ruleset) -> bool:
@@ -183,44 +93,7 @@ def _wired(ruleset: Ruleset) -> bool:
     return not kube
 
 
-def _parse_nat_to(text: str, version: int) -> tuple[int | None, int | None, str | None]:
-    """`ip`, `ip:port`, `[v6]:port`, ranges `a-b:p-q` → (first address, first port, note on ranges)."""
-    if version == 4 and "-" not in text and "/" not in text and not text.startswith("["):
-        # kube-proxy's `a.b.c.d:port` (one per endpoint): the general reading below, minus what cannot apply.
-        addr_part, _, port_part = text.partition(":")
-        if addr_part:
-            try:
-                addr_version, addr = ip_int(addr_part)
-            except ValueError:
-                raise TraceError(f"cannot read NAT address {text!r}") from None
-            if addr_version != version:
-                raise TraceError(f"NAT address {addr_part} is not IPv{version}")
-            return addr, int(port_part) if port_part else None, None
-    addr_part, port_part = text, ""
-    if text.startswith("["):
-        addr_part, _, rest = text[1:].partition("]")
-        port_part = rest[1:] if rest.startswith(":") else ""
-    elif version == 4 or text.count(":") == 1:
-        addr_part, _, port_part = text.partition(":")
-    note = None
-    first_addr = addr_part.split("-")[0]
-    if "-" in addr_part or "-" in port_part:
-        note = f"NAT to the range {text}: the first address/port assumed"
-    if "/" in port_part:  # port range with a base (newer iptables: a-b/base)
-        port_part = port_part.split("/")[0]
-    addr = None
-    if first_addr:
-        try:
-            addr_version, addr = ip_int(first_addr)
-        except ValueError:
-            raise TraceError(f"cannot read NAT address {text!r}") from None
-        if addr_version != version:
-            raise TraceError(f"NAT address {first_addr} is not IPv{version}")
-    port = int(port_part.split("-")[0]) if port_part else None
-    return addr, port, note
-
-
-class Tracer:
+class Tracer(Compiler):
     """Traces packets through one Ruleset. Build once, call `.trace(packet)` many times.
 
     node_ips: the node's own addresses (`--dst-type LOCAL`, and whether a packet is node-originated or for
@@ -233,131 +106,20 @@ class Tracer:
     def __init__(self, ruleset: Ruleset, *, node_ips: Sequence[str] = (), pod_cidrs: Sequence[str] = (),
                  names: Mapping[str, str] | None = None, use_index: bool = True,
                  ipsets: Mapping[str, Sequence[str]] | None = None, share: bool = True) -> None:
-        self.ruleset = ruleset
-        self.version = 6 if ruleset.family == "ipv6" else 4
-        self.ctx = Context.build(self.version, node_ips, ipsets)
+        version = 6 if ruleset.family == "ipv6" else 4
+        super().__init__(ruleset, Context.build(version, node_ips, ipsets), names, use_index)
         self.node_ips = tuple(node_ips)
         self.pod_cidrs = tuple(pod_cidrs)
-        self.names = names
-        self.use_index = use_index
         self.share = share
         self._plans: dict[tuple[tuple[str, str], ...], StagePlan | None] = {}
         self.entry: Entry = "hooks" if _wired(ruleset) else "kube-proxy"
-        self._codes: dict[tuple[str, str], ChainCode | None] = {}
-        self._structures: dict[object, Structure] = {}
-        self._groups: dict[object, MatchPlan] = {}
-        self._binders: dict[int, Binder] = {}
-        self._shape_binders: dict[RuleShape | None, tuple[Structure, Binder]] = {}
-        self._chain_names: dict[str, dict[str, str]] = {}
         self._probabilities: dict[tuple[int, int], tuple[Fraction, float]] = {}
-        self._bound: dict[object, Bound] = {}
         self._policies: dict[tuple[str, str, str], Decision] = {}
         self._effective_stages: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
         self._chain_plans: dict[tuple[str, str], tuple[chainmemo.ChainPlan, tuple[str, ...]] | None] = {}
         no_policy = {w.line for w in ruleset.warnings if "has no policy" in w.message}
         self._dash_policy = {(t.name, c.name) for t in ruleset.tables for c in t.chains if c.line in no_policy}
 
-    # ------------------------------------------------------------------------------------ compile
-
-    def _code(self, table: str, chain: str) -> ChainCode | None:
-        key = (table, chain)
-        code = self._codes.get(key, False)
-        if code is False:
-            found = self.ruleset.chain(table, chain)
-            if found is None:
-                code = None
-            else:
-                index = None
-                if self.use_index and len(found.rules) >= MIN_RULES:
-                    index = ChainIndex.build(found.rules, self.version, self._structures)
-                names = self._chain_names.get(table)
-                if names is None:
-                    found_table = self.ruleset.table(table)
-                    names = self._chain_names[table] = {
-                        c.name: c.name for c in found_table.chains} if found_table is not None else {}
-                code = ChainCode(table, found, index, names)
-            self._codes[key] = code
-        return code  # type: ignore[return-value]
-
-    def _compile(self, code: ChainCode, i: int) -> Compiled:
-        rule = code.rules[i]
-        tokens = fast_tokens(rule.text)
-        shape = rule.shape
-        found = self._shape_binders.get(shape)
-        if found is None:
-            structure = rule_structure(rule, tokens, self._structures)
-            binder = binder_for(structure, self._binders)
-            if self._structures.get(shape) is structure:  # (else the structure depends on the rule's tokens)
-                self._shape_binders[shape] = (structure, binder)
-        else:
-            structure, binder = found
-        matches, src, dst, addresses, never = bind_matches(rule, self.ctx, binder, tokens, self._bound,
-                                                           self._groups)
-        c = Compiled(code.table, rule, matches)
-        c.src = src
-        c.dst = dst
-        if addresses:
-            c.tests = addresses + matches.tests  # (pure tests: their order does not matter)
-        if never:
-            c.never = True
-        if shape is not None and shape.target_index >= 0:
-            name = tokens[shape.target_index]
-            chain = code.table_chains.get(name) if name not in BUILTIN_TARGETS else None
-            if chain is not None:
-                # The chain's own name object: the token would be one more string kept per rule.
-                c.target = c.arg = chain
-                c.action = GOTO if shape.goto else JUMP
-            else:
-                c.target = name
-                self._compile_target(code, rule, c, name, tokens, structure)
-        c.access = chainmemo.rule_access(structure, c.target, bool(addresses))
-        code.compiled[i] = c
-        return c
-
-    def _compile_target(self, code: ChainCode, rule: Rule, c: Compiled, name: str, tokens: Sequence[str],
-                        structure: Structure) -> None:
-        """A target other than a jump to a chain of the table."""
-        where = f"line {rule.line}"
-        # An option's first value (`Opt.value`); later repeats of an option win, as in `dict(options)`.
-        opts = {opt: (unquote(tokens[idx[0]]) if tokens[idx[0]][0] == '"' else tokens[idx[0]]) if idx else ""
-                for opt, _negated, idx in structure[1]}
-        if name == "RETURN":
-            c.action = RETURN
-        elif name in ("ACCEPT", "DROP", "REJECT"):
-            c.action = {"ACCEPT": ACCEPT, "DROP": DROP, "REJECT": REJECT}[name]
-        elif name == "DNAT":
-            to = opts.get("--to-destination", "")
-            addr, port, c.note = _parse_nat_to(to, self.version) if to else (None, None, None)
-            c.action, c.arg = DNAT, (addr, port)
-            if not to:
-                c.note = f"{where}: DNAT without --to-destination: destination assumed unchanged"
-        elif name == "REDIRECT":
-            ports = opts.get("--to-ports", "")
-            c.action, c.arg = REDIRECT, int(ports.split("-")[0]) if ports else None
-        elif name in ("SNAT", "MASQUERADE"):
-            c.action = SNAT if name == "SNAT" else MASQUERADE
-        elif name == "NETMAP":
-            net = parse_net(opts.get("--to", ""), self.version) if opts.get("--to") else None
-            c.action, c.arg = NETMAP, net
-        elif name in ("MARK", "CONNMARK"):
-            c.action, c.arg = SET_MARK, _mark_effect(name, opts)
-        elif name == "NOTRACK" or (name == "CT" and "--notrack" in opts):
-            c.action = NOTRACK
-        elif name in _PASSIVE_TARGETS:
-            c.action = CONTINUE
-        elif name in _HANDED_OFF:
-            c.action = ACCEPT_ASSUMED
-            c.note = f"{where}: -j {name}: {_HANDED_OFF[name]}; assumed it lets the connection through"
-        elif name in BUILTIN_TARGETS:
-            c.action = UNKNOWN
-            c.note = f"{where}: -j {name} is not modeled: assumed it returns to the chain without changing " \
-                     "the packet"
-        else:
-            c.action = UNKNOWN
-            c.note = f"{where}: -j {name}: no such chain in table {code.table} and not a known target; " \
-                     "assumed it returns to the chain"
-
-    # ------------------------------------------------------------------------------------ walk
 
     def _run_chain(self, code: ChainCode, state: State, stack: tuple[str, ...]) -> list[tuple[State, Terminal]]:
         """Walk one chain; returns every branch with its terminal verdict, or None when it came back."""
@@ -667,7 +429,7 @@ class Tracer:
         if then is None and self.share:
             plan = self._plans.get(stages, False)
             if plan is False:
-                plan = self._plans[stages] = self._stage_plan(stages)
+                plan = self._plans[stages] = stage_plan(self.ruleset, self.version, self._structures, stages)
             if plan is not None:
                 key, keyed_recent = plan.key(s)
                 found = plan.memo.get(key)
@@ -695,52 +457,6 @@ class Tracer:
             else:
                 out.extend(self._walk_stages(s2, stages, k + 1, then))
         return out
-
-    def _stage_plan(self, stages: tuple[tuple[str, str], ...]) -> StagePlan | None:
-        """What the rules reachable from `stages` read (memo.py), or None when their walk cannot be shared.
-
-        A rule with an exact destination host, or an exact protocol and destination port (what the index files
-        it under, indexed chain or not), fails for every packet without them: what it reads, and what the
-        chains it jumps to read, only counts for packets that have them."""
-        reads: list[set[str]] = [set(), set(), set(), set()]
-        hosts: set[int] = set()
-        ports: set[tuple[int, int]] = set()
-        seen: set[tuple[str, str, int]] = set()
-        todo = [(table, chain, ALWAYS) for table, chain in stages]
-        plans: dict[int, KeyPlan] = {}
-        alive: list[Structure] = []
-        count = 0
-        while todo:
-            item = todo.pop()
-            if item in seen:
-                continue
-            seen.add(item)
-            table, chain, label = item
-            found_chain = self.ruleset.chain(table, chain)
-            if found_chain is None:
-                continue
-            count += len(found_chain.rules)
-            if count > MAX_CLOSURE_RULES:
-                return None
-            found = self.ruleset.table(table)
-            for rule in found_chain.rules:
-                key, host = rule_key(rule, self.version, self._structures, plans, alive)
-                here = label
-                if key is not None:
-                    ports.add(key[:2])
-                    if key[2] is not None:
-                        hosts.add(key[2])
-                    here |= PORT if key[2] is None else BOTH
-                elif host is not None:
-                    hosts.add(host)
-                    here |= HOST
-                reads[here] |= structure_reads(rule_structure(rule, fast_tokens(rule.text), self._structures))
-                jump, name = rule_target(rule, found, BUILTIN_TARGETS)
-                if jump is not None:
-                    todo.append((table, jump, here))
-                elif name in PACKET_WRITERS:
-                    return None
-        return StagePlan(reads, hosts, ports)
 
     def _after_prerouting(self, s: State) -> list[tuple[State, Terminal]]:
         if self.ctx.is_local(s.dst):
@@ -894,108 +610,9 @@ class Tracer:
             self._probabilities[s.prob] = probability
         # Steps, chains and the Service label are built only when read (most outcomes of a Service view never are).
         return Outcome(verdict, destination, probability[1], masquerade,  # type: ignore[arg-type]
-                       lambda: self._service(_compiled_path(path_cell)), decided,
-                       lambda: tuple(self._step(c) for c in _compiled_path(path_cell)), probability[0],
-                       original, final, lambda: _chain_list(chains_cell), s.assumptions)
-
-    def _step(self, c: Compiled) -> Step:
-        """The Step of a rule on a reported path, with what it is to kube-proxy (Step.kind) and its Service."""
-        step = c._step
-        if step is None or (not step.kind and step.service is None):
-            rule = c.rule
-            comment = rule_comment(rule)
-            parsed = parse_comment(comment) if comment else None
-            kind = _step_kind(c.table, rule.chain, c.target, parsed[1] if parsed else "")
-            service = parsed[0] if parsed else None
-            if service is None and self.names is not None:
-                service = self.names.get(rule.chain) or (self.names.get(c.target) if c.target else None)
-            step = c._step = Step(c.table, rule.chain, rule.line, f"-A {rule.chain} {rule.text}".rstrip(), kind,
-                                  service)
-        return step
-
-    def _service(self, compiled: Sequence[Compiled]) -> str | None:
-        names = self.names
-        if names is not None:
-            for c in compiled:
-                label = c.names_label
-                if label is None:
-                    label = c.names_label = names.get(c.rule.chain) or (
-                        names.get(c.arg) if isinstance(c.arg, str) else None) or ""
-                if label:
-                    return label
-        # Without the kube view (or for chains it does not know), kube-proxy's comments name the Service.
-        for c in compiled:
-            label = c.service_label
-            if label:
-                return label
-        return None
-
-
-_DISPATCH_CHAINS = frozenset({"KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-EXTERNAL-SERVICES"})
-_SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-XLB-")
-
-
-def _step_kind(table: str, chain: str, target: str, comment_kind: str) -> str:
-    """What a rule is to kube-proxy (Step.kind), from its comment's kind (layout.parse_comment), its chain and
-    its target."""
-    if comment_kind in ("no-endpoints", "no-local-endpoints", "firewall"):
-        return comment_kind
-    if chain.startswith("KUBE-FW-") and target == KUBE_MARK_DROP:
-        return "firewall"
-    if chain in _DISPATCH_CHAINS and (target.startswith(_SERVICE_CHAIN_PREFIXES) or target == "KUBE-NODEPORTS"
-                                      or (table == "filter" and target == "REJECT")):
-        return "no-endpoints" if table == "filter" else "dispatch"
-    if chain.startswith("KUBE-SEP-"):
-        return "endpoint"
-    return ""
-
-
-def _compiled_path(cell: Any) -> list[Compiled]:
-    """The rules of a branch's path (a cons list, newest first), oldest first."""
-    out = []
-    while cell is not None:
-        out.append(cell[0])
-        cell = cell[1]
-    out.reverse()
-    return out
-
-
-def _chain_list(cell: Any) -> tuple[tuple[str, str], ...]:
-    out = []
-    while cell is not None:
-        out.append(cell[0])
-        cell = cell[1]
-    out.reverse()
-    return tuple(out)
-
-
-def _mark_effect(target: str, opts: Mapping[str, str]) -> Callable[[State], None]:
-    """MARK/CONNMARK as a function on the branch state (xt_MARK / xt_CONNMARK semantics)."""
-    attr = "mark" if target == "MARK" else "ctmark"
-    full = 0xFFFFFFFF
-    if "--set-xmark" in opts or "--set-mark" in opts:
-        value, mask = mark_value(opts.get("--set-xmark") or opts["--set-mark"])
-        if "--set-mark" in opts and "/" not in opts["--set-mark"]:
-            mask = full
-        return lambda s: setattr(s, attr, (getattr(s, attr) & ~mask & full) ^ value)
-    if "--or-mark" in opts:
-        value = int(opts["--or-mark"], 0)
-        return lambda s: setattr(s, attr, getattr(s, attr) | value)
-    if "--and-mark" in opts:
-        value = int(opts["--and-mark"], 0)
-        return lambda s: setattr(s, attr, getattr(s, attr) & value)
-    if "--xor-mark" in opts:
-        value = int(opts["--xor-mark"], 0)
-        return lambda s: setattr(s, attr, getattr(s, attr) ^ value)
-    if target == "CONNMARK" and "--save-mark" in opts:
-        nfmask = int(opts.get("--nfmask", opts.get("--mask", "0xffffffff")), 0)
-        ctmask = int(opts.get("--ctmask", opts.get("--mask", "0xffffffff")), 0)
-        return lambda s: setattr(s, "ctmark", (s.ctmark & ~ctmask & full) ^ (s.mark & nfmask))
-    if target == "CONNMARK" and "--restore-mark" in opts:
-        nfmask = int(opts.get("--nfmask", opts.get("--mask", "0xffffffff")), 0)
-        ctmask = int(opts.get("--ctmask", opts.get("--mask", "0xffffffff")), 0)
-        return lambda s: setattr(s, "mark", (s.mark & ~nfmask & full) ^ (s.ctmark & ctmask))
-    return lambda s: None
+                       lambda: self._service(compiled_path(path_cell)), decided,
+                       lambda: tuple(self._step(c) for c in compiled_path(path_cell)), probability[0],
+                       original, final, lambda: chain_list(chains_cell), s.assumptions)
 
 
 _CACHE: list[tuple[Ruleset, tuple[Any, ...], Tracer]] = []

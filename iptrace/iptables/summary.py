@@ -1,4 +1,4 @@
-"""Renders a Ruleset: the `parse` summary (text) and the whole model (JSON). Returns data or str; no I/O."""
+"""`iptrace parse` of an iptables dump: the summary (text) and the whole model (JSON). Returns data or str; no I/O."""
 
 from __future__ import annotations
 

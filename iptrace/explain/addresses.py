@@ -1,0 +1,251 @@
+"""Diagnoses for a packet nothing rewrote: what its address and port are, in the Service's terms (a targetPort
+or nodePort on a Service IP, a service port on a node address, an unknown port or protocol, an address no
+Service has). Each a small function with a stable id (see catalogue.py). Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from iptrace.dataplane import join_host_port
+from iptrace.explain.diagnosis import Diagnosis, Suggestion
+from iptrace.explain.facts import Case, label
+from iptrace.explain.phrases import fate, ports_text, service_name, use_instead
+
+
+def _who_can(kind: str) -> str:
+    """Which client a Service address is meant for: a ClusterIP from inside, the others from outside."""
+    return "pod" if kind == "ClusterIP" else "external"
+
+
+def _service_address(case: Case) -> tuple[list[Any], str] | None:
+    here = case.facts.by_address.get(case.dst, [])
+    if not here:
+        return None
+    kinds = [kind for _, kind in here]
+    return [svc for svc, _ in here], kinds[0]
+
+
+def not_forwarded(case: Case) -> Diagnosis | None:
+    """The address and port are a real entry, yet nothing DNATed the packet: say so, never guess a cause."""
+    facts, dst, dport, proto = case.facts, case.dst, case.dport, case.proto
+    found = _service_address(case)
+    if found is not None:
+        svcs, kind = found
+        exact = [s for s in svcs if s.port == dport and s.protocol.lower() == proto]
+    elif facts.is_node_address(dst):
+        kind = "node address"
+        exact = [s for s in facts.node_ports.get(dport, []) if s.protocol.lower() == proto]
+    else:
+        return None
+    if not exact:
+        return None
+    s = exact[0]
+    return Diagnosis(
+        "not-forwarded", "error", f"{case.target} is {label(s)}, but this packet is not sent to a pod",
+        f"kube-proxy has a rule for {case.target}/{proto} (a {kind}), yet from {case.src} the packet leaves "
+        "its chains without being rewritten to an endpoint. The path below shows which rules it met.",
+        "compare the path with the Service (`iptrace services`); a rule inserted before kube-proxy's (CNI, host "
+        "firewall) may divert it",
+        facts.evidence(facts.rules_for(s, None if kind == "node address" else dst)))
+
+
+def wrong_protocol(case: Case) -> Diagnosis | None:
+    facts, dst, dport, proto = case.facts, case.dst, case.dport, case.proto
+    found = _service_address(case)
+    if found is not None:
+        svcs, kind = found
+        if any(s.port == dport and s.protocol.lower() == proto for s in svcs):
+            return None
+        other = [s for s in svcs if s.port == dport and s.protocol.lower() != proto]
+        if not other:
+            return None
+        s = other[0]
+        use = s.protocol.lower()
+        return Diagnosis(
+            "wrong-protocol", "error", f"{case.target} is {label(s)} over {use.upper()}, not {proto.upper()}",
+            f"The Service declares port {dport} with protocol {use.upper()}, and kube-proxy only rewrites "
+            f"{use.upper()} packets for it. A {proto.upper()} packet to {case.target} matches no rule. "
+            f"{fate(case, kind)}",
+            f"use {use.upper()} ({case.target}/{use}), or add a {proto.upper()} port to the Service",
+            facts.evidence(facts.rules_for(s, dst)), (Suggestion(dst, dport, use, _who_can(kind)),))
+    if facts.is_node_address(dst):
+        if any(s.protocol.lower() == proto for s in facts.node_ports.get(dport, [])):
+            return None
+        other = facts.node_ports.get(dport, [])
+        if not other:
+            return None
+        s = other[0]
+        use = s.protocol.lower()
+        return Diagnosis(
+            "wrong-protocol", "error", f"nodePort {dport} of {label(s)} is {use.upper()}, not {proto.upper()}",
+            f"kube-proxy opens nodePort {dport} for {use.upper()} only. A {proto.upper()} packet to {case.target} "
+            f"is delivered to the node itself, where nothing of the Service listens.",
+            f"use {use.upper()} ({case.target}/{use}), or add a {proto.upper()} port to the Service",
+            facts.evidence(facts.node_port_lines(dport)),
+            (Suggestion(dst, dport, use, "external"),))
+    return None
+
+
+def node_port_on_service_ip(case: Case) -> Diagnosis | None:
+    facts, dst, dport, proto = case.facts, case.dst, case.dport, case.proto
+    found = _service_address(case)
+    if found is None:
+        return None
+    svcs, kind = found
+    if any(s.port == dport for s in svcs):
+        return None
+    mine = [s for s in svcs if s.node_port == dport and s.protocol.lower() == proto]
+    others = [s for s in facts.node_ports.get(dport, []) if s.protocol.lower() == proto]
+    candidates = mine or others
+    if not candidates:
+        return None
+    s = candidates[0]
+    whose = "its" if mine else f"another Service's ({label(s)}), not of {service_name(svcs[0])}; on this"
+    use, instead = use_instead(facts, s)
+    return Diagnosis(
+        "node-port-on-service-ip", "error",
+        f"{dport} is the nodePort of {label(s)}, used on {'its' if mine else 'the'} {kind} {dst}",
+        f"A nodePort is opened on the nodes' own addresses, not on Service IPs. {dport} is {whose} nodePort; "
+        f"{dst} only forwards {ports_text(svcs)}. A packet to {case.target} matches no rule. "
+        f"{fate(case, kind)}",
+        f"use {use}", facts.evidence(facts.rules_for(svcs[0] if not mine else s, dst)), instead)
+
+
+def target_port_on_service_ip(case: Case) -> Diagnosis | None:
+    facts, dst, dport, proto = case.facts, case.dst, case.dport, case.proto
+    found = _service_address(case)
+    if found is None:
+        return None
+    svcs, kind = found
+    if any(s.port == dport for s in svcs):
+        return None
+    target = [s for s in svcs if s.protocol.lower() == proto and any(ep.port == dport for ep in s.endpoints)]
+    if not target:
+        return None
+    s = target[0]
+    pods = ", ".join(join_host_port(ep.ip, ep.port) for ep in s.endpoints[:4] if ep.port == dport)
+    more = ", …" if len(s.endpoints) > 4 else ""
+    use, instead = use_instead(facts, s)
+    return Diagnosis(
+        "target-port-on-service-ip", "error",
+        f"{dport} is the targetPort of {label(s)}; the Service listens on {s.port}",
+        f"{dport} is the port the pods listen on (the Service's targetPort). kube-proxy only rewrites "
+        f"{join_host_port(dst, s.port)} to port {dport} of a pod; a packet to {case.target} matches no rule. "
+        f"{fate(case, kind)}",
+        f"use {use}. Port {dport} only works on the pod IPs themselves ({pods}{more})",
+        facts.evidence(facts.rules_for(s, dst)), instead)
+
+
+def unknown_port(case: Case) -> Diagnosis | None:
+    facts, dst, dport, proto = case.facts, case.dst, case.dport, case.proto
+    found = _service_address(case)
+    if found is None:
+        return None
+    svcs, kind = found
+    if any(s.port == dport and s.protocol.lower() == proto for s in svcs):
+        return None
+    names = ", ".join(sorted({service_name(s) for s in svcs}))
+    ports = ports_text(svcs)
+    first = sorted((s for s in svcs if s.port), key=lambda s: (s.protocol.lower() != proto, s.port))
+    instead = tuple(Suggestion(dst, s.port, s.protocol.lower(), _who_can(kind)) for s in first[:1])
+    return Diagnosis(
+        "unknown-port", "error", f"{dst} is the {kind} of {names}, which has no port {dport}/{proto}",
+        f"{dst} forwards only {ports}. {dport}/{proto} is none of the Service's ports (nor a targetPort or "
+        f"nodePort of it), so no rule matches. {fate(case, kind)}",
+        f"use one of the ports it has: {ports}",
+        facts.evidence(line for s in svcs for line in facts.rules_for(s, dst)), instead)
+
+
+def service_port_on_node_ip(case: Case) -> Diagnosis | None:
+    facts, dst, dport, proto = case.facts, case.dst, case.dport, case.proto
+    if not facts.is_node_address(dst) or facts.node_ports.get(dport):
+        return None
+    svc_port = facts.service_ports.get(dport, [])
+    same = [s for s in svc_port if s.protocol.lower() == proto]
+    if not (same or svc_port):
+        return None
+    s = (same or svc_port)[0]
+    with_np = [x for x in (same or svc_port) if x.node_port]
+    instead: tuple[Suggestion, ...]
+    if with_np:
+        n = with_np[0]
+        fix = (f"use {join_host_port(dst, n.node_port)} (the nodePort of {label(n)}) from outside, or "
+               f"{join_host_port(n.cluster_ip, dport)} from inside the cluster")
+        instead = (Suggestion(dst, n.node_port, n.protocol.lower(), "external"),
+                   Suggestion(n.cluster_ip, dport, n.protocol.lower(), "pod"))
+    else:
+        fix = (f"use {join_host_port(s.cluster_ip, dport)} from inside the cluster; {label(s)} has no nodePort, "
+               "so to reach it from outside make it type NodePort or LoadBalancer")
+        instead = (Suggestion(s.cluster_ip, dport, s.protocol.lower(), "pod"),) if s.cluster_ip else ()
+    owners = " and ".join(sorted({label(x) for x in (same or svc_port)})[:3])
+    return Diagnosis(
+        "service-port-on-node-ip", "error", f"{dport} is the service port of {owners}, used on a node address",
+        f"{dst} is this node's own address. A Service port is forwarded only on the Service's own IPs (here "
+        f"{join_host_port(s.cluster_ip, dport)}); a node address forwards only nodePorts, and no Service has "
+        f"nodePort {dport}/{proto}. The packet is delivered to the node itself: a program listening on {dport} "
+        "answers, otherwise the connection is refused.",
+        fix, facts.evidence(facts.rules_for(s)), instead)
+
+
+def not_a_service_address(case: Case) -> Diagnosis | None:
+    facts, dst, dport, proto = case.facts, case.dst, case.dport, case.proto
+    if _service_address(case) is not None:
+        return None
+    owners = facts.by_endpoint_ip.get(dst, [])
+    node_port = [s for s in facts.node_ports.get(dport, []) if s.protocol.lower() == proto]
+    if facts.is_node_address(dst):
+        serves = [o for o in owners if any(ep.ip == dst and ep.port == dport for ep in o.endpoints)]
+        if serves:
+            return Diagnosis(
+                "not-a-service-address", "info", f"{case.target} is this node's own address, an endpoint of "
+                f"{label(serves[0])}",
+                f"The node serves {label(serves[0])} itself on port {dport}; kube-proxy does not rewrite traffic "
+                "to it, and none is needed.",
+                f"through the Service use {use_instead(facts, serves[0])[0]}", ())
+        return Diagnosis(
+            "not-a-service-address", "warning", f"{dst} is a node address, and no Service has nodePort {dport}/{proto}",
+            f"kube-proxy forwards only nodePorts on the node's addresses, so the packet is delivered to the node "
+            f"itself: a program listening on {dport} answers, otherwise the connection is refused.",
+            f"nodePorts on this node: {facts.node_port_listing}", ())
+    hint = ""
+    if node_port:
+        unknown = "" if facts.node_ips_given else " (this node's addresses were not given, so only loopback counts)"
+        hint = (f"{dport} is the nodePort of {label(node_port[0])}: if {dst} is a node's address, pass it with "
+                f"--node-ip{unknown}. ")
+    if owners:
+        s = owners[0]
+        ports = sorted({ep.port for o in owners for ep in o.endpoints if ep.ip == dst and ep.port})
+        ok = dport in ports
+        what = "a pod IP" if facts.in_pod_network(dst) or not facts.pod_nets else "a host-network address"
+        port_text = ", ".join(map(str, ports)) or "?"
+        use, instead = use_instead(facts, s)
+        serves = f"It serves {label(s)} on port{'s' if len(ports) > 1 else ''} {port_text}"
+        return Diagnosis(
+            "not-a-service-address", "info" if ok else "warning",
+            f"{dst} is {what}, an endpoint of {label(s)}, not a Service address",
+            hint + f"Traffic to an endpoint's own address needs no kube-proxy rule and is not rewritten. {serves}"
+            + ("." if ok else f", not {dport}: {dport} answers only if something else listens there."),
+            f"through the Service use {use}" + ("" if ok or not ports else
+                                               f"; directly, use {join_host_port(dst, ports[0])}"),
+            (), instead)
+    nearby = facts.near_service_range(dst)
+    if nearby:
+        detail = (f"{dst} looks like a ClusterIP (this node's Service IPs are in {nearby}), but no rule names it: "
+                  "the Service was deleted or not yet synced to this node, it lives in another cluster, or the "
+                  f"address is mistyped. {fate(case, 'ClusterIP')}")
+    else:
+        detail = (f"{dst} appears in no kube-proxy rule: it is no ClusterIP, externalIP or LoadBalancer IP this "
+                  "node knows, nor an endpoint (another cluster? a stale DNS answer? an address outside "
+                  "Kubernetes?). kube-proxy leaves the packet alone.")
+    return Diagnosis(
+        "not-a-service-address", "error" if nearby else "warning", f"no Service on this node has the address {dst}",
+        hint + detail,
+        "look the Service up again (`kubectl get svc -A -o wide`) and use its current ClusterIP; "
+        "--cluster or --kubeconfig compares the rules with the API", ())
+
+
+ADDRESS_RULES: tuple[Callable[[Case], Diagnosis | None], ...] = (
+    not_forwarded, wrong_protocol, node_port_on_service_ip, target_port_on_service_ip, unknown_port,
+    service_port_on_node_ip, not_a_service_address,
+)

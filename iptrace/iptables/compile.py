@@ -1,0 +1,385 @@
+"""Rules compiled for the walk: each rule once, when a packet first meets it (its matches bound to tests, its
+target to an action), and reported as a Step saying what the rule is to kube-proxy. walk.py walks them.
+Pure; knows iptables targets and kube-proxy's chain names, nothing about hooks."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from iptrace.dataplane import Decision, Step
+from iptrace.errors import TraceError
+from iptrace.iptables import chainmemo
+from iptrace.iptables.comments import parse_comment
+from iptrace.iptables.index import MIN_RULES, ChainIndex
+from iptrace.iptables.matchers import (
+    Assumed,
+    Binder,
+    Bound,
+    Effect,
+    MatchPlan,
+    Net,
+    Structure,
+    Test,
+    bind_matches,
+    binder_for,
+    fast_tokens,
+    mark_value,
+    rule_comment,
+    rule_structure,
+)
+from iptrace.iptables.model import Chain, Rule, Ruleset, RuleShape, unquote
+from iptrace.iptables.options import BUILTIN_TARGETS
+from iptrace.iptables.state import Context, State, ip_int, parse_net
+
+# Actions of a compiled rule.
+JUMP, GOTO, RETURN, ACCEPT, DROP, REJECT, DNAT, SNAT, MASQUERADE, REDIRECT, NETMAP = range(11)
+SET_MARK, NOTRACK, CONTINUE, UNKNOWN, ACCEPT_ASSUMED = range(11, 16)
+
+# Targets that change nothing iptrace models and return to the chain (logging, QoS, checksums, …), and
+# terminating targets whose effect lies outside the rules (a userspace program, a transparent proxy).
+_PASSIVE_TARGETS = frozenset({
+    "LOG", "NFLOG", "ULOG", "TRACE", "AUDIT", "CHECKSUM", "TCPMSS", "DSCP", "TOS", "TTL", "HL", "ECN",
+    "CLASSIFY", "SECMARK", "CONNSECMARK", "IDLETIMER", "LED", "RATEEST", "TCPOPTSTRIP", "SET", "TEE", "CT",
+})
+_HANDED_OFF = {"QUEUE": "queued to a userspace program", "NFQUEUE": "queued to a userspace program",
+               "TPROXY": "handed to a transparent proxy socket", "SYNPROXY": "answered by SYNPROXY",
+               "MIRROR": "mirrored back"}
+
+# "ns/svc:port" (or "ns/svc") at the start of a kube-proxy comment or after "for "/"to ".
+_SERVICE_RE = re.compile(r"(?:^|\bfor |\bto )([a-z0-9][-a-z0-9.]*/[a-z0-9][-a-z0-9.]*(?::[-a-z0-9]+)?)")
+
+
+KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
+
+
+KUBE_MARK_DROP = "KUBE-MARK-DROP"
+
+
+class Compiled:
+    """One rule, ready to test and apply. Step and Decision are built on first use (most rules never
+    decide anything and never end up in a reported path)."""
+
+    # Slots: a trace of every Service of a big dump compiles ~10^5 rules.
+    __slots__ = ("_decision", "_step", "access", "action", "arg", "assumed", "complement", "dst", "effects", "label",
+                 "names_label", "never", "note", "probability", "rule", "src", "sub", "table", "target", "tests")
+
+    def __init__(self, table: str, rule: Rule, matches: Bound) -> None:
+        self.table = table
+        self.rule = rule
+        self.tests: tuple[Test, ...] = matches.tests
+        self.assumed: tuple[Assumed, ...] = matches.assumed
+        self.effects: tuple[Effect, ...] = matches.effects
+        # Branch weights as (numerator, denominator) int pairs: exact like Fraction, without normalising at
+        # every split (the outcome normalises once).
+        branch = matches.branch
+        self.probability: tuple[int, int] | None = branch[0] if branch is not None else None
+        self.complement: tuple[int, int] = branch[1] if branch is not None else (0, 1)
+        self.never = matches.never
+        # -s and -d as (mask, network, negated), tested before `tests` (matchers.Net)
+        self.src: Net | None = None
+        self.dst: Net | None = None
+        self.action = CONTINUE
+        self.arg: Any = None
+        self.note: str | None = None
+        self.target = ""
+        self.label: str | None = None  # from the rule's comment, "" when none (see service_label)
+        self.names_label: str | None = None  # from the Tracer's `names`, "" when none (see Tracer._service)
+        self._step: Step | None = None
+        self._decision: Decision | None = None
+        self.sub: ChainCode | None = None  # the jump target, resolved on first use
+        self.access: chainmemo.Access | None = None  # what it reads and writes (for chainmemo)
+
+    @property
+    def step(self) -> Step:
+        if self._step is None:
+            rule = self.rule
+            self._step = Step(self.table, rule.chain, rule.line, f"-A {rule.chain} {rule.text}".rstrip())
+        return self._step
+
+    @property
+    def service_label(self) -> str | None:
+        """The "ns/svc:port" a kube-proxy comment on this rule names, if any."""
+        if self.label is None:
+            comment = rule_comment(self.rule)
+            found = _SERVICE_RE.search(comment) if comment else None
+            self.label = found.group(1) if found else ""
+        return self.label or None
+
+    @property
+    def decision(self) -> Decision:
+        if self._decision is None:
+            self._decision = Decision(self.table, self.rule.chain, self.rule.line)
+        return self._decision
+
+
+class ChainCode:
+    __slots__ = ("chain", "compiled", "index", "key", "name", "rules", "table", "table_chains")
+
+    def __init__(self, table: str, chain: Chain, index: ChainIndex | None, table_chains: Mapping[str, str]) -> None:
+        self.table = table
+        self.table_chains = table_chains  # the chains a rule of this table can jump to (name → name)
+        self.name = chain.name
+        self.key = (table, chain.name)
+        self.chain = chain
+        self.rules = chain.rules
+        self.compiled: list[Compiled | None] = [None] * len(chain.rules)
+        self.index = index
+
+
+def _parse_nat_to(text: str, version: int) -> tuple[int | None, int | None, str | None]:
+    """`ip`, `ip:port`, `[v6]:port`, ranges `a-b:p-q` → (first address, first port, note on ranges)."""
+    if version == 4 and "-" not in text and "/" not in text and not text.startswith("["):
+        # kube-proxy's `a.b.c.d:port` (one per endpoint): the general reading below, minus what cannot apply.
+        addr_part, _, port_part = text.partition(":")
+        if addr_part:
+            try:
+                addr_version, addr = ip_int(addr_part)
+            except ValueError:
+                raise TraceError(f"cannot read NAT address {text!r}") from None
+            if addr_version != version:
+                raise TraceError(f"NAT address {addr_part} is not IPv{version}")
+            return addr, int(port_part) if port_part else None, None
+    addr_part, port_part = text, ""
+    if text.startswith("["):
+        addr_part, _, rest = text[1:].partition("]")
+        port_part = rest[1:] if rest.startswith(":") else ""
+    elif version == 4 or text.count(":") == 1:
+        addr_part, _, port_part = text.partition(":")
+    note = None
+    first_addr = addr_part.split("-")[0]
+    if "-" in addr_part or "-" in port_part:
+        note = f"NAT to the range {text}: the first address/port assumed"
+    if "/" in port_part:  # port range with a base (newer iptables: a-b/base)
+        port_part = port_part.split("/")[0]
+    addr = None
+    if first_addr:
+        try:
+            addr_version, addr = ip_int(first_addr)
+        except ValueError:
+            raise TraceError(f"cannot read NAT address {text!r}") from None
+        if addr_version != version:
+            raise TraceError(f"NAT address {first_addr} is not IPv{version}")
+    port = int(port_part.split("-")[0]) if port_part else None
+    return addr, port, note
+
+
+_DISPATCH_CHAINS = frozenset({"KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-EXTERNAL-SERVICES"})
+
+
+_SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-XLB-")
+
+
+def _step_kind(table: str, chain: str, target: str, comment_kind: str) -> str:
+    """What a rule is to kube-proxy (Step.kind), from its comment's kind (layout.parse_comment), its chain and
+    its target."""
+    if comment_kind in ("no-endpoints", "no-local-endpoints", "firewall"):
+        return comment_kind
+    if chain.startswith("KUBE-FW-") and target == KUBE_MARK_DROP:
+        return "firewall"
+    if chain in _DISPATCH_CHAINS and (target.startswith(_SERVICE_CHAIN_PREFIXES) or target == "KUBE-NODEPORTS"
+                                      or (table == "filter" and target == "REJECT")):
+        return "no-endpoints" if table == "filter" else "dispatch"
+    if chain.startswith("KUBE-SEP-"):
+        return "endpoint"
+    return ""
+
+
+def compiled_path(cell: Any) -> list[Compiled]:
+    """The rules of a branch's path (a cons list, newest first), oldest first."""
+    out = []
+    while cell is not None:
+        out.append(cell[0])
+        cell = cell[1]
+    out.reverse()
+    return out
+
+
+def chain_list(cell: Any) -> tuple[tuple[str, str], ...]:
+    out = []
+    while cell is not None:
+        out.append(cell[0])
+        cell = cell[1]
+    out.reverse()
+    return tuple(out)
+
+
+def _mark_effect(target: str, opts: Mapping[str, str]) -> Callable[[State], None]:
+    """MARK/CONNMARK as a function on the branch state (xt_MARK / xt_CONNMARK semantics)."""
+    attr = "mark" if target == "MARK" else "ctmark"
+    full = 0xFFFFFFFF
+    if "--set-xmark" in opts or "--set-mark" in opts:
+        value, mask = mark_value(opts.get("--set-xmark") or opts["--set-mark"])
+        if "--set-mark" in opts and "/" not in opts["--set-mark"]:
+            mask = full
+        return lambda s: setattr(s, attr, (getattr(s, attr) & ~mask & full) ^ value)
+    if "--or-mark" in opts:
+        value = int(opts["--or-mark"], 0)
+        return lambda s: setattr(s, attr, getattr(s, attr) | value)
+    if "--and-mark" in opts:
+        value = int(opts["--and-mark"], 0)
+        return lambda s: setattr(s, attr, getattr(s, attr) & value)
+    if "--xor-mark" in opts:
+        value = int(opts["--xor-mark"], 0)
+        return lambda s: setattr(s, attr, getattr(s, attr) ^ value)
+    if target == "CONNMARK" and "--save-mark" in opts:
+        nfmask = int(opts.get("--nfmask", opts.get("--mask", "0xffffffff")), 0)
+        ctmask = int(opts.get("--ctmask", opts.get("--mask", "0xffffffff")), 0)
+        return lambda s: setattr(s, "ctmark", (s.ctmark & ~ctmask & full) ^ (s.mark & nfmask))
+    if target == "CONNMARK" and "--restore-mark" in opts:
+        nfmask = int(opts.get("--nfmask", opts.get("--mask", "0xffffffff")), 0)
+        ctmask = int(opts.get("--ctmask", opts.get("--mask", "0xffffffff")), 0)
+        return lambda s: setattr(s, "mark", (s.mark & ~nfmask & full) ^ (s.ctmark & ctmask))
+    return lambda s: None
+
+
+class Compiler:
+    """Compiles a Ruleset's rules lazily into `Compiled` ones, chain by chain (ChainCode), and reports them
+    (Steps with what each rule is to kube-proxy). The Tracer is a Compiler that walks."""
+
+    def __init__(self, ruleset: Ruleset, ctx: Context, names: Mapping[str, str] | None, use_index: bool) -> None:
+        self.ruleset = ruleset
+        self.version = 6 if ruleset.family == "ipv6" else 4
+        self.ctx = ctx
+        self.names = names
+        self.use_index = use_index
+        self._codes: dict[tuple[str, str], ChainCode | None] = {}
+        self._structures: dict[object, Structure] = {}
+        self._groups: dict[object, MatchPlan] = {}
+        self._binders: dict[int, Binder] = {}
+        self._shape_binders: dict[RuleShape | None, tuple[Structure, Binder]] = {}
+        self._chain_names: dict[str, dict[str, str]] = {}
+        self._bound: dict[object, Bound] = {}
+
+    def _code(self, table: str, chain: str) -> ChainCode | None:
+        key = (table, chain)
+        code = self._codes.get(key, False)
+        if code is False:
+            found = self.ruleset.chain(table, chain)
+            if found is None:
+                code = None
+            else:
+                index = None
+                if self.use_index and len(found.rules) >= MIN_RULES:
+                    index = ChainIndex.build(found.rules, self.version, self._structures)
+                names = self._chain_names.get(table)
+                if names is None:
+                    found_table = self.ruleset.table(table)
+                    names = self._chain_names[table] = {
+                        c.name: c.name for c in found_table.chains} if found_table is not None else {}
+                code = ChainCode(table, found, index, names)
+            self._codes[key] = code
+        return code  # type: ignore[return-value]
+
+    def _compile(self, code: ChainCode, i: int) -> Compiled:
+        rule = code.rules[i]
+        tokens = fast_tokens(rule.text)
+        shape = rule.shape
+        found = self._shape_binders.get(shape)
+        if found is None:
+            structure = rule_structure(rule, tokens, self._structures)
+            binder = binder_for(structure, self._binders)
+            if self._structures.get(shape) is structure:  # (else the structure depends on the rule's tokens)
+                self._shape_binders[shape] = (structure, binder)
+        else:
+            structure, binder = found
+        matches, src, dst, addresses, never = bind_matches(rule, self.ctx, binder, tokens, self._bound,
+                                                           self._groups)
+        c = Compiled(code.table, rule, matches)
+        c.src = src
+        c.dst = dst
+        if addresses:
+            c.tests = addresses + matches.tests  # (pure tests: their order does not matter)
+        if never:
+            c.never = True
+        if shape is not None and shape.target_index >= 0:
+            name = tokens[shape.target_index]
+            chain = code.table_chains.get(name) if name not in BUILTIN_TARGETS else None
+            if chain is not None:
+                # The chain's own name object: the token would be one more string kept per rule.
+                c.target = c.arg = chain
+                c.action = GOTO if shape.goto else JUMP
+            else:
+                c.target = name
+                self._compile_target(code, rule, c, name, tokens, structure)
+        c.access = chainmemo.rule_access(structure, c.target, bool(addresses))
+        code.compiled[i] = c
+        return c
+
+    def _compile_target(self, code: ChainCode, rule: Rule, c: Compiled, name: str, tokens: Sequence[str],
+                        structure: Structure) -> None:
+        """A target other than a jump to a chain of the table."""
+        where = f"line {rule.line}"
+        # An option's first value (`Opt.value`); later repeats of an option win, as in `dict(options)`.
+        opts = {opt: (unquote(tokens[idx[0]]) if tokens[idx[0]][0] == '"' else tokens[idx[0]]) if idx else ""
+                for opt, _negated, idx in structure[1]}
+        if name == "RETURN":
+            c.action = RETURN
+        elif name in ("ACCEPT", "DROP", "REJECT"):
+            c.action = {"ACCEPT": ACCEPT, "DROP": DROP, "REJECT": REJECT}[name]
+        elif name == "DNAT":
+            to = opts.get("--to-destination", "")
+            addr, port, c.note = _parse_nat_to(to, self.version) if to else (None, None, None)
+            c.action, c.arg = DNAT, (addr, port)
+            if not to:
+                c.note = f"{where}: DNAT without --to-destination: destination assumed unchanged"
+        elif name == "REDIRECT":
+            ports = opts.get("--to-ports", "")
+            c.action, c.arg = REDIRECT, int(ports.split("-")[0]) if ports else None
+        elif name in ("SNAT", "MASQUERADE"):
+            c.action = SNAT if name == "SNAT" else MASQUERADE
+        elif name == "NETMAP":
+            net = parse_net(opts.get("--to", ""), self.version) if opts.get("--to") else None
+            c.action, c.arg = NETMAP, net
+        elif name in ("MARK", "CONNMARK"):
+            c.action, c.arg = SET_MARK, _mark_effect(name, opts)
+        elif name == "NOTRACK" or (name == "CT" and "--notrack" in opts):
+            c.action = NOTRACK
+        elif name in _PASSIVE_TARGETS:
+            c.action = CONTINUE
+        elif name in _HANDED_OFF:
+            c.action = ACCEPT_ASSUMED
+            c.note = f"{where}: -j {name}: {_HANDED_OFF[name]}; assumed it lets the connection through"
+        elif name in BUILTIN_TARGETS:
+            c.action = UNKNOWN
+            c.note = f"{where}: -j {name} is not modeled: assumed it returns to the chain without changing " \
+                     "the packet"
+        else:
+            c.action = UNKNOWN
+            c.note = f"{where}: -j {name}: no such chain in table {code.table} and not a known target; " \
+                     "assumed it returns to the chain"
+
+    # ------------------------------------------------------------------------------------ walk
+
+    def _step(self, c: Compiled) -> Step:
+        """The Step of a rule on a reported path, with what it is to kube-proxy (Step.kind) and its Service."""
+        step = c._step
+        if step is None or (not step.kind and step.service is None):
+            rule = c.rule
+            comment = rule_comment(rule)
+            parsed = parse_comment(comment) if comment else None
+            kind = _step_kind(c.table, rule.chain, c.target, parsed[1] if parsed else "")
+            service = parsed[0] if parsed else None
+            if service is None and self.names is not None:
+                service = self.names.get(rule.chain) or (self.names.get(c.target) if c.target else None)
+            step = c._step = Step(c.table, rule.chain, rule.line, f"-A {rule.chain} {rule.text}".rstrip(), kind,
+                                  service)
+        return step
+
+    def _service(self, compiled: Sequence[Compiled]) -> str | None:
+        names = self.names
+        if names is not None:
+            for c in compiled:
+                label = c.names_label
+                if label is None:
+                    label = c.names_label = names.get(c.rule.chain) or (
+                        names.get(c.arg) if isinstance(c.arg, str) else None) or ""
+                if label:
+                    return label
+        # Without the kube view (or for chains it does not know), kube-proxy's comments name the Service.
+        for c in compiled:
+            label = c.service_label
+            if label:
+                return label
+        return None
