@@ -16,6 +16,7 @@ from iptrace.cli.common import (
     emit_json,
     lenient_option,
     load_dump,
+    namespace_option,
     node_ips_or,
     output_option,
     parse_destination,
@@ -165,9 +166,10 @@ _SRC_HELP = ("Where the connection comes from: an IP, or `pod` (an address in th
 @click.option("--in-interface", metavar="IFACE", help="Interface the packet arrives on (for -i matches).")
 @output_option("text", "json")
 @analysis_options
+@namespace_option
 def trace(dump: str, dst: str, src: str, proto: str, in_interface: str | None, output: str,
           node_ips: tuple[str, ...], cluster_files: tuple[str, ...], kubeconfig: str | None, context: str | None,
-          lenient: bool, table: str | None) -> None:
+          lenient: bool, table: str | None, namespace: str | None) -> None:
     """Simulate one new connection through the rules, exactly as the kernel would.
 
     Prints every outcome (DNAT to which endpoint, ACCEPT, DROP, REJECT, CONTINUE) with its exact probability,
@@ -189,7 +191,7 @@ def trace(dump: str, dst: str, src: str, proto: str, in_interface: str | None, o
     host, port = parse_destination(dst)
     ruleset, collected = load_dump(dump, lenient=lenient, table=table, ipv6=":" in host)
     same_family(ruleset, host)
-    cluster = cluster_data(cluster_files, kubeconfig, context)
+    cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
     view = build_view(ruleset, cluster=cluster)
     ips = node_ips_or(node_ips, collected) or infer_node_ips(ruleset)
     pods = infer_pod_cidrs(ruleset)
@@ -215,9 +217,10 @@ def trace(dump: str, dst: str, src: str, proto: str, in_interface: str | None, o
 @click.option("--in-interface", metavar="IFACE", help="Interface the packet arrives on (for -i matches).")
 @output_option("text", "json")
 @analysis_options
+@namespace_option
 def explain(dump: str, dst: str, src: str | None, proto: str, in_interface: str | None, output: str,
             node_ips: tuple[str, ...], cluster_files: tuple[str, ...], kubeconfig: str | None,
-            context: str | None, lenient: bool, table: str | None) -> None:
+            context: str | None, lenient: bool, table: str | None, namespace: str | None) -> None:
     """Explain why a connection fails and what would work instead.
 
     Exit status 3 when any diagnosis is an error (the connection does not reach an endpoint), 0 otherwise.
@@ -237,7 +240,7 @@ def explain(dump: str, dst: str, src: str | None, proto: str, in_interface: str 
         check_ip(click.get_current_context(), click.Option(["--src"]), (src,))
     ruleset, collected = load_dump(dump, lenient=lenient, table=table, ipv6=":" in host)
     same_family(ruleset, host)
-    cluster = cluster_data(cluster_files, kubeconfig, context)
+    cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
     explainer = Explainer(ruleset, node_ips=node_ips_or(node_ips, collected), cluster=cluster)
     report = explainer.explain(host, port, proto=proto, src=src, in_interface=in_interface)
     if output == "json":

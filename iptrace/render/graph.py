@@ -7,8 +7,8 @@ from __future__ import annotations
 from iptrace.kube.view import HEALTH_CHECK, EntryView, KubeView, ServicePortView
 from iptrace.render.json import percent
 
-_KIND_SHORT = {"clusterIP": "ClusterIP", "nodePort": "NodePort", "externalIP": "externalIP",
-               "loadBalancer": "LB IP", "healthCheck": "health check"}
+KIND_SHORT = {"clusterIP": "ClusterIP", "nodePort": "NodePort", "externalIP": "externalIP",
+              "loadBalancer": "LB IP", "healthCheck": "health check"}
 
 
 class _Graph:
@@ -20,7 +20,7 @@ class _Graph:
 
 
 def _entry_text(e: EntryView) -> str:
-    return f"{e.label}\n{_KIND_SHORT[e.kind]}"
+    return f"{e.label}\n{KIND_SHORT[e.kind]}"
 
 
 def _verdict_text(s: ServicePortView, verdict: str) -> str:
