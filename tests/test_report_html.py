@@ -221,8 +221,8 @@ def test_pictures_per_node_where_the_nodes_differ(scenario) -> None:
         assert re.search(rf"<title>endpoint {re.escape(ep.address)}\b", svg)
     assert ">33.33%</text>" in svg and "KUBE-SVC-" in svg
     assert re.search(r'<svg [^>]*role="img" aria-labelledby="port-\d+-v1-t port-\d+-v1-d"', stale)
-    caption = read(stale.split("<figcaption>", 1)[1]).text
-    assert "10.244.2.99:8080 33.33%" in " ".join(caption)
+    flow_text = read(stale.split('<ul class="flow-text">', 1)[1]).text
+    assert "10.244.2.99:8080 33.33%" in " ".join(flow_text)
     # A Service port only the stale node has: the others are said to have no rules, as the API asks.
     gone = sections["default/gone:http"]
     assert "No rules for this Service port on node-a, node-c, as the API asks" in gone

@@ -165,9 +165,9 @@ def _figure(v: _Variant, ident: str, service: str, ref: _Reference | None, count
     items = [("<li class=\"flag\">" if flag else "<li>") + f"{_e(text)}</li>" for text, flag in lines]
     return "\n".join([
         f'<figure class="variant{" has-findings" if tally else ""}" id="{ident}" data-nodes="{_json_attr(v.nodes)}">',
+        f'<figcaption><span class="nodes">{_e(who)}</span> — {_e(state)}</figcaption>',
         svg,
-        f'<figcaption><span class="nodes">{_e(who)}</span> — {_e(state)}',
-        "<ul>", *items, "</ul></figcaption>",
+        '<ul class="flow-text">', *items, "</ul>",
         "</figure>",
     ])
 
@@ -328,8 +328,9 @@ def _port_section(pv: PortViews, ident: str, findings: Sequence[tuple[int, Findi
            f' · {_e(pv.family.replace("ip", "IP"))}</span></div>',
            '<ul class="port-findings">']
     for i, f in findings:
+        summary = f.summary.removeprefix(f"{pv.service}: ")
         out.append(f'<li><span class="badge {f.severity}">{_WORD[f.severity]}</span> '
-                   f'<a href="#finding-{i}"><code>{_e(f.id)}</code> on {_e(f.node)}</a></li>')
+                   f'<a href="#finding-{i}"><code>{_e(f.id)}</code> on {_e(f.node)}</a>: {_e(summary)}</li>')
     out.append("</ul>")
     api_line = _api_line(api, cluster)
     if api_line:

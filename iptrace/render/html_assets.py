@@ -83,10 +83,10 @@ pre.evidence .ln { color: var(--muted); user-select: none; }
 figure.variant { margin: 10px 0 0; padding: 10px; border: 1px solid var(--line); border-radius: 4px;
                  overflow-x: auto; break-inside: avoid; }
 figure.variant.has-findings { border-color: #e6a19c; }
-figure.variant figcaption { margin-top: 6px; font-size: 12.5px; }
+figure.variant figcaption { margin-bottom: 4px; }
 figure.variant figcaption .nodes { font-family: var(--mono); font-weight: 700; }
-figure.variant figcaption ul { margin: 4px 0 0; padding-left: 18px; }
-figure.variant figcaption .flag { color: var(--err); font-weight: 600; }
+figure.variant ul.flow-text { margin: 6px 0 0; padding-left: 18px; font-size: 12.5px; color: var(--muted); }
+figure.variant ul.flow-text .flag { color: var(--err); font-weight: 600; }
 svg.flow { display: block; max-width: 100%; height: auto; }
 footer { margin-top: 36px; padding-top: 8px; border-top: 1px solid var(--line); color: var(--muted);
          font-size: 12px; }

@@ -8,6 +8,7 @@ always gives the same bytes. Returns str; no I/O.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
@@ -21,7 +22,7 @@ _LINE_H = 15
 _PAD_X = 9
 _PAD_Y = 7
 _GAP_Y = 12
-_GAP_X = 92  # room for the share labels on the edges
+_GAP_X = 84  # room for the share labels on the edges
 _MARGIN = 12
 _HEAD = 22  # the column headings
 
@@ -36,6 +37,7 @@ _COLOURS = {
 _FLAGGED_STROKE = "#c5221f"
 _KIND_WORDS = {"entry": "way in", "chain": "chain", "endpoint": "endpoint", "verdict": "verdict",
                "ghost": "endpoint"}
+# Boxes of kind "lane" are invisible: the place where an edge crosses a column it skips.
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,14 @@ def _columns(nodes: Sequence[GraphNode], edges: Sequence[GraphEdge]) -> dict[str
     return col
 
 
+def _label_point(x1: float, y1: float, x2: float, y2: float, bend: float, t: float = 0.6) -> tuple[float, float]:
+    """A point on the cubic curve of one edge segment (control points level with its ends)."""
+    u = 1 - t
+    x = u ** 3 * x1 + 3 * u * u * t * (x1 + bend) + 3 * u * t * t * (x2 - bend) + t ** 3 * x2
+    y = u ** 3 * y1 + 3 * u * u * t * y1 + 3 * u * t * t * y2 + t ** 3 * y2
+    return x, y
+
+
 def draw_service_port(nodes: Sequence[GraphNode], edges: Sequence[GraphEdge], *, ident: str, title: str,
                       description: str, notes: Mapping[str, str] | None = None,
                       ghosts: Sequence[str] = (), ghost_note: str = "") -> str:
@@ -89,47 +99,32 @@ def draw_service_port(nodes: Sequence[GraphNode], edges: Sequence[GraphEdge], *,
     boxes: list[_Box] = []
     for nid, label, kind in nodes:
         lines = tuple(label.split("\n")) + ((notes[nid],) if nid in notes else ())
-        boxes.append(_Box(nid, lines, kind, nid in notes, column[nid], 0, 0))
+        boxes.append(_box(nid, lines, kind, nid in notes, column[nid]))
     last = max([b.col for b in boxes] or [0])
     for i, address in enumerate(ghosts):
-        lines = (address, ghost_note) if ghost_note else (address,)
-        boxes.append(_Box(f"{ident}g{i}", lines, "ghost", False, max(last, 1), 0, 0))
-    boxes = [_Box(b.id, b.lines, b.kind, b.flagged, b.col,
-                  round(max(len(x) for x in b.lines) * _CHAR_W + 2 * _PAD_X),
-                  len(b.lines) * _LINE_H + 2 * _PAD_Y) for b in boxes]
+        boxes.append(_box(f"{ident}g{i}", (address, ghost_note) if ghost_note else (address,), "ghost", False,
+                          max(last, 1)))
+    # An edge that skips columns runs through a lane (a "dummy" box of no width) in each column it crosses,
+    # so that it never cuts through a box.
+    routes: list[tuple[list[str], str]] = []
+    preds: dict[str, list[str]] = {}
+    for a, b, label in edges:
+        path = [a]
+        for c in range(column[a] + 1, column[b]):
+            lane = _Box(f"{ident}l{len(boxes)}", (), "lane", False, c, 0, 8)
+            boxes.append(lane)
+            path.append(lane.id)
+        path.append(b)
+        for x, y in itertools.pairwise(path):
+            preds.setdefault(y, []).append(x)
+        routes.append((path, label))
     ncols = max([b.col for b in boxes] or [0]) + 1
     widths = [max([b.width for b in boxes if b.col == c] or [0]) for c in range(ncols)]
     xs = [_MARGIN + sum(widths[:c]) + _GAP_X * c for c in range(ncols)]
-    preds: dict[str, list[str]] = {}
-    for a, b, _ in edges:
-        preds.setdefault(b, []).append(a)
-    centre: dict[str, float] = {}
-    top: dict[str, float] = {}
-    order = {b.id: i for i, b in enumerate(boxes)}
-    for c in range(ncols):
-        members = [b for b in boxes if b.col == c]
-        desired: dict[str, float] = {}
-        for b in members:
-            ys = [centre[p] for p in preds.get(b.id, ()) if p in centre]
-            desired[b.id] = sum(ys) / len(ys) if ys else float("inf")
-        members.sort(key=lambda b: (desired[b.id], order[b.id]))
-        # Stack in that order, each box as near its wish as the one above allows, then move the column up
-        # by the mean overshoot (never above the top margin).
-        y = _MARGIN + _HEAD
-        placed: list[tuple[_Box, float]] = []
-        for b in members:
-            want = desired[b.id] - b.height / 2 if desired[b.id] != float("inf") else y
-            at = max(want, y)
-            placed.append((b, at))
-            y = at + b.height + _GAP_Y
-        wished = [(at - (desired[b.id] - b.height / 2)) for b, at in placed if desired[b.id] != float("inf")]
-        shift = min(sum(wished) / len(wished) if wished else 0.0,
-                    min((at for _, at in placed), default=_MARGIN + _HEAD) - (_MARGIN + _HEAD))
-        for b, at in placed:
-            top[b.id] = at - shift
-            centre[b.id] = top[b.id] + b.height / 2
+    top = _stack(boxes, preds, ncols)
     by_id = {b.id: b for b in boxes}
-    width = (xs[-1] + widths[-1] + _MARGIN) if boxes else 2 * _MARGIN
+    centre = {b.id: top[b.id] + b.height / 2 for b in boxes}
+    width = xs[-1] + widths[-1] + _MARGIN if boxes else 2 * _MARGIN
     height = max([top[b.id] + b.height for b in boxes] or [_MARGIN + _HEAD]) + _MARGIN
 
     out = [f'<svg class="flow" role="img" aria-labelledby="{ident}-t {ident}-d" width="{_fmt(width)}" '
@@ -151,38 +146,48 @@ def draw_service_port(nodes: Sequence[GraphNode], edges: Sequence[GraphEdge], *,
         out.append(f'<text class="col" x="{_fmt(xs[c])}" y="{_MARGIN + 10}" font-size="11" '
                    f'fill="#5f6368">{escape(text)}</text>')
     incoming: dict[str, list[str]] = {}
-    for a, b, label in edges:
-        pa, pb = by_id[a], by_id[b]
-        x1, y1 = xs[pa.col] + pa.width, centre[a]
-        x2, y2 = xs[pb.col], centre[b]
-        bend = max((x2 - x1) * 0.45, 20.0)
-        out.append(f'<path class="edge" d="M{_fmt(x1)},{_fmt(y1)} C{_fmt(x1 + bend)},{_fmt(y1)} '
-                   f'{_fmt(x2 - bend)},{_fmt(y2)} {_fmt(x2 - 1)},{_fmt(y2)}" fill="none" stroke="#5f6368" '
-                   f'stroke-width="1.3" marker-end="url(#{ident}-a)"/>')
+    for path, label in routes:
+        first, end = by_id[path[0]], by_id[path[-1]]
+        x, y = xs[first.col] + first.width, centre[first.id]
+        d = [f"M{_fmt(x)},{_fmt(y)}"]
+        # The share labels the first segment, where the chain that balances fans out.
+        at: tuple[float, float] | None = None
+        for lane_id in path[1:-1]:
+            lane = by_id[lane_id]
+            lx, ly = xs[lane.col], centre[lane_id]
+            bend = max((lx - x) * 0.45, 12.0)
+            d.append(f"C{_fmt(x + bend)},{_fmt(y)} {_fmt(lx - bend)},{_fmt(ly)} {_fmt(lx)},{_fmt(ly)}")
+            at = at or _label_point(x, y, lx, ly, bend, 0.72)
+            x, y = lx + widths[lane.col], ly
+            d.append(f"L{_fmt(x)},{_fmt(y)}")
+        x2, y2 = xs[end.col], centre[end.id]
+        bend = max((x2 - x) * 0.45, 12.0)
+        d.append(f"C{_fmt(x + bend)},{_fmt(y)} {_fmt(x2 - bend)},{_fmt(y2)} {_fmt(x2 - 1)},{_fmt(y2)}")
+        out.append(f'<path class="edge" d="{" ".join(d)}" fill="none" stroke="#5f6368" stroke-width="1.3" '
+                   f'marker-end="url(#{ident}-a)"/>')
         if label:
-            t = 0.6  # on the curve, past its middle: the labels of one fan do not collide
-            bx = (1 - t) ** 3 * x1 + 3 * (1 - t) ** 2 * t * (x1 + bend) + 3 * (1 - t) * t * t * (x2 - bend) \
-                + t ** 3 * x2
-            by = (1 - t) ** 3 * y1 + 3 * (1 - t) ** 2 * t * y1 + 3 * (1 - t) * t * t * y2 + t ** 3 * y2
-            out.append(f'<text class="share" x="{_fmt(bx)}" y="{_fmt(by - 4)}" text-anchor="middle" '
+            lx, ly = at or _label_point(x, y, x2, y2, bend)
+            out.append(f'<text class="share" x="{_fmt(lx)}" y="{_fmt(ly - 4)}" text-anchor="middle" '
                        f'font-size="11" font-weight="bold" fill="#202124" stroke="#ffffff" stroke-width="3" '
                        f'paint-order="stroke">{escape(label)}</text>')
-        incoming.setdefault(b, []).append(f"{label} from {' '.join(pa.lines[:1])}" if label else
-                                          f"from {' '.join(pa.lines[:1])}")
+        source = first.lines[0] if first.lines else ""
+        incoming.setdefault(end.id, []).append(f"{label} from {source}" if label else f"from {source}")
     for b in boxes:
+        if b.kind == "lane":
+            continue
         fill, stroke, ink = _COLOURS[b.kind]
         if b.flagged:
             stroke = _FLAGGED_STROKE
         dash = ' stroke-dasharray="5 3"' if b.kind == "ghost" or b.flagged else ""
         x, y = xs[b.col], top[b.id]
-        rx = 10 if b.kind == "entry" else 3
         tip = f"{_KIND_WORDS[b.kind]} " + " — ".join(b.lines)
         if incoming.get(b.id):
             tip += " (" + "; ".join(incoming[b.id]) + ")"
         cls = f"n n-{b.kind}" + (" flagged" if b.flagged else "")
         out.append(f'<g class="{cls}"><title>{escape(tip)}</title>'
-                   f'<rect x="{_fmt(x)}" y="{_fmt(y)}" width="{_fmt(b.width)}" height="{_fmt(b.height)}" rx="{rx}" '
-                   f'fill="{fill}" stroke="{stroke}" stroke-width="{2.2 if b.flagged else 1.2}"{dash}/>')
+                   f'<rect x="{_fmt(x)}" y="{_fmt(y)}" width="{_fmt(b.width)}" height="{_fmt(b.height)}" '
+                   f'rx="{10 if b.kind == "entry" else 3}" fill="{fill}" stroke="{stroke}" '
+                   f'stroke-width="{2.2 if b.flagged else 1.2}"{dash}/>')
         for i, line in enumerate(b.lines):
             bold = ' font-weight="bold"' if b.kind in ("endpoint", "verdict") and i == 0 else ""
             colour = _FLAGGED_STROKE if (b.flagged and i == len(b.lines) - 1) else ink
@@ -191,3 +196,37 @@ def draw_service_port(nodes: Sequence[GraphNode], edges: Sequence[GraphEdge], *,
         out.append("</g>")
     out.append("</svg>")
     return "\n".join(out)
+
+
+def _box(nid: str, lines: tuple[str, ...], kind: str, flagged: bool, col: int) -> _Box:
+    return _Box(nid, lines, kind, flagged, col, round(max(len(x) for x in lines) * _CHAR_W + 2 * _PAD_X),
+                len(lines) * _LINE_H + 2 * _PAD_Y)
+
+
+def _stack(boxes: Sequence[_Box], preds: Mapping[str, list[str]], ncols: int) -> dict[str, float]:
+    """The top of every box: column by column, each box as near the mean height of its predecessors as the
+    box above it allows, then the column moved up by the mean overshoot (never above the headings)."""
+    top: dict[str, float] = {}
+    centre: dict[str, float] = {}
+    order = {b.id: i for i, b in enumerate(boxes)}
+    first = _MARGIN + _HEAD
+    for c in range(ncols):
+        members = [b for b in boxes if b.col == c]
+        desired: dict[str, float | None] = {}
+        for b in members:
+            ys = [centre[p] for p in preds.get(b.id, ()) if p in centre]
+            desired[b.id] = sum(ys) / len(ys) if ys else None
+        members.sort(key=lambda b: (desired[b.id] is None, desired[b.id] or 0.0, order[b.id]))
+        y = first
+        placed: list[tuple[_Box, float]] = []
+        for b in members:
+            wish = desired[b.id]
+            at = max(y if wish is None else wish - b.height / 2, y)
+            placed.append((b, at))
+            y = at + b.height + _GAP_Y
+        over = [at - (wish - b.height / 2) for b, at in placed if (wish := desired[b.id]) is not None]
+        shift = min(sum(over) / len(over) if over else 0.0, min((at for _, at in placed), default=first) - first)
+        for b, at in placed:
+            top[b.id] = at - shift
+            centre[b.id] = top[b.id] + b.height / 2
+    return top
