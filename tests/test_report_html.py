@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from bench.synth import EndpointSpec
 from iptrace.cli import main
 from iptrace.kube.compare import AuditReport, NodeInput, audit
 from iptrace.render.html import render_audit_html
@@ -409,3 +410,21 @@ def test_print(browser, cli_report) -> None:
     assert value["closed"] == 0 and value["unbroken"]
     assert page.pdf is not None and page.pdf.startswith(b"%PDF")
     assert len(re.findall(rb"/Type\s*/Page\b", page.pdf)) >= 3
+
+
+def test_a_large_fleet_draws_at_most_six_pictures_per_port() -> None:
+    """Nine nodes forwarding one Service port nine ways: six pictures, the other nodes named in text."""
+    inputs = []
+    names = [f"node-{i}" for i in range(9)]
+    for i, name in enumerate(names):
+        services = base_services()
+        if i:
+            next(s for s in services if s.name == "web").endpoints.append(EndpointSpec(f"10.244.3.{100 + i}", 8080))
+        inputs.append(NodeInput(name, dump(services, "node-a"), addresses=(NODES["node-a"],)))
+    html = render_audit_html(audit(inputs, None))
+    web = _sections(html)["default/web:http"]
+    assert web.count('<figure class="variant') == 6
+    more = re.search(r'<p class="more">(.*?)</p>', web)
+    assert more and more.group(1).startswith("Not drawn: 3 more nodes forwarding it in 3 other ways (")
+    drawn = set(", ".join(_figures(web)).split(", "))
+    assert drawn | set(more.group(1).split("(", 1)[1].split(")", 1)[0].split(", ")) == set(names)

@@ -30,6 +30,9 @@ _WORD = {"error": "ERROR", "warning": "WARNING", "info": "INFO"}
 # kube-proxy's mode as the detected layout implies it (iptables.era names).
 _MODES = {"KUBE-EXT era": "iptables", "KUBE-XLB era": "iptables", "userspace mode": "userspace",
           "IPVS mode": "ipvs", "nftables-managed": "nftables", "none": "none found"}
+# Pictures per Service port; with a Local traffic policy every node's picture differs (each balances over its
+# own endpoints), and a fleet of 100 nodes must not make a page of 100 pictures per port.
+_MAX_PICTURES = 6
 _STATUS_WORDS = {"ok": "ok", "no-kube-proxy": "no kube-proxy rules", "load-error": "could not be read"}
 
 
@@ -229,7 +232,8 @@ def _verdict(report: AuditReport, counts: dict[str, int]) -> list[str]:
     bad = sorted({f.node for f in report.findings if f.severity == "error"})
     if counts["error"]:
         cls, word = "fail", "FAIL"
-        text = (f"{_plural(counts['error'], 'error')} on {_plural(len(bad), 'node')} ({', '.join(bad)}): traffic "
+        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        text = (f"{_plural(counts['error'], 'error')} on {_plural(len(bad), 'node')} ({shown}): traffic "
                 "to some Services fails or goes to the wrong place there.")
     elif counts["warning"]:
         cls, word = "warn", "WARNINGS"
@@ -335,8 +339,15 @@ def _port_section(pv: PortViews, ident: str, findings: Sequence[tuple[int, Findi
     api_line = _api_line(api, cluster)
     if api_line:
         out.append(api_line)
-    for j, v in enumerate(variants):
+    for j, v in enumerate(variants[:_MAX_PICTURES]):
         out.append(_figure(v, f"{ident}-v{j + 1}", pv.service, ref, counts))
+    rest = variants[_MAX_PICTURES:]
+    if rest:
+        names = [n for v in rest for n in v.nodes]
+        flagged = [n for v in rest for n in v.nodes if n in counts]
+        out.append(f'<p class="more">Not drawn: {_e(_plural(len(names), "more node"))} forwarding it in '
+                   f"{len(rest)} other ways ({_e(', '.join(names))})"
+                   + (f"; with findings for it: {_e(', '.join(flagged))}" if flagged else "") + ".</p>")
     if absent:
         where = _e(", ".join(absent))
         if any(n in counts for n in absent) or api is not None:
@@ -357,8 +368,13 @@ def render_audit_html(report: AuditReport, cluster: Any = None) -> str:
     counts = {s: sum(f.severity == s for f in report.findings) for s in _SEVERITIES}
     numbered = list(enumerate(report.findings, start=1))
 
+    by_service: dict[str, list[tuple[int, Finding]]] = {}
+    for i, f in numbered:
+        if f.service:
+            by_service.setdefault(f.service, []).append((i, f))
+
     def rank(pv: PortViews) -> tuple[int, str, str]:
-        worst = min((SEVERITY_ORDER[f.severity] for f in report.findings if f.service == pv.service), default=9)
+        worst = min((SEVERITY_ORDER[f.severity] for _, f in by_service.get(pv.service, ())), default=9)
         return (worst, pv.service, pv.family)
 
     ports = sorted(report.port_views, key=rank)
@@ -382,8 +398,7 @@ def render_audit_html(report: AuditReport, cluster: Any = None) -> str:
         body += ['<section id="ports">', f'<h2>Service ports that differ <span class="count">({len(ports)}: how '
                  "each node forwards them, nodes with the same rules drawn once)</span></h2>"]
         for j, pv in enumerate(ports, start=1):
-            body += _port_section(pv, f"port-{j}", [(i, f) for i, f in numbered if f.service == pv.service],
-                                  cluster)
+            body += _port_section(pv, f"port-{j}", by_service.get(pv.service, []), cluster)
         body.append("</section>")
     body += [f"<footer>iptrace {_e(__version__)} · the same audit as <code>iptrace audit … -o json</code> "
              f"(format {AUDIT_FORMAT}) · this page loads nothing from the network</footer>"]

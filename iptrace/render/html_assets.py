@@ -80,6 +80,7 @@ pre.evidence .ln { color: var(--muted); user-select: none; }
 .port .absent { margin: 8px 0; padding: 6px 10px; border: 1px dashed var(--line); border-radius: 4px;
                 color: var(--muted); }
 .port .absent.wrong { border-color: var(--err); color: var(--err); }
+.port .more { margin: 8px 0 0; color: var(--muted); }
 figure.variant { margin: 10px 0 0; padding: 10px; border: 1px solid var(--line); border-radius: 4px;
                  overflow-x: auto; break-inside: avoid; }
 figure.variant.has-findings { border-color: #e6a19c; }
