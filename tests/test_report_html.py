@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from bench.synth import EndpointSpec
+from bench.synth import EndpointSpec, PortSpec, ServiceSpec
 from iptrace.cli import main
 from iptrace.kube.compare import AuditReport, NodeInput, audit
 from iptrace.render.html import render_audit_html
@@ -428,3 +428,18 @@ def test_a_large_fleet_draws_at_most_six_pictures_per_port() -> None:
     assert more and more.group(1).startswith("Not drawn: 3 more nodes forwarding it in 3 other ways (")
     drawn = set(", ".join(_figures(web)).split(", "))
     assert drawn | set(more.group(1).split("(", 1)[1].split(")", 1)[0].split(", ")) == set(names)
+
+
+def test_a_service_port_no_node_has() -> None:
+    """The API has a Service port that no node forwards: one section, every node named as lacking it."""
+    services = base_services()
+    nodes = [NodeInput(n, dump(services, n), addresses=(NODES[n],)) for n in sorted(NODES)]
+    newer = [*base_services(), ServiceSpec("default", "fresh", "10.96.10.40", [PortSpec("http", 80, target_port=8080)],
+                                           endpoints=[EndpointSpec("10.244.1.40", 8080)])]
+    cluster = cluster_of(newer)
+    report = audit(nodes, cluster)
+    assert [(pv.service, [sp for _, sp in pv.nodes]) for pv in report.port_views] == [
+        ("default/fresh:http", [None, None, None])]
+    section = _sections(render_audit_html(report, cluster))["default/fresh:http"]
+    assert '<p class="absent wrong">No rules for this Service port on node-a, node-b, node-c:' in section
+    assert "10.244.1.40:8080 (ready, node-a)" in section and "<figure" not in section

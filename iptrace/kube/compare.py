@@ -1141,6 +1141,8 @@ def _port_views(proxied: Sequence[_NodeState], findings: Sequence[Finding]) -> t
     wanted = sorted({f.service for f in findings if f.service})
     if not wanted:
         return ()
+    # A Service's name, or a chain's for an unnamed one: a cheap filter before spelling every port's label.
+    names = {key.split("/", 1)[-1].split(":", 1)[0].split("/", 1)[0] for key in wanted}
     families = sorted({fam for s in proxied for fam, v in s.views.items() if v.era.has_iptables_rules})
     by_node: dict[tuple[str, str], dict[str, ServicePortView]] = {}
     for s in proxied:
@@ -1150,6 +1152,8 @@ def _port_views(proxied: Sequence[_NodeState], findings: Sequence[Finding]) -> t
                 continue
             ports: dict[str, ServicePortView] = {}
             for sp in view.services:
+                if sp.name not in names:
+                    continue
                 key = view_service_label(sp)
                 # Several fragments can name one port (comment-less filter rules): draw kube-proxy's main one.
                 if key not in ports or (len(sp.chains), len(sp.entries)) > (len(ports[key].chains),
