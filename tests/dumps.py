@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from iptrace.iptables.model import TOKEN_RE
 
@@ -38,3 +38,26 @@ def explainer(ruleset: Any, *, node_ips: Sequence[str] = (), cluster: Any = None
     from iptrace.explain import Explainer
 
     return Explainer(analysis(ruleset, cluster=cluster, node_ips=node_ips), cluster=cluster)
+
+
+class Dumped(NamedTuple):
+    """A node given as its parsed dump; `audit` below analyses it with the audit's cluster data, as the CLI
+    does (iptrace.collect.inputs)."""
+
+    name: str
+    ruleset: Any
+    addresses: tuple[str, ...] = ()
+    legacy: Any = None
+
+
+def audit(nodes: list[Any], cluster: Any) -> Any:
+    """iptrace.kube.audit.audit of Dumped nodes (or ready NodeInputs), each analysed with `cluster`."""
+    from iptrace.collect.inputs import legacy_note_for
+    from iptrace.iptables import DATAPLANE
+    from iptrace.kube.audit import NodeInput
+    from iptrace.kube.audit import audit as _audit
+
+    inputs = [n if isinstance(n, NodeInput) else NodeInput(
+        n.name, {n.ruleset.family: analysis(n.ruleset, cluster=cluster, node_ips=n.addresses)}, None, n.addresses,
+        {}, legacy_note_for(DATAPLANE, n.legacy) if n.legacy is not None else None) for n in nodes]
+    return _audit(inputs, cluster)

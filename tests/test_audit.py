@@ -7,33 +7,22 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import pytest
 
 from bench.synth import EndpointSpec, PortSpec, ServiceSpec
 from iptrace.collect import store
-from iptrace.collect.inputs import inputs_from_directory, legacy_note_for, node_input
+from iptrace.collect.inputs import inputs_from_directory, node_input
 from iptrace.collect.ssh import collect
-from iptrace.iptables import DATAPLANE, load
-from iptrace.kube import audit as audit_module
-from iptrace.kube.audit import AuditReport, NodeInput, kube_node_for
+from iptrace.iptables import load
+from iptrace.kube.audit import AuditReport, kube_node_for
 from iptrace.render.audit import audit_to_json, render_audit_text
-from tests.dumps import analysis
+from tests.dumps import Dumped, audit
 from tests.sshd import SshdFarm, have_sshd, keygen
 from tests.test_compare import NODES, base_services, cluster_of, dump, dump_text, svc
 
 LEGACY_WARNING = "# Warning: iptables-legacy tables present, use iptables-legacy-save to see them\n"
-
-
-class Dumped(NamedTuple):
-    """A node given as its parsed dump; `audit` below analyses it with the audit's cluster data, as the CLI
-    does (iptrace.collect.inputs)."""
-
-    name: str
-    ruleset: Any
-    addresses: tuple[str, ...] = ()
-    legacy: Any = None
 
 
 def node(name: str, services: list[ServiceSpec], **kwargs: Any) -> Dumped:
@@ -42,13 +31,6 @@ def node(name: str, services: list[ServiceSpec], **kwargs: Any) -> Dumped:
 
 def fleet(services: list[ServiceSpec]) -> list[Dumped]:
     return [node(n, services) for n in sorted(NODES)]
-
-
-def audit(nodes: list[Any], cluster: Any) -> AuditReport:
-    inputs = [n if isinstance(n, NodeInput) else NodeInput(
-        n.name, {n.ruleset.family: analysis(n.ruleset, cluster=cluster, node_ips=n.addresses)}, None, n.addresses,
-        {}, legacy_note_for(DATAPLANE, n.legacy) if n.legacy is not None else None) for n in nodes]
-    return audit_module.audit(inputs, cluster)
 
 
 def by_node(report: AuditReport) -> dict[str, list[tuple[str, str, str | None]]]:
@@ -203,7 +185,7 @@ def test_json_report_is_stable_and_serializable() -> None:
     assert list(doc) == ["format", "cluster", "ok", "counts", "nodes", "findings"]
     assert doc["ok"] is False and doc["counts"] == {"error": 2, "warning": 1, "info": 0}
     assert doc["cluster"] == "test cluster"
-    assert list(doc["nodes"][0]) == ["name", "status", "kube_node", "era", "version_hint", "services",
+    assert list(doc["nodes"][0]) == ["name", "status", "kube_node", "era", "version_hint", "mode", "dataplane", "services",
                                      "findings", "error"]
     assert doc["nodes"][1]["findings"] == {"error": 2, "warning": 1, "info": 0}
     assert list(doc["findings"][0]) == ["id", "severity", "node", "service", "summary", "detail", "fix", "evidence"]

@@ -7,7 +7,9 @@ kubernetes) are imported inside the commands so that `iptrace --help` stays fast
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import sys
 from typing import Any, NoReturn
 
@@ -28,8 +30,35 @@ def _fail(exc: IptraceError) -> NoReturn:
     raise click.exceptions.Exit(EXIT_ERROR)
 
 
-class _Group(click.Group):
+# An example line of a command's help: `  iptrace …` or `… | iptrace …`.
+_EXAMPLE = re.compile(r"(^[ \t]+|\| )iptrace (?=\S)", re.MULTILINE)
+
+
+class _ProgramNamedHelp:
+    """Help whose examples use the name the program was called by: `kubectl iptrace …` as a kubectl plugin,
+    `python -m iptrace …` as a module. (click already puts that name in the usage line.)"""
+
+    help: str | None
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        prog = ctx.find_root().info_name
+        if not self.help or not prog or prog == "iptrace" or not prog.endswith(" iptrace"):
+            super().format_help_text(ctx, formatter)  # type: ignore[misc]
+            return
+        text = inspect.cleandoc(self.help).partition("\f")[0]
+        formatter.write_paragraph()
+        with formatter.indentation():
+            formatter.write_text(_EXAMPLE.sub(lambda m: f"{m.group(1)}{prog} ", text))
+
+
+class _Command(_ProgramNamedHelp, click.Command):
+    pass
+
+
+class _Group(_ProgramNamedHelp, click.Group):
     """The single error boundary of the program."""
+
+    command_class = _Command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -64,10 +93,17 @@ def main() -> None:
     """
 
 
+def kubectl_plugin() -> None:
+    """The `kubectl-iptrace` executable: the same program, named as kubectl users call it. kubectl runs a
+    plugin with the arguments after its name and passes none of its own flags, so `--kubeconfig`,
+    `--context` and `-n` are iptrace's own options."""
+    main(prog_name="kubectl iptrace")
+
+
 # -- shared option helpers ------------------------------------------------------------------------------
 
 
 # The commands register themselves on `main` (each module is small enough to read in one sitting).
 from iptrace.cli import analysis, fleet  # noqa: E402
 
-__all__ = ["analysis", "fleet", "main"]
+__all__ = ["analysis", "fleet", "kubectl_plugin", "main"]

@@ -17,6 +17,7 @@ from iptrace.cli.common import (
     emit_json,
     lenient_option,
     load_dump,
+    namespace_option,
     output_option,
     parse_destination,
     table_option,
@@ -161,9 +162,10 @@ _SRC_HELP = ("Where the connection comes from: an IP, or `pod` (an address in th
 @click.option("--in-interface", metavar="IFACE", help="Interface the packet arrives on (for -i matches).")
 @output_option("text", "json")
 @analysis_options
+@namespace_option
 def trace(dump: str, dst: str, src: str, proto: str, in_interface: str | None, output: str,
           node_ips: tuple[str, ...], cluster_files: tuple[str, ...], kubeconfig: str | None, context: str | None,
-          lenient: bool, table: str | None) -> None:
+          lenient: bool, table: str | None, namespace: str | None) -> None:
     """Simulate one new connection through the rules, exactly as the kernel would.
 
     Prints every outcome (DNAT to which endpoint, ACCEPT, DROP, REJECT, CONTINUE) with its exact probability,
@@ -183,7 +185,7 @@ def trace(dump: str, dst: str, src: str, proto: str, in_interface: str | None, o
     host, port = parse_destination(dst)
     if src not in ("pod", "node", "external"):
         check_ip(click.get_current_context(), click.Option(["--src"]), (src,))
-    cluster = cluster_data(cluster_files, kubeconfig, context)
+    cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
     analysis = analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table, host=host)
     layout = analysis.layout
     ips = of_family(analysis.node_ips, analysis.family) or of_family(layout.node_ips, analysis.family)
@@ -208,9 +210,10 @@ def trace(dump: str, dst: str, src: str, proto: str, in_interface: str | None, o
 @click.option("--in-interface", metavar="IFACE", help="Interface the packet arrives on (for -i matches).")
 @output_option("text", "json")
 @analysis_options
+@namespace_option
 def explain(dump: str, dst: str, src: str | None, proto: str, in_interface: str | None, output: str,
             node_ips: tuple[str, ...], cluster_files: tuple[str, ...], kubeconfig: str | None,
-            context: str | None, lenient: bool, table: str | None) -> None:
+            context: str | None, lenient: bool, table: str | None, namespace: str | None) -> None:
     """Explain why a connection fails and what would work instead.
 
     Exit status 3 when any diagnosis is an error (the connection does not reach an endpoint), 0 otherwise.
@@ -228,7 +231,7 @@ def explain(dump: str, dst: str, src: str | None, proto: str, in_interface: str 
     host, port = parse_destination(dst)
     if src is not None and src not in ("pod", "node", "external"):
         check_ip(click.get_current_context(), click.Option(["--src"]), (src,))
-    cluster = cluster_data(cluster_files, kubeconfig, context)
+    cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
     analysis = analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table, host=host)
     explainer = Explainer(analysis, cluster=cluster)
     report = explainer.explain(host, port, proto=proto, src=src, in_interface=in_interface)

@@ -135,6 +135,11 @@ def analysis_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+namespace_option = click.option(
+    "--namespace", "-n", metavar="NS",
+    help="With --kubeconfig: read only this namespace's Services and EndpointSlices.")
+
+
 def cluster_data(cluster_files: tuple[str, ...], kubeconfig: str | None, context: str | None,
              namespace: str | None = None) -> Any:
     if cluster_files:

@@ -17,6 +17,7 @@ from iptrace.cli.common import (
     cluster_data,
     emit_json,
     lenient_option,
+    namespace_option,
     output_option,
     table_option,
 )
@@ -182,7 +183,7 @@ def _audit_inputs(sources: tuple[str, ...], node_ips: tuple[str, ...], lenient: 
 @click.option("--node-ip", "node_ips", multiple=True, callback=check_ip, metavar="IP",
               help="Addresses of a node given as a plain dump file.")
 @click.option("--verbose", "-v", is_flag=True, help="Show each finding's detail and evidence lines.")
-@output_option("text", "json")
+@output_option("text", "json", "html")
 @lenient_option
 @_collect_options
 def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluster_files: tuple[str, ...],
@@ -200,6 +201,7 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
     Examples:
       iptrace audit snap/
       iptrace audit snap/ --cluster services.json --cluster endpointslices.json -o json | jq '.findings[].id'
+      iptrace audit snap/ --kubeconfig ~/.kube/config -o html > report.html
       iptrace audit node1 node2 admin@node3:2222 --sudo --kubeconfig ~/.kube/config
       iptrace audit node1.txt node2.txt
     """
@@ -235,6 +237,10 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
         report = run_audit(inputs, cluster)
     if output == "json":
         emit_json(audit_to_json(report))
+    elif output == "html":
+        from iptrace.render.html import render_audit_html
+
+        click.echo(render_audit_html(report, cluster), nl=False)
     else:
         click.echo(render_audit_text(report, verbose=verbose), nl=False)
     for r in failures:
@@ -251,9 +257,14 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
 @output_option("text", "json")
 @click.option("--cluster", "cluster_files", multiple=True, type=click.Path(),
               help="Services/EndpointSlices JSON, to name comment-less chains on both sides.")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False),
+              help="Read the Services/EndpointSlices live (read-only) instead of --cluster.")
+@click.option("--context", help="kubeconfig context to use with --kubeconfig.")
+@namespace_option
 @lenient_option
 @table_option
-def diff(a: str, b: str, output: str, cluster_files: tuple[str, ...], lenient: bool, table: str | None) -> None:
+def diff(a: str, b: str, output: str, cluster_files: tuple[str, ...], kubeconfig: str | None, context: str | None,
+         namespace: str | None, lenient: bool, table: str | None) -> None:
     """Service-level difference between two dumps (or two nodes of a collection).
 
     Services added or removed, endpoints and ports changed, and rules changed outside kube-proxy's chains.
@@ -267,7 +278,7 @@ def diff(a: str, b: str, output: str, cluster_files: tuple[str, ...], lenient: b
     from iptrace.kube.diff import diff as run_diff
     from iptrace.render.audit import diff_to_json, render_diff_text
 
-    cluster = cluster_data(cluster_files, None, None)
+    cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
     left = analysis_of(a, cluster=cluster, lenient=lenient, table=table)
     right = analysis_of(b, cluster=cluster, lenient=lenient, table=table)
     result = run_diff(left, right)

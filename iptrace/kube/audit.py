@@ -65,13 +65,19 @@ class NodeSummary:
     warnings: int
     infos: int
     error: str | None = None
+    mode: str = "-"  # kube-proxy's proxy mode seen: iptables, nftables, ipvs, userspace, none
+    dataplane: str = "-"  # the rules read: iptables or nftables
 
 
 @dataclass(frozen=True, slots=True)
 class AuditReport:
+    """`port_views`: the Service ports the findings name, as each node programmed them (for reports that draw
+    them, render.html); not part of the comparison, not in the JSON."""
+
     nodes: tuple[NodeSummary, ...]
     findings: tuple[Finding, ...]
     cluster_source: str | None = None
+    port_views: tuple[PortViews, ...] = field(default=(), compare=False)
 
     @property
     def has_error(self) -> bool:
@@ -196,8 +202,11 @@ def audit(nodes: Sequence[NodeInput], cluster: ClusterState | None = None) -> Au
             version_hint=view.era.version_hint if view is not None else "",
             services=sum(len(v.services) for v in s.views.values()),
             errors=sum(f.severity == "error" for f in mine), warnings=sum(f.severity == "warning" for f in mine),
-            infos=sum(f.severity == "info" for f in mine), error=s.input.error))
-    return AuditReport(tuple(summaries), tuple(findings), cluster.source if cluster is not None else None)
+            infos=sum(f.severity == "info" for f in mine), error=s.input.error,
+            mode=view.proxy.mode if view is not None else "-",
+            dataplane=view.proxy.dataplane if view is not None else "-"))
+    return AuditReport(tuple(summaries), tuple(findings), cluster.source if cluster is not None else None,
+                       _port_views(proxied, findings))
 
 
 def _node_checks(s: _NodeState, proxied: Sequence[_NodeState], cluster: ClusterState | None) -> list[Finding]:
@@ -415,3 +424,55 @@ def _stale_summaries(proxied: Sequence[_NodeState], skewed: set[str]) -> list[Fi
             f"Service ports that differ: {listing(services, 8)}. {NOT_SYNCING}.",
             f"restart kube-proxy on {n} (kubectl -n kube-system delete pod <its kube-proxy pod>) and check its logs"))
     return out
+
+
+# ------------------------------------------------------------------------------------------------ report views
+# What a report draws (render.html): kept apart from the comparison above, which never reads it.
+
+
+@dataclass(frozen=True, slots=True)
+class PortViews:
+    """One Service port a finding names, in one IP family: every node with kube-proxy rules in that family, in
+    audit order, with its view of the port (None: the node has no rules for it)."""
+
+    service: str
+    family: str
+    nodes: tuple[tuple[str, ServicePortView | None], ...]
+
+
+def _port_views(proxied: Sequence[_NodeState], findings: Sequence[Finding]) -> tuple[PortViews, ...]:
+    wanted = sorted({f.service for f in findings if f.service})
+    if not wanted:
+        return ()
+    # A Service's name, or a chain's for an unnamed one: a cheap filter before spelling every port's label.
+    names = {key.split("/", 1)[-1].split(":", 1)[0].split("/", 1)[0] for key in wanted}
+    families = sorted({fam for s in proxied for fam, v in s.views.items() if _proxied(v)})
+    by_node: dict[tuple[str, str], dict[str, ServicePortView]] = {}
+    for s in proxied:
+        for family in families:
+            view = s.views.get(family)
+            if view is None or not _proxied(view):
+                continue
+            ports: dict[str, ServicePortView] = {}
+            for sp in view.services:
+                if sp.name not in names:
+                    continue
+                key = view_service_label(sp)
+                # Several fragments can name one port (comment-less filter rules): draw kube-proxy's main one.
+                if key not in ports or (len(sp.chains), len(sp.entries)) > (len(ports[key].chains),
+                                                                            len(ports[key].entries)):
+                    ports[key] = sp
+            by_node[(s.name, family)] = ports
+    out: list[PortViews] = []
+    for key in wanted:
+        drawn = False
+        for family in families:
+            nodes = tuple((s.name, by_node[(s.name, family)].get(key)) for s in proxied
+                          if (s.name, family) in by_node)
+            if any(sp is not None for _, sp in nodes):
+                out.append(PortViews(key, family, nodes))
+                drawn = True
+        if not drawn and families:  # no node has rules for it (the API has it): one row of absences
+            family = families[0]
+            out.append(PortViews(key, family, tuple((s.name, None) for s in proxied if (s.name, family) in by_node)))
+    return tuple(out)

@@ -32,7 +32,7 @@ def audit_to_json(report: AuditReport) -> dict[str, Any]:
         "counts": counts,
         "nodes": [{
             "name": n.name, "status": n.status, "kube_node": n.kube_node, "era": n.era,
-            "version_hint": n.version_hint, "services": n.services,
+            "version_hint": n.version_hint, "mode": n.mode, "dataplane": n.dataplane, "services": n.services,
             "findings": {"error": n.errors, "warning": n.warnings, "info": n.infos}, "error": n.error,
         } for n in report.nodes],
         "findings": [f.to_json() for f in report.findings],

@@ -7,8 +7,8 @@ from __future__ import annotations
 from iptrace.kube.view import HEALTH_CHECK, EntryView, KubeView, ServicePortView
 from iptrace.render.json import percent
 
-_KIND_SHORT = {"clusterIP": "ClusterIP", "nodePort": "NodePort", "externalIP": "externalIP",
-               "loadBalancer": "LB IP", "healthCheck": "health check"}
+KIND_SHORT = {"clusterIP": "ClusterIP", "nodePort": "NodePort", "externalIP": "externalIP",
+              "loadBalancer": "LB IP", "healthCheck": "health check"}
 
 
 class _Graph:
@@ -20,7 +20,7 @@ class _Graph:
 
 
 def _entry_text(e: EntryView) -> str:
-    return f"{e.label}\n{_KIND_SHORT[e.kind]}"
+    return f"{e.label}\n{KIND_SHORT[e.kind]}"
 
 
 def _verdict_text(s: ServicePortView, verdict: str) -> str:
@@ -31,51 +31,62 @@ def _verdict_text(s: ServicePortView, verdict: str) -> str:
     return verdict
 
 
+GraphNode = tuple[str, str, str]  # (id, label, kind: entry|chain|endpoint|verdict)
+GraphEdge = tuple[str, str, str]  # (from, to, label: the endpoint's share, or "")
+
+
+def service_graph(s: ServicePortView, sid: str, *, mark_local: bool = True) -> tuple[str, list[GraphNode],
+                                                                                     list[GraphEdge]]:
+    """One Service port as a picture: (title, nodes, edges) — every way in, the chains it crosses, every
+    endpoint (edge labelled with its share) or verdict. Node ids start with `sid`. `mark_local` adds "local"
+    to the endpoints on this node (what a Local traffic policy balances over)."""
+    nodes: list[GraphNode] = []
+    ids: dict[str, str] = {}
+    edges: dict[tuple[str, str], str] = {}
+
+    def node(key: str, label: str, kind: str, prefix: str) -> str:
+        found = ids.get(key)
+        if found is None:
+            found = ids[key] = f"{sid}{prefix}{len(ids)}"
+            nodes.append((found, label, kind))
+        return found
+
+    local = {ep.address for ep in s.endpoints if ep.local} if mark_local else set()
+    for e in s.entries:
+        entry = node(f"entry:{e.kind}:{e.address}:{e.port}", _entry_text(e), "entry", "e")
+        if e.kind == HEALTH_CHECK:
+            edges.setdefault((entry, node("verdict:ACCEPT", "ACCEPT\nhealth check server", "verdict", "v")), "")
+            continue
+        previous = entry
+        for chain in e.via:
+            current = node(f"chain:{chain}", chain, "chain", "c")
+            edges.setdefault((previous, current), "")
+            previous = current
+        if e.verdict == "DNAT":
+            for r in e.reaches:
+                label = r.endpoint + ("\nlocal" if r.endpoint in local else "")
+                target = node(f"ep:{r.endpoint}", label, "endpoint", "p")
+                edges.setdefault((previous, target), percent(r.probability))
+        else:
+            target = node(f"verdict:{e.verdict}", _verdict_text(s, e.verdict), "verdict", "v")
+            edges.setdefault((previous, target), "")
+    title = f"{s.label} · {s.protocol} · {s.type}"
+    if s.external_traffic_policy:
+        title += f" · eTP={s.external_traffic_policy}"
+    if s.internal_traffic_policy == "Local":
+        title += " · iTP=Local"
+    if s.session_affinity_timeout is not None:
+        title += f" · affinity {s.session_affinity_timeout}s"
+    return title, nodes, [(a, b, label) for (a, b), label in edges.items()]
+
+
 def _build(view: KubeView) -> _Graph:
     graph = _Graph()
     for i, s in enumerate(view.services):
         sid = f"s{i}"
-        nodes: list[tuple[str, str, str]] = []  # (id, label, kind: entry|chain|endpoint|verdict)
-        ids: dict[str, str] = {}
-        edges: dict[tuple[str, str], str] = {}
-
-        def node(key: str, label: str, kind: str, prefix: str, _ids: dict[str, str] = ids,
-                 _nodes: list[tuple[str, str, str]] = nodes, _sid: str = sid) -> str:
-            found = _ids.get(key)
-            if found is None:
-                found = _ids[key] = f"{_sid}{prefix}{len(_ids)}"
-                _nodes.append((found, label, kind))
-            return found
-
-        local = {ep.address for ep in s.endpoints if ep.local}
-        for e in s.entries:
-            entry = node(f"entry:{e.kind}:{e.address}:{e.port}", _entry_text(e), "entry", "e")
-            if e.kind == HEALTH_CHECK:
-                edges.setdefault((entry, node("verdict:ACCEPT", "ACCEPT\nhealth check server", "verdict", "v")),
-                                 "")
-                continue
-            previous = entry
-            for chain in e.via:
-                current = node(f"chain:{chain}", chain, "chain", "c")
-                edges.setdefault((previous, current), "")
-                previous = current
-            if e.verdict == "DNAT":
-                for r in e.reaches:
-                    label = r.endpoint + ("\nlocal" if r.endpoint in local else "")
-                    target = node(f"ep:{r.endpoint}", label, "endpoint", "p")
-                    edges.setdefault((previous, target), percent(r.probability))
-            else:
-                target = node(f"verdict:{e.verdict}", _verdict_text(s, e.verdict), "verdict", "v")
-                edges.setdefault((previous, target), "")
-        title = f"{s.label} · {s.protocol} · {s.type}"
-        if s.external_traffic_policy:
-            title += f" · eTP={s.external_traffic_policy}"
-        if s.internal_traffic_policy == "Local":
-            title += " · iTP=Local"
-        if s.session_affinity_timeout is not None:
-            title += f" · affinity {s.session_affinity_timeout}s"
+        title, nodes, edges = service_graph(s, sid)
         graph.clusters.append((sid, title, nodes))
-        graph.edges.extend((a, b, label) for (a, b), label in edges.items())
+        graph.edges.extend(edges)
     return graph
 
 

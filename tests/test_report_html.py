@@ -1,0 +1,446 @@
+"""`iptrace audit -o html`: the self-contained report. Its structure and escaping are read back with
+html.parser; then a real headless Chromium (tests/chromium.py) opens it — with scripts on and off, on screen
+and in print — and must show every node and every finding of the JSON audit of the same input, request
+nothing but the file itself, and run no script but the report's own. The scenario: tests/fleet_scenario.py."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from bench.synth import EndpointSpec, PortSpec, ServiceSpec
+from iptrace.cli import main
+from iptrace.kube.audit import AuditReport
+from iptrace.render.html import render_audit_html
+from tests import fleet_scenario
+from tests.chromium import Browser, ProxySink, find_chromium
+from tests.conftest import GOLDEN
+from tests.dumps import Dumped, audit
+from tests.png import decode
+from tests.test_compare import NODES, base_services, cluster_of, dump
+
+# ------------------------------------------------------------------------------------------------ reading HTML
+
+
+class _Page(HTMLParser):
+    """Tags with their attributes, the text of the page, and the text of each <style>/<script>."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+        self.raw: dict[str, list[str]] = {"style": [], "script": []}
+        self._in: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        if tag in self.raw:
+            self._in = tag
+            self.raw[tag].append("")
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == self._in:
+            self._in = None
+
+    def handle_data(self, data: str) -> None:
+        if self._in is not None:
+            self.raw[self._in][-1] += data
+        else:
+            self.text.append(data)
+
+
+def read(html: str) -> _Page:
+    page = _Page()
+    page.feed(html)
+    page.close()
+    return page
+
+
+def text_of(html: str) -> str:
+    """The page's visible text with whitespace collapsed (how a reader, or a search, meets it)."""
+    return " ".join(" ".join(read(html).text).split())
+
+
+_URL = re.compile(r"url\(\s*(['\"]?)(.*?)\1\s*\)", re.IGNORECASE)
+_REFERENCE_ATTRIBUTES = {"src", "href", "xlink:href", "action", "formaction", "poster", "data", "srcset",
+                         "background", "manifest", "ping", "codebase", "cite", "longdesc", "archive"}
+
+
+def outside_references(html: str) -> list[str]:
+    """Every reference the page makes to anything but itself: attributes that load or link (anything but a
+    #fragment or a data: URL), url(…) in style sheets and attributes, @import, and elements that load by
+    nature (link, iframe, object, embed, base, meta refresh)."""
+    page = read(html)
+    found: list[str] = []
+    for tag, attrs in page.tags:
+        if tag in ("link", "iframe", "frame", "object", "embed", "base", "applet", "portal"):
+            found.append(f"<{tag}>")
+        if tag == "meta" and (attrs.get("http-equiv") or "").lower() == "refresh":
+            found.append("<meta refresh>")
+        for name, value in attrs.items():
+            value = (value or "").strip()
+            if name in _REFERENCE_ATTRIBUTES and value and not value.startswith(("#", "data:")):
+                found.append(f"<{tag} {name}={value!r}>")
+            for _, url in _URL.findall(value):
+                if not url.startswith(("#", "data:")):
+                    found.append(f"<{tag} {name}> url({url})")
+    for sheet in page.raw["style"]:
+        found += [f"style url({url})" for _, url in _URL.findall(sheet) if not url.startswith(("#", "data:"))]
+        if "@import" in sheet:
+            found.append("style @import")
+    return found
+
+
+# ------------------------------------------------------------------------------------------------ the scenario
+
+
+@pytest.fixture(scope="module")
+def scenario() -> tuple[AuditReport, Any, str]:
+    nodes, cluster = fleet_scenario.inputs()
+    report = audit(nodes, cluster)
+    return report, cluster, render_audit_html(report, cluster)
+
+
+def test_the_scenario_has_what_the_report_must_show(scenario) -> None:
+    report, _, _ = scenario
+    assert {f.id for f in report.findings} >= {"stale-endpoints", "unknown-service", "kube-proxy-stale",
+                                               "no-kube-proxy-rules"}
+    assert {pv.service for pv in report.port_views} == {"default/web:http", "default/gone:http",
+                                                         f"default/{fleet_scenario.HOSTILE}:http"}
+    assert [n.status for n in report.nodes] == ["ok", "ok", "ok", "no-kube-proxy"]
+
+
+def test_golden(scenario, golden) -> None:
+    golden(GOLDEN / "report" / "audit.html", scenario[2])
+
+
+def test_deterministic(scenario) -> None:
+    _, cluster, html = scenario
+    nodes, _ = fleet_scenario.inputs()
+    assert render_audit_html(audit(nodes, cluster), cluster) == html
+
+
+def test_every_node_and_finding_is_in_the_text(scenario) -> None:
+    report, _, html = scenario
+    text = text_of(html)
+    for n in report.nodes:
+        assert n.name in text
+    for f in report.findings:
+        for part in (f.id, f.summary, f.detail, f.fix, *(rule for _, rule in f.evidence)):
+            assert " ".join(part.split()) in text, part
+    # Severities are words, not only colours; errors come first.
+    words = re.findall(r"\b(ERROR|WARNING)\b", text.split("Findings (", 1)[1])
+    assert words[:3] == ["ERROR"] * 3 and "WARNING" in words
+
+
+def test_text_from_dumps_is_escaped(scenario) -> None:
+    _, _, html = scenario
+    hostile = fleet_scenario.HOSTILE
+    assert hostile not in html
+    assert "&lt;script&gt;alert(1);&lt;!--" in html
+    page = read(html)
+    assert [t for t, _ in page.tags].count("script") == 1  # the report's own
+    assert not [(t, a) for t, a in page.tags for name in a if name.startswith("on")]
+    assert hostile in text_of(html)  # shown, as text: in the finding, its evidence and its picture
+
+
+def test_the_page_references_nothing_outside_itself(scenario) -> None:
+    _, _, html = scenario
+    assert outside_references(html) == []
+    # ...and the check would see each kind of reference.
+    for snippet in ('<img src="http://x/a.png">', '<a href="https://x/">x</a>', "<link rel=stylesheet href=s.css>",
+                    '<svg><use xlink:href="other.svg#a"/></svg>', '<div style="background:url(//x/b.png)"></div>',
+                    "<style>@import 'x.css';</style>", "<style>p{background:url(x.png)}</style>",
+                    "<iframe src=data:,x></iframe>", '<meta http-equiv="refresh" content="0;url=http://x/">',
+                    '<svg><path fill="url(x.svg#g)"/></svg>', '<img srcset="a.png 2x">'):
+        assert outside_references(snippet), snippet
+    assert outside_references('<a href="#x">x</a><img src="data:image/png;base64,AA"><path fill="url(#g)"/>') == []
+
+
+def test_content_security_policy_allows_only_the_inline_style_and_script(scenario) -> None:
+    _, _, html = scenario
+    page = read(html)
+    csp = next(a["content"] for t, a in page.tags if t == "meta" and a.get("http-equiv") == "Content-Security-Policy")
+    policy = dict(part.strip().split(" ", 1) for part in (csp or "").split(";"))
+    assert policy["default-src"] == "'none'"
+
+    def digest(text: str) -> str:
+        return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+    assert policy["style-src"] == digest(page.raw["style"][0])
+    assert policy["script-src"] == digest(page.raw["script"][0])
+
+
+def _sections(html: str) -> dict[str, str]:
+    """Each Service port section of the page by its heading."""
+    out = {}
+    for block in html.split('<section class="port"')[1:]:
+        heading = re.search(r"<h3>(.*?)</h3>", block)
+        assert heading
+        out[read(heading.group(1)).text[0]] = block.split("</section>", 1)[0]
+    return out
+
+
+def _figures(section: str) -> dict[str, str]:
+    """Each picture of a section by the nodes it stands for."""
+    out = {}
+    for block in section.split('<figure class="variant')[1:]:
+        nodes = re.search(r'<span class="nodes">(.*?)</span>', block)
+        assert nodes
+        out[nodes.group(1)] = block.split("</figure>", 1)[0]
+    return out
+
+
+def test_pictures_per_node_where_the_nodes_differ(scenario) -> None:
+    report, _, html = scenario
+    sections = _sections(html)
+    web = sections["default/web:http"]
+    figures = _figures(web)
+    assert list(figures) == ["node-b", "node-a, node-c"]  # the node with findings first; identical nodes once
+    stale, fresh = figures["node-b"], figures["node-a, node-c"]
+    assert "10.244.2.99:8080" in stale and "10.244.2.99:8080" not in fresh
+    assert "not in any EndpointSlice" in stale and "flagged" in stale
+    assert "API:" in web and "10.244.1.5:8080 (ready, node-a)" in web
+    # Pictures name their endpoints, shares and chains in text: <title>, <text>, the caption.
+    pv = next(p for p in report.port_views if p.service == "default/web:http")
+    view = dict(pv.nodes)["node-b"]
+    assert view is not None
+    svg = stale.split("<svg", 1)[1].split("</svg>", 1)[0]
+    for ep in view.endpoints:
+        assert f">{ep.address}</text>" in svg
+        assert re.search(rf"<title>endpoint {re.escape(ep.address)}\b", svg)
+    assert ">33.33%</text>" in svg and "KUBE-SVC-" in svg
+    assert re.search(r'<svg [^>]*role="img" aria-labelledby="port-\d+-v1-t port-\d+-v1-d"', stale)
+    flow_text = read(stale.split('<ul class="flow-text">', 1)[1]).text
+    assert "10.244.2.99:8080 33.33%" in " ".join(flow_text)
+    # A Service port only the stale node has: the others are said to have no rules, as the API asks.
+    gone = sections["default/gone:http"]
+    assert "No rules for this Service port on node-a, node-c, as the API asks" in gone
+
+
+def test_a_healthy_fleet(tmp_path) -> None:
+    services = base_services()
+    nodes = [Dumped(n, dump(services, n), (NODES[n],)) for n in sorted(NODES)]
+    cluster = cluster_of(services)
+    html = render_audit_html(audit(nodes, cluster), cluster)
+    text = text_of(html)
+    assert "OK Every node forwards every Service the same way the API asks." in text
+    assert "No findings." in text and "Service ports that differ" not in text
+    assert outside_references(html) == []
+
+
+def test_nodes_compared_with_each_other() -> None:
+    """Without cluster data the majority is the reference: the picture of the odd node marks what the other
+    nodes do not have and what it misses; a node without a Service port the others have is an error."""
+    old, new = fleet_scenario.services()
+    lagging = [s for s in new if s.name != "affine"]
+    nodes = [Dumped("node-a", dump(new, "node-a"), (NODES["node-a"],)),
+             Dumped("node-b", dump(old, "node-b"), (NODES["node-b"],)),
+             Dumped("node-c", dump(lagging, "node-c"), (NODES["node-c"],))]
+    report = audit(nodes, None)
+    html = render_audit_html(report)
+    assert "nodes compared with each other" in text_of(html)
+    sections = _sections(html)
+    stale = _figures(sections["default/web:http"])["node-b"]
+    assert "not on the other nodes" in stale and "10.244.2.99:8080" in stale
+    affine = sections["default/affine"]
+    assert '<p class="absent wrong">No rules for this Service port on node-c' in affine
+    assert outside_references(html) == []
+
+
+def test_cli_writes_the_html_and_json_twins(tmp_path) -> None:
+    snap, files = fleet_scenario.write(tmp_path)
+    args = ["audit", str(snap), *(x for f in files for x in ("--cluster", str(f)))]
+    as_html = CliRunner().invoke(main, [*args, "-o", "html"])
+    as_json = CliRunner().invoke(main, [*args, "-o", "json"])
+    assert as_html.exit_code == 3 and as_json.exit_code == 3, as_html.output
+    assert as_html.output.startswith("<!DOCTYPE html>")
+    doc = json.loads(as_json.output)
+    assert list(doc) == ["format", "cluster", "ok", "counts", "nodes", "findings"]
+    text = text_of(as_html.output)
+    for f in doc["findings"]:
+        assert f["id"] in text and " ".join(f["summary"].split()) in text
+
+
+# ------------------------------------------------------------------------------------------------ Chromium
+
+needs_chromium = pytest.mark.skipif(find_chromium() is None,
+                                    reason="chromium is not installed (apt-get install -y chromium)")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory) -> Iterator[Browser]:
+    exe = find_chromium()
+    assert exe is not None
+    sink = ProxySink()
+    try:
+        with Browser(exe, tmp_path_factory.mktemp("chromium-profile"), sink) as b:
+            yield b
+    finally:
+        sink.close()
+
+
+@pytest.fixture(scope="module")
+def cli_report(tmp_path_factory) -> tuple[Path, dict[str, Any]]:
+    """The report as a user makes it (`iptrace audit DIR --cluster … -o html > report.html`) and the JSON
+    audit of the same input."""
+    root = tmp_path_factory.mktemp("report")
+    snap, files = fleet_scenario.write(root)
+    args = ["audit", str(snap), *(x for f in files for x in ("--cluster", str(f)))]
+    html = CliRunner().invoke(main, [*args, "-o", "html"]).output
+    path = root / "report.html"
+    path.write_text(html, encoding="utf-8")
+    return path, json.loads(CliRunner().invoke(main, [*args, "-o", "json"]).output)
+
+
+@needs_chromium
+def test_chromium_renders_the_report(browser, cli_report, tmp_path) -> None:
+    path, _ = cli_report
+    page = browser.load(path.as_uri(), screenshot=True, screenshot_scale=0.5)
+    assert page.screenshot is not None
+    (tmp_path / "report.png").write_bytes(page.screenshot)
+    image = decode(page.screenshot)
+    assert image.width == 640 and image.height > 1250  # the whole page (at half scale), pictures included
+    colours: set[tuple[int, ...]] = set()
+    inked = 0
+    for y in range(0, image.height, 2):
+        for x in range(0, image.width, 2):
+            pixel = image.pixel(x, y)[:3]
+            colours.add(pixel)
+            inked += sum(pixel) < 600
+    samples = ((image.height + 1) // 2) * ((image.width + 1) // 2)
+    assert len(colours) > 100, "the screenshot is (nearly) one colour"
+    assert 0.02 < inked / samples < 0.6, inked / samples
+    # The severity colours are there: the error red of the badges and borders.
+    assert any(abs(r - 0xB3) < 12 and abs(g - 0x26) < 12 and abs(b - 0x1E) < 12 for r, g, b in colours)
+
+
+@needs_chromium
+@pytest.mark.parametrize("scripts", [True, False], ids=["scripts-on", "scripts-off"])
+def test_the_dom_names_every_node_and_finding_of_the_json_audit(browser, cli_report, scripts) -> None:
+    path, doc = cli_report
+    page = browser.load(path.as_uri(), scripts=scripts)
+    text = text_of(page.dom)
+    for n in doc["nodes"]:
+        assert n["name"] in text
+    for f in doc["findings"]:
+        assert f["id"] in text and " ".join(f["summary"].split()) in text, f["summary"]
+    for sp in ("default/web:http", "10.244.2.99:8080", "not in any EndpointSlice"):
+        assert sp in text
+    controls = re.search(r'<nav class="controls" id="controls"[^>]*>', page.dom)
+    assert controls
+    n = len(doc["findings"])
+    if scripts:  # the script ran (the page's CSP allowed it by hash) and shows the filters
+        assert "hidden" not in controls.group(0)
+        assert f"{n} of {n} findings shown" in text
+    else:
+        assert "hidden" in controls.group(0)
+        assert "findings shown" not in text
+    assert page.dialogs == [] and page.console == [], (page.dialogs, page.console)
+
+
+@needs_chromium
+def test_the_page_requests_nothing_and_runs_no_injected_script(browser, cli_report, tmp_path) -> None:
+    path, _ = cli_report
+    page = browser.load(path.as_uri())
+    assert page.requests == [path.as_uri()]
+    assert page.dialogs == []
+    assert page.dom.count("<script") == 1
+    assert fleet_scenario.HOSTILE in text_of(page.dom)
+    # The same checks catch a page that does load something, or runs a script it was fed.
+    bad = tmp_path / "bad.html"
+    bad.write_text('<p>x</p><img src="http://iptrace-test.invalid/x.png"><script>alert("injected")</script>')
+    seen = browser.load(bad.as_uri())
+    assert "http://iptrace-test.invalid/x.png" in seen.requests and seen.dialogs == ["injected"]
+    # Everything the browser sent at all went to the loopback sink, never out.
+    assert any("iptrace-test.invalid" in r for r in browser.sink.requests)
+
+
+@needs_chromium
+def test_filters_from_the_address(browser, cli_report) -> None:
+    path, doc = cli_report
+    errors = [f for f in doc["findings"] if f["severity"] == "error"]
+    page = browser.load(path.as_uri() + "?severity=error")
+    shown = re.findall(r'<article class="finding (\w+)"[^>]*?(hidden="")?>', page.dom)
+    assert [sev for sev, hidden in shown if not hidden] == ["error"] * len(errors)
+    assert f"{len(errors)} of {len(doc['findings'])} findings shown" in text_of(page.dom)
+    page = browser.load(path.as_uri() + "?node=node-d")
+    visible = [m for m in re.findall(r'<article [^>]*>', page.dom) if "hidden" not in m]
+    assert len(visible) == 1 and 'data-node="node-d"' in visible[0]
+    count = browser.load(path.as_uri(), evaluate="""(() => {
+        const box = document.getElementById("filter-text");
+        box.value = "10.244.2.99"; box.dispatchEvent(new Event("input"));
+        return document.querySelectorAll("article.finding:not([hidden])").length; })()""").value
+    assert count == sum("10.244.2.99" in json.dumps(f) for f in doc["findings"])
+
+
+@needs_chromium
+def test_print(browser, cli_report) -> None:
+    """In print: no controls, no dark background, every picture within the page width, details open,
+    findings and pictures not split across pages; and Chromium prints it to a PDF of several pages."""
+    path, _ = cli_report
+    page = browser.load(path.as_uri(), media="print", pdf=True, evaluate="""(() => {
+        const style = (el) => getComputedStyle(el);
+        const width = document.body.getBoundingClientRect().width;
+        return {
+          controls: style(document.getElementById("controls")).display,
+          background: style(document.body).backgroundColor,
+          html: style(document.documentElement).backgroundColor,
+          svgs: [...document.querySelectorAll("svg.flow")].map((s) => s.getBoundingClientRect().right <= width + 1),
+          closed: document.querySelectorAll("details:not([open])").length,
+          unbroken: [...document.querySelectorAll("article.finding, figure.variant")]
+                      .every((el) => style(el).breakInside === "avoid"),
+        }; })()""")
+    value = page.value
+    assert value["controls"] == "none"
+    assert value["background"] in ("rgba(0, 0, 0, 0)", "rgb(255, 255, 255)")
+    assert value["html"] == "rgb(255, 255, 255)"
+    assert value["svgs"] and all(value["svgs"])
+    assert value["closed"] == 0 and value["unbroken"]
+    assert page.pdf is not None and page.pdf.startswith(b"%PDF")
+    assert len(re.findall(rb"/Type\s*/Page\b", page.pdf)) >= 3
+
+
+def test_a_large_fleet_draws_at_most_six_pictures_per_port() -> None:
+    """Nine nodes forwarding one Service port nine ways: six pictures, the other nodes named in text."""
+    inputs = []
+    names = [f"node-{i}" for i in range(9)]
+    for i, name in enumerate(names):
+        services = base_services()
+        if i:
+            next(s for s in services if s.name == "web").endpoints.append(EndpointSpec(f"10.244.3.{100 + i}", 8080))
+        inputs.append(Dumped(name, dump(services, "node-a"), (NODES["node-a"],)))
+    html = render_audit_html(audit(inputs, None))
+    web = _sections(html)["default/web:http"]
+    assert web.count('<figure class="variant') == 6
+    more = re.search(r'<p class="more">(.*?)</p>', web)
+    assert more and more.group(1).startswith("Not drawn: 3 more nodes forwarding it in 3 other ways (")
+    drawn = set(", ".join(_figures(web)).split(", "))
+    assert drawn | set(more.group(1).split("(", 1)[1].split(")", 1)[0].split(", ")) == set(names)
+
+
+def test_a_service_port_no_node_has() -> None:
+    """The API has a Service port that no node forwards: one section, every node named as lacking it."""
+    services = base_services()
+    nodes = [Dumped(n, dump(services, n), (NODES[n],)) for n in sorted(NODES)]
+    newer = [*base_services(), ServiceSpec("default", "fresh", "10.96.10.40", [PortSpec("http", 80, target_port=8080)],
+                                           endpoints=[EndpointSpec("10.244.1.40", 8080)])]
+    cluster = cluster_of(newer)
+    report = audit(nodes, cluster)
+    assert [(pv.service, [sp for _, sp in pv.nodes]) for pv in report.port_views] == [
+        ("default/fresh:http", [None, None, None])]
+    section = _sections(render_audit_html(report, cluster))["default/fresh:http"]
+    assert '<p class="absent wrong">No rules for this Service port on node-a, node-b, node-c:' in section
+    assert "10.244.1.40:8080 (ready, node-a)" in section and "<figure" not in section
