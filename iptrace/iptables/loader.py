@@ -59,6 +59,8 @@ def read_dump(path: str | Path) -> tuple[str, str]:
             data = p.read_bytes()
         if data[:2] == b"\x1f\x8b":
             data = gzip.decompress(data)
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such file or directory") from None
     except OSError as exc:
         raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
     except (EOFError, gzip.BadGzipFile) as exc:
