@@ -225,7 +225,7 @@ def test_bad_files_name_the_file_and_what_was_expected(tmp_path: Path, text: str
 
 
 def test_missing_file_and_empty_directory(tmp_path: Path) -> None:
-    with pytest.raises(ClusterError, match=r"nope\.json: no such file$"):
+    with pytest.raises(ClusterError, match=r"nope\.json: no such file or directory$"):
         load_cluster_files([tmp_path / "nope.json"])
     with pytest.raises(ClusterError, match=r"the directory holds no \*\.json file"):
         load_cluster_files([tmp_path])

@@ -57,7 +57,7 @@ def parse(dump: str, output: str, as_save: bool, lenient: bool, table: str | Non
 @click.argument("dump")
 @output_option("text", "json", "dot", "svg", "mermaid")
 @click.option("--namespace", "-n", help="Only Services in this namespace.")
-@click.option("--service", metavar="NS/NAME", help="Only this Service.")
+@click.option("--service", metavar="NS/NAME[:PORT]", help="Only this Service (or one named port of it).")
 @click.option("--address", callback=lambda c, p, v: check_ip(c, p, (v,))[0] if v else None, metavar="IP",
               help="Only Services reachable at this address (ClusterIP, externalIP, LB IP, endpoint).")
 @analysis_options
@@ -74,7 +74,7 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
       iptrace services node1.txt -o svg > services.svg
     """
     batch()
-    from iptrace.kube.view import filter_view
+    from iptrace.kube.select import select
     from iptrace.render.graph import render_dot, render_mermaid
     from iptrace.render.services import render_services_text, services_to_json
 
@@ -83,7 +83,7 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
     cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
     analysis = analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table)
     full = analysis.view
-    view = filter_view(full, namespace=namespace, service=service, address=address)
+    view = select(full, namespace=namespace, service=service, address=address, source=analysis.ruleset.source)
     findings = _cluster_findings(analysis, cluster, dump, view) if cluster is not None else []
     if output == "json":
         data = services_to_json(view, cluster)

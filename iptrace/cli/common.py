@@ -68,6 +68,45 @@ def analysis_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = Non
     return analyse(dataplane, ruleset, family, node_ips=list(node_ips) or collected, cluster=cluster)
 
 
+_NODE_FORMS = "[user@]host[:port] or a Host alias of ~/.ssh/config"
+
+
+def looks_like_path(arg: str) -> bool:
+    """An argument meant as a file or directory, never as a node: it has a '/' or a dump file's suffix."""
+    return "/" in arg or arg.endswith((".txt", ".gz"))
+
+
+def split_sources(sources: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """audit's SOURCES → (paths, nodes): existing files and directories (and `-`) are read, other words are
+    nodes to collect from; a path that does not exist is an error rather than a host name to resolve."""
+    from iptrace.errors import InputError
+
+    paths, nodes = [], []
+    for source in sources:
+        if source == "-" or Path(source).exists():
+            paths.append(source)
+        elif looks_like_path(source):
+            raise InputError(f"{source}: no such file or directory")
+        else:
+            nodes.append(source)
+    return tuple(paths), tuple(nodes)
+
+
+def check_nodes(nodes: tuple[str, ...], command: str) -> None:
+    """NODE arguments of a command that only collects: a path among them is a mistake worth naming."""
+    from iptrace.errors import InputError
+
+    for node in nodes:
+        if not looks_like_path(node):
+            continue
+        path = Path(node)
+        if not path.exists():
+            raise InputError(f"{node}: no such file or directory; {command} takes nodes ({_NODE_FORMS})")
+        kind = "a directory" if path.is_dir() else "a file"
+        raise InputError(f"{node}: {kind}, not a node; {command} takes nodes ({_NODE_FORMS}); to analyze "
+                         f"what was collected or saved: iptrace audit {node}")
+
+
 def batch() -> None:
     """An analysis command builds millions of small acyclic objects and then exits: the cyclic garbage
     collector would only re-traverse them (it costs ~1 s of a 5,000-Service `services` run)."""

@@ -14,11 +14,13 @@ from iptrace.cli.common import (
     analysis_of,
     batch,
     check_ip,
+    check_nodes,
     cluster_data,
     emit_json,
     lenient_option,
     namespace_option,
     output_option,
+    split_sources,
     table_option,
 )
 
@@ -128,6 +130,7 @@ def collect(nodes: tuple[str, ...], out: str, output: str, inventory: str | None
       iptrace collect --inventory nodes.txt --sudo --parallel 20 --out snap/
       iptrace collect --kubeconfig ~/.kube/config -l node-role.kubernetes.io/worker= --out snap/
     """
+    check_nodes(nodes, "collect")
     targets = _targets(nodes, inventory, kubeconfig, context, node_selector)
     results = _run_collect(targets, Path(out), opts)
     if output == "json":
@@ -174,7 +177,8 @@ def _audit_inputs(sources: tuple[str, ...], node_ips: tuple[str, ...], lenient: 
 @click.argument("sources", nargs=-1, metavar="DIR|DUMP|NODE...")
 @click.option("--collect", "collect_first", is_flag=True,
               help="Treat every SOURCE as a node ([user@]host[:port]) to collect over SSH first, even if a "
-                   "file of that name exists. Without it, SOURCES that are not existing paths are nodes.")
+                   "file of that name exists. Without it, SOURCES that are not existing paths are nodes (one "
+                   "with a '/' or a .txt/.gz name is always a path).")
 @click.option("--out", type=click.Path(file_okay=False),
               help="With --collect: where to keep the collection (default: a temporary directory).")
 @click.option("--cluster", "cluster_files", multiple=True, type=click.Path(),
@@ -215,11 +219,14 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
     if not sources and not inventory and not discover:
         raise click.UsageError("nothing to audit: give a collection DIR, dump files, nodes, --inventory FILE, "
                                "or --kubeconfig to take the nodes from the cluster")
+    if collect_first:
+        check_nodes(sources, "audit --collect")
+        paths, nodes = (), sources
+    else:
+        paths, nodes = split_sources(sources)
     cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
     failures: list[Any] = []
     with tempfile.TemporaryDirectory(prefix="iptrace-audit-") as tmp:
-        nodes = sources if collect_first else tuple(x for x in sources if x != "-" and not Path(x).exists())
-        paths = () if collect_first else tuple(x for x in sources if x not in nodes)
         if nodes or inventory or discover:
             targets = _targets(nodes, inventory, kubeconfig if discover else None, context if discover else None,
                                node_selector if discover else None)

@@ -422,7 +422,7 @@ def _read(path: str) -> str:
         with open(path, encoding="utf-8") as f:
             return f.read()
     except FileNotFoundError:
-        raise ClusterError(f"{path}: no such file") from None
+        raise ClusterError(f"{path}: no such file or directory") from None
     except UnicodeDecodeError as e:
         raise ClusterError(f"{path}: not UTF-8 text (byte {e.start}); {_EXPECTED}") from None
     except OSError as e:

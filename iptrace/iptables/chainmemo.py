@@ -69,16 +69,15 @@ class Access:
         self.known = known
 
 
-_ACCESS: dict[tuple[int, str], Access] = {}
-
-
-def rule_access(structure: Structure, target: str, extra_addresses: bool) -> Access:
+def rule_access(structure: Structure, target: str, extra_addresses: bool, cache: dict[tuple[int, str], Access],
+                ) -> Access:
     """The Access of a rule of `structure` with target `target` (a chain's name for a jump). `extra_addresses`:
-    the rule has -s/-d tests besides its first of each (they read the address itself)."""
+    the rule has -s/-d tests besides its first of each (they read the address itself). `cache` is keyed by the
+    id of a structure the caller keeps alive (its tracer's structure cache)."""
     # Of jump targets only kube-proxy's marking chains write anything by being jumped to.
     kind = target if target in _TARGET_FIELDS or (target.isupper() and "-" not in target) else ""
     key = (id(structure), kind)
-    found = _ACCESS.get(key)
+    found = cache.get(key)
     if found is not None and not extra_addresses:
         return found
     fields: set[str] = set(_TARGET_FIELDS.get(kind, _NO_FIELDS))
@@ -104,7 +103,7 @@ def rule_access(structure: Structure, target: str, extra_addresses: bool) -> Acc
         raw |= {"src", "dst"}
     access = Access(frozenset(fields), frozenset(raw), known)
     if not extra_addresses:
-        _ACCESS[key] = access
+        cache[key] = access
     return access
 
 

@@ -251,6 +251,7 @@ class Compiler:
         self._shape_binders: dict[RuleShape | None, tuple[Structure, Binder]] = {}
         self._chain_names: dict[str, dict[str, str]] = {}
         self._bound: dict[object, Bound] = {}
+        self._access: dict[tuple[int, str], chainmemo.Access] = {}
 
     def _code(self, table: str, chain: str) -> ChainCode | None:
         key = (table, chain)
@@ -303,7 +304,7 @@ class Compiler:
             else:
                 c.target = name
                 self._compile_target(code, rule, c, name, tokens, structure)
-        c.access = chainmemo.rule_access(structure, c.target, bool(addresses))
+        c.access = chainmemo.rule_access(structure, c.target, bool(addresses), self._access)
         code.compiled[i] = c
         return c
 

@@ -19,6 +19,7 @@ _EXPECTED_NAMES = {
     "WORD": "a word", "QUOTED": "a quoted string", "NEG": '"!"', "COUNTERS": "[packets:bytes]",
     "NAME": "a name", "POLICY": "a policy (ACCEPT, DROP or -)", "_NL": "end of line", "$END": "end of line",
     "COMMENT": "a comment", "STAR": '"*"', "COLON": '":"', "COMMIT": '"COMMIT"', "__ANON_0": '"-A"',
+    "COMMAND": "a command (-D, -I, -R, -F, -Z, -X, -E, -C)",
 }
 
 
@@ -84,7 +85,8 @@ def parse_line(text: str, *, source: str, line_no: int) -> Tree:
 
 
 def rule_arg_tokens(tree: Tree) -> tuple[list[tuple[str, str, int]], Token | None, str]:
-    """From a parsed `rule` line: its args as (type, text, column) plus its counters token and chain name."""
+    """From a parsed `rule` (or `command`) line: its args as (type, text, column) plus its counters token and
+    chain name (a command's chain is its first arg)."""
     rule = tree.children[0]
     counters: Token | None = None
     chain = ""
@@ -98,4 +100,6 @@ def rule_arg_tokens(tree: Tree) -> tuple[list[tuple[str, str, int]], Token | Non
         else:
             tok = child.children[0]
             args.append((tok.type, str(tok), tok.column or 0))
+    if rule.data == "command" and args:
+        chain = args.pop(0)[1]
     return args, counters, chain

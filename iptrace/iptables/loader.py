@@ -14,12 +14,11 @@ import gc
 import gzip
 import re
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from iptrace.errors import DumpSemanticError, InputError, ParseError
-from iptrace.iptables import grammar
-from iptrace.iptables.model import BUILTIN_CHAINS, TOKEN_RE, Chain, LoadWarning, Rule, Ruleset, RuleShape, Table
+from iptrace.iptables import grammar, listing, restore
+from iptrace.iptables.model import BUILTIN_CHAINS, TABLES, TOKEN_RE, Chain, LoadWarning, Rule, Ruleset, RuleShape, Table
 from iptrace.iptables.options import (
     BASIC_ALIASES,
     BASIC_ARITY,
@@ -30,6 +29,7 @@ from iptrace.iptables.options import (
     TARGET_ARITY,
     match_arity,
 )
+from iptrace.iptables.restore import OpenTable
 
 # Values become "_"; option words, "!" and the module name after -m stay, so one key means one layout.
 # The pattern starts with the space before a value (replaced by " _") rather than a look-behind for it:
@@ -39,12 +39,6 @@ _TABLE_LINE_RE = re.compile(r"^[ \t]*\*", re.MULTILINE)
 _CHAIN_RE = re.compile(r":(\S+)\s+(\S+)(?:\s+\[(\d+):(\d+)\])?\s*")
 _COUNTED_RULE_RE = re.compile(r"\[(\d+):(\d+)\]\s+-A\s")
 _IPV6_HINT_RE = re.compile(r" -[sd] !? ?[0-9a-fA-F]*:[0-9a-fA-F:]*[/ ]|icmp6|ipv6-icmp|icmpv6")
-_S_TABLE_HINT_RE = re.compile(r"(?:-t|--table)[ =]?(raw|mangle|nat|filter|security)\b")
-TABLES = ("raw", "mangle", "nat", "filter", "security")
-_NAT_ONLY_TARGETS = frozenset({"DNAT", "SNAT", "MASQUERADE", "REDIRECT", "NETMAP", "KUBE-MARK-MASQ"})
-_FILTER_ONLY_TARGETS = frozenset({"REJECT"})
-_MANGLE_ONLY_TARGETS = frozenset({"TPROXY", "TCPMSS", "CHECKSUM", "DSCP", "TOS", "TTL", "HL", "ECN"})
-_RAW_ONLY_TARGETS = frozenset({"CT", "NOTRACK"})
 
 
 def read_dump(path: str | Path) -> tuple[str, str]:
@@ -65,21 +59,13 @@ def read_dump(path: str | Path) -> tuple[str, str]:
             data = p.read_bytes()
         if data[:2] == b"\x1f\x8b":
             data = gzip.decompress(data)
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such file or directory") from None
     except OSError as exc:
         raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
     except (EOFError, gzip.BadGzipFile) as exc:
         raise InputError(f"{name}: not a readable gzip file ({exc})") from None
     return data.decode("utf-8", errors="replace"), name
-
-
-@dataclass
-class _OpenTable:
-    name: str
-    line: int
-    comments: tuple[str, ...]
-    chains: dict[str, tuple[str | None, tuple[int, int] | None, int]] = field(default_factory=dict)
-    rules: dict[str, list[Rule]] = field(default_factory=dict)
-    jumps: list[tuple[str, int, str]] = field(default_factory=list)  # (target, line, chain)
 
 
 class _Loader:
@@ -88,12 +74,14 @@ class _Loader:
         self.lenient = lenient
         self.table_hint = table
         self.shapes: dict[str, RuleShape] = {}
+        self.command_shapes: set[str] = set()  # shape keys of command lines the grammar has accepted
         self.warnings: list[LoadWarning] = []
         self.skipped: list[LoadWarning] = []
         self.warned_options: set[str] = set()
         self.tables: dict[str, Table] = {}
         self.order: list[str] = []
         self.listing = False
+        self.lines: list[str] = []
 
     # -- errors -----------------------------------------------------------------------------------------
     def fail(self, exc: ParseError) -> None:
@@ -106,7 +94,8 @@ class _Loader:
         self.fail(DumpSemanticError(why, source=self.source, line=line_no, column=column, text=text))
 
     # -- shapes -----------------------------------------------------------------------------------------
-    def shape_for(self, key: str, line: str, line_no: int) -> RuleShape | None:
+    def shape_for(self, key: str, line: str, line_no: int, lead: int = 0) -> RuleShape | None:
+        """The shape of the rule spec on `line`, which starts `lead` arguments after the chain name."""
         shape = self.shapes.get(key)
         if shape is not None:
             return shape
@@ -116,6 +105,7 @@ class _Loader:
             self.fail(exc)
             return None
         args, _, _ = grammar.rule_arg_tokens(tree)
+        args = args[lead:]
         try:
             shape = self.build_shape(args, line, line_no)
         except ParseError as exc:
@@ -238,14 +228,23 @@ class _Loader:
             self.warnings.append(LoadWarning(line_no, message))
 
     # -- tables -----------------------------------------------------------------------------------------
-    def close_table(self, t: _OpenTable) -> None:
-        for target, line_no, chain in t.jumps:
-            if target not in t.chains:
-                rule = next(r for r in t.rules[chain] if r.line == line_no)
-                raw = rule.to_save()
-                col = raw.rfind(target) + 1
+    def report_jumps(self, t: OpenTable, before: int | None = None) -> None:
+        """Rules that jumped to a chain the table did not hold yet (iptables-restore refuses them at their line;
+        an `iptables -S` listing may declare its chains in any order). `before`: only those above that line."""
+        for target, line_no, _ in t.jumps:
+            if (before is not None and line_no >= before) or (self.listing and target in t.chains):
+                continue
+            raw = self.lines[line_no - 1].strip()
+            col = raw.rfind(target) + 1
+            if target in t.chains:
+                self.semantic(f"jump to chain {target!r} before its declaration (line {t.chains[target][2]}); "
+                              "expected the chain declared before the rules that jump to it", line_no, raw, col)
+            else:
                 self.semantic(f"jump to undefined chain {target!r} in table {t.name}; "
                               f"expected a chain declared in this table or a known target", line_no, raw, col)
+
+    def close_table(self, t: OpenTable) -> None:
+        self.report_jumps(t)
         chains = tuple(Chain(name, policy, tuple(t.rules[name]), counters, line)
                        for name, (policy, counters, line) in t.chains.items())
         if t.name in self.tables:
@@ -263,7 +262,7 @@ class _Loader:
 
     # -- the main loop ----------------------------------------------------------------------------------
     def load(self, text: str) -> Ruleset:
-        lines = text.split("\n")
+        lines = self.lines = text.split("\n")
         is_save = _TABLE_LINE_RE.search(text) is not None
         gc_was_enabled = gc.isenabled()
         gc.disable()  # bulk construction of acyclic objects: the cyclic collector only costs time here
@@ -283,7 +282,7 @@ class _Loader:
         return Ruleset(tables, family, fmt, tuple(trailer), self.source, tuple(self.warnings),
                        tuple(self.skipped))
 
-    def add_rule(self, t: _OpenTable, line: str, line_no: int, body: str,
+    def add_rule(self, t: OpenTable, line: str, line_no: int, body: str,
                  counters: tuple[int, int] | None) -> None:
         """`body` is the text after '-A ': the chain name and its arguments."""
         sp = body.find(" ")
@@ -309,16 +308,47 @@ class _Loader:
         shape = self.shape_for(_SHAPE_KEY_RE.sub(" _", args), line, line_no)
         if shape is None:
             return
-        # A target followed by options is an extension target (chains take no options); only a last-word
-        # target can be a jump to a chain, which must then exist in this table.
-        if shape.target_index == shape.n_tokens - 1 >= 0:
-            target = args[args.rfind(" ") + 1:]
-            if target not in BUILTIN_TARGETS and target not in t.chains:
-                t.jumps.append((target, line_no, chain))  # checked again when the table closes
-        rules.append(Rule(chain, args, counters, line_no, shape))
+        rule = Rule(chain, args, counters, line_no, shape)
+        rules.append(rule)
+        restore.note_added(t, rule)  # a jump to a chain not declared yet is checked when the table closes
+
+    def spec_rule(self, line: str, line_no: int, words: restore.Words, chain: str, first: int) -> Rule | None:
+        """The rule a command carries (-I/-R/-D/-C/--append), its spec starting at words[first]."""
+        args = line[words[first][1] - 1:] if first < len(words) else ""
+        if "  " in args or "\t" in args:
+            args = " ".join(TOKEN_RE.findall(args))
+        shape = self.shape_for(_SHAPE_KEY_RE.sub(" _", args), line, line_no, lead=first - 2)
+        return None if shape is None else Rule(chain, args, None, line_no, shape)
+
+    def command(self, t: OpenTable | None, line: str, line_no: int) -> None:
+        """An iptables-restore command other than a plain '-A' (see restore.py), applied to the open table."""
+        if t is None:
+            self.semantic("command before its table; expected a '*filter' (or *nat, *mangle, …) line first",
+                          line_no, line)
+            return
+        key = _SHAPE_KEY_RE.sub(" _", line)
+        if key not in self.command_shapes:
+            try:
+                grammar.parse_line(line, source=self.source, line_no=line_no)
+            except ParseError as exc:
+                self.fail(exc)
+                return
+            self.command_shapes.add(key)
+        words = [(m.group(), m.start() + 1) for m in TOKEN_RE.finditer(line)]
+        cmd = restore.Command(words, line_no, lambda chain, first: self.spec_rule(line, line_no, words, chain,
+                                                                                   first))
+        try:
+            warning = restore.apply(t, cmd)
+        except restore.CommandError as exc:
+            if not self.lenient:
+                self.report_jumps(t, before=line_no)  # iptables-restore stops at the first line it refuses
+            self.semantic(exc.why, line_no, line, exc.column)
+            return
+        if warning is not None:
+            self.warnings.append(LoadWarning(line_no, warning))
 
     def load_save(self, lines: list[str], text: str) -> Ruleset:
-        current: _OpenTable | None = None
+        current: OpenTable | None = None
         pending_comments: list[str] = []
         source = self.source
         line_no = 0
@@ -327,6 +357,7 @@ class _Loader:
         shape_key = _SHAPE_KEY_RE.sub
         new_rule = tuple.__new__  # Rule(chain, args, None, line_no, shape) without Rule.__new__'s frame
         table_rules: dict[str, list[Rule]] = {}
+        fast_rules = table_rules  # where -A lines go straight to; {} once a command edited the table
         table_chains: dict[str, tuple[str | None, tuple[int, int] | None, int]] = {}
         jumps: list[tuple[str, int, str]] = []
         builtin_chains: tuple[str, ...] = ()
@@ -341,7 +372,7 @@ class _Loader:
                                   "first", line_no, line)
                     continue
                 sp = line.find(" ", 3)
-                rules = table_rules.get(line[3:sp]) if sp > 3 else None
+                rules = fast_rules.get(line[3:sp]) if sp > 3 else None
                 if rules is None or "  " in line or "\t" in line:
                     self.add_rule(current, line, line_no, line[3:], None)
                     continue
@@ -356,6 +387,9 @@ class _Loader:
                     if target not in BUILTIN_TARGETS and target not in table_chains:
                         jumps.append((target, line_no, chain))
                 rules.append(new_rule(Rule, (chain, args, None, line_no, shape)))
+            elif c == "-":
+                self.command(current, line, line_no)
+                fast_rules = {}  # rules of this table may now be edited: later -A lines keep count of jumps
             elif c == ":":
                 m = _CHAIN_RE.fullmatch(line)
                 if m is None:
@@ -397,9 +431,10 @@ class _Loader:
                 if name in self.tables:
                     self.semantic(f"table {name} appears twice (first at line {self.tables[name].line})",
                                   line_no, line, 2)
-                current = _OpenTable(name, line_no, tuple(pending_comments))
-                table_rules, table_chains, jumps = current.rules, current.chains, current.jumps
                 builtin_chains = BUILTIN_CHAINS.get(name, ())
+                current = OpenTable(name, line_no, tuple(pending_comments), builtin_chains)
+                table_rules, table_chains, jumps = current.rules, current.chains, current.jumps
+                fast_rules = table_rules
                 pending_comments = []
             elif c == "#":
                 pending_comments.append(line)
@@ -421,7 +456,7 @@ class _Loader:
                              text=lines[0] if lines else "")
         return self.finish(text, "save", pending_comments)
 
-    def declare(self, t: _OpenTable, name: str, policy: str, pk: str | None, pb: str | None, line_no: int,
+    def declare(self, t: OpenTable, name: str, policy: str, pk: str | None, pb: str | None, line_no: int,
                 line: str) -> None:
         if name in t.chains:
             self.semantic(f"chain {name!r} declared twice in table {t.name} (first at line "
@@ -445,8 +480,13 @@ class _Loader:
         except ParseError as exc:
             self.fail(exc)
             return
-        self.semantic("a line of iptables -S format (-P/-N) inside iptables-save output; expected a chain "
-                      "declaration ':NAME POLICY [0:0]'", line_no, line)
+        if self.listing:
+            self.semantic(f"{line.split()[0]} is a command of iptables-restore input, not of an 'iptables -S' "
+                          "listing; expected -P, -N and -A lines only (or '*table' … 'COMMIT' blocks around "
+                          "restore input)", line_no, line)
+        else:
+            self.semantic("cannot read this line; expected a chain declaration ':NAME POLICY [0:0]', a rule "
+                          "'-A CHAIN …' or an iptables-restore command", line_no, line)
 
     # -- `iptables -S` listings -------------------------------------------------------------------------
     def load_listing(self, lines: list[str], text: str) -> Ruleset:
@@ -458,14 +498,14 @@ class _Loader:
                 if line and not line.startswith("#"):
                     self.fail_line(line, line_no)
                     break
-        sections = self.split_sections(lines)
+        sections = listing.split_sections(lines)
         if not sections:
             raise ParseError("no rules found; expected iptables-save output ('*filter' … 'COMMIT') or an "
                              "'iptables -S' listing (-P/-N/-A lines)", source=self.source, line=1, column=1,
                              text=lines[0] if lines else "")
         for hint, body in sections:
-            name = hint or self.infer_table(body)
-            t = _OpenTable(name, body[0][0], ())
+            name = hint or listing.infer_table(body, self.table_hint, self.source)
+            t = OpenTable(name, body[0][0], (), BUILTIN_CHAINS.get(name, ()))
             for line_no, line in body:
                 if line.startswith("-P "):
                     parts = line.split()
@@ -485,68 +525,6 @@ class _Loader:
                     self.fail_line(line, line_no)
             self.close_table(t)
         return self.finish(text, "S", [])
-
-    def split_sections(self, lines: list[str]) -> list[tuple[str | None, list[tuple[int, str]]]]:
-        """An `iptables -S` file may hold several listings (`iptables -S` then `iptables -t nat -S`): a new
-        one starts at a comment naming a table or at a `-P` line after rules."""
-        sections: list[tuple[str | None, list[tuple[int, str]]]] = []
-        hint: str | None = None
-        body: list[tuple[int, str]] = []
-        seen_rules = False
-        for line_no, raw in enumerate(lines, 1):
-            line = raw.strip()
-            if not line:
-                continue
-            if line.startswith("#"):
-                m = _S_TABLE_HINT_RE.search(line)
-                if m or "-S" in line:
-                    if body:
-                        sections.append((hint, body))
-                    hint, body, seen_rules = (m.group(1) if m else None), [], False
-                continue
-            if line.startswith("-P ") and seen_rules:
-                sections.append((hint, body))
-                hint, body, seen_rules = None, [], False
-            if not line.startswith("-P "):
-                seen_rules = True
-            body.append((line_no, line))
-        if body:
-            sections.append((hint, body))
-        return sections
-
-    def infer_table(self, body: list[tuple[int, str]]) -> str:
-        policies = {line.split()[1] for _, line in body if line.startswith("-P ") and len(line.split()) > 1}
-        targets: set[str] = set()
-        for _, line in body:
-            if line.startswith("-A "):
-                for j in ("-j ", "-g "):
-                    k = line.rfind(j)
-                    if k >= 0:
-                        targets.add(line[k + 3:].split(" ", 1)[0])
-        candidates = [name for name in TABLES if policies <= set(BUILTIN_CHAINS[name])]
-        votes = {
-            "nat": bool(targets & _NAT_ONLY_TARGETS) or any(t.startswith(("KUBE-SEP-", "KUBE-SVC-"))
-                                                          for t in targets),
-            "filter": bool(targets & _FILTER_ONLY_TARGETS),
-            "mangle": bool(targets & _MANGLE_ONLY_TARGETS),
-            "raw": bool(targets & _RAW_ONLY_TARGETS),
-        }
-        voted = [name for name in candidates if votes.get(name)]
-        if len(voted) == 1:
-            return voted[0]
-        if self.table_hint:
-            return self.table_hint
-        if policies == {"INPUT", "FORWARD", "OUTPUT"} and not voted:
-            return "filter"
-        if len(candidates) == 1:
-            return candidates[0]
-        if policies == {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"}:
-            return "nat"
-        if policies == set(BUILTIN_CHAINS["mangle"]):
-            return "mangle"
-        first_line = body[0][0]
-        raise ParseError("cannot tell which table this 'iptables -S' listing belongs to; pass --table NAME "
-                         "(e.g. --table nat)", source=self.source, line=first_line, column=1, text=body[0][1])
 
 
 def load(text: str | bytes, *, source: str = "<dump>", lenient: bool = False,

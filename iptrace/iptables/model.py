@@ -17,6 +17,7 @@ from types import MappingProxyType
 TOKEN_RE = re.compile(r'"(?:\\.|[^"\\])*"|\S+')
 _UNESCAPE_RE = re.compile(r"\\(.)")
 
+TABLES = ("raw", "mangle", "nat", "filter", "security")
 BUILTIN_CHAINS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "raw": ("PREROUTING", "OUTPUT"),
     "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),

@@ -1,0 +1,121 @@
+"""Narrowing a Service view to what was asked for (`--namespace`, `--service`, `--address`), and refusing to
+answer about something the dump does not hold: after a typo, an empty view would read as "this node forwards
+nothing". Pure: takes the whole view and the filters, raises InputError naming the closest things it has."""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+from collections.abc import Iterable
+
+from iptrace.errors import InputError
+from iptrace.kube.view import KubeView, ServicePortView, filter_view
+
+_SHOWN = 5  # names listed when none is close
+
+
+def select(view: KubeView, *, namespace: str | None = None, service: str | None = None,
+           address: str | None = None, source: str = "<dump>") -> KubeView:
+    """`filter_view(view, namespace, service, address)`, or InputError when it leaves nothing: the filter that
+    matches nothing on its own is named, with the closest namespaces, Service ports or addresses the dump has."""
+    narrowed = filter_view(view, namespace=namespace, service=service, address=address)
+    if narrowed.services or (namespace is None and service is None and address is None):
+        return narrowed
+    services = view.services
+    if namespace is not None and not filter_view(view, namespace=namespace).services:
+        raise InputError(_no_namespace(namespace, services, source))
+    if service is not None and not filter_view(view, service=service).services:
+        raise InputError(_no_service(service, services, source))
+    if address is not None and not filter_view(view, address=address).services:
+        raise InputError(_no_address(address, services, source))
+    asked = " ".join(f"{flag} {value}" for flag, value in (("--namespace", namespace), ("--service", service),
+                                                            ("--address", address)) if value is not None)
+    alone = []
+    for flag, value, key in (("--service", service, "service"), ("--address", address, "address")):
+        if value is not None:
+            labels = sorted({s.label for s in filter_view(view, **{key: value}).services})
+            more = f" (and {len(labels) - _SHOWN} more)" if len(labels) > _SHOWN else ""
+            alone.append(f"{flag} {value} alone matches {', '.join(labels[:_SHOWN])}{more}")
+    raise InputError(f"{asked}: no Service port in {source} matches all of these together; {'; '.join(alone)}")
+
+
+def _no_namespace(namespace: str, services: tuple[ServicePortView, ...], source: str) -> str:
+    known = sorted({s.namespace for s in services if s.namespace})
+    offer = _offer(namespace, known, "namespaces")
+    return f"--namespace {namespace}: no Service in namespace {namespace!r} in {source}; {offer}"
+
+
+def _no_service(service: str, services: tuple[ServicePortView, ...], source: str) -> str:
+    base, _, port = service.partition(":")
+    ports = sorted(s.port_name or "(unnamed)" for s in services if f"{s.namespace}/{s.name}" == base)
+    if port and ports:
+        return (f"--service {service}: Service {base} in {source} has no port named {port!r}; its ports: "
+                f"{', '.join(ports)}")
+    if not port:
+        known = sorted({f"{s.namespace}/{s.name}" for s in services if s.namespace})
+        return f"--service {service}: no Service {service} in {source}; {_offer(service, known, 'Services')}"
+    known = sorted({s.label for s in services if s.namespace})
+    return f"--service {service}: no Service port {service} in {source}; {_offer(service, known, 'Service ports')}"
+
+
+def _no_address(address: str, services: tuple[ServicePortView, ...], source: str) -> str:
+    ip, port = _split(address)
+    owners: dict[str, str] = {}
+    for s in services:
+        for ip_of in [e.address for e in s.entries if e.address] + [ep.ip for ep in s.endpoints]:
+            owners.setdefault(ip_of, s.label)
+    if port is not None and ip in owners:
+        ports = sorted({e.port for s in services for e in s.entries if e.address == ip}
+                       | {ep.port for s in services for ep in s.endpoints if ep.ip == ip and ep.port is not None})
+        return (f"--address {address}: {ip} has no Service port {port} in {source}; its ports: "
+                f"{', '.join(map(str, ports))}")
+    closest = _closest_addresses(ip, owners)
+    if closest:
+        offer = "closest addresses: " + ", ".join(f"{a} ({owners[a]})" for a in closest)
+    elif owners:
+        offer = f"its Service addresses are all of the other IP family (e.g. {min(owners)})"
+    else:
+        offer = "it has no Service addresses"
+    return (f"--address {address}: no Service port reachable at {ip} in {source} (no ClusterIP, external or "
+            f"load-balancer IP, or endpoint); {offer}")
+
+
+def _offer(wanted: str, known: list[str], what: str) -> str:
+    if not known:
+        return f"it has no {what}"
+    close = difflib.get_close_matches(wanted, known, n=3, cutoff=0.6)
+    if close:
+        return f"closest: {', '.join(close)}"
+    more = f" (and {len(known) - _SHOWN} more)" if len(known) > _SHOWN else ""
+    return f"it has {what}: {', '.join(known[:_SHOWN])}{more}"
+
+
+def _closest_addresses(ip: str, known: Iterable[str]) -> list[str]:
+    """The three known addresses most like `ip`: by spelling (a typo), then by numeric distance."""
+    try:
+        wanted = ipaddress.ip_address(ip)
+    except ValueError:
+        return difflib.get_close_matches(ip, list(known), n=3, cutoff=0.0)
+
+    def rank(candidate: str) -> tuple[float, int]:
+        other = ipaddress.ip_address(candidate)
+        spelling = difflib.SequenceMatcher(None, ip, candidate).ratio()
+        return (-round(spelling, 2), abs(int(other) - int(wanted)))
+
+    same_family = [a for a in known if ipaddress.ip_address(a).version == wanted.version]
+    return sorted(same_family, key=rank)[:3]
+
+
+def _split(address: str) -> tuple[str, int | None]:
+    """`IP`, `IP:PORT` or `[IPv6]:PORT`, as filter_view reads it; the IP normalised."""
+    ip, port = address, None
+    if address.startswith("[") and "]:" in address:
+        ip, _, rest = address[1:].partition("]:")
+        port = int(rest) if rest.isdigit() else None
+    elif address.count(":") == 1:
+        ip, _, rest = address.partition(":")
+        port = int(rest) if rest.isdigit() else None
+    try:
+        return str(ipaddress.ip_address(ip)), port
+    except ValueError:
+        return ip, port
