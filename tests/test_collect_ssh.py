@@ -16,14 +16,8 @@ from pathlib import Path
 import pytest
 
 from iptrace.collect import store
-from iptrace.collect.ssh import (
-    NodeTarget,
-    collect,
-    parse_ip_addr,
-    parse_iptables_version,
-    read_inventory,
-    remote_command,
-)
+from iptrace.collect.gather import parse_ip_addr, parse_iptables_version
+from iptrace.collect.ssh import NodeTarget, collect, read_inventory, remote_command
 from iptrace.errors import InputError
 from tests.sshd import (
     SAMPLE_DUMP,
@@ -308,7 +302,10 @@ def test_sudo(farm: SshdFarm, tmp_path: Path):
     password = farm.start("pw", scripts={**default_scripts("198.18.0.2"), "sudo": SUDO_PASSWORD})
     r_ok, r_pw = _collect(farm, [_target(ok), _target(password)], tmp_path, sudo=True)
     assert r_ok.ok, r_ok.error
-    assert sorted(log.read_text().splitlines()) == ["-n ip6tables-save", "-n iptables-save"]
+    # Exactly the commands that need root go through sudo (reading which legacy tables exist included).
+    assert sorted(log.read_text().splitlines()) == [
+        "-n cat /proc/net/ip_tables_names", "-n conntrack -L -f ipv4", "-n conntrack -L -f ipv6",
+        "-n ip6tables-save", "-n iptables-save", "-n nft list ruleset"]
     assert json.loads((tmp_path / "out" / r_ok.node / "meta.json").read_text())["sudo"] is True
     assert r_pw.error_kind == "sudo-password", _describe([r_pw])
     assert "needs a password" in r_pw.error
