@@ -5,6 +5,7 @@ no import of tests.apiserver (which imports this)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -15,10 +16,10 @@ from typing import Any, BinaryIO
 
 try:
     from tests.kubelet import now
-    from tests.wsframes import OP_BINARY, OP_CLOSE, close_frame, frame, read_frame
+    from tests.wsframes import OP_BINARY, OP_CLOSE, accept_key, close_frame, frame, read_frame
 except ImportError:  # pytest's rootdir is not on sys.path: tests/ itself is
     from kubelet import now  # type: ignore[no-redef]
-    from wsframes import OP_BINARY, OP_CLOSE, close_frame, frame, read_frame  # type: ignore[no-redef]
+    from wsframes import OP_BINARY, OP_CLOSE, accept_key, close_frame, frame, read_frame  # type: ignore[no-redef]
 
 CHANNEL_PROTOCOL = "v4.channel.k8s.io"
 ENFORCE = "pod-security.kubernetes.io/enforce"
@@ -135,3 +136,184 @@ def pump(rfile: BinaryIO, wfile: BinaryIO, connection: Any, process: subprocess.
 def _send(wfile: BinaryIO, channel: int, data: bytes) -> None:
     wfile.write(frame(OP_BINARY, bytes([channel]) + data))
     wfile.flush()
+
+
+def status_body(code: int, reason: str, message: str, details: dict[str, str] | None = None) -> dict[str, Any]:
+    """A metav1.Status exactly as kube-apiserver writes one (empty fields omitted, as Go's omitempty does)."""
+    body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                            "message": message, "reason": reason}
+    if details:
+        body["details"] = details
+    body["code"] = code
+    return body
+
+
+class PodHandlers:
+    """The pod endpoints of the API double's request handler (mixed into it): create, delete, log, exec."""
+
+    api: Any
+    pods_resource: Any
+    headers: Any
+    rfile: BinaryIO
+    wfile: BinaryIO
+    connection: Any
+    close_connection: bool
+
+    # Everything else (_send_json, _forbidden, _route, _authenticate, send_response, …) is the handler's.
+
+
+    @staticmethod
+    def _pod_subresource(path: str) -> tuple[str, str, str] | None:
+        parts = path.split("/")
+        # /api/v1/namespaces/NS/pods/NAME/SUB
+        if len(parts) == 8 and parts[1:4] == ["api", "v1", "namespaces"] and parts[5] == "pods":
+            return parts[4], parts[6], parts[7]
+        return None
+
+    def _body(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            return json.loads(self.rfile.read(length) or b"null")
+        except json.JSONDecodeError:
+            return None
+
+    def do_POST(self) -> None:
+        authenticated = self._authenticate("POST")
+        if authenticated is None:
+            return
+        path, query, grant = authenticated
+        body = self._body()
+        route = self._route(path)
+        if route is None or route[0].plural != "pods" or route[1] is None or route[2] is not None:
+            self._send_json(405, status_body(405, "MethodNotAllowed", "the server does not allow this method on "
+                                             "the requested resource"))
+            return
+        namespace = route[1]
+        if not grant.allows("pods", namespace, "create"):
+            self._forbidden(self.pods_resource, "create", namespace, grant, None)
+            return
+        if self.api.namespaces is not None and namespace not in self.api.namespaces:
+            self._send_json(404, status_body(404, "NotFound", f'namespaces "{namespace}" not found',
+                                             {"name": namespace, "kind": "namespaces"}))
+            return
+        errors = validate(body, namespace)
+        name = (body.get("metadata") or {}).get("name") if isinstance(body, dict) else None
+        if errors:
+            self._send_json(422, status_body(422, "Invalid", f'Pod "{name}" is invalid: ' + ", ".join(errors),
+                                             {"name": str(name), "kind": "Pod"}))
+            return
+        level = (self.api.namespaces or {}).get(namespace, {}).get(ENFORCE, "privileged")
+        violations = pod_security_violations(body, level)
+        if violations:
+            self._send_json(403, status_body(403, "Forbidden", f'pods "{name}" is forbidden: violates PodSecurity '
+                                             f'"{level}:latest": ' + ", ".join(violations),
+                                             {"name": name, "kind": "pods"}))
+            return
+        with self.api.lock:
+            if self.api.pod(namespace, name) is not None:
+                self._send_json(409, status_body(409, "AlreadyExists", f'pods "{name}" already exists',
+                                                 {"name": name, "kind": "pods"}))
+                return
+            self.api.resource_version += 1
+            obj = stored(body, namespace, self.api.resource_version)
+            if query.get("dryRun") != ["All"]:
+                self.api.objects.setdefault("Pod", []).append(obj)
+            reply = copy.deepcopy(obj)
+        if query.get("dryRun") != ["All"] and self.api.kubelet is not None:
+            self.api.kubelet.admit(reply)
+        self._send_json(201, reply)
+
+    def do_DELETE(self) -> None:
+        authenticated = self._authenticate("DELETE")
+        if authenticated is None:
+            return
+        path, _, grant = authenticated
+        self._body()
+        route = self._route(path)
+        if route is None or route[0].plural != "pods" or route[1] is None or route[2] is None:
+            self._send_json(405, status_body(405, "MethodNotAllowed", "the server does not allow this method on "
+                                             "the requested resource"))
+            return
+        _, namespace, name = route
+        if not grant.allows("pods", namespace, "delete"):
+            self._forbidden(self.pods_resource, "delete", namespace, grant, name)
+            return
+        with self.api.lock:
+            obj = self.api.pod(namespace, name)
+            if obj is not None:
+                self.api.objects["Pod"].remove(obj)
+        if obj is None:
+            self._send_json(404, status_body(404, "NotFound", f'pods "{name}" not found', {"name": name,
+                                                                                       "kind": "pods"}))
+            return
+        if self.api.kubelet is not None:
+            self.api.kubelet.delete(namespace, name)
+        self._send_json(200, obj)
+
+    def _pod_log(self, namespace: str, name: str, grant: Any) -> None:
+        if not grant.allows("pods/log", namespace, "get"):
+            self._forbidden(self.pods_resource, "get", namespace, grant, name, "log")
+            return
+        obj = self.api.pod(namespace, name)
+        if obj is None:
+            self._send_json(404, status_body(404, "NotFound", f'pods "{name}" not found', {"name": name,
+                                                                                       "kind": "pods"}))
+            return
+        log = self.api.kubelet.log(namespace, name) if self.api.kubelet is not None else None
+        if log is None:
+            container = obj["spec"]["containers"][0]["name"]
+            self._send_json(400, status_body(400, "BadRequest", f'container "{container}" in pod "{name}" is '
+                                             "waiting to start: ContainerCreating"))
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(log)))
+        self.end_headers()
+        self.wfile.write(log)
+
+    def _pod_exec(self, namespace: str, name: str, query: dict[str, list[str]], grant: Any) -> None:
+        # NOTE: since Kubernetes 1.35 a websocket exec needs `create` on pods/exec, like every other exec.
+        if not grant.allows("pods/exec", namespace, "create", name):
+            self._forbidden(self.pods_resource, "create", namespace, grant, name, "exec")
+            return
+        obj = self.api.pod(namespace, name)
+        if obj is None:
+            self._send_json(404, status_body(404, "NotFound", f'pods "{name}" not found', {"name": name,
+                                                                                       "kind": "pods"}))
+            return
+        offered = [p.strip() for p in (self.headers.get("Sec-WebSocket-Protocol") or "").split(",")]
+        if (self.headers.get("Upgrade") or "").lower() != "websocket" or CHANNEL_PROTOCOL not in offered:
+            self._send_json(400, status_body(400, "BadRequest", "Upgrade request required"))
+            return
+        if (obj.get("status") or {}).get("phase") != "Running" or self.api.kubelet is None:
+            self._send_json(400, status_body(400, "BadRequest", f'pod {name} is not running'))
+            return
+        argv = query.get("command", [])
+        process = self.api.kubelet.exec(obj, argv)
+        self.send_response(101, "Switching Protocols")
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept_key(self.headers.get("Sec-WebSocket-Key") or ""))
+        self.send_header("Sec-WebSocket-Protocol", CHANNEL_PROTOCOL)
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True
+        pump(self.rfile, self.wfile, self.connection, process, argv)
+
+
+def fields_match(selector: str, obj: dict[str, Any]) -> bool:
+    """The field selectors the API server supports for pods that matter here (spec.nodeName, metadata.name)."""
+    for part in filter(None, (p.strip() for p in selector.split(","))):
+        key, _, value = part.partition("=")
+        value = value.lstrip("=")
+        if key == "spec.nodeName":
+            actual = (obj.get("spec") or {}).get("nodeName")
+        elif key == "metadata.name":
+            actual = obj["metadata"].get("name")
+        elif key == "metadata.namespace":
+            actual = obj["metadata"].get("namespace")
+        else:
+            return False
+        if actual != value:
+            return False
+    return True

@@ -81,3 +81,16 @@ def test_no_bare_except_exception_in_library_layers() -> None:
                 assert isinstance(last, ast.Raise) and last.exc is None, f"{name}:{node.lineno} swallows {node.type.id}"
             if isinstance(node, ast.ExceptHandler):
                 assert node.type is not None, f"{name}:{node.lineno} has a bare except"
+
+
+def test_collect_imports_its_clients_inside_functions() -> None:
+    """paramiko and kubernetes cost ~1 s to import: only a collection that uses them pays for it."""
+    import subprocess
+    import sys
+
+    modules = sorted(p.stem for p in (PKG / "collect").glob("*.py") if p.stem != "__init__")
+    code = ("import sys\n" + "".join(f"import iptrace.collect.{m}\n" for m in modules)
+            + "print(','.join(m for m in ('paramiko', 'kubernetes', 'websocket', 'urllib3', 'yaml') "
+              "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"imported at module level: {out.stdout.strip()}"
