@@ -113,6 +113,22 @@ def test_exec_and_pod_return_each_nodes_real_rules(cluster: FakeCluster):
 
 
 @needs_nodes
+def test_big_dumps_arrive_byte_for_byte_both_ways(cluster: FakeCluster):
+    """4 MB through many websocket frames (exec) and through a compressed pod log."""
+    big = cluster.root / "big.txt"
+    big.write_text("*nat\n" + "".join(f"-A KUBE-SVC-{i:016d} -j KUBE-SEP-{i:016d}\n" for i in range(80000))
+                   + "COMMIT\n")
+    script = {"iptables-save": f"#!/bin/sh\nexec cat {big}\n"}
+    cluster.add_node("node-a", bin_scripts=script)
+    cluster.add_node("node-b", kube_proxy=False, bin_scripts=script)
+    cluster.start()
+    results = _collect(cluster)
+    assert all(r.ok for r in results), _describe(results)
+    for name in ("node-a", "node-b"):
+        assert (cluster.root / "out" / name / "iptables-save.txt").read_bytes() == big.read_bytes()
+
+
+@needs_nodes
 def test_the_collector_pod_spec(cluster: FakeCluster):
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     cluster.add_node("node-a")
@@ -165,8 +181,8 @@ NSENTER_DENIED = ("#!/bin/sh\necho \"nsenter: reassociate to namespace 'ns/ipc' 
 
 
 @needs_nodes
-@pytest.mark.parametrize("case", ["forbidden-create", "pod-security", "image-pull", "not-started", "exit",
-                                  "exec-timeout", "exec-forbidden", "exec-no-shell", "nft-fails", "windows"])
+@pytest.mark.parametrize("case", ["forbidden-create", "forbidden-log", "pod-security", "image-pull", "not-started",
+                                  "exit", "exec-timeout", "exec-forbidden", "exec-no-shell", "nft-fails", "windows"])
 def test_each_failure_is_named_per_node_while_the_others_succeed(cluster: FakeCluster, case: str):
     cluster.add_node("healthy")  # always collected through its kube-proxy pod
     tokens = {"admin-token": ADMIN}
@@ -175,6 +191,9 @@ def test_each_failure_is_named_per_node_while_the_others_succeed(cluster: FakeCl
     if case == "forbidden-create":
         cluster.add_node("bad", kube_proxy=False)
         tokens = {"t": Grant("alice", denied=frozenset({("create", "pods")}))}
+    elif case == "forbidden-log":
+        cluster.add_node("bad", kube_proxy=False)
+        tokens = {"t": Grant("alice", denied=frozenset({("get", "pods/log")}))}
     elif case == "pod-security":
         cluster.add_node("bad", kube_proxy=False)
         namespaces = {"default": {"pod-security.kubernetes.io/enforce": "baseline"}, "kube-system": {}}
@@ -220,6 +239,7 @@ def test_each_failure_is_named_per_node_while_the_others_succeed(cluster: FakeCl
     expected = {
         "forbidden-create": ("forbidden", 'forbidden: missing permission create pods in namespace default (user '
                                           'alice); see the README\'s RBAC for `collect --via api`'),
+        "forbidden-log": ("forbidden", "forbidden: missing permission get pods/log in namespace default (user alice)"),
         "pod-security": ("pod-security", 'PodSecurity admission rejected the collector pod in namespace default '
                                          '(violates PodSecurity "baseline:latest": host namespaces (hostNetwork=true, '
                                          'hostPID=true), privileged (container "collect" must not set '
@@ -262,6 +282,25 @@ def test_auto_falls_back_to_a_pod_when_exec_is_refused(cluster: FakeCluster):
         assert meta["method"] == "pod"
         assert "collected with a collector pod: forbidden: missing permission create pods/exec in namespace " \
                "kube-system (user alice)" in meta["notes"][0]
+
+
+@needs_nodes
+def test_a_pod_that_cannot_be_deleted_is_said_with_the_command_that_deletes_it(cluster: FakeCluster):
+    cluster.add_node("node-a", kube_proxy=False)
+    server = cluster.start(tokens={"t": Grant("alice", denied=frozenset({("delete", "pods")}))})
+    [result] = _collect(cluster)
+    assert result.ok, result.error
+    [pod] = server.collector_pods()
+    name = pod["metadata"]["name"]
+    assert result.warnings == (f"the collector pod default/{name} could not be deleted (forbidden: missing permission "
+                               "delete pods in namespace default (user alice); see the README's RBAC for `collect "
+                               f"--via api`); delete it with `kubectl delete pod -n default {name}`",)
+    assert json.loads((cluster.root / "out" / "node-a" / "meta.json").read_text())["errors"] == list(result.warnings)
+    # Clean up as the user would (with the right to delete), so that the cluster is left as it was.
+    server.tokens["admin-token"] = ADMIN
+    with server.lock:
+        server.objects["Pod"].remove(server.pod("default", name))
+    server.kubelet.delete("default", name)  # type: ignore[union-attr]
 
 
 @needs_nodes

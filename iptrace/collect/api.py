@@ -274,9 +274,10 @@ def _collect_node(plan: _Plan, node: NodeInfo) -> NodeResult:
             raise CollectError(f"{node.name}: a {node.os} node has no iptables rules of kube-proxy to collect",
                                kind="unsupported", node=node.name)
         boundary = f"iptrace-{secrets.token_hex(16)}"
-        output, used, where = None, "", ""
+        output: bytes | None = None
+        said, used, where = b"", "", ""
         if plan.method != "pod":
-            output, where, refusal = _try_exec(plan, node, boundary)
+            output, said, where, refusal = _try_exec(plan, node, boundary)
             if output is not None:
                 used = "exec"
             elif plan.method == "exec":
@@ -286,7 +287,7 @@ def _collect_node(plan: _Plan, node: NodeInfo) -> NodeResult:
         if output is None:
             output, where = _run_pod(plan, node, boundary, warnings)
             used = "pod"
-        gathered = _gather(output, boundary, node.name, used, plan.conntrack_cap)
+        gathered = _gather(output, said, boundary, node.name, used, plan.conntrack_cap)
         meta = {**gathered.meta, "via": "api", "method": used, "pod": where,
                 "image": plan.image if used == "pod" else plan.kube_proxy[node.name].image,
                 "server": plan.access.server, "context": plan.access.context, "collected_at": collected_at,
@@ -304,14 +305,15 @@ def _collect_node(plan: _Plan, node: NodeInfo) -> NodeResult:
                       tuple(meta["errors"]), tuple(meta["notes"]), target=node)
 
 
-def _try_exec(plan: _Plan, node: NodeInfo, boundary: str) -> tuple[bytes | None, str, tuple[str, str]]:
-    """(stdout, pod, _) when the exec ran; (None, "", (why not, error kind)) when it could not."""
+def _try_exec(plan: _Plan, node: NodeInfo,
+              boundary: str) -> tuple[bytes | None, bytes, str, tuple[str, str]]:
+    """(stdout, stderr, pod, _) when the exec ran; (None, b"", "", (why not, error kind)) when it could not."""
     if plan.exec_unavailable is not None:
-        return None, "", plan.exec_unavailable
+        return None, b"", "", plan.exec_unavailable
     pod = plan.kube_proxy.get(node.name)
     if pod is None:
-        return None, "", (f"no running kube-proxy pod ({KUBE_PROXY_SELECTOR} in {KUBE_PROXY_NAMESPACE}) on the "
-                          "node", "exec")
+        return None, b"", "", (f"no running kube-proxy pod ({KUBE_PROXY_SELECTOR} in {KUBE_PROXY_NAMESPACE}) on "
+                               "the node", "exec")
     from kubernetes import client
 
     invocation = Invocation(conntrack_cap=plan.conntrack_cap)
@@ -319,15 +321,15 @@ def _try_exec(plan: _Plan, node: NodeInfo, boundary: str) -> tuple[bytes | None,
     # NOTE: the exec stream takes over the ApiClient it is given: one per exec.
     api_client = plan.access.client()
     try:
-        stdout, _ = run_exec(client.CoreV1Api(api_client), node.name, pod, invocation.argv(boundary), clock,
-                             plan.cancel)
+        stdout, stderr = run_exec(client.CoreV1Api(api_client), node.name, pod, invocation.argv(boundary), clock,
+                                  plan.cancel)
     except ExecRefused as e:
         if e.kind == "cancelled":
             raise CollectError(f"{node.name}: interrupted", kind="cancelled", node=node.name) from None
-        return None, "", (str(e), e.kind)
+        return None, b"", "", (str(e), e.kind)
     finally:
         api_client.close()
-    return stdout, f"{KUBE_PROXY_NAMESPACE}/{pod.name}", ("", "")
+    return stdout, stderr, f"{KUBE_PROXY_NAMESPACE}/{pod.name}", ("", "")
 
 
 def _run_pod(plan: _Plan, node: NodeInfo, boundary: str, warnings: list[str]) -> tuple[bytes, str]:
@@ -347,11 +349,13 @@ def _run_pod(plan: _Plan, node: NodeInfo, boundary: str, warnings: list[str]) ->
         api_client.close()
 
 
-def _gather(output: bytes, boundary: str, node: str, used: str, cap: int) -> Any:
+def _gather(output: bytes, said: bytes, boundary: str, node: str, used: str, cap: int) -> Any:
+    """`said`: the exec's stderr (a pod's log holds both streams already)."""
     batch = parse_batch(output, boundary)
     kind = "exit"
     if batch.encoding is None:
-        tail = " | ".join(output.decode("utf-8", "replace").strip().splitlines()[-3:])[-300:]
+        text = (output + b"\n" + said).decode("utf-8", "replace")
+        tail = " | ".join(text.strip().splitlines()[-3:])[-300:]
         raise CollectError(f"{node}: the collector's shell did not run the commands "
                            f"({tail or 'it printed nothing'})", kind=kind, node=node)
     if batch.cut:

@@ -6,6 +6,8 @@ image carries the iptables/nft binaries of the very version that wrote the rules
 from __future__ import annotations
 
 import json
+import select
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -16,6 +18,8 @@ from iptrace.collect.commands import StepClock
 from iptrace.errors import CollectError
 
 KUBE_PROXY_NAMESPACE = "kube-system"
+# The v4.channel.k8s.io protocol: the first byte of every message names its stream.
+STDOUT, STDERR, STATUS = 1, 2, 3
 KUBE_PROXY_SELECTOR = "k8s-app=kube-proxy"
 
 
@@ -60,8 +64,7 @@ def run_exec(api: Any, node: str, pod: KubeProxyPod, argv: tuple[str, ...], cloc
     (kind timeout) when a step ran out of time."""
     from kubernetes.client.exceptions import ApiException
     from kubernetes.stream import stream
-    from kubernetes.stream.ws_client import ERROR_CHANNEL, STDERR_CHANNEL, STDOUT_CHANNEL
-    from websocket import WebSocketConnectionClosedException, WebSocketException
+    from websocket import ABNF, WebSocketConnectionClosedException, WebSocketException
 
     try:
         ws = stream(api.connect_get_namespaced_pod_exec, pod.name, KUBE_PROXY_NAMESPACE, command=list(argv),
@@ -69,11 +72,12 @@ def run_exec(api: Any, node: str, pod: KubeProxyPod, argv: tuple[str, ...], cloc
                     _preload_content=False, binary=True)
     except ApiException as e:
         raise _refused(e, pod) from None
-    out: list[bytes] = []
-    err: list[bytes] = []
-    status = b""
+    channels: dict[int, list[bytes]] = {STDOUT: [], STDERR: [], STATUS: []}
+    # NOTE: frames are read one at a time from the client's websocket rather than through WSClient.update(),
+    # which joins every frame already waiting into one bytes object (quadratic on a 25 MB dump).
+    sock = ws.sock
     try:
-        while ws.is_open():
+        while True:
             if cancel.is_set():
                 raise ExecRefused("interrupted", "cancelled")
             remaining = clock.deadline() - time.monotonic()
@@ -81,23 +85,36 @@ def run_exec(api: Any, node: str, pod: KubeProxyPod, argv: tuple[str, ...], cloc
                 raise CollectError(f"{node}: {clock.describe()} did not finish within {clock.allowance():g}s in "
                                    f"{KUBE_PROXY_NAMESPACE}/{pod.name}; the exec was closed", kind="timeout",
                                    node=node)
-            ws.update(timeout=min(remaining, 0.25))
-            chunk = ws.read_channel(STDOUT_CHANNEL)
-            if chunk:
-                clock.feed(chunk, time.monotonic())
-                out.append(chunk)
-            err.append(ws.read_channel(STDERR_CHANNEL))
-            status += ws.read_channel(ERROR_CHANNEL)
+            if not _readable(sock.sock, min(remaining, 0.25)):
+                continue
+            opcode, frame = sock.recv_data_frame(True)
+            if opcode == ABNF.OPCODE_CLOSE:
+                break
+            if opcode not in (ABNF.OPCODE_BINARY, ABNF.OPCODE_TEXT) or not frame.data:
+                continue
+            data = frame.data if isinstance(frame.data, bytes) else frame.data.encode()
+            if data[0] in channels and len(data) > 1:
+                channels[data[0]].append(data[1:])
+                if data[0] == STDOUT:
+                    clock.feed(data[1:], time.monotonic())
     except WebSocketConnectionClosedException as e:
         # A server that hangs up without a close frame after the command's Status has said everything.
-        if not status:
+        if not channels[STATUS]:
             raise ExecRefused(f"the exec stream into {KUBE_PROXY_NAMESPACE}/{pod.name} broke ({e})") from None
     except (WebSocketException, OSError) as e:
         raise ExecRefused(f"the exec stream into {KUBE_PROXY_NAMESPACE}/{pod.name} broke ({e})") from None
     finally:
         ws.close()
-    _check_status(status, pod)
-    return b"".join(out), b"".join(err)
+    _check_status(b"".join(channels[STATUS]), pod)
+    return b"".join(channels[STDOUT]), b"".join(channels[STDERR])
+
+
+def _readable(sock: Any, timeout: float) -> bool:
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True  # already decrypted, invisible to poll()
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
 
 
 def _refused(error: Any, pod: KubeProxyPod) -> ExecRefused:
