@@ -38,8 +38,9 @@ def node_object(name: str, ip: str, ready: bool = True, os_name: str = "linux") 
     condition = {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready "
                  "status"} if ready else {"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
                                           "message": "Kubelet stopped posting node status."}
+    # A node that stopped posting status is usually cordoned by its operator too.
     return {"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": os_name}},
-            "spec": {"podCIDR": "198.18.128.0/24"},
+            "spec": {"podCIDR": "198.18.128.0/24", **({} if ready else {"unschedulable": True})},
             "status": {"addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}],
                        "conditions": [condition]}}
 

@@ -190,7 +190,8 @@ def test_each_failure_is_named_per_node_while_the_others_succeed(cluster: FakeCl
     kwargs: dict = {}
     if case == "forbidden-create":
         cluster.add_node("bad", kube_proxy=False)
-        tokens = {"t": Grant("alice", denied=frozenset({("create", "pods")}))}
+        # Nor may alice delete pods: a pod that was never created needs no deleting, and no warning says so.
+        tokens = {"t": Grant("alice", denied=frozenset({("create", "pods"), ("delete", "pods")}))}
     elif case == "forbidden-log":
         cluster.add_node("bad", kube_proxy=False)
         tokens = {"t": Grant("alice", denied=frozenset({("get", "pods/log")}))}
@@ -247,8 +248,8 @@ def test_each_failure_is_named_per_node_while_the_others_succeed(cluster: FakeCl
                                          '--pod-namespace with a namespace whose PodSecurity level is privileged'),
         # ErrImagePull or, a moment later, ImagePullBackOff: whichever the poll sees first.
         "image-pull": ("image-pull", "the image registry.example/unpullable:1 cannot be pulled on this node (",),
-        "not-started": ("not-started", "was not started within 1s: the node is NotReady (Ready=Unknown (Kubelet "
-                                       "stopped posting node status.)); its kubelet runs no pods"),
+        "not-started": ("not-started", "was not started within 1s: the node is NotReady and cordoned (Ready=Unknown "
+                                       "(Kubelet stopped posting node status.)); its kubelet runs no pods"),
         "exit": ("exit", "the collector pod exited with status 1: nsenter: reassociate to namespace 'ns/ipc' failed: "
                          "Operation not permitted"),
         "exec-timeout": ("timeout", "`iptables-save` did not finish within 1s in kube-system/kube-proxy-bad; the "
@@ -262,6 +263,9 @@ def test_each_failure_is_named_per_node_while_the_others_succeed(cluster: FakeCl
         "windows": ("unsupported", "a windows node has no iptables rules of kube-proxy to collect"),
     }[case]
     assert (bad_result.error_kind, expected[1] in error) == (expected[0], True), error
+    if case == "forbidden-create":
+        assert error == ("bad: forbidden: missing permission create pods in namespace default (user alice); see the "
+                         "README's RBAC for `collect --via api`")
     if case == "image-pull":
         assert "pass --image with an image the nodes can pull" in error
     if case == "pod-security":

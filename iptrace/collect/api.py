@@ -180,7 +180,8 @@ def _node_info(node: dict[str, Any]) -> NodeInfo:
     ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
     return NodeInfo(name=str(meta.get("name")), ready=str(ready.get("status") or "Unknown"),
                     ready_message=str(ready.get("message") or ""),
-                    os=str((meta.get("labels") or {}).get("kubernetes.io/os") or "linux"))
+                    os=str((meta.get("labels") or {}).get("kubernetes.io/os") or "linux"),
+                    unschedulable=bool((node.get("spec") or {}).get("unschedulable")))
 
 
 def _kube_proxy_pods(api: Any, access: ApiAccess,

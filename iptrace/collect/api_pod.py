@@ -39,6 +39,7 @@ class NodeInfo:
     ready: str = "True"  # the Ready condition's status: True, False or Unknown
     ready_message: str = ""
     os: str = "linux"
+    unschedulable: bool = False  # cordoned: the scheduler skips it, but a pod pinned with nodeName still runs
 
 
 @dataclass
@@ -117,6 +118,9 @@ class PodRun:
         self.request_timeout = (request_timeout, request_timeout)
         self.ledger = ledger
         self.cancel = cancel
+        # False only once the API server said it did not create the pod; a create that got no answer may
+        # have created it.
+        self.maybe_created = False
 
     def _error(self, message: str, kind: str) -> CollectError:
         return CollectError(f"{self.node.name}: {message}", kind=kind, node=self.node.name)
@@ -140,10 +144,12 @@ class PodRun:
         from urllib3.exceptions import HTTPError
 
         self.ledger.add(self.namespace, self.name)
+        self.maybe_created = True
         try:
             self.api.create_namespaced_pod(self.namespace, self.manifest, _preload_content=False,
                                            _request_timeout=self.request_timeout)
         except ApiException as e:
+            self.maybe_created = e.status in (None, 0) or e.status >= 500
             raise self._api_error(e, "creating the collector pod",
                                   f"create pods in namespace {self.namespace}") from None
         except HTTPError as e:
@@ -221,9 +227,10 @@ class PodRun:
 
     def _never_started(self, waited: float) -> str:
         pod = f"the collector pod {self.namespace}/{self.name} was not started within {waited:.0f}s"
+        cordoned = " and cordoned" if self.node.unschedulable else ""
         if self.node.ready != "True":
             why = f" ({self.node.ready_message})" if self.node.ready_message else ""
-            return f"{pod}: the node is NotReady (Ready={self.node.ready}{why}); its kubelet runs no pods"
+            return f"{pod}: the node is NotReady{cordoned} (Ready={self.node.ready}{why}); its kubelet runs no pods"
         return f"{pod}: the node's kubelet did not take it (overloaded, or its kubelet is stuck?)"
 
     def _failed_log(self, pod: dict[str, Any]) -> bytes:
@@ -255,6 +262,9 @@ class PodRun:
 
     def close(self) -> str | None:
         """Delete the pod (a pod that is already gone is fine); a warning when it could not be deleted."""
+        if not self.maybe_created:
+            self.ledger.discard(self.namespace, self.name)
+            return None
         return delete_pod(self.api, self.namespace, self.name, self.ledger, self.request_timeout)
 
 

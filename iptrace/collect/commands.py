@@ -127,10 +127,6 @@ class StepOutput:
     stdout: bytes
     stderr: str
 
-    @property
-    def argv(self) -> tuple[str, ...]:
-        return COMMANDS[self.step]
-
 
 @dataclass(frozen=True, slots=True)
 class Batch:

@@ -161,7 +161,6 @@ def _nft(steps: dict[str, StepOutput], node: str, runner: Runner, dumps: dict[st
         meta["status"] = "missing"
         notes.append(f"no `nft` {_where(runner)}: {store.NFT_FILE} not collected")
         return meta
-    problem = None
     if listing.status != 0:
         problem = _failure(listing, node, runner)
         meta.update(status="failed", error=problem)
