@@ -5,6 +5,8 @@ cluster whose nodes are network namespaces (tests/apicluster.py)."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,9 @@ def test_collect_and_audit_via_api(cluster: FakeCluster):
     assert [(n["name"], n["status"], n["kube_node"]) for n in report["nodes"]] == [
         ("node-a", "ok", "node-a"), ("node-b", "ok", "node-b")]
     assert not [f for f in report["findings"] if f["severity"] == "error"], report["findings"]
+
+    # What the README tells a user to run to find leftovers, with the real kubectl against the same server.
+    if shutil.which("kubectl"):
+        listed = subprocess.run(["kubectl", "--kubeconfig", str(cluster.kubeconfig), "get", "pods", "-A", "-l",
+                                 "app.kubernetes.io/name=iptrace-collector"], capture_output=True, text=True)
+        assert (listed.returncode, listed.stdout, listed.stderr) == (0, "", "No resources found\n")
