@@ -1,7 +1,9 @@
-"""A small but real HTTP server on 127.0.0.1 that answers like kube-apiserver for the read-only calls iptrace
-makes: list (and get) Services, EndpointSlices and Nodes, with bearer-token authentication, per-token RBAC,
-label selectors, `limit`/`continue` paging with real-shaped continue tokens, `Status` error bodies, and the
-discovery documents kubectl reads first.
+"""A small but real HTTP server on 127.0.0.1 that answers like kube-apiserver for the calls iptrace makes:
+list (and get) Services, EndpointSlices, Nodes and Pods, with bearer-token authentication, per-token RBAC
+(verb, resource and subresource, namespace), label and field selectors, `limit`/`continue` paging with
+real-shaped continue tokens, `Status` error bodies, and the discovery documents kubectl reads first. With a
+FakeKubelet (tests/kubelet.py) it also creates pods (validation, PodSecurity admission, dry runs) and runs them
+for real, serves `pods/log`, deletes pods, and streams `pods/exec` over a websocket (tests/apiserver_pods.py).
 
 No real kube-apiserver can run on these machines; the official client and kubectl talk to this one over
 HTTP through a real kubeconfig, unmodified.
@@ -25,6 +27,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+try:
+    from tests import apiserver_pods as pods
+    from tests.kubelet import FakeKubelet
+except ImportError:  # pytest's rootdir is not on sys.path: tests/ itself is
+    import apiserver_pods as pods  # type: ignore[no-redef]
+    from kubelet import FakeKubelet  # type: ignore[no-redef]
+
 DATA = Path(__file__).parent / "data" / "cluster"
 
 
@@ -44,19 +53,28 @@ class Resource:
 SERVICES = Resource("Service", "services", "", "v1", True)
 ENDPOINTSLICES = Resource("EndpointSlice", "endpointslices", "discovery.k8s.io", "v1", True)
 NODES = Resource("Node", "nodes", "", "v1", False)
-RESOURCES = (SERVICES, ENDPOINTSLICES, NODES)
+PODS = Resource("Pod", "pods", "", "v1", True)
+RESOURCES = (SERVICES, ENDPOINTSLICES, NODES, PODS)
 
 
 @dataclass(frozen=True)
 class Grant:
-    """What a bearer token may do: list/get `resources` (plurals; None = all) in `namespaces` (None = at
-    cluster scope, hence in every namespace)."""
+    """What a bearer token may do: `verbs` (None = all) on `resources` (plurals or `pods/exec`-style
+    subresources; None = all) in `namespaces` (None = at cluster scope, hence in every namespace). `denied`
+    takes some away again: (verb, resource), or (verb, resource, name) like RBAC's resourceNames, e.g.
+    ("create", "pods/exec", "kube-proxy-abcde")."""
 
     user: str
     resources: frozenset[str] | None = None
     namespaces: frozenset[str] | None = None
+    verbs: frozenset[str] | None = None
+    denied: frozenset[tuple[str, ...]] = frozenset()
 
-    def allows(self, plural: str, namespace: str | None) -> bool:
+    def allows(self, plural: str, namespace: str | None, verb: str = "list", name: str | None = None) -> bool:
+        if (verb, plural) in self.denied or (verb, plural, name) in self.denied:
+            return False
+        if self.verbs is not None and verb not in self.verbs:
+            return False
         if self.resources is not None and plural not in self.resources:
             return False
         if self.namespaces is None:
@@ -73,14 +91,7 @@ class Request:
     accept: str | None
 
 
-def status_body(code: int, reason: str, message: str, details: dict[str, str] | None = None) -> dict[str, Any]:
-    """A metav1.Status exactly as kube-apiserver writes one (empty fields omitted, as Go's omitempty does)."""
-    body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                            "message": message, "reason": reason}
-    if details:
-        body["details"] = details
-    body["code"] = code
-    return body
+status_body = pods.status_body
 
 
 def _selector_matches(selector: str, labels: dict[str, str]) -> bool:
@@ -142,6 +153,9 @@ class ApiServer:
     tls: bool = False  # serve https with a fresh self-signed certificate (`ca_pem`) for 127.0.0.1
     requests: list[Request] = field(default_factory=list)
     ca_pem: bytes = b""
+    kubelet: FakeKubelet | None = None  # runs created pods and execs; without one, pods can only be listed
+    namespaces: dict[str, dict[str, str]] | None = None  # name → labels (PodSecurity); None: any namespace exists
+    lock: threading.RLock = field(default_factory=threading.RLock)
     _httpd: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
 
@@ -164,6 +178,8 @@ class ApiServer:
 
     def start(self) -> ApiServer:
         server = self
+        if self.kubelet is not None:
+            self.kubelet.update = self.set_pod_status
 
         class Handler(_Handler):
             api = server
@@ -202,9 +218,30 @@ class ApiServer:
 
     def stored(self, res: Resource, namespace: str | None) -> list[dict[str, Any]]:
         """Objects in etcd key order (/registry/<resource>/<namespace>/<name>), as a list call returns them."""
-        items = [o for o in self.objects.get(res.kind, [])
-                 if namespace is None or o["metadata"].get("namespace") == namespace]
+        with self.lock:
+            items = [copy.deepcopy(o) for o in self.objects.get(res.kind, [])
+                     if namespace is None or o["metadata"].get("namespace") == namespace]
         return sorted(items, key=self.key)
+
+    def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self.lock:
+            for obj in self.objects.get("Pod", []):
+                if obj["metadata"]["name"] == name and obj["metadata"].get("namespace") == namespace:
+                    return obj
+        return None
+
+    def set_pod_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        with self.lock:
+            obj = self.pod(namespace, name)
+            if obj is not None:
+                obj["status"] = copy.deepcopy(status)
+                self.resource_version += 1
+                obj["metadata"]["resourceVersion"] = str(self.resource_version)
+
+    def collector_pods(self) -> list[dict[str, Any]]:
+        """Pods that carry iptrace's collector label and still exist."""
+        return [p for p in self.stored(PODS, None)
+                if (p["metadata"].get("labels") or {}).get("app.kubernetes.io/name") == "iptrace-collector"]
 
     @staticmethod
     def key(obj: dict[str, Any]) -> str:
@@ -258,8 +295,9 @@ def write_kubeconfig(path: Path, server: str, users: dict[str, str], current: st
     return path
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(pods.PodHandlers, BaseHTTPRequestHandler):
     api: ApiServer
+    pods_resource = PODS
     protocol_version = "HTTP/1.1"
     # NOTE: without this every response waits for the client's delayed ACK (+40 ms per request).
     disable_nagle_algorithm = True
@@ -286,17 +324,34 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self) -> None:
+    def _authenticate(self, method: str) -> tuple[str, dict[str, list[str]], Grant] | None:
         url = urlsplit(self.path)
         query = parse_qs(url.query, keep_blank_values=True)
-        self.api.requests.append(Request("GET", url.path, query, self.headers.get("Authorization"),
+        self.api.requests.append(Request(method, url.path, query, self.headers.get("Authorization"),
                                          self.headers.get("Accept")))
-        auth = self.headers.get("Authorization") or ""
-        grant = self.api.tokens.get(auth[len("Bearer "):]) if auth.startswith("Bearer ") else self.api.anonymous
+        # The scheme is case-insensitive (RFC 7235): the client's in-cluster loader sends "bearer".
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        grant = self.api.tokens.get(token.strip()) if scheme.lower() == "bearer" else self.api.anonymous
         if grant is None:
             self._send_json(401, status_body(401, "Unauthorized", "Unauthorized"))
+            return None
+        return url.path.rstrip("/") or "/", query, grant
+
+    def do_GET(self) -> None:
+        authenticated = self._authenticate("GET")
+        if authenticated is None:
             return
-        path = url.path.rstrip("/") or "/"
+        path, query, grant = authenticated
+        sub = self._pod_subresource(path)
+        if sub is not None:
+            namespace, name, subresource = sub
+            if subresource == "log":
+                self._pod_log(namespace, name, grant)
+            elif subresource == "exec":
+                self._pod_exec(namespace, name, query, grant)
+            else:
+                self._send_text(404, "404 page not found\n")
+            return
         if path == "/version":
             self._send_json(200, {"major": "1", "minor": "30", "gitVersion": "v1.30.0", "gitCommit":
                                   "7c48c2bd72b9bf5c44d21d7338cc7bea77d0ad2a", "gitTreeState": "clean",
@@ -349,12 +404,14 @@ class _Handler(BaseHTTPRequestHandler):
                 return res, rest[1], rest[3] if len(rest) == 4 else None
         return None
 
-    def _forbidden(self, res: Resource, verb: str, namespace: str | None, grant: Grant, name: str | None) -> None:
+    def _forbidden(self, res: Resource, verb: str, namespace: str | None, grant: Grant, name: str | None,
+                   subresource: str = "") -> None:
         # apierrors.NewForbidden: the qualified GroupResource, then the name when there is one.
         qualified = f"{res.plural}.{res.group}" if res.group else res.plural
         what = f'{qualified} "{name}"' if name else qualified
         scope = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
-        message = (f'{what} is forbidden: User "{grant.user}" cannot {verb} resource "{res.plural}" in API group '
+        resource = f"{res.plural}/{subresource}" if subresource else res.plural
+        message = (f'{what} is forbidden: User "{grant.user}" cannot {verb} resource "{resource}" in API group '
                    f'"{res.group}" {scope}')
         details = {"group": res.group, "kind": res.plural} if res.group else {"kind": res.plural}
         if name:
@@ -368,7 +425,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_text(404, "404 page not found\n")
             return
         res, namespace, name = route
-        if not grant.allows(res.plural, namespace):
+        if not grant.allows(res.plural, namespace, "get" if name else "list"):
             self._forbidden(res, "get" if name else "list", namespace, grant, name)
             return
         if name is not None:
@@ -389,8 +446,10 @@ class _Handler(BaseHTTPRequestHandler):
         except InvalidSelector as e:
             self._send_json(400, status_body(400, "BadRequest", f"unable to parse requirement: {e}"))
             return
+        field_selector = query.get("fieldSelector", [""])[0]
         items = [o for o in self.api.stored(res, namespace)
-                 if _selector_matches(selector, o["metadata"].get("labels") or {})]
+                 if _selector_matches(selector, o["metadata"].get("labels") or {})
+                 and _fields_match(field_selector, o)]
         rv = self.api.resource_version
         start = 0
         token = query.get("continue", [""])[0]
@@ -430,3 +489,6 @@ class _Handler(BaseHTTPRequestHandler):
                 metadata["remainingItemCount"] = rest
         self._send_json(200, {"kind": f"{res.kind}List", "apiVersion": res.group_version, "metadata": metadata,
                               "items": [copy.deepcopy(o) for o in page]})
+
+
+_fields_match = pods.fields_match

@@ -61,6 +61,26 @@ SAMPLE_DUMP6 = """\
 COMMIT
 """
 
+# A small nftables-mode kube-proxy table (kernel listing order is not required by `nft -f`).
+SAMPLE_NFT = """\
+table ip kube-proxy {
+\tchain service-XPGD46QR-ns1/svc1/tcp/p80 {
+\t\tip daddr 198.19.0.10 tcp dport 80 dnat to 198.18.128.1:80
+\t}
+\tmap service-ips {
+\t\ttype ipv4_addr . inet_proto . inet_service : verdict
+\t\telements = { 198.19.0.10 . tcp . 80 : goto service-XPGD46QR-ns1/svc1/tcp/p80 }
+\t}
+\tchain services {
+\t\tip daddr . meta l4proto . th dport vmap @service-ips
+\t}
+\tchain nat-prerouting {
+\t\ttype nat hook prerouting priority dstnat; policy accept;
+\t\tjump services
+\t}
+}
+"""
+
 LEGACY_WARNING_LINE = "# Warning: iptables-legacy tables present, use iptables-legacy-save to see them\n"
 
 SAMPLE_LEGACY_DUMP = """\

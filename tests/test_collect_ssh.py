@@ -16,19 +16,14 @@ from pathlib import Path
 import pytest
 
 from iptrace.collect import store
-from iptrace.collect.ssh import (
-    NodeTarget,
-    collect,
-    parse_ip_addr,
-    parse_iptables_version,
-    read_inventory,
-    remote_command,
-)
+from iptrace.collect.gather import parse_ip_addr, parse_iptables_version
+from iptrace.collect.ssh import NodeTarget, collect, read_inventory, remote_command
 from iptrace.errors import InputError
 from tests.sshd import (
     SAMPLE_DUMP,
     SAMPLE_DUMP6,
     SAMPLE_LEGACY_DUMP,
+    SAMPLE_NFT,
     SUDO_PASSWORD,
     SshdFarm,
     default_scripts,
@@ -308,7 +303,10 @@ def test_sudo(farm: SshdFarm, tmp_path: Path):
     password = farm.start("pw", scripts={**default_scripts("198.18.0.2"), "sudo": SUDO_PASSWORD})
     r_ok, r_pw = _collect(farm, [_target(ok), _target(password)], tmp_path, sudo=True)
     assert r_ok.ok, r_ok.error
-    assert sorted(log.read_text().splitlines()) == ["-n ip6tables-save", "-n iptables-save"]
+    # Exactly the commands that need root go through sudo (reading which legacy tables exist included).
+    assert sorted(log.read_text().splitlines()) == [
+        "-n cat /proc/net/ip_tables_names", "-n conntrack -L -f ipv4", "-n conntrack -L -f ipv6",
+        "-n ip6tables-save", "-n iptables-save", "-n nft list ruleset"]
     assert json.loads((tmp_path / "out" / r_ok.node / "meta.json").read_text())["sudo"] is True
     assert r_pw.error_kind == "sudo-password", _describe([r_pw])
     assert "needs a password" in r_pw.error
@@ -342,6 +340,71 @@ def test_hung_command_times_out_and_is_stopped(farm: SshdFarm, tmp_path: Path):
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(pid), "the hung command was left running on the node"
+
+
+@needs_sshd
+def test_nft_failures_are_named_and_nothing_else_is_lost(farm: SshdFarm, tmp_path: Path):
+    """An nft that fails, crashes or misreads newer rules is named per node; the iptables dumps, addresses and
+    conntrack table of that node are still saved."""
+    conntrack = ("#!/bin/sh\n[ \"$3\" = ipv4 ] || exit 0\n"
+                 "for i in 1 2 3 4 5; do echo \"udp      17 29 src=198.18.0.$i dst=198.19.0.10 sport=1000 dport=53 "
+                 "[UNREPLIED] src=198.19.0.10 dst=198.18.0.$i sport=53 dport=1000 mark=0 use=1\"; done\n"
+                 "echo 'conntrack v1.4.7 (conntrack-tools): 5 flow entries have been shown.' >&2\n")
+    nft_version = '#!/bin/sh\n[ "$1" = --version ] && echo "nftables v1.0.6 (Lester Gooch #5)" && exit 0\n'
+    behaviours = {
+        "failing": nft_version + "echo 'Error: Could not process rule: No such file or directory' >&2\nexit 1\n",
+        "crashing": nft_version + "echo 'table ip kube-proxy {'\nkill -SEGV $$\n",
+        "misreading": nft_version + ("echo 'table ip kube-proxy {'\necho '\tchain services {'\n"
+                                     "echo '\t\t[invalid type] ip daddr vmap @service-ips'\necho '\t}'\necho '}'\n"
+                                     "echo \"netlink: Error: unknown expression type 'foo'\" >&2\n"),
+        "fine": nft_version + "cat <<'EOF'\n" + SAMPLE_NFT + "EOF\n",
+    }
+    servers = []
+    for index, (name, script) in enumerate(behaviours.items()):
+        scripts = {**default_scripts(f"198.18.0.{index + 1}"), "nft": script}
+        if name != "fine":
+            scripts["conntrack"] = conntrack
+        servers.append(farm.start(name, ip=f"198.18.0.{index + 1}", scripts=scripts))
+    results = _collect(farm, [_target(s) for s in servers], tmp_path, conntrack_max_entries=3)
+    assert all(r.ok for r in results), _describe(results)
+    failing, crashing, misreading, fine = results
+    out = tmp_path / "out"
+    for result in results:
+        node_dir = out / result.node
+        assert (node_dir / "iptables-save.txt").is_file() and (node_dir / "ip6tables-save.txt").is_file()
+        assert store.read_node_dir(node_dir).addresses
+    meta = {r.node: json.loads((out / r.node / "meta.json").read_text()) for r in results}
+
+    assert "nft list ruleset: `nft list ruleset` failed (Error: Could not process rule" in failing.warnings[0]
+    assert (meta[failing.node]["nft"]["status"], meta[failing.node]["nft"]["version"]) == ("failed", "1.0.6")
+    assert not (out / failing.node / "nft-ruleset.txt").exists()
+    assert meta[failing.node]["errors"] == list(failing.warnings)
+
+    assert crashing.warnings[0].startswith("nft list ruleset: crashed (SIGSEGV")
+    assert crashing.warnings[0].endswith("; nft-ruleset.txt not saved")
+    assert meta[crashing.node]["nft"]["status"] == "failed"
+    assert not (out / crashing.node / "nft-ruleset.txt").exists()
+
+    # Exit status 0, but nft said it could not decode a rule: saved, and flagged.
+    assert meta[misreading.node]["nft"]["status"] == "misread"
+    assert "nft v1.0.6 could not read every rule (netlink: Error: unknown expression type 'foo')" in \
+        misreading.warnings[0]
+    assert "[invalid type]" in (out / misreading.node / "nft-ruleset.txt").read_text()
+
+    assert fine.warnings == () and meta[fine.node]["nft"]["status"] == "ok"
+    assert (out / fine.node / "nft-ruleset.txt").read_text() == SAMPLE_NFT
+    # No conntrack on that node: a note, not a failure.
+    assert fine.notes == ("no `conntrack` on the node: conntrack.txt not collected",)
+    assert meta[fine.node]["conntrack"]["status"] == "missing"
+
+    # The others' conntrack tables were cut at 3 entries (of 5), and say so.
+    for result in (failing, crashing, misreading):
+        lines = (out / result.node / "conntrack.txt").read_text().splitlines()
+        assert [line.split()[3] for line in lines] == ["src=198.18.0.1", "src=198.18.0.2", "src=198.18.0.3"]
+        assert meta[result.node]["conntrack"] == {"status": "ok", "entries": {"ipv4": 3, "ipv6": 0},
+                                                  "capped": True, "max_entries": 3, "error": None}
+        assert "conntrack.txt capped at 3 entries per family (--conntrack-max-entries)" in result.notes
+        assert meta[result.node]["notes"] == list(result.notes)
 
 
 def _alive(pid: int) -> bool:
@@ -543,6 +606,10 @@ def test_real_iptables_save_inside_a_node_namespace(farm: SshdFarm, tmp_path: Pa
             run("ip", "-n", ns, "link", "set", dev, "up")
         rules = (SAMPLE_DUMP % {"ip": "198.18.0.1"}).replace("# node 198.18.0.1\n", "")
         subprocess.run(["ip", "netns", "exec", node_ns, "iptables-restore"], input=rules.encode(), check=True)
+        subprocess.run(["ip", "netns", "exec", node_ns, "nft", "-f", "-"], input=SAMPLE_NFT.encode(), check=True)
+        # One connection the node's conntrack table remembers (a UDP DNS query to a Service address).
+        run("ip", "netns", "exec", node_ns, "conntrack", "-I", "-p", "udp", "-s", "198.18.0.2", "-d",
+            "198.19.0.10", "--sport", "40000", "--dport", "53", "-t", "300")
         # The node's real commands: nothing stands in for them (empty bin dir, the system's PATH).
         server = farm.start("netns", scripts={}, netns=node_ns, listen="198.18.0.1",
                             path_tail="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
@@ -570,6 +637,20 @@ def test_real_iptables_save_inside_a_node_namespace(farm: SshdFarm, tmp_path: Pa
         assert snapshot.dump_text.startswith("# Generated by iptables-save v")
         assert "198.18.0.1" in snapshot.addresses and "127.0.0.1" in snapshot.addresses
         assert snapshot.meta["backend"] in ("nf_tables", "legacy")
+        # The node's own nft listing, map elements included (never --terse), beside iptables-nft's tables.
+        assert snapshot.nft_ruleset_text is not None and "table ip kube-proxy {" in snapshot.nft_ruleset_text
+        assert "elements = { 198.19.0.10 . tcp . 80 : goto service-XPGD46QR-ns1/svc1/tcp/p80 }" in \
+            snapshot.nft_ruleset_text
+        assert snapshot.meta["nft"]["status"] == "ok" and snapshot.meta["nft"]["version"]
+        assert snapshot.nft_ruleset_path == tmp_path / "out" / "198.18.0.1" / "nft-ruleset.txt"
+        # Its conntrack table: the entry made above, as `conntrack -L` prints it.
+        assert snapshot.conntrack_text is not None
+        [entry] = [line for line in snapshot.conntrack_text.splitlines() if "dport=53" in line]
+        assert entry.startswith("udp ") and "src=198.18.0.2 dst=198.19.0.10 sport=40000 dport=53" in entry
+        assert snapshot.meta["conntrack"]["entries"]["ipv4"] >= 1 and not snapshot.meta["conntrack"]["capped"]
+        assert snapshot.meta["files"] == ["conntrack.txt", "ip6tables-save.txt", "iptables-save.txt",
+                                          "nft-ruleset.txt"]
+        assert snapshot.meta["errors"] == [] and snapshot.meta["via"] == "ssh"
     finally:
         farm.stop_all()
         for ns in created:

@@ -105,3 +105,16 @@ def test_modules_stay_small_enough_to_read_in_one_sitting() -> None:
     assert max(sizes.values()) <= 900, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
     big = [name for name, n in sizes.items() if n > 600]
     assert len(big) <= 1, f"more than one module over 600 lines: {big}"
+
+
+def test_collect_imports_its_clients_inside_functions() -> None:
+    """paramiko and kubernetes cost ~1 s to import: only a collection that uses them pays for it."""
+    import subprocess
+    import sys
+
+    modules = sorted(p.stem for p in (PKG / "collect").glob("*.py") if p.stem != "__init__")
+    code = ("import sys\n" + "".join(f"import iptrace.collect.{m}\n" for m in modules)
+            + "print(','.join(m for m in ('paramiko', 'kubernetes', 'websocket', 'urllib3', 'yaml') "
+              "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"imported at module level: {out.stdout.strip()}"

@@ -10,8 +10,8 @@ from iptrace.cli import main
 from iptrace.errors import InputError
 from iptrace.iptables import load
 from iptrace.kube.select import select
-from tests.dumps import build_view
 from tests.conftest import SAMPLES
+from tests.dumps import build_view
 
 FB = "sample_dumps/nodeport-fb-backends.txt"
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +26,37 @@ from iptrace.cli.common import (
     table_option,
 )
 
+# The collector pod's default image; written out here so that `--help` imports nothing of collect.
+DEFAULT_IMAGE = "docker.io/library/busybox:1.36"
+_SSH_ONLY = ("inventory", "user", "port", "identity_files", "known_hosts", "accept_new_host_keys", "jump",
+             "ssh_config", "sudo")
+_API_ONLY = ("pod_namespace", "image", "api_method")
+
 
 def _collect_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
+        click.option("--via", type=click.Choice(["ssh", "api"]), default="ssh", show_default=True,
+                     help="How to reach the nodes: SSH, or the Kubernetes API (exec into kube-proxy, or a "
+                          "collector pod) for clusters without SSH."),
         click.option("--inventory", type=click.Path(exists=True, dir_okay=False),
                      help="File with one node per line ([user@]host[:port], # comments; Ansible INI works)."),
         click.option("--kubeconfig", type=click.Path(dir_okay=False),
-                     help="Take the nodes from the cluster (their InternalIPs), read-only."),
-        click.option("--context", help="kubeconfig context for --kubeconfig."),
+                     help="The cluster (like kubectl: else $KUBECONFIG, ~/.kube/config, in-cluster). With --via "
+                          "ssh: take the nodes from it (their InternalIPs)."),
+        click.option("--context", help="kubeconfig context."),
         click.option("-l", "--selector", "node_selector", metavar="LABELS",
-                     help="With --kubeconfig: only nodes with these labels (e.g. node-role.kubernetes.io/worker)."),
+                     help="Only nodes with these labels (e.g. node-role.kubernetes.io/worker)."),
+        click.option("--pod-namespace", metavar="NS",
+                     help="--via api: namespace of the collector pods (default: the context's); it must allow "
+                          "privileged pods."),
+        click.option("--image", default=DEFAULT_IMAGE, show_default=True, metavar="IMAGE",
+                     help="--via api: image of the collector pods; it needs sh and nsenter."),
+        click.option("--api-method", type=click.Choice(["auto", "exec", "pod"]), default="auto", show_default=True,
+                     help="--via api: exec into the node's kube-proxy pod, a collector pod, or exec and fall back "
+                          "to a pod."),
+        click.option("--conntrack-max-entries", type=click.IntRange(min=0), default=100_000, show_default=True,
+                     metavar="N",
+                     help="Keep at most N conntrack entries per family (0: all)."),
         click.option("--user", help="SSH user (default: ~/.ssh/config, then the local user)."),
         click.option("--port", type=int, help="SSH port (default: ~/.ssh/config, then 22)."),
         click.option("-i", "identity_files", multiple=True, type=click.Path(dir_okay=False),
@@ -48,7 +71,8 @@ def _collect_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--sudo", is_flag=True, help="Run iptables-save with `sudo -n` (a password prompt is an error)."),
         click.option("--parallel", type=int, default=10, show_default=True, help="Nodes collected at once."),
         click.option("--timeout", type=float, default=30.0, show_default=True,
-                     help="Seconds to connect, and per command."),
+                     help="Seconds to connect, per API request and per command (nft list ruleset and conntrack "
+                          "-L get at least 180: they take a minute on huge nodes)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -56,7 +80,9 @@ def _collect_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _targets(nodes: tuple[str, ...], inventory: str | None, kubeconfig: str | None, context: str | None,
-             node_selector: str | None) -> list[Any]:
+             node_selector: str | None, via: str = "ssh") -> list[Any]:
+    if via == "api":
+        return list(nodes)  # node names; none means every node (or those matching -l)
     from iptrace.collect.ssh import NodeTarget, read_inventory
 
     targets: list[Any] = [NodeTarget.parse(n) for n in nodes]
@@ -73,16 +99,59 @@ def _targets(nodes: tuple[str, ...], inventory: str | None, kubeconfig: str | No
     return targets
 
 
-def _run_collect(targets: list[Any], out: Path, opts: dict[str, Any]) -> list[Any]:
-    from iptrace.collect.ssh import collect
+def _check_via(opts: dict[str, Any]) -> None:
+    wrong = _SSH_ONLY if opts["via"] == "api" else _API_ONLY
+    for name in wrong:
+        value = opts.get(name)
+        if value and not (name == "image" and value == DEFAULT_IMAGE) and not (name == "api_method"
+                                                                              and value == "auto"):
+            flag = "-i" if name == "identity_files" else "--" + name.replace("_", "-")
+            other = "ssh" if opts["via"] == "api" else "api"
+            raise click.UsageError(f"{flag} applies to --via {other} only")
 
-    kwargs: dict[str, Any] = {
-        "out_dir": out, "user": opts["user"], "port": opts["port"], "identity_files": opts["identity_files"],
-        "known_hosts": Path(opts["known_hosts"]) if opts["known_hosts"] else None,
-        "accept_new_host_keys": opts["accept_new_host_keys"], "jump": opts["jump"], "sudo": opts["sudo"],
-        "parallel": opts["parallel"], "connect_timeout": opts["timeout"], "command_timeout": opts["timeout"],
-        "ssh_config": Path(opts["ssh_config"]) if opts["ssh_config"] else None,
-    }
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (kill, a CI job's cancel) unwinds like Ctrl-C, so that the collector pods are deleted."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_collect(targets: list[Any], out: Path, opts: dict[str, Any]) -> list[Any]:
+    if opts["via"] == "api":
+        from iptrace.collect.api import collect_api
+
+        def collect(names: list[Any], **kwargs: Any) -> list[Any]:
+            with _terminate_as_interrupt():
+                try:
+                    return collect_api(names, **kwargs)
+                except KeyboardInterrupt:
+                    click.echo("Error: interrupted; every collector pod iptrace created was deleted", err=True)
+                    raise click.exceptions.Exit(130) from None
+
+        kwargs: dict[str, Any] = {
+            "out_dir": out, "kubeconfig": opts["kubeconfig"], "context": opts["context"],
+            "selector": opts["node_selector"], "pod_namespace": opts["pod_namespace"], "image": opts["image"],
+            "method": opts["api_method"], "parallel": opts["parallel"], "timeout": opts["timeout"],
+            "conntrack_max_entries": opts["conntrack_max_entries"],
+        }
+    else:
+        from iptrace.collect.ssh import collect  # type: ignore[assignment]
+
+        kwargs = {
+            "out_dir": out, "user": opts["user"], "port": opts["port"], "identity_files": opts["identity_files"],
+            "known_hosts": Path(opts["known_hosts"]) if opts["known_hosts"] else None,
+            "accept_new_host_keys": opts["accept_new_host_keys"], "jump": opts["jump"], "sudo": opts["sudo"],
+            "parallel": opts["parallel"], "connect_timeout": opts["timeout"], "command_timeout": opts["timeout"],
+            "ssh_config": Path(opts["ssh_config"]) if opts["ssh_config"] else None,
+            "conntrack_max_entries": opts["conntrack_max_entries"],
+        }
     if sys.stderr.isatty():
         from rich.progress import Progress
 
@@ -98,13 +167,14 @@ def _run_collect(targets: list[Any], out: Path, opts: dict[str, Any]) -> list[An
 
 def _collect_table(results: list[Any]) -> str:
     width = max([len(r.node) for r in results] + [4])
-    lines = [f"{'NODE':<{width}}  STATUS  TIME    DETAIL"]
-    for r in results:
-        status = "ok" if r.ok else r.error_kind or "failed"
+    statuses = ["ok" if r.ok else r.error_kind or "failed" for r in results]
+    status_width = max([len(s) for s in statuses] + [6])
+    lines = [f"{'NODE':<{width}}  {'STATUS':<{status_width}}  TIME    DETAIL"]
+    for r, status in zip(results, statuses, strict=True):
         detail = ", ".join(str(f.name) for f in r.files) if r.ok else (r.error or "")
-        if r.warnings:
-            detail += "  (" + "; ".join(r.warnings) + ")"
-        lines.append(f"{r.node:<{width}}  {status:<6}  {r.duration:5.1f}s  {detail}")
+        if r.warnings or r.notes:
+            detail += "  (" + "; ".join((*r.warnings, *r.notes)) + ")"
+        lines.append(f"{r.node:<{width}}  {status:<{status_width}}  {r.duration:5.1f}s  {detail}")
     ok = sum(r.ok for r in results)
     lines.append(f"{ok} of {len(results)} node{'s' if len(results) != 1 else ''} collected")
     return "\n".join(lines) + "\n"
@@ -115,28 +185,34 @@ def _collect_table(results: list[Any]) -> str:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to write DIR/NODE/ into.")
 @_collect_options
 @output_option("text", "json")
-def collect(nodes: tuple[str, ...], out: str, output: str, inventory: str | None, kubeconfig: str | None,
-            context: str | None, node_selector: str | None, **opts: Any) -> None:
-    """Fetch iptables-save (and ip6tables-save, legacy tables, addresses) from many nodes over SSH.
+def collect(nodes: tuple[str, ...], out: str, output: str, **opts: Any) -> None:
+    """Fetch each node's rules (iptables-save, ip6tables-save, legacy tables, nft list ruleset), its addresses
+    and its conntrack table, over SSH or through the Kubernetes API.
 
-    NODE is [user@]host[:port] or a Host alias of ~/.ssh/config. Each node gets DIR/NODE/ with
-    iptables-save.txt, ip6tables-save.txt and meta.json (0600 files in 0700 directories, written atomically;
-    a node's previous files are replaced only when its new collection succeeded). Exit status 1 if any node
-    failed; the others' data is kept.
+    With --via ssh (the default) NODE is [user@]host[:port] or a Host alias of ~/.ssh/config. With --via api
+    NODE is a Kubernetes node name (none: every node, or those matching -l): iptrace execs into the node's
+    kube-proxy pod, or runs one short-lived privileged pod per node and always deletes it. Each node gets
+    DIR/NODE/ with iptables-save.txt, ip6tables-save.txt, nft-ruleset.txt, conntrack.txt and meta.json (0600
+    files in 0700 directories, written atomically; a node's previous files are replaced only when its new
+    collection succeeded). Exit status 1 if any node failed; the others' data is kept.
 
     \b
     Examples:
       iptrace collect node1 node2 admin@node3.example.com:2222 --out snap/
       iptrace collect --inventory nodes.txt --sudo --parallel 20 --out snap/
       iptrace collect --kubeconfig ~/.kube/config -l node-role.kubernetes.io/worker= --out snap/
+      iptrace collect --via api --out snap/
+      iptrace collect --via api worker-1 worker-2 --pod-namespace iptrace --api-method pod --out snap/
     """
+    _check_via(opts)
     check_nodes(nodes, "collect")
-    targets = _targets(nodes, inventory, kubeconfig, context, node_selector)
+    targets = _targets(nodes, opts["inventory"], opts["kubeconfig"], opts["context"], opts["node_selector"],
+                       opts["via"])
     results = _run_collect(targets, Path(out), opts)
     if output == "json":
         emit_json([{"node": r.node, "ok": r.ok, "error_kind": r.error_kind, "error": r.error,
                      "files": [str(f) for f in r.files], "duration_s": round(r.duration, 3),
-                     "warnings": list(r.warnings)} for r in results])
+                     "warnings": list(r.warnings), "notes": list(r.notes)} for r in results])
     else:
         click.echo(_collect_table(results), nl=False)
     failed = [r for r in results if not r.ok]
@@ -192,7 +268,6 @@ def _audit_inputs(sources: tuple[str, ...], node_ips: tuple[str, ...], lenient: 
 @_collect_options
 def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluster_files: tuple[str, ...],
           namespace: str | None, node_ips: tuple[str, ...], verbose: bool, output: str, lenient: bool,
-          inventory: str | None, kubeconfig: str | None, context: str | None, node_selector: str | None,
           **opts: Any) -> None:
     """Analyze every node of a collection and compare them with each other and with the cluster.
 
@@ -207,6 +282,7 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
       iptrace audit snap/ --cluster services.json --cluster endpointslices.json -o json | jq '.findings[].id'
       iptrace audit snap/ --kubeconfig ~/.kube/config -o html > report.html
       iptrace audit node1 node2 admin@node3:2222 --sudo --kubeconfig ~/.kube/config
+      iptrace audit --via api --kubeconfig ~/.kube/config
       iptrace audit node1.txt node2.txt
     """
     batch()
@@ -215,7 +291,10 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
     from iptrace.kube.audit import audit as run_audit
     from iptrace.render.audit import audit_to_json, render_audit_text
 
-    discover = not sources and not inventory and bool(kubeconfig or context or node_selector)
+    _check_via(opts)
+    via, inventory, kubeconfig, context = opts["via"], opts["inventory"], opts["kubeconfig"], opts["context"]
+    node_selector = opts["node_selector"]
+    discover = not sources and not inventory and (via == "api" or bool(kubeconfig or context or node_selector))
     if not sources and not inventory and not discover:
         raise click.UsageError("nothing to audit: give a collection DIR, dump files, nodes, --inventory FILE, "
                                "or --kubeconfig to take the nodes from the cluster")
@@ -224,12 +303,21 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
         paths, nodes = (), sources
     else:
         paths, nodes = split_sources(sources)
-    cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
+    if via == "api" and not cluster_files:
+        from iptrace.collect.cluster import load_cluster_live
+
+        # The cluster the nodes were collected from is the one to compare them with.
+        cluster = load_cluster_live(kubeconfig, context, namespace)
+    else:
+        cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
     failures: list[Any] = []
     with tempfile.TemporaryDirectory(prefix="iptrace-audit-") as tmp:
         if nodes or inventory or discover:
-            targets = _targets(nodes, inventory, kubeconfig if discover else None, context if discover else None,
-                               node_selector if discover else None)
+            if via == "api":
+                targets = _targets(nodes, None, None, None, None, via)
+            else:
+                targets = _targets(nodes, inventory, kubeconfig if discover else None,
+                                   context if discover else None, node_selector if discover else None)
             where = Path(out) if out else Path(tmp)
             results = _run_collect(targets, where, opts)
             failures = [r for r in results if not r.ok]

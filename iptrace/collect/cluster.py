@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from iptrace.collect.kubeconfig import connection_reason, open_api, status_message
 from iptrace.errors import ClusterError, InputError
 from iptrace.kube.cluster import (
     ClusterEndpoint,
@@ -540,26 +541,10 @@ _SLICES = _Resource("EndpointSlice", "endpointslices", "discovery.k8s.io", "v1")
 _NODES = _Resource("Node", "nodes", "", "v1")
 
 
-def _status_message(body: Any) -> str | None:
-    """`message` of a metav1.Status body, if the body is one."""
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
-    if not isinstance(body, str):
-        return None
-    try:
-        status = json.loads(body)
-    except json.JSONDecodeError:
-        text = body.strip()
-        return text.splitlines()[0] if text else None
-    if isinstance(status, dict) and isinstance(status.get("message"), str):
-        return status["message"]
-    return None
-
-
 def _api_error(status: int, reason: str | None, body: Any, res: _Resource, namespace: str | None,
                server: str, kubeconfig: str) -> ClusterError:
     scope = f"in namespace {namespace}" if namespace else "at cluster scope"
-    message = _status_message(body)
+    message = status_message(body)
     path = res.path(namespace)
     if status == 401:
         return ClusterError(f"unauthorized: the credentials in {kubeconfig} were rejected (expired token?) by "
@@ -582,23 +567,6 @@ def _api_error(status: int, reason: str | None, body: Any, res: _Resource, names
     return ClusterError(f"API error {status} {reason or ''}".rstrip() + f" for GET {path} at {server}{detail}")
 
 
-def _connection_reason(error: BaseException) -> str:
-    """urllib3's reason without the connection object's repr: "connection refused", "read timed out", …"""
-    reason = getattr(error, "reason", None) or error
-    text = str(reason)
-    # "HTTPConnection(host='…', port=…): Failed to establish a new connection: [Errno 111] Connection refused"
-    text = text.rsplit("): ", 1)[-1]
-    text = text.replace("Failed to establish a new connection: ", "")
-    text = re.sub(r"^\[Errno -?\d+\]\s*", "", text).strip()
-    return (text[:1].lower() + text[1:]) if text else type(reason).__name__
-
-
-def _kubeconfig_path(kubeconfig: str | None) -> str:
-    if kubeconfig:
-        return kubeconfig
-    return os.environ.get("KUBECONFIG") or os.path.join("~", ".kube", "config")
-
-
 def load_cluster_live(kubeconfig: str | None, context: str | None, namespace: str | None,
                       label_selector: str | None = None, *, node_selector: str | None = None,
                       include_nodes: bool = True, timeout: float = 10.0, page_size: int = 500) -> ClusterState:
@@ -611,37 +579,15 @@ def load_cluster_live(kubeconfig: str | None, context: str | None, namespace: st
     retried, so an unreachable server fails after at most `timeout` seconds."""
     try:
         import urllib3
-        from kubernetes import client, config
+        from kubernetes import client
         from kubernetes.client.exceptions import ApiException
-        from kubernetes.config.config_exception import ConfigException
     except ImportError as e:  # pragma: no cover - kubernetes is a declared dependency
         raise ClusterError(f"reading a live cluster needs the kubernetes package ({e}); "
                            "pip install kubernetes") from None
-    import yaml  # a dependency of kubernetes; its loader raises YAMLError for a malformed kubeconfig
 
-    shown = _kubeconfig_path(kubeconfig)
-    path = os.path.expanduser(shown)
-    if kubeconfig and not os.path.exists(path):
-        raise ClusterError(f"kubeconfig {shown} does not exist; pass --kubeconfig PATH or set KUBECONFIG")
-    configuration = type.__call__(client.Configuration)
-    # NOTE: urllib3 retries a refused connection 3 times by default; the API server either answers or not.
-    configuration.retries = urllib3.util.Retry(total=0, redirect=0)
-    try:
-        # persist_config=False: never write refreshed credentials back into the user's kubeconfig.
-        api_client = config.new_client_from_config(config_file=path, context=context, persist_config=False,
-                                                   client_configuration=configuration)
-    except ConfigException as e:
-        raise ClusterError(_config_error(shown, context, str(e))) from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{shown}:{mark.line + 1}:{mark.column + 1}" if mark else shown
-        raise ClusterError(f"kubeconfig {where} is not valid YAML: {getattr(e, 'problem', None) or e}") from None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-        # The loader indexes into the YAML without checking its shape, so a kubeconfig of the wrong shape
-        # surfaces as one of these.
-        raise ClusterError(f"kubeconfig {shown} cannot be used: {type(e).__name__}: {e}") from None
-    server = configuration.host
-    where = f"kubeconfig {shown}" + (f" context {context}" if context else "") + f" at {server}"
+    access = open_api(kubeconfig, context)
+    api_client = access.client()
+    server, shown, where = access.server, access.shown, access.where
     request_timeout = (timeout, timeout)
 
     def list_all(res: _Resource, call: Callable[..., Any], ns: str | None,
@@ -663,7 +609,7 @@ def load_cluster_live(kubeconfig: str | None, context: str | None, namespace: st
             except ApiException as e:
                 raise _api_error(e.status or 0, e.reason, e.body, res, ns, server, shown) from None
             except urllib3.exceptions.HTTPError as e:
-                raise ClusterError(f"cannot reach the API server at {server}: {_connection_reason(e)}") from None
+                raise ClusterError(f"cannot reach the API server at {server}: {connection_reason(e)}") from None
             except OSError as e:
                 raise ClusterError(f"cannot reach the API server at {server}: {e}") from None
             try:
@@ -701,16 +647,3 @@ def load_cluster_live(kubeconfig: str | None, context: str | None, namespace: st
     finally:
         api_client.close()
     return state_from_objects(items, where)
-
-
-def _config_error(shown: str, context: str | None, message: str) -> str:
-    text = " ".join(message.split())
-    if context and "contexts list" in text:
-        return f"kubeconfig {shown} has no context {context!r}; see kubectl config get-contexts"
-    if "current-context" in text:
-        return f"kubeconfig {shown} sets no current-context; pass --context NAME"
-    if "file is empty" in text:
-        return f"kubeconfig {shown} is empty; pass --kubeconfig PATH or set KUBECONFIG"
-    if "No configuration found" in text:
-        return f"kubeconfig {shown} holds no configuration; pass --kubeconfig PATH or set KUBECONFIG"
-    return f"kubeconfig {shown} cannot be used: {text}"

@@ -1,6 +1,18 @@
 """The on-disk layout of a collection: `DIR/NODE/{iptables-save.txt, ip6tables-save.txt,
-iptables-legacy-save.txt, meta.json}`. Writes are atomic and private (0600 files in 0700 directories, because
-dumps describe the cluster's topology); reads never touch the network.
+iptables-legacy-save.txt, nft-ruleset.txt, conntrack.txt, meta.json}`. Writes are atomic and private (0600
+files in 0700 directories, because dumps describe the cluster's topology); reads never touch the network.
+
+Each file holds a command's output byte for byte, whichever way it was collected (SSH or the Kubernetes API):
+- `iptables-save.txt`, `ip6tables-save.txt`: `iptables-save`, `ip6tables-save`; `iptables-legacy-save.txt`
+  only where iptables-nft warned that legacy tables are present.
+- `nft-ruleset.txt`: `nft list ruleset` (never `--terse`: map elements hold kube-proxy's Services), where the
+  node has `nft` and it listed without failing. meta.json `nft.status` says `ok`, `missing`, `failed` (not
+  saved) or `misread` (saved, but nft said it could not decode some rules).
+- `conntrack.txt`: the plain output of `conntrack -L -f ipv4` followed by that of `conntrack -L -f ipv6`, one
+  entry a line, unchanged (no headers, no separator; the summary line conntrack prints goes to stderr and is
+  not kept). A line's family is told by its addresses (`src=`/`dst=` hold `:` in IPv6 entries only). With
+  `--conntrack-max-entries N` each family keeps its first N entries; meta.json `conntrack` then says
+  `"capped": true` and `entries` counts what was kept per family.
 """
 
 from __future__ import annotations
@@ -19,7 +31,9 @@ META_FILE = "meta.json"
 DUMP_FILE = "iptables-save.txt"
 IP6_DUMP_FILE = "ip6tables-save.txt"
 LEGACY_DUMP_FILE = "iptables-legacy-save.txt"
-DUMP_FILES = (DUMP_FILE, IP6_DUMP_FILE, LEGACY_DUMP_FILE)
+NFT_FILE = "nft-ruleset.txt"
+CONNTRACK_FILE = "conntrack.txt"
+DUMP_FILES = (DUMP_FILE, IP6_DUMP_FILE, LEGACY_DUMP_FILE, NFT_FILE, CONNTRACK_FILE)
 # Bumped when meta.json changes incompatibly; readers accept what they know.
 META_FORMAT = 1
 
@@ -29,7 +43,8 @@ DIR_MODE = 0o700
 
 @dataclass(frozen=True, slots=True)
 class NodeSnapshot:
-    """One node's collected rules, as read back from `DIR/NODE`."""
+    """One node's collected rules, as read back from `DIR/NODE`. The optional files are None where they were
+    not collected; their paths are kept for evidence (`file:line`)."""
 
     node: str
     dump_path: Path
@@ -38,6 +53,10 @@ class NodeSnapshot:
     legacy_dump_text: str | None
     addresses: tuple[str, ...]
     meta: dict[str, Any] = field(compare=False)
+    nft_ruleset_text: str | None = None
+    nft_ruleset_path: Path | None = None
+    conntrack_text: str | None = None
+    conntrack_path: Path | None = None
 
 
 def is_node_dir(path: Path) -> bool:
@@ -76,6 +95,10 @@ def read_node_dir(path: Path) -> NodeSnapshot:
         legacy_dump_text=_read_optional(path / LEGACY_DUMP_FILE),
         addresses=tuple(addresses),
         meta=meta,
+        nft_ruleset_text=_read_optional(path / NFT_FILE),
+        nft_ruleset_path=path / NFT_FILE if (path / NFT_FILE).is_file() else None,
+        conntrack_text=_read_optional(path / CONNTRACK_FILE),
+        conntrack_path=path / CONNTRACK_FILE if (path / CONNTRACK_FILE).is_file() else None,
     )
 
 
@@ -127,7 +150,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 def write_node_dir(path: Path, dumps: dict[str, bytes], meta: dict[str, Any]) -> list[Path]:
     """Replace a node's files with a new, complete collection. Dumps first and meta.json last, so meta.json
     (the list of files) never names a file that is not there yet; stale dumps of the previous collection
-    (e.g. a legacy dump that is no longer collected) are removed at the end."""
+    (e.g. a legacy dump, or an nft ruleset that failed this time) are removed at the end."""
     ensure_private_dir(path)
     written: list[Path] = []
     for name, data in dumps.items():
