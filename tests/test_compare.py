@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from bench.synth import EndpointSpec, PortSpec, ServiceSpec, render
-from iptrace.collect.cluster import state_from_objects
 from iptrace.iptables import load
 from iptrace.iptables.model import Ruleset
 from iptrace.kube.cluster import ClusterState
+from iptrace.kube.cluster_json import state_from_objects
 from iptrace.kube.compare import Finding, compare_with_cluster
 from tests.dumps import analysis
 
