@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from iptrace.conntrack.delete import plan_deletion
 from iptrace.conntrack.model import ConntrackEntry
-from iptrace.conntrack.stale import CURRENT, NOT_DNATED, STALE, Judgement
+from iptrace.conntrack.stale import CURRENT, FINISHED, NOT_DNATED, STALE, UNCHANGED, Judgement
 from iptrace.dataplane import Step
 
 STALE_CONNTRACK = "stale-conntrack"
@@ -170,8 +170,9 @@ def not_dnated(judgements: Sequence[Judgement], universe: Sequence[ConntrackEntr
 def healthy(judgements: Sequence[Judgement], dst: str, *, source: str, total: int) -> Advice:
     """`conntrack-healthy` (info, on request): the entries to `dst` the rules would decide the same way."""
     current = [j for j in judgements if j.status == CURRENT]
-    others = [j for j in judgements if j.status != CURRENT and not j.chosen]
-    retried = [j for j in judgements if j.status != CURRENT and j.chosen]
+    finished = [j for j in judgements if j.status == FINISHED]
+    others = [j for j in judgements if j.status == UNCHANGED and not j.chosen]
+    retried = [j for j in judgements if j.status == UNCHANGED and j.chosen]
     if not judgements:
         return Advice(CONNTRACK_HEALTHY, "info", f"no conntrack entry goes to {dst}",
                       f"{source} holds {_plural(total, 'entry', 'entries')}; none has this original destination.",
@@ -184,6 +185,12 @@ def healthy(judgements: Sequence[Judgement], dst: str, *, source: str, total: in
         parts.append(f"{_plural(len(others), 'entry', 'entries')} {'was' if len(others) == 1 else 'were'} not "
                      "DNATed, and the rules would not DNAT a new flow of "
                      f"{'it' if len(others) == 1 else 'them'} either")
+    if finished:
+        parts.append(f"{_plural(len(finished), 'entry', 'entries')} of closed connections "
+                     f"({', '.join(sorted({str(j.entry.state) for j in finished}))}) still "
+                     f"name{'s' if len(finished) == 1 else ''} {_counted([j.reaches for j in finished])}; "
+                     f"{'it expires' if len(finished) == 1 else 'they expire'}, and a new connection on the same "
+                     "ports is decided by the rules again")
     if retried:
         parts.append(f"{_plural(len(retried), 'entry', 'entries')} of connections begun before the rules DNATed "
                      f"{dst} {'was' if len(retried) == 1 else 'were'} not DNATed; a new connection is")

@@ -10,7 +10,9 @@ where the rules send that packet now with where the entry sends it:
 - `not-dnated`: a UDP flow that was never DNATed (its reply comes from the address it was sent to) while the
   rules now DNAT that packet: it was created before the rules existed, and never reaches an endpoint;
 - `unchanged`: not DNATed, and the rules do not DNAT it either (or a non-UDP flow the rules would now DNAT:
-  its retries are new flows).
+  its retries are new flows);
+- `finished`: a closed connection (TIME_WAIT, CLOSE) whose entry only waits to expire: a new connection on the
+  same ports makes the kernel drop it and ask the rules again.
 
 Reads only the dataplane interface (Packet, Trace, Outcome); the same code serves iptables and nftables.
 """
@@ -24,7 +26,9 @@ from iptrace.conntrack.model import ConntrackEntry
 from iptrace.conntrack.table import ConntrackTable
 from iptrace.dataplane import Packet, Trace, Tracer, join_host_port
 
-CURRENT, STALE, NOT_DNATED, UNCHANGED = "current", "stale", "not-dnated", "unchanged"
+CURRENT, STALE, NOT_DNATED, UNCHANGED, FINISHED = "current", "stale", "not-dnated", "unchanged", "finished"
+# States of a connection that is over (tcp, sctp): its entry decides no packet any more.
+CLOSED_STATES = frozenset({"TIME_WAIT", "CLOSE", "CLOSED"})
 # Protocols a trace can follow (ports in the tuple).
 TRACEABLE = frozenset({"tcp", "udp", "sctp"})
 
@@ -32,7 +36,7 @@ TRACEABLE = frozenset({"tcp", "udp", "sctp"})
 @dataclass(frozen=True, slots=True)
 class Judgement:
     entry: ConntrackEntry
-    status: str  # CURRENT | STALE | NOT_DNATED | UNCHANGED
+    status: str  # CURRENT | STALE | NOT_DNATED | UNCHANGED | FINISHED
     reaches: str  # where the entry sends the flow's packets: the reply tuple's source, ip:port
     chosen: tuple[str, ...]  # where the rules send the entry's first packet today (DNAT destinations)
     trace: Trace
@@ -69,7 +73,7 @@ class Judge:
                                      if o.verdict == "DNAT" and o.destination))
         reaches = join_host_port(entry.reply.src, entry.reply.sport)
         if entry.dnated:
-            status = CURRENT if reaches in chosen else STALE
+            status = CURRENT if reaches in chosen else FINISHED if entry.state in CLOSED_STATES else STALE
         elif chosen and entry.proto == "udp":
             status = NOT_DNATED
         else:

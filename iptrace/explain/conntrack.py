@@ -14,7 +14,16 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from iptrace.conntrack import advice
-from iptrace.conntrack.stale import CURRENT, NOT_DNATED, STALE, UNCHANGED, Judge, endpoints_chosen, entries_to
+from iptrace.conntrack.stale import (
+    CURRENT,
+    FINISHED,
+    NOT_DNATED,
+    STALE,
+    UNCHANGED,
+    Judge,
+    endpoints_chosen,
+    entries_to,
+)
 from iptrace.conntrack.table import ConntrackTable
 from iptrace.dataplane import Tracer, join_host_port
 from iptrace.explain.diagnosis import SEVERITY_ORDER, Diagnosis, Evidence, Report
@@ -63,7 +72,7 @@ def conntrack_diagnoses(tracer: Tracer, table: ConntrackTable, dst: str, dport: 
         out.append(_diagnosis(advice.not_dnated(never, universe, label, chosen=chosen, orig_src=client),
                               table.source))
     if verbose:
-        fine = [j for j in judgements if j.status in (CURRENT, UNCHANGED)]
+        fine = [j for j in judgements if j.status in (CURRENT, UNCHANGED, FINISHED)]
         if fine or not judgements:
             out.append(_diagnosis(advice.healthy(fine, label, source=table.source, total=len(table)), table.source))
     return tuple(out)
