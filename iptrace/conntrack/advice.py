@@ -130,8 +130,14 @@ def stale(judgements: Sequence[Judgement], universe: Sequence[ConntrackEntry], d
                       "deletes only UDP entries: it leaves connections alone so that terminating pods can finish "
                       "them (kubernetes/kubernetes#102631).")
     commands = deletion(judgements, universe, chosen, orig_src)
-    after = "DNATed by the current rules" if proto == "udp" else \
-        "DNATed by the current rules, whose endpoint resets the connection so the client reconnects"
+    verdicts = {o.verdict for o in first.trace.outcomes}
+    if first.chosen:
+        after = "DNATed by the current rules" if proto == "udp" else \
+            "DNATed by the current rules, whose endpoint resets the connection so the client reconnects"
+    elif "REJECT" in verdicts:
+        after = "refused by the current rules, so the client gets an error at once instead of silence"
+    else:
+        after = "decided by the current rules like the first packet of a new flow"
     fix = (f"delete {'it' if n == 1 else 'them'} on this node (as root); the next packet of each flow is then "
            f"{after}:\n" + "\n".join(commands))
     return Advice(STALE_CONNTRACK, "error", summary, " ".join(detail), fix,

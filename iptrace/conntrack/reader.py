@@ -80,8 +80,17 @@ class _Checker:
     def __call__(self, words: Sequence[bytes]) -> bool:
         versions = set()
         proven = self.proven
+        valid = self.reader.valid
         for word, (prefix, kind) in zip(words, self.checks, strict=True):
-            if word in proven:
+            if kind == v.ADDRESS:
+                # A line's addresses must all be of one family, so proven ones count too.
+                if word in valid["address4"]:
+                    versions.add(4)
+                    continue
+                if word in valid["address6"]:
+                    versions.add(6)
+                    continue
+            elif word in proven:
                 continue
             if not word.startswith(prefix):
                 return False
@@ -100,7 +109,7 @@ class _Checker:
                 except ValueError:
                     return False
                 versions.add(version)
-                self.reader.valid[f"address{version}"].add(word)
+                valid[f"address{version}"].add(word)
             elif v.check_value(kind, value):
                 proven.add(word)
             else:
