@@ -158,8 +158,9 @@ def not_dnated(judgements: Sequence[Judgement], universe: Sequence[ConntrackEntr
     detail = " ".join([
         _FIRST_PACKET,
         f"{'This flow' if n == 1 else 'These flows'} started while no rule rewrote {dst}: before kube-proxy wrote "
-        "the Service's rules (a node reboot, a kube-proxy restart, the rules flushed) or, with an older "
-        "kube-proxy, while the Service had no endpoints. conntrack recorded "
+        "the Service's rules (a node reboot, a kube-proxy restart, the rules flushed, a Service just created; a "
+        "Service without endpoints leaves no such entry, its REJECT refuses the flow before conntrack records "
+        "it). conntrack recorded "
         f"{'it' if n == 1 else 'them'} untranslated, so as long as a client keeps sending from the same source "
         f"port it never reaches the endpoints the rules now choose: {_listing(list(first.chosen))}{service}.",
         "kube-proxy must delete such entries when the Service gets endpoints (kubernetes/kubernetes#48370; since "
