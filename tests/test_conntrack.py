@@ -204,7 +204,7 @@ def fb_tracer() -> Tracer:
 
 def test_every_sample_entry_is_judged_by_a_trace_of_its_own_first_packet(fb_tracer: Tracer) -> None:
     table = load_path(FB_FLOWS)
-    judged = {j.entry.line: j for j in judge_table(table, fb_tracer, "ipv4")}
+    judged = {n: j for j in judge_table(table, fb_tracer, "ipv4") for n in j.flows.lines}
     assert {n: j.status for n, j in judged.items()} == {
         1: CURRENT,  # kubernetes API 10.96.0.1:443 -> 192.168.49.2:6443
         2: CURRENT, 3: CURRENT,  # kube-dns to both endpoints
@@ -216,8 +216,22 @@ def test_every_sample_entry_is_judged_by_a_trace_of_its_own_first_packet(fb_trac
     assert judged[4].reaches == "10.244.0.9:53" and judged[4].chosen == ("10.244.0.2:53", "10.244.0.3:53")
     assert judged[8].service == "kube-system/kube-dns:dns"
     # A flow out of the cluster is unchanged when asked about directly.
-    ntp = load_path(FB_FLOWS).to_address("203.0.113.123")[0]
+    [ntp] = table.flows_to("203.0.113.123", 123, "udp")
     assert Judge(fb_tracer).judge(ntp).status == UNCHANGED  # type: ignore[union-attr]
+
+
+def test_flows_are_grouped_by_what_a_trace_and_a_filter_see() -> None:
+    table = load_path(FB_FLOWS)
+    dns = table.flows_to("10.96.0.10", 53, "udp")
+    assert sorted(g.lines for g in dns) == [(2,), (3,), (4,), (6,), (8,)]
+    [stale] = [g for g in dns if g.lines == (4,)]
+    assert (stale.src, stale.reaches, stale.dnated, stale.state) == ("10.244.1.12", "10.244.0.9:53", True, None)
+    assert table.flows_to("10.96.0.10", 53, "tcp") == [] and table.flows_to("10.96.0.10", 9153) == []
+    # Same client, same endpoint: one group, whatever the source ports.
+    lines = FB_FLOWS.read_text().splitlines()
+    twice = "\n".join([lines[3], lines[3].replace("52011", "52012")]) + "\n"
+    [group] = load(twice).flows_to("10.96.0.10")
+    assert group.lines == (1, 2)
 
 
 # ------------------------------------------------------------------------------------------------ deletion
@@ -225,29 +239,30 @@ def test_every_sample_entry_is_judged_by_a_trace_of_its_own_first_packet(fb_trac
 
 def test_one_filter_per_stale_endpoint_when_it_matches_exactly_the_stale_entries() -> None:
     table = load_path(FB_FLOWS)
-    dns = table.to_address("10.96.0.10")
-    stale = [e for e in dns if e.reply.src == "10.244.0.9"]
-    [f] = plan_deletion(stale, dns, still_chosen=["10.244.0.2:53", "10.244.0.3:53"])
+    dns = table.flows_to("10.96.0.10", 53, "udp")
+    stale = [g for g in dns if g.reply_src == "10.244.0.9"]
+    [f] = plan_deletion(stale, dns, table.entry_at, still_chosen=["10.244.0.2:53", "10.244.0.3:53"])
     assert f.command() == "conntrack -D -p udp --orig-dst 10.96.0.10 --orig-port-dst 53 --reply-src 10.244.0.9"
-    assert [e.line for e in dns if f.matches(e)] == [4, 6]
+    assert [e.line for e in table.to_address("10.96.0.10") if f.matches(e)] == [4, 6]
     # Only one client asked about: the filter names it.
-    [g] = plan_deletion(stale[:1], dns, orig_src="10.244.1.12")
-    assert "--orig-src 10.244.1.12 " in g.command() and [e.line for e in dns if g.matches(e)] == [4]
+    [g] = plan_deletion(stale[:1], dns, table.entry_at, orig_src="10.244.1.12")
+    assert "--orig-src 10.244.1.12 " in g.command()
+    assert [e.line for e in table.to_address("10.96.0.10") if g.matches(e)] == [4]
 
 
 def test_a_filter_that_would_catch_more_falls_back_to_exact_entries() -> None:
     table = load_path(FB_FLOWS)
-    web = table.to_address("10.101.234.168")
-    stale = [e for e in web if e.line == 7]  # the TIME_WAIT entry (line 9) has the same endpoint: keep it
-    filters = plan_deletion(stale, web)
+    web = table.flows_to("10.101.234.168", 5001, "tcp")
+    stale = [g for g in web if g.lines == (7,)]  # the TIME_WAIT entry (line 9) has the same endpoint: keep it
+    filters = plan_deletion(stale, web, table.entry_at)
     assert [f.command() for f in filters] == [
         "conntrack -D -p tcp --orig-src 10.244.2.5 --orig-dst 10.101.234.168 --orig-port-src 40514 "
         "--orig-port-dst 5001 --reply-src 10.244.1.5 --reply-port-src 8001"]
-    assert [e.line for e in web if filters[0].matches(e)] == [7]
+    assert [e.line for e in table.to_address("10.101.234.168") if filters[0].matches(e)] == [7]
     # An endpoint the rules still choose for some flow: never a filter on it alone (future flows would match).
-    dns = table.to_address("10.96.0.10")
-    current = [e for e in dns if e.line == 2]
-    assert plan_deletion(current, [current[0]], still_chosen=["10.244.0.2:53"]) == (one(current[0]),)
+    dns = table.flows_to("10.96.0.10", 53, "udp")
+    current = [g for g in dns if g.lines == (2,)]
+    assert plan_deletion(current, current, table.entry_at, still_chosen=["10.244.0.2:53"]) == (one(table.entry_at(2)),)
 
 
 def test_ipv6_and_zones_in_commands() -> None:

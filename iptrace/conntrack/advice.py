@@ -10,12 +10,13 @@ follow them up).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from iptrace.conntrack.delete import plan_deletion
 from iptrace.conntrack.model import ConntrackEntry
 from iptrace.conntrack.stale import CURRENT, FINISHED, NOT_DNATED, STALE, UNCHANGED, Judgement
+from iptrace.conntrack.table import FlowGroup
 from iptrace.dataplane import Step
 
 STALE_CONNTRACK = "stale-conntrack"
@@ -31,16 +32,24 @@ _NOT_SYNCING = ("it is not running or not syncing (crash-looping, unable to reac
 
 @dataclass(frozen=True, slots=True)
 class Advice:
-    """One finding about a group of entries: what, why, the fix, and what proves it (conntrack lines, and the
-    dump rules that decide these packets today)."""
+    """One finding about some entries: what, why, the fix, and what proves it (the entries' lines in the
+    conntrack table, and the dump rules that decide these packets today)."""
 
     id: str
     severity: str
     summary: str
     detail: str
     fix: str
-    entries: tuple[ConntrackEntry, ...]
+    lines: tuple[int, ...]
     rules: tuple[Step, ...] = ()
+
+
+def _lines(judgements: Sequence[Judgement]) -> tuple[int, ...]:
+    return tuple(sorted(n for j in judgements for n in j.flows.lines))
+
+
+def _entries(judgements: Sequence[Judgement]) -> int:
+    return sum(j.count for j in judgements)
 
 
 def _plural(n: int, one: str, many: str | None = None) -> str:
@@ -51,8 +60,11 @@ def _listing(items: Sequence[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _counted(values: Sequence[str]) -> str:
-    counts = Counter(values)
+def _counted(judgements: Sequence[Judgement]) -> str:
+    """Where these entries go, with how many go to each place when there are several."""
+    counts: Counter[str] = Counter()
+    for j in judgements:
+        counts[j.reaches] += j.count
     if len(counts) == 1:
         return next(iter(counts))
     return _listing([f"{v} ({n})" for v, n in counts.most_common()])
@@ -97,21 +109,22 @@ def _why_udp_left(judgements: Sequence[Judgement], version_hint: str) -> str:
     return text + "."
 
 
-def deletion(targets: Sequence[Judgement], universe: Sequence[ConntrackEntry], chosen: Sequence[str],
-             orig_src: str | None) -> list[str]:
+def deletion(targets: Sequence[Judgement], universe: Sequence[FlowGroup], entry_at: Callable[[int], ConntrackEntry],
+             chosen: Sequence[str], orig_src: str | None) -> list[str]:
     """The `conntrack -D` commands that delete exactly these entries."""
-    filters = plan_deletion([j.entry for j in targets], universe, still_chosen=chosen, orig_src=orig_src)
+    filters = plan_deletion([j.flows for j in targets], universe, entry_at, still_chosen=chosen, orig_src=orig_src)
     return [f.command() for f in filters]
 
 
-def stale(judgements: Sequence[Judgement], universe: Sequence[ConntrackEntry], dst: str, *,
-          chosen: Sequence[str], version_hint: str = "", orig_src: str | None = None) -> Advice:
+def stale(judgements: Sequence[Judgement], universe: Sequence[FlowGroup], dst: str, *,
+          entry_at: Callable[[int], ConntrackEntry], chosen: Sequence[str], version_hint: str = "",
+          orig_src: str | None = None) -> Advice:
     """`stale-conntrack`: entries DNATed to endpoints the rules no longer choose for them."""
     assert judgements and all(j.status == STALE for j in judgements)
     first = judgements[0]
-    proto = first.entry.proto
-    old = _counted([j.reaches for j in judgements])
-    n = len(judgements)
+    proto = first.flows.proto
+    old = _counted(judgements)
+    n = _entries(judgements)
     endpoints = {j.reaches for j in judgements}
     which = "an endpoint" if len(endpoints) == 1 else "endpoints"
     summary = (f"{_plural(n, f'{proto.upper()} conntrack entry', f'{proto.upper()} conntrack entries')} to {dst} "
@@ -129,7 +142,7 @@ def stale(judgements: Sequence[Judgement], universe: Sequence[ConntrackEntry], d
                       "closes; if that pod is gone the connection hangs until the client gives up. kube-proxy "
                       "deletes only UDP entries: it leaves connections alone so that terminating pods can finish "
                       "them (kubernetes/kubernetes#102631).")
-    commands = deletion(judgements, universe, chosen, orig_src)
+    commands = deletion(judgements, universe, entry_at, chosen, orig_src)
     verdicts = {o.verdict for o in first.trace.outcomes}
     if first.chosen:
         after = "DNATed by the current rules" if proto == "udp" else \
@@ -140,17 +153,17 @@ def stale(judgements: Sequence[Judgement], universe: Sequence[ConntrackEntry], d
         after = "decided by the current rules like the first packet of a new flow"
     fix = (f"delete {'it' if n == 1 else 'them'} on this node (as root); the next packet of each flow is then "
            f"{after}:\n" + "\n".join(commands))
-    return Advice(STALE_CONNTRACK, "error", summary, " ".join(detail), fix,
-                  tuple(j.entry for j in judgements), _rules(judgements))
+    return Advice(STALE_CONNTRACK, "error", summary, " ".join(detail), fix, _lines(judgements), _rules(judgements))
 
 
-def not_dnated(judgements: Sequence[Judgement], universe: Sequence[ConntrackEntry], dst: str, *,
-               chosen: Sequence[str], orig_src: str | None = None) -> Advice:
+def not_dnated(judgements: Sequence[Judgement], universe: Sequence[FlowGroup], dst: str, *,
+               entry_at: Callable[[int], ConntrackEntry], chosen: Sequence[str],
+               orig_src: str | None = None) -> Advice:
     """`stale-conntrack-no-dnat`: UDP entries that were never DNATed while the rules now DNAT them."""
     assert judgements and all(j.status == NOT_DNATED for j in judgements)
-    n = len(judgements)
+    n = _entries(judgements)
     first = judgements[0]
-    address = first.entry.original.dst
+    address = first.flows.dst
     summary = (f"{_plural(n, 'UDP conntrack entry', 'UDP conntrack entries')} to {dst} "
                f"{'was' if n == 1 else 'were'} never DNATed: {'its' if n == 1 else 'their'} packets go to "
                f"{address} itself, not to an endpoint")
@@ -160,18 +173,17 @@ def not_dnated(judgements: Sequence[Judgement], universe: Sequence[ConntrackEntr
         f"{'This flow' if n == 1 else 'These flows'} started while no rule rewrote {dst}: before kube-proxy wrote "
         "the Service's rules (a node reboot, a kube-proxy restart, the rules flushed, a Service just created; a "
         "Service without endpoints leaves no such entry, its REJECT refuses the flow before conntrack records "
-        "it). conntrack recorded "
-        f"{'it' if n == 1 else 'them'} untranslated, so as long as a client keeps sending from the same source "
-        f"port it never reaches the endpoints the rules now choose: {_listing(list(first.chosen))}{service}.",
+        f"it). conntrack recorded {'it' if n == 1 else 'them'} untranslated, so as long as a client keeps sending "
+        f"from the same source port it never reaches the endpoints the rules now choose: "
+        f"{_listing(list(first.chosen))}{service}.",
         "kube-proxy must delete such entries when the Service gets endpoints (kubernetes/kubernetes#48370; since "
         "v1.32 CleanStaleEntries in pkg/proxy/conntrack/cleanup.go deletes every UDP entry to a Service port whose "
         f"reply does not come from a serving endpoint); on this node it did not: {_NOT_SYNCING}.",
     ])
-    commands = deletion(judgements, universe, chosen, orig_src)
+    commands = deletion(judgements, universe, entry_at, chosen, orig_src)
     fix = (f"delete {'it' if n == 1 else 'them'} on this node (as root); the next packet of each flow is then "
            "DNATed to an endpoint:\n" + "\n".join(commands))
-    return Advice(STALE_CONNTRACK_NO_DNAT, "error", summary, detail, fix, tuple(j.entry for j in judgements),
-                  _rules(judgements))
+    return Advice(STALE_CONNTRACK_NO_DNAT, "error", summary, detail, fix, _lines(judgements), _rules(judgements))
 
 
 def healthy(judgements: Sequence[Judgement], dst: str, *, source: str, total: int) -> Advice:
@@ -186,23 +198,26 @@ def healthy(judgements: Sequence[Judgement], dst: str, *, source: str, total: in
                       "nothing to do", ())
     parts = []
     if current:
-        parts.append(f"{_plural(len(current), 'entry', 'entries')} reach{'es' if len(current) == 1 else ''} "
-                     f"{_counted([j.reaches for j in current])}, where the rules still send new flows")
-    if others:
-        parts.append(f"{_plural(len(others), 'entry', 'entries')} {'was' if len(others) == 1 else 'were'} not "
-                     "DNATed, and the rules would not DNAT a new flow of "
-                     f"{'it' if len(others) == 1 else 'them'} either")
+        k = _entries(current)
+        parts.append(f"{_plural(k, 'entry', 'entries')} reach{'es' if k == 1 else ''} {_counted(current)}, where "
+                     "the rules still send new flows")
     if finished:
-        parts.append(f"{_plural(len(finished), 'entry', 'entries')} of closed connections "
-                     f"({', '.join(sorted({str(j.entry.state) for j in finished}))}) still "
-                     f"name{'s' if len(finished) == 1 else ''} {_counted([j.reaches for j in finished])}; "
-                     f"{'it expires' if len(finished) == 1 else 'they expire'}, and a new connection on the same "
-                     "ports is decided by the rules again")
+        k = _entries(finished)
+        states = ", ".join(sorted({str(j.flows.state) for j in finished}))
+        parts.append(f"{_plural(k, 'entry', 'entries')} of closed connections ({states}) still "
+                     f"name{'s' if k == 1 else ''} {_counted(finished)}; {'it expires' if k == 1 else 'they expire'},"
+                     " and a new connection on the same ports is decided by the rules again")
+    if others:
+        k = _entries(others)
+        parts.append(f"{_plural(k, 'entry', 'entries')} {'was' if k == 1 else 'were'} not DNATed, and the rules "
+                     f"would not DNAT a new flow of {'it' if k == 1 else 'them'} either")
     if retried:
-        parts.append(f"{_plural(len(retried), 'entry', 'entries')} of connections begun before the rules DNATed "
-                     f"{dst} {'was' if len(retried) == 1 else 'were'} not DNATed; a new connection is")
-    summary = (f"{_plural(len(judgements), 'conntrack entry', 'conntrack entries')} to {dst} "
-               f"{'agrees' if len(judgements) == 1 else 'agree'} with the rules")
+        k = _entries(retried)
+        parts.append(f"{_plural(k, 'entry', 'entries')} of connections begun before the rules DNATed {dst} "
+                     f"{'was' if k == 1 else 'were'} not DNATed; a new connection is")
+    n = _entries(judgements)
+    summary = f"{_plural(n, 'conntrack entry', 'conntrack entries')} to {dst} {'agrees' if n == 1 else 'agree'} " \
+              "with the rules"
     detail = f"{_FIRST_PACKET} Of the entries to {dst} in {source}: " + "; ".join(parts) + "."
     return Advice(CONNTRACK_HEALTHY, "info", summary, detail, "nothing to do: existing and new flows go to the same "
-                  "places", tuple(j.entry for j in judgements))
+                  "places", _lines(judgements))

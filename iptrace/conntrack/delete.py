@@ -9,10 +9,11 @@ tuple, which identifies one entry (per zone) in the kernel's table.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from iptrace.conntrack.model import ConntrackEntry
+from iptrace.conntrack.table import FlowGroup
 from iptrace.dataplane import join_host_port
 
 
@@ -38,6 +39,14 @@ class DeleteFilter:
                 and _same(self.orig_sport, o.sport) and _same(self.reply_src, r.src)
                 and _same(self.reply_sport, r.sport) and _same(self.zone, e.zone or 0))
 
+    def matches_flows(self, g: FlowGroup) -> bool:
+        """The same for a group, for a filter that names no source port and no zone (a group has one of each
+        entry's other fields)."""
+        assert self.orig_sport is None and self.zone is None
+        return (g.family == self.family and g.proto == self.proto and g.dst == self.orig_dst
+                and _same(self.orig_dport, g.dport) and _same(self.orig_src, g.src)
+                and _same(self.reply_src, g.reply_src) and _same(self.reply_sport, g.reply_sport))
+
     def command(self) -> str:
         words = ["conntrack", "-D"]
         if self.family == "ipv6":
@@ -56,37 +65,36 @@ def _same(wanted: object, value: object) -> bool:
     return wanted is None or wanted == value
 
 
-def _exact(f: DeleteFilter, targets: Collection[ConntrackEntry], universe: Sequence[ConntrackEntry]) -> bool:
-    return {e.line for e in universe if f.matches(e)} == {e.line for e in targets}
+def _exact(f: DeleteFilter, targets: Sequence[FlowGroup], universe: Sequence[FlowGroup]) -> bool:
+    return {n for g in universe if f.matches_flows(g) for n in g.lines} == {n for g in targets for n in g.lines}
 
 
-def plan_deletion(targets: Sequence[ConntrackEntry], universe: Sequence[ConntrackEntry], *,
-                  still_chosen: Collection[str] = (), orig_src: str | None = None) -> tuple[DeleteFilter, ...]:
-    """The fewest filters that delete exactly `targets` out of `universe` (every entry the table holds for the
-    targets' original destinations). `still_chosen`: destinations (ip:port) the rules choose today for some
-    traced flow; `orig_src`: the question was about this client only, so every filter names it."""
-    groups: dict[tuple[str, str, str, int | None, str, int | None], list[ConntrackEntry]] = {}
-    for e in targets:
-        key = (e.family, e.proto, e.original.dst, e.original.dport, e.reply.src, e.reply.sport)
-        groups.setdefault(key, []).append(e)
+def plan_deletion(targets: Sequence[FlowGroup], universe: Sequence[FlowGroup],
+                  entry_at: Callable[[int], ConntrackEntry], *, still_chosen: Collection[str] = (),
+                  orig_src: str | None = None) -> tuple[DeleteFilter, ...]:
+    """The fewest filters that delete exactly the entries of `targets` out of `universe` (every flow the table
+    holds to the targets' protocol, destination and port: every filter names those). `still_chosen`:
+    destinations (ip:port) the rules choose today for some traced flow; `orig_src`: the question was about
+    this client only, so every filter names it. `entry_at` builds an entry when one needs its own command."""
+    by_endpoint: dict[tuple[str, str, str, int | None, str], list[FlowGroup]] = {}
+    for g in targets:
+        by_endpoint.setdefault((g.family, g.proto, g.dst, g.dport, g.reply_src), []).append(g)
     chosen_ips = {d.rsplit(":", 1)[0].strip("[]") for d in still_chosen}
     out: list[DeleteFilter] = []
-    by_endpoint: dict[tuple[str, str, str, int | None, str], list[ConntrackEntry]] = {}
-    for (family, proto, dst, dport, rsrc, _), entries in groups.items():
-        by_endpoint.setdefault((family, proto, dst, dport, rsrc), []).extend(entries)
-    for (family, proto, dst, dport, rsrc), entries in by_endpoint.items():
+    for (family, proto, dst, dport, rsrc), groups in by_endpoint.items():
         coarse = DeleteFilter(family, proto, dst, dport, orig_src, reply_src=rsrc)
-        if rsrc not in chosen_ips and _exact(coarse, entries, universe):
+        if rsrc not in chosen_ips and _exact(coarse, groups, universe):
             out.append(coarse)
             continue
-        for (fam, pro, d, dp, rs, rsp), same_port in groups.items():
-            if (fam, pro, d, dp, rs) != (family, proto, dst, dport, rsrc):
-                continue
-            finer = DeleteFilter(family, proto, dst, dport, orig_src, reply_src=rsrc, reply_sport=rsp)
-            if join_host_port(rs, rsp or 0) not in still_chosen and _exact(finer, same_port, universe):
+        by_port: dict[int | None, list[FlowGroup]] = {}
+        for g in groups:
+            by_port.setdefault(g.reply_sport, []).append(g)
+        for rsport, same_port in by_port.items():
+            finer = DeleteFilter(family, proto, dst, dport, orig_src, reply_src=rsrc, reply_sport=rsport)
+            if join_host_port(rsrc, rsport or 0) not in still_chosen and _exact(finer, same_port, universe):
                 out.append(finer)
-                continue
-            out += [one(e) for e in same_port]
+            else:
+                out += [one(entry_at(n)) for n in sorted(n for g in same_port for n in g.lines)]
     return tuple(out)
 
 

@@ -61,9 +61,6 @@ def _plan(layout: Layout) -> Builder:
         return next((i for i, r in enumerate(roles) if r.role == role and r.direction == direction
                      and (not key or r.key == key)), None)
 
-    def cut(i: int) -> int:
-        return len(roles[i].key) + 1
-
     tuples = []
     for d in (ORIGINAL, REPLY):
         src, dst, sport, dport = (at(TUPLE, d, k) for k in ("src", "dst", "sport", "dport"))
@@ -78,13 +75,18 @@ def _plan(layout: Layout) -> Builder:
     family, proto = layout.family, layout.proto
     assert number is not None
 
+    def pairs(words: Sequence[str], where: tuple[tuple[int, str], ...]) -> tuple[tuple[str, str], ...]:
+        return tuple([(k, words[i][len(k) + 1:]) for i, k in where]) if where else ()
+
     def flow(words: Sequence[str], plan: tuple[Any, ...], address: Callable[[str], str]) -> FlowTuple:
         src, dst, sport, dport, rest, counters = plan
         return FlowTuple(address(words[src][4:]), address(words[dst][4:]),
                          int(words[sport][6:]) if sport is not None else None,
                          int(words[dport][6:]) if dport is not None else None,
-                         tuple((k, words[i][len(k) + 1:]) for i, k in rest),
-                         tuple((k, words[i][len(k) + 1:]) for i, k in counters))
+                         pairs(words, rest), pairs(words, counters))
+
+    mark_at = len("mark=")
+    zone_at = len("zone=")
 
     def build(words: Sequence[str], line: int, text: str, address: Callable[[str], str]) -> ConntrackEntry:
         original, reply = flow(words, tuples[0], address), flow(words, tuples[1], address)
@@ -92,10 +94,10 @@ def _plan(layout: Layout) -> Builder:
             family or ("ipv6" if ":" in original.src else "ipv4"), proto, int(words[number]),
             words[state] if state is not None else None,
             int(words[timeout]) if timeout is not None else None, original, reply,
-            tuple(words[i][1:-1] for i in flags),
-            int(words[mark][cut(mark):]) if mark is not None else None,
-            int(words[zone][cut(zone):]) if zone is not None else None,
-            tuple((k, words[i][len(k) + 1:]) for i, k in fields), line, text)
+            tuple([words[i][1:-1] for i in flags]) if flags else (),
+            int(words[mark][mark_at:]) if mark is not None else None,
+            int(words[zone][zone_at:]) if zone is not None else None,
+            pairs(words, fields), line, text)
 
     return build
 

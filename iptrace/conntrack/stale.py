@@ -1,8 +1,8 @@
 """Which conntrack entries the current rules no longer decide.
 
 The kernel runs the nat rules only for a flow's first packet; every later packet follows the flow's conntrack
-entry, whose reply tuple says where the flow really goes. So an entry is judged by tracing *its own* first
-packet (source, destination, ports, protocol) through today's rules with the dataplane's Tracer, and comparing
+entry, whose reply tuple says where the flow really goes. So entries are judged by tracing *their own* first
+packet (source, destination, port, protocol) through today's rules with the dataplane's Tracer, and comparing
 where the rules send that packet now with where the entry sends it:
 
 - `current`: DNATed to an endpoint the rules still choose for that packet;
@@ -14,7 +14,9 @@ where the rules send that packet now with where the entry sends it:
 - `finished`: a closed connection (TIME_WAIT, CLOSE) whose entry only waits to expire: a new connection on the
   same ports makes the kernel drop it and ask the rules again.
 
-Reads only the dataplane interface (Packet, Trace, Outcome); the same code serves iptables and nftables.
+Entries are judged a FlowGroup at a time (they differ only by the client's source port, which kube-proxy's
+rules never match on; the trace uses the Packet's default source port). Reads only the dataplane interface
+(Packet, Trace, Outcome); the same code serves iptables and nftables.
 """
 
 from __future__ import annotations
@@ -22,9 +24,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from iptrace.conntrack.model import ConntrackEntry
-from iptrace.conntrack.table import ConntrackTable
-from iptrace.dataplane import Packet, Trace, Tracer, join_host_port
+from iptrace.conntrack.table import ConntrackTable, FlowGroup
+from iptrace.dataplane import Packet, Trace, Tracer
 
 CURRENT, STALE, NOT_DNATED, UNCHANGED, FINISHED = "current", "stale", "not-dnated", "unchanged", "finished"
 # States of a connection that is over (tcp, sctp): its entry decides no packet any more.
@@ -35,11 +36,19 @@ TRACEABLE = frozenset({"tcp", "udp", "sctp"})
 
 @dataclass(frozen=True, slots=True)
 class Judgement:
-    entry: ConntrackEntry
+    flows: FlowGroup
     status: str  # CURRENT | STALE | NOT_DNATED | UNCHANGED | FINISHED
-    reaches: str  # where the entry sends the flow's packets: the reply tuple's source, ip:port
-    chosen: tuple[str, ...]  # where the rules send the entry's first packet today (DNAT destinations)
+    chosen: tuple[str, ...]  # where the rules send these flows' first packet today (DNAT destinations)
     trace: Trace
+
+    @property
+    def reaches(self) -> str:
+        """Where the entries send the flows' packets: the reply tuple's source, ip:port."""
+        return self.flows.reaches
+
+    @property
+    def count(self) -> int:
+        return len(self.flows.lines)
 
     @property
     def service(self) -> str | None:
@@ -52,67 +61,58 @@ class Judge:
 
     def __init__(self, tracer: Tracer) -> None:
         self.tracer = tracer
-        self.traces: dict[tuple[str, str, int, str], Trace] = {}
+        self.traces: dict[tuple[str, str, int, str], tuple[Trace, tuple[str, ...]]] = {}
 
-    def trace(self, entry: ConntrackEntry) -> Trace:
-        o = entry.original
-        assert o.dport is not None
-        key = (o.src, o.dst, o.dport, entry.proto)
+    def judge(self, g: FlowGroup) -> Judgement | None:
+        """None for flows a trace cannot follow (icmp, gre, …)."""
+        if g.proto not in TRACEABLE or g.dport is None or g.reply_sport is None:
+            return None
+        key = (g.src, g.dst, g.dport, g.proto)
         found = self.traces.get(key)
         if found is None:
-            packet = Packet(o.src, o.dst, o.dport, entry.proto, sport=o.sport or 0)
-            found = self.traces[key] = self.tracer.trace(packet)
-        return found
-
-    def judge(self, entry: ConntrackEntry) -> Judgement | None:
-        """None for flows a trace cannot follow (icmp, gre, …)."""
-        if entry.proto not in TRACEABLE or entry.original.dport is None or entry.reply.sport is None:
-            return None
-        trace = self.trace(entry)
-        chosen = tuple(dict.fromkeys(o.destination for o in trace.outcomes
-                                     if o.verdict == "DNAT" and o.destination))
-        reaches = join_host_port(entry.reply.src, entry.reply.sport)
-        if entry.dnated:
-            status = CURRENT if reaches in chosen else FINISHED if entry.state in CLOSED_STATES else STALE
-        elif chosen and entry.proto == "udp":
+            trace = self.tracer.trace(Packet(g.src, g.dst, g.dport, g.proto))
+            chosen = tuple(dict.fromkeys(o.destination for o in trace.outcomes
+                                         if o.verdict == "DNAT" and o.destination))
+            found = self.traces[key] = (trace, chosen)
+        trace, chosen = found
+        if g.dnated:
+            status = CURRENT if g.reaches in chosen else FINISHED if g.state in CLOSED_STATES else STALE
+        elif chosen and g.proto == "udp":
             status = NOT_DNATED
         else:
             status = UNCHANGED
-        return Judgement(entry, status, reaches, chosen, trace)
+        return Judgement(g, status, chosen, trace)
 
-    def judge_all(self, entries: Iterable[ConntrackEntry]) -> list[Judgement]:
-        return [j for e in entries if (j := self.judge(e)) is not None]
+    def judge_all(self, groups: Iterable[FlowGroup]) -> list[Judgement]:
+        return [j for g in groups if (j := self.judge(g)) is not None]
 
 
-def entries_to(table: ConntrackTable, dst: str, dport: int, proto: str, src: str | None = None
-               ) -> list[ConntrackEntry]:
-    """The entries whose original tuple goes to dst:dport/proto (and comes from `src` when given)."""
-    return [e for e in table.to_address(dst) if e.proto == proto and e.original.dport == dport
-            and (src is None or e.original.src == src)]
+def flows_to(table: ConntrackTable, dst: str, dport: int, proto: str, src: str | None = None) -> list[FlowGroup]:
+    """The flows whose original tuple goes to dst:dport/proto (and comes from `src` when given)."""
+    return [g for g in table.flows_to(dst, dport, proto) if src is None or g.src == src]
 
 
 def judge_table(table: ConntrackTable, tracer: Tracer, family: str) -> list[Judgement]:
-    """Every entry of `family` ("ipv4", "ipv6": the rules' family) that the rules might decide differently:
+    """Every flow of `family` ("ipv4", "ipv6": the rules' family) that the rules might decide differently:
     DNATed flows, and UDP flows to an address and port the rules DNAT today (one trace per destination tells).
-    Unrelated flows (to pods directly, out of the cluster) cost one trace per destination port, not one per
-    flow."""
+    Unrelated flows (to pods directly, out of the cluster) cost one trace per destination port."""
     judge = Judge(tracer)
     out: list[Judgement] = []
     for address in table.destinations():
         if (":" in address) != (family == "ipv6"):
             continue
-        groups: dict[tuple[str, int], list[ConntrackEntry]] = {}
-        for e in table.to_address(address):
-            if e.proto in TRACEABLE and e.original.dport is not None:
-                groups.setdefault((e.proto, e.original.dport), []).append(e)
-        for (proto, _), entries in groups.items():
-            if not any(e.dnated for e in entries):
+        by_port: dict[tuple[str, int], list[FlowGroup]] = {}
+        for g in table.flows_to(address):
+            if g.proto in TRACEABLE and g.dport is not None:
+                by_port.setdefault((g.proto, g.dport), []).append(g)
+        for (proto, _), groups in by_port.items():
+            if not any(g.dnated for g in groups):
                 if proto != "udp":
                     continue
-                probe = judge.judge(entries[0])
+                probe = judge.judge(groups[0])
                 if probe is None or not probe.chosen:
                     continue
-            out += judge.judge_all(entries)
+            out += judge.judge_all(groups)
     return out
 
 

@@ -22,7 +22,7 @@ from iptrace.conntrack.stale import (
     UNCHANGED,
     Judge,
     endpoints_chosen,
-    entries_to,
+    flows_to,
 )
 from iptrace.conntrack.table import ConntrackTable
 from iptrace.dataplane import Tracer, join_host_port
@@ -42,12 +42,12 @@ class SourcedEvidence(Evidence):
         return {"line": self.line, "rule": self.rule, "source": self.source}
 
 
-def _diagnosis(a: advice.Advice, source: str) -> Diagnosis:
-    shown = a.entries[:EVIDENCE_LIMIT]
+def _diagnosis(a: advice.Advice, table: ConntrackTable) -> Diagnosis:
+    shown = a.lines[:EVIDENCE_LIMIT]
     detail = a.detail
-    if len(a.entries) > len(shown):
-        detail += f" (Evidence shows the first {len(shown)} of {len(a.entries)} entries; the fix covers all.)"
-    evidence = [SourcedEvidence(e.line, e.text, source) for e in shown]
+    if len(a.lines) > len(shown):
+        detail += f" (Evidence shows the first {len(shown)} of {len(a.lines)} entries; the fix covers all.)"
+    evidence = [SourcedEvidence(n, table.line_text(n), table.source) for n in shown]
     evidence += [Evidence(s.line, s.rule) for s in a.rules]
     return Diagnosis(a.id, a.severity, a.summary, detail, a.fix, tuple(evidence))  # type: ignore[arg-type]
 
@@ -58,23 +58,23 @@ def conntrack_diagnoses(tracer: Tracer, table: ConntrackTable, dst: str, dport: 
     kind such as `pod` does not); `verbose` adds `conntrack-healthy` for the entries that agree with the rules."""
     client = src if src is not None and _is_ip(src) else None
     label = join_host_port(dst, dport)
-    judge = Judge(tracer)
-    judgements = judge.judge_all(entries_to(table, dst, dport, proto, client))
-    universe = table.to_address(dst)
+    # Every deletion filter names the protocol, destination and port: those flows are all it could match.
+    universe = flows_to(table, dst, dport, proto)
+    judgements = Judge(tracer).judge_all([g for g in universe if client is None or g.src == client])
     chosen = sorted(endpoints_chosen(judgements))
     out: list[Diagnosis] = []
     stale = [j for j in judgements if j.status == STALE]
     if stale:
-        out.append(_diagnosis(advice.stale(stale, universe, label, chosen=chosen, version_hint=version_hint,
-                                           orig_src=client), table.source))
+        out.append(_diagnosis(advice.stale(stale, universe, label, entry_at=table.entry_at, chosen=chosen,
+                                           version_hint=version_hint, orig_src=client), table))
     never = [j for j in judgements if j.status == NOT_DNATED]
     if never:
-        out.append(_diagnosis(advice.not_dnated(never, universe, label, chosen=chosen, orig_src=client),
-                              table.source))
+        out.append(_diagnosis(advice.not_dnated(never, universe, label, entry_at=table.entry_at, chosen=chosen,
+                                                orig_src=client), table))
     if verbose:
         fine = [j for j in judgements if j.status in (CURRENT, UNCHANGED, FINISHED)]
         if fine or not judgements:
-            out.append(_diagnosis(advice.healthy(fine, label, source=table.source, total=len(table)), table.source))
+            out.append(_diagnosis(advice.healthy(fine, label, source=table.source, total=len(table)), table))
     return tuple(out)
 
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from iptrace.conntrack import advice
-from iptrace.conntrack.model import ConntrackEntry
 from iptrace.conntrack.stale import NOT_DNATED, STALE, Judgement, judge_table
 from iptrace.conntrack.table import ConntrackTable
 from iptrace.dataplane import Tracer, join_host_port
@@ -39,8 +38,9 @@ class ConntrackFinding(Finding):
 def _label(j: Judgement) -> str:
     """kube-proxy's ServicePortName with the protocol when not TCP (as compare.Finding names services), or the
     original destination when no rule names the Service."""
-    name = j.service or join_host_port(j.entry.original.dst, j.entry.original.dport or 0)
-    return name if j.entry.proto == "tcp" else f"{name}/{j.entry.proto}"
+    g = j.flows
+    name = j.service or join_host_port(g.dst, g.dport or 0)
+    return name if g.proto == "tcp" else f"{name}/{g.proto}"
 
 
 def conntrack_findings(node: str, table: ConntrackTable, tracers: Mapping[str, Tracer], *,
@@ -51,30 +51,28 @@ def conntrack_findings(node: str, table: ConntrackTable, tracers: Mapping[str, T
         judgements = judge_table(table, tracer, family)
         by_destination: dict[tuple[str, int | None, str], list[Judgement]] = {}
         for j in judgements:
-            by_destination.setdefault((j.entry.original.dst, j.entry.original.dport, j.entry.proto), []).append(j)
+            by_destination.setdefault((j.flows.dst, j.flows.dport, j.flows.proto), []).append(j)
         groups: dict[tuple[str, str], list[Judgement]] = {}
         for j in judgements:
             if j.status in (STALE, NOT_DNATED):
                 groups.setdefault((j.status, _label(j)), []).append(j)
         for (status, label), found in groups.items():
-            destinations = list(dict.fromkeys((j.entry.original.dst, j.entry.original.dport, j.entry.proto)
-                                              for j in found))
-            universe: list[ConntrackEntry] = []
-            chosen: set[str] = set()
-            for dst, dport, proto in destinations:
-                universe += table.to_address(dst)
-                chosen |= {d for j in by_destination[(dst, dport, proto)] for d in j.chosen}
+            destinations = list(dict.fromkeys((j.flows.dst, j.flows.dport, j.flows.proto) for j in found))
+            # Every flow to those destinations was judged: the deletion filters can only match those.
+            universe = [j.flows for d in destinations for j in by_destination[d]]
+            chosen = sorted({c for d in destinations for j in by_destination[d] for c in j.chosen})
             where = advice._listing([join_host_port(dst, dport or 0) for dst, dport, _ in destinations])
             if status == STALE:
-                a = advice.stale(found, universe, where, chosen=sorted(chosen), version_hint=version_hint)
+                a = advice.stale(found, universe, where, entry_at=table.entry_at, chosen=chosen,
+                                 version_hint=version_hint)
             else:
-                a = advice.not_dnated(found, universe, where, chosen=sorted(chosen))
-            shown = a.entries[:EVIDENCE_LIMIT]
+                a = advice.not_dnated(found, universe, where, entry_at=table.entry_at, chosen=chosen)
+            shown = a.lines[:EVIDENCE_LIMIT]
             detail = a.detail
-            if len(a.entries) > len(shown):
-                detail += f" (Evidence shows {len(shown)} of {len(a.entries)} entries; the fix covers all.)"
+            if len(a.lines) > len(shown):
+                detail += f" (Evidence shows {len(shown)} of {len(a.lines)} entries; the fix covers all.)"
             out.append(ConntrackFinding(a.id, "error", node, label, f"{label}: {a.summary}", detail, a.fix,
-                                        tuple((e.line, e.text) for e in shown), source=table.source))
+                                        tuple((n, table.line_text(n)) for n in shown), source=table.source))
     return out
 
 
