@@ -36,7 +36,7 @@ def parser() -> Lark:
 
 def _describe(expected: set[str] | frozenset[str]) -> str:
     names = list(dict.fromkeys(_EXPECTED_NAMES.get(t, t.lower()) for t in sorted(expected)
-                               if t != "TRAILER"))
+                               if t not in ("TRAILER", "COMMENT")))
     if not names:
         return "nothing"
     return ", ".join(names[:-1]) + (" or " if len(names) > 1 else "") + names[-1]
@@ -68,7 +68,7 @@ def _error(exc: UnexpectedInput, *, source: str, line_no: int, text: str) -> Par
 
 
 def tokens(tree: Tree) -> tuple[str, list[Token]]:
-    """("entry" | "trailer", the line's tokens in order)."""
+    """("entry" | "trailer" | "comment", the line's tokens in order)."""
     node = tree.children[0]
     assert isinstance(node, Tree)
     out: list[Token] = []

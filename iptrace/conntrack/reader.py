@@ -235,6 +235,8 @@ class _Reader:
             if kind == "trailer":
                 self.trailer(n, text)
                 return
+            if kind == "comment":
+                return
             syntax = False
             layout = read_layout(toks, source=self.source, line_no=n, text=text)
         except ParseError as exc:
