@@ -49,8 +49,11 @@ def _pair(proto: str, src: str, dst: str, sport: int, dport: int, rsrc: str, rds
 
 
 def synthesize(entries: int, seed: int = 14) -> str:
+    """A node's flows: clients of Services are the node's own pods (100: kubelet allows 110 per node) and
+    outside clients of its NodePort; pod-to-pod flows reach pods anywhere in the cluster."""
     rng = random.Random(seed)
-    pods = [f"10.244.{i // 200}.{i % 200 + 10}" for i in range(600)]
+    local = [f"10.244.1.{i + 10}" for i in range(100)]
+    cluster = [f"10.244.{i // 200}.{i % 200 + 10}" for i in range(600)]
     outside = [f"203.0.113.{i}" for i in range(1, 250)]
     lines = []
     for _ in range(entries):
@@ -58,7 +61,7 @@ def synthesize(entries: int, seed: int = 14) -> str:
         sport = rng.randrange(32768, 61000)
         if kind < 0.7:
             dst, dport, proto, live, gone = rng.choice(_SERVICES)
-            client = rng.choice(pods)
+            client = rng.choice(local)
             endpoint = rng.choice(gone) if gone and rng.random() < 0.015 else rng.choice(live)
             ip, port = endpoint.rsplit(":", 1)
             lines.append(_pair(proto, client, dst, sport, dport, ip, client, int(port), rng))
@@ -67,13 +70,13 @@ def synthesize(entries: int, seed: int = 14) -> str:
             ip = rng.choice(["10.244.1.7", "10.244.2.3"])
             lines.append(_pair("tcp", client, NODE, sport, 30904, ip, NODE, 8001, rng))
         elif kind < 0.9:  # pod to pod
-            a, b = rng.choice(pods), rng.choice(pods)
+            a, b = rng.choice(local), rng.choice(cluster)
             lines.append(_pair(rng.choice(["tcp", "udp"]), a, b, sport, 8080, b, a, 8080, rng))
         elif kind < 0.98:  # out of the cluster (masqueraded by the CNI)
             server = rng.choice(outside)
-            lines.append(_pair("tcp", rng.choice(pods), server, sport, 443, server, NODE, 443, rng))
+            lines.append(_pair("tcp", rng.choice(local), server, sport, 443, server, NODE, 443, rng))
         else:
-            peer, ident = rng.choice(pods), rng.randrange(65536)
+            peer, ident = rng.choice(cluster), rng.randrange(65536)
             lines.append(f"icmp     1 29 src={NODE} dst={peer} type=8 code=0 id={ident} src={peer} dst={NODE} "
                          f"type=0 code=0 id={ident} mark=0 use=1")
     lines.append(f"conntrack v1.4.7 (conntrack-tools): {entries} flow entries have been shown.")

@@ -13,7 +13,9 @@ and the reverse UDP case (a flow that was never DNATed, then the Service's rules
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import shutil
 import socket
 import subprocess
 import threading
@@ -29,7 +31,11 @@ from iptrace.cli import main
 from tests.oracle import CLIENT_IP, NODE_IP, Topology, requires_root_netns
 from tests.oracle.netns import CLIENT_IP6, NODE_IP6, ConntrackEntry, socket_in
 
-pytestmark = [pytest.mark.root, requires_root_netns("nft")]
+_NO_CONNTRACK = None if shutil.which("conntrack") else "conntrack (conntrack-tools) is not installed"
+if _NO_CONNTRACK and os.environ.get("IPTRACE_ORACLE_REQUIRED") == "1":
+    raise RuntimeError(f"IPTRACE_ORACLE_REQUIRED=1 but {_NO_CONNTRACK}")
+pytestmark = [pytest.mark.root, requires_root_netns("nft"),
+              pytest.mark.skipif(_NO_CONNTRACK is not None, reason=_NO_CONNTRACK or "")]
 
 POD_CIDR = "198.18.128.0/17"
 POD_CIDR6 = "fd00:198:18:8000::/64"
