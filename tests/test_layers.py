@@ -46,6 +46,23 @@ def test_dataplane_packages_import_only_errors_the_interface_and_themselves() ->
                 assert imported.startswith(f"iptrace.{layer}"), f"{name} imports {imported}"
 
 
+def test_conntrack_reader_imports_only_errors_the_interface_and_itself() -> None:
+    """Like a dataplane: the conntrack package reads text and compares with a Tracer, nothing else; lark only
+    in its grammar and layout modules."""
+    seen = False
+    for name, tree, _ in _modules():
+        if _layer(name) != "conntrack":
+            continue
+        seen = True
+        for imported in _imports(tree):
+            if imported.startswith("iptrace"):
+                assert imported in ("iptrace.errors", "iptrace.dataplane") or imported.startswith(
+                    "iptrace.conntrack"), f"{name} imports {imported}"
+            if imported.split(".")[0] == "lark":
+                assert name in ("iptrace.conntrack.grammar", "iptrace.conntrack.layout"), f"{name} imports lark"
+    assert seen
+
+
 def test_third_party_owners() -> None:
     owners = {"lark": {"iptables", "nftables", "conntrack"}, "paramiko": {"collect"}, "kubernetes": {"collect"}, "click": {"cli"},
               "urllib3": {"collect"}}

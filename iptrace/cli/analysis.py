@@ -16,6 +16,7 @@ from iptrace.cli.common import (
     cluster_data,
     emit_json,
     lenient_option,
+    load_conntrack,
     load_dump,
     namespace_option,
     output_option,
@@ -208,21 +209,31 @@ def trace(dump: str, dst: str, src: str, proto: str, in_interface: str | None, o
               help=_SRC_HELP + " Default: explain from a pod, the node and an outside client, and compare.")
 @click.option("--proto", type=click.Choice(["tcp", "udp", "sctp"]), default="tcp", show_default=True)
 @click.option("--in-interface", metavar="IFACE", help="Interface the packet arrives on (for -i matches).")
+@click.option("--conntrack", "conntrack_file", type=click.Path(dir_okay=False, allow_dash=True), metavar="FILE",
+              help="The node's `conntrack -L` (plain or -o extended) or /proc/net/nf_conntrack: also check the flows "
+                   "that already exist (stale-conntrack). Default for DIR/NODE: its conntrack.txt, if collected.")
+@click.option("--verbose", "-v", is_flag=True,
+              help="With a conntrack table: also say which entries agree with the rules.")
 @output_option("text", "json")
 @analysis_options
 @namespace_option
-def explain(dump: str, dst: str, src: str | None, proto: str, in_interface: str | None, output: str,
-            node_ips: tuple[str, ...], cluster_files: tuple[str, ...], kubeconfig: str | None,
-            context: str | None, lenient: bool, table: str | None, namespace: str | None) -> None:
+def explain(dump: str, dst: str, src: str | None, proto: str, in_interface: str | None, conntrack_file: str | None,
+            verbose: bool, output: str, node_ips: tuple[str, ...], cluster_files: tuple[str, ...],
+            kubeconfig: str | None, context: str | None, lenient: bool, table: str | None,
+            namespace: str | None) -> None:
     """Explain why a connection fails and what would work instead.
 
-    Exit status 3 when any diagnosis is an error (the connection does not reach an endpoint), 0 otherwise.
+    With a conntrack table (--conntrack FILE, or a collected node's conntrack.txt), also the flows that already
+    exist: entries that still go to an endpoint the rules no longer choose, with the `conntrack -D` command
+    that deletes exactly those. Exit status 3 when any diagnosis is an error (the connection does not reach an
+    endpoint), 0 otherwise.
 
     \b
     Examples:
       iptrace explain sample_dumps/nodeport-fb-backends.txt --dst 10.101.234.168:8001
       iptrace explain node1.txt --dst 10.96.0.10:53 --proto udp --src pod
       iptrace explain snap/node1 --dst 192.168.49.2:30904 -o json | jq '.diagnoses[].id'
+      iptrace explain node1.txt --dst 10.96.0.10:53 --proto udp --conntrack node1-conntrack.txt
     """
     batch()
     from iptrace.explain import Explainer
@@ -233,8 +244,15 @@ def explain(dump: str, dst: str, src: str | None, proto: str, in_interface: str 
         check_ip(click.get_current_context(), click.Option(["--src"]), (src,))
     cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
     analysis = analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table, host=host)
+    flows = load_conntrack(conntrack_file, dump, lenient=lenient)
     explainer = Explainer(analysis, cluster=cluster)
     report = explainer.explain(host, port, proto=proto, src=src, in_interface=in_interface)
+    if flows is not None:
+        from iptrace.explain.conntrack import conntrack_diagnoses, with_conntrack
+
+        report = with_conntrack(report, conntrack_diagnoses(
+            explainer.tracer, flows, host, port, proto=proto, src=src, verbose=verbose,
+            version_hint=analysis.layout.proxy.version_hint))
     if output == "json":
         emit_json(explain_to_json(report))
     else:

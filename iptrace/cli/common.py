@@ -107,6 +107,35 @@ def check_nodes(nodes: tuple[str, ...], command: str) -> None:
                          f"what was collected or saved: iptrace audit {node}")
 
 
+CONNTRACK_FILE = "conntrack.txt"
+
+
+def load_conntrack(path: str | None, dump: str, *, lenient: bool = False) -> Any:
+    """The conntrack table `explain` checks: --conntrack FILE, else DIR/NODE/conntrack.txt when DUMP is a
+    collected node directory that has one (None without either). Skipped lines (--lenient) are noted on stderr."""
+    from iptrace.conntrack import load, read_file
+
+    if path is None:
+        node = Path(dump)
+        if dump == "-" or not node.is_dir() or not (node / CONNTRACK_FILE).is_file():
+            return None
+        path = str(node / CONNTRACK_FILE)
+    data, name = read_file(path)
+    table = load(data, source=name, lenient=lenient)
+    note_skipped(name, table)
+    return table
+
+
+def note_skipped(name: str, table: Any) -> None:
+    """--lenient: say how many conntrack lines were left out, and the first reason."""
+    if table.skipped:
+        first = table.skipped[0]
+        click.echo(f"note: {name}: skipped {len(table.skipped)} unreadable line{'s' if len(table.skipped) != 1 else ''}"
+                   f" (first: line {first.line}: {first.reason})", err=True)
+    for w in table.warnings:
+        click.echo(f"note: {name}:{w.line}: {w.reason}", err=True)
+
+
 def batch() -> None:
     """An analysis command builds millions of small acyclic objects and then exits: the cyclic garbage
     collector would only re-traverse them (it costs ~1 s of a 5,000-Service `services` run)."""

@@ -288,6 +288,7 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
     batch()
     import tempfile
 
+    from iptrace.cli.flows import audit_conntrack
     from iptrace.kube.audit import audit as run_audit
     from iptrace.render.audit import audit_to_json, render_audit_text
 
@@ -326,10 +327,10 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
                 for r in failures:
                     click.echo(f"Error: {r.error}", err=True)
                 raise click.exceptions.Exit(EXIT_ERROR)
-            inputs = _audit_inputs(paths + collected, node_ips, lenient, cluster)
-        else:
-            inputs = _audit_inputs(paths, node_ips, lenient, cluster)
+            paths += collected
+        inputs = _audit_inputs(paths, node_ips, lenient, cluster)
         report = run_audit(inputs, cluster)
+        report = audit_conntrack(report, inputs, paths, lenient=lenient)
     if output == "json":
         emit_json(audit_to_json(report))
     elif output == "html":

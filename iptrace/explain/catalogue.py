@@ -21,6 +21,8 @@ CATALOGUE: tuple[str, ...] = (
     "not-a-service-address", "wrong-protocol", "no-endpoints", "no-local-endpoints", "source-range-blocked",
     "hairpin", "no-kube-proxy-rules", "iptables-backend-split", "stale-endpoints", "missing-service",
     "not-forwarded", "blocked-by-rule", "healthy",
+    # With a conntrack table (iptrace.explain.conntrack): entries the rules no longer decide.
+    "stale-conntrack", "stale-conntrack-no-dnat", "conntrack-healthy",
 )
 
 

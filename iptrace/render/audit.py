@@ -55,10 +55,15 @@ def render_findings_lines(findings: Sequence[Finding], *, verbose: bool = False,
         out.append(f"{_MARK[f.severity]} {where}{summary}   ({f.id})")
         if verbose:
             out.append(f"    {f.detail}")
-        out.append(f"    fix: {f.fix}")
+        # A fix may end in commands, one a line (conntrack -D …): indented, never joined, so they can be pasted.
+        fix, *commands = f.fix.split("\n")
+        out.append(f"    fix: {fix}")
+        out += [f"      {c}" for c in commands]
         if verbose:
+            source = getattr(f, "source", "")  # evidence from a conntrack table, not the dump
             for line, rule in f.evidence:
-                out.append(f"    line {line}: {rule}" if line else f"    {rule}")
+                out.append(f"    {source}:{line}: {rule}" if source else f"    line {line}: {rule}" if line
+                           else f"    {rule}")
     return out
 
 

@@ -20,11 +20,15 @@ def _wrap(text: str, indent: str) -> list[str]:
 def _diagnosis(d: Diagnosis) -> list[str]:
     out = [f"{_MARK[d.severity]} {d.summary}   [{d.id}, {d.severity}]"]
     out += _wrap(d.detail, "  ")
-    out += _wrap(f"{'Note' if d.severity == 'info' else 'Fix'}: {d.fix}", "  ")
+    # A fix may end in commands, one a line: they are shown unwrapped so that they can be pasted.
+    fix, *commands = d.fix.split("\n")
+    out += _wrap(f"{'Note' if d.severity == 'info' else 'Fix'}: {fix}", "  ")
+    out += [f"    {c}" for c in commands]
     if d.evidence:
         out.append("  Evidence:")
         for e in d.evidence:
-            where = f"line {e.line}" if e.line else "dump"
+            source = getattr(e, "source", "")  # evidence from another file (a conntrack table) names it
+            where = f"{source}:{e.line}" if source else f"line {e.line}" if e.line else "dump"
             out.append(f"    {where}: {e.rule}")
     return out
 

@@ -1,0 +1,128 @@
+"""Properties of the conntrack reader: any text raises only IptraceError; generated entries survive a round
+trip through every format conntrack prints; and the fast path (shapes and proven words) decides every line
+exactly as lark and the vocabulary do for that line alone, so a damaged line is never read past."""
+
+from __future__ import annotations
+
+import string
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from iptrace.conntrack import ConntrackEntry, FlowTuple, load
+from iptrace.conntrack.text import format_entry, format_table
+from iptrace.errors import IptraceError, ParseError
+
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Generated tables cost a lark parse per new shape: fewer, larger examples.
+TABLES = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+_TEXT_VALUE = st.from_regex(r"[a-z_:0-9,]{1,12}", fullmatch=True)
+_STATES = {"tcp": ["ESTABLISHED", "SYN_SENT", "TIME_WAIT", "CLOSE_WAIT"], "sctp": ["ESTABLISHED", "COOKIE_WAIT"]}
+
+
+@st.composite
+def entries(draw: st.DrawFn) -> ConntrackEntry:
+    family = draw(st.sampled_from(["ipv4", "ipv6"]))
+    v = 4 if family == "ipv4" else 6
+    proto = draw(st.sampled_from(["tcp", "udp", "sctp", "gre", "unknown", "icmp" if v == 4 else "icmpv6"]))
+    number = {"tcp": 6, "udp": 17, "sctp": 132, "gre": 47, "icmp": 1, "icmpv6": 58}.get(proto)
+    if number is None:
+        number = draw(st.integers(0, 255))
+    address = st.ip_addresses(v=v).map(str)
+    port = st.integers(0, 65535)
+
+    def flow() -> FlowTuple:
+        src, dst = draw(address), draw(address)
+        counters: tuple[tuple[str, str], ...] = ()
+        if draw(st.booleans()):
+            counters = (("packets", str(draw(st.integers(0, 10**6)))), ("bytes", str(draw(st.integers(0, 10**9)))))
+        if proto in ("tcp", "udp", "sctp"):
+            return FlowTuple(src, dst, draw(port), draw(port), (), counters)
+        if proto.startswith("icmp"):
+            fields = (("type", str(draw(st.integers(0, 255)))), ("code", str(draw(st.integers(0, 255)))),
+                      ("id", str(draw(port))))
+            return FlowTuple(src, dst, None, None, fields, counters)
+        if proto == "gre":
+            return FlowTuple(src, dst, None, None, (("srckey", hex(draw(port))), ("dstkey", hex(draw(port)))), counters)
+        return FlowTuple(src, dst, None, None, (), counters)
+
+    original, reply = flow(), flow()
+    flags: list[str] = []
+    if draw(st.booleans()):
+        flags.append("UNREPLIED")
+    after = draw(st.sampled_from([None, "ASSURED", "OFFLOAD", "HW_OFFLOAD"]))
+    if after:
+        flags.append(after)
+    timeout = None if after == "OFFLOAD" and draw(st.booleans()) else draw(st.integers(0, 432000))
+    state = draw(st.sampled_from(_STATES[proto])) if proto in _STATES else None
+    fields: list[tuple[str, str]] = []
+    for key, values in (("secmark", st.integers(0, 2**32 - 1).map(str)), ("secctx", _TEXT_VALUE),
+                        ("delta-time", st.integers(0, 10**6).map(str)), ("helper", _TEXT_VALUE),
+                        ("use", st.integers(0, 9).map(str)), ("id", st.integers(0, 2**32 - 1).map(str)),
+                        ("labels", _TEXT_VALUE)):
+        if draw(st.booleans()):
+            fields.append((key, draw(values)))
+    mark = draw(st.none() | st.integers(0, 2**32 - 1))
+    zone = draw(st.none() | st.integers(0, 65535))
+    return ConntrackEntry(family, proto, number, state, timeout, original, reply, tuple(flags), mark, zone,
+                          tuple(fields))
+
+
+@SETTINGS
+@given(st.text(max_size=400))
+def test_any_text_raises_only_iptrace_errors(text: str) -> None:
+    try:
+        load(text)
+        load(text, lenient=True)
+    except IptraceError:
+        pass
+
+
+@SETTINGS
+@given(st.binary(max_size=400))
+def test_any_bytes_raise_only_iptrace_errors(data: bytes) -> None:
+    try:
+        load(data)
+    except IptraceError:
+        pass
+
+
+@TABLES
+@given(st.lists(entries(), min_size=1, max_size=8), st.sampled_from(["plain", "extended", "proc"]))
+def test_generated_entries_survive_a_round_trip(generated: list[ConntrackEntry], form: str) -> None:
+    if form == "plain":
+        text = format_table(generated)
+    else:
+        text = "\n".join(format_entry(e, extended=True, proc=form == "proc") for e in generated) + "\n"
+    assert list(load(text).entries()) == generated
+
+
+_DAMAGE = string.digits + "abcdefx.:= [Z-"
+
+
+@TABLES
+@given(st.lists(entries(), min_size=2, max_size=6), st.data())
+def test_a_damaged_line_is_read_exactly_as_lark_reads_it_alone(generated: list[ConntrackEntry],
+                                                               data: st.DataObject) -> None:
+    # Same-shaped neighbours first, so that the damaged line meets the fast path with its shape cached.
+    lines = [format_entry(e) for e in generated]
+    lines += lines
+    i = data.draw(st.integers(len(generated), len(lines) - 1), label="line")
+    line = lines[i]
+    j = data.draw(st.integers(0, len(line) - 1), label="column")
+    lines[i] = line[:j] + data.draw(st.sampled_from(_DAMAGE), label="char") + line[j + 1:]
+    try:
+        alone = list(load(lines[i] + "\n").entries())
+    except ParseError as exc:
+        try:
+            load("\n".join(lines) + "\n")
+        except ParseError as whole:
+            assert whole.line == i + 1 and whole.column == exc.column
+            # Alone, the line is the file's first (and last): the reader adds a hint about the whole file.
+            assert exc.reason.startswith(whole.reason), (whole.reason, exc.reason)
+        else:
+            raise AssertionError(f"line {i + 1} was accepted in the table but refused alone: {exc}") from None
+        return
+    table = load("\n".join(lines) + "\n")
+    assert [table.entry_at(i + 1)] == alone
