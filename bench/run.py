@@ -79,7 +79,7 @@ def figure_services(dump: Path) -> dict[str, Any]:
     out_size = 0
     for _ in range(2):
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "iptrace.cli", "services", str(dump), "-o", "json"],
+        done = subprocess.run([sys.executable, "-m", "iptrace", "services", str(dump), "-o", "json"],
                               cwd=ROOT, capture_output=True, check=True)
         best = min(best, time.perf_counter() - start)
         out_size = len(done.stdout)
@@ -93,7 +93,7 @@ def figure_services(dump: Path) -> dict[str, Any]:
 def figure_trace(dump: Path) -> dict[str, Any]:
     import gc
 
-    gc.disable()  # as every analysis command of the CLI runs (iptrace.cli._batch)
+    gc.disable()  # as every analysis command of the CLI runs (iptrace.cli.common.batch)
     from iptrace.dataplane import Packet
     from iptrace.iptables import DATAPLANE, load_path
     from iptrace.iptables.walk import Tracer
@@ -123,7 +123,7 @@ def figure_trace(dump: Path) -> dict[str, Any]:
 def figure_explain(dump: Path) -> dict[str, Any]:
     import gc
 
-    gc.disable()  # as every analysis command of the CLI runs (iptrace.cli._batch)
+    gc.disable()  # as every analysis command of the CLI runs (iptrace.cli.common.batch)
     from iptrace.explain import Explainer
     from iptrace.iptables import DATAPLANE, load_path
     from iptrace.kube.analysis import analyse
@@ -170,7 +170,7 @@ def help_seconds() -> float:
     best = float("inf")
     for _ in range(5):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "iptrace.cli", "--help"], cwd=ROOT, capture_output=True, check=True)
+        subprocess.run([sys.executable, "-m", "iptrace", "--help"], cwd=ROOT, capture_output=True, check=True)
         best = min(best, time.perf_counter() - start)
     return best
 
