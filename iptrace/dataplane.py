@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Literal, Protocol
@@ -363,20 +363,86 @@ class NodePortAddresses:
 
 
 @dataclass(frozen=True, slots=True)
-class Layout:
-    """Everything a dataplane reads of kube-proxy's layout for one IP family of one ruleset."""
+class LayoutIndex:
+    """What a question about one address needs before any Service port is read: every way in the dispatch
+    writes (with the key of its Service port), read from the dispatch rules alone, and how to find the rest."""
 
-    proxy: ProxyMode
-    family: str  # "ipv4" | "ipv6"
-    service_ports: tuple[ServicePortLayout, ...]
-    node_port_addresses: NodePortAddresses
-    pod_cidrs: tuple[str, ...]  # from kube-proxy's local-traffic detector
-    pod_interfaces: tuple[str, ...]
-    node_ips: tuple[str, ...]  # the node addresses the rules reveal
-    endpoint_ips: frozenset[str]  # so that a "pod" source is picked that is no endpoint
-    masquerade_mark: str | None
-    random_fully: bool
-    warnings: tuple[str, ...] = ()
+    ways: tuple[tuple[str, WayIn], ...]  # (service port key, way in), in dump order
+    keys: tuple[str, ...]  # every service port key, in the order the ports are listed
+    build: Callable[[str], ServicePortLayout]  # the whole layout of one service port
+    endpoint_keys: Callable[[str], tuple[str, ...]]  # the keys with an endpoint at this IP
+    chain_key: Callable[[str], str | None]  # the key of the service port a chain belongs to
+
+
+class Layout:
+    """Everything a dataplane reads of kube-proxy's layout for one IP family of one ruleset. The node-wide
+    facts are read at once; each Service port's own chains only when it is asked for (`service_port`), so a
+    question about one address reads the dispatch rules and the ports at that address, not the whole dump."""
+
+    def __init__(self, proxy: ProxyMode, family: str, node_port_addresses: NodePortAddresses,
+                 pod_cidrs: Sequence[str], pod_interfaces: Sequence[str], node_ips: Sequence[str],
+                 endpoint_ips: Container[str], masquerade_mark: str | None, random_fully: bool,
+                 warnings: Sequence[str] = (), index: LayoutIndex | None = None,
+                 full_warnings: Callable[[tuple[ServicePortLayout, ...]], tuple[str, ...]] | None = None) -> None:
+        self.proxy = proxy
+        self.family = family  # "ipv4" | "ipv6"
+        self.node_port_addresses = node_port_addresses
+        self.pod_cidrs = tuple(pod_cidrs)  # from kube-proxy's local-traffic detector
+        self.pod_interfaces = tuple(pod_interfaces)
+        self.node_ips = tuple(node_ips)  # the node addresses the rules reveal
+        self.endpoint_ips = endpoint_ips  # (membership only) so that a "pod" source is no endpoint
+        self.masquerade_mark = masquerade_mark
+        self.random_fully = random_fully
+        self._warnings = tuple(warnings)
+        self._index = index or LayoutIndex((), (), _no_port, lambda ip: (), lambda chain: None)
+        self._full_warnings = full_warnings
+        self._ports: dict[str, ServicePortLayout] = {}
+        self._by_address: dict[str | None, list[tuple[str, WayIn]]] | None = None
+
+    @property
+    def ways(self) -> tuple[tuple[str, WayIn], ...]:
+        return self._index.ways
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return self._index.keys
+
+    def service_port(self, key: str) -> ServicePortLayout:
+        found = self._ports.get(key)
+        if found is None:
+            found = self._ports[key] = self._index.build(key)
+        return found
+
+    @property
+    def service_ports(self) -> tuple[ServicePortLayout, ...]:
+        """Every Service port (reads them all)."""
+        return tuple(self.service_port(k) for k in self._index.keys)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """The layout's warnings; those that need every Service port read (orphaned chains) once they were."""
+        if self._full_warnings is not None and len(self._ports) == len(self._index.keys):
+            return tuple(dict.fromkeys((*self._warnings, *self._full_warnings(self.service_ports))))
+        return self._warnings
+
+    def ways_at(self, address: str | None) -> list[tuple[str, WayIn]]:
+        """The ways in at `address` (None: the node's own addresses: NodePorts, health checks)."""
+        if self._by_address is None:
+            index: dict[str | None, list[tuple[str, WayIn]]] = {}
+            for key, way in self._index.ways:
+                index.setdefault(way.address, []).append((key, way))
+            self._by_address = index
+        return self._by_address.get(address, [])
+
+    def endpoint_keys(self, ip: str) -> tuple[str, ...]:
+        return self._index.endpoint_keys(ip) if ip in self.endpoint_ips else ()
+
+    def chain_key(self, chain: str) -> str | None:
+        return self._index.chain_key(chain)
+
+
+def _no_port(key: str) -> ServicePortLayout:
+    raise KeyError(key)
 
 
 @dataclass(frozen=True, slots=True)

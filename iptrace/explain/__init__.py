@@ -34,7 +34,6 @@ class Explainer:
         self.analysis = analysis
         layout = analysis.layout
         family = analysis.family
-        self.view = analysis.view
         self.tracer = analysis.tracer
         self.node_ips = tuple(of_family(analysis.node_ips, family)) or tuple(of_family(layout.node_ips, family))
         self.pod_cidrs = tuple(layout.pod_cidrs)
@@ -45,6 +44,11 @@ class Explainer:
                                    _cluster_findings(analysis, cluster, self.node_ips))
         self._sources = {kind: pick_source(kind, family, self.node_ips, self.pod_cidrs, layout.endpoint_ips)
                          for kind in SOURCE_KINDS}
+
+    @property
+    def view(self) -> Any:
+        """The node's whole Service view (built on first use; explain() itself builds only what it asks for)."""
+        return self.analysis.view
 
     def source(self, kind: str) -> tuple[str, str]:
         """(address, the assumption that choice makes) for `pod`, `node` or `external`."""

@@ -121,7 +121,7 @@ def no_endpoints(case: Case) -> Diagnosis | None:
     return _no_endpoints_diagnosis(
         name, f"No pod of {name} is ready. kube-proxy's REJECT rule for it guards only traffic that arrives "
         f"from outside; this packet leaves the node itself, so it is not rewritten and {fate}.",
-        facts.evidence(facts.service_lines(name)))
+        facts.evidence(line for e in empty[0].entries for line in e.lines))
 
 
 def _local_drop_step(case: Case) -> tuple[Outcome, Step, str] | None:
@@ -137,7 +137,7 @@ def no_local_endpoints(case: Case) -> Diagnosis | None:
     if found is None:
         return None
     outcome, step, name = found
-    svcs = case.facts.by_label.get(name, [])
+    svcs = case.facts.ports_of_step(step)
     svc = svcs[0] if svcs else None
     # A ClusterIP is governed by internalTrafficPolicy; externalIPs, LB IPs and nodePorts by the external one.
     internal = any(kind == "ClusterIP" for s, kind in case.facts.by_address.get(case.dst, []) if label(s) == name)
@@ -181,10 +181,10 @@ def source_range_blocked(case: Case) -> Diagnosis | None:
         for step in outcome.path:
             if step.kind == "firewall":
                 steps.append(step)
-                name = step.service or case.facts.view.chain_labels.get(step.chain, step.chain)
+                name = step.service or case.facts.chain_label(step.chain)
         if not steps:
             continue
-        svcs = case.facts.by_label.get(name, [])
+        svcs = case.facts.ports_of_step(steps[0])
         ranges = ", ".join(svcs[0].lb_source_ranges) if svcs and svcs[0].lb_source_ranges else ""
         allowed = f"only from {ranges}" if ranges else "only from its loadBalancerSourceRanges"
         instead: tuple[Suggestion, ...] = ()
@@ -289,7 +289,7 @@ def cluster_disagreements(case: Case) -> list[Diagnosis]:
         for svc in facts.node_ports.get(case.dport, []):
             labels.add(finding_label(svc.namespace, svc.name, svc.port_name, svc.protocol))
         labels |= facts.api_labels_by_node_port.get(case.dport, set())
-    for svc in facts.by_label.get(str(case.dnat[0].service), []) if case.dnat else []:
+    for svc in facts.ports_of_chains(c for _table, c in case.dnat[0].chains) if case.dnat else []:
         labels.add(finding_label(svc.namespace, svc.name, svc.port_name, svc.protocol))
     out: list[Diagnosis] = []
     for name in sorted(labels):

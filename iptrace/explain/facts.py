@@ -8,12 +8,16 @@ knows which dataplane wrote them. Pure: no I/O.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from iptrace.dataplane import (
+    CLUSTER_IP,
+    EXTERNAL_IP,
     HEALTH_CHECK,
+    LOAD_BALANCER,
+    NODE_PORT,
     Outcome,
     ProxyMode,
     Step,
@@ -21,6 +25,7 @@ from iptrace.dataplane import (
     join_host_port,
 )
 from iptrace.explain.diagnosis import Diagnosis, Evidence
+from iptrace.kube.view import ChainLabels
 
 
 def label(svc: Any) -> str:
@@ -50,74 +55,113 @@ def addresses(svc: Any) -> list[tuple[str, str]]:
     return out
 
 
-@dataclass
+class _Lazy:
+    """A look-up (`.get(key, default)`) that builds the Service port views it returns only when asked."""
+
+    def __init__(self, find: Callable[[Any], list[Any]]) -> None:
+        self._find = find
+        self._cache: dict[Any, list[Any]] = {}
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        found = self._cache.get(key)
+        if found is None:
+            found = self._cache[key] = self._find(key)
+        return found or default
+
+
+_ADDRESS_KINDS = {CLUSTER_IP: "ClusterIP", EXTERNAL_IP: "externalIP", LOAD_BALANCER: "LoadBalancer IP"}
+
+
 class Facts:
-    """Indexes over the view and the dump that every diagnosis may ask; built once per Explainer."""
+    """What every diagnosis may ask of one node, answered lazily: look-ups by address, nodePort, service port,
+    endpoint and chain read the layout's index of ways in and build the views of the Service ports they find,
+    and only those (a question about one address never builds the whole view)."""
 
-    analysis: Any  # iptrace.kube.analysis.Analysis
-    node_ips: tuple[str, ...]
-    node_ips_given: bool = True  # False when the node's addresses were guessed from the rules
-    pod_cidrs: tuple[str, ...] = ()
-    by_address: dict[str, list[tuple[Any, str]]] = field(default_factory=dict)  # ip -> [(svc, entry kind)]
-    by_endpoint_ip: dict[str, list[Any]] = field(default_factory=dict)
-    by_label: dict[str, list[Any]] = field(default_factory=dict)
-    node_ports: dict[int, list[Any]] = field(default_factory=dict)
-    service_ports: dict[int, list[Any]] = field(default_factory=dict)
-    way_lines: dict[tuple[str, str | None, int], list[int]] = field(default_factory=dict)  # (label, addr, port)
-    service_nets: frozenset[Any] = frozenset()  # the /16 (/112) around every ClusterIP
-    pod_nets: tuple[Any, ...] = ()
-    node_port_listing: str = "none"
-    has_cluster: bool = False
-    # With cluster data: compare_with_cluster's findings by service port label, and which labels own an
-    # address or a nodePort in the API (a Service missing from the rules is known only there).
-    findings_by_label: dict[str, list[Diagnosis]] = field(default_factory=dict)
-    api_ports_by_address: dict[str, set[tuple[str, int, str]]] = field(default_factory=dict)  # (label, port, proto)
-    api_labels_by_node_port: dict[int, set[str]] = field(default_factory=dict)
-
-    @property
-    def view(self) -> Any:
-        return self.analysis.view
-
-    @property
-    def proxy(self) -> ProxyMode:
-        return self.analysis.layout.proxy  # type: ignore[no-any-return]
-
-    @classmethod
-    def build(cls, analysis: Any, node_ips: Sequence[str], *, node_ips_given: bool = True,
-              pod_cidrs: Sequence[str] = ()) -> Facts:
-        f = cls(analysis, tuple(node_ips), node_ips_given, tuple(pod_cidrs))
-        nets = set()
-        for svc in analysis.view.services:
-            for ip, kind in addresses(svc):
-                f.by_address.setdefault(ip, []).append((svc, kind))
-            for ep in svc.endpoints:
-                f.by_endpoint_ip.setdefault(ep.ip, []).append(svc)
-            f.by_label.setdefault(label(svc), []).append(svc)
-            if svc.node_port:
-                f.node_ports.setdefault(svc.node_port, []).append(svc)
-            if svc.port:
-                f.service_ports.setdefault(svc.port, []).append(svc)
-            if svc.cluster_ip:
-                addr = ipaddress.ip_address(svc.cluster_ip)
-                nets.add(ipaddress.ip_network(f"{addr}/{16 if addr.version == 4 else 112}", strict=False))
-            for e in svc.entries:
-                if e.kind != HEALTH_CHECK:
-                    f.way_lines.setdefault((label(svc), e.address, e.port), []).extend(e.lines)
-        f.service_nets = frozenset(nets)
+    def __init__(self, analysis: Any, node_ips: Sequence[str], *, node_ips_given: bool = True,
+                 pod_cidrs: Sequence[str] = ()) -> None:
+        self.analysis = analysis
+        self.node_ips = tuple(node_ips)
+        self.node_ips_given = node_ips_given  # False when the node's addresses were guessed from the rules
+        self.pod_cidrs = tuple(pod_cidrs)
+        layout = analysis.layout
+        self._layout = layout
+        self._labels = ChainLabels(layout)
+        # ip -> [(svc, "ClusterIP" | "externalIP" | "LoadBalancer IP")]
+        self.by_address = _Lazy(self._at_address)
+        self.node_ports = _Lazy(lambda port: self._views(k for k, w in layout.ways_at(None)
+                                                         if w.kind == NODE_PORT and w.port == port))
+        self.service_ports = _Lazy(self._with_service_port)
+        self.by_endpoint_ip = _Lazy(lambda ip: [s for s in self._views(layout.endpoint_keys(ip))
+                                                if any(ep.ip == ip for ep in s.endpoints)])
+        self._service_port_keys: dict[int, list[str]] | None = None
+        self._service_nets: frozenset[Any] | None = None
         pod_nets = []
         for cidr in pod_cidrs:
             try:
                 pod_nets.append(ipaddress.ip_network(cidr, strict=False))
             except ValueError:
                 continue
-        f.pod_nets = tuple(pod_nets)
-        node_ports = sorted({(s.node_port, s.protocol.lower(), label(s)) for ports in f.node_ports.values()
-                             for s in ports})
-        listing = ", ".join(f"{p}/{pr} ({name})" for p, pr, name in node_ports[:12])
-        if len(node_ports) > 12:
-            listing += f" and {len(node_ports) - 12} more (`iptrace services`)"
-        f.node_port_listing = listing or "none"
-        return f
+        self.pod_nets = tuple(pod_nets)
+        self._listing: str | None = None
+        self._by_line: dict[int, str] | None = None
+        self.has_cluster = False
+        # With cluster data: compare_with_cluster's findings by service port label, and which labels own an
+        # address or a nodePort in the API (a Service missing from the rules is known only there).
+        self.findings_by_label: dict[str, list[Diagnosis]] = {}
+        self.api_ports_by_address: dict[str, set[tuple[str, int, str]]] = {}  # (label, port, proto)
+        self.api_labels_by_node_port: dict[int, set[str]] = {}
+
+    @classmethod
+    def build(cls, analysis: Any, node_ips: Sequence[str], *, node_ips_given: bool = True,
+              pod_cidrs: Sequence[str] = ()) -> Facts:
+        return cls(analysis, node_ips, node_ips_given=node_ips_given, pod_cidrs=pod_cidrs)
+
+    @property
+    def view(self) -> Any:
+        """The whole Service view (builds every Service port: only for questions about them all)."""
+        return self.analysis.view
+
+    @property
+    def proxy(self) -> ProxyMode:
+        return self._layout.proxy  # type: ignore[no-any-return]
+
+    def _views(self, keys: Iterable[str]) -> list[Any]:
+        return [self.analysis.port_view(k) for k in dict.fromkeys(keys)]
+
+    def _at_address(self, ip: str) -> list[tuple[Any, str]]:
+        out: dict[str, str] = {}
+        for key, way in self._layout.ways_at(ip):
+            if way.kind in _ADDRESS_KINDS:
+                out.setdefault(key, _ADDRESS_KINDS[way.kind])
+        return [(self.analysis.port_view(k), kind) for k, kind in out.items()]
+
+    def _with_service_port(self, port: int) -> list[Any]:
+        if self._service_port_keys is None:
+            index: dict[int, list[str]] = {}
+            for key, way in self._layout.ways:
+                if way.kind in _ADDRESS_KINDS and key not in index.setdefault(way.port, []):
+                    index[way.port].append(key)
+            self._service_port_keys = index
+        return [s for s in self._views(self._service_port_keys.get(port, [])) if s.port == port]
+
+    def ports_of_chains(self, chains: Iterable[str]) -> list[Any]:
+        """The Service ports owning any of `chains` (e.g. the chains an outcome entered)."""
+        return self._views(k for c in chains if (k := self._layout.chain_key(c)) is not None)
+
+    def chain_label(self, chain: str) -> str:
+        return str(self._labels.get(chain, chain))
+
+    @property
+    def node_port_listing(self) -> str:
+        if self._listing is None:
+            ports = sorted({(w.port, w.protocol, k) for k, w in self._layout.ways_at(None) if w.kind == NODE_PORT})
+            named = [(p, pr, self._labels.get(self._layout.service_port(k).cluster_chain or "") or
+                      self._layout.service_port(k).name or k) for p, pr, k in ports[:12]]
+            listing = ", ".join(f"{p}/{pr} ({name})" for p, pr, name in named)
+            if len(ports) > 12:
+                listing += f" and {len(ports) - 12} more (`iptrace services`)"
+            self._listing = listing or "none"
+        return self._listing
 
     def add_cluster(self, cluster: Any, findings: Iterable[Any]) -> None:
         """Index the API's Services and compare_with_cluster's findings (iptrace.kube.compare.Finding)."""
@@ -152,19 +196,23 @@ class Facts:
 
     def rules_for(self, svc: Any, address: str | None = None) -> list[int]:
         """The lines that write this service port's ways in at `address` (every address of it when None)."""
-        wanted = label(svc)
-        addrs = [address] if address else [ip for ip, _ in addresses(svc)]
-        out: list[int] = []
-        for ip in addrs:
-            out.extend(self.way_lines.get((wanted, ip, svc.port), ()))
-        return out
+        addrs = {address} if address else {ip for ip, _ in addresses(svc)}
+        return [line for e in svc.entries if e.kind != HEALTH_CHECK and e.address in addrs and e.port == svc.port
+                for line in e.lines]
 
     def node_port_lines(self, port: int) -> list[int]:
-        return [line for s in self.node_ports.get(port, []) for line in self.way_lines.get((label(s), None, port), ())]
+        return [line for s in self.node_ports.get(port, []) for e in s.entries
+                if e.kind == NODE_PORT and e.port == port for line in e.lines]
 
-    def service_lines(self, name: str) -> list[int]:
-        """Every way-in line of the service port `name` (its REJECT/DROP rules among them)."""
-        return [line for (lab, _a, _p), lines in self.way_lines.items() if lab == name for line in lines]
+    def ports_of_step(self, step: Step) -> list[Any]:
+        """The Service ports a rule on a path belongs to: by its chain, else by the way in it writes."""
+        found = self.ports_of_chains([step.chain])
+        if found:
+            return found
+        if self._by_line is None:
+            self._by_line = {line: key for key, way in self._layout.ways for line in way.lines}
+        key = self._by_line.get(step.line)
+        return [self.analysis.port_view(key)] if key is not None else []
 
     def is_node_address(self, ip: str) -> bool:
         return ip in self.node_ips or ipaddress.ip_address(ip).is_loopback
@@ -172,6 +220,18 @@ class Facts:
     def in_pod_network(self, ip: str) -> bool:
         addr = ipaddress.ip_address(ip)
         return any(addr.version == net.version and addr in net for net in self.pod_nets)
+
+    @property
+    def service_nets(self) -> frozenset[Any]:
+        """The /16 (/112) around every ClusterIP (read when a question needs it)."""
+        if self._service_nets is None:
+            nets = set()
+            for _key, way in self._layout.ways:
+                if way.kind == CLUSTER_IP and way.address:
+                    addr = ipaddress.ip_address(way.address)
+                    nets.add(ipaddress.ip_network(f"{addr}/{16 if addr.version == 4 else 112}", strict=False))
+            self._service_nets = frozenset(nets)
+        return self._service_nets
 
     def near_service_range(self, ip: str) -> str | None:
         addr = ipaddress.ip_address(ip)

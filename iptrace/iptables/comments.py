@@ -7,6 +7,7 @@ import re
 from functools import lru_cache
 
 from iptrace.dataplane import CLUSTER_IP, EXTERNAL_IP, HEALTH_CHECK, LOAD_BALANCER
+from iptrace.iptables.hashes import SERVICE_PORT_CHAIN_PREFIXES
 from iptrace.iptables.model import Ruleset
 
 _PORT_NAME = r"[^\s/]+/[^\s/:]+(?::\S*)?"
@@ -63,3 +64,15 @@ def comment_lines(ruleset: Ruleset) -> dict[str, int]:
         for i, text in enumerate(ruleset.trailer):
             out.setdefault(text, end + 1 + i)
     return out
+
+
+_PREFIXES = frozenset(SERVICE_PORT_CHAIN_PREFIXES)
+
+
+def chain_key(name: str) -> tuple[str, str] | None:
+    """("KUBE-SVC-", "<H>") for a per-service-port chain, else None."""
+    # Every prefix is "KUBE-<word>-": one find instead of a startswith per prefix (run over every chain name).
+    if not name.startswith("KUBE-"):
+        return None
+    prefix = name[:name.find("-", 5) + 1]
+    return (prefix, name[len(prefix):]) if prefix in _PREFIXES else None

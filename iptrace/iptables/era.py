@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from iptrace.dataplane import ProxyMode
+from iptrace.iptables.comments import comment_lines
 from iptrace.iptables.model import Chain, Rule, Ruleset, Table
 
 NONE = "none"
@@ -39,7 +41,7 @@ def detect(ruleset: Ruleset) -> Era:
     """Guess the kube-proxy mode and era from what the dump contains."""
     nat = ruleset.table("nat")
     filt = ruleset.table("filter")
-    chains = {c.name for t in ruleset.tables for c in t.chains}
+    tables = ruleset.tables
     comments = " ".join(ruleset.comments)
     legacy = LEGACY_WARNING in comments
     nft = NFT_INCOMPATIBLE in comments
@@ -54,19 +56,22 @@ def detect(ruleset: Ruleset) -> Era:
 
     # Every prefix is "KUBE-<word>-": one pass collects the prefix of each chain name instead of one scan of
     # 100,000 names per prefix.
-    heads = {c[:c.find("-", 5) + 1] for c in chains if c.startswith("KUBE-")}
+    heads = {c.name[:c.name.find("-", 5) + 1] for t in tables for c in t.chains if c.name.startswith("KUBE-")}
     has = {prefix: prefix in heads
            for prefix in ("KUBE-XLB-", "KUBE-EXT-", "KUBE-SVL-", "KUBE-SVC-", "KUBE-SEP-", "KUBE-FW-",
                           "KUBE-PORTALS-", "KUBE-NODEPORT-")}
     kube_services = nat is not None and "KUBE-SERVICES" in nat
-    if "KUBE-IPVS-FILTER" in chains or "KUBE-LOAD-BALANCER" in chains or _ipvs_sets(ruleset):
+    def has_chain(name: str) -> bool:
+        return any(name in t for t in tables)
+
+    if has_chain("KUBE-IPVS-FILTER") or has_chain("KUBE-LOAD-BALANCER") or _ipvs_sets(ruleset):
         evidence.append("IPVS-mode chains or ipsets (KUBE-LOAD-BALANCER, KUBE-CLUSTER-IP set matches)")
         return era(IPVS)
     if has["KUBE-PORTALS-"] or has["KUBE-NODEPORT-"]:
         evidence.append("KUBE-PORTALS-*/KUBE-NODEPORT-* chains (userspace proxier)")
         return era(USERSPACE, "≤1.25")
     if kube_services and (has["KUBE-SVC-"] or has["KUBE-SEP-"] or has["KUBE-XLB-"] or has["KUBE-EXT-"]
-                          or (nat is not None and any(c.rules for c in nat.chains if c.name == "KUBE-SERVICES"))):
+                          or (nat is not None and bool(nat.chain("KUBE-SERVICES").rules))):  # type: ignore[union-attr]
         if has["KUBE-XLB-"]:
             evidence.append("KUBE-XLB-* chains (externalTrafficPolicy=Local before KEP-3178)")
             return era(XLB, "≤1.23")
@@ -81,7 +86,7 @@ def detect(ruleset: Ruleset) -> Era:
     if kube_services:
         evidence.append("an empty KUBE-SERVICES chain: kube-proxy runs but no Service has endpoints yet?")
         return era(EXT)
-    if "KUBE-KUBELET-CANARY" in chains or "KUBE-FIREWALL" in chains:
+    if has_chain("KUBE-KUBELET-CANARY") or has_chain("KUBE-FIREWALL"):
         evidence.append("kubelet's chains (KUBE-KUBELET-CANARY/KUBE-FIREWALL) but no KUBE-SERVICES: kube-proxy is "
                         "not in iptables mode here")
     if nft:
@@ -105,3 +110,35 @@ def _ipvs_sets(ruleset: Ruleset) -> bool:
     if services is None:
         return False
     return any("KUBE-CLUSTER-IP" in r.text for r in services.rules[:50])
+
+
+def proxy_mode(ruleset: Ruleset) -> ProxyMode:
+    """kube-proxy's mode and era as this dump shows them (era.py)."""
+    detected = detect(ruleset)
+    mode = {XLB: "iptables", EXT: "iptables", IPVS: "ipvs", NFTABLES: "nftables",
+            USERSPACE: "userspace"}.get(detected.name, "none")
+    warning = None
+    if detected.legacy_tables_present:
+        warning = next(((line, text) for text, line in comment_lines(ruleset).items()
+                        if LEGACY_WARNING in text), None)
+    return ProxyMode("iptables", mode, detected.name, detected.evidence, detected.version_hint,
+                     detected.legacy_tables_present, detected.nft_tables_present, warning,
+                     itp_filters_cluster_chain=detected.name == XLB)
+
+
+def no_rules_warnings(proxy: ProxyMode) -> list[str]:
+    what = {
+        "ipvs": "kube-proxy runs in IPVS mode: Services live in IPVS virtual servers (ipvsadm -Ln) and ipsets, "
+                "not in iptables chains",
+        "nftables": "no kube-proxy iptables rules; the dump says some tables are managed by nftables "
+                    "(kube-proxy nftables mode? see `nft list table ip kube-proxy`)",
+        "userspace": "kube-proxy runs in userspace mode: it picks endpoints itself; iptables only redirect "
+                     "Service traffic to its local proxy ports",
+        "none": "no kube-proxy iptables rules (no KUBE-SERVICES chain): kube-proxy is not running in iptables "
+                "mode on this node, or a replacement (Cilium, kube-router IPVS, …) handles Services",
+    }
+    out = [what.get(proxy.mode, f"kube-proxy mode {proxy.name}: no iptables service rules"), *proxy.evidence]
+    if proxy.legacy_tables_present:
+        out.append("kube-proxy may have written its rules through the other backend: look at "
+                   "`iptables-legacy-save` from this node")
+    return out

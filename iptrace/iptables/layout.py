@@ -26,36 +26,31 @@ from iptrace.dataplane import (
     NODE_PORT,
     KnownServicePort,
     Layout,
+    LayoutIndex,
     NodePortAddresses,
     ProxyMode,
     ServicePortLayout,
     WayIn,
 )
-from iptrace.iptables import era as era_mod
-from iptrace.iptables.comments import comment_lines, parse_comment
+from iptrace.iptables.comments import chain_key, parse_comment
+from iptrace.iptables.era import no_rules_warnings, proxy_mode
 from iptrace.iptables.facts import RuleFacts, read
-from iptrace.iptables.hashes import SERVICE_PORT_CHAIN_PREFIXES, service_port_chain
-from iptrace.iptables.model import Chain, Ruleset
-from iptrace.iptables.sources import endpoint_ips, infer_node_ips
+from iptrace.iptables.hashes import service_port_chain
+from iptrace.iptables.kube_chains import (
+    FILTER_CHAINS,
+    MASQ_CHAIN,
+    NODEPORTS,
+    PROXY_FIREWALL,
+    SEP,
+    SERVICES,
+    KubeChains,
+)
+from iptrace.iptables.model import Ruleset
+from iptrace.iptables.sources import infer_node_ips
 
-MASQ_CHAIN = "KUBE-MARK-MASQ"
 DROP_CHAIN = "KUBE-MARK-DROP"
-NODEPORTS = "KUBE-NODEPORTS"
-SERVICES = "KUBE-SERVICES"
-EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"
-PROXY_FIREWALL = "KUBE-PROXY-FIREWALL"
-SEP = "KUBE-SEP-"
-_FILTER_CHAINS = (SERVICES, EXTERNAL_SERVICES, NODEPORTS, PROXY_FIREWALL)
 _LOCAL_PREFIXES = ("KUBE-SVL-", "KUBE-XLB-")
 _RULE_LINE = itemgetter(3)  # Rule.line, read straight from the tuple
-
-def chain_key(name: str) -> tuple[str, str] | None:
-    """("KUBE-SVC-", "<H>") for a per-service-port chain, else None."""
-    for prefix in SERVICE_PORT_CHAIN_PREFIXES:
-        if name.startswith(prefix):
-            return prefix, name[len(prefix):]
-    return None
-
 
 def _port(text: str | None) -> int | None:
     if text is None:
@@ -79,39 +74,6 @@ def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
 
 
 # ------------------------------------------------------------------------------------------------ reading
-
-
-class _Tables:
-    """The rules of the chains kube-proxy owns, read once into RuleFacts (endpoint chains only on demand)."""
-
-    def __init__(self, ruleset: Ruleset) -> None:
-        self.nat: dict[str, list[RuleFacts]] = {}
-        self.filter: dict[str, list[RuleFacts]] = {}
-        self.nat_chains: dict[str, Chain] = {}
-        self.sep_chains: dict[str, Chain] = {}
-        self._sep_facts: dict[str, list[RuleFacts]] = {}
-        nat = ruleset.table("nat")
-        filt = ruleset.table("filter")
-        if nat is not None:
-            for chain in nat.chains:
-                name = chain.name
-                self.nat_chains[name] = chain
-                if name.startswith(SEP):
-                    self.sep_chains[name] = chain  # half of a big dump: read only when a name is missing
-                elif name.startswith("KUBE-") or name == "POSTROUTING":
-                    self.nat[name] = [read(r) for r in chain.rules]
-        if filt is not None:
-            for name in _FILTER_CHAINS:
-                found = filt.chain(name)
-                if found is not None:
-                    self.filter[name] = [read(r) for r in found.rules]
-
-    def sep_facts(self, name: str) -> list[RuleFacts]:
-        facts = self._sep_facts.get(name)
-        if facts is None:
-            chain = self.sep_chains.get(name)
-            facts = self._sep_facts[name] = [read(r) for r in chain.rules] if chain is not None else []
-        return facts
 
 
 @dataclass
@@ -156,7 +118,7 @@ class _Reader:
     def __init__(self, ruleset: Ruleset, known: Sequence[KnownServicePort]) -> None:
         self.ruleset = ruleset
         self.known = known
-        self.tables = _Tables(ruleset)
+        self.tables = KubeChains(ruleset)
         self.groups: dict[str, _Group] = {}
         self.by_name: dict[str, str] = {}  # "ns/svc:port|proto" -> group key
         self.by_address: dict[tuple[str | None, int, str], str] = {}  # (address, port, proto) -> group key
@@ -191,15 +153,16 @@ class _Reader:
             self.by_address.setdefault((address, port, proto), g.key)
         return g.seed(kind, address, port, proto)
 
-    def collect_chains(self) -> None:
-        for chain, facts in self.tables.nat.items():
-            split = chain_key(chain)
-            if split is None:
-                continue
-            prefix, key = split
-            g = self.group(key)
-            g.chains[prefix] = chain
-            for f in facts:
+    def collect_groups(self) -> None:
+        """A group per chain-name hash, from the chain names alone (their rules are read per group)."""
+        for chain, (prefix, key) in self.tables.service_chains.items():
+            self.group(key).chains[prefix] = chain
+
+    def complete(self, g: _Group) -> None:
+        """What a group's own chains say: its name and protocol when the dispatch did not, and the
+        "has no local endpoints" drop (read when the group's Service port is asked for)."""
+        for chain in g.chains.values():
+            for f in self.tables.facts(chain):
                 if f.comment:
                     if g.name is None:
                         parsed = parse_comment(f.comment)
@@ -211,22 +174,19 @@ class _Reader:
                     g.protocol = f.proto.lower()
             if g.name is not None and g.protocol is not None:
                 continue
-            for f in facts:  # the endpoint chains still carry the name and protocol (2015, XLB era)
+            for f in self.tables.facts(chain):  # the endpoint chains still carry the name and protocol (2015, XLB)
                 if f.target.startswith(SEP):
-                    for sf in self.tables.sep_facts(f.target):
+                    for sf in self.tables.facts(f.target):
                         if sf.proto and g.protocol is None:
                             g.protocol = sf.proto.lower()
                         if sf.comment and g.name is None:
                             parsed = parse_comment(sf.comment)
                             if parsed is not None:
                                 self.name_group(g, parsed[0])
-        for g in self.groups.values():
-            if g.name is not None:
-                self.by_name.setdefault(f"{g.name}|{g.protocol or 'tcp'}", g.key)
 
     def collect_ways_in(self) -> None:
         # nat KUBE-SERVICES: the ClusterIP, external IP and LB IP jumps.
-        for f in self.tables.nat.get(SERVICES, ()):
+        for f in self.tables.facts(SERVICES):
             split = chain_key(f.target)
             if split is None:
                 continue
@@ -252,11 +212,13 @@ class _Reader:
             proto = (f.proto or g.protocol or "tcp").lower()
             if g.protocol is None:
                 g.protocol = proto
+            if g.name is not None:
+                self.by_name.setdefault(f"{g.name}|{g.protocol}", g.key)
             seed = self.add_seed(g, kind, f.dst, port, proto)
             seed.chain = seed.chain or f.target
             seed.lines.append(f.line)
         # nat KUBE-NODEPORTS: nodePorts (and the localhost copy of each, ~1.29+).
-        for f in self.tables.nat.get(NODEPORTS, ()):
+        for f in self.tables.facts(NODEPORTS):
             split = chain_key(f.target)
             if split is None:
                 continue
@@ -276,7 +238,7 @@ class _Reader:
             else:
                 seed.chain = seed.chain or f.target
         # filter: REJECT/DROP for services without (local) endpoints, health checks, the LB firewall.
-        for chain in _FILTER_CHAINS:
+        for chain in FILTER_CHAINS:
             for f in self.tables.filter.get(chain, ()):
                 self.filter_rule(chain, f)
 
@@ -352,14 +314,14 @@ class _Reader:
     # -- node-level facts
 
     def node_port_addresses(self) -> NodePortAddresses:
-        jumps = [f for f in self.tables.nat.get(SERVICES, ()) if f.target == NODEPORTS]
+        jumps = [f for f in self.tables.facts(SERVICES) if f.target == NODEPORTS]
         if not jumps:
             return NodePortAddresses("none")
         lines = tuple(f.line for f in jumps)
         addresses = tuple(f.dst for f in jumps if f.dst is not None and not f.dst_neg)
         excluded = tuple(f.dst for f in jumps if f.dst is not None and f.dst_neg)
         localhost_rules = any(f.dst is not None and not f.dst_neg and is_loopback(f.dst)
-                              for f in self.tables.nat.get(NODEPORTS, ()))
+                              for f in self.tables.facts(NODEPORTS))
         localhost: bool | None
         if addresses:
             mode = "addresses"
@@ -379,11 +341,21 @@ class _Reader:
         """The pod CIDRs and pod interfaces kube-proxy's local-traffic detector wrote into its rules."""
         cidrs: list[str] = []
         ifaces: list[str] = []
-        for chain, facts in self.tables.nat.items():
-            if not (chain == SERVICES or chain_key(chain) is not None):
+        for chain in (SERVICES, *self.tables.service_chains):
+            found = self.tables.nat_chains.get(chain)
+            if found is None:
                 continue
             short_circuit = chain.startswith(("KUBE-EXT-", "KUBE-XLB-"))
-            for f in facts:
+            # Only rules with a source or an input interface can be the detector's, and syncProxyRules writes
+            # them before the endpoint jumps: read just those (this runs over every service chain of the dump).
+            candidates = []
+            for r in found.rules:
+                text = r[1]
+                if "-j KUBE-SEP-" in text or "-g KUBE-SEP-" in text:
+                    break
+                if "-s " in text or "-i " in text:
+                    candidates.append(r)
+            for f in map(read, candidates):
                 masq = f.target == MASQ_CHAIN
                 # "! -s <podCIDR> -j KUBE-MARK-MASQ" (cluster IP) or "-s <podCIDR> -j KUBE-SVC-…" (pods
                 # short-circuited past externalTrafficPolicy=Local); the same with -i for interface detection.
@@ -398,13 +370,13 @@ class _Reader:
 
     def masquerade(self) -> tuple[str | None, bool]:
         mark: str | None = None
-        for f in self.tables.nat.get(MASQ_CHAIN, ()):
+        for f in self.tables.facts(MASQ_CHAIN):
             if f.target == "MARK" and f.set_mark:
                 mark = f.set_mark.split("/", 1)[0]
                 break
         random_fully = False
         for chain in ("KUBE-POSTROUTING", "POSTROUTING"):
-            for f in self.tables.nat.get(chain, ()):
+            for f in self.tables.facts(chain):
                 if f.target == "MASQUERADE" and (chain == "KUBE-POSTROUTING" or
                                                  (f.comment or "").startswith("kubernetes")):
                     random_fully = random_fully or f.random_fully
@@ -418,13 +390,29 @@ class _Reader:
         """The KUBE-SEP chains a load-balancing chain jumps to, in rule order."""
         if chain is None:
             return []
-        return list(dict.fromkeys(f.target for f in self.tables.nat.get(chain, ()) if f.target.startswith(SEP)))
+        return list(dict.fromkeys(f.target for f in self.tables.facts(chain) if f.target.startswith(SEP)))
+
+    @staticmethod
+    def ways_in(g: _Group) -> tuple[WayIn, ...]:
+        seeds = sorted(g.seeds.values(), key=lambda s: (ENTRY_KINDS.index(s.kind), s.address or "", s.port))
+        return tuple(WayIn(s.kind, s.address, s.port, s.protocol if s.kind != HEALTH_CHECK else "tcp", s.chain,
+                           tuple(sorted(set(s.lines))), tuple(dict.fromkeys(s.notes))) for s in seeds)
+
+    def endpoint_keys(self, ip: str) -> tuple[str, ...]:
+        """The groups whose load-balancing chains jump to an endpoint chain that DNATs to `ip`."""
+        needle = f"--to-destination [{ip}]:" if ":" in ip else f"--to-destination {ip}:"
+        seps = {name for name, chain in self.tables.sep_chains.items()
+                if any(needle in r[1] or r[1].endswith(f"--to-destination {ip}") for r in chain.rules)}
+        if not seps:
+            return ()
+        return tuple(g.key for g in self.groups.values()
+                     if any(sep in seps for c in (g.chains.get("KUBE-SVC-"), g.chains.get("KUBE-SVL-"),
+                                                  g.chains.get("KUBE-XLB-")) for sep in self.endpoint_chains(c)))
 
     def service_port(self, g: _Group, hash_names: dict[str, str]) -> ServicePortLayout:
+        self.complete(g)
         tables = self.tables
-        seeds = sorted(g.seeds.values(), key=lambda s: (ENTRY_KINDS.index(s.kind), s.address or "", s.port))
-        ways_in = tuple(WayIn(s.kind, s.address, s.port, s.protocol if s.kind != HEALTH_CHECK else "tcp", s.chain,
-                              tuple(sorted(set(s.lines))), tuple(dict.fromkeys(s.notes))) for s in seeds)
+        ways_in = self.ways_in(g)
         cluster_chain = g.chains.get("KUBE-SVC-")
         local_chain = g.chains.get("KUBE-SVL-") or g.chains.get("KUBE-XLB-")
         endpoint_chains = list(dict.fromkeys([*self.endpoint_chains(cluster_chain),
@@ -433,7 +421,7 @@ class _Reader:
         ranges: list[str] = []
         fw = g.chains.get("KUBE-FW-")
         if fw is not None:
-            for f in tables.nat.get(fw, ()):
+            for f in tables.facts(fw):
                 if f.src is not None and not f.src_neg and f.target.startswith(("KUBE-EXT-", "KUBE-SVC-", "KUBE-XLB-")):
                     if f.src in lb_ips and "/" not in f.src:
                         continue  # kube-proxy's "allow the node itself" rule for a VIP-style LB
@@ -445,7 +433,7 @@ class _Reader:
             ext_local = "KUBE-XLB-" in g.chains or g.etp_local_drop
             if not ext_local and ext_chain is not None:
                 ext_local = any(f.target.startswith("KUBE-SVL-") or f.src_type is not None
-                                for f in tables.nat.get(ext_chain, ()))
+                                for f in tables.facts(ext_chain))
             if ext_local:
                 etp = "Local"
             elif g.chains or not g.no_endpoints:
@@ -459,7 +447,7 @@ class _Reader:
                 itp = "Cluster"
         affinity: int | None = None
         for chain in (cluster_chain, local_chain):
-            for f in tables.nat.get(chain or "", ()):
+            for f in tables.facts(chain) if chain else ():
                 if f.recent_check and f.seconds is not None and affinity is None:
                     affinity = _port(f.seconds)
         lines: set[int] = set(g.lines)
@@ -503,27 +491,13 @@ def _known_by_address(known: Sequence[KnownServicePort], address: str | None, po
     return None
 
 
-def proxy_mode(ruleset: Ruleset) -> ProxyMode:
-    """kube-proxy's mode and era as this dump shows them (era.py)."""
-    detected = era_mod.detect(ruleset)
-    mode = {era_mod.XLB: "iptables", era_mod.EXT: "iptables", era_mod.IPVS: "ipvs", era_mod.NFTABLES: "nftables",
-            era_mod.USERSPACE: "userspace"}.get(detected.name, "none")
-    warning = None
-    if detected.legacy_tables_present:
-        warning = next(((line, text) for text, line in comment_lines(ruleset).items()
-                        if era_mod.LEGACY_WARNING in text), None)
-    return ProxyMode("iptables", mode, detected.name, detected.evidence, detected.version_hint,
-                     detected.legacy_tables_present, detected.nft_tables_present, warning,
-                     itp_filters_cluster_chain=detected.name == era_mod.XLB)
-
-
 def read_layout(ruleset: Ruleset, family: str | None = None, *,
                 known: Sequence[KnownServicePort] = ()) -> Layout:
     """kube-proxy's layout in `ruleset`. Never raises for odd rules (they become warnings)."""
     family = family or ruleset.family
     proxy = proxy_mode(ruleset)
     if proxy.mode not in ("iptables",) or family != ruleset.family:
-        return Layout(proxy, family, (), NodePortAddresses("none"), (), (), (), frozenset(), None, False,
+        return Layout(proxy, family, NodePortAddresses("none"), (), (), (), frozenset(), None, False,
                       tuple(no_rules_warnings(proxy)) if family == ruleset.family else ())
     enabled = gc.isenabled()
     gc.disable()  # ~10^5 small acyclic objects: the cyclic collector would only rescan the whole ruleset
@@ -536,40 +510,36 @@ def read_layout(ruleset: Ruleset, family: str | None = None, *,
 
 def _read(ruleset: Ruleset, proxy: ProxyMode, known: Sequence[KnownServicePort]) -> Layout:
     r = _Reader(ruleset, known)
-    r.collect_chains()
+    r.collect_groups()
     r.collect_ways_in()
     pod_cidrs, pod_ifaces = r.pod_detection()
     mark, random_fully = r.masquerade()
     hash_names = {service_port_chain("", k.name, k.protocol): k.name for k in known}
-    ports = [r.service_port(g, hash_names) for g in r.groups.values()]
-    used = {c for p in ports for c in p.chains}
+    groups = r.groups
     warnings: list[str] = []
-    orphans = sorted(c for c in r.tables.sep_chains if c not in used)
-    if orphans:
-        shown = ", ".join(orphans[:5]) + (f" and {len(orphans) - 5} more" if len(orphans) > 5 else "")
-        warnings.append(f"{len(orphans)} KUBE-SEP chain(s) no service chain jumps to: {shown}")
     if proxy.legacy_tables_present:
         warnings.append("the dump warns that iptables-legacy tables are present: the rules that matter may be "
                         "in the other backend (iptables-legacy-save)")
     warnings.extend(r.warnings)
-    return Layout(proxy, ruleset.family, tuple(ports), r.node_port_addresses(), pod_cidrs, pod_ifaces,
-                  tuple(infer_node_ips(ruleset)), frozenset(endpoint_ips(ruleset)), mark, random_fully,
-                  tuple(dict.fromkeys(warnings)))
 
+    def orphans(ports: tuple[ServicePortLayout, ...]) -> tuple[str, ...]:
+        used = {c for p in ports for c in p.chains}
+        left = sorted(c for c in r.tables.sep_chains if c not in used)
+        if not left:
+            return ()
+        shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+        return (f"{len(left)} KUBE-SEP chain(s) no service chain jumps to: {shown}",)
 
-def no_rules_warnings(proxy: ProxyMode) -> list[str]:
-    what = {
-        "ipvs": "kube-proxy runs in IPVS mode: Services live in IPVS virtual servers (ipvsadm -Ln) and ipsets, "
-                "not in iptables chains",
-        "nftables": "no kube-proxy iptables rules; the dump says some tables are managed by nftables "
-                    "(kube-proxy nftables mode? see `nft list table ip kube-proxy`)",
-        "userspace": "kube-proxy runs in userspace mode: it picks endpoints itself; iptables only redirect "
-                     "Service traffic to its local proxy ports",
-        "none": "no kube-proxy iptables rules (no KUBE-SERVICES chain): kube-proxy is not running in iptables "
-                "mode on this node, or a replacement (Cilium, kube-router IPVS, …) handles Services",
-    }
-    out = [what.get(proxy.mode, f"kube-proxy mode {proxy.name}: no iptables service rules"), *proxy.evidence]
-    if proxy.legacy_tables_present:
-        out.append("kube-proxy may have written its rules through the other backend: look at "
-                   "`iptables-legacy-save` from this node")
-    return out
+    def key_of(chain: str) -> str | None:
+        split = chain_key(chain)
+        return split[1] if split is not None and split[1] in groups else None
+
+    index = LayoutIndex(
+        ways=tuple((g.key, way) for g in groups.values() for way in r.ways_in(g)),
+        keys=tuple(groups),
+        build=lambda key: r.service_port(groups[key], hash_names),
+        endpoint_keys=r.endpoint_keys,
+        chain_key=key_of)
+    return Layout(proxy, ruleset.family, r.node_port_addresses(), pod_cidrs, pod_ifaces,
+                  tuple(infer_node_ips(ruleset)), r.tables.endpoint_ips, mark, random_fully,
+                  tuple(dict.fromkeys(warnings)), index, orphans)

@@ -74,7 +74,8 @@ def infer_node_ips(ruleset: Ruleset) -> list[str]:
 
 
 def endpoint_ips(ruleset: Ruleset) -> set[str]:
-    """Addresses of endpoints (`-s EP -j KUBE-MARK-MASQ` hairpin rules in KUBE-SEP chains)."""
+    """Addresses of endpoints: the `-s EP` of the hairpin rule that starts every KUBE-SEP chain (read from the
+    rule's text: a big dump has ~10^5 endpoint chains)."""
     out: set[str] = set()
     nat = ruleset.table("nat")
     if nat is None:
@@ -82,7 +83,7 @@ def endpoint_ips(ruleset: Ruleset) -> set[str]:
     for chain in nat.chains:
         if chain.name.startswith("KUBE-SEP-"):
             for rule in chain.rules:
-                opt = rule.option("-s")
-                if opt is not None and not opt.negated:
-                    out.add(opt.value.split("/")[0])
+                text = rule.text
+                if text.startswith("-s "):
+                    out.add(text[3:].split(None, 1)[0].split("/")[0])
     return out

@@ -5,23 +5,34 @@ which one it is."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from iptrace.dataplane import Dataplane, KnownServicePort, Layout, Tracer
-from iptrace.kube.view import KubeView, build_view, chain_labels, view_node_ips
+from iptrace.kube.view import KubeView, ServicePortView, ViewBuilder, chain_labels, view_node_ips
 
 
-@dataclass(frozen=True)
 class Analysis:
-    dataplane: Dataplane
-    ruleset: Any  # the dataplane's own model, read through iptrace.dataplane.Ruleset
-    family: str
-    layout: Layout
-    tracer: Tracer  # knows the node addresses (and a placeholder when none is known, see view_node_ips)
-    view: KubeView
-    node_ips: tuple[str, ...]  # as given (or collected); empty when unknown
-    node_ips_given: bool
+    """The dataplane, its ruleset, the layout, the tracer and the Service view of one node for one family. The
+    view is built when first read (`view`), one Service port at a time when only some are asked for
+    (`port_view`): a question about one address never pays for the whole dump."""
+
+    def __init__(self, dataplane: Dataplane, ruleset: Any, family: str, layout: Layout, tracer: Tracer,
+                 node_ips: Sequence[str], view_ips: Sequence[str]) -> None:
+        self.dataplane = dataplane
+        self.ruleset = ruleset  # the dataplane's own model, read through iptrace.dataplane.Ruleset
+        self.family = family
+        self.layout = layout
+        self.tracer = tracer  # knows the node addresses (and a placeholder when none is known: view_node_ips)
+        self.node_ips = tuple(node_ips)  # as given (or collected); empty when unknown
+        self.node_ips_given = bool(node_ips)
+        self.views = ViewBuilder(layout, tracer, source=ruleset.source, node_ips=view_ips)
+
+    @property
+    def view(self) -> KubeView:
+        return self.views.view()
+
+    def port_view(self, key: str) -> ServicePortView:
+        return self.views.port(key)
 
 
 def known_ports(cluster: Any, family: str) -> tuple[KnownServicePort, ...]:
@@ -43,8 +54,6 @@ def analyse(dataplane: Dataplane, ruleset: Any, family: str | None = None, *, no
     """Layout, tracer and view of `ruleset` for `family` (default: its first)."""
     family = family or ruleset.families[0]
     layout = dataplane.layout(ruleset, family, known=known_ports(cluster, family))
-    labels = chain_labels(layout)
-    tracer = dataplane.tracer(ruleset, node_ips=view_node_ips(layout, node_ips), pod_cidrs=layout.pod_cidrs,
-                              names=labels)
-    view = build_view(layout, tracer, source=ruleset.source, node_ips=view_node_ips(layout, node_ips))
-    return Analysis(dataplane, ruleset, family, layout, tracer, view, tuple(node_ips), bool(node_ips))
+    view_ips = view_node_ips(layout, node_ips)
+    tracer = dataplane.tracer(ruleset, node_ips=view_ips, pod_cidrs=layout.pod_cidrs, names=chain_labels(layout))
+    return Analysis(dataplane, ruleset, family, layout, tracer, node_ips, view_ips)

@@ -4,7 +4,7 @@ outside the cluster), chosen from what the layout reveals. Dataplane-free and pu
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Collection, Sequence
+from collections.abc import Container, Sequence
 from typing import Literal
 
 from iptrace.errors import InputError
@@ -28,7 +28,7 @@ def of_family(addresses: Sequence[str], family: str) -> list[str]:
 
 
 def pick_source(kind: SourceKind | str, family: str, node_ips: Sequence[str] = (), pod_cidrs: Sequence[str] = (),
-                endpoint_ips: Collection[str] = ()) -> tuple[str, str]:
+                endpoint_ips: Container[str] = ()) -> tuple[str, str]:
     """A source address of `kind`, and the assumption that choice makes (for the trace).
 
     pod: an address inside the pod CIDR that is no endpoint (so that no hairpin rule fires by accident);
@@ -40,10 +40,9 @@ def pick_source(kind: SourceKind | str, family: str, node_ips: Sequence[str] = (
     if kind == "pod":
         fallback = not cidrs
         net = ipaddress.ip_network(cidrs[0] if cidrs else _FALLBACK_POD_CIDR[version], strict=False)
-        taken = set(endpoint_ips) | set(nodes)
         for offset in range(2, min(net.num_addresses, 4096)):
             candidate = str(net.network_address + offset)
-            if candidate not in taken:
+            if candidate not in nodes and candidate not in endpoint_ips:
                 break
         else:
             candidate = str(net.network_address)
@@ -64,7 +63,7 @@ def pick_source(kind: SourceKind | str, family: str, node_ips: Sequence[str] = (
     raise InputError(f"unknown source kind {kind!r}; expected pod, node, external or an IP address")
 
 
-def outside(family: str, taken: Collection[str], ranges: Sequence[str]) -> str | None:
+def outside(family: str, taken: Container[str], ranges: Sequence[str]) -> str | None:
     """A documentation address that is none of `taken` and in none of `ranges` (CIDRs)."""
     nets = [ipaddress.ip_network(c, strict=False) for c in ranges]
     for candidate in (EXTERNAL_V6 if _version(family) == 6 else EXTERNAL_V4):
@@ -74,7 +73,7 @@ def outside(family: str, taken: Collection[str], ranges: Sequence[str]) -> str |
     return None
 
 
-def inside(cidr: str, taken: Collection[str]) -> str | None:
+def inside(cidr: str, taken: Container[str]) -> str | None:
     """An address inside `cidr` (a loadBalancerSourceRange) that is none of `taken`."""
     try:
         net = ipaddress.ip_network(cidr, strict=False)

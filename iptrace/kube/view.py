@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import gc
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from iptrace.dataplane import (
     CLUSTER_IP,
@@ -248,6 +248,17 @@ def _split_destination(text: str) -> tuple[str, int | None]:
 
 
 @dataclass(frozen=True, slots=True)
+class _Taken:
+    """Addresses a representative client must not have: a few known ones, and every endpoint's."""
+
+    addresses: frozenset[str]
+    endpoints: Container[str]
+
+    def __contains__(self, ip: object) -> bool:
+        return ip in self.addresses or ip in self.endpoints
+
+
+@dataclass(frozen=True, slots=True)
 class Clients:
     """The representative source of each kind of client, and where NodePorts are traced to."""
 
@@ -255,7 +266,7 @@ class Clients:
     pod: str
     node: str
     node_address: str  # the node address NodePorts are traced to
-    taken: frozenset[str]  # node, pod and endpoint addresses (never picked for a source-range client)
+    taken: _Taken  # node, pod and endpoint addresses (never picked for a source-range client)
 
     @classmethod
     def for_layout(cls, layout: Layout, node_ips: Sequence[str]) -> Clients:
@@ -266,8 +277,7 @@ class Clients:
         external = pick_source("external", family, known, layout.pod_cidrs)[0]
         pod = pick_source("pod", family, known, layout.pod_cidrs, layout.endpoint_ips)[0]
         node = pick_source("node", family, known)[0]
-        return cls(external, pod, node, node_address,
-                   frozenset({*known, pod, external, *layout.endpoint_ips}))
+        return cls(external, pod, node, node_address, _Taken(frozenset({*known, pod, external}), layout.endpoint_ips))
 
     def packets(self, way: WayIn, source_ranges: Sequence[str], family: str) -> tuple[str, list[tuple[str, str]]]:
         """The destination a way in is traced to, and (kind of client, source address) for each client: for a
@@ -276,7 +286,7 @@ class Clients:
         dst = way.address if way.address is not None else self.node_address
         sources: list[tuple[str, str]] = []
         if way.kind == LOAD_BALANCER and source_ranges:
-            taken = self.taken | {dst}
+            taken = _Taken(self.taken.addresses | {dst}, self.taken.endpoints)
             sources.append((EXTERNAL, inside(source_ranges[0], taken) or self.external))
             outer = outside(family, taken, source_ranges)
             if outer is not None:
@@ -427,34 +437,89 @@ class _Builder:
             chains=sp.chains, lines=sp.lines, identity=sp.identity, notes=sp.notes)
 
 
-def chain_labels(layout: Layout) -> dict[str, str]:
-    """chain -> "ns/svc:port" for every chain of a named Service port (what a trace says an outcome is)."""
-    labels: dict[str, str] = {}
-    for sp in layout.service_ports:
-        label = sp.name or sp.cluster_chain or sp.key
-        for c in sp.chains:
-            labels[c] = label
-    return labels
+class ChainLabels(Mapping[str, str]):
+    """chain -> "ns/svc:port" (what a trace says an outcome belongs to), resolved one chain at a time through
+    the layout, so that tracing one packet reads only the Service ports it meets."""
+
+    def __init__(self, layout: Layout) -> None:
+        self._layout = layout
+        self._known: dict[str, str | None] = {}
+
+    def get(self, chain: str, default: Any = None) -> Any:
+        if chain not in self._known:
+            key = self._layout.chain_key(chain)
+            if key is None:
+                self._known[chain] = None
+            else:
+                sp = self._layout.service_port(key)
+                self._known[chain] = sp.name or sp.cluster_chain or sp.key
+        found = self._known[chain]
+        return default if found is None else found
+
+    def __getitem__(self, chain: str) -> str:
+        found = self.get(chain)
+        if found is None:
+            raise KeyError(chain)
+        return str(found)
+
+    def __iter__(self) -> Iterator[str]:
+        for sp in self._layout.service_ports:
+            yield from sp.chains
+
+    def __len__(self) -> int:
+        return sum(len(sp.chains) for sp in self._layout.service_ports)
+
+
+def chain_labels(layout: Layout) -> ChainLabels:
+    return ChainLabels(layout)
+
+
+class ViewBuilder:
+    """Builds the view of one Service port at a time (memoised), or of them all."""
+
+    def __init__(self, layout: Layout, tracer: Tracer, *, source: str = "<dump>", node_ips: Sequence[str] = ()) -> None:
+        self.layout = layout
+        self.source = source
+        self.clients = Clients.for_layout(layout, node_ips)
+        self._builder = _Builder(layout, tracer, self.clients)
+        self._ports: dict[str, ServicePortView] = {}
+        self._view: KubeView | None = None
+
+    def port(self, key: str) -> ServicePortView:
+        found = self._ports.get(key)
+        if found is None:
+            enabled = gc.isenabled()
+            gc.disable()
+            try:
+                found = self._ports[key] = self._builder.service(self.layout.service_port(key))
+            finally:
+                if enabled:
+                    gc.enable()
+        return found
+
+    def view(self) -> KubeView:
+        if self._view is None:
+            layout = self.layout
+            enabled = gc.isenabled()
+            gc.disable()  # ~10^5 small acyclic objects: the cyclic collector would only rescan the whole ruleset
+            try:
+                services = [self.port(key) for key in layout.keys]
+            finally:
+                if enabled:
+                    gc.enable()
+            services.sort(key=lambda s: s.sort_key)
+            labels = {c: s.label for s in services for c in s.chains}
+            self._view = KubeView(layout.proxy, tuple(services), labels, layout.node_port_addresses,
+                                  layout.pod_cidrs, layout.pod_interfaces, layout.masquerade_mark,
+                                  layout.random_fully, layout.family, layout.warnings, self.source, self.clients)
+        return self._view
 
 
 def build_view(layout: Layout, tracer: Tracer, *, source: str = "<dump>", node_ips: Sequence[str] = ()) -> KubeView:
     """kube-proxy's view of every Service port of `layout`, each way in traced with `tracer` for every kind of
     client. `node_ips` are the node's own addresses (the tracer must know them too); NodePorts are traced to
     the first (or to a documentation placeholder when none is known: the tracer is then built with it)."""
-    clients = Clients.for_layout(layout, node_ips)
-    builder = _Builder(layout, tracer, clients)
-    enabled = gc.isenabled()
-    gc.disable()  # ~10^5 small acyclic objects: the cyclic collector would only rescan the whole ruleset
-    try:
-        services = [builder.service(sp) for sp in layout.service_ports]
-    finally:
-        if enabled:
-            gc.enable()
-    services.sort(key=lambda s: s.sort_key)
-    labels = {c: s.label for s in services for c in s.chains}
-    return KubeView(layout.proxy, tuple(services), labels, layout.node_port_addresses, layout.pod_cidrs,
-                    layout.pod_interfaces, layout.masquerade_mark, layout.random_fully, layout.family,
-                    layout.warnings, source, clients)
+    return ViewBuilder(layout, tracer, source=source, node_ips=node_ips).view()
 
 
 def view_node_ips(layout: Layout, node_ips: Sequence[str]) -> list[str]:
