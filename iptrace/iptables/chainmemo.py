@@ -24,6 +24,7 @@ from typing import Any
 
 from iptrace.iptables.matchers import Structure
 from iptrace.iptables.memo import structure_reads
+from iptrace.iptables.state import cons_prefix, cons_push, merged_assumptions
 
 # Branch fields a closure may read or write besides the packet's addresses and ports, per match module.
 _MODULE_FIELDS: dict[str, frozenset[str]] = {
@@ -155,15 +156,6 @@ def _key_function(fields: list[str], raw: list[str], src_nets: Iterable[tuple[in
 Recorded = tuple[Any, tuple[Any, ...], tuple[Any, ...], int, int, tuple[str, ...], Any, bool]
 
 
-def _items(cell: Any) -> tuple[Any, ...]:
-    out = []
-    while cell is not None:
-        out.append(cell[0])
-        cell = cell[1]
-    out.reverse()
-    return tuple(out)
-
-
 def record(results: Iterable[tuple[Any, Any]], start: Any) -> tuple[Recorded, ...]:
     """The branches of a walk that started from `start` (with path, chains and assumptions empty and
     probability 1) as deltas."""
@@ -171,7 +163,8 @@ def record(results: Iterable[tuple[Any, Any]], start: Any) -> tuple[Recorded, ..
     out = []
     for s, terminal in results:
         wrote = (s.dst, s.dport, s.dnat, s.dnat_by) != before
-        out.append((s, _items(s.path), _items(s.chains), s.prob[0], s.prob[1], s.assumptions, terminal, wrote))
+        path, chains = cons_prefix(s.path) or (), cons_prefix(s.chains) or ()
+        out.append((s, path, chains, s.prob[0], s.prob[1], s.assumptions, terminal, wrote))
     return tuple(out)
 
 
@@ -187,15 +180,9 @@ def replay(recorded: tuple[Recorded, ...], s: Any, written: tuple[str, ...]) -> 
         if wrote:
             new.dst, new.dport, new.dnat, new.dnat_by = template.dst, template.dport, template.dnat, template.dnat_by
         if made:
-            new.assumptions = new.assumptions + tuple(t for t in made if t not in new.assumptions)
-        path = s.path
-        for item in items:
-            path = (item, path)
-        new.path = path
-        chains = s.chains
-        for item in entered:
-            chains = (item, chains)
-        new.chains = chains
+            new.assumptions = merged_assumptions(new.assumptions, made)
+        new.path = cons_push(s.path, items)
+        new.chains = cons_push(s.chains, entered)
         if fnum != fden:
             new.prob = (num * fnum, den * fden)
         out.append((new, terminal))

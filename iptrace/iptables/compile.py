@@ -31,7 +31,7 @@ from iptrace.iptables.matchers import (
 )
 from iptrace.iptables.model import Chain, Rule, Ruleset, RuleShape, unquote
 from iptrace.iptables.options import BUILTIN_TARGETS
-from iptrace.iptables.state import Context, State, ip_int, parse_net
+from iptrace.iptables.state import Context, State, cons_prefix, ip_int, parse_net
 
 # Actions of a compiled rule.
 JUMP, GOTO, RETURN, ACCEPT, DROP, REJECT, DNAT, SNAT, MASQUERADE, REDIRECT, NETMAP = range(11)
@@ -188,21 +188,11 @@ def _step_kind(table: str, chain: str, target: str, comment_kind: str) -> str:
 
 def compiled_path(cell: Any) -> list[Compiled]:
     """The rules of a branch's path (a cons list, newest first), oldest first."""
-    out = []
-    while cell is not None:
-        out.append(cell[0])
-        cell = cell[1]
-    out.reverse()
-    return out
+    return list(cons_prefix(cell) or ())
 
 
 def chain_list(cell: Any) -> tuple[tuple[str, str], ...]:
-    out = []
-    while cell is not None:
-        out.append(cell[0])
-        cell = cell[1]
-    out.reverse()
-    return tuple(out)
+    return cons_prefix(cell) or ()
 
 
 def _mark_effect(target: str, opts: Mapping[str, str]) -> Callable[[State], None]:

@@ -31,6 +31,7 @@ from iptrace.iptables.index import KeyPlan, rule_key
 from iptrace.iptables.matchers import MATCHERS, Structure, fast_tokens, rule_structure
 from iptrace.iptables.model import Rule, Ruleset
 from iptrace.iptables.options import BUILTIN_TARGETS
+from iptrace.iptables.state import cons_prefix, cons_push, merged_assumptions
 
 # Fields the key leaves out unless a reachable rule reads them.
 OPTIONAL_FIELDS = ("src", "sport", "dst", "dport", "orig_dst", "orig_dport", "recent")
@@ -148,24 +149,6 @@ def _getter(always: Callable[[Any], Any], optional: Callable[[Any], Any] | None,
 Recorded = tuple[Any, tuple[Any, ...], tuple[Any, ...], int, int, tuple[str, ...], Any]
 
 
-def _prefix(cell: Any, stop: Any) -> tuple[Any, ...] | None:
-    """The items a cons list gained in front of `stop`, oldest first; None if `stop` is not its tail."""
-    items = []
-    while cell is not stop:
-        if cell is None:
-            return None
-        items.append(cell[0])
-        cell = cell[1]
-    items.reverse()
-    return tuple(items)
-
-
-def _assume(assumptions: tuple[str, ...], made: tuple[str, ...]) -> tuple[str, ...]:
-    """`State.assume` of every text in `made`, in order."""
-    new = tuple(text for text in made if text not in assumptions)
-    return assumptions + new if new else assumptions
-
-
 def record(results: Sequence[tuple[Any, Any]], path: Any, chains: Any, prob: tuple[int, int],
            assumptions: tuple[str, ...]) -> tuple[Recorded, ...] | None:
     """The branches of a walk that started from `assumptions=()` as deltas from the state it started with
@@ -175,9 +158,9 @@ def record(results: Sequence[tuple[Any, Any]], path: Any, chains: Any, prob: tup
     out = []
     for s, terminal in results:
         made = s.assumptions
-        s.assumptions = _assume(assumptions, made)
-        items = _prefix(s.path, path)
-        entered = _prefix(s.chains, chains)
+        s.assumptions = merged_assumptions(assumptions, made)
+        items = cons_prefix(s.path, path)
+        entered = cons_prefix(s.chains, chains)
         if items is None or entered is None or not num0 or not den0:
             continue  # (cannot happen: the walk only prepends to path and chains, and multiplies prob)
         fnum, rnum = divmod(s.prob[0], num0)
@@ -203,15 +186,9 @@ def replay(recorded: tuple[Recorded, ...], s: Any, keyed_recent: bool) -> list[t
         new.dnat_by = s.dnat_by
         if not keyed_recent:
             new.recent = s.recent
-        new.assumptions = _assume(s.assumptions, made)
-        path = s.path
-        for item in items:
-            path = (item, path)
-        new.path = path
-        chains = s.chains
-        for item in entered:
-            chains = (item, chains)
-        new.chains = chains
+        new.assumptions = merged_assumptions(s.assumptions, made)
+        new.path = cons_push(s.path, items)
+        new.chains = cons_push(s.chains, entered)
         new.prob = (num * fnum, den * fden)
         out.append((new, terminal))
     return out

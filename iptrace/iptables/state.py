@@ -14,6 +14,32 @@ from iptrace.errors import InputError, TraceError
 Cons = tuple[Any, "Cons"] | None
 
 
+def cons_prefix(cell: Cons, stop: Cons = None) -> tuple[Any, ...] | None:
+    """The items a cons list gained in front of `stop` (its whole length when None), oldest first; None if `stop`
+    is not its tail."""
+    items = []
+    while cell is not stop:
+        if cell is None:
+            return None
+        items.append(cell[0])
+        cell = cell[1]
+    items.reverse()
+    return tuple(items)
+
+
+def cons_push(cell: Cons, items: Iterable[Any]) -> Cons:
+    """`cell` with `items` (oldest first) pushed in front."""
+    for item in items:
+        cell = (item, cell)
+    return cell
+
+
+def merged_assumptions(assumptions: tuple[str, ...], made: tuple[str, ...]) -> tuple[str, ...]:
+    """`State.assume` of every text in `made`, in order."""
+    new = tuple(text for text in made if text not in assumptions)
+    return assumptions + new if new else assumptions
+
+
 def ip_int(text: str) -> tuple[int, int]:
     """(version, integer) of an address; dotted quads take a fast path (a dump holds ~10^5 of them)."""
     parts = text.split(".")
