@@ -21,14 +21,30 @@ FILTER_CHAINS = (SERVICES, EXTERNAL_SERVICES, NODEPORTS, PROXY_FIREWALL)
 
 class _Hairpins:
     """The endpoints' addresses, as the `-s EP/32` of each endpoint chain's hairpin rule says them, for membership
-    tests only: an address is looked for in the rules' joined text (a big dump has ~10^5 of these rules, and a
-    question needs to know about one or two addresses)."""
+    tests: the first few addresses are looked for in the rules' joined text (a big dump has ~10^5 of these rules,
+    and a question needs to know about one or two addresses); past that, the set is built once."""
+
+    _SEARCHES = 4
 
     def __init__(self, texts: list[str]) -> None:
-        self._text = "\n" + "\n".join(texts) + "\n"
+        self._texts = texts
+        self._text: str | None = None
+        self._set: frozenset[str] | None = None
+        self._asked = 0
 
     def __contains__(self, ip: object) -> bool:
-        return isinstance(ip, str) and (f"\n-s {ip}/" in self._text or f"\n-s {ip} " in self._text)
+        if not isinstance(ip, str):
+            return False
+        if self._set is not None:
+            return ip in self._set
+        self._asked += 1
+        if self._asked > self._SEARCHES:
+            self._set = frozenset(text[3:].split(" ", 1)[0].partition("/")[0] for text in self._texts
+                                  if text.startswith("-s "))
+            return ip in self._set
+        if self._text is None:
+            self._text = "\n" + "\n".join(self._texts) + "\n"
+        return f"\n-s {ip}/" in self._text or f"\n-s {ip} " in self._text
 
 
 class KubeChains:
