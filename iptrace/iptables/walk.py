@@ -116,7 +116,8 @@ class Tracer(Compiler):
         self._probabilities: dict[tuple[int, int], tuple[Fraction, float]] = {}
         self._policies: dict[tuple[str, str, str], Decision] = {}
         self._effective_stages: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
-        self._chain_plans: dict[tuple[str, str], tuple[chainmemo.ChainPlan, tuple[str, ...]] | None] = {}
+        # chain -> True (entered once), its plan, or None (not shared)
+        self._chain_plans: dict[tuple[str, str], tuple[chainmemo.ChainPlan, tuple[str, ...]] | bool | None] = {}
         no_policy = {w.line for w in ruleset.warnings if "has no policy" in w.message}
         self._dash_policy = {(t.name, c.name) for t in ruleset.tables for c in t.chains if c.line in no_policy}
 
@@ -194,6 +195,10 @@ class Tracer(Compiler):
         (chainmemo.py)."""
         plan = self._chain_plans.get(code.key, False)
         if plan is False:
+            # A chain met once (tracing every Service once) is not worth a plan: plan on the second entry.
+            self._chain_plans[code.key] = True
+            return self._run_chain(code, s, stack)
+        if plan is True:
             plan = self._chain_plans[code.key] = self._chain_plan(code) if self.share else None
         if plan is None:
             return self._run_chain(code, s, stack)
