@@ -1,0 +1,113 @@
+"""Set and map elements from text: `elements = { … }` of a listing, `add element … { … }` of a transaction.
+
+kube-proxy's maps hold one element per Service port (tens of thousands), so the common element — a key, maybe
+concatenated, maybe `: verdict` or `: data` — is split with str methods and normalised by the set's types;
+anything else (comments, timeouts, counters, nested braces) goes through the rule reader, one element at a
+time. Never through lark one by one: the loader has lark check an element list only when it cannot be read.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from iptrace.errors import ParseError
+from iptrace.nftables import values
+from iptrace.nftables.model import Element, Verdict
+from iptrace.nftables.reader import NotUnderstood, RuleReader, tokenize
+from iptrace.nftables.shapes import instantiate
+from iptrace.nftables.vocabulary import CHAIN_VERDICTS, VERDICT_WORDS
+
+_CHUNK_RE = re.compile(r'(?:"(?:\\.|[^"\\])*"|\{[^{}]*\}|[^,"{}])+')
+_SLOW = ('"', "{", " timeout ", " expires ", " counter ", " comment ")
+_VERDICTS = {w: Verdict(w) for w in VERDICT_WORDS}
+
+
+class ElementReader:
+    """Reads the elements of one set (its key and data types fixed)."""
+
+    def __init__(self, keys: tuple[str, ...], data: tuple[str, ...] | None, family: str) -> None:
+        self.keys = keys
+        self.data = data
+        self.family = family
+        self.key_norms = tuple(values.normaliser(t) for t in keys)
+        self.data_norms = tuple(values.normaliser(t) for t in data) if data and data != ("verdict",) else ()
+        self.vmap = data == ("verdict",)
+
+    def read(self, body: str, *, line: int, column: int, error: Callable[[str, int, int], ParseError],
+             out: dict[Any, Element], delete: bool = False) -> None:
+        """Add (or remove) the elements of `body` (the inside of the braces) to `out`, keyed by element key.
+        `body` starts at `line`:`column` (1-based) and may span lines."""
+        pos = 0
+        for m in _CHUNK_RE.finditer(body):
+            chunk = m.group()
+            text = chunk.strip()
+            if not text:
+                continue
+            start = m.start() + len(chunk) - len(chunk.lstrip())
+            try:
+                element = self.fast(text) if not any(s in text for s in _SLOW) else None
+                if element is None:
+                    element = self.slow(text)
+            except (ValueError, NotUnderstood) as exc:
+                where_line = line + body.count("\n", 0, start)
+                line_start = body.rfind("\n", 0, start) + 1
+                where_col = (start - line_start + 1) if line_start else column + start
+                why = str(exc) if isinstance(exc, ValueError) else "cannot read this element"
+                raise error(f"{why}; expected an element of type {' . '.join(self.keys)}"
+                            + (f" : {' . '.join(self.data)}" if self.data else ""), where_line, where_col) from None
+            if delete:
+                out.pop(element.key, None)
+            else:
+                out.setdefault(element.key, element)
+            pos = m.end()
+        rest = body[pos:].strip().strip(",").strip()
+        if rest:
+            where = body.rfind(rest)
+            raise error(f"unexpected {rest[:20]!r} in an element list", line + body.count("\n", 0, where),
+                        column + where)
+
+    def fast(self, text: str) -> Element | None:
+        if self.data is not None:
+            key_text, sep, data_text = text.partition(" : ")
+            if not sep:
+                return None
+        else:
+            key_text, data_text = text, ""
+        norms = self.key_norms
+        if len(norms) == 1:
+            if " " in key_text:
+                return None
+            key: Any = norms[0](key_text)
+        else:
+            parts = key_text.split(" . ")
+            if len(parts) != len(norms):
+                return None
+            key = tuple(n(p) for n, p in zip(norms, parts, strict=True))
+        if self.data is None:
+            return Element(key)
+        if self.vmap:
+            verdict = _VERDICTS.get(data_text)
+            if verdict is None:
+                kind, _, target = data_text.partition(" ")
+                if kind not in CHAIN_VERDICTS or not target or " " in target:
+                    return None
+                verdict = Verdict(kind, target)
+            return Element(key, verdict)
+        dparts = data_text.split(" . ")
+        if len(dparts) != len(self.data_norms):
+            return None
+        if len(dparts) == 1:
+            return Element(key, self.data_norms[0](data_text))
+        return Element(key, tuple(n(p) for n, p in zip(self.data_norms, dparts, strict=True)))
+
+    def slow(self, text: str) -> Element:
+        def error(why: str, col: int) -> ParseError:
+            raise ValueError(why)
+
+        reader = RuleReader(tokenize(text, masked=False), self.family, error=error)
+        element = reader.read_element(self.keys, self.data)
+        if reader.pos != len(reader.toks):
+            raise NotUnderstood
+        return instantiate(element)
