@@ -16,6 +16,7 @@ from iptrace.errors import DumpSemanticError, ParseError
 from iptrace.nftables.elements import ElementReader
 from iptrace.nftables.model import (
     AnonSet,
+    BaseChain,
     Chain,
     Element,
     LoadWarning,
@@ -31,28 +32,38 @@ from iptrace.nftables.model import (
     Verdict,
     VerdictMap,
 )
-from iptrace.nftables.normalise import normalise_set, updated_sets
+from iptrace.nftables.normalise import normalise_set
+from iptrace.nftables.shapes import fast_constructor
+
+_make_chain = fast_constructor(Chain)
 
 
-@dataclass
 class ChainBuilder:
-    name: str
-    line: int | None
-    declared: bool
-    handle: int | None = None
-    rules: list[Rule] = field(default_factory=list)
+    """A chain in the making (a plain class, its rarely set attributes defaulted on the class: a listing
+    declares tens of thousands of chains)."""
+
     type: str | None = None
     hook: str | None = None
     priority: int | None = None
     policy: str | None = None
     devices: tuple[str, ...] = ()
     comment: str | None = None
-    first_use: int | None = None  # line of the first rule added before any declaration
+
+    def __init__(self, name: str, line: int | None, declared: bool, handle: int | None = None,
+                 first_use: int | None = None) -> None:
+        self.name = name
+        self.line = line
+        self.declared = declared
+        self.handle = handle
+        self.first_use = first_use  # line of the first rule added before any declaration
+        self.rules: list[Rule] = []
 
     def freeze(self) -> Chain:
-        policy = self.policy if self.policy is not None or self.hook is None else "accept"
-        return Chain(self.name, tuple(self.rules), self.type, self.hook, self.priority, policy, self.devices,
-                     self.comment, self.line, self.handle)
+        base = None
+        if self.hook is not None:
+            base = BaseChain(self.type or "filter", self.hook, self.priority or 0, self.policy or "accept",
+                             self.devices)
+        return _make_chain(self.name, tuple(self.rules), base, self.comment, self.line, self.handle)
 
 
 @dataclass
@@ -92,13 +103,15 @@ class TableBuilder:
     chains: dict[str, ChainBuilder] = field(default_factory=dict)
     sets: dict[str, SetBuilder] = field(default_factory=dict)
     objects: list[NamedObject] = field(default_factory=list)
-    refs: set[str] = field(default_factory=set)  # chain names and "@set" names rules refer to
+    # chain names, "@set" names rules refer to and "+set" names of sets rules add elements to
+    refs: set[str] = field(default_factory=set)
     first_use: int | None = None
+    shapes: dict[str, Any] = field(default_factory=dict)  # shape key -> (builder, references); see loader
 
     def chain(self, name: str, line: int | None) -> ChainBuilder:
         c = self.chains.get(name)
         if c is None:
-            c = self.chains[name] = ChainBuilder(name, line, False, first_use=line)
+            c = self.chains[name] = ChainBuilder(name, line, False, None, line)
         return c
 
     def set(self, name: str, kind: str, line: int | None) -> SetBuilder:
@@ -131,7 +144,7 @@ def item_refs(items: tuple[Any, ...]) -> list[str]:
         elif isinstance(item, VerdictMap):
             value(item.map)
         elif isinstance(item, SetUpdate):
-            out.append("@" + item.set)
+            out += ("@" + item.set, "+" + item.set)
         elif isinstance(item, Nat):
             value(item.addr)
     return out
@@ -202,7 +215,7 @@ class Finisher:
                 continue
             self.elements(t, s, line_text)
         self.check_refs(t, line_text)
-        updated = updated_sets(r for c in t.chains.values() for r in c.rules)
+        updated = {r[1:] for r in t.refs if r[0] == "+"}
         sets = tuple(normalise_set(Set(
             s.name, s.key_type, s.data_type, tuple(sorted(s.flags)), s.timeout_ms, s.gc_interval_ms, s.size,
             s.policy, s.comment, s.counter, s.auto_merge, tuple(s.elements.values()), s.typeof, s.line, s.handle),
@@ -212,7 +225,7 @@ class Finisher:
 
     def check_refs(self, t: TableBuilder, line_text: Callable[[int], str]) -> None:
         known = set(t.chains) | {"@" + s for s in t.sets}
-        missing = t.refs - known
+        missing = {r for r in t.refs if r[0] != "+"} - known
         if not missing:
             return
         # Slow path, only on error: find the rules (or elements) that name them.

@@ -174,7 +174,7 @@ class CommandMixin:
 
     def typeof_types(self, words: list[str], family: str, line_no: int, where: int) -> tuple[str, ...] | None:
         text = " ".join(words)
-        reader = RuleReader(tokenize(text, masked=False), family, error=lambda why, c: ValueError(why))
+        reader = RuleReader(tokenize(text, masked=False)[0], family, error=lambda why, c: ValueError(why))
         try:
             expr = reader.read_expression()
         except NotUnderstood:

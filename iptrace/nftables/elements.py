@@ -16,12 +16,14 @@ from iptrace.errors import ParseError
 from iptrace.nftables import values
 from iptrace.nftables.model import Element, Verdict
 from iptrace.nftables.reader import NotUnderstood, RuleReader, tokenize
-from iptrace.nftables.shapes import instantiate
+from iptrace.nftables.shapes import fast_constructor, instantiate
 from iptrace.nftables.vocabulary import CHAIN_VERDICTS, VERDICT_WORDS
 
 _CHUNK_RE = re.compile(r'(?:"(?:\\.|[^"\\])*"|\{[^{}]*\}|[^,"{}])+')
 _SLOW = ('"', "{", " timeout ", " expires ", " counter ", " comment ")
 _VERDICTS = {w: Verdict(w) for w in VERDICT_WORDS}
+_make_element = fast_constructor(Element)
+_make_verdict = fast_constructor(Verdict)
 
 
 class ElementReader:
@@ -84,29 +86,33 @@ class ElementReader:
             parts = key_text.split(" . ")
             if len(parts) != len(norms):
                 return None
-            key = tuple(n(p) for n, p in zip(norms, parts, strict=True))
+            if len(parts) == 3:  # kube-proxy's address . protocol . port
+                key = (norms[0](parts[0]), norms[1](parts[1]), norms[2](parts[2]))
+            else:
+                key = tuple(n(p) for n, p in zip(norms, parts, strict=True))
         if self.data is None:
-            return Element(key)
+            return _make_element(key, None, None, None, None, None)
         if self.vmap:
             verdict = _VERDICTS.get(data_text)
             if verdict is None:
                 kind, _, target = data_text.partition(" ")
                 if kind not in CHAIN_VERDICTS or not target or " " in target:
                     return None
-                verdict = Verdict(kind, target)
-            return Element(key, verdict)
+                verdict = _make_verdict(kind, target)
+            return _make_element(key, verdict, None, None, None, None)
         dparts = data_text.split(" . ")
         if len(dparts) != len(self.data_norms):
             return None
         if len(dparts) == 1:
-            return Element(key, self.data_norms[0](data_text))
-        return Element(key, tuple(n(p) for n, p in zip(self.data_norms, dparts, strict=True)))
+            return _make_element(key, self.data_norms[0](data_text), None, None, None, None)
+        return _make_element(key, tuple(n(p) for n, p in zip(self.data_norms, dparts, strict=True)), None, None,
+                             None, None)
 
     def slow(self, text: str) -> Element:
         def error(why: str, col: int) -> ParseError:
             raise ValueError(why)
 
-        reader = RuleReader(tokenize(text, masked=False), self.family, error=error)
+        reader = RuleReader(tokenize(text, masked=False)[0], self.family, error=error)
         element = reader.read_element(self.keys, self.data)
         if reader.pos != len(reader.toks):
             raise NotUnderstood

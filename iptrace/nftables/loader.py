@@ -20,8 +20,8 @@ from iptrace.nftables import grammar
 from iptrace.nftables.build import ChainBuilder, Finisher, SetBuilder, TableBuilder
 from iptrace.nftables.commands import CommandMixin
 from iptrace.nftables.model import LoadWarning, NamedObject, Rule, Ruleset
-from iptrace.nftables.reader import RuleReader, tokenize
-from iptrace.nftables.shapes import MASK_RE, compile_template, references
+from iptrace.nftables.reader import RuleReader, tokenize, tokenize_fast
+from iptrace.nftables.shapes import compile_template, fast_tokens, keywords, learn, references, shape_key
 
 TOP, TABLE, CHAIN, SET, OBJECT = range(5)
 _CTX_NAMES = {TABLE: "table", CHAIN: "chain", SET: "set", OBJECT: "object"}
@@ -37,8 +37,6 @@ _HANDLE_RE = re.compile(r"#\s*handle\s+(\d+)\s*$")
 _SPLIT_RE = re.compile(r'"(?:\\.|[^"\\])*"|[{};]|[^{};"]+|"')
 _SPACES_RE = re.compile(r'"(?:\\.|[^"\\])*"|\s+')
 _CHAIN_OPTIONS = ("type ", "policy ", "comment ", "devices")
-_MASK_SUB = MASK_RE.sub
-_MASK_FINDALL = MASK_RE.findall
 
 
 def _squeeze(text: str) -> str:
@@ -60,9 +58,10 @@ class TextLoader(CommandMixin):
         self.lines = text.split("\n")
         self.tables: dict[tuple[str, str], TableBuilder] = {}
         self.stack: list[tuple[int, Any, int]] = []  # (context, builder, line it opened at)
-        self.shapes: dict[str, dict[str, tuple[Any, Any]]] = {}
         self.warnings: list[LoadWarning] = []
         self.skipped: list[LoadWarning] = []
+        self.trees: dict[tuple[str, str], Tree] = {}
+        self.known = keywords()
         self.pending: list[str] | None = None
         self.pending_at = (0, 0, None)  # line, column, handle of the statement being continued
         self.pending_depth = 0
@@ -82,59 +81,110 @@ class TextLoader(CommandMixin):
         self.fail(DumpSemanticError(why, source=self.source, line=line, column=column, text=self.line_text(line)))
 
     def parse(self, text: str, start: str, line: int, column0: int) -> Tree | None:
+        """The grammar's tree of one statement. Trees of good statements are kept by text: a listing repeats
+        the same declarations (`size 65535`, `flags dynamic,timeout`) thousands of times."""
+        key = (start, text)
+        tree = self.trees.get(key)
+        if tree is not None:
+            return tree
         try:
-            return grammar.parse(text, start, source=self.source, line_no=line, column0=column0,
+            tree = grammar.parse(text, start, source=self.source, line_no=line, column0=column0,
                                  full_line=self.line_text(line))
         except ParseError as exc:
             self.fail(exc)
             return None
+        if start != "rule":
+            self.trees[key] = tree
+        return tree
 
     # -- the line loop -----------------------------------------------------------------------------------
     def load(self) -> Ruleset:
         stack = self.stack
+        keyword = self.known.get
+        ctx, rules, shapes, refs = TOP, None, None, None
+
+        def where() -> tuple[int, Any, Any, Any]:
+            if not stack:
+                return TOP, None, None, None
+            top = stack[-1]
+            if top[0] == CHAIN:
+                t = stack[-2][1]
+                return CHAIN, top[1].rules, t.shapes, t.refs
+            return top[0], None, None, None
+
         for line_no, raw in enumerate(self.lines, 1):
             if self.pending is not None:
                 self.continue_pending(raw, line_no)
+                ctx, rules, shapes, refs = where()
                 continue
             s = raw.strip()
             if not s:
                 continue
-            col = raw.find(s[0])
-            if "#" in s:
-                s, handle = self.strip_comment(s)
-                if s:
-                    self.general(s, line_no, col, handle)
-                continue
-            ctx = stack[-1][0] if stack else TOP
             if ctx == CHAIN:
                 if s == "}":
                     stack.pop()
+                    ctx = TABLE  # a chain block is always inside a table block
                     continue
-                if ";" not in s and not s.startswith(_CHAIN_OPTIONS) and ("{" not in s or _depth(s) == 0):
-                    t = stack[-2][1]
-                    rule = self.make_rule(t, s, line_no, col, None)
-                    if rule is not None:
-                        stack[-1][1].rules.append(rule)
-                    continue
+                if ";" not in s and "#" not in s and not s.startswith(_CHAIN_OPTIONS):
+                    if '"' not in s and "@" not in s and "\t" not in s and "  " not in s and (
+                            ":" not in s or (s[-1] != ":" and s.count(": ") == s.count(" : "))):
+                        # A rule of a shape seen before (shapes.fast_tokens, inlined): split, one generated call.
+                        u = s
+                        if "," in u:
+                            u = u.replace(",", " , ")
+                        if "{" in u or "}" in u:
+                            u = u.replace("{", " { ").replace("}", " } ")
+                        toks = u.split()
+                        shape = shapes.get(tuple(map(keyword, toks)))
+                        if shape is not None:
+                            rule = shape[0](toks, s, line_no, None)
+                            if rule is not None:
+                                rules.append(rule)
+                                if shape[1] is not None:
+                                    refs.update(shape[1](toks))
+                                continue
+                    if "{" not in s or _depth(s) == 0:
+                        rule = self.make_rule(stack[-2][1], s, line_no, raw.find(s[0]), None)
+                        if rule is not None:
+                            rules.append(rule)
+                        continue
             elif ctx == TABLE:
                 if s == "}":
                     stack.pop()
+                    ctx, rules, shapes, refs = where()
                     continue
-                if s.startswith("chain ") and s.endswith(" {") and '"' not in s and " " not in s[6:-2]:
-                    self.open_chain(stack[-1][1], s[6:-2], line_no, col, None)
+                if s[:6] == "chain " and s[-2:] == " {" and '"' not in s and " " not in s[6:-2]:
+                    t = stack[-1][1]
+                    name = s[6:-2]
+                    c = t.chains.get(name)
+                    if c is None:  # open_chain's common case, inlined
+                        c = t.chains[name] = ChainBuilder(name, line_no, True)
+                        stack.append((CHAIN, c, line_no))
+                        self.blocks += 1
+                    else:
+                        c = self.open_chain(t, name, line_no, raw.find(s[0]), None)
+                    ctx, rules, shapes, refs = CHAIN, c.rules, t.shapes, t.refs
+                    continue
+                if s[-2:] == " {" and s[:4] in ("set ", "map ") and '"' not in s and " " not in s[4:-2]:
+                    self.open(s[:-2], line_no, raw.find(s[0]), None)
+                    ctx = SET
                     continue
             elif ctx == SET:
                 if s == "}":
                     stack.pop()
+                    ctx = TABLE
                     continue
-            elif ctx == TOP and ";" not in s and '"' not in s[:60]:
+                if ";" not in s and "{" not in s and "#" not in s:  # `type ipv4_addr`, `size 65535`, …
+                    self.statement(s, line_no, raw.find(s[0]), None)
+                    continue
+            elif ";" not in s and '"' not in s[:60]:
                 if s.startswith("add rule "):
                     m = _ADD_RULE_RE.match(s)
                     if m is not None and m.group(1) == "add" and not s.startswith(
                             ("position ", "handle ", "index "), m.end()):
                         self.commands += 1
                         t = self.table_for(m.group(2) or "ip", m.group(3), line_no)
-                        rule = self.make_rule(t, s[m.end():], line_no, col + m.end(), None)
+                        rule = self.make_rule(t, s[m.end():], line_no, raw.find(s[0]) + m.end(), None)
                         if rule is not None:
                             t.chain(m.group(4), line_no).rules.append(rule)
                         continue
@@ -145,7 +195,12 @@ class TextLoader(CommandMixin):
                         self.declare_chain(self.table_for(m.group(2) or "ip", m.group(3), line_no), m.group(4),
                                            line_no, create=m.group(1) == "create")
                         continue
-            self.general(s, line_no, col, None)
+            handle = None
+            if "#" in s:
+                s, handle = self.strip_comment(s)
+            if s:
+                self.general(s, line_no, raw.find(s[0]), handle)
+            ctx, rules, shapes, refs = where()
         if self.pending is not None:
             line, column, _ = self.pending_at
             self.fail(ParseError("the braces opened here are never closed (the text looks truncated); expected "
@@ -286,15 +341,19 @@ class TextLoader(CommandMixin):
         else:
             self.stack.append((OBJECT, _ObjectBuilder(kind, name, line_no), line_no))
 
-    def open_chain(self, t: TableBuilder, name: str, line_no: int, col: int, handle: int | None) -> None:
+    def open_chain(self, t: TableBuilder, name: str, line_no: int, col: int, handle: int | None) -> ChainBuilder:
         c = t.chains.get(name)
         if c is not None and c.declared:
             self.semantic(f"chain {name!r} declared twice in table {t.family} {t.name} (first at line {c.line})",
                           line_no, col + 1)
-        c = self.declare_chain(t, name, line_no)
-        c.handle = handle
+        if c is None:  # the common case, inlined
+            c = t.chains[name] = ChainBuilder(name, line_no, True, handle)
+        else:
+            c = self.declare_chain(t, name, line_no)
+            c.handle = handle
         self.blocks += 1
         self.stack.append((CHAIN, c, line_no))
+        return c
 
     def close(self, line_no: int, col: int) -> None:
         if not self.stack:
@@ -339,21 +398,27 @@ class TextLoader(CommandMixin):
 
     # -- rules -------------------------------------------------------------------------------------------
     def make_rule(self, t: TableBuilder, text: str, line_no: int, col: int, handle: int | None) -> Rule | None:
+        """A rule of table `t` from its text (the general path: the line loop inlines the common case)."""
         if "  " in text or "\t" in text or "\n" in text:
             text = _squeeze(text)
-        family = t.family
-        shapes = self.shapes.get(family)
-        if shapes is None:
-            shapes = self.shapes[family] = {}
-        hashed = "#" in text
-        key = "#" + text if hashed else _MASK_SUB("_", text)
-        shape = shapes.get(key)
+        toks = fast_tokens(text)
+        key: Any
+        if toks is not None:
+            key, vals = tuple(map(self.known.get, toks)), toks
+        elif "#" in text:
+            key, vals = "\1" + text, []
+        else:
+            key, vals = shape_key(text)
+        shape = t.shapes.get(key)
         if shape is None:
-            shape = self.new_shape(family, text, line_no, col, masked=not hashed)
+            mode = "tokens" if toks is not None else "plain" if "#" in text else "mask"
+            shape = self.new_shape(t, text, line_no, col, mode=mode, tokens=toks)
+            if shape is None and mode == "tokens":  # the grammar splits it otherwise: key it by MASK_RE
+                key, vals = shape_key(text)
+                shape = t.shapes.get(key) or self.new_shape(t, text, line_no, col, mode="mask")
             if shape is None:
                 return None
-            shapes[key] = shape
-        vals = [] if hashed else _MASK_FINDALL(text)
+            t.shapes[key] = shape
         try:
             rule = shape[0](vals, text, line_no, handle)
         except ValueError as exc:
@@ -362,11 +427,23 @@ class TextLoader(CommandMixin):
             self.fail(ParseError(f"{why}; the rule cannot be read", source=self.source, line=line_no,
                                  column=col + max(text.find(bad), 0) + 1, text=self.line_text(line_no)))
             return None
+        if rule is None:  # a masked keyword differs from the shape's (`ip6` where it had `ip6`… or not)
+            key = "\1" + text
+            shape = t.shapes.get(key) or self.new_shape(t, text, line_no, col, mode="plain")
+            if shape is None:
+                return None
+            t.shapes[key] = shape
+            vals = []
+            rule = shape[0](vals, text, line_no, handle)
         if shape[1] is not None:
             t.refs.update(shape[1](vals))
         return rule
 
-    def new_shape(self, family: str, text: str, line_no: int, col: int, *, masked: bool) -> tuple[Any, Any] | None:
+    def new_shape(self, t: TableBuilder, text: str, line_no: int, col: int, *, mode: str,
+                  tokens: list[str] | None = None) -> tuple[Any, Any] | None:
+        """Check one rule with the grammar and compile its shape's builder. `mode`: "tokens" (values are the
+        tokens that are not vocabulary words, see shapes.fast_tokens), "mask" (MASK_RE's values) or "plain"
+        (no values: a one-off rule)."""
         if self.parse(text, "rule", line_no, col) is None:
             return None
 
@@ -374,13 +451,25 @@ class TextLoader(CommandMixin):
             return ParseError(why, source=self.source, line=line_no, column=col + column0 + 1,
                               text=self.line_text(line_no))
 
-        reader = RuleReader(tokenize(text, masked=masked), family, error=error)
+        keywords: dict[int, str] = {}
+        if mode == "tokens":
+            assert tokens is not None
+            found = tokenize_fast(text, tokens, self.known)
+            if found is None:
+                return None
+            toks = found
+            learn(self.known, tokens)
+        else:
+            toks, keywords = tokenize(text, masked=mode == "mask")
+        reader = RuleReader(toks, t.family, error=error, quoted=mode != "tokens")
         try:
             items, comment = reader.read_rule()
         except ParseError as exc:
             self.fail(exc)
             return None
-        return compile_template(items, comment), references(items)
+        fixed, varying = references(items)
+        t.refs.update(fixed)
+        return compile_template(items, comment, keywords), varying
 
     # -- objects -----------------------------------------------------------------------------------------
     def table_for(self, family: str, name: str, line_no: int) -> TableBuilder:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 # ------------------------------------------------------------------------------------------------- values
 
@@ -287,33 +288,53 @@ Item = Match | VerdictMap | Verdict | Reject | Nat | Mangle | SetUpdate | Counte
 @dataclass(frozen=True, slots=True)
 class Rule:
     """One rule: its items and comment (the meaning), the text as read with spacing normalised (`text`), its
-    input line and kernel handle (evidence)."""
+    input line and kernel handle (evidence).
+
+    A rule the text loader read through a shape (loader.py) holds its normalised values and builds `items` and
+    `comment` on first use: a 5,000-Service listing has 120,000 rules and one trace looks at a handful. Its
+    values were checked when it was read; building cannot fail."""
 
     items: tuple[Item, ...]
     comment: str | None = None
     text: str = field(default="", compare=False)
     line: int | None = field(default=None, compare=False)
     handle: int | None = field(default=None, compare=False)
+    _lazy: tuple[Any, Any] | None = field(default=None, compare=False, repr=False)
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only for a slot not set yet: `items`/`comment` of a rule read through a shape.
+        lazy = object.__getattribute__(self, "_lazy")
+        if lazy is None or name not in ("items", "comment"):
+            raise AttributeError(name)
+        items, comment = lazy[0](lazy[1])
+        object.__setattr__(self, "items", items)
+        object.__setattr__(self, "comment", comment)
+        return items if name == "items" else comment
+
+
+@dataclass(frozen=True, slots=True)
+class BaseChain:
+    """What makes a chain a base chain: it is attached to `hook` (prerouting, input, …, ingress) with `type`
+    (filter, nat, route) at `priority` (a number: nft's names resolved, `dstnat - 10` → -110); `policy` is what
+    happens to a packet that leaves it without a verdict; `devices` for netdev/ingress chains."""
+
+    type: str
+    hook: str
+    priority: int
+    policy: str = "accept"
+    devices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Chain:
-    """A chain. A base chain has `hook` (and type, priority as a number, policy); a regular chain has none."""
+    """A chain: its rules in order; `base` set for a base chain (None for a chain reached by jump/goto)."""
 
     name: str
     rules: tuple[Rule, ...] = ()
-    type: str | None = None
-    hook: str | None = None
-    priority: int | None = None
-    policy: str | None = None
-    devices: tuple[str, ...] = ()
+    base: BaseChain | None = None
     comment: str | None = None
     line: int | None = field(default=None, compare=False)
     handle: int | None = field(default=None, compare=False)
-
-    @property
-    def base(self) -> bool:
-        return self.hook is not None
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -9,10 +9,12 @@ is `dynamic` with `size 65535` unless sized (nft does this when it adds the rule
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
+from functools import cache
 from typing import Any
 
+from iptrace.nftables import values
 from iptrace.nftables.model import Match, Meta, Nat, Payload, Reject, Ruleset, Set, SetUpdate, Statement
 from iptrace.nftables.vocabulary import STATEMENT_DEFAULTS
 
@@ -35,6 +37,19 @@ def normalise_items(items: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def make_nat(kind: str, family: str | None, target: tuple[Any, Any], flags: tuple[str, ...]) -> Nat:
     return Nat(kind, family, target[0], target[1], tuple(sorted(flags)))
+
+
+@cache
+def nat_from_text(kind: str, family: str | None, addr_type: str, flags: tuple[str, ...]) -> Callable[[str], Nat]:
+    """The Nat of `dnat to TARGET` as a function of the target's text (one call per kube-proxy endpoint)."""
+    target = values.nat_target(addr_type)
+    flags = tuple(sorted(flags))
+
+    def build(text: str) -> Nat:
+        addr, port = target(text)
+        return Nat(kind, family, addr, port, flags)
+
+    return build
 
 
 def make_statement(keyword: str, args: tuple[str, ...]) -> Statement:
@@ -78,7 +93,7 @@ def without_json_gaps(ruleset: Ruleset) -> Ruleset:
     tables = []
     for t in ruleset.tables:
         updated = updated_sets(r for c in t.chains for r in c.rules)
-        chains = tuple(replace(c, comment=None, devices=()) for c in t.chains)
+        chains = tuple(replace(c, comment=None, base=c.base and replace(c.base, devices=())) for c in t.chains)
         sets = tuple(replace(s, flags=tuple(f for f in s.flags if f != "dynamic" or s.name in updated))
                      for s in t.sets)
         tables.append(replace(t, chains=chains, sets=sets, comment=None))

@@ -40,8 +40,8 @@ from iptrace.nftables.model import (
     VerdictMap,
     Xt,
 )
-from iptrace.nftables.normalise import make_nat, make_statement, normalise_items
-from iptrace.nftables.shapes import MASK_RE, TOKEN_RE, Call, Slot, join_tokens
+from iptrace.nftables.normalise import make_nat, make_statement, nat_from_text, normalise_items
+from iptrace.nftables.shapes import DIGIT_KEYWORDS, MASK_RE, TOKEN_RE, Call, Slot, join_tokens
 from iptrace.nftables.types import ANY, expr_type, is_bitmask, key_types
 from iptrace.nftables.vocabulary import (
     BINARY_OPS,
@@ -88,30 +88,47 @@ class NotUnderstood(Exception):
     """The tables do not describe what follows: the reader falls back to an Unknown item."""
 
 
-def tokenize(text: str, *, masked: bool = True) -> list[Tok]:
-    """The rule's tokens; with `masked`, values the shape key masks carry their slot index."""
+def tokenize(text: str, *, masked: bool = True) -> tuple[list[Tok], dict[int, str]]:
+    """The rule's tokens; with `masked`, values the shape key masks carry their slot index. Also returns the
+    masked keywords (`l4proto`: slot → word) that every rule of the shape must repeat."""
     starts: dict[int, int] = {}
     if masked:
         starts = {m.start(1): i for i, m in enumerate(MASK_RE.finditer(text))}
     out = []
+    keywords: dict[int, str] = {}
     for m in TOKEN_RE.finditer(text):
         start = m.start()
         tok = m.group()
         if start in starts:
-            out.append(Tok(tok, start, starts[start]))
+            if tok in DIGIT_KEYWORDS:
+                keywords[starts[start]] = tok
+                out.append(Tok(tok, start))
+            else:
+                out.append(Tok(tok, start, starts[start]))
         elif tok[0] == "@" and start + 1 in starts:
             out.append(Tok(tok, start, starts[start + 1], ref=True))
         else:
             out.append(Tok(tok, start))
-    return out
+    return out, keywords
+
+
+def tokenize_fast(text: str, tokens: list[str], known: dict[str, str]) -> list[Tok] | None:
+    """The tokens of a rule keyed by shapes.fast_tokens: every token that is not a `known` word is a value,
+    slot = its index. None if the grammar's tokens are not those (then the rule takes the MASK_RE key)."""
+    found = [(m.group(), m.start()) for m in TOKEN_RE.finditer(text)]
+    if [tok for tok, _ in found] != tokens:
+        return None
+    return [Tok(tok, col) if tok in known else Tok(tok, col, i) for i, (tok, col) in enumerate(found)]
 
 
 class RuleReader:
-    def __init__(self, toks: list[Tok], family: str, *, error: Callable[[str, int], ParseError]) -> None:
+    def __init__(self, toks: list[Tok], family: str, *, error: Callable[[str, int], ParseError],
+                 quoted: bool = True) -> None:
         self.toks = toks
         self.family = family
         self.pos = 0
         self.error = error  # (why, column0) -> ParseError for values that cannot be right
+        self.quoted = quoted  # whether a masked name may be a quoted string
 
     # -- cursor ------------------------------------------------------------------------------------------
     def peek(self, k: int = 0) -> Tok | None:
@@ -150,7 +167,7 @@ class RuleReader:
 
     def name(self) -> Any:
         """A chain or set name (quotes removed)."""
-        return self.value(values.unquote)
+        return self.value(values.unquote if self.quoted else None)
 
     # -- rules -------------------------------------------------------------------------------------------
     def read_rule(self) -> tuple[tuple[Any, ...], Any]:
@@ -267,13 +284,16 @@ class RuleReader:
             addr_port = True
         addr_type = self._address_type(family)
         target: Any = (None, None)
+        target_tok: Tok | None = None
         if self.word() == "to":
             self.pos += 1
             if self.word() in EXPRESSION_WORDS:
                 data = (addr_type, "inet_service") if addr_port else (addr_type,)
                 target = (self.read_value_expression(data), None)
             else:
-                target = self.value(values.nat_target(addr_type))
+                target_tok = self.take()
+                if target_tok.text in _PUNCT:
+                    raise NotUnderstood
         flags: list[Any] = []
         while self.word() in NAT_FLAGS:
             flags.append(self.take().text)
@@ -281,7 +301,15 @@ class RuleReader:
                 self.pos += 1
         if family == self.family:
             family = None  # `dnat ip to` in an ip table: the kernel lists it as `dnat to`
-        return Call(make_nat, (kind, family, target, tuple(flags)))
+        if target_tok is None:
+            return Call(make_nat, (kind, family, target, tuple(flags)))
+        if target_tok.slot >= 0:  # the target is parsed (checked) when the rule is read, the Nat made on use
+            return Call(make_nat, (kind, family, Slot(target_tok.slot, values.nat_target(addr_type)),
+                                   tuple(flags)))
+        try:
+            return nat_from_text(kind, family, addr_type, tuple(flags))(target_tok.text)
+        except ValueError as exc:
+            raise self.error(str(exc), target_tok.col) from None
 
     def read_set_update(self, op: str) -> SetUpdate:
         self.pos += 1

@@ -55,14 +55,15 @@ def _set(s: Set) -> str:
 
 def _chain(c: Chain, family: str) -> str:
     lines = [f"\tchain {render.name(c.name)} {{"]
-    if c.hook is not None:
+    b = c.base
+    if b is not None:
         device = ""
-        if len(c.devices) == 1:
-            device = f" device {quote(c.devices[0])}"
-        elif c.devices:
-            device = " devices = { " + ", ".join(quote(d) for d in c.devices) + " }"
-        prio = render.priority(c.priority or 0, family, c.hook)
-        lines.append(f"\t\ttype {c.type} hook {c.hook}{device} priority {prio}; policy {c.policy or 'accept'};")
+        if len(b.devices) == 1:
+            device = f" device {quote(b.devices[0])}"
+        elif b.devices:
+            device = " devices = { " + ", ".join(quote(d) for d in b.devices) + " }"
+        prio = render.priority(b.priority, family, b.hook)
+        lines.append(f"\t\ttype {b.type} hook {b.hook}{device} priority {prio}; policy {b.policy};")
     if c.comment is not None:
         lines.append(f"\t\tcomment {quote(c.comment)}")
     lines.extend(f"\t\t{render.rule(r, family)}" for r in c.rules)

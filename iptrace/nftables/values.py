@@ -11,6 +11,8 @@ import ipaddress
 import re
 from collections.abc import Callable
 from functools import cache
+from socket import AF_INET as _AF_INET
+from socket import inet_pton as _pton
 
 from iptrace.dataplane import PROTOCOL_NAMES, PROTOCOL_NUMBERS
 from iptrace.nftables.model import Flags, Prefix, Range, Scalar
@@ -69,13 +71,25 @@ def ipv6(text: str) -> str:
 
 def _prefix(addr: Callable[[str], str], version: int) -> Callable[[str], object]:
     bits = 32 if version == 4 else 128
+    prefixes: dict[str, Prefix] = {}  # a ruleset repeats a few (the pod CIDR in every service chain)
 
     def value(text: str) -> object:
+        if version == 4:
+            try:
+                _pton(_AF_INET, text)  # accepts exactly the canonical dotted quad: the common case
+                return text
+            except OSError:
+                pass
         if "/" in text:
+            known = prefixes.get(text)
+            if known is not None:
+                return known
             host, _, length = text.partition("/")
             if not length.isdigit() or int(length) > bits:
                 raise ValueError(f"{text!r}: prefix length must be 0-{bits}")
             net = ipaddress.ip_network(f"{addr(host)}/{length}", strict=False)
+            if len(prefixes) < 4096:
+                prefixes[text] = Prefix(str(net.network_address), int(length))
             return Prefix(str(net.network_address), int(length))
         if "-" in text:
             low, _, high = text.partition("-")
@@ -94,6 +108,8 @@ def integer(text: str) -> int:
 
 def _ranged(scalar: Callable[[str], Scalar]) -> Callable[[str], object]:
     def value(text: str) -> object:
+        if text.isdigit():
+            return scalar(text)
         low, sep, high = text.partition("-")
         if sep and low and high:
             return Range(scalar(low), scalar(high))
@@ -116,7 +132,13 @@ def service(text: str) -> Scalar:
     raise ValueError(f"{text!r} is not a port number")
 
 
+_COMMON_PROTOCOLS = {"tcp": "tcp", "udp": "udp", "sctp": "sctp", "icmp": "icmp"}
+
+
 def protocol(text: str) -> Scalar:
+    known = _COMMON_PROTOCOLS.get(text)
+    if known is not None:
+        return known
     lower = text.lower()
     if lower.isdigit():
         return _PROTOCOL_NAMES_NFT.get(int(lower), int(lower))
@@ -217,6 +239,13 @@ def nat_target(addr_type: str) -> Callable[[str], tuple[object, object]]:
     port = _ranged(service)
 
     def target(text: str) -> tuple[object, object]:
+        host, sep, number = text.partition(":")
+        if sep and number.isdigit() and addr_type != "ipv6_addr" and len(number) <= 5 and int(number) < 65536:
+            try:  # kube-proxy's endpoint `10.180.0.1:80`, canonical: one C call checks it
+                _pton(_AF_INET, host)
+                return host, int(number)
+            except OSError:
+                pass
         if text.startswith("["):
             host, _, rest = text[1:].partition("]")
             return address(host), (port(rest[1:]) if rest.startswith(":") else None)
