@@ -36,6 +36,8 @@ from iptrace.nftables.normalise import normalise_set
 from iptrace.nftables.shapes import fast_constructor
 
 _make_chain = fast_constructor(Chain)
+_NEW = object.__new__
+_CHAIN_NAME, _CHAIN_RULES, _CHAIN_LINE = (getattr(Chain, f).__set__ for f in ("name", "rules", "line"))
 
 
 class ChainBuilder:
@@ -59,6 +61,12 @@ class ChainBuilder:
         self.rules: list[Rule] = []
 
     def freeze(self) -> Chain:
+        if self.hook is None and self.comment is None and self.handle is None:
+            chain = _NEW(Chain)  # a plain chain: base, comment and handle stay unset (read as None)
+            _CHAIN_NAME(chain, self.name)
+            _CHAIN_RULES(chain, tuple(self.rules))
+            _CHAIN_LINE(chain, self.line)
+            return chain
         base = None
         if self.hook is not None:
             base = BaseChain(self.type or "filter", self.hook, self.priority or 0, self.policy or "accept",
@@ -214,8 +222,7 @@ class Finisher:
                 del t.sets[name]
                 continue
             self.elements(t, s, line_text)
-        self.check_refs(t, line_text)
-        updated = {r[1:] for r in t.refs if r[0] == "+"}
+        updated = self.check_refs(t, line_text)
         sets = tuple(normalise_set(Set(
             s.name, s.key_type, s.data_type, tuple(sorted(s.flags)), s.timeout_ms, s.gc_interval_ms, s.size,
             s.policy, s.comment, s.counter, s.auto_merge, tuple(s.elements.values()), s.typeof, s.line, s.handle),
@@ -223,11 +230,14 @@ class Finisher:
         return Table(t.family, t.name, tuple(c.freeze() for c in t.chains.values()), sets,
                      tuple(t.objects), t.flags, t.comment, t.line, t.handle)
 
-    def check_refs(self, t: TableBuilder, line_text: Callable[[int], str]) -> None:
+    def check_refs(self, t: TableBuilder, line_text: Callable[[int], str]) -> set[str]:
+        """Reports what the rules name but the table lacks; returns the sets rules add elements to."""
         known = set(t.chains) | {"@" + s for s in t.sets}
-        missing = {r for r in t.refs if r[0] != "+"} - known
+        unknown = t.refs - known  # every "+set" (an updated set) is here too: never a chain or "@" name
+        updated = {r[1:] for r in unknown if r[0] == "+"}
+        missing = {r for r in unknown if r[0] != "+"}
         if not missing:
-            return
+            return updated
         # Slow path, only on error: find the rules (or elements) that name them.
         for c in t.chains.values():
             keep = []
@@ -256,3 +266,4 @@ class Finisher:
                                   f"{t.family} {t.name} does not declare; expected a chain of that name", line,
                                   text, max(text.find(e.data.target) + 1, 1))
                     del s.elements[key]
+        return updated

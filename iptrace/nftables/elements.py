@@ -38,37 +38,46 @@ class ElementReader:
         self.vmap = data == ("verdict",)
 
     def read(self, body: str, *, line: int, column: int, error: Callable[[str, int, int], ParseError],
-             out: dict[Any, Element], delete: bool = False) -> None:
-        """Add (or remove) the elements of `body` (the inside of the braces) to `out`, keyed by element key.
-        `body` starts at `line`:`column` (1-based) and may span lines."""
-        pos = 0
-        for m in _CHUNK_RE.finditer(body):
-            chunk = m.group()
+             out: dict[Any, Element]) -> None:
+        """Add the elements of `body` (the inside of the braces) to `out`, keyed by element key. `body` starts
+        at `line`:`column` (1-based) and may span lines."""
+        if '"' in body or "{" in body or "}" in body:
+            chunks = [(m.group(), m.start()) for m in _CHUNK_RE.finditer(body)]
+            rest = body[chunks[-1][1] + len(chunks[-1][0]):] if chunks else body
+            if rest.strip().strip(",").strip():
+                where = body.rfind(rest.strip())
+                raise error(f"unexpected {rest.strip()[:20]!r} in an element list", line + body.count("\n", 0, where),
+                            column + where)
+        else:  # the common case (kube-proxy's maps): commas split it
+            chunks = []
+            pos = 0
+            for chunk in body.split(","):
+                chunks.append((chunk, pos))
+                pos += len(chunk) + 1
+        fast = self.fast
+        for chunk, offset in chunks:
             text = chunk.strip()
             if not text:
+                if chunk is not chunks[-1][0]:
+                    self.fail(error, body, offset, line, column, "an empty element (two commas)")
                 continue
-            start = m.start() + len(chunk) - len(chunk.lstrip())
             try:
-                element = self.fast(text) if not any(s in text for s in _SLOW) else None
+                element = fast(text) if not any(s in text for s in _SLOW) else None
                 if element is None:
                     element = self.slow(text)
             except (ValueError, NotUnderstood) as exc:
-                where_line = line + body.count("\n", 0, start)
-                line_start = body.rfind("\n", 0, start) + 1
-                where_col = (start - line_start + 1) if line_start else column + start
+                start = offset + len(chunk) - len(chunk.lstrip())
                 why = str(exc) if isinstance(exc, ValueError) else "cannot read this element"
-                raise error(f"{why}; expected an element of type {' . '.join(self.keys)}"
-                            + (f" : {' . '.join(self.data)}" if self.data else ""), where_line, where_col) from None
-            if delete:
-                out.pop(element.key, None)
-            else:
-                out.setdefault(element.key, element)
-            pos = m.end()
-        rest = body[pos:].strip().strip(",").strip()
-        if rest:
-            where = body.rfind(rest)
-            raise error(f"unexpected {rest[:20]!r} in an element list", line + body.count("\n", 0, where),
-                        column + where)
+                self.fail(error, body, start, line, column, why)
+            out.setdefault(element.key, element)
+
+    def fail(self, error: Callable[[str, int, int], ParseError], body: str, start: int, line: int, column: int,
+             why: str) -> None:
+        where_line = line + body.count("\n", 0, start)
+        line_start = body.rfind("\n", 0, start) + 1
+        where_col = (start - line_start + 1) if line_start else column + start
+        raise error(f"{why}; expected an element of type {' . '.join(self.keys)}"
+                    + (f" : {' . '.join(self.data)}" if self.data else ""), where_line, where_col) from None
 
     def fast(self, text: str) -> Element | None:
         if self.data is not None:

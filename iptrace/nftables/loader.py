@@ -112,10 +112,12 @@ class TextLoader(CommandMixin):
                 return CHAIN, top[1].rules, t.shapes, t.refs
             return top[0], None, None, None
 
+        pending = False
         for line_no, raw in enumerate(self.lines, 1):
-            if self.pending is not None:
+            if pending:
                 self.continue_pending(raw, line_no)
                 ctx, rules, shapes, refs = where()
+                pending = self.pending is not None
                 continue
             s = raw.strip()
             if not s:
@@ -200,6 +202,7 @@ class TextLoader(CommandMixin):
                 s, handle = self.strip_comment(s)
             if s:
                 self.general(s, line_no, raw.find(s[0]), handle)
+                pending = self.pending is not None
             ctx, rules, shapes, refs = where()
         if self.pending is not None:
             line, column, _ = self.pending_at

@@ -299,14 +299,17 @@ class Rule:
     text: str = field(default="", compare=False)
     line: int | None = field(default=None, compare=False)
     handle: int | None = field(default=None, compare=False)
-    _lazy: tuple[Any, Any] | None = field(default=None, compare=False, repr=False)
+    _lazy: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
 
     def __getattr__(self, name: str) -> Any:
-        # Called only for a slot not set yet: `items`/`comment` of a rule read through a shape.
+        # Called only for a slot not set yet: `items`/`comment` of a rule read through a shape (`_lazy` is its
+        # builder followed by its values), `handle` of one read without (most text has none).
+        if name == "handle":
+            return None
         lazy = object.__getattribute__(self, "_lazy")
         if lazy is None or name not in ("items", "comment"):
             raise AttributeError(name)
-        items, comment = lazy[0](lazy[1])
+        items, comment = lazy[0](lazy)
         object.__setattr__(self, "items", items)
         object.__setattr__(self, "comment", comment)
         return items if name == "items" else comment
@@ -335,6 +338,12 @@ class Chain:
     comment: str | None = None
     line: int | None = field(default=None, compare=False)
     handle: int | None = field(default=None, compare=False)
+
+    def __getattr__(self, name: str) -> Any:
+        # The loader leaves the optional fields of its ~50,000 plain chains unset: they read as None.
+        if name in ("base", "comment", "handle"):
+            return None
+        raise AttributeError(name)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

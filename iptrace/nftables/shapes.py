@@ -15,6 +15,7 @@ import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from socket import AF_INET, inet_pton
 from typing import Any
 
 from iptrace.nftables.model import Rule
@@ -154,7 +155,7 @@ class _Emitter:
             return repr(node)
         if isinstance(node, Slot):
             if self.deferred:
-                k = self.slots.setdefault((node.index, id(node.fn)), (len(self.slots), node))[0]
+                k = self.slots.setdefault((node.index, id(node.fn)), (len(self.slots) + 1, node))[0]
                 return f"n[{k}]"
             return f"v[{node.index}]" if node.fn is None else f"{self.name(node.fn)}(v[{node.index}])"
         if not _has_slot(node):
@@ -178,18 +179,30 @@ _RULE_SETTERS = tuple(getattr(Rule, name).__set__ for name in ("text", "line", "
 def compile_template(items: tuple[Any, ...], comment: Any, keywords: dict[int, str]) -> Callable[
         [list[str], str, int | None, int | None], Rule | None]:
     """A function (values, text, line, handle) → Rule for every rule of one shape: it normalises (and so checks)
-    the rule's values at once and leaves building the items to the Rule's first use (model.Rule). None when
+    the rule's values at once and leaves building the items to the Rule's first use (model.Rule: `_lazy` is
+    (build, normalised values…), and build reads its own tuple). None when
     one of the masked `keywords` (slot → word: `l4proto`) is something else in this rule (the loader then
     reads it alone)."""
     later = _Emitter(deferred=True)
     result = f"({later.emit(items)}, {later.emit(comment)})"
     build = later.function("build", "n", "", result)
     now = _Emitter()
-    normalised = "".join(now.emit(slot) + ", " for _, slot in sorted(later.slots.values(), key=lambda x: x[0]))
-    setters = [now.name(s) for s in _RULE_SETTERS]
+    now.ns.update(_pton=inet_pton, _AF_INET=AF_INET)
     lines = "".join(f"    if v[{i}] != {word!r}:\n        return None\n" for i, word in sorted(keywords.items()))
+    parts = []
+    for k, slot in sorted(later.slots.values(), key=lambda x: x[0]):
+        if getattr(slot.fn, "canonical_ipv4", False):
+            # An address as the kernel prints it is the common case: checked by one C call, inline.
+            lines += (f"    x{k} = v[{slot.index}]\n    try:\n        _pton(_AF_INET, x{k})\n"
+                      f"    except OSError:\n        x{k} = {now.name(slot.fn)}(x{k})\n")
+            parts.append(f"x{k}")
+        else:
+            parts.append(now.emit(slot))
+    normalised = "".join(p + ", " for p in parts)
+    setters = [now.name(s) for s in _RULE_SETTERS]
     lines += (f"    o = _new({now.name(Rule)})\n    {setters[0]}(o, text)\n    {setters[1]}(o, line)\n"
-              f"    {setters[2]}(o, handle)\n    {setters[3]}(o, ({now.name(build)}, ({normalised})))\n")
+              f"    if handle is not None:\n        {setters[2]}(o, handle)\n"
+              f"    {setters[3]}(o, ({now.name(build)}, {normalised}))\n")
     exec(f"def make(v, text, line, handle):\n{lines}    return o\n", now.ns)
     return now.ns["make"]
 

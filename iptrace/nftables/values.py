@@ -192,7 +192,9 @@ def _ether(text: str) -> str:
 def normaliser(datatype: str) -> Callable[[str], object]:
     """The function that reads one value of `datatype` (as text) into the model's form."""
     if datatype == "ipv4_addr":
-        return _prefix(ipv4, 4)
+        fn = _prefix(ipv4, 4)
+        fn.canonical_ipv4 = True  # type: ignore[attr-defined]  # shapes.py inlines its common case
+        return fn
     if datatype == "ipv6_addr":
         return _prefix(ipv6, 6)
     if datatype == "inet_service":
@@ -237,15 +239,18 @@ def nat_target(addr_type: str) -> Callable[[str], tuple[object, object]]:
     """`10.0.0.1:80`, `[fd00::1]:80`, `1.2.3.4-1.2.3.9:1000-2000`, `:8080`, `fd00::1` → (address, port)."""
     address = _address(addr_type)
     port = _ranged(service)
+    v4 = addr_type != "ipv6_addr"
 
     def target(text: str) -> tuple[object, object]:
         host, sep, number = text.partition(":")
-        if sep and number.isdigit() and addr_type != "ipv6_addr" and len(number) <= 5 and int(number) < 65536:
-            try:  # kube-proxy's endpoint `10.180.0.1:80`, canonical: one C call checks it
-                _pton(_AF_INET, host)
-                return host, int(number)
-            except OSError:
-                pass
+        if sep and number.isdigit() and v4:
+            p = int(number)
+            if p < 65536:
+                try:  # kube-proxy's endpoint `10.180.0.1:80`, canonical: one C call checks it
+                    _pton(_AF_INET, host)
+                    return host, p
+                except OSError:
+                    pass
         if text.startswith("["):
             host, _, rest = text[1:].partition("]")
             return address(host), (port(rest[1:]) if rest.startswith(":") else None)
