@@ -33,21 +33,33 @@ from iptrace.cli.common import (
 def parse(dump: str, output: str, as_save: bool, lenient: bool, table: str | None) -> None:
     """Validate a dump and summarize it: tables, chains, rule counts, kube-proxy era, warnings.
 
-    DUMP is a file, `-` for stdin, a .gz file or a collected node directory.
+    DUMP is a file, `-` for stdin, a .gz file or a collected node directory. iptables-save output, `iptables -S`
+    listings and nftables rulesets (`nft list ruleset`, `nft -j list ruleset`, kube-proxy's nft transaction
+    text) are told apart by their content.
 
     \b
     Examples:
       iptrace parse node1.txt
       iptables-save | iptrace parse -
+      nft list ruleset | iptrace parse -
       iptrace parse --save node1.txt > canonical.txt
       iptrace parse --table nat eks-nat-S.txt -o json | jq '.tables[0].chains | length'
     """
     batch()
-    from iptrace.iptables import save
+    from iptrace.iptables import load, save
     from iptrace.iptables.era import detect
+    from iptrace.iptables.loader import read_dump
+    from iptrace.nftables import sniff
     from iptrace.render.parse import render_parse_summary, ruleset_to_json
 
-    ruleset, _ = load_dump(dump, lenient=lenient, table=table)
+    if dump != "-" and Path(dump).is_dir():
+        ruleset, _ = load_dump(dump, lenient=lenient, table=table)
+    else:
+        text, name = read_dump(dump)
+        if sniff(text):
+            _parse_nft(text, name, output, as_save, lenient)
+            return
+        ruleset = load(text, source=name, lenient=lenient, table=table)
     if as_save:
         click.echo(save(ruleset), nl=False)
         return
@@ -56,6 +68,20 @@ def parse(dump: str, output: str, as_save: bool, lenient: bool, table: str | Non
         emit_json(ruleset_to_json(ruleset, era))
     else:
         click.echo(render_parse_summary(ruleset, era), nl=False)
+
+
+def _parse_nft(text: str, name: str, output: str, as_save: bool, lenient: bool) -> None:
+    from iptrace.nftables import load, save
+    from iptrace.render.nft_parse import nft_ruleset_to_json, render_nft_summary
+
+    ruleset = load(text, source=name, lenient=lenient)
+    if as_save:
+        click.echo(save(ruleset), nl=False)
+    elif output == "json":
+        emit_json(nft_ruleset_to_json(ruleset))
+    else:
+        click.echo(render_nft_summary(ruleset), nl=False)
+
 
 @main.command()
 @click.argument("dump")

@@ -197,7 +197,7 @@ class Finisher:
                 continue
             for key, e in fresh.items():
                 out.setdefault(key, e)
-                if reader.vmap and e.data.target is not None:
+                if isinstance(e.data, Verdict) and e.data.target is not None:
                     t.refs.add(e.data.target)
                     self.element_lines.setdefault((s.name, e.data.target), line)
 
@@ -215,6 +215,11 @@ class Finisher:
                 self.warnings.append(LoadWarning(c.first_use, f"chain {name!r} used without a declaration; "
                                                               "assumed to exist"))
         for name, s in list(t.sets.items()):
+            if s.declared and not s.key_type:
+                self.semantic(f"{s.kind} {name!r} has no type; expected 'type …' or 'typeof …' in its declaration",
+                              s.line, line_text(s.line or 0))
+                del t.sets[name]
+                continue
             if not s.declared:
                 self.semantic(f"element for set {name!r}, which table {t.family} {t.name} does not declare; "
                               f"expected an 'add set' or 'add map' line for it", s.first_use,

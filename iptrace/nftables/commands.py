@@ -102,7 +102,7 @@ class CommandMixin:
             known = dict(priority_names(family))
             if base not in known or not priority_allowed(base, family, hook):
                 allowed = [n for n, _ in priority_names(family) if priority_allowed(n, family, hook)]
-                self.semantic(f"priority {base!r} is not valid for a {family} chain on hook {hook}; expected a "
+                self.semantic(f"priority {base!r} is not valid on hook {hook} of family {family}; expected a "
                               f"number{' or ' + ', '.join(allowed) if allowed else ''}", line_no,
                               col + toks[0].start_pos + 1)
                 return None
@@ -121,8 +121,15 @@ class CommandMixin:
         if node.data == "type":
             words = [str(k) for k in kids]
             key, data = (words[:words.index(":")], words[words.index(":") + 1:]) if ":" in words else (words, None)
-            s.key_type = tuple(w for w in key if w != ".")
-            s.data_type = tuple(w for w in data if w != ".") if data is not None else None
+            if data and data[0] == "interval":  # `: interval ipv4_addr`: data of an interval map
+                data = data[1:]
+            for part in (key, data or ["x"]):
+                if part[1::2] != ["."] * (len(part) // 2) or len(part) % 2 == 0:
+                    self.semantic(f"set type {' '.join(words)!r}; expected datatypes joined by ' . ' "
+                                  "(e.g. ipv4_addr . inet_proto . inet_service)", line_no, where)
+                    return
+            s.key_type = tuple(key[0::2])
+            s.data_type = tuple(data[0::2]) if data is not None else None
         elif node.data == "typeof":
             words = [str(k) for k in kids]
             split = words.index(":") if ":" in words else len(words)

@@ -125,4 +125,6 @@ class ElementReader:
         element = reader.read_element(self.keys, self.data)
         if reader.pos != len(reader.toks):
             raise NotUnderstood
+        if self.data is not None and element.data is None:
+            raise ValueError("a map element without its ': value'")
         return instantiate(element)

@@ -10,6 +10,7 @@ comment; its table `flags` can be garbage): the model then says less, never some
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from iptrace.errors import ParseError
@@ -48,12 +49,25 @@ from iptrace.nftables.model import (
 )
 from iptrace.nftables.normalise import make_nat, make_statement, normalise_items
 from iptrace.nftables.types import ANY, expr_type, is_bitmask, key_types
-from iptrace.nftables.vocabulary import CHAIN_VERDICTS, REJECT_DEFAULT, VERDICT_WORDS
+from iptrace.nftables.vocabulary import (
+    CHAIN_VERDICTS,
+    CT,
+    CT_DIRECTIONS,
+    FIB_FLAGS,
+    FIB_RESULTS,
+    META,
+    NUMGEN_MODES,
+    PAYLOAD,
+    REJECT_DEFAULT,
+    REJECT_TYPES,
+    VERDICT_WORDS,
+)
 
 _OBJECTS = ("counter", "quota", "limit", "secmark", "synproxy", "flowtable", "ct helper", "ct timeout",
             "ct expectation")
 _BINOPS = ("&", "|", "^", "<<", ">>")
 _TABLE_FLAGS = frozenset({"dormant", "owner", "persist"})
+_TYPE_RE = re.compile(r"[a-z][a-z0-9_]*")
 
 
 class _Bad(Exception):
@@ -130,6 +144,10 @@ class JsonReader:
         value = None
         if data_j is not None:
             value = self.verdict(data_j) if data == ("verdict",) else self.value(data_j, data or (ANY,))
+        for v, types in ((key, keys), (value, data)):
+            if types is not None and types != ("verdict",) and ANY not in types \
+                    and (len(v) if isinstance(v, tuple) else 1) != len(types):
+                raise ValueError(f"element {_compact(e)[:60]} does not have the {len(types)} parts of its type")
         return Element(key, value, timeout, comment, expires, counter)
 
     def verdict(self, v: Any) -> Verdict:
@@ -151,20 +169,29 @@ class JsonReader:
     # -- expressions -------------------------------------------------------------------------------------
     def expr(self, v: Any) -> Any:
         kind, body = _one(v)
-        if kind == "payload" and "field" in body:
+        # Only what the text reader knows too (vocabulary.py), so that both forms read alike; the rest is
+        # an Unknown of the rule.
+        if kind == "payload" and body.get("field") in PAYLOAD.get(body.get("protocol"), ()):
             return Payload(body["protocol"], body["field"])
-        if kind == "meta":
+        if kind == "meta" and body.get("key") in META:
             return Meta(body["key"])
         if kind == "ct":
             key = body["key"]
             family = body.get("family")
             if " " in key:
                 family, key = key.split(" ", 1)
+            if key not in CT or family not in (None, "ip", "ip6") or body.get("dir") not in (None, *CT_DIRECTIONS):
+                raise _Bad
             return Ct(key, body.get("dir"), family)
         if kind == "fib":
             flags = body.get("flags", [])
-            return Fib(tuple([flags] if isinstance(flags, str) else flags), body["result"])
+            flags = tuple([flags] if isinstance(flags, str) else flags)
+            if body["result"] not in FIB_RESULTS or not flags or not all(f in FIB_FLAGS for f in flags):
+                raise _Bad
+            return Fib(flags, body["result"])
         if kind == "numgen":
+            if body["mode"] not in NUMGEN_MODES or not isinstance(body["mod"], int):
+                raise _Bad
             return Numgen(body["mode"], body["mod"], body.get("offset", 0))
         if kind in ("jhash", "symhash"):
             inner = self.expr(body["expr"]) if kind == "jhash" else None
@@ -223,6 +250,10 @@ class JsonReader:
             rtype, code = body.get("type"), body.get("expr")
             if rtype is None or (rtype, code) == REJECT_DEFAULT.get(self.family):
                 return Reject()
+            if rtype == "tcp reset":
+                return Reject(rtype)
+            if rtype not in REJECT_TYPES or not isinstance(code, str):
+                raise _Bad
             return Reject(rtype, code)
         if kind == "counter":
             if isinstance(body, str):
@@ -393,11 +424,10 @@ def _read_object(obj: Any, tables: dict[tuple[str, str], TableBuilder], warnings
 
 
 def _types(v: Any) -> tuple[str, ...]:
-    if isinstance(v, list):
-        return tuple(v)
-    if isinstance(v, str):
-        return tuple(p.strip() for p in v.split(" . "))
-    raise ValueError(f"set type {v!r}")
+    parts = v if isinstance(v, list) else v.split(" . ") if isinstance(v, str) else None
+    if not parts or not all(isinstance(p, str) and _TYPE_RE.fullmatch(p) for p in parts):
+        raise ValueError(f"set type {v!r}")
+    return tuple(parts)
 
 
 def _object_body(kind: str, body: dict[str, Any]) -> tuple[str, ...]:

@@ -31,7 +31,7 @@ _ADD_RULE_RE = re.compile(rf"(add|insert) rule {_FAMILY}{_NAME} {_NAME} ")
 _ELEMENT_RE = re.compile(rf"(add|create|delete|destroy) element {_FAMILY}{_NAME} {_NAME} \{{")
 _ADD_CHAIN_RE = re.compile(rf"(add|create) chain {_FAMILY}{_NAME} {_NAME}")
 _TABLE_HEADER_RE = re.compile(rf"table {_FAMILY}{_NAME}")
-_BLOCK_HEADER_RE = re.compile(r"(chain|set|map|flowtable|counter|quota|limit|secmark|synproxy|ct \S+) (\S+)")
+_BLOCK_HEADER_RE = re.compile(r'(chain|set|map|flowtable|counter|quota|limit|secmark|synproxy|ct [a-z]+) ([^\s"{};#]+)')
 _COMMENT_RE = re.compile(r'"(?:\\.|[^"\\])*"|#[ \t]*xt_\w+|#.*')
 _HANDLE_RE = re.compile(r"#\s*handle\s+(\d+)\s*$")
 _SPLIT_RE = re.compile(r'"(?:\\.|[^"\\])*"|[{};]|[^{};"]+|"')
@@ -139,7 +139,10 @@ class TextLoader(CommandMixin):
                         toks = u.split()
                         shape = shapes.get(tuple(map(keyword, toks)))
                         if shape is not None:
-                            rule = shape[0](toks, s, line_no, None)
+                            try:
+                                rule = shape[0](toks, s, line_no, None)
+                            except ValueError:  # a bad value: make_rule says where
+                                rule = None
                             if rule is not None:
                                 rules.append(rule)
                                 if shape[1] is not None:
@@ -320,7 +323,7 @@ class TextLoader(CommandMixin):
         if m is None:
             tree = self.parse(header + " {", "table_line", line_no, col)
             if tree is None:
-                self.stack.append((OBJECT, ChainBuilder("?", line_no, True), line_no))
+                self.stack.append((OBJECT, _ObjectBuilder("?", "?", line_no), line_no))  # lenient: skipped
                 return
             header_tree = tree.children[0]
             kind = header_tree.data.split("_")[0]
@@ -364,7 +367,7 @@ class TextLoader(CommandMixin):
                           col + 1)
             return
         ctx, builder, _ = self.stack.pop()
-        if ctx == OBJECT and isinstance(builder, _ObjectBuilder):
+        if ctx == OBJECT and isinstance(builder, _ObjectBuilder) and builder.name != "?":
             self.stack[-1][1].objects.append(builder.freeze())
 
     def statement(self, text: str, line_no: int, col: int, handle: int | None) -> None:

@@ -124,7 +124,7 @@ def service(text: str) -> Scalar:
         if port > 65535:
             raise ValueError(f"port {port} is out of range (0-65535)")
         return port
-    known = SERVICES.get(text)
+    known = SERVICES.get(unquote(text))
     if known is not None:
         return known
     if text.startswith("$"):
@@ -139,7 +139,7 @@ def protocol(text: str) -> Scalar:
     known = _COMMON_PROTOCOLS.get(text)
     if known is not None:
         return known
-    lower = text.lower()
+    lower = unquote(text).lower()
     if lower.isdigit():
         return _PROTOCOL_NAMES_NFT.get(int(lower), int(lower))
     if lower in ("icmpv6", "icmp6"):
