@@ -16,7 +16,7 @@ from typing import Any
 
 from iptrace.nftables import values
 from iptrace.nftables.model import Match, Meta, Nat, Payload, Reject, Ruleset, Set, SetUpdate, Statement
-from iptrace.nftables.vocabulary import STATEMENT_DEFAULTS
+from iptrace.nftables.vocabulary import REJECT_DEFAULT, STATEMENT_DEFAULTS
 
 # The default size nft gives a set that rules add elements to.
 DYNAMIC_SET_SIZE = 65535
@@ -33,6 +33,13 @@ def normalise_items(items: tuple[Any, ...]) -> tuple[Any, ...]:
             if isinstance(prev, Match) and prev.op == "==" and prev.right == "tcp" and prev.left in _TCP_DEPENDENCIES:
                 del out[i - 1]
     return tuple(out) if len(out) != len(items) else items
+
+
+def make_reject(kind: str, code: Any, family: str) -> Reject:
+    """`reject with icmp type port-unreachable` in an ip table is the kernel's bare `reject`."""
+    if (kind, code) == REJECT_DEFAULT.get(family):
+        return Reject()
+    return Reject(kind, code)
 
 
 def make_nat(kind: str, family: str | None, target: tuple[Any, Any], flags: tuple[str, ...]) -> Nat:

@@ -40,7 +40,7 @@ from iptrace.nftables.model import (
     VerdictMap,
     Xt,
 )
-from iptrace.nftables.normalise import make_nat, make_statement, nat_from_text, normalise_items
+from iptrace.nftables.normalise import make_nat, make_reject, make_statement, nat_from_text, normalise_items
 from iptrace.nftables.shapes import DIGIT_KEYWORDS, MASK_RE, TOKEN_RE, Call, Slot, join_tokens
 from iptrace.nftables.types import ANY, expr_type, is_bitmask, key_types
 from iptrace.nftables.vocabulary import (
@@ -60,7 +60,6 @@ from iptrace.nftables.vocabulary import (
     NUMGEN_MODES,
     OPTION_STATEMENTS,
     PAYLOAD,
-    REJECT_DEFAULT,
     REJECT_TYPES,
     RELATIONAL_OPS,
     SELECTORS,
@@ -252,9 +251,9 @@ class RuleReader:
         if self.word() == "type":
             self.pos += 1
         code = self.value(values.symbol)
-        if (kind, code) == REJECT_DEFAULT.get(self.family):
-            return Reject()
-        return Reject(kind, code)
+        if isinstance(code, Slot):
+            return Call(make_reject, (kind, code, self.family))
+        return make_reject(kind, code, self.family)
 
     def read_counter(self) -> Counter:
         self.pos += 1
@@ -455,11 +454,8 @@ class RuleReader:
         return Match(left, op, right)
 
     def read_operand(self, dtype: str) -> Any:
-        """The right side of a bitwise operation: a number, or flags `(syn|ack)` / `syn,ack`."""
-        t = self.peek()
-        if t is not None and t.slot < 0 and t.text.startswith("(") and t.text.endswith(")"):
-            self.pos += 1
-            return Flags(tuple(t.text[1:-1].replace(" ", "").split("|")))
+        """The right side of a bitwise operation: a number, or flags `(syn|ack)` / `syn,ack` (the bitmask
+        types' normaliser reads both)."""
         return self.read_value(dtype, flags_ok=True)
 
     def read_right(self, dtypes: tuple[str, ...], *, flags_ok: bool) -> Any:

@@ -16,7 +16,7 @@ from socket import inet_pton as _pton
 
 from iptrace.dataplane import PROTOCOL_NAMES, PROTOCOL_NUMBERS
 from iptrace.nftables.model import Flags, Prefix, Range, Scalar
-from iptrace.nftables.vocabulary import INTEGER_TYPES, SERVICES, STRING_TYPES
+from iptrace.nftables.vocabulary import BITMASK_TYPES, INTEGER_TYPES, SERVICES, STRING_TYPES
 
 _CANONICAL_V4 = re.compile(r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)")
 _ESCAPE = re.compile(r"\\(.)")
@@ -188,9 +188,20 @@ def _ether(text: str) -> str:
     return text.lower()
 
 
+def _bitmask(text: str) -> object:
+    """A bitmask value: one symbol, or `(syn|ack)` / `syn|ack` (several bits, as after `&`)."""
+    if "|" in text:
+        names = text.strip("()").replace(" ", "").split("|")
+        if all(names):
+            return Flags(tuple(names))
+    return symbol(text)
+
+
 @cache
 def normaliser(datatype: str) -> Callable[[str], object]:
     """The function that reads one value of `datatype` (as text) into the model's form."""
+    if datatype in BITMASK_TYPES:
+        return _bitmask
     if datatype == "ipv4_addr":
         fn = _prefix(ipv4, 4)
         fn.canonical_ipv4 = True  # type: ignore[attr-defined]  # shapes.py inlines its common case

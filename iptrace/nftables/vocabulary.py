@@ -56,10 +56,9 @@ def priority_names(family: str) -> tuple[tuple[str, int], ...]:
 # Datatypes whose implicit relational operator is a bit test ("in" in nft's JSON): `ct state new`.
 BITMASK_TYPES = frozenset({"ct_state", "ct_status", "tcp_flag", "ct_event", "fib_addrtype_bitmask"})
 # Datatypes written as quoted strings.
-STRING_TYPES = frozenset({"ifname", "string"})
-INTEGER_TYPES = frozenset({"integer", "mark", "ct_mark", "ct_zone", "ct_label", "classid", "ct_id", "dscp",
-                           "ecn", "cpu", "ct_bytes", "ct_packets", "uid", "gid", "time", "devgroup",
-                           "iface_index", "realm", "cgroupv2", "nf_proto"})
+STRING_TYPES = frozenset({"ifname", "string", "iface_index"})
+# Datatypes whose values are numbers only (others take symbols too: `dscp cs1`, `skuid root`, `l3proto ipv4`).
+INTEGER_TYPES = frozenset({"integer", "mark", "ct_mark", "ct_zone", "ct_id", "cpu", "ct_bytes", "ct_packets"})
 # Integer types the kernel prints in hex (0x%08x for 32-bit ones).
 HEX_TYPES: Mapping[str, int] = MappingProxyType({"mark": 8, "ct_mark": 8, "classid": 0})
 
