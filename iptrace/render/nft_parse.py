@@ -36,10 +36,12 @@ def _group(name: str) -> str:
 
 def render_nft_summary(ruleset: Ruleset) -> str:
     tables = ruleset.tables
-    sets = sum(len(t.sets) for t in tables)
-    elements = sum(len(s.elements) for t in tables for s in t.sets)
+    sets = [s for t in tables for s in t.sets]
+    maps = sum(1 for s in sets if s.is_map)
+    elements = sum(len(s.elements) for s in sets)
     out = [f"{ruleset.source}: {FORMAT_NAMES.get(ruleset.format, ruleset.format)}, {_plural(len(tables), 'table')}, "
-           f"{_plural(ruleset.rule_count, 'rule')}, {_plural(sets, 'set')}/maps, {_plural(elements, 'element')}"]
+           f"{_plural(ruleset.rule_count, 'rule')}, {_plural(len(sets) - maps, 'set')} and {_plural(maps, 'map')} "
+           f"({_plural(elements, 'element')})"]
     kube = [t.label for t in tables if t.name == KUBE_PROXY_TABLE and t.family in ("ip", "ip6")]
     out.append(f"kube-proxy: nftables mode ({', '.join('table ' + k for k in kube)})" if kube
                else "kube-proxy: no kube-proxy table (table ip kube-proxy / ip6 kube-proxy)")
@@ -54,30 +56,48 @@ def _as_items(items: tuple[LoadWarning, ...]) -> tuple[Any, ...]:
     return tuple(LoadWarning(w.line if w.line is not None else 0, w.message) for w in items)
 
 
+def _columns(rows: list[list[str]], indent: str = "    ") -> list[str]:
+    """Rows of cells, each column as wide as its widest cell (the last one as it is)."""
+    if not rows:
+        return []
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows]
+
+
 def _table_summary(t: Table) -> list[str]:
     base = [c for c in t.chains if c.base is not None]
     maps = sum(1 for s in t.sets if s.is_map)
     flags = f" (flags {','.join(t.flags)})" if t.flags else ""
-    out = [f"table {t.label}{flags}  {_plural(t.rule_count, 'rule')}, {_plural(len(t.chains), 'chain')} "
-           f"({len(base)} base), {_plural(len(t.sets) - maps, 'set')}, {_plural(maps, 'map')}, "
+    out = [f"table {t.label}{flags}: {_plural(len(t.chains), 'chain')} ({len(base)} base), "
+           f"{_plural(t.rule_count, 'rule')}, {_plural(len(t.sets) - maps, 'set')}, {_plural(maps, 'map')}, "
            f"{_plural(sum(len(s.elements) for s in t.sets), 'element')}"]
-    order = {h: i for i, h in enumerate(HOOK_ORDER)}
-    for c in sorted(base, key=lambda c: (order.get(c.base.hook, 99), c.base.priority)):
-        b = c.base
-        device = f" device {','.join(b.devices)}" if b.devices else ""
-        out.append(f"  {c.name:<28} {b.type:<6} {b.hook + device:<12} priority {b.priority:>5}  policy {b.policy:<6}"
-                   f" {_plural(len(c.rules), 'rule'):>9}")
+    if base:
+        order = {h: i for i, h in enumerate(HOOK_ORDER)}
+        rows = []
+        for c in sorted(base, key=lambda c: (order.get(c.base.hook, 99), c.base.priority)):
+            b = c.base
+            device = f" device {','.join(b.devices)}" if b.devices else ""
+            rows.append([c.name, b.type, b.hook + device, f"priority {b.priority}", f"policy {b.policy}",
+                         _plural(len(c.rules), "rule")])
+        out += ["  base chains, in hook and priority order:", *_columns(rows)]
     groups: dict[str, list[int]] = {}
     for c in t.chains:
         if c.base is None:
             groups.setdefault(_group(c.name), []).append(len(c.rules))
-    for label, counts in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
-        shown = f"{label} ×{len(counts)}" if len(counts) > 1 or label.endswith("*") else label
-        out.append(f"  {shown:<40} {_plural(sum(counts), 'rule'):>12}")
-    for s in t.sets:
-        kind = "map" if s.is_map else "set"
-        typ = " . ".join(s.key_type) + (f" : {' . '.join(s.data_type)}" if s.data_type else "")
-        out.append(f"  {kind} {s.name:<30} {typ:<52} {_plural(len(s.elements), 'element'):>12}")
+    if groups:
+        rows = [[f"{label} ×{len(counts)}" if len(counts) > 1 or label.endswith("*") else label,
+                 _plural(sum(counts), "rule")]
+                for label, counts in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))]
+        out += ["  chains:", *_columns(rows)]
+    if t.sets:
+        # kube-proxy's per-endpoint affinity sets are one row
+        kinds: dict[tuple[str, str, str], list[int]] = {}
+        for s in t.sets:
+            typ = " . ".join(s.key_type) + (f" : {' . '.join(s.data_type)}" if s.data_type else "")
+            kinds.setdefault(("map" if s.is_map else "set", _group(s.name), typ), []).append(len(s.elements))
+        rows = [[f"{kind} {label}" + (f" ×{len(counts)}" if label.endswith("*") else ""), typ,
+                 _plural(sum(counts), "element")] for (kind, label, typ), counts in kinds.items()]
+        out += ["  sets and maps:", *_columns(rows)]
     return out
 
 
