@@ -251,6 +251,7 @@ def test_rule_forms(body: str, expected: tuple) -> None:
     ("reject with icmp type port-unreachable", "reject"),
     ("meta l4proto tcp reject with tcp reset", "reject with tcp reset"),
     ("ip protocol tcp reject with tcp reset", "reject with tcp reset"),
+    ("meta l4proto tcp ip daddr 10.0.0.1 tcp dport 80 accept", "ip daddr 10.0.0.1 tcp dport 80 accept"),
     ("limit rate 10/second burst 5 packets accept", "limit rate 10/second accept"),
     ("log prefix \"x y\" level warn", "log prefix \"x y\""),
     ("tcp flags & (syn|ack) == syn drop", "tcp flags syn / syn,ack drop"),

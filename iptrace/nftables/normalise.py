@@ -15,23 +15,55 @@ from functools import cache
 from typing import Any
 
 from iptrace.nftables import values
-from iptrace.nftables.model import Match, Meta, Nat, Payload, Reject, Ruleset, Set, SetUpdate, Statement
+from iptrace.nftables.model import (
+    Binop,
+    Concat,
+    Mangle,
+    Match,
+    Meta,
+    Nat,
+    Payload,
+    Reject,
+    Ruleset,
+    Set,
+    SetUpdate,
+    Statement,
+    VerdictMap,
+)
 from iptrace.nftables.vocabulary import REJECT_DEFAULT, STATEMENT_DEFAULTS
 
 # The default size nft gives a set that rules add elements to.
 DYNAMIC_SET_SIZE = 65535
 _TCP_DEPENDENCIES = (Meta("l4proto"), Payload("ip", "protocol"), Payload("ip6", "nexthdr"))
+_PAYLOAD_OF = {"ipv6-icmp": "icmpv6"}  # the protocol's name → the header's (`icmpv6 type …`)
 _DEFAULTS: dict[str, tuple[tuple[str, ...], ...]] = {**STATEMENT_DEFAULTS, "log": (("level", "warn"),)}
 
 
+def _protocol_match(item: Any) -> str | None:
+    """The protocol `meta l4proto tcp` / `ip protocol tcp` tests, else None."""
+    if isinstance(item, Match) and item.op == "==" and item.left in _TCP_DEPENDENCIES and isinstance(item.right, str):
+        return _PAYLOAD_OF.get(item.right, item.right)
+    return None
+
+
+def _uses_header(item: Any, protocol: str) -> bool:
+    left = item.left if isinstance(item, Match) else item.key if isinstance(item, (VerdictMap, Mangle)) else None
+    parts = left.parts if isinstance(left, Concat) else (left.left,) if isinstance(left, Binop) else (left,)
+    return any(isinstance(p, Payload) and p.protocol == protocol for p in parts)
+
+
 def normalise_items(items: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Drop the protocol match the kernel treats as part of `reject with tcp reset`."""
+    """Drop a protocol match the kernel treats as a dependency of what follows (and leaves out of its
+    listing): `meta l4proto tcp` before `tcp dport 80`, or before `reject with tcp reset`."""
     out = list(items)
-    for i in range(len(out) - 1, 0, -1):
-        if isinstance(out[i], Reject) and out[i].kind == "tcp reset":
-            prev = out[i - 1]
-            if isinstance(prev, Match) and prev.op == "==" and prev.right == "tcp" and prev.left in _TCP_DEPENDENCIES:
-                del out[i - 1]
+    for i in range(len(out) - 1, -1, -1):
+        protocol = _protocol_match(out[i])
+        if protocol is None:
+            continue
+        later = out[i + 1:]
+        if any(_uses_header(x, protocol) for x in later) or (
+                protocol == "tcp" and later and isinstance(later[0], Reject) and later[0].kind == "tcp reset"):
+            del out[i]
     return tuple(out) if len(out) != len(items) else items
 
 
