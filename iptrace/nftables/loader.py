@@ -429,9 +429,10 @@ class TextLoader(CommandMixin):
             rule = shape[0](vals, text, line_no, handle)
         except ValueError as exc:
             why = str(exc)
-            bad = next((v for v in vals if repr(v) in why or repr(v.strip('"')) in why), "")
+            quoted = re.search(r"'([^']+)'", why)  # the normalisers quote the value they refused
+            where = text.find(quoted.group(1)) if quoted else -1
             self.fail(ParseError(f"{why}; the rule cannot be read", source=self.source, line=line_no,
-                                 column=col + max(text.find(bad), 0) + 1, text=self.line_text(line_no)))
+                                 column=col + max(where, 0) + 1, text=self.line_text(line_no)))
             return None
         if rule is None:  # a masked keyword differs from the shape's (`ip6` where it had `ip6`… or not)
             key = "\1" + text
