@@ -165,7 +165,6 @@ class Finisher:
         self.source = source
         self.fail = fail
         self.warnings = warnings
-        self.element_lines: dict[tuple[str, str], int] = {}
 
     def semantic(self, why: str, line: int | None, text: str = "", column: int = 1) -> None:
         self.fail(DumpSemanticError(why, source=self.source, line=line or 0, column=column, text=text))
@@ -195,11 +194,13 @@ class Finisher:
                         self.semantic(f"delete of an element that set {s.name!r} does not hold", line,
                                       line_text(line), column)
                 continue
-            for key, e in fresh.items():
-                out.setdefault(key, e)
-                if isinstance(e.data, Verdict) and e.data.target is not None:
-                    t.refs.add(e.data.target)
-                    self.element_lines.setdefault((s.name, e.data.target), line)
+            if out:
+                for key, e in fresh.items():
+                    out.setdefault(key, e)
+            else:
+                out.update(fresh)
+            if reader.vmap:
+                t.refs.update([e.data.target for e in fresh.values() if e.data.target is not None])
 
     def table(self, t: TableBuilder, line_text: Callable[[int], str]) -> Table | None:
         if not t.declared:
@@ -265,7 +266,8 @@ class Finisher:
         for s in t.sets.values():
             for key, e in list(s.elements.items()):
                 if isinstance(e.data, Verdict) and e.data.target in missing:
-                    line = self.element_lines.get((s.name, e.data.target), s.line)
+                    # the first element operation that names it (elements keep no line of their own)
+                    line = next((op[2] for op in s.ops if e.data.target in op[1]), s.line)
                     text = line_text(line or 0)
                     self.semantic(f"element of map {s.name!r} jumps to chain {e.data.target!r}, which table "
                                   f"{t.family} {t.name} does not declare; expected a chain of that name", line,

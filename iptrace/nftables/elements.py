@@ -20,7 +20,6 @@ from iptrace.nftables.shapes import fast_constructor, instantiate
 from iptrace.nftables.vocabulary import CHAIN_VERDICTS, VERDICT_WORDS
 
 _CHUNK_RE = re.compile(r'(?:"(?:\\.|[^"\\])*"|\{[^{}]*\}|[^,"{}])+')
-_SLOW = ('"', "{", " timeout ", " expires ", " counter ", " comment ")
 _VERDICTS = {w: Verdict(w) for w in VERDICT_WORDS}
 _make_element = fast_constructor(Element)
 _make_verdict = fast_constructor(Verdict)
@@ -62,7 +61,8 @@ class ElementReader:
                     self.fail(error, body, offset, line, column, "an empty element (two commas)")
                 continue
             try:
-                element = fast(text) if not any(s in text for s in _SLOW) else None
+                element = None if '"' in text or "{" in text or " timeout " in text or " expires " in text \
+                    or " counter " in text else fast(text)
                 if element is None:
                     element = self.slow(text)
             except (ValueError, NotUnderstood) as exc:

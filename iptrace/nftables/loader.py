@@ -61,6 +61,7 @@ class TextLoader(CommandMixin):
         self.warnings: list[LoadWarning] = []
         self.skipped: list[LoadWarning] = []
         self.trees: dict[tuple[str, str], Tree] = {}
+        self.set_patches: dict[str, tuple[tuple[str, Any], ...]] = {}
         self.known = keywords()
         self.pending: list[str] | None = None
         self.pending_at = (0, 0, None)  # line, column, handle of the statement being continued
@@ -113,7 +114,8 @@ class TextLoader(CommandMixin):
             return top[0], None, None, None
 
         pending = False
-        for line_no, raw in enumerate(self.lines, 1):
+        lines = enumerate(self.lines, 1)
+        for line_no, raw in lines:
             if pending:
                 self.continue_pending(raw, line_no)
                 ctx, rules, shapes, refs = where()
@@ -123,11 +125,15 @@ class TextLoader(CommandMixin):
             if not s:
                 continue
             if ctx == CHAIN:
-                if s == "}":
-                    stack.pop()
-                    ctx = TABLE  # a chain block is always inside a table block
-                    continue
-                if ";" not in s and "#" not in s and not s.startswith(_CHAIN_OPTIONS):
+                # The body of a chain: its lines are read here, one after the other, until its "}" (or a line
+                # that needs the general path).
+                while True:
+                    if s == "}":
+                        stack.pop()
+                        ctx = TABLE  # a chain block is always inside a table block
+                        break
+                    if ";" in s or "#" in s or s.startswith(_CHAIN_OPTIONS):
+                        break
                     if '"' not in s and "@" not in s and "\t" not in s and "  " not in s and (
                             ":" not in s or (s[-1] != ":" and s.count(": ") == s.count(" : "))):
                         # A rule of a shape seen before (shapes.fast_tokens, inlined): split, one generated call.
@@ -138,21 +144,37 @@ class TextLoader(CommandMixin):
                             u = u.replace("{", " { ").replace("}", " } ")
                         toks = u.split()
                         shape = shapes.get(tuple(map(keyword, toks)))
+                        rule = None
                         if shape is not None:
                             try:
                                 rule = shape[0](toks, s, line_no, None)
                             except ValueError:  # a bad value: make_rule says where
                                 rule = None
+                        if rule is not None:
+                            rules.append(rule)
+                            if shape[1] is not None:
+                                refs.update(shape[1](toks))
+                        elif "{" not in s or _depth(s) == 0:
+                            rule = self.make_rule(stack[-2][1], s, line_no, raw.find(s[0]), None)
                             if rule is not None:
                                 rules.append(rule)
-                                if shape[1] is not None:
-                                    refs.update(shape[1](toks))
-                                continue
-                    if "{" not in s or _depth(s) == 0:
+                        else:
+                            break
+                    elif "{" not in s or _depth(s) == 0:
                         rule = self.make_rule(stack[-2][1], s, line_no, raw.find(s[0]), None)
                         if rule is not None:
                             rules.append(rule)
-                        continue
+                    else:
+                        break
+                    for line_no, raw in lines:  # noqa: B007 — the outer loop goes on from here
+                        s = raw.strip()
+                        if s:
+                            break
+                    else:
+                        s = ""
+                        break
+                if not s or ctx != CHAIN:
+                    continue
             elif ctx == TABLE:
                 if s == "}":
                     stack.pop()
@@ -390,9 +412,23 @@ class TextLoader(CommandMixin):
                 if brace > 0 and text[:brace].replace(" ", "") == "elements=" and text.endswith("}"):
                     s.ops.append(("add", text[brace + 1:-1], line_no, col + brace + 2))
                     return
+            patch = self.set_patches.get(text)
+            if patch is not None:  # a declaration line seen before (`size 65535` of every affinity set)
+                for name, value in patch:
+                    setattr(s, name, tuple(sorted({*s.flags, *value})) if name == "flags" else value)
+                return
             tree = self.parse(text, "set_line", line_no, col)
             if tree is not None:
-                self.set_option(self.stack[-2][1], s, tree.children[0], line_no, col)
+                # Read it into a blank set; what it changed is this line's patch, for every set that repeats it.
+                skipped = len(self.skipped)
+                scratch = SetBuilder(s.name, s.kind, s.line, True)
+                self.set_option(self.stack[-2][1], scratch, tree.children[0], line_no, col)
+                blank = SetBuilder(s.name, s.kind, s.line, True)
+                patch = tuple((k, v) for k, v in vars(scratch).items() if getattr(blank, k) != v)
+                if len(self.skipped) == skipped:
+                    self.set_patches[text] = patch
+                for name, value in patch:
+                    setattr(s, name, tuple(sorted({*s.flags, *value})) if name == "flags" else value)
         elif ctx == TABLE:
             tree = self.parse(text, "table_line", line_no, col)
             if tree is not None:

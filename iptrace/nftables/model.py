@@ -302,12 +302,18 @@ class Rule:
     _lazy: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
 
     def __getattr__(self, name: str) -> Any:
-        # Called only for a slot not set yet: `items`/`comment` of a rule read through a shape (`_lazy` is its
-        # builder followed by its values), `handle` of one read without (most text has none).
+        # Called only for a slot not set yet. A rule read through a shape has just `_lazy`: (its builder, text,
+        # line, normalised values…); `handle` is set only when the text had one (`nft -a`).
         if name == "handle":
             return None
         lazy = object.__getattribute__(self, "_lazy")
-        if lazy is None or name not in ("items", "comment"):
+        if lazy is None:
+            raise AttributeError(name)
+        if name == "text":
+            return lazy[1]
+        if name == "line":
+            return lazy[2]
+        if name not in ("items", "comment"):
             raise AttributeError(name)
         items, comment = lazy[0](lazy)
         object.__setattr__(self, "items", items)

@@ -155,7 +155,7 @@ class _Emitter:
             return repr(node)
         if isinstance(node, Slot):
             if self.deferred:
-                k = self.slots.setdefault((node.index, id(node.fn)), (len(self.slots) + 1, node))[0]
+                k = self.slots.setdefault((node.index, id(node.fn)), (len(self.slots) + 3, node))[0]
                 return f"n[{k}]"
             return f"v[{node.index}]" if node.fn is None else f"{self.name(node.fn)}(v[{node.index}])"
         if not _has_slot(node):
@@ -180,7 +180,7 @@ def compile_template(items: tuple[Any, ...], comment: Any, keywords: dict[int, s
         [list[str], str, int | None, int | None], Rule | None]:
     """A function (values, text, line, handle) → Rule for every rule of one shape: it normalises (and so checks)
     the rule's values at once and leaves building the items to the Rule's first use (model.Rule: `_lazy` is
-    (build, normalised values…), and build reads its own tuple). None when
+    (build, text, line, normalised values…), and build reads its own tuple). None when
     one of the masked `keywords` (slot → word: `l4proto`) is something else in this rule (the loader then
     reads it alone)."""
     later = _Emitter(deferred=True)
@@ -196,13 +196,26 @@ def compile_template(items: tuple[Any, ...], comment: Any, keywords: dict[int, s
             lines += (f"    x{k} = v[{slot.index}]\n    try:\n        _pton(_AF_INET, x{k})\n"
                       f"    except OSError:\n        x{k} = {now.name(slot.fn)}(x{k})\n")
             parts.append(f"x{k}")
+        elif getattr(slot.fn, "decimal_int", False):
+            fn = now.name(slot.fn)
+            lines += f"    x{k} = v[{slot.index}]\n    x{k} = int(x{k}) if x{k}.isdigit() else {fn}(x{k})\n"
+            parts.append(f"x{k}")
+        elif getattr(slot.fn, "ipv4_port", False):
+            # kube-proxy's `dnat to 10.180.0.1:80`, inline; anything else through values.nat_target.
+            fn = now.name(slot.fn)
+            lines += (f"    x{k} = v[{slot.index}]\n    h, sep, p = x{k}.partition(':')\n"
+                      f"    if sep and p.isdigit() and int(p) < 65536:\n        try:\n"
+                      f"            _pton(_AF_INET, h)\n            x{k} = (h, int(p))\n"
+                      f"        except OSError:\n            x{k} = {fn}(x{k})\n"
+                      f"    else:\n        x{k} = {fn}(x{k})\n")
+            parts.append(f"x{k}")
         else:
             parts.append(now.emit(slot))
     normalised = "".join(p + ", " for p in parts)
     setters = [now.name(s) for s in _RULE_SETTERS]
-    lines += (f"    o = _new({now.name(Rule)})\n    {setters[0]}(o, text)\n    {setters[1]}(o, line)\n"
+    lines += (f"    o = _new({now.name(Rule)})\n"
               f"    if handle is not None:\n        {setters[2]}(o, handle)\n"
-              f"    {setters[3]}(o, ({now.name(build)}, {normalised}))\n")
+              f"    {setters[3]}(o, ({now.name(build)}, text, line, {normalised}))\n")
     exec(f"def make(v, text, line, handle):\n{lines}    return o\n", now.ns)
     return now.ns["make"]
 

@@ -213,7 +213,9 @@ def normaliser(datatype: str) -> Callable[[str], object]:
     if datatype == "inet_proto":
         return protocol
     if datatype in INTEGER_TYPES:
-        return _ranged(integer)
+        fn = _ranged(integer)
+        fn.decimal_int = True  # type: ignore[attr-defined]  # shapes.py inlines the plain-decimal case
+        return fn
     if datatype in STRING_TYPES:
         return _string
     if datatype == "ct_addr":
@@ -272,4 +274,5 @@ def nat_target(addr_type: str) -> Callable[[str], tuple[object, object]]:
             return address(host), port(p)
         return address(text), None
 
+    target.ipv4_port = v4  # type: ignore[attr-defined]  # shapes.py inlines `10.180.0.1:80`
     return target
