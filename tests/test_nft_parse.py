@@ -8,6 +8,7 @@ import json
 import pytest
 
 from iptrace.errors import DumpSemanticError, IptraceError, ParseError
+from iptrace.iptables import sniff as iptables_sniff
 from iptrace.nftables import detect_format, load, save, sniff
 from iptrace.nftables.model import (
     AnonSet,
@@ -463,6 +464,7 @@ def test_detect_format_tells_the_inputs_apart() -> None:
         == "nft-list"
     assert detect_format("hello\n") is None
     assert sniff(LISTING) and sniff(TRANSACTION) and not sniff("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n")
+    assert iptables_sniff("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n") and not iptables_sniff(LISTING)
 
 
 def test_rules_build_their_items_on_first_use_and_compare_by_meaning() -> None:

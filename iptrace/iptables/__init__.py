@@ -4,5 +4,6 @@ modules; lark only in grammar.py and loader.py."""
 
 from iptrace.iptables.loader import load, load_path, read_dump
 from iptrace.iptables.save import save
+from iptrace.iptables.sniff import sniff
 
-__all__ = ["load", "load_path", "read_dump", "save"]
+__all__ = ["load", "load_path", "read_dump", "save", "sniff"]
