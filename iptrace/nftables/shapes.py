@@ -1,12 +1,13 @@
-"""Rule shapes: the key that groups rules written alike, and the compiled builder each shape gets.
+"""Rule shapes: the key that groups rules written alike, and the builder compiled for each shape.
 
-A shape key is the rule text with every *value* masked: quoted strings, words holding a digit or a capital
-(addresses, ports, numbers, kube-proxy's and iptables' chain names) and words holding a "/" (kube-proxy's
-`ns/svc/tcp/port` names). nft keywords are lower-case, but a few hold a digit (`ip6`, `l4proto`): the mask
-takes them too and each shape checks them (`KEYWORD_SLOTS`), so one regex split per rule gives both the key
-and the values. kube-proxy's 5,000-Service listing has a few dozen shapes. The reader (reader.py) reads one
-rule of a shape into a template whose masked values are `Slot`s; `compile_template` turns that into one Python
-function, so every further rule of the shape costs the split and a few constructor calls.
+Most rules of a listing are keyed by `fast_tokens` (the loader inlines it): split at blanks, braces and
+commas, each token kept in the key when it is a known word (the vocabulary, punctuation, plain lower-case words
+seen before) and None — a value — otherwise. Rules that cannot be keyed that way (quotes, `@set`, odd spacing)
+take MASK_RE's key: the text with values masked (quoted strings, words holding a digit, a capital or a "/");
+the few keywords that hold a digit (`ip6`, `l4proto`) are masked too and each such shape checks them.
+kube-proxy's 5,000-Service listing has a few dozen shapes. The reader (reader.py) reads one rule of a shape
+into a template whose values are `Slot`s; `compile_template` turns that into one Python function that checks
+(normalises) a rule's values and leaves the items to be built on first use.
 """
 
 from __future__ import annotations

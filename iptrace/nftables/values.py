@@ -14,7 +14,7 @@ from functools import cache
 from socket import AF_INET as _AF_INET
 from socket import inet_pton as _pton
 
-from iptrace.dataplane import PROTOCOL_NAMES, PROTOCOL_NUMBERS
+from iptrace.dataplane import PROTOCOL_NAMES
 from iptrace.nftables.model import Flags, Prefix, Range, Scalar
 from iptrace.nftables.vocabulary import BITMASK_TYPES, INTEGER_TYPES, SERVICES, STRING_TYPES
 
@@ -234,10 +234,6 @@ def proto_name(value: object) -> object:
     if isinstance(value, int):
         return _PROTOCOL_NAMES_NFT.get(value, value)
     return protocol(str(value))
-
-
-def known_protocol(name: str) -> bool:
-    return name in PROTOCOL_NUMBERS
 
 
 def _address(addr_type: str) -> Callable[[str], object]:
