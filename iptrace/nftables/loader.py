@@ -121,6 +121,8 @@ class TextLoader(CommandMixin):
                 ctx, rules, shapes, refs = where()
                 pending = self.pending is not None
                 continue
+            if not raw:  # the blank line between blocks of a listing
+                continue
             s = raw.strip()
             if not s:
                 continue
@@ -167,9 +169,10 @@ class TextLoader(CommandMixin):
                     else:
                         break
                     for line_no, raw in lines:  # noqa: B007 — the outer loop goes on from here
-                        s = raw.strip()
-                        if s:
-                            break
+                        if raw:
+                            s = raw.strip()
+                            if s:
+                                break
                     else:
                         s = ""
                         break
