@@ -10,8 +10,9 @@ from typing import Any
 from iptrace.dataplane import ForeignChain, KnownServicePort, Layout
 from iptrace.iptables.loader import load, load_path, read_dump
 from iptrace.iptables.save import save
+from iptrace.iptables.sniff import sniff
 
-__all__ = ["DATAPLANE", "IptablesDataplane", "load", "load_path", "read_dump", "save"]
+__all__ = ["DATAPLANE", "IptablesDataplane", "load", "load_path", "read_dump", "save", "sniff"]
 
 
 class IptablesDataplane:
@@ -20,8 +21,7 @@ class IptablesDataplane:
     name = "iptables"
 
     def sniff(self, text: str) -> bool:
-        head = text[:4096].lstrip()
-        return head.startswith(("*", "#", ":", "-A ", "-N ", "-P ")) or "\n*" in head or "\n-A " in head
+        return sniff(text)
 
     def load(self, text: str | bytes, *, source: str = "<dump>", lenient: bool = False,
              table: str | None = None) -> Any:

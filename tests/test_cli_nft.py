@@ -1,0 +1,128 @@
+"""`iptrace parse` on nftables input, told from iptables-save by content: summary, JSON model, --save, stdin,
+exact error text with a caret, --lenient."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from iptrace.cli import main
+from iptrace.nftables import load, save
+
+LISTING = """\
+table ip kube-proxy {
+	comment "rules for kube-proxy"
+	map service-ips {
+		type ipv4_addr . inet_proto . inet_service : verdict
+		elements = { 172.30.0.41 . tcp . 80 : goto service-A }
+	}
+
+	chain nat-prerouting {
+		type nat hook prerouting priority dstnat; policy accept;
+		ip daddr . meta l4proto . th dport vmap @service-ips
+	}
+
+	chain service-A {
+		meta l4proto tcp dnat to 10.180.0.1:80
+	}
+}
+table inet filter {
+	chain input {
+		type filter hook input priority filter; policy drop;
+		ct state established,related accept
+	}
+}
+"""
+
+
+def run(*args: str, input: str | None = None):
+    return CliRunner().invoke(main, list(args), input=input)
+
+
+@pytest.fixture
+def listing(tmp_path):
+    p = tmp_path / "node.nft"
+    p.write_text(LISTING)
+    return p
+
+
+def test_parse_summarises_an_nft_listing(listing) -> None:
+    result = run("parse", str(listing))
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"{listing}: nft list ruleset, 2 tables, 3 rules, 0 sets and 1 map (1 element)"
+    assert lines[1] == "kube-proxy: nftables mode (table ip kube-proxy)"
+    assert "table ip kube-proxy: 2 chains (1 base), 2 rules, 0 sets, 1 map, 1 element" in lines
+    assert any(line.split() == ["input", "filter", "input", "priority", "0", "policy", "drop", "1", "rule"]
+               for line in lines)
+
+
+def test_parse_json_is_the_model(listing) -> None:
+    data = json.loads(run("parse", str(listing), "-o", "json").output)
+    assert data["format"] == "nft-list" and data["kube_proxy_table"] is True
+    assert data["families"] == ["ipv4", "ipv6"]
+    kube = data["tables"][0]
+    assert kube["chains"][0]["base"] == {"type": "nat", "hook": "prerouting", "priority": -100,
+                                         "policy": "accept", "devices": []}
+    rule = kube["chains"][1]["rules"][0]
+    assert rule["line"] == 14 and rule["text"] == "meta l4proto tcp dnat to 10.180.0.1:80"
+    assert rule["items"][1] == {"type": "nat", "kind": "dnat", "family": None, "addr": "10.180.0.1", "port": 80,
+                                "flags": []}
+    assert kube["sets"][0]["elements"][0]["key"] == {"concat": ["172.30.0.41", "tcp", 80]}
+
+
+def test_parse_save_writes_nft_text(listing) -> None:
+    result = run("parse", "--save", str(listing))
+    assert result.exit_code == 0
+    assert result.output == save(load(LISTING))
+    assert load(result.output) == load(LISTING)
+
+
+def test_parse_reads_nft_json_from_stdin() -> None:
+    doc = {"nftables": [{"table": {"family": "ip", "name": "kube-proxy", "handle": 1}},
+                        {"chain": {"family": "ip", "table": "kube-proxy", "name": "c", "handle": 2}},
+                        {"rule": {"family": "ip", "table": "kube-proxy", "chain": "c", "handle": 3,
+                                  "expr": [{"accept": None}]}}]}
+    result = run("parse", "-", input=json.dumps(doc))
+    assert result.exit_code == 0
+    assert result.output.startswith("<stdin>: nft -j list ruleset, 1 table, 1 rule")
+
+
+def test_parse_reads_kube_proxys_transaction_text(tmp_path) -> None:
+    p = tmp_path / "tx.nft"
+    p.write_text("add table ip kube-proxy\nadd rule ip kube-proxy c accept\nadd chain ip kube-proxy c\n")
+    result = run("parse", str(p))
+    assert result.exit_code == 0
+    assert result.output.startswith(f"{p}: kube-proxy nft transaction, 1 table, 1 rule")
+
+
+def test_a_syntax_error_is_one_line_with_a_caret(tmp_path) -> None:
+    bad = tmp_path / "bad.nft"
+    bad.write_text('table ip t {\n\tchain c {\n\t\tip saddr 1.2.3.4 comment "abc\n\t}\n}\n')
+    result = run("parse", str(bad))
+    assert result.exit_code == 1
+    assert result.output == (f"Error: {bad}:3:28: unterminated quoted string; expected a closing '\"' before the "
+                             "end of the line\n  \t\tip saddr 1.2.3.4 comment \"abc\n  " + " " * 27 + "^\n")
+
+
+def test_a_semantic_error_names_its_line_and_lenient_goes_on(tmp_path) -> None:
+    bad = tmp_path / "bad.nft"
+    bad.write_text("table ip t {\n\tchain c {\n\t\tjump nowhere\n\t\taccept\n\t}\n}\n")
+    result = run("parse", str(bad))
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {bad}:3:8: rule jumps to chain 'nowhere', which table ip t does not "
+                                    "declare; expected a chain of that name\n")
+    lenient = run("parse", "--lenient", str(bad))
+    assert lenient.exit_code == 0
+    assert lenient.output.splitlines()[-2:] == [
+        "skipped with --lenient (1):",
+        "  line 3: rule jumps to chain 'nowhere', which table ip t does not declare; expected a chain of that name"]
+
+
+def test_iptables_dumps_still_go_to_the_iptables_loader(tmp_path) -> None:
+    p = tmp_path / "node.txt"
+    p.write_text("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\nCOMMIT\n")
+    result = run("parse", str(p))
+    assert result.exit_code == 0 and "iptables-save" in result.output.splitlines()[0]
