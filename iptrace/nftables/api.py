@@ -1,0 +1,48 @@
+"""`load` and `load_path`: nft text (listing or transaction) or nft's JSON → Ruleset, chosen by content."""
+
+from __future__ import annotations
+
+import gzip
+import sys
+from pathlib import Path
+
+from iptrace.errors import InputError
+from iptrace.nftables.json_loader import load_json
+from iptrace.nftables.loader import load_text
+from iptrace.nftables.model import Ruleset
+
+
+def load(text: str | bytes, *, source: str = "<ruleset>", lenient: bool = False) -> Ruleset:
+    """Parse `nft list ruleset` text, `nft -j list ruleset` JSON or kube-proxy's transaction text. Raises
+    ParseError (DumpSemanticError for inconsistencies) naming file:line:column, unless `lenient`: then what
+    cannot be read is skipped and listed in `Ruleset.skipped`."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    if text.lstrip("\ufeff \t\r\n")[:1] in ("{", "["):
+        return load_json(text, source=source, lenient=lenient)
+    return load_text(text, source=source, lenient=lenient)
+
+
+def read_ruleset(path: str | Path) -> tuple[str, str]:
+    """A ruleset file (`-` = stdin, `.gz` decompressed) as text, with its display name."""
+    name = str(path)
+    try:
+        if name == "-":
+            data = sys.stdin.buffer.read()
+            name = "<stdin>"
+        else:
+            data = Path(path).read_bytes()
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+    except IsADirectoryError:
+        raise InputError(f"{name}: is a directory; expected an nft ruleset file") from None
+    except OSError as exc:
+        raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    except (EOFError, gzip.BadGzipFile) as exc:
+        raise InputError(f"{name}: not a readable gzip file ({exc})") from None
+    return data.decode("utf-8", errors="replace"), name
+
+
+def load_path(path: str | Path, *, lenient: bool = False) -> Ruleset:
+    text, name = read_ruleset(path)
+    return load(text, source=name, lenient=lenient)

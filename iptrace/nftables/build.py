@@ -1,0 +1,269 @@
+"""The mutable state a loader fills (tables, chains, sets in the making) and its end: checking references and
+freezing it into the model.
+
+Both text forms and the JSON reader use it. A transaction is order-insensitive for objects (a rule may name a
+chain declared further down), so references are collected while loading and checked once at the end; rule
+order within a chain is kept, and the transaction's flush/delete/insert/replace apply in input order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from iptrace.errors import DumpSemanticError, ParseError
+from iptrace.nftables.elements import ElementReader
+from iptrace.nftables.model import (
+    AnonSet,
+    BaseChain,
+    Chain,
+    Element,
+    LoadWarning,
+    MapLookup,
+    Match,
+    NamedObject,
+    Nat,
+    Rule,
+    Set,
+    SetRef,
+    SetUpdate,
+    Table,
+    Verdict,
+    VerdictMap,
+)
+from iptrace.nftables.normalise import normalise_set
+from iptrace.nftables.shapes import fast_constructor
+
+_make_chain = fast_constructor(Chain)
+_NEW = object.__new__
+_CHAIN_NAME, _CHAIN_RULES, _CHAIN_LINE = (getattr(Chain, f).__set__ for f in ("name", "rules", "line"))
+
+
+class ChainBuilder:
+    """A chain in the making (a plain class, its rarely set attributes defaulted on the class: a listing
+    declares tens of thousands of chains)."""
+
+    type: str | None = None
+    hook: str | None = None
+    priority: int | None = None
+    policy: str | None = None
+    devices: tuple[str, ...] = ()
+    comment: str | None = None
+
+    def __init__(self, name: str, line: int | None, declared: bool, handle: int | None = None,
+                 first_use: int | None = None) -> None:
+        self.name = name
+        self.line = line
+        self.declared = declared
+        self.handle = handle
+        self.first_use = first_use  # line of the first rule added before any declaration
+        self.rules: list[Rule] = []
+
+    def freeze(self) -> Chain:
+        if self.hook is None and self.comment is None and self.handle is None:
+            chain = _NEW(Chain)  # a plain chain: base, comment and handle stay unset (read as None)
+            _CHAIN_NAME(chain, self.name)
+            _CHAIN_RULES(chain, tuple(self.rules))
+            _CHAIN_LINE(chain, self.line)
+            return chain
+        base = None
+        if self.hook is not None:
+            base = BaseChain(self.type or "filter", self.hook, self.priority or 0, self.policy or "accept",
+                             self.devices)
+        return _make_chain(self.name, tuple(self.rules), base, self.comment, self.line, self.handle)
+
+
+@dataclass
+class SetBuilder:
+    name: str
+    kind: str
+    line: int | None
+    declared: bool
+    handle: int | None = None
+    key_type: tuple[str, ...] = ()
+    data_type: tuple[str, ...] | None = None
+    flags: tuple[str, ...] = ()
+    timeout_ms: int | None = None
+    gc_interval_ms: int | None = None
+    size: int | None = None
+    policy: str | None = None
+    comment: str | None = None
+    counter: bool = False
+    auto_merge: bool = False
+    typeof: str | None = None
+    # ("add" | "delete", element text, line, column) or ("flush", "", line, 0), applied in order at the end;
+    # or ready Elements (JSON).
+    ops: list[tuple[str, str, int, int]] = field(default_factory=list)
+    elements: dict[Any, Element] = field(default_factory=dict)
+    first_use: int | None = None
+
+
+@dataclass
+class TableBuilder:
+    family: str
+    name: str
+    line: int | None
+    declared: bool
+    handle: int | None = None
+    flags: tuple[str, ...] = ()
+    comment: str | None = None
+    chains: dict[str, ChainBuilder] = field(default_factory=dict)
+    sets: dict[str, SetBuilder] = field(default_factory=dict)
+    objects: list[NamedObject] = field(default_factory=list)
+    # chain names, "@set" names rules refer to and "+set" names of sets rules add elements to
+    refs: set[str] = field(default_factory=set)
+    first_use: int | None = None
+    shapes: dict[str, Any] = field(default_factory=dict)  # shape key -> (builder, references); see loader
+
+    def chain(self, name: str, line: int | None) -> ChainBuilder:
+        c = self.chains.get(name)
+        if c is None:
+            c = self.chains[name] = ChainBuilder(name, line, False, None, line)
+        return c
+
+    def set(self, name: str, kind: str, line: int | None) -> SetBuilder:
+        s = self.sets.get(name)
+        if s is None:
+            s = self.sets[name] = SetBuilder(name, kind, line, False, first_use=line)
+        return s
+
+
+def item_refs(items: tuple[Any, ...]) -> list[str]:
+    """Chain names and "@set" names a rule's items refer to (for rules not read through a shape)."""
+    out: list[str] = []
+
+    def value(v: Any) -> None:
+        if isinstance(v, SetRef):
+            out.append("@" + v.name)
+        elif isinstance(v, AnonSet):
+            for e in v.elements:
+                value(e.data)
+        elif isinstance(v, Verdict) and v.target is not None:
+            out.append(v.target)
+        elif isinstance(v, MapLookup):
+            value(v.map)
+
+    for item in items:
+        if isinstance(item, Verdict):
+            value(item)
+        elif isinstance(item, Match):
+            value(item.right)
+        elif isinstance(item, VerdictMap):
+            value(item.map)
+        elif isinstance(item, SetUpdate):
+            out += ("@" + item.set, "+" + item.set)
+        elif isinstance(item, Nat):
+            value(item.addr)
+    return out
+
+
+class Finisher:
+    """Checks what the loaded text refers to and freezes it. `fail` raises or (lenient) records."""
+
+    def __init__(self, source: str, fail: Callable[[ParseError], None], warnings: list[LoadWarning]) -> None:
+        self.source = source
+        self.fail = fail
+        self.warnings = warnings
+        self.element_lines: dict[tuple[str, str], int] = {}
+
+    def semantic(self, why: str, line: int | None, text: str = "", column: int = 1) -> None:
+        self.fail(DumpSemanticError(why, source=self.source, line=line or 0, column=column, text=text))
+
+    def elements(self, t: TableBuilder, s: SetBuilder, line_text: Callable[[int], str]) -> None:
+        """Apply the set's element operations in order (into `s.elements`)."""
+        if not s.ops:
+            return
+        reader = ElementReader(s.key_type, s.data_type, t.family)
+        out = s.elements
+
+        def error(why: str, line: int, column: int) -> ParseError:
+            return ParseError(why, source=self.source, line=line, column=column, text=line_text(line))
+
+        for op, body, line, column in s.ops:
+            if op == "flush":
+                out.clear()
+                continue
+            fresh: dict[Any, Element] = {}
+            try:
+                reader.read(body, line=line, column=column, error=error, out=fresh)
+            except ParseError as exc:
+                self.fail(exc)
+            if op == "delete":
+                for key in fresh:
+                    if out.pop(key, None) is None:
+                        self.semantic(f"delete of an element that set {s.name!r} does not hold", line,
+                                      line_text(line), column)
+                continue
+            for key, e in fresh.items():
+                out.setdefault(key, e)
+                if reader.vmap and e.data.target is not None:
+                    t.refs.add(e.data.target)
+                    self.element_lines.setdefault((s.name, e.data.target), line)
+
+    def table(self, t: TableBuilder, line_text: Callable[[int], str]) -> Table | None:
+        if not t.declared:
+            self.semantic(f"table {t.family} {t.name} is used but never declared; expected an "
+                          f"'add table {t.family} {t.name}' line or a 'table {t.family} {t.name} {{' block",
+                          t.first_use, line_text(t.first_use or 0))
+        for name, c in t.chains.items():
+            if not c.declared:
+                self.semantic(f"rule for chain {name!r}, which table {t.family} {t.name} does not declare; "
+                              f"expected an 'add chain {t.family} {t.name} {name}' line", c.first_use,
+                              line_text(c.first_use or 0))
+                # lenient: the chain exists, its declaration was cut off
+                self.warnings.append(LoadWarning(c.first_use, f"chain {name!r} used without a declaration; "
+                                                              "assumed to exist"))
+        for name, s in list(t.sets.items()):
+            if not s.declared:
+                self.semantic(f"element for set {name!r}, which table {t.family} {t.name} does not declare; "
+                              f"expected an 'add set' or 'add map' line for it", s.first_use,
+                              line_text(s.first_use or 0))
+                del t.sets[name]
+                continue
+            self.elements(t, s, line_text)
+        updated = self.check_refs(t, line_text)
+        sets = tuple(normalise_set(Set(
+            s.name, s.key_type, s.data_type, tuple(sorted(s.flags)), s.timeout_ms, s.gc_interval_ms, s.size,
+            s.policy, s.comment, s.counter, s.auto_merge, tuple(s.elements.values()), s.typeof, s.line, s.handle),
+            updated=s.name in updated) for s in t.sets.values())
+        return Table(t.family, t.name, tuple(c.freeze() for c in t.chains.values()), sets,
+                     tuple(t.objects), t.flags, t.comment, t.line, t.handle)
+
+    def check_refs(self, t: TableBuilder, line_text: Callable[[int], str]) -> set[str]:
+        """Reports what the rules name but the table lacks; returns the sets rules add elements to."""
+        known = set(t.chains) | {"@" + s for s in t.sets}
+        unknown = t.refs - known  # every "+set" (an updated set) is here too: never a chain or "@" name
+        updated = {r[1:] for r in unknown if r[0] == "+"}
+        missing = {r for r in unknown if r[0] != "+"}
+        if not missing:
+            return updated
+        # Slow path, only on error: find the rules (or elements) that name them.
+        for c in t.chains.values():
+            keep = []
+            for rule in c.rules:
+                bad = [r for r in item_refs(rule.items) if r in missing]
+                if not bad:
+                    keep.append(rule)
+                    continue
+                what = bad[0]
+                text = line_text(rule.line or 0)
+                col = text.find(what.lstrip("@")) + 1 if text else 1
+                if what.startswith("@"):
+                    why = (f"rule refers to set {what[1:]!r}, which table {t.family} {t.name} does not declare; "
+                           "expected a set or map of that name")
+                else:
+                    why = (f"rule jumps to chain {what!r}, which table {t.family} {t.name} does not declare; "
+                           "expected a chain of that name")
+                self.semantic(why, rule.line, text, max(col, 1))
+            c.rules = keep
+        for s in t.sets.values():
+            for key, e in list(s.elements.items()):
+                if isinstance(e.data, Verdict) and e.data.target in missing:
+                    line = self.element_lines.get((s.name, e.data.target), s.line)
+                    text = line_text(line or 0)
+                    self.semantic(f"element of map {s.name!r} jumps to chain {e.data.target!r}, which table "
+                                  f"{t.family} {t.name} does not declare; expected a chain of that name", line,
+                                  text, max(text.find(e.data.target) + 1, 1))
+                    del s.elements[key]
+        return updated

@@ -1,0 +1,102 @@
+"""Loads grammars/nft.lark once and turns lark's errors into iptrace's one-line ParseErrors.
+
+The only module of the nftables package (with the loader, through it) that imports lark. The loader asks lark
+about single statements (one per new rule shape, every structural statement the fast paths do not read);
+`document` parses a whole file and is the reference the tests hold the loader to.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from lark import Lark, Tree, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+
+from iptrace.errors import ParseError
+
+_GRAMMAR_NAME = "nft.lark"
+STARTS = ("document", "top_line", "table_line", "chain_line", "set_line", "object_line", "rule", "set_literal")
+
+_EXPECTED_NAMES = {
+    "WORD": "a word", "STRING": "a quoted string", "_NL": "end of line", "$END": "end of line",
+    "_SEMI": '";"', "LBRACE": '"{"', "RBRACE": '"}"', "COMMA": '","', "COLON": '":"', "EQUAL": '"="',
+    "XT_COMMENT": "an xt statement", "PLUS": '"+"', "MINUS": '"-"',
+}
+
+
+def grammar_text() -> str:
+    """The grammar, from the repository's grammars/ (source checkouts, editable installs) or the wheel."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here.parent / "grammars" / _GRAMMAR_NAME, here / "grammars" / _GRAMMAR_NAME):
+        if candidate.is_file():
+            return candidate.read_text(encoding="utf-8")
+    return resources.files("iptrace").joinpath("grammars", _GRAMMAR_NAME).read_text(encoding="utf-8")
+
+
+@cache
+def parser() -> Lark:
+    return Lark(grammar_text(), parser="lalr", start=list(STARTS), maybe_placeholders=False,
+                propagate_positions=False)
+
+
+def _describe_expected(expected: set[str] | frozenset[str]) -> str:
+    names: list[str] = []
+    for term in sorted(expected):
+        if term in _EXPECTED_NAMES:
+            names.append(_EXPECTED_NAMES[term])
+            continue
+        try:
+            pattern = parser().get_terminal(term).pattern
+            names.append(f'"{pattern.value}"' if pattern.type == "str" else term.lower())
+        except KeyError:
+            names.append(term.lower())
+    unique = list(dict.fromkeys(names))
+    if not unique:
+        return "nothing"
+    return ", ".join(unique[:-1]) + (" or " if len(unique) > 1 else "") + unique[-1]
+
+
+def error_from_lark(exc: UnexpectedInput, *, source: str, line_no: int, column0: int, text: str,
+                    full_line: str) -> ParseError:
+    """A ParseError for lark's failure on `text`, which starts at (1-based) column `column0 + 1` of the input
+    line `full_line` (line `line_no`). Multi-line statements report the line the error is on."""
+    pos = getattr(exc, "pos_in_stream", None)
+    if isinstance(exc, UnexpectedToken) and exc.token.type != "$END":
+        pos = exc.token.start_pos
+    if pos is None or pos < 0:
+        pos = len(text.rstrip())
+    line_no += text.count("\n", 0, pos)
+    line_start = text.rfind("\n", 0, pos) + 1
+    if line_start:
+        full_line = text[line_start:].split("\n", 1)[0]
+        column = pos - line_start + 1
+    else:
+        column = column0 + pos + 1
+    if isinstance(exc, UnexpectedToken):
+        token = exc.token
+        end = token.type in ("$END", "_NL")
+        if end:
+            column = column0 + len(text.rstrip()) + 1 if not line_start else column
+        found = "end of line" if end else repr(str(token).strip())
+        why = f"unexpected {found}; expected {_describe_expected(exc.expected)}"
+    elif isinstance(exc, UnexpectedCharacters):
+        char = text[exc.pos_in_stream] if 0 <= exc.pos_in_stream < len(text) else "?"
+        if char == '"':
+            why = "unterminated quoted string; expected a closing '\"' before the end of the line"
+        else:
+            allowed = _describe_expected(exc.allowed) if exc.allowed else "a word"
+            why = f"unexpected {char!r}; expected {allowed}"
+    else:
+        why = "unexpected end of input"
+    return ParseError(why, source=source, line=line_no, column=column, text=full_line)
+
+
+def parse(text: str, start: str, *, source: str, line_no: int, column0: int = 0,
+          full_line: str | None = None) -> Tree:
+    """Parse `text` from start symbol `start`, raising ParseError with its real position in the input."""
+    try:
+        return parser().parse(text, start=start)
+    except UnexpectedInput as exc:
+        raise error_from_lark(exc, source=source, line_no=line_no, column0=column0, text=text,
+                              full_line=text if full_line is None else full_line) from None

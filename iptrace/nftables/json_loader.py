@@ -1,0 +1,410 @@
+"""`nft -j list ruleset` JSON → the same model as the text forms (lines are None, handles kept).
+
+nft's JSON spells the kernel's bytecode: `"op": "in"` for an implicit bit test, marks as decimal numbers,
+`reject` with its family default spelled out, timeouts in seconds, a rule's comment beside its `expr`. Each
+is read into the text forms' normalised values. What iptrace does not know becomes `Unknown(form="json")`.
+nftables 1.0.6 leaves some things out of its JSON (the `dynamic` set flag, a chain's device, a table's
+comment; its table `flags` can be garbage): the model then says less, never something else.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from iptrace.errors import ParseError
+from iptrace.nftables import render, values
+from iptrace.nftables.build import ChainBuilder, Finisher, SetBuilder, TableBuilder, item_refs
+from iptrace.nftables.model import (
+    AnonSet,
+    Binop,
+    Concat,
+    Counter,
+    Ct,
+    Element,
+    Fib,
+    Flags,
+    Hash,
+    LoadWarning,
+    Mangle,
+    MapLookup,
+    Match,
+    Meta,
+    NamedObject,
+    Numgen,
+    Payload,
+    Prefix,
+    Range,
+    Reject,
+    Rule,
+    Ruleset,
+    Selector,
+    SetRef,
+    SetUpdate,
+    Unknown,
+    Verdict,
+    VerdictMap,
+    Xt,
+)
+from iptrace.nftables.normalise import make_nat, make_statement, normalise_items
+from iptrace.nftables.types import ANY, expr_type, is_bitmask, key_types
+from iptrace.nftables.vocabulary import CHAIN_VERDICTS, REJECT_DEFAULT, VERDICT_WORDS
+
+_OBJECTS = ("counter", "quota", "limit", "secmark", "synproxy", "flowtable", "ct helper", "ct timeout",
+            "ct expectation")
+_BINOPS = ("&", "|", "^", "<<", ">>")
+_TABLE_FLAGS = frozenset({"dormant", "owner", "persist"})
+
+
+class _Bad(Exception):
+    pass
+
+
+def _compact(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True)
+
+
+def _one(obj: Any) -> tuple[str, Any]:
+    if not isinstance(obj, dict) or len(obj) != 1:
+        raise _Bad
+    return next(iter(obj.items()))
+
+
+class JsonReader:
+    def __init__(self, family: str) -> None:
+        self.family = family
+
+    # -- values ------------------------------------------------------------------------------------------
+    def scalar(self, v: Any, dtype: str) -> Any:
+        if isinstance(v, bool):
+            return "exists" if v else "missing"
+        if isinstance(v, int):
+            return values.proto_name(v) if dtype == "inet_proto" else v
+        if isinstance(v, str):
+            return values.normaliser(dtype)(v)
+        raise _Bad
+
+    def value(self, v: Any, dtypes: tuple[str, ...], *, flags_ok: bool = False, collapse: bool = True) -> Any:
+        dtype = dtypes[0] if dtypes else ANY
+        if isinstance(v, list):
+            if flags_ok:
+                return Flags(tuple(self.scalar(x, dtype) for x in v))
+            raise _Bad
+        if not isinstance(v, dict):
+            if isinstance(v, str) and v.startswith("@"):
+                return SetRef(v[1:])
+            return self.scalar(v, dtype)
+        kind, body = _one(v)
+        if kind == "prefix":
+            addr = self.scalar(body["addr"], dtype)
+            text = values.normaliser(dtype)(f"{addr}/{body['len']}")
+            return text if isinstance(text, Prefix) else Prefix(str(addr), int(body["len"]))
+        if kind == "range":
+            return Range(self.scalar(body[0], dtype), self.scalar(body[1], dtype))
+        if kind == "concat":
+            return tuple(self.value(p, (dtypes[i] if i < len(dtypes) else ANY,)) for i, p in enumerate(body))
+        if kind == "set":
+            elements = tuple(self.element(e, dtypes, None) for e in (body if isinstance(body, list) else [body]))
+            if collapse and len(elements) == 1 and elements[0] == Element(elements[0].key):
+                return elements[0].key
+            return AnonSet(elements)
+        if kind == "map":
+            return self.map_lookup(body, dtypes)
+        return self.expr(v)
+
+    def element(self, e: Any, keys: tuple[str, ...], data: tuple[str, ...] | None) -> Element:
+        data_j = None
+        if isinstance(e, list) and len(e) == 2 and data is not None:
+            e, data_j = e
+        timeout = expires = comment = counter = None
+        if isinstance(e, dict) and "elem" in e:
+            opts = e["elem"]
+            e = opts["val"]
+            timeout = opts["timeout"] * 1000 if "timeout" in opts else None
+            expires = opts["expires"] * 1000 if "expires" in opts else None
+            comment = opts.get("comment")
+            c = opts.get("counter")
+            if isinstance(c, dict):
+                counter = (c.get("packets", 0), c.get("bytes", 0))
+        key = self.value(e, keys)
+        value = None
+        if data_j is not None:
+            value = self.verdict(data_j) if data == ("verdict",) else self.value(data_j, data or (ANY,))
+        return Element(key, value, timeout, comment, expires, counter)
+
+    def verdict(self, v: Any) -> Verdict:
+        kind, body = _one(v)
+        if kind in VERDICT_WORDS:
+            return Verdict(kind)
+        if kind in CHAIN_VERDICTS:
+            return Verdict(kind, body["target"])
+        raise _Bad
+
+    def map_lookup(self, body: dict[str, Any], data: tuple[str, ...]) -> MapLookup:
+        key = self.expr(body["key"])
+        target = body["data"]
+        if isinstance(target, str) and target.startswith("@"):
+            return MapLookup(key, SetRef(target[1:]))
+        _, elems = _one(target)
+        return MapLookup(key, AnonSet(tuple(self.element(e, key_types(key, self.family), data) for e in elems)))
+
+    # -- expressions -------------------------------------------------------------------------------------
+    def expr(self, v: Any) -> Any:
+        kind, body = _one(v)
+        if kind == "payload" and "field" in body:
+            return Payload(body["protocol"], body["field"])
+        if kind == "meta":
+            return Meta(body["key"])
+        if kind == "ct":
+            key = body["key"]
+            family = body.get("family")
+            if " " in key:
+                family, key = key.split(" ", 1)
+            return Ct(key, body.get("dir"), family)
+        if kind == "fib":
+            flags = body.get("flags", [])
+            return Fib(tuple([flags] if isinstance(flags, str) else flags), body["result"])
+        if kind == "numgen":
+            return Numgen(body["mode"], body["mod"], body.get("offset", 0))
+        if kind in ("jhash", "symhash"):
+            inner = self.expr(body["expr"]) if kind == "jhash" else None
+            return Hash(kind, inner, body["mod"], body.get("seed"), body.get("offset", 0))
+        if kind in ("rt", "socket", "osf"):
+            words = [kind, *([body["family"]] if "family" in body else []), body["key"]]
+            return Selector(tuple(words))
+        if kind in _BINOPS:
+            left = self.expr(body[0])
+            return Binop(kind, left, self.operand(body[1], expr_type(left, self.family)))
+        if kind == "concat":
+            return Concat(tuple(self.expr(p) for p in body))
+        if kind == "map":
+            return self.map_lookup(body, (ANY,))
+        raise _Bad
+
+    def operand(self, v: Any, dtype: str) -> Any:
+        if isinstance(v, list):
+            return Flags(tuple(str(x) for x in v))
+        if isinstance(v, dict):
+            try:
+                return self.expr(v)
+            except (_Bad, KeyError, TypeError):
+                return self.value(v, (dtype,))
+        return self.scalar(v, dtype)
+
+    # -- statements --------------------------------------------------------------------------------------
+    def item(self, stmt: Any) -> Any:
+        try:
+            return self._item(stmt)
+        except (_Bad, KeyError, TypeError, ValueError, IndexError, AttributeError):
+            return Unknown(_compact(stmt), "json")
+
+    def _item(self, stmt: Any) -> Any:
+        kind, body = _one(stmt)
+        if kind == "match":
+            left = self.expr(body["left"])
+            dtypes = key_types(left, self.family)
+            right = self.value(body["right"], dtypes, flags_ok=is_bitmask(left, self.family) or isinstance(
+                left, Binop))
+            return Match(left, body["op"], right)
+        if kind in VERDICT_WORDS:
+            return Verdict(kind)
+        if kind in CHAIN_VERDICTS:
+            return Verdict(kind, body["target"])
+        if kind == "vmap":
+            key = self.expr(body["key"])
+            data = body["data"]
+            if isinstance(data, str) and data.startswith("@"):
+                return VerdictMap(key, SetRef(data[1:]))
+            _, elems = _one(data)
+            return VerdictMap(key, AnonSet(tuple(self.element(e, key_types(key, self.family), ("verdict",))
+                                                 for e in elems)))
+        if kind == "reject":
+            body = body or {}
+            rtype, code = body.get("type"), body.get("expr")
+            if rtype is None or (rtype, code) == REJECT_DEFAULT.get(self.family):
+                return Reject()
+            return Reject(rtype, code)
+        if kind == "counter":
+            if isinstance(body, str):
+                return Counter(body)
+            body = body or {}
+            return Counter(None, body.get("packets"), body.get("bytes"))
+        if kind == "mangle":
+            key = self.expr(body["key"])
+            return Mangle(key, self.operand(body["value"], expr_type(key, self.family)))
+        if kind in ("dnat", "snat", "masquerade", "redirect"):
+            return self.nat(kind, body or {})
+        if kind == "set":
+            elem = body["elem"]
+            timeout = None
+            if isinstance(elem, dict) and "elem" in elem:
+                timeout = elem["elem"].get("timeout")
+                elem = elem["elem"]["val"]
+            return SetUpdate(body["op"], body["set"].lstrip("@"), self.expr(elem),
+                             timeout * 1000 if timeout is not None else None)
+        if kind == "xt":
+            return Xt(body["type"], body["name"])
+        if kind in ("log", "limit", "notrack", "quota", "queue"):
+            return make_statement(kind, tuple(self.statement_args(kind, body or {})))
+        raise _Bad
+
+    def nat(self, kind: str, body: dict[str, Any]) -> Any:
+        family = body.get("family")
+        addr_type = {"ip": "ipv4_addr", "ip6": "ipv6_addr"}.get(family or self.family, "ct_addr")
+        addr = body.get("addr")
+        if isinstance(addr, dict) and "map" in addr:
+            elems = addr["map"]["data"]
+            pairs = isinstance(elems, dict) and any(
+                isinstance(e, list) and isinstance(e[1], dict) and "concat" in e[1] for e in elems.get("set", []))
+            addr_value: Any = self.map_lookup(addr["map"], (addr_type, "inet_service") if pairs else (addr_type,))
+        elif addr is None:
+            addr_value = None
+        else:
+            addr_value = self.value(addr, (addr_type,))
+        port = body.get("port")
+        port_value = None if port is None else self.value(port, ("inet_service",))
+        flags = body.get("flags", [])
+        flags = [flags] if isinstance(flags, str) else list(flags)
+        if family == self.family:
+            family = None
+        return make_nat(kind, family, (addr_value, port_value), tuple(flags))
+
+    def statement_args(self, kind: str, body: dict[str, Any]) -> list[str]:
+        args: list[str] = []
+        if kind == "log":
+            for key in ("prefix", "level", "group", "snaplen", "queue-threshold", "flags"):
+                if key in body:
+                    v = body[key]
+                    args += [key, values.quote(v) if key == "prefix" else
+                             ",".join(v) if isinstance(v, list) else str(v)]
+        elif kind == "limit":
+            unit = body.get("rate_unit", "packets")
+            rate = f"{body['rate']}/{body.get('per', 'second')}" if unit == "packets" else \
+                f"{body['rate']} {unit}/{body.get('per', 'second')}"
+            args += ["rate", *(["over"] if body.get("inv") else []), rate]
+            if "burst" in body:
+                args += ["burst", str(body["burst"]), body.get("burst_unit", "packets")]
+        elif kind == "quota":
+            args += [*(["over"] if body.get("inv") else []), str(body["val"]), body.get("val_unit", "bytes")]
+        elif kind == "queue":
+            if "flags" in body:
+                flags = body["flags"]
+                args += ["flags", ",".join(flags) if isinstance(flags, list) else flags]
+            if "num" in body:
+                args += ["num", str(body["num"])]
+        return args
+
+
+def load_json(text: str, *, source: str = "<ruleset>", lenient: bool = False) -> Ruleset:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        line_text = text.split("\n")[exc.lineno - 1] if exc.lineno >= 1 else ""
+        raise ParseError(f"not valid JSON: {exc.msg}; expected the output of `nft -j list ruleset`",
+                         source=source, line=exc.lineno, column=exc.colno, text=line_text) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("nftables"), list):
+        raise ParseError('JSON without an "nftables" list; expected the output of `nft -j list ruleset`',
+                         source=source, line=1, column=1)
+    skipped: list[LoadWarning] = []
+    warnings: list[LoadWarning] = []
+
+    def fail(exc: ParseError) -> None:
+        if not lenient:
+            raise exc
+        skipped.append(LoadWarning(None, exc.reason))
+
+    tables: dict[tuple[str, str], TableBuilder] = {}
+    for index, obj in enumerate(doc["nftables"]):
+        where = f"nftables[{index}]"
+        try:
+            _read_object(obj, tables, warnings)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, _Bad) as exc:
+            detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc) or type(exc).__name__
+            fail(ParseError(f"{where}: cannot read {_compact(obj)[:120]} ({detail}); expected an object of "
+                            "`nft -j list ruleset`", source=source))
+    finisher = Finisher(source, fail, warnings)
+    out = [finisher.table(t, lambda line: "") for t in tables.values()]
+    return Ruleset(tuple(t for t in out if t is not None), source, "nft-json", tuple(warnings), tuple(skipped))
+
+
+def _table(tables: dict[tuple[str, str], TableBuilder], body: dict[str, Any]) -> TableBuilder:
+    key = (body["family"], body["table"])
+    t = tables.get(key)
+    if t is None:
+        raise ValueError(f"table {key[0]} {key[1]} is not listed before its objects")
+    return t
+
+
+def _read_object(obj: Any, tables: dict[tuple[str, str], TableBuilder], warnings: list[LoadWarning]) -> None:
+    kind, body = _one(obj)
+    if kind == "metainfo":
+        return
+    if kind == "table":
+        t = TableBuilder(body["family"], body["name"], None, True, body.get("handle"))
+        flags = body.get("flags", [])
+        flags = [flags] if isinstance(flags, str) else flags
+        t.flags = tuple(sorted(f for f in flags if f in _TABLE_FLAGS))
+        t.comment = body.get("comment")
+        tables[(t.family, t.name)] = t
+    elif kind == "chain":
+        t = _table(tables, body)
+        c = ChainBuilder(body["name"], None, True, body.get("handle"))
+        c.type, c.hook, c.priority, c.policy = body.get("type"), body.get("hook"), body.get("prio"), body.get(
+            "policy")
+        dev = body.get("dev", body.get("devices"))
+        c.devices = tuple([dev] if isinstance(dev, str) else dev or ())
+        c.comment = body.get("comment")
+        t.chains[c.name] = c
+    elif kind in ("set", "map"):
+        t = _table(tables, body)
+        s = SetBuilder(body["name"], kind, None, True, body.get("handle"))
+        s.key_type = _types(body["type"])
+        if kind == "map":
+            s.data_type = _types(body["map"])
+        flags = body.get("flags", [])
+        s.flags = tuple(sorted([flags] if isinstance(flags, str) else flags))
+        s.timeout_ms = body["timeout"] * 1000 if "timeout" in body else None
+        s.gc_interval_ms = body["gc-interval"] * 1000 if "gc-interval" in body else None
+        s.size, s.policy, s.comment = body.get("size"), body.get("policy"), body.get("comment")
+        s.counter = any("counter" in st for st in body.get("stmt", []) if isinstance(st, dict))
+        reader = JsonReader(t.family)
+        for e in body.get("elem", []):
+            element = reader.element(e, s.key_type, s.data_type)
+            s.elements.setdefault(element.key, element)
+            if isinstance(element.data, Verdict) and element.data.target is not None:
+                t.refs.add(element.data.target)
+        t.sets[s.name] = s
+    elif kind == "rule":
+        t = _table(tables, body)
+        c = t.chains.get(body["chain"])
+        if c is None:
+            raise ValueError(f"chain {body['chain']!r} is not listed before its rules")
+        reader = JsonReader(t.family)
+        items = normalise_items(tuple(reader.item(e) for e in body["expr"]))
+        rule = Rule(items, body.get("comment"), "", None, body.get("handle"))
+        text = render.rule(rule, t.family, verbatim=True)
+        c.rules.append(Rule(items, rule.comment, text, None, rule.handle))
+        t.refs.update(item_refs(items))
+    elif kind in _OBJECTS:
+        t = _table(tables, body)
+        t.objects.append(NamedObject(kind, body["name"], _object_body(kind, body)))
+    else:
+        warnings.append(LoadWarning(None, f"JSON object {kind!r} not read (iptrace does not know it)"))
+
+
+def _types(v: Any) -> tuple[str, ...]:
+    if isinstance(v, list):
+        return tuple(v)
+    if isinstance(v, str):
+        return tuple(p.strip() for p in v.split(" . "))
+    raise ValueError(f"set type {v!r}")
+
+
+def _object_body(kind: str, body: dict[str, Any]) -> tuple[str, ...]:
+    if kind == "counter":
+        return (f"packets {body.get('packets', 0)} bytes {body.get('bytes', 0)}",)
+    if kind == "quota":
+        return (f"{'over ' if body.get('inv') else ''}{body.get('bytes', 0)} bytes",)
+    if kind == "ct helper":
+        return (f"type {values.quote(body.get('type', ''))} protocol {body.get('protocol', 'tcp')}",)
+    return ()

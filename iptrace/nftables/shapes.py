@@ -1,0 +1,265 @@
+"""Rule shapes: the key that groups rules written alike, and the compiled builder each shape gets.
+
+A shape key is the rule text with every *value* masked: quoted strings, words holding a digit or a capital
+(addresses, ports, numbers, kube-proxy's and iptables' chain names) and words holding a "/" (kube-proxy's
+`ns/svc/tcp/port` names). nft keywords are lower-case, but a few hold a digit (`ip6`, `l4proto`): the mask
+takes them too and each shape checks them (`KEYWORD_SLOTS`), so one regex split per rule gives both the key
+and the values. kube-proxy's 5,000-Service listing has a few dozen shapes. The reader (reader.py) reads one
+rule of a shape into a template whose masked values are `Slot`s; `compile_template` turns that into one Python
+function, so every further rule of the shape costs the split and a few constructor calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from socket import AF_INET, inet_pton
+from typing import Any
+
+from iptrace.nftables.model import Rule
+from iptrace.nftables.vocabulary import VOCABULARY
+
+_DELIM = r'\s{},;"#'
+DIGIT_KEYWORDS = frozenset(w for w in VOCABULARY if any(c.isdigit() for c in w))
+
+# One token: a quoted string, an `# xt_…` left by old nft, a brace/comma/semicolon, a word (never ending in ":"),
+# or a lone ":" (the element data separator). Mirrors the terminals of grammars/nft.lark.
+TOKEN_RE = re.compile(rf'"(?:\\.|[^"\\\n])*"|#[ \t]*xt_\w+|[{{}},;]|[^{_DELIM}]*[^{_DELIM}:]|:')
+# The masked values (the one group, so that `split` gives key pieces and values at once). A token starts after
+# a delimiter or after the "@" of a set reference (which stays in the key).
+MASK_RE = re.compile(
+    rf'(?<![^\s{{}},;@])("(?:[^"\\\n]|\\.)*"|(?!@)[^{_DELIM}]*[0-9A-Z][^{_DELIM}]*(?<!:)'
+    rf'|[^{_DELIM}@]+/[^{_DELIM}]*(?<!:))')
+
+
+def shape_key(text: str) -> tuple[str, list[str]]:
+    """(key, values) of a rule text, by MASK_RE (any rule without a `#`)."""
+    parts = MASK_RE.split(text)
+    return "\0".join(parts[0::2]), parts[1::2]
+
+
+# The quicker key most listing lines get (the loader inlines it): the rule split at blanks, braces and commas,
+# each token kept when it is a known word (see `keywords`) and None (a value) otherwise. It holds for rules
+# without quotes, set references (`@s`: the key could not tell them from values), comments, semicolons, odd
+# spacing or a ":" glued to a word (`fast_unsafe`; str methods: a regex search is several times slower here).
+
+
+def fast_unsafe(s: str) -> bool:
+    return '"' in s or "@" in s or "#" in s or ";" in s or "\t" in s or "\n" in s or "  " in s or (
+        ":" in s and (s[-1] == ":" or s.count(": ") != s.count(" : ")))
+
+
+_PLAIN_WORD = re.compile(r"[a-z][a-z-]*[a-z]").fullmatch
+
+
+def keywords() -> dict[str, str]:
+    """The known words of one load: the vocabulary and punctuation, plus the plain lower-case words (chain
+    names like `mark-for-masquerade`, symbols like `new`) `learn` adds from the rules it reads, so that a
+    shape can hold them as constants. Which words are known only decides how finely rules are grouped; each
+    shape's builder is right for every rule of its key."""
+    return {w: w for w in (*VOCABULARY, "{", "}", ",", ":")}
+
+
+def learn(known: dict[str, str], tokens: list[str]) -> None:
+    for tok in tokens:
+        if tok not in known and _PLAIN_WORD(tok):
+            known[tok] = tok
+
+
+def fast_tokens(text: str) -> list[str] | None:
+    if fast_unsafe(text):
+        return None
+    if "," in text:
+        text = text.replace(",", " , ")
+    if "{" in text or "}" in text:
+        text = text.replace("{", " { ").replace("}", " } ")
+    return text.split()
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """In a template: the shape's `index`-th masked value, read with `fn` (None: the text as it is)."""
+
+    index: int
+    fn: Callable[[str], Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """In a template: `fn(*args)` at build time (for values a constructor alone cannot make)."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+
+
+def _has_slot(node: Any) -> bool:
+    if isinstance(node, (Slot, Call)):
+        return True
+    if isinstance(node, tuple):
+        return any(_has_slot(x) for x in node)
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        return any(_has_slot(getattr(node, f.name)) for f in dataclasses.fields(node))
+    return False
+
+
+def fast_constructor(cls: type) -> Callable[..., Any]:
+    """A positional constructor for a frozen, slotted dataclass that fills its slots directly. The dataclass
+    __init__ of a frozen class sets each field through object.__setattr__ by name, which doubles the cost of
+    the ~200,000 objects a 5,000-Service listing makes; this one may not be used for classes that need
+    __post_init__."""
+    fields = [f.name for f in dataclasses.fields(cls)]
+    assert "__post_init__" not in vars(cls), cls
+    ns: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    setters = []
+    for i, name in enumerate(fields):
+        ns[f"_s{i}"] = getattr(cls, name).__set__
+        setters.append(f"    _s{i}(o, {name})\n")
+    exec(f"def make({', '.join(fields)}):\n    o = _new(_cls)\n{''.join(setters)}    return o\n", ns)
+    return ns["make"]
+
+
+class _Emitter:
+    """Turns a template into Python statements: constants are bound by name, every object that holds a Slot is
+    built (bottom-up, into temporaries) by fast_constructor's slot setters."""
+
+    def __init__(self, *, deferred: bool = False) -> None:
+        self.ns: dict[str, Any] = {"_new": object.__new__}
+        self.lines: list[str] = []
+        self.setters: dict[type, list[str]] = {}
+        # deferred: Slots become `n[k]`, the k-th of the values normalised beforehand (see compile_template)
+        self.deferred = deferred
+        self.slots: dict[tuple[int, int], tuple[int, Slot]] = {}
+
+    def name(self, obj: Any) -> str:
+        key = f"_{len(self.ns)}"
+        self.ns[key] = obj
+        return key
+
+    def construct(self, cls: type, args: list[str]) -> str:
+        if "__post_init__" in vars(cls):
+            return f"{self.name(cls)}({', '.join(args)})"
+        setters = self.setters.get(cls)
+        if setters is None:
+            setters = self.setters[cls] = [self.name(getattr(cls, f.name).__set__) for f in dataclasses.fields(cls)]
+        tmp = f"t{len(self.lines)}"
+        self.lines.append(f"{tmp} = _new({self.name(cls)})")
+        self.lines.extend(f"{setter}({tmp}, {arg})" for setter, arg in zip(setters, args, strict=True))
+        return tmp
+
+    def emit(self, node: Any) -> str:
+        if node is None or isinstance(node, (bool, int)):
+            return repr(node)
+        if isinstance(node, str):
+            return repr(node)
+        if isinstance(node, Slot):
+            if self.deferred:
+                k = self.slots.setdefault((node.index, id(node.fn)), (len(self.slots) + 1, node))[0]
+                return f"n[{k}]"
+            return f"v[{node.index}]" if node.fn is None else f"{self.name(node.fn)}(v[{node.index}])"
+        if not _has_slot(node):
+            return self.name(node)
+        if isinstance(node, Call):
+            return f"{self.name(node.fn)}({', '.join(self.emit(a) for a in node.args)})"
+        if isinstance(node, tuple):
+            return "(" + "".join(self.emit(x) + ", " for x in node) + ")"
+        args = [self.emit(getattr(node, f.name)) for f in dataclasses.fields(node)]
+        return self.construct(type(node), args)
+
+    def function(self, name: str, params: str, prologue: str, result: str) -> Callable[..., Any]:
+        body = "".join(f"    {line}\n" for line in self.lines)
+        exec(f"def {name}({params}):\n{prologue}{body}    return {result}\n", self.ns)
+        return self.ns[name]
+
+
+_RULE_SETTERS = tuple(getattr(Rule, name).__set__ for name in ("text", "line", "handle", "_lazy"))
+
+
+def compile_template(items: tuple[Any, ...], comment: Any, keywords: dict[int, str]) -> Callable[
+        [list[str], str, int | None, int | None], Rule | None]:
+    """A function (values, text, line, handle) → Rule for every rule of one shape: it normalises (and so checks)
+    the rule's values at once and leaves building the items to the Rule's first use (model.Rule: `_lazy` is
+    (build, normalised values…), and build reads its own tuple). None when
+    one of the masked `keywords` (slot → word: `l4proto`) is something else in this rule (the loader then
+    reads it alone)."""
+    later = _Emitter(deferred=True)
+    result = f"({later.emit(items)}, {later.emit(comment)})"
+    build = later.function("build", "n", "", result)
+    now = _Emitter()
+    now.ns.update(_pton=inet_pton, _AF_INET=AF_INET)
+    lines = "".join(f"    if v[{i}] != {word!r}:\n        return None\n" for i, word in sorted(keywords.items()))
+    parts = []
+    for k, slot in sorted(later.slots.values(), key=lambda x: x[0]):
+        if getattr(slot.fn, "canonical_ipv4", False):
+            # An address as the kernel prints it is the common case: checked by one C call, inline.
+            lines += (f"    x{k} = v[{slot.index}]\n    try:\n        _pton(_AF_INET, x{k})\n"
+                      f"    except OSError:\n        x{k} = {now.name(slot.fn)}(x{k})\n")
+            parts.append(f"x{k}")
+        else:
+            parts.append(now.emit(slot))
+    normalised = "".join(p + ", " for p in parts)
+    setters = [now.name(s) for s in _RULE_SETTERS]
+    lines += (f"    o = _new({now.name(Rule)})\n    {setters[0]}(o, text)\n    {setters[1]}(o, line)\n"
+              f"    if handle is not None:\n        {setters[2]}(o, handle)\n"
+              f"    {setters[3]}(o, ({now.name(build)}, {normalised}))\n")
+    exec(f"def make(v, text, line, handle):\n{lines}    return o\n", now.ns)
+    return now.ns["make"]
+
+
+def join_tokens(parts: tuple[str, ...]) -> str:
+    """Tokens back into text, spaced as nft prints them."""
+    return " ".join(parts).replace(" ,", ",")
+
+
+def instantiate(node: Any) -> Any:
+    """A template without Slots (its Calls evaluated): for the elements and rules read one at a time."""
+    if not _has_slot(node):
+        return node
+    emitter = _Emitter()
+    return eval(f"lambda v: {emitter.emit(node)}", emitter.ns)([])
+
+
+def references(items: tuple[Any, ...]) -> tuple[tuple[str, ...], Callable[[list[str]], tuple[str, ...]] | None]:
+    """The chains (by name) and sets (as "@name") rules of this shape refer to: those every such rule names,
+    and a function values → those that depend on the rule (None when none do)."""
+    found: list[Any] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, Call):
+            for arg in node.args:
+                walk(arg)
+            return
+        if isinstance(node, tuple):
+            for x in node:
+                walk(x)
+            return
+        if not dataclasses.is_dataclass(node) or isinstance(node, type):
+            return
+        name = type(node).__name__
+        if name == "Verdict" and node.target is not None:
+            found.append(node.target)
+        elif name == "SetRef":
+            found.append(Call(_at, (node.name,)) if isinstance(node.name, Slot) else "@" + node.name)
+        elif name == "SetUpdate":
+            found.append(Call(_at, (node.set,)) if isinstance(node.set, Slot) else "@" + node.set)
+            found.append(Call(_plus, (node.set,)) if isinstance(node.set, Slot) else "+" + node.set)
+        for f in dataclasses.fields(node):
+            walk(getattr(node, f.name))
+
+    walk(items)
+    fixed = tuple(f for f in found if isinstance(f, str))
+    varying = tuple(f for f in found if not isinstance(f, str))
+    if not varying:
+        return fixed, None
+    emitter = _Emitter()
+    result = emitter.emit(varying)
+    return fixed, emitter.function("refs", "v", "", result)
+
+
+def _at(name: str) -> str:
+    return "@" + name
+
+
+def _plus(name: str) -> str:
+    return "+" + name
