@@ -45,6 +45,7 @@ class _Table:
     chains: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # name -> (base spec, comment)
     rules: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # chain -> [(transaction, listing)]
     elements: dict[str, list[tuple[str, str | None, str | None]]] = field(default_factory=dict)
+    cluster_ips: set[str] = field(default_factory=set)
 
     def chain(self, name: str, base: str | None = None, comment: str | None = None) -> None:
         if name not in self.chains:
@@ -147,6 +148,9 @@ def _service_port(t: _Table, sp: _ServicePort, ipx: str, pod_cidr: str | None, m
         internal_verdict = None if has_internal else "drop"
         external_verdict = None if has_external else "drop"
     key = f"{sp.protocol} . {sp.port}"
+    if sp.cluster_ip not in t.cluster_ips:
+        t.cluster_ips.add(sp.cluster_ip)
+        t.element("cluster-ips", sp.cluster_ip)  # every ClusterIP, with or without endpoints
     for e in reachable:
         t.chain(f"endpoint-{ep_base[e.text]}")
     if uses_cluster:
@@ -176,7 +180,7 @@ def _service_port(t: _Table, sp: _ServicePort, ipx: str, pod_cidr: str | None, m
         if has_any:
             t.element("service-ips", f"{ip} . {key}", f"goto {ext_chain}")
         if uses_fw:
-            t.element("firewall-ips", f"{ip} . {key}", f"goto {fw_chain}", sp.name)
+            t.element("firewall-ips", f"{ip} . {key}", f"goto {fw_chain}")
     if not has_external:
         for ip in sp.lb_ips:
             t.element("no-endpoint-services", f"{ip} . {key}", external_verdict, sp.name)
