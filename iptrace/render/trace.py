@@ -17,7 +17,7 @@ def _pct(p: float) -> str:
 
 def _step(step: Step, indent: str) -> str:
     if step.line or step.handle is None:
-        where = f"line {step.line:<6}"
+        where = f"line {step.line or '-':<6}"
     else:  # nft JSON input: no lines, the kernel's rule handle
         where = f"handle {step.handle:<4}"
     return f"{indent}{step.table:<6} {step.chain:<28} {where} {step.rule}"
