@@ -190,7 +190,7 @@ class Facts:
             text = self.analysis.ruleset.line_text(line)
             if text is None:
                 continue
-            out.append(Evidence(line, text))
+            out.append(Evidence(line, text.strip()))  # (a line of an nft listing is indented)
             if len(out) >= limit:
                 break
         return tuple(out)

@@ -238,7 +238,15 @@ def _entry_label(e: EntryView) -> str:
     elif e.kind == LOAD_BALANCER:
         label += " (LB)"
     # Every chain of one service port shares the hash: show it once, on the chain that balances.
-    return "".join([label, *(f" ─▶ {c.rsplit('-', 1)[0]}" for c in e.via[:-1])])
+    return "".join([label, *(f" ─▶ {_role(c)}" for c in e.via[:-1])])
+
+
+def _role(chain: str) -> str:
+    """A chain without the part it shares with the chain that balances: `KUBE-EXT-…` → `KUBE-EXT`; nftables
+    mode's `external-SX2ZK5HK-default/fb-backends/tcp/ka-port` → `external-SX2ZK5HK`."""
+    if "/" in chain:
+        return "-".join(chain.split("-", 2)[:2])
+    return chain.rsplit("-", 1)[0]
 
 
 def _verdict_text(s: ServicePortView, verdict: str) -> str:
