@@ -180,7 +180,7 @@ def _service_port(t: _Table, sp: _ServicePort, ipx: str, pod_cidr: str | None, m
         if has_any:
             t.element("service-ips", f"{ip} . {key}", f"goto {ext_chain}")
         if uses_fw:
-            t.element("firewall-ips", f"{ip} . {key}", f"goto {fw_chain}", sp.name)
+            t.element("firewall-ips", f"{ip} . {key}", f"goto {fw_chain}")
     if not has_external:
         for ip in sp.lb_ips:
             t.element("no-endpoint-services", f"{ip} . {key}", external_verdict, sp.name)

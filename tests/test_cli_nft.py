@@ -53,7 +53,7 @@ def test_parse_summarises_an_nft_listing(listing) -> None:
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0] == f"{listing}: nft list ruleset, 2 tables, 3 rules, 0 sets and 1 map (1 element)"
-    assert lines[1] == "kube-proxy: nftables mode (table ip kube-proxy)"
+    assert lines[1].startswith("kube-proxy ipv4: nftables mode, ")
     assert "table ip kube-proxy: 2 chains (1 base), 2 rules, 0 sets, 1 map, 1 element" in lines
     assert any(line.split() == ["input", "filter", "input", "priority", "0", "policy", "drop", "1", "rule"]
                for line in lines)

@@ -16,7 +16,7 @@ import pytest
 
 from iptrace.nftables import load, save
 from iptrace.nftables.normalise import without_json_gaps
-from iptrace.render.nft_parse import render_nft_summary
+from iptrace.nftables.summary import render_nft_summary
 from tests.conftest import CORPUS, GOLDEN
 
 NFT_CORPUS = CORPUS / "kube-proxy-nft"

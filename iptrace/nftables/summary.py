@@ -1,5 +1,6 @@
-"""Renders an nftables Ruleset for `iptrace parse`: the summary (text) and the whole model (JSON-ready data).
-Returns data or str; no I/O."""
+"""`iptrace parse` of an nftables ruleset: the summary (text) and the whole model (JSON-ready data), with
+kube-proxy's mode and era per IP family. Written by the parser's author as iptrace/render/nft_parse.py and moved
+here (render may not import a dataplane). Returns data or str; no I/O."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import dataclasses
 import re
 from typing import Any
 
+from iptrace.dataplane import ProxyMode
+from iptrace.nftables.era import proxy_mode
 from iptrace.nftables.model import Chain, LoadWarning, Rule, Ruleset, Set, Table
-from iptrace.render.parse import _listed
 
 FORMAT_NAMES = {"nft-list": "nft list ruleset", "nft-json": "nft -j list ruleset",
                 "nft-transaction": "kube-proxy nft transaction"}
@@ -19,6 +21,21 @@ _GROUP_RE = re.compile(r"((?:service|local|external|endpoint|firewall|affinity|s
                        r"|(KUBE-(?:SVC|SVL|SEP|EXT|FW|XLB)-|cali-|CILIUM_)")
 # Fields whose tuple values are concatenations (`a . b`); elsewhere a tuple is a list of things.
 _VALUE_FIELDS = frozenset({"key", "data", "right", "value", "addr", "port", "low", "high", "left"})
+
+
+def _listed(title: str, items: tuple[LoadWarning, ...], limit: int = 50) -> list[str]:
+    if not items:
+        return []
+    out = ["", f"{title} ({len(items)}):"]
+    out += [f"  line {w.line}: {w.message}" for w in items[:limit]]
+    if len(items) > limit:
+        out.append(f"  … and {len(items) - limit} more (see -o json)")
+    return out
+
+
+def modes(ruleset: Ruleset) -> dict[str, ProxyMode]:
+    """kube-proxy's mode and era for each IP family the ruleset answers for."""
+    return {family: proxy_mode(ruleset, family) for family in ruleset.families}
 
 
 def _plural(n: int, word: str) -> str:
@@ -42,9 +59,15 @@ def render_nft_summary(ruleset: Ruleset) -> str:
     out = [f"{ruleset.source}: {FORMAT_NAMES.get(ruleset.format, ruleset.format)}, {_plural(len(tables), 'table')}, "
            f"{_plural(ruleset.rule_count, 'rule')}, {_plural(len(sets) - maps, 'set')} and {_plural(maps, 'map')} "
            f"({_plural(elements, 'element')})"]
-    kube = [t.label for t in tables if t.name == KUBE_PROXY_TABLE and t.family in ("ip", "ip6")]
-    out.append(f"kube-proxy: nftables mode ({', '.join('table ' + k for k in kube)})" if kube
-               else "kube-proxy: no kube-proxy table (table ip kube-proxy / ip6 kube-proxy)")
+    found = modes(ruleset)
+    if not any(m.has_rules for m in found.values()):
+        out.append("kube-proxy: no kube-proxy table (table ip kube-proxy / ip6 kube-proxy): not in nftables mode")
+    for family, mode in found.items():
+        if not mode.has_rules:
+            continue
+        hint = f" ({mode.version_hint})" if mode.version_hint else ""
+        out.append(f"kube-proxy {family}: nftables mode, {mode.name}{hint}")
+        out += [f"  - {reason}" for reason in mode.evidence]
     for t in tables:
         out += ["", *_table_summary(t)]
     out += _listed("warnings", _as_items(ruleset.warnings))
@@ -145,6 +168,8 @@ def nft_ruleset_to_json(ruleset: Ruleset) -> dict[str, Any]:
         "format": ruleset.format,
         "families": list(ruleset.families),
         "kube_proxy_table": has_kube_proxy(ruleset),
+        "kube_proxy": {family: {"mode": m.mode, "era": m.name, "version_hint": m.version_hint,
+                                "evidence": list(m.evidence)} for family, m in modes(ruleset).items()},
         "rule_count": ruleset.rule_count,
         "tables": [{"family": t.family, "name": t.name, "line": t.line, "handle": t.handle, "flags": list(t.flags),
                     "comment": t.comment, "chains": [chain_to_json(c) for c in t.chains],
