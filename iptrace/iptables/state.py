@@ -8,7 +8,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from iptrace.dataplane import Decision
 from iptrace.errors import InputError, TraceError
+
+# A terminal result of a chain walk: (verdict, decision); None = the chain returned / fell off its end.
+Terminal = tuple[str, Decision] | None
 
 # A persistent singly linked list: (head, tail) or None. Branches share their common prefix for free.
 Cons = tuple[Any, "Cons"] | None

@@ -7,7 +7,6 @@ function over a small cache of tracers.
 
 from __future__ import annotations
 
-import bisect
 import gc
 from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
@@ -16,41 +15,12 @@ from typing import Any
 from iptrace.dataplane import Decision, Entry, Outcome, Packet, Trace, join_host_port
 from iptrace.errors import InputError, TraceError
 from iptrace.iptables import chainmemo
-from iptrace.iptables.compile import (
-    ACCEPT,
-    ACCEPT_ASSUMED,
-    CONTINUE,
-    DNAT,
-    DROP,
-    GOTO,
-    JUMP,
-    KUBE_MARK_DROP,
-    KUBE_MARK_MASQ,
-    MASQUERADE,
-    NETMAP,
-    NOTRACK,
-    REDIRECT,
-    REJECT,
-    RETURN,
-    SET_MARK,
-    SNAT,
-    ChainCode,
-    Compiled,
-    Compiler,
-    chain_list,
-    compiled_path,
-)
-from iptrace.iptables.matchers import (
-    NEW_CONNECTION,
-)
-from iptrace.iptables.memo import (
-    StagePlan,
-    record,
-    replay,
-    stage_plan,
-)
+from iptrace.iptables.chainwalk import ChainWalker
+from iptrace.iptables.compile import chain_list, compiled_path
+from iptrace.iptables.matchers import NEW_CONNECTION
+from iptrace.iptables.memo import StagePlan, record, replay, stage_plan
 from iptrace.iptables.model import BUILTIN_CHAINS, Ruleset
-from iptrace.iptables.state import Context, State, format_ip, ip_int
+from iptrace.iptables.state import Context, State, Terminal, format_ip, ip_int
 
 # Hook order (net/netfilter priorities): raw -300, mangle -150, nat DNAT -100, filter 0, security 50,
 # nat SNAT 100.
@@ -78,8 +48,6 @@ FRAGMENT_ASSUMPTION = (
 # Recorded walks kept per stage sequence (a few per distinct mark/conntrack state in practice).
 MEMO_SIZE = 4096
 
-# A terminal result of a chain walk: (verdict, decision); None = the chain returned / fell off its end.
-Terminal = tuple[str, Decision] | None
 
 
 def _wired(ruleset: Ruleset) -> bool:
@@ -93,7 +61,7 @@ def _wired(ruleset: Ruleset) -> bool:
     return not kube
 
 
-class Tracer(Compiler):
+class Tracer(ChainWalker):
     """Traces packets through one Ruleset. Build once, call `.trace(packet)` many times.
 
     node_ips: the node's own addresses (`--dst-type LOCAL`, and whether a packet is node-originated or for
@@ -121,253 +89,6 @@ class Tracer(Compiler):
         no_policy = {w.line for w in ruleset.warnings if "has no policy" in w.message}
         self._dash_policy = {(t.name, c.name) for t in ruleset.tables for c in t.chains if c.line in no_policy}
 
-
-    def _run_chain(self, code: ChainCode, state: State, stack: tuple[str, ...]) -> list[tuple[State, Terminal]]:
-        """Walk one chain; returns every branch with its terminal verdict, or None when it came back."""
-        state.chains = (code.key, state.chains)
-        index = code.index
-        cands: Sequence[int] = ()
-        if index is not None:
-            key = (state.proto, state.dport, state.dst)
-            cands = index.candidates(*key)
-            if not cands:
-                return [(state, None)]
-        out: list[tuple[State, Terminal]] = []
-        todo: list[tuple[int, State]] = [(0, state)]
-        compiled = code.compiled
-        n = len(code.rules)
-        while todo:
-            start, s = todo.pop()
-            finished = False
-            if index is None:
-                positions: Sequence[int] = range(start, n)
-            else:
-                if (s.proto, s.dport, s.dst) != key:
-                    key = (s.proto, s.dport, s.dst)
-                    cands = index.candidates(*key)
-                positions = cands[bisect.bisect_left(cands, start):] if start else cands
-            for i in positions:
-                c = compiled[i] or self._compile(code, i)
-                if c.never:
-                    continue
-                net = c.src
-                if net is not None and (s.src & net[0] == net[1]) == net[2]:
-                    continue
-                net = c.dst
-                if net is not None and (s.dst & net[0] == net[1]) == net[2]:
-                    continue
-                for test in c.tests:
-                    if not test(s):
-                        break
-                else:
-                    if c.assumed:
-                        ok = True
-                        for assumed in c.assumed:
-                            result, note = assumed(s)
-                            if note is not None:
-                                s.assume(note)
-                            if not result:
-                                ok = False
-                                break
-                        if not ok:
-                            continue
-                    p = c.probability
-                    if p is not None:
-                        if not p[0]:
-                            continue
-                        num, den = s.prob
-                        rest = s.copy()
-                        rest.prob = (num * c.complement[0], den * p[1])
-                        todo.append((i + 1, rest))
-                        s.prob = (num * p[0], den * p[1])
-                    for effect in c.effects:
-                        effect(s)
-                    s.path = (c, s.path)
-                    finished = self._apply(code, c, i, s, stack, out, todo)
-                    if finished:
-                        break
-            if not finished:
-                out.append((s, None))
-        return out
-
-    def _enter(self, code: ChainCode, s: State, stack: tuple[str, ...]) -> list[tuple[State, Terminal]]:
-        """Walk a chain entered by a jump, replaying a recorded walk of its closure when one has the same key
-        (chainmemo.py)."""
-        plan = self._chain_plans.get(code.key, False)
-        if plan is False:
-            # A chain met once (tracing every Service once) is not worth a plan: plan on the second entry.
-            self._chain_plans[code.key] = True
-            return self._run_chain(code, s, stack)
-        if plan is True:
-            plan = self._chain_plans[code.key] = self._chain_plan(code) if self.share else None
-        if plan is None:
-            return self._run_chain(code, s, stack)
-        chain_plan, written = plan
-        key = chain_plan.key(s)
-        found = chain_plan.memo.get(key)
-        if found is None:
-            start = s.copy()
-            start.path = start.chains = None
-            start.prob = (1, 1)
-            start.assumptions = ()
-            before = start.copy()
-            found = chainmemo.record(self._run_chain(code, start, stack), before)
-            if len(chain_plan.memo) >= chainmemo.MEMO_SIZE:
-                chain_plan.memo.clear()
-            chain_plan.memo[key] = found
-        return chainmemo.replay(found, s, written)
-
-    def _chain_plan(self, code: ChainCode) -> tuple[chainmemo.ChainPlan, tuple[str, ...]] | None:
-        """How to key the walk of `code`'s closure, or None when it cannot be shared (see chainmemo.py)."""
-        fields: set[str] = set()
-        raw: set[str] = set()
-        src_nets: list[tuple[int, int]] = []
-        dst_nets: list[tuple[int, int]] = []
-        seen: set[tuple[str, str]] = set()
-        todo = [code]
-        count = 0
-        split = False
-        while todo:
-            chain = todo.pop()
-            if chain.key in seen:
-                continue
-            seen.add(chain.key)
-            count += len(chain.rules)
-            if chain.index is not None or count > chainmemo.MAX_CLOSURE_RULES:
-                return None
-            for i in range(len(chain.rules)):
-                c = chain.compiled[i] or self._compile(chain, i)
-                access = c.access
-                if access is None or not access.known:
-                    return None
-                fields |= access.fields
-                raw |= access.raw
-                split = split or c.probability is not None
-                if c.src is not None:
-                    src_nets.append((c.src[0], c.src[1]))
-                if c.dst is not None:
-                    dst_nets.append((c.dst[0], c.dst[1]))
-                if c.action == JUMP or c.action == GOTO:
-                    sub = c.sub
-                    if sub is None:
-                        sub = c.sub = self._code(chain.table, c.arg)
-                    if sub is not None:
-                        todo.append(sub)
-        if count < 8 and not split:
-            return None  # a closure this small walks faster than its key is computed and its walk replayed
-        fields.add("proto")  # every port test reads it
-        written = tuple(sorted(fields - {"proto", "hook", "local_origin", "in_iface", "out_iface"}))
-        return chainmemo.ChainPlan(fields, raw, src_nets, dst_nets), written
-
-    def _apply(self, code: ChainCode, c: Compiled, i: int, s: State, stack: tuple[str, ...],
-               out: list[tuple[State, Terminal]], todo: list[tuple[int, State]]) -> bool:
-        """Apply a matching rule's target; True when this branch left the chain."""
-        action = c.action
-        if action == JUMP or action == GOTO:
-            name = c.arg
-            if name in stack or name == code.name:
-                loop = [*stack[stack.index(name):], code.name, name] if name in stack else [code.name, name]
-                raise TraceError(f"jump loop in table {code.table}: {' → '.join(loop)} "
-                                 f"(closed by the rule at line {c.step.line}); the kernel refuses such a ruleset")
-            if name == KUBE_MARK_MASQ:
-                s.kube_masq = True
-            elif name == KUBE_MARK_DROP and s.mark_drop is None:
-                s.mark_drop = c.decision
-            sub = c.sub
-            if sub is None:
-                sub = c.sub = self._code(code.table, name)
-                assert sub is not None
-            results = self._enter(sub, s, (*stack, code.name))
-            if action == JUMP and len(results) == 1 and results[0][0] is s and results[0][1] is None:
-                # The common case: the chain came back with this very branch; go on with the next rule.
-                # (A chain that returns cannot have rewritten the destination: NAT targets are terminal.)
-                return False
-            if action == GOTO:
-                out.extend(results)  # a goto'd chain returns to our caller
-                return True
-            back = []
-            for s2, terminal in results:
-                if terminal is None:
-                    back.append(s2)
-                else:
-                    out.append((s2, terminal))
-            todo.extend((i + 1, s2) for s2 in reversed(back))
-            return True
-        if action == CONTINUE:
-            return False
-        if action == RETURN:
-            out.append((s, None))
-            return True
-        if action == ACCEPT:
-            out.append((s, ("ACCEPT", c.decision)))
-            return True
-        if action == DROP:
-            out.append((s, ("DROP", c.decision)))
-            return True
-        if action == REJECT:
-            out.append((s, ("REJECT", c.decision)))
-            return True
-        if action == SET_MARK:
-            c.arg(s)
-            return False
-        if action == DNAT:
-            addr, port = c.arg
-            if c.note:
-                s.assume(c.note)
-            if addr is not None:
-                s.dst = addr
-            if port is not None:
-                s.dport = port
-            s.dnat = True
-            s.dnat_by = c.decision
-            out.append((s, ("NAT", c.decision)))
-            return True
-        if action == REDIRECT:
-            self._redirect(s, c)
-            out.append((s, ("NAT", c.decision)))
-            return True
-        if action in (SNAT, MASQUERADE):
-            s.snat = True
-            s.masq = True
-            out.append((s, ("NAT", c.decision)))
-            return True
-        if action == NETMAP:
-            if c.arg is not None and s.hook in ("PREROUTING", "OUTPUT"):
-                net, mask = c.arg
-                s.dst = (s.dst & ~mask) | net
-                s.dnat = True
-                s.dnat_by = c.decision
-            elif c.arg is not None:
-                s.snat = True
-                s.masq = True
-            out.append((s, ("NAT", c.decision)))
-            return True
-        if action == NOTRACK:
-            s.notrack = True
-            return False
-        if action == ACCEPT_ASSUMED:
-            s.assume(c.note or "")
-            out.append((s, ("ACCEPT", c.decision)))
-            return True
-        # UNKNOWN
-        s.assume(c.note or "")
-        return False
-
-    def _redirect(self, s: State, c: Compiled) -> None:
-        if s.local_origin:
-            s.dst = 1 if self.version == 6 else 0x7F000001
-        elif self.ctx.local_addresses:
-            s.dst = min(self.ctx.local_addresses)
-            s.assume(f"line {c.step.line}: REDIRECT to the node's address {format_ip(s.dst, self.version)} "
-                     "(the kernel uses the receiving interface's primary address)")
-        else:
-            s.dst = 1 if self.version == 6 else 0x7F000001
-            s.assume(f"line {c.step.line}: REDIRECT to a node address; node addresses unknown, shown as "
-                     "loopback (pass --node-ip)")
-        if c.arg is not None:
-            s.dport = c.arg
-        s.dnat = True
-        s.dnat_by = c.decision
 
     # ------------------------------------------------------------------------------------ hooks
 
