@@ -63,7 +63,7 @@ Terminal = tuple[str, Decision] | None  # ("accept"|"drop"|"reject"|"nat", decis
 class TableCode:
     """One table, compiled lazily: its chains' rules and its sets' look-up indexes."""
 
-    __slots__ = ("chains", "family", "indexes", "label", "table")
+    __slots__ = ("chains", "family", "indexes", "items", "label", "table")
 
     def __init__(self, table: Table) -> None:
         self.table = table
@@ -71,6 +71,7 @@ class TableCode:
         self.family = table.family
         self.chains: dict[str, ChainCode | None] = {}
         self.indexes: dict[str, SetIndex | None] = {}
+        self.items: dict[Any, Any] = {}  # what items compiled to (rules.compile_rule's `shared`)
 
     def chain(self, name: str) -> ChainCode | None:
         found = self.chains.get(name, False)
@@ -114,6 +115,7 @@ class Tracer:
         self.share = share  # replay the hooks after NAT for branches they cannot tell apart (memo.py)
         self._plans: dict[tuple[int, tuple[tuple[str, bool, bool], ...]], Plan | None] = {}
         self._chain_plans: dict[tuple[str, str], Plan | None] = {}
+        self._entered: set[tuple[str, str]] = set()
         self.node_ips = tuple(node_ips)
         self.pod_cidrs = tuple(pod_cidrs)
         local = set()
@@ -380,7 +382,8 @@ class Tracer:
         else:
             where = f"{table.label} {code.name} rule {i + 1}" + (f" (handle {rule.handle})" if rule.handle else "")
         decision = Decision(table.label, code.name, rule.line or 0, handle=rule.handle)
-        found = code.compiled[i] = compile_rule(rule, i, decision, where, self.ctx, table.named, table.family)
+        found = code.compiled[i] = compile_rule(rule, i, decision, where, self.ctx, table.named, table.family,
+                                                table.items)
         return found
 
     def _run_chain(self, code: ChainCode, s: State, stack: tuple[tuple[str, str], ...]
@@ -454,6 +457,9 @@ class Tracer:
             return self._run_chain(code, s, stack)
         plan = self._chain_plans.get(code.key, False)
         if plan is False:
+            if code.key not in self._entered:  # walked once before a plan is worth making
+                self._entered.add(code.key)
+                return self._run_chain(code, s, stack)
             plan = self._chain_plans[code.key] = make_plan(
                 (code,), self._compiled, self._targets, chains=True) if self._draws(code) else None
         if plan is None:
