@@ -59,7 +59,7 @@ BITMASK_TYPES = frozenset({"ct_state", "ct_status", "tcp_flag", "ct_event", "fib
 STRING_TYPES = frozenset({"ifname", "string"})
 INTEGER_TYPES = frozenset({"integer", "mark", "ct_mark", "ct_zone", "ct_label", "classid", "ct_id", "dscp",
                            "ecn", "cpu", "ct_bytes", "ct_packets", "uid", "gid", "time", "devgroup",
-                           "iface_index", "realm", "cgroupv2", "nf_proto"})
+                           "iface_index", "realm", "cgroupv2"})
 # Integer types the kernel prints in hex (0x%08x for 32-bit ones).
 HEX_TYPES: Mapping[str, int] = MappingProxyType({"mark": 8, "ct_mark": 8, "classid": 0})
 
