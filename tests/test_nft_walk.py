@@ -321,3 +321,28 @@ def test_rules_are_shown_as_nft_lists_them() -> None:
     t = trace(tx, "203.0.113.1", "10.96.0.1")
     assert trace_to_json(t)["outcomes"][0]["path"][0]["rule"] == \
         "ip daddr 10.96.0.0/12 meta mark & 0x00004000 == 0x00000000 drop"
+
+
+def test_a_host_firewalls_inet_table_is_walked_for_both_families() -> None:
+    """firewalld's inet table (rules of its shape): `meta nfproto` tells the families apart, reverse-path
+    filtering is a route look-up the rules cannot decide (assumed to find a route)."""
+    text = """table inet firewalld {
+\tchain filter_PREROUTING {
+\t\ttype filter hook prerouting priority filter + 10; policy accept;
+\t\tmeta nfproto ipv6 fib saddr . mark . iif oif missing drop
+\t}
+\tchain filter_INPUT {
+\t\ttype filter hook input priority filter + 10; policy accept;
+\t\tct state { established, related } accept
+\t\tiifname "lo" accept
+\t\tmeta nfproto ipv4 tcp dport 22 accept
+\t\treject with icmpx admin-prohibited
+\t}
+}
+"""
+    t = trace(text, "203.0.113.1", NODE, 22)
+    assert summary(t) == [("ACCEPT", None, 1, False)] and t.outcomes[0].decided_by.line == 10  # type: ignore[union-attr]
+    assert summary(trace(text, "203.0.113.1", NODE, 80)) == [("REJECT", None, 1, False)]
+    t = trace(text, "2001:db8:ff::1", "2001:db8::10", 22)
+    assert summary(t) == [("REJECT", None, 1, False)]
+    assert any("route lookup (fib saddr . mark . iif oif)" in a for a in t.assumptions)

@@ -61,8 +61,12 @@ def analysis_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = Non
         from iptrace.errors import InputError
 
         # An IPv6 question to an iptables-save dump (or the reverse) has no answer in it: say which dump would.
+        have = ruleset.families[0] if ruleset.families else "ipv4"
+        if dataplane.name == "nftables":
+            table = "ip6" if family == "ipv6" else "ip"
+            raise InputError(f"{host} is an {family.replace('ip', 'IP')} address but {ruleset.source} has no "
+                             f"{table} or inet table; give the node's whole `nft list ruleset`")
         tool = "ip6tables-save" if family == "ipv6" else "iptables-save"
-        have = ruleset.families[0]
         raise InputError(f"{host} is an {family.replace('ip', 'IP')} address but {ruleset.source} is an "
                          f"{have.replace('ip', 'IP')} dump; give the node's {tool} output instead")
     return analyse(dataplane, ruleset, family, node_ips=list(node_ips) or collected, cluster=cluster)
