@@ -55,7 +55,10 @@ class _Table:
         self.rules[chain].append((tx, tx if listed is None else listed))
 
     def element(self, name: str, key: str, value: str | None = None, comment: str | None = None) -> None:
-        self.elements.setdefault(name, []).append((key, value, comment))
+        elements = self.elements.setdefault(name, [])
+        if value is None and any(k == key for k, _, _ in elements):
+            return  # a set holds a key once (a ClusterIP with several ports)
+        elements.append((key, value, comment))
 
 
 _BASE_CHAINS = (  # name, type, hook, priority, the kernel's spelling of that priority (for output hooks too)
@@ -147,6 +150,8 @@ def _service_port(t: _Table, sp: _ServicePort, ipx: str, pod_cidr: str | None, m
         internal_verdict = None if has_internal else "drop"
         external_verdict = None if has_external else "drop"
     key = f"{sp.protocol} . {sp.port}"
+    # Every ClusterIP goes in @cluster-ips, with endpoints or not: cluster-ips-check rejects its unserved ports.
+    t.element("cluster-ips", sp.cluster_ip)
     for e in reachable:
         t.chain(f"endpoint-{ep_base[e.text]}")
     if uses_cluster:
