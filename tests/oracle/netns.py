@@ -609,8 +609,9 @@ class Topology:
         return {"client": self.client, "node": self.node, "pod": self.pods}[src]
 
     def probe(self, src: Source, dst_ip: str, dst_port: int, proto: Literal["tcp", "udp"] = "tcp",
-              src_ip: str | None = None, timeout: float = 1.0) -> ProbeResult:
-        """One new connection (or one datagram) from `src` to dst_ip:dst_port, bounded by `timeout`."""
+              src_ip: str | None = None, timeout: float = 1.0, sport: int = 0) -> ProbeResult:
+        """One new connection (or one datagram) from `src` to dst_ip:dst_port, bounded by `timeout`. `sport`
+        fixes a TCP probe's source port (so that a packet trace can find it even when nothing answers)."""
         dst = _check_allowed(dst_ip)
         if src == "pod" and src_ip is None:
             candidates = [ip for ip in self.pod_ips if ipaddress.ip_address(ip).version == dst.version]
@@ -623,8 +624,8 @@ class Topology:
         with sock:
             if proto == "udp":
                 self._bind_next_udp_port(sock, src_ip or ("::" if dst.version == 6 else "0.0.0.0"))
-            elif src_ip is not None:
-                sock.bind((src_ip, 0))
+            elif src_ip is not None or sport:
+                sock.bind((src_ip or ("::" if dst.version == 6 else "0.0.0.0"), sport))
             if proto == "tcp":
                 return _probe_tcp(sock, (str(dst), dst_port), timeout)
             if proto == "udp":
