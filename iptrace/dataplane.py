@@ -106,10 +106,13 @@ Entry = Literal["hooks", "kube-proxy"]
 class Step:
     """One rule that matched, in the order the packet met it. `rule` is the rule as its dataplane prints it
     (iptables-save without counters: `-A CHAIN args…`; an nft rule or set element). `line` is the 1-based input
-    line (0 when unknown, e.g. nft JSON input). `kind` says what the rule is to kube-proxy, whatever the
-    dataplane: "dispatch" (a way into a Service), "endpoint" (an endpoint's own chain), "no-endpoints",
-    "no-local-endpoints", "firewall" (loadBalancerSourceRanges), or "" (anything else); `service` the Service
-    port ("ns/svc:port") it belongs to when the rules say."""
+    line (0 when unknown, e.g. nft JSON input, which gives the rule's kernel `handle` instead; JSON prints an
+    unknown line as null). `kind` says what the rule is to kube-proxy, whatever the dataplane: "dispatch" (a way
+    into a Service), "endpoint" (an endpoint's own chain), "no-endpoints", "no-local-endpoints", "firewall"
+    (loadBalancerSourceRanges), "invalid-port" (nftables mode: a ClusterIP on a port or protocol it does not
+    serve is rejected), "unallocated" (nftables mode: an address of the service CIDR no Service has is
+    dropped), or "" (anything else); `service` the Service port ("ns/svc:port") it belongs to when the rules
+    say."""
 
     table: str
     chain: str
@@ -117,24 +120,34 @@ class Step:
     rule: str
     kind: str = field(default="", compare=False)
     service: str | None = field(default=None, compare=False)
+    handle: int | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {"table": self.table, "chain": self.chain, "line": self.line, "rule": self.rule}
+        out: dict[str, Any] = {"table": self.table, "chain": self.chain, "line": self.line or None,
+                               "rule": self.rule}
+        if self.handle is not None:
+            out["handle"] = self.handle
+        return out
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """Who decided an outcome: a rule (`line` set) or a built-in chain's policy (`policy` set)."""
+    """Who decided an outcome: a rule (`line` set; 0 when unknown, with the kernel's `handle` for nft JSON
+    input) or a built-in chain's policy (`policy` set)."""
 
     table: str
     chain: str
     line: int | None = None
     policy: str | None = None
+    handle: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         if self.policy is not None:
             return {"policy": self.policy, "table": self.table, "chain": self.chain}
-        return {"table": self.table, "chain": self.chain, "line": self.line}
+        out: dict[str, Any] = {"table": self.table, "chain": self.chain, "line": self.line or None}
+        if self.handle is not None:
+            out["handle"] = self.handle
+        return out
 
 
 class Outcome:

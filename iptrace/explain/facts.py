@@ -286,8 +286,11 @@ class Case:
     def decided_step(self, outcome: Outcome) -> Step | None:
         """The step of `outcome`'s path that decided it (None for a policy or no decision)."""
         d = outcome.decided_by
-        if d is None or not d.line:
+        if d is None or d.policy is not None:
             return None
+        if not d.line:  # nft JSON input has no lines: the rule's handle (None for a map element) and chain say
+            return next((s for s in reversed(outcome.path) if s.chain == d.chain and s.table == d.table
+                         and s.handle == d.handle), None)
         return next((s for s in reversed(outcome.path) if s.line == d.line and s.chain == d.chain), None)
 
 

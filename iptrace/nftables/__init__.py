@@ -1,9 +1,81 @@
 """The nftables dataplane: everything that knows nft's ruleset text and JSON, the model of tables, chains, sets
-and rules they describe, and (later) the evaluator and kube-proxy's nft layout. Imports only `iptrace.errors`,
-`iptrace.dataplane` and its own modules; lark only in grammar.py and loader.py."""
+and rules they describe, the nft evaluator (walk.py: hooks, sets, maps, vmaps, numgen, fib, marks) and kube-proxy's
+nft layout (layout.py). Imports only `iptrace.errors`, `iptrace.dataplane` and its own modules; lark only in
+grammar.py and loader.py. `DATAPLANE` is what the layers above use."""
 
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from iptrace.dataplane import ForeignChain, KnownServicePort, Layout
 from iptrace.nftables.api import load, load_path
 from iptrace.nftables.save import save
 from iptrace.nftables.sniff import detect_format, sniff
 
-__all__ = ["detect_format", "load", "load_path", "save", "sniff"]
+__all__ = ["DATAPLANE", "NftablesDataplane", "detect_format", "load", "load_path", "save", "sniff"]
+
+
+class NftablesDataplane:
+    """The `iptrace.dataplane.Dataplane` of `nft list ruleset`, `nft -j list ruleset` and kube-proxy's nft
+    transaction text. One ruleset answers for every IP family it has tables for."""
+
+    name = "nftables"
+
+    def sniff(self, text: str) -> bool:
+        return sniff(text)
+
+    def load(self, text: str | bytes, *, source: str = "<dump>", lenient: bool = False) -> Any:
+        return load(text, source=source, lenient=lenient)
+
+    def layout(self, ruleset: Any, family: str, *, known: Sequence[KnownServicePort] = ()) -> Layout:
+        from iptrace.nftables.layout import read_layout
+
+        return read_layout(ruleset, family, known=known)
+
+    def tracer(self, ruleset: Any, *, node_ips: Sequence[str] = (), pod_cidrs: Sequence[str] = (),
+               names: Mapping[str, str] | None = None) -> Any:
+        from iptrace.nftables.walk import Tracer
+
+        return Tracer(ruleset, node_ips=node_ips, pod_cidrs=pod_cidrs, names=names)
+
+    def service_chain(self, role: str, service_port_name: str, protocol: str) -> str:
+        from iptrace.nftables.names import service_chain
+
+        return service_chain(role, service_port_name, protocol)
+
+    def summary(self, ruleset: Any) -> str:
+        from iptrace.nftables.summary import render_nft_summary
+
+        return render_nft_summary(ruleset)
+
+    def to_json(self, ruleset: Any) -> dict[str, Any]:
+        from iptrace.nftables.summary import nft_ruleset_to_json
+
+        return nft_ruleset_to_json(ruleset)
+
+    def save(self, ruleset: Any) -> str:
+        return save(ruleset)
+
+    def foreign_chains(self, ruleset: Any) -> list[ForeignChain]:
+        """Every chain outside kube-proxy's own tables, as `nft list` prints it (for node-to-node diffs)."""
+        from iptrace.nftables import render
+        from iptrace.nftables.names import KUBE_PROXY_FAMILIES, KUBE_PROXY_TABLE
+
+        out = []
+        for table in ruleset.tables:
+            if table.name == KUBE_PROXY_TABLE and table.family in KUBE_PROXY_FAMILIES:
+                continue
+            for chain in table.chains:
+                header = f"chain {render.name(chain.name)}"
+                if chain.base is not None:
+                    b = chain.base
+                    header += (f" {{ type {b.type} hook {b.hook} priority "
+                               f"{render.priority(b.priority, table.family, b.hook)}; policy {b.policy}; }}")
+                out.append(ForeignChain(table.label, chain.name, header, chain.line or 0,
+                                        tuple((render.rule(r, table.family, verbatim=True), r.line or 0)
+                                              for r in chain.rules)))
+        return out
+
+
+DATAPLANE = NftablesDataplane()

@@ -125,7 +125,7 @@ def render_dot(view: KubeView) -> str:
 
 def _title(view: KubeView) -> str:
     if not view.era.has_rules:
-        return f"{view.source}: {view.era.name}: no kube-proxy iptables service rules"
+        return f"{view.source}: {view.era.name}: no kube-proxy {view.era.dataplane} service rules"
     return f"{view.source}: kube-proxy {view.era.name}, {len(view.services)} service ports"
 
 

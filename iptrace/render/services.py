@@ -94,7 +94,7 @@ def service_to_json(s: ServicePortView) -> dict[str, Any]:
              "address": ep.ip if ep.port is None else f"[{ep.ip}]:{ep.port}" if ":" in ep.ip else f"{ep.ip}:{ep.port}",
              "probability": round(ep.probability, SHARE_DIGITS), "local": ep.local,
              "local_probability": None if ep.local_probability is None else round(ep.local_probability, SHARE_DIGITS),
-             "chain": ep.chain, "line": ep.line}
+             "chain": ep.chain, "line": ep.line or None}
             for ep in s.endpoints
         ],
         "entries": [_entry_json(e) for e in s.entries],
@@ -202,9 +202,9 @@ def render_services_text(view: KubeView, cluster: Any = None) -> str:
 def _summary(view: KubeView) -> str:
     era = view.era
     if not era.has_rules:
-        return f"{view.source}: {era.name}: no kube-proxy iptables service rules"
+        return f"{view.source}: {era.name}: no kube-proxy {era.dataplane} service rules"
     hint = f" ({era.version_hint})" if era.version_hint else ""
-    parts = [f"{view.source}: kube-proxy iptables mode, {era.name}{hint}", view.family,
+    parts = [f"{view.source}: kube-proxy {era.mode} mode, {era.name}{hint}", view.family,
              f"{len(view.services)} service port{'s' if len(view.services) != 1 else ''}"]
     lines = [" · ".join(parts), view.node_port_addresses.describe()]
     extra = []

@@ -1,0 +1,411 @@
+"""What an nft expression reads from a packet, and whether a relational test holds, with the kernel's semantics
+for a new connection's first packet.
+
+Each expression compiles once into a getter `State -> value`. A getter returns NA when the expression does not
+apply to the packet at all (nft's implicit dependency fails: `tcp dport` of a UDP packet, `ip saddr` of an IPv6
+packet in an inet table), which fails the test whatever its operator. It returns an `Unknown` (with the reason)
+when the packet's property cannot be known from the rules (an interface not given, the sending socket's owner,
+an L2 header): the packet is then assumed not to have the property — `==` fails, `!=` holds — and the test
+records that assumption. Nothing unknown is silently treated as a match.
+
+The model of a first packet (documented once, here): ct state new (untracked after notrack); ct status dnat/snat
+once this trace rewrote the destination/source; mark and ct mark 0 until a rule sets them; tcp flags SYN; fib
+type local = the node's addresses and loopback; dynamic sets (session affinity) hold no entry for the packet
+unless this trace added it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from iptrace.nftables.model import (
+    AnonSet,
+    Binop,
+    Concat,
+    Ct,
+    Fib,
+    Flags,
+    Hash,
+    MapLookup,
+    Match,
+    Meta,
+    Numgen,
+    Payload,
+    Prefix,
+    Range,
+    Selector,
+    SetRef,
+)
+from iptrace.nftables.sets import SetIndex, _order, covers
+from iptrace.nftables.state import BITS, State, is_loopback
+from iptrace.nftables.types import expr_type
+
+
+class _NotApplicable:
+    def __repr__(self) -> str:
+        return "NA"
+
+
+NA: Any = _NotApplicable()
+
+
+class Unknown:
+    """A property of the packet the rules cannot tell; `note` says what was assumed."""
+
+    __slots__ = ("note",)
+
+    def __init__(self, note: str) -> None:
+        self.note = note
+
+
+Getter = Callable[[State], Any]
+# A test answers (holds, assumption text or None).
+Test = Callable[[State], tuple[bool, str | None]]
+
+_PORT_PROTOS = frozenset({"tcp", "udp", "sctp", "dccp", "udplite"})
+_ICMP = {"icmp": "icmp", "icmpv6": "ipv6-icmp", "igmp": "igmp", "ah": "ah", "esp": "esp", "comp": "comp"}
+_SYN = frozenset({"syn"})
+
+
+class Context:
+    """What the evaluator knows about the node: its local addresses (fib type local), and how to find a table's
+    named sets."""
+
+    def __init__(self, local: frozenset[str]) -> None:
+        self.local = local
+
+    def addrtype(self, ip: str) -> str:
+        if ip in self.local or is_loopback(ip):
+            return "local"
+        if ip == "255.255.255.255":
+            return "broadcast"
+        first = ip.split(".", 1)[0] if "." in ip and ":" not in ip else ""
+        if (first.isdigit() and 224 <= int(first) <= 239) or ip.lower().startswith("ff"):
+            return "multicast"
+        return "unicast"
+
+
+def _unknown(where: str, what: str) -> Unknown:
+    return Unknown(f"{where}: {what} is not known from the rules: assumed the packet does not have it")
+
+
+def getter(e: Any, ctx: Context, where: str, bind: dict[int, int] | None = None) -> Getter:
+    """The function reading expression `e` from a branch; `where` names the rule for assumptions."""
+    if isinstance(e, Payload):
+        return _payload(e, where)
+    if isinstance(e, Meta):
+        return _meta(e, where)
+    if isinstance(e, Ct):
+        return _ct(e, where)
+    if isinstance(e, Fib):
+        return _fib(e, ctx, where)
+    if isinstance(e, (Numgen, Hash)):
+        key = id(e)
+        return lambda s: s.bind[key]  # type: ignore[attr-defined]
+    if isinstance(e, Binop):
+        return _binop(e, ctx, where)
+    if isinstance(e, Concat):
+        parts = [getter(p, ctx, where) for p in e.parts]
+
+        def concat(s: State) -> Any:
+            out = []
+            for g in parts:
+                v = g(s)
+                if v is NA or isinstance(v, Unknown):
+                    return v
+                out.append(v)
+            return tuple(out)
+        return concat
+    if isinstance(e, Selector):
+        found = _unknown(where, " ".join(e.words))
+        return lambda s: found
+    if isinstance(e, MapLookup) and isinstance(e.map, AnonSet):
+        key = getter(e.key, ctx, where)
+        index = SetIndex.of(e.map)
+
+        def lookup(s: State) -> Any:
+            k = key(s)
+            if k is NA or isinstance(k, Unknown):
+                return k
+            found = index.find(k)
+            return NA if found is None else found.data
+        return lookup
+    constant = e
+    return lambda s: constant
+
+
+def _payload(e: Payload, where: str) -> Getter:
+    proto, name = e.protocol, e.field
+    if proto in ("ip", "ip6"):
+        version = 4 if proto == "ip" else 6
+        if name == "saddr":
+            return lambda s: s.src if s.version == version else NA
+        if name == "daddr":
+            return lambda s: s.dst if s.version == version else NA
+        if name in ("protocol", "nexthdr"):
+            return lambda s: s.proto if s.version == version else NA
+        if name == "version":
+            return lambda s: version if s.version == version else NA
+        found = _unknown(where, f"{proto} {name}")
+        return lambda s: found if s.version == version else NA
+    if proto == "th":
+        if name == "dport":
+            return lambda s: s.dport if s.proto in _PORT_PROTOS else NA
+        if name == "sport":
+            return lambda s: s.sport if s.proto in _PORT_PROTOS else NA
+    if proto in _PORT_PROTOS:
+        if name == "dport":
+            return lambda s: s.dport if s.proto == proto else NA
+        if name == "sport":
+            return lambda s: s.sport if s.proto == proto else NA
+        if proto == "tcp" and name == "flags":
+            return lambda s: _SYN if s.proto == "tcp" else NA
+        found = _unknown(where, f"{proto} {name}")
+        return lambda s: found if s.proto == proto else NA
+    if proto in _ICMP:
+        wanted = _ICMP[proto]
+        found = _unknown(where, f"{proto} {name}")
+        return lambda s: found if s.proto == wanted else NA
+    found = _unknown(where, f"the {proto} header ({proto} {name})")
+    return lambda s: found
+
+
+def _meta(e: Meta, where: str) -> Getter:
+    key = e.key
+    if key == "l4proto":
+        return lambda s: s.proto
+    if key == "nfproto":
+        return lambda s: "ipv4" if s.version == 4 else "ipv6"
+    if key == "protocol":
+        return lambda s: "ip" if s.version == 4 else "ip6"
+    if key == "mark":
+        return lambda s: s.mark
+    if key == "nftrace":
+        return lambda s: 0
+    if key in ("iifname", "oifname"):
+        inbound = key == "iifname"
+        note = (f"{where}: the {'input' if inbound else 'output'} interface is not known (pass --in-interface): "
+                f"assumed none of the names this rule tests")
+
+        def iface(s: State) -> Any:
+            name = s.in_iface if inbound else s.out_iface
+            return name if name is not None else Unknown(note)
+        return iface
+    if key == "pkttype":
+        return lambda s: ("broadcast" if s.dst == "255.255.255.255" else
+                          "multicast" if s.dst.startswith(("224.", "225.", "226.", "227.", "228.", "229.", "23",
+                                                           "ff")) else "host")
+    found = _unknown(where, f"meta {key}")
+    return lambda s: found
+
+
+def _ct(e: Ct, where: str) -> Getter:
+    key, direction = e.key, e.direction
+    if key == "state":
+        return lambda s: frozenset({"untracked"}) if s.notrack else frozenset({"new"})
+    if key == "status":
+        return lambda s: frozenset(n for n, on in (("dnat", s.dnat_by is not None), ("snat", s.snat)) if on)
+    if key == "mark":
+        return lambda s: s.ct_mark
+    if key == "direction":
+        return lambda s: "original"
+    if key == "l3proto":
+        return lambda s: "ipv4" if s.version == 4 else "ipv6"
+    if key == "protocol":
+        return lambda s: s.proto
+    if key == "zone":
+        return lambda s: 0
+    reply = direction == "reply"
+    if key == "saddr":
+        return (lambda s: s.dst) if reply else (lambda s: s.src)
+    if key == "daddr":
+        return (lambda s: s.src) if reply else (lambda s: s.orig_dst)
+    if key == "proto-dst":
+        return (lambda s: s.sport) if reply else (lambda s: s.orig_dport)
+    if key == "proto-src":
+        return (lambda s: s.dport) if reply else (lambda s: s.sport)
+    found = _unknown(where, f"ct {key}")
+    return lambda s: found
+
+
+def _fib(e: Fib, ctx: Context, where: str) -> Getter:
+    if e.result == "type" and ("daddr" in e.flags or "saddr" in e.flags):
+        dest = "daddr" in e.flags
+        return (lambda s: ctx.addrtype(s.dst)) if dest else (lambda s: ctx.addrtype(s.src))
+    # `fib saddr . iif oif missing drop` (reverse-path filtering): a route exists, but which interface it
+    # uses is not in the rules.
+    found = Unknown(f"{where}: the route lookup (fib {' . '.join(e.flags)} {e.result}) is assumed to find a "
+                    "route, through an interface the rules do not name")
+    return lambda s: found
+
+
+def _bits(dtype: str, value: Any) -> Any:
+    """A bitmask value (name, Flags, `(a|b)` text or int) as the set of flag names."""
+    table = BITS.get(dtype)
+    if table is None:
+        return value
+    if isinstance(value, Flags):
+        return frozenset(value.names)
+    if isinstance(value, str):
+        return frozenset(value.strip("()").split("|")) if "|" in value or value.startswith("(") else \
+            frozenset({value})
+    if isinstance(value, int):
+        return frozenset(n for n, bit in table.items() if value & bit)
+    return value
+
+
+_BINOPS: dict[str, Callable[[Any, Any], Any]] = {
+    "&": lambda a, b: a & b, "|": lambda a, b: a | b, "^": lambda a, b: a ^ b,
+    "<<": lambda a, b: a << b, ">>": lambda a, b: a >> b}
+
+
+def _binop(e: Binop, ctx: Context, where: str) -> Getter:
+    left = getter(e.left, ctx, where)
+    dtype = expr_type(e.left)
+    if isinstance(e.right, (Payload, Meta, Ct, Fib, Numgen, Hash, Binop, Concat)):
+        right = getter(e.right, ctx, where)
+    else:
+        constant = _bits(dtype, e.right)
+        right = lambda s: constant  # noqa: E731
+    apply = _BINOPS[e.op]
+
+    def binop(s: State) -> Any:
+        a = left(s)
+        if a is NA or isinstance(a, Unknown):
+            return a
+        b = right(s)
+        if b is NA or isinstance(b, Unknown):
+            return b
+        if isinstance(a, frozenset) and e.op == "^":
+            return a ^ b
+        return apply(a, b)
+    return binop
+
+
+def _compare(op: str, value: Any, right: Any, dtype: str) -> bool:
+    if dtype in BITS:
+        value, right = _bits(dtype, value), _bits(dtype, right)
+        if op == "in":
+            return bool(value & right) if isinstance(right, frozenset) else value == right
+        return (value == right) != (op == "!=")
+    if op in ("==", "in"):
+        return covers(right, value)
+    if op == "!=":
+        return not covers(right, value)
+    if isinstance(right, (Prefix, Range, tuple)):
+        return False
+    a, b = _order(value), _order(right)
+    try:
+        return bool({"<": a < b, ">": a > b, "<=": a <= b, ">=": a >= b}[op])
+    except TypeError:
+        return False
+
+
+def compile_match(m: Match, ctx: Context, where: str,
+                  named: Callable[[str], tuple[SetIndex | None, str | None]]) -> tuple[Test, bool]:
+    """The test of one relational item, and whether it is definite (never records an assumption)."""
+    get = getter(m.left, ctx, where)
+    dtype = expr_type(m.left)
+    negated = m.op == "!="
+    definite = _definite(m.left)
+    right = m.right
+    if isinstance(right, (SetRef, AnonSet)):
+        if isinstance(right, SetRef):
+            index, problem = named(right.name)
+        else:
+            index, problem = SetIndex.of(right), None
+            if dtype in BITS:
+                index = SetIndex(tuple(type(e)(_bits(dtype, e.key)) for e in right.elements))  # type: ignore[call-arg]
+        if index is None:
+            note = f"{where}: {problem}: assumed the packet is not in it"
+            return (lambda s: (negated, note)), False
+        if index.dynamic:
+            return _dynamic_lookup(get, index, negated, where), False
+
+        def member(s: State) -> tuple[bool, str | None]:
+            v = get(s)
+            if v is NA:
+                return False, None
+            if isinstance(v, Unknown):
+                return negated, v.note
+            return (index.find(v) is not None) != negated, None
+        return member, definite
+
+    def compare(s: State) -> tuple[bool, str | None]:
+        v = get(s)
+        if v is NA:
+            return False, None
+        if isinstance(v, Unknown):
+            return negated, v.note
+        return _compare(m.op, v, right, dtype), None
+    return compare, definite
+
+
+def _dynamic_lookup(get: Getter, index: SetIndex, negated: bool, where: str) -> Test:
+    """A set the packet path fills (session affinity): empty for a first packet, unless this trace added the
+    key itself. Entries a listing shows were made by earlier connections."""
+    name = index.name or "?"
+
+    def lookup(s: State) -> tuple[bool, str | None]:
+        v = get(s)
+        if v is NA:
+            return False, None
+        if isinstance(v, Unknown):
+            return negated, v.note
+        if any(u[1] == name and u[2] == v for u in s.updates):
+            return not negated, None
+        listed = index.find(v) is not None
+        note = (f"{where}: @{name} is filled by the packet path (session affinity): a first connection from "
+                f"{v if not isinstance(v, tuple) else ' . '.join(map(str, v))} has no entry in it"
+                + (" (the listing holds one from an earlier connection)" if listed else ""))
+        return negated, note
+    return lookup
+
+
+def _definite(e: Any) -> bool:
+    """Whether an expression's value is always known for a first packet (its getter never returns Unknown)."""
+    if isinstance(e, Payload):
+        return (e.protocol in ("ip", "ip6") and e.field in ("saddr", "daddr", "protocol", "nexthdr", "version")) \
+            or ((e.protocol in _PORT_PROTOS or e.protocol == "th") and e.field in ("dport", "sport")) \
+            or (e.protocol == "tcp" and e.field == "flags")
+    if isinstance(e, Meta):
+        return e.key in ("l4proto", "nfproto", "protocol", "mark", "nftrace", "pkttype")
+    if isinstance(e, Ct):
+        return e.key in ("state", "status", "mark", "direction", "l3proto", "protocol", "zone", "saddr", "daddr",
+                         "proto-dst", "proto-src")
+    if isinstance(e, Fib):
+        return e.result == "type" and ("daddr" in e.flags or "saddr" in e.flags)
+    if isinstance(e, Binop):
+        return _definite(e.left) and (not isinstance(e.right, (Payload, Meta, Ct, Fib, Binop, Concat))
+                                      or _definite(e.right))
+    if isinstance(e, Concat):
+        return all(_definite(p) for p in e.parts)
+    if isinstance(e, (Numgen, Hash)):
+        return True
+    return False
+
+
+def forks(e: Any) -> list[Numgen | Hash]:
+    """The numgen/hash expressions inside an item's expression tree (each draws its own number)."""
+    out: list[Numgen | Hash] = []
+    todo = [e]
+    while todo:
+        x = todo.pop()
+        if isinstance(x, (Numgen, Hash)):
+            out.append(x)
+        elif isinstance(x, (Binop,)):
+            todo.extend((x.left, x.right))
+        elif isinstance(x, Concat):
+            todo.extend(x.parts)
+        elif isinstance(x, MapLookup):
+            todo.append(x.key)
+        elif isinstance(x, Match):
+            todo.extend((x.left, x.right))
+        elif hasattr(x, "key") and hasattr(x, "map"):  # VerdictMap
+            todo.append(x.key)
+        elif hasattr(x, "key") and hasattr(x, "value"):  # Mangle
+            todo.extend((x.key, x.value))
+        elif hasattr(x, "addr") and hasattr(x, "port"):  # Nat
+            todo.extend((x.addr, x.port))
+    return out

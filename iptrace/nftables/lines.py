@@ -1,0 +1,141 @@
+"""The input line of a set or map element, found when a trace shows the element (a verdict-map look-up that
+matched is a step of its own, with the element's line as evidence). The model keeps lines for rules and sets,
+not for the ~10^5 elements of a big ruleset; this reads them back from the text of one set (a listing) or of
+the `add element` lines (kube-proxy's transaction) the first time one of that set's elements is asked for."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from iptrace.nftables.model import Element, Ruleset, Set
+from iptrace.nftables.values import normaliser
+
+_CHUNK_RE = re.compile(r'(?:"(?:\\.|[^"\\])*"|\{[^{}]*\}|[^,"{}])+')
+_ADD_ELEMENT_RE = re.compile(r'\s*(?:add|create)\s+element\s+(?:(ip|ip6|inet|arp|bridge|netdev)\s+)?(\S+)\s+(\S+)\s*\{')
+_OPTION_RE = re.compile(r'\s+(?:comment\s+"(?:\\.|[^"\\])*"|timeout\s+\S+|expires\s+\S+|counter(?:\s+packets\s+\d+\s+'
+                        r'bytes\s+\d+)?)')
+
+
+class ElementLines:
+    """`line(table family, table name, set, element)` → its 1-based input line (the set's own line when the
+    element cannot be found, 0 for JSON input)."""
+
+    def __init__(self, ruleset: Ruleset) -> None:
+        self.ruleset = ruleset
+        self._lines: list[str] | None = None
+        self._sets: dict[tuple[str, str, str], dict[Any, int]] = {}
+        self._transaction: dict[tuple[str, str, str], list[tuple[str, int]]] | None = None
+
+    def line(self, family: str, table: str, s: Set, element: Element) -> int:
+        if self.ruleset.format == "nft-json" or self.ruleset.text is None:
+            return 0
+        key = (family, table, s.name)
+        index = self._sets.get(key)
+        if index is None:
+            index = self._sets[key] = self._index(family, table, s)
+        return index.get(element.key, s.line or 0)
+
+    def _text_lines(self) -> list[str]:
+        if self._lines is None:
+            self._lines = (self.ruleset.text or "").split("\n")
+        return self._lines
+
+    def _index(self, family: str, table: str, s: Set) -> dict[Any, int]:
+        if self.ruleset.format == "nft-transaction":
+            chunks = self._transaction_chunks().get((family, table, s.name), [])
+        else:
+            chunks = self._listing_chunks(s)
+        norms = [normaliser(t) for t in s.key_type]
+        out: dict[Any, int] = {}
+        for text, line in chunks:
+            key = _key(text, norms, s.is_map)
+            if key is not None:
+                out.setdefault(key, line)
+        return out
+
+    def _listing_chunks(self, s: Set) -> list[tuple[str, int]]:
+        """The element texts of one set block of a listing, from its `elements = {` to the list's `}`."""
+        lines = self._text_lines()
+        out: list[tuple[str, int]] = []
+        start = (s.line or 1) - 1
+        inside = False
+        for i in range(start, len(lines)):
+            text = lines[i]
+            if not inside:
+                at = text.find("elements = {")
+                if at < 0:
+                    if i > start and text.strip() == "}":  # the end of the set block: no elements
+                        break
+                    continue
+                inside = True
+                text = text[at + len("elements = {"):]
+            done = False
+            body = text
+            depth_end = _closing(body)
+            if depth_end is not None:
+                body, done = body[:depth_end], True
+            for m in _CHUNK_RE.finditer(body):
+                chunk = m.group().strip()
+                if chunk:
+                    out.append((chunk, i + 1))
+            if done:
+                break
+        return out
+
+    def _transaction_chunks(self) -> dict[tuple[str, str, str], list[tuple[str, int]]]:
+        if self._transaction is None:
+            found: dict[tuple[str, str, str], list[tuple[str, int]]] = {}
+            for i, text in enumerate(self._text_lines()):
+                if "element" not in text:
+                    continue
+                m = _ADD_ELEMENT_RE.match(text)
+                if m is None:
+                    continue
+                family, table, name = m.group(1) or "ip", m.group(2), m.group(3)
+                body = text[m.end():]
+                end = _closing(body)
+                body = body[:end] if end is not None else body
+                for c in _CHUNK_RE.finditer(body):
+                    chunk = c.group().strip()
+                    if chunk:
+                        found.setdefault((family, table, name), []).append((chunk, i + 1))
+            self._transaction = found
+        return self._transaction
+
+
+def _closing(text: str) -> int | None:
+    """Where the `}` closing an element list is in `text` (quotes and nested braces skipped), or None."""
+    depth = 0
+    quoted = False
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if quoted:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch == "{":
+            depth += 1
+        elif ch == "}":
+            if depth == 0:
+                return i
+            depth -= 1
+        i += 1
+    return None
+
+
+def _key(text: str, norms: list[Any], is_map: bool) -> Any:
+    key_text = text.split(" : ", 1)[0] if is_map else text
+    key_text = _OPTION_RE.sub("", " " + key_text).strip()
+    parts = key_text.split(" . ")
+    if len(parts) != len(norms):
+        return None
+    try:
+        values = tuple(n(p.strip()) for n, p in zip(norms, parts, strict=True))
+    except ValueError:
+        return None
+    return values if len(values) > 1 else values[0]

@@ -1,0 +1,298 @@
+"""What one Service port's own chains say (read when the port is asked for), and the node-wide facts read from a
+few rules: the local-traffic detector's pod CIDR or interface, the masquerade mark, the endpoints' addresses.
+Helpers of layout.py; pure."""
+
+from __future__ import annotations
+
+from collections.abc import Container, Iterator
+from typing import Any
+
+from iptrace.dataplane import CLUSTER_IP, EXTERNAL_IP, LOAD_BALANCER, NODE_PORT, ServicePortLayout, WayIn
+from iptrace.nftables.lines import ElementLines
+from iptrace.nftables.model import (
+    AnonSet,
+    Binop,
+    Chain,
+    Element,
+    Fib,
+    Mangle,
+    MapLookup,
+    Match,
+    Meta,
+    Nat,
+    Payload,
+    Prefix,
+    Range,
+    Rule,
+    Ruleset,
+    Set,
+    SetRef,
+    Table,
+    Verdict,
+    VerdictMap,
+)
+from iptrace.nftables.names import (
+    HAIRPIN_CONNECTIONS,
+    MARK_FOR_MASQUERADE,
+    MASQUERADING,
+    SERVICES_CHAIN,
+    split_chain,
+)
+
+_DETECTOR_SCAN = 200  # service chains read for the local-traffic detector (it is the same in all of them)
+
+
+def value_text(v: Any) -> str:
+    """A value as kube-proxy wrote it: `10.0.0.0/8`, `1.2.3.4`, `1000-2000`."""
+    if isinstance(v, Prefix):
+        return f"{v.addr}/{v.length}"
+    if isinstance(v, Range):
+        return f"{v.low}-{v.high}"
+    return str(v)
+
+
+def endpoint_of_chain(name: str, v6: bool) -> tuple[str, str, int] | None:
+    """`endpoint-HASH-ns/svc/tcp/p80__10.180.0.1/80` → (the Service port's name base, endpoint IP, port)."""
+    split = split_chain(name)
+    if split is None or split[0] != "endpoint" or "__" not in name or name.endswith("..."):
+        return None
+    host, _, port = name.rsplit("__", 1)[1].rpartition("/")
+    if not port.isdigit():
+        return None
+    return split[1], host.replace(".", ":") if v6 else host, int(port)
+
+
+def _targets(rule: Rule) -> Iterator[str]:
+    """The chains a rule sends packets to (verdicts, verdict maps)."""
+    for item in rule.items:
+        if isinstance(item, Verdict) and item.target:
+            yield item.target
+        elif isinstance(item, VerdictMap) and isinstance(item.map, AnonSet):
+            for e in item.map.elements:
+                if isinstance(e.data, Verdict) and e.data.target:
+                    yield e.data.target
+
+
+def _dnat_targets(rule: Rule) -> Iterator[tuple[str, int | None]]:
+    """The (address, port) a DNAT in the rule may send to (1.37: `dnat ip to numgen … map { … }`)."""
+    for item in rule.items:
+        if not isinstance(item, Nat) or item.kind != "dnat":
+            continue
+        addr = item.addr
+        if isinstance(addr, MapLookup) and isinstance(addr.map, AnonSet):
+            for e in addr.map.elements:
+                if isinstance(e.data, tuple) and len(e.data) == 2:
+                    yield str(e.data[0]), int(e.data[1])
+                elif isinstance(e.data, str):
+                    yield e.data, item.port if isinstance(item.port, int) else None
+        elif isinstance(addr, str):
+            yield addr, item.port if isinstance(item.port, int) else None
+
+
+class _LazyIps(Container[str]):
+    def __init__(self, reader: PortReader) -> None:
+        self._reader = reader
+
+    def __contains__(self, ip: object) -> bool:
+        return ip in self._reader.endpoint_index()
+
+
+class PortReader:
+    def __init__(self, ruleset: Ruleset, table: Table) -> None:
+        self.ruleset = ruleset
+        self.table = table
+        self.v6 = table.family == "ip6"
+        self.lines = ElementLines(ruleset)
+        self._endpoints: dict[str, set[str]] | None = None
+        self.endpoint_ips = _LazyIps(self)
+
+    def element_line(self, s: Set, e: Element) -> int:
+        return self.lines.line(self.table.family, self.table.name, s, e)
+
+    # -- node-wide
+
+    def pod_detection(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The pod CIDRs and interfaces of kube-proxy's local-traffic detector: `ip saddr != <podCIDR>` before the
+        mark for masquerading (service chains; 1.36+: the services chain), `ip saddr <podCIDR> goto service-…`
+        (eTP=Local short-circuit), or `iifname` tests in their place."""
+        cidrs: list[str] = []
+        ifaces: list[str] = []
+        services = self.table.chain(SERVICES_CHAIN)
+        candidates: list[Chain] = [services] if services is not None else []
+        read = 0
+        for chain in self.table.chains:
+            if chain.name.startswith(("service-", "local-", "external-", "svc-")) and chain.rules:
+                candidates.append(chain)
+        for chain in candidates:
+            if chain.name != SERVICES_CHAIN:
+                read += 1
+                if read > _DETECTOR_SCAN or ((cidrs or ifaces) and read > 4):
+                    break
+            for rule in chain.rules:
+                text = rule.text
+                if "saddr" not in text and "iifname" not in text:
+                    continue
+                masq = MARK_FOR_MASQUERADE in text or "mark set" in text
+                short_circuit = "goto service-" in text or "goto svc-" in text
+                if not (masq or short_circuit):
+                    continue
+                for item in rule.items:
+                    if not isinstance(item, Match):
+                        continue
+                    left = item.left
+                    if isinstance(left, Payload) and left.field == "saddr" and isinstance(item.right, Prefix) \
+                            and ((masq and item.op == "!=") or (short_circuit and item.op == "==")):
+                        text_ = value_text(item.right)
+                        if text_ not in cidrs:
+                            cidrs.append(text_)
+                    elif isinstance(left, Meta) and left.key == "iifname" and isinstance(item.right, str) \
+                            and ((masq and item.op == "!=") or (short_circuit and item.op == "==")):
+                        if item.right not in ifaces:
+                            ifaces.append(item.right)
+        return tuple(cidrs), tuple(ifaces)
+
+    def masquerade(self) -> tuple[str | None, bool]:
+        mark: int | None = None
+        for name in (MARK_FOR_MASQUERADE, MASQUERADING, SERVICES_CHAIN):
+            chain = self.table.chain(name)
+            for rule in (chain.rules if chain is not None and mark is None else ()):
+                for item in rule.items:
+                    binop = item.value if isinstance(item, Mangle) else item.left if isinstance(item, Match) else None
+                    if isinstance(binop, Binop) and isinstance(binop.left, Meta) and binop.left.key == "mark" \
+                            and isinstance(binop.right, int) and binop.op in ("|", "&"):
+                        mark = binop.right
+                        break
+                if mark is not None:
+                    break
+        chain = self.table.chain(MASQUERADING)
+        random_fully = chain is not None and any(
+            isinstance(i, Nat) and i.kind == "masquerade" and "fully-random" in i.flags
+            for r in chain.rules for i in r.items)
+        return (f"{mark:#x}" if mark is not None else None), random_fully
+
+    def endpoint_index(self) -> dict[str, set[str]]:
+        """endpoint IP → the name bases of the Service ports with an endpoint there: from the endpoint chains'
+        names, the service chains' own DNATs (1.37) and @hairpin-connections."""
+        if self._endpoints is None:
+            index: dict[str, set[str]] = {}
+            direct = False
+            for chain in self.table.chains:
+                name = chain.name
+                if name.startswith("endpoint-"):
+                    found = endpoint_of_chain(name, self.v6)
+                    if found is not None:
+                        index.setdefault(found[1], set()).add(found[0])
+                    elif chain.rules:  # a cut name: the DNAT says
+                        split = split_chain(name)
+                        for rule in chain.rules:
+                            for ip, _ in _dnat_targets(rule):
+                                if split is not None:
+                                    index.setdefault(ip, set()).add(split[1])
+                elif name.startswith(("service-", "local-", "svc-")) and chain.rules and (
+                        direct or any("dnat" in r.text for r in chain.rules)):
+                    direct = True
+                    split = split_chain(name)
+                    for rule in chain.rules:
+                        for ip, _ in _dnat_targets(rule):
+                            if split is not None:
+                                index.setdefault(ip, set()).add(split[1])
+            hairpin = self.table.set(HAIRPIN_CONNECTIONS)
+            for e in (hairpin.elements if hairpin is not None else ()):
+                if isinstance(e.key, tuple) and e.key:
+                    index.setdefault(str(e.key[0]), set())
+            self._endpoints = index
+        return self._endpoints
+
+    def endpoint_keys(self, ip: str) -> tuple[str, ...]:
+        return tuple(sorted(self.endpoint_index().get(ip, ())))
+
+    def orphans(self, ports: tuple[ServicePortLayout, ...]) -> tuple[str, ...]:
+        """Endpoint chains with rules that no Service port's chain sends to (empty ones are kube-proxy's stale
+        chains, deleted a moment later)."""
+        used = {c for p in ports for c in p.chains}
+        left = sorted(c.name for c in self.table.chains
+                      if c.name.startswith("endpoint-") and c.rules and c.name not in used)
+        if not left:
+            return ()
+        shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+        return (f"{len(left)} endpoint- chain(s) with rules that no service chain sends to: {shown}",)
+
+    # -- one Service port
+
+    def service_port(self, g: Any, ways: tuple[WayIn, ...], alpha: dict[tuple[str, str, int], list[str]]
+                     ) -> ServicePortLayout:
+        table = self.table
+        own = {word: table.chain(f"{word}-{g.key}") for word in ("service", "svc", "local", "external", "firewall")}
+        cluster = own["service"] or own["svc"]
+        local = own["local"]
+        endpoint_chains: list[str] = []
+        affinity: int | None = None
+        for chain in (cluster, local):
+            for rule in (chain.rules if chain is not None else ()):
+                for target in _targets(rule):
+                    if target.startswith("endpoint-") and target not in endpoint_chains:
+                        endpoint_chains.append(target)
+                for item in rule.items:
+                    if isinstance(item, Match) and isinstance(item.right, SetRef) and affinity is None \
+                            and item.right.name.startswith("affinity-"):
+                        s = table.set(item.right.name)
+                        if s is not None and s.timeout_ms is not None:
+                            affinity = s.timeout_ms // 1000
+        chains = [c.name for c in own.values() if c is not None]
+        lines: set[int] = set(g.lines)
+        for w in ways:
+            lines.update(w.lines)
+        for name in (*chains, *endpoint_chains):
+            chain = table.chain(name)
+            for rule in (chain.rules if chain is not None else ()):
+                if rule.line:
+                    lines.add(rule.line)
+        lines.discard(0)
+        lb_ips = {w.address for w in ways if w.kind == LOAD_BALANCER}
+        ranges: list[str] = []
+        fw = own["firewall"]
+        for rule in (fw.rules if fw is not None else ()):
+            for item in rule.items:
+                if isinstance(item, Match) and isinstance(item.left, Payload) and item.left.field == "saddr" \
+                        and item.op == "!=":
+                    values = [e.key for e in item.right.elements] if isinstance(item.right, AnonSet) \
+                        else [item.right]
+                    for v in values:
+                        text = value_text(v)
+                        if text not in ranges and not (text in lb_ips and "/" not in text):
+                            ranges.append(text)  # (an LB IP itself: kube-proxy's "allow the node" element)
+        for w in ways:
+            if w.kind == LOAD_BALANCER and w.address is not None:
+                for text in alpha.get((w.address, w.protocol, w.port), []):
+                    if text not in ranges:
+                        ranges.append(text)
+        etp: str | None = None
+        if any(w.kind in (NODE_PORT, EXTERNAL_IP, LOAD_BALANCER) for w in ways):
+            ext = own["external"]
+            if ext is not None:
+                local_ext = any(isinstance(i, Match) and isinstance(i.left, Fib) for r in ext.rules for i in r.items) \
+                    or any(t.startswith("local-") for r in ext.rules for t in _targets(r))
+                etp = "Local" if local_ext or g.etp_local_drop else "Cluster"
+            elif g.etp_local_drop:
+                etp = "Local"
+            elif not g.no_endpoints:
+                etp = "Cluster"
+        itp: str | None = None
+        cluster_way = next((w for w in ways if w.kind == CLUSTER_IP), None)
+        if cluster_way is not None:
+            if cluster_way.chain.startswith("local-") or g.itp_local_drop:
+                itp = "Local"
+            elif cluster_way.chain:
+                itp = "Cluster"
+        return ServicePortLayout(
+            key=g.key, name=g.name, identity=g.identity,
+            protocol=g.protocol, ways_in=ways,
+            cluster_chain=cluster.name if cluster is not None else None,
+            local_chain=local.name if local is not None else None,
+            chains=(*sorted(chains), *endpoint_chains), lines=tuple(sorted(lines)),
+            external_traffic_policy=etp, internal_traffic_policy=itp, session_affinity_timeout=affinity,
+            lb_source_ranges=tuple(ranges), health_check_node_port=None,
+            no_endpoints=g.no_endpoints, no_local_endpoints=g.no_local_endpoints,
+            notes=() if g.name else ("no chain name or element comment names this Service port; pass cluster data "
+                                     "to name it by its address",))
+

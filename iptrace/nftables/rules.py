@@ -1,0 +1,185 @@
+"""An nft rule compiled for the walk: the relational tests that lead it (definite ones first, so that an
+assumption is recorded only when it decided whether the rule applies), then its remaining items as operations
+the walk runs in order — later tests, verdict-map look-ups, NAT, mark and set updates, verdicts.
+
+What is not modeled becomes an operation that records an assumption: an unknown expression or `xt match` fails
+the rule (the packet is assumed not to have the property), an unknown statement is passed over, `queue` is
+assumed to accept. Compiled lazily, rule by rule, the first time a packet reaches a rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from iptrace.dataplane import Decision
+from iptrace.nftables.evaluate import NA, Context, Test, Unknown, compile_match, forks, getter
+from iptrace.nftables.model import (
+    Counter,
+    Ct,
+    Mangle,
+    MapLookup,
+    Match,
+    Meta,
+    Nat,
+    Prefix,
+    Range,
+    Reject,
+    Rule,
+    SetRef,
+    SetUpdate,
+    Statement,
+    Verdict,
+    VerdictMap,
+    Xt,
+)
+from iptrace.nftables.model import (
+    Unknown as UnknownItem,
+)
+from iptrace.nftables.sets import SetIndex
+from iptrace.nftables.state import State
+
+# Operation codes.
+TEST, VMAP, VERDICT, REJECT, NAT, MANGLE, UPDATE, NOTE, FAIL, QUEUE, NOTRACK, FORK = range(12)
+
+Named = Callable[[str], tuple[SetIndex | None, str | None]]
+
+
+class CompiledRule:
+    """`tests` (definite) and `assumed` come from the rule's leading relational items; `ops` is the rest."""
+
+    __slots__ = ("assumed", "decision", "index", "ops", "rule", "tests", "where")
+
+    def __init__(self, rule: Rule, index: int, decision: Decision, where: str, tests: tuple[Test, ...],
+                 assumed: tuple[Test, ...], ops: tuple[tuple[Any, ...], ...]) -> None:
+        self.rule = rule
+        self.index = index
+        self.decision = decision
+        self.where = where
+        self.tests = tests
+        self.assumed = assumed
+        self.ops = ops
+
+
+def compile_rule(rule: Rule, index: int, decision: Decision, where: str, ctx: Context, named: Named,
+                 family: str) -> CompiledRule:
+    items = rule.items
+    tests: list[Test] = []
+    assumed: list[Test] = []
+    k = 0
+    while k < len(items) and isinstance(items[k], Match) and not forks(items[k]):
+        test, definite = compile_match(items[k], ctx, where, named)
+        (tests if definite else assumed).append(test)
+        k += 1
+    ops = [_op(item, ctx, where, named, family) for item in items[k:]]
+    return CompiledRule(rule, index, decision, where, tuple(tests), tuple(assumed),
+                        tuple(op for op in ops if op is not None))
+
+
+def _op(item: Any, ctx: Context, where: str, named: Named, family: str) -> tuple[Any, ...] | None:
+    drawn = forks(item)
+    if drawn:
+        inner = _plain_op(item, ctx, where, named, family)
+        return (FORK, tuple(drawn), inner) if inner is not None else None
+    return _plain_op(item, ctx, where, named, family)
+
+
+def _plain_op(item: Any, ctx: Context, where: str, named: Named, family: str) -> tuple[Any, ...] | None:
+    if isinstance(item, Match):
+        return (TEST, compile_match(item, ctx, where, named)[0])
+    if isinstance(item, VerdictMap):
+        key = getter(item.key, ctx, where)
+        if isinstance(item.map, SetRef):
+            index, problem = named(item.map.name)
+            if index is None:
+                return (FAIL, f"{where}: {problem}: assumed no element matches")
+            return (VMAP, key, index, item.map.name)
+        return (VMAP, key, SetIndex.of(item.map), None)
+    if isinstance(item, Verdict):
+        return (VERDICT, item.kind, item.target)
+    if isinstance(item, Reject):
+        return (REJECT,)
+    if isinstance(item, Nat):
+        return _nat(item, ctx, where, named, family)
+    if isinstance(item, Mangle):
+        return _mangle(item, ctx, where)
+    if isinstance(item, SetUpdate):
+        key = getter(item.key, ctx, where)
+        return (UPDATE, item.op, item.set, key)
+    if isinstance(item, Counter):
+        return None
+    if isinstance(item, Statement):
+        return _statement(item, where)
+    if isinstance(item, Xt):
+        if item.kind in ("match", None, ""):
+            return (FAIL, f"{where}: iptables extension `xt match \"{item.name}\"` is not visible in an nft listing: "
+                          "assumed it does not match")
+        if item.kind == "watcher":
+            return None
+        return (NOTE, f"{where}: iptables extension `xt target \"{item.name}\"` is not modeled: assumed it does not "
+                      "change the packet or decide")
+    if isinstance(item, UnknownItem):
+        return (FAIL, f"{where}: `{item.text}` is not understood: assumed the rule does not match")
+    return (FAIL, f"{where}: {type(item).__name__} is not modeled: assumed the rule does not match")
+
+
+def _nat(item: Nat, ctx: Context, where: str, named: Named, family: str) -> tuple[Any, ...]:
+    version = {"ip": 4, "ip6": 6}.get(item.family or "") or {"ip": 4, "ip6": 6}.get(family)
+    addr: Any = item.addr
+    note = None
+    if isinstance(addr, MapLookup):
+        key = getter(addr.key, ctx, where)
+        if isinstance(addr.map, SetRef):
+            index, problem = named(addr.map.name)
+            if index is None:
+                return (FAIL, f"{where}: {problem}: assumed no element matches")
+        else:
+            index = SetIndex.of(addr.map)
+
+        def target(s: State) -> Any:
+            k = key(s)
+            if k is NA or isinstance(k, Unknown):
+                return NA
+            found = index.find(k)
+            return NA if found is None else found.data
+    elif isinstance(addr, (Range, Prefix)):
+        low = addr.low if isinstance(addr, Range) else addr.addr
+        note = f"{where}: {item.kind} to an address range: the kernel picks one per connection; shown as {low}"
+        target = lambda s: low  # noqa: E731
+    else:
+        target = lambda s: addr  # noqa: E731
+    port: Any = item.port
+    if isinstance(port, Range):
+        note = f"{where}: {item.kind} to a port range: the kernel picks one per connection; shown as {port.low}"
+        port = port.low
+    return (NAT, item.kind, version, target, port, note)
+
+
+def _mangle(item: Mangle, ctx: Context, where: str) -> tuple[Any, ...] | None:
+    key = item.key
+    get = getter(item.value, ctx, where)
+    if isinstance(key, Meta) and key.key == "mark":
+        return (MANGLE, "mark", get)
+    if isinstance(key, Ct) and key.key == "mark":
+        return (MANGLE, "ct_mark", get)
+    if isinstance(key, Meta) and key.key == "nftrace":
+        return None
+    return (NOTE, f"{where}: setting {type(key).__name__.lower()} {getattr(key, 'key', '')} is not modeled: assumed "
+                  "it does not change where the packet goes")
+
+
+def _statement(item: Statement, where: str) -> tuple[Any, ...] | None:
+    word = item.keyword
+    if word in ("log", "last", "secmark", "flow", "dup"):
+        return None
+    if word == "notrack":
+        return (NOTRACK,)
+    if word in ("limit", "quota"):
+        if "over" in item.args:
+            return (FAIL, f"{where}: {word} {' '.join(item.args)}: assumed under the limit (a first packet)")
+        return (NOTE, f"{where}: {word} {' '.join(item.args)}: assumed under the limit (a first packet)")
+    if word in ("queue", "fwd"):
+        return (QUEUE, f"{where}: `{word} {' '.join(item.args)}` hands the packet over: assumed it is accepted")
+    return (NOTE, f"{where}: `{word} {' '.join(item.args)}` is not modeled: assumed it does not change where the "
+                  "packet goes")
+

@@ -1,0 +1,127 @@
+"""One branch of a trace through nftables: the packet as the rules see it at this point (addresses, ports, marks,
+conntrack), the probability of getting here, and what it met on the way. Mutable while the walk runs; a branch
+forks by `copy()`. Also the address arithmetic the evaluator shares (addresses as ints, prefixes, ranges)."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from typing import Any
+
+from iptrace.dataplane import Decision
+
+# ct state / ct status bits (linux/netfilter/nf_conntrack_common.h) and tcp flags, as nft names them.
+CT_STATE_BITS = {"invalid": 1, "established": 2, "related": 4, "new": 8, "untracked": 64}
+CT_STATUS_BITS = {"expected": 1, "seen-reply": 2, "assured": 4, "confirmed": 8, "snat": 16, "dnat": 32,
+                  "dying": 512}
+TCP_FLAG_BITS = {"fin": 1, "syn": 2, "rst": 4, "psh": 8, "ack": 16, "urg": 32, "ecn": 64, "cwr": 128}
+BITS = {"ct_state": CT_STATE_BITS, "ct_status": CT_STATUS_BITS, "tcp_flag": TCP_FLAG_BITS}
+
+
+@lru_cache(maxsize=65536)
+def ip_int(text: str) -> int:
+    """An address (canonical text) as an int; IPv4 and IPv6 never meet in one comparison."""
+    return int(ipaddress.ip_address(text))
+
+
+@lru_cache(maxsize=8192)
+def prefix_bounds(addr: str, length: int) -> tuple[int, int]:
+    """(network, mask) of `addr/length` as ints."""
+    bits = 128 if ":" in addr else 32
+    mask = ((1 << length) - 1) << (bits - length) if length else 0
+    return ip_int(addr) & mask, mask
+
+
+def is_loopback(ip: str) -> bool:
+    return ip.startswith("127.") or ip == "::1"
+
+
+class State:
+    """One branch. `path` and `chains` are cons lists (newest first) of the rules/elements matched and the chains
+    entered; `num/den` its probability; `accept` the last filter-type decision that let it through."""
+
+    __slots__ = ("accept", "assumptions", "bind", "chains", "ct_mark", "den", "dnat_by", "dport", "dst", "hook",
+                 "in_iface", "local_origin", "mark", "masq", "notrack", "num", "orig_dport", "orig_dst", "out_iface",
+                 "path", "proto", "snat", "sport", "src", "updates", "version")
+
+    def __init__(self, version: int, src: str, dst: str, sport: int, dport: int, proto: str,
+                 in_iface: str | None) -> None:
+        self.version = version
+        self.src = src
+        self.dst = dst
+        self.sport = sport
+        self.dport = dport
+        self.proto = proto
+        self.orig_dst = dst
+        self.orig_dport = dport
+        self.in_iface = in_iface
+        self.out_iface: str | None = None
+        self.local_origin = False
+        self.hook = ""
+        self.mark = 0
+        self.ct_mark = 0
+        self.notrack = False
+        self.dnat_by: Decision | None = None
+        self.snat = False
+        self.masq = False
+        self.accept: Decision | None = None
+        self.num = 1
+        self.den = 1
+        self.path: Any = None
+        self.chains: Any = None
+        self.assumptions: tuple[str, ...] = ()
+        self.updates: tuple[tuple[str, str, Any], ...] = ()  # (table label, set, key) added from the packet path
+        self.bind: dict[int, int] | None = None  # numgen/hash draws of the item being evaluated
+
+    def copy(self) -> State:
+        new = State.__new__(State)
+        new.accept = self.accept
+        new.assumptions = self.assumptions
+        new.bind = self.bind
+        new.chains = self.chains
+        new.ct_mark = self.ct_mark
+        new.den = self.den
+        new.dnat_by = self.dnat_by
+        new.dport = self.dport
+        new.dst = self.dst
+        new.hook = self.hook
+        new.in_iface = self.in_iface
+        new.local_origin = self.local_origin
+        new.mark = self.mark
+        new.masq = self.masq
+        new.notrack = self.notrack
+        new.num = self.num
+        new.orig_dport = self.orig_dport
+        new.orig_dst = self.orig_dst
+        new.out_iface = self.out_iface
+        new.path = self.path
+        new.proto = self.proto
+        new.snat = self.snat
+        new.sport = self.sport
+        new.src = self.src
+        new.updates = self.updates
+        new.version = self.version
+        return new
+
+    def assume(self, note: str) -> None:
+        if note and note not in self.assumptions:
+            self.assumptions = (*self.assumptions, note)
+
+    @property
+    def ct_state(self) -> int:
+        return CT_STATE_BITS["untracked"] if self.notrack else CT_STATE_BITS["new"]
+
+    @property
+    def ct_status(self) -> int:
+        return (CT_STATUS_BITS["dnat"] if self.dnat_by is not None else 0) | (CT_STATUS_BITS["snat"] if self.snat
+                                                                              else 0)
+
+
+def cons_list(cell: Any) -> list[Any]:
+    """A cons list (newest first) as a list, oldest first."""
+    out = []
+    while cell is not None:
+        out.append(cell[0])
+        cell = cell[1]
+    out.reverse()
+    return out

@@ -1,0 +1,147 @@
+"""The steps of a trace's path as the layers above read them: each rule (as nft prints it) or map element that
+matched, with what it is to kube-proxy (Step.kind) and the Service port it belongs to.
+
+kube-proxy's pieces (in its own `kube-proxy` tables only): an element of `service-ips`/`service-nodeports` is the
+dispatch; rules of `endpoint-…` chains (or, in the 1.37 layout, the service chain's own DNAT) are the endpoint;
+an element of `no-endpoint-services`/`no-endpoint-nodeports` says no-endpoints (`goto reject-chain`, and so does
+the `reject` it leads to) or no-local-endpoints (`drop`); a `firewall-…` chain's drop is the firewall;
+`cluster-ips-check` rejects a ClusterIP's unserved port (invalid-port) and drops an unallocated address of the
+service CIDR (unallocated). Built only when a path is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from iptrace.dataplane import Decision, Step
+from iptrace.nftables import render
+from iptrace.nftables.lines import ElementLines
+from iptrace.nftables.model import Element, Nat, Reject, Ruleset, Verdict
+from iptrace.nftables.names import (
+    CLUSTER_IPS_CHECK,
+    FIREWALL_ALLOW_CHECK,
+    FIREWALL_IPS,
+    KUBE_PROXY_FAMILIES,
+    KUBE_PROXY_TABLE,
+    NO_ENDPOINT_NODEPORTS,
+    NO_ENDPOINT_SERVICES,
+    REJECT_CHAIN,
+    SERVICE_IPS,
+    SERVICE_NODEPORTS,
+    split_chain,
+)
+
+INVALID_PORT = "invalid-port"
+UNALLOCATED = "unallocated"
+
+
+def _verdict_of(items: Sequence[Any]) -> str:
+    for item in items:
+        if isinstance(item, Reject):
+            return "reject"
+        if isinstance(item, Verdict) and item.kind in ("drop", "accept"):
+            return item.kind
+        if isinstance(item, Nat) and item.kind == "dnat":
+            return "dnat"
+    return ""
+
+
+class StepMaker:
+    """Turns path entries (chain code, compiled rule, set name or None, element or None) into Steps."""
+
+    def __init__(self, ruleset: Ruleset, names: Mapping[str, str] | None) -> None:
+        self.ruleset = ruleset
+        self.names = names
+        self.lines = ElementLines(ruleset)
+        self._texts: dict[int, str] = {}
+        self._decisions: dict[tuple[str, str, str, Any], Decision] = {}
+
+    def label(self, chain: str) -> str | None:
+        if self.names is not None:
+            found = self.names.get(chain)
+            if found:
+                return str(found)
+        found = split_chain(chain)
+        return found[2] if found is not None else None
+
+    def element_line(self, code: Any, set_name: str, element: Element) -> int:
+        table = code.table.table
+        s = table.set(set_name)
+        return self.lines.line(table.family, table.name, s, element) if s is not None else 0
+
+    def element_decision(self, code: Any, set_name: str, element: Element) -> Decision:
+        """Who decided when an element's verdict (drop, accept) ends the packet: the element itself."""
+        key = (code.table.label, code.name, set_name, element.key)
+        found = self._decisions.get(key)
+        if found is None:
+            found = self._decisions[key] = Decision(code.table.label, code.name,
+                                                    self.element_line(code, set_name, element))
+        return found
+
+    def _rule_text(self, code: Any, c: Any) -> str:
+        found = self._texts.get(id(c))
+        if found is None:
+            found = self._texts[id(c)] = render.rule(c.rule, code.table.family, verbatim=True)
+        return found
+
+    def steps(self, hits: list[Any]) -> tuple[Step, ...]:
+        out: list[Step] = []
+        context: tuple[str, str | None] | None = None  # (kind, service) a no-endpoints element passes on
+        for code, c, set_name, element in hits:
+            table = code.table.table
+            kube = table.name == KUBE_PROXY_TABLE and table.family in KUBE_PROXY_FAMILIES
+            chain = code.name
+            if element is not None:
+                s = table.set(set_name)
+                keys = s.key_type if s is not None else ()
+                data = s.data_type if s is not None else None
+                text = f"element {table.label} {render.name(set_name)} {{ {render.element(element, keys, data)} }}"
+                kind, service = "", element.comment
+                if kube:
+                    target = element.data.target if isinstance(element.data, Verdict) else None
+                    if set_name in (SERVICE_IPS, SERVICE_NODEPORTS):
+                        kind = "dispatch"
+                        service = self.label(target) if target else service
+                    elif set_name in (NO_ENDPOINT_SERVICES, NO_ENDPOINT_NODEPORTS):
+                        verdict = element.data.kind if isinstance(element.data, Verdict) else ""
+                        kind = "no-local-endpoints" if verdict == "drop" else "no-endpoints"
+                        context = (kind, service)
+                    elif set_name == FIREWALL_IPS:
+                        service = service or (self.label(target) if target else None)
+                out.append(Step(table.label, chain, self.element_line(code, set_name, element), text, kind, service))
+                continue
+            rule = c.rule
+            kind, service = "", None
+            if kube:
+                kind, service = self._kube_kind(chain, rule.items, context)
+            out.append(Step(table.label, chain, rule.line or 0, self._rule_text(code, c), kind, service,
+                            handle=rule.handle))
+        return tuple(out)
+
+    def _kube_kind(self, chain: str, items: Sequence[Any], context: tuple[str, str | None] | None
+                   ) -> tuple[str, str | None]:
+        verdict = _verdict_of(items)
+        if chain == REJECT_CHAIN:
+            return context if context is not None else ("no-endpoints", None)
+        if chain == CLUSTER_IPS_CHECK:
+            return {"reject": INVALID_PORT, "drop": UNALLOCATED}.get(verdict, ""), None
+        if chain == FIREWALL_ALLOW_CHECK:
+            return ("firewall" if verdict == "drop" else ""), None
+        found = split_chain(chain)
+        if found is None:
+            return "", None
+        word = found[0]
+        service = self.label(chain)
+        if word == "endpoint" or (word in ("service", "svc", "local") and verdict == "dnat"):
+            return "endpoint", service
+        if word == "firewall" and verdict == "drop":
+            return "firewall", service
+        return "", service
+
+    def service(self, hits: list[Any]) -> str | None:
+        """The Service port an outcome belongs to: the first step that names one."""
+        for step in self.steps(hits):
+            if step.service:
+                return step.service
+        return None
