@@ -7,17 +7,20 @@ iptrace predicted:
   masquerading exactly when predicted;
 - refused ⇔ every predicted outcome is REJECT; a timeout is a predicted DROP (the kernel's trace ends in a
   drop) or a packet no rule decides (the kernel's trace ends in no verdict);
-- the rules of kube-proxy's table that the SYN matched (`nft monitor trace`) are the predicted path's;
+- the rules the SYN matched (`nft monitor trace`), in every table, are the predicted path's;
 - 200 connections to a three-endpoint Service fit the predicted 1/3 split (chi-square).
 
 What nftables mode does differently from iptables mode is checked here too: a ClusterIP's unserved port is
-refused and an unallocated address of the service CIDR is dropped (iptables lets both go unanswered).
+refused and an unallocated address of the service CIDR is dropped (iptables lets both go unanswered). The
+node also has iptables-nft's tables (kubelet's chains, the CNI portmap plugin's hostPorts) and flannel's
+nftables-mode table, created before kube-proxy's, as on a real node: the trace runs through all of them.
 Node 198.18.0.1 (pod side 198.18.128.1), pods 198.18.128.0/17, service CIDR 198.19.0.0/17 (ClusterIPs);
 externalIPs and LB IPs in 198.19.128.0/17, routed like the service range (TESTING.md's addresses).
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from bench.make_samples_nft import flannel_nft
 from bench.synth import EndpointSpec, PortSpec, ServiceSpec
 from bench.synth_nft import render_nft
 from iptrace import dataplanes
@@ -32,7 +36,7 @@ from iptrace.dataplane import Outcome, Packet, Trace
 from iptrace.kube.analysis import Analysis, analyse
 from tests.oracle import CLIENT_IP, NODE_IP, ProbeResult, Topology, requires_root_netns
 from tests.oracle.netns import CLIENT_IP6, NODE_IP6
-from tests.oracle.nft import KernelStep, NftTracer, list_ruleset, load_nft, nft
+from tests.oracle.nft import KernelStep, NftTracer, list_ruleset, load_nft, nft, restore_iptables_nft
 
 pytestmark = [pytest.mark.root, requires_root_netns("nft")]
 
@@ -49,6 +53,7 @@ PODS = (CLIENT_POD, A, B, C, LOCAL_EP, REMOTE_EP, STICKY_1, STICKY_2, HAIRPIN, P
 PORT = 8080
 EXTERNAL_IP, LB_IP = "198.19.200.10", "198.19.201.12"
 UNALLOCATED = "198.19.0.99"
+HOST_PORT, CLASH_PORT = 8081, 30086
 
 
 def ep(ip: str, local: bool = True) -> EndpointSpec:
@@ -70,9 +75,39 @@ SERVICES = [
                 type="NodePort", endpoints=[]),
     ServiceSpec("shop", "sticky", "198.19.0.16", [PortSpec("http", 80, target_port=PORT)],
                 session_affinity_timeout=10800, endpoints=[ep(STICKY_1), ep(STICKY_2)]),
+    ServiceSpec("shop", "clash", "198.19.0.17", [PortSpec("http", 80, node_port=CLASH_PORT, target_port=PORT)],
+                type="NodePort", endpoints=[ep(B)]),
     ServiceSpec("shop", "web6", "fd00:198:19::a", [PortSpec("http", 80, target_port=PORT)],
                 endpoints=[ep(A6), ep(B6)]),
 ]
+
+
+# What else a node has, created before kube-proxy's table (so registered first at the same priorities): kubelet's
+# chains and the CNI portmap plugin's hostPorts through iptables-nft, and flannel's nftables-mode table. The
+# hostPort 30086 is also the nodePort of shop/clash: whichever nat chain runs first at dstnat decides.
+IPTABLES_NFT = f"""*mangle
+:KUBE-IPTABLES-HINT - [0:0]
+:KUBE-KUBELET-CANARY - [0:0]
+COMMIT
+*nat
+:CNI-HOSTPORT-DNAT - [0:0]
+:CNI-HOSTPORT-MASQ - [0:0]
+:CNI-HOSTPORT-SETMARK - [0:0]
+:CNI-DN-oracle - [0:0]
+:KUBE-KUBELET-CANARY - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
+-A OUTPUT -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
+-A POSTROUTING -m comment --comment "CNI portfwd requiring masquerade" -j CNI-HOSTPORT-MASQ
+-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"cbr0\\" id: \\"oracle\\"" -m multiport \
+--dports {HOST_PORT},{CLASH_PORT} -j CNI-DN-oracle
+-A CNI-DN-oracle -s {C}/32 -p tcp -m tcp --dport {HOST_PORT} -j CNI-HOSTPORT-SETMARK
+-A CNI-DN-oracle -p tcp -m tcp --dport {HOST_PORT} -j DNAT --to-destination {C}:{PORT}
+-A CNI-DN-oracle -p tcp -m tcp --dport {CLASH_PORT} -j DNAT --to-destination {C}:{PORT}
+-A CNI-HOSTPORT-MASQ -m mark --mark 0x2000/0x2000 -j MASQUERADE
+-A CNI-HOSTPORT-SETMARK -m comment --comment "CNI portfwd masquerade mark" -j MARK --set-xmark 0x2000/0x2000
+COMMIT
+"""
+FLANNEL = flannel_nft(cluster_cidr=POD_CIDR, node_subnet="198.18.128.0/24")
 
 
 def transaction() -> str:
@@ -97,6 +132,8 @@ def node() -> Iterator[Node]:
         topo.add_pod_ip(*PODS)
         topo.add_client_ip(ALLOWED_CLIENT)
         topo.start_server(tcp_ports=[PORT])
+        restore_iptables_nft(topo, IPTABLES_NFT)
+        load_nft(topo, FLANNEL)
         load_nft(topo, transaction())
         listing = list_ruleset(topo)  # what iptrace reads: the kernel's listing, before the oracle's own table
         dataplane, ruleset = dataplanes.load(listing, source="nft list ruleset")
@@ -121,9 +158,14 @@ def source_of(kind: str, src_ip: str | None, dst: str, result: ProbeResult) -> s
     return src_ip or {"client": CLIENT_IP6 if v6 else CLIENT_IP, "node": NODE_IP6 if v6 else NODE_IP}[kind]
 
 
-def kube_proxy_path(steps: list[Any]) -> list[tuple[str, str, str]]:
-    """(table, chain, rule) of the steps in kube-proxy's tables, as the kernel's trace prints rules."""
-    return [(s.table, s.chain, s.rule) for s in steps if s.table.endswith(" kube-proxy")]
+_COUNTER = re.compile(r"counter packets \d+ bytes \d+")
+
+
+def rule_path(steps: list[Any]) -> list[tuple[str, str, str]]:
+    """(table, chain, rule) of every rule on a path, in every table, as the kernel's trace prints them (counter
+    values aside; iptrace also lists the set element a lookup found, which the kernel's trace does not)."""
+    return [(s.table, s.chain, " ".join(_COUNTER.sub("counter", s.rule).split())) for s in steps
+            if not s.rule.startswith("element ")]
 
 
 def check(node: Node, kind: str, dst: str, port: int, src_ip: str | None = None
@@ -155,7 +197,7 @@ def check(node: Node, kind: str, dst: str, port: int, src_ip: str | None = None
         outcome = trace.outcomes[0]
         # Both time out; the kernel's trace tells a DROP from a packet nothing decided.
         assert (outcome.verdict == "DROP") == (kernel_verdict == "drop"), where
-    assert kube_proxy_path(kernel) == kube_proxy_path(list(outcome.path)), where
+    assert rule_path(kernel) == rule_path(list(outcome.path)), where
     return result, outcome, trace, kernel
 
 
@@ -269,3 +311,16 @@ def test_session_affinity(node: Node) -> None:
     # entry yet" assumption says it does not model.
     later = {node.topo.probe("pod", "198.19.0.16", 80, src_ip=CLIENT_POD).endpoint for _ in range(8)}
     assert later == {first.endpoint}
+
+
+def test_a_host_port_beside_kube_proxy(node: Node) -> None:
+    result, outcome, _, _ = check(node, "client", NODE_IP, HOST_PORT)
+    assert result.endpoint == (C, PORT) and outcome.decided_by is not None and outcome.decided_by.table == "ip nat"
+
+
+def test_a_host_port_that_is_also_a_node_port(node: Node) -> None:
+    """Both nat chains hook prerouting at priority dstnat; of equal priorities the newest runs first, so
+    kube-proxy's (created after iptables-nft's table) DNATs to the NodePort's endpoint, and a connection's NAT is
+    decided once: the hostPort's DNAT never runs."""
+    result, _, trace, _ = check(node, "client", NODE_IP, CLASH_PORT)
+    assert result.endpoint == (B, PORT) and [o.destination for o in trace.outcomes] == [f"{B}:{PORT}"]

@@ -56,6 +56,11 @@ def load_nft(topo: Topology, text: str) -> None:
     topo.flush_conntrack()
 
 
+def restore_iptables_nft(topo: Topology, text: str) -> None:
+    """iptables-nft-restore into `node` (iptables-nft's own `ip filter`/`ip nat`/… tables)."""
+    _run(["ip", "netns", "exec", topo.node, "iptables-nft-restore", "--noflush"], stdin=text)
+
+
 def list_ruleset(topo: Topology) -> str:
     """`nft list ruleset` in `node`: the kernel's listing, as a node shows it."""
     return _run(["ip", "netns", "exec", topo.node, "nft", "list", "ruleset"])
