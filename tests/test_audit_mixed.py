@@ -99,3 +99,18 @@ def test_cli_audit_of_a_mixed_collection(tmp_path: Path) -> None:
         ("node-a", "iptables"), ("node-b", "iptables"), ("node-c", "nftables")]
     assert [f["id"] for f in doc["findings"]] == [PROXY_MODE_MISMATCH]
     assert audit_to_json(run(snap))["findings"] == doc["findings"]
+
+
+def test_with_cluster_data_every_node_is_compared_with_the_api(tmp_path: Path) -> None:
+    from tests.test_compare import cluster_of
+
+    snap = fleet(tmp_path, {"node-a": "iptables", "node-b": "iptables", "node-c": "nftables"})
+    cluster = cluster_of(base_services(), extra=False)
+    report = audit(inputs_from_directory(snap, cluster=cluster), cluster)
+    assert ids(report) == [("node-c", PROXY_MODE_MISMATCH, None)], render_audit_text(report, verbose=True)
+    stale = copy.deepcopy(base_services())
+    svc(stale, "web").endpoints.append(EndpointSpec("10.244.2.99", 8080))
+    snap = fleet(tmp_path / "stale", {"node-a": "iptables", "node-b": "iptables", "node-c": "nftables"},
+                 {"node-c": stale})
+    report = audit(inputs_from_directory(snap, cluster=cluster), cluster)
+    assert ("node-c", "stale-endpoints", "default/web:http") in ids(report), render_audit_text(report, verbose=True)

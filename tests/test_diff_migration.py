@@ -67,17 +67,17 @@ def test_the_same_services_are_equivalent(form: str) -> None:
     assert "LoadBalancer IPs compared together with externalIPs" in notes and "203.0.113.12" in notes
     assert "203.0.113.11" not in notes  # an LB IP with source ranges is one in both modes
     assert "endpoint shares compared within 1e-06" in notes
-    unserved = next(n for n in d.notes if "unserved port" in n)
-    assert "a (iptables): left unanswered" in unserved and "b (nftables): REJECTed (connection refused)" in unserved
+    unserved = next(n for n in d.notes if n.startswith("a ClusterIP's unserved port"))
+    assert "iptables (a) leaves it unanswered" in unserved and "nftables (b) REJECTs it (connection refused)" in unserved
     assert "Reject traffic to invalid ports of ClusterIPs" in unserved
-    unallocated = next(n for n in d.notes if "no Service has" in n)
-    assert "b (nftables): DROPped" in unallocated and "Drop traffic to unallocated ClusterIPs" in unallocated
+    unallocated = next(n for n in d.notes if n.startswith("an address no Service has"))
+    assert "nftables (b) DROPs it" in unallocated and "Drop traffic to unallocated ClusterIPs" in unallocated
 
 
 def test_the_other_way_round_is_equivalent_too() -> None:
     d = diff(analysis(nft_text(services()), "nft"), analysis(iptables_text(services()), "ipt"))
     assert d.equivalent and (d.mode_a, d.mode_b) == ("nftables", "iptables")
-    assert any("a (nftables): REJECTed" in n for n in d.notes)
+    assert any("nftables (a) REJECTs it" in n for n in d.notes)
 
 
 def test_a_changed_endpoint_nodeport_and_policy_are_named() -> None:
@@ -122,3 +122,24 @@ def test_cli_diff_of_an_iptables_dump_and_an_nft_ruleset(tmp_path: Path) -> None
     assert "notes (what one mode cannot show; no Service-port difference):" in result.output
     result = CliRunner().invoke(main, ["diff", str(a), str(b), "--node-ip", NODES[NODE], "-o", "json"])
     assert json.loads(result.output)["equivalent"] is True
+
+
+SAMPLE_PAIRS = [("nodeport-fb-backends.txt", "nodeport-fb-backends-nft.nft"),
+                ("nodeport-fb-backends.txt", "nodeport-fb-backends-nft.json"),
+                ("nodeport-fb-backends.txt", "flannel-and-kube-proxy-nft.nft"),
+                ("etp-local-with-endpoints.txt", "etp-local-with-endpoints-nft.nft"),
+                ("etp-local-no-local-endpoints.txt", "etp-local-no-local-endpoints-nft.nft"),
+                ("no-endpoints.txt", "no-endpoints-nft.nft")]
+
+
+@pytest.mark.parametrize(("iptables", "nftables"), SAMPLE_PAIRS, ids=lambda p: p)
+def test_the_kernel_listings_of_both_modes_are_equivalent(iptables: str, nftables: str) -> None:
+    """The sample dumps: iptables-nft-save of a node in iptables mode and `nft list ruleset` (or `-j`) of the same
+    cluster in nftables mode, both as the kernel printed them."""
+    samples = Path(__file__).resolve().parent.parent / "sample_dumps"
+    a = dataplanes.load((samples / iptables).read_text(), source=iptables)
+    b = dataplanes.load((samples / nftables).read_text(), source=nftables)
+    d = diff(analyse(*a, node_ips=["192.168.49.2"]), analyse(*b, node_ips=["192.168.49.2"]))
+    assert d.equivalent, render_diff_text(d)
+    if iptables == "no-endpoints.txt":  # the node's own connection to an externalIP without endpoints
+        assert any("192.168.49.50:80 from the node: iptables ACCEPT, nftables REJECT" in n for n in d.notes)

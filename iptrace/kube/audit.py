@@ -281,10 +281,10 @@ def _mode_check(s: _NodeState, view: KubeView, proxied: Sequence[_NodeState]) ->
     return Finding(
         PROXY_MODE_MISMATCH, "warning", s.name, None,
         f"{s.name}: kube-proxy runs in {mine} mode here; {count} other node(s) run it in {mode} mode",
-        f"Nodes in {mode} mode: {listing(holders)}. Its rules here are {view.proxy.dataplane} rules "
-        f"({view.era.name}). A fleet in the middle of a move between proxy modes forwards Services alike only "
-        "if both modes were given the same Services: every Service port is compared across the modes as on any "
-        "other node, so no Service finding for this node means it forwards them as the others do.",
+        f"Nodes in {mode} mode: {listing(holders)}. This node's rules are {view.proxy.dataplane} rules "
+        f"({view.era.name}). Its Service ports are compared with the other nodes' as on any node: a Service "
+        "port it forwards differently has a finding of its own; none means it forwards every one as they do "
+        "(what one mode cannot show, such as a health check nodePort in nftables mode, is not compared).",
         "finish the migration: give every node's kube-proxy the same mode (the KubeProxyConfiguration `mode`, "
         "or --proxy-mode) and restart the odd ones; `iptrace diff IPTABLES_DUMP NFT_RULESET` of one node "
         "checks first that both modes forward every Service port alike")

@@ -143,7 +143,7 @@ def _service_change(a: ServicePortView, b: ServicePortView, notes: migration.Not
                 endpoints.append(EndpointChange(addr, "probability", x.probability, y.probability))
             if x.local != y.local:
                 endpoints.append(EndpointChange(addr, "locality", x.local, y.local))
-    forwarding = _forwarding(a, b, notes is not None, compare_reach=not endpoints)
+    forwarding = _forwarding(a, b, notes, compare_reach=not endpoints)
     if not fields and not endpoints and not forwarding:
         return None
     return ServiceChange(view_service_label(a), tuple(fields), tuple(endpoints), tuple(forwarding))
@@ -169,10 +169,14 @@ def _fares(entry: EntryView, compare_reach: bool) -> dict[str, str]:
     return out
 
 
-def _forwarding(a: ServicePortView, b: ServicePortView, blind: bool, compare_reach: bool) -> list[ForwardingChange]:
-    """Ways in present on both sides through which some kind of client fares differently."""
+def _forwarding(a: ServicePortView, b: ServicePortView, notes: migration.Notes | None,
+                compare_reach: bool) -> list[ForwardingChange]:
+    """Ways in present on both sides through which some kind of client fares differently. Across modes, traffic
+    that reaches no endpoint on either side and is refused or dropped on one but left to no rule on the other is
+    what one mode cannot show (iptables mode hooks no "has no endpoints" rule for the node's own connections to
+    an externalIP): a note, not a difference."""
     def key(e: EntryView) -> tuple[object, ...]:
-        return migration.way_key(e.kind, e.address, e.port, e.protocol, blind)
+        return migration.way_key(e.kind, e.address, e.port, e.protocol, notes is not None)
 
     eb = {key(e): e for e in migration.comparable_entries(b.entries)}
     out = []
@@ -182,7 +186,13 @@ def _forwarding(a: ServicePortView, b: ServicePortView, blind: bool, compare_rea
             continue
         fa, fb = _fares(x, compare_reach), _fares(y, compare_reach)
         way = x.label + ("" if x.protocol == "tcp" else f"/{x.protocol}")
-        out += [ForwardingChange(way, kind, fa[kind], fb[kind]) for kind in fa if kind in fb and fa[kind] != fb[kind]]
+        for kind in fa:
+            if kind not in fb or fa[kind] == fb[kind]:
+                continue
+            if notes is not None and migration.undecided_versus_refused(fa[kind], fb[kind]):
+                notes.unanswered(view_service_label(a), way, kind, fa[kind], fb[kind])
+                continue
+            out.append(ForwardingChange(way, kind, fa[kind], fb[kind]))
     return out
 
 

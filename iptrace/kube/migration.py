@@ -51,6 +51,7 @@ class Notes:
         self.lb_as_external: list[str] = []
         self.largest_share_gap = 0.0
         self.shares_compared = False
+        self.unanswered_ways: list[str] = []
 
     def health_check(self, sp: ServicePortView, port: int) -> None:
         self.health_checks.append(f"{view_service_label(sp)} ({port})")
@@ -59,6 +60,10 @@ class Notes:
         moved = sorted(set(a.lb_ips) ^ set(b.lb_ips))
         if moved:
             self.lb_as_external.append(f"{view_service_label(a)} ({', '.join(moved)})")
+
+    def unanswered(self, service: str, way: str, client: str, before: str, after: str) -> None:
+        self.unanswered_ways.append(f"{service} {way} from {_CLIENTS.get(client, client)}: {self.mode_a} "
+                                    f"{before}, {self.mode_b} {after}")
 
     def shares(self, gaps: Iterable[float]) -> None:
         for gap in gaps:
@@ -79,6 +84,10 @@ class Notes:
             out.append(f"endpoint shares compared within {SHARE_TOLERANCE:g}: iptables writes each split as a "
                        "10-decimal probability, nftables' numgen splits exactly 1/N (largest gap seen: "
                        f"{self.largest_share_gap:.2g})")
+        if self.unanswered_ways:
+            out.append("reaching no endpoint in either mode, refused or dropped in one and left to no rule in the "
+                       "other (iptables mode hooks its \"has no endpoints\" rules for externalIPs and nodePorts "
+                       f"into INPUT and FORWARD only): {listing(self.unanswered_ways, 8)}")
         out.extend(unclaimed_notes(a, b))
         return tuple(out)
 
@@ -89,12 +98,12 @@ class Notes:
 def _verdict_words(trace: Trace) -> str:
     verdicts = {o.verdict for o in trace.outcomes}
     if verdicts == {"REJECT"}:
-        return "REJECTed (connection refused)"
+        return "REJECTs it (connection refused)"
     if verdicts == {"DROP"}:
-        return "DROPped (the client times out)"
+        return "DROPs it (the client times out)"
     if "DNAT" in verdicts:
-        return "DNATed"
-    return "left unanswered (no rule decides; the client times out)"
+        return "DNATs it"
+    return "leaves it unanswered (no rule decides; the client times out)"
 
 
 def _decided_by(trace: Trace) -> str:
@@ -150,9 +159,9 @@ def unclaimed_notes(a: Any, b: Any) -> list[str]:
         if any(t is None for t in traces) or _verdict_words(traces[0]) == _verdict_words(traces[1]):
             continue
         where = f"{join_host_port(ip, port)}/{protocol}"
-        sides = [f"{side} ({mode}): {_verdict_words(t)}{_decided_by(t)}"
+        sides = [f"{mode} ({side}) {_verdict_words(t)}{_decided_by(t)}"
                  for side, mode, t in zip("ab", modes(a, b), traces, strict=True) if t is not None]
-        out.append(f"not a Service-port difference: {what}, e.g. {where}, is {sides[0]}; {sides[1]}")
+        out.append(f"{what} (e.g. {where}): {sides[0]}; {sides[1]}")
     return out
 
 
@@ -161,6 +170,17 @@ def _trace(analysis: Any, ip: str, port: int, protocol: str) -> Trace | None:
     if clients is None or (":" in ip) != (":" in clients.external):
         return None
     return analysis.tracer.trace(Packet(clients.external, ip, port, protocol))
+
+
+_UNDECIDED = ("ACCEPT", "CONTINUE (no rule decides)")
+_CLIENTS = {"external": "outside", "outside-source-ranges": "outside the source ranges", "pod": "a pod",
+            "node": "the node"}
+
+
+def undecided_versus_refused(before: str, after: str) -> bool:
+    """One side leaves the connection to no rule, the other REJECTs or DROPs it (neither reaches an endpoint)."""
+    pair = {before, after}
+    return len(pair & set(_UNDECIDED)) == 1 and len(pair & {"REJECT", "DROP"}) == 1
 
 
 def comparable_entries(entries: Sequence[Any]) -> list[Any]:
