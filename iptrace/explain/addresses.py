@@ -10,7 +10,7 @@ from typing import Any
 from iptrace.dataplane import join_host_port
 from iptrace.explain.diagnosis import Diagnosis, Suggestion
 from iptrace.explain.facts import Case, label
-from iptrace.explain.phrases import fate, ports_text, service_name, use_instead
+from iptrace.explain.phrases import fate, ports_text, service_name, unclaimed_answer, use_instead
 
 
 def _who_can(kind: str) -> str:
@@ -237,7 +237,7 @@ def not_a_service_address(case: Case) -> Diagnosis | None:
     else:
         detail = (f"{dst} appears in no kube-proxy rule: it is no ClusterIP, externalIP or LoadBalancer IP this "
                   "node knows, nor an endpoint (another cluster? a stale DNS answer? an address outside "
-                  "Kubernetes?). kube-proxy leaves the packet alone.")
+                  "Kubernetes?). " + (unclaimed_answer(case) or "kube-proxy leaves the packet alone."))
     return Diagnosis(
         "not-a-service-address", "error" if nearby else "warning", f"no Service on this node has the address {dst}",
         hint + detail,

@@ -58,9 +58,26 @@ def wait(proto: str) -> str:
     return "no answer ever comes back" if proto == "udp" else "the connection hangs until it times out"
 
 
+def unclaimed_answer(case: Case) -> str | None:
+    """kube-proxy's nftables mode answers what no Service claims (cluster-ips-check), iptables mode does not:
+    the sentence that says so, or None."""
+    verdicts = case.trace.verdicts
+    kinds = {getattr(case.decided_step(o), "kind", "") for o in case.trace.outcomes}
+    if verdicts == {"REJECT"} and kinds == {"invalid-port"}:
+        return ("kube-proxy's nftables rules reject it (a ClusterIP on a port it does not serve): the client gets "
+                "'connection refused' at once, where in iptables mode it would hang.")
+    if verdicts == {"DROP"} and kinds == {"unallocated"}:
+        return (f"kube-proxy's nftables rules drop it (an address of the service CIDR that no Service has): "
+                f"{wait(case.proto)}.")
+    return None
+
+
 def fate(case: Case, kind: str) -> str:
     """What becomes of a packet that kube-proxy left alone, as a sentence."""
     verdicts = case.trace.verdicts
+    answer = unclaimed_answer(case)
+    if answer is not None:
+        return answer
     if verdicts == {"REJECT"}:
         return "A later rule, not kube-proxy's, rejects it (connection refused)."
     if verdicts == {"DROP"}:
