@@ -238,7 +238,13 @@ def _entry_label(e: EntryView) -> str:
     elif e.kind == LOAD_BALANCER:
         label += " (LB)"
     # Every chain of one service port shares the hash: show it once, on the chain that balances.
-    return "".join([label, *(f" ─▶ {c.rsplit('-', 1)[0]}" for c in e.via[:-1])])
+    return "".join([label, *(f" ─▶ {_role(c)}" for c in e.via[:-1])])
+
+
+def _role(chain: str) -> str:
+    """A Service port's chain without its hash: KUBE-EXT-<hash> → KUBE-EXT; nftables mode's
+    external-<hash>-ns/svc/tcp/port → external (its readable part holds '-' and '/' of its own)."""
+    return chain.split("-", 1)[0] if "/" in chain else chain.rsplit("-", 1)[0]
 
 
 def _verdict_text(s: ServicePortView, verdict: str) -> str:
