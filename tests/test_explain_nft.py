@@ -6,7 +6,10 @@ kernel do both)."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 
+import pytest
 from click.testing import CliRunner
 
 from iptrace.cli import main
@@ -40,3 +43,14 @@ def test_an_unallocated_service_address_is_dropped_by_kube_proxy() -> None:
     code, text = explain("--dst", "10.96.0.99:80", "--src", "external")
     assert code == 3 and "[not-a-service-address, error]" in text and "blocked-by-rule" not in text
     assert "kube-proxy's nftables rules drop it (an address of the service CIDR that no Service has)" in text
+
+
+def test_the_readmes_nftables_tour_is_what_iptrace_prints(monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (SAMPLES.parent / "README.md").read_text()
+    blocks = re.findall(r"```\n\$ (iptrace [^\n]*-nft\.nft[^\n]*)\n(.*?)```", readme, re.S)
+    assert len(blocks) == 3, [b[0] for b in blocks]
+    monkeypatch.chdir(SAMPLES.parent)  # the README's paths are relative to the repository
+    for command, shown in blocks:
+        result = CliRunner().invoke(main, shlex.split(command)[1:])
+        assert result.exit_code in (0, 3), result.output
+        assert result.output == shown, command
