@@ -46,6 +46,7 @@ class _Table:
     chains: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # name -> (base spec, comment)
     rules: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # chain -> [(transaction, listing)]
     elements: dict[str, list[tuple[str, str | None, str | None]]] = field(default_factory=dict)
+    cluster_ips: set[str] = field(default_factory=set)
 
     def chain(self, name: str, base: str | None = None, comment: str | None = None) -> None:
         if name not in self.chains:
@@ -56,10 +57,7 @@ class _Table:
         self.rules[chain].append((tx, tx if listed is None else listed))
 
     def element(self, name: str, key: str, value: str | None = None, comment: str | None = None) -> None:
-        elements = self.elements.setdefault(name, [])
-        if value is None and any(k == key for k, _, _ in elements):
-            return  # a set holds a key once (a ClusterIP with several ports)
-        elements.append((key, value, comment))
+        self.elements.setdefault(name, []).append((key, value, comment))
 
 
 _BASE_CHAINS = (  # name, type, hook, priority, the kernel's spelling of that priority (for output hooks too)
@@ -151,8 +149,9 @@ def _service_port(t: _Table, sp: _ServicePort, ipx: str, pod_cidr: str | None, m
         internal_verdict = None if has_internal else "drop"
         external_verdict = None if has_external else "drop"
     key = f"{sp.protocol} . {sp.port}"
-    # Every ClusterIP goes in @cluster-ips, with endpoints or not: cluster-ips-check rejects its unserved ports.
-    t.element("cluster-ips", sp.cluster_ip)
+    if sp.cluster_ip not in t.cluster_ips:
+        t.cluster_ips.add(sp.cluster_ip)
+        t.element("cluster-ips", sp.cluster_ip)  # every ClusterIP, with or without endpoints
     for e in reachable:
         t.chain(f"endpoint-{ep_base[e.text]}")
     if uses_cluster:

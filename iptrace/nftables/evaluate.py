@@ -27,18 +27,21 @@ from iptrace.nftables.model import (
     Fib,
     Flags,
     Hash,
+    Mangle,
     MapLookup,
     Match,
     Meta,
+    Nat,
     Numgen,
     Payload,
     Prefix,
     Range,
     Selector,
     SetRef,
+    VerdictMap,
 )
 from iptrace.nftables.sets import SetIndex, _order, covers
-from iptrace.nftables.state import BITS, State, is_loopback
+from iptrace.nftables.state import BITS, State, ip_int, is_loopback, prefix_bounds
 from iptrace.nftables.types import expr_type
 
 
@@ -60,8 +63,9 @@ class Unknown:
 
 
 Getter = Callable[[State], Any]
-# A test answers (holds, assumption text or None).
+# A test that may need an assumption answers (holds, assumption text or None); a definite one just holds.
 Test = Callable[[State], tuple[bool, str | None]]
+Definite = Callable[[State], bool]
 
 _PORT_PROTOS = frozenset({"tcp", "udp", "sctp", "dccp", "udplite"})
 _ICMP = {"icmp": "icmp", "icmpv6": "ipv6-icmp", "igmp": "igmp", "ah": "ah", "esp": "esp", "comp": "comp"}
@@ -303,12 +307,12 @@ def _compare(op: str, value: Any, right: Any, dtype: str) -> bool:
 
 
 def compile_match(m: Match, ctx: Context, where: str,
-                  named: Callable[[str], tuple[SetIndex | None, str | None]]) -> tuple[Test, bool]:
-    """The test of one relational item, and whether it is definite (never records an assumption)."""
+                  named: Callable[[str], tuple[SetIndex | None, str | None]]) -> tuple[Definite | None, Test | None]:
+    """The test of one relational item: (definite test, None) when the packet always tells, else (None, a test
+    that may record an assumption)."""
     get = getter(m.left, ctx, where)
     dtype = expr_type(m.left)
     negated = m.op == "!="
-    definite = _definite(m.left)
     right = m.right
     if isinstance(right, (SetRef, AnonSet)):
         if isinstance(right, SetRef):
@@ -319,9 +323,15 @@ def compile_match(m: Match, ctx: Context, where: str,
                 index = SetIndex(tuple(type(e)(_bits(dtype, e.key)) for e in right.elements))  # type: ignore[call-arg]
         if index is None:
             note = f"{where}: {problem}: assumed the packet is not in it"
-            return (lambda s: (negated, note)), False
+            return None, (lambda s: (negated, note))
         if index.dynamic:
-            return _dynamic_lookup(get, index, negated, where), False
+            return None, _dynamic_lookup(get, index, negated, where)
+        if _definite(m.left):
+            if not index.ranged:
+                exact = index.exact
+                return (lambda s: (v := get(s)) is not NA and (v in exact) != negated), None
+            find = index.find
+            return (lambda s: (v := get(s)) is not NA and (find(v) is not None) != negated), None
 
         def member(s: State) -> tuple[bool, str | None]:
             v = get(s)
@@ -330,7 +340,9 @@ def compile_match(m: Match, ctx: Context, where: str,
             if isinstance(v, Unknown):
                 return negated, v.note
             return (index.find(v) is not None) != negated, None
-        return member, definite
+        return None, member
+    if _definite(m.left):
+        return _definite_compare(get, m.op, right, dtype), None
 
     def compare(s: State) -> tuple[bool, str | None]:
         v = get(s)
@@ -339,7 +351,30 @@ def compile_match(m: Match, ctx: Context, where: str,
         if isinstance(v, Unknown):
             return negated, v.note
         return _compare(m.op, v, right, dtype), None
-    return compare, definite
+    return None, compare
+
+
+def _definite_compare(get: Getter, op: str, right: Any, dtype: str) -> Definite:
+    """A definite comparison, specialised for the shapes rulesets are made of (one value, a prefix, flags)."""
+    if dtype in BITS:
+        bits = _bits(dtype, right)
+        if op == "in" and isinstance(bits, frozenset):
+            return lambda s: (v := get(s)) is not NA and bool(v & bits)
+        equal = op != "!="
+        return lambda s: (v := get(s)) is not NA and (v == bits) == equal
+    if isinstance(right, Prefix):
+        net, mask = prefix_bounds(right.addr, right.length)
+        v6 = ":" in right.addr
+        inside = op in ("==", "in")
+        if op in ("==", "in", "!="):
+            return lambda s: (v := get(s)) is not NA and isinstance(v, str) and (":" in v) == v6 and \
+                ((ip_int(v) & mask) == net) == inside
+    if isinstance(right, (str, int)) and not isinstance(right, bool):
+        if op in ("==", "in"):
+            return lambda s: get(s) == right
+        if op == "!=":
+            return lambda s: (v := get(s)) is not NA and v != right
+    return lambda s: (v := get(s)) is not NA and _compare(op, v, right, dtype)
 
 
 def _dynamic_lookup(get: Getter, index: SetIndex, negated: bool, where: str) -> Test:
@@ -360,6 +395,7 @@ def _dynamic_lookup(get: Getter, index: SetIndex, negated: bool, where: str) -> 
                 f"{v if not isinstance(v, tuple) else ' . '.join(map(str, v))} has no entry in it"
                 + (" (the listing holds one from an earlier connection)" if listed else ""))
         return negated, note
+    lookup.dynamic = True  # type: ignore[attr-defined]  # memo.py: its note names the packet
     return lookup
 
 
@@ -386,26 +422,83 @@ def _definite(e: Any) -> bool:
     return False
 
 
+_NO_DRAW = frozenset({Payload, Meta, Ct, Fib, Selector, str, int, Prefix, Range, Flags, SetRef, AnonSet,
+                      type(None)})
+
+
 def forks(e: Any) -> list[Numgen | Hash]:
-    """The numgen/hash expressions inside an item's expression tree (each draws its own number)."""
-    out: list[Numgen | Hash] = []
-    todo = [e]
-    while todo:
-        x = todo.pop()
-        if isinstance(x, (Numgen, Hash)):
-            out.append(x)
-        elif isinstance(x, (Binop,)):
-            todo.extend((x.left, x.right))
-        elif isinstance(x, Concat):
-            todo.extend(x.parts)
-        elif isinstance(x, MapLookup):
-            todo.append(x.key)
-        elif isinstance(x, Match):
-            todo.extend((x.left, x.right))
-        elif hasattr(x, "key") and hasattr(x, "map"):  # VerdictMap
-            todo.append(x.key)
-        elif hasattr(x, "key") and hasattr(x, "value"):  # Mangle
-            todo.extend((x.key, x.value))
-        elif hasattr(x, "addr") and hasattr(x, "port"):  # Nat
-            todo.extend((x.addr, x.port))
-    return out
+    """The numgen/hash expressions inside an item (each draws its own number when the item runs)."""
+    if type(e) in _NO_DRAW:
+        return []
+    if isinstance(e, Match):
+        return forks(e.left) if type(e.left) not in _NO_DRAW else []
+    if isinstance(e, (Numgen, Hash)):
+        return [e]
+    if isinstance(e, Binop):
+        return [*forks(e.left), *forks(e.right)]
+    if isinstance(e, Concat):
+        return [x for p in e.parts for x in forks(p)]
+    if isinstance(e, MapLookup):
+        return forks(e.key)
+    if isinstance(e, VerdictMap):
+        return forks(e.key)
+    if isinstance(e, Mangle):
+        return forks(e.value)
+    if isinstance(e, Nat):
+        return [*forks(e.addr), *forks(e.port)]
+    return []
+
+
+# What each expression reads of a branch (State attribute names), for memo.py's keys. None: cannot tell.
+_PAYLOAD_FIELDS = {"saddr": ("src",), "daddr": ("dst",), "dport": ("dport", "proto"), "sport": ("sport", "proto"),
+                   "protocol": ("proto",), "nexthdr": ("proto",), "flags": ("proto",)}
+_META_FIELDS = {"l4proto": ("proto",), "mark": ("mark",), "iifname": ("in_iface",), "oifname": ("out_iface",),
+                "nfproto": (), "protocol": (), "nftrace": (), "pkttype": ("dst",)}
+_CT_FIELDS = {"state": ("notrack",), "status": ("dnat_by", "snat"), "mark": ("ct_mark",), "direction": (),
+              "l3proto": (), "protocol": ("proto",), "zone": (), "saddr": ("src", "dst"),
+              "daddr": ("src", "orig_dst"), "proto-dst": ("sport", "orig_dport"), "proto-src": ("sport", "dport")}
+
+
+def reads(e: Any) -> set[str] | None:
+    """The branch fields an item or expression reads; None when it is not known (read everything)."""
+    if e is None or isinstance(e, (str, int, Prefix, Range, Flags, SetRef, AnonSet)):
+        return set()
+    if isinstance(e, Payload):
+        found = _PAYLOAD_FIELDS.get(e.field)
+        return {*found, "proto"} if found is not None else {"proto"}
+    if isinstance(e, Meta):
+        meta = _META_FIELDS.get(e.key)
+        return set(meta) if meta is not None else set()
+    if isinstance(e, Ct):
+        ct = _CT_FIELDS.get(e.key)
+        return set(ct) if ct is not None else set()
+    if isinstance(e, Fib):
+        return {"src", "dst"}
+    if isinstance(e, (Numgen, Hash)):
+        return reads(e.expr) if isinstance(e, Hash) else set()
+    if isinstance(e, Binop):
+        left, right = reads(e.left), reads(e.right)
+        return None if left is None or right is None else left | right
+    if isinstance(e, Concat):
+        out: set[str] = set()
+        for p in e.parts:
+            found = reads(p)
+            if found is None:
+                return None
+            out |= found
+        return out
+    if isinstance(e, MapLookup):
+        return reads(e.key)
+    if isinstance(e, Match):
+        left = reads(e.left)
+        return None if left is None else left | ({"updates"} if isinstance(e.right, SetRef) else set())
+    if isinstance(e, VerdictMap):
+        return reads(e.key)
+    if isinstance(e, Mangle):
+        return reads(e.value)
+    if isinstance(e, Nat):
+        addr, port = reads(e.addr), reads(e.port)
+        return None if addr is None or port is None else addr | port
+    if isinstance(e, Selector):
+        return set()
+    return None

@@ -13,15 +13,18 @@ from collections.abc import Callable
 from typing import Any
 
 from iptrace.dataplane import Decision
-from iptrace.nftables.evaluate import NA, Context, Test, Unknown, compile_match, forks, getter
+from iptrace.nftables.evaluate import NA, Context, Definite, Test, Unknown, compile_match, forks, getter
 from iptrace.nftables.model import (
+    Concat,
     Counter,
     Ct,
+    Hash,
     Mangle,
     MapLookup,
     Match,
     Meta,
     Nat,
+    Numgen,
     Prefix,
     Range,
     Reject,
@@ -48,9 +51,9 @@ Named = Callable[[str], tuple[SetIndex | None, str | None]]
 class CompiledRule:
     """`tests` (definite) and `assumed` come from the rule's leading relational items; `ops` is the rest."""
 
-    __slots__ = ("assumed", "decision", "index", "ops", "rule", "tests", "where")
+    __slots__ = ("assumed", "decision", "index", "ops", "rule", "tests", "verdict", "where")
 
-    def __init__(self, rule: Rule, index: int, decision: Decision, where: str, tests: tuple[Test, ...],
+    def __init__(self, rule: Rule, index: int, decision: Decision, where: str, tests: tuple[Definite, ...],
                  assumed: tuple[Test, ...], ops: tuple[tuple[Any, ...], ...]) -> None:
         self.rule = rule
         self.index = index
@@ -59,17 +62,27 @@ class CompiledRule:
         self.tests = tests
         self.assumed = assumed
         self.ops = ops
+        # A rule whose only operation is a verdict (`jump services`, `ct state new jump firewall-check`): the walk
+        # takes it without running operations.
+        self.verdict: tuple[str, str | None] | None = (ops[0][1], ops[0][2]) if len(ops) == 1 and \
+            ops[0][0] == VERDICT else None
 
 
 def compile_rule(rule: Rule, index: int, decision: Decision, where: str, ctx: Context, named: Named,
                  family: str) -> CompiledRule:
     items = rule.items
-    tests: list[Test] = []
+    tests: list[Definite] = []
     assumed: list[Test] = []
     k = 0
-    while k < len(items) and isinstance(items[k], Match) and not forks(items[k]):
-        test, definite = compile_match(items[k], ctx, where, named)
-        (tests if definite else assumed).append(test)
+    n = len(items)
+    while k < n and type(items[k]) is Match:
+        if forks(items[k]):
+            break
+        definite, test = compile_match(items[k], ctx, where, named)
+        if definite is not None:
+            tests.append(definite)
+        else:
+            assumed.append(test)  # type: ignore[arg-type]
         k += 1
     ops = [_op(item, ctx, where, named, family) for item in items[k:]]
     return CompiledRule(rule, index, decision, where, tuple(tests), tuple(assumed),
@@ -80,13 +93,13 @@ def _op(item: Any, ctx: Context, where: str, named: Named, family: str) -> tuple
     drawn = forks(item)
     if drawn:
         inner = _plain_op(item, ctx, where, named, family)
-        return (FORK, tuple(drawn), inner) if inner is not None else None
+        return (FORK, tuple(drawn), inner, _draw_only(item)) if inner is not None else None
     return _plain_op(item, ctx, where, named, family)
 
 
 def _plain_op(item: Any, ctx: Context, where: str, named: Named, family: str) -> tuple[Any, ...] | None:
     if isinstance(item, Match):
-        return (TEST, compile_match(item, ctx, where, named)[0])
+        return (TEST, *compile_match(item, ctx, where, named))
     if isinstance(item, VerdictMap):
         key = getter(item.key, ctx, where)
         if isinstance(item.map, SetRef):
@@ -152,7 +165,28 @@ def _nat(item: Nat, ctx: Context, where: str, named: Named, family: str) -> tupl
     if isinstance(port, Range):
         note = f"{where}: {item.kind} to a port range: the kernel picks one per connection; shown as {port.low}"
         port = port.low
-    return (NAT, item.kind, version, target, port, note)
+    # Whether the packet chooses the address (a map keyed by its fields; memo.py cannot share such a walk).
+    chosen = isinstance(addr, MapLookup) and not all(isinstance(e, (Numgen, Hash)) for e in _parts(addr.key))
+    return (NAT, item.kind, version, target, port, note, chosen)
+
+
+def _parts(e: Any) -> tuple[Any, ...]:
+    return e.parts if isinstance(e, Concat) else (e,)
+
+
+def _draw_only(item: Any) -> bool:
+    """Whether an item with a numgen/hash draw depends on the draw alone (not on the packet's fields)."""
+    if isinstance(item, VerdictMap):
+        key = item.key
+    elif isinstance(item, Nat) and isinstance(item.addr, MapLookup):
+        key = item.addr.key
+    elif isinstance(item, Mangle):
+        key = item.value.key if isinstance(item.value, MapLookup) else item.value
+    elif isinstance(item, Match):
+        key = item.left
+    else:
+        return False
+    return all(isinstance(p, Numgen) for p in _parts(key))
 
 
 def _mangle(item: Mangle, ctx: Context, where: str) -> tuple[Any, ...] | None:

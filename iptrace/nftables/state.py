@@ -4,8 +4,8 @@ forks by `copy()`. Also the address arithmetic the evaluator shares (addresses a
 
 from __future__ import annotations
 
-import ipaddress
 from functools import lru_cache
+from socket import AF_INET, AF_INET6, inet_pton
 from typing import Any
 
 from iptrace.dataplane import Decision
@@ -18,10 +18,13 @@ TCP_FLAG_BITS = {"fin": 1, "syn": 2, "rst": 4, "psh": 8, "ack": 16, "urg": 32, "
 BITS = {"ct_state": CT_STATE_BITS, "ct_status": CT_STATUS_BITS, "tcp_flag": TCP_FLAG_BITS}
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=262144)
 def ip_int(text: str) -> int:
     """An address (canonical text) as an int; IPv4 and IPv6 never meet in one comparison."""
-    return int(ipaddress.ip_address(text))
+    try:
+        return int.from_bytes(inet_pton(AF_INET6 if ":" in text else AF_INET, text), "big")
+    except OSError:
+        raise ValueError(f"{text!r} is not an IP address") from None
 
 
 @lru_cache(maxsize=8192)
@@ -117,11 +120,21 @@ class State:
                                                                               else 0)
 
 
+class Segment(list):  # type: ignore[type-arg]
+    """Several entries of a cons list held by one cell, oldest first (a replayed walk, memo.py)."""
+
+    __slots__ = ()
+
+
 def cons_list(cell: Any) -> list[Any]:
-    """A cons list (newest first) as a list, oldest first."""
-    out = []
+    """A cons list (newest first) as a list, oldest first; Segment cells unfolded."""
+    out: list[Any] = []
     while cell is not None:
-        out.append(cell[0])
+        head = cell[0]
+        if type(head) is Segment:
+            out.extend(reversed(head))
+        else:
+            out.append(head)
         cell = cell[1]
     out.reverse()
     return out

@@ -22,6 +22,7 @@ from iptrace.dataplane import Decision, Outcome, Packet, Trace, join_host_port
 from iptrace.errors import TraceError
 from iptrace.nftables.evaluate import NA, Context, Unknown
 from iptrace.nftables.hooks import Stage, hook_stages, unwalked_tables
+from iptrace.nftables.memo import MEMO_SIZE, Plan, make_plan, record, replay
 from iptrace.nftables.model import Chain, Numgen, Ruleset, Table
 from iptrace.nftables.rules import (
     FAIL,
@@ -43,6 +44,15 @@ from iptrace.nftables.sets import SetIndex
 from iptrace.nftables.state import State, cons_list, is_loopback
 from iptrace.nftables.steps import StepMaker
 from iptrace.nftables.values import protocol
+
+# The hooks after the routing decision: (hook, with its NAT chains, entering through lo). A packet the node sends
+# to itself comes back in through lo; its NAT mappings are made, so NAT chains are not called again.
+_FORWARD = (("forward", True, False), ("postrouting", True, False))
+_INPUT = (("input", True, False),)
+_OUT = (("postrouting", True, False),)
+_OUT_LOOPBACK = (("postrouting", True, False), ("prerouting", False, True), ("input", False, False))
+
+_DRAW_WORDS = frozenset({"numgen", "jhash", "symhash"})
 
 NEW_CONNECTION = "first packet of a new connection (ct state new, mark 0, no conntrack or dynamic-set entries yet)"
 
@@ -99,8 +109,11 @@ class Tracer:
     entry = "hooks"
 
     def __init__(self, ruleset: Ruleset, *, node_ips: Sequence[str] = (), pod_cidrs: Sequence[str] = (),
-                 names: Mapping[str, str] | None = None) -> None:
+                 names: Mapping[str, str] | None = None, share: bool = True) -> None:
         self.ruleset = ruleset
+        self.share = share  # replay the hooks after NAT for branches they cannot tell apart (memo.py)
+        self._plans: dict[tuple[int, tuple[tuple[str, bool, bool], ...]], Plan | None] = {}
+        self._chain_plans: dict[tuple[str, str], Plan | None] = {}
         self.node_ips = tuple(node_ips)
         self.pod_cidrs = tuple(pod_cidrs)
         local = set()
@@ -202,25 +215,95 @@ class Tracer:
                 if t1 is not None:
                     out.append((s1, t1))
                     continue
-                # The route is looked up again after output's DNAT.
-                s1.out_iface = "lo" if self._is_local(s1.dst) else None
-                for s2, t2 in self._hook(s1, "postrouting"):
-                    if t2 is not None or not self._is_local(s2.dst):
-                        out.append((s2, t2))
-                        continue
-                    s2.in_iface = "lo"
-                    for s3, t3 in self._hook(s2, "prerouting", nat=False):
-                        out.extend([(s3, t3)] if t3 is not None else self._hook(s3, "input", nat=False))
+                # The route is looked up again after output's DNAT; a packet for the node itself comes back in
+                # through lo.
+                local = self._is_local(s1.dst)
+                s1.out_iface = "lo" if local else None
+                out.extend(self._tail(s1, _OUT_LOOPBACK if local else _OUT))
             return out
         for s1, t1 in self._hook(s, "prerouting"):
             if t1 is not None:
                 out.append((s1, t1))
-            elif self._is_local(s1.dst):
-                out.extend(self._hook(s1, "input"))
             else:
-                for s2, t2 in self._hook(s1, "forward"):
-                    out.extend([(s2, t2)] if t2 is not None else self._hook(s2, "postrouting"))
+                out.extend(self._tail(s1, _INPUT if self._is_local(s1.dst) else _FORWARD))
         return out
+
+    def _tail(self, s: State, seq: tuple[tuple[str, bool, bool], ...]) -> list[tuple[State, Terminal]]:
+        """The hooks after the routing decision, replayed from an earlier branch the rules there cannot tell
+        apart from this one (memo.py)."""
+        if not self.share:
+            return self._walk_seq(s, seq)
+        key = (s.version, seq)
+        plan = self._plans.get(key, False)
+        if plan is False:
+            plan = self._plans[key] = self._plan(s.version, seq)
+        if plan is None:
+            return self._walk_seq(s, seq)
+        raw = plan.raw(s)
+        found = plan.by_value.get(raw)
+        if found is None:
+            k = plan.key(s)
+            found = plan.memo.get(k)
+            if found is None:
+                start = s.copy()
+                start.path = start.chains = None
+                start.assumptions = ()
+                start.num = start.den = 1
+                before = (start.accept, start.dnat_by)
+                found = record(self._walk_seq(start, seq), before)
+                if len(plan.memo) >= MEMO_SIZE:
+                    plan.memo.clear()
+                plan.memo[k] = found
+            if len(plan.by_value) >= MEMO_SIZE:
+                plan.by_value.clear()
+            plan.by_value[raw] = found
+        return replay(found, s)
+
+    def _plan(self, version: int, seq: tuple[tuple[str, bool, bool], ...]) -> Plan | None:
+        codes = []
+        for hook, nat, _ in seq:
+            for stage in hook_stages(self.ruleset, version, hook):
+                if stage.nat and not nat:
+                    continue
+                for table, chain in stage.chains:
+                    code = self._tables[(table.family, table.name)].chain(chain.name)
+                    if code is not None:
+                        codes.append(code)
+        return make_plan(codes, self._compiled, self._targets)
+
+    def _targets(self, code: ChainCode, c: CompiledRule) -> list[ChainCode]:
+        """The chains a rule may send a packet to (jumps, gotos, every verdict of its verdict maps)."""
+        names: set[str] = set()
+        for op in c.ops:
+            if op[0] == FORK:
+                op = op[2]
+            if op[0] == VERDICT and op[2]:
+                names.add(op[2])
+            elif op[0] == VMAP:
+                index = op[2]
+                for e in (*index.exact.values(), *index.ranged):
+                    if getattr(e.data, "target", None):
+                        names.add(e.data.target)
+        out = []
+        for name in names:
+            sub = code.table.chain(name)
+            if sub is not None:
+                out.append(sub)
+        return out
+
+    def _walk_seq(self, s: State, seq: tuple[tuple[str, bool, bool], ...]) -> list[tuple[State, Terminal]]:
+        states: list[tuple[State, Terminal]] = [(s, None)]
+        for hook, nat, loopback in seq:
+            following: list[tuple[State, Terminal]] = []
+            for st, term in states:
+                if term is not None:
+                    following.append((st, term))
+                    continue
+                if loopback:
+                    st.in_iface = "lo"
+                following.extend(self._hook(st, hook, nat=nat))
+            states = following
+        return states
 
     def _hook(self, s: State, hook: str, *, nat: bool = True) -> list[tuple[State, Terminal]]:
         """Every base chain of one hook; the branches that passed it have terminal None."""
@@ -316,7 +399,7 @@ class Tracer:
                 i += 1
                 ok = True
                 for test in c.tests:
-                    if not test(st)[0]:
+                    if not test(st):
                         ok = False
                         break
                 if not ok:
@@ -332,7 +415,20 @@ class Tracer:
                     continue
                 saved = st.path
                 st.path = ((code, c, None, None), saved)
-                results = self._ops(code, c, c.ops, 0, st)
+                verdict = c.verdict
+                if verdict is not None and verdict[0] == "jump":
+                    target = code.table.chain(verdict[1])  # type: ignore[arg-type]
+                    if target is not None and target.key not in stack and target.key != code.key:
+                        results = self._enter(target, st, (*stack, code.key))
+                        if len(results) == 1 and results[0][1] is None:
+                            st = results[0][0]  # the common case: the chain came back with this very branch
+                            continue
+                        later = [s2 for s2, term in results if term is None]
+                        out.extend(r for r in results if r[1] is not None)
+                        todo.extend((i, s2) for s2 in reversed(later))
+                        left = True
+                        break
+                results = self._ops(code, c, c.ops, 0, st) if verdict is None else [(st, verdict)]
                 if len(results) == 1 and results[0][1] is None and results[0][0] is st:
                     continue  # the common case: a rule without a verdict, on this very branch
                 later: list[State] = []
@@ -350,6 +446,52 @@ class Tracer:
             if not left:
                 out.append((st, None))
         return out
+
+    def _enter(self, code: ChainCode, s: State, stack: tuple[tuple[str, str], ...]) -> list[tuple[State, Terminal]]:
+        """A chain entered by a jump, goto or verdict map; replayed from an earlier walk of its closure that the
+        rules cannot tell apart from this one (memo.py: a Service port's chains, met by every kind of client)."""
+        if not self.share:
+            return self._run_chain(code, s, stack)
+        plan = self._chain_plans.get(code.key, False)
+        if plan is False:
+            plan = self._chain_plans[code.key] = make_plan(
+                (code,), self._compiled, self._targets, chains=True) if self._draws(code) else None
+        if plan is None:
+            return self._run_chain(code, s, stack)
+        raw = plan.raw(s)
+        found = plan.by_value.get(raw)
+        if found is not None:
+            return replay(found, s)
+        k = plan.key(s)
+        found = plan.memo.get(k)
+        if found is None:
+            start = s.copy()
+            start.path = start.chains = None
+            start.assumptions = ()
+            start.num = start.den = 1
+            before = (start.accept, start.dnat_by)
+            found = record(self._run_chain(code, start, stack), before)
+            if len(plan.memo) >= MEMO_SIZE:
+                plan.memo.clear()
+            plan.memo[k] = found
+        if len(plan.by_value) >= MEMO_SIZE:
+            plan.by_value.clear()
+        plan.by_value[raw] = found
+        return replay(found, s)
+
+    def _draws(self, code: ChainCode) -> bool:
+        """Whether a chain, or one it jumps or goes to, splits the packet by a numgen draw: the load-balancing
+        chains worth sharing between traces (smaller closures walk faster than they are keyed). Read from the
+        rules' text, so that deciding compiles nothing."""
+        chains = [code.chain]
+        for rule in code.chain.rules:
+            words = rule.text.split()
+            for i, word in enumerate(words[:-1]):
+                if word in ("jump", "goto"):
+                    target = code.table.table.chain(words[i + 1])
+                    if target is not None and len(target.rules) < 64:
+                        chains.append(target)
+        return any(_DRAW_WORDS.intersection(rule.text.split()) for chain in chains for rule in chain.rules)
 
     def _verdict(self, code: ChainCode, c: CompiledRule, s: State, act: tuple[Any, ...],
                  stack: tuple[tuple[str, str], ...], out: list[tuple[State, Terminal]], later: list[State]) -> None:
@@ -375,7 +517,7 @@ class Tracer:
                 else:
                     out.append((s, None))
                 return
-            results = self._run_chain(sub, s, (*stack, code.key))
+            results = self._enter(sub, s, (*stack, code.key))
             if kind == "goto":
                 out.extend(results)  # a goto'd chain returns to our caller
                 return
@@ -393,7 +535,11 @@ class Tracer:
             code_ = op[0]
             k += 1
             if code_ == TEST:
-                holds, note = op[1](s)
+                if op[1] is not None:
+                    if not op[1](s):
+                        return [(s, BREAK)]
+                    continue
+                holds, note = op[2](s)
                 if note is not None:
                     s.assume(note)
                 if not holds:
@@ -408,11 +554,12 @@ class Tracer:
                 element = op[2].find(value)
                 if element is None:
                     return [(s, BREAK)]
+                verdict = element.data
                 decision = None
                 if op[3] is not None:
                     s.path = ((code, c, op[3], element), s.path)
-                    decision = self.steps.element_decision(code, op[3], element)
-                verdict = element.data
+                    if verdict.kind in ("drop", "accept"):  # the element itself decides
+                        decision = self.steps.element_decision(code, op[3], element)
                 return [(s, (verdict.kind, verdict.target, decision))]
             elif code_ == VERDICT:
                 return [(s, (op[1], op[2]))]
@@ -475,7 +622,7 @@ class Tracer:
         return out
 
     def _nat(self, c: CompiledRule, op: tuple[Any, ...], s: State) -> bool:
-        _, kind, version, target, port, note = op
+        _, kind, version, target, port, note, _ = op
         if version is not None and version != s.version:
             return False
         if kind in ("snat", "masquerade"):

@@ -1,0 +1,172 @@
+"""Sharing the walk after NAT between branches the rules there cannot tell apart.
+
+Once a packet is DNATed, what is left (forward and postrouting, or input, or postrouting after output) is the
+same few chains for every branch of every trace: a numgen split sends ten branches through them, which differ
+only by their endpoint address. A `Plan` lists every test and look-up those chains can make (the closure of the
+hooks' base chains: jumps, gotos and verdict-map targets). The key of a branch is what each of them answers for
+it, plus the fields the chains may read raw (marks, conntrack status, interfaces): two branches with the same key
+take the same path through those chains, so the second replays the first's recorded walk (path, chains,
+assumptions and the fields it wrote) instead of walking again.
+
+A closure that rewrites addresses or ports (DNAT), draws numbers (numgen), or writes packet-dependent values into
+sets has no plan: it is walked every time. The replay must give what the walk gives — tests/test_nft_properties
+checks it against the tracer with sharing off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from operator import attrgetter
+from typing import Any
+
+from iptrace.nftables.evaluate import reads
+from iptrace.nftables.rules import FORK, MANGLE, NAT, TEST, UPDATE, VMAP, CompiledRule
+from iptrace.nftables.state import Segment, State, cons_list
+
+MAX_CLOSURE_RULES = 400
+_EVERYTHING = {"src", "dst", "sport", "dport", "proto", "orig_dst", "orig_dport", "mark", "ct_mark", "notrack",
+               "dnat_by", "snat", "in_iface", "out_iface", "updates", "local_origin"}
+MEMO_SIZE = 8192
+_UNCHANGED = object()
+
+
+class Plan:
+    __slots__ = ("assumed", "by_value", "definite", "lookups", "memo", "raw", "redirects", "values")
+
+    def __init__(self, definite: list[Callable[[State], bool]], assumed: list[Callable[[State], Any]],
+                 lookups: list[tuple[Callable[[State], Any], Any]], values: list[Callable[[State], Any]],
+                 fields: set[str], redirects: bool) -> None:
+        self.redirects = redirects  # a `redirect` goes to loopback for the node's own packets
+        self.definite = tuple(definite)
+        self.assumed = tuple(assumed)
+        self.lookups = tuple(lookups)
+        self.values = tuple(values)
+        self.memo: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
+        # The same branch seen again (another client of the same endpoint): found by the fields the closure reads
+        # (and those the replay restores) before the answer of every test is computed.
+        self.by_value: dict[Any, list[tuple[Any, ...]]] = {}
+        # (`updates` is never read: a closure that looks into a set the packet path fills has no plan.)
+        names = sorted((fields | {"mark", "ct_mark", "notrack", "snat", "masq", "in_iface", "out_iface", "proto"}
+                        | ({"local_origin"} if redirects else set())) - {"dnat_by", "updates"})
+        getter = attrgetter(*names)
+        if "dnat_by" in fields:
+            self.raw: Callable[[State], Any] = lambda s: (getter(s), s.dnat_by is None)
+        else:
+            self.raw = getter
+
+    def key(self, s: State) -> tuple[Any, ...]:
+        out: list[Any] = [s.proto, s.mark, s.ct_mark, s.notrack, s.snat, s.masq, s.dnat_by is None,
+                          s.local_origin if self.redirects else None, s.in_iface, s.out_iface]
+        out.extend([t(s) for t in self.definite])
+        out.extend([t(s) for t in self.assumed])
+        for get, index in self.lookups:
+            v = get(s)
+            try:
+                found = index.find(v)
+            except TypeError:
+                found = None
+            out.append(id(found) if found is not None else v.__class__)
+        out.extend([g(s) for g in self.values])
+        return tuple(out)
+
+
+def make_plan(codes: Iterable[Any], compiled: Callable[[Any, int], CompiledRule],
+              targets: Callable[[Any, CompiledRule], list[Any]], *, chains: bool = False,
+              min_rules: int = 0) -> Plan | None:
+    """The plan of the closure of `codes` (chain codes), or None when it cannot be shared. `chains`: a closure
+    entered by a jump (a Service port's chains) may also draw numbers and DNAT to addresses the packet does not
+    choose (constants, or a numgen map): its replay restores each branch's share and destination. A closure of
+    fewer than `min_rules` rules without a draw walks faster than its key is computed."""
+    definite: list[Any] = []
+    assumed: list[Any] = []
+    lookups: list[Any] = []
+    values: list[Any] = []
+    fields: set[str] = set()
+    seen: set[Any] = set()
+    todo = list(codes)
+    count = 0
+    draws = redirects = False
+    while todo:
+        code = todo.pop()
+        if code.key in seen:
+            continue
+        seen.add(code.key)
+        count += len(code.compiled)
+        if count > MAX_CLOSURE_RULES:
+            return None
+        for i in range(len(code.compiled)):
+            c = code.compiled[i] or compiled(code, i)
+            for item in c.rule.items:
+                found = reads(item)
+                fields |= found if found is not None else _EVERYTHING
+            definite.extend(c.tests)
+            assumed.extend(c.assumed)
+            for op in c.ops:
+                kind = op[0]
+                if kind == FORK:
+                    # A draw replays with its share; what the packet could change in it must not (a hash of its
+                    # fields, a map keyed by its address and the draw).
+                    if not chains or not op[3]:
+                        return None
+                    draws = True
+                    continue
+                if kind == UPDATE:
+                    return None
+                if kind == NAT and op[1] not in ("snat", "masquerade") and (not chains or op[6]):
+                    return None
+                redirects = redirects or (kind == NAT and op[1] == "redirect")
+                if kind == TEST:
+                    (definite if op[1] is not None else assumed).append(op[1] or op[2])
+                elif kind == VMAP:
+                    lookups.append((op[1], op[2]))
+                elif kind == MANGLE:
+                    values.append(op[2])
+            todo.extend(targets(code, c))
+    if any(getattr(t, "dynamic", False) for t in assumed):
+        return None
+    if count < min_rules and not draws:
+        return None
+    return Plan(definite, assumed, lookups, values, fields, redirects)
+
+
+def record(results: list[tuple[State, Any]], before: tuple[Any, Any]) -> list[tuple[Any, ...]]:
+    """What each branch of a walk added: the walk started with path, chains, assumptions and share emptied,
+    `before` = its (accept, dnat_by) then (the start state itself may be one of the branches by now)."""
+    accepted, nat_before = before
+    out = []
+    for s, term in results:
+        path = cons_list(s.path)
+        chains = cons_list(s.chains)
+        # Pushed onto a branch's cons lists as one cell each (state.cons_list unfolds them when a path is read).
+        path_cell = Segment(path) if len(path) > 1 else (path[0] if path else None)
+        chain_cell = Segment(chains) if len(chains) > 1 else (chains[0] if chains else None)
+        accept = s.accept if s.accept is not accepted else _UNCHANGED
+        nat = (s.dst, s.dport, s.dnat_by) if s.dnat_by is not nat_before else _UNCHANGED
+        out.append((term, path_cell, chain_cell, s.assumptions, s.mark, s.ct_mark, s.notrack, s.snat, s.masq,
+                    accept, s.hook, s.in_iface, s.out_iface, s.num, s.den, nat))
+    return out
+
+
+def replay(recorded: list[tuple[Any, ...]], s: State) -> list[tuple[State, Any]]:
+    out = []
+    last = len(recorded) - 1
+    for i, (term, path, chains, notes, mark, ct_mark, notrack, snat, masq, accept, hook, in_iface, out_iface,
+            num, den, nat) in enumerate(recorded):
+        st = s if i == last else s.copy()
+        if path is not None:
+            st.path = (path, st.path)
+        if chains is not None:
+            st.chains = (chains, st.chains)
+        for note in notes:
+            st.assume(note)
+        st.mark, st.ct_mark, st.notrack, st.snat, st.masq = mark, ct_mark, notrack, snat, masq
+        st.hook, st.in_iface, st.out_iface = hook, in_iface, out_iface
+        if accept is not _UNCHANGED:
+            st.accept = accept
+        if num != 1 or den != 1:
+            st.num *= num
+            st.den *= den
+        if nat is not _UNCHANGED:
+            st.dst, st.dport, st.dnat_by = nat
+        out.append((st, term))
+    return out
