@@ -147,3 +147,23 @@ def test_node_addresses_revealed_by_the_rules_are_the_nodes_own() -> None:
     port = next(s for s in view.services if s.label == "ingress-nginx/ingress-nginx-controller:http")
     node_port = next(e for e in port.entries if e.kind == "nodePort")
     assert node_port.verdict == "DROP", node_port
+
+
+def test_the_json_twins_parse_summary(golden: Callable[[Path | str, str], None]) -> None:
+    for sc in scenarios():
+        if sc.json_twin:
+            dataplane, ruleset = load(SAMPLES / sc.json_twin)
+            golden(GOLDEN / Path(sc.json_twin).stem / "parse-json.txt", dataplane.summary(ruleset))
+
+
+@pytest.mark.parametrize("sc", scenarios(), ids=lambda sc: sc.file)
+def test_kube_proxys_transaction_answers_as_the_kernels_listing(sc: Any) -> None:
+    """The text kube-proxy sends (its transaction) and what the kernel lists back describe one ruleset: the Service
+    view of each family is the same, lines and source aside (the listing also holds the other tables)."""
+    listed_dp, listed = load(SAMPLES / sc.file)
+    tx_dp, tx = dataplanes.load(sc.transaction(), source=sc.file)
+    strip = {"lines": [], "line": 0, "decided_by_line": 0, "source": ""}
+    for family in tx.families:
+        a = analyse(tx_dp, tx, family, node_ips=sc.node_ips).view
+        b = analyse(listed_dp, listed, family, node_ips=sc.node_ips).view
+        assert _without(view_to_json(a), strip) == _without(view_to_json(b), strip), (sc.file, family)
