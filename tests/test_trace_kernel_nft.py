@@ -75,6 +75,10 @@ SERVICES = [
                 type="NodePort", endpoints=[]),
     ServiceSpec("shop", "sticky", "198.19.0.16", [PortSpec("http", 80, target_port=PORT)],
                 session_affinity_timeout=10800, endpoints=[ep(STICKY_1), ep(STICKY_2)]),
+    ServiceSpec("shop", "itp", "198.19.0.18", [PortSpec("http", 80, target_port=PORT)],
+                internal_traffic_policy="Local", endpoints=[ep(LOCAL_EP), ep(REMOTE_EP, local=False)]),
+    ServiceSpec("shop", "itp-remote", "198.19.0.19", [PortSpec("http", 80, target_port=PORT)],
+                internal_traffic_policy="Local", endpoints=[ep(REMOTE_EP, local=False)]),
     ServiceSpec("shop", "clash", "198.19.0.17", [PortSpec("http", 80, node_port=CLASH_PORT, target_port=PORT)],
                 type="NodePort", endpoints=[ep(B)]),
     ServiceSpec("shop", "web6", "fd00:198:19::a", [PortSpec("http", 80, target_port=PORT)],
@@ -242,6 +246,15 @@ def test_external_traffic_policy_local(node: Node) -> None:
     assert result.endpoint == (REMOTE_EP, PORT) and not outcome.masquerade
     result, outcome, _, _ = check(node, "node", NODE_IP, 30084)
     assert result.endpoint == (REMOTE_EP, PORT) and outcome.masquerade
+
+
+def test_internal_traffic_policy_local(node: Node) -> None:
+    for _ in range(3):  # only the node's own endpoint
+        result, _, trace, _ = check(node, "pod", "198.19.0.18", 80, CLIENT_POD)
+        assert result.endpoint == (LOCAL_EP, PORT)
+        assert [o.destination for o in trace.outcomes] == [f"{LOCAL_EP}:{PORT}"]
+    result, outcome, _, _ = check(node, "pod", "198.19.0.19", 80, CLIENT_POD)
+    assert result.outcome == "timeout" and outcome.verdict == "DROP"  # no local endpoint: @no-endpoint-services drop
 
 
 @pytest.mark.parametrize(("kind", "dst", "port"), [
