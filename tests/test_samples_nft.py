@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from bench import netns
 from bench.make_samples_nft import scenarios
 from bench.synth import ServiceSpec
 from iptrace import dataplanes
@@ -20,6 +19,7 @@ from iptrace.kube.analysis import analyse
 from iptrace.render.graph import render_dot, render_mermaid
 from iptrace.render.json import dumps
 from iptrace.render.services import render_services_text, view_to_json
+from tests.oracle.nft import requires_nft
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_dumps"
@@ -46,10 +46,8 @@ def test_every_sample_is_described() -> None:
 
 
 @pytest.mark.root
+@requires_nft()
 def test_samples_are_what_the_kernel_lists_today() -> None:
-    problem = netns.available()
-    if problem:
-        pytest.skip(problem)
     from bench.make_samples_nft import produce
 
     for sc in scenarios():

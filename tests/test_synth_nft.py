@@ -14,6 +14,7 @@ import pytest
 from bench import netns
 from bench.synth import EndpointSpec, PortSpec, ServiceSpec
 from bench.synth_nft import render_nft
+from tests.oracle.nft import requires_nft
 from tests.test_synth import fixture_services
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "kube-proxy-nft"
@@ -62,10 +63,8 @@ def _sorted_elements(listing: str) -> str:
 
 
 @pytest.mark.root
+@requires_nft()
 def test_the_kernel_lists_it_as_form_list() -> None:
-    problem = netns.available()
-    if problem:
-        pytest.skip(problem)
     for ipv6 in (False, True):
         services = SERVICES if not ipv6 else [ServiceSpec(
             "shop", "web6", "fd00:198:19::a", [PortSpec("http", 80, node_port=30080, target_port=8080)],

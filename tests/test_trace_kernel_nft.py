@@ -34,11 +34,11 @@ from bench.synth_nft import render_nft
 from iptrace import dataplanes
 from iptrace.dataplane import Outcome, Packet, Trace
 from iptrace.kube.analysis import Analysis, analyse
-from tests.oracle import CLIENT_IP, NODE_IP, ProbeResult, Topology, requires_root_netns
+from tests.oracle import CLIENT_IP, NODE_IP, ProbeResult, Topology
 from tests.oracle.netns import CLIENT_IP6, NODE_IP6
-from tests.oracle.nft import KernelStep, NftTracer, list_ruleset, load_nft, nft, restore_iptables_nft
+from tests.oracle.nft import KernelStep, NftTracer, list_ruleset, load_nft, nft, requires_nft, restore_iptables_nft
 
-pytestmark = [pytest.mark.root, requires_root_netns("nft")]
+pytestmark = [pytest.mark.root, requires_nft()]
 
 POD_CIDR, POD_CIDR6 = "198.18.128.0/17", "fd00:198:18:8000::/64"
 SERVICE_CIDRS = ["198.19.0.0/17", "fd00:198:19::/112"]

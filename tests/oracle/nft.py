@@ -13,7 +13,9 @@ delivers them in order. The oracle table is added after the ruleset is listed, s
 from __future__ import annotations
 
 import itertools
+import os
 import re
+import shutil
 import socket
 import subprocess
 import threading
@@ -22,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tests.oracle.netns import NODE_IP, OracleError, ProbeResult, Topology, _run, socket_in
+from tests.oracle.netns import NODE_IP, OracleError, ProbeResult, Topology, _run, oracle_unavailable, socket_in
 
 ORACLE_TABLE = "iptrace-oracle"
 _TRACE_TABLE = """table {family} iptrace-oracle {{
@@ -48,6 +50,18 @@ class KernelStep:
     chain: str
     rule: str
     verdict: str
+
+
+def requires_nft() -> Any:
+    """A pytest mark: skip when the oracle cannot run or `nft` is missing (an error under
+    IPTRACE_ORACLE_REQUIRED=1, as for requires_root_netns)."""
+    import pytest
+
+    reason = oracle_unavailable("nft") or (None if shutil.which("nft") else "nft is not installed "
+                                                                               "(apt-get install nftables)")
+    if reason and os.environ.get("IPTRACE_ORACLE_REQUIRED") == "1":
+        raise OracleError(f"IPTRACE_ORACLE_REQUIRED=1 but the nftables oracle cannot run: {reason}")
+    return pytest.mark.skipif(reason is not None, reason=reason or "")
 
 
 def load_nft(topo: Topology, text: str) -> None:
