@@ -1,6 +1,6 @@
 """One question looks only at what its address touches: `explain` builds the views of the Service ports its
 address, port and path meet, not the whole dump's. Its answers must equal those of the full analysis — for every
-sample and corpus dump, every way in (and a targetPort, a nodePort on the ClusterIP, a service port on the
+sample and corpus dump (iptables, and every form of every nftables fixture), every way in (and a targetPort, a nodePort on the ClusterIP, a service port on the
 node, an endpoint and a stranger) from every kind of client."""
 
 from __future__ import annotations
@@ -14,8 +14,12 @@ import pytest
 from iptrace.dataplane import HEALTH_CHECK
 from iptrace.explain import Explainer
 from iptrace.iptables import load
+from iptrace.nftables import load as load_nft
 from iptrace.render.explain import explain_to_json
 from tests.dumps import analysis
+from tests.nft_corpus import FIXTURES as NFT_FIXTURES
+from tests.nft_corpus import read as read_nft
+from tests.nft_corpus import texts as nft_texts
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = sorted((ROOT / "sample_dumps").glob("*.txt"))
@@ -52,14 +56,14 @@ def _answers(a: Any, questions: list[tuple[str, int, str]]) -> list[Any]:
     return [explain_to_json(explainer.explain(host, port, proto=proto)) for host, port, proto in questions]
 
 
-def check(ruleset: Any, node_ips: list[str]) -> None:
-    full = analysis(ruleset, node_ips=node_ips)
+def check(ruleset: Any, node_ips: list[str], family: str | None = None) -> None:
+    full = analysis(ruleset, node_ips=node_ips, family=family)
     questions = _questions(full)
     # The index of ways in (dispatch rules only) is what each port's full layout says.
     layout = full.layout
     for key in layout.keys:
         assert tuple(w for k, w in layout.ways if k == key) == layout.service_port(key).ways_in, key
-    lazy = analysis(ruleset, node_ips=node_ips)
+    lazy = analysis(ruleset, node_ips=node_ips, family=family)
     got = _answers(lazy, questions)
     assert len(lazy.views._ports) <= len(layout.keys)
     want = _answers(full, questions)  # `full` built its whole view above
@@ -84,6 +88,18 @@ def test_explain_on_kube_proxy_fixtures_answers_alike(path: Path) -> None:
     ruleset = load(fx["dump"], source=path.name)
     ips = [ip for ip in fx.get("node_ips") or [] if (":" in ip) == (ruleset.family == "ipv6")]
     check(ruleset, ips)
+
+
+NFT_CASES = [(f, form) for f in NFT_FIXTURES for form in nft_texts(read_nft(f))]
+
+
+@pytest.mark.skipif(not NFT_CASES, reason="kube-proxy nftables corpus not found (../shared/corpus/kube-proxy-nft)")
+@pytest.mark.parametrize(("path", "form"), NFT_CASES, ids=[f"{p.stem}-{form}" for p, form in NFT_CASES])
+def test_explain_on_kube_proxy_nft_fixtures_answers_alike(path: Path, form: str) -> None:
+    data = read_nft(path)
+    ruleset = load_nft(nft_texts(data)[form], source=path.name)
+    for family in ruleset.families:
+        check(ruleset, [ip for ip in data["node_ips"] if (":" in ip) == (family == "ipv6")], family)
 
 
 def test_one_question_builds_only_the_ports_it_meets() -> None:

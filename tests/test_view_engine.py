@@ -1,7 +1,8 @@
 """One engine per dataplane: the Service view's verdicts, endpoints, shares and masquerading are what a trace of
 a representative packet gives — for every way in of every Service port, every kind of client, every sample
-dump and every corpus dump. The traces here come from a *fresh* tracer with memoisation off, so the view's
-shared walks (chainmemo, memo) and its aggregation are checked against the plain walk."""
+dump and every corpus dump, iptables and nftables (every form of every nft fixture, every IP family). The traces
+here come from a *fresh* tracer with memoisation off, so the view's shared walks (chainmemo, memo; nftables'
+memo.py) and its aggregation are checked against the plain walk."""
 
 from __future__ import annotations
 
@@ -16,7 +17,13 @@ from iptrace.errors import IptraceError
 from iptrace.iptables import load
 from iptrace.iptables.walk import Tracer
 from iptrace.kube.view import EXTERNAL, KubeView, view_node_ips
+from iptrace.nftables import load as load_nft
+from iptrace.nftables.model import Ruleset as NftRuleset
+from iptrace.nftables.walk import Tracer as NftTracer
 from tests.dumps import analysis
+from tests.nft_corpus import FIXTURES as NFT_FIXTURES
+from tests.nft_corpus import read as read_nft
+from tests.nft_corpus import texts as nft_texts
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = sorted((ROOT / "sample_dumps").glob("*.txt"))
@@ -37,12 +44,19 @@ def _summary(trace: Trace) -> tuple[str, dict[str, float], bool]:
     return max(trace.outcomes, key=lambda o: o.probability).verdict, {}, False
 
 
-def check_view_against_traces(ruleset: Any, node_ips: list[str]) -> int:
+def fresh_tracer(ruleset: Any, node_ips: list[str], pod_cidrs: tuple[str, ...]) -> Any:
+    """A tracer of the ruleset's own dataplane with its sharing of walks (memo) off."""
+    if isinstance(ruleset, NftRuleset):
+        return NftTracer(ruleset, node_ips=node_ips, pod_cidrs=pod_cidrs, share=False)
+    return Tracer(ruleset, node_ips=node_ips, pod_cidrs=pod_cidrs, share=False)
+
+
+def check_view_against_traces(ruleset: Any, node_ips: list[str], family: str | None = None) -> int:
     """Every way in × kind of client of the view against a plain trace; returns how many were compared."""
-    a = analysis(ruleset, node_ips=node_ips)
+    a = analysis(ruleset, node_ips=node_ips, family=family)
     view: KubeView = a.view
     assert view.clients is not None or not view.services
-    fresh = Tracer(ruleset, node_ips=view_node_ips(a.layout, node_ips), pod_cidrs=a.layout.pod_cidrs, share=False)
+    fresh = fresh_tracer(ruleset, view_node_ips(a.layout, node_ips), a.layout.pod_cidrs)
     compared = 0
     for sp in view.services:
         for e in sp.entries:
@@ -114,3 +128,18 @@ def test_view_equals_traces_on_realworld_dumps(path: Path) -> None:
     except IptraceError:
         pytest.skip("not readable even leniently (tests/test_services.py checks the error)")
     check_view_against_traces(ruleset, [])
+
+
+NFT_CASES = [(f, form) for f in NFT_FIXTURES for form in nft_texts(read_nft(f))]
+
+
+@pytest.mark.skipif(not NFT_CASES, reason="kube-proxy nftables corpus not found (../shared/corpus/kube-proxy-nft)")
+@pytest.mark.parametrize(("path", "form"), NFT_CASES, ids=[f"{p.stem}-{form}" for p, form in NFT_CASES])
+def test_view_equals_traces_on_kube_proxy_nft_fixtures(path: Path, form: str) -> None:
+    data = read_nft(path)
+    ruleset = load_nft(nft_texts(data)[form], source=path.name)
+    compared = 0
+    for family in ruleset.families:
+        ips = [ip for ip in data["node_ips"] if (":" in ip) == (family == "ipv6")]
+        compared += check_view_against_traces(ruleset, ips, family)
+    assert compared or not any(analysis(ruleset, family=f).view.services for f in ruleset.families)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import click
 
 from iptrace.cli import EXIT_FINDINGS, main
 from iptrace.cli.common import (
+    analyses_of,
     analysis_of,
     analysis_options,
     batch,
@@ -75,6 +77,7 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
       iptrace services node1.txt -o svg > services.svg
     """
     batch()
+    from iptrace.errors import InputError
     from iptrace.kube.select import select
     from iptrace.render.graph import render_dot, render_mermaid
     from iptrace.render.services import render_services_text, services_to_json
@@ -82,12 +85,24 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
     if service is not None and "/" not in service:
         raise click.BadParameter(f"{service!r}: expected NS/NAME, e.g. default/kubernetes", param_hint="--service")
     cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
-    analysis = analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table)
-    full = analysis.view
-    view = select(full, namespace=namespace, service=service, address=address, source=analysis.ruleset.source)
-    findings = _cluster_findings(analysis, cluster, dump, view) if cluster is not None else []
+    # One view per IP family kube-proxy programs (an nftables ruleset of a dual-stack node has both).
+    pairs = []
+    errors = []
+    for analysis in analyses_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table):
+        try:
+            pairs.append((analysis, select(analysis.view, namespace=namespace, service=service, address=address,
+                                           source=analysis.ruleset.source)))
+        except InputError as exc:  # a filter that matches only in the other family
+            errors.append(exc)
+    if not pairs:
+        raise errors[0]
+    if len(pairs) > 1 and output not in ("text", "json"):
+        first = pairs[0][1]
+        pairs = [(pairs[0][0], replace(first, services=tuple(s for _, v in pairs for s in v.services),
+                                       chain_labels={k: lab for _, v in pairs for k, lab in v.chain_labels.items()}))]
+    findings = [f for a, v in pairs for f in (_cluster_findings(a, cluster, dump, v) if cluster is not None else [])]
     if output == "json":
-        data = services_to_json(view, cluster)
+        data = [item for _, v in pairs for item in services_to_json(v, cluster)]
         if cluster is not None:
             by_label: dict[str, list[Any]] = {}
             for f in findings:
@@ -101,13 +116,13 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
                            f"itself; see `iptrace audit {dump} --cluster …`", err=True)
         emit_json(data)
     elif output == "dot":
-        click.echo(render_dot(view), nl=False)
+        click.echo(render_dot(pairs[0][1]), nl=False)
     elif output == "svg":
-        click.echo(_render_svg(render_dot(view)), nl=False)
+        click.echo(_render_svg(render_dot(pairs[0][1])), nl=False)
     elif output == "mermaid":
-        click.echo(render_mermaid(view), nl=False)
+        click.echo(render_mermaid(pairs[0][1]), nl=False)
     else:
-        click.echo(render_services_text(view, cluster), nl=False)
+        click.echo("\n".join(render_services_text(v, cluster) for _, v in pairs), nl=False)
         if cluster is not None:
             from iptrace.render.audit import render_findings_lines
 

@@ -68,6 +68,22 @@ def analysis_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = Non
     return analyse(dataplane, ruleset, family, node_ips=list(node_ips) or collected, cluster=cluster)
 
 
+def analyses_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = None, lenient: bool = False,
+                table: str | None = None) -> list[Any]:
+    """DUMP analysed for every IP family kube-proxy has rules for in it (an nftables ruleset holds `ip` and `ip6`
+    kube-proxy tables on a dual-stack node); the first family alone when none has."""
+    from iptrace.kube.analysis import analyse
+
+    dataplane, ruleset, collected = load_dump(dump, lenient=lenient, table=table)
+    ips = list(node_ips) or collected
+    found = []
+    for family in ruleset.families:
+        a = analyse(dataplane, ruleset, family, node_ips=ips, cluster=cluster)
+        if a.layout.proxy.has_rules:
+            found.append(a)
+    return found or [analyse(dataplane, ruleset, ruleset.families[0], node_ips=ips, cluster=cluster)]
+
+
 _NODE_FORMS = "[user@]host[:port] or a Host alias of ~/.ssh/config"
 
 

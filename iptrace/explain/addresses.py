@@ -10,7 +10,7 @@ from typing import Any
 from iptrace.dataplane import join_host_port
 from iptrace.explain.diagnosis import Diagnosis, Suggestion
 from iptrace.explain.facts import Case, label
-from iptrace.explain.phrases import fate, ports_text, service_name, unclaimed_answer, use_instead
+from iptrace.explain.phrases import fate, kube_refusal, ports_text, service_name, use_instead
 
 
 def _who_can(kind: str) -> str:
@@ -230,6 +230,15 @@ def not_a_service_address(case: Case) -> Diagnosis | None:
                                                f"; directly, use {join_host_port(dst, ports[0])}"),
             (), instead)
     nearby = facts.near_service_range(dst)
+    if kube_refusal(case) == "unallocated":
+        dropped = next((s for o in case.failed if (s := case.decided_step(o)) is not None), None)
+        return Diagnosis(
+            "not-a-service-address", "error", f"no Service has the address {dst}, so kube-proxy drops the packet",
+            hint + f"{dst} is inside the service CIDR but no Service has it: the Service was deleted or not yet "
+            "synced to this node, it lives in another cluster, or the address is mistyped. " + fate(case, "ClusterIP"),
+            "look the Service up again (`kubectl get svc -A -o wide`) and use its current ClusterIP; "
+            "--cluster or --kubeconfig compares the rules with the API",
+            facts.evidence([dropped.line]) if dropped is not None and dropped.line else ())
     if nearby:
         detail = (f"{dst} looks like a ClusterIP (this node's Service IPs are in {nearby}), but no rule names it: "
                   "the Service was deleted or not yet synced to this node, it lives in another cluster, or the "
@@ -237,7 +246,7 @@ def not_a_service_address(case: Case) -> Diagnosis | None:
     else:
         detail = (f"{dst} appears in no kube-proxy rule: it is no ClusterIP, externalIP or LoadBalancer IP this "
                   "node knows, nor an endpoint (another cluster? a stale DNS answer? an address outside "
-                  "Kubernetes?). " + (unclaimed_answer(case) or "kube-proxy leaves the packet alone."))
+                  "Kubernetes?). kube-proxy leaves the packet alone.")
     return Diagnosis(
         "not-a-service-address", "error" if nearby else "warning", f"no Service on this node has the address {dst}",
         hint + detail,

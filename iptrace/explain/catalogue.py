@@ -212,7 +212,7 @@ def blocked_by_rule(case: Case) -> Diagnosis | None:
         d = outcome.decided_by
         step = case.decided_step(outcome)
         if step is not None and step.kind in ("invalid-port", "unallocated"):
-            continue  # kube-proxy's own answer in nftables mode (cluster-ips-check), said by the address diagnoses
+            continue  # kube-proxy's own answer for the address (nftables mode): the address diagnoses say it
         rewritten = outcome.final_destination and outcome.final_destination != outcome.original_destination
         after = f" after it was sent to {outcome.final_destination}" if rewritten else ""
         refused = "the client gets 'connection refused'" if outcome.verdict == "REJECT" else \

@@ -104,6 +104,7 @@ class Facts:
         self.pod_nets = tuple(pod_nets)
         self._listing: str | None = None
         self._by_line: dict[int, str] | None = None
+        self._by_name: dict[str | None, str] | None = None
         self.has_cluster = False
         # With cluster data: compare_with_cluster's findings by service port label, and which labels own an
         # address or a nodePort in the API (a Service missing from the rules is known only there).
@@ -189,7 +190,7 @@ class Facts:
             text = self.analysis.ruleset.line_text(line)
             if text is None:
                 continue
-            out.append(Evidence(line, text))
+            out.append(Evidence(line, text.strip()))  # (a line of an nft listing is indented)
             if len(out) >= limit:
                 break
         return tuple(out)
@@ -211,7 +212,13 @@ class Facts:
             return found
         if self._by_line is None:
             self._by_line = {line: key for key, way in self._layout.ways for line in way.lines}
-        key = self._by_line.get(step.line)
+        key = self._by_line.get(step.line) if step.line else None
+        if key is None and step.service:  # a map element of nft JSON input: no line, its Service port named
+            if self._by_name is None:
+                self._by_name = {}
+                for k in self._layout.keys:
+                    self._by_name.setdefault(self._layout.service_port(k).name, k)
+            key = self._by_name.get(step.service)
         return [self.analysis.port_view(key)] if key is not None else []
 
     def is_node_address(self, ip: str) -> bool:

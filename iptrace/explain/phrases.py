@@ -58,26 +58,26 @@ def wait(proto: str) -> str:
     return "no answer ever comes back" if proto == "udp" else "the connection hangs until it times out"
 
 
-def unclaimed_answer(case: Case) -> str | None:
-    """kube-proxy's nftables mode answers what no Service claims (cluster-ips-check), iptables mode does not:
-    the sentence that says so, or None."""
-    verdicts = case.trace.verdicts
-    kinds = {getattr(case.decided_step(o), "kind", "") for o in case.trace.outcomes}
-    if verdicts == {"REJECT"} and kinds == {"invalid-port"}:
-        return ("kube-proxy's nftables rules reject it (a ClusterIP on a port it does not serve): the client gets "
-                "'connection refused' at once, where in iptables mode it would hang.")
-    if verdicts == {"DROP"} and kinds == {"unallocated"}:
-        return (f"kube-proxy's nftables rules drop it (an address of the service CIDR that no Service has): "
-                f"{wait(case.proto)}.")
+def kube_refusal(case: Case) -> str | None:
+    """"invalid-port" or "unallocated" when kube-proxy's own rules refused the packet for its address (nftables
+    mode's cluster-ips-check), else None."""
+    for outcome in case.failed:
+        step = case.decided_step(outcome)
+        if step is not None and step.kind in ("invalid-port", "unallocated"):
+            return step.kind
     return None
 
 
 def fate(case: Case, kind: str) -> str:
-    """What becomes of a packet that kube-proxy left alone, as a sentence."""
+    """What becomes of a packet that kube-proxy did not send to a Service, as a sentence."""
     verdicts = case.trace.verdicts
-    answer = unclaimed_answer(case)
-    if answer is not None:
-        return answer
+    refusal = kube_refusal(case)
+    if refusal == "invalid-port":
+        return ("In nftables mode kube-proxy rejects it itself (cluster-ips-check: a ClusterIP answers only on "
+                "its Service's ports and protocols), so the client gets 'connection refused' at once, not a hang.")
+    if refusal == "unallocated":
+        return (f"In nftables mode kube-proxy drops it itself (cluster-ips-check: no Service has this address of "
+                f"the service CIDR), so {wait(case.proto)}.")
     if verdicts == {"REJECT"}:
         return "A later rule, not kube-proxy's, rejects it (connection refused)."
     if verdicts == {"DROP"}:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from iptrace.dataplane import ProxyMode
 from iptrace.nftables.model import Nat, Ruleset, Table
-from iptrace.nftables.names import KUBE_PROXY_TABLE
+from iptrace.nftables.names import KUBE_PROXY_TABLE, split_chain
 
 DNAT_IN_SERVICE = "DNAT-in-service-chain layout"
 INLINE_MASQ = "inline-masquerade layout"
@@ -31,12 +31,13 @@ def kube_table(ruleset: Ruleset, family: str) -> Table | None:
 def _dnats_in_service_chains(table: Table) -> bool | None:
     """Whether service chains DNAT themselves (True), jump to endpoint chains (False) or say nothing (None)."""
     for chain in table.chains:
-        if not chain.name.startswith(("service-", "local-", "svc-")):
+        split = split_chain(chain.name) if chain.name.startswith(("service-", "local-", "svc-")) else None
+        if split is None:
             continue
         for rule in chain.rules:
             if "dnat" in rule.text:
                 return any(isinstance(i, Nat) and i.kind == "dnat" for i in rule.items)
-            if "endpoint-" in rule.text:
+            if "goto endpoint-" in rule.text or "jump endpoint-" in rule.text:
                 return False
     return None
 

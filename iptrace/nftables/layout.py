@@ -144,8 +144,10 @@ class _Reader:
             g.identity = identity
         return g
 
-    def line(self, s: Set, element: Any) -> int:
-        return self.ports.element_line(s, element)
+    def lines(self, s: Set, element: Any) -> tuple[int, ...]:
+        """The element's input line as evidence (none for JSON input)."""
+        line = self.ports.element_line(s, element)
+        return (line,) if line else ()
 
     def read_ways(self) -> None:
         s, elements = _elements(self.table, SERVICE_IPS)
@@ -168,7 +170,7 @@ class _Reader:
             else:
                 seed = g.seed(CLUSTER_IP, addr, port, proto)
             seed.chain = seed.chain or target
-            seed.lines.append(self.line(s, e))  # type: ignore[arg-type]
+            seed.lines.extend(self.lines(s, e))  # type: ignore[arg-type]
         s, elements = _elements(self.table, SERVICE_NODEPORTS)
         for e in elements:
             if not isinstance(e.key, tuple) or len(e.key) != 2 or not isinstance(e.data, Verdict):
@@ -179,7 +181,7 @@ class _Reader:
                 continue
             seed = g.seed(NODE_PORT, None, int(port), str(proto))
             seed.chain = seed.chain or (e.data.target or "")
-            seed.lines.append(self.line(s, e))  # type: ignore[arg-type]
+            seed.lines.extend(self.lines(s, e))  # type: ignore[arg-type]
         s, elements = _elements(self.table, FIREWALL_IPS)
         for e in elements:
             addr, proto, port = _triple(e.key)
@@ -188,7 +190,7 @@ class _Reader:
             if g is None or addr is None:
                 continue
             seed = g.seed(LOAD_BALANCER, addr, port, proto)
-            seed.lines.append(self.line(s, e))  # type: ignore[arg-type]
+            seed.lines.extend(self.lines(s, e))  # type: ignore[arg-type]
         for name in (NO_ENDPOINT_SERVICES, NO_ENDPOINT_NODEPORTS):
             s, elements = _elements(self.table, name)
             for e in elements:
@@ -205,8 +207,8 @@ class _Reader:
                 return
         verdict = e.data.kind if isinstance(e.data, Verdict) else ""
         g = self.group_of_name(e.comment, str(proto), addr, int(port))
-        line = self.line(s, e)
-        g.lines.add(line)
+        line = self.lines(s, e)
+        g.lines.update(line)
         if self.cluster_ips is not None:
             cluster = not node_port and addr in self.cluster_ips
         else:  # no @cluster-ips (a hand-written or partial ruleset): the first address of the port is the ClusterIP
@@ -227,7 +229,7 @@ class _Reader:
             known_kinds = [k for (k, a, p, pr) in g.seeds if a == addr and p == port and pr == proto]
             kind = known_kinds[0] if known_kinds else (LOAD_BALANCER if addr in self.firewalled else EXTERNAL_IP)
         seed = g.seed(kind, addr, int(port), str(proto))
-        seed.lines.append(line)
+        seed.lines.extend(line)
         if kind == EXTERNAL_IP and not any(SAME_RULE_NOTE == n for n in seed.notes):
             seed.notes.append(SAME_RULE_NOTE)
         if kind == CLUSTER_IP and self.cluster_ips is None:

@@ -242,9 +242,11 @@ def _entry_label(e: EntryView) -> str:
 
 
 def _role(chain: str) -> str:
-    """A Service port's chain without its hash: KUBE-EXT-<hash> → KUBE-EXT; nftables mode's
-    external-<hash>-ns/svc/tcp/port → external (its readable part holds '-' and '/' of its own)."""
-    return chain.split("-", 1)[0] if "/" in chain else chain.rsplit("-", 1)[0]
+    """A chain without the part it shares with the chain that balances: `KUBE-EXT-…` → `KUBE-EXT`; nftables
+    mode's `external-SX2ZK5HK-default/fb-backends/tcp/ka-port` → `external-SX2ZK5HK`."""
+    if "/" in chain:
+        return "-".join(chain.split("-", 2)[:2])
+    return chain.rsplit("-", 1)[0]
 
 
 def _verdict_text(s: ServicePortView, verdict: str) -> str:

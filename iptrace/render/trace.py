@@ -16,7 +16,11 @@ def _pct(p: float) -> str:
 
 
 def _step(step: Step, indent: str) -> str:
-    return f"{indent}{step.table:<6} {step.chain:<28} line {step.line:<6} {step.rule}"
+    if step.line or step.handle is None:
+        where = f"line {step.line or '-':<6}"
+    else:  # nft JSON input: no lines, the kernel's rule handle
+        where = f"handle {step.handle:<4}"
+    return f"{indent}{step.table:<6} {step.chain:<28} {where} {step.rule}"
 
 
 def _outcome_line(o: Outcome) -> str:
