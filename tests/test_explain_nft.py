@@ -30,8 +30,8 @@ def test_the_target_port_on_the_cluster_ip_is_refused_by_kube_proxy() -> None:
     assert code == 3
     assert text.startswith("10.101.234.168:8001/tcp is refused")
     assert "[target-port-on-service-ip, error]" in text and "blocked-by-rule" not in text
-    assert "kube-proxy's nftables rules reject it (a ClusterIP on a port it does not serve)" in text
-    assert "where in iptables mode it would hang" in text and "not kube-proxy's" not in text
+    assert "In nftables mode kube-proxy rejects it itself (cluster-ips-check" in text
+    assert "'connection refused' at once, not a hang" in text and "not kube-proxy's" not in text
     code, out = explain("--dst", "10.101.234.168:8001", "--src", "pod", "-o", "json")
     doc = json.loads(out)
     assert [d["id"] for d in doc["diagnoses"]] == ["target-port-on-service-ip"]
@@ -42,7 +42,7 @@ def test_the_target_port_on_the_cluster_ip_is_refused_by_kube_proxy() -> None:
 def test_an_unallocated_service_address_is_dropped_by_kube_proxy() -> None:
     code, text = explain("--dst", "10.96.0.99:80", "--src", "external")
     assert code == 3 and "[not-a-service-address, error]" in text and "blocked-by-rule" not in text
-    assert "kube-proxy's nftables rules drop it (an address of the service CIDR that no Service has)" in text
+    assert "In nftables mode kube-proxy drops it itself (cluster-ips-check" in text
 
 
 def test_the_readmes_nftables_tour_is_what_iptrace_prints(monkeypatch: pytest.MonkeyPatch) -> None:
