@@ -3,6 +3,7 @@
     python3 -m bench.run                 # all figures at SPEC scale (5,000 services x 10 endpoints)
     python3 -m bench.run --only parse    # one figure
     python3 -m bench.run --only nft-parse  # kube-proxy's nftables mode, as `nft list ruleset` prints it
+    python3 -m bench.run --only nft-services --only nft-trace  # the same ruleset: services, one trace
     python3 -m bench.run --scale 1000    # smaller, for a quick look
 
 It synthesizes kube-proxy dumps itself (bench.synth, current layout, comments on) and runs each figure in a
@@ -108,6 +109,70 @@ def figure_nft_parse(dump: Path) -> dict[str, Any]:
             "ratio": round(seconds / base, 2), "peak_rss_mb": round(peak_rss_mb())}
 
 
+def _cpu_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def baseline_cpu(text: str) -> float:
+    """The tokenizer baseline in CPU seconds (the machine is shared: wall time is noisy)."""
+    start = time.process_time()
+    baseline_seconds(text)
+    return time.process_time() - start
+
+
+def figure_nft_services(dump: Path) -> dict[str, Any]:
+    """`iptrace services NFT_LISTING -o json` end to end in a fresh process: its CPU time (and wall time) against
+    the tokenizer baseline of the same text measured alongside, and its peak memory against the file's size."""
+    text = dump.read_text()
+    bases, cpus, walls = [], [], []
+    out_size = 0
+    for _ in range(2):
+        bases.append(baseline_cpu(text))
+        before = _cpu_children()
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "iptrace", "services", str(dump), "-o", "json"],
+                              cwd=ROOT, capture_output=True, check=True)
+        walls.append(time.perf_counter() - start)
+        cpus.append(_cpu_children() - before)
+        out_size = len(done.stdout)
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    size_mb = dump.stat().st_size / 1e6
+    base, cpu = min(bases), min(cpus)
+    return {"services": len(json.loads(done.stdout)), "json_mb": round(out_size / 1e6, 1),
+            "cpu_s": round(cpu, 3), "wall_s": round(min(walls), 3), "baseline_cpu_s": round(base, 3),
+            "ratio": round(cpu / base, 2), "peak_rss_mb": round(rss), "rss_over_dump": round(rss / size_mb, 1)}
+
+
+def figure_nft_trace(dump: Path) -> dict[str, Any]:
+    """One trace after load (CPU milliseconds): ClusterIPs of the nftables listing from a pod, each traced by a
+    tracer that has not met that Service port yet (the first trace of a port compiles its chains) and again."""
+    import gc
+
+    gc.disable()  # as every analysis command of the CLI runs (iptrace.cli.common.batch)
+    from iptrace.dataplane import Packet
+    from iptrace.kube.view import chain_labels
+    from iptrace.nftables import DATAPLANE, load_path
+
+    ruleset = load_path(dump)
+    layout = DATAPLANE.layout(ruleset, "ipv4")
+    tracer = DATAPLANE.tracer(ruleset, node_ips=["192.168.0.10"], names=chain_labels(layout))
+    targets = [(w.address, w.port, w.protocol) for _k, w in layout.ways if w.kind == "clusterIP"]
+    src = "10.244.3.7"
+    tracer.trace(Packet(src, *targets[-1]))  # warm-up: the dispatch chains
+    sample = targets[:: max(1, len(targets) // 300)]
+    start = time.process_time()
+    for ip, port, proto in sample:
+        tracer.trace(Packet(src, ip, port, proto))
+    first_ms = (time.process_time() - start) / len(sample) * 1000
+    start = time.process_time()
+    for ip, port, proto in sample:
+        tracer.trace(Packet(src, ip, port, proto))
+    again_ms = (time.process_time() - start) / len(sample) * 1000
+    return {"cluster_ips": len(targets), "sampled": len(sample), "first_trace_ms": round(first_ms, 3),
+            "again_trace_ms": round(again_ms, 3)}
+
+
 def figure_services(dump: Path) -> dict[str, Any]:
     """`iptrace services DUMP -o json` end to end: a fresh process, its wall time and its peak memory."""
     best = float("inf")
@@ -190,7 +255,8 @@ def figure_conntrack(dump: Path) -> dict[str, Any]:
 
 
 FIGURES = {"parse": figure_parse, "services": figure_services, "trace": figure_trace, "explain": figure_explain,
-           "conntrack": figure_conntrack, "nft-parse": figure_nft_parse}
+           "conntrack": figure_conntrack, "nft-parse": figure_nft_parse, "nft-services": figure_nft_services,
+           "nft-trace": figure_nft_trace}
 
 
 def run_figure(name: str, dump: Path) -> dict[str, Any]:
@@ -249,6 +315,7 @@ def main() -> None:
     print()
     rows = []
     p, s, t, e, np = (report.get(k, {}) for k in ("parse", "services", "trace", "explain", "nft-parse"))
+    ns, nt = report.get("nft-services", {}), report.get("nft-trace", {})
     if "parse_s" in p:
         rows.append(("parse to model", f"{p['parse_s']} s, {p['ratio']}x baseline", "<= 2 s, <= 3x",
                      verdict(p["parse_s"], 2) if p["ratio"] <= 3 else "OVER"))
@@ -270,6 +337,14 @@ def main() -> None:
     if "parse_s" in np:
         rows.append(("nft listing parse", f"{np['parse_s']} s, {np['ratio']}x baseline", "<= 3.5x",
                      verdict(np["ratio"], 3.5)))
+    if "cpu_s" in ns:
+        rows.append(("nft services end to end", f"{ns['cpu_s']} s CPU, {ns['ratio']}x baseline", "<= 6x",
+                     verdict(ns["ratio"], 6)))
+        rows.append(("nft services peak memory", f"{ns['rss_over_dump']}x file", "<= 15x",
+                     verdict(ns["rss_over_dump"], 15)))
+    if "first_trace_ms" in nt:
+        rows.append(("nft one trace after load", f"{nt['first_trace_ms']} ms ({nt['again_trace_ms']} again)",
+                     "<= 1 ms", verdict(nt["first_trace_ms"], 1)))
     g = report.get("growth", {})
     if "ratio_2x" in g:
         rows.append(("2x services, parse time", f"{g['ratio_2x']}x", "<= 2.2x", verdict(g["ratio_2x"], 2.2)))

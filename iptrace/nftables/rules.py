@@ -13,7 +13,17 @@ from collections.abc import Callable
 from typing import Any
 
 from iptrace.dataplane import Decision
-from iptrace.nftables.evaluate import NA, Context, Definite, Test, Unknown, compile_match, forks, getter
+from iptrace.nftables.evaluate import (
+    NA,
+    Context,
+    Definite,
+    Test,
+    Unknown,
+    address_equals,
+    compile_match,
+    forks,
+    getter,
+)
 from iptrace.nftables.model import (
     Concat,
     Counter,
@@ -46,6 +56,7 @@ from iptrace.nftables.state import State
 TEST, VMAP, VERDICT, REJECT, NAT, MANGLE, UPDATE, NOTE, FAIL, QUEUE, NOTRACK, FORK = range(12)
 
 Named = Callable[[str], tuple[SetIndex | None, str | None]]
+_SHAREABLE = frozenset({TEST, VMAP, VERDICT, REJECT, MANGLE})  # operations whose code names no rule
 
 
 class CompiledRule:
@@ -69,24 +80,44 @@ class CompiledRule:
 
 
 def compile_rule(rule: Rule, index: int, decision: Decision, where: str, ctx: Context, named: Named,
-                 family: str) -> CompiledRule:
+                 family: str, shared: dict[Any, Any] | None = None) -> CompiledRule:
+    """`shared`: what items equal to an earlier rule's compiled to, in the same table (`meta l4proto tcp`,
+    `jump mark-for-masquerade`, a map look-up): reused, for items whose code names no rule (no assumption)."""
     items = rule.items
     tests: list[Definite] = []
     assumed: list[Test] = []
+    cache = shared if shared is not None else {}
     k = 0
     n = len(items)
     while k < n and type(items[k]) is Match:
-        if forks(items[k]):
-            break
-        definite, test = compile_match(items[k], ctx, where, named)
+        item = items[k]
+        definite = address_equals(item)  # one address: compiled at once, never shared (each rule has its own)
         if definite is not None:
             tests.append(definite)
-        else:
-            assumed.append(test)  # type: ignore[arg-type]
+            k += 1
+            continue
+        definite = cache.get(item)
+        if definite is None:
+            if forks(item):
+                break
+            definite, test = compile_match(item, ctx, where, named)
+            if definite is None:
+                assumed.append(test)  # type: ignore[arg-type]
+                k += 1
+                continue
+            cache[item] = definite
+        tests.append(definite)
         k += 1
-    ops = [_op(item, ctx, where, named, family) for item in items[k:]]
-    return CompiledRule(rule, index, decision, where, tuple(tests), tuple(assumed),
-                        tuple(op for op in ops if op is not None))
+    ops = []
+    for item in items[k:]:
+        op = cache.get(item)
+        if op is None:
+            op = _op(item, ctx, where, named, family)
+            if op is not None and op[0] in _SHAREABLE and (op[0] != TEST or op[1] is not None):
+                cache[item] = op
+        if op is not None:
+            ops.append(op)
+    return CompiledRule(rule, index, decision, where, tuple(tests), tuple(assumed), tuple(ops))
 
 
 def _op(item: Any, ctx: Context, where: str, named: Named, family: str) -> tuple[Any, ...] | None:
