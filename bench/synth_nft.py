@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -175,9 +174,7 @@ def _service_port(t: _Table, sp: _ServicePort, ipx: str, pod_cidr: str | None, m
         sources = list(sp.source_ranges)
         if node_ip is not None and any(_contains(r, node_ip) for r in sp.source_ranges):
             sources += sp.lb_ips
-        # The kernel keeps an anonymous interval set sorted by address.
-        ordered = sorted(sources, key=lambda r: ipaddress.ip_network(r, strict=False).network_address)
-        listed = sources[0] if len(sources) == 1 else "{ " + ", ".join(ordered) + " }"
+        listed = sources[0] if len(sources) == 1 else "{ " + ", ".join(sources) + " }"
         t.rule(fw_chain, f"{ipx} saddr != {{ {', '.join(sources)} }} drop", f"{ipx} saddr != {listed} drop")
     for ip in sp.lb_ips:
         if has_any:
@@ -228,6 +225,8 @@ def _service_port(t: _Table, sp: _ServicePort, ipx: str, pod_cidr: str | None, m
 
 
 def _contains(cidr: str, ip: str) -> bool:
+    import ipaddress
+
     return ipaddress.ip_address(ip) in ipaddress.ip_network(cidr, strict=False)
 
 

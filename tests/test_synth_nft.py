@@ -55,11 +55,12 @@ SERVICES = [
 
 
 def _sorted_elements(listing: str) -> str:
-    """The listing with each `elements = { … }` block's items sorted (the kernel orders them by hash)."""
+    """The listing with the items of each `elements = { … }` block and of each anonymous set sorted: the kernel
+    orders a set's elements its own way (by hash, or by address for an interval set)."""
     def sort(match: re.Match[str]) -> str:
-        items = sorted(i.strip() for i in match.group(1).split(",\n") for i in i.split(", ") if i.strip())
-        return "elements = { " + ", ".join(items) + " }"
-    return re.sub(r"elements = \{ (.*?) \}", sort, listing, flags=re.S)
+        items = sorted(i.strip() for i in match.group(2).split(",\n") for i in i.split(", ") if i.strip())
+        return match.group(1) + "{ " + ", ".join(items) + " }"
+    return re.sub(r"(elements = |!= |saddr |daddr )\{ (.*?) \}", sort, listing, flags=re.S)
 
 
 @pytest.mark.root
