@@ -532,6 +532,9 @@ def describe(sc: Scenario) -> dict[str, Any]:
     }
 
 
+_HAND_WRITTEN = "Conntrack tables ("
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("sample_dumps"))
@@ -541,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"cannot make samples: {problem}", file=sys.stderr)
         return 1
+    from bench import make_samples_nft
+
     args.out.mkdir(parents=True, exist_ok=True)
     all_scenarios = scenarios()
     for sc in all_scenarios:
@@ -548,8 +553,14 @@ def main(argv: list[str] | None = None) -> int:
             continue
         (args.out / sc.file).write_text(produce(sc))
         print(f"wrote {args.out / sc.file}")
-    (args.out / "scenarios.json").write_text(
-        json.dumps({sc.file: describe(sc) for sc in all_scenarios}, indent=2) + "\n")
+    nft_scenarios = make_samples_nft.scenarios()
+    nft_names = {n for sc in nft_scenarios for n in (sc.file, sc.json_twin) if n}
+    if not args.names or nft_names & set(args.names):
+        for path in make_samples_nft.write(args.out, [n for n in args.names if n in nft_names] or None):
+            print(f"wrote {path}")
+    described = {sc.file: describe(sc) for sc in all_scenarios}
+    described |= {sc.file: make_samples_nft.describe(sc) for sc in nft_scenarios}
+    (args.out / "scenarios.json").write_text(json.dumps(described, indent=2) + "\n")
     readme = ["# Sample dumps", "",
               "Complete `iptables-nft-save` output of simulated nodes, one scenario per file. Each was rendered "
               "by `bench/synth.py` (a faithful model of kube-proxy's `syncProxyRules`), loaded into a fresh "
@@ -557,7 +568,11 @@ def main(argv: list[str] | None = None) -> int:
               "kernel's. `scenarios.json` lists the Services, endpoints, node addresses and pod CIDR each file "
               "was generated from. Regenerate (as root) with `python -m bench.make_samples`.", ""]
     readme += [f"- `{sc.file}` — {sc.description}" for sc in all_scenarios]
-    (args.out / "README.md").write_text("\n".join(readme) + "\n")
+    readme += ["", *make_samples_nft.readme_lines(nft_scenarios)]
+    # Sections written by hand (the conntrack tables) follow the generated lists and are kept as they are.
+    old = (args.out / "README.md").read_text() if (args.out / "README.md").exists() else ""
+    kept = old[old.index(_HAND_WRITTEN):] if _HAND_WRITTEN in old else ""
+    (args.out / "README.md").write_text("\n".join(readme) + "\n" + ("\n" + kept if kept else ""))
     return 0
 
 

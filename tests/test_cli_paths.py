@@ -24,6 +24,8 @@ def run(args: list[str]):
     (["audit", "snap/"], "Error: snap/: no such file or directory\n"),
     (["audit", "node1.txt"], "Error: node1.txt: no such file or directory\n"),
     (["audit", "node1.txt.gz", "-o", "json"], "Error: node1.txt.gz: no such file or directory\n"),
+    (["audit", "node1.nft"], "Error: node1.nft: no such file or directory\n"),
+    (["audit", "ruleset.json"], "Error: ruleset.json: no such file or directory\n"),
     (["audit", FB, "/no/such/dir"], "Error: /no/such/dir: no such file or directory\n"),
     (["collect", "/no/such/dir", "--out", "out"],
      f"Error: /no/such/dir: no such file or directory; collect takes nodes ({NODE_FORMS})\n"),

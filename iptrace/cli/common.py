@@ -93,7 +93,7 @@ _NODE_FORMS = "[user@]host[:port] or a Host alias of ~/.ssh/config"
 
 def looks_like_path(arg: str) -> bool:
     """An argument meant as a file or directory, never as a node: it has a '/' or a dump file's suffix."""
-    return "/" in arg or arg.endswith((".txt", ".gz"))
+    return "/" in arg or arg.endswith((".txt", ".gz", ".nft", ".json"))
 
 
 def split_sources(sources: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -356,27 +356,34 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
 @click.option("--kubeconfig", type=click.Path(dir_okay=False),
               help="Read the Services/EndpointSlices live (read-only) instead of --cluster.")
 @click.option("--context", help="kubeconfig context to use with --kubeconfig.")
+@click.option("--node-ip", "node_ips", multiple=True, callback=check_ip, metavar="IP",
+              help="The node's own address (repeatable), for both sides; a collected node directory's own "
+                   "addresses otherwise.")
 @namespace_option
 @lenient_option
 @table_option
 def diff(a: str, b: str, output: str, cluster_files: tuple[str, ...], kubeconfig: str | None, context: str | None,
-         namespace: str | None, lenient: bool, table: str | None) -> None:
+         node_ips: tuple[str, ...], namespace: str | None, lenient: bool, table: str | None) -> None:
     """Service-level difference between two dumps (or two nodes of a collection).
 
-    Services added or removed, endpoints and ports changed, and rules changed outside kube-proxy's chains.
+    Services added or removed, endpoints and ports changed, how each kind of client fares through each way in,
+    and rules changed outside kube-proxy's chains. Given an iptables dump and an nft ruleset of the same node,
+    it is the migration check: "equivalent" when both modes forward every Service port alike, with notes on
+    what one mode cannot show.
 
     \b
     Examples:
       iptrace diff before.txt after.txt
-      iptrace diff snap/node1 snap/node2 -o json | jq '.services'
+      iptrace diff snap/node1 snap/node2 -o json | jq '.services_changed'
+      iptrace diff iptables-save.txt nft-ruleset.txt --node-ip 192.168.49.2
     """
     batch()
     from iptrace.kube.diff import diff as run_diff
     from iptrace.render.audit import diff_to_json, render_diff_text
 
     cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
-    left = analysis_of(a, cluster=cluster, lenient=lenient, table=table)
-    right = analysis_of(b, cluster=cluster, lenient=lenient, table=table)
+    left = analysis_of(a, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table)
+    right = analysis_of(b, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table)
     result = run_diff(left, right)
     if output == "json":
         emit_json(diff_to_json(result))

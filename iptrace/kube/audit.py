@@ -37,6 +37,9 @@ from iptrace.kube.compare import (
 )
 from iptrace.kube.view import KubeView, ServicePortView
 
+# A node whose kube-proxy runs in another proxy mode than the others' (a fleet migrating to nftables mode).
+PROXY_MODE_MISMATCH = "proxy-mode-mismatch"
+
 
 @dataclass(frozen=True, slots=True)
 class NodeInput:
@@ -188,7 +191,7 @@ def audit(nodes: Sequence[NodeInput], cluster: ClusterState | None = None) -> Au
                 _peer_compare(members, family)
     for s in proxied:
         findings.extend(s.findings)
-    skewed = {f.node for f in findings if f.id == ERA_MISMATCH}
+    skewed = {f.node: f.id for f in findings if f.id in (ERA_MISMATCH, PROXY_MODE_MISMATCH) and f.node}
     findings.extend(_stale_summaries(proxied, skewed))
     findings.sort(key=lambda f: f.sort_key)
     summaries = []
@@ -225,10 +228,15 @@ def _node_checks(s: _NodeState, proxied: Sequence[_NodeState], cluster: ClusterS
             "check that kube-proxy runs on this node (kubectl -n kube-system get pods -o wide | grep kube-proxy) "
             "and in which --proxy-mode, or that the Service proxy replacing it is healthy"))
     elif proxied:
-        eras = Counter(p.primary.era.name for p in proxied if p.primary is not None)
+        mode_finding = _mode_check(s, view, proxied)
+        if mode_finding is not None:
+            out.append(mode_finding)
+        # Layout versions are compared among the nodes of one proxy mode only.
+        same_mode = [p for p in proxied if p.primary is not None and p.primary.proxy.mode == view.proxy.mode]
+        eras = Counter(p.primary.era.name for p in same_mode if p.primary is not None)
         common, count = eras.most_common(1)[0]
         if view.era.name != common and count > eras[view.era.name]:
-            others = next(p.primary.era for p in proxied if p.primary is not None and p.primary.era.name == common)
+            others = next(p.primary.era for p in same_mode if p.primary is not None and p.primary.era.name == common)
             out.append(Finding(
                 ERA_MISMATCH, "warning", s.name, None,
                 f"{s.name}: kube-proxy writes the {view.era.name} layout ({view.era.version_hint}); "
@@ -256,6 +264,30 @@ def _node_checks(s: _NodeState, proxied: Sequence[_NodeState], cluster: ClusterS
             out.append(Finding(LOAD_ERROR, "warning", s.name, None, f"{s.name}: an extra dump could not be read",
                                str(p), "re-collect this node"))
     return out
+
+
+def _mode_check(s: _NodeState, view: KubeView, proxied: Sequence[_NodeState]) -> Finding | None:
+    """proxy-mode-mismatch for a node in a minority (or a tie) of kube-proxy's proxy modes across the fleet. Its
+    Service ports are still compared with the other nodes' (the view is the same in every mode)."""
+    modes = Counter(p.primary.proxy.mode for p in proxied if p.primary is not None)
+    mine = view.proxy.mode
+    others = [(count, mode) for mode, count in modes.items() if mode != mine]
+    if not others:
+        return None
+    count, mode = max(others)
+    if count < modes[mine]:
+        return None
+    holders = [p.name for p in proxied if p.primary is not None and p.primary.proxy.mode == mode]
+    return Finding(
+        PROXY_MODE_MISMATCH, "warning", s.name, None,
+        f"{s.name}: kube-proxy runs in {mine} mode here; {count} other node(s) run it in {mode} mode",
+        f"Nodes in {mode} mode: {listing(holders)}. This node's rules are {view.proxy.dataplane} rules "
+        f"({view.era.name}). Its Service ports are compared with the other nodes' as on any node: a Service "
+        "port it forwards differently has a finding of its own; none means it forwards every one as they do "
+        "(what one mode cannot show, such as a health check nodePort in nftables mode, is not compared).",
+        "finish the migration: give every node's kube-proxy the same mode (the KubeProxyConfiguration `mode`, "
+        "or --proxy-mode) and restart the odd ones; `iptrace diff IPTABLES_DUMP NFT_RULESET` of one node "
+        "checks first that both modes forward every Service port alike")
 
 
 def _view_key(sp: ServicePortView) -> str:
@@ -393,10 +425,10 @@ def _peer_compare_port(key: str, ports: Mapping[str, ServicePortView], add: Any)
             "against the EndpointSlices", lines or sp.lines[:4])
 
 
-def _stale_summaries(proxied: Sequence[_NodeState], skewed: set[str]) -> list[Finding]:
+def _stale_summaries(proxied: Sequence[_NodeState], skewed: Mapping[str, str]) -> list[Finding]:
     """A node-level finding for each node whose kube-proxy looks behind: it has per-service disagreements
-    and some other node has none. On a node running another kube-proxy version (`skewed`) the differences
-    may be the version's, so it is not called stale."""
+    and some other node has none. On a node running another kube-proxy version or proxy mode (`skewed`: node ->
+    the finding that says so) the differences may be the version's or the mode's, so it is not called stale."""
     counts = {s.name: [f for f in s.findings if f.id in _STALE_IDS] for s in proxied}
     clean = [n for n, fs in counts.items() if not fs]
     out: list[Finding] = []
@@ -409,13 +441,14 @@ def _stale_summaries(proxied: Sequence[_NodeState], skewed: set[str]) -> list[Fi
         errors = sum(f.severity == "error" for f in fs)
         matching = f"{listing(clean, 3)} match{'es' if len(clean) == 1 else ''}"
         if n in skewed:
+            what = "proxy mode" if skewed[n] == PROXY_MODE_MISMATCH else "version"
             out.append(Finding(
                 KUBE_PROXY_STALE, "error" if errors else "warning", n, None,
                 f"{n}: {len(services)} Service port(s) forwarded differently ({errors} serious); "
-                f"{matching}; this node runs another kube-proxy version (see era-mismatch)",
-                f"Service ports that differ: {listing(services, 8)}. The differences may come from the version "
-                f"skew, or from a kube-proxy that stopped syncing.",
-                f"run the fleet's kube-proxy version on {n}, then audit again"))
+                f"{matching}; this node runs kube-proxy in another {what} (see {skewed[n]})",
+                f"Service ports that differ: {listing(services, 8)}. The differences may come from the {what}, "
+                f"or from a kube-proxy that stopped syncing.",
+                f"run the fleet's kube-proxy {what} on {n}, then audit again"))
             continue
         out.append(Finding(
             KUBE_PROXY_STALE, "error" if errors else "warning", n, None,

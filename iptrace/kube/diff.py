@@ -1,9 +1,12 @@
 """What changed between two dumps, at the level people think about: Service ports added or removed, their
-ways in, policies and endpoints, and — outside kube-proxy's own chains — rules added or removed.
+ways in, policies and endpoints, how each kind of client fares through each way in, and — outside kube-proxy's
+own chains — rules added or removed.
 
-Both sides are iptrace.kube.analysis.Analysis objects, of the same dataplane or not (an iptables dump against
-an nftables ruleset of the same cluster is the migration check). Rules outside kube-proxy's are compared as text
-(counters and line numbers ignored), in order, with difflib, and only between dumps of one dataplane. Pure.
+Both sides are iptrace.kube.analysis.Analysis objects, of the same dataplane or not: an iptables dump against an
+nftables ruleset of the same cluster is the migration check, which says whether every Service port is forwarded
+alike (`Diff.equivalent`) and notes what one mode cannot show (iptrace.kube.migration). Rules outside
+kube-proxy's are compared as text (counters and line numbers ignored), in order, with difflib, and only between
+dumps of one dataplane. Pure.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ import difflib
 from dataclasses import dataclass
 from typing import Any
 
+from iptrace.kube import migration
 from iptrace.kube.compare import view_service_label
-from iptrace.kube.view import ServicePortView
+from iptrace.kube.view import EXTERNAL, NODE, OUTSIDE_RANGES, POD, EntryView, ServicePortView
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,10 +36,21 @@ class EndpointChange:
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardingChange:
+    """One way in (present on both sides) through which one kind of client fares differently."""
+
+    way: str  # "10.96.0.10:53/udp", "<node>:30080"
+    client: str  # external | outside-source-ranges | pod | node
+    before: str  # "DNAT to 10.244.1.7:8080 (masqueraded)", "DROP", "REJECT", "CONTINUE (no rule decides)"
+    after: str
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceChange:
     service: str  # ns/svc:port (with "/udp" etc. when not TCP)
     fields: tuple[FieldChange, ...]
     endpoints: tuple[EndpointChange, ...]
+    forwarding: tuple[ForwardingChange, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +83,19 @@ class Diff:
     removed: tuple[ServiceSide, ...]
     changed: tuple[ServiceChange, ...]
     rules: tuple[RuleChange, ...]
+    mode_a: str = "iptables"  # kube-proxy's proxy mode on each side (iptables, nftables, …)
+    mode_b: str = "iptables"
+    notes: tuple[str, ...] = ()  # what one mode cannot show; never a Service-port difference
 
     @property
     def empty(self) -> bool:
         return not (self.added or self.removed or self.changed or self.rules) and self.era_a == self.era_b
+
+    @property
+    def equivalent(self) -> bool:
+        """Every Service port is forwarded alike on both sides (rules outside kube-proxy's and the layout's
+        version aside)."""
+        return not (self.added or self.removed or self.changed)
 
 
 _FIELDS = ("cluster_ip", "port", "node_port", "external_ips", "lb_ips", "lb_source_ranges",
@@ -84,14 +108,24 @@ def _side(sp: ServicePortView) -> ServiceSide:
                        tuple(ep.address for ep in sp.endpoints))
 
 
-def _service_change(a: ServicePortView, b: ServicePortView) -> ServiceChange | None:
+def _service_change(a: ServicePortView, b: ServicePortView, notes: migration.Notes | None) -> ServiceChange | None:
+    """`notes` is given for a cross-mode diff: then LB IPs count as externalIPs, a health check nodePort the
+    nftables side cannot show is not compared, and ways in are matched by address, port and protocol."""
     fields = []
     for name in _FIELDS:
         before, after = getattr(a, name), getattr(b, name)
         if isinstance(before, tuple):
             before, after = tuple(sorted(before)), tuple(sorted(after))
-        if before != after:
-            fields.append(FieldChange(name, before, after))
+        if before == after:
+            continue
+        if notes is not None and name == "health_check_node_port" and (before is None or after is None):
+            notes.health_check(a, before or after)
+            continue
+        if notes is not None and name in ("external_ips", "lb_ips") and migration.ips(a) == migration.ips(b):
+            if name == "lb_ips":
+                notes.lb_ips(a, b)
+            continue
+        fields.append(FieldChange(name, before, after))
     ea = {ep.address: ep for ep in a.endpoints}
     eb = {ep.address: ep for ep in b.endpoints}
     endpoints = []
@@ -102,13 +136,64 @@ def _service_change(a: ServicePortView, b: ServicePortView) -> ServiceChange | N
         elif y is None:
             endpoints.append(EndpointChange(addr, "removed", x.probability, None))
         else:
-            if abs(x.probability - y.probability) > 1e-6:
+            gap = abs(x.probability - y.probability)
+            if notes is not None and len(ea) > 1:
+                notes.shares([gap])
+            if gap > migration.SHARE_TOLERANCE:
                 endpoints.append(EndpointChange(addr, "probability", x.probability, y.probability))
             if x.local != y.local:
                 endpoints.append(EndpointChange(addr, "locality", x.local, y.local))
-    if not fields and not endpoints:
+    forwarding = _forwarding(a, b, notes, compare_reach=not endpoints)
+    if not fields and not endpoints and not forwarding:
         return None
-    return ServiceChange(view_service_label(a), tuple(fields), tuple(endpoints))
+    return ServiceChange(view_service_label(a), tuple(fields), tuple(endpoints), tuple(forwarding))
+
+
+def _fares(entry: EntryView, compare_reach: bool) -> dict[str, str]:
+    """How each kind of client fares through a way in, in words (masquerade only for DNATed traffic)."""
+    def words(verdict: str, reaches: tuple[str, ...], masq: bool) -> str:
+        if verdict != "DNAT":
+            return "CONTINUE (no rule decides)" if verdict == "CONTINUE" else verdict
+        text = "DNAT" + (f" to {', '.join(sorted(reaches))}" if compare_reach else "")
+        return text + (" (masqueraded)" if masq else "")
+
+    main = tuple(r.endpoint for r in entry.reaches)
+    out = {EXTERNAL: words(entry.verdict, main, EXTERNAL in entry.masquerade_sources)}
+    paths = {p.source: p for p in entry.paths}
+    for kind in (OUTSIDE_RANGES, POD, NODE):
+        p = paths.get(kind)
+        if p is not None:
+            out[kind] = words(p.verdict, tuple(r.endpoint for r in p.reaches), p.masquerade)
+        elif kind != OUTSIDE_RANGES:
+            out[kind] = words(entry.verdict, main, kind in entry.masquerade_sources)
+    return out
+
+
+def _forwarding(a: ServicePortView, b: ServicePortView, notes: migration.Notes | None,
+                compare_reach: bool) -> list[ForwardingChange]:
+    """Ways in present on both sides through which some kind of client fares differently. Across modes, traffic
+    that reaches no endpoint on either side and is refused or dropped on one but left to no rule on the other is
+    what one mode cannot show (iptables mode hooks no "has no endpoints" rule for the node's own connections to
+    an externalIP): a note, not a difference."""
+    def key(e: EntryView) -> tuple[object, ...]:
+        return migration.way_key(e.kind, e.address, e.port, e.protocol, notes is not None)
+
+    eb = {key(e): e for e in migration.comparable_entries(b.entries)}
+    out = []
+    for x in migration.comparable_entries(a.entries):
+        y = eb.get(key(x))
+        if y is None:
+            continue
+        fa, fb = _fares(x, compare_reach), _fares(y, compare_reach)
+        way = x.label + ("" if x.protocol == "tcp" else f"/{x.protocol}")
+        for kind in fa:
+            if kind not in fb or fa[kind] == fb[kind]:
+                continue
+            if notes is not None and migration.undecided_versus_refused(fa[kind], fb[kind]):
+                notes.unanswered(view_service_label(a), way, kind, fa[kind], fb[kind])
+                continue
+            out.append(ForwardingChange(way, kind, fa[kind], fb[kind]))
+    return out
 
 
 def _other_rules(a: Any, b: Any) -> list[RuleChange]:
@@ -148,14 +233,16 @@ def diff(a: Any, b: Any) -> Diff:
     """The difference from `a` to `b` (iptrace.kube.analysis.Analysis of one family each; build both with the
     same cluster data so that comment-less chains are named alike)."""
     va, vb = a.view, b.view
+    notes = migration.Notes(a, b) if migration.cross_mode(a, b) else None
     sa = {view_service_label(sp): sp for sp in va.services}
     sb = {view_service_label(sp): sp for sp in vb.services}
     added = tuple(_side(sb[k]) for k in sorted(sb.keys() - sa.keys()))
     removed = tuple(_side(sa[k]) for k in sorted(sa.keys() - sb.keys()))
     changed = []
     for k in sorted(sa.keys() & sb.keys()):
-        change = _service_change(sa[k], sb[k])
+        change = _service_change(sa[k], sb[k], notes)
         if change is not None:
             changed.append(change)
+    mode_a, mode_b = migration.modes(a, b)
     return Diff(a.ruleset.source, b.ruleset.source, va.era.name, vb.era.name, added, removed, tuple(changed),
-                tuple(_other_rules(a, b)))
+                tuple(_other_rules(a, b)), mode_a, mode_b, notes.texts(a, b) if notes is not None else ())

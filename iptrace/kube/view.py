@@ -525,8 +525,10 @@ def build_view(layout: Layout, tracer: Tracer, *, source: str = "<dump>", node_i
 def view_node_ips(layout: Layout, node_ips: Sequence[str]) -> list[str]:
     """The node addresses a view's tracer must treat as local: the given ones, else those the rules reveal,
     else a documentation placeholder (so that NodePorts can be traced at all)."""
-    nodes = of_family(node_ips, layout.family) or of_family(layout.node_ips, layout.family)
-    return list(node_ips) if nodes else [*node_ips, *layout.node_ips, _PLACEHOLDER_NODE[layout.family]]
+    if of_family(node_ips, layout.family):
+        return list(node_ips)
+    revealed = of_family(layout.node_ips, layout.family)
+    return [*node_ips, *(revealed or [_PLACEHOLDER_NODE[layout.family]])]
 
 
 # ------------------------------------------------------------------------------------------------ filtering

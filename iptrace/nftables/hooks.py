@@ -1,8 +1,10 @@
 """Which base chains a packet meets at each netfilter hook, in the kernel's order.
 
 Every table of the packet's family takes part (ip or ip6, and inet for both): kube-proxy's, iptables-nft's
-`ip filter`/`ip nat`, a CNI's, firewalld's. Chains on one hook run by priority, chains of equal priority in the
-order they were created (nf_hook_entries_grow inserts after its equals). NAT chains are special
+`ip filter`/`ip nat`, a CNI's, firewalld's. Chains on one hook run by priority, chains of equal priority the
+newest first (nf_hook_entries_grow inserts a new hook before its equals; the kernel oracle sees kube-proxy's
+filter-forward run before an older table's forward chain of priority filter): the listing shows tables and
+chains in the order they were created, so among equals a later one runs earlier. NAT chains are special
 (nf_nat_register_fn): they are not hooked one by one but called, in their own priority order, from the one NAT
 hook at the hook's fixed NAT priority (-100 for prerouting/output, 100 for postrouting/input), and only until
 one of them has set up the connection's mapping (nf_nat_inet_fn).
@@ -46,10 +48,11 @@ def hook_stages(ruleset: Ruleset, version: int, hook: str) -> tuple[Stage, ...]:
         if chain.base.type != "nat":  # type: ignore[union-attr]
             stages.append((priority, pos, Stage(False, ((table, chain),))))
     if nat:
-        nat.sort(key=lambda e: (e[0], e[1]))
+        nat.sort(key=lambda e: (e[0], -e[1]))
         at = NAT_PRIORITY.get(hook, nat[0][0])
+        # The NAT hook itself was registered with the first NAT chain created.
         stages.append((at, min(e[1] for e in nat), Stage(True, tuple((e[2], e[3]) for e in nat))))
-    stages.sort(key=lambda e: (e[0], e[1]))
+    stages.sort(key=lambda e: (e[0], -e[1]))
     return tuple(s for _, _, s in stages)
 
 

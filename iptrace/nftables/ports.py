@@ -4,6 +4,7 @@ Helpers of layout.py; pure."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Container, Iterator
 from typing import Any
 
@@ -291,8 +292,17 @@ class PortReader:
             local_chain=local.name if local is not None else None,
             chains=(*sorted(chains), *endpoint_chains), lines=tuple(sorted(lines)),
             external_traffic_policy=etp, internal_traffic_policy=itp, session_affinity_timeout=affinity,
-            lb_source_ranges=tuple(ranges), health_check_node_port=None,
+            lb_source_ranges=tuple(sorted(ranges, key=_range_order)), health_check_node_port=None,
             no_endpoints=g.no_endpoints, no_local_endpoints=g.no_local_endpoints,
             notes=() if g.name else ("no chain name or element comment names this Service port; pass cluster data "
                                      "to name it by its address",))
 
+
+def _range_order(text: str) -> tuple[int, int, int, str]:
+    """loadBalancerSourceRanges as the kernel lists them (an nft set has no order of its own: the transaction's
+    and the listing's orders differ), so both forms of one ruleset read alike."""
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return (9, 0, 0, text)
+    return (net.version, int(net.network_address), net.prefixlen, text)

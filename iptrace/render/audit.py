@@ -13,6 +13,8 @@ from iptrace.kube.diff import Diff
 AUDIT_FORMAT = 1
 DIFF_FORMAT = 1
 _MARK = {"error": "✗", "warning": "!", "info": "·"}
+_CLIENT_WORDS = {"external": "outside", "outside-source-ranges": "outside the source ranges", "pod": "a pod",
+                 "node": "the node"}
 
 
 # ------------------------------------------------------------------------------------------------ audit
@@ -85,12 +87,15 @@ def render_audit_text(report: AuditReport, *, verbose: bool = False) -> str:
         out.append("")
         out += render_findings_lines(report.findings, verbose=verbose)
     out.append("")
-    rows = [["NODE", "STATUS", "ERA", "SERVICES", "FINDINGS"]]
+    # A MODE column only for a fleet whose kube-proxies run in more than one proxy mode.
+    mixed = len({s.mode for s in report.nodes if s.status == "ok"}) > 1
+    rows = [["NODE", "STATUS", *(["MODE"] if mixed else []), "ERA", "SERVICES", "FINDINGS"]]
     for s in report.nodes:
         name = s.name if not s.kube_node or s.kube_node == s.name else f"{s.name} ({s.kube_node})"
         era = s.era + (f" {s.version_hint}" if s.version_hint else "")
         found = f"{s.errors} error(s), {s.warnings} warning(s)" if (s.errors or s.warnings) else "-"
-        rows.append([name, s.status, era, str(s.services) if s.status != "load-error" else "-", found])
+        rows.append([name, s.status, *([s.mode] if mixed else []), era,
+                     str(s.services) if s.status != "load-error" else "-", found])
     out += _table(rows)
     for s in report.nodes:
         if s.error:
@@ -121,9 +126,13 @@ def diff_to_json(d: Diff) -> dict[str, Any]:
             "fields": [{"field": f.field, "a": value(f.before), "b": value(f.after)} for f in c.fields],
             "endpoints": [{"endpoint": e.endpoint, "change": e.change, "a": e.before, "b": e.after}
                           for e in c.endpoints],
+            "forwarding": [{"way": f.way, "client": f.client, "a": f.before, "b": f.after} for f in c.forwarding],
         } for c in d.changed],
         "rules": [{"table": r.table, "chain": r.chain, "change": r.change, "rule": r.rule, "line": r.line}
                   for r in d.rules],
+        "mode": {"a": d.mode_a, "b": d.mode_b},
+        "equivalent": d.equivalent,
+        "notes": list(d.notes),
     }
 
 
@@ -137,14 +146,26 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
+def _verdict_line(d: Diff) -> str:
+    """The migration check's answer (or a diff's, when only rules outside kube-proxy's chains differ)."""
+    ports = len({*(s.service for s in d.added), *(s.service for s in d.removed), *(c.service for c in d.changed)})
+    if d.equivalent:
+        return "equivalent: every Service port is forwarded alike" + (
+            f" in {d.mode_a} and {d.mode_b} mode" if d.mode_a != d.mode_b else "")
+    return f"not equivalent: {ports} Service port(s) differ"
+
+
 def render_diff_text(d: Diff) -> str:
-    """`-`/`+` lines per Service port, then the rules changed outside kube-proxy's chains."""
+    """`-`/`+` lines per Service port, then the rules changed outside kube-proxy's chains, then the notes."""
     out = [f"--- {d.a}", f"+++ {d.b}"]
     if d.empty:
         out.append("no differences in Services, endpoints or non-kube-proxy rules")
         return "\n".join(out) + "\n"
-    if d.era_a != d.era_b:
+    if d.mode_a != d.mode_b:
+        out.append(f"kube-proxy mode: {d.mode_a} -> {d.mode_b} ({d.era_a} -> {d.era_b})")
+    elif d.era_a != d.era_b:
         out.append(f"kube-proxy layout: {d.era_a} -> {d.era_b}")
+    out.append(_verdict_line(d))
     for s in d.removed:
         where = f" {s.cluster_ip}:{s.port}" if s.cluster_ip else ""
         out.append(f"- service {s.service}{where} ({len(s.endpoints)} endpoint(s))")
@@ -164,10 +185,15 @@ def render_diff_text(d: Diff) -> str:
                 out.append(f"    ~ endpoint {e.endpoint} probability {_fmt(e.before)} -> {_fmt(e.after)}")
             else:
                 out.append(f"    ~ endpoint {e.endpoint} local {_fmt(e.before)} -> {_fmt(e.after)}")
+        for f in c.forwarding:
+            out.append(f"    ~ {f.way} from {_CLIENT_WORDS.get(f.client, f.client)}: {f.before} -> {f.after}")
     if d.rules:
         out.append("rules outside kube-proxy's chains:")
         for r in d.rules:
             sign = {"added": "+", "removed": "-", "chain-added": "+", "chain-removed": "-"}.get(r.change, "~")
             side = "b" if r.change in ("added", "chain-added", "policy") else "a"
             out.append(f"  {sign} [{r.table}] {r.rule}   ({side}:{r.line})")
+    if d.notes:
+        out.append("notes (what one mode cannot show; no Service-port difference):")
+        out += [f"  - {n}" for n in d.notes]
     return "\n".join(out) + "\n"

@@ -29,7 +29,7 @@ def _diagnosis(d: Diagnosis) -> list[str]:
         for e in d.evidence:
             source = getattr(e, "source", "")  # evidence from another file (a conntrack table) names it
             where = f"{source}:{e.line}" if source else f"line {e.line}" if e.line else "dump"
-            out.append(f"    {where}: {e.rule}")
+            out.append(f"    {where}: {e.rule.strip()}")  # a listing indents its lines
     return out
 
 

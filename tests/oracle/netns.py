@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import functools
 import ipaddress
 import itertools
@@ -609,8 +610,9 @@ class Topology:
         return {"client": self.client, "node": self.node, "pod": self.pods}[src]
 
     def probe(self, src: Source, dst_ip: str, dst_port: int, proto: Literal["tcp", "udp"] = "tcp",
-              src_ip: str | None = None, timeout: float = 1.0) -> ProbeResult:
-        """One new connection (or one datagram) from `src` to dst_ip:dst_port, bounded by `timeout`."""
+              src_ip: str | None = None, timeout: float = 1.0, sport: int = 0) -> ProbeResult:
+        """One new connection (or one datagram) from `src` to dst_ip:dst_port, bounded by `timeout`. `sport`
+        fixes a TCP probe's source port (so that a packet trace can find it even when nothing answers)."""
         dst = _check_allowed(dst_ip)
         if src == "pod" and src_ip is None:
             candidates = [ip for ip in self.pod_ips if ipaddress.ip_address(ip).version == dst.version]
@@ -623,8 +625,8 @@ class Topology:
         with sock:
             if proto == "udp":
                 self._bind_next_udp_port(sock, src_ip or ("::" if dst.version == 6 else "0.0.0.0"))
-            elif src_ip is not None:
-                sock.bind((src_ip, 0))
+            elif src_ip is not None or sport:
+                sock.bind((src_ip or ("::" if dst.version == 6 else "0.0.0.0"), sport))
             if proto == "tcp":
                 return _probe_tcp(sock, (str(dst), dst_port), timeout)
             if proto == "udp":
@@ -666,11 +668,19 @@ def _answer_of(data: bytes) -> tuple[tuple[str, int] | None, str | None]:
 
 def _probe_tcp(sock: socket.socket, dst: tuple[str, int], timeout: float) -> ProbeResult:
     deadline = time.monotonic() + timeout
+    v6 = sock.family == socket.AF_INET6
+    # Queue ICMP errors on the socket: an error that arrives while connect() still holds the socket (here the
+    # whole round trip through the veths can run inside that call) is otherwise only counted as
+    # LockDroppedIcmps, and the connection would look like a timeout though the node refused it.
+    sock.setsockopt(socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP, _IPV6_RECVERR if v6 else _IP_RECVERR, 1)
     sock.settimeout(timeout)
     try:
         sock.connect(dst)
     except OSError as exc:
-        return ProbeResult(_outcome_of(exc))
+        outcome = _outcome_of(exc)
+        if outcome == "timeout" and _queued_errno(sock) == errno.ECONNREFUSED:
+            outcome = "refused"
+        return ProbeResult(outcome)
     source = sock.getsockname()[:2]
     data = b""
     try:
@@ -689,6 +699,22 @@ def _probe_tcp(sock: socket.socket, dst: tuple[str, int], timeout: float) -> Pro
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     endpoint, seen = _answer_of(data)
     return ProbeResult("connected", endpoint, seen, source)
+
+
+_IP_RECVERR, _IPV6_RECVERR = 11, 25
+_SOCK_EXTENDED_ERR = struct.Struct("=IBBBBII")  # ee_errno, ee_origin, ee_type, ee_code, ee_pad, ee_info, ee_data
+
+
+def _queued_errno(sock: socket.socket) -> int | None:
+    """The errno of the first ICMP error queued on `sock` (IP_RECVERR), None when there is none."""
+    try:
+        _data, ancillary, _flags, _addr = sock.recvmsg(512, 1024, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+    except OSError:
+        return None
+    for _level, _kind, payload in ancillary:
+        if len(payload) >= _SOCK_EXTENDED_ERR.size:
+            return int(_SOCK_EXTENDED_ERR.unpack_from(payload)[0])
+    return None
 
 
 def _probe_udp(sock: socket.socket, dst: tuple[str, int], timeout: float) -> ProbeResult:

@@ -1,0 +1,116 @@
+"""audit over a fleet migrating between proxy modes: a collection directory whose nodes run kube-proxy in
+iptables mode (iptables-save.txt) or nftables mode (iptables-save.txt with kubelet's chains only, plus
+nft-ruleset.txt, as `iptrace collect` saves them). Nodes on another mode are named (proxy-mode-mismatch), and
+their Service ports are still compared with the other nodes'."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from bench.make_samples import KUBELET_ONLY_NFT
+from bench.synth import EndpointSpec, render
+from bench.synth_nft import render_nft
+from iptrace.cli import main
+from iptrace.collect import store
+from iptrace.collect.inputs import inputs_from_directory
+from iptrace.kube.audit import PROXY_MODE_MISMATCH, AuditReport, audit
+from iptrace.render.audit import audit_to_json, render_audit_text
+from tests.test_compare import NODES, POD_CIDR, base_services, svc, with_local
+
+SERVICE_CIDR = "10.96.0.0/12"
+
+
+def write_node(snap: Path, node: str, mode: str, services: list[object]) -> None:
+    specs = with_local(services, node)  # type: ignore[arg-type]
+    meta = {"node": node, "host": node, "addresses": [NODES[node]]}
+    if mode == "iptables":
+        files = {store.DUMP_FILE: render(specs, node_ips=[NODES[node]], pod_cidr=POD_CIDR).encode()}
+    else:
+        nft = render_nft(specs, node_ips=[NODES[node]], pod_cidr=POD_CIDR, service_cidrs=[SERVICE_CIDR])
+        files = {store.DUMP_FILE: KUBELET_ONLY_NFT.encode(), store.NFT_FILE: nft.encode()}
+    store.write_node_dir(snap / node, files, meta)
+
+
+def fleet(tmp_path: Path, modes: dict[str, str], changed: dict[str, list[object]] | None = None) -> Path:
+    snap = tmp_path / "snap"
+    for node, mode in modes.items():
+        write_node(snap, node, mode, (changed or {}).get(node, base_services()))
+    return snap
+
+
+def run(snap: Path) -> AuditReport:
+    return audit(inputs_from_directory(snap))
+
+
+def ids(report: AuditReport) -> list[tuple[str, str, str | None]]:
+    return [(f.node or "", f.id, f.service) for f in report.findings]
+
+
+def test_an_nft_node_forwarding_alike_is_only_named(tmp_path: Path) -> None:
+    report = run(fleet(tmp_path, {"node-a": "iptables", "node-b": "iptables", "node-c": "nftables"}))
+    assert ids(report) == [("node-c", PROXY_MODE_MISMATCH, None)], render_audit_text(report, verbose=True)
+    (finding,) = report.findings
+    assert finding.severity == "warning"
+    assert finding.summary == "node-c: kube-proxy runs in nftables mode here; 2 other node(s) run it in iptables mode"
+    assert "node-a, node-b" in finding.detail
+    modes = {n.name: (n.mode, n.dataplane, n.status) for n in report.nodes}
+    assert modes == {"node-a": ("iptables", "iptables", "ok"), "node-b": ("iptables", "iptables", "ok"),
+                     "node-c": ("nftables", "nftables", "ok")}
+    assert report.nodes[2].services == report.nodes[0].services
+    text = render_audit_text(report)
+    header = next(line for line in text.splitlines() if line.startswith("NODE"))
+    assert header.split() == ["NODE", "STATUS", "MODE", "ERA", "SERVICES", "FINDINGS"]
+    assert "era-mismatch" not in text
+
+
+def test_service_ports_are_still_compared_across_modes(tmp_path: Path) -> None:
+    stale = copy.deepcopy(base_services())
+    svc(stale, "web").endpoints.append(EndpointSpec("10.244.2.99", 8080))
+    snap = fleet(tmp_path, {"node-a": "iptables", "node-b": "iptables", "node-c": "nftables"}, {"node-c": stale})
+    report = run(snap)
+    got = ids(report)
+    assert ("node-c", "endpoints-differ", "default/web:http") in got, render_audit_text(report, verbose=True)
+    summary = next(f for f in report.findings if f.id == "kube-proxy-stale")
+    assert summary.node == "node-c" and "another proxy mode (see proxy-mode-mismatch)" in summary.summary
+    assert not [f for f in report.findings if f.node in ("node-a", "node-b")]
+
+
+def test_the_iptables_node_is_the_odd_one_out_too(tmp_path: Path) -> None:
+    report = run(fleet(tmp_path, {"node-a": "nftables", "node-b": "iptables", "node-c": "nftables"}))
+    assert ids(report) == [("node-b", PROXY_MODE_MISMATCH, None)]
+    assert "runs in iptables mode here; 2 other node(s) run it in nftables mode" in report.findings[0].summary
+
+
+def test_a_tie_names_every_node(tmp_path: Path) -> None:
+    report = run(fleet(tmp_path, {"node-a": "iptables", "node-c": "nftables"}))
+    assert sorted(ids(report)) == [("node-a", PROXY_MODE_MISMATCH, None), ("node-c", PROXY_MODE_MISMATCH, None)]
+
+
+def test_cli_audit_of_a_mixed_collection(tmp_path: Path) -> None:
+    snap = fleet(tmp_path, {"node-a": "iptables", "node-b": "iptables", "node-c": "nftables"})
+    result = CliRunner().invoke(main, ["audit", str(snap), "-o", "json"])
+    assert result.exit_code == 0, result.output  # a warning is no error
+    doc = json.loads(result.output)
+    assert [(n["name"], n["mode"]) for n in doc["nodes"]] == [
+        ("node-a", "iptables"), ("node-b", "iptables"), ("node-c", "nftables")]
+    assert [f["id"] for f in doc["findings"]] == [PROXY_MODE_MISMATCH]
+    assert audit_to_json(run(snap))["findings"] == doc["findings"]
+
+
+def test_with_cluster_data_every_node_is_compared_with_the_api(tmp_path: Path) -> None:
+    from tests.test_compare import cluster_of
+
+    snap = fleet(tmp_path, {"node-a": "iptables", "node-b": "iptables", "node-c": "nftables"})
+    cluster = cluster_of(base_services(), extra=False)
+    report = audit(inputs_from_directory(snap, cluster=cluster), cluster)
+    assert ids(report) == [("node-c", PROXY_MODE_MISMATCH, None)], render_audit_text(report, verbose=True)
+    stale = copy.deepcopy(base_services())
+    svc(stale, "web").endpoints.append(EndpointSpec("10.244.2.99", 8080))
+    snap = fleet(tmp_path / "stale", {"node-a": "iptables", "node-b": "iptables", "node-c": "nftables"},
+                 {"node-c": stale})
+    report = audit(inputs_from_directory(snap, cluster=cluster), cluster)
+    assert ("node-c", "stale-endpoints", "default/web:http") in ids(report), render_audit_text(report, verbose=True)

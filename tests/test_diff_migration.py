@@ -1,0 +1,145 @@
+"""The migration check: `iptrace diff IPTABLES_DUMP NFT_RULESET` of the same cluster. The same ServiceSpecs
+rendered by bench/synth.py (iptables mode, as iptables-nft-save prints it) and bench/synth_nft.py (nftables mode,
+as `nft list ruleset` prints it) are equivalent, with notes for what one mode cannot show; a changed endpoint,
+nodePort or traffic policy is named."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bench.synth import EndpointSpec, PortSpec, ServiceSpec, render
+from bench.synth_nft import render_nft
+from iptrace import dataplanes
+from iptrace.cli import main
+from iptrace.kube.analysis import analyse
+from iptrace.kube.diff import Diff, FieldChange, diff
+from iptrace.render.audit import diff_to_json, render_diff_text
+from tests.test_compare import NODES, POD_CIDR, base_services, svc, with_local
+
+NODE = "node-a"
+SERVICE_CIDR = "10.96.0.0/12"
+
+
+def services() -> list[ServiceSpec]:
+    """base_services (NodePort, eTP=Local LB with a health check, DNS over UDP and TCP, affinity, LB with source
+    ranges, iTP=Local) plus what the notes are about: an LB IP without source ranges, an externalIP, a
+    three-way split, a Service without endpoints."""
+    return [*base_services(),
+            ServiceSpec("default", "plain-lb", "10.96.10.7", [PortSpec("http", 80, node_port=30087, target_port=8080)],
+                        type="LoadBalancer", lb_ips=["203.0.113.12"], external_ips=["192.168.49.100"],
+                        endpoints=[EndpointSpec(f"10.244.{n}.11", 8080) for n in (1, 2, 3)]),
+            ServiceSpec("default", "empty", "10.96.10.8", [PortSpec("http", 80, node_port=30088)], type="NodePort")]
+
+
+def iptables_text(specs: list[ServiceSpec]) -> str:
+    return render(with_local(specs, NODE), node_ips=[NODES[NODE]], pod_cidr=POD_CIDR)
+
+
+def nft_text(specs: list[ServiceSpec], form: str = "list") -> str:
+    return render_nft(with_local(specs, NODE), node_ips=[NODES[NODE]], pod_cidr=POD_CIDR,
+                      service_cidrs=[SERVICE_CIDR], form=form)
+
+
+def analysis(text: str, source: str) -> object:
+    dataplane, ruleset = dataplanes.load(text, source=source)
+    return analyse(dataplane, ruleset, node_ips=[NODES[NODE]])
+
+
+def migration(a: list[ServiceSpec], b: list[ServiceSpec], form: str = "list") -> Diff:
+    return diff(analysis(iptables_text(a), "iptables-save.txt"), analysis(nft_text(b, form), "nft-ruleset.txt"))
+
+
+@pytest.mark.parametrize("form", ["list", "transaction"])
+def test_the_same_services_are_equivalent(form: str) -> None:
+    d = migration(services(), services(), form)
+    assert (d.mode_a, d.mode_b) == ("iptables", "nftables")
+    assert d.equivalent, render_diff_text(d)
+    assert not d.added and not d.removed and not d.changed and not d.rules
+    text = render_diff_text(d)
+    assert "equivalent: every Service port is forwarded alike in iptables and nftables mode" in text
+    notes = "\n".join(d.notes)
+    assert "healthCheckNodePort not compared" in notes and "default/local-lb:https (32000)" in notes
+    assert "LoadBalancer IPs compared together with externalIPs" in notes and "203.0.113.12" in notes
+    assert "203.0.113.11" not in notes  # an LB IP with source ranges is one in both modes
+    assert "endpoint shares compared within 1e-06" in notes
+    unserved = next(n for n in d.notes if n.startswith("a ClusterIP's unserved port"))
+    assert "iptables (a) leaves it unanswered" in unserved and "nftables (b) REJECTs it (connection refused)" in unserved
+    assert "Reject traffic to invalid ports of ClusterIPs" in unserved
+    unallocated = next(n for n in d.notes if n.startswith("an address no Service has"))
+    assert "nftables (b) DROPs it" in unallocated and "Drop traffic to unallocated ClusterIPs" in unallocated
+
+
+def test_the_other_way_round_is_equivalent_too() -> None:
+    d = diff(analysis(nft_text(services()), "nft"), analysis(iptables_text(services()), "ipt"))
+    assert d.equivalent and (d.mode_a, d.mode_b) == ("nftables", "iptables")
+    assert any("nftables (a) REJECTs it" in n for n in d.notes)
+
+
+def test_a_changed_endpoint_nodeport_and_policy_are_named() -> None:
+    b = copy.deepcopy(services())
+    svc(b, "web").endpoints[1] = EndpointSpec("10.244.2.6", 8080)
+    svc(b, "plain-lb").ports[0].node_port = 30097
+    svc(b, "fw").external_traffic_policy = "Local"
+    d = migration(services(), b)
+    assert not d.equivalent
+    changed = {c.service: c for c in d.changed}
+    assert set(changed) == {"default/web:http", "default/plain-lb:http", "default/fw:http"}, render_diff_text(d)
+    assert [(e.endpoint, e.change) for e in changed["default/web:http"].endpoints] == [
+        ("10.244.2.5:8080", "removed"), ("10.244.2.6:8080", "added")]
+    assert changed["default/plain-lb:http"].fields == (FieldChange("node_port", 30087, 30097),)
+    fw = changed["default/fw:http"]
+    assert FieldChange("external_traffic_policy", "Cluster", "Local") in fw.fields
+    # Outside clients now reach no endpoint of this node (its only one runs on node-c): the way in says so.
+    assert any(f.client == "external" and f.before.startswith("DNAT") and f.after == "DROP" for f in fw.forwarding)
+    text = render_diff_text(d)
+    assert "not equivalent: 3 Service port(s) differ" in text
+    assert "    node_port: 30087 -> 30097" in text
+    assert "    - endpoint 10.244.2.5:8080" in text and "    + endpoint 10.244.2.6:8080" in text
+    assert "    external_traffic_policy: Cluster -> Local" in text
+
+
+def test_json_keeps_its_keys_and_adds_the_verdict() -> None:
+    doc = diff_to_json(migration(services(), services()))
+    assert list(doc) == ["format", "a", "b", "era", "services_added", "services_removed", "services_changed",
+                         "rules", "mode", "equivalent", "notes"]
+    assert doc["mode"] == {"a": "iptables", "b": "nftables"} and doc["equivalent"] is True
+    assert doc["notes"] and all(isinstance(n, str) for n in doc["notes"])
+    assert json.loads(json.dumps(doc)) == doc
+
+
+def test_cli_diff_of_an_iptables_dump_and_an_nft_ruleset(tmp_path: Path) -> None:
+    a, b = tmp_path / "iptables-save.txt", tmp_path / "ruleset.nft"
+    a.write_text(iptables_text(services()))
+    b.write_text(nft_text(services()))
+    result = CliRunner().invoke(main, ["diff", str(a), str(b), "--node-ip", NODES[NODE]])
+    assert result.exit_code == 0, result.output
+    assert "equivalent: every Service port is forwarded alike in iptables and nftables mode" in result.output
+    assert "notes (what one mode cannot show; no Service-port difference):" in result.output
+    result = CliRunner().invoke(main, ["diff", str(a), str(b), "--node-ip", NODES[NODE], "-o", "json"])
+    assert json.loads(result.output)["equivalent"] is True
+
+
+SAMPLE_PAIRS = [("nodeport-fb-backends.txt", "nodeport-fb-backends-nft.nft"),
+                ("nodeport-fb-backends.txt", "nodeport-fb-backends-nft.json"),
+                ("nodeport-fb-backends.txt", "flannel-and-kube-proxy-nft.nft"),
+                ("etp-local-with-endpoints.txt", "etp-local-with-endpoints-nft.nft"),
+                ("etp-local-no-local-endpoints.txt", "etp-local-no-local-endpoints-nft.nft"),
+                ("no-endpoints.txt", "no-endpoints-nft.nft")]
+
+
+@pytest.mark.parametrize(("iptables", "nftables"), SAMPLE_PAIRS, ids=lambda p: p)
+def test_the_kernel_listings_of_both_modes_are_equivalent(iptables: str, nftables: str) -> None:
+    """The sample dumps: iptables-nft-save of a node in iptables mode and `nft list ruleset` (or `-j`) of the same
+    cluster in nftables mode, both as the kernel printed them."""
+    samples = Path(__file__).resolve().parent.parent / "sample_dumps"
+    a = dataplanes.load((samples / iptables).read_text(), source=iptables)
+    b = dataplanes.load((samples / nftables).read_text(), source=nftables)
+    d = diff(analyse(*a, node_ips=["192.168.49.2"]), analyse(*b, node_ips=["192.168.49.2"]))
+    assert d.equivalent, render_diff_text(d)
+    if iptables == "no-endpoints.txt":  # the node's own connection to an externalIP without endpoints
+        assert any("192.168.49.50:80 from the node: iptables ACCEPT, nftables REJECT" in n for n in d.notes)

@@ -1,0 +1,56 @@
+"""explain on a node in nftables mode says what differs from iptables mode: the targetPort used on a ClusterIP is
+refused at once by kube-proxy's own cluster-ips-check (not a hang, and not "a host firewall's rule"), and an
+address of the service CIDR no Service has is dropped by kube-proxy (tests/test_trace_kernel_nft.py sees the
+kernel do both)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+import pytest
+from click.testing import CliRunner
+
+from iptrace.cli import main
+from tests.conftest import SAMPLES
+
+NFT = str(SAMPLES / "nodeport-fb-backends-nft.nft")
+
+
+def explain(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["explain", NFT, "--node-ip", "192.168.49.2", *args])
+    if "json" in args:
+        return result.exit_code, result.output
+    return result.exit_code, " ".join(result.output.split())  # the text wraps its paragraphs
+
+
+def test_the_target_port_on_the_cluster_ip_is_refused_by_kube_proxy() -> None:
+    code, text = explain("--dst", "10.101.234.168:8001")
+    assert code == 3
+    assert text.startswith("10.101.234.168:8001/tcp is refused")
+    assert "[target-port-on-service-ip, error]" in text and "blocked-by-rule" not in text
+    assert "In nftables mode kube-proxy rejects it itself (cluster-ips-check" in text
+    assert "'connection refused' at once, not a hang" in text and "not kube-proxy's" not in text
+    code, out = explain("--dst", "10.101.234.168:8001", "--src", "pod", "-o", "json")
+    doc = json.loads(out)
+    assert [d["id"] for d in doc["diagnoses"]] == ["target-port-on-service-ip"]
+    assert {o["verdict"] for o in doc["trace"]["outcomes"]} == {"REJECT"}
+    assert doc["trace"]["outcomes"][0]["decided_by"]["chain"] == "cluster-ips-check"
+
+
+def test_an_unallocated_service_address_is_dropped_by_kube_proxy() -> None:
+    code, text = explain("--dst", "10.96.0.99:80", "--src", "external")
+    assert code == 3 and "[not-a-service-address, error]" in text and "blocked-by-rule" not in text
+    assert "In nftables mode kube-proxy drops it itself (cluster-ips-check" in text
+
+
+def test_the_readmes_nftables_tour_is_what_iptrace_prints(monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (SAMPLES.parent / "README.md").read_text()
+    blocks = re.findall(r"```\n\$ (iptrace [^\n]*-nft\.nft[^\n]*)\n(.*?)```", readme, re.S)
+    assert len(blocks) == 3, [b[0] for b in blocks]
+    monkeypatch.chdir(SAMPLES.parent)  # the README's paths are relative to the repository
+    for command, shown in blocks:
+        result = CliRunner().invoke(main, shlex.split(command)[1:])
+        assert result.exit_code in (0, 3), result.output
+        assert result.output == shown, command
