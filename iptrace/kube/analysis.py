@@ -39,12 +39,13 @@ def known_ports(cluster: Any, family: str) -> tuple[KnownServicePort, ...]:
 
 
 def analyse(dataplane: Dataplane, ruleset: Any, family: str | None = None, *, node_ips: Sequence[str] = (),
-            cluster: Any = None) -> Analysis:
-    """Layout, tracer and view of `ruleset` for `family` (default: its first)."""
+            cluster: Any = None, reuse: Any = None) -> Analysis:
+    """Layout, tracer and view of `ruleset` for `family` (default: its first). `reuse`: an
+    iptrace.kube.reuse.ViewReuse shared by the nodes of one audit."""
     family = family or ruleset.families[0]
     layout = dataplane.layout(ruleset, family, known=known_ports(cluster, family))
     labels = chain_labels(layout)
     tracer = dataplane.tracer(ruleset, node_ips=view_node_ips(layout, node_ips), pod_cidrs=layout.pod_cidrs,
                               names=labels)
-    view = build_view(layout, tracer, source=ruleset.source, node_ips=view_node_ips(layout, node_ips))
+    view = build_view(layout, tracer, source=ruleset.source, node_ips=view_node_ips(layout, node_ips), reuse=reuse)
     return Analysis(dataplane, ruleset, family, layout, tracer, view, tuple(node_ips), bool(node_ips))

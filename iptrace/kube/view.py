@@ -12,7 +12,7 @@ import gc
 import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from iptrace.dataplane import (
     CLUSTER_IP,
@@ -437,16 +437,21 @@ def chain_labels(layout: Layout) -> dict[str, str]:
     return labels
 
 
-def build_view(layout: Layout, tracer: Tracer, *, source: str = "<dump>", node_ips: Sequence[str] = ()) -> KubeView:
+def build_view(layout: Layout, tracer: Tracer, *, source: str = "<dump>", node_ips: Sequence[str] = (),
+               reuse: Any = None) -> KubeView:
     """kube-proxy's view of every Service port of `layout`, each way in traced with `tracer` for every kind of
     client. `node_ips` are the node's own addresses (the tracer must know them too); NodePorts are traced to
-    the first (or to a documentation placeholder when none is known: the tracer is then built with it)."""
+    the first (or to a documentation placeholder when none is known: the tracer is then built with it).
+    `reuse` (an iptrace.kube.reuse.ViewReuse) takes Service ports other nodes had alike from its cache."""
     clients = Clients.for_layout(layout, node_ips)
     builder = _Builder(layout, tracer, clients)
     enabled = gc.isenabled()
     gc.disable()  # ~10^5 small acyclic objects: the cyclic collector would only rescan the whole ruleset
     try:
-        services = [builder.service(sp) for sp in layout.service_ports]
+        if reuse is None:
+            services = [builder.service(sp) for sp in layout.service_ports]
+        else:
+            services = reuse.services(layout, tracer, lambda t: _Builder(layout, t, clients).service)
     finally:
         if enabled:
             gc.enable()
