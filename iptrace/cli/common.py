@@ -128,12 +128,10 @@ def load_conntrack(path: str | None, dump: str, *, lenient: bool = False) -> Any
 
 def note_skipped(name: str, table: Any) -> None:
     """--lenient: say how many conntrack lines were left out, and the first reason."""
-    if table.skipped:
-        first = table.skipped[0]
-        click.echo(f"note: {name}: skipped {len(table.skipped)} unreadable line{'s' if len(table.skipped) != 1 else ''}"
-                   f" (first: line {first.line}: {first.reason})", err=True)
-    for w in table.warnings:
-        click.echo(f"note: {name}:{w.line}: {w.reason}", err=True)
+    from iptrace.collect.stream import skipped_notes
+
+    for note in skipped_notes(name, table):
+        click.echo(note, err=True)
 
 
 def batch() -> None:

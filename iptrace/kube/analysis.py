@@ -39,11 +39,12 @@ def known_ports(cluster: Any, family: str) -> tuple[KnownServicePort, ...]:
 
 
 def analyse(dataplane: Dataplane, ruleset: Any, family: str | None = None, *, node_ips: Sequence[str] = (),
-            cluster: Any = None, reuse: Any = None) -> Analysis:
+            cluster: Any = None, reuse: Any = None, layout: Layout | None = None) -> Analysis:
     """Layout, tracer and view of `ruleset` for `family` (default: its first). `reuse`: an
-    iptrace.kube.reuse.ViewReuse shared by the nodes of one audit."""
+    iptrace.kube.reuse.ViewReuse shared by the nodes of one audit; `layout`: the layout already read for this
+    family and cluster data."""
     family = family or ruleset.families[0]
-    layout = dataplane.layout(ruleset, family, known=known_ports(cluster, family))
+    layout = layout or dataplane.layout(ruleset, family, known=known_ports(cluster, family))
     labels = chain_labels(layout)
     tracer = dataplane.tracer(ruleset, node_ips=view_node_ips(layout, node_ips), pod_cidrs=layout.pod_cidrs,
                               names=labels)
