@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +47,14 @@ def load_dump(dump: str, *, lenient: bool = False, table: str | None = None,
 
 
 def analysis_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = None, lenient: bool = False,
-                table: str | None = None, host: str | None = None) -> Any:
+                table: str | None = None, host: str | None = None, hosts: Sequence[str] = ()) -> Any:
     """DUMP loaded and analysed (iptrace.kube.analysis.Analysis: the layout, the tracer and the Service view)
     for the family of `host` when given, else for the dump's first. Node addresses: --node-ip, else those
-    collected with a node directory."""
+    collected with a node directory. `hosts`: with several questions, every address they ask about (all of
+    `host`'s family): the analysis answers for each of them."""
     from iptrace.kube.analysis import analyse
 
+    host = host or (hosts[0] if hosts else None)
     family = ("ipv6" if ":" in host else "ipv4") if host else "ipv4"
     dataplane, ruleset, collected = load_dump(dump, lenient=lenient, table=table, family=family)
     if host is None:
