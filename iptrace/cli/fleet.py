@@ -153,9 +153,10 @@ def _run_collect(targets: list[Any], out: Path, opts: dict[str, Any]) -> list[An
             "conntrack_max_entries": opts["conntrack_max_entries"],
         }
     if sys.stderr.isatty():
+        from rich.console import Console
         from rich.progress import Progress
 
-        with Progress(transient=True) as bar:
+        with Progress(console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task("collecting", total=len(targets))
 
             def tick(result: Any) -> None:
@@ -244,11 +245,12 @@ def _analyse(nodes: list[Any], cluster: Any, lenient: bool, pictures: bool, jobs
 
     kwargs: dict[str, Any] = {"cluster": cluster, "lenient": lenient, "pictures": pictures, "jobs": jobs}
     if sys.stderr.isatty() and len(nodes) > 1:
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
-        with Progress(*columns, transient=True) as bar:
+        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task("auditing", total=len(nodes), rate="")
 
             def tick(result: Any) -> None:
