@@ -498,6 +498,23 @@ class Ruleset(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Footprint:
+    """How far some traces reach into one node's rules, as a key that another node's rules can be compared by
+    (an optional Tracer capability: `Tracer.footprint`, used to reuse Service views across nodes).
+
+    The contract: two tracers of one dataplane whose footprints of the same question have equal `key`s give
+    the same traces for it — every outcome, path and decision — once each node's own line numbers are put in
+    place position by position (`lines`: the node's lines of the rules the key names, in the key's order)
+    and each address of `abstracted` (the node's own addresses and the packets' sources, which the key names
+    by role, not by value) is replaced by the other node's address of the same role. A caller must not reuse
+    a result that spells an abstracted address."""
+
+    key: bytes
+    lines: tuple[int, ...]
+    abstracted: tuple[str, ...]
+
+
 class Tracer(Protocol):
     entry: str  # "hooks" or "kube-proxy" (see Trace.entry)
 
@@ -509,6 +526,10 @@ class Tracer(Protocol):
         """The outcomes of `packet` entering `chain` (of kube-proxy's table) directly: the endpoint shares of a
         load-balancing chain, by the same walk."""
         ...
+
+    # Optional: `footprint(calls) -> Footprint | None`, where `calls` are the questions asked, each (None,
+    # packet) for `trace(packet)` or (chain, packet) for `trace_chain(chain, packet)`. None: the dataplane
+    # cannot vouch for these traces (the caller computes them). A dataplane without it gets no reuse.
 
 
 class Dataplane(Protocol):

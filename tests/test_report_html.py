@@ -268,7 +268,8 @@ def test_cli_writes_the_html_and_json_twins(tmp_path) -> None:
     assert as_html.exit_code == 3 and as_json.exit_code == 3, as_html.output
     assert as_html.output.startswith("<!DOCTYPE html>")
     doc = json.loads(as_json.output)
-    assert list(doc) == ["format", "cluster", "ok", "counts", "nodes", "findings"]
+    # The documented keys, then what `audit --merge` reads (iptrace.kube.merge).
+    assert list(doc) == ["format", "cluster", "ok", "counts", "nodes", "findings", "merge"]
     text = text_of(as_html.output)
     for f in doc["findings"]:
         assert f["id"] in text and " ".join(f["summary"].split()) in text

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from iptrace.cli import EXIT_FINDINGS, main
+from iptrace.cli import EXIT_ERROR, EXIT_FINDINGS, main
 from iptrace.cli.common import (
     analyses_of,
     analysis_of,
@@ -22,7 +22,6 @@ from iptrace.cli.common import (
     load_dump,
     namespace_option,
     output_option,
-    parse_destination,
     table_option,
 )
 
@@ -170,59 +169,107 @@ _SRC_HELP = ("Where the connection comes from: an IP, or `pod` (an address in th
              "address) or `external` (an address outside both).")
 
 
+_DST_HELP = ("Destination of the new connection: IP:PORT or IP:PORT/proto (repeatable: every one answered after "
+             "one load).")
+_DST_FILE_HELP = ("File with one IP:PORT or IP:PORT/proto a line (# comments, blank lines; `-`: stdin): each "
+                  "answered after one load. A bad line is an error (exit 1); the others are still answered.")
+_MANY = ("With several destinations, -o json prints a JSON array of the one-destination objects in input order "
+         "(an object with `error` for a bad line) and text a header line per destination.")
+
+
 @main.command()
 @click.argument("dump")
-@click.option("--dst", required=True, metavar="IP:PORT", help="Destination of the new connection.")
+@click.option("--dst", "dsts", multiple=True, metavar="IP:PORT", help=_DST_HELP)
+@click.option("--dst-file", type=click.Path(dir_okay=False, allow_dash=True), metavar="FILE", help=_DST_FILE_HELP)
 @click.option("--src", default="external", show_default=True, metavar="IP|pod|node|external", help=_SRC_HELP)
-@click.option("--proto", type=click.Choice(["tcp", "udp", "sctp"]), default="tcp", show_default=True)
+@click.option("--proto", type=click.Choice(["tcp", "udp", "sctp"]), default="tcp", show_default=True,
+              help="Protocol of a destination that names none.")
 @click.option("--in-interface", metavar="IFACE", help="Interface the packet arrives on (for -i matches).")
 @output_option("text", "json")
 @analysis_options
 @namespace_option
-def trace(dump: str, dst: str, src: str, proto: str, in_interface: str | None, output: str,
-          node_ips: tuple[str, ...], cluster_files: tuple[str, ...], kubeconfig: str | None, context: str | None,
-          lenient: bool, table: str | None, namespace: str | None) -> None:
+def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, proto: str, in_interface: str | None,
+          output: str, node_ips: tuple[str, ...], cluster_files: tuple[str, ...], kubeconfig: str | None,
+          context: str | None, lenient: bool, table: str | None, namespace: str | None) -> None:
     """Simulate one new connection through the rules, exactly as the kernel would.
 
     Prints every outcome (DNAT to which endpoint, ACCEPT, DROP, REJECT, CONTINUE) with its exact probability,
-    whether it is masqueraded, and the table, chain, line and text of every rule on its path.
+    whether it is masqueraded, and the table, chain, line and text of every rule on its path. Exit status 0
+    whatever the verdict; 1 when a destination could not be traced.
 
     \b
     Examples:
       iptrace trace sample_dumps/nodeport-fb-backends.txt --dst 10.101.234.168:5001 --src pod
       iptrace trace node1.txt --dst 192.168.49.2:30904 --src external -o json | jq '.outcomes[].destination'
       iptrace trace snap/node1 --dst 10.96.0.10:53 --proto udp
+      iptrace trace node1.txt --dst-file addresses.txt -o json | jq '.[].outcomes[0].verdict'
     """
     batch()
+    from iptrace.cli.questions import answer_all, emit_answers, read_questions
     from iptrace.dataplane import Packet, trace_to_json
     from iptrace.kube.sources import of_family, pick_source
     from iptrace.render.trace import render_trace_text
 
-    host, port = parse_destination(dst)
+    questions = read_questions(dsts, dst_file, proto)
     if src not in ("pod", "node", "external"):
         check_ip(click.get_current_context(), click.Option(["--src"]), (src,))
     cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
-    analysis = analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table, host=host)
-    layout = analysis.layout
-    ips = of_family(analysis.node_ips, analysis.family) or of_family(layout.node_ips, analysis.family)
-    if src in ("pod", "node", "external"):
-        src_ip, note = pick_source(src, analysis.family, ips, layout.pod_cidrs, layout.endpoint_ips)
-        notes = [note]
-    else:
-        src_ip, notes = src, []
-    result = analysis.tracer.trace(Packet(src_ip, host, port, proto, in_interface=in_interface), assumptions=notes)
+    sources: dict[int, tuple[str, list[str]]] = {}
+
+    def analysis_for(family: str, hosts: Any) -> Any:
+        return analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table, hosts=hosts)
+
+    def answer(analysis: Any, q: Any) -> Any:
+        picked = sources.get(id(analysis))
+        if picked is None:
+            layout = analysis.layout
+            ips = of_family(analysis.node_ips, analysis.family) or of_family(layout.node_ips, analysis.family)
+            if src in ("pod", "node", "external"):
+                src_ip, note = pick_source(src, analysis.family, ips, layout.pod_cidrs, layout.endpoint_ips)
+                picked = sources[id(analysis)] = (src_ip, [note])
+            else:
+                picked = sources[id(analysis)] = (src, [])
+        return analysis.tracer.trace(Packet(picked[0], q.host, q.port, q.proto, in_interface=in_interface),
+                                     assumptions=picked[1])
+
+    if len(questions) == 1 and questions[0].error is None and dst_file is None:
+        q = questions[0]
+        result = answer(analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table,
+                                    host=q.host), q)
+        if output == "json":
+            emit_json(trace_to_json(result))
+        else:
+            click.echo(render_trace_text(result), nl=False)
+        return
+    answers = answer_all(questions, analysis_for, answer)
+    if len(questions) == 1:
+        _single(answers[0], output, trace_to_json, render_trace_text)
+        return
+    if emit_answers(questions, answers, output, trace_to_json, render_trace_text):
+        raise click.exceptions.Exit(EXIT_ERROR)
+
+
+def _single(found: Any, output: str, to_json: Any, to_text: Any) -> None:
+    """One destination read from --dst-file: printed as a lone --dst is (an unusable line is an error)."""
+    from iptrace.errors import InputError
+
+    if isinstance(found, str):
+        raise InputError(found)
     if output == "json":
-        emit_json(trace_to_json(result))
+        emit_json(to_json(found))
     else:
-        click.echo(render_trace_text(result), nl=False)
+        click.echo(to_text(found), nl=False)
 
 
 @main.command()
 @click.argument("dump")
-@click.option("--dst", required=True, metavar="IP:PORT", help="The address that fails (or works).")
+@click.option("--dst", "dsts", multiple=True, metavar="IP:PORT",
+              help="The address that fails (or works): IP:PORT or IP:PORT/proto (repeatable).")
+@click.option("--dst-file", type=click.Path(dir_okay=False, allow_dash=True), metavar="FILE", help=_DST_FILE_HELP)
 @click.option("--src", default=None, metavar="IP|pod|node|external",
               help=_SRC_HELP + " Default: explain from a pod, the node and an outside client, and compare.")
-@click.option("--proto", type=click.Choice(["tcp", "udp", "sctp"]), default="tcp", show_default=True)
+@click.option("--proto", type=click.Choice(["tcp", "udp", "sctp"]), default="tcp", show_default=True,
+              help="Protocol of a destination that names none.")
 @click.option("--in-interface", metavar="IFACE", help="Interface the packet arrives on (for -i matches).")
 @click.option("--conntrack", "conntrack_file", type=click.Path(dir_okay=False, allow_dash=True), metavar="FILE",
               help="The node's `conntrack -L` (plain or -o extended) or /proc/net/nf_conntrack: also check the flows "
@@ -232,16 +279,17 @@ def trace(dump: str, dst: str, src: str, proto: str, in_interface: str | None, o
 @output_option("text", "json")
 @analysis_options
 @namespace_option
-def explain(dump: str, dst: str, src: str | None, proto: str, in_interface: str | None, conntrack_file: str | None,
-            verbose: bool, output: str, node_ips: tuple[str, ...], cluster_files: tuple[str, ...],
-            kubeconfig: str | None, context: str | None, lenient: bool, table: str | None,
-            namespace: str | None) -> None:
+def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | None, proto: str,
+            in_interface: str | None, conntrack_file: str | None, verbose: bool, output: str,
+            node_ips: tuple[str, ...], cluster_files: tuple[str, ...], kubeconfig: str | None, context: str | None,
+            lenient: bool, table: str | None, namespace: str | None) -> None:
     """Explain why a connection fails and what would work instead.
 
     With a conntrack table (--conntrack FILE, or a collected node's conntrack.txt), also the flows that already
     exist: entries that still go to an endpoint the rules no longer choose, with the `conntrack -D` command
-    that deletes exactly those. Exit status 3 when any diagnosis is an error (the connection does not reach an
-    endpoint), 0 otherwise.
+    that deletes exactly those. Several destinations (--dst repeated, --dst-file) are answered after one load.
+    Exit status: 1 when a destination could not be explained (a bad --dst-file line), else 3 when any diagnosis
+    is an error (the connection does not reach an endpoint), else 0.
 
     \b
     Examples:
@@ -249,28 +297,53 @@ def explain(dump: str, dst: str, src: str | None, proto: str, in_interface: str 
       iptrace explain node1.txt --dst 10.96.0.10:53 --proto udp --src pod
       iptrace explain snap/node1 --dst 192.168.49.2:30904 -o json | jq '.diagnoses[].id'
       iptrace explain node1.txt --dst 10.96.0.10:53 --proto udp --conntrack node1-conntrack.txt
+      iptrace explain node1.txt --dst-file addresses.txt -o json | jq '.[] | [.destination, .verdict]'
     """
     batch()
+    from iptrace.cli.questions import answer_all, emit_answers, read_questions
     from iptrace.explain import Explainer
     from iptrace.render.explain import explain_to_json, render_explain_text
 
-    host, port = parse_destination(dst)
+    questions = read_questions(dsts, dst_file, proto)
     if src is not None and src not in ("pod", "node", "external"):
         check_ip(click.get_current_context(), click.Option(["--src"]), (src,))
     cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
-    analysis = analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table, host=host)
-    flows = load_conntrack(conntrack_file, dump, lenient=lenient)
-    explainer = Explainer(analysis, cluster=cluster)
-    report = explainer.explain(host, port, proto=proto, src=src, in_interface=in_interface)
-    if flows is not None:
-        from iptrace.explain.conntrack import conntrack_diagnoses, with_conntrack
+    explainers: dict[int, Any] = {}
+    flows: list[Any] = []
 
-        report = with_conntrack(report, conntrack_diagnoses(
-            explainer.tracer, flows, host, port, proto=proto, src=src, verbose=verbose,
-            version_hint=analysis.layout.proxy.version_hint))
-    if output == "json":
-        emit_json(explain_to_json(report))
+    def analysis_for(family: str, hosts: Any) -> Any:
+        return analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table, hosts=hosts)
+
+    def answer(analysis: Any, q: Any) -> Any:
+        explainer = explainers.get(id(analysis))
+        if explainer is None:
+            explainer = explainers[id(analysis)] = Explainer(analysis, cluster=cluster)
+            if not flows:
+                flows.append(load_conntrack(conntrack_file, dump, lenient=lenient))
+        report = explainer.explain(q.host, q.port, proto=q.proto, src=src, in_interface=in_interface)
+        if flows[0] is not None:
+            from iptrace.explain.conntrack import conntrack_diagnoses, with_conntrack
+
+            report = with_conntrack(report, conntrack_diagnoses(
+                explainer.tracer, flows[0], q.host, q.port, proto=q.proto, src=src, verbose=verbose,
+                version_hint=analysis.layout.proxy.version_hint))
+        return report
+
+    if len(questions) == 1 and questions[0].error is None and dst_file is None:
+        q = questions[0]
+        report = answer(analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table,
+                                    host=q.host), q)
+        reports = [report]
+        if output == "json":
+            emit_json(explain_to_json(report))
+        else:
+            click.echo(render_explain_text(report), nl=False)
     else:
-        click.echo(render_explain_text(report), nl=False)
-    if report.has_error:
+        answers = answer_all(questions, analysis_for, answer)
+        reports = [a for a in answers if not isinstance(a, str)]
+        if len(questions) == 1:
+            _single(answers[0], output, explain_to_json, render_explain_text)
+        elif emit_answers(questions, answers, output, explain_to_json, render_explain_text):
+            raise click.exceptions.Exit(EXIT_ERROR)
+    if any(r.has_error for r in reports):
         raise click.exceptions.Exit(EXIT_FINDINGS)

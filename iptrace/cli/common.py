@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +47,14 @@ def load_dump(dump: str, *, lenient: bool = False, table: str | None = None,
 
 
 def analysis_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = None, lenient: bool = False,
-                table: str | None = None, host: str | None = None) -> Any:
+                table: str | None = None, host: str | None = None, hosts: Sequence[str] = ()) -> Any:
     """DUMP loaded and analysed (iptrace.kube.analysis.Analysis: the layout, the tracer and the Service view)
     for the family of `host` when given, else for the dump's first. Node addresses: --node-ip, else those
-    collected with a node directory."""
+    collected with a node directory. `hosts`: with several questions, every address they ask about (all of
+    `host`'s family): the analysis answers for each of them."""
     from iptrace.kube.analysis import analyse
 
+    host = host or (hosts[0] if hosts else None)
     family = ("ipv6" if ":" in host else "ipv4") if host else "ipv4"
     dataplane, ruleset, collected = load_dump(dump, lenient=lenient, table=table, family=family)
     if host is None:
@@ -148,12 +150,10 @@ def load_conntrack(path: str | None, dump: str, *, lenient: bool = False) -> Any
 
 def note_skipped(name: str, table: Any) -> None:
     """--lenient: say how many conntrack lines were left out, and the first reason."""
-    if table.skipped:
-        first = table.skipped[0]
-        click.echo(f"note: {name}: skipped {len(table.skipped)} unreadable line{'s' if len(table.skipped) != 1 else ''}"
-                   f" (first: line {first.line}: {first.reason})", err=True)
-    for w in table.warnings:
-        click.echo(f"note: {name}:{w.line}: {w.reason}", err=True)
+    from iptrace.collect.stream import skipped_notes
+
+    for note in skipped_notes(name, table):
+        click.echo(note, err=True)
 
 
 def batch() -> None:

@@ -153,9 +153,10 @@ def _run_collect(targets: list[Any], out: Path, opts: dict[str, Any]) -> list[An
             "conntrack_max_entries": opts["conntrack_max_entries"],
         }
     if sys.stderr.isatty():
+        from rich.console import Console
         from rich.progress import Progress
 
-        with Progress(transient=True) as bar:
+        with Progress(console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task("collecting", total=len(targets))
 
             def tick(result: Any) -> None:
@@ -222,31 +223,72 @@ def collect(nodes: tuple[str, ...], out: str, output: str, **opts: Any) -> None:
         raise click.exceptions.Exit(EXIT_ERROR)
 
 
-def _audit_inputs(sources: tuple[str, ...], node_ips: tuple[str, ...], lenient: bool, cluster: Any) -> list[Any]:
+def _audit_sources(sources: tuple[str, ...], node_ips: tuple[str, ...]) -> list[Any]:
     """Every node to audit: each collection directory's nodes, each plain dump file as one node."""
-    from iptrace.collect.inputs import dump_input, inputs_from_directory
-    from iptrace.errors import IptraceError
+    from iptrace.collect.stream import sources as list_sources
     from iptrace.iptables import read_dump
-    from iptrace.kube.audit import NodeInput
 
-    inputs: list[Any] = []
-    for source in sources:
-        path = Path(source)
-        if path.is_dir():
-            inputs += inputs_from_directory(path, cluster=cluster, lenient=lenient)
-            continue
-        name = path.name.removesuffix(".gz").removesuffix(".txt") if source != "-" else "stdin"
-        try:
-            text, where = read_dump(source)
-        except IptraceError as exc:
-            inputs.append(NodeInput(name, {}, str(exc)))
-            continue
-        inputs.append(dump_input(text, where, node_ips=node_ips, cluster=cluster, lenient=lenient, name=name))
-    names = [i.name for i in inputs]
+    def stdin() -> tuple[str, str]:
+        return read_dump("-")
+
+    nodes = list_sources(sources, node_ips, stdin=stdin)
+    names = [n.name for n in nodes]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise click.UsageError(f"two inputs are both called {duplicates[0]!r}; rename one of them")
-    return inputs
+    return nodes
+
+
+def _analyse(nodes: list[Any], cluster: Any, lenient: bool, pictures: bool, jobs: int) -> list[Any]:
+    """Every node's digest, with a progress bar on a terminal (nodes done / total, rate, time left)."""
+    from iptrace.collect.stream import analyse_nodes
+
+    kwargs: dict[str, Any] = {"cluster": cluster, "lenient": lenient, "pictures": pictures, "jobs": jobs}
+    if sys.stderr.isatty() and len(nodes) > 1:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("auditing", total=len(nodes), rate="")
+
+            def tick(result: Any) -> None:
+                bar.advance(task)
+                done = bar.tasks[0]
+                rate = done.speed
+                bar.update(task, description=f"audited {result.name}",
+                           rate=f"{rate * 60:.1f} nodes/min" if rate else "")
+
+            results = analyse_nodes(nodes, progress=tick, **kwargs)
+    else:
+        results = analyse_nodes(nodes, **kwargs)
+    for r in results:
+        for note in r.notes:
+            click.echo(note, err=True)
+    return results
+
+
+def _merged(documents: tuple[str, ...]) -> tuple[list[Any], str | None, bool]:
+    """The nodes of several `audit -o json` documents (--merge)."""
+    import json
+
+    from iptrace.errors import InputError
+    from iptrace.kube.merge import merge
+
+    loaded = []
+    for name in documents:
+        try:
+            text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError(f"{name}: no such file or directory") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{name}: cannot read ({exc})") from None
+        try:
+            loaded.append((name, json.loads(text)))
+        except ValueError as exc:
+            raise InputError(f"{name}: not JSON ({exc}); expected the output of `iptrace audit -o json`") from None
+    return merge(loaded)
 
 
 @main.command()
@@ -262,19 +304,25 @@ def _audit_inputs(sources: tuple[str, ...], node_ips: tuple[str, ...], lenient: 
 @click.option("--namespace", "-n", help="With --kubeconfig: only this namespace's Services.")
 @click.option("--node-ip", "node_ips", multiple=True, callback=check_ip, metavar="IP",
               help="Addresses of a node given as a plain dump file.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Worker processes analysing nodes (default: the number of CPUs).")
+@click.option("--merge", "merge_documents", is_flag=True,
+              help="SOURCES are `audit -o json` documents of shards of the fleet: merge them into the audit one "
+                   "run over all their nodes gives (nodes sorted by name; no pictures in -o html).")
 @click.option("--verbose", "-v", is_flag=True, help="Show each finding's detail and evidence lines.")
 @output_option("text", "json", "html")
 @lenient_option
 @_collect_options
 def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluster_files: tuple[str, ...],
-          namespace: str | None, node_ips: tuple[str, ...], verbose: bool, output: str, lenient: bool,
-          **opts: Any) -> None:
+          namespace: str | None, node_ips: tuple[str, ...], jobs: int | None, merge_documents: bool, verbose: bool,
+          output: str, lenient: bool, **opts: Any) -> None:
     """Analyze every node of a collection and compare them with each other and with the cluster.
 
     Finds Services missing or forwarded differently on some nodes (differences that traffic policy Local
     explains are not findings), stale kube-proxies, nodes without kube-proxy rules, backend splits and, with
-    --cluster/--kubeconfig, every disagreement between a node's rules and the API. Exit status 3 when any
-    finding is an error.
+    --cluster/--kubeconfig, every disagreement between a node's rules and the API. Nodes are analysed one at a
+    time in --jobs worker processes, so memory does not grow with the fleet; a progress bar shows on a
+    terminal. Exit status 3 when any finding is an error, else 1 when a node could not be collected.
 
     \b
     Examples:
@@ -284,15 +332,53 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
       iptrace audit node1 node2 admin@node3:2222 --sudo --kubeconfig ~/.kube/config
       iptrace audit --via api --kubeconfig ~/.kube/config
       iptrace audit node1.txt node2.txt
+      iptrace audit --merge shard-a.json shard-b.json -o html > report.html
     """
     batch()
-    import tempfile
+    import os
 
-    from iptrace.cli.flows import audit_conntrack
-    from iptrace.kube.audit import audit as run_audit
+    from iptrace.kube.audit import combine
+    from iptrace.kube.merge import merge_json
     from iptrace.render.audit import audit_to_json, render_audit_text
 
     _check_via(opts)
+    failures: list[Any] = []
+    cluster: Any = None
+    if merge_documents:
+        if not sources:
+            raise click.UsageError("--merge needs the `audit -o json` documents to merge")
+        results, cluster_source, cluster_nodes = _merged(sources)
+        report = combine(results, cluster_source=cluster_source, cluster_nodes=cluster_nodes)
+    else:
+        results, cluster, failures = _audit_nodes(sources, collect_first, out, cluster_files, namespace, node_ips,
+                                                  jobs or os.cpu_count() or 1, output == "html", lenient, opts)
+        cluster_source = cluster.source if cluster is not None else None
+        cluster_nodes = bool(cluster.nodes) if cluster is not None else False
+        report = combine(results, cluster)
+    if output == "json":
+        doc = audit_to_json(report)
+        doc["merge"] = merge_json(results, cluster_source=cluster_source, cluster_nodes=cluster_nodes)
+        emit_json(doc)
+    elif output == "html":
+        from iptrace.render.html import render_audit_html
+
+        click.echo(render_audit_html(report, cluster), nl=False)
+    else:
+        click.echo(render_audit_text(report, verbose=verbose), nl=False)
+    for r in failures:
+        click.echo(f"Error: {r.error}", err=True)
+    if report.has_error:
+        raise click.exceptions.Exit(EXIT_FINDINGS)
+    if failures:
+        raise click.exceptions.Exit(EXIT_ERROR)
+
+
+def _audit_nodes(sources: tuple[str, ...], collect_first: bool, out: str | None, cluster_files: tuple[str, ...],
+                 namespace: str | None, node_ips: tuple[str, ...], jobs: int, pictures: bool, lenient: bool,
+                 opts: dict[str, Any]) -> tuple[list[Any], Any, list[Any]]:
+    """Collect what must be collected, then analyse every node: (results, cluster data, collection failures)."""
+    import tempfile
+
     via, inventory, kubeconfig, context = opts["via"], opts["inventory"], opts["kubeconfig"], opts["context"]
     node_selector = opts["node_selector"]
     discover = not sources and not inventory and (via == "api" or bool(kubeconfig or context or node_selector))
@@ -320,31 +406,16 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
                 targets = _targets(nodes, inventory, kubeconfig if discover else None,
                                    context if discover else None, node_selector if discover else None)
             where = Path(out) if out else Path(tmp)
-            results = _run_collect(targets, where, opts)
-            failures = [r for r in results if not r.ok]
-            collected = tuple(str(where / r.node) for r in results if r.ok)
+            collected_results = _run_collect(targets, where, opts)
+            failures = [r for r in collected_results if not r.ok]
+            collected = tuple(str(where / r.node) for r in collected_results if r.ok)
             if not collected and not paths:
                 for r in failures:
                     click.echo(f"Error: {r.error}", err=True)
                 raise click.exceptions.Exit(EXIT_ERROR)
             paths += collected
-        inputs = _audit_inputs(paths, node_ips, lenient, cluster)
-        report = run_audit(inputs, cluster)
-        report = audit_conntrack(report, inputs, paths, lenient=lenient)
-    if output == "json":
-        emit_json(audit_to_json(report))
-    elif output == "html":
-        from iptrace.render.html import render_audit_html
-
-        click.echo(render_audit_html(report, cluster), nl=False)
-    else:
-        click.echo(render_audit_text(report, verbose=verbose), nl=False)
-    for r in failures:
-        click.echo(f"Error: {r.error}", err=True)
-    if report.has_error:
-        raise click.exceptions.Exit(EXIT_FINDINGS)
-    if failures:
-        raise click.exceptions.Exit(EXIT_ERROR)
+        results = _analyse(_audit_sources(paths, node_ips), cluster, lenient, pictures, jobs)
+    return results, cluster, failures
 
 
 @main.command()

@@ -13,7 +13,7 @@ from typing import Any
 from iptrace import dataplanes
 from iptrace.collect import store
 from iptrace.errors import InputError, IptraceError
-from iptrace.kube.analysis import Analysis, analyse
+from iptrace.kube.analysis import Analysis, analyse, known_ports
 from iptrace.kube.audit import NodeInput
 
 NFT_FILE = "nft-ruleset.txt"
@@ -26,6 +26,7 @@ class NodeDump:
     dataplane: Any
     ruleset: Any
     note: str | None = None  # said to the user when the choice is not the obvious iptables-save.txt
+    layout: Any = None  # the chosen family's layout, read with the `known` ports it was chosen with
 
 
 def _nft_text(snapshot: Any) -> str | None:
@@ -36,34 +37,43 @@ def _nft_text(snapshot: Any) -> str | None:
     return text
 
 
-def _has_kube_rules(dataplane: Any, ruleset: Any, family: str) -> bool:
-    return family in ruleset.families and bool(dataplane.layout(ruleset, family).proxy.has_rules)
+def _kube_layout(dataplane: Any, ruleset: Any, family: str, known: Any) -> Any:
+    """The layout of `family` when kube-proxy's rules are there, else None."""
+    if family not in ruleset.families:
+        return None
+    layout = dataplane.layout(ruleset, family, known=known)
+    return layout if layout.proxy.has_rules else None
 
 
-def choose_dump(snapshot: Any, family: str = "ipv4", *, lenient: bool = False) -> NodeDump:
+def choose_dump(snapshot: Any, family: str = "ipv4", *, lenient: bool = False, known: Any = ()) -> NodeDump:
     """The dump of `snapshot` (a collect.store.NodeSnapshot) that answers for `family`: the iptables-save (or
     ip6tables-save) dump when kube-proxy's rules are there, else the legacy backend's, else the nftables
-    ruleset's. Raises IptraceError when the main dump cannot be read."""
+    ruleset's. `known`: the API's Service ports (kube.analysis.known_ports), to read the layout with. Raises
+    IptraceError when the main dump cannot be read."""
     node = snapshot.node
     text = snapshot.dump_text
     name = str(snapshot.dump_path)
     if family == "ipv6" and snapshot.ip6_dump_text:
         text, name = snapshot.ip6_dump_text, str(Path(snapshot.dump_path).parent / store.IP6_DUMP_FILE)
     dataplane, ruleset = dataplanes.load(text, source=name, lenient=lenient)
-    if _has_kube_rules(dataplane, ruleset, family):
-        return NodeDump(dataplane, ruleset)
+    layout = _kube_layout(dataplane, ruleset, family, known)
+    if layout is not None:
+        return NodeDump(dataplane, ruleset, layout=layout)
     if snapshot.legacy_dump_text and family == "ipv4":
         legacy_dp, legacy = dataplanes.load(snapshot.legacy_dump_text, lenient=lenient,
                                             source=str(Path(snapshot.dump_path).parent / store.LEGACY_DUMP_FILE))
-        if _has_kube_rules(legacy_dp, legacy, family):
+        layout = _kube_layout(legacy_dp, legacy, family, known)
+        if layout is not None:
             return NodeDump(legacy_dp, legacy, f"{node}: kube-proxy's rules are in the legacy iptables backend; "
-                                               f"analyzing {store.LEGACY_DUMP_FILE}")
+                                               f"analyzing {store.LEGACY_DUMP_FILE}", layout)
     nft = _nft_text(snapshot)
     if nft:
         nft_dp, nft_rs = dataplanes.load(nft, source=str(Path(snapshot.dump_path).parent / NFT_FILE),
                                          lenient=lenient)
-        if _has_kube_rules(nft_dp, nft_rs, family):
-            return NodeDump(nft_dp, nft_rs, f"{node}: kube-proxy runs in nftables mode here; analyzing {NFT_FILE}")
+        layout = _kube_layout(nft_dp, nft_rs, family, known)
+        if layout is not None:
+            return NodeDump(nft_dp, nft_rs, f"{node}: kube-proxy runs in nftables mode here; analyzing {NFT_FILE}",
+                            layout)
     return NodeDump(dataplane, ruleset)
 
 
@@ -77,26 +87,28 @@ def legacy_note_for(dataplane: Any, legacy: Any) -> str:
             "old copy of it) writes there too.")
 
 
-def node_input(snapshot: Any, *, cluster: Any = None, lenient: bool = False) -> NodeInput:
+def node_input(snapshot: Any, *, cluster: Any = None, lenient: bool = False, reuse: Any = None) -> NodeInput:
     """The audit's view of one collected node: an Analysis per family. A dump that cannot be read becomes
-    the node's `error` (the main dump) or a load warning (an extra one); it never stops the audit."""
+    the node's `error` (the main dump) or a load warning (an extra one); it never stops the audit. `reuse`: an
+    iptrace.kube.reuse.ViewReuse shared by the nodes of one audit."""
     meta = dict(snapshot.meta)
     problems: list[str] = []
     analyses: dict[str, Analysis] = {}
     legacy_note = None
     try:
-        chosen = choose_dump(snapshot, "ipv4", lenient=lenient)
+        chosen = choose_dump(snapshot, "ipv4", lenient=lenient, known=known_ports(cluster, "ipv4"))
     except IptraceError as exc:
         return NodeInput(snapshot.node, {}, str(exc), tuple(snapshot.addresses), meta)
     for family in chosen.ruleset.families:
         analyses[family] = analyse(chosen.dataplane, chosen.ruleset, family, node_ips=snapshot.addresses,
-                                   cluster=cluster)
+                                   cluster=cluster, reuse=reuse,
+                                   layout=chosen.layout if family == "ipv4" else None)
     if "ipv6" not in analyses and snapshot.ip6_dump_text:
         try:
-            v6 = choose_dump(snapshot, "ipv6", lenient=lenient)
+            v6 = choose_dump(snapshot, "ipv6", lenient=lenient, known=known_ports(cluster, "ipv6"))
             if "ipv6" in v6.ruleset.families:
                 analyses["ipv6"] = analyse(v6.dataplane, v6.ruleset, "ipv6", node_ips=snapshot.addresses,
-                                           cluster=cluster)
+                                           cluster=cluster, reuse=reuse, layout=v6.layout)
         except IptraceError as exc:
             problems.append(str(exc))
     if snapshot.legacy_dump_text and chosen.note is None:
@@ -114,11 +126,9 @@ def node_input(snapshot: Any, *, cluster: Any = None, lenient: bool = False) -> 
     return NodeInput(snapshot.node, analyses, None, tuple(snapshot.addresses), meta, legacy_note)
 
 
-def inputs_from_directory(directory: Any, *, cluster: Any = None, lenient: bool = False) -> list[NodeInput]:
-    """Every node of a collection directory (`iptrace collect --out DIR`), or the one node when `directory`
-    is itself a node directory, sorted by name. A node whose files cannot be read or parsed becomes a
-    NodeInput with its `error`, so one bad node never stops the audit. Raises InputError when `directory`
-    holds no node at all."""
+def node_directories(directory: Any) -> list[Path]:
+    """The node directories of a collection directory (`iptrace collect --out DIR`), or `directory` itself when
+    it is one node's, sorted by name. Raises InputError when it holds no node at all."""
     root = Path(directory)
     if store.is_node_dir(root):
         candidates = [root]
@@ -133,8 +143,14 @@ def inputs_from_directory(directory: Any, *, cluster: Any = None, lenient: bool 
     if not candidates:
         raise InputError(f"{root}: no node directories (NODE/iptables-save.txt + NODE/meta.json) found; "
                          "run `iptrace collect NODE... --out DIR` first")
+    return candidates
+
+
+def inputs_from_directory(directory: Any, *, cluster: Any = None, lenient: bool = False) -> list[NodeInput]:
+    """Every node of a collection directory (node_directories), each a NodeInput; a node whose files cannot be
+    read or parsed becomes a NodeInput with its `error`, so one bad node never stops the audit."""
     out: list[NodeInput] = []
-    for path in candidates:
+    for path in node_directories(directory):
         try:
             snapshot = store.read_node_dir(path)
         except InputError as exc:
@@ -145,11 +161,12 @@ def inputs_from_directory(directory: Any, *, cluster: Any = None, lenient: bool 
 
 
 def dump_input(text: str, source: str, *, node_ips: Sequence[str] = (), cluster: Any = None,
-               lenient: bool = False, name: str | None = None) -> NodeInput:
+               lenient: bool = False, name: str | None = None, reuse: Any = None) -> NodeInput:
     """A plain dump file given to `audit` as one node (named after the file)."""
     try:
         dataplane, ruleset = dataplanes.load(text, source=source, lenient=lenient)
     except IptraceError as exc:
         return NodeInput(name or Path(source).name, {}, str(exc), tuple(node_ips))
-    analyses = {f: analyse(dataplane, ruleset, f, node_ips=node_ips, cluster=cluster) for f in ruleset.families}
+    analyses = {f: analyse(dataplane, ruleset, f, node_ips=node_ips, cluster=cluster, reuse=reuse)
+                for f in ruleset.families}
     return NodeInput(name or Path(source).name, analyses, None, tuple(node_ips), {"dataplane": dataplane.name})

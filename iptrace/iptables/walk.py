@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
-from iptrace.dataplane import Decision, Entry, Outcome, Packet, Trace, join_host_port
+from iptrace.dataplane import Decision, Entry, Footprint, Outcome, Packet, Trace, join_host_port
 from iptrace.errors import InputError, TraceError
 from iptrace.iptables import chainmemo
 from iptrace.iptables.chainwalk import ChainWalker
@@ -270,6 +270,12 @@ class Tracer(ChainWalker):
             if gc_was_enabled:
                 gc.enable()
         return Trace(packet, "kube-proxy", outcomes, (NEW_CONNECTION,))
+
+    def footprint(self, calls: Sequence[tuple[str | None, Packet]]) -> Footprint | None:
+        """How far these traces reach into the rules, as a key other nodes' rules compare by (footprint.py)."""
+        from iptrace.iptables.footprint import footprint
+
+        return footprint(self, calls)
 
     def trace(self, packet: Packet, *, in_interface: str | None = None, assumptions: Sequence[str] = ()) -> Trace:
         """Every outcome of `packet`. `assumptions` are the caller's (e.g. pick_source's note on the source

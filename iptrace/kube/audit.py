@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from iptrace.dataplane import ProxyMode
 from iptrace.kube.cluster import ClusterState
 from iptrace.kube.compare import (
     ADDRESS_MISMATCH,
@@ -28,14 +29,12 @@ from iptrace.kube.compare import (
     SERVICE_ONLY_ON_NODE,
     STALE_ENDPOINTS,
     UNKNOWN_SERVICE,
-    Evidence,
     Finding,
     Severity,
-    compare_with_cluster,
     listing,
-    view_service_label,
 )
-from iptrace.kube.view import KubeView, ServicePortView
+from iptrace.kube.digest import FamilyDigest, NodeResult, PortDigest, node_result
+from iptrace.kube.view import ServicePortView
 
 # A node whose kube-proxy runs in another proxy mode than the others' (a fleet migrating to nftables mode).
 PROXY_MODE_MISMATCH = "proxy-mode-mismatch"
@@ -89,33 +88,24 @@ class AuditReport:
 
 @dataclass
 class _NodeState:
-    input: NodeInput
-    views: dict[str, KubeView]
-    kube_node: str | None
+    result: NodeResult
     findings: list[Finding] = field(default_factory=list)
 
     @property
     def name(self) -> str:
-        return self.input.name
+        return self.result.name
 
     @property
-    def primary(self) -> KubeView | None:
-        return self.views.get("ipv4") or self.views.get("ipv6")
+    def kube_node(self) -> str | None:
+        return self.result.kube_node
+
+    @property
+    def primary(self) -> FamilyDigest | None:
+        return self.result.primary
 
     @property
     def has_rules(self) -> bool:
-        return any(_proxied(v) for v in self.views.values())
-
-    def evidence(self, family: str | None = None) -> Evidence:
-        analyses = self.input.analyses
-        analysis = analyses.get(family) if family else None
-        analysis = analysis or next(iter(analyses.values()), None)
-        return Evidence(analysis.ruleset if analysis is not None else None)
-
-
-def _proxied(view: KubeView) -> bool:
-    """kube-proxy's Service rules (iptables or nftables mode) are in this view."""
-    return view.proxy.mode in ("iptables", "nftables")
+        return self.result.proxied
 
 
 def kube_node_for(name: str, addresses: Sequence[str], cluster: ClusterState | None,
@@ -154,123 +144,133 @@ def audit(nodes: Sequence[NodeInput], cluster: ClusterState | None = None) -> Au
     Differences that a Local traffic policy explains (which endpoints are local, "has no local endpoints"
     DROPs) are not findings. With cluster data the API is the reference for every Service port; without it,
     the majority of the nodes is."""
-    states: list[_NodeState] = []
+    return combine([node_result(n, cluster, pictures=True) for n in nodes], cluster)
+
+
+def combine(results: Sequence[NodeResult], cluster: ClusterState | None = None, *,
+            cluster_source: str | None = None, cluster_nodes: bool | None = None) -> AuditReport:
+    """The audit of nodes already digested (iptrace.kube.digest.node_result: each with its API comparison done
+    when `cluster` was given), in this order. A merge of audits, which has no ClusterState, gives the cluster
+    data's `cluster_source` and whether it listed Nodes (`cluster_nodes`) instead."""
+    compared = cluster is not None or cluster_source is not None
+    if cluster is not None:
+        cluster_source = cluster.source
+        cluster_nodes = bool(cluster.nodes)
+    states = [_NodeState(r) for r in results]
     findings: list[Finding] = []
-    for node in nodes:
-        if not node.analyses:
+    for s in states:
+        if not s.result.families:
+            r = s.result
             findings.append(Finding(
-                LOAD_ERROR, "error", node.name, None, f"{node.name}: its rules could not be read",
-                node.error or "no dump", "fix or re-collect this node's dump (`iptrace collect`), then audit again"))
-            states.append(_NodeState(node, {}, _kube_node_name(node, cluster)))
-            continue
-        views = {family: a.view for family, a in node.analyses.items()}
-        states.append(_NodeState(node, views, _kube_node_name(node, cluster)))
-    loaded = [s for s in states if s.views]
+                LOAD_ERROR, "error", r.name, None, f"{r.name}: its rules could not be read",
+                r.error or "no dump", "fix or re-collect this node's dump (`iptrace collect`), then audit again"))
+    loaded = [s for s in states if s.result.families]
     proxied = [s for s in loaded if s.has_rules]
 
     for s in loaded:
-        findings.extend(_node_checks(s, proxied, cluster))
-    if cluster is not None:
+        findings.extend(_node_checks(s, proxied))
+    if compared:
         for s in proxied:
-            if s.kube_node is None and cluster.nodes:
+            if s.kube_node is None and cluster_nodes:
                 findings.append(Finding(
                     NODE_UNKNOWN, "warning", s.name, None,
                     f"{s.name}: no Node in the cluster data has its addresses or name",
-                    f"Addresses collected: {listing(s.input.addresses)}. Without the Node's name, endpoints "
+                    f"Addresses collected: {listing(s.result.addresses)}. Without the Node's name, endpoints "
                     "local to this node (traffic policy Local) cannot be checked.",
                     "collect the node's addresses, or pass cluster data that includes this Node"))
-            for family, view in s.views.items():
-                if not _proxied(view):
-                    continue
-                s.findings.extend(compare_with_cluster(s.input.analyses[family], cluster, node_name=s.kube_node,
-                                                       node=s.name))
+            for fam in s.result.families:
+                if fam.proxied:
+                    s.findings.extend(fam.compared)
     else:
         for family in ("ipv4", "ipv6"):
-            members = [s for s in proxied if family in s.views and _proxied(s.views[family])]
+            members = [s for s in proxied if (f := s.result.family(family)) is not None and f.proxied]
             if len(members) >= 2:
                 _peer_compare(members, family)
     for s in proxied:
         findings.extend(s.findings)
     skewed = {f.node: f.id for f in findings if f.id in (ERA_MISMATCH, PROXY_MODE_MISMATCH) and f.node}
     findings.extend(_stale_summaries(proxied, skewed))
+    drawn = sorted({f.service for f in findings if f.service})  # (a conntrack finding draws no picture)
+    findings.extend(f for s in states for f in s.result.extra)
     findings.sort(key=lambda f: f.sort_key)
+    mine: dict[str, list[Finding]] = {}
+    for f in findings:
+        mine.setdefault(f.node, []).append(f)
     summaries = []
     for s in states:
-        mine = [f for f in findings if f.node == s.name]
-        view = s.primary
-        status = "load-error" if not s.views else ("ok" if s.has_rules else "no-kube-proxy")
+        own = mine.get(s.name, [])
+        fam = s.primary
+        status = "load-error" if not s.result.families else ("ok" if s.has_rules else "no-kube-proxy")
         summaries.append(NodeSummary(
             name=s.name, status=status, kube_node=s.kube_node,
-            era=view.era.name if view is not None else "-",
-            version_hint=view.era.version_hint if view is not None else "",
-            services=sum(len(v.services) for v in s.views.values()),
-            errors=sum(f.severity == "error" for f in mine), warnings=sum(f.severity == "warning" for f in mine),
-            infos=sum(f.severity == "info" for f in mine), error=s.input.error,
-            mode=view.proxy.mode if view is not None else "-",
-            dataplane=view.proxy.dataplane if view is not None else "-"))
-    return AuditReport(tuple(summaries), tuple(findings), cluster.source if cluster is not None else None,
-                       _port_views(proxied, findings))
+            era=fam.proxy.name if fam is not None else "-",
+            version_hint=fam.proxy.version_hint if fam is not None else "",
+            services=sum(f.services for f in s.result.families),
+            errors=sum(f.severity == "error" for f in own), warnings=sum(f.severity == "warning" for f in own),
+            infos=sum(f.severity == "info" for f in own), error=s.result.error,
+            mode=fam.proxy.mode if fam is not None else "-",
+            dataplane=fam.proxy.dataplane if fam is not None else "-"))
+    return AuditReport(tuple(summaries), tuple(findings), cluster_source if compared else None,
+                       _port_views(proxied, drawn))
 
 
-def _node_checks(s: _NodeState, proxied: Sequence[_NodeState], cluster: ClusterState | None) -> list[Finding]:
+def _node_checks(s: _NodeState, proxied: Sequence[_NodeState]) -> list[Finding]:
     out: list[Finding] = []
-    view = s.primary
-    assert view is not None
-    evidence = s.evidence()
+    fam = s.primary
+    assert fam is not None
+    era = fam.proxy
     if not s.has_rules:
         others = len(proxied)
-        detail = "; ".join(view.warnings) or "no kube-proxy Service rules"
+        detail = "; ".join(fam.warnings) or "no kube-proxy Service rules"
         if others:
             detail += f". {others} other node(s) have kube-proxy rules, so Services do not work the same here"
         out.append(Finding(
             NO_KUBE_PROXY_RULES, "error", s.name, None,
-            f"{s.name}: no kube-proxy {view.proxy.dataplane} rules ({view.era.name})", detail,
+            f"{s.name}: no kube-proxy {era.dataplane} rules ({era.name})", detail,
             "check that kube-proxy runs on this node (kubectl -n kube-system get pods -o wide | grep kube-proxy) "
             "and in which --proxy-mode, or that the Service proxy replacing it is healthy"))
     elif proxied:
-        mode_finding = _mode_check(s, view, proxied)
+        mode_finding = _mode_check(s, era, proxied)
         if mode_finding is not None:
             out.append(mode_finding)
         # Layout versions are compared among the nodes of one proxy mode only.
-        same_mode = [p for p in proxied if p.primary is not None and p.primary.proxy.mode == view.proxy.mode]
-        eras = Counter(p.primary.era.name for p in same_mode if p.primary is not None)
+        same_mode = [p for p in proxied if p.primary is not None and p.primary.proxy.mode == era.mode]
+        eras = Counter(p.primary.proxy.name for p in same_mode if p.primary is not None)
         common, count = eras.most_common(1)[0]
-        if view.era.name != common and count > eras[view.era.name]:
-            others = next(p.primary.era for p in same_mode if p.primary is not None and p.primary.era.name == common)
+        if era.name != common and count > eras[era.name]:
+            others = next(p.primary.proxy for p in same_mode if p.primary is not None
+                          and p.primary.proxy.name == common)
             out.append(Finding(
                 ERA_MISMATCH, "warning", s.name, None,
-                f"{s.name}: kube-proxy writes the {view.era.name} layout ({view.era.version_hint}); "
+                f"{s.name}: kube-proxy writes the {era.name} layout ({era.version_hint}); "
                 f"{count} other node(s) write the {common} layout ({others.version_hint})",
                 "Different kube-proxy versions handle traffic policies, terminating endpoints and source ranges "
-                "differently; " + "; ".join(view.era.evidence),
+                "differently; " + "; ".join(era.evidence),
                 "run the same kube-proxy version on every node (check the DaemonSet's image and any node "
                 "running a static pod)"))
-    if view.era.legacy_tables_present:
+    if era.legacy_tables_present:
         detail = ("iptables-nft-save warned that iptables-legacy tables are present: some component writes to "
                   "the legacy backend, and the kernel runs both, so the rules that decide may not be these. ")
         severity: Severity = "warning"
-        if s.input.legacy_note is not None:
-            detail += s.input.legacy_note
+        if s.result.legacy_note is not None:
+            detail += s.result.legacy_note
         else:
             detail += "Collect iptables-legacy-save too (iptrace collect does when it sees the warning)."
         out.append(Finding(
             BACKEND_SPLIT, severity, s.name, None, f"{s.name}: rules in both iptables backends (nft and legacy)",
             detail, "make every component on the node use one backend (the nft one on current distributions); "
-            "remove the legacy rules with iptables-legacy -F/-X once nothing writes them",
-            evidence([])))
-    problems = s.input.meta.get("load_warnings") if s.input.meta else None
-    if isinstance(problems, list):
-        for p in problems:
-            out.append(Finding(LOAD_ERROR, "warning", s.name, None, f"{s.name}: an extra dump could not be read",
-                               str(p), "re-collect this node"))
+            "remove the legacy rules with iptables-legacy -F/-X once nothing writes them"))
+    for p in s.result.load_warnings:
+        out.append(Finding(LOAD_ERROR, "warning", s.name, None, f"{s.name}: an extra dump could not be read",
+                           str(p), "re-collect this node"))
     return out
 
 
-def _mode_check(s: _NodeState, view: KubeView, proxied: Sequence[_NodeState]) -> Finding | None:
+def _mode_check(s: _NodeState, era: ProxyMode, proxied: Sequence[_NodeState]) -> Finding | None:
     """proxy-mode-mismatch for a node in a minority (or a tie) of kube-proxy's proxy modes across the fleet. Its
     Service ports are still compared with the other nodes' (the view is the same in every mode)."""
     modes = Counter(p.primary.proxy.mode for p in proxied if p.primary is not None)
-    mine = view.proxy.mode
+    mine = era.mode
     others = [(count, mode) for mode, count in modes.items() if mode != mine]
     if not others:
         return None
@@ -281,17 +281,13 @@ def _mode_check(s: _NodeState, view: KubeView, proxied: Sequence[_NodeState]) ->
     return Finding(
         PROXY_MODE_MISMATCH, "warning", s.name, None,
         f"{s.name}: kube-proxy runs in {mine} mode here; {count} other node(s) run it in {mode} mode",
-        f"Nodes in {mode} mode: {listing(holders)}. This node's rules are {view.proxy.dataplane} rules "
-        f"({view.era.name}). Its Service ports are compared with the other nodes' as on any node: a Service "
+        f"Nodes in {mode} mode: {listing(holders)}. This node's rules are {era.dataplane} rules "
+        f"({era.name}). Its Service ports are compared with the other nodes' as on any node: a Service "
         "port it forwards differently has a finding of its own; none means it forwards every one as they do "
         "(what one mode cannot show, such as a health check nodePort in nftables mode, is not compared).",
         "finish the migration: give every node's kube-proxy the same mode (the KubeProxyConfiguration `mode`, "
         "or --proxy-mode) and restart the odd ones; `iptrace diff IPTABLES_DUMP NFT_RULESET` of one node "
         "checks first that both modes forward every Service port alike")
-
-
-def _view_key(sp: ServicePortView) -> str:
-    return view_service_label(sp)
 
 
 def _majority(values: Mapping[str, Any]) -> tuple[Any, bool]:
@@ -304,21 +300,49 @@ def _majority(values: Mapping[str, Any]) -> tuple[Any, bool]:
     return top, len(ranked) == 1 or n > ranked[1][1]
 
 
+class _Port:
+    """One node's digest of one Service port, with its lines (the evidence slots)."""
+
+    __slots__ = ("digest", "lines")
+
+    def __init__(self, digest: PortDigest, lines: Sequence[int]) -> None:
+        self.digest = digest
+        self.lines = lines
+
+    def evidence(self, lines: Iterable[int], limit: int = 6) -> tuple[tuple[int, str], ...]:
+        """compare.Evidence over the lines this port's evidence slots hold."""
+        d = self.digest
+        texts = dict(zip(self.lines, (*d.head, *(t for _a, _c, t in d.endpoints)), strict=True))
+        wanted = sorted({x for x in lines if x})[:limit]
+        return tuple((x, texts.get(x, "")) for x in wanted)
+
+    @property
+    def head_lines(self) -> list[int]:
+        return list(self.lines[:len(self.digest.head)])
+
+    def endpoint_lines(self, addresses: Iterable[str] | None = None) -> list[int]:
+        wanted = set(addresses) if addresses is not None else None
+        at = len(self.digest.head)
+        return [self.lines[at + i] for i, (a, _c, _t) in enumerate(self.digest.endpoints)
+                if wanted is None or a in wanted]
+
+
 def _peer_compare(members: Sequence[_NodeState], family: str) -> None:
     """Nodes against each other, service port by service port (no cluster data: the majority is the
     reference; with a tie, every node in the disagreement is told)."""
-    by_node: dict[str, dict[str, ServicePortView]] = {}
+    by_node: dict[str, dict[str, _Port]] = {}
     for s in members:
-        by_node[s.name] = {_view_key(sp): sp for sp in s.views[family].services}
+        fam = s.result.family(family)
+        assert fam is not None
+        by_node[s.name] = {d.key: _Port(d, lines) for d, lines in fam.port_lines()}
     states = {s.name: s for s in members}
-    evidence = {s.name: s.evidence(family) for s in members}
     all_keys = sorted({k for ports in by_node.values() for k in ports})
     total = len(members)
 
     def add(node: str, id_: str, severity: Severity, service: str, summary: str, detail: str, fix: str,
-            lines: Iterable[int] = ()) -> None:
+            port: _Port | None = None, lines: Iterable[int] = ()) -> None:
         states[node].findings.append(Finding(id_, severity, node, service, summary, detail, fix,
-                                             evidence[node](lines)))
+                                             port.evidence(lines) if port is not None else ()))
 
     for key in all_keys:
         having = [n for n in by_node if key in by_node[n]]
@@ -334,38 +358,31 @@ def _peer_compare(members: Sequence[_NodeState], family: str) -> None:
                         "compare with the API")
             else:
                 for n in having:
+                    port = by_node[n][key]
                     add(n, SERVICE_ONLY_ON_NODE, "warning", key,
                         f"{key}: only {len(having)} of {total} nodes have rules for it, this one included",
                         f"Nodes without it: {listing(lacking)}. Either this node keeps rules for a deleted "
                         "Service (kube-proxy here is not syncing) or the others have not picked up a new one.",
                         "audit with --cluster/--kubeconfig to see which side the API agrees with",
-                        by_node[n][key].lines[:4])
+                        port, port.head_lines)
         if len(having) >= 2:
             _peer_compare_port(key, {n: by_node[n][key] for n in having}, add)
 
 
-def _endpoint_signature(sp: ServicePortView) -> tuple[tuple[str, float], ...]:
-    # KUBE-SVC's endpoints only: KUBE-SVL/KUBE-XLB hold this node's local endpoints, which differ by design.
-    return tuple(sorted((ep.address, round(ep.probability, 6)) for ep in sp.endpoints if ep.in_cluster_chain))
-
-
-def _peer_compare_port(key: str, ports: Mapping[str, ServicePortView], add: Any) -> None:
+def _peer_compare_port(key: str, ports: Mapping[str, _Port], add: Any) -> None:
     fields: list[tuple[str, str, Severity, Any]] = [
-        ("ClusterIP", "cluster_ip", "error", lambda sp: sp.cluster_ip),
-        ("port", "port", "error", lambda sp: sp.port),
-        ("nodePort", "node_port", "error", lambda sp: sp.node_port),
-        ("external/LoadBalancer IPs", "ips", "error",
-         lambda sp: tuple(sorted({*sp.external_ips, *sp.lb_ips}))),
-        ("externalTrafficPolicy", "etp", "warning", lambda sp: sp.external_traffic_policy),
-        ("internalTrafficPolicy", "itp", "warning", lambda sp: sp.internal_traffic_policy),
-        ("session affinity timeout", "affinity", "warning",
-         lambda sp: sp.session_affinity_timeout if sp.endpoints else None),
-        ("loadBalancerSourceRanges", "ranges", "error",
-         lambda sp: tuple(sorted(sp.lb_source_ranges)) if sp.endpoints and sp.lb_ips else None),
-        ("healthCheckNodePort", "hc", "warning", lambda sp: sp.health_check_node_port),
+        ("ClusterIP", "cluster_ip", "error", lambda d: d.cluster_ip),
+        ("port", "port", "error", lambda d: d.port),
+        ("nodePort", "node_port", "error", lambda d: d.node_port),
+        ("external/LoadBalancer IPs", "ips", "error", lambda d: d.ips),
+        ("externalTrafficPolicy", "etp", "warning", lambda d: d.external_traffic_policy),
+        ("internalTrafficPolicy", "itp", "warning", lambda d: d.internal_traffic_policy),
+        ("session affinity timeout", "affinity", "warning", lambda d: d.affinity),
+        ("loadBalancerSourceRanges", "ranges", "error", lambda d: d.ranges),
+        ("healthCheckNodePort", "hc", "warning", lambda d: d.health_check_node_port),
     ]
     for title, _name, severity, get in fields:
-        values = {n: get(sp) for n, sp in ports.items()}
+        values = {n: get(p.digest) for n, p in ports.items()}
         # Unknown on a node (no endpoint chains to read it from) is no disagreement.
         values = {n: v for n, v in values.items() if v is not None}
         if len(set(values.values())) <= 1:
@@ -380,8 +397,8 @@ def _peer_compare_port(key: str, ports: Mapping[str, ServicePortView], add: Any)
                 f"Other nodes: {listing(others)}. One kube-proxy has not applied the Service's current spec. "
                 f"{NOT_SYNCING}.",
                 "audit with --cluster/--kubeconfig to see which nodes agree with the API; restart the stale "
-                "kube-proxy", ports[n].lines[:4])
-    sigs = {n: _endpoint_signature(sp) for n, sp in ports.items()}
+                "kube-proxy", ports[n], ports[n].head_lines)
+    sigs = {n: p.digest.signature for n, p in ports.items()}
     if len(set(sigs.values())) <= 1:
         return
     addresses = {n: {a for a, _ in sig} for n, sig in sigs.items()}
@@ -398,14 +415,14 @@ def _peer_compare_port(key: str, ports: Mapping[str, ServicePortView], add: Any)
             union_others = set().union(*(addresses[o] for o in addresses if o != n))
             extra = sorted(a for a in mine if all(a not in addresses[o] for o in addresses if o != n))
             missing = sorted(a for a in union_others if a not in mine)
-        sp = ports[n]
-        lines = [ep.line for ep in sp.endpoints if ep.address in extra]
+        port = ports[n]
+        lines = port.endpoint_lines(extra)
         if not extra and not missing:
             add(n, FORWARDING_DIFFERS, "warning", key,
                 f"{key}: same endpoints as the other nodes but different probabilities",
                 "kube-proxy always splits evenly (1/n, 1/(n-1), …); different probabilities mean the rules were "
                 "edited by hand or by another tool.", "let kube-proxy rewrite the rules (restart it)",
-                [ep.line for ep in sp.endpoints])
+                port, port.endpoint_lines())
             continue
         parts = []
         if extra:
@@ -414,7 +431,7 @@ def _peer_compare_port(key: str, ports: Mapping[str, ServicePortView], add: Any)
         if missing:
             parts.append(f"misses {listing(missing, 4)}")
         if not mine:
-            parts.append("REJECTs (no endpoints)" if sp.no_endpoints else "has no endpoints")
+            parts.append("REJECTs (no endpoints)" if port.digest.no_endpoints else "has no endpoints")
         severity: Severity = "error" if extra or not mine else "warning"
         add(n, ENDPOINTS_DIFFER, severity, key, f"{key}: this node " + "; ".join(parts),
             "Every node's KUBE-SVC chain for a Service port lists the same endpoints (only the local ones of a "
@@ -422,7 +439,7 @@ def _peer_compare_port(key: str, ports: Mapping[str, ServicePortView], add: Any)
             ("older than the others'" if strict and extra else "different from the others'") +
             f". {NOT_SYNCING}.",
             "restart kube-proxy on this node once it can sync; audit with --cluster/--kubeconfig to confirm "
-            "against the EndpointSlices", lines or sp.lines[:4])
+            "against the EndpointSlices", port, lines or port.head_lines)
 
 
 def _stale_summaries(proxied: Sequence[_NodeState], skewed: Mapping[str, str]) -> list[Finding]:
@@ -466,36 +483,24 @@ def _stale_summaries(proxied: Sequence[_NodeState], skewed: Mapping[str, str]) -
 @dataclass(frozen=True, slots=True)
 class PortViews:
     """One Service port a finding names, in one IP family: every node with kube-proxy rules in that family, in
-    audit order, with its view of the port (None: the node has no rules for it)."""
+    audit order, with its view of the port (None: the node has no rules for it; lines are left out)."""
 
     service: str
     family: str
     nodes: tuple[tuple[str, ServicePortView | None], ...]
 
 
-def _port_views(proxied: Sequence[_NodeState], findings: Sequence[Finding]) -> tuple[PortViews, ...]:
-    wanted = sorted({f.service for f in findings if f.service})
-    if not wanted:
-        return ()
-    # A Service's name, or a chain's for an unnamed one: a cheap filter before spelling every port's label.
-    names = {key.split("/", 1)[-1].split(":", 1)[0].split("/", 1)[0] for key in wanted}
-    families = sorted({fam for s in proxied for fam, v in s.views.items() if _proxied(v)})
+def _port_views(proxied: Sequence[_NodeState], wanted: Sequence[str]) -> tuple[PortViews, ...]:
+    if not wanted or not any(f.pictures is not None for s in proxied for f in s.result.families):
+        return ()  # (nodes digested without their pictures: a merge of audits draws none)
+    families = sorted({f.family for s in proxied for f in s.result.families if f.proxied})
     by_node: dict[tuple[str, str], dict[str, ServicePortView]] = {}
     for s in proxied:
         for family in families:
-            view = s.views.get(family)
-            if view is None or not _proxied(view):
+            fam = s.result.family(family)
+            if fam is None or not fam.proxied or fam.pictures is None:
                 continue
-            ports: dict[str, ServicePortView] = {}
-            for sp in view.services:
-                if sp.name not in names:
-                    continue
-                key = view_service_label(sp)
-                # Several fragments can name one port (comment-less filter rules): draw kube-proxy's main one.
-                if key not in ports or (len(sp.chains), len(sp.entries)) > (len(ports[key].chains),
-                                                                            len(ports[key].entries)):
-                    ports[key] = sp
-            by_node[(s.name, family)] = ports
+            by_node[(s.name, family)] = dict(fam.pictures)
     out: list[PortViews] = []
     for key in wanted:
         drawn = False

@@ -477,11 +477,14 @@ def chain_labels(layout: Layout) -> ChainLabels:
 class ViewBuilder:
     """Builds the view of one Service port at a time (memoised), or of them all."""
 
-    def __init__(self, layout: Layout, tracer: Tracer, *, source: str = "<dump>", node_ips: Sequence[str] = ()) -> None:
+    def __init__(self, layout: Layout, tracer: Tracer, *, source: str = "<dump>", node_ips: Sequence[str] = (),
+                 reuse: Any = None) -> None:
         self.layout = layout
         self.source = source
         self.clients = Clients.for_layout(layout, node_ips)
+        self._tracer = tracer
         self._builder = _Builder(layout, tracer, self.clients)
+        self._reuse = reuse  # an iptrace.kube.reuse.ViewReuse: Service ports other nodes had alike
         self._ports: dict[str, ServicePortView] = {}
         self._view: KubeView | None = None
 
@@ -503,7 +506,13 @@ class ViewBuilder:
             enabled = gc.isenabled()
             gc.disable()  # ~10^5 small acyclic objects: the cyclic collector would only rescan the whole ruleset
             try:
-                services = [self.port(key) for key in layout.keys]
+                if self._reuse is None:
+                    services = [self.port(key) for key in layout.keys]
+                else:
+                    clients = self.clients
+                    services = self._reuse.services(layout, self._tracer,
+                                                    lambda t: _Builder(layout, t, clients).service)
+                    self._ports.update(zip(layout.keys, services, strict=True))
             finally:
                 if enabled:
                     gc.enable()
@@ -515,11 +524,13 @@ class ViewBuilder:
         return self._view
 
 
-def build_view(layout: Layout, tracer: Tracer, *, source: str = "<dump>", node_ips: Sequence[str] = ()) -> KubeView:
+def build_view(layout: Layout, tracer: Tracer, *, source: str = "<dump>", node_ips: Sequence[str] = (),
+               reuse: Any = None) -> KubeView:
     """kube-proxy's view of every Service port of `layout`, each way in traced with `tracer` for every kind of
     client. `node_ips` are the node's own addresses (the tracer must know them too); NodePorts are traced to
-    the first (or to a documentation placeholder when none is known: the tracer is then built with it)."""
-    return ViewBuilder(layout, tracer, source=source, node_ips=node_ips).view()
+    the first (or to a documentation placeholder when none is known: the tracer is then built with it).
+    `reuse` (an iptrace.kube.reuse.ViewReuse) takes Service ports other nodes had alike from its cache."""
+    return ViewBuilder(layout, tracer, source=source, node_ips=node_ips, reuse=reuse).view()
 
 
 def view_node_ips(layout: Layout, node_ips: Sequence[str]) -> list[str]:

@@ -1,0 +1,152 @@
+"""Many questions of `trace` and `explain`: `--dst` given several times and `--dst-file FILE`, read into
+questions (a bad line is a question that carries its error, so the others are still answered), asked against
+one load of the dump per IP family, and printed: one destination exactly as before, several as a JSON array
+in input order or as text with a header line per question.
+
+Exit status with several destinations: 1 when a question could not be asked (a bad line, an address of an IP
+family the dump has no rules for), else `explain` exits 3 when an explanation has an error, else 0."""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+PROTOCOLS = ("tcp", "udp", "sctp")
+EXPECTED = "IP:PORT or IP:PORT/proto, e.g. 10.96.0.10:53/udp or [fd00::10]:443"
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    """One destination asked about: where it was written (`--dst`, or FILE:LINE) and what, or why not."""
+
+    where: str
+    text: str
+    host: str = ""
+    port: int = 0
+    proto: str = "tcp"
+    error: str | None = None
+
+    @property
+    def family(self) -> str:
+        return "ipv6" if ":" in self.host else "ipv4"
+
+    @property
+    def label(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}/{self.proto}"
+
+
+def parse_question(text: str, where: str, default_proto: str) -> Question:
+    """`IP:PORT` or `IP:PORT/proto` (IPv6 as `[addr]:port`); a Question with its error when it is neither."""
+    body, slash, proto = text.partition("/")
+    proto = proto.lower() if slash else default_proto
+    if slash and proto not in PROTOCOLS:
+        return Question(where, text, error=f"{where}: found {text!r}: unknown protocol {proto!r}; expected "
+                                           f"tcp, udp or sctp after the slash ({EXPECTED})")
+    if body.startswith("[") and "]:" in body:
+        host, port = body[1:].split("]:", 1)
+    else:
+        host, sep, port = body.rpartition(":")
+        if not sep or ":" in host:
+            return Question(where, text, error=f"{where}: found {text!r}; expected {EXPECTED}")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        return Question(where, text, error=f"{where}: found {text!r}; expected {EXPECTED}")
+    if not 0 < number <= 65535:
+        return Question(where, text, error=f"{where}: found {text!r}: port {number} is out of range; expected "
+                                           "1-65535")
+    return Question(where, text, host, number, proto)
+
+
+def read_questions(dsts: Sequence[str], dst_file: str | None, default_proto: str) -> list[Question]:
+    """The --dst values (a bad one is a usage error, as it always was), then the --dst-file lines (`#`
+    comments and blank lines skipped; `-` is stdin)."""
+    from iptrace.cli.common import parse_destination
+
+    out = []
+    for text in dsts:
+        body, slash, proto = text.partition("/")
+        host, port = parse_destination(body)  # (a bad --dst is a usage error, worded as it always was)
+        if slash and proto.lower() not in PROTOCOLS:
+            raise click.BadParameter(f"{text!r}: unknown protocol {proto!r}; expected tcp, udp or sctp",
+                                     param_hint="--dst")
+        out.append(Question("--dst", text, host, port, proto.lower() if slash else default_proto))
+    if dst_file is not None:
+        from iptrace.errors import InputError
+
+        name = "<stdin>" if dst_file == "-" else dst_file
+        try:
+            lines = sys.stdin.read() if dst_file == "-" else Path(dst_file).read_text(encoding="utf-8",
+                                                                                         errors="replace")
+        except FileNotFoundError:
+            raise InputError(f"{dst_file}: no such file or directory") from None
+        except OSError as exc:
+            raise InputError(f"{dst_file}: cannot read ({exc.strerror or exc})") from None
+        for number, line in enumerate(lines.splitlines(), 1):
+            text = line.split("#", 1)[0].strip()
+            if text:
+                out.append(parse_question(text, f"{name}:{number}", default_proto))
+    if not out:
+        raise click.UsageError("Missing option '--dst' (or --dst-file FILE with one IP:PORT a line).")
+    return out
+
+
+def answer_all(questions: Sequence[Question], analysis_for: Callable[[str, Sequence[str]], Any],
+               answer: Callable[[Any, Question], Any]) -> list[Any]:
+    """Each question's answer (or its error, as a string), one analysis per IP family asked about
+    (`analysis_for(family, hosts)`), in input order."""
+    from iptrace.errors import InputError
+
+    analyses: dict[str, Any] = {}
+    out: list[Any] = []
+    for q in questions:
+        if q.error is not None:
+            out.append(q.error)
+            continue
+        if q.family not in analyses:
+            hosts = [x.host for x in questions if x.error is None and x.family == q.family]
+            try:
+                analyses[q.family] = analysis_for(q.family, hosts)
+            except InputError as exc:
+                analyses[q.family] = exc
+        found = analyses[q.family]
+        if isinstance(found, InputError):
+            out.append(f"{q.where}: {q.text}: {found}")
+            continue
+        try:
+            out.append(answer(found, q))
+        except InputError as exc:
+            out.append(f"{q.where}: {q.text}: {exc}")
+    return out
+
+
+def emit_answers(questions: Sequence[Question], answers: Sequence[Any], output: str,
+                 to_json: Callable[[Any], Any], to_text: Callable[[Any], str]) -> bool:
+    """Print several answers; True when a question could not be asked (said on stderr too)."""
+    from iptrace.cli.common import emit_json
+
+    bad = False
+    docs = []
+    chunks = []
+    for q, a in zip(questions, answers, strict=True):
+        if isinstance(a, str):
+            bad = True
+            click.echo(f"Error: {a}", err=True)
+            docs.append({"dst": q.text, "where": q.where, "error": a})
+            chunks.append(f"=== {q.text} ({q.where}) ===\nError: {a}\n")
+            continue
+        docs.append(to_json(a))
+        chunks.append(f"=== {q.label} ({q.where}) ===\n{to_text(a)}")
+    if output == "json":
+        emit_json(docs)
+    else:
+        click.echo("\n".join(chunks), nl=False)
+    return bad

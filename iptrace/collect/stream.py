@@ -1,0 +1,199 @@
+"""`audit`'s nodes analysed as a stream: each node read, parsed and analysed on its own — in `jobs` worker
+processes, each taking one node at a time — and only its digest (iptrace.kube.digest.NodeResult) kept, so that
+memory does not grow with the nodes' rules. A worker reuses the Service port views its earlier nodes had alike
+(iptrace.kube.reuse). A node that cannot be read is a NodeResult with its error; it never stops the others.
+Results come back in input order whatever the number of workers. The I/O side of `audit` (files, processes).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from iptrace.collect import store
+from iptrace.collect.inputs import dump_input, node_directories, node_input
+from iptrace.errors import IptraceError
+from iptrace.kube.compare import LOAD_ERROR, Finding
+from iptrace.kube.digest import NodeResult, node_result
+from iptrace.kube.reuse import ViewReuse
+
+CONNTRACK_FILE = "conntrack.txt"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One node to audit: a collected node directory, a dump file, or a dump read already (stdin)."""
+
+    name: str
+    path: str | None = None
+    directory: bool = False
+    text: str | None = None
+    node_ips: tuple[str, ...] = ()
+
+
+def node_name(node_dir: Path) -> str:
+    """The name an audit gives a collected node (collect.store: meta.json's `node`, else the directory's)."""
+    try:
+        meta = json.loads((node_dir / store.META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return node_dir.name
+    name = meta.get("node") if isinstance(meta, dict) else None
+    return name if isinstance(name, str) else node_dir.name
+
+
+def sources(paths: Sequence[str], node_ips: Sequence[str] = (), *, stdin: Callable[[], tuple[str, str]] | None = None
+            ) -> list[Source]:
+    """Every node of `paths`: each collection directory's nodes (sorted), each dump file as one node (named
+    after the file), `-` as the node "stdin" (read through `stdin`). Raises InputError for a directory that
+    holds no node."""
+    out: list[Source] = []
+    for path in paths:
+        p = Path(path)
+        if path != "-" and p.is_dir():
+            out += [Source(node_name(d), str(d), True) for d in node_directories(p)]
+        elif path == "-":
+            text = stdin() if stdin is not None else None
+            out.append(Source("stdin", "<stdin>", False, text[0] if text else None, tuple(node_ips)))
+        else:
+            out.append(Source(p.name.removesuffix(".gz").removesuffix(".txt"), path, False, None, tuple(node_ips)))
+    return out
+
+
+class Worker:
+    """Analyses nodes one after the other, sharing Service views across them."""
+
+    def __init__(self, cluster: Any, lenient: bool, pictures: bool, reuse: bool) -> None:
+        self.cluster = cluster
+        self.lenient = lenient
+        self.pictures = pictures
+        self.reuse = ViewReuse() if reuse else None
+        self.intern: dict[Any, Any] = {}
+
+    def run(self, source: Source) -> NodeResult:
+        try:
+            return self._run(source)
+        except IptraceError as exc:
+            return NodeResult(source.name, str(exc), source.node_ips)
+        finally:
+            import gc
+
+            gc.collect()  # the node's rules are garbage now: give their memory back before the next node
+            if len(self.intern) > 200_000:
+                self.intern.clear()
+
+    def _run(self, source: Source) -> NodeResult:
+        from iptrace.iptables import read_dump
+
+        if not source.directory:
+            if source.text is not None:
+                text, where = source.text, source.path or "<stdin>"
+            else:
+                text, where = read_dump(source.path or "")
+            node = dump_input(text, where, node_ips=source.node_ips, cluster=self.cluster, lenient=self.lenient,
+                              name=source.name, reuse=self.reuse)
+            del text
+            return node_result(node, self.cluster, pictures=self.pictures, intern=self.intern)
+        path = Path(source.path or "")
+        snapshot = store.read_node_dir(path)
+        node = node_input(snapshot, cluster=self.cluster, lenient=self.lenient, reuse=self.reuse)
+        del snapshot
+        extra: list[Finding] = []
+        notes: list[str] = []
+        if node.analyses and (path / CONNTRACK_FILE).is_file():
+            extra, notes = conntrack(node.name, path / CONNTRACK_FILE, node.analyses, lenient=self.lenient)
+        return node_result(node, self.cluster, pictures=self.pictures, intern=self.intern, extra=extra, notes=notes)
+
+
+def conntrack(name: str, path: Path, analyses: Any, *, lenient: bool) -> tuple[list[Finding], list[str]]:
+    """A node's stale-conntrack findings (a table that cannot be read is a load-error), and the notes reading it
+    made (lines skipped with --lenient)."""
+    from iptrace.conntrack import load, read_file
+    from iptrace.kube.conntrack import conntrack_findings
+
+    try:
+        data, where = read_file(str(path))
+        table = load(data, source=where, lenient=lenient)
+    except IptraceError as exc:
+        return [Finding(LOAD_ERROR, "error", name, None, f"{name}: its conntrack table could not be read", str(exc),
+                        "collect this node again (or audit with --lenient to skip the bad lines)")], []
+    # The same tracers the node's Service view was built with: one engine per dataplane.
+    tracers = {family: a.tracer for family, a in analyses.items()}
+    hint = next(iter(analyses.values())).layout.proxy.version_hint
+    return conntrack_findings(name, table, tracers, version_hint=hint), skipped_notes(where, table)
+
+
+def skipped_notes(name: str, table: Any) -> list[str]:
+    """--lenient: how many conntrack lines were left out and the first reason; the table's warnings."""
+    out = []
+    if table.skipped:
+        first = table.skipped[0]
+        many = "s" if len(table.skipped) != 1 else ""
+        out.append(f"note: {name}: skipped {len(table.skipped)} unreadable line{many} (first: line {first.line}: "
+                   f"{first.reason})")
+    out += [f"note: {name}:{w.line}: {w.reason}" for w in table.warnings]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ processes
+
+_WORKER: Worker | None = None
+
+
+def _init(cluster: Any, lenient: bool, pictures: bool, reuse: bool) -> None:
+    global _WORKER
+    import gc
+
+    gc.disable()  # a node's analysis builds ~10^6 acyclic objects; Worker.run collects once per node
+    _WORKER = Worker(cluster, lenient, pictures, reuse)
+
+
+def _run(item: tuple[int, Source]) -> tuple[int, NodeResult]:
+    assert _WORKER is not None
+    return item[0], _WORKER.run(item[1])
+
+
+class _Interner:
+    """Keeps one copy of each digest (and picture) the workers send: nodes share almost all of them."""
+
+    def __init__(self) -> None:
+        self.seen: dict[Any, Any] = {}
+
+    def __call__(self, result: NodeResult) -> NodeResult:
+        seen = self.seen
+        families = []
+        for fam in result.families:
+            ports = tuple(seen.setdefault(p, p) for p in fam.ports)
+            pictures = None if fam.pictures is None else tuple(
+                (k, seen.setdefault(v, v)) for k, v in fam.pictures)
+            families.append(replace(fam, ports=ports, pictures=pictures))
+        return replace(result, families=tuple(families))
+
+
+def analyse_nodes(nodes: Sequence[Source], *, cluster: Any = None, lenient: bool = False, pictures: bool = False,
+                  jobs: int = 1, reuse: bool = True, progress: Callable[[NodeResult], None] | None = None,
+                  ) -> list[NodeResult]:
+    """Every node's NodeResult, in the order of `nodes`. `jobs` > 1: that many worker processes (fresh ones:
+    the parent holds no rules), each analysing one node at a time. `progress` is called as each node is done."""
+    results: list[NodeResult | None] = [None] * len(nodes)
+    keep = _Interner()
+    for i, result in _results(nodes, cluster, lenient, pictures, jobs, reuse):
+        results[i] = keep(result)
+        if progress is not None:
+            progress(result)
+    return [r for r in results if r is not None]
+
+
+def _results(nodes: Sequence[Source], cluster: Any, lenient: bool, pictures: bool, jobs: int,
+             reuse: bool) -> Iterator[tuple[int, NodeResult]]:
+    if jobs <= 1 or len(nodes) <= 1:
+        worker = Worker(cluster, lenient, pictures, reuse)
+        for i, source in enumerate(nodes):
+            yield i, worker.run(source)
+        return
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(min(jobs, len(nodes)), initializer=_init, initargs=(cluster, lenient, pictures, reuse)) as pool:
+        yield from pool.imap_unordered(_run, enumerate(nodes), chunksize=1)

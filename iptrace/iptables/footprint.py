@@ -1,0 +1,566 @@
+"""The footprint of some traces (iptrace.dataplane.Footprint): every rule they could meet and how it would answer
+them, as a key another node's rules can be compared by, so that a Service view worked out on one node is
+reused on the next (iptrace.kube.reuse) — nodes of one cluster differ in a few rules (their own pod CIDR in the
+CNI's rules, their local endpoints, the order of KUBE-SERVICES), which most Service ports never meet.
+
+Why equal keys mean equal traces. Every branch of these traces has its source among the packets' sources S
+(no rule rewrites it), its destination among D (the packets' destinations and every DNAT target the key
+holds) and its destination port among P (likewise). A rule is *kept* unless it cannot match any such branch:
+it never matches, or the index files it under a protocol, port or host outside the question (index.py: its
+definite tests fail), or one of its -s/-d tests fails for every address of S (D). The walk skips a rule that
+does not match without any effect (walk.py tests -s/-d first, then the other tests, and only then makes
+assumptions or splits), so the walk sees only kept rules, and only in chains kept jumps lead to. The key
+holds, from the hooks' chains (and the chains traced directly) in walk order, every chain the kept rules
+reach — its name, policy, existence — and every kept rule's text in chain order, with each -s/-d value
+written as "@" and, instead, the answer of that test for each address of S and D. The addresses themselves
+are in the key, except the packets' sources and the node's own addresses: these are named by role (with
+what -m addrtype says of them), so that node B's question about its own address matches node A's. Every other
+read of an abstracted address (an ipset with known members, -m iprange, conntrack's original addresses, a
+masked -m recent) makes the footprint None. Equal keys therefore mean the same kept rules, answering every
+test alike, in the same order: the same walk, except for line numbers (`Footprint.lines`, position by
+position) and the abstracted addresses. REDIRECT and NETMAP, which rewrite to addresses the key cannot name,
+make it None. tests/test_reuse.py compares views built with and without reuse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from iptrace.dataplane import Footprint, Packet
+from iptrace.errors import IptraceError
+from iptrace.iptables.compile import DNAT, NETMAP, REDIRECT, ChainCode
+from iptrace.iptables.index import MIN_RULES, KeyPlan, rule_key
+from iptrace.iptables.match_modules import _address_types
+from iptrace.iptables.matchers import Structure, binder_for, fast_tokens, rule_structure
+from iptrace.iptables.memo import structure_reads
+from iptrace.iptables.model import BUILTIN_CHAINS, TABLES, unquote
+from iptrace.iptables.options import BUILTIN_TARGETS
+from iptrace.iptables.state import ip_int, parse_net
+
+# What one rule's text says to a footprint (the same on every node, so it is kept per process): the text with
+# its -s/-d values as "@", those tests, the index filing, whether it never matches, its target, and what it
+# does that the key must know.
+_PLAIN, _DNAT, _OPAQUE = 0, 1, 2
+Spec = tuple[bool, bool, tuple[tuple[int, int], ...]]  # (a source test, negated, networks as (net, mask))
+
+
+class _Facts:
+    __slots__ = ("abstract", "goto", "host", "key", "kind", "nat_to", "never", "plain", "reads", "risky", "set_reads",
+                 "specs", "target")
+
+    def __init__(self, abstract: str, specs: tuple[tuple[bool, bool, tuple[tuple[int, int], ...]], ...],
+                 key: tuple[int, int, int | None] | None, host: int | None, never: bool, target: str,
+                 goto: bool, kind: int, nat_to: tuple[int | None, int | None] | None, reads: bool,
+                 set_reads: bool) -> None:
+        self.abstract = abstract
+        self.specs = specs  # (is a source test, negated, networks as (net, mask))
+        self.key = key
+        self.host = host
+        self.never = never
+        self.target = target
+        self.goto = goto
+        self.kind = kind
+        self.nat_to = nat_to
+        self.reads = reads  # reads an address other than through -s/-d, addrtype, a full-mask recent or a set
+        self.set_reads = set_reads  # -m set (membership unknown unless the tracer knows the set)
+        self.plain = not never and key is None and host is None and not specs  # matches any question
+        self.risky = kind == _OPAQUE or reads or set_reads
+
+
+_FACTS: dict[tuple[int, str, bool, str], _Facts] = {}
+_FACTS_LIMIT = 400_000
+_TARGETS: dict[str, str] = {}
+_CHAINS: dict[tuple[int, str, str], list[tuple[_Facts, tuple[str, str] | None, str]]] = {}
+_ADDRESS_READS = frozenset({"src", "dst", "orig_dst"})
+
+
+def _full_mask(values: Sequence[str], version: int) -> bool:
+    try:
+        net = parse_net(unquote(values[0]) if values else "", version)
+    except IptraceError:
+        return False
+    return net is not None and net[0] == (1 << (32 if version == 4 else 128)) - 1
+
+
+def _address_reads(structure: Structure, tokens: Sequence[str], version: int) -> tuple[bool, bool]:
+    """(reads an address beyond what the key holds, reads it through -m set)."""
+    other: list[tuple[str, Any]] = []
+    set_reads = False
+    for module, specs in structure[0]:
+        if module in ("", "addrtype", "comment", "nfacct"):
+            continue
+        if module == "set":
+            set_reads = True
+            continue
+        if module == "recent":
+            # kube-proxy's affinity: equality of whole addresses, which naming them by role keeps.
+            masks = [tokens[idx[0]] for name, _neg, idx in specs if name == "--mask" and idx]
+            if not masks or _full_mask(masks, version):
+                continue
+        other.append((module, specs))
+    return bool(structure_reads((tuple(other), structure[1])) & _ADDRESS_READS), set_reads
+
+
+class _Node:
+    """One tracer's rules as the footprint reads them: per chain, each rule's facts, target and line (built on
+    first use; the facts themselves are shared by text across nodes)."""
+
+    def __init__(self, tracer: Any) -> None:
+        self.tracer = tracer
+        self.chains: dict[tuple[str, str], list[tuple[_Facts, bool, str, int] | None]] = {}
+        self.plans: dict[int, KeyPlan] = {}
+        self.alive: list[Structure] = []
+        self._src_bits: dict[tuple[Spec, tuple[int, ...]], str] = {}
+        self._items: dict[tuple[str, str], list[tuple[_Facts, bool, str, int]]] = {}
+        self._chains_read: dict[tuple[str, str], tuple[str, Any, Any]] = {}
+        self._table_names: dict[str, Any] = {}
+        self._addresses: dict[str, int] = {}
+        self._kinds: dict[int, str] = {}
+        ctx = tracer.ctx
+        ipsets = sorted((name, tuple(nets)) for name, nets in ctx.ipsets.items())
+        self.head = f"v{tracer.version} {tracer.entry} known={ctx.node_ips_known} sets={ipsets}"
+        self._context: _Context | None = None
+        self._index_keys: dict[tuple[str, str], tuple[set[int], set[int]]] = {}
+        version = tracer.version
+        addresses = [a for v, a in (ip_int(text) for text in tracer.node_ips) if v == version]
+        self.node_roles = {addr: f"n{i}" for i, addr in reversed(list(enumerate(addresses)))}
+
+    def context(self) -> _Context:
+        if self._context is None:
+            self._context = _Context(self)
+        return self._context
+
+    def items(self, code: ChainCode) -> list[tuple[_Facts, bool, str, int]]:
+        """Every rule of a (short, unindexed) chain as `rule` gives it."""
+        found = self._items.get(code.key)
+        if found is None:
+            found = self._items[code.key] = [self.rule(code, i) for i in range(len(code.rules))]
+        return found
+
+    def item(self, code: ChainCode, i: int) -> tuple[_Facts, tuple[str, str] | None, int]:
+        """(facts, the chain it jumps to, line) of rule `i` of `code`."""
+        f, is_chain, target, line = self.rule(code, i)
+        return f, (code.table, target) if is_chain else None, line
+
+    def chain(self, key: tuple[str, str]) -> tuple[str, Sequence[tuple[_Facts, tuple[str, str] | None]] | None,
+                                                   Any]:
+        """(the chain's line in the key, its rules as (facts, the chain each jumps to) — None for an indexed
+        chain, which a question reads through its index —, and what `line_of` needs to give their lines)."""
+        found = self._chains_read.get(key)
+        if found is None:
+            found = self._chains_read[key] = self._read_chain(key)
+        return found
+
+    def _read_chain(self, key: tuple[str, str]) -> tuple[str, Any, Any]:
+        tracer = self.tracer
+        table, name = key
+        chain = tracer.ruleset.chain(table, name)
+        if chain is None:
+            return f"chain {table} {name} absent", (), None
+        head = f"chain {table} {name} {chain.policy} {key in tracer._dash_policy} {len(chain.rules) == 0}"
+        if len(chain.rules) >= MIN_RULES:
+            code = tracer._code(table, name)
+            if code.index is not None:
+                return head, None, code
+            return head, [self.item(code, i)[:2] for i in range(len(code.rules))], code.rules
+        # A short chain (an endpoint's, a Service port's, a CNI's) reads alike on every node that has the
+        # same rules: its facts are kept by content (the chains it may jump to are checked per node).
+        content = (tracer.version, table, "\n".join(r.text for r in chain.rules))
+        names = self._names(table)
+        items = _CHAINS.get(content)
+        if items is None or any((target in names and target not in BUILTIN_TARGETS) != (jump is not None)
+                                for _f, jump, target in items):
+            code = tracer._code(table, name)
+            items = [(f, (table, target) if is_chain else None, target)
+                     for f, is_chain, target, _line in (self.rule(code, i) for i in range(len(code.rules)))]
+            if len(_CHAINS) >= _FACTS_LIMIT // 4:
+                _CHAINS.clear()
+            _CHAINS[content] = items
+        return head, items, chain.rules
+
+    def _names(self, table: str) -> Any:
+        found = self._table_names.get(table)
+        if found is None:
+            t = self.tracer.ruleset.table(table)
+            found = self._table_names[table] = t._index if t is not None else {}
+        return found
+
+    def address(self, text: str) -> int:
+        found = self._addresses.get(text)
+        if found is None:
+            found = self._addresses[text] = ip_int(text)[1]
+        return found
+
+    def kind(self, addr: int) -> str:
+        """What -m addrtype and the routing decision see of an address."""
+        found = self._kinds.get(addr)
+        if found is None:
+            types, unsure = _address_types(addr, self.tracer.ctx)
+            found = self._kinds[addr] = f"{sorted(types)} {unsure} {self.tracer.ctx.is_local(addr)}"
+        return found
+
+    def src_bits(self, spec: Spec, sources: tuple[int, ...]) -> str:
+        key = (spec, sources)
+        found = self._src_bits.get(key)
+        if found is None:
+            found = self._src_bits[key] = _bits(spec, sources)
+        return found
+
+    def index_keys(self, code: ChainCode) -> tuple[set[int], set[int]]:
+        """The hosts and ports an indexed chain files rules under."""
+        found = self._index_keys.get(code.key)
+        if found is None:
+            index = code.index
+            assert index is not None
+            hosts = set(index.by_host) | {k[2] for k in index.by_port if k[2] is not None}
+            found = self._index_keys[code.key] = (hosts, {k[1] for k in index.by_port})
+        return found
+
+    def rule(self, code: ChainCode, i: int) -> tuple[_Facts, bool, str, int]:
+        """(facts, whether its target is a chain, that target, line) of rule `i` of `code`."""
+        rules = self.chains.get(code.key)
+        if rules is None:
+            rules = self.chains[code.key] = [None] * len(code.rules)
+        found = rules[i]
+        if found is None:
+            rule = code.rules[i]
+            target = _TARGETS.get(rule.text)
+            if target is None:
+                shape = rule.shape
+                target = fast_tokens(rule.text)[shape.target_index] \
+                    if shape is not None and shape.target_index >= 0 else ""
+                if len(_TARGETS) >= _FACTS_LIMIT:
+                    _TARGETS.clear()
+                _TARGETS[rule.text] = target
+            is_chain = target in code.table_chains and target not in BUILTIN_TARGETS
+            found = rules[i] = (_facts(self, code, i, is_chain), is_chain, target, rule.line)
+        return found
+
+
+def _node(tracer: Any) -> _Node:
+    found = getattr(tracer, "_footprint_node", None)
+    if found is None:
+        found = _Node(tracer)
+        tracer._footprint_node = found
+    return found
+
+
+def _facts(cache: _Node, code: ChainCode, i: int, is_chain: bool) -> _Facts:
+    tracer = cache.tracer
+    rule = code.rules[i]
+    version = tracer.version
+    cache_key = (version, code.table, is_chain, rule.text)
+    found = _FACTS.get(cache_key)
+    if found is not None:
+        return found
+    c = code.compiled[i] or tracer._compile(code, i)
+    tokens = fast_tokens(rule.text)
+    structure = rule_structure(rule, tokens, tracer._structures)
+    binder = binder_for(structure, {})
+    abstract = list(tokens)
+    specs = []
+    for attr, negated, index in binder.addresses:
+        value = tokens[index] if index >= 0 else ""
+        if index >= 0:
+            abstract[index] = "@"
+        nets = tuple(n for n in (parse_net(v, version) for v in unquote(value).split(",") if v) if n is not None)
+        specs.append((attr == "src", negated, nets))
+    key, host = rule_key(rule, version, tracer._structures, cache.plans, cache.alive)
+    kind, nat_to = _PLAIN, None
+    if c.action == DNAT:
+        kind, nat_to = _DNAT, c.arg
+    elif c.action in (REDIRECT, NETMAP):
+        kind = _OPAQUE
+    reads, set_reads = _address_reads(structure, tokens, version)
+    shape = rule.shape
+    target = tokens[shape.target_index] if shape is not None and shape.target_index >= 0 else ""
+    found = _Facts(" ".join(abstract), tuple(specs), key, host, bool(c.never), target,
+                   bool(shape is not None and shape.goto), kind, nat_to, reads, set_reads)
+    if len(_FACTS) >= _FACTS_LIMIT:
+        _FACTS.clear()
+    _FACTS[cache_key] = found
+    return found
+
+
+def _bits(spec: Spec, addrs: Sequence[int]) -> str:
+    """How the -s/-d test `spec` answers each address: "1" matches, "0" does not."""
+    _src, negated, nets = spec
+    if len(nets) == 1:
+        net, mask = nets[0]
+        return "".join("1" if (a & mask == net) != negated else "0" for a in addrs)
+    return "".join("1" if any(a & m == n for n, m in nets) != negated else "0" for a in addrs)
+
+
+class _Unsupported(Exception):
+    """The traces read something the key cannot hold: no footprint."""
+
+
+class _Context:
+    """The chains every question meets before kube-proxy's dispatch (the hooks', the CNI's, the host
+    firewall's), read once per node: every rule of them, as the key holds them, and the long indexed chains
+    (KUBE-SERVICES, KUBE-NODEPORTS) they lead to, which each question reads only where its index says."""
+
+    def __init__(self, node: _Node) -> None:
+        tracer = node.tracer
+        self.chains: set[tuple[str, str]] = set()
+        self.dispatch: list[tuple[str, str]] = []
+        self.specs: list[Spec] = []
+        self.lines: list[int] = []
+        self.targets: list[tuple[int | None, int | None]] = []
+        self.risky: list[tuple[_Facts, tuple[int, ...]]] = []
+        spec_ids: dict[Spec, int] = {}
+        text: list[str] = []
+        roots = [(t, c) for t in TABLES for c in BUILTIN_CHAINS[t]]
+        if tracer.entry == "kube-proxy":
+            from iptrace.iptables.walk import FRAGMENT_FILTER_CHAINS, FRAGMENT_NAT_CHAIN
+
+            roots += [("nat", FRAGMENT_NAT_CHAIN), *(("filter", c) for c in FRAGMENT_FILTER_CHAINS)]
+        todo = list(reversed(roots))
+        while todo:
+            key = todo.pop()
+            if key in self.chains or key in self.dispatch:
+                continue
+            code = tracer._code(*key)
+            # A chain that files rules by destination (kube-proxy's KUBE-SERVICES, KUBE-NODEPORTS, … in any
+            # order) is read per question, for the rules that question can meet.
+            if code is not None and (code.index is not None or any(
+                    f.key is not None or f.host is not None for f, *_rest in node.items(code))):
+                self.dispatch.append(key)
+                continue
+            self.chains.add(key)
+            if code is None:
+                text.append(f"chain {key[0]} {key[1]} absent")
+                continue
+            text.append(f"chain {key[0]} {key[1]} {code.chain.policy} {key in tracer._dash_policy} "
+                        f"{len(code.rules)}")
+            jumps = []
+            for f, is_chain, target, line in node.items(code):
+                ids = tuple(spec_ids.setdefault(spec, len(spec_ids)) for spec in f.specs)
+                text.append(f"{f.abstract} #{ids}")
+                self.lines.append(line)
+                if is_chain:
+                    jumps.append((key[0], target))
+                if f.kind == _DNAT and f.nat_to is not None:
+                    self.targets.append(f.nat_to)
+                if f.kind == _OPAQUE or f.reads or f.set_reads:
+                    self.risky.append((f, ids))
+            todo.extend(reversed(jumps))
+        self.specs = list(spec_ids)
+        self.digest = hashlib.blake2b("\n".join(text).encode(), digest_size=32).hexdigest()
+
+
+class _Question:
+    """The addresses, ports and protocols the traces can present to a rule, and how the key names them."""
+
+    def __init__(self, node: _Node, calls: Sequence[tuple[str | None, Packet]]) -> None:
+        self.node = node
+        self.ctx = node.tracer.ctx
+        self.sources: list[int] = []
+        self.dsts: set[int] = set()
+        self.ports: set[int] = set()
+        self.protos: set[int] = set()
+        address = node.address
+        for _chain, p in calls:
+            src = address(p.src)
+            if src not in self.sources:
+                self.sources.append(src)
+            self.dsts.add(address(p.dst))
+            self.ports.add(p.dport)
+            self.protos.add(p.proto_number)
+        self.calls = calls
+        self.src_key = tuple(self.sources)
+        self.narrowed = False  # a rule was left out for want of a destination, port or protocol
+        self.dst_list: tuple[int, ...] = ()
+        self.dst_bits: dict[Spec, str] = {}
+        self.roles: dict[int, str | None] = {}
+        self.abstracts = False
+
+    def role(self, addr: int) -> str | None:
+        """The role an address is named by in the key, or None when it is written out."""
+        role = self.node.node_roles.get(addr)
+        if role is not None:
+            return role
+        if addr in self.sources and addr not in self.dsts:
+            return f"s{self.sources.index(addr)}"
+        return None
+
+    def add_target(self, nat_to: tuple[int | None, int | None]) -> bool:
+        """Widen the question by a DNAT target; True when that may change what was left out already."""
+        addr, port = nat_to
+        grew = False
+        if addr is not None and addr not in self.dsts:
+            self.dsts.add(addr)
+            grew = True
+        if port is not None and port not in self.ports:
+            self.ports.add(port)
+            grew = True
+        return grew and self.narrowed
+
+    def can_match(self, f: _Facts) -> bool:
+        if f.never:
+            return False
+        key = f.key
+        if key is not None:
+            if key[0] not in self.protos or key[1] not in self.ports or (key[2] is not None
+                                                                          and key[2] not in self.dsts):
+                self.narrowed = True
+                return False
+        elif f.host is not None and f.host not in self.dsts:
+            self.narrowed = True
+            return False
+        for spec in f.specs:
+            if spec[0]:
+                if "1" not in self.node.src_bits(spec, self.src_key):
+                    return False
+            elif not any(_passes(spec, a) for a in self.dsts):
+                self.narrowed = True
+                return False
+        return True
+
+    def freeze(self) -> None:
+        """Fix the roles and the order the key lists the destinations in (tests answer per address, in this
+        order)."""
+        roles = {a: self.role(a) for a in (*self.sources, *self.dsts)}
+        self.roles = roles
+        self.abstracts = any(r is not None for r in roles.values())
+        plain = sorted(a for a in self.dsts if roles[a] is None)
+        self.dst_list = tuple(plain + sorted((a for a in self.dsts if roles[a] is not None),
+                                             key=lambda a: roles[a] or ""))
+        self.dst_bits = {}
+
+    def bits(self, spec: Spec) -> str:
+        if spec[0]:
+            return self.node.src_bits(spec, self.src_key)
+        found = self.dst_bits.get(spec)
+        if found is None:
+            found = self.dst_bits[spec] = _bits(spec, self.dst_list)
+        return found
+
+    def entry(self, f: _Facts) -> str:
+        if not f.specs:
+            return f.abstract
+        return f"{f.abstract} | {' '.join(self.bits(spec) for spec in f.specs)}"
+
+    def header(self) -> str:
+        node = self.node
+        out = [node.head]
+        roles = self.roles
+        for chain, p in self.calls:
+            src = roles[node.address(p.src)] or p.src
+            dst = roles[node.address(p.dst)] or p.dst
+            out.append(f"call {chain or '-'} {src} {dst} {p.dport} {p.sport} {p.proto} {p.in_interface}")
+        for addr in self.src_key + self.dst_list:
+            out.append(f"addr {roles[addr] or addr} {node.kind(addr)}")
+        out.append(f"ports {sorted(self.ports)} protos {sorted(self.protos)}")
+        return "\n".join(out)
+
+    def check(self, f: _Facts) -> None:
+        if f.kind == _OPAQUE:
+            raise _Unsupported
+        if (f.reads or (f.set_reads and self.ctx.ipsets)) and self.abstracts:
+            raise _Unsupported
+
+
+def _passes(spec: Spec, addr: int) -> bool:
+    _src, negated, nets = spec
+    return any(addr & mask == net for net, mask in nets) != negated
+
+
+def _positions(node: _Node, code: ChainCode, q: _Question) -> Iterable[int]:
+    index = code.index
+    assert index is not None
+    hosts, ports = node.index_keys(code)
+    found: set[int] = set(index.rest)
+    dsts = [d for d in q.dsts if d in hosts]
+    for d in dsts:
+        found.update(index.by_host.get(d, ()))
+    for proto in q.protos:
+        for port in q.ports:
+            if port not in ports:
+                continue
+            found.update(index.by_port.get((proto, port, None), ()))
+            for d in dsts:
+                found.update(index.by_port.get((proto, port, d), ()))
+    q.narrowed = True  # (the index left the others out)
+    return sorted(found)
+
+
+def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set[tuple[str, str]],
+          ) -> tuple[list[str | _Facts], list[int]] | None:
+    """The chains and kept rules from `roots` (chains of `skip` are in the key already); None when a DNAT
+    target widened the question after a rule was left out for want of it (walk again)."""
+    items: list[str | _Facts] = []
+    lines: list[int] = []
+    seen: set[tuple[str, str]] = set(skip)
+    todo = list(reversed(roots))
+    can_match = q.can_match
+    while todo:
+        key = todo.pop()
+        if key in seen:
+            continue
+        seen.add(key)
+        head, rules, source = node.chain(key)
+        items.append(head)
+        if rules is None:
+            code = source
+            positions = _positions(node, code, q)
+            rules = [node.item(code, i)[:2] for i in positions]
+            source = [code.rules[i] for i in positions]
+        jumps: list[tuple[str, str]] = []
+        for i, (f, jump, *_target) in enumerate(rules):
+            if not f.plain and not can_match(f):
+                continue
+            if f.kind == _DNAT and f.nat_to is not None and q.add_target(f.nat_to):
+                return None
+            items.append(f)
+            lines.append(source[i].line)
+            if jump is not None:
+                jumps.append(jump)
+        todo.extend(reversed(jumps))
+    return items, lines
+
+
+def footprint(tracer: Any, calls: Sequence[tuple[str | None, Packet]]) -> Footprint | None:
+    """The Footprint of `calls` on `tracer` (see the module's docstring), or None when it cannot be vouched for."""
+    node = _node(tracer)
+    try:
+        context = node.context()
+        q = _Question(node, calls)
+        for nat_to in context.targets:
+            q.add_target(nat_to)
+        # The chains traced directly first: their DNAT targets are the question's endpoints.
+        roots = [*(("nat", chain) for chain, _p in calls if chain is not None), *context.dispatch]
+        for _attempt in range(8):
+            walked = _walk(node, q, roots, context.chains)
+            if walked is not None:
+                break
+            q.narrowed = False
+        else:
+            return None
+        items, kept_lines = walked
+        q.freeze()
+        entries = []
+        for item in items:
+            if isinstance(item, str):
+                entries.append(item)
+            else:
+                if item.risky:
+                    q.check(item)
+                entries.append(q.entry(item))
+        for f, ids in context.risky:
+            if not f.never and all("1" in q.bits(context.specs[k]) for k in ids):
+                q.check(f)
+        body = "\n".join([q.header(), context.digest, " ".join(q.bits(spec) for spec in context.specs), *entries])
+    except (_Unsupported, IptraceError):
+        return None
+    abstracted = tuple(sorted(_text(a, tracer.version) for a, role in q.roles.items() if role is not None))
+    return Footprint(hashlib.blake2b(body.encode(), digest_size=32).digest(), (*context.lines, *kept_lines),
+                     abstracted)
+
+
+def _text(addr: int, version: int) -> str:
+    import ipaddress
+
+    return str(ipaddress.ip_address(addr) if version == 4 else ipaddress.IPv6Address(addr))

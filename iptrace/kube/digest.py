@@ -1,0 +1,187 @@
+"""One node of an audit, reduced to what the fleet needs of it: its row, its own findings (the API comparison,
+made where its rules are), and a digest per Service port for the comparison between nodes — the values kube-
+proxy must agree on across nodes and the text of the rules that would be evidence. A digest holds no line
+numbers (they are the node's, in `FamilyDigest.lines`), so that the nodes that program a port alike share one
+digest object: a fleet of hundreds of nodes is kept in little more memory than one node's rules.
+Dataplane-free and pure: digests are made from an iptrace.kube.analysis.Analysis, never from files.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from iptrace.dataplane import ProxyMode
+from iptrace.kube.cluster import ClusterState
+from iptrace.kube.compare import Finding, compare_with_cluster, view_service_label
+from iptrace.kube.view import KubeView, ServicePortView
+
+HEAD = 4  # lines of a Service port shown as evidence when no endpoint line says more (audit.py)
+
+
+@dataclass(frozen=True, slots=True)
+class PortDigest:
+    """One Service port of one node as the cross-node comparison reads it (audit._peer_compare_port). The
+    evidence texts go with the node's lines position by position: `head` with its first HEAD rule lines, then
+    one text per endpoint (`endpoints`: address, in the cluster chain, rule text) with that endpoint's line."""
+
+    key: str
+    cluster_ip: str | None
+    port: int | None
+    node_port: int | None
+    ips: tuple[str, ...]
+    external_traffic_policy: str | None
+    internal_traffic_policy: str | None
+    affinity: int | None  # the session affinity timeout, when the port has endpoints
+    ranges: tuple[str, ...] | None  # loadBalancerSourceRanges, when it has endpoints and LB IPs
+    health_check_node_port: int | None
+    signature: tuple[tuple[str, float], ...]  # the cluster chain's endpoints and shares
+    endpoints: tuple[tuple[str, bool, str], ...]
+    no_endpoints: bool
+    head: tuple[str, ...]
+
+    @property
+    def slots(self) -> int:
+        return len(self.head) + len(self.endpoints)
+
+
+@dataclass(frozen=True, slots=True)
+class FamilyDigest:
+    """A node's Service ports in one IP family: sorted by key, one per key (the last, as the comparison reads a
+    view), with the node's lines for their evidence slots, one after the other. `pictures`, when asked for, are
+    the ports as the HTML report draws them (lines left out); `compared`, with cluster data, the findings of
+    compare_with_cluster."""
+
+    family: str
+    proxy: ProxyMode
+    warnings: tuple[str, ...]
+    services: int
+    ports: tuple[PortDigest, ...]
+    lines: array  # type: ignore[type-arg]
+    compared: tuple[Finding, ...] = ()
+    pictures: tuple[tuple[str, ServicePortView], ...] | None = None
+
+    @property
+    def proxied(self) -> bool:
+        """kube-proxy's Service rules (iptables or nftables mode) are in this family."""
+        return self.proxy.mode in ("iptables", "nftables")
+
+    def port_lines(self) -> Iterable[tuple[PortDigest, array]]:  # type: ignore[type-arg]
+        """Every port with its lines."""
+        at = 0
+        for p in self.ports:
+            n = p.slots
+            yield p, self.lines[at:at + n]
+            at += n
+
+
+@dataclass(frozen=True, slots=True)
+class NodeResult:
+    """What an audit keeps of one node: enough for its row, its findings and the comparison with the others.
+    `kube_node`: the Node object it was matched with (cluster data). `extra`: findings made apart from the rules
+    (its conntrack table). `notes`: what reading it said on the way (for stderr)."""
+
+    name: str
+    error: str | None = None
+    addresses: tuple[str, ...] = ()
+    host: str = ""
+    kube_node: str | None = None
+    legacy_note: str | None = None
+    load_warnings: tuple[str, ...] = ()
+    families: tuple[FamilyDigest, ...] = ()
+    extra: tuple[Finding, ...] = ()
+    notes: tuple[str, ...] = field(default=(), compare=False)
+
+    def family(self, name: str) -> FamilyDigest | None:
+        return next((f for f in self.families if f.family == name), None)
+
+    @property
+    def primary(self) -> FamilyDigest | None:
+        return self.family("ipv4") or self.family("ipv6")
+
+    @property
+    def proxied(self) -> bool:
+        return any(f.proxied for f in self.families)
+
+
+def port_digest(sp: ServicePortView, texts: Mapping[int, str]) -> tuple[PortDigest, list[int]]:
+    """The digest of one Service port and its evidence lines (`texts`: line -> the rule's text)."""
+    head_lines = list(sp.lines[:HEAD])
+    endpoints = tuple((ep.address, ep.in_cluster_chain, texts.get(ep.line, "") if ep.line else "")
+                      for ep in sp.endpoints)
+    digest = PortDigest(
+        key=view_service_label(sp), cluster_ip=sp.cluster_ip, port=sp.port, node_port=sp.node_port,
+        ips=tuple(sorted({*sp.external_ips, *sp.lb_ips})), external_traffic_policy=sp.external_traffic_policy,
+        internal_traffic_policy=sp.internal_traffic_policy,
+        affinity=sp.session_affinity_timeout if sp.endpoints else None,
+        ranges=tuple(sorted(sp.lb_source_ranges)) if sp.endpoints and sp.lb_ips else None,
+        health_check_node_port=sp.health_check_node_port,
+        signature=tuple(sorted((ep.address, round(ep.probability, 6)) for ep in sp.endpoints if ep.in_cluster_chain)),
+        endpoints=endpoints, no_endpoints=sp.no_endpoints,
+        head=tuple(texts.get(x, "") if x else "" for x in head_lines))
+    return digest, [*head_lines, *(ep.line for ep in sp.endpoints)]
+
+
+def family_digest(analysis: Any, *, cluster: ClusterState | None = None, kube_node: str | None = None,
+                  node: str = "", pictures: bool = False, intern: dict[Any, Any] | None = None) -> FamilyDigest:
+    """One family of one node (an iptrace.kube.analysis.Analysis). `intern` shares equal digests between the
+    nodes a process digests."""
+    view: KubeView = analysis.view
+    ruleset = analysis.ruleset
+    by_key: dict[str, ServicePortView] = {}
+    for sp in view.services:
+        by_key[view_service_label(sp)] = sp  # the last one of a key, as the comparison reads a view
+    wanted = {x for sp in by_key.values() for x in (*sp.lines[:HEAD], *(ep.line for ep in sp.endpoints)) if x}
+    texts = {x: ruleset.line_text(x) or "" for x in wanted}
+    ports: list[PortDigest] = []
+    lines = array("I")
+    for key in sorted(by_key):
+        digest, mine = port_digest(by_key[key], texts)
+        if intern is not None:
+            digest = intern.setdefault(digest, digest)
+        ports.append(digest)
+        lines.extend(mine)
+    compared: tuple[Finding, ...] = ()
+    if cluster is not None and view.proxy.mode in ("iptables", "nftables"):
+        compared = tuple(compare_with_cluster(analysis, cluster, node_name=kube_node, node=node))
+    return FamilyDigest(analysis.family, view.proxy, tuple(view.warnings), len(view.services), tuple(ports), lines,
+                        compared, _pictures(view) if pictures else None)
+
+
+def _pictures(view: KubeView) -> tuple[tuple[str, ServicePortView], ...]:
+    """Per key the port the report draws: kube-proxy's main one when several fragments name it (the most
+    chains, then entries), its lines left out (the picture shows none)."""
+    from dataclasses import replace
+
+    chosen: dict[str, ServicePortView] = {}
+    for sp in view.services:
+        key = view_service_label(sp)
+        if key not in chosen or (len(sp.chains), len(sp.entries)) > (len(chosen[key].chains),
+                                                                     len(chosen[key].entries)):
+            chosen[key] = sp
+    out = []
+    for key in sorted(chosen):
+        sp = chosen[key]
+        entries = tuple(replace(e, lines=(), paths=tuple(replace(p, decided_by=0) for p in e.paths))
+                        for e in sp.entries)
+        out.append((key, replace(sp, lines=(), endpoints=tuple(replace(ep, line=0) for ep in sp.endpoints),
+                                 entries=entries)))
+    return tuple(out)
+
+
+def node_result(node: Any, cluster: ClusterState | None = None, *, pictures: bool = False,
+                intern: dict[Any, Any] | None = None, extra: Sequence[Finding] = (),
+                notes: Sequence[str] = ()) -> NodeResult:
+    """The NodeResult of an iptrace.kube.audit.NodeInput."""
+    from iptrace.kube.audit import kube_node_for
+
+    meta = node.meta or {}
+    kube_node = kube_node_for(node.name, node.addresses, cluster, meta)
+    families = tuple(family_digest(a, cluster=cluster, kube_node=kube_node, node=node.name, pictures=pictures,
+                                   intern=intern) for a in node.analyses.values())
+    warnings = meta.get("load_warnings")
+    return NodeResult(node.name, node.error, tuple(node.addresses), str(meta.get("host", "") or ""), kube_node,
+                      node.legacy_note, tuple(str(w) for w in warnings) if isinstance(warnings, list) else (),
+                      families, tuple(extra), tuple(notes))

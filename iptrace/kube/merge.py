@@ -1,0 +1,182 @@
+"""Audits merged: the `merge` key of `audit -o json` (what the cross-node comparison needs of every node, see
+iptrace.kube.digest) written and read back, so that audits of shards of a fleet (Kubernetes Jobs, CI runners,
+each a label selector's nodes) combine into the audit one run over all nodes would give.
+
+The key is versioned (MERGE_VERSION); a document this version cannot read is refused with what was found
+and what was expected. Digests that nodes share are written once (`digests`) and named by index. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from iptrace.dataplane import ProxyMode
+from iptrace.errors import InputError
+from iptrace.kube.compare import Finding
+from iptrace.kube.digest import FamilyDigest, NodeResult, PortDigest
+
+MERGE_VERSION = 1
+
+
+def merge_json(results: Sequence[NodeResult], *, cluster_source: str | None,
+               cluster_nodes: bool) -> dict[str, Any]:
+    """The `merge` key of an audit's JSON document."""
+    index: dict[PortDigest, int] = {}
+    digests: list[list[Any]] = []
+    nodes = []
+    for r in results:
+        families = []
+        for fam in r.families:
+            ports = []
+            for p in fam.ports:
+                k = index.get(p)
+                if k is None:
+                    k = index[p] = len(digests)
+                    digests.append(_digest_json(p))
+                ports.append(k)
+            families.append({"family": fam.family, "proxy": _proxy_json(fam.proxy), "warnings": list(fam.warnings),
+                             "services": fam.services, "ports": ports, "lines": list(fam.lines),
+                             "compared": [f.to_json() for f in fam.compared]})
+        nodes.append({"name": r.name, "error": r.error, "addresses": list(r.addresses), "host": r.host,
+                      "kube_node": r.kube_node, "legacy_note": r.legacy_note, "load_warnings": list(r.load_warnings),
+                      "families": families, "extra": [f.to_json() for f in r.extra]})
+    cluster = {"source": cluster_source, "nodes": cluster_nodes} if cluster_source is not None else None
+    return {"version": MERGE_VERSION, "cluster": cluster, "digests": digests, "nodes": nodes}
+
+
+def _digest_json(p: PortDigest) -> list[Any]:
+    return [p.key, p.cluster_ip, p.port, p.node_port, list(p.ips), p.external_traffic_policy,
+            p.internal_traffic_policy, p.affinity, None if p.ranges is None else list(p.ranges),
+            p.health_check_node_port, [list(s) for s in p.signature], [list(e) for e in p.endpoints],
+            p.no_endpoints, list(p.head)]
+
+
+def _proxy_json(proxy: ProxyMode) -> dict[str, Any]:
+    data = asdict(proxy)
+    data["evidence"] = list(proxy.evidence)
+    data["warning"] = list(proxy.warning) if proxy.warning is not None else None
+    return data
+
+
+class _Reader:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, where: str, found: object, expected: str) -> InputError:
+        shown = repr(found)
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        return InputError(f"{self.source}: {where}: found {shown}; expected {expected}")
+
+    def get(self, data: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+        if not isinstance(data, dict) or key not in data:
+            raise self.fail(where, data if not isinstance(data, dict) else sorted(data),
+                            f"an object with {key!r}")
+        value = data[key]
+        if not isinstance(value, kind):
+            raise self.fail(f"{where}.{key}", value, getattr(kind, "__name__", "another type"))
+        return value
+
+    def digest(self, item: Any, where: str) -> PortDigest:
+        if not isinstance(item, list) or len(item) != 14:
+            raise self.fail(where, item, "a list of the 14 fields of a Service port digest")
+        try:
+            (key, cluster_ip, port, node_port, ips, etp, itp, affinity, ranges, hc, signature, endpoints,
+             no_endpoints, head) = item
+            return PortDigest(str(key), cluster_ip, port, node_port, tuple(ips), etp, itp, affinity,
+                              None if ranges is None else tuple(ranges), hc,
+                              tuple((str(a), float(p)) for a, p in signature),
+                              tuple((str(a), bool(c), str(t)) for a, c, t in endpoints), bool(no_endpoints),
+                              tuple(str(t) for t in head))
+        except (TypeError, ValueError) as exc:
+            raise self.fail(where, item, f"a Service port digest ({exc})") from None
+
+    def finding(self, item: Any, where: str) -> Finding:
+        from iptrace.kube.conntrack import ConntrackFinding
+
+        try:
+            evidence = tuple((int(e["line"]), str(e["rule"])) for e in item["evidence"])
+            fields = (item["id"], item["severity"], item["node"], item["service"], item["summary"], item["detail"],
+                      item["fix"], evidence)
+            sources = {e.get("source") for e in item["evidence"]}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise self.fail(where, item, f"a finding ({exc})") from None
+        if sources and None not in sources:
+            return ConntrackFinding(*fields, source=str(sources.pop()))
+        return Finding(*fields)
+
+    def proxy(self, item: Any, where: str) -> ProxyMode:
+        try:
+            data = dict(item)
+            data["evidence"] = tuple(data["evidence"])
+            data["warning"] = tuple(data["warning"]) if data.get("warning") is not None else None
+            return ProxyMode(**data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise self.fail(where, item, f"kube-proxy's mode ({exc})") from None
+
+
+def read_merge(document: Any, source: str) -> tuple[list[NodeResult], str | None, bool]:
+    """The nodes of one `audit -o json` document, the cluster data's source and whether it listed Nodes.
+    Raises InputError naming what was found where, and what was expected."""
+    r = _Reader(source)
+    data = r.get(document, "merge", dict, "the document")
+    version = r.get(data, "version", int, "merge")
+    if version != MERGE_VERSION:
+        raise r.fail("merge.version", version, f"{MERGE_VERSION} (written by another iptrace version; audit "
+                     "the shards again with this one)")
+    cluster = data.get("cluster")
+    if cluster is not None and not isinstance(cluster, dict):
+        raise r.fail("merge.cluster", cluster, "an object or null")
+    digests = [r.digest(item, f"merge.digests[{i}]")
+               for i, item in enumerate(r.get(data, "digests", list, "merge"))]
+    results = []
+    for i, node in enumerate(r.get(data, "nodes", list, "merge")):
+        where = f"merge.nodes[{i}]"
+        families = []
+        for j, fam in enumerate(r.get(node, "families", list, where)):
+            at = f"{where}.families[{j}]"
+            try:
+                ports = tuple(digests[k] for k in r.get(fam, "ports", list, at))
+            except (IndexError, TypeError):
+                raise r.fail(f"{at}.ports", fam.get("ports"), f"indexes of merge.digests (0-{len(digests) - 1})") \
+                    from None
+            lines = array("I", (int(x) for x in r.get(fam, "lines", list, at)))
+            if len(lines) != sum(p.slots for p in ports):
+                raise r.fail(f"{at}.lines", len(lines), f"{sum(p.slots for p in ports)} lines (one per evidence "
+                             "slot of its ports)")
+            families.append(FamilyDigest(
+                r.get(fam, "family", str, at), r.proxy(r.get(fam, "proxy", dict, at), f"{at}.proxy"),
+                tuple(r.get(fam, "warnings", list, at)), r.get(fam, "services", int, at), ports, lines,
+                tuple(r.finding(f, f"{at}.compared[{k}]") for k, f in enumerate(r.get(fam, "compared", list, at)))))
+        results.append(NodeResult(
+            r.get(node, "name", str, where), node.get("error"), tuple(r.get(node, "addresses", list, where)),
+            str(node.get("host") or ""), node.get("kube_node"), node.get("legacy_note"),
+            tuple(r.get(node, "load_warnings", list, where)), tuple(families),
+            tuple(r.finding(f, f"{where}.extra[{k}]") for k, f in enumerate(r.get(node, "extra", list, where)))))
+    return results, (cluster or {}).get("source"), bool((cluster or {}).get("nodes"))
+
+
+def merge(documents: Iterable[tuple[str, Mapping[str, Any]]]) -> tuple[list[NodeResult], str | None, bool]:
+    """Every node of several audits, sorted by name, and their cluster data (which must be the same). Raises
+    InputError for a node in two documents or audits made against different cluster data."""
+    nodes: dict[str, tuple[str, NodeResult]] = {}
+    clusters: dict[tuple[str | None, bool], str] = {}
+    for source, document in documents:
+        results, cluster_source, cluster_nodes = read_merge(document, source)
+        clusters.setdefault((cluster_source, cluster_nodes), source)
+        for result in results:
+            if result.name in nodes:
+                raise InputError(f"{source}: node {result.name!r} is also in {nodes[result.name][0]}; expected "
+                                 "each node in one audit only (shard the nodes, e.g. by label selector)")
+            nodes[result.name] = (source, result)
+    if len(clusters) > 1:
+        (a, a_src), (b, b_src) = list(clusters.items())[:2]
+        said = [f"{src}: {'cluster data ' + repr(c[0]) if c[0] else 'no cluster data'}" for c, src in
+                ((a, a_src), (b, b_src))]
+        raise InputError(f"the audits were made against different cluster data ({'; '.join(said)}); expected "
+                         "every shard audited with the same --cluster/--kubeconfig")
+    ((cluster_source, cluster_nodes), _first), = clusters.items() if clusters else [((None, False), "")]
+    return [nodes[name][1] for name in sorted(nodes)], cluster_source, cluster_nodes

@@ -1,0 +1,196 @@
+"""Service port views reused across the nodes of one audit: nodes of a cluster program almost every Service
+port alike, so a port worked out on one node need not be traced again on the next — when the rules its
+traces would meet answer them alike there.
+
+The key of a port is its layout (without line numbers) and the dataplane's footprint of the questions its
+view asks (iptrace.dataplane.Footprint: every rule those traces could meet, how each would answer, the
+packets with the node's own addresses and the clients named by role). Equal keys mean equal traces, hence an
+equal view, once the other node's line numbers are put in position by position. The questions are found by
+building the port's view against a tracer that answers nothing (it costs no walk); a port is kept only when
+its real build asked exactly those questions and its view spells none of the addresses named by role. A
+dataplane without footprints gets no reuse. Dataplane-free and pure (a per-process cache, no I/O).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from iptrace.dataplane import Layout, Packet, ServicePortLayout, Trace
+from iptrace.kube.view import EndpointView, EntryView, ServicePortView, SourcePath
+
+# Views kept per process: a node has a few thousand Service ports; a fleet's nodes share most of them.
+CACHE_SIZE = 30_000
+
+# Where a view holds dump lines (tests/test_reuse.py checks these are all the fields there are).
+LINE_FIELDS = {ServicePortView: ("lines",), EndpointView: ("line",), EntryView: ("lines",),
+               SourcePath: ("decided_by",)}
+
+Call = tuple[str | None, Packet]
+
+
+class _Dry:
+    """A tracer that answers nothing and notes every question (what a view asks, at no cost)."""
+
+    def __init__(self, entry: str) -> None:
+        self.entry = entry
+        self.calls: list[Call] = []
+        self.clean = True
+
+    def trace(self, packet: Packet, *, in_interface: str | None = None, assumptions: Sequence[str] = ()) -> Trace:
+        self.note(None, packet, in_interface, assumptions)
+        return Trace(packet, self.entry, (), ())  # type: ignore[arg-type]
+
+    def trace_chain(self, chain: str, packet: Packet) -> Trace:
+        self.note(chain, packet, None, ())
+        return Trace(packet, "kube-proxy", (), ())
+
+    def note(self, chain: str | None, packet: Packet, in_interface: str | None, assumptions: Sequence[str]) -> None:
+        if in_interface is not None:
+            packet = replace(packet, in_interface=in_interface)
+        self.clean = self.clean and not assumptions
+        self.calls.append((chain, packet))
+
+
+class _Noting(_Dry):
+    """The real tracer, noting every question."""
+
+    def __init__(self, tracer: Any) -> None:
+        super().__init__(tracer.entry)
+        self.tracer = tracer
+
+    def trace(self, packet: Packet, *, in_interface: str | None = None, assumptions: Sequence[str] = ()) -> Trace:
+        self.note(None, packet, in_interface, assumptions)
+        return self.tracer.trace(packet, in_interface=in_interface, assumptions=assumptions)  # type: ignore[no-any-return]
+
+    def trace_chain(self, chain: str, packet: Packet) -> Trace:
+        self.note(chain, packet, None, ())
+        return self.tracer.trace_chain(chain, packet)  # type: ignore[no-any-return]
+
+
+@dataclass
+class ReuseStats:
+    ports: int = 0
+    reused: int = 0
+    stored: int = 0
+
+    @property
+    def traced(self) -> int:
+        return self.ports - self.reused
+
+
+class ViewReuse:
+    """A cache of Service port views, shared by every node analysed in one process."""
+
+    def __init__(self, size: int = CACHE_SIZE) -> None:
+        self.size = size
+        self.stats = ReuseStats()
+        self._views: OrderedDict[tuple[Any, ...], ServicePortView] = OrderedDict()
+
+    def services(self, layout: Layout, tracer: Any, make: Callable[[Any], Callable[[ServicePortLayout],
+                 ServicePortView]]) -> list[ServicePortView]:
+        """The view of every Service port of `layout`; `make(tracer)` is the view's own builder for one port
+        with that tracer."""
+        footprint = getattr(tracer, "footprint", None)
+        real = _Noting(tracer)
+        build = make(real)
+        if footprint is None:
+            return [build(sp) for sp in layout.service_ports]
+        dry = _Dry(tracer.entry)
+        ask = make(dry)
+        out = []
+        for sp in layout.service_ports:
+            self.stats.ports += 1
+            dry.calls, dry.clean = [], True
+            ask(sp)
+            found = footprint(tuple(dry.calls)) if dry.clean else None
+            if found is None:
+                out.append(build(sp))
+                continue
+            key = (layout.family, _without_lines(sp), found.key)
+            kept = self._views.get(key)
+            if kept is not None:
+                self._views.move_to_end(key)
+                self.stats.reused += 1
+                out.append(_relined(kept, sp, found.lines.__getitem__))
+                continue
+            real.calls, real.clean = [], True
+            view = build(sp)
+            if real.clean and real.calls == dry.calls and not _spells(view, found.abstracted):
+                stored = _positional(view, sp, found.lines)
+                if stored is not None:
+                    self._views[key] = stored
+                    self.stats.stored += 1
+                    if len(self._views) > self.size:
+                        self._views.popitem(last=False)
+            out.append(view)
+        return out
+
+
+def _without_lines(sp: ServicePortLayout) -> ServicePortLayout:
+    return replace(sp, lines=(), ways_in=tuple(replace(w, lines=()) for w in sp.ways_in))
+
+
+def _positional(view: ServicePortView, sp: ServicePortLayout, lines: Sequence[int]) -> ServicePortView | None:
+    """The view as the cache keeps it: the lines the layout gave it left out (the next node's layout gives its
+    own), every line a trace gave it as its position in the footprint (+1; 0 stays 0). None when a line is
+    not where that says."""
+    if view.lines != sp.lines or len(view.entries) != len(sp.ways_in) or any(
+            e.lines != w.lines for e, w in zip(view.entries, sp.ways_in, strict=False)):
+        return None
+    positions: dict[int, int] = {}
+    for i, line in enumerate(lines):
+        positions.setdefault(line, i)
+    traced = [ep.line for ep in view.endpoints if ep.line]
+    traced += [p.decided_by for e in view.entries for p in e.paths if p.decided_by]
+    if any(line not in positions for line in traced):
+        return None
+    stored = _relined(view, None, positions.__getitem__)
+    return _with(stored, "lines", ())
+
+
+def _relined(view: ServicePortView, sp: ServicePortLayout | None, move: Callable[[int], int]) -> ServicePortView:
+    """The view with the lines traces gave it moved by `move` (0 stays 0), and those its layout gave it taken
+    from `sp` (None: kept)."""
+    endpoints = tuple(_with(ep, "line", move(ep.line)) if ep.line else ep for ep in view.endpoints)
+    entries = []
+    for i, e in enumerate(view.entries):
+        paths = tuple(_with(p, "decided_by", move(p.decided_by)) if p.decided_by else p for p in e.paths)
+        if paths != e.paths or sp is not None:
+            e = _with(e, "paths", paths)
+            if sp is not None:
+                e = _with(e, "lines", sp.ways_in[i].lines)
+        entries.append(e)
+    out = _with(view, "endpoints", endpoints)
+    out = _with(out, "entries", tuple(entries))
+    return _with(out, "lines", sp.lines) if sp is not None else out
+
+
+_SLOTS: dict[type, tuple[Any, ...]] = {}
+
+
+def _with(obj: Any, name: str, value: Any) -> Any:
+    """`dataclasses.replace(obj, name=value)` for a frozen slots dataclass, without its __init__ (a node's view
+    is ~10^5 of these)."""
+    cls = type(obj)
+    slots = _SLOTS.get(cls)
+    if slots is None:
+        slots = _SLOTS[cls] = tuple((f.name, getattr(cls, f.name)) for f in fields(cls))
+    new = object.__new__(cls)
+    for field_name, descriptor in slots:
+        descriptor.__set__(new, value if field_name == name else descriptor.__get__(obj, cls))
+    return new
+
+
+_BOUNDARY = r"(?<![0-9A-Fa-f.:]){}(?![0-9A-Fa-f]|\.[0-9]|:[0-9A-Fa-f]*:)"
+
+
+def _spells(view: ServicePortView, addresses: Sequence[str]) -> bool:
+    """Whether the view names one of `addresses` (they differ from node to node, so such a view is not kept)."""
+    if not addresses:
+        return False
+    text = repr(view)
+    return any(re.search(_BOUNDARY.format(re.escape(a)), text) for a in addresses)

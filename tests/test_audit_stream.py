@@ -1,0 +1,255 @@
+"""`audit` as a stream of nodes: one worker or several, Service views reused or not, one audit or shards merged —
+the same report, identical to iptrace.kube.audit.audit of every node analysed whole; a node that cannot be read
+is one load-error and never stops the others; progress shows on a terminal only. The fleet is bench/fleet.py's
+(kube-proxy's layout and flannel's rules, every node unique in a few rules) plus a stale node, a node in
+another kube-proxy era, a node whose dump does not parse and a node with a conntrack table."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import random
+import select
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from bench import fleet, synth
+from bench.synth import EndpointSpec, PortSpec, ServiceSpec
+from iptrace.cli import main
+from iptrace.collect import store
+from iptrace.collect.inputs import inputs_from_directory
+from iptrace.collect.stream import analyse_nodes, conntrack, sources
+from iptrace.kube.audit import audit, combine
+from iptrace.kube.merge import merge, merge_json
+from iptrace.kube.reuse import ViewReuse
+from iptrace.render.audit import audit_to_json, render_audit_text
+from tests import fleet_scenario
+from tests.conftest import SAMPLES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def specs() -> list[ServiceSpec]:
+    out = synth.scale(16, 3, seed=5)
+    for k, svc in enumerate(out):
+        for j, ep in enumerate(svc.endpoints):
+            ep.ip = f"10.244.{(k * 3 + j) % 12}.{20 + k}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def snap(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("fleet") / "snap"
+    base = specs()
+    for i in range(5):
+        fleet.write_node(root, base, i)
+    stale = specs()
+    stale[3].endpoints.append(EndpointSpec("10.244.9.99", stale[3].endpoints[0].port))
+    stale.append(ServiceSpec("default", "gone", "10.96.200.1", [PortSpec("http", 80, target_port=8080)],
+                             endpoints=[EndpointSpec("10.244.9.98", 8080)]))
+    fleet.write_node(root, stale, 5)
+    store.write_node_dir(root / "node-006", {store.DUMP_FILE: fleet.node_dump(base, 6, era="xlb").encode()},
+                         {"node": "node-006", "addresses": [fleet.node_ip(6)]})
+    store.write_node_dir(root / "node-007", {store.DUMP_FILE: b"*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j\n"},
+                         {"node": "node-007", "addresses": [fleet.node_ip(7)]})
+    # The article's node, with its conntrack table (stale flows to kube-dns).
+    store.write_node_dir(root / "node-008", {store.DUMP_FILE: (SAMPLES / "nodeport-fb-backends.txt").read_bytes(),
+                                             store.CONNTRACK_FILE: (SAMPLES / "conntrack" /
+                                                                    "nodeport-fb-backends.txt").read_bytes()},
+                         {"node": "node-008", "addresses": ["192.168.49.2"]})
+    return root
+
+
+def reference(snap: Path) -> dict[str, Any]:
+    """What audit() of every node analysed whole (the reference implementation) reports, conntrack included."""
+    inputs = inputs_from_directory(snap)
+    extra = []
+    for node in inputs:
+        path = snap / node.name / "conntrack.txt"
+        if node.analyses and path.is_file():
+            extra += conntrack(node.name, path, node.analyses, lenient=False)[0]
+    from iptrace.kube.conntrack import add_findings
+
+    return audit_to_json(add_findings(audit(inputs), extra))
+
+
+def test_the_stream_reports_what_the_reference_audit_does(snap: Path) -> None:
+    results = analyse_nodes(sources([str(snap)]), jobs=1)
+    doc = audit_to_json(combine(results))
+    assert doc == reference(snap)
+    found = {(f["node"], f["id"]) for f in doc["findings"]}
+    assert {("node-005", "endpoints-differ"), ("node-005", "service-only-on-node"), ("node-006", "era-mismatch"),
+            ("node-007", "load-error"), ("node-008", "stale-conntrack")} <= found, sorted(found)
+    assert [n["status"] for n in doc["nodes"]] == ["ok"] * 7 + ["load-error", "ok"]
+
+
+def test_one_worker_or_several_reuse_or_not_the_same_results(snap: Path) -> None:
+    nodes = sources([str(snap)])
+    one = analyse_nodes(nodes, jobs=1, pictures=True)
+    assert analyse_nodes(nodes, jobs=1, pictures=True, reuse=False) == one
+    # Several workers, and another order: each node the same result whatever its worker saw before.
+    order = list(range(len(nodes)))
+    random.Random(7).shuffle(order)
+    shuffled = analyse_nodes([nodes[i] for i in order], jobs=3, pictures=True)
+    assert [shuffled[order.index(i)] for i in range(len(nodes))] == one
+
+
+def test_the_cli_is_deterministic_whatever_jobs(snap: Path) -> None:
+    outputs = set()
+    for jobs in ("1", "3"):
+        result = CliRunner().invoke(main, ["audit", str(snap), "-j", jobs, "-o", "json"])
+        assert result.exit_code == 3, result.output
+        outputs.add(result.stdout)
+    assert len(outputs) == 1
+    text = CliRunner().invoke(main, ["audit", str(snap), "-j", "2"])
+    assert text.stderr == "" and text.stdout == render_audit_text(combine(analyse_nodes(sources([str(snap)]))))
+
+
+def test_an_unreadable_node_never_stops_the_others(snap: Path, tmp_path: Path) -> None:
+    dumps = []
+    for i in (0, 1):
+        dumps.append(tmp_path / f"n{i}.txt")
+        dumps[-1].write_bytes((snap / f"node-00{i}" / "iptables-save.txt").read_bytes())
+    broken = tmp_path / "broken.txt.gz"
+    broken.write_bytes(b"\x1f\x8bnot gzip at all")
+    result = CliRunner().invoke(main, ["audit", str(dumps[0]), str(broken), str(dumps[1]), str(snap / "node-007"),
+                                       "-j", "2", "-o", "json"])
+    assert result.exit_code == 3, result.output
+    doc = json.loads(result.stdout)
+    assert [(n["name"], n["status"]) for n in doc["nodes"]] == [
+        ("n0", "ok"), ("broken", "load-error"), ("n1", "ok"), ("node-007", "load-error")]
+    errors = [f for f in doc["findings"] if f["id"] == "load-error"]
+    assert [(f["node"], f["detail"].split(":")[0]) for f in errors] == [
+        ("broken", str(broken)), ("node-007", str(snap / "node-007" / "iptables-save.txt"))]
+    assert "cannot read" in errors[0]["detail"]
+
+
+def test_merged_shards_are_the_audit_of_all_nodes(snap: Path, tmp_path: Path) -> None:
+    """Shards as a fleet would cut them (by label selector: any subset), each audited on its own, then merged."""
+    names = sorted(p.name for p in snap.iterdir())
+    whole = CliRunner().invoke(main, ["audit", str(snap), "-j", "1", "-o", "json"])
+    rng = random.Random(3)
+    for attempt in range(2):
+        shards: dict[int, list[str]] = {}
+        for name in names:
+            shards.setdefault(rng.randrange(3), []).append(str(snap / name))
+        docs = []
+        for k, members in sorted(shards.items()):
+            result = CliRunner().invoke(main, ["audit", *members, "-j", "1", "-o", "json"])
+            assert result.exit_code in (0, 3), result.output
+            docs.append(tmp_path / f"try{attempt}-shard{k}.json")
+            docs[-1].write_text(result.stdout)
+        merged = CliRunner().invoke(main, ["audit", "--merge", *map(str, reversed(docs)), "-o", "json"])
+        assert merged.exit_code == whole.exit_code == 3
+        assert json.loads(merged.stdout) == json.loads(whole.stdout)
+    text = CliRunner().invoke(main, ["audit", "--merge", *map(str, docs)])
+    assert text.stdout == CliRunner().invoke(main, ["audit", str(snap), "-j", "1"]).stdout
+
+
+def test_merged_shards_with_cluster_data(tmp_path: Path) -> None:
+    snap, files = fleet_scenario.write(tmp_path)
+    cluster = [x for f in files for x in ("--cluster", str(f))]
+    docs = []
+    for k, group in enumerate((["node-a", "node-d"], ["node-b", "node-c"])):
+        result = CliRunner().invoke(main, ["audit", *(str(snap / n) for n in group), *cluster, "-o", "json"])
+        docs.append(tmp_path / f"shard{k}.json")
+        docs[-1].write_text(result.stdout)
+    merged = CliRunner().invoke(main, ["audit", "--merge", *map(str, docs), "-o", "json"])
+    whole = CliRunner().invoke(main, ["audit", str(snap), *cluster, "-o", "json"])
+    assert merged.exit_code == whole.exit_code == 3
+    assert json.loads(merged.stdout) == json.loads(whole.stdout)
+    assert json.loads(whole.stdout)["cluster"].endswith("nodes.json")
+    # A shard audited without the cluster data cannot join: its findings would be of another kind.
+    plain = tmp_path / "plain.json"
+    plain.write_text(CliRunner().invoke(main, ["audit", str(snap / "node-a"), "-o", "json"]).stdout)
+    result = CliRunner().invoke(main, ["audit", "--merge", str(docs[1]), str(plain)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: the audits were made against different cluster data (")
+
+
+def test_merge_errors_say_what_was_found_and_expected(tmp_path: Path, snap: Path) -> None:
+    doc = json.loads(CliRunner().invoke(main, ["audit", str(snap / "node-000"), "-o", "json"]).stdout)
+    good = tmp_path / "a.json"
+    good.write_text(json.dumps(doc))
+
+    def error(*docs: object) -> str:
+        paths = []
+        for i, d in enumerate(docs):
+            if isinstance(d, Path):
+                paths.append(str(d))
+                continue
+            p = tmp_path / f"doc{i}.json"
+            p.write_text(d if isinstance(d, str) else json.dumps(d))
+            paths.append(str(p))
+        result = CliRunner().invoke(main, ["audit", "--merge", *paths])
+        assert result.exit_code == 1, result.output
+        return result.stderr.strip()
+
+    assert error(good, good) == f"Error: {good}: node 'node-000' is also in {good}; expected each node in one " \
+                                "audit only (shard the nodes, e.g. by label selector)"
+    newer = json.loads(json.dumps(doc))
+    newer["merge"]["version"] = 99
+    assert "merge.version: found 99; expected 1 (written by another iptrace version" in error(newer)
+    assert error("{not json").startswith(f"Error: {tmp_path}/doc0.json: not JSON (")
+    del newer["merge"]
+    assert error(newer).endswith("the document: found ['cluster', 'counts', 'findings', 'format', 'nodes', 'ok']; "
+                                 "expected an object with 'merge'")
+    broken = json.loads(json.dumps(doc))
+    broken["merge"]["nodes"][0]["families"][0]["lines"].pop()
+    assert "merge.nodes[0].families[0].lines: found" in error(broken)
+    assert CliRunner().invoke(main, ["audit", "--merge"]).exit_code == 2
+
+
+def test_merge_round_trip_keeps_every_result(snap: Path) -> None:
+    results = analyse_nodes(sources([str(snap)]), jobs=1)
+    doc = json.loads(json.dumps(merge_json(results, cluster_source=None, cluster_nodes=False)))
+    back, source, nodes = merge([("x.json", {"merge": doc})])
+    assert source is None and not nodes
+    strip = [r for r in results]
+    assert [(r.name, r.families and [(f.ports, list(f.lines), f.compared) for f in r.families], r.extra)
+            for r in back] == [(r.name, r.families and [(f.ports, list(f.lines), f.compared) for f in r.families],
+                                r.extra) for r in sorted(strip, key=lambda r: r.name)]
+
+
+def test_views_are_reused_across_the_fleet(snap: Path) -> None:
+    from iptrace.collect.stream import Worker
+
+    worker = Worker(None, False, False, True)
+    for node in sources([str(snap)]):
+        worker.run(node)
+    assert isinstance(worker.reuse, ViewReuse)
+    assert worker.reuse.stats.reused >= worker.reuse.stats.ports // 4, worker.reuse.stats
+
+
+def test_progress_on_a_terminal_never_on_a_pipe(snap: Path) -> None:
+    assert CliRunner().invoke(main, ["audit", str(snap), "-j", "1", "-o", "json"]).stderr == ""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "iptrace", "audit", str(snap), "-j", "2", "-o", "json"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=follower, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "COLUMNS": "120", "TERM": "xterm"})
+    os.close(follower)
+    seen = b""
+    assert proc.stdout is not None
+    out = b""
+    while proc.poll() is None or select.select([leader], [], [], 0)[0]:
+        ready, _, _ = select.select([leader, proc.stdout], [], [], 1)
+        if leader in ready:
+            try:
+                seen += os.read(leader, 65536)
+            except OSError:
+                break
+        if proc.stdout in ready:
+            out += os.read(proc.stdout.fileno(), 1 << 20)
+    out += proc.stdout.read()
+    proc.wait(timeout=60)
+    os.close(leader)
+    assert proc.returncode == 3
+    json.loads(out)  # stdout stays clean JSON
+    shown = seen.decode(errors="replace")
+    assert "/9" in shown and "audited node-" in shown, shown[-500:]

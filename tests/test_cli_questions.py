@@ -1,0 +1,133 @@
+"""`trace` and `explain` with several destinations (--dst repeated, --dst-file): every answer equals the answer to
+that destination asked alone, in input order; a bad line names FILE:LINE and what was expected, the others are
+still answered, and the exit status says so; one destination prints exactly what it always did."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from iptrace.cli import main
+from iptrace.collect import store
+from tests.conftest import SAMPLES
+
+FB = str(SAMPLES / "nodeport-fb-backends.txt")
+# The article's addresses: a working ClusterIP port, its targetPort and nodePort used on the ClusterIP, a
+# NodePort on the node, kube-dns over UDP, and an address no rule knows.
+ASKED = ["10.101.234.168:5001", "10.101.234.168:8001", "10.101.234.168:30904", "192.168.49.2:30904",
+         "10.96.0.10:53/udp", "10.0.0.99:80"]
+
+
+def invoke(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args), input=stdin)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def alone(command: str, dst: str, *extra: str) -> tuple[int, str]:
+    host, _, proto = dst.partition("/")
+    code, out, _ = invoke(command, FB, "--dst", host, *(("--proto", proto) if proto else ()), *extra)
+    return code, out
+
+
+@pytest.mark.parametrize("command", ["trace", "explain"])
+def test_every_answer_is_the_answer_alone_in_input_order(command: str, tmp_path: Path) -> None:
+    listing = tmp_path / "asked.txt"
+    listing.write_text("# the addresses people asked about\n\n" + "\n".join(f"{a}   # #{i}" for i, a in
+                                                                           enumerate(ASKED)) + "\n")
+    code, out, err = invoke(command, FB, "--dst-file", str(listing), "--node-ip", "192.168.49.2", "-o", "json")
+    assert err == ""
+    answers = json.loads(out)
+    assert len(answers) == len(ASKED)
+    codes = []
+    for dst, answer in zip(ASKED, answers, strict=True):
+        one_code, one = alone(command, dst, "--node-ip", "192.168.49.2", "-o", "json")
+        codes.append(one_code)
+        assert answer == json.loads(one), dst
+    # explain: 3 when an explanation has an error (the targetPort on the ClusterIP is one); trace: 0.
+    assert code == (3 if command == "explain" else 0) == max(codes)
+
+
+@pytest.mark.parametrize("command", ["trace", "explain"])
+def test_text_has_a_header_per_destination(command: str) -> None:
+    _code, out, _ = invoke(command, FB, "--dst", ASKED[0], "--dst", ASKED[4])
+    headers = [line for line in out.splitlines() if line.startswith("=== ")]
+    assert headers == ["=== 10.101.234.168:5001/tcp (--dst) ===", "=== 10.96.0.10:53/udp (--dst) ==="]
+    first = out.split("=== 10.96.0.10:53/udp (--dst) ===\n", 1)[0].split("\n", 1)[1]
+    assert first.rstrip("\n") == alone(command, ASKED[0])[1].rstrip("\n")
+
+
+def test_one_destination_prints_what_it_always_did() -> None:
+    for command in ("trace", "explain"):
+        for args in (["--dst", "10.101.234.168:8001"], ["--dst", "10.101.234.168:8001", "-o", "json"]):
+            code, out, _ = invoke(command, FB, *args)
+            assert not out.startswith(("[", "===")), out[:40]
+            with_file = invoke(command, FB, "--dst-file", "-", *args[2:], stdin=args[1] + "\n")
+            assert with_file[:2] == (code, out)
+    code, out, _ = invoke("trace", FB, "--dst", "10.101.234.168:5001", "-o", "json")
+    assert code == 0 and json.loads(out)["packet"]["dport"] == 5001
+
+
+def test_a_bad_line_is_named_and_the_others_answered(tmp_path: Path) -> None:
+    listing = tmp_path / "asked.txt"
+    listing.write_text("10.101.234.168:5001\nnot-an-address\n10.101.234.168:5001/icmp\n10.96.0.10:99999\n"
+                       "[fd00::10]:53/udp\n10.96.0.10:53/udp\n")
+    code, out, err = invoke("explain", FB, "--dst-file", str(listing), "-o", "json")
+    assert code == 1  # a question was bad: 1 wins over 3
+    answers = json.loads(out)
+    assert [a.get("where") for a in answers] == [None, f"{listing}:2", f"{listing}:3", f"{listing}:4",
+                                                 f"{listing}:5", None]
+    expected = "expected IP:PORT or IP:PORT/proto, e.g. 10.96.0.10:53/udp or [fd00::10]:443"
+    assert answers[1] == {"dst": "not-an-address", "where": f"{listing}:2",
+                          "error": f"{listing}:2: found 'not-an-address'; {expected}"}
+    assert "unknown protocol 'icmp'; expected tcp, udp or sctp" in answers[2]["error"]
+    assert "port 99999 is out of range; expected 1-65535" in answers[3]["error"]
+    assert "IPv6 address" in answers[4]["error"] and "ip6tables-save" in answers[4]["error"]
+    assert answers[0]["verdict"] == "DNAT" and answers[5]["verdict"] == "DNAT"
+    assert err.splitlines() == [f"Error: {a['error']}" for a in answers if "error" in a]
+    text_code, text, _ = invoke("explain", FB, "--dst-file", str(listing))
+    assert text_code == 1 and f"=== not-an-address ({listing}:2) ===\nError: {listing}:2: found" in text
+
+
+def test_a_lone_bad_line_is_an_error() -> None:
+    code, out, err = invoke("trace", FB, "--dst-file", "-", stdin="# nothing but\n10.1.2.3\n")
+    assert code == 1 and out == ""
+    assert err == ("Error: <stdin>:2: found '10.1.2.3'; expected IP:PORT or IP:PORT/proto, e.g. 10.96.0.10:53/udp "
+                   "or [fd00::10]:443\n")
+    code, _, err = invoke("trace", FB, "--dst-file", "-", stdin="# only comments\n\n")
+    assert code == 2 and "Missing option '--dst'" in err
+    code, _, err = invoke("trace", FB, "--dst-file", "missing.txt")
+    assert code == 1 and err == "Error: missing.txt: no such file or directory\n"
+
+
+def test_both_families_of_a_collected_node(tmp_path: Path) -> None:
+    """A node directory answers IPv4 questions from iptables-save.txt and IPv6 ones from ip6tables-save.txt."""
+    node = tmp_path / "node-1"
+    v6 = (SAMPLES / "ipv6.txt").read_text()
+    store.write_node_dir(node, {store.DUMP_FILE: Path(FB).read_bytes(), store.IP6_DUMP_FILE: v6.encode()},
+                         {"node": "node-1", "addresses": ["192.168.49.2"]})
+    asked_v6 = _a_v6_service(v6)
+    code, out, err = invoke("trace", str(node), "--dst", "10.101.234.168:5001", "--dst", asked_v6, "-o", "json")
+    assert code == 0, err
+    answers = json.loads(out)
+    assert answers[0]["packet"]["dst"] == "10.101.234.168" and ":" in answers[1]["packet"]["dst"]
+    for dst, answer in zip(["10.101.234.168:5001", asked_v6], answers, strict=True):
+        assert answer == json.loads(invoke("trace", str(node), "--dst", dst, "-o", "json")[1])
+
+
+def _a_v6_service(dump: str) -> str:
+    import re
+
+    found = re.search(r"-d ([0-9a-f:]+)/128 -p tcp .*--dport (\d+)", dump)
+    assert found is not None
+    return f"[{found.group(1)}]:{found.group(2)}"
+
+
+def test_help_says_how() -> None:
+    for command in ("trace", "explain"):
+        code, out, _ = invoke(command, "--help")
+        assert code == 0 and "--dst-file" in out and "--dst-file addresses.txt" in out
+    assert "1 when a destination could not be explained" in " ".join(invoke("explain", "--help")[1].split())

@@ -1,0 +1,185 @@
+"""Service views reused across nodes (iptrace.kube.reuse, iptrace.iptables.footprint) are the views a node's
+own traces give: fleets rendered by bench/fleet.py (kube-proxy's layout and flannel's rules, every node unique
+in a few rules), with the differences that must *not* be reused — a rule of one node's firewall or CNI that
+changes one Service's fate, a stale rule for an address another Service now has, an endpoint on the node's own
+address, REDIRECT — each view compared with the view built without reuse."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bench import fleet, synth
+from bench.synth import EndpointSpec, PortSpec, ServiceSpec
+from iptrace.dataplane import Packet
+from iptrace.iptables import DATAPLANE, load
+from iptrace.kube.analysis import analyse
+from iptrace.kube.reuse import LINE_FIELDS, ViewReuse
+from iptrace.kube.view import EndpointView, EntryView, ServicePortView, SourcePath
+
+
+def services(n: int = 40, endpoints: int = 3, seed: int = 3) -> list[ServiceSpec]:
+    specs = synth.scale(n, endpoints, seed)
+    # Endpoints across 20 nodes' pod CIDRs (10.244.N.0/24): a few on each of the nodes rendered.
+    for k, svc in enumerate(specs):
+        for j, ep in enumerate(svc.endpoints):
+            ep.ip = f"10.244.{(k * 3 + j) % 20}.{10 + k}"
+    return specs
+
+
+def check_fleet(texts: Sequence[tuple[str, str]], family: str = "ipv4") -> ViewReuse:
+    """Every node's view, with one ViewReuse shared in node order, equals its view without reuse."""
+    reuse = ViewReuse()
+    for node_ip, text in texts:
+        ruleset = load(text)
+        plain = analyse(DATAPLANE, ruleset, family, node_ips=[node_ip]).view
+        reused = analyse(DATAPLANE, ruleset, family, node_ips=[node_ip], reuse=reuse).view
+        for a, b in zip(plain.services, reused.services, strict=True):
+            assert a == b, f"{node_ip}: {a.label} differs with reuse:\n{a}\n{b}"
+        assert plain == reused
+    return reuse
+
+
+def fleet_texts(specs: list[ServiceSpec], nodes: int, extra: dict[int, str] | None = None,
+                **kwargs: Any) -> list[tuple[str, str]]:
+    return [(fleet.node_ip(i), fleet.node_dump(specs, i, extra=(extra or {}).get(i, ""), **kwargs))
+            for i in range(nodes)]
+
+
+def test_a_fleet_reuses_most_ports_and_gets_the_same_views() -> None:
+    reuse = check_fleet(fleet_texts(services(), 5))
+    # Nodes 1-4 share most ports (node 0's pod client lies in its own pod CIDR, which its CNI rules name).
+    assert reuse.stats.reused > reuse.stats.ports // 4, reuse.stats
+
+
+@pytest.mark.parametrize("era", ["xlb", "ext"])
+def test_older_layouts(era: str) -> None:
+    reuse = check_fleet(fleet_texts(services(), 4, era=era))
+    assert reuse.stats.reused > 0
+
+
+def test_a_rule_of_one_node_that_changes_a_service_is_not_reused_over() -> None:
+    specs = services()
+    target = specs[5]
+    endpoint = target.endpoints[0].ip
+    extra = {
+        2: f"*filter\n-I FORWARD -d {endpoint}/32 -j DROP\nCOMMIT\n",  # one endpoint unreachable through node 2
+        3: f"*nat\n-I PREROUTING -d {target.cluster_ip}/32 -j ACCEPT\nCOMMIT\n",  # its ClusterIP not DNATed
+        4: "*nat\n-I POSTROUTING -s 203.0.113.0/24 -j MASQUERADE\nCOMMIT\n",  # outside clients masqueraded
+    }
+    check_fleet(fleet_texts(specs, 5, extra))
+
+
+def test_rules_of_one_shape_that_answer_for_other_clients() -> None:
+    """Two nodes with `-s CIDR -j RETURN` atop a Service's chain, for outside clients on one and for pods
+    on the other: the same rule but for its address, so the key holds how each address test answers."""
+    specs = services()
+    chain = synth.service_port_chain("KUBE-SVC-", f"{specs[4].namespace}/{specs[4].name}:http", "tcp")
+    extra = {2: f"*nat\n-I {chain} -s 203.0.113.0/24 -j RETURN\nCOMMIT\n",
+             3: f"*nat\n-I {chain} -s 10.244.0.0/16 -j RETURN\nCOMMIT\n"}
+    check_fleet(fleet_texts(specs, 4, extra))
+
+
+def test_a_stale_rule_for_an_address_another_service_now_has() -> None:
+    """kube-proxy's stale rules for a deleted Service whose ClusterIP was given to a new one: which rule comes
+    first in KUBE-SERVICES decides, and the order differs from node to node."""
+    specs = services()
+    new = specs[7]
+    old = ServiceSpec("default", "gone", new.cluster_ip, [PortSpec("http", new.ports[0].port, target_port=9999)],
+                      endpoints=[EndpointSpec("10.244.9.9", 9999)])
+    stale = fleet.node_dump([*specs, old], 2)
+    texts = fleet_texts(specs, 4)
+    texts[2] = (fleet.node_ip(2), stale)
+    texts.append((fleet.node_ip(4), fleet.node_dump([*specs, old], 4, seed=1)))
+    check_fleet(texts)
+
+
+def test_an_endpoint_on_the_nodes_own_address() -> None:
+    """The API server's endpoints are control-plane nodes' addresses: on those nodes the view names the node's
+    own address, which the footprint names by role, so such a view is never handed to another node."""
+    specs = services()
+    specs.append(ServiceSpec("default", "kubernetes", "10.96.0.1", [PortSpec("https", 443, target_port=6443)],
+                             endpoints=[EndpointSpec(fleet.node_ip(i), 6443) for i in range(3)]))
+    check_fleet(fleet_texts(specs, 4))
+
+
+def test_redirect_and_unknown_ipsets() -> None:
+    specs = services()
+    extra = {1: f"*nat\n-I PREROUTING -d {specs[3].cluster_ip}/32 -p tcp -j REDIRECT --to-ports 8080\nCOMMIT\n",
+             2: "*filter\n-I FORWARD -m set --match-set blocked src -j DROP\nCOMMIT\n"}
+    check_fleet(fleet_texts(specs, 4, extra))
+
+
+def test_ipv6_fleet() -> None:
+    specs = [ServiceSpec("default", f"svc-{k}", f"fd00:10:96::{k + 1:x}",
+                         [PortSpec("http", 80, node_port=30000 + k if k % 3 == 0 else None, target_port=8080)],
+                         type="NodePort" if k % 3 == 0 else "ClusterIP",
+                         endpoints=[EndpointSpec(f"fd00:10:244:{(k + j) % 3}::{k + 5:x}", 8080) for j in range(2)])
+             for k in range(12)]
+    texts = []
+    for i in range(3):
+        ip = f"fd00:1::{i + 10:x}"
+        for s in specs:
+            for ep in s.endpoints:
+                ep.local = ep.ip.startswith(f"fd00:10:244:{i}::")
+        text = synth.render(specs, node_ips=[ip], pod_cidr="fd00:10:244::/56", ipv6=True, comments=True)
+        texts.append((ip, fleet.shuffle_services(text, i)))
+    reuse = check_fleet(texts, "ipv6")
+    assert reuse.stats.reused > 0
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from(["drop-endpoint", "accept-ip", "masq-pods",
+                                                               "local-policy", "stale-endpoint", "none"]),
+                          st.integers(0, 1000)), min_size=1, max_size=4))
+def test_random_differences_between_nodes(changes: list[tuple[int, str, int]]) -> None:
+    """Whatever few rules set the nodes apart, a reused view is the node's own."""
+    base = services(16, 2, seed=11)
+    extras: dict[int, str] = {}
+    per_node: dict[int, list[ServiceSpec]] = {}
+    for node, kind, pick in changes:
+        rng = random.Random(pick)
+        specs = per_node.setdefault(node, [dataclasses.replace(s, endpoints=[dataclasses.replace(e) for e in
+                                                                              s.endpoints]) for s in base])
+        svc = specs[rng.randrange(len(specs))]
+        if kind == "drop-endpoint" and svc.endpoints:
+            extras[node] = extras.get(node, "") + f"*filter\n-I FORWARD -d {svc.endpoints[0].ip}/32 -j DROP\nCOMMIT\n"
+        elif kind == "accept-ip":
+            extras[node] = extras.get(node, "") + f"*nat\n-I PREROUTING -d {svc.cluster_ip}/32 -j RETURN\nCOMMIT\n"
+        elif kind == "masq-pods":
+            extras[node] = extras.get(node, "") + "*nat\n-I POSTROUTING -s 10.244.0.0/24 -j MASQUERADE\nCOMMIT\n"
+        elif kind == "local-policy" and svc.type != "ClusterIP":
+            svc.external_traffic_policy = "Local"
+        elif kind == "stale-endpoint":
+            svc.endpoints.append(EndpointSpec(f"10.244.{pick % 4}.{200 + pick % 50}", svc.endpoints[0].port
+                                              if svc.endpoints else 8080))
+    texts = [(fleet.node_ip(i), fleet.node_dump(per_node.get(i, base), i, extra=extras.get(i, "")))
+             for i in range(4)]
+    check_fleet(texts)
+
+
+def test_the_cache_knows_every_field_that_holds_a_dump_line() -> None:
+    """A new field holding a line number must be relined too (kube/reuse.py LINE_FIELDS)."""
+    for cls in (ServicePortView, EndpointView, EntryView, SourcePath):
+        lines = {f.name for f in dataclasses.fields(cls) if "line" in f.name or f.name == "decided_by"}
+        assert lines == set(LINE_FIELDS[cls]), cls
+
+
+def test_no_footprint_for_what_the_key_cannot_name() -> None:
+    text = fleet.node_dump(services(), 1, extra="*nat\n-I PREROUTING -p tcp -j REDIRECT --to-ports 15001\nCOMMIT\n")
+    ruleset = load(text)
+    tracer = DATAPLANE.tracer(ruleset, node_ips=[fleet.node_ip(1)])
+    packet = Packet("203.0.113.1", "10.96.0.5", 80)
+    assert tracer.footprint([(None, packet)]) is None
+    plain = DATAPLANE.tracer(load(fleet.node_dump(services(), 1)), node_ips=[fleet.node_ip(1)])
+    found = plain.footprint([(None, packet)])
+    assert found is not None and found.abstracted == ("203.0.113.1",)
+    moved = DATAPLANE.tracer(load(fleet.node_dump(services(), 2)), node_ips=[fleet.node_ip(2)])
+    other = moved.footprint([(None, Packet("203.0.113.1", "10.96.0.5", 80))])
+    assert other is not None and other.key == found.key and other.lines != found.lines
