@@ -50,14 +50,17 @@ from iptrace.nftables.model import (
 from iptrace.nftables.normalise import make_nat, make_statement, normalise_items
 from iptrace.nftables.types import ANY, expr_type, is_bitmask, key_types
 from iptrace.nftables.vocabulary import (
+    CHAIN_TYPES,
     CHAIN_VERDICTS,
     CT,
     CT_DIRECTIONS,
     FIB_FLAGS,
     FIB_RESULTS,
+    HOOKS,
     META,
     NUMGEN_MODES,
     PAYLOAD,
+    POLICIES,
     REJECT_DEFAULT,
     REJECT_TYPES,
     VERDICT_WORDS,
@@ -66,6 +69,7 @@ from iptrace.nftables.vocabulary import (
 _OBJECTS = ("counter", "quota", "limit", "secmark", "synproxy", "flowtable", "ct helper", "ct timeout",
             "ct expectation")
 _BINOPS = ("&", "|", "^", "<<", ">>")
+_MATCH_OPS = frozenset({"==", "!=", "<", ">", "<=", ">=", "in"})  # "in": a bit test, `ct state new`
 _TABLE_FLAGS = frozenset({"dormant", "owner", "persist"})
 _TYPE_RE = re.compile(r"[a-z][a-z0-9_]*")
 
@@ -232,6 +236,8 @@ class JsonReader:
             dtypes = key_types(left, self.family)
             right = self.value(body["right"], dtypes, flags_ok=is_bitmask(left, self.family) or isinstance(
                 left, Binop))
+            if body["op"] not in _MATCH_OPS:
+                raise _Bad
             return Match(left, body["op"], right)
         if kind in VERDICT_WORDS:
             return Verdict(kind)
@@ -382,6 +388,7 @@ def _read_object(obj: Any, tables: dict[tuple[str, str], TableBuilder], warnings
         c = ChainBuilder(body["name"], None, True, body.get("handle"))
         c.type, c.hook, c.priority, c.policy = body.get("type"), body.get("hook"), body.get("prio"), body.get(
             "policy")
+        _check_base_chain(c, t.family)
         dev = body.get("dev", body.get("devices"))
         c.devices = tuple([dev] if isinstance(dev, str) else dev or ())
         c.comment = body.get("comment")
@@ -421,6 +428,19 @@ def _read_object(obj: Any, tables: dict[tuple[str, str], TableBuilder], warnings
         t.objects.append(NamedObject(kind, body["name"], _object_body(kind, body)))
     else:
         warnings.append(LoadWarning(None, f"JSON object {kind!r} not read (iptrace does not know it)"))
+
+
+def _check_base_chain(c: ChainBuilder, family: str) -> None:
+    """What the text grammar and commands.py check of a base chain, for the JSON's free-form strings."""
+    if c.type is not None and c.type not in CHAIN_TYPES:
+        raise ValueError(f"chain type {c.type!r}; expected {', '.join(CHAIN_TYPES)}")
+    if c.hook is not None and c.hook not in HOOKS.get(family, ()):
+        raise ValueError(f"hook {c.hook!r} does not exist in family {family}; expected "
+                         f"{', '.join(HOOKS.get(family, ()))}")
+    if c.policy is not None and c.policy not in POLICIES:
+        raise ValueError(f"policy {c.policy!r}; expected accept or drop")
+    if c.priority is not None and not isinstance(c.priority, int):
+        raise ValueError(f"priority {c.priority!r}; expected a number")
 
 
 def _types(v: Any) -> tuple[str, ...]:

@@ -82,7 +82,10 @@ class StepMaker:
     def _rule_text(self, code: Any, c: Any) -> str:
         found = self._texts.get(id(c))
         if found is None:
-            found = self._texts[id(c)] = render.rule(c.rule, code.table.family, verbatim=True)
+            # A kernel listing's rule as the kernel printed it (it keeps e.g. a protocol match iptables-nft
+            # wrote that nft's own rules leave implied); a transaction's or JSON's as nft would list it.
+            listed = c.rule.text if self.ruleset.format == "nft-list" else ""
+            found = self._texts[id(c)] = listed or render.rule(c.rule, code.table.family, verbatim=True)
         return found
 
     def steps(self, hits: list[Any]) -> tuple[Step, ...]:

@@ -132,6 +132,8 @@ def service(text: str) -> Scalar:
     raise ValueError(f"{text!r} is not a port number")
 
 
+# A bare word of nft's scanner (a symbol, a protocol name from /etc/protocols): no blanks, quotes or braces.
+_WORD_RE = re.compile(r"[A-Za-z0-9_$][A-Za-z0-9_.\-/$:]*")
 _COMMON_PROTOCOLS = {"tcp": "tcp", "udp": "udp", "sctp": "sctp", "icmp": "icmp"}
 
 
@@ -144,6 +146,8 @@ def protocol(text: str) -> Scalar:
         return _PROTOCOL_NAMES_NFT.get(int(lower), int(lower))
     if lower in ("icmpv6", "icmp6"):
         return "ipv6-icmp"
+    if not _WORD_RE.fullmatch(lower):
+        raise ValueError(f"{text!r} is not a protocol")
     return lower
 
 
@@ -154,6 +158,8 @@ def symbol(text: str) -> Scalar:
             return integer(text)
         except ValueError:
             return text
+    if text[:1] != '"' and not _WORD_RE.fullmatch(text):
+        raise ValueError(f"{text!r} is not a value")
     return unquote(text)
 
 
