@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from iptrace import dataplanes
 from iptrace.dataplane import Packet
 
@@ -28,8 +26,6 @@ RULESET = {"nftables": [
 ]}
 
 
-@pytest.mark.xfail(strict=True, reason="nftables dataplane (nft-eval): an xt `comment` match in nft -j input is "
-                                       "assumed not to match, though a comment always matches")
 def test_an_xt_comment_match_always_matches() -> None:
     dataplane, ruleset = dataplanes.load(json.dumps(RULESET), source="xt.json")
     tracer = dataplane.tracer(ruleset, node_ips=["192.0.2.10"])

@@ -155,6 +155,8 @@ def _plain_op(item: Any, ctx: Context, where: str, named: Named, family: str) ->
     if isinstance(item, Statement):
         return _statement(item, where)
     if isinstance(item, Xt):
+        if item.kind in ("match", None, "") and item.name == "comment":
+            return None  # `-m comment` always matches (the text listing leaves it out altogether)
         if item.kind in ("match", None, ""):
             return (FAIL, f"{where}: iptables extension `xt match \"{item.name}\"` is not visible in an nft listing: "
                           "assumed it does not match")
