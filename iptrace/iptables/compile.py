@@ -62,8 +62,9 @@ class Compiled:
     decide anything and never end up in a reported path)."""
 
     # Slots: a trace of every Service of a big dump compiles ~10^5 rules.
-    __slots__ = ("_decision", "_step", "access", "action", "arg", "assumed", "complement", "dst", "effects", "label",
-                 "names_label", "never", "note", "probability", "rule", "src", "sub", "table", "target", "tests")
+    __slots__ = ("_decision", "_path_step", "_step", "access", "action", "arg", "assumed", "complement", "dst",
+                 "effects", "label", "names_label", "never", "note", "probability", "rule", "src", "sub", "table",
+                 "target", "tests")
 
     def __init__(self, table: str, rule: Rule, matches: Bound) -> None:
         self.table = table
@@ -86,7 +87,8 @@ class Compiled:
         self.target = ""
         self.label: str | None = None  # from the rule's comment, "" when none (see service_label)
         self.names_label: str | None = None  # from the Tracer's `names`, "" when none (see Tracer._service)
-        self._step: Step | None = None
+        self._step: Step | None = None  # the rule's place (line, text), for notes
+        self._path_step: Step | None = None  # the same with its kind and Service, as a reported path shows it
         self._decision: Decision | None = None
         self.sub: ChainCode | None = None  # the jump target, resolved on first use
         self.access: chainmemo.Access | None = None  # what it reads and writes (for chainmemo)
@@ -345,8 +347,8 @@ class Compiler:
 
     def _step(self, c: Compiled) -> Step:
         """The Step of a rule on a reported path, with what it is to kube-proxy (Step.kind) and its Service."""
-        step = c._step
-        if step is None or (not step.kind and step.service is None):
+        step = c._path_step
+        if step is None:
             rule = c.rule
             comment = rule_comment(rule)
             parsed = parse_comment(comment) if comment else None
@@ -354,8 +356,8 @@ class Compiler:
             service = parsed[0] if parsed else None
             if service is None and self.names is not None:
                 service = self.names.get(rule.chain) or (self.names.get(c.target) if c.target else None)
-            step = c._step = Step(c.table, rule.chain, rule.line, f"-A {rule.chain} {rule.text}".rstrip(), kind,
-                                  service)
+            step = c._path_step = Step(c.table, rule.chain, rule.line, f"-A {rule.chain} {rule.text}".rstrip(), kind,
+                                       service)
         return step
 
     def _service(self, compiled: Sequence[Compiled]) -> str | None:
