@@ -4,6 +4,7 @@
     python3 -m bench.run --only parse    # one figure
     python3 -m bench.run --only nft-parse  # kube-proxy's nftables mode, as `nft list ruleset` prints it
     python3 -m bench.run --only nft-services --only nft-trace  # the same ruleset: services, one trace
+    python3 -m bench.run --only question  # one explain/trace on a 700,000-line dump against its parse
     python3 -m bench.run --scale 1000    # smaller, for a quick look
 
 It synthesizes kube-proxy dumps itself (bench.synth, current layout, comments on) and runs each figure in a
@@ -256,6 +257,37 @@ def figure_explain(dump: Path) -> dict[str, Any]:
             "max_ms": round(runs[-1] * 1000, 2)}
 
 
+def figure_question(dump: Path) -> dict[str, Any]:
+    """One question on a huge dump (issue [scale]: a 700,000-line dump, as in kubernetes#96018): `explain` and
+    `trace` of one ClusterIP, each a fresh CLI process, against `parse` of the same dump; CPU seconds of the
+    child processes (wall time is noisy on a shared machine), best of three, runs interleaved."""
+    import re
+
+    text = dump.read_text()
+    found = re.search(r"-d (\d+\.\d+\.\d+\.\d+)/32 -p (tcp|udp|sctp)[^\n]*--dport (\d+)", text)
+    assert found is not None
+    dst, proto, port = found.group(1), found.group(2), found.group(3)
+    del text
+    commands = {"parse": ["parse", str(dump)],
+                "explain": ["explain", str(dump), "--dst", f"{dst}:{port}", "--proto", proto,
+                            "--node-ip", "192.168.0.10"],
+                "trace": ["trace", str(dump), "--dst", f"{dst}:{port}", "--proto", proto, "--src", "pod",
+                          "--node-ip", "192.168.0.10"]}
+    best = {name: float("inf") for name in commands}
+    for _ in range(3):
+        for name, args in commands.items():
+            before = _cpu_children()
+            done = subprocess.run([sys.executable, "-m", "iptrace", *args], cwd=ROOT, capture_output=True,
+                                  check=False)
+            if done.returncode not in (0, 3):
+                raise SystemExit(done.stderr.decode()[-300:])
+            best[name] = min(best[name], _cpu_children() - before)
+    return {"lines": dump.read_text().count("\n"), "parse_cpu_s": round(best["parse"], 2),
+            "explain_cpu_s": round(best["explain"], 2), "trace_cpu_s": round(best["trace"], 2),
+            "explain_ratio": round(best["explain"] / best["parse"], 2),
+            "trace_ratio": round(best["trace"] / best["parse"], 2)}
+
+
 def figure_conntrack(dump: Path) -> dict[str, Any]:
     """Reading a 100,000-entry conntrack table (synthesized by bench.bench_conntrack) and what it adds to an
     explain on a small node (the sample dump); the big iptables dump plays no part."""
@@ -267,7 +299,7 @@ def figure_conntrack(dump: Path) -> dict[str, Any]:
 
 FIGURES = {"parse": figure_parse, "services": figure_services, "trace": figure_trace, "explain": figure_explain,
            "conntrack": figure_conntrack, "nft-parse": figure_nft_parse, "nft-services": figure_nft_services,
-           "nft-trace": figure_nft_trace}
+           "nft-trace": figure_nft_trace, "question": figure_question}
 
 
 def run_figure(name: str, dump: Path) -> dict[str, Any]:
@@ -308,7 +340,10 @@ def main() -> None:
     report: dict[str, Any] = {"dump": str(dump), "mb": round(dump.stat().st_size / 1e6, 1)}
     for name in FIGURES:
         if name in only:
-            if name.startswith("nft-"):
+            if name == "question":  # ~700,000 lines: 16,000 Services x 10 endpoints
+                big = synth_dump(16000, 10, cache / "iptrace-bench-16000x10.txt")
+                report[name] = run_figure(name, big)
+            elif name.startswith("nft-"):
                 nft_dump = synth_nft_dump(n, 10, cache / f"iptrace-bench-nft-{n}x10.txt")
                 report["nft_dump"] = str(nft_dump)
                 report[name] = run_figure(name, nft_dump)
@@ -357,6 +392,12 @@ def main() -> None:
     if "first_trace_ms" in nt:
         rows.append(("nft one trace after load", f"{nt['first_trace_ms']} ms ({nt['again_trace_ms']} again)",
                      "<= 1 ms", verdict(nt["first_trace_ms"], 1)))
+    q = report.get("question", {})
+    if "explain_ratio" in q:
+        rows.append((f"explain one address, {q['lines']:,} lines", f"{q['explain_ratio']}x parse", "<= 1.3x",
+                     verdict(q["explain_ratio"], 1.3)))
+        rows.append((f"trace one address, {q['lines']:,} lines", f"{q['trace_ratio']}x parse", "<= 1.3x",
+                     verdict(q["trace_ratio"], 1.3)))
     g = report.get("growth", {})
     if "ratio_2x" in g:
         rows.append(("2x services, parse time", f"{g['ratio_2x']}x", "<= 2.2x", verdict(g["ratio_2x"], 2.2)))

@@ -332,3 +332,21 @@ def test_rule_key_equates_what_the_kernel_equates(a: str, b: str) -> None:
 @pytest.mark.parametrize(("a", "b"), DIFFERENT_RULE)
 def test_rule_key_keeps_apart_what_the_kernel_keeps_apart(a: str, b: str) -> None:
     assert rule_key(_rule(a)) != rule_key(_rule(b))
+
+
+@pytest.mark.parametrize("text", [
+    KUBE_PROXY_RESTORE,
+    with_commands("-I INPUT 1 -s 10.0.0.9/32 -j DROP", "-A FOO -j RETURN", "-I FOO -p udp -j ACCEPT"),
+    # Chains interleaved, as a hand-written restore file may have them.
+    "*filter\n:INPUT ACCEPT [0:0]\n:A - [0:0]\n:B - [0:0]\n-A A -s 10.0.0.1 -j ACCEPT\n-A B -j RETURN\n"
+    "-A A -s 10.0.0.2 -j ACCEPT\n-A INPUT -j A\n-A B -s 10.0.0.3 -j DROP\nCOMMIT\n",
+], ids=["kube-proxy", "inserted", "interleaved"])
+def test_the_rule_at_each_line_is_found(text: str) -> None:
+    """Evidence names rules by their input line: every rule is found at its own line, also where `-I` put a
+    later line first or chains interleave, and a line that holds no rule finds none."""
+    ruleset = load(text, source="t")
+    rules = [r for _t, _c, r in ruleset.rules()]
+    assert rules
+    for rule in rules:
+        assert ruleset.rule_at(rule.line) is rule
+    assert ruleset.rule_at(1) is None and ruleset.rule_at(10_000) is None

@@ -4,6 +4,7 @@ something asks for them, so a question about one address never reads the whole d
 
 from __future__ import annotations
 
+import re
 from collections.abc import Container
 
 from iptrace.iptables.comments import chain_key
@@ -17,6 +18,9 @@ EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"
 PROXY_FIREWALL = "KUBE-PROXY-FIREWALL"
 SEP = "KUBE-SEP-"
 FILTER_CHAINS = (SERVICES, EXTERNAL_SERVICES, NODEPORTS, PROXY_FIREWALL)
+
+
+_HAIRPIN_SOURCE = re.compile(r"^-s ([^/ \n]+)", re.M)
 
 
 class _Hairpins:
@@ -38,12 +42,11 @@ class _Hairpins:
         if self._set is not None:
             return ip in self._set
         self._asked += 1
-        if self._asked > self._SEARCHES:
-            self._set = frozenset(text[3:].split(" ", 1)[0].partition("/")[0] for text in self._texts
-                                  if text.startswith("-s "))
-            return ip in self._set
         if self._text is None:
             self._text = "\n" + "\n".join(self._texts) + "\n"
+        if self._asked > self._SEARCHES:
+            self._set = frozenset(_HAIRPIN_SOURCE.findall(self._text))
+            return ip in self._set
         return f"\n-s {ip}/" in self._text or f"\n-s {ip} " in self._text
 
 

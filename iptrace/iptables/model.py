@@ -9,6 +9,7 @@ Source positions (`line`) are evidence only and stay out of equality.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -283,6 +284,7 @@ class Ruleset:
     skipped: tuple[LoadWarning, ...] = field(default=(), compare=False)
     _index: Mapping[str, Table] = field(default_factory=dict, compare=False, repr=False)
     _by_line: dict[int, Rule] = field(default_factory=dict, compare=False, repr=False)
+    _spans: list[tuple[int, tuple[Rule, ...]]] = field(default_factory=list, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_index", {t.name: t for t in self.tables})
@@ -293,10 +295,22 @@ class Ruleset:
         return (self.family,)
 
     def rule_at(self, line: int) -> Rule | None:
-        """The rule written on input line `line` (an index built on first use)."""
-        if not self._by_line:
-            self._by_line.update((r.line, r) for _, _, r in self.rules())
-        return self._by_line.get(line)
+        """The rule written on input line `line`: found through the chains' first lines (a chain's rules are in
+        input order, one block in an iptables-save dump), else through an index of every line."""
+        spans = self._spans
+        if not spans:
+            spans.extend(sorted((c.rules[0][3], c.rules) for t in self.tables for c in t.chains if c.rules))
+        at = bisect_right(spans, line, key=itemgetter(0)) - 1
+        if at >= 0:
+            rules = spans[at][1]
+            i = bisect_left(rules, line, key=itemgetter(3))
+            if i < len(rules) and rules[i][3] == line:
+                return rules[i]
+        # Not found that way (a restore file's `-I` puts a later line first, or its chains interleave).
+        by_line = self._by_line
+        if not by_line:
+            by_line.update({r[3]: r for t in self.tables for c in t.chains for r in c.rules})
+        return by_line.get(line)
 
     def line_text(self, line: int) -> str | None:
         """The rule on input line `line` as iptables-save prints it (evidence), or None."""
