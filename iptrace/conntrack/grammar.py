@@ -4,12 +4,11 @@ about one line of each new shape and about every line it cannot read; lark is im
 from __future__ import annotations
 
 from functools import cache
-from importlib import resources
-from pathlib import Path
 
 from lark import Lark, Token, Tree, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 from iptrace.errors import ParseError
+from iptrace.grammars import grammar_text as _grammar_file
 
 _GRAMMAR_NAME = "conntrack.lark"
 
@@ -21,12 +20,7 @@ _EXPECTED_NAMES = {
 
 
 def grammar_text() -> str:
-    """The grammar, from the repository's grammars/ (source checkouts, editable installs) or the wheel."""
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (here.parent / "grammars" / _GRAMMAR_NAME, here / "grammars" / _GRAMMAR_NAME):
-        if candidate.is_file():
-            return candidate.read_text(encoding="utf-8")
-    return resources.files("iptrace").joinpath("grammars", _GRAMMAR_NAME).read_text(encoding="utf-8")
+    return _grammar_file(_GRAMMAR_NAME)
 
 
 @cache

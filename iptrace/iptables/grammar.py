@@ -6,12 +6,11 @@ The only module (with the loader) that imports lark.
 from __future__ import annotations
 
 from functools import cache
-from importlib import resources
-from pathlib import Path
 
 from lark import Lark, Token, Tree, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 from iptrace.errors import ParseError
+from iptrace.grammars import grammar_text as _grammar_file
 
 _GRAMMAR_NAME = "iptables_save.lark"
 
@@ -24,12 +23,7 @@ _EXPECTED_NAMES = {
 
 
 def grammar_text() -> str:
-    """The grammar, from the repository's grammars/ (source checkouts, editable installs) or the wheel."""
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (here.parent / "grammars" / _GRAMMAR_NAME, here / "grammars" / _GRAMMAR_NAME):
-        if candidate.is_file():
-            return candidate.read_text(encoding="utf-8")
-    return resources.files("iptrace").joinpath("grammars", _GRAMMAR_NAME).read_text(encoding="utf-8")
+    return _grammar_file(_GRAMMAR_NAME)
 
 
 @cache

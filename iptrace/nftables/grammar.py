@@ -8,12 +8,11 @@ about single statements (one per new rule shape, every structural statement the 
 from __future__ import annotations
 
 from functools import cache
-from importlib import resources
-from pathlib import Path
 
 from lark import Lark, Tree, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 from iptrace.errors import ParseError
+from iptrace.grammars import grammar_text as _grammar_file
 
 _GRAMMAR_NAME = "nft.lark"
 STARTS = ("document", "top_line", "table_line", "chain_line", "set_line", "object_line", "rule", "set_literal")
@@ -26,12 +25,7 @@ _EXPECTED_NAMES = {
 
 
 def grammar_text() -> str:
-    """The grammar, from the repository's grammars/ (source checkouts, editable installs) or the wheel."""
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (here.parent / "grammars" / _GRAMMAR_NAME, here / "grammars" / _GRAMMAR_NAME):
-        if candidate.is_file():
-            return candidate.read_text(encoding="utf-8")
-    return resources.files("iptrace").joinpath("grammars", _GRAMMAR_NAME).read_text(encoding="utf-8")
+    return _grammar_file(_GRAMMAR_NAME)
 
 
 @cache
