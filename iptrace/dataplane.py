@@ -321,6 +321,39 @@ class WayIn:
     notes: tuple[str, ...] = ()
 
 
+@dataclass
+class WaySeed:
+    """A way in as a dataplane's layout reader gathers it (rule by rule), before it becomes a WayIn."""
+
+    kind: str
+    address: str | None
+    port: int
+    protocol: str
+    chain: str = ""
+    lines: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+class WaySeeds(dict[tuple[str, str | None, int, str], WaySeed]):
+    """One Service port's ways in being gathered, keyed by (kind, address, port, protocol)."""
+
+    def seed(self, kind: str, address: str | None, port: int, protocol: str) -> WaySeed:
+        k = (kind, address, port, protocol)
+        found = self.get(k)
+        if found is None:
+            found = self[k] = WaySeed(kind, address, port, protocol)
+        return found
+
+    def has_kind(self, kind: str) -> bool:
+        return any(k[0] == kind for k in self)
+
+    def ways(self) -> tuple[WayIn, ...]:
+        """In ENTRY_KINDS order, then by address and port; a health check nodePort is TCP whatever the port's."""
+        seeds = sorted(self.values(), key=lambda s: (ENTRY_KINDS.index(s.kind), s.address or "", s.port))
+        return tuple(WayIn(s.kind, s.address, s.port, s.protocol if s.kind != HEALTH_CHECK else "tcp", s.chain,
+                           tuple(sorted(set(s.lines))), tuple(dict.fromkeys(s.notes))) for s in seeds)
+
+
 @dataclass(frozen=True, slots=True)
 class ServicePortLayout:
     """One Service port as its chains are laid out. `cluster_chain` load-balances over every usable endpoint

@@ -19,7 +19,6 @@ from operator import itemgetter
 
 from iptrace.dataplane import (
     CLUSTER_IP,
-    ENTRY_KINDS,
     EXTERNAL_IP,
     HEALTH_CHECK,
     LOAD_BALANCER,
@@ -31,6 +30,8 @@ from iptrace.dataplane import (
     ProxyMode,
     ServicePortLayout,
     WayIn,
+    WaySeed,
+    WaySeeds,
 )
 from iptrace.iptables.comments import chain_key, parse_comment
 from iptrace.iptables.era import no_rules_warnings, proxy_mode
@@ -77,24 +78,13 @@ def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
 
 
 @dataclass
-class _Seed:
-    kind: str
-    address: str | None
-    port: int
-    protocol: str
-    chain: str = ""
-    lines: list[int] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
 class _Group:
     key: str
     name: str | None = None
     identity: str = "chain"
     protocol: str | None = None
     chains: dict[str, str] = field(default_factory=dict)  # prefix -> chain name
-    seeds: dict[tuple[str, str | None, int, str], _Seed] = field(default_factory=dict)
+    seeds: WaySeeds = field(default_factory=WaySeeds)
     lines: set[int] = field(default_factory=set)
     no_endpoints: bool = False
     no_local_endpoints: bool = False
@@ -103,15 +93,11 @@ class _Group:
     firewall_lines: list[int] = field(default_factory=list)
     health_check: int | None = None
 
-    def seed(self, kind: str, address: str | None, port: int, protocol: str) -> _Seed:
-        k = (kind, address, port, protocol)
-        found = self.seeds.get(k)
-        if found is None:
-            found = self.seeds[k] = _Seed(kind, address, port, protocol)
-        return found
+    def seed(self, kind: str, address: str | None, port: int, protocol: str) -> WaySeed:
+        return self.seeds.seed(kind, address, port, protocol)
 
     def has_kind(self, kind: str) -> bool:
-        return any(k[0] == kind for k in self.seeds)
+        return self.seeds.has_kind(kind)
 
 
 class _Reader:
@@ -148,7 +134,7 @@ class _Reader:
             g.protocol = proto
         return g
 
-    def add_seed(self, g: _Group, kind: str, address: str | None, port: int, proto: str) -> _Seed:
+    def add_seed(self, g: _Group, kind: str, address: str | None, port: int, proto: str) -> WaySeed:
         if kind != HEALTH_CHECK:
             self.by_address.setdefault((address, port, proto), g.key)
         return g.seed(kind, address, port, proto)
@@ -394,9 +380,7 @@ class _Reader:
 
     @staticmethod
     def ways_in(g: _Group) -> tuple[WayIn, ...]:
-        seeds = sorted(g.seeds.values(), key=lambda s: (ENTRY_KINDS.index(s.kind), s.address or "", s.port))
-        return tuple(WayIn(s.kind, s.address, s.port, s.protocol if s.kind != HEALTH_CHECK else "tcp", s.chain,
-                           tuple(sorted(set(s.lines))), tuple(dict.fromkeys(s.notes))) for s in seeds)
+        return g.seeds.ways()
 
     def endpoint_keys(self, ip: str) -> tuple[str, ...]:
         """The groups whose load-balancing chains jump to an endpoint chain that DNATs to `ip`."""

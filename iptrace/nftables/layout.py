@@ -17,7 +17,6 @@ from typing import Any
 
 from iptrace.dataplane import (
     CLUSTER_IP,
-    ENTRY_KINDS,
     EXTERNAL_IP,
     LOAD_BALANCER,
     NODE_PORT,
@@ -27,6 +26,8 @@ from iptrace.dataplane import (
     NodePortAddresses,
     ServicePortLayout,
     WayIn,
+    WaySeed,
+    WaySeeds,
 )
 from iptrace.nftables.era import kube_table, no_rules_warnings, proxy_mode
 from iptrace.nftables.model import (
@@ -59,40 +60,23 @@ SAME_RULE_NOTE = "an externalIP or a LoadBalancer IP: kube-proxy writes the same
 
 
 @dataclass
-class _Seed:
-    kind: str
-    address: str | None
-    port: int
-    protocol: str
-    chain: str = ""
-    lines: list[int] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-
-@dataclass
 class _Group:
     key: str  # the name base: HASH-ns/svc/proto/port
     name: str | None = None
     protocol: str = "tcp"
     identity: str = "comment"  # the name is in the rules (chain names, element comments); "address": cluster data
-    seeds: dict[tuple[str, str | None, int, str], _Seed] = field(default_factory=dict)
+    seeds: WaySeeds = field(default_factory=WaySeeds)
     no_endpoints: bool = False
     no_local_endpoints: bool = False
     itp_local_drop: bool = False
     etp_local_drop: bool = False
     lines: set[int] = field(default_factory=set)
 
-    def seed(self, kind: str, address: str | None, port: int, protocol: str) -> _Seed:
-        k = (kind, address, port, protocol)
-        found = self.seeds.get(k)
-        if found is None:
-            found = self.seeds[k] = _Seed(kind, address, port, protocol)
-        return found
+    def seed(self, kind: str, address: str | None, port: int, protocol: str) -> WaySeed:
+        return self.seeds.seed(kind, address, port, protocol)
 
     def ways(self) -> tuple[WayIn, ...]:
-        seeds = sorted(self.seeds.values(), key=lambda s: (ENTRY_KINDS.index(s.kind), s.address or "", s.port))
-        return tuple(WayIn(s.kind, s.address, s.port, s.protocol, s.chain, tuple(sorted(set(s.lines))),
-                           tuple(dict.fromkeys(s.notes))) for s in seeds)
+        return self.seeds.ways()
 
 
 def _elements(table: Table, name: str) -> tuple[Set | None, Iterator[Any]]:
