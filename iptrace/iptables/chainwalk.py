@@ -33,12 +33,16 @@ from iptrace.iptables.compile import (
 )
 from iptrace.iptables.state import State, Terminal, format_ip
 
+# Chains entered a second time before every chain is planned on its first entry.
+EAGER_AFTER = 64
+
 
 class ChainWalker(Compiler):
     """Rule-by-rule walks of compiled chains; `share` turns the chain memo on (off only to check that it
     changes nothing)."""
 
     share: bool
+    _reentries = 0  # chains entered a second time so far
     # chain -> True (entered once), its plan, or None (not shared)
     _chain_plans: dict[tuple[str, str], tuple[chainmemo.ChainPlan, tuple[str, ...]] | bool | None]
 
@@ -115,9 +119,14 @@ class ChainWalker(Compiler):
         (chainmemo.py)."""
         plan = self._chain_plans.get(code.key, False)
         if plan is False:
-            # A chain met once (tracing every Service once) is not worth a plan: plan on the second entry.
-            self._chain_plans[code.key] = True
-            return self._run_chain(code, s, stack)
+            # A chain met once (tracing every Service once) is not worth a plan: plan on the second entry —
+            # unless chains keep being entered again (the Service view: every way in, every kind of client).
+            if self._reentries < EAGER_AFTER:
+                self._chain_plans[code.key] = True
+                return self._run_chain(code, s, stack)
+            plan = True
+        elif plan is True:
+            self._reentries += 1
         if plan is True:
             plan = self._chain_plans[code.key] = self._chain_plan(code) if self.share else None
         if plan is None:
