@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from bench import synth
 from iptrace.dataplane import Packet, Trace, trace_to_json
 from iptrace.iptables import load
+from iptrace.iptables.chainwalk import EAGER_AFTER
 from iptrace.iptables.matchers import bind_matches, binder_for, compile_matches, fast_tokens, rule_structure
 from iptrace.iptables.model import TOKEN_RE, Ruleset
 from iptrace.iptables.state import Context, State
@@ -105,6 +106,25 @@ def test_kube_proxy_dumps(case: tuple, pick: int, src_pick: int) -> None:
         again = Tracer(ruleset, node_ips=[NODE_IP], pod_cidrs=[POD_CIDR]).trace(packet)
         assert again == first
         assert_same(plain.trace(packet), first, f"index or shared walk changed the result for {packet}")
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=kube_cases)
+def test_every_service_swept_like_the_view(case: tuple) -> None:
+    """The Service view's pattern: every way in of every Service, for several kinds of client, through one
+    tracer — chains planned on their first entry (chainwalk.EAGER_AFTER) and closures of one shape replaying
+    each other's recorded walks (chainmemo.py) — gives what a walk without any sharing gives."""
+    seed, n, endpoints, era, full = case
+    assume(full or era != "xlb")
+    ruleset, _lines, targets = kube_dump(seed, n, endpoints, era, full)
+    shared = Tracer(ruleset, node_ips=[NODE_IP], pod_cidrs=[POD_CIDR])
+    shared._reentries = EAGER_AFTER  # as after the first few dozen Services of a view
+    plain = Tracer(ruleset, node_ips=[NODE_IP], pod_cidrs=[POD_CIDR], use_index=False, share=False)
+    for dst, port, proto in targets[:60]:
+        for src in ("203.0.113.1", "10.244.3.3", NODE_IP):
+            packet = Packet(src, dst, port, proto)
+            assert_same(shared.trace(packet), plain.trace(packet), f"shared walk changed the result for {packet}")
+    assert any(shared._shape_memos.values()) or endpoints < 2  # (the sweep shared recorded walks)
 
 
 # ------------------------------------------------------------------------------ arbitrary long chains

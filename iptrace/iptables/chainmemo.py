@@ -13,15 +13,24 @@ CIDR and a few endpoint addresses: a pod, the node and an outside client are the
 not by their addresses). Fields outside the key are neither read nor written on the way, so a replayed
 branch keeps its own values; fields the walk writes are in the key, so the recorded values are right.
 A closure with a module or target whose reads are not listed here is not shared (walked every time).
-tests/test_trace_properties.py compares shared and unshared walks.
+
+Closures of one *shape* share their recorded walks: kube-proxy writes every Service port with the same number
+of endpoints as the same rules but for addresses and chain names. A shape lists, rule by rule, what decides
+the rule besides its addresses (its matches as compiled for its option values — shared by every rule with
+those values —, the negation of its -s/-d, its target, a jump as the position of the chain it enters); the
+key then holds which -s/-d network of each position contains the address, and a walk recorded by position
+(rule k of the closure, chain j) replays with the rules, chains, Decisions and DNAT addresses of the closure
+entered. Walks that made assumptions (their texts name lines) stay with their own closure.
+tests/test_trace_properties.py compares shared and unshared walks (also sweeping every Service like the view).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from operator import attrgetter
 from typing import Any
 
+from iptrace.dataplane import Decision
 from iptrace.iptables.matchers import Structure
 from iptrace.iptables.memo import structure_reads
 from iptrace.iptables.state import cons_prefix, cons_push, merged_assumptions
@@ -109,39 +118,58 @@ def rule_access(structure: Structure, target: str, extra_addresses: bool, cache:
 
 
 class ChainPlan:
-    """How to key the walk of one chain's closure, and the walks recorded so far."""
+    """How to key the walk of one chain's closure, and the walks recorded so far.
 
-    __slots__ = ("_key", "memo")
+    `compiled` lists the closure's rules by position (its chains in the order the walk of the plan met them,
+    each chain's rules in order) and `chains` its chains. `memo` holds walks recorded by position (rule k, chain
+    j of the closure): it is shared by every closure of the same *shape* (see `shape` in chainwalk.py:
+    kube-proxy's Service chains differ only in addresses and names), so a walk recorded for one Service
+    replays on the next one with that shape. `own` holds the walks that cannot be told by position (they made
+    assumptions, which name rules' lines), for this closure only."""
 
-    def __init__(self, fields: Iterable[str], raw: Iterable[str], src_nets: Iterable[tuple[int, int]],
-                 dst_nets: Iterable[tuple[int, int]]) -> None:
-        self.memo: dict[Any, tuple[Recorded, ...]] = {}
+    __slots__ = ("_decisions", "_key", "_positions", "chains", "compiled", "memo", "own")
+
+    def __init__(self, fields: Iterable[str], raw: Iterable[str], src_nets: Sequence[tuple[int, int]],
+                 dst_nets: Sequence[tuple[int, int]], compiled: Sequence[Any] = (),
+                 chains: Sequence[tuple[str, str]] = (), memo: dict[Any, Any] | None = None) -> None:
+        self.own: dict[Any, tuple[Recorded, ...]] = {}
+        self.memo: dict[Any, tuple[Positional, ...]] | None = memo
+        self.compiled = tuple(compiled)
+        self.chains = tuple(chains)
+        self._positions: dict[int, int] | None = None
+        self._decisions: dict[int, int] | None = None
         self._key = _key_function(sorted(set(fields)), sorted(set(raw)), src_nets, dst_nets)
 
     def key(self, s: Any) -> Any:
         return self._key(s)
 
+    def positions(self) -> dict[int, int]:
+        """id(compiled rule) -> its position."""
+        if self._positions is None:
+            self._positions = {id(c): k for k, c in enumerate(self.compiled)}
+        return self._positions
 
-def _net_test(attr: str, nets: Iterable[tuple[int, int]]) -> Callable[[Any], Any] | None:
-    """Which of `nets` contain the branch's `attr`: host networks as the one address matched (or -1), the
-    others as a tuple of bits."""
-    unique = sorted(set(nets))
-    if not unique:
+    def decisions(self) -> dict[int, int]:
+        """id(Decision of a rule) -> the rule's position (rules whose Decision was built so far)."""
+        found = {id(c._decision): k for k, c in enumerate(self.compiled) if c._decision is not None}
+        self._decisions = found
+        return found
+
+
+def _net_bits(attr: str, nets: Sequence[tuple[int, int]]) -> Callable[[Any], Any] | None:
+    """Which of `nets` (mask, network), in order, contain the branch's `attr`, as a tuple of bits."""
+    if not nets:
         return None
-    full = max(mask for mask, _net in unique)
-    hosts = frozenset(net for mask, net in unique if mask == full)
-    others = tuple((mask, net) for mask, net in unique if mask != full)
     get = attrgetter(attr)
-    if not others:
-        return lambda s: a if (a := get(s)) in hosts else -1
-    return lambda s: (a if (a := get(s)) in hosts else -1, tuple(a & m == n for m, n in others))
+    pairs = tuple(nets)
+    return lambda s: (a := get(s), tuple(a & m == n for m, n in pairs))[1]
 
 
-def _key_function(fields: list[str], raw: list[str], src_nets: Iterable[tuple[int, int]],
-                  dst_nets: Iterable[tuple[int, int]]) -> Callable[[Any], Any]:
+def _key_function(fields: list[str], raw: list[str], src_nets: Sequence[tuple[int, int]],
+                  dst_nets: Sequence[tuple[int, int]]) -> Callable[[Any], Any]:
     plain = attrgetter(*fields, *raw) if fields or raw else (lambda s: None)
-    src = None if "src" in raw else _net_test("src", src_nets)
-    dst = None if "dst" in raw else _net_test("dst", dst_nets)
+    src = None if "src" in raw else _net_bits("src", src_nets)
+    dst = None if "dst" in raw else _net_bits("dst", dst_nets)
     if src is None and dst is None:
         return plain
     if dst is None:
@@ -149,6 +177,105 @@ def _key_function(fields: list[str], raw: list[str], src_nets: Iterable[tuple[in
     if src is None:
         return lambda s: (plain(s), dst(s))
     return lambda s: (plain(s), src(s), dst(s))
+
+
+class _At:
+    """A recorded field value that is the Decision of the closure's rule at `position`."""
+
+    __slots__ = ("position",)
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+
+
+# (written fields' values (an _At for a rule's Decision), path positions oldest first, chain positions entered
+# oldest first, probability factor (num, den), terminal verdict or None, its rule's position, whether the branch
+# was DNATed by that rule)
+Positional = tuple[tuple[Any, ...], tuple[int, ...], tuple[int, ...], int, int, Any, int, bool]
+
+
+def record_positional(results: Sequence[tuple[Any, Any]], start: Any, plan: ChainPlan, written: tuple[str, ...],
+                      dnat: int) -> tuple[Positional, ...] | None:
+    """The branches of a walk from `start` (path, chains and assumptions empty, probability 1) by position in
+    the closure, or None when one cannot be told by position (an assumption made; a rewrite other than a
+    plain DNAT of the closure's own; a Decision from elsewhere). `dnat`: the compiled action code of DNAT."""
+    positions = plan.positions()
+    chain_positions = {key: j for j, key in enumerate(plan.chains)}
+    decisions: dict[int, int] | None = None
+    out = []
+    for s, terminal in results:
+        if s.assumptions:
+            return None
+        path = cons_prefix(s.path) or ()
+        chains = cons_prefix(s.chains) or ()
+        try:
+            items = tuple([positions[id(c)] for c in path])
+            entered = tuple([chain_positions[key] for key in chains])
+        except KeyError:
+            return None
+        if decisions is None:
+            decisions = plan.decisions()
+        values = []
+        for name in written:
+            value = getattr(s, name)
+            if isinstance(value, Decision) and value is not getattr(start, name):
+                at = decisions.get(id(value))
+                if at is None:
+                    return None
+                value = _At(at)
+            values.append(value)
+        verdict, at = None, -1
+        if terminal is not None:
+            verdict = terminal[0]
+            found = decisions.get(id(terminal[1]))
+            if found is None:
+                return None
+            at = found
+        wrote = (s.dst, s.dport, s.dnat, s.dnat_by) != (start.dst, start.dport, start.dnat, start.dnat_by)
+        if wrote:
+            c = plan.compiled[at] if at >= 0 else None
+            if c is None or c.action != dnat or c.note or s.dnat_by is not c._decision or not s.dnat:
+                return None
+            addr, port = c.arg
+            if s.dst != (start.dst if addr is None else addr) or s.dport != (start.dport if port is None else port):
+                return None
+        out.append((tuple(values), items, entered, s.prob[0], s.prob[1], verdict, at, wrote))
+    return tuple(out)
+
+
+def replay_positional(recorded: tuple[Positional, ...], s: Any, written: tuple[str, ...], plan: ChainPlan,
+                      ) -> list[tuple[Any, Any]]:
+    """The recorded branches on branch `s`, with the rules, chains and Decisions of `plan`'s closure."""
+    out = []
+    num, den = s.prob
+    single = len(recorded) == 1
+    compiled = plan.compiled
+    chains = plan.chains
+    for values, items, entered, fnum, fden, verdict, at, wrote in recorded:
+        new = s if single else s.copy()
+        for name, value in zip(written, values, strict=True):
+            setattr(new, name, compiled[value.position].decision if type(value) is _At else value)
+        if wrote:
+            c = compiled[at]
+            addr, port = c.arg
+            if addr is not None:
+                new.dst = addr
+            if port is not None:
+                new.dport = port
+            new.dnat = True
+            new.dnat_by = c.decision
+        path = s.path
+        for k in items:
+            path = (compiled[k], path)
+        new.path = path
+        cell = s.chains
+        for j in entered:
+            cell = (chains[j], cell)
+        new.chains = cell
+        if fnum != fden:
+            new.prob = (num * fnum, den * fden)
+        out.append((new, None if verdict is None else (verdict, compiled[at].decision)))
+    return out
 
 
 # (final state, path items oldest first, chains entered oldest first, probability factor (num, den),

@@ -33,12 +33,18 @@ from iptrace.iptables.compile import (
 )
 from iptrace.iptables.state import State, Terminal, format_ip
 
+# Chains entered a second time before every chain is planned on its first entry.
+EAGER_AFTER = 64
+
 
 class ChainWalker(Compiler):
     """Rule-by-rule walks of compiled chains; `share` turns the chain memo on (off only to check that it
     changes nothing)."""
 
     share: bool
+    _reentries = 0  # chains entered a second time so far
+    # closure shape (see _chain_plan) -> the walks recorded by position for closures of that shape
+    _shape_memos: dict[tuple[object, ...], dict[object, tuple[chainmemo.Positional, ...]]]
     # chain -> True (entered once), its plan, or None (not shared)
     _chain_plans: dict[tuple[str, str], tuple[chainmemo.ChainPlan, tuple[str, ...]] | bool | None]
 
@@ -115,51 +121,71 @@ class ChainWalker(Compiler):
         (chainmemo.py)."""
         plan = self._chain_plans.get(code.key, False)
         if plan is False:
-            # A chain met once (tracing every Service once) is not worth a plan: plan on the second entry.
-            self._chain_plans[code.key] = True
-            return self._run_chain(code, s, stack)
+            # A chain met once (tracing every Service once) is not worth a plan: plan on the second entry —
+            # unless chains keep being entered again (the Service view: every way in, every kind of client).
+            if self._reentries < EAGER_AFTER:
+                self._chain_plans[code.key] = True
+                return self._run_chain(code, s, stack)
+            plan = True
+        elif plan is True:
+            self._reentries += 1
         if plan is True:
             plan = self._chain_plans[code.key] = self._chain_plan(code) if self.share else None
         if plan is None:
             return self._run_chain(code, s, stack)
         chain_plan, written = plan
         key = chain_plan.key(s)
-        found = chain_plan.memo.get(key)
-        if found is None:
-            start = s.copy()
-            start.path = start.chains = None
-            start.prob = (1, 1)
-            start.assumptions = ()
-            before = start.copy()
-            found = chainmemo.record(self._run_chain(code, start, stack), before)
-            if len(chain_plan.memo) >= chainmemo.MEMO_SIZE:
-                chain_plan.memo.clear()
-            chain_plan.memo[key] = found
+        found = chain_plan.own.get(key)
+        if found is not None:
+            return chainmemo.replay(found, s, written)
+        memo = chain_plan.memo
+        if memo is not None:
+            shared = memo.get(key)
+            if shared is not None:
+                return chainmemo.replay_positional(shared, s, written, chain_plan)
+        start = s.copy()
+        start.path = start.chains = None
+        start.prob = (1, 1)
+        start.assumptions = ()
+        before = start.copy()
+        results = self._run_chain(code, start, stack)
+        if memo is not None:
+            shared = chainmemo.record_positional(results, before, chain_plan, written, DNAT)
+            if shared is not None:
+                if len(memo) >= chainmemo.MEMO_SIZE:
+                    memo.clear()
+                memo[key] = shared
+                return chainmemo.replay_positional(shared, s, written, chain_plan)
+        found = chainmemo.record(results, before)
+        if len(chain_plan.own) >= chainmemo.MEMO_SIZE:
+            chain_plan.own.clear()
+        chain_plan.own[key] = found
         return chainmemo.replay(found, s, written)
 
     def _chain_plan(self, code: ChainCode) -> tuple[chainmemo.ChainPlan, tuple[str, ...]] | None:
-        """How to key the walk of `code`'s closure, or None when it cannot be shared (see chainmemo.py)."""
+        """How to key the walk of `code`'s closure, or None when it cannot be shared (see chainmemo.py); with
+        the memo of every closure of its shape."""
         fields: set[str] = set()
         raw: set[str] = set()
         src_nets: list[tuple[int, int]] = []
         dst_nets: list[tuple[int, int]] = []
-        seen: set[tuple[str, str]] = set()
-        todo = [code]
+        order = [code]
+        seen = {code.key: 0}
+        compiled: list[Compiled] = []
+        shape: list[object] = [code.table]
         count = 0
         split = False
-        while todo:
-            chain = todo.pop()
-            if chain.key in seen:
-                continue
-            seen.add(chain.key)
+        for chain in order:  # (grows: the closure's chains in the order their first jump is met)
             count += len(chain.rules)
             if chain.index is not None or count > chainmemo.MAX_CLOSURE_RULES:
                 return None
+            shape.append(len(chain.rules))
             for i in range(len(chain.rules)):
                 c = chain.compiled[i] or self._compile(chain, i)
                 access = c.access
                 if access is None or not access.known:
                     return None
+                compiled.append(c)
                 fields |= access.fields
                 raw |= access.raw
                 split = split or c.probability is not None
@@ -167,17 +193,38 @@ class ChainWalker(Compiler):
                     src_nets.append((c.src[0], c.src[1]))
                 if c.dst is not None:
                     dst_nets.append((c.dst[0], c.dst[1]))
-                if c.action == JUMP or c.action == GOTO:
+                action = c.action
+                target: object = action
+                if action == JUMP or action == GOTO:
                     sub = c.sub
                     if sub is None:
                         sub = c.sub = self._code(chain.table, c.arg)
                     if sub is not None:
-                        todo.append(sub)
+                        if sub.key not in seen:
+                            seen[sub.key] = len(order)
+                            order.append(sub)
+                        target = (action, seen[sub.key], c.arg if c.arg in (KUBE_MARK_MASQ, KUBE_MARK_DROP) else "")
+                    else:
+                        target = (action, -1, c.arg)
+                elif action == DNAT and not c.note:
+                    target = (DNAT, c.arg[0] is None, c.arg[1] is None)
+                elif action not in (ACCEPT, DROP, REJECT, RETURN, CONTINUE):
+                    target = c  # (a mark, SNAT, …: the same rule only)
+                # What decides the rule besides its addresses: its shared matches (or the rule itself when it
+                # has more address tests than its first -s and -d), the negation of those, its target.
+                matches = c.bound if c.tests is c.bound.tests and not c.assumed else c
+                shape.append((matches, None if c.src is None else c.src[2], None if c.dst is None else c.dst[2],
+                              c.never, target))
         if count < 8 and not split:
             return None  # a closure this small walks faster than its key is computed and its walk replayed
         fields.add("proto")  # every port test reads it
         written = tuple(sorted(fields - {"proto", "hook", "local_origin", "in_iface", "out_iface"}))
-        return chainmemo.ChainPlan(fields, raw, src_nets, dst_nets), written
+        key = tuple(shape)
+        memo = self._shape_memos.get(key)
+        if memo is None:
+            memo = self._shape_memos[key] = {}
+        plan = chainmemo.ChainPlan(fields, raw, src_nets, dst_nets, compiled, [c.key for c in order], memo)
+        return plan, written
 
     def _apply(self, code: ChainCode, c: Compiled, i: int, s: State, stack: tuple[str, ...],
                out: list[tuple[State, Terminal]], todo: list[tuple[int, State]]) -> bool:

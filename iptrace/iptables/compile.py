@@ -62,13 +62,14 @@ class Compiled:
     decide anything and never end up in a reported path)."""
 
     # Slots: a trace of every Service of a big dump compiles ~10^5 rules.
-    __slots__ = ("_decision", "_path_step", "_step", "access", "action", "arg", "assumed", "complement", "dst",
-                 "effects", "label", "names_label", "never", "note", "probability", "rule", "src", "sub", "table",
-                 "target", "tests")
+    __slots__ = ("_decision", "_path_step", "_step", "access", "action", "arg", "assumed", "bound", "complement",
+                 "dst", "effects", "label", "names_label", "never", "note", "probability", "rule", "src", "sub",
+                 "table", "target", "tests")
 
     def __init__(self, table: str, rule: Rule, matches: Bound) -> None:
         self.table = table
         self.rule = rule
+        self.bound = matches  # shared by the rules with the same structure and option values (chainmemo keys)
         self.tests: tuple[Test, ...] = matches.tests
         self.assumed: tuple[Assumed, ...] = matches.assumed
         self.effects: tuple[Effect, ...] = matches.effects

@@ -27,11 +27,12 @@ from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Any
 
+from iptrace.errors import TraceError
 from iptrace.iptables.index import KeyPlan, rule_key
 from iptrace.iptables.matchers import MATCHERS, Structure, fast_tokens, rule_structure
 from iptrace.iptables.model import Rule, Ruleset
 from iptrace.iptables.options import BUILTIN_TARGETS
-from iptrace.iptables.state import cons_prefix, cons_push, merged_assumptions
+from iptrace.iptables.state import cons_prefix, cons_push, merged_assumptions, parse_net
 
 # Fields the key leaves out unless a reachable rule reads them.
 OPTIONAL_FIELDS = ("src", "sport", "dst", "dport", "orig_dst", "orig_dport", "recent")
@@ -107,11 +108,17 @@ ALWAYS, HOST, PORT, BOTH = 0, 1, 2, 3
 
 class StagePlan:
     """How to key the walk through one stage sequence (Tracer._stage_plan gives None when it cannot be
-    shared), and the walks recorded so far."""
+    shared), and the walks recorded so far.
+
+    `reads` are the optional fields read per condition (ALWAYS, HOST, PORT, BOTH) other than through plain
+    -s/-d tests; `nets` the (network, mask) pairs of those tests per condition and address ("src", "dst"): of
+    an address only they read, the key holds which of them contain it (a pod, the node and an endpoint are
+    then told apart by a few bits, not by their addresses)."""
 
     __slots__ = ("_getters", "hosts", "memo", "ports")
 
-    def __init__(self, reads: Sequence[set[str]], hosts: set[int], ports: set[tuple[int, int]]) -> None:
+    def __init__(self, reads: Sequence[set[str]], hosts: set[int], ports: set[tuple[int, int]],
+                 nets: Sequence[dict[str, set[tuple[int, int]]]] | None = None) -> None:
         self.hosts = frozenset(hosts)
         self.ports = frozenset(ports)
         self.memo: dict[tuple[Any, ...], tuple[Recorded, ...]] = {}
@@ -119,15 +126,20 @@ class StagePlan:
         getters: list[tuple[Callable[[Any], tuple[Any, ...]], bool]] = []
         for dst_in in (False, True):
             for port_in in (False, True):
-                fields = set(reads[ALWAYS])
+                labels = [ALWAYS, *([HOST] if dst_in else []), *([PORT] if port_in else []),
+                          *([BOTH] if dst_in and port_in else [])]
+                fields = set().union(*(reads[label] for label in labels))
                 if dst_in:
-                    fields |= reads[HOST] | {"dst"}
+                    fields.add("dst")
                 if port_in:
-                    fields |= reads[PORT] | {"dport"}
-                if dst_in and port_in:
-                    fields |= reads[BOTH]
+                    fields.add("dport")
                 read = [f for f in OPTIONAL_FIELDS if f in fields]
-                getters.append((_getter(always, attrgetter(*read) if read else None), "recent" in fields))
+                tests = []
+                for attr in ("src", "dst"):
+                    found = set().union(*(nets[label].get(attr, set()) for label in labels)) if nets else set()
+                    if found and attr not in fields:
+                        tests.append((attr, tuple(sorted(found))))
+                getters.append((_getter(always, attrgetter(*read) if read else None, tests), "recent" in fields))
         self._getters = getters
 
     def key(self, s: Any) -> tuple[tuple[Any, ...], bool]:
@@ -138,7 +150,14 @@ class StagePlan:
 
 
 def _getter(always: Callable[[Any], Any], optional: Callable[[Any], Any] | None,
-            ) -> Callable[[Any], tuple[Any, ...]]:
+            tests: Sequence[tuple[str, tuple[tuple[int, int], ...]]] = ()) -> Callable[[Any], tuple[Any, ...]]:
+    if tests:
+        nets = tuple((attrgetter(attr), members) for attr, members in tests)
+        if optional is None:
+            return lambda s: (always(s), None, tuple(
+                tuple(a & mask == net for net, mask in members) for a, members in ((get(s), m) for get, m in nets)))
+        return lambda s: (always(s), optional(s), tuple(
+            tuple(a & mask == net for net, mask in members) for a, members in ((get(s), m) for get, m in nets)))
     if optional is None:
         return lambda s: (always(s), None)
     return lambda s: (always(s), optional(s))
@@ -202,6 +221,7 @@ def stage_plan(ruleset: Ruleset, version: int, structures: dict[object, Structur
     it under, indexed chain or not), fails for every packet without them: what it reads, and what the
     chains it jumps to read, only counts for packets that have them."""
     reads: list[set[str]] = [set(), set(), set(), set()]
+    nets: list[dict[str, set[tuple[int, int]]]] = [{}, {}, {}, {}]
     hosts: set[int] = set()
     ports: set[tuple[int, int]] = set()
     seen: set[tuple[str, str, int]] = set()
@@ -233,13 +253,55 @@ def stage_plan(ruleset: Ruleset, version: int, structures: dict[object, Structur
             elif host is not None:
                 hosts.add(host)
                 here |= HOST
-            reads[here] |= structure_reads(rule_structure(rule, fast_tokens(rule.text), structures))
+            tokens = fast_tokens(rule.text)
+            structure = rule_structure(rule, tokens, structures)
+            addresses = _address_nets(structure, tokens, version)
+            if addresses is None:
+                reads[here] |= structure_reads(structure)
+            else:
+                reads[here] |= structure_reads(_without_addresses(structure))
+                for attr, found_nets in addresses:
+                    nets[here].setdefault(attr, set()).update(found_nets)
             jump, name = rule_target(rule, found, BUILTIN_TARGETS)
             if jump is not None:
                 todo.append((table, jump, here))
             elif name in PACKET_WRITERS:
                 return None
-    return StagePlan(reads, hosts, ports)
+    return StagePlan(reads, hosts, ports, nets)
+
+
+def _without_addresses(structure: Structure) -> Structure:
+    """The structure minus its -s/-d options."""
+    return (tuple((module, tuple(spec for spec in specs if spec[0] not in ("-s", "-d"))) if module == "" else
+                  (module, specs) for module, specs in structure[0]), structure[1])
+
+
+def _address_nets(structure: Structure, tokens: Sequence[str], version: int,
+                  ) -> list[tuple[str, list[tuple[int, int]]]] | None:
+    """The networks of a rule's -s/-d options as ("src"|"dst", [(network, mask), …]) (a test, negated or not,
+    asks whether one of them contains the address); None when one cannot be read (it then reads the address)."""
+    out: list[tuple[str, list[tuple[int, int]]]] = []
+    for module, specs in structure[0]:
+        if module != "":
+            continue
+        for name, _negated, idx in specs:
+            if name not in ("-s", "-d"):
+                continue
+            if not idx:
+                return None
+            value = tokens[idx[0]]
+            if value[:1] == '"':
+                return None
+            found = []
+            for part in value.split(","):
+                try:
+                    net = parse_net(part, version)
+                except TraceError:
+                    return None
+                if net is not None:
+                    found.append(net)
+            out.append(("src" if name == "-s" else "dst", found))
+    return out
 
 
 def rule_target(rule: Rule, table_chains: Any, builtin_targets: Any) -> tuple[str | None, str]:

@@ -30,6 +30,8 @@ _FORWARD = (("mangle", "FORWARD"), ("filter", "FORWARD"), ("security", "FORWARD"
 _POSTROUTING = (("mangle", "POSTROUTING"), ("nat", "POSTROUTING"))
 _OUTPUT = (("raw", "OUTPUT"), ("mangle", "OUTPUT"), ("nat", "OUTPUT"), ("filter", "OUTPUT"),
            ("security", "OUTPUT"))
+# OUTPUT up to its DNAT (not shared: it rewrites destinations) and after it (shared between the branches).
+_OUTPUT_NAT, _OUTPUT_FILTER = _OUTPUT[:3], _OUTPUT[3:]
 # A node-to-itself packet comes back in through lo; its NAT bindings were made on the way out, so the nat
 # table is not consulted again (nf_nat_inet_fn: one binding per manipulation type).
 _LOOPBACK_IN = (("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("mangle", "INPUT"), ("filter", "INPUT"),
@@ -86,6 +88,7 @@ class Tracer(ChainWalker):
         self._effective_stages: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
         # chain -> True (entered once), its plan, or None (not shared)
         self._chain_plans: dict[tuple[str, str], tuple[chainmemo.ChainPlan, tuple[str, ...]] | bool | None] = {}
+        self._shape_memos = {}
         no_policy = {w.line for w in ruleset.warnings if "has no policy" in w.message}
         self._dash_policy = {(t.name, c.name) for t in ruleset.tables for c in t.chains if c.line in no_policy}
 
@@ -152,7 +155,17 @@ class Tracer(ChainWalker):
                 then: Callable[[State], list[tuple[State, Terminal]]] | None = None,
                 ) -> list[tuple[State, Terminal]]:
         stages = self._effective(stages)
-        if then is None and self.share:
+        if then is not None:
+            # The stages' walk (shared when it can be), then `then` on every branch that went through them
+            # (what `_walk_stages(…, then)` does, in the same order).
+            out: list[tuple[State, Terminal]] = []
+            for s2, terminal in self._stages(s, stages):
+                if terminal is not None:
+                    out.append((s2, terminal))
+                else:
+                    out.extend(then(s2))
+            return out
+        if self.share:
             plan = self._plans.get(stages, False)
             if plan is False:
                 plan = self._plans[stages] = stage_plan(self.ruleset, self.version, self._structures, stages)
@@ -170,7 +183,7 @@ class Tracer(ChainWalker):
                         plan.memo.clear()
                     plan.memo[key] = recorded
                 return results
-        return self._walk_stages(s, stages, 0, then)
+        return self._walk_stages(s, stages, 0, None)
 
     def _walk_stages(self, s: State, stages: tuple[tuple[str, str], ...], k: int,
                      then: Callable[[State], list[tuple[State, Terminal]]] | None) -> list[tuple[State, Terminal]]:
@@ -199,8 +212,11 @@ class Tracer(ChainWalker):
         if self.ctx.is_local(s.src):
             s.local_origin = True
             s.out_iface = "lo" if self.ctx.is_local(s.dst) else None
-            return self._stages(s, _OUTPUT, self._post_output)
+            return self._stages(s, _OUTPUT_NAT, self._output_filter)
         return self._stages(s, _PREROUTING, self._after_prerouting)
+
+    def _output_filter(self, s: State) -> list[tuple[State, Terminal]]:
+        return self._stages(s, _OUTPUT_FILTER, self._post_output)
 
     def _post_output(self, s: State) -> list[tuple[State, Terminal]]:
         # The routing decision is taken again after nat OUTPUT rewrote the destination.
