@@ -38,6 +38,8 @@ _LOOPBACK_IN = (("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("mangle", "INP
                 ("security", "INPUT"))
 
 # SPEC.md "Fragments without built-in chains".
+# Stages walked this many times get a plan and a memo (memo.py).
+PLAN_STAGES_AFTER = 48
 FRAGMENT_NAT_CHAIN = "KUBE-SERVICES"
 FRAGMENT_FILTER_CHAINS = ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS", "KUBE-PROXY-FIREWALL")
 
@@ -82,6 +84,8 @@ class Tracer(ChainWalker):
         self.pod_cidrs = tuple(pod_cidrs)
         self.share = share
         self._plans: dict[tuple[tuple[str, str], ...], StagePlan | None] = {}
+        self._stage_walks: dict[tuple[tuple[str, str], ...], int] = {}  # walks of stages not planned yet
+        self._plan_stages_after = PLAN_STAGES_AFTER
         self.entry: Entry = "hooks" if _wired(ruleset) else "kube-proxy"
         self._probabilities: dict[tuple[int, int], tuple[Fraction, float]] = {}
         self._policies: dict[tuple[str, str, str], Decision] = {}
@@ -168,6 +172,11 @@ class Tracer(ChainWalker):
         if self.share:
             plan = self._plans.get(stages, False)
             if plan is False:
+                # A plan reads every rule the stages can reach (all of KUBE-SERVICES): made only once the stages
+                # are walked often enough to pay for it (a question about one address walks them a few times).
+                walks = self._stage_walks[stages] = self._stage_walks.get(stages, 0) + 1
+                if walks < self._plan_stages_after:
+                    return self._walk_stages(s, stages, 0, None)
                 plan = self._plans[stages] = stage_plan(self.ruleset, self.version, self._structures, stages)
             if plan is not None:
                 key, keyed_recent = plan.key(s)
