@@ -112,6 +112,38 @@ def test_the_pod_client_local_on_one_node_only() -> None:
             assert reuse.stats.reused - before > len(plain.services) // 2  # node 1's views fit node 2
 
 
+def test_the_order_of_kube_services_is_not_in_the_key() -> None:
+    """kube-proxy writes KUBE-SERVICES in Go map order: a Service's ClusterIP and load-balancer rules come in
+    another order on each node, which no walk can tell (a packet has one destination), so every port is
+    reused."""
+    specs = services()
+    text = fleet.node_dump(specs, 1)
+    other = fleet.shuffle_services(text, seed=99)
+    assert other != text
+    reuse = check_fleet([(fleet.node_ip(1), text), (fleet.node_ip(1), other)])
+    assert reuse.stats.stored > len(specs) // 2 and reuse.stats.reused == reuse.stats.stored, reuse.stats
+
+
+@pytest.mark.parametrize("after", [False, True])
+def test_rules_for_one_address_keep_their_order(after: bool) -> None:
+    """A RETURN for a ClusterIP before its Service's rule stops it being DNATed; after it, it changes nothing:
+    the two nodes' views differ, so neither is handed to the other."""
+    specs = services()
+    text = fleet.node_dump(specs, 1)
+    cip = specs[6].cluster_ip
+    lines = text.split("\n")
+    at = next(i for i, line in enumerate(lines) if line.startswith(f"-A KUBE-SERVICES -d {cip}/32 "))
+    ret = f"-A KUBE-SERVICES -d {cip}/32 -p tcp -m tcp --dport {specs[6].ports[0].port} -j RETURN"
+    before = "\n".join([*lines[:at], ret, *lines[at:]])
+    behind = "\n".join([*lines[:at + 1], ret, *lines[at + 1:]])
+    texts = [(fleet.node_ip(1), before), (fleet.node_ip(1), behind)]
+    if after:
+        texts.reverse()
+    views = [analyse(DATAPLANE, load(t), "ipv4", node_ips=[ip]).view for ip, t in texts]
+    assert views[0] != views[1]
+    check_fleet(texts)
+
+
 def test_a_stale_rule_for_an_address_another_service_now_has() -> None:
     """kube-proxy's stale rules for a deleted Service whose ClusterIP was given to a new one: which rule comes
     first in KUBE-SERVICES decides, and the order differs from node to node."""

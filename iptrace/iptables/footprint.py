@@ -503,23 +503,56 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
         seen.add(key)
         head, rules, source = node.chain(key)
         items.append(head)
+        indexed = rules is None
         if rules is None:
             code = source
             positions = _positions(node, code, q)
             rules = [node.item(code, i)[:2] for i in positions]
             source = [code.rules[i] for i in positions]
-        jumps: list[tuple[str, str]] = []
+        kept: list[tuple[_Facts, int, tuple[str, str] | None]] = []
         for i, (f, jump, *_target) in enumerate(rules):
             if not f.plain and not can_match(f):
                 continue
             if f.kind == _DNAT and f.nat_to is not None and q.add_target(f.nat_to):
                 return None
+            kept.append((f, source[i].line, jump))
+        if indexed and len(kept) > 1:
+            kept = _by_destination(kept)
+        jumps: list[tuple[str, str]] = []
+        for f, line, jump in kept:
             items.append(f)
-            lines.append(source[i].line)
+            lines.append(line)
             if jump is not None:
                 jumps.append(jump)
         todo.extend(reversed(jumps))
     return items, lines
+
+
+def _by_destination(kept: list[tuple[_Facts, int, tuple[str, str] | None]],
+                    ) -> list[tuple[_Facts, int, tuple[str, str] | None]]:
+    """An indexed chain's kept rules in an order every node shares: kube-proxy writes KUBE-SERVICES in Go map
+    order, so a Service's ClusterIP and load-balancer rules come in another order on each node. Rules filed
+    under one destination address (the index's host: a definite `-d ADDR/32`) meet only packets to that
+    address, and a packet's destination stays the same along a chain (DNAT ends the nat chain's walk; REDIRECT
+    and NETMAP give no footprint), so the order of two such rules for different addresses never shows in any
+    walk: each run of them between the other rules (which may meet any address, and stay where they are) is
+    sorted by address, rules for one address keeping their order. Lines go with their rules."""
+    out: list[tuple[_Facts, int, tuple[str, str] | None]] = []
+    run: list[tuple[_Facts, int, tuple[str, str] | None]] = []  # (rules filed under a host)
+    for item in kept:
+        if item[0].host is None:
+            run.sort(key=_host)
+            out += run
+            out.append(item)
+            run = []
+        else:
+            run.append(item)
+    run.sort(key=_host)
+    return out + run
+
+
+def _host(item: tuple[_Facts, int, Any]) -> int:
+    return item[0].host or 0
 
 
 def footprint(tracer: Any, calls: Sequence[tuple[str | None, Packet]]) -> Footprint | None:
