@@ -144,6 +144,20 @@ def test_rules_for_one_address_keep_their_order(after: bool) -> None:
     check_fleet(texts)
 
 
+def test_a_port_that_differs_on_every_node_stops_being_keyed_for_a_while() -> None:
+    """A Service whose chain has a rule of its own on every node misses the cache on every node: after MISSES
+    misses in a row it is traced without a key, for 1, then 2, … nodes; every view stays its own."""
+    from iptrace.kube.reuse import MISSES
+
+    specs = services(12)
+    chain = synth.service_port_chain("KUBE-SVC-", f"{specs[4].namespace}/{specs[4].name}:http", "tcp")
+    nodes = MISSES + 4
+    extra = {i: f"*nat\n-I {chain} -s 203.0.113.{i + 1}/32 -j RETURN\nCOMMIT\n" for i in range(nodes)}
+    reuse = check_fleet(fleet_texts(specs, nodes, extra))
+    # That port: keyed on nodes 0..MISSES-1 and MISSES+1, skipped on MISSES, MISSES+2 and MISSES+3.
+    assert reuse.stats.skipped >= 3, reuse.stats
+
+
 def test_a_stale_rule_for_an_address_another_service_now_has() -> None:
     """kube-proxy's stale rules for a deleted Service whose ClusterIP was given to a new one: which rule comes
     first in KUBE-SERVICES decides, and the order differs from node to node."""
