@@ -72,7 +72,8 @@ class _Facts:
 _FACTS: dict[tuple[int, str, bool, str], _Facts] = {}
 _FACTS_LIMIT = 400_000
 _TARGETS: dict[str, str] = {}
-_CHAINS: dict[tuple[int, str, str], list[tuple[_Facts, tuple[str, str] | None, str]]] = {}
+_CHAINS: dict[tuple[int, str, str], tuple[list[tuple[_Facts, tuple[str, str] | None, str]], tuple[str, ...],
+                                          tuple[str, ...]]] = {}
 _ADDRESS_READS = frozenset({"src", "dst", "orig_dst"})
 
 
@@ -169,16 +170,18 @@ class _Node:
         # same rules: its facts are kept by content (the chains it may jump to are checked per node).
         content = (tracer.version, table, "\n".join(r.text for r in chain.rules))
         names = self._names(table)
-        items = _CHAINS.get(content)
-        if items is None or any((target in names and target not in BUILTIN_TARGETS) != (jump is not None)
-                                for _f, jump, target in items):
+        found = _CHAINS.get(content)
+        # (the targets that were chains must be chains here, and the others must not)
+        if found is None or not all(t in names for t in found[1]) or any(t in names for t in found[2]):
             code = tracer._code(table, name)
             items = [(f, (table, target) if is_chain else None, target)
                      for f, is_chain, target, _line in (self.rule(code, i) for i in range(len(code.rules)))]
             if len(_CHAINS) >= _FACTS_LIMIT // 4:
                 _CHAINS.clear()
-            _CHAINS[content] = items
-        return head, items, chain.rules
+            found = _CHAINS[content] = (items, tuple({t for _f, jump, t in items if jump is not None}),
+                                        tuple({t for _f, jump, t in items if jump is None
+                                               and t not in BUILTIN_TARGETS}))
+        return head, found[0], chain.rules
 
     def _names(self, table: str) -> Any:
         found = self._table_names.get(table)
@@ -530,29 +533,27 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
 
 def _by_destination(kept: list[tuple[_Facts, int, tuple[str, str] | None]],
                     ) -> list[tuple[_Facts, int, tuple[str, str] | None]]:
-    """An indexed chain's kept rules in an order every node shares: kube-proxy writes KUBE-SERVICES in Go map
-    order, so a Service's ClusterIP and load-balancer rules come in another order on each node. Rules filed
-    under one destination address (the index's host: a definite `-d ADDR/32`) meet only packets to that
-    address, and a packet's destination stays the same along a chain (DNAT ends the nat chain's walk; REDIRECT
-    and NETMAP give no footprint), so the order of two such rules for different addresses never shows in any
-    walk: each run of them between the other rules (which may meet any address, and stay where they are) is
-    sorted by address, rules for one address keeping their order. Lines go with their rules."""
+    """An indexed chain's kept rules in an order every node shares (kube-proxy writes KUBE-SERVICES in Go map
+    order). A rule filed under a host (a definite `-d ADDR/32`) meets only packets to it, and a destination
+    stays put along a chain (DNAT ends a nat chain's walk; REDIRECT, NETMAP give no footprint): two such rules
+    for different hosts are never both met, so each run of them between other rules is sorted by host (stable:
+    one host's rules keep their order). Lines go with their rules."""
     out: list[tuple[_Facts, int, tuple[str, str] | None]] = []
     run: list[tuple[_Facts, int, tuple[str, str] | None]] = []  # (rules filed under a host)
+
+    def by_host(item: tuple[_Facts, int, Any]) -> int:
+        return item[0].host or 0
+
     for item in kept:
         if item[0].host is None:
-            run.sort(key=_host)
+            run.sort(key=by_host)
             out += run
             out.append(item)
             run = []
         else:
             run.append(item)
-    run.sort(key=_host)
+    run.sort(key=by_host)
     return out + run
-
-
-def _host(item: tuple[_Facts, int, Any]) -> int:
-    return item[0].host or 0
 
 
 def footprint(tracer: Any, calls: Sequence[tuple[str | None, Packet]]) -> Footprint | None:
