@@ -171,7 +171,6 @@ class _Node:
         content = (tracer.version, table, "\n".join(r.text for r in chain.rules))
         names = self._names(table)
         found = _CHAINS.get(content)
-        # (the targets that were chains must be chains here, and the others must not)
         if found is None or not all(t in names for t in found[1]) or any(t in names for t in found[2]):
             code = tracer._code(table, name)
             items = [(f, (table, target) if is_chain else None, target)
