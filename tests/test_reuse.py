@@ -86,6 +86,78 @@ def test_rules_of_one_shape_that_answer_for_other_clients() -> None:
     check_fleet(fleet_texts(specs, 4, extra))
 
 
+def test_the_pod_client_local_on_one_node_only() -> None:
+    """Why node 0 of a flannel fleet shares nothing with node 1 while node 2 shares most with node 1: the view's
+    pod client is picked in the cluster CIDR kube-proxy names (10.244.0.0/16), so it lies in node 0's own pod
+    CIDR and flannel returns its traffic unmasqueraded there, while every other node masquerades it
+    (FLANNEL-POSTRTG's `-s 10.244.0.0/16 ! -d 224.0.0.0/4 -j MASQUERADE`). The views differ (the key's answers
+    of `-s 10.244.N.0/24` for that client differ too), so node 0's must never be handed to node 1."""
+    specs = services()
+    texts = fleet_texts(specs, 3)
+    views = [analyse(DATAPLANE, load(text), "ipv4", node_ips=[ip]).view for ip, text in texts]
+
+    def masquerade(view: Any) -> list[tuple[str, str]]:
+        return [(sp.label, e.masquerade) for sp in view.services for e in sp.entries]
+
+    assert masquerade(views[0]) != masquerade(views[1])  # the difference is real
+    assert masquerade(views[1]) == masquerade(views[2])
+    reuse = ViewReuse()
+    for (ip, text), plain in zip(texts, views, strict=True):
+        before = reuse.stats.reused
+        reused = analyse(DATAPLANE, load(text), "ipv4", node_ips=[ip], reuse=reuse).view
+        assert reused == plain
+        if ip == fleet.node_ip(1):
+            assert reuse.stats.reused == before  # nothing of node 0 fits node 1
+        if ip == fleet.node_ip(2):
+            assert reuse.stats.reused - before > len(plain.services) // 2  # node 1's views fit node 2
+
+
+def test_the_order_of_kube_services_is_not_in_the_key() -> None:
+    """kube-proxy writes KUBE-SERVICES in Go map order: a Service's ClusterIP and load-balancer rules come in
+    another order on each node, which no walk can tell (a packet has one destination), so every port is
+    reused."""
+    specs = services()
+    text = fleet.node_dump(specs, 1)
+    other = fleet.shuffle_services(text, seed=99)
+    assert other != text
+    reuse = check_fleet([(fleet.node_ip(1), text), (fleet.node_ip(1), other)])
+    assert reuse.stats.stored > len(specs) // 2 and reuse.stats.reused == reuse.stats.stored, reuse.stats
+
+
+@pytest.mark.parametrize("after", [False, True])
+def test_rules_for_one_address_keep_their_order(after: bool) -> None:
+    """A RETURN for a ClusterIP before its Service's rule stops it being DNATed; after it, it changes nothing:
+    the two nodes' views differ, so neither is handed to the other."""
+    specs = services()
+    text = fleet.node_dump(specs, 1)
+    cip = specs[6].cluster_ip
+    lines = text.split("\n")
+    at = next(i for i, line in enumerate(lines) if line.startswith(f"-A KUBE-SERVICES -d {cip}/32 "))
+    ret = f"-A KUBE-SERVICES -d {cip}/32 -p tcp -m tcp --dport {specs[6].ports[0].port} -j RETURN"
+    before = "\n".join([*lines[:at], ret, *lines[at:]])
+    behind = "\n".join([*lines[:at + 1], ret, *lines[at + 1:]])
+    texts = [(fleet.node_ip(1), before), (fleet.node_ip(1), behind)]
+    if after:
+        texts.reverse()
+    views = [analyse(DATAPLANE, load(t), "ipv4", node_ips=[ip]).view for ip, t in texts]
+    assert views[0] != views[1]
+    check_fleet(texts)
+
+
+def test_a_port_that_differs_on_every_node_stops_being_keyed_for_a_while() -> None:
+    """A Service whose chain has a rule of its own on every node misses the cache on every node: after MISSES
+    misses in a row it is traced without a key, for 1, then 2, … nodes; every view stays its own."""
+    from iptrace.kube.reuse import MISSES
+
+    specs = services(12)
+    chain = synth.service_port_chain("KUBE-SVC-", f"{specs[4].namespace}/{specs[4].name}:http", "tcp")
+    nodes = MISSES + 4
+    extra = {i: f"*nat\n-I {chain} -s 203.0.113.{i + 1}/32 -j RETURN\nCOMMIT\n" for i in range(nodes)}
+    reuse = check_fleet(fleet_texts(specs, nodes, extra))
+    # That port: keyed on nodes 0..MISSES-1 and MISSES+1, skipped on MISSES, MISSES+2 and MISSES+3.
+    assert reuse.stats.skipped >= 3, reuse.stats
+
+
 def test_a_stale_rule_for_an_address_another_service_now_has() -> None:
     """kube-proxy's stale rules for a deleted Service whose ClusterIP was given to a new one: which rule comes
     first in KUBE-SERVICES decides, and the order differs from node to node."""

@@ -72,7 +72,8 @@ class _Facts:
 _FACTS: dict[tuple[int, str, bool, str], _Facts] = {}
 _FACTS_LIMIT = 400_000
 _TARGETS: dict[str, str] = {}
-_CHAINS: dict[tuple[int, str, str], list[tuple[_Facts, tuple[str, str] | None, str]]] = {}
+_CHAINS: dict[tuple[int, str, str], tuple[list[tuple[_Facts, tuple[str, str] | None, str]], tuple[str, ...],
+                                          tuple[str, ...]]] = {}
 _ADDRESS_READS = frozenset({"src", "dst", "orig_dst"})
 
 
@@ -169,16 +170,17 @@ class _Node:
         # same rules: its facts are kept by content (the chains it may jump to are checked per node).
         content = (tracer.version, table, "\n".join(r.text for r in chain.rules))
         names = self._names(table)
-        items = _CHAINS.get(content)
-        if items is None or any((target in names and target not in BUILTIN_TARGETS) != (jump is not None)
-                                for _f, jump, target in items):
+        found = _CHAINS.get(content)
+        if found is None or not all(t in names for t in found[1]) or any(t in names for t in found[2]):
             code = tracer._code(table, name)
             items = [(f, (table, target) if is_chain else None, target)
                      for f, is_chain, target, _line in (self.rule(code, i) for i in range(len(code.rules)))]
             if len(_CHAINS) >= _FACTS_LIMIT // 4:
                 _CHAINS.clear()
-            _CHAINS[content] = items
-        return head, items, chain.rules
+            found = _CHAINS[content] = (items, tuple({t for _f, jump, t in items if jump is not None}),
+                                        tuple({t for _f, jump, t in items if jump is None
+                                               and t not in BUILTIN_TARGETS}))
+        return head, found[0], chain.rules
 
     def _names(self, table: str) -> Any:
         found = self._table_names.get(table)
@@ -503,23 +505,54 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
         seen.add(key)
         head, rules, source = node.chain(key)
         items.append(head)
+        indexed = rules is None
         if rules is None:
             code = source
             positions = _positions(node, code, q)
             rules = [node.item(code, i)[:2] for i in positions]
             source = [code.rules[i] for i in positions]
-        jumps: list[tuple[str, str]] = []
+        kept: list[tuple[_Facts, int, tuple[str, str] | None]] = []
         for i, (f, jump, *_target) in enumerate(rules):
             if not f.plain and not can_match(f):
                 continue
             if f.kind == _DNAT and f.nat_to is not None and q.add_target(f.nat_to):
                 return None
+            kept.append((f, source[i].line, jump))
+        if indexed and len(kept) > 1:
+            kept = _by_destination(kept)
+        jumps: list[tuple[str, str]] = []
+        for f, line, jump in kept:
             items.append(f)
-            lines.append(source[i].line)
+            lines.append(line)
             if jump is not None:
                 jumps.append(jump)
         todo.extend(reversed(jumps))
     return items, lines
+
+
+def _by_destination(kept: list[tuple[_Facts, int, tuple[str, str] | None]],
+                    ) -> list[tuple[_Facts, int, tuple[str, str] | None]]:
+    """An indexed chain's kept rules in an order every node shares (kube-proxy writes KUBE-SERVICES in Go map
+    order). A rule filed under a host (a definite `-d ADDR/32`) meets only packets to it, and a destination
+    stays put along a chain (DNAT ends a nat chain's walk; REDIRECT, NETMAP give no footprint): two such rules
+    for different hosts are never both met, so each run of them between other rules is sorted by host (stable:
+    one host's rules keep their order). Lines go with their rules."""
+    out: list[tuple[_Facts, int, tuple[str, str] | None]] = []
+    run: list[tuple[_Facts, int, tuple[str, str] | None]] = []  # (rules filed under a host)
+
+    def by_host(item: tuple[_Facts, int, Any]) -> int:
+        return item[0].host or 0
+
+    for item in kept:
+        if item[0].host is None:
+            run.sort(key=by_host)
+            out += run
+            out.append(item)
+            run = []
+        else:
+            run.append(item)
+    run.sort(key=by_host)
+    return out + run
 
 
 def footprint(tracer: Any, calls: Sequence[tuple[str | None, Packet]]) -> Footprint | None:

@@ -25,6 +25,11 @@ from iptrace.kube.view import EndpointView, EntryView, ServicePortView, SourcePa
 # Views kept per process: a node has a few thousand Service ports; a fleet's nodes share most of them.
 CACHE_SIZE = 30_000
 
+# A port whose key missed the cache on this many of its nodes in a row (its rules differ on every node: a
+# node-local endpoint, a per-node rule) is traced without a key for a while — 1, 2, 4, … nodes — so that a
+# fleet that shares little pays little more than no reuse. A hit starts the count again.
+MISSES = 4
+
 # Where a view holds dump lines (tests/test_reuse.py checks these are all the fields there are).
 LINE_FIELDS = {ServicePortView: ("lines",), EndpointView: ("line",), EntryView: ("lines",),
                SourcePath: ("decided_by",)}
@@ -76,6 +81,7 @@ class ReuseStats:
     ports: int = 0
     reused: int = 0
     stored: int = 0
+    skipped: int = 0  # ports traced without a key: it kept missing (MISSES)
 
     @property
     def traced(self) -> int:
@@ -89,6 +95,8 @@ class ViewReuse:
         self.size = size
         self.stats = ReuseStats()
         self._views: OrderedDict[tuple[Any, ...], ServicePortView] = OrderedDict()
+        self._misses: dict[tuple[Any, ...], tuple[int, int]] = {}  # port → (misses in a row, round of the last)
+        self._round = 0  # calls of `services` (a node's family each)
 
     def services(self, layout: Layout, tracer: Any, make: Callable[[Any], Callable[[ServicePortLayout],
                  ServicePortView]]) -> list[ServicePortView]:
@@ -102,21 +110,34 @@ class ViewReuse:
         dry = _Dry(tracer.entry)
         ask = make(dry)
         out = []
+        self._round += 1
+        misses = self._misses
+        if len(misses) > self.size:
+            misses.clear()
         for sp in layout.service_ports:
             self.stats.ports += 1
+            port = (layout.family, _without_lines(sp))
+            missed, last = misses.get(port, (0, 0))
+            if missed >= MISSES and self._round - last <= 1 << (missed - MISSES):
+                self.stats.skipped += 1
+                out.append(build(sp))
+                continue
             dry.calls, dry.clean = [], True
             ask(sp)
             found = footprint(tuple(dry.calls)) if dry.clean else None
             if found is None:
                 out.append(build(sp))
                 continue
-            key = (layout.family, _without_lines(sp), found.key)
+            key = (*port, found.key)
             kept = self._views.get(key)
             if kept is not None:
                 self._views.move_to_end(key)
                 self.stats.reused += 1
+                if missed:
+                    del misses[port]
                 out.append(_relined(kept, sp, found.lines.__getitem__))
                 continue
+            misses[port] = (missed + 1, self._round)
             real.calls, real.clean = [], True
             view = build(sp)
             if real.clean and real.calls == dry.calls and not _spells(view, found.abstracted):
