@@ -1,10 +1,13 @@
 """The lark grammars' text (grammars/*.lark): from the repository's grammars/ in a source checkout or an editable
-install, else from the wheel, which ships them inside the package. Each parser module builds its own parser."""
+install, else from the wheel, which ships them inside the package (each parser module builds its own parser);
+and the words its errors use for what the parser expected. No lark here: the parsers pass lark's pieces in."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 
 def grammar_text(name: str) -> str:
@@ -14,3 +17,35 @@ def grammar_text(name: str) -> str:
         if candidate.is_file():
             return candidate.read_text(encoding="utf-8")
     return resources.files("iptrace").joinpath("grammars", name).read_text(encoding="utf-8")
+
+
+def one_of(names: Iterable[str]) -> str:
+    """'a, b or c' (each once, in order), or 'nothing'."""
+    unique = list(dict.fromkeys(names))
+    if not unique:
+        return "nothing"
+    return ", ".join(unique[:-1]) + (" or " if len(unique) > 1 else "") + unique[-1]
+
+
+def describe_expected(expected: Iterable[str], names: Mapping[str, str], terminal: Callable[[str], Any]) -> str:
+    """What a parser expected, in words: `names` for the terminals it has a word for, else the terminal's
+    literal text (`terminal(name).pattern`, a lark TerminalDef) or its name."""
+    out: list[str] = []
+    for term in sorted(expected):
+        if term in names:
+            out.append(names[term])
+            continue
+        try:
+            pattern = terminal(term).pattern
+            out.append(f'"{pattern.value}"' if pattern.type == "str" else term.lower())
+        except KeyError:
+            out.append(term.lower())
+    return one_of(out)
+
+
+def unexpected_character(text: str, pos: int, allowed: str | None) -> str:
+    """The reason for a character no terminal starts with (an unclosed quote is said as such)."""
+    char = text[pos] if 0 <= pos < len(text) else "?"
+    if char == '"':
+        return "unterminated quoted string; expected a closing '\"' before the end of the line"
+    return f"unexpected {char!r}; expected {allowed or 'a word'}"

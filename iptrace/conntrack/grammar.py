@@ -9,6 +9,7 @@ from lark import Lark, Token, Tree, UnexpectedCharacters, UnexpectedInput, Unexp
 
 from iptrace.errors import ParseError
 from iptrace.grammars import grammar_text as _grammar_file
+from iptrace.grammars import one_of
 
 _GRAMMAR_NAME = "conntrack.lark"
 
@@ -29,11 +30,7 @@ def parser() -> Lark:
 
 
 def _describe(expected: set[str] | frozenset[str]) -> str:
-    names = list(dict.fromkeys(_EXPECTED_NAMES.get(t, t.lower()) for t in sorted(expected)
-                               if t not in ("TRAILER", "COMMENT")))
-    if not names:
-        return "nothing"
-    return ", ".join(names[:-1]) + (" or " if len(names) > 1 else "") + names[-1]
+    return one_of(_EXPECTED_NAMES.get(t, t.lower()) for t in sorted(expected) if t not in ("TRAILER", "COMMENT"))
 
 
 def parse_line(text: str, *, source: str, line_no: int) -> Tree:

@@ -10,6 +10,7 @@ from functools import cache
 from lark import Lark, Token, Tree, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 from iptrace.errors import ParseError
+from iptrace.grammars import describe_expected, unexpected_character
 from iptrace.grammars import grammar_text as _grammar_file
 
 _GRAMMAR_NAME = "iptables_save.lark"
@@ -17,7 +18,7 @@ _GRAMMAR_NAME = "iptables_save.lark"
 _EXPECTED_NAMES = {
     "WORD": "a word", "QUOTED": "a quoted string", "NEG": '"!"', "COUNTERS": "[packets:bytes]",
     "NAME": "a name", "POLICY": "a policy (ACCEPT, DROP or -)", "_NL": "end of line", "$END": "end of line",
-    "COMMENT": "a comment", "STAR": '"*"', "COLON": '":"', "COMMIT": '"COMMIT"', "__ANON_0": '"-A"',
+    "COMMENT": "a comment", "STAR": '"*"', "COLON": '":"', "COMMIT": '"COMMIT"',
     "COMMAND": "a command (-D, -I, -R, -F, -Z, -X, -E, -C)",
 }
 
@@ -32,18 +33,7 @@ def parser() -> Lark:
 
 
 def _describe_expected(expected: set[str] | frozenset[str]) -> str:
-    names: list[str] = []
-    for term in sorted(expected):
-        if term.startswith("__ANON") or term not in _EXPECTED_NAMES:
-            try:
-                pattern = parser().get_terminal(term).pattern
-                names.append(f'"{pattern.value}"' if pattern.type == "str" else term.lower())
-            except KeyError:
-                names.append(term.lower())
-        else:
-            names.append(_EXPECTED_NAMES[term])
-    unique = list(dict.fromkeys(names))
-    return ", ".join(unique[:-1]) + (" or " if len(unique) > 1 else "") + unique[-1] if unique else "nothing"
+    return describe_expected(expected, _EXPECTED_NAMES, parser().get_terminal)
 
 
 def error_from_lark(exc: UnexpectedInput, *, source: str, line_no: int, text: str) -> ParseError:
@@ -59,12 +49,7 @@ def error_from_lark(exc: UnexpectedInput, *, source: str, line_no: int, text: st
         else:
             why = f"unexpected {found}; expected {_describe_expected(exc.expected)}"
     elif isinstance(exc, UnexpectedCharacters):
-        char = text[exc.pos_in_stream] if 0 <= exc.pos_in_stream < len(text) else "?"
-        if char == '"':
-            why = "unterminated quoted string; expected a closing '\"' before the end of the line"
-        else:
-            allowed = _describe_expected(exc.allowed) if exc.allowed else "a word"
-            why = f"unexpected {char!r}; expected {allowed}"
+        why = unexpected_character(text, exc.pos_in_stream, _describe_expected(exc.allowed) if exc.allowed else None)
     else:
         why = "unexpected end of line"
     return ParseError(why, source=source, line=line_no, column=column, text=text)

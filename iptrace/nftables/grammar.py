@@ -12,6 +12,7 @@ from functools import cache
 from lark import Lark, Tree, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 from iptrace.errors import ParseError
+from iptrace.grammars import describe_expected, unexpected_character
 from iptrace.grammars import grammar_text as _grammar_file
 
 _GRAMMAR_NAME = "nft.lark"
@@ -35,20 +36,7 @@ def parser() -> Lark:
 
 
 def _describe_expected(expected: set[str] | frozenset[str]) -> str:
-    names: list[str] = []
-    for term in sorted(expected):
-        if term in _EXPECTED_NAMES:
-            names.append(_EXPECTED_NAMES[term])
-            continue
-        try:
-            pattern = parser().get_terminal(term).pattern
-            names.append(f'"{pattern.value}"' if pattern.type == "str" else term.lower())
-        except KeyError:
-            names.append(term.lower())
-    unique = list(dict.fromkeys(names))
-    if not unique:
-        return "nothing"
-    return ", ".join(unique[:-1]) + (" or " if len(unique) > 1 else "") + unique[-1]
+    return describe_expected(expected, _EXPECTED_NAMES, parser().get_terminal)
 
 
 def error_from_lark(exc: UnexpectedInput, *, source: str, line_no: int, column0: int, text: str,
@@ -75,12 +63,7 @@ def error_from_lark(exc: UnexpectedInput, *, source: str, line_no: int, column0:
         found = "end of line" if end else repr(str(token).strip())
         why = f"unexpected {found}; expected {_describe_expected(exc.expected)}"
     elif isinstance(exc, UnexpectedCharacters):
-        char = text[exc.pos_in_stream] if 0 <= exc.pos_in_stream < len(text) else "?"
-        if char == '"':
-            why = "unterminated quoted string; expected a closing '\"' before the end of the line"
-        else:
-            allowed = _describe_expected(exc.allowed) if exc.allowed else "a word"
-            why = f"unexpected {char!r}; expected {allowed}"
+        why = unexpected_character(text, exc.pos_in_stream, _describe_expected(exc.allowed) if exc.allowed else None)
     else:
         why = "unexpected end of input"
     return ParseError(why, source=source, line=line_no, column=column, text=full_line)
