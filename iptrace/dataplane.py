@@ -429,11 +429,13 @@ class Layout:
                  pod_cidrs: Sequence[str], pod_interfaces: Sequence[str], node_ips: Sequence[str],
                  endpoint_ips: Container[str], masquerade_mark: str | None, random_fully: bool,
                  warnings: Sequence[str] = (), index: LayoutIndex | None = None,
-                 full_warnings: Callable[[tuple[ServicePortLayout, ...]], tuple[str, ...]] | None = None) -> None:
+                 full_warnings: Callable[[tuple[ServicePortLayout, ...]], tuple[str, ...]] | None = None, *,
+                 node_pod_cidrs: Sequence[str] = ()) -> None:
         self.proxy = proxy
         self.family = family  # "ipv4" | "ipv6"
         self.node_port_addresses = node_port_addresses
         self.pod_cidrs = tuple(pod_cidrs)  # from kube-proxy's local-traffic detector
+        self.node_pod_cidrs = tuple(node_pod_cidrs)  # this node's own pod subnet, when the rules name it
         self.pod_interfaces = tuple(pod_interfaces)
         self.node_ips = tuple(node_ips)  # the node addresses the rules reveal
         self.endpoint_ips = endpoint_ips  # (membership only) so that a "pod" source is no endpoint

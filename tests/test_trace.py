@@ -366,6 +366,30 @@ def test_sources_from_a_kube_proxy_dump() -> None:
     assert "no pod CIDR" in pick_source("pod", empty)[1]
 
 
+def test_the_pod_client_is_in_the_nodes_own_pod_subnet() -> None:
+    """flannel names this node's pod subnet in its nat rules (`-s 10.244.1.0/24 -d 10.244.0.0/16 -j RETURN`):
+    the pod client is picked there, not in node 0's subnet of the cluster CIDR kube-proxy names, so a trace of a
+    pod's packet sees flannel return it unmasqueraded as the kernel does for this node's pods. A dump that names
+    no subnet, or several, keeps the cluster CIDR."""
+    from pathlib import Path
+
+    from iptrace.iptables.layout import read_layout
+
+    flannel = load(Path("sample_dumps/flannel-and-kube-proxy.txt").read_text())
+    layout = read_layout(flannel)
+    assert layout.pod_cidrs == ("10.244.0.0/16",) and layout.node_pod_cidrs == ("10.244.1.0/24",)
+    pod, note = sources.pick_source("pod", "ipv4", (), layout.pod_cidrs, layout.endpoint_ips, layout.node_pod_cidrs)
+    assert pod == "10.244.1.2" and "this node's pod subnet 10.244.1.0/24" in note
+    out = Tracer(flannel).trace(Packet(pod, "10.244.2.9", 80))  # to a pod on another node: not masqueraded
+    assert [o.masquerade for o in out.outcomes] == [False]
+    stranger = Tracer(flannel).trace(Packet("10.244.0.2", "10.244.2.9", 80))
+    assert [o.masquerade for o in stranger.outcomes] == [True]
+    two = load(Path("sample_dumps/flannel-and-kube-proxy.txt").read_text().replace(
+        "-A FLANNEL-POSTRTG -s 10.244.0.0/16 -d 10.244.1.0/24", "-A FLANNEL-POSTRTG -s 10.244.0.0/16 -d 10.244.7.0/24"))
+    assert read_layout(two).node_pod_cidrs == ()
+    assert read_layout(load(SERVICE)).node_pod_cidrs == ()
+
+
 def test_tracer_is_reusable_and_deterministic() -> None:
     tracer = Tracer(load(SERVICE), node_ips=[NODE])
     a = tracer.trace(Packet(POD, "10.96.0.10", 80))

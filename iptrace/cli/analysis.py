@@ -225,7 +225,8 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
             layout = analysis.layout
             ips = of_family(analysis.node_ips, analysis.family) or of_family(layout.node_ips, analysis.family)
             if src in ("pod", "node", "external"):
-                src_ip, note = pick_source(src, analysis.family, ips, layout.pod_cidrs, layout.endpoint_ips)
+                src_ip, note = pick_source(src, analysis.family, ips, layout.pod_cidrs, layout.endpoint_ips,
+                                           layout.node_pod_cidrs)
                 picked = sources[id(analysis)] = (src_ip, [note])
             else:
                 picked = sources[id(analysis)] = (src, [])

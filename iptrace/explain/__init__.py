@@ -42,7 +42,8 @@ class Explainer:
         if cluster is not None:
             self.facts.add_cluster(cluster, findings if findings is not None else
                                    _cluster_findings(analysis, cluster, self.node_ips))
-        self._sources = {kind: pick_source(kind, family, self.node_ips, self.pod_cidrs, layout.endpoint_ips)
+        self._sources = {kind: pick_source(kind, family, self.node_ips, self.pod_cidrs, layout.endpoint_ips,
+                                           layout.node_pod_cidrs)
                          for kind in SOURCE_KINDS}
 
     @property

@@ -354,6 +354,25 @@ class _Reader:
                         ifaces.append(f.in_iface)
         return tuple(cidrs), tuple(ifaces)
 
+    def node_pod_cidrs(self, pod_cidrs: Sequence[str]) -> tuple[str, ...]:
+        """This node's own pod subnet, when the CNI's nat rules name one: a network strictly inside a pod CIDR
+        that a rule outside kube-proxy's chains tests (flannel's `-s 10.244.1.0/24 -d 10.244.0.0/16 -j RETURN`
+        in FLANNEL-POSTRTG); only when exactly one such network is named."""
+        clusters = [n for n in map(_network, pod_cidrs) if n is not None]
+        found: list[str] = []
+        for name, chain in self.tables.nat_chains.items():
+            if name.startswith("KUBE-") or not clusters:
+                continue
+            for f in map(read, chain.rules):
+                for text in (f.src, f.dst):
+                    net = _network(text) if text is not None and "/" in text else None
+                    if net is None or str(net) in found:
+                        continue
+                    if any(net.version == c.version and net.prefixlen > c.prefixlen and net.subnet_of(c)
+                           for c in clusters):  # type: ignore[arg-type]
+                        found.append(str(net))
+        return tuple(found) if len(found) == 1 else ()
+
     def masquerade(self) -> tuple[str | None, bool]:
         mark: str | None = None
         for f in self.tables.facts(MASQ_CHAIN):
@@ -526,4 +545,4 @@ def _read(ruleset: Ruleset, proxy: ProxyMode, known: Sequence[KnownServicePort])
         chain_key=key_of)
     return Layout(proxy, ruleset.family, r.node_port_addresses(), pod_cidrs, pod_ifaces,
                   tuple(infer_node_ips(ruleset)), r.tables.endpoint_ips, mark, random_fully,
-                  tuple(dict.fromkeys(warnings)), index, orphans)
+                  tuple(dict.fromkeys(warnings)), index, orphans, node_pod_cidrs=r.node_pod_cidrs(pod_cidrs))

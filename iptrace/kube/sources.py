@@ -28,28 +28,26 @@ def of_family(addresses: Sequence[str], family: str) -> list[str]:
 
 
 def pick_source(kind: SourceKind | str, family: str, node_ips: Sequence[str] = (), pod_cidrs: Sequence[str] = (),
-                endpoint_ips: Container[str] = ()) -> tuple[str, str]:
+                endpoint_ips: Container[str] = (), node_pod_cidrs: Sequence[str] = ()) -> tuple[str, str]:
     """A source address of `kind`, and the assumption that choice makes (for the trace).
 
-    pod: an address inside the pod CIDR that is no endpoint (so that no hairpin rule fires by accident);
-    node: a node address (loopback when none is known); external: a documentation address outside both.
+    pod: an address of a pod on this node — inside the node's own pod subnet when the rules name it, else
+    inside the pod CIDR — that is no endpoint (so that no hairpin rule fires by accident); node: a node address
+    (loopback when none is known); external: a documentation address outside both.
     """
     version = _version(family)
     nodes = of_family(node_ips, family)
     cidrs = [c for c in pod_cidrs if ipaddress.ip_network(c, strict=False).version == version]
     if kind == "pod":
-        fallback = not cidrs
-        net = ipaddress.ip_network(cidrs[0] if cidrs else _FALLBACK_POD_CIDR[version], strict=False)
-        for offset in range(2, min(net.num_addresses, 4096)):
-            candidate = str(net.network_address + offset)
-            if candidate not in nodes and candidate not in endpoint_ips:
-                break
-        else:
-            candidate = str(net.network_address)
-        if fallback:
-            return candidate, (f"source {candidate}: a pod address; the dump reveals no pod CIDR, so "
-                               f"{net} was assumed (pass --src IP)")
-        return candidate, f"source {candidate}: a pod address inside the pod CIDR {net} (not an endpoint)"
+        own = [c for c in node_pod_cidrs if ipaddress.ip_network(c, strict=False).version == version]
+        if own:
+            return _pod_in(ipaddress.ip_network(own[0], strict=False), nodes, endpoint_ips,
+                           "a pod address inside this node's pod subnet {net} (not an endpoint)")
+        if not cidrs:
+            return _pod_in(ipaddress.ip_network(_FALLBACK_POD_CIDR[version]), nodes, endpoint_ips,
+                           "a pod address; the dump reveals no pod CIDR, so {net} was assumed (pass --src IP)")
+        return _pod_in(ipaddress.ip_network(cidrs[0], strict=False), nodes, endpoint_ips,
+                       "a pod address inside the pod CIDR {net} (not an endpoint)")
     if kind == "node":
         if nodes:
             return nodes[0], f"source {nodes[0]}: the node's own address"
@@ -61,6 +59,18 @@ def pick_source(kind: SourceKind | str, family: str, node_ips: Sequence[str] = (
             raise InputError("no documentation address is outside the node and pod addresses; pass --src IP")
         return found, f"source {found}: an external client (a documentation address)"
     raise InputError(f"unknown source kind {kind!r}; expected pod, node, external or an IP address")
+
+
+def _pod_in(net: ipaddress.IPv4Network | ipaddress.IPv6Network, nodes: Sequence[str], endpoint_ips: Container[str],
+            why: str) -> tuple[str, str]:
+    """The first address of `net` from its third on that is no node and no endpoint, and its assumption."""
+    for offset in range(2, min(net.num_addresses, 4096)):
+        candidate = str(net.network_address + offset)
+        if candidate not in nodes and candidate not in endpoint_ips:
+            break
+    else:
+        candidate = str(net.network_address)
+    return candidate, f"source {candidate}: " + why.format(net=net)
 
 
 def outside(family: str, taken: Container[str], ranges: Sequence[str]) -> str | None:

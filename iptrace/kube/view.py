@@ -275,7 +275,7 @@ class Clients:
         node_address = nodes[0] if nodes else _PLACEHOLDER_NODE[family]
         known = [node_address, *nodes]
         external = pick_source("external", family, known, layout.pod_cidrs)[0]
-        pod = pick_source("pod", family, known, layout.pod_cidrs, layout.endpoint_ips)[0]
+        pod = pick_source("pod", family, known, layout.pod_cidrs, layout.endpoint_ips, layout.node_pod_cidrs)[0]
         node = pick_source("node", family, known)[0]
         return cls(external, pod, node, node_address, _Taken(frozenset({*known, pod, external}), layout.endpoint_ips))
 
