@@ -257,3 +257,27 @@ def test_no_footprint_for_what_the_key_cannot_name() -> None:
     moved = DATAPLANE.tracer(load(fleet.node_dump(services(), 2)), node_ips=[fleet.node_ip(2)])
     other = moved.footprint([(None, Packet("203.0.113.1", "10.96.0.5", 80))])
     assert other is not None and other.key == found.key and other.lines != found.lines
+
+
+def test_a_node_is_freed_without_the_cyclic_collector() -> None:
+    """An audit frees each node's rules before the next: with reuse the tracer also holds the footprint's view of
+    its rules, which must not hold the tracer back (a cycle would leave a whole ruleset, ~10^6 objects, to the
+    cyclic collector's scan — seconds per node)."""
+    import gc
+    import weakref
+
+    specs = services()
+    (ip, text), = fleet_texts(specs, 1)
+    reuse = ViewReuse()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        analysis = analyse(DATAPLANE, load(text), "ipv4", node_ips=[ip], reuse=reuse)
+        assert analysis.view.services
+        assert getattr(analysis.tracer, "_footprint_node", None) is not None  # the footprint was read
+        tracer = weakref.ref(analysis.tracer)
+        del analysis
+        assert tracer() is None
+    finally:
+        if enabled:
+            gc.enable()

@@ -25,6 +25,7 @@ make it None. tests/test_reuse.py compares views built with and without reuse.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -109,7 +110,10 @@ class _Node:
     first use; the facts themselves are shared by text across nodes)."""
 
     def __init__(self, tracer: Any) -> None:
-        self.tracer = tracer
+        # The tracer holds this node (tracer._footprint_node): a weak reference back keeps the pair out of a
+        # reference cycle, so an audit's node (its whole ruleset) is freed by reference counting, not by the
+        # cyclic collector's scan of millions of objects.
+        self.tracer = weakref.proxy(tracer)
         self.chains: dict[tuple[str, str], list[tuple[_Facts, bool, str, int] | None]] = {}
         self.plans: dict[int, KeyPlan] = {}
         self.alive: list[Structure] = []
