@@ -110,9 +110,7 @@ class _Node:
     first use; the facts themselves are shared by text across nodes)."""
 
     def __init__(self, tracer: Any) -> None:
-        # The tracer holds this node (tracer._footprint_node): a weak reference back keeps the pair out of a
-        # reference cycle, so an audit's node (its whole ruleset) is freed by reference counting, not by the
-        # cyclic collector's scan of millions of objects.
+        # Weak: the tracer holds this node, and a cycle would leave a whole ruleset to the cyclic collector.
         self.tracer = weakref.proxy(tracer)
         self.chains: dict[tuple[str, str], list[tuple[_Facts, bool, str, int] | None]] = {}
         self.plans: dict[int, KeyPlan] = {}
