@@ -443,9 +443,7 @@ class _Question:
         return found
 
     def entry(self, f: _Facts) -> str:
-        if not f.specs:
-            return f.abstract
-        return f"{f.abstract} | {' '.join(self.bits(spec) for spec in f.specs)}"
+        return f"{f.abstract} | {' '.join(self.bits(spec) for spec in f.specs)}" if f.specs else f.abstract
 
     def header(self) -> str:
         node = self.node
