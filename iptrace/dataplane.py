@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Literal, Protocol
@@ -491,6 +491,22 @@ class Layout:
 
 def _no_port(key: str) -> ServicePortLayout:
     raise KeyError(key)
+
+
+def node_pod_subnet(networks: Iterable[str], pod_cidrs: Sequence[str]) -> tuple[str, ...]:
+    """This node's own pod subnet among the networks the CNI's rules test (flannel: `-s 10.244.1.0/24 -d
+    10.244.0.0/16 -j RETURN`): the one network strictly inside a pod CIDR; () when none or several are."""
+    clusters = [ipaddress.ip_network(c, strict=False) for c in pod_cidrs]
+    found = set()
+    for text in networks:
+        try:
+            net = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            continue
+        if any(net.version == c.version and net.prefixlen > c.prefixlen and net.subnet_of(c)  # type: ignore[arg-type]
+               for c in clusters):
+            found.add(str(net))
+    return tuple(found) if len(found) == 1 else ()
 
 
 @dataclass(frozen=True, slots=True)

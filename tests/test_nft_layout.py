@@ -277,3 +277,20 @@ def test_a_dual_stack_ruleset_answers_for_both_families() -> None:
     assert [o.destination for o in tracer.trace(Packet("2001:db8:ff::1", "2001:db8::10", 30081)).outcomes] == [
         "[fd00:244::5]:8080"]
     assert [o.destination for o in tracer.trace(Packet("203.0.113.1", NODE, 30080)).outcomes] == ["10.244.1.5:8080"]
+
+
+def test_the_nodes_own_pod_subnet_from_the_cnis_table() -> None:
+    """flannel's own nft table names this node's subnet (`ip saddr 10.244.1.0/24 ip daddr 10.244.0.0/16 return`):
+    the view's pod client is a pod of this node, whose traffic flannel returns unmasqueraded."""
+    from pathlib import Path
+
+    from iptrace.kube.analysis import analyse
+
+    ruleset = load(Path("sample_dumps/flannel-and-kube-proxy-nft.nft").read_text())
+    a = analyse(DATAPLANE, ruleset, "ipv4")
+    assert a.layout.pod_cidrs == ("10.244.0.0/16",) and a.layout.node_pod_cidrs == ("10.244.1.0/24",)
+    assert a.view.clients is not None and a.view.clients.pod == "10.244.1.2"
+    out = a.tracer.trace(Packet("10.244.1.2", "10.244.2.9", 80))
+    assert [o.masquerade for o in out.outcomes] == [False]
+    assert analyse(DATAPLANE, load(Path("sample_dumps/nodeport-fb-backends-nft.nft").read_text()),
+                   "ipv4").layout.node_pod_cidrs == ()

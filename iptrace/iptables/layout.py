@@ -32,6 +32,7 @@ from iptrace.dataplane import (
     WayIn,
     WaySeed,
     WaySeeds,
+    node_pod_subnet,
 )
 from iptrace.iptables.comments import chain_key, parse_comment
 from iptrace.iptables.era import no_rules_warnings, proxy_mode
@@ -355,23 +356,12 @@ class _Reader:
         return tuple(cidrs), tuple(ifaces)
 
     def node_pod_cidrs(self, pod_cidrs: Sequence[str]) -> tuple[str, ...]:
-        """This node's own pod subnet, when the CNI's nat rules name one: a network strictly inside a pod CIDR
-        that a rule outside kube-proxy's chains tests (flannel's `-s 10.244.1.0/24 -d 10.244.0.0/16 -j RETURN`
-        in FLANNEL-POSTRTG); only when exactly one such network is named."""
-        clusters = [n for n in map(_network, pod_cidrs) if n is not None]
-        found: list[str] = []
-        for name, chain in self.tables.nat_chains.items():
-            if name.startswith("KUBE-") or not clusters:
-                continue
-            for f in map(read, chain.rules):
-                for text in (f.src, f.dst):
-                    net = _network(text) if text is not None and "/" in text else None
-                    if net is None or str(net) in found:
-                        continue
-                    if any(net.version == c.version and net.prefixlen > c.prefixlen and net.subnet_of(c)
-                           for c in clusters):  # type: ignore[arg-type]
-                        found.append(str(net))
-        return tuple(found) if len(found) == 1 else ()
+        """This node's own pod subnet, when the CNI's nat rules (outside kube-proxy's chains) name one."""
+        if not pod_cidrs:
+            return ()
+        return node_pod_subnet((text for name, chain in self.tables.nat_chains.items() if not name.startswith("KUBE-")
+                                for f in map(read, chain.rules) for text in (f.src, f.dst)
+                                if text is not None and "/" in text), pod_cidrs)
 
     def masquerade(self) -> tuple[str | None, bool]:
         mark: str | None = None

@@ -28,12 +28,14 @@ from iptrace.dataplane import (
     WayIn,
     WaySeed,
     WaySeeds,
+    node_pod_subnet,
 )
 from iptrace.nftables.era import kube_table, no_rules_warnings, proxy_mode
 from iptrace.nftables.model import (
     Fib,
     Match,
     Payload,
+    Prefix,
     Ruleset,
     Set,
     SetRef,
@@ -312,5 +314,18 @@ def read_layout(ruleset: Ruleset, family: str, *, known: Sequence[KnownServicePo
         endpoint_keys=lambda ip: tuple(k for k in ports.endpoint_keys(ip) if k in groups),
         chain_key=chain_key)
     return Layout(proxy, family, node_ports, pod_cidrs, pod_ifaces, node_ips, ports.endpoint_ips, mark,
-                  random_fully, tuple(dict.fromkeys(warnings)), index, ports.orphans)
+                  random_fully, tuple(dict.fromkeys(warnings)), index, ports.orphans,
+                  node_pod_cidrs=_node_pod_cidrs(ruleset, table, family, pod_cidrs))
+
+
+def _node_pod_cidrs(ruleset: Ruleset, kube: Table, family: str, pod_cidrs: Sequence[str]) -> tuple[str, ...]:
+    """This node's own pod subnet, when the CNI's rules (a table other than kube-proxy's: flannel's `ip
+    flannel-ipv4`, iptables-nft's `ip nat`) test `ip saddr|daddr` against one."""
+    if not pod_cidrs:
+        return ()
+    families = ("ip6", "inet") if family == "ipv6" else ("ip", "inet")
+    return node_pod_subnet((f"{i.right.addr}/{i.right.length}" for t in ruleset.tables
+                            if t is not kube and t.family in families for c in t.chains for r in c.rules
+                            for i in r.items if isinstance(i, Match) and isinstance(i.left, Payload)
+                            and i.left.field in ("saddr", "daddr") and isinstance(i.right, Prefix)), pod_cidrs)
 
