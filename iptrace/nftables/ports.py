@@ -105,7 +105,12 @@ class PortReader:
         self.v6 = table.family == "ip6"
         self.lines = ElementLines(ruleset)
         self._endpoints: dict[str, set[str]] | None = None
-        self.endpoint_ips = _LazyIps(self)
+
+    @property
+    def endpoint_ips(self) -> Container[str]:
+        """The endpoints' addresses, read when first asked (not kept here: a reader holding it would be in a
+        reference cycle, and an audit's node would wait for the cyclic collector to be freed)."""
+        return _LazyIps(self)
 
     def element_line(self, s: Set, e: Element) -> int:
         return self.lines.line(self.table.family, self.table.name, s, e)
