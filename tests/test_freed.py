@@ -13,8 +13,7 @@ from iptrace import dataplanes
 from iptrace.dataplane import Packet
 from iptrace.kube.analysis import analyse
 
-SAMPLES = ["flannel-and-kube-proxy.txt", "flannel-and-kube-proxy-nft.nft", "nodeport-fb-backends-nft.nft",
-           "nodeport-fb-backends-nft.json", "dual-stack-nft.nft"]
+SAMPLES = ["flannel-and-kube-proxy.txt", "nodeport-fb-backends.txt"]
 
 
 def _rules_left_to_the_collector(name: str) -> list[str]:

@@ -7,7 +7,6 @@ of this; nothing here knows about hooks or kube-proxy.
 from __future__ import annotations
 
 import itertools
-import weakref
 from typing import Any
 
 from iptrace.dataplane import Decision
@@ -44,7 +43,7 @@ Terminal = tuple[str, Decision] | None  # ("accept"|"drop"|"reject"|"nat", decis
 class TableCode:
     """One table, compiled lazily: its chains' rules and its sets' look-up indexes."""
 
-    __slots__ = ("__weakref__", "chains", "family", "indexes", "items", "label", "table")
+    __slots__ = ("chains", "family", "indexes", "items", "label", "table")
 
     def __init__(self, table: Table) -> None:
         self.table = table
@@ -75,8 +74,7 @@ class ChainCode:
     __slots__ = ("chain", "compiled", "key", "name", "table")
 
     def __init__(self, table: TableCode, chain: Chain) -> None:
-        # Weak: the table's code holds its chains' code, and a cycle would leave a ruleset to the cyclic collector.
-        self.table = weakref.proxy(table)
+        self.table = table
         self.chain = chain
         self.name = chain.name
         self.key = (table.label, chain.name)
