@@ -142,9 +142,10 @@ def emit_answers(questions: Sequence[Question], answers: Sequence[Any], output: 
             click.echo(f"Error: {a}", err=True)
             docs.append({"dst": q.text, "where": q.where, "error": a})
             chunks.append(f"=== {q.text} ({q.where}) ===\nError: {a}\n")
-            continue
-        docs.append(to_json(a))
-        chunks.append(f"=== {q.label} ({q.where}) ===\n{to_text(a)}")
+        elif output == "json":  # (only the form printed is rendered: a thousand answers' text costs as much)
+            docs.append(to_json(a))
+        else:
+            chunks.append(f"=== {q.label} ({q.where}) ===\n{to_text(a)}")
     if output == "json":
         emit_json(docs)
     else:

@@ -389,9 +389,18 @@ class _Reader:
                 if any(needle in r[1] or r[1].endswith(f"--to-destination {ip}") for r in chain.rules)}
         if not seps:
             return ()
+        nat = self.tables.nat_chains
+
+        def jumps(chain: str | None) -> bool:
+            # A jump's text names its endpoint chain: only the chains whose text does are read (not every
+            # Service's).
+            found = nat.get(chain) if chain is not None else None
+            if found is None or not any(sep in r[1] for r in found.rules for sep in seps):
+                return False
+            return any(sep in seps for sep in self.endpoint_chains(chain))
+
         return tuple(g.key for g in self.groups.values()
-                     if any(sep in seps for c in (g.chains.get("KUBE-SVC-"), g.chains.get("KUBE-SVL-"),
-                                                  g.chains.get("KUBE-XLB-")) for sep in self.endpoint_chains(c)))
+                     if any(jumps(g.chains.get(p)) for p in ("KUBE-SVC-", "KUBE-SVL-", "KUBE-XLB-")))
 
     def service_port(self, g: _Group, hash_names: dict[str, str]) -> ServicePortLayout:
         self.complete(g)

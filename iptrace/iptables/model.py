@@ -256,6 +256,11 @@ class Table:
     def chain(self, name: str) -> Chain | None:
         return self._index.get(name)
 
+    @property
+    def by_name(self) -> Mapping[str, Chain]:
+        """Every chain by name (read-only; built with the table)."""
+        return self._index
+
     def __contains__(self, name: object) -> bool:
         return name in self._index
 
