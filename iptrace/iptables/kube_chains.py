@@ -99,7 +99,8 @@ class KubeChains:
 
     def _hairpin_texts(self) -> list[str]:
         # kube-proxy writes the hairpin rule first
-        return [chain.rules[0][1] for chain in self.sep_chains.values() if chain.rules]
+        chains = self._sep_chains.values() if self._sep_chains is not None else self._nat.chains if self._nat else ()
+        return [chain.rules[0][1] for chain in chains if chain.rules and chain.name.startswith(SEP)]
 
     def facts(self, name: str) -> list[RuleFacts]:
         """The rules of nat chain `name` (empty when the dump has no such chain)."""

@@ -62,6 +62,15 @@ def _port(text: str | None) -> int | None:
         return None
 
 
+def _known_source(text: str, cidrs: list[str]) -> bool:
+    """A rule whose only source or interface test is `[!] -s CIDR` with a CIDR already found: the detector's rule
+    of one more Service, which cannot add to what pod_detection found (so it is not read)."""
+    start = 5 if text.startswith("! -s ") else 3 if text.startswith("-s ") else 0
+    end = text.find(" ", start) if start else -1
+    return (end > start and text[start:end] in cidrs and text.count("-s ") == 1 and "-i " not in text
+            and "--in-interface" not in text and "--source" not in text)
+
+
 def is_loopback(cidr: str) -> bool:
     return cidr.startswith("127.") or cidr in ("::1", "::1/128")
 
@@ -339,7 +348,7 @@ class _Reader:
                 text = r[1]
                 if "-j KUBE-SEP-" in text or "-g KUBE-SEP-" in text:
                     break
-                if "-s " in text or "-i " in text:
+                if ("-s " in text or "-i " in text) and not _known_source(text, cidrs):
                     candidates.append(r)
             for f in map(read, candidates):
                 masq = f.target == MASQ_CHAIN
