@@ -106,10 +106,15 @@ def answer_all(questions: Sequence[Question], analysis_for: Callable[[str, Seque
     from iptrace.errors import InputError
 
     analyses: dict[str, Any] = {}
+    answered: dict[tuple[str, int, str], Any] = {}  # a destination asked again has the same answer
     out: list[Any] = []
     for q in questions:
         if q.error is not None:
             out.append(q.error)
+            continue
+        again = answered.get((q.host, q.port, q.proto))
+        if again is not None:
+            out.append(again)
             continue
         if q.family not in analyses:
             hosts = [x.host for x in questions if x.error is None and x.family == q.family]
@@ -122,7 +127,7 @@ def answer_all(questions: Sequence[Question], analysis_for: Callable[[str, Seque
             out.append(f"{q.where}: {q.text}: {found}")
             continue
         try:
-            out.append(answer(found, q))
+            out.append(answered.setdefault((q.host, q.port, q.proto), answer(found, q)))
         except InputError as exc:
             out.append(f"{q.where}: {q.text}: {exc}")
     return out
