@@ -54,8 +54,11 @@ class _Hairpins:
         if len(self._asked) >= self._SEARCHES:
             self._set = frozenset(_HAIRPIN_SOURCE.findall(self._text))
             return ip in self._set
-        text = self._text
-        found = self._asked[ip] = f"\n-s {ip}/" in text or f"\n-s {ip} " in text or f"\n-s {ip}\n" in text
+        text, needle = self._text, f"\n-s {ip}"
+        at = text.find(needle)
+        while at >= 0 and text[at + len(needle)] not in "/ \n":  # (one scan; the text ends with "\n")
+            at = text.find(needle, at + 1)
+        found = self._asked[ip] = at >= 0
         return found
 
 
