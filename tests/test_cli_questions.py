@@ -52,6 +52,23 @@ def test_every_answer_is_the_answer_alone_in_input_order(command: str, tmp_path:
 
 
 @pytest.mark.parametrize("command", ["trace", "explain"])
+def test_a_destination_asked_again_is_answered_again(command: str, tmp_path: Path) -> None:
+    # (the second time from the first answer: both must still be the answer alone, each in its place)
+    asked = [ASKED[1], ASKED[0], f"{ASKED[1]}/tcp", ASKED[4], ASKED[1]]
+    listing = tmp_path / "asked.txt"
+    listing.write_text("\n".join(asked) + "\n")
+    _code, out, _ = invoke(command, FB, "--dst-file", str(listing), "--node-ip", "192.168.49.2", "-o", "json")
+    answers = json.loads(out)
+    one = json.loads(alone(command, ASKED[1], "--node-ip", "192.168.49.2", "-o", "json")[1])
+    assert [answers[i] for i in (0, 2, 4)] == [one] * 3
+    assert answers[1] == json.loads(alone(command, ASKED[0], "--node-ip", "192.168.49.2", "-o", "json")[1])
+    assert answers[3] == json.loads(alone(command, ASKED[4], "--node-ip", "192.168.49.2", "-o", "json")[1])
+    _code, text, _ = invoke(command, FB, "--dst-file", str(listing), "--node-ip", "192.168.49.2")
+    headers = [line for line in text.splitlines() if line.startswith("=== ")]
+    assert headers == [f"=== {a if '/' in a else a + '/tcp'} ({listing}:{i}) ===" for i, a in enumerate(asked, 1)]
+
+
+@pytest.mark.parametrize("command", ["trace", "explain"])
 def test_text_has_a_header_per_destination(command: str) -> None:
     _code, out, _ = invoke(command, FB, "--dst", ASKED[0], "--dst", ASKED[4])
     headers = [line for line in out.splitlines() if line.startswith("=== ")]

@@ -106,10 +106,15 @@ def answer_all(questions: Sequence[Question], analysis_for: Callable[[str, Seque
     from iptrace.errors import InputError
 
     analyses: dict[str, Any] = {}
+    answered: dict[tuple[str, int, str], Any] = {}  # a destination asked again has the same answer
     out: list[Any] = []
     for q in questions:
         if q.error is not None:
             out.append(q.error)
+            continue
+        again = answered.get((q.host, q.port, q.proto))
+        if again is not None:
+            out.append(again)
             continue
         if q.family not in analyses:
             hosts = [x.host for x in questions if x.error is None and x.family == q.family]
@@ -122,7 +127,7 @@ def answer_all(questions: Sequence[Question], analysis_for: Callable[[str, Seque
             out.append(f"{q.where}: {q.text}: {found}")
             continue
         try:
-            out.append(answer(found, q))
+            out.append(answered.setdefault((q.host, q.port, q.proto), answer(found, q)))
         except InputError as exc:
             out.append(f"{q.where}: {q.text}: {exc}")
     return out
@@ -142,9 +147,10 @@ def emit_answers(questions: Sequence[Question], answers: Sequence[Any], output: 
             click.echo(f"Error: {a}", err=True)
             docs.append({"dst": q.text, "where": q.where, "error": a})
             chunks.append(f"=== {q.text} ({q.where}) ===\nError: {a}\n")
-            continue
-        docs.append(to_json(a))
-        chunks.append(f"=== {q.label} ({q.where}) ===\n{to_text(a)}")
+        elif output == "json":  # (only the form printed is rendered: a thousand answers' text costs as much)
+            docs.append(to_json(a))
+        else:
+            chunks.append(f"=== {q.label} ({q.where}) ===\n{to_text(a)}")
     if output == "json":
         emit_json(docs)
     else:

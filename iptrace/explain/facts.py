@@ -88,12 +88,12 @@ class Facts:
         self._labels = ChainLabels(layout)
         # ip -> [(svc, "ClusterIP" | "externalIP" | "LoadBalancer IP")]
         self.by_address = _Lazy(self._at_address)
-        self.node_ports = _Lazy(lambda port: self._views(k for k, w in layout.ways_at(None)
-                                                         if w.kind == NODE_PORT and w.port == port))
+        self.node_ports = _Lazy(self._with_node_port)
         self.service_ports = _Lazy(self._with_service_port)
         self.by_endpoint_ip = _Lazy(lambda ip: [s for s in self._views(layout.endpoint_keys(ip))
                                                 if any(ep.ip == ip for ep in s.endpoints)])
-        self._service_port_keys: dict[int, list[str]] | None = None
+        self._service_port_keys: dict[int, dict[str, None]] | None = None
+        self._node_port_keys: dict[int, dict[str, None]] | None = None
         self._service_nets: frozenset[Any] | None = None
         pod_nets = []
         for cidr in pod_cidrs:
@@ -137,13 +137,22 @@ class Facts:
         return [(self.analysis.port_view(k), kind) for k, kind in out.items()]
 
     def _with_service_port(self, port: int) -> list[Any]:
-        if self._service_port_keys is None:
-            index: dict[int, list[str]] = {}
+        if self._service_port_keys is None:  # (indexed once: a question never scans every Service port)
+            index: dict[int, dict[str, None]] = {}
             for key, way in self._layout.ways:
-                if way.kind in _ADDRESS_KINDS and key not in index.setdefault(way.port, []):
-                    index[way.port].append(key)
+                if way.kind in _ADDRESS_KINDS:
+                    index.setdefault(way.port, {})[key] = None
             self._service_port_keys = index
-        return [s for s in self._views(self._service_port_keys.get(port, [])) if s.port == port]
+        return [s for s in self._views(self._service_port_keys.get(port, ())) if s.port == port]
+
+    def _with_node_port(self, port: int) -> list[Any]:
+        if self._node_port_keys is None:
+            index: dict[int, dict[str, None]] = {}
+            for key, way in self._layout.ways_at(None):
+                if way.kind == NODE_PORT:
+                    index.setdefault(way.port, {})[key] = None
+            self._node_port_keys = index
+        return self._views(self._node_port_keys.get(port, ()))
 
     def ports_of_chains(self, chains: Iterable[str]) -> list[Any]:
         """The Service ports owning any of `chains` (e.g. the chains an outcome entered)."""

@@ -54,10 +54,10 @@ def detect(ruleset: Ruleset) -> Era:
     def era(name: str, hint: str = "") -> Era:
         return Era(name, tuple(evidence), hint, legacy, nft)
 
-    # Every prefix is "KUBE-<word>-": one pass collects the prefix of each chain name instead of one scan of
-    # 100,000 names per prefix.
-    heads = {c.name[:c.name.find("-", 5) + 1] for t in tables for c in t.chains if c.name.startswith("KUBE-")}
-    has = {prefix: prefix in heads
+    # Every prefix is "KUBE-<word>-", so a chain name has it exactly when it starts with it: one join of the
+    # 100,000 names, then a substring search per prefix.
+    names = "\n" + "\n".join([c.name for t in tables for c in t.chains])
+    has = {prefix: "\n" + prefix in names
            for prefix in ("KUBE-XLB-", "KUBE-EXT-", "KUBE-SVL-", "KUBE-SVC-", "KUBE-SEP-", "KUBE-FW-",
                           "KUBE-PORTALS-", "KUBE-NODEPORT-")}
     kube_services = nat is not None and "KUBE-SERVICES" in nat
@@ -96,10 +96,9 @@ def detect(ruleset: Ruleset) -> Era:
 
 def _kube_rules(ruleset: Ruleset, chains: tuple[str, ...]) -> Iterator[tuple[Table, Chain, Rule]]:
     for t in ruleset.tables:
-        for c in t.chains:
-            if c.name in chains:
-                for r in c.rules:
-                    yield t, c, r
+        for c in filter(None, map(t.chain, chains)):  # (by name: not a scan of every chain)
+            for r in c.rules:
+                yield t, c, r
 
 
 def _ipvs_sets(ruleset: Ruleset) -> bool:

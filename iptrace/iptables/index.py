@@ -16,7 +16,7 @@ from iptrace.dataplane import protocol_number
 from iptrace.errors import IptraceError
 from iptrace.iptables.matchers import Structure, fast_tokens, rule_structure
 from iptrace.iptables.model import Rule, unquote
-from iptrace.iptables.state import parse_net
+from iptrace.iptables.state import ip_int, parse_net
 
 MIN_RULES = 16  # below this a plain walk is as fast
 _PORT_MODULES = frozenset({"tcp", "udp", "sctp", "udplite", "dccp"})
@@ -59,6 +59,14 @@ def _planned_key(plan: KeyPlan, tokens: Sequence[str], version: int) -> tuple[Ke
                 proto = None
         elif kind == "-d":
             if i is not None and "," not in value:
+                if version == 4 and value.endswith("/32"):  # (kube-proxy's every -d: parse_net's answer, uncached)
+                    try:
+                        found = ip_int(value[:-3])
+                    except ValueError:
+                        continue
+                    if found[0] == 4:
+                        host = found[1]
+                    continue
                 try:
                     net = parse_net(value, version)
                 except IptraceError:

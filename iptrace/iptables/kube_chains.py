@@ -1,14 +1,15 @@
-"""kube-proxy's chains in an iptables dump, read on demand: one pass over the chain names classifies them
-(per-Service-port chains, endpoint chains and their hairpin addresses); a chain's rules become RuleFacts only when
-something asks for them, so a question about one address never reads the whole dump. Pure."""
+"""kube-proxy's chains in an iptables dump, read on demand: one regex pass over the chain names lists the
+per-Service-port chains; the endpoint chains and their hairpin addresses are listed when first asked for, and a
+chain's rules become RuleFacts only when something asks for them, so a question about one address never reads
+the whole dump. Pure."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Container
+from collections.abc import Callable, Container, Mapping
 
-from iptrace.iptables.comments import chain_key
 from iptrace.iptables.facts import RuleFacts, read
+from iptrace.iptables.hashes import SERVICE_PORT_CHAIN_PREFIXES
 from iptrace.iptables.model import Chain, Ruleset
 
 MASQ_CHAIN = "KUBE-MARK-MASQ"
@@ -20,67 +21,69 @@ SEP = "KUBE-SEP-"
 FILTER_CHAINS = (SERVICES, EXTERNAL_SERVICES, NODEPORTS, PROXY_FIREWALL)
 
 
-_HAIRPIN_SOURCE = re.compile(r"^-s ([^/ \n]+)", re.M)
+_HAIRPIN_SOURCE = re.compile(r"\n-s ([^/ \n]+)")  # (over "\n"-joined rule texts: each line's leading `-s`)
+# Every per-Service-port chain name, found in the "\n"-joined chain names: (name, prefix, hash), as chain_key
+# splits it (each prefix is "KUBE-<word>-"), one regex pass instead of a Python call per name.
+_SERVICE_CHAIN = re.compile("^((" + "|".join(map(re.escape, SERVICE_PORT_CHAIN_PREFIXES)) + ")(.*))$", re.M)
 
 
 class _Hairpins:
     """The endpoints' addresses, as the `-s EP/32` of each endpoint chain's hairpin rule says them, for membership
-    tests: the first few addresses are looked for in the rules' joined text (a big dump has ~10^5 of these rules,
-    and a question needs to know about one or two addresses); past that, the set is built once."""
+    tests: the first addresses asked are looked for in the rules' joined text (a big dump has ~10^5 of these
+    rules, and a question needs to know about the few addresses a pod source is picked from); past that, the set
+    is built once. Nothing is read before the first test."""
 
-    _SEARCHES = 4
+    _SEARCHES = 32
 
-    def __init__(self, texts: list[str]) -> None:
+    def __init__(self, texts: Callable[[], list[str]]) -> None:
         self._texts = texts
         self._text: str | None = None
         self._set: frozenset[str] | None = None
-        self._asked = 0
+        self._asked: dict[str, bool] = {}
 
     def __contains__(self, ip: object) -> bool:
-        if not isinstance(ip, str):
-            return False
+        if not isinstance(ip, str) or not ip or "/" in ip or " " in ip or "\n" in ip:
+            return False  # (never a captured address)
         if self._set is not None:
             return ip in self._set
-        self._asked += 1
+        found = self._asked.get(ip)
+        if found is not None:
+            return found
         if self._text is None:
-            self._text = "\n" + "\n".join(self._texts) + "\n"
-        if self._asked > self._SEARCHES:
+            self._text = "\n" + "\n".join(self._texts()) + "\n"
+        if len(self._asked) >= self._SEARCHES:
             self._set = frozenset(_HAIRPIN_SOURCE.findall(self._text))
             return ip in self._set
-        return f"\n-s {ip}/" in self._text or f"\n-s {ip} " in self._text
+        text, needle = self._text, f"\n-s {ip}"
+        at = text.find(needle)
+        while at >= 0 and text[at + len(needle)] not in "/ \n":  # (one scan; the text ends with "\n")
+            at = text.find(needle, at + 1)
+        found = self._asked[ip] = at >= 0
+        return found
 
 
 class KubeChains:
     """The rules of the chains kube-proxy owns, read into RuleFacts: the dispatch chains at once, a Service
-    port's own chains when that port is asked for."""
+    port's own chains when that port is asked for. Of the ~10^5 chain names of a big dump only the per-Service-
+    port ones are listed up front; the endpoint chains and their hairpin addresses when first asked for."""
 
     _EAGER = (SERVICES, NODEPORTS, MASQ_CHAIN, "KUBE-POSTROUTING", "POSTROUTING")
 
     def __init__(self, ruleset: Ruleset) -> None:
         self.filter: dict[str, list[RuleFacts]] = {}
-        self.nat_chains: dict[str, Chain] = {}
-        self.sep_chains: dict[str, Chain] = {}
+        self.nat_chains: Mapping[str, Chain] = {}
         self.service_chains: dict[str, tuple[str, str]] = {}  # per-service-port chain -> (prefix, hash)
         self.endpoint_ips: Container[str] = frozenset()  # the `-s EP` of each endpoint chain's hairpin rule
+        self._nat = ruleset.table("nat")
+        self._sep_chains: dict[str, Chain] | None = None
         self._facts: dict[str, list[RuleFacts]] = {}
-        nat = ruleset.table("nat")
+        nat = self._nat
         filt = ruleset.table("filter")
         if nat is not None:
-            # One pass over every chain name (a big dump has ~10^5): the rest reads only the chains it needs.
-            nat_chains, sep_chains, service_chains = self.nat_chains, self.sep_chains, self.service_chains
-            hairpins = []
-            for chain in nat.chains:
-                name = chain.name
-                nat_chains[name] = chain
-                if name.startswith(SEP):
-                    sep_chains[name] = chain
-                    if chain.rules:  # kube-proxy writes the hairpin rule first
-                        hairpins.append(chain.rules[0][1])
-                elif name.startswith("KUBE-"):
-                    split = chain_key(name)
-                    if split is not None:
-                        service_chains[name] = split
-            self.endpoint_ips = _Hairpins(hairpins)
+            self.nat_chains = nat.by_name
+            names = "\n".join([chain.name for chain in nat.chains])
+            self.service_chains = {name: (prefix, key) for name, prefix, key in _SERVICE_CHAIN.findall(names)}
+            self.endpoint_ips = _Hairpins(self._hairpin_texts)
             for name in self._EAGER:
                 self.facts(name)
         if filt is not None:
@@ -88,6 +91,19 @@ class KubeChains:
                 found = filt.chain(name)
                 if found is not None:
                     self.filter[name] = [read(r) for r in found.rules]
+
+    @property
+    def sep_chains(self) -> dict[str, Chain]:
+        """The endpoint chains (KUBE-SEP-…) by name, in dump order."""
+        if self._sep_chains is None:
+            nat = self._nat
+            self._sep_chains = {c.name: c for c in nat.chains if c.name.startswith(SEP)} if nat is not None else {}
+        return self._sep_chains
+
+    def _hairpin_texts(self) -> list[str]:
+        # kube-proxy writes the hairpin rule first
+        chains = self._sep_chains.values() if self._sep_chains is not None else self._nat.chains if self._nat else ()
+        return [chain.rules[0][1] for chain in chains if chain.rules and chain.name.startswith(SEP)]
 
     def facts(self, name: str) -> list[RuleFacts]:
         """The rules of nat chain `name` (empty when the dump has no such chain)."""

@@ -63,6 +63,15 @@ def _port(text: str | None) -> int | None:
         return None
 
 
+def _known_source(text: str, cidrs: list[str]) -> bool:
+    """A rule whose only source or interface test is `[!] -s CIDR` with a CIDR already found: the detector's rule
+    of one more Service, which cannot add to what pod_detection found (so it is not read)."""
+    start = 5 if text.startswith("! -s ") else 3 if text.startswith("-s ") else 0
+    end = text.find(" ", start) if start else -1
+    return (end > start and text[start:end] in cidrs and text.count("-s ") == 1 and "-i " not in text
+            and "--in-interface" not in text and "--source" not in text)
+
+
 def is_loopback(cidr: str) -> bool:
     return cidr.startswith("127.") or cidr in ("::1", "::1/128")
 
@@ -340,7 +349,7 @@ class _Reader:
                 text = r[1]
                 if "-j KUBE-SEP-" in text or "-g KUBE-SEP-" in text:
                     break
-                if "-s " in text or "-i " in text:
+                if ("-s " in text or "-i " in text) and not _known_source(text, cidrs):
                     candidates.append(r)
             for f in map(read, candidates):
                 masq = f.target == MASQ_CHAIN
@@ -398,9 +407,18 @@ class _Reader:
                 if any(needle in r[1] or r[1].endswith(f"--to-destination {ip}") for r in chain.rules)}
         if not seps:
             return ()
+        nat = self.tables.nat_chains
+
+        def jumps(chain: str | None) -> bool:
+            # A jump's text names its endpoint chain: only the chains whose text does are read (not every
+            # Service's).
+            found = nat.get(chain) if chain is not None else None
+            if found is None or not any(sep in r[1] for r in found.rules for sep in seps):
+                return False
+            return any(sep in seps for sep in self.endpoint_chains(chain))
+
         return tuple(g.key for g in self.groups.values()
-                     if any(sep in seps for c in (g.chains.get("KUBE-SVC-"), g.chains.get("KUBE-SVL-"),
-                                                  g.chains.get("KUBE-XLB-")) for sep in self.endpoint_chains(c)))
+                     if any(jumps(g.chains.get(p)) for p in ("KUBE-SVC-", "KUBE-SVL-", "KUBE-XLB-")))
 
     def service_port(self, g: _Group, hash_names: dict[str, str]) -> ServicePortLayout:
         self.complete(g)

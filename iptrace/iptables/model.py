@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from operator import itemgetter
 from types import MappingProxyType
@@ -256,6 +256,11 @@ class Table:
     def chain(self, name: str) -> Chain | None:
         return self._index.get(name)
 
+    @property
+    def by_name(self) -> Mapping[str, Chain]:
+        """Every chain by name (read-only; built with the table)."""
+        return self._index
+
     def __contains__(self, name: object) -> bool:
         return name in self._index
 
@@ -285,6 +290,8 @@ class Ruleset:
     _index: Mapping[str, Table] = field(default_factory=dict, compare=False, repr=False)
     _by_line: dict[int, Rule] = field(default_factory=dict, compare=False, repr=False)
     _spans: list[tuple[int, tuple[Rule, ...]]] = field(default_factory=list, compare=False, repr=False)
+    _table_spans: dict[str, list[tuple[int, tuple[Rule, ...]]]] = field(default_factory=dict, compare=False,
+                                                                       repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_index", {t.name: t for t in self.tables})
@@ -296,16 +303,26 @@ class Ruleset:
 
     def rule_at(self, line: int) -> Rule | None:
         """The rule written on input line `line`: found through the chains' first lines (a chain's rules are in
-        input order, one block in an iptables-save dump), else through an index of every line."""
+        input order, one block in an iptables-save dump) of the table whose block holds the line (the last whose
+        header is above it: a question's evidence in a small table never lists the big one's chains), else of
+        every table, else through an index of every line."""
+        owner: Table | None = None
+        for t in self.tables:
+            if 0 < t.line < line and (owner is None or t.line > owner.line):
+                owner = t
+        if owner is not None:
+            spans = self._table_spans.get(owner.name)
+            if spans is None:
+                spans = self._table_spans[owner.name] = _spans(owner.chains)
+            found = _rule_in(spans, line)
+            if found is not None:
+                return found
         spans = self._spans
         if not spans:
-            spans.extend(sorted((c.rules[0][3], c.rules) for t in self.tables for c in t.chains if c.rules))
-        at = bisect_right(spans, line, key=itemgetter(0)) - 1
-        if at >= 0:
-            rules = spans[at][1]
-            i = bisect_left(rules, line, key=itemgetter(3))
-            if i < len(rules) and rules[i][3] == line:
-                return rules[i]
+            spans.extend(_spans(c for t in self.tables for c in t.chains))
+        found = _rule_in(spans, line)
+        if found is not None:
+            return found
         # Not found that way (a restore file's `-I` puts a later line first, or its chains interleave).
         by_line = self._by_line
         if not by_line:
@@ -337,3 +354,19 @@ class Ruleset:
             for c in t.chains:
                 for r in c.rules:
                     yield t, c, r
+
+
+def _spans(chains: Iterable[Chain]) -> list[tuple[int, tuple[Rule, ...]]]:
+    """(first line, rules) of every chain with rules, by first line."""
+    return sorted((c.rules[0][3], c.rules) for c in chains if c.rules)
+
+
+def _rule_in(spans: list[tuple[int, tuple[Rule, ...]]], line: int) -> Rule | None:
+    """The rule on `line` in the chain whose span starts last at or before it, if it is there."""
+    at = bisect_right(spans, line, key=itemgetter(0)) - 1
+    if at >= 0:
+        rules = spans[at][1]
+        i = bisect_left(rules, line, key=itemgetter(3))
+        if i < len(rules) and rules[i][3] == line:
+            return rules[i]
+    return None
