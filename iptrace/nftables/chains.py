@@ -35,6 +35,7 @@ from iptrace.nftables.state import State
 from iptrace.nftables.steps import StepMaker
 
 _DRAW_WORDS = frozenset({"numgen", "jhash", "symhash"})
+PLAN_AFTER = 16  # entries of a chain walked before its plan is made (see _enter)
 
 BREAK = ("break",)  # the rule did not match (a later test failed, a look-up found nothing)
 Terminal = tuple[str, Decision] | None  # ("accept"|"drop"|"reject"|"nat", decision); None = returned
@@ -94,7 +95,8 @@ class ChainWalker:
         self._tables: dict[tuple[str, str], TableCode] = {
             (t.family, t.name): TableCode(t) for t in ruleset.tables}
         self._chain_plans: dict[tuple[str, str], Plan | None] = {}
-        self._entered: set[tuple[str, str]] = set()
+        self._entered: dict[tuple[str, str], int] = {}
+        self.plan_after = PLAN_AFTER
 
     def _compiled(self, code: ChainCode, i: int) -> CompiledRule:
         rule = code.chain.rules[i]
@@ -179,8 +181,11 @@ class ChainWalker:
             return self._run_chain(code, s, stack)
         plan = self._chain_plans.get(code.key, False)
         if plan is False:
-            if code.key not in self._entered:  # walked once before a plan is worth making
-                self._entered.add(code.key)
+            # A plan costs a few walks (compiling and reading the whole closure): worth it for a chain entered
+            # many times (the Service view enters each Service port's chain a few times, by different clients).
+            entered = self._entered.get(code.key, 0)
+            if entered < self.plan_after:
+                self._entered[code.key] = entered + 1
                 return self._run_chain(code, s, stack)
             plan = self._chain_plans[code.key] = make_plan(
                 (code,), self._compiled, self._targets, chains=True) if self._draws(code) else None
