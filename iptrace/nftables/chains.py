@@ -11,6 +11,7 @@ from typing import Any
 
 from iptrace.dataplane import Decision
 from iptrace.errors import TraceError
+from iptrace.nftables import skeleton
 from iptrace.nftables.evaluate import NA, Context, Unknown
 from iptrace.nftables.memo import MEMO_SIZE, Plan, make_plan, record, replay
 from iptrace.nftables.model import Chain, Numgen, Ruleset, Table
@@ -31,6 +32,7 @@ from iptrace.nftables.rules import (
     compile_rule,
 )
 from iptrace.nftables.sets import SetIndex
+from iptrace.nftables.skeleton import RuleRef, Skeleton, Skeletons, closure_fields
 from iptrace.nftables.state import State
 from iptrace.nftables.steps import StepMaker
 
@@ -72,7 +74,7 @@ class TableCode:
 
 
 class ChainCode:
-    __slots__ = ("chain", "compiled", "key", "name", "table")
+    __slots__ = ("chain", "compiled", "key", "name", "refs", "shaped", "table")
 
     def __init__(self, table: TableCode, chain: Chain) -> None:
         self.table = table
@@ -80,6 +82,8 @@ class ChainCode:
         self.name = chain.name
         self.key = (table.label, chain.name)
         self.compiled: list[CompiledRule | None] = [None] * len(chain.rules)
+        self.refs: list[RuleRef | None] | None = None  # rules met only through replays (skeleton.py)
+        self.shaped: Any = False  # Skeletons.of(self), once asked
 
 
 class ChainWalker:
@@ -96,6 +100,8 @@ class ChainWalker:
             (t.family, t.name): TableCode(t) for t in ruleset.tables}
         self._chain_plans: dict[tuple[str, str], Plan | None] = {}
         self._entered: dict[tuple[str, str], int] = {}
+        self._skeletons = Skeletons(lambda code, params: closure_fields(code, params, self._compiled,
+                                                                         self._targets))
         self.plan_after = PLAN_AFTER
 
     def _compiled(self, code: ChainCode, i: int) -> CompiledRule:
@@ -179,6 +185,11 @@ class ChainWalker:
         rules cannot tell apart from this one (memo.py: a Service port's chains, met by every kind of client)."""
         if not self.share:
             return self._run_chain(code, s, stack)
+        shaped = code.shaped
+        if shaped is False:
+            shaped = code.shaped = self._skeletons.of(code)
+        if shaped is not None:
+            return self._enter_skeleton(code, s, stack, *shaped)
         plan = self._chain_plans.get(code.key, False)
         if plan is False:
             # A plan costs a few walks (compiling and reading the whole closure): worth it for a chain entered
@@ -211,6 +222,42 @@ class ChainWalker:
             plan.by_value.clear()
         plan.by_value[raw] = found
         return replay(found, s)
+
+    def _enter_skeleton(self, code: ChainCode, s: State, stack: tuple[tuple[str, str], ...], sk: Skeleton,
+                        tests: tuple[tuple[str, str], ...], dnats: dict[int, Any]) -> list[tuple[State, Terminal]]:
+        """A small chain replayed from the walk of a chain written alike (skeleton.py)."""
+        if not sk.nested.isdisjoint(stack):  # a jump loop through the caller: the walk says so
+            return self._run_chain(code, s, stack)
+        key = (sk.key(s), tuple([getattr(s, f) == addr for f, addr in tests]))
+        found = sk.memo.get(key, False)
+        if found is False:
+            start = s.copy()
+            start.path = start.chains = None
+            start.assumptions = ()
+            start.num = start.den = 1
+            before = (start.accept, start.dnat_by, start.dst, start.dport)
+            found = skeleton.record(self._run_chain(code, start, stack), before, code)
+            if len(sk.memo) >= skeleton.MEMO_SIZE:
+                sk.memo.clear()
+            sk.memo[key] = found
+        if found is None:
+            return self._run_chain(code, s, stack)
+        return skeleton.replay(found, s, code, dnats, self._ref)
+
+    def _ref(self, code: ChainCode, i: int) -> CompiledRule | RuleRef:
+        """Rule `i` of `code` as a path entry holds it: compiled when it was, else a RuleRef (same Decision)."""
+        c = code.compiled[i]
+        if c is not None:
+            return c
+        refs = code.refs
+        if refs is None:
+            refs = code.refs = [None] * len(code.compiled)
+        found = refs[i]
+        if found is None:
+            rule = code.chain.rules[i]
+            found = refs[i] = RuleRef(rule, i, Decision(code.table.label, code.name, rule.line or 0,
+                                                        handle=rule.handle))
+        return found
 
     def _draws(self, code: ChainCode) -> bool:
         """Whether a chain, or one it jumps or goes to, splits the packet by a numgen draw: the load-balancing
