@@ -386,15 +386,19 @@ class ChainWalker:
             size *= e.modulus
         rest = (op[2], *ops[k:])
         out: list[tuple[State, Any]] = []
+        notes = []
+        for e in drawn:
+            if not isinstance(e, Numgen) or e.mode != "random":
+                what = f"numgen {e.mode}" if isinstance(e, Numgen) else f"{e.kind} of the packet's fields"
+                notes.append(f"{c.where}: {what} mod {e.modulus}: each value assumed equally likely over many "
+                             "new connections")
+        ids = [id(e) for e in drawn]
         for values in itertools.product(*(range(e.offset, e.offset + e.modulus) for e in drawn)):
             s2 = s.copy()
             s2.den *= size
-            s2.bind = {id(e): v for e, v in zip(drawn, values, strict=True)}
-            for e in drawn:
-                if not isinstance(e, Numgen) or e.mode != "random":
-                    what = f"numgen {e.mode}" if isinstance(e, Numgen) else f"{e.kind} of the packet's fields"
-                    s2.assume(f"{c.where}: {what} mod {e.modulus}: each value assumed equally likely over many "
-                              "new connections")
+            s2.bind = dict(zip(ids, values, strict=True))
+            for note in notes:
+                s2.assume(note)
             results = self._ops(code, c, rest, 0, s2)
             for s3, _ in results:
                 s3.bind = None
