@@ -89,6 +89,23 @@ def test_traces_sum_to_one_and_agree_across_forms_and_sharing(seed: int, n: int,
         assert _without_lines(as_json) == _without_lines(trace_to_json(listed.trace(packet))), packet
 
 
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 7), n=st.integers(1, 12), endpoints=st.integers(1, 5), data=st.data())
+def test_chain_plans_made_at_once_change_nothing(seed: int, n: int, endpoints: int, data: Any) -> None:
+    """A chain's plan is normally made after many entries (chains.PLAN_AFTER); made at the second entry, every
+    Service chain a trace meets is replayed from then on, and every trace still equals the unshared walk."""
+    tx, _, targets = forms(seed, n, endpoints)
+    eager = Tracer(tx, node_ips=[NODE_IP])
+    eager.plan_after = 1
+    plain = tracers(seed, n, endpoints)[2]
+    picks = data.draw(st.lists(st.tuples(st.sampled_from(targets), st.sampled_from(SOURCES)), min_size=4,
+                               max_size=24))
+    for (ip, port, proto), src in picks * 2:
+        packet = Packet(src, ip, port, proto)
+        assert json.dumps(trace_to_json(eager.trace(packet))) == json.dumps(trace_to_json(plain.trace(packet))), \
+            packet
+
+
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 7), n=st.integers(1, 25), endpoints=st.integers(1, 4))
 def test_services_json_is_the_same_for_transaction_and_listing(seed: int, n: int, endpoints: int) -> None:

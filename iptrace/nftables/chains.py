@@ -11,6 +11,7 @@ from typing import Any
 
 from iptrace.dataplane import Decision
 from iptrace.errors import TraceError
+from iptrace.nftables import skeleton
 from iptrace.nftables.evaluate import NA, Context, Unknown
 from iptrace.nftables.memo import MEMO_SIZE, Plan, make_plan, record, replay
 from iptrace.nftables.model import Chain, Numgen, Ruleset, Table
@@ -31,10 +32,12 @@ from iptrace.nftables.rules import (
     compile_rule,
 )
 from iptrace.nftables.sets import SetIndex
+from iptrace.nftables.skeleton import RuleRef, Skeleton, Skeletons, closure_fields
 from iptrace.nftables.state import State
 from iptrace.nftables.steps import StepMaker
 
 _DRAW_WORDS = frozenset({"numgen", "jhash", "symhash"})
+PLAN_AFTER = 16  # entries of a chain walked before its plan is made (see _enter)
 
 BREAK = ("break",)  # the rule did not match (a later test failed, a look-up found nothing)
 Terminal = tuple[str, Decision] | None  # ("accept"|"drop"|"reject"|"nat", decision); None = returned
@@ -71,7 +74,7 @@ class TableCode:
 
 
 class ChainCode:
-    __slots__ = ("chain", "compiled", "key", "name", "table")
+    __slots__ = ("chain", "compiled", "key", "name", "refs", "shaped", "table")
 
     def __init__(self, table: TableCode, chain: Chain) -> None:
         self.table = table
@@ -79,6 +82,8 @@ class ChainCode:
         self.name = chain.name
         self.key = (table.label, chain.name)
         self.compiled: list[CompiledRule | None] = [None] * len(chain.rules)
+        self.refs: list[RuleRef | None] | None = None  # rules met only through replays (skeleton.py)
+        self.shaped: Any = False  # Skeletons.of(self), once asked
 
 
 class ChainWalker:
@@ -94,7 +99,10 @@ class ChainWalker:
         self._tables: dict[tuple[str, str], TableCode] = {
             (t.family, t.name): TableCode(t) for t in ruleset.tables}
         self._chain_plans: dict[tuple[str, str], Plan | None] = {}
-        self._entered: set[tuple[str, str]] = set()
+        self._entered: dict[tuple[str, str], int] = {}
+        self._skeletons = Skeletons(lambda code, params: closure_fields(code, params, self._compiled,
+                                                                         self._targets))
+        self.plan_after = PLAN_AFTER
 
     def _compiled(self, code: ChainCode, i: int) -> CompiledRule:
         rule = code.chain.rules[i]
@@ -177,10 +185,18 @@ class ChainWalker:
         rules cannot tell apart from this one (memo.py: a Service port's chains, met by every kind of client)."""
         if not self.share:
             return self._run_chain(code, s, stack)
+        shaped = code.shaped
+        if shaped is False:
+            shaped = code.shaped = self._skeletons.of(code)
+        if shaped is not None:
+            return self._enter_skeleton(code, s, stack, *shaped)
         plan = self._chain_plans.get(code.key, False)
         if plan is False:
-            if code.key not in self._entered:  # walked once before a plan is worth making
-                self._entered.add(code.key)
+            # A plan costs a few walks (compiling and reading the whole closure): worth it for a chain entered
+            # many times (the Service view enters each Service port's chain a few times, by different clients).
+            entered = self._entered.get(code.key, 0)
+            if entered < self.plan_after:
+                self._entered[code.key] = entered + 1
                 return self._run_chain(code, s, stack)
             plan = self._chain_plans[code.key] = make_plan(
                 (code,), self._compiled, self._targets, chains=True) if self._draws(code) else None
@@ -206,6 +222,42 @@ class ChainWalker:
             plan.by_value.clear()
         plan.by_value[raw] = found
         return replay(found, s)
+
+    def _enter_skeleton(self, code: ChainCode, s: State, stack: tuple[tuple[str, str], ...], sk: Skeleton,
+                        tests: tuple[tuple[str, str], ...], dnats: dict[int, Any]) -> list[tuple[State, Terminal]]:
+        """A small chain replayed from the walk of a chain written alike (skeleton.py)."""
+        if not sk.nested.isdisjoint(stack):  # a jump loop through the caller: the walk says so
+            return self._run_chain(code, s, stack)
+        key = (sk.key(s), tuple([getattr(s, f) == addr for f, addr in tests]))
+        found = sk.memo.get(key, False)
+        if found is False:
+            start = s.copy()
+            start.path = start.chains = None
+            start.assumptions = ()
+            start.num = start.den = 1
+            before = (start.accept, start.dnat_by, start.dst, start.dport)
+            found = skeleton.record(self._run_chain(code, start, stack), before, code)
+            if len(sk.memo) >= skeleton.MEMO_SIZE:
+                sk.memo.clear()
+            sk.memo[key] = found
+        if found is None:
+            return self._run_chain(code, s, stack)
+        return skeleton.replay(found, s, code, dnats, self._ref)
+
+    def _ref(self, code: ChainCode, i: int) -> CompiledRule | RuleRef:
+        """Rule `i` of `code` as a path entry holds it: compiled when it was, else a RuleRef (same Decision)."""
+        c = code.compiled[i]
+        if c is not None:
+            return c
+        refs = code.refs
+        if refs is None:
+            refs = code.refs = [None] * len(code.compiled)
+        found = refs[i]
+        if found is None:
+            rule = code.chain.rules[i]
+            found = refs[i] = RuleRef(rule, i, Decision(code.table.label, code.name, rule.line or 0,
+                                                        handle=rule.handle))
+        return found
 
     def _draws(self, code: ChainCode) -> bool:
         """Whether a chain, or one it jumps or goes to, splits the packet by a numgen draw: the load-balancing
@@ -334,15 +386,19 @@ class ChainWalker:
             size *= e.modulus
         rest = (op[2], *ops[k:])
         out: list[tuple[State, Any]] = []
+        notes = []
+        for e in drawn:
+            if not isinstance(e, Numgen) or e.mode != "random":
+                what = f"numgen {e.mode}" if isinstance(e, Numgen) else f"{e.kind} of the packet's fields"
+                notes.append(f"{c.where}: {what} mod {e.modulus}: each value assumed equally likely over many "
+                             "new connections")
+        ids = [id(e) for e in drawn]
         for values in itertools.product(*(range(e.offset, e.offset + e.modulus) for e in drawn)):
             s2 = s.copy()
             s2.den *= size
-            s2.bind = {id(e): v for e, v in zip(drawn, values, strict=True)}
-            for e in drawn:
-                if not isinstance(e, Numgen) or e.mode != "random":
-                    what = f"numgen {e.mode}" if isinstance(e, Numgen) else f"{e.kind} of the packet's fields"
-                    s2.assume(f"{c.where}: {what} mod {e.modulus}: each value assumed equally likely over many "
-                              "new connections")
+            s2.bind = dict(zip(ids, values, strict=True))
+            for note in notes:
+                s2.assume(note)
             results = self._ops(code, c, rest, 0, s2)
             for s3, _ in results:
                 s3.bind = None

@@ -23,6 +23,7 @@ from iptrace.nftables.model import (
     AnonSet,
     Binop,
     Concat,
+    Counter,
     Ct,
     Fib,
     Flags,
@@ -36,10 +37,15 @@ from iptrace.nftables.model import (
     Payload,
     Prefix,
     Range,
+    Reject,
     Selector,
     SetRef,
+    Statement,
+    Verdict,
     VerdictMap,
+    Xt,
 )
+from iptrace.nftables.model import Unknown as UnknownItem
 from iptrace.nftables.sets import SetIndex, _order, covers
 from iptrace.nftables.state import BITS, State, ip_int, is_loopback, prefix_bounds
 from iptrace.nftables.types import expr_type
@@ -516,6 +522,6 @@ def reads(e: Any) -> set[str] | None:
     if isinstance(e, Nat):
         addr, port = reads(e.addr), reads(e.port)
         return None if addr is None or port is None else addr | port
-    if isinstance(e, Selector):
-        return set()
+    if isinstance(e, (Selector, Verdict, Reject, Counter, Statement, Xt, UnknownItem)):
+        return set()  # verdicts, counters, notes: they read no branch field (the walk only records notes)
     return None

@@ -29,19 +29,24 @@ class Stage:
     chains: tuple[tuple[Table, Chain], ...]
 
 
-def hook_stages(ruleset: Ruleset, version: int, hook: str) -> tuple[Stage, ...]:
+def base_chains(ruleset: Ruleset) -> tuple[tuple[Table, Chain], ...]:
+    """Every base chain of the ruleset, in listing order (a 5,000-Service table has ~50,000 plain chains: the
+    walk looks them over once, not once per hook)."""
+    return tuple((table, chain) for table in ruleset.tables for chain in table.chains if chain.base is not None)
+
+
+def hook_stages(ruleset: Ruleset, version: int, hook: str,
+                bases: tuple[tuple[Table, Chain], ...] | None = None) -> tuple[Stage, ...]:
+    """The stages of `hook` for IPv`version`; `bases`: base_chains(ruleset), when the caller keeps it."""
     families = TABLE_FAMILIES[version]
     entries: list[tuple[int, int, Table, Chain]] = []
     position = 0
-    for table in ruleset.tables:
-        if table.family not in families:
+    for table, chain in bases if bases is not None else base_chains(ruleset):
+        base = chain.base
+        if table.family not in families or base is None or base.hook != hook:
             continue
-        for chain in table.chains:
-            base = chain.base
-            if base is None or base.hook != hook:
-                continue
-            entries.append((base.priority, position, table, chain))
-            position += 1
+        entries.append((base.priority, position, table, chain))
+        position += 1
     stages: list[tuple[int, int, Stage]] = []
     nat = [e for e in entries if e[3].base.type == "nat"]  # type: ignore[union-attr]
     for priority, pos, table, chain in entries:

@@ -6,11 +6,13 @@ the `add element` lines (kube-proxy's transaction) the first time one of that se
 from __future__ import annotations
 
 import re
+from array import array
 from typing import Any
 
 from iptrace.nftables.model import Element, Ruleset, Set
 from iptrace.nftables.values import normaliser
 
+_NEWLINE_RE = re.compile("\n")
 _CHUNK_RE = re.compile(r'(?:"(?:\\.|[^"\\])*"|\{[^{}]*\}|[^,"{}])+')
 _ADD_ELEMENT_RE = re.compile(r'\s*(?:add|create)\s+element\s+(?:(ip|ip6|inet|arp|bridge|netdev)\s+)?(\S+)\s+(\S+)\s*\{')
 _OPTION_RE = re.compile(r'\s+(?:comment\s+"(?:\\.|[^"\\])*"|timeout\s+\S+|expires\s+\S+|counter(?:\s+packets\s+\d+\s+'
@@ -23,7 +25,7 @@ class ElementLines:
 
     def __init__(self, ruleset: Ruleset) -> None:
         self.ruleset = ruleset
-        self._lines: list[str] | None = None
+        self._starts: array[int] | None = None
         self._sets: dict[tuple[str, str, str], dict[Any, int]] = {}
         self._transaction: dict[tuple[str, str, str], list[tuple[str, int]]] | None = None
 
@@ -36,10 +38,18 @@ class ElementLines:
             index = self._sets[key] = self._index(family, table, s)
         return index.get(element.key, s.line or 0)
 
-    def _text_lines(self) -> list[str]:
-        if self._lines is None:
-            self._lines = (self.ruleset.text or "").split("\n")
-        return self._lines
+    def _line_starts(self) -> array[int]:
+        """Where each line starts in the text (kept instead of the lines themselves: a 300,000-line listing as
+        a list of strings would double the text's footprint for the few sets a trace shows)."""
+        if self._starts is None:
+            self._starts = array("q", [0])
+            self._starts.extend(m.end() for m in _NEWLINE_RE.finditer(self.ruleset.text or ""))
+        return self._starts
+
+    def _line(self, i: int) -> str:
+        starts = self._line_starts()
+        end = starts[i + 1] - 1 if i + 1 < len(starts) else None
+        return (self.ruleset.text or "")[starts[i]:end]
 
     def _index(self, family: str, table: str, s: Set) -> dict[Any, int]:
         if self.ruleset.format == "nft-transaction":
@@ -56,12 +66,12 @@ class ElementLines:
 
     def _listing_chunks(self, s: Set) -> list[tuple[str, int]]:
         """The element texts of one set block of a listing, from its `elements = {` to the list's `}`."""
-        lines = self._text_lines()
+        count = len(self._line_starts())
         out: list[tuple[str, int]] = []
         start = (s.line or 1) - 1
         inside = False
-        for i in range(start, len(lines)):
-            text = lines[i]
+        for i in range(start, count):
+            text = self._line(i)
             if not inside:
                 at = text.find("elements = {")
                 if at < 0:
@@ -86,7 +96,7 @@ class ElementLines:
     def _transaction_chunks(self) -> dict[tuple[str, str, str], list[tuple[str, int]]]:
         if self._transaction is None:
             found: dict[tuple[str, str, str], list[tuple[str, int]]] = {}
-            for i, text in enumerate(self._text_lines()):
+            for i, text in enumerate((self.ruleset.text or "").split("\n")):
                 if "element" not in text:
                     continue
                 m = _ADD_ELEMENT_RE.match(text)
@@ -106,6 +116,9 @@ class ElementLines:
 
 def _closing(text: str) -> int | None:
     """Where the `}` closing an element list is in `text` (quotes and nested braces skipped), or None."""
+    if '"' not in text and "{" not in text:  # most lines of a listing's element list
+        at = text.find("}")
+        return at if at >= 0 else None
     depth = 0
     quoted = False
     i = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from functools import lru_cache
 
 KUBE_PROXY_TABLE = "kube-proxy"
 KUBE_PROXY_FAMILIES = ("ip", "ip6")  # one table per IP family; kube-proxy never writes an inet table
@@ -50,9 +51,16 @@ _NAMED_RE = re.compile(r"(service|svc|local|external|firewall|endpoint|affinity)
 def hash_base(text: str) -> str:
     """`HASH-text`: the first 8 characters of base32(sha256(text)), then the text itself, cut to 240 characters
     as kube-proxy cuts it (only long IPv6 endpoint names reach that)."""
-    digest = base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:8]
+    # base32 turns each 5 bytes into 8 characters on their own: the first 8 characters are those of 5 bytes.
+    digest = base64.b32encode(hashlib.sha256(text.encode()).digest()[:5]).decode()
     base = f"{digest}-{text}"
     return base if len(base) <= 240 else base[:237] + "..."
+
+
+@lru_cache(maxsize=16384)
+def _port_base(port_part: str) -> str:
+    """hash_base of a Service port's text, which every endpoint chain of the port recomputes (split_chain)."""
+    return hash_base(port_part)
 
 
 def port_text(service_port_name: str, protocol: str) -> str:
@@ -91,7 +99,7 @@ def split_chain(name: str) -> tuple[str, str, str, str] | None:
     ns, svc, proto, port = parts
     if word in ("endpoint", "affinity"):
         # The endpoint's hash covers its address too: the Service port's own base is recomputed.
-        base = hash_base(port_part)
+        base = _port_base(port_part)
     else:
         base = f"{digest}-{port_part}"
     return word, base, f"{ns}/{svc}:{port}" if port else f"{ns}/{svc}", proto

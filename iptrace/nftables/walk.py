@@ -20,7 +20,7 @@ from iptrace.dataplane import Decision, Outcome, Packet, Trace, join_host_port
 from iptrace.errors import TraceError
 from iptrace.nftables.chains import ChainCode, ChainWalker, Terminal
 from iptrace.nftables.evaluate import Context
-from iptrace.nftables.hooks import Stage, hook_stages, unwalked_tables
+from iptrace.nftables.hooks import Stage, base_chains, hook_stages, unwalked_tables
 from iptrace.nftables.memo import MEMO_SIZE, Plan, make_plan, record, replay
 from iptrace.nftables.model import Chain, Ruleset, Table
 from iptrace.nftables.state import State, cons_list, is_loopback
@@ -62,6 +62,7 @@ class Tracer(ChainWalker):
         self._policies: dict[tuple[str, str, str], Decision] = {}
         self._probabilities: dict[tuple[int, int], tuple[Fraction, float]] = {}
         self._unwalked = tuple(unwalked_tables(ruleset))
+        self._bases = base_chains(ruleset)
 
     # ------------------------------------------------------------------------------------------- public
 
@@ -193,7 +194,7 @@ class Tracer(ChainWalker):
     def _plan(self, version: int, seq: tuple[tuple[str, bool, bool], ...]) -> Plan | None:
         codes = []
         for hook, nat, _ in seq:
-            for stage in hook_stages(self.ruleset, version, hook):
+            for stage in self._hook_stages(version, hook):
                 if stage.nat and not nat:
                     continue
                 for table, chain in stage.chains:
@@ -218,10 +219,7 @@ class Tracer(ChainWalker):
 
     def _hook(self, s: State, hook: str, *, nat: bool = True) -> list[tuple[State, Terminal]]:
         """Every base chain of one hook; the branches that passed it have terminal None."""
-        key = (s.version, hook)
-        stages = self._stages.get(key)
-        if stages is None:
-            stages = self._stages[key] = hook_stages(self.ruleset, s.version, hook)
+        stages = self._stages.get((s.version, hook)) or self._hook_stages(s.version, hook)
         s.hook = hook
         states: list[tuple[State, Terminal]] = [(s, None)]
         for stage in stages:
@@ -237,6 +235,13 @@ class Tracer(ChainWalker):
                     following.extend(self._base(*stage.chains[0], st))
             states = following
         return states
+
+    def _hook_stages(self, version: int, hook: str) -> tuple[Stage, ...]:
+        key = (version, hook)
+        stages = self._stages.get(key)
+        if stages is None:
+            stages = self._stages[key] = hook_stages(self.ruleset, version, hook, self._bases)
+        return stages
 
     def _nat_stage(self, chains: tuple[tuple[Table, Chain], ...], k: int, s: State) -> list[tuple[State, Terminal]]:
         """The NAT chains of one hook in their order, until one set up the mapping (nf_nat_inet_fn)."""

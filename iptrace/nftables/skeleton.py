@@ -1,0 +1,238 @@
+"""Sharing the walk of small chains written alike: kube-proxy's ~50,000 `endpoint-…` chains are two rules each,
+`ip saddr EP jump mark-for-masquerade` and `meta l4proto tcp dnat to EP:PORT`, equal but for the endpoint's
+address and port. Every trace of a Service enters ten of them; walking (and first compiling) each costs more
+than the rest of the trace.
+
+A chain's *skeleton* is its rules' items with the parameters taken out: the address of an `ip saddr ADDR` /
+`ip daddr ADDR` equality test (evaluate.address_equals), and the address and port of a `dnat to ADDR[:PORT]`.
+Every other item must be equal. Chains with one skeleton share their recorded walks. The key of a branch is
+what each parameter test answers for it (with the chain's own addresses) and every branch field the items
+other than those tests — of the chain and of every chain it jumps or goes to — read, together with the fields
+the replay sets (marks, conntrack and NAT status, interfaces, hook): two branches with equal keys take the
+same path through the closure, rule by rule, so a walk recorded on one member replays on every other, with
+that member's own rules, Decisions and DNAT address and port. Only closures whose walk is a function of that
+key are shared: no numgen/hash draw, no set update, no dynamic set, no NAT outside the chain itself or to
+anything but a constant address; a walk that made an assumption (its text names a line) is not recorded.
+tests/test_nft_walk_properties.py compares shared and unshared walks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from operator import attrgetter
+from typing import Any
+
+from iptrace.dataplane import Decision
+from iptrace.nftables.evaluate import address_equals, reads
+from iptrace.nftables.model import Match, Nat, SetUpdate
+from iptrace.nftables.rules import FORK, NAT, UPDATE, CompiledRule
+from iptrace.nftables.state import Segment, State, cons_list
+
+MAX_RULES = 8  # chains with more rules are not worth a skeleton (kube-proxy's endpoint chains have 2 or 3)
+MEMO_SIZE = 4096
+# Fields a replay sets from the recording (so they are part of the key: the walk may have left them as found).
+_RESTORED = ("mark", "ct_mark", "notrack", "snat", "masq", "in_iface", "out_iface", "hook", "version", "proto")
+_NOT_RAW = frozenset({"dnat_by", "updates"})
+
+
+class RuleRef:
+    """A rule of a chain whose walk was replayed, as path entries and steps read it (rule, index, Decision)
+    without compiling it."""
+
+    __slots__ = ("decision", "index", "rule")
+
+    def __init__(self, rule: Any, index: int, decision: Decision) -> None:
+        self.rule = rule
+        self.index = index
+        self.decision = decision
+
+
+class Skeleton:
+    """One skeleton's key function and recorded walks (keyed by (parameter answers, fields))."""
+
+    __slots__ = ("key", "memo", "nested")
+
+    def __init__(self, nested: frozenset[Any], fields: tuple[str, ...]) -> None:
+        self.nested = nested  # the closure's other chains: one on the caller's stack makes a jump loop
+        getter = attrgetter(*fields)
+        self.key: Callable[[State], Any] = lambda s: (getter(s), s.dnat_by is None)
+        self.memo: dict[Any, Any] = {}
+
+
+def _signature(rules: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """The skeleton of a chain's rules (items with parameters replaced by their kind), or None when a rule has
+    something a replay could not restore."""
+    out: list[Any] = []
+    for rule in rules:
+        items = []
+        for item in rule.items:
+            t = type(item)
+            if t is Match and address_equals(item) is not None:
+                items.append(("addr", item.left))
+            elif t is Nat and item.kind == "dnat" and type(item.addr) is str and (
+                    item.port is None or type(item.port) is int):
+                items.append(("dnat", item.family, item.port is None, item.flags))
+            elif t is SetUpdate:
+                return None
+            else:
+                items.append(item)
+        out.append((tuple(items), rule.comment))
+    return tuple(out)
+
+
+def parameters(rules: tuple[Any, ...]) -> tuple[tuple[tuple[str, str], ...], dict[int, tuple[str, int | None]]]:
+    """A chain's own values of its skeleton's parameters: the address tests (field, address) in rule and item
+    order, and each rule's first DNAT (the one that acts: a NAT statement ends the rule) by rule index."""
+    tests: list[tuple[str, str]] = []
+    dnats: dict[int, tuple[str, int | None]] = {}
+    for i, rule in enumerate(rules):
+        for item in rule.items:
+            t = type(item)
+            if t is Match and address_equals(item) is not None:
+                tests.append(("src" if item.left.field == "saddr" else "dst", item.right))
+            elif t is Nat and item.kind == "dnat" and type(item.addr) is str and (
+                    item.port is None or type(item.port) is int):
+                dnats.setdefault(i, (item.addr, item.port))
+    return tuple(tests), dnats
+
+
+class Skeletons:
+    """The skeletons of one tracer's chains. `closure_fields(code)` is the walker's: the fields a chain's
+    closure reads besides the parameter tests, or None when the closure cannot be shared."""
+
+    def __init__(self, closure_fields: Callable[[Any, set[int]], tuple[set[str], frozenset[Any]] | None]) -> None:
+        self._closure_fields = closure_fields
+        self._by_signature: dict[Any, Skeleton | None] = {}
+        self._of_chain: dict[tuple[str, str], tuple[Skeleton, tuple[tuple[str, str], ...], dict[int, Any]] | None] = {}
+
+    def of(self, code: Any) -> tuple[Skeleton, tuple[tuple[str, str], ...], dict[int, Any]] | None:
+        found = self._of_chain.get(code.key, False)
+        if found is not False:
+            return found  # type: ignore[return-value]
+        found = None
+        rules = code.chain.rules
+        if 0 < len(rules) <= MAX_RULES and code.chain.base is None:
+            signature = _signature(rules)
+            # Only chains with parameters: a chain without is its skeleton's only member (memo.py's plans serve).
+            if signature is not None and any(type(i) is tuple for items, _ in signature for i in items):
+                key = (code.table.label, signature)
+                sk = self._by_signature.get(key, False)
+                if sk is False:
+                    sk = self._by_signature[key] = self._make(code)
+                if sk is not None:
+                    tests, dnats = parameters(rules)
+                    found = (sk, tests, dnats)
+        self._of_chain[code.key] = found
+        return found
+
+    def _make(self, code: Any) -> Skeleton | None:
+        param_items: set[int] = set()
+        for rule in code.chain.rules:
+            for item in rule.items:
+                if type(item) is Match and address_equals(item) is not None:
+                    param_items.add(id(item))
+        found = self._closure_fields(code, param_items)
+        if found is None:
+            return None
+        fields, nested = found
+        return Skeleton(nested, tuple(sorted((fields | set(_RESTORED)) - _NOT_RAW)))
+
+
+def closure_fields(code: Any, param_items: set[int], compiled: Callable[[Any, int], CompiledRule],
+                   targets: Callable[[Any, CompiledRule], list[Any]]) -> tuple[set[str], frozenset[Any]] | None:
+    """The fields the closure of `code` reads (items in `param_items` left out) and its other chains, or None
+    when its walk is not a function of them and the parameter answers (draws, set updates, dynamic sets, NAT
+    other than the chain's own constant DNAT)."""
+    fields: set[str] = set()
+    seen: set[Any] = set()
+    todo = [code]
+    count = 0
+    while todo:
+        current = todo.pop()
+        if current.key in seen:
+            continue
+        seen.add(current.key)
+        count += len(current.chain.rules)
+        if count > 64:
+            return None
+        for i in range(len(current.chain.rules)):
+            c = current.compiled[i] or compiled(current, i)
+            for item in c.rule.items:
+                if id(item) in param_items:
+                    continue
+                found = reads(item)
+                if found is None:
+                    return None
+                fields |= found
+            if any(getattr(t, "dynamic", False) for t in c.assumed):
+                return None
+            for op in c.ops:
+                if op[0] in (FORK, UPDATE):
+                    return None
+                if op[0] == NAT and op[1] not in ("snat", "masquerade"):
+                    item_ok = current is code and op[1] == "dnat" and op[5] is None and not op[6]
+                    if not item_ok:
+                        return None
+            todo.extend(targets(current, c))
+    return fields, frozenset(seen - {code.key})
+
+
+def record(results: list[tuple[State, Any]], before: tuple[Any, Any, str, int], code: Any,
+           ) -> list[tuple[Any, ...]] | None:
+    """A walk of member `code` from a branch with path, chains and assumptions emptied and share 1 whose
+    (accept, dnat_by, dst, dport) were `before` (the walk may have gone on with that very branch), with what is
+    the chain's own (its rules, by index) told from what is not; None when it cannot be replayed on another
+    member (an assumption made, a Decision of the chain's own that is not a rule's, a rewrite other than its
+    DNAT)."""
+    accept, dnat_by, dst, dport = before
+    own = {id(c.decision): c.index for c in code.compiled if c is not None}
+    out = []
+    for s, term in results:
+        if s.assumptions or s.accept is not accept or s.num != 1 or s.den != 1:
+            return None
+        path = tuple([(None, e[1].index, e[2], e[3]) if e[0] is code else e for e in cons_list(s.path)])
+        chains = tuple([None if key == code.key else key for key in cons_list(s.chains)])
+        nat = -1
+        if s.dnat_by is not dnat_by:
+            nat = own.get(id(s.dnat_by), -1)
+            if nat < 0:
+                return None
+        elif (s.dst, s.dport) != (dst, dport):
+            return None
+        at = -1
+        if term is not None and term[1] is not None:
+            at = own.get(id(term[1]), -1)
+            if at < 0 and term[1].chain == code.name:
+                return None
+        out.append((term, at, path, chains, s.mark, s.ct_mark, s.notrack, s.snat, s.masq, s.hook, s.in_iface,
+                    s.out_iface, nat))
+    return out
+
+
+def replay(recorded: list[tuple[Any, ...]], s: State, code: Any, dnats: dict[int, Any], ref: Callable[[Any, int], Any],
+           ) -> list[tuple[State, Any]]:
+    """The recorded walk on branch `s` entering member `code` (`dnats`: its DNAT parameters in order; `ref`:
+    the walker's (chain, index) → the rule as path entries hold it)."""
+    out = []
+    last = len(recorded) - 1
+    for i, (term, at, path, chains, mark, ct_mark, notrack, snat, masq, hook, in_iface, out_iface, nat) in \
+            enumerate(recorded):
+        st = s if i == last else s.copy()
+        if path:
+            entries = [(code, ref(code, e[1]), e[2], e[3]) if e[0] is None else e for e in path]
+            st.path = (Segment(entries) if len(entries) > 1 else entries[0], st.path)
+        if chains:
+            keys = [code.key if k is None else k for k in chains]
+            st.chains = (Segment(keys) if len(keys) > 1 else keys[0], st.chains)
+        st.mark, st.ct_mark, st.notrack, st.snat, st.masq = mark, ct_mark, notrack, snat, masq
+        st.hook, st.in_iface, st.out_iface = hook, in_iface, out_iface
+        if nat >= 0:
+            addr, port = dnats[nat]
+            st.dst = addr
+            if port is not None:
+                st.dport = port
+            st.dnat_by = ref(code, nat).decision
+        if at >= 0:
+            term = (term[0], ref(code, at).decision)
+        out.append((st, term))
+    return out

@@ -1,0 +1,84 @@
+"""Sharing the walk of chains written alike (iptrace/nftables/skeleton.py: kube-proxy's endpoint chains, equal
+but for the endpoint's address and port) changes nothing: over the nft sample dumps, kube-proxy's own fixtures
+(../shared/corpus/kube-proxy-nft) and synthesized Services, every way in from every kind of client, and every
+load-balancing chain entered directly, traces the same with sharing as a tracer with sharing off, path for path
+— and the sharing does happen (a later endpoint chain replays a walk recorded on an earlier one)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import synth
+from bench.synth_nft import render_nft
+from iptrace.dataplane import Packet, trace_to_json
+from iptrace.nftables import DATAPLANE, load
+from iptrace.nftables.model import Ruleset
+from iptrace.nftables.walk import Tracer
+from tests.nft_corpus import FIXTURES, read, texts
+
+SAMPLES = sorted(p for p in Path(__file__).resolve().parents[1].joinpath("sample_dumps").glob("*nft*")
+                 if p.suffix in (".nft", ".json"))
+NODE_IP = "192.168.0.10"
+
+
+def _sources(v6: bool, node: str) -> tuple[str, ...]:
+    if v6:
+        return ("fd00:10::2", "2001:db8:ff::9", "::1", node)
+    return ("10.244.3.3", "10.0.0.2", "203.0.113.9", "127.0.0.1", node)
+
+
+def _compare(ruleset: Ruleset, node_ips: list[str]) -> int:
+    """Every way in and load-balancing chain, shared against unshared; the number of skeleton replays."""
+    shared, plain = Tracer(ruleset, node_ips=node_ips), Tracer(ruleset, node_ips=node_ips, share=False)
+    compared = 0
+    for family in ruleset.families:
+        layout = DATAPLANE.layout(ruleset, family)
+        v6 = family == "ipv6"
+        node = next((ip for ip in node_ips if (":" in ip) == v6), "fd00::10" if v6 else NODE_IP)
+        endpoints = [w.address for _k, w in layout.ways if w.address][:3]
+        for _key, way in layout.ways:
+            for src in (*_sources(v6, node), *endpoints):
+                if (":" in src) != v6:
+                    continue
+                packet = Packet(src, way.address or node, way.port, way.protocol)
+                assert json.dumps(trace_to_json(shared.trace(packet))) == \
+                    json.dumps(trace_to_json(plain.trace(packet))), packet
+                compared += 1
+        for sp in layout.service_ports:
+            probe = next((w for w in sp.ways_in if w.address), None)
+            for chain in (sp.cluster_chain, sp.local_chain):
+                if chain is None or probe is None:
+                    continue
+                for src in _sources(v6, node):
+                    packet = Packet(src, probe.address, probe.port, sp.protocol)
+                    assert json.dumps(trace_to_json(shared.trace_chain(chain, packet))) == \
+                        json.dumps(trace_to_json(plain.trace_chain(chain, packet))), (chain, packet)
+    assert compared
+    return sum(len(sk.memo) for sk in shared._skeletons._by_signature.values() if sk is not None)
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=[p.name for p in SAMPLES])
+def test_sample_dumps_trace_the_same_with_and_without_sharing(path: Path) -> None:
+    ruleset = load(path.read_text(), source=str(path))
+    _compare(ruleset, [NODE_IP])
+
+
+@pytest.mark.skipif(not FIXTURES, reason="kube-proxy nftables corpus not found (../shared/corpus/kube-proxy-nft)")
+@pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
+def test_corpus_fixtures_trace_the_same_with_and_without_sharing(path: Path) -> None:
+    data = read(path)
+    for text in texts(data).values():
+        _compare(load(text), list(data["node_ips"]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_synthesized_services_share_endpoint_walks_and_trace_the_same(seed: int) -> None:
+    specs = synth.scale(30, 4, seed=seed)
+    text = render_nft(specs, node_ips=[NODE_IP], pod_cidr="10.244.0.0/16", service_cidrs=["10.96.0.0/12"],
+                      form="list")
+    recorded = _compare(load(text), [NODE_IP])
+    endpoint_chains = sum(len(s.endpoints) for s in specs for _ in s.ports)
+    assert 0 < recorded < endpoint_chains  # walks recorded once per skeleton and key, replayed on the others
