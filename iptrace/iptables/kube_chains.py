@@ -5,12 +5,13 @@ the whole dump. Pure."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Container, Mapping
 
 from iptrace.iptables.facts import RuleFacts, read
 from iptrace.iptables.hashes import SERVICE_PORT_CHAIN_PREFIXES
-from iptrace.iptables.model import Chain, Ruleset
+from iptrace.iptables.model import Chain, Ruleset, Table
 
 MASQ_CHAIN = "KUBE-MARK-MASQ"
 NODEPORTS = "KUBE-NODEPORTS"
@@ -83,7 +84,7 @@ class KubeChains:
             self.nat_chains = nat.by_name
             names = "\n".join([chain.name for chain in nat.chains])
             self.service_chains = {name: (prefix, key) for name, prefix, key in _SERVICE_CHAIN.findall(names)}
-            self.endpoint_ips = _Hairpins(self._hairpin_texts)
+            self.endpoint_ips = _Hairpins(functools.partial(_hairpin_texts, nat))  # (not a method: no cycle)
             for name in self._EAGER:
                 self.facts(name)
         if filt is not None:
@@ -100,11 +101,6 @@ class KubeChains:
             self._sep_chains = {c.name: c for c in nat.chains if c.name.startswith(SEP)} if nat is not None else {}
         return self._sep_chains
 
-    def _hairpin_texts(self) -> list[str]:
-        # kube-proxy writes the hairpin rule first
-        chains = self._sep_chains.values() if self._sep_chains is not None else self._nat.chains if self._nat else ()
-        return [chain.rules[0][1] for chain in chains if chain.rules and chain.name.startswith(SEP)]
-
     def facts(self, name: str) -> list[RuleFacts]:
         """The rules of nat chain `name` (empty when the dump has no such chain)."""
         found = self._facts.get(name)
@@ -112,3 +108,8 @@ class KubeChains:
             chain = self.nat_chains.get(name)
             found = self._facts[name] = [read(r) for r in chain.rules] if chain is not None else []
         return found
+
+
+def _hairpin_texts(nat: Table) -> list[str]:
+    """The first rule of every endpoint chain: kube-proxy writes the hairpin rule first."""
+    return [chain.rules[0][1] for chain in nat.chains if chain.rules and chain.name.startswith(SEP)]
