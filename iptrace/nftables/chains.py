@@ -7,6 +7,7 @@ of this; nothing here knows about hooks or kube-proxy.
 from __future__ import annotations
 
 import itertools
+import weakref
 from typing import Any
 
 from iptrace.dataplane import Decision
@@ -100,9 +101,21 @@ class ChainWalker:
             (t.family, t.name): TableCode(t) for t in ruleset.tables}
         self._chain_plans: dict[tuple[str, str], Plan | None] = {}
         self._entered: dict[tuple[str, str], int] = {}
-        self._skeletons = Skeletons(lambda code, params: closure_fields(code, params, self._compiled,
-                                                                         self._targets))
+        walker = weakref.ref(self)  # (the skeletons belong to this walker: no reference cycle through them)
+
+        def fields(code: ChainCode, params: Any) -> Any:
+            me = walker()
+            assert me is not None
+            return closure_fields(code, params, me._compiled, me._targets)
+
+        self._skeletons = Skeletons(fields)
         self.plan_after = PLAN_AFTER
+
+    def release(self) -> None:
+        """Forget the compiled chains (an audit calls this when a node is done): a table's code and its chains'
+        code refer to each other, and would leave the whole ruleset to the cyclic collector."""
+        for table in self._tables.values():
+            table.chains.clear()
 
     def _compiled(self, code: ChainCode, i: int) -> CompiledRule:
         rule = code.chain.rules[i]
