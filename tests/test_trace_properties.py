@@ -350,3 +350,17 @@ def test_kube_proxy_branches_share_the_walk_after_dnat() -> None:
                    for ip, port, proto in targets if ip.startswith("10.96."))
     recorded = sum(len(plan.memo) for plan in tracer._plans.values() if plan is not None)
     assert branches > 50 and recorded * 5 < branches
+
+
+def test_replay_in_place_takes_every_keyed_field() -> None:
+    """memo.replay gives its last branch the incoming state itself: `_keyed_from` must copy every keyed field,
+    and every other field of a State must be one the replay takes from the branch or sets itself."""
+    from iptrace.iptables.memo import KEYED_FIELDS, _keyed_from
+
+    template, s = State(1, 2, 3, 4, 6, "eth0"), State(5, 6, 7, 8, 17, None)
+    for k, name in enumerate(KEYED_FIELDS):
+        setattr(template, name, ("value", k))
+    _keyed_from(s, template)
+    assert all(getattr(s, name) == ("value", k) for k, name in enumerate(KEYED_FIELDS))
+    own = {"src", "sport", "dst", "dport", "orig_dst", "orig_dport", "dnat_by", "recent"}
+    assert set(State.__slots__) == set(KEYED_FIELDS) | own | {"assumptions", "path", "chains", "prob"}

@@ -32,6 +32,7 @@ _OUTPUT = (("raw", "OUTPUT"), ("mangle", "OUTPUT"), ("nat", "OUTPUT"), ("filter"
            ("security", "OUTPUT"))
 # OUTPUT up to its DNAT (not shared: it rewrites destinations) and after it (shared between the branches).
 _OUTPUT_NAT, _OUTPUT_FILTER = _OUTPUT[:3], _OUTPUT[3:]
+_FORWARD_POSTROUTING = _FORWARD + _POSTROUTING
 # A node-to-itself packet comes back in through lo; its NAT bindings were made on the way out, so the nat
 # table is not consulted again (nf_nat_inet_fn: one binding per manipulation type).
 _LOOPBACK_IN = (("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("mangle", "INPUT"), ("filter", "INPUT"),
@@ -155,20 +156,25 @@ class Tracer(ChainWalker):
             found = self._policies[key] = Decision(table, chain, policy=policy)
         return found
 
-    def _stages(self, s: State, stages: Sequence[tuple[str, str]],
+    def _stages(self, s: State, stages: tuple[tuple[str, str], ...],
                 then: Callable[[State], list[tuple[State, Terminal]]] | None = None,
                 ) -> list[tuple[State, Terminal]]:
-        stages = self._effective(stages)
-        if then is not None:
-            # The stages' walk (shared when it can be), then `then` on every branch that went through them
-            # (what `_walk_stages(…, then)` does, in the same order).
-            out: list[tuple[State, Terminal]] = []
-            for s2, terminal in self._stages(s, stages):
-                if terminal is not None:
-                    out.append((s2, terminal))
-                else:
-                    out.extend(then(s2))
-            return out
+        effective = self._effective_stages.get(stages)
+        results = self._shared_stages(s, effective if effective is not None else self._effective(stages))
+        if then is None:
+            return results
+        # The stages' walk (shared when it can be), then `then` on every branch that went through them (what
+        # `_walk_stages(…, then)` does, in the same order).
+        out: list[tuple[State, Terminal]] = []
+        for s2, terminal in results:
+            if terminal is not None:
+                out.append((s2, terminal))
+            else:
+                out.extend(then(s2))
+        return out
+
+    def _shared_stages(self, s: State, stages: tuple[tuple[str, str], ...]) -> list[tuple[State, Terminal]]:
+        """The walk through `stages` (effective ones), replayed from the stage memo when it can be."""
         if self.share:
             plan = self._plans.get(stages, False)
             if plan is False:
@@ -209,7 +215,7 @@ class Tracer(ChainWalker):
     def _after_prerouting(self, s: State) -> list[tuple[State, Terminal]]:
         if self.ctx.is_local(s.dst):
             return self._stages(s, _LOCAL_IN)
-        return self._stages(s, _FORWARD + _POSTROUTING)
+        return self._stages(s, _FORWARD_POSTROUTING)
 
     def _after_output(self, s: State) -> list[tuple[State, Terminal]]:
         if not self.ctx.is_local(s.dst):
