@@ -127,7 +127,7 @@ class ChainPlan:
     replays on the next one with that shape. `own` holds the walks that cannot be told by position (they made
     assumptions, which name rules' lines), for this closure only."""
 
-    __slots__ = ("_decisions", "_key", "_positions", "chains", "compiled", "memo", "own")
+    __slots__ = ("_decisions", "_key", "_positions", "_resolved", "chains", "compiled", "memo", "own")
 
     def __init__(self, fields: Iterable[str], raw: Iterable[str], src_nets: Sequence[tuple[int, int]],
                  dst_nets: Sequence[tuple[int, int]], compiled: Sequence[Any] = (),
@@ -138,6 +138,8 @@ class ChainPlan:
         self.chains = tuple(chains)
         self._positions: dict[int, int] | None = None
         self._decisions: dict[int, int] | None = None
+        # id(walk recorded by position) -> (that walk, its branches resolved for this closure): see replay_positional
+        self._resolved: dict[int, tuple[tuple[Positional, ...], tuple[Resolved, ...]]] = {}
         self._key = _key_function(sorted(set(fields)), sorted(set(raw)), src_nets, dst_nets)
 
     def key(self, s: Any) -> Any:
@@ -243,38 +245,63 @@ def record_positional(results: Sequence[tuple[Any, Any]], start: Any, plan: Chai
     return tuple(out)
 
 
-def replay_positional(recorded: tuple[Positional, ...], s: Any, written: tuple[str, ...], plan: ChainPlan,
-                      ) -> list[tuple[Any, Any]]:
-    """The recorded branches on branch `s`, with the rules, chains and Decisions of `plan`'s closure."""
-    out = []
-    num, den = s.prob
-    single = len(recorded) == 1
+# A positional branch resolved for one closure: (written fields' values, DNAT (address, port, Decision) or None,
+# path items oldest first, chains entered oldest first, probability factor (num, den), terminal)
+Resolved = tuple[tuple[Any, ...], Any, tuple[Any, ...], tuple[Any, ...], int, int, Any]
+
+
+def _resolve(recorded: tuple[Positional, ...], plan: ChainPlan) -> tuple[Resolved, ...]:
+    """The recorded branches with the rules, chains and Decisions of `plan`'s closure in place of positions."""
     compiled = plan.compiled
     chains = plan.chains
+    out = []
     for values, items, entered, fnum, fden, verdict, at, wrote in recorded:
-        new = s if single else s.copy()
-        for name, value in zip(written, values, strict=True):
-            setattr(new, name, compiled[value.position].decision if type(value) is _At else value)
+        dnat = None
         if wrote:
             c = compiled[at]
-            addr, port = c.arg
+            dnat = (*c.arg, c.decision)
+        out.append((tuple([compiled[v.position].decision if type(v) is _At else v for v in values]), dnat,
+                    tuple([compiled[k] for k in items]), tuple([chains[j] for j in entered]), fnum, fden,
+                    None if verdict is None else (verdict, compiled[at].decision)))
+    return tuple(out)
+
+
+def replay_positional(recorded: tuple[Positional, ...], s: Any, written: tuple[str, ...], plan: ChainPlan,
+                      ) -> list[tuple[Any, Any]]:
+    """The recorded branches on branch `s`, with the rules, chains and Decisions of `plan`'s closure (resolved
+    once per closure and recorded walk: a closure is entered for every way in and kind of client). The last
+    branch is `s` itself (the caller hands it over)."""
+    found = plan._resolved.get(id(recorded))
+    if found is None or found[0] is not recorded:
+        found = plan._resolved[id(recorded)] = (recorded, _resolve(recorded, plan))
+    branches = found[1]
+    out = []
+    num, den = s.prob
+    path0, chains0 = s.path, s.chains
+    last = len(branches) - 1
+    for k, (values, dnat, items, entered, fnum, fden, terminal) in enumerate(branches):
+        new = s if k == last else s.copy()
+        for name, value in zip(written, values, strict=True):
+            setattr(new, name, value)
+        if dnat is not None:
+            addr, port, decision = dnat
             if addr is not None:
                 new.dst = addr
             if port is not None:
                 new.dport = port
             new.dnat = True
-            new.dnat_by = c.decision
-        path = s.path
-        for k in items:
-            path = (compiled[k], path)
+            new.dnat_by = decision
+        path = path0
+        for c in items:
+            path = (c, path)
         new.path = path
-        cell = s.chains
-        for j in entered:
-            cell = (chains[j], cell)
+        cell = chains0
+        for key in entered:
+            cell = (key, cell)
         new.chains = cell
         if fnum != fden:
             new.prob = (num * fnum, den * fden)
-        out.append((new, None if verdict is None else (verdict, compiled[at].decision)))
+        out.append((new, terminal))
     return out
 
 

@@ -52,6 +52,8 @@ FRAGMENT_ASSUMPTION = (
 
 # Recorded walks kept per stage sequence (a few per distinct mark/conntrack state in practice).
 MEMO_SIZE = 4096
+# Final destinations kept as text (a Service view reaches each endpoint from every way in and kind of client).
+FINALS_SIZE = 65536
 
 
 
@@ -89,6 +91,7 @@ class Tracer(ChainWalker):
         self._plan_stages_after = PLAN_STAGES_AFTER
         self.entry: Entry = "hooks" if _wired(ruleset) else "kube-proxy"
         self._probabilities: dict[tuple[int, int], tuple[Fraction, float]] = {}
+        self._finals: dict[tuple[int, int], str] = {}  # (address, port) -> "ip:port" (an endpoint's, many times)
         self._policies: dict[tuple[str, str, str], Decision] = {}
         self._effective_stages: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
         # chain -> True (entered once), its plan, or None (not shared)
@@ -346,7 +349,12 @@ class Tracer(ChainWalker):
             fragment = self.entry == "kube-proxy"
         decided: Decision | None
         destination = None
-        final = join_host_port(format_ip(s.dst, self.version), s.dport)
+        finals = self._finals
+        final = finals.get((s.dst, s.dport))
+        if final is None:
+            if len(finals) >= FINALS_SIZE:
+                finals.clear()
+            final = finals[(s.dst, s.dport)] = join_host_port(format_ip(s.dst, self.version), s.dport)
         if terminal is not None and terminal[0] in ("DROP", "REJECT"):
             verdict, decided = terminal
         elif fragment and s.mark_drop is not None:
