@@ -152,12 +152,18 @@ class StagePlan:
 def _getter(always: Callable[[Any], Any], optional: Callable[[Any], Any] | None,
             tests: Sequence[tuple[str, tuple[tuple[int, int], ...]]] = ()) -> Callable[[Any], tuple[Any, ...]]:
     if tests:
+        # Which network of each address contains it: a tuple of bits per address, in the order of `tests`.
         nets = tuple((attrgetter(attr), members) for attr, members in tests)
+        if len(nets) == 1:
+            (get, members), = nets
+            if optional is None:
+                return lambda s: (always(s), None, (tuple([get(s) & mask == net for net, mask in members]),))
+            return lambda s: (always(s), optional(s), (tuple([get(s) & mask == net for net, mask in members]),))
         if optional is None:
-            return lambda s: (always(s), None, tuple(
-                tuple(a & mask == net for net, mask in members) for a, members in ((get(s), m) for get, m in nets)))
-        return lambda s: (always(s), optional(s), tuple(
-            tuple(a & mask == net for net, mask in members) for a, members in ((get(s), m) for get, m in nets)))
+            return lambda s: (always(s), None, tuple([
+                tuple([a & mask == net for net, mask in members]) for a, members in [(get(s), m) for get, m in nets]]))
+        return lambda s: (always(s), optional(s), tuple([
+            tuple([a & mask == net for net, mask in members]) for a, members in [(get(s), m) for get, m in nets]]))
     if optional is None:
         return lambda s: (always(s), None)
     return lambda s: (always(s), optional(s))

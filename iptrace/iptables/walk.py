@@ -57,6 +57,28 @@ FINALS_SIZE = 65536
 
 
 
+# Outcome's slots in the order of its __init__'s parameters (service, path and chains are stored as given).
+_OUTCOME_SLOTS = ("verdict", "destination", "probability", "masquerade", "_service", "decided_by", "_path",
+                  "exact_probability", "original_destination", "final_destination", "_chains", "assumptions")
+
+
+def _outcome_constructor() -> Callable[..., Outcome]:
+    """`Outcome(…)` with every argument given, through its slots' own descriptors rather than its __init__'s
+    `object.__setattr__` calls: a Service view builds ~2·10^5 outcomes, and this halves what each costs
+    (tests/test_trace_properties.py checks it against the real constructor)."""
+    namespace: dict[str, object] = {"_new": object.__new__, "cls": Outcome}
+    lines = [f"def new({', '.join(_OUTCOME_SLOTS)}):", "    self = _new(cls)"]
+    for i, name in enumerate(_OUTCOME_SLOTS):
+        namespace[f"_set{i}"] = getattr(Outcome, name).__set__
+        lines.append(f"    _set{i}(self, {name})")
+    lines.append("    return self")
+    exec("\n".join(lines), namespace)
+    return namespace["new"]  # type: ignore[return-value]
+
+
+_new_outcome = _outcome_constructor()
+
+
 def _wired(ruleset: Ruleset) -> bool:
     """Whether the dump's built-in chains carry the traffic (else a kube-proxy fragment)."""
     for table in ruleset.tables:
@@ -380,10 +402,10 @@ class Tracer(ChainWalker):
                 self._probabilities.clear()
             self._probabilities[s.prob] = probability
         # Steps, chains and the Service label are built only when read (most outcomes of a Service view never are).
-        return Outcome(verdict, destination, probability[1], masquerade,  # type: ignore[arg-type]
-                       lambda: self._service(compiled_path(path_cell)), decided,
-                       lambda: tuple(self._step(c) for c in compiled_path(path_cell)), probability[0],
-                       original, final, lambda: chain_list(chains_cell), s.assumptions)
+        return _new_outcome(verdict, destination, probability[1], masquerade,
+                            lambda: self._service(compiled_path(path_cell)), decided,
+                            lambda: tuple(self._step(c) for c in compiled_path(path_cell)), probability[0],
+                            original, final, lambda: chain_list(chains_cell), s.assumptions)
 
 
 _CACHE: list[tuple[Ruleset, tuple[Any, ...], Tracer]] = []
