@@ -219,7 +219,7 @@ def replay(recorded: tuple[Recorded, ...], s: Any, keyed_recent: bool) -> list[t
             new.dnat_by = s.dnat_by
             if not keyed_recent:
                 new.recent = s.recent
-        new.assumptions = merged_assumptions(s.assumptions, made)
+        new.assumptions = merged_assumptions(s.assumptions, made) if made else s.assumptions
         new.path = cons_push(s.path, items)
         new.chains = cons_push(s.chains, entered)
         new.prob = (num * fnum, den * fden)
