@@ -253,15 +253,19 @@ Resolved = tuple[tuple[Any, ...], Any, tuple[Any, ...], tuple[Any, ...], int, in
 def _resolve(recorded: tuple[Positional, ...], plan: ChainPlan) -> tuple[Resolved, ...]:
     """The recorded branches with the rules, chains and Decisions of `plan`'s closure in place of positions."""
     compiled = plan.compiled
-    chains = plan.chains
+    rule_at = compiled.__getitem__
+    chain_at = plan.chains.__getitem__
     out = []
     for values, items, entered, fnum, fden, verdict, at, wrote in recorded:
+        for value in values:
+            if type(value) is _At:
+                values = tuple([compiled[v.position].decision if type(v) is _At else v for v in values])
+                break
         dnat = None
         if wrote:
             c = compiled[at]
             dnat = (*c.arg, c.decision)
-        out.append((tuple([compiled[v.position].decision if type(v) is _At else v for v in values]), dnat,
-                    tuple([compiled[k] for k in items]), tuple([chains[j] for j in entered]), fnum, fden,
+        out.append((values, dnat, tuple(map(rule_at, items)), tuple(map(chain_at, entered)), fnum, fden,
                     None if verdict is None else (verdict, compiled[at].decision)))
     return tuple(out)
 
