@@ -127,7 +127,7 @@ class ChainPlan:
     replays on the next one with that shape. `own` holds the walks that cannot be told by position (they made
     assumptions, which name rules' lines), for this closure only."""
 
-    __slots__ = ("_decisions", "_key", "_positions", "_resolved", "chains", "compiled", "memo", "own")
+    __slots__ = ("_decisions", "_key", "_positions", "chains", "compiled", "memo", "own")
 
     def __init__(self, fields: Iterable[str], raw: Iterable[str], src_nets: Sequence[tuple[int, int]],
                  dst_nets: Sequence[tuple[int, int]], compiled: Sequence[Any] = (),
@@ -138,8 +138,6 @@ class ChainPlan:
         self.chains = tuple(chains)
         self._positions: dict[int, int] | None = None
         self._decisions: dict[int, int] | None = None
-        # id(walk recorded by position) -> (that walk, its branches resolved for this closure): see replay_positional
-        self._resolved: dict[int, tuple[tuple[Positional, ...], tuple[Resolved, ...]]] = {}
         self._key = _key_function(sorted(set(fields)), sorted(set(raw)), src_nets, dst_nets)
 
     def key(self, s: Any) -> Any:
@@ -245,67 +243,40 @@ def record_positional(results: Sequence[tuple[Any, Any]], start: Any, plan: Chai
     return tuple(out)
 
 
-# A positional branch resolved for one closure: (written fields' values, DNAT (address, port, Decision) or None,
-# path items oldest first, chains entered oldest first, probability factor (num, den), terminal)
-Resolved = tuple[tuple[Any, ...], Any, tuple[Any, ...], tuple[Any, ...], int, int, Any]
-
-
-def _resolve(recorded: tuple[Positional, ...], plan: ChainPlan) -> tuple[Resolved, ...]:
-    """The recorded branches with the rules, chains and Decisions of `plan`'s closure in place of positions."""
-    compiled = plan.compiled
-    rule_at = compiled.__getitem__
-    chain_at = plan.chains.__getitem__
-    out = []
-    for values, items, entered, fnum, fden, verdict, at, wrote in recorded:
-        for value in values:
-            if type(value) is _At:
-                values = tuple([compiled[v.position].decision if type(v) is _At else v for v in values])
-                break
-        dnat = None
-        if wrote:
-            c = compiled[at]
-            dnat = (*c.arg, c.decision)
-        out.append((values, dnat, tuple(map(rule_at, items)), tuple(map(chain_at, entered)), fnum, fden,
-                    None if verdict is None else (verdict, compiled[at].decision)))
-    return tuple(out)
-
-
 def replay_positional(recorded: tuple[Positional, ...], s: Any, written: tuple[str, ...], plan: ChainPlan,
                       ) -> list[tuple[Any, Any]]:
-    """The recorded branches on branch `s`, with the rules, chains and Decisions of `plan`'s closure (resolved
-    once per closure and recorded walk: a closure is entered for every way in and kind of client). The last
+    """The recorded branches on branch `s`, with the rules, chains and Decisions of `plan`'s closure. The last
     branch is `s` itself (the caller hands it over)."""
-    found = plan._resolved.get(id(recorded))
-    if found is None or found[0] is not recorded:
-        found = plan._resolved[id(recorded)] = (recorded, _resolve(recorded, plan))
-    branches = found[1]
     out = []
     num, den = s.prob
     path0, chains0 = s.path, s.chains
-    last = len(branches) - 1
-    for k, (values, dnat, items, entered, fnum, fden, terminal) in enumerate(branches):
+    compiled = plan.compiled
+    chains = plan.chains
+    last = len(recorded) - 1
+    for k, (values, items, entered, fnum, fden, verdict, at, wrote) in enumerate(recorded):
         new = s if k == last else s.copy()
         for name, value in zip(written, values, strict=True):
-            setattr(new, name, value)
-        if dnat is not None:
-            addr, port, decision = dnat
+            setattr(new, name, compiled[value.position].decision if type(value) is _At else value)
+        if wrote:
+            c = compiled[at]
+            addr, port = c.arg
             if addr is not None:
                 new.dst = addr
             if port is not None:
                 new.dport = port
             new.dnat = True
-            new.dnat_by = decision
+            new.dnat_by = c.decision
         path = path0
-        for c in items:
-            path = (c, path)
+        for i in items:
+            path = (compiled[i], path)
         new.path = path
         cell = chains0
-        for key in entered:
-            cell = (key, cell)
+        for j in entered:
+            cell = (chains[j], cell)
         new.chains = cell
         if fnum != fden:
             new.prob = (num * fnum, den * fden)
-        out.append((new, terminal))
+        out.append((new, None if verdict is None else (verdict, compiled[at].decision)))
     return out
 
 

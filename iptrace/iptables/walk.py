@@ -52,8 +52,9 @@ FRAGMENT_ASSUMPTION = (
 
 # Recorded walks kept per stage sequence (a few per distinct mark/conntrack state in practice).
 MEMO_SIZE = 4096
-# Final destinations kept as text (a Service view reaches each endpoint from every way in and kind of client).
-FINALS_SIZE = 65536
+# Final destinations kept as text (a Service view reaches each endpoint from every way in and kind of client,
+# one Service after the other).
+FINALS_SIZE = 4096
 
 
 
