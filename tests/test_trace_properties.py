@@ -350,3 +350,32 @@ def test_kube_proxy_branches_share_the_walk_after_dnat() -> None:
                    for ip, port, proto in targets if ip.startswith("10.96."))
     recorded = sum(len(plan.memo) for plan in tracer._plans.values() if plan is not None)
     assert branches > 50 and recorded * 5 < branches
+
+
+def test_replay_in_place_takes_every_keyed_field() -> None:
+    """memo.replay gives its last branch the incoming state itself: `_keyed_from` must copy every keyed field,
+    and every other field of a State must be one the replay takes from the branch or sets itself."""
+    from iptrace.iptables.memo import KEYED_FIELDS, _keyed_from
+
+    template, s = State(1, 2, 3, 4, 6, "eth0"), State(5, 6, 7, 8, 17, None)
+    for k, name in enumerate(KEYED_FIELDS):
+        setattr(template, name, ("value", k))
+    _keyed_from(s, template)
+    assert all(getattr(s, name) == ("value", k) for k, name in enumerate(KEYED_FIELDS))
+    own = {"src", "sport", "dst", "dport", "orig_dst", "orig_dport", "dnat_by", "recent"}
+    assert set(State.__slots__) == set(KEYED_FIELDS) | own | {"assumptions", "path", "chains", "prob"}
+
+
+def test_fast_outcome_constructor_sets_what_outcome_init_sets() -> None:
+    """walk._new_outcome stores through Outcome's slots: every slot ends up as Outcome(…) stores it."""
+    from fractions import Fraction
+
+    from iptrace.dataplane import Decision, Outcome
+    from iptrace.iptables.walk import _OUTCOME_SLOTS, _new_outcome
+
+    args = ("DNAT", "10.0.0.1:80", 0.25, True, lambda: "ns/svc:p", Decision("nat", "KUBE-SEP-X", 7), lambda: (),
+            Fraction(1, 4), "10.96.0.1:80", "10.0.0.1:80", lambda: (("nat", "KUBE-SEP-X"),), ("a note",))
+    fast, slow = _new_outcome(*args), Outcome(*args)
+    assert set(_OUTCOME_SLOTS) == set(Outcome.__slots__)
+    assert all(getattr(fast, name) is getattr(slow, name) for name in Outcome.__slots__)
+    assert fast == slow and fast.service == "ns/svc:p" and fast.chains == (("nat", "KUBE-SEP-X"),)

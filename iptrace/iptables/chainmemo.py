@@ -245,14 +245,16 @@ def record_positional(results: Sequence[tuple[Any, Any]], start: Any, plan: Chai
 
 def replay_positional(recorded: tuple[Positional, ...], s: Any, written: tuple[str, ...], plan: ChainPlan,
                       ) -> list[tuple[Any, Any]]:
-    """The recorded branches on branch `s`, with the rules, chains and Decisions of `plan`'s closure."""
+    """The recorded branches on branch `s`, with the rules, chains and Decisions of `plan`'s closure. The last
+    branch is `s` itself (the caller hands it over)."""
     out = []
     num, den = s.prob
-    single = len(recorded) == 1
+    path0, chains0 = s.path, s.chains
     compiled = plan.compiled
     chains = plan.chains
-    for values, items, entered, fnum, fden, verdict, at, wrote in recorded:
-        new = s if single else s.copy()
+    last = len(recorded) - 1
+    for k, (values, items, entered, fnum, fden, verdict, at, wrote) in enumerate(recorded):
+        new = s if k == last else s.copy()
         for name, value in zip(written, values, strict=True):
             setattr(new, name, compiled[value.position].decision if type(value) is _At else value)
         if wrote:
@@ -264,11 +266,11 @@ def replay_positional(recorded: tuple[Positional, ...], s: Any, written: tuple[s
                 new.dport = port
             new.dnat = True
             new.dnat_by = c.decision
-        path = s.path
-        for k in items:
-            path = (compiled[k], path)
+        path = path0
+        for i in items:
+            path = (compiled[i], path)
         new.path = path
-        cell = s.chains
+        cell = chains0
         for j in entered:
             cell = (chains[j], cell)
         new.chains = cell

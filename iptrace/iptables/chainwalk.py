@@ -165,8 +165,7 @@ class ChainWalker(Compiler):
     def _chain_plan(self, code: ChainCode) -> tuple[chainmemo.ChainPlan, tuple[str, ...]] | None:
         """How to key the walk of `code`'s closure, or None when it cannot be shared (see chainmemo.py); with
         the memo of every closure of its shape."""
-        fields: set[str] = set()
-        raw: set[str] = set()
+        accesses: dict[int, chainmemo.Access] = {}  # (kube-proxy's rules share a handful of Access objects)
         src_nets: list[tuple[int, int]] = []
         dst_nets: list[tuple[int, int]] = []
         order = [code]
@@ -175,24 +174,29 @@ class ChainWalker(Compiler):
         shape: list[object] = [code.table]
         count = 0
         split = False
+        compile_rule = self._compile
         for chain in order:  # (grows: the closure's chains in the order their first jump is met)
-            count += len(chain.rules)
+            rules = chain.rules
+            count += len(rules)
             if chain.index is not None or count > chainmemo.MAX_CLOSURE_RULES:
                 return None
-            shape.append(len(chain.rules))
-            for i in range(len(chain.rules)):
-                c = chain.compiled[i] or self._compile(chain, i)
+            shape.append(len(rules))
+            for i, c in enumerate(chain.compiled):
+                if c is None:
+                    c = compile_rule(chain, i)
                 access = c.access
                 if access is None or not access.known:
                     return None
                 compiled.append(c)
-                fields |= access.fields
-                raw |= access.raw
-                split = split or c.probability is not None
-                if c.src is not None:
-                    src_nets.append((c.src[0], c.src[1]))
-                if c.dst is not None:
-                    dst_nets.append((c.dst[0], c.dst[1]))
+                accesses[id(access)] = access
+                if c.probability is not None:
+                    split = True
+                net = c.src
+                if net is not None:
+                    src_nets.append((net[0], net[1]))
+                net = c.dst
+                if net is not None:
+                    dst_nets.append((net[0], net[1]))
                 action = c.action
                 target: object = action
                 if action == JUMP or action == GOTO:
@@ -217,6 +221,11 @@ class ChainWalker(Compiler):
                               c.never, target))
         if count < 8 and not split:
             return None  # a closure this small walks faster than its key is computed and its walk replayed
+        fields: set[str] = set()
+        raw: set[str] = set()
+        for access in accesses.values():
+            fields |= access.fields
+            raw |= access.raw
         fields.add("proto")  # every port test reads it
         written = tuple(sorted(fields - {"proto", "hook", "local_origin", "in_iface", "out_iface"}))
         key = tuple(shape)

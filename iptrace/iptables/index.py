@@ -99,15 +99,21 @@ def rule_key(rule: Rule, version: int, cache: dict[object, Structure], plans: di
     return _planned_key(plan, tokens if tokens is not None else fast_tokens(rule.text), version)
 
 
+# Merged candidate lists kept per index.
+MERGED_SIZE = 4096
+
+
 class ChainIndex:
     """Candidate rule positions for a packet (protocol, destination port, destination address)."""
 
-    __slots__ = ("by_host", "by_port", "rest")
+    __slots__ = ("_merged", "by_host", "by_port", "rest")
 
     def __init__(self) -> None:
         self.by_port: dict[Key, list[int]] = {}
         self.by_host: dict[int, list[int]] = {}
         self.rest: list[int] = []
+        # (proto, dport, dst) -> merged candidates (a Service view asks for each address once per kind of client)
+        self._merged: dict[tuple[int, int, int], list[int]] = {}
 
     @classmethod
     def build(cls, rules: Sequence[Rule], version: int, cache: dict[object, Structure] | None = None,
@@ -138,4 +144,10 @@ class ChainIndex:
                              self.by_host.get(dst), self.rest) if p]
         if len(parts) <= 1:
             return parts[0] if parts else []
-        return list(heapq.merge(*parts))
+        key = (proto, dport, dst)
+        found = self._merged.get(key)
+        if found is None:
+            if len(self._merged) >= MERGED_SIZE:
+                self._merged.clear()
+            found = self._merged[key] = list(heapq.merge(*parts))
+        return found  # (callers only read candidate lists)

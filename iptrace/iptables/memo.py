@@ -152,12 +152,18 @@ class StagePlan:
 def _getter(always: Callable[[Any], Any], optional: Callable[[Any], Any] | None,
             tests: Sequence[tuple[str, tuple[tuple[int, int], ...]]] = ()) -> Callable[[Any], tuple[Any, ...]]:
     if tests:
+        # Which network of each address contains it: a tuple of bits per address, in the order of `tests`.
         nets = tuple((attrgetter(attr), members) for attr, members in tests)
+        if len(nets) == 1:
+            (get, members), = nets
+            if optional is None:
+                return lambda s: (always(s), None, (tuple([get(s) & mask == net for net, mask in members]),))
+            return lambda s: (always(s), optional(s), (tuple([get(s) & mask == net for net, mask in members]),))
         if optional is None:
-            return lambda s: (always(s), None, tuple(
-                tuple(a & mask == net for net, mask in members) for a, members in ((get(s), m) for get, m in nets)))
-        return lambda s: (always(s), optional(s), tuple(
-            tuple(a & mask == net for net, mask in members) for a, members in ((get(s), m) for get, m in nets)))
+            return lambda s: (always(s), None, tuple([
+                tuple([a & mask == net for net, mask in members]) for a, members in [(get(s), m) for get, m in nets]]))
+        return lambda s: (always(s), optional(s), tuple([
+            tuple([a & mask == net for net, mask in members]) for a, members in [(get(s), m) for get, m in nets]]))
     if optional is None:
         return lambda s: (always(s), None)
     return lambda s: (always(s), optional(s))
@@ -191,26 +197,52 @@ def record(results: Sequence[tuple[Any, Any]], path: Any, chains: Any, prob: tup
 
 
 def replay(recorded: tuple[Recorded, ...], s: Any, keyed_recent: bool) -> list[tuple[Any, Any]]:
-    """The recorded branches on state `s`: its unkeyed fields (and `dnat_by`), the recorded rest."""
+    """The recorded branches on state `s`: its unkeyed fields (and `dnat_by`), the recorded rest. The last
+    branch is `s` itself, given the recorded keyed fields (the caller hands `s` over, as to a walk)."""
     out = []
     num, den = s.prob
-    for template, items, entered, fnum, fden, made, terminal in recorded:
-        new = template.copy()
-        new.src = s.src
-        new.sport = s.sport
-        new.dst = s.dst
-        new.dport = s.dport
-        new.orig_dst = s.orig_dst
-        new.orig_dport = s.orig_dport
-        new.dnat_by = s.dnat_by
-        if not keyed_recent:
-            new.recent = s.recent
-        new.assumptions = merged_assumptions(s.assumptions, made)
+    last = len(recorded) - 1
+    for k, (template, items, entered, fnum, fden, made, terminal) in enumerate(recorded):
+        if k == last:
+            new = s
+            _keyed_from(new, template)
+            if keyed_recent:
+                new.recent = template.recent
+        else:
+            new = template.copy()
+            new.src = s.src
+            new.sport = s.sport
+            new.dst = s.dst
+            new.dport = s.dport
+            new.orig_dst = s.orig_dst
+            new.orig_dport = s.orig_dport
+            new.dnat_by = s.dnat_by
+            if not keyed_recent:
+                new.recent = s.recent
+        new.assumptions = merged_assumptions(s.assumptions, made) if made else s.assumptions
         new.path = cons_push(s.path, items)
         new.chains = cons_push(s.chains, entered)
         new.prob = (num * fnum, den * fden)
         out.append((new, terminal))
     return out
+
+
+def _keyed_from(s: Any, template: Any) -> None:
+    """`s` takes every KEYED_FIELDS value of `template` (spelled out: this runs once per replayed branch)."""
+    s.proto = template.proto
+    s.hook = template.hook
+    s.local_origin = template.local_origin
+    s.in_iface = template.in_iface
+    s.out_iface = template.out_iface
+    s.mark = template.mark
+    s.ctmark = template.ctmark
+    s.dnat = template.dnat
+    s.snat = template.snat
+    s.masq = template.masq
+    s.notrack = template.notrack
+    s.kube_masq = template.kube_masq
+    s.mark_drop = template.mark_drop
+    s.accept = template.accept
 
 
 def stage_plan(ruleset: Ruleset, version: int, structures: dict[object, Structure],

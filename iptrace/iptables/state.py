@@ -44,8 +44,10 @@ def merged_assumptions(assumptions: tuple[str, ...], made: tuple[str, ...]) -> t
     return assumptions + new if new else assumptions
 
 
+@functools.lru_cache(maxsize=4096)  # (an address is read again soon after: the same rules, the same Service)
 def ip_int(text: str) -> tuple[int, int]:
-    """(version, integer) of an address; dotted quads take a fast path (a dump holds ~10^5 of them)."""
+    """(version, integer) of an address; dotted quads take a fast path (a dump holds ~10^5 of them). Cached: an
+    endpoint's address is read from its -s test and its DNAT target, and a view traces each address thrice."""
     parts = text.split(".")
     if len(parts) == 4:
         try:

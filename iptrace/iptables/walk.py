@@ -32,6 +32,7 @@ _OUTPUT = (("raw", "OUTPUT"), ("mangle", "OUTPUT"), ("nat", "OUTPUT"), ("filter"
            ("security", "OUTPUT"))
 # OUTPUT up to its DNAT (not shared: it rewrites destinations) and after it (shared between the branches).
 _OUTPUT_NAT, _OUTPUT_FILTER = _OUTPUT[:3], _OUTPUT[3:]
+_FORWARD_POSTROUTING = _FORWARD + _POSTROUTING
 # A node-to-itself packet comes back in through lo; its NAT bindings were made on the way out, so the nat
 # table is not consulted again (nf_nat_inet_fn: one binding per manipulation type).
 _LOOPBACK_IN = (("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("mangle", "INPUT"), ("filter", "INPUT"),
@@ -51,7 +52,32 @@ FRAGMENT_ASSUMPTION = (
 
 # Recorded walks kept per stage sequence (a few per distinct mark/conntrack state in practice).
 MEMO_SIZE = 4096
+# Final destinations kept as text (a Service view reaches each endpoint from every way in and kind of client,
+# one Service after the other).
+FINALS_SIZE = 4096
 
+
+
+# Outcome's slots in the order of its __init__'s parameters (service, path and chains are stored as given).
+_OUTCOME_SLOTS = ("verdict", "destination", "probability", "masquerade", "_service", "decided_by", "_path",
+                  "exact_probability", "original_destination", "final_destination", "_chains", "assumptions")
+
+
+def _outcome_constructor() -> Callable[..., Outcome]:
+    """`Outcome(…)` with every argument given, through its slots' own descriptors rather than its __init__'s
+    `object.__setattr__` calls: a Service view builds ~2·10^5 outcomes, and this halves what each costs
+    (tests/test_trace_properties.py checks it against the real constructor)."""
+    namespace: dict[str, object] = {"_new": object.__new__, "cls": Outcome}
+    lines = [f"def new({', '.join(_OUTCOME_SLOTS)}):", "    self = _new(cls)"]
+    for i, name in enumerate(_OUTCOME_SLOTS):
+        namespace[f"_set{i}"] = getattr(Outcome, name).__set__
+        lines.append(f"    _set{i}(self, {name})")
+    lines.append("    return self")
+    exec("\n".join(lines), namespace)
+    return namespace["new"]  # type: ignore[return-value]
+
+
+_new_outcome = _outcome_constructor()
 
 
 def _wired(ruleset: Ruleset) -> bool:
@@ -88,6 +114,7 @@ class Tracer(ChainWalker):
         self._plan_stages_after = PLAN_STAGES_AFTER
         self.entry: Entry = "hooks" if _wired(ruleset) else "kube-proxy"
         self._probabilities: dict[tuple[int, int], tuple[Fraction, float]] = {}
+        self._finals: dict[tuple[int, int], str] = {}  # (address, port) -> "ip:port" (an endpoint's, many times)
         self._policies: dict[tuple[str, str, str], Decision] = {}
         self._effective_stages: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
         # chain -> True (entered once), its plan, or None (not shared)
@@ -155,20 +182,25 @@ class Tracer(ChainWalker):
             found = self._policies[key] = Decision(table, chain, policy=policy)
         return found
 
-    def _stages(self, s: State, stages: Sequence[tuple[str, str]],
+    def _stages(self, s: State, stages: tuple[tuple[str, str], ...],
                 then: Callable[[State], list[tuple[State, Terminal]]] | None = None,
                 ) -> list[tuple[State, Terminal]]:
-        stages = self._effective(stages)
-        if then is not None:
-            # The stages' walk (shared when it can be), then `then` on every branch that went through them
-            # (what `_walk_stages(…, then)` does, in the same order).
-            out: list[tuple[State, Terminal]] = []
-            for s2, terminal in self._stages(s, stages):
-                if terminal is not None:
-                    out.append((s2, terminal))
-                else:
-                    out.extend(then(s2))
-            return out
+        effective = self._effective_stages.get(stages)
+        results = self._shared_stages(s, effective if effective is not None else self._effective(stages))
+        if then is None:
+            return results
+        # The stages' walk (shared when it can be), then `then` on every branch that went through them (what
+        # `_walk_stages(…, then)` does, in the same order).
+        out: list[tuple[State, Terminal]] = []
+        for s2, terminal in results:
+            if terminal is not None:
+                out.append((s2, terminal))
+            else:
+                out.extend(then(s2))
+        return out
+
+    def _shared_stages(self, s: State, stages: tuple[tuple[str, str], ...]) -> list[tuple[State, Terminal]]:
+        """The walk through `stages` (effective ones), replayed from the stage memo when it can be."""
         if self.share:
             plan = self._plans.get(stages, False)
             if plan is False:
@@ -209,7 +241,7 @@ class Tracer(ChainWalker):
     def _after_prerouting(self, s: State) -> list[tuple[State, Terminal]]:
         if self.ctx.is_local(s.dst):
             return self._stages(s, _LOCAL_IN)
-        return self._stages(s, _FORWARD + _POSTROUTING)
+        return self._stages(s, _FORWARD_POSTROUTING)
 
     def _after_output(self, s: State) -> list[tuple[State, Terminal]]:
         if not self.ctx.is_local(s.dst):
@@ -340,7 +372,12 @@ class Tracer(ChainWalker):
             fragment = self.entry == "kube-proxy"
         decided: Decision | None
         destination = None
-        final = join_host_port(format_ip(s.dst, self.version), s.dport)
+        finals = self._finals
+        final = finals.get((s.dst, s.dport))
+        if final is None:
+            if len(finals) >= FINALS_SIZE:
+                finals.clear()
+            final = finals[(s.dst, s.dport)] = join_host_port(format_ip(s.dst, self.version), s.dport)
         if terminal is not None and terminal[0] in ("DROP", "REJECT"):
             verdict, decided = terminal
         elif fragment and s.mark_drop is not None:
@@ -366,10 +403,10 @@ class Tracer(ChainWalker):
                 self._probabilities.clear()
             self._probabilities[s.prob] = probability
         # Steps, chains and the Service label are built only when read (most outcomes of a Service view never are).
-        return Outcome(verdict, destination, probability[1], masquerade,  # type: ignore[arg-type]
-                       lambda: self._service(compiled_path(path_cell)), decided,
-                       lambda: tuple(self._step(c) for c in compiled_path(path_cell)), probability[0],
-                       original, final, lambda: chain_list(chains_cell), s.assumptions)
+        return _new_outcome(verdict, destination, probability[1], masquerade,
+                            lambda: self._service(compiled_path(path_cell)), decided,
+                            lambda: tuple(self._step(c) for c in compiled_path(path_cell)), probability[0],
+                            original, final, lambda: chain_list(chains_cell), s.assumptions)
 
 
 _CACHE: list[tuple[Ruleset, tuple[Any, ...], Tracer]] = []
