@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
-from iptrace.dataplane import Decision, Entry, Footprint, Outcome, Packet, Trace, join_host_port
+from iptrace.dataplane import Decision, Entry, Footprint, Outcome, Packet, Trace, join_host_port, positional_new
 from iptrace.errors import InputError, TraceError
 from iptrace.iptables import chainmemo
 from iptrace.iptables.chainwalk import ChainWalker
@@ -63,21 +63,9 @@ _OUTCOME_SLOTS = ("verdict", "destination", "probability", "masquerade", "_servi
                   "exact_probability", "original_destination", "final_destination", "_chains", "assumptions")
 
 
-def _outcome_constructor() -> Callable[..., Outcome]:
-    """`Outcome(…)` with every argument given, through its slots' own descriptors rather than its __init__'s
-    `object.__setattr__` calls: a Service view builds ~2·10^5 outcomes, and this halves what each costs
-    (tests/test_trace_properties.py checks it against the real constructor)."""
-    namespace: dict[str, object] = {"_new": object.__new__, "cls": Outcome}
-    lines = [f"def new({', '.join(_OUTCOME_SLOTS)}):", "    self = _new(cls)"]
-    for i, name in enumerate(_OUTCOME_SLOTS):
-        namespace[f"_set{i}"] = getattr(Outcome, name).__set__
-        lines.append(f"    _set{i}(self, {name})")
-    lines.append("    return self")
-    exec("\n".join(lines), namespace)
-    return namespace["new"]  # type: ignore[return-value]
-
-
-_new_outcome = _outcome_constructor()
+# `Outcome(…)` with every argument given, without its __init__'s `object.__setattr__` calls
+# (tests/test_trace_properties.py checks it against the real constructor).
+_new_outcome = positional_new(Outcome, _OUTCOME_SLOTS)
 
 
 def _wired(ruleset: Ruleset) -> bool:
