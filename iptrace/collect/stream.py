@@ -100,7 +100,7 @@ class Worker:
             node = dump_input(text, where, node_ips=source.node_ips, cluster=self.cluster, lenient=self.lenient,
                               name=source.name, reuse=self.reuse)
             del text
-            return _released(node, node_result(node, self.cluster, pictures=self.pictures, intern=self.intern))
+            return node_result(node, self.cluster, pictures=self.pictures, intern=self.intern)
         path = Path(source.path or "")
         snapshot = store.read_node_dir(path)
         node = node_input(snapshot, cluster=self.cluster, lenient=self.lenient, reuse=self.reuse)
@@ -109,18 +109,7 @@ class Worker:
         notes: list[str] = []
         if node.analyses and (path / CONNTRACK_FILE).is_file():
             extra, notes = conntrack(node.name, path / CONNTRACK_FILE, node.analyses, lenient=self.lenient)
-        return _released(node, node_result(node, self.cluster, pictures=self.pictures, intern=self.intern,
-                                           extra=extra, notes=notes))
-
-
-def _released(node: Any, result: NodeResult) -> NodeResult:
-    """The node's result, its tracers told that the node is done (a dataplane whose caches refer to each other
-    drops them, so that the node's rules are freed at once rather than by the cyclic collector)."""
-    for analysis in (node.analyses or {}).values():
-        release = getattr(analysis.tracer, "release", None)
-        if release is not None:
-            release()
-    return result
+        return node_result(node, self.cluster, pictures=self.pictures, intern=self.intern, extra=extra, notes=notes)
 
 
 def conntrack(name: str, path: Path, analyses: Any, *, lenient: bool) -> tuple[list[Finding], list[str]]:

@@ -47,22 +47,14 @@ Terminal = tuple[str, Decision] | None  # ("accept"|"drop"|"reject"|"nat", decis
 class TableCode:
     """One table, compiled lazily: its chains' rules and its sets' look-up indexes."""
 
-    __slots__ = ("chains", "family", "indexes", "items", "label", "table")
+    __slots__ = ("family", "indexes", "items", "label", "table")
 
     def __init__(self, table: Table) -> None:
         self.table = table
         self.label = table.label
         self.family = table.family
-        self.chains: dict[str, ChainCode | None] = {}
         self.indexes: dict[str, SetIndex | None] = {}
         self.items: dict[Any, Any] = {}  # what items compiled to (rules.compile_rule's `shared`)
-
-    def chain(self, name: str) -> ChainCode | None:
-        found = self.chains.get(name, False)
-        if found is False:
-            chain = self.table.chain(name)
-            found = self.chains[name] = ChainCode(self, chain) if chain is not None else None
-        return found  # type: ignore[return-value]
 
     def named(self, name: str) -> tuple[SetIndex | None, str | None]:
         found = self.indexes.get(name, False)
@@ -99,6 +91,7 @@ class ChainWalker:
         self.share = share
         self._tables: dict[tuple[str, str], TableCode] = {
             (t.family, t.name): TableCode(t) for t in ruleset.tables}
+        self._codes: dict[tuple[str, str], ChainCode | None] = {}  # (table label, chain) -> its code
         self._chain_plans: dict[tuple[str, str], Plan | None] = {}
         self._entered: dict[tuple[str, str], int] = {}
         walker = weakref.ref(self)  # (the skeletons belong to this walker: no reference cycle through them)
@@ -111,11 +104,15 @@ class ChainWalker:
         self._skeletons = Skeletons(fields)
         self.plan_after = PLAN_AFTER
 
-    def release(self) -> None:
-        """Forget the compiled chains (an audit calls this when a node is done): a table's code and its chains'
-        code refer to each other, and would leave the whole ruleset to the cyclic collector."""
-        for table in self._tables.values():
-            table.chains.clear()
+    def _chain(self, table: TableCode, name: str) -> ChainCode | None:
+        """The code of chain `name` of `table`, compiled on first use. Kept here, not in the table's code, which
+        every chain's code refers to: no reference cycle leaves a ruleset to the cyclic collector."""
+        key = (table.label, name)
+        found = self._codes.get(key, False)
+        if found is False:
+            chain = table.table.chain(name)
+            found = self._codes[key] = ChainCode(table, chain) if chain is not None else None
+        return found  # type: ignore[return-value]
 
     def _compiled(self, code: ChainCode, i: int) -> CompiledRule:
         rule = code.chain.rules[i]
@@ -163,7 +160,7 @@ class ChainWalker:
                 st.path = ((code, c, None, None), saved)
                 verdict = c.verdict
                 if verdict is not None and verdict[0] == "jump":
-                    target = code.table.chain(verdict[1])  # type: ignore[arg-type]
+                    target = self._chain(code.table, verdict[1])  # type: ignore[arg-type]
                     if target is not None and target.key not in stack and target.key != code.key:
                         results = self._enter(target, st, (*stack, code.key))
                         if len(results) == 1 and results[0][1] is None:
@@ -302,7 +299,7 @@ class ChainWalker:
             if key in stack or key == code.key:
                 loop = " → ".join(name for _, name in (*stack, code.key, key))
                 raise TraceError(f"jump loop in table {code.table.label}: {loop}; the kernel refuses such a ruleset")
-            sub = code.table.chain(target)
+            sub = self._chain(code.table, target)
             if sub is None:
                 s.assume(f"{c.where}: chain {target} is not in the ruleset: assumed empty")
                 if kind == "jump":
@@ -470,7 +467,7 @@ class ChainWalker:
                         names.add(e.data.target)
         out = []
         for name in names:
-            sub = code.table.chain(name)
+            sub = self._chain(code.table, name)
             if sub is not None:
                 out.append(sub)
         return out

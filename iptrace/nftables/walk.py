@@ -128,12 +128,12 @@ class Tracer(ChainWalker):
     def _find_chain(self, name: str, version: int) -> ChainCode | None:
         kube = self._tables.get(("ip" if version == 4 else "ip6", "kube-proxy"))
         if kube is not None:
-            found = kube.chain(name)
+            found = self._chain(kube, name)
             if found is not None:
                 return found
         for (family, _), tc in self._tables.items():
             if family in (("ip", "inet") if version == 4 else ("ip6", "inet")):
-                found = tc.chain(name)
+                found = self._chain(tc, name)
                 if found is not None:
                     return found
         return None
@@ -198,7 +198,7 @@ class Tracer(ChainWalker):
                 if stage.nat and not nat:
                     continue
                 for table, chain in stage.chains:
-                    code = self._tables[(table.family, table.name)].chain(chain.name)
+                    code = self._chain(self._tables[(table.family, table.name)], chain.name)
                     if code is not None:
                         codes.append(code)
         return make_plan(codes, self._compiled, self._targets)
@@ -257,7 +257,7 @@ class Tracer(ChainWalker):
         return out
 
     def _base(self, table: Table, chain: Chain, s: State) -> list[tuple[State, Terminal]]:
-        code = self._tables[(table.family, table.name)].chain(chain.name)
+        code = self._chain(self._tables[(table.family, table.name)], chain.name)
         assert code is not None and chain.base is not None
         filtering = chain.base.type != "nat"
         out: list[tuple[State, Terminal]] = []
