@@ -259,13 +259,7 @@ def replay_positional(recorded: tuple[Positional, ...], s: Any, written: tuple[s
             setattr(new, name, compiled[value.position].decision if type(value) is _At else value)
         if wrote:
             c = compiled[at]
-            addr, port = c.arg
-            if addr is not None:
-                new.dst = addr
-            if port is not None:
-                new.dport = port
-            new.dnat = True
-            new.dnat_by = c.decision
+            new.rewrite_destination(c.arg, c.decision)
         path = path0
         for i in items:
             path = (compiled[i], path)

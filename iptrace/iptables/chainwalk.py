@@ -287,15 +287,9 @@ class ChainWalker(Compiler):
             c.arg(s)
             return False
         if action == DNAT:
-            addr, port = c.arg
             if c.note:
                 s.assume(c.note)
-            if addr is not None:
-                s.dst = addr
-            if port is not None:
-                s.dport = port
-            s.dnat = True
-            s.dnat_by = c.decision
+            s.rewrite_destination(c.arg, c.decision)
             out.append((s, ("NAT", c.decision)))
             return True
         if action == REDIRECT:

@@ -212,6 +212,16 @@ class State:
         new.src = self.src
         return new
 
+    def rewrite_destination(self, arg: tuple[int | None, int | None], decision: Any) -> None:
+        """A DNAT's rewrite (`arg`: its address and port, None where it keeps the packet's), made by `decision`."""
+        addr, port = arg
+        if addr is not None:
+            self.dst = addr
+        if port is not None:
+            self.dport = port
+        self.dnat = True
+        self.dnat_by = decision
+
     def assume(self, text: str) -> None:
         if text not in self.assumptions:
             self.assumptions = (*self.assumptions, text)
