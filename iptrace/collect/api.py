@@ -11,12 +11,13 @@ is interrupted (KeyboardInterrupt, or SIGTERM turned into one by the CLI). Libra
 from __future__ import annotations
 
 import json
+import queue
 import re
 import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -222,17 +223,30 @@ def _check_namespace(api: Any, access: ApiAccess, namespace: str, image: str, ti
 def _run_all(plan: _Plan, targets: list[NodeInfo], parallel: int,
              progress: Callable[[NodeResult], None] | None) -> list[NodeResult]:
     results: dict[str, NodeResult] = {}
+    # Workers hand their results over through a SimpleQueue, not through their Futures: concurrent.futures'
+    # wait() takes every Future's lock in turn, and a Ctrl-C between two of those takes leaves one held
+    # forever — the worker then blocks setting its result, and the clean-up waiting for it never deletes
+    # the pods. SimpleQueue.get is interrupted without holding anything.
+    finished: queue.SimpleQueue[tuple[NodeResult | None, BaseException | None]] = queue.SimpleQueue()
+
+    def run(node: NodeInfo) -> None:
+        try:
+            finished.put((_collect_node(plan, node), None))
+        except BaseException as exc:  # handed to the calling thread, which raises it
+            finished.put((None, exc))
+
     pool = ThreadPoolExecutor(max_workers=min(parallel, len(targets)), thread_name_prefix="iptrace-api")
     try:
-        pending: set[Future[NodeResult]] = {pool.submit(_collect_node, plan, node) for node in targets}
-        while pending:
-            # Short waits keep the calling thread responsive to Ctrl-C.
-            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            for future in done:
-                result = future.result()
-                results[result.node] = result
-                if progress is not None:
-                    progress(result)
+        for node in targets:
+            pool.submit(run, node)
+        while len(results) < len(targets):
+            result, error = finished.get()
+            if error is not None:
+                raise error
+            assert result is not None
+            results[result.node] = result
+            if progress is not None:
+                progress(result)
     except BaseException:
         _clean_up(plan, pool)
         raise
