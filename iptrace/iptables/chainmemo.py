@@ -31,8 +31,8 @@ from operator import attrgetter
 from typing import Any
 
 from iptrace.dataplane import Decision
-from iptrace.iptables.matchers import Structure
-from iptrace.iptables.memo import structure_reads
+from iptrace.iptables.matchers import Structure, fast_tokens
+from iptrace.iptables.memo import exact_dport_tokens, structure_reads
 from iptrace.iptables.state import cons_prefix, cons_push, merged_assumptions
 
 # Branch fields a closure may read or write besides the packet's addresses and ports, per match module.
@@ -69,14 +69,18 @@ MEMO_SIZE = 256
 
 class Access:
     """What one rule's matches and target can read or write: `fields` (branch fields), `raw` (optional packet
-    fields read other than through the rule's own first -s/-d network), `known` (every module is listed)."""
+    fields read other than through the rule's own first -s/-d network), `known` (every module is listed),
+    `dport_tokens` (where its `--dport N` values are among its tokens when they are how it reads the
+    destination port: memo.exact_dport_tokens)."""
 
-    __slots__ = ("fields", "known", "raw")
+    __slots__ = ("dport_tokens", "fields", "known", "raw")
 
-    def __init__(self, fields: frozenset[str], raw: frozenset[str], known: bool) -> None:
+    def __init__(self, fields: frozenset[str], raw: frozenset[str], known: bool,
+                 dport_tokens: tuple[int, ...] | None = None) -> None:
         self.fields = fields
         self.raw = raw
         self.known = known
+        self.dport_tokens = dport_tokens
 
 
 def rule_access(structure: Structure, target: str, extra_addresses: bool, cache: dict[tuple[int, str], Access],
@@ -111,7 +115,8 @@ def rule_access(structure: Structure, target: str, extra_addresses: bool, cache:
         raw -= {"dst", "dport"}  # written, not read: replays take them from the recording (see _DESTINATION)
     if extra_addresses:
         raw |= {"src", "dst"}
-    access = Access(frozenset(fields), frozenset(raw), known)
+    dport_tokens = exact_dport_tokens((tuple(rest), structure[1])) if "dport" in raw else None
+    access = Access(frozenset(fields), frozenset(raw), known, dport_tokens)
     if not extra_addresses:
         cache[key] = access
     return access
@@ -131,14 +136,16 @@ class ChainPlan:
 
     def __init__(self, fields: Iterable[str], raw: Iterable[str], src_nets: Sequence[tuple[int, int]],
                  dst_nets: Sequence[tuple[int, int]], compiled: Sequence[Any] = (),
-                 chains: Sequence[tuple[str, str]] = (), memo: dict[Any, Any] | None = None) -> None:
+                 chains: Sequence[tuple[str, str]] = (), memo: dict[Any, Any] | None = None,
+                 dports: Sequence[int] = ()) -> None:
         self.own: dict[Any, tuple[Recorded, ...]] = {}
         self.memo: dict[Any, tuple[Positional, ...]] | None = memo
         self.compiled = tuple(compiled)
         self.chains = tuple(chains)
         self._positions: dict[int, int] | None = None
         self._decisions: dict[int, int] | None = None
-        self._key = _key_function(sorted(set(fields)), sorted(set(raw)), src_nets, dst_nets)
+        self._key = _key_function(sorted(set(fields)), sorted(set(raw)), src_nets, dst_nets,
+                                  tuple(sorted(set(dports))))
 
     def key(self, s: Any) -> Any:
         return self._key(s)
@@ -166,8 +173,13 @@ def _net_bits(attr: str, nets: Sequence[tuple[int, int]]) -> Callable[[Any], Any
 
 
 def _key_function(fields: list[str], raw: list[str], src_nets: Sequence[tuple[int, int]],
-                  dst_nets: Sequence[tuple[int, int]]) -> Callable[[Any], Any]:
+                  dst_nets: Sequence[tuple[int, int]], dports: tuple[int, ...] = ()) -> Callable[[Any], Any]:
     plain = attrgetter(*fields, *raw) if fields or raw else (lambda s: None)
+    if dports:
+        # The closure compares the destination port with these only (`--dport N`): which of them it equals
+        # tells its walk as well as the port itself (a NodePort and a Service port then share a recording).
+        fixed = plain
+        plain = lambda s: (fixed(s), tuple([s.dport == p for p in dports]))  # noqa: E731
     src = None if "src" in raw else _net_bits("src", src_nets)
     dst = None if "dst" in raw else _net_bits("dst", dst_nets)
     if src is None and dst is None:
@@ -177,6 +189,21 @@ def _key_function(fields: list[str], raw: list[str], src_nets: Sequence[tuple[in
     if src is None:
         return lambda s: (plain(s), dst(s))
     return lambda s: (plain(s), src(s), dst(s))
+
+
+def exact_dports(c: Any, into: list[int]) -> list[int] | None:
+    """`into` plus the ports a compiled rule compares the destination port with, when `--dport N` options are
+    how it reads it (Access.dport_tokens); None when it reads the port otherwise (a range, a list, …)."""
+    spots = c.access.dport_tokens
+    if spots is None:
+        return None
+    tokens = fast_tokens(c.rule.text)
+    for i in spots:
+        value = tokens[i]
+        if not value.isdigit():
+            return None
+        into.append(int(value))
+    return into
 
 
 class _At:

@@ -174,6 +174,7 @@ class ChainWalker(Compiler):
         shape: list[object] = [code.table]
         count = 0
         split = False
+        dports: list[int] | None = []  # None once a rule reads the destination port other than by `--dport N`
         compile_rule = self._compile
         for chain in order:  # (grows: the closure's chains in the order their first jump is met)
             rules = chain.rules
@@ -189,6 +190,8 @@ class ChainWalker(Compiler):
                     return None
                 compiled.append(c)
                 accesses[id(access)] = access
+                if dports is not None and "dport" in access.raw:
+                    dports = chainmemo.exact_dports(c, dports)
                 if c.probability is not None:
                     split = True
                 net = c.src
@@ -212,8 +215,12 @@ class ChainWalker(Compiler):
                         target = (action, -1, c.arg)
                 elif action == DNAT and not c.note:
                     target = (DNAT, c.arg[0] is None, c.arg[1] is None)
+                    if None in c.arg:
+                        dports = None  # (a replay of its own walks copies the recorded destination)
                 elif action not in (ACCEPT, DROP, REJECT, RETURN, CONTINUE):
                     target = c  # (a mark, SNAT, …: the same rule only)
+                    if action in (DNAT, REDIRECT, NETMAP):
+                        dports = None
                 # What decides the rule besides its addresses: its shared matches (or the rule itself when it
                 # has more address tests than its first -s and -d), the negation of those, its target.
                 matches = c.bound if c.tests is c.bound.tests and not c.assumed else c
@@ -227,12 +234,17 @@ class ChainWalker(Compiler):
             fields |= access.fields
             raw |= access.raw
         fields.add("proto")  # every port test reads it
+        if dports is not None and "dport" in raw:
+            raw.discard("dport")  # (the key holds which of `dports` the port equals instead)
+        else:
+            dports = []
         written = tuple(sorted(fields - {"proto", "hook", "local_origin", "in_iface", "out_iface"}))
         key = tuple(shape)
         memo = self._shape_memos.get(key)
         if memo is None:
             memo = self._shape_memos[key] = {}
-        plan = chainmemo.ChainPlan(fields, raw, src_nets, dst_nets, compiled, [c.key for c in order], memo)
+        plan = chainmemo.ChainPlan(fields, raw, src_nets, dst_nets, compiled, [c.key for c in order], memo,
+                                  dports)
         return plan, written
 
     def _apply(self, code: ChainCode, c: Compiled, i: int, s: State, stack: tuple[str, ...],

@@ -101,6 +101,32 @@ def structure_reads(structure: Structure) -> frozenset[str]:
     return frozenset(reads)
 
 
+_PORT_MODULES = frozenset({"tcp", "udp", "sctp", "udplite", "dccp"})
+_EXACT_PORT_OPTIONS = frozenset({"--dport", "--destination-port"})
+
+
+def exact_dport_tokens(structure: Structure) -> tuple[int, ...] | None:
+    """Where a rule's `--dport N` values are among its tokens, when those options are the only way it reads the
+    destination port (a value found there may still be a range or a list: the caller checks); None when it
+    reads the port some other way (multiport, conntrack's reply port, an unknown option)."""
+    found: list[int] = []
+    for module, specs in structure[0]:
+        fixed = _MODULE_READS.get(module)
+        if fixed is not None:
+            if "dport" in fixed:
+                return None
+            continue
+        table = _OPTION_READS.get(module)
+        for name, _negated, idx in specs:
+            if module in _PORT_MODULES and name in _EXACT_PORT_OPTIONS and len(idx) == 1:
+                found.append(idx[0])
+                continue
+            reads = table.get(name) if table is not None else (None if module in MATCHERS else set())
+            if reads is None or "dport" in reads:
+                return None
+    return tuple(found)
+
+
 # Conditions under which an index makes a rule a candidate: always, for its destination host, for its
 # protocol + port, or for both.
 ALWAYS, HOST, PORT, BOTH = 0, 1, 2, 3
