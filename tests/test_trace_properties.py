@@ -353,14 +353,15 @@ def test_kube_proxy_branches_share_the_walk_after_dnat() -> None:
 
 
 def test_replay_in_place_takes_every_keyed_field() -> None:
-    """memo.replay gives its last branch the incoming state itself: `_keyed_from` must copy every keyed field,
-    and every other field of a State must be one the replay takes from the branch or sets itself."""
-    from iptrace.iptables.memo import KEYED_FIELDS, _keyed_from
+    """memo.replay gives its last branch the incoming state itself: `_set_keyed` must set every keyed field from
+    the recorded values, and every other field of a State must be one the replay takes from the branch or sets
+    itself."""
+    from iptrace.iptables.memo import KEYED_FIELDS, _keyed_values, _set_keyed
 
     template, s = State(1, 2, 3, 4, 6, "eth0"), State(5, 6, 7, 8, 17, None)
     for k, name in enumerate(KEYED_FIELDS):
         setattr(template, name, ("value", k))
-    _keyed_from(s, template)
+    _set_keyed(s, _keyed_values(template))
     assert all(getattr(s, name) == ("value", k) for k, name in enumerate(KEYED_FIELDS))
     own = {"src", "sport", "dst", "dport", "orig_dst", "orig_dport", "dnat_by", "recent"}
     assert set(State.__slots__) == set(KEYED_FIELDS) | own | {"assumptions", "path", "chains", "prob"}

@@ -196,8 +196,9 @@ def _getter(always: Callable[[Any], Any], optional: Callable[[Any], Any] | None,
 
 
 # (template state, path items oldest first, chains entered oldest first, probability factor (numerator,
-# denominator), assumptions made, terminal)
-Recorded = tuple[Any, tuple[Any, ...], tuple[Any, ...], int, int, tuple[str, ...], Any]
+# denominator), assumptions made, terminal, the template's KEYED_FIELDS values)
+Recorded = tuple[Any, tuple[Any, ...], tuple[Any, ...], int, int, tuple[str, ...], Any, tuple[Any, ...]]
+_keyed_values = attrgetter(*KEYED_FIELDS)
 
 
 def record(results: Sequence[tuple[Any, Any]], path: Any, chains: Any, prob: tuple[int, int],
@@ -218,20 +219,41 @@ def record(results: Sequence[tuple[Any, Any]], path: Any, chains: Any, prob: tup
         fden, rden = divmod(s.prob[1], den0)
         if rnum or rden:
             continue
-        out.append((s.copy(), items, entered, fnum, fden, made, terminal))
+        out.append((s.copy(), items, entered, fnum, fden, made, terminal, _keyed_values(s)))
     return tuple(out) if len(out) == len(results) else None
 
 
 def replay(recorded: tuple[Recorded, ...], s: Any, keyed_recent: bool) -> list[tuple[Any, Any]]:
     """The recorded branches on state `s`: its unkeyed fields (and `dnat_by`), the recorded rest. The last
     branch is `s` itself, given the recorded keyed fields (the caller hands `s` over, as to a walk)."""
+    if len(recorded) == 1:
+        # The common case (the stages after DNAT do not split): `s` itself, spelled out — this runs once per
+        # branch of every trace.
+        template, items, entered, fnum, fden, made, terminal, values = recorded[0]
+        _set_keyed(s, values)
+        if keyed_recent:
+            s.recent = template.recent
+        if made:
+            s.assumptions = merged_assumptions(s.assumptions, made)
+        cell = s.path
+        for item in items:
+            cell = (item, cell)
+        s.path = cell
+        cell = s.chains
+        for item in entered:
+            cell = (item, cell)
+        s.chains = cell
+        if fnum != 1 or fden != 1:
+            num, den = s.prob
+            s.prob = (num * fnum, den * fden)
+        return [(s, terminal)]
     out = []
     num, den = s.prob
     last = len(recorded) - 1
-    for k, (template, items, entered, fnum, fden, made, terminal) in enumerate(recorded):
+    for k, (template, items, entered, fnum, fden, made, terminal, values) in enumerate(recorded):
         if k == last:
             new = s
-            _keyed_from(new, template)
+            _set_keyed(new, values)
             if keyed_recent:
                 new.recent = template.recent
         else:
@@ -253,22 +275,10 @@ def replay(recorded: tuple[Recorded, ...], s: Any, keyed_recent: bool) -> list[t
     return out
 
 
-def _keyed_from(s: Any, template: Any) -> None:
-    """`s` takes every KEYED_FIELDS value of `template` (spelled out: this runs once per replayed branch)."""
-    s.proto = template.proto
-    s.hook = template.hook
-    s.local_origin = template.local_origin
-    s.in_iface = template.in_iface
-    s.out_iface = template.out_iface
-    s.mark = template.mark
-    s.ctmark = template.ctmark
-    s.dnat = template.dnat
-    s.snat = template.snat
-    s.masq = template.masq
-    s.notrack = template.notrack
-    s.kube_masq = template.kube_masq
-    s.mark_drop = template.mark_drop
-    s.accept = template.accept
+def _set_keyed(s: Any, values: tuple[Any, ...]) -> None:
+    """`s` takes the KEYED_FIELDS `values` (in that order; spelled out: this runs once per replayed branch)."""
+    (s.proto, s.hook, s.local_origin, s.in_iface, s.out_iface, s.mark, s.ctmark, s.dnat, s.snat, s.masq, s.notrack,
+     s.kube_masq, s.mark_drop, s.accept) = values
 
 
 def stage_plan(ruleset: Ruleset, version: int, structures: dict[object, Structure],
