@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -74,6 +75,11 @@ def _empty_config(tmp_path: Path) -> Path:
 
 def _target(server, user: str = "") -> str:
     return f"{user + '@' if user else ''}127.0.0.1:{server.port}"
+
+
+def _name(server) -> str:
+    """The directory name collect gives a server's node."""
+    return NodeTarget.parse(_target(server)).name
 
 
 def _describe(results) -> str:
@@ -335,6 +341,53 @@ def test_hung_command_times_out_and_is_stopped(farm: SshdFarm, tmp_path: Path):
     assert r_hung.error_kind == "timeout", _describe([r_hung])
     assert "`iptables-save` did not finish within 1s" in r_hung.error
     assert r_fine.ok, r_fine.error
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid), "the hung command was left running on the node"
+
+
+@needs_sshd
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_collect_stops_at_once_and_keeps_what_it_collected(farm: SshdFarm, tmp_path: Path,
+                                                                          signum: int):
+    """Ctrl-C (or a CI job's SIGTERM) while a node's command hangs: the command is stopped on the node, nodes
+    not reached yet are not contacted, the nodes already collected stay on disk, one line says so, exit 130."""
+    scripts = default_scripts("198.18.0.1")
+    pid_file = tmp_path / "hung.pid"
+    scripts["iptables-save"] = f"#!/bin/sh\necho $$ > {pid_file}\nexec cat\n"
+    hung = farm.start("hung", scripts=scripts)
+    fine = farm.start("fine", ip="198.18.0.2")
+    later = farm.start("later", ip="198.18.0.3")
+    out = tmp_path / "out"
+    # One node at a time: `later` waits for the worker, which the hung node never gives back.
+    argv = [sys.executable, "-c", "from iptrace.cli import main; main()", "collect", _target(fine), _target(hung),
+            _target(later), "--out", str(out), "--parallel", "1", "--user", "root", "-i", str(farm.client_key),
+            "--known-hosts", str(farm.known_hosts(tmp_path / "known_hosts")), "--ssh-config",
+            str(_empty_config(tmp_path)), "--timeout", "60"]
+    process = subprocess.Popen(argv, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (pid_file.exists() and (out / _name(fine) / "meta.json").exists()):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.02)
+        started = time.monotonic()
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=20)
+        waited = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, stderr
+    assert stderr == (f"Error: interrupted; the commands running on the nodes were stopped; the nodes collected "
+                      f"before are in {out}\n")
+    assert waited < 10  # (the command itself would have run for the whole --timeout 60)
+    assert (out / _name(fine) / "iptables-save.txt").read_text() == SAMPLE_DUMP % {"ip": "198.18.0.2"}
+    assert not (out / _name(hung)).exists() and not (out / _name(later)).exists()
+    assert b"Accepted publickey" not in later.log.read_bytes()
     pid = int(pid_file.read_text())
     deadline = time.monotonic() + 10
     while _alive(pid) and time.monotonic() < deadline:

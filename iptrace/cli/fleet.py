@@ -123,18 +123,24 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _interruptible(collect: Callable[..., list[Any]], done: str) -> Callable[..., list[Any]]:
+    """`collect` with Ctrl-C (or SIGTERM) said in one line, exit status 130: `done` says what was cleaned up."""
+    def run(names: list[Any], **kwargs: Any) -> list[Any]:
+        with _terminate_as_interrupt():
+            try:
+                return collect(names, **kwargs)
+            except KeyboardInterrupt:
+                click.echo(f"Error: interrupted; {done}", err=True)
+                raise click.exceptions.Exit(130) from None
+
+    return run
+
+
 def _run_collect(targets: list[Any], out: Path, opts: dict[str, Any]) -> list[Any]:
     if opts["via"] == "api":
         from iptrace.collect.api import collect_api
 
-        def collect(names: list[Any], **kwargs: Any) -> list[Any]:
-            with _terminate_as_interrupt():
-                try:
-                    return collect_api(names, **kwargs)
-                except KeyboardInterrupt:
-                    click.echo("Error: interrupted; every collector pod iptrace created was deleted", err=True)
-                    raise click.exceptions.Exit(130) from None
-
+        collect = _interruptible(collect_api, "every collector pod iptrace created was deleted")
         kwargs: dict[str, Any] = {
             "out_dir": out, "kubeconfig": opts["kubeconfig"], "context": opts["context"],
             "selector": opts["node_selector"], "pod_namespace": opts["pod_namespace"], "image": opts["image"],
@@ -142,8 +148,10 @@ def _run_collect(targets: list[Any], out: Path, opts: dict[str, Any]) -> list[An
             "conntrack_max_entries": opts["conntrack_max_entries"],
         }
     else:
-        from iptrace.collect.ssh import collect  # type: ignore[assignment]
+        from iptrace.collect.ssh import collect as collect_ssh
 
+        collect = _interruptible(collect_ssh, f"the commands running on the nodes were stopped; the nodes "
+                                              f"collected before are in {out}")
         kwargs = {
             "out_dir": out, "user": opts["user"], "port": opts["port"], "identity_files": opts["identity_files"],
             "known_hosts": Path(opts["known_hosts"]) if opts["known_hosts"] else None,

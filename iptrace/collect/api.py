@@ -11,13 +11,11 @@ is interrupted (KeyboardInterrupt, or SIGTERM turned into one by the CLI). Libra
 from __future__ import annotations
 
 import json
-import queue
 import re
 import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +43,7 @@ from iptrace.collect.commands import (
 )
 from iptrace.collect.gather import NodeResult, Runner, gather
 from iptrace.collect.kubeconfig import ApiAccess, connection_reason, open_api
+from iptrace.collect.workers import run_parallel
 from iptrace.errors import ClusterError, CollectError, InputError
 
 __all__ = ["DEFAULT_IMAGE", "ERROR_KINDS", "METHODS", "collect_api"]
@@ -222,47 +221,16 @@ def _check_namespace(api: Any, access: ApiAccess, namespace: str, image: str, ti
 
 def _run_all(plan: _Plan, targets: list[NodeInfo], parallel: int,
              progress: Callable[[NodeResult], None] | None) -> list[NodeResult]:
-    results: dict[str, NodeResult] = {}
-    # Workers hand their results over through a SimpleQueue, not through their Futures: concurrent.futures'
-    # wait() takes every Future's lock in turn, and a Ctrl-C between two of those takes leaves one held
-    # forever — the worker then blocks setting its result, and the clean-up waiting for it never deletes
-    # the pods. SimpleQueue.get is interrupted without holding anything.
-    finished: queue.SimpleQueue[tuple[NodeResult | None, BaseException | None]] = queue.SimpleQueue()
-
-    def run(node: NodeInfo) -> None:
-        try:
-            finished.put((_collect_node(plan, node), None))
-        except BaseException as exc:  # handed to the calling thread, which raises it
-            finished.put((None, exc))
-
-    pool = ThreadPoolExecutor(max_workers=min(parallel, len(targets)), thread_name_prefix="iptrace-api")
     try:
-        for node in targets:
-            pool.submit(run, node)
-        while len(results) < len(targets):
-            result, error = finished.get()
-            if error is not None:
-                raise error
-            assert result is not None
-            results[result.node] = result
-            if progress is not None:
-                progress(result)
+        return run_parallel(targets, lambda node: _collect_node(plan, node), parallel, plan.cancel, progress,
+                            "iptrace-api")
     except BaseException:
-        _clean_up(plan, pool)
+        _clean_up(plan)
         raise
-    pool.shutdown(wait=True)
-    return [results[node.name] for node in targets]
 
 
-def _clean_up(plan: _Plan, pool: ThreadPoolExecutor) -> None:
-    """Interrupted: stop every node's work, let each delete its pod, then delete whatever is left."""
-    plan.cancel.set()
-    while True:
-        try:
-            pool.shutdown(wait=True, cancel_futures=True)
-            break
-        except KeyboardInterrupt:
-            continue  # a second Ctrl-C must not leave pods behind
+def _clean_up(plan: _Plan) -> None:
+    """Interrupted (every node's work has stopped and deleted its own pod): delete whatever is left."""
     api_client = plan.access.client()
     try:
         from kubernetes import client

@@ -11,7 +11,6 @@ import secrets
 import shlex
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +35,7 @@ from iptrace.collect.ssh_connect import (
     split_jumps,
 )
 from iptrace.collect.targets import USER_RE, NodeTarget, parse_target, read_inventory
+from iptrace.collect.workers import run_parallel
 from iptrace.errors import CollectError, InputError
 
 if TYPE_CHECKING:
@@ -105,22 +105,17 @@ def collect(targets: Iterable[NodeTarget | str], *, out_dir: Path, user: str | N
         raise InputError(f"{out_dir}: cannot create the output directory ({exc.strerror})") from exc
     if not nodes:
         return []
-    results: dict[str, NodeResult] = {}
-    workers = min(parallel, len(nodes))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="iptrace-collect") as pool:
-        futures = {pool.submit(_collect_node, node, out_dir, settings): node for node in nodes}
-        for future in as_completed(futures):
-            result = future.result()
-            results[result.node] = result
-            if progress is not None:
-                progress(result)
-    return [results[node.name] for node in nodes]
+    return run_parallel(nodes, lambda node: _collect_node(node, out_dir, settings), parallel, settings.cancel,
+                        progress, "iptrace-collect")
 
 
 
 def _collect_node(target: NodeTarget, out_dir: Path, settings: Settings) -> NodeResult:
     started = time.monotonic()
     try:
+        if settings.cancel.is_set():
+            raise CollectError(f"{target.name}: interrupted before it was reached", kind="cancelled",
+                               node=target.name)
         chain = resolve_chain(target, settings)
         clients = connect_chain(chain, settings, target.name)
         try:
@@ -201,12 +196,19 @@ def _run(client: paramiko.SSHClient, command: str, settings: Settings, node: str
     try:
         channel = transport.open_session(timeout=settings.command_timeout)
         channel.exec_command(command)
+        cancel = settings.cancel
         while True:
             remaining = clock.deadline() - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
-            channel.settimeout(remaining)
-            data = channel.recv(1 << 20)
+            # Short waits: an interrupted collect stops the node's command within a fraction of a second.
+            channel.settimeout(min(remaining, _WATCH))
+            try:
+                data = channel.recv(1 << 20)
+            except TimeoutError:
+                if cancel.is_set():
+                    raise _Cancelled from None
+                continue
             # Drained as we go: paramiko stops granting window when a stream is not read.
             while channel.recv_stderr_ready():
                 err.append(channel.recv_stderr(1 << 16))
@@ -216,9 +218,17 @@ def _run(client: paramiko.SSHClient, command: str, settings: Settings, node: str
             out.append(data)
         while channel.recv_stderr_ready():
             err.append(channel.recv_stderr(1 << 16))
-        if not channel.status_event.wait(max(clock.deadline() - time.monotonic(), 0)):
-            raise TimeoutError
+        while not channel.status_event.wait(min(max(clock.deadline() - time.monotonic(), 0), _WATCH)):
+            if cancel.is_set():
+                raise _Cancelled
+            if time.monotonic() >= clock.deadline():
+                raise TimeoutError
         return b"".join(out), b"".join(err), channel.recv_exit_status()
+    except _Cancelled:
+        if channel is not None:
+            _kill(channel)
+        raise CollectError(f"{node}: interrupted; {clock.describe()} was stopped", kind="cancelled",
+                           node=node) from None
     except TimeoutError:
         if channel is not None:
             _kill(channel)
@@ -229,6 +239,14 @@ def _run(client: paramiko.SSHClient, command: str, settings: Settings, node: str
     finally:
         if channel is not None:
             channel.close()
+
+
+# How often a command's wait looks whether the collect was interrupted (seconds).
+_WATCH = 0.2
+
+
+class _Cancelled(Exception):
+    """The collect was interrupted while a node's command ran."""
 
 
 def _kill(channel: Any) -> None:

@@ -10,7 +10,7 @@ import getpass
 import os
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +63,8 @@ class Settings:
     config: paramiko.SSHConfig | None
     listing_timeout: float
     conntrack_cap: int
+    # Set when the caller is interrupted: running commands are stopped, nodes not connected yet are not.
+    cancel: threading.Event = field(default_factory=threading.Event, compare=False)
 
 
 # ------------------------------------------------------------------------------------ ssh_config, chains
