@@ -30,8 +30,9 @@ def run_parallel(items: Sequence[Item], work: Callable[[Item], Result], parallel
     def run(k: int, item: Item) -> None:
         try:
             finished.put((k, work(item), None))
-        except BaseException as exc:  # handed to the calling thread, which raises it
-            finished.put((k, None, exc))
+        except BaseException as exc:
+            finished.put((k, None, exc))  # the calling thread raises it (its Future, which no one reads, too)
+            raise
 
     results: dict[int, Result] = {}
     pool = ThreadPoolExecutor(max_workers=max(1, min(parallel, len(items))), thread_name_prefix=name)
