@@ -281,3 +281,26 @@ def test_a_node_is_freed_without_the_cyclic_collector() -> None:
     finally:
         if enabled:
             gc.enable()
+
+
+@pytest.mark.parametrize("name", ["nodeport-fb-backends.txt", "flannel-and-kube-proxy.txt", "xlb-era.txt",
+                                  "loadbalancer-source-ranges.txt", "session-affinity.txt", "ipv6.txt",
+                                  "flannel-and-kube-proxy-nft.nft", "dual-stack-nft.nft"])
+def test_the_questions_a_view_says_it_asks_are_the_ones_it_asks(name: str) -> None:
+    """Reuse keys a port by the traces `_Builder.questions` lists (without building the view): they must be
+    exactly those the build then asks, in order, for every port of every sample (else nothing is reused)."""
+    from pathlib import Path
+
+    from iptrace.dataplanes import load as load_any
+    from iptrace.kube.reuse import _Noting
+    from iptrace.kube.view import _Builder
+
+    dataplane, ruleset = load_any(Path("sample_dumps", name).read_text(), source=name)
+    for family in ruleset.families:
+        analysis = analyse(dataplane, ruleset, family)
+        noting = _Noting(analysis.tracer)
+        builder = _Builder(analysis.layout, noting, analysis.views.clients)
+        for sp in analysis.layout.service_ports:
+            noting.calls = []
+            builder.service(sp)
+            assert noting.calls == builder.questions(sp), sp.key

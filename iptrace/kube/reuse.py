@@ -5,9 +5,9 @@ traces would meet answer them alike there.
 The key of a port is its layout (without line numbers) and the dataplane's footprint of the questions its
 view asks (iptrace.dataplane.Footprint: every rule those traces could meet, how each would answer, the
 packets with the node's own addresses and the clients named by role). Equal keys mean equal traces, hence an
-equal view, once the other node's line numbers are put in position by position. The questions are found by
-building the port's view against a tracer that answers nothing (it costs no walk); a port is kept only when
-its real build asked exactly those questions and its view spells none of the addresses named by role. A
+equal view, once the other node's line numbers are put in position by position. The view builder says which
+questions it will ask (no walk, no view built); a port is kept only when its real build asked exactly those
+questions and its view spells none of the addresses named by role. A
 dataplane without footprints gets no reuse. Dataplane-free and pure (a per-process cache, no I/O).
 """
 
@@ -37,35 +37,20 @@ LINE_FIELDS = {ServicePortView: ("lines",), EndpointView: ("line",), EntryView: 
 Call = tuple[str | None, Packet]
 
 
-class _Dry:
-    """A tracer that answers nothing and notes every question (what a view asks, at no cost)."""
+class _Noting:
+    """The real tracer, noting every question (a view is kept only when its build asked what `ask` said)."""
 
-    def __init__(self, entry: str) -> None:
-        self.entry = entry
+    def __init__(self, tracer: Any) -> None:
+        self.tracer = tracer
+        self.entry = tracer.entry
         self.calls: list[Call] = []
         self.clean = True
-
-    def trace(self, packet: Packet, *, in_interface: str | None = None, assumptions: Sequence[str] = ()) -> Trace:
-        self.note(None, packet, in_interface, assumptions)
-        return Trace(packet, self.entry, (), ())  # type: ignore[arg-type]
-
-    def trace_chain(self, chain: str, packet: Packet) -> Trace:
-        self.note(chain, packet, None, ())
-        return Trace(packet, "kube-proxy", (), ())
 
     def note(self, chain: str | None, packet: Packet, in_interface: str | None, assumptions: Sequence[str]) -> None:
         if in_interface is not None:
             packet = replace(packet, in_interface=in_interface)
         self.clean = self.clean and not assumptions
         self.calls.append((chain, packet))
-
-
-class _Noting(_Dry):
-    """The real tracer, noting every question."""
-
-    def __init__(self, tracer: Any) -> None:
-        super().__init__(tracer.entry)
-        self.tracer = tracer
 
     def trace(self, packet: Packet, *, in_interface: str | None = None, assumptions: Sequence[str] = ()) -> Trace:
         self.note(None, packet, in_interface, assumptions)
@@ -99,16 +84,14 @@ class ViewReuse:
         self._round = 0  # calls of `services` (a node's family each)
 
     def services(self, layout: Layout, tracer: Any, make: Callable[[Any], Callable[[ServicePortLayout],
-                 ServicePortView]]) -> list[ServicePortView]:
+                 ServicePortView]], ask: Callable[[ServicePortLayout], list[Call]]) -> list[ServicePortView]:
         """The view of every Service port of `layout`; `make(tracer)` is the view's own builder for one port
-        with that tracer."""
+        with that tracer, `ask(port)` the traces it asks for."""
         footprint = getattr(tracer, "footprint", None)
         real = _Noting(tracer)
         build = make(real)
         if footprint is None:
             return [build(sp) for sp in layout.service_ports]
-        dry = _Dry(tracer.entry)
-        ask = make(dry)
         out = []
         self._round += 1
         misses = self._misses
@@ -122,9 +105,8 @@ class ViewReuse:
                 self.stats.skipped += 1
                 out.append(build(sp))
                 continue
-            dry.calls, dry.clean = [], True
-            ask(sp)
-            found = footprint(tuple(dry.calls)) if dry.clean else None
+            calls = ask(sp)
+            found = footprint(tuple(calls))
             if found is None:
                 out.append(build(sp))
                 continue
@@ -140,7 +122,7 @@ class ViewReuse:
             misses[port] = (missed + 1, self._round)
             real.calls, real.clean = [], True
             view = build(sp)
-            if real.clean and real.calls == dry.calls and not _spells(view, found.abstracted):
+            if real.clean and real.calls == calls and not _spells(view, found.abstracted):
                 stored = _positional(view, sp, found.lines)
                 if stored is not None:
                     self._views[key] = stored

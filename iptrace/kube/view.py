@@ -337,13 +337,34 @@ class _Builder:
     def packet(self, src: str, dst: str, port: int, proto: str) -> Packet:
         return Packet(src, dst, port, proto)
 
-    def endpoints(self, sp: ServicePortLayout) -> list[EndpointView]:
-        """Every endpoint of the cluster and local chains, with its share, by walking each chain."""
-        found: dict[str, list[object]] = {}  # destination -> [chain, line, share, local share, in cluster]
+    def probe(self, sp: ServicePortLayout) -> Packet:
+        """The packet the cluster and local chains are entered with to read their endpoints."""
         probe = next((w for w in sp.ways_in if w.kind != HEALTH_CHECK), None)
         dst = (probe.address if probe is not None and probe.address else self.clients.node_address)
         port = probe.port if probe is not None else 1
-        packet = self.packet(self.clients.external, dst, port, sp.protocol)
+        return self.packet(self.clients.external, dst, port, sp.protocol)
+
+    def way_packets(self, sp: ServicePortLayout, way: WayIn) -> list[tuple[str, Packet]]:
+        """(kind of client, its packet) for every client a way in is traced for (none for a health check)."""
+        if way.kind == HEALTH_CHECK:
+            return []
+        dst, sources = self.clients.packets(way, sp.lb_source_ranges, self.layout.family)
+        return [(kind, self.packet(src, dst, way.port, way.protocol)) for kind, src in sources]
+
+    def questions(self, sp: ServicePortLayout) -> list[tuple[str | None, Packet]]:
+        """Every trace `service(sp)` asks for, in its order, as (the chain entered directly or None, packet):
+        what iptrace.kube.reuse keys a port's view by, without building it."""
+        packet = self.probe(sp)
+        calls: list[tuple[str | None, Packet]] = [(chain, packet) for chain in (sp.cluster_chain, sp.local_chain)
+                                                  if chain is not None]
+        for way in sp.ways_in:
+            calls.extend((None, p) for _kind, p in self.way_packets(sp, way))
+        return calls
+
+    def endpoints(self, sp: ServicePortLayout) -> list[EndpointView]:
+        """Every endpoint of the cluster and local chains, with its share, by walking each chain."""
+        found: dict[str, list[object]] = {}  # destination -> [chain, line, share, local share, in cluster]
+        packet = self.probe(sp)
         for chain, local in ((sp.cluster_chain, False), (sp.local_chain, True)):
             if chain is None:
                 continue
@@ -371,11 +392,11 @@ class _Builder:
             return EntryView(HEALTH_CHECK, None, way.port, "tcp", "", "ACCEPT", (), MASQ_NEVER, (), (),
                              notes=("kube-proxy's health check server for externalTrafficPolicy=Local",),
                              lines=way.lines)
-        dst, sources = self.clients.packets(way, sp.lb_source_ranges, self.layout.family)
         paths: dict[str, SourcePath] = {}
         notes = list(way.notes)
-        for kind, src in sources:
-            trace = self.tracer.trace(self.packet(src, dst, way.port, way.protocol))
+        for kind, packet in self.way_packets(sp, way):
+            trace = self.tracer.trace(packet)
+            dst = packet.dst
             paths[kind] = _source_path(kind, trace, own)
             if _marked_for_drop(trace):
                 notes.append(f"{_CLIENT_WORDS[kind]}: marked by KUBE-MARK-DROP, which kubelet's KUBE-FIREWALL "
@@ -501,7 +522,8 @@ class ViewBuilder:
                 else:
                     clients = self.clients
                     services = self._reuse.services(layout, self._tracer,
-                                                    lambda t: _Builder(layout, t, clients).service)
+                                                    lambda t: _Builder(layout, t, clients).service,
+                                                    _Builder(layout, self._tracer, clients).questions)
                     self._ports.update(zip(layout.keys, services, strict=True))
             finally:
                 if enabled:
