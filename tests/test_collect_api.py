@@ -21,6 +21,7 @@ from iptrace.collect.api import collect_api
 from iptrace.errors import ClusterError, InputError
 from tests.apicluster import ADMIN, KUBE_PROXY_IMAGE, FakeCluster, can_make_nodes
 from tests.apiserver import Grant
+from tests.signals import default_sigint
 
 needs_nodes = pytest.mark.skipif(can_make_nodes() is not None, reason=str(can_make_nodes()))
 ROOT = Path(__file__).resolve().parents[1]
@@ -331,7 +332,7 @@ def test_an_interrupted_collect_still_deletes_its_pods(cluster: FakeCluster, sig
         [sys.executable, "-c", "from iptrace.cli import main; main()", "collect", "--via", "api", "--kubeconfig",
          str(cluster.kubeconfig), "--out", str(out), "--api-method", "pod"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+        text=True, preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 30
         while sum(1 for p in server.collector_pods() if p["status"]["phase"] == "Running") < 2:

@@ -20,6 +20,7 @@ from iptrace.collect import store
 from iptrace.collect.gather import parse_ip_addr, parse_iptables_version
 from iptrace.collect.ssh import NodeTarget, collect, read_inventory, remote_command
 from iptrace.errors import InputError
+from tests.signals import default_sigint
 from tests.sshd import (
     SAMPLE_DUMP,
     SAMPLE_DUMP6,
@@ -367,7 +368,7 @@ def test_an_interrupted_collect_stops_at_once_and_keeps_what_it_collected(farm: 
             "--known-hosts", str(farm.known_hosts(tmp_path / "known_hosts")), "--ssh-config",
             str(_empty_config(tmp_path)), "--timeout", "60"]
     process = subprocess.Popen(argv, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 30
         while not (pid_file.exists() and (out / _name(fine) / "meta.json").exists()):

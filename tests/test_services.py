@@ -18,7 +18,8 @@ from bench.synth import EndpointSpec, PortSpec, ServiceSpec, expected_service_po
 from iptrace.iptables import era as era_mod
 from iptrace.iptables import load
 from iptrace.iptables.comments import parse_comment
-from iptrace.kube.view import filter_view, split_service_port_name
+from iptrace.kube.select import filter_view
+from iptrace.kube.view import split_service_port_name
 from iptrace.render.graph import render_dot, render_mermaid
 from iptrace.render.json import dumps
 from iptrace.render.services import render_services_text, services_to_json, view_to_json

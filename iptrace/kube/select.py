@@ -7,9 +7,10 @@ from __future__ import annotations
 import difflib
 import ipaddress
 from collections.abc import Iterable
+from dataclasses import replace
 
 from iptrace.errors import InputError
-from iptrace.kube.view import KubeView, ServicePortView, filter_view
+from iptrace.kube.view import KubeView, ServicePortView, split_destination
 
 _SHOWN = 5  # names listed when none is close
 
@@ -119,3 +120,49 @@ def _split(address: str) -> tuple[str, int | None]:
         return str(ipaddress.ip_address(ip)), port
     except ValueError:
         return ip, port
+
+
+def filter_view(view: KubeView, namespace: str | None = None, service: str | None = None,
+                address: str | None = None) -> KubeView:
+    """The view restricted to one namespace, one Service ("NS/NAME", every port of it, or a chain name for
+    an unnamed one) and/or one address (IP or IP:PORT: a ClusterIP, external/LB IP, endpoint or nodePort)."""
+    services = view.services
+    if namespace is not None:
+        services = tuple(s for s in services if s.namespace == namespace)
+    if service is not None:
+        want_ns, _, want_name = service.partition("/")
+        if not want_name:
+            services = tuple(s for s in services if s.name == service or service in s.chains)
+        else:
+            want_name, _, want_port = want_name.partition(":")
+            services = tuple(s for s in services if s.namespace == want_ns and s.name == want_name
+                             and (not want_port or s.port_name == want_port))
+    if address is not None:
+        ip, port = _split_address_filter(address)
+        services = tuple(s for s in services if _touches(s, ip, port))
+    labels = {c: lab for c, lab in view.chain_labels.items() if any(c in s.chains for s in services)} \
+        if services != view.services else view.chain_labels
+    return replace(view, services=services, chain_labels=labels)
+
+
+def _split_address_filter(text: str) -> tuple[str, int | None]:
+    if text.startswith("["):
+        return split_destination(text)
+    if text.count(":") == 1:
+        ip, _, port = text.partition(":")
+        return ip, int(port) if port.isdigit() else None
+    return text, None
+
+
+def _touches(s: ServicePortView, ip: str, port: int | None) -> bool:
+    try:
+        ip = str(ipaddress.ip_address(ip))
+    except ValueError:
+        pass
+    for e in s.entries:
+        if e.address == ip and (port is None or e.port == port):
+            return True
+    for ep in s.endpoints:
+        if ep.ip == ip and (port is None or ep.port == port):
+            return True
+    return False

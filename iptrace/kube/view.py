@@ -9,9 +9,8 @@ kind of client — so the view and a trace of the same packet cannot disagree. D
 from __future__ import annotations
 
 import gc
-import ipaddress
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
 from iptrace.dataplane import (
@@ -36,7 +35,7 @@ from iptrace.kube.sources import inside, of_family, outside, pick_source
 __all__ = [
     "CLUSTER_IP", "EXTERNAL", "EXTERNAL_IP", "HEALTH_CHECK", "LOAD_BALANCER", "MASQ_ALWAYS", "MASQ_NEVER",
     "MASQ_OFF_POD", "NODE", "NODE_PORT", "OUTSIDE_RANGES", "POD", "SOURCES", "EndpointView", "EntryView",
-    "KubeView", "NodePortAddresses", "Reach", "ServicePortView", "SourcePath", "build_view", "filter_view",
+    "KubeView", "NodePortAddresses", "Reach", "ServicePortView", "SourcePath", "build_view",
     "split_service_port_name",
 ]
 
@@ -223,7 +222,7 @@ def split_service_port_name(name: str) -> tuple[str, str, str]:
     return ns, svc, port
 
 
-def _split_destination(text: str) -> tuple[str, int | None]:
+def split_destination(text: str) -> tuple[str, int | None]:
     """"10.0.0.1:80" / "[fd00::1]:80" / "10.0.0.1" -> (ip, port)."""
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
@@ -381,7 +380,7 @@ class _Builder:
                     e[4] = True
         out = []
         for destination, (chain, line, share, local_share, in_cluster) in found.items():
-            ip, port_ = _split_destination(destination)
+            ip, port_ = split_destination(destination)
             probability = share if share is not None else local_share
             out.append(_new_endpoint(ip, port_, probability, local_share is not None, chain, local_share,
                                      in_cluster, line))
@@ -552,52 +551,3 @@ def view_node_ips(layout: Layout, node_ips: Sequence[str]) -> list[str]:
         return list(node_ips)
     revealed = of_family(layout.node_ips, layout.family)
     return [*node_ips, *(revealed or [_PLACEHOLDER_NODE[layout.family]])]
-
-
-# ------------------------------------------------------------------------------------------------ filtering
-
-
-def filter_view(view: KubeView, namespace: str | None = None, service: str | None = None,
-                address: str | None = None) -> KubeView:
-    """The view restricted to one namespace, one Service ("NS/NAME", every port of it, or a chain name for
-    an unnamed one) and/or one address (IP or IP:PORT: a ClusterIP, external/LB IP, endpoint or nodePort)."""
-    services = view.services
-    if namespace is not None:
-        services = tuple(s for s in services if s.namespace == namespace)
-    if service is not None:
-        want_ns, _, want_name = service.partition("/")
-        if not want_name:
-            services = tuple(s for s in services if s.name == service or service in s.chains)
-        else:
-            want_name, _, want_port = want_name.partition(":")
-            services = tuple(s for s in services if s.namespace == want_ns and s.name == want_name
-                             and (not want_port or s.port_name == want_port))
-    if address is not None:
-        ip, port = _split_address_filter(address)
-        services = tuple(s for s in services if _touches(s, ip, port))
-    labels = {c: lab for c, lab in view.chain_labels.items() if any(c in s.chains for s in services)} \
-        if services != view.services else view.chain_labels
-    return replace(view, services=services, chain_labels=labels)
-
-
-def _split_address_filter(text: str) -> tuple[str, int | None]:
-    if text.startswith("["):
-        return _split_destination(text)
-    if text.count(":") == 1:
-        ip, _, port = text.partition(":")
-        return ip, int(port) if port.isdigit() else None
-    return text, None
-
-
-def _touches(s: ServicePortView, ip: str, port: int | None) -> bool:
-    try:
-        ip = str(ipaddress.ip_address(ip))
-    except ValueError:
-        pass
-    for e in s.entries:
-        if e.address == ip and (port is None or e.port == port):
-            return True
-    for ep in s.endpoints:
-        if ep.ip == ip and (port is None or ep.port == port):
-            return True
-    return False
