@@ -18,14 +18,17 @@ tests/test_nft_walk_properties.py compares shared and unshared walks.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
 
 from iptrace.dataplane import Decision
 from iptrace.nftables.evaluate import address_equals, reads
-from iptrace.nftables.model import Match, Nat, SetUpdate
+from iptrace.nftables.model import Match, Nat, Payload, SetUpdate
+from iptrace.nftables.normalise import make_nat, make_reject, make_statement
 from iptrace.nftables.rules import FORK, NAT, UPDATE, CompiledRule
+from iptrace.nftables.shapes import Call, Slot
 from iptrace.nftables.state import Segment, State, cons_list
 
 MAX_RULES = 8  # chains with more rules are not worth a skeleton (kube-proxy's endpoint chains have 2 or 3)
@@ -103,6 +106,8 @@ class Skeletons:
     def __init__(self, closure_fields: Callable[[Any, set[int]], tuple[set[str], frozenset[Any]] | None]) -> None:
         self._closure_fields = closure_fields
         self._by_signature: dict[Any, Skeleton | None] = {}
+        # (table, quick key) -> the skeleton of chains with that key (None: none; _SLOW: read their items)
+        self._by_quick: dict[Any, Any] = {}
         self._of_chain: dict[tuple[str, str], tuple[Skeleton, tuple[tuple[str, str], ...], dict[int, Any]] | None] = {}
 
     def of(self, code: Any) -> tuple[Skeleton, tuple[tuple[str, str], ...], dict[int, Any]] | None:
@@ -112,18 +117,38 @@ class Skeletons:
         found = None
         rules = code.chain.rules
         if 0 < len(rules) <= MAX_RULES and code.chain.base is None:
-            signature = _signature(rules)
-            # Only chains with parameters: a chain without is its skeleton's only member (memo.py's plans serve).
-            if signature is not None and any(type(i) is tuple for items, _ in signature for i in items):
-                key = (code.table.label, signature)
-                sk = self._by_signature.get(key, False)
+            quick = _quick(rules)
+            sk: Any = _SLOW
+            if quick is not None:
+                key = (code.table.label, quick[0])
+                sk = self._by_quick.get(key, False)
                 if sk is False:
-                    sk = self._by_signature[key] = self._make(code)
+                    # The first chain of these shapes and values: its skeleton read from its items, and its
+                    # parameters both ways (they agree; should a shape ever say otherwise, its chains are read
+                    # from their items).
+                    sk = self._by_items(code)
+                    if sk is not None and parameters(rules) != quick[1:]:
+                        sk = _SLOW
+                    self._by_quick[key] = sk
+            if sk is _SLOW:
+                sk = self._by_items(code)
                 if sk is not None:
-                    tests, dnats = parameters(rules)
-                    found = (sk, tests, dnats)
+                    found = (sk, *parameters(rules))
+            elif sk is not None:
+                found = (sk, *quick[1:])  # type: ignore[index]
         self._of_chain[code.key] = found
         return found
+
+    def _by_items(self, code: Any) -> Skeleton | None:
+        signature = _signature(code.chain.rules)
+        # Only chains with parameters: a chain without is its skeleton's only member (memo.py's plans serve).
+        if signature is None or not any(type(i) is tuple for items, _ in signature for i in items):
+            return None
+        key = (code.table.label, signature)
+        sk = self._by_signature.get(key, False)
+        if sk is False:
+            sk = self._by_signature[key] = self._make(code)
+        return sk  # type: ignore[return-value]
 
     def _make(self, code: Any) -> Skeleton | None:
         param_items: set[int] = set()
@@ -136,6 +161,111 @@ class Skeletons:
             return None
         fields, nested = found
         return Skeleton(nested, tuple(sorted((fields | set(_RESTORED)) - _NOT_RAW)))
+
+
+# -- a chain's skeleton read from its rules' shapes (loader.py) without building their items ---------------
+
+_SLOW = object()
+_NO_PLAN = object()
+
+
+def _template_plan(build: Any) -> tuple[tuple[tuple[str, int, str], ...], tuple[int, ...]] | None:
+    """What the rules of one shape (shapes.compile_template's `build` and its template) have as parameters:
+    ((kind, position in the rule's `_lazy`, field), …) in item order, and the positions of the other values;
+    None when the template cannot say (a set update, a parameter that is no value, a value used twice)."""
+    template = getattr(build, "template", None)
+    if template is None:
+        return None
+    items, comment, where = template
+    counts: dict[tuple[int, int], int] = {}
+    _count_slots((items, comment), counts)
+    params: list[tuple[str, int, str]] = []
+    for item in items:
+        t = type(item)
+        if t is Call:
+            if item.fn is make_nat:
+                kind, _family, target, _flags = item.args
+                if kind != "dnat":
+                    continue
+                if type(target) is Slot:
+                    key = (target.index, id(target.fn))
+                    if counts[key] != 1:
+                        return None
+                    params.append(("dnat", where[key], ""))
+                elif type(target) is not tuple or len(target) != 2 or type(target[0]) in (str, Slot):
+                    return None
+            elif item.fn is not make_reject and item.fn is not make_statement:
+                return None
+        elif t is SetUpdate or t is Nat:
+            return None  # (a Nat without values: its constant target would be a parameter)
+        elif t is Match:
+            left, right = item.left, item.right
+            if type(left) is Payload and item.op == "==" and left.protocol in ("ip", "ip6") and \
+                    left.field in ("saddr", "daddr"):
+                if type(right) is Slot:
+                    key = (right.index, id(right.fn))
+                    if counts[key] != 1:
+                        return None
+                    params.append(("addr", where[key], "src" if left.field == "saddr" else "dst"))
+                elif type(right) is str:
+                    return None
+    taken = {k for _, k, _ in params}
+    return tuple(params), tuple(sorted(k for k in set(where.values()) if k not in taken))
+
+
+def _count_slots(node: Any, counts: dict[tuple[int, int], int]) -> None:
+    if type(node) is Slot:
+        key = (node.index, id(node.fn))
+        counts[key] = counts.get(key, 0) + 1
+    elif type(node) is Call:
+        _count_slots(node.args, counts)
+    elif isinstance(node, tuple):
+        for x in node:
+            _count_slots(x, counts)
+    elif dataclasses.is_dataclass(node) and not isinstance(node, type):
+        for f in dataclasses.fields(node):
+            _count_slots(getattr(node, f.name), counts)
+
+
+def _quick(rules: tuple[Any, ...]) -> tuple[Any, tuple[tuple[str, str], ...], dict[int, tuple[str, int | None]]] | None:
+    """(key, tests, dnats) of a chain whose rules were all read through shapes: chains with equal keys have one
+    skeleton (equal builders and equal values but for parameters, which the key holds by kind); `tests` and
+    `dnats` as `parameters` reads them from the items. None for other chains."""
+    keys = []
+    tests: list[tuple[str, str]] = []
+    dnats: dict[int, tuple[str, int | None]] = {}
+    for i, rule in enumerate(rules):
+        lazy = rule._lazy
+        if lazy is None:
+            return None
+        build = lazy[0]
+        plan = getattr(build, "skeleton_plan", _NO_PLAN)
+        if plan is _NO_PLAN:
+            plan = build.skeleton_plan = _template_plan(build)
+        if plan is None:
+            return None
+        params, others = plan
+        kinds: list[Any] = []
+        for kind, k, field in params:
+            v = lazy[k]
+            if kind == "addr":
+                if type(v) is str:
+                    tests.append((field, v))
+                    kinds.append(True)
+                    continue
+            elif type(v) is tuple and len(v) == 2 and type(v[0]) is str and (v[1] is None or type(v[1]) is int):
+                if i not in dnats:
+                    dnats[i] = v
+                kinds.append(v[1] is None)
+                continue
+            kinds.append((v,))  # not a parameter here: the item is as the value makes it
+        keys.append((build, tuple([lazy[k] for k in others]), tuple(kinds)))
+    key = tuple(keys)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key, tuple(tests), dnats
 
 
 def closure_fields(code: Any, param_items: set[int], compiled: Callable[[Any, int], CompiledRule],
