@@ -24,8 +24,8 @@ from operator import attrgetter
 from typing import Any
 
 from iptrace.dataplane import Decision
-from iptrace.nftables.evaluate import address_equals, reads
-from iptrace.nftables.model import Match, Nat, Payload, SetUpdate
+from iptrace.nftables.evaluate import address_equals, forks, reads
+from iptrace.nftables.model import Match, Nat, Payload, SetUpdate, VerdictMap
 from iptrace.nftables.normalise import make_nat, make_reject, make_statement
 from iptrace.nftables.rules import FORK, NAT, UPDATE, CompiledRule
 from iptrace.nftables.shapes import Call, Slot
@@ -119,7 +119,9 @@ class Skeletons:
         if 0 < len(rules) <= MAX_RULES and code.chain.base is None:
             quick = _quick(rules)
             sk: Any = _SLOW
-            if quick is not None:
+            if quick is _DRAWS:
+                sk = None
+            elif quick is not None:
                 key = (code.table.label, quick[0])
                 sk = self._by_quick.get(key, False)
                 if sk is False:
@@ -167,6 +169,7 @@ class Skeletons:
 
 _SLOW = object()
 _NO_PLAN = object()
+_DRAWS: Any = object()  # a chain with a numgen/hash verdict map (kube-proxy's service chains): never a skeleton
 
 
 def _template_plan(build: Any) -> tuple[tuple[tuple[str, int, str], ...], tuple[int, ...]] | None:
@@ -177,6 +180,8 @@ def _template_plan(build: Any) -> tuple[tuple[tuple[str, int, str], ...], tuple[
     if template is None:
         return None
     items, comment, where = template
+    if any(type(item) is VerdictMap and forks(item) for item in items):
+        return _DRAWS  # (its rule compiles to a draw: closure_fields would say no skeleton)
     counts: dict[tuple[int, int], int] = {}
     _count_slots((items, comment), counts)
     params: list[tuple[str, int, str]] = []
@@ -242,8 +247,8 @@ def _quick(rules: tuple[Any, ...]) -> tuple[Any, tuple[tuple[str, str], ...], di
         plan = getattr(build, "skeleton_plan", _NO_PLAN)
         if plan is _NO_PLAN:
             plan = build.skeleton_plan = _template_plan(build)
-        if plan is None:
-            return None
+        if plan is None or plan is _DRAWS:
+            return plan  # type: ignore[return-value]
         params, others = plan
         kinds: list[Any] = []
         for kind, k, field in params:
