@@ -108,12 +108,10 @@ class Skeletons:
         self._by_signature: dict[Any, Skeleton | None] = {}
         # (table, quick key) -> the skeleton of chains with that key (None: none; _SLOW: read their items)
         self._by_quick: dict[Any, Any] = {}
-        self._of_chain: dict[tuple[str, str], tuple[Skeleton, tuple[tuple[str, str], ...], dict[int, Any]] | None] = {}
 
     def of(self, code: Any) -> tuple[Skeleton, tuple[tuple[str, str], ...], dict[int, Any]] | None:
-        found = self._of_chain.get(code.key, False)
-        if found is not False:
-            return found  # type: ignore[return-value]
+        """(skeleton, tests, dnats) of chain `code`, or None. The walker keeps the answer (ChainCode.shaped):
+        asked once per chain."""
         found = None
         rules = code.chain.rules
         if 0 < len(rules) <= MAX_RULES and code.chain.base is None:
@@ -123,7 +121,10 @@ class Skeletons:
                 sk = None
             elif quick is not None:
                 key = (code.table.label, quick[0])
-                sk = self._by_quick.get(key, False)
+                try:
+                    sk = self._by_quick.get(key, False)
+                except TypeError:
+                    sk = _SLOW
                 if sk is False:
                     # The first chain of these shapes and values: its skeleton read from its items, and its
                     # parameters both ways (they agree; should a shape ever say otherwise, its chains are read
@@ -138,7 +139,6 @@ class Skeletons:
                     found = (sk, *parameters(rules))
             elif sk is not None:
                 found = (sk, *quick[1:])  # type: ignore[index]
-        self._of_chain[code.key] = found
         return found
 
     def _by_items(self, code: Any) -> Skeleton | None:
@@ -167,8 +167,7 @@ class Skeletons:
 
 # -- a chain's skeleton read from its rules' shapes (loader.py) without building their items ---------------
 
-_SLOW = object()
-_NO_PLAN = object()
+_SLOW: Any = object()
 _DRAWS: Any = object()  # a chain with a numgen/hash verdict map (kube-proxy's service chains): never a skeleton
 
 
@@ -244,8 +243,9 @@ def _quick(rules: tuple[Any, ...]) -> tuple[Any, tuple[tuple[str, str], ...], di
         if lazy is None:
             return None
         build = lazy[0]
-        plan = getattr(build, "skeleton_plan", _NO_PLAN)
-        if plan is _NO_PLAN:
+        try:
+            plan = build.skeleton_plan
+        except AttributeError:
             plan = build.skeleton_plan = _template_plan(build)
         if plan is None or plan is _DRAWS:
             return plan  # type: ignore[return-value]
@@ -264,13 +264,8 @@ def _quick(rules: tuple[Any, ...]) -> tuple[Any, tuple[tuple[str, str], ...], di
                 kinds.append(v[1] is None)
                 continue
             kinds.append((v,))  # not a parameter here: the item is as the value makes it
-        keys.append((build, tuple([lazy[k] for k in others]), tuple(kinds)))
-    key = tuple(keys)
-    try:
-        hash(key)
-    except TypeError:
-        return None
-    return key, tuple(tests), dnats
+        keys.append((build, tuple([lazy[k] for k in others]) if others else (), tuple(kinds)))
+    return tuple(keys), tuple(tests), dnats  # (a value that cannot be hashed: Skeletons.of reads the items)
 
 
 def closure_fields(code: Any, param_items: set[int], compiled: Callable[[Any, int], CompiledRule],
