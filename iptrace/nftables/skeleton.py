@@ -14,6 +14,11 @@ that member's own rules, Decisions and DNAT address and port. Only closures whos
 key are shared: no numgen/hash draw, no set update, no dynamic set, no NAT outside the chain itself or to
 anything but a constant address; a walk that made an assumption (its text names a line) is not recorded.
 tests/test_nft_walk_properties.py compares shared and unshared walks.
+
+Which skeleton a chain has is read without building its rules' items when the loader read them through shapes
+(shapes.py): rules of one shape are built by one function from their values, so chains whose rules have the
+same builders and the same values but for parameters (which the shape's template says where they are) have
+one skeleton. The first chain of each such key still gets its skeleton from its items.
 """
 
 from __future__ import annotations
