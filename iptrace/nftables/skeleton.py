@@ -88,9 +88,13 @@ def _signature(rules: tuple[Any, ...]) -> tuple[Any, ...] | None:
     return tuple(out)
 
 
-def parameters(rules: tuple[Any, ...]) -> tuple[tuple[tuple[str, str], ...], dict[int, tuple[str, int | None]]]:
+Dnats = tuple[tuple[str, int | None] | None, ...]  # by rule index: (address, port) of its DNAT, or None
+
+
+def parameters(rules: tuple[Any, ...]) -> tuple[tuple[tuple[str, str], ...], Dnats]:
     """A chain's own values of its skeleton's parameters: the address tests (field, address) in rule and item
-    order, and each rule's first DNAT (the one that acts: a NAT statement ends the rule) by rule index."""
+    order, and each rule's first DNAT (the one that acts: a NAT statement ends the rule) by rule index (a tuple,
+    not a dict: kept for each of ~50,000 endpoint chains)."""
     tests: list[tuple[str, str]] = []
     dnats: dict[int, tuple[str, int | None]] = {}
     for i, rule in enumerate(rules):
@@ -101,7 +105,7 @@ def parameters(rules: tuple[Any, ...]) -> tuple[tuple[tuple[str, str], ...], dic
             elif t is Nat and item.kind == "dnat" and type(item.addr) is str and (
                     item.port is None or type(item.port) is int):
                 dnats.setdefault(i, (item.addr, item.port))
-    return tuple(tests), dnats
+    return tuple(tests), tuple([dnats.get(i) for i in range(len(rules))])
 
 
 class Skeletons:
@@ -114,7 +118,7 @@ class Skeletons:
         # (table, quick key) -> the skeleton of chains with that key (None: none; _SLOW: read their items)
         self._by_quick: dict[Any, Any] = {}
 
-    def of(self, code: Any) -> tuple[Skeleton, tuple[tuple[str, str], ...], dict[int, Any]] | None:
+    def of(self, code: Any) -> tuple[Skeleton, tuple[tuple[str, str], ...], Dnats] | None:
         """(skeleton, tests, dnats) of chain `code`, or None. The walker keeps the answer (ChainCode.shaped):
         asked once per chain."""
         found = None
@@ -236,7 +240,7 @@ def _count_slots(node: Any, counts: dict[tuple[int, int], int]) -> None:
             _count_slots(getattr(node, f.name), counts)
 
 
-def _quick(rules: tuple[Any, ...]) -> tuple[Any, tuple[tuple[str, str], ...], dict[int, tuple[str, int | None]]] | None:
+def _quick(rules: tuple[Any, ...]) -> tuple[Any, tuple[tuple[str, str], ...], Dnats] | None:
     """(key, tests, dnats) of a chain whose rules were all read through shapes: chains with equal keys have one
     skeleton (equal builders and equal values but for parameters, which the key holds by kind); `tests` and
     `dnats` as `parameters` reads them from the items. None for other chains."""
@@ -270,7 +274,8 @@ def _quick(rules: tuple[Any, ...]) -> tuple[Any, tuple[tuple[str, str], ...], di
                 continue
             kinds.append((v,))  # not a parameter here: the item is as the value makes it
         keys.append((build, tuple([lazy[k] for k in others]) if others else (), tuple(kinds)))
-    return tuple(keys), tuple(tests), dnats  # (a value that cannot be hashed: Skeletons.of reads the items)
+    # (a value that cannot be hashed: Skeletons.of reads the items)
+    return tuple(keys), tuple(tests), tuple([dnats.get(i) for i in range(len(rules))])
 
 
 def closure_fields(code: Any, param_items: set[int], compiled: Callable[[Any, int], CompiledRule],
@@ -344,7 +349,7 @@ def record(results: list[tuple[State, Any]], before: tuple[Any, Any, str, int], 
     return out
 
 
-def replay(recorded: list[tuple[Any, ...]], s: State, code: Any, dnats: dict[int, Any], ref: Callable[[Any, int], Any],
+def replay(recorded: list[tuple[Any, ...]], s: State, code: Any, dnats: Dnats, ref: Callable[[Any, int], Any],
            ) -> list[tuple[State, Any]]:
     """The recorded walk on branch `s` entering member `code` (`dnats`: its DNAT parameters in order; `ref`:
     the walker's (chain, index) → the rule as path entries hold it)."""
@@ -362,7 +367,9 @@ def replay(recorded: list[tuple[Any, ...]], s: State, code: Any, dnats: dict[int
         st.mark, st.ct_mark, st.notrack, st.snat, st.masq = mark, ct_mark, notrack, snat, masq
         st.hook, st.in_iface, st.out_iface = hook, in_iface, out_iface
         if nat >= 0:
-            addr, port = dnats[nat]
+            target = dnats[nat]
+            assert target is not None  # (record keeps a DNAT of the chain's own only when it is a parameter)
+            addr, port = target
             st.dst = addr
             if port is not None:
                 st.dport = port
