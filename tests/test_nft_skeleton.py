@@ -16,6 +16,7 @@ from bench.synth_nft import render_nft
 from iptrace.dataplane import Packet, trace_to_json
 from iptrace.nftables import DATAPLANE, load
 from iptrace.nftables.model import Ruleset
+from iptrace.nftables.skeleton import parameters
 from iptrace.nftables.walk import Tracer
 from tests.nft_corpus import FIXTURES, read, texts
 
@@ -82,3 +83,48 @@ def test_synthesized_services_share_endpoint_walks_and_trace_the_same(seed: int)
     recorded = _compare(load(text), [NODE_IP])
     endpoint_chains = sum(len(s.endpoints) for s in specs for _ in s.ports)
     assert 0 < recorded < endpoint_chains  # walks recorded once per skeleton and key, replayed on the others
+
+
+def _read_from_items(walker: Tracer, code: object) -> object:
+    """What Skeletons.of answers when a chain's skeleton is read from its rules' items alone."""
+    sk = walker._skeletons._by_items(code)
+    return None if sk is None else (sk, *parameters(code.chain.rules))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("path", [*SAMPLES, None], ids=[*(p.name for p in SAMPLES), "synthesized"])
+def test_skeleton_read_from_shapes_is_the_one_read_from_items(path: Path | None) -> None:
+    """A chain's skeleton read from its rules' shapes and values (the loader's lazy rules) is the one its items
+    give: the same Skeleton object, the same parameter tests and DNATs, or none for both."""
+    if path is None:
+        text = render_nft(synth.scale(30, 4, seed=3), node_ips=[NODE_IP], pod_cidr="10.244.0.0/16",
+                          service_cidrs=["10.96.0.0/12"], form="list")
+        ruleset = load(text)
+    else:
+        ruleset = load(path.read_text(), source=str(path))
+    walker = Tracer(ruleset, node_ips=[NODE_IP])
+    quick = 0
+    for table in ruleset.tables:
+        table_code = walker._tables[(table.family, table.name)]
+        for chain in table.chains:
+            code = walker._chain(table_code, chain.name)
+            assert code is not None
+            lazy = bool(chain.rules) and all(r._lazy is not None for r in chain.rules)
+            built = lazy and any(_has_items(r) for r in chain.rules)
+            found = walker._skeletons.of(code)
+            if lazy and not built and found is not None and not any(_has_items(r) for r in chain.rules):
+                quick += 1  # read without building the items
+            expected = _read_from_items(walker, code)
+            if found is None or expected is None:
+                assert found is expected, chain.name
+            else:
+                assert found[0] is expected[0] and tuple(found[1:]) == tuple(expected[1:]), chain.name  # type: ignore[index]
+    if path is None:
+        assert quick  # the endpoint chains after the first of their shape
+
+
+def _has_items(rule: object) -> bool:
+    try:
+        object.__getattribute__(rule, "items")
+    except AttributeError:
+        return False
+    return True

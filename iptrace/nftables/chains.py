@@ -234,7 +234,7 @@ class ChainWalker:
         return replay(found, s)
 
     def _enter_skeleton(self, code: ChainCode, s: State, stack: tuple[tuple[str, str], ...], sk: Skeleton,
-                        tests: tuple[tuple[str, str], ...], dnats: dict[int, Any]) -> list[tuple[State, Terminal]]:
+                        tests: tuple[tuple[str, str], ...], dnats: skeleton.Dnats) -> list[tuple[State, Terminal]]:
         """A small chain replayed from the walk of a chain written alike (skeleton.py)."""
         if not sk.nested.isdisjoint(stack):  # a jump loop through the caller: the walk says so
             return self._run_chain(code, s, stack)

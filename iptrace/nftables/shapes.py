@@ -187,6 +187,9 @@ def compile_template(items: tuple[Any, ...], comment: Any, keywords: dict[int, s
     later = _Emitter(deferred=True)
     result = f"({later.emit(items)}, {later.emit(comment)})"
     build = later.function("build", "n", "", result)
+    # The template itself, and where each Slot's value is in a rule's `_lazy`: skeleton.py reads a chain's
+    # skeleton from its rules' shapes and values without building their items.
+    build.template = (items, comment, {key: k for key, (k, _) in later.slots.items()})  # type: ignore[attr-defined]
     now = _Emitter()
     now.ns.update(_pton=inet_pton, _AF_INET=AF_INET)
     lines = "".join(f"    if v[{i}] != {word!r}:\n        return None\n" for i, word in sorted(keywords.items()))

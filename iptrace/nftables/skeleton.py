@@ -14,18 +14,26 @@ that member's own rules, Decisions and DNAT address and port. Only closures whos
 key are shared: no numgen/hash draw, no set update, no dynamic set, no NAT outside the chain itself or to
 anything but a constant address; a walk that made an assumption (its text names a line) is not recorded.
 tests/test_nft_walk_properties.py compares shared and unshared walks.
+
+Which skeleton a chain has is read without building its rules' items when the loader read them through shapes
+(shapes.py): rules of one shape are built by one function from their values, so chains whose rules have the
+same builders and the same values but for parameters (which the shape's template says where they are) have
+one skeleton. The first chain of each such key still gets its skeleton from its items.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
 
 from iptrace.dataplane import Decision
-from iptrace.nftables.evaluate import address_equals, reads
-from iptrace.nftables.model import Match, Nat, SetUpdate
+from iptrace.nftables.evaluate import address_equals, forks, reads
+from iptrace.nftables.model import Match, Nat, Payload, SetUpdate, VerdictMap
+from iptrace.nftables.normalise import make_nat, make_reject, make_statement
 from iptrace.nftables.rules import FORK, NAT, UPDATE, CompiledRule
+from iptrace.nftables.shapes import Call, Slot
 from iptrace.nftables.state import Segment, State, cons_list
 
 MAX_RULES = 8  # chains with more rules are not worth a skeleton (kube-proxy's endpoint chains have 2 or 3)
@@ -80,9 +88,13 @@ def _signature(rules: tuple[Any, ...]) -> tuple[Any, ...] | None:
     return tuple(out)
 
 
-def parameters(rules: tuple[Any, ...]) -> tuple[tuple[tuple[str, str], ...], dict[int, tuple[str, int | None]]]:
+Dnats = tuple[tuple[str, int | None] | None, ...]  # by rule index: (address, port) of its DNAT, or None
+
+
+def parameters(rules: tuple[Any, ...]) -> tuple[tuple[tuple[str, str], ...], Dnats]:
     """A chain's own values of its skeleton's parameters: the address tests (field, address) in rule and item
-    order, and each rule's first DNAT (the one that acts: a NAT statement ends the rule) by rule index."""
+    order, and each rule's first DNAT (the one that acts: a NAT statement ends the rule) by rule index (a tuple,
+    not a dict: kept for each of ~50,000 endpoint chains)."""
     tests: list[tuple[str, str]] = []
     dnats: dict[int, tuple[str, int | None]] = {}
     for i, rule in enumerate(rules):
@@ -93,7 +105,7 @@ def parameters(rules: tuple[Any, ...]) -> tuple[tuple[tuple[str, str], ...], dic
             elif t is Nat and item.kind == "dnat" and type(item.addr) is str and (
                     item.port is None or type(item.port) is int):
                 dnats.setdefault(i, (item.addr, item.port))
-    return tuple(tests), dnats
+    return tuple(tests), tuple([dnats.get(i) for i in range(len(rules))])
 
 
 class Skeletons:
@@ -103,27 +115,51 @@ class Skeletons:
     def __init__(self, closure_fields: Callable[[Any, set[int]], tuple[set[str], frozenset[Any]] | None]) -> None:
         self._closure_fields = closure_fields
         self._by_signature: dict[Any, Skeleton | None] = {}
-        self._of_chain: dict[tuple[str, str], tuple[Skeleton, tuple[tuple[str, str], ...], dict[int, Any]] | None] = {}
+        # (table, quick key) -> the skeleton of chains with that key (None: none; _SLOW: read their items)
+        self._by_quick: dict[Any, Any] = {}
 
-    def of(self, code: Any) -> tuple[Skeleton, tuple[tuple[str, str], ...], dict[int, Any]] | None:
-        found = self._of_chain.get(code.key, False)
-        if found is not False:
-            return found  # type: ignore[return-value]
+    def of(self, code: Any) -> tuple[Skeleton, tuple[tuple[str, str], ...], Dnats] | None:
+        """(skeleton, tests, dnats) of chain `code`, or None. The walker keeps the answer (ChainCode.shaped):
+        asked once per chain."""
         found = None
         rules = code.chain.rules
         if 0 < len(rules) <= MAX_RULES and code.chain.base is None:
-            signature = _signature(rules)
-            # Only chains with parameters: a chain without is its skeleton's only member (memo.py's plans serve).
-            if signature is not None and any(type(i) is tuple for items, _ in signature for i in items):
-                key = (code.table.label, signature)
-                sk = self._by_signature.get(key, False)
+            quick = _quick(rules)
+            sk: Any = _SLOW
+            if quick is _DRAWS:
+                sk = None
+            elif quick is not None:
+                key = (code.table.label, quick[0])
+                try:
+                    sk = self._by_quick.get(key, False)
+                except TypeError:
+                    sk = _SLOW
                 if sk is False:
-                    sk = self._by_signature[key] = self._make(code)
+                    # The first chain of these shapes and values: its skeleton read from its items, and its
+                    # parameters both ways (they agree; should a shape ever say otherwise, its chains are read
+                    # from their items).
+                    sk = self._by_items(code)
+                    if sk is not None and parameters(rules) != quick[1:]:
+                        sk = _SLOW
+                    self._by_quick[key] = sk
+            if sk is _SLOW:
+                sk = self._by_items(code)
                 if sk is not None:
-                    tests, dnats = parameters(rules)
-                    found = (sk, tests, dnats)
-        self._of_chain[code.key] = found
+                    found = (sk, *parameters(rules))
+            elif sk is not None:
+                found = (sk, *quick[1:])  # type: ignore[index]
         return found
+
+    def _by_items(self, code: Any) -> Skeleton | None:
+        signature = _signature(code.chain.rules)
+        # Only chains with parameters: a chain without is its skeleton's only member (memo.py's plans serve).
+        if signature is None or not any(type(i) is tuple for items, _ in signature for i in items):
+            return None
+        key = (code.table.label, signature)
+        sk = self._by_signature.get(key, False)
+        if sk is False:
+            sk = self._by_signature[key] = self._make(code)
+        return sk  # type: ignore[return-value]
 
     def _make(self, code: Any) -> Skeleton | None:
         param_items: set[int] = set()
@@ -136,6 +172,110 @@ class Skeletons:
             return None
         fields, nested = found
         return Skeleton(nested, tuple(sorted((fields | set(_RESTORED)) - _NOT_RAW)))
+
+
+# -- a chain's skeleton read from its rules' shapes (loader.py) without building their items ---------------
+
+_SLOW: Any = object()
+_DRAWS: Any = object()  # a chain with a numgen/hash verdict map (kube-proxy's service chains): never a skeleton
+
+
+def _template_plan(build: Any) -> tuple[tuple[tuple[str, int, str], ...], tuple[int, ...]] | None:
+    """What the rules of one shape (shapes.compile_template's `build` and its template) have as parameters:
+    ((kind, position in the rule's `_lazy`, field), …) in item order, and the positions of the other values;
+    None when the template cannot say (a set update, a parameter that is no value, a value used twice)."""
+    template = getattr(build, "template", None)
+    if template is None:
+        return None
+    items, comment, where = template
+    if any(type(item) is VerdictMap and forks(item) for item in items):
+        return _DRAWS  # (its rule compiles to a draw: closure_fields would say no skeleton)
+    counts: dict[tuple[int, int], int] = {}
+    _count_slots((items, comment), counts)
+    params: list[tuple[str, int, str]] = []
+    for item in items:
+        t = type(item)
+        if t is Call:
+            if item.fn is make_nat:
+                kind, _family, target, _flags = item.args
+                if kind != "dnat":
+                    continue
+                if type(target) is Slot:
+                    key = (target.index, id(target.fn))
+                    if counts[key] != 1:
+                        return None
+                    params.append(("dnat", where[key], ""))
+                elif type(target) is not tuple or len(target) != 2 or type(target[0]) in (str, Slot):
+                    return None
+            elif item.fn is not make_reject and item.fn is not make_statement:
+                return None
+        elif t is SetUpdate or t is Nat:
+            return None  # (a Nat without values: its constant target would be a parameter)
+        elif t is Match:
+            left, right = item.left, item.right
+            if type(left) is Payload and item.op == "==" and left.protocol in ("ip", "ip6") and \
+                    left.field in ("saddr", "daddr"):
+                if type(right) is Slot:
+                    key = (right.index, id(right.fn))
+                    if counts[key] != 1:
+                        return None
+                    params.append(("addr", where[key], "src" if left.field == "saddr" else "dst"))
+                elif type(right) is str:
+                    return None
+    taken = {k for _, k, _ in params}
+    return tuple(params), tuple(sorted(k for k in set(where.values()) if k not in taken))
+
+
+def _count_slots(node: Any, counts: dict[tuple[int, int], int]) -> None:
+    if type(node) is Slot:
+        key = (node.index, id(node.fn))
+        counts[key] = counts.get(key, 0) + 1
+    elif type(node) is Call:
+        _count_slots(node.args, counts)
+    elif isinstance(node, tuple):
+        for x in node:
+            _count_slots(x, counts)
+    elif dataclasses.is_dataclass(node) and not isinstance(node, type):
+        for f in dataclasses.fields(node):
+            _count_slots(getattr(node, f.name), counts)
+
+
+def _quick(rules: tuple[Any, ...]) -> tuple[Any, tuple[tuple[str, str], ...], Dnats] | None:
+    """(key, tests, dnats) of a chain whose rules were all read through shapes: chains with equal keys have one
+    skeleton (equal builders and equal values but for parameters, which the key holds by kind); `tests` and
+    `dnats` as `parameters` reads them from the items. None for other chains."""
+    keys = []
+    tests: list[tuple[str, str]] = []
+    dnats: dict[int, tuple[str, int | None]] = {}
+    for i, rule in enumerate(rules):
+        lazy = rule._lazy
+        if lazy is None:
+            return None
+        build = lazy[0]
+        try:
+            plan = build.skeleton_plan
+        except AttributeError:
+            plan = build.skeleton_plan = _template_plan(build)
+        if plan is None or plan is _DRAWS:
+            return plan  # type: ignore[return-value]
+        params, others = plan
+        kinds: list[Any] = []
+        for kind, k, field in params:
+            v = lazy[k]
+            if kind == "addr":
+                if type(v) is str:
+                    tests.append((field, v))
+                    kinds.append(True)
+                    continue
+            elif type(v) is tuple and len(v) == 2 and type(v[0]) is str and (v[1] is None or type(v[1]) is int):
+                if i not in dnats:
+                    dnats[i] = v
+                kinds.append(v[1] is None)
+                continue
+            kinds.append((v,))  # not a parameter here: the item is as the value makes it
+        keys.append((build, tuple([lazy[k] for k in others]) if others else (), tuple(kinds)))
+    # (a value that cannot be hashed: Skeletons.of reads the items)
+    return tuple(keys), tuple(tests), tuple([dnats.get(i) for i in range(len(rules))])
 
 
 def closure_fields(code: Any, param_items: set[int], compiled: Callable[[Any, int], CompiledRule],
@@ -209,7 +349,7 @@ def record(results: list[tuple[State, Any]], before: tuple[Any, Any, str, int], 
     return out
 
 
-def replay(recorded: list[tuple[Any, ...]], s: State, code: Any, dnats: dict[int, Any], ref: Callable[[Any, int], Any],
+def replay(recorded: list[tuple[Any, ...]], s: State, code: Any, dnats: Dnats, ref: Callable[[Any, int], Any],
            ) -> list[tuple[State, Any]]:
     """The recorded walk on branch `s` entering member `code` (`dnats`: its DNAT parameters in order; `ref`:
     the walker's (chain, index) → the rule as path entries hold it)."""
@@ -227,7 +367,9 @@ def replay(recorded: list[tuple[Any, ...]], s: State, code: Any, dnats: dict[int
         st.mark, st.ct_mark, st.notrack, st.snat, st.masq = mark, ct_mark, notrack, snat, masq
         st.hook, st.in_iface, st.out_iface = hook, in_iface, out_iface
         if nat >= 0:
-            addr, port = dnats[nat]
+            target = dnats[nat]
+            assert target is not None  # (record keeps a DNAT of the chain's own only when it is a parameter)
+            addr, port = target
             st.dst = addr
             if port is not None:
                 st.dport = port

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import gc
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
+from typing import Any
 
 from iptrace.dataplane import Decision, Outcome, Packet, Trace, join_host_port
 from iptrace.errors import TraceError
@@ -57,7 +58,7 @@ class Tracer(ChainWalker):
         super().__init__(ruleset, Context(frozenset(local)), frozenset(local), StepMaker(ruleset, names), share)
         self.node_ips = tuple(node_ips)
         self.pod_cidrs = tuple(pod_cidrs)
-        self._plans: dict[tuple[int, tuple[tuple[str, bool, bool], ...]], Plan | None] = {}
+        self._plans: dict[tuple[Any, ...], Plan | None] = {}
         self._stages: dict[tuple[int, str], tuple[Stage, ...]] = {}
         self._policies: dict[tuple[str, str, str], Decision] = {}
         self._probabilities: dict[tuple[int, int], tuple[Fraction, float]] = {}
@@ -165,12 +166,17 @@ class Tracer(ChainWalker):
         apart from this one (memo.py)."""
         if not self.share:
             return self._walk_seq(s, seq)
-        key = (s.version, seq)
+        return self._shared((s.version, seq), s, self._walk_seq, seq)
+
+    def _shared(self, key: tuple[Any, ...], s: State, walk: Callable[[State, Any], list[tuple[State, Terminal]]],
+                arg: Any) -> list[tuple[State, Terminal]]:
+        """`walk(s, arg)`, replayed from an earlier branch when the chains it walks (the plan of `key`: a tail
+        of hooks, or the stages of a hook after its NAT) cannot tell the two apart."""
         plan = self._plans.get(key, False)
         if plan is False:
-            plan = self._plans[key] = self._plan(s.version, seq)
+            plan = self._plans[key] = self._plan(key)
         if plan is None:
-            return self._walk_seq(s, seq)
+            return walk(s, arg)
         raw = plan.raw(s)
         found = plan.by_value.get(raw)
         if found is None:
@@ -182,7 +188,7 @@ class Tracer(ChainWalker):
                 start.assumptions = ()
                 start.num = start.den = 1
                 before = (start.accept, start.dnat_by)
-                found = record(self._walk_seq(start, seq), before)
+                found = record(walk(start, arg), before)
                 if len(plan.memo) >= MEMO_SIZE:
                     plan.memo.clear()
                 plan.memo[k] = found
@@ -191,16 +197,20 @@ class Tracer(ChainWalker):
             plan.by_value[raw] = found
         return replay(found, s)
 
-    def _plan(self, version: int, seq: tuple[tuple[str, bool, bool], ...]) -> Plan | None:
+    def _plan(self, key: tuple[Any, ...]) -> Plan | None:
+        """The plan of a tail of hooks (version, seq) or of a hook's stages from the k-th (version, hook, k)."""
+        stages: list[Stage] = []
+        if len(key) == 2:
+            for hook, nat, _ in key[1]:
+                stages.extend(stage for stage in self._hook_stages(key[0], hook) if nat or not stage.nat)
+        else:
+            stages.extend(self._hook_stages(key[0], key[1])[key[2]:])
         codes = []
-        for hook, nat, _ in seq:
-            for stage in self._hook_stages(version, hook):
-                if stage.nat and not nat:
-                    continue
-                for table, chain in stage.chains:
-                    code = self._chain(self._tables[(table.family, table.name)], chain.name)
-                    if code is not None:
-                        codes.append(code)
+        for stage in stages:
+            for table, chain in stage.chains:
+                code = self._chain(self._tables[(table.family, table.name)], chain.name)
+                if code is not None:
+                    codes.append(code)
         return make_plan(codes, self._compiled, self._targets)
 
     def _walk_seq(self, s: State, seq: tuple[tuple[str, bool, bool], ...]) -> list[tuple[State, Terminal]]:
@@ -222,15 +232,41 @@ class Tracer(ChainWalker):
         stages = self._stages.get((s.version, hook)) or self._hook_stages(s.version, hook)
         s.hook = hook
         states: list[tuple[State, Terminal]] = [(s, None)]
-        for stage in stages:
+        after_nat = False
+        for k, stage in enumerate(stages):
             if stage.nat and not nat:
                 continue
-            following: list[tuple[State, Terminal]] = []
+            if after_nat and self.share:
+                # The filter chains after NAT (output's filter-output): every branch of a load-balancing split
+                # meets them, replayed like the hooks after the routing decision.
+                following = []
+                for st, term in states:
+                    if term is not None:
+                        following.append((st, term))
+                    else:
+                        following.extend(self._shared((s.version, hook, k), st, self._walk_stages, (hook, k)))
+                return following
+            following = []
             for st, term in states:
                 if term is not None:
                     following.append((st, term))
                 elif stage.nat:
                     following.extend(self._nat_stage(stage.chains, 0, st))
+                else:
+                    following.extend(self._base(*stage.chains[0], st))
+            states = following
+            after_nat = stage.nat and len(states) > 1 and not any(x.nat for x in stages[k + 1:])
+        return states
+
+    def _walk_stages(self, s: State, where: tuple[str, int]) -> list[tuple[State, Terminal]]:
+        """The (filter) stages of hook `where[0]` from the `where[1]`-th on."""
+        hook, k = where
+        states: list[tuple[State, Terminal]] = [(s, None)]
+        for stage in self._hook_stages(s.version, hook)[k:]:
+            following: list[tuple[State, Terminal]] = []
+            for st, term in states:
+                if term is not None:
+                    following.append((st, term))
                 else:
                     following.extend(self._base(*stage.chains[0], st))
             states = following
