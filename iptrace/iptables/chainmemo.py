@@ -10,7 +10,8 @@ The key is exact. It holds every branch field a rule of the chain's closure (the
 jumps or goes to) can read or write; of the source and destination addresses, when only plain `-s`/`-d`
 networks read them, it holds which of those networks contain the address (kube-proxy's closures test a pod
 CIDR and a few endpoint addresses: a pod, the node and an outside client are then told apart by two bits,
-not by their addresses). Fields outside the key are neither read nor written on the way, so a replayed
+not by their addresses); of the destination port, when only `--dport N` options read it, which of those N it
+equals (a Service's ClusterIP port and its NodePort then share recordings). Fields outside the key are neither read nor written on the way, so a replayed
 branch keeps its own values; fields the walk writes are in the key, so the recorded values are right.
 A closure with a module or target whose reads are not listed here is not shared (walked every time).
 
