@@ -226,6 +226,52 @@ def test_index_never_changes_a_result(text: str, packets: list) -> None:
         assert_same(unshared.trace(packet), b, f"index changed the result for {packet}")
 
 
+# ------------------------------------------------------------------------------ closures keyed by port
+
+@st.composite
+def port_closure_dump(draw: st.DrawFn) -> str:
+    """Service-like closures (SVC → SEP chains) whose rules read the destination port: exact `--dport N` (keyed
+    by which N the port equals), ranges and lists (keyed by the port itself), DNATs with and without a port."""
+    def port_test() -> str:
+        return draw(st.sampled_from(["--dport 80", "! --dport 80", "--dport 30000", "--dport 1000:40000",
+                                     "-m multiport --dports 80,30001", ""]))
+
+    chains, rules = [], []
+    for n in range(2):
+        svc = f"SVC{n}"
+        chains.append(svc)
+        rules.append(f"-A PREROUTING -d 10.96.0.{n + 1}/32 -j {svc}")
+        rules.append(f"-A PREROUTING -d 192.168.0.10/32 -p tcp -m tcp --dport {30000 + n} -j {svc}")
+        for k in range(draw(st.integers(2, 4))):
+            sep = f"SEP{n}{k}"
+            chains.append(sep)
+            test = port_test()
+            rules.append(f"-A {svc} -p tcp -m tcp {test} -j MARK --set-xmark 0x{k + 1}/0xff".replace("-m tcp -m",
+                                                                                                  "-m"))
+            rules.append(f"-A {svc} -m statistic --mode random --probability 0.5 -j {sep}")
+            target = draw(st.sampled_from([f"10.244.{n}.{k + 1}:8080", f"10.244.{n}.{k + 1}"]))
+            rules.append(f"-A {sep} -s 10.244.{n}.{k + 1}/32 -j MARK --set-xmark 0x4000/0x4000")
+            rules.append(f"-A {sep} -p tcp -m tcp {port_test()} -j DNAT --to-destination {target}".replace(
+                "-m tcp -m", "-m"))
+    return ("*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+            + "".join(f":{c} - [0:0]\n" for c in chains) + "\n".join(rules) + "\nCOMMIT\n")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=port_closure_dump(), packets=st.lists(
+    st.tuples(st.sampled_from(["203.0.113.9", "10.244.0.1", "10.244.1.2"]),
+              st.sampled_from(["10.96.0.1", "10.96.0.2", "192.168.0.10"]), st.sampled_from([80, 81, 30000, 30001])),
+    min_size=1, max_size=12))
+def test_closures_keyed_by_the_ports_they_compare(text: str, packets: list) -> None:
+    ruleset = load(text)
+    shared = Tracer(ruleset, node_ips=["192.168.0.10"])
+    shared._reentries = EAGER_AFTER  # every closure planned (and its walks recorded) on its first entry
+    plain = Tracer(ruleset, node_ips=["192.168.0.10"], share=False)
+    for src, dst, dport in packets:
+        packet = Packet(src, dst, dport, "tcp")
+        assert_same(shared.trace(packet), plain.trace(packet), f"the chain memo changed the result for {packet}")
+
+
 # ------------------------------------------------------------------------------ compile caches
 
 @settings(max_examples=200, deadline=None)

@@ -11,8 +11,9 @@ jumps or goes to) can read or write; of the source and destination addresses, wh
 networks read them, it holds which of those networks contain the address (kube-proxy's closures test a pod
 CIDR and a few endpoint addresses: a pod, the node and an outside client are then told apart by two bits,
 not by their addresses); of the destination port, when only `--dport N` options read it, which of those N it
-equals (a Service's ClusterIP port and its NodePort then share recordings). Fields outside the key are neither read nor written on the way, so a replayed
-branch keeps its own values; fields the walk writes are in the key, so the recorded values are right.
+equals (a Service's ClusterIP port and its NodePort then share recordings). Fields outside the key are
+neither read nor written on the way, so a replayed branch keeps its own values; fields the walk writes are in
+the key, so the recorded values are right.
 A closure with a module or target whose reads are not listed here is not shared (walked every time).
 
 Closures of one *shape* share their recorded walks: kube-proxy writes every Service port with the same number
@@ -58,10 +59,7 @@ _TARGET_FIELDS: dict[str, frozenset[str]] = {
     "NETMAP": frozenset({"dnat", "snat", "masq", "hook"}),
     "KUBE-MARK-MASQ": frozenset({"kube_masq"}), "KUBE-MARK-DROP": frozenset({"mark_drop"}),
 }
-_PACKET_WRITERS = frozenset({"DNAT", "REDIRECT", "NETMAP"})
 _NO_FIELDS: frozenset[str] = frozenset()
-# The packet fields a replay takes from the recording when the branch rewrote its destination.
-_DESTINATION = ("dst", "dport", "dnat", "dnat_by")
 # Very large closures (KUBE-SERVICES) are never shared: their key would be the whole packet.
 MAX_CLOSURE_RULES = 2_000
 # Recorded keys kept per chain before the memo is cleared (a few per kind of client in practice).
@@ -112,8 +110,7 @@ def rule_access(structure: Structure, target: str, extra_addresses: bool, cache:
             fields |= module_fields
         rest.append((module, specs))
     raw = set(structure_reads((tuple(rest), structure[1])))
-    if kind in _PACKET_WRITERS:
-        raw -= {"dst", "dport"}  # written, not read: replays take them from the recording (see _DESTINATION)
+    # (A DNAT's own matches may read the destination it then rewrites: what they read stays in the key.)
     if extra_addresses:
         raw |= {"src", "dst"}
     dport_tokens = exact_dport_tokens((tuple(rest), structure[1])) if "dport" in raw else None
