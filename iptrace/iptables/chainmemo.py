@@ -215,8 +215,8 @@ class _At:
 
 # (written fields' values (an _At for a rule's Decision), path positions oldest first, chain positions entered
 # oldest first, probability factor (num, den), terminal verdict or None, its rule's position, whether the branch
-# was DNATed by that rule)
-Positional = tuple[tuple[Any, ...], tuple[int, ...], tuple[int, ...], int, int, Any, int, bool]
+# was DNATed by that rule, whether the values hold no _At)
+Positional = tuple[tuple[Any, ...], tuple[int, ...], tuple[int, ...], int, int, Any, int, bool, bool]
 
 
 def record_positional(results: Sequence[tuple[Any, Any]], start: Any, plan: ChainPlan, written: tuple[str, ...],
@@ -264,7 +264,8 @@ def record_positional(results: Sequence[tuple[Any, Any]], start: Any, plan: Chai
             addr, port = c.arg
             if s.dst != (start.dst if addr is None else addr) or s.dport != (start.dport if port is None else port):
                 return None
-        out.append((tuple(values), items, entered, s.prob[0], s.prob[1], verdict, at, wrote))
+        plain = not any(type(v) is _At for v in values)
+        out.append((tuple(values), items, entered, s.prob[0], s.prob[1], verdict, at, wrote, plain))
     return tuple(out)
 
 
@@ -278,10 +279,11 @@ def replay_positional(recorded: tuple[Positional, ...], s: Any, written: tuple[s
     compiled = plan.compiled
     chains = plan.chains
     last = len(recorded) - 1
-    for k, (values, items, entered, fnum, fden, verdict, at, wrote) in enumerate(recorded):
+    set_written = _setter(written)
+    for k, (values, items, entered, fnum, fden, verdict, at, wrote, plain) in enumerate(recorded):
         new = s if k == last else s.copy()
-        for name, value in zip(written, values, strict=True):
-            setattr(new, name, compiled[value.position].decision if type(value) is _At else value)
+        set_written(new, values if plain else tuple([compiled[v.position].decision if type(v) is _At else v
+                                                     for v in values]))
         if wrote:
             c = compiled[at]
             new.rewrite_destination(c.arg, c.decision)
@@ -297,6 +299,28 @@ def replay_positional(recorded: tuple[Positional, ...], s: Any, written: tuple[s
             new.prob = (num * fnum, den * fden)
         out.append((new, None if verdict is None else (verdict, compiled[at].decision)))
     return out
+
+
+_SETTERS: dict[tuple[str, ...], Callable[[Any, tuple[Any, ...]], None]] = {}
+
+
+def _setter(written: tuple[str, ...]) -> Callable[[Any, tuple[Any, ...]], None]:
+    """`f(s, values)` setting the fields `written` of `s` to `values` in one assignment: a replay sets them on
+    every branch of every trace (the names are State's own slots, from this module's tables)."""
+    found = _SETTERS.get(written)
+    if found is None:
+        if written:
+            namespace: dict[str, Any] = {}
+            exec(f"def set_written(s, values):\n    {', '.join(f's.{n}' for n in written)}, = values\n", namespace)
+            found = namespace["set_written"]
+        else:
+            found = _set_nothing
+        _SETTERS[written] = found
+    return found
+
+
+def _set_nothing(s: Any, values: tuple[Any, ...]) -> None:
+    return None
 
 
 # (final state, path items oldest first, chains entered oldest first, probability factor (num, den),
