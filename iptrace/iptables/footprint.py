@@ -55,7 +55,7 @@ class _Facts:
                  key: tuple[int, int, int | None] | None, host: int | None, never: bool, target: str,
                  goto: bool, kind: int, nat_to: tuple[int | None, int | None] | None, reads: bool,
                  set_reads: bool) -> None:
-        self.abstract = abstract
+        self.abstract = abstract  # a digest of the text with its -s/-d values written "@"
         self.specs = specs  # (is a source test, negated, networks as (net, mask))
         self.key = key
         self.host = host
@@ -73,8 +73,9 @@ class _Facts:
 _FACTS: dict[tuple[int, str, bool, str], _Facts] = {}
 _FACTS_LIMIT = 400_000
 _TARGETS: dict[str, str] = {}
-_CHAINS: dict[tuple[int, str, str], tuple[list[tuple[_Facts, tuple[str, str] | None, str]], tuple[str, ...],
-                                          tuple[str, ...]]] = {}
+# By a digest of version, table and rule texts (the texts would be ~20 MB more of a 5,000-Service dump).
+_CHAINS: dict[bytes, tuple[list[tuple[_Facts, tuple[str, str] | None, str]], tuple[str, ...], tuple[str, ...]]] = {}
+_TARGET_NAMES: dict[str, str] = {}
 _ADDRESS_READS = frozenset({"src", "dst", "orig_dst"})
 
 
@@ -170,7 +171,8 @@ class _Node:
             return head, [self.item(code, i)[:2] for i in range(len(code.rules))], code.rules
         # A short chain (an endpoint's, a Service port's, a CNI's) reads alike on every node that has the
         # same rules: its facts are kept by content (the chains it may jump to are checked per node).
-        content = (tracer.version, table, "\n".join(r.text for r in chain.rules))
+        content = hashlib.blake2b(f"{tracer.version} {table}\n".encode() + "\n".join(
+            [r.text for r in chain.rules]).encode(), digest_size=16).digest()
         names = self._names(table)
         found = _CHAINS.get(content)
         if found is None or not all(t in names for t in found[1]) or any(t in names for t in found[2]):
@@ -233,7 +235,7 @@ class _Node:
             target = _TARGETS.get(rule.text)
             if target is None:
                 shape = rule.shape
-                target = fast_tokens(rule.text)[shape.target_index] \
+                target = _target_name(code, fast_tokens(rule.text)[shape.target_index]) \
                     if shape is not None and shape.target_index >= 0 else ""
                 if len(_TARGETS) >= _FACTS_LIMIT:
                     _TARGETS.clear()
@@ -279,12 +281,23 @@ def _facts(cache: _Node, code: ChainCode, i: int, is_chain: bool) -> _Facts:
         kind = _OPAQUE
     reads, set_reads = _address_reads(structure, tokens, version)
     shape = rule.shape
-    target = tokens[shape.target_index] if shape is not None and shape.target_index >= 0 else ""
-    found = _Facts(" ".join(abstract), tuple(specs), key, host, bool(c.never), target,
+    target = _target_name(code, tokens[shape.target_index]) if shape is not None and shape.target_index >= 0 else ""
+    # (The key tells rules apart by the abstract text's digest: a third of its memory, kept per distinct text.)
+    found = _Facts(hashlib.blake2b(" ".join(abstract).encode(), digest_size=16).hexdigest(), tuple(specs), key,
+                   host, bool(c.never), target,
                    bool(shape is not None and shape.goto), kind, nat_to, reads, set_reads)
     if len(_FACTS) >= _FACTS_LIMIT:
         _FACTS.clear()
     _FACTS[cache_key] = found
+    return found
+
+
+def _target_name(code: ChainCode, token: str) -> str:
+    """A rule's target as one object for every rule naming it (~10^5 are kept): its chain's own name, else one
+    per name (ACCEPT, DNAT, MARK, …)."""
+    found = code.table_chains.get(token)
+    if found is None:
+        found = _TARGET_NAMES.setdefault(token, token) if len(_TARGET_NAMES) < 1024 else token
     return found
 
 
