@@ -14,6 +14,7 @@ import gc
 import gzip
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from iptrace.errors import DumpSemanticError, InputError, ParseError
@@ -81,7 +82,8 @@ class _Loader:
         self.tables: dict[str, Table] = {}
         self.order: list[str] = []
         self.listing = False
-        self.lines: list[str] = []
+        self.text = ""
+        self._lines: list[str] | None = None
         # Every declared chain name, to itself: a rule keeps its chain's own name object rather than a copy
         # sliced from its line (~70 bytes a rule, ~11 MB for a 160,000-rule dump).
         self.names: dict[str, str] = {}
@@ -264,15 +266,22 @@ class _Loader:
             self.order.append(t.name)
 
     # -- the main loop ----------------------------------------------------------------------------------
+    @property
+    def lines(self) -> list[str]:
+        """Every line of the text (split when first asked for: iptables-save text is read a block at a time)."""
+        if self._lines is None:
+            self._lines = self.text.split("\n")
+        return self._lines
+
     def load(self, text: str) -> Ruleset:
-        lines = self.lines = text.split("\n")
+        self.text = text
         is_save = _TABLE_LINE_RE.search(text) is not None
         gc_was_enabled = gc.isenabled()
         gc.disable()  # bulk construction of acyclic objects: the cyclic collector only costs time here
         try:
             if is_save:
-                return self.load_save(lines, text)
-            return self.load_listing(lines, text)
+                return self.load_save(text)
+            return self.load_listing(self.lines, text)
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -351,7 +360,7 @@ class _Loader:
         if warning is not None:
             self.warnings.append(LoadWarning(line_no, warning))
 
-    def load_save(self, lines: list[str], text: str) -> Ruleset:
+    def load_save(self, text: str) -> Ruleset:
         current: OpenTable | None = None
         pending_comments: list[str] = []
         source = self.source
@@ -366,7 +375,7 @@ class _Loader:
         jumps: list[tuple[str, int, str]] = []
         builtin_chains: tuple[str, ...] = ()
         names = self.names
-        for line_no, raw in enumerate(lines, 1):
+        for line_no, raw in enumerate(_split_lines(text), 1):
             line = raw.strip()
             if not line:
                 continue
@@ -454,12 +463,13 @@ class _Loader:
                 self.fail_line(line, line_no)
         if current is not None:
             self.semantic(f"table {current.name} opened at line {current.line} has no COMMIT (the dump looks "
-                          "truncated); expected 'COMMIT' at its end", line_no + 1 if lines[-1] else line_no)
+                          "truncated); expected 'COMMIT' at its end",
+                          line_no + 1 if text[text.rfind("\n") + 1:] else line_no)
             self.close_table(current)
         if not self.tables and not self.skipped:
             raise ParseError("no table found; expected iptables-save output ('*filter' … 'COMMIT') or an "
                              "'iptables -S' listing", source=source, line=1, column=1,
-                             text=lines[0] if lines else "")
+                             text=text.split("\n", 1)[0])
         return self.finish(text, "save", pending_comments)
 
     def declare(self, t: OpenTable, name: str, policy: str, pk: str | None, pb: str | None, line_no: int,
@@ -532,6 +542,23 @@ class _Loader:
                     self.fail_line(line, line_no)
             self.close_table(t)
         return self.finish(text, "S", [])
+
+
+# Characters split into lines at a time: a 24 MB dump split whole is ~35 MB of line strings at once, beside
+# the text and the rules made from them (the loader's peak).
+_BLOCK = 1 << 20
+
+
+def _split_lines(text: str) -> Iterator[str]:
+    """`text.split("\n")`, made a block at a time (each block ends at a newline)."""
+    start, size = 0, len(text)
+    while start + _BLOCK < size:
+        end = text.find("\n", start + _BLOCK)
+        if end < 0:
+            break
+        yield from text[start:end].split("\n")
+        start = end + 1
+    yield from text[start:].split("\n")
 
 
 def load(text: str | bytes, *, source: str = "<dump>", lenient: bool = False,
