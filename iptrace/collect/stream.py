@@ -147,17 +147,56 @@ def skipped_notes(name: str, table: Any) -> list[str]:
 _WORKER: Worker | None = None
 
 
+class _Sender:
+    """A worker's record of the Service port digests it has sent: each crosses to the parent once, and later
+    results name it by its number in this worker's sending order (nodes share almost all of them: a result of a
+    5,000-Service node is then a few hundred KB instead of ~12 MB, which the parent had to unpickle and then
+    mostly drop, the churn leaving ~30 MB a node of holes in its heap)."""
+
+    LIMIT = 300_000  # digests numbered before both sides start again (`reset`)
+
+    def __init__(self) -> None:
+        self.sent: dict[Any, int] = {}
+
+    def encode(self, result: NodeResult) -> tuple[bool, NodeResult]:
+        """(whether the numbering starts again, the result with every digest sent before as its number)."""
+        reset = len(self.sent) > self.LIMIT
+        if reset:
+            self.sent.clear()
+        sent = self.sent
+        families = []
+        for fam in result.families:
+            ports: list[Any] = []
+            for p in fam.ports:
+                n = sent.get(p)
+                if n is None:
+                    sent[p] = len(sent)
+                    ports.append(p)
+                else:
+                    ports.append(n)
+            families.append(replace(fam, ports=tuple(ports)))
+        return reset, replace(result, families=tuple(families))
+
+
+_SENDER: _Sender | None = None
+
+
 def _init(cluster: Any, lenient: bool, pictures: bool, reuse: bool) -> None:
-    global _WORKER
+    global _WORKER, _SENDER
     import gc
 
     gc.disable()  # a node's analysis builds ~10^6 acyclic objects; Worker.run collects once per node
     _WORKER = Worker(cluster, lenient, pictures, reuse)
+    _SENDER = _Sender()
 
 
-def _run(item: tuple[int, Source]) -> tuple[int, NodeResult]:
-    assert _WORKER is not None
-    return item[0], _WORKER.run(item[1])
+def _run(item: tuple[int, Source]) -> tuple[int, int, bool, NodeResult]:
+    """(index, this worker's id, _Sender.encode's reset and result) of one node."""
+    import os
+
+    assert _WORKER is not None and _SENDER is not None
+    reset, result = _SENDER.encode(_WORKER.run(item[1]))
+    return item[0], os.getpid(), reset, result
 
 
 class _Interner:
@@ -166,11 +205,25 @@ class _Interner:
     def __init__(self) -> None:
         self.seen: dict[Any, Any] = {}
 
-    def __call__(self, result: NodeResult) -> NodeResult:
+    def __call__(self, result: NodeResult, sent: list[Any] | None = None) -> NodeResult:
+        """`sent`: the digests the worker that made `result` sent before, in order (_Sender), when it names them
+        by number; its new ones are added."""
         seen = self.seen
         families = []
         for fam in result.families:
-            ports = tuple(seen.setdefault(p, p) for p in fam.ports)
+            ports: tuple[Any, ...]
+            if sent is None:
+                ports = tuple(seen.setdefault(p, p) for p in fam.ports)
+            else:
+                got = []
+                for p in fam.ports:
+                    if isinstance(p, int):
+                        p = sent[p]
+                    else:
+                        p = seen.setdefault(p, p)
+                        sent.append(p)
+                    got.append(p)
+                ports = tuple(got)
             pictures = None if fam.pictures is None else tuple(
                 (k, seen.setdefault(v, v)) for k, v in fam.pictures)
             families.append(replace(fam, ports=ports, pictures=pictures))
@@ -184,25 +237,32 @@ def analyse_nodes(nodes: Sequence[Source], *, cluster: Any = None, lenient: bool
     the parent holds no rules), each analysing one node at a time. `progress` is called as each node is done."""
     results: list[NodeResult | None] = [None] * len(nodes)
     keep = _Interner()
-    for i, result in _results(nodes, cluster, lenient, pictures, jobs, reuse):
-        results[i] = keep(result)
+    for i, result, sent in _results(nodes, cluster, lenient, pictures, jobs, reuse):
+        result = results[i] = keep(result, sent)
         if progress is not None:
             progress(result)
     return [r for r in results if r is not None]
 
 
 def _results(nodes: Sequence[Source], cluster: Any, lenient: bool, pictures: bool, jobs: int,
-             reuse: bool) -> Iterator[tuple[int, NodeResult]]:
+             reuse: bool) -> Iterator[tuple[int, NodeResult, list[Any] | None]]:
+    """(index, result, the digests its worker sent before when the result names them by number) of each node."""
     if jobs <= 1 or len(nodes) <= 1:
         import gc
 
         worker = Worker(cluster, lenient, pictures, reuse)
         try:
             for i, source in enumerate(nodes):
-                yield i, worker.run(source)
+                yield i, worker.run(source), None
         finally:
             gc.unfreeze()  # this process's own objects: collectable again once the audit is over
         return
     context = multiprocessing.get_context("spawn")
+    # A worker's results come in the order it sent them (one queue), so its numbering is followed as sent.
+    received: dict[int, list[Any]] = {}
     with context.Pool(min(jobs, len(nodes)), initializer=_init, initargs=(cluster, lenient, pictures, reuse)) as pool:
-        yield from pool.imap_unordered(_run, enumerate(nodes), chunksize=1)
+        for i, worker_id, reset, result in pool.imap_unordered(_run, enumerate(nodes), chunksize=1):
+            sent = received.setdefault(worker_id, [])
+            if reset:
+                sent.clear()
+            yield i, result, sent
