@@ -40,9 +40,9 @@ from iptrace.iptables.model import BUILTIN_CHAINS, TABLES, unquote
 from iptrace.iptables.options import BUILTIN_TARGETS
 from iptrace.iptables.state import ip_int, parse_net
 
-# What one rule's text says to a footprint (the same on every node, so it is kept per process): the text with
-# its -s/-d values as "@", those tests, the index filing, whether it never matches, its target, and what it
-# does that the key must know.
+# What one rule's text says to a footprint (the same on every node, so kept per process): a digest of the text
+# with its -s/-d values as "@", those tests, the index filing, whether it never matches, its target (its chain's
+# name object, or one per name), what it does that the key must know. Short chains by a digest of their texts.
 _PLAIN, _DNAT, _OPAQUE = 0, 1, 2
 Spec = tuple[bool, bool, tuple[tuple[int, int], ...]]  # (a source test, negated, networks as (net, mask))
 
@@ -55,7 +55,7 @@ class _Facts:
                  key: tuple[int, int, int | None] | None, host: int | None, never: bool, target: str,
                  goto: bool, kind: int, nat_to: tuple[int | None, int | None] | None, reads: bool,
                  set_reads: bool) -> None:
-        self.abstract = abstract  # a digest of the text with its -s/-d values written "@"
+        self.abstract = abstract
         self.specs = specs  # (is a source test, negated, networks as (net, mask))
         self.key = key
         self.host = host
@@ -73,7 +73,6 @@ class _Facts:
 _FACTS: dict[tuple[int, str, bool, str], _Facts] = {}
 _FACTS_LIMIT = 400_000
 _TARGETS: dict[str, str] = {}
-# By a digest of version, table and rule texts (the texts would be ~20 MB more of a 5,000-Service dump).
 _CHAINS: dict[bytes, tuple[list[tuple[_Facts, tuple[str, str] | None, str]], tuple[str, ...], tuple[str, ...]]] = {}
 _TARGET_NAMES: dict[str, str] = {}
 _ADDRESS_READS = frozenset({"src", "dst", "orig_dst"})
@@ -235,13 +234,14 @@ class _Node:
             target = _TARGETS.get(rule.text)
             if target is None:
                 shape = rule.shape
-                target = _target_name(code, fast_tokens(rule.text)[shape.target_index]) \
-                    if shape is not None and shape.target_index >= 0 else ""
+                token = fast_tokens(rule.text)[shape.target_index] if shape and shape.target_index >= 0 else ""
+                target = code.table_chains.get(token) or _TARGET_NAMES.setdefault(token, token)
                 if len(_TARGETS) >= _FACTS_LIMIT:
                     _TARGETS.clear()
+                    _TARGET_NAMES.clear()
                 _TARGETS[rule.text] = target
             is_chain = target in code.table_chains and target not in BUILTIN_TARGETS
-            found = rules[i] = (_facts(self, code, i, is_chain), is_chain, target, rule.line)
+            found = rules[i] = (_facts(self, code, i, is_chain, target), is_chain, target, rule.line)
         return found
 
 
@@ -253,7 +253,7 @@ def _node(tracer: Any) -> _Node:
     return found
 
 
-def _facts(cache: _Node, code: ChainCode, i: int, is_chain: bool) -> _Facts:
+def _facts(cache: _Node, code: ChainCode, i: int, is_chain: bool, target: str) -> _Facts:
     tracer = cache.tracer
     rule = code.rules[i]
     version = tracer.version
@@ -281,23 +281,11 @@ def _facts(cache: _Node, code: ChainCode, i: int, is_chain: bool) -> _Facts:
         kind = _OPAQUE
     reads, set_reads = _address_reads(structure, tokens, version)
     shape = rule.shape
-    target = _target_name(code, tokens[shape.target_index]) if shape is not None and shape.target_index >= 0 else ""
-    # (The key tells rules apart by the abstract text's digest: a third of its memory, kept per distinct text.)
     found = _Facts(hashlib.blake2b(" ".join(abstract).encode(), digest_size=16).hexdigest(), tuple(specs), key,
-                   host, bool(c.never), target,
-                   bool(shape is not None and shape.goto), kind, nat_to, reads, set_reads)
+                   host, bool(c.never), target, bool(shape is not None and shape.goto), kind, nat_to, reads, set_reads)
     if len(_FACTS) >= _FACTS_LIMIT:
         _FACTS.clear()
     _FACTS[cache_key] = found
-    return found
-
-
-def _target_name(code: ChainCode, token: str) -> str:
-    """A rule's target as one object for every rule naming it (~10^5 are kept): its chain's own name, else one
-    per name (ACCEPT, DNAT, MARK, …)."""
-    found = code.table_chains.get(token)
-    if found is None:
-        found = _TARGET_NAMES.setdefault(token, token) if len(_TARGET_NAMES) < 1024 else token
     return found
 
 
