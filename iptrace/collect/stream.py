@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from iptrace.kube.digest import NodeResult, node_result
 from iptrace.kube.reuse import ViewReuse
 
 CONNTRACK_FILE = "conntrack.txt"
+LOAD_WAIT = 30.0  # seconds a worker waits for another's load (Worker.loading) before loading anyway
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +68,26 @@ def sources(paths: Sequence[str], node_ips: Sequence[str] = (), *, stdin: Callab
 class Worker:
     """Analyses nodes one after the other, sharing Service views across them."""
 
-    def __init__(self, cluster: Any, lenient: bool, pictures: bool, reuse: bool) -> None:
+    def __init__(self, cluster: Any, lenient: bool, pictures: bool, reuse: bool, load_lock: Any = None) -> None:
         self.cluster = cluster
         self.lenient = lenient
         self.pictures = pictures
         self.reuse = ViewReuse() if reuse else None
         self.intern: dict[Any, Any] = {}
+        self.load_lock = load_lock  # shared by the workers of one audit (see loading)
+
+    @contextmanager
+    def loading(self) -> Iterator[None]:
+        """Reading and parsing a node's dump, one worker at a time: the text (and its bytes while decoded) beside
+        the rules being made are a worker's brief peak, ~50 MB above what it holds between nodes, and the
+        workers' peaks add up when they meet. Only a smoothing: waited for LOAD_WAIT seconds at most."""
+        lock = self.load_lock
+        got = lock is not None and lock.acquire(timeout=LOAD_WAIT)
+        try:
+            yield
+        finally:
+            if got:
+                lock.release()
 
     def run(self, source: Source) -> NodeResult:
         try:
@@ -93,18 +109,20 @@ class Worker:
         from iptrace.iptables import read_dump
 
         if not source.directory:
-            if source.text is not None:
-                text, where = source.text, source.path or "<stdin>"
-            else:
-                text, where = read_dump(source.path or "")
-            node = dump_input(text, where, node_ips=source.node_ips, cluster=self.cluster, lenient=self.lenient,
-                              name=source.name, reuse=self.reuse)
-            del text
+            with self.loading():
+                if source.text is not None:
+                    text, where = source.text, source.path or "<stdin>"
+                else:
+                    text, where = read_dump(source.path or "")
+                node = dump_input(text, where, node_ips=source.node_ips, cluster=self.cluster,
+                                  lenient=self.lenient, name=source.name, reuse=self.reuse)
+                del text
             return node_result(node, self.cluster, pictures=self.pictures, intern=self.intern)
         path = Path(source.path or "")
-        snapshot = store.read_node_dir(path)
-        node = node_input(snapshot, cluster=self.cluster, lenient=self.lenient, reuse=self.reuse)
-        del snapshot
+        with self.loading():
+            snapshot = store.read_node_dir(path)
+            node = node_input(snapshot, cluster=self.cluster, lenient=self.lenient, reuse=self.reuse)
+            del snapshot
         extra: list[Finding] = []
         notes: list[str] = []
         if node.analyses and (path / CONNTRACK_FILE).is_file():
@@ -181,12 +199,12 @@ class _Sender:
 _SENDER: _Sender | None = None
 
 
-def _init(cluster: Any, lenient: bool, pictures: bool, reuse: bool) -> None:
+def _init(cluster: Any, lenient: bool, pictures: bool, reuse: bool, load_lock: Any) -> None:
     global _WORKER, _SENDER
     import gc
 
     gc.disable()  # a node's analysis builds ~10^6 acyclic objects; Worker.run collects once per node
-    _WORKER = Worker(cluster, lenient, pictures, reuse)
+    _WORKER = Worker(cluster, lenient, pictures, reuse, load_lock)
     _SENDER = _Sender()
 
 
@@ -260,7 +278,8 @@ def _results(nodes: Sequence[Source], cluster: Any, lenient: bool, pictures: boo
     context = multiprocessing.get_context("spawn")
     # A worker's results come in the order it sent them (one queue), so its numbering is followed as sent.
     received: dict[int, list[Any]] = {}
-    with context.Pool(min(jobs, len(nodes)), initializer=_init, initargs=(cluster, lenient, pictures, reuse)) as pool:
+    initargs = (cluster, lenient, pictures, reuse, context.Lock())
+    with context.Pool(min(jobs, len(nodes)), initializer=_init, initargs=initargs) as pool:
         for i, worker_id, reset, result in pool.imap_unordered(_run, enumerate(nodes), chunksize=1):
             sent = received.setdefault(worker_id, [])
             if reset:
