@@ -100,6 +100,26 @@ def test_one_worker_or_several_reuse_or_not_the_same_results(snap: Path) -> None
     assert [shuffled[order.index(i)] for i in range(len(nodes))] == one
 
 
+def test_digests_sent_once_then_by_number(snap: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a worker sends (stream._Sender: a digest sent before goes as its number, the numbering starting
+    again past LIMIT) is what the parent rebuilds (stream._Interner with that worker's list), node after node."""
+    from iptrace.collect import stream
+
+    one = analyse_nodes(sources([str(snap)]), jobs=1)
+    distinct = {p for r in one for f in r.families for p in f.ports}
+    monkeypatch.setattr(stream._Sender, "LIMIT", len(distinct) - 1)  # (a reset as the second round starts)
+    sender, keep, sent = stream._Sender(), stream._Interner(), []
+    resets = numbered = 0
+    for result in one + one:
+        reset, encoded = sender.encode(result)
+        if reset:
+            resets += 1
+            sent.clear()
+        numbered += sum(isinstance(p, int) for f in encoded.families for p in f.ports)
+        assert keep(encoded, sent) == result
+    assert resets == 1 and numbered
+
+
 def test_the_cli_is_deterministic_whatever_jobs(snap: Path) -> None:
     outputs = set()
     for jobs in ("1", "3"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 import re
 from pathlib import Path
 
@@ -303,3 +304,21 @@ def test_parse_summary_golden(sample: Path, golden) -> None:
     r = load(sample.read_text(), source=f"sample_dumps/{sample.name}")
     golden(Path(__file__).parent / "golden" / sample.stem / "parse.txt", render_parse_summary(r, detect(r)))
     assert load(save(r)) == r
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 7, 64])
+def test_lines_split_a_block_at_a_time(monkeypatch: pytest.MonkeyPatch, block: int) -> None:
+    from iptrace.iptables import loader
+
+    monkeypatch.setattr(loader, "_BLOCK", block)
+    rng = random.Random(block)
+    for _ in range(200):
+        text = "".join(rng.choice(["\n", "a", "bc", " ", "\n\n", "-A X"]) for _ in range(rng.randrange(40)))
+        assert list(loader._split_lines(text)) == text.split("\n")
+    sample = (Path(__file__).resolve().parent.parent / "sample_dumps" / "nodeport-fb-backends.txt").read_text()
+    monkeypatch.setattr(loader, "_BLOCK", 1000)
+    blocks = load(sample)
+    monkeypatch.undo()
+    whole = load(sample)
+    assert blocks == whole
+    assert [r.line for _t, _c, r in blocks.rules()] == [r.line for _t, _c, r in whole.rules()]

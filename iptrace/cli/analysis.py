@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from iptrace.cli.common import (
     check_ip,
     cluster_data,
     emit_json,
+    emit_json_items,
     lenient_option,
     load_conntrack,
     load_dump,
@@ -79,7 +81,7 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
     from iptrace.errors import InputError
     from iptrace.kube.select import select
     from iptrace.render.graph import render_dot, render_mermaid
-    from iptrace.render.services import render_services_text, services_to_json
+    from iptrace.render.services import iter_services_json, render_services_text
 
     if service is not None and "/" not in service:
         raise click.BadParameter(f"{service!r}: expected NS/NAME, e.g. default/kubernetes", param_hint="--service")
@@ -101,19 +103,19 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
                                        chain_labels={k: lab for _, v in pairs for k, lab in v.chain_labels.items()}))]
     findings = [f for a, v in pairs for f in (_cluster_findings(a, cluster, dump, v) if cluster is not None else [])]
     if output == "json":
-        data = [item for _, v in pairs for item in services_to_json(v, cluster)]
+        # Written as each Service port's object is made: a big node's whole answer is never held at once.
+        items = (item for _, v in pairs for item in iter_services_json(v, cluster))
         if cluster is not None:
             by_label: dict[str, list[Any]] = {}
             for f in findings:
                 by_label.setdefault(f.service or "", []).append(f)
-            for item in data:
-                label = item["service"] + ("" if item["protocol"] == "tcp" else f"/{item['protocol']}")
-                item["findings"] = [f.to_json() for f in by_label.pop(label, [])]
-            rest = sum(len(v) for v in by_label.values())
+            shown = {_json_label(s) for _, v in pairs for s in v.services}
+            rest = sum(len(fs) for label, fs in by_label.items() if label not in shown)
             if rest:
                 click.echo(f"note: {rest} finding(s) concern Services this node has no rules for, or the node "
                            f"itself; see `iptrace audit {dump} --cluster …`", err=True)
-        emit_json(data)
+            items = _with_findings(items, by_label)
+        emit_json_items(items, sum(len(v.services) for _, v in pairs))
     elif output == "dot":
         click.echo(render_dot(pairs[0][1]), nl=False)
     elif output == "svg":
@@ -133,6 +135,19 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
             else:
                 click.echo(f"Compared with the cluster ({getattr(cluster, 'source', '')}): the rules match "
                            "the API.")
+
+
+def _json_label(s: Any) -> str:
+    """The label findings name a Service port's JSON object by: its `service`, and its protocol unless TCP."""
+    return s.label + ("" if s.protocol == "tcp" else f"/{s.protocol}")
+
+
+def _with_findings(items: Iterator[dict[str, Any]], by_label: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
+    """Each object with the findings about its Service port (the first object of a label takes them all)."""
+    for item in items:
+        label = item["service"] + ("" if item["protocol"] == "tcp" else f"/{item['protocol']}")
+        item["findings"] = [f.to_json() for f in by_label.pop(label, [])]
+        yield item
 
 
 def _cluster_findings(analysis: Any, cluster: Any, dump: str, view: Any) -> list[Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,12 +173,26 @@ def batch() -> None:
 _AT_EXIT: list[Any] = []
 
 
+# Characters written at a time: the stream encodes what it is given in one piece, and a 20 MB document
+# encoded whole would be one more copy of it.
+_WRITE_CHARS = 1 << 20
+
+
 def emit_json(data: Any) -> None:
     from iptrace.render.json import dumps
 
-    click.echo(dumps(data), nl=False)
+    text = dumps(data)
+    for start in range(0, len(text), _WRITE_CHARS):
+        click.echo(text[start:start + _WRITE_CHARS], nl=False)
 
 
+def emit_json_items(items: Iterable[Any], count: int) -> None:
+    """A JSON list of `count` items, exactly as emit_json(list(items)) prints it, written as the items come:
+    neither the items nor the text are held whole."""
+    from iptrace.render.json import dumps_pieces
+
+    for piece in dumps_pieces(items, count):
+        click.echo(piece, nl=False)
 
 
 def parse_destination(text: str) -> tuple[str, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from iptrace.kube.digest import NodeResult, node_result
 from iptrace.kube.reuse import ViewReuse
 
 CONNTRACK_FILE = "conntrack.txt"
+LOAD_WAIT = 30.0  # seconds a worker waits for another's load (Worker.loading) before loading anyway
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +68,26 @@ def sources(paths: Sequence[str], node_ips: Sequence[str] = (), *, stdin: Callab
 class Worker:
     """Analyses nodes one after the other, sharing Service views across them."""
 
-    def __init__(self, cluster: Any, lenient: bool, pictures: bool, reuse: bool) -> None:
+    def __init__(self, cluster: Any, lenient: bool, pictures: bool, reuse: bool, load_lock: Any = None) -> None:
         self.cluster = cluster
         self.lenient = lenient
         self.pictures = pictures
         self.reuse = ViewReuse() if reuse else None
         self.intern: dict[Any, Any] = {}
+        self.load_lock = load_lock  # shared by the workers of one audit (see loading)
+
+    @contextmanager
+    def loading(self) -> Iterator[None]:
+        """Reading and parsing a node's dump, one worker at a time: the text (and its bytes while decoded) beside
+        the rules being made are a worker's brief peak, ~50 MB above what it holds between nodes, and the
+        workers' peaks add up when they meet. Only a smoothing: waited for LOAD_WAIT seconds at most."""
+        lock = self.load_lock
+        got = lock is not None and lock.acquire(timeout=LOAD_WAIT)
+        try:
+            yield
+        finally:
+            if got:
+                lock.release()
 
     def run(self, source: Source) -> NodeResult:
         try:
@@ -93,18 +109,20 @@ class Worker:
         from iptrace.iptables import read_dump
 
         if not source.directory:
-            if source.text is not None:
-                text, where = source.text, source.path or "<stdin>"
-            else:
-                text, where = read_dump(source.path or "")
-            node = dump_input(text, where, node_ips=source.node_ips, cluster=self.cluster, lenient=self.lenient,
-                              name=source.name, reuse=self.reuse)
-            del text
+            with self.loading():
+                if source.text is not None:
+                    text, where = source.text, source.path or "<stdin>"
+                else:
+                    text, where = read_dump(source.path or "")
+                node = dump_input(text, where, node_ips=source.node_ips, cluster=self.cluster,
+                                  lenient=self.lenient, name=source.name, reuse=self.reuse)
+                del text
             return node_result(node, self.cluster, pictures=self.pictures, intern=self.intern)
         path = Path(source.path or "")
-        snapshot = store.read_node_dir(path)
-        node = node_input(snapshot, cluster=self.cluster, lenient=self.lenient, reuse=self.reuse)
-        del snapshot
+        with self.loading():
+            snapshot = store.read_node_dir(path)
+            node = node_input(snapshot, cluster=self.cluster, lenient=self.lenient, reuse=self.reuse)
+            del snapshot
         extra: list[Finding] = []
         notes: list[str] = []
         if node.analyses and (path / CONNTRACK_FILE).is_file():
@@ -147,17 +165,56 @@ def skipped_notes(name: str, table: Any) -> list[str]:
 _WORKER: Worker | None = None
 
 
-def _init(cluster: Any, lenient: bool, pictures: bool, reuse: bool) -> None:
-    global _WORKER
+class _Sender:
+    """A worker's record of the Service port digests it has sent: each crosses to the parent once, and later
+    results name it by its number in this worker's sending order (nodes share almost all of them: a result of a
+    5,000-Service node is then a few hundred KB instead of ~12 MB, which the parent had to unpickle and then
+    mostly drop, the churn leaving ~30 MB a node of holes in its heap)."""
+
+    LIMIT = 300_000  # digests numbered before both sides start again (`reset`)
+
+    def __init__(self) -> None:
+        self.sent: dict[Any, int] = {}
+
+    def encode(self, result: NodeResult) -> tuple[bool, NodeResult]:
+        """(whether the numbering starts again, the result with every digest sent before as its number)."""
+        reset = len(self.sent) > self.LIMIT
+        if reset:
+            self.sent.clear()
+        sent = self.sent
+        families = []
+        for fam in result.families:
+            ports: list[Any] = []
+            for p in fam.ports:
+                n = sent.get(p)
+                if n is None:
+                    sent[p] = len(sent)
+                    ports.append(p)
+                else:
+                    ports.append(n)
+            families.append(replace(fam, ports=tuple(ports)))
+        return reset, replace(result, families=tuple(families))
+
+
+_SENDER: _Sender | None = None
+
+
+def _init(cluster: Any, lenient: bool, pictures: bool, reuse: bool, load_lock: Any) -> None:
+    global _WORKER, _SENDER
     import gc
 
     gc.disable()  # a node's analysis builds ~10^6 acyclic objects; Worker.run collects once per node
-    _WORKER = Worker(cluster, lenient, pictures, reuse)
+    _WORKER = Worker(cluster, lenient, pictures, reuse, load_lock)
+    _SENDER = _Sender()
 
 
-def _run(item: tuple[int, Source]) -> tuple[int, NodeResult]:
-    assert _WORKER is not None
-    return item[0], _WORKER.run(item[1])
+def _run(item: tuple[int, Source]) -> tuple[int, int, bool, NodeResult]:
+    """(index, this worker's id, _Sender.encode's reset and result) of one node."""
+    import os
+
+    assert _WORKER is not None and _SENDER is not None
+    reset, result = _SENDER.encode(_WORKER.run(item[1]))
+    return item[0], os.getpid(), reset, result
 
 
 class _Interner:
@@ -166,11 +223,25 @@ class _Interner:
     def __init__(self) -> None:
         self.seen: dict[Any, Any] = {}
 
-    def __call__(self, result: NodeResult) -> NodeResult:
+    def __call__(self, result: NodeResult, sent: list[Any] | None = None) -> NodeResult:
+        """`sent`: the digests the worker that made `result` sent before, in order (_Sender), when it names them
+        by number; its new ones are added."""
         seen = self.seen
         families = []
         for fam in result.families:
-            ports = tuple(seen.setdefault(p, p) for p in fam.ports)
+            ports: tuple[Any, ...]
+            if sent is None:
+                ports = tuple(seen.setdefault(p, p) for p in fam.ports)
+            else:
+                got = []
+                for p in fam.ports:
+                    if isinstance(p, int):
+                        p = sent[p]
+                    else:
+                        p = seen.setdefault(p, p)
+                        sent.append(p)
+                    got.append(p)
+                ports = tuple(got)
             pictures = None if fam.pictures is None else tuple(
                 (k, seen.setdefault(v, v)) for k, v in fam.pictures)
             families.append(replace(fam, ports=ports, pictures=pictures))
@@ -184,25 +255,33 @@ def analyse_nodes(nodes: Sequence[Source], *, cluster: Any = None, lenient: bool
     the parent holds no rules), each analysing one node at a time. `progress` is called as each node is done."""
     results: list[NodeResult | None] = [None] * len(nodes)
     keep = _Interner()
-    for i, result in _results(nodes, cluster, lenient, pictures, jobs, reuse):
-        results[i] = keep(result)
+    for i, result, sent in _results(nodes, cluster, lenient, pictures, jobs, reuse):
+        result = results[i] = keep(result, sent)
         if progress is not None:
             progress(result)
     return [r for r in results if r is not None]
 
 
 def _results(nodes: Sequence[Source], cluster: Any, lenient: bool, pictures: bool, jobs: int,
-             reuse: bool) -> Iterator[tuple[int, NodeResult]]:
+             reuse: bool) -> Iterator[tuple[int, NodeResult, list[Any] | None]]:
+    """(index, result, the digests its worker sent before when the result names them by number) of each node."""
     if jobs <= 1 or len(nodes) <= 1:
         import gc
 
         worker = Worker(cluster, lenient, pictures, reuse)
         try:
             for i, source in enumerate(nodes):
-                yield i, worker.run(source)
+                yield i, worker.run(source), None
         finally:
             gc.unfreeze()  # this process's own objects: collectable again once the audit is over
         return
     context = multiprocessing.get_context("spawn")
-    with context.Pool(min(jobs, len(nodes)), initializer=_init, initargs=(cluster, lenient, pictures, reuse)) as pool:
-        yield from pool.imap_unordered(_run, enumerate(nodes), chunksize=1)
+    # A worker's results come in the order it sent them (one queue), so its numbering is followed as sent.
+    received: dict[int, list[Any]] = {}
+    initargs = (cluster, lenient, pictures, reuse, context.Lock())
+    with context.Pool(min(jobs, len(nodes)), initializer=_init, initargs=initargs) as pool:
+        for i, worker_id, reset, result in pool.imap_unordered(_run, enumerate(nodes), chunksize=1):
+            sent = received.setdefault(worker_id, [])
+            if reset:
+                sent.clear()
+            yield i, result, sent

@@ -40,9 +40,9 @@ from iptrace.iptables.model import BUILTIN_CHAINS, TABLES, unquote
 from iptrace.iptables.options import BUILTIN_TARGETS
 from iptrace.iptables.state import ip_int, parse_net
 
-# What one rule's text says to a footprint (the same on every node, so it is kept per process): the text with
-# its -s/-d values as "@", those tests, the index filing, whether it never matches, its target, and what it
-# does that the key must know.
+# What one rule's text says to a footprint (the same on every node, so kept per process): a digest of the text
+# with its -s/-d values as "@", those tests, the index filing, whether it never matches, its target (its chain's
+# name object, or one per name), what it does that the key must know. Short chains by a digest of their texts.
 _PLAIN, _DNAT, _OPAQUE = 0, 1, 2
 Spec = tuple[bool, bool, tuple[tuple[int, int], ...]]  # (a source test, negated, networks as (net, mask))
 
@@ -73,8 +73,8 @@ class _Facts:
 _FACTS: dict[tuple[int, str, bool, str], _Facts] = {}
 _FACTS_LIMIT = 400_000
 _TARGETS: dict[str, str] = {}
-_CHAINS: dict[tuple[int, str, str], tuple[list[tuple[_Facts, tuple[str, str] | None, str]], tuple[str, ...],
-                                          tuple[str, ...]]] = {}
+_CHAINS: dict[bytes, tuple[list[tuple[_Facts, tuple[str, str] | None, str]], tuple[str, ...], tuple[str, ...]]] = {}
+_TARGET_NAMES: dict[str, str] = {}
 _ADDRESS_READS = frozenset({"src", "dst", "orig_dst"})
 
 
@@ -170,7 +170,8 @@ class _Node:
             return head, [self.item(code, i)[:2] for i in range(len(code.rules))], code.rules
         # A short chain (an endpoint's, a Service port's, a CNI's) reads alike on every node that has the
         # same rules: its facts are kept by content (the chains it may jump to are checked per node).
-        content = (tracer.version, table, "\n".join(r.text for r in chain.rules))
+        content = hashlib.blake2b(f"{tracer.version} {table}\n".encode() + "\n".join(
+            [r.text for r in chain.rules]).encode(), digest_size=16).digest()
         names = self._names(table)
         found = _CHAINS.get(content)
         if found is None or not all(t in names for t in found[1]) or any(t in names for t in found[2]):
@@ -233,13 +234,14 @@ class _Node:
             target = _TARGETS.get(rule.text)
             if target is None:
                 shape = rule.shape
-                target = fast_tokens(rule.text)[shape.target_index] \
-                    if shape is not None and shape.target_index >= 0 else ""
+                token = fast_tokens(rule.text)[shape.target_index] if shape and shape.target_index >= 0 else ""
+                target = code.table_chains.get(token) or _TARGET_NAMES.setdefault(token, token)
                 if len(_TARGETS) >= _FACTS_LIMIT:
                     _TARGETS.clear()
+                    _TARGET_NAMES.clear()
                 _TARGETS[rule.text] = target
             is_chain = target in code.table_chains and target not in BUILTIN_TARGETS
-            found = rules[i] = (_facts(self, code, i, is_chain), is_chain, target, rule.line)
+            found = rules[i] = (_facts(self, code, i, is_chain, target), is_chain, target, rule.line)
         return found
 
 
@@ -251,7 +253,7 @@ def _node(tracer: Any) -> _Node:
     return found
 
 
-def _facts(cache: _Node, code: ChainCode, i: int, is_chain: bool) -> _Facts:
+def _facts(cache: _Node, code: ChainCode, i: int, is_chain: bool, target: str) -> _Facts:
     tracer = cache.tracer
     rule = code.rules[i]
     version = tracer.version
@@ -279,9 +281,8 @@ def _facts(cache: _Node, code: ChainCode, i: int, is_chain: bool) -> _Facts:
         kind = _OPAQUE
     reads, set_reads = _address_reads(structure, tokens, version)
     shape = rule.shape
-    target = tokens[shape.target_index] if shape is not None and shape.target_index >= 0 else ""
-    found = _Facts(" ".join(abstract), tuple(specs), key, host, bool(c.never), target,
-                   bool(shape is not None and shape.goto), kind, nat_to, reads, set_reads)
+    found = _Facts(hashlib.blake2b(" ".join(abstract).encode(), digest_size=16).hexdigest(), tuple(specs), key,
+                   host, bool(c.never), target, bool(shape is not None and shape.goto), kind, nat_to, reads, set_reads)
     if len(_FACTS) >= _FACTS_LIMIT:
         _FACTS.clear()
     _FACTS[cache_key] = found

@@ -421,6 +421,13 @@ class _Reader:
                      if any(jumps(g.chains.get(p)) for p in ("KUBE-SVC-", "KUBE-SVL-", "KUBE-XLB-")))
 
     def service_port(self, g: _Group, hash_names: dict[str, str]) -> ServicePortLayout:
+        mark = self.tables.mark()
+        try:
+            return self._service_port(g, hash_names)
+        finally:
+            self.tables.forget_since(mark)
+
+    def _service_port(self, g: _Group, hash_names: dict[str, str]) -> ServicePortLayout:
         self.complete(g)
         tables = self.tables
         ways_in = self.ways_in(g)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 # Above this many items a top-level list prints one item per line: Python's indenting encoder is pure
@@ -19,13 +20,42 @@ def dumps(data: Any) -> str:
     newline; indented, except that a large top-level list prints one compact item per line."""
     if isinstance(data, list) and len(data) > LARGE_LIST:
         # One join over every piece: concatenating the 20 MB body with its brackets would copy it again.
-        parts = ["[\n  "]
-        for item in data:
-            parts.append(_COMPACT.encode(item))
-            parts.append(",\n  ")
-        parts[-1] = "\n]\n"
-        return "".join(parts)
+        return "".join(_list_pieces(data, len(data)))
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+# Items encoded per piece of dumps_pieces: pieces of ~0.5 MB (a Service port's object is ~4 KB).
+_PIECE_ITEMS = 128
+
+
+def dumps_pieces(items: Iterable[Any], count: int) -> Iterator[str]:
+    """`dumps(list(items))` in pieces, for a list of `count` items made one at a time: a big list is never
+    held whole, as objects or as text (a 5,000-Service `services -o json` would hold ~45 MB of dicts and
+    ~45 MB of text at its peak). `count` must be the number of items."""
+    if count > LARGE_LIST:
+        yield from _list_pieces(items, count)
+    else:
+        yield dumps(list(items))
+
+
+def _list_pieces(items: Iterable[Any], count: int) -> Iterator[str]:
+    """The one-item-a-line form of a list of `count` (> 0) items, in pieces of a few items each."""
+    encode = _COMPACT.encode
+    parts = ["[\n  "]
+    left = count
+    for item in items:
+        left -= 1
+        if left < 0:
+            raise ValueError(f"{count} items announced, more given")
+        parts.append(encode(item))
+        parts.append(",\n  " if left else "\n]\n")
+        if len(parts) >= 2 * _PIECE_ITEMS:
+            yield "".join(parts)
+            parts = []
+    if left:
+        raise ValueError(f"{count} items announced, {count - left} given")
+    if parts:
+        yield "".join(parts)
 
 
 def host_port(ip: str, port: int | None) -> str:

@@ -3,6 +3,7 @@ object per Service port for scripts (keys documented in the README's JSON refere
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from iptrace.kube.view import (
@@ -107,11 +108,17 @@ def service_to_json(s: ServicePortView) -> dict[str, Any]:
 def services_to_json(view: KubeView, cluster: Any = None) -> list[dict[str, Any]]:
     """`iptrace services -o json`: one object per Service port, sorted by (namespace, name, port, protocol).
     With cluster data each object also has `api`: what the API says of that Service port (or null)."""
-    items = [service_to_json(s) for s in view.services]
-    if cluster is not None:
-        for item, s in zip(items, view.services, strict=True):
+    return list(iter_services_json(view, cluster))
+
+
+def iter_services_json(view: KubeView, cluster: Any = None) -> Iterator[dict[str, Any]]:
+    """services_to_json's objects one at a time (`len(view.services)` of them), for output that is written as
+    it is made."""
+    for s in view.services:
+        item = service_to_json(s)
+        if cluster is not None:
             item["api"] = api_facts(s, cluster)
-    return items
+        yield item
 
 
 def api_facts(s: ServicePortView, cluster: Any) -> dict[str, Any] | None:
