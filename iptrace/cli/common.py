@@ -173,10 +173,11 @@ def batch() -> None:
 _AT_EXIT: list[Any] = []
 
 
-def emit_json(data: Any) -> None:
+def emit_json(data: Any, paths: Any = None) -> None:
+    """Print `data` as JSON (iptrace.render.json.dumps; `paths`: the PathTexts its answers' paths went to)."""
     from iptrace.render.json import dumps
 
-    click.echo(dumps(data), nl=False)
+    click.echo(dumps(data, paths), nl=False)
 
 
 
