@@ -18,16 +18,11 @@ LARGE_LIST = 500
 _COMPACT = json.JSONEncoder(ensure_ascii=False, check_circular=False)
 
 
-def is_large(data: Any) -> bool:
-    """Whether `dumps` prints `data` as a large list: one compact item per line."""
-    return isinstance(data, list) and len(data) > LARGE_LIST
-
-
 def dumps(data: Any, paths: PathTexts | None = None) -> str:
     """JSON text as every `-o json` prints it: keys in the order the renderer built them, UTF-8, one trailing
     newline; indented, except that a large top-level list prints one compact item per line. `paths`: the
     PathTexts that the items' paths were given to (a large list only)."""
-    if is_large(data):
+    if isinstance(data, list) and len(data) > LARGE_LIST:
         encode = _COMPACT.encode if paths is None else paths.encode
         # One join over every piece: concatenating the 20 MB body with its brackets would copy it again.
         parts = ["[\n  "]
@@ -48,13 +43,14 @@ class PathTexts:
     the same chains, from every source, and again for the next question about it. A document is built with
     a placeholder string for each path (Outcome.to_json(paths=this)); `encode` prints it with the C encoder
     and puts each path's text, joined from its rules' cached texts, in its placeholder's place: the same
-    bytes as the document with its path lists, in half the time. The placeholder holds a random
-    nonce (and a NUL, which no dump's text has), so no string of a dump can pass for one."""
+    bytes as the document with its path lists (~0.8 -> ~0.6 ms an explain answer about a Service of 10
+    endpoints, building and printing the document). The placeholder holds a random nonce (and a NUL, which
+    no dump's text has), so no string of a dump can pass for one."""
 
     def __init__(self) -> None:
-        self._nonce = f"\x00path-{secrets.token_hex(8)}-"
-        # (as the encoder escapes it: NUL is \u0000)
-        self._found = re.compile(r'"\\u0000path-' + self._nonce[6:] + r'(\d+)\\u0000"')
+        nonce = secrets.token_hex(8)
+        self._nonce = f"\x00path-{nonce}-"
+        self._found = re.compile(r'"\\u0000path-' + nonce + r'-(\d+)\\u0000"')  # (as printed: NUL is \u0000)
         self._steps: dict[int, str] = {}  # id(step) -> its text
         self._kept: list[Step] = []  # the steps of _steps, alive: an id is not reused while it is a key
         self._texts: dict[int, str] = {}  # placeholder number -> text, until printed
