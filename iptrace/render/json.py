@@ -51,23 +51,30 @@ class PathTexts:
         nonce = secrets.token_hex(8)
         self._nonce = f"\x00path-{nonce}-"
         self._found = re.compile(r'"\\u0000path-' + nonce + r'-(\d+)\\u0000"')  # (as printed: NUL is \u0000)
-        self._steps: dict[int, str] = {}  # id(step) -> its text
-        self._kept: list[Step] = []  # the steps of _steps, alive: an id is not reused while it is a key
+        self._by_id: dict[int, str] = {}  # id(step) -> its text
+        self._kept: list[Step] = []  # the steps of _by_id, alive: an id is not reused while it is a key
+        # (table, chain, line, rule, handle) -> text: what Step.to_json reads. An nft trace makes new steps for
+        # the same rules; an iptables one gives each rule one Step, found by its id.
+        self._by_value: dict[tuple[str, str, int, str, int | None], str] = {}
         self._texts: dict[int, str] = {}  # placeholder number -> text, until printed
         self._count = 0
 
     def __call__(self, steps: tuple[Step, ...]) -> str:
-        known = self._steps
-        texts = list(map(known.get, map(id, steps)))
+        texts = list(map(self._by_id.get, map(id, steps)))
         if None in texts:
-            if len(known) >= _STEP_TEXTS:  # (an nft trace makes new steps: keep memory bounded)
-                known.clear()
+            if len(self._by_value) >= _STEP_TEXTS:  # (keep memory bounded)
+                self._by_value.clear()
+                self._by_id.clear()
                 self._kept.clear()
-            for step in steps:
-                if id(step) not in known:
-                    known[id(step)] = _COMPACT.encode(step.to_json())
-                    self._kept.append(step)
-            texts = list(map(known.get, map(id, steps)))
+            for i, text in enumerate(texts):
+                if text is None:
+                    step = steps[i]
+                    key = (step.table, step.chain, step.line, step.rule, step.handle)
+                    text = texts[i] = self._by_value.get(key)
+                    if text is None:
+                        text = texts[i] = self._by_value[key] = _COMPACT.encode(step.to_json())
+                        self._by_id[id(step)] = text
+                        self._kept.append(step)
         number = self._count
         self._count += 1
         self._texts[number] = "[" + ", ".join(texts) + "]"
