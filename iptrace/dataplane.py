@@ -249,7 +249,8 @@ class Outcome:
                 f"probability={self.probability!r}, masquerade={self.masquerade!r}, service={self.service!r}, "
                 f"decided_by={self.decided_by!r})")
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, paths: PathEncoder | None = None) -> dict[str, Any]:
+        """The `trace -o json` outcome; with `paths`, its path is what `paths` makes of the steps."""
         return {
             "verdict": self.verdict,
             "destination": self.destination,
@@ -257,7 +258,7 @@ class Outcome:
             "masquerade": self.masquerade,
             "service": self.service,
             "decided_by": self.decided_by.to_json() if self.decided_by is not None else None,
-            "path": [step.to_json() for step in self.path],
+            "path": [step.to_json() for step in self.path] if paths is None else paths(self.path),
         }
 
 
@@ -273,13 +274,18 @@ class Trace:
         return frozenset(o.verdict for o in self.outcomes)
 
 
-def trace_to_json(trace: Trace) -> dict[str, Any]:
-    """The `trace -o json` document (SPEC.md "trace -o json shape")."""
+# Stands in for a path's JSON list: given the steps, what the document holds instead (a batch of answers
+# prints each rule's text once: iptrace.render.json.PathTexts).
+PathEncoder = Callable[[tuple[Step, ...]], Any]
+
+
+def trace_to_json(trace: Trace, paths: PathEncoder | None = None) -> dict[str, Any]:
+    """The `trace -o json` document (SPEC.md "trace -o json shape"); `paths`: see Outcome.to_json."""
     p = trace.packet
     return {
         "packet": {"src": p.src, "dst": p.dst, "dport": p.dport, "proto": p.proto},
         "entry": trace.entry,
-        "outcomes": [o.to_json() for o in trace.outcomes],
+        "outcomes": [o.to_json(paths) for o in trace.outcomes],
         "assumptions": list(trace.assumptions),
     }
 

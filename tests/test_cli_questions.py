@@ -69,6 +69,32 @@ def test_a_destination_asked_again_is_answered_again(command: str, tmp_path: Pat
 
 
 @pytest.mark.parametrize("command", ["trace", "explain"])
+@pytest.mark.parametrize("dump", ["nodeport-fb-backends.txt", "nodeport-fb-backends-nft.nft",
+                                  "nodeport-fb-backends-nft.json"])
+def test_a_large_batch_prints_each_answer_alone_one_a_line(command: str, dump: str, tmp_path: Path) -> None:
+    # Past LARGE_LIST answers each prints compactly on its own line, its paths joined from rule texts encoded
+    # once (render.json.PathTexts): the bytes must be those of the answer alone, compactly encoded.
+    from iptrace.render.json import LARGE_LIST
+
+    path = str(SAMPLES / dump)
+    asked = [ASKED[i % len(ASKED)] for i in range(LARGE_LIST + 7)] + ["nonsense"]
+    listing = tmp_path / "asked.txt"
+    listing.write_text("\n".join(asked) + "\n")
+    _code, out, _ = invoke(command, path, "--dst-file", str(listing), "--node-ip", "192.168.49.2", "-o", "json")
+    lines = out.split("\n")
+    assert lines[0] == "[" and lines[-2:] == ["]", ""] and len(lines) == len(asked) + 3
+    docs = {}
+    for dst in ASKED:
+        host, _, proto = dst.partition("/")
+        _one_code, one, _ = invoke(command, path, "--dst", host, *(("--proto", proto) if proto else ()),
+                                   "--node-ip", "192.168.49.2", "-o", "json")
+        docs[dst] = json.dumps(json.loads(one), ensure_ascii=False)
+    for i, (dst, line) in enumerate(zip(asked[:-1], lines[1:-3], strict=True)):
+        assert line == "  " + docs[dst] + ",", (i, dst)
+    assert json.loads(lines[-3])["error"].startswith(f"{listing}:{len(asked)}: found 'nonsense'")
+
+
+@pytest.mark.parametrize("command", ["trace", "explain"])
 def test_text_has_a_header_per_destination(command: str) -> None:
     _code, out, _ = invoke(command, FB, "--dst", ASKED[0], "--dst", ASKED[4])
     headers = [line for line in out.splitlines() if line.startswith("=== ")]

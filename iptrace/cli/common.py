@@ -178,10 +178,11 @@ _AT_EXIT: list[Any] = []
 _WRITE_CHARS = 1 << 20
 
 
-def emit_json(data: Any) -> None:
+def emit_json(data: Any, paths: Any = None) -> None:
+    """Print `data` as JSON (iptrace.render.json.dumps; `paths`: the PathTexts its answers' paths went to)."""
     from iptrace.render.json import dumps
 
-    text = dumps(data)
+    text = dumps(data, paths)
     for start in range(0, len(text), _WRITE_CHARS):
         click.echo(text[start:start + _WRITE_CHARS], nl=False)
 

@@ -134,13 +134,17 @@ def answer_all(questions: Sequence[Question], analysis_for: Callable[[str, Seque
 
 
 def emit_answers(questions: Sequence[Question], answers: Sequence[Any], output: str,
-                 to_json: Callable[[Any], Any], to_text: Callable[[Any], str]) -> bool:
-    """Print several answers; True when a question could not be asked (said on stderr too)."""
+                 to_json: Callable[..., Any], to_text: Callable[[Any], str]) -> bool:
+    """Print several answers; True when a question could not be asked (said on stderr too). `to_json(answer)`,
+    or `to_json(answer, paths)` with a PathTexts for the paths (iptrace.dataplane.Outcome.to_json)."""
     from iptrace.cli.common import emit_json
+    from iptrace.render.json import LARGE_LIST, PathTexts
 
     bad = False
     docs = []
     chunks = []
+    # Printed one compact answer a line: each rule of their paths is encoded once (PathTexts).
+    paths = PathTexts() if output == "json" and len(answers) > LARGE_LIST else None
     for q, a in zip(questions, answers, strict=True):
         if isinstance(a, str):
             bad = True
@@ -148,11 +152,11 @@ def emit_answers(questions: Sequence[Question], answers: Sequence[Any], output: 
             docs.append({"dst": q.text, "where": q.where, "error": a})
             chunks.append(f"=== {q.text} ({q.where}) ===\nError: {a}\n")
         elif output == "json":  # (only the form printed is rendered: a thousand answers' text costs as much)
-            docs.append(to_json(a))
+            docs.append(to_json(a) if paths is None else to_json(a, paths))
         else:
             chunks.append(f"=== {q.label} ({q.where}) ===\n{to_text(a)}")
     if output == "json":
-        emit_json(docs)
+        emit_json(docs, paths)
     else:
         click.echo("\n".join(chunks), nl=False)
     return bad

@@ -8,7 +8,6 @@ dictionary look-ups. Dataplane-free: iptables and nftables nodes are explained b
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 from iptrace.dataplane import Packet, Trace, join_host_port
@@ -64,8 +63,8 @@ class Explainer:
         src_ip, chosen = self.source(src) if kind != "given" else (src, "")
         packet = Packet(src_ip, dst, dport, proto, in_interface=in_interface)
         trace = self.tracer.trace(packet)
-        if chosen:
-            trace = replace(trace, assumptions=(*trace.assumptions, chosen))
+        if chosen:  # (Trace's own fields: dataclasses.replace would read them all again, by name)
+            trace = Trace(trace.packet, trace.entry, trace.outcomes, (*trace.assumptions, chosen))
         diagnoses = tuple(sorted(diagnose(Case(self.facts, trace, kind)),
                                  key=lambda d: SEVERITY_ORDER[d.severity]))
         return Explanation(kind, trace, _verdict(trace), _headline(trace, packet), diagnoses)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from iptrace.dataplane import Trace, trace_to_json
+from iptrace.dataplane import PathEncoder, Trace, trace_to_json
 
 Severity = Literal["error", "warning", "info"]
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
@@ -65,9 +65,9 @@ class Explanation:
     def has_error(self) -> bool:
         return any(d.severity == "error" for d in self.diagnoses)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, paths: PathEncoder | None = None) -> dict[str, Any]:
         return {"verdict": self.verdict, "headline": self.headline,
-                "diagnoses": [d.to_json() for d in self.diagnoses], "trace": trace_to_json(self.trace)}
+                "diagnoses": [d.to_json() for d in self.diagnoses], "trace": trace_to_json(self.trace, paths)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +83,7 @@ class Report:
     def has_error(self) -> bool:
         return any(e.has_error for e in self.explanations)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, paths: PathEncoder | None = None) -> dict[str, Any]:
         merged: dict[str, Diagnosis] = {}
         for e in self.explanations:
             for d in e.diagnoses:
@@ -94,6 +94,6 @@ class Report:
             "proto": self.proto,
             "verdict": verdicts.pop() if len(verdicts) == 1 else None,
             "diagnoses": [d.to_json() for d in sorted(merged.values(), key=lambda d: SEVERITY_ORDER[d.severity])],
-            "sources": {e.source_kind: {"src": e.trace.packet.src, **e.to_json()} for e in self.explanations},
+            "sources": {e.source_kind: {"src": e.trace.packet.src, **e.to_json(paths)} for e in self.explanations},
             "differences": list(self.differences),
         }

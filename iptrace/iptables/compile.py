@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from iptrace.dataplane import Decision, Step
+from iptrace.dataplane import Decision, Step, positional_new
 from iptrace.errors import TraceError
 from iptrace.iptables import chainmemo
 from iptrace.iptables.comments import parse_comment
@@ -52,6 +52,9 @@ _SERVICE_RE = re.compile(r"(?:^|\bfor |\bto )([a-z0-9][-a-z0-9.]*/[a-z0-9][-a-z0
 
 
 KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
+
+# Step(...) without the frozen dataclass's __init__: a question's trace reports each new rule it meets.
+_new_step = positional_new(Step, ("table", "chain", "line", "rule", "kind", "service", "handle"))
 
 
 KUBE_MARK_DROP = "KUBE-MARK-DROP"
@@ -189,9 +192,9 @@ def _step_kind(table: str, chain: str, target: str, comment_kind: str) -> str:
     return ""
 
 
-def compiled_path(cell: Any) -> list[Compiled]:
+def compiled_path(cell: Any) -> Sequence[Compiled]:
     """The rules of a branch's path (a cons list, newest first), oldest first."""
-    return list(cons_prefix(cell) or ())
+    return cons_prefix(cell) or ()
 
 
 def chain_list(cell: Any) -> tuple[tuple[str, str], ...]:
@@ -357,8 +360,8 @@ class Compiler:
             service = parsed[0] if parsed else None
             if service is None and self.names is not None:
                 service = self.names.get(rule.chain) or (self.names.get(c.target) if c.target else None)
-            step = c._path_step = Step(c.table, rule.chain, rule.line, f"-A {rule.chain} {rule.text}".rstrip(), kind,
-                                       service)
+            step = c._path_step = _new_step(c.table, rule.chain, rule.line, f"-A {rule.chain} {rule.text}".rstrip(),
+                                            kind, service, None)
         return step
 
     def _service(self, compiled: Sequence[Compiled]) -> str | None:

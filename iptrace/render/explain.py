@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
+from iptrace.dataplane import PathEncoder
 from iptrace.explain.diagnosis import Diagnosis, Explanation, Report
 
 _MARK = {"error": "✗", "warning": "!", "info": "✓"}
@@ -85,7 +86,8 @@ def _differ(report: Report) -> bool:
     return len(keys) > 1
 
 
-def explain_to_json(report: Report) -> dict[str, Any]:
+def explain_to_json(report: Report, paths: PathEncoder | None = None) -> dict[str, Any]:
+    """The `explain -o json` document; `paths`: see iptrace.dataplane.Outcome.to_json."""
     if len(report.explanations) == 1:
-        return report.explanations[0].to_json()
-    return report.to_json()
+        return report.explanations[0].to_json(paths)
+    return report.to_json(paths)
