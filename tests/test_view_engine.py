@@ -143,3 +143,32 @@ def test_view_equals_traces_on_kube_proxy_nft_fixtures(path: Path, form: str) ->
         ips = [ip for ip in data["node_ips"] if (":" in ip) == (family == "ipv6")]
         compared += check_view_against_traces(ruleset, ips, family)
     assert compared or not any(analysis(ruleset, family=f).view.services for f in ruleset.families)
+
+
+@pytest.mark.parametrize("name", ["nodeport-fb-backends.txt", "flannel-and-kube-proxy.txt", "xlb-era.txt",
+                                  "loadbalancer-source-ranges.txt", "session-affinity.txt", "ipv6.txt",
+                                  "etp-local-no-local-endpoints.txt", "no-endpoints.txt",
+                                  "large-cluster-no-comments.txt", "flannel-and-kube-proxy-nft.nft",
+                                  "dual-stack-nft.nft", "etp-local-with-endpoints-nft.nft"])
+def test_port_facts_are_the_views_values(name: str) -> None:
+    """explain reads a port's PortFacts where its view is not built: every value they have is the view's, and
+    their ways in are the view's entries but for the traces."""
+    from dataclasses import fields as dataclass_fields
+
+    from iptrace.dataplanes import load as load_any
+    from iptrace.kube.analysis import analyse
+    from iptrace.kube.view import PortFacts
+
+    dataplane, ruleset = load_any(Path("sample_dumps", name).read_text(), source=name)
+    for family in ruleset.families:
+        facts_of = analyse(dataplane, ruleset, family).port_facts
+        analysis = analyse(dataplane, ruleset, family)
+        for key in analysis.layout.keys:
+            facts, view = facts_of(key), analysis.port_view(key)
+            assert isinstance(facts, PortFacts)
+            for f in dataclass_fields(PortFacts):
+                if f.name != "entries":
+                    assert getattr(facts, f.name) == getattr(view, f.name), (key, f.name)
+            assert facts.label == view.label
+            assert [(w.kind, w.address, w.port, w.lines) for w in facts.entries] == \
+                [(e.kind, e.address, e.port, e.lines) for e in view.entries]

@@ -74,8 +74,9 @@ _ADDRESS_KINDS = {CLUSTER_IP: "ClusterIP", EXTERNAL_IP: "externalIP", LOAD_BALAN
 
 class Facts:
     """What every diagnosis may ask of one node, answered lazily: look-ups by address, nodePort, service port,
-    endpoint and chain read the layout's index of ways in and build the views of the Service ports they find,
-    and only those (a question about one address never builds the whole view)."""
+    endpoint and chain read the layout's index of ways in and give the Service ports they find as their views,
+    or as PortFacts (the same values without tracing their ways in: no diagnosis reads those traces), and only
+    those (a question about one address never builds the whole view)."""
 
     def __init__(self, analysis: Any, node_ips: Sequence[str], *, node_ips_given: bool = True,
                  pod_cidrs: Sequence[str] = ()) -> None:
@@ -127,14 +128,14 @@ class Facts:
         return self._layout.proxy  # type: ignore[no-any-return]
 
     def _views(self, keys: Iterable[str]) -> list[Any]:
-        return [self.analysis.port_view(k) for k in dict.fromkeys(keys)]
+        return [self.analysis.port_facts(k) for k in dict.fromkeys(keys)]
 
     def _at_address(self, ip: str) -> list[tuple[Any, str]]:
         out: dict[str, str] = {}
         for key, way in self._layout.ways_at(ip):
             if way.kind in _ADDRESS_KINDS:
                 out.setdefault(key, _ADDRESS_KINDS[way.kind])
-        return [(self.analysis.port_view(k), kind) for k, kind in out.items()]
+        return [(self.analysis.port_facts(k), kind) for k, kind in out.items()]
 
     def _with_service_port(self, port: int) -> list[Any]:
         if self._service_port_keys is None:  # (indexed once: a question never scans every Service port)
@@ -228,7 +229,7 @@ class Facts:
                 for k in self._layout.keys:
                     self._by_name.setdefault(self._layout.service_port(k).name, k)
             key = self._by_name.get(step.service)
-        return [self.analysis.port_view(key)] if key is not None else []
+        return [self.analysis.port_facts(key)] if key is not None else []
 
     def is_node_address(self, ip: str) -> bool:
         return ip in self.node_ips or ipaddress.ip_address(ip).is_loopback

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from iptrace.dataplane import Dataplane, KnownServicePort, Layout, Tracer
-from iptrace.kube.view import KubeView, ServicePortView, ViewBuilder, chain_labels, view_node_ips
+from iptrace.kube.view import KubeView, PortFacts, ServicePortView, ViewBuilder, chain_labels, view_node_ips
 
 
 class Analysis:
@@ -33,6 +33,10 @@ class Analysis:
 
     def port_view(self, key: str) -> ServicePortView:
         return self.views.port(key)
+
+    def port_facts(self, key: str) -> ServicePortView | PortFacts:
+        """What explain reads of a port: its view when built, else the same values without tracing its ways in."""
+        return self.views.port_facts(key)
 
 
 def known_ports(cluster: Any, family: str) -> tuple[KnownServicePort, ...]:

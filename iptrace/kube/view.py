@@ -35,7 +35,7 @@ from iptrace.kube.sources import inside, of_family, outside, pick_source
 __all__ = [
     "CLUSTER_IP", "EXTERNAL", "EXTERNAL_IP", "HEALTH_CHECK", "LOAD_BALANCER", "MASQ_ALWAYS", "MASQ_NEVER",
     "MASQ_OFF_POD", "NODE", "NODE_PORT", "OUTSIDE_RANGES", "POD", "SOURCES", "EndpointView", "EntryView",
-    "KubeView", "NodePortAddresses", "Reach", "ServicePortView", "SourcePath", "build_view",
+    "KubeView", "NodePortAddresses", "PortFacts", "Reach", "ServicePortView", "SourcePath", "build_view",
     "split_service_port_name",
 ]
 
@@ -178,6 +178,29 @@ class ServicePortView:
     @property
     def sort_key(self) -> tuple[str, str, str, str]:
         return (self.namespace, self.name, self.port_name, self.protocol)
+
+
+@dataclass(frozen=True, slots=True)
+class PortFacts:
+    """A Service port without the traces of its ways in: identity and addresses as its view has them, its
+    endpoints from the same walk, its ways in as `entries` (kind, address, port, lines). What explain asks of
+    the Service ports a question meets, at the cost of their endpoints alone."""
+
+    namespace: str
+    name: str
+    port_name: str
+    protocol: str
+    cluster_ip: str | None
+    port: int | None
+    node_port: int | None
+    external_ips: tuple[str, ...]
+    lb_ips: tuple[str, ...]
+    lb_source_ranges: tuple[str, ...]
+    health_check_node_port: int | None
+    endpoints: tuple[EndpointView, ...]
+    entries: tuple[WayIn, ...]
+
+    label = ServicePortView.label
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,26 +448,35 @@ class _Builder:
         endpoints = self.endpoints(sp)
         own = frozenset(c for c in sp.chains if c not in {e.chain for e in endpoints})
         entries = [self.entry(sp, way, own) for way in sp.ways_in]
-        cluster = next((e for e in entries if e.kind == CLUSTER_IP), None)
-        node_port = next((e.port for e in entries if e.kind == NODE_PORT), None)
-        external_ips = tuple(e.address for e in entries if e.kind == EXTERNAL_IP and e.address)
-        lb_ips = tuple(e.address for e in entries if e.kind == LOAD_BALANCER and e.address)
-        if sp.name is not None:
-            ns, svc, port_name = split_service_port_name(sp.name)
-        else:
-            first = sp.cluster_chain or (sp.chains[0] if sp.chains else sp.key)
-            ns, svc, port_name = "", first, ""
         return _new_service(  # type: ignore[no-any-return]
-            namespace=ns, name=svc, port_name=port_name, protocol=sp.protocol,
-            cluster_ip=cluster.address if cluster else None,
-            port=cluster.port if cluster else next((e.port for e in entries
-                                                    if e.kind in (EXTERNAL_IP, LOAD_BALANCER)), None),
-            node_port=node_port, external_ips=external_ips, lb_ips=lb_ips, lb_source_ranges=sp.lb_source_ranges,
-            health_check_node_port=sp.health_check_node_port, external_traffic_policy=sp.external_traffic_policy,
+            **_port_fields(sp, entries), external_traffic_policy=sp.external_traffic_policy,
             internal_traffic_policy=sp.internal_traffic_policy,
             session_affinity_timeout=sp.session_affinity_timeout, endpoints=tuple(endpoints),
             entries=tuple(entries), no_endpoints=sp.no_endpoints, no_local_endpoints=sp.no_local_endpoints,
             chains=sp.chains, lines=sp.lines, identity=sp.identity, notes=sp.notes)
+
+    def facts(self, sp: ServicePortLayout) -> PortFacts:
+        """The port's PortFacts: its view's values but for the traces of its ways in."""
+        return PortFacts(**_port_fields(sp, sp.ways_in), endpoints=tuple(self.endpoints(sp)), entries=sp.ways_in)
+
+
+def _port_fields(sp: ServicePortLayout, entries: Sequence[Any]) -> dict[str, Any]:
+    """A port's identity and addresses, read off its ways in (or the entries made of them: the same kinds,
+    addresses and ports)."""
+    cluster = next((e for e in entries if e.kind == CLUSTER_IP), None)
+    if sp.name is not None:
+        ns, svc, port_name = split_service_port_name(sp.name)
+    else:
+        first = sp.cluster_chain or (sp.chains[0] if sp.chains else sp.key)
+        ns, svc, port_name = "", first, ""
+    return {"namespace": ns, "name": svc, "port_name": port_name, "protocol": sp.protocol,
+            "cluster_ip": cluster.address if cluster else None,
+            "port": cluster.port if cluster else next((e.port for e in entries
+                                                       if e.kind in (EXTERNAL_IP, LOAD_BALANCER)), None),
+            "node_port": next((e.port for e in entries if e.kind == NODE_PORT), None),
+            "external_ips": tuple(e.address for e in entries if e.kind == EXTERNAL_IP and e.address),
+            "lb_ips": tuple(e.address for e in entries if e.kind == LOAD_BALANCER and e.address),
+            "lb_source_ranges": sp.lb_source_ranges, "health_check_node_port": sp.health_check_node_port}
 
 
 class ChainLabels(Mapping[str, str]):
@@ -496,6 +528,7 @@ class ViewBuilder:
         self._builder = _Builder(layout, tracer, self.clients)
         self._reuse = reuse  # an iptrace.kube.reuse.ViewReuse: Service ports other nodes had alike
         self._ports: dict[str, ServicePortView] = {}
+        self._facts: dict[str, PortFacts] = {}
         self._view: KubeView | None = None
 
     def port(self, key: str) -> ServicePortView:
@@ -508,6 +541,15 @@ class ViewBuilder:
             finally:
                 if enabled:
                     gc.enable()
+        return found
+
+    def port_facts(self, key: str) -> ServicePortView | PortFacts:
+        """The port's view when it is built, else its PortFacts (which carry the same values)."""
+        found: ServicePortView | PortFacts | None = self._ports.get(key)
+        if found is None:
+            found = self._facts.get(key)
+            if found is None:
+                found = self._facts[key] = self._builder.facts(self.layout.service_port(key))
         return found
 
     def view(self) -> KubeView:
