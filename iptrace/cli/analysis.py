@@ -109,7 +109,7 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
             by_label: dict[str, list[Any]] = {}
             for f in findings:
                 by_label.setdefault(f.service or "", []).append(f)
-            shown = {_json_label(s) for _, v in pairs for s in v.services}
+            shown = {_json_label(s.label, s.protocol) for _, v in pairs for s in v.services}
             rest = sum(len(fs) for label, fs in by_label.items() if label not in shown)
             if rest:
                 click.echo(f"note: {rest} finding(s) concern Services this node has no rules for, or the node "
@@ -137,16 +137,15 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
                            "the API.")
 
 
-def _json_label(s: Any) -> str:
-    """The label findings name a Service port's JSON object by: its `service`, and its protocol unless TCP."""
-    return s.label + ("" if s.protocol == "tcp" else f"/{s.protocol}")
+def _json_label(service: str, protocol: str) -> str:
+    """The label findings name a Service port by: its `service` label, and its protocol unless TCP."""
+    return service + ("" if protocol == "tcp" else f"/{protocol}")
 
 
 def _with_findings(items: Iterator[dict[str, Any]], by_label: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
     """Each object with the findings about its Service port (the first object of a label takes them all)."""
     for item in items:
-        label = item["service"] + ("" if item["protocol"] == "tcp" else f"/{item['protocol']}")
-        item["findings"] = [f.to_json() for f in by_label.pop(label, [])]
+        item["findings"] = [f.to_json() for f in by_label.pop(_json_label(item["service"], item["protocol"]), [])]
         yield item
 
 

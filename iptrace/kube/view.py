@@ -130,9 +130,10 @@ class EntryView:
 
 
 @dataclass(frozen=True, slots=True)
-class ServicePortView:
-    """One Service port as kube-proxy programmed it on this node. Identity from the rules (comments, nft chain
-    names), else from the chain-name hash and cluster data, else the chain name (namespace "")."""
+class PortIdentity:
+    """Who a Service port is and where it is reached, read off its ways in (the first fields of its view and of
+    its PortFacts). Identity from the rules (comments, nft chain names), else from the chain-name hash and
+    cluster data, else the chain name (namespace "")."""
 
     namespace: str
     name: str
@@ -145,6 +146,21 @@ class ServicePortView:
     lb_ips: tuple[str, ...]
     lb_source_ranges: tuple[str, ...]
     health_check_node_port: int | None
+
+    @property
+    def label(self) -> str:
+        """`ns/svc:port` (or `ns/svc` for an unnamed port), kube-proxy's ServicePortName; the chain name
+        when the rules do not say."""
+        if not self.namespace:
+            return self.name
+        base = f"{self.namespace}/{self.name}"
+        return f"{base}:{self.port_name}" if self.port_name else base
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePortView(PortIdentity):
+    """One Service port as kube-proxy programmed it on this node: its identity, then what the walk says of it."""
+
     external_traffic_policy: str | None
     internal_traffic_policy: str | None
     session_affinity_timeout: int | None
@@ -156,15 +172,6 @@ class ServicePortView:
     lines: tuple[int, ...]
     identity: str  # "comment" | "hash" (chain name + cluster data) | "address" (cluster data) | "chain"
     notes: tuple[str, ...] = ()
-
-    @property
-    def label(self) -> str:
-        """`ns/svc:port` (or `ns/svc` for an unnamed port), kube-proxy's ServicePortName; the chain name
-        when the rules do not say."""
-        if not self.namespace:
-            return self.name
-        base = f"{self.namespace}/{self.name}"
-        return f"{base}:{self.port_name}" if self.port_name else base
 
     @property
     def type(self) -> str:
@@ -181,26 +188,13 @@ class ServicePortView:
 
 
 @dataclass(frozen=True, slots=True)
-class PortFacts:
-    """A Service port without the traces of its ways in: identity and addresses as its view has them, its
-    endpoints from the same walk, its ways in as `entries` (kind, address, port, lines). What explain asks of
-    the Service ports a question meets, at the cost of their endpoints alone."""
+class PortFacts(PortIdentity):
+    """A Service port without the traces of its ways in: its identity, its endpoints from the same walk, its
+    ways in as `entries` (kind, address, port, lines). What explain asks of the Service ports a question
+    meets, at the cost of their endpoints alone."""
 
-    namespace: str
-    name: str
-    port_name: str
-    protocol: str
-    cluster_ip: str | None
-    port: int | None
-    node_port: int | None
-    external_ips: tuple[str, ...]
-    lb_ips: tuple[str, ...]
-    lb_source_ranges: tuple[str, ...]
-    health_check_node_port: int | None
     endpoints: tuple[EndpointView, ...]
     entries: tuple[WayIn, ...]
-
-    label = ServicePortView.label
 
 
 @dataclass(frozen=True, slots=True)
