@@ -180,6 +180,36 @@ def test_a_truncated_file_and_a_file_that_is_not_conntrack_output() -> None:
         "(or /proc/net/nf_conntrack)?")
 
 
+def _flow(i: int, state: str = "ESTABLISHED") -> str:
+    return TCP.replace("sport=5000", f"sport={5000 + i}").replace("dport=5000", f"dport={5000 + i}").replace(
+        "ESTABLISHED", state).replace("10.0.0.1 ", f"10.0.{i // 250}.{i % 250 + 1} ")
+
+
+def test_lines_are_read_a_shape_at_a_time_yet_errors_come_in_file_order() -> None:
+    # Thousands of lines of one shape (read in chunks, values proven as they come), another shape after them,
+    # and damaged lines of both: the first damaged line in the file is the error, whichever shape it has.
+    lines = [_flow(i) for i in range(3000)] + [_flow(i, "TIME_WAIT") for i in range(3000)]
+    table = load("\n".join(lines) + "\n", source="ct.txt")
+    assert len(table) == 6000
+    assert [e.original.sport for e in table.to_address("10.96.0.1")] == [5000 + i for i in range(3000)] * 2
+    assert [e.line for e in table.entries()] == list(range(1, 6001))
+    # One client's flows, a new timeout on two lines of three: lines whose values are proven later are still listed
+    # in file order.
+    one = [TCP.replace("431999", str(431999 - i if i % 3 else 431999)) for i in range(1000)]
+    (group,) = load("\n".join(one)).flows_to("10.96.0.1")
+    assert group.lines == tuple(range(1, 1001))
+    late = lines.copy()
+    late[5000] = late[5000].replace("dst=10.96.0.1", "dst=10.96.0.256")  # (a TIME_WAIT line)
+    late[2500] = late[2500].replace("src=10.0.0.9", "src=10.0.0.")  # (an ESTABLISHED line, later in its chunk)
+    late[4000] = late[4000].replace("sport=8443", "sport=65536")
+    assert error("\n".join(late)).startswith("ct.txt:2501:")
+    late.insert(1, "garbage here")  # a line of its own key, seen before the others' errors
+    assert error("\n".join(late)).startswith("ct.txt:2:")
+    table = load("\n".join(late) + "\n", source="ct.txt", lenient=True)
+    assert [s.line for s in table.skipped] == [2, 2502, 4002, 5002] and len(table) == 5997
+    assert [e.line for e in table.entries()] == [n for n in range(1, 6002) if n not in (2, 2502, 4002, 5002)]
+
+
 def test_lenient_skips_bad_lines_and_says_which() -> None:
     table = load(f"{TCP}\ngarbage here\n{TCP.replace('5000', '5001')}\nudp 17 30 src=1.1.1.1\n", source="ct.txt",
                  lenient=True)

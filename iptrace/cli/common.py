@@ -150,7 +150,7 @@ def load_conntrack(path: str | None, dump: str, *, lenient: bool = False) -> Any
 
 def note_skipped(name: str, table: Any) -> None:
     """--lenient: say how many conntrack lines were left out, and the first reason."""
-    from iptrace.collect.stream import skipped_notes
+    from iptrace.conntrack.table import skipped_notes
 
     for note in skipped_notes(name, table):
         click.echo(note, err=True)

@@ -134,6 +134,7 @@ def conntrack(name: str, path: Path, analyses: Any, *, lenient: bool) -> tuple[l
     """A node's stale-conntrack findings (a table that cannot be read is a load-error), and the notes reading it
     made (lines skipped with --lenient)."""
     from iptrace.conntrack import load, read_file
+    from iptrace.conntrack.table import skipped_notes
     from iptrace.kube.conntrack import conntrack_findings
 
     try:
@@ -146,18 +147,6 @@ def conntrack(name: str, path: Path, analyses: Any, *, lenient: bool) -> tuple[l
     tracers = {family: a.tracer for family, a in analyses.items()}
     hint = next(iter(analyses.values())).layout.proxy.version_hint
     return conntrack_findings(name, table, tracers, version_hint=hint), skipped_notes(where, table)
-
-
-def skipped_notes(name: str, table: Any) -> list[str]:
-    """--lenient: how many conntrack lines were left out and the first reason; the table's warnings."""
-    out = []
-    if table.skipped:
-        first = table.skipped[0]
-        many = "s" if len(table.skipped) != 1 else ""
-        out.append(f"note: {name}: skipped {len(table.skipped)} unreadable line{many} (first: line {first.line}: "
-                   f"{first.reason})")
-    out += [f"note: {name}:{w.line}: {w.reason}" for w in table.warnings]
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ processes

@@ -7,8 +7,10 @@ shapes; lark parses one line of each new shape (which validates its structure an
 and `read_layout` says what each word is. Every other line of that shape is split into words and checked
 against it: its constant words (protocol, state, flags) by one tuple comparison, its value words by set
 membership: addresses and other values among the words already proven valid (a new word is checked once,
-then remembered), port words among all valid ones. A line that fails goes through lark and the vocabulary
-again, which name the column and what was expected. The whole file is checked; nothing is sampled.
+then remembered), port words among all valid ones. The lines of one shape are checked together, a chunk at a
+time, by C-level maps over them (`_Reader.bulk`); the few a chunk refuses go one by one. A line that fails goes
+through lark and the vocabulary again, which name the column and what was expected. The whole file is checked;
+nothing is sampled.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from functools import cache
-from operator import itemgetter
+from itertools import compress
+from operator import itemgetter, not_
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,9 @@ from iptrace.conntrack.table import ConntrackTable, Skipped
 from iptrace.errors import InputError, ParseError
 
 _TRAILER_COUNT = re.compile(r"\): (\d+) flow entries have been shown\.\s*$")
+# Lines of one key checked at once first, then twice as many each time up to the last size (see _Reader.read):
+# the words of a chunk are freed before the next one's are made, so that memory is reused, not taken anew.
+_FIRST_CHUNK, _LAST_CHUNK = 64, 4096
 _HINT = "; is this `conntrack -L` output (or /proc/net/nf_conntrack)?"
 
 # Keys whose value is of different kinds in different places (icmp's id= is 16 bits, the entry's id= 32): their
@@ -138,12 +144,15 @@ class _Reader:
         self.valid: dict[str, set[bytes]] = {k: set() for k in ("ipv4", "ipv6", *_AMBIGUOUS)}
         self.skipped: list[Skipped] = []
         self.trailers: list[tuple[int, int]] = []  # (line, count)
-        self.seen_entry = False
+        self.entries = sys.maxsize  # the first line read as an entry
+        # Errors, with whether they may come from a file that is not conntrack's at all (see finish).
+        self.failures: list[tuple[ParseError, bool]] = []
+        self.limit = sys.maxsize  # strict mode: the first failed line so far (nothing after it is read)
 
-    def fail(self, exc: ParseError) -> None:
+    def fail(self, exc: ParseError, *, maybe_other_file: bool = False) -> None:
+        self.failures.append((exc, maybe_other_file))
         if not self.lenient:
-            raise exc
-        self.skipped.append(Skipped(exc.line, exc.reason))
+            self.limit = min(self.limit, exc.line)
 
     def compile(self, layout: Layout, words: Sequence[bytes]) -> Shape:
         """The fast-path form of a layout with these constant words (one per layout and constants)."""
@@ -188,39 +197,115 @@ class _Reader:
     def read(self, data: bytes) -> ConntrackTable:
         lines = data.split(b"\n")
         keys = data.translate(None, VALUE_CHARS).split(b"\n")
+        # Lines by key, each list in file order, the keys in the order they first appear: the lines of a key are
+        # then checked together against its shape (_bulk), by C-level maps instead of a loop body per line.
+        groups: dict[bytes, list[int]] = {}
+        for n, key in enumerate(keys, 1):
+            found = groups.get(key)
+            if found is None:
+                groups[key] = [n]
+            else:
+                found.append(n)
         index: dict[bytes, list[int]] = {}  # the original destination's dst= word -> its lines
         irregular: dict[int, Any] = {}
-        shapes = self.shapes
-        valid_ports = port_words()
-        n = 0
-        for line, key in zip(lines, keys, strict=True):
-            n += 1
-            candidates = shapes.get(key)
-            if candidates is not None:
-                words = line.split()
-                for shape in candidates:
-                    if len(words) != shape.words or shape.constants(words) != shape.consts:
-                        continue
-                    values = shape.main(words)
-                    if not shape.proven.issuperset(values) and not shape.check(values):
-                        continue
-                    if shape.ports is not None and not valid_ports.issuperset(shape.ports(words)):
-                        continue
-                    if shape.others and not _others(shape, words):
-                        continue
-                    dst = words[shape.dst]
-                    found = index.get(dst)
-                    if found is None:
-                        index[dst] = [n]
-                    else:
-                        found.append(n)
-                    break
+        last = len(lines)
+        for key, numbers in groups.items():
+            if numbers[0] >= self.limit:
+                break  # (an earlier line failed: strict mode stops at it, see fail)
+            rest = numbers
+            if key not in self.shapes:
+                # Line by line until one of them gives the key its first shape (lark reads that one).
+                for k, n in enumerate(numbers):
+                    if n >= self.limit:
+                        break
+                    self.line(n, lines[n - 1], key, index, irregular, last=n == last)
+                    if key in self.shapes:
+                        rest = numbers[k + 1:]
+                        break
                 else:
-                    self.slow(n, line, key, index, irregular, last=n == len(lines))
-                continue
-            if line.strip():
-                self.slow(n, line, key, index, irregular, last=n == len(lines))
-        table = ConntrackTable(self.source, lines, shapes, index, irregular, skipped=tuple(self.skipped),
+                    continue
+                if key not in self.shapes:
+                    continue
+            # In growing chunks: the lines `bulk` refuses for values not proven yet prove them (one at a time, in
+            # `line`), so that the next chunk finds them proven; a table repeats its addresses and timeouts.
+            shape, start, size = self.shapes[key][0], 0, _FIRST_CHUNK
+            while start < len(rest) and rest[start] < self.limit:
+                for n in self.bulk(shape, rest[start:start + size], lines, index):
+                    if n >= self.limit:
+                        break
+                    self.line(n, lines[n - 1], key, index, irregular, last=n == last)
+                start += size
+                size = min(size * 2, _LAST_CHUNK)
+        return self.finish(lines, keys, index, irregular)
+
+    def bulk(self, shape: Shape, numbers: list[int], lines: list[bytes], index: dict[bytes, list[int]]) -> list[int]:
+        """Checks lines of one key against the key's first shape all at once (what `line` does for one), and
+        indexes those that pass. Returns the others, in file order: another shape of the key, values not proven
+        yet, or errors, for `line` to tell apart."""
+        words = list(map(bytes.split, map(lines.__getitem__, [n - 1 for n in numbers])))
+        refused: list[int] = []
+
+        def keep(passed: list[bool]) -> None:
+            nonlocal numbers, words
+            if passed.count(True) != len(passed):
+                refused.extend(compress(numbers, map(not_, passed)))
+                numbers, words = list(compress(numbers, passed)), list(compress(words, passed))
+
+        keep(list(map(shape.words.__eq__, map(len, words))))  # (itemgetters need the words to be there)
+        keep(list(map(shape.consts.__eq__, map(shape.constants, words))))
+        keep(list(map(shape.proven.issuperset, map(shape.main, words))))
+        if shape.ports is not None:
+            keep(list(map(port_words().issuperset, map(shape.ports, words))))
+        if shape.others:
+            keep([_others(shape, w) for w in words])
+        for dst, n in zip(map(itemgetter(shape.dst), words), numbers, strict=True):
+            found = index.get(dst)
+            if found is None:
+                index[dst] = [n]
+            else:
+                found.append(n)
+        refused.sort()
+        return refused
+
+    def line(self, n: int, line: bytes, key: bytes, index: dict[bytes, list[int]], irregular: dict[int, Any], *,
+             last: bool) -> None:
+        """One line, against each shape of its key, else through lark (`slow`)."""
+        candidates = self.shapes.get(key)
+        if candidates is not None:
+            words = line.split()
+            for shape in candidates:
+                if len(words) != shape.words or shape.constants(words) != shape.consts:
+                    continue
+                values = shape.main(words)
+                if not shape.proven.issuperset(values) and not shape.check(values):
+                    continue
+                if shape.ports is not None and not port_words().issuperset(shape.ports(words)):
+                    continue
+                if shape.others and not _others(shape, words):
+                    continue
+                index.setdefault(words[shape.dst], []).append(n)
+                return
+            self.slow(n, line, key, index, irregular, last=last)
+        elif line.strip():
+            self.slow(n, line, key, index, irregular, last=last)
+
+    def finish(self, lines: list[bytes], keys: list[bytes], index: dict[bytes, list[int]],
+               irregular: dict[int, Any]) -> ConntrackTable:
+        """The table, once every line is read. Lines were read a key at a time: what is kept per line is put back
+        in file order, and strict mode raises the first error in the file."""
+        failures = sorted(self.failures, key=lambda f: f[0].line)
+        for exc, maybe_other_file in failures:
+            # (no entry nor conntrack's closing line before it: say what the file should be)
+            if maybe_other_file and exc.line < min(self.entries, *(n for n, _ in self.trailers), exc.line + 1):
+                exc = _amend(exc, _HINT)
+            if not self.lenient:
+                raise exc
+            self.skipped.append(Skipped(exc.line, exc.reason))
+        for numbers in index.values():
+            numbers.sort()
+        self.trailers.sort()
+        table = ConntrackTable(self.source, lines, keys, self.shapes, index, dict(sorted(irregular.items())),
+                               skipped=tuple(self.skipped),
                                trailer_count=sum(c for _, c in self.trailers) if self.trailers else None)
         return self.check_count(table)
 
@@ -242,11 +327,9 @@ class _Reader:
         except ParseError as exc:
             if last:
                 exc = _amend(exc, " (the file ends in the middle of this line: it looks truncated)")
-            elif syntax and not self.seen_entry and not self.trailers:
-                exc = _amend(exc, _HINT)
-            self.fail(exc)
+            self.fail(exc, maybe_other_file=syntax and not last)
             return
-        self.seen_entry = True
+        self.entries = min(self.entries, n)
         words = raw.split()
         if len(words) != len(toks):
             # A flag with spaces inside ([start=Mon Dec  2 …] from -o ktimestamp): this line is built from its

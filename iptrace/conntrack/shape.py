@@ -53,10 +53,15 @@ class Shape:
                                  Callable[[tuple[bytes, ...]], bool]], ...] = ()
 
 
-def shape_of(shapes: dict[bytes, list[Shape]], raw: bytes) -> tuple[Shape, list[bytes]] | None:
-    """The shape a line was read with (and its words): found again from its key, as the reader found it."""
+def shape_of(shapes: dict[bytes, list[Shape]], raw: bytes, key: bytes | None = None, *,
+             read: bool = False) -> tuple[Shape, list[bytes]] | None:
+    """The shape a line was read with (and its words): found again from its key (given, or worked out), as the
+    reader found it. `read`: the reader took this line as an entry, so a key with one shape needs no check."""
     words = raw.split()
-    for shape in shapes.get(raw.translate(None, VALUE_CHARS), ()):
+    candidates = shapes.get(raw.translate(None, VALUE_CHARS) if key is None else key, ())
+    if read and len(candidates) == 1:
+        return candidates[0], words
+    for shape in candidates:
         if len(words) == shape.words and shape.constants(words) == shape.consts:
             return shape, words
     return None

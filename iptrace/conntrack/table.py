@@ -54,12 +54,13 @@ class ConntrackTable:
     """`flows_to(ip, port, proto)` the groups of entries to a destination; `to_address(ip)` and `entries()` the
     entries themselves."""
 
-    def __init__(self, source: str, lines: list[bytes], shapes: dict[bytes, list[Shape]],
+    def __init__(self, source: str, lines: list[bytes], keys: list[bytes], shapes: dict[bytes, list[Shape]],
                  index: dict[bytes, list[int]], irregular: dict[int, ConntrackEntry], *,
                  skipped: tuple[Skipped, ...] = (), warnings: tuple[Skipped, ...] = (),
                  trailer_count: int | None = None) -> None:
         self.source = source
         self._lines = lines
+        self._keys = keys  # each line's key (reader.py): its shape is found again from it
         self._shapes = shapes  # the reader's shapes by key: a line's shape is found again from its key
         self._index = index  # the original destination's `dst=` word -> 1-based line numbers
         self._irregular = irregular  # lines read by lark alone (timestamps with spaces): line -> entry
@@ -89,7 +90,7 @@ class ConntrackTable:
         entry = self._irregular.get(line)
         if entry is not None:
             return entry
-        found = shape_of(self._shapes, self._lines[line - 1])
+        found = shape_of(self._shapes, self._lines[line - 1], self._keys[line - 1], read=True)
         assert found is not None, f"line {line} holds no entry"
         text = self.line_text(line)
         return found[0].builder(text.split(), line, text, self.address)
@@ -113,8 +114,12 @@ class ConntrackTable:
             return []
         dport = f"dport={port}".encode()
         groups: dict[tuple[Shape, tuple[bytes, ...]], list[int]] = {}
-        for n in self._address_index().get(wanted, ()):
-            found = shape_of(self._shapes, self._lines[n - 1])
+        # An IPv4 address has one spelling (leading zeros are refused): its lines are found by their word.
+        numbers = (self._index.get(b"dst=" + wanted.encode(), ()) if self._by_address is None and "." in wanted
+                   else self._address_index().get(wanted, ()))
+        lines, keys, shapes = self._lines, self._keys, self._shapes
+        for n in numbers:
+            found = shape_of(shapes, lines[n - 1], keys[n - 1], read=True)
             assert found is not None, f"line {n} holds no entry"
             shape, words = found
             if (proto is None or shape.proto == proto) and (
@@ -143,3 +148,15 @@ class ConntrackTable:
                 out.setdefault(self.address(word[4:].decode("ascii")), []).extend(lines)
             self._by_address = out
         return self._by_address
+
+
+def skipped_notes(name: str, table: ConntrackTable) -> list[str]:
+    """--lenient: how many conntrack lines were left out and the first reason; the table's warnings."""
+    out = []
+    if table.skipped:
+        first = table.skipped[0]
+        many = "s" if len(table.skipped) != 1 else ""
+        out.append(f"note: {name}: skipped {len(table.skipped)} unreadable line{many} (first: line {first.line}: "
+                   f"{first.reason})")
+    out += [f"note: {name}:{w.line}: {w.reason}" for w in table.warnings]
+    return out
