@@ -160,6 +160,29 @@ def test_a_port_that_differs_on_every_node_stops_being_keyed_for_a_while() -> No
     assert reuse.stats.skipped >= 3, reuse.stats
 
 
+def test_views_no_node_reuses_are_dropped_so_the_cache_does_not_grow_with_the_nodes() -> None:
+    """Every node has a rule of its own in one Service's chain: that port's view is kept on every node but never
+    reused, and is dropped PROBATION rounds later; the views nodes share stay. The cache then holds as many views
+    after many nodes as after a few, and every view is still the node's own."""
+    from iptrace.kube.reuse import PROBATION
+
+    specs = services(12)
+    chain = synth.service_port_chain("KUBE-SVC-", f"{specs[4].namespace}/{specs[4].name}:http", "tcp")
+    nodes = PROBATION + 6
+    extra = {i: f"*nat\n-I {chain} -s 203.0.113.{i + 1}/32 -j RETURN\nCOMMIT\n" for i in range(nodes)}
+    texts = fleet_texts(specs, nodes, extra)
+    reuse = ViewReuse()
+    sizes = []
+    for node_ip, text in texts:
+        ruleset = load(text)
+        plain = analyse(DATAPLANE, ruleset, "ipv4", node_ips=[node_ip]).view
+        assert analyse(DATAPLANE, ruleset, "ipv4", node_ips=[node_ip], reuse=reuse).view == plain
+        sizes.append(len(reuse))
+    assert reuse.stats.dropped > 0 and reuse.stats.reused > 0, reuse.stats
+    # (it grows while the first nodes' own views wait out their rounds, then stays put)
+    assert sizes[-1] == sizes[PROBATION + 2] < max(sizes), sizes
+
+
 def test_a_stale_rule_for_an_address_another_service_now_has() -> None:
     """kube-proxy's stale rules for a deleted Service whose ClusterIP was given to a new one: which rule comes
     first in KUBE-SERVICES decides, and the order differs from node to node."""

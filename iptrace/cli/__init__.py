@@ -82,13 +82,16 @@ class _Group(_ProgramNamedHelp, click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, "--version", prog_name="iptrace")
 def main() -> None:
-    """Show how a Kubernetes node really forwards traffic, from its iptables rules.
+    """Show how a Kubernetes node really forwards traffic, from the rules kube-proxy wrote (iptables-save output,
+    or nft list ruleset in nftables mode).
 
     \b
     Examples:
       iptrace explain sample_dumps/nodeport-fb-backends.txt --dst 10.101.234.168:8001
       iptrace services node1.txt --namespace default
       iptrace trace node1.txt --dst 10.101.234.168:5001 --src pod
+      iptrace services node1.nft                    # nftables mode: `nft list ruleset`
+      iptrace collect node1 node2 --out fleet/ && iptrace audit fleet/
       iptrace parse node1.txt
     """
 

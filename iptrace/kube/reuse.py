@@ -30,6 +30,11 @@ CACHE_SIZE = 30_000
 # fleet that shares little pays little more than no reuse. A hit starts the count again.
 MISSES = 4
 
+# A view no node has reused within this many rounds (`services` calls: a node's family each) after it was kept is
+# dropped: its rules were that node's own (a local endpoint, the node's pod CIDR in a CNI rule), and keeping it
+# would make a worker's memory grow with the number of nodes it audits. A view reused once is kept (LRU).
+PROBATION = 8
+
 # Where a view holds dump lines (tests/test_reuse.py checks these are all the fields there are).
 LINE_FIELDS = {ServicePortView: ("lines",), EndpointView: ("line",), EntryView: ("lines",),
                SourcePath: ("decided_by",)}
@@ -67,6 +72,7 @@ class ReuseStats:
     reused: int = 0
     stored: int = 0
     skipped: int = 0  # ports traced without a key: it kept missing (MISSES)
+    dropped: int = 0  # views dropped unused (PROBATION)
 
     @property
     def traced(self) -> int:
@@ -80,6 +86,7 @@ class ViewReuse:
         self.size = size
         self.stats = ReuseStats()
         self._views: OrderedDict[tuple[Any, ...], ServicePortView] = OrderedDict()
+        self._unused: OrderedDict[tuple[Any, ...], int] = OrderedDict()  # views not reused yet → round kept
         self._misses: dict[tuple[Any, ...], tuple[int, int]] = {}  # port → (misses in a row, round of the last)
         self._round = 0  # calls of `services` (a node's family each)
 
@@ -94,6 +101,7 @@ class ViewReuse:
             return [build(sp) for sp in layout.service_ports]
         out = []
         self._round += 1
+        self._drop_unused()
         misses = self._misses
         if len(misses) > self.size:
             misses.clear()
@@ -114,6 +122,7 @@ class ViewReuse:
             kept = self._views.get(key)
             if kept is not None:
                 self._views.move_to_end(key)
+                self._unused.pop(key, None)
                 self.stats.reused += 1
                 if missed:
                     del misses[port]
@@ -126,11 +135,26 @@ class ViewReuse:
                 stored = _positional(view, sp, found.lines)
                 if stored is not None:
                     self._views[key] = stored
+                    self._unused[key] = self._round
                     self.stats.stored += 1
                     if len(self._views) > self.size:
-                        self._views.popitem(last=False)
+                        self._unused.pop(self._views.popitem(last=False)[0], None)
             out.append(view)
         return out
+
+    def _drop_unused(self) -> None:
+        """Drop the views kept more than PROBATION rounds ago that no node has reused since."""
+        unused, views = self._unused, self._views
+        while unused:
+            key, kept = next(iter(unused.items()))
+            if self._round - kept <= PROBATION:
+                break
+            del unused[key]
+            views.pop(key, None)
+            self.stats.dropped += 1
+
+    def __len__(self) -> int:
+        return len(self._views)
 
 
 def _without_lines(sp: ServicePortLayout) -> ServicePortLayout:
