@@ -257,7 +257,8 @@ def _results(nodes: Sequence[Source], cluster: Any, lenient: bool, pictures: boo
     if jobs <= 1 or len(nodes) <= 1:
         import gc
 
-        worker = Worker(cluster, lenient, pictures, reuse)
+        # (one node: no other node could reuse its views, so their keys are not worked out)
+        worker = Worker(cluster, lenient, pictures, reuse and len(nodes) > 1)
         try:
             for i, source in enumerate(nodes):
                 yield i, worker.run(source), None

@@ -264,7 +264,7 @@ def _facts(cache: _Node, code: ChainCode, i: int, is_chain: bool, target: str) -
     c = code.compiled[i] or tracer._compile(code, i)
     tokens = fast_tokens(rule.text)
     structure = rule_structure(rule, tokens, tracer._structures)
-    binder = binder_for(structure, {})
+    binder = binder_for(structure, tracer._binders)  # (the compiler's: its structures stay alive)
     abstract = list(tokens)
     specs = []
     for attr, negated, index in binder.addresses:

@@ -220,4 +220,5 @@ def _spells(view: ServicePortView, addresses: Sequence[str]) -> bool:
     if not addresses:
         return False
     text = repr(view)
-    return any(re.search(_BOUNDARY.format(re.escape(a)), text) for a in addresses)
+    # (a plain substring test first: most views hold none of them, and the boundary search costs ~50 µs a view)
+    return any(a in text and re.search(_BOUNDARY.format(re.escape(a)), text) for a in addresses)
