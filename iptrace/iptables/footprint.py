@@ -24,6 +24,7 @@ make it None. tests/test_reuse.py compares views built with and without reuse.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import weakref
 from collections.abc import Iterable, Sequence
@@ -76,6 +77,7 @@ _TARGETS: dict[str, str] = {}
 _CHAINS: dict[bytes, tuple[list[tuple[_Facts, tuple[str, str] | None, str]], tuple[str, ...], tuple[str, ...]]] = {}
 _TARGET_NAMES: dict[str, str] = {}
 _ADDRESS_READS = frozenset({"src", "dst", "orig_dst"})
+_KIND_TEXTS: dict[tuple[object, ...], str] = {}  # an address's kind (see _Node.kind) → its text in the key
 
 
 def _full_mask(values: Sequence[str], version: int) -> bool:
@@ -202,8 +204,15 @@ class _Node:
         """What -m addrtype and the routing decision see of an address."""
         found = self._kinds.get(addr)
         if found is None:
-            types, unsure = _address_types(addr, self.tracer.ctx)
-            found = self._kinds[addr] = f"{sorted(types)} {unsure} {self.tracer.ctx.is_local(addr)}"
+            ctx = self.tracer.ctx
+            types, unsure = _address_types(addr, ctx)
+            # (one text per answer: a node's endpoints are thousands of addresses with the same one)
+            answer = (*types, unsure, ctx.is_local(addr)) if len(types) == 1 else (
+                *sorted(types), unsure, ctx.is_local(addr))
+            found = _KIND_TEXTS.get(answer)
+            if found is None:
+                found = _KIND_TEXTS[answer] = f"{sorted(types)} {unsure} {answer[-1]}"
+            self._kinds[addr] = found
         return found
 
     def src_bits(self, spec: Spec, sources: tuple[int, ...]) -> str:
@@ -594,6 +603,7 @@ def footprint(tracer: Any, calls: Sequence[tuple[str | None, Packet]]) -> Footpr
                      abstracted)
 
 
+@functools.lru_cache(maxsize=4096)  # (the node's own addresses and the clients': the same few every port)
 def _text(addr: int, version: int) -> str:
     import ipaddress
 
