@@ -108,6 +108,8 @@ class Tracer(ChainWalker):
         # chain -> True (entered once), its plan, or None (not shared)
         self._chain_plans: dict[tuple[str, str], tuple[chainmemo.ChainPlan, tuple[str, ...]] | bool | None] = {}
         self._shape_memos = {}
+        self._bound_tokens = {}
+        self._bound_values = {}
         no_policy = {w.line for w in ruleset.warnings if "has no policy" in w.message}
         self._dash_policy = {(t.name, c.name) for t in ruleset.tables for c in t.chains if c.line in no_policy}
 
