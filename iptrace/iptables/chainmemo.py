@@ -129,14 +129,13 @@ class ChainPlan:
     replays on the next one with that shape. `own` holds the walks that cannot be told by position (they made
     assumptions, which name rules' lines), for this closure only."""
 
-    __slots__ = ("_decisions", "_key", "_positions", "chains", "compiled", "memo", "own", "replays")
+    __slots__ = ("_decisions", "_key", "_positions", "chains", "compiled", "memo", "own")
 
     def __init__(self, fields: Iterable[str], raw: Iterable[str], src_nets: Sequence[tuple[int, int]],
                  dst_nets: Sequence[tuple[int, int]], compiled: Sequence[Any] = (),
                  chains: Sequence[tuple[str, str]] = (), memo: dict[Any, Any] | None = None,
                  dports: Sequence[int] = ()) -> None:
         self.own: dict[Any, tuple[Recorded, ...]] = {}
-        self.replays: dict[int, Materialized] = {}  # id(recorded walk) -> it as this closure replays it
         self.memo: dict[Any, tuple[Positional, ...]] | None = memo
         self.compiled = tuple(compiled)
         self.chains = tuple(chains)
@@ -278,57 +277,32 @@ def replay_positional(recorded: tuple[Positional, ...], s: Any, written: tuple[s
                       ) -> list[tuple[Any, Any]]:
     """The recorded branches on branch `s`, with the rules, chains and Decisions of `plan`'s closure. The last
     branch is `s` itself (the caller hands it over)."""
-    found = plan.replays.get(id(recorded))
-    if found is None or found[0] is not recorded:
-        found = _materialize(recorded, written, plan)
     out = []
     num, den = s.prob
     path0, chains0 = s.path, s.chains
-    set_written = found[1]
-    branches = found[2]
-    last = len(branches) - 1
-    for k, (values, items, entered, fnum, fden, terminal, dnat) in enumerate(branches):
+    compiled = plan.compiled
+    chains = plan.chains
+    last = len(recorded) - 1
+    set_written = _setter(written)
+    for k, (values, items, entered, fnum, fden, verdict, at, wrote, plain) in enumerate(recorded):
         new = s if k == last else s.copy()
-        set_written(new, values)
-        if dnat is not None:
-            new.rewrite_destination(dnat[0], dnat[1])
+        set_written(new, values if plain else tuple([compiled[v.position].decision if type(v) is _At else v
+                                                     for v in values]))
+        if wrote:
+            c = compiled[at]
+            new.rewrite_destination(c.arg, c.decision)
         path = path0
-        for c in items:
-            path = (c, path)
+        for i in items:
+            path = (compiled[i], path)
         new.path = path
         cell = chains0
-        for key in entered:
-            cell = (key, cell)
+        for j in entered:
+            cell = (chains[j], cell)
         new.chains = cell
         if fnum != fden:
             new.prob = (num * fnum, den * fden)
-        out.append((new, terminal))
+        out.append((new, None if verdict is None else (verdict, compiled[at].decision)))
     return out
-
-
-# A replay of recorded branches by `plan`'s closure: (them, the setter of the written fields, per branch the
-# written values, the rules appended to the path, the chains entered, the probability factor (num, den), the
-# terminal, the DNAT made as (its rewrite, its Decision) or None).
-Materialized = tuple[tuple[Any, ...], Callable[[Any, tuple[Any, ...]], None],
-                     tuple[tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...], int, int, Any, Any], ...]]
-
-
-def _materialize(recorded: tuple[Positional, ...], written: tuple[str, ...], plan: ChainPlan) -> Materialized:
-    """`recorded` with its positions read in `plan`'s closure, once per closure and recording (a Service's chain
-    is entered again for every way in and kind of client, with the same few keys)."""
-    compiled = plan.compiled
-    chains = plan.chains
-    branches = []
-    for values, items, entered, fnum, fden, verdict, at, wrote, plain in recorded:
-        branches.append((
-            values if plain else tuple([compiled[v.position].decision if type(v) is _At else v for v in values]),
-            tuple([compiled[i] for i in items]), tuple([chains[j] for j in entered]), fnum, fden,
-            None if verdict is None else (verdict, compiled[at].decision),
-            (compiled[at].arg, compiled[at].decision) if wrote else None))
-    if len(plan.replays) >= MEMO_SIZE:
-        plan.replays.clear()
-    found = plan.replays[id(recorded)] = (recorded, _setter(written), tuple(branches))  # (holds `recorded`)
-    return found
 
 
 _SETTERS: dict[tuple[str, ...], Callable[[Any, tuple[Any, ...]], None]] = {}
