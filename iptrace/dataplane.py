@@ -153,10 +153,9 @@ class Decision:
 def positional_new(cls: type, names: Sequence[str]) -> Callable[..., Any]:
     """`new(*values)`: an instance of slots class `cls` with slot `names[i]` set to `values[i]`, not through
     `__init__` (a frozen dataclass sets each field with `object.__setattr__`, two to three times slower; a
-    Service view builds ~10^5 of these). The values are stored into a twin of `cls` (the same slots, level by
-    level, without its `__setattr__`) with plain attribute stores, and the object then becomes a `cls`: half
-    the cost of calling each slot's descriptor. Classes whose layout the twin cannot mirror take the
-    descriptors."""
+    Service view builds ~10^5 of these). The values are stored into a twin of `cls` (the same slots over the same
+    base, storing attributes the plain way) with plain attribute stores, and the object then becomes a `cls`:
+    half the cost of calling each slot's descriptor. Classes the twin cannot mirror take the descriptors."""
     twin = _twin(cls)
     if twin is not None:
         namespace: dict[str, object] = {"_new": object.__new__, "twin": twin, "cls": cls}
