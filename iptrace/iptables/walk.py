@@ -236,8 +236,11 @@ class Tracer(ChainWalker):
         if k == len(stages):
             return then(s) if then is not None else [(s, None)]
         out: list[tuple[State, Terminal]] = []
+        # (After the last stage with nothing to follow, a branch that went through is the result itself: the
+        # call below would only wrap it in a list. A Service's ten branches leave nat PREROUTING this way.)
+        last = then is None and k + 1 == len(stages)
         for s2, terminal in self._stage(stages[k][0], stages[k][1], s):
-            if terminal is not None:
+            if terminal is not None or last:
                 out.append((s2, terminal))
             else:
                 out.extend(self._walk_stages(s2, stages, k + 1, then))
