@@ -29,7 +29,6 @@ tests/test_trace_properties.py compares shared and unshared walks (also sweeping
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from operator import attrgetter
 from typing import Any
 
 from iptrace.dataplane import Decision
@@ -161,32 +160,37 @@ class ChainPlan:
         return found
 
 
-def _net_bits(attr: str, nets: Sequence[tuple[int, int]]) -> Callable[[Any], Any] | None:
-    """Which of `nets` (mask, network), in order, contain the branch's `attr`, as a tuple of bits."""
-    if not nets:
-        return None
-    get = attrgetter(attr)
-    pairs = tuple(nets)
-    return lambda s: (a := get(s), tuple(a & m == n for m, n in pairs))[1]
+# A key's layout -> (its number, the function making a key function of that layout from its ints).
+_LAYOUTS: dict[tuple[Any, ...], tuple[int, Callable[..., Callable[[Any], Any]]]] = {}
 
 
 def _key_function(fields: list[str], raw: list[str], src_nets: Sequence[tuple[int, int]],
                   dst_nets: Sequence[tuple[int, int]], dports: tuple[int, ...] = ()) -> Callable[[Any], Any]:
-    plain = attrgetter(*fields, *raw) if fields or raw else (lambda s: None)
-    if dports:
-        # The closure compares the destination port with these only (`--dport N`): which of them it equals
-        # tells its walk as well as the port itself (a NodePort and a Service port then share a recording).
-        fixed = plain
-        plain = lambda s: (fixed(s), tuple([s.dport == p for p in dports]))  # noqa: E731
-    src = None if "src" in raw else _net_bits("src", src_nets)
-    dst = None if "dst" in raw else _net_bits("dst", dst_nets)
-    if src is None and dst is None:
-        return plain
-    if dst is None:
-        return lambda s: (plain(s), src(s))  # type: ignore[misc]
-    if src is None:
-        return lambda s: (plain(s), dst(s))
-    return lambda s: (plain(s), src(s), dst(s))
+    """The key of a closure's walk as one flat tuple: its layout's number, the fields and raw packet fields read,
+    which of `dports` the destination port equals (the closure compares the port with these only, `--dport N`:
+    which it equals tells its walk as well as the port itself, and a NodePort and a Service port then share a
+    recording), and for each address not read raw which of its networks (mask, network), in order, contain
+    it. Generated code (this runs on every entry into a shared chain), once per layout; the names are State's
+    own slots (this module's tables)."""
+    names = (*fields, *raw)
+    src = () if "src" in raw else tuple(src_nets)
+    dst = () if "dst" in raw else tuple(dst_nets)
+    layout = (names, len(dports), len(src), len(dst))
+    found = _LAYOUTS.get(layout)
+    if found is None:
+        number = len(_LAYOUTS)
+        parts = [str(number), *(f"s.{name}" for name in names), *(f"s.dport == p{i}" for i in range(len(dports)))]
+        parts += [f"s.src & sm{i} == sn{i}" for i in range(len(src))]
+        parts += [f"s.dst & dm{i} == dn{i}" for i in range(len(dst))]
+        params = [*(f"p{i}" for i in range(len(dports))), *(f"sm{i}, sn{i}" for i in range(len(src))),
+                  *(f"dm{i}, dn{i}" for i in range(len(dst)))]
+        namespace: dict[str, Any] = {}
+        exec(f"def make({', '.join(params)}):\n"
+             f"    def key(s):\n"
+             f"        return ({', '.join(parts)},)\n"
+             f"    return key\n", namespace)
+        found = _LAYOUTS[layout] = (number, namespace["make"])
+    return found[1](*dports, *(x for pair in src for x in pair), *(x for pair in dst for x in pair))
 
 
 def exact_dports(c: Any, into: list[int]) -> list[int] | None:

@@ -47,6 +47,9 @@ class ChainWalker(Compiler):
     _shape_memos: dict[tuple[object, ...], dict[object, tuple[chainmemo.Positional, ...]]]
     # chain -> True (entered once), its plan, or None (not shared)
     _chain_plans: dict[tuple[str, str], tuple[chainmemo.ChainPlan, tuple[str, ...]] | bool | None]
+    # id(shared matches) -> (their number in shape keys, them); shared matches by value -> their number
+    _bound_tokens: dict[int, tuple[int, object]]
+    _bound_values: dict[object, int]
 
     def _run_chain(self, code: ChainCode, state: State, stack: tuple[str, ...]) -> list[tuple[State, Terminal]]:
         """Walk one chain; returns every branch with its terminal verdict, or None when it came back."""
@@ -176,6 +179,7 @@ class ChainWalker(Compiler):
         split = False
         dports: list[int] | None = []  # None once a rule reads the destination port other than by `--dport N`
         compile_rule = self._compile
+        bound_tokens = self._bound_tokens
         for chain in order:  # (grows: the closure's chains in the order their first jump is met)
             rules = chain.rules
             count += len(rules)
@@ -222,8 +226,13 @@ class ChainWalker(Compiler):
                     if action in (DNAT, REDIRECT, NETMAP):
                         dports = None
                 # What decides the rule besides its addresses: its shared matches (or the rule itself when it
-                # has more address tests than its first -s and -d), the negation of those, its target.
-                matches = c.bound if c.tests is c.bound.tests and not c.assumed else c
+                # has more address tests than its first -s and -d), the negation of those, its target. Shared
+                # matches stand in the shape as a number per distinct value: hashing their tests and Fractions
+                # in every shape key cost a tenth of the plan.
+                matches: object = c
+                if c.tests is c.bound.tests and not c.assumed:
+                    held = bound_tokens.get(id(c.bound))
+                    matches = held[0] if held is not None else self._bound_token(c.bound)
                 shape.append((matches, None if c.src is None else c.src[2], None if c.dst is None else c.dst[2],
                               c.never, target))
         if count < 8 and not split:
@@ -246,6 +255,12 @@ class ChainWalker(Compiler):
         plan = chainmemo.ChainPlan(fields, raw, src_nets, dst_nets, compiled, [c.key for c in order], memo,
                                   dports)
         return plan, written
+
+    def _bound_token(self, bound: object) -> int:
+        """The number of shared matches `bound` in shape keys: one per distinct value."""
+        token = self._bound_values.setdefault(bound, len(self._bound_values))
+        self._bound_tokens[id(bound)] = (token, bound)  # (holds `bound`: its id stays its own)
+        return token
 
     def _apply(self, code: ChainCode, c: Compiled, i: int, s: State, stack: tuple[str, ...],
                out: list[tuple[State, Terminal]], todo: list[tuple[int, State]]) -> bool:

@@ -248,6 +248,7 @@ class Compiler:
         self._chain_names: dict[str, dict[str, str]] = {}
         self._bound: dict[object, Bound] = {}
         self._access: dict[tuple[int, str], chainmemo.Access] = {}
+        self._dnat_spots: dict[int, tuple[Structure, int]] = {}  # id(structure) -> (it, its --to-destination token)
 
     def _code(self, table: str, chain: str) -> ChainCode | None:
         key = (table, chain)
@@ -307,6 +308,26 @@ class Compiler:
     def _compile_target(self, code: ChainCode, rule: Rule, c: Compiled, name: str, tokens: Sequence[str],
                         structure: Structure) -> None:
         """A target other than a jump to a chain of the table."""
+        if name == "DNAT":
+            # kube-proxy's endpoint rules, ~1/3 of a dump: the value of the last --to-destination (as `opts`
+            # below reads it), found by a position kept per structure.
+            found = self._dnat_spots.get(id(structure))
+            if found is None or found[0] is not structure:
+                spot = -1
+                for opt, _negated, idx in structure[1]:
+                    if opt == "--to-destination":
+                        spot = idx[0] if idx else -1
+                found = self._dnat_spots[id(structure)] = (structure, spot)  # (holds it: its id stays its own)
+            to = tokens[found[1]] if found[1] >= 0 else ""
+            if to[:1] == '"':
+                to = unquote(to)
+            if to:
+                addr, port, c.note = _parse_nat_to(to, self.version)
+                c.action, c.arg = DNAT, (addr, port)
+            else:
+                c.action, c.arg = DNAT, (None, None)
+                c.note = f"line {rule.line}: DNAT without --to-destination: destination assumed unchanged"
+            return
         where = f"line {rule.line}"
         # An option's first value (`Opt.value`); later repeats of an option win, as in `dict(options)`.
         opts = {opt: (unquote(tokens[idx[0]]) if tokens[idx[0]][0] == '"' else tokens[idx[0]]) if idx else ""

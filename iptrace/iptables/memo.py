@@ -141,15 +141,14 @@ class StagePlan:
     an address only they read, the key holds which of them contain it (a pod, the node and an endpoint are
     then told apart by a few bits, not by their addresses)."""
 
-    __slots__ = ("_getters", "hosts", "memo", "ports")
+    __slots__ = ("hosts", "key", "memo", "ports")
 
     def __init__(self, reads: Sequence[set[str]], hosts: set[int], ports: set[tuple[int, int]],
                  nets: Sequence[dict[str, set[tuple[int, int]]]] | None = None) -> None:
         self.hosts = frozenset(hosts)
         self.ports = frozenset(ports)
         self.memo: dict[tuple[Any, ...], tuple[Recorded, ...]] = {}
-        always = attrgetter(*KEYED_FIELDS)
-        getters: list[tuple[Callable[[Any], tuple[Any, ...]], bool]] = []
+        variants: list[tuple[list[str], list[tuple[str, tuple[tuple[int, int], ...]]], bool]] = []
         for dst_in in (False, True):
             for port_in in (False, True):
                 labels = [ALWAYS, *([HOST] if dst_in else []), *([PORT] if port_in else []),
@@ -165,34 +164,36 @@ class StagePlan:
                     found = set().union(*(nets[label].get(attr, set()) for label in labels)) if nets else set()
                     if found and attr not in fields:
                         tests.append((attr, tuple(sorted(found))))
-                getters.append((_getter(always, attrgetter(*read) if read else None, tests), "recent" in fields))
-        self._getters = getters
-
-    def key(self, s: Any) -> tuple[tuple[Any, ...], bool]:
-        """(the key of state `s`, whether the key holds `recent`)."""
-        getter, recent = self._getters[(2 if s.dst in self.hosts else 0) + (1 if (s.proto, s.dport) in self.ports
-                                                                              else 0)]
-        return getter(s), recent
+                variants.append((read, tests, "recent" in fields))
+        # key(s): (the key of state `s`, whether the key holds `recent`)
+        self.key: Callable[[Any], tuple[tuple[Any, ...], bool]] = _key_function(self.hosts, self.ports, variants)
 
 
-def _getter(always: Callable[[Any], Any], optional: Callable[[Any], Any] | None,
-            tests: Sequence[tuple[str, tuple[tuple[int, int], ...]]] = ()) -> Callable[[Any], tuple[Any, ...]]:
-    if tests:
-        # Which network of each address contains it: a tuple of bits per address, in the order of `tests`.
-        nets = tuple((attrgetter(attr), members) for attr, members in tests)
-        if len(nets) == 1:
-            (get, members), = nets
-            if optional is None:
-                return lambda s: (always(s), None, (tuple([get(s) & mask == net for net, mask in members]),))
-            return lambda s: (always(s), optional(s), (tuple([get(s) & mask == net for net, mask in members]),))
-        if optional is None:
-            return lambda s: (always(s), None, tuple([
-                tuple([a & mask == net for net, mask in members]) for a, members in [(get(s), m) for get, m in nets]]))
-        return lambda s: (always(s), optional(s), tuple([
-            tuple([a & mask == net for net, mask in members]) for a, members in [(get(s), m) for get, m in nets]]))
-    if optional is None:
-        return lambda s: (always(s), None)
-    return lambda s: (always(s), optional(s))
+def _key_function(hosts: frozenset[int], ports: frozenset[tuple[int, int]],
+                  variants: Sequence[tuple[Sequence[str], Sequence[tuple[str, tuple[tuple[int, int], ...]]], bool]],
+                  ) -> Callable[[Any], tuple[tuple[Any, ...], bool]]:
+    """The key function of a StagePlan, written out as one flat tuple per variant (whether the destination is
+    one of `hosts`, whether (protocol, port) is one of `ports`): the variant's number, every KEYED_FIELDS value,
+    the optional fields it reads, then for each address only tested against networks whether each network
+    contains it. Generated code: this runs once per branch of every trace after its DNAT. The names are
+    State's own slots (this module's tables); the networks are ints."""
+    bodies = []
+    for number, (read, tests, recent) in enumerate(variants):
+        parts = [str(number), *(f"s.{f}" for f in (*KEYED_FIELDS, *read))]
+        for attr, members in tests:
+            parts += [f"s.{attr} & {mask} == {net}" for net, mask in members]
+        bodies.append(f"({', '.join(parts)}), {recent}")
+    source = (f"def key(s):\n"
+              f"    if s.dst in hosts:\n"
+              f"        if (s.proto, s.dport) in ports:\n"
+              f"            return {bodies[3]}\n"
+              f"        return {bodies[2]}\n"
+              f"    if (s.proto, s.dport) in ports:\n"
+              f"        return {bodies[1]}\n"
+              f"    return {bodies[0]}\n")
+    namespace: dict[str, Any] = {"hosts": hosts, "ports": ports}
+    exec(source, namespace)
+    return namespace["key"]  # type: ignore[no-any-return]
 
 
 # (template state, path items oldest first, chains entered oldest first, probability factor (numerator,

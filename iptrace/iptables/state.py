@@ -139,7 +139,13 @@ class Context:
 
     def is_local(self, addr: int) -> bool:
         """A node address or loopback: `--dst-type LOCAL`, and what the routing decision delivers locally."""
-        return addr in self.local_addresses or self.is_loopback(addr)
+        if addr in self.local_addresses:
+            return True
+        # (is_loopback spelled out: this runs for every branch of every trace after its DNAT)
+        if self.version == 4:
+            net, mask = LOOPBACK_V4  # type: ignore[misc]
+            return addr & mask == net
+        return addr == 1
 
 
 class State:

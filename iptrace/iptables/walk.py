@@ -105,9 +105,13 @@ class Tracer(ChainWalker):
         self._finals: dict[tuple[int, int], str] = {}  # (address, port) -> "ip:port" (an endpoint's, many times)
         self._policies: dict[tuple[str, str, str], Decision] = {}
         self._effective_stages: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
+        # id(stage tuple) -> [it, its effective stages, their StagePlan (None: not shared; False: not yet)]
+        self._stage_info: dict[int, list[Any]] = {}
         # chain -> True (entered once), its plan, or None (not shared)
         self._chain_plans: dict[tuple[str, str], tuple[chainmemo.ChainPlan, tuple[str, ...]] | bool | None] = {}
         self._shape_memos = {}
+        self._bound_tokens = {}
+        self._bound_values = {}
         no_policy = {w.line for w in ruleset.warnings if "has no policy" in w.message}
         self._dash_policy = {(t.name, c.name) for t in ruleset.tables for c in t.chains if c.line in no_policy}
 
@@ -173,8 +177,21 @@ class Tracer(ChainWalker):
     def _stages(self, s: State, stages: tuple[tuple[str, str], ...],
                 then: Callable[[State], list[tuple[State, Terminal]]] | None = None,
                 ) -> list[tuple[State, Terminal]]:
-        effective = self._effective_stages.get(stages)
-        results = self._shared_stages(s, effective if effective is not None else self._effective(stages))
+        # This runs for every branch after its DNAT, mostly to replay a recorded walk: the stages' effective
+        # chains and plan are found by the identity of the (module-level) stage tuple, and a planned walk's
+        # memo is read here.
+        info = self._stage_info.get(id(stages))
+        if info is None or info[0] is not stages:
+            info = self._stage_info[id(stages)] = [stages, self._effective(stages), False]
+        plan = info[2]
+        if plan is False or plan is None:
+            results = self._shared_stages(s, info[1])
+            if plan is False:
+                info[2] = self._plans.get(info[1], False)
+        else:
+            key, keyed_recent = plan.key(s)
+            found = plan.memo.get(key)
+            results = replay(found, s, keyed_recent) if found is not None else self._shared_stages(s, info[1])
         if then is None:
             return results
         # The stages' walk (shared when it can be), then `then` on every branch that went through them (what
@@ -219,8 +236,11 @@ class Tracer(ChainWalker):
         if k == len(stages):
             return then(s) if then is not None else [(s, None)]
         out: list[tuple[State, Terminal]] = []
+        # (After the last stage with nothing to follow, a branch that went through is the result itself: the
+        # call below would only wrap it in a list. A Service's ten branches leave nat PREROUTING this way.)
+        last = then is None and k + 1 == len(stages)
         for s2, terminal in self._stage(stages[k][0], stages[k][1], s):
-            if terminal is not None:
+            if terminal is not None or last:
                 out.append((s2, terminal))
             else:
                 out.extend(self._walk_stages(s2, stages, k + 1, then))
