@@ -179,7 +179,8 @@ _RULE_SETTERS = tuple(getattr(Rule, name).__set__ for name in ("text", "line", "
 
 def compile_template(items: tuple[Any, ...], comment: Any, keywords: dict[int, str]) -> Callable[
         [list[str], str, int | None, int | None], Rule | None]:
-    """A function (values, text, line, handle) → Rule for every rule of one shape: it normalises (and so checks)
+    """A function (values, text, line, handle) → Rule for every rule of one shape (`text` a str, or the
+    model.SourceText whose line `line` stripped is the rule's text): it normalises (and so checks)
     the rule's values at once and leaves building the items to the Rule's first use (model.Rule: `_lazy` is
     (build, text, line, normalised values…), and build reads its own tuple). None when
     one of the masked `keywords` (slot → word: `l4proto`) is something else in this rule (the loader then
@@ -218,10 +219,12 @@ def compile_template(items: tuple[Any, ...], comment: Any, keywords: dict[int, s
     normalised = "".join(p + ", " for p in parts)
     setters = [now.name(s) for s in _RULE_SETTERS]
     # `text` and `line` are set as well as kept in `_lazy`: a slot costs its place whether set or not, and
-    # reading an unset one goes through Rule.__getattr__ (the layout reads every endpoint rule's line).
+    # reading an unset one goes through Rule.__getattr__ (the layout reads every endpoint rule's line). A rule
+    # of a listing read line by line is given the listing (model.SourceText) for its text, which is that
+    # line stripped: it keeps no copy of it, and Rule.__getattr__ reads it from there.
     lines += (f"    o = _new({now.name(Rule)})\n"
               f"    if handle is not None:\n        {setters[2]}(o, handle)\n"
-              f"    {setters[0]}(o, text)\n    {setters[1]}(o, line)\n"
+              f"    if type(text) is str:\n        {setters[0]}(o, text)\n    {setters[1]}(o, line)\n"
               f"    {setters[3]}(o, ({now.name(build)}, text, line, {normalised}))\n")
     exec(f"def make(v, text, line, handle):\n{lines}    return o\n", now.ns)
     return now.ns["make"]
