@@ -564,7 +564,7 @@ class ViewBuilder:
                 if enabled:
                     gc.enable()
             services.sort(key=lambda s: s.sort_key)
-            labels = {c: s.label for s in services for c in s.chains}
+            labels = {c: label for s in services for label in (s.label,) for c in s.chains}  # one str a port
             self._view = KubeView(layout.proxy, tuple(services), labels, layout.node_port_addresses,
                                   layout.pod_cidrs, layout.pod_interfaces, layout.masquerade_mark,
                                   layout.random_fully, layout.family, layout.warnings, self.source, self.clients)
