@@ -38,7 +38,7 @@ from iptrace.nftables.state import State
 from iptrace.nftables.steps import StepMaker
 
 _DRAW_WORDS = frozenset({"numgen", "jhash", "symhash"})
-CODES_SIZE = 4096  # chain codes kept (see _chain)
+CODES_SIZE = 8192  # chain codes kept (see _chain)
 PLAN_AFTER = 16  # entries of a chain walked before its plan is made (see _enter)
 
 BREAK = ("break",)  # the rule did not match (a later test failed, a look-up found nothing)
