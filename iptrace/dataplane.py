@@ -290,6 +290,15 @@ class Outcome:
         }
 
 
+# Outcome's slots in the order of its __init__'s parameters (service, path and chains are stored as given).
+OUTCOME_SLOTS = ("verdict", "destination", "probability", "masquerade", "_service", "decided_by", "_path",
+                 "exact_probability", "original_destination", "final_destination", "_chains", "assumptions")
+
+# `Outcome(…)` with every argument given, without its __init__'s `object.__setattr__` calls (the walks make
+# ~10^5 for a Service view; tests/test_trace_properties.py checks it against the real constructor).
+new_outcome = positional_new(Outcome, OUTCOME_SLOTS)
+
+
 @dataclass(frozen=True, slots=True)
 class Trace:
     packet: Packet

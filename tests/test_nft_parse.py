@@ -472,3 +472,15 @@ def test_rules_build_their_items_on_first_use_and_compare_by_meaning() -> None:
     b = load(TRANSACTION).table("ip", "kube-proxy").chain("services").rules[0]
     assert a.line != b.line and a == b and hash(a) == hash(b)
     assert "vmap" in repr(a) and a.handle is None
+
+
+def test_rules_of_a_listing_read_their_text_from_its_lines() -> None:
+    # The listing's rules keep no text of their own (model.SourceText): each reads its line, stripped, and a
+    # CRLF listing reads alike.
+    for text in (LISTING, LISTING.replace("\n", "\r\n")):
+        r = load(text)
+        lines = text.split("\n")
+        for _table, _chain, rule in r.rules():
+            assert rule.text == lines[rule.line - 1].strip()
+        assert r.line_text(len(lines)) == lines[-1] and r.line_text(len(lines) + 1) is None
+        assert r.line_text(0) is None

@@ -106,6 +106,31 @@ def test_chain_plans_made_at_once_change_nothing(seed: int, n: int, endpoints: i
             packet
 
 
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 7), n=st.integers(1, 12), endpoints=st.integers(1, 5), keep=st.integers(1, 6),
+       data=st.data())
+def test_chain_codes_dropped_and_made_again_change_nothing(seed: int, n: int, endpoints: int, keep: int,
+                                                           data: Any) -> None:
+    """The walker keeps the code of the chains it met lately only (chains.CODES_SIZE); keeping a handful, codes
+    are dropped within a trace and made again in the next, and every trace (its steps' rule texts too) and
+    the whole `services` JSON still equal those of the walk that keeps them all."""
+    tx, listing, targets = forms(seed, n, endpoints)
+    for rules, plain in ((tx, tracers(seed, n, endpoints)[2]), (listing, tracers(seed, n, endpoints)[1])):
+        forgetful = Tracer(rules, node_ips=[NODE_IP])
+        forgetful.codes_size = keep
+        forgetful.plan_after = data.draw(st.sampled_from([1, 16]))
+        picks = data.draw(st.lists(st.tuples(st.sampled_from(targets), st.sampled_from(SOURCES)), min_size=4,
+                                   max_size=16))
+        for (ip, port, proto), src in picks * 2:
+            packet = Packet(src, ip, port, proto)
+            assert json.dumps(trace_to_json(forgetful.trace(packet))) == \
+                json.dumps(trace_to_json(plain.trace(packet))), packet
+    whole = analysis(listing, node_ips=[NODE_IP])
+    small = analysis(listing, node_ips=[NODE_IP])
+    small.tracer.codes_size = keep
+    assert json.dumps(services_to_json(small.view)) == json.dumps(services_to_json(whole.view))
+
+
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 7), n=st.integers(1, 25), endpoints=st.integers(1, 4))
 def test_services_json_is_the_same_for_transaction_and_listing(seed: int, n: int, endpoints: int) -> None:

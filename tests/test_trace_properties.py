@@ -414,15 +414,15 @@ def test_replay_in_place_takes_every_keyed_field() -> None:
 
 
 def test_fast_outcome_constructor_sets_what_outcome_init_sets() -> None:
-    """walk._new_outcome stores through Outcome's slots: every slot ends up as Outcome(…) stores it."""
+    """dataplane.new_outcome (both walks use it) stores through Outcome's slots: every slot ends up as Outcome(…)
+    stores it."""
     from fractions import Fraction
 
-    from iptrace.dataplane import Decision, Outcome
-    from iptrace.iptables.walk import _OUTCOME_SLOTS, _new_outcome
+    from iptrace.dataplane import OUTCOME_SLOTS, Decision, Outcome, new_outcome
 
     args = ("DNAT", "10.0.0.1:80", 0.25, True, lambda: "ns/svc:p", Decision("nat", "KUBE-SEP-X", 7), lambda: (),
             Fraction(1, 4), "10.96.0.1:80", "10.0.0.1:80", lambda: (("nat", "KUBE-SEP-X"),), ("a note",))
-    fast, slow = _new_outcome(*args), Outcome(*args)
-    assert set(_OUTCOME_SLOTS) == set(Outcome.__slots__)
+    fast, slow = new_outcome(*args), Outcome(*args)
+    assert set(OUTCOME_SLOTS) == set(Outcome.__slots__)
     assert all(getattr(fast, name) is getattr(slow, name) for name in Outcome.__slots__)
     assert fast == slow and fast.service == "ns/svc:p" and fast.chains == (("nat", "KUBE-SEP-X"),)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
-from iptrace.dataplane import Decision, Entry, Footprint, Outcome, Packet, Trace, join_host_port, positional_new
+from iptrace.dataplane import Decision, Entry, Footprint, Outcome, Packet, Trace, join_host_port, new_outcome
 from iptrace.errors import InputError, TraceError
 from iptrace.iptables import chainmemo
 from iptrace.iptables.chainwalk import ChainWalker
@@ -56,16 +56,6 @@ MEMO_SIZE = 4096
 # one Service after the other).
 FINALS_SIZE = 4096
 
-
-
-# Outcome's slots in the order of its __init__'s parameters (service, path and chains are stored as given).
-_OUTCOME_SLOTS = ("verdict", "destination", "probability", "masquerade", "_service", "decided_by", "_path",
-                  "exact_probability", "original_destination", "final_destination", "_chains", "assumptions")
-
-
-# `Outcome(…)` with every argument given, without its __init__'s `object.__setattr__` calls
-# (tests/test_trace_properties.py checks it against the real constructor).
-_new_outcome = positional_new(Outcome, _OUTCOME_SLOTS)
 
 
 def _wired(ruleset: Ruleset) -> bool:
@@ -411,7 +401,7 @@ class Tracer(ChainWalker):
                 self._probabilities.clear()
             self._probabilities[s.prob] = probability
         # Steps, chains and the Service label are built only when read (most outcomes of a Service view never are).
-        return _new_outcome(verdict, destination, probability[1], masquerade,
+        return new_outcome(verdict, destination, probability[1], masquerade,
                             lambda: self._service(compiled_path(path_cell)), decided,
                             lambda: tuple(self._step(c) for c in compiled_path(path_cell)), probability[0],
                             original, final, lambda: chain_list(chains_cell), s.assumptions)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from sys import intern
 from typing import Any, NamedTuple
 
 from iptrace.dataplane import (
@@ -310,7 +311,8 @@ def _reaches(outcomes: Sequence[Outcome]) -> tuple[Reach, ...]:
     for o in outcomes:
         if o.verdict == "DNAT" and o.destination is not None:
             acc[o.destination] = acc.get(o.destination, 0.0) + o.probability
-    return tuple(Reach(ep, p) for ep, p in acc.items())
+    # Interned: every kind of client and way in reaches the same endpoints, each outcome with its own string.
+    return tuple(Reach(intern(ep), p) for ep, p in acc.items())
 
 
 def _via(outcome: Outcome | None, own: frozenset[str]) -> tuple[str, ...]:
@@ -398,6 +400,7 @@ class _Builder:
         out = []
         for destination, (chain, line, share, local_share, in_cluster) in found.items():
             ip, port_ = split_destination(destination)
+            ip = intern(ip)  # one string an endpoint (the rules' own when interned, as the nft loader does)
             probability = share if share is not None else local_share
             out.append(_new_endpoint(ip, port_, probability, local_share is not None, chain, local_share,
                                      in_cluster, line))
@@ -564,7 +567,7 @@ class ViewBuilder:
                 if enabled:
                     gc.enable()
             services.sort(key=lambda s: s.sort_key)
-            labels = {c: s.label for s in services for c in s.chains}
+            labels = {c: label for s in services for label in (s.label,) for c in s.chains}  # one str a port
             self._view = KubeView(layout.proxy, tuple(services), labels, layout.node_port_addresses,
                                   layout.pod_cidrs, layout.pod_interfaces, layout.masquerade_mark,
                                   layout.random_fully, layout.family, layout.warnings, self.source, self.clients)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from sys import intern
 from typing import Any
 
 from iptrace.errors import DumpSemanticError, ParseError
@@ -53,7 +54,7 @@ class ChainBuilder:
 
     def __init__(self, name: str, line: int | None, declared: bool, handle: int | None = None,
                  first_use: int | None = None) -> None:
-        self.name = name
+        self.name = intern(name)  # shared with the rules' values that name the chain (shapes.py)
         self.line = line
         self.declared = declared
         self.handle = handle

@@ -38,6 +38,7 @@ from iptrace.nftables.state import State
 from iptrace.nftables.steps import StepMaker
 
 _DRAW_WORDS = frozenset({"numgen", "jhash", "symhash"})
+CODES_SIZE = 8192  # chain codes kept (see _chain)
 PLAN_AFTER = 16  # entries of a chain walked before its plan is made (see _enter)
 
 BREAK = ("break",)  # the rule did not match (a later test failed, a look-up found nothing)
@@ -103,6 +104,7 @@ class ChainWalker:
 
         self._skeletons = Skeletons(fields)
         self.plan_after = PLAN_AFTER
+        self.codes_size = CODES_SIZE
 
     def _chain(self, table: TableCode, name: str) -> ChainCode | None:
         """The code of chain `name` of `table`, compiled on first use. Kept here, not in the table's code, which
@@ -110,6 +112,12 @@ class ChainWalker:
         key = (table.label, name)
         found = self._codes.get(key, False)
         if found is False:
+            if len(self._codes) >= self.codes_size:
+                # Codes are kept for the chains met lately, not all: the Service view meets each of ~55,000
+                # chains of a 5,000-Service listing in a few traces of its own Service port, and their codes
+                # (compiled rules, RuleRefs, skeleton parameters) would be ~40 MB. A chain met again is
+                # compiled again, alike; path entries and plans keep the codes they hold.
+                self._codes.clear()
             chain = table.table.chain(name)
             found = self._codes[key] = ChainCode(table, chain) if chain is not None else None
         return found  # type: ignore[return-value]

@@ -12,7 +12,6 @@ from typing import Any
 from iptrace.nftables.model import Element, Ruleset, Set
 from iptrace.nftables.values import normaliser
 
-_NEWLINE_RE = re.compile("\n")
 _CHUNK_RE = re.compile(r'(?:"(?:\\.|[^"\\])*"|\{[^{}]*\}|[^,"{}])+')
 _ADD_ELEMENT_RE = re.compile(r'\s*(?:add|create)\s+element\s+(?:(ip|ip6|inet|arp|bridge|netdev)\s+)?(\S+)\s+(\S+)\s*\{')
 _OPTION_RE = re.compile(r'\s+(?:comment\s+"(?:\\.|[^"\\])*"|timeout\s+\S+|expires\s+\S+|counter(?:\s+packets\s+\d+\s+'
@@ -39,17 +38,17 @@ class ElementLines:
         return index.get(element.key, s.line or 0)
 
     def _line_starts(self) -> array[int]:
-        """Where each line starts in the text (kept instead of the lines themselves: a 300,000-line listing as
-        a list of strings would double the text's footprint for the few sets a trace shows)."""
+        """Where each line starts in the text: the ruleset's own index (model.SourceText, which its rules read
+        their text from too), kept instead of the lines themselves: a 300,000-line listing as a list of strings
+        would double the text's footprint for the few sets a trace shows."""
         if self._starts is None:
-            self._starts = array("q", [0])
-            self._starts.extend(m.end() for m in _NEWLINE_RE.finditer(self.ruleset.text or ""))
+            source = self.ruleset.source_text
+            self._starts = source.starts() if source is not None else array("q", [0])
         return self._starts
 
     def _line(self, i: int) -> str:
-        starts = self._line_starts()
-        end = starts[i + 1] - 1 if i + 1 < len(starts) else None
-        return (self.ruleset.text or "")[starts[i]:end]
+        source = self.ruleset.source_text
+        return source.line(i + 1) if source is not None else ""
 
     def _index(self, family: str, table: str, s: Set) -> dict[Any, int]:
         if self.ruleset.format == "nft-transaction":

@@ -19,7 +19,7 @@ from iptrace.errors import DumpSemanticError, ParseError
 from iptrace.nftables import grammar
 from iptrace.nftables.build import ChainBuilder, Finisher, SetBuilder, TableBuilder
 from iptrace.nftables.commands import CommandMixin
-from iptrace.nftables.model import LoadWarning, NamedObject, Rule, Ruleset
+from iptrace.nftables.model import LoadWarning, NamedObject, Rule, Ruleset, SourceText
 from iptrace.nftables.reader import RuleReader, tokenize, tokenize_fast
 from iptrace.nftables.shapes import compile_template, fast_tokens, keywords, learn, references, shape_key
 
@@ -56,6 +56,7 @@ class TextLoader(CommandMixin):
         self.source = source
         self.lenient = lenient
         self.lines = text.split("\n")
+        self.source_text = SourceText(text)  # the rules read line by line keep it instead of their own text
         self.tables: dict[tuple[str, str], TableBuilder] = {}
         self.stack: list[tuple[int, Any, int]] = []  # (context, builder, line it opened at)
         self.warnings: list[LoadWarning] = []
@@ -114,6 +115,7 @@ class TextLoader(CommandMixin):
             return top[0], None, None, None
 
         pending = False
+        source_text = self.source_text
         lines = enumerate(self.lines, 1)
         for line_no, raw in lines:
             if pending:
@@ -149,7 +151,7 @@ class TextLoader(CommandMixin):
                         rule = None
                         if shape is not None:
                             try:
-                                rule = shape[0](toks, s, line_no, None)
+                                rule = shape[0](toks, source_text, line_no, None)  # text: raw.strip()
                             except ValueError:  # a bad value: make_rule says where
                                 rule = None
                         if rule is not None:
@@ -555,7 +557,8 @@ class TextLoader(CommandMixin):
                              "or kube-proxy's transaction text (add table ip kube-proxy …)", source=self.source,
                              line=first, column=1, text=self.line_text(first))
         fmt = "nft-transaction" if self.commands and not self.blocks else "nft-list"
-        return Ruleset(tuple(tables), self.source, fmt, tuple(self.warnings), tuple(self.skipped), self.text)
+        return Ruleset(tuple(tables), self.source, fmt, tuple(self.warnings), tuple(self.skipped), self.text,
+                       self.source_text)
 
 
 class _ObjectBuilder:

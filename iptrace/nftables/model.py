@@ -14,8 +14,11 @@ Pure data: no parsing here (loader.py, json_loader.py), no printing (render.py, 
 
 from __future__ import annotations
 
+import re
+from array import array
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from operator import methodcaller
 from typing import Any
 
 # ------------------------------------------------------------------------------------------------- values
@@ -285,6 +288,41 @@ Item = Match | VerdictMap | Verdict | Reject | Nat | Mangle | SetUpdate | Counte
 # ------------------------------------------------------------------------------------------------ objects
 
 
+_NEWLINE = re.compile("\n")
+_END = methodcaller("end")
+
+
+class SourceText:
+    """The text a ruleset was read from, with where each of its lines starts (found on first use; 8 bytes a
+    line instead of a string each). Rules of a listing read their text from it (Rule.text), and element lines
+    (lines.py) and error messages their lines."""
+
+    __slots__ = ("_starts", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._starts: array[int] | None = None
+
+    def starts(self) -> array[int]:
+        """Where each line starts: line n (1-based) is text[starts[n - 1]:starts[n] - 1] (the last to the end)."""
+        starts = self._starts
+        if starts is None:
+            starts = self._starts = array("q", [0])
+            starts.extend(map(_END, _NEWLINE.finditer(self.text)))
+        return starts
+
+    def line(self, n: int) -> str:
+        """Line `n` (1-based) as `text.split("\\n")[n - 1]` has it; "" past the end."""
+        starts = self.starts()
+        if not 0 < n <= len(starts):
+            return ""
+        end = starts[n] - 1 if n < len(starts) else len(self.text)
+        return self.text[starts[n - 1]:end]
+
+    def __len__(self) -> int:
+        return len(self.starts())
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     """One rule: its items and comment (the meaning), the text as read with spacing normalised (`text`), its
@@ -310,7 +348,10 @@ class Rule:
         if lazy is None:
             raise AttributeError(name)
         if name == "text":
-            return lazy[1]
+            # A rule of a listing read line by line keeps the listing's text (SourceText) instead of its own
+            # copy of the line: the same characters, once.
+            text = lazy[1]
+            return text if type(text) is str else text.line(lazy[2]).strip()
         if name == "line":
             return lazy[2]
         if name not in ("items", "comment"):
@@ -475,11 +516,13 @@ class Ruleset:
     warnings: tuple[LoadWarning, ...] = ()
     skipped: tuple[LoadWarning, ...] = ()
     text: str | None = field(default=None, repr=False)
-    _lines: list[str] = field(default_factory=list, repr=False)
+    source_text: SourceText | None = field(default=None, repr=False)  # of `text` (the loader's, shared)
     _tables: Mapping[tuple[str, str], Table] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_tables", {(t.family, t.name): t for t in self.tables})
+        if self.text is not None and (self.source_text is None or self.source_text.text is not self.text):
+            object.__setattr__(self, "source_text", SourceText(self.text))
 
     def table(self, family: str, name: str) -> Table | None:
         return self._tables.get((family, name))
@@ -490,11 +533,9 @@ class Ruleset:
         return tuple(f for f in ("ipv4", "ipv6") if f in seen)
 
     def line_text(self, line: int) -> str | None:
-        if self.text is None or line < 1:
+        if self.source_text is None or line < 1 or line > len(self.source_text):
             return None
-        if not self._lines:
-            self._lines.extend(self.text.split("\n"))
-        return self._lines[line - 1].rstrip("\r") if line <= len(self._lines) else None
+        return self.source_text.line(line).rstrip("\r")
 
     @property
     def rule_count(self) -> int:

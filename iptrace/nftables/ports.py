@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Container, Iterator
+from sys import intern
 from typing import Any
 
 from iptrace.dataplane import CLUSTER_IP, EXTERNAL_IP, LOAD_BALANCER, NODE_PORT, ServicePortLayout, WayIn
@@ -90,6 +91,18 @@ def _dnat_targets(rule: Rule) -> Iterator[tuple[str, int | None]]:
             yield addr, item.port if isinstance(item.port, int) else None
 
 
+def _add_base(index: dict[str, str | set[str] | tuple[()]], ip: str, base: str) -> None:
+    """Adds a name base to an endpoint IP's (PortReader.endpoint_index: one kept as itself, more as a set)."""
+    found = index.get(ip)
+    if found is None or found == ():
+        index[intern(ip)] = intern(base)  # the rules' own strings (the loader interns them)
+    elif type(found) is str:
+        if found != base:
+            index[ip] = {found, base}
+    else:
+        found.add(base)  # type: ignore[union-attr]
+
+
 class _LazyIps(Container[str]):
     def __init__(self, reader: PortReader) -> None:
         self._reader = reader
@@ -104,7 +117,7 @@ class PortReader:
         self.table = table
         self.v6 = table.family == "ip6"
         self.lines = ElementLines(ruleset)
-        self._endpoints: dict[str, set[str]] | None = None
+        self._endpoints: dict[str, str | set[str] | tuple[()]] | None = None
 
     @property
     def endpoint_ips(self) -> Container[str]:
@@ -176,24 +189,26 @@ class PortReader:
             for r in chain.rules for i in r.items)
         return (f"{mark:#x}" if mark is not None else None), random_fully
 
-    def endpoint_index(self) -> dict[str, set[str]]:
+    def endpoint_index(self) -> dict[str, str | set[str] | tuple[()]]:
         """endpoint IP → the name bases of the Service ports with an endpoint there: from the endpoint chains'
-        names, the service chains' own DNATs (1.37) and @hairpin-connections."""
+        names, the service chains' own DNATs (1.37) and @hairpin-connections. One base is kept as itself, more
+        as a set, none as (): most endpoints serve one Service port, and a set each would be ~8 MB at 5,000
+        Services (endpoint_keys reads them)."""
         if self._endpoints is None:
-            index: dict[str, set[str]] = {}
+            index: dict[str, str | set[str] | tuple[()]] = {}
             direct = False
             for chain in self.table.chains:
                 name = chain.name
                 if name.startswith("endpoint-"):
                     found = endpoint_of_chain(name, self.v6)
                     if found is not None:
-                        index.setdefault(found[1], set()).add(found[0])
+                        _add_base(index, found[1], found[0])
                     elif chain.rules:  # a cut name: the DNAT says
                         split = split_chain(name)
                         for rule in chain.rules:
                             for ip, _ in _dnat_targets(rule):
                                 if split is not None:
-                                    index.setdefault(ip, set()).add(split[1])
+                                    _add_base(index, ip, split[1])
                 elif name.startswith(("service-", "local-", "svc-")) and chain.rules and (
                         direct or any("dnat" in r.text for r in chain.rules)):
                     direct = True
@@ -201,16 +216,17 @@ class PortReader:
                     for rule in chain.rules:
                         for ip, _ in _dnat_targets(rule):
                             if split is not None:
-                                index.setdefault(ip, set()).add(split[1])
+                                _add_base(index, ip, split[1])
             hairpin = self.table.set(HAIRPIN_CONNECTIONS)
             for e in (hairpin.elements if hairpin is not None else ()):
                 if isinstance(e.key, tuple) and e.key:
-                    index.setdefault(str(e.key[0]), set())
+                    index.setdefault(str(e.key[0]), ())
             self._endpoints = index
         return self._endpoints
 
     def endpoint_keys(self, ip: str) -> tuple[str, ...]:
-        return tuple(sorted(self.endpoint_index().get(ip, ())))
+        found = self.endpoint_index().get(ip, ())
+        return (found,) if type(found) is str else tuple(sorted(found))
 
     def orphans(self, ports: tuple[ServicePortLayout, ...]) -> tuple[str, ...]:
         """Endpoint chains with rules that no Service port's chain sends to (empty ones are kube-proxy's stale

@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from socket import AF_INET, inet_pton
+from sys import intern
 from typing import Any
 
 from iptrace.nftables.model import Rule
@@ -179,7 +180,8 @@ _RULE_SETTERS = tuple(getattr(Rule, name).__set__ for name in ("text", "line", "
 
 def compile_template(items: tuple[Any, ...], comment: Any, keywords: dict[int, str]) -> Callable[
         [list[str], str, int | None, int | None], Rule | None]:
-    """A function (values, text, line, handle) → Rule for every rule of one shape: it normalises (and so checks)
+    """A function (values, text, line, handle) → Rule for every rule of one shape (`text` a str, or the
+    model.SourceText whose line `line` stripped is the rule's text): it normalises (and so checks)
     the rule's values at once and leaves building the items to the Rule's first use (model.Rule: `_lazy` is
     (build, text, line, normalised values…), and build reads its own tuple). None when
     one of the masked `keywords` (slot → word: `l4proto`) is something else in this rule (the loader then
@@ -191,13 +193,16 @@ def compile_template(items: tuple[Any, ...], comment: Any, keywords: dict[int, s
     # skeleton from its rules' shapes and values without building their items.
     build.template = (items, comment, {key: k for key, (k, _) in later.slots.items()})  # type: ignore[attr-defined]
     now = _Emitter()
-    now.ns.update(_pton=inet_pton, _AF_INET=AF_INET)
+    # Values are interned: the same addresses and chain names recur in many rules (an endpoint's address in
+    # both rules of its chain, every endpoint chain's name in its service chain's verdict map and as the
+    # chain's own name), ~10 MB of copies at 5,000 Services.
+    now.ns.update(_pton=inet_pton, _AF_INET=AF_INET, _intern=intern, _intern_str=_intern_str)
     lines = "".join(f"    if v[{i}] != {word!r}:\n        return None\n" for i, word in sorted(keywords.items()))
     parts = []
     for k, slot in sorted(later.slots.values(), key=lambda x: x[0]):
         if getattr(slot.fn, "canonical_ipv4", False):
             # An address as the kernel prints it is the common case: checked by one C call, inline.
-            lines += (f"    x{k} = v[{slot.index}]\n    try:\n        _pton(_AF_INET, x{k})\n"
+            lines += (f"    x{k} = _intern(v[{slot.index}])\n    try:\n        _pton(_AF_INET, x{k})\n"
                       f"    except OSError:\n        x{k} = {now.name(slot.fn)}(x{k})\n")
             parts.append(f"x{k}")
         elif getattr(slot.fn, "decimal_int", False):
@@ -209,22 +214,30 @@ def compile_template(items: tuple[Any, ...], comment: Any, keywords: dict[int, s
             fn = now.name(slot.fn)
             lines += (f"    x{k} = v[{slot.index}]\n    h, sep, p = x{k}.partition(':')\n"
                       f"    if sep and p.isdigit() and int(p) < 65536:\n        try:\n"
-                      f"            _pton(_AF_INET, h)\n            x{k} = (h, int(p))\n"
+                      f"            _pton(_AF_INET, h)\n            x{k} = (_intern(h), int(p))\n"
                       f"        except OSError:\n            x{k} = {fn}(x{k})\n"
                       f"    else:\n        x{k} = {fn}(x{k})\n")
             parts.append(f"x{k}")
+        elif slot.fn is None:
+            parts.append(f"_intern({now.emit(slot)})")
         else:
-            parts.append(now.emit(slot))
+            parts.append(f"_intern_str({now.emit(slot)})")
     normalised = "".join(p + ", " for p in parts)
     setters = [now.name(s) for s in _RULE_SETTERS]
     # `text` and `line` are set as well as kept in `_lazy`: a slot costs its place whether set or not, and
-    # reading an unset one goes through Rule.__getattr__ (the layout reads every endpoint rule's line).
+    # reading an unset one goes through Rule.__getattr__ (the layout reads every endpoint rule's line). A rule
+    # of a listing read line by line is given the listing (model.SourceText) for its text, which is that
+    # line stripped: it keeps no copy of it, and Rule.__getattr__ reads it from there.
     lines += (f"    o = _new({now.name(Rule)})\n"
               f"    if handle is not None:\n        {setters[2]}(o, handle)\n"
-              f"    {setters[0]}(o, text)\n    {setters[1]}(o, line)\n"
+              f"    if type(text) is str:\n        {setters[0]}(o, text)\n    {setters[1]}(o, line)\n"
               f"    {setters[3]}(o, ({now.name(build)}, text, line, {normalised}))\n")
     exec(f"def make(v, text, line, handle):\n{lines}    return o\n", now.ns)
     return now.ns["make"]
+
+
+def _intern_str(value: Any) -> Any:
+    return intern(value) if type(value) is str else value
 
 
 def join_tokens(parts: tuple[str, ...]) -> str:

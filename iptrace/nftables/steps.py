@@ -80,12 +80,15 @@ class StepMaker:
         return found
 
     def _rule_text(self, code: Any, c: Any) -> str:
-        found = self._texts.get(id(c))
+        # Keyed by the rule's id, not its compiled form's: the walker drops the code of chains it has not met
+        # lately (chains.CODES_SIZE), and a rule lives as long as its ruleset, so its id is never reused.
+        rule = c.rule
+        found = self._texts.get(id(rule))
         if found is None:
             # A kernel listing's rule as the kernel printed it (it keeps e.g. a protocol match iptables-nft
             # wrote that nft's own rules leave implied); a transaction's or JSON's as nft would list it.
-            listed = c.rule.text if self.ruleset.format == "nft-list" else ""
-            found = self._texts[id(c)] = listed or render.rule(c.rule, code.table.family, verbatim=True)
+            listed = rule.text if self.ruleset.format == "nft-list" else ""
+            found = self._texts[id(rule)] = listed or render.rule(rule, code.table.family, verbatim=True)
         return found
 
     def steps(self, hits: list[Any]) -> tuple[Step, ...]:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
-from iptrace.dataplane import Decision, Outcome, Packet, Trace, join_host_port
+from iptrace.dataplane import Decision, Outcome, Packet, Trace, join_host_port, new_outcome
 from iptrace.errors import TraceError
 from iptrace.nftables.chains import ChainCode, ChainWalker, Terminal
 from iptrace.nftables.evaluate import Context
@@ -345,7 +345,7 @@ class Tracer(ChainWalker):
             probability = self._probabilities[key] = (exact, float(exact))
         path_cell, chains_cell = s.path, s.chains
         steps = self.steps
-        return Outcome(verdict, destination, probability[1], s.masq,  # type: ignore[arg-type]
+        return new_outcome(verdict, destination, probability[1], s.masq,  # type: ignore[arg-type]
                        lambda: steps.service(cons_list(path_cell)), decided,
                        lambda: steps.steps(cons_list(path_cell)), probability[0], original, final,
                        lambda: tuple(cons_list(chains_cell)), s.assumptions)
