@@ -28,6 +28,7 @@ import functools
 import hashlib
 import weakref
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 from typing import Any
 
 from iptrace.dataplane import Footprint, Packet
@@ -74,7 +75,11 @@ class _Facts:
 _FACTS: dict[tuple[int, str, bool, str], _Facts] = {}
 _FACTS_LIMIT = 400_000
 _TARGETS: dict[str, str] = {}
-_CHAINS: dict[bytes, tuple[list[tuple[_Facts, tuple[str, str] | None, str]], tuple[str, ...], tuple[str, ...]]] = {}
+# (a short chain's content → its rules as (facts, the chain each jumps to), the chains they jump to, the other
+# targets that are not built in: a node where one of those is a chain, or one of the former is not, reads again)
+_CHAINS: dict[tuple[int, str, tuple[str, ...]],
+              tuple[list[tuple[_Facts, tuple[str, str] | None]], frozenset[str], frozenset[str]]] = {}
+_TEXT = itemgetter(1)  # (a Rule's text)
 _TARGET_NAMES: dict[str, str] = {}
 _ADDRESS_READS = frozenset({"src", "dst", "orig_dst"})
 _KIND_TEXTS: dict[tuple[object, ...], str] = {}  # an address's kind (see _Node.kind) → its text in the key
@@ -171,27 +176,28 @@ class _Node:
                 return head, None, code
             return head, [self.item(code, i)[:2] for i in range(len(code.rules))], code.rules
         # A short chain (an endpoint's, a Service port's, a CNI's) reads alike on every node that has the
-        # same rules: its facts are kept by content (the chains it may jump to are checked per node).
-        content = hashlib.blake2b(f"{tracer.version} {table}\n".encode() + "\n".join(
-            [r.text for r in chain.rules]).encode(), digest_size=16).digest()
+        # same rules: its facts are kept by content (the chains it may jump to are checked per node). The
+        # content is the texts themselves (their hashes are cached with them; equality is exact).
+        content = (tracer.version, table, tuple(map(_TEXT, chain.rules)))
         names = self._names(table)
         found = _CHAINS.get(content)
-        if found is None or not all(t in names for t in found[1]) or any(t in names for t in found[2]):
+        if found is None or not names >= found[1] or (found[2] and not names.isdisjoint(found[2])):
             code = tracer._code(table, name)
-            items = [(f, (table, target) if is_chain else None, target)
-                     for f, is_chain, target, _line in (self.rule(code, i) for i in range(len(code.rules)))]
+            rules = [self.rule(code, i) for i in range(len(code.rules))]
             if len(_CHAINS) >= _FACTS_LIMIT // 4:
                 _CHAINS.clear()
-            found = _CHAINS[content] = (items, tuple({t for _f, jump, t in items if jump is not None}),
-                                        tuple({t for _f, jump, t in items if jump is None
-                                               and t not in BUILTIN_TARGETS}))
+            found = _CHAINS[content] = (
+                [(f, (table, target) if is_chain else None) for f, is_chain, target, _line in rules],
+                frozenset(target for _f, is_chain, target, _line in rules if is_chain),
+                frozenset(target for _f, is_chain, target, _line in rules
+                          if not is_chain and target not in BUILTIN_TARGETS))
         return head, found[0], chain.rules
 
     def _names(self, table: str) -> Any:
         found = self._table_names.get(table)
         if found is None:
             t = self.tracer.ruleset.table(table)
-            found = self._table_names[table] = t._index if t is not None else {}
+            found = self._table_names[table] = (t._index if t is not None else {}).keys()
         return found
 
     def address(self, text: str) -> int:
@@ -426,9 +432,9 @@ class _Question:
             return False
         for spec in f.specs:
             if spec[0]:
-                if "1" not in self.node.src_bits(spec, self.src_key):
+                if not _any_passes(spec, self.sources):
                     return False
-            elif not any(_passes(spec, a) for a in self.dsts):
+            elif not _any_passes(spec, self.dsts):
                 self.narrowed = True
                 return False
         return True
@@ -475,9 +481,19 @@ class _Question:
             raise _Unsupported
 
 
-def _passes(spec: Spec, addr: int) -> bool:
+def _any_passes(spec: Spec, addrs: Iterable[int]) -> bool:
+    """Whether the -s/-d test `spec` matches one of `addrs` (loops: this runs for most rules of every walk)."""
     _src, negated, nets = spec
-    return any(addr & mask == net for net, mask in nets) != negated
+    for a in addrs:
+        for net, mask in nets:
+            if a & mask == net:
+                if not negated:
+                    return True
+                break
+        else:
+            if negated:
+                return True
+    return False
 
 
 def _positions(node: _Node, code: ChainCode, q: _Question) -> Iterable[int]:
@@ -515,27 +531,32 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
         seen.add(key)
         head, rules, source = node.chain(key)
         items.append(head)
-        indexed = rules is None
+        jumps: list[tuple[str, str]] = []
         if rules is None:
             code = source
-            positions = _positions(node, code, q)
-            rules = [node.item(code, i)[:2] for i in positions]
-            source = [code.rules[i] for i in positions]
-        kept: list[tuple[_Facts, int, tuple[str, str] | None]] = []
-        for i, (f, jump, *_target) in enumerate(rules):
-            if not f.plain and not can_match(f):
-                continue
-            if f.kind == _DNAT and f.nat_to is not None and q.add_target(f.nat_to):
-                return None
-            kept.append((f, source[i].line, jump))
-        if indexed and len(kept) > 1:
-            kept = _by_destination(kept)
-        jumps: list[tuple[str, str]] = []
-        for f, line, jump in kept:
-            items.append(f)
-            lines.append(line)
-            if jump is not None:
-                jumps.append(jump)
+            kept: list[tuple[_Facts, int, tuple[str, str] | None]] = []
+            for i in _positions(node, code, q):
+                f, jump, line = node.item(code, i)
+                if not f.plain and not can_match(f):
+                    continue
+                if f.kind == _DNAT and f.nat_to is not None and q.add_target(f.nat_to):
+                    return None
+                kept.append((f, line, jump))
+            for f, line, jump in _by_destination(kept) if len(kept) > 1 else kept:
+                items.append(f)
+                lines.append(line)
+                if jump is not None:
+                    jumps.append(jump)
+        else:
+            for (f, jump), rule in zip(rules, source, strict=True):
+                if not f.plain and not can_match(f):
+                    continue
+                if f.kind == _DNAT and f.nat_to is not None and q.add_target(f.nat_to):
+                    return None
+                items.append(f)
+                lines.append(rule.line)
+                if jump is not None:
+                    jumps.append(jump)
         todo.extend(reversed(jumps))
     return items, lines
 
