@@ -83,6 +83,7 @@ _TEXT = itemgetter(1)  # (a Rule's text)
 _TARGET_NAMES: dict[str, str] = {}
 _ADDRESS_READS = frozenset({"src", "dst", "orig_dst"})
 _KIND_TEXTS: dict[tuple[object, ...], str] = {}  # an address's kind (see _Node.kind) → its text in the key
+_ADDR_LINES: dict[tuple[int | str, str], str] = {}  # (an address or its role, its kind's text) → its header line
 
 
 def _full_mask(values: Sequence[str], version: int) -> bool:
@@ -125,7 +126,10 @@ class _Node:
         self._src_bits: dict[tuple[Spec, tuple[int, ...]], str] = {}
         self._items: dict[tuple[str, str], list[tuple[_Facts, bool, str, int]]] = {}
         self._chains_read: dict[tuple[str, str], tuple[str, Any, Any]] = {}
-        self._table_names: dict[str, Any] = {}
+        self._tables: dict[str, dict[str, Any]] = {}  # a table's chains by name (the ruleset's own index)
+        # (read straight, not through the proxy: _read_chain runs for every chain a node's questions meet)
+        self.version: int = tracer.version
+        self.dash_policy: set[tuple[str, str]] = tracer._dash_policy
         self._addresses: dict[str, int] = {}
         self._kinds: dict[int, str] = {}
         ctx = tracer.ctx
@@ -164,40 +168,41 @@ class _Node:
         return found
 
     def _read_chain(self, key: tuple[str, str]) -> tuple[str, Any, Any]:
-        tracer = self.tracer
         table, name = key
-        chain = tracer.ruleset.chain(table, name)
+        chains = self._table(table)
+        chain = chains.get(name)
         if chain is None:
             return f"chain {table} {name} absent", (), None
-        head = f"chain {table} {name} {chain.policy} {key in tracer._dash_policy} {len(chain.rules) == 0}"
-        if len(chain.rules) >= MIN_RULES:
-            code = tracer._code(table, name)
+        rules = chain.rules
+        head = f"chain {table} {name} {chain.policy} {key in self.dash_policy} {not rules}"
+        if len(rules) >= MIN_RULES:
+            code = self.tracer._code(table, name)
             if code.index is not None:
                 return head, None, code
             return head, [self.item(code, i)[:2] for i in range(len(code.rules))], code.rules
         # A short chain (an endpoint's, a Service port's, a CNI's) reads alike on every node that has the
         # same rules: its facts are kept by content (the chains it may jump to are checked per node). The
         # content is the texts themselves (their hashes are cached with them; equality is exact).
-        content = (tracer.version, table, tuple(map(_TEXT, chain.rules)))
-        names = self._names(table)
+        content = (self.version, table, tuple(map(_TEXT, rules)))
+        names = chains.keys()
         found = _CHAINS.get(content)
         if found is None or not names >= found[1] or (found[2] and not names.isdisjoint(found[2])):
-            code = tracer._code(table, name)
-            rules = [self.rule(code, i) for i in range(len(code.rules))]
+            code = self.tracer._code(table, name)
+            read = [self.rule(code, i) for i in range(len(code.rules))]
             if len(_CHAINS) >= _FACTS_LIMIT // 4:
                 _CHAINS.clear()
             found = _CHAINS[content] = (
-                [(f, (table, target) if is_chain else None) for f, is_chain, target, _line in rules],
-                frozenset(target for _f, is_chain, target, _line in rules if is_chain),
-                frozenset(target for _f, is_chain, target, _line in rules
+                [(f, (table, target) if is_chain else None) for f, is_chain, target, _line in read],
+                frozenset(target for _f, is_chain, target, _line in read if is_chain),
+                frozenset(target for _f, is_chain, target, _line in read
                           if not is_chain and target not in BUILTIN_TARGETS))
-        return head, found[0], chain.rules
+        return head, found[0], rules
 
-    def _names(self, table: str) -> Any:
-        found = self._table_names.get(table)
+    def _table(self, table: str) -> dict[str, Any]:
+        found = self._tables.get(table)
         if found is None:
             t = self.tracer.ruleset.table(table)
-            found = self._table_names[table] = (t._index if t is not None else {}).keys()
+            found = self._tables[table] = t.by_name if t is not None else {}
         return found
 
     def address(self, text: str) -> int:
@@ -469,8 +474,16 @@ class _Question:
             src = roles[node.address(p.src)] or p.src
             dst = roles[node.address(p.dst)] or p.dst
             out.append(f"call {chain or '-'} {src} {dst} {p.dport} {p.sport} {p.proto} {p.in_interface}")
+        kind = node.kind
         for addr in self.src_key + self.dst_list:
-            out.append(f"addr {roles[addr] or addr} {node.kind(addr)}")
+            # (the same addresses, of the same kinds, on every node: their lines are kept, not formatted again)
+            line_key = (roles[addr] or addr, kind(addr))
+            line = _ADDR_LINES.get(line_key)
+            if line is None:
+                if len(_ADDR_LINES) >= _FACTS_LIMIT:
+                    _ADDR_LINES.clear()
+                line = _ADDR_LINES[line_key] = f"addr {line_key[0]} {line_key[1]}"
+            out.append(line)
         out.append(f"ports {sorted(self.ports)} protos {sorted(self.protos)}")
         return "\n".join(out)
 
@@ -524,12 +537,13 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
     seen: set[tuple[str, str]] = set(skip)
     todo = list(reversed(roots))
     can_match = q.can_match
+    read = node._chains_read
     while todo:
         key = todo.pop()
         if key in seen:
             continue
         seen.add(key)
-        head, rules, source = node.chain(key)
+        head, rules, source = read.get(key) or node.chain(key)
         items.append(head)
         jumps: list[tuple[str, str]] = []
         if rules is None:

@@ -159,7 +159,7 @@ class ViewReuse:
 
 
 def _without_lines(sp: ServicePortLayout) -> ServicePortLayout:
-    return replace(sp, lines=(), ways_in=tuple(replace(w, lines=()) for w in sp.ways_in))
+    return _with(sp, lines=(), ways_in=tuple(_with(w, lines=()) if w.lines else w for w in sp.ways_in))
 
 
 def _positional(view: ServicePortView, sp: ServicePortLayout, lines: Sequence[int]) -> ServicePortView | None:
