@@ -252,16 +252,20 @@ class _Node:
         if found is None:
             rule = code.rules[i]
             target = _TARGETS.get(rule.text)
+            tokens: list[str] | None = None  # (read once for the target and the facts: a new rule needs both)
             if target is None:
                 shape = rule.shape
-                token = fast_tokens(rule.text)[shape.target_index] if shape and shape.target_index >= 0 else ""
+                token = ""
+                if shape and shape.target_index >= 0:
+                    tokens = fast_tokens(rule.text)
+                    token = tokens[shape.target_index]
                 target = code.table_chains.get(token) or _TARGET_NAMES.setdefault(token, token)
                 if len(_TARGETS) >= _FACTS_LIMIT:
                     _TARGETS.clear()
                     _TARGET_NAMES.clear()
                 _TARGETS[rule.text] = target
             is_chain = target in code.table_chains and target not in BUILTIN_TARGETS
-            found = rules[i] = (_facts(self, code, i, is_chain, target), is_chain, target, rule.line)
+            found = rules[i] = (_facts(self, code, i, is_chain, target, tokens), is_chain, target, rule.line)
         return found
 
 
@@ -273,7 +277,9 @@ def _node(tracer: Any) -> _Node:
     return found
 
 
-def _facts(cache: _Node, code: ChainCode, i: int, is_chain: bool, target: str) -> _Facts:
+def _facts(cache: _Node, code: ChainCode, i: int, is_chain: bool, target: str,
+           tokens: list[str] | None = None) -> _Facts:
+    """The facts of rule `i` of `code` (`tokens`: its tokens, when the caller has them)."""
     tracer = cache.tracer
     rule = code.rules[i]
     version = tracer.version
@@ -282,7 +288,8 @@ def _facts(cache: _Node, code: ChainCode, i: int, is_chain: bool, target: str) -
     if found is not None:
         return found
     c = code.compiled[i] or tracer._compile(code, i)
-    tokens = fast_tokens(rule.text)
+    if tokens is None:
+        tokens = fast_tokens(rule.text)
     structure = rule_structure(rule, tokens, tracer._structures)
     binder = binder_for(structure, tracer._binders)  # (the compiler's: its structures stay alive)
     abstract = list(tokens)
@@ -293,7 +300,7 @@ def _facts(cache: _Node, code: ChainCode, i: int, is_chain: bool, target: str) -
             abstract[index] = "@"
         nets = tuple(n for n in (parse_net(v, version) for v in unquote(value).split(",") if v) if n is not None)
         specs.append((attr == "src", negated, nets))
-    key, host = rule_key(rule, version, tracer._structures, cache.plans, cache.alive)
+    key, host = rule_key(rule, version, tracer._structures, cache.plans, cache.alive, tokens)
     kind, nat_to = _PLAIN, None
     if c.action == DNAT:
         kind, nat_to = _DNAT, c.arg
