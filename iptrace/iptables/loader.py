@@ -36,10 +36,23 @@ from iptrace.iptables.restore import OpenTable
 # The pattern starts with the space before a value (replaced by " _") rather than a look-behind for it:
 # the regex engine then skips ahead to each space instead of trying every position (a third faster).
 _SHAPE_KEY_RE = re.compile(r' (?<!-m )(?<!--match )(?:"[^"\\]*(?:\\.[^"\\]*)*"|[^-!" ][^ ]*)')
+# The shape key of a rule's arguments by their text, kept across loads in one process: an audit worker loads
+# node after node whose rules are almost all alike, and a lookup costs a fifth of the regex. (A key is a pure
+# function of the text; the shapes themselves stay per load, with their warnings.) Cleared when full.
+_SHAPE_KEYS: dict[str, str] = {}
+_SHAPE_KEYS_LIMIT = 250_000
 _TABLE_LINE_RE = re.compile(r"^[ \t]*\*", re.MULTILINE)
 _CHAIN_RE = re.compile(r":(\S+)\s+(\S+)(?:\s+\[(\d+):(\d+)\])?\s*")
 _COUNTED_RULE_RE = re.compile(r"\[(\d+):(\d+)\]\s+-A\s")
 _IPV6_HINT_RE = re.compile(r" -[sd] !? ?[0-9a-fA-F]*:[0-9a-fA-F:]*[/ ]|icmp6|ipv6-icmp|icmpv6")
+
+
+def _shape_key(args: str) -> str:
+    """The shape key of a rule's arguments (_SHAPE_KEY_RE), kept in _SHAPE_KEYS (one string per key)."""
+    if len(_SHAPE_KEYS) >= _SHAPE_KEYS_LIMIT:
+        _SHAPE_KEYS.clear()
+    key = _SHAPE_KEYS[args] = sys.intern(_SHAPE_KEY_RE.sub(" _", args))
+    return key
 
 
 def read_dump(path: str | Path) -> tuple[str, str]:
@@ -367,7 +380,7 @@ class _Loader:
         line_no = 0
         # add_rule's common case, inlined: this loop runs once per line of a 24 MB dump.
         shapes = self.shapes
-        shape_key = _SHAPE_KEY_RE.sub
+        shape_keys = _SHAPE_KEYS
         new_rule = tuple.__new__  # Rule(chain, args, None, line_no, shape) without Rule.__new__'s frame
         table_rules: dict[str, list[Rule]] = {}
         fast_rules = table_rules  # where -A lines go straight to; {} once a command edited the table
@@ -392,7 +405,10 @@ class _Loader:
                     self.add_rule(current, line, line_no, line[3:], None)
                     continue
                 args = line[sp + 1:]
-                shape = shapes.get(shape_key(" _", args))
+                key = shape_keys.get(args)
+                if key is None:
+                    key = _shape_key(args)
+                shape = shapes.get(key)
                 if shape is None:
                     self.add_rule(current, line, line_no, line[3:], None)  # a new shape: lark reads it
                     continue
