@@ -521,7 +521,7 @@ def _positions(node: _Node, code: ChainCode, q: _Question) -> Iterable[int]:
     assert index is not None
     hosts, ports = node.index_keys(code)
     found: set[int] = set(index.rest)
-    dsts = [d for d in q.dsts if d in hosts]
+    dsts = hosts & q.dsts  # (C-level: the question's few destinations against the index's many hosts)
     for d in dsts:
         found.update(index.by_host.get(d, ()))
     for proto in q.protos:

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from iptrace.dataplane import positional_new
 from iptrace.errors import DumpSemanticError, InputError, ParseError
 from iptrace.iptables import grammar, listing, restore
 from iptrace.iptables.model import BUILTIN_CHAINS, TABLES, TOKEN_RE, Chain, LoadWarning, Rule, Ruleset, RuleShape, Table
@@ -41,6 +42,8 @@ _SHAPE_KEY_RE = re.compile(r' (?<!-m )(?<!--match )(?:"[^"\\]*(?:\\.[^"\\]*)*"|[
 # function of the text; the shapes themselves stay per load, with their warnings.) Cleared when full.
 _SHAPE_KEYS: dict[str, str] = {}
 _SHAPE_KEYS_LIMIT = 250_000
+# Chain(name, policy, rules, counters, line) without the frozen dataclass's __init__ (a dump has ~10^5 chains).
+_new_chain = positional_new(Chain, ("name", "policy", "rules", "counters", "line"))
 _TABLE_LINE_RE = re.compile(r"^[ \t]*\*", re.MULTILINE)
 _CHAIN_RE = re.compile(r":(\S+)\s+(\S+)(?:\s+\[(\d+):(\d+)\])?\s*")
 _COUNTED_RULE_RE = re.compile(r"\[(\d+):(\d+)\]\s+-A\s")
@@ -263,7 +266,7 @@ class _Loader:
 
     def close_table(self, t: OpenTable) -> None:
         self.report_jumps(t)
-        chains = tuple(Chain(name, policy, tuple(t.rules[name]), counters, line)
+        chains = tuple(_new_chain(name, policy, tuple(t.rules[name]), counters, line)
                        for name, (policy, counters, line) in t.chains.items())
         if t.name in self.tables:
             # Seen twice (e.g. two `iptables -S` sections for one table): merge, first declaration wins.
