@@ -33,47 +33,21 @@ from typing import Any
 
 from iptrace.dataplane import Footprint, Packet
 from iptrace.errors import IptraceError
-from iptrace.iptables.compile import DNAT, NETMAP, REDIRECT, ChainCode
-from iptrace.iptables.index import MIN_RULES, KeyPlan, rule_key
+from iptrace.iptables.compile import ChainCode
+from iptrace.iptables.footprint_facts import FACTS_LIMIT as _FACTS_LIMIT
+from iptrace.iptables.footprint_facts import KIND_DNAT as _DNAT
+from iptrace.iptables.footprint_facts import KIND_OPAQUE as _OPAQUE
+from iptrace.iptables.footprint_facts import Facts as _Facts
+from iptrace.iptables.footprint_facts import Spec
+from iptrace.iptables.footprint_facts import rule_facts as _facts
+from iptrace.iptables.index import MIN_RULES, KeyPlan
 from iptrace.iptables.match_modules import _address_types
-from iptrace.iptables.matchers import Structure, binder_for, fast_tokens, rule_structure
-from iptrace.iptables.memo import structure_reads
-from iptrace.iptables.model import BUILTIN_CHAINS, TABLES, unquote
+from iptrace.iptables.matchers import Structure, fast_tokens
+from iptrace.iptables.model import BUILTIN_CHAINS, TABLES
 from iptrace.iptables.options import BUILTIN_TARGETS
-from iptrace.iptables.state import ip_int, parse_net
+from iptrace.iptables.state import ip_int
 
-# What one rule's text says to a footprint (the same on every node, so kept per process): a digest of the text
-# with its -s/-d values as "@", those tests, the index filing, whether it never matches, its target (its chain's
-# name object, or one per name), what it does that the key must know. Short chains by a digest of their texts.
-_PLAIN, _DNAT, _OPAQUE = 0, 1, 2
-Spec = tuple[bool, bool, tuple[tuple[int, int], ...]]  # (a source test, negated, networks as (net, mask))
-
-
-class _Facts:
-    __slots__ = ("abstract", "goto", "host", "key", "kind", "nat_to", "never", "plain", "reads", "risky", "set_reads",
-                 "specs", "target")
-
-    def __init__(self, abstract: str, specs: tuple[tuple[bool, bool, tuple[tuple[int, int], ...]], ...],
-                 key: tuple[int, int, int | None] | None, host: int | None, never: bool, target: str,
-                 goto: bool, kind: int, nat_to: tuple[int | None, int | None] | None, reads: bool,
-                 set_reads: bool) -> None:
-        self.abstract = abstract
-        self.specs = specs  # (is a source test, negated, networks as (net, mask))
-        self.key = key
-        self.host = host
-        self.never = never
-        self.target = target
-        self.goto = goto
-        self.kind = kind
-        self.nat_to = nat_to
-        self.reads = reads  # reads an address other than through -s/-d, addrtype, a full-mask recent or a set
-        self.set_reads = set_reads  # -m set (membership unknown unless the tracer knows the set)
-        self.plain = not never and key is None and host is None and not specs  # matches any question
-        self.risky = kind == _OPAQUE or reads or set_reads
-
-
-_FACTS: dict[tuple[int, str, bool, str], _Facts] = {}
-_FACTS_LIMIT = 400_000
+# (process-wide, like the facts: a rule's target by its text; short chains by their texts, see _read_chain)
 _TARGETS: dict[str, str] = {}
 # (a short chain's content → its rules as (facts, the chain each jumps to), the chains they jump to, the other
 # targets that are not built in: a node where one of those is a chain, or one of the former is not, reads again)
@@ -81,36 +55,8 @@ _CHAINS: dict[tuple[int, str, tuple[str, ...]],
               tuple[list[tuple[_Facts, tuple[str, str] | None]], frozenset[str], frozenset[str]]] = {}
 _TEXT = itemgetter(1)  # (a Rule's text)
 _TARGET_NAMES: dict[str, str] = {}
-_ADDRESS_READS = frozenset({"src", "dst", "orig_dst"})
 _KIND_TEXTS: dict[tuple[object, ...], str] = {}  # an address's kind (see _Node.kind) → its text in the key
 _ADDR_LINES: dict[tuple[int | str, str], str] = {}  # (an address or its role, its kind's text) → its header line
-
-
-def _full_mask(values: Sequence[str], version: int) -> bool:
-    try:
-        net = parse_net(unquote(values[0]) if values else "", version)
-    except IptraceError:
-        return False
-    return net is not None and net[0] == (1 << (32 if version == 4 else 128)) - 1
-
-
-def _address_reads(structure: Structure, tokens: Sequence[str], version: int) -> tuple[bool, bool]:
-    """(reads an address beyond what the key holds, reads it through -m set)."""
-    other: list[tuple[str, Any]] = []
-    set_reads = False
-    for module, specs in structure[0]:
-        if module in ("", "addrtype", "comment", "nfacct"):
-            continue
-        if module == "set":
-            set_reads = True
-            continue
-        if module == "recent":
-            # kube-proxy's affinity: equality of whole addresses, which naming them by role keeps.
-            masks = [tokens[idx[0]] for name, _neg, idx in specs if name == "--mask" and idx]
-            if not masks or _full_mask(masks, version):
-                continue
-        other.append((module, specs))
-    return bool(structure_reads((tuple(other), structure[1])) & _ADDRESS_READS), set_reads
 
 
 class _Node:
@@ -274,45 +220,6 @@ def _node(tracer: Any) -> _Node:
     if found is None:
         found = _Node(tracer)
         tracer._footprint_node = found
-    return found
-
-
-def _facts(cache: _Node, code: ChainCode, i: int, is_chain: bool, target: str,
-           tokens: list[str] | None = None) -> _Facts:
-    """The facts of rule `i` of `code` (`tokens`: its tokens, when the caller has them)."""
-    tracer = cache.tracer
-    rule = code.rules[i]
-    version = tracer.version
-    cache_key = (version, code.table, is_chain, rule.text)
-    found = _FACTS.get(cache_key)
-    if found is not None:
-        return found
-    c = code.compiled[i] or tracer._compile(code, i)
-    if tokens is None:
-        tokens = fast_tokens(rule.text)
-    structure = rule_structure(rule, tokens, tracer._structures)
-    binder = binder_for(structure, tracer._binders)  # (the compiler's: its structures stay alive)
-    abstract = list(tokens)
-    specs = []
-    for attr, negated, index in binder.addresses:
-        value = tokens[index] if index >= 0 else ""
-        if index >= 0:
-            abstract[index] = "@"
-        nets = tuple(n for n in (parse_net(v, version) for v in unquote(value).split(",") if v) if n is not None)
-        specs.append((attr == "src", negated, nets))
-    key, host = rule_key(rule, version, tracer._structures, cache.plans, cache.alive, tokens)
-    kind, nat_to = _PLAIN, None
-    if c.action == DNAT:
-        kind, nat_to = _DNAT, c.arg
-    elif c.action in (REDIRECT, NETMAP):
-        kind = _OPAQUE
-    reads, set_reads = _address_reads(structure, tokens, version)
-    shape = rule.shape
-    found = _Facts(hashlib.blake2b(" ".join(abstract).encode(), digest_size=16).hexdigest(), tuple(specs), key,
-                   host, bool(c.never), target, bool(shape is not None and shape.goto), kind, nat_to, reads, set_reads)
-    if len(_FACTS) >= _FACTS_LIMIT:
-        _FACTS.clear()
-    _FACTS[cache_key] = found
     return found
 
 

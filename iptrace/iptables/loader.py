@@ -37,11 +37,9 @@ from iptrace.iptables.restore import OpenTable
 # The pattern starts with the space before a value (replaced by " _") rather than a look-behind for it:
 # the regex engine then skips ahead to each space instead of trying every position (a third faster).
 _SHAPE_KEY_RE = re.compile(r' (?<!-m )(?<!--match )(?:"[^"\\]*(?:\\.[^"\\]*)*"|[^-!" ][^ ]*)')
-# The shape key of a rule's arguments by their text, kept across loads in one process: an audit worker loads
-# node after node whose rules are almost all alike, and a lookup costs a fifth of the regex. (A key is a pure
-# function of the text; the shapes themselves stay per load, with their warnings.) Cleared when full.
+# A rule's shape key by its text, across loads (an audit worker's nodes write almost the same rules; a lookup
+# costs a fifth of the regex). A pure function of the text: the shapes stay per load, with their warnings.
 _SHAPE_KEYS: dict[str, str] = {}
-_SHAPE_KEYS_LIMIT = 250_000
 # Chain(name, policy, rules, counters, line) without the frozen dataclass's __init__ (a dump has ~10^5 chains).
 _new_chain = positional_new(Chain, ("name", "policy", "rules", "counters", "line"))
 _TABLE_LINE_RE = re.compile(r"^[ \t]*\*", re.MULTILINE)
@@ -51,8 +49,8 @@ _IPV6_HINT_RE = re.compile(r" -[sd] !? ?[0-9a-fA-F]*:[0-9a-fA-F:]*[/ ]|icmp6|ipv
 
 
 def _shape_key(args: str) -> str:
-    """The shape key of a rule's arguments (_SHAPE_KEY_RE), kept in _SHAPE_KEYS (one string per key)."""
-    if len(_SHAPE_KEYS) >= _SHAPE_KEYS_LIMIT:
+    """The shape key of a rule's arguments, kept in _SHAPE_KEYS (cleared when full; one string per key)."""
+    if len(_SHAPE_KEYS) >= 250_000:
         _SHAPE_KEYS.clear()
     key = _SHAPE_KEYS[args] = sys.intern(_SHAPE_KEY_RE.sub(" _", args))
     return key
@@ -408,10 +406,7 @@ class _Loader:
                     self.add_rule(current, line, line_no, line[3:], None)
                     continue
                 args = line[sp + 1:]
-                key = shape_keys.get(args)
-                if key is None:
-                    key = _shape_key(args)
-                shape = shapes.get(key)
+                shape = shapes.get(shape_keys.get(args) or _shape_key(args))
                 if shape is None:
                     self.add_rule(current, line, line_no, line[3:], None)  # a new shape: lark reads it
                     continue
