@@ -322,3 +322,16 @@ def test_lines_split_a_block_at_a_time(monkeypatch: pytest.MonkeyPatch, block: i
     whole = load(sample)
     assert blocks == whole
     assert [r.line for _t, _c, r in blocks.rules()] == [r.line for _t, _c, r in whole.rules()]
+
+
+def test_fast_chain_constructor_sets_what_chain_init_sets() -> None:
+    """loader._new_chain stores every field of Chain, in Chain(…)'s order."""
+    from dataclasses import fields
+
+    from iptrace.iptables.loader import _new_chain
+    from iptrace.iptables.model import Chain, Rule
+
+    args = ("KUBE-SEP-X", None, (Rule("KUBE-SEP-X", "-j ACCEPT", None, 4),), (1, 2), 3)
+    fast, slow = _new_chain(*args), Chain(*args)
+    assert type(fast) is Chain and fast == slow and hash(fast) == hash(slow)
+    assert all(getattr(fast, f.name) is getattr(slow, f.name) for f in fields(Chain))

@@ -28,83 +28,35 @@ import functools
 import hashlib
 import weakref
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 from typing import Any
 
 from iptrace.dataplane import Footprint, Packet
 from iptrace.errors import IptraceError
-from iptrace.iptables.compile import DNAT, NETMAP, REDIRECT, ChainCode
-from iptrace.iptables.index import MIN_RULES, KeyPlan, rule_key
+from iptrace.iptables.compile import ChainCode
+from iptrace.iptables.footprint_facts import FACTS_LIMIT as _FACTS_LIMIT
+from iptrace.iptables.footprint_facts import KIND_DNAT as _DNAT
+from iptrace.iptables.footprint_facts import KIND_OPAQUE as _OPAQUE
+from iptrace.iptables.footprint_facts import Facts as _Facts
+from iptrace.iptables.footprint_facts import Spec
+from iptrace.iptables.footprint_facts import rule_facts as _facts
+from iptrace.iptables.index import MIN_RULES, KeyPlan
 from iptrace.iptables.match_modules import _address_types
-from iptrace.iptables.matchers import Structure, binder_for, fast_tokens, rule_structure
-from iptrace.iptables.memo import structure_reads
-from iptrace.iptables.model import BUILTIN_CHAINS, TABLES, unquote
+from iptrace.iptables.matchers import Structure, fast_tokens
+from iptrace.iptables.model import BUILTIN_CHAINS, TABLES
 from iptrace.iptables.options import BUILTIN_TARGETS
-from iptrace.iptables.state import ip_int, parse_net
+from iptrace.iptables.state import ip_int
 
-# What one rule's text says to a footprint (the same on every node, so kept per process): a digest of the text
-# with its -s/-d values as "@", those tests, the index filing, whether it never matches, its target (its chain's
-# name object, or one per name), what it does that the key must know. Short chains by a digest of their texts.
-_PLAIN, _DNAT, _OPAQUE = 0, 1, 2
-Spec = tuple[bool, bool, tuple[tuple[int, int], ...]]  # (a source test, negated, networks as (net, mask))
-
-
-class _Facts:
-    __slots__ = ("abstract", "goto", "host", "key", "kind", "nat_to", "never", "plain", "reads", "risky", "set_reads",
-                 "specs", "target")
-
-    def __init__(self, abstract: str, specs: tuple[tuple[bool, bool, tuple[tuple[int, int], ...]], ...],
-                 key: tuple[int, int, int | None] | None, host: int | None, never: bool, target: str,
-                 goto: bool, kind: int, nat_to: tuple[int | None, int | None] | None, reads: bool,
-                 set_reads: bool) -> None:
-        self.abstract = abstract
-        self.specs = specs  # (is a source test, negated, networks as (net, mask))
-        self.key = key
-        self.host = host
-        self.never = never
-        self.target = target
-        self.goto = goto
-        self.kind = kind
-        self.nat_to = nat_to
-        self.reads = reads  # reads an address other than through -s/-d, addrtype, a full-mask recent or a set
-        self.set_reads = set_reads  # -m set (membership unknown unless the tracer knows the set)
-        self.plain = not never and key is None and host is None and not specs  # matches any question
-        self.risky = kind == _OPAQUE or reads or set_reads
-
-
-_FACTS: dict[tuple[int, str, bool, str], _Facts] = {}
-_FACTS_LIMIT = 400_000
+# (process-wide, like the facts: a rule's target by its text; short chains by their texts, see _read_chain)
 _TARGETS: dict[str, str] = {}
-_CHAINS: dict[bytes, tuple[list[tuple[_Facts, tuple[str, str] | None, str]], tuple[str, ...], tuple[str, ...]]] = {}
+# (a short chain's content → its rules as (facts, the chain each jumps to), the chains they jump to, the other
+# targets that are not built in: a node where one of those is a chain, or one of the former is not, reads again)
+_CHAINS: dict[tuple[int, str, tuple[str, ...]],
+              tuple[list[tuple[_Facts, tuple[str, str] | None]], frozenset[str], frozenset[str]]] = {}
+_TEXT = itemgetter(1)  # (a Rule's text)
 _TARGET_NAMES: dict[str, str] = {}
-_ADDRESS_READS = frozenset({"src", "dst", "orig_dst"})
 _KIND_TEXTS: dict[tuple[object, ...], str] = {}  # an address's kind (see _Node.kind) → its text in the key
-
-
-def _full_mask(values: Sequence[str], version: int) -> bool:
-    try:
-        net = parse_net(unquote(values[0]) if values else "", version)
-    except IptraceError:
-        return False
-    return net is not None and net[0] == (1 << (32 if version == 4 else 128)) - 1
-
-
-def _address_reads(structure: Structure, tokens: Sequence[str], version: int) -> tuple[bool, bool]:
-    """(reads an address beyond what the key holds, reads it through -m set)."""
-    other: list[tuple[str, Any]] = []
-    set_reads = False
-    for module, specs in structure[0]:
-        if module in ("", "addrtype", "comment", "nfacct"):
-            continue
-        if module == "set":
-            set_reads = True
-            continue
-        if module == "recent":
-            # kube-proxy's affinity: equality of whole addresses, which naming them by role keeps.
-            masks = [tokens[idx[0]] for name, _neg, idx in specs if name == "--mask" and idx]
-            if not masks or _full_mask(masks, version):
-                continue
-        other.append((module, specs))
-    return bool(structure_reads((tuple(other), structure[1])) & _ADDRESS_READS), set_reads
+_ADDR_LINES: dict[tuple[int | str, str], str] = {}  # (an address or its role, its kind's text) → its header line
 
 
 class _Node:
@@ -120,7 +72,10 @@ class _Node:
         self._src_bits: dict[tuple[Spec, tuple[int, ...]], str] = {}
         self._items: dict[tuple[str, str], list[tuple[_Facts, bool, str, int]]] = {}
         self._chains_read: dict[tuple[str, str], tuple[str, Any, Any]] = {}
-        self._table_names: dict[str, Any] = {}
+        self._tables: dict[str, dict[str, Any]] = {}  # a table's chains by name (the ruleset's own index)
+        # (read straight, not through the proxy: _read_chain runs for every chain a node's questions meet)
+        self.version: int = tracer.version
+        self.dash_policy: set[tuple[str, str]] = tracer._dash_policy
         self._addresses: dict[str, int] = {}
         self._kinds: dict[int, str] = {}
         ctx = tracer.ctx
@@ -159,39 +114,41 @@ class _Node:
         return found
 
     def _read_chain(self, key: tuple[str, str]) -> tuple[str, Any, Any]:
-        tracer = self.tracer
         table, name = key
-        chain = tracer.ruleset.chain(table, name)
+        chains = self._table(table)
+        chain = chains.get(name)
         if chain is None:
             return f"chain {table} {name} absent", (), None
-        head = f"chain {table} {name} {chain.policy} {key in tracer._dash_policy} {len(chain.rules) == 0}"
-        if len(chain.rules) >= MIN_RULES:
-            code = tracer._code(table, name)
+        rules = chain.rules
+        head = f"chain {table} {name} {chain.policy} {key in self.dash_policy} {not rules}"
+        if len(rules) >= MIN_RULES:
+            code = self.tracer._code(table, name)
             if code.index is not None:
                 return head, None, code
             return head, [self.item(code, i)[:2] for i in range(len(code.rules))], code.rules
         # A short chain (an endpoint's, a Service port's, a CNI's) reads alike on every node that has the
-        # same rules: its facts are kept by content (the chains it may jump to are checked per node).
-        content = hashlib.blake2b(f"{tracer.version} {table}\n".encode() + "\n".join(
-            [r.text for r in chain.rules]).encode(), digest_size=16).digest()
-        names = self._names(table)
+        # same rules: its facts are kept by content (the chains it may jump to are checked per node). The
+        # content is the texts themselves (their hashes are cached with them; equality is exact).
+        content = (self.version, table, tuple(map(_TEXT, rules)))
+        names = chains.keys()
         found = _CHAINS.get(content)
-        if found is None or not all(t in names for t in found[1]) or any(t in names for t in found[2]):
-            code = tracer._code(table, name)
-            items = [(f, (table, target) if is_chain else None, target)
-                     for f, is_chain, target, _line in (self.rule(code, i) for i in range(len(code.rules)))]
+        if found is None or not names >= found[1] or (found[2] and not names.isdisjoint(found[2])):
+            code = self.tracer._code(table, name)
+            read = [self.rule(code, i) for i in range(len(code.rules))]
             if len(_CHAINS) >= _FACTS_LIMIT // 4:
                 _CHAINS.clear()
-            found = _CHAINS[content] = (items, tuple({t for _f, jump, t in items if jump is not None}),
-                                        tuple({t for _f, jump, t in items if jump is None
-                                               and t not in BUILTIN_TARGETS}))
-        return head, found[0], chain.rules
+            found = _CHAINS[content] = (
+                [(f, (table, target) if is_chain else None) for f, is_chain, target, _line in read],
+                frozenset(target for _f, is_chain, target, _line in read if is_chain),
+                frozenset(target for _f, is_chain, target, _line in read
+                          if not is_chain and target not in BUILTIN_TARGETS))
+        return head, found[0], rules
 
-    def _names(self, table: str) -> Any:
-        found = self._table_names.get(table)
+    def _table(self, table: str) -> dict[str, Any]:
+        found = self._tables.get(table)
         if found is None:
             t = self.tracer.ruleset.table(table)
-            found = self._table_names[table] = t._index if t is not None else {}
+            found = self._tables[table] = t.by_name if t is not None else {}
         return found
 
     def address(self, text: str) -> int:
@@ -241,16 +198,20 @@ class _Node:
         if found is None:
             rule = code.rules[i]
             target = _TARGETS.get(rule.text)
+            tokens: list[str] | None = None  # (read once for the target and the facts: a new rule needs both)
             if target is None:
                 shape = rule.shape
-                token = fast_tokens(rule.text)[shape.target_index] if shape and shape.target_index >= 0 else ""
+                token = ""
+                if shape and shape.target_index >= 0:
+                    tokens = fast_tokens(rule.text)
+                    token = tokens[shape.target_index]
                 target = code.table_chains.get(token) or _TARGET_NAMES.setdefault(token, token)
                 if len(_TARGETS) >= _FACTS_LIMIT:
                     _TARGETS.clear()
                     _TARGET_NAMES.clear()
                 _TARGETS[rule.text] = target
             is_chain = target in code.table_chains and target not in BUILTIN_TARGETS
-            found = rules[i] = (_facts(self, code, i, is_chain, target), is_chain, target, rule.line)
+            found = rules[i] = (_facts(self, code, i, is_chain, target, tokens), is_chain, target, rule.line)
         return found
 
 
@@ -259,42 +220,6 @@ def _node(tracer: Any) -> _Node:
     if found is None:
         found = _Node(tracer)
         tracer._footprint_node = found
-    return found
-
-
-def _facts(cache: _Node, code: ChainCode, i: int, is_chain: bool, target: str) -> _Facts:
-    tracer = cache.tracer
-    rule = code.rules[i]
-    version = tracer.version
-    cache_key = (version, code.table, is_chain, rule.text)
-    found = _FACTS.get(cache_key)
-    if found is not None:
-        return found
-    c = code.compiled[i] or tracer._compile(code, i)
-    tokens = fast_tokens(rule.text)
-    structure = rule_structure(rule, tokens, tracer._structures)
-    binder = binder_for(structure, tracer._binders)  # (the compiler's: its structures stay alive)
-    abstract = list(tokens)
-    specs = []
-    for attr, negated, index in binder.addresses:
-        value = tokens[index] if index >= 0 else ""
-        if index >= 0:
-            abstract[index] = "@"
-        nets = tuple(n for n in (parse_net(v, version) for v in unquote(value).split(",") if v) if n is not None)
-        specs.append((attr == "src", negated, nets))
-    key, host = rule_key(rule, version, tracer._structures, cache.plans, cache.alive)
-    kind, nat_to = _PLAIN, None
-    if c.action == DNAT:
-        kind, nat_to = _DNAT, c.arg
-    elif c.action in (REDIRECT, NETMAP):
-        kind = _OPAQUE
-    reads, set_reads = _address_reads(structure, tokens, version)
-    shape = rule.shape
-    found = _Facts(hashlib.blake2b(" ".join(abstract).encode(), digest_size=16).hexdigest(), tuple(specs), key,
-                   host, bool(c.never), target, bool(shape is not None and shape.goto), kind, nat_to, reads, set_reads)
-    if len(_FACTS) >= _FACTS_LIMIT:
-        _FACTS.clear()
-    _FACTS[cache_key] = found
     return found
 
 
@@ -426,9 +351,9 @@ class _Question:
             return False
         for spec in f.specs:
             if spec[0]:
-                if "1" not in self.node.src_bits(spec, self.src_key):
+                if not _any_passes(spec, self.sources):
                     return False
-            elif not any(_passes(spec, a) for a in self.dsts):
+            elif not _any_passes(spec, self.dsts):
                 self.narrowed = True
                 return False
         return True
@@ -463,8 +388,16 @@ class _Question:
             src = roles[node.address(p.src)] or p.src
             dst = roles[node.address(p.dst)] or p.dst
             out.append(f"call {chain or '-'} {src} {dst} {p.dport} {p.sport} {p.proto} {p.in_interface}")
+        kind = node.kind
         for addr in self.src_key + self.dst_list:
-            out.append(f"addr {roles[addr] or addr} {node.kind(addr)}")
+            # (the same addresses, of the same kinds, on every node: their lines are kept, not formatted again)
+            line_key = (roles[addr] or addr, kind(addr))
+            line = _ADDR_LINES.get(line_key)
+            if line is None:
+                if len(_ADDR_LINES) >= _FACTS_LIMIT:
+                    _ADDR_LINES.clear()
+                line = _ADDR_LINES[line_key] = f"addr {line_key[0]} {line_key[1]}"
+            out.append(line)
         out.append(f"ports {sorted(self.ports)} protos {sorted(self.protos)}")
         return "\n".join(out)
 
@@ -475,9 +408,19 @@ class _Question:
             raise _Unsupported
 
 
-def _passes(spec: Spec, addr: int) -> bool:
+def _any_passes(spec: Spec, addrs: Iterable[int]) -> bool:
+    """Whether the -s/-d test `spec` matches one of `addrs` (loops: this runs for most rules of every walk)."""
     _src, negated, nets = spec
-    return any(addr & mask == net for net, mask in nets) != negated
+    for a in addrs:
+        for net, mask in nets:
+            if a & mask == net:
+                if not negated:
+                    return True
+                break
+        else:
+            if negated:
+                return True
+    return False
 
 
 def _positions(node: _Node, code: ChainCode, q: _Question) -> Iterable[int]:
@@ -485,7 +428,7 @@ def _positions(node: _Node, code: ChainCode, q: _Question) -> Iterable[int]:
     assert index is not None
     hosts, ports = node.index_keys(code)
     found: set[int] = set(index.rest)
-    dsts = [d for d in q.dsts if d in hosts]
+    dsts = hosts & q.dsts  # (C-level: the question's few destinations against the index's many hosts)
     for d in dsts:
         found.update(index.by_host.get(d, ()))
     for proto in q.protos:
@@ -508,34 +451,40 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
     seen: set[tuple[str, str]] = set(skip)
     todo = list(reversed(roots))
     can_match = q.can_match
+    read = node._chains_read
     while todo:
         key = todo.pop()
         if key in seen:
             continue
         seen.add(key)
-        head, rules, source = node.chain(key)
+        head, rules, source = read.get(key) or node.chain(key)
         items.append(head)
-        indexed = rules is None
+        jumps: list[tuple[str, str]] = []
         if rules is None:
             code = source
-            positions = _positions(node, code, q)
-            rules = [node.item(code, i)[:2] for i in positions]
-            source = [code.rules[i] for i in positions]
-        kept: list[tuple[_Facts, int, tuple[str, str] | None]] = []
-        for i, (f, jump, *_target) in enumerate(rules):
-            if not f.plain and not can_match(f):
-                continue
-            if f.kind == _DNAT and f.nat_to is not None and q.add_target(f.nat_to):
-                return None
-            kept.append((f, source[i].line, jump))
-        if indexed and len(kept) > 1:
-            kept = _by_destination(kept)
-        jumps: list[tuple[str, str]] = []
-        for f, line, jump in kept:
-            items.append(f)
-            lines.append(line)
-            if jump is not None:
-                jumps.append(jump)
+            kept: list[tuple[_Facts, int, tuple[str, str] | None]] = []
+            for i in _positions(node, code, q):
+                f, jump, line = node.item(code, i)
+                if not f.plain and not can_match(f):
+                    continue
+                if f.kind == _DNAT and f.nat_to is not None and q.add_target(f.nat_to):
+                    return None
+                kept.append((f, line, jump))
+            for f, line, jump in _by_destination(kept) if len(kept) > 1 else kept:
+                items.append(f)
+                lines.append(line)
+                if jump is not None:
+                    jumps.append(jump)
+        else:
+            for (f, jump), rule in zip(rules, source, strict=True):
+                if not f.plain and not can_match(f):
+                    continue
+                if f.kind == _DNAT and f.nat_to is not None and q.add_target(f.nat_to):
+                    return None
+                items.append(f)
+                lines.append(rule.line)
+                if jump is not None:
+                    jumps.append(jump)
         todo.extend(reversed(jumps))
     return items, lines
 

@@ -81,14 +81,15 @@ def _planned_key(plan: KeyPlan, tokens: Sequence[str], version: int) -> tuple[Ke
 
 
 def rule_key(rule: Rule, version: int, cache: dict[object, Structure], plans: dict[int, KeyPlan],
-             alive: list[Structure]) -> tuple[Key | None, int | None]:
+             alive: list[Structure], tokens: Sequence[str] | None = None) -> tuple[Key | None, int | None]:
     """What the index files a rule under: ((protocol, dport, host-or-None) or None, exact host or None).
     A rule filed under a key (a host) has definite tests that fail for every packet without that protocol and
-    port (that destination). `plans` caches per structure id; `alive` keeps those structures alive."""
-    tokens: Sequence[str] | None = None
+    port (that destination). `plans` caches per structure id; `alive` keeps those structures alive. `tokens`:
+    the rule's (fast_tokens), when the caller has them."""
     structure = cache.get(rule.shape) if rule.shape is not None else None
     if structure is None:
-        tokens = fast_tokens(rule.text)
+        if tokens is None:
+            tokens = fast_tokens(rule.text)
         structure = rule_structure(rule, tokens, cache)
     plan = plans.get(id(structure))
     if plan is None:

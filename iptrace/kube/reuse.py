@@ -17,9 +17,10 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
+from operator import attrgetter
 from typing import Any
 
-from iptrace.dataplane import Layout, Packet, ServicePortLayout, Trace
+from iptrace.dataplane import Layout, Packet, ServicePortLayout, Trace, positional_new
 from iptrace.kube.view import EndpointView, EntryView, ServicePortView, SourcePath
 
 # Views kept per process: a node has a few thousand Service ports; a fleet's nodes share most of them.
@@ -158,7 +159,7 @@ class ViewReuse:
 
 
 def _without_lines(sp: ServicePortLayout) -> ServicePortLayout:
-    return replace(sp, lines=(), ways_in=tuple(replace(w, lines=()) for w in sp.ways_in))
+    return _with(sp, lines=(), ways_in=tuple(_with(w, lines=()) if w.lines else w for w in sp.ways_in))
 
 
 def _positional(view: ServicePortView, sp: ServicePortLayout, lines: Sequence[int]) -> ServicePortView | None:
@@ -176,40 +177,46 @@ def _positional(view: ServicePortView, sp: ServicePortLayout, lines: Sequence[in
     if any(line not in positions for line in traced):
         return None
     stored = _relined(view, None, positions.__getitem__)
-    return _with(stored, "lines", ())
+    return _with(stored, lines=())
 
 
 def _relined(view: ServicePortView, sp: ServicePortLayout | None, move: Callable[[int], int]) -> ServicePortView:
     """The view with the lines traces gave it moved by `move` (0 stays 0), and those its layout gave it taken
     from `sp` (None: kept)."""
-    endpoints = tuple(_with(ep, "line", move(ep.line)) if ep.line else ep for ep in view.endpoints)
+    endpoints = tuple(_with(ep, line=move(ep.line)) if ep.line else ep for ep in view.endpoints)
     entries = []
     for i, e in enumerate(view.entries):
-        paths = tuple(_with(p, "decided_by", move(p.decided_by)) if p.decided_by else p for p in e.paths)
-        if paths != e.paths or sp is not None:
-            e = _with(e, "paths", paths)
-            if sp is not None:
-                e = _with(e, "lines", sp.ways_in[i].lines)
+        paths = e.paths
+        if any(p.decided_by for p in paths):
+            paths = tuple(_with(p, decided_by=move(p.decided_by)) if p.decided_by else p for p in paths)
+        if sp is not None:
+            e = _with(e, paths=paths, lines=sp.ways_in[i].lines)
+        elif paths != e.paths:
+            e = _with(e, paths=paths)
         entries.append(e)
-    out = _with(view, "endpoints", endpoints)
-    out = _with(out, "entries", tuple(entries))
-    return _with(out, "lines", sp.lines) if sp is not None else out
+    if sp is not None:
+        return _with(view, endpoints=endpoints, entries=tuple(entries), lines=sp.lines)
+    return _with(view, endpoints=endpoints, entries=tuple(entries))
 
 
-_SLOTS: dict[type, tuple[Any, ...]] = {}
+# Per class: a maker from every field's value (not through __init__), a getter of them all, each field's position.
+_COPIERS: dict[type, tuple[Callable[..., Any], Callable[[Any], Any], dict[str, int]]] = {}
 
 
-def _with(obj: Any, name: str, value: Any) -> Any:
-    """`dataclasses.replace(obj, name=value)` for a frozen slots dataclass, without its __init__ (a node's view
-    is ~10^5 of these)."""
+def _with(obj: Any, **changes: Any) -> Any:
+    """`dataclasses.replace(obj, **changes)` for a frozen slots dataclass, without its __init__ (a node's view
+    is ~10^5 of these): its values read in one call, and stored the way view.py makes them."""
     cls = type(obj)
-    slots = _SLOTS.get(cls)
-    if slots is None:
-        slots = _SLOTS[cls] = tuple((f.name, getattr(cls, f.name)) for f in fields(cls))
-    new = object.__new__(cls)
-    for field_name, descriptor in slots:
-        descriptor.__set__(new, value if field_name == name else descriptor.__get__(obj, cls))
-    return new
+    found = _COPIERS.get(cls)
+    if found is None:
+        names = [f.name for f in fields(cls)]
+        assert len(names) > 1  # (attrgetter of one name gives the value, not a tuple)
+        found = _COPIERS[cls] = (positional_new(cls, names), attrgetter(*names), {n: i for i, n in enumerate(names)})
+    new, values_of, at = found
+    values = list(values_of(obj))
+    for name, value in changes.items():
+        values[at[name]] = value
+    return new(*values)
 
 
 _BOUNDARY = r"(?<![0-9A-Fa-f.:]){}(?![0-9A-Fa-f]|\.[0-9]|:[0-9A-Fa-f]*:)"

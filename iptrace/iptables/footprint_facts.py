@@ -1,0 +1,121 @@
+"""What one rule's text says to a footprint (iptrace.iptables.footprint, whose docstring says why its key can be
+trusted): the text with its -s/-d values as "@", those tests, how the index files the rule, whether it never
+matches, its target, what it does that the key must know. The same on every node, so kept per process by text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from iptrace.errors import IptraceError
+from iptrace.iptables.compile import DNAT, NETMAP, REDIRECT, ChainCode
+from iptrace.iptables.index import rule_key
+from iptrace.iptables.matchers import Structure, binder_for, fast_tokens, rule_structure
+from iptrace.iptables.memo import structure_reads
+from iptrace.iptables.model import unquote
+from iptrace.iptables.state import parse_net
+
+# What a rule does that the key must know: nothing beyond matching, a DNAT (its target widens the question), a
+# rewrite to addresses the key cannot name (no footprint).
+KIND_PLAIN, KIND_DNAT, KIND_OPAQUE = 0, 1, 2
+Spec = tuple[bool, bool, tuple[tuple[int, int], ...]]  # (a source test, negated, networks as (net, mask))
+
+
+class Facts:
+    """One rule's text as a footprint reads it: `abstract` a digest of it with its -s/-d values as "@", `target`
+    its chain's name object (or one per name)."""
+
+    __slots__ = ("abstract", "goto", "host", "key", "kind", "nat_to", "never", "plain", "reads", "risky", "set_reads",
+                 "specs", "target")
+
+    def __init__(self, abstract: str, specs: tuple[tuple[bool, bool, tuple[tuple[int, int], ...]], ...],
+                 key: tuple[int, int, int | None] | None, host: int | None, never: bool, target: str,
+                 goto: bool, kind: int, nat_to: tuple[int | None, int | None] | None, reads: bool,
+                 set_reads: bool) -> None:
+        self.abstract = abstract
+        self.specs = specs  # (is a source test, negated, networks as (net, mask))
+        self.key = key
+        self.host = host
+        self.never = never
+        self.target = target
+        self.goto = goto
+        self.kind = kind
+        self.nat_to = nat_to
+        self.reads = reads  # reads an address other than through -s/-d, addrtype, a full-mask recent or a set
+        self.set_reads = set_reads  # -m set (membership unknown unless the tracer knows the set)
+        self.plain = not never and key is None and host is None and not specs  # matches any question
+        self.risky = kind == KIND_OPAQUE or reads or set_reads
+
+
+_FACTS: dict[tuple[int, str, bool, str], Facts] = {}
+FACTS_LIMIT = 400_000
+_ADDRESS_READS = frozenset({"src", "dst", "orig_dst"})
+
+
+def _full_mask(values: Sequence[str], version: int) -> bool:
+    try:
+        net = parse_net(unquote(values[0]) if values else "", version)
+    except IptraceError:
+        return False
+    return net is not None and net[0] == (1 << (32 if version == 4 else 128)) - 1
+
+
+def _address_reads(structure: Structure, tokens: Sequence[str], version: int) -> tuple[bool, bool]:
+    """(reads an address beyond what the key holds, reads it through -m set)."""
+    other: list[tuple[str, Any]] = []
+    set_reads = False
+    for module, specs in structure[0]:
+        if module in ("", "addrtype", "comment", "nfacct"):
+            continue
+        if module == "set":
+            set_reads = True
+            continue
+        if module == "recent":
+            # kube-proxy's affinity: equality of whole addresses, which naming them by role keeps.
+            masks = [tokens[idx[0]] for name, _neg, idx in specs if name == "--mask" and idx]
+            if not masks or _full_mask(masks, version):
+                continue
+        other.append((module, specs))
+    return bool(structure_reads((tuple(other), structure[1])) & _ADDRESS_READS), set_reads
+
+def rule_facts(cache: Any, code: ChainCode, i: int, is_chain: bool, target: str,
+           tokens: list[str] | None = None) -> Facts:
+    """The facts of rule `i` of `code`; `cache` is the footprint's node (its tracer, plans and structures kept
+    alive), `tokens` the rule's tokens when the caller has them."""
+    tracer = cache.tracer
+    rule = code.rules[i]
+    version = tracer.version
+    cache_key = (version, code.table, is_chain, rule.text)
+    found = _FACTS.get(cache_key)
+    if found is not None:
+        return found
+    c = code.compiled[i] or tracer._compile(code, i)
+    if tokens is None:
+        tokens = fast_tokens(rule.text)
+    structure = rule_structure(rule, tokens, tracer._structures)
+    binder = binder_for(structure, tracer._binders)  # (the compiler's: its structures stay alive)
+    abstract = list(tokens)
+    specs = []
+    for attr, negated, index in binder.addresses:
+        value = tokens[index] if index >= 0 else ""
+        if index >= 0:
+            abstract[index] = "@"
+        nets = tuple(n for n in (parse_net(v, version) for v in unquote(value).split(",") if v) if n is not None)
+        specs.append((attr == "src", negated, nets))
+    key, host = rule_key(rule, version, tracer._structures, cache.plans, cache.alive, tokens)
+    kind, nat_to = KIND_PLAIN, None
+    if c.action == DNAT:
+        kind, nat_to = KIND_DNAT, c.arg
+    elif c.action in (REDIRECT, NETMAP):
+        kind = KIND_OPAQUE
+    reads, set_reads = _address_reads(structure, tokens, version)
+    shape = rule.shape
+    found = Facts(hashlib.blake2b(" ".join(abstract).encode(), digest_size=16).hexdigest(), tuple(specs), key,
+                   host, bool(c.never), target, bool(shape is not None and shape.goto), kind, nat_to, reads, set_reads)
+    if len(_FACTS) >= FACTS_LIMIT:
+        _FACTS.clear()
+    _FACTS[cache_key] = found
+    return found
+
