@@ -37,23 +37,12 @@ from iptrace.iptables.restore import OpenTable
 # The pattern starts with the space before a value (replaced by " _") rather than a look-behind for it:
 # the regex engine then skips ahead to each space instead of trying every position (a third faster).
 _SHAPE_KEY_RE = re.compile(r' (?<!-m )(?<!--match )(?:"[^"\\]*(?:\\.[^"\\]*)*"|[^-!" ][^ ]*)')
-# A rule's shape key by its text, across loads (an audit worker's nodes write almost the same rules; a lookup
-# costs a fifth of the regex). A pure function of the text: the shapes stay per load, with their warnings.
-_SHAPE_KEYS: dict[str, str] = {}
 # Chain(name, policy, rules, counters, line) without the frozen dataclass's __init__ (a dump has ~10^5 chains).
 _new_chain = positional_new(Chain, ("name", "policy", "rules", "counters", "line"))
 _TABLE_LINE_RE = re.compile(r"^[ \t]*\*", re.MULTILINE)
 _CHAIN_RE = re.compile(r":(\S+)\s+(\S+)(?:\s+\[(\d+):(\d+)\])?\s*")
 _COUNTED_RULE_RE = re.compile(r"\[(\d+):(\d+)\]\s+-A\s")
 _IPV6_HINT_RE = re.compile(r" -[sd] !? ?[0-9a-fA-F]*:[0-9a-fA-F:]*[/ ]|icmp6|ipv6-icmp|icmpv6")
-
-
-def _shape_key(args: str) -> str:
-    """The shape key of a rule's arguments, kept in _SHAPE_KEYS (cleared when full; one string per key)."""
-    if len(_SHAPE_KEYS) >= 250_000:
-        _SHAPE_KEYS.clear()
-    key = _SHAPE_KEYS[args] = sys.intern(_SHAPE_KEY_RE.sub(" _", args))
-    return key
 
 
 def read_dump(path: str | Path) -> tuple[str, str]:
@@ -381,7 +370,7 @@ class _Loader:
         line_no = 0
         # add_rule's common case, inlined: this loop runs once per line of a 24 MB dump.
         shapes = self.shapes
-        shape_keys = _SHAPE_KEYS
+        shape_key = _SHAPE_KEY_RE.sub
         new_rule = tuple.__new__  # Rule(chain, args, None, line_no, shape) without Rule.__new__'s frame
         table_rules: dict[str, list[Rule]] = {}
         fast_rules = table_rules  # where -A lines go straight to; {} once a command edited the table
@@ -406,7 +395,7 @@ class _Loader:
                     self.add_rule(current, line, line_no, line[3:], None)
                     continue
                 args = line[sp + 1:]
-                shape = shapes.get(shape_keys.get(args) or _shape_key(args))
+                shape = shapes.get(shape_key(" _", args))
                 if shape is None:
                     self.add_rule(current, line, line_no, line[3:], None)  # a new shape: lark reads it
                     continue
