@@ -124,6 +124,22 @@ def test_cli_diff_of_an_iptables_dump_and_an_nft_ruleset(tmp_path: Path) -> None
     assert json.loads(result.output)["equivalent"] is True
 
 
+def test_the_node_addresses_one_side_names_serve_both_sides() -> None:
+    """iptables matches the node's addresses by addrtype, an nft ruleset lists them for its NodePorts: without
+    --node-ip the migration check takes them from the side that names them (so that an endpoint on the node's
+    own address is local on both sides), and says so on stderr; --node-ip needs no note."""
+    samples = Path(__file__).resolve().parent.parent / "sample_dumps"
+    a, b = str(samples / "nodeport-fb-backends.txt"), str(samples / "nodeport-fb-backends-nft.nft")
+    for args in ([a, b], [b, a]):
+        result = CliRunner().invoke(main, ["diff", *args])
+        assert result.exit_code == 0, result.output
+        assert "equivalent: every Service port is forwarded alike" in result.stdout, result.output
+        assert result.stderr.startswith(f"note: {a} does not name the node's own addresses; 192.168.49.2 from {b} "
+                                        "used for both sides"), result.stderr
+    result = CliRunner().invoke(main, ["diff", a, b, "--node-ip", "192.168.49.2"])
+    assert result.exit_code == 0 and not result.stderr and "equivalent:" in result.stdout
+
+
 SAMPLE_PAIRS = [("nodeport-fb-backends.txt", "nodeport-fb-backends-nft.nft"),
                 ("nodeport-fb-backends.txt", "nodeport-fb-backends-nft.json"),
                 ("nodeport-fb-backends.txt", "flannel-and-kube-proxy-nft.nft"),

@@ -463,11 +463,33 @@ def diff(a: str, b: str, output: str, cluster_files: tuple[str, ...], kubeconfig
     cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
     left = analysis_of(a, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table)
     right = analysis_of(b, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table)
+    if not node_ips and left.dataplane.name != right.dataplane.name:
+        left, right = _one_node(a, b, left, right, cluster, lenient, table)
     result = run_diff(left, right)
     if output == "json":
         emit_json(diff_to_json(result))
     else:
         click.echo(render_diff_text(result), nl=False)
+
+
+def _one_node(a: str, b: str, left: Any, right: Any, cluster: Any, lenient: bool, table: str | None) -> tuple[Any, Any]:
+    """The migration check compares one node in two modes: when only one side's rules (or collection) name the
+    node's addresses (an nft ruleset lists them for its NodePorts; iptables matches them by addrtype), the other
+    side is analysed with them too, so that traffic to the node's own address is local on both sides. Said on
+    stderr."""
+    from iptrace.kube.sources import of_family
+
+    def known(analysis: Any) -> tuple[str, ...]:
+        return analysis.node_ips or tuple(of_family(analysis.layout.node_ips, analysis.family))
+
+    found_left, found_right = known(left), known(right)
+    if bool(found_left) == bool(found_right):
+        return left, right
+    ips, (dump, other) = (found_left, (b, a)) if found_left else (found_right, (a, b))
+    click.echo(f"note: {dump} does not name the node's own addresses; {', '.join(ips)} from {other} used for both "
+               "sides (the migration check compares one node; --node-ip sets them)", err=True)
+    redone = analysis_of(dump, node_ips=ips, cluster=cluster, lenient=lenient, table=table)
+    return (left, redone) if found_left else (redone, right)
 
 
 if __name__ == "__main__":  # pragma: no cover
