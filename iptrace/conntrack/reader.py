@@ -198,7 +198,7 @@ class _Reader:
         lines = data.split(b"\n")
         keys = data.translate(None, VALUE_CHARS).split(b"\n")
         # Lines by key, each list in file order, the keys in the order they first appear: the lines of a key are
-        # then checked together against its shape (_bulk), by C-level maps instead of a loop body per line.
+        # then checked together against its shape (`bulk`), by C-level maps instead of a loop body per line.
         groups: dict[bytes, list[int]] = {}
         for n, key in enumerate(keys, 1):
             found = groups.get(key)
