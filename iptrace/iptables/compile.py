@@ -336,12 +336,6 @@ class Compiler:
             c.action = RETURN
         elif name in ("ACCEPT", "DROP", "REJECT"):
             c.action = {"ACCEPT": ACCEPT, "DROP": DROP, "REJECT": REJECT}[name]
-        elif name == "DNAT":
-            to = opts.get("--to-destination", "")
-            addr, port, c.note = _parse_nat_to(to, self.version) if to else (None, None, None)
-            c.action, c.arg = DNAT, (addr, port)
-            if not to:
-                c.note = f"{where}: DNAT without --to-destination: destination assumed unchanged"
         elif name == "REDIRECT":
             ports = opts.get("--to-ports", "")
             c.action, c.arg = REDIRECT, int(ports.split("-")[0]) if ports else None

@@ -34,12 +34,7 @@ from typing import Any
 from iptrace.dataplane import Footprint, Packet
 from iptrace.errors import IptraceError
 from iptrace.iptables.compile import ChainCode
-from iptrace.iptables.footprint_facts import FACTS_LIMIT as _FACTS_LIMIT
-from iptrace.iptables.footprint_facts import KIND_DNAT as _DNAT
-from iptrace.iptables.footprint_facts import KIND_OPAQUE as _OPAQUE
-from iptrace.iptables.footprint_facts import Facts as _Facts
-from iptrace.iptables.footprint_facts import Spec
-from iptrace.iptables.footprint_facts import rule_facts as _facts
+from iptrace.iptables.footprint_facts import FACTS_LIMIT, KIND_DNAT, KIND_OPAQUE, Facts, Spec, rule_facts
 from iptrace.iptables.index import MIN_RULES, KeyPlan
 from iptrace.iptables.match_modules import _address_types
 from iptrace.iptables.matchers import Structure, fast_tokens
@@ -52,7 +47,7 @@ _TARGETS: dict[str, str] = {}
 # (a short chain's content → its rules as (facts, the chain each jumps to), the chains they jump to, the other
 # targets that are not built in: a node where one of those is a chain, or one of the former is not, reads again)
 _CHAINS: dict[tuple[int, str, tuple[str, ...]],
-              tuple[list[tuple[_Facts, tuple[str, str] | None]], frozenset[str], frozenset[str]]] = {}
+              tuple[list[tuple[Facts, tuple[str, str] | None]], frozenset[str], frozenset[str]]] = {}
 _TEXT = itemgetter(1)  # (a Rule's text)
 _TARGET_NAMES: dict[str, str] = {}
 _KIND_TEXTS: dict[tuple[object, ...], str] = {}  # an address's kind (see _Node.kind) → its text in the key
@@ -66,11 +61,11 @@ class _Node:
     def __init__(self, tracer: Any) -> None:
         # Weak: the tracer holds this node, and a cycle would leave a whole ruleset to the cyclic collector.
         self.tracer = weakref.proxy(tracer)
-        self.chains: dict[tuple[str, str], list[tuple[_Facts, bool, str, int] | None]] = {}
+        self.chains: dict[tuple[str, str], list[tuple[Facts, bool, str, int] | None]] = {}
         self.plans: dict[int, KeyPlan] = {}
         self.alive: list[Structure] = []
         self._src_bits: dict[tuple[Spec, tuple[int, ...]], str] = {}
-        self._items: dict[tuple[str, str], list[tuple[_Facts, bool, str, int]]] = {}
+        self._items: dict[tuple[str, str], list[tuple[Facts, bool, str, int]]] = {}
         self._chains_read: dict[tuple[str, str], tuple[str, Any, Any]] = {}
         self._tables: dict[str, dict[str, Any]] = {}  # a table's chains by name (the ruleset's own index)
         # (read straight, not through the proxy: _read_chain runs for every chain a node's questions meet)
@@ -92,19 +87,19 @@ class _Node:
             self._context = _Context(self)
         return self._context
 
-    def items(self, code: ChainCode) -> list[tuple[_Facts, bool, str, int]]:
+    def items(self, code: ChainCode) -> list[tuple[Facts, bool, str, int]]:
         """Every rule of a (short, unindexed) chain as `rule` gives it."""
         found = self._items.get(code.key)
         if found is None:
             found = self._items[code.key] = [self.rule(code, i) for i in range(len(code.rules))]
         return found
 
-    def item(self, code: ChainCode, i: int) -> tuple[_Facts, tuple[str, str] | None, int]:
+    def item(self, code: ChainCode, i: int) -> tuple[Facts, tuple[str, str] | None, int]:
         """(facts, the chain it jumps to, line) of rule `i` of `code`."""
         f, is_chain, target, line = self.rule(code, i)
         return f, (code.table, target) if is_chain else None, line
 
-    def chain(self, key: tuple[str, str]) -> tuple[str, Sequence[tuple[_Facts, tuple[str, str] | None]] | None,
+    def chain(self, key: tuple[str, str]) -> tuple[str, Sequence[tuple[Facts, tuple[str, str] | None]] | None,
                                                    Any]:
         """(the chain's line in the key, its rules as (facts, the chain each jumps to) — None for an indexed
         chain, which a question reads through its index —, and what `line_of` needs to give their lines)."""
@@ -135,7 +130,7 @@ class _Node:
         if found is None or not names >= found[1] or (found[2] and not names.isdisjoint(found[2])):
             code = self.tracer._code(table, name)
             read = [self.rule(code, i) for i in range(len(code.rules))]
-            if len(_CHAINS) >= _FACTS_LIMIT // 4:
+            if len(_CHAINS) >= FACTS_LIMIT // 4:
                 _CHAINS.clear()
             found = _CHAINS[content] = (
                 [(f, (table, target) if is_chain else None) for f, is_chain, target, _line in read],
@@ -189,7 +184,7 @@ class _Node:
             found = self._index_keys[code.key] = (hosts, {k[1] for k in index.by_port})
         return found
 
-    def rule(self, code: ChainCode, i: int) -> tuple[_Facts, bool, str, int]:
+    def rule(self, code: ChainCode, i: int) -> tuple[Facts, bool, str, int]:
         """(facts, whether its target is a chain, that target, line) of rule `i` of `code`."""
         rules = self.chains.get(code.key)
         if rules is None:
@@ -206,12 +201,12 @@ class _Node:
                     tokens = fast_tokens(rule.text)
                     token = tokens[shape.target_index]
                 target = code.table_chains.get(token) or _TARGET_NAMES.setdefault(token, token)
-                if len(_TARGETS) >= _FACTS_LIMIT:
+                if len(_TARGETS) >= FACTS_LIMIT:
                     _TARGETS.clear()
                     _TARGET_NAMES.clear()
                 _TARGETS[rule.text] = target
             is_chain = target in code.table_chains and target not in BUILTIN_TARGETS
-            found = rules[i] = (_facts(self, code, i, is_chain, target, tokens), is_chain, target, rule.line)
+            found = rules[i] = (rule_facts(self, code, i, is_chain, target, tokens), is_chain, target, rule.line)
         return found
 
 
@@ -248,7 +243,7 @@ class _Context:
         self.specs: list[Spec] = []
         self.lines: list[int] = []
         self.targets: list[tuple[int | None, int | None]] = []
-        self.risky: list[tuple[_Facts, tuple[int, ...]]] = []
+        self.risky: list[tuple[Facts, tuple[int, ...]]] = []
         spec_ids: dict[Spec, int] = {}
         text: list[str] = []
         roots = [(t, c) for t in TABLES for c in BUILTIN_CHAINS[t]]
@@ -281,9 +276,9 @@ class _Context:
                 self.lines.append(line)
                 if is_chain:
                     jumps.append((key[0], target))
-                if f.kind == _DNAT and f.nat_to is not None:
+                if f.kind == KIND_DNAT and f.nat_to is not None:
                     self.targets.append(f.nat_to)
-                if f.kind == _OPAQUE or f.reads or f.set_reads:
+                if f.kind == KIND_OPAQUE or f.reads or f.set_reads:
                     self.risky.append((f, ids))
             todo.extend(reversed(jumps))
         self.specs = list(spec_ids)
@@ -337,7 +332,7 @@ class _Question:
             grew = True
         return grew and self.narrowed
 
-    def can_match(self, f: _Facts) -> bool:
+    def can_match(self, f: Facts) -> bool:
         if f.never:
             return False
         key = f.key
@@ -377,7 +372,7 @@ class _Question:
             found = self.dst_bits[spec] = _bits(spec, self.dst_list)
         return found
 
-    def entry(self, f: _Facts) -> str:
+    def entry(self, f: Facts) -> str:
         return f"{f.abstract} | {' '.join(self.bits(spec) for spec in f.specs)}" if f.specs else f.abstract
 
     def header(self) -> str:
@@ -394,15 +389,15 @@ class _Question:
             line_key = (roles[addr] or addr, kind(addr))
             line = _ADDR_LINES.get(line_key)
             if line is None:
-                if len(_ADDR_LINES) >= _FACTS_LIMIT:
+                if len(_ADDR_LINES) >= FACTS_LIMIT:
                     _ADDR_LINES.clear()
                 line = _ADDR_LINES[line_key] = f"addr {line_key[0]} {line_key[1]}"
             out.append(line)
         out.append(f"ports {sorted(self.ports)} protos {sorted(self.protos)}")
         return "\n".join(out)
 
-    def check(self, f: _Facts) -> None:
-        if f.kind == _OPAQUE:
+    def check(self, f: Facts) -> None:
+        if f.kind == KIND_OPAQUE:
             raise _Unsupported
         if (f.reads or (f.set_reads and self.ctx.ipsets)) and self.abstracts:
             raise _Unsupported
@@ -443,63 +438,57 @@ def _positions(node: _Node, code: ChainCode, q: _Question) -> Iterable[int]:
 
 
 def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set[tuple[str, str]],
-          ) -> tuple[list[str | _Facts], list[int]] | None:
+          ) -> tuple[list[str | Facts], list[int]] | None:
     """The chains and kept rules from `roots` (chains of `skip` are in the key already); None when a DNAT
     target widened the question after a rule was left out for want of it (walk again)."""
-    items: list[str | _Facts] = []
+    items: list[str | Facts] = []
     lines: list[int] = []
     seen: set[tuple[str, str]] = set(skip)
     todo = list(reversed(roots))
     can_match = q.can_match
-    read = node._chains_read
     while todo:
         key = todo.pop()
         if key in seen:
             continue
         seen.add(key)
-        head, rules, source = read.get(key) or node.chain(key)
+        head, rules, source = node.chain(key)
         items.append(head)
-        jumps: list[tuple[str, str]] = []
-        if rules is None:
+        if rules is None:  # (an indexed chain: the rules its index files under the question's keys)
             code = source
-            kept: list[tuple[_Facts, int, tuple[str, str] | None]] = []
-            for i in _positions(node, code, q):
-                f, jump, line = node.item(code, i)
-                if not f.plain and not can_match(f):
-                    continue
-                if f.kind == _DNAT and f.nat_to is not None and q.add_target(f.nat_to):
-                    return None
-                kept.append((f, line, jump))
-            for f, line, jump in _by_destination(kept) if len(kept) > 1 else kept:
-                items.append(f)
-                lines.append(line)
-                if jump is not None:
-                    jumps.append(jump)
+            candidates: Iterable[tuple[Facts, tuple[str, str] | None, int]] = (
+                node.item(code, i) for i in _positions(node, code, q))
         else:
-            for (f, jump), rule in zip(rules, source, strict=True):
-                if not f.plain and not can_match(f):
-                    continue
-                if f.kind == _DNAT and f.nat_to is not None and q.add_target(f.nat_to):
-                    return None
-                items.append(f)
-                lines.append(rule.line)
-                if jump is not None:
-                    jumps.append(jump)
+            candidates = ((f, jump, rule.line) for (f, jump), rule in zip(rules, source, strict=True))
+        kept: list[tuple[Facts, int, tuple[str, str] | None]] = []
+        for f, jump, line in candidates:
+            if not f.plain and not can_match(f):
+                continue
+            if f.kind == KIND_DNAT and f.nat_to is not None and q.add_target(f.nat_to):
+                return None
+            kept.append((f, line, jump))
+        if rules is None and len(kept) > 1:
+            kept = _by_destination(kept)
+        jumps: list[tuple[str, str]] = []
+        for f, line, jump in kept:
+            items.append(f)
+            lines.append(line)
+            if jump is not None:
+                jumps.append(jump)
         todo.extend(reversed(jumps))
     return items, lines
 
 
-def _by_destination(kept: list[tuple[_Facts, int, tuple[str, str] | None]],
-                    ) -> list[tuple[_Facts, int, tuple[str, str] | None]]:
+def _by_destination(kept: list[tuple[Facts, int, tuple[str, str] | None]],
+                    ) -> list[tuple[Facts, int, tuple[str, str] | None]]:
     """An indexed chain's kept rules in an order every node shares (kube-proxy writes KUBE-SERVICES in Go map
     order). A rule filed under a host (a definite `-d ADDR/32`) meets only packets to it, and a destination
     stays put along a chain (DNAT ends a nat chain's walk; REDIRECT, NETMAP give no footprint): two such rules
     for different hosts are never both met, so each run of them between other rules is sorted by host (stable:
     one host's rules keep their order). Lines go with their rules."""
-    out: list[tuple[_Facts, int, tuple[str, str] | None]] = []
-    run: list[tuple[_Facts, int, tuple[str, str] | None]] = []  # (rules filed under a host)
+    out: list[tuple[Facts, int, tuple[str, str] | None]] = []
+    run: list[tuple[Facts, int, tuple[str, str] | None]] = []  # (rules filed under a host)
 
-    def by_host(item: tuple[_Facts, int, Any]) -> int:
+    def by_host(item: tuple[Facts, int, Any]) -> int:
         return item[0].host or 0
 
     for item in kept:

@@ -402,9 +402,9 @@ class Tracer(ChainWalker):
             self._probabilities[s.prob] = probability
         # Steps, chains and the Service label are built only when read (most outcomes of a Service view never are).
         return new_outcome(verdict, destination, probability[1], masquerade,
-                            lambda: self._service(compiled_path(path_cell)), decided,
-                            lambda: tuple(self._step(c) for c in compiled_path(path_cell)), probability[0],
-                            original, final, lambda: chain_list(chains_cell), s.assumptions)
+                           lambda: self._service(compiled_path(path_cell)), decided,
+                           lambda: tuple(self._step(c) for c in compiled_path(path_cell)), probability[0],
+                           original, final, lambda: chain_list(chains_cell), s.assumptions)
 
 
 _CACHE: list[tuple[Ruleset, tuple[Any, ...], Tracer]] = []
