@@ -210,6 +210,36 @@ def test_lines_are_read_a_shape_at_a_time_yet_errors_come_in_file_order() -> Non
     assert [e.line for e in table.entries()] == [n for n in range(1, 6002) if n not in (2, 2502, 4002, 5002)]
 
 
+def test_a_chunk_of_one_shape_is_checked_a_column_at_a_time_yet_every_line_alone() -> None:
+    # Lines of one shape are checked as columns (the same word of every line at once). Damage that keeps a line's
+    # shape key must still be found on its own line, and the lines beside it read as they are.
+    lines = [_flow(i) for i in range(2000)]
+    damaged = {
+        502: lines[502].replace("tcp      6", "tcp   6   6"),  # a word more in conntrack's padding: the same key
+        903: lines[903].replace("sport=8443", "sport=\x00"),  # a NUL word, as the reader's own separator is
+        1204: lines[1204].replace("sport=8443", "sport=123456"),  # six digits
+        1305: lines[1305].replace("sport=8443", "sport=65536"),
+        1406: lines[1406].replace("src=10.0.0.9", "src=fd00::9"),  # an IPv6 address in an IPv4 line
+        1507: lines[1507].replace("src=10.0.0.9", "src=10.0.0.256"),
+    }
+    valid = {
+        101: lines[101].replace(" 431999 ", "  "),  # no timeout: the same key, one word fewer (another layout)
+        1608: lines[1608].replace("sport=8443", "sport=08443"),  # (conntrack never prints it; lark reads it)
+    }
+    text = "\n".join(damaged.get(i, valid.get(i, line)) for i, line in enumerate(lines)) + "\n"
+    assert error(text).startswith("ct.txt:503:")
+    table = load(text, source="ct.txt", lenient=True)
+    assert [s.line for s in table.skipped] == [n + 1 for n in sorted(damaged)]
+    assert len(table) == 2000 - len(damaged)
+    # Every entry equals the entry its line makes when read alone (lark and the vocabulary, no column check).
+    for e in table.entries():
+        (alone,) = read(e.text)
+        assert (alone.original, alone.reply, alone.timeout) == (e.original, e.reply, e.timeout)
+    assert [e.original.sport for e in table.to_address("10.96.0.1") if e.line == 1609] == [5000 + 1608]
+    assert [e.reply.sport for e in table.to_address("10.96.0.1") if e.line == 1609] == [8443]
+    assert [e.timeout for e in table.to_address("10.96.0.1") if e.line in (101, 102)] == [431999, None]
+
+
 def test_lenient_skips_bad_lines_and_says_which() -> None:
     table = load(f"{TCP}\ngarbage here\n{TCP.replace('5000', '5001')}\nudp 17 30 src=1.1.1.1\n", source="ct.txt",
                  lenient=True)

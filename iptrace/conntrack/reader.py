@@ -1,16 +1,16 @@
 """Text → ConntrackTable: `conntrack -L` (plain, `-o extended`, …) and /proc/net/nf_conntrack.
 
-A node's table can hold 100,000 flows (16 MB), so lines are read at about the speed of splitting them into
-words. Every line is keyed by its *shape*: the line with every character a value is made of (digits, hex
-digits, `.` and `:`) deleted — one `bytes.translate` over the whole file. A node's table repeats a few dozen
-shapes; lark parses one line of each new shape (which validates its structure and gives exact error columns)
-and `read_layout` says what each word is. Every other line of that shape is split into words and checked
-against it: its constant words (protocol, state, flags) by one tuple comparison, its value words by set
-membership: addresses and other values among the words already proven valid (a new word is checked once,
-then remembered), port words among all valid ones. The lines of one shape are checked together, a chunk at a
-time, by C-level maps over them (`_Reader.bulk`); the few a chunk refuses go one by one. A line that fails goes
-through lark and the vocabulary again, which name the column and what was expected. The whole file is checked;
-nothing is sampled.
+A node's table can hold 100,000 flows (16 MB), so lines are read faster than a tokenizer would split them.
+Every line is keyed by its *shape*: the line with every character a value is made of (digits, hex digits, `.`
+and `:`) deleted — one `bytes.translate` over the whole file. A node's table repeats a few dozen shapes; lark
+parses one line of each new shape (which validates its structure and gives exact error columns) and
+`read_layout` says what each word is. The other lines of that shape are checked together, a chunk at a time,
+a column at a time (`_Reader.bulk`: one split of the whole chunk, then the same word of every line as one
+list): constant words (protocol, state, flags) by counting, value words by set membership — addresses and
+other values among the words already proven valid (a new word is checked once, then remembered) — and port
+words, nearly unique per flow, by a few byte operations over the whole column. The few lines a chunk refuses
+go one by one (`line`); a line that fails goes through lark and the vocabulary again, which name the column
+and what was expected. The whole file is checked; nothing is sampled.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import ipaddress
 import re
 import sys
 from collections.abc import Callable, Sequence
-from functools import cache
 from itertools import compress
 from operator import itemgetter, not_
 from pathlib import Path
@@ -29,8 +28,8 @@ from typing import Any
 from iptrace.conntrack import grammar
 from iptrace.conntrack import vocabulary as v
 from iptrace.conntrack.layout import CONSTANT_ROLES, Layout, read_layout
-from iptrace.conntrack.shape import VALUE_CHARS, Shape
-from iptrace.conntrack.table import ConntrackTable, Skipped
+from iptrace.conntrack.shape import VALUE_CHARS, Shape, split_words
+from iptrace.conntrack.table import ConntrackTable, DstIndex, Skipped
 from iptrace.errors import InputError, ParseError
 
 _TRAILER_COUNT = re.compile(r"\): (\d+) flow entries have been shown\.\s*$")
@@ -70,6 +69,23 @@ def read_file(path: str | Path) -> tuple[bytes, str]:
     return data, name
 
 
+def _value(word: bytes, prefix: bytes, kind: str) -> int:
+    """What a value word (`key=value`, or a bare timeout) is: 4 or 6 for an address of that version, 1 for
+    another value of its kind, 0 for no valid value."""
+    if not word.startswith(prefix):
+        return 0
+    try:
+        value = word[len(prefix):].decode("ascii")
+    except UnicodeDecodeError:
+        return 0
+    if kind == v.ADDRESS:
+        try:
+            return ipaddress.ip_address(value).version
+        except ValueError:
+            return 0
+    return 1 if v.check_value(kind, value) else 0
+
+
 class _Checker:
     """Checks the main value words of a line that its proven set did not hold, and remembers the good ones.
     Proven words live in one set per family ("ipv4", "ipv6": its addresses, and the other values, which are
@@ -99,23 +115,14 @@ class _Checker:
                     continue
             elif word in (own if own is not None else v4):
                 continue
-            if not word.startswith(prefix):
-                return False
-            try:
-                value = word[len(prefix):].decode("ascii")
-            except UnicodeDecodeError:
+            found = _value(word, prefix, kind)
+            if not found:
                 return False
             if kind == v.ADDRESS:
-                try:
-                    version = ipaddress.ip_address(value).version
-                except ValueError:
-                    return False
-                versions.add(version)
-                valid[f"ipv{version}"].add(word)
-            elif v.check_value(kind, value):
-                new.append(word)
+                versions.add(found)
+                valid[f"ipv{found}"].add(word)
             else:
-                return False
+                new.append(word)
         for word in new:
             if own is not None:
                 own.add(word)
@@ -127,11 +134,27 @@ class _Checker:
         return not (self.family and versions and versions != {4 if self.family == "ipv4" else 6})
 
 
-@cache
-def port_words() -> frozenset[bytes]:
-    """Every valid port word (sport=0 … dport=65535): source ports are nearly unique per flow, so proving them
-    one at a time would cost a check per line. Built once per process."""
-    return frozenset([b"sport=%d" % port for port in range(65536)] + [b"dport=%d" % port for port in range(65536)])
+def _port(word: bytes, prefix: bytes) -> bool:
+    """A port word (`sport=N`) as check_value reads it: decimal digits, at most 65535."""
+    digits = word[len(prefix):]
+    return word.startswith(prefix) and digits.isdigit() and len(digits) <= 20 and int(digits) <= 0xFFFF
+
+
+def _port_column(column: list[bytes], prefix: bytes) -> bool:
+    """Whether every word of a column is a port word with this prefix of at most five digits (what `_port` says
+    of each, at C speed: source ports are nearly unique per flow, so they cannot be proven once and remembered
+    as addresses are; a word this refuses is checked alone, by `_port`)."""
+    joined = b" " + b" ".join(column)
+    spaced = b" " + prefix
+    if joined.count(spaced) != len(column):
+        return False  # (a word holds no spaces: each has at most one " sport=", so every word starts with it)
+    digits = joined.replace(spaced, b" ")  # " 5000 443 …": one value after each space
+    return (not digits.translate(None, b"0123456789 ") and b"  " not in digits and not digits.endswith(b" ")
+            and _OVER_16_BITS.search(digits) is None)
+
+
+# A value after a space with six digits or more, or five over 65535.
+_OVER_16_BITS = re.compile(rb" (?:6553[6-9]|655[4-9][0-9]|65[6-9][0-9]{2}|6[6-9][0-9]{3}|[7-9][0-9]{4}|[0-9]{6})")
 
 
 class _Reader:
@@ -179,6 +202,10 @@ class _Reader:
         # Every line has four addresses: the main group always has two positions or more, as itemgetter needs
         # to return a tuple; a group of one position is given twice.
         shape.main = itemgetter(*main)
+        shape.main_at = tuple(main)
+        shape.main_kinds = tuple(kinds(main))
+        shape.ports_at = tuple((i, layout.roles[i].prefix.encode()) for i in ports)
+        shape.others_at = tuple((tuple(pos), self.valid[kind]) for kind, pos in others.items())
         if layout.family is not None:
             shape.proven = self.valid[layout.family]
             shape.check = _Checker(self.valid, kinds(main), layout.family)
@@ -186,8 +213,6 @@ class _Reader:
             # Plain `conntrack -L` prints no family: an IPv6 line is proven by the IPv6 set.
             shape.proven = self.valid["ipv4"]
             shape.check = _either(self.valid["ipv6"], _Checker(self.valid, kinds(main), None))
-        if ports:
-            shape.ports = itemgetter(*(ports * 2 if len(ports) == 1 else ports))
         shape.others = tuple((itemgetter(*(pos * 2 if len(pos) == 1 else pos)), self.valid[kind],
                               _Checker(self.valid, kinds(pos * 2 if len(pos) == 1 else pos), layout.family, kind))
                              for kind, pos in others.items())
@@ -206,7 +231,7 @@ class _Reader:
                 groups[key] = [n]
             else:
                 found.append(n)
-        index: dict[bytes, list[int]] = {}  # the original destination's dst= word -> its lines
+        index = DstIndex()  # the original destination's dst= word -> its lines
         irregular: dict[int, Any] = {}
         last = len(lines)
         for key, numbers in groups.items():
@@ -238,36 +263,60 @@ class _Reader:
                 size = min(size * 2, _LAST_CHUNK)
         return self.finish(lines, keys, index, irregular)
 
-    def bulk(self, shape: Shape, numbers: list[int], lines: list[bytes], index: dict[bytes, list[int]]) -> list[int]:
-        """Checks lines of one key against the key's first shape all at once (what `line` does for one), and
-        indexes those that pass. Returns the others, in file order: another shape of the key, values not proven
-        yet, or errors, for `line` to tell apart."""
-        words = list(map(bytes.split, map(lines.__getitem__, [n - 1 for n in numbers])))
-        refused: list[int] = []
+    def bulk(self, shape: Shape, numbers: list[int], lines: list[bytes], index: DstIndex) -> list[int]:
+        """Checks lines of one key against the key's first shape all at once (what `line` does for one), a column
+        at a time (split_words: the same word of every line), and indexes those that pass. Returns the others,
+        in file order: another shape of the key, values not proven yet, or errors, for `line` to tell apart."""
+        count = len(numbers)
+        words = split_words([lines[n - 1] for n in numbers], shape.words)
+        if words is None:
+            return numbers  # (a line with another number of words: each is read alone)
+        stride = shape.words + 1
+        bad: set[int] = set()
+        for at, const in zip(shape.constant_at, shape.consts, strict=True):
+            column = words[at::stride]
+            if column.count(const) != count:
+                bad.update(compress(range(count), map(const.__ne__, column)))
+        proven = shape.proven
+        for at, (prefix, kind) in zip(shape.main_at, shape.main_kinds, strict=True):
+            column = words[at::stride]
+            if not proven.issuperset(column):
+                # New values (addresses, timeouts) are checked once each, not once per line that holds them.
+                self.prove(set(column).difference(proven), prefix, kind)
+                if not proven.issuperset(column):
+                    bad.update(compress(range(count), map(not_, map(proven.__contains__, column))))
+        for at, prefix in shape.ports_at:
+            column = words[at::stride]
+            if not _port_column(column, prefix):
+                bad.update(i for i, word in enumerate(column) if not _port(word, prefix))
+        for positions, proven in shape.others_at:
+            # (rare: icmp's id=) each line's values not proven yet are checked here, as `line` would
+            for at in positions:
+                column = words[at::stride]
+                if not proven.issuperset(column):
+                    bad.update(i for i, word in enumerate(column) if word not in proven and i not in bad
+                               and not _others(shape, words[i * stride:i * stride + shape.words]))
+        destinations = words[shape.dst::stride]
+        if not bad:
+            index.add(destinations, numbers)
+            return []
+        good = [i not in bad for i in range(count)]
+        index.add(list(compress(destinations, good)), list(compress(numbers, good)))
+        return [numbers[i] for i in sorted(bad)]
 
-        def keep(passed: list[bool]) -> None:
-            nonlocal numbers, words
-            if passed.count(True) != len(passed):
-                refused.extend(compress(numbers, map(not_, passed)))
-                numbers, words = list(compress(numbers, passed)), list(compress(words, passed))
+    def prove(self, words: set[bytes], prefix: bytes, kind: str) -> None:
+        """Remembers which of these words of one position are valid (what _Checker does a line at a time; an
+        IPv6 address is proven for IPv6 lines only, so that one lookup still proves a line's family)."""
+        valid = self.valid
+        for word in words:
+            found = _value(word, prefix, kind)
+            if kind == v.ADDRESS and found:
+                valid[f"ipv{found}"].add(word)
+            elif found:
+                valid["ipv4"].add(word)
+                valid["ipv6"].add(word)
 
-        keep(list(map(shape.words.__eq__, map(len, words))))  # (itemgetters need the words to be there)
-        keep(list(map(shape.consts.__eq__, map(shape.constants, words))))
-        keep(list(map(shape.proven.issuperset, map(shape.main, words))))
-        if shape.ports is not None:
-            keep(list(map(port_words().issuperset, map(shape.ports, words))))
-        if shape.others:
-            keep([_others(shape, w) for w in words])
-        for dst, n in zip(map(itemgetter(shape.dst), words), numbers, strict=True):
-            found = index.get(dst)
-            if found is None:
-                index[dst] = [n]
-            else:
-                found.append(n)
-        refused.sort()
-        return refused
-
-    def line(self, n: int, line: bytes, key: bytes, index: dict[bytes, list[int]], irregular: dict[int, Any], *,
+    def line(self, n: int, line: bytes, key: bytes, index: DstIndex, irregular: dict[int, Any], *,
              last: bool) -> None:
         """One line, against each shape of its key, else through lark (`slow`)."""
         candidates = self.shapes.get(key)
@@ -279,17 +328,17 @@ class _Reader:
                 values = shape.main(words)
                 if not shape.proven.issuperset(values) and not shape.check(values):
                     continue
-                if shape.ports is not None and not port_words().issuperset(shape.ports(words)):
+                if not all(_port(words[at], prefix) for at, prefix in shape.ports_at):
                     continue
                 if shape.others and not _others(shape, words):
                     continue
-                index.setdefault(words[shape.dst], []).append(n)
+                index.add_one(words[shape.dst], n)
                 return
             self.slow(n, line, key, index, irregular, last=last)
         elif line.strip():
             self.slow(n, line, key, index, irregular, last=last)
 
-    def finish(self, lines: list[bytes], keys: list[bytes], index: dict[bytes, list[int]],
+    def finish(self, lines: list[bytes], keys: list[bytes], index: DstIndex,
                irregular: dict[int, Any]) -> ConntrackTable:
         """The table, once every line is read. Lines were read a key at a time: what is kept per line is put back
         in file order, and strict mode raises the first error in the file."""
@@ -301,15 +350,13 @@ class _Reader:
             if not self.lenient:
                 raise exc
             self.skipped.append(Skipped(exc.line, exc.reason))
-        for numbers in index.values():
-            numbers.sort()
         self.trailers.sort()
         table = ConntrackTable(self.source, lines, keys, self.shapes, index, dict(sorted(irregular.items())),
                                skipped=tuple(self.skipped),
                                trailer_count=sum(c for _, c in self.trailers) if self.trailers else None)
         return self.check_count(table)
 
-    def slow(self, n: int, raw: bytes, key: bytes, index: dict[bytes, list[int]], irregular: dict[int, Any], *,
+    def slow(self, n: int, raw: bytes, key: bytes, index: DstIndex, irregular: dict[int, Any], *,
              last: bool) -> None:
         """A line of a new shape, or one the fast path refused: lark and the layout say what it is (or what is
         wrong with it, where)."""
@@ -343,7 +390,7 @@ class _Reader:
         bucket = self.shapes.setdefault(key, [])
         if shape not in bucket:
             bucket.append(shape)
-        index.setdefault(words[shape.dst], []).append(n)
+        index.add_one(words[shape.dst], n)
 
     def trailer(self, n: int, text: str) -> None:
         m = _TRAILER_COUNT.search(text)

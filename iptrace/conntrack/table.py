@@ -11,9 +11,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import compress
 
 from iptrace.conntrack.model import ConntrackEntry
-from iptrace.conntrack.shape import Shape, shape_of
+from iptrace.conntrack.shape import Shape, shape_of, split_words
 from iptrace.dataplane import join_host_port
 
 
@@ -50,12 +51,64 @@ class FlowGroup:
         return self.reply_src if self.reply_sport is None else join_host_port(self.reply_src, self.reply_sport)
 
 
+class DstIndex:
+    """Entry lines by the `dst=` word of their original direction, kept as the reader checked them: a column of
+    those words beside a column of line numbers, one pair per chunk of lines. A question concerns one
+    destination, found by comparing every word of the columns at C speed (no per-line dict to build for the
+    whole table); a dict of them all is built only when every destination is asked for."""
+
+    def __init__(self) -> None:
+        self._columns: list[tuple[list[bytes], list[int]]] = []
+        self._words: list[bytes] = []  # lines checked one at a time (the reader's `line`): one more column
+        self._numbers: list[int] = []
+        self._by_word: dict[bytes, list[int]] | None = None
+        self.count = 0
+
+    def add(self, words: list[bytes], numbers: list[int]) -> None:
+        self._columns.append((words, numbers))
+        self.count += len(numbers)
+
+    def add_one(self, word: bytes, number: int) -> None:
+        self._words.append(word)
+        self._numbers.append(number)
+        self.count += 1
+
+    def _all(self) -> Iterator[tuple[list[bytes], list[int]]]:
+        yield from self._columns
+        yield self._words, self._numbers
+
+    def lines_of(self, word: bytes) -> list[int]:
+        """The lines whose original destination is `word`, in file order."""
+        if self._by_word is not None:
+            return self._by_word.get(word, [])
+        return sorted([n for words, numbers in self._all() for n in compress(numbers, map(word.__eq__, words))])
+
+    def by_word(self) -> dict[bytes, list[int]]:
+        """Every destination word's lines, in file order."""
+        if self._by_word is None:
+            out: dict[bytes, list[int]] = {}
+            for words, numbers in self._all():
+                for word, n in zip(words, numbers, strict=True):
+                    found = out.get(word)
+                    if found is None:
+                        out[word] = [n]
+                    else:
+                        found.append(n)
+            for lines in out.values():
+                lines.sort()
+            self._by_word = out
+        return self._by_word
+
+    def numbers(self) -> list[int]:
+        return [n for _words, numbers in self._all() for n in numbers]
+
+
 class ConntrackTable:
     """`flows_to(ip, port, proto)` the groups of entries to a destination; `to_address(ip)` and `entries()` the
     entries themselves."""
 
     def __init__(self, source: str, lines: list[bytes], keys: list[bytes], shapes: dict[bytes, list[Shape]],
-                 index: dict[bytes, list[int]], irregular: dict[int, ConntrackEntry], *,
+                 index: DstIndex, irregular: dict[int, ConntrackEntry], *,
                  skipped: tuple[Skipped, ...] = (), warnings: tuple[Skipped, ...] = (),
                  trailer_count: int | None = None) -> None:
         self.source = source
@@ -69,7 +122,7 @@ class ConntrackTable:
         self.skipped = skipped
         self.warnings = warnings
         self.trailer_count = trailer_count
-        self.entry_count = sum(len(lines) for lines in index.values()) + len(irregular)
+        self.entry_count = index.count + len(irregular)
 
     def __len__(self) -> int:
         return self.entry_count
@@ -96,7 +149,7 @@ class ConntrackTable:
         return found[0].builder(text.split(), line, text, self.address)
 
     def line_numbers(self) -> list[int]:
-        return sorted([n for lines in self._index.values() for n in lines] + list(self._irregular))
+        return sorted(self._index.numbers() + list(self._irregular))
 
     def entries(self) -> Iterator[ConntrackEntry]:
         for n in self.line_numbers():
@@ -113,24 +166,24 @@ class ConntrackTable:
         except ValueError:
             return []
         dport = f"dport={port}".encode()
-        groups: dict[tuple[Shape, tuple[bytes, ...]], list[int]] = {}
         # An IPv4 address has one spelling (leading zeros are refused): its lines are found by their word.
-        numbers = (self._index.get(b"dst=" + wanted.encode(), ()) if self._by_address is None and "." in wanted
-                   else self._address_index().get(wanted, ()))
-        lines, keys, shapes = self._lines, self._keys, self._shapes
-        for n in numbers:
-            found = shape_of(shapes, lines[n - 1], keys[n - 1], read=True)
-            assert found is not None, f"line {n} holds no entry"
-            shape, words = found
-            if (proto is None or shape.proto == proto) and (
-                    port is None or (shape.dport >= 0 and words[shape.dport] == dport)):
-                groups.setdefault((shape, shape.key(words)), []).append(n)
+        numbers = (self._index.lines_of(b"dst=" + wanted.encode()) if self._by_address is None and "." in wanted
+                   else self._address_index().get(wanted, []))
+        groups: dict[tuple[Shape, tuple[bytes, ...]], list[int]] = {}
+        for shape, lines, keys in self._keyed(numbers, proto, None if port is None else dport):
+            for n, key in zip(lines, keys, strict=True):
+                found = groups.get((shape, key))
+                if found is None:
+                    groups[(shape, key)] = [n]
+                else:
+                    found.append(n)
         out = []
         for (shape, key), lines in groups.items():
             src, reply = self.address(key[2][4:].decode()), self.address(key[3][4:].decode())
             family = shape.family or ("ipv6" if ":" in src else "ipv4")
             out.append(FlowGroup(family, shape.proto, wanted, int(key[1][6:]) if shape.dport >= 0 else None, src,
                                  reply, int(key[4][6:]) if shape.rsport >= 0 else None, shape.state, tuple(lines)))
+        out.sort(key=lambda g: g.lines[0])  # (in the order of their first lines, as the file has them)
         for e in self._irregular.values():
             o, r = e.original, e.reply
             if o.dst == wanted and (proto is None or e.proto == proto) and (port is None or o.dport == port):
@@ -141,11 +194,51 @@ class ConntrackTable:
         """The entries whose original destination is `ip` (and port, protocol when given), in line order."""
         return tuple(self.entry_at(n) for n in sorted(n for g in self.flows_to(ip, port, proto) for n in g.lines))
 
+    def _keyed(self, numbers: list[int], proto: str | None, dport: bytes | None,
+               ) -> Iterator[tuple[Shape, list[int], Iterator[tuple[bytes, ...]]]]:
+        """Lines (in file order) a shape at a time, of this protocol and `dport=` word when given, with the words
+        `Shape.key` picks from each: a shape's lines are split together (split_words), since one destination can
+        have tens of thousands of them."""
+        by_key: dict[bytes, list[int]] = {}
+        keys = self._keys
+        for n in numbers:
+            found = by_key.get(keys[n - 1])
+            if found is None:
+                by_key[keys[n - 1]] = [n]
+            else:
+                found.append(n)
+        for key, lines in by_key.items():
+            shapes = [s for s in self._shapes[key] if proto is None or s.proto == proto]
+            if dport is not None:
+                shapes = [s for s in shapes if s.dport >= 0]
+            if not shapes:
+                continue
+            if len(shapes) == len(self._shapes[key]) == 1:
+                shape = shapes[0]
+                words = split_words([self._lines[n - 1] for n in lines], shape.words)
+                if words is not None:
+                    stride = shape.words + 1
+                    columns = [words[k::stride] for k in shape.key_at]
+                    if dport is not None:
+                        wanted = list(map(dport.__eq__, columns[1]))
+                        lines = list(compress(lines, wanted))
+                        columns = [list(compress(column, wanted)) for column in columns]
+                    yield shape, lines, zip(*columns, strict=True)
+                    continue
+            for n in lines:
+                found = shape_of(self._shapes, self._lines[n - 1], key, read=True)
+                assert found is not None, f"line {n} holds no entry"
+                shape, words = found
+                if shape in shapes and (dport is None or words[shape.dport] == dport):
+                    yield shape, [n], iter([shape.key(words)])
+
     def _address_index(self) -> dict[str, list[int]]:
         if self._by_address is None:
             out: dict[str, list[int]] = {}
-            for word, lines in self._index.items():
+            for word, lines in self._index.by_word().items():
                 out.setdefault(self.address(word[4:].decode("ascii")), []).extend(lines)
+            for lines in out.values():
+                lines.sort()  # (an IPv6 address spelled two ways: two words)
             self._by_address = out
         return self._by_address
 
