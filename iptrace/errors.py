@@ -21,12 +21,26 @@ class ParseError(IptraceError):
         super().__init__(f"{where}: {message}")
 
     def with_caret(self) -> str:
-        """The message plus the offending line with a caret under the column (for humans)."""
+        """The message plus the offending line with a caret under the column (for humans). A long line (the JSON
+        of `nft -j list ruleset` is one line of megabytes) is shown as the stretch around the column; tabs
+        before the column are kept in the caret's line, so that the caret stands under it as the terminal
+        expands them."""
         if not self.text:
             return str(self)
-        col = max(self.column, 1)
         shown = self.text.rstrip("\r\n")
-        return f"{self}\n  {shown}\n  {' ' * (col - 1)}^"
+        col = min(max(self.column, 1), len(shown) + 1)
+        start, before, after = 0, "", ""
+        if len(shown) > _LONG_LINE:
+            start = max(0, min(col - 1 - _WINDOW // 2, len(shown) - _WINDOW))
+            before = "…" if start else ""
+            after = "…" if start + _WINDOW < len(shown) else ""
+            shown = shown[start:start + _WINDOW]
+        pad = "".join(c if c == "\t" else " " for c in before + shown[:col - 1 - start])
+        return f"{self}\n  {before}{shown}{after}\n  {pad}^"
+
+
+_LONG_LINE = 200  # longer offending lines are shown as a window of _WINDOW characters around the column
+_WINDOW = 160
 
 
 class DumpSemanticError(ParseError):

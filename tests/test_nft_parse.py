@@ -401,6 +401,11 @@ def test_json_reads_into_the_same_model_with_handles() -> None:
      "x.nft:5:9: '1.2.3.999' is not an IPv4 address; expected an element of type ipv4_addr"),
     ('{"nftables": [ {"table": }', "x.nft:1:26: not valid JSON: Expecting value; expected the output of "
                                    "`nft -j list ruleset`"),
+    ('{"nftables": [ {"table": {"name": "kube-pro', "x.nft:1:35: not valid JSON: a string starts here and never "
+     "ends; expected the output of `nft -j list ruleset` (the file ends in the middle of the document: it looks "
+     "truncated)"),
+    ('{"nftables": [ {"table": {"name": "kube-proxy"}},\n', "x.nft:2:1: not valid JSON: Expecting value; expected "
+     "the output of `nft -j list ruleset` (the file ends in the middle of the document: it looks truncated)"),
     ("", "x.nft:1:1: no nftables table found; expected `nft list ruleset` output (table ip kube-proxy { … }) or "
          "kube-proxy's transaction text (add table ip kube-proxy …)"),
 ])

@@ -337,7 +337,11 @@ def load_json(text: str, *, source: str = "<ruleset>", lenient: bool = False) ->
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         line_text = text.split("\n")[exc.lineno - 1] if exc.lineno >= 1 else ""
-        raise ParseError(f"not valid JSON: {exc.msg}; expected the output of `nft -j list ruleset`",
+        unterminated = exc.msg.startswith("Unterminated string")  # (json names where the string starts)
+        why = "a string starts here and never ends" if unterminated else exc.msg
+        cut = (" (the file ends in the middle of the document: it looks truncated)"
+               if unterminated or not text[exc.pos:].strip() else "")
+        raise ParseError(f"not valid JSON: {why}; expected the output of `nft -j list ruleset`{cut}",
                          source=source, line=exc.lineno, column=exc.colno, text=line_text) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("nftables"), list):
         raise ParseError('JSON without an "nftables" list; expected the output of `nft -j list ruleset`',

@@ -1,0 +1,45 @@
+"""How a parse error shows its line to a person: the stretch of a long line around the column, tabs kept in the
+caret's line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from iptrace.cli import main
+from iptrace.errors import ParseError
+
+FB_JSON = Path(__file__).resolve().parent.parent / "sample_dumps" / "nodeport-fb-backends-nft.json"
+
+
+def test_a_long_line_is_shown_around_the_column() -> None:
+    text = "x" * 1000 + "!" + "y" * 1000
+    shown, caret = ParseError("bad", source="f", line=1, column=1001, text=text).with_caret().splitlines()[1:]
+    assert shown == "  …" + "x" * 80 + "!" + "y" * 79 + "…"
+    assert caret.index("^") == shown.index("!")
+    # Near either end, the window stays inside the line: one ellipsis, the caret still under its character.
+    shown, caret = ParseError("bad", column=3, text=text).with_caret().splitlines()[1:]
+    assert shown == "  " + text[:160] + "…" and caret == "    ^"
+    shown, caret = ParseError("bad", column=2002, text=text).with_caret().splitlines()[1:]
+    assert shown == "  …" + text[-160:] and caret.index("^") == len(shown)
+    # A short line is shown whole.
+    assert ParseError("bad", column=2, text="ab\n").with_caret().splitlines()[1:] == ["  ab", "   ^"]
+
+
+def test_tabs_before_the_column_stay_in_the_caret_line() -> None:
+    _, shown, caret = ParseError("bad", column=4, text="\t\tx y").with_caret().splitlines()
+    assert shown == "  \t\tx y" and caret == "  \t\t ^"
+
+
+def test_a_truncated_nft_json_file_is_one_short_error(tmp_path: Path) -> None:
+    # `nft -j list ruleset` writes one line: the error shows the stretch where the file was cut, not the whole
+    # ruleset.
+    cut = tmp_path / "cut.json"
+    cut.write_text(FB_JSON.read_text()[:2000])
+    result = CliRunner().invoke(main, ["services", str(cut)])
+    assert result.exit_code == 1
+    first, shown, caret = result.stderr.splitlines()
+    assert first.startswith(f"Error: {cut}:1:") and first.endswith("(the file ends in the middle of the document: "
+                                                                   "it looks truncated)")
+    assert len(shown) <= 2 + 1 + 160 + 1 and shown[caret.index("^")] == '"'
