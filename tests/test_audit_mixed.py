@@ -114,3 +114,30 @@ def test_with_cluster_data_every_node_is_compared_with_the_api(tmp_path: Path) -
                  {"node-c": stale})
     report = audit(inputs_from_directory(snap, cluster=cluster), cluster)
     assert ("node-c", "stale-endpoints", "default/web:http") in ids(report), render_audit_text(report, verbose=True)
+
+
+def test_directories_saved_by_hand_are_nodes_whatever_dump_they_hold(tmp_path: Path) -> None:
+    # A person who saved `iptables-save` on one node and `nft list ruleset` on another (no meta.json, no
+    # kubelet-only iptables-save.txt) audits them as one fleet: no node is skipped for lack of a file.
+    hand = tmp_path / "hand"
+    for node, mode in {"node-a": "iptables", "node-c": "nftables"}.items():
+        write_node(tmp_path / "snap", node, mode, base_services())
+        (hand / node).mkdir(parents=True)
+        name = store.DUMP_FILE if mode == "iptables" else store.NFT_FILE
+        (hand / node / name).write_bytes((tmp_path / "snap" / node / name).read_bytes())
+    (hand / "node-x").mkdir()
+    (hand / "node-x" / store.META_FILE).write_text('{"node": "node-x"}')  # its dump lost: said, not skipped
+    assert [store.is_node_dir(hand / n) for n in ("node-a", "node-c", "node-x")] == [True, True, False]
+    result = CliRunner().invoke(main, ["audit", str(hand), "-o", "json"])
+    assert result.exit_code == 3, result.output  # (an error finding: node-x's load-error)
+    doc = json.loads(result.stdout)
+    assert [(n["name"], n["status"], n["mode"]) for n in doc["nodes"]] == [
+        ("node-a", "ok", "iptables"), ("node-c", "ok", "nftables"), ("node-x", "load-error", "-")]
+    missing = next(f for f in doc["findings"] if f["node"] == "node-x")
+    assert "iptables-save.txt: missing" in missing["detail"] and "nft-ruleset.txt" in missing["detail"]
+    # One such directory alone is a node too, for audit as for services.
+    alone = CliRunner().invoke(main, ["audit", str(hand / "node-c"), "-o", "json"])
+    assert alone.exit_code == 0 and [n["mode"] for n in json.loads(alone.stdout)["nodes"]] == ["nftables"]
+    services = CliRunner().invoke(main, ["services", str(hand / "node-c"), "-o", "json"])
+    assert services.exit_code == 0 and len(json.loads(services.stdout)) == len(json.loads(
+        CliRunner().invoke(main, ["services", str(tmp_path / "snap" / "node-c"), "-o", "json"]).stdout))

@@ -174,7 +174,11 @@ def test_store_rejects_what_is_not_a_node_dir(tmp_path: Path):
     assert not store.is_node_dir(tmp_path / "n")
     with pytest.raises(InputError, match=r"iptables-save\.txt: missing"):
         store.read_node_dir(tmp_path / "n")
+    (tmp_path / "n" / "nft-ruleset.txt").write_text("table ip t {\n}\n")  # (saved by hand on an nft node)
+    assert store.is_node_dir(tmp_path / "n")
+    assert store.read_node_dir(tmp_path / "n").dump_path == tmp_path / "n" / "nft-ruleset.txt"
     (tmp_path / "n" / "iptables-save.txt").write_text("*filter\nCOMMIT\n")
+    assert store.read_node_dir(tmp_path / "n").dump_path == tmp_path / "n" / "iptables-save.txt"
     (tmp_path / "n" / "meta.json").write_text("{not json")
     with pytest.raises(InputError, match=r"meta\.json: unreadable metadata"):
         store.read_node_dir(tmp_path / "n")

@@ -133,15 +133,16 @@ def node_directories(directory: Any) -> list[Path]:
     if store.is_node_dir(root):
         candidates = [root]
     elif root.is_dir():
-        candidates = sorted((c for c in root.iterdir() if c.is_dir() and not c.name.startswith(".")
-                             and ((c / store.DUMP_FILE).exists() or (c / store.META_FILE).exists())),
+        # (a subdirectory with meta.json alone is a node whose dump is missing: said, not skipped)
+        candidates = sorted((c for c in root.iterdir() if not c.name.startswith(".")
+                             and (store.is_node_dir(c) or (c / store.META_FILE).is_file())),
                             key=lambda c: c.name)
     elif not root.exists():
         raise InputError(f"{root}: no such file or directory")
     else:
         raise InputError(f"{root}: not a directory; expected the --out directory of `iptrace collect`")
     if not candidates:
-        raise InputError(f"{root}: no node directories (NODE/iptables-save.txt + NODE/meta.json) found; "
+        raise InputError(f"{root}: no node directories (NODE/{store.DUMP_FILE} or NODE/{store.NFT_FILE}) found; "
                          "run `iptrace collect NODE... --out DIR` first")
     return candidates
 

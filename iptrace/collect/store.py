@@ -60,8 +60,9 @@ class NodeSnapshot:
 
 
 def is_node_dir(path: Path) -> bool:
-    """True when `path` looks like one node of a collection (it holds a dump and meta.json)."""
-    return path.is_dir() and (path / DUMP_FILE).is_file() and (path / META_FILE).is_file()
+    """True when `path` looks like one node of a collection: it holds the node's iptables-save.txt or, on a node
+    in nftables mode saved by hand, only its nft-ruleset.txt (meta.json is optional, as read_node_dir reads it)."""
+    return path.is_dir() and ((path / DUMP_FILE).is_file() or (path / NFT_FILE).is_file())
 
 
 def read_node_dir(path: Path) -> NodeSnapshot:
@@ -71,9 +72,12 @@ def read_node_dir(path: Path) -> NodeSnapshot:
         raise InputError(f"{path}: not a directory; expected a node directory written by `iptrace collect`")
     meta_path = path / META_FILE
     dump_path = path / DUMP_FILE
+    if not dump_path.is_file() and (path / NFT_FILE).is_file():
+        dump_path = path / NFT_FILE  # (a node in nftables mode whose ruleset alone was saved: it is the dump)
     if not dump_path.is_file():
         raise InputError(f"{dump_path}: missing; {path} is not a collected node directory "
-                         "(run `iptrace collect` again for this node)")
+                         f"(run `iptrace collect` again for this node, or save its rules there as {DUMP_FILE} "
+                         f"or {NFT_FILE})")
     meta: dict[str, Any] = {}
     if meta_path.is_file():
         try:
