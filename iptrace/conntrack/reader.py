@@ -32,6 +32,7 @@ from iptrace.conntrack.shape import VALUE_CHARS, Shape, split_words
 from iptrace.conntrack.table import ConntrackTable, DstIndex, Skipped
 from iptrace.errors import InputError, ParseError
 
+_BEFORE = (-1).__add__  # a 1-based line number -> its index
 _TRAILER_COUNT = re.compile(r"\): (\d+) flow entries have been shown\.\s*$")
 # Lines of one key checked at once first, then twice as many each time up to the last size (see _Reader.read):
 # the words of a chunk are freed before the next one's are made, so that memory is reused, not taken anew.
@@ -165,6 +166,7 @@ class _Reader:
         self.compiled: dict[tuple[Any, ...], Shape] = {}
         # Words proven valid (see _Checker): per family, and per kind for keys of several kinds.
         self.valid: dict[str, set[bytes]] = {k: set() for k in ("ipv4", "ipv6", *_AMBIGUOUS)}
+        self.ports: set[bytes] = set()  # port words of columns with few values (a source port's are not kept)
         self.skipped: list[Skipped] = []
         self.trailers: list[tuple[int, int]] = []  # (line, count)
         self.entries = sys.maxsize  # the first line read as an entry
@@ -205,7 +207,8 @@ class _Reader:
         shape.main_at = tuple(main)
         shape.main_kinds = tuple(kinds(main))
         shape.ports_at = tuple((i, layout.roles[i].prefix.encode()) for i in ports)
-        shape.others_at = tuple((tuple(pos), self.valid[kind]) for kind, pos in others.items())
+        shape.others_at = tuple((tuple(zip(pos, kinds(pos), strict=True)), self.valid[kind])
+                                for kind, pos in others.items())
         if layout.family is not None:
             shape.proven = self.valid[layout.family]
             shape.check = _Checker(self.valid, kinds(main), layout.family)
@@ -268,7 +271,7 @@ class _Reader:
         at a time (split_words: the same word of every line), and indexes those that pass. Returns the others,
         in file order: another shape of the key, values not proven yet, or errors, for `line` to tell apart."""
         count = len(numbers)
-        words = split_words([lines[n - 1] for n in numbers], shape.words)
+        words = split_words(list(map(lines.__getitem__, map(_BEFORE, numbers))), shape.words)
         if words is None:
             return numbers  # (a line with another number of words: each is read alone)
         stride = shape.words + 1
@@ -280,22 +283,32 @@ class _Reader:
         proven = shape.proven
         for at, (prefix, kind) in zip(shape.main_at, shape.main_kinds, strict=True):
             column = words[at::stride]
+            first = column[0]
+            if first == column[-1] and first in proven and column.count(first) == count:
+                continue  # (mark=0, use=1, zone=…: one value, compared without hashing every word)
             if not proven.issuperset(column):
                 # New values (addresses, timeouts) are checked once each, not once per line that holds them.
                 self.prove(set(column).difference(proven), prefix, kind)
                 if not proven.issuperset(column):
                     bad.update(compress(range(count), map(not_, map(proven.__contains__, column))))
+        ports = self.ports
         for at, prefix in shape.ports_at:
             column = words[at::stride]
-            if not _port_column(column, prefix):
-                bad.update(i for i, word in enumerate(column) if not _port(word, prefix))
-        for positions, proven in shape.others_at:
-            # (rare: icmp's id=) each line's values not proven yet are checked here, as `line` would
-            for at in positions:
+            if ports.issuperset(column):
+                continue  # (a Service's port: a few values; a client's source port fails at once, then below)
+            if _port_column(column, prefix):
+                if len(set(column[:64])) <= 16:
+                    ports.update(column)
+                continue
+            bad.update(i for i, word in enumerate(column) if not _port(word, prefix))
+        for positions, own in shape.others_at:
+            # (icmp's id=: its own set of proven words, per kind)
+            for at, (prefix, kind) in positions:
                 column = words[at::stride]
-                if not proven.issuperset(column):
-                    bad.update(i for i, word in enumerate(column) if word not in proven and i not in bad
-                               and not _others(shape, words[i * stride:i * stride + shape.words]))
+                if not own.issuperset(column):
+                    own.update(w for w in set(column).difference(own) if _value(w, prefix, kind))
+                    if not own.issuperset(column):
+                        bad.update(compress(range(count), map(not_, map(own.__contains__, column))))
         destinations = words[shape.dst::stride]
         if not bad:
             index.add(destinations, numbers)

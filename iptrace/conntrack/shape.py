@@ -52,7 +52,8 @@ class Shape:
         self.main_at: tuple[int, ...] = ()
         self.main_kinds: tuple[tuple[bytes, str], ...] = ()  # (b"key=", kind) of each
         self.ports_at: tuple[tuple[int, bytes], ...] = ()  # (position, its prefix: b"sport=")
-        self.others_at: tuple[tuple[tuple[int, ...], set[bytes]], ...] = ()
+        # ((position, (b"key=", kind)) of each, the kind's own set of proven words) per kind
+        self.others_at: tuple[tuple[tuple[tuple[int, tuple[bytes, str]], ...], set[bytes]], ...] = ()
         self.main: Callable[[Sequence[bytes]], tuple[bytes, ...]] = itemgetter(0, 0)
         self.proven: set[bytes] = set()
         self.check: Callable[[tuple[bytes, ...]], bool] = lambda words: False
