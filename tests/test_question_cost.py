@@ -64,6 +64,26 @@ def test_endpoint_addresses_searched_then_from_their_set_answer_alike() -> None:
     assert [ip in fresh for ip in asked[:10]] == [ip in set(members) for ip in asked[:10]]  # (searched)
 
 
+def test_endpoint_addresses_are_found_in_kube_proxys_own_option_order() -> None:
+    # kube-proxy's restore input writes the hairpin rule's comment before its -s (iptables-save prints -s first):
+    # its endpoints are endpoints all the same, searched or from the set, and `explain` about one names its Service.
+    text = (SAMPLES[0].parent / "nodeport-fb-backends.txt").read_text()
+    moved = re.sub(r'^(-A KUBE-SEP-\S+) (-s \S+) (-m comment --comment "[^"]*")', r"\1 \3 \2", text, flags=re.M)
+    assert '--comment "default/fb-backends:ka-port" -s 10.244.1.7/32' in moved
+    ruleset = load(moved, source="moved.txt")
+    members = _hairpin_reference(load(text))
+    searched = KubeChains(ruleset).endpoint_ips
+    assert all(ip in searched for ip in members) and "10.244.1.70" not in searched
+    whole = KubeChains(ruleset).endpoint_ips
+    assert [ip in whole for ip in [f"192.0.2.{i}" for i in range(40)]] == [False] * 40  # (past the searches)
+    assert all(ip in whole for ip in members) and getattr(whole, "_set", None) is not None
+    from iptrace.explain import Explainer
+
+    report = Explainer(analysis(ruleset)).explain("10.244.1.7", 8001, proto="tcp")
+    assert [d.id for e in report.explanations for d in e.diagnoses][:1] == ["not-a-service-address"]
+    assert "an endpoint of default/fb-backends:ka-port" in report.explanations[0].diagnoses[0].summary
+
+
 def _pod_detection_reference(r: _Reader) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """pod_detection reading every candidate rule (no shortcut)."""
     cidrs: list[str] = []

@@ -22,10 +22,21 @@ SEP = "KUBE-SEP-"
 FILTER_CHAINS = (SERVICES, EXTERNAL_SERVICES, NODEPORTS, PROXY_FIREWALL)
 
 
-_HAIRPIN_SOURCE = re.compile(r"\n-s ([^/ \n]+)")  # (over "\n"-joined rule texts: each line's leading `-s`)
+# Over "\n"-joined rule texts: each line's `-s`, leading as iptables-save prints it, or after the comment as
+# kube-proxy's own restore input has it (`-m comment --comment ns/svc:port -s 10.180.0.1 -j KUBE-MARK-MASQ`).
+_HAIRPIN_SOURCE = re.compile(r"[\n ]-s ([^/ \n]+)")
 # Every per-Service-port chain name, found in the "\n"-joined chain names: (name, prefix, hash), as chain_key
 # splits it (each prefix is "KUBE-<word>-"), one regex pass instead of a Python call per name.
 _SERVICE_CHAIN = re.compile("^((" + "|".join(map(re.escape, SERVICE_PORT_CHAIN_PREFIXES)) + ")(.*))$", re.M)
+
+
+def _found(text: str, needle: str) -> bool:
+    """Whether `needle` (`-s IP`) is in `text` followed by the end of its address (one scan; the text ends with
+    a newline)."""
+    at = text.find(needle)
+    while at >= 0 and text[at + len(needle)] not in "/ \n":
+        at = text.find(needle, at + 1)
+    return at >= 0
 
 
 class _Hairpins:
@@ -55,11 +66,7 @@ class _Hairpins:
         if len(self._asked) >= self._SEARCHES:
             self._set = frozenset(_HAIRPIN_SOURCE.findall(self._text))
             return ip in self._set
-        text, needle = self._text, f"\n-s {ip}"
-        at = text.find(needle)
-        while at >= 0 and text[at + len(needle)] not in "/ \n":  # (one scan; the text ends with "\n")
-            at = text.find(needle, at + 1)
-        found = self._asked[ip] = at >= 0
+        found = self._asked[ip] = any(_found(self._text, f"{lead}-s {ip}") for lead in "\n ")
         return found
 
 
