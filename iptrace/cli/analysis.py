@@ -79,7 +79,7 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
     """
     batch()
     from iptrace.errors import InputError
-    from iptrace.kube.select import select
+    from iptrace.kube.select import select_ports
     from iptrace.render.graph import render_dot, render_mermaid
     from iptrace.render.services import iter_services_json, render_services_text
 
@@ -91,7 +91,7 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
     errors = []
     for analysis in analyses_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table):
         try:
-            pairs.append((analysis, select(analysis.view, namespace=namespace, service=service, address=address,
+            pairs.append((analysis, select_ports(analysis, namespace=namespace, service=service, address=address,
                                            source=analysis.ruleset.source)))
         except InputError as exc:  # a filter that matches only in the other family
             errors.append(exc)

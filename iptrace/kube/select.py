@@ -1,16 +1,19 @@
 """Narrowing a Service view to what was asked for (`--namespace`, `--service`, `--address`), and refusing to
 answer about something the dump does not hold: after a typo, an empty view would read as "this node forwards
-nothing". Pure: takes the whole view and the filters, raises InputError naming the closest things it has."""
+nothing". `select` takes a whole view; `select_ports` builds only the Service ports that may match (a Service
+of a 5,000-Service dump is answered in about the time of reading it), and gives the same answer. Both raise
+InputError naming the closest things the dump has."""
 
 from __future__ import annotations
 
 import difflib
 import ipaddress
-from collections.abc import Iterable
-from dataclasses import replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 from iptrace.errors import InputError
-from iptrace.kube.view import KubeView, ServicePortView, split_destination
+from iptrace.kube.view import KubeView, port_identity, split_destination
 
 _SHOWN = 5  # names listed when none is close
 
@@ -22,31 +25,85 @@ def select(view: KubeView, *, namespace: str | None = None, service: str | None 
     narrowed = filter_view(view, namespace=namespace, service=service, address=address)
     if narrowed.services or (namespace is None and service is None and address is None):
         return narrowed
-    services = view.services
-    if namespace is not None and not filter_view(view, namespace=namespace).services:
-        raise InputError(_no_namespace(namespace, services, source))
-    if service is not None and not filter_view(view, service=service).services:
-        raise InputError(_no_service(service, services, source))
-    if address is not None and not filter_view(view, address=address).services:
-        raise InputError(_no_address(address, services, source))
+    raise InputError(_refusal(view.services, namespace, service, address, source))
+
+
+@dataclass(frozen=True, slots=True)
+class _Port:
+    """What the filters and their refusals read of a Service port, from its layout (its ways in are the
+    addresses its entries will have) and, when an address is asked for, its endpoints."""
+
+    key: str
+    namespace: str
+    name: str
+    port_name: str
+    protocol: str
+    label: str
+    chains: tuple[str, ...]
+    entries: tuple[Any, ...]
+    endpoints: tuple[Any, ...] = ()
+
+
+def select_ports(analysis: Any, *, namespace: str | None = None, service: str | None = None,
+                 address: str | None = None, source: str = "<dump>") -> KubeView:
+    """`select(analysis.view, …)` building the views of the Service ports that may match only: their layouts
+    say who they are and where they are reached, the layout's endpoint index which have an endpoint at an
+    address; the filters then run on their views as `select` runs them on the whole view."""
+    if namespace is None and service is None and address is None:
+        return analysis.view  # type: ignore[no-any-return]
+    layout = analysis.layout
+    # Every port's layout (also what the view's full warnings need), in the view's order.
+    ports = sorted((_port(sp) for sp in layout.service_ports),
+                   key=lambda p: (p.namespace, p.name, p.port_name, p.protocol))
+    keys = {p.key for p in _matching(ports, namespace, service, address)}
+    if address is not None:
+        ip, _port_number = _split_address_filter(address)
+        by_key = {p.key: p for p in ports}
+        named = {p.key for p in _matching(ports, namespace, service, None)}
+        keys |= {k for k in layout.endpoint_keys(_normalised(ip)) if k in named and k in by_key}
+    narrowed = filter_view(analysis.views.view_of(k for k in layout.keys if k in keys), namespace=namespace,
+                           service=service, address=address)
+    if narrowed.services:
+        return narrowed
+    if address is not None:  # (what a refusal offers for an address includes every endpoint)
+        ports = [replace(p, endpoints=analysis.port_facts(p.key).endpoints) for p in ports]
+    raise InputError(_refusal(ports, namespace, service, address, source))
+
+
+def _port(sp: Any) -> _Port:
+    who = port_identity(sp)
+    return _Port(sp.key, who.namespace, who.name, who.port_name, who.protocol, who.label, sp.chains, sp.ways_in)
+
+
+def _refusal(services: Sequence[Any], namespace: str | None, service: str | None, address: str | None,
+             source: str) -> str:
+    """Why no Service port matches: the filter that matches nothing on its own, with the closest names or
+    addresses `services` has; else the filters that match only apart."""
+    if namespace is not None and not _matching(services, namespace, None, None):
+        return _no_namespace(namespace, services, source)
+    if service is not None and not _matching(services, None, service, None):
+        return _no_service(service, services, source)
+    if address is not None and not _matching(services, None, None, address):
+        return _no_address(address, services, source)
     asked = " ".join(f"{flag} {value}" for flag, value in (("--namespace", namespace), ("--service", service),
                                                             ("--address", address)) if value is not None)
     alone = []
-    for flag, value, key in (("--service", service, "service"), ("--address", address, "address")):
+    for flag, value, one in (("--service", service, (None, service, None)),
+                             ("--address", address, (None, None, address))):
         if value is not None:
-            labels = sorted({s.label for s in filter_view(view, **{key: value}).services})
+            labels = sorted({s.label for s in _matching(services, *one)})
             more = f" (and {len(labels) - _SHOWN} more)" if len(labels) > _SHOWN else ""
             alone.append(f"{flag} {value} alone matches {', '.join(labels[:_SHOWN])}{more}")
-    raise InputError(f"{asked}: no Service port in {source} matches all of these together; {'; '.join(alone)}")
+    return f"{asked}: no Service port in {source} matches all of these together; {'; '.join(alone)}"
 
 
-def _no_namespace(namespace: str, services: tuple[ServicePortView, ...], source: str) -> str:
+def _no_namespace(namespace: str, services: Sequence[Any], source: str) -> str:
     known = sorted({s.namespace for s in services if s.namespace})
     offer = _offer(namespace, known, "namespaces")
     return f"--namespace {namespace}: no Service in namespace {namespace!r} in {source}; {offer}"
 
 
-def _no_service(service: str, services: tuple[ServicePortView, ...], source: str) -> str:
+def _no_service(service: str, services: Sequence[Any], source: str) -> str:
     base, _, port = service.partition(":")
     ports = sorted(s.port_name or "(unnamed)" for s in services if f"{s.namespace}/{s.name}" == base)
     if port and ports:
@@ -59,7 +116,7 @@ def _no_service(service: str, services: tuple[ServicePortView, ...], source: str
     return f"--service {service}: no Service port {service} in {source}; {_offer(service, known, 'Service ports')}"
 
 
-def _no_address(address: str, services: tuple[ServicePortView, ...], source: str) -> str:
+def _no_address(address: str, services: Sequence[Any], source: str) -> str:
     ip, port = _split(address)
     owners: dict[str, str] = {}
     for s in services:
@@ -126,23 +183,40 @@ def filter_view(view: KubeView, namespace: str | None = None, service: str | Non
                 address: str | None = None) -> KubeView:
     """The view restricted to one namespace, one Service ("NS/NAME", every port of it, or a chain name for
     an unnamed one) and/or one address (IP or IP:PORT: a ClusterIP, external/LB IP, endpoint or nodePort)."""
-    services = view.services
+    services = _matching(view.services, namespace, service, address)
+    if services == view.services:
+        return view
+    kept = {c for s in services for c in s.chains}
+    return replace(view, services=services, chain_labels={c: lab for c, lab in view.chain_labels.items() if c in kept})
+
+
+def _matching(services: Sequence[Any], namespace: str | None, service: str | None,
+              address: str | None) -> tuple[Any, ...]:
+    """The Service ports (views, or anything with their names, chains, entries and endpoints) the filters
+    match, in their order."""
+    out = tuple(services)
     if namespace is not None:
-        services = tuple(s for s in services if s.namespace == namespace)
+        out = tuple(s for s in out if s.namespace == namespace)
     if service is not None:
         want_ns, _, want_name = service.partition("/")
         if not want_name:
-            services = tuple(s for s in services if s.name == service or service in s.chains)
+            out = tuple(s for s in out if s.name == service or service in s.chains)
         else:
             want_name, _, want_port = want_name.partition(":")
-            services = tuple(s for s in services if s.namespace == want_ns and s.name == want_name
-                             and (not want_port or s.port_name == want_port))
+            out = tuple(s for s in out if s.namespace == want_ns and s.name == want_name
+                        and (not want_port or s.port_name == want_port))
     if address is not None:
         ip, port = _split_address_filter(address)
-        services = tuple(s for s in services if _touches(s, ip, port))
-    labels = {c: lab for c, lab in view.chain_labels.items() if any(c in s.chains for s in services)} \
-        if services != view.services else view.chain_labels
-    return replace(view, services=services, chain_labels=labels)
+        ip = _normalised(ip)
+        out = tuple(s for s in out if _touches(s, ip, port))
+    return out
+
+
+def _normalised(ip: str) -> str:
+    try:
+        return str(ipaddress.ip_address(ip))
+    except ValueError:
+        return ip
 
 
 def _split_address_filter(text: str) -> tuple[str, int | None]:
@@ -154,11 +228,7 @@ def _split_address_filter(text: str) -> tuple[str, int | None]:
     return text, None
 
 
-def _touches(s: ServicePortView, ip: str, port: int | None) -> bool:
-    try:
-        ip = str(ipaddress.ip_address(ip))
-    except ValueError:
-        pass
+def _touches(s: Any, ip: str, port: int | None) -> bool:
     for e in s.entries:
         if e.address == ip and (port is None or e.port == port):
             return True

@@ -9,7 +9,7 @@ kind of client — so the view and a trace of the same packet cannot disagree. D
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Container, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from sys import intern
 from typing import Any, NamedTuple
@@ -457,6 +457,11 @@ class _Builder:
         return PortFacts(**_port_fields(sp, sp.ways_in), endpoints=tuple(self.endpoints(sp)), entries=sp.ways_in)
 
 
+def port_identity(sp: ServicePortLayout) -> PortIdentity:
+    """Who a Service port is and where it is reached (its view's first fields), from its layout alone."""
+    return PortIdentity(**_port_fields(sp, sp.ways_in))
+
+
 def _port_fields(sp: ServicePortLayout, entries: Sequence[Any]) -> dict[str, Any]:
     """A port's identity and addresses, read off its ways in (or the entries made of them: the same kinds,
     addresses and ports)."""
@@ -566,12 +571,21 @@ class ViewBuilder:
             finally:
                 if enabled:
                     gc.enable()
-            services.sort(key=lambda s: s.sort_key)
-            labels = {c: label for s in services for label in (s.label,) for c in s.chains}  # one str a port
-            self._view = KubeView(layout.proxy, tuple(services), labels, layout.node_port_addresses,
-                                  layout.pod_cidrs, layout.pod_interfaces, layout.masquerade_mark,
-                                  layout.random_fully, layout.family, layout.warnings, self.source, self.clients)
+            self._view = self._assemble(services)
         return self._view
+
+    def view_of(self, keys: Iterable[str]) -> KubeView:
+        """The view of these Service ports only, each built as `view` builds it, with the node-wide facts of the
+        whole view (a question about a few Service ports of a big dump builds those)."""
+        return self._assemble([self.port(key) for key in dict.fromkeys(keys)])
+
+    def _assemble(self, services: list[ServicePortView]) -> KubeView:
+        layout = self.layout
+        services.sort(key=lambda s: s.sort_key)
+        labels = {c: label for s in services for label in (s.label,) for c in s.chains}  # one str a port
+        return KubeView(layout.proxy, tuple(services), labels, layout.node_port_addresses, layout.pod_cidrs,
+                        layout.pod_interfaces, layout.masquerade_mark, layout.random_fully, layout.family,
+                        layout.warnings, self.source, self.clients)
 
 
 def build_view(layout: Layout, tracer: Tracer, *, source: str = "<dump>", node_ips: Sequence[str] = (),
