@@ -101,7 +101,9 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
         first = pairs[0][1]
         pairs = [(pairs[0][0], replace(first, services=tuple(s for _, v in pairs for s in v.services),
                                        chain_labels={k: lab for _, v in pairs for k, lab in v.chain_labels.items()}))]
-    findings = [f for a, v in pairs for f in (_cluster_findings(a, cluster, dump, v) if cluster is not None else [])]
+    filtered = namespace is not None or service is not None or address is not None
+    findings = [f for a, v in pairs
+                for f in (_cluster_findings(a, cluster, dump, v, filtered) if cluster is not None else [])]
     if output == "json":
         # Written as each Service port's object is made: a big node's whole answer is never held at once.
         items = (item for _, v in pairs for item in iter_services_json(v, cluster))
@@ -149,19 +151,15 @@ def _with_findings(items: Iterator[dict[str, Any]], by_label: dict[str, list[Any
         yield item
 
 
-def _cluster_findings(analysis: Any, cluster: Any, dump: str, view: Any) -> list[Any]:
+def _cluster_findings(analysis: Any, cluster: Any, dump: str, view: Any, filtered: bool) -> list[Any]:
     """The API comparison for the Services shown (and, unfiltered, the Services the node lacks)."""
     from iptrace.kube.audit import kube_node_for
     from iptrace.kube.compare import compare_with_cluster, view_service_label
 
     name = Path(dump).name if dump != "-" else "stdin"
     node_name = kube_node_for(name, analysis.node_ips, cluster)
-    findings = compare_with_cluster(analysis, cluster, node_name=node_name, node=name)
-    full = analysis.view
-    if len(view.services) == len(full.services):
-        return findings
-    shown = {view_service_label(s) for s in view.services}
-    return [f for f in findings if f.service in shown]
+    shown = {view_service_label(s) for s in view.services} if filtered else None
+    return compare_with_cluster(analysis, cluster, node_name=node_name, node=name, labels=shown)
 
 
 def _render_svg(dot: str) -> str:

@@ -7,7 +7,7 @@ dictionary look-ups. Dataplane-free: iptables and nftables nodes are explained b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from iptrace.dataplane import Packet, Trace, join_host_port
@@ -79,8 +79,9 @@ class Explainer:
         return Report(join_host_port(dst, dport), proto, explanations, _differences(explanations))
 
 
-def _cluster_findings(analysis: Any, cluster: Any, node_ips: Sequence[str]) -> list[Any]:
-    """Where this node's rules disagree with the API (stale-endpoints, missing-service, …), computed once."""
+def _cluster_findings(analysis: Any, cluster: Any, node_ips: Sequence[str]) -> Callable[[list[str]], list[Any]]:
+    """Where this node's rules disagree with the API (stale-endpoints, missing-service, …) about some Service
+    ports: a question compares those it concerns, not the whole node."""
     from iptrace.kube.compare import compare_with_cluster
 
     node_name = None
@@ -89,7 +90,7 @@ def _cluster_findings(analysis: Any, cluster: Any, node_ips: Sequence[str]) -> l
         if node is not None:
             node_name = node.name
             break
-    return compare_with_cluster(analysis, cluster, node_name=node_name)
+    return lambda labels: compare_with_cluster(analysis, cluster, node_name=node_name, labels=labels)
 
 
 def _verdict(trace: Trace) -> str:

@@ -278,7 +278,7 @@ def cluster_disagreements(case: Case) -> list[Diagnosis]:
     """compare_with_cluster's findings (stale-endpoints, missing-service, …) for the Services this packet
     concerns: those that own its address (in the rules or in the API), the one it reached, the nodePort's."""
     facts = case.facts
-    if not facts.findings_by_label:
+    if not facts.has_cluster:
         return []
     # The Services that own the address, narrowed to the port asked for when one of them has it (a port
     # missing from the rules or renumbered in the API concerns every port of the address).
@@ -293,10 +293,7 @@ def cluster_disagreements(case: Case) -> list[Diagnosis]:
         labels |= facts.api_labels_by_node_port.get(case.dport, set())
     for svc in facts.ports_of_chains(c for _table, c in case.dnat[0].chains) if case.dnat else []:
         labels.add(finding_label(svc.namespace, svc.name, svc.port_name, svc.protocol))
-    out: list[Diagnosis] = []
-    for name in sorted(labels):
-        out.extend(facts.findings_by_label.get(name, ()))
-    return out
+    return facts.cluster_findings(labels)
 
 
 # -- putting it together ------------------------------------------------------------------------------------

@@ -110,6 +110,8 @@ class Facts:
         # With cluster data: compare_with_cluster's findings by service port label, and which labels own an
         # address or a nodePort in the API (a Service missing from the rules is known only there).
         self.findings_by_label: dict[str, list[Diagnosis]] = {}
+        self._compare: Callable[[list[str]], Iterable[Any]] | None = None  # the findings about some labels
+        self._compared: set[str] = set()
         self.api_ports_by_address: dict[str, set[tuple[str, int, str]]] = {}  # (label, port, proto)
         self.api_labels_by_node_port: dict[int, set[str]] = {}
 
@@ -174,15 +176,14 @@ class Facts:
             self._listing = listing or "none"
         return self._listing
 
-    def add_cluster(self, cluster: Any, findings: Iterable[Any]) -> None:
-        """Index the API's Services and compare_with_cluster's findings (iptrace.kube.compare.Finding)."""
+    def add_cluster(self, cluster: Any, findings: Iterable[Any] | Callable[[list[str]], Iterable[Any]]) -> None:
+        """Index the API's Services and compare_with_cluster's findings (iptrace.kube.compare.Finding): all of
+        them, or a function that gives those about some Service ports (asked for as questions need them)."""
         self.has_cluster = True
-        for f in findings:
-            if f.service is None:
-                continue
-            self.findings_by_label.setdefault(f.service, []).append(Diagnosis(
-                f.id, f.severity, f.summary, f.detail, f.fix,
-                tuple(Evidence(line, rule) for line, rule in f.evidence)))
+        if callable(findings):
+            self._compare = findings
+        else:
+            self._index_findings(findings)
         for svc in cluster.services:
             for port in svc.ports:
                 name = finding_label(svc.namespace, svc.name, port.name, port.protocol)
@@ -192,6 +193,24 @@ class Facts:
                             (name, port.port, port.protocol.lower()))
                 if port.node_port:
                     self.api_labels_by_node_port.setdefault(port.node_port, set()).add(name)
+
+    def _index_findings(self, findings: Iterable[Any]) -> None:
+        for f in findings:
+            if f.service is None:
+                continue
+            self.findings_by_label.setdefault(f.service, []).append(Diagnosis(
+                f.id, f.severity, f.summary, f.detail, f.fix,
+                tuple(Evidence(line, rule) for line, rule in f.evidence)))
+
+    def cluster_findings(self, labels: Iterable[str]) -> list[Diagnosis]:
+        """compare_with_cluster's findings about these Service ports, by label in order (each compared once)."""
+        wanted = sorted(set(labels))
+        if self._compare is not None:
+            new = [name for name in wanted if name not in self._compared]
+            if new:
+                self._index_findings(self._compare(new))
+                self._compared.update(new)
+        return [d for name in wanted for d in self.findings_by_label.get(name, ())]
 
     def evidence(self, lines: Iterable[int], limit: int = 4) -> tuple[Evidence, ...]:
         """The dump's own text of `lines` (rule lines; others are skipped), in order, at most `limit`."""

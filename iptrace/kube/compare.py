@@ -9,7 +9,7 @@ the dataplane); pure: no I/O, no printing; findings are values for `render.audit
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -33,8 +33,9 @@ from iptrace.kube.view import (
     HEALTH_CHECK,
     LOAD_BALANCER,
     NODE_PORT,
-    KubeView,
+    PortIdentity,
     ServicePortView,
+    port_identity,
 )
 
 Severity = Literal["error", "warning", "info"]
@@ -98,7 +99,7 @@ def _address(ip: str, port: int | None) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
-def view_service_label(sp: ServicePortView) -> str:
+def view_service_label(sp: PortIdentity) -> str:
     """How findings and diffs name a service port of a view (the chain name for an unnamed one)."""
     if not sp.namespace:
         return sp.name if sp.protocol == "tcp" else f"{sp.name}/{sp.protocol}"
@@ -124,15 +125,32 @@ class Evidence:
         return tuple((x, self._ruleset.line_text(x) or "") for x in wanted)
 
 
-def _identify(view: KubeView, cluster: ClusterState, dataplane: Any) -> dict[int, tuple[str, str, str, str]]:
-    """(ns, name, port name, protocol) for each service port of the view, by index: the view's own name (a view
-    built with the cluster data has the dataplane's names for comment-less chains), else one of its chains
-    named as the dataplane names a Service port's chains, else its ClusterIP and port, else (filter-only
-    fragments of a comment-less dump) its nodePort."""
+@dataclass(frozen=True, slots=True)
+class _Port:
+    """A Service port as its layout says it (no walk): who it is, its chains, its number of ways in. What the
+    comparison pairs with the API's ports; the view of a port is built only when a finding about it is wanted."""
+
+    key: str
+    who: PortIdentity
+    chains: tuple[str, ...]
+    ways: int
+    lines: tuple[int, ...]
+
+    @property
+    def label(self) -> str:
+        return view_service_label(self.who)
+
+
+def _identify(ports: Sequence[_Port], cluster: ClusterState,
+              dataplane: Any) -> dict[int, tuple[str, str, str, str]]:
+    """(ns, name, port name, protocol) for each service port, by index: its own name (a layout read with the
+    cluster data has the dataplane's names for comment-less chains), else one of its chains named as the
+    dataplane names a Service port's chains, else its ClusterIP and port, else (filter-only fragments of a
+    comment-less dump) its nodePort."""
     by_chain: dict[str, tuple[str, str, str, str]] = {}
     by_address: dict[tuple[str, int, str], tuple[str, str, str, str]] = {}
     by_node_port: dict[tuple[int, str], tuple[str, str, str, str]] = {}
-    if any(not sp.namespace for sp in view.services):
+    if any(not p.who.namespace for p in ports):
         for svc, port in cluster.service_ports():
             key = (svc.namespace, svc.name, port.name, port.protocol.lower())
             for role in ("cluster", "local", "external", "firewall"):
@@ -144,11 +162,12 @@ def _identify(view: KubeView, cluster: ClusterState, dataplane: Any) -> dict[int
             if svc.health_check_node_port:
                 by_node_port.setdefault((svc.health_check_node_port, "tcp"), key)
     out: dict[int, tuple[str, str, str, str]] = {}
-    for i, sp in enumerate(view.services):
+    for i, p in enumerate(ports):
+        sp = p.who
         if sp.namespace:
             out[i] = (sp.namespace, sp.name, sp.port_name, sp.protocol)
             continue
-        found = next((by_chain[c] for c in sp.chains if c in by_chain), None)
+        found = next((by_chain[c] for c in p.chains if c in by_chain), None)
         if found is None and sp.cluster_ip is not None and sp.port is not None:
             found = by_address.get((_canonical(sp.cluster_ip), sp.port, sp.protocol))
         if found is None and sp.cluster_ip is None:
@@ -166,7 +185,8 @@ def _identify(view: KubeView, cluster: ClusterState, dataplane: Any) -> dict[int
 
 class _Comparer:
     def __init__(self, analysis: Any, cluster: ClusterState, node_name: str | None, node: str) -> None:
-        self.view: KubeView = analysis.view
+        self.analysis = analysis
+        self.proxy = analysis.layout.proxy
         self.dataplane = analysis.dataplane
         self.cluster = cluster
         self.node_name = node_name
@@ -189,52 +209,65 @@ class _Comparer:
         self.findings.append(Finding(id_, severity, self.node, service, summary, detail, fix,
                                      self.evidence(lines)))
 
-    def run(self) -> list[Finding]:
-        view, cluster = self.view, self.cluster
-        if view.proxy.mode not in ("iptables", "nftables"):
+    def run(self, labels: Collection[str] | None = None) -> list[Finding]:
+        """The findings, or only those about the Service ports `labels` names (Finding.service): the ports are
+        paired with the API's by their layouts, and a port's view is built only for a finding wanted."""
+        layout, cluster = self.analysis.layout, self.cluster
+        if self.proxy.mode not in ("iptables", "nftables"):
             return []
-        expected = {e.key: e for e in expected_ports(cluster, view.family)}
-        names = _identify(view, cluster, self.dataplane)
+
+        def wanted(label: str) -> bool:
+            return labels is None or label in labels
+
+        expected = {e.key: e for e in expected_ports(cluster, layout.family)}
+        ports = [_Port(sp.key, port_identity(sp), sp.chains, len(sp.ways_in), sp.lines)
+                 for sp in layout.service_ports]
+        names = _identify(ports, cluster, self.dataplane)
         seen: set[tuple[str, str, str, str]] = set()
-        unknown: list[tuple[ServicePortView, tuple[str, str, str, str] | None]] = []
-        named: dict[tuple[str, str, str, str], list[ServicePortView]] = {}
-        for i, sp in enumerate(view.services):
+        unknown: list[tuple[_Port, tuple[str, str, str, str] | None]] = []
+        named: dict[tuple[str, str, str, str], list[_Port]] = {}
+        for i, port in enumerate(ports):
             key = names.get(i)
             if key is None:
-                unknown.append((sp, None))
+                unknown.append((port, None))
             else:
-                named.setdefault(key, []).append(sp)
-        for key, sps in named.items():
+                named.setdefault(key, []).append(port)
+        for key, found in named.items():
             # Several fragments can name one service port (a comment-less dump's filter rules): the one
             # with the most chains is kube-proxy's programming of it.
-            sp = max(sps, key=lambda x: (len(x.chains), len(x.entries)))
+            port = max(found, key=lambda x: (len(x.chains), x.ways))
             exp = expected.get(key)
             if exp is None:
-                unknown.append((sp, key))
+                unknown.append((port, key))
                 continue
             seen.add(key)
-            self.compare_port(sp, exp)
+            if wanted(exp.label):
+                self.compare_port(self.analysis.port_view(port.key), exp)
         missing = [e for k, e in expected.items() if k not in seen]
         # A protocol change shows as one unknown and one missing port of the same Service port name.
-        for sp, key in list(unknown):
+        for port, key in list(unknown):
             if key is None:
                 continue
             twin = next((e for e in missing if e.key[:3] == key[:3]), None)
             if twin is None:
                 continue
             missing.remove(twin)
-            unknown.remove((sp, key))
-            self.add(PORT_MISMATCH, "error", twin.label,
-                     f"{twin.label}: protocol is {twin.port.protocol} in the API, {sp.protocol.upper()} in the rules",
-                     f"The Service's port {twin.port.name or twin.port.port} is {twin.port.protocol}; this node "
-                     f"still forwards {sp.protocol.upper()} for it, so {twin.port.protocol} connections to "
-                     f"{_address(twin.cluster_ip, twin.port.port)} match no rule. kube-proxy would have "
-                     f"replaced the chains ({self.chain('cluster', twin)}). {NOT_SYNCING}.",
-                     "restart kube-proxy on this node once it can sync", sp.lines)
-        for sp, key in unknown:
-            self.unknown_service(sp, key)
+            unknown.remove((port, key))
+            if wanted(twin.label):
+                self.add(PORT_MISMATCH, "error", twin.label,
+                         f"{twin.label}: protocol is {twin.port.protocol} in the API, {port.who.protocol.upper()} in "
+                         "the rules",
+                         f"The Service's port {twin.port.name or twin.port.port} is {twin.port.protocol}; this node "
+                         f"still forwards {port.who.protocol.upper()} for it, so {twin.port.protocol} connections to "
+                         f"{_address(twin.cluster_ip, twin.port.port)} match no rule. kube-proxy would have "
+                         f"replaced the chains ({self.chain('cluster', twin)}). {NOT_SYNCING}.",
+                         "restart kube-proxy on this node once it can sync", port.lines)
+        for port, key in unknown:
+            if wanted(port.label):
+                self.unknown_service(self.analysis.port_view(port.key), key)
         for exp in missing:
-            self.missing_service(exp)
+            if wanted(exp.label):
+                self.missing_service(exp)
         return self.findings
 
     # --- one service port both sides know ----------------------------------------------------------------
@@ -302,7 +335,7 @@ class _Comparer:
         by_address = {ep.address: ep for ep in sp.endpoints}
         # Before KEP-3178 (KUBE-XLB layout) internalTrafficPolicy=Local was a feature gate that filtered
         # KUBE-SVC itself: all endpoints with the gate off, the local ones with it on.
-        itp_only_xlb = (self.view.proxy.itp_filters_cluster_chain and exp.internal_policy_local
+        itp_only_xlb = (self.proxy.itp_filters_cluster_chain and exp.internal_policy_local
                         and not exp.external_policy_local)
         cluster_want = choice.cluster
         alternatives = choice.alternatives
@@ -414,7 +447,7 @@ class _Comparer:
                           "preservation and the node's share of traffic differ from what the Service asks). ")
                          + f"{NOT_SYNCING}.", "restart kube-proxy on this node once it can sync",
                          [x for e in sp.entries if e.kind != "clusterIP" for x in e.lines])
-        if sp.internal_traffic_policy is not None and not self.view.proxy.itp_filters_cluster_chain:
+        if sp.internal_traffic_policy is not None and not self.proxy.itp_filters_cluster_chain:
             want = "Local" if exp.internal_policy_local else "Cluster"
             if sp.internal_traffic_policy != want:
                 dropping = sp.no_local_endpoints and want == "Cluster"
@@ -506,12 +539,14 @@ class _Comparer:
 
 
 def compare_with_cluster(analysis: Any, cluster: ClusterState, *, node_name: str | None,
-                         node: str | None = None) -> list[Finding]:
+                         node: str | None = None, labels: Collection[str] | None = None) -> list[Finding]:
     """Findings where one node's rules disagree with the API (stale-endpoints, missing-service,
     unknown-service, port-mismatch, address-mismatch, policy-mismatch), ordered by severity.
 
     `analysis` is an iptrace.kube.analysis.Analysis (built with the same cluster data, so that comment-less
     chains are named). `node_name` is the Node object's name (needed to judge Local traffic policies; None
-    skips that check). `node` labels the findings (default: node_name)."""
-    findings = _Comparer(analysis, cluster, node_name, node if node is not None else (node_name or "")).run()
+    skips that check). `node` labels the findings (default: node_name). `labels`: only the findings about
+    these Service ports (Finding.service), building only their views (a question about one Service of a big
+    node); the same findings as the whole comparison has for them."""
+    findings = _Comparer(analysis, cluster, node_name, node if node is not None else (node_name or "")).run(labels)
     return sorted(findings, key=lambda f: f.sort_key)
