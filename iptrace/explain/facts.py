@@ -25,7 +25,7 @@ from iptrace.dataplane import (
     join_host_port,
 )
 from iptrace.explain.diagnosis import Diagnosis, Evidence
-from iptrace.kube.view import ChainLabels
+from iptrace.kube.analysis import ChainLabels
 
 
 def label(svc: Any) -> str:

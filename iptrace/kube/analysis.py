@@ -4,11 +4,48 @@ which one it is."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from iptrace.dataplane import Dataplane, KnownServicePort, Layout, Tracer
-from iptrace.kube.view import KubeView, PortFacts, ServicePortView, ViewBuilder, chain_labels, view_node_ips
+from iptrace.kube.view import KubeView, PortFacts, ServicePortView, ViewBuilder, view_node_ips
+
+
+class ChainLabels(Mapping[str, str]):
+    """chain -> "ns/svc:port" (what a trace says an outcome belongs to), resolved one chain at a time through
+    the layout, so that tracing one packet reads only the Service ports it meets."""
+
+    def __init__(self, layout: Layout) -> None:
+        self._layout = layout
+        self._known: dict[str, str | None] = {}
+
+    def get(self, chain: str, default: Any = None) -> Any:
+        if chain not in self._known:
+            key = self._layout.chain_key(chain)
+            if key is None:
+                self._known[chain] = None
+            else:
+                sp = self._layout.service_port(key)
+                self._known[chain] = sp.name or sp.cluster_chain or sp.key
+        found = self._known[chain]
+        return default if found is None else found
+
+    def __getitem__(self, chain: str) -> str:
+        found = self.get(chain)
+        if found is None:
+            raise KeyError(chain)
+        return str(found)
+
+    def __iter__(self) -> Iterator[str]:
+        for sp in self._layout.service_ports:
+            yield from sp.chains
+
+    def __len__(self) -> int:
+        return sum(len(sp.chains) for sp in self._layout.service_ports)
+
+
+def chain_labels(layout: Layout) -> ChainLabels:
+    return ChainLabels(layout)
 
 
 class Analysis:

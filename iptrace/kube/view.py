@@ -9,7 +9,7 @@ kind of client — so the view and a trace of the same packet cannot disagree. D
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from sys import intern
 from typing import Any, NamedTuple
@@ -479,43 +479,6 @@ def _port_fields(sp: ServicePortLayout, entries: Sequence[Any]) -> dict[str, Any
             "external_ips": tuple(e.address for e in entries if e.kind == EXTERNAL_IP and e.address),
             "lb_ips": tuple(e.address for e in entries if e.kind == LOAD_BALANCER and e.address),
             "lb_source_ranges": sp.lb_source_ranges, "health_check_node_port": sp.health_check_node_port}
-
-
-class ChainLabels(Mapping[str, str]):
-    """chain -> "ns/svc:port" (what a trace says an outcome belongs to), resolved one chain at a time through
-    the layout, so that tracing one packet reads only the Service ports it meets."""
-
-    def __init__(self, layout: Layout) -> None:
-        self._layout = layout
-        self._known: dict[str, str | None] = {}
-
-    def get(self, chain: str, default: Any = None) -> Any:
-        if chain not in self._known:
-            key = self._layout.chain_key(chain)
-            if key is None:
-                self._known[chain] = None
-            else:
-                sp = self._layout.service_port(key)
-                self._known[chain] = sp.name or sp.cluster_chain or sp.key
-        found = self._known[chain]
-        return default if found is None else found
-
-    def __getitem__(self, chain: str) -> str:
-        found = self.get(chain)
-        if found is None:
-            raise KeyError(chain)
-        return str(found)
-
-    def __iter__(self) -> Iterator[str]:
-        for sp in self._layout.service_ports:
-            yield from sp.chains
-
-    def __len__(self) -> int:
-        return sum(len(sp.chains) for sp in self._layout.service_ports)
-
-
-def chain_labels(layout: Layout) -> ChainLabels:
-    return ChainLabels(layout)
 
 
 class ViewBuilder:
