@@ -97,3 +97,24 @@ def test_explain_compares_only_what_a_question_concerns_and_answers_alike() -> N
         seen |= {d["id"] for d in got["diagnoses"]}
     assert {"stale-endpoints", "missing-service", "unknown-service", "address-mismatch"} <= seen, seen
     assert len(lazy_analysis.views._ports) < len(whole.view.services)
+
+
+def test_a_filtered_services_compares_the_ports_shown_as_the_whole_comparison_does(tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from iptrace.cli import main
+    from tests.test_compare import api_objects
+
+    old, new = _messy()
+    dump = tmp_path / "node-a.txt"
+    dump.write_text(dump_text(old, "node-a"))
+    api = tmp_path / "cluster.json"
+    api.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": api_objects(new)}))
+    args = ["services", str(dump), "--cluster", str(api), "--node-ip", NODES["node-a"], "-o", "json"]
+    whole = {(o["service"], o["protocol"]): o["findings"] for o in json.loads(CliRunner().invoke(main, args).stdout)}
+    assert sum(map(len, whole.values())) >= 4
+    for service in ("default/web", "default/gone", "kube-system/kube-dns", "default/fw"):
+        result = CliRunner().invoke(main, [*args, "--service", service])
+        assert result.exit_code == 0, result.output
+        got = {(o["service"], o["protocol"]): o["findings"] for o in json.loads(result.stdout)}
+        assert got and got == {k: v for k, v in whole.items() if k in got}, service
