@@ -28,11 +28,10 @@ from typing import Any
 from iptrace.conntrack import grammar
 from iptrace.conntrack import vocabulary as v
 from iptrace.conntrack.layout import CONSTANT_ROLES, Layout, read_layout
-from iptrace.conntrack.shape import VALUE_CHARS, Shape, split_words
+from iptrace.conntrack.shape import TO_INDEX, VALUE_CHARS, Shape, split_words
 from iptrace.conntrack.table import ConntrackTable, DstIndex, Skipped
 from iptrace.errors import InputError, ParseError
 
-_BEFORE = (-1).__add__  # a 1-based line number -> its index
 _TRAILER_COUNT = re.compile(r"\): (\d+) flow entries have been shown\.\s*$")
 # Lines of one key checked at once first, then twice as many each time up to the last size (see _Reader.read):
 # the words of a chunk are freed before the next one's are made, so that memory is reused, not taken anew.
@@ -258,7 +257,7 @@ class _Reader:
             # `line`), so that the next chunk finds them proven; a table repeats its addresses and timeouts.
             shape, start, size = self.shapes[key][0], 0, _FIRST_CHUNK
             while start < len(rest) and rest[start] < self.limit:
-                for n in self.bulk(shape, rest[start:start + size], lines, index):
+                for n in self.bulk(key, shape, rest[start:start + size], lines, index):
                     if n >= self.limit:
                         break
                     self.line(n, lines[n - 1], key, index, irregular, last=n == last)
@@ -266,12 +265,12 @@ class _Reader:
                 size = min(size * 2, _LAST_CHUNK)
         return self.finish(lines, keys, index, irregular)
 
-    def bulk(self, shape: Shape, numbers: list[int], lines: list[bytes], index: DstIndex) -> list[int]:
+    def bulk(self, key: bytes, shape: Shape, numbers: list[int], lines: list[bytes], index: DstIndex) -> list[int]:
         """Checks lines of one key against the key's first shape all at once (what `line` does for one), a column
         at a time (split_words: the same word of every line), and indexes those that pass. Returns the others,
         in file order: another shape of the key, values not proven yet, or errors, for `line` to tell apart."""
         count = len(numbers)
-        words = split_words(list(map(lines.__getitem__, map(_BEFORE, numbers))), shape.words)
+        words = split_words(list(map(lines.__getitem__, map(TO_INDEX, numbers))), shape.words)
         if words is None:
             return numbers  # (a line with another number of words: each is read alone)
         stride = shape.words + 1
@@ -311,10 +310,10 @@ class _Reader:
                         bad.update(compress(range(count), map(not_, map(own.__contains__, column))))
         destinations = words[shape.dst::stride]
         if not bad:
-            index.add(destinations, numbers)
+            index.add(key, destinations, numbers)
             return []
         good = [i not in bad for i in range(count)]
-        index.add(list(compress(destinations, good)), list(compress(numbers, good)))
+        index.add(key, list(compress(destinations, good)), list(compress(numbers, good)))
         return [numbers[i] for i in sorted(bad)]
 
     def prove(self, words: set[bytes], prefix: bytes, kind: str) -> None:
@@ -345,7 +344,7 @@ class _Reader:
                     continue
                 if shape.others and not _others(shape, words):
                     continue
-                index.add_one(words[shape.dst], n)
+                index.add_one(key, words[shape.dst], n)
                 return
             self.slow(n, line, key, index, irregular, last=last)
         elif line.strip():
@@ -403,7 +402,7 @@ class _Reader:
         bucket = self.shapes.setdefault(key, [])
         if shape not in bucket:
             bucket.append(shape)
-        index.add_one(words[shape.dst], n)
+        index.add_one(key, words[shape.dst], n)
 
     def trailer(self, n: int, text: str) -> None:
         m = _TRAILER_COUNT.search(text)

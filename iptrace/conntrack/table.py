@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from itertools import compress
 
 from iptrace.conntrack.model import ConntrackEntry
-from iptrace.conntrack.shape import Shape, shape_of, split_words
+from iptrace.conntrack.shape import TO_INDEX, Shape, shape_of, split_words
 from iptrace.dataplane import join_host_port
 
 
@@ -58,30 +58,42 @@ class DstIndex:
     whole table); a dict of them all is built only when every destination is asked for."""
 
     def __init__(self) -> None:
-        self._columns: list[tuple[list[bytes], list[int]]] = []
-        self._words: list[bytes] = []  # lines checked one at a time (the reader's `line`): one more column
+        self._columns: list[tuple[bytes, list[bytes], list[int]]] = []  # (the lines' shape key, words, numbers)
+        # Lines checked one at a time (the reader's `line`): one more column, with each line's key.
+        self._keys: list[bytes] = []
+        self._words: list[bytes] = []
         self._numbers: list[int] = []
         self._by_word: dict[bytes, list[int]] | None = None
         self.count = 0
 
-    def add(self, words: list[bytes], numbers: list[int]) -> None:
-        self._columns.append((words, numbers))
+    def add(self, key: bytes, words: list[bytes], numbers: list[int]) -> None:
+        self._columns.append((key, words, numbers))
         self.count += len(numbers)
 
-    def add_one(self, word: bytes, number: int) -> None:
+    def add_one(self, key: bytes, word: bytes, number: int) -> None:
+        self._keys.append(key)
         self._words.append(word)
         self._numbers.append(number)
         self.count += 1
 
     def _all(self) -> Iterator[tuple[list[bytes], list[int]]]:
-        yield from self._columns
+        for _key, words, numbers in self._columns:
+            yield words, numbers
         yield self._words, self._numbers
 
-    def lines_of(self, word: bytes) -> list[int]:
-        """The lines whose original destination is `word`, in file order."""
-        if self._by_word is not None:
-            return self._by_word.get(word, [])
-        return sorted([n for words, numbers in self._all() for n in compress(numbers, map(word.__eq__, words))])
+    def lines_by_key(self, word: bytes) -> dict[bytes, list[int]]:
+        """The lines whose original destination is `word`, by shape key, each list in file order."""
+        out: dict[bytes, list[int]] = {}
+        for key, words, numbers in self._columns:
+            found = list(compress(numbers, map(word.__eq__, words)))
+            if found:
+                out.setdefault(key, []).extend(found)
+        alone = list(map(word.__eq__, self._words))
+        for key, n in zip(compress(self._keys, alone), compress(self._numbers, alone), strict=True):
+            out.setdefault(key, []).append(n)
+        for lines in out.values():
+            lines.sort()  # (a key's chunks come in file order; its lines read alone come after them)
+        return out
 
     def by_word(self) -> dict[bytes, list[int]]:
         """Every destination word's lines, in file order."""
@@ -167,10 +179,14 @@ class ConntrackTable:
             return []
         dport = f"dport={port}".encode()
         # An IPv4 address has one spelling (leading zeros are refused): its lines are found by their word.
-        numbers = (self._index.lines_of(b"dst=" + wanted.encode()) if self._by_address is None and "." in wanted
-                   else self._address_index().get(wanted, []))
+        if self._by_address is None and "." in wanted:
+            by_key = self._index.lines_by_key(b"dst=" + wanted.encode())
+        else:
+            by_key = {}
+            for n in self._address_index().get(wanted, []):
+                by_key.setdefault(self._keys[n - 1], []).append(n)
         groups: dict[tuple[Shape, tuple[bytes, ...]], list[int]] = {}
-        for shape, lines, keys in self._keyed(numbers, proto, None if port is None else dport):
+        for shape, lines, keys in self._keyed(by_key, proto, None if port is None else dport):
             for n, key in zip(lines, keys, strict=True):
                 found = groups.get((shape, key))
                 if found is None:
@@ -194,19 +210,11 @@ class ConntrackTable:
         """The entries whose original destination is `ip` (and port, protocol when given), in line order."""
         return tuple(self.entry_at(n) for n in sorted(n for g in self.flows_to(ip, port, proto) for n in g.lines))
 
-    def _keyed(self, numbers: list[int], proto: str | None, dport: bytes | None,
+    def _keyed(self, by_key: dict[bytes, list[int]], proto: str | None, dport: bytes | None,
                ) -> Iterator[tuple[Shape, list[int], Iterator[tuple[bytes, ...]]]]:
-        """Lines (in file order) a shape at a time, of this protocol and `dport=` word when given, with the words
-        `Shape.key` picks from each: a shape's lines are split together (split_words), since one destination can
-        have tens of thousands of them."""
-        by_key: dict[bytes, list[int]] = {}
-        keys = self._keys
-        for n in numbers:
-            found = by_key.get(keys[n - 1])
-            if found is None:
-                by_key[keys[n - 1]] = [n]
-            else:
-                found.append(n)
+        """Lines (by shape key, in file order) a shape at a time, of this protocol and `dport=` word when given,
+        with the words `Shape.key` picks from each: a shape's lines are split together (split_words), since one
+        destination can have tens of thousands of them."""
         for key, lines in by_key.items():
             shapes = [s for s in self._shapes[key] if proto is None or s.proto == proto]
             if dport is not None:
@@ -215,7 +223,7 @@ class ConntrackTable:
                 continue
             if len(shapes) == len(self._shapes[key]) == 1:
                 shape = shapes[0]
-                words = split_words([self._lines[n - 1] for n in lines], shape.words)
+                words = split_words(list(map(self._lines.__getitem__, map(TO_INDEX, lines))), shape.words)
                 if words is not None:
                     stride = shape.words + 1
                     columns = [words[k::stride] for k in shape.key_at]
