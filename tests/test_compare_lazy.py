@@ -118,3 +118,26 @@ def test_a_filtered_services_compares_the_ports_shown_as_the_whole_comparison_do
         assert result.exit_code == 0, result.output
         got = {(o["service"], o["protocol"]): o["findings"] for o in json.loads(result.stdout)}
         assert got and got == {k: v for k, v in whole.items() if k in got}, service
+
+
+def test_one_comparison_answers_a_batch_pairing_the_node_once(monkeypatch: Any) -> None:
+    import iptrace.kube.compare as compare
+
+    _old, new = _messy()
+    cluster = cluster_of(new)
+    ruleset = load(_text("current", "node-a", True), source="node-a.txt")
+    whole = compare_with_cluster(analysis(ruleset, cluster=cluster), cluster, node_name="node-a")
+    plans = []
+    real_plan = compare._Comparer.plan
+    monkeypatch.setattr(compare._Comparer, "plan", lambda self: plans.append(1) or real_plan(self))
+    one = compare.ClusterComparison(analysis(ruleset, cluster=cluster), cluster, node_name="node-a")
+    labels = sorted({f.service for f in whole if f.service})
+    for label in labels:  # one at a time, then all again (said once each), then everything
+        assert one.findings({label}) == [f for f in whole if f.service == label]
+    assert one.findings(labels) == [f for f in whole if f.service in labels]
+    assert one.findings() == whole and plans == [1]
+    # explain --dst-file --cluster: one Explainer, one pairing, however many questions.
+    explainer = Explainer(analysis(ruleset, cluster=cluster), cluster=cluster)
+    for host, port, proto in _questions(analysis(ruleset, cluster=cluster).view):
+        explainer.explain(host, port, proto=proto)
+    assert plans == [1, 1]

@@ -81,8 +81,8 @@ class Explainer:
 
 def _cluster_findings(analysis: Any, cluster: Any, node_ips: Sequence[str]) -> Callable[[list[str]], list[Any]]:
     """Where this node's rules disagree with the API (stale-endpoints, missing-service, …) about some Service
-    ports: a question compares those it concerns, not the whole node."""
-    from iptrace.kube.compare import compare_with_cluster
+    ports: a question compares those it concerns, not the whole node (paired with the API once per batch)."""
+    from iptrace.kube.compare import ClusterComparison
 
     node_name = None
     for ip in node_ips:
@@ -90,7 +90,7 @@ def _cluster_findings(analysis: Any, cluster: Any, node_ips: Sequence[str]) -> C
         if node is not None:
             node_name = node.name
             break
-    return lambda labels: compare_with_cluster(analysis, cluster, node_name=node_name, labels=labels)
+    return ClusterComparison(analysis, cluster, node_name=node_name).findings
 
 
 def _verdict(trace: Trace) -> str:

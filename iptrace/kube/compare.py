@@ -9,7 +9,8 @@ the dataplane); pure: no I/O, no printing; findings are values for `render.audit
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+import functools
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -209,16 +210,12 @@ class _Comparer:
         self.findings.append(Finding(id_, severity, self.node, service, summary, detail, fix,
                                      self.evidence(lines)))
 
-    def run(self, labels: Collection[str] | None = None) -> list[Finding]:
-        """The findings, or only those about the Service ports `labels` names (Finding.service): the ports are
-        paired with the API's by their layouts, and a port's view is built only for a finding wanted."""
+    def plan(self) -> list[tuple[str, Callable[[], None]]]:
+        """What there is to say, as (the label of the Service port it is about, how to say it): every port is
+        paired with the API's by its layout (no walk); a port's view is built only when its item runs."""
         layout, cluster = self.analysis.layout, self.cluster
         if self.proxy.mode not in ("iptables", "nftables"):
             return []
-
-        def wanted(label: str) -> bool:
-            return labels is None or label in labels
-
         expected = {e.key: e for e in expected_ports(cluster, layout.family)}
         ports = [_Port(sp.key, port_identity(sp), sp.chains, len(sp.ways_in), sp.lines)
                  for sp in layout.service_ports]
@@ -226,6 +223,7 @@ class _Comparer:
         seen: set[tuple[str, str, str, str]] = set()
         unknown: list[tuple[_Port, tuple[str, str, str, str] | None]] = []
         named: dict[tuple[str, str, str, str], list[_Port]] = {}
+        items: list[tuple[str, Callable[[], None]]] = []
         for i, port in enumerate(ports):
             key = names.get(i)
             if key is None:
@@ -241,8 +239,7 @@ class _Comparer:
                 unknown.append((port, key))
                 continue
             seen.add(key)
-            if wanted(exp.label):
-                self.compare_port(self.analysis.port_view(port.key), exp)
+            items.append((exp.label, functools.partial(self.compare_key, port.key, exp)))
         missing = [e for k, e in expected.items() if k not in seen]
         # A protocol change shows as one unknown and one missing port of the same Service port name.
         for port, key in list(unknown):
@@ -253,24 +250,15 @@ class _Comparer:
                 continue
             missing.remove(twin)
             unknown.remove((port, key))
-            if wanted(twin.label):
-                self.add(PORT_MISMATCH, "error", twin.label,
-                         f"{twin.label}: protocol is {twin.port.protocol} in the API, {port.who.protocol.upper()} in "
-                         "the rules",
-                         f"The Service's port {twin.port.name or twin.port.port} is {twin.port.protocol}; this node "
-                         f"still forwards {port.who.protocol.upper()} for it, so {twin.port.protocol} connections to "
-                         f"{_address(twin.cluster_ip, twin.port.port)} match no rule. kube-proxy would have "
-                         f"replaced the chains ({self.chain('cluster', twin)}). {NOT_SYNCING}.",
-                         "restart kube-proxy on this node once it can sync", port.lines)
-        for port, key in unknown:
-            if wanted(port.label):
-                self.unknown_service(self.analysis.port_view(port.key), key)
-        for exp in missing:
-            if wanted(exp.label):
-                self.missing_service(exp)
-        return self.findings
+            items.append((twin.label, functools.partial(self.protocol_changed, port, twin)))
+        items += [(port.label, functools.partial(self.unknown_key, port.key, key)) for port, key in unknown]
+        items += [(exp.label, functools.partial(self.missing_service, exp)) for exp in missing]
+        return items
 
     # --- one service port both sides know ----------------------------------------------------------------
+
+    def compare_key(self, key: str, exp: ExpectedPort) -> None:
+        self.compare_port(self.analysis.port_view(key), exp)
 
     def compare_port(self, sp: ServicePortView, exp: ExpectedPort) -> None:
         label = exp.label
@@ -490,6 +478,18 @@ class _Comparer:
 
     # --- one side only -------------------------------------------------------------------------------------
 
+    def unknown_key(self, key: str, name: tuple[str, str, str, str] | None) -> None:
+        self.unknown_service(self.analysis.port_view(key), name)
+
+    def protocol_changed(self, port: _Port, twin: ExpectedPort) -> None:
+        self.add(PORT_MISMATCH, "error", twin.label,
+                 f"{twin.label}: protocol is {twin.port.protocol} in the API, {port.who.protocol.upper()} in the rules",
+                 f"The Service's port {twin.port.name or twin.port.port} is {twin.port.protocol}; this node still "
+                 f"forwards {port.who.protocol.upper()} for it, so {twin.port.protocol} connections to "
+                 f"{_address(twin.cluster_ip, twin.port.port)} match no rule. kube-proxy would have replaced the "
+                 f"chains ({self.chain('cluster', twin)}). {NOT_SYNCING}.",
+                 "restart kube-proxy on this node once it can sync", port.lines)
+
     def missing_service(self, exp: ExpectedPort) -> None:
         choice = choose_endpoints(exp, self.node_name, self.zone)
         proto = exp.port.protocol.lower()
@@ -538,6 +538,33 @@ class _Comparer:
                  sp.lines[:4])
 
 
+class ClusterComparison:
+    """One node's rules against the API: every Service port paired with the API's once (by its layout), the
+    findings about any of them said when first asked for (building those ports' views only). A batch of
+    questions (`explain --dst-file --cluster`) pairs the node once."""
+
+    def __init__(self, analysis: Any, cluster: ClusterState, *, node_name: str | None,
+                 node: str | None = None) -> None:
+        self._comparer = _Comparer(analysis, cluster, node_name, node if node is not None else (node_name or ""))
+        self._items = self._comparer.plan()
+        self._said: dict[int, list[Finding]] = {}
+
+    def findings(self, labels: Collection[str] | None = None) -> list[Finding]:
+        """The findings (about the Service ports `labels` names, Finding.service, when given), by severity."""
+        out: list[Finding] = []
+        said = self._comparer.findings
+        for i, (label, say) in enumerate(self._items):
+            if labels is not None and label not in labels:
+                continue
+            found = self._said.get(i)
+            if found is None:
+                start = len(said)
+                say()
+                found = self._said[i] = said[start:]
+            out += found
+        return sorted(out, key=lambda f: f.sort_key)
+
+
 def compare_with_cluster(analysis: Any, cluster: ClusterState, *, node_name: str | None,
                          node: str | None = None, labels: Collection[str] | None = None) -> list[Finding]:
     """Findings where one node's rules disagree with the API (stale-endpoints, missing-service,
@@ -548,5 +575,4 @@ def compare_with_cluster(analysis: Any, cluster: ClusterState, *, node_name: str
     skips that check). `node` labels the findings (default: node_name). `labels`: only the findings about
     these Service ports (Finding.service), building only their views (a question about one Service of a big
     node); the same findings as the whole comparison has for them."""
-    findings = _Comparer(analysis, cluster, node_name, node if node is not None else (node_name or "")).run(labels)
-    return sorted(findings, key=lambda f: f.sort_key)
+    return ClusterComparison(analysis, cluster, node_name=node_name, node=node).findings(labels)
