@@ -58,9 +58,8 @@ def select_ports(analysis: Any, *, namespace: str | None = None, service: str | 
     keys = {p.key for p in _matching(ports, namespace, service, address)}
     if address is not None:
         ip, _port_number = _split_address_filter(address)
-        by_key = {p.key: p for p in ports}
         named = {p.key for p in _matching(ports, namespace, service, None)}
-        keys |= {k for k in layout.endpoint_keys(_normalised(ip)) if k in named and k in by_key}
+        keys |= {k for k in layout.endpoint_keys(_normalised(ip)) if k in named}
     narrowed = filter_view(analysis.views.view_of(k for k in layout.keys if k in keys), namespace=namespace,
                            service=service, address=address)
     if narrowed.services:
