@@ -440,8 +440,11 @@ def _positions(node: _Node, code: ChainCode, q: _Question) -> Iterable[int]:
 def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set[tuple[str, str]],
           ) -> tuple[list[str | Facts], list[int]] | None:
     """The chains and kept rules from `roots` (chains of `skip` are in the key already); None when a DNAT
-    target widened the question after a rule was left out for want of it (walk again)."""
+    target widened the question after a rule was left out for want of it (walk again). The walk goes on after
+    a widening, so that one walk gathers every target it meets: a Service port's endpoints are then added in
+    one walk, not one walk each (a 10-endpoint port took more walks than `footprint` allows)."""
     items: list[str | Facts] = []
+    again = False
     lines: list[int] = []
     seen: set[tuple[str, str]] = set(skip)
     todo = list(reversed(roots))
@@ -464,7 +467,7 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
             if not f.plain and not can_match(f):
                 continue
             if f.kind == KIND_DNAT and f.nat_to is not None and q.add_target(f.nat_to):
-                return None
+                again = True
             kept.append((f, line, jump))
         if rules is None and len(kept) > 1:
             kept = _by_destination(kept)
@@ -475,7 +478,7 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
             if jump is not None:
                 jumps.append(jump)
         todo.extend(reversed(jumps))
-    return items, lines
+    return None if again else (items, lines)
 
 
 def _by_destination(kept: list[tuple[Facts, int, tuple[str, str] | None]],
