@@ -350,3 +350,20 @@ def test_the_rule_at_each_line_is_found(text: str) -> None:
     for rule in rules:
         assert ruleset.rule_at(rule.line) is rule
     assert ruleset.rule_at(1) is None and ruleset.rule_at(10_000) is None
+    every = {*(r.line for r in rules), 1, 2, 10_000}
+    assert ruleset.line_texts(every) == {x: ruleset.line_text(x) for x in every}
+
+
+def test_line_texts_where_two_rules_share_a_line() -> None:
+    """A ruleset made with two rules on one line (no dump does that): line_texts says what line_text says."""
+    from iptrace.iptables.model import Chain, Rule, Table
+
+    ruleset = load(KUBE_PROXY_RESTORE, source="t")
+    table = ruleset.tables[0]
+    chain = table.chains[0]
+    twin = Rule(chain.name, "-j RETURN", None, chain.rules[0].line if chain.rules else 5)
+    other = Table(table.name, tuple(Chain(c.name, c.policy, (*c.rules, twin) if c is chain else c.rules)
+                                    for c in table.chains))
+    doubled = Ruleset((other, *ruleset.tables[1:]), ruleset.family)
+    lines = {r.line for _t, _c, r in doubled.rules()} | {10_000}
+    assert doubled.line_texts(lines) == {x: doubled.line_text(x) for x in lines}

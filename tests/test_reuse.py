@@ -327,3 +327,28 @@ def test_the_questions_a_view_says_it_asks_are_the_ones_it_asks(name: str) -> No
             noting.calls = []
             builder.service(sp)
             assert noting.calls == builder.questions(sp), sp.key
+
+
+def test_a_port_whose_questions_meet_another_services_endpoints_has_a_footprint() -> None:
+    """Two load balancers given one address (each Service's questions meet the other's rules for it, and the
+    index leaves rules out before the other's ten endpoints are met): one walk gathers every endpoint it meets,
+    so such a port is keyed and reused like any other (walking again per endpoint ran out of walks), and its
+    reused views are the nodes' own."""
+    from iptrace.kube.view import _Builder
+
+    specs = services()
+    for k in range(2):
+        specs.append(ServiceSpec("default", f"shared-{k}", f"10.96.9.{k + 1}",
+                                 [PortSpec("http", 80, node_port=31990 + k, target_port=8080)], type="LoadBalancer",
+                                 lb_ips=["203.0.113.99"], session_affinity_timeout=10800,
+                                 endpoints=[EndpointSpec(f"10.244.{100 + j}.{7 + k}", 8080) for j in range(10)]))
+    texts = fleet_texts(specs, 3)
+    ip, text = texts[0]
+    analysis = analyse(DATAPLANE, load(text), "ipv4", node_ips=[ip])
+    builder = _Builder(analysis.layout, analysis.tracer, analysis.views.clients)
+    for sp in analysis.layout.service_ports:
+        if sp.name.startswith("default/shared-"):
+            assert analysis.tracer.footprint(tuple(builder.questions(sp))) is not None, sp.name
+    before = check_fleet(texts[:1]).stats.ports
+    reuse = check_fleet(texts)
+    assert reuse.stats.reused > reuse.stats.ports - 2 * before, reuse.stats

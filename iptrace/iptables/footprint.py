@@ -296,11 +296,14 @@ class _Question:
         self.ports: set[int] = set()
         self.protos: set[int] = set()
         address = node.address
+        self.addrs: list[tuple[int, int]] = []  # (each call's source, destination) as numbers, for the header
         for _chain, p in calls:
             src = address(p.src)
+            dst = address(p.dst)
+            self.addrs.append((src, dst))
             if src not in self.sources:
                 self.sources.append(src)
-            self.dsts.add(address(p.dst))
+            self.dsts.add(dst)
             self.ports.add(p.dport)
             self.protos.add(p.proto_number)
         self.calls = calls
@@ -379,9 +382,9 @@ class _Question:
         node = self.node
         out = [node.head]
         roles = self.roles
-        for chain, p in self.calls:
-            src = roles[node.address(p.src)] or p.src
-            dst = roles[node.address(p.dst)] or p.dst
+        for (chain, p), (src_addr, dst_addr) in zip(self.calls, self.addrs, strict=True):
+            src = roles[src_addr] or p.src
+            dst = roles[dst_addr] or p.dst
             out.append(f"call {chain or '-'} {src} {dst} {p.dport} {p.sport} {p.proto} {p.in_interface}")
         kind = node.kind
         for addr in self.src_key + self.dst_list:
@@ -440,12 +443,16 @@ def _positions(node: _Node, code: ChainCode, q: _Question) -> Iterable[int]:
 def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set[tuple[str, str]],
           ) -> tuple[list[str | Facts], list[int]] | None:
     """The chains and kept rules from `roots` (chains of `skip` are in the key already); None when a DNAT
-    target widened the question after a rule was left out for want of it (walk again)."""
+    target widened the question after a rule was left out for want of it (walk again). The walk goes on after
+    a widening, so that one walk gathers every target it meets: a Service port's endpoints are then added in
+    one walk, not one walk each (a 10-endpoint port took more walks than `footprint` allows)."""
     items: list[str | Facts] = []
+    again = False
     lines: list[int] = []
     seen: set[tuple[str, str]] = set(skip)
     todo = list(reversed(roots))
     can_match = q.can_match
+    add_target = q.add_target
     while todo:
         key = todo.pop()
         if key in seen:
@@ -453,29 +460,38 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
         seen.add(key)
         head, rules, source = node.chain(key)
         items.append(head)
+        jumps: list[tuple[str, str]] = []
         if rules is None:  # (an indexed chain: the rules its index files under the question's keys)
             code = source
-            candidates: Iterable[tuple[Facts, tuple[str, str] | None, int]] = (
-                node.item(code, i) for i in _positions(node, code, q))
+            kept: list[tuple[Facts, int, tuple[str, str] | None]] = []
+            for i in _positions(node, code, q):
+                f, jump, line = node.item(code, i)
+                if not f.plain and not can_match(f):
+                    continue
+                if f.kind == KIND_DNAT and f.nat_to is not None and add_target(f.nat_to):
+                    again = True
+                kept.append((f, line, jump))
+            if len(kept) > 1:
+                kept = _by_destination(kept)
+            for f, line, jump in kept:
+                items.append(f)
+                lines.append(line)
+                if jump is not None:
+                    jumps.append(jump)
         else:
-            candidates = ((f, jump, rule.line) for (f, jump), rule in zip(rules, source, strict=True))
-        kept: list[tuple[Facts, int, tuple[str, str] | None]] = []
-        for f, jump, line in candidates:
-            if not f.plain and not can_match(f):
-                continue
-            if f.kind == KIND_DNAT and f.nat_to is not None and q.add_target(f.nat_to):
-                return None
-            kept.append((f, line, jump))
-        if rules is None and len(kept) > 1:
-            kept = _by_destination(kept)
-        jumps: list[tuple[str, str]] = []
-        for f, line, jump in kept:
-            items.append(f)
-            lines.append(line)
-            if jump is not None:
-                jumps.append(jump)
+            # (a short chain: kept rules go straight into the key, in chain order; this loop runs for most
+            # rules of every walk)
+            for (f, jump), rule in zip(rules, source, strict=True):
+                if not f.plain and not can_match(f):
+                    continue
+                if f.kind == KIND_DNAT and f.nat_to is not None and add_target(f.nat_to):
+                    again = True
+                items.append(f)
+                lines.append(rule[3])
+                if jump is not None:
+                    jumps.append(jump)
         todo.extend(reversed(jumps))
-    return items, lines
+    return None if again else (items, lines)
 
 
 def _by_destination(kept: list[tuple[Facts, int, tuple[str, str] | None]],
