@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Literal, Protocol
@@ -602,6 +602,10 @@ class Ruleset(Protocol):
 
     def line_text(self, line: int) -> str | None:
         """The input line `line` (1-based) as evidence, or None."""
+        ...
+
+    def line_texts(self, lines: Collection[int]) -> dict[int, str | None]:
+        """`line_text` of each of `lines` (a node's evidence, ~10^4 lines: a dataplane may find them at once)."""
         ...
 
 

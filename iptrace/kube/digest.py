@@ -135,9 +135,7 @@ def family_digest(analysis: Any, *, cluster: ClusterState | None = None, kube_no
         by_key[view_service_label(sp)] = sp  # the last one of a key, as the comparison reads a view
     wanted = {x for sp in by_key.values() for x in (*sp.lines[:HEAD], *(ep.line for ep in sp.endpoints)) if x}
     # (an iptables ruleset finds them all in one pass over its rules: one by one is ~2 µs a line)
-    batch = getattr(ruleset, "line_texts", None)
-    texts = {x: t or "" for x, t in batch(wanted).items()} if batch is not None else {
-        x: ruleset.line_text(x) or "" for x in wanted}
+    texts = {x: t or "" for x, t in ruleset.line_texts(wanted).items()}
     ports: list[PortDigest] = []
     lines = array("I")
     for key in sorted(by_key):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from array import array
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from operator import methodcaller
 from typing import Any
@@ -536,6 +536,9 @@ class Ruleset:
         if self.source_text is None or line < 1 or line > len(self.source_text):
             return None
         return self.source_text.line(line).rstrip("\r")
+
+    def line_texts(self, lines: Collection[int]) -> dict[int, str | None]:
+        return {x: self.line_text(x) for x in lines}  # (each line is found in the kept text directly)
 
     @property
     def rule_count(self) -> int:
