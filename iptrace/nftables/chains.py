@@ -246,7 +246,11 @@ class ChainWalker:
         """A small chain replayed from the walk of a chain written alike (skeleton.py)."""
         if not sk.nested.isdisjoint(stack):  # a jump loop through the caller: the walk says so
             return self._run_chain(code, s, stack)
-        key = (sk.key(s), tuple([getattr(s, f) == addr for f, addr in tests]))
+        if len(tests) == 1:  # (an endpoint chain's hairpin test; every member of a skeleton has as many)
+            field, addr = tests[0]
+            key = (sk.key(s), (s.src if field == "src" else s.dst) == addr)
+        else:
+            key = (sk.key(s), tuple([getattr(s, f) == addr for f, addr in tests]))
         found = sk.memo.get(key, False)
         if found is False:
             start = s.copy()
@@ -411,6 +415,23 @@ class ChainWalker:
                 notes.append(f"{c.where}: {what} mod {e.modulus}: each value assumed equally likely over many "
                              "new connections")
         ids = [id(e) for e in drawn]
+        if len(drawn) == 1:
+            # One draw (kube-proxy's `numgen random mod N vmap { … }`): spelled out, this runs for every endpoint
+            # of every trace of a Service.
+            ident = ids[0]
+            den = s.den * size
+            ops_ = self._ops
+            for value in range(drawn[0].offset, drawn[0].offset + size):
+                s2 = s.copy()
+                s2.den = den
+                s2.bind = {ident: value}
+                for note in notes:
+                    s2.assume(note)
+                results = ops_(code, c, rest, 0, s2)
+                for s3, _ in results:
+                    s3.bind = None
+                out.extend(results)
+            return out
         for values in itertools.product(*(range(e.offset, e.offset + e.modulus) for e in drawn)):
             s2 = s.copy()
             s2.den *= size

@@ -172,6 +172,24 @@ def record(results: list[tuple[State, Any]], before: tuple[Any, Any]) -> list[tu
 
 
 def replay(recorded: list[tuple[Any, ...]], s: State) -> list[tuple[State, Any]]:
+    if len(recorded) == 1:
+        # The commonest case (the hooks after DNAT do not split), spelled out: it runs for every branch.
+        (term, path, chains, notes, s.mark, s.ct_mark, s.notrack, s.snat, s.masq, accept, s.hook, s.in_iface,
+         s.out_iface, num, den, nat) = recorded[0]
+        if path is not None:
+            s.path = (path, s.path)
+        if chains is not None:
+            s.chains = (chains, s.chains)
+        for note in notes:
+            s.assume(note)
+        if accept is not _UNCHANGED:
+            s.accept = accept
+        if num != 1 or den != 1:
+            s.num *= num
+            s.den *= den
+        if nat is not _UNCHANGED:
+            s.dst, s.dport, s.dnat_by = nat
+        return [(s, term)]
     out = []
     last = len(recorded) - 1
     for i, (term, path, chains, notes, mark, ct_mark, notrack, snat, masq, accept, hook, in_iface, out_iface,

@@ -359,17 +359,21 @@ def replay(recorded: list[tuple[Any, ...]], s: State, code: Any, dnats: Dnats, r
             enumerate(recorded):
         st = s if i == last else s.copy()
         if path:
-            entries = [(code, ref(code, e[1]), e[2], e[3]) if e[0] is None else e for e in path]
-            st.path = (Segment(entries) if len(entries) > 1 else entries[0], st.path)
+            if len(path) == 1:  # (an endpoint chain's DNAT rule alone: the commonest walk)
+                e = path[0]
+                st.path = ((code, ref(code, e[1]), e[2], e[3]) if e[0] is None else e, st.path)
+            else:
+                st.path = (Segment([(code, ref(code, e[1]), e[2], e[3]) if e[0] is None else e for e in path]),
+                           st.path)
         if chains:
-            keys = [code.key if k is None else k for k in chains]
-            st.chains = (Segment(keys) if len(keys) > 1 else keys[0], st.chains)
+            if len(chains) == 1:
+                st.chains = (code.key if chains[0] is None else chains[0], st.chains)
+            else:
+                st.chains = (Segment([code.key if k is None else k for k in chains]), st.chains)
         st.mark, st.ct_mark, st.notrack, st.snat, st.masq = mark, ct_mark, notrack, snat, masq
         st.hook, st.in_iface, st.out_iface = hook, in_iface, out_iface
         if nat >= 0:
-            target = dnats[nat]
-            assert target is not None  # (record keeps a DNAT of the chain's own only when it is a parameter)
-            addr, port = target
+            addr, port = dnats[nat]  # type: ignore[misc]  # (record keeps a DNAT of the chain's own only when it is a parameter)
             st.dst = addr
             if port is not None:
                 st.dport = port
