@@ -117,6 +117,8 @@ def getter(e: Any, ctx: Context, where: str, bind: dict[int, int] | None = None)
         return _binop(e, ctx, where)
     if isinstance(e, Concat):
         parts = [getter(p, ctx, where) for p in e.parts]
+        if len(parts) == 3:
+            return _concat3(*parts)
 
         def concat(s: State) -> Any:
             out = []
@@ -143,6 +145,23 @@ def getter(e: Any, ctx: Context, where: str, bind: dict[int, int] | None = None)
         return lookup
     constant = e
     return lambda s: constant
+
+
+def _concat3(g0: Getter, g1: Getter, g2: Getter) -> Getter:
+    """`ip daddr . meta l4proto . th dport` (kube-proxy's every Service map is keyed so), spelled out."""
+
+    def concat(s: State) -> Any:
+        a = g0(s)
+        if a is NA or isinstance(a, Unknown):
+            return a
+        b = g1(s)
+        if b is NA or isinstance(b, Unknown):
+            return b
+        c = g2(s)
+        if c is NA or isinstance(c, Unknown):
+            return c
+        return (a, b, c)
+    return concat
 
 
 def _payload(e: Payload, where: str) -> Getter:
