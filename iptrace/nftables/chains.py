@@ -95,6 +95,7 @@ class ChainWalker:
         self._codes: dict[tuple[str, str], ChainCode | None] = {}  # (table label, chain) -> its code
         self._chain_plans: dict[tuple[str, str], Plan | None] = {}
         self._entered: dict[tuple[str, str], int] = {}
+        self._acts: dict[int, tuple[tuple[Any, ...], list[Any]]] = {}  # a draw's op (by id) -> _draw_acts
         walker = weakref.ref(self)  # (the skeletons belong to this walker: no reference cycle through them)
 
         def fields(code: ChainCode, params: Any) -> Any:
@@ -418,8 +419,18 @@ class ChainWalker:
         if len(drawn) == 1:
             # One draw (kube-proxy's `numgen random mod N vmap { … }`): spelled out, this runs for every endpoint
             # of every trace of a Service.
-            ident = ids[0]
             den = s.den * size
+            acts = self._draw_acts(op, rest)
+            if acts is not None:
+                for act in acts:
+                    s2 = s.copy()
+                    s2.den = den
+                    s2.bind = None
+                    for note in notes:
+                        s2.assume(note)
+                    out.append((s2, act))
+                return out
+            ident = ids[0]
             ops_ = self._ops
             for value in range(drawn[0].offset, drawn[0].offset + size):
                 s2 = s.copy()
@@ -443,6 +454,34 @@ class ChainWalker:
                 s3.bind = None
             out.extend(results)
         return out
+
+    def _draw_acts(self, op: tuple[Any, ...], rest: tuple[tuple[Any, ...], ...]) -> list[Any] | None:
+        """What a draw's branches end with, by drawn value, when the rest of its rule is one look-up in an
+        anonymous verdict map keyed by the draw alone: the look-up answers the same for every packet (the draw
+        is all it reads; no path entry names an anonymous map's element). None for any other draw."""
+        if len(rest) != 1 or not op[3] or rest[0][0] != VMAP or rest[0][3] is not None:
+            return None
+        found = self._acts.get(id(op))
+        if found is not None and found[0] is op:
+            return found[1]  # type: ignore[no-any-return]
+        e = op[1][0]
+        vmap = rest[0]
+        probe = State(4, "", "", 0, 0, "", None)
+        acts: list[Any] = []
+        for value in range(e.offset, e.offset + e.modulus):
+            probe.bind = {id(e): value}
+            key = vmap[1](probe)
+            element = vmap[2].find(key) if key is not NA and not isinstance(key, Unknown) else None
+            if element is None:
+                if key is not NA and not isinstance(key, Unknown):
+                    acts.append(BREAK)
+                    continue
+                return None  # (a draw alone is always known)
+            acts.append((element.data.kind, element.data.target, None))
+        if len(self._acts) >= self.codes_size:
+            self._acts.clear()
+        self._acts[id(op)] = (op, acts)
+        return acts
 
     def _nat(self, c: CompiledRule, op: tuple[Any, ...], s: State) -> bool:
         _, kind, version, target, port, note, _ = op

@@ -373,11 +373,15 @@ def replay(recorded: list[tuple[Any, ...]], s: State, code: Any, dnats: Dnats, r
         st.mark, st.ct_mark, st.notrack, st.snat, st.masq = mark, ct_mark, notrack, snat, masq
         st.hook, st.in_iface, st.out_iface = hook, in_iface, out_iface
         if nat >= 0:
-            addr, port = dnats[nat]  # type: ignore[misc]  # (record keeps a DNAT of the chain's own only when it is a parameter)
+            # (record keeps a DNAT of the chain's own only when it is a parameter)
+            addr, port = dnats[nat]  # type: ignore[misc]
             st.dst = addr
             if port is not None:
                 st.dport = port
             st.dnat_by = ref(code, nat).decision
+            if at == nat:  # (the DNAT rule's own verdict: its Decision once)
+                term = (term[0], st.dnat_by)
+                at = -1
         if at >= 0:
             term = (term[0], ref(code, at).decision)
         out.append((st, term))
