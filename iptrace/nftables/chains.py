@@ -176,7 +176,7 @@ class ChainWalker:
                             st = results[0][0]  # the common case: the chain came back with this very branch
                             continue
                         later = [s2 for s2, term in results if term is None]
-                        out.extend(r for r in results if r[1] is not None)
+                        out.extend([r for r in results if r[1] is not None])
                         todo.extend((i, s2) for s2 in reversed(later))
                         left = True
                         break
@@ -299,9 +299,8 @@ class ChainWalker:
     def _verdict(self, code: ChainCode, c: CompiledRule, s: State, act: tuple[Any, ...],
                  stack: tuple[tuple[str, str], ...], out: list[tuple[State, Terminal]], later: list[State]) -> None:
         kind = act[0]
-        decision = act[2] if len(act) > 2 and act[2] is not None else c.decision
         if kind in ("accept", "drop", "reject", "nat"):
-            out.append((s, (kind, decision)))
+            out.append((s, (kind, act[2] if len(act) > 2 and act[2] is not None else c.decision)))
         elif kind == "return":
             out.append((s, None))
         elif kind == "continue":
