@@ -247,11 +247,7 @@ class ChainWalker:
         """A small chain replayed from the walk of a chain written alike (skeleton.py)."""
         if not sk.nested.isdisjoint(stack):  # a jump loop through the caller: the walk says so
             return self._run_chain(code, s, stack)
-        if len(tests) == 1:  # (an endpoint chain's hairpin test; every member of a skeleton has as many)
-            field, addr = tests[0]
-            key = (sk.key(s), (s.src if field == "src" else s.dst) == addr)
-        else:
-            key = (sk.key(s), tuple([getattr(s, f) == addr for f, addr in tests]))
+        key = sk.key(s, tests)
         found = sk.memo.get(key, False)
         if found is False:
             start = s.copy()
