@@ -95,7 +95,6 @@ class ChainWalker:
         self._codes: dict[tuple[str, str], ChainCode | None] = {}  # (table label, chain) -> its code
         self._chain_plans: dict[tuple[str, str], Plan | None] = {}
         self._entered: dict[tuple[str, str], int] = {}
-        self._acts: dict[int, tuple[tuple[Any, ...], list[Any]]] = {}  # a draw's op (by id) -> _draw_acts
         walker = weakref.ref(self)  # (the skeletons belong to this walker: no reference cycle through them)
 
         def fields(code: ChainCode, params: Any) -> Any:
@@ -415,7 +414,7 @@ class ChainWalker:
             # One draw (kube-proxy's `numgen random mod N vmap { … }`): spelled out, this runs for every endpoint
             # of every trace of a Service.
             den = s.den * size
-            acts = self._draw_acts(op, rest)
+            acts = self._draw_acts(c, op, rest)
             if acts is not None:
                 for act in acts:
                     s2 = s.copy()
@@ -450,15 +449,17 @@ class ChainWalker:
             out.extend(results)
         return out
 
-    def _draw_acts(self, op: tuple[Any, ...], rest: tuple[tuple[Any, ...], ...]) -> list[Any] | None:
+    def _draw_acts(self, c: CompiledRule, op: tuple[Any, ...], rest: tuple[tuple[Any, ...], ...]
+                   ) -> list[Any] | None:
         """What a draw's branches end with, by drawn value, when the rest of its rule is one look-up in an
         anonymous verdict map keyed by the draw alone: the look-up answers the same for every packet (the draw
-        is all it reads; no path entry names an anonymous map's element). None for any other draw."""
+        is all it reads; no path entry names an anonymous map's element). None for any other draw. Kept with
+        the compiled rule (as long as its chain's code)."""
         if len(rest) != 1 or not op[3] or rest[0][0] != VMAP or rest[0][3] is not None:
             return None
-        found = self._acts.get(id(op))
+        found = c.acts
         if found is not None and found[0] is op:
-            return found[1]  # type: ignore[no-any-return]
+            return found[1]
         e = op[1][0]
         vmap = rest[0]
         probe = State(4, "", "", 0, 0, "", None)
@@ -473,9 +474,7 @@ class ChainWalker:
                     continue
                 return None  # (a draw alone is always known)
             acts.append((element.data.kind, element.data.target, None))
-        if len(self._acts) >= self.codes_size:
-            self._acts.clear()
-        self._acts[id(op)] = (op, acts)
+        c.acts = (op, acts)
         return acts
 
     def _nat(self, c: CompiledRule, op: tuple[Any, ...], s: State) -> bool:
