@@ -175,7 +175,7 @@ class ChainWalker:
                             st = results[0][0]  # the common case: the chain came back with this very branch
                             continue
                         later = [s2 for s2, term in results if term is None]
-                        out.extend(r for r in results if r[1] is not None)
+                        out.extend([r for r in results if r[1] is not None])
                         todo.extend((i, s2) for s2 in reversed(later))
                         left = True
                         break
@@ -246,7 +246,7 @@ class ChainWalker:
         """A small chain replayed from the walk of a chain written alike (skeleton.py)."""
         if not sk.nested.isdisjoint(stack):  # a jump loop through the caller: the walk says so
             return self._run_chain(code, s, stack)
-        key = (sk.key(s), tuple([getattr(s, f) == addr for f, addr in tests]))
+        key = sk.key(s, tests)
         found = sk.memo.get(key, False)
         if found is False:
             start = s.copy()
@@ -294,9 +294,8 @@ class ChainWalker:
     def _verdict(self, code: ChainCode, c: CompiledRule, s: State, act: tuple[Any, ...],
                  stack: tuple[tuple[str, str], ...], out: list[tuple[State, Terminal]], later: list[State]) -> None:
         kind = act[0]
-        decision = act[2] if len(act) > 2 and act[2] is not None else c.decision
         if kind in ("accept", "drop", "reject", "nat"):
-            out.append((s, (kind, decision)))
+            out.append((s, (kind, act[2] if len(act) > 2 and act[2] is not None else c.decision)))
         elif kind == "return":
             out.append((s, None))
         elif kind == "continue":
@@ -411,6 +410,33 @@ class ChainWalker:
                 notes.append(f"{c.where}: {what} mod {e.modulus}: each value assumed equally likely over many "
                              "new connections")
         ids = [id(e) for e in drawn]
+        if len(drawn) == 1:
+            # One draw (kube-proxy's `numgen random mod N vmap { … }`): spelled out, this runs for every endpoint
+            # of every trace of a Service.
+            den = s.den * size
+            acts = self._draw_acts(c, op, rest)
+            if acts is not None:
+                for act in acts:
+                    s2 = s.copy()
+                    s2.den = den
+                    s2.bind = None
+                    for note in notes:
+                        s2.assume(note)
+                    out.append((s2, act))
+                return out
+            ident = ids[0]
+            ops_ = self._ops
+            for value in range(drawn[0].offset, drawn[0].offset + size):
+                s2 = s.copy()
+                s2.den = den
+                s2.bind = {ident: value}
+                for note in notes:
+                    s2.assume(note)
+                results = ops_(code, c, rest, 0, s2)
+                for s3, _ in results:
+                    s3.bind = None
+                out.extend(results)
+            return out
         for values in itertools.product(*(range(e.offset, e.offset + e.modulus) for e in drawn)):
             s2 = s.copy()
             s2.den *= size
@@ -422,6 +448,34 @@ class ChainWalker:
                 s3.bind = None
             out.extend(results)
         return out
+
+    def _draw_acts(self, c: CompiledRule, op: tuple[Any, ...], rest: tuple[tuple[Any, ...], ...]
+                   ) -> list[Any] | None:
+        """What a draw's branches end with, by drawn value, when the rest of its rule is one look-up in an
+        anonymous verdict map keyed by the draw alone: the look-up answers the same for every packet (the draw
+        is all it reads; no path entry names an anonymous map's element). None for any other draw. Kept with
+        the compiled rule (as long as its chain's code)."""
+        if len(rest) != 1 or not op[3] or rest[0][0] != VMAP or rest[0][3] is not None:
+            return None
+        found = c.acts
+        if found is not None and found[0] is op:
+            return found[1]
+        e = op[1][0]
+        vmap = rest[0]
+        probe = State(4, "", "", 0, 0, "", None)
+        acts: list[Any] = []
+        for value in range(e.offset, e.offset + e.modulus):
+            probe.bind = {id(e): value}
+            key = vmap[1](probe)
+            element = vmap[2].find(key) if key is not NA and not isinstance(key, Unknown) else None
+            if element is None:
+                if key is not NA and not isinstance(key, Unknown):
+                    acts.append(BREAK)
+                    continue
+                return None  # (a draw alone is always known)
+            acts.append((element.data.kind, element.data.target, None))
+        c.acts = (op, acts)
+        return acts
 
     def _nat(self, c: CompiledRule, op: tuple[Any, ...], s: State) -> bool:
         _, kind, version, target, port, note, _ = op

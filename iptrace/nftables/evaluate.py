@@ -117,6 +117,8 @@ def getter(e: Any, ctx: Context, where: str, bind: dict[int, int] | None = None)
         return _binop(e, ctx, where)
     if isinstance(e, Concat):
         parts = [getter(p, ctx, where) for p in e.parts]
+        if len(parts) == 3:
+            return _concat3(*parts)
 
         def concat(s: State) -> Any:
             out = []
@@ -143,6 +145,23 @@ def getter(e: Any, ctx: Context, where: str, bind: dict[int, int] | None = None)
         return lookup
     constant = e
     return lambda s: constant
+
+
+def _concat3(g0: Getter, g1: Getter, g2: Getter) -> Getter:
+    """`ip daddr . meta l4proto . th dport` (kube-proxy's every Service map is keyed so), spelled out."""
+
+    def concat(s: State) -> Any:
+        a = g0(s)
+        if a is NA or isinstance(a, Unknown):
+            return a
+        b = g1(s)
+        if b is NA or isinstance(b, Unknown):
+            return b
+        c = g2(s)
+        if c is NA or isinstance(c, Unknown):
+            return c
+        return (a, b, c)
+    return concat
 
 
 def _payload(e: Payload, where: str) -> Getter:
@@ -210,10 +229,14 @@ def _meta(e: Meta, where: str) -> Getter:
     return lambda s: found
 
 
+_NEW = frozenset({"new"})  # a first packet's `ct state` (one value for every branch: it runs for every rule testing it)
+_UNTRACKED = frozenset({"untracked"})
+
+
 def _ct(e: Ct, where: str) -> Getter:
     key, direction = e.key, e.direction
     if key == "state":
-        return lambda s: frozenset({"untracked"}) if s.notrack else frozenset({"new"})
+        return lambda s: _UNTRACKED if s.notrack else _NEW
     if key == "status":
         return lambda s: frozenset(n for n, on in (("dnat", s.dnat_by is not None), ("snat", s.snat)) if on)
     if key == "mark":
@@ -277,7 +300,7 @@ def _binop(e: Binop, ctx: Context, where: str) -> Getter:
         right = getter(e.right, ctx, where)
     else:
         constant = _bits(dtype, e.right)
-        right = lambda s: constant  # noqa: E731
+        return _binop_constant(left, e.op, constant)
     apply = _BINOPS[e.op]
 
     def binop(s: State) -> Any:
@@ -290,6 +313,21 @@ def _binop(e: Binop, ctx: Context, where: str) -> Getter:
         if isinstance(a, frozenset) and e.op == "^":
             return a ^ b
         return apply(a, b)
+    return binop
+
+
+def _binop_constant(left: Getter, op: str, constant: Any) -> Getter:
+    """`meta mark & 0x00004000` (kube-proxy's masquerade test and mark updates): a constant right operand."""
+    apply = _BINOPS[op]
+    flip = op == "^"
+
+    def binop(s: State) -> Any:
+        a = left(s)
+        if a is NA or isinstance(a, Unknown):
+            return a
+        if flip and isinstance(a, frozenset):
+            return a ^ constant
+        return apply(a, constant)
     return binop
 
 

@@ -31,7 +31,7 @@ _UNCHANGED = object()
 
 
 class Plan:
-    __slots__ = ("assumed", "by_value", "definite", "lookups", "memo", "raw", "redirects", "values")
+    __slots__ = ("assumed", "by_value", "definite", "key", "lookups", "memo", "raw", "redirects", "values")
 
     def __init__(self, definite: list[Callable[[State], bool]], assumed: list[Callable[[State], Any]],
                  lookups: list[tuple[Callable[[State], Any], Any]], values: list[Callable[[State], Any]],
@@ -53,21 +53,45 @@ class Plan:
             self.raw: Callable[[State], Any] = lambda s: (getter(s), s.dnat_by is None)
         else:
             self.raw = getter
+        # key(s): what each test and look-up answers for branch `s`, plus the fields the chains read raw.
+        self.key: Callable[[State], tuple[Any, ...]] = _key_function(self.definite, self.assumed, self.lookups,
+                                                                      self.values, redirects)
 
-    def key(self, s: State) -> tuple[Any, ...]:
-        out: list[Any] = [s.proto, s.mark, s.ct_mark, s.notrack, s.snat, s.masq, s.dnat_by is None,
-                          s.local_origin if self.redirects else None, s.in_iface, s.out_iface]
-        out.extend([t(s) for t in self.definite])
-        out.extend([t(s) for t in self.assumed])
-        for get, index in self.lookups:
-            v = get(s)
-            try:
-                found = index.find(v)
-            except TypeError:
-                found = None
-            out.append(id(found) if found is not None else v.__class__)
-        out.extend([g(s) for g in self.values])
-        return tuple(out)
+
+def _key_function(definite: tuple[Callable[[State], bool], ...], assumed: tuple[Callable[[State], Any], ...],
+                  lookups: tuple[tuple[Callable[[State], Any], Any], ...], values: tuple[Callable[[State], Any], ...],
+                  redirects: bool) -> Callable[[State], tuple[Any, ...]]:
+    """A Plan's key function written out as one tuple expression (generated code, as iptables/memo.py's: this
+    runs for most branches of every trace after its DNAT). A test met more than once in the closure (rules
+    compiled alike share their code: `ct state new`, `meta l4proto tcp`) is asked once: the same function
+    answers the same. A look-up answers which element it finds (or the kind of value it found none for)."""
+    namespace: dict[str, Any] = {"_find": _find}
+    parts = ["s.proto", "s.mark", "s.ct_mark", "s.notrack", "s.snat", "s.masq", "s.dnat_by is None",
+             "s.local_origin" if redirects else "None", "s.in_iface", "s.out_iface"]
+    asked: set[int] = set()
+
+    def bind(f: Any) -> str:
+        name = f"f{len(namespace)}"
+        namespace[name] = f
+        return name
+
+    for f in (*definite, *assumed, *values):
+        if id(f) not in asked:
+            asked.add(id(f))
+            parts.append(f"{bind(f)}(s)")
+    for get, index in lookups:
+        parts.append(f"_find({bind(index)}, {bind(get)}(s))")
+    exec(f"def key(s):\n    return ({', '.join(parts)},)\n", namespace)
+    return namespace["key"]  # type: ignore[no-any-return]
+
+
+def _find(index: Any, v: Any) -> Any:
+    """What a look-up answers in a key: the element found (by identity), or the kind of value found nothing."""
+    try:
+        found = index.find(v)
+    except TypeError:
+        found = None
+    return id(found) if found is not None else v.__class__
 
 
 def make_plan(codes: Iterable[Any], compiled: Callable[[Any, int], CompiledRule],
@@ -148,6 +172,24 @@ def record(results: list[tuple[State, Any]], before: tuple[Any, Any]) -> list[tu
 
 
 def replay(recorded: list[tuple[Any, ...]], s: State) -> list[tuple[State, Any]]:
+    if len(recorded) == 1:
+        # The commonest case (the hooks after DNAT do not split), spelled out: it runs for every branch.
+        (term, path, chains, notes, s.mark, s.ct_mark, s.notrack, s.snat, s.masq, accept, s.hook, s.in_iface,
+         s.out_iface, num, den, nat) = recorded[0]
+        if path is not None:
+            s.path = (path, s.path)
+        if chains is not None:
+            s.chains = (chains, s.chains)
+        for note in notes:
+            s.assume(note)
+        if accept is not _UNCHANGED:
+            s.accept = accept
+        if num != 1 or den != 1:
+            s.num *= num
+            s.den *= den
+        if nat is not _UNCHANGED:
+            s.dst, s.dport, s.dnat_by = nat
+        return [(s, term)]
     out = []
     last = len(recorded) - 1
     for i, (term, path, chains, notes, mark, ct_mark, notrack, snat, masq, accept, hook, in_iface, out_iface,

@@ -62,7 +62,7 @@ _SHAREABLE = frozenset({TEST, VMAP, VERDICT, REJECT, MANGLE})  # operations whos
 class CompiledRule:
     """`tests` (definite) and `assumed` come from the rule's leading relational items; `ops` is the rest."""
 
-    __slots__ = ("assumed", "decision", "index", "ops", "rule", "tests", "verdict", "where")
+    __slots__ = ("acts", "assumed", "decision", "index", "ops", "rule", "tests", "verdict", "where")
 
     def __init__(self, rule: Rule, index: int, decision: Decision, where: str, tests: tuple[Definite, ...],
                  assumed: tuple[Test, ...], ops: tuple[tuple[Any, ...], ...]) -> None:
@@ -73,6 +73,7 @@ class CompiledRule:
         self.tests = tests
         self.assumed = assumed
         self.ops = ops
+        self.acts: tuple[tuple[Any, ...], list[Any]] | None = None  # (a draw's op, its verdicts: ChainWalker's)
         # A rule whose only operation is a verdict (`jump services`, `ct state new jump firewall-check`): the walk
         # takes it without running operations.
         self.verdict: tuple[str, str | None] | None = (ops[0][1], ops[0][2]) if len(ops) == 1 and \

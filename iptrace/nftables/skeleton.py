@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from operator import attrgetter
 from typing import Any
 
 from iptrace.dataplane import Decision
@@ -62,8 +61,18 @@ class Skeleton:
 
     def __init__(self, nested: frozenset[Any], fields: tuple[str, ...]) -> None:
         self.nested = nested  # the closure's other chains: one on the caller's stack makes a jump loop
-        getter = attrgetter(*fields)
-        self.key: Callable[[State], Any] = lambda s: (getter(s), s.dnat_by is None)
+        # key(s, tests): the fields, whether the branch is DNATed, then what the member's parameter tests answer
+        # (one test: its answer; every member of a skeleton has as many). Generated code, one flat tuple: it
+        # runs for every endpoint of every trace of a Service.
+        values = ", ".join([f"s.{f}" for f in fields])
+        source = (f"def key(s, tests):\n"
+                  f"    if len(tests) == 1:\n"
+                  f"        field, addr = tests[0]\n"
+                  f"        return ({values}, s.dnat_by is None, (s.src if field == 'src' else s.dst) == addr)\n"
+                  f"    return ({values}, s.dnat_by is None, tuple([getattr(s, f) == a for f, a in tests]))\n")
+        namespace: dict[str, Any] = {}
+        exec(source, namespace)
+        self.key: Callable[[State, tuple[tuple[str, str], ...]], Any] = namespace["key"]
         self.memo: dict[Any, Any] = {}
 
 
@@ -353,28 +362,67 @@ def replay(recorded: list[tuple[Any, ...]], s: State, code: Any, dnats: Dnats, r
            ) -> list[tuple[State, Any]]:
     """The recorded walk on branch `s` entering member `code` (`dnats`: its DNAT parameters in order; `ref`:
     the walker's (chain, index) → the rule as path entries hold it)."""
+    if len(recorded) == 1:
+        return [_replay_one(recorded[0], s, code, dnats, ref)]
     out = []
     last = len(recorded) - 1
     for i, (term, at, path, chains, mark, ct_mark, notrack, snat, masq, hook, in_iface, out_iface, nat) in \
             enumerate(recorded):
         st = s if i == last else s.copy()
         if path:
-            entries = [(code, ref(code, e[1]), e[2], e[3]) if e[0] is None else e for e in path]
-            st.path = (Segment(entries) if len(entries) > 1 else entries[0], st.path)
+            if len(path) == 1:  # (an endpoint chain's DNAT rule alone: the commonest walk)
+                e = path[0]
+                st.path = ((code, ref(code, e[1]), e[2], e[3]) if e[0] is None else e, st.path)
+            else:
+                st.path = (Segment([(code, ref(code, e[1]), e[2], e[3]) if e[0] is None else e for e in path]),
+                           st.path)
         if chains:
-            keys = [code.key if k is None else k for k in chains]
-            st.chains = (Segment(keys) if len(keys) > 1 else keys[0], st.chains)
+            if len(chains) == 1:
+                st.chains = (code.key if chains[0] is None else chains[0], st.chains)
+            else:
+                st.chains = (Segment([code.key if k is None else k for k in chains]), st.chains)
         st.mark, st.ct_mark, st.notrack, st.snat, st.masq = mark, ct_mark, notrack, snat, masq
         st.hook, st.in_iface, st.out_iface = hook, in_iface, out_iface
         if nat >= 0:
-            target = dnats[nat]
-            assert target is not None  # (record keeps a DNAT of the chain's own only when it is a parameter)
-            addr, port = target
+            # (record keeps a DNAT of the chain's own only when it is a parameter)
+            addr, port = dnats[nat]  # type: ignore[misc]
             st.dst = addr
             if port is not None:
                 st.dport = port
             st.dnat_by = ref(code, nat).decision
+            if at == nat:  # (the DNAT rule's own verdict: its Decision once)
+                term = (term[0], st.dnat_by)
+                at = -1
         if at >= 0:
             term = (term[0], ref(code, at).decision)
         out.append((st, term))
     return out
+
+
+def _replay_one(recorded: tuple[Any, ...], s: State, code: Any, dnats: Dnats, ref: Callable[[Any, int], Any],
+                ) -> tuple[State, Any]:
+    """`replay` of a walk that did not split (an endpoint chain's), on `s` itself: spelled out."""
+    (term, at, path, chains, s.mark, s.ct_mark, s.notrack, s.snat, s.masq, s.hook, s.in_iface, s.out_iface,
+     nat) = recorded
+    if path:
+        if len(path) == 1:
+            e = path[0]
+            s.path = ((code, ref(code, e[1]), e[2], e[3]) if e[0] is None else e, s.path)
+        else:
+            s.path = (Segment([(code, ref(code, e[1]), e[2], e[3]) if e[0] is None else e for e in path]), s.path)
+    if chains:
+        if len(chains) == 1:
+            s.chains = (code.key if chains[0] is None else chains[0], s.chains)
+        else:
+            s.chains = (Segment([code.key if k is None else k for k in chains]), s.chains)
+    if nat >= 0:
+        addr, port = dnats[nat]  # type: ignore[misc]
+        s.dst = addr
+        if port is not None:
+            s.dport = port
+        decision = s.dnat_by = ref(code, nat).decision
+        if at == nat:
+            return s, (term[0], decision)
+    if at >= 0:
+        term = (term[0], ref(code, at).decision)
+    return s, term

@@ -154,11 +154,14 @@ class Tracer(ChainWalker):
                 s1.out_iface = "lo" if local else None
                 out.extend(self._tail(s1, _OUT_LOOPBACK if local else _OUT))
             return out
+        local = self.local
         for s1, t1 in self._hook(s, "prerouting"):
             if t1 is not None:
                 out.append((s1, t1))
             else:
-                out.extend(self._tail(s1, _INPUT if self._is_local(s1.dst) else _FORWARD))
+                # (_is_local spelled out: this runs for every branch, most of them for endpoints elsewhere)
+                dst = s1.dst
+                out.extend(self._tail(s1, _INPUT if dst in local or is_loopback(dst) else _FORWARD))
         return out
 
     def _tail(self, s: State, seq: tuple[tuple[str, bool, bool], ...]) -> list[tuple[State, Terminal]]:
