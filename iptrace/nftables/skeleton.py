@@ -362,46 +362,15 @@ def replay(recorded: list[tuple[Any, ...]], s: State, code: Any, dnats: Dnats, r
            ) -> list[tuple[State, Any]]:
     """The recorded walk on branch `s` entering member `code` (`dnats`: its DNAT parameters in order; `ref`:
     the walker's (chain, index) → the rule as path entries hold it)."""
-    if len(recorded) == 1:
+    if len(recorded) == 1:  # (an endpoint chain's walk does not split: `s` itself)
         return [_replay_one(recorded[0], s, code, dnats, ref)]
-    out = []
     last = len(recorded) - 1
-    for i, (term, at, path, chains, mark, ct_mark, notrack, snat, masq, hook, in_iface, out_iface, nat) in \
-            enumerate(recorded):
-        st = s if i == last else s.copy()
-        if path:
-            if len(path) == 1:  # (an endpoint chain's DNAT rule alone: the commonest walk)
-                e = path[0]
-                st.path = ((code, ref(code, e[1]), e[2], e[3]) if e[0] is None else e, st.path)
-            else:
-                st.path = (Segment([(code, ref(code, e[1]), e[2], e[3]) if e[0] is None else e for e in path]),
-                           st.path)
-        if chains:
-            if len(chains) == 1:
-                st.chains = (code.key if chains[0] is None else chains[0], st.chains)
-            else:
-                st.chains = (Segment([code.key if k is None else k for k in chains]), st.chains)
-        st.mark, st.ct_mark, st.notrack, st.snat, st.masq = mark, ct_mark, notrack, snat, masq
-        st.hook, st.in_iface, st.out_iface = hook, in_iface, out_iface
-        if nat >= 0:
-            # (record keeps a DNAT of the chain's own only when it is a parameter)
-            addr, port = dnats[nat]  # type: ignore[misc]
-            st.dst = addr
-            if port is not None:
-                st.dport = port
-            st.dnat_by = ref(code, nat).decision
-            if at == nat:  # (the DNAT rule's own verdict: its Decision once)
-                term = (term[0], st.dnat_by)
-                at = -1
-        if at >= 0:
-            term = (term[0], ref(code, at).decision)
-        out.append((st, term))
-    return out
+    return [_replay_one(walk, s if i == last else s.copy(), code, dnats, ref) for i, walk in enumerate(recorded)]
 
 
 def _replay_one(recorded: tuple[Any, ...], s: State, code: Any, dnats: Dnats, ref: Callable[[Any, int], Any],
                 ) -> tuple[State, Any]:
-    """`replay` of a walk that did not split (an endpoint chain's), on `s` itself: spelled out."""
+    """One recorded branch on `s` itself (spelled out: it runs for every endpoint of every trace)."""
     (term, at, path, chains, s.mark, s.ct_mark, s.notrack, s.snat, s.masq, s.hook, s.in_iface, s.out_iface,
      nat) = recorded
     if path:
