@@ -172,43 +172,27 @@ def record(results: list[tuple[State, Any]], before: tuple[Any, Any]) -> list[tu
 
 
 def replay(recorded: list[tuple[Any, ...]], s: State) -> list[tuple[State, Any]]:
-    if len(recorded) == 1:
-        # The commonest case (the hooks after DNAT do not split), spelled out: it runs for every branch.
-        (term, path, chains, notes, s.mark, s.ct_mark, s.notrack, s.snat, s.masq, accept, s.hook, s.in_iface,
-         s.out_iface, num, den, nat) = recorded[0]
-        if path is not None:
-            s.path = (path, s.path)
-        if chains is not None:
-            s.chains = (chains, s.chains)
-        for note in notes:
-            s.assume(note)
-        if accept is not _UNCHANGED:
-            s.accept = accept
-        if num != 1 or den != 1:
-            s.num *= num
-            s.den *= den
-        if nat is not _UNCHANGED:
-            s.dst, s.dport, s.dnat_by = nat
-        return [(s, term)]
-    out = []
+    if len(recorded) == 1:  # (the commonest case: the hooks after DNAT do not split; `s` itself)
+        return [_replay_one(recorded[0], s)]
     last = len(recorded) - 1
-    for i, (term, path, chains, notes, mark, ct_mark, notrack, snat, masq, accept, hook, in_iface, out_iface,
-            num, den, nat) in enumerate(recorded):
-        st = s if i == last else s.copy()
-        if path is not None:
-            st.path = (path, st.path)
-        if chains is not None:
-            st.chains = (chains, st.chains)
-        for note in notes:
-            st.assume(note)
-        st.mark, st.ct_mark, st.notrack, st.snat, st.masq = mark, ct_mark, notrack, snat, masq
-        st.hook, st.in_iface, st.out_iface = hook, in_iface, out_iface
-        if accept is not _UNCHANGED:
-            st.accept = accept
-        if num != 1 or den != 1:
-            st.num *= num
-            st.den *= den
-        if nat is not _UNCHANGED:
-            st.dst, st.dport, st.dnat_by = nat
-        out.append((st, term))
-    return out
+    return [_replay_one(walk, s if i == last else s.copy()) for i, walk in enumerate(recorded)]
+
+
+def _replay_one(recorded: tuple[Any, ...], s: State) -> tuple[State, Any]:
+    """One recorded branch on `s` itself (spelled out: it runs for every branch of every trace)."""
+    (term, path, chains, notes, s.mark, s.ct_mark, s.notrack, s.snat, s.masq, accept, s.hook, s.in_iface,
+     s.out_iface, num, den, nat) = recorded
+    if path is not None:
+        s.path = (path, s.path)
+    if chains is not None:
+        s.chains = (chains, s.chains)
+    for note in notes:
+        s.assume(note)
+    if accept is not _UNCHANGED:
+        s.accept = accept
+    if num != 1 or den != 1:
+        s.num *= num
+        s.den *= den
+    if nat is not _UNCHANGED:
+        s.dst, s.dport, s.dnat_by = nat
+    return s, term
