@@ -163,7 +163,7 @@ def figure_nft_trace(dump: Path) -> dict[str, Any]:
 
     gc.disable()  # as every analysis command of the CLI runs (iptrace.cli.common.batch)
     from iptrace.dataplane import Packet
-    from iptrace.kube.view import chain_labels
+    from iptrace.kube.analysis import chain_labels
     from iptrace.nftables import DATAPLANE, load_path
 
     ruleset = load_path(dump)
@@ -209,7 +209,7 @@ def figure_trace(dump: Path) -> dict[str, Any]:
     from iptrace.dataplane import Packet
     from iptrace.iptables import DATAPLANE, load_path
     from iptrace.iptables.walk import Tracer
-    from iptrace.kube.view import chain_labels
+    from iptrace.kube.analysis import chain_labels
 
     ruleset = load_path(dump)
     layout = DATAPLANE.layout(ruleset, ruleset.family)
