@@ -110,3 +110,13 @@ def test_cli_matching_filter_still_prints_the_view() -> None:
     result = run("services", FB, "--service", "default/fb-backends", "-o", "json")
     assert result.exit_code == 0
     assert '"default/fb-backends:ka-port"' in result.stdout
+
+
+def test_a_dual_stack_ruleset_refuses_an_address_with_its_own_familys_closest() -> None:
+    # Both families of the ruleset refuse fd00::10; the IPv6 view's refusal is the one that helps.
+    dual = "sample_dumps/dual-stack-nft.nft"
+    result = CliRunner().invoke(main, ["services", dual, "--address", "fd00::10"])
+    assert result.exit_code == 1
+    assert "closest addresses: fd00:10:96::a (kube-system/kube-dns:dns)" in result.stderr
+    result = CliRunner().invoke(main, ["services", dual, "--address", "10.96.0.11"])
+    assert result.exit_code == 1 and "closest addresses: 10.96.0.1 (default/kubernetes:https)" in result.stderr

@@ -92,11 +92,13 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
     for analysis in analyses_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table):
         try:
             pairs.append((analysis, select_ports(analysis, namespace=namespace, service=service, address=address,
-                                           source=analysis.ruleset.source)))
+                                                 source=analysis.ruleset.source)))
         except InputError as exc:  # a filter that matches only in the other family
-            errors.append(exc)
+            errors.append((analysis.family, exc))
     if not pairs:
-        raise errors[0]
+        # An address's own family says what is closest to it (the other family's view has none of its kind).
+        asked = ("ipv6" if ":" in address else "ipv4") if address is not None else None
+        raise next((exc for family, exc in errors if family == asked), errors[0][1])
     if len(pairs) > 1 and output not in ("text", "json"):
         first = pairs[0][1]
         pairs = [(pairs[0][0], replace(first, services=tuple(s for _, v in pairs for s in v.services),
