@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -89,7 +90,10 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
     # One view per IP family kube-proxy programs (an nftables ruleset of a dual-stack node has both).
     pairs = []
     errors = []
+    filtered = namespace is not None or service is not None or address is not None
     for analysis in analyses_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table):
+        if not filtered:
+            _build_showing_progress(analysis)
         try:
             pairs.append((analysis, select_ports(analysis, namespace=namespace, service=service, address=address,
                                                  source=analysis.ruleset.source)))
@@ -103,7 +107,6 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
         first = pairs[0][1]
         pairs = [(pairs[0][0], replace(first, services=tuple(s for _, v in pairs for s in v.services),
                                        chain_labels={k: lab for _, v in pairs for k, lab in v.chain_labels.items()}))]
-    filtered = namespace is not None or service is not None or address is not None
     findings = [f for a, v in pairs
                 for f in (_cluster_findings(a, cluster, dump, v, filtered) if cluster is not None else [])]
     if output == "json":
@@ -151,6 +154,25 @@ def _with_findings(items: Iterator[dict[str, Any]], by_label: dict[str, list[Any
     for item in items:
         item["findings"] = [f.to_json() for f in by_label.pop(_json_label(item["service"], item["protocol"]), [])]
         yield item
+
+
+# A node with this many Service ports shows a progress bar on a terminal while its view is built (~1 s a thousand).
+_PROGRESS_PORTS = 1000
+
+
+def _build_showing_progress(analysis: Any) -> None:
+    """The whole view, with a progress bar on a terminal (never on a pipe) for a big node."""
+    total = len(analysis.layout.keys)
+    if total < _PROGRESS_PORTS or not sys.stderr.isatty():
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("tracing every way in of every Service port"), BarColumn(), MofNCompleteColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("", total=total)
+        analysis.views.view(progress=lambda done: bar.update(task, completed=done))
 
 
 def _cluster_findings(analysis: Any, cluster: Any, dump: str, view: Any, filtered: bool) -> list[Any]:

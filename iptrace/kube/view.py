@@ -517,13 +517,20 @@ class ViewBuilder:
                 found = self._facts[key] = self._builder.facts(self.layout.service_port(key))
         return found
 
-    def view(self) -> KubeView:
+    def view(self, progress: Callable[[int], None] | None = None) -> KubeView:
+        """Every Service port's view (built once). `progress` is told how many ports are built, now and then."""
         if self._view is None:
             layout = self.layout
             enabled = gc.isenabled()
             gc.disable()  # ~10^5 small acyclic objects: the cyclic collector would only rescan the whole ruleset
             try:
-                if self._reuse is None:
+                if self._reuse is None and progress is not None:
+                    services = []
+                    for key in layout.keys:
+                        services.append(self.port(key))
+                        if len(services) % 100 == 0:
+                            progress(len(services))
+                elif self._reuse is None:
                     services = [self.port(key) for key in layout.keys]
                 else:
                     clients = self.clients
