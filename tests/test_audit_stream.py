@@ -7,12 +7,7 @@ another kube-proxy era, a node whose dump does not parse and a node with a connt
 from __future__ import annotations
 
 import json
-import os
-import pty
 import random
-import select
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +26,7 @@ from iptrace.kube.reuse import ViewReuse
 from iptrace.render.audit import audit_to_json, render_audit_text
 from tests import fleet_scenario
 from tests.conftest import SAMPLES
+from tests.terminal import on_a_terminal
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -249,27 +245,7 @@ def test_views_are_reused_across_the_fleet(snap: Path) -> None:
 
 def test_progress_on_a_terminal_never_on_a_pipe(snap: Path) -> None:
     assert CliRunner().invoke(main, ["audit", str(snap), "-j", "1", "-o", "json"]).stderr == ""
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "iptrace", "audit", str(snap), "-j", "2", "-o", "json"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=follower, stdin=subprocess.DEVNULL,
-                            env={**os.environ, "COLUMNS": "120", "TERM": "xterm"})
-    os.close(follower)
-    seen = b""
-    assert proc.stdout is not None
-    out = b""
-    while proc.poll() is None or select.select([leader], [], [], 0)[0]:
-        ready, _, _ = select.select([leader, proc.stdout], [], [], 1)
-        if leader in ready:
-            try:
-                seen += os.read(leader, 65536)
-            except OSError:
-                break
-        if proc.stdout in ready:
-            out += os.read(proc.stdout.fileno(), 1 << 20)
-    out += proc.stdout.read()
-    proc.wait(timeout=60)
-    os.close(leader)
-    assert proc.returncode == 3
+    code, out, shown = on_a_terminal(["audit", str(snap), "-j", "2", "-o", "json"], timeout=60)
+    assert code == 3
     json.loads(out)  # stdout stays clean JSON
-    shown = seen.decode(errors="replace")
     assert "/9" in shown and "audited node-" in shown, shown[-500:]
