@@ -30,3 +30,12 @@ def test_progress_on_a_terminal_never_on_a_pipe(tmp_path: Path) -> None:
     # A filter answers from a few Service ports: nothing to wait for, no bar.
     code, out, shown = on_a_terminal(["services", str(dump), "--namespace", "default", "-o", "json"])
     assert code == 0 and "tracing every way in" not in shown
+
+
+def test_diff_of_big_nodes_shows_progress_on_a_terminal(tmp_path: Path) -> None:
+    dump = _big(tmp_path)
+    piped = CliRunner().invoke(main, ["diff", str(dump), str(dump), "-o", "json"])
+    assert piped.exit_code == 0 and piped.stderr == ""
+    code, out, shown = on_a_terminal(["diff", str(dump), str(dump), "-o", "json"])
+    assert code == 0 and json.loads(out) == json.loads(piped.stdout)
+    assert "tracing every way in of every Service port" in shown, shown[-500:]

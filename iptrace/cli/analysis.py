@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +15,7 @@ from iptrace.cli.common import (
     analysis_of,
     analysis_options,
     batch,
+    build_showing_progress,
     check_ip,
     cluster_data,
     emit_json,
@@ -93,7 +93,7 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
     filtered = namespace is not None or service is not None or address is not None
     for analysis in analyses_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table):
         if not filtered:
-            _build_showing_progress(analysis)
+            build_showing_progress(analysis)
         try:
             pairs.append((analysis, select_ports(analysis, namespace=namespace, service=service, address=address,
                                                  source=analysis.ruleset.source)))
@@ -154,25 +154,6 @@ def _with_findings(items: Iterator[dict[str, Any]], by_label: dict[str, list[Any
     for item in items:
         item["findings"] = [f.to_json() for f in by_label.pop(_json_label(item["service"], item["protocol"]), [])]
         yield item
-
-
-# A node with this many Service ports shows a progress bar on a terminal while its view is built (~1 s a thousand).
-_PROGRESS_PORTS = 1000
-
-
-def _build_showing_progress(analysis: Any) -> None:
-    """The whole view, with a progress bar on a terminal (never on a pipe) for a big node."""
-    total = len(analysis.layout.keys)
-    if total < _PROGRESS_PORTS or not sys.stderr.isatty():
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (TextColumn("tracing every way in of every Service port"), BarColumn(), MofNCompleteColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("", total=total)
-        analysis.views.view(progress=lambda done: bar.update(task, completed=done))
 
 
 def _cluster_findings(analysis: Any, cluster: Any, dump: str, view: Any, filtered: bool) -> list[Any]:

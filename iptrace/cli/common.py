@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -267,3 +268,22 @@ def cluster_data(cluster_files: tuple[str, ...], kubeconfig: str | None, context
 
 def node_ips_or(given: tuple[str, ...], collected: list[str]) -> list[str]:
     return list(given) or collected
+
+
+# A node with this many Service ports shows a progress bar on a terminal while its view is built (~1 s a thousand).
+_PROGRESS_PORTS = 1000
+
+
+def build_showing_progress(analysis: Any) -> None:
+    """The whole view, with a progress bar on a terminal (never on a pipe) for a big node."""
+    total = len(analysis.layout.keys)
+    if total < _PROGRESS_PORTS or not sys.stderr.isatty():
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("tracing every way in of every Service port"), BarColumn(), MofNCompleteColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("", total=total)
+        analysis.views.view(progress=lambda done: bar.update(task, completed=done))

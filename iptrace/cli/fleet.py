@@ -15,6 +15,7 @@ from iptrace.cli import EXIT_ERROR, EXIT_FINDINGS, main
 from iptrace.cli.common import (
     analysis_of,
     batch,
+    build_showing_progress,
     check_ip,
     check_nodes,
     cluster_data,
@@ -465,6 +466,8 @@ def diff(a: str, b: str, output: str, cluster_files: tuple[str, ...], kubeconfig
     right = analysis_of(b, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table)
     if not node_ips and left.dataplane.name != right.dataplane.name:
         left, right = _one_node(a, b, left, right, cluster, lenient, table)
+    build_showing_progress(left)  # (both whole views are compared: a big node's takes seconds)
+    build_showing_progress(right)
     result = run_diff(left, right)
     if output == "json":
         emit_json(diff_to_json(result))
