@@ -35,8 +35,9 @@ from iptrace.kube.view import (
     LOAD_BALANCER,
     NODE_PORT,
     PortIdentity,
+    PortLayout,
     ServicePortView,
-    port_identity,
+    port_layout,
 )
 
 Severity = Literal["error", "warning", "info"]
@@ -126,23 +127,7 @@ class Evidence:
         return tuple((x, self._ruleset.line_text(x) or "") for x in wanted)
 
 
-@dataclass(frozen=True, slots=True)
-class _Port:
-    """A Service port as its layout says it (no walk): who it is, its chains, its number of ways in. What the
-    comparison pairs with the API's ports; the view of a port is built only when a finding about it is wanted."""
-
-    key: str
-    who: PortIdentity
-    chains: tuple[str, ...]
-    ways: int
-    lines: tuple[int, ...]
-
-    @property
-    def label(self) -> str:
-        return view_service_label(self.who)
-
-
-def _identify(ports: Sequence[_Port], cluster: ClusterState,
+def _identify(ports: Sequence[PortLayout], cluster: ClusterState,
               dataplane: Any) -> dict[int, tuple[str, str, str, str]]:
     """(ns, name, port name, protocol) for each service port, by index: its own name (a layout read with the
     cluster data has the dataplane's names for comment-less chains), else one of its chains named as the
@@ -151,7 +136,7 @@ def _identify(ports: Sequence[_Port], cluster: ClusterState,
     by_chain: dict[str, tuple[str, str, str, str]] = {}
     by_address: dict[tuple[str, int, str], tuple[str, str, str, str]] = {}
     by_node_port: dict[tuple[int, str], tuple[str, str, str, str]] = {}
-    if any(not p.who.namespace for p in ports):
+    if any(not p.namespace for p in ports):
         for svc, port in cluster.service_ports():
             key = (svc.namespace, svc.name, port.name, port.protocol.lower())
             for role in ("cluster", "local", "external", "firewall"):
@@ -163,12 +148,11 @@ def _identify(ports: Sequence[_Port], cluster: ClusterState,
             if svc.health_check_node_port:
                 by_node_port.setdefault((svc.health_check_node_port, "tcp"), key)
     out: dict[int, tuple[str, str, str, str]] = {}
-    for i, p in enumerate(ports):
-        sp = p.who
+    for i, sp in enumerate(ports):
         if sp.namespace:
             out[i] = (sp.namespace, sp.name, sp.port_name, sp.protocol)
             continue
-        found = next((by_chain[c] for c in p.chains if c in by_chain), None)
+        found = next((by_chain[c] for c in sp.chains if c in by_chain), None)
         if found is None and sp.cluster_ip is not None and sp.port is not None:
             found = by_address.get((_canonical(sp.cluster_ip), sp.port, sp.protocol))
         if found is None and sp.cluster_ip is None:
@@ -217,12 +201,11 @@ class _Comparer:
         if self.proxy.mode not in ("iptables", "nftables"):
             return []
         expected = {e.key: e for e in expected_ports(cluster, layout.family)}
-        ports = [_Port(sp.key, port_identity(sp), sp.chains, len(sp.ways_in), sp.lines)
-                 for sp in layout.service_ports]
+        ports = [port_layout(sp) for sp in layout.service_ports]
         names = _identify(ports, cluster, self.dataplane)
         seen: set[tuple[str, str, str, str]] = set()
-        unknown: list[tuple[_Port, tuple[str, str, str, str] | None]] = []
-        named: dict[tuple[str, str, str, str], list[_Port]] = {}
+        unknown: list[tuple[PortLayout, tuple[str, str, str, str] | None]] = []
+        named: dict[tuple[str, str, str, str], list[PortLayout]] = {}
         items: list[tuple[str, Callable[[], None]]] = []
         for i, port in enumerate(ports):
             key = names.get(i)
@@ -233,7 +216,7 @@ class _Comparer:
         for key, found in named.items():
             # Several fragments can name one service port (a comment-less dump's filter rules): the one
             # with the most chains is kube-proxy's programming of it.
-            port = max(found, key=lambda x: (len(x.chains), x.ways))
+            port = max(found, key=lambda x: (len(x.chains), len(x.entries)))
             exp = expected.get(key)
             if exp is None:
                 unknown.append((port, key))
@@ -251,7 +234,8 @@ class _Comparer:
             missing.remove(twin)
             unknown.remove((port, key))
             items.append((twin.label, functools.partial(self.protocol_changed, port, twin)))
-        items += [(port.label, functools.partial(self.unknown_key, port.key, key)) for port, key in unknown]
+        items += [(view_service_label(port), functools.partial(self.unknown_key, port.key, key))
+                  for port, key in unknown]
         items += [(exp.label, functools.partial(self.missing_service, exp)) for exp in missing]
         return items
 
@@ -481,11 +465,11 @@ class _Comparer:
     def unknown_key(self, key: str, name: tuple[str, str, str, str] | None) -> None:
         self.unknown_service(self.analysis.port_view(key), name)
 
-    def protocol_changed(self, port: _Port, twin: ExpectedPort) -> None:
+    def protocol_changed(self, port: PortLayout, twin: ExpectedPort) -> None:
         self.add(PORT_MISMATCH, "error", twin.label,
-                 f"{twin.label}: protocol is {twin.port.protocol} in the API, {port.who.protocol.upper()} in the rules",
+                 f"{twin.label}: protocol is {twin.port.protocol} in the API, {port.protocol.upper()} in the rules",
                  f"The Service's port {twin.port.name or twin.port.port} is {twin.port.protocol}; this node still "
-                 f"forwards {port.who.protocol.upper()} for it, so {twin.port.protocol} connections to "
+                 f"forwards {port.protocol.upper()} for it, so {twin.port.protocol} connections to "
                  f"{_address(twin.cluster_ip, twin.port.port)} match no rule. kube-proxy would have replaced the "
                  f"chains ({self.chain('cluster', twin)}). {NOT_SYNCING}.",
                  "restart kube-proxy on this node once it can sync", port.lines)

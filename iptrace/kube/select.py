@@ -9,11 +9,11 @@ from __future__ import annotations
 import difflib
 import ipaddress
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from iptrace.errors import InputError
-from iptrace.kube.view import KubeView, port_identity, split_destination
+from iptrace.kube.view import KubeView, port_layout, split_destination
 
 _SHOWN = 5  # names listed when none is close
 
@@ -28,22 +28,6 @@ def select(view: KubeView, *, namespace: str | None = None, service: str | None 
     raise InputError(_refusal(view.services, namespace, service, address, source))
 
 
-@dataclass(frozen=True, slots=True)
-class _Port:
-    """What the filters and their refusals read of a Service port, from its layout (its ways in are the
-    addresses its entries will have) and, when an address is asked for, its endpoints."""
-
-    key: str
-    namespace: str
-    name: str
-    port_name: str
-    protocol: str
-    label: str
-    chains: tuple[str, ...]
-    entries: tuple[Any, ...]
-    endpoints: tuple[Any, ...] = ()
-
-
 def select_ports(analysis: Any, *, namespace: str | None = None, service: str | None = None,
                  address: str | None = None, source: str = "<dump>") -> KubeView:
     """`select(analysis.view, …)` building the views of the Service ports that may match only: their layouts
@@ -53,7 +37,7 @@ def select_ports(analysis: Any, *, namespace: str | None = None, service: str | 
         return analysis.view  # type: ignore[no-any-return]
     layout = analysis.layout
     # Every port's layout (also what the view's full warnings need), in the view's order.
-    ports = sorted((_port(sp) for sp in layout.service_ports),
+    ports = sorted((port_layout(sp) for sp in layout.service_ports),
                    key=lambda p: (p.namespace, p.name, p.port_name, p.protocol))
     keys = {p.key for p in _matching(ports, namespace, service, address)}
     if address is not None:
@@ -67,11 +51,6 @@ def select_ports(analysis: Any, *, namespace: str | None = None, service: str | 
     if address is not None:  # (what a refusal offers for an address includes every endpoint)
         ports = [replace(p, endpoints=analysis.port_facts(p.key).endpoints) for p in ports]
     raise InputError(_refusal(ports, namespace, service, address, source))
-
-
-def _port(sp: Any) -> _Port:
-    who = port_identity(sp)
-    return _Port(sp.key, who.namespace, who.name, who.port_name, who.protocol, who.label, sp.chains, sp.ways_in)
 
 
 def _refusal(services: Sequence[Any], namespace: str | None, service: str | None, address: str | None,

@@ -199,6 +199,19 @@ class PortFacts(PortIdentity):
 
 
 @dataclass(frozen=True, slots=True)
+class PortLayout(PortIdentity):
+    """A Service port as its layout says it, without a walk: its identity, chains, ways in as `entries`, lines.
+    What the filters and the API comparison read of every port of a node before building the views of the few
+    they need (`endpoints`: when a caller has read them)."""
+
+    key: str
+    chains: tuple[str, ...]
+    entries: tuple[WayIn, ...]
+    lines: tuple[int, ...]
+    endpoints: tuple[EndpointView, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class KubeView:
     """Everything kube-proxy programmed on one node for one IP family, per Service port, sorted by (namespace,
     name, port name, protocol). `chain_labels` names the Service of every per-service chain so that a trace
@@ -457,9 +470,10 @@ class _Builder:
         return PortFacts(**_port_fields(sp, sp.ways_in), endpoints=tuple(self.endpoints(sp)), entries=sp.ways_in)
 
 
-def port_identity(sp: ServicePortLayout) -> PortIdentity:
-    """Who a Service port is and where it is reached (its view's first fields), from its layout alone."""
-    return PortIdentity(**_port_fields(sp, sp.ways_in))
+def port_layout(sp: ServicePortLayout) -> PortLayout:
+    """A Service port's PortLayout (its view's first fields, from its layout alone)."""
+    return PortLayout(**_port_fields(sp, sp.ways_in), key=sp.key, chains=sp.chains, entries=sp.ways_in,
+                      lines=sp.lines)
 
 
 def _port_fields(sp: ServicePortLayout, entries: Sequence[Any]) -> dict[str, Any]:
