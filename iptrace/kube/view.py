@@ -538,14 +538,12 @@ class ViewBuilder:
             enabled = gc.isenabled()
             gc.disable()  # ~10^5 small acyclic objects: the cyclic collector would only rescan the whole ruleset
             try:
-                if self._reuse is None and progress is not None:
+                if self._reuse is None:
                     services = []
                     for key in layout.keys:
                         services.append(self.port(key))
-                        if len(services) % 100 == 0:
+                        if progress is not None and len(services) % 100 == 0:
                             progress(len(services))
-                elif self._reuse is None:
-                    services = [self.port(key) for key in layout.keys]
                 else:
                     clients = self.clients
                     services = self._reuse.services(layout, self._tracer,
