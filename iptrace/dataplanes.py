@@ -40,13 +40,21 @@ def detect(text: str) -> Dataplane:
 
 
 def load(text: str | bytes, *, source: str = "<dump>", lenient: bool = False, table: str | None = None,
-         ) -> tuple[Dataplane, Any]:
-    """(dataplane, its ruleset) for a dump's text."""
+         memo: dict[str, Any] | None = None) -> tuple[Dataplane, Any]:
+    """(dataplane, its ruleset) for a dump's text. `memo`: a dict a caller keeps across the loads of one
+    cluster's dumps (audit's workers), where a dataplane keeps what helps it read the next one; the ruleset is the
+    same with or without it."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
     dataplane = detect(text)
     if dataplane.name == "iptables":
-        return dataplane, dataplane.load(text, source=source, lenient=lenient, table=table)  # type: ignore[call-arg]
+        loader_memo = None
+        if memo is not None:
+            from iptrace.iptables.rule_shapes import LoadMemo
+
+            loader_memo = memo.setdefault("iptables", LoadMemo())
+        return dataplane, dataplane.load(text, source=source, lenient=lenient, table=table,  # type: ignore[call-arg]
+                                         memo=loader_memo)
     if table is not None:
         raise InputError(f"{source}: --table applies to iptables listings, and this is {dataplane.name} input")
     return dataplane, dataplane.load(text, source=source, lenient=lenient)

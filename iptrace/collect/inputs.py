@@ -45,17 +45,19 @@ def _kube_layout(dataplane: Any, ruleset: Any, family: str, known: Any) -> Any:
     return layout if layout.proxy.has_rules else None
 
 
-def choose_dump(snapshot: Any, family: str = "ipv4", *, lenient: bool = False, known: Any = ()) -> NodeDump:
+def choose_dump(snapshot: Any, family: str = "ipv4", *, lenient: bool = False, known: Any = (),
+                memo: dict[str, Any] | None = None) -> NodeDump:
     """The dump of `snapshot` (a collect.store.NodeSnapshot) that answers for `family`: the iptables-save (or
     ip6tables-save) dump when kube-proxy's rules are there, else the legacy backend's, else the nftables
-    ruleset's. `known`: the API's Service ports (kube.analysis.known_ports), to read the layout with. Raises
-    IptraceError when the main dump cannot be read."""
+    ruleset's. `known`: the API's Service ports (kube.analysis.known_ports), to read the layout with. `memo`:
+    dataplanes.load's, kept across the nodes of one audit. Raises IptraceError when the main dump cannot be
+    read."""
     node = snapshot.node
     text = snapshot.dump_text
     name = str(snapshot.dump_path)
     if family == "ipv6" and snapshot.ip6_dump_text:
         text, name = snapshot.ip6_dump_text, str(Path(snapshot.dump_path).parent / store.IP6_DUMP_FILE)
-    dataplane, ruleset = dataplanes.load(text, source=name, lenient=lenient)
+    dataplane, ruleset = dataplanes.load(text, source=name, lenient=lenient, memo=memo)
     layout = _kube_layout(dataplane, ruleset, family, known)
     if layout is not None:
         return NodeDump(dataplane, ruleset, layout=layout)
@@ -87,16 +89,17 @@ def legacy_note_for(dataplane: Any, legacy: Any) -> str:
             "old copy of it) writes there too.")
 
 
-def node_input(snapshot: Any, *, cluster: Any = None, lenient: bool = False, reuse: Any = None) -> NodeInput:
+def node_input(snapshot: Any, *, cluster: Any = None, lenient: bool = False, reuse: Any = None,
+               memo: dict[str, Any] | None = None) -> NodeInput:
     """The audit's view of one collected node: an Analysis per family. A dump that cannot be read becomes
     the node's `error` (the main dump) or a load warning (an extra one); it never stops the audit. `reuse`: an
-    iptrace.kube.reuse.ViewReuse shared by the nodes of one audit."""
+    iptrace.kube.reuse.ViewReuse shared by the nodes of one audit; `memo`: dataplanes.load's, likewise."""
     meta = dict(snapshot.meta)
     problems: list[str] = []
     analyses: dict[str, Analysis] = {}
     legacy_note = None
     try:
-        chosen = choose_dump(snapshot, "ipv4", lenient=lenient, known=known_ports(cluster, "ipv4"))
+        chosen = choose_dump(snapshot, "ipv4", lenient=lenient, known=known_ports(cluster, "ipv4"), memo=memo)
     except IptraceError as exc:
         return NodeInput(snapshot.node, {}, str(exc), tuple(snapshot.addresses), meta)
     for family in chosen.ruleset.families:
@@ -105,7 +108,7 @@ def node_input(snapshot: Any, *, cluster: Any = None, lenient: bool = False, reu
                                    layout=chosen.layout if family == "ipv4" else None)
     if "ipv6" not in analyses and snapshot.ip6_dump_text:
         try:
-            v6 = choose_dump(snapshot, "ipv6", lenient=lenient, known=known_ports(cluster, "ipv6"))
+            v6 = choose_dump(snapshot, "ipv6", lenient=lenient, known=known_ports(cluster, "ipv6"), memo=memo)
             if "ipv6" in v6.ruleset.families:
                 analyses["ipv6"] = analyse(v6.dataplane, v6.ruleset, "ipv6", node_ips=snapshot.addresses,
                                            cluster=cluster, reuse=reuse, layout=v6.layout)
@@ -162,10 +165,11 @@ def inputs_from_directory(directory: Any, *, cluster: Any = None, lenient: bool 
 
 
 def dump_input(text: str, source: str, *, node_ips: Sequence[str] = (), cluster: Any = None,
-               lenient: bool = False, name: str | None = None, reuse: Any = None) -> NodeInput:
+               lenient: bool = False, name: str | None = None, reuse: Any = None,
+               memo: dict[str, Any] | None = None) -> NodeInput:
     """A plain dump file given to `audit` as one node (named after the file)."""
     try:
-        dataplane, ruleset = dataplanes.load(text, source=source, lenient=lenient)
+        dataplane, ruleset = dataplanes.load(text, source=source, lenient=lenient, memo=memo)
     except IptraceError as exc:
         return NodeInput(name or Path(source).name, {}, str(exc), tuple(node_ips))
     analyses = {f: analyse(dataplane, ruleset, f, node_ips=node_ips, cluster=cluster, reuse=reuse)

@@ -73,6 +73,9 @@ class Worker:
         self.lenient = lenient
         self.pictures = pictures
         self.reuse = ViewReuse() if reuse else None
+        # What loading a node learnt that helps read the next (dataplanes.load's memo): with reuse, as nodes of
+        # one cluster share almost every rule.
+        self.load_memo: dict[str, Any] | None = {} if reuse else None
         self.intern: dict[Any, Any] = {}
         self.load_lock = load_lock  # shared by the workers of one audit (see loading)
 
@@ -115,13 +118,14 @@ class Worker:
                 else:
                     text, where = read_dump(source.path or "")
                 node = dump_input(text, where, node_ips=source.node_ips, cluster=self.cluster,
-                                  lenient=self.lenient, name=source.name, reuse=self.reuse)
+                                  lenient=self.lenient, name=source.name, reuse=self.reuse, memo=self.load_memo)
                 del text
             return node_result(node, self.cluster, pictures=self.pictures, intern=self.intern)
         path = Path(source.path or "")
         with self.loading():
             snapshot = store.read_node_dir(path)
-            node = node_input(snapshot, cluster=self.cluster, lenient=self.lenient, reuse=self.reuse)
+            node = node_input(snapshot, cluster=self.cluster, lenient=self.lenient, reuse=self.reuse,
+                              memo=self.load_memo)
             del snapshot
         extra: list[Finding] = []
         notes: list[str] = []

@@ -24,8 +24,9 @@ class IptablesDataplane:
         return sniff(text)
 
     def load(self, text: str | bytes, *, source: str = "<dump>", lenient: bool = False,
-             table: str | None = None) -> Any:
-        return load(text, source=source, lenient=lenient, table=table)
+             table: str | None = None, memo: Any = None) -> Any:
+        """`memo`: a rule_shapes.LoadMemo kept across the dumps of one cluster (the same Ruleset either way)."""
+        return load(text, source=source, lenient=lenient, table=table, memo=memo)
 
     def layout(self, ruleset: Any, family: str, *, known: Sequence[KnownServicePort] = ()) -> Layout:
         from iptrace.iptables.layout import read_layout

@@ -22,16 +22,10 @@ from iptrace.errors import DumpSemanticError, InputError, ParseError
 from iptrace.iptables import grammar, listing, restore
 from iptrace.iptables.model import BUILTIN_CHAINS, TABLES, TOKEN_RE, Chain, LoadWarning, Rule, Ruleset, RuleShape, Table
 from iptrace.iptables.options import (
-    BASIC_ALIASES,
-    BASIC_ARITY,
     BUILTIN_TARGETS,
-    IMPLICIT_PROTOCOL_ARITY,
-    JUMP_WORDS,
-    MATCH_WORDS,
-    TARGET_ARITY,
-    match_arity,
 )
 from iptrace.iptables.restore import OpenTable
+from iptrace.iptables.rule_shapes import LoadMemo, build_shape
 
 # Values become "_"; option words, "!" and the module name after -m stay, so one key means one layout.
 # The pattern starts with the space before a value (replaced by " _") rather than a look-behind for it:
@@ -73,11 +67,15 @@ def read_dump(path: str | Path) -> tuple[str, str]:
 
 
 class _Loader:
-    def __init__(self, source: str, lenient: bool, table: str | None) -> None:
+    def __init__(self, source: str, lenient: bool, table: str | None, memo: LoadMemo | None = None) -> None:
         self.source = source
         self.lenient = lenient
         self.table_hint = table
-        self.shapes: dict[str, RuleShape] = {}
+        self.memo = memo
+        if memo is not None and len(memo.specs) > memo.LIMIT:
+            memo.specs.clear()
+        self.shapes: dict[str, RuleShape] = dict(memo.shapes) if memo is not None else {}
+        self.warned = False  # build_shape warned (see shape_for)
         self.command_shapes: set[str] = set()  # shape keys of command lines the grammar has accepted
         self.warnings: list[LoadWarning] = []
         self.skipped: list[LoadWarning] = []
@@ -114,123 +112,19 @@ class _Loader:
             return None
         args, _, _ = grammar.rule_arg_tokens(tree)
         args = args[lead:]
+        self.warned = False
         try:
-            shape = self.build_shape(args, line, line_no)
+            shape = build_shape(args, line, line_no, self.source, self.warn_once)
         except ParseError as exc:
             self.fail(exc)
             return None
         self.shapes[key] = shape
+        if self.memo is not None and not self.warned:
+            self.memo.shapes[key] = shape
         return shape
 
-    def build_shape(self, args: list[tuple[str, str, int]], line: str, line_no: int) -> RuleShape:
-        """Read one rule's tokens with the option table: which are options, values, modules, the target."""
-        slots: list[tuple] = []
-        first: dict[str, int] = {}
-        unknown: list[str] = []
-        n = len(args)
-        module: str | None = None
-        protocol_index = -1
-        in_target = False
-        target_index = -1
-        goto = False
-        negate = False
-        i = 0
-
-        def values(start: int, count: int, opt: str, col: int) -> tuple[bool, tuple[int, ...], int]:
-            old_negation = start < n and args[start][0] == "NEG" and count > 0
-            if old_negation:
-                start += 1
-            end = start + count
-            if end > n:
-                raise ParseError(f"option {opt} expects {count} value{'s' if count > 1 else ''}, found end of "
-                                 "line", source=self.source, line=line_no, column=col, text=line)
-            return old_negation, tuple(range(start, end)), end
-
-        while i < n:
-            kind, word, col = args[i]
-            if kind == "NEG":
-                if negate:
-                    raise ParseError('"!" twice in a row; expected an option after "!"', source=self.source,
-                                     line=line_no, column=col, text=line)
-                negate = True
-                i += 1
-                continue
-            if word in MATCH_WORDS:
-                if i + 1 >= n:
-                    raise ParseError(f"{word} expects a module name, found end of line", source=self.source,
-                                     line=line_no, column=col, text=line)
-                module = args[i + 1][1]
-                slots.append(("match", None, i + 1, False))
-                in_target = False
-                i += 2
-                continue
-            if word in JUMP_WORDS:
-                if i + 1 >= n:
-                    raise ParseError(f"{word} expects a target or chain name, found end of line",
-                                     source=self.source, line=line_no, column=col, text=line)
-                goto = JUMP_WORDS[word]
-                target_index = i + 1
-                slots.append(("target", i + 1, goto))
-                in_target = True
-                i += 2
-                continue
-            basic = BASIC_ALIASES.get(word, word)
-            if not in_target and basic in BASIC_ARITY:
-                old_neg, idx, i = values(i + 1, BASIC_ARITY[basic], word, col)
-                slots.append(("match", "", -1, False))
-                first.setdefault(basic, len(slots))
-                slots.append(("opt", basic, negate or old_neg, idx))
-                if basic == "-p":
-                    protocol_index = idx[0]
-                negate = False
-                continue
-            if in_target:
-                arity = TARGET_ARITY.get(word)
-            else:
-                arity = match_arity(module, word)
-                if arity is None and module is None and protocol_index >= 0 and word in IMPLICIT_PROTOCOL_ARITY:
-                    # `-p tcp --dport 80` without -m: the protocol's own match, loaded implicitly.
-                    slots.append(("match", None, protocol_index, True))
-                    module = "\0implicit"
-                    arity = IMPLICIT_PROTOCOL_ARITY[word]
-                elif arity is None and module == "\0implicit":
-                    arity = IMPLICIT_PROTOCOL_ARITY.get(word)
-            if arity is None:
-                if not word.startswith("-"):
-                    if not slots or slots[-1][0] != "opt":
-                        raise ParseError(f"unexpected {word!r}; expected an option such as -m, -j, -s or -d",
-                                         source=self.source, line=line_no, column=col, text=line)
-                    # A value the option table did not expect: keep it with the option before it.
-                    prev = slots[-1]
-                    slots[-1] = (prev[0], prev[1], prev[2], (*prev[3], i))
-                    self.warn_once(f"{prev[1]}+", line_no, f"option {prev[1]} has more values than iptrace "
-                                   f"knows of ({word!r}); kept verbatim")
-                    i += 1
-                    continue
-                # Unknown option: keep it with every value up to the next option word.
-                j = i + 1
-                while j < n and args[j][0] != "NEG" and not args[j][1].startswith("-"):
-                    j += 1
-                owner = "target" if in_target else (f"-m {module}" if module else "the rule")
-                unknown.append(word)
-                self.warn_once(word, line_no, f"unknown option {word} of {owner}; kept verbatim")
-                if not in_target:
-                    first.setdefault(word, len(slots))
-                slots.append(("opt", word, negate, tuple(range(i + 1, j))))
-                negate = False
-                i = j
-                continue
-            old_neg, idx, i = values(i + 1, arity, word, col)
-            if not in_target:
-                first.setdefault(word, len(slots))
-            slots.append(("opt", word, negate or old_neg, idx))
-            negate = False
-        if negate:
-            raise ParseError('"!" at the end of the rule; expected an option after it', source=self.source,
-                             line=line_no, column=len(line), text=line)
-        return RuleShape(tuple(slots), target_index, goto, n, tuple(unknown), first)
-
     def warn_once(self, key: str, line_no: int, message: str) -> None:
+        self.warned = True
         if key not in self.warned_options:
             self.warned_options.add(key)
             self.warnings.append(LoadWarning(line_no, message))
@@ -378,6 +272,8 @@ class _Loader:
         jumps: list[tuple[str, int, str]] = []
         builtin_chains: tuple[str, ...] = ()
         names = self.names
+        specs = self.memo.specs if self.memo is not None else None
+        remembered = self.memo.shapes if self.memo is not None else {}
         for line_no, raw in enumerate(_split_lines(text), 1):
             line = raw.strip()
             if not line:
@@ -395,10 +291,17 @@ class _Loader:
                     self.add_rule(current, line, line_no, line[3:], None)
                     continue
                 args = line[sp + 1:]
-                shape = shapes.get(shape_key(" _", args))
-                if shape is None:
-                    self.add_rule(current, line, line_no, line[3:], None)  # a new shape: lark reads it
-                    continue
+                known = specs.get(args) if specs is not None else None
+                if known is not None:
+                    args, shape = known  # (the string kept: this node's rules share it with the last node's)
+                else:
+                    key = shape_key(" _", args)
+                    shape = shapes.get(key)
+                    if shape is None:
+                        self.add_rule(current, line, line_no, line[3:], None)  # a new shape: lark reads it
+                        continue
+                    if specs is not None and remembered.get(key) is shape:
+                        specs[args] = (args, shape)
                 if shape.target_index == shape.n_tokens - 1 >= 0:
                     target = args[args.rfind(" ") + 1:]
                     if target not in BUILTIN_TARGETS and target not in table_chains:
@@ -565,14 +468,15 @@ def _split_lines(text: str) -> Iterator[str]:
 
 
 def load(text: str | bytes, *, source: str = "<dump>", lenient: bool = False,
-         table: str | None = None) -> Ruleset:
+         table: str | None = None, memo: LoadMemo | None = None) -> Ruleset:
     """Parse a dump's text into a Ruleset. Raises ParseError (or DumpSemanticError) unless `lenient`, in
-    which case unreadable lines are skipped and listed in `Ruleset.skipped`."""
+    which case unreadable lines are skipped and listed in `Ruleset.skipped`. `memo`: kept by a caller that loads
+    many dumps of one cluster (LoadMemo); the Ruleset is the same with or without it."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
     if table is not None and table not in TABLES:
         raise InputError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
-    loader = _Loader(source, lenient, table)
+    loader = _Loader(source, lenient, table, memo)
     ruleset = loader.load(text)
     if "\ufffd" in text:
         bad = next(i for i, line in enumerate(text.split("\n"), 1) if "\ufffd" in line)
