@@ -248,10 +248,17 @@ def _audit_sources(sources: tuple[str, ...], node_ips: tuple[str, ...]) -> list[
     return nodes
 
 
-def _analyse(nodes: list[Any], cluster: Any, lenient: bool, pictures: bool, jobs: int) -> list[Any]:
-    """Every node's digest, with a progress bar on a terminal (nodes done / total, rate, time left)."""
-    from iptrace.collect.stream import analyse_nodes
+def _analyse(nodes: list[Any], cluster: Any, lenient: bool, pictures: bool, jobs: int | None) -> list[Any]:
+    """Every node's digest, with a progress bar on a terminal (nodes done / total, rate, time left). `jobs`
+    None: stream.default_jobs (one per CPU, as many as fit in memory)."""
+    import os
 
+    from iptrace.collect.stream import analyse_nodes, available_memory, default_jobs
+
+    if jobs is None:
+        jobs, note = default_jobs(nodes, os.cpu_count() or 1, available_memory())
+        if note is not None:
+            click.echo(note, err=True)
     kwargs: dict[str, Any] = {"cluster": cluster, "lenient": lenient, "pictures": pictures, "jobs": jobs}
     if sys.stderr.isatty() and len(nodes) > 1:
         from rich.console import Console
@@ -314,7 +321,7 @@ def _merged(documents: tuple[str, ...]) -> tuple[list[Any], str | None, bool]:
 @click.option("--node-ip", "node_ips", multiple=True, callback=check_ip, metavar="IP",
               help="Addresses of a node given as a plain dump file.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Worker processes analysing nodes (default: the number of CPUs).")
+              help="Worker processes analysing nodes (default: the number of CPUs, as many as fit in memory).")
 @click.option("--merge", "merge_documents", is_flag=True,
               help="SOURCES are `audit -o json` documents of shards of the fleet: merge them into the audit one "
                    "run over all their nodes gives (nodes sorted by name; no pictures in -o html).")
@@ -344,7 +351,6 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
       iptrace audit --merge shard-a.json shard-b.json -o html > report.html
     """
     batch()
-    import os
 
     from iptrace.kube.audit import combine
     from iptrace.kube.merge import merge_json
@@ -360,7 +366,7 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
         report = combine(results, cluster_source=cluster_source, cluster_nodes=cluster_nodes)
     else:
         results, cluster, failures = _audit_nodes(sources, collect_first, out, cluster_files, namespace, node_ips,
-                                                  jobs or os.cpu_count() or 1, output == "html", lenient, opts)
+                                                  jobs, output == "html", lenient, opts)
         cluster_source = cluster.source if cluster is not None else None
         cluster_nodes = bool(cluster.nodes) if cluster is not None else False
         report = combine(results, cluster)
@@ -383,7 +389,7 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
 
 
 def _audit_nodes(sources: tuple[str, ...], collect_first: bool, out: str | None, cluster_files: tuple[str, ...],
-                 namespace: str | None, node_ips: tuple[str, ...], jobs: int, pictures: bool, lenient: bool,
+                 namespace: str | None, node_ips: tuple[str, ...], jobs: int | None, pictures: bool, lenient: bool,
                  opts: dict[str, Any]) -> tuple[list[Any], Any, list[Any]]:
     """Collect what must be collected, then analyse every node: (results, cluster data, collection failures)."""
     import tempfile

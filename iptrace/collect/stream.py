@@ -65,6 +65,67 @@ def sources(paths: Sequence[str], node_ips: Sequence[str] = (), *, stdin: Callab
     return out
 
 
+# A worker's peak memory: an interpreter with iptrace loaded, and about this many bytes per byte of the dumps of
+# the node it analyses (measured: auditing nodes of 5,000 Services × 10 endpoints, 24 MB dumps, a worker peaks at
+# ~540 MB; nftables listings of the same cluster need less).
+WORKER_BYTES = 60 * 2**20
+BYTES_PER_DUMP_BYTE = 22
+_DUMP_FILES = (store.DUMP_FILE, store.IP6_DUMP_FILE, store.LEGACY_DUMP_FILE, store.NFT_FILE)
+
+
+def dump_bytes(source: Source) -> int:
+    """How many bytes of rules a worker reads for this node (a gzip file's text, by its trailer): every dump of a
+    node directory it may load, or the dump file."""
+    if source.text is not None:
+        return len(source.text)
+    if source.path is None or source.path == "-":
+        return 0
+    path = Path(source.path)
+    files = [path / name for name in _DUMP_FILES] if source.directory else [path]
+    total = 0
+    for f in files:
+        try:
+            with f.open("rb") as fh:
+                size = fh.seek(0, 2)
+                if size >= 18:
+                    fh.seek(0)
+                    if fh.read(2) == b"\x1f\x8b":
+                        fh.seek(-4, 2)
+                        size = max(size, int.from_bytes(fh.read(4), "little"))  # (ISIZE: the text's size mod 2^32)
+        except OSError:
+            continue  # (a file that is not there, or not readable: the worker says so)
+        total += size
+    return total
+
+
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes, None where there is none."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def default_jobs(nodes: Sequence[Source], cpus: int, available: int | None) -> tuple[int, str | None]:
+    """`audit`'s worker count when --jobs is not given: one per CPU, but no more than the nodes, and no more than
+    fit in four fifths of the `available` memory with the biggest node's dumps (workers that do not fit would
+    swap or be killed). With a note for stderr when memory is what limits them."""
+    jobs = max(1, min(cpus, len(nodes)))
+    if available is None or jobs == 1:
+        return jobs, None
+    need = WORKER_BYTES + BYTES_PER_DUMP_BYTE * max(dump_bytes(n) for n in nodes)
+    fit = max(1, int(available * 0.8) // need)
+    if fit >= jobs:
+        return jobs, None
+    return fit, (f"note: auditing with {fit} worker process{'es' if fit > 1 else ''}, not one per CPU ({cpus}): "
+                 f"each may need ~{need / 2**20:,.0f} MB for these nodes' rules and "
+                 f"{available / 2**30:.1f} GB of memory are available; --jobs N chooses")
+
+
 class Worker:
     """Analyses nodes one after the other, sharing Service views across them."""
 
