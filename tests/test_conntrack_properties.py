@@ -8,8 +8,9 @@ import string
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from lark import Token
 
-from iptrace.conntrack import ConntrackEntry, FlowTuple, load
+from iptrace.conntrack import ConntrackEntry, FlowTuple, grammar, load
 from iptrace.conntrack.text import format_entry, format_table
 from iptrace.errors import IptraceError, ParseError
 
@@ -126,3 +127,56 @@ def test_a_damaged_line_is_read_exactly_as_lark_reads_it_alone(generated: list[C
         return
     table = load("\n".join(lines) + "\n")
     assert [table.entry_at(i + 1)] == alone
+
+
+def _lark_tokens(text: str) -> tuple[str, list[tuple[object, ...]]] | None:
+    try:
+        kind, toks = grammar.tokens(grammar.parse_line(text, source="ct.txt", line_no=1))
+    except ParseError:
+        return None
+    return kind, [_fields(t) for t in toks]
+
+
+def _fields(t: Token) -> tuple[object, ...]:
+    return (t.type, str(t), t.start_pos, t.line, t.column, t.end_line, t.end_column, t.end_pos)
+
+
+# Lines of conntrack's words in the grammar's order (family, protocol, timeout, state, fields and flags), each
+# slot sometimes left out or holding a piece that looks like a word but is not, mostly between single spaces.
+_ODD = ["", "conntrack", "#x", "Tcp", "x-y", "a_b", "1a", "[", "]", "[]", "[a]b]", "=", "=1", "A=1", "v1.4.7",
+        "(conntrack-tools):", "[start=Mon", "src", "x-y=", "a_b=1", "5", "TIME_WAIT"]
+_SLOTS = [["ipv4", "ipv6", ""], ["2", "10", ""], ["tcp", "udp", "icmp"], ["6", "17", "1"], ["431999", "29", ""],
+          ["ESTABLISHED", "SYN_SENT", ""], *[["src=10.0.0.1", "dport=53", "mark=0", "[ASSURED]", "[UNREPLIED]", ""]] * 4]
+_SEPARATOR = st.sampled_from([" "] * 60 + ["  ", "\t", "\r", "\x0b", "\x1c", "\xa0", "é", ""])
+
+
+@st.composite
+def _lines(draw: st.DrawFn) -> str:
+    text = draw(st.sampled_from(["", " "]))
+    for slot in _SLOTS:
+        odd = draw(st.sampled_from([False] * 9 + [True]))
+        text += draw(st.sampled_from(_ODD if odd else slot)) + draw(_SEPARATOR)
+    return text
+
+
+@SETTINGS
+@given(_lines())
+def test_the_fast_tokenizer_reads_a_line_as_lark_does_or_leaves_it_to_lark(text: str) -> None:
+    found = grammar.fast_tokens(text)
+    if found is not None:
+        assert _lark_tokens(text) == (found[0], [_fields(t) for t in found[1]])
+
+
+@SETTINGS
+@given(st.lists(entries(), min_size=1, max_size=3), st.sampled_from(["plain", "extended", "proc"]))
+def test_the_fast_tokenizer_reads_every_printed_entry(generated: list[ConntrackEntry], form: str) -> None:
+    for e in generated:
+        text = format_entry(e, extended=form != "plain", proc=form == "proc")
+        found = grammar.fast_tokens(text)
+        assert found is not None and _lark_tokens(text) == (found[0], [_fields(t) for t in found[1]])
+    for text in ("conntrack v1.4.7 (conntrack-tools): 3 flow entries have been shown.", "# conntrack -L -f ipv6",
+                 "  conntrack v (conntrack-tools):", " #"):
+        found = grammar.fast_tokens(text)
+        assert found is not None and _lark_tokens(text) == (found[0], [_fields(t) for t in found[1]])
+    for text in ("conntrack v1.4.7 (conntrack-tools):\tfailed", "conntrack 6 src=1", "conntrack v1.4.7 x"):
+        assert grammar.fast_tokens(text) is None

@@ -375,7 +375,8 @@ class _Reader:
         text = raw.decode("utf-8", errors="replace").rstrip("\r")
         syntax = True
         try:
-            kind, toks = grammar.tokens(grammar.parse_line(text, source=self.source, line_no=n))
+            found = grammar.fast_tokens(text)
+            kind, toks = found or grammar.tokens(grammar.parse_line(text, source=self.source, line_no=n))
             if kind == "trailer":
                 self.trailer(n, text)
                 return
