@@ -19,7 +19,7 @@ import gzip
 import ipaddress
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import compress
 from operator import itemgetter, not_
 from pathlib import Path
@@ -158,9 +158,10 @@ _OVER_16_BITS = re.compile(rb" (?:6553[6-9]|655[4-9][0-9]|65[6-9][0-9]{2}|6[6-9]
 
 
 class _Reader:
-    def __init__(self, source: str, lenient: bool) -> None:
+    def __init__(self, source: str, lenient: bool, focus: frozenset[bytes]) -> None:
         self.source = source
         self.lenient = lenient
+        self.focus = focus
         self.shapes: dict[bytes, list[Shape]] = {}
         self.compiled: dict[tuple[Any, ...], Shape] = {}
         # Words proven valid (see _Checker): per family, and per kind for keys of several kinds.
@@ -233,7 +234,7 @@ class _Reader:
                 groups[key] = [n]
             else:
                 found.append(n)
-        index = DstIndex()  # the original destination's dst= word -> its lines
+        index = DstIndex(self.focus)  # the original destination's dst= word -> its lines
         irregular: dict[int, Any] = {}
         last = len(lines)
         for key, numbers in groups.items():
@@ -309,12 +310,19 @@ class _Reader:
                     if not own.issuperset(column):
                         bad.update(compress(range(count), map(not_, map(own.__contains__, column))))
         destinations = words[shape.dst::stride]
-        if not bad:
-            index.add(key, destinations, numbers)
-            return []
-        good = [i not in bad for i in range(count)]
-        index.add(key, list(compress(destinations, good)), list(compress(numbers, good)))
-        return [numbers[i] for i in sorted(bad)]
+        good = [i not in bad for i in range(count)] if bad else None
+        kept = numbers if good is None else list(compress(numbers, good))
+        if good is not None:
+            destinations = list(compress(destinations, good))
+        index.add(key, destinations, kept)
+        if index.focus:
+            wanted = list(map(index.focus.__contains__, destinations))
+            if any(wanted):
+                columns = [words[at::stride] for at in shape.key_at]
+                if good is not None:
+                    columns = [list(compress(column, good)) for column in columns]
+                index.add_focused(shape, list(compress(kept, wanted)), [list(compress(c, wanted)) for c in columns])
+        return [] if good is None else [numbers[i] for i in sorted(bad)]
 
     def prove(self, words: set[bytes], prefix: bytes, kind: str) -> None:
         """Remembers which of these words of one position are valid (what _Checker does a line at a time; an
@@ -344,7 +352,7 @@ class _Reader:
                     continue
                 if shape.others and not _others(shape, words):
                     continue
-                index.add_one(key, words[shape.dst], n)
+                _add_one(index, key, shape, words, n)
                 return
             self.slow(n, line, key, index, irregular, last=last)
         elif line.strip():
@@ -403,7 +411,7 @@ class _Reader:
         bucket = self.shapes.setdefault(key, [])
         if shape not in bucket:
             bucket.append(shape)
-        index.add_one(key, words[shape.dst], n)
+        _add_one(index, key, shape, words, n)
 
     def trailer(self, n: int, text: str) -> None:
         m = _TRAILER_COUNT.search(text)
@@ -431,6 +439,13 @@ class _Reader:
         return table
 
 
+def _add_one(index: DstIndex, key: bytes, shape: Shape, words: Sequence[bytes], n: int) -> None:
+    """Indexes one entry line read alone (what `bulk` does for a chunk)."""
+    index.add_one(key, words[shape.dst], n)
+    if words[shape.dst] in index.focus:
+        index.add_focused(shape, [n], [[w] for w in shape.key(words)])
+
+
 def _others(shape: Shape, words: Sequence[bytes]) -> bool:
     """The value groups of keys of several kinds (icmp's id=): rare, so checked outside the hot loop."""
     for get, proven, check in shape.others:
@@ -452,11 +467,28 @@ def _normalise(text: str) -> str:
     return str(ipaddress.ip_address(text))
 
 
-def load(text: str | bytes, *, source: str = "<conntrack>", lenient: bool = False) -> ConntrackTable:
+def load(text: str | bytes, *, source: str = "<conntrack>", lenient: bool = False,
+         focus: Iterable[str] = ()) -> ConntrackTable:
     """Read a conntrack table. Raises ParseError naming file:line:column and what was expected, unless
-    `lenient`, in which case unreadable lines are skipped and listed in `ConntrackTable.skipped`."""
+    `lenient`, in which case unreadable lines are skipped and listed in `ConntrackTable.skipped`. `focus`: the
+    destination addresses that will be asked about (`flows_to`), whose lines are then found without a second
+    look at the table (any other address is still found, by the slower way)."""
     data = text.encode("utf-8", errors="surrogateescape") if isinstance(text, str) else text
-    return _Reader(source, lenient).read(data)
+    return _Reader(source, lenient, _focus_words(focus)).read(data)
+
+
+def _focus_words(addresses: Iterable[str]) -> frozenset[bytes]:
+    """The `dst=` words of these addresses: IPv4 only, whose one spelling is the word (an IPv6 address has several,
+    /proc writes them in full: their lines are found by the table's address index)."""
+    out = set()
+    for text in addresses:
+        try:
+            address = ipaddress.ip_address(text.strip("[]"))
+        except ValueError:
+            continue
+        if address.version == 4:
+            out.add(f"dst={address}".encode())
+    return frozenset(out)
 
 
 def load_path(path: str | Path, *, lenient: bool = False) -> ConntrackTable:

@@ -12,6 +12,7 @@ import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import compress
+from operator import and_
 
 from iptrace.conntrack.model import ConntrackEntry
 from iptrace.conntrack.shape import TO_INDEX, Shape, shape_of, split_words
@@ -57,7 +58,7 @@ class DstIndex:
     destination, found by comparing every word of the columns at C speed (no per-line dict to build for the
     whole table); a dict of them all is built only when every destination is asked for."""
 
-    def __init__(self) -> None:
+    def __init__(self, focus: frozenset[bytes] = frozenset()) -> None:
         self._columns: list[tuple[bytes, list[bytes], list[int]]] = []  # (the lines' shape key, words, numbers)
         # Lines checked one at a time (the reader's `line`): one more column, with each line's key.
         self._keys: list[bytes] = []
@@ -65,6 +66,10 @@ class DstIndex:
         self._numbers: list[int] = []
         self._by_word: dict[bytes, list[int]] | None = None
         self.count = 0
+        # The destinations the caller will ask about (`dst=` words): the reader keeps what `Shape.key` picks from
+        # their lines while it has their words, so that flows_to neither scans the index nor splits them again.
+        self.focus = focus
+        self._focused: list[tuple[Shape, list[int], list[list[bytes]]]] = []  # (shape, numbers, key_at columns)
 
     def add(self, key: bytes, words: list[bytes], numbers: list[int]) -> None:
         self._columns.append((key, words, numbers))
@@ -75,6 +80,23 @@ class DstIndex:
         self._words.append(word)
         self._numbers.append(number)
         self.count += 1
+
+    def add_focused(self, shape: Shape, numbers: list[int], columns: list[list[bytes]]) -> None:
+        """Lines whose destination is in `focus`, read with `shape`: the columns `shape.key_at` names."""
+        self._focused.append((shape, numbers, columns))
+
+    def focused(self, word: bytes, proto: str | None, dport: bytes | None,
+                ) -> Iterator[tuple[Shape, list[int], Iterator[tuple[bytes, ...]]]]:
+        """What `ConntrackTable._keyed` gives for the lines of `word` (one of `focus`), from the kept columns."""
+        for shape, numbers, columns in self._focused:
+            if (proto is not None and shape.proto != proto) or (dport is not None and shape.dport < 0):
+                continue
+            wanted = list(map(word.__eq__, columns[0]))
+            if dport is not None:
+                wanted = list(map(and_, wanted, map(dport.__eq__, columns[1])))
+            if any(wanted):
+                yield (shape, list(compress(numbers, wanted)),
+                       zip(*[compress(column, wanted) for column in columns], strict=True))
 
     def _all(self) -> Iterator[tuple[list[bytes], list[int]]]:
         for _key, words, numbers in self._columns:
@@ -177,16 +199,23 @@ class ConntrackTable:
             wanted = str(ipaddress.ip_address(ip.strip("[]")))
         except ValueError:
             return []
-        dport = f"dport={port}".encode()
+        dport = None if port is None else f"dport={port}".encode()
+        word = b"dst=" + wanted.encode()
+        keyed: Iterator[tuple[Shape, list[int], Iterator[tuple[bytes, ...]]]]
         # An IPv4 address has one spelling (leading zeros are refused): its lines are found by their word.
-        if self._by_address is None and "." in wanted:
-            by_key = self._index.lines_by_key(b"dst=" + wanted.encode())
+        if "." in wanted and word in self._index.focus:
+            keyed = self._index.focused(word, proto, dport)
+        elif self._by_address is None and "." in wanted:
+            keyed = self._keyed(self._index.lines_by_key(word), proto, dport)
         else:
-            by_key = {}
+            by_key: dict[bytes, list[int]] = {}
             for n in self._address_index().get(wanted, []):
                 by_key.setdefault(self._keys[n - 1], []).append(n)
+            keyed = self._keyed(by_key, proto, dport)
+        # (a group's lines may come from several keys, and the kept columns of lines read one at a time come
+        # after those of the chunks: each group's are sorted into file order below)
         groups: dict[tuple[Shape, tuple[bytes, ...]], list[int]] = {}
-        for shape, lines, keys in self._keyed(by_key, proto, None if port is None else dport):
+        for shape, lines, keys in keyed:
             for n, key in zip(lines, keys, strict=True):
                 found = groups.get((shape, key))
                 if found is None:
@@ -198,7 +227,8 @@ class ConntrackTable:
             src, reply = self.address(key[2][4:].decode()), self.address(key[3][4:].decode())
             family = shape.family or ("ipv6" if ":" in src else "ipv4")
             out.append(FlowGroup(family, shape.proto, wanted, int(key[1][6:]) if shape.dport >= 0 else None, src,
-                                 reply, int(key[4][6:]) if shape.rsport >= 0 else None, shape.state, tuple(lines)))
+                                 reply, int(key[4][6:]) if shape.rsport >= 0 else None, shape.state,
+                                 tuple(sorted(lines))))
         out.sort(key=lambda g: g.lines[0])  # (in the order of their first lines, as the file has them)
         for e in self._irregular.values():
             o, r = e.original, e.reply
