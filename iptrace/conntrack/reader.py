@@ -28,7 +28,7 @@ from typing import Any
 from iptrace.conntrack import grammar
 from iptrace.conntrack import vocabulary as v
 from iptrace.conntrack.layout import CONSTANT_ROLES, Layout, read_layout
-from iptrace.conntrack.shape import TO_INDEX, VALUE_CHARS, Shape, split_words
+from iptrace.conntrack.shape import VALUE_CHARS, Shape, split_words
 from iptrace.conntrack.table import ConntrackTable, DstIndex, Skipped
 from iptrace.errors import InputError, ParseError
 
@@ -225,6 +225,7 @@ class _Reader:
     def read(self, data: bytes) -> ConntrackTable:
         lines = data.split(b"\n")
         keys = data.translate(None, VALUE_CHARS).split(b"\n")
+        last = len(lines)
         # Lines by key, each list in file order, the keys in the order they first appear: the lines of a key are
         # then checked together against its shape (`bulk`), by C-level maps instead of a loop body per line.
         groups: dict[bytes, list[int]] = {}
@@ -234,9 +235,11 @@ class _Reader:
                 groups[key] = [n]
             else:
                 found.append(n)
+        # Line n is lines[n] (and keys[n]): a chunk's lines are picked by their numbers, with no map to indexes.
+        lines.insert(0, b"")
+        keys.insert(0, b"")
         index = DstIndex(self.focus)  # the original destination's dst= word -> its lines
         irregular: dict[int, Any] = {}
-        last = len(lines)
         for key, numbers in groups.items():
             if numbers[0] >= self.limit:
                 break  # (an earlier line failed: strict mode stops at it, see fail)
@@ -246,7 +249,7 @@ class _Reader:
                 for k, n in enumerate(numbers):
                     if n >= self.limit:
                         break
-                    self.line(n, lines[n - 1], key, index, irregular, last=n == last)
+                    self.line(n, lines[n], key, index, irregular, last=n == last)
                     if key in self.shapes:
                         rest = numbers[k + 1:]
                         break
@@ -261,7 +264,7 @@ class _Reader:
                 for n in self.bulk(key, shape, rest[start:start + size], lines, index):
                     if n >= self.limit:
                         break
-                    self.line(n, lines[n - 1], key, index, irregular, last=n == last)
+                    self.line(n, lines[n], key, index, irregular, last=n == last)
                 start += size
                 size = min(size * 2, _LAST_CHUNK)
         return self.finish(lines, keys, index, irregular)
@@ -271,7 +274,7 @@ class _Reader:
         at a time (split_words: the same word of every line), and indexes those that pass. Returns the others,
         in file order: another shape of the key, values not proven yet, or errors, for `line` to tell apart."""
         count = len(numbers)
-        words = split_words(list(map(lines.__getitem__, map(TO_INDEX, numbers))), shape.words)
+        words = split_words(list(map(lines.__getitem__, numbers)), shape.words)
         if words is None:
             return numbers  # (a line with another number of words: each is read alone)
         stride = shape.words + 1

@@ -12,7 +12,6 @@ from iptrace.conntrack.layout import CONSTANT_ROLES, ORIGINAL, REPLY, STATE, TUP
 
 # What values are made of (digits, hex digits, `.` and `:`); whatever else a line holds is its shape.
 VALUE_CHARS = b"0123456789abcdef.:"
-TO_INDEX = (-1).__add__  # a 1-based line number -> its index in the list of lines
 
 
 class Shape:

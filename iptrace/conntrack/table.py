@@ -15,7 +15,7 @@ from itertools import compress
 from operator import and_
 
 from iptrace.conntrack.model import ConntrackEntry
-from iptrace.conntrack.shape import TO_INDEX, Shape, shape_of, split_words
+from iptrace.conntrack.shape import Shape, shape_of, split_words
 from iptrace.dataplane import join_host_port
 
 
@@ -146,8 +146,8 @@ class ConntrackTable:
                  skipped: tuple[Skipped, ...] = (), warnings: tuple[Skipped, ...] = (),
                  trailer_count: int | None = None) -> None:
         self.source = source
-        self._lines = lines
-        self._keys = keys  # each line's key (reader.py): its shape is found again from it
+        self._lines = lines  # line n of the file is lines[n] (lines[0] is empty)
+        self._keys = keys  # line n's key is keys[n] (reader.py): its shape is found again from it
         self._shapes = shapes  # the reader's shapes by key: a line's shape is found again from its key
         self._index = index  # the original destination's `dst=` word -> 1-based line numbers
         self._irregular = irregular  # lines read by lark alone (timestamps with spaces): line -> entry
@@ -170,14 +170,14 @@ class ConntrackTable:
 
     def line_text(self, line: int) -> str:
         """Line `line` (1-based) of the file, as text."""
-        return self._lines[line - 1].decode("utf-8", errors="replace").rstrip("\r")
+        return self._lines[line].decode("utf-8", errors="replace").rstrip("\r")
 
     def entry_at(self, line: int) -> ConntrackEntry:
         """The entry of 1-based line `line` (which must hold one)."""
         entry = self._irregular.get(line)
         if entry is not None:
             return entry
-        found = shape_of(self._shapes, self._lines[line - 1], self._keys[line - 1], read=True)
+        found = shape_of(self._shapes, self._lines[line], self._keys[line], read=True)
         assert found is not None, f"line {line} holds no entry"
         text = self.line_text(line)
         return found[0].builder(text.split(), line, text, self.address)
@@ -210,7 +210,7 @@ class ConntrackTable:
         else:
             by_key: dict[bytes, list[int]] = {}
             for n in self._address_index().get(wanted, []):
-                by_key.setdefault(self._keys[n - 1], []).append(n)
+                by_key.setdefault(self._keys[n], []).append(n)
             keyed = self._keyed(by_key, proto, dport)
         # (a group's lines may come from several keys, and the kept columns of lines read one at a time come
         # after those of the chunks: each group's are sorted into file order below)
@@ -253,7 +253,7 @@ class ConntrackTable:
                 continue
             if len(shapes) == len(self._shapes[key]) == 1:
                 shape = shapes[0]
-                words = split_words(list(map(self._lines.__getitem__, map(TO_INDEX, lines))), shape.words)
+                words = split_words(list(map(self._lines.__getitem__, lines)), shape.words)
                 if words is not None:
                     stride = shape.words + 1
                     columns = [words[k::stride] for k in shape.key_at]
@@ -264,7 +264,7 @@ class ConntrackTable:
                     yield shape, lines, zip(*columns, strict=True)
                     continue
             for n in lines:
-                found = shape_of(self._shapes, self._lines[n - 1], key, read=True)
+                found = shape_of(self._shapes, self._lines[n], key, read=True)
                 assert found is not None, f"line {n} holds no entry"
                 shape, words = found
                 if shape in shapes and (dport is None or words[shape.dport] == dport):
