@@ -4,13 +4,16 @@ exactly as lark and the vocabulary do for that line alone, so a damaged line is 
 
 from __future__ import annotations
 
+import ipaddress
 import string
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lark import Token
 
 from iptrace.conntrack import ConntrackEntry, FlowTuple, grammar, load
+from iptrace.conntrack.reader import _IPV4
 from iptrace.conntrack.text import format_entry, format_table
 from iptrace.errors import IptraceError, ParseError
 
@@ -180,3 +183,19 @@ def test_the_fast_tokenizer_reads_every_printed_entry(generated: list[ConntrackE
         assert found is not None and _lark_tokens(text) == (found[0], [_fields(t) for t in found[1]])
     for text in ("conntrack v1.4.7 (conntrack-tools):\tfailed", "conntrack 6 src=1", "conntrack v1.4.7 x"):
         assert grammar.fast_tokens(text) is None
+
+
+_OCTETS = st.sampled_from(["0", "1", "9", "10", "99", "100", "199", "200", "249", "250", "255", "256", "300", "999",
+                           "00", "01", "010", "0255", "1000", "", "٣", "+1", " 1"])
+
+
+@SETTINGS
+@given(st.lists(_OCTETS, min_size=3, max_size=5), st.sampled_from(["", "/24", "%eth0", ".", ":"]))
+def test_the_fast_ipv4_check_accepts_only_what_ipaddress_accepts(octets: list[str], tail: str) -> None:
+    text = ".".join(octets) + tail
+    if _IPV4.fullmatch(text):
+        assert ipaddress.ip_address(text).version == 4
+    elif len(octets) == 4 and not tail and all(o.isascii() and o.isdigit() and len(o) <= 3 for o in octets):
+        # (four plain octets it refuses: a leading zero or one over 255, as ipaddress refuses them)
+        with pytest.raises(ValueError):
+            ipaddress.ip_address(text)
