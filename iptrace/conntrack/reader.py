@@ -181,6 +181,7 @@ class _Reader:
         # Errors, with whether they may come from a file that is not conntrack's at all (see finish).
         self.failures: list[tuple[ParseError, bool]] = []
         self.limit = sys.maxsize  # strict mode: the first failed line so far (nothing after it is read)
+        self.nul_free = False  # no NUL byte in the file (see split_words)
 
     def fail(self, exc: ParseError, *, maybe_other_file: bool = False) -> None:
         self.failures.append((exc, maybe_other_file))
@@ -231,6 +232,7 @@ class _Reader:
         return shape
 
     def read(self, data: bytes) -> ConntrackTable:
+        self.nul_free = b"\x00" not in data
         lines = data.split(b"\n")
         keys = data.translate(None, VALUE_CHARS).split(b"\n")
         last = len(lines)
@@ -282,7 +284,7 @@ class _Reader:
         at a time (split_words: the same word of every line), and indexes those that pass. Returns the others,
         in file order: another shape of the key, values not proven yet, or errors, for `line` to tell apart."""
         count = len(numbers)
-        words = split_words(list(map(lines.__getitem__, numbers)), shape.words)
+        words = split_words(list(map(lines.__getitem__, numbers)), shape.words, nul_free=self.nul_free)
         if words is None:
             return numbers  # (a line with another number of words: each is read alone)
         stride = shape.words + 1
@@ -384,6 +386,7 @@ class _Reader:
             self.skipped.append(Skipped(exc.line, exc.reason))
         self.trailers.sort()
         table = ConntrackTable(self.source, lines, keys, self.shapes, index, dict(sorted(irregular.items())),
+                               nul_free=self.nul_free,
                                skipped=tuple(self.skipped),
                                trailer_count=sum(c for _, c in self.trailers) if self.trailers else None)
         return self.check_count(table)

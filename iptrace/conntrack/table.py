@@ -144,8 +144,9 @@ class ConntrackTable:
     def __init__(self, source: str, lines: list[bytes], keys: list[bytes], shapes: dict[bytes, list[Shape]],
                  index: DstIndex, irregular: dict[int, ConntrackEntry], *,
                  skipped: tuple[Skipped, ...] = (), warnings: tuple[Skipped, ...] = (),
-                 trailer_count: int | None = None) -> None:
+                 trailer_count: int | None = None, nul_free: bool = False) -> None:
         self.source = source
+        self._nul_free = nul_free  # no line holds a NUL byte (see split_words)
         self._lines = lines  # line n of the file is lines[n] (lines[0] is empty)
         self._keys = keys  # line n's key is keys[n] (reader.py): its shape is found again from it
         self._shapes = shapes  # the reader's shapes by key: a line's shape is found again from its key
@@ -253,7 +254,7 @@ class ConntrackTable:
                 continue
             if len(shapes) == len(self._shapes[key]) == 1:
                 shape = shapes[0]
-                words = split_words(list(map(self._lines.__getitem__, lines)), shape.words)
+                words = split_words(list(map(self._lines.__getitem__, lines)), shape.words, nul_free=self._nul_free)
                 if words is not None:
                     stride = shape.words + 1
                     columns = [words[k::stride] for k in shape.key_at]
