@@ -21,7 +21,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from itertools import compress
-from operator import itemgetter, not_
+from operator import and_, itemgetter, not_
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +166,7 @@ _OVER_16_BITS = re.compile(rb" (?:6553[6-9]|655[4-9][0-9]|65[6-9][0-9]{2}|6[6-9]
 
 
 class _Reader:
-    def __init__(self, source: str, lenient: bool, focus: frozenset[bytes]) -> None:
+    def __init__(self, source: str, lenient: bool, focus: frozenset[tuple[bytes, bytes, str]]) -> None:
         self.source = source
         self.lenient = lenient
         self.focus = focus
@@ -323,18 +323,22 @@ class _Reader:
                         bad.update(compress(range(count), map(not_, map(own.__contains__, column))))
         destinations = words[shape.dst::stride]
         good = [i not in bad for i in range(count)] if bad else None
-        kept = numbers if good is None else list(compress(numbers, good))
-        if good is not None:
-            destinations = list(compress(destinations, good))
-        index.add(key, destinations, kept)
-        if index.focus:
-            wanted = list(map(index.focus.__contains__, destinations))
-            if any(wanted):
-                columns = [words[at::stride] for at in shape.key_at]
+        focus = index.focus_words.get(shape.proto) if shape.dport >= 0 else None
+        if focus is not None:
+            # (the lines of the flows asked about: what flows_to will group, from words split already)
+            wanted = list(map(focus[0].__contains__, destinations))
+            if True in wanted:
+                wanted = list(map(and_, wanted, map(focus[1].__contains__, words[shape.dport::stride])))
                 if good is not None:
-                    columns = [list(compress(column, good)) for column in columns]
-                index.add_focused(shape, list(compress(kept, wanted)), [list(compress(c, wanted)) for c in columns])
-        return [] if good is None else [numbers[i] for i in sorted(bad)]
+                    wanted = list(map(and_, wanted, good))
+                if True in wanted:
+                    index.add_focused(shape, list(compress(numbers, wanted)),
+                                      [list(compress(words[at::stride], wanted)) for at in shape.key_at])
+        if good is None:
+            index.add(key, destinations, numbers)
+            return []
+        index.add(key, list(compress(destinations, good)), list(compress(numbers, good)))
+        return [numbers[i] for i in sorted(bad)]
 
     def prove(self, words: set[bytes], prefix: bytes, kind: str, proven: set[bytes]) -> bool:
         """Remembers which of these words of one position are valid (what _Checker does a line at a time; an
@@ -457,7 +461,8 @@ class _Reader:
 def _add_one(index: DstIndex, key: bytes, shape: Shape, words: Sequence[bytes], n: int) -> None:
     """Indexes one entry line read alone (what `bulk` does for a chunk)."""
     index.add_one(key, words[shape.dst], n)
-    if words[shape.dst] in index.focus:
+    focus = index.focus_words.get(shape.proto) if shape.dport >= 0 else None
+    if focus is not None and words[shape.dst] in focus[0] and words[shape.dport] in focus[1]:
         index.add_focused(shape, [n], [[w] for w in shape.key(words)])
 
 
@@ -483,26 +488,26 @@ def _normalise(text: str) -> str:
 
 
 def load(text: str | bytes, *, source: str = "<conntrack>", lenient: bool = False,
-         focus: Iterable[str] = ()) -> ConntrackTable:
+         focus: Iterable[tuple[str, int, str]] = ()) -> ConntrackTable:
     """Read a conntrack table. Raises ParseError naming file:line:column and what was expected, unless
     `lenient`, in which case unreadable lines are skipped and listed in `ConntrackTable.skipped`. `focus`: the
-    destination addresses that will be asked about (`flows_to`), whose lines are then found without a second
-    look at the table (any other address is still found, by the slower way)."""
+    flows that will be asked about (`flows_to(address, port, protocol)`), whose lines are then found without a
+    second look at the table (any other question is still answered, the slower way)."""
     data = text.encode("utf-8", errors="surrogateescape") if isinstance(text, str) else text
     return _Reader(source, lenient, _focus_words(focus)).read(data)
 
 
-def _focus_words(addresses: Iterable[str]) -> frozenset[bytes]:
-    """The `dst=` words of these addresses: IPv4 only, whose one spelling is the word (an IPv6 address has several,
-    /proc writes them in full: their lines are found by the table's address index)."""
+def _focus_words(flows: Iterable[tuple[str, int, str]]) -> frozenset[tuple[bytes, bytes, str]]:
+    """(`dst=` word, `dport=` word, protocol) of these flows: IPv4 only, whose one spelling is the word (an IPv6
+    address has several, /proc writes them in full: their lines are found by the table's address index)."""
     out = set()
-    for text in addresses:
+    for text, port, proto in flows:
         try:
             address = ipaddress.ip_address(text.strip("[]"))
         except ValueError:
             continue
         if address.version == 4:
-            out.add(f"dst={address}".encode())
+            out.add((f"dst={address}".encode(), f"dport={port}".encode(), proto))
     return frozenset(out)
 
 

@@ -58,7 +58,7 @@ class DstIndex:
     destination, found by comparing every word of the columns at C speed (no per-line dict to build for the
     whole table); a dict of them all is built only when every destination is asked for."""
 
-    def __init__(self, focus: frozenset[bytes] = frozenset()) -> None:
+    def __init__(self, focus: frozenset[tuple[bytes, bytes, str]] = frozenset()) -> None:
         self._columns: list[tuple[bytes, list[bytes], list[int]]] = []  # (the lines' shape key, words, numbers)
         # Lines checked one at a time (the reader's `line`): one more column, with each line's key.
         self._keys: list[bytes] = []
@@ -66,9 +66,16 @@ class DstIndex:
         self._numbers: list[int] = []
         self._by_word: dict[bytes, list[int]] | None = None
         self.count = 0
-        # The destinations the caller will ask about (`dst=` words): the reader keeps what `Shape.key` picks from
-        # their lines while it has their words, so that flows_to neither scans the index nor splits them again.
+        # The flows the caller will ask about, (`dst=` word, `dport=` word, protocol) of each question: the reader
+        # keeps what `Shape.key` picks from their lines while it has their words, so that flows_to neither scans
+        # the index nor splits them again. `focus_words`: per protocol, the words asked with it.
         self.focus = focus
+        words: dict[str, tuple[set[bytes], set[bytes]]] = {}
+        for dst, dport, proto in focus:
+            dsts, dports = words.setdefault(proto, (set(), set()))
+            dsts.add(dst)
+            dports.add(dport)
+        self.focus_words = {proto: (frozenset(d), frozenset(p)) for proto, (d, p) in words.items()}
         self._focused: list[tuple[Shape, list[int], list[list[bytes]]]] = []  # (shape, numbers, key_at columns)
 
     def add(self, key: bytes, words: list[bytes], numbers: list[int]) -> None:
@@ -82,18 +89,17 @@ class DstIndex:
         self.count += 1
 
     def add_focused(self, shape: Shape, numbers: list[int], columns: list[list[bytes]]) -> None:
-        """Lines whose destination is in `focus`, read with `shape`: the columns `shape.key_at` names."""
+        """Lines read with `shape` whose protocol, destination and port were asked about (in `focus_words`): the
+        columns `shape.key_at` names."""
         self._focused.append((shape, numbers, columns))
 
-    def focused(self, word: bytes, proto: str | None, dport: bytes | None,
-                ) -> Iterator[tuple[Shape, list[int], Iterator[tuple[bytes, ...]]]]:
-        """What `ConntrackTable._keyed` gives for the lines of `word` (one of `focus`), from the kept columns."""
+    def focused(self, word: bytes, dport: bytes, proto: str) -> Iterator[tuple[Shape, list[int],
+                                                                             Iterator[tuple[bytes, ...]]]]:
+        """What `ConntrackTable._keyed` gives for the lines of one flow of `focus`, from the kept columns."""
         for shape, numbers, columns in self._focused:
-            if (proto is not None and shape.proto != proto) or (dport is not None and shape.dport < 0):
+            if shape.proto != proto:
                 continue
-            wanted = list(map(word.__eq__, columns[0]))
-            if dport is not None:
-                wanted = list(map(and_, wanted, map(dport.__eq__, columns[1])))
+            wanted = list(map(and_, map(word.__eq__, columns[0]), map(dport.__eq__, columns[1])))
             if any(wanted):
                 yield (shape, list(compress(numbers, wanted)),
                        zip(*[compress(column, wanted) for column in columns], strict=True))
@@ -204,8 +210,8 @@ class ConntrackTable:
         word = b"dst=" + wanted.encode()
         keyed: Iterator[tuple[Shape, list[int], Iterator[tuple[bytes, ...]]]]
         # An IPv4 address has one spelling (leading zeros are refused): its lines are found by their word.
-        if "." in wanted and word in self._index.focus:
-            keyed = self._index.focused(word, proto, dport)
+        if dport is not None and proto is not None and (word, dport, proto) in self._index.focus:
+            keyed = self._index.focused(word, dport, proto)
         elif self._by_address is None and "." in wanted:
             keyed = self._keyed(self._index.lines_by_key(word), proto, dport)
         else:
