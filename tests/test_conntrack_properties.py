@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from lark import Token
 
 from iptrace.conntrack import ConntrackEntry, FlowTuple, grammar, load
-from iptrace.conntrack.reader import _IPV4
+from iptrace.conntrack.reader import _IPV4, _port, _port_column
 from iptrace.conntrack.text import format_entry, format_table
 from iptrace.errors import IptraceError, ParseError
 
@@ -199,3 +199,19 @@ def test_the_fast_ipv4_check_accepts_only_what_ipaddress_accepts(octets: list[st
         # (four plain octets it refuses: a leading zero or one over 255, as ipaddress refuses them)
         with pytest.raises(ValueError):
             ipaddress.ip_address(text)
+
+
+_PORT_WORDS = st.one_of(st.integers(0, 99999).map(lambda n: f"sport={n}".encode()),
+                        st.sampled_from([b"sport=", b"sport=0080", b"sport=000080", b"sport=1a", b"sport==1",
+                                         b"s1port=1", b"dport=1", b"sport=123456", b"sport=\x00"]))
+
+
+@SETTINGS
+@given(st.lists(_PORT_WORDS, min_size=1, max_size=6))
+def test_a_port_column_is_accepted_only_when_every_word_is_a_port(column: list[bytes]) -> None:
+    together = _port_column(column, b"sport=")
+    assert not together or all(_port(w, b"sport=") for w in column)
+    # Plain numbers of at most five digits: exactly the ports.
+    if all(w[6:].isdigit() and len(w) <= 11 and w[6:7] != b"0" for w in column if w.startswith(b"sport=")):
+        assert together == all(w.startswith(b"sport=") and w[6:].isdigit() and int(w[6:]) <= 65535
+                               for w in column)

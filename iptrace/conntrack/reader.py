@@ -149,20 +149,28 @@ def _port(word: bytes, prefix: bytes) -> bool:
 
 
 def _port_column(column: list[bytes], prefix: bytes) -> bool:
-    """Whether every word of a column is a port word with this prefix of at most five digits (what `_port` says
-    of each, at C speed: source ports are nearly unique per flow, so they cannot be proven once and remembered
-    as addresses are; a word this refuses is checked alone, by `_port`)."""
-    joined = b" " + b" ".join(column)
+    """Whether every word of a column is a port word with this prefix (`sport=`: no digit, one `=` at its end) and
+    at most five digits (what `_port` says of each, at C speed: source ports are nearly unique per flow, so they
+    cannot be proven once and remembered as addresses are; a word this refuses is checked alone, by `_port`)."""
+    count = len(column)
     spaced = b" " + prefix
-    if joined.count(spaced) != len(column):
+    joined = b" " + b" ".join(column)
+    if joined.count(spaced) != count:
         return False  # (a word holds no spaces: each has at most one " sport=", so every word starts with it)
-    digits = joined.replace(spaced, b" ")  # " 5000 443 …": one value after each space
-    return (not digits.translate(None, b"0123456789 ") and b"  " not in digits and not digits.endswith(b" ")
-            and _OVER_16_BITS.search(digits) is None)
+    if joined.translate(None, _DIGITS) != spaced * count:
+        return False  # (the rest of a word is not digits)
+    zeros = joined.translate(_ZEROS)  # " sport=00000 sport=000 …"
+    if zeros.count(b"=0") != count or b"000000" in zeros:
+        return False  # (a word without digits, or with six or more)
+    # As bytes, five digits compare as their numbers do: the regex looks at columns with a shorter word above
+    # b"sport=65535" ("sport=9000"), or a number too large.
+    return max(column) <= prefix + b"65535" or _OVER_16_BITS.search(joined) is None
 
 
-# A value after a space with six digits or more, or five over 65535.
-_OVER_16_BITS = re.compile(rb" (?:6553[6-9]|655[4-9][0-9]|65[6-9][0-9]{2}|6[6-9][0-9]{3}|[7-9][0-9]{4}|[0-9]{6})")
+_DIGITS = b"0123456789"
+_ZEROS = bytes.maketrans(b"123456789", b"000000000")
+# A value of five digits over 65535 (after its key's `=`).
+_OVER_16_BITS = re.compile(rb"=(?:6553[6-9]|655[4-9][0-9]|65[6-9][0-9]{2}|6[6-9][0-9]{3}|[7-9][0-9]{4})")
 
 
 class _Reader:
