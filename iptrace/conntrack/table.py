@@ -221,21 +221,23 @@ class ConntrackTable:
             keyed = self._keyed(by_key, proto, dport)
         # (a group's lines may come from several keys, and the kept columns of lines read one at a time come
         # after those of the chunks: each group's are sorted into file order below)
-        groups: dict[tuple[Shape, tuple[bytes, ...]], list[int]] = {}
+        groups: dict[Shape, dict[tuple[bytes, ...], list[int]]] = {}
         for shape, lines, keys in keyed:
+            into = groups.setdefault(shape, {})
             for n, key in zip(lines, keys, strict=True):
-                found = groups.get((shape, key))
+                found = into.get(key)
                 if found is None:
-                    groups[(shape, key)] = [n]
+                    into[key] = [n]
                 else:
                     found.append(n)
         out = []
-        for (shape, key), lines in groups.items():
-            src, reply = self.address(key[2][4:].decode()), self.address(key[3][4:].decode())
-            family = shape.family or ("ipv6" if ":" in src else "ipv4")
-            out.append(FlowGroup(family, shape.proto, wanted, int(key[1][6:]) if shape.dport >= 0 else None, src,
-                                 reply, int(key[4][6:]) if shape.rsport >= 0 else None, shape.state,
-                                 tuple(sorted(lines))))
+        for shape, keyed_lines in groups.items():
+            for key, lines in keyed_lines.items():
+                src, reply = self.address(key[2][4:].decode()), self.address(key[3][4:].decode())
+                family = shape.family or ("ipv6" if ":" in src else "ipv4")
+                out.append(FlowGroup(family, shape.proto, wanted, int(key[1][6:]) if shape.dport >= 0 else None,
+                                     src, reply, int(key[4][6:]) if shape.rsport >= 0 else None, shape.state,
+                                     tuple(sorted(lines))))
         out.sort(key=lambda g: g.lines[0])  # (in the order of their first lines, as the file has them)
         for e in self._irregular.values():
             o, r = e.original, e.reply
