@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lark import Token
 
-from iptrace.conntrack import ConntrackEntry, FlowTuple, grammar, load
-from iptrace.conntrack.reader import _IPV4, _port, _port_column
+from iptrace.conntrack import ConntrackEntry, FlowTuple, grammar, load, vocabulary
+from iptrace.conntrack.reader import _IPV4, _number_column, _port
 from iptrace.conntrack.text import format_entry, format_table
 from iptrace.errors import IptraceError, ParseError
 
@@ -209,9 +209,25 @@ _PORT_WORDS = st.one_of(st.integers(0, 99999).map(lambda n: f"sport={n}".encode(
 @SETTINGS
 @given(st.lists(_PORT_WORDS, min_size=1, max_size=6))
 def test_a_port_column_is_accepted_only_when_every_word_is_a_port(column: list[bytes]) -> None:
-    together = _port_column(column, b"sport=")
+    together = _number_column(column, b"sport=", b"65535")
     assert not together or all(_port(w, b"sport=") for w in column)
     # Plain numbers of at most five digits: exactly the ports.
     if all(w[6:].isdigit() and len(w) <= 11 and w[6:7] != b"0" for w in column if w.startswith(b"sport=")):
         assert together == all(w.startswith(b"sport=") and w[6:].isdigit() and int(w[6:]) <= 65535
                                for w in column)
+
+
+@SETTINGS
+@given(st.sampled_from([vocabulary.U8, vocabulary.U16, vocabulary.U32, vocabulary.U64]), st.data())
+def test_a_number_column_is_accepted_only_when_every_word_is_a_number_of_its_kind(kind: str,
+                                                                                  data: st.DataObject) -> None:
+    limit = vocabulary.NUMBER_LIMITS[kind]
+    near = st.integers(0, 10 * limit + 9) | st.integers(max(0, limit - 20), limit + 20) | st.integers(0, 999)
+    words = near.map(lambda n: f"bytes={n}".encode()) | st.sampled_from([b"bytes=", b"bytes=007", b"bytes=1x"])
+    column = data.draw(st.lists(words, min_size=1, max_size=6))
+    together = _number_column(column, b"bytes=", str(limit).encode())
+    valid = all(w.startswith(b"bytes=") and vocabulary.check_value(kind, w[6:].decode()) for w in column)
+    assert not together or valid
+    # Plain numbers (no leading zeros, which only a word alone may have): exactly the numbers of the kind.
+    if all(w[6:].isdigit() and w[6:7] != b"0" for w in column):
+        assert together == valid

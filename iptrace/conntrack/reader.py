@@ -148,10 +148,11 @@ def _port(word: bytes, prefix: bytes) -> bool:
     return word.startswith(prefix) and digits.isdigit() and len(digits) <= 20 and int(digits) <= 0xFFFF
 
 
-def _port_column(column: list[bytes], prefix: bytes) -> bool:
-    """Whether every word of a column is a port word with this prefix (`sport=`: no digit, one `=` at its end) and
-    at most five digits (what `_port` says of each, at C speed: source ports are nearly unique per flow, so they
-    cannot be proven once and remembered as addresses are; a word this refuses is checked alone, by `_port`)."""
+def _number_column(column: list[bytes], prefix: bytes, limit: bytes) -> bool:
+    """Whether every word of a column is `prefix` (`sport=`: no digit, one `=` at its end) and a number of at most
+    as many digits as `limit` and at most `limit` (what check_value says of each, at C speed: source ports and
+    counters are nearly unique per flow, so they cannot be proven once and remembered as addresses are; a column
+    this refuses is checked word by word)."""
     count = len(column)
     spaced = b" " + prefix
     joined = b" " + b" ".join(column)
@@ -160,17 +161,36 @@ def _port_column(column: list[bytes], prefix: bytes) -> bool:
     if joined.translate(None, _DIGITS) != spaced * count:
         return False  # (the rest of a word is not digits)
     zeros = joined.translate(_ZEROS)  # " sport=00000 sport=000 …"
-    if zeros.count(b"=0") != count or b"000000" in zeros:
-        return False  # (a word without digits, or with six or more)
-    # As bytes, five digits compare as their numbers do: the regex looks at columns with a shorter word above
-    # b"sport=65535" ("sport=9000"), or a number too large.
-    return max(column) <= prefix + b"65535" or _OVER_16_BITS.search(joined) is None
+    width = len(limit)
+    if zeros.count(b"=0") != count or b"0" * (width + 1) in zeros:
+        return False  # (a word without digits, or with more than the limit has)
+    if b"=" + b"0" * width not in zeros:
+        return True  # (fewer digits than the limit has: below it)
+    # As bytes, numbers of as many digits compare as numbers do; a column that also has shorter words above the
+    # limit as bytes ("sport=9000" > "sport=65535"), or a number too large, is searched for one too large.
+    return max(column) <= prefix + limit or _OVER[limit].search(joined) is None
+
+
+def _over(limit: bytes) -> re.Pattern[bytes]:
+    """A value (after its key's `=`) with as many digits as `limit` and larger: for 65535, [7-9]dddd, 6[6-9]ddd,
+    65[6-9]dd, 655[4-9]d or 6553[6-9]."""
+    larger = [limit[:i] + b"[%d-9]" % (d - 47) + b"[0-9]" * (len(limit) - i - 1)
+              for i, d in enumerate(limit) if d < ord("9")]
+    return re.compile(b"=(?:" + b"|".join(larger) + b")")
 
 
 _DIGITS = b"0123456789"
 _ZEROS = bytes.maketrans(b"123456789", b"000000000")
-# A value of five digits over 65535 (after its key's `=`).
-_OVER_16_BITS = re.compile(rb"=(?:6553[6-9]|655[4-9][0-9]|65[6-9][0-9]{2}|6[6-9][0-9]{3}|[7-9][0-9]{4})")
+# The largest value of each kind of number, as conntrack prints it, and what finds a larger one.
+_LIMITS = {kind: str(limit).encode() for kind, limit in v.NUMBER_LIMITS.items()}
+_OVER = {limit: _over(limit) for limit in _LIMITS.values()}
+
+
+def _many_numbers(column: list[bytes], new: set[bytes], prefix: bytes, kind: str) -> bool:
+    """A `key=` column of numbers with a new value on most lines (counters, ids): proven as a column, not a word
+    at a time (nor remembered: the next lines have new values again)."""
+    limit = _LIMITS.get(kind)
+    return limit is not None and bool(prefix) and len(new) * 2 > len(column) and _number_column(column, prefix, limit)
 
 
 class _Reader:
@@ -309,14 +329,15 @@ class _Reader:
                 continue  # (mark=0, use=1, zone=…: one value, compared without hashing every word)
             if not proven.issuperset(column):
                 # New values (addresses, timeouts) are checked once each, not once per line that holds them.
-                if not self.prove(set(column).difference(proven), prefix, kind, proven):
+                new = set(column).difference(proven)
+                if not _many_numbers(column, new, prefix, kind) and not self.prove(new, prefix, kind, proven):
                     bad.update(compress(range(count), map(not_, map(proven.__contains__, column))))
         ports = self.ports
         for at, prefix in shape.ports_at:
             column = words[at::stride]
             if ports.issuperset(column):
                 continue  # (a Service's port: a few values; a client's source port fails at once, then below)
-            if _port_column(column, prefix):
+            if _number_column(column, prefix, _LIMITS[v.PORT]):
                 if len(set(column[:64])) <= 16:
                     ports.update(column)
                 continue
@@ -326,7 +347,10 @@ class _Reader:
             for at, (prefix, kind) in positions:
                 column = words[at::stride]
                 if not own.issuperset(column):
-                    own.update(w for w in set(column).difference(own) if _value(w, prefix, kind))
+                    new = set(column).difference(own)
+                    if _many_numbers(column, new, prefix, kind):
+                        continue
+                    own.update(w for w in new if _value(w, prefix, kind))
                     if not own.issuperset(column):
                         bad.update(compress(range(count), map(not_, map(own.__contains__, column))))
         destinations = words[shape.dst::stride]
