@@ -2,15 +2,17 @@
 
 A node's table can hold 100,000 flows (16 MB), so lines are read faster than a tokenizer would split them.
 Every line is keyed by its *shape*: the line with every character a value is made of (digits, hex digits, `.`
-and `:`) deleted — one `bytes.translate` over the whole file. A node's table repeats a few dozen shapes; lark
-parses one line of each new shape (which validates its structure and gives exact error columns) and
-`read_layout` says what each word is. The other lines of that shape are checked together, a chunk at a time,
-a column at a time (`_Reader.bulk`: one split of the whole chunk, then the same word of every line as one
-list): constant words (protocol, state, flags) by counting, value words by set membership — addresses and
-other values among the words already proven valid (a new word is checked once, then remembered) — and port
-words, nearly unique per flow, by a few byte operations over the whole column. The few lines a chunk refuses
-go one by one (`line`); a line that fails goes through lark and the vocabulary again, which name the column
-and what was expected. The whole file is checked; nothing is sampled.
+and `:`) deleted — one `bytes.translate` over the whole file. A node's table repeats a few dozen shapes; the
+grammar reads one line of each new shape (grammar.fast_tokens, as lark would; lark itself for anything unusual,
+which validates its structure and gives exact error columns) and `read_layout` says what each word is. The
+other lines of that shape are checked together, a chunk at a time, a column at a time (`_Reader.bulk`: one
+split of the whole chunk, then the same word of every line as one list): constant words (protocol, state,
+flags) by counting, value words by set membership — addresses and other values among the words already proven
+valid (a new word is checked once, then remembered) — and numbers nearly unique per flow (source ports,
+counters, ids) by a few byte operations over the whole column. The few lines a chunk refuses go one by one
+(`line`); a line that fails goes through lark and the vocabulary again, which name the column and what was
+expected. The whole file is checked; nothing is sampled. While a chunk's words are at hand, the flows the
+caller will ask about (`load(focus=…)`) are kept, so that answering them needs no second look at the table.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 A node's table can hold hundreds of thousands of flows while a question concerns a few destinations, and most
 flows to one destination differ only by their client's source port. So the reader only indexes lines by their
-original destination; `flows_to` groups one destination's lines — same shape, port, client address and reply
-source — into `FlowGroup`s (one trace decides a whole group); `to_address` and `entry_at` build entries.
+original destination (and keeps the flow words of the lines a caller said it would ask about: DstIndex.focus);
+`flows_to` groups one destination's lines — same shape, port, client address and reply source — into
+`FlowGroup`s (one trace decides a whole group); `to_address` and `entry_at` build entries.
 """
 
 from __future__ import annotations
