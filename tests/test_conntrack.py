@@ -318,6 +318,9 @@ def test_the_asked_destinations_flows_are_the_same_when_the_reader_kept_them() -
         for port, proto in [*flows, (None, None), (443, None), (None, "udp")]:
             assert kept.flows_to(ip, port, proto) == plain.flows_to(ip, port, proto), (ip, port, proto)
     assert sum(len(g.lines) for g in kept.flows_to("10.96.0.10", 53, "udp")) > 300
+    one = load(text, lenient=True, focus=[("10.96.0.10", 53, "udp")])  # (one flow per protocol: kept lines alone)
+    assert one.flows_to("10.96.0.10", 53, "udp") == plain.flows_to("10.96.0.10", 53, "udp")
+    assert one.flows_to("10.96.0.10", 53, "tcp") == plain.flows_to("10.96.0.10", 53, "tcp")
 
 
 # ------------------------------------------------------------------------------------------------ deletion

@@ -97,8 +97,12 @@ class DstIndex:
     def focused(self, word: bytes, dport: bytes, proto: str) -> Iterator[tuple[Shape, list[int],
                                                                              Iterator[tuple[bytes, ...]]]]:
         """What `ConntrackTable._keyed` gives for the lines of one flow of `focus`, from the kept columns."""
+        alone = len(self.focus_words[proto][0]) == len(self.focus_words[proto][1]) == 1
         for shape, numbers, columns in self._focused:
             if shape.proto != proto:
+                continue
+            if alone:
+                yield shape, numbers, zip(*columns, strict=True)  # (the one flow of its protocol asked about)
                 continue
             wanted = list(map(and_, map(word.__eq__, columns[0]), map(dport.__eq__, columns[1])))
             if any(wanted):
