@@ -299,6 +299,30 @@ def test_flows_are_grouped_by_what_a_trace_and_a_filter_see() -> None:
     assert group.lines == (1, 2)
 
 
+def test_the_asked_destinations_flows_are_the_same_when_the_reader_kept_them() -> None:
+    # `focus`: the reader keeps the asked destinations' flow words while it reads (chunks, lines read alone, other
+    # shapes of one key, lines skipped by --lenient); flows_to must find exactly what the index finds.
+    from bench.bench_conntrack import synthesize
+
+    lines = synthesize(3000).splitlines()
+    lines[40] = lines[40].replace(" src=", "  src=", 1)  # (another key, the same shape)
+    lines[1500] = lines[1500].replace("dport=", "dport=x", 1)  # (skipped)
+    lines[2200] = lines[2200].replace("mark=0", "mark=1")  # (read alone: a value not proven yet)
+    text = "\n".join(lines) + "\n"
+    asked = ["10.96.0.10", "192.168.49.2", "10.96.0.1", "10.101.234.168", "10.244.0.45"]
+    flows = [(53, "udp"), (53, "tcp"), (30904, "tcp"), (443, "tcp"), (8080, "udp"), (0, "icmp")]
+    focus = [(ip, port, proto) for ip in asked for port, proto in flows[:4]] + [("fd00::1", 53, "udp"), ("x", 1, "tcp")]
+    plain, kept = load(text, lenient=True), load(text, lenient=True, focus=focus)
+    assert plain.skipped == kept.skipped
+    for ip in asked:
+        for port, proto in [*flows, (None, None), (443, None), (None, "udp")]:
+            assert kept.flows_to(ip, port, proto) == plain.flows_to(ip, port, proto), (ip, port, proto)
+    assert sum(len(g.lines) for g in kept.flows_to("10.96.0.10", 53, "udp")) > 300
+    one = load(text, lenient=True, focus=[("10.96.0.10", 53, "udp")])  # (one flow per protocol: kept lines alone)
+    assert one.flows_to("10.96.0.10", 53, "udp") == plain.flows_to("10.96.0.10", 53, "udp")
+    assert one.flows_to("10.96.0.10", 53, "tcp") == plain.flows_to("10.96.0.10", 53, "tcp")
+
+
 # ------------------------------------------------------------------------------------------------ deletion
 
 

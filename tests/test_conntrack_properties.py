@@ -4,12 +4,16 @@ exactly as lark and the vocabulary do for that line alone, so a damaged line is 
 
 from __future__ import annotations
 
+import ipaddress
 import string
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from lark import Token
 
-from iptrace.conntrack import ConntrackEntry, FlowTuple, load
+from iptrace.conntrack import ConntrackEntry, FlowTuple, grammar, load, vocabulary
+from iptrace.conntrack.reader import _IPV4, _number_column, _port
 from iptrace.conntrack.text import format_entry, format_table
 from iptrace.errors import IptraceError, ParseError
 
@@ -126,3 +130,104 @@ def test_a_damaged_line_is_read_exactly_as_lark_reads_it_alone(generated: list[C
         return
     table = load("\n".join(lines) + "\n")
     assert [table.entry_at(i + 1)] == alone
+
+
+def _lark_tokens(text: str) -> tuple[str, list[tuple[object, ...]]] | None:
+    try:
+        kind, toks = grammar.tokens(grammar.parse_line(text, source="ct.txt", line_no=1))
+    except ParseError:
+        return None
+    return kind, [_fields(t) for t in toks]
+
+
+def _fields(t: Token) -> tuple[object, ...]:
+    return (t.type, str(t), t.start_pos, t.line, t.column, t.end_line, t.end_column, t.end_pos)
+
+
+# Lines of conntrack's words in the grammar's order (family, protocol, timeout, state, fields and flags), each
+# slot sometimes left out or holding a piece that looks like a word but is not, mostly between single spaces.
+_ODD = ["", "conntrack", "#x", "Tcp", "x-y", "a_b", "1a", "[", "]", "[]", "[a]b]", "=", "=1", "A=1", "v1.4.7",
+        "(conntrack-tools):", "[start=Mon", "src", "x-y=", "a_b=1", "5", "TIME_WAIT"]
+_SLOTS = [["ipv4", "ipv6", ""], ["2", "10", ""], ["tcp", "udp", "icmp"], ["6", "17", "1"], ["431999", "29", ""],
+          ["ESTABLISHED", "SYN_SENT", ""], *[["src=10.0.0.1", "dport=53", "mark=0", "[ASSURED]", "[UNREPLIED]", ""]] * 4]
+_SEPARATOR = st.sampled_from([" "] * 60 + ["  ", "\t", "\r", "\x0b", "\x1c", "\xa0", "é", ""])
+
+
+@st.composite
+def _lines(draw: st.DrawFn) -> str:
+    text = draw(st.sampled_from(["", " "]))
+    for slot in _SLOTS:
+        odd = draw(st.sampled_from([False] * 9 + [True]))
+        text += draw(st.sampled_from(_ODD if odd else slot)) + draw(_SEPARATOR)
+    return text
+
+
+@SETTINGS
+@given(_lines())
+def test_the_fast_tokenizer_reads_a_line_as_lark_does_or_leaves_it_to_lark(text: str) -> None:
+    found = grammar.fast_tokens(text)
+    if found is not None:
+        assert _lark_tokens(text) == (found[0], [_fields(t) for t in found[1]])
+
+
+@SETTINGS
+@given(st.lists(entries(), min_size=1, max_size=3), st.sampled_from(["plain", "extended", "proc"]))
+def test_the_fast_tokenizer_reads_every_printed_entry(generated: list[ConntrackEntry], form: str) -> None:
+    for e in generated:
+        text = format_entry(e, extended=form != "plain", proc=form == "proc")
+        found = grammar.fast_tokens(text)
+        assert found is not None and _lark_tokens(text) == (found[0], [_fields(t) for t in found[1]])
+    for text in ("conntrack v1.4.7 (conntrack-tools): 3 flow entries have been shown.", "# conntrack -L -f ipv6",
+                 "  conntrack v (conntrack-tools):", " #"):
+        found = grammar.fast_tokens(text)
+        assert found is not None and _lark_tokens(text) == (found[0], [_fields(t) for t in found[1]])
+    for text in ("conntrack v1.4.7 (conntrack-tools):\tfailed", "conntrack 6 src=1", "conntrack v1.4.7 x"):
+        assert grammar.fast_tokens(text) is None
+
+
+_OCTETS = st.sampled_from(["0", "1", "9", "10", "99", "100", "199", "200", "249", "250", "255", "256", "300", "999",
+                           "00", "01", "010", "0255", "1000", "", "٣", "+1", " 1"])
+
+
+@SETTINGS
+@given(st.lists(_OCTETS, min_size=3, max_size=5), st.sampled_from(["", "/24", "%eth0", ".", ":"]))
+def test_the_fast_ipv4_check_accepts_only_what_ipaddress_accepts(octets: list[str], tail: str) -> None:
+    text = ".".join(octets) + tail
+    if _IPV4.fullmatch(text):
+        assert ipaddress.ip_address(text).version == 4
+    elif len(octets) == 4 and not tail and all(o.isascii() and o.isdigit() and len(o) <= 3 for o in octets):
+        # (four plain octets it refuses: a leading zero or one over 255, as ipaddress refuses them)
+        with pytest.raises(ValueError):
+            ipaddress.ip_address(text)
+
+
+_PORT_WORDS = st.one_of(st.integers(0, 99999).map(lambda n: f"sport={n}".encode()),
+                        st.sampled_from([b"sport=", b"sport=0080", b"sport=000080", b"sport=1a", b"sport==1",
+                                         b"s1port=1", b"dport=1", b"sport=123456", b"sport=\x00"]))
+
+
+@SETTINGS
+@given(st.lists(_PORT_WORDS, min_size=1, max_size=6))
+def test_a_port_column_is_accepted_only_when_every_word_is_a_port(column: list[bytes]) -> None:
+    together = _number_column(column, b"sport=", b"65535")
+    assert not together or all(_port(w, b"sport=") for w in column)
+    # Plain numbers of at most five digits: exactly the ports.
+    if all(w[6:].isdigit() and len(w) <= 11 and w[6:7] != b"0" for w in column if w.startswith(b"sport=")):
+        assert together == all(w.startswith(b"sport=") and w[6:].isdigit() and int(w[6:]) <= 65535
+                               for w in column)
+
+
+@SETTINGS
+@given(st.sampled_from([vocabulary.U8, vocabulary.U16, vocabulary.U32, vocabulary.U64]), st.data())
+def test_a_number_column_is_accepted_only_when_every_word_is_a_number_of_its_kind(kind: str,
+                                                                                  data: st.DataObject) -> None:
+    limit = vocabulary.NUMBER_LIMITS[kind]
+    near = st.integers(0, 10 * limit + 9) | st.integers(max(0, limit - 20), limit + 20) | st.integers(0, 999)
+    words = near.map(lambda n: f"bytes={n}".encode()) | st.sampled_from([b"bytes=", b"bytes=007", b"bytes=1x"])
+    column = data.draw(st.lists(words, min_size=1, max_size=6))
+    together = _number_column(column, b"bytes=", str(limit).encode())
+    valid = all(w.startswith(b"bytes=") and vocabulary.check_value(kind, w[6:].decode()) for w in column)
+    assert not together or valid
+    # Plain numbers (no leading zeros, which only a word alone may have): exactly the numbers of the kind.
+    if all(w[6:].isdigit() and w[6:7] != b"0" for w in column):
+        assert together == valid

@@ -337,7 +337,9 @@ def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | N
         if explainer is None:
             explainer = explainers[id(analysis)] = Explainer(analysis, cluster=cluster)
             if not flows:
-                flows.append(load_conntrack(conntrack_file, dump, lenient=lenient))
+                flows.append(load_conntrack(conntrack_file, dump, lenient=lenient,
+                                            focus=[(x.host, x.port, x.proto) for x in questions
+                                                   if x.error is None]))
         report = explainer.explain(q.host, q.port, proto=q.proto, src=src, in_interface=in_interface)
         if flows[0] is not None:
             from iptrace.explain.conntrack import conntrack_diagnoses, with_conntrack

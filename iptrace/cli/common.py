@@ -133,9 +133,11 @@ def check_nodes(nodes: tuple[str, ...], command: str) -> None:
 CONNTRACK_FILE = "conntrack.txt"
 
 
-def load_conntrack(path: str | None, dump: str, *, lenient: bool = False) -> Any:
+def load_conntrack(path: str | None, dump: str, *, lenient: bool = False,
+                   focus: Iterable[tuple[str, int, str]] = ()) -> Any:
     """The conntrack table `explain` checks: --conntrack FILE, else DIR/NODE/conntrack.txt when DUMP is a
-    collected node directory that has one (None without either). Skipped lines (--lenient) are noted on stderr."""
+    collected node directory that has one (None without either). Skipped lines (--lenient) are noted on stderr.
+    `focus`: the (address, port, protocol) the questions ask about (see iptrace.conntrack.load)."""
     from iptrace.conntrack import load, read_file
 
     if path is None:
@@ -144,7 +146,7 @@ def load_conntrack(path: str | None, dump: str, *, lenient: bool = False) -> Any
             return None
         path = str(node / CONNTRACK_FILE)
     data, name = read_file(path)
-    table = load(data, source=name, lenient=lenient)
+    table = load(data, source=name, lenient=lenient, focus=focus)
     note_skipped(name, table)
     return table
 

@@ -2,15 +2,17 @@
 
 A node's table can hold 100,000 flows (16 MB), so lines are read faster than a tokenizer would split them.
 Every line is keyed by its *shape*: the line with every character a value is made of (digits, hex digits, `.`
-and `:`) deleted — one `bytes.translate` over the whole file. A node's table repeats a few dozen shapes; lark
-parses one line of each new shape (which validates its structure and gives exact error columns) and
-`read_layout` says what each word is. The other lines of that shape are checked together, a chunk at a time,
-a column at a time (`_Reader.bulk`: one split of the whole chunk, then the same word of every line as one
-list): constant words (protocol, state, flags) by counting, value words by set membership — addresses and
-other values among the words already proven valid (a new word is checked once, then remembered) — and port
-words, nearly unique per flow, by a few byte operations over the whole column. The few lines a chunk refuses
-go one by one (`line`); a line that fails goes through lark and the vocabulary again, which name the column
-and what was expected. The whole file is checked; nothing is sampled.
+and `:`) deleted — one `bytes.translate` over the whole file. A node's table repeats a few dozen shapes; the
+grammar reads one line of each new shape (grammar.fast_tokens, as lark would; lark itself for anything unusual,
+which validates its structure and gives exact error columns) and `read_layout` says what each word is. The
+other lines of that shape are checked together, a chunk at a time, a column at a time (`_Reader.bulk`: one
+split of the whole chunk, then the same word of every line as one list): constant words (protocol, state,
+flags) by counting, value words by set membership — addresses and other values among the words already proven
+valid (a new word is checked once, then remembered) — and numbers nearly unique per flow (source ports,
+counters, ids) by a few byte operations over the whole column. The few lines a chunk refuses go one by one
+(`line`); a line that fails goes through lark and the vocabulary again, which name the column and what was
+expected. The whole file is checked; nothing is sampled. While a chunk's words are at hand, the flows the
+caller will ask about (`load(focus=…)`) are kept, so that answering them needs no second look at the table.
 """
 
 from __future__ import annotations
@@ -19,16 +21,16 @@ import gzip
 import ipaddress
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import compress
-from operator import itemgetter, not_
+from operator import and_, itemgetter, not_
 from pathlib import Path
 from typing import Any
 
 from iptrace.conntrack import grammar
 from iptrace.conntrack import vocabulary as v
 from iptrace.conntrack.layout import CONSTANT_ROLES, Layout, read_layout
-from iptrace.conntrack.shape import TO_INDEX, VALUE_CHARS, Shape, split_words
+from iptrace.conntrack.shape import VALUE_CHARS, Shape, split_words
 from iptrace.conntrack.table import ConntrackTable, DstIndex, Skipped
 from iptrace.errors import InputError, ParseError
 
@@ -79,11 +81,19 @@ def _value(word: bytes, prefix: bytes, kind: str) -> int:
     except UnicodeDecodeError:
         return 0
     if kind == v.ADDRESS:
+        if _IPV4.fullmatch(value):
+            return 4
         try:
             return ipaddress.ip_address(value).version
         except ValueError:
             return 0
     return 1 if v.check_value(kind, value) else 0
+
+
+# An IPv4 address as ipaddress reads one (four decimal octets up to 255, no leading zeros), ~5x faster: a node's
+# table has thousands of addresses to prove. What it refuses, ipaddress judges.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
 
 
 class _Checker:
@@ -140,27 +150,56 @@ def _port(word: bytes, prefix: bytes) -> bool:
     return word.startswith(prefix) and digits.isdigit() and len(digits) <= 20 and int(digits) <= 0xFFFF
 
 
-def _port_column(column: list[bytes], prefix: bytes) -> bool:
-    """Whether every word of a column is a port word with this prefix of at most five digits (what `_port` says
-    of each, at C speed: source ports are nearly unique per flow, so they cannot be proven once and remembered
-    as addresses are; a word this refuses is checked alone, by `_port`)."""
-    joined = b" " + b" ".join(column)
+def _number_column(column: list[bytes], prefix: bytes, limit: bytes) -> bool:
+    """Whether every word of a column is `prefix` (`sport=`: no digit, one `=` at its end) and a number of at most
+    as many digits as `limit` and at most `limit` (what check_value says of each, at C speed: source ports and
+    counters are nearly unique per flow, so they cannot be proven once and remembered as addresses are; a column
+    this refuses is checked word by word)."""
+    count = len(column)
     spaced = b" " + prefix
-    if joined.count(spaced) != len(column):
+    joined = b" " + b" ".join(column)
+    if joined.count(spaced) != count:
         return False  # (a word holds no spaces: each has at most one " sport=", so every word starts with it)
-    digits = joined.replace(spaced, b" ")  # " 5000 443 …": one value after each space
-    return (not digits.translate(None, b"0123456789 ") and b"  " not in digits and not digits.endswith(b" ")
-            and _OVER_16_BITS.search(digits) is None)
+    if joined.translate(None, _DIGITS) != spaced * count:
+        return False  # (the rest of a word is not digits)
+    zeros = joined.translate(_ZEROS)  # " sport=00000 sport=000 …"
+    width = len(limit)
+    if zeros.count(b"=0") != count or b"0" * (width + 1) in zeros:
+        return False  # (a word without digits, or with more than the limit has)
+    if b"=" + b"0" * width not in zeros:
+        return True  # (fewer digits than the limit has: below it)
+    # As bytes, numbers of as many digits compare as numbers do; a column that also has shorter words above the
+    # limit as bytes ("sport=9000" > "sport=65535"), or a number too large, is searched for one too large.
+    return max(column) <= prefix + limit or _OVER[limit].search(joined) is None
 
 
-# A value after a space with six digits or more, or five over 65535.
-_OVER_16_BITS = re.compile(rb" (?:6553[6-9]|655[4-9][0-9]|65[6-9][0-9]{2}|6[6-9][0-9]{3}|[7-9][0-9]{4}|[0-9]{6})")
+def _over(limit: bytes) -> re.Pattern[bytes]:
+    """A value (after its key's `=`) with as many digits as `limit` and larger: for 65535, [7-9]dddd, 6[6-9]ddd,
+    65[6-9]dd, 655[4-9]d or 6553[6-9]."""
+    larger = [limit[:i] + b"[%d-9]" % (d - 47) + b"[0-9]" * (len(limit) - i - 1)
+              for i, d in enumerate(limit) if d < ord("9")]
+    return re.compile(b"=(?:" + b"|".join(larger) + b")")
+
+
+_DIGITS = b"0123456789"
+_ZEROS = bytes.maketrans(b"123456789", b"000000000")
+# The largest value of each kind of number, as conntrack prints it, and what finds a larger one.
+_LIMITS = {kind: str(limit).encode() for kind, limit in v.NUMBER_LIMITS.items()}
+_OVER = {limit: _over(limit) for limit in _LIMITS.values()}
+
+
+def _many_numbers(column: list[bytes], new: set[bytes], prefix: bytes, kind: str) -> bool:
+    """A `key=` column of numbers with a new value on most lines (counters, ids): proven as a column, not a word
+    at a time (nor remembered: the next lines have new values again)."""
+    limit = _LIMITS.get(kind)
+    return limit is not None and bool(prefix) and len(new) * 2 > len(column) and _number_column(column, prefix, limit)
 
 
 class _Reader:
-    def __init__(self, source: str, lenient: bool) -> None:
+    def __init__(self, source: str, lenient: bool, focus: frozenset[tuple[bytes, bytes, str]]) -> None:
         self.source = source
         self.lenient = lenient
+        self.focus = focus
         self.shapes: dict[bytes, list[Shape]] = {}
         self.compiled: dict[tuple[Any, ...], Shape] = {}
         # Words proven valid (see _Checker): per family, and per kind for keys of several kinds.
@@ -172,6 +211,7 @@ class _Reader:
         # Errors, with whether they may come from a file that is not conntrack's at all (see finish).
         self.failures: list[tuple[ParseError, bool]] = []
         self.limit = sys.maxsize  # strict mode: the first failed line so far (nothing after it is read)
+        self.nul_free = False  # no NUL byte in the file (see split_words)
 
     def fail(self, exc: ParseError, *, maybe_other_file: bool = False) -> None:
         self.failures.append((exc, maybe_other_file))
@@ -222,8 +262,10 @@ class _Reader:
         return shape
 
     def read(self, data: bytes) -> ConntrackTable:
+        self.nul_free = b"\x00" not in data
         lines = data.split(b"\n")
         keys = data.translate(None, VALUE_CHARS).split(b"\n")
+        last = len(lines)
         # Lines by key, each list in file order, the keys in the order they first appear: the lines of a key are
         # then checked together against its shape (`bulk`), by C-level maps instead of a loop body per line.
         groups: dict[bytes, list[int]] = {}
@@ -233,9 +275,11 @@ class _Reader:
                 groups[key] = [n]
             else:
                 found.append(n)
-        index = DstIndex()  # the original destination's dst= word -> its lines
+        # Line n is lines[n] (and keys[n]): a chunk's lines are picked by their numbers, with no map to indexes.
+        lines.insert(0, b"")
+        keys.insert(0, b"")
+        index = DstIndex(self.focus)  # the original destination's dst= word -> its lines
         irregular: dict[int, Any] = {}
-        last = len(lines)
         for key, numbers in groups.items():
             if numbers[0] >= self.limit:
                 break  # (an earlier line failed: strict mode stops at it, see fail)
@@ -245,7 +289,7 @@ class _Reader:
                 for k, n in enumerate(numbers):
                     if n >= self.limit:
                         break
-                    self.line(n, lines[n - 1], key, index, irregular, last=n == last)
+                    self.line(n, lines[n], key, index, irregular, last=n == last)
                     if key in self.shapes:
                         rest = numbers[k + 1:]
                         break
@@ -260,7 +304,7 @@ class _Reader:
                 for n in self.bulk(key, shape, rest[start:start + size], lines, index):
                     if n >= self.limit:
                         break
-                    self.line(n, lines[n - 1], key, index, irregular, last=n == last)
+                    self.line(n, lines[n], key, index, irregular, last=n == last)
                 start += size
                 size = min(size * 2, _LAST_CHUNK)
         return self.finish(lines, keys, index, irregular)
@@ -270,7 +314,7 @@ class _Reader:
         at a time (split_words: the same word of every line), and indexes those that pass. Returns the others,
         in file order: another shape of the key, values not proven yet, or errors, for `line` to tell apart."""
         count = len(numbers)
-        words = split_words(list(map(lines.__getitem__, map(TO_INDEX, numbers))), shape.words)
+        words = split_words(list(map(lines.__getitem__, numbers)), shape.words, nul_free=self.nul_free)
         if words is None:
             return numbers  # (a line with another number of words: each is read alone)
         stride = shape.words + 1
@@ -287,15 +331,15 @@ class _Reader:
                 continue  # (mark=0, use=1, zone=…: one value, compared without hashing every word)
             if not proven.issuperset(column):
                 # New values (addresses, timeouts) are checked once each, not once per line that holds them.
-                self.prove(set(column).difference(proven), prefix, kind)
-                if not proven.issuperset(column):
+                new = set(column).difference(proven)
+                if not _many_numbers(column, new, prefix, kind) and not self.prove(new, prefix, kind, proven):
                     bad.update(compress(range(count), map(not_, map(proven.__contains__, column))))
         ports = self.ports
         for at, prefix in shape.ports_at:
             column = words[at::stride]
             if ports.issuperset(column):
                 continue  # (a Service's port: a few values; a client's source port fails at once, then below)
-            if _port_column(column, prefix):
+            if _number_column(column, prefix, _LIMITS[v.PORT]):
                 if len(set(column[:64])) <= 16:
                     ports.update(column)
                 continue
@@ -305,20 +349,35 @@ class _Reader:
             for at, (prefix, kind) in positions:
                 column = words[at::stride]
                 if not own.issuperset(column):
-                    own.update(w for w in set(column).difference(own) if _value(w, prefix, kind))
+                    new = set(column).difference(own)
+                    if _many_numbers(column, new, prefix, kind):
+                        continue
+                    own.update(w for w in new if _value(w, prefix, kind))
                     if not own.issuperset(column):
                         bad.update(compress(range(count), map(not_, map(own.__contains__, column))))
         destinations = words[shape.dst::stride]
-        if not bad:
+        good = [i not in bad for i in range(count)] if bad else None
+        focus = index.focus_words.get(shape.proto) if shape.dport >= 0 else None
+        if focus is not None:
+            # (the lines of the flows asked about: what flows_to will group, from words split already)
+            wanted = list(map(focus[0].__contains__, destinations))
+            if True in wanted:
+                wanted = list(map(and_, wanted, map(focus[1].__contains__, words[shape.dport::stride])))
+                if good is not None:
+                    wanted = list(map(and_, wanted, good))
+                if True in wanted:
+                    index.add_focused(shape, list(compress(numbers, wanted)),
+                                      [list(compress(words[at::stride], wanted)) for at in shape.key_at])
+        if good is None:
             index.add(key, destinations, numbers)
             return []
-        good = [i not in bad for i in range(count)]
         index.add(key, list(compress(destinations, good)), list(compress(numbers, good)))
         return [numbers[i] for i in sorted(bad)]
 
-    def prove(self, words: set[bytes], prefix: bytes, kind: str) -> None:
+    def prove(self, words: set[bytes], prefix: bytes, kind: str, proven: set[bytes]) -> bool:
         """Remembers which of these words of one position are valid (what _Checker does a line at a time; an
-        IPv6 address is proven for IPv6 lines only, so that one lookup still proves a line's family)."""
+        IPv6 address is proven for IPv6 lines only, so that one lookup still proves a line's family). Whether
+        all of them are now in `proven` (the set the column is checked against)."""
         valid = self.valid
         for word in words:
             found = _value(word, prefix, kind)
@@ -327,6 +386,7 @@ class _Reader:
             elif found:
                 valid["ipv4"].add(word)
                 valid["ipv6"].add(word)
+        return proven.issuperset(words)
 
     def line(self, n: int, line: bytes, key: bytes, index: DstIndex, irregular: dict[int, Any], *,
              last: bool) -> None:
@@ -344,7 +404,7 @@ class _Reader:
                     continue
                 if shape.others and not _others(shape, words):
                     continue
-                index.add_one(key, words[shape.dst], n)
+                _add_one(index, key, shape, words, n)
                 return
             self.slow(n, line, key, index, irregular, last=last)
         elif line.strip():
@@ -364,6 +424,7 @@ class _Reader:
             self.skipped.append(Skipped(exc.line, exc.reason))
         self.trailers.sort()
         table = ConntrackTable(self.source, lines, keys, self.shapes, index, dict(sorted(irregular.items())),
+                               nul_free=self.nul_free,
                                skipped=tuple(self.skipped),
                                trailer_count=sum(c for _, c in self.trailers) if self.trailers else None)
         return self.check_count(table)
@@ -375,7 +436,8 @@ class _Reader:
         text = raw.decode("utf-8", errors="replace").rstrip("\r")
         syntax = True
         try:
-            kind, toks = grammar.tokens(grammar.parse_line(text, source=self.source, line_no=n))
+            found = grammar.fast_tokens(text)
+            kind, toks = found or grammar.tokens(grammar.parse_line(text, source=self.source, line_no=n))
             if kind == "trailer":
                 self.trailer(n, text)
                 return
@@ -402,7 +464,7 @@ class _Reader:
         bucket = self.shapes.setdefault(key, [])
         if shape not in bucket:
             bucket.append(shape)
-        index.add_one(key, words[shape.dst], n)
+        _add_one(index, key, shape, words, n)
 
     def trailer(self, n: int, text: str) -> None:
         m = _TRAILER_COUNT.search(text)
@@ -430,6 +492,14 @@ class _Reader:
         return table
 
 
+def _add_one(index: DstIndex, key: bytes, shape: Shape, words: Sequence[bytes], n: int) -> None:
+    """Indexes one entry line read alone (what `bulk` does for a chunk)."""
+    index.add_one(key, words[shape.dst], n)
+    focus = index.focus_words.get(shape.proto) if shape.dport >= 0 else None
+    if focus is not None and words[shape.dst] in focus[0] and words[shape.dport] in focus[1]:
+        index.add_focused(shape, [n], [[w] for w in shape.key(words)])
+
+
 def _others(shape: Shape, words: Sequence[bytes]) -> bool:
     """The value groups of keys of several kinds (icmp's id=): rare, so checked outside the hot loop."""
     for get, proven, check in shape.others:
@@ -451,11 +521,28 @@ def _normalise(text: str) -> str:
     return str(ipaddress.ip_address(text))
 
 
-def load(text: str | bytes, *, source: str = "<conntrack>", lenient: bool = False) -> ConntrackTable:
+def load(text: str | bytes, *, source: str = "<conntrack>", lenient: bool = False,
+         focus: Iterable[tuple[str, int, str]] = ()) -> ConntrackTable:
     """Read a conntrack table. Raises ParseError naming file:line:column and what was expected, unless
-    `lenient`, in which case unreadable lines are skipped and listed in `ConntrackTable.skipped`."""
+    `lenient`, in which case unreadable lines are skipped and listed in `ConntrackTable.skipped`. `focus`: the
+    flows that will be asked about (`flows_to(address, port, protocol)`), whose lines are then found without a
+    second look at the table (any other question is still answered, the slower way)."""
     data = text.encode("utf-8", errors="surrogateescape") if isinstance(text, str) else text
-    return _Reader(source, lenient).read(data)
+    return _Reader(source, lenient, _focus_words(focus)).read(data)
+
+
+def _focus_words(flows: Iterable[tuple[str, int, str]]) -> frozenset[tuple[bytes, bytes, str]]:
+    """(`dst=` word, `dport=` word, protocol) of these flows: IPv4 only, whose one spelling is the word (an IPv6
+    address has several, /proc writes them in full: their lines are found by the table's address index)."""
+    out = set()
+    for text, port, proto in flows:
+        try:
+            address = ipaddress.ip_address(text.strip("[]"))
+        except ValueError:
+            continue
+        if address.version == 4:
+            out.add((f"dst={address}".encode(), f"dport={port}".encode(), proto))
+    return frozenset(out)
 
 
 def load_path(path: str | Path, *, lenient: bool = False) -> ConntrackTable:

@@ -12,7 +12,6 @@ from iptrace.conntrack.layout import CONSTANT_ROLES, ORIGINAL, REPLY, STATE, TUP
 
 # What values are made of (digits, hex digits, `.` and `:`); whatever else a line holds is its shape.
 VALUE_CHARS = b"0123456789abcdef.:"
-TO_INDEX = (-1).__add__  # a 1-based line number -> its index in the list of lines
 
 
 class Shape:
@@ -79,14 +78,16 @@ def shape_of(shapes: dict[bytes, list[Shape]], raw: bytes, key: bytes | None = N
 SENTINEL = b"\x00"
 
 
-def split_words(lines: list[bytes], words: int) -> list[bytes] | None:
+def split_words(lines: list[bytes], words: int, *, nul_free: bool = False) -> list[bytes] | None:
     """The words of `lines` in one list, with a NUL word after each line's: if every line has `words` words,
     line i's word k is at i * (words + 1) + k, so a slice `[k::words + 1]` is a column, the same word of every
     line. None when a line has another number of words. One join and one split in C: the column checks that
-    follow need no list per line (what splitting 100,000 lines one by one spends most on)."""
+    follow need no list per line (what splitting 100,000 lines one by one spends most on). `nul_free`: the
+    caller knows that no line holds a NUL byte (one look at the whole file costs less than counting them in
+    every chunk)."""
     count = len(lines)
     joined = b" \x00 ".join([*lines, b""])
-    if joined.count(SENTINEL) != count:
+    if not nul_free and joined.count(SENTINEL) != count:
         return None  # (a line holds a NUL byte: the NUL words could not be told from the separators)
     out = joined.split()
     stride = words + 1

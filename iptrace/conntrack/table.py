@@ -2,8 +2,9 @@
 
 A node's table can hold hundreds of thousands of flows while a question concerns a few destinations, and most
 flows to one destination differ only by their client's source port. So the reader only indexes lines by their
-original destination; `flows_to` groups one destination's lines — same shape, port, client address and reply
-source — into `FlowGroup`s (one trace decides a whole group); `to_address` and `entry_at` build entries.
+original destination (and keeps the flow words of the lines a caller said it would ask about: DstIndex.focus);
+`flows_to` groups one destination's lines — same shape, port, client address and reply source — into
+`FlowGroup`s (one trace decides a whole group); `to_address` and `entry_at` build entries.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import compress
+from operator import and_
 
 from iptrace.conntrack.model import ConntrackEntry
-from iptrace.conntrack.shape import TO_INDEX, Shape, shape_of, split_words
+from iptrace.conntrack.shape import Shape, shape_of, split_words
 from iptrace.dataplane import join_host_port
 
 
@@ -57,7 +59,7 @@ class DstIndex:
     destination, found by comparing every word of the columns at C speed (no per-line dict to build for the
     whole table); a dict of them all is built only when every destination is asked for."""
 
-    def __init__(self) -> None:
+    def __init__(self, focus: frozenset[tuple[bytes, bytes, str]] = frozenset()) -> None:
         self._columns: list[tuple[bytes, list[bytes], list[int]]] = []  # (the lines' shape key, words, numbers)
         # Lines checked one at a time (the reader's `line`): one more column, with each line's key.
         self._keys: list[bytes] = []
@@ -65,6 +67,17 @@ class DstIndex:
         self._numbers: list[int] = []
         self._by_word: dict[bytes, list[int]] | None = None
         self.count = 0
+        # The flows the caller will ask about, (`dst=` word, `dport=` word, protocol) of each question: the reader
+        # keeps what `Shape.key` picks from their lines while it has their words, so that flows_to neither scans
+        # the index nor splits them again. `focus_words`: per protocol, the words asked with it.
+        self.focus = focus
+        words: dict[str, tuple[set[bytes], set[bytes]]] = {}
+        for dst, dport, proto in focus:
+            dsts, dports = words.setdefault(proto, (set(), set()))
+            dsts.add(dst)
+            dports.add(dport)
+        self.focus_words = {proto: (frozenset(d), frozenset(p)) for proto, (d, p) in words.items()}
+        self._focused: list[tuple[Shape, list[int], list[list[bytes]]]] = []  # (shape, numbers, key_at columns)
 
     def add(self, key: bytes, words: list[bytes], numbers: list[int]) -> None:
         self._columns.append((key, words, numbers))
@@ -75,6 +88,26 @@ class DstIndex:
         self._words.append(word)
         self._numbers.append(number)
         self.count += 1
+
+    def add_focused(self, shape: Shape, numbers: list[int], columns: list[list[bytes]]) -> None:
+        """Lines read with `shape` whose protocol, destination and port were asked about (in `focus_words`): the
+        columns `shape.key_at` names."""
+        self._focused.append((shape, numbers, columns))
+
+    def focused(self, word: bytes, dport: bytes, proto: str) -> Iterator[tuple[Shape, list[int],
+                                                                             Iterator[tuple[bytes, ...]]]]:
+        """What `ConntrackTable._keyed` gives for the lines of one flow of `focus`, from the kept columns."""
+        alone = len(self.focus_words[proto][0]) == len(self.focus_words[proto][1]) == 1
+        for shape, numbers, columns in self._focused:
+            if shape.proto != proto:
+                continue
+            if alone:
+                yield shape, numbers, zip(*columns, strict=True)  # (the one flow of its protocol asked about)
+                continue
+            wanted = list(map(and_, map(word.__eq__, columns[0]), map(dport.__eq__, columns[1])))
+            if any(wanted):
+                yield (shape, list(compress(numbers, wanted)),
+                       zip(*[compress(column, wanted) for column in columns], strict=True))
 
     def _all(self) -> Iterator[tuple[list[bytes], list[int]]]:
         for _key, words, numbers in self._columns:
@@ -122,10 +155,11 @@ class ConntrackTable:
     def __init__(self, source: str, lines: list[bytes], keys: list[bytes], shapes: dict[bytes, list[Shape]],
                  index: DstIndex, irregular: dict[int, ConntrackEntry], *,
                  skipped: tuple[Skipped, ...] = (), warnings: tuple[Skipped, ...] = (),
-                 trailer_count: int | None = None) -> None:
+                 trailer_count: int | None = None, nul_free: bool = False) -> None:
         self.source = source
-        self._lines = lines
-        self._keys = keys  # each line's key (reader.py): its shape is found again from it
+        self._nul_free = nul_free  # no line holds a NUL byte (see split_words)
+        self._lines = lines  # line n of the file is lines[n] (lines[0] is empty)
+        self._keys = keys  # line n's key is keys[n] (reader.py): its shape is found again from it
         self._shapes = shapes  # the reader's shapes by key: a line's shape is found again from its key
         self._index = index  # the original destination's `dst=` word -> 1-based line numbers
         self._irregular = irregular  # lines read by lark alone (timestamps with spaces): line -> entry
@@ -148,14 +182,14 @@ class ConntrackTable:
 
     def line_text(self, line: int) -> str:
         """Line `line` (1-based) of the file, as text."""
-        return self._lines[line - 1].decode("utf-8", errors="replace").rstrip("\r")
+        return self._lines[line].decode("utf-8", errors="replace").rstrip("\r")
 
     def entry_at(self, line: int) -> ConntrackEntry:
         """The entry of 1-based line `line` (which must hold one)."""
         entry = self._irregular.get(line)
         if entry is not None:
             return entry
-        found = shape_of(self._shapes, self._lines[line - 1], self._keys[line - 1], read=True)
+        found = shape_of(self._shapes, self._lines[line], self._keys[line], read=True)
         assert found is not None, f"line {line} holds no entry"
         text = self.line_text(line)
         return found[0].builder(text.split(), line, text, self.address)
@@ -177,28 +211,38 @@ class ConntrackTable:
             wanted = str(ipaddress.ip_address(ip.strip("[]")))
         except ValueError:
             return []
-        dport = f"dport={port}".encode()
+        dport = None if port is None else f"dport={port}".encode()
+        word = b"dst=" + wanted.encode()
+        keyed: Iterator[tuple[Shape, list[int], Iterator[tuple[bytes, ...]]]]
         # An IPv4 address has one spelling (leading zeros are refused): its lines are found by their word.
-        if self._by_address is None and "." in wanted:
-            by_key = self._index.lines_by_key(b"dst=" + wanted.encode())
+        if dport is not None and proto is not None and (word, dport, proto) in self._index.focus:
+            keyed = self._index.focused(word, dport, proto)
+        elif self._by_address is None and "." in wanted:
+            keyed = self._keyed(self._index.lines_by_key(word), proto, dport)
         else:
-            by_key = {}
+            by_key: dict[bytes, list[int]] = {}
             for n in self._address_index().get(wanted, []):
-                by_key.setdefault(self._keys[n - 1], []).append(n)
-        groups: dict[tuple[Shape, tuple[bytes, ...]], list[int]] = {}
-        for shape, lines, keys in self._keyed(by_key, proto, None if port is None else dport):
+                by_key.setdefault(self._keys[n], []).append(n)
+            keyed = self._keyed(by_key, proto, dport)
+        # (a group's lines may come from several keys, and the kept columns of lines read one at a time come
+        # after those of the chunks: each group's are sorted into file order below)
+        groups: dict[Shape, dict[tuple[bytes, ...], list[int]]] = {}
+        for shape, lines, keys in keyed:
+            into = groups.setdefault(shape, {})
             for n, key in zip(lines, keys, strict=True):
-                found = groups.get((shape, key))
+                found = into.get(key)
                 if found is None:
-                    groups[(shape, key)] = [n]
+                    into[key] = [n]
                 else:
                     found.append(n)
         out = []
-        for (shape, key), lines in groups.items():
-            src, reply = self.address(key[2][4:].decode()), self.address(key[3][4:].decode())
-            family = shape.family or ("ipv6" if ":" in src else "ipv4")
-            out.append(FlowGroup(family, shape.proto, wanted, int(key[1][6:]) if shape.dport >= 0 else None, src,
-                                 reply, int(key[4][6:]) if shape.rsport >= 0 else None, shape.state, tuple(lines)))
+        for shape, keyed_lines in groups.items():
+            for key, lines in keyed_lines.items():
+                src, reply = self.address(key[2][4:].decode()), self.address(key[3][4:].decode())
+                family = shape.family or ("ipv6" if ":" in src else "ipv4")
+                out.append(FlowGroup(family, shape.proto, wanted, int(key[1][6:]) if shape.dport >= 0 else None,
+                                     src, reply, int(key[4][6:]) if shape.rsport >= 0 else None, shape.state,
+                                     tuple(sorted(lines))))
         out.sort(key=lambda g: g.lines[0])  # (in the order of their first lines, as the file has them)
         for e in self._irregular.values():
             o, r = e.original, e.reply
@@ -223,7 +267,7 @@ class ConntrackTable:
                 continue
             if len(shapes) == len(self._shapes[key]) == 1:
                 shape = shapes[0]
-                words = split_words(list(map(self._lines.__getitem__, map(TO_INDEX, lines))), shape.words)
+                words = split_words(list(map(self._lines.__getitem__, lines)), shape.words, nul_free=self._nul_free)
                 if words is not None:
                     stride = shape.words + 1
                     columns = [words[k::stride] for k in shape.key_at]
@@ -234,7 +278,7 @@ class ConntrackTable:
                     yield shape, lines, zip(*columns, strict=True)
                     continue
             for n in lines:
-                found = shape_of(self._shapes, self._lines[n - 1], key, read=True)
+                found = shape_of(self._shapes, self._lines[n], key, read=True)
                 assert found is not None, f"line {n} holds no entry"
                 shape, words = found
                 if shape in shapes and (dport is None or words[shape.dport] == dport):

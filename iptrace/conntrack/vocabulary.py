@@ -53,7 +53,7 @@ FLAGS_AFTER_REPLY: frozenset[str] = frozenset({"ASSURED", "OFFLOAD", "HW_OFFLOAD
 # `-o ktimestamp` prints `[start=Mon Dec  2 11:06:00 2024] [stop=…]` after the entry's fields.
 TIMESTAMP_FLAGS: tuple[str, ...] = ("start=", "stop=")
 
-_LIMITS = {U8: 0xFF, U16: 0xFFFF, PORT: 0xFFFF, U32: 0xFFFFFFFF, U64: 0xFFFFFFFFFFFFFFFF}
+NUMBER_LIMITS = {U8: 0xFF, U16: 0xFFFF, PORT: 0xFFFF, U32: 0xFFFFFFFF, U64: 0xFFFFFFFFFFFFFFFF}
 _KIND_WORDS = {ADDRESS: "an IPv4 or IPv6 address", PORT: "a port number (0-65535)", U8: "a number (0-255)",
                U16: "a number (0-65535)", U32: "a number", U64: "a number", HEX16: "a hex number such as 0x1f",
                TEXT: "text"}
@@ -71,4 +71,4 @@ def check_value(kind: str, text: str) -> bool:
     if kind == HEX16:
         digits = text[2:]
         return text[:2] == "0x" and 0 < len(digits) <= 4 and all(c in "0123456789abcdef" for c in digits)
-    return text.isascii() and text.isdigit() and len(text) <= 20 and int(text) <= _LIMITS[kind]
+    return text.isascii() and text.isdigit() and len(text) <= 20 and int(text) <= NUMBER_LIMITS[kind]
