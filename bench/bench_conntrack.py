@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_dumps" / "nodeport-fb-backends.txt"
 NODE = "192.168.49.2"
 # The installed `iptrace` command, run by this interpreter.
-_CLI = "import sys; from iptrace.cli import main; sys.argv[0] = 'iptrace'; main()"
+_CLI = "import sys; from iptrace.cli import run; sys.argv[0] = 'iptrace'; run()"
 QUESTION = ["--dst", "10.96.0.10:53", "--proto", "udp", "--node-ip", NODE, "-o", "json"]
 
 # (service address, port, protocol, endpoints the sample's rules choose, endpoints that are gone)

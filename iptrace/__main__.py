@@ -1,5 +1,5 @@
 """`python -m iptrace …`: the command line (click names it `python -m iptrace` in its help)."""
 
-from iptrace.cli import main
+from iptrace.cli import run
 
-main()
+run()
