@@ -20,6 +20,7 @@ from iptrace.cli.common import (
     check_nodes,
     cluster_data,
     emit_json,
+    hold,
     lenient_option,
     namespace_option,
     output_option,
@@ -282,7 +283,7 @@ def _analyse(nodes: list[Any], cluster: Any, lenient: bool, pictures: bool, jobs
     for r in results:
         for note in r.notes:
             click.echo(note, err=True)
-    return results
+    return hold(results)  # (a fleet's digests: not freed one by one at the end, see common.hold)
 
 
 def _merged(documents: tuple[str, ...]) -> tuple[list[Any], str | None, bool]:
