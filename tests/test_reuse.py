@@ -352,3 +352,47 @@ def test_a_port_whose_questions_meet_another_services_endpoints_has_a_footprint(
     before = check_fleet(texts[:1]).stats.ports
     reuse = check_fleet(texts)
     assert reuse.stats.reused > reuse.stats.ports - 2 * before, reuse.stats
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([4, 6]), st.booleans(), st.integers(0, 2 ** 32 - 1),
+       st.lists(st.integers(0, 2 ** 32 - 1), max_size=4), st.lists(st.integers(0, 2 ** 32 - 1), max_size=4),
+       st.sampled_from([0x7F000001, 0xE0000001, 0xFFFFFFFF, 0, None]))
+def test_the_kind_of_an_address_that_is_not_the_nodes_own_is_the_same_on_every_node(
+        version: int, known: bool, addr: int, mine: list[int], theirs: list[int], special: int | None) -> None:
+    """footprint.py keeps the header line of an address that is none of the node's own across nodes
+    (_FOREIGN_LINES, by IP version and whether the node's addresses are known): what -m addrtype and the routing
+    decision see of it must not read anything else of the node (its addresses, its ipsets)."""
+    from iptrace.iptables.match_modules import _address_types
+    from iptrace.iptables.state import Context
+
+    if special is not None:
+        addr = special if version == 4 else {0x7F000001: 1, 0xE0000001: 0xFF << 120, 0xFFFFFFFF: 2, 0: 0}[special]
+    a = Context(version, frozenset(mine) - {addr}, known, {})
+    b = Context(version, frozenset(theirs) - {addr}, known, {"allowed": ((addr, (1 << 32) - 1),)})
+    assert _address_types(addr, a) == _address_types(addr, b)
+    assert a.is_local(addr) == b.is_local(addr)
+
+
+def test_an_address_the_node_holds_is_never_read_as_another_nodes_endpoint() -> None:
+    """Node 1's address is an endpoint on node 0 (a foreign address, its header line kept across nodes) and
+    node 1's own there: node 1's footprint names it by role, the same as with nothing kept from node 0."""
+    from iptrace.iptables import footprint
+
+    specs = services()
+    specs.append(ServiceSpec("default", "kubernetes", "10.96.0.1", [PortSpec("https", 443, target_port=6443)],
+                             endpoints=[EndpointSpec(fleet.node_ip(1), 6443)]))
+    texts = fleet_texts(specs, 2)
+    packet = Packet("10.244.0.9", "10.96.0.1", 443)
+    keys = []
+    for warm in (True, False):
+        footprint._FOREIGN_LINES.clear()
+        if warm:
+            zero = DATAPLANE.tracer(load(texts[0][1]), node_ips=[texts[0][0]])
+            assert zero.footprint([(None, packet)]) is not None
+        one = DATAPLANE.tracer(load(texts[1][1]), node_ips=[texts[1][0]])
+        found = one.footprint([(None, packet)])
+        assert found is not None
+        keys.append(found.key)
+    assert keys[0] == keys[1]
+    check_fleet(texts)

@@ -52,6 +52,11 @@ _TEXT = itemgetter(1)  # (a Rule's text)
 _TARGET_NAMES: dict[str, str] = {}
 _KIND_TEXTS: dict[tuple[object, ...], str] = {}  # an address's kind (see _Node.kind) → its text in the key
 _ADDR_LINES: dict[tuple[int | str, str], str] = {}  # (an address or its role, its kind's text) → its header line
+# (IP version, node addresses known) → an address that is none of the node's own → its header line. Such an
+# address's kind reads only the version, whether the node's addresses are known and the address itself
+# (match_modules._address_types, Context.is_local), so its line is the same on every node: a node's ~10^4
+# endpoint addresses are not classified and formatted again on each node.
+_FOREIGN_LINES: dict[tuple[int, bool], dict[int, str]] = {}
 
 
 class _Node:
@@ -74,6 +79,10 @@ class _Node:
         self._addresses: dict[str, int] = {}
         self._kinds: dict[int, str] = {}
         ctx = tracer.ctx
+        self.local: frozenset[int] = ctx.local_addresses
+        if sum(map(len, _FOREIGN_LINES.values())) >= FACTS_LIMIT:
+            _FOREIGN_LINES.clear()
+        self.foreign_lines = _FOREIGN_LINES.setdefault((tracer.version, ctx.node_ips_known), {})
         ipsets = sorted((name, tuple(nets)) for name, nets in ctx.ipsets.items())
         self.head = f"v{tracer.version} {tracer.entry} known={ctx.node_ips_known} sets={ipsets}"
         self._context: _Context | None = None
@@ -387,9 +396,17 @@ class _Question:
             dst = roles[dst_addr] or p.dst
             out.append(f"call {chain or '-'} {src} {dst} {p.dport} {p.sport} {p.proto} {p.in_interface}")
         kind = node.kind
+        local, foreign = node.local, node.foreign_lines
         for addr in self.src_key + self.dst_list:
+            role = roles[addr]
+            if role is None and addr not in local:
+                line = foreign.get(addr)
+                if line is None:
+                    line = foreign[addr] = f"addr {addr} {kind(addr)}"
+                out.append(line)
+                continue
             # (the same addresses, of the same kinds, on every node: their lines are kept, not formatted again)
-            line_key = (roles[addr] or addr, kind(addr))
+            line_key = (role or addr, kind(addr))
             line = _ADDR_LINES.get(line_key)
             if line is None:
                 if len(_ADDR_LINES) >= FACTS_LIMIT:
