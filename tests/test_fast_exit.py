@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from iptrace.cli import main
@@ -59,3 +60,16 @@ def test_a_reader_that_goes_away_is_no_error() -> None:
     proc.stdout.close()  # `iptrace services … | head -c 10`
     assert proc.wait(timeout=120) == 0
     assert "Traceback" not in proc.stderr.read().decode()
+
+
+def test_output_that_cannot_be_written_is_one_clear_error() -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this machine")
+    for args in (["services", SAMPLE], ["services", str(ROOT / "sample_dumps" / "large-cluster-no-comments.txt"),
+                                        "-o", "json"]):
+        with open("/dev/full", "w") as full:  # every write fails: No space left on device
+            done = subprocess.run([sys.executable, "-c", _PROGRAM, *args], stdout=full, stderr=subprocess.PIPE,
+                                  text=True, cwd=ROOT, timeout=120, check=False)
+        assert done.returncode == 1
+        assert done.stderr.splitlines()[0] == "Error: cannot write the output: No space left on device"
+        assert "internal error" not in done.stderr and "Traceback" not in done.stderr

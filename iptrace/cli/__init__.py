@@ -7,6 +7,7 @@ kubernetes) are imported inside the commands so that `iptrace --help` stays fast
 
 from __future__ import annotations
 
+import errno
 import inspect
 import os
 import re
@@ -71,12 +72,33 @@ class _Group(_ProgramNamedHelp, click.Group):
             raise click.exceptions.Exit(0) from None
         except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
             raise
+        except OSError as exc:
+            if exc.errno not in _WRITE_ERRNOS:
+                _internal(exc)
+            _cannot_write(exc)
         except Exception as exc:  # the last line of defence: a bug must still not print a traceback
-            if os.environ.get("IPTRACE_DEBUG"):
-                raise
-            click.echo(f"Error: internal error ({type(exc).__name__}: {exc}); please report it with the "
-                       "input that caused it (IPTRACE_DEBUG=1 shows the traceback)", err=True)
-            raise click.exceptions.Exit(EXIT_ERROR) from None
+            _internal(exc)
+
+
+# A write that failed for want of room (`iptrace services … > /dev/full`, a full disk or quota): the machine's
+# trouble, not a bug to report.
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def _cannot_write(exc: OSError) -> NoReturn:
+    try:
+        click.echo(f"Error: cannot write the output: {exc.strerror or exc}", err=True)
+    except OSError:
+        pass
+    raise click.exceptions.Exit(EXIT_ERROR) from None
+
+
+def _internal(exc: Exception) -> NoReturn:
+    if os.environ.get("IPTRACE_DEBUG"):
+        raise exc
+    click.echo(f"Error: internal error ({type(exc).__name__}: {exc}); please report it with the "
+               "input that caused it (IPTRACE_DEBUG=1 shows the traceback)", err=True)
+    raise click.exceptions.Exit(EXIT_ERROR) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -116,7 +138,16 @@ def run(prog_name: str | None = None) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # (a reader that went away, a stream closed on a broken pipe)
+        except OSError as exc:
+            if exc.errno in _WRITE_ERRNOS and stream is sys.stdout:
+                try:
+                    sys.stderr.write(f"Error: cannot write the output: {exc.strerror or exc}\n")
+                    sys.stderr.flush()
+                except (OSError, ValueError):
+                    pass
+                code = code or EXIT_ERROR
+            # (else a reader that went away, `| head`: no error of ours)
+        except ValueError:  # (a stream closed on a broken pipe)
             pass
     os._exit(code)
 
