@@ -10,10 +10,11 @@ original destination (and keeps the flow words of the lines a caller said it wou
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import compress
 from operator import and_
+from typing import Any
 
 from iptrace.conntrack.model import ConntrackEntry
 from iptrace.conntrack.shape import Shape, shape_of, split_words
@@ -122,8 +123,7 @@ class DstIndex:
             if found:
                 out.setdefault(key, []).extend(found)
         alone = list(map(word.__eq__, self._words))
-        for key, n in zip(compress(self._keys, alone), compress(self._numbers, alone), strict=True):
-            out.setdefault(key, []).append(n)
+        _group(out, compress(self._keys, alone), compress(self._numbers, alone))
         for lines in out.values():
             lines.sort()  # (a key's chunks come in file order; its lines read alone come after them)
         return out
@@ -133,12 +133,7 @@ class DstIndex:
         if self._by_word is None:
             out: dict[bytes, list[int]] = {}
             for words, numbers in self._all():
-                for word, n in zip(words, numbers, strict=True):
-                    found = out.get(word)
-                    if found is None:
-                        out[word] = [n]
-                    else:
-                        found.append(n)
+                _group(out, words, numbers)
             for lines in out.values():
                 lines.sort()
             self._by_word = out
@@ -228,13 +223,7 @@ class ConntrackTable:
         # after those of the chunks: each group's are sorted into file order below)
         groups: dict[Shape, dict[tuple[bytes, ...], list[int]]] = {}
         for shape, lines, keys in keyed:
-            into = groups.setdefault(shape, {})
-            for n, key in zip(lines, keys, strict=True):
-                found = into.get(key)
-                if found is None:
-                    into[key] = [n]
-                else:
-                    found.append(n)
+            _group(groups.setdefault(shape, {}), keys, lines)
         out = []
         for shape, keyed_lines in groups.items():
             for key, lines in keyed_lines.items():
@@ -305,3 +294,13 @@ def skipped_notes(name: str, table: ConntrackTable) -> list[str]:
                    f"{first.reason})")
     out += [f"note: {name}:{w.line}: {w.reason}" for w in table.warnings]
     return out
+
+
+def _group(into: dict[Any, list[int]], keys: Iterable[Any], numbers: Iterable[int]) -> None:
+    """Each number appended to its key's list in `into`, in order (a table's lines by word or by flow)."""
+    for key, n in zip(keys, numbers, strict=True):
+        found = into.get(key)
+        if found is None:
+            into[key] = [n]
+        else:
+            found.append(n)
