@@ -127,11 +127,12 @@ class Compiled:
 class ChainCode:
     __slots__ = ("chain", "compiled", "index", "key", "name", "rules", "table", "table_chains")
 
-    def __init__(self, table: str, chain: Chain, index: ChainIndex | None, table_chains: Mapping[str, str]) -> None:
+    def __init__(self, table: str, chain: Chain, index: ChainIndex | None, table_chains: Mapping[str, str],
+                 key: tuple[str, str] | None = None) -> None:
         self.table = table
         self.table_chains = table_chains  # the chains a rule of this table can jump to (name → name)
         self.name = chain.name
-        self.key = (table, chain.name)
+        self.key = key if key is not None else (table, chain.name)
         self.chain = chain
         self.rules = chain.rules
         self.compiled: list[Compiled | None] = [None] * len(chain.rules)
@@ -283,6 +284,7 @@ class Compiler:
         self._binders: dict[int, Binder] = {}
         self._shape_binders: dict[RuleShape | None, tuple[Structure, Binder]] = {}
         self._chain_names: dict[str, dict[str, str]] = {}
+        self._chains: dict[str, Mapping[str, Chain]] = {}  # table -> its chains by name
         self._bound: dict[object, Bound] = {}
         self._access: dict[tuple[int, str], chainmemo.Access] = {}
         self._dnat_spots: dict[int, tuple[Structure, int]] = {}  # id(structure) -> (it, its --to-destination token)
@@ -292,19 +294,20 @@ class Compiler:
         key = (table, chain)
         code = self._codes.get(key, False)
         if code is False:
-            found = self.ruleset.chain(table, chain)
+            names = self._chain_names.get(table)
+            if names is None:
+                found_table = self.ruleset.table(table)
+                names = self._chain_names[table] = {
+                    c.name: c.name for c in found_table.chains} if found_table is not None else {}
+                self._chains[table] = found_table.by_name if found_table is not None else {}
+            found = self._chains[table].get(chain)  # (Ruleset.chain, without its two calls: ~10^5 chains)
             if found is None:
                 code = None
             else:
                 index = None
                 if self.use_index and len(found.rules) >= MIN_RULES:
                     index = ChainIndex.build(found.rules, self.version, self._structures)
-                names = self._chain_names.get(table)
-                if names is None:
-                    found_table = self.ruleset.table(table)
-                    names = self._chain_names[table] = {
-                        c.name: c.name for c in found_table.chains} if found_table is not None else {}
-                code = ChainCode(table, found, index, names)
+                code = ChainCode(table, found, index, names, key)
             self._codes[key] = code
         return code  # type: ignore[return-value]
 
