@@ -180,6 +180,7 @@ class ChainWalker(Compiler):
         dports: list[int] | None = []  # None once a rule reads the destination port other than by `--dport N`
         compile_rule = self._compile
         bound_tokens = self._bound_tokens
+        last_access: object = accesses  # (not an Access)
         for chain in order:  # (grows: the closure's chains in the order their first jump is met)
             rules = chain.rules
             count += len(rules)
@@ -190,20 +191,22 @@ class ChainWalker(Compiler):
                 if c is None:
                     c = compile_rule(chain, i)
                 access = c.access
-                if access is None or not access.known:
-                    return None
+                if access is not last_access:
+                    if access is None or not access.known:
+                        return None
+                    accesses[id(access)] = access
+                    last_access = access
                 compiled.append(c)
-                accesses[id(access)] = access
                 if dports is not None and "dport" in access.raw:
                     dports = chainmemo.exact_dports(c, dports)
                 if c.probability is not None:
                     split = True
-                net = c.src
-                if net is not None:
-                    src_nets.append((net[0], net[1]))
-                net = c.dst
-                if net is not None:
-                    dst_nets.append((net[0], net[1]))
+                src = c.src
+                if src is not None:
+                    src_nets.append((src[0], src[1]))
+                dst = c.dst
+                if dst is not None:
+                    dst_nets.append((dst[0], dst[1]))
                 action = c.action
                 target: object = action
                 if action == JUMP or action == GOTO:
@@ -211,15 +214,18 @@ class ChainWalker(Compiler):
                     if sub is None:
                         sub = c.sub = self._code(chain.table, c.arg)
                     if sub is not None:
-                        if sub.key not in seen:
-                            seen[sub.key] = len(order)
+                        at = seen.get(sub.key)
+                        if at is None:
+                            at = seen[sub.key] = len(order)
                             order.append(sub)
-                        target = (action, seen[sub.key], c.arg if c.arg in (KUBE_MARK_MASQ, KUBE_MARK_DROP) else "")
+                        name = c.arg
+                        target = (action, at, name if name == KUBE_MARK_MASQ or name == KUBE_MARK_DROP else "")
                     else:
                         target = (action, -1, c.arg)
                 elif action == DNAT and not c.note:
-                    target = (DNAT, c.arg[0] is None, c.arg[1] is None)
-                    if None in c.arg:
+                    arg = c.arg
+                    target = (DNAT, arg[0] is None, arg[1] is None)
+                    if None in arg:
                         dports = None  # (a replay of its own walks copies the recorded destination)
                 elif action not in (ACCEPT, DROP, REJECT, RETURN, CONTINUE):
                     target = c  # (a mark, SNAT, …: the same rule only)
@@ -230,11 +236,12 @@ class ChainWalker(Compiler):
                 # matches stand in the shape as a number per distinct value: hashing their tests and Fractions
                 # in every shape key cost a tenth of the plan.
                 matches: object = c
-                if c.tests is c.bound.tests and not c.assumed:
-                    held = bound_tokens.get(id(c.bound))
-                    matches = held[0] if held is not None else self._bound_token(c.bound)
-                shape.append((matches, None if c.src is None else c.src[2], None if c.dst is None else c.dst[2],
-                              c.never, target))
+                bound = c.bound
+                if c.tests is bound.tests and not c.assumed:
+                    held = bound_tokens.get(id(bound))
+                    matches = held[0] if held is not None else self._bound_token(bound)
+                shape.append((matches, None if src is None else src[2], None if dst is None else dst[2], c.never,
+                              target))
         if count < 8 and not split:
             return None  # a closure this small walks faster than its key is computed and its walk replayed
         fields: set[str] = set()

@@ -22,6 +22,7 @@ from iptrace.iptables.matchers import (
     Net,
     Structure,
     Test,
+    bind_addresses,
     bind_matches,
     binder_for,
     fast_tokens,
@@ -55,6 +56,8 @@ KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
 
 # Step(...) without the frozen dataclass's __init__: a question's trace reports each new rule it meets.
 _new_step = positional_new(Step, ("table", "chain", "line", "rule", "kind", "service", "handle"))
+# Decision(...) the same way: a Service view's first pass builds one per endpoint (~5x10^4).
+_new_decision = positional_new(Decision, ("table", "chain", "line", "policy", "handle"))
 
 
 KUBE_MARK_DROP = "KUBE-MARK-DROP"
@@ -116,18 +119,20 @@ class Compiled:
     @property
     def decision(self) -> Decision:
         if self._decision is None:
-            self._decision = Decision(self.table, self.rule.chain, self.rule.line)
+            rule = self.rule
+            self._decision = _new_decision(self.table, rule[0], rule[3], None, None)
         return self._decision
 
 
 class ChainCode:
     __slots__ = ("chain", "compiled", "index", "key", "name", "rules", "table", "table_chains")
 
-    def __init__(self, table: str, chain: Chain, index: ChainIndex | None, table_chains: Mapping[str, str]) -> None:
+    def __init__(self, table: str, chain: Chain, index: ChainIndex | None, table_chains: Mapping[str, str],
+                 key: tuple[str, str] | None = None) -> None:
         self.table = table
         self.table_chains = table_chains  # the chains a rule of this table can jump to (name → name)
         self.name = chain.name
-        self.key = (table, chain.name)
+        self.key = key if key is not None else (table, chain.name)
         self.chain = chain
         self.rules = chain.rules
         self.compiled: list[Compiled | None] = [None] * len(chain.rules)
@@ -201,6 +206,39 @@ def chain_list(cell: Any) -> tuple[tuple[str, str], ...]:
     return cons_prefix(cell) or ()
 
 
+def _dnat_spot(structure: Structure) -> int:
+    """The token position of a rule's last --to-destination value, -1 when it has none."""
+    spot = -1
+    for opt, _negated, idx in structure[1]:
+        if opt == "--to-destination":
+            spot = idx[0] if idx else -1
+    return spot
+
+
+_KIT_ACCESSES = 64
+
+
+class _Kit:
+    """What every rule of one shape has in common when the shape alone decides its structure (kube-proxy writes
+    ~10^5 rules in a handful of shapes, which differ only in addresses, ports, comments and chain names): the
+    structure and its Binder, where the target and a DNAT's destination are among its tokens."""
+
+    __slots__ = ("accesses", "addresses", "binder", "dnat_spot", "jump", "structure", "target_index", "values")
+
+    def __init__(self, shape: RuleShape, structure: Structure, binder: Binder) -> None:
+        self.structure = structure
+        self.binder = binder
+        self.values = binder.values
+        self.addresses = bool(binder.addresses)
+        self.target_index = shape.target_index
+        self.jump = GOTO if shape.goto else JUMP
+        self.dnat_spot = _dnat_spot(structure)
+        # target name -> the Access of a rule of this shape with that target and no extra address tests (a
+        # handful: kube-proxy's endpoint rules jump to KUBE-MARK-MASQ or DNAT; its Service chains jump to one
+        # KUBE-SEP chain each, past the bound, where rule_access's own cache answers)
+        self.accesses: dict[str, chainmemo.Access] = {}
+
+
 def _mark_effect(target: str, opts: Mapping[str, str]) -> Callable[[State], None]:
     """MARK/CONNMARK as a function on the branch state (xt_MARK / xt_CONNMARK semantics)."""
     attr = "mark" if target == "MARK" else "ctmark"
@@ -246,33 +284,76 @@ class Compiler:
         self._binders: dict[int, Binder] = {}
         self._shape_binders: dict[RuleShape | None, tuple[Structure, Binder]] = {}
         self._chain_names: dict[str, dict[str, str]] = {}
+        self._chains: dict[str, Mapping[str, Chain]] = {}  # table -> its chains by name
         self._bound: dict[object, Bound] = {}
         self._access: dict[tuple[int, str], chainmemo.Access] = {}
         self._dnat_spots: dict[int, tuple[Structure, int]] = {}  # id(structure) -> (it, its --to-destination token)
+        self._kits: dict[RuleShape, _Kit] = {}
 
     def _code(self, table: str, chain: str) -> ChainCode | None:
         key = (table, chain)
         code = self._codes.get(key, False)
         if code is False:
-            found = self.ruleset.chain(table, chain)
+            names = self._chain_names.get(table)
+            if names is None:
+                found_table = self.ruleset.table(table)
+                names = self._chain_names[table] = {
+                    c.name: c.name for c in found_table.chains} if found_table is not None else {}
+                self._chains[table] = found_table.by_name if found_table is not None else {}
+            found = self._chains[table].get(chain)  # (Ruleset.chain, without its two calls: ~10^5 chains)
             if found is None:
                 code = None
             else:
                 index = None
                 if self.use_index and len(found.rules) >= MIN_RULES:
                     index = ChainIndex.build(found.rules, self.version, self._structures)
-                names = self._chain_names.get(table)
-                if names is None:
-                    found_table = self.ruleset.table(table)
-                    names = self._chain_names[table] = {
-                        c.name: c.name for c in found_table.chains} if found_table is not None else {}
-                code = ChainCode(table, found, index, names)
+                code = ChainCode(table, found, index, names, key)
             self._codes[key] = code
         return code  # type: ignore[return-value]
 
     def _compile(self, code: ChainCode, i: int) -> Compiled:
         rule = code.rules[i]
-        tokens = fast_tokens(rule.text)
+        tokens = fast_tokens(rule[1])
+        kit = self._kits.get(rule[4])
+        if kit is not None:
+            # A shape compiled before (kube-proxy's ~10^5 endpoint and load-balancing rules): what the slow way
+            # below does, with what the shape decides read from its kit.
+            values = kit.values
+            matches = self._bound.get((kit.binder, values(tokens)) if values is not None else kit.binder)
+            if matches is not None:
+                c = Compiled(code.table, rule, matches)
+                extra = False
+                if kit.addresses:
+                    src, dst, addresses, never = bind_addresses(kit.binder, tokens, self.version)
+                    c.src = src
+                    c.dst = dst
+                    if addresses:
+                        extra = True
+                        c.tests = addresses + matches.tests
+                    if never:
+                        c.never = True
+                at = kit.target_index
+                if at >= 0:
+                    name = tokens[at]
+                    chain = code.table_chains.get(name) if name not in BUILTIN_TARGETS else None
+                    if chain is not None:
+                        c.target = c.arg = chain
+                        c.action = kit.jump
+                    else:
+                        c.target = name
+                        if name == "DNAT":
+                            self._dnat(c, rule, tokens[kit.dnat_spot] if kit.dnat_spot >= 0 else "")
+                        else:
+                            self._compile_target(code, rule, c, name, tokens, kit.structure)
+                accesses = kit.accesses
+                access = None if extra else accesses.get(c.target)
+                if access is None:
+                    access = chainmemo.rule_access(kit.structure, c.target, extra, self._access)
+                    if not extra and len(accesses) < _KIT_ACCESSES:
+                        accesses[c.target] = access
+                c.access = access
+                code.compiled[i] = c
+                return c
         shape = rule.shape
         found = self._shape_binders.get(shape)
         if found is None:
@@ -280,6 +361,8 @@ class Compiler:
             binder = binder_for(structure, self._binders)
             if self._structures.get(shape) is structure:  # (else the structure depends on the rule's tokens)
                 self._shape_binders[shape] = (structure, binder)
+                assert shape is not None
+                self._kits[shape] = _Kit(shape, structure, binder)
         else:
             structure, binder = found
         matches, src, dst, addresses, never = bind_matches(rule, self.ctx, binder, tokens, self._bound,
@@ -313,20 +396,9 @@ class Compiler:
             # below reads it), found by a position kept per structure.
             found = self._dnat_spots.get(id(structure))
             if found is None or found[0] is not structure:
-                spot = -1
-                for opt, _negated, idx in structure[1]:
-                    if opt == "--to-destination":
-                        spot = idx[0] if idx else -1
-                found = self._dnat_spots[id(structure)] = (structure, spot)  # (holds it: its id stays its own)
-            to = tokens[found[1]] if found[1] >= 0 else ""
-            if to[:1] == '"':
-                to = unquote(to)
-            if to:
-                addr, port, c.note = _parse_nat_to(to, self.version)
-                c.action, c.arg = DNAT, (addr, port)
-            else:
-                c.action, c.arg = DNAT, (None, None)
-                c.note = f"line {rule.line}: DNAT without --to-destination: destination assumed unchanged"
+                # (holds the structure: its id stays its own)
+                found = self._dnat_spots[id(structure)] = (structure, _dnat_spot(structure))
+            self._dnat(c, rule, tokens[found[1]] if found[1] >= 0 else "")
             return
         where = f"line {rule.line}"
         # An option's first value (`Opt.value`); later repeats of an option win, as in `dict(options)`.
@@ -361,6 +433,17 @@ class Compiler:
             c.action = UNKNOWN
             c.note = f"{where}: -j {name}: no such chain in table {code.table} and not a known target; " \
                      "assumed it returns to the chain"
+
+    def _dnat(self, c: Compiled, rule: Rule, to: str) -> None:
+        """A DNAT to `to` (its last --to-destination's token, "" when it has none)."""
+        if to[:1] == '"':
+            to = unquote(to)
+        if to:
+            addr, port, c.note = _parse_nat_to(to, self.version)
+            c.action, c.arg = DNAT, (addr, port)
+        else:
+            c.action, c.arg = DNAT, (None, None)
+            c.note = f"line {rule.line}: DNAT without --to-destination: destination assumed unchanged"
 
     # ------------------------------------------------------------------------------------ walk
 

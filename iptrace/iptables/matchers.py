@@ -31,7 +31,7 @@ from typing import NamedTuple
 from iptrace.errors import TraceError
 from iptrace.iptables.model import TOKEN_RE, Rule, unquote
 from iptrace.iptables.options import BASIC_ALIASES, BASIC_ARITY, MODULE_ARITY
-from iptrace.iptables.state import Context, State, parse_net
+from iptrace.iptables.state import Context, State, ip_int, parse_net
 
 Test = Callable[[State], bool]
 # An assumed test answers (matches, assumption text or None when it turned out to be definite after all).
@@ -314,17 +314,34 @@ def bind_matches(rule: Rule, ctx: Context, binder: Binder, tokens: Sequence[str]
             bound[key] = found
     if not binder.addresses:
         return found, None, None, (), False
+    src, dst, tests, never = bind_addresses(binder, tokens, ctx.version)
+    return found, src, dst, tests, never
+
+
+def bind_addresses(binder: Binder, tokens: Sequence[str], version: int,
+                   ) -> tuple[Net | None, Net | None, tuple[Test, ...], bool]:
+    """A rule's -s/-d (`binder.addresses`): its first -s and first -d as data (if they name one network), its
+    other -s/-d tests, whether one of those can never match."""
     src: Net | None = None
     dst: Net | None = None
     tests: list[Test] = []
     never = False
-    version = ctx.version
     for attr, negated, i in binder.addresses:
         value = tokens[i] if i >= 0 else ""
         if value[:1] == '"':
             value = unquote(value)
         if "," not in value and (src is None if attr == "src" else dst is None):
-            net = parse_net(value, version)
+            if version == 4 and value[-3:] == "/32":
+                # kube-proxy's endpoint and Service addresses, each read once: parse_net's answer without its
+                # cache
+                try:
+                    host = ip_int(value[:-3])
+                except ValueError:
+                    net = parse_net(value, version)  # (raises its error)
+                else:
+                    net = (host[1], 0xFFFFFFFF) if host[0] == 4 else None
+            else:
+                net = parse_net(value, version)
             if net is None:
                 never = never or not negated
             elif attr == "src":
@@ -337,7 +354,7 @@ def bind_matches(rule: Rule, ctx: Context, binder: Binder, tokens: Sequence[str]
             tests.append(test)
         elif not negated:
             never = True
-    return found, src, dst, tuple(tests), never
+    return src, dst, tuple(tests), never
 
 
 _BOUND_SIZE = 100_000
