@@ -44,10 +44,9 @@ from iptrace.iptables.state import ip_int
 
 # (process-wide, like the facts: a rule's target by its text; short chains by their texts, see _read_chain)
 _TARGETS: dict[str, str] = {}
-# (a short chain's content → its rules as (facts, the chain each jumps to), the chains they jump to, the other
-# targets that are not built in: a node where one of those is a chain, or one of the former is not, reads again)
-_CHAINS: dict[tuple[int, str, tuple[str, ...]],
-              tuple[list[tuple[Facts, tuple[str, str] | None]], frozenset[str], frozenset[str]]] = {}
+# (a short chain's content → its rules read (_Rules), with the chains they jump to and the other targets that are
+# not built in: a node where one of those is a chain, or one of the former is not, reads again)
+_CHAINS: dict[tuple[int, str, tuple[str, ...]], tuple[_Rules, frozenset[str], frozenset[str]]] = {}
 _TEXT = itemgetter(1)  # (a Rule's text)
 _TARGET_NAMES: dict[str, str] = {}
 _KIND_TEXTS: dict[tuple[object, ...], str] = {}  # an address's kind (see _Node.kind) → its text in the key
@@ -57,6 +56,42 @@ _ADDR_LINES: dict[tuple[int | str, str], str] = {}  # (an address or its role, i
 # (match_modules._address_types, Context.is_local), so its line is the same on every node: a node's ~10^4
 # endpoint addresses are not classified and formatted again on each node.
 _FOREIGN_LINES: dict[tuple[int, bool], dict[int, str]] = {}
+
+
+class _Rules:
+    """A chain's rules as a walk reads them: (facts, the chain each jumps to), and the plan a walk follows for
+    the question's sources (`plan`)."""
+
+    __slots__ = ("_plan", "_sources", "rules")
+
+    def __init__(self, rules: list[tuple[Facts, tuple[str, str] | None]]) -> None:
+        self.rules = rules
+        self._sources: tuple[int, ...] | None = None
+        self._plan: list[tuple[Facts, tuple[str, str] | None, int, bool]] = []
+
+    def plan(self, sources: tuple[int, ...]) -> list[tuple[Facts, tuple[str, str] | None, int, bool]]:
+        """(facts, jump, position, whether `_Question.can_match` must decide) of every rule a question with these
+        sources may keep, in chain order. What can_match would answer for any such question is decided here
+        once: a rule that never matches, one that matches every question, one whose only tests are -s tests
+        (they read the sources alone, and leave `narrowed` as it is). One plan is kept, for the last sources
+        asked (a node's questions mostly share their clients)."""
+        if sources != self._sources:
+            plan = []
+            for i, (f, jump) in enumerate(self.rules):
+                if f.plain:
+                    plan.append((f, jump, i, False))
+                elif f.never:
+                    continue
+                elif f.key is None and f.host is None and all(spec[0] for spec in f.specs):
+                    if all(_any_passes(spec, sources) for spec in f.specs):
+                        plan.append((f, jump, i, False))
+                else:
+                    plan.append((f, jump, i, True))
+            self._plan, self._sources = plan, sources
+        return self._plan
+
+
+_NO_RULES = _Rules([])  # (an absent chain's)
 
 
 class _Node:
@@ -108,10 +143,9 @@ class _Node:
         f, is_chain, target, line = self.rule(code, i)
         return f, (code.table, target) if is_chain else None, line
 
-    def chain(self, key: tuple[str, str]) -> tuple[str, Sequence[tuple[Facts, tuple[str, str] | None]] | None,
-                                                   Any]:
-        """(the chain's line in the key, its rules as (facts, the chain each jumps to) — None for an indexed
-        chain, which a question reads through its index —, and what `line_of` needs to give their lines)."""
+    def chain(self, key: tuple[str, str]) -> tuple[str, _Rules | None, Any]:
+        """(the chain's line in the key, its rules — None for an indexed chain, which a question reads through
+        its index —, and what gives their lines: the chain's rules, or the indexed chain's code)."""
         found = self._chains_read.get(key)
         if found is None:
             found = self._chains_read[key] = self._read_chain(key)
@@ -122,14 +156,14 @@ class _Node:
         chains = self._table(table)
         chain = chains.get(name)
         if chain is None:
-            return f"chain {table} {name} absent", (), None
+            return f"chain {table} {name} absent", _NO_RULES, ()
         rules = chain.rules
         head = f"chain {table} {name} {chain.policy} {key in self.dash_policy} {not rules}"
         if len(rules) >= MIN_RULES:
             code = self.tracer._code(table, name)
             if code.index is not None:
                 return head, None, code
-            return head, [self.item(code, i)[:2] for i in range(len(code.rules))], code.rules
+            return head, _Rules([self.item(code, i)[:2] for i in range(len(code.rules))]), code.rules
         # A short chain (an endpoint's, a Service port's, a CNI's) reads alike on every node that has the
         # same rules: its facts are kept by content (the chains it may jump to are checked per node). The
         # content is the texts themselves (their hashes are cached with them; equality is exact).
@@ -142,7 +176,7 @@ class _Node:
             if len(_CHAINS) >= FACTS_LIMIT // 4:
                 _CHAINS.clear()
             found = _CHAINS[content] = (
-                [(f, (table, target) if is_chain else None) for f, is_chain, target, _line in read],
+                _Rules([(f, (table, target) if is_chain else None) for f, is_chain, target, _line in read]),
                 frozenset(target for _f, is_chain, target, _line in read if is_chain),
                 frozenset(target for _f, is_chain, target, _line in read
                           if not is_chain and target not in BUILTIN_TARGETS))
@@ -368,7 +402,16 @@ class _Question:
     def freeze(self) -> None:
         """Fix the roles and the order the key lists the destinations in (tests answer per address, in this
         order)."""
-        roles = {a: self.role(a) for a in (*self.sources, *self.dsts)}
+        # (role() for every address, inlined: a node's questions each name ~10 of them)
+        dsts = self.dsts
+        roles: dict[int, str | None] = dict.fromkeys(self.sources)
+        roles.update(dict.fromkeys(dsts))
+        for i, a in enumerate(self.sources):
+            if a not in dsts:
+                roles[a] = f"s{i}"
+        node_roles = self.node.node_roles
+        for a in node_roles.keys() & roles.keys():
+            roles[a] = node_roles[a]
         self.roles = roles
         self.abstracts = any(r is not None for r in roles.values())
         plain = sorted(a for a in self.dsts if roles[a] is None)
@@ -470,6 +513,7 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
     todo = list(reversed(roots))
     can_match = q.can_match
     add_target = q.add_target
+    sources = q.src_key
     while todo:
         key = todo.pop()
         if key in seen:
@@ -498,13 +542,13 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
         else:
             # (a short chain: kept rules go straight into the key, in chain order; this loop runs for most
             # rules of every walk)
-            for (f, jump), rule in zip(rules, source, strict=True):
-                if not f.plain and not can_match(f):
+            for f, jump, i, ask in rules.plan(sources):
+                if ask and not can_match(f):
                     continue
-                if f.kind == KIND_DNAT and f.nat_to is not None and add_target(f.nat_to):
+                if f.nat_to is not None and f.kind == KIND_DNAT and add_target(f.nat_to):
                     again = True
                 items.append(f)
-                lines.append(rule[3])
+                lines.append(source[i][3])
                 if jump is not None:
                     jumps.append(jump)
         todo.extend(reversed(jumps))
@@ -559,6 +603,8 @@ def footprint(tracer: Any, calls: Sequence[tuple[str | None, Packet]]) -> Footpr
         for item in items:
             if isinstance(item, str):
                 entries.append(item)
+            elif not item.specs and not item.risky:
+                entries.append(item.abstract)  # (q.entry's answer for it)
             else:
                 if item.risky:
                     q.check(item)
