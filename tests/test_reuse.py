@@ -399,7 +399,7 @@ def test_an_address_the_node_holds_is_never_read_as_another_nodes_endpoint() -> 
 
 
 def test_a_chains_plan_for_one_questions_sources_is_not_used_for_anothers() -> None:
-    """footprint._Rules decides once, per sources asked, what the -s tests of a chain's rules answer: a question
+    """A chain read once (footprint._CHAINS, its plan made once) answers each question's -s tests anew: a question
     from an endpoint (its hairpin rule met) and one from another pod of its node, asked in turn of one chain
     read, each get what a fresh read gives them."""
     from iptrace.iptables import footprint

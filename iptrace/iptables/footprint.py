@@ -59,36 +59,23 @@ _FOREIGN_LINES: dict[tuple[int, bool], dict[int, str]] = {}
 
 
 class _Rules:
-    """A chain's rules as a walk reads them: (facts, the chain each jumps to), and the plan a walk follows for
-    the question's sources (`plan`)."""
+    """A chain's rules as a walk reads them: (facts, the chain each jumps to), and the plan a walk follows
+    (`plan`: the same on every node, made once)."""
 
-    __slots__ = ("_plan", "_sources", "rules")
+    __slots__ = ("_plan", "rules")
 
     def __init__(self, rules: list[tuple[Facts, tuple[str, str] | None]]) -> None:
         self.rules = rules
-        self._sources: tuple[int, ...] | None = None
-        self._plan: list[tuple[Facts, tuple[str, str] | None, int, bool]] = []
+        self._plan: list[tuple[Facts, tuple[str, str] | None, int, bool]] | None = None
 
-    def plan(self, sources: tuple[int, ...]) -> list[tuple[Facts, tuple[str, str] | None, int, bool]]:
-        """(facts, jump, position, whether `_Question.can_match` must decide) of every rule a question with these
-        sources may keep, in chain order. What can_match would answer for any such question is decided here
-        once: a rule that never matches, one that matches every question, one whose only tests are -s tests
-        (they read the sources alone, and leave `narrowed` as it is). One plan is kept, for the last sources
-        asked (a node's questions mostly share their clients)."""
-        if sources != self._sources:
-            plan = []
-            for i, (f, jump) in enumerate(self.rules):
-                if f.plain:
-                    plan.append((f, jump, i, False))
-                elif f.never:
-                    continue
-                elif f.key is None and f.host is None and all(spec[0] for spec in f.specs):
-                    if all(_any_passes(spec, sources) for spec in f.specs):
-                        plan.append((f, jump, i, False))
-                else:
-                    plan.append((f, jump, i, True))
-            self._plan, self._sources = plan, sources
-        return self._plan
+    def plan(self) -> list[tuple[Facts, tuple[str, str] | None, int, bool]]:
+        """(facts, jump, position, whether `_Question.can_match` must decide) of every rule a question may keep,
+        in chain order: a rule that never matches is left out (can_match says no, and leaves `narrowed` as it
+        is), one that matches every question needs no asking."""
+        plan = self._plan
+        if plan is None:
+            plan = self._plan = [(f, jump, i, not f.plain) for i, (f, jump) in enumerate(self.rules) if not f.never]
+        return plan
 
 
 _NO_RULES = _Rules([])  # (an absent chain's)
@@ -513,7 +500,6 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
     todo = list(reversed(roots))
     can_match = q.can_match
     add_target = q.add_target
-    sources = q.src_key
     while todo:
         key = todo.pop()
         if key in seen:
@@ -542,7 +528,7 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
         else:
             # (a short chain: kept rules go straight into the key, in chain order; this loop runs for most
             # rules of every walk)
-            for f, jump, i, ask in rules.plan(sources):
+            for f, jump, i, ask in rules.plan():
                 if ask and not can_match(f):
                     continue
                 if f.nat_to is not None and f.kind == KIND_DNAT and add_target(f.nat_to):
