@@ -49,6 +49,10 @@ _TARGETS: dict[str, str] = {}
 _CHAINS: dict[tuple[int, str, tuple[str, ...]], tuple[_Rules, frozenset[str], frozenset[str]]] = {}
 _TEXT = itemgetter(1)  # (a Rule's text)
 _TARGET_NAMES: dict[str, str] = {}
+# (an address's text → its number, and a protocol's name → its number: the same on every node, and a node's
+# questions name ~10^4 addresses)
+_ADDRESS_INTS: dict[str, int] = {}
+_PROTO_NUMBERS: dict[str, int] = {}
 _KIND_TEXTS: dict[tuple[object, ...], str] = {}  # an address's kind (see _Node.kind) → its text in the key
 _ADDR_LINES: dict[tuple[int | str, str], str] = {}  # (an address or its role, its kind's text) → its header line
 # (IP version, node addresses known) → an address that is none of the node's own → its header line. Such an
@@ -98,7 +102,6 @@ class _Node:
         # (read straight, not through the proxy: _read_chain runs for every chain a node's questions meet)
         self.version: int = tracer.version
         self.dash_policy: set[tuple[str, str]] = tracer._dash_policy
-        self._addresses: dict[str, int] = {}
         self._kinds: dict[int, str] = {}
         ctx = tracer.ctx
         self.local: frozenset[int] = ctx.local_addresses
@@ -140,12 +143,17 @@ class _Node:
 
     def _read_chain(self, key: tuple[str, str]) -> tuple[str, Any, Any]:
         table, name = key
-        chains = self._table(table)
+        chains = self._tables.get(table)
+        if chains is None:
+            chains = self._table(table)
         chain = chains.get(name)
         if chain is None:
             return f"chain {table} {name} absent", _NO_RULES, ()
         rules = chain.rules
-        head = f"chain {table} {name} {chain.policy} {key in self.dash_policy} {not rules}"
+        if chain.policy is None and rules and key not in self.dash_policy:
+            head = "chain " + table + " " + name + " None False False"  # (the f-string below's, for most chains)
+        else:
+            head = f"chain {table} {name} {chain.policy} {key in self.dash_policy} {not rules}"
         if len(rules) >= MIN_RULES:
             code = self.tracer._code(table, name)
             if code.index is not None:
@@ -174,12 +182,6 @@ class _Node:
         if found is None:
             t = self.tracer.ruleset.table(table)
             found = self._tables[table] = t.by_name if t is not None else {}
-        return found
-
-    def address(self, text: str) -> int:
-        found = self._addresses.get(text)
-        if found is None:
-            found = self._addresses[text] = ip_int(text)[1]
         return found
 
     def kind(self, addr: int) -> str:
@@ -325,17 +327,28 @@ class _Question:
         self.dsts: set[int] = set()
         self.ports: set[int] = set()
         self.protos: set[int] = set()
-        address = node.address
         self.addrs: list[tuple[int, int]] = []  # (each call's source, destination) as numbers, for the header
+        numbers = _ADDRESS_INTS
+        if len(numbers) >= FACTS_LIMIT:
+            numbers.clear()
         for _chain, p in calls:
-            src = address(p.src)
-            dst = address(p.dst)
+            src = numbers.get(p.src)
+            if src is None:
+                src = numbers[p.src] = ip_int(p.src)[1]
+            dst = numbers.get(p.dst)
+            if dst is None:
+                dst = numbers[p.dst] = ip_int(p.dst)[1]
             self.addrs.append((src, dst))
             if src not in self.sources:
                 self.sources.append(src)
             self.dsts.add(dst)
             self.ports.add(p.dport)
-            self.protos.add(p.proto_number)
+            proto = _PROTO_NUMBERS.get(p.proto)
+            if proto is None:
+                if len(_PROTO_NUMBERS) >= 256:
+                    _PROTO_NUMBERS.clear()
+                proto = _PROTO_NUMBERS[p.proto] = p.proto_number
+            self.protos.add(proto)
         self.calls = calls
         self.src_key = tuple(self.sources)
         self.narrowed = False  # a rule was left out for want of a destination, port or protocol
@@ -500,12 +513,13 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
     todo = list(reversed(roots))
     can_match = q.can_match
     add_target = q.add_target
+    chains_read = node._chains_read
     while todo:
         key = todo.pop()
         if key in seen:
             continue
         seen.add(key)
-        head, rules, source = node.chain(key)
+        head, rules, source = chains_read.get(key) or node.chain(key)
         items.append(head)
         jumps: list[tuple[str, str]] = []
         if rules is None:  # (an indexed chain: the rules its index files under the question's keys)
