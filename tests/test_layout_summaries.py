@@ -1,4 +1,4 @@
-"""The layout's per-chain summaries, kept across dumps by their rule texts (iptrace.iptables.layout._SUMMARIES):
+"""The layout's per-chain summaries, kept across dumps by their rule texts (iptrace.iptables.kube_chains._SUMMARIES):
 a dump read after another, whose Service chains differ in one rule, reads every Service port as a fresh read does
 — nothing of the first dump's chains is taken for the second's."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from iptrace.errors import IptraceError
-from iptrace.iptables import layout as layout_module
+from iptrace.iptables import kube_chains as summaries_module
 from iptrace.iptables import load
 from iptrace.iptables.layout import read_layout
 
@@ -35,13 +35,13 @@ def ports(text: str) -> tuple[object, ...]:
 
 
 def fresh_ports(text: str) -> tuple[object, ...]:
-    saved = dict(layout_module._SUMMARIES)
-    layout_module._SUMMARIES.clear()
+    saved = dict(summaries_module._SUMMARIES)
+    summaries_module._SUMMARIES.clear()
     try:
         return ports(text)
     finally:
-        layout_module._SUMMARIES.clear()
-        layout_module._SUMMARIES.update(saved)
+        summaries_module._SUMMARIES.clear()
+        summaries_module._SUMMARIES.update(saved)
 
 
 def variants(text: str) -> list[str]:
@@ -76,13 +76,13 @@ def test_a_chain_that_differs_in_one_rule_is_read_again(name: str) -> None:
 
 def test_summaries_are_kept_by_content_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     text = (SAMPLES / "session-affinity.txt").read_text(encoding="utf-8")
-    layout_module._SUMMARIES.clear()
+    summaries_module._SUMMARIES.clear()
     first = ports(text)
-    kept = len(layout_module._SUMMARIES)
+    kept = len(summaries_module._SUMMARIES)
     assert kept
     assert ports(text) == first
-    assert len(layout_module._SUMMARIES) == kept  # (read again, nothing new: the same texts)
-    monkeypatch.setattr(layout_module, "SUMMARIES_LIMIT", 2)
-    layout_module._SUMMARIES.clear()
+    assert len(summaries_module._SUMMARIES) == kept  # (read again, nothing new: the same texts)
+    monkeypatch.setattr(summaries_module, "SUMMARIES_LIMIT", 2)
+    summaries_module._SUMMARIES.clear()
     assert ports(text) == first
-    assert len(layout_module._SUMMARIES) <= 2
+    assert len(summaries_module._SUMMARIES) <= 2

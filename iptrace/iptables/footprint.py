@@ -255,8 +255,8 @@ def _bits(spec: Spec, addrs: Sequence[int]) -> str:
     _src, negated, nets = spec
     if len(nets) == 1:
         net, mask = nets[0]
-        return "".join("1" if (a & mask == net) != negated else "0" for a in addrs)
-    return "".join("1" if any(a & m == n for n, m in nets) != negated else "0" for a in addrs)
+        return "".join(["1" if (a & mask == net) != negated else "0" for a in addrs])
+    return "".join(["1" if any(a & m == n for n, m in nets) != negated else "0" for a in addrs])
 
 
 class _Unsupported(Exception):

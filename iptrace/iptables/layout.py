@@ -4,7 +4,9 @@ Mirrors `syncProxyRules` in kubernetes/kubernetes pkg/proxy/iptables/proxier.go,
 layout in KUBE-PROXY-LAYOUT.md (KUBE-XLB era, KUBE-EXT/KUBE-SVL era, current, the 2015 iptables proxier). A
 service port is the family of chains sharing one hash (KUBE-SVC/SVL/EXT/FW/XLB-<H>) plus the filter rules
 naming it. Nothing here decides where a packet goes: verdicts, endpoints, shares and masquerading come from
-the walk (walk.py) that `trace` runs, which iptrace.kube.view asks for every way in. Pure: no I/O.
+the walk (walk.py) that `trace` runs, which iptrace.kube.view asks for every way in. Pure: no I/O (what a
+Service port reads of each of its chains is kept per process by the chain's rule texts: an audit's nodes share
+almost all of them).
 """
 
 from __future__ import annotations
@@ -42,16 +44,18 @@ from iptrace.iptables.hashes import service_port_chain
 from iptrace.iptables.kube_chains import (
     FILTER_CHAINS,
     MASQ_CHAIN,
+    NO_RULES,
     NODEPORTS,
     PROXY_FIREWALL,
     SEP,
     SERVICES,
+    ChainSummary,
     KubeChains,
+    chain_summary,
 )
-from iptrace.iptables.model import Rule, Ruleset
+from iptrace.iptables.model import Ruleset
 from iptrace.iptables.sources import infer_node_ips
 
-DROP_CHAIN = "KUBE-MARK-DROP"
 _LOCAL_PREFIXES = ("KUBE-SVL-", "KUBE-XLB-")
 _RULE_LINE = itemgetter(3)  # Rule.line, read straight from the tuple
 
@@ -86,59 +90,6 @@ def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
 
 
 # ------------------------------------------------------------------------------------------------ reading
-
-
-@dataclass(frozen=True, slots=True)
-class _Summary:
-    """What a Service port reads of one of its chains: the first name a comment gives, whether it drops for
-    want of local endpoints, the first protocol, its endpoint chains (in rule order), the sources its
-    firewall rules let through (KUBE-FW), whether it sends external traffic to local endpoints only
-    (KUBE-EXT), the session affinity timeout."""
-
-    name: str | None = None
-    no_local_drop: bool = False
-    proto: str | None = None
-    endpoint_chains: tuple[str, ...] = ()
-    ranges: tuple[str, ...] = ()
-    ext_local: bool = False
-    affinity: int | None = None
-
-
-_NO_RULES = _Summary()
-# A chain's summary by its rule texts, process-wide: the nodes of one cluster (`audit`) write a Service port's
-# chains alike, so each distinct chain is read into RuleFacts once, not once a node. The facts a rule gives are
-# its text's (the loader gives equal texts equal shapes; a rule without a shape is read apart, see _summary).
-# Bounded: a node has ~10^4 such chains, and the cache starts again when full.
-_SUMMARIES: dict[tuple[str, ...], _Summary] = {}
-SUMMARIES_LIMIT = 100_000
-_RULE_TEXT = itemgetter(1)
-_RULE_SHAPE = itemgetter(4)
-
-
-def _summary(rules: Sequence[Rule]) -> _Summary:
-    texts = tuple(map(_RULE_TEXT, rules))
-    found = _SUMMARIES.get(texts)
-    if found is not None and all(map(_RULE_SHAPE, rules)):
-        return found
-    facts = [read(r) for r in rules]
-    name = next((parsed[0] for f in facts if f.comment
-                 for parsed in (parse_comment(f.comment),) if parsed is not None), None)
-    affinity = next((a for f in facts if f.recent_check and f.seconds is not None
-                     for a in (_port(f.seconds),) if a is not None), None)
-    found = _Summary(
-        name,
-        any(f.target == DROP_CHAIN and f.comment and "has no local endpoints" in f.comment for f in facts),
-        next((f.proto.lower() for f in facts if f.proto), None),
-        tuple(dict.fromkeys(f.target for f in facts if f.target.startswith(SEP))),
-        tuple(f.src for f in facts if f.src is not None and not f.src_neg
-              and f.target.startswith(("KUBE-EXT-", "KUBE-SVC-", "KUBE-XLB-"))),
-        any(f.target.startswith("KUBE-SVL-") or f.src_type is not None for f in facts),
-        affinity)
-    if all(map(_RULE_SHAPE, rules)):  # (a rule built without a shape reads as no facts: not its text's)
-        if len(_SUMMARIES) >= SUMMARIES_LIMIT:
-            _SUMMARIES.clear()
-        _SUMMARIES[texts] = found
-    return found
 
 
 @dataclass
@@ -208,7 +159,7 @@ class _Reader:
         for chain, (prefix, key) in self.tables.service_chains.items():
             self.group(key).chains[prefix] = chain
 
-    def complete(self, g: _Group, summaries: Sequence[_Summary] | None = None) -> None:
+    def complete(self, g: _Group, summaries: Sequence[ChainSummary] | None = None) -> None:
         """What a group's own chains say: its name and protocol when the dispatch did not, and the
         "has no local endpoints" drop (read when the group's Service port is asked for). `summaries`: those
         of its chains, in the order of `g.chains`, when the caller has them."""
@@ -233,10 +184,10 @@ class _Reader:
                             if parsed is not None:
                                 self.name_group(g, parsed[0])
 
-    def summary(self, name: str) -> _Summary:
+    def summary(self, name: str) -> ChainSummary:
         """What a Service port reads of nat chain `name` (no rules when there is no such chain)."""
         chain = self.tables.nat_chains.get(name)
-        return _summary(chain.rules) if chain is not None else _NO_RULES
+        return chain_summary(chain.rules) if chain is not None else NO_RULES
 
     def collect_ways_in(self) -> None:
         # nat KUBE-SERVICES: the ClusterIP, external IP and LB IP jumps.
@@ -489,21 +440,21 @@ class _Reader:
         nat = self.tables.nat_chains
         lines: set[int] = set(g.lines)
         # Each of the group's chains read once, for its summary and its lines.
-        summaries: dict[str, _Summary] = {}
+        summaries: dict[str, ChainSummary] = {}
         for prefix, name in g.chains.items():
             chain = nat.get(name)
             if chain is None:
-                summaries[prefix] = _NO_RULES
+                summaries[prefix] = NO_RULES
                 continue
             rules = chain.rules
-            summaries[prefix] = _summary(rules)
+            summaries[prefix] = chain_summary(rules)
             lines.update(map(_RULE_LINE, rules))
         self.complete(g, list(summaries.values()))
         ways_in = self.ways_in(g)
         cluster_chain = g.chains.get("KUBE-SVC-")
         local_chain = g.chains.get("KUBE-SVL-") or g.chains.get("KUBE-XLB-")
-        cluster = summaries.get("KUBE-SVC-", _NO_RULES)
-        local = summaries.get("KUBE-SVL-") or summaries.get("KUBE-XLB-") or _NO_RULES
+        cluster = summaries.get("KUBE-SVC-", NO_RULES)
+        local = summaries.get("KUBE-SVL-") or summaries.get("KUBE-XLB-") or NO_RULES
         endpoint_chains = list(dict.fromkeys([*cluster.endpoint_chains, *local.endpoint_chains]))
         lb_ips = [w.address for w in ways_in if w.kind == LOAD_BALANCER and w.address]
         ranges: list[str] = []
