@@ -34,7 +34,16 @@ from typing import Any
 from iptrace.dataplane import Footprint, Packet
 from iptrace.errors import IptraceError
 from iptrace.iptables.compile import ChainCode
-from iptrace.iptables.footprint_facts import FACTS_LIMIT, KIND_DNAT, KIND_OPAQUE, Facts, Spec, rule_facts
+from iptrace.iptables.footprint_facts import (
+    FACTS_LIMIT,
+    KIND_DNAT,
+    KIND_OPAQUE,
+    NO_RULES,
+    ChainRules,
+    Facts,
+    Spec,
+    rule_facts,
+)
 from iptrace.iptables.index import MIN_RULES, KeyPlan
 from iptrace.iptables.match_modules import _address_types
 from iptrace.iptables.matchers import Structure, fast_tokens
@@ -44,9 +53,9 @@ from iptrace.iptables.state import ip_int
 
 # (process-wide, like the facts: a rule's target by its text; short chains by their texts, see _read_chain)
 _TARGETS: dict[str, str] = {}
-# (a short chain's content → its rules read (_Rules), with the chains they jump to and the other targets that are
+# (a short chain's content → its rules read (ChainRules), with the chains they jump to and the other targets that are
 # not built in: a node where one of those is a chain, or one of the former is not, reads again)
-_CHAINS: dict[tuple[int, str, tuple[str, ...]], tuple[_Rules, frozenset[str], frozenset[str]]] = {}
+_CHAINS: dict[tuple[int, str, tuple[str, ...]], tuple[ChainRules, frozenset[str], frozenset[str]]] = {}
 _TEXT = itemgetter(1)  # (a Rule's text)
 _TARGET_NAMES: dict[str, str] = {}
 # (an address's text → its number, and a protocol's name → its number: the same on every node, and a node's
@@ -62,27 +71,6 @@ _ADDR_LINES: dict[tuple[int | str, str], str] = {}  # (an address or its role, i
 _FOREIGN_LINES: dict[tuple[int, bool], dict[int, str]] = {}
 
 
-class _Rules:
-    """A chain's rules as a walk reads them: (facts, the chain each jumps to), and the plan a walk follows
-    (`plan`: the same on every node, made once)."""
-
-    __slots__ = ("_plan", "rules")
-
-    def __init__(self, rules: list[tuple[Facts, tuple[str, str] | None]]) -> None:
-        self.rules = rules
-        self._plan: list[tuple[Facts, tuple[str, str] | None, int, bool]] | None = None
-
-    def plan(self) -> list[tuple[Facts, tuple[str, str] | None, int, bool]]:
-        """(facts, jump, position, whether `_Question.can_match` must decide) of every rule a question may keep,
-        in chain order: a rule that never matches is left out (can_match says no, and leaves `narrowed` as it
-        is), one that matches every question needs no asking."""
-        plan = self._plan
-        if plan is None:
-            plan = self._plan = [(f, jump, i, not f.plain) for i, (f, jump) in enumerate(self.rules) if not f.never]
-        return plan
-
-
-_NO_RULES = _Rules([])  # (an absent chain's)
 
 
 class _Node:
@@ -133,7 +121,7 @@ class _Node:
         f, is_chain, target, line = self.rule(code, i)
         return f, (code.table, target) if is_chain else None, line
 
-    def chain(self, key: tuple[str, str]) -> tuple[str, _Rules | None, Any]:
+    def chain(self, key: tuple[str, str]) -> tuple[str, ChainRules | None, Any]:
         """(the chain's line in the key, its rules — None for an indexed chain, which a question reads through
         its index —, and what gives their lines: the chain's rules, or the indexed chain's code)."""
         found = self._chains_read.get(key)
@@ -148,7 +136,7 @@ class _Node:
             chains = self._table(table)
         chain = chains.get(name)
         if chain is None:
-            return f"chain {table} {name} absent", _NO_RULES, ()
+            return f"chain {table} {name} absent", NO_RULES, ()
         rules = chain.rules
         if chain.policy is None and rules and key not in self.dash_policy:
             head = "chain " + table + " " + name + " None False False"  # (the f-string below's, for most chains)
@@ -158,7 +146,7 @@ class _Node:
             code = self.tracer._code(table, name)
             if code.index is not None:
                 return head, None, code
-            return head, _Rules([self.item(code, i)[:2] for i in range(len(code.rules))]), code.rules
+            return head, ChainRules([self.item(code, i)[:2] for i in range(len(code.rules))]), code.rules
         # A short chain (an endpoint's, a Service port's, a CNI's) reads alike on every node that has the
         # same rules: its facts are kept by content (the chains it may jump to are checked per node). The
         # content is the texts themselves (their hashes are cached with them; equality is exact).
@@ -171,7 +159,7 @@ class _Node:
             if len(_CHAINS) >= FACTS_LIMIT // 4:
                 _CHAINS.clear()
             found = _CHAINS[content] = (
-                _Rules([(f, (table, target) if is_chain else None) for f, is_chain, target, _line in read]),
+                ChainRules([(f, (table, target) if is_chain else None) for f, is_chain, target, _line in read]),
                 frozenset(target for _f, is_chain, target, _line in read if is_chain),
                 frozenset(target for _f, is_chain, target, _line in read
                           if not is_chain and target not in BUILTIN_TARGETS))
