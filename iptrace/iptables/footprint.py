@@ -38,7 +38,6 @@ from iptrace.iptables.footprint_facts import (
     FACTS_LIMIT,
     KIND_DNAT,
     KIND_OPAQUE,
-    NO_RULES,
     ChainRules,
     Facts,
     Spec,
@@ -69,8 +68,6 @@ _ADDR_LINES: dict[tuple[int | str, str], str] = {}  # (an address or its role, i
 # (match_modules._address_types, Context.is_local), so its line is the same on every node: a node's ~10^4
 # endpoint addresses are not classified and formatted again on each node.
 _FOREIGN_LINES: dict[tuple[int, bool], dict[int, str]] = {}
-
-
 
 
 class _Node:
@@ -131,12 +128,10 @@ class _Node:
 
     def _read_chain(self, key: tuple[str, str]) -> tuple[str, Any, Any]:
         table, name = key
-        chains = self._tables.get(table)
-        if chains is None:
-            chains = self._table(table)
+        chains = self._table(table)
         chain = chains.get(name)
         if chain is None:
-            return f"chain {table} {name} absent", NO_RULES, ()
+            return f"chain {table} {name} absent", ChainRules([]), ()
         rules = chain.rules
         if chain.policy is None and rules and key not in self.dash_policy:
             head = "chain " + table + " " + name + " None False False"  # (the f-string below's, for most chains)
@@ -317,8 +312,9 @@ class _Question:
         self.protos: set[int] = set()
         self.addrs: list[tuple[int, int]] = []  # (each call's source, destination) as numbers, for the header
         numbers = _ADDRESS_INTS
-        if len(numbers) >= FACTS_LIMIT:
+        if len(numbers) >= FACTS_LIMIT or len(_PROTO_NUMBERS) >= 256:
             numbers.clear()
+            _PROTO_NUMBERS.clear()
         for _chain, p in calls:
             src = numbers.get(p.src)
             if src is None:
@@ -333,8 +329,6 @@ class _Question:
             self.ports.add(p.dport)
             proto = _PROTO_NUMBERS.get(p.proto)
             if proto is None:
-                if len(_PROTO_NUMBERS) >= 256:
-                    _PROTO_NUMBERS.clear()
                 proto = _PROTO_NUMBERS[p.proto] = p.proto_number
             self.protos.add(proto)
         self.calls = calls
@@ -344,15 +338,6 @@ class _Question:
         self.dst_bits: dict[Spec, str] = {}
         self.roles: dict[int, str | None] = {}
         self.abstracts = False
-
-    def role(self, addr: int) -> str | None:
-        """The role an address is named by in the key, or None when it is written out."""
-        role = self.node.node_roles.get(addr)
-        if role is not None:
-            return role
-        if addr in self.sources and addr not in self.dsts:
-            return f"s{self.sources.index(addr)}"
-        return None
 
     def add_target(self, nat_to: tuple[int | None, int | None]) -> bool:
         """Widen the question by a DNAT target; True when that may change what was left out already."""
@@ -390,7 +375,7 @@ class _Question:
     def freeze(self) -> None:
         """Fix the roles and the order the key lists the destinations in (tests answer per address, in this
         order)."""
-        # (role() for every address, inlined: a node's questions each name ~10 of them)
+        # (each address's role in the key, None when written out: a node address's, or a source's not a destination)
         dsts = self.dsts
         roles: dict[int, str | None] = dict.fromkeys(self.sources)
         roles.update(dict.fromkeys(dsts))

@@ -138,6 +138,3 @@ class ChainRules:
         if plan is None:
             plan = self._plan = [(f, jump, i, not f.plain) for i, (f, jump) in enumerate(self.rules) if not f.never]
         return plan
-
-
-NO_RULES = ChainRules([])  # (an absent chain's)

@@ -159,12 +159,9 @@ class _Reader:
         for chain, (prefix, key) in self.tables.service_chains.items():
             self.group(key).chains[prefix] = chain
 
-    def complete(self, g: _Group, summaries: Sequence[ChainSummary] | None = None) -> None:
-        """What a group's own chains say: its name and protocol when the dispatch did not, and the
-        "has no local endpoints" drop (read when the group's Service port is asked for). `summaries`: those
-        of its chains, in the order of `g.chains`, when the caller has them."""
-        if summaries is None:
-            summaries = [self.summary(chain) for chain in g.chains.values()]
+    def complete(self, g: _Group, summaries: Sequence[ChainSummary]) -> None:
+        """What a group's own chains say (`summaries`, in the order of `g.chains`): its name and protocol when the
+        dispatch did not, and the "has no local endpoints" drop (read when the group's Service port is asked for)."""
         for chain, s in zip(g.chains.values(), summaries, strict=True):
             if g.name is None and s.name is not None:
                 self.name_group(g, s.name)
@@ -183,11 +180,6 @@ class _Reader:
                             parsed = parse_comment(sf.comment)
                             if parsed is not None:
                                 self.name_group(g, parsed[0])
-
-    def summary(self, name: str) -> ChainSummary:
-        """What a Service port reads of nat chain `name` (no rules when there is no such chain)."""
-        chain = self.tables.nat_chains.get(name)
-        return chain_summary(chain.rules) if chain is not None else NO_RULES
 
     def collect_ways_in(self) -> None:
         # nat KUBE-SERVICES: the ClusterIP, external IP and LB IP jumps.
