@@ -396,3 +396,31 @@ def test_an_address_the_node_holds_is_never_read_as_another_nodes_endpoint() -> 
         keys.append(found.key)
     assert keys[0] == keys[1]
     check_fleet(texts)
+
+
+def test_a_chains_plan_for_one_questions_sources_is_not_used_for_anothers() -> None:
+    """A chain read once (footprint._CHAINS, its plan made once) answers each question's -s tests anew: a question
+    from an endpoint (its hairpin rule met) and one from another pod of its node, asked in turn of one chain
+    read, each get what a fresh read gives them."""
+    from iptrace.iptables import footprint
+
+    specs = services()
+    svc = specs[0]
+    (ip, text), = fleet_texts(specs, 1)
+    endpoint = svc.endpoints[0].ip
+    hairpin = next(n for n, line in enumerate(text.splitlines(), 1)
+                   if line.startswith("-A KUBE-SEP-") and f"-s {endpoint}/32" in line)
+    port = svc.ports[0].port
+    packets = [Packet(endpoint, svc.cluster_ip, port), Packet(endpoint[:endpoint.rindex(".")] + ".99",
+                                                              svc.cluster_ip, port)]
+
+    def fresh(packet: Packet) -> Any:
+        footprint._CHAINS.clear()
+        return DATAPLANE.tracer(load(text), node_ips=[ip]).footprint([(None, packet)])
+
+    expected = [fresh(p) for p in packets]
+    assert hairpin in expected[0].lines and hairpin not in expected[1].lines
+    tracer = DATAPLANE.tracer(load(text), node_ips=[ip])
+    for i in (0, 1, 0, 1):
+        found = tracer.footprint([(None, packets[i])])
+        assert found is not None and (found.key, found.lines) == (expected[i].key, expected[i].lines)

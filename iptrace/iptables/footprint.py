@@ -34,7 +34,15 @@ from typing import Any
 from iptrace.dataplane import Footprint, Packet
 from iptrace.errors import IptraceError
 from iptrace.iptables.compile import ChainCode
-from iptrace.iptables.footprint_facts import FACTS_LIMIT, KIND_DNAT, KIND_OPAQUE, Facts, Spec, rule_facts
+from iptrace.iptables.footprint_facts import (
+    FACTS_LIMIT,
+    KIND_DNAT,
+    KIND_OPAQUE,
+    ChainRules,
+    Facts,
+    Spec,
+    rule_facts,
+)
 from iptrace.iptables.index import MIN_RULES, KeyPlan
 from iptrace.iptables.match_modules import _address_types
 from iptrace.iptables.matchers import Structure, fast_tokens
@@ -44,12 +52,15 @@ from iptrace.iptables.state import ip_int
 
 # (process-wide, like the facts: a rule's target by its text; short chains by their texts, see _read_chain)
 _TARGETS: dict[str, str] = {}
-# (a short chain's content → its rules as (facts, the chain each jumps to), the chains they jump to, the other
-# targets that are not built in: a node where one of those is a chain, or one of the former is not, reads again)
-_CHAINS: dict[tuple[int, str, tuple[str, ...]],
-              tuple[list[tuple[Facts, tuple[str, str] | None]], frozenset[str], frozenset[str]]] = {}
+# (a short chain's content → its rules read (ChainRules), with the chains they jump to and the other targets that are
+# not built in: a node where one of those is a chain, or one of the former is not, reads again)
+_CHAINS: dict[tuple[int, str, tuple[str, ...]], tuple[ChainRules, frozenset[str], frozenset[str]]] = {}
 _TEXT = itemgetter(1)  # (a Rule's text)
 _TARGET_NAMES: dict[str, str] = {}
+# (an address's text → its number, and a protocol's name → its number: the same on every node, and a node's
+# questions name ~10^4 addresses)
+_ADDRESS_INTS: dict[str, int] = {}
+_PROTO_NUMBERS: dict[str, int] = {}
 _KIND_TEXTS: dict[tuple[object, ...], str] = {}  # an address's kind (see _Node.kind) → its text in the key
 _ADDR_LINES: dict[tuple[int | str, str], str] = {}  # (an address or its role, its kind's text) → its header line
 # (IP version, node addresses known) → an address that is none of the node's own → its header line. Such an
@@ -76,7 +87,6 @@ class _Node:
         # (read straight, not through the proxy: _read_chain runs for every chain a node's questions meet)
         self.version: int = tracer.version
         self.dash_policy: set[tuple[str, str]] = tracer._dash_policy
-        self._addresses: dict[str, int] = {}
         self._kinds: dict[int, str] = {}
         ctx = tracer.ctx
         self.local: frozenset[int] = ctx.local_addresses
@@ -108,10 +118,9 @@ class _Node:
         f, is_chain, target, line = self.rule(code, i)
         return f, (code.table, target) if is_chain else None, line
 
-    def chain(self, key: tuple[str, str]) -> tuple[str, Sequence[tuple[Facts, tuple[str, str] | None]] | None,
-                                                   Any]:
-        """(the chain's line in the key, its rules as (facts, the chain each jumps to) — None for an indexed
-        chain, which a question reads through its index —, and what `line_of` needs to give their lines)."""
+    def chain(self, key: tuple[str, str]) -> tuple[str, ChainRules | None, Any]:
+        """(the chain's line in the key, its rules — None for an indexed chain, which a question reads through
+        its index —, and what gives their lines: the chain's rules, or the indexed chain's code)."""
         found = self._chains_read.get(key)
         if found is None:
             found = self._chains_read[key] = self._read_chain(key)
@@ -122,14 +131,17 @@ class _Node:
         chains = self._table(table)
         chain = chains.get(name)
         if chain is None:
-            return f"chain {table} {name} absent", (), None
+            return f"chain {table} {name} absent", ChainRules([]), ()
         rules = chain.rules
-        head = f"chain {table} {name} {chain.policy} {key in self.dash_policy} {not rules}"
+        if chain.policy is None and rules and key not in self.dash_policy:
+            head = "chain " + table + " " + name + " None False False"  # (the f-string below's, for most chains)
+        else:
+            head = f"chain {table} {name} {chain.policy} {key in self.dash_policy} {not rules}"
         if len(rules) >= MIN_RULES:
             code = self.tracer._code(table, name)
             if code.index is not None:
                 return head, None, code
-            return head, [self.item(code, i)[:2] for i in range(len(code.rules))], code.rules
+            return head, ChainRules([self.item(code, i)[:2] for i in range(len(code.rules))]), code.rules
         # A short chain (an endpoint's, a Service port's, a CNI's) reads alike on every node that has the
         # same rules: its facts are kept by content (the chains it may jump to are checked per node). The
         # content is the texts themselves (their hashes are cached with them; equality is exact).
@@ -142,7 +154,7 @@ class _Node:
             if len(_CHAINS) >= FACTS_LIMIT // 4:
                 _CHAINS.clear()
             found = _CHAINS[content] = (
-                [(f, (table, target) if is_chain else None) for f, is_chain, target, _line in read],
+                ChainRules([(f, (table, target) if is_chain else None) for f, is_chain, target, _line in read]),
                 frozenset(target for _f, is_chain, target, _line in read if is_chain),
                 frozenset(target for _f, is_chain, target, _line in read
                           if not is_chain and target not in BUILTIN_TARGETS))
@@ -153,12 +165,6 @@ class _Node:
         if found is None:
             t = self.tracer.ruleset.table(table)
             found = self._tables[table] = t.by_name if t is not None else {}
-        return found
-
-    def address(self, text: str) -> int:
-        found = self._addresses.get(text)
-        if found is None:
-            found = self._addresses[text] = ip_int(text)[1]
         return found
 
     def kind(self, addr: int) -> str:
@@ -232,8 +238,8 @@ def _bits(spec: Spec, addrs: Sequence[int]) -> str:
     _src, negated, nets = spec
     if len(nets) == 1:
         net, mask = nets[0]
-        return "".join("1" if (a & mask == net) != negated else "0" for a in addrs)
-    return "".join("1" if any(a & m == n for n, m in nets) != negated else "0" for a in addrs)
+        return "".join(["1" if (a & mask == net) != negated else "0" for a in addrs])
+    return "".join(["1" if any(a & m == n for n, m in nets) != negated else "0" for a in addrs])
 
 
 class _Unsupported(Exception):
@@ -304,17 +310,27 @@ class _Question:
         self.dsts: set[int] = set()
         self.ports: set[int] = set()
         self.protos: set[int] = set()
-        address = node.address
         self.addrs: list[tuple[int, int]] = []  # (each call's source, destination) as numbers, for the header
+        numbers = _ADDRESS_INTS
+        if len(numbers) >= FACTS_LIMIT or len(_PROTO_NUMBERS) >= 256:
+            numbers.clear()
+            _PROTO_NUMBERS.clear()
         for _chain, p in calls:
-            src = address(p.src)
-            dst = address(p.dst)
+            src = numbers.get(p.src)
+            if src is None:
+                src = numbers[p.src] = ip_int(p.src)[1]
+            dst = numbers.get(p.dst)
+            if dst is None:
+                dst = numbers[p.dst] = ip_int(p.dst)[1]
             self.addrs.append((src, dst))
             if src not in self.sources:
                 self.sources.append(src)
             self.dsts.add(dst)
             self.ports.add(p.dport)
-            self.protos.add(p.proto_number)
+            proto = _PROTO_NUMBERS.get(p.proto)
+            if proto is None:
+                proto = _PROTO_NUMBERS[p.proto] = p.proto_number
+            self.protos.add(proto)
         self.calls = calls
         self.src_key = tuple(self.sources)
         self.narrowed = False  # a rule was left out for want of a destination, port or protocol
@@ -322,15 +338,6 @@ class _Question:
         self.dst_bits: dict[Spec, str] = {}
         self.roles: dict[int, str | None] = {}
         self.abstracts = False
-
-    def role(self, addr: int) -> str | None:
-        """The role an address is named by in the key, or None when it is written out."""
-        role = self.node.node_roles.get(addr)
-        if role is not None:
-            return role
-        if addr in self.sources and addr not in self.dsts:
-            return f"s{self.sources.index(addr)}"
-        return None
 
     def add_target(self, nat_to: tuple[int | None, int | None]) -> bool:
         """Widen the question by a DNAT target; True when that may change what was left out already."""
@@ -368,7 +375,16 @@ class _Question:
     def freeze(self) -> None:
         """Fix the roles and the order the key lists the destinations in (tests answer per address, in this
         order)."""
-        roles = {a: self.role(a) for a in (*self.sources, *self.dsts)}
+        # (each address's role in the key, None when written out: a node address's, or a source's not a destination)
+        dsts = self.dsts
+        roles: dict[int, str | None] = dict.fromkeys(self.sources)
+        roles.update(dict.fromkeys(dsts))
+        for i, a in enumerate(self.sources):
+            if a not in dsts:
+                roles[a] = f"s{i}"
+        node_roles = self.node.node_roles
+        for a in node_roles.keys() & roles.keys():
+            roles[a] = node_roles[a]
         self.roles = roles
         self.abstracts = any(r is not None for r in roles.values())
         plain = sorted(a for a in self.dsts if roles[a] is None)
@@ -470,12 +486,13 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
     todo = list(reversed(roots))
     can_match = q.can_match
     add_target = q.add_target
+    chains_read = node._chains_read
     while todo:
         key = todo.pop()
         if key in seen:
             continue
         seen.add(key)
-        head, rules, source = node.chain(key)
+        head, rules, source = chains_read.get(key) or node.chain(key)
         items.append(head)
         jumps: list[tuple[str, str]] = []
         if rules is None:  # (an indexed chain: the rules its index files under the question's keys)
@@ -498,13 +515,13 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
         else:
             # (a short chain: kept rules go straight into the key, in chain order; this loop runs for most
             # rules of every walk)
-            for (f, jump), rule in zip(rules, source, strict=True):
-                if not f.plain and not can_match(f):
+            for f, jump, i, ask in rules.plan():
+                if ask and not can_match(f):
                     continue
-                if f.kind == KIND_DNAT and f.nat_to is not None and add_target(f.nat_to):
+                if f.nat_to is not None and f.kind == KIND_DNAT and add_target(f.nat_to):
                     again = True
                 items.append(f)
-                lines.append(rule[3])
+                lines.append(source[i][3])
                 if jump is not None:
                     jumps.append(jump)
         todo.extend(reversed(jumps))
@@ -559,6 +576,8 @@ def footprint(tracer: Any, calls: Sequence[tuple[str | None, Packet]]) -> Footpr
         for item in items:
             if isinstance(item, str):
                 entries.append(item)
+            elif not item.specs and not item.risky:
+                entries.append(item.abstract)  # (q.entry's answer for it)
             else:
                 if item.risky:
                     q.check(item)

@@ -1,19 +1,24 @@
 """kube-proxy's chains in an iptables dump, read on demand: one regex pass over the chain names lists the
 per-Service-port chains; the endpoint chains and their hairpin addresses are listed when first asked for, and a
 chain's rules become RuleFacts only when something asks for them, so a question about one address never reads
-the whole dump. Pure."""
+the whole dump; what a Service port reads of one of its chains (ChainSummary) is kept per process by the chain's
+rule texts. Pure."""
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Container, Mapping, Sequence
+from dataclasses import dataclass
+from operator import itemgetter
 
+from iptrace.iptables.comments import parse_comment
 from iptrace.iptables.facts import RuleFacts, read
 from iptrace.iptables.hashes import SERVICE_PORT_CHAIN_PREFIXES
-from iptrace.iptables.model import Chain, Ruleset, Table
+from iptrace.iptables.model import Chain, Rule, Ruleset, Table
 
 MASQ_CHAIN = "KUBE-MARK-MASQ"
+DROP_CHAIN = "KUBE-MARK-DROP"
 NODEPORTS = "KUBE-NODEPORTS"
 SERVICES = "KUBE-SERVICES"
 EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"
@@ -131,3 +136,64 @@ class KubeChains:
 def _hairpin_texts(nat: Table) -> list[str]:
     """The first rule of every endpoint chain: kube-proxy writes the hairpin rule first."""
     return [chain.rules[0][1] for chain in nat.chains if chain.rules and chain.name.startswith(SEP)]
+
+
+@dataclass(frozen=True, slots=True)
+class ChainSummary:
+    """What a Service port reads of one of its chains: the first name a comment gives, whether it drops for
+    want of local endpoints, the first protocol, its endpoint chains (in rule order), the sources its
+    firewall rules let through (KUBE-FW), whether it sends external traffic to local endpoints only
+    (KUBE-EXT), the session affinity timeout."""
+
+    name: str | None = None
+    no_local_drop: bool = False
+    proto: str | None = None
+    endpoint_chains: tuple[str, ...] = ()
+    ranges: tuple[str, ...] = ()
+    ext_local: bool = False
+    affinity: int | None = None
+
+
+NO_RULES = ChainSummary()
+# A chain's summary by its rule texts, process-wide: the nodes of one cluster (`audit`) write a Service port's
+# chains alike, so each distinct chain is read into RuleFacts once, not once a node. The facts a rule gives are
+# its text's (the loader gives equal texts equal shapes; a rule without a shape is read apart, see chain_summary).
+# Bounded: a node has ~10^4 such chains, and the cache starts again when full.
+_SUMMARIES: dict[tuple[str, ...], ChainSummary] = {}
+SUMMARIES_LIMIT = 100_000
+_RULE_TEXT = itemgetter(1)
+_RULE_SHAPE = itemgetter(4)
+
+
+def chain_summary(rules: Sequence[Rule]) -> ChainSummary:
+    """The summary of a chain with these rules (read once per distinct texts)."""
+    texts = tuple(map(_RULE_TEXT, rules))
+    found = _SUMMARIES.get(texts)
+    if found is not None and all(map(_RULE_SHAPE, rules)):
+        return found
+    facts = [read(r) for r in rules]
+    name = next((parsed[0] for f in facts if f.comment
+                 for parsed in (parse_comment(f.comment),) if parsed is not None), None)
+    affinity = next((a for f in facts if f.recent_check and f.seconds is not None
+                     for a in (_number(f.seconds),) if a is not None), None)
+    found = ChainSummary(
+        name,
+        any(f.target == DROP_CHAIN and f.comment and "has no local endpoints" in f.comment for f in facts),
+        next((f.proto.lower() for f in facts if f.proto), None),
+        tuple(dict.fromkeys(f.target for f in facts if f.target.startswith(SEP))),
+        tuple(f.src for f in facts if f.src is not None and not f.src_neg
+              and f.target.startswith(("KUBE-EXT-", "KUBE-SVC-", "KUBE-XLB-"))),
+        any(f.target.startswith("KUBE-SVL-") or f.src_type is not None for f in facts),
+        affinity)
+    if all(map(_RULE_SHAPE, rules)):  # (a rule built without a shape reads as no facts: not its text's)
+        if len(_SUMMARIES) >= SUMMARIES_LIMIT:
+            _SUMMARIES.clear()
+        _SUMMARIES[texts] = found
+    return found
+
+
+def _number(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None

@@ -4,7 +4,9 @@ Mirrors `syncProxyRules` in kubernetes/kubernetes pkg/proxy/iptables/proxier.go,
 layout in KUBE-PROXY-LAYOUT.md (KUBE-XLB era, KUBE-EXT/KUBE-SVL era, current, the 2015 iptables proxier). A
 service port is the family of chains sharing one hash (KUBE-SVC/SVL/EXT/FW/XLB-<H>) plus the filter rules
 naming it. Nothing here decides where a packet goes: verdicts, endpoints, shares and masquerading come from
-the walk (walk.py) that `trace` runs, which iptrace.kube.view asks for every way in. Pure: no I/O.
+the walk (walk.py) that `trace` runs, which iptrace.kube.view asks for every way in. Pure: no I/O (what a
+Service port reads of each of its chains is kept per process by the chain's rule texts: an audit's nodes share
+almost all of them).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import gc
 import ipaddress
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from operator import itemgetter
 
@@ -33,6 +35,7 @@ from iptrace.dataplane import (
     WaySeed,
     WaySeeds,
     node_pod_subnet,
+    positional_new,
 )
 from iptrace.iptables.comments import chain_key, parse_comment
 from iptrace.iptables.era import no_rules_warnings, proxy_mode
@@ -41,16 +44,18 @@ from iptrace.iptables.hashes import service_port_chain
 from iptrace.iptables.kube_chains import (
     FILTER_CHAINS,
     MASQ_CHAIN,
+    NO_RULES,
     NODEPORTS,
     PROXY_FIREWALL,
     SEP,
     SERVICES,
+    ChainSummary,
     KubeChains,
+    chain_summary,
 )
 from iptrace.iptables.model import Ruleset
 from iptrace.iptables.sources import infer_node_ips
 
-DROP_CHAIN = "KUBE-MARK-DROP"
 _LOCAL_PREFIXES = ("KUBE-SVL-", "KUBE-XLB-")
 _RULE_LINE = itemgetter(3)  # Rule.line, read straight from the tuple
 
@@ -154,20 +159,16 @@ class _Reader:
         for chain, (prefix, key) in self.tables.service_chains.items():
             self.group(key).chains[prefix] = chain
 
-    def complete(self, g: _Group) -> None:
-        """What a group's own chains say: its name and protocol when the dispatch did not, and the
-        "has no local endpoints" drop (read when the group's Service port is asked for)."""
-        for chain in g.chains.values():
-            for f in self.tables.facts(chain):
-                if f.comment:
-                    if g.name is None:
-                        parsed = parse_comment(f.comment)
-                        if parsed is not None:
-                            self.name_group(g, parsed[0])
-                    if f.target == DROP_CHAIN and "has no local endpoints" in f.comment:
-                        g.no_local_endpoints = True
-                if f.proto and g.protocol is None:
-                    g.protocol = f.proto.lower()
+    def complete(self, g: _Group, summaries: Sequence[ChainSummary]) -> None:
+        """What a group's own chains say (`summaries`, in the order of `g.chains`): its name and protocol when the
+        dispatch did not, and the "has no local endpoints" drop (read when the group's Service port is asked for)."""
+        for chain, s in zip(g.chains.values(), summaries, strict=True):
+            if g.name is None and s.name is not None:
+                self.name_group(g, s.name)
+            if s.no_local_drop:
+                g.no_local_endpoints = True
+            if s.proto is not None and g.protocol is None:
+                g.protocol = s.proto
             if g.name is not None and g.protocol is not None:
                 continue
             for f in self.tables.facts(chain):  # the endpoint chains still carry the name and protocol (2015, XLB)
@@ -428,30 +429,40 @@ class _Reader:
             self.tables.forget_since(mark)
 
     def _service_port(self, g: _Group, hash_names: dict[str, str]) -> ServicePortLayout:
-        self.complete(g)
-        tables = self.tables
+        nat = self.tables.nat_chains
+        lines: set[int] = set(g.lines)
+        # Each of the group's chains read once, for its summary and its lines.
+        summaries: dict[str, ChainSummary] = {}
+        for prefix, name in g.chains.items():
+            chain = nat.get(name)
+            if chain is None:
+                summaries[prefix] = NO_RULES
+                continue
+            rules = chain.rules
+            summaries[prefix] = chain_summary(rules)
+            lines.update(map(_RULE_LINE, rules))
+        self.complete(g, list(summaries.values()))
         ways_in = self.ways_in(g)
         cluster_chain = g.chains.get("KUBE-SVC-")
         local_chain = g.chains.get("KUBE-SVL-") or g.chains.get("KUBE-XLB-")
-        endpoint_chains = list(dict.fromkeys([*self.endpoint_chains(cluster_chain),
-                                              *self.endpoint_chains(local_chain)]))
+        cluster = summaries.get("KUBE-SVC-", NO_RULES)
+        local = summaries.get("KUBE-SVL-") or summaries.get("KUBE-XLB-") or NO_RULES
+        endpoint_chains = list(dict.fromkeys([*cluster.endpoint_chains, *local.endpoint_chains]))
         lb_ips = [w.address for w in ways_in if w.kind == LOAD_BALANCER and w.address]
         ranges: list[str] = []
-        fw = g.chains.get("KUBE-FW-")
+        fw = summaries.get("KUBE-FW-")
         if fw is not None:
-            for f in tables.facts(fw):
-                if f.src is not None and not f.src_neg and f.target.startswith(("KUBE-EXT-", "KUBE-SVC-", "KUBE-XLB-")):
-                    if f.src in lb_ips and "/" not in f.src:
-                        continue  # kube-proxy's "allow the node itself" rule for a VIP-style LB
-                    if f.src not in ranges:
-                        ranges.append(f.src)
+            for src in fw.ranges:
+                if src in lb_ips and "/" not in src:
+                    continue  # kube-proxy's "allow the node itself" rule for a VIP-style LB
+                if src not in ranges:
+                    ranges.append(src)
         etp: str | None = None
         if any(w.kind in (NODE_PORT, EXTERNAL_IP, LOAD_BALANCER) for w in ways_in):
-            ext_chain = g.chains.get("KUBE-EXT-")
+            ext = summaries.get("KUBE-EXT-")
             ext_local = "KUBE-XLB-" in g.chains or g.etp_local_drop
-            if not ext_local and ext_chain is not None:
-                ext_local = any(f.target.startswith("KUBE-SVL-") or f.src_type is not None
-                                for f in tables.facts(ext_chain))
+            if not ext_local and ext is not None:
+                ext_local = ext.ext_local
             if ext_local:
                 etp = "Local"
             elif g.chains or not g.no_endpoints:
@@ -463,17 +474,12 @@ class _Reader:
                 itp = "Local"
             elif cluster_way.chain.startswith("KUBE-SVC-"):
                 itp = "Cluster"
-        affinity: int | None = None
-        for chain in (cluster_chain, local_chain):
-            for f in tables.facts(chain) if chain else ():
-                if f.recent_check and f.seconds is not None and affinity is None:
-                    affinity = _port(f.seconds)
-        lines: set[int] = set(g.lines)
+        affinity = cluster.affinity if cluster.affinity is not None else local.affinity
         for w in ways_in:
             lines.update(w.lines)
         lines.update(g.firewall_lines)
-        for chain in (*g.chains.values(), *endpoint_chains):
-            found = tables.nat_chains.get(chain)
+        for chain in endpoint_chains:
+            found = nat.get(chain)
             if found is not None:
                 lines.update(map(_RULE_LINE, found.rules))
         lines.discard(0)
@@ -486,13 +492,15 @@ class _Reader:
                          "pass cluster data to name it from the chain hash")
         if not g.chains and not g.no_endpoints and not g.no_local_endpoints and not ways_in:
             notes.append("only filter rules mention this Service port")
-        return ServicePortLayout(
-            key=g.key, name=name, identity=identity, protocol=g.protocol or "tcp", ways_in=ways_in,
-            cluster_chain=cluster_chain, local_chain=local_chain,
-            chains=(*sorted(g.chains.values()), *endpoint_chains), lines=tuple(sorted(lines)),
-            external_traffic_policy=etp, internal_traffic_policy=itp, session_affinity_timeout=affinity,
-            lb_source_ranges=tuple(ranges), health_check_node_port=g.health_check,
-            no_endpoints=g.no_endpoints, no_local_endpoints=g.no_local_endpoints, notes=tuple(notes))
+        return _new_layout(
+            g.key, name, identity, g.protocol or "tcp", ways_in, cluster_chain, local_chain,
+            (*sorted(g.chains.values()), *endpoint_chains), tuple(sorted(lines)), etp, itp, affinity, tuple(ranges),
+            g.health_check, g.no_endpoints, g.no_local_endpoints, tuple(notes))
+
+
+# ServicePortLayout(…) with every field given in order, without the frozen dataclass's __init__ (one a Service
+# port of every node an audit reads).
+_new_layout = positional_new(ServicePortLayout, [f.name for f in fields(ServicePortLayout)])
 
 
 def _known_by_address(known: Sequence[KnownServicePort], address: str | None, port: int, proto: str) -> str | None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields, replace
 from operator import attrgetter
 from typing import Any
 
-from iptrace.dataplane import Layout, Packet, ServicePortLayout, Trace, positional_new
+from iptrace.dataplane import Layout, Packet, ServicePortLayout, Trace, WayIn, positional_new
 from iptrace.kube.view import EndpointView, EntryView, ServicePortView, SourcePath
 
 # Views kept per process: a node has a few thousand Service ports; a fleet's nodes share most of them.
@@ -159,7 +159,7 @@ class ViewReuse:
 
 
 def _without_lines(sp: ServicePortLayout) -> ServicePortLayout:
-    return _with(sp, lines=(), ways_in=tuple(_with(w, lines=()) if w.lines else w for w in sp.ways_in))
+    return _layout_lines_ways(sp, (), tuple([_way_lines(w, ()) if w.lines else w for w in sp.ways_in]))
 
 
 def _positional(view: ServicePortView, sp: ServicePortLayout, lines: Sequence[int]) -> ServicePortView | None:
@@ -183,20 +183,41 @@ def _positional(view: ServicePortView, sp: ServicePortLayout, lines: Sequence[in
 def _relined(view: ServicePortView, sp: ServicePortLayout | None, move: Callable[[int], int]) -> ServicePortView:
     """The view with the lines traces gave it moved by `move` (0 stays 0), and those its layout gave it taken
     from `sp` (None: kept)."""
-    endpoints = tuple(_with(ep, line=move(ep.line)) if ep.line else ep for ep in view.endpoints)
+    endpoints = tuple([_endpoint_line(ep, move(ep.line)) if ep.line else ep for ep in view.endpoints])
     entries = []
     for i, e in enumerate(view.entries):
         paths = e.paths
         if any(p.decided_by for p in paths):
-            paths = tuple(_with(p, decided_by=move(p.decided_by)) if p.decided_by else p for p in paths)
+            paths = tuple([_path_decided_by(p, move(p.decided_by)) if p.decided_by else p for p in paths])
         if sp is not None:
-            e = _with(e, paths=paths, lines=sp.ways_in[i].lines)
+            e = _entry_paths_lines(e, paths, sp.ways_in[i].lines)
         elif paths != e.paths:
-            e = _with(e, paths=paths)
+            e = _entry_paths(e, paths)
         entries.append(e)
     if sp is not None:
-        return _with(view, endpoints=endpoints, entries=tuple(entries), lines=sp.lines)
-    return _with(view, endpoints=endpoints, entries=tuple(entries))
+        return _view_relined(view, endpoints, tuple(entries), sp.lines)
+    return _view_moved(view, endpoints, tuple(entries))
+
+
+def _replacer(cls: type, names: Sequence[str]) -> Callable[..., Any]:
+    """`replace(obj, *values)`: `_with(obj, **dict(zip(names, values)))` for a frozen slots dataclass, its other
+    fields read by name (made once per class and fields: _relined runs for every port a node reuses)."""
+    every = [f.name for f in fields(cls)]
+    namespace: dict[str, Any] = {"new": positional_new(cls, every)}
+    params = [f"v{i}" for i in range(len(names))]
+    args = ", ".join(params[names.index(n)] if n in names else f"o.{n}" for n in every)
+    exec(f"def replace(o, {', '.join(params)}):\n    return new({args})", namespace)
+    return namespace["replace"]  # type: ignore[no-any-return]
+
+
+_endpoint_line = _replacer(EndpointView, ("line",))
+_path_decided_by = _replacer(SourcePath, ("decided_by",))
+_entry_paths_lines = _replacer(EntryView, ("paths", "lines"))
+_entry_paths = _replacer(EntryView, ("paths",))
+_view_relined = _replacer(ServicePortView, ("endpoints", "entries", "lines"))
+_view_moved = _replacer(ServicePortView, ("endpoints", "entries"))
+_layout_lines_ways = _replacer(ServicePortLayout, ("lines", "ways_in"))
+_way_lines = _replacer(WayIn, ("lines",))
 
 
 # Per class: a maker from every field's value (not through __init__), a getter of them all, each field's position.
