@@ -172,3 +172,21 @@ def test_port_facts_are_the_views_values(name: str) -> None:
             assert facts.label == view.label
             assert [(w.kind, w.address, w.port, w.lines) for w in facts.entries] == \
                 [(e.kind, e.address, e.port, e.lines) for e in view.entries]
+
+
+def test_packet_cache_is_bounded_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The view's packets are shared process-wide by (source, destination, port, protocol): a view built with a
+    cache that keeps starting again equals one built with a fresh cache, and the cache never outgrows its limit."""
+    from iptrace.kube import view as view_module
+
+    path = ROOT / "sample_dumps" / "loadbalancer-source-ranges.txt"
+    monkeypatch.setattr(view_module, "_PACKETS", {})
+    fresh = analysis(load(path.read_text(), source=path.name)).view
+    assert view_module._PACKETS, "the view's packets went through the cache"
+    packet = next(iter(view_module._PACKETS.values()))
+    assert view_module._Builder.packet(None, packet.src, packet.dst, packet.dport, packet.proto) is packet  # type: ignore[arg-type]
+    monkeypatch.setattr(view_module, "_PACKETS", {})
+    monkeypatch.setattr(view_module, "PACKETS_LIMIT", 3)
+    again = analysis(load(path.read_text(), source=path.name)).view
+    assert len(view_module._PACKETS) <= 3
+    assert again.services == fresh.services

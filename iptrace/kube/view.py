@@ -359,6 +359,12 @@ def _marked_for_drop(trace: Trace) -> bool:
 # ------------------------------------------------------------------------------------------------ building
 
 
+# Packets by (src, dst, port, proto), process-wide (immutable): a view checks ~2×10^4, its reuse keys the same
+# again, an audit's nodes the same ones (shared Service addresses). Starts again when full.
+_PACKETS: dict[tuple[str, str, int, str], Packet] = {}
+PACKETS_LIMIT = 50_000
+
+
 class _Builder:
     def __init__(self, layout: Layout, tracer: Tracer, clients: Clients) -> None:
         self.layout = layout
@@ -366,7 +372,13 @@ class _Builder:
         self.clients = clients
 
     def packet(self, src: str, dst: str, port: int, proto: str) -> Packet:
-        return Packet(src, dst, port, proto)
+        key = (src, dst, port, proto)
+        found = _PACKETS.get(key)
+        if found is None:
+            if len(_PACKETS) >= PACKETS_LIMIT:
+                _PACKETS.clear()
+            found = _PACKETS[key] = Packet(src, dst, port, proto)
+        return found
 
     def probe(self, sp: ServicePortLayout) -> Packet:
         """The packet the cluster and local chains are entered with to read their endpoints."""
