@@ -282,7 +282,6 @@ class Compiler:
         self._structures: dict[object, Structure] = {}
         self._groups: dict[object, MatchPlan] = {}
         self._binders: dict[int, Binder] = {}
-        self._shape_binders: dict[RuleShape | None, tuple[Structure, Binder]] = {}
         self._chain_names: dict[str, dict[str, str]] = {}
         self._chains: dict[str, Mapping[str, Chain]] = {}  # table -> its chains by name
         self._bound: dict[object, Bound] = {}
@@ -332,19 +331,9 @@ class Compiler:
                         c.tests = addresses + matches.tests
                     if never:
                         c.never = True
-                at = kit.target_index
-                if at >= 0:
-                    name = tokens[at]
-                    chain = code.table_chains.get(name) if name not in BUILTIN_TARGETS else None
-                    if chain is not None:
-                        c.target = c.arg = chain
-                        c.action = kit.jump
-                    else:
-                        c.target = name
-                        if name == "DNAT":
-                            self._dnat(c, rule, tokens[kit.dnat_spot] if kit.dnat_spot >= 0 else "")
-                        else:
-                            self._compile_target(code, rule, c, name, tokens, kit.structure)
+                if kit.target_index >= 0:
+                    self._target(code, rule, c, tokens[kit.target_index], tokens, kit.jump, kit.structure,
+                                 kit.dnat_spot)
                 accesses = kit.accesses
                 access = None if extra else accesses.get(c.target)
                 if access is None:
@@ -355,16 +344,14 @@ class Compiler:
                 code.compiled[i] = c
                 return c
         shape = rule.shape
-        found = self._shape_binders.get(shape)
-        if found is None:
+        if kit is not None:
+            structure, binder = kit.structure, kit.binder
+        else:
             structure = rule_structure(rule, tokens, self._structures)
             binder = binder_for(structure, self._binders)
-            if self._structures.get(shape) is structure:  # (else the structure depends on the rule's tokens)
-                self._shape_binders[shape] = (structure, binder)
-                assert shape is not None
+            if shape is not None and self._structures.get(shape) is structure:
+                # (else the structure depends on the rule's tokens: no kit)
                 self._kits[shape] = _Kit(shape, structure, binder)
-        else:
-            structure, binder = found
         matches, src, dst, addresses, never = bind_matches(rule, self.ctx, binder, tokens, self._bound,
                                                            self._groups)
         c = Compiled(code.table, rule, matches)
@@ -375,18 +362,26 @@ class Compiler:
         if never:
             c.never = True
         if shape is not None and shape.target_index >= 0:
-            name = tokens[shape.target_index]
-            chain = code.table_chains.get(name) if name not in BUILTIN_TARGETS else None
-            if chain is not None:
-                # The chain's own name object: the token would be one more string kept per rule.
-                c.target = c.arg = chain
-                c.action = GOTO if shape.goto else JUMP
-            else:
-                c.target = name
-                self._compile_target(code, rule, c, name, tokens, structure)
+            self._target(code, rule, c, tokens[shape.target_index], tokens, GOTO if shape.goto else JUMP, structure)
         c.access = chainmemo.rule_access(structure, c.target, bool(addresses), self._access)
         code.compiled[i] = c
         return c
+
+    def _target(self, code: ChainCode, rule: Rule, c: Compiled, name: str, tokens: Sequence[str], jump: int,
+                structure: Structure, dnat_spot: int | None = None) -> None:
+        """The rule's target `name`: a jump (`jump`: JUMP or GOTO) to a chain of the table, else a target proper.
+        `dnat_spot`: where a DNAT's --to-destination value is among the tokens, when the caller knows."""
+        chain = code.table_chains.get(name) if name not in BUILTIN_TARGETS else None
+        if chain is not None:
+            # The chain's own name object: the token would be one more string kept per rule.
+            c.target = c.arg = chain
+            c.action = jump
+        elif name == "DNAT" and dnat_spot is not None:
+            c.target = name
+            self._dnat(c, rule, tokens[dnat_spot] if dnat_spot >= 0 else "")
+        else:
+            c.target = name
+            self._compile_target(code, rule, c, name, tokens, structure)
 
     def _compile_target(self, code: ChainCode, rule: Rule, c: Compiled, name: str, tokens: Sequence[str],
                         structure: Structure) -> None:
