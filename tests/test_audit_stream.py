@@ -233,6 +233,21 @@ def test_merge_round_trip_keeps_every_result(snap: Path) -> None:
                                 r.extra) for r in sorted(strip, key=lambda r: r.name)]
 
 
+def test_the_merge_key_prints_a_node_a_line(snap: Path) -> None:
+    """A 5,000-Service node's merge object is ~0.7 MB of JSON: each node's (and each digest) is one compact line,
+    made as it is printed; the document is the one merge_json describes."""
+    result = CliRunner().invoke(main, ["audit", str(snap), "-j", "1", "-o", "json"])
+    doc = json.loads(result.stdout)
+    results = analyse_nodes(sources([str(snap)]), jobs=1)
+    assert doc["merge"] == json.loads(json.dumps(merge_json(results, cluster_source=None, cluster_nodes=False)))
+    lines = result.stdout.split("\n")
+    for key in ("digests", "nodes"):
+        start = lines.index(f'    "{key}": [')
+        items = doc["merge"][key]
+        assert [json.loads(line.rstrip(",")) for line in lines[start + 1:start + 1 + len(items)]] == items
+        assert lines[start + 1 + len(items)] in ("    ],", "    ]")
+
+
 def test_views_are_reused_across_the_fleet(snap: Path) -> None:
     from iptrace.collect.stream import Worker
 

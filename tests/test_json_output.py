@@ -1,5 +1,6 @@
 """`-o json` written in pieces (render.json.dumps_pieces, `services -o json` item by item): the very bytes
-render.json.dumps prints for the whole list."""
+render.json.dumps prints for the whole list. A document with long lists inside it (render.json.document_pieces,
+`audit -o json`'s merge key): the same document, those lists one compact item a line, made as they print."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from click.testing import CliRunner
 
 from bench import synth
 from iptrace.cli import main
-from iptrace.render.json import LARGE_LIST, dumps, dumps_pieces
+from iptrace.render.json import LARGE_LIST, CompactItems, document_pieces, dumps, dumps_pieces
 
 CLUSTER = Path(__file__).resolve().parent / "data" / "cluster"
 
@@ -23,6 +24,54 @@ def test_pieces_are_dumps(count: int) -> None:
     assert "".join(pieces) == dumps(items)
     if count > LARGE_LIST:
         assert len(pieces) > 1  # (never the whole text at once)
+
+
+DOCUMENTS: list[object] = [
+    {}, [], 0, "é\n", {"a": 1, "b": [1, 2, {"x": "é\n", "y": []}], "c": {}, "d": {"e": {"f": [None, 1.5]}}},
+    [{"a": [1]}, {}],
+]
+
+
+@pytest.mark.parametrize("doc", DOCUMENTS)
+def test_a_document_without_compact_lists_prints_as_dumps(doc: object) -> None:
+    assert "".join(document_pieces(doc)) == dumps(doc)
+
+
+@pytest.mark.parametrize("count", [0, 1, 127, 128, 129, 1000])
+def test_compact_lists_print_one_item_a_line_as_they_are_made(count: int) -> None:
+    made: list[int] = []
+
+    def items() -> object:
+        for i in range(count):
+            made.append(i)
+            yield {"n": i, "text": f"é{i}", "lines": list(range(i % 5))}
+
+    doc = {"format": 1, "nodes": [{"name": "a"}], "merge": {"version": 1, "cluster": None,
+                                                              "digests": CompactItems([[1, "x"], [2, None]]),
+                                                              "nodes": CompactItems(items())}}
+    text = ""
+    made_when_first_printed = None
+    for piece in document_pieces(doc):
+        if made_when_first_printed is None and '{"n": 0' in piece:
+            made_when_first_printed = len(made)
+        text += piece
+    plain = {**doc, "merge": {**doc["merge"], "digests": [[1, "x"], [2, None]],  # type: ignore[dict-item]
+                              "nodes": [{"n": i, "text": f"é{i}", "lines": list(range(i % 5))} for i in range(count)]}}
+    assert json.loads(text) == plain
+    # Everything but the compact lists is indented as dumps does; each of their items is one line.
+    head = ['{', '  "format": 1,', '  "nodes": [', '    {', '      "name": "a"', '    }', '  ],', '  "merge": {',
+            '    "version": 1,', '    "cluster": null,', '    "digests": [', '      [1, "x"],', '      [2, null]',
+            '    ],']
+    lines = text.split("\n")
+    assert lines[:len(head)] == head
+    body = lines[len(head):]
+    if not count:
+        assert body == ['    "nodes": []', '  }', '}', '']
+    else:
+        assert body[0] == '    "nodes": [' and body[-4:] == ['    ]', '  }', '}', '']
+        assert [json.loads(line.rstrip(",")) for line in body[1:-4]] == plain["merge"]["nodes"]  # type: ignore[index]
+    if count > 200:  # (the first items were printed before the last ones were made: never all held)
+        assert made_when_first_printed is not None and made_when_first_printed < count
 
 
 def test_pieces_check_the_count() -> None:

@@ -218,6 +218,23 @@ def emit_json(data: Any, paths: Any = None) -> None:
         click.echo(text[start:start + _WRITE_CHARS], nl=False)
 
 
+def emit_json_document(data: Any) -> None:
+    """Print a document as emit_json does, its CompactItems (iptrace.render.json) one compact item a line, as its
+    pieces are made: a big audit's document is never held whole as text."""
+    from iptrace.render.json import document_pieces
+
+    parts: list[str] = []
+    size = 0
+    for piece in document_pieces(data):
+        parts.append(piece)
+        size += len(piece)
+        if size >= _WRITE_CHARS:
+            click.echo("".join(parts), nl=False)
+            parts, size = [], 0
+    if parts:
+        click.echo("".join(parts), nl=False)
+
+
 def emit_json_items(items: Iterable[Any], count: int) -> None:
     """A JSON list of `count` items, exactly as emit_json(list(items)) prints it, written as the items come:
     neither the items nor the text are held whole."""

@@ -20,6 +20,7 @@ from iptrace.cli.common import (
     check_nodes,
     cluster_data,
     emit_json,
+    emit_json_document,
     hold,
     lenient_option,
     namespace_option,
@@ -356,6 +357,7 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
     from iptrace.kube.audit import combine
     from iptrace.kube.merge import merge_json
     from iptrace.render.audit import audit_to_json, render_audit_text
+    from iptrace.render.json import CompactItems
 
     _check_via(opts)
     failures: list[Any] = []
@@ -373,8 +375,9 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
         report = combine(results, cluster)
     if output == "json":
         doc = audit_to_json(report)
-        doc["merge"] = merge_json(results, cluster_source=cluster_source, cluster_nodes=cluster_nodes)
-        emit_json(doc)
+        doc["merge"] = merge_json(results, cluster_source=cluster_source, cluster_nodes=cluster_nodes,
+                                  items=CompactItems)
+        emit_json_document(doc)
     elif output == "html":
         from iptrace.render.html import render_audit_html
 

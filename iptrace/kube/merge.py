@@ -9,7 +9,7 @@ and what was expected. Digests that nodes share are written once (`digests`) and
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -21,30 +21,31 @@ from iptrace.kube.digest import FamilyDigest, NodeResult, PortDigest
 MERGE_VERSION = 1
 
 
-def merge_json(results: Sequence[NodeResult], *, cluster_source: str | None,
-               cluster_nodes: bool) -> dict[str, Any]:
-    """The `merge` key of an audit's JSON document."""
+def merge_json(results: Sequence[NodeResult], *, cluster_source: str | None, cluster_nodes: bool,
+               items: Callable[[Iterable[Any]], Any] = list) -> dict[str, Any]:
+    """The `merge` key of an audit's JSON document. `items` holds its two long lists (digests, nodes) as the
+    caller will print them: `list` by default; the CLI passes a writer's lazy list, so that each node's object
+    (~0.7 MB of JSON for a 5,000-Service node) is made as it is printed, not all of them at once."""
     index: dict[PortDigest, int] = {}
     digests: list[list[Any]] = []
-    nodes = []
     for r in results:
-        families = []
         for fam in r.families:
-            ports = []
             for p in fam.ports:
-                k = index.get(p)
-                if k is None:
-                    k = index[p] = len(digests)
+                if p not in index:
+                    index[p] = len(digests)
                     digests.append(_digest_json(p))
-                ports.append(k)
-            families.append({"family": fam.family, "proxy": _proxy_json(fam.proxy), "warnings": list(fam.warnings),
-                             "services": fam.services, "ports": ports, "lines": list(fam.lines),
-                             "compared": [f.to_json() for f in fam.compared]})
-        nodes.append({"name": r.name, "error": r.error, "addresses": list(r.addresses), "host": r.host,
-                      "kube_node": r.kube_node, "legacy_note": r.legacy_note, "load_warnings": list(r.load_warnings),
-                      "families": families, "extra": [f.to_json() for f in r.extra]})
     cluster = {"source": cluster_source, "nodes": cluster_nodes} if cluster_source is not None else None
-    return {"version": MERGE_VERSION, "cluster": cluster, "digests": digests, "nodes": nodes}
+    return {"version": MERGE_VERSION, "cluster": cluster, "digests": items(digests),
+            "nodes": items(_node_json(r, index) for r in results)}
+
+
+def _node_json(r: NodeResult, index: Mapping[PortDigest, int]) -> dict[str, Any]:
+    families = [{"family": fam.family, "proxy": _proxy_json(fam.proxy), "warnings": list(fam.warnings),
+                 "services": fam.services, "ports": [index[p] for p in fam.ports], "lines": fam.lines.tolist(),
+                 "compared": [f.to_json() for f in fam.compared]} for fam in r.families]
+    return {"name": r.name, "error": r.error, "addresses": list(r.addresses), "host": r.host,
+            "kube_node": r.kube_node, "legacy_note": r.legacy_note, "load_warnings": list(r.load_warnings),
+            "families": families, "extra": [f.to_json() for f in r.extra]}
 
 
 def _digest_json(p: PortDigest) -> list[Any]:

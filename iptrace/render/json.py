@@ -66,6 +66,55 @@ def _list_pieces(items: Iterable[Any], count: int, encode: Callable[[Any], str])
         yield "".join(parts)
 
 
+class CompactItems:
+    """A list inside a document that `document_pieces` prints one compact item a line, each item made and printed
+    in turn (`items` may be a generator): an audit's `merge` key holds every node's digest, ~0.7 MB of JSON a
+    node of a 5,000-Service cluster, which the indenting encoder would print an integer a line."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: Iterable[Any]) -> None:
+        self.items = items
+
+
+def document_pieces(data: Any) -> Iterator[str]:
+    """`dumps(data)` in pieces, for a document that may hold CompactItems (in its objects, at any depth): those
+    print one compact item a line, everything else exactly as `dumps` indents it. Neither the document's text
+    nor a CompactItems' items are held whole."""
+    yield from _indented_pieces(data, "")
+    yield "\n"
+
+
+def _indented_pieces(data: Any, indent: str) -> Iterator[str]:
+    if isinstance(data, CompactItems):
+        parts = ["["]
+        separator = "\n" + indent + "  "
+        empty = True
+        for item in data.items:
+            parts.append(separator + _COMPACT.encode(item))
+            separator = ",\n" + indent + "  "
+            empty = False
+            if len(parts) >= _PIECE_ITEMS:
+                yield "".join(parts)
+                parts = []
+        parts.append("]" if empty else "\n" + indent + "]")
+        yield "".join(parts)
+    elif isinstance(data, dict) and data and _holds_compact(data):
+        inner = indent + "  "
+        for i, (key, value) in enumerate(data.items()):
+            yield ("{\n" if i == 0 else ",\n") + inner + json.dumps(key, ensure_ascii=False) + ": "
+            yield from _indented_pieces(value, inner)
+        yield "\n" + indent + "}"
+    else:
+        # (JSON text holds no raw newline but the indenter's own: indenting it nests it)
+        text = json.dumps(data, indent=2, ensure_ascii=False)
+        yield text.replace("\n", "\n" + indent) if indent else text
+
+
+def _holds_compact(data: dict[Any, Any]) -> bool:
+    return any(isinstance(v, CompactItems) or (isinstance(v, dict) and _holds_compact(v)) for v in data.values())
+
+
 class PathTexts:
     """The paths of a batch of trace or explain answers, each rule's JSON encoded once.
 
