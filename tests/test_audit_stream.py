@@ -234,7 +234,7 @@ def test_merge_round_trip_keeps_every_result(snap: Path) -> None:
 
 
 def test_the_merge_key_prints_a_node_a_line(snap: Path) -> None:
-    """A 5,000-Service node's merge object is ~0.7 MB of JSON: each node's (and each digest) is one compact line,
+    """A 5,000-Service node's merge object is ~0.5 MB of JSON: each node's (and each digest) is one compact line,
     made as it is printed; the document is the one merge_json describes."""
     result = CliRunner().invoke(main, ["audit", str(snap), "-j", "1", "-o", "json"])
     doc = json.loads(result.stdout)
