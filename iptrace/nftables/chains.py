@@ -12,7 +12,7 @@ from typing import Any
 
 from iptrace.dataplane import Decision
 from iptrace.errors import TraceError
-from iptrace.nftables import skeleton
+from iptrace.nftables import skeleton, splits
 from iptrace.nftables.evaluate import NA, Context, Unknown
 from iptrace.nftables.memo import MEMO_SIZE, Plan, make_plan, record, replay
 from iptrace.nftables.model import Chain, Numgen, Ruleset, Table
@@ -68,7 +68,7 @@ class TableCode:
 
 
 class ChainCode:
-    __slots__ = ("chain", "compiled", "key", "name", "refs", "shaped", "table")
+    __slots__ = ("chain", "compiled", "key", "name", "refs", "shaped", "split", "table")
 
     def __init__(self, table: TableCode, chain: Chain) -> None:
         self.table = table
@@ -78,6 +78,7 @@ class ChainCode:
         self.compiled: list[CompiledRule | None] = [None] * len(chain.rules)
         self.refs: list[RuleRef | None] | None = None  # rules met only through replays (skeleton.py)
         self.shaped: Any = False  # Skeletons.of(self), once asked
+        self.split: Any = False  # Splits.of(self), once asked
 
 
 class ChainWalker:
@@ -103,6 +104,7 @@ class ChainWalker:
             return closure_fields(code, params, me._compiled, me._targets)
 
         self._skeletons = Skeletons(fields)
+        self._splits = splits.Splits()
         self.plan_after = PLAN_AFTER
         self.codes_size = CODES_SIZE
 
@@ -208,6 +210,11 @@ class ChainWalker:
             shaped = code.shaped = self._skeletons.of(code)
         if shaped is not None:
             return self._enter_skeleton(code, s, stack, *shaped)
+        split = code.split
+        if split is False:
+            split = code.split = self._splits.of(code, self)
+        if split is not None:
+            return self._enter_split(code, s, stack, split)
         plan = self._chain_plans.get(code.key, False)
         if plan is False:
             # A plan costs a few walks (compiling and reading the whole closure): worth it for a chain entered
@@ -261,6 +268,28 @@ class ChainWalker:
         if found is None:
             return self._run_chain(code, s, stack)
         return skeleton.replay(found, s, code, dnats, self._ref)
+
+    def _enter_split(self, code: ChainCode, s: State, stack: tuple[tuple[str, str], ...], member: splits.Member
+                     ) -> list[tuple[State, Terminal]]:
+        """A load-balancing chain replayed from the walk of a chain written alike (splits.py)."""
+        shape = member.shape
+        if not (shape.nested.isdisjoint(stack) and member.keys.isdisjoint(stack)):
+            return self._run_chain(code, s, stack)  # (a jump loop through the caller: the walk says so)
+        key = shape.key(s, member.addrs)
+        found = shape.memo.get(key, False)
+        if found is False:
+            start = s.copy()
+            start.path = start.chains = None
+            start.assumptions = ()
+            start.num = start.den = 1
+            before = (start.accept, start.dnat_by, start.dst, start.dport)
+            found = splits.record(self._run_chain(code, start, stack), before, member)
+            if len(shape.memo) >= splits.MEMO_SIZE:
+                shape.memo.clear()
+            shape.memo[key] = found
+        if found is None:
+            return self._run_chain(code, s, stack)
+        return splits.replay(found, s, member, self._ref)
 
     def _ref(self, code: ChainCode, i: int) -> CompiledRule | RuleRef:
         """Rule `i` of `code` as a path entry holds it: compiled when it was, else a RuleRef (same Decision)."""

@@ -126,13 +126,36 @@ class Segment(list):  # type: ignore[type-arg]
     __slots__ = ()
 
 
+class Bound:
+    """Several entries of a cons list held by one cell, oldest first, those of a walk's own chains told by their
+    position among `codes` (a walk replayed on another chain of its shape, splits.py): (position, rule index, map,
+    element) path entries made with `ref` (the walker's (chain, index) → rule), or, without `ref`, chain keys.
+    Unfolded when the list is read: most replayed branches' paths never are."""
+
+    __slots__ = ("codes", "entries", "ref")
+
+    def __init__(self, entries: tuple[Any, ...], codes: tuple[Any, ...], ref: Any) -> None:
+        self.entries = entries
+        self.codes = codes
+        self.ref = ref
+
+    def unfold(self) -> list[Any]:
+        codes, ref = self.codes, self.ref
+        if ref is None:
+            return [codes[k].key if type(k) is int else k for k in self.entries]
+        return [e if type(e[0]) is not int else (codes[e[0]], ref(codes[e[0]], e[1]), e[2], e[3])
+                for e in self.entries]
+
+
 def cons_list(cell: Any) -> list[Any]:
-    """A cons list (newest first) as a list, oldest first; Segment cells unfolded."""
+    """A cons list (newest first) as a list, oldest first; Segment and Bound cells unfolded."""
     out: list[Any] = []
     while cell is not None:
         head = cell[0]
         if type(head) is Segment:
             out.extend(reversed(head))
+        elif type(head) is Bound:
+            out.extend(reversed(head.unfold()))
         else:
             out.append(head)
         cell = cell[1]

@@ -109,7 +109,7 @@ class Tracer(ChainWalker):
         enabled = gc.isenabled()
         gc.disable()
         try:
-            finals = self._run_chain(code, s, ())
+            finals = self._enter(code, s, ())
             original = join_host_port(packet.dst, packet.dport)
             outcomes = tuple([self._outcome(st, term, original) for st, term in finals])
         finally:
