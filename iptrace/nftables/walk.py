@@ -180,24 +180,18 @@ class Tracer(ChainWalker):
             plan = self._plans[key] = self._plan(key)
         if plan is None:
             return walk(s, arg)
-        raw = plan.raw(s)
-        found = plan.by_value.get(raw)
+        k = plan.key(s)
+        found = plan.memo.get(k)
         if found is None:
-            k = plan.key(s)
-            found = plan.memo.get(k)
-            if found is None:
-                start = s.copy()
-                start.path = start.chains = None
-                start.assumptions = ()
-                start.num = start.den = 1
-                before = (start.accept, start.dnat_by)
-                found = record(walk(start, arg), before)
-                if len(plan.memo) >= MEMO_SIZE:
-                    plan.memo.clear()
-                plan.memo[k] = found
-            if len(plan.by_value) >= MEMO_SIZE:
-                plan.by_value.clear()
-            plan.by_value[raw] = found
+            start = s.copy()
+            start.path = start.chains = None
+            start.assumptions = ()
+            start.num = start.den = 1
+            before = (start.accept, start.dnat_by)
+            found = record(walk(start, arg), before)
+            if len(plan.memo) >= MEMO_SIZE:
+                plan.memo.clear()
+            plan.memo[k] = found
         return replay(found, s)
 
     def _plan(self, key: tuple[Any, ...]) -> Plan | None:
