@@ -258,9 +258,9 @@ def _replay_one(recorded: tuple[Any, ...], s: State, member: Member, ref: Callab
      num, den, nat) = recorded
     codes = member.codes
     if path:
-        s.path = (Bound(path, codes, ref), s.path)
+        s.path = (Bound((path, codes, ref)), s.path)
     if chains:
-        s.chains = (Bound(chains, codes, None), s.chains)
+        s.chains = (Bound((chains, codes, None)), s.chains)
     if num != 1 or den != 1:
         s.num *= num
         s.den *= den

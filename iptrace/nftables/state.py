@@ -126,25 +126,20 @@ class Segment(list):  # type: ignore[type-arg]
     __slots__ = ()
 
 
-class Bound:
+class Bound(tuple):  # type: ignore[type-arg]
     """Several entries of a cons list held by one cell, oldest first, those of a walk's own chains told by their
-    position among `codes` (a walk replayed on another chain of its shape, splits.py): (position, rule index, map,
-    element) path entries made with `ref` (the walker's (chain, index) → rule), or, without `ref`, chain keys.
-    Unfolded when the list is read: most replayed branches' paths never are."""
+    position among the codes (a walk replayed on another chain of its shape, splits.py): `(entries, codes, ref)`
+    with (position, rule index, map, element) path entries made with `ref` (the walker's (chain, index) → rule),
+    or, when `ref` is None, chain keys. Unfolded when the list is read: most replayed branches' paths never are.
+    (A tuple: made without calling an __init__, once per replayed branch.)"""
 
-    __slots__ = ("codes", "entries", "ref")
-
-    def __init__(self, entries: tuple[Any, ...], codes: tuple[Any, ...], ref: Any) -> None:
-        self.entries = entries
-        self.codes = codes
-        self.ref = ref
+    __slots__ = ()
 
     def unfold(self) -> list[Any]:
-        codes, ref = self.codes, self.ref
+        entries, codes, ref = self
         if ref is None:
-            return [codes[k].key if type(k) is int else k for k in self.entries]
-        return [e if type(e[0]) is not int else (codes[e[0]], ref(codes[e[0]], e[1]), e[2], e[3])
-                for e in self.entries]
+            return [codes[k].key if type(k) is int else k for k in entries]
+        return [e if type(e[0]) is not int else (codes[e[0]], ref(codes[e[0]], e[1]), e[2], e[3]) for e in entries]
 
 
 def cons_list(cell: Any) -> list[Any]:
