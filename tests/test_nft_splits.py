@@ -50,17 +50,17 @@ class _Counting:
         self.across = 0
         record, replay = splits.record, splits.replay
 
-        def counted_record(results: Any, before: Any, member: Any) -> Any:
-            found = record(results, before, member)
+        def counted_record(results: Any, before: Any, member: Any, codes: Any) -> Any:
+            found = record(results, before, member, codes)
             if found is not None:
                 self.by[id(found)] = member
                 self.kept.append(found)
             return found
 
-        def counted_replay(found: Any, s: Any, member: Any, ref: Any) -> Any:
+        def counted_replay(found: Any, s: Any, member: Any, codes: Any, ref: Any) -> Any:
             if self.by.get(id(found), member) is not member:
                 self.across += 1
-            return replay(found, s, member, ref)
+            return replay(found, s, member, codes, ref)
 
         monkeypatch.setattr(splits, "record", counted_record)
         monkeypatch.setattr(splits, "replay", counted_replay)

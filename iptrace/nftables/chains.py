@@ -276,6 +276,7 @@ class ChainWalker:
         if not (shape.nested.isdisjoint(stack) and member.keys.isdisjoint(stack)):
             return self._run_chain(code, s, stack)  # (a jump loop through the caller: the walk says so)
         key = shape.key(s, member.addrs)
+        codes = (code, *member.targets)
         found = shape.memo.get(key, False)
         if found is False:
             start = s.copy()
@@ -283,13 +284,13 @@ class ChainWalker:
             start.assumptions = ()
             start.num = start.den = 1
             before = (start.accept, start.dnat_by, start.dst, start.dport)
-            found = splits.record(self._run_chain(code, start, stack), before, member)
+            found = splits.record(self._run_chain(code, start, stack), before, member, codes)
             if len(shape.memo) >= splits.MEMO_SIZE:
                 shape.memo.clear()
             shape.memo[key] = found
         if found is None:
             return self._run_chain(code, s, stack)
-        return splits.replay(found, s, member, self._ref)
+        return splits.replay(found, s, member, codes, self._ref)
 
     def _ref(self, code: ChainCode, i: int) -> CompiledRule | RuleRef:
         """Rule `i` of `code` as a path entry holds it: compiled when it was, else a RuleRef (same Decision)."""

@@ -36,7 +36,7 @@ class Plan:
     __slots__ = ("by_value", "key", "memo", "raw", "redirects")
 
     def __init__(self, direct: Asked, address: Asked, address_fields: set[str], fields: set[str],
-                 redirects: bool) -> None:
+                 redirects: bool, caches: dict[Any, Any] | None = None) -> None:
         self.redirects = redirects  # a `redirect` goes to loopback for the node's own packets
         self.memo: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
         # The same branch seen again (another client of the same endpoint): found by the fields the closure reads
@@ -53,7 +53,8 @@ class Plan:
         else:
             self.raw = getter
         # key(s): what each test and look-up answers for branch `s`, plus the fields the chains read raw.
-        self.key: Callable[[State], tuple[Any, ...]] = _key_function(direct, address, address_fields, redirects)
+        self.key: Callable[[State], tuple[Any, ...]] = _key_function(direct, address, address_fields, redirects,
+                                                                      caches)
 
 
 # A closure's tests, look-ups and values: (definite tests, tests that may assume, (getter, index) look-ups, values).
@@ -63,8 +64,8 @@ Asked = tuple[list[Callable[[State], Any]], list[Callable[[State], Any]], list[t
 _KEYED = frozenset({"proto", "mark", "ct_mark", "notrack", "snat", "masq", "dnat_by", "in_iface", "out_iface"})
 
 
-def _key_function(direct: Asked, address: Asked, address_fields: set[str], redirects: bool
-                  ) -> Callable[[State], tuple[Any, ...]]:
+def _key_function(direct: Asked, address: Asked, address_fields: set[str], redirects: bool,
+                  caches: dict[Any, Any] | None = None) -> Callable[[State], tuple[Any, ...]]:
     """A Plan's key function written out as one tuple expression (generated code, as iptables/memo.py's: this
     runs for most branches of every trace after its DNAT). It holds the IP version (which `reads` leaves out:
     every ip/ip6 expression, `meta nfproto`, reads it) and the fields in _KEYED (`dnat_by` only as whether the
@@ -74,8 +75,10 @@ def _key_function(direct: Asked, address: Asked, address_fields: set[str], redir
     branches differ by their endpoint, met again by every way in and kind of client. A test met more than once
     in the closure (rules compiled alike share their code: `ct state new`, `meta l4proto tcp`) is asked once:
     the same function answers the same. A look-up answers which element it finds (or the kind of value it found
-    none for). Rules whose reads are not known are asked every time."""
-    namespace: dict[str, Any] = {"_find": _find, "_cache": {}, "_size": MEMO_SIZE}
+    none for). Rules whose reads are not known are asked every time. `caches`: the walker's answers by value,
+    shared by its plans that ask the same (the hooks after routing and output's filter chains after its NAT
+    both look an endpoint up in kube-proxy's no-endpoint map, ClusterIP set and service CIDR)."""
+    namespace: dict[str, Any] = {"_find": _find, "_size": MEMO_SIZE}
     parts = ["s.version", "s.proto", "s.mark", "s.ct_mark", "s.notrack", "s.snat", "s.masq", "s.dnat_by is None",
              "s.local_origin" if redirects else "None", "s.in_iface", "s.out_iface"]
 
@@ -97,11 +100,24 @@ def _key_function(direct: Asked, address: Asked, address_fields: set[str], redir
         return out
 
     parts.extend(asked(direct))
-    by_address = asked(address)
+    # (in one order whatever the closure's: plans that ask the same share their answers)
+    definite, assumed, lookups, values = address
+    ordered = sorted({id(f): f for f in (*definite, *assumed, *values)}.items())
+    ordered_lookups = sorted({(id(index), id(get)): (get, index) for get, index in lookups}.items())
+    by_address = asked(([f for _, f in ordered], [], [pair for _, pair in ordered_lookups], []))
+    fields = tuple(sorted(address_fields | {"version"}))
+    identity = (fields, tuple(k for k, _ in ordered), tuple(k for k, _ in ordered_lookups))
+    if caches is None:
+        caches = {}
+    # (the functions kept with their answers: their ids are not reused while the walker holds the cache)
+    found = caches.get(identity)
+    if found is None:
+        found = caches[identity] = (ordered, ordered_lookups, {})
+    namespace["_cache"] = found[2]
     if not by_address:
         exec(f"def key(s):\n    return ({', '.join(parts)},)\n", namespace)
         return namespace["key"]  # type: ignore[no-any-return]
-    namespace["_fields"] = attrgetter(*sorted(address_fields | {"version"}))
+    namespace["_fields"] = attrgetter(*fields)
     exec("def key(s):\n"
          "    v = _fields(s)\n"
          "    a = _cache.get(v)\n"
@@ -124,7 +140,7 @@ def _find(index: Any, v: Any) -> Any:
 
 def make_plan(codes: Iterable[Any], compiled: Callable[[Any, int], CompiledRule],
               targets: Callable[[Any, CompiledRule], list[Any]], *, chains: bool = False,
-              min_rules: int = 0) -> Plan | None:
+              min_rules: int = 0, caches: dict[Any, Any] | None = None) -> Plan | None:
     """The plan of the closure of `codes` (chain codes), or None when it cannot be shared. `chains`: a closure
     entered by a jump (a Service port's chains) may also draw numbers and DNAT to addresses the packet does not
     choose (constants, or a numgen map): its replay restores each branch's share and destination. A closure of
@@ -192,7 +208,7 @@ def make_plan(codes: Iterable[Any], compiled: Callable[[Any, int], CompiledRule]
         return None
     if count < min_rules and not draws:
         return None
-    return Plan(direct, address, address_fields, fields, redirects)
+    return Plan(direct, address, address_fields, fields, redirects, caches)
 
 
 def record(results: list[tuple[State, Any]], before: tuple[Any, Any]) -> list[tuple[Any, ...]]:

@@ -53,19 +53,20 @@ class SplitShape:
 
 
 class Member:
-    """What a chain of a split shape has of its own: its parameter addresses (in the key's order), its code and
-    its endpoint chains' codes by position (0: the chain itself; j + 1: the target of the j-th draw element as
-    listed), their DNAT parameters by position and rule index, and their keys."""
+    """What a chain of a split shape has of its own: its parameter addresses (in the key's order), its endpoint
+    chains' codes (`targets`: the j-th is the target of the j-th draw element as listed, position j + 1; position
+    0 is the chain itself, whose code holds this Member: not held here, or the two would make a reference cycle),
+    their DNAT parameters by position and rule index, and the keys of them all."""
 
-    __slots__ = ("addrs", "codes", "dnats", "keys", "shape")
+    __slots__ = ("addrs", "dnats", "keys", "shape", "targets")
 
-    def __init__(self, shape: SplitShape, addrs: tuple[str, ...], codes: tuple[Any, ...],
+    def __init__(self, shape: SplitShape, addrs: tuple[str, ...], code: Any, targets: tuple[Any, ...],
                  dnats: tuple[Any, ...]) -> None:
         self.shape = shape
         self.addrs = addrs
-        self.codes = codes
+        self.targets = targets
         self.dnats = dnats
-        self.keys = frozenset(c.key for c in codes)
+        self.keys = frozenset([code.key, *(c.key for c in targets)])
 
 
 def _signature(rules: tuple[Any, ...]) -> tuple[Any, tuple[str, ...], tuple[tuple[str, str], ...]] | None:
@@ -150,7 +151,7 @@ class Splits:
             shape = self._shapes[key] = _make(code, codes, tuple(fields), walker)
         if shape is None:
             return None
-        member = Member(shape, tuple(addrs), tuple(codes), tuple(dnats))
+        member = Member(shape, tuple(addrs), code, tuple(codes[1:]), tuple(dnats))
         if not shape.nested.isdisjoint(member.keys):
             return None  # (a chain of its own is another member's fixed chain: the positions would not tell)
         return member
@@ -205,13 +206,13 @@ def _make(code: Any, codes: list[Any], tests: tuple[str, ...], walker: Any) -> S
 
 
 def record(results: list[tuple[State, Any]], before: tuple[Any, Any, str, int], member: Member,
-           ) -> list[tuple[Any, ...]] | None:
-    """A walk of `member` from a branch with path, chains and assumptions emptied and share 1 whose (accept,
-    dnat_by, dst, dport) were `before`, with the member's own rules and chains told by position; None when it
-    cannot be replayed on another member (an assumption made, a Decision of a chain of its own that is no
-    rule's, a rewrite other than an endpoint chain's DNAT)."""
+           codes: tuple[Any, ...]) -> list[tuple[Any, ...]] | None:
+    """A walk of `member` (`codes`: its chain's code and its targets') from a branch with path, chains and
+    assumptions emptied and share 1 whose (accept, dnat_by, dst, dport) were `before`, with the member's own
+    rules and chains told by position; None when it cannot be replayed on another member (an assumption made, a
+    Decision of a chain of its own that is no rule's, a rewrite other than an endpoint chain's DNAT)."""
     accept, dnat_by, dst, dport = before
-    position = {c.key: p for p, c in enumerate(member.codes)}
+    position = {c.key: p for p, c in enumerate(codes)}
     out = []
     for s, term in results:
         if s.assumptions or s.accept is not accept:
@@ -243,20 +244,19 @@ def record(results: list[tuple[State, Any]], before: tuple[Any, Any, str, int], 
     return out
 
 
-def replay(recorded: list[tuple[Any, ...]], s: State, member: Member, ref: Callable[[Any, int], Any],
-           ) -> list[tuple[State, Any]]:
-    """The recorded walk on branch `s` entering `member` (`ref`: the walker's (chain, index) → the rule as path
-    entries hold it)."""
+def replay(recorded: list[tuple[Any, ...]], s: State, member: Member, codes: tuple[Any, ...],
+           ref: Callable[[Any, int], Any]) -> list[tuple[State, Any]]:
+    """The recorded walk on branch `s` entering `member` (`codes`: its chain's code and its targets'; `ref`: the
+    walker's (chain, index) → the rule as path entries hold it)."""
     last = len(recorded) - 1
-    return [_replay_one(walk, s if i == last else s.copy(), member, ref) for i, walk in enumerate(recorded)]
+    return [_replay_one(walk, s if i == last else s.copy(), member, codes, ref) for i, walk in enumerate(recorded)]
 
 
-def _replay_one(recorded: tuple[Any, ...], s: State, member: Member, ref: Callable[[Any, int], Any],
-                ) -> tuple[State, Any]:
+def _replay_one(recorded: tuple[Any, ...], s: State, member: Member, codes: tuple[Any, ...],
+                ref: Callable[[Any, int], Any]) -> tuple[State, Any]:
     """One recorded branch on `s` itself (spelled out: it runs for every endpoint of every trace)."""
     (term, at, path, chains, s.mark, s.ct_mark, s.notrack, s.snat, s.masq, s.hook, s.in_iface, s.out_iface,
      num, den, nat) = recorded
-    codes = member.codes
     if path:
         s.path = (Bound((path, codes, ref)), s.path)
     if chains:

@@ -59,6 +59,7 @@ class Tracer(ChainWalker):
         self.node_ips = tuple(node_ips)
         self.pod_cidrs = tuple(pod_cidrs)
         self._plans: dict[tuple[Any, ...], Plan | None] = {}
+        self._answers: dict[Any, Any] = {}  # the plans' answers by value (memo.py), shared by plans asking alike
         self._stages: dict[tuple[int, str], tuple[Stage, ...]] = {}
         self._policies: dict[tuple[str, str, str], Decision] = {}
         self._probabilities: dict[tuple[int, int], tuple[Fraction, float]] = {}
@@ -208,7 +209,7 @@ class Tracer(ChainWalker):
                 code = self._chain(self._tables[(table.family, table.name)], chain.name)
                 if code is not None:
                     codes.append(code)
-        return make_plan(codes, self._compiled, self._targets)
+        return make_plan(codes, self._compiled, self._targets, caches=self._answers)
 
     def _walk_seq(self, s: State, seq: tuple[tuple[str, bool, bool], ...]) -> list[tuple[State, Terminal]]:
         states: list[tuple[State, Terminal]] = [(s, None)]
