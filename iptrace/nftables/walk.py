@@ -281,10 +281,13 @@ class Tracer(ChainWalker):
         """The NAT chains of one hook in their order, until one set up the mapping (nf_nat_inet_fn)."""
         if k == len(chains):
             return [(s, None)]
-        before = (s.dnat_by, s.snat)
+        dnat_by, snat = s.dnat_by, s.snat
         out: list[tuple[State, Terminal]] = []
         for s2, term in self._base(*chains[k], s):
-            if term is not None or (s2.dnat_by, s2.snat) != before:
+            # (a mapping set up: its Decision compared by value only when both are Decisions)
+            d = s2.dnat_by
+            if term is not None or s2.snat != snat or (d is not dnat_by and (
+                    d is None or dnat_by is None or d != dnat_by)):
                 out.append((s2, term))
             else:
                 out.extend(self._nat_stage(chains, k + 1, s2))
