@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bench import synth
 from bench.synth_nft import render_nft
@@ -264,3 +266,33 @@ def test_hand_written_splits_trace_the_same_with_and_without_sharing(name: str, 
     if name == "target reached otherwise":
         assert all(code.split is None for code in shared._codes.values()
                    if code is not None and code.name.startswith("svc-"))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 50), n=st.integers(1, 15), endpoints=st.integers(1, 6), keep=st.sampled_from([3, 8192]),
+       data=st.data())
+def test_random_services_and_clients_trace_the_same_with_and_without_sharing(seed: int, n: int, endpoints: int,
+                                                                            keep: int, data: Any) -> None:
+    """Synthesized Services of every kind, traced in a random order by random clients (pods, the node, outside
+    clients, the Services' own endpoints), through every way in and through their load-balancing chains
+    directly; the walker keeping few chain codes or many (splits' members and shapes outlive their codes)."""
+    specs = synth.scale(n, endpoints, seed=seed)
+    ruleset = load(render_nft(specs, node_ips=[NODE_IP], pod_cidr="10.244.0.0/16", service_cidrs=["10.96.0.0/12"],
+                              form=data.draw(st.sampled_from(["list", "transaction"]))))
+    shared, plain = Tracer(ruleset, node_ips=[NODE_IP]), Tracer(ruleset, node_ips=[NODE_IP], share=False)
+    shared.codes_size = keep
+    layout = DATAPLANE.layout(ruleset, "ipv4")
+    clients = [*_sources(False, NODE_IP), *(e.ip for s in specs for e in s.endpoints[:2])]
+    asks = [(None, w.address or NODE_IP, w.port, w.protocol) for _k, w in layout.ways]
+    for sp in layout.service_ports:
+        probe = next((w for w in sp.ways_in if w.address), None)
+        if probe is not None:
+            asks.extend((chain, probe.address, probe.port, sp.protocol) for chain in (sp.cluster_chain, sp.local_chain)
+                        if chain is not None)
+    picks = data.draw(st.lists(st.tuples(st.sampled_from(asks), st.sampled_from(clients)), min_size=1, max_size=30))
+    for (chain, dst, port, proto), src in picks * 2:
+        packet = Packet(src, dst, port, proto)
+        if chain is None:
+            assert _doc(shared.trace(packet)) == _doc(plain.trace(packet)), packet
+        else:
+            assert _doc(shared.trace_chain(chain, packet)) == _doc(plain.trace_chain(chain, packet)), (chain, packet)
