@@ -1,7 +1,9 @@
 """The walk through one table's chains: rules compiled on first use, jumps, gotos and returns, verdict maps,
-numgen draws with their exact shares, NAT, marks and set updates — and the sharing of a load-balancing chain's
-walk between branches and traces its rules cannot tell apart (memo.py). walk.py's Tracer runs the hooks on top
-of this; nothing here knows about hooks or kube-proxy.
+numgen draws with their exact shares, NAT, marks and set updates — and the sharing of a chain's walk between
+branches and traces its rules cannot tell apart: small chains written alike (skeleton.py: endpoint chains),
+load-balancing chains written alike (splits.py: service and local chains, across Services), any other chain
+with a draw entered often (memo.py). walk.py's Tracer runs the hooks on top of this; nothing here knows about
+hooks or kube-proxy.
 """
 
 from __future__ import annotations
@@ -201,8 +203,9 @@ class ChainWalker:
         return out
 
     def _enter(self, code: ChainCode, s: State, stack: tuple[tuple[str, str], ...]) -> list[tuple[State, Terminal]]:
-        """A chain entered by a jump, goto or verdict map; replayed from an earlier walk of its closure that the
-        rules cannot tell apart from this one (memo.py: a Service port's chains, met by every kind of client)."""
+        """A chain entered by a jump, goto or verdict map (or directly, by trace_chain); replayed from an earlier
+        walk of its closure — or of the closure of a chain written alike — that the rules cannot tell apart from
+        this one (skeleton.py, splits.py, memo.py: a Service port's chains, met by every kind of client)."""
         if not self.share:
             return self._run_chain(code, s, stack)
         shaped = code.shaped

@@ -27,7 +27,7 @@ from typing import Any
 from iptrace.nftables.evaluate import address_equals, forks, reads
 from iptrace.nftables.model import AnonSet, Match, Nat, Numgen, SetUpdate, Verdict, VerdictMap
 from iptrace.nftables.rules import FORK, NAT, UPDATE, VMAP
-from iptrace.nftables.skeleton import _NOT_RAW, _RESTORED, closure_fields
+from iptrace.nftables.skeleton import NOT_RAW, RESTORED, closure_fields
 from iptrace.nftables.state import Bound, State, cons_list
 
 MAX_RULES = 8  # (kube-proxy's service chains have 2 rules, its local chains 1)
@@ -202,7 +202,7 @@ def _make(code: Any, codes: list[Any], tests: tuple[str, ...], walker: Any) -> S
         nested |= closure[1]
     if not nested.isdisjoint(own):
         return None
-    return SplitShape(tuple(sorted((fields | set(_RESTORED)) - _NOT_RAW)), tests, frozenset(nested))
+    return SplitShape(tuple(sorted((fields | set(RESTORED)) - NOT_RAW)), tests, frozenset(nested))
 
 
 def record(results: list[tuple[State, Any]], before: tuple[Any, Any, str, int], member: Member,

@@ -101,7 +101,8 @@ class Tracer(ChainWalker):
     def trace_chain(self, chain: str, packet: Packet) -> Trace:
         """`packet` entering `chain` of kube-proxy's table of its family directly (any table of the family that
         has the chain when there is no kube-proxy table): the endpoint shares of a load-balancing chain, by the
-        same walk. The walk stops where the chain does: masquerading (postrouting) is not reached."""
+        same walk (entered as a jump enters it: shared alike). The walk stops where the chain does: masquerading
+        (postrouting) is not reached."""
         s = self._start(packet, packet.in_interface)
         code = self._find_chain(chain, s.version)
         if code is None:
