@@ -23,6 +23,7 @@ from iptrace.kube.analysis import Analysis, chain_labels
 from iptrace.kube.view import view_node_ips
 from iptrace.nftables import DATAPLANE, load, splits
 from iptrace.nftables.model import Ruleset
+from iptrace.nftables.state import State
 from iptrace.nftables.walk import Tracer
 from iptrace.render.services import services_to_json
 from tests.nft_corpus import FIXTURES, read, texts
@@ -296,3 +297,18 @@ def test_random_services_and_clients_trace_the_same_with_and_without_sharing(see
             assert _doc(shared.trace(packet)) == _doc(plain.trace(packet)), packet
         else:
             assert _doc(shared.trace_chain(chain, packet)) == _doc(plain.trace_chain(chain, packet)), (chain, packet)
+
+
+def test_a_branch_is_a_copy_with_the_restored_fields() -> None:
+    """State.branch (a replayed split's branches) sets every slot as copy() does but for the restored ones."""
+    s = State(6, "fd00::1", "fd00::2", 1234, 80, "tcp", "eth0")
+    for i, name in enumerate(State.__slots__):
+        setattr(s, name, ("value", i))  # every slot distinct, so that a slot copied from the wrong one shows
+    restored = ("mark", "ct_mark", "notrack", "snat", "masq", "hook", "in_iface", "out_iface")
+    values = tuple(("restored", name) for name in restored)
+    made = s.branch(*values)
+    expected = s.copy()
+    for name, value in zip(restored, values, strict=True):
+        setattr(expected, name, value)
+    assert made is not s
+    assert {n: getattr(made, n) for n in State.__slots__} == {n: getattr(expected, n) for n in State.__slots__}

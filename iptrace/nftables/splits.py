@@ -239,24 +239,32 @@ def record(results: list[tuple[State, Any]], before: tuple[Any, Any, str, int], 
             at = decisions.get(id(term[1]))
             if at is None and (term[1].table, term[1].chain) in position:
                 return None
-        out.append((term, at, tuple(path), chains, s.mark, s.ct_mark, s.notrack, s.snat, s.masq, s.hook,
-                    s.in_iface, s.out_iface, s.num, s.den, nat))
+        restored = (s.mark, s.ct_mark, s.notrack, s.snat, s.masq, s.hook, s.in_iface, s.out_iface)
+        out.append((term, at, tuple(path), chains, restored, s.num, s.den, nat))
     return out
 
 
 def replay(recorded: list[tuple[Any, ...]], s: State, member: Member, codes: tuple[Any, ...],
            ref: Callable[[Any, int], Any]) -> list[tuple[State, Any]]:
     """The recorded walk on branch `s` entering `member` (`codes`: its chain's code and its targets'; `ref`: the
-    walker's (chain, index) → the rule as path entries hold it)."""
+    walker's (chain, index) → the rule as path entries hold it). Each branch but the last is a new State made
+    with the recorded fields; the last is `s` itself."""
     last = len(recorded) - 1
-    return [_replay_one(walk, s if i == last else s.copy(), member, codes, ref) for i, walk in enumerate(recorded)]
+    out = []
+    for i, walk in enumerate(recorded):
+        if i == last:
+            (s.mark, s.ct_mark, s.notrack, s.snat, s.masq, s.hook, s.in_iface, s.out_iface) = walk[4]
+            out.append(_replay_one(walk, s, member, codes, ref))
+        else:
+            out.append(_replay_one(walk, s.branch(*walk[4]), member, codes, ref))
+    return out
 
 
 def _replay_one(recorded: tuple[Any, ...], s: State, member: Member, codes: tuple[Any, ...],
                 ref: Callable[[Any, int], Any]) -> tuple[State, Any]:
-    """One recorded branch on `s` itself (spelled out: it runs for every endpoint of every trace)."""
-    (term, at, path, chains, s.mark, s.ct_mark, s.notrack, s.snat, s.masq, s.hook, s.in_iface, s.out_iface,
-     num, den, nat) = recorded
+    """One recorded branch on `s`, whose restored fields (mark … out_iface) are set already (spelled out: it
+    runs for every endpoint of every trace)."""
+    term, at, path, chains, _, num, den, nat = recorded
     if path:
         s.path = (Bound((path, codes, ref)), s.path)
     if chains:

@@ -106,6 +106,39 @@ class State:
         new.version = self.version
         return new
 
+    def branch(self, mark: int, ct_mark: int, notrack: bool, snat: bool, masq: bool, hook: str,
+               in_iface: str | None, out_iface: str | None) -> State:
+        """`copy()` with the fields a replayed walk restores set to the recorded ones (splits.py: each branch of a
+        load-balancing chain's replay, made in one go)."""
+        new = State.__new__(State)
+        new.accept = self.accept
+        new.assumptions = self.assumptions
+        new.bind = self.bind
+        new.chains = self.chains
+        new.ct_mark = ct_mark
+        new.den = self.den
+        new.dnat_by = self.dnat_by
+        new.dport = self.dport
+        new.dst = self.dst
+        new.hook = hook
+        new.in_iface = in_iface
+        new.local_origin = self.local_origin
+        new.mark = mark
+        new.masq = masq
+        new.notrack = notrack
+        new.num = self.num
+        new.orig_dport = self.orig_dport
+        new.orig_dst = self.orig_dst
+        new.out_iface = out_iface
+        new.path = self.path
+        new.proto = self.proto
+        new.snat = snat
+        new.sport = self.sport
+        new.src = self.src
+        new.updates = self.updates
+        new.version = self.version
+        return new
+
     def assume(self, note: str) -> None:
         if note and note not in self.assumptions:
             self.assumptions = (*self.assumptions, note)
