@@ -1,7 +1,9 @@
 """The walk through one table's chains: rules compiled on first use, jumps, gotos and returns, verdict maps,
-numgen draws with their exact shares, NAT, marks and set updates — and the sharing of a load-balancing chain's
-walk between branches and traces its rules cannot tell apart (memo.py). walk.py's Tracer runs the hooks on top
-of this; nothing here knows about hooks or kube-proxy.
+numgen draws with their exact shares, NAT, marks and set updates — and the sharing of a chain's walk between
+branches and traces its rules cannot tell apart: small chains written alike (skeleton.py: endpoint chains),
+load-balancing chains written alike (splits.py: service and local chains, across Services), any other chain
+with a draw entered often (memo.py). walk.py's Tracer runs the hooks on top of this; nothing here knows about
+hooks or kube-proxy.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 from iptrace.dataplane import Decision
 from iptrace.errors import TraceError
-from iptrace.nftables import skeleton
+from iptrace.nftables import skeleton, splits
 from iptrace.nftables.evaluate import NA, Context, Unknown
 from iptrace.nftables.memo import MEMO_SIZE, Plan, make_plan, record, replay
 from iptrace.nftables.model import Chain, Numgen, Ruleset, Table
@@ -68,7 +70,7 @@ class TableCode:
 
 
 class ChainCode:
-    __slots__ = ("chain", "compiled", "key", "name", "refs", "shaped", "table")
+    __slots__ = ("chain", "compiled", "key", "name", "refs", "shaped", "split", "table")
 
     def __init__(self, table: TableCode, chain: Chain) -> None:
         self.table = table
@@ -78,6 +80,7 @@ class ChainCode:
         self.compiled: list[CompiledRule | None] = [None] * len(chain.rules)
         self.refs: list[RuleRef | None] | None = None  # rules met only through replays (skeleton.py)
         self.shaped: Any = False  # Skeletons.of(self), once asked
+        self.split: Any = False  # Splits.of(self), once asked
 
 
 class ChainWalker:
@@ -103,6 +106,7 @@ class ChainWalker:
             return closure_fields(code, params, me._compiled, me._targets)
 
         self._skeletons = Skeletons(fields)
+        self._splits = splits.Splits()
         self.plan_after = PLAN_AFTER
         self.codes_size = CODES_SIZE
 
@@ -199,8 +203,9 @@ class ChainWalker:
         return out
 
     def _enter(self, code: ChainCode, s: State, stack: tuple[tuple[str, str], ...]) -> list[tuple[State, Terminal]]:
-        """A chain entered by a jump, goto or verdict map; replayed from an earlier walk of its closure that the
-        rules cannot tell apart from this one (memo.py: a Service port's chains, met by every kind of client)."""
+        """A chain entered by a jump, goto or verdict map (or directly, by trace_chain); replayed from an earlier
+        walk of its closure — or of the closure of a chain written alike — that the rules cannot tell apart from
+        this one (skeleton.py, splits.py, memo.py: a Service port's chains, met by every kind of client)."""
         if not self.share:
             return self._run_chain(code, s, stack)
         shaped = code.shaped
@@ -208,6 +213,11 @@ class ChainWalker:
             shaped = code.shaped = self._skeletons.of(code)
         if shaped is not None:
             return self._enter_skeleton(code, s, stack, *shaped)
+        split = code.split
+        if split is False:
+            split = code.split = self._splits.of(code, self)
+        if split is not None:
+            return self._enter_split(code, s, stack, split)
         plan = self._chain_plans.get(code.key, False)
         if plan is False:
             # A plan costs a few walks (compiling and reading the whole closure): worth it for a chain entered
@@ -261,6 +271,29 @@ class ChainWalker:
         if found is None:
             return self._run_chain(code, s, stack)
         return skeleton.replay(found, s, code, dnats, self._ref)
+
+    def _enter_split(self, code: ChainCode, s: State, stack: tuple[tuple[str, str], ...], member: splits.Member
+                     ) -> list[tuple[State, Terminal]]:
+        """A load-balancing chain replayed from the walk of a chain written alike (splits.py)."""
+        shape = member.shape
+        if not (shape.nested.isdisjoint(stack) and member.keys.isdisjoint(stack)):
+            return self._run_chain(code, s, stack)  # (a jump loop through the caller: the walk says so)
+        key = shape.key(s, member.addrs)
+        codes = (code, *member.targets)
+        found = shape.memo.get(key, False)
+        if found is False:
+            start = s.copy()
+            start.path = start.chains = None
+            start.assumptions = ()
+            start.num = start.den = 1
+            before = (start.accept, start.dnat_by, start.dst, start.dport)
+            found = splits.record(self._run_chain(code, start, stack), before, member, codes)
+            if len(shape.memo) >= splits.MEMO_SIZE:
+                shape.memo.clear()
+            shape.memo[key] = found
+        if found is None:
+            return self._run_chain(code, s, stack)
+        return splits.replay(found, s, member, codes, self._ref)
 
     def _ref(self, code: ChainCode, i: int) -> CompiledRule | RuleRef:
         """Rule `i` of `code` as a path entry holds it: compiled when it was, else a RuleRef (same Decision)."""

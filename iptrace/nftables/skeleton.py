@@ -37,9 +37,10 @@ from iptrace.nftables.state import Segment, State, cons_list
 
 MAX_RULES = 8  # chains with more rules are not worth a skeleton (kube-proxy's endpoint chains have 2 or 3)
 MEMO_SIZE = 4096
-# Fields a replay sets from the recording (so they are part of the key: the walk may have left them as found).
-_RESTORED = ("mark", "ct_mark", "notrack", "snat", "masq", "in_iface", "out_iface", "hook", "version", "proto")
-_NOT_RAW = frozenset({"dnat_by", "updates"})
+# Fields a replay sets from the recording (so they are part of the key: the walk may have left them as found;
+# splits.py keys alike).
+RESTORED = ("mark", "ct_mark", "notrack", "snat", "masq", "in_iface", "out_iface", "hook", "version", "proto")
+NOT_RAW = frozenset({"dnat_by", "updates"})
 
 
 class RuleRef:
@@ -180,7 +181,7 @@ class Skeletons:
         if found is None:
             return None
         fields, nested = found
-        return Skeleton(nested, tuple(sorted((fields | set(_RESTORED)) - _NOT_RAW)))
+        return Skeleton(nested, tuple(sorted((fields | set(RESTORED)) - NOT_RAW)))
 
 
 # -- a chain's skeleton read from its rules' shapes (loader.py) without building their items ---------------

@@ -106,6 +106,39 @@ class State:
         new.version = self.version
         return new
 
+    def branch(self, mark: int, ct_mark: int, notrack: bool, snat: bool, masq: bool, hook: str,
+               in_iface: str | None, out_iface: str | None) -> State:
+        """`copy()` with the fields a replayed walk restores set to the recorded ones (splits.py: each branch of a
+        load-balancing chain's replay, made in one go)."""
+        new = State.__new__(State)
+        new.accept = self.accept
+        new.assumptions = self.assumptions
+        new.bind = self.bind
+        new.chains = self.chains
+        new.ct_mark = ct_mark
+        new.den = self.den
+        new.dnat_by = self.dnat_by
+        new.dport = self.dport
+        new.dst = self.dst
+        new.hook = hook
+        new.in_iface = in_iface
+        new.local_origin = self.local_origin
+        new.mark = mark
+        new.masq = masq
+        new.notrack = notrack
+        new.num = self.num
+        new.orig_dport = self.orig_dport
+        new.orig_dst = self.orig_dst
+        new.out_iface = out_iface
+        new.path = self.path
+        new.proto = self.proto
+        new.snat = snat
+        new.sport = self.sport
+        new.src = self.src
+        new.updates = self.updates
+        new.version = self.version
+        return new
+
     def assume(self, note: str) -> None:
         if note and note not in self.assumptions:
             self.assumptions = (*self.assumptions, note)
@@ -126,13 +159,31 @@ class Segment(list):  # type: ignore[type-arg]
     __slots__ = ()
 
 
+class Bound(tuple):  # type: ignore[type-arg]
+    """Several entries of a cons list held by one cell, oldest first, those of a walk's own chains told by their
+    position among the codes (a walk replayed on another chain of its shape, splits.py): `(entries, codes, ref)`
+    with (position, rule index, map, element) path entries made with `ref` (the walker's (chain, index) → rule),
+    or, when `ref` is None, chain keys. Unfolded when the list is read: most replayed branches' paths never are.
+    (A tuple: made without calling an __init__, once per replayed branch.)"""
+
+    __slots__ = ()
+
+    def unfold(self) -> list[Any]:
+        entries, codes, ref = self
+        if ref is None:
+            return [codes[k].key if type(k) is int else k for k in entries]
+        return [e if type(e[0]) is not int else (codes[e[0]], ref(codes[e[0]], e[1]), e[2], e[3]) for e in entries]
+
+
 def cons_list(cell: Any) -> list[Any]:
-    """A cons list (newest first) as a list, oldest first; Segment cells unfolded."""
+    """A cons list (newest first) as a list, oldest first; Segment and Bound cells unfolded."""
     out: list[Any] = []
     while cell is not None:
         head = cell[0]
         if type(head) is Segment:
             out.extend(reversed(head))
+        elif type(head) is Bound:
+            out.extend(reversed(head.unfold()))
         else:
             out.append(head)
         cell = cell[1]

@@ -59,6 +59,7 @@ class Tracer(ChainWalker):
         self.node_ips = tuple(node_ips)
         self.pod_cidrs = tuple(pod_cidrs)
         self._plans: dict[tuple[Any, ...], Plan | None] = {}
+        self._answers: dict[Any, Any] = {}  # the plans' answers by value (memo.py), shared by plans asking alike
         self._stages: dict[tuple[int, str], tuple[Stage, ...]] = {}
         self._policies: dict[tuple[str, str, str], Decision] = {}
         self._probabilities: dict[tuple[int, int], tuple[Fraction, float]] = {}
@@ -100,7 +101,8 @@ class Tracer(ChainWalker):
     def trace_chain(self, chain: str, packet: Packet) -> Trace:
         """`packet` entering `chain` of kube-proxy's table of its family directly (any table of the family that
         has the chain when there is no kube-proxy table): the endpoint shares of a load-balancing chain, by the
-        same walk. The walk stops where the chain does: masquerading (postrouting) is not reached."""
+        same walk (entered as a jump enters it: shared alike). The walk stops where the chain does: masquerading
+        (postrouting) is not reached."""
         s = self._start(packet, packet.in_interface)
         code = self._find_chain(chain, s.version)
         if code is None:
@@ -109,7 +111,7 @@ class Tracer(ChainWalker):
         enabled = gc.isenabled()
         gc.disable()
         try:
-            finals = self._run_chain(code, s, ())
+            finals = self._enter(code, s, ())
             original = join_host_port(packet.dst, packet.dport)
             outcomes = tuple([self._outcome(st, term, original) for st, term in finals])
         finally:
@@ -180,24 +182,18 @@ class Tracer(ChainWalker):
             plan = self._plans[key] = self._plan(key)
         if plan is None:
             return walk(s, arg)
-        raw = plan.raw(s)
-        found = plan.by_value.get(raw)
+        k = plan.key(s)
+        found = plan.memo.get(k)
         if found is None:
-            k = plan.key(s)
-            found = plan.memo.get(k)
-            if found is None:
-                start = s.copy()
-                start.path = start.chains = None
-                start.assumptions = ()
-                start.num = start.den = 1
-                before = (start.accept, start.dnat_by)
-                found = record(walk(start, arg), before)
-                if len(plan.memo) >= MEMO_SIZE:
-                    plan.memo.clear()
-                plan.memo[k] = found
-            if len(plan.by_value) >= MEMO_SIZE:
-                plan.by_value.clear()
-            plan.by_value[raw] = found
+            start = s.copy()
+            start.path = start.chains = None
+            start.assumptions = ()
+            start.num = start.den = 1
+            before = (start.accept, start.dnat_by)
+            found = record(walk(start, arg), before)
+            if len(plan.memo) >= MEMO_SIZE:
+                plan.memo.clear()
+            plan.memo[k] = found
         return replay(found, s)
 
     def _plan(self, key: tuple[Any, ...]) -> Plan | None:
@@ -214,7 +210,7 @@ class Tracer(ChainWalker):
                 code = self._chain(self._tables[(table.family, table.name)], chain.name)
                 if code is not None:
                     codes.append(code)
-        return make_plan(codes, self._compiled, self._targets)
+        return make_plan(codes, self._compiled, self._targets, caches=self._answers)
 
     def _walk_seq(self, s: State, seq: tuple[tuple[str, bool, bool], ...]) -> list[tuple[State, Terminal]]:
         states: list[tuple[State, Terminal]] = [(s, None)]
@@ -286,10 +282,13 @@ class Tracer(ChainWalker):
         """The NAT chains of one hook in their order, until one set up the mapping (nf_nat_inet_fn)."""
         if k == len(chains):
             return [(s, None)]
-        before = (s.dnat_by, s.snat)
+        dnat_by, snat = s.dnat_by, s.snat
         out: list[tuple[State, Terminal]] = []
         for s2, term in self._base(*chains[k], s):
-            if term is not None or (s2.dnat_by, s2.snat) != before:
+            # (a mapping set up: its Decision compared by value only when both are Decisions)
+            d = s2.dnat_by
+            if term is not None or s2.snat != snat or (d is not dnat_by and (
+                    d is None or dnat_by is None or d != dnat_by)):
                 out.append((s2, term))
             else:
                 out.extend(self._nat_stage(chains, k + 1, s2))

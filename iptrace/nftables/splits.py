@@ -1,0 +1,286 @@
+"""Sharing the walk of load-balancing chains written alike: kube-proxy's ~5,000 `service-…` (and `local-…`) chains
+are each an address test or two and one `numgen random mod N vmap { 0 : goto endpoint-A, 1 : goto endpoint-B, … }`,
+equal but for the Service's address and the endpoint chains they go to — and those are members of one skeleton
+(skeleton.py). Every way in and kind of client of every Service enters its chain: the walk forks into N branches,
+each entering its endpoint chain, N times the per-endpoint work of every trace.
+
+A *split shape* is such a chain's rules with its parameters taken out: the address of each `ip saddr ADDR` /
+`ip daddr ADDR` equality test (evaluate.address_equals), and the targets of its draw's anonymous verdict map,
+by position — each target's skeleton (the same Skeleton object) stays in the shape. Chains of one shape share
+their recorded walks. The key of a branch is every field the closure reads besides those tests (the chain's
+other items, the chains they jump to, the endpoint chains' closures besides their own parameter tests), the
+fields a replay sets, whether the branch is DNATed, and what each parameter test answers with the member's own
+addresses (the chain's, then each endpoint chain's in draw order): two branches with equal keys take the same
+path through the two closures, rule by rule and branch by branch, so a walk recorded on one member replays on
+every other with its own rules, chains, Decisions and DNAT addresses and ports. Only closures whose walk is a
+function of that key are shared: the one draw is `numgen random` over goto/jump verdicts to distinct chains
+that each have a skeleton; no other draw, no set update, no dynamic set, no NAT but the endpoint chains' own
+(skeleton.py's rules); a walk that made an assumption is not recorded. tests/test_nft_splits.py compares shared
+and unshared walks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from iptrace.nftables.evaluate import address_equals, forks, reads
+from iptrace.nftables.model import AnonSet, Match, Nat, Numgen, SetUpdate, Verdict, VerdictMap
+from iptrace.nftables.rules import FORK, NAT, UPDATE, VMAP
+from iptrace.nftables.skeleton import NOT_RAW, RESTORED, closure_fields
+from iptrace.nftables.state import Bound, State, cons_list
+
+MAX_RULES = 8  # (kube-proxy's service chains have 2 rules, its local chains 1)
+MEMO_SIZE = 4096
+_WORDS = ("numgen",)
+
+
+class SplitShape:
+    """One split shape's key function and recorded walks (keyed by the fields and parameter answers)."""
+
+    __slots__ = ("key", "memo", "nested")
+
+    def __init__(self, fields: tuple[str, ...], tests: tuple[str, ...], nested: frozenset[Any]) -> None:
+        self.nested = nested  # the closures' chains other than a member's own: one on the caller's stack loops
+        # key(s, addrs): the fields, whether the branch is DNATed, then what each parameter test answers with the
+        # member's addresses. Generated code, one flat tuple: it runs for every way in of every Service port.
+        parts = [f"s.{f}" for f in fields] + ["s.dnat_by is None"]
+        parts += [f"s.{field} == a[{i}]" for i, field in enumerate(tests)]
+        namespace: dict[str, Any] = {}
+        exec(f"def key(s, a):\n    return ({', '.join(parts)},)\n", namespace)
+        self.key: Callable[[State, tuple[str, ...]], Any] = namespace["key"]
+        self.memo: dict[Any, Any] = {}
+
+
+class Member:
+    """What a chain of a split shape has of its own: its parameter addresses (in the key's order), its endpoint
+    chains' codes (`targets`: the j-th is the target of the j-th draw element as listed, position j + 1; position
+    0 is the chain itself, whose code holds this Member: not held here, or the two would make a reference cycle),
+    their DNAT parameters by position and rule index, and the keys of them all."""
+
+    __slots__ = ("addrs", "dnats", "keys", "shape", "targets")
+
+    def __init__(self, shape: SplitShape, addrs: tuple[str, ...], code: Any, targets: tuple[Any, ...],
+                 dnats: tuple[Any, ...]) -> None:
+        self.shape = shape
+        self.addrs = addrs
+        self.targets = targets
+        self.dnats = dnats
+        self.keys = frozenset([code.key, *(c.key for c in targets)])
+
+
+def _signature(rules: tuple[Any, ...]) -> tuple[Any, tuple[str, ...], tuple[tuple[str, str], ...]] | None:
+    """(shape of a chain's rules, its draw's targets as listed, its own address tests (field, address)), or None
+    when the chain is not a split: no single `numgen random` verdict map over distinct goto/jump targets, or
+    something a replay could not restore."""
+    out: list[Any] = []
+    targets: list[str] = []
+    tests: list[tuple[str, str]] = []
+    draws = 0
+    for rule in rules:
+        items: list[Any] = []
+        for item in rule.items:
+            t = type(item)
+            if t is Match and address_equals(item) is not None:
+                items.append(("addr", item.left))
+                tests.append(("src" if item.left.field == "saddr" else "dst", item.right))
+            elif t is VerdictMap and type(item.key) is Numgen and item.key.mode == "random" and \
+                    type(item.map) is AnonSet:
+                draws += 1
+                elements = []
+                for e in item.map.elements:
+                    d = e.data
+                    if type(d) is not Verdict or d.kind not in ("goto", "jump") or not d.target or \
+                            d.target in targets:
+                        return None
+                    elements.append((e.key, e.timeout_ms, e.comment, d.kind, len(targets)))
+                    targets.append(d.target)
+                items.append(("draw", item.key, tuple(elements)))
+            elif t is SetUpdate or t is Nat or forks(item):
+                return None
+            else:
+                items.append(item)
+        out.append((tuple(items), rule.comment))
+    if draws != 1:
+        return None
+    return tuple(out), tuple(targets), tuple(tests)
+
+
+class Splits:
+    """The split shapes of one walker's chains. `of(code, walker)` is asked once per chain (ChainCode.split)."""
+
+    def __init__(self) -> None:
+        self._shapes: dict[Any, SplitShape | None] = {}
+
+    def of(self, code: Any, walker: Any) -> Member | None:
+        rules = code.chain.rules
+        if code.chain.base is not None or not 0 < len(rules) <= MAX_RULES or \
+                not any("numgen" in rule.text for rule in rules):
+            return None
+        found = _signature(rules)
+        if found is None:
+            return None
+        signature, targets, tests = found
+        table = code.table
+        codes = [code]
+        dnats: list[Any] = [()]
+        skeletons = []
+        addrs = [a for _, a in tests]
+        fields = [f for f, _ in tests]
+        for name in targets:
+            target = walker._chain(table, name)
+            if target is None or target.key == code.key:
+                return None
+            shaped = target.shaped
+            if shaped is False:
+                shaped = target.shaped = walker._skeletons.of(target)
+            if shaped is None:
+                return None
+            sk, its_tests, its_dnats = shaped
+            skeletons.append(sk)
+            codes.append(target)
+            dnats.append(its_dnats)
+            addrs.extend(a for _, a in its_tests)
+            fields.extend(f for f, _ in its_tests)
+        key = (table.label, signature, tuple(skeletons), tuple(fields))
+        try:
+            shape = self._shapes.get(key, False)
+        except TypeError:  # (an item that cannot be hashed)
+            return None
+        if shape is False:
+            shape = self._shapes[key] = _make(code, codes, tuple(fields), walker)
+        if shape is None:
+            return None
+        member = Member(shape, tuple(addrs), code, tuple(codes[1:]), tuple(dnats))
+        if not shape.nested.isdisjoint(member.keys):
+            return None  # (a chain of its own is another member's fixed chain: the positions would not tell)
+        return member
+
+
+def _make(code: Any, codes: list[Any], tests: tuple[str, ...], walker: Any) -> SplitShape | None:
+    """The shape of the split `code` (its endpoint chains `codes[1:]`), or None when its walk is not a function
+    of the key."""
+    own = {c.key for c in codes}
+    fields: set[str] = set()
+    nested: set[Any] = set()
+    for i in range(len(code.compiled)):
+        c = code.compiled[i] or walker._compiled(code, i)
+        for item in c.rule.items:
+            t = type(item)
+            if (t is Match and address_equals(item) is not None) or (t is VerdictMap and type(item.key) is Numgen):
+                continue
+            found = reads(item)
+            if found is None:
+                return None
+            fields |= found
+        if any(getattr(t, "dynamic", False) for t in c.assumed):
+            return None
+        for op in c.ops:
+            if op[0] == FORK:
+                if not op[3] or op[2][0] != VMAP or op[2][3] is not None:
+                    return None
+            elif op[0] in (UPDATE, NAT):
+                return None
+        draw = any(op[0] == FORK for op in c.ops)
+        for target in walker._targets(code, c):
+            if target.key in own:
+                if draw:
+                    continue  # (the draw's own targets: the endpoint chains)
+                return None  # (an endpoint chain also reached otherwise, or the chain itself)
+            closure = closure_fields(target, set(), walker._compiled, walker._targets)
+            if closure is None:
+                return None
+            fields |= closure[0]
+            nested |= {target.key, *closure[1]}
+    for target in codes[1:]:
+        params = {id(item) for rule in target.chain.rules for item in rule.items
+                  if type(item) is Match and address_equals(item) is not None}
+        closure = closure_fields(target, params, walker._compiled, walker._targets)
+        if closure is None:
+            return None
+        fields |= closure[0]
+        nested |= closure[1]
+    if not nested.isdisjoint(own):
+        return None
+    return SplitShape(tuple(sorted((fields | set(RESTORED)) - NOT_RAW)), tests, frozenset(nested))
+
+
+def record(results: list[tuple[State, Any]], before: tuple[Any, Any, str, int], member: Member,
+           codes: tuple[Any, ...]) -> list[tuple[Any, ...]] | None:
+    """A walk of `member` (`codes`: its chain's code and its targets') from a branch with path, chains and
+    assumptions emptied and share 1 whose (accept, dnat_by, dst, dport) were `before`, with the member's own
+    rules and chains told by position; None when it cannot be replayed on another member (an assumption made, a
+    Decision of a chain of its own that is no rule's, a rewrite other than an endpoint chain's DNAT)."""
+    accept, dnat_by, dst, dport = before
+    position = {c.key: p for p, c in enumerate(codes)}
+    out = []
+    for s, term in results:
+        if s.assumptions or s.accept is not accept:
+            return None
+        path = []
+        decisions: dict[int, tuple[int, int]] = {}
+        for e in cons_list(s.path):
+            p = position.get(e[0].key)
+            if p is None:
+                path.append(e)
+            else:
+                path.append((p, e[1].index, e[2], e[3]))
+                decisions[id(e[1].decision)] = (p, e[1].index)
+        chains = tuple([position.get(k, k) for k in cons_list(s.chains)])
+        nat = None
+        if s.dnat_by is not dnat_by:
+            nat = decisions.get(id(s.dnat_by))
+            if nat is None or member.dnats[nat[0]][nat[1]] is None:
+                return None
+        elif (s.dst, s.dport) != (dst, dport):
+            return None
+        at = None
+        if term is not None and term[1] is not None:
+            at = decisions.get(id(term[1]))
+            if at is None and (term[1].table, term[1].chain) in position:
+                return None
+        restored = (s.mark, s.ct_mark, s.notrack, s.snat, s.masq, s.hook, s.in_iface, s.out_iface)
+        out.append((term, at, tuple(path), chains, restored, s.num, s.den, nat))
+    return out
+
+
+def replay(recorded: list[tuple[Any, ...]], s: State, member: Member, codes: tuple[Any, ...],
+           ref: Callable[[Any, int], Any]) -> list[tuple[State, Any]]:
+    """The recorded walk on branch `s` entering `member` (`codes`: its chain's code and its targets'; `ref`: the
+    walker's (chain, index) → the rule as path entries hold it). Each branch but the last is a new State made
+    with the recorded fields; the last is `s` itself."""
+    last = len(recorded) - 1
+    out = []
+    for i, walk in enumerate(recorded):
+        if i == last:
+            (s.mark, s.ct_mark, s.notrack, s.snat, s.masq, s.hook, s.in_iface, s.out_iface) = walk[4]
+            out.append(_replay_one(walk, s, member, codes, ref))
+        else:
+            out.append(_replay_one(walk, s.branch(*walk[4]), member, codes, ref))
+    return out
+
+
+def _replay_one(recorded: tuple[Any, ...], s: State, member: Member, codes: tuple[Any, ...],
+                ref: Callable[[Any, int], Any]) -> tuple[State, Any]:
+    """One recorded branch on `s`, whose restored fields (mark … out_iface) are set already (spelled out: it
+    runs for every endpoint of every trace)."""
+    term, at, path, chains, _, num, den, nat = recorded
+    if path:
+        s.path = (Bound((path, codes, ref)), s.path)
+    if chains:
+        s.chains = (Bound((chains, codes, None)), s.chains)
+    if num != 1 or den != 1:
+        s.num *= num
+        s.den *= den
+    if nat is not None:
+        p, i = nat
+        addr, port = member.dnats[p][i]
+        s.dst = addr
+        if port is not None:
+            s.dport = port
+        decision = s.dnat_by = ref(codes[p], i).decision
+        if at == nat:
+            return s, (term[0], decision)
+    if at is not None:
+        term = (term[0], ref(codes[at[0]], at[1]).decision)
+    return s, term
