@@ -20,6 +20,17 @@ from bench.synth_nft import render_nft
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "kube-proxy-nft"
 FIXTURES = sorted(CORPUS.glob("*.json")) if CORPUS.is_dir() else []
 FORMS = ("transaction", "listing", "json")
+# The bundled nftables-mode samples, and the node address the sharing tests trace them for.
+SAMPLES = sorted(p for p in Path(__file__).resolve().parents[1].joinpath("sample_dumps").glob("*nft*")
+                 if p.suffix in (".nft", ".json"))
+NODE_IP = "192.168.0.10"
+
+
+def client_sources(v6: bool, node: str) -> tuple[str, ...]:
+    """Clients the sharing tests trace from: a pod, an address elsewhere, outside, loopback and the node."""
+    if v6:
+        return ("fd00:10::2", "2001:db8:ff::9", "::1", node)
+    return ("10.244.3.3", "10.0.0.2", "203.0.113.9", "127.0.0.1", node)
 
 
 def read(path: Path) -> dict[str, Any]:

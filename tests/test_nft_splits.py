@@ -26,17 +26,8 @@ from iptrace.nftables.model import Ruleset
 from iptrace.nftables.state import State
 from iptrace.nftables.walk import Tracer
 from iptrace.render.services import services_to_json
-from tests.nft_corpus import FIXTURES, read, texts
-
-SAMPLES = sorted(p for p in Path(__file__).resolve().parents[1].joinpath("sample_dumps").glob("*nft*")
-                 if p.suffix in (".nft", ".json"))
-NODE_IP = "192.168.0.10"
-
-
-def _sources(v6: bool, node: str) -> tuple[str, ...]:
-    if v6:
-        return ("fd00:10::2", "2001:db8:ff::9", "::1", node)
-    return ("10.244.3.3", "10.0.0.2", "203.0.113.9", "127.0.0.1", node)
+from tests.nft_corpus import FIXTURES, NODE_IP, SAMPLES, read, texts
+from tests.nft_corpus import client_sources as _sources
 
 
 def _doc(trace: Trace) -> str:

@@ -237,10 +237,7 @@ class ChainWalker:
         k = plan.key(s)
         found = plan.memo.get(k)
         if found is None:
-            start = s.copy()
-            start.path = start.chains = None
-            start.assumptions = ()
-            start.num = start.den = 1
+            start = s.blank()
             before = (start.accept, start.dnat_by)
             found = record(self._run_chain(code, start, stack), before)
             if len(plan.memo) >= MEMO_SIZE:
@@ -259,10 +256,7 @@ class ChainWalker:
         key = sk.key(s, tests)
         found = sk.memo.get(key, False)
         if found is False:
-            start = s.copy()
-            start.path = start.chains = None
-            start.assumptions = ()
-            start.num = start.den = 1
+            start = s.blank()
             before = (start.accept, start.dnat_by, start.dst, start.dport)
             found = skeleton.record(self._run_chain(code, start, stack), before, code)
             if len(sk.memo) >= skeleton.MEMO_SIZE:
@@ -282,10 +276,7 @@ class ChainWalker:
         codes = (code, *member.targets)
         found = shape.memo.get(key, False)
         if found is False:
-            start = s.copy()
-            start.path = start.chains = None
-            start.assumptions = ()
-            start.num = start.den = 1
+            start = s.blank()
             before = (start.accept, start.dnat_by, start.dst, start.dport)
             found = splits.record(self._run_chain(code, start, stack), before, member, codes)
             if len(shape.memo) >= splits.MEMO_SIZE:

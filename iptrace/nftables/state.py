@@ -106,6 +106,15 @@ class State:
         new.version = self.version
         return new
 
+    def blank(self) -> State:
+        """A copy with path, chains and assumptions emptied and share 1: the start a walk shared between branches
+        is recorded from (memo.py, skeleton.py, splits.py), then replayed onto each."""
+        new = self.copy()
+        new.path = new.chains = None
+        new.assumptions = ()
+        new.num = new.den = 1
+        return new
+
     def branch(self, mark: int, ct_mark: int, notrack: bool, snat: bool, masq: bool, hook: str,
                in_iface: str | None, out_iface: str | None) -> State:
         """`copy()` with the fields a replayed walk restores set to the recorded ones (splits.py: each branch of a

@@ -185,10 +185,7 @@ class Tracer(ChainWalker):
         k = plan.key(s)
         found = plan.memo.get(k)
         if found is None:
-            start = s.copy()
-            start.path = start.chains = None
-            start.assumptions = ()
-            start.num = start.den = 1
+            start = s.blank()
             before = (start.accept, start.dnat_by)
             found = record(walk(start, arg), before)
             if len(plan.memo) >= MEMO_SIZE:
