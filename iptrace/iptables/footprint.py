@@ -50,7 +50,7 @@ from iptrace.iptables.model import BUILTIN_CHAINS, TABLES
 from iptrace.iptables.options import BUILTIN_TARGETS
 from iptrace.iptables.state import ip_int
 
-# (process-wide, like the facts: a rule's target by its text; short chains by their texts, see _read_chain)
+# (process-wide, like the facts: a rule's target by its text; short chains by their texts, see read_chain)
 _TARGETS: dict[str, str] = {}
 # (a short chain's content → its rules read (ChainRules), with the chains they jump to and the other targets that are
 # not built in: a node where one of those is a chain, or one of the former is not, reads again)
@@ -84,7 +84,7 @@ class _Node:
         self._items: dict[tuple[str, str], list[tuple[Facts, bool, str, int]]] = {}
         self._chains_read: dict[tuple[str, str], tuple[str, Any, Any]] = {}
         self._tables: dict[str, dict[str, Any]] = {}  # a table's chains by name (the ruleset's own index)
-        # (read straight, not through the proxy: _read_chain runs for every chain a node's questions meet)
+        # (read straight, not through the proxy: read_chain runs for every chain a node's questions meet)
         self.version: int = tracer.version
         self.dash_policy: set[tuple[str, str]] = tracer._dash_policy
         self._kinds: dict[int, str] = {}
@@ -118,17 +118,12 @@ class _Node:
         f, is_chain, target, line = self.rule(code, i)
         return f, (code.table, target) if is_chain else None, line
 
-    def chain(self, key: tuple[str, str]) -> tuple[str, ChainRules | None, Any]:
+    def read_chain(self, key: tuple[str, str]) -> tuple[str, Any, Any]:
         """(the chain's line in the key, its rules — None for an indexed chain, which a question reads through
-        its index —, and what gives their lines: the chain's rules, or the indexed chain's code)."""
-        found = self._chains_read.get(key)
-        if found is None:
-            found = self._chains_read[key] = self._read_chain(key)
-        return found
-
-    def _read_chain(self, key: tuple[str, str]) -> tuple[str, Any, Any]:
+        its index —, and what gives their lines: the chain's rules, or the indexed chain's code); read once a
+        node (`_chains_read`, which _walk reads itself)."""
         table, name = key
-        chains = self._table(table)
+        chains = self._tables.get(table) or self._table(table)
         chain = chains.get(name)
         if chain is None:
             return f"chain {table} {name} absent", ChainRules([]), ()
@@ -377,19 +372,19 @@ class _Question:
         order)."""
         # (each address's role in the key, None when written out: a node address's, or a source's not a destination)
         dsts = self.dsts
-        roles: dict[int, str | None] = dict.fromkeys(self.sources)
-        roles.update(dict.fromkeys(dsts))
+        roles: dict[int, str | None] = dict.fromkeys(dsts)
         for i, a in enumerate(self.sources):
             if a not in dsts:
                 roles[a] = f"s{i}"
         node_roles = self.node.node_roles
-        for a in node_roles.keys() & roles.keys():
+        common = node_roles.keys() & roles.keys()
+        for a in common:
             roles[a] = node_roles[a]
         self.roles = roles
-        self.abstracts = any(r is not None for r in roles.values())
-        plain = sorted(a for a in self.dsts if roles[a] is None)
-        self.dst_list = tuple(plain + sorted((a for a in self.dsts if roles[a] is not None),
-                                             key=lambda a: roles[a] or ""))
+        self.abstracts = bool(common) or len(roles) > len(dsts)
+        named = common & dsts
+        self.dst_list = tuple(sorted(dsts - named) + sorted(named, key=node_roles.__getitem__) if named
+                              else sorted(dsts))
         self.dst_bits = {}
 
     def bits(self, spec: Spec) -> str:
@@ -492,7 +487,10 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
         if key in seen:
             continue
         seen.add(key)
-        head, rules, source = chains_read.get(key) or node.chain(key)
+        read = chains_read.get(key)
+        if read is None:
+            read = chains_read[key] = node.read_chain(key)
+        head, rules, source = read
         items.append(head)
         jumps: list[tuple[str, str]] = []
         if rules is None:  # (an indexed chain: the rules its index files under the question's keys)
@@ -515,7 +513,7 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
         else:
             # (a short chain: kept rules go straight into the key, in chain order; this loop runs for most
             # rules of every walk)
-            for f, jump, i, ask in rules.plan():
+            for f, jump, i, ask in rules.plan:
                 if ask and not can_match(f):
                     continue
                 if f.nat_to is not None and f.kind == KIND_DNAT and add_target(f.nat_to):

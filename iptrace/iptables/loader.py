@@ -287,13 +287,19 @@ class _Loader:
                 sp = line.find(" ", 3)
                 chain = names.get(line[3:sp]) if sp > 3 else None  # (the declared name object: see names)
                 rules = fast_rules.get(chain) if chain is not None else None
-                if rules is None or "  " in line or "\t" in line:
+                if rules is None:
                     self.add_rule(current, line, line_no, line[3:], None)
                     continue
                 args = line[sp + 1:]
                 known = specs.get(args) if specs is not None else None
                 if known is not None:
-                    args, shape = known  # (the string kept: this node's rules share it with the last node's)
+                    # (the string kept: this node's rules share it with the last node's. A spec is kept only from
+                    # a line without a double space or a tab, and the chain name holds no blank, so neither
+                    # is in this line.)
+                    args, shape = known
+                elif "  " in line or "\t" in line:
+                    self.add_rule(current, line, line_no, line[3:], None)
+                    continue
                 else:
                     key = shape_key(" _", args)
                     shape = shapes.get(key)
