@@ -43,6 +43,7 @@ from iptrace.iptables.footprint_facts import (
     Spec,
     rule_facts,
 )
+from iptrace.iptables.footprint_order import by_destination
 from iptrace.iptables.index import MIN_RULES, KeyPlan
 from iptrace.iptables.match_modules import _address_types
 from iptrace.iptables.matchers import Structure, fast_tokens
@@ -103,8 +104,26 @@ class _Node:
 
     def context(self) -> _Context:
         if self._context is None:
+            for table in TABLES:
+                self._prefill(table)
             self._context = _Context(self)
         return self._context
+
+    def _prefill(self, table: str) -> None:
+        """read_chain's answer for every short user chain of `table` an earlier node read alike (`_CHAINS`), in
+        one loop: a node's questions meet nearly all of its chains (one call a chain cost more than its read)."""
+        chains = self._table(table)
+        names, version, dash, out = chains.keys(), self.version, self.dash_policy, self._chains_read
+        for name, chain in chains.items():
+            rules = chain.rules
+            if chain.policy is not None or not rules or len(rules) >= MIN_RULES:
+                continue
+            found = _CHAINS.get((version, table, tuple(map(_TEXT, rules))))
+            if found is None or not names >= found[1] or (found[2] and not names.isdisjoint(found[2])):
+                continue
+            key = (table, name)
+            if key not in dash:
+                out[key] = ("chain " + table + " " + name + " None False False", found[0], rules)
 
     def items(self, code: ChainCode) -> list[tuple[Facts, bool, str, int]]:
         """Every rule of a (short, unindexed) chain as `rule` gives it."""
@@ -504,7 +523,7 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
                     again = True
                 kept.append((f, line, jump))
             if len(kept) > 1:
-                kept = _by_destination(kept)
+                kept = by_destination(kept)
             for f, line, jump in kept:
                 items.append(f)
                 lines.append(line)
@@ -524,31 +543,6 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
                     jumps.append(jump)
         todo.extend(reversed(jumps))
     return None if again else (items, lines)
-
-
-def _by_destination(kept: list[tuple[Facts, int, tuple[str, str] | None]],
-                    ) -> list[tuple[Facts, int, tuple[str, str] | None]]:
-    """An indexed chain's kept rules in an order every node shares (kube-proxy writes KUBE-SERVICES in Go map
-    order). A rule filed under a host (a definite `-d ADDR/32`) meets only packets to it, and a destination
-    stays put along a chain (DNAT ends a nat chain's walk; REDIRECT, NETMAP give no footprint): two such rules
-    for different hosts are never both met, so each run of them between other rules is sorted by host (stable:
-    one host's rules keep their order). Lines go with their rules."""
-    out: list[tuple[Facts, int, tuple[str, str] | None]] = []
-    run: list[tuple[Facts, int, tuple[str, str] | None]] = []  # (rules filed under a host)
-
-    def by_host(item: tuple[Facts, int, Any]) -> int:
-        return item[0].host or 0
-
-    for item in kept:
-        if item[0].host is None:
-            run.sort(key=by_host)
-            out += run
-            out.append(item)
-            run = []
-        else:
-            run.append(item)
-    run.sort(key=by_host)
-    return out + run
 
 
 def footprint(tracer: Any, calls: Sequence[tuple[str | None, Packet]]) -> Footprint | None:
