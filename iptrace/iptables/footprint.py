@@ -112,6 +112,8 @@ class _Node:
     def _prefill(self, table: str) -> None:
         """read_chain's answer for every short user chain of `table` an earlier node read alike (`_CHAINS`), in
         one loop: a node's questions meet nearly all of its chains (one call a chain cost more than its read)."""
+        if not _CHAINS:
+            return  # (the first node)
         chains = self._table(table)
         names, version, dash, out = chains.keys(), self.version, self.dash_policy, self._chains_read
         for name, chain in chains.items():
