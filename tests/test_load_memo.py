@@ -92,3 +92,26 @@ def test_dataplanes_keep_the_memo_per_dataplane() -> None:
     _dp, second = dataplanes.load(_node(1), memo=memo)
     _same(second, load(_node(1)))
     _same(first, load(_node(0)))
+
+
+def test_lines_with_double_blanks_or_tabs_load_alike_when_the_memo_knows_their_spec() -> None:
+    # The loader takes a remembered spec without looking for a double space or a tab in its line (a spec is kept
+    # only from a clean line): the same rules written with extra blanks must still load as without a memo.
+    memo = LoadMemo()
+    text = _node(0)
+    load(text, memo=memo)
+    rules = [line for line in text.splitlines() if line.startswith("-A KUBE-SEP-")][:6]
+    assert rules
+    messy = text
+    for k, line in enumerate(rules):
+        chain, spec = line[3:].split(" ", 1)
+        if k % 3 == 0:
+            new = f"-A {chain}  {spec}"  # (the spec after a double space)
+        elif k % 3 == 1:
+            new = f"-A {chain} {spec.replace(' ', chr(9), 1)}"
+        else:
+            new = f"-A {chain} {spec.replace(' ', '  ', 1)}"
+        messy = messy.replace(line + "\n", new + "\n", 1)
+    assert messy != text
+    _same(load(messy, source="messy", memo=memo), load(messy, source="messy"))
+    _same(load(text, source="clean", memo=memo), load(text, source="clean"))

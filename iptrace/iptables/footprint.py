@@ -43,6 +43,7 @@ from iptrace.iptables.footprint_facts import (
     Spec,
     rule_facts,
 )
+from iptrace.iptables.footprint_order import by_destination
 from iptrace.iptables.index import MIN_RULES, KeyPlan
 from iptrace.iptables.match_modules import _address_types
 from iptrace.iptables.matchers import Structure, fast_tokens
@@ -50,7 +51,7 @@ from iptrace.iptables.model import BUILTIN_CHAINS, TABLES
 from iptrace.iptables.options import BUILTIN_TARGETS
 from iptrace.iptables.state import ip_int
 
-# (process-wide, like the facts: a rule's target by its text; short chains by their texts, see _read_chain)
+# (process-wide, like the facts: a rule's target by its text; short chains by their texts, see read_chain)
 _TARGETS: dict[str, str] = {}
 # (a short chain's content → its rules read (ChainRules), with the chains they jump to and the other targets that are
 # not built in: a node where one of those is a chain, or one of the former is not, reads again)
@@ -84,7 +85,7 @@ class _Node:
         self._items: dict[tuple[str, str], list[tuple[Facts, bool, str, int]]] = {}
         self._chains_read: dict[tuple[str, str], tuple[str, Any, Any]] = {}
         self._tables: dict[str, dict[str, Any]] = {}  # a table's chains by name (the ruleset's own index)
-        # (read straight, not through the proxy: _read_chain runs for every chain a node's questions meet)
+        # (read straight, not through the proxy: read_chain runs for every chain a node's questions meet)
         self.version: int = tracer.version
         self.dash_policy: set[tuple[str, str]] = tracer._dash_policy
         self._kinds: dict[int, str] = {}
@@ -103,8 +104,28 @@ class _Node:
 
     def context(self) -> _Context:
         if self._context is None:
+            for table in TABLES:
+                self._prefill(table)
             self._context = _Context(self)
         return self._context
+
+    def _prefill(self, table: str) -> None:
+        """read_chain's answer for every short user chain of `table` an earlier node read alike (`_CHAINS`), in
+        one loop: a node's questions meet nearly all of its chains (one call a chain cost more than its read)."""
+        if not _CHAINS:
+            return  # (the first node)
+        chains = self._table(table)
+        names, version, dash, out = chains.keys(), self.version, self.dash_policy, self._chains_read
+        for name, chain in chains.items():
+            rules = chain.rules
+            if chain.policy is not None or not rules or len(rules) >= MIN_RULES:
+                continue
+            found = _CHAINS.get((version, table, tuple(map(_TEXT, rules))))
+            if found is None or not names >= found[1] or (found[2] and not names.isdisjoint(found[2])):
+                continue
+            key = (table, name)
+            if key not in dash:
+                out[key] = ("chain " + table + " " + name + " None False False", found[0], rules)
 
     def items(self, code: ChainCode) -> list[tuple[Facts, bool, str, int]]:
         """Every rule of a (short, unindexed) chain as `rule` gives it."""
@@ -118,17 +139,12 @@ class _Node:
         f, is_chain, target, line = self.rule(code, i)
         return f, (code.table, target) if is_chain else None, line
 
-    def chain(self, key: tuple[str, str]) -> tuple[str, ChainRules | None, Any]:
+    def read_chain(self, key: tuple[str, str]) -> tuple[str, Any, Any]:
         """(the chain's line in the key, its rules — None for an indexed chain, which a question reads through
-        its index —, and what gives their lines: the chain's rules, or the indexed chain's code)."""
-        found = self._chains_read.get(key)
-        if found is None:
-            found = self._chains_read[key] = self._read_chain(key)
-        return found
-
-    def _read_chain(self, key: tuple[str, str]) -> tuple[str, Any, Any]:
+        its index —, and what gives their lines: the chain's rules, or the indexed chain's code); read once a
+        node (`_chains_read`, which _walk reads itself)."""
         table, name = key
-        chains = self._table(table)
+        chains = self._tables.get(table) or self._table(table)
         chain = chains.get(name)
         if chain is None:
             return f"chain {table} {name} absent", ChainRules([]), ()
@@ -377,19 +393,19 @@ class _Question:
         order)."""
         # (each address's role in the key, None when written out: a node address's, or a source's not a destination)
         dsts = self.dsts
-        roles: dict[int, str | None] = dict.fromkeys(self.sources)
-        roles.update(dict.fromkeys(dsts))
+        roles: dict[int, str | None] = dict.fromkeys(dsts)
         for i, a in enumerate(self.sources):
             if a not in dsts:
                 roles[a] = f"s{i}"
         node_roles = self.node.node_roles
-        for a in node_roles.keys() & roles.keys():
+        common = node_roles.keys() & roles.keys()
+        for a in common:
             roles[a] = node_roles[a]
         self.roles = roles
-        self.abstracts = any(r is not None for r in roles.values())
-        plain = sorted(a for a in self.dsts if roles[a] is None)
-        self.dst_list = tuple(plain + sorted((a for a in self.dsts if roles[a] is not None),
-                                             key=lambda a: roles[a] or ""))
+        self.abstracts = bool(common) or len(roles) > len(dsts)
+        named = common & dsts
+        self.dst_list = tuple(sorted(dsts - named) + sorted(named, key=node_roles.__getitem__) if named
+                              else sorted(dsts))
         self.dst_bits = {}
 
     def bits(self, spec: Spec) -> str:
@@ -492,7 +508,10 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
         if key in seen:
             continue
         seen.add(key)
-        head, rules, source = chains_read.get(key) or node.chain(key)
+        read = chains_read.get(key)
+        if read is None:
+            read = chains_read[key] = node.read_chain(key)
+        head, rules, source = read
         items.append(head)
         jumps: list[tuple[str, str]] = []
         if rules is None:  # (an indexed chain: the rules its index files under the question's keys)
@@ -506,7 +525,7 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
                     again = True
                 kept.append((f, line, jump))
             if len(kept) > 1:
-                kept = _by_destination(kept)
+                kept = by_destination(kept)
             for f, line, jump in kept:
                 items.append(f)
                 lines.append(line)
@@ -515,7 +534,7 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
         else:
             # (a short chain: kept rules go straight into the key, in chain order; this loop runs for most
             # rules of every walk)
-            for f, jump, i, ask in rules.plan():
+            for f, jump, i, ask in rules.plan:
                 if ask and not can_match(f):
                     continue
                 if f.nat_to is not None and f.kind == KIND_DNAT and add_target(f.nat_to):
@@ -526,31 +545,6 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
                     jumps.append(jump)
         todo.extend(reversed(jumps))
     return None if again else (items, lines)
-
-
-def _by_destination(kept: list[tuple[Facts, int, tuple[str, str] | None]],
-                    ) -> list[tuple[Facts, int, tuple[str, str] | None]]:
-    """An indexed chain's kept rules in an order every node shares (kube-proxy writes KUBE-SERVICES in Go map
-    order). A rule filed under a host (a definite `-d ADDR/32`) meets only packets to it, and a destination
-    stays put along a chain (DNAT ends a nat chain's walk; REDIRECT, NETMAP give no footprint): two such rules
-    for different hosts are never both met, so each run of them between other rules is sorted by host (stable:
-    one host's rules keep their order). Lines go with their rules."""
-    out: list[tuple[Facts, int, tuple[str, str] | None]] = []
-    run: list[tuple[Facts, int, tuple[str, str] | None]] = []  # (rules filed under a host)
-
-    def by_host(item: tuple[Facts, int, Any]) -> int:
-        return item[0].host or 0
-
-    for item in kept:
-        if item[0].host is None:
-            run.sort(key=by_host)
-            out += run
-            out.append(item)
-            run = []
-        else:
-            run.append(item)
-    run.sort(key=by_host)
-    return out + run
 
 
 def footprint(tracer: Any, calls: Sequence[tuple[str | None, Packet]]) -> Footprint | None:

@@ -122,19 +122,14 @@ def rule_facts(cache: Any, code: ChainCode, i: int, is_chain: bool, target: str,
 
 class ChainRules:
     """A chain's rules as a walk reads them: (facts, the chain each jumps to), and the plan a walk follows
-    (`plan`: the same on every node, made once)."""
+    (`plan`: the same on every node, made with the rules: a walk reads it for every chain it meets)."""
 
-    __slots__ = ("_plan", "rules")
+    __slots__ = ("plan", "rules")
 
     def __init__(self, rules: list[tuple[Facts, tuple[str, str] | None]]) -> None:
         self.rules = rules
-        self._plan: list[tuple[Facts, tuple[str, str] | None, int, bool]] | None = None
-
-    def plan(self) -> list[tuple[Facts, tuple[str, str] | None, int, bool]]:
-        """(facts, jump, position, whether `_Question.can_match` must decide) of every rule a question may keep,
-        in chain order: a rule that never matches is left out (can_match says no, and leaves `narrowed` as it
-        is), one that matches every question needs no asking."""
-        plan = self._plan
-        if plan is None:
-            plan = self._plan = [(f, jump, i, not f.plain) for i, (f, jump) in enumerate(self.rules) if not f.never]
-        return plan
+        # (facts, jump, position, whether `_Question.can_match` must decide) of every rule a question may keep,
+        # in chain order: a rule that never matches is left out (can_match says no, and leaves `narrowed` as it
+        # is), one that matches every question needs no asking.
+        self.plan: list[tuple[Facts, tuple[str, str] | None, int, bool]] = [
+            (f, jump, i, not f.plain) for i, (f, jump) in enumerate(rules) if not f.never]

@@ -287,13 +287,19 @@ class _Loader:
                 sp = line.find(" ", 3)
                 chain = names.get(line[3:sp]) if sp > 3 else None  # (the declared name object: see names)
                 rules = fast_rules.get(chain) if chain is not None else None
-                if rules is None or "  " in line or "\t" in line:
+                if rules is None:
                     self.add_rule(current, line, line_no, line[3:], None)
                     continue
                 args = line[sp + 1:]
                 known = specs.get(args) if specs is not None else None
                 if known is not None:
-                    args, shape = known  # (the string kept: this node's rules share it with the last node's)
+                    # (the string kept: this node's rules share it with the last node's. A spec is kept only from
+                    # a line without a double space or a tab, and the chain name holds no blank, so neither
+                    # is in this line.)
+                    args, shape = known
+                elif "  " in line or "\t" in line:
+                    self.add_rule(current, line, line_no, line[3:], None)
+                    continue
                 else:
                     key = shape_key(" _", args)
                     shape = shapes.get(key)
@@ -311,6 +317,15 @@ class _Loader:
                 self.command(current, line, line_no)
                 fast_rules = {}  # rules of this table may now be edited: later -A lines keep count of jumps
             elif c == ":":
+                name = line[1:-8]
+                if (line[-8:] == " - [0:0]" and current is not None and name.split() == [name]
+                        and name not in table_chains and name not in builtin_chains):
+                    # (the common line, ":NAME - [0:0]" with no blank in NAME, as _CHAIN_RE and the new user
+                    # chain's case below read it, without the regex: a dump declares ~10^4–10^5 chains)
+                    table_chains[name] = (None, (0, 0), line_no)
+                    table_rules[name] = []
+                    names[name] = name
+                    continue
                 m = _CHAIN_RE.fullmatch(line)
                 if m is None:
                     self.fail_line(line, line_no)

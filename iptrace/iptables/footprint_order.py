@@ -1,0 +1,32 @@
+"""The order a footprint (iptrace.iptables.footprint) lists an indexed chain's kept rules in: one every node shares."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from iptrace.iptables.footprint_facts import Facts
+
+
+def by_destination(kept: list[tuple[Facts, int, tuple[str, str] | None]],
+                   ) -> list[tuple[Facts, int, tuple[str, str] | None]]:
+    """An indexed chain's kept rules in an order every node shares (kube-proxy writes KUBE-SERVICES in Go map
+    order). A rule filed under a host (a definite `-d ADDR/32`) meets only packets to it, and a destination
+    stays put along a chain (DNAT ends a nat chain's walk; REDIRECT, NETMAP give no footprint): two such rules
+    for different hosts are never both met, so each run of them between other rules is sorted by host (stable:
+    one host's rules keep their order). Lines go with their rules."""
+    out: list[tuple[Facts, int, tuple[str, str] | None]] = []
+    run: list[tuple[Facts, int, tuple[str, str] | None]] = []  # (rules filed under a host)
+
+    def by_host(item: tuple[Facts, int, Any]) -> int:
+        return item[0].host or 0
+
+    for item in kept:
+        if item[0].host is None:
+            run.sort(key=by_host)
+            out += run
+            out.append(item)
+            run = []
+        else:
+            run.append(item)
+    run.sort(key=by_host)
+    return out + run
