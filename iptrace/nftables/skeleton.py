@@ -288,6 +288,22 @@ def _quick(rules: tuple[Any, ...]) -> tuple[Any, tuple[tuple[str, str], ...], Dn
     return tuple(keys), tuple(tests), tuple([dnats.get(i) for i in range(len(rules))])
 
 
+def rule_reads(c: CompiledRule, parameter: Callable[[Any], bool]) -> set[str] | None:
+    """The fields rule `c`'s items read, its `parameter` items left out; None when an item's reads are unknown or
+    the rule reads a dynamic set (its walk would not be a function of the fields)."""
+    fields: set[str] = set()
+    for item in c.rule.items:
+        if parameter(item):
+            continue
+        found = reads(item)
+        if found is None:
+            return None
+        fields |= found
+    if any(getattr(t, "dynamic", False) for t in c.assumed):
+        return None
+    return fields
+
+
 def closure_fields(code: Any, param_items: set[int], compiled: Callable[[Any, int], CompiledRule],
                    targets: Callable[[Any, CompiledRule], list[Any]]) -> tuple[set[str], frozenset[Any]] | None:
     """The fields the closure of `code` reads (items in `param_items` left out) and its other chains, or None
@@ -307,15 +323,10 @@ def closure_fields(code: Any, param_items: set[int], compiled: Callable[[Any, in
             return None
         for i in range(len(current.chain.rules)):
             c = current.compiled[i] or compiled(current, i)
-            for item in c.rule.items:
-                if id(item) in param_items:
-                    continue
-                found = reads(item)
-                if found is None:
-                    return None
-                fields |= found
-            if any(getattr(t, "dynamic", False) for t in c.assumed):
+            found = rule_reads(c, lambda item: id(item) in param_items)
+            if found is None:
                 return None
+            fields |= found
             for op in c.ops:
                 if op[0] in (FORK, UPDATE):
                     return None

@@ -24,10 +24,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from iptrace.nftables.evaluate import address_equals, forks, reads
+from iptrace.nftables.evaluate import address_equals, forks
 from iptrace.nftables.model import AnonSet, Match, Nat, Numgen, SetUpdate, Verdict, VerdictMap
 from iptrace.nftables.rules import FORK, NAT, UPDATE, VMAP
-from iptrace.nftables.skeleton import NOT_RAW, RESTORED, closure_fields
+from iptrace.nftables.skeleton import NOT_RAW, RESTORED, closure_fields, rule_reads
 from iptrace.nftables.state import Bound, State, cons_list
 
 MAX_RULES = 8  # (kube-proxy's service chains have 2 rules, its local chains 1)
@@ -157,6 +157,12 @@ class Splits:
         return member
 
 
+def _parameter(item: Any) -> bool:
+    """A split's own item: an address equality test, or its draw."""
+    t = type(item)
+    return (t is Match and address_equals(item) is not None) or (t is VerdictMap and type(item.key) is Numgen)
+
+
 def _make(code: Any, codes: list[Any], tests: tuple[str, ...], walker: Any) -> SplitShape | None:
     """The shape of the split `code` (its endpoint chains `codes[1:]`), or None when its walk is not a function
     of the key."""
@@ -165,16 +171,10 @@ def _make(code: Any, codes: list[Any], tests: tuple[str, ...], walker: Any) -> S
     nested: set[Any] = set()
     for i in range(len(code.compiled)):
         c = code.compiled[i] or walker._compiled(code, i)
-        for item in c.rule.items:
-            t = type(item)
-            if (t is Match and address_equals(item) is not None) or (t is VerdictMap and type(item.key) is Numgen):
-                continue
-            found = reads(item)
-            if found is None:
-                return None
-            fields |= found
-        if any(getattr(t, "dynamic", False) for t in c.assumed):
+        found = rule_reads(c, _parameter)
+        if found is None:
             return None
+        fields |= found
         for op in c.ops:
             if op[0] == FORK:
                 if not op[3] or op[2][0] != VMAP or op[2][3] is not None:
