@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.synth import EndpointSpec, PortSpec, ServiceSpec
 from bench.synth_nft import render_nft
+from iptrace.dataplane import Packet
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "kube-proxy-nft"
 FIXTURES = sorted(CORPUS.glob("*.json")) if CORPUS.is_dir() else []
@@ -31,6 +33,25 @@ def client_sources(v6: bool, node: str) -> tuple[str, ...]:
     if v6:
         return ("fd00:10::2", "2001:db8:ff::9", "::1", node)
     return ("10.244.3.3", "10.0.0.2", "203.0.113.9", "127.0.0.1", node)
+
+
+def sharing_probes(layout: Any, v6: bool, node: str, extra: Sequence[str] = (),
+                   ) -> Iterator[tuple[str | None, Packet]]:
+    """What the sharing tests trace, shared against unshared: (None, packet) for every way in of `layout` from
+    each client (and each `extra` source of the family), (chain, packet) for each load-balancing chain entered
+    directly from each client."""
+    for _key, way in layout.ways:
+        for src in (*client_sources(v6, node), *extra):
+            if (":" in src) == v6:
+                yield None, Packet(src, way.address or node, way.port, way.protocol)
+    for sp in layout.service_ports:
+        probe = next((w for w in sp.ways_in if w.address), None)
+        if probe is None:
+            continue
+        for chain in (sp.cluster_chain, sp.local_chain):
+            if chain is not None:
+                for src in client_sources(v6, node):
+                    yield chain, Packet(src, probe.address, probe.port, sp.protocol)
 
 
 def read(path: Path) -> dict[str, Any]:

@@ -13,13 +13,12 @@ import pytest
 
 from bench import synth
 from bench.synth_nft import render_nft
-from iptrace.dataplane import Packet, trace_to_json
+from iptrace.dataplane import trace_to_json
 from iptrace.nftables import DATAPLANE, load
 from iptrace.nftables.model import Ruleset
 from iptrace.nftables.skeleton import parameters
 from iptrace.nftables.walk import Tracer
-from tests.nft_corpus import FIXTURES, NODE_IP, SAMPLES, read, texts
-from tests.nft_corpus import client_sources as _sources
+from tests.nft_corpus import FIXTURES, NODE_IP, SAMPLES, read, sharing_probes, texts
 
 
 def _compare(ruleset: Ruleset, node_ips: list[str]) -> int:
@@ -31,23 +30,14 @@ def _compare(ruleset: Ruleset, node_ips: list[str]) -> int:
         v6 = family == "ipv6"
         node = next((ip for ip in node_ips if (":" in ip) == v6), "fd00::10" if v6 else NODE_IP)
         endpoints = [w.address for _k, w in layout.ways if w.address][:3]
-        for _key, way in layout.ways:
-            for src in (*_sources(v6, node), *endpoints):
-                if (":" in src) != v6:
-                    continue
-                packet = Packet(src, way.address or node, way.port, way.protocol)
+        for chain, packet in sharing_probes(layout, v6, node, endpoints):
+            if chain is None:
                 assert json.dumps(trace_to_json(shared.trace(packet))) == \
                     json.dumps(trace_to_json(plain.trace(packet))), packet
                 compared += 1
-        for sp in layout.service_ports:
-            probe = next((w for w in sp.ways_in if w.address), None)
-            for chain in (sp.cluster_chain, sp.local_chain):
-                if chain is None or probe is None:
-                    continue
-                for src in _sources(v6, node):
-                    packet = Packet(src, probe.address, probe.port, sp.protocol)
-                    assert json.dumps(trace_to_json(shared.trace_chain(chain, packet))) == \
-                        json.dumps(trace_to_json(plain.trace_chain(chain, packet))), (chain, packet)
+            else:
+                assert json.dumps(trace_to_json(shared.trace_chain(chain, packet))) == \
+                    json.dumps(trace_to_json(plain.trace_chain(chain, packet))), (chain, packet)
     assert compared
     return sum(len(sk.memo) for sk in shared._skeletons._by_signature.values() if sk is not None)
 

@@ -26,7 +26,7 @@ from iptrace.nftables.model import Ruleset
 from iptrace.nftables.state import State
 from iptrace.nftables.walk import Tracer
 from iptrace.render.services import services_to_json
-from tests.nft_corpus import FIXTURES, NODE_IP, SAMPLES, read, texts
+from tests.nft_corpus import FIXTURES, NODE_IP, SAMPLES, read, sharing_probes, texts
 from tests.nft_corpus import client_sources as _sources
 
 
@@ -86,23 +86,13 @@ def _compare(ruleset: Ruleset, node_ips: list[str]) -> None:
             layout = DATAPLANE.layout(ruleset, family)
             v6 = family == "ipv6"
             node = next((ip for ip in node_ips if (":" in ip) == v6), "fd00::10" if v6 else NODE_IP)
-            endpoints = _endpoints(plain, layout)
-            for _key, way in layout.ways:
-                for src in (*_sources(v6, node), *endpoints):
-                    if (":" in src) != v6:
-                        continue
-                    packet = Packet(src, way.address or node, way.port, way.protocol)
+            for chain, packet in sharing_probes(layout, v6, node, _endpoints(plain, layout)):
+                if chain is None:
                     assert _doc(shared.trace(packet)) == _doc(plain.trace(packet)), packet
                     compared += 1
-            for sp in layout.service_ports:
-                probe = next((w for w in sp.ways_in if w.address), None)
-                for chain in (sp.cluster_chain, sp.local_chain):
-                    if chain is None or probe is None:
-                        continue
-                    for src in _sources(v6, node):
-                        packet = Packet(src, probe.address, probe.port, sp.protocol)
-                        assert _doc(shared.trace_chain(chain, packet)) == _doc(plain.trace_chain(chain, packet)), \
-                            (chain, packet)
+                else:
+                    assert _doc(shared.trace_chain(chain, packet)) == _doc(plain.trace_chain(chain, packet)), \
+                        (chain, packet)
     assert compared
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from iptrace.dataplane import Decision
@@ -256,12 +257,7 @@ class ChainWalker:
         key = sk.key(s, tests)
         found = sk.memo.get(key, False)
         if found is False:
-            start = s.blank()
-            before = (start.accept, start.dnat_by, start.dst, start.dport)
-            found = skeleton.record(self._run_chain(code, start, stack), before, code)
-            if len(sk.memo) >= skeleton.MEMO_SIZE:
-                sk.memo.clear()
-            sk.memo[key] = found
+            found = self._record(sk.memo, key, skeleton.MEMO_SIZE, code, s, stack, skeleton.record, code)
         if found is None:
             return self._run_chain(code, s, stack)
         return skeleton.replay(found, s, code, dnats, self._ref)
@@ -276,15 +272,23 @@ class ChainWalker:
         codes = (code, *member.targets)
         found = shape.memo.get(key, False)
         if found is False:
-            start = s.blank()
-            before = (start.accept, start.dnat_by, start.dst, start.dport)
-            found = splits.record(self._run_chain(code, start, stack), before, member, codes)
-            if len(shape.memo) >= splits.MEMO_SIZE:
-                shape.memo.clear()
-            shape.memo[key] = found
+            found = self._record(shape.memo, key, splits.MEMO_SIZE, code, s, stack, splits.record, member, codes)
         if found is None:
             return self._run_chain(code, s, stack)
         return splits.replay(found, s, member, codes, self._ref)
+
+    def _record(self, memo: dict[Any, Any], key: Any, limit: int, code: ChainCode, s: State,
+                stack: tuple[tuple[str, str], ...], record: Callable[..., Any], *args: Any) -> Any:
+        """`record(walk, before, *args)` of `code`'s walk from `s` made blank (State.blank; `before`: its accept,
+        dnat_by, dst and dport), kept in `memo` under `key` (cleared at `limit`): a skeleton's or a split's
+        recording, None when it cannot be replayed."""
+        start = s.blank()
+        before = (start.accept, start.dnat_by, start.dst, start.dport)
+        found = record(self._run_chain(code, start, stack), before, *args)
+        if len(memo) >= limit:
+            memo.clear()
+        memo[key] = found
+        return found
 
     def _ref(self, code: ChainCode, i: int) -> CompiledRule | RuleRef:
         """Rule `i` of `code` as a path entry holds it: compiled when it was, else a RuleRef (same Decision)."""
