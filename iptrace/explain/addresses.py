@@ -8,9 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 from iptrace.dataplane import join_host_port
-from iptrace.explain.diagnosis import Diagnosis, Suggestion
+from iptrace.explain.diagnosis import Diagnosis, Evidence, Suggestion
 from iptrace.explain.facts import Case, label
-from iptrace.explain.phrases import fate, kube_refusal, ports_text, service_name, use_instead
+from iptrace.explain.phrases import fate, fate_lines, kube_refusal, ports_text, service_name, use_instead
 
 
 def _who_can(kind: str) -> str:
@@ -50,6 +50,11 @@ def not_forwarded(case: Case) -> Diagnosis | None:
         facts.evidence(facts.rules_for(s, None if kind == "node address" else dst)))
 
 
+def _evidence(case: Case, rules: list[int]) -> tuple[Evidence, ...]:
+    """The Service's rules (at most four), then the rules that rejected or dropped the packet, if any."""
+    return (*case.facts.evidence(rules), *case.facts.evidence(fate_lines(case)))
+
+
 def wrong_protocol(case: Case) -> Diagnosis | None:
     facts, dst, dport, proto = case.facts, case.dst, case.dport, case.proto
     found = _service_address(case)
@@ -65,10 +70,10 @@ def wrong_protocol(case: Case) -> Diagnosis | None:
         return Diagnosis(
             "wrong-protocol", "error", f"{case.target} is {label(s)} over {use.upper()}, not {proto.upper()}",
             f"The Service declares port {dport} with protocol {use.upper()}, and kube-proxy only rewrites "
-            f"{use.upper()} packets for it. A {proto.upper()} packet to {case.target} matches no rule. "
+            f"{use.upper()} packets for it. No rule forwards a {proto.upper()} packet to {case.target}. "
             f"{fate(case, kind)}",
             f"use {use.upper()} ({case.target}/{use}), or add a {proto.upper()} port to the Service",
-            facts.evidence(facts.rules_for(s, dst)), (Suggestion(dst, dport, use, _who_can(kind)),))
+            _evidence(case, facts.rules_for(s, dst)), (Suggestion(dst, dport, use, _who_can(kind)),))
     if facts.is_node_address(dst):
         if any(s.protocol.lower() == proto for s in facts.node_ports.get(dport, [])):
             return None
@@ -107,9 +112,9 @@ def node_port_on_service_ip(case: Case) -> Diagnosis | None:
         "node-port-on-service-ip", "error",
         f"{dport} is the nodePort of {label(s)}, used on {'its' if mine else 'the'} {kind} {dst}",
         f"A nodePort is opened on the nodes' own addresses, not on Service IPs. {dport} is {whose} nodePort; "
-        f"{dst} only forwards {ports_text(svcs)}. A packet to {case.target} matches no rule. "
+        f"{dst} only forwards {ports_text(svcs)}. No rule forwards a packet to {case.target}. "
         f"{fate(case, kind)}",
-        f"use {use}", facts.evidence(facts.rules_for(svcs[0] if not mine else s, dst)), instead)
+        f"use {use}", _evidence(case, facts.rules_for(svcs[0] if not mine else s, dst)), instead)
 
 
 def target_port_on_service_ip(case: Case) -> Diagnosis | None:
@@ -131,10 +136,10 @@ def target_port_on_service_ip(case: Case) -> Diagnosis | None:
         "target-port-on-service-ip", "error",
         f"{dport} is the targetPort of {label(s)}; the Service listens on {s.port}",
         f"{dport} is the port the pods listen on (the Service's targetPort). kube-proxy only rewrites "
-        f"{join_host_port(dst, s.port)} to port {dport} of a pod; a packet to {case.target} matches no rule. "
+        f"{join_host_port(dst, s.port)} to port {dport} of a pod; no rule forwards a packet to {case.target}. "
         f"{fate(case, kind)}",
         f"use {use}. Port {dport} only works on the pod IPs themselves ({pods}{more})",
-        facts.evidence(facts.rules_for(s, dst)), instead)
+        _evidence(case, facts.rules_for(s, dst)), instead)
 
 
 def unknown_port(case: Case) -> Diagnosis | None:
@@ -152,9 +157,9 @@ def unknown_port(case: Case) -> Diagnosis | None:
     return Diagnosis(
         "unknown-port", "error", f"{dst} is the {kind} of {names}, which has no port {dport}/{proto}",
         f"{dst} forwards only {ports}. {dport}/{proto} is none of the Service's ports (nor a targetPort or "
-        f"nodePort of it), so no rule matches. {fate(case, kind)}",
+        f"nodePort of it), so no rule forwards it. {fate(case, kind)}",
         f"use one of the ports it has: {ports}",
-        facts.evidence(line for s in svcs for line in facts.rules_for(s, dst)), instead)
+        _evidence(case, [line for s in svcs for line in facts.rules_for(s, dst)]), instead)
 
 
 def service_port_on_node_ip(case: Case) -> Diagnosis | None:
@@ -231,14 +236,13 @@ def not_a_service_address(case: Case) -> Diagnosis | None:
             (), instead)
     nearby = facts.near_service_range(dst)
     if kube_refusal(case) == "unallocated":
-        dropped = next((s for o in case.failed if (s := case.decided_step(o)) is not None), None)
         return Diagnosis(
             "not-a-service-address", "error", f"no Service has the address {dst}, so kube-proxy drops the packet",
             hint + f"{dst} is inside the service CIDR but no Service has it: the Service was deleted or not yet "
             "synced to this node, it lives in another cluster, or the address is mistyped. " + fate(case, "ClusterIP"),
             "look the Service up again (`kubectl get svc -A -o wide`) and use its current ClusterIP; "
             "--cluster or --kubeconfig compares the rules with the API",
-            facts.evidence([dropped.line]) if dropped is not None and dropped.line else ())
+            _evidence(case, []))
     if nearby:
         detail = (f"{dst} looks like a ClusterIP (this node's Service IPs are in {nearby}), but no rule names it: "
                   "the Service was deleted or not yet synced to this node, it lives in another cluster, or the "

@@ -68,6 +68,13 @@ def kube_refusal(case: Case) -> str | None:
     return None
 
 
+def fate_lines(case: Case) -> list[int]:
+    """The dump lines of the rules that rejected or dropped the packet (kube-proxy's own refusal in nftables mode,
+    or a later rule): the evidence for what `fate` says."""
+    steps = (case.decided_step(o) for o in case.failed if o.verdict in ("REJECT", "DROP"))
+    return [s.line for s in steps if s is not None and s.line]
+
+
 def fate(case: Case, kind: str) -> str:
     """What becomes of a packet that kube-proxy did not send to a Service, as a sentence."""
     verdicts = case.trace.verdicts
