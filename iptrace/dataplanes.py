@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from iptrace.dataplane import Dataplane
-from iptrace.errors import InputError
+from iptrace.errors import InputError, ParseError
 
 
 def all_dataplanes() -> list[Dataplane]:
@@ -47,14 +47,33 @@ def load(text: str | bytes, *, source: str = "<dump>", lenient: bool = False, ta
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
     dataplane = detect(text)
+    try:
+        return dataplane, _load(dataplane, text, source, lenient, table, memo)
+    except ParseError as exc:
+        raise _cut_short(exc, text) from None
+
+
+def _load(dataplane: Dataplane, text: str, source: str, lenient: bool, table: str | None,
+          memo: dict[str, Any] | None) -> Any:
     if dataplane.name == "iptables":
         loader_memo = None
         if memo is not None:
             from iptrace.iptables.rule_shapes import LoadMemo
 
             loader_memo = memo.setdefault("iptables", LoadMemo())
-        return dataplane, dataplane.load(text, source=source, lenient=lenient, table=table,  # type: ignore[call-arg]
-                                         memo=loader_memo)
+        return dataplane.load(text, source=source, lenient=lenient, table=table,  # type: ignore[call-arg]
+                              memo=loader_memo)
     if table is not None:
         raise InputError(f"{source}: --table applies to iptables listings, and this is {dataplane.name} input")
-    return dataplane, dataplane.load(text, source=source, lenient=lenient)
+    return dataplane.load(text, source=source, lenient=lenient)
+
+
+_CUT = " (the file ends in the middle of this line: it looks truncated)"
+
+
+def _cut_short(exc: ParseError, text: str) -> ParseError:
+    """An error on the last line of a text that does not end with a newline: the file was most likely cut there
+    (a copy that stopped, a paste from an issue thread), which the reader alone cannot tell."""
+    if (not text or text.endswith("\n") or "truncated" in exc.reason or exc.line != text.count("\n") + 1):
+        return exc
+    return type(exc)(exc.reason + _CUT, source=exc.source, line=exc.line, column=exc.column, text=exc.text)

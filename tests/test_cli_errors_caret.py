@@ -43,3 +43,24 @@ def test_a_truncated_nft_json_file_is_one_short_error(tmp_path: Path) -> None:
     assert first.startswith(f"Error: {cut}:1:") and first.endswith("(the file ends in the middle of the document: "
                                                                    "it looks truncated)")
     assert len(shown) <= 2 + 1 + 160 + 1 and shown[caret.index("^")] == '"'
+
+
+SAMPLES = FB_JSON.parent
+
+
+def test_a_dump_cut_in_the_middle_of_a_line_says_it_looks_truncated(tmp_path: Path) -> None:
+    # A copy that stopped mid-line (a paste from an issue thread): the error on that last line says why it is
+    # there, for iptables-save and nft listings alike; the same error on a line that ends does not.
+    for sample, cut_at in (("nodeport-fb-backends.txt", 1500), ("nodeport-fb-backends-nft.nft", 3000)):
+        text = (SAMPLES / sample).read_text()
+        cut = tmp_path / sample
+        cut.write_text(text[:cut_at])
+        result = CliRunner().invoke(main, ["services", str(cut)])
+        assert result.exit_code == 1
+        first = result.stderr.splitlines()[0]
+        line = text[:cut_at].count("\n") + 1
+        assert first.startswith(f"Error: {cut}:{line}:"), first
+        assert first.endswith("(the file ends in the middle of this line: it looks truncated)"), first
+        cut.write_text(text[:cut_at] + "\n")
+        first = CliRunner().invoke(main, ["services", str(cut)]).stderr.splitlines()[0]
+        assert "middle of this line" not in first, first

@@ -47,8 +47,8 @@ def proxy_mode(ruleset: Ruleset, family: str) -> ProxyMode:
     table = kube_table(ruleset, family)
     if table is None:
         other = [t.label for t in ruleset.tables if t.name == KUBE_PROXY_TABLE]
-        evidence = ((f"kube-proxy has a table for the other IP family ({', '.join(other)})",) if other else ())
-        return ProxyMode("nftables", "none", NONE, evidence)
+        why = (f"kube-proxy has a table for the other IP family ({', '.join(other)})",) if other else ()
+        return ProxyMode("nftables", "none", NONE, why)
     names = {c.name for c in table.chains}
     evidence: list[str] = [f"table {table.label}"]
     bases = {c.name: c.base for c in table.chains if c.base is not None}
