@@ -34,6 +34,7 @@ from iptrace.kube.compare import (
     listing,
 )
 from iptrace.kube.digest import FamilyDigest, NodeResult, PortDigest, node_result
+from iptrace.kube.fleets import cluster_groups, other_cluster_findings
 from iptrace.kube.view import ServicePortView
 
 # A node whose kube-proxy runs in another proxy mode than the others' (a fleet migrating to nftables mode).
@@ -166,9 +167,14 @@ def combine(results: Sequence[NodeResult], cluster: ClusterState | None = None, 
                 r.error or "no dump", "fix or re-collect this node's dump (`iptrace collect`), then audit again"))
     loaded = [s for s in states if s.result.families]
     proxied = [s for s in loaded if s.has_rules]
+    # Nodes of different clusters (a collection of two) are compared within their own cluster only.
+    clusters = cluster_groups(proxied, lambda s: s.primary)
+    groups = [[proxied[i] for i in g.members] for g in clusters]
+    findings.extend(other_cluster_findings([s.name for s in proxied], clusters))
+    group_of = {id(s): g for g in groups for s in g}
 
     for s in loaded:
-        findings.extend(_node_checks(s, proxied))
+        findings.extend(_node_checks(s, group_of.get(id(s), proxied)))
     if compared:
         for s in proxied:
             if s.kube_node is None and cluster_nodes:
@@ -183,13 +189,15 @@ def combine(results: Sequence[NodeResult], cluster: ClusterState | None = None, 
                     s.findings.extend(fam.compared)
     else:
         for family in ("ipv4", "ipv6"):
-            members = [s for s in proxied if (f := s.result.family(family)) is not None and f.proxied]
-            if len(members) >= 2:
-                _peer_compare(members, family)
+            for group in groups:
+                members = [s for s in group if (f := s.result.family(family)) is not None and f.proxied]
+                if len(members) >= 2:
+                    _peer_compare(members, family)
     for s in proxied:
         findings.extend(s.findings)
     skewed = {f.node: f.id for f in findings if f.id in (ERA_MISMATCH, PROXY_MODE_MISMATCH) and f.node}
-    findings.extend(_stale_summaries(proxied, skewed))
+    for group in groups:
+        findings.extend(_stale_summaries(group, skewed))
     drawn = sorted({f.service for f in findings if f.service})  # (a conntrack finding draws no picture)
     findings.extend(f for s in states for f in s.result.extra)
     findings.sort(key=lambda f: f.sort_key)
