@@ -253,7 +253,8 @@ def test_no_local_endpoints_near_miss_with_a_local_endpoint() -> None:
     e = explain("etp-local-with-endpoints.txt", "192.168.49.240", 80, "external")
     assert_healthy(e, "10.244.0.12:80")
     assert not any(o.masquerade for o in e.trace.outcomes)
-    assert "the pod sees the client's own address" in e.diagnoses[0].detail
+    assert "For a client outside the cluster (203.0.113.1) it is not masqueraded: the endpoint sees the client's own " \
+           "address" in e.diagnoses[0].detail
 
 
 def test_source_range_blocked() -> None:

@@ -130,7 +130,7 @@ def _differences(explanations: Sequence[Explanation]) -> tuple[str, ...]:
         if len(set(masq.values())) > 1:
             yes = [_SOURCE_WORDS[k] for k, v in masq.items() if v]
             no = [_SOURCE_WORDS[k] for k, v in masq.items() if not v]
-            return (f"masqueraded {' and '.join(yes)} (the pod sees the node's address), not {' or '.join(no)}",)
+            return (f"masqueraded {' and '.join(yes)} (the endpoint sees the node's address), not {' or '.join(no)}",)
         return ()
     out = []
     for (verdict, ids), kinds in by_verdict.items():

@@ -251,6 +251,10 @@ def hairpin(case: Case) -> Diagnosis | None:
     return None
 
 
+_CLIENT = {"pod": "For a client pod ({src})", "node": "From the node itself ({src})",
+           "external": "For a client outside the cluster ({src})"}
+
+
 def healthy(case: Case) -> Diagnosis | None:
     dnat = case.dnat
     if not dnat or len(dnat) != len(case.trace.outcomes):
@@ -259,16 +263,19 @@ def healthy(case: Case) -> Diagnosis | None:
     parts = [f"{o.destination} {pct(o.probability)}" for o in dnat]
     masq = {o.masquerade for o in dnat}
     if masq == {True}:
-        masq_text = "masqueraded: the pod sees the node's address as the source, not the client's"
+        masq_text = "masqueraded: the endpoint sees the node's address as the source, not the client's"
     elif masq == {False}:
-        masq_text = "not masqueraded: the pod sees the client's own address"
+        masq_text = "not masqueraded: the endpoint sees the client's own address"
     else:
         masq_dest = ", ".join(str(o.destination) for o in dnat if o.masquerade)
-        masq_text = f"masqueraded (the pod sees the node's address) only on the way to {masq_dest}"
+        masq_text = f"masqueraded (the endpoint sees the node's address) only on the way to {masq_dest}"
     dests = plural(len(dnat), "endpoint")
+    # (whether it is masqueraded depends on the client: said for this one, as the answer may be shown for all)
+    who = _CLIENT.get(case.source_kind, "From {src}").format(src=case.src)
     return Diagnosis(
         "healthy", "info", f"reaches {service}: {', '.join(parts)}",
-        f"kube-proxy rewrites the destination to {'one of ' if len(dnat) > 1 else ''}{dests}, {masq_text}.",
+        f"kube-proxy rewrites the destination to {'one of ' if len(dnat) > 1 else ''}{dests}. {who} it is "
+        f"{masq_text}.",
         "nothing to fix in these rules; if the connection still fails, look at the pods (readiness, the port they "
         "listen on, NetworkPolicies)",
         step_evidence(s for s in dnat[0].path if s.kind == "dispatch")[:2])
