@@ -82,7 +82,12 @@ def detect(ruleset: Ruleset) -> Era:
                 evidence.append("nfacct counters (~1.29+)")
             return era(EXT, "~1.29+" if nfacct else "~1.24-1.28")
         evidence.append("KUBE-SERVICES with KUBE-SVC/KUBE-SEP chains but no KUBE-EXT/KUBE-XLB/KUBE-PROXY-FIREWALL")
-        return era(XLB, "≤1.23 (no externalTrafficPolicy=Local services seen)")
+        nodeports = nat is not None and "KUBE-NODEPORTS" in nat and bool(nat.chain("KUBE-NODEPORTS").rules)  # type: ignore[union-attr]
+        if nodeports or has["KUBE-FW-"]:
+            # (since KEP-3178, ~1.24, a NodePort or LoadBalancer way in always goes through a KUBE-EXT chain)
+            evidence.append("NodePort/LoadBalancer ways in without KUBE-EXT chains")
+            return era(XLB, "≤1.23")
+        return era(XLB, "≤1.23, or newer with no NodePort or LoadBalancer Service to tell")
     if kube_services:
         evidence.append("an empty KUBE-SERVICES chain: kube-proxy runs but no Service has endpoints yet?")
         return era(EXT)
