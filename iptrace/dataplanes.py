@@ -7,6 +7,7 @@ from typing import Any
 
 from iptrace.dataplane import Dataplane
 from iptrace.errors import InputError, ParseError
+from iptrace.text import decode_input
 
 
 def all_dataplanes() -> list[Dataplane]:
@@ -45,7 +46,7 @@ def load(text: str | bytes, *, source: str = "<dump>", lenient: bool = False, ta
     cluster's dumps (audit's workers), where a dataplane keeps what helps it read the next one; the ruleset is the
     same with or without it."""
     if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
+        text = decode_input(text)
     dataplane = detect(text)
     try:
         return dataplane, _load(dataplane, text, source, lenient, table, memo)

@@ -41,7 +41,7 @@ def test_dataplane_packages_import_only_errors_the_interface_and_themselves() ->
         if layer not in DATAPLANES and layer != "dataplane":
             continue
         allowed = {"iptrace.errors"} if layer == "dataplane" else {"iptrace.errors", "iptrace.dataplane",
-                                                                    "iptrace.grammars"}
+                                                                    "iptrace.grammars", "iptrace.text"}
         for imported in _imports(tree):
             if imported.startswith("iptrace") and imported not in allowed:
                 assert imported.startswith(f"iptrace.{layer}"), f"{name} imports {imported}"
@@ -57,7 +57,7 @@ def test_conntrack_reader_imports_only_errors_the_interface_and_itself() -> None
         seen = True
         for imported in _imports(tree):
             if imported.startswith("iptrace"):
-                assert imported in ("iptrace.errors", "iptrace.dataplane", "iptrace.grammars") or imported.startswith(
+                assert imported in ("iptrace.errors", "iptrace.dataplane", "iptrace.grammars", "iptrace.text") or imported.startswith(
                     "iptrace.conntrack"), f"{name} imports {imported}"
             if imported.split(".")[0] == "lark":
                 assert name in ("iptrace.conntrack.grammar", "iptrace.conntrack.layout"), f"{name} imports lark"

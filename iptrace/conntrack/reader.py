@@ -33,6 +33,7 @@ from iptrace.conntrack.layout import CONSTANT_ROLES, Layout, read_layout
 from iptrace.conntrack.shape import VALUE_CHARS, Shape, split_words
 from iptrace.conntrack.table import ConntrackTable, DstIndex, Skipped
 from iptrace.errors import InputError, ParseError
+from iptrace.text import utf8_input
 
 _TRAILER_COUNT = re.compile(r"\): (\d+) flow entries have been shown\.\s*$")
 # Lines of one key checked at once first, then twice as many each time up to the last size (see _Reader.read):
@@ -68,7 +69,7 @@ def read_file(path: str | Path) -> tuple[bytes, str]:
         raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
     except (EOFError, gzip.BadGzipFile) as exc:
         raise InputError(f"{name}: not a readable gzip file ({exc})") from None
-    return data, name
+    return utf8_input(data), name
 
 
 def _value(word: bytes, prefix: bytes, kind: str) -> int:

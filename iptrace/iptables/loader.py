@@ -26,6 +26,7 @@ from iptrace.iptables.options import (
 )
 from iptrace.iptables.restore import OpenTable
 from iptrace.iptables.rule_shapes import LoadMemo, build_shape
+from iptrace.text import decode_input
 
 # Values become "_"; option words, "!" and the module name after -m stay, so one key means one layout.
 # The pattern starts with the space before a value (replaced by " _") rather than a look-behind for it:
@@ -63,7 +64,7 @@ def read_dump(path: str | Path) -> tuple[str, str]:
         raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
     except (EOFError, gzip.BadGzipFile) as exc:
         raise InputError(f"{name}: not a readable gzip file ({exc})") from None
-    return data.decode("utf-8", errors="replace"), name
+    return decode_input(data), name
 
 
 class _Loader:

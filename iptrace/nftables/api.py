@@ -10,6 +10,7 @@ from iptrace.errors import InputError
 from iptrace.nftables.json_loader import load_json
 from iptrace.nftables.loader import load_text
 from iptrace.nftables.model import Ruleset
+from iptrace.text import decode_input
 
 
 def load(text: str | bytes, *, source: str = "<ruleset>", lenient: bool = False) -> Ruleset:
@@ -17,7 +18,7 @@ def load(text: str | bytes, *, source: str = "<ruleset>", lenient: bool = False)
     ParseError (DumpSemanticError for inconsistencies) naming file:line:column, unless `lenient`: then what
     cannot be read is skipped and listed in `Ruleset.skipped`."""
     if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
+        text = decode_input(text)
     if text.lstrip("\ufeff \t\r\n")[:1] in ("{", "["):
         return load_json(text, source=source, lenient=lenient)
     return load_text(text, source=source, lenient=lenient)
@@ -40,7 +41,7 @@ def read_ruleset(path: str | Path) -> tuple[str, str]:
         raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
     except (EOFError, gzip.BadGzipFile) as exc:
         raise InputError(f"{name}: not a readable gzip file ({exc})") from None
-    return data.decode("utf-8", errors="replace"), name
+    return decode_input(data), name
 
 
 def load_path(path: str | Path, *, lenient: bool = False) -> Ruleset:

@@ -1,0 +1,26 @@
+"""An input file's bytes as text, whatever wrote it: a dump saved on Windows starts with a byte order mark — UTF-8's
+from an editor, or UTF-16 from PowerShell 5's `>` (`kubectl debug node/… -- iptables-save > node1.txt`). Bytes
+that are not valid in their encoding are replaced, never fatal (the readers then name the line). Pure."""
+
+from __future__ import annotations
+
+import codecs
+
+_UTF16 = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+def decode_input(data: bytes) -> str:
+    """The text of an input file: UTF-8 (a leading byte order mark dropped), or UTF-16 when it starts with one."""
+    if data[:2] in _UTF16:
+        return data.decode("utf-16", errors="replace")
+    if data[:3] == codecs.BOM_UTF8:
+        data = data[3:]
+    return data.decode("utf-8", errors="replace")
+
+
+def utf8_input(data: bytes) -> bytes:
+    """The same as UTF-8 bytes, for readers that work on bytes (unchanged, without a copy, when it is UTF-8 without a
+    byte order mark)."""
+    if data[:2] in _UTF16:
+        return data.decode("utf-16", errors="replace").encode("utf-8")
+    return data[3:] if data[:3] == codecs.BOM_UTF8 else data

@@ -1,0 +1,62 @@
+"""Input files saved on Windows: a UTF-8 byte order mark (an editor), UTF-16 with one (PowerShell 5's `>`). Every
+reader answers as for the plain file."""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from iptrace.cli import main
+from iptrace.text import decode_input, utf8_input
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_dumps"
+QUESTION = ["--dst", "10.96.0.10:53", "--proto", "udp", "--node-ip", "192.168.49.2", "-o", "json"]
+
+ENCODINGS = {
+    "utf-8-bom": lambda t: codecs.BOM_UTF8 + t.encode(),
+    "utf-16-le": lambda t: t.encode("utf-16"),  # (Python writes the machine's order: little-endian here, with a BOM)
+    "utf-16-be": lambda t: codecs.BOM_UTF16_BE + t.encode("utf-16-be"),
+    "utf-16-gzip": lambda t: gzip.compress(t.encode("utf-16")),
+}
+
+
+def test_decoding() -> None:
+    text = "*nat\n# é\n"
+    for encode in ENCODINGS.values():
+        data = encode(text)
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+        assert decode_input(data) == text
+        assert utf8_input(data) == text.encode()
+    plain = text.encode()
+    assert utf8_input(plain) is plain  # (no copy of a 16 MB table that needs none)
+    assert decode_input(b"\xff*nat") == "\ufffd*nat"  # (not UTF-8, no BOM: replaced, never fatal)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("sample", ["nodeport-fb-backends.txt", "nodeport-fb-backends-nft.nft",
+                                    "nodeport-fb-backends-nft.json"])
+def test_every_dump_format_answers_alike(tmp_path: Path, sample: str, encoding: str) -> None:
+    plain = SAMPLES / sample
+    saved = tmp_path / sample
+    saved.write_bytes(ENCODINGS[encoding](plain.read_text()))
+    want = CliRunner().invoke(main, ["explain", str(plain), *QUESTION])
+    got = CliRunner().invoke(main, ["explain", str(saved), *QUESTION])
+    assert got.exit_code == want.exit_code == 0, got.output
+    assert got.stdout.replace(str(saved), str(plain)) == want.stdout
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_a_conntrack_table_answers_alike(tmp_path: Path, encoding: str) -> None:
+    dump = SAMPLES / "nodeport-fb-backends.txt"
+    table = SAMPLES / "conntrack" / "nodeport-fb-backends.txt"
+    saved = tmp_path / "conntrack.txt"
+    saved.write_bytes(ENCODINGS[encoding](table.read_text()))
+    want = CliRunner().invoke(main, ["explain", str(dump), *QUESTION, "--conntrack", str(table)])
+    got = CliRunner().invoke(main, ["explain", str(dump), *QUESTION, "--conntrack", str(saved)])
+    assert got.exit_code == want.exit_code == 3, got.output  # (the sample table has stale entries)
+    assert got.stdout.replace(str(saved), str(table)) == want.stdout
