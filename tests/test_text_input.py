@@ -60,3 +60,20 @@ def test_a_conntrack_table_answers_alike(tmp_path: Path, encoding: str) -> None:
     got = CliRunner().invoke(main, ["explain", str(dump), *QUESTION, "--conntrack", str(saved)])
     assert got.exit_code == want.exit_code == 3, got.output  # (the sample table has stale entries)
     assert got.stdout.replace(str(saved), str(table)) == want.stdout
+
+
+def test_a_dst_file_and_merged_audits_saved_on_windows(tmp_path: Path) -> None:
+    dump = SAMPLES / "nodeport-fb-backends.txt"
+    questions = tmp_path / "questions.txt"
+    questions.write_bytes(codecs.BOM_UTF8 + b"10.96.0.10:53/udp\r\n10.101.234.168:5001\r\n")
+    result = CliRunner().invoke(main, ["trace", str(dump), "--dst-file", str(questions), "-o", "json"])
+    assert result.exit_code == 0, result.output
+    assert "10.96.0.10" in result.stdout and "10.101.234.168" in result.stdout
+    # `iptrace audit … -o json > shard.json` in PowerShell 5 writes UTF-16: --merge reads it.
+    shard = CliRunner().invoke(main, ["audit", "--jobs", "1", "-o", "json", str(dump)])
+    saved = tmp_path / "shard.json"
+    saved.write_bytes(shard.stdout.encode("utf-16"))
+    merged = CliRunner().invoke(main, ["audit", "--merge", str(saved), "-o", "json"])
+    assert merged.exit_code == 0, merged.output
+    plain = CliRunner().invoke(main, ["audit", "--merge", "-", "-o", "json"], input=shard.stdout)
+    assert merged.stdout.replace(str(saved), "-") == plain.stdout

@@ -293,14 +293,15 @@ def _merged(documents: tuple[str, ...]) -> tuple[list[Any], str | None, bool]:
 
     from iptrace.errors import InputError
     from iptrace.kube.merge import merge
+    from iptrace.text import decode_input
 
     loaded = []
     for name in documents:
         try:
-            text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+            text = decode_input(sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes())
         except FileNotFoundError:
             raise InputError(f"{name}: no such file or directory") from None
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
             raise InputError(f"{name}: cannot read ({exc})") from None
         try:
             loaded.append((name, json.loads(text)))

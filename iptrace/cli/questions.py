@@ -81,11 +81,11 @@ def read_questions(dsts: Sequence[str], dst_file: str | None, default_proto: str
         out.append(Question("--dst", text, host, port, proto.lower() if slash else default_proto))
     if dst_file is not None:
         from iptrace.errors import InputError
+        from iptrace.text import decode_input
 
         name = "<stdin>" if dst_file == "-" else dst_file
         try:
-            lines = sys.stdin.read() if dst_file == "-" else Path(dst_file).read_text(encoding="utf-8",
-                                                                                         errors="replace")
+            lines = decode_input(sys.stdin.buffer.read() if dst_file == "-" else Path(dst_file).read_bytes())
         except FileNotFoundError:
             raise InputError(f"{dst_file}: no such file or directory") from None
         except OSError as exc:
