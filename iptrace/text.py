@@ -9,13 +9,14 @@ import codecs
 _UTF16 = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
 
-def decode_input(data: bytes) -> str:
-    """The text of an input file: UTF-8 (a leading byte order mark dropped), or UTF-16 when it starts with one."""
+def decode_input(data: bytes, errors: str = "replace") -> str:
+    """The text of an input file: UTF-8 (a leading byte order mark dropped), or UTF-16 when it starts with one.
+    `errors="strict"`: raise UnicodeDecodeError for bytes not valid in that encoding (JSON documents)."""
     if data[:2] in _UTF16:
-        return data.decode("utf-16", errors="replace")
+        return data.decode("utf-16", errors=errors)
     if data[:3] == codecs.BOM_UTF8:
         data = data[3:]
-    return data.decode("utf-8", errors="replace")
+    return data.decode("utf-8", errors=errors)
 
 
 def utf8_input(data: bytes) -> bytes:

@@ -153,7 +153,7 @@ def test_both_file_shapes_give_the_same_state(expected: ClusterState, tmp_path: 
 
 
 def test_stdin(monkeypatch: pytest.MonkeyPatch, expected: ClusterState) -> None:
-    monkeypatch.setattr(sys, "stdin", io.StringIO(KUBECTL_LIST.read_text()))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(KUBECTL_LIST.read_bytes())))
     state = load_cluster_files(["-"])
     assert state == expected and state.source == "<stdin>"
 

@@ -77,3 +77,19 @@ def test_a_dst_file_and_merged_audits_saved_on_windows(tmp_path: Path) -> None:
     assert merged.exit_code == 0, merged.output
     plain = CliRunner().invoke(main, ["audit", "--merge", "-", "-o", "json"], input=shard.stdout)
     assert merged.stdout.replace(str(saved), "-") == plain.stdout
+
+
+def test_cluster_data_and_an_inventory_saved_on_windows(tmp_path: Path) -> None:
+    from iptrace.collect.cluster import load_cluster_files
+    from iptrace.collect.targets import read_inventory
+
+    data = Path(__file__).resolve().parent / "data" / "cluster" / "kubectl-get-all.json"
+    saved = tmp_path / "cluster.json"  # (`kubectl get svc,endpointslices,nodes -A -o json > cluster.json`)
+    saved.write_bytes(data.read_text().encode("utf-16"))
+    got = load_cluster_files([saved])
+    want = load_cluster_files([data])
+    assert got.services == want.services and got.slices == want.slices and got.nodes == want.nodes
+    inventory = tmp_path / "nodes"
+    inventory.write_bytes(codecs.BOM_UTF8 + b"node1\r\nroot@10.0.0.2:2222\r\n")
+    assert [(n.host, n.user, n.port) for n in read_inventory(inventory)] == [("node1", None, None),
+                                                                         ("10.0.0.2", "root", 2222)]

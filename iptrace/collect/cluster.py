@@ -22,6 +22,7 @@ from iptrace.kube.cluster import (
     ClusterState,
 )
 from iptrace.kube.cluster_json import EXPECTED, api_items, state_from_objects, type_name
+from iptrace.text import decode_input
 
 __all__ = [
     "load_cluster_files",
@@ -49,11 +50,9 @@ def _expand(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
 
 
 def _read(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
+    """A file's text (saved on Windows too: a byte order mark, UTF-16)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+        return decode_input(sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes(), "strict")
     except FileNotFoundError:
         raise ClusterError(f"{path}: no such file or directory") from None
     except UnicodeDecodeError as e:

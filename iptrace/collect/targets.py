@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from iptrace.errors import InputError
+from iptrace.text import decode_input
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_\[][A-Za-z0-9_.:%@\[\]-]*")
 _HOST_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:%-]*")
@@ -86,7 +87,7 @@ def read_inventory(path: Path) -> list[NodeTarget]:
     read: `[group]` headers are skipped, `[group:vars]`/`[group:children]` sections ignored, and
     `NAME ansible_host=H ansible_user=U ansible_port=P` gives a node named NAME."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = decode_input(Path(path).read_bytes(), "strict").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read inventory ({exc})") from exc
     targets: list[NodeTarget] = []
