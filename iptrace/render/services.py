@@ -349,13 +349,19 @@ def _other_sources(s: ServicePortView, entries: list[EntryView]) -> list[str]:
     return lines
 
 
+_NODE_ONLY = "node-only"
+
+
 def _masquerade_text(s: ServicePortView, view: KubeView) -> str:
     by_value: dict[str, list[str]] = {}
     for e in s.entries:
         if e.kind == HEALTH_CHECK or e.verdict != "DNAT":
             continue
         name = _KIND_NAMES[e.kind]
-        names = by_value.setdefault(e.masquerade, [])
+        # (outside clients keep their address, but the node's own connections are masqueraded: an endpoint on
+        # the node itself, say; the entry's note says it too)
+        value = _NODE_ONLY if e.masquerade == MASQ_NEVER and NODE in e.masquerade_sources else e.masquerade
+        names = by_value.setdefault(value, [])
         if name not in names:
             names.append(name)
     if not by_value:
@@ -365,6 +371,7 @@ def _masquerade_text(s: ServicePortView, view: KubeView) -> str:
         MASQ_ALWAYS: "always",
         MASQ_OFF_POD: f"off-node/off-pod clients only{pods}",
         MASQ_NEVER: "never (the client's address is kept)",
+        _NODE_ONLY: "only the node's own connections (other clients' addresses are kept)",
     }
     if len(by_value) == 1:
         return words[next(iter(by_value))]
