@@ -81,6 +81,13 @@ def test_missing_file_and_usage_errors(tmp_path) -> None:
     assert CliRunner().invoke(main, ["parse", "x", "-o", "yaml"]).exit_code == 2
 
 
+@pytest.mark.parametrize("command", ["trace", "explain"])
+def test_a_bad_source_names_what_src_takes(dump, command: str) -> None:
+    result = CliRunner().invoke(main, [command, str(dump), "--dst", "10.96.0.10:53", "--src", "pods"])
+    assert result.exit_code == 2
+    assert "Invalid value for --src: 'pods': expected an IP address or one of pod, node, external" in result.output
+
+
 def test_help_does_not_import_heavy_modules() -> None:
     code = ("import sys; from iptrace.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"

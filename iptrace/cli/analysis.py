@@ -17,6 +17,7 @@ from iptrace.cli.common import (
     batch,
     build_showing_progress,
     check_ip,
+    check_source,
     cluster_data,
     emit_json,
     emit_json_items,
@@ -228,8 +229,7 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
     from iptrace.render.trace import render_trace_text
 
     questions = read_questions(dsts, dst_file, proto)
-    if src not in ("pod", "node", "external"):
-        check_ip(click.get_current_context(), click.Option(["--src"]), (src,))
+    check_source(src)
     cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
     sources: dict[int, tuple[str, list[str]]] = {}
 
@@ -323,8 +323,8 @@ def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | N
     from iptrace.render.explain import explain_to_json, render_explain_text
 
     questions = read_questions(dsts, dst_file, proto)
-    if src is not None and src not in ("pod", "node", "external"):
-        check_ip(click.get_current_context(), click.Option(["--src"]), (src,))
+    if src is not None:
+        check_source(src)
     cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
     explainers: dict[int, Any] = {}
     flows: list[Any] = []

@@ -276,6 +276,22 @@ def check_ip(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
     return values
 
 
+SOURCE_KINDS = ("pod", "node", "external")
+
+
+def check_source(src: str) -> None:
+    """--src: an IP address or a kind of client."""
+    import ipaddress
+
+    if src in SOURCE_KINDS:
+        return
+    try:
+        ipaddress.ip_address(src)
+    except ValueError:
+        raise click.BadParameter(f"{src!r}: expected an IP address or one of {', '.join(SOURCE_KINDS)}",
+                                 param_hint="--src") from None
+
+
 def analysis_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options every analysis command shares: node addresses and cluster data."""
     options = [
