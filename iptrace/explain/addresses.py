@@ -9,8 +9,8 @@ from typing import Any
 
 from iptrace.dataplane import join_host_port
 from iptrace.explain.diagnosis import Diagnosis, Evidence, Suggestion
-from iptrace.explain.facts import Case, label
-from iptrace.explain.phrases import fate, fate_lines, kube_refusal, ports_text, service_name, use_instead
+from iptrace.explain.facts import Case, label, step_evidence
+from iptrace.explain.phrases import fate, fate_steps, kube_refusal, ports_text, service_name, use_instead
 
 
 def _who_can(kind: str) -> str:
@@ -52,7 +52,7 @@ def not_forwarded(case: Case) -> Diagnosis | None:
 
 def _evidence(case: Case, rules: list[int]) -> tuple[Evidence, ...]:
     """The Service's rules (at most four), then the rules that rejected or dropped the packet, if any."""
-    return (*case.facts.evidence(rules), *case.facts.evidence(fate_lines(case)))
+    return (*case.facts.evidence(rules), *step_evidence(fate_steps(case)))
 
 
 def wrong_protocol(case: Case) -> Diagnosis | None:

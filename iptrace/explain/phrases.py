@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from iptrace.dataplane import join_host_port
+from iptrace.dataplane import Step, join_host_port
 from iptrace.explain.diagnosis import Suggestion
 from iptrace.explain.facts import Case, Facts
 
@@ -68,11 +68,11 @@ def kube_refusal(case: Case) -> str | None:
     return None
 
 
-def fate_lines(case: Case) -> list[int]:
-    """The dump lines of the rules that rejected or dropped the packet (kube-proxy's own refusal in nftables mode,
-    or a later rule): the evidence for what `fate` says."""
+def fate_steps(case: Case) -> list[Step]:
+    """The steps of the rules that rejected or dropped the packet (kube-proxy's own refusal in nftables mode, or a
+    later rule): the evidence for what `fate` says."""
     steps = (case.decided_step(o) for o in case.failed if o.verdict in ("REJECT", "DROP"))
-    return [s.line for s in steps if s is not None and s.line]
+    return [s for s in steps if s is not None]
 
 
 def fate(case: Case, kind: str) -> str:
