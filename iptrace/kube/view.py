@@ -266,17 +266,17 @@ def split_destination(text: str) -> tuple[str, int | None]:
 # Reaches by the (destination, probability) of the DNAT outcomes read, process-wide (immutable): every kind of
 # client and way in of a Service port reaches the same endpoints with the same shares, and one tuple then
 # stands for them all. Starts again when full.
-_REACHES: dict[tuple[tuple[str | None, float], ...], tuple[Reach, ...]] = {}
+_REACHES: dict[tuple[tuple[str | None, ...], tuple[float, ...]], tuple[Reach, ...]] = {}
 REACHES_LIMIT = 20_000
 
 
 def _reaches(dnat: Sequence[Outcome]) -> tuple[Reach, ...]:
     """The endpoints DNAT outcomes reach, each with its summed probability, in order of first appearance."""
-    key = tuple([(o.destination, o.probability) for o in dnat])
+    key = (tuple([o.destination for o in dnat]), tuple([o.probability for o in dnat]))
     found = _REACHES.get(key)
     if found is None:
         acc: dict[str, float] = {}
-        for destination, probability in key:
+        for destination, probability in zip(*key, strict=True):
             if destination is not None:
                 acc[destination] = acc.get(destination, 0.0) + probability
         # Interned: every kind of client and way in reaches the same endpoints, each outcome with its own string.
