@@ -81,13 +81,23 @@ class Access:
         self.dport_tokens = dport_tokens
 
 
+# Targets whose Access is their own (see access_kind).
+ACCESS_TARGETS = frozenset(_TARGET_FIELDS)
+
+
+def access_kind(target: str) -> str:
+    """What a rule's Access depends on of its target (a chain's name for a jump): the target itself for a
+    target proper and for kube-proxy's marking chains, "" for a jump to any other chain (of jump targets only
+    the marking chains write anything by being jumped to)."""
+    return target if target in ACCESS_TARGETS or (target.isupper() and "-" not in target) else ""
+
+
 def rule_access(structure: Structure, target: str, extra_addresses: bool, cache: dict[tuple[int, str], Access],
                 ) -> Access:
     """The Access of a rule of `structure` with target `target` (a chain's name for a jump). `extra_addresses`:
     the rule has -s/-d tests besides its first of each (they read the address itself). `cache` is keyed by the
     id of a structure the caller keeps alive (its tracer's structure cache)."""
-    # Of jump targets only kube-proxy's marking chains write anything by being jumped to.
-    kind = target if target in _TARGET_FIELDS or (target.isupper() and "-" not in target) else ""
+    kind = access_kind(target)
     key = (id(structure), kind)
     found = cache.get(key)
     if found is not None and not extra_addresses:
@@ -288,9 +298,18 @@ def replay_positional(recorded: tuple[Positional, ...], s: Any, written: tuple[s
         new = s if k == last else s.copy()
         set_written(new, values if plain else tuple([compiled[v.position].decision if type(v) is _At else v
                                                      for v in values]))
-        if wrote:
+        if at >= 0:
             c = compiled[at]
-            new.rewrite_destination(c.arg, c.decision)
+            decision = c._decision or c.decision
+            if wrote:
+                # (State.rewrite_destination, spelled out: this runs once per endpoint of every trace)
+                addr, port = c.arg
+                if addr is not None:
+                    new.dst = addr
+                if port is not None:
+                    new.dport = port
+                new.dnat = True
+                new.dnat_by = decision
         path = path0
         for i in items:
             path = (compiled[i], path)
@@ -301,7 +320,7 @@ def replay_positional(recorded: tuple[Positional, ...], s: Any, written: tuple[s
         new.chains = cell
         if fnum != fden:
             new.prob = (num * fnum, den * fden)
-        out.append((new, None if verdict is None else (verdict, compiled[at].decision)))
+        out.append((new, None if verdict is None else (verdict, decision)))
     return out
 
 

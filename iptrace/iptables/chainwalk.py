@@ -296,11 +296,11 @@ class ChainWalker(Compiler):
                 out.extend(results)  # a goto'd chain returns to our caller
                 return True
             back = []
-            for s2, terminal in results:
-                if terminal is None:
-                    back.append(s2)
+            for result in results:  # (a Service chain's ~10 branches: each pair kept, not rebuilt)
+                if result[1] is None:
+                    back.append(result[0])
                 else:
-                    out.append((s2, terminal))
+                    out.append(result)
             todo.extend((i + 1, s2) for s2 in reversed(back))
             return True
         if action == CONTINUE:

@@ -11,6 +11,7 @@ from typing import Any
 from iptrace.dataplane import Decision, Step, positional_new
 from iptrace.errors import TraceError
 from iptrace.iptables import chainmemo
+from iptrace.iptables.chainmemo import ACCESS_TARGETS
 from iptrace.iptables.comments import parse_comment
 from iptrace.iptables.index import MIN_RULES, ChainIndex
 from iptrace.iptables.matchers import (
@@ -233,9 +234,9 @@ class _Kit:
         self.target_index = shape.target_index
         self.jump = GOTO if shape.goto else JUMP
         self.dnat_spot = _dnat_spot(structure)
-        # target name -> the Access of a rule of this shape with that target and no extra address tests (a
-        # handful: kube-proxy's endpoint rules jump to KUBE-MARK-MASQ or DNAT; its Service chains jump to one
-        # KUBE-SEP chain each, past the bound, where rule_access's own cache answers)
+        # chainmemo.access_kind of a target -> the Access of a rule of this shape with such a target and no extra
+        # address tests (a handful: kube-proxy's endpoint rules jump to KUBE-MARK-MASQ or DNAT; its Service
+        # chains jump to a KUBE-SEP chain each, all of one kind)
         self.accesses: dict[str, chainmemo.Access] = {}
 
 
@@ -334,13 +335,19 @@ class Compiler:
                 if kit.target_index >= 0:
                     self._target(code, rule, c, tokens[kit.target_index], tokens, kit.jump, kit.structure,
                                  kit.dnat_spot)
-                accesses = kit.accesses
-                access = None if extra else accesses.get(c.target)
-                if access is None:
-                    access = chainmemo.rule_access(kit.structure, c.target, extra, self._access)
-                    if not extra and len(accesses) < _KIT_ACCESSES:
-                        accesses[c.target] = access
-                c.access = access
+                if extra:
+                    c.access = chainmemo.rule_access(kit.structure, c.target, True, self._access)
+                else:
+                    # (chainmemo.access_kind, spelled out: a Service chain's rules each jump to their own chain)
+                    target = c.target
+                    kind = target if target in ACCESS_TARGETS or (target.isupper() and "-" not in target) else ""
+                    accesses = kit.accesses
+                    access = accesses.get(kind)
+                    if access is None:
+                        access = chainmemo.rule_access(kit.structure, target, False, self._access)
+                        if len(accesses) < _KIT_ACCESSES:
+                            accesses[kind] = access
+                    c.access = access
                 code.compiled[i] = c
                 return c
         shape = rule.shape

@@ -9,7 +9,7 @@ kind of client — so the view and a trace of the same packet cannot disagree. D
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Container, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from sys import intern
 from typing import Any, NamedTuple
@@ -31,32 +31,28 @@ from iptrace.dataplane import (
     WayIn,
     positional_new,
 )
-from iptrace.kube.sources import inside, of_family, outside, pick_source
+from iptrace.kube.clients import (
+    CLIENT_WORDS,
+    EXTERNAL,
+    NODE,
+    OUTSIDE_RANGES,
+    POD,
+    SOURCES,
+    Clients,
+    view_node_ips,
+)
 
 __all__ = [
     "CLUSTER_IP", "EXTERNAL", "EXTERNAL_IP", "HEALTH_CHECK", "LOAD_BALANCER", "MASQ_ALWAYS", "MASQ_NEVER",
     "MASQ_OFF_POD", "NODE", "NODE_PORT", "OUTSIDE_RANGES", "POD", "SOURCES", "EndpointView", "EntryView",
     "KubeView", "NodePortAddresses", "PortFacts", "Reach", "ServicePortView", "SourcePath", "build_view",
-    "split_service_port_name",
+    "split_service_port_name", "view_node_ips",
 ]
 
 # Masquerade behaviour of a way in (for its DNATed traffic).
 MASQ_ALWAYS = "always"
 MASQ_OFF_POD = "off-node/off-pod only"
 MASQ_NEVER = "never"
-
-# Kinds of client an entry is walked for.
-EXTERNAL = "external"  # outside the cluster (for a firewalled LB IP: inside loadBalancerSourceRanges)
-OUTSIDE_RANGES = "outside-source-ranges"  # outside loadBalancerSourceRanges (firewalled LB IPs only)
-POD = "pod"  # a pod on this node (source in the pod CIDR)
-NODE = "node"  # a process on the node itself
-SOURCES = (EXTERNAL, OUTSIDE_RANGES, POD, NODE)
-_CLIENT_WORDS = {EXTERNAL: "from outside the cluster", OUTSIDE_RANGES: "from outside loadBalancerSourceRanges",
-                 POD: "from a pod", NODE: "from the node itself"}
-
-# Where a placeholder node address stands in when the node's own addresses are unknown (NodePorts are
-# traced to it; documentation ranges, never a real host).
-_PLACEHOLDER_NODE = {"ipv4": "192.0.2.10", "ipv6": "2001:db8::10"}
 
 # ------------------------------------------------------------------------------------------------ the model
 
@@ -264,68 +260,31 @@ def split_destination(text: str) -> tuple[str, int | None]:
     return text, None
 
 
-# ------------------------------------------------------------------------------------------------ clients
-
-
-@dataclass(frozen=True, slots=True)
-class _Taken:
-    """Addresses a representative client must not have: a few known ones, and every endpoint's."""
-
-    addresses: frozenset[str]
-    endpoints: Container[str]
-
-    def __contains__(self, ip: object) -> bool:
-        return ip in self.addresses or ip in self.endpoints
-
-
-@dataclass(frozen=True, slots=True)
-class Clients:
-    """The representative source of each kind of client, and where NodePorts are traced to."""
-
-    external: str
-    pod: str
-    node: str
-    node_address: str  # the node address NodePorts are traced to
-    taken: _Taken  # node, pod and endpoint addresses (never picked for a source-range client)
-
-    @classmethod
-    def for_layout(cls, layout: Layout, node_ips: Sequence[str]) -> Clients:
-        family = layout.family
-        nodes = of_family(node_ips, family) or of_family(layout.node_ips, family)
-        node_address = nodes[0] if nodes else _PLACEHOLDER_NODE[family]
-        known = [node_address, *nodes]
-        external = pick_source("external", family, known, layout.pod_cidrs)[0]
-        pod = pick_source("pod", family, known, layout.pod_cidrs, layout.endpoint_ips, layout.node_pod_cidrs)[0]
-        node = pick_source("node", family, known)[0]
-        return cls(external, pod, node, node_address, _Taken(frozenset({*known, pod, external}), layout.endpoint_ips))
-
-    def packets(self, way: WayIn, source_ranges: Sequence[str], family: str) -> tuple[str, list[tuple[str, str]]]:
-        """The destination a way in is traced to, and (kind of client, source address) for each client: for a
-        LoadBalancer IP with source ranges, "external" is inside the first range and "outside-source-ranges"
-        outside them all."""
-        dst = way.address if way.address is not None else self.node_address
-        sources: list[tuple[str, str]] = []
-        if way.kind == LOAD_BALANCER and source_ranges:
-            taken = _Taken(self.taken.addresses | {dst}, self.taken.endpoints)
-            sources.append((EXTERNAL, inside(source_ranges[0], taken) or self.external))
-            outer = outside(family, taken, source_ranges)
-            if outer is not None:
-                sources.append((OUTSIDE_RANGES, outer))
-        else:
-            sources.append((EXTERNAL, self.external))
-        return dst, [*sources, (POD, self.pod), (NODE, self.node)]
-
-
 # ------------------------------------------------------------------------------------------------ reading traces
 
 
-def _reaches(outcomes: Sequence[Outcome]) -> tuple[Reach, ...]:
-    acc: dict[str, float] = {}
-    for o in outcomes:
-        if o.verdict == "DNAT" and o.destination is not None:
-            acc[o.destination] = acc.get(o.destination, 0.0) + o.probability
-    # Interned: every kind of client and way in reaches the same endpoints, each outcome with its own string.
-    return tuple(Reach(intern(ep), p) for ep, p in acc.items())
+# Reaches by the (destination, probability) of the DNAT outcomes read, process-wide (immutable): every kind of
+# client and way in of a Service port reaches the same endpoints with the same shares, and one tuple then
+# stands for them all. Starts again when full.
+_REACHES: dict[tuple[tuple[str | None, ...], tuple[float, ...]], tuple[Reach, ...]] = {}
+REACHES_LIMIT = 20_000
+
+
+def _reaches(dnat: Sequence[Outcome]) -> tuple[Reach, ...]:
+    """The endpoints DNAT outcomes reach, each with its summed probability, in order of first appearance."""
+    key = (tuple([o.destination for o in dnat]), tuple([o.probability for o in dnat]))
+    found = _REACHES.get(key)
+    if found is None:
+        acc: dict[str, float] = {}
+        for destination, probability in zip(*key, strict=True):
+            if destination is not None:
+                acc[destination] = acc.get(destination, 0.0) + probability
+        # Interned: every kind of client and way in reaches the same endpoints, each outcome with its own string.
+        found = tuple([Reach(intern(ep), p) for ep, p in acc.items()])
+        if len(_REACHES) >= REACHES_LIMIT:
+            _REACHES.clear()
+        _REACHES[key] = found
+    return found
 
 
 def _via(outcome: Outcome | None, own: frozenset[str]) -> tuple[str, ...]:
@@ -340,7 +299,11 @@ def _source_path(source: str, trace: Trace, own: frozenset[str]) -> SourcePath:
     outcomes = trace.outcomes
     dnat = [o for o in outcomes if o.verdict == "DNAT"]
     if dnat:
-        masq = any(o.masquerade for o in dnat)
+        masq = False
+        for o in dnat:
+            if o.masquerade:
+                masq = True
+                break
         return _new_path(source, "DNAT", _via(dnat[0], own), _reaches(dnat), masq, 0)
     if not outcomes:
         return _new_path(source, "CONTINUE", (), (), False, 0)
@@ -352,8 +315,11 @@ def _source_path(source: str, trace: Trace, own: frozenset[str]) -> SourcePath:
 def _marked_for_drop(trace: Trace) -> bool:
     """The packet crossed iptables' KUBE-MARK-DROP without being dropped: kubelet's KUBE-FIREWALL drops
     marked packets only in INPUT and OUTPUT, i.e. when the node itself holds the destination."""
-    return any(o.verdict in ("ACCEPT", "CONTINUE") and any(c == "KUBE-MARK-DROP" for _t, c in o.chains)
-               for o in trace.outcomes)
+    for o in trace.outcomes:  # (a loop, not a generator: DNAT outcomes, nearly all of them, cost one test)
+        verdict = o.verdict
+        if (verdict == "ACCEPT" or verdict == "CONTINUE") and any(c == "KUBE-MARK-DROP" for _t, c in o.chains):
+            return True
+    return False
 
 
 # ------------------------------------------------------------------------------------------------ building
@@ -412,11 +378,12 @@ class _Builder:
             if chain is None:
                 continue
             for o in self.tracer.trace_chain(chain, packet).outcomes:
-                if o.verdict != "DNAT" or o.destination is None or o.decided_by is None:
+                destination, decided = o.destination, o.decided_by
+                if o.verdict != "DNAT" or destination is None or decided is None:
                     continue
-                e = found.get(o.destination)
+                e = found.get(destination)
                 if e is None:
-                    e = found[o.destination] = [o.decided_by.chain, o.decided_by.line or 0, None, None, False]
+                    e = found[destination] = [decided.chain, decided.line or 0, None, None, False]
                 if local:
                     e[3] = (e[3] or 0.0) + o.probability  # type: ignore[operator]
                 else:
@@ -443,7 +410,7 @@ class _Builder:
             dst = packet.dst
             paths[kind] = _source_path(kind, trace, own)
             if _marked_for_drop(trace):
-                notes.append(f"{_CLIENT_WORDS[kind]}: marked by KUBE-MARK-DROP, which kubelet's KUBE-FIREWALL "
+                notes.append(f"{CLIENT_WORDS[kind]}: marked by KUBE-MARK-DROP, which kubelet's KUBE-FIREWALL "
                              f"drops only if this node itself holds {dst} (INPUT/OUTPUT); otherwise the packet "
                              "is forwarded unchanged and reaches no pod")
         main, pod_path, node_path = paths[EXTERNAL], paths[POD], paths[NODE]
@@ -458,9 +425,10 @@ class _Builder:
                 masq = MASQ_OFF_POD
         else:
             masq = MASQ_NEVER
-        main_endpoints = {r.endpoint for r in main.reaches}
-        others = tuple(p for s, p in paths.items() if s != EXTERNAL and (
-            p.verdict != main.verdict or {r.endpoint for r in p.reaches} != main_endpoints))
+        main_reaches = main.reaches
+        main_endpoints = {r.endpoint for r in main_reaches}
+        others = tuple(p for s, p in paths.items() if s != EXTERNAL and (p.verdict != main.verdict or (
+            p.reaches is not main_reaches and {r.endpoint for r in p.reaches} != main_endpoints)))
         if masq == MASQ_NEVER and NODE in masq_sources:
             notes.append("connections from the node itself are masqueraded")
         return _new_entry(way.kind, way.address, way.port, way.protocol, way.chain, main.verdict, main.reaches,
@@ -468,7 +436,8 @@ class _Builder:
 
     def service(self, sp: ServicePortLayout) -> ServicePortView:
         endpoints = self.endpoints(sp)
-        own = frozenset(c for c in sp.chains if c not in {e.chain for e in endpoints})
+        endpoint_chains = {e.chain for e in endpoints}
+        own = frozenset(c for c in sp.chains if c not in endpoint_chains)
         entries = [self.entry(sp, way, own) for way in sp.ways_in]
         return _new_service(  # type: ignore[no-any-return]
             **_port_fields(sp, entries), external_traffic_policy=sp.external_traffic_policy,
@@ -589,12 +558,3 @@ def build_view(layout: Layout, tracer: Tracer, *, source: str = "<dump>", node_i
     the first (or to a documentation placeholder when none is known: the tracer is then built with it).
     `reuse` (an iptrace.kube.reuse.ViewReuse) takes Service ports other nodes had alike from its cache."""
     return ViewBuilder(layout, tracer, source=source, node_ips=node_ips, reuse=reuse).view()
-
-
-def view_node_ips(layout: Layout, node_ips: Sequence[str]) -> list[str]:
-    """The node addresses a view's tracer must treat as local: the given ones, else those the rules reveal,
-    else a documentation placeholder (so that NodePorts can be traced at all)."""
-    if of_family(node_ips, layout.family):
-        return list(node_ips)
-    revealed = of_family(layout.node_ips, layout.family)
-    return [*node_ips, *(revealed or [_PLACEHOLDER_NODE[layout.family]])]
