@@ -56,6 +56,12 @@ class Clients:
         node = pick_source("node", family, known)[0]
         return cls(external, pod, node, node_address, _Taken(frozenset({*known, pod, external}), layout.endpoint_ips))
 
+    @property
+    def node_unknown(self) -> bool:
+        """The node's own addresses were neither given nor revealed by the rules: NodePorts are traced to a
+        placeholder, and an endpoint on the node itself looks like another machine."""
+        return self.node_address in _PLACEHOLDER_NODE.values()
+
     def packets(self, way: WayIn, source_ranges: Sequence[str], family: str) -> tuple[str, list[tuple[str, str]]]:
         """The destination a way in is traced to, and (kind of client, source address) for each client: for a
         LoadBalancer IP with source ranges, "external" is inside the first range and "outside-source-ranges"

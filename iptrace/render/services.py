@@ -223,6 +223,10 @@ def _summary(view: KubeView) -> str:
         extra.append(f"masquerade mark {view.masquerade_mark}" + (" (--random-fully)" if view.random_fully else ""))
     if extra:
         lines.append(" · ".join(extra))
+    clients = view.clients
+    if clients is not None and clients.node_unknown and view.services:
+        lines.append(f"node addresses unknown (pass --node-ip): NodePorts traced to {clients.node_address}, and an "
+                     "endpoint on the node itself is taken for another machine")
     return "\n".join(lines)
 
 
