@@ -1,9 +1,11 @@
-"""The order a footprint (iptrace.iptables.footprint) lists an indexed chain's kept rules in: one every node shares."""
+"""Which of an indexed chain's rules a footprint (iptrace.iptables.footprint) keeps, and the order it lists them in: one
+every node shares."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from iptrace.iptables.compile import ChainCode
 from iptrace.iptables.footprint_facts import Facts
 
 
@@ -30,3 +32,24 @@ def by_destination(kept: list[tuple[Facts, int, tuple[str, str] | None]],
             run.append(item)
     run.sort(key=by_host)
     return out + run
+
+
+def positions(node: Any, code: ChainCode, q: Any) -> list[int]:
+    """The positions of the rules an indexed chain files under the question's keys (footprint._Question; `node` its
+    footprint._Node), in order."""
+    index = code.index
+    assert index is not None
+    hosts, ports = node.index_keys(code)
+    found: set[int] = set(index.rest)
+    dsts = hosts & q.dsts  # (C-level: the question's few destinations against the index's many hosts)
+    for d in dsts:
+        found.update(index.by_host.get(d, ()))
+    for proto in q.protos:
+        for port in q.ports:
+            if port not in ports:
+                continue
+            found.update(index.by_port.get((proto, port, None), ()))
+            for d in dsts:
+                found.update(index.by_port.get((proto, port, d), ()))
+    q.narrowed = True  # (the index left the others out)
+    return sorted(found)
