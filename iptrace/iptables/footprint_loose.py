@@ -21,6 +21,7 @@ it entered, to its end.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -93,21 +94,21 @@ class Loose:
         self.sources = sources
         self.destinations = destinations
 
-    def watch(self) -> Callable[[], tuple[tuple[int, int, str], ...] | None]:
+    def watch(self) -> Callable[[], bytes | None]:
         tracer = self.tracer
         watched: list[tuple[int, list[tuple[int, int, Any, Any]]]] = []
         tracer._watch = watched
 
-        def done() -> tuple[tuple[int, int, str], ...] | None:
+        def done() -> bytes | None:
             tracer._watch = None
             return self.decided(watched)
 
         return done
 
-    def decided(self, watched: list[tuple[int, list[tuple[int, int, Any, Any]]]],
-                ) -> tuple[tuple[int, int, str], ...] | None:
-        """(spec number, address position, this node's answer) of every context -s/-d test the watched traces may
-        have read; None when a branch's address is not the question's (it cannot tell)."""
+    def decided(self, watched: list[tuple[int, list[tuple[int, int, Any, Any]]]]) -> bytes | None:
+        """Every context -s/-d test the watched traces may have read, with this node's answer: (spec number, address
+        position, answer) as `_code` numbers, sorted, in an array's bytes (a cache keeps one per view); None when a
+        branch's address is not the question's (it cannot tell)."""
         reads = self.reads
         if not reads.sound:
             return None
@@ -143,20 +144,30 @@ class Loose:
                     end = ends.get(key) if n == 1 else None
                     met.add((key, len(chains[key]) - 1 if end is None else end, s, d0, d1))
         bits = self.bits
-        out: set[tuple[int, int, str]] = set()
+        out: set[int] = set()
         for key, end, s, d0, d1 in met:
             src_specs, dst_specs = upto[key][end]
             for k in src_specs:
-                out.add((k, s, bits[k][s]))
+                out.add(_code(k, s, bits[k][s]))
             for k in dst_specs:
-                out.add((k, d0, bits[k][d0]))
-                out.add((k, d1, bits[k][d1]))
-        return tuple(sorted(out))
+                out.add(_code(k, d0, bits[k][d0]))
+                out.add(_code(k, d1, bits[k][d1]))
+        return array("q", sorted(out)).tobytes()
 
     def agrees(self, decided: Any) -> bool:
         """Whether this node's rules answer every one of `decided` (another node's `decided`) alike."""
         bits = self.bits
+        codes = array("q")
         try:
-            return all(bits[k][i] == answer for k, i, answer in decided)
+            codes.frombytes(decided)
+            return all(bits[code >> 32][(code >> 1) & _POSITION] == "01"[code & 1] for code in codes)
         except (IndexError, TypeError, ValueError):
             return False
+
+
+_POSITION = (1 << 31) - 1
+
+
+def _code(spec: int, position: int, answer: str) -> int:
+    """(spec number, address position, answer "0"/"1") as one number."""
+    return spec << 32 | position << 1 | (answer == "1")
