@@ -19,7 +19,8 @@ read of an abstracted address (an ipset with known members, -m iprange, conntrac
 masked -m recent) makes the footprint None. Equal keys therefore mean the same kept rules, answering every
 test alike, in the same order: the same walk, except for line numbers (`Footprint.lines`, position by
 position) and the abstracted addresses. REDIRECT and NETMAP, which rewrite to addresses the key cannot name,
-make it None. tests/test_reuse.py compares views built with and without reuse.
+make it None. tests/test_reuse.py compares views built with and without reuse. The loose key, which leaves out
+how the context's -s/-d tests answer, and what a reuse by it checks instead: footprint_loose.py.
 """
 
 from __future__ import annotations
@@ -481,7 +482,8 @@ def _any_passes(spec: Spec, addrs: Iterable[int]) -> bool:
 
 def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set[tuple[str, str]],
           ) -> tuple[list[str | Facts], list[int]] | None:
-    """The chains and kept rules from `roots` (chains of `skip` are in the key already); None when a DNAT
+    """The chains and kept rules from `roots` (chains of `skip` are in the key already: a chain's head, a rule's
+    fixed text or, when its tests' answers are in the key, its facts); None when a DNAT
     target widened the question after a rule was left out for want of it (walk again). The walk goes on after
     a widening, so that one walk gathers every target it meets: a Service port's endpoints are then added in
     one walk, not one walk each (a 10-endpoint port took more walks than `footprint` allows)."""
@@ -517,19 +519,21 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
             if len(kept) > 1:
                 kept = by_destination(kept)
             for f, line, jump in kept:
-                items.append(f)
+                fixed = f.fixed
+                items.append(f if fixed is None else fixed)
                 lines.append(line)
                 if jump is not None:
                     jumps.append(jump)
         else:
             # (a short chain: kept rules go straight into the key, in chain order; this loop runs for most
             # rules of every walk)
-            for f, jump, i, ask in rules.plan:
+            for f, jump, i, ask, nat_to in rules.plan:
                 if ask and not can_match(f):
                     continue
-                if f.nat_to is not None and f.kind == KIND_DNAT and add_target(f.nat_to):
+                if nat_to is not None and add_target(nat_to):
                     again = True
-                items.append(f)
+                fixed = f.fixed
+                items.append(f if fixed is None else fixed)
                 lines.append(source[i][3])
                 if jump is not None:
                     jumps.append(jump)
@@ -556,16 +560,13 @@ def footprint(tracer: Any, calls: Sequence[tuple[str | None, Packet]]) -> Footpr
             return None
         items, kept_lines = walked
         q.freeze()
-        entries = []
-        for item in items:
-            if isinstance(item, str):
-                entries.append(item)
-            elif not item.specs and not item.risky:
-                entries.append(item.abstract)  # (q.entry's answer for it)
-            else:
+        # (the walk gave chains' heads and rules' fixed texts as they are, the other rules as Facts)
+        entries = items
+        for n, item in enumerate(items):
+            if item.__class__ is not str:
                 if item.risky:
                     q.check(item)
-                entries.append(q.entry(item))
+                entries[n] = q.entry(item)
         for f, ids in context.risky:
             if not f.never and all("1" in q.bits(context.specs[k]) for k in ids):
                 q.check(f)

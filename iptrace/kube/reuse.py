@@ -7,7 +7,9 @@ view asks (iptrace.dataplane.Footprint: every rule those traces could meet, how 
 packets with the node's own addresses and the clients named by role). Equal keys mean equal traces, hence an
 equal view, once the other node's line numbers are put in position by position. The view builder says which
 questions it will ask (no walk, no view built); a port is kept only when its real build asked exactly those
-questions and its view spells none of the addresses named by role. A
+questions and its view spells none of the addresses named by role. Where the footprint has a loose key
+(Footprint.loose: rules that differ per node, e.g. naming the node's own pod CIDR, left out), a view kept under it
+is reused too when this node's rules answer alike what that view's traces decided (Footprint.agrees). A
 dataplane without footprints gets no reuse. Dataplane-free and pure (a per-process cache, no I/O).
 """
 
