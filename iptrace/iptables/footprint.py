@@ -126,8 +126,8 @@ class _Node:
             if found is None or not names >= found[1] or (found[2] and not names.isdisjoint(found[2])):
                 continue
             key = (table, name)
-            if key not in dash:
-                out[key] = ("chain " + table + " " + name + " None False False", found[0], rules)
+            if not dash or key not in dash:
+                out[key] = (f"chain {table} {name} None False False", found[0], rules)
 
     def items(self, code: ChainCode) -> list[tuple[Facts, bool, str, int]]:
         """Every rule of a (short, unindexed) chain as `rule` gives it."""
