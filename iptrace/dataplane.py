@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Container, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Literal, Protocol
@@ -619,11 +619,22 @@ class Footprint:
     place position by position (`lines`: the node's lines of the rules the key names, in the key's order)
     and each address of `abstracted` (the node's own addresses and the packets' sources, which the key names
     by role, not by value) is replaced by the other node's address of the same role. A caller must not reuse
-    a result that spells an abstracted address."""
+    a result that spells an abstracted address.
+
+    Optionally, a looser key for rules that differ from node to node (e.g. ones naming the node's own pod CIDR)
+    but that the traces may never read: `loose` is `key` without how those rules answer the question (None:
+    nothing was left out); `watch()` starts noting the traces this node's tracer makes, and the function it
+    returns ends that and says which of the left-out answers those traces may have read, as this node gives
+    them (None: it cannot tell); `agrees(decided)` says whether this node's rules give every one of another
+    node's `decided` alike. Equal `loose` keys of the same question, with `agrees` of what the other node's
+    traces decided, mean the same traces, as equal `key`s do."""
 
     key: bytes
     lines: tuple[int, ...]
     abstracted: tuple[str, ...]
+    loose: bytes | None = None
+    watch: Callable[[], Callable[[], Hashable | None]] | None = field(default=None, compare=False)
+    agrees: Callable[[Any], bool] | None = field(default=None, compare=False)
 
 
 class Tracer(Protocol):

@@ -19,7 +19,8 @@ read of an abstracted address (an ipset with known members, -m iprange, conntrac
 masked -m recent) makes the footprint None. Equal keys therefore mean the same kept rules, answering every
 test alike, in the same order: the same walk, except for line numbers (`Footprint.lines`, position by
 position) and the abstracted addresses. REDIRECT and NETMAP, which rewrite to addresses the key cannot name,
-make it None. tests/test_reuse.py compares views built with and without reuse.
+make it None. tests/test_reuse.py compares views built with and without reuse. The loose key, which leaves out
+how the context's -s/-d tests answer, and what a reuse by it checks instead: footprint_loose.py.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from iptrace.iptables.footprint_facts import (
     Spec,
     rule_facts,
 )
-from iptrace.iptables.footprint_order import by_destination
+from iptrace.iptables.footprint_loose import ContextReads, Loose
+from iptrace.iptables.footprint_order import by_destination, positions
 from iptrace.iptables.index import MIN_RULES, KeyPlan
 from iptrace.iptables.match_modules import _address_types
 from iptrace.iptables.matchers import Structure, fast_tokens
@@ -124,8 +126,8 @@ class _Node:
             if found is None or not names >= found[1] or (found[2] and not names.isdisjoint(found[2])):
                 continue
             key = (table, name)
-            if key not in dash:
-                out[key] = ("chain " + table + " " + name + " None False False", found[0], rules)
+            if not dash or key not in dash:
+                out[key] = (f"chain {table} {name} None False False", found[0], rules)
 
     def items(self, code: ChainCode) -> list[tuple[Facts, bool, str, int]]:
         """Every rule of a (short, unindexed) chain as `rule` gives it."""
@@ -275,6 +277,8 @@ class _Context:
         self.lines: list[int] = []
         self.targets: list[tuple[int | None, int | None]] = []
         self.risky: list[tuple[Facts, tuple[int, ...]]] = []
+        self.rules_read: list[tuple[tuple[str, str], int, tuple[tuple[int, bool], ...]]] = []  # (footprint_loose)
+        self._reads: ContextReads | None = None
         spec_ids: dict[Spec, int] = {}
         text: list[str] = []
         roots = [(t, c) for t in TABLES for c in BUILTIN_CHAINS[t]]
@@ -305,6 +309,7 @@ class _Context:
                 ids = tuple(spec_ids.setdefault(spec, len(spec_ids)) for spec in f.specs)
                 text.append(f"{f.abstract} #{ids}")
                 self.lines.append(line)
+                self.rules_read.append((key, line, tuple(zip(ids, [spec[0] for spec in f.specs], strict=True))))
                 if is_chain:
                     jumps.append((key[0], target))
                 if f.kind == KIND_DNAT and f.nat_to is not None:
@@ -314,6 +319,11 @@ class _Context:
             todo.extend(reversed(jumps))
         self.specs = list(spec_ids)
         self.digest = hashlib.blake2b("\n".join(text).encode(), digest_size=32).hexdigest()
+
+    def reads(self) -> ContextReads:
+        if self._reads is None:
+            self._reads = ContextReads(self.rules_read)
+        return self._reads
 
 
 class _Question:
@@ -470,28 +480,10 @@ def _any_passes(spec: Spec, addrs: Iterable[int]) -> bool:
     return False
 
 
-def _positions(node: _Node, code: ChainCode, q: _Question) -> Iterable[int]:
-    index = code.index
-    assert index is not None
-    hosts, ports = node.index_keys(code)
-    found: set[int] = set(index.rest)
-    dsts = hosts & q.dsts  # (C-level: the question's few destinations against the index's many hosts)
-    for d in dsts:
-        found.update(index.by_host.get(d, ()))
-    for proto in q.protos:
-        for port in q.ports:
-            if port not in ports:
-                continue
-            found.update(index.by_port.get((proto, port, None), ()))
-            for d in dsts:
-                found.update(index.by_port.get((proto, port, d), ()))
-    q.narrowed = True  # (the index left the others out)
-    return sorted(found)
-
-
 def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set[tuple[str, str]],
           ) -> tuple[list[str | Facts], list[int]] | None:
-    """The chains and kept rules from `roots` (chains of `skip` are in the key already); None when a DNAT
+    """The chains and kept rules from `roots` (chains of `skip` are in the key already: a chain's head, a rule's
+    fixed text or, when its tests' answers are in the key, its facts); None when a DNAT
     target widened the question after a rule was left out for want of it (walk again). The walk goes on after
     a widening, so that one walk gathers every target it meets: a Service port's endpoints are then added in
     one walk, not one walk each (a 10-endpoint port took more walks than `footprint` allows)."""
@@ -517,7 +509,7 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
         if rules is None:  # (an indexed chain: the rules its index files under the question's keys)
             code = source
             kept: list[tuple[Facts, int, tuple[str, str] | None]] = []
-            for i in _positions(node, code, q):
+            for i in positions(node, code, q):
                 f, jump, line = node.item(code, i)
                 if not f.plain and not can_match(f):
                     continue
@@ -527,19 +519,21 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
             if len(kept) > 1:
                 kept = by_destination(kept)
             for f, line, jump in kept:
-                items.append(f)
+                fixed = f.fixed
+                items.append(f if fixed is None else fixed)
                 lines.append(line)
                 if jump is not None:
                     jumps.append(jump)
         else:
             # (a short chain: kept rules go straight into the key, in chain order; this loop runs for most
             # rules of every walk)
-            for f, jump, i, ask in rules.plan:
+            for f, jump, i, ask, nat_to in rules.plan:
                 if ask and not can_match(f):
                     continue
-                if f.nat_to is not None and f.kind == KIND_DNAT and add_target(f.nat_to):
+                if nat_to is not None and add_target(nat_to):
                     again = True
-                items.append(f)
+                fixed = f.fixed
+                items.append(f if fixed is None else fixed)
                 lines.append(source[i][3])
                 if jump is not None:
                     jumps.append(jump)
@@ -566,25 +560,28 @@ def footprint(tracer: Any, calls: Sequence[tuple[str | None, Packet]]) -> Footpr
             return None
         items, kept_lines = walked
         q.freeze()
-        entries = []
-        for item in items:
-            if isinstance(item, str):
-                entries.append(item)
-            elif not item.specs and not item.risky:
-                entries.append(item.abstract)  # (q.entry's answer for it)
-            else:
+        # (the walk gave chains' heads and rules' fixed texts as they are, the other rules as Facts)
+        entries = items
+        for n, item in enumerate(items):
+            if item.__class__ is not str:
                 if item.risky:
                     q.check(item)
-                entries.append(q.entry(item))
+                entries[n] = q.entry(item)
         for f, ids in context.risky:
             if not f.never and all("1" in q.bits(context.specs[k]) for k in ids):
                 q.check(f)
-        body = "\n".join([q.header(), context.digest, " ".join(q.bits(spec) for spec in context.specs), *entries])
+        # (the loose key leaves out the context's answers, the key is the loose key with them)
+        loose = hashlib.blake2b("\n".join([q.header(), context.digest, *entries]).encode(), digest_size=32).digest()
+        bits = [q.bits(spec) for spec in context.specs]
     except (_Unsupported, IptraceError):
         return None
     abstracted = tuple(sorted(_text(a, tracer.version) for a, role in q.roles.items() if role is not None))
-    return Footprint(hashlib.blake2b(body.encode(), digest_size=32).digest(), (*context.lines, *kept_lines),
-                     abstracted)
+    key = hashlib.blake2b(loose + " ".join(bits).encode(), digest_size=32).digest()
+    lines = (*context.lines, *kept_lines)
+    if not bits:
+        return Footprint(key, lines, abstracted)
+    side = Loose(tracer, context.reads(), bits, q.src_key, q.dst_list)
+    return Footprint(key, lines, abstracted, loose, side.watch, side.agrees)
 
 
 @functools.lru_cache(maxsize=4096)  # (the node's own addresses and the clients': the same few every port)

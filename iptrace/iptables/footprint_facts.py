@@ -27,8 +27,8 @@ class Facts:
     """One rule's text as a footprint reads it: `abstract` a digest of it with its -s/-d values as "@", `target`
     its chain's name object (or one per name)."""
 
-    __slots__ = ("abstract", "goto", "host", "key", "kind", "nat_to", "never", "plain", "reads", "risky", "set_reads",
-                 "specs", "target")
+    __slots__ = ("abstract", "fixed", "goto", "host", "key", "kind", "nat_to", "never", "plain", "reads", "risky",
+                 "set_reads", "specs", "target")
 
     def __init__(self, abstract: str, specs: tuple[tuple[bool, bool, tuple[tuple[int, int], ...]], ...],
                  key: tuple[int, int, int | None] | None, host: int | None, never: bool, target: str,
@@ -47,6 +47,8 @@ class Facts:
         self.set_reads = set_reads  # -m set (membership unknown unless the tracer knows the set)
         self.plain = not never and key is None and host is None and not specs  # matches any question
         self.risky = kind == KIND_OPAQUE or reads or set_reads
+        # (its text in the key whatever the question, None when that says how its tests answer: _Question.entry)
+        self.fixed = abstract if not specs and not self.risky else None
 
 
 _FACTS: dict[tuple[int, str, bool, str], Facts] = {}
@@ -128,8 +130,10 @@ class ChainRules:
 
     def __init__(self, rules: list[tuple[Facts, tuple[str, str] | None]]) -> None:
         self.rules = rules
-        # (facts, jump, position, whether `_Question.can_match` must decide) of every rule a question may keep,
+        # (facts, jump, position, whether `_Question.can_match` must decide, a DNAT's target) of every rule a
+        # question may keep,
         # in chain order: a rule that never matches is left out (can_match says no, and leaves `narrowed` as it
         # is), one that matches every question needs no asking.
-        self.plan: list[tuple[Facts, tuple[str, str] | None, int, bool]] = [
-            (f, jump, i, not f.plain) for i, (f, jump) in enumerate(rules) if not f.never]
+        self.plan: list[tuple[Facts, tuple[str, str] | None, int, bool, tuple[int | None, int | None] | None]] = [
+            (f, jump, i, not f.plain, f.nat_to if f.kind == KIND_DNAT else None)
+            for i, (f, jump) in enumerate(rules) if not f.never]

@@ -104,6 +104,9 @@ class Tracer(ChainWalker):
         self._bound_values = {}
         no_policy = {w.line for w in ruleset.warnings if "has no policy" in w.message}
         self._dash_policy = {(t.name, c.name) for t in ruleset.tables for c in t.chains if c.line in no_policy}
+        # While a footprint watches (footprint_loose.py): each trace's original destination and, for each of its
+        # branches, its source, final destination, path and chains (cons lists).
+        self._watch: list[tuple[int, list[tuple[int, int, Any, Any]]]] | None = None
 
 
     # ------------------------------------------------------------------------------------ hooks
@@ -319,6 +322,8 @@ class Tracer(ChainWalker):
         gc.disable()
         try:
             finals = self._enter(code, state, ())
+            if self._watch is not None:
+                self._watch.append((ip_int(packet.dst)[1], [(s.src, s.dst, s.path, s.chains) for s, _t in finals]))
             original = join_host_port(packet.dst, packet.dport)
             outcomes = tuple([self._outcome(s, terminal, original, fragment=True) for s, terminal in finals])
         finally:
@@ -352,6 +357,8 @@ class Tracer(ChainWalker):
                 finals = self._walk_hooks(state)
             else:
                 finals = self._walk_fragment(state)
+            if self._watch is not None:
+                self._watch.append((dst, [(s.src, s.dst, s.path, s.chains) for s, _t in finals]))
             original = join_host_port(packet.dst, packet.dport)
             outcomes = tuple([self._outcome(s, terminal, original) for s, terminal in finals])
         finally:

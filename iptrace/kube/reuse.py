@@ -7,7 +7,9 @@ view asks (iptrace.dataplane.Footprint: every rule those traces could meet, how 
 packets with the node's own addresses and the clients named by role). Equal keys mean equal traces, hence an
 equal view, once the other node's line numbers are put in position by position. The view builder says which
 questions it will ask (no walk, no view built); a port is kept only when its real build asked exactly those
-questions and its view spells none of the addresses named by role. A
+questions and its view spells none of the addresses named by role. Where the footprint has a loose key
+(Footprint.loose: rules that differ per node, e.g. naming the node's own pod CIDR, left out), a view kept under it
+is reused too when this node's rules answer alike what that view's traces decided (Footprint.agrees). A
 dataplane without footprints gets no reuse. Dataplane-free and pure (a per-process cache, no I/O).
 """
 
@@ -35,6 +37,10 @@ MISSES = 4
 # dropped: its rules were that node's own (a local endpoint, the node's pod CIDR in a CNI rule), and keeping it
 # would make a worker's memory grow with the number of nodes it audits. A view reused once is kept (LRU).
 PROBATION = 8
+
+# Views kept per loose key of a port (Footprint.loose): the traces of each decided what a node must answer alike to
+# reuse it; a node's own rules (its local endpoints) make a few variants.
+LOOSE = 4
 
 # Where a view holds dump lines (tests/test_reuse.py checks these are all the fields there are).
 LINE_FIELDS = {ServicePortView: ("lines",), EndpointView: ("line",), EntryView: ("lines",),
@@ -74,6 +80,7 @@ class ReuseStats:
     stored: int = 0
     skipped: int = 0  # ports traced without a key: it kept missing (MISSES)
     dropped: int = 0  # views dropped unused (PROBATION)
+    loose: int = 0  # of `reused`, those found by their footprint's loose key (Footprint.loose)
 
     @property
     def traced(self) -> int:
@@ -90,6 +97,8 @@ class ViewReuse:
         self._unused: OrderedDict[tuple[Any, ...], int] = OrderedDict()  # views not reused yet → round kept
         self._misses: dict[tuple[Any, ...], tuple[int, int]] = {}  # port → (misses in a row, round of the last)
         self._round = 0  # calls of `services` (a node's family each)
+        # (port, Footprint.loose) → (what the traces of a kept view decided, its key), newest last (LOOSE of them)
+        self._loose: dict[tuple[Any, ...], list[tuple[Any, tuple[Any, ...]]]] = {}
 
     def services(self, layout: Layout, tracer: Any, make: Callable[[Any], Callable[[ServicePortLayout],
                  ServicePortView]], ask: Callable[[ServicePortLayout], list[Call]]) -> list[ServicePortView]:
@@ -121,6 +130,9 @@ class ViewReuse:
                 continue
             key = (*port, found.key)
             kept = self._views.get(key)
+            loose = None if found.loose is None else (*port, found.loose)
+            if kept is None and loose is not None:
+                key, kept = self._loosely(loose, found.agrees, key)
             if kept is not None:
                 self._views.move_to_end(key)
                 self._unused.pop(key, None)
@@ -131,7 +143,11 @@ class ViewReuse:
                 continue
             misses[port] = (missed + 1, self._round)
             real.calls, real.clean = [], True
-            view = build(sp)
+            done = found.watch() if loose is not None and found.watch is not None else None
+            try:
+                view = build(sp)
+            finally:
+                decided = done() if done is not None else None
             if real.clean and real.calls == calls and not _spells(view, found.abstracted):
                 stored = _positional(view, sp, found.lines)
                 if stored is not None:
@@ -140,8 +156,35 @@ class ViewReuse:
                     self.stats.stored += 1
                     if len(self._views) > self.size:
                         self._unused.pop(self._views.popitem(last=False)[0], None)
+                    if loose is not None and decided is not None:
+                        self._keep_loose(loose, decided, key)
             out.append(view)
         return out
+
+    def _loosely(self, loose: tuple[Any, ...], agrees: Callable[[Any], bool] | None, key: tuple[Any, ...],
+                 ) -> tuple[tuple[Any, ...], ServicePortView | None]:
+        """(its key, the view) kept under the loose key `loose` whose traces decided what this node's rules
+        decide alike (`agrees`: Footprint.agrees); (`key`, None) when there is none."""
+        found = self._loose.get(loose)
+        if not found or agrees is None:
+            return key, None
+        views = self._views
+        for decided, kept_key in reversed(found):
+            view = views.get(kept_key)
+            if view is not None and agrees(decided):
+                self.stats.loose += 1
+                return kept_key, view
+        return key, None
+
+    def _keep_loose(self, loose: tuple[Any, ...], decided: Any, key: tuple[Any, ...]) -> None:
+        found = self._loose.get(loose)
+        if found is None:
+            if len(self._loose) > self.size:
+                self._loose.clear()  # (its views may still be kept: they are then reused by their keys only)
+            found = self._loose[loose] = []
+        views = self._views
+        found[:] = [item for item in found if item[1] in views][-(LOOSE - 1):]
+        found.append((decided, key))
 
     def _drop_unused(self) -> None:
         """Drop the views kept more than PROBATION rounds ago that no node has reused since."""
