@@ -113,8 +113,9 @@ def test_json_shape() -> None:
     svc(b, "web").endpoints.pop()
     doc = diff_to_json(diff(dump(a, "node-a"), dump(b, "node-a")))
     assert list(doc) == ["format", "a", "b", "era", "services_added", "services_removed", "services_changed",
-                         "rules", "mode", "equivalent", "notes"]
-    assert (doc["mode"], doc["equivalent"], doc["notes"]) == ({"a": "iptables", "b": "iptables"}, False, [])
+                         "rules", "mode", "equivalent", "notes", "warnings"]
+    assert (doc["mode"], doc["equivalent"], doc["notes"], doc["warnings"]) == (
+        {"a": "iptables", "b": "iptables"}, False, [], [])
     assert doc["a"] == "node-a.txt"
     (web,) = doc["services_changed"]
     assert web["service"] == "default/web:http"

@@ -106,7 +106,7 @@ def test_a_changed_endpoint_nodeport_and_policy_are_named() -> None:
 def test_json_keeps_its_keys_and_adds_the_verdict() -> None:
     doc = diff_to_json(migration(services(), services()))
     assert list(doc) == ["format", "a", "b", "era", "services_added", "services_removed", "services_changed",
-                         "rules", "mode", "equivalent", "notes"]
+                         "rules", "mode", "equivalent", "notes", "warnings"]
     assert doc["mode"] == {"a": "iptables", "b": "nftables"} and doc["equivalent"] is True
     assert doc["notes"] and all(isinstance(n, str) for n in doc["notes"])
     assert json.loads(json.dumps(doc)) == doc

@@ -90,3 +90,19 @@ def test_real_dumps_of_three_clusters_are_not_compared_with_each_other() -> None
     # between clusters; two nodes are named as another cluster's.
     assert {f["id"] for f in findings} == {"other-cluster"}
     assert len(findings) == 2
+
+
+def test_a_diff_of_two_clusters_says_so(tmp_path: Path) -> None:
+    text = SAMPLE.read_text()
+    (tmp_path / "a.txt").write_text(text)
+    (tmp_path / "b.txt").write_text(_another_cluster(text))
+    doc = json.loads(CliRunner().invoke(main, ["diff", str(tmp_path / "a.txt"), str(tmp_path / "b.txt"),
+                                               "-o", "json"]).stdout)
+    (warning,) = doc["warnings"]
+    assert "different clusters (default/kubernetes:https is at 10.96.0.1 on one and at 172.96.0.1" in warning
+    text_out = CliRunner().invoke(main, ["diff", str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]).stdout
+    assert text_out.splitlines()[2].startswith("warning: the two dumps look like nodes of different clusters")
+    # One cluster's node against itself: no warning.
+    same = json.loads(CliRunner().invoke(main, ["diff", str(tmp_path / "a.txt"), str(tmp_path / "a.txt"),
+                                                "-o", "json"]).stdout)
+    assert same["warnings"] == []

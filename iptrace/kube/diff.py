@@ -17,6 +17,7 @@ from typing import Any
 
 from iptrace.kube import migration
 from iptrace.kube.compare import view_service_label
+from iptrace.kube.fleets import other_clusters
 from iptrace.kube.view import EXTERNAL, NODE, OUTSIDE_RANGES, POD, EntryView, ServicePortView
 
 
@@ -86,6 +87,7 @@ class Diff:
     mode_a: str = "iptables"  # kube-proxy's proxy mode on each side (iptables, nftables, …)
     mode_b: str = "iptables"
     notes: tuple[str, ...] = ()  # what one mode cannot show; never a Service-port difference
+    warnings: tuple[str, ...] = ()  # what makes the comparison itself doubtful (two clusters' nodes)
 
     @property
     def empty(self) -> bool:
@@ -244,5 +246,9 @@ def diff(a: Any, b: Any) -> Diff:
         if change is not None:
             changed.append(change)
     mode_a, mode_b = migration.modes(a, b)
+    why = other_clusters(*({(k, sp.cluster_ip) for k, sp in side.items() if sp.cluster_ip} for side in (sa, sb)))
+    warnings = () if why is None else (
+        f"the two dumps look like nodes of different clusters ({why}): their Services differ as a whole; diff "
+        "two nodes of one cluster, or one node before and after a change",)
     return Diff(a.ruleset.source, b.ruleset.source, va.era.name, vb.era.name, added, removed, tuple(changed),
-                tuple(_other_rules(a, b)), mode_a, mode_b, notes.texts(a, b) if notes is not None else ())
+                tuple(_other_rules(a, b)), mode_a, mode_b, notes.texts(a, b) if notes is not None else (), warnings)

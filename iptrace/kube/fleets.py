@@ -8,6 +8,7 @@ cluster wrong; they are compared within their own cluster, and told apart. Datap
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -28,6 +29,17 @@ OTHER_CLUSTER = "other-cluster"
 T = TypeVar("T")
 
 
+def other_clusters(a: AbstractSet[tuple[str, str]], b: AbstractSet[tuple[str, str]]) -> str | None:
+    """Why two nodes' Service ports, as (name, ClusterIP), look like two clusters' (None: they may be one's)."""
+    if _overlap(a, b) is not None:
+        return None
+    ka, kb = _kubernetes(a), _kubernetes(b)
+    if ka is not None and kb is not None and ka != kb:
+        return f"{KUBERNETES} is at {ka} on one and at {kb} on the other"
+    small = min(len(a), len(b))
+    return f"only {len(a & b)} of the {small} Service ports of the smaller one have the same name and ClusterIP on both"
+
+
 def _ports(digest: FamilyDigest | None) -> frozenset[tuple[str, str]]:
     """A node's Service ports as (name, ClusterIP): what one cluster's nodes share."""
     if digest is None:
@@ -35,11 +47,11 @@ def _ports(digest: FamilyDigest | None) -> frozenset[tuple[str, str]]:
     return frozenset((p.key, p.cluster_ip) for p in digest.ports if p.cluster_ip)
 
 
-def _kubernetes(ports: frozenset[tuple[str, str]]) -> str | None:
+def _kubernetes(ports: AbstractSet[tuple[str, str]]) -> str | None:
     return next((ip for name, ip in ports if name == KUBERNETES), None)
 
 
-def _overlap(a: frozenset[tuple[str, str]], b: frozenset[tuple[str, str]]) -> float | None:
+def _overlap(a: AbstractSet[tuple[str, str]], b: AbstractSet[tuple[str, str]]) -> float | None:
     """The share of the smaller node's ports found in the other's; None when they are another cluster's."""
     ka, kb = _kubernetes(a), _kubernetes(b)
     if ka is not None and kb is not None and ka != kb:

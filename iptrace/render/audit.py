@@ -133,6 +133,7 @@ def diff_to_json(d: Diff) -> dict[str, Any]:
         "mode": {"a": d.mode_a, "b": d.mode_b},
         "equivalent": d.equivalent,
         "notes": list(d.notes),
+        "warnings": list(d.warnings),
     }
 
 
@@ -157,7 +158,7 @@ def _verdict_line(d: Diff) -> str:
 
 def render_diff_text(d: Diff) -> str:
     """`-`/`+` lines per Service port, then the rules changed outside kube-proxy's chains, then the notes."""
-    out = [f"--- {d.a}", f"+++ {d.b}"]
+    out = [f"--- {d.a}", f"+++ {d.b}", *(f"warning: {w}" for w in d.warnings)]
     if d.empty:
         out.append("no differences in Services, endpoints or non-kube-proxy rules")
         return "\n".join(out) + "\n"
