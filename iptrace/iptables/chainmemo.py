@@ -81,15 +81,11 @@ class Access:
         self.dport_tokens = dport_tokens
 
 
-# Targets whose Access is their own (see access_kind).
-ACCESS_TARGETS = frozenset(_TARGET_FIELDS)
-
-
 def access_kind(target: str) -> str:
     """What a rule's Access depends on of its target (a chain's name for a jump): the target itself for a
     target proper and for kube-proxy's marking chains, "" for a jump to any other chain (of jump targets only
     the marking chains write anything by being jumped to)."""
-    return target if target in ACCESS_TARGETS or (target.isupper() and "-" not in target) else ""
+    return target if target in _TARGET_FIELDS or (target.isupper() and "-" not in target) else ""
 
 
 def rule_access(structure: Structure, target: str, extra_addresses: bool, cache: dict[tuple[int, str], Access],
@@ -300,7 +296,7 @@ def replay_positional(recorded: tuple[Positional, ...], s: Any, written: tuple[s
                                                      for v in values]))
         if at >= 0:
             c = compiled[at]
-            decision = c._decision or c.decision
+            decision = c.decision
             if wrote:
                 new.rewrite_destination(c.arg, decision)
         path = path0

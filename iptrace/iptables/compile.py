@@ -11,7 +11,6 @@ from typing import Any
 from iptrace.dataplane import Decision, Step, positional_new
 from iptrace.errors import TraceError
 from iptrace.iptables import chainmemo
-from iptrace.iptables.chainmemo import ACCESS_TARGETS
 from iptrace.iptables.comments import parse_comment
 from iptrace.iptables.index import MIN_RULES, ChainIndex
 from iptrace.iptables.matchers import (
@@ -338,9 +337,8 @@ class Compiler:
                 if extra:
                     c.access = chainmemo.rule_access(kit.structure, c.target, True, self._access)
                 else:
-                    # (chainmemo.access_kind, spelled out: a Service chain's rules each jump to their own chain)
                     target = c.target
-                    kind = target if target in ACCESS_TARGETS or (target.isupper() and "-" not in target) else ""
+                    kind = chainmemo.access_kind(target)  # (a Service chain's rules each jump to their own chain)
                     accesses = kit.accesses
                     access = accesses.get(kind)
                     if access is None:
