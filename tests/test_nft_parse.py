@@ -178,6 +178,17 @@ def test_structure_lines_and_base_chains() -> None:
     assert r.source == "l.nft" and r.rule_count == 11
 
 
+def test_a_chain_option_word_followed_by_a_tab_is_still_the_option() -> None:
+    # nft reads any blank after `type`/`policy`; a tab there once made the declaration a rule of its own (found by
+    # tests/test_nft_properties.py's mutations).
+    text = LISTING.replace("type nat hook output", "type\t nat hook output")
+    assert text != LISTING
+    t = load(text, source="l.nft").table("ip", "kube-proxy")
+    assert t.chain("nat-output").base == load(LISTING).table("ip", "kube-proxy").chain("nat-output").base
+    assert t.chain("nat-output").base is not None
+    assert [r.text for r in t.chain("nat-output").rules] == ["jump services"]
+
+
 def test_kube_proxy_rules_read_into_items() -> None:
     t = load(LISTING).table("ip", "kube-proxy")
     svc = t.chain("service-ULMVA6XW-ns1/svc1/tcp/p80").rules

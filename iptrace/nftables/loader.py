@@ -37,6 +37,8 @@ _HANDLE_RE = re.compile(r"#\s*handle\s+(\d+)\s*$")
 _SPLIT_RE = re.compile(r'"(?:\\.|[^"\\])*"|[{};]|[^{};"]+|"')
 _SPACES_RE = re.compile(r'"(?:\\.|[^"\\])*"|\s+')
 _CHAIN_OPTIONS = ("type ", "policy ", "comment ", "devices")
+# The same, with any blank after the word (`type\tnat hook …` is a chain option too, as nft reads it).
+_CHAIN_OPTION_RE = re.compile(r"(?:type|policy|comment)\s|devices")
 
 
 def _squeeze(text: str) -> str:
@@ -402,7 +404,7 @@ class TextLoader(CommandMixin):
             return
         ctx = self.stack[-1][0] if self.stack else TOP
         if ctx == CHAIN:
-            if text.startswith(_CHAIN_OPTIONS):
+            if _CHAIN_OPTION_RE.match(text):
                 tree = self.parse(text, "chain_line", line_no, col)
                 if tree is not None:
                     self.chain_option(self.stack[-2][1], self.stack[-1][1], tree.children[0], line_no, col)
