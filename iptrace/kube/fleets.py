@@ -31,9 +31,9 @@ T = TypeVar("T")
 
 def other_clusters(a: AbstractSet[tuple[str, str]], b: AbstractSet[tuple[str, str]]) -> str | None:
     """Why two nodes' Service ports, as (name, ClusterIP), look like two clusters' (None: they may be one's)."""
-    if _overlap(a, b) is not None:
-        return None
     ka, kb = _kubernetes(a), _kubernetes(b)
+    if _overlap(a, b, ka, kb) is not None:
+        return None
     if ka is not None and kb is not None and ka != kb:
         return f"{KUBERNETES} is at {ka} on one and at {kb} on the other"
     small = min(len(a), len(b))
@@ -51,9 +51,10 @@ def _kubernetes(ports: AbstractSet[tuple[str, str]]) -> str | None:
     return next((ip for name, ip in ports if name == KUBERNETES), None)
 
 
-def _overlap(a: AbstractSet[tuple[str, str]], b: AbstractSet[tuple[str, str]]) -> float | None:
-    """The share of the smaller node's ports found in the other's; None when they are another cluster's."""
-    ka, kb = _kubernetes(a), _kubernetes(b)
+def _overlap(a: AbstractSet[tuple[str, str]], b: AbstractSet[tuple[str, str]], ka: str | None, kb: str | None,
+             ) -> float | None:
+    """The share of the smaller node's ports found in the other's; None when they are another cluster's. `ka`,
+    `kb`: each node's default/kubernetes ClusterIP (_kubernetes)."""
     if ka is not None and kb is not None and ka != kb:
         return None
     small = min(len(a), len(b))
@@ -74,15 +75,17 @@ def cluster_groups(nodes: Sequence[T], primary: Callable[[T], FamilyDigest | Non
     group whose first node shares most of its Service ports, unless every group's first node is another
     cluster's (see SAME_CLUSTER)."""
     ports = [_ports(primary(n)) for n in nodes]
+    kube = [_kubernetes(p) for p in ports]
     groups: list[list[int]] = []
     for i, mine in enumerate(ports):
-        scores = [(share, -k) for k, g in enumerate(groups) if (share := _overlap(mine, ports[g[0]])) is not None]
+        scores = [(share, -k) for k, g in enumerate(groups)
+                  if (share := _overlap(mine, ports[g[0]], kube[i], kube[g[0]])) is not None]
         if scores:
             groups[-max(scores)[1]].append(i)
         else:
             groups.append([i])
     groups.sort(key=lambda g: (-len(g), g[0]))
-    return [Group(tuple(g), next((k for i in g if (k := _kubernetes(ports[i])) is not None), None)) for g in groups]
+    return [Group(tuple(g), next((kube[i] for i in g if kube[i] is not None), None)) for g in groups]
 
 
 def other_cluster_findings(names: Sequence[str], groups: Sequence[Group]) -> list[Finding]:
