@@ -44,7 +44,9 @@ class _Table:
     affinity: dict[str, int] = field(default_factory=dict)  # set name -> timeout seconds
     chains: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # name -> (base spec, comment)
     rules: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # chain -> [(transaction, listing)]
-    elements: dict[str, list[tuple[str, str | None, str | None]]] = field(default_factory=dict)
+    # name -> key -> (value, comment): what the kernel holds; element_ops: kube-proxy's element commands, in order
+    elements: dict[str, dict[str, tuple[str | None, str | None]]] = field(default_factory=dict)
+    element_ops: list[tuple[str, str, str, str | None, str | None]] = field(default_factory=list)
     cluster_ips: set[str] = field(default_factory=set)
 
     def chain(self, name: str, base: str | None = None, comment: str | None = None) -> None:
@@ -56,7 +58,17 @@ class _Table:
         self.rules[chain].append((tx, tx if listed is None else listed))
 
     def element(self, name: str, key: str, value: str | None = None, comment: str | None = None) -> None:
-        self.elements.setdefault(name, []).append((key, value, comment))
+        """kube-proxy's ensureElem: a key it wrote already in this sync keeps its element when the value is the
+        same, else the element is deleted and added again with the new value (two Services sharing an external
+        IP and port: the last one written wins; the kernel refuses one key with two values)."""
+        held = self.elements.setdefault(name, {})
+        known = held.get(key)
+        if known is not None:
+            if known[0] == value:
+                return
+            self.element_ops.append(("delete", name, key, None, None))
+        held[key] = (value, comment)
+        self.element_ops.append(("add", name, key, value, comment))
 
 
 _BASE_CHAINS = (  # name, type, hook, priority, the kernel's spelling of that priority (for output hooks too)
@@ -256,10 +268,10 @@ def _listing(t: _Table) -> str:
     blocks: list[str] = []
     for name, (kind, typ, comment) in t.sets.items():
         lines = [f"\t{kind} {name} {{", f"\t\ttype {typ}", f'\t\tcomment "{comment}"']
-        elements = t.elements.get(name, [])
+        elements = t.elements.get(name, {})
         if elements:
             per = _per_line(typ)
-            texts = [_element_text(*e) for e in elements]
+            texts = [_element_text(key, *e) for key, e in elements.items()]
             rows = [", ".join(texts[i:i + per]) for i in range(0, len(texts), per)]
             lines.append("\t\telements = { " + ",\n\t\t\t     ".join(rows) + " }")
         blocks.append("\n".join([*lines, "\t}"]))
@@ -296,8 +308,8 @@ def _transaction(t: _Table) -> str:
         out.append(f"add chain {fam} {name}{body}")
     for name, rules in t.rules.items():
         out += [f"add rule {fam} {name} {tx}" for tx, _ in rules]
-    for name, elements in t.elements.items():
-        out += [f"add element {fam} {name} {{ {_element_text(*e)} }}" for e in elements]
+    for verb, name, key, value, comment in t.element_ops:
+        out.append(f"{verb} element {fam} {name} {{ {_element_text(key, value, comment)} }}")
     return "\n".join(out) + "\n"
 
 

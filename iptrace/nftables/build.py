@@ -184,24 +184,25 @@ class Finisher:
             if op == "flush":
                 out.clear()
                 continue
-            fresh: dict[Any, Element] = {}
+            if op != "delete":
+                # (into the set itself: an element whose key it holds with another value is an error where
+                # it is written, as nft says "File exists")
+                try:
+                    reader.read(body, line=line, column=column, error=error, out=out)
+                except ParseError as exc:
+                    self.fail(exc)
+                continue
+            gone: dict[Any, Element] = {}
             try:
-                reader.read(body, line=line, column=column, error=error, out=fresh)
+                reader.read(body, line=line, column=column, error=error, out=gone, keys_only=True)
             except ParseError as exc:
                 self.fail(exc)
-            if op == "delete":
-                for key in fresh:
-                    if out.pop(key, None) is None:
-                        self.semantic(f"delete of an element that set {s.name!r} does not hold", line,
-                                      line_text(line), column)
-                continue
-            if out:
-                for key, e in fresh.items():
-                    out.setdefault(key, e)
-            else:
-                out.update(fresh)
-            if reader.vmap:
-                t.refs.update([e.data.target for e in fresh.values() if e.data.target is not None])
+            for key in gone:
+                if out.pop(key, None) is None:
+                    self.semantic(f"delete of an element that set {s.name!r} does not hold", line,
+                                  line_text(line), column)
+        if reader.vmap:
+            t.refs.update([e.data.target for e in out.values() if e.data.target is not None])
 
     def table(self, t: TableBuilder, line_text: Callable[[int], str]) -> Table | None:
         if not t.declared:

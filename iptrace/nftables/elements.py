@@ -37,9 +37,11 @@ class ElementReader:
         self.vmap = data == ("verdict",)
 
     def read(self, body: str, *, line: int, column: int, error: Callable[[str, int, int], ParseError],
-             out: dict[Any, Element]) -> None:
+             out: dict[Any, Element], keys_only: bool = False) -> None:
         """Add the elements of `body` (the inside of the braces) to `out`, keyed by element key. `body` starts
-        at `line`:`column` (1-based) and may span lines."""
+        at `line`:`column` (1-based) and may span lines. A map element whose key `out` holds already with
+        another value is an error, as the kernel refuses it ("File exists"); the same element twice is not.
+        `keys_only`: a map's elements may be given by their keys alone (`delete element`)."""
         if '"' in body or "{" in body or "}" in body:
             chunks = [(m.group(), m.start()) for m in _CHUNK_RE.finditer(body)]
             rest = body[chunks[-1][1] + len(chunks[-1][0]):] if chunks else body
@@ -62,28 +64,37 @@ class ElementReader:
                 continue
             try:
                 element = None if '"' in text or "{" in text or " timeout " in text or " expires " in text \
-                    or " counter " in text else fast(text)
+                    or " counter " in text else fast(text, keys_only)
                 if element is None:
-                    element = self.slow(text)
+                    element = self.slow(text, keys_only)
             except (ValueError, NotUnderstood) as exc:
                 start = offset + len(chunk) - len(chunk.lstrip())
                 why = str(exc) if isinstance(exc, ValueError) else "cannot read this element"
                 self.fail(error, body, start, line, column, why)
-            out.setdefault(element.key, element)
+            known = out.setdefault(element.key, element)
+            if known is not element and known.data != element.data and not keys_only:
+                start = offset + len(chunk) - len(chunk.lstrip())
+                raise self.exists(error, body, start, line, column, text)
 
     def fail(self, error: Callable[[str, int, int], ParseError], body: str, start: int, line: int, column: int,
              why: str) -> None:
-        where_line = line + body.count("\n", 0, start)
-        line_start = body.rfind("\n", 0, start) + 1
-        where_col = (start - line_start + 1) if line_start else column + start
-        raise error(f"{why}; expected an element of type {' . '.join(self.keys)}"
-                    + (f" : {' . '.join(self.data)}" if self.data else ""), where_line, where_col) from None
+        expected = " . ".join(self.keys) + (f" : {' . '.join(self.data)}" if self.data else "")
+        raise error(f"{why}; expected an element of type {expected}", *_where(body, start, line, column)) from None
 
-    def fast(self, text: str) -> Element | None:
+    def exists(self, error: Callable[[str, int, int], ParseError], body: str, start: int, line: int, column: int,
+               text: str) -> ParseError:
+        key = text.partition(" : ")[0].strip()
+        return error(f"the map already holds the key {key} with another value: nft refuses this (\"Could not "
+                     "process rule: File exists\"), so no node's ruleset holds both; to change an element's value "
+                     "delete it first (kube-proxy does)", *_where(body, start, line, column))
+
+    def fast(self, text: str, keys_only: bool = False) -> Element | None:
         if self.data is not None:
             key_text, sep, data_text = text.partition(" : ")
             if not sep:
-                return None
+                if not keys_only:
+                    return None
+                key_text, data_text = text, ""
         else:
             key_text, data_text = text, ""
         norms = self.key_norms
@@ -99,7 +110,7 @@ class ElementReader:
                 key = (norms[0](parts[0]), norms[1](parts[1]), norms[2](parts[2]))
             else:
                 key = tuple(n(p) for n, p in zip(norms, parts, strict=True))
-        if self.data is None:
+        if self.data is None or (keys_only and " : " not in text):
             return _make_element(key, None, None, None, None, None)
         if self.vmap:
             verdict = _VERDICTS.get(data_text)
@@ -117,7 +128,7 @@ class ElementReader:
         return _make_element(key, tuple(n(p) for n, p in zip(self.data_norms, dparts, strict=True)), None, None,
                              None, None)
 
-    def slow(self, text: str) -> Element:
+    def slow(self, text: str, keys_only: bool = False) -> Element:
         def error(why: str, col: int) -> ParseError:
             raise ValueError(why)
 
@@ -125,6 +136,13 @@ class ElementReader:
         element = reader.read_element(self.keys, self.data)
         if reader.pos != len(reader.toks):
             raise NotUnderstood
-        if self.data is not None and element.data is None:
+        if self.data is not None and element.data is None and not keys_only:
             raise ValueError("a map element without its ': value'")
         return instantiate(element)
+
+
+def _where(body: str, start: int, line: int, column: int) -> tuple[int, int]:
+    """The line and column (1-based) of offset `start` of an element list that starts at `line`:`column`."""
+    where_line = line + body.count("\n", 0, start)
+    line_start = body.rfind("\n", 0, start) + 1
+    return where_line, (start - line_start + 1) if line_start else column + start

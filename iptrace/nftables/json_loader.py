@@ -412,7 +412,10 @@ def _read_object(obj: Any, tables: dict[tuple[str, str], TableBuilder], warnings
         reader = JsonReader(t.family)
         for e in body.get("elem", []):
             element = reader.element(e, s.key_type, s.data_type)
-            s.elements.setdefault(element.key, element)
+            known = s.elements.setdefault(element.key, element)
+            if known is not element and known.data != element.data:
+                raise ValueError(f"{kind} {s.name!r} lists the key {_compact(e)[:60]} twice with different values; "
+                                 "the kernel never holds both (nft refuses the second: \"File exists\")")
             if isinstance(element.data, Verdict) and element.data.target is not None:
                 t.refs.add(element.data.target)
         t.sets[s.name] = s

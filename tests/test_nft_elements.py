@@ -1,0 +1,116 @@
+"""A map's elements as the kernel holds them: one value per key. A key written twice with different values is
+refused ("File exists", where nft points), the same element twice is not, `delete element` names elements by
+their keys alone (kube-proxy's ensureElem deletes and adds an element again when its value changes: the last one
+wins). Checked by hand everywhere, and against `nft -f` in a network namespace as root."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+
+import pytest
+
+from bench import netns
+from iptrace.errors import ParseError
+from iptrace.nftables import load
+from iptrace.nftables.model import Ruleset
+
+_TABLE = """table ip t {
+	map m {
+		type ipv4_addr . inet_proto . inet_service : verdict
+%s	}
+
+	chain a {
+		dnat to 198.18.0.1
+	}
+
+	chain b {
+		dnat to 198.18.0.2
+	}
+
+	chain pre {
+		type nat hook prerouting priority dstnat; policy accept;
+		ip daddr . meta l4proto . th dport vmap @m
+	}
+}
+"""
+_KEY = "198.19.0.4 . tcp . 80"
+
+# (name, text, where iptrace and nft refuse it as (line, column) or None, the element's chain when accepted)
+CASES = [
+    ("listing, one key twice with two values",
+     _TABLE % f"\t\telements = {{ {_KEY} : goto a,\n\t\t\t     {_KEY} : goto b }}\n", (5, 9), None),
+    ("listing, the same element twice", _TABLE % f"\t\telements = {{ {_KEY} : goto a, {_KEY} : goto a }}\n",
+     None, "a"),
+    ("transaction, added twice with two values",
+     _TABLE % "" + f"add element ip t m {{ {_KEY} : goto a }}\nadd element ip t m {{ {_KEY} : goto b }}\n",
+     (20, 22), None),
+    ("transaction, kube-proxy's ensureElem: deleted by its key, added again",
+     _TABLE % "" + f"add element ip t m {{ {_KEY} : goto a }}\ndelete element ip t m {{ {_KEY} }}\n"
+     f"add element ip t m {{ {_KEY} : goto b }}\n", None, "b"),
+    ("transaction, deleted with its value",
+     _TABLE % "" + f"add element ip t m {{ {_KEY} : goto a }}\ndelete element ip t m {{ {_KEY} : goto a }}\n"
+     f"add element ip t m {{ {_KEY} : goto b }}\n", None, "b"),
+]
+
+
+def _target(ruleset: Ruleset) -> str | None:
+    elements = ruleset.table("ip", "t").set("m").elements  # type: ignore[union-attr]
+    assert len(elements) == 1
+    return elements[0].data.target  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("name", "text", "refused_at", "target"), CASES, ids=[c[0] for c in CASES])
+def test_map_elements_hold_one_value_per_key(name: str, text: str, refused_at: tuple[int, int] | None,
+                                             target: str | None) -> None:
+    if refused_at is None:
+        assert _target(load(text, source="t.nft")) == target
+        return
+    with pytest.raises(ParseError) as info:
+        load(text, source="t.nft")
+    assert (info.value.line, info.value.column) == refused_at
+    assert "File exists" in str(info.value) and _KEY in str(info.value)
+
+
+def test_json_listing_with_one_key_twice_is_refused() -> None:
+    def elem(chain: str) -> dict[str, object]:
+        return {"concat": ["198.19.0.4", "tcp", 80]}, {"goto": {"target": chain}}  # type: ignore[return-value]
+
+    doc = {"nftables": [
+        {"table": {"family": "ip", "name": "t"}},
+        {"chain": {"family": "ip", "table": "t", "name": "a"}},
+        {"chain": {"family": "ip", "table": "t", "name": "b"}},
+        {"map": {"family": "ip", "table": "t", "name": "m", "type": ["ipv4_addr", "inet_proto", "inet_service"],
+                 "map": "verdict", "elem": [list(elem("a")), list(elem("b"))]}},
+    ]}
+    with pytest.raises(ParseError, match="twice with different values"):
+        load(json.dumps(doc), source="t.json")
+    doc["nftables"][3]["map"]["elem"] = [list(elem("a")), list(elem("a"))]  # type: ignore[index]
+    assert _target(load(json.dumps(doc), source="t.json")) == "a"
+
+
+def _no_kernel() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (ip netns, nft)"
+    if shutil.which("nft") is None:
+        return "nft is not installed (apt-get install nftables)"
+    return netns.available()
+
+
+@pytest.mark.root
+@pytest.mark.skipif(_no_kernel() is not None, reason=_no_kernel() or "")
+@pytest.mark.parametrize(("name", "text", "refused_at", "target"), CASES, ids=[c[0] for c in CASES])
+def test_the_kernel_agrees(name: str, text: str, refused_at: tuple[int, int] | None, target: str | None) -> None:
+    with netns.netns("elem") as ns:
+        loaded = netns.run(ns, ["nft", "-f", "-"], stdin=text)
+        listed = netns.run(ns, ["nft", "list", "ruleset"]).stdout
+    if refused_at is None:
+        assert loaded.returncode == 0, loaded.stderr
+        assert _target(load(listed, source="kernel")) == target
+    else:
+        assert loaded.returncode != 0 and "File exists" in loaded.stderr
+        where = re.search(r":(\d+):(\d+)-\d+: Error", loaded.stderr)
+        assert where is not None, loaded.stderr
+        assert (int(where.group(1)), int(where.group(2))) == refused_at
