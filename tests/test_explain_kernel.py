@@ -200,3 +200,30 @@ def test_source_range_blocked_drops_and_an_allowed_source_connects(topo: Topolog
     assert_not_dnated(topo, CLIENT_IP, "198.19.1.40", 443, {"timeout"})
     assert_fix_works(topo, ex, d)
     assert re.search(r"allowed range", d.fix)
+
+
+def _sharing(first: str, second: str) -> str:
+    """Two Services listing the same externalIP and port (kubernetes#69599); the synthesizer writes Services in
+    name order, so `first` gets the first rule in KUBE-SERVICES."""
+    return render([
+        ServiceSpec(first, "web", "198.19.0.50", [PortSpec("http", 80, target_port=8001)],
+                    external_ips=["198.19.2.50"], endpoints=[EndpointSpec("198.18.128.10", 8001)]),
+        ServiceSpec(second, "web", "198.19.0.51", [PortSpec("http", 80, target_port=8080)],
+                    external_ips=["198.19.2.50"], endpoints=[EndpointSpec("198.18.128.14", 8080)]),
+    ], node_ips=[NODE_IP], pod_cidr=POD_CIDR)
+
+
+@pytest.mark.parametrize(("first", "second", "endpoint"), [("alpha", "zulu", ("198.18.128.10", 8001)),
+                                                           ("zulu", "yankee", ("198.18.128.14", 8080))])
+def test_an_external_ip_two_services_claim_goes_where_the_first_rule_says(
+        topo: Topology, first: str, second: str, endpoint: tuple[str, int]) -> None:
+    text = _sharing(first, second)
+    topo.load(text)
+    e = explain(explainer(text), "198.19.2.50", 80, CLIENT_POD)
+    d = the(e, "address-conflict")
+    winner = "alpha/web:http" if first == "alpha" else "yankee/web:http"
+    assert f"here {winner} takes the packet" in d.detail
+    predicted = {o.destination for o in e.trace.outcomes if o.verdict == "DNAT"}
+    assert predicted == {f"{endpoint[0]}:{endpoint[1]}"}
+    result = probe(topo, CLIENT_POD, "198.19.2.50", 80)
+    assert result.outcome == "connected" and result.endpoint == endpoint, result

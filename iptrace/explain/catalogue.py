@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 
 from iptrace.dataplane import Outcome, Step, join_host_port
 from iptrace.explain.addresses import ADDRESS_RULES
+from iptrace.explain.conflicts import address_conflict
 from iptrace.explain.diagnosis import Diagnosis, Evidence, Suggestion
 from iptrace.explain.facts import Case, canonical, finding_label, label, step_evidence
 from iptrace.explain.phrases import ip_of, pct, plural, service_name, wait
@@ -20,7 +21,7 @@ CATALOGUE: tuple[str, ...] = (
     "target-port-on-service-ip", "node-port-on-service-ip", "service-port-on-node-ip", "unknown-port",
     "not-a-service-address", "wrong-protocol", "no-endpoints", "no-local-endpoints", "source-range-blocked",
     "hairpin", "no-kube-proxy-rules", "iptables-backend-split", "stale-endpoints", "missing-service",
-    "not-forwarded", "blocked-by-rule", "healthy",
+    "not-forwarded", "blocked-by-rule", "address-conflict", "healthy",
     # With a conntrack table (iptrace.explain.conntrack): entries the rules no longer decide.
     "stale-conntrack", "stale-conntrack-no-dnat", "conntrack-healthy",
 )
@@ -332,6 +333,9 @@ def diagnose(case: Case) -> tuple[Diagnosis, ...]:
         blocked = blocked_by_rule(case)
         if blocked is not None:
             found.append(blocked)
+    conflict = address_conflict(case)
+    if conflict is not None:
+        found.append(conflict)
     found.extend(cluster_disagreements(case))
     extra = hairpin(case)
     if extra is not None:

@@ -1,0 +1,103 @@
+"""address-conflict: an address, port and protocol claimed by several Service ports (two Services listing the
+same externalIP, kubernetes#69599; an externalIP that is another Service's ClusterIP, CVE-2020-8554). The rule
+that comes first in KUBE-SERVICES takes the packet; explain names every claimant, which one takes it here and
+why another node may differ. tests/test_explain_kernel.py has the kernel send the packet where explain says."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from bench.synth import EndpointSpec, PortSpec, ServiceSpec, render
+from bench.synth_nft import render_nft
+from iptrace.cli import main
+from iptrace.iptables import load
+from iptrace.nftables import load as load_nft
+from tests.dumps import explainer
+
+NODE = "192.168.0.10"
+
+
+def specs(first: str = "blog", second: str = "shop", *, second_port: int = 80, second_proto: str = "TCP",
+          capture: bool = False) -> list[ServiceSpec]:
+    out = [
+        ServiceSpec(first, "web", "10.96.0.20", [PortSpec("http", 80, target_port=8080)], external_ips=["198.18.5.5"],
+                    endpoints=[EndpointSpec("10.244.1.5", 8080)]),
+        ServiceSpec(second, "web", "10.96.0.21", [PortSpec("http", second_port, second_proto, target_port=9090)],
+                    external_ips=["198.18.5.5"], endpoints=[EndpointSpec("10.244.2.6", 9090)]),
+        ServiceSpec("default", "kubernetes", "10.96.0.1", [PortSpec("https", 443, target_port=6443)],
+                    endpoints=[EndpointSpec(NODE, 6443)]),
+    ]
+    if capture:
+        out.append(ServiceSpec("evil", "mitm", "10.96.0.22", [PortSpec("https", 443, target_port=8443)],
+                               external_ips=["10.96.0.1"], endpoints=[EndpointSpec("10.244.3.7", 8443)]))
+    return out
+
+
+def dump(**kwargs: object) -> str:
+    return render(specs(**kwargs), node_ips=[NODE], pod_cidr="10.244.0.0/16")  # type: ignore[arg-type]
+
+
+def conflicts(text: str, dst: str, port: int, *, proto: str = "tcp", nft: bool = False) -> list[object]:
+    ruleset = load_nft(text) if nft else load(text)
+    report = explainer(ruleset, node_ips=[NODE]).explain(dst, port, proto=proto)
+    return [(e.source_kind, d) for e in report.explanations for d in e.diagnoses if d.id == "address-conflict"]
+
+
+@pytest.mark.parametrize(("first", "second"), [("blog", "shop"), ("shop", "blog")])
+def test_two_services_on_one_external_ip_name_both_and_the_one_that_takes_it(first: str, second: str) -> None:
+    text = dump(first=first, second=second)
+    found = conflicts(text, "198.18.5.5", 80)
+    assert [kind for kind, _ in found] == ["pod", "node", "external"]
+    winner = "blog/web:http"  # (the synthesizer writes Services in name order: blog's rule comes first)
+    loser = "shop/web:http"
+    lines = {n for n, line in enumerate(text.splitlines(), 1) if "-d 198.18.5.5/32" in line}
+    for _kind, d in found:
+        assert d.severity == "error"
+        assert d.summary == ("198.18.5.5:80/tcp is claimed by 2 Service ports: blog/web:http (externalIP), "
+                             "shop/web:http (externalIP)")
+        assert f"here {winner} takes the packet (line {min(lines)})" in d.detail
+        assert f"may put {loser} first" in d.detail and "kubernetes#69599" in d.detail
+        assert "CVE-2020-8554" not in d.detail
+        assert {e.line for e in d.evidence} == lines
+        assert "blog/web or shop/web" in d.fix and "DenyServiceExternalIPs" in d.fix
+
+
+def test_an_external_ip_that_is_another_services_cluster_ip_can_capture_it() -> None:
+    (_, d), = conflicts(dump(capture=True), "10.96.0.1", 443)[:1]
+    assert "evil/mitm:https (externalIP)" in d.summary and "default/kubernetes:https (ClusterIP)" in d.summary
+    assert "evil/mitm:https claims default/kubernetes:https's ClusterIP" in d.detail
+    assert "CVE-2020-8554" in d.detail
+    assert "of evil/mitm;" in d.fix  # (a ClusterIP cannot move)
+
+
+@pytest.mark.parametrize("kwargs", [{"second_port": 81}, {"second_proto": "UDP"}])
+def test_other_ports_or_protocols_on_one_address_are_no_conflict(kwargs: dict[str, object]) -> None:
+    text = dump(**kwargs)
+    assert conflicts(text, "198.18.5.5", 80) == []
+    ids = [d.id for e in explainer(load(text), node_ips=[NODE]).explain("198.18.5.5", 80).explanations
+           for d in e.diagnoses]
+    assert set(ids) == {"healthy"}
+
+
+def test_nftables_mode_holds_one_service_per_map_key_so_there_is_none_to_see() -> None:
+    text = render_nft(specs(), node_ips=[NODE], pod_cidr="10.244.0.0/16")
+    assert conflicts(text, "198.18.5.5", 80, nft=True) == []
+
+
+def test_cli_exit_status_and_json() -> None:
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "node.txt"
+        path.write_text(dump())
+        result = CliRunner().invoke(main, ["explain", str(path), "--dst", "198.18.5.5:80", "--src", "pod",
+                                           "--node-ip", NODE, "-o", "json"])
+    assert result.exit_code == 3, result.output
+    doc = json.loads(result.output)
+    assert [d["id"] for d in doc["diagnoses"]] == ["address-conflict"]
+    assert [e["line"] for e in doc["diagnoses"][0]["evidence"]] == sorted(e["line"] for e in
+                                                                         doc["diagnoses"][0]["evidence"])
