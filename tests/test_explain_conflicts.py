@@ -101,3 +101,66 @@ def test_cli_exit_status_and_json() -> None:
     assert [d["id"] for d in doc["diagnoses"]] == ["address-conflict"]
     assert [e["line"] for e in doc["diagnoses"][0]["evidence"]] == sorted(e["line"] for e in
                                                                          doc["diagnoses"][0]["evidence"])
+
+
+def _notes(text: str, label: str, address: str) -> list[str]:
+    from tests.dumps import build_view
+
+    view = build_view(load(text), node_ips=[NODE])
+    (svc,) = [s for s in view.services if s.label == label]
+    return [n for e in svc.entries if e.address == address for n in e.notes]
+
+
+def test_services_says_on_each_claimed_way_in_who_else_claims_it_and_who_takes_it_here() -> None:
+    text = dump(capture=True)
+    (loser,) = _notes(text, "shop/web:http", "198.18.5.5")
+    assert loser.startswith("also claimed by blog/web:http: the first rule for 198.18.5.5:80 wins (here "
+                            "blog/web:http's: this way in reaches its pods)")
+    assert loser.endswith("(iptrace explain --dst 198.18.5.5:80/tcp)")
+    (winner,) = _notes(text, "blog/web:http", "198.18.5.5")
+    assert winner.startswith("also claimed by shop/web:http: the first rule for 198.18.5.5:80 wins (here this "
+                             "Service port's)")
+    (cluster_ip,) = [n for n in _notes(text, "default/kubernetes:https", "10.96.0.1") if "claimed" in n]
+    assert cluster_ip.startswith("also claimed by evil/mitm:https")
+    assert not [n for n in _notes(text, "shop/web:http", "10.96.0.20") if "claimed" in n]
+    assert not [n for n in _notes(dump(second_port=81), "shop/web:http", "198.18.5.5") if "claimed" in n]
+
+
+def test_a_node_that_reuses_another_nodes_views_says_the_same() -> None:
+    """The note is a fact of the layout, not of a walk: a port reused from a node without the conflict still
+    gets it (the packet never reaches the later rule, so its footprint cannot tell)."""
+    from tests.test_reuse import check_fleet
+
+    alone = render([s for s in specs() if s.namespace != "shop"], node_ips=[NODE], pod_cidr="10.244.0.0/16")
+    texts = [(NODE, alone), (NODE, dump(first="blog", second="shop")), (NODE, alone)]
+    check_fleet(texts)
+
+
+def _swapped(text: str) -> str:
+    """The same rules with the two externalIP rules of 198.18.5.5 in the other order (another node, or another
+    sync: kube-proxy writes its Services in Go's random map order)."""
+    lines = text.splitlines(keepends=True)
+    at = [i for i, line in enumerate(lines) if "-d 198.18.5.5/32" in line]
+    assert len(at) == 2
+    lines[at[0]], lines[at[1]] = lines[at[1]], lines[at[0]]
+    return "".join(lines)
+
+
+@pytest.mark.parametrize("other", ["iptables, the rules in another order", "nftables"])
+def test_diff_warns_that_a_shared_address_can_differ_with_nothing_changed(other: str) -> None:
+    from iptrace.kube.diff import diff
+    from tests.dumps import analysis
+
+    text = dump()
+    if other == "nftables":
+        b = analysis(load_nft(render_nft(specs(), node_ips=[NODE], pod_cidr="10.244.0.0/16")), node_ips=[NODE])
+    else:
+        b = analysis(load(_swapped(text)), node_ips=[NODE])
+    d = diff(analysis(load(text), node_ips=[NODE]), b)
+    assert "shop/web:http" in {c.service for c in d.changed} or "blog/web:http" in {c.service for c in d.changed}
+    (warning,) = [w for w in d.warnings if "claimed by several Service ports" in w]
+    assert warning.startswith("1 address of changed Service ports is claimed by several Service ports (e.g. "
+                              "198.18.5.5:80/tcp: blog/web:http, shop/web:http)")
+    # Without the shared address, the same kind of comparison warns of nothing.
+    plain = dump(second_port=81)
+    assert not diff(analysis(load(plain), node_ips=[NODE]), analysis(load(plain), node_ips=[NODE])).warnings

@@ -16,9 +16,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from iptrace.kube import migration
-from iptrace.kube.compare import view_service_label
+from iptrace.kube.compare import listing, view_service_label
 from iptrace.kube.fleets import other_clusters
-from iptrace.kube.view import EXTERNAL, NODE, OUTSIDE_RANGES, POD, EntryView, ServicePortView
+from iptrace.kube.view import (
+    CLUSTER_IP,
+    EXTERNAL,
+    EXTERNAL_IP,
+    LOAD_BALANCER,
+    NODE,
+    OUTSIDE_RANGES,
+    POD,
+    EntryView,
+    ServicePortView,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,5 +260,34 @@ def diff(a: Any, b: Any) -> Diff:
     warnings = () if why is None else (
         f"the two dumps look like nodes of different clusters ({why}): their Services differ as a whole; diff "
         "two nodes of one cluster, or one node before and after a change",)
+    warnings += shared_addresses({c.service for c in changed}, sa, sb)
     return Diff(a.ruleset.source, b.ruleset.source, va.era.name, vb.era.name, added, removed, tuple(changed),
                 tuple(_other_rules(a, b)), mode_a, mode_b, notes.texts(a, b) if notes is not None else (), warnings)
+
+
+_CLAIMABLE = (CLUSTER_IP, EXTERNAL_IP, LOAD_BALANCER)
+
+
+def shared_addresses(changed: set[str], *sides: dict[str, ServicePortView]) -> tuple[str, ...]:
+    """A warning when changed Service ports have an address, port and protocol another Service port claims too
+    (the same externalIP on two Services): which of them takes the packet depends on the order kube-proxy wrote
+    them in (iptables mode: the first rule, in Go's random map order; nftables mode: the element written last),
+    so such an address can differ between two dumps without any change to the Services."""
+    claims: dict[tuple[object, ...], set[str]] = {}
+    for side in sides:
+        for label, sp in side.items():
+            for e in sp.entries:
+                if e.kind in _CLAIMABLE:
+                    claims.setdefault((e.address, e.port, e.protocol), set()).add(label)
+    shared = {where: labels for where, labels in claims.items() if len(labels) > 1 and labels & changed}
+    if not shared:
+        return ()
+    (address, port, protocol), labels = min(shared.items(), key=lambda kv: str(kv[0]))
+    where = f"{address}:{port}/{protocol}" if ":" not in str(address) else f"[{address}]:{port}/{protocol}"
+    involved = sorted({label for labels in shared.values() for label in labels} & changed)
+    return (f"{len(shared)} address{'es' if len(shared) != 1 else ''} of changed Service ports "
+            f"{'are' if len(shared) != 1 else 'is'} claimed by several Service ports (e.g. {where}: "
+            f"{', '.join(sorted(labels))}): the first rule kube-proxy wrote for it takes the packet in iptables "
+            "mode, the last element it wrote in nftables mode, and it writes them in random order, so such an "
+            "address can go to another Service on each side with nothing changed; give each Service its own "
+            f"address (iptrace explain --dst {where}). Service ports concerned: {listing(involved, 8)}",)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from sys import intern
 from typing import Any, NamedTuple
 
@@ -325,6 +325,9 @@ def _marked_for_drop(trace: Trace) -> bool:
 # ------------------------------------------------------------------------------------------------ building
 
 
+# The kinds of way in another Service port can claim too (one externalIP on two Services, or another's ClusterIP).
+_ADDRESS_KINDS = frozenset({CLUSTER_IP, EXTERNAL_IP, LOAD_BALANCER})
+
 # Packets by (src, dst, port, proto), process-wide (immutable): a view checks ~2×10^4, its reuse keys the same
 # again, an audit's nodes the same ones (shared Service addresses). Starts again when full.
 _PACKETS: dict[tuple[str, str, int, str], Packet] = {}
@@ -490,6 +493,7 @@ class ViewBuilder:
         self._ports: dict[str, ServicePortView] = {}
         self._facts: dict[str, PortFacts] = {}
         self._view: KubeView | None = None
+        self._claims: dict[tuple[str | None, int, str], tuple[str, ...]] | None = None
 
     def port(self, key: str) -> ServicePortView:
         found = self._ports.get(key)
@@ -497,11 +501,41 @@ class ViewBuilder:
             enabled = gc.isenabled()
             gc.disable()
             try:
-                found = self._ports[key] = self._builder.service(self.layout.service_port(key))
+                found = self._ports[key] = self.claimed(key, self._builder.service(self.layout.service_port(key)))
             finally:
                 if enabled:
                     gc.enable()
         return found
+
+    def claimed(self, key: str, view: ServicePortView) -> ServicePortView:
+        """`view` with a note on each way in whose address, port and protocol another Service port claims too
+        (two Services listing one externalIP, or another's ClusterIP: the API allows it, the first rule wins).
+        A fact of the layout, not of a walk: added alike to views built and views reused."""
+        claims = self._claims
+        if claims is None:
+            index: dict[tuple[str | None, int, str], dict[str, None]] = {}
+            for k, way in self.layout.ways:
+                if way.kind in _ADDRESS_KINDS:
+                    index.setdefault((way.address, way.port, way.protocol), {})[k] = None
+            claims = self._claims = {where: tuple(keys) for where, keys in index.items() if len(keys) > 1}
+        if not claims:
+            return view
+        entries = list(view.entries)
+        for i, e in enumerate(entries):
+            keys = claims.get((e.address, e.port, e.protocol)) if e.kind in _ADDRESS_KINDS else None
+            if not keys:
+                continue
+            others = [self.layout.service_port(k).name or k for k in keys if k != key]
+            if e.verdict != "DNAT":
+                here = ""
+            elif e.via:
+                here = " (here this Service port's)"
+            else:
+                here = f" (here {' or '.join(others)}'s: this way in reaches its pods)"
+            entries[i] = replace(e, notes=(*e.notes, (
+                f"also claimed by {', '.join(others)}: the first rule for {e.label} wins{here}, and the order can "
+                f"differ from node to node (iptrace explain --dst {e.label}/{e.protocol})")))
+        return replace(view, entries=tuple(entries)) if entries != list(view.entries) else view
 
     def port_facts(self, key: str) -> ServicePortView | PortFacts:
         """The port's view when it is built, else its PortFacts (which carry the same values)."""
@@ -530,6 +564,7 @@ class ViewBuilder:
                     services = self._reuse.services(layout, self._tracer,
                                                     lambda t: _Builder(layout, t, clients).service,
                                                     _Builder(layout, self._tracer, clients).questions)
+                    services = [self.claimed(k, s) for k, s in zip(layout.keys, services, strict=True)]
                     self._ports.update(zip(layout.keys, services, strict=True))
             finally:
                 if enabled:
