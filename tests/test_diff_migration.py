@@ -159,3 +159,43 @@ def test_the_kernel_listings_of_both_modes_are_equivalent(iptables: str, nftable
     assert d.equivalent, render_diff_text(d)
     if iptables == "no-endpoints.txt":  # the node's own connection to an externalIP without endpoints
         assert any("192.168.49.50:80 from the node: iptables ACCEPT, nftables REJECT" in n for n in d.notes)
+
+
+def _walled_without_endpoints() -> ServiceSpec:
+    return ServiceSpec("default", "walled-empty", "10.96.10.9", [PortSpec("http", 80, node_port=30089)],
+                       type="LoadBalancer", lb_ips=["203.0.113.19"], lb_source_ranges=["198.51.100.0/24"])
+
+
+@pytest.mark.parametrize("iptables_first", [True, False])
+def test_source_ranges_of_a_service_without_endpoints_are_a_note(iptables_first: bool) -> None:
+    """iptables mode writes no firewall for a Service without endpoints (every client is refused); nftables mode
+    still drops clients outside the ranges before it rejects the rest: no endpoint is reached either way."""
+    specs = [*services(), _walled_without_endpoints()]
+    sides = [analysis(iptables_text(specs), "ipt"), analysis(nft_text(specs), "nft")]
+    d = diff(*(sides if iptables_first else sides[::-1]))
+    assert d.equivalent, render_diff_text(d)
+    unseen = next(n for n in d.notes if n.startswith("loadBalancerSourceRanges not compared"))
+    assert "default/walled-empty:http (198.51.100.0/24)" in unseen
+    refused = next(n for n in d.notes if n.startswith("reaching no endpoint in either mode, refused by one"))
+    assert "default/walled-empty:http 203.0.113.19:80 from a pod" in refused
+    # With endpoints, the same ranges are compared (and equal): no note.
+    walled = _walled_without_endpoints()
+    walled.endpoints = [EndpointSpec("10.244.2.19", 80)]
+    d = migration([*services(), walled], [*services(), walled])
+    assert d.equivalent and not any("walled" in n for n in d.notes if "ranges" in n or "refused by one" in n)
+
+
+def test_a_synthesized_cluster_of_hundreds_of_services_is_equivalent_in_both_modes() -> None:
+    """bench.synth's realistic mix (NodePorts, LoadBalancers with and without source ranges, Local policies,
+    affinity, multi-port, no endpoints), each LB IP its own (as a controller allocates them)."""
+    from bench.synth import scale
+
+    specs = scale(400, 3, seed=7)
+    for i, s in enumerate(specs):
+        if s.lb_ips:
+            s.lb_ips = [f"100.64.{i >> 8}.{i & 255}"]
+    d = diff(analysis(render(specs, node_ips=[NODES[NODE]], pod_cidr=POD_CIDR), "ipt"),
+             analysis(render_nft(specs, node_ips=[NODES[NODE]], pod_cidr=POD_CIDR, service_cidrs=[SERVICE_CIDR]),
+                      "nft"))
+    assert d.equivalent, render_diff_text(d)
+    assert len({c.split()[0] for c in d.notes}) >= 4

@@ -133,6 +133,10 @@ def _service_change(a: ServicePortView, b: ServicePortView, notes: migration.Not
         if notes is not None and name == "health_check_node_port" and (before is None or after is None):
             notes.health_check(a, before or after)
             continue
+        if notes is not None and name == "lb_source_ranges" and a.no_endpoints and b.no_endpoints and not (
+                before and after):
+            notes.ranges_unseen(a, before or after)
+            continue
         if notes is not None and name in ("external_ips", "lb_ips") and migration.ips(a) == migration.ips(b):
             if name == "lb_ips":
                 notes.lb_ips(a, b)
@@ -203,6 +207,9 @@ def _forwarding(a: ServicePortView, b: ServicePortView, notes: migration.Notes |
                 continue
             if notes is not None and migration.undecided_versus_refused(fa[kind], fb[kind]):
                 notes.unanswered(view_service_label(a), way, kind, fa[kind], fb[kind])
+                continue
+            if notes is not None and a.no_endpoints and b.no_endpoints and {fa[kind], fb[kind]} == {"REJECT", "DROP"}:
+                notes.refused_or_dropped(view_service_label(a), way, kind, fa[kind], fb[kind])
                 continue
             out.append(ForwardingChange(way, kind, fa[kind], fb[kind]))
     return out

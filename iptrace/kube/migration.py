@@ -52,6 +52,8 @@ class Notes:
         self.largest_share_gap = 0.0
         self.shares_compared = False
         self.unanswered_ways: list[str] = []
+        self.refused_or_dropped_ways: list[str] = []
+        self.unseen_ranges: list[str] = []
 
     def health_check(self, sp: ServicePortView, port: int) -> None:
         self.health_checks.append(f"{view_service_label(sp)} ({port})")
@@ -64,6 +66,15 @@ class Notes:
     def unanswered(self, service: str, way: str, client: str, before: str, after: str) -> None:
         self.unanswered_ways.append(f"{service} {way} from {_CLIENTS.get(client, client)}: {self.mode_a} "
                                     f"{before}, {self.mode_b} {after}")
+
+    def refused_or_dropped(self, service: str, way: str, client: str, before: str, after: str) -> None:
+        """A Service port without endpoints on both sides: one mode refuses a client the other drops."""
+        self.refused_or_dropped_ways.append(f"{service} {way} from {_CLIENTS.get(client, client)}: {self.mode_a} "
+                                            f"{before}, {self.mode_b} {after}")
+
+    def ranges_unseen(self, sp: ServicePortView, ranges: Sequence[str]) -> None:
+        """A Service port without endpoints whose loadBalancerSourceRanges only one side's rules show."""
+        self.unseen_ranges.append(f"{view_service_label(sp)} ({', '.join(ranges)})")
 
     def shares(self, gaps: Iterable[float]) -> None:
         for gap in gaps:
@@ -88,6 +99,15 @@ class Notes:
             out.append("reaching no endpoint in either mode, refused or dropped in one and left to no rule in the "
                        "other (iptables mode hooks its \"has no endpoints\" rules for externalIPs and nodePorts "
                        f"into INPUT and FORWARD only): {listing(self.unanswered_ways, 8)}")
+        if self.unseen_ranges:
+            out.append("loadBalancerSourceRanges not compared for Service ports without endpoints: iptables mode "
+                       "writes no firewall for them (every client is refused), nftables mode still checks the ranges "
+                       f"first: {listing(self.unseen_ranges, 8)}")
+        if self.refused_or_dropped_ways:
+            ways = listing(self.refused_or_dropped_ways, 8)
+            out.append("reaching no endpoint in either mode, refused by one and dropped by the other (a Service "
+                       "without endpoints: nftables mode drops clients outside its loadBalancerSourceRanges before "
+                       f"it rejects the rest, iptables mode rejects them all): {ways}")
         out.extend(unclaimed_notes(a, b))
         return tuple(out)
 
