@@ -114,3 +114,16 @@ def test_the_kernel_agrees(name: str, text: str, refused_at: tuple[int, int] | N
         where = re.search(r":(\d+):(\d+)-\d+: Error", loaded.stderr)
         assert where is not None, loaded.stderr
         assert (int(where.group(1)), int(where.group(2))) == refused_at
+
+
+@pytest.mark.parametrize(("verb", "refused"), [("delete", True), ("destroy", False)])
+def test_deleting_an_element_the_map_does_not_hold(verb: str, refused: bool) -> None:
+    """`delete element` of a key the map does not hold fails as nft fails ("No such file or directory", at the
+    element); `destroy element` (nft 1.0.8) deletes it only when it is there."""
+    text = _TABLE % "" + f"add element ip t m {{ {_KEY} : goto a }}\n{verb} element ip t m {{ 198.19.0.5 . tcp . 80 }}\n"
+    if not refused:
+        assert _target(load(text, source="t.nft")) == "a"
+        return
+    with pytest.raises(ParseError, match="No such file or directory") as info:
+        load(text, source="t.nft")
+    assert (info.value.line, info.value.column) == (20, 25)

@@ -93,7 +93,7 @@ class SetBuilder:
     counter: bool = False
     auto_merge: bool = False
     typeof: str | None = None
-    # ("add" | "delete", element text, line, column) or ("flush", "", line, 0), applied in order at the end;
+    # ("add" | "delete" | "destroy", element text, line, column) or ("flush", "", line, 0), applied in order at the end;
     # or ready Elements (JSON).
     ops: list[tuple[str, str, int, int]] = field(default_factory=list)
     elements: dict[Any, Element] = field(default_factory=dict)
@@ -184,7 +184,7 @@ class Finisher:
             if op == "flush":
                 out.clear()
                 continue
-            if op != "delete":
+            if op == "add":
                 # (into the set itself: an element whose key it holds with another value is an error where
                 # it is written, as nft says "File exists")
                 try:
@@ -193,14 +193,17 @@ class Finisher:
                     self.fail(exc)
                 continue
             gone: dict[Any, Element] = {}
+            where: dict[Any, tuple[int, int]] = {}
             try:
-                reader.read(body, line=line, column=column, error=error, out=gone, keys_only=True)
+                reader.read(body, line=line, column=column, error=error, out=gone, keys_only=True, where=where)
             except ParseError as exc:
                 self.fail(exc)
             for key in gone:
-                if out.pop(key, None) is None:
-                    self.semantic(f"delete of an element that set {s.name!r} does not hold", line,
-                                  line_text(line), column)
+                if out.pop(key, None) is None and op == "delete":  # (destroy: whether it is there or not)
+                    at_line, at_column = where[key]
+                    self.semantic(f"delete of an element that {s.kind} {s.name!r} does not hold (nft: \"No such "
+                                  "file or directory\"; `destroy element` deletes it only when it is there)",
+                                  at_line, line_text(at_line), at_column)
         if reader.vmap:
             t.refs.update([e.data.target for e in out.values() if e.data.target is not None])
 

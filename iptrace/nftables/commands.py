@@ -241,7 +241,7 @@ class CommandMixin:
             s = t.set(names[1], "set", line_no)
             name_end = max(tok.end_pos for tok in kids if isinstance(tok, Token))
             brace = text.index("{", name_end)
-            op = "delete" if verb in ("delete", "destroy") else "add"
+            op = verb if verb in ("delete", "destroy") else "add"
             s.ops.append((op, text[brace + 1:text.rindex("}")], line_no, col + brace + 2))
         elif kind == "rule":
             self.rule_command(verb, t, names[1], node, text, line_no, col, handle)
