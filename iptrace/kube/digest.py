@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from iptrace.dataplane import ProxyMode, positional_new
+from iptrace.kube.claims import claim_findings
 from iptrace.kube.cluster import ClusterState
 from iptrace.kube.compare import Finding, compare_with_cluster, view_service_label
 from iptrace.kube.view import KubeView, ServicePortView
@@ -186,7 +187,9 @@ def node_result(node: Any, cluster: ClusterState | None = None, *, pictures: boo
     kube_node = kube_node_for(node.name, node.addresses, cluster, meta)
     families = tuple(family_digest(a, cluster=cluster, kube_node=kube_node, node=node.name, pictures=pictures,
                                    intern=intern) for a in node.analyses.values())
+    # (addresses several Service ports claim: which one takes them differs from node to node)
+    claims = [f for a in node.analyses.values() for f in claim_findings(a.view, node.name, a.ruleset.line_texts)]
     warnings = meta.get("load_warnings")
     return NodeResult(node.name, node.error, tuple(node.addresses), str(meta.get("host", "") or ""), kube_node,
                       node.legacy_note, tuple(str(w) for w in warnings) if isinstance(warnings, list) else (),
-                      families, tuple(extra), tuple(notes))
+                      families, (*claims, *extra), tuple(notes))

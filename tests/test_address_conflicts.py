@@ -1,7 +1,8 @@
-"""address-conflict: an address, port and protocol claimed by several Service ports (two Services listing the
-same externalIP, kubernetes#69599; an externalIP that is another Service's ClusterIP, CVE-2020-8554). The rule
-that comes first in KUBE-SERVICES takes the packet; explain names every claimant, which one takes it here and
-why another node may differ. tests/test_explain_kernel.py has the kernel send the packet where explain says."""
+"""Addresses claimed by several Service ports (two Services listing the same externalIP, kubernetes#69599; an
+externalIP that is another Service's ClusterIP, CVE-2020-8554). The rule that comes first in KUBE-SERVICES takes
+the packet: explain names every claimant and which one takes it here (address-conflict), services notes it on the
+way in, diff warns, and audit reports it per node with the Service port that takes it there.
+tests/test_explain_kernel.py has the kernel send the packet where explain says."""
 
 from __future__ import annotations
 
@@ -164,3 +165,37 @@ def test_diff_warns_that_a_shared_address_can_differ_with_nothing_changed(other:
     # Without the shared address, the same kind of comparison warns of nothing.
     plain = dump(second_port=81)
     assert not diff(analysis(load(plain), node_ips=[NODE]), analysis(load(plain), node_ips=[NODE])).warnings
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_audit_reports_the_conflict_per_node_with_the_service_that_takes_it_there(tmp_path: object,
+                                                                                   jobs: str) -> None:
+    from pathlib import Path
+
+    root = Path(str(tmp_path))
+    (root / "node-a.txt").write_text(dump())
+    (root / "node-b.txt").write_text(_swapped(dump()))
+    result = CliRunner().invoke(main, ["audit", str(root / "node-a.txt"), str(root / "node-b.txt"),
+                                       "--node-ip", NODE, "--jobs", jobs, "-o", "json"])
+    assert result.exit_code in (0, 3), result.output
+    doc = json.loads(result.output)
+    found = {(f["node"], f["service"]): f for f in doc["findings"] if f["id"] == "address-conflict"}
+    assert set(found) == {("node-a", "blog/web:http"), ("node-b", "shop/web:http")}
+    for (_node, winner), f in found.items():
+        assert f["severity"] == "error"
+        assert f["summary"] == ("198.18.5.5:80/tcp is claimed by 2 Service ports: blog/web:http (externalIP), "
+                                f"shop/web:http (externalIP); on this node {winner} takes it")
+        assert [e["rule"] for e in f["evidence"]] and all("198.18.5.5" in e["rule"] for e in f["evidence"])
+    # Audits of one node each, merged (`audit --merge`, as shards of a fleet are): the same findings.
+    shards = []
+    for name in ("node-a", "node-b"):
+        shard = CliRunner().invoke(main, ["audit", str(root / f"{name}.txt"), "--node-ip", NODE, "-o", "json"])
+        (root / f"{name}.json").write_text(shard.output)
+        shards.append(str(root / f"{name}.json"))
+    merged = json.loads(CliRunner().invoke(main, ["audit", "--merge", *shards, "-o", "json"]).output)
+    assert sorted((f["node"], f["service"], f["summary"]) for f in merged["findings"] if f["id"] == "address-conflict") \
+        == sorted((f["node"], f["service"], f["summary"]) for f in found.values())
+    # A fleet without shared addresses has none.
+    (root / "node-a.txt").write_text(dump(second_port=81))
+    result = CliRunner().invoke(main, ["audit", str(root / "node-a.txt"), "--node-ip", NODE, "-o", "json"])
+    assert not [f for f in json.loads(result.output)["findings"] if f["id"] == "address-conflict"]

@@ -1,0 +1,62 @@
+"""Addresses claimed by several Service ports on one node: the same externalIP (or LoadBalancer address) and
+port on two Services, or an externalIP that is another Service's ClusterIP. The API allows it; kube-proxy writes
+a rule for each, and the first one takes the packet (iptables mode) — in the order it writes its Services, Go's
+random map order, so nodes of one cluster can send the address to different Services (kubernetes#69599). An
+audit reports each such address per node with the Service port that takes it there. Pure, dataplane-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from iptrace.dataplane import join_host_port
+from iptrace.kube.compare import Finding, view_service_label
+from iptrace.kube.view import CLUSTER_IP, EXTERNAL_IP, LOAD_BALANCER, EntryView, KubeView
+
+ADDRESS_CONFLICT = "address-conflict"
+_KINDS = {CLUSTER_IP: "ClusterIP", EXTERNAL_IP: "externalIP", LOAD_BALANCER: "LoadBalancer IP"}
+
+
+def claimed(view: KubeView) -> dict[tuple[str, int, str], list[tuple[str, EntryView]]]:
+    """(address, port, protocol) -> [(Service port label, its way in)] where several Service ports claim it."""
+    index: dict[tuple[str, int, str], dict[str, EntryView]] = {}
+    for sp in view.services:
+        for e in sp.entries:
+            if e.kind in _KINDS and e.address:
+                index.setdefault((e.address, e.port, e.protocol), {}).setdefault(view_service_label(sp), e)
+    return {where: list(by_label.items()) for where, by_label in index.items() if len(by_label) > 1}
+
+
+def claim_findings(view: KubeView, node: str, line_texts: Callable[[Iterable[int]], dict[int, str | None]],
+                   ) -> list[Finding]:
+    """An `address-conflict` finding per address several Service ports claim on this node, naming the one that
+    takes a client's packet here (the one whose own chains its way in crosses)."""
+    found = sorted(claimed(view).items())
+    if not found:
+        return []
+    # (one look-up for every line: an iptables ruleset finds lines in one pass over its rules)
+    texts = line_texts({n for _, claims in found for _, e in claims for n in e.lines})
+    out = []
+    for (address, port, protocol), claims in found:
+        target = f"{join_host_port(address, port)}/{protocol}"
+        names = [f"{label} ({_KINDS[e.kind]})" for label, e in claims]
+        winners = [label for label, e in claims if e.verdict == "DNAT" and e.via]
+        here = (f"on this node {' and '.join(winners)} takes it" if winners
+                else "on this node none of them forwards it")
+        lines = sorted({n for _, e in claims for n in e.lines})
+        capture = [label for label, e in claims if e.kind != CLUSTER_IP]
+        owner = next((label for label, e in claims if e.kind == CLUSTER_IP), None)
+        detail = ("kube-proxy writes a rule for each of them, and the first one takes the packet; it writes its "
+                  "Services in random (Go map) order, so other nodes, and this one after its next full sync, may "
+                  "send this address to another of them (kubernetes#69599). Compare this finding across nodes.")
+        if owner is not None:
+            detail += (f" {' and '.join(capture)} claims {owner}'s ClusterIP as its own address, which lets it "
+                       f"capture {owner}'s traffic (CVE-2020-8554).")
+        out.append(Finding(
+            ADDRESS_CONFLICT, "error", node, winners[0] if winners else claims[0][0],
+            f"{target} is claimed by {len(claims)} Service ports: {', '.join(names)}; {here}", detail,
+            "give each Service port its own address or port (spec.externalIPs or the LoadBalancer address of "
+            f"{' or '.join(dict.fromkeys(capture))}); the DenyServiceExternalIPs admission plugin (or an admission "
+            "policy that restricts externalIPs) keeps it from happening again",
+            tuple((n, texts.get(n) or "") for n in lines)))
+    return out
