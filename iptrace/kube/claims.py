@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 
 from iptrace.dataplane import join_host_port
 from iptrace.kube.compare import Finding, view_service_label
+from iptrace.kube.sharing import shared_claims
 from iptrace.kube.view import CLUSTER_IP, EXTERNAL_IP, LOAD_BALANCER, EntryView, KubeView
 
 ADDRESS_CONFLICT = "address-conflict"
@@ -19,12 +20,15 @@ _KINDS = {CLUSTER_IP: "ClusterIP", EXTERNAL_IP: "externalIP", LOAD_BALANCER: "Lo
 
 def claimed(view: KubeView) -> dict[tuple[str, int, str], list[tuple[str, EntryView]]]:
     """(address, port, protocol) -> [(Service port label, its way in)] where several Service ports claim it."""
-    index: dict[tuple[str, int, str], dict[str, EntryView]] = {}
+    entries: dict[tuple[str, tuple[str, int, str]], EntryView] = {}
+    ways = []
     for sp in view.services:
+        label = view_service_label(sp)
         for e in sp.entries:
-            if e.kind in _KINDS and e.address:
-                index.setdefault((e.address, e.port, e.protocol), {}).setdefault(view_service_label(sp), e)
-    return {where: list(by_label.items()) for where, by_label in index.items() if len(by_label) > 1}
+            ways.append((label, e.kind, e.address, e.port, e.protocol))
+            entries.setdefault((label, (e.address or "", e.port, e.protocol)), e)
+    return {where: [(label, entries[(label, where)]) for label in labels]
+            for where, labels in shared_claims(ways).items()}
 
 
 def claim_findings(view: KubeView, node: str, line_texts: Callable[[Iterable[int]], dict[int, str | None]],

@@ -18,17 +18,8 @@ from typing import Any
 from iptrace.kube import migration
 from iptrace.kube.compare import listing, view_service_label
 from iptrace.kube.fleets import other_clusters
-from iptrace.kube.view import (
-    CLUSTER_IP,
-    EXTERNAL,
-    EXTERNAL_IP,
-    LOAD_BALANCER,
-    NODE,
-    OUTSIDE_RANGES,
-    POD,
-    EntryView,
-    ServicePortView,
-)
+from iptrace.kube.sharing import shared_claims
+from iptrace.kube.view import EXTERNAL, NODE, OUTSIDE_RANGES, POD, EntryView, ServicePortView
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +255,7 @@ def diff(a: Any, b: Any) -> Diff:
             changed.append(change)
     mode_a, mode_b = migration.modes(a, b)
     why = other_clusters(*({(k, sp.cluster_ip) for k, sp in side.items() if sp.cluster_ip} for side in (sa, sb)))
-    warnings = () if why is None else (
+    warnings: tuple[str, ...] = () if why is None else (
         f"the two dumps look like nodes of different clusters ({why}): their Services differ as a whole; diff "
         "two nodes of one cluster, or one node before and after a change",)
     warnings += shared_addresses({c.service for c in changed}, sa, sb)
@@ -272,21 +263,15 @@ def diff(a: Any, b: Any) -> Diff:
                 tuple(_other_rules(a, b)), mode_a, mode_b, notes.texts(a, b) if notes is not None else (), warnings)
 
 
-_CLAIMABLE = (CLUSTER_IP, EXTERNAL_IP, LOAD_BALANCER)
-
 
 def shared_addresses(changed: set[str], *sides: dict[str, ServicePortView]) -> tuple[str, ...]:
     """A warning when changed Service ports have an address, port and protocol another Service port claims too
     (the same externalIP on two Services): which of them takes the packet depends on the order kube-proxy wrote
     them in (iptables mode: the first rule, in Go's random map order; nftables mode: the element written last),
     so such an address can differ between two dumps without any change to the Services."""
-    claims: dict[tuple[object, ...], set[str]] = {}
-    for side in sides:
-        for label, sp in side.items():
-            for e in sp.entries:
-                if e.kind in _CLAIMABLE:
-                    claims.setdefault((e.address, e.port, e.protocol), set()).add(label)
-    shared = {where: labels for where, labels in claims.items() if len(labels) > 1 and labels & changed}
+    claims = shared_claims((label, e.kind, e.address, e.port, e.protocol)
+                           for side in sides for label, sp in side.items() for e in sp.entries)
+    shared = {where: labels for where, labels in claims.items() if changed.intersection(labels)}
     if not shared:
         return ()
     (address, port, protocol), labels = min(shared.items(), key=lambda kv: str(kv[0]))

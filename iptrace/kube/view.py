@@ -41,6 +41,7 @@ from iptrace.kube.clients import (
     Clients,
     view_node_ips,
 )
+from iptrace.kube.sharing import ADDRESS_KINDS, shared_claims
 
 __all__ = [
     "CLUSTER_IP", "EXTERNAL", "EXTERNAL_IP", "HEALTH_CHECK", "LOAD_BALANCER", "MASQ_ALWAYS", "MASQ_NEVER",
@@ -325,9 +326,6 @@ def _marked_for_drop(trace: Trace) -> bool:
 # ------------------------------------------------------------------------------------------------ building
 
 
-# The kinds of way in another Service port can claim too (one externalIP on two Services, or another's ClusterIP).
-_ADDRESS_KINDS = frozenset({CLUSTER_IP, EXTERNAL_IP, LOAD_BALANCER})
-
 # Packets by (src, dst, port, proto), process-wide (immutable): a view checks ~2×10^4, its reuse keys the same
 # again, an audit's nodes the same ones (shared Service addresses). Starts again when full.
 _PACKETS: dict[tuple[str, str, int, str], Packet] = {}
@@ -493,7 +491,7 @@ class ViewBuilder:
         self._ports: dict[str, ServicePortView] = {}
         self._facts: dict[str, PortFacts] = {}
         self._view: KubeView | None = None
-        self._claims: dict[tuple[str | None, int, str], tuple[str, ...]] | None = None
+        self._claims: dict[tuple[str, int, str], list[str]] | None = None
 
     def port(self, key: str) -> ServicePortView:
         found = self._ports.get(key)
@@ -513,16 +511,13 @@ class ViewBuilder:
         A fact of the layout, not of a walk: added alike to views built and views reused."""
         claims = self._claims
         if claims is None:
-            index: dict[tuple[str | None, int, str], dict[str, None]] = {}
-            for k, way in self.layout.ways:
-                if way.kind in _ADDRESS_KINDS:
-                    index.setdefault((way.address, way.port, way.protocol), {})[k] = None
-            claims = self._claims = {where: tuple(keys) for where, keys in index.items() if len(keys) > 1}
+            claims = self._claims = shared_claims((k, w.kind, w.address, w.port, w.protocol)
+                                                  for k, w in self.layout.ways)
         if not claims:
             return view
         entries = list(view.entries)
         for i, e in enumerate(entries):
-            keys = claims.get((e.address, e.port, e.protocol)) if e.kind in _ADDRESS_KINDS else None
+            keys = claims.get((e.address or "", e.port, e.protocol)) if e.kind in ADDRESS_KINDS else None
             if not keys:
                 continue
             others = [self.layout.service_port(k).name or k for k in keys if k != key]

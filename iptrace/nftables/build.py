@@ -195,7 +195,7 @@ class Finisher:
             gone: dict[Any, Element] = {}
             where: dict[Any, tuple[int, int]] = {}
             try:
-                reader.read(body, line=line, column=column, error=error, out=gone, keys_only=True, where=where)
+                reader.read(body, line=line, column=column, error=error, out=gone, keys_only=True, positions=where)
             except ParseError as exc:
                 self.fail(exc)
             for key in gone:

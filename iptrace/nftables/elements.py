@@ -38,11 +38,11 @@ class ElementReader:
 
     def read(self, body: str, *, line: int, column: int, error: Callable[[str, int, int], ParseError],
              out: dict[Any, Element], keys_only: bool = False,
-             where: dict[Any, tuple[int, int]] | None = None) -> None:
+             positions: dict[Any, tuple[int, int]] | None = None) -> None:
         """Add the elements of `body` (the inside of the braces) to `out`, keyed by element key. `body` starts
         at `line`:`column` (1-based) and may span lines. A map element whose key `out` holds already with
         another value is an error, as the kernel refuses it ("File exists"); the same element twice is not.
-        `keys_only`: a map's elements may be given by their keys alone (`delete element`). `where`: each
+        `keys_only`: a map's elements may be given by their keys alone (`delete element`). `positions`: each
         element's line and column, by key."""
         if '"' in body or "{" in body or "}" in body:
             chunks = [(m.group(), m.start()) for m in _CHUNK_RE.finditer(body)]
@@ -73,8 +73,8 @@ class ElementReader:
                 start = offset + len(chunk) - len(chunk.lstrip())
                 why = str(exc) if isinstance(exc, ValueError) else "cannot read this element"
                 self.fail(error, body, start, line, column, why)
-            if where is not None:
-                where.setdefault(element.key, _where(body, offset + len(chunk) - len(chunk.lstrip()), line, column))
+            if positions is not None:
+                positions.setdefault(element.key, _where(body, offset + len(chunk) - len(chunk.lstrip()), line, column))
             known = out.setdefault(element.key, element)
             if known is not element and known.data != element.data and not keys_only:
                 start = offset + len(chunk) - len(chunk.lstrip())
