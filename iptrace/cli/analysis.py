@@ -187,8 +187,9 @@ _SRC_HELP = ("Where the connection comes from: an IP, or `pod` (an address in th
              "address) or `external` (an address outside both).")
 
 
-_DST_HELP = ("Destination of the new connection: IP:PORT or IP:PORT/proto (repeatable: every one answered after "
-             "one load).")
+_DST_HELP = ("Destination of the new connection: IP:PORT or IP:PORT/proto, or a Service by name "
+             "(kube-dns.kube-system:53, NS/NAME:PORT-NAME: its ClusterIP in these rules) (repeatable: every one "
+             "answered after one load).")
 _DST_FILE_HELP = ("File with one IP:PORT or IP:PORT/proto a line (# comments, blank lines; `-`: stdin): each "
                   "answered after one load. A bad line is an error (exit 1); the others are still answered.")
 _MANY = ("With several destinations, -o json prints a JSON array of the one-destination objects in input order "
@@ -223,7 +224,7 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
       iptrace trace node1.txt --dst-file addresses.txt -o json | jq '.[].outcomes[0].verdict'
     """
     batch()
-    from iptrace.cli.questions import answer_all, emit_answers, read_questions
+    from iptrace.cli.questions import answer_all, emit_answers, read_questions, resolved
     from iptrace.dataplane import Packet, trace_to_json
     from iptrace.kube.sources import of_family, pick_source
     from iptrace.render.trace import render_trace_text
@@ -252,8 +253,9 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
 
     if len(questions) == 1 and questions[0].error is None and dst_file is None:
         q = questions[0]
-        result = answer(analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table,
-                                    host=q.host), q)
+        analysis = analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table,
+                               host=q.host or None)
+        result = answer(analysis, resolved(q, analysis))
         if output == "json":
             emit_json(trace_to_json(result))
         else:
@@ -282,7 +284,8 @@ def _single(found: Any, output: str, to_json: Any, to_text: Any) -> None:
 @main.command()
 @click.argument("dump")
 @click.option("--dst", "dsts", multiple=True, metavar="IP:PORT",
-              help="The address that fails (or works): IP:PORT or IP:PORT/proto (repeatable).")
+              help="The address that fails (or works): IP:PORT or IP:PORT/proto, or a Service by name "
+                   "(kube-dns.kube-system:53, NS/NAME:PORT-NAME: its ClusterIP in these rules) (repeatable).")
 @click.option("--dst-file", type=click.Path(dir_okay=False, allow_dash=True), metavar="FILE", help=_DST_FILE_HELP)
 @click.option("--src", default=None, metavar="IP|pod|node|external",
               help=_SRC_HELP + " Default: explain from a pod, the node and an outside client, and compare.")
@@ -318,7 +321,7 @@ def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | N
       iptrace explain node1.txt --dst-file addresses.txt -o json | jq '.[] | [.destination, .verdict]'
     """
     batch()
-    from iptrace.cli.questions import answer_all, emit_answers, read_questions
+    from iptrace.cli.questions import answer_all, emit_answers, read_questions, resolved
     from iptrace.explain import Explainer
     from iptrace.render.explain import explain_to_json, render_explain_text
 
@@ -351,8 +354,9 @@ def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | N
 
     if len(questions) == 1 and questions[0].error is None and dst_file is None:
         q = questions[0]
-        report = answer(analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table,
-                                    host=q.host), q)
+        analysis = analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table,
+                               host=q.host or None)
+        report = answer(analysis, resolved(q, analysis))
         reports = [report]
         if output == "json":
             emit_json(explain_to_json(report))

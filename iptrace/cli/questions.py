@@ -31,6 +31,8 @@ class Question:
     port: int = 0
     proto: str = "tcp"
     error: str | None = None
+    service: Any = None  # a Service named instead of an address (iptrace.kube.names.ServiceRef): resolved later
+    proto_given: bool = False
 
     @property
     def family(self) -> str:
@@ -38,6 +40,8 @@ class Question:
 
     @property
     def label(self) -> str:
+        if not self.host:
+            return self.text  # (a Service named instead of an address)
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}/{self.proto}"
 
@@ -59,7 +63,8 @@ def parse_question(text: str, where: str, default_proto: str) -> Question:
         ipaddress.ip_address(host)
         number = int(port)
     except ValueError:
-        return Question(where, text, error=f"{where}: found {text!r}; expected {EXPECTED}")
+        named = _service(host, port, where, text, proto, bool(slash))
+        return named or Question(where, text, error=f"{where}: found {text!r}; expected {EXPECTED}")
     if not 0 < number <= 65535:
         return Question(where, text, error=f"{where}: found {text!r}: port {number} is out of range; expected "
                                            "1-65535")
@@ -73,6 +78,16 @@ def read_questions(dsts: Sequence[str], dst_file: str | None, default_proto: str
 
     out = []
     for text in dsts:
+        body, slash, proto = text.partition("/")
+        if slash and proto.lower() not in PROTOCOLS and "/" in proto:  # (namespace/name:port/proto)
+            body, slash, proto = text.rpartition("/")
+        if slash and proto.lower() not in PROTOCOLS:
+            body, slash, proto = text, "", ""
+        name, _, port_text = body.rpartition(":")
+        named = _service(name, port_text, "--dst", text, proto.lower() if slash else default_proto, bool(slash))
+        if named is not None:
+            out.append(named)
+            continue
         body, slash, proto = text.partition("/")
         host, port = parse_destination(body)  # (a bad --dst is a usage error, worded as it always was)
         if slash and proto.lower() not in PROTOCOLS:
@@ -99,6 +114,28 @@ def read_questions(dsts: Sequence[str], dst_file: str | None, default_proto: str
     return out
 
 
+def _service(host: str, port: str, where: str, text: str, proto: str, proto_given: bool) -> Question | None:
+    """A question about a Service named instead of an address (`kube-dns.kube-system:53`, `ns/name:port`)."""
+    from iptrace.kube.names import service_ref
+
+    ref = service_ref(host, port) if host else None
+    return None if ref is None else Question(where, text, proto=proto, service=ref, proto_given=proto_given)
+
+
+def resolved(q: Question, analysis: Any) -> Question:
+    """`q` about its Service's ClusterIP in `analysis`'s rules (said on stderr), or `q` when it names an
+    address. Raises InputError when the rules have no such Service or port."""
+    if q.service is None:
+        return q
+    from iptrace.kube.names import resolve
+
+    host, port, proto, label = resolve(analysis.layout, q.service, q.proto, analysis.ruleset.source,
+                                       proto_given=q.proto_given)
+    found = Question(q.where, q.text, host, port, proto)
+    click.echo(f"note: {q.text} is {label} at {found.label}", err=True)
+    return found
+
+
 def answer_all(questions: Sequence[Question], analysis_for: Callable[[str, Sequence[str]], Any],
                answer: Callable[[Any, Question], Any]) -> list[Any]:
     """Each question's answer (or its error, as a string), one analysis per IP family asked about
@@ -112,12 +149,22 @@ def answer_all(questions: Sequence[Question], analysis_for: Callable[[str, Seque
         if q.error is not None:
             out.append(q.error)
             continue
+        if q.service is not None:
+            try:
+                named = next(iter(analyses.values()), None)
+                if named is None or isinstance(named, InputError):
+                    named = analysis_for("", [])  # (the dump's first family)
+                    analyses.setdefault(named.family, named)
+                q = resolved(q, named)
+            except InputError as exc:
+                out.append(f"{q.where}: {q.text}: {exc}")
+                continue
         again = answered.get((q.host, q.port, q.proto))
         if again is not None:
             out.append(again)
             continue
         if q.family not in analyses:
-            hosts = [x.host for x in questions if x.error is None and x.family == q.family]
+            hosts = [x.host for x in questions if x.error is None and x.host and x.family == q.family]
             try:
                 analyses[q.family] = analysis_for(q.family, hosts)
             except InputError as exc:

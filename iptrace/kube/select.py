@@ -77,8 +77,8 @@ def _refusal(services: Sequence[Any], namespace: str | None, service: str | None
 
 def _no_namespace(namespace: str, services: Sequence[Any], source: str) -> str:
     known = sorted({s.namespace for s in services if s.namespace})
-    offer = _offer(namespace, known, "namespaces")
-    return f"--namespace {namespace}: no Service in namespace {namespace!r} in {source}; {offer}"
+    closest = offer(namespace, known, "namespaces")
+    return f"--namespace {namespace}: no Service in namespace {namespace!r} in {source}; {closest}"
 
 
 def _no_service(service: str, services: Sequence[Any], source: str) -> str:
@@ -89,9 +89,9 @@ def _no_service(service: str, services: Sequence[Any], source: str) -> str:
                 f"{', '.join(ports)}")
     if not port:
         known = sorted({f"{s.namespace}/{s.name}" for s in services if s.namespace})
-        return f"--service {service}: no Service {service} in {source}; {_offer(service, known, 'Services')}"
+        return f"--service {service}: no Service {service} in {source}; {offer(service, known, 'Services')}"
     known = sorted({s.label for s in services if s.namespace})
-    return f"--service {service}: no Service port {service} in {source}; {_offer(service, known, 'Service ports')}"
+    return f"--service {service}: no Service port {service} in {source}; {offer(service, known, 'Service ports')}"
 
 
 def _no_address(address: str, services: Sequence[Any], source: str) -> str:
@@ -116,7 +116,7 @@ def _no_address(address: str, services: Sequence[Any], source: str) -> str:
             f"load-balancer IP, or endpoint); {offer}")
 
 
-def _offer(wanted: str, known: list[str], what: str) -> str:
+def offer(wanted: str, known: list[str], what: str) -> str:
     if not known:
         return f"it has no {what}"
     close = difflib.get_close_matches(wanted, known, n=3, cutoff=0.6)
