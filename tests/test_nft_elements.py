@@ -6,9 +6,7 @@ wins). Checked by hand everywhere, and against `nft -f` in a network namespace a
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 from typing import Any
 
 import pytest
@@ -17,6 +15,7 @@ from bench import netns
 from iptrace.errors import ParseError
 from iptrace.nftables import load
 from iptrace.nftables.model import Ruleset
+from tests.test_nft_kernel import _unavailable as _no_kernel
 
 _TABLE = """table ip t {
 	map m {
@@ -92,12 +91,6 @@ def test_json_listing_with_one_key_twice_is_refused() -> None:
     assert _target(load(json.dumps(doc), source="t.json")) == "a"
 
 
-def _no_kernel() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (ip netns, nft)"
-    if shutil.which("nft") is None:
-        return "nft is not installed (apt-get install nftables)"
-    return netns.available()
 
 
 @pytest.mark.root
