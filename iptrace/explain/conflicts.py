@@ -16,6 +16,7 @@ from typing import Any
 from iptrace.explain.diagnosis import Diagnosis
 from iptrace.explain.facts import Case, label
 from iptrace.explain.phrases import service_name
+from iptrace.kube.claims import capture_sentence, conflict_fix
 
 
 def claimants(case: Case) -> list[tuple[Any, str]]:
@@ -50,14 +51,10 @@ def address_conflict(case: Case) -> Diagnosis | None:
               "node (kubernetes#69599). The API does not refuse the same externalIP on two Services.")
     owner = next((name for name, (_, kind) in zip(names, claims, strict=True) if kind == "ClusterIP"), None)
     if owner is not None:
-        capture = " and ".join(name for name, (_, kind) in zip(names, claims, strict=True) if kind != "ClusterIP")
-        detail += (f" {capture} claims {owner}'s ClusterIP as its own address, which lets it capture {owner}'s "
-                   "traffic (CVE-2020-8554).")
+        detail += capture_sentence([n for n, (_, kind) in zip(names, claims, strict=True) if kind != "ClusterIP"],
+                                   owner)
     # (a ClusterIP cannot move: the Services that claim it as an externalIP or LoadBalancer address must)
-    movers = " or ".join(dict.fromkeys(service_name(svc) for svc, kind in claims if kind != "ClusterIP"))
-    fix = (f"give each Service port its own address or port: change spec.externalIPs (or the LoadBalancer address) "
-           f"of {movers}; the DenyServiceExternalIPs admission plugin (or an admission policy that restricts "
-           "externalIPs) keeps it from happening again")
+    fix = conflict_fix(service_name(svc) for svc, kind in claims if kind != "ClusterIP")
     evidence = facts.evidence([n for name in names for n in lines[name]], limit=max(4, len(names)))
     return Diagnosis("address-conflict", "error",
                      f"{target} is claimed by {len(claims)} Service ports: {listed}", detail, fix, evidence)

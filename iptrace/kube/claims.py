@@ -31,6 +31,19 @@ def claimed(view: KubeView) -> dict[tuple[str, int, str], list[tuple[str, EntryV
             for where, labels in shared_claims(ways).items()}
 
 
+def capture_sentence(capturers: Iterable[str], owner: str) -> str:
+    """What it means when Service ports claim another's ClusterIP as their own address."""
+    return (f" {' and '.join(capturers)} claims {owner}'s ClusterIP as its own address, which lets it capture "
+            f"{owner}'s traffic (CVE-2020-8554).")
+
+
+def conflict_fix(movers: Iterable[str]) -> str:
+    """The fix of an address several Service ports claim (`movers`: those that can move: not a ClusterIP)."""
+    return ("give each Service port its own address or port: change spec.externalIPs (or the LoadBalancer "
+            f"address) of {' or '.join(dict.fromkeys(movers))}; the DenyServiceExternalIPs admission plugin (or an "
+            "admission policy that restricts externalIPs) keeps it from happening again")
+
+
 def claim_findings(view: KubeView, node: str, line_texts: Callable[[Iterable[int]], dict[int, str | None]],
                    ) -> list[Finding]:
     """An `address-conflict` finding per address several Service ports claim on this node, naming the one that
@@ -54,13 +67,9 @@ def claim_findings(view: KubeView, node: str, line_texts: Callable[[Iterable[int
                   "Services in random (Go map) order, so other nodes, and this one after its next full sync, may "
                   "send this address to another of them (kubernetes#69599). Compare this finding across nodes.")
         if owner is not None:
-            detail += (f" {' and '.join(capture)} claims {owner}'s ClusterIP as its own address, which lets it "
-                       f"capture {owner}'s traffic (CVE-2020-8554).")
+            detail += capture_sentence(capture, owner)
         out.append(Finding(
             ADDRESS_CONFLICT, "error", node, winners[0] if winners else claims[0][0],
             f"{target} is claimed by {len(claims)} Service ports: {', '.join(names)}; {here}", detail,
-            "give each Service port its own address or port (spec.externalIPs or the LoadBalancer address of "
-            f"{' or '.join(dict.fromkeys(capture))}); the DenyServiceExternalIPs admission plugin (or an admission "
-            "policy that restricts externalIPs) keeps it from happening again",
-            tuple((n, texts.get(n) or "") for n in lines)))
+            conflict_fix(capture), tuple((n, texts.get(n) or "") for n in lines)))
     return out
