@@ -84,7 +84,8 @@ def read_questions(dsts: Sequence[str], dst_file: str | None, default_proto: str
         if slash and proto.lower() not in PROTOCOLS:
             body, slash, proto = text, "", ""
         name, _, port_text = body.rpartition(":")
-        named = _service(name, port_text, "--dst", text, proto.lower() if slash else default_proto, bool(slash))
+        named = None if _is_address(name) else _service(name, port_text, "--dst", text,
+                                                        proto.lower() if slash else default_proto, bool(slash))
         if named is not None:
             out.append(named)
             continue
@@ -112,6 +113,14 @@ def read_questions(dsts: Sequence[str], dst_file: str | None, default_proto: str
     if not out:
         raise click.UsageError("Missing option '--dst' (or --dst-file FILE with one IP:PORT a line).")
     return out
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def _service(host: str, port: str, where: str, text: str, proto: str, proto_given: bool) -> Question | None:

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from iptrace.errors import InputError
-from iptrace.kube.select import offer
-from iptrace.kube.view import port_layout
 
 _LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS = re.compile(rf"{_LABEL}(\.{_LABEL})*")
@@ -54,6 +52,9 @@ def resolve(layout: Any, ref: ServiceRef, proto: str, source: str, *, proto_give
     or name (a number no port of the Service has is kept, so that explain can say what it is); the port's own
     protocol unless one was given (`proto_given`: e.g. /udp), `proto` when it serves that one too. Raises
     InputError naming the closest Services, or the Service's ports, when the rules have none such."""
+    from iptrace.kube.select import offer
+    from iptrace.kube.view import port_layout
+
     ports = [p for p in (port_layout(sp) for sp in layout.service_ports) if p.namespace and p.cluster_ip]
     named = [p for p in ports if p.name == ref.name and (ref.namespace is None or p.namespace == ref.namespace)]
     if not named:
