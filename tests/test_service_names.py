@@ -108,3 +108,17 @@ def test_a_dst_file_of_names_and_addresses_answers_each_and_names_the_bad_line(t
     docs = json.loads(result.stdout)
     assert docs[0] == docs[1] and docs[0]["packet"]["dst"] == "10.96.0.1"
     assert docs[2]["where"] == f"{questions}:3" and "no Service default/nope" in docs[2]["error"]
+
+
+@pytest.mark.parametrize(("given", "slashed", "shown"), [
+    ("kube-dns.kube-system", "kube-system/kube-dns",
+     {"kube-system/kube-dns:dns", "kube-system/kube-dns:dns-tcp", "kube-system/kube-dns:metrics"}),
+    ("kube-dns.kube-system.svc.cluster.local:dns", "kube-system/kube-dns:dns", {"kube-system/kube-dns:dns"}),
+])
+def test_services_takes_a_services_dns_name_too(given: str, slashed: str, shown: set[str]) -> None:
+    result = CliRunner().invoke(main, ["services", IPT, "--service", given, "-o", "json"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == CliRunner().invoke(main, ["services", IPT, "--service", slashed, "-o", "json"]).stdout
+    assert {f"{d['namespace']}/{d['name']}:{d['port_name']}" for d in json.loads(result.stdout)} == shown
+    bad = CliRunner().invoke(main, ["services", IPT, "--service", "kube-dns"])
+    assert bad.exit_code == 2 and "expected NS/NAME or NAME.NAMESPACE" in bad.output

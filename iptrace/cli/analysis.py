@@ -63,7 +63,8 @@ def parse(dump: str, output: str, as_save: bool, lenient: bool, table: str | Non
 @click.argument("dump")
 @output_option("text", "json", "dot", "svg", "mermaid")
 @click.option("--namespace", "-n", help="Only Services in this namespace.")
-@click.option("--service", metavar="NS/NAME[:PORT]", help="Only this Service (or one named port of it).")
+@click.option("--service", metavar="NS/NAME[:PORT]",
+              help="Only this Service (or one named port of it); NAME.NAMESPACE[.svc…] also names it.")
 @click.option("--address", callback=lambda c, p, v: check_ip(c, p, (v,))[0] if v else None, metavar="IP",
               help="Only Services reachable at this address (ClusterIP, externalIP, LB IP, endpoint).")
 @analysis_options
@@ -86,7 +87,15 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
     from iptrace.render.services import iter_services_json, render_services_text
 
     if service is not None and "/" not in service:
-        raise click.BadParameter(f"{service!r}: expected NS/NAME, e.g. default/kubernetes", param_hint="--service")
+        from iptrace.kube.names import service_ref
+
+        # (its DNS name, as its clients know it: NAME.NAMESPACE[.svc…][:PORT-NAME])
+        host, _, port = service.partition(":")
+        ref = service_ref(host, port or "0")
+        if ref is None or ref.namespace is None:
+            raise click.BadParameter(f"{service!r}: expected NS/NAME or NAME.NAMESPACE, e.g. default/kubernetes",
+                                     param_hint="--service")
+        service = f"{ref.namespace}/{ref.name}" + (f":{port}" if port else "")
     cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
     # One view per IP family kube-proxy programs (an nftables ruleset of a dual-stack node has both).
     pairs = []
