@@ -211,7 +211,7 @@ def test_merge_errors_say_what_was_found_and_expected(tmp_path: Path, snap: Path
                                 "audit only (shard the nodes, e.g. by label selector)"
     newer = json.loads(json.dumps(doc))
     newer["merge"]["version"] = 99
-    assert "merge.version: found 99; expected 1 (written by another iptrace version" in error(newer)
+    assert "merge.version: found 99; expected 2 (written by another iptrace version" in error(newer)
     assert error("{not json").startswith(f"Error: {tmp_path}/doc0.json: not JSON (")
     del newer["merge"]
     assert error(newer).endswith("the document: found ['cluster', 'counts', 'findings', 'format', 'nodes', 'ok']; "

@@ -181,14 +181,16 @@ def with_local(services: list[ServiceSpec], node: str) -> list[ServiceSpec]:
     return out
 
 
-def dump_text(services: list[ServiceSpec], node: str, *, era: str = "current", proxy_lb: bool = True) -> str:
+def dump_text(services: list[ServiceSpec], node: str, *, era: str = "current", proxy_lb: bool = True,
+              extra: str = "") -> str:
+    """The node's dump; `extra`: iptables-save text merged in (rules of the node's own, e.g. a host firewall)."""
     specs = with_local(services, node)
     if proxy_lb:
         # ipMode Proxy: kube-proxy programs the Service but not its LB IP.
         specs.append(ServiceSpec("default", "proxy-lb", "10.96.10.9",
                                  [PortSpec("http", 80, node_port=30089, target_port=8080)], type="LoadBalancer",
                                  endpoints=[EndpointSpec("10.244.1.30", 8080, local=node == "node-a")]))
-    return render(specs, node_ips=[NODES[node]], pod_cidr=POD_CIDR, era=era)
+    return render(specs, node_ips=[NODES[node]], pod_cidr=POD_CIDR, era=era, extra=extra)
 
 
 def dump(services: list[ServiceSpec], node: str, **kwargs: Any) -> Ruleset:

@@ -35,6 +35,7 @@ from iptrace.kube.compare import (
 )
 from iptrace.kube.digest import FamilyDigest, NodeResult, PortDigest, node_result
 from iptrace.kube.fleets import cluster_groups, other_cluster_findings
+from iptrace.kube.peers import majority, ways_differ
 from iptrace.kube.view import ServicePortView
 
 # A node whose kube-proxy runs in another proxy mode than the others' (a fleet migrating to nftables mode).
@@ -187,6 +188,11 @@ def combine(results: Sequence[NodeResult], cluster: ClusterState | None = None, 
             for fam in s.result.families:
                 if fam.proxied:
                     s.findings.extend(fam.compared)
+        for family in ("ipv4", "ipv6"):
+            for group in groups:
+                members = [s for s in group if (f := s.result.family(family)) is not None and f.proxied]
+                if len(members) >= 2:
+                    _compare_ways(members, family)
     else:
         for family in ("ipv4", "ipv6"):
             for group in groups:
@@ -298,16 +304,6 @@ def _mode_check(s: _NodeState, era: ProxyMode, proxied: Sequence[_NodeState]) ->
         "checks first that both modes forward every Service port alike")
 
 
-def _majority(values: Mapping[str, Any]) -> tuple[Any, bool]:
-    """The value most nodes have, and whether it is a strict majority of the distinct groups."""
-    counts = Counter(values.values())
-    ranked = counts.most_common()
-    if not ranked:
-        return None, False
-    top, n = ranked[0]
-    return top, len(ranked) == 1 or n > ranked[1][1]
-
-
 class _Port:
     """One node's digest of one Service port, with its lines (the evidence slots)."""
 
@@ -335,22 +331,43 @@ class _Port:
                 if wanted is None or a in wanted]
 
 
-def _peer_compare(members: Sequence[_NodeState], family: str) -> None:
-    """Nodes against each other, service port by service port (no cluster data: the majority is the
-    reference; with a tie, every node in the disagreement is told)."""
+def _ports_by_node(members: Sequence[_NodeState], family: str,
+                   ) -> tuple[dict[str, dict[str, _Port]], Any, dict[str, tuple[str, str]]]:
+    """Each node's ports of `family` by key, the function that files a finding on a node, and each node's
+    kube-proxy mode and layout (era)."""
     by_node: dict[str, dict[str, _Port]] = {}
+    layouts: dict[str, tuple[str, str]] = {}
     for s in members:
         fam = s.result.family(family)
         assert fam is not None
         by_node[s.name] = {d.key: _Port(d, lines) for d, lines in fam.port_lines()}
+        layouts[s.name] = (fam.proxy.mode, fam.proxy.name)
     states = {s.name: s for s in members}
-    all_keys = sorted({k for ports in by_node.values() for k in ports})
-    total = len(members)
 
     def add(node: str, id_: str, severity: Severity, service: str, summary: str, detail: str, fix: str,
             port: _Port | None = None, lines: Iterable[int] = ()) -> None:
         states[node].findings.append(Finding(id_, severity, node, service, summary, detail, fix,
                                              port.evidence(lines) if port is not None else ()))
+
+    return by_node, add, layouts
+
+
+def _compare_ways(members: Sequence[_NodeState], family: str) -> None:
+    """With cluster data (which says what each node should program, not what its own other rules do to it):
+    the nodes' ways in against each other all the same."""
+    by_node, add, layouts = _ports_by_node(members, family)
+    for key in sorted({k for ports in by_node.values() for k in ports}):
+        having = {n: ports[key] for n, ports in by_node.items() if key in ports}
+        if len(having) >= 2:
+            ways_differ(key, having, add, layouts)
+
+
+def _peer_compare(members: Sequence[_NodeState], family: str) -> None:
+    """Nodes against each other, service port by service port (no cluster data: the majority is the
+    reference; with a tie, every node in the disagreement is told)."""
+    by_node, add, layouts = _ports_by_node(members, family)
+    all_keys = sorted({k for ports in by_node.values() for k in ports})
+    total = len(members)
 
     for key in all_keys:
         having = [n for n in by_node if key in by_node[n]]
@@ -375,6 +392,7 @@ def _peer_compare(members: Sequence[_NodeState], family: str) -> None:
                         port, port.head_lines)
         if len(having) >= 2:
             _peer_compare_port(key, {n: by_node[n][key] for n in having}, add)
+            ways_differ(key, {n: by_node[n][key] for n in having}, add, layouts)
 
 
 def _peer_compare_port(key: str, ports: Mapping[str, _Port], add: Any) -> None:
@@ -395,7 +413,7 @@ def _peer_compare_port(key: str, ports: Mapping[str, _Port], add: Any) -> None:
         values = {n: v for n, v in values.items() if v is not None}
         if len(set(values.values())) <= 1:
             continue
-        ref, strict = _majority(values)
+        ref, strict = majority(values)
         for n, v in values.items():
             if strict and v == ref:
                 continue
@@ -410,7 +428,7 @@ def _peer_compare_port(key: str, ports: Mapping[str, _Port], add: Any) -> None:
     if len(set(sigs.values())) <= 1:
         return
     addresses = {n: {a for a, _ in sig} for n, sig in sigs.items()}
-    ref, strict = _majority(sigs)
+    ref, strict = majority(sigs)
     ref_addresses = {a for a, _ in ref} if strict else set()
     for n, sig in sigs.items():
         if strict and sig == ref:

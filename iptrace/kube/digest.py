@@ -17,7 +17,7 @@ from iptrace.dataplane import ProxyMode, positional_new
 from iptrace.kube.claims import claim_findings
 from iptrace.kube.cluster import ClusterState
 from iptrace.kube.compare import Finding, compare_with_cluster, view_service_label
-from iptrace.kube.view import KubeView, ServicePortView
+from iptrace.kube.view import EXTERNAL, HEALTH_CHECK, KubeView, ServicePortView
 
 HEAD = 4  # lines of a Service port shown as evidence when no endpoint line says more (audit.py)
 
@@ -42,6 +42,9 @@ class PortDigest:
     endpoints: tuple[tuple[str, bool, str], ...]
     no_endpoints: bool
     head: tuple[str, ...]
+    # How each kind of client fares through each way in (kind, address or "", port, protocol, ((client, verdict,
+    # reaches its own chains), …)): what a node's own rules change (a host firewall, the order of shared addresses)
+    ways: tuple[tuple[str, str, int, str, tuple[tuple[str, str, bool], ...]], ...] = ()
 
     @property
     def slots(self) -> int:
@@ -121,7 +124,10 @@ def port_digest(sp: ServicePortView, texts: Mapping[int, str]) -> tuple[PortDige
         sp.external_traffic_policy, sp.internal_traffic_policy,
         sp.session_affinity_timeout if has_endpoints else None,
         tuple(sorted(sp.lb_source_ranges)) if has_endpoints and sp.lb_ips else None, sp.health_check_node_port,
-        tuple(signature), endpoints, sp.no_endpoints, tuple([texts.get(x, "") if x else "" for x in head_lines]))
+        tuple(signature), endpoints, sp.no_endpoints, tuple([texts.get(x, "") if x else "" for x in head_lines]),
+        tuple([(e.kind, e.address or "", e.port, e.protocol,
+                ((EXTERNAL, e.verdict, bool(e.via)), *[(p.source, p.verdict, bool(p.via)) for p in e.paths]))
+               for e in sp.entries if e.kind != HEALTH_CHECK]))
     return digest, [*head_lines, *(ep.line for ep in sp.endpoints)]
 
 

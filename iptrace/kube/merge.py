@@ -18,7 +18,7 @@ from iptrace.errors import InputError
 from iptrace.kube.compare import Finding
 from iptrace.kube.digest import FamilyDigest, NodeResult, PortDigest
 
-MERGE_VERSION = 1
+MERGE_VERSION = 2  # 2: a Service port digest has its ways in (15 fields)
 
 
 def merge_json(results: Sequence[NodeResult], *, cluster_source: str | None, cluster_nodes: bool,
@@ -52,7 +52,7 @@ def _digest_json(p: PortDigest) -> list[Any]:
     return [p.key, p.cluster_ip, p.port, p.node_port, list(p.ips), p.external_traffic_policy,
             p.internal_traffic_policy, p.affinity, None if p.ranges is None else list(p.ranges),
             p.health_check_node_port, [list(s) for s in p.signature], [list(e) for e in p.endpoints],
-            p.no_endpoints, list(p.head)]
+            p.no_endpoints, list(p.head), [[*w[:4], [list(f) for f in w[4]]] for w in p.ways]]
 
 
 def _proxy_json(proxy: ProxyMode) -> dict[str, Any]:
@@ -82,16 +82,18 @@ class _Reader:
         return value
 
     def digest(self, item: Any, where: str) -> PortDigest:
-        if not isinstance(item, list) or len(item) != 14:
-            raise self.fail(where, item, "a list of the 14 fields of a Service port digest")
+        if not isinstance(item, list) or len(item) != 15:
+            raise self.fail(where, item, "a list of the 15 fields of a Service port digest")
         try:
             (key, cluster_ip, port, node_port, ips, etp, itp, affinity, ranges, hc, signature, endpoints,
-             no_endpoints, head) = item
+             no_endpoints, head, ways) = item
             return PortDigest(str(key), cluster_ip, port, node_port, tuple(ips), etp, itp, affinity,
                               None if ranges is None else tuple(ranges), hc,
                               tuple((str(a), float(p)) for a, p in signature),
                               tuple((str(a), bool(c), str(t)) for a, c, t in endpoints), bool(no_endpoints),
-                              tuple(str(t) for t in head))
+                              tuple(str(t) for t in head),
+                              tuple((str(k), str(a), int(n), str(pr), tuple((str(c), str(v), bool(o)) for c, v, o in f))
+                                    for k, a, n, pr, f in ways))
         except (TypeError, ValueError) as exc:
             raise self.fail(where, item, f"a Service port digest ({exc})") from None
 
