@@ -39,7 +39,8 @@ def address_conflict(case: Case) -> Diagnosis | None:
     if taken:
         first = lines.get(taken[0]) or []
         where = f" (line {min(first)})" if first else ""
-        here = f"here {' and '.join(taken)} takes{'' if len(taken) == 1 else ' them'} the packet{where}"
+        here = (f"here {taken[0]} takes the packet{where}" if len(taken) == 1 else
+                f"here {' and '.join(taken)} each take some of its outcomes{where}")
     else:
         here = "here none of them forwards this packet"
     others = [name for name in names if name not in taken]

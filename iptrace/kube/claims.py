@@ -58,8 +58,13 @@ def claim_findings(view: KubeView, node: str, line_texts: Callable[[Iterable[int
         target = f"{join_host_port(address, port)}/{protocol}"
         names = [f"{label} ({_KINDS[e.kind]})" for label, e in claims]
         winners = [label for label, e in claims if e.verdict == "DNAT" and e.via]
-        here = (f"on this node {' and '.join(winners)} takes it" if winners
-                else "on this node none of them forwards it")
+        if len(winners) == 1:
+            here = f"on this node {winners[0]} takes it"
+        elif winners:
+            here = (f"on this node {' and '.join(winners)} each take some clients (the first rule that matches a "
+                    "client wins)")
+        else:
+            here = "on this node none of them forwards it"
         lines = sorted({n for _, e in claims for n in e.lines})
         capture = [label for label, e in claims if e.kind != CLUSTER_IP]
         owner = next((label for label, e in claims if e.kind == CLUSTER_IP), None)
