@@ -199,3 +199,19 @@ def test_audit_reports_the_conflict_per_node_with_the_service_that_takes_it_ther
     (root / "node-a.txt").write_text(dump(second_port=81))
     result = CliRunner().invoke(main, ["audit", str(root / "node-a.txt"), "--node-ip", NODE, "-o", "json"])
     assert not [f for f in json.loads(result.output)["findings"] if f["id"] == "address-conflict"]
+
+
+def test_a_load_balancer_whose_source_ranges_fall_through_to_another_shares_its_clients() -> None:
+    """The first Service's firewall passes its source ranges and lets the rest fall through to the second's rule:
+    each takes some clients on this node."""
+    from iptrace.kube.claims import claim_findings
+    from tests.dumps import build_view
+
+    specs = [ServiceSpec(ns, "lb", ip, [PortSpec("http", 80, node_port=np, target_port=8080)], type="LoadBalancer",
+                         lb_ips=["198.18.7.7"], lb_source_ranges=ranges, endpoints=[EndpointSpec(ep, 8080)])
+             for ns, ip, np, ranges, ep in (("alpha", "10.96.0.30", 30030, ["198.51.100.0/24"], "10.244.1.30"),
+                                            ("beta", "10.96.0.31", 30031, [], "10.244.2.31"))]
+    ruleset = load(render(specs, node_ips=[NODE], pod_cidr="10.244.0.0/16"))
+    (finding,) = claim_findings(build_view(ruleset, node_ips=[NODE]), "n", ruleset.line_texts)
+    assert finding.summary.endswith("on this node alpha/lb:http and beta/lb:http each take some clients (the first "
+                                    "rule that matches a client wins)")
