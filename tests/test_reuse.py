@@ -449,3 +449,41 @@ def test_a_chains_plan_for_one_questions_sources_is_not_used_for_anothers() -> N
     for i in (0, 1, 0, 1):
         found = tracer.footprint([(None, packets[i])])
         assert found is not None and (found.key, found.lines) == (expected[i].key, expected[i].lines)
+
+
+def test_port_numbers_no_key_holds_are_forgotten_and_the_rest_still_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each node has a Service of its own beside the fleet's. The numbers of ports (ViewReuse._ports) are forgotten
+    when there are more than PORTS cache sizes of them — here at every node —, only those no key holds (a kept
+    view, a miss count, a loose key): the nodes reuse the same ports as when nothing is forgotten, and every view is
+    the node's own."""
+    from iptrace.kube import reuse as module
+
+    shared = services(12)
+    nodes = 12
+
+    def run(ports: float) -> tuple[list[int], ViewReuse]:
+        reuse = ViewReuse(size=40)
+        monkeypatch.setattr(module, "PORTS", ports)
+        per_node = []
+        for i in range(nodes):
+            own = ServiceSpec("default", f"only-on-{i}", f"10.96.200.{i + 1}", [PortSpec("http", 80, target_port=8080)],
+                              endpoints=[EndpointSpec(f"10.244.{i}.77", 8080)])
+            ruleset = load(fleet.node_dump([*shared, own], i))
+            plain = analyse(DATAPLANE, ruleset, "ipv4", node_ips=[fleet.node_ip(i)]).view
+            before = reuse.stats.reused
+            assert analyse(DATAPLANE, ruleset, "ipv4", node_ips=[fleet.node_ip(i)], reuse=reuse).view == plain
+            per_node.append(reuse.stats.reused - before)
+            held = {key[0] for key in reuse._views} | set(reuse._misses) | {key[0] for key in reuse._loose}
+            assert held <= set(reuse._ports.values())
+        return per_node, reuse
+
+    kept, _ = run(4)
+    forgetting, reuse = run(0.01)
+    assert forgetting == kept and sum(kept[2:]) >= (len(shared) - 1) * (nodes - 2), kept
+    # Once the misses and loose keys are gone and views dropped, only the kept views' numbers stay.
+    reuse._misses.clear()
+    reuse._loose.clear()
+    for key in list(reuse._views)[: len(reuse._views) // 2]:
+        del reuse._views[key]
+    reuse._forget_ports()
+    assert set(reuse._ports.values()) == {key[0] for key in reuse._views}

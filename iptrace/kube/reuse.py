@@ -38,6 +38,10 @@ MISSES = 4
 # would make a worker's memory grow with the number of nodes it audits. A view reused once is kept (LRU).
 PROBATION = 8
 
+# Port layouts numbered (ViewReuse._ports), in CACHE_SIZEs, before those no key holds any more are forgotten: nodes of
+# one cluster have the same ports, and a few their own.
+PORTS = 4
+
 # Views kept per loose key of a port (Footprint.loose): the traces of each decided what a node must answer alike to
 # reuse it; a node's own rules (its local endpoints) make a few variants.
 LOOSE = 4
@@ -95,10 +99,14 @@ class ViewReuse:
         self.stats = ReuseStats()
         self._views: OrderedDict[tuple[Any, ...], ServicePortView] = OrderedDict()
         self._unused: OrderedDict[tuple[Any, ...], int] = OrderedDict()  # views not reused yet → round kept
-        self._misses: dict[tuple[Any, ...], tuple[int, int]] = {}  # port → (misses in a row, round of the last)
+        self._misses: dict[int, tuple[int, int]] = {}  # port → (misses in a row, round of the last)
         self._round = 0  # calls of `services` (a node's family each)
         # (port, Footprint.loose) → (what the traces of a kept view decided, its key), newest last (LOOSE of them)
         self._loose: dict[tuple[Any, ...], list[tuple[Any, tuple[Any, ...]]]] = {}
+        # (family, a port's layout without its lines) → its number, which the keys above hold: a layout's hash is
+        # worked out field by field each time, and a reused port's key is looked up four times
+        self._ports: dict[tuple[str, ServicePortLayout], int] = {}
+        self._next_port = 0
 
     def services(self, layout: Layout, tracer: Any, make: Callable[[Any], Callable[[ServicePortLayout],
                  ServicePortView]], ask: Callable[[ServicePortLayout], list[Call]]) -> list[ServicePortView]:
@@ -115,9 +123,16 @@ class ViewReuse:
         misses = self._misses
         if len(misses) > self.size:
             misses.clear()
+        if len(self._ports) > PORTS * self.size:
+            self._forget_ports()
+        ports, family = self._ports, layout.family
         for sp in layout.service_ports:
             self.stats.ports += 1
-            port = (layout.family, _without_lines(sp))
+            named = (family, _without_lines(sp))
+            port = ports.get(named)
+            if port is None:
+                port = ports[named] = self._next_port
+                self._next_port += 1
             missed, last = misses.get(port, (0, 0))
             if missed >= MISSES and self._round - last <= 1 << (missed - MISSES):
                 self.stats.skipped += 1
@@ -128,9 +143,9 @@ class ViewReuse:
             if found is None:
                 out.append(build(sp))
                 continue
-            key = (*port, found.key)
+            key = (port, found.key)
             kept = self._views.get(key)
-            loose = None if found.loose is None else (*port, found.loose)
+            loose = None if found.loose is None else (port, found.loose)
             if kept is None and loose is not None:
                 key, kept = self._loosely(loose, found.agrees, key)
             if kept is not None:
@@ -185,6 +200,11 @@ class ViewReuse:
         views = self._views
         found[:] = [item for item in found if item[1] in views][-(LOOSE - 1):]
         found.append((decided, key))
+
+    def _forget_ports(self) -> None:
+        """Forget the numbers of the ports no key holds any more (a port on a few nodes only)."""
+        live = {key[0] for key in self._views} | self._misses.keys() | {key[0] for key in self._loose}
+        self._ports = {named: port for named, port in self._ports.items() if port in live}
 
     def _drop_unused(self) -> None:
         """Drop the views kept more than PROBATION rounds ago that no node has reused since."""
