@@ -23,6 +23,7 @@ from iptrace.kube.analysis import analyse
 from iptrace.kube.reuse import LINE_FIELDS, ViewReuse
 from iptrace.kube.sources import EXTERNAL_V4
 from iptrace.kube.view import EndpointView, EntryView, ServicePortView, SourcePath
+from tests.conftest import SAMPLES
 
 CLIENT = EXTERNAL_V4[0]  # (the view's client from outside the cluster)
 
@@ -487,3 +488,30 @@ def test_port_numbers_no_key_holds_are_forgotten_and_the_rest_still_reused(monke
         del reuse._views[key]
     reuse._forget_ports()
     assert set(reuse._ports.values()) == {key[0] for key in reuse._views}
+
+
+def _without_lines(sp: Any) -> Any:
+    """A port's layout without its lines and its ways' lines (what ViewReuse keys a port by)."""
+    return dataclasses.replace(sp, lines=(), ways_in=tuple(dataclasses.replace(w, lines=()) for w in sp.ways_in))
+
+
+def test_a_ports_values_are_equal_exactly_when_its_layouts_without_lines_are() -> None:
+    """reuse._port_values, which numbers a port: equal for two layouts exactly when they are equal but for lines —
+    every pair of ports of fleet nodes (each node's rules at other lines, one with a rule of its own) and of the
+    sample dumps."""
+    from iptrace.iptables.layout import read_layout
+    from iptrace.kube.reuse import _port_values
+
+    specs = services(20)
+    chain = synth.service_port_chain("KUBE-SVC-", f"{specs[3].namespace}/{specs[3].name}:http", "tcp")
+    texts = [fleet.node_dump(specs, 1), fleet.node_dump(specs, 2),
+             fleet.node_dump(specs, 3, extra=f"*nat\n-I {chain} -s {CLIENT}/32 -j RETURN\nCOMMIT\n"),
+             *(p.read_text() for p in sorted(SAMPLES.glob("*.txt")))]
+    ports = [sp for text in texts for sp in read_layout(load(text, lenient=True)).service_ports]
+    assert len(ports) > 60
+    plain = [_without_lines(sp) for sp in ports]
+    values = [_port_values(sp) for sp in ports]
+    for i in range(len(ports)):
+        for j in range(len(ports)):
+            assert (values[i] == values[j]) == (plain[i] == plain[j]), (ports[i], ports[j])
+    assert len(set(values)) == len(set(plain)) < len(ports)  # (the fleet nodes share ports, at other lines)

@@ -103,9 +103,9 @@ class ViewReuse:
         self._round = 0  # calls of `services` (a node's family each)
         # (port, Footprint.loose) → (what the traces of a kept view decided, its key), newest last (LOOSE of them)
         self._loose: dict[tuple[Any, ...], list[tuple[Any, tuple[Any, ...]]]] = {}
-        # (family, a port's layout without its lines) → its number, which the keys above hold: a layout's hash is
-        # worked out field by field each time, and a reused port's key is looked up four times
-        self._ports: dict[tuple[str, ServicePortLayout], int] = {}
+        # (family, a port's layout without its lines: _port_values) → its number, which the keys above hold (a
+        # layout's hash is worked out field by field each time, and a reused port's key is looked up four times)
+        self._ports: dict[tuple[str, tuple[Any, ...]], int] = {}
         self._next_port = 0
 
     def services(self, layout: Layout, tracer: Any, make: Callable[[Any], Callable[[ServicePortLayout],
@@ -128,7 +128,7 @@ class ViewReuse:
         ports, family = self._ports, layout.family
         for sp in layout.service_ports:
             self.stats.ports += 1
-            named = (family, _without_lines(sp))
+            named = (family, _port_values(sp))
             port = ports.get(named)
             if port is None:
                 port = ports[named] = self._next_port
@@ -221,8 +221,15 @@ class ViewReuse:
         return len(self._views)
 
 
-def _without_lines(sp: ServicePortLayout) -> ServicePortLayout:
-    return _layout_lines_ways(sp, (), tuple([_way_lines(w, ()) if w.lines else w for w in sp.ways_in]))
+# (a layout's fields but its lines, its ways in last, and a way's fields but its lines, as plain tuples: they hash
+# and compare without a Python call per object, as the dataclasses' own __hash__ and __eq__ make)
+_LAYOUT_VALUES = attrgetter(*(f.name for f in fields(ServicePortLayout) if f.name not in ("lines", "ways_in")))
+_WAY_VALUES = attrgetter(*(f.name for f in fields(WayIn) if f.name != "lines"))
+
+
+def _port_values(sp: ServicePortLayout) -> tuple[Any, ...]:
+    """A value equal for two layouts exactly when they are equal but for their lines and their ways' lines."""
+    return _LAYOUT_VALUES(sp), tuple(map(_WAY_VALUES, sp.ways_in))
 
 
 def _positional(view: ServicePortView, sp: ServicePortLayout, lines: Sequence[int]) -> ServicePortView | None:
@@ -279,8 +286,6 @@ _entry_paths_lines = _replacer(EntryView, ("paths", "lines"))
 _entry_paths = _replacer(EntryView, ("paths",))
 _view_relined = _replacer(ServicePortView, ("endpoints", "entries", "lines"))
 _view_moved = _replacer(ServicePortView, ("endpoints", "entries"))
-_layout_lines_ways = _replacer(ServicePortLayout, ("lines", "ways_in"))
-_way_lines = _replacer(WayIn, ("lines",))
 
 
 # Per class: a maker from every field's value (not through __init__), a getter of them all, each field's position.
