@@ -115,3 +115,71 @@ def test_lines_with_double_blanks_or_tabs_load_alike_when_the_memo_knows_their_s
     assert messy != text
     _same(load(messy, source="messy", memo=memo), load(messy, source="messy"))
     _same(load(text, source="clean", memo=memo), load(text, source="clean"))
+
+
+def _load_both(text: str, memo: LoadMemo, lenient: bool) -> None:
+    """`text` loads with `memo` as without it: the same Ruleset, or the same error."""
+    try:
+        plain = load(text, source="n", lenient=lenient)
+    except IptraceError as exc:
+        with pytest.raises(IptraceError) as memoised:
+            load(text, source="n", lenient=lenient, memo=memo)
+        assert str(memoised.value) == str(exc)
+        return
+    _same(load(text, source="n", lenient=lenient, memo=memo), plain)
+
+
+def _mutated(text: str, kind: str, pick: int) -> str:
+    lines = text.split("\n")
+    rules = [i for i, line in enumerate(lines) if line.startswith("-A ")]
+    at = rules[pick % len(rules)]
+    line = lines[at]
+    chain = line.split()[1]
+    if kind == "other-table":  # (a line seen in nat, here in filter, where its chain is not declared)
+        lines.insert(lines.index("*filter") + 1, line)
+    elif kind == "before-declaration":  # (its chain declared after it)
+        lines.insert(next(i for i, x in enumerate(lines) if x.startswith(f":{chain} ")), line)
+    elif kind == "target-undeclared":  # (the chain it jumps to is not declared any more)
+        declared = set(lines)
+        jumps = [i for i in rules if f":{lines[i].split()[-1]} - [0:0]" in declared]
+        target = lines[jumps[pick % len(jumps)]].split()[-1]
+        lines = [x for x in lines if x != f":{target} - [0:0]"]
+    elif kind == "after-command":  # (a command edited the table first: its -A lines are counted one by one)
+        lines.insert(at, f"-I {chain} 1 -j RETURN")
+    elif kind == "twice":
+        lines.insert(at, line)
+    elif kind == "blanks":
+        lines[at] = line.replace(" ", "  ", 2)
+    elif kind == "outside-table":
+        lines.insert(len(lines) - 1, line)
+    return "\n".join(lines)
+
+
+def test_a_line_read_before_loads_as_the_line_does_wherever_it_is() -> None:
+    """Lines read before (loader._LINES) are taken whole: in another table, before their chain's declaration,
+    jumping to a chain no longer declared, after a command, twice, with blanks, outside a table — each load with
+    the memo gives what a load without one gives (rules, lines, errors, lenient skips)."""
+    memo = LoadMemo()
+    load(_node(0), memo=memo)
+    load(_node(1), memo=memo)
+    assert loader._LINES[0][0] is memo and loader._LINES[0][1]
+    text = _node(2)
+    for kind in ("other-table", "before-declaration", "target-undeclared", "after-command", "twice", "blanks",
+                 "outside-table"):
+        for pick in (0, 7, 61, 333):
+            mutated = _mutated(text, kind, pick)
+            assert mutated != text
+            for lenient in (False, True):
+                _load_both(mutated, memo, lenient)
+
+
+def test_lines_are_kept_with_their_memo() -> None:
+    loader._LINES.clear()
+    load(_node(0))
+    assert not loader._LINES  # (no memo: nothing kept)
+    memo = LoadMemo()
+    load(_node(0), memo=memo)
+    assert len(loader._LINES[0][1]) > 100
+    other = LoadMemo()
+    load(_node(1), memo=other)  # (a new memo starts again: what it keeps is its own, as without lines)
+    assert loader._LINES[0][0] is other and other.specs

@@ -23,6 +23,7 @@ from iptrace.kube.analysis import analyse
 from iptrace.kube.reuse import LINE_FIELDS, ViewReuse
 from iptrace.kube.sources import EXTERNAL_V4
 from iptrace.kube.view import EndpointView, EntryView, ServicePortView, SourcePath
+from tests.conftest import SAMPLES
 
 CLIENT = EXTERNAL_V4[0]  # (the view's client from outside the cluster)
 
@@ -449,3 +450,68 @@ def test_a_chains_plan_for_one_questions_sources_is_not_used_for_anothers() -> N
     for i in (0, 1, 0, 1):
         found = tracer.footprint([(None, packets[i])])
         assert found is not None and (found.key, found.lines) == (expected[i].key, expected[i].lines)
+
+
+def test_port_numbers_no_key_holds_are_forgotten_and_the_rest_still_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each node has a Service of its own beside the fleet's. The numbers of ports (ViewReuse._ports) are forgotten
+    when there are more than PORTS cache sizes of them — here at every node —, only those no key holds (a kept
+    view, a miss count, a loose key): the nodes reuse the same ports as when nothing is forgotten, and every view is
+    the node's own."""
+    from iptrace.kube import reuse as module
+
+    shared = services(12)
+    nodes = 12
+
+    def run(ports: float) -> tuple[list[int], ViewReuse]:
+        reuse = ViewReuse(size=40)
+        monkeypatch.setattr(module, "PORTS", ports)
+        per_node = []
+        for i in range(nodes):
+            own = ServiceSpec("default", f"only-on-{i}", f"10.96.200.{i + 1}", [PortSpec("http", 80, target_port=8080)],
+                              endpoints=[EndpointSpec(f"10.244.{i}.77", 8080)])
+            ruleset = load(fleet.node_dump([*shared, own], i))
+            plain = analyse(DATAPLANE, ruleset, "ipv4", node_ips=[fleet.node_ip(i)]).view
+            before = reuse.stats.reused
+            assert analyse(DATAPLANE, ruleset, "ipv4", node_ips=[fleet.node_ip(i)], reuse=reuse).view == plain
+            per_node.append(reuse.stats.reused - before)
+            held = {key[0] for key in reuse._views} | set(reuse._misses) | {key[0] for key in reuse._loose}
+            assert held <= set(reuse._ports.values())
+        return per_node, reuse
+
+    kept, _ = run(4)
+    forgetting, reuse = run(0.01)
+    assert forgetting == kept and sum(kept[2:]) >= (len(shared) - 1) * (nodes - 2), kept
+    # Once the misses and loose keys are gone and views dropped, only the kept views' numbers stay.
+    reuse._misses.clear()
+    reuse._loose.clear()
+    for key in list(reuse._views)[: len(reuse._views) // 2]:
+        del reuse._views[key]
+    reuse._forget_ports()
+    assert set(reuse._ports.values()) == {key[0] for key in reuse._views}
+
+
+def _without_lines(sp: Any) -> Any:
+    """A port's layout without its lines and its ways' lines (what ViewReuse keys a port by)."""
+    return dataclasses.replace(sp, lines=(), ways_in=tuple(dataclasses.replace(w, lines=()) for w in sp.ways_in))
+
+
+def test_a_ports_values_are_equal_exactly_when_its_layouts_without_lines_are() -> None:
+    """reuse._port_values, which numbers a port: equal for two layouts exactly when they are equal but for lines —
+    every pair of ports of fleet nodes (each node's rules at other lines, one with a rule of its own) and of the
+    sample dumps."""
+    from iptrace.iptables.layout import read_layout
+    from iptrace.kube.reuse import _port_values
+
+    specs = services(20)
+    chain = synth.service_port_chain("KUBE-SVC-", f"{specs[3].namespace}/{specs[3].name}:http", "tcp")
+    texts = [fleet.node_dump(specs, 1), fleet.node_dump(specs, 2),
+             fleet.node_dump(specs, 3, extra=f"*nat\n-I {chain} -s {CLIENT}/32 -j RETURN\nCOMMIT\n"),
+             *(p.read_text() for p in sorted(SAMPLES.glob("*.txt")))]
+    ports = [sp for text in texts for sp in read_layout(load(text, lenient=True)).service_ports]
+    assert len(ports) > 60
+    plain = [_without_lines(sp) for sp in ports]
+    values = [_port_values(sp) for sp in ports]
+    for i in range(len(ports)):
+        for j in range(len(ports)):
+            assert (values[i] == values[j]) == (plain[i] == plain[j]), (ports[i], ports[j])
+    assert len(set(values)) == len(set(plain)) < len(ports)  # (the fleet nodes share ports, at other lines)

@@ -124,6 +124,7 @@ class _Reader:
         self.by_name: dict[str, str] = {}  # "ns/svc:port|proto" -> group key
         self.by_address: dict[tuple[str | None, int, str], str] = {}  # (address, port, proto) -> group key
         self.warnings: list[str] = []
+        self._ways: dict[str, tuple[WayIn, ...]] = {}  # (ways_in's, by group key)
 
     # -- grouping
 
@@ -397,9 +398,13 @@ class _Reader:
             return []
         return list(dict.fromkeys(f.target for f in self.tables.facts(chain) if f.target.startswith(SEP)))
 
-    @staticmethod
-    def ways_in(g: _Group) -> tuple[WayIn, ...]:
-        return g.seeds.ways()
+    def ways_in(self, g: _Group) -> tuple[WayIn, ...]:
+        """A group's ways in, made once (the layout's index lists them, its Service port holds them): its seeds are
+        all gathered by then (collect_ways_in)."""
+        found = self._ways.get(g.key)
+        if found is None:
+            found = self._ways[g.key] = g.seeds.ways()
+        return found
 
     def endpoint_keys(self, ip: str) -> tuple[str, ...]:
         """The groups whose load-balancing chains jump to an endpoint chain that DNATs to `ip`."""

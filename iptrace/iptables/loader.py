@@ -275,11 +275,23 @@ class _Loader:
         names = self.names
         specs = self.memo.specs if self.memo is not None else None
         remembered = self.memo.shapes if self.memo is not None else {}
+        seen = _lines_seen(self.memo)
         for line_no, raw in enumerate(_split_lines(text), 1):
             line = raw.strip()
             if not line:
                 continue
             c = line[0]
+            if c == "-" and seen is not None and current is not None:
+                # (a line read before: the fast path's answer below, without slicing and hashing its spec)
+                hit = seen.get(line)
+                if hit is not None:
+                    chain, args, shape, target = hit
+                    rules = fast_rules.get(chain)
+                    if rules is not None:
+                        if target is not None and target not in table_chains:
+                            jumps.append((target, line_no, chain))
+                        rules.append(new_rule(Rule, (chain, args, None, line_no, shape)))
+                        continue
             if c == "-" and line[:3] == "-A ":
                 if current is None:
                     self.semantic("rule before its table; expected a '*filter' (or *nat, *mangle, …) line "
@@ -309,11 +321,16 @@ class _Loader:
                         continue
                     if specs is not None and remembered.get(key) is shape:
                         specs[args] = (args, shape)
+                jump = None
                 if shape.target_index == shape.n_tokens - 1 >= 0:
                     target = args[args.rfind(" ") + 1:]
-                    if target not in BUILTIN_TARGETS and target not in table_chains:
-                        jumps.append((target, line_no, chain))
+                    if target not in BUILTIN_TARGETS:
+                        jump = target
+                        if target not in table_chains:
+                            jumps.append((target, line_no, chain))
                 rules.append(new_rule(Rule, (chain, args, None, line_no, shape)))
+                if seen is not None and (known is not None or remembered.get(key) is shape):
+                    seen[line] = (chain, args, shape, jump)
             elif c == "-":
                 self.command(current, line, line_no)
                 fast_rules = {}  # rules of this table may now be edited: later -A lines keep count of jumps
@@ -464,6 +481,26 @@ class _Loader:
                     self.fail_line(line, line_no)
             self.close_table(t)
         return self.finish(text, "S", [])
+
+
+# Every "-A" line the loads with one memo read on their fast path → (its chain's name, its spec — the memo's
+# string —, the spec's shape, the target when it is not a built-in one, else None): all of them follow from the
+# line's text (a shape from the spec's text, and only shapes read without a warning are kept: LoadMemo), so a line
+# read before is read with one look-up (a node's lines are almost all its cluster's other nodes' lines). Kept for
+# the latest memo (a worker's: `audit` loads its nodes with one), as it lives.
+_LINES: list[tuple[LoadMemo, dict[str, tuple[str, str, RuleShape, str | None]]]] = []
+
+
+def _lines_seen(memo: LoadMemo | None) -> dict[str, tuple[str, str, RuleShape, str | None]] | None:
+    """The lines read before with `memo` (None without one)."""
+    if memo is None:
+        return None
+    if not _LINES or _LINES[0][0] is not memo:
+        _LINES[:] = [(memo, {})]
+    seen = _LINES[0][1]
+    if len(seen) > memo.LIMIT:
+        seen.clear()
+    return seen
 
 
 # Characters split into lines at a time: a 24 MB dump split whole is ~35 MB of line strings at once, beside

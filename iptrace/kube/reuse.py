@@ -38,6 +38,10 @@ MISSES = 4
 # would make a worker's memory grow with the number of nodes it audits. A view reused once is kept (LRU).
 PROBATION = 8
 
+# Port layouts numbered (ViewReuse._ports), in CACHE_SIZEs, before those no key holds any more are forgotten: nodes of
+# one cluster have the same ports, and a few their own.
+PORTS = 4
+
 # Views kept per loose key of a port (Footprint.loose): the traces of each decided what a node must answer alike to
 # reuse it; a node's own rules (its local endpoints) make a few variants.
 LOOSE = 4
@@ -95,10 +99,14 @@ class ViewReuse:
         self.stats = ReuseStats()
         self._views: OrderedDict[tuple[Any, ...], ServicePortView] = OrderedDict()
         self._unused: OrderedDict[tuple[Any, ...], int] = OrderedDict()  # views not reused yet → round kept
-        self._misses: dict[tuple[Any, ...], tuple[int, int]] = {}  # port → (misses in a row, round of the last)
+        self._misses: dict[int, tuple[int, int]] = {}  # port → (misses in a row, round of the last)
         self._round = 0  # calls of `services` (a node's family each)
         # (port, Footprint.loose) → (what the traces of a kept view decided, its key), newest last (LOOSE of them)
         self._loose: dict[tuple[Any, ...], list[tuple[Any, tuple[Any, ...]]]] = {}
+        # (family, a port's layout without its lines: _port_values) → its number, which the keys above hold (a
+        # layout's hash is worked out field by field each time, and a reused port's key is looked up four times)
+        self._ports: dict[tuple[str, tuple[Any, ...]], int] = {}
+        self._next_port = 0
 
     def services(self, layout: Layout, tracer: Any, make: Callable[[Any], Callable[[ServicePortLayout],
                  ServicePortView]], ask: Callable[[ServicePortLayout], list[Call]]) -> list[ServicePortView]:
@@ -115,9 +123,16 @@ class ViewReuse:
         misses = self._misses
         if len(misses) > self.size:
             misses.clear()
+        if len(self._ports) > PORTS * self.size:
+            self._forget_ports()
+        ports, family = self._ports, layout.family
         for sp in layout.service_ports:
             self.stats.ports += 1
-            port = (layout.family, _without_lines(sp))
+            named = (family, _port_values(sp))
+            port = ports.get(named)
+            if port is None:
+                port = ports[named] = self._next_port
+                self._next_port += 1
             missed, last = misses.get(port, (0, 0))
             if missed >= MISSES and self._round - last <= 1 << (missed - MISSES):
                 self.stats.skipped += 1
@@ -128,9 +143,9 @@ class ViewReuse:
             if found is None:
                 out.append(build(sp))
                 continue
-            key = (*port, found.key)
+            key = (port, found.key)
             kept = self._views.get(key)
-            loose = None if found.loose is None else (*port, found.loose)
+            loose = None if found.loose is None else (port, found.loose)
             if kept is None and loose is not None:
                 key, kept = self._loosely(loose, found.agrees, key)
             if kept is not None:
@@ -186,6 +201,11 @@ class ViewReuse:
         found[:] = [item for item in found if item[1] in views][-(LOOSE - 1):]
         found.append((decided, key))
 
+    def _forget_ports(self) -> None:
+        """Forget the numbers of the ports no key holds any more (a port on a few nodes only)."""
+        live = {key[0] for key in self._views} | self._misses.keys() | {key[0] for key in self._loose}
+        self._ports = {named: port for named, port in self._ports.items() if port in live}
+
     def _drop_unused(self) -> None:
         """Drop the views kept more than PROBATION rounds ago that no node has reused since."""
         unused, views = self._unused, self._views
@@ -201,8 +221,15 @@ class ViewReuse:
         return len(self._views)
 
 
-def _without_lines(sp: ServicePortLayout) -> ServicePortLayout:
-    return _layout_lines_ways(sp, (), tuple([_way_lines(w, ()) if w.lines else w for w in sp.ways_in]))
+# (a layout's fields but its lines, its ways in last, and a way's fields but its lines, as plain tuples: they hash
+# and compare without a Python call per object, as the dataclasses' own __hash__ and __eq__ make)
+_LAYOUT_VALUES = attrgetter(*(f.name for f in fields(ServicePortLayout) if f.name not in ("lines", "ways_in")))
+_WAY_VALUES = attrgetter(*(f.name for f in fields(WayIn) if f.name != "lines"))
+
+
+def _port_values(sp: ServicePortLayout) -> tuple[Any, ...]:
+    """A value equal for two layouts exactly when they are equal but for their lines and their ways' lines."""
+    return _LAYOUT_VALUES(sp), tuple(map(_WAY_VALUES, sp.ways_in))
 
 
 def _positional(view: ServicePortView, sp: ServicePortLayout, lines: Sequence[int]) -> ServicePortView | None:
@@ -259,8 +286,6 @@ _entry_paths_lines = _replacer(EntryView, ("paths", "lines"))
 _entry_paths = _replacer(EntryView, ("paths",))
 _view_relined = _replacer(ServicePortView, ("endpoints", "entries", "lines"))
 _view_moved = _replacer(ServicePortView, ("endpoints", "entries"))
-_layout_lines_ways = _replacer(ServicePortLayout, ("lines", "ways_in"))
-_way_lines = _replacer(WayIn, ("lines",))
 
 
 # Per class: a maker from every field's value (not through __init__), a getter of them all, each field's position.
