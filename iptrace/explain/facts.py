@@ -14,9 +14,7 @@ from typing import Any
 
 from iptrace.dataplane import (
     CLUSTER_IP,
-    EXTERNAL_IP,
     HEALTH_CHECK,
-    LOAD_BALANCER,
     NODE_PORT,
     Outcome,
     ProxyMode,
@@ -26,6 +24,7 @@ from iptrace.dataplane import (
 )
 from iptrace.explain.diagnosis import Diagnosis, Evidence
 from iptrace.kube.analysis import ChainLabels
+from iptrace.kube.sharing import KIND_NAMES
 
 
 def label(svc: Any) -> str:
@@ -69,7 +68,7 @@ class _Lazy:
         return found or default
 
 
-_ADDRESS_KINDS = {CLUSTER_IP: "ClusterIP", EXTERNAL_IP: "externalIP", LOAD_BALANCER: "LoadBalancer IP"}
+_ADDRESS_KINDS = KIND_NAMES
 
 
 class Facts:

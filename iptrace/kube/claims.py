@@ -11,11 +11,10 @@ from collections.abc import Callable, Iterable
 
 from iptrace.dataplane import join_host_port
 from iptrace.kube.compare import Finding, view_service_label
-from iptrace.kube.sharing import shared_claims
-from iptrace.kube.view import CLUSTER_IP, EXTERNAL_IP, LOAD_BALANCER, EntryView, KubeView
+from iptrace.kube.sharing import KIND_NAMES, shared_claims
+from iptrace.kube.view import CLUSTER_IP, EntryView, KubeView
 
 ADDRESS_CONFLICT = "address-conflict"
-_KINDS = {CLUSTER_IP: "ClusterIP", EXTERNAL_IP: "externalIP", LOAD_BALANCER: "LoadBalancer IP"}
 
 
 def claimed(view: KubeView) -> dict[tuple[str, int, str], list[tuple[str, EntryView]]]:
@@ -56,7 +55,7 @@ def claim_findings(view: KubeView, node: str, line_texts: Callable[[Iterable[int
     out = []
     for (address, port, protocol), claims in found:
         target = f"{join_host_port(address, port)}/{protocol}"
-        names = [f"{label} ({_KINDS[e.kind]})" for label, e in claims]
+        names = [f"{label} ({KIND_NAMES[e.kind]})" for label, e in claims]
         winners = [label for label, e in claims if e.verdict == "DNAT" and e.via]
         if len(winners) == 1:
             here = f"on this node {winners[0]} takes it"

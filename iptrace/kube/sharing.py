@@ -10,8 +10,9 @@ from typing import TypeVar
 
 from iptrace.dataplane import CLUSTER_IP, EXTERNAL_IP, LOAD_BALANCER
 
-# The kinds of way in another Service port can claim too.
-ADDRESS_KINDS = frozenset({CLUSTER_IP, EXTERNAL_IP, LOAD_BALANCER})
+# The kinds of way in another Service port can claim too, as a person names them.
+KIND_NAMES = {CLUSTER_IP: "ClusterIP", EXTERNAL_IP: "externalIP", LOAD_BALANCER: "LoadBalancer IP"}
+ADDRESS_KINDS = frozenset(KIND_NAMES)
 
 Owner = TypeVar("Owner", bound=Hashable)
 Where = tuple[str, int, str]  # (address, port, protocol)
