@@ -1109,6 +1109,8 @@ def render(services: Iterable[ServiceSpec], *, node_ips: list[str], pod_cidr: st
 
 _WORDS = ("api", "web", "db", "cache", "auth", "queue", "cron", "mail", "logs", "ui", "feed", "pay", "cart",
           "user", "search", "media", "geo", "ads", "chat", "jobs")
+# LoadBalancer Services' addresses: the i-th Service's is this + i (so no two Services share one).
+_FIRST_LB_IP = int(ipaddress.IPv4Address("203.0.113.0"))
 _TEAMS = ("default", "web", "data", "infra", "ml", "apps", "batch", "auth", "shop", "ops")
 
 
@@ -1138,7 +1140,8 @@ def scale(n_services: int, endpoints_per_service: int, seed: int = 0) -> list[Se
             svc.external_traffic_policy = "Local"
             svc.health_check_node_port = next(node_ports, None) if svc_type == "LoadBalancer" else None
         if svc_type == "LoadBalancer":
-            svc.lb_ips = [f"203.0.{113 + (i >> 8) % 2}.{i & 255}"]
+            # (one address per Service, as a cloud's controller gives them: 203.0.113.0 + i)
+            svc.lb_ips = [str(ipaddress.IPv4Address(_FIRST_LB_IP + i))]
             if rng.random() < 0.35:
                 svc.lb_source_ranges = ["198.51.100.0/24", f"192.0.2.{(i % 16) * 16}/28"]
         if rng.random() < 0.05:

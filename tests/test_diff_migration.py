@@ -190,10 +190,9 @@ def test_a_synthesized_cluster_of_hundreds_of_services_is_equivalent_in_both_mod
     affinity, multi-port, no endpoints), each LB IP its own (as a controller allocates them)."""
     from bench.synth import scale
 
-    specs = scale(400, 3, seed=7)
-    for i, s in enumerate(specs):
-        if s.lb_ips:
-            s.lb_ips = [f"100.64.{i >> 8}.{i & 255}"]
+    specs = scale(600, 3, seed=7)
+    lb_ips = [ip for s in specs for ip in s.lb_ips]
+    assert len(lb_ips) == len(set(lb_ips)) > 20
     d = diff(analysis(render(specs, node_ips=[NODES[NODE]], pod_cidr=POD_CIDR), "ipt"),
              analysis(render_nft(specs, node_ips=[NODES[NODE]], pod_cidr=POD_CIDR, service_cidrs=[SERVICE_CIDR]),
                       "nft"))
