@@ -4,17 +4,8 @@ addresses (iptrace.kube.sources picks a traced packet's source address from thes
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
 
 from iptrace.iptables.model import Ruleset
-
-SourceKind = Literal["pod", "node", "external"]
-
-# Documentation ranges (RFC 5737 / RFC 3849): never a real client, never probed.
-_EXTERNAL_V4 = ("203.0.113.1", "198.51.100.1", "192.0.2.1", "203.0.113.201")
-_EXTERNAL_V6 = ("2001:db8::1", "2001:db8:ffff::1", "2001:db8:ff00::1")
-# Used only when the dump reveals no pod CIDR (flannel's and kubeadm's defaults).
-_FALLBACK_POD_CIDR = {4: "10.244.0.0/16", 6: "fd00:10:244::/56"}
 
 
 def _version(ruleset: Ruleset) -> int:
