@@ -98,7 +98,6 @@ def join_host_port(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 Verdict = Literal["DNAT", "ACCEPT", "DROP", "REJECT", "CONTINUE"]
-VERDICTS: tuple[str, ...] = ("DNAT", "ACCEPT", "DROP", "REJECT", "CONTINUE")
 Entry = Literal["hooks", "kube-proxy"]
 
 

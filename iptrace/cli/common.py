@@ -329,10 +329,6 @@ def cluster_data(cluster_files: tuple[str, ...], kubeconfig: str | None, context
     return None
 
 
-def node_ips_or(given: tuple[str, ...], collected: list[str]) -> list[str]:
-    return list(given) or collected
-
-
 # A node with this many Service ports shows a progress bar on a terminal while its view is built (~1 s a thousand).
 _PROGRESS_PORTS = 1000
 

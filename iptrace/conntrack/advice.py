@@ -22,7 +22,6 @@ from iptrace.dataplane import Step
 STALE_CONNTRACK = "stale-conntrack"
 STALE_CONNTRACK_NO_DNAT = "stale-conntrack-no-dnat"
 CONNTRACK_HEALTHY = "conntrack-healthy"
-IDS = (STALE_CONNTRACK, STALE_CONNTRACK_NO_DNAT, CONNTRACK_HEALTHY)
 
 _FIRST_PACKET = ("The kernel applies the nat rules to the first packet of a flow only; every later packet follows "
                  "the flow's conntrack entry.")

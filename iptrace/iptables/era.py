@@ -32,10 +32,6 @@ class Era:
     legacy_tables_present: bool = False  # the nft backend said the legacy backend holds tables too
     nft_tables_present: bool = False  # the dump said some tables are nftables-only (kube-proxy nftables mode?)
 
-    @property
-    def has_iptables_rules(self) -> bool:
-        return self.name in (XLB, EXT, USERSPACE)
-
 
 def detect(ruleset: Ruleset) -> Era:
     """Guess the kube-proxy mode and era from what the dump contains."""

@@ -12,11 +12,9 @@ almost all of them).
 from __future__ import annotations
 
 import gc
-import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from functools import lru_cache
 from operator import itemgetter
 
 from iptrace.dataplane import (
@@ -79,14 +77,6 @@ def _known_source(text: str, cidrs: list[str]) -> bool:
 
 def is_loopback(cidr: str) -> bool:
     return cidr.startswith("127.") or cidr in ("::1", "::1/128")
-
-
-@lru_cache(maxsize=4096)
-def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
-    try:
-        return ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        return None
 
 
 # ------------------------------------------------------------------------------------------------ reading

@@ -151,10 +151,6 @@ BUILTIN_TARGETS = frozenset({
     "SNPT", "TCPOPTSTRIP",
 })
 
-# Terminating targets end the walk of the packet through the current table/hook.
-TERMINATING_TARGETS = frozenset({"ACCEPT", "DROP", "REJECT", "DNAT", "SNAT", "MASQUERADE", "REDIRECT",
-                                 "NETMAP", "QUEUE", "NFQUEUE", "TPROXY", "SYNPROXY", "MIRROR", "SAME"})
-
 
 def match_arity(module: str | None, option: str) -> int | None:
     """Arguments `option` takes inside `-m module`; None when the table does not know it."""

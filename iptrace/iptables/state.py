@@ -101,7 +101,6 @@ def format_ip(value: int, version: int) -> str:
 
 
 LOOPBACK_V4 = parse_net("127.0.0.0/8", 4)
-LOOPBACK_V6 = (1, (1 << 128) - 1)
 
 
 @dataclass(frozen=True, slots=True)

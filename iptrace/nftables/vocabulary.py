@@ -126,7 +126,6 @@ CT: Mapping[str, str] = MappingProxyType({
     "event": "ct_event", "id": "ct_id", "secmark": "integer",
 })
 CT_DIRECTIONS = ("original", "reply")
-CT_ADDRESS_KEYS = frozenset({"saddr", "daddr"})
 
 FIB_FLAGS = ("saddr", "daddr", "mark", "iif", "oif")
 FIB_RESULTS: Mapping[str, str] = MappingProxyType({"oif": "fib_oif", "oifname": "fib_oifname",

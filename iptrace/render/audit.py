@@ -20,10 +20,6 @@ _CLIENT_WORDS = {"external": "outside", "outside-source-ranges": "outside the so
 # ------------------------------------------------------------------------------------------------ audit
 
 
-def finding_to_json(f: Finding) -> dict[str, Any]:
-    return f.to_json()
-
-
 def audit_to_json(report: AuditReport) -> dict[str, Any]:
     """The audit as a JSON-ready dict; keys are stable (the README's JSON reference)."""
     counts = {s: sum(f.severity == s for f in report.findings) for s in ("error", "warning", "info")}

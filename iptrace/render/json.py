@@ -172,13 +172,6 @@ class PathTexts:
 _STEP_TEXTS = 100_000
 
 
-def host_port(ip: str, port: int | None) -> str:
-    """`ip:port`, `[ip]:port` for IPv6; the bare ip when there is no port."""
-    if port is None:
-        return ip
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
 # Decimals a probability keeps in JSON (renderers with many shares round inline with it).
 SHARE_DIGITS = 12
 
