@@ -112,9 +112,10 @@ class NodeResult:
 
 
 def port_digest(sp: ServicePortView, texts: Mapping[int, str], intern: dict[Any, Any] | None = None,
-                ) -> tuple[PortDigest, list[int]]:
+                label: str | None = None) -> tuple[PortDigest, list[int]]:
     """The digest of one Service port and its evidence lines (`texts`: line -> the rule's text). `intern`: the
-    digests made before, by their fields' values (a digest equal to one of them is that one)."""
+    digests made before, by their fields' values (a digest equal to one of them is that one); `label`: the
+    port's view_service_label, when known."""
     head_lines = list(sp.lines[:HEAD])
     # (each endpoint's address made once: a node's digests read ~50,000 of them)
     endpoints = tuple([(ep.address, ep.in_cluster_chain, texts.get(ep.line, "") if ep.line else "")
@@ -123,7 +124,8 @@ def port_digest(sp: ServicePortView, texts: Mapping[int, str], intern: dict[Any,
     signature = sorted([(address, round(ep.probability, 6))
                         for ep, (address, in_cluster, _) in zip(sp.endpoints, endpoints, strict=True) if in_cluster])
     values = (
-        view_service_label(sp), sp.cluster_ip, sp.port, sp.node_port, tuple(sorted({*sp.external_ips, *sp.lb_ips})),
+        view_service_label(sp) if label is None else label, sp.cluster_ip, sp.port, sp.node_port,
+        tuple(sorted({*sp.external_ips, *sp.lb_ips})),
         sp.external_traffic_policy, sp.internal_traffic_policy,
         sp.session_affinity_timeout if has_endpoints else None,
         tuple(sorted(sp.lb_source_ranges)) if has_endpoints and sp.lb_ips else None, sp.health_check_node_port,
@@ -167,7 +169,7 @@ def _family_digest(analysis: Any, cluster: ClusterState | None, kube_node: str |
     ports: list[PortDigest] = []
     lines = array("I")
     for key in sorted(by_key):
-        digest, mine = port_digest(by_key[key], texts, intern)
+        digest, mine = port_digest(by_key[key], texts, intern, key)
         ports.append(digest)
         lines.extend(mine)
     compared: tuple[Finding, ...] = ()
