@@ -497,10 +497,9 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
     chains_read = node._chains_read
     while todo:
         key = todo.pop()
-        met = len(seen)
+        if key in seen:
+            continue
         seen.add(key)
-        if len(seen) == met:
-            continue  # (met already: one look-up for the test and the adding)
         read = chains_read.get(key)
         if read is None:
             read = chains_read[key] = node.read_chain(key)
@@ -528,12 +527,13 @@ def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set
         else:
             # (a short chain: kept rules go straight into the key, in chain order; this loop runs for most
             # rules of every walk)
-            for f, item, jump, i, ask, nat_to in rules.plan:
+            for f, jump, i, ask, nat_to in rules.plan:
                 if ask and not can_match(f):
                     continue
                 if nat_to is not None and add_target(nat_to):
                     again = True
-                items.append(item)
+                fixed = f.fixed
+                items.append(f if fixed is None else fixed)
                 lines.append(source[i][3])
                 if jump is not None:
                     jumps.append(jump)

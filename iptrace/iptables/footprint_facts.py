@@ -134,8 +134,6 @@ class ChainRules:
         # question may keep,
         # in chain order: a rule that never matches is left out (can_match says no, and leaves `narrowed` as it
         # is), one that matches every question needs no asking.
-        # Each with what it puts in the key: its fixed text, or its facts when the question's answers go with them.
-        self.plan: list[tuple[Facts, str | Facts, tuple[str, str] | None, int, bool,
-                              tuple[int | None, int | None] | None]] = [
-            (f, f if f.fixed is None else f.fixed, jump, i, not f.plain, f.nat_to if f.kind == KIND_DNAT else None)
+        self.plan: list[tuple[Facts, tuple[str, str] | None, int, bool, tuple[int | None, int | None] | None]] = [
+            (f, jump, i, not f.plain, f.nat_to if f.kind == KIND_DNAT else None)
             for i, (f, jump) in enumerate(rules) if not f.never]

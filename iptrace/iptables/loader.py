@@ -276,10 +276,6 @@ class _Loader:
         specs = self.memo.specs if self.memo is not None else None
         remembered = self.memo.shapes if self.memo is not None else {}
         seen = _lines_seen(self.memo)
-        # (the chain object of the last line read before and its rules in fast_rules: forgotten whenever
-        # fast_rules changes)
-        last_chain: str | None = None
-        last_rules: list[Rule] = []
         for line_no, raw in enumerate(_split_lines(text), 1):
             line = raw.strip()
             if not line:
@@ -290,12 +286,7 @@ class _Loader:
                 hit = seen.get(line)
                 if hit is not None:
                     chain, args, shape, target = hit
-                    if chain is last_chain:
-                        rules = last_rules  # (a chain's rules are one block of lines: no look-up for the next)
-                    else:
-                        rules = fast_rules.get(chain)
-                        if rules is not None:
-                            last_chain, last_rules = chain, rules
+                    rules = fast_rules.get(chain)
                     if rules is not None:
                         if target is not None and target not in table_chains:
                             jumps.append((target, line_no, chain))
@@ -343,7 +334,6 @@ class _Loader:
             elif c == "-":
                 self.command(current, line, line_no)
                 fast_rules = {}  # rules of this table may now be edited: later -A lines keep count of jumps
-                last_chain = None
             elif c == ":":
                 name = line[1:-8]
                 if (line[-8:] == " - [0:0]" and current is not None and name.split() == [name]
@@ -399,7 +389,6 @@ class _Loader:
                 current = OpenTable(name, line_no, tuple(pending_comments), builtin_chains)
                 table_rules, table_chains, jumps = current.rules, current.chains, current.jumps
                 fast_rules = table_rules
-                last_chain = None
                 pending_comments = []
             elif c == "#":
                 pending_comments.append(line)
