@@ -116,6 +116,25 @@ def test_digests_sent_once_then_by_number(snap: Path, monkeypatch: pytest.Monkey
     assert resets == 1 and numbered
 
 
+def test_an_equal_copy_of_a_digest_sent_before_goes_in_full(snap: Path) -> None:
+    """_Sender knows the digests it sent by identity (the worker interns them): an equal copy, as made after
+    Worker.intern starts again, is sent whole, and the parent rebuilds the same result from it."""
+    import copy
+
+    from iptrace.collect import stream
+
+    one = analyse_nodes(sources([str(snap)]), jobs=1)
+    sender, keep, sent = stream._Sender(), stream._Interner(), []
+    _, first = sender.encode(one[0])
+    assert keep(first, sent) == one[0]
+    again = copy.deepcopy(one[0])
+    _, same = sender.encode(one[0])
+    _, copied = sender.encode(again)
+    assert all(isinstance(p, int) for f in same.families for p in f.ports)
+    assert not any(isinstance(p, int) for f in copied.families for p in f.ports)
+    assert keep(same, sent) == one[0] and keep(copied, sent) == again == one[0]
+
+
 def test_the_cli_is_deterministic_whatever_jobs(snap: Path) -> None:
     outputs = set()
     for jobs in ("1", "3"):

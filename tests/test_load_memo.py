@@ -152,12 +152,24 @@ def _mutated(text: str, kind: str, pick: int) -> str:
         lines[at] = line.replace(" ", "  ", 2)
     elif kind == "outside-table":
         lines.insert(len(lines) - 1, line)
+    elif kind == "interleaved":  # (its chain's block of lines split by a rule of another chain)
+        other = next((i for i in rules if i > at and lines[i].split()[1] != chain), None)
+        assert other is not None
+        lines.insert(other + 1, line)
+        del lines[at]
+    elif kind == "across-tables":  # (a table's last rule, again as the first line of the next table)
+        ends = [i for i, x in enumerate(lines) if x == "COMMIT" and lines[i - 1].startswith("-A ")]
+        end = ends[pick % len(ends)]
+        last = lines[end - 1]
+        start = next((i for i in range(end, len(lines)) if lines[i].startswith("*")), len(lines) - 1)
+        lines.insert(start + 1, last)
     return "\n".join(lines)
 
 
 def test_a_line_read_before_loads_as_the_line_does_wherever_it_is() -> None:
     """Lines read before (loader._LINES) are taken whole: in another table, before their chain's declaration,
-    jumping to a chain no longer declared, after a command, twice, with blanks, outside a table — each load with
+    jumping to a chain no longer declared, after a command, twice, with blanks, outside a table, between another
+    chain's rules, as the first of the next table (after a table's last rule of the same chain) — each load with
     the memo gives what a load without one gives (rules, lines, errors, lenient skips)."""
     memo = LoadMemo()
     load(_node(0), memo=memo)
@@ -165,7 +177,7 @@ def test_a_line_read_before_loads_as_the_line_does_wherever_it_is() -> None:
     assert loader._LINES[0][0] is memo and loader._LINES[0][1]
     text = _node(2)
     for kind in ("other-table", "before-declaration", "target-undeclared", "after-command", "twice", "blanks",
-                 "outside-table"):
+                 "outside-table", "interleaved", "across-tables"):
         for pick in (0, 7, 61, 333):
             mutated = _mutated(text, kind, pick)
             assert mutated != text

@@ -228,7 +228,11 @@ class _Sender:
     LIMIT = 300_000  # digests numbered before both sides start again (`reset`)
 
     def __init__(self) -> None:
-        self.sent: dict[Any, int] = {}
+        # id of a digest sent → (its number, the digest, which the entry keeps alive so that its id is not
+        # another's). By identity, not equality: the worker's digests are interned (Worker.intern), so an equal
+        # one is the same object (an equal copy made after Worker.intern started again is sent once more, and
+        # the parent's _Interner keeps one); hashing a digest is a Python call through its whole structure.
+        self.sent: dict[int, tuple[int, Any]] = {}
 
     def encode(self, result: NodeResult) -> tuple[bool, NodeResult]:
         """(whether the numbering starts again, the result with every digest sent before as its number)."""
@@ -240,12 +244,12 @@ class _Sender:
         for fam in result.families:
             ports: list[Any] = []
             for p in fam.ports:
-                n = sent.get(p)
-                if n is None:
-                    sent[p] = len(sent)
+                known = sent.get(id(p))
+                if known is None:
+                    sent[id(p)] = (len(sent), p)
                     ports.append(p)
                 else:
-                    ports.append(n)
+                    ports.append(known[0])
             families.append(replace(fam, ports=tuple(ports)))
         return reset, replace(result, families=tuple(families))
 

@@ -43,15 +43,30 @@ def conflict_fix(movers: Iterable[str]) -> str:
             "admission policy that restricts externalIPs) keeps it from happening again")
 
 
+Claims = list[tuple[tuple[str, int, str], list[tuple[str, EntryView]]]]
+
+
+def claims_of(view: KubeView) -> Claims:
+    """`claimed`, in the order the findings list them."""
+    return sorted(claimed(view).items())
+
+
+def claim_lines(found: Claims) -> set[int]:
+    """The lines the findings of `found` (claims_of) quote."""
+    return {n for _, claims in found for _, e in claims for n in e.lines}
+
+
 def claim_findings(view: KubeView, node: str, line_texts: Callable[[Iterable[int]], dict[int, str | None]],
-                   ) -> list[Finding]:
+                   found: Claims | None = None) -> list[Finding]:
     """An `address-conflict` finding per address several Service ports claim on this node, naming the one that
-    takes a client's packet here (the one whose own chains its way in crosses)."""
-    found = sorted(claimed(view).items())
+    takes a client's packet here (the one whose own chains its way in crosses). `found`: claims_of(view), when
+    worked out already."""
+    if found is None:
+        found = claims_of(view)
     if not found:
         return []
     # (one look-up for every line: an iptables ruleset finds lines in one pass over its rules)
-    texts = line_texts({n for _, claims in found for _, e in claims for n in e.lines})
+    texts = line_texts(claim_lines(found))
     out = []
     for (address, port, protocol), claims in found:
         target = f"{join_host_port(address, port)}/{protocol}"

@@ -8,13 +8,14 @@ Dataplane-free and pure: digests are made from an iptrace.kube.analysis.Analysis
 
 from __future__ import annotations
 
+import functools
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from iptrace.dataplane import ProxyMode, positional_new
-from iptrace.kube.claims import claim_findings
+from iptrace.kube.claims import claim_findings, claim_lines, claims_of
 from iptrace.kube.cluster import ClusterState
 from iptrace.kube.compare import Finding, compare_with_cluster, view_service_label
 from iptrace.kube.view import EXTERNAL, HEALTH_CHECK, KubeView, ServicePortView
@@ -110,8 +111,11 @@ class NodeResult:
         return any(f.proxied for f in self.families)
 
 
-def port_digest(sp: ServicePortView, texts: Mapping[int, str]) -> tuple[PortDigest, list[int]]:
-    """The digest of one Service port and its evidence lines (`texts`: line -> the rule's text)."""
+def port_digest(sp: ServicePortView, texts: Mapping[int, str], intern: dict[Any, Any] | None = None,
+                label: str | None = None) -> tuple[PortDigest, list[int]]:
+    """The digest of one Service port and its evidence lines (`texts`: line -> the rule's text). `intern`: the
+    digests made before, by their fields' values (a digest equal to one of them is that one); `label`: the
+    port's view_service_label, when known."""
     head_lines = list(sp.lines[:HEAD])
     # (each endpoint's address made once: a node's digests read ~50,000 of them)
     endpoints = tuple([(ep.address, ep.in_cluster_chain, texts.get(ep.line, "") if ep.line else "")
@@ -119,8 +123,9 @@ def port_digest(sp: ServicePortView, texts: Mapping[int, str]) -> tuple[PortDige
     has_endpoints = bool(endpoints)
     signature = sorted([(address, round(ep.probability, 6))
                         for ep, (address, in_cluster, _) in zip(sp.endpoints, endpoints, strict=True) if in_cluster])
-    digest = _new_digest(
-        view_service_label(sp), sp.cluster_ip, sp.port, sp.node_port, tuple(sorted({*sp.external_ips, *sp.lb_ips})),
+    values = (
+        view_service_label(sp) if label is None else label, sp.cluster_ip, sp.port, sp.node_port,
+        tuple(sorted({*sp.external_ips, *sp.lb_ips})),
         sp.external_traffic_policy, sp.internal_traffic_policy,
         sp.session_affinity_timeout if has_endpoints else None,
         tuple(sorted(sp.lb_source_ranges)) if has_endpoints and sp.lb_ips else None, sp.health_check_node_port,
@@ -128,6 +133,13 @@ def port_digest(sp: ServicePortView, texts: Mapping[int, str]) -> tuple[PortDige
         tuple([(e.kind, e.address or "", e.port, e.protocol,
                 ((EXTERNAL, e.verdict, bool(e.via)), *[(p.source, p.verdict, bool(p.via)) for p in e.paths]))
                for e in sp.entries if e.kind != HEALTH_CHECK]))
+    # (looked up by the values, a plain tuple: PortDigest's own __hash__ and __eq__ are Python calls that build
+    # such a tuple each time, and an equal digest is then not made at all)
+    digest = intern.get(values) if intern is not None else None
+    if digest is None:
+        digest = _new_digest(*values)
+        if intern is not None:
+            intern[values] = digest
     return digest, [*head_lines, *(ep.line for ep in sp.endpoints)]
 
 
@@ -139,6 +151,13 @@ def family_digest(analysis: Any, *, cluster: ClusterState | None = None, kube_no
                   node: str = "", pictures: bool = False, intern: dict[Any, Any] | None = None) -> FamilyDigest:
     """One family of one node (an iptrace.kube.analysis.Analysis). `intern` shares equal digests between the
     nodes a process digests."""
+    return _family_digest(analysis, cluster, kube_node, node, pictures, intern, set())[0]
+
+
+def _family_digest(analysis: Any, cluster: ClusterState | None, kube_node: str | None, node: str, pictures: bool,
+                   intern: dict[Any, Any] | None, more: set[int]) -> tuple[FamilyDigest, dict[int, str]]:
+    """family_digest, and the text of each line its digests quote and of each of `more` (read in the same pass
+    over the rules: the node's claims quote some)."""
     view: KubeView = analysis.view
     ruleset = analysis.ruleset
     by_key: dict[str, ServicePortView] = {}
@@ -146,20 +165,18 @@ def family_digest(analysis: Any, *, cluster: ClusterState | None = None, kube_no
         by_key[view_service_label(sp)] = sp  # the last one of a key, as the comparison reads a view
     wanted = {x for sp in by_key.values() for x in (*sp.lines[:HEAD], *(ep.line for ep in sp.endpoints)) if x}
     # (an iptables ruleset finds them all in one pass over its rules: one by one is ~2 µs a line)
-    texts = {x: t or "" for x, t in ruleset.line_texts(wanted).items()}
+    texts = {x: t or "" for x, t in ruleset.line_texts(wanted | more if more else wanted).items()}
     ports: list[PortDigest] = []
     lines = array("I")
     for key in sorted(by_key):
-        digest, mine = port_digest(by_key[key], texts)
-        if intern is not None:
-            digest = intern.setdefault(digest, digest)
+        digest, mine = port_digest(by_key[key], texts, intern, key)
         ports.append(digest)
         lines.extend(mine)
     compared: tuple[Finding, ...] = ()
     if cluster is not None and view.proxy.mode in ("iptables", "nftables"):
         compared = tuple(compare_with_cluster(analysis, cluster, node_name=kube_node, node=node))
     return FamilyDigest(analysis.family, view.proxy, tuple(view.warnings), len(view.services), tuple(ports), lines,
-                        compared, _pictures(view) if pictures else None)
+                        compared, _pictures(view) if pictures else None), texts
 
 
 def _pictures(view: KubeView) -> tuple[tuple[str, ServicePortView], ...]:
@@ -191,11 +208,22 @@ def node_result(node: Any, cluster: ClusterState | None = None, *, pictures: boo
 
     meta = node.meta or {}
     kube_node = kube_node_for(node.name, node.addresses, cluster, meta)
-    families = tuple(family_digest(a, cluster=cluster, kube_node=kube_node, node=node.name, pictures=pictures,
-                                   intern=intern) for a in node.analyses.values())
+    families: list[FamilyDigest] = []
     # (addresses several Service ports claim: which one takes them differs from node to node)
-    claims = [f for a in node.analyses.values() for f in claim_findings(a.view, node.name, a.ruleset.line_texts)]
+    claims: list[Finding] = []
+    for a in node.analyses.values():
+        found = claims_of(a.view)
+        # (the lines the claims quote are read in the digest's pass over the rules, not in a pass of their own)
+        digest, texts = _family_digest(a, cluster, kube_node, node.name, pictures, intern, claim_lines(found))
+        families.append(digest)
+        claims += claim_findings(a.view, node.name, functools.partial(_quoted, texts), found)
     warnings = meta.get("load_warnings")
     return NodeResult(node.name, node.error, tuple(node.addresses), str(meta.get("host", "") or ""), kube_node,
                       node.legacy_note, tuple(str(w) for w in warnings) if isinstance(warnings, list) else (),
-                      families, (*claims, *extra), tuple(notes))
+                      tuple(families), (*claims, *extra), tuple(notes))
+
+
+def _quoted(texts: Mapping[int, str], lines: Iterable[int]) -> dict[int, str | None]:
+    """Ruleset.line_texts of `lines`, all of them in `texts` (a missing line's text is "" here, None there: the
+    claims read both as "")."""
+    return {n: texts.get(n) for n in lines}
