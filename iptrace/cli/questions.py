@@ -78,10 +78,9 @@ def read_questions(dsts: Sequence[str], dst_file: str | None, default_proto: str
 
     out = []
     for text in dsts:
-        body, slash, proto = text.partition("/")
-        if slash and proto.lower() not in PROTOCOLS and "/" in proto:  # (namespace/name:port/proto)
-            body, slash, proto = text.rpartition("/")
-        if slash and proto.lower() not in PROTOCOLS:
+        # (a protocol is what follows the last slash: a Service's NAMESPACE/NAME has one of its own)
+        body, slash, proto = text.rpartition("/")
+        if not slash or proto.lower() not in PROTOCOLS:
             body, slash, proto = text, "", ""
         name, _, port_text = body.rpartition(":")
         named = None if _is_address(name) else _service(name, port_text, "--dst", text,

@@ -68,9 +68,6 @@ class _Lazy:
         return found or default
 
 
-_ADDRESS_KINDS = KIND_NAMES
-
-
 class Facts:
     """What every diagnosis may ask of one node, answered lazily: look-ups by address, nodePort, service port,
     endpoint and chain read the layout's index of ways in and give the Service ports they find as their views,
@@ -134,15 +131,15 @@ class Facts:
     def _at_address(self, ip: str) -> list[tuple[Any, str]]:
         out: dict[str, str] = {}
         for key, way in self._layout.ways_at(ip):
-            if way.kind in _ADDRESS_KINDS:
-                out.setdefault(key, _ADDRESS_KINDS[way.kind])
+            if way.kind in KIND_NAMES:
+                out.setdefault(key, KIND_NAMES[way.kind])
         return [(self.analysis.port_facts(k), kind) for k, kind in out.items()]
 
     def _with_service_port(self, port: int) -> list[Any]:
         if self._service_port_keys is None:  # (indexed once: a question never scans every Service port)
             index: dict[int, dict[str, None]] = {}
             for key, way in self._layout.ways:
-                if way.kind in _ADDRESS_KINDS:
+                if way.kind in KIND_NAMES:
                     index.setdefault(way.port, {})[key] = None
             self._service_port_keys = index
         return [s for s in self._views(self._service_port_keys.get(port, ())) if s.port == port]

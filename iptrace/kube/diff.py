@@ -15,6 +15,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Any
 
+from iptrace.dataplane import join_host_port
 from iptrace.kube import migration
 from iptrace.kube.compare import listing, view_service_label
 from iptrace.kube.fleets import other_clusters
@@ -263,7 +264,6 @@ def diff(a: Any, b: Any) -> Diff:
                 tuple(_other_rules(a, b)), mode_a, mode_b, notes.texts(a, b) if notes is not None else (), warnings)
 
 
-
 def shared_addresses(changed: set[str], *sides: dict[str, ServicePortView]) -> tuple[str, ...]:
     """A warning when changed Service ports have an address, port and protocol another Service port claims too
     (the same externalIP on two Services): which of them takes the packet depends on the order kube-proxy wrote
@@ -275,7 +275,7 @@ def shared_addresses(changed: set[str], *sides: dict[str, ServicePortView]) -> t
     if not shared:
         return ()
     (address, port, protocol), labels = min(shared.items(), key=lambda kv: str(kv[0]))
-    where = f"{address}:{port}/{protocol}" if ":" not in str(address) else f"[{address}]:{port}/{protocol}"
+    where = f"{join_host_port(address, port)}/{protocol}"
     involved = sorted({label for labels in shared.values() for label in labels} & changed)
     return (f"{len(shared)} address{'es' if len(shared) != 1 else ''} of changed Service ports "
             f"{'are' if len(shared) != 1 else 'is'} claimed by several Service ports (e.g. {where}: "

@@ -63,14 +63,16 @@ class Notes:
         if moved:
             self.lb_as_external.append(f"{view_service_label(a)} ({', '.join(moved)})")
 
+    def _way(self, service: str, way: str, client: str, before: str, after: str) -> str:
+        """A way in and kind of client, with what each mode does with it."""
+        return f"{service} {way} from {_CLIENTS.get(client, client)}: {self.mode_a} {before}, {self.mode_b} {after}"
+
     def unanswered(self, service: str, way: str, client: str, before: str, after: str) -> None:
-        self.unanswered_ways.append(f"{service} {way} from {_CLIENTS.get(client, client)}: {self.mode_a} "
-                                    f"{before}, {self.mode_b} {after}")
+        self.unanswered_ways.append(self._way(service, way, client, before, after))
 
     def refused_or_dropped(self, service: str, way: str, client: str, before: str, after: str) -> None:
         """A Service port without endpoints on both sides: one mode refuses a client the other drops."""
-        self.refused_or_dropped_ways.append(f"{service} {way} from {_CLIENTS.get(client, client)}: {self.mode_a} "
-                                            f"{before}, {self.mode_b} {after}")
+        self.refused_or_dropped_ways.append(self._way(service, way, client, before, after))
 
     def ranges_unseen(self, sp: ServicePortView, ranges: Sequence[str]) -> None:
         """A Service port without endpoints whose loadBalancerSourceRanges only one side's rules show."""

@@ -27,7 +27,6 @@ def majority(values: Mapping[str, Any]) -> tuple[Any, bool]:
     return top, len(ranked) == 1 or n > ranked[1][1]
 
 
-
 def ways_differ(key: str, ports: Mapping[str, Any], add: Any, layouts: Mapping[str, Any]) -> None:
     """A way in through which some kind of client fares otherwise on a node than on the others, among the nodes
     whose endpoints agree (where they do not, endpoints-differ says so): a rule of the node's own decides (a host

@@ -60,6 +60,7 @@ class ElementReader:
         fast = self.fast
         for chunk, offset in chunks:
             text = chunk.strip()
+            start = offset + len(chunk) - len(chunk.lstrip())  # (where the element's text begins in `body`)
             if not text:
                 if chunk is not chunks[-1][0]:
                     self.fail(error, body, offset, line, column, "an empty element (two commas)")
@@ -70,14 +71,12 @@ class ElementReader:
                 if element is None:
                     element = self.slow(text, keys_only)
             except (ValueError, NotUnderstood) as exc:
-                start = offset + len(chunk) - len(chunk.lstrip())
                 why = str(exc) if isinstance(exc, ValueError) else "cannot read this element"
                 self.fail(error, body, start, line, column, why)
             if positions is not None:
-                positions.setdefault(element.key, _where(body, offset + len(chunk) - len(chunk.lstrip()), line, column))
+                positions.setdefault(element.key, _where(body, start, line, column))
             known = out.setdefault(element.key, element)
             if known is not element and known.data != element.data and not keys_only:
-                start = offset + len(chunk) - len(chunk.lstrip())
                 raise self.exists(error, body, start, line, column, text)
 
     def fail(self, error: Callable[[str, int, int], ParseError], body: str, start: int, line: int, column: int,
