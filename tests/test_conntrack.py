@@ -323,6 +323,42 @@ def test_the_asked_destinations_flows_are_the_same_when_the_reader_kept_them() -
     assert one.flows_to("10.96.0.10", 53, "tcp") == plain.flows_to("10.96.0.10", 53, "tcp")
 
 
+@pytest.mark.parametrize("block", [1, 333, 20_000])
+def test_a_table_read_a_block_at_a_time_is_the_table_read_at_once(block: int,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # The reader takes a big file a block of lines at a time (reader._BLOCK_BYTES): a key's lines, its chunks, the
+    # values proven and the lines refused then span blocks. Nothing may depend on where a block ends.
+    from bench.bench_conntrack import synthesize
+    from iptrace.conntrack import reader
+
+    lines = synthesize(3000).splitlines()
+    lines[40] = lines[40].replace(" src=", "  src=", 1)  # (another key, the same shape)
+    lines[1500] = lines[1500].replace("dport=", "dport=x", 1)  # (a damaged line)
+    lines[2200] = lines[2200].replace("mark=0", "mark=1")  # (read alone: a value not proven yet)
+    lines[2600:2600] = ["", "# a comment", ""]
+    texts = ["\n".join(lines) + "\n", "\n".join(lines), "\n".join(lines[:1500] + lines[1501:-1]) + "\n\n"]
+    asked = [("10.96.0.10", 53, "udp"), ("192.168.49.2", 30904, "tcp"), ("10.96.0.1", 443, "tcp")]
+
+    def outcome(text: str) -> object:
+        try:
+            load(text, source="ct.txt")
+        except ParseError as exc:
+            strict = str(exc)
+        else:
+            strict = ""
+        table = load(text, source="ct.txt", lenient=True, focus=asked)
+        flows = [table.flows_to(ip, port, proto) for ip, port, proto in asked]
+        return (strict, table.skipped, table.warnings, len(table), list(table.entries()), table.destinations(),
+                [table.flows_to(ip) for ip in table.destinations()], flows,
+                [table.line_text(n) for n in range(1, text.count("\n") + 2)])
+
+    at_once = [outcome(text) for text in texts]
+    monkeypatch.setattr(reader, "_BLOCK_BYTES", block)
+    assert [outcome(text) for text in texts] == at_once
+    assert at_once[0][0].startswith("ct.txt:1501:")  # type: ignore[index]
+    assert at_once[2][0] == ""  # type: ignore[index]
+
+
 # ------------------------------------------------------------------------------------------------ deletion
 
 

@@ -138,13 +138,13 @@ def load_conntrack(path: str | None, dump: str, *, lenient: bool = False,
     """The conntrack table `explain` checks: --conntrack FILE, else DIR/NODE/conntrack.txt when DUMP is a
     collected node directory that has one (None without either). Skipped lines (--lenient) are noted on stderr.
     `focus`: the (address, port, protocol) the questions ask about (see iptrace.conntrack.load)."""
-    from iptrace.conntrack import load, read_file
-
     if path is None:
         node = Path(dump)
         if dump == "-" or not node.is_dir() or not (node / CONNTRACK_FILE).is_file():
             return None
         path = str(node / CONNTRACK_FILE)
+    from iptrace.conntrack import load, read_file  # (only when there is a table: an explain without one needs none)
+
     data, name = read_file(path)
     table = hold(load(data, source=name, lenient=lenient, focus=focus))
     note_skipped(name, table)

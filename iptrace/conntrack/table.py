@@ -10,6 +10,7 @@ original destination (and keeps the flow words of the lines a caller said it wou
 from __future__ import annotations
 
 import ipaddress
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import compress
@@ -19,6 +20,37 @@ from typing import Any
 from iptrace.conntrack.model import ConntrackEntry
 from iptrace.conntrack.shape import Shape, shape_of, split_words
 from iptrace.dataplane import join_host_port
+
+
+class Lines:
+    """A file's lines by number (1-based), from its bytes: the reader read them a block at a time and kept where
+    each block starts (its first byte and its first line's number), not a bytes object per line. A block is
+    split when one of its lines is first asked for; `pick` many lines splits the whole file once."""
+
+    def __init__(self, data: bytes, starts: list[int], firsts: list[int]) -> None:
+        self._data = data
+        self._starts = starts  # block k is data[starts[k]:starts[k + 1] - 1] (one more start ends the last)
+        self._firsts = firsts  # the number of block k's first line
+        self._blocks: dict[int, list[bytes]] = {}
+        self._all: list[bytes] | None = None
+
+    def __getitem__(self, n: int) -> bytes:
+        if self._all is not None:
+            return self._all[n]
+        k = bisect_right(self._firsts, n) - 1
+        block = self._blocks.get(k)
+        if block is None:
+            block = self._blocks[k] = self._data[self._starts[k]:self._starts[k + 1] - 1].split(b"\n")
+        return block[n - self._firsts[k]]
+
+    def pick(self, numbers: list[int]) -> list[bytes]:
+        """These lines, in this order."""
+        if len(numbers) < 64:
+            return [self[n] for n in numbers]
+        if self._all is None:
+            self._all = [b"", *self._data.split(b"\n")]  # (line n is _all[n])
+            self._blocks.clear()
+        return list(map(self._all.__getitem__, numbers))
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +98,7 @@ class DstIndex:
         self._keys: list[bytes] = []
         self._words: list[bytes] = []
         self._numbers: list[int] = []
-        self._by_word: dict[bytes, list[int]] | None = None
+        self._by_word: dict[bytes, dict[bytes, list[int]]] | None = None
         self.count = 0
         # The flows the caller will ask about, (`dst=` word, `dport=` word, protocol) of each question: the reader
         # keeps what `Shape.key` picks from their lines while it has their words, so that flows_to neither scans
@@ -110,11 +142,6 @@ class DstIndex:
                 yield (shape, list(compress(numbers, wanted)),
                        zip(*[compress(column, wanted) for column in columns], strict=True))
 
-    def _all(self) -> Iterator[tuple[list[bytes], list[int]]]:
-        for _key, words, numbers in self._columns:
-            yield words, numbers
-        yield self._words, self._numbers
-
     def lines_by_key(self, word: bytes) -> dict[bytes, list[int]]:
         """The lines whose original destination is `word`, by shape key, each list in file order."""
         out: dict[bytes, list[int]] = {}
@@ -128,37 +155,41 @@ class DstIndex:
             lines.sort()  # (a key's chunks come in file order; its lines read alone come after them)
         return out
 
-    def by_word(self) -> dict[bytes, list[int]]:
-        """Every destination word's lines, in file order."""
+    def by_word(self) -> dict[bytes, dict[bytes, list[int]]]:
+        """Every destination word's lines, by shape key, each list in file order."""
         if self._by_word is None:
-            out: dict[bytes, list[int]] = {}
-            for words, numbers in self._all():
-                _group(out, words, numbers)
-            for lines in out.values():
-                lines.sort()
+            by_key: dict[bytes, dict[bytes, list[int]]] = {}
+            for key, words, numbers in self._columns:
+                _group(by_key.setdefault(key, {}), words, numbers)
+            for key, word, n in zip(self._keys, self._words, self._numbers, strict=True):
+                by_key.setdefault(key, {}).setdefault(word, []).append(n)
+            out: dict[bytes, dict[bytes, list[int]]] = {}
+            for key, words_lines in by_key.items():
+                for word, lines in words_lines.items():
+                    lines.sort()  # (a key's chunks come in file order; its lines read alone come after them)
+                    out.setdefault(word, {})[key] = lines
             self._by_word = out
         return self._by_word
 
     def numbers(self) -> list[int]:
-        return [n for _words, numbers in self._all() for n in numbers]
+        return [n for _key, _words, numbers in self._columns for n in numbers] + self._numbers
 
 
 class ConntrackTable:
     """`flows_to(ip, port, proto)` the groups of entries to a destination; `to_address(ip)` and `entries()` the
     entries themselves."""
 
-    def __init__(self, source: str, lines: list[bytes], keys: list[bytes], shapes: dict[bytes, list[Shape]],
+    def __init__(self, source: str, lines: Lines, shapes: dict[bytes, list[Shape]],
                  index: DstIndex, irregular: dict[int, ConntrackEntry], *,
                  skipped: tuple[Skipped, ...] = (), warnings: tuple[Skipped, ...] = (),
                  trailer_count: int | None = None, nul_free: bool = False) -> None:
         self.source = source
         self._nul_free = nul_free  # no line holds a NUL byte (see split_words)
-        self._lines = lines  # line n of the file is lines[n] (lines[0] is empty)
-        self._keys = keys  # line n's key is keys[n] (reader.py): its shape is found again from it
+        self._lines = lines  # line n of the file is lines[n]
         self._shapes = shapes  # the reader's shapes by key: a line's shape is found again from its key
         self._index = index  # the original destination's `dst=` word -> 1-based line numbers
         self._irregular = irregular  # lines read by lark alone (timestamps with spaces): line -> entry
-        self._by_address: dict[str, list[int]] | None = None
+        self._by_address: dict[str, dict[bytes, list[int]]] | None = None
         self._addresses: dict[str, str] = {}
         self.skipped = skipped
         self.warnings = warnings
@@ -184,7 +215,7 @@ class ConntrackTable:
         entry = self._irregular.get(line)
         if entry is not None:
             return entry
-        found = shape_of(self._shapes, self._lines[line], self._keys[line], read=True)
+        found = shape_of(self._shapes, self._lines[line], read=True)
         assert found is not None, f"line {line} holds no entry"
         text = self.line_text(line)
         return found[0].builder(text.split(), line, text, self.address)
@@ -215,10 +246,7 @@ class ConntrackTable:
         elif self._by_address is None and "." in wanted:
             keyed = self._keyed(self._index.lines_by_key(word), proto, dport)
         else:
-            by_key: dict[bytes, list[int]] = {}
-            for n in self._address_index().get(wanted, []):
-                by_key.setdefault(self._keys[n], []).append(n)
-            keyed = self._keyed(by_key, proto, dport)
+            keyed = self._keyed(self._address_index().get(wanted, {}), proto, dport)
         # (a group's lines may come from several keys, and the kept columns of lines read one at a time come
         # after those of the chunks: each group's are sorted into file order below)
         groups: dict[Shape, dict[tuple[bytes, ...], list[int]]] = {}
@@ -256,7 +284,7 @@ class ConntrackTable:
                 continue
             if len(shapes) == len(self._shapes[key]) == 1:
                 shape = shapes[0]
-                words = split_words(list(map(self._lines.__getitem__, lines)), shape.words, nul_free=self._nul_free)
+                words = split_words(self._lines.pick(lines), shape.words, nul_free=self._nul_free)
                 if words is not None:
                     stride = shape.words + 1
                     columns = [words[k::stride] for k in shape.key_at]
@@ -273,13 +301,17 @@ class ConntrackTable:
                 if shape in shapes and (dport is None or words[shape.dport] == dport):
                     yield shape, [n], iter([shape.key(words)])
 
-    def _address_index(self) -> dict[str, list[int]]:
+    def _address_index(self) -> dict[str, dict[bytes, list[int]]]:
+        """Every original destination's lines, by shape key."""
         if self._by_address is None:
-            out: dict[str, list[int]] = {}
-            for word, lines in self._index.by_word().items():
-                out.setdefault(self.address(word[4:].decode("ascii")), []).extend(lines)
-            for lines in out.values():
-                lines.sort()  # (an IPv6 address spelled two ways: two words)
+            out: dict[str, dict[bytes, list[int]]] = {}
+            for word, keyed in self._index.by_word().items():
+                into = out.setdefault(self.address(word[4:].decode("ascii")), {})
+                for key, lines in keyed.items():
+                    if key in into:
+                        into[key] = sorted(into[key] + lines)  # (an IPv6 address spelled two ways: two words)
+                    else:
+                        into[key] = lines
             self._by_address = out
         return self._by_address
 
