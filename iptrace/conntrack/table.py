@@ -38,6 +38,8 @@ class Lines:
         if self._all is not None:
             return self._all[n]
         k = bisect_right(self._firsts, n) - 1
+        if k < 0:
+            return b""  # (line 0: before the first line, as the reader counts them)
         block = self._blocks.get(k)
         if block is None:
             block = self._blocks[k] = self._data[self._starts[k]:self._starts[k + 1] - 1].split(b"\n")
