@@ -390,7 +390,7 @@ class _Reader:
                     wanted = list(map(and_, wanted, good))
                 if True in wanted:
                     index.add_focused(shape, list(compress(numbers, wanted)),
-                                      [list(compress(words[at::stride], wanted)) for at in shape.key_at])
+                                      zip(*[compress(words[at::stride], wanted) for at in shape.key_at], strict=True))
         if good is None:
             index.add(key, destinations, numbers)
             return []
@@ -519,7 +519,7 @@ def _add_one(index: DstIndex, key: bytes, shape: Shape, words: Sequence[bytes], 
     index.add_one(key, words[shape.dst], n)
     focus = index.focus_words.get(shape.proto) if shape.dport >= 0 else None
     if focus is not None and words[shape.dst] in focus[0] and words[shape.dport] in focus[1]:
-        index.add_focused(shape, [n], [[w] for w in shape.key(words)])
+        index.add_focused(shape, [n], [shape.key(words)])
 
 
 def _others(shape: Shape, words: Sequence[bytes]) -> bool:

@@ -14,7 +14,6 @@ from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import compress
-from operator import and_
 from typing import Any
 
 from iptrace.conntrack.model import ConntrackEntry
@@ -112,7 +111,9 @@ class DstIndex:
             dsts.add(dst)
             dports.add(dport)
         self.focus_words = {proto: (frozenset(d), frozenset(p)) for proto, (d, p) in words.items()}
-        self._focused: list[tuple[Shape, list[int], list[list[bytes]]]] = []  # (shape, numbers, key_at columns)
+        # Their lines, grouped as flows_to groups them (by the words Shape.key picks), per shape: grouped while the
+        # reader has their words at hand (in the processor's cache), not when asked.
+        self._focused: dict[Shape, dict[tuple[bytes, ...], list[int]]] = {}
 
     def add(self, key: bytes, words: list[bytes], numbers: list[int]) -> None:
         self._columns.append((key, words, numbers))
@@ -124,25 +125,24 @@ class DstIndex:
         self._numbers.append(number)
         self.count += 1
 
-    def add_focused(self, shape: Shape, numbers: list[int], columns: list[list[bytes]]) -> None:
-        """Lines read with `shape` whose protocol, destination and port were asked about (in `focus_words`): the
-        columns `shape.key_at` names."""
-        self._focused.append((shape, numbers, columns))
+    def add_focused(self, shape: Shape, numbers: list[int], keys: Iterable[tuple[bytes, ...]]) -> None:
+        """Lines read with `shape` whose protocol, destination and port were asked about (in `focus_words`), with
+        the words `shape.key` picks from each."""
+        _group(self._focused.setdefault(shape, {}), keys, numbers)
 
-    def focused(self, word: bytes, dport: bytes, proto: str) -> Iterator[tuple[Shape, list[int],
-                                                                             Iterator[tuple[bytes, ...]]]]:
-        """What `ConntrackTable._keyed` gives for the lines of one flow of `focus`, from the kept columns."""
+    def focused(self, word: bytes, dport: bytes, proto: str) -> Iterator[tuple[Shape, dict[tuple[bytes, ...],
+                                                                                           list[int]]]]:
+        """The lines of one flow of `focus` by shape, grouped by the words `Shape.key` picks (not to be changed)."""
         alone = len(self.focus_words[proto][0]) == len(self.focus_words[proto][1]) == 1
-        for shape, numbers, columns in self._focused:
+        for shape, groups in self._focused.items():
             if shape.proto != proto:
                 continue
             if alone:
-                yield shape, numbers, zip(*columns, strict=True)  # (the one flow of its protocol asked about)
+                yield shape, groups  # (the one flow of its protocol asked about)
                 continue
-            wanted = list(map(and_, map(word.__eq__, columns[0]), map(dport.__eq__, columns[1])))
-            if any(wanted):
-                yield (shape, list(compress(numbers, wanted)),
-                       zip(*[compress(column, wanted) for column in columns], strict=True))
+            picked = {key: lines for key, lines in groups.items() if key[0] == word and key[1] == dport}
+            if picked:
+                yield shape, picked
 
     def lines_by_key(self, word: bytes) -> dict[bytes, list[int]]:
         """The lines whose original destination is `word`, by shape key, each list in file order."""
@@ -242,18 +242,19 @@ class ConntrackTable:
         dport = None if port is None else f"dport={port}".encode()
         word = b"dst=" + wanted.encode()
         keyed: Iterator[tuple[Shape, list[int], Iterator[tuple[bytes, ...]]]]
-        # An IPv4 address has one spelling (leading zeros are refused): its lines are found by their word.
-        if dport is not None and proto is not None and (word, dport, proto) in self._index.focus:
-            keyed = self._index.focused(word, dport, proto)
-        elif self._by_address is None and "." in wanted:
-            keyed = self._keyed(self._index.lines_by_key(word), proto, dport)
-        else:
-            keyed = self._keyed(self._address_index().get(wanted, {}), proto, dport)
-        # (a group's lines may come from several keys, and the kept columns of lines read one at a time come
-        # after those of the chunks: each group's are sorted into file order below)
+        # (a group's lines may come from several keys, and those of lines read one at a time come after those of
+        # the chunks: each group's are sorted into file order below)
         groups: dict[Shape, dict[tuple[bytes, ...], list[int]]] = {}
-        for shape, lines, keys in keyed:
-            _group(groups.setdefault(shape, {}), keys, lines)
+        if dport is not None and proto is not None and (word, dport, proto) in self._index.focus:
+            groups.update(self._index.focused(word, dport, proto))  # (grouped by the reader)
+        else:
+            # An IPv4 address has one spelling (leading zeros are refused): its lines are found by their word.
+            if self._by_address is None and "." in wanted:
+                keyed = self._keyed(self._index.lines_by_key(word), proto, dport)
+            else:
+                keyed = self._keyed(self._address_index().get(wanted, {}), proto, dport)
+            for shape, lines, keys in keyed:
+                _group(groups.setdefault(shape, {}), keys, lines)
         out = []
         for shape, keyed_lines in groups.items():
             for key, lines in keyed_lines.items():
