@@ -296,9 +296,18 @@ def replay_positional(recorded: tuple[Positional, ...], s: Any, written: tuple[s
                                                      for v in values]))
         if at >= 0:
             c = compiled[at]
-            decision = c.decision
+            decision = c._decision  # (Compiled.decision, without its call once built)
+            if decision is None:
+                decision = c.decision
             if wrote:
-                new.rewrite_destination(c.arg, decision)
+                # (State.rewrite_destination, spelled out: a Service's every branch of every trace)
+                addr, port = c.arg
+                if addr is not None:
+                    new.dst = addr
+                if port is not None:
+                    new.dport = port
+                new.dnat = True
+                new.dnat_by = decision
         path = path0
         for i in items:
             path = (compiled[i], path)

@@ -12,7 +12,17 @@ from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
-from iptrace.dataplane import Decision, Entry, Footprint, Outcome, Packet, Trace, join_host_port, new_outcome
+from iptrace.dataplane import (
+    Decision,
+    Entry,
+    Footprint,
+    Outcome,
+    Packet,
+    Trace,
+    join_host_port,
+    new_outcome,
+    positional_new,
+)
 from iptrace.errors import InputError, TraceError
 from iptrace.iptables import chainmemo
 from iptrace.iptables.chainwalk import ChainWalker
@@ -325,7 +335,8 @@ class Tracer(ChainWalker):
             if self._watch is not None:
                 self._watch.append((ip_int(packet.dst)[1], [(s.src, s.dst, s.path, s.chains) for s, _t in finals]))
             original = join_host_port(packet.dst, packet.dport)
-            outcomes = tuple([self._outcome(s, terminal, original, fragment=True) for s, terminal in finals])
+            outcome = self._outcome
+            outcomes = tuple([outcome(s, terminal, original, True) for s, terminal in finals])
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -350,8 +361,9 @@ class Tracer(ChainWalker):
                       in_interface if in_interface is not None else packet.in_interface)
         gc_was_enabled = gc.isenabled()
         # A walk allocates many small acyclic objects next to a ruleset of ~10^6 objects: a cyclic collection
-        # triggered in between would scan the whole ruleset for nothing.
-        gc.disable()
+        # triggered in between would scan the whole ruleset for nothing. (A Service view pauses it already.)
+        if gc_was_enabled:
+            gc.disable()
         try:
             if self.entry == "hooks":
                 finals = self._walk_hooks(state)
@@ -360,10 +372,20 @@ class Tracer(ChainWalker):
             if self._watch is not None:
                 self._watch.append((dst, [(s.src, s.dst, s.path, s.chains) for s, _t in finals]))
             original = join_host_port(packet.dst, packet.dport)
-            outcomes = tuple([self._outcome(s, terminal, original) for s, terminal in finals])
+            outcome = self._outcome
+            fragment = self.entry == "kube-proxy"
+            outcomes = tuple([outcome(s, terminal, original, fragment) for s, terminal in finals])
         finally:
             if gc_was_enabled:
                 gc.enable()
+        if not assumptions:
+            made = False
+            for o in outcomes:
+                if o.assumptions:
+                    made = True
+                    break
+            if not made:  # (the common case: the first-packet note alone)
+                return _new_trace(packet, self.entry, outcomes, _FIRST_PACKET)
         notes: list[str] = [NEW_CONNECTION, *(a for a in assumptions if a != NEW_CONNECTION)]
         for o in outcomes:
             for note in o.assumptions:
@@ -371,19 +393,20 @@ class Tracer(ChainWalker):
                     notes.append(note)
         return Trace(packet, self.entry, outcomes, tuple(notes))
 
-    def _outcome(self, s: State, terminal: Terminal, original: str, *, fragment: bool | None = None) -> Outcome:
+    def _outcome(self, s: State, terminal: Terminal, original: str, fragment: bool) -> Outcome:
+        """The outcome of one final branch; `fragment`: the walk entered kube-proxy's chains directly (a dump
+        without the built-in chains, or trace_chain)."""
         path_cell, chains_cell = s.path, s.chains
-        if fragment is None:
-            fragment = self.entry == "kube-proxy"
         decided: Decision | None
         destination = None
         finals = self._finals
-        final = finals.get((s.dst, s.dport))
+        key = (s.dst, s.dport)
+        final = finals.get(key)
         if final is None:
             if len(finals) >= FINALS_SIZE:
                 finals.clear()
-            final = finals[(s.dst, s.dport)] = join_host_port(format_ip(s.dst, self.version), s.dport)
-        if terminal is not None and terminal[0] in ("DROP", "REJECT"):
+            final = finals[key] = join_host_port(format_ip(s.dst, self.version), s.dport)
+        if terminal is not None and (terminal[0] == "DROP" or terminal[0] == "REJECT"):
             verdict, decided = terminal
         elif fragment and s.mark_drop is not None:
             verdict, decided = "DROP", s.mark_drop
@@ -400,19 +423,25 @@ class Tracer(ChainWalker):
             verdict, decided = "CONTINUE", None
         masquerade = s.kube_masq if fragment else s.masq
         # Branches of Services with the same endpoint count have the same probabilities.
-        probability = self._probabilities.get(s.prob)
+        prob = s.prob
+        probability = self._probabilities.get(prob)
         if probability is None:
-            exact = Fraction(*s.prob)
+            exact = Fraction(*prob)
             probability = (exact, float(exact))
             if len(self._probabilities) >= MEMO_SIZE:
                 self._probabilities.clear()
-            self._probabilities[s.prob] = probability
+            self._probabilities[prob] = probability
         # Steps, chains and the Service label are built only when read (most outcomes of a Service view never are).
         return new_outcome(verdict, destination, probability[1], masquerade,
                            lambda: self._service(compiled_path(path_cell)), decided,
                            lambda: tuple(self._step(c) for c in compiled_path(path_cell)), probability[0],
                            original, final, lambda: chain_list(chains_cell), s.assumptions)
 
+
+# Trace(...) without the frozen dataclass's __init__ (one a way in and kind of client of every Service port), and
+# the notes of a trace that made no assumption.
+_new_trace = positional_new(Trace, ("packet", "entry", "outcomes", "assumptions"))
+_FIRST_PACKET = (NEW_CONNECTION,)
 
 _CACHE: list[tuple[Ruleset, tuple[Any, ...], Tracer]] = []
 _CACHE_SIZE = 4
