@@ -29,6 +29,7 @@ from iptrace.dataplane import (
     Trace,
     Tracer,
     WayIn,
+    packet_of,
     positional_new,
 )
 from iptrace.kube.clients import (
@@ -293,7 +294,7 @@ def _via(outcome: Outcome | None, own: frozenset[str]) -> tuple[str, ...]:
     not listed: the entry names the first, the endpoints the last)."""
     if outcome is None:
         return ()
-    return tuple(dict.fromkeys(chain for _table, chain in outcome.chains if chain in own))
+    return tuple(dict.fromkeys([chain for _table, chain in outcome.chains if chain in own]))
 
 
 def _source_path(source: str, trace: Trace, own: frozenset[str]) -> SourcePath:
@@ -344,7 +345,7 @@ class _Builder:
         if found is None:
             if len(_PACKETS) >= PACKETS_LIMIT:
                 _PACKETS.clear()
-            found = _PACKETS[key] = Packet(src, dst, port, proto)
+            found = _PACKETS[key] = packet_of(src, dst, port, proto)
         return found
 
     def probe(self, sp: ServicePortLayout) -> Packet:
@@ -406,19 +407,22 @@ class _Builder:
                              lines=way.lines)
         paths: dict[str, SourcePath] = {}
         notes = list(way.notes)
+        trace = self.tracer.trace
         for kind, packet in self.way_packets(sp, way):
-            trace = self.tracer.trace(packet)
-            dst = packet.dst
-            paths[kind] = _source_path(kind, trace, own)
-            if _marked_for_drop(trace):
+            found = trace(packet)
+            paths[kind] = _source_path(kind, found, own)
+            if _marked_for_drop(found):
                 notes.append(f"{CLIENT_WORDS[kind]}: marked by KUBE-MARK-DROP, which kubelet's KUBE-FIREWALL "
-                             f"drops only if this node itself holds {dst} (INPUT/OUTPUT); otherwise the packet "
-                             "is forwarded unchanged and reaches no pod")
+                             f"drops only if this node itself holds {packet.dst} (INPUT/OUTPUT); otherwise the "
+                             "packet is forwarded unchanged and reaches no pod")
         main, pod_path, node_path = paths[EXTERNAL], paths[POD], paths[NODE]
-        masq_sources = tuple(s for s, p in ((EXTERNAL, main), (POD, pod_path), (NODE, node_path))
-                             if p.masquerade and p.verdict == "DNAT")
+        verdict = main.verdict
         # Only the kinds of client that are DNATed count: a pod blocked by source ranges masquerades nothing.
-        if main.verdict == "DNAT" and main.masquerade:
+        main_masq = main.masquerade and verdict == "DNAT"
+        pod_masq = pod_path.masquerade and pod_path.verdict == "DNAT"
+        node_masq = node_path.masquerade and node_path.verdict == "DNAT"
+        masq_sources = (EXTERNAL,) * main_masq + (POD,) * pod_masq + (NODE,) * node_masq
+        if main_masq:
             if (pod_path.masquerade or pod_path.verdict != "DNAT") and (node_path.masquerade or
                                                                         node_path.verdict != "DNAT"):
                 masq = MASQ_ALWAYS
@@ -427,13 +431,19 @@ class _Builder:
         else:
             masq = MASQ_NEVER
         main_reaches = main.reaches
-        main_endpoints = {r.endpoint for r in main_reaches}
-        others = tuple(p for s, p in paths.items() if s != EXTERNAL and (p.verdict != main.verdict or (
-            p.reaches is not main_reaches and {r.endpoint for r in p.reaches} != main_endpoints)))
-        if masq == MASQ_NEVER and NODE in masq_sources:
+        main_endpoints: set[str] | None = None
+        others: list[SourcePath] = []
+        for s, p in paths.items():
+            if s != EXTERNAL and (p.verdict != verdict or p.reaches is not main_reaches):
+                if p.verdict == verdict and main_endpoints is None:
+                    main_endpoints = {r.endpoint for r in main_reaches}
+                if p.verdict != verdict or {r.endpoint for r in p.reaches} != main_endpoints:
+                    others.append(p)
+        if masq == MASQ_NEVER and node_masq:
             notes.append("connections from the node itself are masqueraded")
-        return _new_entry(way.kind, way.address, way.port, way.protocol, way.chain, main.verdict, main.reaches,
-                          masq, masq_sources, main.via, others, tuple(dict.fromkeys(notes)), way.lines)
+        return _new_entry(way.kind, way.address, way.port, way.protocol, way.chain, verdict, main_reaches,
+                          masq, masq_sources, main.via, tuple(others),
+                          tuple(dict.fromkeys(notes)) if notes else (), way.lines)
 
     def service(self, sp: ServicePortLayout) -> ServicePortView:
         endpoints = self.endpoints(sp)
