@@ -18,6 +18,7 @@ from iptrace.dataplane import (
     Footprint,
     Outcome,
     Packet,
+    Step,
     Trace,
     join_host_port,
     new_outcome,
@@ -249,11 +250,6 @@ class Tracer(ChainWalker):
                 out.extend(self._walk_stages(s2, stages, k + 1, then))
         return out
 
-    def _after_prerouting(self, s: State) -> list[tuple[State, Terminal]]:
-        if self.ctx.is_local(s.dst):
-            return self._stages(s, _LOCAL_IN)
-        return self._stages(s, _FORWARD_POSTROUTING)
-
     def _after_output(self, s: State) -> list[tuple[State, Terminal]]:
         if not self.ctx.is_local(s.dst):
             return [(s, None)]
@@ -265,7 +261,16 @@ class Tracer(ChainWalker):
             s.local_origin = True
             s.out_iface = "lo" if self.ctx.is_local(s.dst) else None
             return self._stages(s, _OUTPUT_NAT, self._output_filter)
-        return self._stages(s, _PREROUTING, self._after_prerouting)
+        # (`_stages(s, _PREROUTING, self._after_prerouting)`, its loop spelled out: a Service's every branch)
+        out: list[tuple[State, Terminal]] = []
+        stages = self._stages
+        is_local = self.ctx.is_local
+        for s2, terminal in stages(s, _PREROUTING):
+            if terminal is not None:
+                out.append((s2, terminal))
+            else:
+                out.extend(stages(s2, _LOCAL_IN if is_local(s2.dst) else _FORWARD_POSTROUTING))
+        return out
 
     def _output_filter(self, s: State) -> list[tuple[State, Terminal]]:
         return self._stages(s, _OUTPUT_FILTER, self._post_output)
@@ -340,7 +345,7 @@ class Tracer(ChainWalker):
         finally:
             if gc_was_enabled:
                 gc.enable()
-        return Trace(packet, "kube-proxy", outcomes, (NEW_CONNECTION,))
+        return _new_trace(packet, "kube-proxy", outcomes, _FIRST_PACKET)
 
     def footprint(self, calls: Sequence[tuple[str | None, Packet]]) -> Footprint | None:
         """How far these traces reach into the rules, as a key other nodes' rules compare by (footprint.py)."""
@@ -432,10 +437,30 @@ class Tracer(ChainWalker):
                 self._probabilities.clear()
             self._probabilities[prob] = probability
         # Steps, chains and the Service label are built only when read (most outcomes of a Service view never are).
-        return new_outcome(verdict, destination, probability[1], masquerade,
-                           lambda: self._service(compiled_path(path_cell)), decided,
-                           lambda: tuple(self._step(c) for c in compiled_path(path_cell)), probability[0],
-                           original, final, lambda: chain_list(chains_cell), s.assumptions)
+        lazy = _new_branch(_Branch, (self, path_cell, chains_cell))
+        return new_outcome(verdict, destination, probability[1], masquerade, lazy.service, decided, lazy,
+                           probability[0], original, final, lazy.chains, s.assumptions)
+
+
+class _Branch(tuple):  # type: ignore[type-arg]
+    """(tracer, path, chains) of a final branch: what its outcome reads of it only when asked — called, the Steps
+    of its path; `service`, its Service label; `chains`, the chains it entered. One object for the three, not
+    three closures (made, and freed, for each of ~10^5 outcomes of a Service view)."""
+
+    __slots__ = ()
+
+    def __call__(self) -> tuple[Step, ...]:
+        step = self[0]._step
+        return tuple(step(c) for c in compiled_path(self[1]))
+
+    def service(self) -> str | None:
+        return self[0]._service(compiled_path(self[1]))  # type: ignore[no-any-return]
+
+    def chains(self) -> tuple[tuple[str, str], ...]:
+        return chain_list(self[2])
+
+
+_new_branch = tuple.__new__
 
 
 # Trace(...) without the frozen dataclass's __init__ (one a way in and kind of client of every Service port), and

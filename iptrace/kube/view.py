@@ -418,9 +418,7 @@ class _Builder:
         main, pod_path, node_path = paths[EXTERNAL], paths[POD], paths[NODE]
         verdict = main.verdict
         # Only the kinds of client that are DNATed count: a pod blocked by source ranges masquerades nothing.
-        main_masq = main.masquerade and verdict == "DNAT"
-        pod_masq = pod_path.masquerade and pod_path.verdict == "DNAT"
-        node_masq = node_path.masquerade and node_path.verdict == "DNAT"
+        main_masq, pod_masq, node_masq = [p.masquerade and p.verdict == "DNAT" for p in (main, pod_path, node_path)]
         masq_sources = (EXTERNAL,) * main_masq + (POD,) * pod_masq + (NODE,) * node_masq
         if main_masq:
             if (pod_path.masquerade or pod_path.verdict != "DNAT") and (node_path.masquerade or
@@ -451,40 +449,41 @@ class _Builder:
         own = frozenset(c for c in sp.chains if c not in endpoint_chains)
         entries = [self.entry(sp, way, own) for way in sp.ways_in]
         return _new_service(  # type: ignore[no-any-return]
-            **_port_fields(sp, entries), external_traffic_policy=sp.external_traffic_policy,
-            internal_traffic_policy=sp.internal_traffic_policy,
-            session_affinity_timeout=sp.session_affinity_timeout, endpoints=tuple(endpoints),
-            entries=tuple(entries), no_endpoints=sp.no_endpoints, no_local_endpoints=sp.no_local_endpoints,
-            chains=sp.chains, lines=sp.lines, identity=sp.identity, notes=sp.notes)
+            *_port_fields(sp, entries), sp.external_traffic_policy, sp.internal_traffic_policy,
+            sp.session_affinity_timeout, tuple(endpoints), tuple(entries), sp.no_endpoints, sp.no_local_endpoints,
+            sp.chains, sp.lines, sp.identity, sp.notes)
 
     def facts(self, sp: ServicePortLayout) -> PortFacts:
         """The port's PortFacts: its view's values but for the traces of its ways in."""
-        return PortFacts(**_port_fields(sp, sp.ways_in), endpoints=tuple(self.endpoints(sp)), entries=sp.ways_in)
+        return PortFacts(*_port_fields(sp, sp.ways_in), endpoints=tuple(self.endpoints(sp)), entries=sp.ways_in)
 
 
 def port_layout(sp: ServicePortLayout) -> PortLayout:
     """A Service port's PortLayout (its view's first fields, from its layout alone)."""
-    return PortLayout(**_port_fields(sp, sp.ways_in), key=sp.key, chains=sp.chains, entries=sp.ways_in,
+    return PortLayout(*_port_fields(sp, sp.ways_in), key=sp.key, chains=sp.chains, entries=sp.ways_in,
                       lines=sp.lines)
 
 
-def _port_fields(sp: ServicePortLayout, entries: Sequence[Any]) -> dict[str, Any]:
-    """A port's identity and addresses, read off its ways in (or the entries made of them: the same kinds,
-    addresses and ports)."""
-    cluster = next((e for e in entries if e.kind == CLUSTER_IP), None)
+def _port_fields(sp: ServicePortLayout, entries: Sequence[Any]) -> tuple[Any, ...]:
+    """A port's identity and addresses (PortIdentity's fields, in order), read off its ways in (or the entries
+    made of them: the same kinds, addresses and ports)."""
     if sp.name is not None:
         ns, svc, port_name = split_service_port_name(sp.name)
     else:
-        first = sp.cluster_chain or (sp.chains[0] if sp.chains else sp.key)
-        ns, svc, port_name = "", first, ""
-    return {"namespace": ns, "name": svc, "port_name": port_name, "protocol": sp.protocol,
-            "cluster_ip": cluster.address if cluster else None,
-            "port": cluster.port if cluster else next((e.port for e in entries
-                                                       if e.kind in (EXTERNAL_IP, LOAD_BALANCER)), None),
-            "node_port": next((e.port for e in entries if e.kind == NODE_PORT), None),
-            "external_ips": tuple(e.address for e in entries if e.kind == EXTERNAL_IP and e.address),
-            "lb_ips": tuple(e.address for e in entries if e.kind == LOAD_BALANCER and e.address),
-            "lb_source_ranges": sp.lb_source_ranges, "health_check_node_port": sp.health_check_node_port}
+        ns, svc, port_name = "", sp.cluster_chain or (sp.chains[0] if sp.chains else sp.key), ""
+    cluster, cluster_ip, port, node_port, external_ips, lb_ips = False, None, None, None, [], []
+    for e in entries:  # (the first ClusterIP way gives the port, else the first externalIP or LB IP one)
+        kind = e.kind
+        if kind == CLUSTER_IP and not cluster:
+            cluster, cluster_ip, port = True, e.address, e.port
+        elif kind == NODE_PORT and node_port is None:
+            node_port = e.port
+        elif kind == EXTERNAL_IP or kind == LOAD_BALANCER:
+            port = e.port if port is None and not cluster else port
+            if e.address:
+                (external_ips if kind == EXTERNAL_IP else lb_ips).append(e.address)
+    return (ns, svc, port_name, sp.protocol, cluster_ip, port, node_port, tuple(external_ips), tuple(lb_ips),
+            sp.lb_source_ranges, sp.health_check_node_port)
 
 
 class ViewBuilder:
