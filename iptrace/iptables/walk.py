@@ -106,7 +106,8 @@ class Tracer(ChainWalker):
         self._finals: dict[tuple[int, int], str] = {}  # (address, port) -> "ip:port" (an endpoint's, many times)
         self._policies: dict[tuple[str, str, str], Decision] = {}
         self._effective_stages: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
-        # id(stage tuple) -> [it, its effective stages, their StagePlan (None: not shared; False: not yet)]
+        # id(stage tuple) -> [it, its effective stages, their StagePlan (None: not shared; False: not yet), the last
+        # key found in its memo, what was found]
         self._stage_info: dict[int, list[Any]] = {}
         # chain -> True (entered once), its plan, or None (not shared)
         self._chain_plans: dict[tuple[str, str], tuple[chainmemo.ChainPlan, tuple[str, ...]] | bool | None] = {}
@@ -186,7 +187,7 @@ class Tracer(ChainWalker):
         # memo is read here.
         info = self._stage_info.get(id(stages))
         if info is None or info[0] is not stages:
-            info = self._stage_info[id(stages)] = [stages, self._effective(stages), False]
+            info = self._stage_info[id(stages)] = [stages, self._effective(stages), False, None, None]
         plan = info[2]
         if plan is False or plan is None:
             results = self._shared_stages(s, info[1])
@@ -194,7 +195,15 @@ class Tracer(ChainWalker):
                 info[2] = self._plans.get(info[1], False)
         else:
             key, keyed_recent = plan.key(s)
-            found = plan.memo.get(key)
+            # (The branches of a Service after its DNAT mostly have the key of the branch before: compared with
+            # it, not hashed (a Decision's hash is a Python call) and looked up. The memo's walks are exact for
+            # their key, kept or cleared.)
+            if key == info[3]:
+                found = info[4]
+            else:
+                found = plan.memo.get(key)
+                if found is not None:
+                    info[3], info[4] = key, found
             results = replay(found, s, keyed_recent) if found is not None else self._shared_stages(s, info[1])
         if then is None:
             return results
