@@ -42,13 +42,14 @@ from iptrace.kube.clients import (
     Clients,
     view_node_ips,
 )
+from iptrace.kube.names import split_destination, split_service_port_name
 from iptrace.kube.sharing import ADDRESS_KINDS, shared_claims
 
 __all__ = [
     "CLUSTER_IP", "EXTERNAL", "EXTERNAL_IP", "HEALTH_CHECK", "LOAD_BALANCER", "MASQ_ALWAYS", "MASQ_NEVER",
     "MASQ_OFF_POD", "NODE", "NODE_PORT", "OUTSIDE_RANGES", "POD", "SOURCES", "EndpointView", "EntryView",
     "KubeView", "NodePortAddresses", "PortFacts", "Reach", "ServicePortView", "SourcePath", "build_view",
-    "split_service_port_name", "view_node_ips",
+    "split_destination", "split_service_port_name", "view_node_ips",
 ]
 
 # Masquerade behaviour of a way in (for its DNATed traffic).
@@ -244,24 +245,6 @@ _new_entry = _positional_new(EntryView)
 _new_service = _positional_new(ServicePortView)
 
 
-def split_service_port_name(name: str) -> tuple[str, str, str]:
-    """"ns/svc:port" -> (ns, svc, port); "ns/svc" and the 2015 "ns/svc:" -> (ns, svc, "")."""
-    ns, _, rest = name.partition("/")
-    svc, _, port = rest.partition(":")
-    return ns, svc, port
-
-
-def split_destination(text: str) -> tuple[str, int | None]:
-    """"10.0.0.1:80" / "[fd00::1]:80" / "10.0.0.1" -> (ip, port)."""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        return host, int(rest[1:]) if rest[1:].isdigit() else None
-    if text.count(":") == 1:
-        host, _, port = text.partition(":")
-        return host, int(port) if port.isdigit() else None
-    return text, None
-
-
 # ------------------------------------------------------------------------------------------------ reading traces
 
 
@@ -270,11 +253,15 @@ def split_destination(text: str) -> tuple[str, int | None]:
 # stands for them all. Starts again when full.
 _REACHES: dict[tuple[tuple[str | None, ...], tuple[float, ...]], tuple[Reach, ...]] = {}
 REACHES_LIMIT = 20_000
+_LAST_REACHES: list[tuple[Any, Any]] = [((), ())]  # the last key read and its reaches
 
 
 def _reaches(dnat: Sequence[Outcome]) -> tuple[Reach, ...]:
     """The endpoints DNAT outcomes reach, each with its summed probability, in order of first appearance."""
     key = (tuple([o.destination for o in dnat]), tuple([o.probability for o in dnat]))
+    last = _LAST_REACHES[0]
+    if key == last[0]:  # (the kinds of client of a way in, one after the other: compared, not hashed)
+        return last[1]  # type: ignore[no-any-return]
     found = _REACHES.get(key)
     if found is None:
         acc: dict[str, float] = {}
@@ -286,6 +273,7 @@ def _reaches(dnat: Sequence[Outcome]) -> tuple[Reach, ...]:
         if len(_REACHES) >= REACHES_LIMIT:
             _REACHES.clear()
         _REACHES[key] = found
+    _LAST_REACHES[0] = (key, found)
     return found
 
 
