@@ -83,6 +83,17 @@ class Packet:
         return 0 if number is None else number
 
 
+def packet_of(src: str, dst: str, dport: int, proto: str) -> Packet:
+    """`Packet(src, dst, dport, proto)`; without the dataclass's `__init__` when the values are already as it would
+    make them (normalised addresses of one version, a port in range, a known lower-case protocol name): the
+    Service view builds one a way in and kind of client of every Service port."""
+    src_address, dst_address = _address(src), _address(dst)
+    if (src_address[0] == src and dst_address[0] == dst and src_address[1] == dst_address[1]
+            and proto in PROTOCOL_NUMBERS and 0 <= dport <= 65535):
+        return _new_packet(src, dst, dport, proto, 40000, None)  # type: ignore[no-any-return]
+    return Packet(src, dst, dport, proto)
+
+
 @functools.lru_cache(maxsize=65536)
 def _address(text: str) -> tuple[str, int]:
     """(normalised address, IP version); the Service view builds ~10^5 packets from a few thousand addresses."""
@@ -188,6 +199,9 @@ def _twin(cls: type) -> type | None:
     except TypeError:
         return None
     return twin
+
+
+_new_packet = positional_new(Packet, ("src", "dst", "dport", "proto", "sport", "in_interface"))
 
 
 class Outcome:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from bench import synth
 from iptrace.dataplane import Packet, Trace, trace_to_json
-from iptrace.iptables import load
+from iptrace.iptables import load, walk
 from iptrace.iptables.chainwalk import EAGER_AFTER
 from iptrace.iptables.matchers import bind_matches, binder_for, compile_matches, fast_tokens, rule_structure
 from iptrace.iptables.model import TOKEN_RE, Ruleset
@@ -127,6 +127,31 @@ def test_every_service_swept_like_the_view(case: tuple) -> None:
             packet = Packet(src, dst, port, proto)
             assert_same(shared.trace(packet), plain.trace(packet), f"shared walk changed the result for {packet}")
     assert any(shared._shape_memos.values()) or endpoints < 2  # (the sweep shared recorded walks)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=kube_cases, memo_size=st.integers(1, 3))
+def test_stage_memo_kept_key_outlives_a_clearing(case: tuple, memo_size: int) -> None:
+    """A stage sequence's walk found for one key is replayed for the next branch with an equal key without a look-up
+    (walk.py `_stages`), even once the memo it came from was cleared: a recorded walk is exact for its key. A
+    memo cleared every few keys (memo_size) changes nothing a walk without sharing gives."""
+    seed, n, endpoints, era, full = case
+    assume(full or era != "xlb")
+    ruleset, _lines, targets = kube_dump(seed, n, endpoints, era, full)
+    shared = Tracer(ruleset, node_ips=[NODE_IP], pod_cidrs=[POD_CIDR])
+    shared._reentries = EAGER_AFTER
+    shared._plan_stages_after = 1
+    plain = Tracer(ruleset, node_ips=[NODE_IP], pod_cidrs=[POD_CIDR], use_index=False, share=False)
+    old = walk.MEMO_SIZE
+    walk.MEMO_SIZE = memo_size
+    try:
+        for dst, port, proto in targets[:30]:
+            for src in ("203.0.113.1", "10.244.3.3", NODE_IP):
+                packet = Packet(src, dst, port, proto)
+                assert_same(shared.trace(packet), plain.trace(packet), f"kept stage walk changed {packet}")
+    finally:
+        walk.MEMO_SIZE = old
+    assert not full or any(info[3] is not None for info in shared._stage_info.values())  # (a key was kept)
 
 
 # ------------------------------------------------------------------------------ arbitrary long chains

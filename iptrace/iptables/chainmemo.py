@@ -135,7 +135,7 @@ class ChainPlan:
     replays on the next one with that shape. `own` holds the walks that cannot be told by position (they made
     assumptions, which name rules' lines), for this closure only."""
 
-    __slots__ = ("_decisions", "_key", "_positions", "chains", "compiled", "memo", "own")
+    __slots__ = ("_decisions", "_positions", "chains", "compiled", "key", "memo", "own")
 
     def __init__(self, fields: Iterable[str], raw: Iterable[str], src_nets: Sequence[tuple[int, int]],
                  dst_nets: Sequence[tuple[int, int]], compiled: Sequence[Any] = (),
@@ -147,11 +147,9 @@ class ChainPlan:
         self.chains = tuple(chains)
         self._positions: dict[int, int] | None = None
         self._decisions: dict[int, int] | None = None
-        self._key = _key_function(sorted(set(fields)), sorted(set(raw)), src_nets, dst_nets,
-                                  tuple(sorted(set(dports))))
-
-    def key(self, s: Any) -> Any:
-        return self._key(s)
+        # key(s): the key of branch `s` (an attribute, not a method: one call on every entry into the chain)
+        self.key: Callable[[Any], Any] = _key_function(sorted(set(fields)), sorted(set(raw)), src_nets, dst_nets,
+                                                       tuple(sorted(set(dports))))
 
     def positions(self) -> dict[int, int]:
         """id(compiled rule) -> its position."""
@@ -296,9 +294,18 @@ def replay_positional(recorded: tuple[Positional, ...], s: Any, written: tuple[s
                                                      for v in values]))
         if at >= 0:
             c = compiled[at]
-            decision = c.decision
+            decision = c._decision  # (Compiled.decision, without its call once built)
+            if decision is None:
+                decision = c.decision
             if wrote:
-                new.rewrite_destination(c.arg, decision)
+                # (State.rewrite_destination, spelled out: a Service's every branch of every trace)
+                addr, port = c.arg
+                if addr is not None:
+                    new.dst = addr
+                if port is not None:
+                    new.dport = port
+                new.dnat = True
+                new.dnat_by = decision
         path = path0
         for i in items:
             path = (compiled[i], path)

@@ -35,6 +35,8 @@ from iptrace.iptables.state import State, Terminal, format_ip
 
 # Chains entered a second time before every chain is planned on its first entry.
 EAGER_AFTER = 64
+# Chains shorter than this that do not split are walked, not planned (see _chain_plan).
+SMALL_ENTRY = 8
 
 
 class ChainWalker(Compiler):
@@ -168,6 +170,15 @@ class ChainWalker(Compiler):
     def _chain_plan(self, code: ChainCode) -> tuple[chainmemo.ChainPlan, tuple[str, ...]] | None:
         """How to key the walk of `code`'s closure, or None when it cannot be shared (see chainmemo.py); with
         the memo of every closure of its shape."""
+        if len(code.rules) < SMALL_ENTRY and code.index is None:
+            # A short chain that does not split (KUBE-EXT, KUBE-FW, KUBE-SEP, KUBE-MARK-MASQ) walks its few rules
+            # faster than its closure is planned (a KUBE-EXT's holds its Service chain's, planned on its own
+            # entry), keyed and replayed.
+            for i, c in enumerate(code.compiled):
+                if (c or self._compile(code, i)).probability is not None:
+                    break
+            else:
+                return None
         accesses: dict[int, chainmemo.Access] = {}  # (kube-proxy's rules share a handful of Access objects)
         src_nets: list[tuple[int, int]] = []
         dst_nets: list[tuple[int, int]] = []

@@ -9,7 +9,6 @@ walk without it (tests/test_trace_properties.py checks that).
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Sequence
 
 from iptrace.dataplane import protocol_number
@@ -150,5 +149,7 @@ class ChainIndex:
         if found is None:
             if len(self._merged) >= MERGED_SIZE:
                 self._merged.clear()
-            found = self._merged[key] = list(heapq.merge(*parts))
+            # (each list holds rule positions in increasing order, every position in one list only: their merge
+            # is the sorted concatenation, which `sorted` makes in C, faster than heapq.merge's generator)
+            found = self._merged[key] = sorted([i for part in parts for i in part])
         return found  # (callers only read candidate lists)

@@ -12,7 +12,18 @@ from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
-from iptrace.dataplane import Decision, Entry, Footprint, Outcome, Packet, Trace, join_host_port, new_outcome
+from iptrace.dataplane import (
+    Decision,
+    Entry,
+    Footprint,
+    Outcome,
+    Packet,
+    Step,
+    Trace,
+    join_host_port,
+    new_outcome,
+    positional_new,
+)
 from iptrace.errors import InputError, TraceError
 from iptrace.iptables import chainmemo
 from iptrace.iptables.chainwalk import ChainWalker
@@ -95,7 +106,8 @@ class Tracer(ChainWalker):
         self._finals: dict[tuple[int, int], str] = {}  # (address, port) -> "ip:port" (an endpoint's, many times)
         self._policies: dict[tuple[str, str, str], Decision] = {}
         self._effective_stages: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
-        # id(stage tuple) -> [it, its effective stages, their StagePlan (None: not shared; False: not yet)]
+        # id(stage tuple) -> [it, its effective stages, their StagePlan (None: not shared; False: not yet), the last
+        # key found in its memo, what was found]
         self._stage_info: dict[int, list[Any]] = {}
         # chain -> True (entered once), its plan, or None (not shared)
         self._chain_plans: dict[tuple[str, str], tuple[chainmemo.ChainPlan, tuple[str, ...]] | bool | None] = {}
@@ -175,7 +187,7 @@ class Tracer(ChainWalker):
         # memo is read here.
         info = self._stage_info.get(id(stages))
         if info is None or info[0] is not stages:
-            info = self._stage_info[id(stages)] = [stages, self._effective(stages), False]
+            info = self._stage_info[id(stages)] = [stages, self._effective(stages), False, None, None]
         plan = info[2]
         if plan is False or plan is None:
             results = self._shared_stages(s, info[1])
@@ -183,7 +195,15 @@ class Tracer(ChainWalker):
                 info[2] = self._plans.get(info[1], False)
         else:
             key, keyed_recent = plan.key(s)
-            found = plan.memo.get(key)
+            # (The branches of a Service after its DNAT mostly have the key of the branch before: compared with
+            # it, not hashed (a Decision's hash is a Python call) and looked up. The memo's walks are exact for
+            # their key, kept or cleared.)
+            if key == info[3]:
+                found = info[4]
+            else:
+                found = plan.memo.get(key)
+                if found is not None:
+                    info[3], info[4] = key, found
             results = replay(found, s, keyed_recent) if found is not None else self._shared_stages(s, info[1])
         if then is None:
             return results
@@ -239,11 +259,6 @@ class Tracer(ChainWalker):
                 out.extend(self._walk_stages(s2, stages, k + 1, then))
         return out
 
-    def _after_prerouting(self, s: State) -> list[tuple[State, Terminal]]:
-        if self.ctx.is_local(s.dst):
-            return self._stages(s, _LOCAL_IN)
-        return self._stages(s, _FORWARD_POSTROUTING)
-
     def _after_output(self, s: State) -> list[tuple[State, Terminal]]:
         if not self.ctx.is_local(s.dst):
             return [(s, None)]
@@ -255,7 +270,16 @@ class Tracer(ChainWalker):
             s.local_origin = True
             s.out_iface = "lo" if self.ctx.is_local(s.dst) else None
             return self._stages(s, _OUTPUT_NAT, self._output_filter)
-        return self._stages(s, _PREROUTING, self._after_prerouting)
+        # (`_stages(s, _PREROUTING, self._after_prerouting)`, its loop spelled out: a Service's every branch)
+        out: list[tuple[State, Terminal]] = []
+        stages = self._stages
+        is_local = self.ctx.is_local
+        for s2, terminal in stages(s, _PREROUTING):
+            if terminal is not None:
+                out.append((s2, terminal))
+            else:
+                out.extend(stages(s2, _LOCAL_IN if is_local(s2.dst) else _FORWARD_POSTROUTING))
+        return out
 
     def _output_filter(self, s: State) -> list[tuple[State, Terminal]]:
         return self._stages(s, _OUTPUT_FILTER, self._post_output)
@@ -325,11 +349,12 @@ class Tracer(ChainWalker):
             if self._watch is not None:
                 self._watch.append((ip_int(packet.dst)[1], [(s.src, s.dst, s.path, s.chains) for s, _t in finals]))
             original = join_host_port(packet.dst, packet.dport)
-            outcomes = tuple([self._outcome(s, terminal, original, fragment=True) for s, terminal in finals])
+            outcome = self._outcome
+            outcomes = tuple([outcome(s, terminal, original, True) for s, terminal in finals])
         finally:
             if gc_was_enabled:
                 gc.enable()
-        return Trace(packet, "kube-proxy", outcomes, (NEW_CONNECTION,))
+        return _new_trace(packet, "kube-proxy", outcomes, _FIRST_PACKET)
 
     def footprint(self, calls: Sequence[tuple[str | None, Packet]]) -> Footprint | None:
         """How far these traces reach into the rules, as a key other nodes' rules compare by (footprint.py)."""
@@ -350,8 +375,9 @@ class Tracer(ChainWalker):
                       in_interface if in_interface is not None else packet.in_interface)
         gc_was_enabled = gc.isenabled()
         # A walk allocates many small acyclic objects next to a ruleset of ~10^6 objects: a cyclic collection
-        # triggered in between would scan the whole ruleset for nothing.
-        gc.disable()
+        # triggered in between would scan the whole ruleset for nothing. (A Service view pauses it already.)
+        if gc_was_enabled:
+            gc.disable()
         try:
             if self.entry == "hooks":
                 finals = self._walk_hooks(state)
@@ -360,10 +386,20 @@ class Tracer(ChainWalker):
             if self._watch is not None:
                 self._watch.append((dst, [(s.src, s.dst, s.path, s.chains) for s, _t in finals]))
             original = join_host_port(packet.dst, packet.dport)
-            outcomes = tuple([self._outcome(s, terminal, original) for s, terminal in finals])
+            outcome = self._outcome
+            fragment = self.entry == "kube-proxy"
+            outcomes = tuple([outcome(s, terminal, original, fragment) for s, terminal in finals])
         finally:
             if gc_was_enabled:
                 gc.enable()
+        if not assumptions:
+            made = False
+            for o in outcomes:
+                if o.assumptions:
+                    made = True
+                    break
+            if not made:  # (the common case: the first-packet note alone)
+                return _new_trace(packet, self.entry, outcomes, _FIRST_PACKET)
         notes: list[str] = [NEW_CONNECTION, *(a for a in assumptions if a != NEW_CONNECTION)]
         for o in outcomes:
             for note in o.assumptions:
@@ -371,19 +407,20 @@ class Tracer(ChainWalker):
                     notes.append(note)
         return Trace(packet, self.entry, outcomes, tuple(notes))
 
-    def _outcome(self, s: State, terminal: Terminal, original: str, *, fragment: bool | None = None) -> Outcome:
+    def _outcome(self, s: State, terminal: Terminal, original: str, fragment: bool) -> Outcome:
+        """The outcome of one final branch; `fragment`: the walk entered kube-proxy's chains directly (a dump
+        without the built-in chains, or trace_chain)."""
         path_cell, chains_cell = s.path, s.chains
-        if fragment is None:
-            fragment = self.entry == "kube-proxy"
         decided: Decision | None
         destination = None
         finals = self._finals
-        final = finals.get((s.dst, s.dport))
+        key = (s.dst, s.dport)
+        final = finals.get(key)
         if final is None:
             if len(finals) >= FINALS_SIZE:
                 finals.clear()
-            final = finals[(s.dst, s.dport)] = join_host_port(format_ip(s.dst, self.version), s.dport)
-        if terminal is not None and terminal[0] in ("DROP", "REJECT"):
+            final = finals[key] = join_host_port(format_ip(s.dst, self.version), s.dport)
+        if terminal is not None and (terminal[0] == "DROP" or terminal[0] == "REJECT"):
             verdict, decided = terminal
         elif fragment and s.mark_drop is not None:
             verdict, decided = "DROP", s.mark_drop
@@ -400,19 +437,45 @@ class Tracer(ChainWalker):
             verdict, decided = "CONTINUE", None
         masquerade = s.kube_masq if fragment else s.masq
         # Branches of Services with the same endpoint count have the same probabilities.
-        probability = self._probabilities.get(s.prob)
+        prob = s.prob
+        probability = self._probabilities.get(prob)
         if probability is None:
-            exact = Fraction(*s.prob)
+            exact = Fraction(*prob)
             probability = (exact, float(exact))
             if len(self._probabilities) >= MEMO_SIZE:
                 self._probabilities.clear()
-            self._probabilities[s.prob] = probability
+            self._probabilities[prob] = probability
         # Steps, chains and the Service label are built only when read (most outcomes of a Service view never are).
-        return new_outcome(verdict, destination, probability[1], masquerade,
-                           lambda: self._service(compiled_path(path_cell)), decided,
-                           lambda: tuple(self._step(c) for c in compiled_path(path_cell)), probability[0],
-                           original, final, lambda: chain_list(chains_cell), s.assumptions)
+        lazy = _new_branch(_Branch, (self, path_cell, chains_cell))
+        return new_outcome(verdict, destination, probability[1], masquerade, lazy.service, decided, lazy,
+                           probability[0], original, final, lazy.chains, s.assumptions)
 
+
+class _Branch(tuple):  # type: ignore[type-arg]
+    """(tracer, path, chains) of a final branch: what its outcome reads of it only when asked — called, the Steps
+    of its path; `service`, its Service label; `chains`, the chains it entered. One object for the three, not
+    three closures (made, and freed, for each of ~10^5 outcomes of a Service view)."""
+
+    __slots__ = ()
+
+    def __call__(self) -> tuple[Step, ...]:
+        step = self[0]._step
+        return tuple(step(c) for c in compiled_path(self[1]))
+
+    def service(self) -> str | None:
+        return self[0]._service(compiled_path(self[1]))  # type: ignore[no-any-return]
+
+    def chains(self) -> tuple[tuple[str, str], ...]:
+        return chain_list(self[2])
+
+
+_new_branch = tuple.__new__
+
+
+# Trace(...) without the frozen dataclass's __init__ (one a way in and kind of client of every Service port), and
+# the notes of a trace that made no assumption.
+_new_trace = positional_new(Trace, ("packet", "entry", "outcomes", "assumptions"))
+_FIRST_PACKET = (NEW_CONNECTION,)
 
 _CACHE: list[tuple[Ruleset, tuple[Any, ...], Tracer]] = []
 _CACHE_SIZE = 4

@@ -86,3 +86,21 @@ def resolve(layout: Any, ref: ServiceRef, proto: str, source: str, *, proto_give
 
 def _label(p: Any) -> str:
     return f"{p.namespace}/{p.name}:{p.port_name}" if p.port_name else f"{p.namespace}/{p.name}"
+
+
+def split_service_port_name(name: str) -> tuple[str, str, str]:
+    """"ns/svc:port" -> (ns, svc, port); "ns/svc" and the 2015 "ns/svc:" -> (ns, svc, "")."""
+    ns, _, rest = name.partition("/")
+    svc, _, port = rest.partition(":")
+    return ns, svc, port
+
+
+def split_destination(text: str) -> tuple[str, int | None]:
+    """"10.0.0.1:80" / "[fd00::1]:80" / "10.0.0.1" -> (ip, port)."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, int(rest[1:]) if rest[1:].isdigit() else None
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        return host, int(port) if port.isdigit() else None
+    return text, None

@@ -29,6 +29,7 @@ from iptrace.dataplane import (
     Trace,
     Tracer,
     WayIn,
+    packet_of,
     positional_new,
 )
 from iptrace.kube.clients import (
@@ -41,13 +42,14 @@ from iptrace.kube.clients import (
     Clients,
     view_node_ips,
 )
+from iptrace.kube.names import split_destination, split_service_port_name
 from iptrace.kube.sharing import ADDRESS_KINDS, shared_claims
 
 __all__ = [
     "CLUSTER_IP", "EXTERNAL", "EXTERNAL_IP", "HEALTH_CHECK", "LOAD_BALANCER", "MASQ_ALWAYS", "MASQ_NEVER",
     "MASQ_OFF_POD", "NODE", "NODE_PORT", "OUTSIDE_RANGES", "POD", "SOURCES", "EndpointView", "EntryView",
     "KubeView", "NodePortAddresses", "PortFacts", "Reach", "ServicePortView", "SourcePath", "build_view",
-    "split_service_port_name", "view_node_ips",
+    "split_destination", "split_service_port_name", "view_node_ips",
 ]
 
 # Masquerade behaviour of a way in (for its DNATed traffic).
@@ -243,24 +245,6 @@ _new_entry = _positional_new(EntryView)
 _new_service = _positional_new(ServicePortView)
 
 
-def split_service_port_name(name: str) -> tuple[str, str, str]:
-    """"ns/svc:port" -> (ns, svc, port); "ns/svc" and the 2015 "ns/svc:" -> (ns, svc, "")."""
-    ns, _, rest = name.partition("/")
-    svc, _, port = rest.partition(":")
-    return ns, svc, port
-
-
-def split_destination(text: str) -> tuple[str, int | None]:
-    """"10.0.0.1:80" / "[fd00::1]:80" / "10.0.0.1" -> (ip, port)."""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        return host, int(rest[1:]) if rest[1:].isdigit() else None
-    if text.count(":") == 1:
-        host, _, port = text.partition(":")
-        return host, int(port) if port.isdigit() else None
-    return text, None
-
-
 # ------------------------------------------------------------------------------------------------ reading traces
 
 
@@ -269,11 +253,15 @@ def split_destination(text: str) -> tuple[str, int | None]:
 # stands for them all. Starts again when full.
 _REACHES: dict[tuple[tuple[str | None, ...], tuple[float, ...]], tuple[Reach, ...]] = {}
 REACHES_LIMIT = 20_000
+_LAST_REACHES: list[tuple[Any, Any]] = [((), ())]  # the last key read and its reaches
 
 
 def _reaches(dnat: Sequence[Outcome]) -> tuple[Reach, ...]:
     """The endpoints DNAT outcomes reach, each with its summed probability, in order of first appearance."""
     key = (tuple([o.destination for o in dnat]), tuple([o.probability for o in dnat]))
+    last = _LAST_REACHES[0]
+    if key == last[0]:  # (the kinds of client of a way in, one after the other: compared, not hashed)
+        return last[1]  # type: ignore[no-any-return]
     found = _REACHES.get(key)
     if found is None:
         acc: dict[str, float] = {}
@@ -285,6 +273,7 @@ def _reaches(dnat: Sequence[Outcome]) -> tuple[Reach, ...]:
         if len(_REACHES) >= REACHES_LIMIT:
             _REACHES.clear()
         _REACHES[key] = found
+    _LAST_REACHES[0] = (key, found)
     return found
 
 
@@ -293,7 +282,7 @@ def _via(outcome: Outcome | None, own: frozenset[str]) -> tuple[str, ...]:
     not listed: the entry names the first, the endpoints the last)."""
     if outcome is None:
         return ()
-    return tuple(dict.fromkeys(chain for _table, chain in outcome.chains if chain in own))
+    return tuple(dict.fromkeys([chain for _table, chain in outcome.chains if chain in own]))
 
 
 def _source_path(source: str, trace: Trace, own: frozenset[str]) -> SourcePath:
@@ -344,7 +333,7 @@ class _Builder:
         if found is None:
             if len(_PACKETS) >= PACKETS_LIMIT:
                 _PACKETS.clear()
-            found = _PACKETS[key] = Packet(src, dst, port, proto)
+            found = _PACKETS[key] = packet_of(src, dst, port, proto)
         return found
 
     def probe(self, sp: ServicePortLayout) -> Packet:
@@ -406,19 +395,20 @@ class _Builder:
                              lines=way.lines)
         paths: dict[str, SourcePath] = {}
         notes = list(way.notes)
+        trace = self.tracer.trace
         for kind, packet in self.way_packets(sp, way):
-            trace = self.tracer.trace(packet)
-            dst = packet.dst
-            paths[kind] = _source_path(kind, trace, own)
-            if _marked_for_drop(trace):
+            found = trace(packet)
+            paths[kind] = _source_path(kind, found, own)
+            if _marked_for_drop(found):
                 notes.append(f"{CLIENT_WORDS[kind]}: marked by KUBE-MARK-DROP, which kubelet's KUBE-FIREWALL "
-                             f"drops only if this node itself holds {dst} (INPUT/OUTPUT); otherwise the packet "
-                             "is forwarded unchanged and reaches no pod")
+                             f"drops only if this node itself holds {packet.dst} (INPUT/OUTPUT); otherwise the "
+                             "packet is forwarded unchanged and reaches no pod")
         main, pod_path, node_path = paths[EXTERNAL], paths[POD], paths[NODE]
-        masq_sources = tuple(s for s, p in ((EXTERNAL, main), (POD, pod_path), (NODE, node_path))
-                             if p.masquerade and p.verdict == "DNAT")
+        verdict = main.verdict
         # Only the kinds of client that are DNATed count: a pod blocked by source ranges masquerades nothing.
-        if main.verdict == "DNAT" and main.masquerade:
+        main_masq, pod_masq, node_masq = [p.masquerade and p.verdict == "DNAT" for p in (main, pod_path, node_path)]
+        masq_sources = (EXTERNAL,) * main_masq + (POD,) * pod_masq + (NODE,) * node_masq
+        if main_masq:
             if (pod_path.masquerade or pod_path.verdict != "DNAT") and (node_path.masquerade or
                                                                         node_path.verdict != "DNAT"):
                 masq = MASQ_ALWAYS
@@ -427,13 +417,19 @@ class _Builder:
         else:
             masq = MASQ_NEVER
         main_reaches = main.reaches
-        main_endpoints = {r.endpoint for r in main_reaches}
-        others = tuple(p for s, p in paths.items() if s != EXTERNAL and (p.verdict != main.verdict or (
-            p.reaches is not main_reaches and {r.endpoint for r in p.reaches} != main_endpoints)))
-        if masq == MASQ_NEVER and NODE in masq_sources:
+        main_endpoints: set[str] | None = None
+        others: list[SourcePath] = []
+        for s, p in paths.items():
+            if s != EXTERNAL and (p.verdict != verdict or p.reaches is not main_reaches):
+                if p.verdict == verdict and main_endpoints is None:
+                    main_endpoints = {r.endpoint for r in main_reaches}
+                if p.verdict != verdict or {r.endpoint for r in p.reaches} != main_endpoints:
+                    others.append(p)
+        if masq == MASQ_NEVER and node_masq:
             notes.append("connections from the node itself are masqueraded")
-        return _new_entry(way.kind, way.address, way.port, way.protocol, way.chain, main.verdict, main.reaches,
-                          masq, masq_sources, main.via, others, tuple(dict.fromkeys(notes)), way.lines)
+        return _new_entry(way.kind, way.address, way.port, way.protocol, way.chain, verdict, main_reaches,
+                          masq, masq_sources, main.via, tuple(others),
+                          tuple(dict.fromkeys(notes)) if notes else (), way.lines)
 
     def service(self, sp: ServicePortLayout) -> ServicePortView:
         endpoints = self.endpoints(sp)
@@ -441,40 +437,41 @@ class _Builder:
         own = frozenset(c for c in sp.chains if c not in endpoint_chains)
         entries = [self.entry(sp, way, own) for way in sp.ways_in]
         return _new_service(  # type: ignore[no-any-return]
-            **_port_fields(sp, entries), external_traffic_policy=sp.external_traffic_policy,
-            internal_traffic_policy=sp.internal_traffic_policy,
-            session_affinity_timeout=sp.session_affinity_timeout, endpoints=tuple(endpoints),
-            entries=tuple(entries), no_endpoints=sp.no_endpoints, no_local_endpoints=sp.no_local_endpoints,
-            chains=sp.chains, lines=sp.lines, identity=sp.identity, notes=sp.notes)
+            *_port_fields(sp, entries), sp.external_traffic_policy, sp.internal_traffic_policy,
+            sp.session_affinity_timeout, tuple(endpoints), tuple(entries), sp.no_endpoints, sp.no_local_endpoints,
+            sp.chains, sp.lines, sp.identity, sp.notes)
 
     def facts(self, sp: ServicePortLayout) -> PortFacts:
         """The port's PortFacts: its view's values but for the traces of its ways in."""
-        return PortFacts(**_port_fields(sp, sp.ways_in), endpoints=tuple(self.endpoints(sp)), entries=sp.ways_in)
+        return PortFacts(*_port_fields(sp, sp.ways_in), endpoints=tuple(self.endpoints(sp)), entries=sp.ways_in)
 
 
 def port_layout(sp: ServicePortLayout) -> PortLayout:
     """A Service port's PortLayout (its view's first fields, from its layout alone)."""
-    return PortLayout(**_port_fields(sp, sp.ways_in), key=sp.key, chains=sp.chains, entries=sp.ways_in,
+    return PortLayout(*_port_fields(sp, sp.ways_in), key=sp.key, chains=sp.chains, entries=sp.ways_in,
                       lines=sp.lines)
 
 
-def _port_fields(sp: ServicePortLayout, entries: Sequence[Any]) -> dict[str, Any]:
-    """A port's identity and addresses, read off its ways in (or the entries made of them: the same kinds,
-    addresses and ports)."""
-    cluster = next((e for e in entries if e.kind == CLUSTER_IP), None)
+def _port_fields(sp: ServicePortLayout, entries: Sequence[Any]) -> tuple[Any, ...]:
+    """A port's identity and addresses (PortIdentity's fields, in order), read off its ways in (or the entries
+    made of them: the same kinds, addresses and ports)."""
     if sp.name is not None:
         ns, svc, port_name = split_service_port_name(sp.name)
     else:
-        first = sp.cluster_chain or (sp.chains[0] if sp.chains else sp.key)
-        ns, svc, port_name = "", first, ""
-    return {"namespace": ns, "name": svc, "port_name": port_name, "protocol": sp.protocol,
-            "cluster_ip": cluster.address if cluster else None,
-            "port": cluster.port if cluster else next((e.port for e in entries
-                                                       if e.kind in (EXTERNAL_IP, LOAD_BALANCER)), None),
-            "node_port": next((e.port for e in entries if e.kind == NODE_PORT), None),
-            "external_ips": tuple(e.address for e in entries if e.kind == EXTERNAL_IP and e.address),
-            "lb_ips": tuple(e.address for e in entries if e.kind == LOAD_BALANCER and e.address),
-            "lb_source_ranges": sp.lb_source_ranges, "health_check_node_port": sp.health_check_node_port}
+        ns, svc, port_name = "", sp.cluster_chain or (sp.chains[0] if sp.chains else sp.key), ""
+    cluster, cluster_ip, port, node_port, external_ips, lb_ips = False, None, None, None, [], []
+    for e in entries:  # (the first ClusterIP way gives the port, else the first externalIP or LB IP one)
+        kind = e.kind
+        if kind == CLUSTER_IP and not cluster:
+            cluster, cluster_ip, port = True, e.address, e.port
+        elif kind == NODE_PORT and node_port is None:
+            node_port = e.port
+        elif kind == EXTERNAL_IP or kind == LOAD_BALANCER:
+            port = e.port if port is None and not cluster else port
+            if e.address:
+                (external_ips if kind == EXTERNAL_IP else lb_ips).append(e.address)
+    return (ns, svc, port_name, sp.protocol, cluster_ip, port, node_port, tuple(external_ips), tuple(lb_ips),
+            sp.lb_source_ranges, sp.health_check_node_port)
 
 
 class ViewBuilder:

@@ -6,14 +6,40 @@ grammar.py, loader.py and commands.py. `DATAPLANE` is what the layers above use.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from iptrace.dataplane import ForeignChain, KnownServicePort, Layout
-from iptrace.nftables.api import load, load_path
-from iptrace.nftables.save import save
 from iptrace.nftables.sniff import detect_format, sniff
 
+if TYPE_CHECKING:
+    from iptrace.nftables.model import Ruleset
+
 __all__ = ["DATAPLANE", "NftablesDataplane", "detect_format", "load", "load_path", "save", "sniff"]
+
+# The readers and the printer are imported on first use: every run imports this package to sniff its input
+# (iptrace.dataplanes), and an iptables dump's never needs them (~40 ms of imports: the model, lark's grammar).
+
+
+def load(text: str | bytes, *, source: str = "<ruleset>", lenient: bool = False) -> Ruleset:
+    """iptrace.nftables.api.load: nft text (listing or transaction) or nft's JSON -> Ruleset."""
+    from iptrace.nftables import api
+
+    return api.load(text, source=source, lenient=lenient)
+
+
+def load_path(path: str | Path, *, lenient: bool = False) -> Ruleset:
+    """iptrace.nftables.api.load_path: a ruleset file -> Ruleset."""
+    from iptrace.nftables import api
+
+    return api.load_path(path, lenient=lenient)
+
+
+def save(ruleset: Ruleset) -> str:
+    """iptrace.nftables.printer.save: the ruleset as `nft list ruleset` prints it (which `nft -f` loads back)."""
+    from iptrace.nftables import printer
+
+    return printer.save(ruleset)
 
 
 class NftablesDataplane:

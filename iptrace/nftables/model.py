@@ -9,7 +9,7 @@ is a plain `tuple` (so it can key a dict), a one-element anonymous set is its el
 
 Equality is about meaning: lines, handles, counters' values and rule text are kept as evidence outside it;
 chains, sets and tables compare as collections (order-insensitive), rules in chain order, elements as sets.
-Pure data: no parsing here (loader.py, json_loader.py), no printing (render.py, save.py).
+Pure data: no parsing here (loader.py, json_loader.py), no printing (render.py, printer.py).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Model → nft text, as the kernel lists it (`meta mark set meta mark | 0x00004000`, `priority dstnat - 10`).
-Used by save.py for whole rulesets and by the JSON reader for each rule's `text`. Pure: returns str."""
+Used by printer.py for whole rulesets and by the JSON reader for each rule's `text`. Pure: returns str."""
 
 from __future__ import annotations
 

@@ -34,11 +34,29 @@ _SOURCE_NAMES = {POD: "from a pod", NODE: "from the node itself",
 # ------------------------------------------------------------------------------------------------ JSON
 
 
-# A 5,000-Service dump renders ~100,000 endpoint objects: the loops below spell share() (a round to
-# SHARE_DIGITS decimals) and EndpointView.address inline.
+# A 5,000-Service dump renders ~100,000 endpoint objects: the loops below spell EndpointView.address inline,
+# and read share() (a round to SHARE_DIGITS decimals, ~0.2 us) from _SHARES, where the few shares a dump has
+# (1/10, 1/9, …: every Service of ten endpoints has the same) are rounded once each.
 
 
-def _entry_json(e: EntryView) -> dict[str, Any]:
+class _Shares(dict[float, float]):
+    """probability -> share(probability), filled as read (cleared when it grows large: shares of many
+    different endpoint counts)."""
+
+    __slots__ = ()
+
+    def __missing__(self, probability: float) -> float:
+        if len(self) >= _SHARES_LIMIT:
+            self.clear()
+        rounded = self[probability] = round(probability, SHARE_DIGITS)
+        return rounded
+
+
+_SHARES_LIMIT = 4096
+_SHARES = _Shares()
+
+
+def _entry_json(e: EntryView, shares: _Shares = _SHARES) -> dict[str, Any]:
     return {
         "kind": e.kind,
         "address": e.address,
@@ -46,7 +64,7 @@ def _entry_json(e: EntryView) -> dict[str, Any]:
         "protocol": e.protocol,
         "chain": e.chain or None,
         "verdict": e.verdict,
-        "endpoints": [{"address": a, "probability": round(p, SHARE_DIGITS)} for a, p in e.reaches],
+        "endpoints": [{"address": a, "probability": shares[p]} for a, p in e.reaches],
         "masquerade": e.masquerade,
         "masquerade_sources": list(e.masquerade_sources),
         "via": list(e.via),
@@ -56,18 +74,18 @@ def _entry_json(e: EntryView) -> dict[str, Any]:
     }
 
 
-def _path_json(p: SourcePath) -> dict[str, Any]:
+def _path_json(p: SourcePath, shares: _Shares = _SHARES) -> dict[str, Any]:
     return {
         "source": p.source,
         "verdict": p.verdict,
-        "endpoints": [{"address": a, "probability": round(q, SHARE_DIGITS)} for a, q in p.reaches],
+        "endpoints": [{"address": a, "probability": shares[q]} for a, q in p.reaches],
         "masquerade": p.masquerade,
         "via": list(p.via),
         "decided_by_line": p.decided_by or None,
     }
 
 
-def service_to_json(s: ServicePortView) -> dict[str, Any]:
+def service_to_json(s: ServicePortView, shares: _Shares = _SHARES) -> dict[str, Any]:
     """One Service port as a JSON object (see the README's JSON reference for every key)."""
     return {
         "service": s.label,
@@ -93,8 +111,8 @@ def service_to_json(s: ServicePortView) -> dict[str, Any]:
         "endpoints": [
             {"ip": ep.ip, "port": ep.port,
              "address": ep.ip if ep.port is None else f"[{ep.ip}]:{ep.port}" if ":" in ep.ip else f"{ep.ip}:{ep.port}",
-             "probability": round(ep.probability, SHARE_DIGITS), "local": ep.local,
-             "local_probability": None if ep.local_probability is None else round(ep.local_probability, SHARE_DIGITS),
+             "probability": shares[ep.probability], "local": ep.local,
+             "local_probability": None if ep.local_probability is None else shares[ep.local_probability],
              "chain": ep.chain, "line": ep.line or None}
             for ep in s.endpoints
         ],
