@@ -88,7 +88,8 @@ def test_a_memo_changes_no_error_and_no_lenient_skip() -> None:
 def test_dataplanes_keep_the_memo_per_dataplane() -> None:
     memo: dict[str, Any] = {}
     _dp, first = dataplanes.load(_node(0), memo=memo)
-    assert isinstance(memo["iptables"], LoadMemo) and memo["iptables"].specs
+    assert isinstance(memo["iptables"], LoadMemo) and memo["iptables"].shapes
+    assert loader._LINES[0][0] is memo["iptables"] and loader._LINES[0][1]
     _dp, second = dataplanes.load(_node(1), memo=memo)
     _same(second, load(_node(1)))
     _same(first, load(_node(0)))
@@ -194,4 +195,4 @@ def test_lines_are_kept_with_their_memo() -> None:
     assert len(loader._LINES[0][1]) > 100
     other = LoadMemo()
     load(_node(1), memo=other)  # (a new memo starts again: what it keeps is its own, as without lines)
-    assert loader._LINES[0][0] is other and other.specs
+    assert loader._LINES[0][0] is other and len(loader._LINES[0][1]) > 100
