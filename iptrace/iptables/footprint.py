@@ -176,7 +176,7 @@ class _Node:
                 if known is not None:
                     _CHAINS.clear()
                 known = _CHAINS[(self.version, table)] = {}
-            found = known[content] = chain_read(table, [self.rule(code, i) for i in range(len(code.rules))])
+            found = known[content] = chain_read(table, [self.read_rule(code, i) for i in range(len(code.rules))])
         return head, found[0], rules
 
     def _table(self, table: str) -> dict[str, Any]:
@@ -225,23 +225,27 @@ class _Node:
             rules = self.chains[code.key] = [None] * len(code.rules)
         found = rules[i]
         if found is None:
-            rule = code.rules[i]
-            target = _TARGETS.get(rule.text)
-            tokens: list[str] | None = None  # (read once for the target and the facts: a new rule needs both)
-            if target is None:
-                shape = rule.shape
-                token = ""
-                if shape and shape.target_index >= 0:
-                    tokens = fast_tokens(rule.text)
-                    token = tokens[shape.target_index]
-                target = code.table_chains.get(token) or _TARGET_NAMES.setdefault(token, token)
-                if len(_TARGETS) >= FACTS_LIMIT:
-                    _TARGETS.clear()
-                    _TARGET_NAMES.clear()
-                _TARGETS[rule.text] = target
-            is_chain = target in code.table_chains and target not in BUILTIN_TARGETS
-            found = rules[i] = (rule_facts(self, code, i, is_chain, tokens), is_chain, target, rule.line)
+            found = rules[i] = self.read_rule(code, i)
         return found
+
+    def read_rule(self, code: ChainCode, i: int) -> tuple[Facts, bool, str, int]:
+        """`rule`'s answer, not kept (a short chain's rules are read once a node: _CHAINS keeps what they say)."""
+        rule = code.rules[i]
+        target = _TARGETS.get(rule.text)
+        tokens: list[str] | None = None  # (read once for the target and the facts: a new rule needs both)
+        if target is None:
+            shape = rule.shape
+            token = ""
+            if shape and shape.target_index >= 0:
+                tokens = fast_tokens(rule.text)
+                token = tokens[shape.target_index]
+            target = code.table_chains.get(token) or _TARGET_NAMES.setdefault(token, token)
+            if len(_TARGETS) >= FACTS_LIMIT:
+                _TARGETS.clear()
+                _TARGET_NAMES.clear()
+            _TARGETS[rule.text] = target
+        is_chain = target in code.table_chains and target not in BUILTIN_TARGETS
+        return rule_facts(self, code, i, is_chain, tokens), is_chain, target, rule.line
 
 
 def _node(tracer: Any) -> _Node:
