@@ -665,6 +665,8 @@ class Tracer(Protocol):
     # Optional: `footprint(calls) -> Footprint | None`, where `calls` are the questions asked, each (None,
     # packet) for `trace(packet)` or (chain, packet) for `trace_chain(chain, packet)`. None: the dataplane
     # cannot vouch for these traces (the caller computes them). A dataplane without it gets no reuse.
+    # With it, optionally `footprints_done()`: the caller will ask for no more footprints, so what the tracer kept
+    # to make them may go (a node's digest is made after its views, and the two would add up).
 
 
 class Dataplane(Protocol):

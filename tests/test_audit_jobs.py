@@ -60,3 +60,39 @@ def test_the_cli_says_when_memory_limits_the_workers(snap: Path, monkeypatch: py
     assert "note: auditing with 1 worker process, not one per CPU (4)" in limited.stderr
     given = CliRunner().invoke(main, ["audit", str(snap), "-j", "2", "-o", "json"])  # --jobs is obeyed, silently
     assert given.stdout == plain.stdout and "note:" not in given.stderr
+
+
+_BIG_BLOCKS = """
+import sys
+from pathlib import Path
+from iptrace.collect import stream
+def rss(): return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
+if sys.argv[1] == "tuned":
+    stream._big_blocks_returned()
+before = rss()
+for _ in range(3):
+    text = "x" * (30 << 20)  # (a node's dump text, read node after node)
+    del text
+print((rss() - before) >> 20)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").is_file(), reason="needs /proc")
+def test_a_process_that_reads_node_after_node_gives_back_a_dump_text_once_freed() -> None:
+    """stream._big_blocks_returned (audit's workers, and its parent): a dump text's memory goes back to the system
+    when it is freed, also after the first one (glibc would otherwise raise its threshold to that size and keep
+    the block on its heap)."""
+    import ctypes
+    import subprocess
+    import sys
+
+    try:
+        glibc = hasattr(ctypes.CDLL("libc.so.6"), "mallopt")
+    except OSError:
+        glibc = False
+    if not glibc:
+        pytest.skip("no glibc")
+    kept = {mode: int(subprocess.run([sys.executable, "-c", _BIG_BLOCKS, mode], check=True, capture_output=True,
+                                     text=True, cwd=Path(__file__).parent.parent).stdout)
+            for mode in ("default", "tuned")}
+    assert kept["tuned"] < 5 < kept["default"], kept

@@ -35,7 +35,7 @@ def _nodes(count: int) -> list[tuple[Any, list[Any]]]:
 
 def test_chains_read_at_once_are_read_as_one_at_a_time() -> None:
     (_t0, _q0), (tracer, questions) = _nodes(2)
-    del tracer._footprint_node
+    tracer.footprints_done()
     node = footprint._node(tracer)
     node.context()
     prefilled = dict(node._chains_read)
@@ -43,7 +43,7 @@ def test_chains_read_at_once_are_read_as_one_at_a_time() -> None:
     for key, read in prefilled.items():
         assert read == node.read_chain(key), key
     keys = [footprint.footprint(tracer, calls) for calls in questions]
-    del tracer._footprint_node
+    tracer.footprints_done()
     one_at_a_time = footprint._node(tracer)
     one_at_a_time._prefill = lambda table: None  # type: ignore[method-assign]
     assert [footprint.footprint(tracer, calls) for calls in questions] == keys

@@ -88,7 +88,8 @@ def test_a_memo_changes_no_error_and_no_lenient_skip() -> None:
 def test_dataplanes_keep_the_memo_per_dataplane() -> None:
     memo: dict[str, Any] = {}
     _dp, first = dataplanes.load(_node(0), memo=memo)
-    assert isinstance(memo["iptables"], LoadMemo) and memo["iptables"].specs
+    assert isinstance(memo["iptables"], LoadMemo) and memo["iptables"].shapes
+    assert loader._LINES[0][0] is memo["iptables"] and loader._LINES[0][1]
     _dp, second = dataplanes.load(_node(1), memo=memo)
     _same(second, load(_node(1)))
     _same(first, load(_node(0)))
@@ -194,4 +195,25 @@ def test_lines_are_kept_with_their_memo() -> None:
     assert len(loader._LINES[0][1]) > 100
     other = LoadMemo()
     load(_node(1), memo=other)  # (a new memo starts again: what it keeps is its own, as without lines)
-    assert loader._LINES[0][0] is other and other.specs
+    assert loader._LINES[0][0] is other and len(loader._LINES[0][1]) > 100
+
+
+def test_a_line_whose_hash_finds_another_lines_entry_loads_as_itself() -> None:
+    """Lines read before are found by their hash (loader._LINES): an entry found is that line's only when the line
+    is its "-A CHAIN " and spec. Every line of a node given another line's entry (as a hash collision would: the
+    other line of its chain, or of another chain, or its own with another chain) loads as without a memo."""
+    memo = LoadMemo()
+    load(_node(0), memo=memo)
+    load(_node(1), memo=memo)
+    seen = loader._LINES[0][1]
+    text = _node(2)
+    lines = [line for line in text.splitlines() if line.startswith("-A ") and hash(line) in seen]
+    assert len(lines) > 100
+    entries = [seen[hash(line)] for line in lines]
+    for shift in (1, 2, 97):
+        for line, entry in zip(lines, entries[shift:] + entries[:shift], strict=True):
+            seen[hash(line)] = entry
+        _same(load(text, source="n2", memo=memo), load(text, source="n2"))
+    chain, args, shape, target, _head = entries[0]
+    seen[hash(lines[0])] = (chain, args, shape, target, "-A OTHER ")  # (its spec, another chain's prefix)
+    _same(load(text, source="n2", memo=memo), load(text, source="n2"))

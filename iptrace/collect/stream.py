@@ -216,6 +216,26 @@ def conntrack(name: str, path: Path, analyses: Any, *, lenient: bool) -> tuple[l
 
 # ------------------------------------------------------------------------------------------------ processes
 
+# glibc's mallopt parameters, and the size from which a block is mapped on its own (and unmapped when freed).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MAPPED = 1 << 20
+
+
+def _big_blocks_returned() -> None:
+    """In a process that analyses node after node: glibc's malloc maps every block of _MAPPED bytes or more on its
+    own, and gives back the top of its heap once that much is free there. Left to itself, it raises that threshold
+    to the biggest mapped block freed (a node's dump text, ~25 MB) and keeps twice as much free on its heap; a
+    worker then holds ~20 MB more between nodes (the time is the same, measured). Nothing where there is no glibc."""
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, _MAPPED)
+    mallopt(_M_TRIM_THRESHOLD, _MAPPED)
+
+
 _WORKER: Worker | None = None
 
 
@@ -262,6 +282,7 @@ def _init(cluster: Any, lenient: bool, pictures: bool, reuse: bool, load_lock: A
     import gc
 
     gc.disable()  # a node's analysis builds ~10^6 acyclic objects; Worker.run collects once per node
+    _big_blocks_returned()
     _WORKER = Worker(cluster, lenient, pictures, reuse, load_lock)
     _SENDER = _Sender()
 
@@ -323,6 +344,8 @@ def analyse_nodes(nodes: Sequence[Source], *, cluster: Any = None, lenient: bool
 def _results(nodes: Sequence[Source], cluster: Any, lenient: bool, pictures: bool, jobs: int,
              reuse: bool) -> Iterator[tuple[int, NodeResult, list[Any] | None]]:
     """(index, result, the digests its worker sent before when the result names them by number) of each node."""
+    if len(nodes) > 1:
+        _big_blocks_returned()  # (this process reads node after node too, or their results)
     if jobs <= 1 or len(nodes) <= 1:
         import gc
 

@@ -39,9 +39,11 @@ from iptrace.iptables.footprint_facts import (
     FACTS_LIMIT,
     KIND_DNAT,
     KIND_OPAQUE,
+    ChainRead,
     ChainRules,
     Facts,
     Spec,
+    chain_read,
     rule_facts,
 )
 from iptrace.iptables.footprint_loose import ContextReads, Loose
@@ -55,9 +57,9 @@ from iptrace.iptables.state import ip_int
 
 # (process-wide, like the facts: a rule's target by its text; short chains by their texts, see read_chain)
 _TARGETS: dict[str, str] = {}
-# (a short chain's content → its rules read (ChainRules), with the chains they jump to and the other targets that are
-# not built in: a node where one of those is a chain, or one of the former is not, reads again)
-_CHAINS: dict[tuple[int, str, tuple[str, ...]], tuple[ChainRules, frozenset[str], frozenset[str]]] = {}
+# (IP version, table) → a short chain's content → its rules read (ChainRules), with the chains they jump to and the
+# other targets that are not built in: a node where one of those is a chain, or one of the former is not, reads again
+_CHAINS: dict[tuple[int, str], dict[tuple[str, ...], ChainRead]] = {}
 _TEXT = itemgetter(1)  # (a Rule's text)
 _TARGET_NAMES: dict[str, str] = {}
 # (an address's text → its number, and a protocol's name → its number: the same on every node, and a node's
@@ -114,15 +116,16 @@ class _Node:
     def _prefill(self, table: str) -> None:
         """read_chain's answer for every short user chain of `table` an earlier node read alike (`_CHAINS`), in
         one loop: a node's questions meet nearly all of its chains (one call a chain cost more than its read)."""
-        if not _CHAINS:
+        known = _CHAINS.get((self.version, table))
+        if not known:
             return  # (the first node)
         chains = self._table(table)
-        names, version, dash, out = chains.keys(), self.version, self.dash_policy, self._chains_read
+        names, dash, out = chains.keys(), self.dash_policy, self._chains_read
         for name, chain in chains.items():
             rules = chain.rules
             if chain.policy is not None or not rules or len(rules) >= MIN_RULES:
                 continue
-            found = _CHAINS.get((version, table, tuple(map(_TEXT, rules))))
+            found = known.get(tuple(map(_TEXT, rules)))
             if found is None or not names >= found[1] or (found[2] and not names.isdisjoint(found[2])):
                 continue
             key = (table, name)
@@ -163,19 +166,17 @@ class _Node:
         # A short chain (an endpoint's, a Service port's, a CNI's) reads alike on every node that has the
         # same rules: its facts are kept by content (the chains it may jump to are checked per node). The
         # content is the texts themselves (their hashes are cached with them; equality is exact).
-        content = (self.version, table, tuple(map(_TEXT, rules)))
+        content = tuple(map(_TEXT, rules))
         names = chains.keys()
-        found = _CHAINS.get(content)
+        known = _CHAINS.get((self.version, table))
+        found = known.get(content) if known is not None else None
         if found is None or not names >= found[1] or (found[2] and not names.isdisjoint(found[2])):
             code = self.tracer._code(table, name)
-            read = [self.rule(code, i) for i in range(len(code.rules))]
-            if len(_CHAINS) >= FACTS_LIMIT // 4:
-                _CHAINS.clear()
-            found = _CHAINS[content] = (
-                ChainRules([(f, (table, target) if is_chain else None) for f, is_chain, target, _line in read]),
-                frozenset(target for _f, is_chain, target, _line in read if is_chain),
-                frozenset(target for _f, is_chain, target, _line in read
-                          if not is_chain and target not in BUILTIN_TARGETS))
+            if known is None or sum(map(len, _CHAINS.values())) >= FACTS_LIMIT // 4:
+                if known is not None:
+                    _CHAINS.clear()
+                known = _CHAINS[(self.version, table)] = {}
+            found = known[content] = chain_read(table, [self.read_rule(code, i) for i in range(len(code.rules))])
         return head, found[0], rules
 
     def _table(self, table: str) -> dict[str, Any]:
@@ -224,23 +225,27 @@ class _Node:
             rules = self.chains[code.key] = [None] * len(code.rules)
         found = rules[i]
         if found is None:
-            rule = code.rules[i]
-            target = _TARGETS.get(rule.text)
-            tokens: list[str] | None = None  # (read once for the target and the facts: a new rule needs both)
-            if target is None:
-                shape = rule.shape
-                token = ""
-                if shape and shape.target_index >= 0:
-                    tokens = fast_tokens(rule.text)
-                    token = tokens[shape.target_index]
-                target = code.table_chains.get(token) or _TARGET_NAMES.setdefault(token, token)
-                if len(_TARGETS) >= FACTS_LIMIT:
-                    _TARGETS.clear()
-                    _TARGET_NAMES.clear()
-                _TARGETS[rule.text] = target
-            is_chain = target in code.table_chains and target not in BUILTIN_TARGETS
-            found = rules[i] = (rule_facts(self, code, i, is_chain, target, tokens), is_chain, target, rule.line)
+            found = rules[i] = self.read_rule(code, i)
         return found
+
+    def read_rule(self, code: ChainCode, i: int) -> tuple[Facts, bool, str, int]:
+        """`rule`'s answer, not kept (a short chain's rules are read once a node: _CHAINS keeps what they say)."""
+        rule = code.rules[i]
+        target = _TARGETS.get(rule.text)
+        tokens: list[str] | None = None  # (read once for the target and the facts: a new rule needs both)
+        if target is None:
+            shape = rule.shape
+            token = ""
+            if shape and shape.target_index >= 0:
+                tokens = fast_tokens(rule.text)
+                token = tokens[shape.target_index]
+            target = code.table_chains.get(token) or _TARGET_NAMES.setdefault(token, token)
+            if len(_TARGETS) >= FACTS_LIMIT:
+                _TARGETS.clear()
+                _TARGET_NAMES.clear()
+            _TARGETS[rule.text] = target
+        is_chain = target in code.table_chains and target not in BUILTIN_TARGETS
+        return rule_facts(self, code, i, is_chain, tokens), is_chain, target, rule.line
 
 
 def _node(tracer: Any) -> _Node:

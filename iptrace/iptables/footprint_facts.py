@@ -15,6 +15,7 @@ from iptrace.iptables.index import rule_key
 from iptrace.iptables.matchers import Structure, binder_for, fast_tokens, rule_structure
 from iptrace.iptables.memo import structure_reads
 from iptrace.iptables.model import unquote
+from iptrace.iptables.options import BUILTIN_TARGETS
 from iptrace.iptables.state import parse_net
 
 # What a rule does that the key must know: nothing beyond matching, a DNAT (its target widens the question), a
@@ -24,23 +25,20 @@ Spec = tuple[bool, bool, tuple[tuple[int, int], ...]]  # (a source test, negated
 
 
 class Facts:
-    """One rule's text as a footprint reads it: `abstract` a digest of it with its -s/-d values as "@", `target`
-    its chain's name object (or one per name)."""
+    """One rule's text as a footprint reads it: `abstract` a digest of it with its -s/-d values as "@" (its target,
+    and whether it jumps or goes to it, are in that text)."""
 
-    __slots__ = ("abstract", "fixed", "goto", "host", "key", "kind", "nat_to", "never", "plain", "reads", "risky",
-                 "set_reads", "specs", "target")
+    __slots__ = ("abstract", "fixed", "host", "key", "kind", "nat_to", "never", "plain", "reads", "risky",
+                 "set_reads", "specs")
 
     def __init__(self, abstract: str, specs: tuple[tuple[bool, bool, tuple[tuple[int, int], ...]], ...],
-                 key: tuple[int, int, int | None] | None, host: int | None, never: bool, target: str,
-                 goto: bool, kind: int, nat_to: tuple[int | None, int | None] | None, reads: bool,
-                 set_reads: bool) -> None:
+                 key: tuple[int, int, int | None] | None, host: int | None, never: bool, kind: int,
+                 nat_to: tuple[int | None, int | None] | None, reads: bool, set_reads: bool) -> None:
         self.abstract = abstract
         self.specs = specs  # (is a source test, negated, networks as (net, mask))
         self.key = key
         self.host = host
         self.never = never
-        self.target = target
-        self.goto = goto
         self.kind = kind
         self.nat_to = nat_to
         self.reads = reads  # reads an address other than through -s/-d, addrtype, a full-mask recent or a set
@@ -51,7 +49,8 @@ class Facts:
         self.fixed = abstract if not specs and not self.risky else None
 
 
-_FACTS: dict[tuple[int, str, bool, str], Facts] = {}
+# (IP version, table, whether the target is a chain) → a rule's text → its facts
+_FACTS: dict[tuple[int, str, bool], dict[str, Facts]] = {}
 FACTS_LIMIT = 400_000
 _ADDRESS_READS = frozenset({"src", "dst", "orig_dst"})
 
@@ -82,15 +81,14 @@ def _address_reads(structure: Structure, tokens: Sequence[str], version: int) ->
         other.append((module, specs))
     return bool(structure_reads((tuple(other), structure[1])) & _ADDRESS_READS), set_reads
 
-def rule_facts(cache: Any, code: ChainCode, i: int, is_chain: bool, target: str,
-           tokens: list[str] | None = None) -> Facts:
+def rule_facts(cache: Any, code: ChainCode, i: int, is_chain: bool, tokens: list[str] | None = None) -> Facts:
     """The facts of rule `i` of `code`; `cache` is the footprint's node (its tracer, plans and structures kept
     alive), `tokens` the rule's tokens when the caller has them."""
     tracer = cache.tracer
     rule = code.rules[i]
     version = tracer.version
-    cache_key = (version, code.table, is_chain, rule.text)
-    found = _FACTS.get(cache_key)
+    by_text = _FACTS.get((version, code.table, is_chain))
+    found = by_text.get(rule.text) if by_text is not None else None
     if found is not None:
         return found
     c = code.compiled[i] or tracer._compile(code, i)
@@ -113,27 +111,54 @@ def rule_facts(cache: Any, code: ChainCode, i: int, is_chain: bool, target: str,
     elif c.action in (REDIRECT, NETMAP):
         kind = KIND_OPAQUE
     reads, set_reads = _address_reads(structure, tokens, version)
-    shape = rule.shape
     found = Facts(hashlib.blake2b(" ".join(abstract).encode(), digest_size=16).hexdigest(), tuple(specs), key,
-                   host, bool(c.never), target, bool(shape is not None and shape.goto), kind, nat_to, reads, set_reads)
-    if len(_FACTS) >= FACTS_LIMIT:
-        _FACTS.clear()
-    _FACTS[cache_key] = found
+                  host, bool(c.never), kind, nat_to, reads, set_reads)
+    if by_text is None or sum(map(len, _FACTS.values())) >= FACTS_LIMIT:
+        if by_text is not None:
+            _FACTS.clear()
+        by_text = _FACTS[(version, code.table, is_chain)] = {}
+    by_text[rule.text] = found
     return found
 
 
 class ChainRules:
-    """A chain's rules as a walk reads them: (facts, the chain each jumps to), and the plan a walk follows
-    (`plan`: the same on every node, made with the rules: a walk reads it for every chain it meets)."""
+    """A chain's rules as a walk reads them: the plan a walk follows (`plan`: the same on every node, made with the
+    rules (facts, the chain each jumps to): a walk reads it for every chain it meets)."""
 
-    __slots__ = ("plan", "rules")
+    __slots__ = ("plan",)
 
     def __init__(self, rules: list[tuple[Facts, tuple[str, str] | None]]) -> None:
-        self.rules = rules
         # (facts, jump, position, whether `_Question.can_match` must decide, a DNAT's target) of every rule a
-        # question may keep,
-        # in chain order: a rule that never matches is left out (can_match says no, and leaves `narrowed` as it
-        # is), one that matches every question needs no asking.
-        self.plan: list[tuple[Facts, tuple[str, str] | None, int, bool, tuple[int | None, int | None] | None]] = [
-            (f, jump, i, not f.plain, f.nat_to if f.kind == KIND_DNAT else None)
-            for i, (f, jump) in enumerate(rules) if not f.never]
+        # question may keep, in chain order: a rule that never matches is left out (can_match says no, and leaves
+        # `narrowed` as it is), one that matches every question needs no asking.
+        self.plan: tuple[tuple[Facts, tuple[str, str] | None, int, bool, tuple[int | None, int | None] | None],
+                         ...] = tuple([(f, jump, i, not f.plain, f.nat_to if f.kind == KIND_DNAT else None)
+                                       for i, (f, jump) in enumerate(rules) if not f.never])
+
+
+# A short chain read (footprint._CHAINS): its ChainRules, the chains its rules jump to, its other targets that are
+# not built in.
+ChainRead = tuple[ChainRules, frozenset[str], frozenset[str]]
+# (one object for each jump (table, chain) and each set of targets kept: ~10^5 short chains jump to KUBE-MARK-MASQ,
+# and most have no other target: a frozenset is 216 bytes, even an empty one)
+_JUMPS: dict[tuple[str, str], tuple[str, str]] = {}
+_TARGET_SETS: dict[frozenset[str], frozenset[str]] = {}
+
+
+def chain_read(table: str, read: Sequence[tuple[Facts, bool, str, int]]) -> ChainRead:
+    """A short chain's ChainRead from its rules' (facts, whether its target is a chain, that target, line)."""
+    if len(_JUMPS) >= FACTS_LIMIT or len(_TARGET_SETS) >= FACTS_LIMIT:
+        _JUMPS.clear()
+        _TARGET_SETS.clear()
+    jumps = _JUMPS
+    rules = []
+    for f, is_chain, target, _line in read:
+        jump = None
+        if is_chain:
+            jump = (table, target)
+            jump = jumps.setdefault(jump, jump)
+        rules.append((f, jump))
+    chains = frozenset(target for _f, is_chain, target, _line in read if is_chain)
+    others = frozenset(target for _f, is_chain, target, _line in read if not is_chain and target not in BUILTIN_TARGETS)
+    sets = _TARGET_SETS
+    return ChainRules(rules), sets.setdefault(chains, chains), sets.setdefault(others, others)

@@ -73,8 +73,6 @@ class _Loader:
         self.lenient = lenient
         self.table_hint = table
         self.memo = memo
-        if memo is not None and len(memo.specs) > memo.LIMIT:
-            memo.specs.clear()
         self.shapes: dict[str, RuleShape] = dict(memo.shapes) if memo is not None else {}
         self.warned = False  # build_shape warned (see shape_for)
         self.command_shapes: set[str] = set()  # shape keys of command lines the grammar has accepted
@@ -273,9 +271,9 @@ class _Loader:
         jumps: list[tuple[str, int, str]] = []
         builtin_chains: tuple[str, ...] = ()
         names = self.names
-        specs = self.memo.specs if self.memo is not None else None
         remembered = self.memo.shapes if self.memo is not None else {}
         seen = _lines_seen(self.memo)
+        heads: dict[str, str] = {}  # a chain's name → "-A NAME " (a line of `seen` starts with it)
         for line_no, raw in enumerate(_split_lines(text), 1):
             line = raw.strip()
             if not line:
@@ -283,11 +281,12 @@ class _Loader:
             c = line[0]
             if c == "-" and seen is not None and current is not None:
                 # (a line read before: the fast path's answer below, without slicing and hashing its spec)
-                hit = seen.get(line)
+                hit = seen.get(hash(line))
                 if hit is not None:
-                    chain, args, shape, target = hit
+                    chain, args, shape, target, head = hit
                     rules = fast_rules.get(chain)
-                    if rules is not None:
+                    # (found by the line's hash, so checked to be that line: "-A CHAIN " + its spec)
+                    if rules is not None and head + args == line:
                         if target is not None and target not in table_chains:
                             jumps.append((target, line_no, chain))
                         rules.append(new_rule(Rule, (chain, args, None, line_no, shape)))
@@ -303,34 +302,28 @@ class _Loader:
                 if rules is None:
                     self.add_rule(current, line, line_no, line[3:], None)
                     continue
-                args = line[sp + 1:]
-                known = specs.get(args) if specs is not None else None
-                if known is not None:
-                    # (the string kept: this node's rules share it with the last node's. A spec is kept only from
-                    # a line without a double space or a tab, and the chain name holds no blank, so neither
-                    # is in this line.)
-                    args, shape = known
-                elif "  " in line or "\t" in line:
+                if "  " in line or "\t" in line:
                     self.add_rule(current, line, line_no, line[3:], None)
                     continue
-                else:
-                    key = shape_key(" _", args)
-                    shape = shapes.get(key)
-                    if shape is None:
-                        self.add_rule(current, line, line_no, line[3:], None)  # a new shape: lark reads it
-                        continue
-                    if specs is not None and remembered.get(key) is shape:
-                        specs[args] = (args, shape)
+                args = line[sp + 1:]
+                key = shape_key(" _", args)
+                shape = shapes.get(key)
+                if shape is None:
+                    self.add_rule(current, line, line_no, line[3:], None)  # a new shape: lark reads it
+                    continue
                 jump = None
                 if shape.target_index == shape.n_tokens - 1 >= 0:
                     target = args[args.rfind(" ") + 1:]
                     if target not in BUILTIN_TARGETS:
-                        jump = target
+                        jump = names.get(target, target)  # (the declared name object: `seen` keeps it)
                         if target not in table_chains:
                             jumps.append((target, line_no, chain))
                 rules.append(new_rule(Rule, (chain, args, None, line_no, shape)))
-                if seen is not None and (known is not None or remembered.get(key) is shape):
-                    seen[line] = (chain, args, shape, jump)
+                if seen is not None and remembered.get(key) is shape:
+                    head = heads.get(chain)
+                    if head is None:
+                        head = heads[chain] = line[:sp + 1]
+                    seen[hash(line)] = (chain, args, shape, jump, head)
             elif c == "-":
                 self.command(current, line, line_no)
                 fast_rules = {}  # rules of this table may now be edited: later -A lines keep count of jumps
@@ -483,15 +476,17 @@ class _Loader:
         return self.finish(text, "S", [])
 
 
-# Every "-A" line the loads with one memo read on their fast path → (its chain's name, its spec — the memo's
-# string —, the spec's shape, the target when it is not a built-in one, else None): all of them follow from the
-# line's text (a shape from the spec's text, and only shapes read without a warning are kept: LoadMemo), so a line
-# read before is read with one look-up (a node's lines are almost all its cluster's other nodes' lines). Kept for
-# the latest memo (a worker's: `audit` loads its nodes with one), as it lives.
-_LINES: list[tuple[LoadMemo, dict[str, tuple[str, str, RuleShape, str | None]]]] = []
+# Every "-A" line the loads with one memo read on their fast path, by its hash → (its chain's name, its spec, the
+# spec's shape, the target when it is not a built-in one, else None, and "-A CHAIN " — one string per chain): all of
+# them follow from the line's text (a shape from the spec's text, and only shapes read without a warning are kept:
+# LoadMemo), so a line read before is read with one look-up (a node's lines are almost all its cluster's other
+# nodes' lines), and its rule shares the spec's string with the nodes read before. By hash, not by the line itself
+# (~190 bytes, 30 MB for a 5,000-Service node): a line found is checked to be "-A CHAIN " and the spec. Kept for the
+# latest memo (a worker's: `audit` loads its nodes with one), as it lives.
+_LINES: list[tuple[LoadMemo, dict[int, tuple[str, str, RuleShape, str | None, str]]]] = []
 
 
-def _lines_seen(memo: LoadMemo | None) -> dict[str, tuple[str, str, RuleShape, str | None]] | None:
+def _lines_seen(memo: LoadMemo | None) -> dict[int, tuple[str, str, RuleShape, str | None, str]] | None:
     """The lines read before with `memo` (None without one)."""
     if memo is None:
         return None

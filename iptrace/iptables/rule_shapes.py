@@ -21,19 +21,18 @@ from iptrace.iptables.options import (
 
 class LoadMemo:
     """What loading one dump learnt that loading the next dump of the same cluster can use (`audit` loads
-    hundreds whose rules are almost all alike): the shape of every shape key that lark read (`shapes`), and of
-    every rule spec, by its text (`specs`: the spec's string and its shape). A shape depends on its key alone,
-    and a key on the spec's text alone, so a remembered one is the one this load would find; only shapes read
-    without a warning are kept (a load says each of its own warnings). Skips the shape-key regex for specs seen
-    before (a quarter of a load's time) and lark for shapes seen before."""
+    hundreds whose rules are almost all alike): the shape of every shape key that lark read (`shapes`). A shape
+    depends on its key alone, and a key on the spec's text alone, so a remembered one is the one this load would
+    find; only shapes read without a warning are kept (a load says each of its own warnings). Skips lark for shapes
+    seen before; the loader keeps the lines read with a memo (loader._LINES), which skips the shape-key regex for
+    lines seen before (a quarter of a load's time)."""
 
-    __slots__ = ("shapes", "specs")
+    __slots__ = ("shapes",)
 
-    LIMIT = 400_000  # specs kept before the memo starts again (a node adds its few own rules)
+    LIMIT = 400_000  # lines kept (loader._LINES) before they start again (a node adds its few own rules)
 
     def __init__(self) -> None:
         self.shapes: dict[str, RuleShape] = {}
-        self.specs: dict[str, tuple[str, RuleShape]] = {}
 
 
 def build_shape(args: list[tuple[str, str, int]], line: str, line_no: int, source: str,

@@ -362,6 +362,10 @@ class Tracer(ChainWalker):
 
         return footprint(self, calls)
 
+    def footprints_done(self) -> None:
+        """No more footprints will be asked for: what footprint.py read of the rules to make them goes."""
+        self.__dict__.pop("_footprint_node", None)
+
     def trace(self, packet: Packet, *, in_interface: str | None = None, assumptions: Sequence[str] = ()) -> Trace:
         """Every outcome of `packet`. `assumptions` are the caller's (e.g. pick_source's note on the source
         address); they are listed after the first-packet one."""
