@@ -517,3 +517,24 @@ def test_a_ports_values_are_equal_exactly_when_its_layouts_without_lines_are() -
         for j in range(len(ports)):
             assert (values[i] == values[j]) == (plain[i] == plain[j]), (ports[i], ports[j])
     assert len(set(values)) == len(set(plain)) < len(ports)  # (the fleet nodes share ports, at other lines)
+
+
+def test_a_line_at_the_footprints_first_position_is_kept_with_the_view() -> None:
+    """The cache keeps a view's traced lines as positions in its footprint (0: no line): the footprint's first
+    line, too, comes back as that line, not as "no line"."""
+    from iptrace.kube.reuse import _at, _positional, _relined
+
+    ruleset = load((SAMPLES / "nodeport-fb-backends.txt").read_text())
+    a = analyse(DATAPLANE, ruleset, "ipv4", node_ips=["192.168.49.2"])
+    checked = 0
+    for key in a.layout.keys:
+        view, sp = a.port_view(key), a.layout.service_port(key)
+        traced = [ep.line for ep in view.endpoints if ep.line]
+        traced += [p.decided_by for e in view.entries for p in e.paths if p.decided_by]
+        for first in dict.fromkeys(traced):
+            lines = [first, *(n for n in traced if n != first), 999_999]
+            stored = _positional(view, sp, lines)
+            assert stored is not None
+            assert _relined(stored, sp, _at(lines)) == view, key
+            checked += 1
+    assert checked >= 5

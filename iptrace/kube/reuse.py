@@ -154,7 +154,7 @@ class ViewReuse:
                 self.stats.reused += 1
                 if missed:
                     del misses[port]
-                out.append(_relined(kept, sp, found.lines.__getitem__))
+                out.append(_relined(kept, sp, _at(found.lines)))
                 continue
             misses[port] = (missed + 1, self._round)
             real.calls, real.clean = [], True
@@ -243,7 +243,7 @@ def _positional(view: ServicePortView, sp: ServicePortLayout, lines: Sequence[in
             e.lines != w.lines for e, w in zip(view.entries, sp.ways_in, strict=False)):
         return None
     positions: dict[int, int] = {}
-    for i, line in enumerate(lines):
+    for i, line in enumerate(lines, 1):
         positions.setdefault(line, i)
     traced = [ep.line for ep in view.endpoints if ep.line]
     traced += [p.decided_by for e in view.entries for p in e.paths if p.decided_by]
@@ -251,6 +251,11 @@ def _positional(view: ServicePortView, sp: ServicePortLayout, lines: Sequence[in
         return None
     stored = _relined(view, None, positions.__getitem__)
     return _with(stored, lines=())
+
+
+def _at(lines: Sequence[int]) -> Callable[[int], int]:
+    """The line at a position of the footprint as _positional numbers them (from 1)."""
+    return lambda position: lines[position - 1]
 
 
 def _relined(view: ServicePortView, sp: ServicePortLayout | None, move: Callable[[int], int]) -> ServicePortView:
