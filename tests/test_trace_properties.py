@@ -129,6 +129,44 @@ def test_every_service_swept_like_the_view(case: tuple) -> None:
     assert any(shared._shape_memos.values()) or endpoints < 2  # (the sweep shared recorded walks)
 
 
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), n=st.integers(20, 40), endpoints=st.integers(1, 4),
+       era=st.sampled_from(synth.ERAS), every=st.integers(1, 3))
+def test_affinity_chains_walked_not_planned(seed: int, n: int, endpoints: int, era: str, every: int) -> None:
+    """A closure with `-m recent` rules (ClientIP session affinity) is walked on every entry, not planned
+    (chainwalk._chain_plan: its key would hold the addresses themselves); a view's sweep over Services with and
+    without affinity gives what a walk without any sharing gives, and the others' closures are still shared."""
+    specs = synth.scale(n, endpoints, seed=seed)
+    for k, spec in enumerate(specs):
+        spec.session_affinity_timeout = 10800 if k % every == 0 else None
+    text = synth.render(specs, node_ips=[NODE_IP], pod_cidr=POD_CIDR, era=era, full_dump=True)
+    ruleset = load(text)
+    shared = Tracer(ruleset, node_ips=[NODE_IP], pod_cidrs=[POD_CIDR])
+    shared._reentries = EAGER_AFTER
+    shared._plan_stages_after = 1
+    plain = Tracer(ruleset, node_ips=[NODE_IP], pod_cidrs=[POD_CIDR], use_index=False, share=False)
+    for spec in specs:
+        for p in spec.ports:
+            ways = [(ip, p.port) for ip in (spec.cluster_ip, *spec.lb_ips)]
+            if p.node_port:
+                ways.append((NODE_IP, p.node_port))
+            for dst, port in ways:
+                for src in ("203.0.113.1", "10.244.3.3", NODE_IP):
+                    packet = Packet(src, dst, port, p.protocol.lower())
+                    assert_same(shared.trace(packet), plain.trace(packet), f"changed the result for {packet}")
+    planned = {key: plan for key, plan in shared._chain_plans.items() if key[1].startswith("KUBE-SVC-")}
+    assert planned
+    for (table, name), plan in planned.items():
+        chain = ruleset.chain(table, name)
+        assert chain is not None
+        if any("-m recent" in rule.text for rule in chain.rules):
+            assert plan is None, name  # (walked on every entry)
+        elif any("-m statistic" in rule.text for rule in chain.rules):
+            assert plan is not None and plan is not True, name  # (a load-balancing closure: planned)
+    if every > 1 and endpoints > 1:
+        assert any(shared._shape_memos.values())  # (the Services without affinity shared recorded walks)
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=kube_cases, memo_size=st.integers(1, 3))
 def test_stage_memo_kept_key_outlives_a_clearing(case: tuple, memo_size: int) -> None:

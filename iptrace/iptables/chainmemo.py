@@ -14,7 +14,8 @@ not by their addresses); of the destination port, when only `--dport N` options 
 equals (a Service's ClusterIP port and its NodePort then share recordings). Fields outside the key are
 neither read nor written on the way, so a replayed branch keeps its own values; fields the walk writes are in
 the key, so the recorded values are right.
-A closure with a module or target whose reads are not listed here is not shared (walked every time).
+A closure with a module or target whose reads are not listed here is not shared (walked every time), nor one
+with `-m recent` rules (session affinity: its key would hold the addresses themselves; chainwalk._chain_plan).
 
 Closures of one *shape* share their recorded walks: kube-proxy writes every Service port with the same number
 of endpoints as the same rules but for addresses and chain names. A shape lists, rule by rule, what decides

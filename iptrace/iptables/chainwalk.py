@@ -203,7 +203,10 @@ class ChainWalker(Compiler):
                     c = compile_rule(chain, i)
                 access = c.access
                 if access is not last_access:
-                    if access is None or not access.known:
+                    if access is None or not access.known or "recent" in access.fields:
+                        # (`-m recent`, session affinity: it reads the addresses themselves, so the key would
+                        # hold the client's address and the way in's, and nearly every entry would be a miss,
+                        # recorded and replayed for nothing)
                         return None
                     accesses[id(access)] = access
                     last_access = access
