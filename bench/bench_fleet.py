@@ -157,6 +157,9 @@ def main() -> None:
     if args.write:
         _write(args.write, args.services, args.endpoints, [int(x) for x in args.indexes.split(",") if x])
         return
+    from bench.run import compiled
+
+    compiled()
     report: dict[str, Any] = {}
     if args.only in (None, "audit"):
         report["audit"] = figure_audit(args.nodes, args.services)
