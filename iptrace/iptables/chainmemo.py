@@ -299,14 +299,7 @@ def replay_positional(recorded: tuple[Positional, ...], s: Any, written: tuple[s
             if decision is None:
                 decision = c.decision
             if wrote:
-                # (State.rewrite_destination, spelled out: a Service's every branch of every trace)
-                addr, port = c.arg
-                if addr is not None:
-                    new.dst = addr
-                if port is not None:
-                    new.dport = port
-                new.dnat = True
-                new.dnat_by = decision
+                new.rewrite_destination(c.arg, decision)
         path = path0
         for i in items:
             path = (compiled[i], path)

@@ -233,9 +233,7 @@ def replay(recorded: tuple[Recorded, ...], s: Any, keyed_recent: bool) -> list[t
         # The common case (the stages after DNAT do not split): `s` itself, spelled out — this runs once per
         # branch of every trace.
         template, items, entered, fnum, fden, made, terminal, values = recorded[0]
-        # (_set_keyed, spelled out)
-        (s.proto, s.hook, s.local_origin, s.in_iface, s.out_iface, s.mark, s.ctmark, s.dnat, s.snat, s.masq,
-         s.notrack, s.kube_masq, s.mark_drop, s.accept) = values
+        _set_keyed(s, values)
         if keyed_recent:
             s.recent = template.recent
         if made:
