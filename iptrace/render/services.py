@@ -23,7 +23,7 @@ from iptrace.kube.view import (
     ServicePortView,
     SourcePath,
 )
-from iptrace.render.json import SHARE_DIGITS, percent
+from iptrace.render.json import percent, share
 
 _KIND_NAMES = {CLUSTER_IP: "ClusterIP", NODE_PORT: "NodePort", EXTERNAL_IP: "externalIP",
                LOAD_BALANCER: "LoadBalancer IP", HEALTH_CHECK: "health check"}
@@ -35,7 +35,7 @@ _SOURCE_NAMES = {POD: "from a pod", NODE: "from the node itself",
 
 
 # A 5,000-Service dump renders ~100,000 endpoint objects: the loops below spell EndpointView.address inline,
-# and read share() (a round to SHARE_DIGITS decimals, ~0.2 us) from _SHARES, where the few shares a dump has
+# and read share() (a round to 12 decimals, ~0.2 us) from _SHARES, where the few shares a dump has
 # (1/10, 1/9, …: every Service of ten endpoints has the same) are rounded once each.
 
 
@@ -48,7 +48,7 @@ class _Shares(dict[float, float]):
     def __missing__(self, probability: float) -> float:
         if len(self) >= _SHARES_LIMIT:
             self.clear()
-        rounded = self[probability] = round(probability, SHARE_DIGITS)
+        rounded = self[probability] = share(probability)
         return rounded
 
 
