@@ -195,7 +195,9 @@ def figure_nft_trace(dump: Path) -> dict[str, Any]:
 
 
 def figure_services(dump: Path) -> dict[str, Any]:
-    """`iptrace services DUMP -o json` end to end: a fresh process, its wall time and its peak memory."""
+    """`iptrace services DUMP -o json` end to end: a fresh process, its wall time and its peak memory, and that
+    time against the tokenizer baseline of the same text (issue 10 asks for <= 6x as well as SPEC's 4 s)."""
+    base = min(baseline_seconds(dump.read_text()) for _ in range(3))
     best = float("inf")
     out_size = 0
     for _ in range(2):
@@ -208,7 +210,8 @@ def figure_services(dump: Path) -> dict[str, Any]:
     size_mb = dump.stat().st_size / 1e6
     services = json.loads(done.stdout)
     return {"services": len(services), "json_mb": round(out_size / 1e6, 1), "end_to_end_s": round(best, 3),
-            "peak_rss_mb": round(rss), "rss_over_dump": round(rss / size_mb, 1)}
+            "baseline_s": round(base, 3), "ratio": round(best / base, 2), "peak_rss_mb": round(rss),
+            "rss_over_dump": round(rss / size_mb, 1)}
 
 
 def figure_trace(dump: Path) -> dict[str, Any]:
@@ -376,7 +379,8 @@ def main() -> None:
         rows.append(("parse to model", f"{p['parse_s']} s, {p['ratio']}x baseline", "<= 2 s, <= 3x",
                      verdict(p["parse_s"], 2) if p["ratio"] <= 3 else "OVER"))
     if "end_to_end_s" in s:
-        rows.append(("services end to end", f"{s['end_to_end_s']} s", "<= 4 s", verdict(s["end_to_end_s"], 4)))
+        rows.append(("services end to end", f"{s['end_to_end_s']} s, {s['ratio']}x baseline", "<= 4 s, <= 6x",
+                     verdict(s["end_to_end_s"], 4) if s["ratio"] <= 6 else "OVER"))
         rows.append(("services peak memory", f"{s['rss_over_dump']}x dump", "<= 15x", verdict(s["rss_over_dump"], 15)))
     if "one_trace_ms" in t:
         rows.append(("one trace after load", f"{t['one_trace_ms']} ms", "<= 5 ms", verdict(t["one_trace_ms"], 5)))
