@@ -3,7 +3,8 @@ object per Service port for scripts (keys documented in the README's JSON refere
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from json.encoder import encode_basestring
 from typing import Any
 
 from iptrace.kube.view import (
@@ -18,12 +19,13 @@ from iptrace.kube.view import (
     NODE_PORT,
     OUTSIDE_RANGES,
     POD,
+    EndpointView,
     EntryView,
     KubeView,
     ServicePortView,
     SourcePath,
 )
-from iptrace.render.json import percent, share
+from iptrace.render.json import _COMPACT, percent, share
 
 _KIND_NAMES = {CLUSTER_IP: "ClusterIP", NODE_PORT: "NodePort", EXTERNAL_IP: "externalIP",
                LOAD_BALANCER: "LoadBalancer IP", HEALTH_CHECK: "health check"}
@@ -123,6 +125,116 @@ def service_to_json(s: ServicePortView, shares: _Shares = _SHARES) -> dict[str, 
     }
 
 
+# ------------------------------------------------------------------------------------------------ JSON text
+
+# service_to_json's object as the compact encoder prints it (render.json._COMPACT), written directly: a 5,000-Service
+# answer is ~10^6 values, and the pieces that repeat are printed once — every float share (a few distinct values a
+# dump), each entry's endpoint list (one tuple for every way in and kind of client that reaches the same endpoints,
+# see iptrace.kube.view._reaches). Exactly the encoder's text (tests/test_services_json_text.py compares them).
+_text = encode_basestring  # (the C encoder's own function for a str, ensure_ascii=False)
+
+
+class _ShareTexts(dict[float, str]):
+    """probability -> its share as JSON prints it (the repr of share(probability)); cleared when it grows large."""
+
+    __slots__ = ()
+
+    def __missing__(self, probability: float) -> str:
+        if len(self) >= _SHARES_LIMIT:
+            self.clear()
+        text = self[probability] = _COMPACT.encode(_SHARES[probability])
+        return text
+
+
+_SHARE_TEXTS = _ShareTexts()
+# id(reaches tuple) -> (the tuple, kept alive so that its id is not reused; its "endpoints" list as JSON text)
+_REACH_TEXTS: dict[int, tuple[tuple[Any, ...], str]] = {}
+_REACH_TEXTS_LIMIT = 4096
+
+
+def _strings(values: Sequence[str]) -> str:
+    """A list of strings as JSON text."""
+    return "[" + ", ".join(map(_text, values)) + "]" if values else "[]"
+
+
+def _ints(values: Sequence[int]) -> str:
+    return "[" + ", ".join(map(int.__repr__, values)) + "]" if values else "[]"
+
+
+def _value(value: Any) -> str:
+    """Any other value (a string, a number, None) as JSON text."""
+    if value is None:
+        return "null"
+    if type(value) is str:
+        return _text(value)
+    if type(value) is int:
+        return int.__repr__(value)
+    return _COMPACT.encode(value)
+
+
+def _reaches_text(reaches: tuple[tuple[str, float], ...]) -> str:
+    found = _REACH_TEXTS.get(id(reaches))
+    if found is not None and found[0] is reaches:
+        return found[1]
+    if not reaches:
+        return "[]"
+    shares = _SHARE_TEXTS
+    text = "[" + ", ".join([f'{{"address": {_text(a)}, "probability": {shares[p]}}}' for a, p in reaches]) + "]"
+    if len(_REACH_TEXTS) >= _REACH_TEXTS_LIMIT:
+        _REACH_TEXTS.clear()
+    _REACH_TEXTS[id(reaches)] = (reaches, text)
+    return text
+
+
+def _path_text(p: SourcePath) -> str:
+    return (f'{{"source": {_text(p.source)}, "verdict": {_text(p.verdict)}, "endpoints": {_reaches_text(p.reaches)}, '
+            f'"masquerade": {"true" if p.masquerade else "false"}, "via": {_strings(p.via)}, '
+            f'"decided_by_line": {_value(p.decided_by or None)}}}')
+
+
+def _entry_text(e: EntryView) -> str:
+    return (f'{{"kind": {_text(e.kind)}, "address": {_value(e.address)}, "port": {_value(e.port)}, '
+            f'"protocol": {_text(e.protocol)}, "chain": {_value(e.chain or None)}, "verdict": {_text(e.verdict)}, '
+            f'"endpoints": {_reaches_text(e.reaches)}, "masquerade": {_text(e.masquerade)}, '
+            f'"masquerade_sources": {_strings(e.masquerade_sources)}, "via": {_strings(e.via)}, '
+            f'"other_sources": {"[" + ", ".join(map(_path_text, e.paths)) + "]" if e.paths else "[]"}, '
+            f'"notes": {_strings(e.notes)}, "lines": {_ints(e.lines)}}}')
+
+
+def _endpoint_text(ep: EndpointView) -> str:
+    ip, port, shares = ep.ip, ep.port, _SHARE_TEXTS
+    address = ip if port is None else f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    local = ep.local_probability
+    return (f'{{"ip": {_text(ip)}, "port": {_value(port)}, "address": {_text(address)}, '
+            f'"probability": {shares[ep.probability]}, "local": {"true" if ep.local else "false"}, '
+            f'"local_probability": {"null" if local is None else shares[local]}, "chain": {_text(ep.chain)}, '
+            f'"line": {_value(ep.line or None)}}}')
+
+
+_CLIENT_IP, _NONE = _text("ClientIP"), _text("None")
+
+
+def service_json_text(s: ServicePortView) -> str:
+    """`_COMPACT.encode(service_to_json(s))`, written directly."""
+    timeout = s.session_affinity_timeout
+    return (
+        f'{{"service": {_text(s.label)}, "namespace": {_text(s.namespace)}, "name": {_text(s.name)}, '
+        f'"port_name": {_text(s.port_name)}, "protocol": {_text(s.protocol)}, "type": {_text(s.type)}, '
+        f'"identity": {_text(s.identity)}, "cluster_ip": {_value(s.cluster_ip)}, "port": {_value(s.port)}, '
+        f'"node_port": {_value(s.node_port)}, "external_ips": {_strings(s.external_ips)}, '
+        f'"lb_ips": {_strings(s.lb_ips)}, "lb_source_ranges": {_strings(s.lb_source_ranges)}, '
+        f'"health_check_node_port": {_value(s.health_check_node_port)}, '
+        f'"external_traffic_policy": {_value(s.external_traffic_policy)}, '
+        f'"internal_traffic_policy": {_value(s.internal_traffic_policy)}, '
+        f'"session_affinity": {_CLIENT_IP if timeout is not None else _NONE}, '
+        f'"session_affinity_timeout": {_value(timeout)}, '
+        f'"no_endpoints": {"true" if s.no_endpoints else "false"}, '
+        f'"no_local_endpoints": {"true" if s.no_local_endpoints else "false"}, '
+        f'"endpoints": {"[" + ", ".join(map(_endpoint_text, s.endpoints)) + "]" if s.endpoints else "[]"}, '
+        f'"entries": {"[" + ", ".join(map(_entry_text, s.entries)) + "]" if s.entries else "[]"}, '
+        f'"chains": {_strings(s.chains)}, "lines": {_ints(s.lines)}, "notes": {_strings(s.notes)}}}')
+
+
 def services_to_json(view: KubeView, cluster: Any = None) -> list[dict[str, Any]]:
     """`iptrace services -o json`: one object per Service port, sorted by (namespace, name, port, protocol).
     With cluster data each object also has `api`: what the API says of that Service port (or null)."""
@@ -137,6 +249,12 @@ def iter_services_json(view: KubeView, cluster: Any = None) -> Iterator[dict[str
         if cluster is not None:
             item["api"] = api_facts(s, cluster)
         yield item
+
+
+def iter_services_json_texts(view: KubeView) -> Iterator[str]:
+    """iter_services_json's objects (without cluster data) as the compact encoder prints them, written directly."""
+    for s in view.services:
+        yield service_json_text(s)
 
 
 def api_facts(s: ServicePortView, cluster: Any) -> dict[str, Any] | None:
