@@ -157,21 +157,6 @@ def _strings(values: Sequence[str]) -> str:
     return "[" + ", ".join(map(_text, values)) + "]" if values else "[]"
 
 
-def _ints(values: Sequence[int]) -> str:
-    return "[" + ", ".join(map(int.__repr__, values)) + "]" if values else "[]"
-
-
-def _value(value: Any) -> str:
-    """Any other value (a string, a number, None) as JSON text."""
-    if value is None:
-        return "null"
-    if type(value) is str:
-        return _text(value)
-    if type(value) is int:
-        return int.__repr__(value)
-    return _COMPACT.encode(value)
-
-
 def _reaches_text(reaches: tuple[tuple[str, float], ...]) -> str:
     found = _REACH_TEXTS.get(id(reaches))
     if found is not None and found[0] is reaches:
@@ -186,29 +171,43 @@ def _reaches_text(reaches: tuple[tuple[str, float], ...]) -> str:
     return text
 
 
+# (Below, a field typed `int | None` prints as "null" or its repr, one typed `str | None` as "null" or _text, a
+# tuple of ints as the repr of a list of them.)
+
+
 def _path_text(p: SourcePath) -> str:
     return (f'{{"source": {_text(p.source)}, "verdict": {_text(p.verdict)}, "endpoints": {_reaches_text(p.reaches)}, '
             f'"masquerade": {"true" if p.masquerade else "false"}, "via": {_strings(p.via)}, '
-            f'"decided_by_line": {_value(p.decided_by or None)}}}')
+            f'"decided_by_line": {repr(p.decided_by) if p.decided_by else "null"}}}')
 
 
 def _entry_text(e: EntryView) -> str:
-    return (f'{{"kind": {_text(e.kind)}, "address": {_value(e.address)}, "port": {_value(e.port)}, '
-            f'"protocol": {_text(e.protocol)}, "chain": {_value(e.chain or None)}, "verdict": {_text(e.verdict)}, '
-            f'"endpoints": {_reaches_text(e.reaches)}, "masquerade": {_text(e.masquerade)}, '
-            f'"masquerade_sources": {_strings(e.masquerade_sources)}, "via": {_strings(e.via)}, '
+    address = e.address
+    return (f'{{"kind": {_text(e.kind)}, "address": {"null" if address is None else _text(address)}, '
+            f'"port": {e.port!r}, "protocol": {_text(e.protocol)}, "chain": {_text(e.chain) if e.chain else "null"}, '
+            f'"verdict": {_text(e.verdict)}, "endpoints": {_reaches_text(e.reaches)}, '
+            f'"masquerade": {_text(e.masquerade)}, "masquerade_sources": {_strings(e.masquerade_sources)}, '
+            f'"via": {_strings(e.via)}, '
             f'"other_sources": {"[" + ", ".join(map(_path_text, e.paths)) + "]" if e.paths else "[]"}, '
-            f'"notes": {_strings(e.notes)}, "lines": {_ints(e.lines)}}}')
+            f'"notes": {_strings(e.notes)}, "lines": {list(e.lines)!r}}}')
 
 
-def _endpoint_text(ep: EndpointView) -> str:
-    ip, port, shares = ep.ip, ep.port, _SHARE_TEXTS
-    address = ip if port is None else f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-    local = ep.local_probability
-    return (f'{{"ip": {_text(ip)}, "port": {_value(port)}, "address": {_text(address)}, '
-            f'"probability": {shares[ep.probability]}, "local": {"true" if ep.local else "false"}, '
-            f'"local_probability": {"null" if local is None else shares[local]}, "chain": {_text(ep.chain)}, '
-            f'"line": {_value(ep.line or None)}}}')
+def _endpoints_text(endpoints: Sequence[EndpointView]) -> str:
+    if not endpoints:
+        return "[]"
+    shares = _SHARE_TEXTS
+    out = []
+    for ep in endpoints:
+        ip, port, local = ep.ip, ep.port, ep.local_probability
+        if port is None:
+            address, port_text = ip, "null"
+        else:
+            address, port_text = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}", repr(port)
+        out.append(f'{{"ip": {_text(ip)}, "port": {port_text}, "address": {_text(address)}, '
+                   f'"probability": {shares[ep.probability]}, "local": {"true" if ep.local else "false"}, '
+                   f'"local_probability": {"null" if local is None else shares[local]}, '
+                   f'"chain": {_text(ep.chain)}, "line": {repr(ep.line) if ep.line else "null"}}}')
+    return "[" + ", ".join(out) + "]"
 
 
 _CLIENT_IP, _NONE = _text("ClientIP"), _text("None")
@@ -216,23 +215,26 @@ _CLIENT_IP, _NONE = _text("ClientIP"), _text("None")
 
 def service_json_text(s: ServicePortView) -> str:
     """`_COMPACT.encode(service_to_json(s))`, written directly."""
-    timeout = s.session_affinity_timeout
+    timeout, cluster_ip, port, node_port = s.session_affinity_timeout, s.cluster_ip, s.port, s.node_port
+    check, etp, itp = s.health_check_node_port, s.external_traffic_policy, s.internal_traffic_policy
     return (
         f'{{"service": {_text(s.label)}, "namespace": {_text(s.namespace)}, "name": {_text(s.name)}, '
         f'"port_name": {_text(s.port_name)}, "protocol": {_text(s.protocol)}, "type": {_text(s.type)}, '
-        f'"identity": {_text(s.identity)}, "cluster_ip": {_value(s.cluster_ip)}, "port": {_value(s.port)}, '
-        f'"node_port": {_value(s.node_port)}, "external_ips": {_strings(s.external_ips)}, '
+        f'"identity": {_text(s.identity)}, "cluster_ip": {"null" if cluster_ip is None else _text(cluster_ip)}, '
+        f'"port": {"null" if port is None else repr(port)}, '
+        f'"node_port": {"null" if node_port is None else repr(node_port)}, '
+        f'"external_ips": {_strings(s.external_ips)}, '
         f'"lb_ips": {_strings(s.lb_ips)}, "lb_source_ranges": {_strings(s.lb_source_ranges)}, '
-        f'"health_check_node_port": {_value(s.health_check_node_port)}, '
-        f'"external_traffic_policy": {_value(s.external_traffic_policy)}, '
-        f'"internal_traffic_policy": {_value(s.internal_traffic_policy)}, '
-        f'"session_affinity": {_CLIENT_IP if timeout is not None else _NONE}, '
-        f'"session_affinity_timeout": {_value(timeout)}, '
+        f'"health_check_node_port": {"null" if check is None else repr(check)}, '
+        f'"external_traffic_policy": {"null" if etp is None else _text(etp)}, '
+        f'"internal_traffic_policy": {"null" if itp is None else _text(itp)}, '
+        f'"session_affinity": {_NONE if timeout is None else _CLIENT_IP}, '
+        f'"session_affinity_timeout": {"null" if timeout is None else repr(timeout)}, '
         f'"no_endpoints": {"true" if s.no_endpoints else "false"}, '
         f'"no_local_endpoints": {"true" if s.no_local_endpoints else "false"}, '
-        f'"endpoints": {"[" + ", ".join(map(_endpoint_text, s.endpoints)) + "]" if s.endpoints else "[]"}, '
+        f'"endpoints": {_endpoints_text(s.endpoints)}, '
         f'"entries": {"[" + ", ".join(map(_entry_text, s.entries)) + "]" if s.entries else "[]"}, '
-        f'"chains": {_strings(s.chains)}, "lines": {_ints(s.lines)}, "notes": {_strings(s.notes)}}}')
+        f'"chains": {_strings(s.chains)}, "lines": {list(s.lines)!r}, "notes": {_strings(s.notes)}}}')
 
 
 def services_to_json(view: KubeView, cluster: Any = None) -> list[dict[str, Any]]:
