@@ -9,13 +9,14 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Container, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from operator import itemgetter
 
+from iptrace.dataplane import positional_new
 from iptrace.iptables.comments import parse_comment
 from iptrace.iptables.facts import RuleFacts, read, shape_fields, target_of
 from iptrace.iptables.hashes import SERVICE_PORT_CHAIN_PREFIXES
-from iptrace.iptables.model import Chain, Rule, Ruleset, Table
+from iptrace.iptables.model import Chain, Rule, Ruleset, RuleShape, Table
 
 MASQ_CHAIN = "KUBE-MARK-MASQ"
 DROP_CHAIN = "KUBE-MARK-DROP"
@@ -155,6 +156,7 @@ class ChainSummary:
 
 
 NO_RULES = ChainSummary()
+_new_summary = positional_new(ChainSummary, [f.name for f in fields(ChainSummary)])
 # A chain's summary by its rule texts, process-wide: the nodes of one cluster (`audit`) write a Service port's
 # chains alike, so each distinct chain is read into RuleFacts once, not once a node. The facts a rule gives are
 # its text's (the loader gives equal texts equal shapes; a rule without a shape is read apart, see chain_summary).
@@ -196,12 +198,14 @@ def _summary(rules: Sequence[Rule]) -> ChainSummary:
     endpoint_chains: dict[str, None] = {}
     ranges: list[str] = []
     affinity: int | None = None
+    skips = _SKIPS
     for rule in rules:
         shape = rule[4]
         if shape is not None:
-            last, attrs = shape_fields(shape)
-            if (last and attrs.isdisjoint(_OTHER_FIELDS) and (name is not None or attrs.isdisjoint(_NAME_FIELDS))
-                    and (proto is not None or attrs.isdisjoint(_PROTO_FIELDS))):
+            skip = skips.get(id(shape))
+            if skip is None or skip[0] is not shape:
+                skip = _skip(shape)
+            if skip[1] and (name is not None or not skip[2]) and (proto is not None or not skip[3]):
                 target = target_of(rule[1])
                 if target is not None and target != DROP_CHAIN:
                     if target.startswith(SEP):
@@ -227,7 +231,19 @@ def _summary(rules: Sequence[Rule]) -> ChainSummary:
             ranges.append(f.src)
         if target.startswith("KUBE-SVL-") or f.src_type is not None:
             ext_local = True
-    return ChainSummary(name, no_local_drop, proto, tuple(endpoint_chains), tuple(ranges), ext_local, affinity)
+    return _new_summary(name, no_local_drop, proto, tuple(endpoint_chains), tuple(ranges), ext_local, affinity)
+
+
+# id(shape) -> (shape, whether its rules can be read for their target alone, whether only once the chain's name is
+# known, whether only once its protocol is).
+_SKIPS: dict[int, tuple[RuleShape, bool, bool, bool]] = {}
+
+
+def _skip(shape: RuleShape) -> tuple[RuleShape, bool, bool, bool]:
+    last, attrs = shape_fields(shape)
+    found = _SKIPS[id(shape)] = (shape, last and attrs.isdisjoint(_OTHER_FIELDS), not attrs.isdisjoint(_NAME_FIELDS),
+                                 not attrs.isdisjoint(_PROTO_FIELDS))
+    return found
 
 
 def _slow_summary(rules: Sequence[Rule]) -> ChainSummary:
