@@ -19,6 +19,16 @@ def grammar_text(name: str) -> str:
     return resources.files("iptrace").joinpath("grammars", name).read_text(encoding="utf-8")
 
 
+def grammar_path(name: str) -> Path | None:
+    """Where grammars/`name` is when it is a file (a checkout, an editable install, an unpacked wheel)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "grammars" / name, here / "grammars" / name):
+        if candidate.is_file():
+            return candidate
+    found = resources.files("iptrace").joinpath("grammars", name)
+    return Path(str(found)) if found.is_file() else None
+
+
 def one_of(names: Iterable[str]) -> str:
     """'a, b or c' (each once, in order), or 'nothing'."""
     unique = list(dict.fromkeys(names))

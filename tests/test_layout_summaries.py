@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from iptrace.errors import IptraceError
 from iptrace.iptables import kube_chains as summaries_module
@@ -86,3 +88,63 @@ def test_summaries_are_kept_by_content_and_bounded(monkeypatch: pytest.MonkeyPat
     summaries_module._SUMMARIES.clear()
     assert ports(text) == first
     assert len(summaries_module._SUMMARIES) <= 2
+
+
+# ------------------------------------------------------------------------------------------------ fast summaries
+# A chain's summary reads only the rules that can add to it (kube_chains._summary): the rest give their target from
+# their text. The same summary as reading every rule (_slow_summary), for every chain of the sample and corpus dumps
+# and for made-up chains of the rules a Service chain holds, in any order, with any comments.
+
+REALWORLD = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus" / "realworld"
+SUMMARY_DUMPS = sorted([*SAMPLES.glob("*.txt"), *(REALWORLD.glob("*.txt") if REALWORLD.is_dir() else [])])
+
+
+@pytest.mark.parametrize("path", SUMMARY_DUMPS, ids=[p.name for p in SUMMARY_DUMPS])
+def test_the_summary_of_every_chain_is_the_summary_of_every_rule_read(path: Path) -> None:
+    ruleset = load(path.read_text(encoding="utf-8"), lenient=True)
+    for table in ruleset.tables:
+        for chain in table.chains:
+            assert summaries_module._summary(chain.rules) == summaries_module._slow_summary(chain.rules)
+
+
+_COMMENT = st.sampled_from(["ns/svc:http", "ns/svc:http has no local endpoints", "masquerade traffic",
+                            "ns/svc:p cluster IP", 'a \\"quoted\\" word', "x y", ""])
+_TARGET = st.sampled_from(["KUBE-SEP-AAAA", "KUBE-SEP-BBBB", "KUBE-SVL-AAAA", "KUBE-SVC-AAAA", "KUBE-EXT-AAAA",
+                           "KUBE-MARK-DROP", "KUBE-MARK-MASQ", "KUBE-FW-AAAA", "ACCEPT"])
+_RULE = st.tuples(
+    st.none() | _COMMENT, st.none() | st.sampled_from(["tcp", "udp", "UDP"]),
+    st.none() | st.sampled_from(["-s 10.0.0.0/8", "! -s 10.0.0.0/8", "-s 1.2.3.4/32"]),
+    st.booleans(), st.none() | st.sampled_from(["--rcheck --seconds 10800", "--rcheck --seconds x", "--set"]),
+    st.none() | st.sampled_from(["--mode random --probability 0.5", "--mode nth --every 2 --packet 0"]),
+    _TARGET, st.booleans())
+
+
+def _rule_text(spec: tuple[object, ...]) -> str:
+    comment, proto, src, src_type, recent, statistic, target, last_comment = spec
+    parts = []
+    if src:
+        parts.append(src)
+    if proto:
+        parts.append(f"-p {proto}")
+    if comment is not None and not last_comment:
+        parts.append(f'-m comment --comment "{comment}"')
+    if src_type:
+        parts.append("-m addrtype --src-type LOCAL")
+    if recent:
+        parts.append(f"-m recent {recent} --name KUBE-SEP-AAAA --mask 255.255.255.255 --rsource")
+    if statistic:
+        parts.append(f"-m statistic {statistic}")
+    if comment is not None and last_comment:
+        parts.append(f'-m comment --comment "{comment}"')
+    return " ".join([*parts, "-j", str(target)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_RULE, max_size=8))
+def test_the_summary_of_any_chain_is_the_summary_of_every_rule_read(specs: list[tuple[object, ...]]) -> None:
+    targets = ["KUBE-SEP-AAAA", "KUBE-SEP-BBBB", "KUBE-SVL-AAAA", "KUBE-SVC-AAAA", "KUBE-EXT-AAAA", "KUBE-FW-AAAA",
+               "KUBE-MARK-DROP", "KUBE-MARK-MASQ"]
+    text = "\n".join(["*nat", *(f":{t} - [0:0]" for t in [*targets, "KUBE-TEST"]),
+                      *(f"-A KUBE-TEST {_rule_text(spec)}" for spec in specs), "COMMIT", ""])
+    rules = load(text).chain("nat", "KUBE-TEST").rules  # type: ignore[union-attr]
+    assert summaries_module._summary(rules) == summaries_module._slow_summary(rules)

@@ -235,12 +235,14 @@ def emit_json_document(data: Any) -> None:
         click.echo("".join(parts), nl=False)
 
 
-def emit_json_items(items: Iterable[Any], count: int) -> None:
+def emit_json_items(items: Iterable[Any], count: int, texts: Iterable[str] | None = None) -> None:
     """A JSON list of `count` items, exactly as emit_json(list(items)) prints it, written as the items come:
-    neither the items nor the text are held whole."""
-    from iptrace.render.json import dumps_pieces
+    neither the items nor the text are held whole. `texts`: the items' compact JSON texts, in the same order,
+    printed instead when the list is large enough to be printed compactly (`items` is then not read)."""
+    from iptrace.render.json import LARGE_LIST, dumps_pieces, encoded_pieces
 
-    for piece in dumps_pieces(items, count):
+    pieces = encoded_pieces(texts, count) if texts is not None and count > LARGE_LIST else dumps_pieces(items, count)
+    for piece in pieces:
         click.echo(piece, nl=False)
 
 

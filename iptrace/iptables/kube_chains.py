@@ -9,13 +9,14 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Container, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from operator import itemgetter
 
+from iptrace.dataplane import positional_new
 from iptrace.iptables.comments import parse_comment
-from iptrace.iptables.facts import RuleFacts, read
+from iptrace.iptables.facts import RuleFacts, read, shape_fields, target_of
 from iptrace.iptables.hashes import SERVICE_PORT_CHAIN_PREFIXES
-from iptrace.iptables.model import Chain, Rule, Ruleset, Table
+from iptrace.iptables.model import Chain, Rule, Ruleset, RuleShape, Table
 
 MASQ_CHAIN = "KUBE-MARK-MASQ"
 DROP_CHAIN = "KUBE-MARK-DROP"
@@ -155,6 +156,7 @@ class ChainSummary:
 
 
 NO_RULES = ChainSummary()
+_new_summary = positional_new(ChainSummary, [f.name for f in fields(ChainSummary)])
 # A chain's summary by its rule texts, process-wide: the nodes of one cluster (`audit`) write a Service port's
 # chains alike, so each distinct chain is read into RuleFacts once, not once a node. The facts a rule gives are
 # its text's (the loader gives equal texts equal shapes; a rule without a shape is read apart, see chain_summary).
@@ -171,12 +173,87 @@ def chain_summary(rules: Sequence[Rule]) -> ChainSummary:
     found = _SUMMARIES.get(texts)
     if found is not None and all(map(_RULE_SHAPE, rules)):
         return found
+    found = _summary(rules)
+    if all(map(_RULE_SHAPE, rules)):  # (a rule built without a shape reads as no facts: not its text's)
+        if len(_SUMMARIES) >= SUMMARIES_LIMIT:
+            _SUMMARIES.clear()
+        _SUMMARIES[texts] = found
+    return found
+
+
+# What a rule can give a summary besides its target: a rule whose shape sets none of these (or only the name's
+# comment and the protocol once both are known) is not read, its target taken from its text (facts.target_of).
+_NAME_FIELDS = frozenset({"comment"})
+_PROTO_FIELDS = frozenset({"proto"})
+_OTHER_FIELDS = frozenset({"src", "src_type", "recent_check", "seconds"})
+
+
+def _summary(rules: Sequence[Rule]) -> ChainSummary:
+    """A chain's ChainSummary: the first name a comment gives, the first protocol, and so on, in rule order; the
+    rules whose facts cannot add to it read for their target alone (an endpoint jump of a load-balancing chain,
+    once the chain's first rule gave its name and protocol)."""
+    name: str | None = None
+    proto: str | None = None
+    no_local_drop = ext_local = False
+    endpoint_chains: dict[str, None] = {}
+    ranges: list[str] = []
+    affinity: int | None = None
+    skips = _SKIPS
+    for rule in rules:
+        shape = rule[4]
+        if shape is not None:
+            skip = skips.get(id(shape))
+            if skip is None or skip[0] is not shape:
+                skip = _skip(shape)
+            if skip[1] and (name is not None or not skip[2]) and (proto is not None or not skip[3]):
+                target = target_of(rule[1])
+                if target is not None and target != DROP_CHAIN:
+                    if target.startswith(SEP):
+                        endpoint_chains[target] = None
+                    elif target.startswith("KUBE-SVL-"):
+                        ext_local = True
+                    continue
+        f = read(rule)
+        target = f.target
+        if name is None and f.comment:
+            parsed = parse_comment(f.comment)
+            if parsed is not None:
+                name = parsed[0]
+        if affinity is None and f.recent_check and f.seconds is not None:
+            affinity = _number(f.seconds)
+        if target == DROP_CHAIN and f.comment and "has no local endpoints" in f.comment:
+            no_local_drop = True
+        if proto is None and f.proto:
+            proto = f.proto.lower()
+        if target.startswith(SEP):
+            endpoint_chains[target] = None
+        if f.src is not None and not f.src_neg and target.startswith(("KUBE-EXT-", "KUBE-SVC-", "KUBE-XLB-")):
+            ranges.append(f.src)
+        if target.startswith("KUBE-SVL-") or f.src_type is not None:
+            ext_local = True
+    return _new_summary(name, no_local_drop, proto, tuple(endpoint_chains), tuple(ranges), ext_local, affinity)
+
+
+# id(shape) -> (shape, whether its rules can be read for their target alone, whether only once the chain's name is
+# known, whether only once its protocol is).
+_SKIPS: dict[int, tuple[RuleShape, bool, bool, bool]] = {}
+
+
+def _skip(shape: RuleShape) -> tuple[RuleShape, bool, bool, bool]:
+    last, attrs = shape_fields(shape)
+    found = _SKIPS[id(shape)] = (shape, last and attrs.isdisjoint(_OTHER_FIELDS), not attrs.isdisjoint(_NAME_FIELDS),
+                                 not attrs.isdisjoint(_PROTO_FIELDS))
+    return found
+
+
+def _slow_summary(rules: Sequence[Rule]) -> ChainSummary:
+    """_summary with every rule read (what tests compare it with)."""
     facts = [read(r) for r in rules]
     name = next((parsed[0] for f in facts if f.comment
                  for parsed in (parse_comment(f.comment),) if parsed is not None), None)
     affinity = next((a for f in facts if f.recent_check and f.seconds is not None
                      for a in (_number(f.seconds),) if a is not None), None)
-    found = ChainSummary(
+    return ChainSummary(
         name,
         any(f.target == DROP_CHAIN and f.comment and "has no local endpoints" in f.comment for f in facts),
         next((f.proto.lower() for f in facts if f.proto), None),
@@ -185,11 +262,6 @@ def chain_summary(rules: Sequence[Rule]) -> ChainSummary:
               and f.target.startswith(("KUBE-EXT-", "KUBE-SVC-", "KUBE-XLB-"))),
         any(f.target.startswith("KUBE-SVL-") or f.src_type is not None for f in facts),
         affinity)
-    if all(map(_RULE_SHAPE, rules)):  # (a rule built without a shape reads as no facts: not its text's)
-        if len(_SUMMARIES) >= SUMMARIES_LIMIT:
-            _SUMMARIES.clear()
-        _SUMMARIES[texts] = found
-    return found
 
 
 def _number(text: str) -> int | None:

@@ -254,6 +254,7 @@ _new_service = _positional_new(ServicePortView)
 _REACHES: dict[tuple[tuple[str | None, ...], tuple[float, ...]], tuple[Reach, ...]] = {}
 REACHES_LIMIT = 20_000
 _LAST_REACHES: list[tuple[Any, Any]] = [((), ())]  # the last key read and its reaches
+_new_reach = tuple.__new__  # Reach(endpoint, probability) without the NamedTuple's Python-level __new__
 
 
 def _reaches(dnat: Sequence[Outcome]) -> tuple[Reach, ...]:
@@ -269,7 +270,7 @@ def _reaches(dnat: Sequence[Outcome]) -> tuple[Reach, ...]:
             if destination is not None:
                 acc[destination] = acc.get(destination, 0.0) + probability
         # Interned: every kind of client and way in reaches the same endpoints, each outcome with its own string.
-        found = tuple([Reach(intern(ep), p) for ep, p in acc.items()])
+        found = tuple([_new_reach(Reach, (intern(ep), p)) for ep, p in acc.items()])
         if len(_REACHES) >= REACHES_LIMIT:
             _REACHES.clear()
         _REACHES[key] = found
@@ -285,7 +286,9 @@ def _via(outcome: Outcome | None, own: frozenset[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys([chain for _table, chain in outcome.chains if chain in own]))
 
 
-def _source_path(source: str, trace: Trace, own: frozenset[str]) -> SourcePath:
+def _source_path(source: str, trace: Trace, own: frozenset[str] | None) -> SourcePath:
+    """What `source` gets by `trace`; its `via` left empty when `own` is None (an entry reads the via of the
+    kinds of client it lists only: those that fare differently from the external client)."""
     outcomes = trace.outcomes
     dnat = [o for o in outcomes if o.verdict == "DNAT"]
     if dnat:
@@ -294,12 +297,12 @@ def _source_path(source: str, trace: Trace, own: frozenset[str]) -> SourcePath:
             if o.masquerade:
                 masq = True
                 break
-        return _new_path(source, "DNAT", _via(dnat[0], own), _reaches(dnat), masq, 0)
+        return _new_path(source, "DNAT", _via(dnat[0], own) if own is not None else (), _reaches(dnat), masq, 0)
     if not outcomes:
         return _new_path(source, "CONTINUE", (), (), False, 0)
     best = max(outcomes, key=lambda o: o.probability)
     line = best.decided_by.line if best.decided_by is not None and best.decided_by.line else 0
-    return _new_path(source, best.verdict, _via(outcomes[0], own), (), False, line)
+    return _new_path(source, best.verdict, _via(outcomes[0], own) if own is not None else (), (), False, line)
 
 
 def _marked_for_drop(trace: Trace) -> bool:
@@ -394,11 +397,12 @@ class _Builder:
                              notes=("kube-proxy's health check server for externalTrafficPolicy=Local",),
                              lines=way.lines)
         paths: dict[str, SourcePath] = {}
+        traces: dict[str, Trace] = {}
         notes = list(way.notes)
         trace = self.tracer.trace
         for kind, packet in self.way_packets(sp, way):
-            found = trace(packet)
-            paths[kind] = _source_path(kind, found, own)
+            found = traces[kind] = trace(packet)
+            paths[kind] = _source_path(kind, found, own if kind == EXTERNAL else None)
             if _marked_for_drop(found):
                 notes.append(f"{CLIENT_WORDS[kind]}: marked by KUBE-MARK-DROP, which kubelet's KUBE-FIREWALL "
                              f"drops only if this node itself holds {packet.dst} (INPUT/OUTPUT); otherwise the "
@@ -424,7 +428,7 @@ class _Builder:
                 if p.verdict == verdict and main_endpoints is None:
                     main_endpoints = {r.endpoint for r in main_reaches}
                 if p.verdict != verdict or {r.endpoint for r in p.reaches} != main_endpoints:
-                    others.append(p)
+                    others.append(_source_path(s, traces[s], own))  # (now with its via)
         if masq == MASQ_NEVER and node_masq:
             notes.append("connections from the node itself are masqueraded")
         return _new_entry(way.kind, way.address, way.port, way.protocol, way.chain, verdict, main_reaches,

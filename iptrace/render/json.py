@@ -46,6 +46,14 @@ def dumps_pieces(items: Iterable[Any], count: int) -> Iterator[str]:
         yield dumps(list(items))
 
 
+def encoded_pieces(texts: Iterable[str], count: int) -> Iterator[str]:
+    """`dumps_pieces(items, count)` for a large list (`count` > LARGE_LIST) of items given as their compact JSON
+    texts (each `_COMPACT.encode(item)`, written by the renderer)."""
+    if count <= LARGE_LIST:
+        raise ValueError("a list of at most LARGE_LIST items is printed indented, from its items")
+    return _list_pieces(texts, count, str)
+
+
 def _list_pieces(items: Iterable[Any], count: int, encode: Callable[[Any], str]) -> Iterator[str]:
     """The one-item-a-line form of a list of `count` (> 0) items, each printed by `encode`, in pieces of a few
     items each."""

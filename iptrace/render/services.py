@@ -3,7 +3,8 @@ object per Service port for scripts (keys documented in the README's JSON refere
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from json.encoder import encode_basestring
 from typing import Any
 
 from iptrace.kube.view import (
@@ -18,12 +19,13 @@ from iptrace.kube.view import (
     NODE_PORT,
     OUTSIDE_RANGES,
     POD,
+    EndpointView,
     EntryView,
     KubeView,
     ServicePortView,
     SourcePath,
 )
-from iptrace.render.json import percent, share
+from iptrace.render.json import _COMPACT, percent, share
 
 _KIND_NAMES = {CLUSTER_IP: "ClusterIP", NODE_PORT: "NodePort", EXTERNAL_IP: "externalIP",
                LOAD_BALANCER: "LoadBalancer IP", HEALTH_CHECK: "health check"}
@@ -123,6 +125,118 @@ def service_to_json(s: ServicePortView, shares: _Shares = _SHARES) -> dict[str, 
     }
 
 
+# ------------------------------------------------------------------------------------------------ JSON text
+
+# service_to_json's object as the compact encoder prints it (render.json._COMPACT), written directly: a 5,000-Service
+# answer is ~10^6 values, and the pieces that repeat are printed once — every float share (a few distinct values a
+# dump), each entry's endpoint list (one tuple for every way in and kind of client that reaches the same endpoints,
+# see iptrace.kube.view._reaches). Exactly the encoder's text (tests/test_services_json_text.py compares them).
+_text = encode_basestring  # (the C encoder's own function for a str, ensure_ascii=False)
+
+
+class _ShareTexts(dict[float, str]):
+    """probability -> its share as JSON prints it (the repr of share(probability)); cleared when it grows large."""
+
+    __slots__ = ()
+
+    def __missing__(self, probability: float) -> str:
+        if len(self) >= _SHARES_LIMIT:
+            self.clear()
+        text = self[probability] = _COMPACT.encode(_SHARES[probability])
+        return text
+
+
+_SHARE_TEXTS = _ShareTexts()
+# id(reaches tuple) -> (the tuple, kept alive so that its id is not reused; its "endpoints" list as JSON text)
+_REACH_TEXTS: dict[int, tuple[tuple[Any, ...], str]] = {}
+_REACH_TEXTS_LIMIT = 4096
+
+
+def _strings(values: Sequence[str]) -> str:
+    """A list of strings as JSON text."""
+    return "[" + ", ".join(map(_text, values)) + "]" if values else "[]"
+
+
+def _reaches_text(reaches: tuple[tuple[str, float], ...]) -> str:
+    found = _REACH_TEXTS.get(id(reaches))
+    if found is not None and found[0] is reaches:
+        return found[1]
+    if not reaches:
+        return "[]"
+    shares = _SHARE_TEXTS
+    text = "[" + ", ".join([f'{{"address": {_text(a)}, "probability": {shares[p]}}}' for a, p in reaches]) + "]"
+    if len(_REACH_TEXTS) >= _REACH_TEXTS_LIMIT:
+        _REACH_TEXTS.clear()
+    _REACH_TEXTS[id(reaches)] = (reaches, text)
+    return text
+
+
+# (Below, a field typed `int | None` prints as "null" or its repr, one typed `str | None` as "null" or _text, a
+# tuple of ints as the repr of a list of them.)
+
+
+def _path_text(p: SourcePath) -> str:
+    return (f'{{"source": {_text(p.source)}, "verdict": {_text(p.verdict)}, "endpoints": {_reaches_text(p.reaches)}, '
+            f'"masquerade": {"true" if p.masquerade else "false"}, "via": {_strings(p.via)}, '
+            f'"decided_by_line": {repr(p.decided_by) if p.decided_by else "null"}}}')
+
+
+def _entry_text(e: EntryView) -> str:
+    address = e.address
+    return (f'{{"kind": {_text(e.kind)}, "address": {"null" if address is None else _text(address)}, '
+            f'"port": {e.port!r}, "protocol": {_text(e.protocol)}, "chain": {_text(e.chain) if e.chain else "null"}, '
+            f'"verdict": {_text(e.verdict)}, "endpoints": {_reaches_text(e.reaches)}, '
+            f'"masquerade": {_text(e.masquerade)}, "masquerade_sources": {_strings(e.masquerade_sources)}, '
+            f'"via": {_strings(e.via)}, '
+            f'"other_sources": {"[" + ", ".join(map(_path_text, e.paths)) + "]" if e.paths else "[]"}, '
+            f'"notes": {_strings(e.notes)}, "lines": {list(e.lines)!r}}}')
+
+
+def _endpoints_text(endpoints: Sequence[EndpointView]) -> str:
+    if not endpoints:
+        return "[]"
+    shares = _SHARE_TEXTS
+    out = []
+    for ep in endpoints:
+        ip, port, local = ep.ip, ep.port, ep.local_probability
+        if port is None:
+            address, port_text = ip, "null"
+        else:
+            address, port_text = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}", repr(port)
+        out.append(f'{{"ip": {_text(ip)}, "port": {port_text}, "address": {_text(address)}, '
+                   f'"probability": {shares[ep.probability]}, "local": {"true" if ep.local else "false"}, '
+                   f'"local_probability": {"null" if local is None else shares[local]}, '
+                   f'"chain": {_text(ep.chain)}, "line": {repr(ep.line) if ep.line else "null"}}}')
+    return "[" + ", ".join(out) + "]"
+
+
+_CLIENT_IP, _NONE = _text("ClientIP"), _text("None")
+
+
+def service_json_text(s: ServicePortView) -> str:
+    """`_COMPACT.encode(service_to_json(s))`, written directly."""
+    timeout, cluster_ip, port, node_port = s.session_affinity_timeout, s.cluster_ip, s.port, s.node_port
+    check, etp, itp = s.health_check_node_port, s.external_traffic_policy, s.internal_traffic_policy
+    return (
+        f'{{"service": {_text(s.label)}, "namespace": {_text(s.namespace)}, "name": {_text(s.name)}, '
+        f'"port_name": {_text(s.port_name)}, "protocol": {_text(s.protocol)}, "type": {_text(s.type)}, '
+        f'"identity": {_text(s.identity)}, "cluster_ip": {"null" if cluster_ip is None else _text(cluster_ip)}, '
+        f'"port": {"null" if port is None else repr(port)}, '
+        f'"node_port": {"null" if node_port is None else repr(node_port)}, '
+        f'"external_ips": {_strings(s.external_ips)}, '
+        f'"lb_ips": {_strings(s.lb_ips)}, "lb_source_ranges": {_strings(s.lb_source_ranges)}, '
+        f'"health_check_node_port": {"null" if check is None else repr(check)}, '
+        f'"external_traffic_policy": {"null" if etp is None else _text(etp)}, '
+        f'"internal_traffic_policy": {"null" if itp is None else _text(itp)}, '
+        f'"session_affinity": {_NONE if timeout is None else _CLIENT_IP}, '
+        f'"session_affinity_timeout": {"null" if timeout is None else repr(timeout)}, '
+        f'"no_endpoints": {"true" if s.no_endpoints else "false"}, '
+        f'"no_local_endpoints": {"true" if s.no_local_endpoints else "false"}, '
+        f'"endpoints": {_endpoints_text(s.endpoints)}, '
+        f'"entries": {"[" + ", ".join(map(_entry_text, s.entries)) + "]" if s.entries else "[]"}, '
+        f'"chains": {_strings(s.chains)}, "lines": {list(s.lines)!r}, "notes": {_strings(s.notes)}}}')
+
+
 def services_to_json(view: KubeView, cluster: Any = None) -> list[dict[str, Any]]:
     """`iptrace services -o json`: one object per Service port, sorted by (namespace, name, port, protocol).
     With cluster data each object also has `api`: what the API says of that Service port (or null)."""
@@ -137,6 +251,12 @@ def iter_services_json(view: KubeView, cluster: Any = None) -> Iterator[dict[str
         if cluster is not None:
             item["api"] = api_facts(s, cluster)
         yield item
+
+
+def iter_services_json_texts(view: KubeView) -> Iterator[str]:
+    """iter_services_json's objects (without cluster data) as the compact encoder prints them, written directly."""
+    for s in view.services:
+        yield service_json_text(s)
 
 
 def api_facts(s: ServicePortView, cluster: Any) -> dict[str, Any] | None:
