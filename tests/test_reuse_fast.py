@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -50,12 +52,21 @@ def _wider(m: re.Match[str]) -> str:
     return f"-s {a}.{b}.{c}.{d & ~1}/31 -m comment"
 
 
-def test_a_rule_text_the_footprint_does_not_hold_makes_the_digest_again() -> None:
-    """A node whose endpoints' masquerade rules name /31s that answer its questions alike: the ports' views are
-    reused (equal footprints), but the rules' texts, which the digests quote, are that node's own."""
+def _not_from(cidr: str) -> Callable[[str], str]:
+    """Every endpoint rule (a Service chain's jump to it, its DNAT) made to test `! -s cidr`."""
+    return lambda text: re.sub(r" (-j (?:KUBE-SEP-\S+|DNAT))", rf" ! -s {cidr} \1", text)
+
+
+@pytest.mark.parametrize(("cidr", "wider"), [("127.0.0.0/8", True), ("127.0.0.0/16", False)])
+def test_a_rule_text_the_footprint_does_not_hold_makes_the_digest_again(cidr: str, wider: bool) -> None:
+    """A node whose endpoints' rules name other networks that answer its questions alike — /31s in the masquerade
+    rules, or another `! -s` network in the rules that lead to an endpoint —: the ports' views are reused (equal
+    footprints), but the rules' texts, which the digests quote, are that node's own."""
     specs = services()
-    texts = [(fleet.node_ip(i), fleet.node_dump(specs, i)) for i in range(3)]
-    changed = re.sub(r"-s (\d+\.\d+\.\d+\.\d+)/32 -m comment", _wider, texts[2][1])
+    texts = [(fleet.node_ip(i), _not_from("127.0.0.0/8")(fleet.node_dump(specs, i))) for i in range(3)]
+    changed = _not_from(cidr)(fleet.node_dump(specs, 2))
+    if wider:
+        changed = re.sub(r"-s (\d+\.\d+\.\d+\.\d+)/32 -m comment", _wider, changed)
     assert changed != texts[2][1]
     texts[2] = (texts[2][0], changed)
     reuse = _digests_alike(texts)

@@ -14,11 +14,10 @@ def walk(node: Any, q: Any, roots: Sequence[tuple[str, str]], skip: set[tuple[st
          ) -> tuple[list[str | Facts], list[int], list[int]] | None:
     """The chains and kept rules from `roots` (chains of `skip` are in the key already: a chain's head, a rule's
     fixed text or, when its tests' answers are in the key, its facts), their lines, and where the items are
-    facts; None when a DNAT target widened the
-    question after a rule was left out for want of it (walk again). `node` is the footprint's _Node, `q` its
-    _Question. The walk goes on after a widening, so that one walk gathers every target it meets: a Service port's
-    endpoints are then added in one walk, not one walk each (a 10-endpoint port took more walks than `footprint`
-    allows)."""
+    facts; None when a DNAT target widened the question after a rule was left out for want of it (walk again).
+    `node` is the footprint's _Node, `q` its _Question. The walk goes on after a widening, so that one walk
+    gathers every target it meets: a Service port's endpoints are then added in one walk, not one walk each (a
+    10-endpoint port took more walks than `footprint` allows)."""
     items: list[str | Facts] = []
     again = False
     lines: list[int] = []

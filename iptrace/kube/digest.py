@@ -12,7 +12,8 @@ import functools
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from operator import attrgetter
+from itertools import repeat
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from iptrace.dataplane import ProxyMode, positional_new
@@ -173,7 +174,7 @@ def _family_digest(analysis: Any, cluster: ClusterState | None, kube_node: str |
     texts = {x: t or "" for x, t in ruleset.line_texts(wanted | more if more else wanted).items()}
     ports: list[PortDigest] = []
     lines = array("I")
-    reuse = getattr(analysis, "reuse", None)
+    reuse = getattr(analysis, "reuse", None) if 0 not in texts else None  # (see _same_texts)
     for key in sorted(by_key):
         sp = by_key[key]
         origin = reuse.origin(sp) if reuse is not None else None
@@ -202,16 +203,15 @@ _LINE = attrgetter("line")  # (an EndpointView's)
 _NO_LINES: frozenset[int | None] = frozenset({0, None})
 
 
+_QUOTED = itemgetter(2)  # (a PortDigest endpoint's text)
+
+
 def _same_texts(digest: PortDigest, sp: ServicePortView, texts: Mapping[int, str]) -> bool:
-    """Whether port_digest of `sp` quotes the texts `digest` quotes (its other values being `digest`'s)."""
-    endpoints = sp.endpoints
-    if len(endpoints) != len(digest.endpoints) or tuple(
-            [texts.get(x, "") if x else "" for x in sp.lines[:HEAD]]) != digest.head:
-        return False
-    for ep, (_address, _in_cluster, text) in zip(endpoints, digest.endpoints, strict=True):
-        if (texts.get(ep.line, "") if ep.line else "") != text:
-            return False
-    return True
+    """Whether port_digest of `sp` quotes the texts `digest` quotes (its other values being `digest`'s). `texts`
+    holds no line 0 (port_digest quotes "" for it, as texts.get(0, "") then gives; read at C level)."""
+    get = texts.get
+    return len(sp.endpoints) == len(digest.endpoints) and tuple(map(get, sp.lines[:HEAD], repeat(""))) == (
+        digest.head) and list(map(get, map(_LINE, sp.endpoints), repeat(""))) == list(map(_QUOTED, digest.endpoints))
 
 
 def _pictures(view: KubeView) -> tuple[tuple[str, ServicePortView], ...]:
