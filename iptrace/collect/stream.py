@@ -161,6 +161,8 @@ class Worker:
         finally:
             import gc
 
+            if self.reuse is not None:
+                self.reuse.node_done()
             gc.collect()  # the node's rules are garbage now: give their memory back before the next node
             if len(self.intern) > 200_000:
                 self.intern.clear()

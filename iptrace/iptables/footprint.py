@@ -29,10 +29,11 @@ import functools
 import hashlib
 import weakref
 from collections.abc import Iterable, Sequence
+from dataclasses import fields
 from operator import itemgetter
 from typing import Any
 
-from iptrace.dataplane import Footprint, Packet
+from iptrace.dataplane import Footprint, Packet, positional_new
 from iptrace.errors import IptraceError
 from iptrace.iptables.compile import ChainCode
 from iptrace.iptables.footprint_facts import (
@@ -44,10 +45,11 @@ from iptrace.iptables.footprint_facts import (
     Facts,
     Spec,
     chain_read,
+    known_facts,
     rule_facts,
 )
 from iptrace.iptables.footprint_loose import ContextReads, Loose
-from iptrace.iptables.footprint_order import by_destination, positions
+from iptrace.iptables.footprint_walk import walk
 from iptrace.iptables.index import MIN_RULES, KeyPlan
 from iptrace.iptables.match_modules import _address_types
 from iptrace.iptables.matchers import Structure, fast_tokens
@@ -121,16 +123,17 @@ class _Node:
             return  # (the first node)
         chains = self._table(table)
         names, dash, out = chains.keys(), self.dash_policy, self._chains_read
+        get, text, prefix = known.get, _TEXT, "chain " + table + " "
         for name, chain in chains.items():
             rules = chain.rules
             if chain.policy is not None or not rules or len(rules) >= MIN_RULES:
                 continue
-            found = known.get(tuple(map(_TEXT, rules)))
-            if found is None or not names >= found[1] or (found[2] and not names.isdisjoint(found[2])):
+            found = get(tuple(map(text, rules)))
+            if found is None or (found[1] and not names >= found[1]) or (found[2] and not names.isdisjoint(found[2])):
                 continue
             key = (table, name)
             if not dash or key not in dash:
-                out[key] = (f"chain {table} {name} None False False", found[0], rules)
+                out[key] = (prefix + name + " None False False", found[0], rules)
 
     def items(self, code: ChainCode) -> list[tuple[Facts, bool, str, int]]:
         """Every rule of a (short, unindexed) chain as `rule` gives it."""
@@ -146,8 +149,9 @@ class _Node:
 
     def read_chain(self, key: tuple[str, str]) -> tuple[str, Any, Any]:
         """(the chain's line in the key, its rules — None for an indexed chain, which a question reads through
-        its index —, and what gives their lines: the chain's rules, or the indexed chain's code); read once a
-        node (`_chains_read`, which _walk reads itself)."""
+        its index —, and what gives their lines: the chain's rules, or for an indexed chain (its code, the hosts
+        and ports its index files rules under, its rules read so far: `rule`'s list)); read once a node
+        (`_chains_read`, which footprint_walk.walk reads itself)."""
         table, name = key
         chains = self._tables.get(table) or self._table(table)
         chain = chains.get(name)
@@ -161,7 +165,12 @@ class _Node:
         if len(rules) >= MIN_RULES:
             code = self.tracer._code(table, name)
             if code.index is not None:
-                return head, None, code
+                # (what walk reads of it: its code, the keys its index files rules under, its rules as `rule`
+                # gives them)
+                rules_read = self.chains.get(code.key)
+                if rules_read is None:
+                    rules_read = self.chains[code.key] = [None] * len(code.rules)
+                return head, None, (code, *self.index_keys(code), rules_read)
             return head, ChainRules([self.item(code, i)[:2] for i in range(len(code.rules))]), code.rules
         # A short chain (an endpoint's, a Service port's, a CNI's) reads alike on every node that has the
         # same rules: its facts are kept by content (the chains it may jump to are checked per node). The
@@ -245,6 +254,10 @@ class _Node:
                 _TARGET_NAMES.clear()
             _TARGETS[rule.text] = target
         is_chain = target in code.table_chains and target not in BUILTIN_TARGETS
+        if tokens is None:  # (a rule read before, here or on another node: its facts are kept by its text)
+            found = known_facts(self.version, code.table, is_chain).get(rule.text)
+            if found is not None:
+                return found, is_chain, target, rule.line
         return rule_facts(self, code, i, is_chain, tokens), is_chain, target, rule.line
 
 
@@ -261,8 +274,13 @@ def _bits(spec: Spec, addrs: Sequence[int]) -> str:
     _src, negated, nets = spec
     if len(nets) == 1:
         net, mask = nets[0]
-        return "".join(["1" if (a & mask == net) != negated else "0" for a in addrs])
+        # (C-level: a 0 or 1 byte per address, made "0" or "1" — "1" or "0" when negated — by translate)
+        return bytes(map(net.__eq__, map(mask.__and__, addrs))).translate(_NOT if negated else _YES).decode()
     return "".join(["1" if any(a & m == n for n, m in nets) != negated else "0" for a in addrs])
+
+
+_YES = bytes.maketrans(b"\x00\x01", b"01")
+_NOT = bytes.maketrans(b"\x00\x01", b"10")
 
 
 class _Unsupported(Exception):
@@ -284,6 +302,7 @@ class _Context:
         self.risky: list[tuple[Facts, tuple[int, ...]]] = []
         self.rules_read: list[tuple[tuple[str, str], int, tuple[tuple[int, bool], ...]]] = []  # (footprint_loose)
         self._reads: ContextReads | None = None
+        self._src_answers: dict[tuple[int, ...], list[str | None]] = {}  # (see answers)
         spec_ids: dict[Spec, int] = {}
         text: list[str] = []
         roots = [(t, c) for t in TABLES for c in BUILTIN_CHAINS[t]]
@@ -324,6 +343,15 @@ class _Context:
             todo.extend(reversed(jumps))
         self.specs = list(spec_ids)
         self.digest = hashlib.blake2b("\n".join(text).encode(), digest_size=32).hexdigest()
+
+    def answers(self, q: _Question) -> list[str]:
+        """`q.bits` of each of `specs`: its -s tests' answers kept per node by the question's sources (the same few
+        for every Service port), its -d tests' worked out (they answer for the port's own destinations)."""
+        src = self._src_answers.get(q.src_key)
+        if src is None:
+            src = self._src_answers[q.src_key] = [_bits(spec, q.src_key) if spec[0] else None for spec in self.specs]
+        dst = q.dst_list
+        return [_bits(spec, dst) if found is None else found for found, spec in zip(src, self.specs, strict=True)]
 
     def reads(self) -> ContextReads:
         if self._reads is None:
@@ -368,6 +396,7 @@ class _Question:
         self.dst_list: tuple[int, ...] = ()
         self.dst_bits: dict[Spec, str] = {}
         self.roles: dict[int, str | None] = {}
+        self.named: set[int] = set()  # (the destinations that are the node's own addresses, named by role)
         self.abstracts = False
 
     def add_target(self, nat_to: tuple[int | None, int | None]) -> bool:
@@ -418,7 +447,7 @@ class _Question:
             roles[a] = node_roles[a]
         self.roles = roles
         self.abstracts = bool(common) or len(roles) > len(dsts)
-        named = common & dsts
+        named = self.named = common & dsts
         self.dst_list = tuple(sorted(dsts - named) + sorted(named, key=node_roles.__getitem__) if named
                               else sorted(dsts))
         self.dst_bits = {}
@@ -442,26 +471,35 @@ class _Question:
             src = roles[src_addr] or p.src
             dst = roles[dst_addr] or p.dst
             out.append(f"call {chain or '-'} {src} {dst} {p.dport} {p.sport} {p.proto} {p.in_interface}")
-        kind = node.kind
-        local, foreign = node.local, node.foreign_lines
-        for addr in self.src_key + self.dst_list:
-            role = roles[addr]
-            if role is None and addr not in local:
-                line = foreign.get(addr)
-                if line is None:
-                    line = foreign[addr] = f"addr {addr} {kind(addr)}"
-                out.append(line)
-                continue
-            # (the same addresses, of the same kinds, on every node: their lines are kept, not formatted again)
-            line_key = (role or addr, kind(addr))
-            line = _ADDR_LINES.get(line_key)
-            if line is None:
-                if len(_ADDR_LINES) >= FACTS_LIMIT:
-                    _ADDR_LINES.clear()
-                line = _ADDR_LINES[line_key] = f"addr {line_key[0]} {line_key[1]}"
-            out.append(line)
+        out += map(self.addr_line, self.src_key)
+        dsts = self.dst_list
+        # (a port's destinations are mostly its endpoints, none of the node's own, each with its line kept: those
+        # lines at C level when every one is)
+        found = list(map(node.foreign_lines.get, dsts)) if not self.named and node.local.isdisjoint(dsts) else None
+        if found is None or None in found:
+            found = list(map(self.addr_line, dsts))
+        out += found
         out.append(f"ports {sorted(self.ports)} protos {sorted(self.protos)}")
         return "\n".join(out)
+
+    def addr_line(self, addr: int) -> str:
+        """The header's line of one of the question's addresses."""
+        node = self.node
+        role = self.roles[addr]
+        if role is None and addr not in node.local:
+            foreign = node.foreign_lines
+            line = foreign.get(addr)
+            if line is None:
+                line = foreign[addr] = f"addr {addr} {node.kind(addr)}"
+            return line
+        # (the same addresses, of the same kinds, on every node: their lines are kept, not formatted again)
+        line_key = (role or addr, node.kind(addr))
+        line = _ADDR_LINES.get(line_key)
+        if line is None:
+            if len(_ADDR_LINES) >= FACTS_LIMIT:
+                _ADDR_LINES.clear()
+            line = _ADDR_LINES[line_key] = f"addr {line_key[0]} {line_key[1]}"
+        return line
 
     def check(self, f: Facts) -> None:
         if f.kind == KIND_OPAQUE:
@@ -485,67 +523,6 @@ def _any_passes(spec: Spec, addrs: Iterable[int]) -> bool:
     return False
 
 
-def _walk(node: _Node, q: _Question, roots: Sequence[tuple[str, str]], skip: set[tuple[str, str]],
-          ) -> tuple[list[str | Facts], list[int]] | None:
-    """The chains and kept rules from `roots` (chains of `skip` are in the key already: a chain's head, a rule's
-    fixed text or, when its tests' answers are in the key, its facts); None when a DNAT
-    target widened the question after a rule was left out for want of it (walk again). The walk goes on after
-    a widening, so that one walk gathers every target it meets: a Service port's endpoints are then added in
-    one walk, not one walk each (a 10-endpoint port took more walks than `footprint` allows)."""
-    items: list[str | Facts] = []
-    again = False
-    lines: list[int] = []
-    seen: set[tuple[str, str]] = set(skip)
-    todo = list(reversed(roots))
-    can_match = q.can_match
-    add_target = q.add_target
-    chains_read = node._chains_read
-    while todo:
-        key = todo.pop()
-        if key in seen:
-            continue
-        seen.add(key)
-        read = chains_read.get(key)
-        if read is None:
-            read = chains_read[key] = node.read_chain(key)
-        head, rules, source = read
-        items.append(head)
-        jumps: list[tuple[str, str]] = []
-        if rules is None:  # (an indexed chain: the rules its index files under the question's keys)
-            code = source
-            kept: list[tuple[Facts, int, tuple[str, str] | None]] = []
-            for i in positions(node, code, q):
-                f, jump, line = node.item(code, i)
-                if not f.plain and not can_match(f):
-                    continue
-                if f.kind == KIND_DNAT and f.nat_to is not None and add_target(f.nat_to):
-                    again = True
-                kept.append((f, line, jump))
-            if len(kept) > 1:
-                kept = by_destination(kept)
-            for f, line, jump in kept:
-                fixed = f.fixed
-                items.append(f if fixed is None else fixed)
-                lines.append(line)
-                if jump is not None:
-                    jumps.append(jump)
-        else:
-            # (a short chain: kept rules go straight into the key, in chain order; this loop runs for most
-            # rules of every walk)
-            for f, jump, i, ask, nat_to in rules.plan:
-                if ask and not can_match(f):
-                    continue
-                if nat_to is not None and add_target(nat_to):
-                    again = True
-                fixed = f.fixed
-                items.append(f if fixed is None else fixed)
-                lines.append(source[i][3])
-                if jump is not None:
-                    jumps.append(jump)
-        todo.extend(reversed(jumps))
-    return None if again else (items, lines)
-
-
 def footprint(tracer: Any, calls: Sequence[tuple[str | None, Packet]]) -> Footprint | None:
     """The Footprint of `calls` on `tracer` (see the module's docstring), or None when it cannot be vouched for."""
     node = _node(tracer)
@@ -557,36 +534,40 @@ def footprint(tracer: Any, calls: Sequence[tuple[str | None, Packet]]) -> Footpr
         # The chains traced directly first: their DNAT targets are the question's endpoints.
         roots = [*(("nat", chain) for chain, _p in calls if chain is not None), *context.dispatch]
         for _attempt in range(8):
-            walked = _walk(node, q, roots, context.chains)
+            walked = walk(node, q, roots, context.chains)
             if walked is not None:
                 break
             q.narrowed = False
         else:
             return None
-        items, kept_lines = walked
+        items, kept_lines, facts_at = walked
         q.freeze()
-        # (the walk gave chains' heads and rules' fixed texts as they are, the other rules as Facts)
-        entries = items
-        for n, item in enumerate(items):
-            if item.__class__ is not str:
-                if item.risky:
-                    q.check(item)
-                entries[n] = q.entry(item)
+        # (the walk gave chains' heads and rules' fixed texts as they are, the other rules as Facts: at `facts_at`)
+        entries: list[Any] = items
+        for n in facts_at:
+            item = items[n]
+            if item.risky:
+                q.check(item)
+            entries[n] = q.entry(item)
         for f, ids in context.risky:
             if not f.never and all("1" in q.bits(context.specs[k]) for k in ids):
                 q.check(f)
         # (the loose key leaves out the context's answers, the key is the loose key with them)
         loose = hashlib.blake2b("\n".join([q.header(), context.digest, *entries]).encode(), digest_size=32).digest()
-        bits = [q.bits(spec) for spec in context.specs]
+        bits = context.answers(q)
     except (_Unsupported, IptraceError):
         return None
     abstracted = tuple(sorted(_text(a, tracer.version) for a, role in q.roles.items() if role is not None))
     key = hashlib.blake2b(loose + " ".join(bits).encode(), digest_size=32).digest()
     lines = (*context.lines, *kept_lines)
     if not bits:
-        return Footprint(key, lines, abstracted)
+        return _new_footprint(key, lines, abstracted, None, None, None)
     side = Loose(tracer, context.reads(), bits, q.src_key, q.dst_list)
-    return Footprint(key, lines, abstracted, loose, side.watch, side.agrees)
+    return _new_footprint(key, lines, abstracted, loose, side.watch, side.agrees)
+
+
+# Footprint(…) with every field given in order, without the frozen dataclass's __init__ (one a Service port a node).
+_new_footprint = positional_new(Footprint, [f.name for f in fields(Footprint)])
 
 
 @functools.lru_cache(maxsize=4096)  # (the node's own addresses and the clients': the same few every port)

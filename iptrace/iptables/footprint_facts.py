@@ -81,6 +81,34 @@ def _address_reads(structure: Structure, tokens: Sequence[str], version: int) ->
         other.append((module, specs))
     return bool(structure_reads((tuple(other), structure[1])) & _ADDRESS_READS), set_reads
 
+
+# id of a rule structure → (it, kept alive so that its id stays its own, the IP version, _address_reads' answer): a
+# structure is shared by every rule of one shape, and the answer reads only it (but for -m recent's mask).
+_READS: dict[int, tuple[Structure, int, tuple[bool, bool]]] = {}
+
+
+def _address_reads_of(structure: Structure, tokens: Sequence[str], version: int) -> tuple[bool, bool]:
+    """_address_reads, kept per structure when it reads no token (no -m recent)."""
+    found = _READS.get(id(structure))
+    if found is not None and found[0] is structure and found[1] == version:
+        return found[2]
+    answer = _address_reads(structure, tokens, version)
+    if all(module != "recent" for module, _specs in structure[0]):
+        if len(_READS) >= 4096:
+            _READS.clear()
+        _READS[id(structure)] = (structure, version, answer)
+    return answer
+
+
+def known_facts(version: int, table: str, is_chain: bool) -> dict[str, Facts]:
+    """The facts kept of rules of `table` whose target is (not) a chain, by their texts (what rule_facts looks in
+    first)."""
+    return _FACTS.get((version, table, is_chain)) or _NONE
+
+
+_NONE: dict[str, Facts] = {}
+
+
 def rule_facts(cache: Any, code: ChainCode, i: int, is_chain: bool, tokens: list[str] | None = None) -> Facts:
     """The facts of rule `i` of `code`; `cache` is the footprint's node (its tracer, plans and structures kept
     alive), `tokens` the rule's tokens when the caller has them."""
@@ -110,7 +138,7 @@ def rule_facts(cache: Any, code: ChainCode, i: int, is_chain: bool, tokens: list
         kind, nat_to = KIND_DNAT, c.arg
     elif c.action in (REDIRECT, NETMAP):
         kind = KIND_OPAQUE
-    reads, set_reads = _address_reads(structure, tokens, version)
+    reads, set_reads = _address_reads_of(structure, tokens, version)
     found = Facts(hashlib.blake2b(" ".join(abstract).encode(), digest_size=16).hexdigest(), tuple(specs), key,
                   host, bool(c.never), kind, nat_to, reads, set_reads)
     if by_text is None or sum(map(len, _FACTS.values())) >= FACTS_LIMIT:
@@ -128,12 +156,34 @@ class ChainRules:
     __slots__ = ("plan",)
 
     def __init__(self, rules: list[tuple[Facts, tuple[str, str] | None]]) -> None:
-        # (facts, jump, position, whether `_Question.can_match` must decide, a DNAT's target) of every rule a
-        # question may keep, in chain order: a rule that never matches is left out (can_match says no, and leaves
-        # `narrowed` as it is), one that matches every question needs no asking.
-        self.plan: tuple[tuple[Facts, tuple[str, str] | None, int, bool, tuple[int | None, int | None] | None],
-                         ...] = tuple([(f, jump, i, not f.plain, f.nat_to if f.kind == KIND_DNAT else None)
-                                       for i, (f, jump) in enumerate(rules) if not f.never])
+        # (facts, jump, position, what `_Question.can_match` must decide, a DNAT's target) of every rule a question
+        # may keep, in chain order: a rule that never matches is left out (can_match says no, and leaves `narrowed`
+        # as it is), one that matches every question needs no asking (None), one whose only test is one -s of one
+        # network (an endpoint's chain's masquerade rule) gives that network, (net, mask), which the walk tests
+        # itself (can_match's answer: SRC_TEST), any other True.
+        self.plan: tuple[tuple[Facts, tuple[str, str] | None, int, tuple[int, int] | bool | None,
+                               tuple[int | None, int | None] | None], ...] = tuple([
+            (f, jump, i, _ask(f), f.nat_to if f.kind == KIND_DNAT else None)
+            for i, (f, jump) in enumerate(rules) if not f.never])
+
+
+def _ask(f: Facts) -> tuple[int, int] | bool | None:
+    """ChainRules.plan's test of a rule that may match: None (it matches every question), its one network (net,
+    mask) when its only test is one -s of one network not negated, else True (can_match decides)."""
+    if f.plain:
+        return None
+    if f.key is None and f.host is None and len(f.specs) == 1:
+        is_src, negated, nets = f.specs[0]
+        if is_src and not negated and len(nets) == 1:
+            return nets[0]  # (the spec's own tuple: no memory per rule)
+    return True
+
+
+def src_test(net: tuple[int, int], sources: Sequence[int]) -> bool:
+    """_Question.can_match of a rule whose plan gives `net` (_ask), for a question whose sources are `sources`:
+    whether one of them is in it (the walk inlines this)."""
+    addr, mask = net
+    return any(a & mask == addr for a in sources)
 
 
 # A short chain read (footprint._CHAINS): its ChainRules, the chains its rules jump to, its other targets that are

@@ -6,8 +6,8 @@ from __future__ import annotations
 from operator import itemgetter
 from typing import Any
 
-from iptrace.iptables.compile import ChainCode
 from iptrace.iptables.footprint_facts import Facts
+from iptrace.iptables.index import ChainIndex
 
 
 def by_destination(kept: list[tuple[Facts, int, tuple[str, str] | None]],
@@ -51,22 +51,22 @@ def _sorted(run: list[tuple[Facts, int, Any]]) -> list[tuple[Facts, int, Any]]:
     return [item for _key, item in order]
 
 
-def positions(node: Any, code: ChainCode, q: Any) -> list[int]:
-    """The positions of the rules an indexed chain files under the question's keys (footprint._Question; `node` its
-    footprint._Node), in order."""
-    index = code.index
-    assert index is not None
-    hosts, ports = node.index_keys(code)
+def positions(index: ChainIndex, hosts: set[int], ports: set[int], q: Any) -> list[int]:
+    """The positions of the rules an indexed chain files under the question's keys (footprint._Question), in order;
+    `hosts` and `ports` those the index files rules under (footprint._Node.index_keys)."""
+    q.narrowed = True  # (the index left the others out)
+    # (C-level: the question's few destinations and ports against the index's many hosts and ports)
+    dsts = hosts & q.dsts
+    wanted = ports & q.ports
+    if not dsts and not wanted:
+        return index.rest  # (ascending: the positions of the rules filed under no key, in chain order)
     found: set[int] = set(index.rest)
-    dsts = hosts & q.dsts  # (C-level: the question's few destinations against the index's many hosts)
     for d in dsts:
         found.update(index.by_host.get(d, ()))
+    by_port = index.by_port
     for proto in q.protos:
-        for port in q.ports:
-            if port not in ports:
-                continue
-            found.update(index.by_port.get((proto, port, None), ()))
+        for port in wanted:
+            found.update(by_port.get((proto, port, None), ()))
             for d in dsts:
-                found.update(index.by_port.get((proto, port, d), ()))
-    q.narrowed = True  # (the index left the others out)
+                found.update(by_port.get((proto, port, d), ()))
     return sorted(found)

@@ -12,11 +12,15 @@ import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from operator import itemgetter
+from itertools import chain as chained
+from itertools import compress
+from operator import attrgetter, itemgetter
 from types import MappingProxyType
 
 TOKEN_RE = re.compile(r'"(?:\\.|[^"\\])*"|\S+')
 _UNESCAPE_RE = re.compile(r"\\(.)")
+_RULES = attrgetter("rules")  # (a Chain's)
+_LINE = itemgetter(3)  # (a Rule's line)
 
 TABLES = ("raw", "mangle", "nat", "filter", "security")
 BUILTIN_CHAINS: Mapping[str, tuple[str, ...]] = MappingProxyType({
@@ -340,14 +344,16 @@ class Ruleset:
         so the pass finds the same; when two do, `rule_at` says which, line by line."""
         found: dict[int, Rule] = {}
         for t in self.tables:
-            for c in t.chains:
-                for r in c.rules:
-                    line = r[3]
-                    if line in lines:
-                        if line in found:
-                            return {x: self.line_text(x) for x in lines}
-                        found[line] = r
-        return {x: r.to_save() if (r := found.get(x)) is not None else None for x in lines}
+            # (the rules on those lines picked out at C level: a node's ~10^5 rules, ~10^4 of them wanted)
+            rules = list(chained.from_iterable(map(_RULES, t.chains)))
+            for r in compress(rules, map(lines.__contains__, map(_LINE, rules))):
+                line = r[3]
+                if line in found:
+                    return {x: self.line_text(x) for x in lines}
+                found[line] = r
+        # (to_save's text written out for a rule without counters: ~10^4 of them)
+        return {x: None if (r := found.get(x)) is None else f"-A {r[0]} {r[1]}" if r[2] is None and r[1] else
+                r.to_save() for x in lines}
 
     def table(self, name: str) -> Table | None:
         return self._index.get(name)

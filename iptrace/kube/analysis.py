@@ -63,6 +63,7 @@ class Analysis:
         self.node_ips = tuple(node_ips)  # as given (or collected); empty when unknown
         self.node_ips_given = bool(node_ips)
         self.views = ViewBuilder(layout, tracer, source=ruleset.source, node_ips=view_ips, reuse=reuse)
+        self.reuse = reuse  # (iptrace.kube.digest keeps a digest per view of its cache)
 
     @property
     def view(self) -> KubeView:

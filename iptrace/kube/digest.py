@@ -12,6 +12,8 @@ import functools
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from itertools import repeat
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from iptrace.dataplane import ProxyMode, positional_new
@@ -163,13 +165,31 @@ def _family_digest(analysis: Any, cluster: ClusterState | None, kube_node: str |
     by_key: dict[str, ServicePortView] = {}
     for sp in view.services:
         by_key[view_service_label(sp)] = sp  # the last one of a key, as the comparison reads a view
-    wanted = {x for sp in by_key.values() for x in (*sp.lines[:HEAD], *(ep.line for ep in sp.endpoints)) if x}
+    wanted: set[int] = set()
+    for sp in by_key.values():
+        wanted.update(sp.lines[:HEAD])
+        wanted.update(map(_LINE, sp.endpoints))
+    wanted -= _NO_LINES  # (a line 0 is none)
     # (an iptables ruleset finds them all in one pass over its rules: one by one is ~2 µs a line)
     texts = {x: t or "" for x, t in ruleset.line_texts(wanted | more if more else wanted).items()}
     ports: list[PortDigest] = []
     lines = array("I")
+    reuse = getattr(analysis, "reuse", None) if 0 not in texts else None  # (see _same_texts)
     for key in sorted(by_key):
-        digest, mine = port_digest(by_key[key], texts, intern, key)
+        sp = by_key[key]
+        origin = reuse.origin(sp) if reuse is not None else None
+        if origin is not None:
+            digest = reuse.digest(origin)
+            if digest is not None and _same_texts(digest, sp, texts):
+                # (a view of a key of the reuse cache: alike but for its lines, so its digest is the one made
+                # before as long as the texts on its lines are: `values` is not made again, nor hashed)
+                ports.append(digest)
+                lines.extend(sp.lines[:HEAD])
+                lines.extend([ep.line for ep in sp.endpoints])
+                continue
+        digest, mine = port_digest(sp, texts, intern, key)
+        if origin is not None:
+            reuse.keep_digest(origin, digest)
         ports.append(digest)
         lines.extend(mine)
     compared: tuple[Finding, ...] = ()
@@ -177,6 +197,21 @@ def _family_digest(analysis: Any, cluster: ClusterState | None, kube_node: str |
         compared = tuple(compare_with_cluster(analysis, cluster, node_name=kube_node, node=node))
     return FamilyDigest(analysis.family, view.proxy, tuple(view.warnings), len(view.services), tuple(ports), lines,
                         compared, _pictures(view) if pictures else None), texts
+
+
+_LINE = attrgetter("line")  # (an EndpointView's)
+_NO_LINES: frozenset[int | None] = frozenset({0, None})
+
+
+_QUOTED = itemgetter(2)  # (a PortDigest endpoint's text)
+
+
+def _same_texts(digest: PortDigest, sp: ServicePortView, texts: Mapping[int, str]) -> bool:
+    """Whether port_digest of `sp` quotes the texts `digest` quotes (its other values being `digest`'s). `texts`
+    holds no line 0 (port_digest quotes "" for it, as texts.get(0, "") then gives; read at C level)."""
+    get = texts.get
+    return len(sp.endpoints) == len(digest.endpoints) and tuple(map(get, sp.lines[:HEAD], repeat(""))) == (
+        digest.head) and list(map(get, map(_LINE, sp.endpoints), repeat(""))) == list(map(_QUOTED, digest.endpoints))
 
 
 def _pictures(view: KubeView) -> tuple[tuple[str, ServicePortView], ...]:

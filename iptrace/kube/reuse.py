@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields, replace
 from operator import attrgetter
 from typing import Any
 
-from iptrace.dataplane import Layout, Packet, ServicePortLayout, Trace, WayIn, positional_new
+from iptrace.dataplane import Layout, Packet, ServicePortLayout, Trace, WayIn, positional_new, positional_replace
 from iptrace.kube.view import EndpointView, EntryView, ServicePortView, SourcePath
 
 # Views kept per process: a node has a few thousand Service ports; a fleet's nodes share most of them.
@@ -107,6 +107,11 @@ class ViewReuse:
         # layout's hash is worked out field by field each time, and a reused port's key is looked up four times)
         self._ports: dict[tuple[str, tuple[Any, ...]], int] = {}
         self._next_port = 0
+        # The digest (iptrace.kube.digest) made last of a view of each key of _views (dropped with the view), and
+        # the key of each view the last `services` gave from it or stored under it, by id (with the view, which
+        # keeps the id its own): views of one key are alike but for their lines (see `origin`).
+        self._digests: dict[tuple[Any, ...], Any] = {}
+        self._origins: dict[int, tuple[ServicePortView, tuple[Any, ...]]] = {}
 
     def services(self, layout: Layout, tracer: Any, make: Callable[[Any], Callable[[ServicePortLayout],
                  ServicePortView]], ask: Callable[[ServicePortLayout], list[Call]]) -> list[ServicePortView]:
@@ -118,6 +123,8 @@ class ViewReuse:
         if footprint is None:
             return [build(sp) for sp in layout.service_ports]
         out = []
+        origins = self._origins
+        origins.clear()
         self._round += 1
         self._drop_unused()
         misses = self._misses
@@ -154,7 +161,9 @@ class ViewReuse:
                 self.stats.reused += 1
                 if missed:
                     del misses[port]
-                out.append(_relined(kept, sp, _at(found.lines)))
+                view = _relined(kept, sp, _at(found.lines))
+                origins[id(view)] = (view, key)
+                out.append(view)
                 continue
             misses[port] = (missed + 1, self._round)
             real.calls, real.clean = [], True
@@ -167,10 +176,14 @@ class ViewReuse:
                 stored = _positional(view, sp, found.lines)
                 if stored is not None:
                     self._views[key] = stored
+                    self._digests.pop(key, None)
+                    origins[id(view)] = (view, key)
                     self._unused[key] = self._round
                     self.stats.stored += 1
                     if len(self._views) > self.size:
-                        self._unused.pop(self._views.popitem(last=False)[0], None)
+                        dropped = self._views.popitem(last=False)[0]
+                        self._unused.pop(dropped, None)
+                        self._digests.pop(dropped, None)
                     if loose is not None and decided is not None:
                         self._keep_loose(loose, decided, key)
             out.append(view)
@@ -218,7 +231,27 @@ class ViewReuse:
                 break
             del unused[key]
             views.pop(key, None)
+            self._digests.pop(key, None)
             self.stats.dropped += 1
+
+    def origin(self, view: ServicePortView) -> tuple[Any, ...] | None:
+        """The cache's key of a view the last `services` call gave (reused or stored under it), else None. Every view
+        of one key is alike but for the lines traces and its layout gave it (_relined changes nothing else), so
+        what is made of those other fields is the same for all (iptrace.kube.digest keeps its digests by it)."""
+        found = self._origins.get(id(view))
+        return found[1] if found is not None and found[0] is view else None
+
+    def digest(self, key: tuple[Any, ...]) -> Any:
+        """The digest `keep_digest` kept for views of `key`, None when none is."""
+        return self._digests.get(key)
+
+    def keep_digest(self, key: tuple[Any, ...], digest: Any) -> None:
+        if key in self._views:
+            self._digests[key] = digest
+
+    def node_done(self) -> None:
+        """The node's views are done with: forget which keys they came from (and let them go)."""
+        self._origins.clear()
 
     def __len__(self) -> int:
         return len(self._views)
@@ -254,8 +287,9 @@ def _positional(view: ServicePortView, sp: ServicePortLayout, lines: Sequence[in
 
 
 def _at(lines: Sequence[int]) -> Callable[[int], int]:
-    """The line at a position of the footprint as _positional numbers them (from 1)."""
-    return lambda position: lines[position - 1]
+    """The line at a position of the footprint as _positional numbers them (from 1; a C-level getter: _relined
+    moves ~10 lines a port)."""
+    return (0, *lines).__getitem__
 
 
 def _relined(view: ServicePortView, sp: ServicePortLayout | None, move: Callable[[int], int]) -> ServicePortView:
@@ -280,12 +314,7 @@ def _relined(view: ServicePortView, sp: ServicePortLayout | None, move: Callable
 def _replacer(cls: type, names: Sequence[str]) -> Callable[..., Any]:
     """`replace(obj, *values)`: `_with(obj, **dict(zip(names, values)))` for a frozen slots dataclass, its other
     fields read by name (made once per class and fields: _relined runs for every port a node reuses)."""
-    every = [f.name for f in fields(cls)]
-    namespace: dict[str, Any] = {"new": positional_new(cls, every)}
-    params = [f"v{i}" for i in range(len(names))]
-    args = ", ".join(params[names.index(n)] if n in names else f"o.{n}" for n in every)
-    exec(f"def replace(o, {', '.join(params)}):\n    return new({args})", namespace)
-    return namespace["replace"]  # type: ignore[no-any-return]
+    return positional_replace(cls, [f.name for f in fields(cls)], names)
 
 
 _endpoint_line = _replacer(EndpointView, ("line",))
