@@ -19,7 +19,7 @@ from iptrace.iptables import load
 from iptrace.iptables.compile import SET_MARK, Compiled
 from iptrace.iptables.matchers import Binder, bind_addresses
 from iptrace.iptables.model import Ruleset
-from iptrace.iptables.state import parse_net
+from iptrace.iptables.state import State, parse_net
 from iptrace.iptables.walk import Tracer
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_dumps"
@@ -111,7 +111,63 @@ def check_dump(ruleset: Ruleset, name: str) -> int:
             assert got == expected, where
         else:
             _assert_same(got, expected, where)
+    for key, got in fast.items():
+        expected = slow[key]
+        if not isinstance(got, str) and not isinstance(expected, str):
+            for packet in _packets(got, expected):
+                assert _behaviour(got, packet) == _behaviour(expected, packet), f"{name}: {key}: {packet}"
     return sum(1 for t in ruleset.tables for c in t.chains for r in c.rules if r.shape in kits)
+
+
+_PACKET_FIELDS = tuple(f for f in State.__slots__ if f not in ("path", "chains"))
+
+
+def _packets(*rules: Compiled) -> list[State]:
+    """Packets to try a rule on: to and from the networks its -s/-d name (and their neighbours), other
+    addresses, each with a few ports and protocols."""
+    addresses = {0x0A000001, 0xC0A8000A, 0x0AF40107}
+    for c in rules:
+        for net in (c.src, c.dst):
+            if net is not None:
+                addresses |= {net[1], net[1] ^ 1, (net[1] | ~net[0]) & 0xFFFFFFFF, net[1] ^ 0x80000000}
+    ordered = sorted(addresses)
+    out = []
+    for k, src in enumerate(ordered):
+        for dst in (ordered[(k + 1) % len(ordered)], ordered[(k + 3) % len(ordered)], src):
+            for proto, dport in ((6, 80), (17, 53), (6, 8080), (1, 0)):
+                out.append(State(src, dst, 40000 + k, dport, proto, None))
+    return out
+
+
+def _behaviour(c: Compiled, packet: State) -> tuple[Any, ...]:
+    """What the walk (chainwalk.ChainWalker._walk_chain) makes of rule `c` on a copy of `packet`: whether it
+    applies (its -s/-d, tests and assumptions, with the notes these record), the branch weights, the packet
+    after its effects, and its target."""
+    s = packet.copy()
+    applies = not c.never
+    for net, value in ((c.src, s.src), (c.dst, s.dst)):
+        if applies and net is not None and (value & net[0] == net[1]) == net[2]:
+            applies = False
+    if applies:
+        applies = all(test(s) for test in c.tests)
+    if applies:
+        for assumed in c.assumed:
+            result, note = assumed(s)
+            if note is not None:
+                s.assume(note)
+            if not result:
+                applies = False
+                break
+    if applies:
+        for effect in c.effects:
+            effect(s)
+    arg = c.arg
+    if callable(arg):  # (a mark effect: what it does to the packet)
+        marked = packet.copy()
+        arg(marked)
+        arg = (marked.mark, marked.ctmark)
+    return (applies, c.probability, c.complement, tuple(getattr(s, f) for f in _PACKET_FIELDS), c.action,
+            c.target, arg, c.note)
 
 
 def _sample_dumps() -> Iterator[tuple[str, str]]:
@@ -186,6 +242,67 @@ def test_handwritten_shapes_compile_alike_through_kits() -> None:
     assert check_dump(load(KIT_DUMP), "kit dump") >= 20
 
 
+# Rules whose tokens compile.py may read with a plain split (_tokens) next to ones it may not: comments quoted
+# without spaces, with spaces, with a backslash, unquoted; other values quoted; a quote inside a token; and the
+# kube-proxy readings compile.py makes inline (a lone -s a.b.c.d/32, a DNAT to a.b.c.d:port) with their edges.
+TOKENS_DUMP = """*nat
+:PREROUTING ACCEPT [0:0]
+:KUBE-SEP-A - [0:0]
+:KUBE-SEP-B - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+-A PREROUTING -s 10.244.1.7/32 -m comment --comment "ns/a:p" -j KUBE-MARK-MASQ
+-A PREROUTING -s 10.244.1.8/32 -m comment --comment "ns/a:p" -j KUBE-MARK-MASQ
+-A PREROUTING -s 10.244.1.9/32 -m comment --comment ns/a:p -j KUBE-MARK-MASQ
+-A PREROUTING -s "10.244.1.10/32" -m comment --comment ns/a:p -j KUBE-MARK-MASQ
+-A PREROUTING -s 10.244.1.11/32 -m comment --comment "ns/a:p with space" -j KUBE-SEP-A
+-A PREROUTING -s 10.244.1.12/32 -m comment --comment "ns/\\a:p" -j KUBE-SEP-B
+-A PREROUTING -s 10.244.1.13/32 -m comment --comment a"b -j KUBE-SEP-A
+-A PREROUTING -s 10.244.1.14/32 -m comment --comment "ns/a:p" -j KUBE-SEP-A
+-A PREROUTING -s 10.244.1.15 -m comment --comment "x" -j KUBE-SEP-B
+-A PREROUTING -s 10.244.1.0/24 -m comment --comment "x" -j KUBE-SEP-B
+-A PREROUTING -s 10.244.1.16/32,10.244.1.17/32 -m comment --comment "x" -j KUBE-SEP-B
+-A PREROUTING -s 2001:db8::1/32 -m comment --comment "x" -j KUBE-SEP-B
+-A PREROUTING -s 1.2.3.4.5/32 -m comment --comment "x" -j KUBE-SEP-B
+-A PREROUTING ! -s 10.244.1.18/32 -m comment --comment "x" -j KUBE-SEP-B
+-A PREROUTING -s 10.244.1.19/32 -m comment --comment "x" -j ACCEPT
+-A PREROUTING -s 10.244.1.20/32 -m comment --comment "x" -j LOG
+-A KUBE-SEP-A -p tcp -m comment --comment "ns/a:p" -m tcp -j DNAT --to-destination 10.244.1.7:8001
+-A KUBE-SEP-A -p tcp -m comment --comment "ns/a:p" -m tcp -j DNAT --to-destination 10.244.1.8:08001
+-A KUBE-SEP-A -p tcp -m comment --comment "ns/a:p" -m tcp -j DNAT --to-destination 10.244.1.9:
+-A KUBE-SEP-A -p tcp -m comment --comment "ns/a:p" -m tcp -j DNAT --to-destination [10.244.1.9]:80
+-A KUBE-SEP-A -p tcp -m comment --comment "ns/a:p" -m tcp -j DNAT --to-destination 10.244.1.9:80-90
+-A KUBE-SEP-A -p tcp -m comment --comment "ns/a:p" -m tcp -j DNAT --to-destination 10.244.1.9-10.244.1.10:80
+-A KUBE-SEP-A -p tcp -m comment --comment "ns/a:p" -m tcp -j DNAT --to-destination 10.244.1.9:٣
+-A KUBE-SEP-A -p tcp -m comment --comment "ns/a:p" -m tcp -j DNAT --to-destination 10.244.1.999:80
+-A KUBE-SEP-A -p tcp -m comment --comment "ns/a:p" -m tcp -j DNAT --to-destination 1.2.3.4.5:80
+-A KUBE-SEP-A -p tcp -m comment --comment "ns/a:p" -m tcp -j DNAT --to-destination "10.244.1.9:80"
+-A KUBE-SEP-A -p tcp -m comment --comment "ns/a b" -m tcp -j DNAT --to-destination 10.244.1.9:81
+-A KUBE-SEP-B -p tcp -m comment --comment "ns/a:p" -m tcp -j DNAT --to-destination 2001:db8::1:80
+-A KUBE-SEP-B -m comment --comment "ns/a:p" -m statistic --mode random --probability 0.5 -j KUBE-SEP-A
+-A KUBE-SEP-B -m comment --comment "ns/a:p x" -m statistic --mode random --probability 0.5 -j KUBE-SEP-A
+-A KUBE-SEP-B -m comment --comment "ns/a:p" -m statistic --mode random --probability 0.25 -j KUBE-MARK-MASQ
+-A KUBE-SEP-B -m comment --comment "ns/a:p" -m statistic --mode random --probability 0.25 -g KUBE-SEP-A
+COMMIT
+"""
+
+
+@pytest.mark.parametrize("lines", ["forwards", "backwards"])
+def test_plain_split_and_inline_readings_compile_alike_through_kits(lines: str) -> None:
+    """Each rule of TOKENS_DUMP alone after one of its shape (the kit's plain split still on), and all of them
+    in order (and in reverse: the plain split turned off by a comment with spaces, or not yet)."""
+    lines_of = TOKENS_DUMP.strip().split("\n")
+    head = "\n".join(line for line in lines_of if line[0] in "*:")
+    rules = [line for line in lines_of if line.startswith("-A ")]
+    if lines == "backwards":
+        rules.reverse()
+    assert check_dump(load("\n".join([head, *rules, "COMMIT", ""])), "tokens dump") >= 20
+    first: dict[str, str] = {}
+    for rule in rules:
+        first.setdefault(rule.split(" ")[1], rule)
+    for rule in rules:
+        check_dump(load("\n".join([head, first[rule.split(" ")[1]], rule, "COMMIT", ""])), rule)
+
+
 def test_bad_addresses_fail_alike_through_kits() -> None:
     bad = KIT_DUMP.replace("-A PREROUTING -s 10.0.0.2/32 -g B", "-A PREROUTING -s 10.0.0.300/32 -g B")
     bad = bad.replace('--comment "e f" -m tcp -j DNAT --to-destination 10.0.0.3',
@@ -201,7 +318,7 @@ def test_host_addresses_bind_like_parse_net(value: str, negated: bool) -> None:
     binder = Binder(((("", (("-s", negated, (0,)), ("-d", negated, (1,)))),), ()))
     for version in (4, 6):
         try:
-            got: object = bind_addresses(binder, [value, value], version)
+            got: object = bind_addresses(binder.addresses, [value, value], version)
         except TraceError as exc:
             got = str(exc)
         try:

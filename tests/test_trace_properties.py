@@ -489,3 +489,42 @@ def test_fast_outcome_constructor_sets_what_outcome_init_sets() -> None:
     assert set(OUTCOME_SLOTS) == set(Outcome.__slots__)
     assert all(getattr(fast, name) is getattr(slow, name) for name in Outcome.__slots__)
     assert fast == slow and fast.service == "ns/svc:p" and fast.chains == (("nat", "KUBE-SEP-X"),)
+
+
+OWN_WALK_DUMP = """*nat
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:KUBE-SVC-A - [0:0]
+:KUBE-SEP-1 - [0:0]
+:KUBE-SEP-2 - [0:0]
+-A PREROUTING -d 10.96.0.1/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-A
+-A PREROUTING -d 10.96.0.2/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-A
+-A KUBE-SVC-A -i eth1 -j MARK --set-xmark 0x4000/0x4000
+-A KUBE-SVC-A -m statistic --mode random --probability 0.50000000000 -j KUBE-SEP-1
+-A KUBE-SVC-A -j KUBE-SEP-2
+-A KUBE-SEP-1 -s 10.0.0.1/32 -j MARK --set-xmark 0x4000/0x4000
+-A KUBE-SEP-1 -p tcp -m tcp -j DNAT --to-destination 10.0.0.1:8080
+-A KUBE-SEP-2 -s 10.0.0.2/32 -j MARK --set-xmark 0x4000/0x4000
+-A KUBE-SEP-2 -p tcp -m tcp -j DNAT --to-destination 10.0.0.2:8080
+COMMIT
+"""
+
+
+def test_closure_walks_with_assumptions_replay_from_their_own_memo() -> None:
+    """A load-balancing closure whose walk makes an assumption (an input interface the packet does not name) is
+    recorded for itself (ChainPlan.own), not by position; chainwalk._enter reads `own` only when it holds
+    anything (nearly every closure's is empty): entered again with each key, it replays what an unshared walk
+    gives, assumptions included."""
+    ruleset = load(OWN_WALK_DUMP)
+    shared = Tracer(ruleset)
+    shared._reentries = EAGER_AFTER  # (planned on its first entry, as in a view)
+    packets = [Packet(src, dst, 80) for src in ("10.0.0.1", "10.0.0.9", "203.0.113.5")
+               for dst in ("10.96.0.1", "10.96.0.2")]
+    for packet in packets * 2:
+        got = shared.trace(packet)
+        assert any("eth1" in note for note in got.assumptions)
+        assert_same(got, Tracer(ruleset, share=False).trace(packet), f"own walk changed the result for {packet}")
+    plan = shared._chain_plans[("nat", "KUBE-SVC-A")]
+    assert isinstance(plan, tuple) and len(plan[0].own) == 2  # (a key for the endpoint's own address, one for others)
+    assert not plan[0].memo  # (nothing recorded by position)

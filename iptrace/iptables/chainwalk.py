@@ -140,7 +140,10 @@ class ChainWalker(Compiler):
             return self._run_chain(code, s, stack)
         chain_plan, written = plan
         key = chain_plan.key(s)
-        found = chain_plan.own.get(key)
+        own = chain_plan.own
+        # (`own` is empty for nearly every closure: its walks are recorded by position, in `memo`. A key is a tuple,
+        # hashed again by every look-up.)
+        found = own.get(key) if own else None
         if found is not None:
             return chainmemo.replay(found, s, written)
         memo = chain_plan.memo
@@ -315,7 +318,8 @@ class ChainWalker(Compiler):
                     back.append(result[0])
                 else:
                     out.append(result)
-            todo.extend((i + 1, s2) for s2 in reversed(back))
+            if back:
+                todo.extend((i + 1, s2) for s2 in reversed(back))
             return True
         if action == CONTINUE:
             return False

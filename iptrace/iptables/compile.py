@@ -223,13 +223,23 @@ class _Kit:
     ~10^5 rules in a handful of shapes, which differ only in addresses, ports, comments and chain names): the
     structure and its Binder, where the target and a DNAT's destination are among its tokens."""
 
-    __slots__ = ("accesses", "addresses", "binder", "dnat_spot", "jump", "structure", "target_index", "values")
+    __slots__ = ("accesses", "addresses", "binder", "comment", "dnat_spot", "jump", "plain", "source", "structure",
+                 "target_index", "values")
 
     def __init__(self, shape: RuleShape, structure: Structure, binder: Binder) -> None:
         self.structure = structure
         self.binder = binder
         self.values = binder.values
-        self.addresses = bool(binder.addresses)
+        self.addresses = binder.addresses
+        # kube-proxy's endpoint rules' one address, `-s a.b.c.d/32` (bind_addresses' first case): its token index
+        source = binder.addresses[0] if len(binder.addresses) == 1 else None
+        self.source = source[2] if source is not None and source[0] == "src" and not source[1] else -1
+        # The token index of the shape's one --comment value (-1: none), and whether its rules' tokens have been
+        # what a plain split gives so far (see _tokens)
+        spot = shape.first.get("--comment")
+        spots = shape.slots[spot][3] if spot is not None else ()
+        self.comment: int = spots[0] if len(spots) == 1 else -1  # type: ignore[index,arg-type,assignment]
+        self.plain = True
         self.target_index = shape.target_index
         self.jump = GOTO if shape.goto else JUMP
         self.dnat_spot = _dnat_spot(structure)
@@ -237,6 +247,24 @@ class _Kit:
         # address tests (a handful: kube-proxy's endpoint rules jump to KUBE-MARK-MASQ or DNAT; its Service
         # chains jump to a KUBE-SEP chain each, all of one kind)
         self.accesses: dict[str, chainmemo.Access] = {}
+
+
+def _tokens(kit: _Kit, text: str) -> list[str]:
+    """`fast_tokens(text)` for a rule of `kit`'s shape, as `text.split()` when that gives them: the text has no
+    quotes, or its one quoted token is the value of its shape's one --comment and holds no space (kube-proxy's
+    endpoint rules). Two quotes, no backslash, and one split piece that starts and ends with one: that piece is
+    the quoted token, standing alone, and no other piece holds a quote, as fast_tokens' plain reading asks."""
+    if kit.plain:
+        parts = text.split()
+        if '"' not in text:
+            return parts
+        q = kit.comment
+        if q >= 0 and len(parts) > q and "\\" not in text and text.count('"') == 2:
+            piece = parts[q]
+            if len(piece) > 1 and piece[0] == '"' and piece[-1] == '"':
+                return parts
+        kit.plain = False  # (its comments hold spaces: kube-proxy's Service chains; fast_tokens from now on)
+    return fast_tokens(text)
 
 
 def _mark_effect(target: str, opts: Mapping[str, str]) -> Callable[[State], None]:
@@ -312,33 +340,72 @@ class Compiler:
 
     def _compile(self, code: ChainCode, i: int) -> Compiled:
         rule = code.rules[i]
-        tokens = fast_tokens(rule[1])
         kit = self._kits.get(rule[4])
-        if kit is not None:
+        if kit is None:
+            tokens = fast_tokens(rule[1])
+        else:
             # A shape compiled before (kube-proxy's ~10^5 endpoint and load-balancing rules): what the slow way
-            # below does, with what the shape decides read from its kit.
+            # below does, with what the shape decides read from its kit (and _target's work inline).
+            tokens = _tokens(kit, rule[1])
             values = kit.values
             matches = self._bound.get((kit.binder, values(tokens)) if values is not None else kit.binder)
             if matches is not None:
                 c = Compiled(code.table, rule, matches)
                 extra = False
                 if kit.addresses:
-                    src, dst, addresses, never = bind_addresses(kit.binder, tokens, self.version)
-                    c.src = src
-                    c.dst = dst
-                    if addresses:
-                        extra = True
-                        c.tests = addresses + matches.tests
-                    if never:
-                        c.never = True
+                    value = tokens[kit.source] if kit.source >= 0 else ""
+                    host = None
+                    if value[-3:] == "/32" and self.version == 4 and value.count(".") == 3 and value[0] != '"' and (
+                            "," not in value):
+                        try:
+                            host = ip_int(value[:-3])
+                        except ValueError:
+                            pass  # (bind_addresses raises its error)
+                    if host is not None and host[0] == 4:
+                        # bind_addresses' answer for a lone `-s a.b.c.d/32`, without its call and loop
+                        c.src = (0xFFFFFFFF, host[1], False)
+                    else:
+                        src, dst, addresses, never = bind_addresses(kit.addresses, tokens, self.version)
+                        c.src = src
+                        c.dst = dst
+                        if addresses:
+                            extra = True
+                            c.tests = addresses + matches.tests
+                        if never:
+                            c.never = True
                 if kit.target_index >= 0:
-                    self._target(code, rule, c, tokens[kit.target_index], tokens, kit.jump, kit.structure,
-                                 kit.dnat_spot)
+                    name = tokens[kit.target_index]
+                    chain = code.table_chains.get(name) if name not in BUILTIN_TARGETS else None
+                    if chain is not None:
+                        c.target = c.arg = chain  # (as _target)
+                        c.action = kit.jump
+                    elif name == "DNAT":
+                        c.target = name
+                        to = tokens[kit.dnat_spot] if kit.dnat_spot >= 0 else ""
+                        addr, colon, port = to.partition(":")
+                        found = None
+                        if colon and self.version == 4 and port.isdigit() and port.isascii() and addr.count(
+                                ".") == 3 and "-" not in addr and "/" not in addr and addr[:1] not in ('"', "["):
+                            try:
+                                found = ip_int(addr)
+                            except ValueError:
+                                pass  # (_parse_nat_to raises its error)
+                        if found is not None and found[0] == 4:
+                            # kube-proxy's `a.b.c.d:port`: _parse_nat_to's first reading, without its calls
+                            c.action, c.arg = DNAT, (found[1], int(port))
+                        else:
+                            self._dnat(c, rule, to)
+                    else:
+                        c.target = name
+                        self._compile_target(code, rule, c, name, tokens, kit.structure)
                 if extra:
                     c.access = chainmemo.rule_access(kit.structure, c.target, True, self._access)
                 else:
                     target = c.target
-                    kind = chainmemo.access_kind(target)  # (a Service chain's rules each jump to their own chain)
+                    # chainmemo.access_kind: "" for a jump to a chain other than kube-proxy's marking chains (a
+                    # Service chain's rules each jump to their own chain), without its call
+                    kind = "" if c.action == kit.jump and "-" in target and not target.startswith(
+                        "KUBE-MARK-") else chainmemo.access_kind(target)
                     accesses = kit.accesses
                     access = accesses.get(kind)
                     if access is None:
@@ -373,17 +440,13 @@ class Compiler:
         return c
 
     def _target(self, code: ChainCode, rule: Rule, c: Compiled, name: str, tokens: Sequence[str], jump: int,
-                structure: Structure, dnat_spot: int | None = None) -> None:
-        """The rule's target `name`: a jump (`jump`: JUMP or GOTO) to a chain of the table, else a target proper.
-        `dnat_spot`: where a DNAT's --to-destination value is among the tokens, when the caller knows."""
+                structure: Structure) -> None:
+        """The rule's target `name`: a jump (`jump`: JUMP or GOTO) to a chain of the table, else a target proper."""
         chain = code.table_chains.get(name) if name not in BUILTIN_TARGETS else None
         if chain is not None:
             # The chain's own name object: the token would be one more string kept per rule.
             c.target = c.arg = chain
             c.action = jump
-        elif name == "DNAT" and dnat_spot is not None:
-            c.target = name
-            self._dnat(c, rule, tokens[dnat_spot] if dnat_spot >= 0 else "")
         else:
             c.target = name
             self._compile_target(code, rule, c, name, tokens, structure)

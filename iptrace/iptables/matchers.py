@@ -253,7 +253,7 @@ class Binder:
     (-s/-d: nearly unique per rule), bound per rule. Definite tests are pure, so their order does not matter;
     addresses give no assumptions, so the assumptions keep their order."""
 
-    __slots__ = ("addresses", "rest", "values")
+    __slots__ = ("addresses", "indices", "rest", "values")
 
     def __init__(self, structure: Structure) -> None:
         groups: list[tuple[str, tuple[OptSpec, ...]]] = []
@@ -274,6 +274,7 @@ class Binder:
         # (attr, negated, token index of the value or -1)
         self.addresses = tuple(("src" if name == "-s" else "dst", negated, idx[0] if idx else -1)
                                for name, negated, idx in addresses)
+        self.indices = tuple(indices)  # the token indices `values` reads
         self.values: Callable[[Sequence[str]], object] | None = itemgetter(*indices) if indices else None
 
 
@@ -314,19 +315,19 @@ def bind_matches(rule: Rule, ctx: Context, binder: Binder, tokens: Sequence[str]
             bound[key] = found
     if not binder.addresses:
         return found, None, None, (), False
-    src, dst, tests, never = bind_addresses(binder, tokens, ctx.version)
+    src, dst, tests, never = bind_addresses(binder.addresses, tokens, ctx.version)
     return found, src, dst, tests, never
 
 
-def bind_addresses(binder: Binder, tokens: Sequence[str], version: int,
+def bind_addresses(addresses: Sequence[tuple[str, bool, int]], tokens: Sequence[str], version: int,
                    ) -> tuple[Net | None, Net | None, tuple[Test, ...], bool]:
-    """A rule's -s/-d (`binder.addresses`): its first -s and first -d as data (if they name one network), its
-    other -s/-d tests, whether one of those can never match."""
+    """A rule's -s/-d (a Binder's `addresses`, read from `tokens`): its first -s and first -d as data (if they
+    name one network), its other -s/-d tests, whether one of those can never match."""
     src: Net | None = None
     dst: Net | None = None
     tests: list[Test] = []
     never = False
-    for attr, negated, i in binder.addresses:
+    for attr, negated, i in addresses:
         value = tokens[i] if i >= 0 else ""
         if value[:1] == '"':
             value = unquote(value)

@@ -248,12 +248,13 @@ class Tracer(ChainWalker):
                      then: Callable[[State], list[tuple[State, Terminal]]] | None) -> list[tuple[State, Terminal]]:
         if k == len(stages):
             return then(s) if then is not None else [(s, None)]
+        if then is None and k + 1 == len(stages):
+            # (After the last stage with nothing to follow, the stage's branches are the result: a Service's ten
+            # branches leave nat PREROUTING this way.)
+            return self._stage(stages[k][0], stages[k][1], s)
         out: list[tuple[State, Terminal]] = []
-        # (After the last stage with nothing to follow, a branch that went through is the result itself: the
-        # call below would only wrap it in a list. A Service's ten branches leave nat PREROUTING this way.)
-        last = then is None and k + 1 == len(stages)
         for s2, terminal in self._stage(stages[k][0], stages[k][1], s):
-            if terminal is not None or last:
+            if terminal is not None:
                 out.append((s2, terminal))
             else:
                 out.extend(self._walk_stages(s2, stages, k + 1, then))
@@ -349,8 +350,7 @@ class Tracer(ChainWalker):
             if self._watch is not None:
                 self._watch.append((ip_int(packet.dst)[1], [(s.src, s.dst, s.path, s.chains) for s, _t in finals]))
             original = join_host_port(packet.dst, packet.dport)
-            outcome = self._outcome
-            outcomes = tuple([outcome(s, terminal, original, True) for s, terminal in finals])
+            outcomes = self._outcomes(finals, original, True)
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -390,9 +390,7 @@ class Tracer(ChainWalker):
             if self._watch is not None:
                 self._watch.append((dst, [(s.src, s.dst, s.path, s.chains) for s, _t in finals]))
             original = join_host_port(packet.dst, packet.dport)
-            outcome = self._outcome
-            fragment = self.entry == "kube-proxy"
-            outcomes = tuple([outcome(s, terminal, original, fragment) for s, terminal in finals])
+            outcomes = self._outcomes(finals, original, self.entry == "kube-proxy")
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -411,48 +409,55 @@ class Tracer(ChainWalker):
                     notes.append(note)
         return Trace(packet, self.entry, outcomes, tuple(notes))
 
-    def _outcome(self, s: State, terminal: Terminal, original: str, fragment: bool) -> Outcome:
-        """The outcome of one final branch; `fragment`: the walk entered kube-proxy's chains directly (a dump
-        without the built-in chains, or trace_chain)."""
-        path_cell, chains_cell = s.path, s.chains
-        decided: Decision | None
-        destination = None
+    def _outcomes(self, branches: Sequence[tuple[State, Terminal]], original: str, fragment: bool,
+                  ) -> tuple[Outcome, ...]:
+        """The outcome of every final branch, in order; `fragment`: the walk entered kube-proxy's chains directly (a
+        dump without the built-in chains, or trace_chain). (One loop for a trace's branches, ten for a Service's
+        way in: what it looks up once per branch is looked up once.)"""
         finals = self._finals
-        key = (s.dst, s.dport)
-        final = finals.get(key)
-        if final is None:
-            if len(finals) >= FINALS_SIZE:
-                finals.clear()
-            final = finals[key] = join_host_port(format_ip(s.dst, self.version), s.dport)
-        if terminal is not None and (terminal[0] == "DROP" or terminal[0] == "REJECT"):
-            verdict, decided = terminal
-        elif fragment and s.mark_drop is not None:
-            verdict, decided = "DROP", s.mark_drop
-            s.assume(f"line {decided.line}: the packet is marked by KUBE-MARK-DROP, which kubelet's KUBE-FIREWALL "
-                     "chain drops")
-        elif s.dnat:
-            verdict, decided, destination = "DNAT", s.dnat_by, final
-        elif s.accept is not None:
-            verdict, decided = "ACCEPT", s.accept
-            if decided.policy is not None and (decided.table, decided.chain) in self._dash_policy:
-                s.assume(f"built-in chain {decided.table} {decided.chain} has no policy in the dump ('-'): "
-                         "assumed ACCEPT")
-        else:
-            verdict, decided = "CONTINUE", None
-        masquerade = s.kube_masq if fragment else s.masq
-        # Branches of Services with the same endpoint count have the same probabilities.
-        prob = s.prob
-        probability = self._probabilities.get(prob)
-        if probability is None:
-            exact = Fraction(*prob)
-            probability = (exact, float(exact))
-            if len(self._probabilities) >= MEMO_SIZE:
-                self._probabilities.clear()
-            self._probabilities[prob] = probability
-        # Steps, chains and the Service label are built only when read (most outcomes of a Service view never are).
-        lazy = _new_branch(_Branch, (self, path_cell, chains_cell))
-        return new_outcome(verdict, destination, probability[1], masquerade, lazy.service, decided, lazy,
-                           probability[0], original, final, lazy.chains, s.assumptions)
+        probabilities = self._probabilities
+        version = self.version
+        out = []
+        for s, terminal in branches:
+            decided: Decision | None
+            destination = None
+            key = (s.dst, s.dport)
+            final = finals.get(key)
+            if final is None:
+                if len(finals) >= FINALS_SIZE:
+                    finals.clear()
+                final = finals[key] = join_host_port(format_ip(s.dst, version), s.dport)
+            if terminal is not None and (terminal[0] == "DROP" or terminal[0] == "REJECT"):
+                verdict, decided = terminal
+            elif fragment and s.mark_drop is not None:
+                verdict, decided = "DROP", s.mark_drop
+                s.assume(f"line {decided.line}: the packet is marked by KUBE-MARK-DROP, which kubelet's "
+                         "KUBE-FIREWALL chain drops")
+            elif s.dnat:
+                verdict, decided, destination = "DNAT", s.dnat_by, final
+            elif s.accept is not None:
+                verdict, decided = "ACCEPT", s.accept
+                if decided.policy is not None and (decided.table, decided.chain) in self._dash_policy:
+                    s.assume(f"built-in chain {decided.table} {decided.chain} has no policy in the dump ('-'): "
+                             "assumed ACCEPT")
+            else:
+                verdict, decided = "CONTINUE", None
+            # Branches of Services with the same endpoint count have the same probabilities.
+            prob = s.prob
+            probability = probabilities.get(prob)
+            if probability is None:
+                exact = Fraction(*prob)
+                probability = (exact, float(exact))
+                if len(probabilities) >= MEMO_SIZE:
+                    probabilities.clear()
+                probabilities[prob] = probability
+            # Steps, chains and the Service label are built only when read (most outcomes of a Service view never
+            # are).
+            lazy = _new_branch(_Branch, (self, s.path, s.chains))
+            out.append(new_outcome(verdict, destination, probability[1], s.kube_masq if fragment else s.masq,
+                                   lazy.service, decided, lazy, probability[0], original, final, lazy.chains,
+                                   s.assumptions))
+        return tuple(out)
 
 
 class _Branch(tuple):  # type: ignore[type-arg]
