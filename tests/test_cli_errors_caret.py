@@ -64,3 +64,33 @@ def test_a_dump_cut_in_the_middle_of_a_line_says_it_looks_truncated(tmp_path: Pa
         cut.write_text(text[:cut_at] + "\n")
         first = CliRunner().invoke(main, ["services", str(cut)]).stderr.splitlines()[0]
         assert "middle of this line" not in first, first
+
+
+_BAD_NAT = """*nat
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-SVC-AAAA - [0:0]
+:KUBE-SEP-BBBB - [0:0]
+-A PREROUTING -j KUBE-SERVICES
+-A OUTPUT -j KUBE-SERVICES
+-A KUBE-SERVICES -d 10.96.0.5/32 -p tcp -m comment --comment "default/web:http cluster IP" -m tcp --dport 80 -j KUBE-SVC-AAAA
+-A KUBE-SVC-AAAA -m comment --comment "default/web:http -> 10.244.1.5:8080" -j KUBE-SEP-BBBB
+-A KUBE-SEP-BBBB -p tcp -m comment --comment "default/web:http" -m tcp -j DNAT --to-destination {to}
+COMMIT
+"""
+
+
+def test_an_unreadable_nat_target_names_its_line_and_column(tmp_path: Path) -> None:
+    # iptables-restore refuses these: a trace or a view that meets one says where it is, and exits 1 (it was an
+    # internal error, a ValueError, for a port that is not a number).
+    for to, what in [("10.244.1.5:x", "port"), ("10.244.1.5:70000", "port"), ("10.244.1.5:\u0663", "port"),
+                     ("10.244.1.500:80", "address")]:
+        dump = tmp_path / "bad.txt"
+        dump.write_text(_BAD_NAT.format(to=to))
+        for args in (["trace", str(dump), "--dst", "10.96.0.5:80"], ["services", str(dump)]):
+            result = CliRunner().invoke(main, args)
+            assert result.exit_code == 1, (to, args, result.output)
+            first = result.output.strip().splitlines()[0]
+            assert first.startswith(f"Error: {dump}:11:97: cannot read ") and what in first, first
+            assert "internal error" not in result.output

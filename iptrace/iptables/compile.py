@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from iptrace.dataplane import Decision, Step, positional_new
-from iptrace.errors import TraceError
+from iptrace.errors import ParseError, TraceError
 from iptrace.iptables import chainmemo
 from iptrace.iptables.comments import parse_comment
 from iptrace.iptables.index import MIN_RULES, ChainIndex
@@ -151,7 +151,7 @@ def _parse_nat_to(text: str, version: int) -> tuple[int | None, int | None, str 
                 raise TraceError(f"cannot read NAT address {text!r}") from None
             if addr_version != version:
                 raise TraceError(f"NAT address {addr_part} is not IPv{version}")
-            return addr, int(port_part) if port_part else None, None
+            return addr, _nat_port(text, port_part) if port_part else None, None
     addr_part, port_part = text, ""
     if text.startswith("["):
         addr_part, _, rest = text[1:].partition("]")
@@ -172,8 +172,15 @@ def _parse_nat_to(text: str, version: int) -> tuple[int | None, int | None, str 
             raise TraceError(f"cannot read NAT address {text!r}") from None
         if addr_version != version:
             raise TraceError(f"NAT address {first_addr} is not IPv{version}")
-    port = int(port_part.split("-")[0]) if port_part else None
+    port = _nat_port(text, port_part.split("-")[0]) if port_part else None
     return addr, port, note
+
+
+def _nat_port(text: str, port: str) -> int:
+    """A NAT target's port, as iptables prints it (decimal, 0-65535); TraceError naming the target otherwise."""
+    if not (port.isascii() and port.isdigit() and len(port) <= 5 and int(port) <= 65535):
+        raise TraceError(f"cannot read the port of NAT target {text!r}: expected a number from 0 to 65535")
+    return int(port)
 
 
 _DISPATCH_CHAINS = frozenset({"KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-EXTERNAL-SERVICES"})
@@ -502,7 +509,13 @@ class Compiler:
         if to[:1] == '"':
             to = unquote(to)
         if to:
-            addr, port, c.note = _parse_nat_to(to, self.version)
+            try:
+                addr, port, c.note = _parse_nat_to(to, self.version)
+            except TraceError as exc:
+                # (iptables-restore refuses such a rule: say where it is, as for any other unreadable text)
+                line = f"-A {rule.chain} {rule.text}"
+                raise ParseError(f"{exc}; is this iptables-save output?", source=self.ruleset.source,
+                                 line=rule.line, column=max(line.rfind(to), 0) + 1, text=line) from None
             c.action, c.arg = DNAT, (addr, port)
         else:
             c.action, c.arg = DNAT, (None, None)
