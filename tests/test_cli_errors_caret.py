@@ -75,22 +75,25 @@ _BAD_NAT = """*nat
 -A PREROUTING -j KUBE-SERVICES
 -A OUTPUT -j KUBE-SERVICES
 -A KUBE-SERVICES -d 10.96.0.5/32 -p tcp -m comment --comment "default/web:http cluster IP" -m tcp --dport 80 -j KUBE-SVC-AAAA
--A KUBE-SVC-AAAA -m comment --comment "default/web:http -> 10.244.1.5:8080" -j KUBE-SEP-BBBB
+-A KUBE-SVC-AAAA -s {src} -m comment --comment "default/web:http -> 10.244.1.5:8080" -j KUBE-SEP-BBBB
 -A KUBE-SEP-BBBB -p tcp -m comment --comment "default/web:http" -m tcp -j DNAT --to-destination {to}
 COMMIT
 """
 
 
-def test_an_unreadable_nat_target_names_its_line_and_column(tmp_path: Path) -> None:
-    # iptables-restore refuses these: a trace or a view that meets one says where it is, and exits 1 (it was an
-    # internal error, a ValueError, for a port that is not a number).
-    for to, what in [("10.244.1.5:x", "port"), ("10.244.1.5:70000", "port"), ("10.244.1.5:\u0663", "port"),
-                     ("10.244.1.500:80", "address")]:
+def test_an_unreadable_value_names_its_line_and_column(tmp_path: Path) -> None:
+    # iptables-restore refuses these: a trace or a view that meets one says where it is, and exits 1 (a port that
+    # is not a number was an internal error, a ValueError; the others named no line).
+    cases = [("10.244.1.5:x", "0.0.0.0/0", 11, 97, "port"), ("10.244.1.5:70000", "0.0.0.0/0", 11, 97, "port"),
+             ("10.244.1.5:\u0663", "0.0.0.0/0", 11, 97, "port"), ("10.244.1.500:80", "0.0.0.0/0", 11, 97, "address"),
+             ("[fd00::1]:80", "0.0.0.0/0", 11, 98, "IPv4"), ("10.244.1.5:80", "10.0.0.999/32", 10, 21, "address")]
+    for to, src, line, column, what in cases:
         dump = tmp_path / "bad.txt"
-        dump.write_text(_BAD_NAT.format(to=to))
+        dump.write_text(_BAD_NAT.format(to=to, src=src))
         for args in (["trace", str(dump), "--dst", "10.96.0.5:80"], ["services", str(dump)]):
             result = CliRunner().invoke(main, args)
             assert result.exit_code == 1, (to, args, result.output)
-            first = result.output.strip().splitlines()[0]
-            assert first.startswith(f"Error: {dump}:11:97: cannot read ") and what in first, first
+            first, shown, caret = result.output.strip("\n").splitlines()[:3]
+            assert first.startswith(f"Error: {dump}:{line}:{column}: ") and what in first, first
+            assert caret.index("^") == shown.index(to.strip("[").split("]")[0] if src == "0.0.0.0/0" else src)
             assert "internal error" not in result.output

@@ -150,7 +150,7 @@ def _parse_nat_to(text: str, version: int) -> tuple[int | None, int | None, str 
             except ValueError:
                 raise TraceError(f"cannot read NAT address {text!r}") from None
             if addr_version != version:
-                raise TraceError(f"NAT address {addr_part} is not IPv{version}")
+                raise TraceError(f"NAT address {addr_part!r} is not IPv{version}")
             return addr, _nat_port(text, port_part) if port_part else None, None
     addr_part, port_part = text, ""
     if text.startswith("["):
@@ -171,9 +171,13 @@ def _parse_nat_to(text: str, version: int) -> tuple[int | None, int | None, str 
         except ValueError:
             raise TraceError(f"cannot read NAT address {text!r}") from None
         if addr_version != version:
-            raise TraceError(f"NAT address {first_addr} is not IPv{version}")
+            raise TraceError(f"NAT address {first_addr!r} is not IPv{version}")
     port = _nat_port(text, port_part.split("-")[0]) if port_part else None
     return addr, port, note
+
+
+# The value a TraceError of a rule's compile quotes (`cannot read address '10.0.0.999/32'`): where the error points.
+_QUOTED = re.compile(r"'([^']*)'")
 
 
 def _nat_port(text: str, port: str) -> int:
@@ -346,6 +350,19 @@ class Compiler:
         return code  # type: ignore[return-value]
 
     def _compile(self, code: ChainCode, i: int) -> Compiled:
+        """Rule `i` of `code`, compiled (and kept). A value iptables-restore would refuse (an address, a NAT
+        target, a mark) is a ParseError naming the rule's file:line:column, as for any other unreadable text."""
+        try:
+            return self._compile_rule(code, i)
+        except TraceError as exc:
+            rule = code.rules[i]
+            line = f"-A {rule.chain} {rule.text}"
+            quoted = _QUOTED.search(str(exc))
+            column = line.rfind(quoted.group(1)) + 1 if quoted is not None and quoted.group(1) else 0
+            raise ParseError(f"{exc}; is this iptables-save output?", source=self.ruleset.source, line=rule.line,
+                             column=column or 1, text=line) from None
+
+    def _compile_rule(self, code: ChainCode, i: int) -> Compiled:
         rule = code.rules[i]
         kit = self._kits.get(rule[4])
         if kit is None:
@@ -509,13 +526,7 @@ class Compiler:
         if to[:1] == '"':
             to = unquote(to)
         if to:
-            try:
-                addr, port, c.note = _parse_nat_to(to, self.version)
-            except TraceError as exc:
-                # (iptables-restore refuses such a rule: say where it is, as for any other unreadable text)
-                line = f"-A {rule.chain} {rule.text}"
-                raise ParseError(f"{exc}; is this iptables-save output?", source=self.ruleset.source,
-                                 line=rule.line, column=max(line.rfind(to), 0) + 1, text=line) from None
+            addr, port, c.note = _parse_nat_to(to, self.version)
             c.action, c.arg = DNAT, (addr, port)
         else:
             c.action, c.arg = DNAT, (None, None)
