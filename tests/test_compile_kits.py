@@ -334,15 +334,3 @@ def test_host_addresses_bind_like_parse_net(value: str, negated: bool) -> None:
                 expected = ((net[1], net[0], negated), (net[1], net[0], negated), (), False)
         assert got == expected, (value, version)
 
-
-def test_the_inline_access_kind_holds_for_every_target_with_fields() -> None:
-    """Compiler._compile decides a jump's access kind inline: "" for any target with a "-" that does not start
-    with KUBE-MARK- (without calling chainmemo.access_kind). That holds only while every target with fields of
-    its own and a "-" in its name is a KUBE-MARK- chain: a new one must be handled there too."""
-    from iptrace.iptables import chainmemo
-
-    for target in chainmemo._TARGET_FIELDS:
-        if "-" in target:
-            assert target.startswith("KUBE-MARK-"), target
-    for target in ("KUBE-SVC-ABC", "KUBE-SEP-XYZ", "CNI-HOSTPORT-DNAT", "my-chain"):
-        assert chainmemo.access_kind(target) == ""

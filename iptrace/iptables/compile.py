@@ -234,7 +234,7 @@ class _Kit:
     ~10^5 rules in a handful of shapes, which differ only in addresses, ports, comments and chain names): the
     structure and its Binder, where the target and a DNAT's destination are among its tokens."""
 
-    __slots__ = ("accesses", "addresses", "binder", "comment", "dnat_spot", "jump", "plain", "source", "structure",
+    __slots__ = ("accesses", "addresses", "binder", "comment", "dnat_spot", "jump", "plain", "structure",
                  "target_index", "values")
 
     def __init__(self, shape: RuleShape, structure: Structure, binder: Binder) -> None:
@@ -242,9 +242,6 @@ class _Kit:
         self.binder = binder
         self.values = binder.values
         self.addresses = binder.addresses
-        # kube-proxy's endpoint rules' one address, `-s a.b.c.d/32` (bind_addresses' first case): its token index
-        source = binder.addresses[0] if len(binder.addresses) == 1 else None
-        self.source = source[2] if source is not None and source[0] == "src" and not source[1] else -1
         # The token index of the shape's one --comment value (-1: none), and whether its rules' tokens have been
         # what a plain split gives so far (see _tokens)
         spot = shape.first.get("--comment")
@@ -369,7 +366,7 @@ class Compiler:
             tokens = fast_tokens(rule[1])
         else:
             # A shape compiled before (kube-proxy's ~10^5 endpoint and load-balancing rules): what the slow way
-            # below does, with what the shape decides read from its kit (and _target's work inline).
+            # below does, with what the shape decides read from its kit.
             tokens = _tokens(kit, rule[1])
             values = kit.values
             matches = self._bound.get((kit.binder, values(tokens)) if values is not None else kit.binder)
@@ -377,59 +374,22 @@ class Compiler:
                 c = Compiled(code.table, rule, matches)
                 extra = False
                 if kit.addresses:
-                    value = tokens[kit.source] if kit.source >= 0 else ""
-                    host = None
-                    if value[-3:] == "/32" and self.version == 4 and value.count(".") == 3 and value[0] != '"' and (
-                            "," not in value):
-                        try:
-                            host = ip_int(value[:-3])
-                        except ValueError:
-                            pass  # (bind_addresses raises its error)
-                    if host is not None and host[0] == 4:
-                        # bind_addresses' answer for a lone `-s a.b.c.d/32`, without its call and loop
-                        c.src = (0xFFFFFFFF, host[1], False)
-                    else:
-                        src, dst, addresses, never = bind_addresses(kit.addresses, tokens, self.version)
-                        c.src = src
-                        c.dst = dst
-                        if addresses:
-                            extra = True
-                            c.tests = addresses + matches.tests
-                        if never:
-                            c.never = True
+                    src, dst, addresses, never = bind_addresses(kit.addresses, tokens, self.version)
+                    c.src = src
+                    c.dst = dst
+                    if addresses:
+                        extra = True
+                        c.tests = addresses + matches.tests
+                    if never:
+                        c.never = True
                 if kit.target_index >= 0:
-                    name = tokens[kit.target_index]
-                    chain = code.table_chains.get(name) if name not in BUILTIN_TARGETS else None
-                    if chain is not None:
-                        c.target = c.arg = chain  # (as _target)
-                        c.action = kit.jump
-                    elif name == "DNAT":
-                        c.target = name
-                        to = tokens[kit.dnat_spot] if kit.dnat_spot >= 0 else ""
-                        addr, colon, port = to.partition(":")
-                        found = None
-                        if colon and self.version == 4 and port.isdigit() and port.isascii() and addr.count(
-                                ".") == 3 and "-" not in addr and "/" not in addr and addr[:1] not in ('"', "["):
-                            try:
-                                found = ip_int(addr)
-                            except ValueError:
-                                pass  # (_parse_nat_to raises its error)
-                        if found is not None and found[0] == 4:
-                            # kube-proxy's `a.b.c.d:port`: _parse_nat_to's first reading, without its calls
-                            c.action, c.arg = DNAT, (found[1], int(port))
-                        else:
-                            self._dnat(c, rule, to)
-                    else:
-                        c.target = name
-                        self._compile_target(code, rule, c, name, tokens, kit.structure)
+                    self._target(code, rule, c, tokens[kit.target_index], tokens, kit.jump, kit.structure,
+                                 kit.dnat_spot)
                 if extra:
                     c.access = chainmemo.rule_access(kit.structure, c.target, True, self._access)
                 else:
                     target = c.target
-                    # chainmemo.access_kind: "" for a jump to a chain other than kube-proxy's marking chains (a
-                    # Service chain's rules each jump to their own chain), without its call
-                    kind = "" if c.action == kit.jump and "-" in target and not target.startswith(
-                        "KUBE-MARK-") else chainmemo.access_kind(target)
+                    kind = chainmemo.access_kind(target)  # (a Service chain's rules each jump to their own chain)
                     accesses = kit.accesses
                     access = accesses.get(kind)
                     if access is None:
@@ -464,13 +424,17 @@ class Compiler:
         return c
 
     def _target(self, code: ChainCode, rule: Rule, c: Compiled, name: str, tokens: Sequence[str], jump: int,
-                structure: Structure) -> None:
-        """The rule's target `name`: a jump (`jump`: JUMP or GOTO) to a chain of the table, else a target proper."""
+                structure: Structure, dnat_spot: int | None = None) -> None:
+        """The rule's target `name`: a jump (`jump`: JUMP or GOTO) to a chain of the table, else a target proper.
+        `dnat_spot`: where a DNAT's --to-destination value is among the tokens, when the caller knows."""
         chain = code.table_chains.get(name) if name not in BUILTIN_TARGETS else None
         if chain is not None:
             # The chain's own name object: the token would be one more string kept per rule.
             c.target = c.arg = chain
             c.action = jump
+        elif name == "DNAT" and dnat_spot is not None:
+            c.target = name
+            self._dnat(c, rule, tokens[dnat_spot] if dnat_spot >= 0 else "")
         else:
             c.target = name
             self._compile_target(code, rule, c, name, tokens, structure)
