@@ -16,6 +16,7 @@ from fractions import Fraction
 from typing import Any, Literal, Protocol
 
 from iptrace.errors import InputError
+from iptrace.records import positional_new
 
 # IP protocol numbers for the names iptables accepts after -p: its own built-in names plus Debian's
 # /etc/protocols (iptables-save prints getprotobynumber's name, e.g. `-p ipencap` for Calico's IP-in-IP).
@@ -158,64 +159,6 @@ class Decision:
         if self.handle is not None:
             out["handle"] = self.handle
         return out
-
-
-def positional_new(cls: type, names: Sequence[str]) -> Callable[..., Any]:
-    """`new(*values)`: an instance of slots class `cls` with slot `names[i]` set to `values[i]`, not through
-    `__init__` (a frozen dataclass sets each field with `object.__setattr__`, two to three times slower; a
-    Service view builds ~10^5 of these). The values are stored into a twin of `cls` (the same slots over the same
-    base, storing attributes the plain way) with plain attribute stores, and the object then becomes a `cls`:
-    half the cost of calling each slot's descriptor. Classes the twin cannot mirror take the descriptors."""
-    twin = _twin(cls)
-    if twin is not None:
-        namespace: dict[str, object] = {"_new": object.__new__, "twin": twin, "cls": cls}
-        lines = [f"def new({', '.join(names)}):", "    self = _new(twin)"]
-        lines += [f"    self.{name} = {name}" for name in names]
-        exec("\n".join([*lines, "    self.__class__ = cls", "    return self"]), namespace)
-        return namespace["new"]  # type: ignore[return-value]
-    namespace = {"_new": object.__new__, "cls": cls}
-    lines = [f"def new({', '.join(names)}):", "    self = _new(cls)"]
-    for i, name in enumerate(names):
-        namespace[f"_set{i}"] = getattr(cls, name).__set__
-        lines.append(f"    _set{i}(self, {name})")
-    exec("\n".join([*lines, "    return self"]), namespace)
-    return namespace["new"]  # type: ignore[return-value]
-
-
-def positional_replace(cls: type, every: Sequence[str], names: Sequence[str]) -> Callable[..., Any]:
-    """`replace(obj, *values)`: a copy of `obj`, an instance of slots class `cls` whose slots are `every`, with slot
-    `names[i]` set to `values[i]` and the others read from `obj`, made as positional_new makes one, in one call."""
-    params = [f"v{i}" for i in range(len(names))]
-    values = [params[names.index(n)] if n in names else f"o.{n}" for n in every]
-    twin = _twin(cls)
-    if twin is None:
-        namespace: dict[str, object] = {"new": positional_new(cls, every)}
-        exec(f"def replace(o, {', '.join(params)}):\n    return new({', '.join(values)})", namespace)
-        return namespace["replace"]  # type: ignore[return-value]
-    namespace = {"_new": object.__new__, "twin": twin, "cls": cls}
-    lines = [f"def replace(o, {', '.join(params)}):", "    self = _new(twin)"]
-    lines += [f"    self.{name} = {value}" for name, value in zip(every, values, strict=True)]
-    exec("\n".join([*lines, "    self.__class__ = cls", "    return self"]), namespace)
-    return namespace["replace"]  # type: ignore[return-value]
-
-
-def _twin(cls: type) -> type | None:
-    """A class laid out like `cls` (a subclass of its base with the same `__slots__`, storing attributes the
-    plain way) that an instance can be switched from to `cls` by assigning `__class__`; None when there is none
-    (CPython allows the switch between classes that add the same slots to the same base)."""
-    slots = cls.__dict__.get("__slots__")
-    if slots is None or len(cls.__bases__) != 1:
-        return None
-    body: dict[str, object] = {"__slots__": tuple(slots)}
-    if cls.__bases__[0].__setattr__ is not object.__setattr__:  # (a frozen dataclass's base refuses stores)
-        body["__setattr__"] = object.__setattr__
-    twin = type(f"_{cls.__name__}Twin", cls.__bases__, body)
-    probe = object.__new__(twin)
-    try:
-        probe.__class__ = cls
-    except TypeError:
-        return None
-    return twin
 
 
 _new_packet = positional_new(Packet, ("src", "dst", "dport", "proto", "sport", "in_interface"))

@@ -40,11 +40,18 @@ def test_dataplane_packages_import_only_errors_the_interface_and_themselves() ->
         layer = _layer(name)
         if layer not in DATAPLANES and layer != "dataplane":
             continue
-        allowed = {"iptrace.errors"} if layer == "dataplane" else {"iptrace.errors", "iptrace.dataplane",
-                                                                    "iptrace.grammars", "iptrace.text"}
+        allowed = {"iptrace.errors", "iptrace.records"} if layer == "dataplane" else {
+            "iptrace.errors", "iptrace.records", "iptrace.dataplane", "iptrace.grammars", "iptrace.text"}
         for imported in _imports(tree):
             if imported.startswith("iptrace") and imported not in allowed:
                 assert imported.startswith(f"iptrace.{layer}"), f"{name} imports {imported}"
+
+
+def test_records_import_nothing_of_iptrace() -> None:
+    """iptrace.records (building slots records fast) sits below the dataplane interface, beside errors."""
+    for name, tree, _ in _modules():
+        if name in ("iptrace.records", "iptrace.errors"):
+            assert not [m for m in _imports(tree) if m.startswith("iptrace")], name
 
 
 def test_conntrack_reader_imports_only_errors_the_interface_and_itself() -> None:
@@ -76,7 +83,7 @@ def test_third_party_owners() -> None:
 
 
 def test_render_and_analysis_layers_do_no_io() -> None:
-    pure = {"dataplane", *DATAPLANES, "conntrack", "kube", "explain", "render"}
+    pure = {"dataplane", "records", *DATAPLANES, "conntrack", "kube", "explain", "render"}
     for name, tree, text in _modules():
         if _layer(name) not in pure or name.endswith("iptables.loader"):
             continue  # the loader reads a dump file for the CLI (read_dump); nothing else may

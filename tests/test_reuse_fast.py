@@ -183,7 +183,7 @@ def test_address_reads_kept_per_structure_are_the_rules_own() -> None:
 
 
 def test_a_replacer_copies_every_other_field() -> None:
-    """reuse's replacers (dataplane.positional_replace) make what dataclasses.replace makes, of the same class."""
+    """reuse's replacers (records.positional_replace) make what dataclasses.replace makes, of the same class."""
     import dataclasses
 
     from iptrace.kube.reuse import _endpoint_line, _entry_paths_lines, _path_decided_by, _view_relined

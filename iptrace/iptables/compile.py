@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from iptrace.dataplane import Decision, Step, positional_new
+from iptrace.dataplane import Decision, Step
 from iptrace.errors import ParseError, TraceError
 from iptrace.iptables import chainmemo
 from iptrace.iptables.comments import parse_comment
@@ -33,6 +33,7 @@ from iptrace.iptables.matchers import (
 from iptrace.iptables.model import Chain, Rule, Ruleset, RuleShape, unquote
 from iptrace.iptables.options import BUILTIN_TARGETS
 from iptrace.iptables.state import Context, State, cons_prefix, ip_int, parse_net
+from iptrace.records import positional_new
 
 # Actions of a compiled rule.
 JUMP, GOTO, RETURN, ACCEPT, DROP, REJECT, DNAT, SNAT, MASQUERADE, REDIRECT, NETMAP = range(11)

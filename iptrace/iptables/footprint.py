@@ -33,7 +33,7 @@ from dataclasses import fields
 from operator import itemgetter
 from typing import Any
 
-from iptrace.dataplane import Footprint, Packet, positional_new
+from iptrace.dataplane import Footprint, Packet
 from iptrace.errors import IptraceError
 from iptrace.iptables.compile import ChainCode
 from iptrace.iptables.footprint_facts import (
@@ -56,6 +56,7 @@ from iptrace.iptables.matchers import Structure, fast_tokens
 from iptrace.iptables.model import BUILTIN_CHAINS, TABLES
 from iptrace.iptables.options import BUILTIN_TARGETS
 from iptrace.iptables.state import ip_int
+from iptrace.records import positional_new
 
 # (process-wide, like the facts: a rule's target by its text; short chains by their texts, see read_chain)
 _TARGETS: dict[str, str] = {}

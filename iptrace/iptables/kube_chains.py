@@ -12,11 +12,11 @@ from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, fields
 from operator import itemgetter
 
-from iptrace.dataplane import positional_new
 from iptrace.iptables.comments import parse_comment
 from iptrace.iptables.facts import RuleFacts, read, shape_fields, target_of
 from iptrace.iptables.hashes import SERVICE_PORT_CHAIN_PREFIXES
 from iptrace.iptables.model import Chain, Rule, Ruleset, RuleShape, Table
+from iptrace.records import positional_new
 
 MASQ_CHAIN = "KUBE-MARK-MASQ"
 DROP_CHAIN = "KUBE-MARK-DROP"

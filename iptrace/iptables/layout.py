@@ -33,7 +33,6 @@ from iptrace.dataplane import (
     WaySeed,
     WaySeeds,
     node_pod_subnet,
-    positional_new,
 )
 from iptrace.iptables.comments import chain_key, parse_comment
 from iptrace.iptables.era import no_rules_warnings, proxy_mode
@@ -53,6 +52,7 @@ from iptrace.iptables.kube_chains import (
 )
 from iptrace.iptables.model import Ruleset
 from iptrace.iptables.sources import infer_node_ips
+from iptrace.records import positional_new
 
 _LOCAL_PREFIXES = ("KUBE-SVL-", "KUBE-XLB-")
 _RULE_LINE = itemgetter(3)  # Rule.line, read straight from the tuple

@@ -17,7 +17,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from iptrace.dataplane import positional_new
 from iptrace.errors import DumpSemanticError, InputError, ParseError
 from iptrace.iptables import grammar, listing, restore
 from iptrace.iptables.model import BUILTIN_CHAINS, TABLES, TOKEN_RE, Chain, LoadWarning, Rule, Ruleset, RuleShape, Table
@@ -26,6 +25,7 @@ from iptrace.iptables.options import (
 )
 from iptrace.iptables.restore import OpenTable
 from iptrace.iptables.rule_shapes import LoadMemo, build_shape
+from iptrace.records import positional_new
 from iptrace.text import decode_input
 
 # Values become "_"; option words, "!" and the module name after -m stay, so one key means one layout.

@@ -12,18 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
-from iptrace.dataplane import (
-    Decision,
-    Entry,
-    Footprint,
-    Outcome,
-    Packet,
-    Step,
-    Trace,
-    join_host_port,
-    new_outcome,
-    positional_new,
-)
+from iptrace.dataplane import Decision, Entry, Footprint, Outcome, Packet, Step, Trace, join_host_port, new_outcome
 from iptrace.errors import InputError, TraceError
 from iptrace.iptables import chainmemo
 from iptrace.iptables.chainwalk import ChainWalker
@@ -32,6 +21,7 @@ from iptrace.iptables.matchers import NEW_CONNECTION
 from iptrace.iptables.memo import StagePlan, record, replay, stage_plan
 from iptrace.iptables.model import BUILTIN_CHAINS, Ruleset
 from iptrace.iptables.state import Context, State, Terminal, format_ip, ip_int
+from iptrace.records import positional_new
 
 # Hook order (net/netfilter priorities): raw -300, mangle -150, nat DNAT -100, filter 0, security 50,
 # nat SNAT 100.

@@ -22,8 +22,9 @@ from dataclasses import dataclass, fields, replace
 from operator import attrgetter
 from typing import Any
 
-from iptrace.dataplane import Layout, Packet, ServicePortLayout, Trace, WayIn, positional_new, positional_replace
+from iptrace.dataplane import Layout, Packet, ServicePortLayout, Trace, WayIn
 from iptrace.kube.view import EndpointView, EntryView, ServicePortView, SourcePath
+from iptrace.records import positional_new, positional_replace
 
 # Views kept per process: a node has a few thousand Service ports; a fleet's nodes share most of them.
 CACHE_SIZE = 30_000

@@ -30,7 +30,6 @@ from iptrace.dataplane import (
     Tracer,
     WayIn,
     packet_of,
-    positional_new,
 )
 from iptrace.kube.clients import (
     CLIENT_WORDS,
@@ -44,6 +43,7 @@ from iptrace.kube.clients import (
 )
 from iptrace.kube.names import split_destination, split_service_port_name
 from iptrace.kube.sharing import ADDRESS_KINDS, shared_claims
+from iptrace.records import positional_new
 
 __all__ = [
     "CLUSTER_IP", "EXTERNAL", "EXTERNAL_IP", "HEALTH_CHECK", "LOAD_BALANCER", "MASQ_ALWAYS", "MASQ_NEVER",
