@@ -5,6 +5,7 @@ a dump read after another, whose Service chains differ in one rule, reads every 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from iptrace.errors import IptraceError
 from iptrace.iptables import kube_chains as summaries_module
 from iptrace.iptables import load
 from iptrace.iptables.layout import read_layout
+from iptrace.iptables.model import Rule
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_dumps"
 _SERVICE_RULE = re.compile(r"^-A (KUBE-(?:SVC|SVL|EXT|FW|XLB)-\S+) ", re.M)
@@ -92,7 +94,7 @@ def test_summaries_are_kept_by_content_and_bounded(monkeypatch: pytest.MonkeyPat
 
 # ------------------------------------------------------------------------------------------------ fast summaries
 # A chain's summary reads only the rules that can add to it (kube_chains._summary): the rest give their target from
-# their text. The same summary as reading every rule (_slow_summary), for every chain of the sample and corpus dumps
+# their text. The same summary as reading every rule (_slow_summary, below), for every chain of the sample and corpus dumps
 # and for made-up chains of the rules a Service chain holds, in any order, with any comments.
 
 REALWORLD = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus" / "realworld"
@@ -104,7 +106,7 @@ def test_the_summary_of_every_chain_is_the_summary_of_every_rule_read(path: Path
     ruleset = load(path.read_text(encoding="utf-8"), lenient=True)
     for table in ruleset.tables:
         for chain in table.chains:
-            assert summaries_module._summary(chain.rules) == summaries_module._slow_summary(chain.rules)
+            assert summaries_module._summary(chain.rules) == _slow_summary(chain.rules)
 
 
 _COMMENT = st.sampled_from(["ns/svc:http", "ns/svc:http has no local endpoints", "masquerade traffic",
@@ -147,4 +149,22 @@ def test_the_summary_of_any_chain_is_the_summary_of_every_rule_read(specs: list[
     text = "\n".join(["*nat", *(f":{t} - [0:0]" for t in [*targets, "KUBE-TEST"]),
                       *(f"-A KUBE-TEST {_rule_text(spec)}" for spec in specs), "COMMIT", ""])
     rules = load(text).chain("nat", "KUBE-TEST").rules  # type: ignore[union-attr]
-    assert summaries_module._summary(rules) == summaries_module._slow_summary(rules)
+    assert summaries_module._summary(rules) == _slow_summary(rules)
+
+
+def _slow_summary(rules: Sequence[Rule]) -> summaries_module.ChainSummary:
+    """kube_chains._summary with every rule read: the reference it is compared with."""
+    facts = [summaries_module.read(r) for r in rules]
+    name = next((parsed[0] for f in facts if f.comment
+                 for parsed in (summaries_module.parse_comment(f.comment),) if parsed is not None), None)
+    affinity = next((a for f in facts if f.recent_check and f.seconds is not None
+                     for a in (summaries_module._number(f.seconds),) if a is not None), None)
+    return summaries_module.ChainSummary(
+        name,
+        any(f.target == summaries_module.DROP_CHAIN and f.comment and "has no local endpoints" in f.comment for f in facts),
+        next((f.proto.lower() for f in facts if f.proto), None),
+        tuple(dict.fromkeys(f.target for f in facts if f.target.startswith(summaries_module.SEP))),
+        tuple(f.src for f in facts if f.src is not None and not f.src_neg
+              and f.target.startswith(("KUBE-EXT-", "KUBE-SVC-", "KUBE-XLB-"))),
+        any(f.target.startswith("KUBE-SVL-") or f.src_type is not None for f in facts),
+        affinity)

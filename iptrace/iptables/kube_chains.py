@@ -246,24 +246,6 @@ def _skip(shape: RuleShape) -> tuple[RuleShape, bool, bool, bool]:
     return found
 
 
-def _slow_summary(rules: Sequence[Rule]) -> ChainSummary:
-    """_summary with every rule read (what tests compare it with)."""
-    facts = [read(r) for r in rules]
-    name = next((parsed[0] for f in facts if f.comment
-                 for parsed in (parse_comment(f.comment),) if parsed is not None), None)
-    affinity = next((a for f in facts if f.recent_check and f.seconds is not None
-                     for a in (_number(f.seconds),) if a is not None), None)
-    return ChainSummary(
-        name,
-        any(f.target == DROP_CHAIN and f.comment and "has no local endpoints" in f.comment for f in facts),
-        next((f.proto.lower() for f in facts if f.proto), None),
-        tuple(dict.fromkeys(f.target for f in facts if f.target.startswith(SEP))),
-        tuple(f.src for f in facts if f.src is not None and not f.src_neg
-              and f.target.startswith(("KUBE-EXT-", "KUBE-SVC-", "KUBE-XLB-"))),
-        any(f.target.startswith("KUBE-SVL-") or f.src_type is not None for f in facts),
-        affinity)
-
-
 def _number(text: str) -> int | None:
     try:
         return int(text)
