@@ -13,11 +13,12 @@ import ipaddress
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import compress
+from itertools import compress, repeat
+from operator import contains
 from typing import Any
 
 from iptrace.conntrack.model import ConntrackEntry
-from iptrace.conntrack.shape import Shape, shape_of, split_words
+from iptrace.conntrack.shape import VALUE_CHARS, Shape, shape_of, split_words
 from iptrace.dataplane import join_host_port
 
 
@@ -100,6 +101,12 @@ class DstIndex:
         self._words: list[bytes] = []
         self._numbers: list[int] = []
         self._by_word: dict[bytes, dict[bytes, list[int]]] | None = None
+        # Runs of lines the reader took whole (pattern.Fast: each is its key's first shape), as (first, stop) line
+        # numbers: their words are found in their text when asked for (see `bind`).
+        self._runs: list[tuple[int, int]] = []
+        self._lines: Lines | None = None
+        self._shapes: dict[bytes, list[Shape]] = {}
+        self._nul_free = False
         self.count = 0
         # The flows the caller will ask about, (`dst=` word, `dport=` word, protocol) of each question: the reader
         # keeps what `Shape.key` picks from their lines while it has their words, so that flows_to neither scans
@@ -119,6 +126,22 @@ class DstIndex:
         self._columns.append((key, words, numbers))
         self.count += len(numbers)
 
+    def add_run(self, first: int, stop: int) -> None:
+        self._runs.append((first, stop))
+        self.count += stop - first
+
+    def bind(self, lines: Lines, shapes: dict[bytes, list[Shape]], *, nul_free: bool) -> None:
+        """The file's lines and the reader's shapes, where the runs' words are read when asked for."""
+        self._lines, self._shapes, self._nul_free = lines, shapes, nul_free
+
+    def _run_lines(self) -> tuple[list[int], list[bytes]]:
+        """The runs' line numbers and texts, in file order."""
+        if not self._runs:
+            return [], []
+        assert self._lines is not None
+        numbers = [n for first, stop in self._runs for n in range(first, stop)]
+        return numbers, self._lines.pick(numbers)
+
     def add_one(self, key: bytes, word: bytes, number: int) -> None:
         self._keys.append(key)
         self._words.append(word)
@@ -129,6 +152,17 @@ class DstIndex:
         """Lines read with `shape` whose protocol, destination and port were asked about (in `focus_words`), with
         the words `shape.key` picks from each."""
         _group(self._focused.setdefault(shape, {}), keys, numbers)
+
+    def add_groups(self, shape: Shape, groups: dict[tuple[bytes, ...], list[int]]) -> None:
+        """Lines read with `shape` whose protocol, destination and port were asked about, grouped by the words
+        `shape.key` picks (each list in file order)."""
+        into = self._focused.setdefault(shape, {})
+        for key, lines in groups.items():
+            found = into.get(key)
+            if found is None:
+                into[key] = lines
+            else:
+                found += lines
 
     def focused(self, word: bytes, dport: bytes, proto: str) -> Iterator[tuple[Shape, dict[tuple[bytes, ...],
                                                                                            list[int]]]]:
@@ -153,6 +187,16 @@ class DstIndex:
                 out.setdefault(key, []).extend(found)
         alone = list(map(word.__eq__, self._words))
         _group(out, compress(self._keys, alone), compress(self._numbers, alone))
+        numbers, texts = self._run_lines()
+        if numbers:
+            # (the words of a run's lines that hold ` dst=…address ` somewhere: its own original destination, or
+            # another word that holds it)
+            spaced = b" " + word + b" "
+            found = list(map(contains, texts, repeat(spaced)))
+            for n, text in zip(compress(numbers, found), compress(texts, found), strict=True):
+                key = text.translate(None, VALUE_CHARS)
+                if text.split()[self._shapes[key][0].dst] == word:
+                    out.setdefault(key, []).append(n)
         for lines in out.values():
             lines.sort()  # (a key's chunks come in file order; its lines read alone come after them)
         return out
@@ -165,6 +209,15 @@ class DstIndex:
                 _group(by_key.setdefault(key, {}), words, numbers)
             for key, word, n in zip(self._keys, self._words, self._numbers, strict=True):
                 by_key.setdefault(key, {}).setdefault(word, []).append(n)
+            numbers, texts = self._run_lines()
+            keyed: dict[bytes, list[int]] = {}
+            _group(keyed, map(bytes.translate, texts, repeat(None), repeat(VALUE_CHARS)), range(len(texts)))
+            for key, at in keyed.items():
+                shape = self._shapes[key][0]
+                lines = list(map(texts.__getitem__, at))
+                words = split_words(lines, shape.words, nul_free=self._nul_free)
+                assert words is not None
+                _group(by_key.setdefault(key, {}), words[shape.dst::shape.words + 1], map(numbers.__getitem__, at))
             out: dict[bytes, dict[bytes, list[int]]] = {}
             for key, words_lines in by_key.items():
                 for word, lines in words_lines.items():
@@ -174,7 +227,8 @@ class DstIndex:
         return self._by_word
 
     def numbers(self) -> list[int]:
-        return [n for _key, _words, numbers in self._columns for n in numbers] + self._numbers
+        return ([n for _key, _words, numbers in self._columns for n in numbers] + self._numbers
+                + [n for first, stop in self._runs for n in range(first, stop)])
 
 
 class ConntrackTable:
@@ -190,6 +244,7 @@ class ConntrackTable:
         self._lines = lines  # line n of the file is lines[n]
         self._shapes = shapes  # the reader's shapes by key: a line's shape is found again from its key
         self._index = index  # the original destination's `dst=` word -> 1-based line numbers
+        index.bind(lines, shapes, nul_free=nul_free)
         self._irregular = irregular  # lines read by lark alone (timestamps with spaces): line -> entry
         self._by_address: dict[str, dict[bytes, list[int]]] | None = None
         self._addresses: dict[str, str] = {}
