@@ -33,13 +33,15 @@ def _outcome(text: str, *, fast: bool, block: int, monkeypatch: pytest.MonkeyPat
             strict = str(exc)
         else:
             strict = ""
+        # (the expressions are used when the caller says which flows it will ask about; every other question is
+        # answered too)
         table = load(text, source="ct.txt", lenient=True, focus=ASKED)
-        plain = load(text, source="ct.txt", lenient=True)
-        asked = [table.flows_to(ip, port, proto) for ip, port, proto in ASKED]
-        return (strict, table.skipped, table.warnings, len(table), list(table.entries()), table.destinations(),
-                [plain.flows_to(ip) for ip in plain.destinations()], asked,
-                [plain.flows_to(ip, port, proto) for ip, port, proto in ASKED],
+        return (strict, table.skipped, table.warnings, len(table), table.destinations(),
+                [table.flows_to(ip, port, proto) for ip, port, proto in ASKED],
+                [table.flows_to(ip, port, proto) for ip in ("10.96.0.10", "192.168.49.2") for port, proto in
+                 [(None, None), (53, None), (None, "tcp"), (8080, "udp")]],
                 [table.to_address(ip) for ip, _, _ in ASKED],
+                [table.flows_to(ip) for ip in table.destinations()], list(table.entries()),
                 [table.line_text(n) for n in range(1, text.count("\n") + 2)])
 
 
@@ -136,7 +138,7 @@ def test_the_expressions_read_the_lines_of_the_bench_table(monkeypatch: pytest.M
     monkeypatch.setattr(Fast, "scan", counting)
     text = "\n".join(_lines(3000, 3)) + "\n"
     fast = _outcome(text, fast=True, block=40_000, monkeypatch=monkeypatch)
-    assert sum(scanned) > 2000
+    assert sum(scanned) > 0.95 * (3000 - 400)  # (the first block, ~400 lines, is read by shapes)
     assert fast == _outcome(text, fast=False, block=40_000, monkeypatch=monkeypatch)
 
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from iptrace.conntrack import vocabulary as v
-from iptrace.conntrack.layout import CONSTANT_ROLES, Layout
+from iptrace.conntrack.layout import CONSTANT_ROLES, STATE, Layout
 from iptrace.conntrack.shape import Shape
 
 
@@ -67,14 +67,16 @@ class LinePattern:
 
     shape: Shape
     pieces: tuple[tuple[int, bytes, str | None], ...]  # (word index or -1 for spaces, literal text, value kind)
+    state_at: int  # the state word (ESTABLISHED, …), or -1
 
     def regex(self, values: dict[int, bytes] | None = None, before: dict[int, bytes] | None = None,
-              groups: Sequence[int] = ()) -> bytes:
+              groups: Sequence[int] = (), state: bytes | None = None) -> bytes:
         """The line's expression; `values`: a word's value as this literal instead; `before`: an expression
-        (a lookahead) put before a word's value; `groups`: words captured whole, in this order."""
+        (a lookahead) put before a word's value; `groups`: words captured whole, in this order; `state`: the
+        state word as this expression instead."""
         out = []
         for word, text, kind in self.pieces:
-            piece = re.escape(text)
+            piece = state if state is not None and word == self.state_at >= 0 else re.escape(text)
             if kind is not None:
                 value = values.get(word) if values else None
                 piece += (before or {}).get(word, b"") + (re.escape(value) if value is not None else VALUES[kind])
@@ -111,7 +113,7 @@ def line_pattern(raw: bytes, layout: Layout, shape: Shape) -> LinePattern | None
     if layout.family not in (None, "ipv4") or _PRINTABLE.fullmatch(raw) is None:
         return None
     pieces: list[tuple[int, bytes, str | None]] = []
-    word = 0
+    word, state = 0, -1
     for found in _PIECES.findall(raw):
         if found[0] == 32:  # (b" ")
             pieces.append((-1, found, None))
@@ -121,6 +123,8 @@ def line_pattern(raw: bytes, layout: Layout, shape: Shape) -> LinePattern | None
         role = layout.roles[word]
         if role.role in CONSTANT_ROLES:
             pieces.append((word, found, None))
+            if role.role == STATE:
+                state = word
         else:
             prefix = role.prefix.encode()
             if role.kind not in VALUES or not found.startswith(prefix):
@@ -131,12 +135,14 @@ def line_pattern(raw: bytes, layout: Layout, shape: Shape) -> LinePattern | None
         word += 1
     if word != len(layout.roles) or word != shape.words:
         return None
-    return LinePattern(shape, tuple(pieces))
+    return LinePattern(shape, tuple(pieces), state)
 
 
 # A block's lines the joined expression refuses are read as before, one at a time; once this many of them are more
 # than the lines it took (an IPv6 table, a format of free text), the rest of the block goes to the shapes at once.
 _REFUSED_ALONE = 64
+# Where a state word goes in an expression before the state words of its keys are put in (lines are printable).
+_STATE = b"\x00"
 
 
 class Fast:
@@ -147,7 +153,9 @@ class Fast:
 
     def __init__(self, patterns: Sequence[LinePattern],
                  focus: dict[str, tuple[frozenset[bytes], frozenset[bytes]]]) -> None:
-        plain: list[bytes] = []
+        # Keys whose lines differ only in their state word (a TCP flow's ESTABLISHED, TIME_WAIT, …) make one
+        # alternative, the state words its own: shorter to compile, and a line's header is read once.
+        plain: dict[bytes, list[bytes]] = {}  # the expression with a placeholder for the state -> state words
         kept: list[bytes] = []
         # The marker group closing each kept alternative -> (shape, dst word, dport word, the groups of the other
         # words Shape.key picks, in its order).
@@ -158,20 +166,25 @@ class Fast:
             words = focus.get(shape.proto) if shape.dport >= 0 else None
             if words is not None and shape.dport < shape.dst:
                 continue  # (no such layout: a lookahead from dst= through dport= could not be said; shapes read it)
+            before = None
+            if words is not None:
+                pairs = [(d, q) for d in sorted(words[0]) for q in sorted(words[1])]
+                values = [{shape.dst: d[len(b"dst="):], shape.dport: q[len(b"dport="):]} for d, q in pairs]
+                ahead = b"|".join(p.between(shape.dst, shape.dport, vs) for vs in values)
+                before = {shape.dst: b"(?!" + ahead + b")"}
+            state = [text for word, text, _ in p.pieces if word == p.state_at] if p.state_at >= 0 else []
+            plain.setdefault(p.regex(before=before, state=_STATE), []).extend(state)
             if words is None:
-                plain.append(p.regex())
                 continue
-            pairs = [(d, q) for d in sorted(words[0]) for q in sorted(words[1])]
-            values = [{shape.dst: d[len(b"dst="):], shape.dport: q[len(b"dport="):]} for d, q in pairs]
-            ahead = b"|".join(p.between(shape.dst, shape.dport, vs) for vs in values)
-            plain.append(p.regex(before={shape.dst: b"(?!" + ahead + b")"}))
             others = sorted(set(shape.key_at[2:]))
             for (d, q), vs in zip(pairs, values, strict=True):
                 kept.append(p.regex(values=vs, groups=others) + b"()")
                 number = {word: groups + 1 + i for i, word in enumerate(others)}
                 groups += len(others) + 1
                 self.kept[groups] = (shape, d, q, tuple(number[w] for w in shape.key_at[2:]))
-        expression = rb"(?:(?:" + b"|".join(plain) + rb")(?:\n|\Z))*+"
+        alternatives = [e.replace(_STATE, b"(?:" + b"|".join(map(re.escape, states)) + b")") if states else e
+                        for e, states in plain.items()]
+        expression = rb"(?:(?:" + b"|".join(alternatives) + rb")(?:\n|\Z))*+"
         if kept:
             expression += rb"(?:(?:" + b"|".join(kept) + rb")(?:\n|\Z))?"
         self.regex = re.compile(expression)

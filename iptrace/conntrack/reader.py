@@ -4,18 +4,23 @@ A node's table can hold 100,000 flows (16 MB), so lines are read faster than a t
 Every line is keyed by its *shape*: the line with every character a value is made of (digits, hex digits, `.`
 and `:`) deleted. The grammar reads one line of each new key (grammar.fast_tokens, as lark would; lark itself for
 anything unusual, which validates its structure and gives exact error columns) and `read_layout` says what each
-word is. From then on the key's lines are checked in C: its first line becomes a regular expression with each
-value replaced by what the vocabulary allows for its kind (pattern.py), the keys' expressions are joined, and
-each block of the file (~1 MB) is matched by them a run of lines at a time (`_Reader.fast_block`): a line they
-take makes no Python object; only the lines of the flows the caller will ask about (`load(focus=…)`) are taken
-one at a time, with the words the table groups them by. The lines the expressions leave (a new key, an IPv6
-address, a damaged line) and the first block, read before any expression exists, are read as before by shapes
-(`_Reader.block`): lines of one key together, a chunk at a time, a column at a time (`bulk`: one split of the
-whole chunk, then the same word of every line as one list): constant words by counting, value words by set
-membership (a new word is checked once, then remembered), numbers nearly unique per flow by a few byte operations
-over the whole column (columns.py). The few lines a chunk refuses go one by one (`line`); a line that fails goes
-through lark and the vocabulary again, which name the column and what was expected. The whole file is checked;
-nothing is sampled: every line is taken by its key's expression or read by the shapes.
+word is.
+
+When the caller says which flows it will ask about (`load(focus=…)`, as explain does), the key's other lines are
+checked in C: its first line becomes a regular expression with each value replaced by what the vocabulary allows
+for its kind (pattern.py), the keys' expressions are joined once the first (small) block is read, and each later
+block (~1 MB) is matched by them a run of lines at a time (`_Reader.fast_block`): a line they take makes no Python
+object; only the lines of the asked flows are taken one at a time, with the words the table groups them by.
+
+Everything else is read by shapes (`_Reader.block`): the lines the expressions leave (a new key, an IPv6 address,
+a damaged line), the first block, and the whole table when no flow is named (audit asks about every destination,
+so its lines are indexed while read). Lines of one key are checked together, a chunk at a time, a column at a
+time (`bulk`: one split of the whole chunk, then the same word of every line as one list): constant words by
+counting, value words by set membership (a new word is checked once, then remembered), numbers nearly unique per
+flow by a few byte operations over the whole column (columns.py). The few lines a chunk refuses go one by one
+(`line`); a line that fails goes through lark and the vocabulary again, which name the column and what was
+expected. The whole file is checked; nothing is sampled: every line is taken by its key's expression or read by
+the shapes.
 """
 
 from __future__ import annotations
@@ -177,7 +182,11 @@ class _Reader:
         self.failures: list[tuple[ParseError, bool]] = []
         self.limit = sys.maxsize  # strict mode: the first failed line so far (nothing after it is read)
         self.nul_free = False  # no NUL byte in the file (see split_words)
-        self.patterns: dict[bytes, LinePattern] = {}  # a key's first line as an expression (see pattern.py)
+        # A key's first line as an expression (see pattern.py), when the caller asks about a few flows (`focus`):
+        # the lines the expressions take are not indexed by destination while they are read, so a question about
+        # every destination (audit) finds their words then, at more cost than the shapes' columns would have.
+        self.expressions = bool(focus) and _PATTERN_KEYS > 0
+        self.patterns: dict[bytes, LinePattern] = {}
         self.fast: Fast | None = None  # their expressions joined, from the end of the block that found the last
         self.stale = False  # a key got an expression since `fast` was made
 
@@ -241,7 +250,7 @@ class _Reader:
             # A block of whole lines (the last one ends the file); the first is small, as the expressions are made
             # after it. Read by shapes, its lines and keys live while it is read only, so the next block's reuse
             # their memory (a table's worth of them held at once cost ~10% more).
-            step = min(_BLOCK_BYTES, _FIRST_BLOCK) if pos == 0 and _PATTERN_KEYS else _BLOCK_BYTES
+            step = min(_BLOCK_BYTES, _FIRST_BLOCK) if pos == 0 and self.expressions else _BLOCK_BYTES
             end = data.find(b"\n", pos + step) if pos + step < size else -1
             stop = size if end < 0 else end
             starts.append(pos)
@@ -490,7 +499,7 @@ class _Reader:
         bucket = self.shapes.setdefault(key, [])
         if shape not in bucket:
             bucket.append(shape)
-            if len(bucket) == 1 and len(self.patterns) < _PATTERN_KEYS:
+            if len(bucket) == 1 and self.expressions and len(self.patterns) < _PATTERN_KEYS:
                 found = line_pattern(raw, layout, shape)
                 if found is not None:
                     self.patterns[key] = found
@@ -557,7 +566,9 @@ def load(text: str | bytes, *, source: str = "<conntrack>", lenient: bool = Fals
     """Read a conntrack table. Raises ParseError naming file:line:column and what was expected, unless
     `lenient`, in which case unreadable lines are skipped and listed in `ConntrackTable.skipped`. `focus`: the
     flows that will be asked about (`flows_to(address, port, protocol)`), whose lines are then found without a
-    second look at the table (any other question is still answered, the slower way)."""
+    second look at the table, and the other lines are checked by the keys' expressions without being indexed
+    (any other question is still answered, the slower way: a caller that asks about every destination, as
+    audit does, reads faster without a focus)."""
     data = text.encode("utf-8", errors="surrogateescape") if isinstance(text, str) else text
     return _Reader(source, lenient, _focus_words(focus)).read(data)
 

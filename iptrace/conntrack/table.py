@@ -10,6 +10,7 @@ original destination (and keeps the flow words of the lines a caller said it wou
 from __future__ import annotations
 
 import ipaddress
+import re
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -86,6 +87,9 @@ class FlowGroup:
     def reaches(self) -> str:
         """Where these flows' packets go: the reply source, ip:port."""
         return self.reply_src if self.reply_sport is None else join_host_port(self.reply_src, self.reply_sport)
+
+
+_DST = re.compile(rb" (dst=[^ \n]*)")
 
 
 class DstIndex:
@@ -210,14 +214,16 @@ class DstIndex:
             for key, word, n in zip(self._keys, self._words, self._numbers, strict=True):
                 by_key.setdefault(key, {}).setdefault(word, []).append(n)
             numbers, texts = self._run_lines()
-            keyed: dict[bytes, list[int]] = {}
-            _group(keyed, map(bytes.translate, texts, repeat(None), repeat(VALUE_CHARS)), range(len(texts)))
-            for key, at in keyed.items():
-                shape = self._shapes[key][0]
-                lines = list(map(texts.__getitem__, at))
-                words = split_words(lines, shape.words, nul_free=self._nul_free)
-                assert words is not None
-                _group(by_key.setdefault(key, {}), words[shape.dst::shape.words + 1], map(numbers.__getitem__, at))
+            if texts:
+                # Every line the reader took whole holds exactly two ` dst=` words, its tuples' (the vocabulary
+                # has no other dst= key, and no value or constant word holds one): the first is the original.
+                joined = b"\n".join(texts)
+                words = _DST.findall(joined)
+                assert len(words) == 2 * len(texts)
+                pairs: dict[tuple[bytes, bytes], list[int]] = {}
+                _group(pairs, zip(joined.translate(None, VALUE_CHARS).split(b"\n"), words[::2], strict=True), numbers)
+                for (key, word), lines in pairs.items():
+                    by_key.setdefault(key, {}).setdefault(word, []).extend(lines)
             out: dict[bytes, dict[bytes, list[int]]] = {}
             for key, words_lines in by_key.items():
                 for word, lines in words_lines.items():
