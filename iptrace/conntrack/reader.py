@@ -2,17 +2,25 @@
 
 A node's table can hold 100,000 flows (16 MB), so lines are read faster than a tokenizer would split them.
 Every line is keyed by its *shape*: the line with every character a value is made of (digits, hex digits, `.`
-and `:`) deleted — one `bytes.translate` over the whole file. A node's table repeats a few dozen shapes; the
-grammar reads one line of each new shape (grammar.fast_tokens, as lark would; lark itself for anything unusual,
-which validates its structure and gives exact error columns) and `read_layout` says what each word is. The
-other lines of that shape are checked together, a chunk at a time, a column at a time (`_Reader.bulk`: one
-split of the whole chunk, then the same word of every line as one list): constant words (protocol, state,
-flags) by counting, value words by set membership — addresses and other values among the words already proven
-valid (a new word is checked once, then remembered) — and numbers nearly unique per flow (source ports,
-counters, ids) by a few byte operations over the whole column. The few lines a chunk refuses go one by one
+and `:`) deleted. The grammar reads one line of each new key (grammar.fast_tokens, as lark would; lark itself for
+anything unusual, which validates its structure and gives exact error columns) and `read_layout` says what each
+word is.
+
+When the caller says which flows it will ask about (`load(focus=…)`, as explain does), the key's other lines are
+checked in C: its first line becomes a regular expression with each value replaced by what the vocabulary allows
+for its kind (pattern.py), the keys' expressions are joined once the first (small) block is read, and each later
+block (~1 MB) is matched by them a run of lines at a time (`_Reader.fast_block`): a line they take makes no Python
+object; only the lines of the asked flows are taken one at a time, with the words the table groups them by.
+
+Everything else is read by shapes (`_Reader.block`): the lines the expressions leave (a new key, an IPv6 address,
+a damaged line), the first block, and the whole table when no flow is named (audit asks about every destination,
+so its lines are indexed while read). Lines of one key are checked together, a chunk at a time, a column at a
+time (`bulk`: one split of the whole chunk, then the same word of every line as one list): constant words by
+counting, value words by set membership (a new word is checked once, then remembered), numbers nearly unique per
+flow by a few byte operations over the whole column (columns.py). The few lines a chunk refuses go one by one
 (`line`); a line that fails goes through lark and the vocabulary again, which name the column and what was
-expected. The whole file is checked; nothing is sampled. While a chunk's words are at hand, the flows the
-caller will ask about (`load(focus=…)`) are kept, so that answering them needs no second look at the table.
+expected. The whole file is checked; nothing is sampled: every line is taken by its key's expression or read by
+the shapes.
 """
 
 from __future__ import annotations
@@ -22,7 +30,6 @@ import ipaddress
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from functools import cache
 from itertools import compress
 from operator import and_, itemgetter, not_
 from pathlib import Path
@@ -30,7 +37,9 @@ from typing import Any
 
 from iptrace.conntrack import grammar
 from iptrace.conntrack import vocabulary as v
+from iptrace.conntrack.columns import _LIMITS, _many_numbers, _number_column, _port
 from iptrace.conntrack.layout import CONSTANT_ROLES, Layout, read_layout
+from iptrace.conntrack.pattern import Fast, LinePattern, line_pattern
 from iptrace.conntrack.shape import VALUE_CHARS, Shape, split_words
 from iptrace.conntrack.table import ConntrackTable, DstIndex, Lines, Skipped
 from iptrace.errors import InputError, ParseError
@@ -44,6 +53,12 @@ _TRAILER_COUNT = re.compile(r"\): (\d+) flow entries have been shown\.\s*$")
 _FIRST_CHUNK, _LAST_CHUNK = 64, 512
 # The file is read a block of about this many bytes (~6,500 lines) at a time (see _Reader.read).
 _BLOCK_BYTES = 1 << 20
+# At most this many keys get an expression of their lines (pattern.Fast); the lines of others are read by shapes.
+_PATTERN_KEYS = 64
+# Keys found after the expression was made join it once a block leaves more than this many lines to the shapes.
+_LEFT_FOR_NEW_KEYS = 256
+# The first block, read before there is any expression, is this small (~400 lines).
+_FIRST_BLOCK = 1 << 16
 _HINT = "; is this `conntrack -L` output (or /proc/net/nf_conntrack)?"
 
 # Keys whose value is of different kinds in different places (icmp's id= is 16 bits, the entry's id= 32): their
@@ -150,52 +165,6 @@ class _Checker:
         return not (self.family and versions and versions != {4 if self.family == "ipv4" else 6})
 
 
-def _port(word: bytes, prefix: bytes) -> bool:
-    """A port word (`sport=N`) as check_value reads it: decimal digits, at most 65535."""
-    digits = word[len(prefix):]
-    return word.startswith(prefix) and digits.isdigit() and len(digits) <= 20 and int(digits) <= 0xFFFF
-
-
-def _number_column(column: list[bytes], prefix: bytes, limit: bytes) -> bool:
-    """Whether every word of a column is `prefix` (`sport=`) and a number of at most as many digits as `limit` and
-    at most `limit` (what check_value says of each, at C speed: source ports and counters are nearly unique per
-    flow, so they cannot be proven once and remembered as addresses are; a column this refuses is checked word by
-    word). One regular expression over the joined column proves the words' form, the largest word their values."""
-    joined = b" " + b" ".join(column)
-    if _digit_words(prefix, len(limit)).fullmatch(joined) is None:
-        return False  # (a word of another key, without digits, with another character or more digits)
-    # As bytes, numbers of as many digits compare as numbers do; a column that also has shorter words above the
-    # limit as bytes ("sport=9000" > "sport=65535"), or a number too large, is searched for one too large.
-    return max(column) <= prefix + limit or _over(limit).search(joined) is None
-
-
-@cache
-def _digit_words(prefix: bytes, width: int) -> re.Pattern[bytes]:
-    """` sport=N sport=N …`: words of `prefix` and 1 to `width` digits, each after one space (possessive: a run
-    of digits is never given back, so a refusal costs no backtracking)."""
-    return re.compile(b"(?: %s[0-9]{1,%d}+)++" % (re.escape(prefix), width))
-
-
-@cache
-def _over(limit: bytes) -> re.Pattern[bytes]:
-    """A value (after its key's `=`) with as many digits as `limit` and larger: for 65535, [7-9]dddd, 6[6-9]ddd,
-    65[6-9]dd, 655[4-9]d or 6553[6-9]. Compiled when first needed (rarely: all of them cost ~4 ms at import)."""
-    larger = [limit[:i] + b"[%d-9]" % (d - 47) + b"[0-9]" * (len(limit) - i - 1)
-              for i, d in enumerate(limit) if d < ord("9")]
-    return re.compile(b"=(?:" + b"|".join(larger) + b")")
-
-
-# The largest value of each kind of number, as conntrack prints it, and what finds a larger one.
-_LIMITS = {kind: str(limit).encode() for kind, limit in v.NUMBER_LIMITS.items()}
-
-
-def _many_numbers(column: list[bytes], new: set[bytes], prefix: bytes, kind: str) -> bool:
-    """A `key=` column of numbers with a new value on most lines (counters, ids): proven as a column, not a word
-    at a time (nor remembered: the next lines have new values again)."""
-    limit = _LIMITS.get(kind)
-    return limit is not None and bool(prefix) and len(new) * 2 > len(column) and _number_column(column, prefix, limit)
-
-
 class _Reader:
     def __init__(self, source: str, lenient: bool, focus: frozenset[tuple[bytes, bytes, str]]) -> None:
         self.source = source
@@ -213,6 +182,13 @@ class _Reader:
         self.failures: list[tuple[ParseError, bool]] = []
         self.limit = sys.maxsize  # strict mode: the first failed line so far (nothing after it is read)
         self.nul_free = False  # no NUL byte in the file (see split_words)
+        # A key's first line as an expression (see pattern.py), when the caller asks about a few flows (`focus`):
+        # the lines the expressions take are not indexed by destination while they are read, so a question about
+        # every destination (audit) finds their words then, at more cost than the shapes' columns would have.
+        self.expressions = bool(focus) and _PATTERN_KEYS > 0
+        self.patterns: dict[bytes, LinePattern] = {}
+        self.fast: Fast | None = None  # their expressions joined, from the end of the block that found the last
+        self.stale = False  # a key got an expression since `fast` was made
 
     def fail(self, exc: ParseError, *, maybe_other_file: bool = False) -> None:
         self.failures.append((exc, maybe_other_file))
@@ -271,29 +247,66 @@ class _Reader:
         seen: set[bytes] = set()  # keys whose lines an earlier block checked already
         pos, first, size = 0, 1, len(data)
         while first < self.limit:
-            # A block of whole lines (the last one ends the file): its lines and keys live while it is read only,
-            # so the next block's reuse their memory (a table's worth of them held at once cost ~10% more).
-            end = data.find(b"\n", pos + _BLOCK_BYTES) if pos + _BLOCK_BYTES < size else -1
-            block = data[pos:size if end < 0 else end]
+            # A block of whole lines (the last one ends the file); the first is small, as the expressions are made
+            # after it. Read by shapes, its lines and keys live while it is read only, so the next block's reuse
+            # their memory (a table's worth of them held at once cost ~10% more).
+            step = min(_BLOCK_BYTES, _FIRST_BLOCK) if pos == 0 and self.expressions else _BLOCK_BYTES
+            end = data.find(b"\n", pos + step) if pos + step < size else -1
+            stop = size if end < 0 else end
             starts.append(pos)
             firsts.append(first)
-            lines = block.split(b"\n")
-            self.block(lines, block.translate(None, VALUE_CHARS).split(b"\n"), first,
-                       first + len(lines) - 1 if end < 0 else 0, seen, index, irregular)
+            if self.fast is None:
+                lines = data[pos:stop].split(b"\n")
+                count = left = len(lines)
+                self.block(range(first, first + count), lines,
+                           data[pos:stop].translate(None, VALUE_CHARS).split(b"\n"), first,
+                           first + count - 1 if end < 0 else 0, seen, index, irregular)
+            else:
+                count, left = self.fast_block(data, pos, stop, first, end < 0, seen, index, irregular)
             if end < 0:
                 break
-            pos, first = end + 1, first + len(lines)
+            # The keys' expressions are joined once the first block is read (when another follows), and again
+            # (~10 ms) when a block leaves many lines of new keys to the shapes (a few are read by them).
+            if self.stale and (self.fast is None or left > _LEFT_FOR_NEW_KEYS):
+                self.fast = Fast(list(self.patterns.values()), index.focus_words)
+                self.stale = False
+            pos, first = end + 1, first + count
         starts.append(size + 1)
         return self.finish(Lines(data, starts, firsts), index, irregular)
 
-    def block(self, lines: list[bytes], keys: list[bytes], first: int, last: int, seen: set[bytes],
-              index: DstIndex, irregular: dict[int, Any]) -> None:
-        """The lines of one block (line `first` is lines[0]; `last`: the file's last line, if this block holds
-        it)."""
+    def fast_block(self, data: bytes, pos: int, stop: int, first: int, final: bool, seen: set[bytes],
+                   index: DstIndex, irregular: dict[int, Any]) -> tuple[int, int]:
+        """The block data[pos:stop] through the keys' joined expression (line `first` is its first; `final`: it
+        ends the file): the runs of lines it takes are indexed as runs (no word of theirs is split), the asked
+        flows' lines with their words; the lines it leaves (and the rest of the block, when it leaves too many)
+        are read by `block`. Returns how many lines the block has, and how many it left."""
+        assert self.fast is not None
+        found = self.fast.scan(data, pos, stop, first)
+        for start, end in found.runs:
+            index.add_run(start, end)
+        for shape, groups in found.kept.items():
+            index.add_groups(shape, groups)
+        numbers, texts = found.numbers, found.texts
+        count = found.rest_line - first
+        if found.rest < stop or (found.rest == stop and (stop == pos or data[stop - 1] == 10)):
+            more = data[found.rest:stop].split(b"\n")  # (or the block's last line, empty)
+            numbers += range(found.rest_line, found.rest_line + len(more))
+            texts += more
+            count += len(more)
+        if numbers:
+            last = first + data.count(b"\n", pos, stop) if final else 0
+            self.block(numbers, dict(zip(numbers, texts, strict=True)),
+                       [t.translate(None, VALUE_CHARS) for t in texts], 0, last, seen, index, irregular)
+        return count, len(numbers)
+
+    def block(self, numbers: Sequence[int], lines: Sequence[bytes] | dict[int, bytes], keys: list[bytes],
+              first: int, last: int, seen: set[bytes], index: DstIndex, irregular: dict[int, Any]) -> None:
+        """Lines of one block (line `numbers[i]` is lines[numbers[i] - first], its key keys[i]; `last`: the
+        file's last line, if this block holds it), in file order."""
         # Lines by key, each list in file order, the keys in the order they first appear: the lines of a key are
         # then checked together against its shape (`bulk`), by C-level maps instead of a loop body per line.
         groups: dict[bytes, list[int]] = {}
-        for n, key in enumerate(keys, first):
+        for n, key in zip(numbers, keys, strict=True):
             found = groups.get(key)
             if found is None:
                 groups[key] = [n]
@@ -329,7 +342,7 @@ class _Reader:
                 start += size
                 size = min(size * 2, _LAST_CHUNK)
 
-    def bulk(self, key: bytes, shape: Shape, numbers: list[int], lines: list[bytes], base: int,
+    def bulk(self, key: bytes, shape: Shape, numbers: list[int], lines: Sequence[bytes] | dict[int, bytes], base: int,
              index: DstIndex) -> list[int]:
         """Checks lines of one key against the key's first shape all at once (what `line` does for one), a column
         at a time (split_words: the same word of every line), and indexes those that pass (line n is
@@ -486,6 +499,11 @@ class _Reader:
         bucket = self.shapes.setdefault(key, [])
         if shape not in bucket:
             bucket.append(shape)
+            if len(bucket) == 1 and self.expressions and len(self.patterns) < _PATTERN_KEYS:
+                found = line_pattern(raw, layout, shape)
+                if found is not None:
+                    self.patterns[key] = found
+                    self.stale = True
         _add_one(index, key, shape, words, n)
 
     def trailer(self, n: int, text: str) -> None:
@@ -548,7 +566,9 @@ def load(text: str | bytes, *, source: str = "<conntrack>", lenient: bool = Fals
     """Read a conntrack table. Raises ParseError naming file:line:column and what was expected, unless
     `lenient`, in which case unreadable lines are skipped and listed in `ConntrackTable.skipped`. `focus`: the
     flows that will be asked about (`flows_to(address, port, protocol)`), whose lines are then found without a
-    second look at the table (any other question is still answered, the slower way)."""
+    second look at the table, and the other lines are checked by the keys' expressions without being indexed
+    (any other question is still answered, the slower way: a caller that asks about every destination, as
+    audit does, reads faster without a focus)."""
     data = text.encode("utf-8", errors="surrogateescape") if isinstance(text, str) else text
     return _Reader(source, lenient, _focus_words(focus)).read(data)
 

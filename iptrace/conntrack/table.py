@@ -10,14 +10,16 @@ original destination (and keeps the flow words of the lines a caller said it wou
 from __future__ import annotations
 
 import ipaddress
+import re
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import compress
+from itertools import compress, repeat
+from operator import contains
 from typing import Any
 
 from iptrace.conntrack.model import ConntrackEntry
-from iptrace.conntrack.shape import Shape, shape_of, split_words
+from iptrace.conntrack.shape import VALUE_CHARS, Shape, shape_of, split_words
 from iptrace.dataplane import join_host_port
 
 
@@ -87,6 +89,9 @@ class FlowGroup:
         return self.reply_src if self.reply_sport is None else join_host_port(self.reply_src, self.reply_sport)
 
 
+_DST = re.compile(rb" (dst=[^ \n]*)")
+
+
 class DstIndex:
     """Entry lines by the `dst=` word of their original direction, kept as the reader checked them: a column of
     those words beside a column of line numbers, one pair per chunk of lines. A question concerns one
@@ -100,6 +105,12 @@ class DstIndex:
         self._words: list[bytes] = []
         self._numbers: list[int] = []
         self._by_word: dict[bytes, dict[bytes, list[int]]] | None = None
+        # Runs of lines the reader took whole (pattern.Fast: each is its key's first shape), as (first, stop) line
+        # numbers: their words are found in their text when asked for (see `bind`).
+        self._runs: list[tuple[int, int]] = []
+        self._lines: Lines | None = None
+        self._shapes: dict[bytes, list[Shape]] = {}
+        self._nul_free = False
         self.count = 0
         # The flows the caller will ask about, (`dst=` word, `dport=` word, protocol) of each question: the reader
         # keeps what `Shape.key` picks from their lines while it has their words, so that flows_to neither scans
@@ -119,6 +130,22 @@ class DstIndex:
         self._columns.append((key, words, numbers))
         self.count += len(numbers)
 
+    def add_run(self, first: int, stop: int) -> None:
+        self._runs.append((first, stop))
+        self.count += stop - first
+
+    def bind(self, lines: Lines, shapes: dict[bytes, list[Shape]], *, nul_free: bool) -> None:
+        """The file's lines and the reader's shapes, where the runs' words are read when asked for."""
+        self._lines, self._shapes, self._nul_free = lines, shapes, nul_free
+
+    def _run_lines(self) -> tuple[list[int], list[bytes]]:
+        """The runs' line numbers and texts, in file order."""
+        if not self._runs:
+            return [], []
+        assert self._lines is not None
+        numbers = [n for first, stop in self._runs for n in range(first, stop)]
+        return numbers, self._lines.pick(numbers)
+
     def add_one(self, key: bytes, word: bytes, number: int) -> None:
         self._keys.append(key)
         self._words.append(word)
@@ -129,6 +156,17 @@ class DstIndex:
         """Lines read with `shape` whose protocol, destination and port were asked about (in `focus_words`), with
         the words `shape.key` picks from each."""
         _group(self._focused.setdefault(shape, {}), keys, numbers)
+
+    def add_groups(self, shape: Shape, groups: dict[tuple[bytes, ...], list[int]]) -> None:
+        """Lines read with `shape` whose protocol, destination and port were asked about, grouped by the words
+        `shape.key` picks (each list in file order)."""
+        into = self._focused.setdefault(shape, {})
+        for key, lines in groups.items():
+            found = into.get(key)
+            if found is None:
+                into[key] = lines
+            else:
+                found += lines
 
     def focused(self, word: bytes, dport: bytes, proto: str) -> Iterator[tuple[Shape, dict[tuple[bytes, ...],
                                                                                            list[int]]]]:
@@ -153,6 +191,16 @@ class DstIndex:
                 out.setdefault(key, []).extend(found)
         alone = list(map(word.__eq__, self._words))
         _group(out, compress(self._keys, alone), compress(self._numbers, alone))
+        numbers, texts = self._run_lines()
+        if numbers:
+            # (the words of a run's lines that hold ` dst=…address ` somewhere: its own original destination, or
+            # another word that holds it)
+            spaced = b" " + word + b" "
+            found = list(map(contains, texts, repeat(spaced)))
+            for n, text in zip(compress(numbers, found), compress(texts, found), strict=True):
+                key = text.translate(None, VALUE_CHARS)
+                if text.split()[self._shapes[key][0].dst] == word:
+                    out.setdefault(key, []).append(n)
         for lines in out.values():
             lines.sort()  # (a key's chunks come in file order; its lines read alone come after them)
         return out
@@ -165,6 +213,17 @@ class DstIndex:
                 _group(by_key.setdefault(key, {}), words, numbers)
             for key, word, n in zip(self._keys, self._words, self._numbers, strict=True):
                 by_key.setdefault(key, {}).setdefault(word, []).append(n)
+            numbers, texts = self._run_lines()
+            if texts:
+                # Every line the reader took whole holds exactly two ` dst=` words, its tuples' (the vocabulary
+                # has no other dst= key, and no value or constant word holds one): the first is the original.
+                joined = b"\n".join(texts)
+                words = _DST.findall(joined)
+                assert len(words) == 2 * len(texts)
+                pairs: dict[tuple[bytes, bytes], list[int]] = {}
+                _group(pairs, zip(joined.translate(None, VALUE_CHARS).split(b"\n"), words[::2], strict=True), numbers)
+                for (key, word), lines in pairs.items():
+                    by_key.setdefault(key, {}).setdefault(word, []).extend(lines)
             out: dict[bytes, dict[bytes, list[int]]] = {}
             for key, words_lines in by_key.items():
                 for word, lines in words_lines.items():
@@ -174,7 +233,8 @@ class DstIndex:
         return self._by_word
 
     def numbers(self) -> list[int]:
-        return [n for _key, _words, numbers in self._columns for n in numbers] + self._numbers
+        return ([n for _key, _words, numbers in self._columns for n in numbers] + self._numbers
+                + [n for first, stop in self._runs for n in range(first, stop)])
 
 
 class ConntrackTable:
@@ -190,6 +250,7 @@ class ConntrackTable:
         self._lines = lines  # line n of the file is lines[n]
         self._shapes = shapes  # the reader's shapes by key: a line's shape is found again from its key
         self._index = index  # the original destination's `dst=` word -> 1-based line numbers
+        index.bind(lines, shapes, nul_free=nul_free)
         self._irregular = irregular  # lines read by lark alone (timestamps with spaces): line -> entry
         self._by_address: dict[str, dict[bytes, list[int]]] | None = None
         self._addresses: dict[str, str] = {}

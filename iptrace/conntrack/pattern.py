@@ -1,0 +1,268 @@
+"""The regular expression of one shape's lines, so that the reader checks whole runs of lines in C.
+
+A line's shape (shape.py) is known once lark and the vocabulary have read its first line. Every other line of its
+key differs from that first line only in its values, so one regular expression says exactly which of them the
+reader would accept with that shape: the first line's text with each value replaced by what the vocabulary allows
+for its kind (`VALUES`: an IPv4 address as ipaddress reads one, a number of at most its kind's limit, …). The
+reader joins the expressions of every key into one and matches it over a block of lines (`Fast`): a valid line
+makes no Python object at all; a line it does not match (another shape, an IPv6 address, a damaged line, a
+number conntrack never prints, such as one with leading zeros) is read as before, by the shapes and lark.
+
+What each value may be comes from the vocabulary; the structure from the first line lark read: a key whose words
+the expressions cannot say exactly (free text, IPv6) gets none, and its lines are read as before.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from iptrace.conntrack import vocabulary as v
+from iptrace.conntrack.layout import CONSTANT_ROLES, STATE, Layout
+from iptrace.conntrack.shape import Shape
+
+
+def at_most(limit: int) -> bytes:
+    """Decimal numbers from 0 to `limit` without leading zeros (what check_value accepts, less the zeros), to be
+    followed by a non-digit: those as wide as `limit` first (an alternative per digit that may be lower than the
+    limit's, each of a fixed width), then the shorter ones. For limits of ten digits or more (32- and 64-bit
+    counters) only the shorter ones: a wider value (never seen in practice) is left to the shapes, and the
+    expression stays short (one per value of every line)."""
+    digits = str(limit)
+    width = len(digits)
+    alternatives = []
+    if width < 10:
+        for i, d in enumerate(digits):
+            low, high = (1 if i == 0 else 0), int(d) - 1
+            if high >= low:
+                rest = width - i - 1
+                alternatives.append(f"{digits[:i]}[{low}-{high}]" + (rf"\d{{{rest}}}" if rest else ""))
+        alternatives.append(digits)
+    if width > 1:
+        alternatives.append(rf"[1-9]\d{{0,{width - 2}}}")
+    if "0" not in alternatives:
+        alternatives.append("0")
+    return ("(?:" + "|".join(alternatives) + ")").encode()
+
+
+# One octet of an IPv4 address as ipaddress reads it (0 to 255, no leading zeros), alternatives told apart by their
+# first digit; every octet is followed by `.` or by what follows the address (never a digit).
+_OCTET = rb"(?:1\d{0,2}+|2[0-4]\d|25[0-5]|2\d?+|[3-9]\d?+|0)"
+IPV4 = rb"\.".join([_OCTET] * 4)
+
+# What a value of each kind may be, as the reader checks it (vocabulary.check_value; addresses: IPv4 only).
+VALUES: dict[str, bytes] = {kind: at_most(limit) for kind, limit in v.NUMBER_LIMITS.items()}
+VALUES[v.ADDRESS] = IPV4
+VALUES[v.HEX16] = rb"0x[0-9a-f]{1,4}"
+
+_PIECES = re.compile(rb" +|[^ ]+")
+_PRINTABLE = re.compile(rb"[ -~]*")
+
+
+@dataclass(frozen=True, slots=True)
+class LinePattern:
+    """A key's first line as pieces: separators (runs of spaces) as they are, constant words as they are, and
+    value words as their key's prefix and the value's kind."""
+
+    shape: Shape
+    pieces: tuple[tuple[int, bytes, str | None], ...]  # (word index or -1 for spaces, literal text, value kind)
+    state_at: int  # the state word (ESTABLISHED, …), or -1
+
+    def regex(self, values: dict[int, bytes] | None = None, before: dict[int, bytes] | None = None,
+              groups: Sequence[int] = (), state: bytes | None = None) -> bytes:
+        """The line's expression; `values`: a word's value as this literal instead; `before`: an expression
+        (a lookahead) put before a word's value; `groups`: words captured whole, in this order; `state`: the
+        state word as this expression instead."""
+        out = []
+        for word, text, kind in self.pieces:
+            piece = state if state is not None and word == self.state_at >= 0 else re.escape(text)
+            if kind is not None:
+                value = values.get(word) if values else None
+                piece += (before or {}).get(word, b"") + (re.escape(value) if value is not None else VALUES[kind])
+            out.append(b"(" + piece + b")" if word in groups and word >= 0 else piece)
+        return b"".join(out)
+
+    def between(self, first: int, last: int, values: dict[int, bytes]) -> bytes:
+        """From word `first`'s value through word `last` and the separator after it, with these values as
+        literals: what a lookahead put before `first`'s value looks for."""
+        out: list[bytes] = []
+        done = False
+        for word, text, kind in self.pieces:
+            if word == first:
+                out.append(self._value(word, kind, values))
+            elif out and word < 0:
+                out.append(re.escape(text))
+                if done:
+                    return b"".join(out)
+            elif out:
+                out.append(re.escape(text) + (self._value(word, kind, values) if kind is not None else b""))
+                done = word == last
+        return b"".join(out) + rb"(?:\n|\Z)"
+
+    @staticmethod
+    def _value(word: int, kind: str | None, values: dict[int, bytes]) -> bytes:
+        value = values.get(word)
+        return re.escape(value) if value is not None else VALUES[kind or ""]
+
+
+def line_pattern(raw: bytes, layout: Layout, shape: Shape) -> LinePattern | None:
+    """The pieces of a key's first line (read as `layout`), or None when an expression could not say exactly which
+    lines of the key the reader accepts: a character other than printable ASCII and spaces, a value of a kind
+    without an expression (free text), an address that is not IPv4, or a family other than IPv4."""
+    if layout.family not in (None, "ipv4") or _PRINTABLE.fullmatch(raw) is None:
+        return None
+    pieces: list[tuple[int, bytes, str | None]] = []
+    word, state = 0, -1
+    for found in _PIECES.findall(raw):
+        if found[0] == 32:  # (b" ")
+            pieces.append((-1, found, None))
+            continue
+        if word >= len(layout.roles):
+            return None
+        role = layout.roles[word]
+        if role.role in CONSTANT_ROLES:
+            pieces.append((word, found, None))
+            if role.role == STATE:
+                state = word
+        else:
+            prefix = role.prefix.encode()
+            if role.kind not in VALUES or not found.startswith(prefix):
+                return None
+            if role.kind == v.ADDRESS and re.fullmatch(IPV4, found[len(prefix):]) is None:
+                return None
+            pieces.append((word, prefix, role.kind))
+        word += 1
+    if word != len(layout.roles) or word != shape.words:
+        return None
+    return LinePattern(shape, tuple(pieces), state)
+
+
+# A block's lines the joined expression refuses are read as before, one at a time; once this many of them are more
+# than the lines it took (an IPv6 table, a format of free text), the rest of the block goes to the shapes at once.
+_REFUSED_ALONE = 64
+# Where a state word goes in an expression before the state words of its keys are put in (lines are printable).
+_STATE = b"\x00"
+
+
+class Fast:
+    """The keys' expressions joined (one alternative per key), matched over a block of lines: runs of lines it
+    takes are entries as the key's first shape reads them; the lines of the flows asked about (`focus`: per
+    protocol, the `dst=` and `dport=` words asked with it, as DstIndex.focus_words) are taken one at a time with
+    the words Shape.key picks; the others are left to the reader."""
+
+    def __init__(self, patterns: Sequence[LinePattern],
+                 focus: dict[str, tuple[frozenset[bytes], frozenset[bytes]]]) -> None:
+        # Keys whose lines differ only in their state word (a TCP flow's ESTABLISHED, TIME_WAIT, …) make one
+        # alternative, the state words its own: shorter to compile, and a line's header is read once.
+        plain: dict[bytes, list[bytes]] = {}  # the expression with a placeholder for the state -> state words
+        kept: list[bytes] = []
+        # The marker group closing each kept alternative -> (shape, dst word, dport word, the groups of the other
+        # words Shape.key picks, in its order).
+        self.kept: dict[int, tuple[Shape, bytes, bytes, tuple[int, ...]]] = {}
+        groups = 0
+        for p in patterns:
+            shape = p.shape
+            words = focus.get(shape.proto) if shape.dport >= 0 else None
+            if words is not None and shape.dport < shape.dst:
+                continue  # (no such layout: a lookahead from dst= through dport= could not be said; shapes read it)
+            before = None
+            if words is not None:
+                pairs = [(d, q) for d in sorted(words[0]) for q in sorted(words[1])]
+                values = [{shape.dst: d[len(b"dst="):], shape.dport: q[len(b"dport="):]} for d, q in pairs]
+                ahead = b"|".join(p.between(shape.dst, shape.dport, vs) for vs in values)
+                before = {shape.dst: b"(?!" + ahead + b")"}
+            state = [text for word, text, _ in p.pieces if word == p.state_at] if p.state_at >= 0 else []
+            plain.setdefault(p.regex(before=before, state=_STATE), []).extend(state)
+            if words is None:
+                continue
+            others = sorted(set(shape.key_at[2:]))
+            for (d, q), vs in zip(pairs, values, strict=True):
+                kept.append(p.regex(values=vs, groups=others) + b"()")
+                number = {word: groups + 1 + i for i, word in enumerate(others)}
+                groups += len(others) + 1
+                self.kept[groups] = (shape, d, q, tuple(number[w] for w in shape.key_at[2:]))
+        alternatives = [e.replace(_STATE, b"(?:" + b"|".join(map(re.escape, states)) + b")") if states else e
+                        for e, states in plain.items()]
+        expression = rb"(?:(?:" + b"|".join(alternatives) + rb")(?:\n|\Z))*+"
+        if kept:
+            expression += rb"(?:(?:" + b"|".join(kept) + rb")(?:\n|\Z))?"
+        self.regex = re.compile(expression)
+
+    def scan(self, data: bytes, pos: int, stop: int, first: int) -> Scan:
+        """The lines of data[pos:stop] (line `first` is its first) as the expression takes them (see Scan)."""
+        kept = self.kept
+        count, find = data.count, data.find
+        out = Scan()
+        out.rest = stop
+        groups: dict[int, dict[tuple[bytes, ...], list[int]]] = {}  # per marker: the words after dst, dport
+        n = start = first  # (`start`: where the current run of lines taken began)
+        taken = 0
+        while pos < stop:
+            scanner = self.regex.scanner(data, pos, stop)
+            # (one match per kept line, from where the last one ended: a run of other lines, then the kept one)
+            for m in iter(scanner.match, None):
+                end = m.end()
+                if end == pos:
+                    break
+                lines = count(b"\n", pos, end) + (end == stop and data[end - 1] != 10)
+                n += lines
+                taken += lines
+                pos = end
+                marker = m.lastindex
+                if marker is None:
+                    break
+                words = m.group(*kept[marker][3])
+                found = groups.get(marker)
+                if found is None:
+                    groups[marker] = {words: [n - 1]}
+                else:
+                    lines_of = found.get(words)
+                    if lines_of is None:
+                        found[words] = [n - 1]
+                    else:
+                        lines_of.append(n - 1)
+            if pos >= stop:
+                break
+            if n > start:
+                out.runs.append((start, n))
+            start = n
+            if len(out.numbers) >= _REFUSED_ALONE and len(out.numbers) > taken:
+                out.rest = pos  # (the shapes read the rest of the block)
+                break
+            end = find(b"\n", pos, stop)
+            if end < 0:
+                end = stop
+            out.numbers.append(n)
+            out.texts.append(data[pos:end])
+            n += 1
+            start = n
+            pos = end + 1
+        if n > start:
+            out.runs.append((start, n))
+        out.rest_line = n
+        if pos > stop:
+            out.rest = pos  # (past the block's last line, which the shapes read: nothing is left after it)
+        for marker, by_words in groups.items():
+            shape, dst, dport, _ = kept[marker]
+            into = out.kept.setdefault(shape, {})
+            for words, lines in by_words.items():
+                into[(dst, dport, *words)] = lines
+        return out
+
+
+class Scan:
+    """What `Fast.scan` found in a block: `runs` of lines taken, as (first, stop) line numbers; the lines left to
+    the shapes (`numbers`, `texts`); `rest`, where the shapes take over the rest of the block (a byte offset: the
+    block's end if they need not, beyond it once its last line was left to them) and its line number
+    `rest_line`; the kept lines by shape, grouped by the words Shape.key picks (each list in file order)."""
+
+    __slots__ = ("kept", "numbers", "rest", "rest_line", "runs", "texts")
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[int, int]] = []
+        self.numbers: list[int] = []
+        self.texts: list[bytes] = []
+        self.rest = 0
+        self.rest_line = 0
+        self.kept: dict[Shape, dict[tuple[bytes, ...], list[int]]] = {}
