@@ -283,3 +283,40 @@ def test_progress_on_a_terminal_never_on_a_pipe(snap: Path) -> None:
     assert code == 3
     json.loads(out)  # stdout stays clean JSON
     assert "/9" in shown and "audited node-" in shown, shown[-500:]
+
+
+@pytest.mark.parametrize("sample", ["nodeport-fb-backends.txt", "etp-local-with-endpoints.txt", "ipv6.txt",
+                                    "nodeport-fb-backends-nft.nft", "dual-stack-nft.nft"])
+def test_tracing_done_lets_the_tracer_go_and_keeps_the_view(sample: str) -> None:
+    """Analysis.tracing_done (audit's worker, before the digest): the tracer is freed, every port's view and the
+    node's digest are those of an analysis that kept it, with view reuse or without."""
+    import gc
+    import weakref
+
+    from iptrace import dataplanes
+    from iptrace.kube.analysis import analyse
+    from iptrace.kube.audit import NodeInput
+    from iptrace.kube.digest import node_result
+
+    text = (SAMPLES / sample).read_text()
+    ips = ("192.168.0.10",)
+
+    def analyses(reuse: ViewReuse | None) -> dict[str, Any]:
+        dataplane, ruleset = dataplanes.load(text, source=sample)
+        return {f: analyse(dataplane, ruleset, f, node_ips=ips, reuse=reuse) for f in ruleset.families}
+
+    kept = analyses(None)
+    for reuse in (None, ViewReuse()):
+        for _ in range(2):  # (with reuse, the second node's views come from the cache)
+            done = analyses(reuse)
+            tracers = [weakref.ref(a.tracer) for a in done.values()]
+            for a in done.values():
+                a.tracing_done()
+            gc.collect()
+            assert all(t() is None for t in tracers)
+            for family, a in done.items():
+                assert not hasattr(a, "tracer")
+                assert a.view == kept[family].view
+                assert [a.port_view(k) for k in a.layout.keys] == [kept[family].port_view(k) for k in a.layout.keys]
+            assert (node_result(NodeInput("n", done, None, ips), None, pictures=True)
+                    == node_result(NodeInput("n", kept, None, ips), None, pictures=True))

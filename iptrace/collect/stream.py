@@ -183,6 +183,7 @@ class Worker:
                 node = dump_input(text, where, node_ips=source.node_ips, cluster=self.cluster,
                                   lenient=self.lenient, name=source.name, reuse=self.reuse, memo=self.load_memo)
                 del text
+            _tracing_done(node)
             return node_result(node, self.cluster, pictures=self.pictures, intern=self.intern)
         path = Path(source.path or "")
         with self.loading():
@@ -194,7 +195,15 @@ class Worker:
         notes: list[str] = []
         if node.analyses and (path / CONNTRACK_FILE).is_file():
             extra, notes = conntrack(node.name, path / CONNTRACK_FILE, node.analyses, lenient=self.lenient)
+        _tracing_done(node)
         return node_result(node, self.cluster, pictures=self.pictures, intern=self.intern, extra=extra, notes=notes)
+
+
+def _tracing_done(node: Any) -> None:
+    """Each family's view built and its tracer let go before the digest (Analysis.tracing_done), which reads the
+    views and the rules only: the worker's peak is then its view's, not its view's and digest's together."""
+    for analysis in node.analyses.values():
+        analysis.tracing_done()
 
 
 def conntrack(name: str, path: Path, analyses: Any, *, lenient: bool) -> tuple[list[Finding], list[str]]:

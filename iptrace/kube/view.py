@@ -568,6 +568,11 @@ class ViewBuilder:
             self._view = self._assemble(services)
         return self._view
 
+    def tracing_done(self) -> None:
+        """Build every port's view, then let the tracer go (Analysis.tracing_done): the views are kept."""
+        self.view()
+        del self._tracer, self._builder
+
     def view_of(self, keys: Iterable[str]) -> KubeView:
         """The view of these Service ports only, each built as `view` builds it, with the node-wide facts of the
         whole view (a question about a few Service ports of a big dump builds those)."""
