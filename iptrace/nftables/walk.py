@@ -370,7 +370,8 @@ class Tracer(ChainWalker):
     def _outcome(self, s: State, term: Terminal, original: str) -> Outcome:
         decided: Decision | None
         destination = None
-        final = join_host_port(s.dst, s.dport)
+        dst = s.dst
+        final = f"[{dst}]:{s.dport}" if ":" in dst else f"{dst}:{s.dport}"  # (join_host_port, inline: every branch)
         if term is not None and term[0] in ("drop", "reject"):
             verdict, decided = term[0].upper(), term[1]
         elif s.dnat_by is not None:
