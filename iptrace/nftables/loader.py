@@ -559,7 +559,6 @@ class TextLoader(CommandMixin):
                              "or kube-proxy's transaction text (add table ip kube-proxy …)", source=self.source,
                              line=first, column=1, text=self.line_text(first))
         fmt = "nft-transaction" if self.commands and not self.blocks else "nft-list"
-        self.source_text.know_lines(self.lines)
         return Ruleset(tuple(tables), self.source, fmt, tuple(self.warnings), tuple(self.skipped), self.text,
                        self.source_text)
 

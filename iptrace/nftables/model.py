@@ -18,8 +18,7 @@ import re
 from array import array
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
-from itertools import accumulate, repeat
-from operator import add, methodcaller
+from operator import methodcaller
 from typing import Any
 
 # ------------------------------------------------------------------------------------------------- values
@@ -311,14 +310,6 @@ class SourceText:
             starts = self._starts = array("q", [0])
             starts.extend(map(_END, _NEWLINE.finditer(self.text)))
         return starts
-
-    def know_lines(self, lines: list[str]) -> None:
-        """Where each line starts, from the text's lines (`text.split("\n")`) when a reader has them: each line's
-        length and its newline summed in C, ~3x cheaper than finding every newline again (the ~300,000 lines
-        of a 5,000-Service listing: every run that reads a rule's text needs them)."""
-        found = array("q", accumulate(map(add, map(len, lines), repeat(1, len(lines) - 1)), initial=0))
-        if len(lines) and found[-1] == len(self.text) - len(lines[-1]):
-            self._starts = found
 
     def line(self, n: int) -> str:
         """Line `n` (1-based) as `text.split("\\n")[n - 1]` has it; "" past the end."""
