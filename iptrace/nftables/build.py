@@ -38,7 +38,8 @@ from iptrace.nftables.shapes import fast_constructor
 
 _make_chain = fast_constructor(Chain)
 _NEW = object.__new__
-_CHAIN_NAME, _CHAIN_RULES, _CHAIN_LINE = (getattr(Chain, f).__set__ for f in ("name", "rules", "line"))
+_CHAIN_NAME, _CHAIN_RULES, _CHAIN_BASE, _CHAIN_LINE = (getattr(Chain, f).__set__
+                                                         for f in ("name", "rules", "base", "line"))
 
 
 class ChainBuilder:
@@ -63,9 +64,12 @@ class ChainBuilder:
 
     def freeze(self) -> Chain:
         if self.hook is None and self.comment is None and self.handle is None:
-            chain = _NEW(Chain)  # a plain chain: base, comment and handle stay unset (read as None)
+            chain = _NEW(Chain)  # a plain chain: comment and handle stay unset (read as None)
             _CHAIN_NAME(chain, self.name)
             _CHAIN_RULES(chain, tuple(self.rules))
+            # `base` is set (None): every chain's is read several times a run (the era, the hooks, the walker's
+            # shapes), and an unset slot is read through an AttributeError and Chain.__getattr__, ~10x slower.
+            _CHAIN_BASE(chain, None)
             _CHAIN_LINE(chain, self.line)
             return chain
         base = None

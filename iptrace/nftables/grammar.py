@@ -7,12 +7,17 @@ about single statements (one per new rule shape, every structural statement the 
 
 from __future__ import annotations
 
+import io
+import pickle
 from functools import cache
+from pathlib import Path
+from typing import Any
 
+import lark
 from lark import Lark, Tree, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 from iptrace.errors import ParseError
-from iptrace.grammars import describe_expected, unexpected_character
+from iptrace.grammars import describe_expected, grammar_path, unexpected_character
 from iptrace.grammars import grammar_text as _grammar_file
 
 _GRAMMAR_NAME = "nft.lark"
@@ -29,10 +34,43 @@ def grammar_text() -> str:
     return _grammar_file(_GRAMMAR_NAME)
 
 
+_OPTIONS: dict[str, Any] = {"parser": "lalr", "start": list(STARTS), "maybe_placeholders": False,
+                            "propagate_positions": False}
+# The parser as lark saves it (Lark.save), as iptables/grammar.py keeps its own: building the LALR tables of this
+# grammar costs ~60 ms of CPU at every start (~5% of a 1,000-Service `services` run, which asks the grammar
+# about a few dozen statements); loading them, a few. Used only when saved from this very grammar text, with
+# these options, by this lark version; else the parser is built. Written by save_parser()
+# (tests/test_nft_grammar_saved.py says when it must be written again).
+SAVED_PARSER = "nft.lark.parser"
+
+
+def build_parser() -> Lark:
+    """The parser, built from the grammar."""
+    return Lark(grammar_text(), **_OPTIONS)
+
+
+def _saved_key() -> tuple[str, str, str]:
+    return (lark.__version__, repr(sorted(_OPTIONS.items())), grammar_text())
+
+
 @cache
 def parser() -> Lark:
-    return Lark(grammar_text(), parser="lalr", start=list(STARTS), maybe_placeholders=False,
-                propagate_positions=False)
+    path = grammar_path(SAVED_PARSER)
+    if path is not None:
+        try:
+            key, data = pickle.loads(path.read_bytes())
+        except (OSError, pickle.UnpicklingError, ValueError, TypeError, EOFError):
+            key = data = None
+        if key == _saved_key() and isinstance(data, bytes):
+            return Lark.load(io.BytesIO(data))
+    return build_parser()
+
+
+def save_parser(path: Path) -> None:
+    """Write the built parser where parser() loads it from (grammars/SAVED_PARSER in a checkout)."""
+    out = io.BytesIO()
+    build_parser().save(out)
+    path.write_bytes(pickle.dumps((_saved_key(), out.getvalue()), protocol=4))
 
 
 def _describe_expected(expected: set[str] | frozenset[str]) -> str:

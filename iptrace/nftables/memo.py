@@ -231,12 +231,12 @@ def record(results: list[tuple[State, Any]], before: tuple[Any, Any]) -> list[tu
 
 def replay(recorded: list[tuple[Any, ...]], s: State) -> list[tuple[State, Any]]:
     if len(recorded) == 1:  # (the commonest case: the hooks after DNAT do not split; `s` itself)
-        return [_replay_one(recorded[0], s)]
+        return [replay_one(recorded[0], s)]
     last = len(recorded) - 1
-    return [_replay_one(walk, s if i == last else s.copy()) for i, walk in enumerate(recorded)]
+    return [replay_one(walk, s if i == last else s.copy()) for i, walk in enumerate(recorded)]
 
 
-def _replay_one(recorded: tuple[Any, ...], s: State) -> tuple[State, Any]:
+def replay_one(recorded: tuple[Any, ...], s: State) -> tuple[State, Any]:
     """One recorded branch on `s` itself (spelled out: it runs for every branch of every trace)."""
     (term, path, chains, notes, s.mark, s.ct_mark, s.notrack, s.snat, s.masq, accept, s.hook, s.in_iface,
      s.out_iface, num, den, nat) = recorded

@@ -340,8 +340,9 @@ class Rule:
     _lazy: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
 
     def __getattr__(self, name: str) -> Any:
-        # Called only for a slot not set yet. A rule read through a shape has just `_lazy`: (its builder, text,
-        # line, normalised values…); `handle` is set only when the text had one (`nft -a`).
+        # Called only for a slot not set yet. A rule read through a shape has `_lazy` (its builder, text, line,
+        # normalised values…) instead of its items and comment; its line and handle are set, its text when it
+        # is its own str (not the listing's, model.SourceText).
         if name == "handle":
             return None
         lazy = object.__getattribute__(self, "_lazy")

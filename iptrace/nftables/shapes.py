@@ -224,12 +224,13 @@ def compile_template(items: tuple[Any, ...], comment: Any, keywords: dict[int, s
             parts.append(f"_intern_str({now.emit(slot)})")
     normalised = "".join(p + ", " for p in parts)
     setters = [now.name(s) for s in _RULE_SETTERS]
-    # `text` and `line` are set as well as kept in `_lazy`: a slot costs its place whether set or not, and
-    # reading an unset one goes through Rule.__getattr__ (the layout reads every endpoint rule's line). A rule
+    # `text`, `line` and `handle` (None without `nft -a`) are set as well as kept in `_lazy`: a slot costs its
+    # place whether set or not, and reading an unset one goes through an AttributeError and Rule.__getattr__ (the
+    # layout reads every endpoint rule's line, the walker every replayed rule's handle). A rule
     # of a listing read line by line is given the listing (model.SourceText) for its text, which is that
     # line stripped: it keeps no copy of it, and Rule.__getattr__ reads it from there.
     lines += (f"    o = _new({now.name(Rule)})\n"
-              f"    if handle is not None:\n        {setters[2]}(o, handle)\n"
+              f"    {setters[2]}(o, handle)\n"
               f"    if type(text) is str:\n        {setters[0]}(o, text)\n    {setters[1]}(o, line)\n"
               f"    {setters[3]}(o, ({now.name(build)}, text, line, {normalised}))\n")
     exec(f"def make(v, text, line, handle):\n{lines}    return o\n", now.ns)

@@ -250,37 +250,35 @@ def replay(recorded: list[tuple[Any, ...]], s: State, member: Member, codes: tup
     walker's (chain, index) → the rule as path entries hold it). Each branch but the last is a new State made
     with the recorded fields; the last is `s` itself."""
     last = len(recorded) - 1
-    out = []
+    out: list[tuple[State, Any]] = []
+    dnats = member.dnats
     for i, walk in enumerate(recorded):
+        # One recorded branch (spelled out: this runs for every endpoint of every trace): a new State with the
+        # restored fields (mark … out_iface), or `s` itself for the last.
+        term, at, path, chains, restored, num, den, nat = walk
         if i == last:
-            (s.mark, s.ct_mark, s.notrack, s.snat, s.masq, s.hook, s.in_iface, s.out_iface) = walk[4]
-            out.append(_replay_one(walk, s, member, codes, ref))
+            st = s
+            (st.mark, st.ct_mark, st.notrack, st.snat, st.masq, st.hook, st.in_iface, st.out_iface) = restored
         else:
-            out.append(_replay_one(walk, s.branch(*walk[4]), member, codes, ref))
+            st = s.branch(*restored)
+        if path:
+            st.path = (Bound((path, codes, ref)), st.path)
+        if chains:
+            st.chains = (Bound((chains, codes, None)), st.chains)
+        if num != 1 or den != 1:
+            st.num *= num
+            st.den *= den
+        if nat is not None:
+            p, k = nat
+            addr, port = dnats[p][k]
+            st.dst = addr
+            if port is not None:
+                st.dport = port
+            decision = st.dnat_by = ref(codes[p], k).decision
+            if at == nat:
+                out.append((st, (term[0], decision)))
+                continue
+        if at is not None:
+            term = (term[0], ref(codes[at[0]], at[1]).decision)
+        out.append((st, term))
     return out
-
-
-def _replay_one(recorded: tuple[Any, ...], s: State, member: Member, codes: tuple[Any, ...],
-                ref: Callable[[Any, int], Any]) -> tuple[State, Any]:
-    """One recorded branch on `s`, whose restored fields (mark … out_iface) are set already (spelled out: it
-    runs for every endpoint of every trace)."""
-    term, at, path, chains, _, num, den, nat = recorded
-    if path:
-        s.path = (Bound((path, codes, ref)), s.path)
-    if chains:
-        s.chains = (Bound((chains, codes, None)), s.chains)
-    if num != 1 or den != 1:
-        s.num *= num
-        s.den *= den
-    if nat is not None:
-        p, i = nat
-        addr, port = member.dnats[p][i]
-        s.dst = addr
-        if port is not None:
-            s.dport = port
-        decision = s.dnat_by = ref(codes[p], i).decision
-        if at == nat:
-            return s, (term[0], decision)
-    if at is not None:
-        term = (term[0], ref(codes[at[0]], at[1]).decision)
-    return s, term

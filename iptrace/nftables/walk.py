@@ -22,7 +22,7 @@ from iptrace.errors import TraceError
 from iptrace.nftables.chains import ChainCode, ChainWalker, Terminal
 from iptrace.nftables.evaluate import Context
 from iptrace.nftables.hooks import Stage, base_chains, hook_stages, unwalked_tables
-from iptrace.nftables.memo import MEMO_SIZE, Plan, make_plan, record, replay
+from iptrace.nftables.memo import MEMO_SIZE, Plan, make_plan, record, replay, replay_one
 from iptrace.nftables.model import Chain, Ruleset, Table
 from iptrace.nftables.state import State, cons_list, is_loopback
 from iptrace.nftables.steps import StepMaker
@@ -65,6 +65,7 @@ class Tracer(ChainWalker):
         self._probabilities: dict[tuple[int, int], tuple[Fraction, float]] = {}
         self._unwalked = tuple(unwalked_tables(ruleset))
         self._bases = base_chains(ruleset)
+        self._version_notes: dict[int, tuple[str, ...]] = {}
 
     # ------------------------------------------------------------------------------------------- public
 
@@ -81,19 +82,31 @@ class Tracer(ChainWalker):
         finally:
             if enabled:
                 gc.enable()
-        notes = [NEW_CONNECTION, *(a for a in assumptions if a != NEW_CONNECTION)]
-        if self._unwalked:
-            notes.append("tables or chains on other hooks are not walked (bridge, netdev, arp, ingress/egress): "
-                         + ", ".join(self._unwalked))
-        if not any(t.family in ("ip", "inet") if packet.version == 4 else t.family in ("ip6", "inet")
-                   for t in self.ruleset.tables):
-            notes.append(f"the ruleset has no table for IPv{packet.version} (ip{'6' if packet.version == 6 else ''} "
-                         "or inet): nothing decides")
+        notes = [NEW_CONNECTION, *(a for a in assumptions if a != NEW_CONNECTION)] if assumptions else [
+            NEW_CONNECTION]
+        notes.extend(self._notes(packet.version))
         for o in outcomes:
-            for note in o.assumptions:
-                if note not in notes:
-                    notes.append(note)
+            if o.assumptions:
+                for note in o.assumptions:
+                    if note not in notes:
+                        notes.append(note)
         return Trace(packet, "hooks", outcomes, tuple(notes))
+
+    def _notes(self, version: int) -> tuple[str, ...]:
+        """The notes every trace of an IP version has after its first-packet one and the caller's (kept: the view
+        asks ~10^4 traces)."""
+        found = self._version_notes.get(version)
+        if found is None:
+            notes = []
+            if self._unwalked:
+                notes.append("tables or chains on other hooks are not walked (bridge, netdev, arp, ingress/egress): "
+                             + ", ".join(self._unwalked))
+            if not any(t.family in ("ip", "inet") if version == 4 else t.family in ("ip6", "inet")
+                       for t in self.ruleset.tables):
+                notes.append(f"the ruleset has no table for IPv{version} (ip{'6' if version == 6 else ''} "
+                             "or inet): nothing decides")
+            found = self._version_notes[version] = tuple(notes)
+        return found
 
     def trace_many(self, packets: Sequence[Packet]) -> list[Trace]:
         return [self.trace(p) for p in packets]
@@ -143,35 +156,64 @@ class Tracer(ChainWalker):
 
     def _walk(self, s: State) -> list[tuple[State, Terminal]]:
         out: list[tuple[State, Terminal]] = []
+        local = self.local
         if self._is_local(s.src):
             s.local_origin = True
             s.out_iface = "lo" if self._is_local(s.dst) else None
-            for s1, t1 in self._hook(s, "output"):
-                if t1 is not None:
-                    out.append((s1, t1))
-                    continue
-                # The route is looked up again after output's DNAT; a packet for the node itself comes back in
-                # through lo.
-                local = self._is_local(s1.dst)
-                s1.out_iface = "lo" if local else None
-                out.extend(self._tail(s1, _OUT_LOOPBACK if local else _OUT))
+            branches = self._hook(s, "output")
+            for s1, t1 in branches:
+                if t1 is None:
+                    # The route is looked up again after output's DNAT; a packet for the node itself comes back
+                    # in through lo.
+                    dst = s1.dst
+                    s1.out_iface = "lo" if dst in local or is_loopback(dst) else None
+            self._tails(branches, _OUT_LOOPBACK, _OUT, out)
             return out
-        local = self.local
-        for s1, t1 in self._hook(s, "prerouting"):
-            if t1 is not None:
-                out.append((s1, t1))
-            else:
-                # (_is_local spelled out: this runs for every branch, most of them for endpoints elsewhere)
-                dst = s1.dst
-                out.extend(self._tail(s1, _INPUT if dst in local or is_loopback(dst) else _FORWARD))
+        self._tails(self._hook(s, "prerouting"), _INPUT, _FORWARD, out)
         return out
 
-    def _tail(self, s: State, seq: tuple[tuple[str, bool, bool], ...]) -> list[tuple[State, Terminal]]:
-        """The hooks after the routing decision, replayed from an earlier branch the rules there cannot tell
-        apart from this one (memo.py)."""
-        if not self.share:
-            return self._walk_seq(s, seq)
-        return self._shared((s.version, seq), s, self._walk_seq, seq)
+    def _tails(self, branches: list[tuple[State, Terminal]], to_node: tuple[tuple[str, bool, bool], ...],
+               elsewhere: tuple[tuple[str, bool, bool], ...], out: list[tuple[State, Terminal]]) -> None:
+        """Every branch that passed a hook, through the hooks after the routing decision: `to_node` for a
+        destination of the node itself, else `elsewhere`; each replayed from an earlier branch the rules there
+        cannot tell apart from it (memo.py, as _shared does; spelled out here with the two plans found once:
+        this runs for every branch of every trace, most of them for endpoints elsewhere)."""
+        local = self.local
+        plans: dict[Any, tuple[int, Plan | None]] = {}  # (the branches of one trace have one IP version)
+        for s1, t1 in branches:
+            if t1 is not None:
+                out.append((s1, t1))
+                continue
+            dst = s1.dst
+            seq = to_node if dst in local or is_loopback(dst) else elsewhere
+            if not self.share:
+                out.extend(self._walk_seq(s1, seq))
+                continue
+            found = plans.get(seq)
+            if found is None or found[0] != s1.version:
+                key = (s1.version, seq)
+                plan = self._plans.get(key, False)
+                if plan is False:
+                    plan = self._plans[key] = self._plan(key)
+                plans[seq] = (s1.version, plan)
+            else:
+                plan = found[1]
+            if plan is None:
+                out.extend(self._walk_seq(s1, seq))
+                continue
+            k = plan.key(s1)
+            found = plan.memo.get(k)
+            if found is None:
+                start = s1.blank()
+                before = (start.accept, start.dnat_by)
+                found = record(self._walk_seq(start, seq), before)
+                if len(plan.memo) >= MEMO_SIZE:
+                    plan.memo.clear()
+                plan.memo[k] = found
+            if len(found) == 1:
+                out.append(replay_one(found[0], s1))
+            else:
+                out.extend(replay(found, s1))
 
     def _shared(self, key: tuple[Any, ...], s: State, walk: Callable[[State, Any], list[tuple[State, Terminal]]],
                 arg: Any) -> list[tuple[State, Terminal]]:
@@ -328,7 +370,8 @@ class Tracer(ChainWalker):
     def _outcome(self, s: State, term: Terminal, original: str) -> Outcome:
         decided: Decision | None
         destination = None
-        final = join_host_port(s.dst, s.dport)
+        dst = s.dst
+        final = f"[{dst}]:{s.dport}" if ":" in dst else f"{dst}:{s.dport}"  # (join_host_port, inline: every branch)
         if term is not None and term[0] in ("drop", "reject"):
             verdict, decided = term[0].upper(), term[1]
         elif s.dnat_by is not None:
