@@ -4,10 +4,14 @@ and the words its errors use for what the parser expected. No lark here: the par
 
 from __future__ import annotations
 
+import io
+import pickle
 from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+_Parser = TypeVar("_Parser")
 
 
 def grammar_text(name: str) -> str:
@@ -27,6 +31,29 @@ def grammar_path(name: str) -> Path | None:
             return candidate
     found = resources.files("iptrace").joinpath("grammars", name)
     return Path(str(found)) if found.is_file() else None
+
+
+def saved_parser(name: str, key: tuple[str, ...], load: Callable[[io.BytesIO], _Parser],
+                 build: Callable[[], _Parser]) -> _Parser:
+    """The parser saved as grammars/`name` (by `save_parser`), loaded by `load` (lark's Lark.load), when it was
+    saved under this very `key` (the grammar text, the parser's options and lark's version); else `build()`.
+    Loading lark's saved LALR tables costs a few milliseconds, building them tens, at every start."""
+    path = grammar_path(name)
+    if path is not None:
+        try:
+            saved, data = pickle.loads(path.read_bytes())
+        except (OSError, pickle.UnpicklingError, ValueError, TypeError, EOFError):
+            saved = data = None
+        if saved == key and isinstance(data, bytes):
+            return load(io.BytesIO(data))
+    return build()
+
+
+def save_parser(path: Path, key: tuple[str, ...], save: Callable[[io.BytesIO], None]) -> None:
+    """Write a built parser (`save`: its Lark.save) where `saved_parser` loads it from under `key`."""
+    out = io.BytesIO()
+    save(out)
+    path.write_bytes(pickle.dumps((key, out.getvalue()), protocol=4))
 
 
 def one_of(names: Iterable[str]) -> str:

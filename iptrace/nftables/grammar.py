@@ -7,8 +7,6 @@ about single statements (one per new rule shape, every structural statement the 
 
 from __future__ import annotations
 
-import io
-import pickle
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -17,8 +15,9 @@ import lark
 from lark import Lark, Tree, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 from iptrace.errors import ParseError
-from iptrace.grammars import describe_expected, grammar_path, unexpected_character
+from iptrace.grammars import describe_expected, saved_parser, unexpected_character
 from iptrace.grammars import grammar_text as _grammar_file
+from iptrace.grammars import save_parser as _save_parser
 
 _GRAMMAR_NAME = "nft.lark"
 STARTS = ("document", "top_line", "table_line", "chain_line", "set_line", "object_line", "rule", "set_literal")
@@ -55,22 +54,12 @@ def _saved_key() -> tuple[str, str, str]:
 
 @cache
 def parser() -> Lark:
-    path = grammar_path(SAVED_PARSER)
-    if path is not None:
-        try:
-            key, data = pickle.loads(path.read_bytes())
-        except (OSError, pickle.UnpicklingError, ValueError, TypeError, EOFError):
-            key = data = None
-        if key == _saved_key() and isinstance(data, bytes):
-            return Lark.load(io.BytesIO(data))
-    return build_parser()
+    return saved_parser(SAVED_PARSER, _saved_key(), Lark.load, build_parser)
 
 
 def save_parser(path: Path) -> None:
     """Write the built parser where parser() loads it from (grammars/SAVED_PARSER in a checkout)."""
-    out = io.BytesIO()
-    build_parser().save(out)
-    path.write_bytes(pickle.dumps((_saved_key(), out.getvalue()), protocol=4))
+    _save_parser(path, _saved_key(), build_parser().save)
 
 
 def _describe_expected(expected: set[str] | frozenset[str]) -> str:
