@@ -201,15 +201,7 @@ class Tracer(ChainWalker):
             if plan is None:
                 out.extend(self._walk_seq(s1, seq))
                 continue
-            k = plan.key(s1)
-            found = plan.memo.get(k)
-            if found is None:
-                start = s1.blank()
-                before = (start.accept, start.dnat_by)
-                found = record(self._walk_seq(start, seq), before)
-                if len(plan.memo) >= MEMO_SIZE:
-                    plan.memo.clear()
-                plan.memo[k] = found
+            found = self._recorded(plan, s1, self._walk_seq, seq)
             if len(found) == 1:
                 out.append(replay_one(found[0], s1))
             else:
@@ -224,6 +216,13 @@ class Tracer(ChainWalker):
             plan = self._plans[key] = self._plan(key)
         if plan is None:
             return walk(s, arg)
+        return replay(self._recorded(plan, s, walk, arg), s)
+
+    @staticmethod
+    def _recorded(plan: Plan, s: State, walk: Callable[[State, Any], list[tuple[State, Terminal]]],
+                  arg: Any) -> list[tuple[Any, ...]]:
+        """What `walk` did from a blank state like `s` under `plan` (memo.record), walked once per key of the
+        plan: what replay applies to `s`."""
         k = plan.key(s)
         found = plan.memo.get(k)
         if found is None:
@@ -233,7 +232,7 @@ class Tracer(ChainWalker):
             if len(plan.memo) >= MEMO_SIZE:
                 plan.memo.clear()
             plan.memo[k] = found
-        return replay(found, s)
+        return found
 
     def _plan(self, key: tuple[Any, ...]) -> Plan | None:
         """The plan of a tail of hooks (version, seq) or of a hook's stages from the k-th (version, hook, k)."""
@@ -371,7 +370,7 @@ class Tracer(ChainWalker):
         decided: Decision | None
         destination = None
         dst = s.dst
-        final = f"[{dst}]:{s.dport}" if ":" in dst else f"{dst}:{s.dport}"  # (join_host_port, inline: every branch)
+        final = join_host_port(dst, s.dport)
         if term is not None and term[0] in ("drop", "reject"):
             verdict, decided = term[0].upper(), term[1]
         elif s.dnat_by is not None:
