@@ -25,33 +25,39 @@ from iptrace.conntrack.shape import Shape
 
 def at_most(limit: int) -> bytes:
     """Decimal numbers from 0 to `limit` without leading zeros (what check_value accepts, less the zeros), to be
-    followed by a non-digit: those as wide as `limit` first (an alternative per digit that may be lower than the
-    limit's, each of a fixed width), then the shorter ones. For limits of ten digits or more (32- and 64-bit
-    counters) only the shorter ones: a wider value (never seen in practice) is left to the shapes, and the
-    expression stays short (one per value of every line). Digits are `[0-9]` (a range, which the matcher checks
-    faster than the class `\\d`), the shorter ones possessive (a non-digit follows: giving a digit back never
-    matches)."""
+    followed by a non-digit: those as wide as `limit` (an alternative per digit that may be lower than the
+    limit's, each of a fixed width) and the shorter ones (second: see below). For limits of ten digits or more
+    (32- and 64-bit counters) only the shorter ones: a wider value (never seen in practice) is left to the
+    shapes, and the expression stays short (one per value of every line). Digits are `[0-9]` (a range, which the
+    matcher checks faster than the class `\\d`), the shorter ones possessive (a non-digit follows: giving a
+    digit back never matches)."""
     digits = str(limit)
     width = len(digits)
     alternatives = []
     if width < 10:
-        for i, d in enumerate(digits):
+        for i, d in enumerate(digits[:-1]):
             low, high = (1 if i == 0 else 0), int(d) - 1
             if high >= low:
                 rest = width - i - 1
-                alternatives.append(f"{digits[:i]}[{low}-{high}]" + (f"[0-9]{{{rest}}}" if rest else ""))
-        alternatives.append(digits)
+                alternatives.append(f"{digits[:i]}{_digit(low, high)}[0-9]" + (f"{{{rest}}}" if rest > 1 else ""))
+        alternatives.append(digits[:-1] + _digit(1 if width == 1 else 0, int(digits[-1])))
     if width > 1:
-        alternatives.append(f"[1-9][0-9]{{0,{width - 2}}}+")
+        # (second: the first full-width alternative takes most wide values, as ephemeral ports; then the narrower
+        # ones, as a Service's port, before the rarer wide ones)
+        alternatives.insert(1, f"[1-9][0-9]{{0,{width - 2}}}+")
     if "0" not in alternatives:
         alternatives.append("0")
     return ("(?:" + "|".join(alternatives) + ")").encode()
 
 
+def _digit(low: int, high: int) -> str:
+    return str(low) if low == high else f"[{low}-{high}]"
+
+
 # One octet of an IPv4 address as ipaddress reads it (0 to 255, no leading zeros), alternatives told apart by their
 # first digit; every octet is followed by `.` or by what follows the address (never a digit). Digits as `[0-9]`
 # (see at_most).
-_OCTET = rb"(?:1[0-9]{0,2}+|2[0-4][0-9]|25[0-5]|2[0-9]?+|[3-9][0-9]?+|0)"
+_OCTET = rb"(?:1[0-9]{0,2}+|2[0-4][0-9]|25[0-5]|[2-9][0-9]?+|0)"
 IPV4 = rb"\.".join([_OCTET] * 4)
 
 # What a value of each kind may be, as the reader checks it (vocabulary.check_value; addresses: IPv4 only).
