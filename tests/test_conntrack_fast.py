@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iptrace.conntrack import load, reader, vocabulary
-from iptrace.conntrack.pattern import IPV4, VALUES, at_most
+from iptrace.conntrack.pattern import IPV4, VALUES, _factor, at_most
 from iptrace.errors import ParseError
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -166,3 +166,34 @@ def test_the_address_expression_accepts_what_ipaddress_accepts(octets: list[int]
     except ValueError:
         valid = False
     assert (re.fullmatch(IPV4 + b" ", (text + " ").encode()) is not None) == valid
+
+
+# (an expression's piece, whether it is a group, a text it matches)
+_SAMPLES = {b"a": "a", b"b": "b", b"\\ ": " ", b"(c)": "c", b"(d+)": "dd"}
+_PIECE = st.sampled_from([(b"a", False), (b"b", False), (b"\\ ", False), (b"(c)", True), (b"(d+)", True)])
+
+
+@SETTINGS
+@given(st.lists(st.lists(_PIECE, min_size=1, max_size=6), min_size=1, max_size=6, unique_by=tuple),
+       st.lists(st.text("abcd ", max_size=8), max_size=20))
+def test_alternatives_joined_with_their_beginnings_shared_match_as_the_plain_alternation(
+        alternatives: list[list[tuple[bytes, bool]]], texts: list[str]) -> None:
+    # Each alternative ends in its own marker group, as the kept lines' expressions do: which one matched, and what
+    # each of its groups captured, are those of the plain alternation (when one alternative alone matches).
+    marked = [(*a, (b"()", True)) for a in alternatives]
+    numbers: list[list[int]] = [[] for _ in marked]
+    factored = re.compile(_factor(list(zip(marked, numbers, strict=True)), 0, [0]))
+    plain = re.compile(b"|".join(b"".join(t for t, _ in a) for a in marked))
+    where, n = [], 0  # (each alternative's groups in the plain alternation)
+    for a in marked:
+        where.append([n + 1 + i for i in range(sum(g for _, g in a))])
+        n += len(where[-1])
+    for text in [*texts, *("".join(_SAMPLES[t] for t, _ in a) for a in alternatives)]:
+        want, got = plain.fullmatch(text.encode()), factored.fullmatch(text.encode())
+        assert (want is None) == (got is None), text
+        # (the kept lines' alternatives are of different keys or values: a line matches one at most)
+        alone = [i for i, a in enumerate(marked) if re.fullmatch(b"".join(t for t, _ in a), text.encode())]
+        if len(alone) == 1 and want is not None and got is not None:
+            chosen = alone[0]
+            assert numbers[chosen][-1] == got.lastindex
+            assert got.group(*numbers[chosen]) == want.group(*where[chosen])

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from iptrace.conntrack import vocabulary as v
 from iptrace.conntrack.layout import CONSTANT_ROLES, STATE, Layout
@@ -25,30 +24,39 @@ from iptrace.conntrack.shape import Shape
 
 def at_most(limit: int) -> bytes:
     """Decimal numbers from 0 to `limit` without leading zeros (what check_value accepts, less the zeros), to be
-    followed by a non-digit: those as wide as `limit` first (an alternative per digit that may be lower than the
-    limit's, each of a fixed width), then the shorter ones. For limits of ten digits or more (32- and 64-bit
-    counters) only the shorter ones: a wider value (never seen in practice) is left to the shapes, and the
-    expression stays short (one per value of every line)."""
+    followed by a non-digit: those as wide as `limit` (an alternative per digit that may be lower than the
+    limit's, each of a fixed width) and the shorter ones (second: see below). For limits of ten digits or more
+    (32- and 64-bit counters) only the shorter ones: a wider value (never seen in practice) is left to the
+    shapes, and the expression stays short (one per value of every line). Digits are `[0-9]` (a range, which the
+    matcher checks faster than the class `\\d`), the shorter ones possessive (a non-digit follows: giving a
+    digit back never matches)."""
     digits = str(limit)
     width = len(digits)
     alternatives = []
     if width < 10:
-        for i, d in enumerate(digits):
+        for i, d in enumerate(digits[:-1]):
             low, high = (1 if i == 0 else 0), int(d) - 1
             if high >= low:
                 rest = width - i - 1
-                alternatives.append(f"{digits[:i]}[{low}-{high}]" + (rf"\d{{{rest}}}" if rest else ""))
-        alternatives.append(digits)
+                alternatives.append(f"{digits[:i]}{_digit(low, high)}[0-9]" + (f"{{{rest}}}" if rest > 1 else ""))
+        alternatives.append(digits[:-1] + _digit(1 if width == 1 else 0, int(digits[-1])))
     if width > 1:
-        alternatives.append(rf"[1-9]\d{{0,{width - 2}}}")
+        # (second: the first full-width alternative takes most wide values, as ephemeral ports; then the narrower
+        # ones, as a Service's port, before the rarer wide ones)
+        alternatives.insert(1, f"[1-9][0-9]{{0,{width - 2}}}+")
     if "0" not in alternatives:
         alternatives.append("0")
     return ("(?:" + "|".join(alternatives) + ")").encode()
 
 
+def _digit(low: int, high: int) -> str:
+    return str(low) if low == high else f"[{low}-{high}]"
+
+
 # One octet of an IPv4 address as ipaddress reads it (0 to 255, no leading zeros), alternatives told apart by their
-# first digit; every octet is followed by `.` or by what follows the address (never a digit).
-_OCTET = rb"(?:1\d{0,2}+|2[0-4]\d|25[0-5]|2\d?+|[3-9]\d?+|0)"
+# first digit; every octet is followed by `.` or by what follows the address (never a digit). Digits as `[0-9]`
+# (see at_most).
+_OCTET = rb"(?:1[0-9]{0,2}+|2[0-4][0-9]|25[0-5]|[2-9][0-9]?+|0)"
 IPV4 = rb"\.".join([_OCTET] * 4)
 
 # What a value of each kind may be, as the reader checks it (vocabulary.check_value; addresses: IPv4 only).
@@ -57,31 +65,42 @@ VALUES[v.ADDRESS] = IPV4
 VALUES[v.HEX16] = rb"0x[0-9a-f]{1,4}"
 
 _PIECES = re.compile(rb" +|[^ ]+")
+# A piece of an expression (a word, or the spaces between two) and whether it is a capturing group.
+Part = tuple[bytes, bool]
 _PRINTABLE = re.compile(rb"[ -~]*")
 
 
-@dataclass(frozen=True, slots=True)
 class LinePattern:
     """A key's first line as pieces: separators (runs of spaces) as they are, constant words as they are, and
-    value words as their key's prefix and the value's kind."""
+    value words as their key's prefix and the value's kind. (A plain slots class: a frozen dataclass costs
+    ~0.4 ms to create at import, and these are neither compared nor copied.)"""
 
-    shape: Shape
-    pieces: tuple[tuple[int, bytes, str | None], ...]  # (word index or -1 for spaces, literal text, value kind)
-    state_at: int  # the state word (ESTABLISHED, …), or -1
+    __slots__ = ("pieces", "shape", "state_at")
+
+    def __init__(self, shape: Shape, pieces: tuple[tuple[int, bytes, str | None], ...], state_at: int) -> None:
+        self.shape = shape
+        self.pieces = pieces  # (word index or -1 for spaces, literal text, value kind)
+        self.state_at = state_at  # the state word (ESTABLISHED, …), or -1
 
     def regex(self, values: dict[int, bytes] | None = None, before: dict[int, bytes] | None = None,
               groups: Sequence[int] = (), state: bytes | None = None) -> bytes:
         """The line's expression; `values`: a word's value as this literal instead; `before`: an expression
         (a lookahead) put before a word's value; `groups`: words captured whole, in this order; `state`: the
         state word as this expression instead."""
+        return b"".join(text for text, _ in self.parts(values, before, groups, state))
+
+    def parts(self, values: dict[int, bytes] | None = None, before: dict[int, bytes] | None = None,
+              groups: Sequence[int] = (), state: bytes | None = None) -> tuple[Part, ...]:
+        """The line's expression (see `regex`) a piece at a time, each with whether it is a capturing group."""
         out = []
         for word, text, kind in self.pieces:
             piece = state if state is not None and word == self.state_at >= 0 else re.escape(text)
             if kind is not None:
                 value = values.get(word) if values else None
                 piece += (before or {}).get(word, b"") + (re.escape(value) if value is not None else VALUES[kind])
-            out.append(b"(" + piece + b")" if word in groups and word >= 0 else piece)
-        return b"".join(out)
+            captured = word in groups and word >= 0
+            out.append((b"(" + piece + b")" if captured else piece, captured))
+        return tuple(out)
 
     def between(self, first: int, last: int, values: dict[int, bytes]) -> bytes:
         """From word `first`'s value through word `last` and the separator after it, with these values as
@@ -155,12 +174,9 @@ class Fast:
                  focus: dict[str, tuple[frozenset[bytes], frozenset[bytes]]]) -> None:
         # Keys whose lines differ only in their state word (a TCP flow's ESTABLISHED, TIME_WAIT, …) make one
         # alternative, the state words its own: shorter to compile, and a line's header is read once.
-        plain: dict[bytes, list[bytes]] = {}  # the expression with a placeholder for the state -> state words
-        kept: list[bytes] = []
-        # The marker group closing each kept alternative -> (shape, dst word, dport word, the groups of the other
-        # words Shape.key picks, in its order).
-        self.kept: dict[int, tuple[Shape, bytes, bytes, tuple[int, ...]]] = {}
-        groups = 0
+        plain: dict[tuple[Part, ...], list[bytes]] = {}  # the expression, a placeholder for the state -> states
+        kept: list[tuple[tuple[Part, ...], list[int]]] = []  # (expression, its groups' numbers once joined)
+        leaves: list[tuple[Shape, bytes, bytes, list[int], list[int]]] = []
         for p in patterns:
             shape = p.shape
             words = focus.get(shape.proto) if shape.dport >= 0 else None
@@ -173,20 +189,30 @@ class Fast:
                 ahead = b"|".join(p.between(shape.dst, shape.dport, vs) for vs in values)
                 before = {shape.dst: b"(?!" + ahead + b")"}
             state = [text for word, text, _ in p.pieces if word == p.state_at] if p.state_at >= 0 else []
-            plain.setdefault(p.regex(before=before, state=_STATE), []).extend(state)
+            plain.setdefault(p.parts(before=before, state=_STATE), []).extend(state)
             if words is None:
                 continue
             others = sorted(set(shape.key_at[2:]))
             for (d, q), vs in zip(pairs, values, strict=True):
-                kept.append(p.regex(values=vs, groups=others) + b"()")
-                number = {word: groups + 1 + i for i, word in enumerate(others)}
-                groups += len(others) + 1
-                self.kept[groups] = (shape, d, q, tuple(number[w] for w in shape.key_at[2:]))
-        alternatives = [e.replace(_STATE, b"(?:" + b"|".join(map(re.escape, states)) + b")") if states else e
+                numbers: list[int] = []
+                kept.append(((*p.parts(values=vs, groups=others), (b"()", True)), numbers))
+                leaves.append((shape, d, q, others, numbers))
+        alternatives = [(tuple((text.replace(_STATE, b"(?:" + b"|".join(map(re.escape, states)) + b")"), group)
+                               for text, group in e) if states else e, [])
                         for e, states in plain.items()]
-        expression = rb"(?:(?:" + b"|".join(alternatives) + rb")(?:\n|\Z))*+"
+        # Alternatives that begin alike share their beginning (a trie of pieces): a line is read once up to where
+        # its key differs from the others' (a UDP line without [UNREPLIED], a line of an asked flow, which the
+        # loop refuses, at its dport= word), and the expression is shorter to compile. The same lines match.
+        counter = [0]
+        expression = rb"(?:" + _factor(alternatives, 0, counter) + rb"(?:\n|\Z))*+"
         if kept:
-            expression += rb"(?:(?:" + b"|".join(kept) + rb")(?:\n|\Z))?"
+            expression += rb"(?:" + _factor(kept, 0, counter) + rb"(?:\n|\Z))?"
+        # The marker group closing each kept alternative -> (shape, dst word, dport word, the groups of the other
+        # words Shape.key picks, in its order).
+        self.kept: dict[int, tuple[Shape, bytes, bytes, tuple[int, ...]]] = {}
+        for shape, d, q, others, numbers in leaves:
+            number = dict(zip(others, numbers, strict=False))
+            self.kept[numbers[-1]] = (shape, d, q, tuple(number[w] for w in shape.key_at[2:]))
         self.regex = re.compile(expression)
 
     def scan(self, data: bytes, pos: int, stop: int, first: int) -> Scan:
@@ -249,6 +275,41 @@ class Fast:
             for words, lines in by_words.items():
                 into[(dst, dport, *words)] = lines
         return out
+
+
+def _factor(alternatives: Sequence[tuple[Sequence[Part], list[int]]], at: int, counter: list[int]) -> bytes:
+    """Alternatives (pieces from `at` on, all alike before it) as one expression, their common beginnings
+    written once, in the order they first appear; the number of each capturing group is appended to the list
+    of every alternative it is part of (`counter`: the groups numbered before)."""
+    out = []
+    while True:
+        heads: dict[Part, list[tuple[Sequence[Part], list[int]]]] = {}
+        ended = False
+        for a in alternatives:
+            if len(a[0]) > at:
+                heads.setdefault(a[0][at], []).append(a)
+            else:
+                ended = True
+        if len(heads) != 1 or ended:
+            break
+        (piece, group), = heads
+        if group:
+            counter[0] += 1
+            for _, numbers in alternatives:
+                numbers.append(counter[0])
+        out.append(piece)
+        at += 1
+    branches = []
+    for (piece, group), some in heads.items():
+        if group:
+            counter[0] += 1
+            for _, numbers in some:
+                numbers.append(counter[0])
+        branches.append(piece + _factor(some, at + 1, counter))
+    if ended and branches:
+        branches.append(b"")  # (an alternative that ends where others go on: tried last)
+    out.append(b"(?:" + b"|".join(branches) + b")" if len(branches) > 1 else b"".join(branches))
+    return b"".join(out)
 
 
 class Scan:
