@@ -273,7 +273,14 @@ class Fast:
             shape, dst, dport, _ = kept[marker]
             into = out.kept.setdefault(shape, {})
             for words, lines in by_words.items():
-                into[(dst, dport, *words)] = lines
+                # (keys of one shape, as a line indented or spaced otherwise than its flow's others, share a group:
+                # its lines in file order)
+                found = into.get((dst, dport, *words))
+                if found is None:
+                    into[(dst, dport, *words)] = lines
+                else:
+                    found += lines
+                    found.sort()
         return out
 
 
