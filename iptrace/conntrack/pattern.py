@@ -82,16 +82,11 @@ class LinePattern:
         self.pieces = pieces  # (word index or -1 for spaces, literal text, value kind)
         self.state_at = state_at  # the state word (ESTABLISHED, …), or -1
 
-    def regex(self, values: dict[int, bytes] | None = None, before: dict[int, bytes] | None = None,
-              groups: Sequence[int] = (), state: bytes | None = None) -> bytes:
-        """The line's expression; `values`: a word's value as this literal instead; `before`: an expression
-        (a lookahead) put before a word's value; `groups`: words captured whole, in this order; `state`: the
-        state word as this expression instead."""
-        return b"".join(text for text, _ in self.parts(values, before, groups, state))
-
     def parts(self, values: dict[int, bytes] | None = None, before: dict[int, bytes] | None = None,
               groups: Sequence[int] = (), state: bytes | None = None) -> tuple[Part, ...]:
-        """The line's expression (see `regex`) a piece at a time, each with whether it is a capturing group."""
+        """The line's expression a piece at a time, each with whether it is a capturing group. `values`: a word's
+        value as this literal instead; `before`: an expression (a lookahead) put before a word's value; `groups`:
+        words captured whole, in this order; `state`: the state word as this expression instead."""
         out = []
         for word, text, kind in self.pieces:
             piece = state if state is not None and word == self.state_at >= 0 else re.escape(text)

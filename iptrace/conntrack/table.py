@@ -110,7 +110,6 @@ class DstIndex:
         self._runs: list[tuple[int, int]] = []
         self._lines: Lines | None = None
         self._shapes: dict[bytes, list[Shape]] = {}
-        self._nul_free = False
         self.count = 0
         # The flows the caller will ask about, (`dst=` word, `dport=` word, protocol) of each question: the reader
         # keeps what `Shape.key` picks from their lines while it has their words, so that flows_to neither scans
@@ -134,9 +133,9 @@ class DstIndex:
         self._runs.append((first, stop))
         self.count += stop - first
 
-    def bind(self, lines: Lines, shapes: dict[bytes, list[Shape]], *, nul_free: bool) -> None:
+    def bind(self, lines: Lines, shapes: dict[bytes, list[Shape]]) -> None:
         """The file's lines and the reader's shapes, where the runs' words are read when asked for."""
-        self._lines, self._shapes, self._nul_free = lines, shapes, nul_free
+        self._lines, self._shapes = lines, shapes
 
     def _run_lines(self) -> tuple[list[int], list[bytes]]:
         """The runs' line numbers and texts, in file order."""
@@ -250,7 +249,7 @@ class ConntrackTable:
         self._lines = lines  # line n of the file is lines[n]
         self._shapes = shapes  # the reader's shapes by key: a line's shape is found again from its key
         self._index = index  # the original destination's `dst=` word -> 1-based line numbers
-        index.bind(lines, shapes, nul_free=nul_free)
+        index.bind(lines, shapes)
         self._irregular = irregular  # lines read by lark alone (timestamps with spaces): line -> entry
         self._by_address: dict[str, dict[bytes, list[int]]] | None = None
         self._addresses: dict[str, str] = {}
