@@ -343,8 +343,6 @@ class Rule:
         # Called only for a slot not set yet. A rule read through a shape has `_lazy` (its builder, text, line,
         # normalised values…) instead of its items and comment; its line and handle are set, its text when it
         # is its own str (not the listing's, model.SourceText).
-        if name == "handle":
-            return None
         lazy = object.__getattribute__(self, "_lazy")
         if lazy is None:
             raise AttributeError(name)
@@ -388,8 +386,9 @@ class Chain:
     handle: int | None = field(default=None, compare=False)
 
     def __getattr__(self, name: str) -> Any:
-        # The loader leaves the optional fields of its ~50,000 plain chains unset: they read as None.
-        if name in ("base", "comment", "handle"):
+        # The loader leaves the comment and handle of its ~50,000 plain chains unset: they read as None (their
+        # base is set: build.ChainBuilder.freeze).
+        if name in ("comment", "handle"):
             return None
         raise AttributeError(name)
 
