@@ -5,6 +5,7 @@ exactly as lark and the vocabulary do for that line alone, so a damaged line is 
 from __future__ import annotations
 
 import ipaddress
+import random
 import string
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lark import Token
 
-from iptrace.conntrack import ConntrackEntry, FlowTuple, grammar, load, vocabulary
+from iptrace.conntrack import ConntrackEntry, FlowTuple, grammar, load, table, vocabulary
 from iptrace.conntrack.reader import _IPV4, _number_column, _port
 from iptrace.conntrack.text import format_entry, format_table
 from iptrace.errors import IptraceError, ParseError
@@ -231,3 +232,22 @@ def test_a_number_column_is_accepted_only_when_every_word_is_a_number_of_its_kin
     # Plain numbers (no leading zeros, which only a word alone may have): exactly the numbers of the kind.
     if all(w[6:].isdigit() and w[6:7] != b"0" for w in column):
         assert together == valid
+
+
+@SETTINGS
+@given(st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b" ")), min_size=1, max_size=120),
+       st.lists(st.integers(0, 119), max_size=6), st.integers(1, 200), st.randoms(use_true_random=False))
+def test_a_line_asked_alone_is_the_line_whatever_its_block_and_window(
+        lines: list[bytes], cuts: list[int], window: int, rng: random.Random) -> None:
+    """Lines splits only the window (of whole lines) around a line asked for: asked in any order, at any window
+    size, with blocks starting anywhere the reader may start them, every line is the file's line."""
+    data = b"\n".join(lines)
+    firsts = sorted({1, *(c + 1 for c in cuts if c < len(lines))})
+    starts = [sum(len(line) + 1 for line in lines[:f - 1]) for f in firsts] + [len(data) + 1]
+    numbers = list(range(1, len(lines) + 1))
+    rng.shuffle(numbers)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(table, "_WINDOW", window)
+        found = table.Lines(data, starts, firsts)
+        assert [found[n] for n in numbers] == [lines[n - 1] for n in numbers]
+        assert found[0] == b""

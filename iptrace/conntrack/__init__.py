@@ -3,8 +3,18 @@ frozen model, and compares its entries with what a dataplane's rules choose toda
 `iptrace.errors`, `iptrace.dataplane` and its own modules; lark only in grammar.py and layout.py. No I/O but
 reading the file it is given (reader.read_file, for the CLI)."""
 
-from iptrace.conntrack.model import ConntrackEntry, FlowTuple
+from typing import Any
+
 from iptrace.conntrack.reader import load, load_path, read_file
 from iptrace.conntrack.table import ConntrackTable, Skipped
 
 __all__ = ["ConntrackEntry", "ConntrackTable", "FlowTuple", "Skipped", "load", "load_path", "read_file"]
+
+
+def __getattr__(name: str) -> Any:
+    """The model's classes, imported when first used (see layout._plan)."""
+    if name in ("ConntrackEntry", "FlowTuple"):
+        from iptrace.conntrack import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from iptrace.conntrack.delete import plan_deletion
-from iptrace.conntrack.model import ConntrackEntry
 from iptrace.conntrack.stale import CURRENT, FINISHED, NOT_DNATED, STALE, UNCHANGED, Judgement
 from iptrace.conntrack.table import FlowGroup
 from iptrace.dataplane import Step
+
+if TYPE_CHECKING:
+    from iptrace.conntrack.model import ConntrackEntry
 
 STALE_CONNTRACK = "stale-conntrack"
 STALE_CONNTRACK_NO_DNAT = "stale-conntrack-no-dnat"

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from iptrace.conntrack.model import ConntrackEntry
 from iptrace.conntrack.table import FlowGroup
 from iptrace.dataplane import join_host_port
+
+if TYPE_CHECKING:
+    from iptrace.conntrack.model import ConntrackEntry
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,13 +10,15 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lark import Token
 
 from iptrace.conntrack import vocabulary as v
-from iptrace.conntrack.model import ConntrackEntry, FlowTuple
 from iptrace.errors import ParseError
+
+if TYPE_CHECKING:
+    from iptrace.conntrack.model import ConntrackEntry, FlowTuple
 
 # Roles of a word. Constant roles must be the same word on every line of a shape; the others carry values.
 FAMILY, FAMILY_NUMBER, PROTO, PROTO_NUMBER, STATE, FLAG = "family", "family#", "proto", "proto#", "state", "flag"
@@ -51,10 +53,14 @@ class Layout:
         return _plan(self)
 
 
-Builder = Callable[[Sequence[str], int, str, Callable[[str], str]], ConntrackEntry]
+Builder = Callable[[Sequence[str], int, str, Callable[[str], str]], "ConntrackEntry"]
 
 
 def _plan(layout: Layout) -> Builder:
+    # (the model is imported when the first entry is built: `explain` with a table often builds none, and its two
+    # frozen dataclasses cost ~1 ms to create)
+    from iptrace.conntrack.model import ConntrackEntry, FlowTuple
+
     roles = layout.roles
 
     def at(role: str, direction: str = "", key: str = "") -> int | None:

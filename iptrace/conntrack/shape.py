@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iptrace.conntrack.layout import CONSTANT_ROLES, ORIGINAL, REPLY, STATE, TUPLE, Builder, Layout
+
+if TYPE_CHECKING:
+    from iptrace.conntrack.model import ConntrackEntry
 
 # What values are made of (digits, hex digits, `.` and `:`); whatever else a line holds is its shape.
 VALUE_CHARS = b"0123456789abcdef.:"
@@ -21,9 +24,9 @@ class Shape:
     `others` the rest (keys of several kinds: icmp's id= is 16 bits, the entry's id= 32). The `…_at` positions
     are the same words for the reader's column checks (split_words)."""
 
-    __slots__ = ("builder", "check", "constant_at", "constants", "consts", "dport", "dst", "family", "key",
-                 "key_at", "main", "main_at", "main_kinds", "others", "others_at", "ports_at", "proto", "proven",
-                 "rsport", "state", "words")
+    __slots__ = ("_builder", "check", "constant_at", "constants", "consts", "dport", "dst", "family", "key",
+                 "key_at", "layout", "main", "main_at", "main_kinds", "others", "others_at", "ports_at", "proto",
+                 "proven", "rsport", "state", "words")
 
     def __init__(self, layout: Layout, words: Sequence[bytes]) -> None:
         roles = layout.roles
@@ -46,7 +49,8 @@ class Shape:
         self.state = words[state].decode() if state is not None else None
         self.family = layout.family
         self.proto = layout.proto
-        self.builder: Builder = layout.builder()
+        self.layout = layout
+        self._builder: Builder | None = None  # (worked out for the first entry built: see build)
         # Set by the reader, which owns the sets of proven words: getters for one line's words, and the same
         # positions for columns (see split_words).
         self.main_at: tuple[int, ...] = ()
@@ -60,6 +64,13 @@ class Shape:
         self.others: tuple[tuple[Callable[[Sequence[bytes]], tuple[bytes, ...]], set[bytes],
                                  Callable[[tuple[bytes, ...]], bool]], ...] = ()
 
+
+    def build(self, words: Sequence[str], line: int, text: str, address: Callable[[str], str]) -> ConntrackEntry:
+        """The entry of a line of this shape (`words`: its whitespace-split words). The layout's builder is worked
+        out at the first entry: `explain` often builds none (and then never imports the model)."""
+        if self._builder is None:
+            self._builder = self.layout.builder()
+        return self._builder(words, line, text, address)
 
 def shape_of(shapes: dict[bytes, list[Shape]], raw: bytes, key: bytes | None = None, *,
              read: bool = False) -> tuple[Shape, list[bytes]] | None:

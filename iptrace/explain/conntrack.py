@@ -10,8 +10,7 @@ longer send them (`stale-conntrack`), which UDP flows were never DNATed though t
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
 
 from iptrace.conntrack import advice
 from iptrace.conntrack.stale import (
@@ -32,22 +31,12 @@ from iptrace.explain.diagnosis import SEVERITY_ORDER, Diagnosis, Evidence, Repor
 EVIDENCE_LIMIT = 20
 
 
-@dataclass(frozen=True, slots=True)
-class SourcedEvidence(Evidence):
-    """Evidence from another file than the dump (a conntrack table): `line` is a line of `source`."""
-
-    source: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {"line": self.line, "rule": self.rule, "source": self.source}
-
-
 def _diagnosis(a: advice.Advice, table: ConntrackTable) -> Diagnosis:
     shown = a.lines[:EVIDENCE_LIMIT]
     detail = a.detail
     if len(a.lines) > len(shown):
         detail += f" (Evidence shows the first {len(shown)} of {len(a.lines)} entries; the fix covers all.)"
-    evidence = [SourcedEvidence(n, table.line_text(n), table.source) for n in shown]
+    evidence = [Evidence(n, table.line_text(n), table.source) for n in shown]
     evidence += [Evidence(s.line, s.rule) for s in a.rules]
     return Diagnosis(a.id, a.severity, a.summary, detail, a.fix, tuple(evidence))  # type: ignore[arg-type]
 

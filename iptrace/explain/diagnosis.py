@@ -13,10 +13,15 @@ SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
 @dataclass(frozen=True, slots=True)
 class Evidence:
+    """A line of the dump (`rule`: its text), or of another file, `source` (a conntrack table)."""
+
     line: int
     rule: str
+    source: str = ""
 
     def to_json(self) -> dict[str, Any]:
+        if self.source:
+            return {"line": self.line, "rule": self.rule, "source": self.source}
         return {"line": self.line, "rule": self.rule}
 
 

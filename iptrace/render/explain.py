@@ -28,7 +28,7 @@ def _diagnosis(d: Diagnosis) -> list[str]:
     if d.evidence:
         out.append("  Evidence:")
         for e in d.evidence:
-            source = getattr(e, "source", "")  # evidence from another file (a conntrack table) names it
+            source = e.source  # evidence from another file (a conntrack table) names it
             where = f"{source}:{e.line}" if source else f"line {e.line}" if e.line else "dump"
             out.append(f"    {where}: {e.rule.strip()}")  # a listing indents its lines
     return out
