@@ -204,3 +204,20 @@ def test_alternatives_joined_with_their_beginnings_shared_match_as_the_plain_alt
             chosen = alone[0]
             assert numbers[chosen][-1] == got.lastindex
             assert got.group(*numbers[chosen]) == want.group(*where[chosen])
+
+
+@pytest.mark.parametrize("after", [[""], ["", ""], ["   "], ["# a note"], ["udp      17 garbled"],
+                                   ["udp      17 garbled", ""], ["udp      17 garbled", "", "tcp"]])
+def test_lines_right_after_an_asked_flows_line_are_read_as_the_shapes_read_them(
+        after: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # A match ends with an asked flow's line: blank, unusual or damaged lines right after one (where the next
+    # match begins), and such lines ending a block, are still left to the shapes.
+    lines = _lines(600, 7)
+    asked = [i for i, line in enumerate(lines) if " dst=10.96.0.10 " in line and " dport=53 " in line]
+    for at in (asked[3], asked[-1]):
+        edited = [*lines[:at + 1], *after, *lines[at + 1:]]
+        for end in ("\n", ""):
+            text = "\n".join(edited) + end
+            for block in (4000, len("\n".join(edited[:at + 2])) + 1, 60_000):
+                fast = _outcome(text, fast=True, block=block, monkeypatch=monkeypatch)
+                assert fast == _outcome(text, fast=False, block=block, monkeypatch=monkeypatch)
