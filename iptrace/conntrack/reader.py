@@ -239,7 +239,9 @@ class _Reader:
         return shape
 
     def read(self, data: bytes) -> ConntrackTable:
-        self.nul_free = b"\x00" not in data
+        # (one look at the whole file costs less than counting NULs in every chunk the shapes read; with the
+        # expressions they read a few chunks, each counting its own)
+        self.nul_free = not self.expressions and b"\x00" not in data
         index = DstIndex(self.focus)  # the original destination's dst= word -> its lines
         irregular: dict[int, Any] = {}
         starts: list[int] = []  # where each block begins: its first byte, its first line's number
