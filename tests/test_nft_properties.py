@@ -83,6 +83,14 @@ def test_mutated_rulesets_raise_only_iptrace_errors_or_round_trip(text: str, dat
     _load_or_error("\n".join(lines), lenient)
 
 
+
+def test_a_comment_keyword_before_punctuation_is_kept_as_an_unknown_item() -> None:
+    # (found by hypothesis: `comment {` made the rule reader's internal NotUnderstood escape as an "internal error")
+    text = ('table ip kube-proxy {\n\tchain services {\n'
+            '\t\tip daddr 172.30.0.41 tcp dport 80 comment { "x" } counter accept\n\t}\n}\n')
+    _load_or_error(text, False)
+    _load_or_error(text, True)
+
 _IPV4 = re.compile(r"(?<= )(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})(?=[ /:]|$)")  # an address token
 _LISTING = next((t for t in TEXTS if t.startswith("table ")), "")
 

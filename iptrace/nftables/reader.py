@@ -173,11 +173,14 @@ class RuleReader:
         items: list[Any] = []
         comment: Any = None
         while self.pos < len(self.toks):
+            start = self.pos
             if self.word() == "comment" and self.peek(1) is not None:
                 self.pos += 1
-                comment = self.value(values.unquote)
-                continue
-            start = self.pos
+                try:
+                    comment = self.value(values.unquote)
+                    continue
+                except NotUnderstood:  # (`comment` followed by punctuation: kept verbatim as what follows is)
+                    self.pos = start
             try:
                 items.append(self.read_item())
             except NotUnderstood:
