@@ -1,0 +1,481 @@
+"""A Service port's *shape*: what the traces of its questions read of the rules, with its own values (addresses,
+ports, chain names, lines) abstracted, so that a port whose shape equals another's has the same traces but for
+those values (iptrace.kube.shapes then builds its view from the other's instead of tracing it).
+
+kube-proxy writes every Service port with the same endpoint count, ways in and policies as the same rules but
+for addresses, ports, comments and chain names. The shape of a port is:
+- its questions (trace or trace_chain: the chain entered, source, destination, ports, protocol, interface), each
+  address and port written as its *number* (first appearance order over the whole shape: equal values, equal
+  numbers);
+- its own chains (the layout's, nat table), every rule as its structure, its literal tokens and, in place of its
+  -s/-d hosts, exact `--dport N`, DNAT `--to-destination` address and port and jumps to its own chains, their
+  numbers (comments left out: they decide nothing);
+- every other rule that can match one of its branches and tests an exact host or port (its dispatch in
+  KUBE-SERVICES, KUBE-NODEPORTS, KUBE-EXTERNAL-SERVICES, …: the rules whose exact -d/-s hosts and `--dport`s are
+  all among the port's values), written the same way, with its chain and how many *generic* rules of that chain
+  (rules without exact host or port tests: the same for every port) come before it;
+- for each address, what every other test can see of it: its address type and whether it is the node's
+  (addrtype, routing), and which of the networks of -s/-d tests (generic rules' and its own rules') contain it.
+
+Why equal shapes mean the same walks. Every branch's source is one of the questions' sources (no rule that the
+key admits rewrites it), its destination one of the addresses in the shape (a question's, or a DNAT target of
+its own rules), its destination port one of the ports. A rule with an exact host or port test outside those never
+matches, and the walk skips a rule that does not match without any effect; the rules that can match are the
+generic ones of the chains reachable (the same rules for every port), which read addresses only through -s/-d
+networks and addrtype (what the classes hold) and ports only by `--dport N` (then they are not generic), and the
+port's own and dispatch rules, equal but for the numbered values. Chains whose rules read addresses or ports any
+other way (ipsets, iprange, conntrack's original addresses, -m recent, port ranges and lists) or rewrite the
+packet (DNAT, REDIRECT, NETMAP outside the port's own chains) give no shape; nor do own rules that do.
+tests/test_port_shapes.py compares views built with and without shapes.
+"""
+
+from __future__ import annotations
+
+import re
+from operator import itemgetter
+from typing import Any
+
+from iptrace.errors import TraceError
+from iptrace.iptables.matchers import Structure, fast_tokens, rule_structure
+from iptrace.iptables.memo import PACKET_WRITERS, exact_dport_tokens, rule_target, structure_reads
+from iptrace.iptables.model import BUILTIN_CHAINS, TABLES
+from iptrace.iptables.options import BUILTIN_TARGETS
+from iptrace.iptables.state import format_ip, ip_int, parse_net
+
+# Optional fields a rule may read besides what the shape holds (-s/-d, addrtype, `--dport N`): the source port
+# is every question's own (a constant of the packets, in the shape).
+_HARMLESS_READS = frozenset({"sport"})
+_ADDRESS_OPTIONS = ("-s", "-d")
+_NAT_TO = ("--to-destination",)
+_COMMENT = "--comment"
+# Kinds of the tokens a rule plan abstracts: an -s/-d value (negated or not), an exact `--dport N`, a DNAT
+# target, a token left out (a comment; the target, read by rule_target).
+_ADDR, _NEGATED, _PORT, _NAT, _SKIP, _TARGET = 0, 1, 2, 3, 4, 5
+# The options whose values a skeleton leaves out, each value one token as the loader reads them (model.TOKEN_RE);
+# every skeleton is checked once against its rules' structures (Shapes.skeleton).
+_VALUE_OPTIONS = {"-s": _ADDR, "-d": _ADDR, "--dport": _PORT, "--to-destination": _NAT, "--comment": _SKIP,
+                  "-j": _TARGET, "-g": _TARGET}
+# An option of those and its value, the value one token as model.TOKEN_RE reads it there (a quoted token ends at
+# its first unescaped quote); split() gives the text between them, the option and the value, in C.
+_VALUE = re.compile(r' (-[sdjg]|--dport|--to-destination|--comment) ("[^"\\\n]*(?:\\.[^"\\\n]*)*"(?!\S)|[^\s"]\S*)')
+_MARK = "\0"  # (joins a skeleton's pieces: no rule text holds it)
+_TEXT = itemgetter(1)  # (a Rule's text)
+_LINE = itemgetter(3)  # (a Rule's line)
+
+
+class PortShape:
+    """`key` (equal keys: the same traces but for the values below), and the values by number: `addresses` (as
+    the walk formats them), `ports`, `chains` (the port's own, in the layout's order) and `lines` (of its own and
+    dispatch rules, in the key's order)."""
+
+    __slots__ = ("addresses", "chains", "key", "lines", "ports")
+
+    def __init__(self, key: tuple[Any, ...], addresses: tuple[str, ...], ports: tuple[int, ...],
+                 chains: tuple[str, ...], lines: tuple[int, ...]) -> None:
+        self.key = key
+        self.addresses = addresses
+        self.ports = ports
+        self.chains = chains
+        self.lines = lines
+
+
+class _Decline(Exception):
+    """The port's traces read something a shape cannot hold: no shape."""
+
+
+class _Plan:
+    """How to abstract the rules of one structure: the tokens kept as they are, those holding values (index,
+    kind), and whether its reads are all ones a shape holds (else None is given for it)."""
+
+    __slots__ = ("literal", "number", "ok", "values")
+
+    def __init__(self, number: int, literal: tuple[int, ...], values: tuple[tuple[int, int], ...], ok: bool) -> None:
+        self.number = number
+        self.literal = itemgetter(*literal) if len(literal) > 1 else (
+            (lambda tokens, i=literal[0]: (tokens[i],)) if literal else (lambda tokens: ()))
+        self.values = values
+        self.ok = ok
+
+
+class _Rule:
+    """A rule of a chain other than a port's own that tests exact hosts or ports: where it is and what it tests."""
+
+    __slots__ = ("before", "chain", "hosts", "ports", "position", "rule", "table")
+
+    def __init__(self, table: str, chain: str, position: int, before: int, rule: Any, hosts: frozenset[int],
+                 ports: frozenset[int]) -> None:
+        self.table = table
+        self.chain = chain
+        self.position = position
+        self.before = before
+        self.rule = rule
+        self.hosts = hosts
+        self.ports = ports
+
+
+class Shapes:
+    """One tracer's rules as shapes read them: other chains analysed once each (their generic rules' networks and
+    jumps, their exact-host and exact-port rules filed by value), rule plans by structure."""
+
+    def __init__(self, tracer: Any) -> None:
+        self.tracer = tracer
+        self.version: int = tracer.version
+        self.full = (1 << (32 if self.version == 4 else 128)) - 1
+        self.structures: dict[object, Structure] = tracer._structures
+        self.plans: dict[int, _Plan] = {}
+        self.alive: list[Structure] = []  # (the structures plans are kept by id of)
+        self.chains: dict[tuple[str, str], tuple[tuple[str, str], ...] | None] = {}  # → generic jumps, None: no
+        self.by_host: dict[int, list[_Rule]] = {}
+        self.by_port: dict[int, list[_Rule]] = {}
+        self.networks: list[tuple[int, int]] = []  # of generic and exact rules' -s/-d tests, in order found
+        self._network_set: set[tuple[int, int]] = set()
+        self._kinds: dict[int, tuple[Any, ...]] = {}
+        self._bits: dict[int, tuple[int, str]] = {}
+        self.skeletons: dict[str, tuple[int, tuple[int, ...]] | None] = {}
+        self.address_ints: dict[str, Any] = {}  # an -s/-d value → its host (int) or network
+        self._reach: dict[tuple[str, str], frozenset[tuple[str, str]] | None] = {}
+        roots = [(t, c) for t in TABLES for c in BUILTIN_CHAINS[t]]
+        if tracer.entry == "kube-proxy":
+            from iptrace.iptables.walk import FRAGMENT_FILTER_CHAINS, FRAGMENT_NAT_CHAIN
+
+            roots += [("nat", FRAGMENT_NAT_CHAIN), *(("filter", c) for c in FRAGMENT_FILTER_CHAINS)]
+        self.roots = self.reach(roots)
+
+    # ---------------------------------------------------------------------------------------- other chains
+
+    def reach(self, starts: Any) -> frozenset[tuple[str, str]] | None:
+        """Every chain reachable from `starts` by generic rules' jumps (each analysed), None when one of them
+        reads what a shape cannot hold."""
+        seen: set[tuple[str, str]] = set()
+        todo = list(starts)
+        while todo:
+            key = todo.pop()
+            if key in seen:
+                continue
+            seen.add(key)
+            jumps = self.analyse(key)
+            if jumps is None:
+                return None
+            todo.extend(jumps)
+        return frozenset(seen)
+
+    def reach_one(self, key: tuple[str, str]) -> frozenset[tuple[str, str]] | None:
+        found = self._reach.get(key, False)
+        if found is False:
+            found = self._reach[key] = self.reach([key])
+        return found  # type: ignore[return-value]
+
+    def analyse(self, key: tuple[str, str]) -> tuple[tuple[str, str], ...] | None:
+        """The chains a chain's generic rules jump to, its exact rules filed by value (once); None when a rule
+        reads what a shape cannot hold or rewrites the packet."""
+        if key in self.chains:
+            return self.chains[key]
+        table_name, name = key
+        table = self.tracer.ruleset.table(table_name)
+        chain = table.by_name.get(name) if table is not None else None
+        if chain is None:
+            self.chains[key] = ()
+            return ()
+        jumps: list[tuple[str, str]] = []
+        generic = 0
+        found: tuple[tuple[str, str], ...] | None = None
+        try:
+            for position, rule in enumerate(chain.rules):
+                tokens = fast_tokens(rule.text)
+                plan = self.plan(rule, tokens)
+                if not plan.ok:
+                    raise _Decline
+                hosts: list[int] = []
+                ports: list[int] = []
+                for i, kind in plan.values:
+                    value = tokens[i]
+                    if kind == _ADDR or kind == _NEGATED:
+                        self.address_test(value, kind == _NEGATED, hosts)
+                    elif kind == _PORT:
+                        ports.append(int(value))
+                    elif kind == _NAT:
+                        raise _Decline
+                jump, target = rule_target(rule, table.by_name, BUILTIN_TARGETS)
+                if target in PACKET_WRITERS:
+                    raise _Decline
+                if not hosts and not ports:
+                    generic += 1
+                    if jump is not None:
+                        jumps.append((table_name, jump))
+                    continue
+                entry = _Rule(table_name, name, position, generic, rule, frozenset(hosts), frozenset(ports))
+                for value in (hosts if hosts else ports):
+                    (self.by_host if hosts else self.by_port).setdefault(value, []).append(entry)
+            found = tuple(jumps)
+        except (_Decline, TraceError, ValueError):
+            found = None
+        self.chains[key] = found
+        return found
+
+    def address_test(self, value: str, negated: bool, hosts: list[int]) -> None:
+        """A generic or exact rule's -s/-d value: an exact host (unnegated, one address: `hosts`) or networks
+        (their containment is part of every address's class)."""
+        if value[:1] == '"':
+            raise _Decline
+        for part in value.split(","):
+            net = parse_net(part, self.version)
+            if net is None:
+                raise _Decline  # (another family's address: such a test never matches; not worth a shape)
+            if net[1] == self.full and not negated and "," not in value:
+                hosts.append(net[0])
+            elif net not in self._network_set:
+                self._network_set.add(net)
+                self.networks.append(net)
+
+    def plan(self, rule: Any, tokens: list[str]) -> _Plan:
+        """The plan of `rule`'s structure (kept by structure)."""
+        structure = rule_structure(rule, tokens, self.structures)
+        found = self.plans.get(id(structure))
+        if found is None:
+            found = self.plans[id(structure)] = self._make_plan(rule, structure)
+            self.alive.append(structure)
+        return found
+
+    def _make_plan(self, rule: Any, structure: Structure) -> _Plan:
+        shape = rule.shape
+        n = shape.n_tokens if shape is not None else 0
+        values: dict[int, int] = {}
+        ok = shape is not None and not shape.unknown_options
+        rest = []
+        for module, specs in structure[0]:
+            kept = []
+            for name, negated, idx in specs:
+                if module == "" and name in _ADDRESS_OPTIONS:
+                    if len(idx) != 1:
+                        ok = False
+                    for i in idx:
+                        values[i] = _NEGATED if negated else _ADDR
+                    continue
+                if name == _COMMENT:
+                    for i in idx:
+                        values[i] = _SKIP
+                kept.append((name, negated, idx))
+            if module == "addrtype":
+                continue  # (it reads the address type only: part of every address's class)
+            rest.append((module, tuple(kept)))
+        reads = structure_reads((tuple(rest), structure[1]))
+        if reads - _HARMLESS_READS - {"dport"}:
+            ok = False
+        if "dport" in reads:
+            spots = exact_dport_tokens((tuple(rest), structure[1]))
+            if spots is None:
+                ok = False
+            else:
+                for i in spots:
+                    values[i] = _PORT
+        for name, _negated, idx in structure[1]:
+            if name in _NAT_TO and len(idx) == 1:
+                values[idx[0]] = _NAT
+        if shape is not None and shape.target_index >= 0:
+            values[shape.target_index] = _TARGET
+        literal = tuple(i for i in range(n) if i not in values)
+        kinds = tuple(sorted(values.items()))
+        return _Plan(len(self.plans), literal, kinds, ok)
+
+    def skeleton(self, skeleton: str, rules: Any) -> tuple[int, tuple[int, ...]] | None:
+        """(number, the kind of each value) of a chain's skeleton, checked against its rules' structures the first
+        time: every value the skeleton takes out is one the structure reads as that kind, and the only values of
+        those kinds; None when not, or when a rule reads what a shape cannot hold."""
+        found = self.skeletons.get(skeleton, False)
+        if found is not False:
+            return found  # type: ignore[return-value]
+        kinds: list[int] | None = []
+        for rule in rules:
+            tokens = fast_tokens(rule.text)
+            plan = self.plan(rule, tokens)
+            parts = _VALUE.split(" " + rule.text)
+            seen = list(zip(parts[1::3], parts[2::3], strict=True))
+            if not plan.ok or len(seen) != len(plan.values) or kinds is None:
+                kinds = None
+                break
+            for (option, value), (i, kind) in zip(seen, plan.values, strict=True):
+                if tokens[i] != value or _VALUE_OPTIONS[option] != (_ADDR if kind == _NEGATED else kind):
+                    kinds = None
+                    break
+                kinds.append(kind)
+        found = None if kinds is None else (len(self.skeletons), tuple(kinds))
+        self.skeletons[skeleton] = found
+        return found
+
+    # ---------------------------------------------------------------------------------------- a port
+
+    def kind(self, addr: int) -> tuple[Any, ...]:
+        found = self._kinds.get(addr)
+        if found is None:
+            from iptrace.iptables.match_modules import _address_types
+
+            ctx = self.tracer.ctx
+            types, unsure = _address_types(addr, ctx)
+            found = self._kinds[addr] = (tuple(sorted(types)), unsure, ctx.is_local(addr))
+        return found
+
+    def bits(self, addr: int) -> str:
+        networks = self.networks
+        found = self._bits.get(addr)
+        if found is None or found[0] != len(networks):
+            found = self._bits[addr] = (len(networks), "".join(["1" if addr & m == n else "0" for n, m in networks]))
+        return found[1]
+
+
+def port_shape(tracer: Any, calls: Any, chains: Any) -> PortShape | None:
+    """The shape of the traces `calls` ((chain entered directly or None, Packet), as the view asks them) of a
+    Service port whose own chains are `chains` (nat), or None when they read what a shape cannot hold."""
+    shapes = tracer.__dict__.get("_port_shapes")
+    if shapes is None:
+        shapes = tracer._port_shapes = Shapes(tracer)
+    if shapes.roots is None:
+        return None
+    try:
+        return _Port(shapes, tuple(chains)).shape(calls)
+    except (_Decline, TraceError, ValueError):
+        return None
+
+
+class _Port:
+    def __init__(self, shapes: Shapes, chains: tuple[str, ...]) -> None:
+        self.shapes = shapes
+        self.own = {name: i for i, name in enumerate(chains)}
+        self.chains = chains
+        self.addresses: dict[int, int] = {}
+        self.ports: dict[int, int] = {}
+        self.lines: list[int] = []
+        self.own_networks: list[tuple[int, int]] = []
+        self.jumps: set[tuple[str, str]] = set()
+
+    def address(self, value: int) -> int:
+        found = self.addresses.get(value)
+        if found is None:
+            found = self.addresses[value] = len(self.addresses)
+        return found
+
+    def port(self, value: int) -> int:
+        found = self.ports.get(value)
+        if found is None:
+            found = self.ports[value] = len(self.ports)
+        return found
+
+    def rules(self, rules: Any, table: Any, own: bool) -> tuple[Any, ...]:
+        """Rules of one chain abstracted: their skeleton's number (the texts with every value taken out), then
+        each value as its number (addresses, ports, own chains) or itself (networks, other targets)."""
+        shapes = self.shapes
+        text = " " + "\n ".join(map(_TEXT, rules))
+        parts = _VALUE.split(text)
+        values = parts[2::3]
+        del parts[2::3]
+        skeleton = shapes.skeleton(_MARK.join(parts), rules)
+        if skeleton is None or _MARK in text:
+            raise _Decline
+        out: list[Any] = [skeleton[0]]
+        version, full, addresses = shapes.version, shapes.full, shapes.address_ints
+        names = table.by_name
+        for value, kind in zip(values, skeleton[1], strict=True):
+            if kind == _SKIP:  # (a comment)
+                continue
+            if kind == _TARGET:
+                at = self.own.get(value) if own or table.name == "nat" else None
+                if at is not None and table.name == "nat":
+                    out.append(at)
+                    continue
+                if value[:1] == '"' or (value in PACKET_WRITERS and not (own and value == "DNAT")):
+                    raise _Decline
+                out.append(value)
+                if value in names and value not in BUILTIN_TARGETS:
+                    self.jumps.add((table.name, value))
+            elif kind == _PORT:
+                if not value.isdigit():
+                    raise _Decline
+                out.append(self.port(int(value)))
+            elif kind == _NAT:
+                addr, _, port = value.rpartition(":")
+                if addr[:1] == "[" and addr[-1:] == "]":
+                    addr = addr[1:-1]
+                if not own or not port.isdigit() or int(port) > 65535 or not addr or addr[:1] == '"':
+                    raise _Decline
+                found = ip_int(addr)
+                if found[0] != version:
+                    raise _Decline
+                out.append((self.address(found[1]), self.port(int(port))))
+            else:
+                host = addresses.get(value)
+                if host is None:
+                    if value[:1] == '"' or "," in value:
+                        raise _Decline
+                    net = parse_net(value, version)
+                    if net is None:
+                        raise _Decline
+                    host = addresses[value] = net[0] if net[1] == full else net
+                if type(host) is int:
+                    out.append(self.address(host))
+                else:
+                    out.append(value)
+                    if host not in self.own_networks:
+                        self.own_networks.append(host)
+        self.lines.extend(map(_LINE, rules))
+        return tuple(out)
+
+    def shape(self, calls: Any) -> PortShape:
+        shapes = self.shapes
+        tracer = shapes.tracer
+        version = shapes.version
+        asked = []
+        for chain, packet in calls:
+            if packet.version != version or (chain is not None and chain not in self.own):
+                raise _Decline
+            asked.append((None if chain is None else self.own[chain], self.address(ip_int(packet.src)[1]),
+                          self.address(ip_int(packet.dst)[1]), self.port(packet.dport), packet.sport, packet.proto,
+                          packet.in_interface))
+        nat = tracer.ruleset.table("nat")
+        if nat is None:
+            raise _Decline
+        own_rules = []
+        for name in self.chains:
+            chain = nat.by_name.get(name)
+            if chain is None:
+                raise _Decline
+            own_rules.append(self.rules(chain.rules, nat, True))
+        reached = set(shapes.roots or ())
+        todo = list(self.jumps)
+        exact: dict[int, _Rule] = {}
+        while True:
+            while todo:
+                more = shapes.reach_one(todo.pop())
+                if more is None:
+                    raise _Decline
+                reached |= more
+            for key in reached:
+                if key[0] == "nat" and key[1] in self.own:
+                    raise _Decline  # (a chain of the port's own that other rules lead to as well)
+            addresses, ports = self.addresses, self.ports
+            for found in [*map(shapes.by_host.get, list(addresses)), *map(shapes.by_port.get, list(ports))]:
+                for r in found or ():
+                    if id(r) in exact or (r.table, r.chain) not in reached:
+                        continue
+                    if r.hosts.issubset(addresses) and r.ports.issubset(ports):
+                        exact[id(r)] = r
+                        jump, _target = rule_target(r.rule, tracer.ruleset.table(r.table).by_name, BUILTIN_TARGETS)
+                        if jump is not None and not (r.table == "nat" and jump in self.own):
+                            todo.append((r.table, jump))
+            if not todo:
+                break
+        tables = {}
+        dispatch = []
+        for r in sorted(exact.values(), key=lambda r: (r.table, r.chain, r.position)):
+            table = tables.get(r.table) or tables.setdefault(r.table, tracer.ruleset.table(r.table))
+            dispatch.append((r.table, r.chain, r.before, self.rules((r.rule,), table, False)))
+        if len(self.addresses) != len(set(self.addresses.values())):
+            raise _Decline
+        own_networks = self.own_networks
+        classes = tuple([(shapes.kind(a), shapes.bits(a), "".join(["1" if a & m == n else "0"
+                                                                    for n, m in own_networks]))
+                         for a in self.addresses])
+        lines = tuple(self.lines)
+        if len(set(lines)) != len(lines) or 0 in lines:
+            raise _Decline
+        key = (tuple(asked), tuple(own_rules), tuple(dispatch), classes)
+        return PortShape(key, tuple([format_ip(a, version) for a in self.addresses]), tuple(self.ports),
+                         self.chains, lines)

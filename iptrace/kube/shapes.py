@@ -1,0 +1,165 @@
+"""Service port views built from the view of an earlier port of the same *shape*, without tracing.
+
+kube-proxy writes thousands of Service ports as the same rules but for addresses, ports, chain names and lines.
+A dataplane that can say so (`Tracer.port_shape(calls, chains)`, optional: iptrace.iptables.portshape) gives
+the shape of the traces a port's view asks for: a key, and the port's addresses, ports, own chains and lines
+by number. Ports with equal keys have the same traces but for those values, so the view of the second is the
+view of the first with each value put back by its number: every endpoint address and port, chain crossed and
+rule line of the traced fields; the rest (identity, ways in, lines, notes of the layout) is the port's own
+layout, as `_Builder.service` writes it. A view is kept only when every such value of it is one of its
+shape's (else it is built, not kept). Dataplane-free and pure (a cache per ViewBuilder).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from iptrace.dataplane import HEALTH_CHECK, ServicePortLayout
+from iptrace.kube import view as views  # (read when used: the view module builds its ports with this one)
+from iptrace.kube.names import split_destination
+
+# Views kept per builder (a node has a few shapes per endpoint count and way-in kinds; a cap for the odd dump).
+LIMIT = 4096
+# Off only to check that shapes change nothing (tests).
+ENABLED = True
+
+
+class _Values:
+    """A kept view's values as numbers: a line of the shape (-1 - its number) or another (itself), an own chain
+    (its number) or another (its name), addresses and ports (their numbers)."""
+
+    __slots__ = ("addresses", "chains", "lines", "ports", "texts")
+
+    def __init__(self, shape: Any) -> None:
+        self.addresses = {a: i for i, a in enumerate(shape.addresses)}
+        self.ports = {p: i for i, p in enumerate(shape.ports)}
+        self.chains = {c: i for i, c in enumerate(shape.chains)}
+        self.lines = {line: i for i, line in enumerate(shape.lines)}
+        self.texts = (*shape.addresses, *shape.chains)
+
+    def line(self, line: int) -> int:
+        found = self.lines.get(line)
+        return line if found is None else -1 - found
+
+    def chain(self, chain: str) -> int | str:
+        found = self.chains.get(chain)
+        return chain if found is None else found
+
+    def endpoint(self, text: str) -> tuple[int, int | None]:
+        ip, port = split_destination(text)
+        if port is None or (f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}") != text:
+            raise LookupError(text)
+        return self.addresses[ip], self.ports[port]
+
+    def reaches(self, reaches: Sequence[views.Reach]) -> tuple[tuple[Any, float], ...]:
+        return tuple([(self.endpoint(r.endpoint), r.probability) for r in reaches])
+
+    def notes(self, notes: tuple[str, ...]) -> tuple[str, ...]:
+        if any(t in note for note in notes for t in self.texts):
+            raise LookupError("a note names a value")
+        return notes
+
+
+class _Put:
+    """The values of a port's shape, to put back by number."""
+
+    __slots__ = ("addresses", "chains", "lines", "ports")
+
+    def __init__(self, shape: Any) -> None:
+        self.addresses = shape.addresses
+        self.ports = shape.ports
+        self.chains = shape.chains
+        self.lines = shape.lines
+
+    def line(self, line: int) -> int:
+        return line if line >= 0 else self.lines[-1 - line]  # type: ignore[no-any-return]
+
+    def chain(self, chain: int | str) -> str:
+        return chain if type(chain) is str else self.chains[chain]  # type: ignore[no-any-return,index]
+
+    def endpoint(self, ref: tuple[int, int]) -> str:
+        ip = self.addresses[ref[0]]
+        return f"[{ip}]:{self.ports[ref[1]]}" if ":" in ip else f"{ip}:{self.ports[ref[1]]}"
+
+    def reaches(self, refs: tuple[tuple[Any, float], ...]) -> tuple[views.Reach, ...]:
+        Reach = views.Reach
+        return tuple([Reach(self.endpoint(ref), p) for ref, p in refs])
+
+
+def _kept(view: views.ServicePortView, sp: ServicePortLayout, shape: Any) -> tuple[Any, ...] | None:
+    """`view`'s traced fields with its shape's values as numbers, or None when one is not among them."""
+    v = _Values(shape)
+    try:
+        endpoints = tuple([(v.addresses[e.ip], None if e.port is None else v.ports[e.port], e.probability, e.local,
+                            v.chain(e.chain), e.local_probability, e.in_cluster_chain, v.line(e.line))
+                           for e in view.endpoints])
+        entries: list[Any] = []
+        for way, e in zip(sp.ways_in, view.entries, strict=True):
+            if way.kind == HEALTH_CHECK:
+                entries.append(None)
+                continue
+            if (e.kind, e.address, e.port, e.protocol, e.chain, e.lines) != (
+                    way.kind, way.address, way.port, way.protocol, way.chain, way.lines):
+                return None
+            paths = tuple([(p.source, p.verdict, tuple(map(v.chain, p.via)), v.reaches(p.reaches), p.masquerade,
+                            v.line(p.decided_by)) for p in e.paths])
+            entries.append((e.verdict, v.reaches(e.reaches), e.masquerade, e.masquerade_sources,
+                            tuple(map(v.chain, e.via)), paths, v.notes(e.notes)))
+    except LookupError:
+        return None
+    return endpoints, tuple(entries)
+
+
+def _view(kept: tuple[Any, ...], sp: ServicePortLayout, shape: Any, builder: Any) -> views.ServicePortView:
+    """The view `kept` stands for, with this port's values and layout."""
+    put = _Put(shape)
+    EndpointView, EntryView, SourcePath = views.EndpointView, views.EntryView, views.SourcePath
+    endpoints = [EndpointView(put.addresses[ip], None if port is None else put.ports[port], probability, local,
+                              put.chain(chain), local_probability, in_cluster, put.line(line))
+                 for ip, port, probability, local, chain, local_probability, in_cluster, line in kept[0]]
+    entries = []
+    for way, e in zip(sp.ways_in, kept[1], strict=True):
+        if e is None:
+            entries.append(builder.entry(sp, way, frozenset()))
+            continue
+        verdict, reaches, masq, masq_sources, via, paths, notes = e
+        entries.append(EntryView(
+            way.kind, way.address, way.port, way.protocol, way.chain, verdict, put.reaches(reaches), masq,
+            masq_sources, tuple(map(put.chain, via)),
+            tuple([SourcePath(source, path_verdict, tuple(map(put.chain, path_via)), put.reaches(path_reaches),
+                              path_masq, put.line(line))
+                   for source, path_verdict, path_via, path_reaches, path_masq, line in paths]),
+            notes, way.lines))
+    return views.port_view(sp, endpoints, entries)
+
+
+class ShapeMemo:
+    """`service(sp)`: a port's view, from an earlier port of its shape when there is one, else built by
+    `builder` (a view._Builder) and kept for the next ports of its shape."""
+
+    def __init__(self, builder: Any) -> None:
+        self.builder = builder
+        self.shape = getattr(builder.tracer, "port_shape", None) if ENABLED else None
+        self.kept: dict[tuple[Any, ...], tuple[Any, ...] | None] = {}
+        self.hits = 0
+
+    def service(self, sp: ServicePortLayout) -> views.ServicePortView:
+        builder = self.builder
+        if self.shape is None:
+            return builder.service(sp)  # type: ignore[no-any-return]
+        shape = self.shape(builder.questions(sp), sp.chains)
+        if shape is None:
+            return builder.service(sp)  # type: ignore[no-any-return]
+        key = (shape.key, tuple([(w.kind, w.protocol, w.notes, tuple([k for k, _p in builder.way_packets(sp, w)]))
+                                 for w in sp.ways_in]))
+        kept = self.kept.get(key)
+        if kept is not None:
+            self.hits += 1
+            return _view(kept, sp, shape, builder)
+        view: views.ServicePortView = builder.service(sp)
+        if key not in self.kept:
+            if len(self.kept) >= LIMIT:
+                self.kept.clear()
+            self.kept[key] = _kept(view, sp, shape)
+        return view
