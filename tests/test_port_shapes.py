@@ -115,6 +115,17 @@ def test_a_shared_rule_that_meets_one_endpoint_of_a_shape(prefix: int) -> None:
         check(_with(text, "*filter", f"-A FORWARD -d {endpoint}.0/{prefix} -j DROP"), (NODE,))
 
 
+@pytest.mark.parametrize("rule", ["-p tcp -m tcp ! --dport 1 -j RETURN", "! -d 10.96.0.1/32 -j RETURN",
+                                  "-p tcp -m tcp --dport 1:65535 -j RETURN", "-m addrtype ! --dst-type LOCAL -j RETURN"])
+def test_a_shared_rule_between_the_dispatch_rules_of_one_shape(rule: str) -> None:
+    """A rule that every port's packet may meet, between the dispatch rules of ports of one shape: those before it
+    and those after it fare differently."""
+    lines = _dump(16, 2, seed=7).split("\n")
+    dispatch = [i for i, line in enumerate(lines) if line.startswith("-A KUBE-SERVICES -d ")]
+    lines.insert(dispatch[len(dispatch) // 2], f"-A KUBE-SERVICES {rule}")
+    check("\n".join(lines), (NODE,))
+
+
 def test_an_endpoint_on_the_nodes_own_address() -> None:
     """An endpoint on the node's address is local (INPUT, not FORWARD): its port has a shape of its own."""
     text = _dump(16, 2, seed=7)

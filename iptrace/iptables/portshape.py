@@ -32,6 +32,7 @@ tests/test_port_shapes.py compares views built with and without shapes.
 from __future__ import annotations
 
 import re
+import weakref
 from operator import itemgetter
 from typing import Any
 
@@ -118,7 +119,8 @@ class Shapes:
     jumps, their exact-host and exact-port rules filed by value), rule plans by structure."""
 
     def __init__(self, tracer: Any) -> None:
-        self.tracer = tracer
+        # (weak: the tracer holds this, and a cycle would leave a whole ruleset to the cyclic collector)
+        self.tracer = weakref.proxy(tracer)
         self.version: int = tracer.version
         self.full = (1 << (32 if self.version == 4 else 128)) - 1
         self.structures: dict[object, Structure] = tracer._structures
@@ -266,6 +268,8 @@ class Shapes:
             if spots is None:
                 ok = False
             else:
+                negated = {i for _module, specs in rest for _name, negation, idx in specs if negation for i in idx}
+                ok = ok and negated.isdisjoint(spots)  # (`! --dport N` matches every other port: not exact)
                 for i in spots:
                     values[i] = _PORT
         for name, _negated, idx in structure[1]:
