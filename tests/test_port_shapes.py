@@ -196,3 +196,31 @@ def test_one_port_of_a_shape_differs(changes: list[tuple[str, int]], era: str) -
     for kind, seed in changes:
         text = _mutate(text, kind, random.Random(seed))
     check(text, (NODE,))
+
+
+def test_the_kind_of_an_address_is_addrtypes_and_the_routings() -> None:
+    """Shapes.kind's shortcut for plain unicast addresses answers as match_modules and Context do."""
+    from iptrace.iptables.match_modules import _address_types
+    from iptrace.iptables.portshape import Shapes
+    from iptrace.iptables.walk import Tracer
+
+    for node_ips in ((NODE,), ()):
+        tracer = Tracer(load(_dump(4, 1)), node_ips=node_ips)
+        kinds = Shapes(tracer)
+        rng = random.Random(3)
+        for addr in [0, 1, 0x7F000001, 0x7FFFFFFF, 0xC0A83102, 0xDFFFFFFF, 0xE0000000, 0xEFFFFFFF, 0xF0000000,
+                     0xFFFFFFFF, *(rng.randrange(1 << 32) for _ in range(2000))]:
+            types, unsure = _address_types(addr, tracer.ctx)
+            assert kinds.kind(addr) == (tuple(sorted(types)), unsure, tracer.ctx.is_local(addr)), hex(addr)
+
+
+def test_the_questions_of_a_port_are_the_views() -> None:
+    """ShapeMemo asks the shape of the very questions the view's builder asks (view._Builder.questions)."""
+    analysis = analyse(DATAPLANE, load(_dump(30, 2)), node_ips=(NODE,))
+    memo = analysis.views._shapes
+    asked: list[Any] = []
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(memo, "shape", lambda calls, chains: asked.append(calls))
+        for sp in analysis.layout.service_ports:
+            memo.service(sp)
+            assert asked.pop() == memo.builder.questions(sp)

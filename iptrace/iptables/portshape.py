@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import re
 import weakref
-from operator import itemgetter
+from itertools import chain as chain_items
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from iptrace.errors import TraceError
@@ -62,6 +63,7 @@ _VALUE = re.compile(r' (-[sdjg]|--dport|--to-destination|--comment) ("[^"\\\n]*(
 _MARK = "\0"  # (joins a skeleton's pieces: no rule text holds it)
 _TEXT = itemgetter(1)  # (a Rule's text)
 _LINE = itemgetter(3)  # (a Rule's line)
+_RULES = attrgetter("rules")  # (a Chain's)
 
 
 class PortShape:
@@ -132,7 +134,9 @@ class Shapes:
         self.networks: list[tuple[int, int]] = []  # of generic and exact rules' -s/-d tests, in order found
         self._network_set: set[tuple[int, int]] = set()
         self._kinds: dict[int, tuple[Any, ...]] = {}
-        self._bits: dict[int, tuple[int, str]] = {}
+        ctx = tracer.ctx
+        self.local: frozenset[int] = ctx.local_addresses
+        self.unicast = (("UNICAST",), not ctx.node_ips_known, False)  # (match_modules._address_types' answer)
         self.skeletons: dict[str, tuple[int, tuple[int, ...]] | None] = {}
         self.address_ints: dict[str, Any] = {}  # an -s/-d value → its host (int) or network
         self._reach: dict[tuple[str, str], frozenset[tuple[str, str]] | None] = {}
@@ -309,6 +313,9 @@ class Shapes:
     # ---------------------------------------------------------------------------------------- a port
 
     def kind(self, addr: int) -> tuple[Any, ...]:
+        """What -m addrtype and the routing decision see of an address (Context.is_local, addrtype's types)."""
+        if self.version == 4 and 0 < addr < 0xE0000000 and addr >> 24 != 127 and addr not in self.local:
+            return self.unicast  # (an endpoint's or a Service's: nearly every address asked about)
         found = self._kinds.get(addr)
         if found is None:
             from iptrace.iptables.match_modules import _address_types
@@ -317,13 +324,6 @@ class Shapes:
             types, unsure = _address_types(addr, ctx)
             found = self._kinds[addr] = (tuple(sorted(types)), unsure, ctx.is_local(addr))
         return found
-
-    def bits(self, addr: int) -> str:
-        networks = self.networks
-        found = self._bits.get(addr)
-        if found is None or found[0] != len(networks):
-            found = self._bits[addr] = (len(networks), "".join(["1" if addr & m == n else "0" for n, m in networks]))
-        return found[1]
 
 
 def port_shape(tracer: Any, calls: Any, chains: Any) -> PortShape | None:
@@ -375,7 +375,7 @@ class _Port:
         if skeleton is None or _MARK in text:
             raise _Decline
         out: list[Any] = [skeleton[0]]
-        version, full, addresses = shapes.version, shapes.full, shapes.address_ints
+        version, full, addresses, numbers = shapes.version, shapes.full, shapes.address_ints, self.addresses
         names = table.by_name
         for value, kind in zip(values, skeleton[1], strict=True):
             if kind == _SKIP:  # (a comment)
@@ -404,6 +404,12 @@ class _Port:
                 if found[0] != version:
                     raise _Decline
                 out.append((self.address(found[1]), self.port(int(port))))
+            elif value[-3:] == "/32" and version == 4:
+                host = ip_int(value[:-3])[1]
+                at = numbers.get(host)
+                if at is None:
+                    at = numbers[host] = len(numbers)
+                out.append(at)
             else:
                 host = addresses.get(value)
                 if host is None:
@@ -436,12 +442,12 @@ class _Port:
         nat = tracer.ruleset.table("nat")
         if nat is None:
             raise _Decline
-        own_rules = []
-        for name in self.chains:
-            chain = nat.by_name.get(name)
-            if chain is None:
-                raise _Decline
-            own_rules.append(self.rules(chain.rules, nat, True))
+        chains = list(map(nat.by_name.get, self.chains))
+        if None in chains:
+            raise _Decline
+        rules = list(chain_items.from_iterable(map(_RULES, chains)))  # (every rule of its own chains: one skeleton)
+        own_rules = (tuple([len(c.rules) for c in chains]), self.rules(rules, nat, True))
+        own_keys = {("nat", name) for name in self.chains}
         reached = set(shapes.roots or ())
         todo = list(self.jumps)
         exact: dict[int, _Rule] = {}
@@ -451,9 +457,8 @@ class _Port:
                 if more is None:
                     raise _Decline
                 reached |= more
-            for key in reached:
-                if key[0] == "nat" and key[1] in self.own:
-                    raise _Decline  # (a chain of the port's own that other rules lead to as well)
+            if not reached.isdisjoint(own_keys):
+                raise _Decline  # (a chain of the port's own that other rules lead to as well)
             addresses, ports = self.addresses, self.ports
             for found in [*map(shapes.by_host.get, list(addresses)), *map(shapes.by_port.get, list(ports))]:
                 for r in found or ():
@@ -471,15 +476,13 @@ class _Port:
         for r in sorted(exact.values(), key=lambda r: (r.table, r.chain, r.position)):
             table = tables.get(r.table) or tables.setdefault(r.table, tracer.ruleset.table(r.table))
             dispatch.append((r.table, r.chain, r.before, self.rules((r.rule,), table, False)))
-        if len(self.addresses) != len(set(self.addresses.values())):
-            raise _Decline
-        own_networks = self.own_networks
-        classes = tuple([(shapes.kind(a), shapes.bits(a), "".join(["1" if a & m == n else "0"
-                                                                    for n, m in own_networks]))
+        networks = [*shapes.networks, *self.own_networks]
+        kind = shapes.kind
+        classes = tuple([(kind(a), "".join(["1" if a & m == n else "0" for n, m in networks]))
                          for a in self.addresses])
         lines = tuple(self.lines)
         if len(set(lines)) != len(lines) or 0 in lines:
             raise _Decline
-        key = (tuple(asked), tuple(own_rules), tuple(dispatch), classes)
+        key = (tuple(asked), own_rules, tuple(dispatch), len(shapes.networks), classes)
         return PortShape(key, tuple([format_ip(a, version) for a in self.addresses]), tuple(self.ports),
                          self.chains, lines)

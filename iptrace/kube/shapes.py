@@ -83,8 +83,8 @@ class _Put:
         return f"[{ip}]:{self.ports[ref[1]]}" if ":" in ip else f"{ip}:{self.ports[ref[1]]}"
 
     def reaches(self, refs: tuple[tuple[Any, float], ...]) -> tuple[views.Reach, ...]:
-        Reach = views.Reach
-        return tuple([Reach(self.endpoint(ref), p) for ref, p in refs])
+        new, reach = views._new_reach, views.Reach
+        return tuple([new(reach, (self.endpoint(ref), p)) for ref, p in refs])
 
 
 def _kept(view: views.ServicePortView, sp: ServicePortLayout, shape: Any) -> tuple[Any, ...] | None:
@@ -114,8 +114,9 @@ def _kept(view: views.ServicePortView, sp: ServicePortLayout, shape: Any) -> tup
 def _view(kept: tuple[Any, ...], sp: ServicePortLayout, shape: Any, builder: Any) -> views.ServicePortView:
     """The view `kept` stands for, with this port's values and layout."""
     put = _Put(shape)
-    EndpointView, EntryView, SourcePath = views.EndpointView, views.EntryView, views.SourcePath
-    endpoints = [EndpointView(put.addresses[ip], None if port is None else put.ports[port], probability, local,
+    # (the records' positional constructors, without their frozen dataclass __init__)
+    new_endpoint, new_entry, new_path = views._new_endpoint, views._new_entry, views._new_path
+    endpoints = [new_endpoint(put.addresses[ip], None if port is None else put.ports[port], probability, local,
                               put.chain(chain), local_probability, in_cluster, put.line(line))
                  for ip, port, probability, local, chain, local_probability, in_cluster, line in kept[0]]
     entries = []
@@ -124,10 +125,10 @@ def _view(kept: tuple[Any, ...], sp: ServicePortLayout, shape: Any, builder: Any
             entries.append(builder.entry(sp, way, frozenset()))
             continue
         verdict, reaches, masq, masq_sources, via, paths, notes = e
-        entries.append(EntryView(
+        entries.append(new_entry(
             way.kind, way.address, way.port, way.protocol, way.chain, verdict, put.reaches(reaches), masq,
             masq_sources, tuple(map(put.chain, via)),
-            tuple([SourcePath(source, path_verdict, tuple(map(put.chain, path_via)), put.reaches(path_reaches),
+            tuple([new_path(source, path_verdict, tuple(map(put.chain, path_via)), put.reaches(path_reaches),
                               path_masq, put.line(line))
                    for source, path_verdict, path_via, path_reaches, path_masq, line in paths]),
             notes, way.lines))
@@ -148,11 +149,18 @@ class ShapeMemo:
         builder = self.builder
         if self.shape is None:
             return builder.service(sp)  # type: ignore[no-any-return]
-        shape = self.shape(builder.questions(sp), sp.chains)
+        # (`builder.questions(sp)`, with the kinds of client of each way in: one loop)
+        probe = builder.probe(sp)
+        calls: list[Any] = [(chain, probe) for chain in (sp.cluster_chain, sp.local_chain) if chain is not None]
+        ways = []
+        for way in sp.ways_in:
+            packets = builder.way_packets(sp, way)
+            calls.extend([(None, packet) for _kind, packet in packets])
+            ways.append((way.kind, way.protocol, way.notes, tuple([kind for kind, _packet in packets])))
+        shape = self.shape(calls, sp.chains)
         if shape is None:
             return builder.service(sp)  # type: ignore[no-any-return]
-        key = (shape.key, tuple([(w.kind, w.protocol, w.notes, tuple([k for k, _p in builder.way_packets(sp, w)]))
-                                 for w in sp.ways_in]))
+        key = (shape.key, tuple(ways))
         kept = self.kept.get(key)
         if kept is not None:
             self.hits += 1
