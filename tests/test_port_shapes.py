@@ -22,6 +22,8 @@ from iptrace.iptables import DATAPLANE, load
 from iptrace.kube import shapes
 from iptrace.kube.analysis import analyse
 from tests.conftest import SAMPLES
+from tests.test_compare import NODES
+from tests.test_compare_lazy import _cases, _text
 
 DUMPS = sorted(SAMPLES.glob("*.txt"))
 
@@ -76,6 +78,13 @@ NODE = "192.168.49.2"
 def _dump(n: int = 24, endpoints: int = 3, seed: int = 5, extra: str = "", **kwargs: Any) -> str:
     return synth.render(synth.scale(n, endpoints, seed), node_ips=[NODE], pod_cidr="10.244.0.0/16", extra=extra,
                         **kwargs)
+
+
+@pytest.mark.parametrize(("era", "node", "comments"), _cases())
+def test_a_node_that_disagrees_with_the_api_in_every_way(era: str, node: str, comments: bool) -> None:
+    """(tests/test_compare_lazy.py's node: every kind of Service, stale and new endpoints, policies, with and without
+    comments: a cluster chain and a local chain of one shape are told apart)"""
+    check(_text(era, node, comments), (NODES[node],))
 
 
 def test_a_synthesized_dump_is_built_mostly_from_shapes() -> None:

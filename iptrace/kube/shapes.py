@@ -160,7 +160,7 @@ class ShapeMemo:
         shape = self.shape(calls, sp.chains)
         if shape is None:
             return builder.service(sp)  # type: ignore[no-any-return]
-        key = (shape.key, tuple(ways))
+        key = (shape.key, tuple(ways), sp.cluster_chain is None, sp.local_chain is None)  # (which chain is which)
         kept = self.kept.get(key)
         if kept is not None:
             self.hits += 1
