@@ -135,6 +135,52 @@ def test_a_shared_rule_between_the_dispatch_rules_of_one_shape(rule: str) -> Non
     check("\n".join(lines), (NODE,))
 
 
+def _affine(n: int = 16) -> str:
+    specs = synth.scale(n, 2, 9)
+    for spec in specs:
+        spec.session_affinity_timeout = 10800
+    return synth.render(specs, node_ips=[NODE], pod_cidr="10.244.0.0/16")
+
+
+@pytest.mark.parametrize("change", ["name", "other-name", "rdest", "mask", "seconds", "remove", "none"])
+def test_session_affinity(change: str) -> None:
+    """-m recent lists are keyed by their names and whole addresses: a port whose lists differ has its own shape."""
+    text = _affine()
+    lines = text.split("\n")
+    recent = [i for i, line in enumerate(lines) if " -m recent " in line]
+    names = sorted(set(re.findall(r"--name (\S+)", text)))
+    for i in recent[:: max(1, len(recent) // 6)]:
+        line = lines[i]
+        changed = {"name": re.sub(r"--name \S+", f"--name {names[i % len(names)]}", line),
+                   "other-name": line.replace("--name ", "--name X", 1),
+                   "rdest": line.replace("--rsource", "--rdest"),
+                   "mask": line.replace("--mask 255.255.255.255", "--mask 255.255.255.0"),
+                   "seconds": line.replace("--seconds 10800", "--seconds 60"),
+                   "remove": line.replace("--rcheck", "--remove").replace("--set", "--remove"),
+                   "none": line}[change]
+        hits = check("\n".join([*lines[:i], changed, *lines[i + 1:]]), (NODE,))
+        assert hits > 0 or change != "none"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_recent_list_set_before_it_is_checked(seed: int) -> None:
+    """Where a port's walk sets a list before checking it, which of its endpoints the set names decides (a first
+    connection checks lists nothing set otherwise): ports setting the list of their first and of their second
+    endpoint differ."""
+    rng = random.Random(seed)
+    lines = _affine().split("\n")
+    out = []
+    for line in lines:
+        if line.startswith("-A KUBE-SVC-") and " --rcheck " in line and (not out or " --rcheck " not in out[-1]):
+            chain = line.split()[1]
+            names = [m for m in re.findall(r"--name (\S+)", "\n".join(lines)) if m.startswith("KUBE-SEP-")]
+            own = [n for n in dict.fromkeys(re.findall(rf"^-A {chain} .*--name (\S+)", "\n".join(lines), re.M))]
+            name = rng.choice(own + names[:1])
+            out.append(f"-A {chain} -m recent --set --name {name} --mask 255.255.255.255 --rsource")
+        out.append(line)
+    assert check("\n".join(out), (NODE,)) > 0
+
+
 def test_an_endpoint_on_the_nodes_own_address() -> None:
     """An endpoint on the node's address is local (INPUT, not FORWARD): its port has a shape of its own."""
     text = _dump(16, 2, seed=7)

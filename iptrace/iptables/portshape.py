@@ -25,7 +25,9 @@ generic ones of the chains reachable (the same rules for every port), which read
 networks and addrtype (what the classes hold) and ports only by `--dport N` (then they are not generic), and the
 port's own and dispatch rules, equal but for the numbered values. Chains whose rules read addresses or ports any
 other way (ipsets, iprange, conntrack's original addresses, -m recent, port ranges and lists) or rewrite the
-packet (DNAT, REDIRECT, NETMAP outside the port's own chains) give no shape; nor do own rules that do.
+packet (DNAT, REDIRECT, NETMAP outside the port's own chains) give no shape; nor do own rules that do, but for
+session affinity's -m recent: a list is its name (numbered like the port's chains: kube-proxy names each after an
+endpoint chain) and a whole source or destination address (numbered), read and written within the walk.
 tests/test_port_shapes.py compares views built with and without shapes.
 """
 
@@ -47,19 +49,24 @@ from iptrace.iptables.state import format_ip, ip_int, parse_net
 # Optional fields a rule may read besides what the shape holds (-s/-d, addrtype, `--dport N`): the source port
 # is every question's own (a constant of the packets, in the shape).
 _HARMLESS_READS = frozenset({"sport"})
+# `-m recent` (session affinity) in a port's own chains: a list is keyed by its name and the source (or destination)
+# address, whole (`--mask` all ones): the names are numbered like the port's chains, the addresses are numbered.
+_RECENT_OPTIONS = frozenset({"--set", "--rcheck", "--update", "--remove", "--name", "--mask", "--rsource", "--rdest",
+                             "--seconds", "--reap", "--hitcount"})
 _ADDRESS_OPTIONS = ("-s", "-d")
 _NAT_TO = ("--to-destination",)
 _COMMENT = "--comment"
 # Kinds of the tokens a rule plan abstracts: an -s/-d value (negated or not), an exact `--dport N`, a DNAT
-# target, a token left out (a comment; the target, read by rule_target).
-_ADDR, _NEGATED, _PORT, _NAT, _SKIP, _TARGET = 0, 1, 2, 3, 4, 5
+# target, a comment (left out), the target, a `-m recent` list's name (kube-proxy's: its endpoint chain's).
+_ADDR, _NEGATED, _PORT, _NAT, _SKIP, _TARGET, _NAME = 0, 1, 2, 3, 4, 5, 6
 # The options whose values a skeleton leaves out, each value one token as the loader reads them (model.TOKEN_RE);
 # every skeleton is checked once against its rules' structures (Shapes.skeleton).
 _VALUE_OPTIONS = {"-s": _ADDR, "-d": _ADDR, "--dport": _PORT, "--to-destination": _NAT, "--comment": _SKIP,
-                  "-j": _TARGET, "-g": _TARGET}
+                  "-j": _TARGET, "-g": _TARGET, "--name": _NAME}
 # An option of those and its value, the value one token as model.TOKEN_RE reads it there (a quoted token ends at
 # its first unescaped quote); split() gives the text between them, the option and the value, in C.
-_VALUE = re.compile(r' (-[sdjg]|--dport|--to-destination|--comment) ("[^"\\\n]*(?:\\.[^"\\\n]*)*"(?!\S)|[^\s"]\S*)')
+_VALUE = re.compile(r' (-[sdjg]|--dport|--to-destination|--comment|--name) '
+                    r'("[^"\\\n]*(?:\\.[^"\\\n]*)*"(?!\S)|[^\s"]\S*)')
 _MARK = "\0"  # (joins a skeleton's pieces: no rule text holds it)
 _TEXT = itemgetter(1)  # (a Rule's text)
 _LINE = itemgetter(3)  # (a Rule's line)
@@ -90,9 +97,11 @@ class _Plan:
     """How to abstract the rules of one structure: the tokens kept as they are, those holding values (index,
     kind), and whether its reads are all ones a shape holds (else None is given for it)."""
 
-    __slots__ = ("literal", "number", "ok", "values")
+    __slots__ = ("literal", "masks", "number", "ok", "values")
 
-    def __init__(self, number: int, literal: tuple[int, ...], values: tuple[tuple[int, int], ...], ok: bool) -> None:
+    def __init__(self, number: int, literal: tuple[int, ...], values: tuple[tuple[int, int], ...], ok: bool,
+                 masks: tuple[int, ...] = ()) -> None:
+        self.masks = masks  # (token indices of -m recent's --mask values; -1 for each recent match)
         self.number = number
         self.literal = itemgetter(*literal) if len(literal) > 1 else (
             (lambda tokens, i=literal[0]: (tokens[i],)) if literal else (lambda tokens: ()))
@@ -189,7 +198,7 @@ class Shapes:
             for position, rule in enumerate(chain.rules):
                 tokens = fast_tokens(rule.text)
                 plan = self.plan(rule, tokens)
-                if not plan.ok:
+                if not plan.ok or plan.masks:
                     raise _Decline
                 hosts: list[int] = []
                 ports: list[int] = []
@@ -248,6 +257,7 @@ class Shapes:
         values: dict[int, int] = {}
         ok = shape is not None and not shape.unknown_options
         rest = []
+        masks: list[int] = []  # (-m recent's --mask values, -1 for each recent match)
         for module, specs in structure[0]:
             kept = []
             for name, negated, idx in specs:
@@ -263,6 +273,17 @@ class Shapes:
                 kept.append((name, negated, idx))
             if module == "addrtype":
                 continue  # (it reads the address type only: part of every address's class)
+            if module == "recent":
+                for name, _negated, idx in specs:
+                    if name not in _RECENT_OPTIONS or len(idx) != (name in ("--name", "--mask", "--seconds",
+                                                                             "--hitcount")):
+                        ok = False
+                    if name == "--name":
+                        values[idx[0]] = _NAME
+                    elif name == "--mask":
+                        masks.append(idx[0])
+                masks.append(-1)  # (a recent match: only a port's own rules may have one)
+                continue
             rest.append((module, tuple(kept)))
         reads = structure_reads((tuple(rest), structure[1]))
         if reads - _HARMLESS_READS - {"dport"}:
@@ -283,7 +304,7 @@ class Shapes:
             values[shape.target_index] = _TARGET
         literal = tuple(i for i in range(n) if i not in values)
         kinds = tuple(sorted(values.items()))
-        return _Plan(len(self.plans), literal, kinds, ok)
+        return _Plan(len(self.plans), literal, kinds, ok, tuple(masks))
 
     def skeleton(self, skeleton: str, rules: Any) -> tuple[int, tuple[int, ...]] | None:
         """(number, the kind of each value) of a chain's skeleton, checked against its rules' structures the first
@@ -298,7 +319,8 @@ class Shapes:
             plan = self.plan(rule, tokens)
             parts = _VALUE.split(" " + rule.text)
             seen = list(zip(parts[1::3], parts[2::3], strict=True))
-            if not plan.ok or len(seen) != len(plan.values) or kinds is None:
+            if not plan.ok or len(seen) != len(plan.values) or kinds is None or not all(
+                    i < 0 or self._full_mask(tokens[i]) for i in plan.masks):
                 kinds = None
                 break
             for (option, value), (i, kind) in zip(seen, plan.values, strict=True):
@@ -309,6 +331,14 @@ class Shapes:
         found = None if kinds is None else (len(self.skeletons), tuple(kinds))
         self.skeletons[skeleton] = found
         return found
+
+    def _full_mask(self, text: str) -> bool:
+        """Whether -m recent's `--mask text` keeps every bit (as match_recent reads it)."""
+        try:
+            found = parse_net(text, self.version)
+        except TraceError:
+            return False
+        return found is not None and found[0] == self.full
 
     # ---------------------------------------------------------------------------------------- a port
 
@@ -379,6 +409,12 @@ class _Port:
         names = table.by_name
         for value, kind in zip(values, skeleton[1], strict=True):
             if kind == _SKIP:  # (a comment)
+                continue
+            if kind == _NAME:
+                at = self.own.get(value) if own and table.name == "nat" else None
+                if value[:1] == '"':
+                    raise _Decline
+                out.append(value if at is None else at)
                 continue
             if kind == _TARGET:
                 at = self.own.get(value) if own or table.name == "nat" else None
