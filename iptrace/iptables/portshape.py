@@ -71,6 +71,7 @@ _MARK = "\0"  # (joins a skeleton's pieces: no rule text holds it)
 _TEXT = itemgetter(1)  # (a Rule's text)
 _LINE = itemgetter(3)  # (a Rule's line)
 _RULES = attrgetter("rules")  # (a Chain's)
+_NOTHING: dict[str, int] = {}
 
 
 class PortShape:
@@ -107,6 +108,32 @@ class _Plan:
             (lambda tokens, i=literal[0]: (tokens[i],)) if literal else (lambda tokens: ()))
         self.values = values
         self.ok = ok
+
+
+def _picker(indices: list[int]) -> Any:
+    """`f(values)`: the values at `indices`, as a tuple (in C)."""
+    if len(indices) > 1:
+        return itemgetter(*indices)
+    if indices:
+        at = indices[0]
+        return lambda values: (values[at],)
+    return lambda values: ()
+
+
+class _Program:
+    """How to read the values of rules of one skeleton: its number, and a picker of its values of each kind (a port
+    reads all its addresses, then its DNAT targets, ports, list names and targets: any fixed order numbers equal
+    values alike)."""
+
+    __slots__ = ("addresses", "names", "nats", "number", "ports", "targets")
+
+    def __init__(self, number: int, kinds: list[int]) -> None:
+        self.number = number
+        at: dict[int, list[int]] = {}
+        for i, kind in enumerate(kinds):
+            at.setdefault(_ADDR if kind == _NEGATED else kind, []).append(i)
+        self.addresses, self.nats, self.ports, self.names, self.targets = (
+            _picker(at.get(kind, [])) for kind in (_ADDR, _NAT, _PORT, _NAME, _TARGET))
 
 
 class _Rule:
@@ -146,7 +173,7 @@ class Shapes:
         ctx = tracer.ctx
         self.local: frozenset[int] = ctx.local_addresses
         self.unicast = (("UNICAST",), not ctx.node_ips_known, False)  # (match_modules._address_types' answer)
-        self.skeletons: dict[str, tuple[int, tuple[int, ...]] | None] = {}
+        self.skeletons: dict[str, _Program | None] = {}
         self.address_ints: dict[str, Any] = {}  # an -s/-d value → its host (int) or network
         self._reach: dict[tuple[str, str], frozenset[tuple[str, str]] | None] = {}
         roots = [(t, c) for t in TABLES for c in BUILTIN_CHAINS[t]]
@@ -306,8 +333,8 @@ class Shapes:
         kinds = tuple(sorted(values.items()))
         return _Plan(len(self.plans), literal, kinds, ok, tuple(masks))
 
-    def skeleton(self, skeleton: str, rules: Any) -> tuple[int, tuple[int, ...]] | None:
-        """(number, the kind of each value) of a chain's skeleton, checked against its rules' structures the first
+    def skeleton(self, skeleton: str, rules: Any) -> _Program | None:
+        """How to read the values of rules with this skeleton, checked against their structures the first
         time: every value the skeleton takes out is one the structure reads as that kind, and the only values of
         those kinds; None when not, or when a rule reads what a shape cannot hold."""
         found = self.skeletons.get(skeleton, False)
@@ -328,7 +355,7 @@ class Shapes:
                     kinds = None
                     break
                 kinds.append(kind)
-        found = None if kinds is None else (len(self.skeletons), tuple(kinds))
+        found = None if kinds is None else _Program(len(self.skeletons), kinds)
         self.skeletons[skeleton] = found
         return found
 
@@ -394,75 +421,77 @@ class _Port:
         return found
 
     def rules(self, rules: Any, table: Any, own: bool) -> tuple[Any, ...]:
-        """Rules of one chain abstracted: their skeleton's number (the texts with every value taken out), then
-        each value as its number (addresses, ports, own chains) or itself (networks, other targets)."""
+        """Rules abstracted: their skeleton's number (their texts with every value taken out), then their values by
+        kind, each as its number (addresses, ports, own chains) or itself (networks, other targets)."""
         shapes = self.shapes
         text = " " + "\n ".join(map(_TEXT, rules))
         parts = _VALUE.split(text)
         values = parts[2::3]
         del parts[2::3]
-        skeleton = shapes.skeleton(_MARK.join(parts), rules)
-        if skeleton is None or _MARK in text:
+        program = shapes.skeleton(_MARK.join(parts), rules)
+        if program is None or _MARK in text:
             raise _Decline
-        out: list[Any] = [skeleton[0]]
-        version, full, addresses, numbers = shapes.version, shapes.full, shapes.address_ints, self.addresses
-        names = table.by_name
-        for value, kind in zip(values, skeleton[1], strict=True):
-            if kind == _SKIP:  # (a comment)
-                continue
-            if kind == _NAME:
-                at = self.own.get(value) if own and table.name == "nat" else None
-                if value[:1] == '"':
+        version, numbers = shapes.version, self.addresses
+        found: list[Any] = []
+        for value in program.addresses(values):
+            if value[-3:] == "/32":
+                host = ip_int(value[:-3])
+                if host[0] != version:
                     raise _Decline
-                out.append(value if at is None else at)
-                continue
-            if kind == _TARGET:
-                at = self.own.get(value) if own or table.name == "nat" else None
-                if at is not None and table.name == "nat":
-                    out.append(at)
-                    continue
-                if value[:1] == '"' or (value in PACKET_WRITERS and not (own and value == "DNAT")):
-                    raise _Decline
-                out.append(value)
-                if value in names and value not in BUILTIN_TARGETS:
-                    self.jumps.add((table.name, value))
-            elif kind == _PORT:
-                if not value.isdigit():
-                    raise _Decline
-                out.append(self.port(int(value)))
-            elif kind == _NAT:
-                addr, _, port = value.rpartition(":")
-                if addr[:1] == "[" and addr[-1:] == "]":
-                    addr = addr[1:-1]
-                if not own or not port.isdigit() or int(port) > 65535 or not addr or addr[:1] == '"':
-                    raise _Decline
-                found = ip_int(addr)
-                if found[0] != version:
-                    raise _Decline
-                out.append((self.address(found[1]), self.port(int(port))))
-            elif value[-3:] == "/32" and version == 4:
-                host = ip_int(value[:-3])[1]
-                at = numbers.get(host)
+                at = numbers.get(host[1])
                 if at is None:
-                    at = numbers[host] = len(numbers)
-                out.append(at)
+                    at = numbers[host[1]] = len(numbers)
+                found.append(at)
             else:
-                host = addresses.get(value)
-                if host is None:
-                    if value[:1] == '"' or "," in value:
-                        raise _Decline
-                    net = parse_net(value, version)
-                    if net is None:
-                        raise _Decline
-                    host = addresses[value] = net[0] if net[1] == full else net
-                if type(host) is int:
-                    out.append(self.address(host))
-                else:
-                    out.append(value)
-                    if host not in self.own_networks:
-                        self.own_networks.append(host)
+                found.append(self.network(value))
+        for value in program.nats(values):
+            addr, _, port = value.rpartition(":")
+            if addr[:1] == "[" and addr[-1:] == "]":
+                addr = addr[1:-1]
+            if not own or not port.isdigit() or int(port) > 65535 or not addr or addr[:1] == '"':
+                raise _Decline
+            host = ip_int(addr)
+            if host[0] != version:
+                raise _Decline
+            found.append((self.address(host[1]), self.port(int(port))))
+        for value in program.ports(values):
+            if not value.isdigit():
+                raise _Decline
+            found.append(self.port(int(value)))
+        nat = table.name == "nat"
+        own_get = self.own.get if nat else _NOTHING.get
+        names = program.names(values)
+        if names:
+            if not own or any(name[:1] == '"' for name in names):
+                raise _Decline
+            found.append(tuple(map(own_get, names, names)))
+        targets = tuple(map(own_get, *(program.targets(values),) * 2))
+        for target in set(targets):
+            if type(target) is str:
+                if target[:1] == '"' or (target in PACKET_WRITERS and not (own and target == "DNAT")):
+                    raise _Decline
+                if target in table.by_name and target not in BUILTIN_TARGETS:
+                    self.jumps.add((table.name, target))
         self.lines.extend(map(_LINE, rules))
-        return tuple(out)
+        return (program.number, tuple(found), targets)
+
+    def network(self, value: str) -> Any:
+        """An -s/-d value but /32: a host's number, or the value itself (a network, whose containment of each
+        address is part of the key)."""
+        shapes = self.shapes
+        host = shapes.address_ints.get(value)
+        if host is None:
+            if value[:1] == '"' or "," in value:
+                raise _Decline
+            net = parse_net(value, shapes.version)
+            if net is None:
+                raise _Decline
+            host = shapes.address_ints[value] = net[0] if net[1] == shapes.full else net
+        if type(host) is int:
+            return self.address(host)
+        if host not in self.own_networks:
+            self.own_networks.append(host)
+        return value
 
     def shape(self, calls: Any) -> PortShape:
         shapes = self.shapes
