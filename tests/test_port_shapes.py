@@ -96,13 +96,21 @@ def test_every_era(era: str) -> None:
     check(_dump(30, 3, era=era), (NODE,))
 
 
-def test_ipv6() -> None:
+@pytest.mark.parametrize("networks", [None, ("fd00:10::/32", "fd00:11::/32")])
+def test_ipv6(networks: tuple[str, str] | None) -> None:
+    """(`networks`: half the ports' pod test on one /32 network, half on another, the pods in the first only:
+    an IPv6 /32 is a network, not a host)"""
     specs = [ServiceSpec("default", f"svc-{k}", f"fd00:10:96::{k + 1:x}",
                          [PortSpec("http", 80, node_port=30000 + k if k % 3 == 0 else None, target_port=8080)],
                          type="NodePort" if k % 3 == 0 else "ClusterIP",
                          endpoints=[EndpointSpec(f"fd00:10:244:{(k + j) % 3}::{k + 5:x}", 8080) for j in range(2)])
              for k in range(12)]
     text = synth.render(specs, node_ips=["fd00:1::10"], pod_cidr="fd00:10:244::/56", ipv6=True, comments=True)
+    if networks is not None:
+        lines = text.split("\n")
+        for i in [i for i, line in enumerate(lines) if "! -s fd00:10:244::/56" in line]:
+            lines[i] = lines[i].replace("fd00:10:244::/56", networks[i % 2])
+        text = "\n".join(lines)
     assert check(text, ("fd00:1::10",)) > 0
 
 

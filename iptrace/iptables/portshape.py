@@ -434,7 +434,7 @@ class _Port:
         version, numbers = shapes.version, self.addresses
         found: list[Any] = []
         for value in program.addresses(values):
-            if value[-3:] == "/32":
+            if value[-3:] == "/32" and version == 4:
                 host = ip_int(value[:-3])
                 if host[0] != version:
                     raise _Decline
