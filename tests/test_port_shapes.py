@@ -32,6 +32,7 @@ def _views(text: str, enabled: bool, node_ips: tuple[str, ...] = ()) -> tuple[An
     """(the view of every family of the dump, or the error it raised; how many ports were built from another)."""
     with pytest.MonkeyPatch.context() as m:
         m.setattr(shapes, "ENABLED", enabled)
+        m.setattr(shapes, "AFTER", 0)
         try:
             ruleset = load(text, lenient=True)
             out, hits = [], 0
@@ -284,6 +285,17 @@ def test_the_questions_of_a_port_are_the_views() -> None:
     asked: list[Any] = []
     with pytest.MonkeyPatch.context() as m:
         m.setattr(memo, "shape", lambda calls, chains: asked.append(calls))
+        m.setattr(shapes, "AFTER", 0)
         for sp in analysis.layout.service_ports:
             memo.service(sp)
             assert asked.pop() == memo.builder.questions(sp)
+
+
+def test_a_view_of_a_few_ports_reads_no_shapes() -> None:
+    """Shapes are asked for once AFTER ports are built: a question about a few ports pays nothing for them."""
+    analysis = analyse(DATAPLANE, load(_dump(60, 2)), node_ips=(NODE,))
+    keys = analysis.layout.keys
+    analysis.views.view_of(keys[:shapes.AFTER])
+    assert "_port_shapes" not in analysis.tracer.__dict__
+    assert analysis.view.services
+    assert "_port_shapes" in analysis.tracer.__dict__ and analysis.views._shapes.hits > 0
