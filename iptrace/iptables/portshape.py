@@ -7,9 +7,11 @@ for addresses, ports, comments and chain names. The shape of a port is:
 - its questions (trace or trace_chain: the chain entered, source, destination, ports, protocol, interface), each
   address and port written as its *number* (first appearance order over the whole shape: equal values, equal
   numbers);
-- its own chains (the layout's, nat table), every rule as its structure, its literal tokens and, in place of its
-  -s/-d hosts, exact `--dport N`, DNAT `--to-destination` address and port and jumps to its own chains, their
-  numbers (comments left out: they decide nothing);
+- its own chains (the layout's, nat table), all their rules as one *skeleton* (their texts with the values of -s/-d,
+  `--dport`, DNAT's `--to-destination`, the target, -m recent's `--name` and comments taken out, checked once per
+  skeleton against the rules' structures: those tokens are the values the rules read that way) and those values:
+  each host, port, own chain or list name as its number, a network as itself, a comment left out (it decides
+  nothing);
 - every other rule that can match one of its branches and tests an exact host or port (its dispatch in
   KUBE-SERVICES, KUBE-NODEPORTS, KUBE-EXTERNAL-SERVICES, …: the rules whose exact -d/-s hosts and `--dport`s are
   all among the port's values), written the same way, with its chain and how many *generic* rules of that chain
@@ -22,7 +24,8 @@ key admits rewrites it), its destination one of the addresses in the shape (a qu
 its own rules), its destination port one of the ports. A rule with an exact host or port test outside those never
 matches, and the walk skips a rule that does not match without any effect; the rules that can match are the
 generic ones of the chains reachable (the same rules for every port), which read addresses only through -s/-d
-networks and addrtype (what the classes hold) and ports only by `--dport N` (then they are not generic), and the
+networks and addrtype (what the classes hold) and ports only by `--dport N` (then they are not generic; `! --dport`
+is no exact test and gives no shape), and the
 port's own and dispatch rules, equal but for the numbered values. Chains whose rules read addresses or ports any
 other way (ipsets, iprange, conntrack's original addresses, -m recent, port ranges and lists) or rewrite the
 packet (DNAT, REDIRECT, NETMAP outside the port's own chains) give no shape; nor do own rules that do, but for
@@ -95,19 +98,15 @@ class _Decline(Exception):
 
 
 class _Plan:
-    """How to abstract the rules of one structure: the tokens kept as they are, those holding values (index,
-    kind), and whether its reads are all ones a shape holds (else None is given for it)."""
+    """What the rules of one structure read: their tokens holding values (index, kind), the tokens of their -m recent
+    `--mask`s (-1 for each recent match), and whether every read is one a shape holds."""
 
-    __slots__ = ("literal", "masks", "number", "ok", "values")
+    __slots__ = ("masks", "ok", "values")
 
-    def __init__(self, number: int, literal: tuple[int, ...], values: tuple[tuple[int, int], ...], ok: bool,
-                 masks: tuple[int, ...] = ()) -> None:
-        self.masks = masks  # (token indices of -m recent's --mask values; -1 for each recent match)
-        self.number = number
-        self.literal = itemgetter(*literal) if len(literal) > 1 else (
-            (lambda tokens, i=literal[0]: (tokens[i],)) if literal else (lambda tokens: ()))
+    def __init__(self, values: tuple[tuple[int, int], ...], ok: bool, masks: tuple[int, ...]) -> None:
         self.values = values
         self.ok = ok
+        self.masks = masks
 
 
 def _picker(indices: list[int]) -> Any:
@@ -280,7 +279,6 @@ class Shapes:
 
     def _make_plan(self, rule: Any, structure: Structure) -> _Plan:
         shape = rule.shape
-        n = shape.n_tokens if shape is not None else 0
         values: dict[int, int] = {}
         ok = shape is not None and not shape.unknown_options
         rest = []
@@ -329,9 +327,7 @@ class Shapes:
                 values[idx[0]] = _NAT
         if shape is not None and shape.target_index >= 0:
             values[shape.target_index] = _TARGET
-        literal = tuple(i for i in range(n) if i not in values)
-        kinds = tuple(sorted(values.items()))
-        return _Plan(len(self.plans), literal, kinds, ok, tuple(masks))
+        return _Plan(tuple(sorted(values.items())), ok, tuple(masks))
 
     def skeleton(self, skeleton: str, rules: Any) -> _Program | None:
         """How to read the values of rules with this skeleton, checked against their structures the first
