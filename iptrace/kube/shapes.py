@@ -32,9 +32,10 @@ class _Values:
     """A kept view's values as numbers: a line of the shape (-1 - its number) or another (itself), an own chain
     (its number) or another (its name), addresses and ports (their numbers)."""
 
-    __slots__ = ("addresses", "chains", "lines", "ports", "texts")
+    __slots__ = ("addresses", "chains", "lines", "ports", "seen", "texts")
 
     def __init__(self, shape: Any) -> None:
+        self.seen: dict[int, tuple[Any, Any]] = {}  # id(reaches) → (them, as numbers)
         self.addresses = {a: i for i, a in enumerate(shape.addresses)}
         self.ports = {p: i for i, p in enumerate(shape.ports)}
         self.chains = {c: i for i, c in enumerate(shape.chains)}
@@ -56,7 +57,11 @@ class _Values:
         return self.addresses[ip], self.ports[port]
 
     def reaches(self, reaches: Sequence[views.Reach]) -> tuple[tuple[Any, float], ...]:
-        return tuple([(self.endpoint(r.endpoint), r.probability) for r in reaches])
+        found = self.seen.get(id(reaches))  # (a view's ways in and kinds of client share their reaches: one object)
+        if found is None:
+            found = self.seen[id(reaches)] = (reaches, tuple([(self.endpoint(r.endpoint), r.probability)
+                                                              for r in reaches]))
+        return found[1]  # type: ignore[no-any-return]
 
     def notes(self, notes: tuple[str, ...]) -> tuple[str, ...]:
         if any(t in note for note in notes for t in self.texts):
@@ -67,9 +72,10 @@ class _Values:
 class _Put:
     """The values of a port's shape, to put back by number."""
 
-    __slots__ = ("addresses", "chains", "lines", "ports")
+    __slots__ = ("addresses", "chains", "lines", "made", "ports")
 
     def __init__(self, shape: Any) -> None:
+        self.made: dict[int, tuple[views.Reach, ...]] = {}  # id(reaches as numbers: the kept view holds them) → them
         self.addresses = shape.addresses
         self.ports = shape.ports
         self.chains = shape.chains
@@ -86,8 +92,11 @@ class _Put:
         return f"[{ip}]:{self.ports[ref[1]]}" if ":" in ip else f"{ip}:{self.ports[ref[1]]}"
 
     def reaches(self, refs: tuple[tuple[Any, float], ...]) -> tuple[views.Reach, ...]:
-        new, reach = views._new_reach, views.Reach
-        return tuple([new(reach, (self.endpoint(ref), p)) for ref, p in refs])
+        found = self.made.get(id(refs))  # (one object for the reaches a kept view shares: `_Values.reaches`)
+        if found is None:
+            new, reach = views._new_reach, views.Reach
+            found = self.made[id(refs)] = tuple([new(reach, (self.endpoint(ref), p)) for ref, p in refs])
+        return found
 
 
 def _kept(view: views.ServicePortView, sp: ServicePortLayout, shape: Any) -> tuple[Any, ...] | None:
