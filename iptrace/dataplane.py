@@ -627,6 +627,10 @@ class Tracer(Protocol):
     # cannot vouch for these traces (the caller computes them). A dataplane without it gets no reuse.
     # With it, optionally `footprints_done()`: the caller will ask for no more footprints, so what the tracer kept
     # to make them may go (a node's digest is made after its views, and the two would add up).
+    # Optional: `port_shape(calls, chains)`, the shape of a Service port's questions (`calls`, as for footprint)
+    # whose own chains are `chains`: an object with `key` (equal keys: the same traces but for the port's values)
+    # and those values by number, `addresses`, `ports`, `chains`, `lines` (iptrace.kube.shapes reads them); None
+    # when the dataplane cannot vouch for it. A dataplane without it has every port's view traced.
 
 
 class Dataplane(Protocol):

@@ -352,6 +352,12 @@ class Tracer(ChainWalker):
 
         return footprint(self, calls)
 
+    def port_shape(self, calls: Sequence[tuple[str | None, Packet]], chains: Sequence[str]) -> Any:
+        """The shape of a Service port's traces (portshape.py): equal keys, the same traces but for its values."""
+        from iptrace.iptables.portshape import port_shape
+
+        return port_shape(self, calls, chains)
+
     def footprints_done(self) -> None:
         """No more footprints will be asked for: what footprint.py read of the rules to make them goes."""
         self.__dict__.pop("_footprint_node", None)

@@ -31,6 +31,7 @@ from iptrace.dataplane import (
     WayIn,
     packet_of,
 )
+from iptrace.kube import shapes  # (ports of one shape: read when used, it builds on this module)
 from iptrace.kube.clients import (
     CLIENT_WORDS,
     EXTERNAL,
@@ -437,17 +438,19 @@ class _Builder:
 
     def service(self, sp: ServicePortLayout) -> ServicePortView:
         endpoints = self.endpoints(sp)
-        endpoint_chains = {e.chain for e in endpoints}
-        own = frozenset(c for c in sp.chains if c not in endpoint_chains)
-        entries = [self.entry(sp, way, own) for way in sp.ways_in]
-        return _new_service(  # type: ignore[no-any-return]
-            *_port_fields(sp, entries), sp.external_traffic_policy, sp.internal_traffic_policy,
-            sp.session_affinity_timeout, tuple(endpoints), tuple(entries), sp.no_endpoints, sp.no_local_endpoints,
-            sp.chains, sp.lines, sp.identity, sp.notes)
+        own = frozenset(sp.chains).difference([e.chain for e in endpoints])
+        return port_view(sp, endpoints, [self.entry(sp, way, own) for way in sp.ways_in])
 
     def facts(self, sp: ServicePortLayout) -> PortFacts:
         """The port's PortFacts: its view's values but for the traces of its ways in."""
         return PortFacts(*_port_fields(sp, sp.ways_in), endpoints=tuple(self.endpoints(sp)), entries=sp.ways_in)
+
+
+def port_view(sp: ServicePortLayout, endpoints: Sequence[EndpointView], entries: Sequence[Any]) -> ServicePortView:
+    return _new_service(  # type: ignore[no-any-return]
+        *_port_fields(sp, entries), sp.external_traffic_policy, sp.internal_traffic_policy,
+        sp.session_affinity_timeout, tuple(endpoints), tuple(entries), sp.no_endpoints, sp.no_local_endpoints,
+        sp.chains, sp.lines, sp.identity, sp.notes)
 
 
 def port_layout(sp: ServicePortLayout) -> PortLayout:
@@ -488,6 +491,7 @@ class ViewBuilder:
         self.clients = Clients.for_layout(layout, node_ips)
         self._tracer = tracer
         self._builder = _Builder(layout, tracer, self.clients)
+        self._shapes = shapes.ShapeMemo(self._builder)  # ports of one shape: the first one's view, their values
         self._reuse = reuse  # an iptrace.kube.reuse.ViewReuse: Service ports other nodes had alike
         self._ports: dict[str, ServicePortView] = {}
         self._facts: dict[str, PortFacts] = {}
@@ -500,7 +504,7 @@ class ViewBuilder:
             enabled = gc.isenabled()
             gc.disable()
             try:
-                found = self._ports[key] = self.claimed(key, self._builder.service(self.layout.service_port(key)))
+                found = self._ports[key] = self.claimed(key, self._shapes.service(self.layout.service_port(key)))
             finally:
                 if enabled:
                     gc.enable()
@@ -571,7 +575,7 @@ class ViewBuilder:
     def tracing_done(self) -> None:
         """Build every port's view, then let the tracer go (Analysis.tracing_done): the views are kept."""
         self.view()
-        del self._tracer, self._builder
+        del self._tracer, self._builder, self._shapes
 
     def view_of(self, keys: Iterable[str]) -> KubeView:
         """The view of these Service ports only, each built as `view` builds it, with the node-wide facts of the

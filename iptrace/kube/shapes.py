@@ -1,0 +1,187 @@
+"""Service port views built from the view of an earlier port of the same *shape*, without tracing.
+
+kube-proxy writes thousands of Service ports as the same rules but for addresses, ports, chain names and lines.
+A dataplane that can say so (`Tracer.port_shape(calls, chains)`, optional: iptrace.iptables.portshape) gives
+the shape of the traces a port's view asks for: a key, and the port's addresses, ports, own chains and lines
+by number. Ports with equal keys have the same traces but for those values, so the view of the second is the
+view of the first with each value put back by its number: every endpoint address and port, chain crossed and
+rule line of the traced fields; the rest (identity, ways in, lines, notes of the layout) is the port's own
+layout, as `_Builder.service` writes it. A view is kept only when every such value of it is one of its
+shape's (else it is built, not kept). Dataplane-free and pure (a cache per ViewBuilder).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from iptrace.dataplane import HEALTH_CHECK, ServicePortLayout
+from iptrace.kube import view as views  # (read when used: the view module builds its ports with this one)
+from iptrace.kube.names import split_destination
+
+# Views kept per builder (a node has a few shapes per endpoint count and way-in kinds; a cap for the odd dump).
+LIMIT = 4096
+# Off only to check that shapes change nothing (tests).
+ENABLED = True
+# Ports built before shapes are asked for: a question about a few ports (explain, a filtered `services`) would pay
+# for reading the dispatch chains' rules (Tracer.port_shape: ~35 ms at 5,000 Services) and reuse nothing.
+AFTER = 8
+
+
+class _Values:
+    """A kept view's values as numbers: a line of the shape (-1 - its number) or another (itself), an own chain
+    (its number) or another (its name), addresses and ports (their numbers)."""
+
+    __slots__ = ("addresses", "chains", "lines", "ports", "seen", "texts")
+
+    def __init__(self, shape: Any) -> None:
+        self.seen: dict[int, tuple[Any, Any]] = {}  # id(reaches) → (them, as numbers)
+        self.addresses = {a: i for i, a in enumerate(shape.addresses)}
+        self.ports = {p: i for i, p in enumerate(shape.ports)}
+        self.chains = {c: i for i, c in enumerate(shape.chains)}
+        self.lines = {line: i for i, line in enumerate(shape.lines)}
+        self.texts = (*shape.addresses, *shape.chains)
+
+    def line(self, line: int) -> int:
+        found = self.lines.get(line)
+        return line if found is None else -1 - found
+
+    def chain(self, chain: str) -> int | str:
+        found = self.chains.get(chain)
+        return chain if found is None else found
+
+    def endpoint(self, text: str) -> tuple[int, int | None]:
+        ip, port = split_destination(text)
+        if port is None or (f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}") != text:
+            raise LookupError(text)
+        return self.addresses[ip], self.ports[port]
+
+    def reaches(self, reaches: Sequence[views.Reach]) -> tuple[tuple[Any, float], ...]:
+        found = self.seen.get(id(reaches))  # (a view's ways in and kinds of client share their reaches: one object)
+        if found is None:
+            found = self.seen[id(reaches)] = (reaches, tuple([(self.endpoint(r.endpoint), r.probability)
+                                                              for r in reaches]))
+        return found[1]  # type: ignore[no-any-return]
+
+    def notes(self, notes: tuple[str, ...]) -> tuple[str, ...]:
+        if any(t in note for note in notes for t in self.texts):
+            raise LookupError("a note names a value")
+        return notes
+
+
+class _Put:
+    """The values of a port's shape, to put back by number."""
+
+    __slots__ = ("addresses", "chains", "lines", "made", "ports")
+
+    def __init__(self, shape: Any) -> None:
+        self.made: dict[int, tuple[views.Reach, ...]] = {}  # id(reaches as numbers: the kept view holds them) → them
+        self.addresses = shape.addresses
+        self.ports = shape.ports
+        self.chains = shape.chains
+        self.lines = shape.lines
+
+    def line(self, line: int) -> int:
+        return line if line >= 0 else self.lines[-1 - line]  # type: ignore[no-any-return]
+
+    def chain(self, chain: int | str) -> str:
+        return chain if type(chain) is str else self.chains[chain]  # type: ignore[no-any-return,index]
+
+    def endpoint(self, ref: tuple[int, int]) -> str:
+        ip = self.addresses[ref[0]]
+        return f"[{ip}]:{self.ports[ref[1]]}" if ":" in ip else f"{ip}:{self.ports[ref[1]]}"
+
+    def reaches(self, refs: tuple[tuple[Any, float], ...]) -> tuple[views.Reach, ...]:
+        found = self.made.get(id(refs))  # (one object for the reaches a kept view shares: `_Values.reaches`)
+        if found is None:
+            new, reach = views._new_reach, views.Reach
+            found = self.made[id(refs)] = tuple([new(reach, (self.endpoint(ref), p)) for ref, p in refs])
+        return found
+
+
+def _kept(view: views.ServicePortView, sp: ServicePortLayout, shape: Any) -> tuple[Any, ...] | None:
+    """`view`'s traced fields with its shape's values as numbers, or None when one is not among them."""
+    v = _Values(shape)
+    try:
+        endpoints = tuple([(v.addresses[e.ip], None if e.port is None else v.ports[e.port], e.probability, e.local,
+                            v.chain(e.chain), e.local_probability, e.in_cluster_chain, v.line(e.line))
+                           for e in view.endpoints])
+        entries: list[Any] = []
+        for way, e in zip(sp.ways_in, view.entries, strict=True):
+            if way.kind == HEALTH_CHECK:
+                entries.append(None)
+                continue
+            if (e.kind, e.address, e.port, e.protocol, e.chain, e.lines) != (
+                    way.kind, way.address, way.port, way.protocol, way.chain, way.lines):
+                return None
+            paths = tuple([(p.source, p.verdict, tuple(map(v.chain, p.via)), v.reaches(p.reaches), p.masquerade,
+                            v.line(p.decided_by)) for p in e.paths])
+            entries.append((e.verdict, v.reaches(e.reaches), e.masquerade, e.masquerade_sources,
+                            tuple(map(v.chain, e.via)), paths, v.notes(e.notes)))
+    except LookupError:
+        return None
+    return endpoints, tuple(entries)
+
+
+def _view(kept: tuple[Any, ...], sp: ServicePortLayout, shape: Any, builder: Any) -> views.ServicePortView:
+    """The view `kept` stands for, with this port's values and layout."""
+    put = _Put(shape)
+    # (the records' positional constructors, without their frozen dataclass __init__)
+    new_endpoint, new_entry, new_path = views._new_endpoint, views._new_entry, views._new_path
+    endpoints = [new_endpoint(put.addresses[ip], None if port is None else put.ports[port], probability, local,
+                              put.chain(chain), local_probability, in_cluster, put.line(line))
+                 for ip, port, probability, local, chain, local_probability, in_cluster, line in kept[0]]
+    entries = []
+    for way, e in zip(sp.ways_in, kept[1], strict=True):
+        if e is None:
+            entries.append(builder.entry(sp, way, frozenset()))
+            continue
+        verdict, reaches, masq, masq_sources, via, paths, notes = e
+        entries.append(new_entry(
+            way.kind, way.address, way.port, way.protocol, way.chain, verdict, put.reaches(reaches), masq,
+            masq_sources, tuple(map(put.chain, via)),
+            tuple([new_path(source, path_verdict, tuple(map(put.chain, path_via)), put.reaches(path_reaches),
+                              path_masq, put.line(line))
+                   for source, path_verdict, path_via, path_reaches, path_masq, line in paths]),
+            notes, way.lines))
+    return views.port_view(sp, endpoints, entries)
+
+
+class ShapeMemo:
+    """`service(sp)`: a port's view, from an earlier port of its shape when there is one, else built by
+    `builder` (a view._Builder) and kept for the next ports of its shape."""
+
+    def __init__(self, builder: Any) -> None:
+        self.builder = builder
+        self.shape = getattr(builder.tracer, "port_shape", None) if ENABLED else None
+        self.kept: dict[tuple[Any, ...], tuple[Any, ...] | None] = {}
+        self.hits = 0
+        self.built = 0  # (ports built before shapes were asked for: AFTER)
+
+    def service(self, sp: ServicePortLayout) -> views.ServicePortView:
+        builder = self.builder
+        if self.shape is None or self.built < AFTER:
+            self.built += 1
+            return builder.service(sp)  # type: ignore[no-any-return]
+        # (`builder.questions(sp)`, with the kinds of client of each way in: one loop)
+        probe = builder.probe(sp)
+        calls: list[Any] = [(chain, probe) for chain in (sp.cluster_chain, sp.local_chain) if chain is not None]
+        ways = []
+        for way in sp.ways_in:
+            packets = builder.way_packets(sp, way)
+            calls.extend([(None, packet) for _kind, packet in packets])
+            ways.append((way.kind, way.protocol, way.notes, tuple([kind for kind, _packet in packets])))
+        shape = self.shape(calls, sp.chains)
+        if shape is None:
+            return builder.service(sp)  # type: ignore[no-any-return]
+        key = (shape.key, tuple(ways), sp.cluster_chain is None, sp.local_chain is None)  # (which chain is which)
+        kept = self.kept.get(key)
+        if kept is not None:
+            self.hits += 1
+            return _view(kept, sp, shape, builder)
+        view: views.ServicePortView = builder.service(sp)
+        if key not in self.kept:
+            if len(self.kept) >= LIMIT:
+                self.kept.clear()
+            self.kept[key] = _kept(view, sp, shape)
+        return view
