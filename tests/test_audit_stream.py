@@ -135,6 +135,40 @@ def test_an_equal_copy_of_a_digest_sent_before_goes_in_full(snap: Path) -> None:
     assert keep(same, sent) == one[0] and keep(copied, sent) == again == one[0]
 
 
+def test_a_digest_another_worker_sent_is_not_unpickled_again(snap: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each worker sends its new digests packed (stream._packed); the parent unpickles a digest only the first
+    time any worker sends it, and both workers' results are rebuilt equal, sharing the one copy kept."""
+    import copy
+    import pickle
+
+    from iptrace.collect import stream
+
+    one = analyse_nodes(sources([str(snap)]), jobs=1)
+    distinct = {p for r in one for f in r.families for p in f.ports}
+    loads = []
+    real_loads = pickle.loads
+
+    def counting(data: bytes) -> object:
+        loads.append(1)
+        return real_loads(data)
+
+    monkeypatch.setattr(stream.pickle, "loads", counting)
+    keep = stream._Interner()
+    rebuilt = []
+    for worker in range(2):
+        sender, sent = stream._Sender(), []
+        for result in one if worker == 0 else copy.deepcopy(one):  # (the second worker's digests: equal copies)
+            _, encoded = sender.encode(result)
+            assert all(isinstance(p, (int, bytes)) for f in encoded.families for p in f.ports)
+            rebuilt.append(keep(encoded, sent))
+    assert rebuilt == one + one
+    assert len(loads) == len(distinct) == len(keep.packed)
+    first, second = rebuilt[:len(one)], rebuilt[len(one):]
+    assert all(a is b for r1, r2 in zip(first, second, strict=True) for f1, f2 in zip(r1.families, r2.families,
+                                                                                       strict=True)
+               for a, b in zip(f1.ports, f2.ports, strict=True))
+
+
 def test_the_cli_is_deterministic_whatever_jobs(snap: Path) -> None:
     outputs = set()
     for jobs in ("1", "3"):
