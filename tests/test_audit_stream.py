@@ -6,8 +6,10 @@ another kube-proxy era, a node whose dump does not parse and a node with a connt
 
 from __future__ import annotations
 
+import copy
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +286,20 @@ def test_merge_round_trip_keeps_every_result(snap: Path) -> None:
     assert [(r.name, r.families and [(f.ports, list(f.lines), f.compared) for f in r.families], r.extra)
             for r in back] == [(r.name, r.families and [(f.ports, list(f.lines), f.compared) for f in r.families],
                                 r.extra) for r in sorted(strip, key=lambda r: r.name)]
+
+
+def test_merge_key_writes_equal_digests_once_whatever_their_objects(snap: Path) -> None:
+    """merge_json indexes digests by identity, then by value once per object: results whose equal digests are
+    distinct objects (not interned) give the document the interned ones give."""
+    results = analyse_nodes(sources([str(snap)]), jobs=1)
+    copies = [replace(r, families=tuple(replace(f, ports=tuple(copy.copy(p) for p in f.ports)) for f in r.families))
+              for r in results]
+    assert any(p is not q for r, c in zip(results, copies, strict=True) for f, g in zip(r.families, c.families,
+                                                                                        strict=True)
+               for p, q in zip(f.ports, g.ports, strict=True))
+    doc = merge_json(results, cluster_source=None, cluster_nodes=False)
+    assert merge_json(copies, cluster_source=None, cluster_nodes=False) == doc
+    assert len(doc["digests"]) == len({p for r in results for f in r.families for p in f.ports})
 
 
 def test_the_merge_key_prints_a_node_a_line(snap: Path) -> None:

@@ -391,8 +391,10 @@ def _peer_compare(members: Sequence[_NodeState], family: str) -> None:
                         "audit with --cluster/--kubeconfig to see which side the API agrees with",
                         port, port.head_lines)
         if len(having) >= 2:
-            _peer_compare_port(key, {n: by_node[n][key] for n in having}, add)
-            ways_differ(key, {n: by_node[n][key] for n in having}, add, layouts)
+            ports = {n: by_node[n][key] for n in having}
+            if len({id(p.digest) for p in ports.values()}) > 1:  # (one digest object: nothing differs)
+                _peer_compare_port(key, ports, add)
+                ways_differ(key, ports, add, layouts)
 
 
 def _peer_compare_port(key: str, ports: Mapping[str, _Port], add: Any) -> None:
