@@ -16,6 +16,7 @@ from iptrace.dataplane import HEALTH_CHECK, Packet, Trace
 from iptrace.errors import IptraceError
 from iptrace.iptables import load
 from iptrace.iptables.walk import Tracer
+from iptrace.kube import shapes
 from iptrace.kube.view import EXTERNAL, KubeView, view_node_ips
 from iptrace.nftables import load as load_nft
 from iptrace.nftables.model import Ruleset as NftRuleset
@@ -30,6 +31,13 @@ SAMPLES = sorted((ROOT / "sample_dumps").glob("*.txt"))
 CORPUS = ROOT.parent / "shared" / "corpus"
 FIXTURES = sorted((CORPUS / "kube-proxy").glob("*.json"))
 REALWORLD = sorted((CORPUS / "realworld").glob("*.txt"))
+
+
+@pytest.fixture(autouse=True)
+def _shapes_from_the_first_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Views are built from their ports' shapes wherever a dataplane gives one (iptrace.kube.shapes), from the
+    first port on, not only after the first few: the plain walk checks those views too."""
+    monkeypatch.setattr(shapes, "AFTER", 0)
 
 
 def _summary(trace: Trace) -> tuple[str, dict[str, float], bool]:
