@@ -163,14 +163,9 @@ class ShapeMemo:
         if self.shape is None or self.built < AFTER:
             self.built += 1
             return builder.service(sp)  # type: ignore[no-any-return]
-        # (`builder.questions(sp)`, with the kinds of client of each way in: one loop)
-        probe = builder.probe(sp)
-        calls: list[Any] = [(chain, probe) for chain in (sp.cluster_chain, sp.local_chain) if chain is not None]
-        ways = []
-        for way in sp.ways_in:
-            packets = builder.way_packets(sp, way)
-            calls.extend([(None, packet) for _kind, packet in packets])
-            ways.append((way.kind, way.protocol, way.notes, tuple([kind for kind, _packet in packets])))
+        kinds: list[tuple[str, ...]] = []
+        calls = builder.questions(sp, kinds)
+        ways = [(way.kind, way.protocol, way.notes, clients) for way, clients in zip(sp.ways_in, kinds, strict=True)]
         shape = self.shape(calls, sp.chains)
         if shape is None:
             return builder.service(sp)  # type: ignore[no-any-return]

@@ -150,8 +150,7 @@ class PortIdentity:
 
     @property
     def label(self) -> str:
-        """`ns/svc:port` (or `ns/svc` for an unnamed port), kube-proxy's ServicePortName; the chain name
-        when the rules do not say."""
+        """`ns/svc:port` (`ns/svc` for an unnamed port), kube-proxy's ServicePortName; else the chain name."""
         if not self.namespace:
             return self.name
         base = f"{self.namespace}/{self.name}"
@@ -354,14 +353,16 @@ class _Builder:
         dst, sources = self.clients.packets(way, sp.lb_source_ranges, self.layout.family)
         return [(kind, self.packet(src, dst, way.port, way.protocol)) for kind, src in sources]
 
-    def questions(self, sp: ServicePortLayout) -> list[tuple[str | None, Packet]]:
-        """Every trace `service(sp)` asks for, in its order, as (the chain entered directly or None, packet):
-        what iptrace.kube.reuse keys a port's view by, without building it."""
+    def questions(self, sp: ServicePortLayout, kinds: list[tuple[str, ...]] | None = None) -> list[Any]:
+        """Every trace `service(sp)` asks for, in its order, as (the chain entered directly or None, packet): what
+        iptrace.kube.reuse and .shapes key a port's view by, unbuilt. `kinds`: told each way in's kinds of client."""
         packet = self.probe(sp)
-        calls: list[tuple[str | None, Packet]] = [(chain, packet) for chain in (sp.cluster_chain, sp.local_chain)
-                                                  if chain is not None]
+        calls: list[Any] = [(chain, packet) for chain in (sp.cluster_chain, sp.local_chain) if chain is not None]
         for way in sp.ways_in:
-            calls.extend((None, p) for _kind, p in self.way_packets(sp, way))
+            packets = self.way_packets(sp, way)
+            calls.extend((None, p) for _kind, p in packets)
+            if kinds is not None:
+                kinds.append(tuple(kind for kind, _p in packets))
         return calls
 
     def endpoints(self, sp: ServicePortLayout) -> list[EndpointView]:
@@ -460,8 +461,7 @@ def port_layout(sp: ServicePortLayout) -> PortLayout:
 
 
 def _port_fields(sp: ServicePortLayout, entries: Sequence[Any]) -> tuple[Any, ...]:
-    """A port's identity and addresses (PortIdentity's fields, in order), read off its ways in (or the entries
-    made of them: the same kinds, addresses and ports)."""
+    """A port's identity and addresses (PortIdentity's fields, in order), read off its ways in (or entries)."""
     if sp.name is not None:
         ns, svc, port_name = split_service_port_name(sp.name)
     else:
