@@ -64,13 +64,13 @@ class Shape:
         self.others: tuple[tuple[Callable[[Sequence[bytes]], tuple[bytes, ...]], set[bytes],
                                  Callable[[tuple[bytes, ...]], bool]], ...] = ()
 
-
     def build(self, words: Sequence[str], line: int, text: str, address: Callable[[str], str]) -> ConntrackEntry:
         """The entry of a line of this shape (`words`: its whitespace-split words). The layout's builder is worked
         out at the first entry: `explain` often builds none (and then never imports the model)."""
         if self._builder is None:
             self._builder = self.layout.builder()
         return self._builder(words, line, text, address)
+
 
 def shape_of(shapes: dict[bytes, list[Shape]], raw: bytes, key: bytes | None = None, *,
              read: bool = False) -> tuple[Shape, list[bytes]] | None:
