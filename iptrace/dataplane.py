@@ -573,6 +573,11 @@ class Ruleset(Protocol):
         """The IP families the rules can answer for ("ipv4", "ipv6")."""
         ...
 
+    @property
+    def skipped(self) -> tuple[Any, ...]:
+        """What --lenient left out: records with `line` (int, or None when no line tells) and `message`."""
+        ...
+
     def line_text(self, line: int) -> str | None:
         """The input line `line` (1-based) as evidence, or None."""
         ...

@@ -73,6 +73,36 @@ def test_lenient_lists_what_was_skipped(tmp_path) -> None:
     assert "line 4: unterminated quoted string" in result.output
 
 
+def test_an_analysis_with_lenient_says_on_stderr_what_it_read_past(tmp_path) -> None:
+    """`services`/`trace`/`explain --lenient` on a damaged dump: the answer on stdout (JSON `jq` can read), and on
+    stderr how many problems were passed over, the first few with their lines, and how to list them all."""
+    lines = ["*nat", ":PREROUTING ACCEPT [0:0]", ":KUBE-SERVICES - [0:0]", "-A PREROUTING -j KUBE-SERVICES"]
+    lines += [f'-A KUBE-SERVICES -d 10.96.0.{i}/32 -p tcp -m comment --comment "oops{i}' for i in range(1, 6)]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(main, ["services", "--lenient", str(bad), "-o", "json"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == []
+    err = result.stderr.splitlines()
+    assert err[0] == f"note: {bad}: read with --lenient past 6 problems (what each names is left out or assumed):"
+    assert err[1].startswith("  line 5: unterminated quoted string")
+    assert err[3].startswith("  line 7: unterminated quoted string")
+    assert err[4] == f"  … and 3 more (iptrace parse --lenient {bad} lists them all)"
+    assert len(err) == 5
+    one = tmp_path / "one.txt"
+    one.write_text("*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j ACCEPT\n")  # no COMMIT
+    traced = CliRunner().invoke(main, ["trace", "--lenient", str(one), "--dst", "10.96.0.1:80"])
+    assert traced.exit_code == 0
+    assert traced.stderr.splitlines() == [
+        f"note: {one}: read with --lenient past 1 problem (what each names is left out or assumed):",
+        "  line 4: table nat opened at line 1 has no COMMIT (the dump looks truncated); expected 'COMMIT' at its end"]
+    assert "ACCEPT" in traced.stdout
+    good = tmp_path / "good.txt"
+    good.write_text(DUMP)
+    clean = CliRunner().invoke(main, ["services", "--lenient", str(good)])
+    assert clean.exit_code == 0 and clean.stderr == ""
+
+
 def test_missing_file_and_usage_errors(tmp_path) -> None:
     result = CliRunner().invoke(main, ["parse", str(tmp_path / "nope.txt")])
     assert result.exit_code == 1

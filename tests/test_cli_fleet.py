@@ -130,3 +130,22 @@ def test_collect_nodes_from_the_cluster(fleet) -> None:
     assert "1 of 1 node collected" in result.output
     assert (out / "worker-1" / "iptables-save.txt").is_file()
     assert not (out / "cp-1").exists()
+
+
+def test_audit_with_lenient_says_what_each_node_was_read_past(tmp_path: Path) -> None:
+    """A truncated node dump under --lenient: audited with the others, and a note on stderr names the node, the
+    problem's line and why (its findings leave out what the problem covers); a whole node says nothing."""
+    whole = (Path(__file__).parent.parent / "sample_dumps" / "nodeport-fb-backends.txt").read_text()
+    cut = tmp_path / "cut.txt"
+    cut.write_text(whole[:whole.index("COMMIT", whole.index("*nat"))])  # the nat table's COMMIT and what follows
+    good = tmp_path / "good.txt"
+    good.write_text(whole)
+    strict = CliRunner().invoke(main, ["audit", str(cut), str(good), "-o", "json"])
+    assert json.loads(strict.stdout)["nodes"][0]["status"] == "load-error"
+    result = CliRunner().invoke(main, ["audit", "--lenient", str(cut), str(good), "-o", "json"])
+    nodes = json.loads(result.stdout)["nodes"]
+    assert [n["status"] for n in nodes] == ["ok", "ok"]
+    end, nat = cut.read_text().count("\n") + 1, whole[:whole.index("*nat")].count("\n") + 1
+    assert result.stderr.splitlines() == [
+        f"note: cut: {cut} read with --lenient past 1 problem (first: line {end}: table nat opened at line {nat} "
+        "has no COMMIT (the dump looks truncated); expected 'COMMIT' at its end)"]

@@ -121,6 +121,17 @@ def test_a_semantic_error_names_its_line_and_lenient_goes_on(tmp_path) -> None:
         "  line 3: rule jumps to chain 'nowhere', which table ip t does not declare; expected a chain of that name"]
 
 
+def test_an_analysis_with_lenient_names_what_it_read_past(tmp_path) -> None:
+    bad = tmp_path / "bad.nft"
+    bad.write_text("table ip t {\n\tchain c {\n\t\tjump nowhere\n\t\taccept\n\t}\n}\n")
+    result = CliRunner().invoke(main, ["services", "--lenient", str(bad), "-o", "json"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == []
+    assert result.stderr.splitlines() == [
+        f"note: {bad}: read with --lenient past 1 problem (what each names is left out or assumed):",
+        "  line 3: rule jumps to chain 'nowhere', which table ip t does not declare; expected a chain of that name"]
+
+
 def test_iptables_dumps_still_go_to_the_iptables_loader(tmp_path) -> None:
     p = tmp_path / "node.txt"
     p.write_text("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\nCOMMIT\n")

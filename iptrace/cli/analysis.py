@@ -50,7 +50,7 @@ def parse(dump: str, output: str, as_save: bool, lenient: bool, table: str | Non
       iptrace parse --table nat eks-nat-S.txt -o json | jq '.tables[0].chains | length'
     """
     batch()
-    dataplane, ruleset, _ = load_dump(dump, lenient=lenient, table=table)
+    dataplane, ruleset, _ = load_dump(dump, lenient=lenient, table=table, note=False)
     if as_save:
         click.echo(dataplane.save(ruleset), nl=False)
     elif output == "json":

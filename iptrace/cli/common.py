@@ -21,13 +21,14 @@ table_option = click.option("--table", "table", type=click.Choice(["raw", "mangl
                              help="Table of an `iptables -S` listing when its chains do not tell.")
 
 
-def load_dump(dump: str, *, lenient: bool = False, table: str | None = None,
-              family: str = "ipv4") -> tuple[Any, Any, list[str]]:
+def load_dump(dump: str, *, lenient: bool = False, table: str | None = None, family: str = "ipv4",
+              note: bool = True) -> tuple[Any, Any, list[str]]:
     """Load DUMP (a file, `-`, a .gz, or a collected node directory) → (dataplane, its ruleset, node addresses).
 
     The dataplane is recognised by content (iptables-save, `iptables -S`, nft list ruleset, nft -j, kube-proxy's
     nft transaction). For a node directory the dump that answers is chosen (collect.inputs.choose_dump):
     ip6tables-save.txt for IPv6, the legacy backend's or the nftables ruleset when kube-proxy's rules are there.
+    `note`: say on stderr what --lenient read past (`parse` lists it all itself).
     """
     from iptrace import dataplanes
     from iptrace.iptables import read_dump
@@ -36,6 +37,8 @@ def load_dump(dump: str, *, lenient: bool = False, table: str | None = None,
     if dump == "-" or not path.is_dir():
         text, source = read_dump(dump)
         dataplane, ruleset = dataplanes.load(text, source=source, lenient=lenient, table=table)
+        if note:
+            note_skipped_rules(dump, ruleset)
         return dataplane, hold(ruleset), []
     from iptrace.collect.inputs import choose_dump
     from iptrace.collect.store import read_node_dir
@@ -44,20 +47,42 @@ def load_dump(dump: str, *, lenient: bool = False, table: str | None = None,
     chosen = choose_dump(snapshot, family, lenient=lenient)
     if chosen.note is not None:
         click.echo(f"note: {chosen.note}", err=True)
+    if note:
+        note_skipped_rules(dump, chosen.ruleset)
     return chosen.dataplane, hold(chosen.ruleset), list(snapshot.addresses)
 
 
+_SKIPPED_SHOWN = 3
+
+
+def note_skipped_rules(dump: str, ruleset: Any) -> None:
+    """--lenient: what the analysis left out of the dump, on stderr (stdout stays the answer, `| jq` works):
+    how many lines, the first few with their reasons, and the command that lists them all."""
+    skipped = ruleset.skipped
+    if not skipped:
+        return
+    many = "s" if len(skipped) != 1 else ""
+    click.echo(f"note: {ruleset.source}: read with --lenient past {len(skipped)} problem{many} (what each names is "
+               "left out or assumed):", err=True)
+    for s in skipped[:_SKIPPED_SHOWN]:
+        click.echo(f"  line {s.line}: {s.message}" if s.line else f"  {s.message}", err=True)
+    if len(skipped) > _SKIPPED_SHOWN:
+        click.echo(f"  … and {len(skipped) - _SKIPPED_SHOWN} more (iptrace parse --lenient {dump} lists them all)",
+                   err=True)
+
+
 def analysis_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = None, lenient: bool = False,
-                table: str | None = None, host: str | None = None, hosts: Sequence[str] = ()) -> Any:
+                table: str | None = None, host: str | None = None, hosts: Sequence[str] = (),
+                note: bool = True) -> Any:
     """DUMP loaded and analysed (iptrace.kube.analysis.Analysis: the layout, the tracer and the Service view)
     for the family of `host` when given, else for the dump's first. Node addresses: --node-ip, else those
     collected with a node directory. `hosts`: with several questions, every address they ask about (all of
-    `host`'s family): the analysis answers for each of them."""
+    `host`'s family): the analysis answers for each of them. `note`: as load_dump's."""
     from iptrace.kube.analysis import analyse
 
     host = host or (hosts[0] if hosts else None)
     family = ("ipv6" if ":" in host else "ipv4") if host else "ipv4"
-    dataplane, ruleset, collected = load_dump(dump, lenient=lenient, table=table, family=family)
+    dataplane, ruleset, collected = load_dump(dump, lenient=lenient, table=table, family=family, note=note)
     if host is None:
         family = ruleset.families[0]
     elif family not in ruleset.families:

@@ -502,7 +502,7 @@ def _one_node(a: str, b: str, left: Any, right: Any, cluster: Any, lenient: bool
     ips, (dump, other) = (found_left, (b, a)) if found_left else (found_right, (a, b))
     click.echo(f"note: {dump} does not name the node's own addresses; {', '.join(ips)} from {other} used for both "
                "sides (the migration check compares one node; --node-ip sets them)", err=True)
-    redone = analysis_of(dump, node_ips=ips, cluster=cluster, lenient=lenient, table=table)
+    redone = analysis_of(dump, node_ips=ips, cluster=cluster, lenient=lenient, table=table, note=False)
     return (left, redone) if found_left else (redone, right)
 
 

@@ -256,7 +256,21 @@ def node_result(node: Any, cluster: ClusterState | None = None, *, pictures: boo
     warnings = meta.get("load_warnings")
     return NodeResult(node.name, node.error, tuple(node.addresses), str(meta.get("host", "") or ""), kube_node,
                       node.legacy_note, tuple(str(w) for w in warnings) if isinstance(warnings, list) else (),
-                      tuple(families), (*claims, *extra), tuple(notes))
+                      tuple(families), (*claims, *extra), (*_lenient_notes(node), *notes))
+
+
+def _lenient_notes(node: Any) -> list[str]:
+    """--lenient: what each of the node's dumps was read past (its findings leave that out)."""
+    out = []
+    for ruleset in {id(a.ruleset): a.ruleset for a in node.analyses.values()}.values():
+        skipped = ruleset.skipped
+        if skipped:
+            first = skipped[0]
+            where = f"line {first.line}: " if first.line else ""
+            many = "s" if len(skipped) != 1 else ""
+            out.append(f"note: {node.name}: {ruleset.source} read with --lenient past {len(skipped)} problem{many} "
+                       f"(first: {where}{first.message})")
+    return out
 
 
 def _quoted(texts: Mapping[int, str], lines: Iterable[int]) -> dict[int, str | None]:
