@@ -84,7 +84,9 @@ def synthesize(entries: int, seed: int = 14) -> str:
 
 
 def synth_table(entries: int, path: Path) -> Path:
-    path = path.with_name(f"{path.stem}-{int(Path(__file__).stat().st_mtime)}{path.suffix}")
+    from bench.stamp import stamp
+
+    path = path.with_name(f"{path.stem}-{stamp(sys.modules[__name__])}{path.suffix}")
     if not path.exists():
         path.write_text(synthesize(entries))
     return path

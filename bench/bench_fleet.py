@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def fleet_dir(nodes: int, services: int, endpoints: int = 10, jobs: int = 2) -> Path:
     """A cached collection directory of `nodes` nodes (built in `jobs` processes, ~5 s a node)."""
     from bench import fleet, synth
+    from bench.stamp import stamp
 
-    stamp = int(max(Path(synth.__file__).stat().st_mtime, Path(fleet.__file__).stat().st_mtime))
     cache = Path(os.environ.get("IPTRACE_BENCH_CACHE", tempfile.gettempdir()))
-    root = cache / f"iptrace-bench-fleet-{nodes}x{services}x{endpoints}-{stamp}"
+    root = cache / f"iptrace-bench-fleet-{nodes}x{services}x{endpoints}-{stamp(synth, fleet)}"
     if (root / ".complete").exists():
         return root
     root.mkdir(parents=True, exist_ok=True)

@@ -31,9 +31,9 @@ BASELINE_RE = r'"(?:\\.|[^"\\])*"|\S+'
 
 def synth_dump(n: int, m: int, path: Path) -> Path:
     from bench import synth
+    from bench.stamp import stamp
 
-    # The cache file is named after the synthesizer's own mtime: a changed synthesizer makes a new dump.
-    path = path.with_name(f"{path.stem}-{int(Path(synth.__file__).stat().st_mtime)}{path.suffix}")
+    path = path.with_name(f"{path.stem}-{stamp(synth)}{path.suffix}")
     if not path.exists():
         text = synth.render(synth.scale(n, m), node_ips=["192.168.0.10"], pod_cidr="10.244.0.0/16", comments=True)
         path.write_text(text)
@@ -43,9 +43,9 @@ def synth_dump(n: int, m: int, path: Path) -> Path:
 def synth_nft_dump(n: int, m: int, path: Path) -> Path:
     """kube-proxy's nftables mode for the same Services, as `nft list ruleset` prints it (bench/synth_nft.py)."""
     from bench import synth, synth_nft
+    from bench.stamp import stamp
 
-    stamp = int(max(Path(synth.__file__).stat().st_mtime, Path(synth_nft.__file__).stat().st_mtime))
-    path = path.with_name(f"{path.stem}-{stamp}{path.suffix}")
+    path = path.with_name(f"{path.stem}-{stamp(synth, synth_nft)}{path.suffix}")
     if not path.exists():
         text = synth_nft.render_nft(synth.scale(n, m), node_ips=["192.168.0.10"], pod_cidr="10.244.0.0/16",
                                     service_cidrs=["10.96.0.0/12"], form="list")
