@@ -1,9 +1,8 @@
 """A node that differs from the others in exactly one rule a reused Service port reads (iptrace.kube.reuse): the rule
 edited in place, the chain keeping its length, so that only the rule's own text tells the nodes apart. The port's
 view on that node is its own (not the one the node before left in the cache; every other port is taken from the
-cache as when the rule is the same),
-and the audit streamed with reuse reports what the reference audit of every node analysed whole reports, the
-difference included."""
+cache as when the rule is the same), and the audit streamed with reuse reports what the reference audit of every
+node analysed whole reports, the difference included."""
 
 from __future__ import annotations
 
