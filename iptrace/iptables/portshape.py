@@ -139,19 +139,22 @@ class _Program:
 
 
 class _Rule:
-    """A rule of a chain other than a port's own that tests exact hosts or ports: where it is and what it tests."""
+    """A rule of a chain other than a port's own that tests exact hosts or ports: where it is, what it tests and the
+    chain it jumps or goes to (None: none)."""
 
-    __slots__ = ("before", "chain", "hosts", "ports", "position", "rule", "table")
+    __slots__ = ("before", "chain", "hosts", "jump", "place", "ports", "position", "rule", "table")
 
     def __init__(self, table: str, chain: str, position: int, before: int, rule: Any, hosts: frozenset[int],
-                 ports: frozenset[int]) -> None:
+                 ports: frozenset[int], jump: str | None) -> None:
         self.table = table
         self.chain = chain
+        self.place = (table, chain)
         self.position = position
         self.before = before
         self.rule = rule
         self.hosts = hosts
         self.ports = ports
+        self.jump = jump
 
 
 class Shapes:
@@ -247,7 +250,7 @@ class Shapes:
                     if jump is not None:
                         jumps.append((table_name, jump))
                     continue
-                entry = _Rule(table_name, name, position, generic, rule, frozenset(hosts), frozenset(ports))
+                entry = _Rule(table_name, name, position, generic, rule, frozenset(hosts), frozenset(ports), jump)
                 for value in (hosts if hosts else ports):
                     (self.by_host if hosts else self.by_port).setdefault(value, []).append(entry)
             found = tuple(jumps)
@@ -538,11 +541,11 @@ class _Port:
                 raise _Decline  # (a chain of the port's own that other rules lead to as well)
             for found in [*map(shapes.by_host.get, list(addresses)), *map(shapes.by_port.get, list(ports))]:
                 for r in found or ():
-                    if id(r) in exact or (r.table, r.chain) not in reached:
+                    if id(r) in exact or r.place not in reached:
                         continue
                     if r.hosts.issubset(addresses) and r.ports.issubset(ports):
                         exact[id(r)] = r
-                        jump, _target = rule_target(r.rule, ruleset.table(r.table).by_name, BUILTIN_TARGETS)
+                        jump = r.jump
                         if jump is not None and not (r.table == "nat" and jump in own):
                             todo.append((r.table, jump))
             if not todo:
