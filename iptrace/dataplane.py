@@ -13,6 +13,7 @@ import ipaddress
 from collections.abc import Callable, Collection, Container, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from socket import AF_INET, inet_pton
 from typing import Any, Literal, Protocol
 
 from iptrace.errors import InputError
@@ -97,7 +98,13 @@ def packet_of(src: str, dst: str, dport: int, proto: str) -> Packet:
 
 @functools.lru_cache(maxsize=65536)
 def _address(text: str) -> tuple[str, int]:
-    """(normalised address, IP version); the Service view builds ~10^5 packets from a few thousand addresses."""
+    """(normalised address, IP version); the Service view builds ~10^5 packets from a few thousand addresses. A
+    dotted quad the C library reads (inet_pton: four decimal numbers 0-255 without leading zeros) is one already."""
+    try:
+        inet_pton(AF_INET, text)
+        return text, 4
+    except (OSError, ValueError):
+        pass
     try:
         addr = ipaddress.ip_address(text.strip("[]"))
     except ValueError as exc:

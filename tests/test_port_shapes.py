@@ -144,6 +144,20 @@ def test_a_shared_rule_between_the_dispatch_rules_of_one_shape(rule: str) -> Non
     check("\n".join(lines), (NODE,))
 
 
+@pytest.mark.parametrize("change", [(r"-j KUBE-(SVC|EXT)-\S+", "-j RETURN"), (r"-p tcp (.*)-m tcp ", r"-p udp \1-m udp "),
+                                    ("-m tcp --dport", "-m tcp ! --sport 40000 --dport")])
+def test_a_dispatch_rule_of_one_port_differs(change: tuple[str, str]) -> None:
+    """A port whose dispatch rule (met by its own packets only) jumps elsewhere, tests another protocol or a source
+    port its packets do not have, unlike the dispatch rules of the other ports of its shape, has a shape of its own
+    (the layout sees the first two, only the rule's text the third)."""
+    lines = _dump(16, 2, seed=7).split("\n")
+    dispatch = [i for i, line in enumerate(lines) if re.match(r"-A KUBE-(SERVICES|NODEPORTS) .*--dport", line)]
+    for i in dispatch[:: max(1, len(dispatch) // 6)]:
+        changed = re.sub(change[0], change[1], lines[i], count=1)
+        assert changed != lines[i]
+        check("\n".join([*lines[:i], changed, *lines[i + 1:]]), (NODE,))
+
+
 def _affine(n: int = 16) -> str:
     specs = synth.scale(n, 2, 9)
     for spec in specs:
@@ -262,6 +276,14 @@ def test_one_port_of_a_shape_differs(changes: list[tuple[str, int]], era: str) -
     check(text, (NODE,))
 
 
+def test_an_endpoint_on_another_address_of_the_node() -> None:
+    """An endpoint on an address of the node that no question asks from or to (its second address) is local all
+    the same (INPUT, not FORWARD): its port has a shape of its own (the kind of each address is in the key)."""
+    text = _with(_dump(16, 2, seed=7), "*filter", "-A INPUT -p tcp -j REJECT")
+    for endpoint in re.findall(r"--to-destination (\d+\.\d+\.\d+\.\d+)", text)[:6]:
+        check(text, (NODE, endpoint))
+
+
 def test_the_kind_of_an_address_is_addrtypes_and_the_routings() -> None:
     """Shapes.kind's shortcut for plain unicast addresses answers as match_modules and Context do."""
     from iptrace.iptables.match_modules import _address_types
@@ -275,7 +297,7 @@ def test_the_kind_of_an_address_is_addrtypes_and_the_routings() -> None:
         for addr in [0, 1, 0x7F000001, 0x7FFFFFFF, 0xC0A83102, 0xDFFFFFFF, 0xE0000000, 0xEFFFFFFF, 0xF0000000,
                      0xFFFFFFFF, *(rng.randrange(1 << 32) for _ in range(2000))]:
             types, unsure = _address_types(addr, tracer.ctx)
-            assert kinds.kind(addr) == (tuple(sorted(types)), unsure, tracer.ctx.is_local(addr)), hex(addr)
+            assert kinds.kinds([addr])[0] == (tuple(sorted(types)), unsure, tracer.ctx.is_local(addr)), hex(addr)
 
 
 def test_the_questions_of_a_port_are_the_views() -> None:

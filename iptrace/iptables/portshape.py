@@ -40,6 +40,7 @@ import re
 import weakref
 from itertools import chain as chain_items
 from operator import attrgetter, itemgetter
+from socket import AF_INET, inet_pton
 from typing import Any
 
 from iptrace.errors import TraceError
@@ -72,6 +73,8 @@ _VALUE = re.compile(r' (-[sdjg]|--dport|--to-destination|--comment|--name) '
                     r'("[^"\\\n]*(?:\\.[^"\\\n]*)*"(?!\S)|[^\s"]\S*)')
 _MARK = "\0"  # (joins a skeleton's pieces: no rule text holds it)
 _TEXT = itemgetter(1)  # (a Rule's text)
+_ORDER = attrgetter("table", "chain", "position")  # (a dispatch rule's place)
+_WHERE = attrgetter("table", "chain", "before")  # (what a shape says of it: how many generic rules come before)
 _LINE = itemgetter(3)  # (a Rule's line)
 _RULES = attrgetter("rules")  # (a Chain's)
 _NOTHING: dict[str, int] = {}
@@ -136,19 +139,22 @@ class _Program:
 
 
 class _Rule:
-    """A rule of a chain other than a port's own that tests exact hosts or ports: where it is and what it tests."""
+    """A rule of a chain other than a port's own that tests exact hosts or ports: where it is, what it tests and the
+    chain it jumps or goes to (None: none)."""
 
-    __slots__ = ("before", "chain", "hosts", "ports", "position", "rule", "table")
+    __slots__ = ("before", "chain", "hosts", "jump", "place", "ports", "position", "rule", "table")
 
     def __init__(self, table: str, chain: str, position: int, before: int, rule: Any, hosts: frozenset[int],
-                 ports: frozenset[int]) -> None:
+                 ports: frozenset[int], jump: str | None) -> None:
         self.table = table
         self.chain = chain
+        self.place = (table, chain)
         self.position = position
         self.before = before
         self.rule = rule
         self.hosts = hosts
         self.ports = ports
+        self.jump = jump
 
 
 class Shapes:
@@ -244,7 +250,7 @@ class Shapes:
                     if jump is not None:
                         jumps.append((table_name, jump))
                     continue
-                entry = _Rule(table_name, name, position, generic, rule, frozenset(hosts), frozenset(ports))
+                entry = _Rule(table_name, name, position, generic, rule, frozenset(hosts), frozenset(ports), jump)
                 for value in (hosts if hosts else ports):
                     (self.by_host if hosts else self.by_port).setdefault(value, []).append(entry)
             found = tuple(jumps)
@@ -365,10 +371,16 @@ class Shapes:
 
     # ---------------------------------------------------------------------------------------- a port
 
+    def kinds(self, addresses: Any) -> tuple[tuple[Any, ...], ...]:
+        """What -m addrtype and the routing decision see of each address (Context.is_local, addrtype's types)."""
+        if self.version != 4:
+            return tuple(map(self.kind, addresses))
+        unicast, local, kind = self.unicast, self.local, self.kind
+        # (an endpoint's or a Service's: nearly every address asked about, a plain unicast one)
+        return tuple([unicast if 0 < a < 0xE0000000 and a >> 24 != 127 and a not in local else kind(a)
+                      for a in addresses])
+
     def kind(self, addr: int) -> tuple[Any, ...]:
-        """What -m addrtype and the routing decision see of an address (Context.is_local, addrtype's types)."""
-        if self.version == 4 and 0 < addr < 0xE0000000 and addr >> 24 != 127 and addr not in self.local:
-            return self.unicast  # (an endpoint's or a Service's: nearly every address asked about)
         found = self._kinds.get(addr)
         if found is None:
             from iptrace.iptables.match_modules import _address_types
@@ -398,23 +410,31 @@ class _Port:
         self.shapes = shapes
         self.own = {name: i for i, name in enumerate(chains)}
         self.chains = chains
+        # A value's number: `numbers.setdefault(value, len(numbers))` (its first appearance's, in C).
         self.addresses: dict[int, int] = {}
+        self.hosts: dict[str, int] = {}  # an address's text, as inet_pton reads it, → its number
         self.ports: dict[int, int] = {}
         self.lines: list[int] = []
         self.own_networks: list[tuple[int, int]] = []
         self.jumps: set[tuple[str, str]] = set()
 
-    def address(self, value: int) -> int:
-        found = self.addresses.get(value)
-        if found is None:
-            found = self.addresses[value] = len(self.addresses)
-        return found
-
-    def port(self, value: int) -> int:
-        found = self.ports.get(value)
-        if found is None:
-            found = self.ports[value] = len(self.ports)
-        return found
+    def host(self, text: str) -> int:
+        """The number of the address `text` (one of the shapes' family, else there is no shape). A dotted quad the C
+        library reads (four decimal numbers 0-255, no leading zeros: the one text of its address) is kept by its
+        text: an endpoint's is read again from its DNAT target, and it gives the address's text back."""
+        numbers = self.addresses
+        if self.shapes.version == 4:
+            try:
+                addr = int.from_bytes(inet_pton(AF_INET, text), "big")
+            except (OSError, ValueError):
+                pass
+            else:
+                found = self.hosts[text] = numbers.setdefault(addr, len(numbers))
+                return found
+        version, addr = ip_int(text)
+        if version != self.shapes.version:
+            raise _Decline
+        return numbers.setdefault(addr, len(numbers))
 
     def rules(self, rules: Any, table: Any, own: bool) -> tuple[Any, ...]:
         """Rules abstracted: their skeleton's number (their texts with every value taken out), then their values by
@@ -427,17 +447,13 @@ class _Port:
         program = shapes.skeleton(_MARK.join(parts), rules)
         if program is None or _MARK in text:
             raise _Decline
-        version, numbers = shapes.version, self.addresses
+        v4, hosts, host, ports = shapes.version == 4, self.hosts, self.host, self.ports
         found: list[Any] = []
         for value in program.addresses(values):
-            if value[-3:] == "/32" and version == 4:
-                host = ip_int(value[:-3])
-                if host[0] != version:
-                    raise _Decline
-                at = numbers.get(host[1])
-                if at is None:
-                    at = numbers[host[1]] = len(numbers)
-                found.append(at)
+            if value[-3:] == "/32" and v4:
+                value = value[:-3]
+                at = hosts.get(value)
+                found.append(host(value) if at is None else at)
             else:
                 found.append(self.network(value))
         for value in program.nats(values):
@@ -446,14 +462,12 @@ class _Port:
                 addr = addr[1:-1]
             if not own or not port.isdigit() or int(port) > 65535 or not addr or addr[:1] == '"':
                 raise _Decline
-            host = ip_int(addr)
-            if host[0] != version:
-                raise _Decline
-            found.append((self.address(host[1]), self.port(int(port))))
+            at = hosts.get(addr)
+            found.append((host(addr) if at is None else at, ports.setdefault(int(port), len(ports))))
         for value in program.ports(values):
             if not value.isdigit():
                 raise _Decline
-            found.append(self.port(int(value)))
+            found.append(ports.setdefault(int(value), len(ports)))
         nat = table.name == "nat"
         own_get = self.own.get if nat else _NOTHING.get
         names = program.names(values)
@@ -484,66 +498,71 @@ class _Port:
                 raise _Decline
             host = shapes.address_ints[value] = net[0] if net[1] == shapes.full else net
         if type(host) is int:
-            return self.address(host)
+            return self.addresses.setdefault(host, len(self.addresses))
         if host not in self.own_networks:
             self.own_networks.append(host)
         return value
 
     def shape(self, calls: Any) -> PortShape:
         shapes = self.shapes
-        tracer = shapes.tracer
-        version = shapes.version
+        ruleset = shapes.tracer.ruleset
+        own, addresses, hosts, host, ports = self.own, self.addresses, self.hosts, self.host, self.ports
         asked = []
         for chain, packet in calls:
-            if packet.version != version or (chain is not None and chain not in self.own):
+            if chain is not None and chain not in own:
                 raise _Decline
-            asked.append((None if chain is None else self.own[chain], self.address(ip_int(packet.src)[1]),
-                          self.address(ip_int(packet.dst)[1]), self.port(packet.dport), packet.sport, packet.proto,
-                          packet.in_interface))
-        nat = tracer.ruleset.table("nat")
+            src, dst = hosts.get(packet.src), hosts.get(packet.dst)
+            asked.append((None if chain is None else own[chain], host(packet.src) if src is None else src,
+                          host(packet.dst) if dst is None else dst, ports.setdefault(packet.dport, len(ports)),
+                          packet.sport, packet.proto, packet.in_interface))
+        nat = ruleset.table("nat")
         if nat is None:
             raise _Decline
-        chains = list(map(nat.by_name.get, self.chains))
-        if None in chains:
+        by_name = nat.by_name
+        chains = [by_name.get(name) for name in self.chains]
+        if not all(chains):  # (a Chain is always true: `None in chains` would call its __eq__ for each)
             raise _Decline
         rules = list(chain_items.from_iterable(map(_RULES, chains)))  # (every rule of its own chains: one skeleton)
         own_rules = (tuple([len(c.rules) for c in chains]), self.rules(rules, nat, True))
         own_keys = {("nat", name) for name in self.chains}
-        reached = set(shapes.roots or ())
-        todo = list(self.jumps)
+        roots = shapes.roots or frozenset()
+        reached: frozenset[tuple[str, str]] | set[tuple[str, str]] = roots
+        todo = [jump for jump in self.jumps if jump not in roots]  # (the roots reach all they lead to)
         exact: dict[int, _Rule] = {}
         while True:
-            while todo:
-                more = shapes.reach_one(todo.pop())
-                if more is None:
-                    raise _Decline
-                reached |= more
+            if todo:
+                reached = set(reached)
+                while todo:
+                    more = shapes.reach_one(todo.pop())
+                    if more is None:
+                        raise _Decline
+                    reached |= more
             if not reached.isdisjoint(own_keys):
                 raise _Decline  # (a chain of the port's own that other rules lead to as well)
-            addresses, ports = self.addresses, self.ports
             for found in [*map(shapes.by_host.get, list(addresses)), *map(shapes.by_port.get, list(ports))]:
                 for r in found or ():
-                    if id(r) in exact or (r.table, r.chain) not in reached:
+                    if id(r) in exact or r.place not in reached:
                         continue
                     if r.hosts.issubset(addresses) and r.ports.issubset(ports):
                         exact[id(r)] = r
-                        jump, _target = rule_target(r.rule, tracer.ruleset.table(r.table).by_name, BUILTIN_TARGETS)
-                        if jump is not None and not (r.table == "nat" and jump in self.own):
+                        jump = r.jump
+                        if jump is not None and not (r.table == "nat" and jump in own):
                             todo.append((r.table, jump))
             if not todo:
                 break
-        tables = {}
-        dispatch = []
-        for r in sorted(exact.values(), key=lambda r: (r.table, r.chain, r.position)):
-            table = tables.get(r.table) or tables.setdefault(r.table, tracer.ruleset.table(r.table))
-            dispatch.append((r.table, r.chain, r.before, self.rules((r.rule,), table, False)))
-        networks = [*shapes.networks, *self.own_networks]
-        kind = shapes.kind
-        classes = tuple([(kind(a), "".join(["1" if a & m == n else "0" for n, m in networks]))
-                         for a in self.addresses])
+        # The dispatch rules where they are, and abstracted a table at a time (one skeleton each, as the own ones).
+        dispatch = sorted(exact.values(), key=_ORDER)
+        by_table: dict[str, list[Any]] = {}
+        for r in dispatch:
+            by_table.setdefault(r.table, []).append(r.rule)
+        read = tuple([self.rules(found, ruleset.table(name), False) for name, found in by_table.items()])
         lines = tuple(self.lines)
         if len(set(lines)) != len(lines) or 0 in lines:
             raise _Decline
-        key = (tuple(asked), own_rules, tuple(dispatch), len(shapes.networks), classes)
-        return PortShape(key, tuple([format_ip(a, version) for a in self.addresses]), tuple(self.ports),
-                         self.chains, lines)
+        # Each address's class: its kind, and which networks (the generic rules', then the port's own) hold it.
+        held = tuple([tuple([a & m == n for a in addresses]) for n, m in (*shapes.networks, *self.own_networks)])
+        key = (tuple(asked), own_rules, tuple(map(_WHERE, dispatch)), read, len(shapes.networks),
+               shapes.kinds(addresses), held)
+        version, texts = shapes.version, {at: text for text, at in hosts.items()}
+        return PortShape(key, tuple([texts.get(at) or format_ip(a, version) for a, at in addresses.items()]),
+                         tuple(ports), self.chains, lines)

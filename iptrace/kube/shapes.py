@@ -128,8 +128,10 @@ def _view(kept: tuple[Any, ...], sp: ServicePortLayout, shape: Any, builder: Any
     put = _Put(shape)
     # (the records' positional constructors, without their frozen dataclass __init__)
     new_endpoint, new_entry, new_path = views._new_endpoint, views._new_entry, views._new_path
-    endpoints = [new_endpoint(put.addresses[ip], None if port is None else put.ports[port], probability, local,
-                              put.chain(chain), local_probability, in_cluster, put.line(line))
+    addresses, ports, chains, lines = put.addresses, put.ports, put.chains, put.lines  # (_Put.chain and .line, inline)
+    endpoints = [new_endpoint(addresses[ip], None if port is None else ports[port], probability, local,
+                              chain if type(chain) is str else chains[chain], local_probability, in_cluster,
+                              line if line >= 0 else lines[-1 - line])
                  for ip, port, probability, local, chain, local_probability, in_cluster, line in kept[0]]
     entries = []
     for way, e in zip(sp.ways_in, kept[1], strict=True):
