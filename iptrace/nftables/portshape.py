@@ -107,6 +107,19 @@ def _kind(e: Any) -> str:
     raise _Decline
 
 
+class _Lookup:
+    """A named set generic rules look up by a key of `kinds`: its elements' indices by the value of their part of
+    kind `by`."""
+
+    __slots__ = ("by", "index", "kinds", "set")
+
+    def __init__(self, found: Any, kinds: tuple[str, ...], by: str, index: dict[Any, list[int]]) -> None:
+        self.set = found
+        self.kinds = kinds
+        self.by = by
+        self.index = index
+
+
 class Shapes:
     """One tracer's generic rules as shapes read them, per IP version: the chains they reach (analysed once each),
     their networks, exact hosts and ports, and the named sets they look up (indexed by value)."""
@@ -122,7 +135,8 @@ class Shapes:
         self.hosts: list[str] = []  # generic exact-host tests
         self.ports: list[Any] = []  # generic exact-port tests (int) and ranges (Range)
         self._seen: set[Any] = set()
-        self.lookups: dict[tuple[int, str, tuple[str, ...]], dict[Any, list[int]] | None] = {}
+        self._classes: dict[str, tuple[Any, ...]] = {}
+        self.lookups: dict[tuple[int, str, tuple[str, ...]], _Lookup | None] = {}
         self.roots: dict[int, frozenset[tuple[int, str]] | None] = {}
 
     # ------------------------------------------------------------------------------------------- generic rules
@@ -163,32 +177,32 @@ class Shapes:
             raise _Decline
 
     def _lookup(self, table: Any, name: str, kinds: tuple[str, ...]) -> None:
-        """A look-up of named set `name` by a key of `kinds`: its exact elements indexed by their address and port
-        parts (a set of intervals, or one the packet path fills, gives no shape)."""
+        """A look-up of named set `name` by a key of `kinds`: its exact elements filed by one part (a set of
+        intervals, or one the packet path fills, gives no shape)."""
         key = (id(table), name, kinds)
         if key in self.lookups:
             if self.lookups[key] is None:
                 raise _Decline
             return
         found = table.set(name)
-        index: dict[Any, list[int]] | None = {}
-        if found is None or "dynamic" in found.flags or "timeout" in found.flags or "interval" in found.flags \
-                or len(found.key_type) != len(kinds):
-            index = None
-        else:
-            # (filed by one part: its address when it has one, else its port; a port part alone, the Service
-            # port every ClusterIP shares, would file most elements under one value)
-            by = kinds.index(_ADDR) if _ADDR in kinds else kinds.index(_PORT) if _PORT in kinds else -1
+        lookup: _Lookup | None = None
+        # (filed by its address part when it has one, else its port part: a port part alone, the Service port
+        # every ClusterIP shares, would file most elements under one value)
+        by = kinds.index(_ADDR) if _ADDR in kinds else kinds.index(_PORT) if _PORT in kinds else -1
+        if found is not None and by >= 0 and not {"dynamic", "timeout", "interval"} & set(found.flags) \
+                and len(found.key_type) == len(kinds):
+            index: dict[Any, list[int]] = {}
             for i, element in enumerate(found.elements):
                 parts = element.key if len(kinds) > 1 else (element.key,)
-                if type(parts) is not tuple or len(parts) != len(kinds) or by < 0 or not all(
+                if type(parts) is not tuple or len(parts) != len(kinds) or not all(
                         kind == _LIT or type(part) is (str if kind == _ADDR else int)
                         for kind, part in zip(kinds, parts, strict=True)):
-                    index = None
                     break
-                index.setdefault((kinds[by], parts[by]), []).append(i)
-        self.lookups[key] = index
-        if index is None:
+                index.setdefault(parts[by], []).append(i)
+            else:
+                lookup = _Lookup(found, kinds, kinds[by], index)
+        self.lookups[key] = lookup
+        if lookup is None:
             raise _Decline
 
     def analyse(self, table: Any, name: str) -> tuple[tuple[int, str], ...] | None:
@@ -281,14 +295,20 @@ class Shapes:
             self.roots[version] = self.reach(starts)
         return self.roots[version]
 
-    def address_class(self, addr: str, own_networks: list[tuple[int, int, bool]]) -> tuple[Any, ...]:
-        """What generic tests and the routing decision see of an address."""
+    def address_class(self, addr: str) -> tuple[Any, ...]:
+        """What generic tests and the routing decision see of an address (kept per address while the generic
+        networks and hosts are the same: a node's clients are in every port's questions)."""
+        networks, hosts = self.networks, self.hosts
+        found = self._classes.get(addr)
+        if found is not None and found[0] == len(networks) and found[1] == len(hosts):
+            return found  # type: ignore[no-any-return]
         v6 = ":" in addr
         value = ip_int(addr)
-        return (self.ctx.addrtype(addr), addr in self.local or is_loopback(addr),
-                "".join(["1" if v6 == n6 and value & mask == net else "0"
-                         for net, mask, n6 in (*self.networks, *own_networks)]),
-                "".join(["1" if addr == host else "0" for host in self.hosts]))
+        found = self._classes[addr] = (
+            len(networks), len(hosts), self.ctx.addrtype(addr), addr in self.local or is_loopback(addr),
+            tuple([v6 == n6 and value & mask == net for net, mask, n6 in networks]),
+            tuple([addr == host for host in hosts]))
+        return found
 
     def port_class(self, port: int) -> str:
         return "".join(["1" if (port == p if type(p) is int else p.low <= port <= p.high) else "0"
@@ -400,25 +420,23 @@ class _Port:
             return item
         raise _Decline
 
-    def elements(self, lookups: Any, sets: dict[Any, Any]) -> list[Any]:
+    def elements(self, lookups: Any) -> list[Any]:
         """The elements of the named sets generic rules look up that a branch of this port can find (their address
         and port parts all the port's values), written with numbers, in each set's order."""
-        shapes = self.shapes
         out = []
-        for (table_id, name, kinds), index in list(lookups.items()):
-            if index is None:
+        addresses, ports = self.addresses, self.ports
+        for lookup in lookups.values():
+            if lookup is None:
                 continue
-            found = sets.get((table_id, name))
-            if found is None:
-                found = sets[(table_id, name)] = shapes.tables[table_id].set(name)
-            candidates: set[int] = set()
-            for a in self.addresses:
-                candidates.update(index.get((_ADDR, a), ()))
-            for p in self.ports:
-                candidates.update(index.get((_PORT, p), ()))
-            elements = found.elements
+            index, kinds = lookup.index, lookup.kinds
+            candidates: list[int] = []
+            for value in (addresses if lookup.by == _ADDR else ports):
+                found = index.get(value)
+                if found is not None:
+                    candidates.extend(found)
+            elements = lookup.set.elements
             written = []
-            for i in sorted(candidates):
+            for i in sorted(set(candidates)):
                 element: Element = elements[i]
                 parts = element.key if len(kinds) > 1 else (element.key,)
                 key = []
@@ -426,16 +444,16 @@ class _Port:
                     if kind == _LIT:
                         key.append(part)
                     else:
-                        number = (self.addresses if kind == _ADDR else self.ports).get(part)
+                        number = (addresses if kind == _ADDR else ports).get(part)
                         if number is None:
                             break
                         key.append((kind, number))
                 else:
                     data = element.data
-                    if data is not None and not found.is_vmap:
+                    if data is not None and not lookup.set.is_vmap:
                         raise _Decline
                     written.append((tuple(key), None if data is None else self.verdict(data), element.timeout_ms))
-            out.append((name, kinds, tuple(written)))
+            out.append((lookup.set.name, kinds, tuple(written)))
         return out
 
     def shape(self, calls: Any) -> PortShape:
@@ -471,7 +489,6 @@ class _Port:
             own_rules.append(tuple(rules))
         own_keys = {(id(kube), name) for name in self.chains}
         reached = set(roots)
-        sets: dict[Any, Any] = {}
         done: set[str] = set()
         while True:
             for name in self.jumps - done:
@@ -482,12 +499,15 @@ class _Port:
                 reached |= more
             if not reached.isdisjoint(own_keys):
                 raise _Decline  # (a chain of the port's own that other rules lead to as well)
-            elements = self.elements(shapes.lookups, sets)
+            elements = self.elements(shapes.lookups)
             if self.jumps <= done:
                 break
         if len(set(lines)) != len(lines) or 0 in lines:
             raise _Decline
-        classes = tuple([shapes.address_class(a, self.own_networks) for a in self.addresses])
+        own_networks = self.own_networks
+        classes = tuple([(shapes.address_class(a), tuple([
+            (":" in a) == n6 and ip_int(a) & mask == net for net, mask, n6 in own_networks]) if own_networks else ())
+            for a in self.addresses])
         port_classes = tuple([shapes.port_class(p) for p in self.ports])
         key = (version, tuple(asked), tuple(own_rules), tuple(elements), len(shapes.networks), len(shapes.hosts),
                len(shapes.ports), classes, port_classes)
