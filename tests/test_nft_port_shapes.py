@@ -215,3 +215,63 @@ def test_a_weakened_key_is_caught(weaken: str) -> None:
             m.setattr(portshape._Port, "elements", lambda self, lookups: [])
             kinds = ["element-drop"]
         assert _fails_with(m, kinds)
+
+
+def _affine(n: int = 12) -> str:
+    specs = synth.scale(n, 2, 9)
+    for spec in specs:
+        spec.session_affinity_timeout = 10800
+    return render_nft(specs, node_ips=[NODE], pod_cidr="10.244.0.0/16", service_cidrs=["10.96.0.0/12"])
+
+
+def _affinity_mutation(text: str, kind: str, rng: random.Random) -> str:
+    """`text` (session affinity everywhere) with one port's affinity sets read or filled differently: a set updated
+    before the service chain checks the sets (its own endpoint's, another's or another port's), an address listed
+    in a set (an earlier connection's), a set's or an update's timeout changed."""
+    lines = text.split("\n")
+    sets = sorted(set(re.findall(r"@(affinity-\S+)", text)))
+    chosen = rng.choice(sets)
+    if kind == "update-first":  # (in several ports: ports alike but for which set they fill must be told apart)
+        bodies = {i: "\n".join(lines[i:lines.index("\t}", i)]) for i, line in enumerate(lines)
+                  if line.startswith("\tchain service-")}
+        chains = [i for i, body in bodies.items() if "ip saddr @affinity-" in body]
+        for at in sorted(rng.sample(chains, min(4, len(chains))), reverse=True):
+            own = re.findall(r"@(affinity-\S+)", bodies[at])
+            lines.insert(at + 1, f"\t\tupdate @{rng.choice(own + sets[:1])} {{ ip saddr }}")
+    elif kind == "listed":
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"\tset {chosen} {{"))
+        address = rng.choice([*sorted(set(_ADDRESS.findall(text))), "10.244.0.2", "10.244.0.3", NODE])
+        lines.insert(at + 1, f"\t\telements = {{ {address} }}")
+    elif kind == "set-timeout":
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"\tset {chosen} {{"))
+        lines[at + 4] = lines[at + 4].replace("timeout 3h", "timeout 1h")
+    elif kind == "update-timeout":
+        spots = [i for i, line in enumerate(lines) if line.strip().startswith("update @")]
+        i = rng.choice(spots)
+        lines[i] = lines[i].replace("{ ip saddr }", "{ ip saddr timeout 1m }")
+    return "\n".join(lines)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["update-first", "listed", "set-timeout", "update-timeout", "none"]),
+                          st.integers(0, 10_000)), min_size=1, max_size=3))
+def test_session_affinity(changes: list[tuple[str, int]]) -> None:
+    """A port's affinity sets are its own (numbered like its chains): how it reads and fills them, and what a
+    listing holds in them for its addresses, is in its key."""
+    text = _affine()
+    for kind, seed in changes:
+        text = _affinity_mutation(text, kind, random.Random(seed))
+    assert check(text) > 0
+
+
+def test_a_weakened_affinity_key_is_caught() -> None:
+    """Without telling a port's affinity sets apart, a set updated before the check is caught."""
+    base = _affine()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(portshape._Port, "own_set", lambda self, name: ("set", 0))
+        for seed in range(40):
+            try:
+                check(_affinity_mutation(base, "update-first", random.Random(seed)))
+            except AssertionError:
+                return
+    pytest.fail("no mutation told the weakened key")

@@ -54,6 +54,7 @@ from iptrace.nftables.model import (
     Range,
     Reject,
     SetRef,
+    SetUpdate,
     Verdict,
     VerdictMap,
 )
@@ -337,6 +338,13 @@ class _Port:
         self.ports: dict[int, int] = {}
         self.own_networks: list[tuple[int, int, bool]] = []
         self.jumps: set[str] = set()
+        self.sets: dict[str, int] = {}  # the named sets its own rules read or fill (session affinity's), numbered
+
+    def own_set(self, name: str) -> tuple[str, int]:
+        found = self.sets.get(name)
+        if found is None:
+            found = self.sets[name] = len(self.sets)
+        return ("set", found)
 
     def address(self, value: str) -> int:
         found = self.addresses.get(value)
@@ -358,6 +366,8 @@ class _Port:
             if any(e.data is not None or e.timeout_ms is not None for e in right.elements):
                 raise _Decline
             return (AnonSet, tuple([self.value(kind, e.key) for e in right.elements]))
+        if t is SetRef and kind == _ADDR:
+            return self.own_set(right.name)  # (its declaration and the elements it can find: in the key)
         if t is SetRef or t is tuple:
             raise _Decline
         if kind == _ADDR:
@@ -416,9 +426,33 @@ class _Port:
                     type(item.value) is int or (type(item.value) is Binop and _kind(item.value) == _LIT)):
                 raise _Decline
             return item
+        if t is SetUpdate:
+            if item.op not in ("add", "update") or _kind(item.key) != _ADDR:
+                raise _Decline
+            return (SetUpdate, item.op, self.own_set(item.set), item.key, item.timeout_ms)
         if t is Counter or t is Reject:
             return item
         raise _Decline
+
+    def set_contents(self, table: Any, lookups: Any) -> tuple[Any, ...]:
+        """Each own set's declaration and the elements a branch can find in it (those of the port's addresses),
+        written with numbers; a set a generic rule looks up as well gives no shape."""
+        looked = {(table_id, name) for table_id, name, _kinds in lookups}
+        out = []
+        for name in self.sets:
+            found = table.set(name)
+            if found is None or (id(table), name) in looked or found.key_type not in (("ipv4_addr",), ("ipv6_addr",)) \
+                    or found.data_type is not None or "interval" in found.flags:
+                raise _Decline
+            elements = []
+            for element in found.elements:
+                if type(element.key) is not str:
+                    raise _Decline
+                number = self.addresses.get(element.key)
+                if number is not None:
+                    elements.append((number, element.timeout_ms))
+            out.append((found.key_type, found.flags, found.timeout_ms, found.size, tuple(elements)))
+        return tuple(out)
 
     def elements(self, lookups: Any) -> list[Any]:
         """The elements of the named sets generic rules look up that a branch of this port can find (their address
@@ -484,7 +518,7 @@ class _Port:
                 raise _Decline
             rules = []
             for rule in chain.rules:
-                rules.append(tuple([self.item(item) for item in rule.items]))
+                rules.append(tuple([self.item(item) for item in rule.peek_items()]))
                 lines.append(rule.line or 0)
             own_rules.append(tuple(rules))
         own_keys = {(id(kube), name) for name in self.chains}
@@ -502,6 +536,7 @@ class _Port:
             elements = self.elements(shapes.lookups)
             if self.jumps <= done:
                 break
+        sets = self.set_contents(kube, shapes.lookups) if self.sets else ()
         if len(set(lines)) != len(lines) or 0 in lines:
             raise _Decline
         own_networks = self.own_networks
@@ -509,6 +544,6 @@ class _Port:
             (":" in a) == n6 and ip_int(a) & mask == net for net, mask, n6 in own_networks]) if own_networks else ())
             for a in self.addresses])
         port_classes = tuple([shapes.port_class(p) for p in self.ports])
-        key = (version, tuple(asked), tuple(own_rules), tuple(elements), len(shapes.networks), len(shapes.hosts),
+        key = (version, tuple(asked), tuple(own_rules), sets, tuple(elements), len(shapes.networks), len(shapes.hosts),
                len(shapes.ports), classes, port_classes)
         return PortShape(key, tuple(self.addresses), tuple(self.ports), self.chains, tuple(lines))
