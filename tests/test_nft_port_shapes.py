@@ -160,6 +160,9 @@ def _mutate(text: str, kind: str, rng: random.Random) -> str:
         lines.insert(i, line)
     elif kind == "verdict" and " jump " in line:
         lines[i] = re.sub(r"jump \S+", rng.choice(["drop", "accept", "return"]), line, count=1)
+    elif kind == "comment":
+        lines[i] = (re.sub(r'comment "[^"]*"', 'comment "another"', line) if " comment " in line
+                    else line + ' comment "another"')
     elif kind == "modulus" and "numgen random mod " in line:
         lines[i] = re.sub(r"mod (\d+)", lambda m: f"mod {int(m.group(1)) + 1}", line, count=1)
     elif kind in ("forward-drop", "prerouting-drop", "network-drop", "port-drop") and found:
@@ -177,9 +180,9 @@ def _mutate(text: str, kind: str, rng: random.Random) -> str:
     return "\n".join(lines)
 
 
-KINDS = ["address", "port", "negate", "delete", "duplicate", "verdict", "modulus", "forward-drop", "prerouting-drop",
-         "network-drop", "port-drop", "element-address", "element-port", "element-verdict", "element-drop", "masq-address",
-         "nodeport-drop"]
+KINDS = ["address", "port", "negate", "comment", "delete", "duplicate", "verdict", "modulus", "forward-drop",
+         "prerouting-drop", "network-drop", "port-drop", "element-address", "element-port", "element-verdict",
+         "element-drop", "masq-address", "nodeport-drop"]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
