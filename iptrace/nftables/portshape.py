@@ -14,6 +14,8 @@ addresses, ports and chain names, and routes it to them by elements of its verdi
 - every element of every named set or map that a walked rule looks up whose address and port parts are all among
   the port's values, written the same way, in the set's order (a look-up keyed by the branch's address and port
   finds no other element: every address a branch holds is a question's or a DNAT target of its own rules);
+- the named sets its own rules look up or fill (session affinity's, kube-proxy's per endpoint), numbered like its
+  chains: each one's declaration and the elements of it a branch can find (the port's addresses);
 - for each address, what every other test can see of it: its fib type, whether the node holds it, and which of
   the networks and exact hosts of the generic rules (and of its own rules' networks) it is; for each port, which
   of the generic rules' ports and port ranges it is.
@@ -24,8 +26,9 @@ ports only by prefix, exact host, port and range tests, fib's address type and l
 and may rewrite nothing but marks and masquerade; any other read (an anonymous map, numgen, ct's original
 addresses, a dynamic set, an unknown expression) gives no shape. Own rules may hold only the tests and statements
 kube-proxy writes there (address, port and protocol tests, fib type, numgen's verdict maps, jumps, DNAT to a
-constant address); none names a line in a note, so a kept view's notes are every port's. Own chains that a generic
-rule names give no shape. tests/test_nft_port_shapes.py compares views built with and without shapes.
+constant address, affinity sets' look-ups and updates by address); rule comments decide nothing and are left out
+(so are the walks' notes: a view reads none). Own chains or sets that a generic rule names give no shape.
+tests/test_nft_port_shapes.py compares views built with and without shapes.
 """
 
 from __future__ import annotations
