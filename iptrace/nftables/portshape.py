@@ -33,7 +33,6 @@ tests/test_nft_port_shapes.py compares views built with and without shapes.
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 from iptrace.nftables.evaluate import Context
@@ -129,7 +128,6 @@ class Shapes:
     their networks, exact hosts and ports, and the named sets they look up (indexed by value)."""
 
     def __init__(self, tracer: Any) -> None:
-        self.tracer = weakref.proxy(tracer)  # (the tracer holds this: no cycle)
         self.ruleset = tracer.ruleset
         self.ctx: Context = tracer.ctx
         self.local: frozenset[str] = tracer.local
