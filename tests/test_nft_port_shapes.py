@@ -212,7 +212,7 @@ def test_a_weakened_key_is_caught(weaken: str) -> None:
     """Each part of the key holds what the skipped walks read: without it, some mutation above tells."""
     with pytest.MonkeyPatch.context() as m:
         if weaken == "classes":
-            m.setattr(portshape.Shapes, "address_class", lambda self, addr: ())
+            m.setattr(portshape.Shapes, "address_class", lambda self, addr: (0, 0, "", (), (), 0))
             kinds = ["network-drop", "forward-drop"]
         else:
             m.setattr(portshape._Port, "elements", lambda self, lookups: [])

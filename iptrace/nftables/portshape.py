@@ -61,7 +61,7 @@ from iptrace.nftables.model import (
     VerdictMap,
 )
 from iptrace.nftables.names import KUBE_PROXY_TABLE
-from iptrace.nftables.state import ip_int, is_loopback, prefix_bounds
+from iptrace.nftables.state import ip_int, prefix_bounds
 
 _ADDR, _PORT, _LIT = "a", "p", "l"
 _ADDRESS_FIELDS = ("saddr", "daddr")
@@ -138,6 +138,7 @@ class Shapes:
         self.ports: list[Any] = []  # generic exact-port tests (int) and ranges (Range)
         self._seen: set[Any] = set()
         self._classes: dict[str, tuple[Any, ...]] = {}
+        self._reach: dict[tuple[int, str], frozenset[tuple[int, str]] | None] = {}
         self.lookups: dict[tuple[int, str, tuple[str, ...]], _Lookup | None] = {}
         self.roots: dict[int, frozenset[tuple[int, str]] | None] = {}
 
@@ -285,6 +286,13 @@ class Shapes:
             todo.extend(jumps)
         return frozenset(seen)
 
+    def reach_one(self, start: tuple[int, str]) -> frozenset[tuple[int, str]] | None:
+        """`reach([start])`, kept (the chains' rules do not change)."""
+        found = self._reach.get(start, False)
+        if found is False:
+            found = self._reach[start] = self.reach([start])
+        return found  # type: ignore[return-value]
+
     def roots_of(self, version: int) -> frozenset[tuple[int, str]] | None:
         """The generic chains every walk of IP `version` can reach: every base chain of its tables, and on."""
         if version not in self.roots:
@@ -298,8 +306,10 @@ class Shapes:
         return self.roots[version]
 
     def address_class(self, addr: str) -> tuple[Any, ...]:
-        """What generic tests and the routing decision see of an address (kept per address while the generic
-        networks and hosts are the same: a node's clients are in every port's questions)."""
+        """What generic tests and the routing decision see of an address: its fib type ("local" for the node's
+        addresses and loopback: also whether the node sent it), which generic networks hold it and which exact
+        host it is; then the address as an int. Kept per address while the generic networks and hosts are the
+        same (a node's clients are in every port's questions)."""
         networks, hosts = self.networks, self.hosts
         found = self._classes.get(addr)
         if found is not None and found[0] == len(networks) and found[1] == len(hosts):
@@ -307,9 +317,9 @@ class Shapes:
         v6 = ":" in addr
         value = ip_int(addr)
         found = self._classes[addr] = (
-            len(networks), len(hosts), self.ctx.addrtype(addr), addr in self.local or is_loopback(addr),
+            len(networks), len(hosts), self.ctx.addrtype(addr),
             tuple([v6 == n6 and value & mask == net for net, mask, n6 in networks]),
-            tuple([addr == host for host in hosts]))
+            tuple([addr == host for host in hosts]), value)
         return found
 
     def port_class(self, port: int) -> str:
@@ -373,7 +383,10 @@ class _Port:
             raise _Decline
         if kind == _ADDR:
             if t is str:
-                return (_ADDR, self.address(right))
+                found = self.addresses.get(right)
+                if found is None:
+                    found = self.addresses[right] = len(self.addresses)
+                return (_ADDR, found)
             if t is Prefix:
                 net, mask = prefix_bounds(right.addr, right.length)
                 self.own_networks.append((net, mask, ":" in right.addr))
@@ -523,17 +536,15 @@ class _Port:
                 lines.append(rule.line or 0)
             own_rules.append(tuple(rules))
         own_keys = {(id(kube), name) for name in self.chains}
-        reached = set(roots)
+        if not roots.isdisjoint(own_keys):
+            raise _Decline  # (a chain of the port's own that other rules lead to as well)
         done: set[str] = set()
         while True:
             for name in self.jumps - done:
                 done.add(name)
-                more = shapes.reach([(id(kube), name)])
-                if more is None:
+                more = shapes.reach_one((id(kube), name))
+                if more is None or not more.isdisjoint(own_keys):
                     raise _Decline
-                reached |= more
-            if not reached.isdisjoint(own_keys):
-                raise _Decline  # (a chain of the port's own that other rules lead to as well)
             elements = self.elements(shapes.lookups)
             if self.jumps <= done:
                 break
@@ -541,10 +552,12 @@ class _Port:
         if len(set(lines)) != len(lines) or 0 in lines:
             raise _Decline
         own_networks = self.own_networks
-        classes = tuple([(shapes.address_class(a), tuple([
-            (":" in a) == n6 and ip_int(a) & mask == net for net, mask, n6 in own_networks]) if own_networks else ())
-            for a in self.addresses])
+        classes = []
+        for a in self.addresses:
+            found = shapes.address_class(a)
+            classes.append((found[2:5], tuple([(":" in a) == n6 and found[5] & mask == net
+                                                for net, mask, n6 in own_networks])))
         port_classes = tuple([shapes.port_class(p) for p in self.ports])
         key = (version, tuple(asked), tuple(own_rules), sets, tuple(elements), len(shapes.networks), len(shapes.hosts),
-               len(shapes.ports), classes, port_classes)
+               len(shapes.ports), tuple(classes), port_classes)
         return PortShape(key, tuple(self.addresses), tuple(self.ports), self.chains, tuple(lines))
