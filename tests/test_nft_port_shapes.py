@@ -195,9 +195,10 @@ def test_one_port_of_a_shape_differs(changes: list[tuple[str, int]]) -> None:
     check(text)
 
 
-def _fails_with(m: pytest.MonkeyPatch, kinds: list[str]) -> bool:
-    """Whether some mutation of `kinds` makes views with shapes differ from views without."""
-    base = _ruleset(16, 2, seed=7)
+def _fails_with(m: pytest.MonkeyPatch, kinds: list[str], n: int = 16) -> bool:
+    """Whether some mutation of `kinds` makes views with shapes differ from views without (`n` Services: enough
+    NodePorts of one shape for a NodePort's own class to tell)."""
+    base = _ruleset(n, 2, seed=7)
     for seed in range(40):
         text = _mutate(base, kinds[seed % len(kinds)], random.Random(seed))
         try:
@@ -207,16 +208,20 @@ def _fails_with(m: pytest.MonkeyPatch, kinds: list[str]) -> bool:
     return False
 
 
-@pytest.mark.parametrize("weaken", ["classes", "elements"])
+@pytest.mark.parametrize("weaken", ["classes", "elements", "port-classes"])
 def test_a_weakened_key_is_caught(weaken: str) -> None:
     """Each part of the key holds what the skipped walks read: without it, some mutation above tells."""
     with pytest.MonkeyPatch.context() as m:
         if weaken == "classes":
             m.setattr(portshape.Shapes, "address_class", lambda self, addr: (0, 0, "", (), (), 0))
             kinds = ["network-drop", "forward-drop"]
-        else:
+        elif weaken == "elements":
             m.setattr(portshape._Port, "elements", lambda self, lookups: [])
             kinds = ["element-drop"]
+        else:
+            m.setattr(portshape.Shapes, "port_class", lambda self, port: "")
+            assert _fails_with(m, ["nodeport-drop"], 40)
+            return
         assert _fails_with(m, kinds)
 
 
