@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench import synth
+from bench.synth import EndpointSpec, PortSpec, ServiceSpec
 from bench.synth_nft import render_nft
 from iptrace.errors import IptraceError
 from iptrace.kube import shapes
@@ -85,9 +86,14 @@ def test_synthesized(form: str, seed: int) -> None:
 
 
 def test_ipv6() -> None:
-    text = render_nft(synth.scale(20, 2, 3), node_ips=["fd00:1::10"], pod_cidr="fd00:10:244::/56",
+    specs = [ServiceSpec("default", f"svc-{k}", f"fd00:10:96::{k + 1:x}",
+                         [PortSpec("http", 80, node_port=30000 + k if k % 3 == 0 else None, target_port=8080)],
+                         type="NodePort" if k % 3 == 0 else "ClusterIP",
+                         endpoints=[EndpointSpec(f"fd00:10:244:{(k + j) % 3}::{k + 5:x}", 8080) for j in range(2)])
+             for k in range(12)]
+    text = render_nft(specs, node_ips=["fd00:1::10"], pod_cidr="fd00:10:244::/56",
                       service_cidrs=["fd00:10:96::/108"], ipv6=True)
-    check(text, ("fd00:1::10",))
+    assert check(text, ("fd00:1::10",)) > 0
 
 
 _ADDRESS = re.compile(r"\b\d+\.\d+\.\d+\.\d+\b")

@@ -549,7 +549,9 @@ class _Port:
             if self.jumps <= done:
                 break
         sets = self.set_contents(kube, shapes.lookups) if self.sets else ()
-        if len(set(lines)) != len(lines) or 0 in lines:
+        if not any(lines):
+            lines = []  # (nft's JSON: no rule has a line, and a view says 0 for each, the same for every port)
+        elif len(set(lines)) != len(lines) or 0 in lines:
             raise _Decline
         own_networks = self.own_networks
         classes = []
