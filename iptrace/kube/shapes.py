@@ -1,13 +1,13 @@
 """Service port views built from the view of an earlier port of the same *shape*, without tracing.
 
 kube-proxy writes thousands of Service ports as the same rules but for addresses, ports, chain names and lines.
-A dataplane that can say so (`Tracer.port_shape(calls, chains)`, optional: iptrace.iptables.portshape) gives
-the shape of the traces a port's view asks for: a key, and the port's addresses, ports, own chains and lines
-by number. Ports with equal keys have the same traces but for those values, so the view of the second is the
-view of the first with each value put back by its number: every endpoint address and port, chain crossed and
-rule line of the traced fields; the rest (identity, ways in, lines, notes of the layout) is the port's own
-layout, as `_Builder.service` writes it. A view is kept only when every such value of it is one of its
-shape's (else it is built, not kept). Dataplane-free and pure (a cache per ViewBuilder).
+A dataplane that can say so (`Tracer.port_shape(calls, chains)`, optional: iptrace.iptables.portshape and
+iptrace.nftables.portshape) gives the shape of the traces a port's view asks for: a key, and the port's addresses,
+ports, own chains and lines by number. Ports with equal keys have the same traces but for those values, so the
+view of the second is the view of the first with each value put back by its number: every endpoint address and
+port, chain crossed and rule line of the traced fields; the rest (identity, ways in, lines, notes of the layout) is
+the port's own layout, as `_Builder.service` writes it. A view is kept only when every such value of it is one of
+its shape's (else it is built, not kept). Dataplane-free and pure (a cache per ViewBuilder).
 """
 
 from __future__ import annotations

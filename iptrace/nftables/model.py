@@ -360,6 +360,17 @@ class Rule:
         object.__setattr__(self, "comment", comment)
         return items if name == "items" else comment
 
+    def peek_items(self) -> tuple[Item, ...]:
+        """`items`, not kept when they were not built yet: for a reader that looks at each of ~10^5 rules once
+        (port shapes), which would otherwise hold every rule's items built (~1x the listing's size)."""
+        try:
+            return object.__getattribute__(self, "items")  # type: ignore[no-any-return]
+        except AttributeError:
+            lazy = object.__getattribute__(self, "_lazy")
+            if lazy is None:
+                raise
+            return lazy[0](lazy)[0]  # type: ignore[no-any-return]
+
 
 @dataclass(frozen=True, slots=True)
 class BaseChain:

@@ -108,6 +108,12 @@ class Tracer(ChainWalker):
             found = self._version_notes[version] = tuple(notes)
         return found
 
+    def port_shape(self, calls: Sequence[tuple[str | None, Packet]], chains: Sequence[str]) -> Any:
+        """The shape of a Service port's traces (portshape.py): equal keys, the same traces but for its values."""
+        from iptrace.nftables.portshape import port_shape
+
+        return port_shape(self, calls, chains)
+
     def trace_many(self, packets: Sequence[Packet]) -> list[Trace]:
         return [self.trace(p) for p in packets]
 

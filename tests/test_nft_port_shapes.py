@@ -1,0 +1,291 @@
+"""nftables mode: Service port views built from an earlier port of the same shape (iptrace.kube.shapes over
+iptrace.nftables.portshape) equal the views built by tracing every port: on every nft sample, every corpus
+fixture in every form, synthesized rulesets, and synthesized rulesets where one rule, element or chain of one port
+(or a shared rule that meets one port) differs from the others of its shape, which must then not be built from
+them. A shape key weakened on purpose fails these checks."""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bench import synth
+from bench.synth import EndpointSpec, PortSpec, ServiceSpec
+from bench.synth_nft import render_nft
+from iptrace.errors import IptraceError
+from iptrace.kube import shapes
+from iptrace.kube.analysis import analyse
+from iptrace.nftables import DATAPLANE, load, portshape
+from tests import nft_corpus
+
+NODE = "192.168.0.10"
+
+
+def _views(text: str, enabled: bool, node_ips: tuple[str, ...]) -> tuple[Any, int]:
+    """(the view of every family of the ruleset, or the error it raised; how many ports were built from another)."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(shapes, "ENABLED", enabled)
+        m.setattr(shapes, "AFTER", 0)
+        try:
+            ruleset = load(text, lenient=True)
+            out, hits = [], 0
+            for family in ruleset.families:
+                analysis = analyse(DATAPLANE, ruleset, family, node_ips=node_ips)
+                out.append(analysis.view)
+                hits += analysis.views._shapes.hits
+            return out, hits
+        except IptraceError as exc:
+            return f"{type(exc).__name__}: {exc}", 0
+
+
+def check(text: str, node_ips: tuple[str, ...] = (NODE,)) -> int:
+    """Views with and without shapes are equal, port by port; how many ports were built from another."""
+    plain, _ = _views(text, False, node_ips)
+    shaped, hits = _views(text, True, node_ips)
+    if isinstance(plain, str) or isinstance(shaped, str):
+        assert plain == shaped
+        return 0
+    for a, b in zip(plain, shaped, strict=True):
+        for x, y in zip(a.services, b.services, strict=True):
+            assert x == y, f"{x.label} differs when built from its shape:\n{x}\n{y}"
+        assert a == b
+    return hits
+
+
+@pytest.mark.parametrize("path", nft_corpus.SAMPLES, ids=lambda p: p.name)
+def test_sample_rulesets(path: Any) -> None:
+    check(path.read_text(encoding="utf-8", errors="replace"), ("192.168.49.2",))
+    check(path.read_text(encoding="utf-8", errors="replace"), ())
+
+
+@pytest.mark.parametrize("fixture", nft_corpus.FIXTURES, ids=lambda p: p.stem)
+def test_corpus(fixture: Any) -> None:
+    data = nft_corpus.read(fixture)
+    for text in nft_corpus.texts(data).values():
+        check(text, (data["node_ip"], *data["node_ips"]))
+
+
+def _ruleset(n: int = 24, endpoints: int = 3, seed: int = 5, **kwargs: Any) -> str:
+    return render_nft(synth.scale(n, endpoints, seed), node_ips=[NODE], pod_cidr="10.244.0.0/16",
+                      service_cidrs=["10.96.0.0/12"], **kwargs)
+
+
+def test_a_synthesized_ruleset_is_built_mostly_from_shapes() -> None:
+    assert check(_ruleset(60, 4)) > 30
+
+
+@pytest.mark.parametrize("form", ["list", "transaction"])
+@pytest.mark.parametrize("seed", range(3))
+def test_synthesized(form: str, seed: int) -> None:
+    check(_ruleset(30, 3, seed=seed, form=form))
+
+
+def test_ipv6() -> None:
+    specs = [ServiceSpec("default", f"svc-{k}", f"fd00:10:96::{k + 1:x}",
+                         [PortSpec("http", 80, node_port=30000 + k if k % 3 == 0 else None, target_port=8080)],
+                         type="NodePort" if k % 3 == 0 else "ClusterIP",
+                         endpoints=[EndpointSpec(f"fd00:10:244:{(k + j) % 3}::{k + 5:x}", 8080) for j in range(2)])
+             for k in range(12)]
+    text = render_nft(specs, node_ips=["fd00:1::10"], pod_cidr="fd00:10:244::/56",
+                      service_cidrs=["fd00:10:96::/108"], ipv6=True)
+    assert check(text, ("fd00:1::10",)) > 0
+
+
+_ADDRESS = re.compile(r"\b\d+\.\d+\.\d+\.\d+\b")
+_OWN = re.compile(r"^\t\tchain (service|external|endpoint|firewall|local)-")
+
+
+def _rules(lines: list[str]) -> list[int]:
+    """The indices of the rule lines of Service ports' own chains."""
+    out, own = [], False
+    for i, line in enumerate(lines):
+        if line.startswith("\tchain "):
+            own = bool(_OWN.match("\t" + line))
+        elif own and line.startswith("\t\t") and not line.strip().startswith(("type ", "comment ")) and line.strip():
+            out.append(i)
+    return out
+
+
+def _elements(lines: list[str]) -> list[int]:
+    return [i for i, line in enumerate(lines) if " : goto " in line or " : drop" in line or (line.rstrip(",").
+            strip().count(".") == 3 and _ADDRESS.fullmatch(line.strip().strip("{}, ").split(",")[0].strip()))]
+
+
+def _mutate(text: str, kind: str, rng: random.Random) -> str:
+    """`text` with one rule or element of one Service port changed, or a shared rule that meets one port added."""
+    lines = text.split("\n")
+    rules = _rules(lines)
+    addresses = sorted(set(_ADDRESS.findall(text)) | {NODE, "10.244.0.1", "127.0.0.1", "203.0.113.7"})
+    if kind in ("element-address", "element-port", "element-verdict"):
+        i = rng.choice(_elements(lines))
+        line = lines[i]
+        found = _ADDRESS.findall(line)
+        if kind == "element-address" and found:
+            lines[i] = line.replace(rng.choice(found), rng.choice(addresses), 1)
+        elif kind == "element-port":
+            lines[i] = re.sub(r"\. (\d+)", lambda m: f". {int(m.group(1)) + rng.choice([1, -1])}", line, count=1)
+        elif kind == "element-verdict" and " : goto " in line:
+            lines[i] = re.sub(r": goto \S+?(,| }|$)", lambda m: ": drop" + m.group(1), line, count=1)
+        return "\n".join(lines)
+    if kind == "element-drop":
+        keys = re.findall(r"(\d+\.\d+\.\d+\.\d+ \. tcp \. \d+) : goto service-", text)
+        at = next(k for k, x in enumerate(lines) if x.strip() == "map firewall-ips {")
+        if "elements = { " in lines[at + 3]:
+            lines[at + 3] = lines[at + 3].replace("elements = { ", f"elements = {{ {rng.choice(keys)} : drop, ", 1)
+        else:
+            lines.insert(at + 3, f"\t\telements = {{ {rng.choice(keys)} : drop }}")
+        return "\n".join(lines)
+    if kind == "masq-address":
+        spots = [k for k, x in enumerate(lines) if re.search(r"ip daddr \S+ ip saddr != ", x)]
+        k = rng.choice(spots)
+        lines[k] = re.sub(r"ip daddr \S+", f"ip daddr {lines[rng.choice(spots)].split()[2]}", lines[k], count=1)
+        return "\n".join(lines)
+    if kind == "nodeport-drop":
+        ports = re.findall(r"tcp \. (\d+) : goto external-", text)
+        at = next(k for k, x in enumerate(lines) if x.strip().startswith("chain filter-prerouting-pre-dnat "))
+        lines.insert(at + 2, f"\t\tth dport {rng.choice(ports)} {rng.choice(['drop', 'reject'])}")
+        return "\n".join(lines)
+    i = rng.choice(rules)
+    line = lines[i]
+    found = _ADDRESS.findall(line)
+    if kind == "address" and found:
+        lines[i] = line.replace(rng.choice(found), rng.choice(addresses), 1)
+    elif kind == "port" and re.search(r":\d+", line):
+        lines[i] = re.sub(r":(\d+)", lambda m: f":{rng.choice([80, 8080, 53, int(m.group(1)) + 1])}", line, count=1)
+    elif kind == "negate" and (" saddr " in line or " daddr " in line):
+        lines[i] = line.replace(" != ", " ", 1) if " != " in line else re.sub(r"(saddr|daddr) ", r"\1 != ", line,
+                                                                                count=1)
+    elif kind == "delete":
+        del lines[i]
+    elif kind == "duplicate":
+        lines.insert(i, line)
+    elif kind == "verdict" and " jump " in line:
+        lines[i] = re.sub(r"jump \S+", rng.choice(["drop", "accept", "return"]), line, count=1)
+    elif kind == "comment":
+        lines[i] = (re.sub(r'comment "[^"]*"', 'comment "another"', line) if " comment " in line
+                    else line + ' comment "another"')
+    elif kind == "modulus" and "numgen random mod " in line:
+        lines[i] = re.sub(r"mod (\d+)", lambda m: f"mod {int(m.group(1)) + 1}", line, count=1)
+    elif kind in ("forward-drop", "prerouting-drop", "network-drop", "port-drop") and found:
+        address = rng.choice(found)
+        network = ".".join(address.split(".")[:3]) + f".0/{rng.choice([24, 28, 32])}"
+        rule = {"forward-drop": ("filter-forward", f"ip daddr {address} drop"),
+                "prerouting-drop": ("filter-prerouting-pre-dnat", f"ip saddr {address} drop"),
+                "network-drop": ("filter-forward", f"ip daddr {network} {rng.choice(['drop', 'reject'])}"),
+                "port-drop": ("filter-input", f"th dport {rng.choice([80, 8080, 9090, 30000])} drop")}[kind]
+        at = next((k for k, x in enumerate(lines) if x.strip().startswith(f"chain {rule[0]} ")), None)
+        if at is not None:
+            while not lines[at + 1].strip().startswith("type "):
+                at += 1
+            lines.insert(at + 2, "\t\t" + rule[1])
+    return "\n".join(lines)
+
+
+KINDS = ["address", "port", "negate", "comment", "delete", "duplicate", "verdict", "modulus", "forward-drop",
+         "prerouting-drop", "network-drop", "port-drop", "element-address", "element-port", "element-verdict",
+         "element-drop", "masq-address", "nodeport-drop"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 10_000)), min_size=1, max_size=3))
+def test_one_port_of_a_shape_differs(changes: list[tuple[str, int]]) -> None:
+    """Whatever rule or element of one port (or shared rule meeting it) differs, its view is its own."""
+    text = _ruleset(16, 2, seed=7)
+    for kind, seed in changes:
+        text = _mutate(text, kind, random.Random(seed))
+    check(text)
+
+
+def _fails_with(m: pytest.MonkeyPatch, kinds: list[str], n: int = 16) -> bool:
+    """Whether some mutation of `kinds` makes views with shapes differ from views without (`n` Services: enough
+    NodePorts of one shape for a NodePort's own class to tell)."""
+    base = _ruleset(n, 2, seed=7)
+    for seed in range(40):
+        text = _mutate(base, kinds[seed % len(kinds)], random.Random(seed))
+        try:
+            check(text)
+        except AssertionError:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("weaken", ["classes", "elements", "port-classes"])
+def test_a_weakened_key_is_caught(weaken: str) -> None:
+    """Each part of the key holds what the skipped walks read: without it, some mutation above tells."""
+    with pytest.MonkeyPatch.context() as m:
+        n = 16
+        if weaken == "classes":
+            m.setattr(portshape.Shapes, "address_class", lambda self, addr: (0, 0, "", (), (), 0))
+            kinds = ["network-drop", "forward-drop"]
+        elif weaken == "elements":
+            m.setattr(portshape._Port, "elements", lambda self, lookups: [])
+            kinds = ["element-drop"]
+        else:
+            m.setattr(portshape.Shapes, "port_class", lambda self, port: "")
+            kinds, n = ["nodeport-drop"], 40
+        assert _fails_with(m, kinds, n)
+
+
+def _affine(n: int = 12) -> str:
+    specs = synth.scale(n, 2, 9)
+    for spec in specs:
+        spec.session_affinity_timeout = 10800
+    return render_nft(specs, node_ips=[NODE], pod_cidr="10.244.0.0/16", service_cidrs=["10.96.0.0/12"])
+
+
+def _affinity_mutation(text: str, kind: str, rng: random.Random) -> str:
+    """`text` (session affinity everywhere) with one port's affinity sets read or filled differently: a set updated
+    before the service chain checks the sets (its own endpoint's, another's or another port's), an address listed
+    in a set (an earlier connection's), a set's or an update's timeout changed."""
+    lines = text.split("\n")
+    sets = sorted(set(re.findall(r"@(affinity-\S+)", text)))
+    chosen = rng.choice(sets)
+    if kind == "update-first":  # (in several ports: ports alike but for which set they fill must be told apart)
+        bodies = {i: "\n".join(lines[i:lines.index("\t}", i)]) for i, line in enumerate(lines)
+                  if line.startswith("\tchain service-")}
+        chains = [i for i, body in bodies.items() if "ip saddr @affinity-" in body]
+        for at in sorted(rng.sample(chains, min(4, len(chains))), reverse=True):
+            own = re.findall(r"@(affinity-\S+)", bodies[at])
+            lines.insert(at + 1, f"\t\tupdate @{rng.choice(own + sets[:1])} {{ ip saddr }}")
+    elif kind == "listed":
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"\tset {chosen} {{"))
+        address = rng.choice([*sorted(set(_ADDRESS.findall(text))), "10.244.0.2", "10.244.0.3", NODE])
+        lines.insert(at + 1, f"\t\telements = {{ {address} }}")
+    elif kind == "set-timeout":
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"\tset {chosen} {{"))
+        lines[at + 4] = lines[at + 4].replace("timeout 3h", "timeout 1h")
+    elif kind == "update-timeout":
+        spots = [i for i, line in enumerate(lines) if line.strip().startswith("update @")]
+        i = rng.choice(spots)
+        lines[i] = lines[i].replace("{ ip saddr }", "{ ip saddr timeout 1m }")
+    return "\n".join(lines)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["update-first", "listed", "set-timeout", "update-timeout", "none"]),
+                          st.integers(0, 10_000)), min_size=1, max_size=3))
+def test_session_affinity(changes: list[tuple[str, int]]) -> None:
+    """A port's affinity sets are its own (numbered like its chains): how it reads and fills them, and what a
+    listing holds in them for its addresses, is in its key."""
+    text = _affine()
+    for kind, seed in changes:
+        text = _affinity_mutation(text, kind, random.Random(seed))
+    assert check(text) > 0
+
+
+def test_a_weakened_affinity_key_is_caught() -> None:
+    """Without telling a port's affinity sets apart, a set updated before the check is caught."""
+    base = _affine()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(portshape._Port, "own_set", lambda self, name: ("set", 0))
+        for seed in range(40):
+            try:
+                check(_affinity_mutation(base, "update-first", random.Random(seed)))
+            except AssertionError:
+                return
+    pytest.fail("no mutation told the weakened key")
