@@ -594,6 +594,23 @@ class Ruleset(Protocol):
         ...
 
 
+class PortShape:
+    """A Service port's shape (the optional `Tracer.port_shape`, read by iptrace.kube.shapes): `key` (equal keys:
+    the same traces but for the values below) and the port's values by number: `addresses` (as the walk writes
+    them), `ports`, `chains` (its own, in the layout's order) and `lines` (of the rules the key names, in its
+    order)."""
+
+    __slots__ = ("addresses", "chains", "key", "lines", "ports")
+
+    def __init__(self, key: tuple[Any, ...], addresses: tuple[str, ...], ports: tuple[int, ...],
+                 chains: tuple[str, ...], lines: tuple[int, ...]) -> None:
+        self.key = key
+        self.addresses = addresses
+        self.ports = ports
+        self.chains = chains
+        self.lines = lines
+
+
 @dataclass(frozen=True, slots=True)
 class Footprint:
     """How far some traces reach into one node's rules, as a key that another node's rules can be compared by
@@ -640,9 +657,8 @@ class Tracer(Protocol):
     # With it, optionally `footprints_done()`: the caller will ask for no more footprints, so what the tracer kept
     # to make them may go (a node's digest is made after its views, and the two would add up).
     # Optional: `port_shape(calls, chains)`, the shape of a Service port's questions (`calls`, as for footprint)
-    # whose own chains are `chains`: an object with `key` (equal keys: the same traces but for the port's values)
-    # and those values by number, `addresses`, `ports`, `chains`, `lines` (iptrace.kube.shapes reads them); None
-    # when the dataplane cannot vouch for it. A dataplane without it has every port's view traced.
+    # whose own chains are `chains`: a PortShape, or None when the dataplane cannot vouch for it. A dataplane
+    # without it has every port's view traced.
 
 
 class Dataplane(Protocol):

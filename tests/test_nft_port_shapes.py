@@ -17,44 +17,16 @@ from hypothesis import strategies as st
 from bench import synth
 from bench.synth import EndpointSpec, PortSpec, ServiceSpec
 from bench.synth_nft import render_nft
-from iptrace.errors import IptraceError
-from iptrace.kube import shapes
-from iptrace.kube.analysis import analyse
 from iptrace.nftables import DATAPLANE, load, portshape
 from tests import nft_corpus
+from tests.shapes_check import check_views
 
 NODE = "192.168.0.10"
 
 
-def _views(text: str, enabled: bool, node_ips: tuple[str, ...]) -> tuple[Any, int]:
-    """(the view of every family of the ruleset, or the error it raised; how many ports were built from another)."""
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(shapes, "ENABLED", enabled)
-        m.setattr(shapes, "AFTER", 0)
-        try:
-            ruleset = load(text, lenient=True)
-            out, hits = [], 0
-            for family in ruleset.families:
-                analysis = analyse(DATAPLANE, ruleset, family, node_ips=node_ips)
-                out.append(analysis.view)
-                hits += analysis.views._shapes.hits
-            return out, hits
-        except IptraceError as exc:
-            return f"{type(exc).__name__}: {exc}", 0
-
-
 def check(text: str, node_ips: tuple[str, ...] = (NODE,)) -> int:
     """Views with and without shapes are equal, port by port; how many ports were built from another."""
-    plain, _ = _views(text, False, node_ips)
-    shaped, hits = _views(text, True, node_ips)
-    if isinstance(plain, str) or isinstance(shaped, str):
-        assert plain == shaped
-        return 0
-    for a, b in zip(plain, shaped, strict=True):
-        for x, y in zip(a.services, b.services, strict=True):
-            assert x == y, f"{x.label} differs when built from its shape:\n{x}\n{y}"
-        assert a == b
-    return hits
+    return check_views(load, DATAPLANE, text, node_ips)
 
 
 @pytest.mark.parametrize("path", nft_corpus.SAMPLES, ids=lambda p: p.name)

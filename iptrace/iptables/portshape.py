@@ -43,6 +43,7 @@ from operator import attrgetter, itemgetter
 from socket import AF_INET, inet_pton
 from typing import Any
 
+from iptrace.dataplane import PortShape
 from iptrace.errors import TraceError
 from iptrace.iptables.matchers import Structure, fast_tokens, rule_structure
 from iptrace.iptables.memo import PACKET_WRITERS, exact_dport_tokens, rule_target, structure_reads
@@ -78,22 +79,6 @@ _WHERE = attrgetter("table", "chain", "before")  # (what a shape says of it: how
 _LINE = itemgetter(3)  # (a Rule's line)
 _RULES = attrgetter("rules")  # (a Chain's)
 _NOTHING: dict[str, int] = {}
-
-
-class PortShape:
-    """`key` (equal keys: the same traces but for the values below), and the values by number: `addresses` (as
-    the walk formats them), `ports`, `chains` (the port's own, in the layout's order) and `lines` (of its own and
-    dispatch rules, in the key's order)."""
-
-    __slots__ = ("addresses", "chains", "key", "lines", "ports")
-
-    def __init__(self, key: tuple[Any, ...], addresses: tuple[str, ...], ports: tuple[int, ...],
-                 chains: tuple[str, ...], lines: tuple[int, ...]) -> None:
-        self.key = key
-        self.addresses = addresses
-        self.ports = ports
-        self.chains = chains
-        self.lines = lines
 
 
 class _Decline(Exception):

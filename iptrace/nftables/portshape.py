@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from iptrace.dataplane import PortShape
 from iptrace.nftables.evaluate import Context
 from iptrace.nftables.hooks import TABLE_FAMILIES
 from iptrace.nftables.model import (
@@ -69,21 +70,6 @@ _PORT_PROTOCOLS = ("th", "tcp", "udp", "sctp")
 # Branch fields generic rules may read as literals (the same for every port's walks but for the questions' own
 # protocol, source port and interface, which are in the key).
 _LITERAL_META = frozenset({"l4proto", "mark", "nfproto", "protocol"})
-
-
-class PortShape:
-    """`key` (equal keys: the same walks but for the values below), and the values by number: `addresses` (as the
-    walk holds them), `ports`, `chains` (the port's own, in the layout's order) and `lines` (of its own rules)."""
-
-    __slots__ = ("addresses", "chains", "key", "lines", "ports")
-
-    def __init__(self, key: tuple[Any, ...], addresses: tuple[str, ...], ports: tuple[int, ...],
-                 chains: tuple[str, ...], lines: tuple[int, ...]) -> None:
-        self.key = key
-        self.addresses = addresses
-        self.ports = ports
-        self.chains = chains
-        self.lines = lines
 
 
 class _Decline(Exception):
