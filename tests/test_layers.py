@@ -33,15 +33,18 @@ def _layer(module: str) -> str:
 
 
 DATAPLANES = {"iptables", "nftables"}
+# The interface between the dataplanes and the layers above: packets, traces and protocols (iptrace.dataplane),
+# kube-proxy's layout as a dataplane reports it (iptrace.layout).
+INTERFACE = ("dataplane", "layout")
 
 
 def test_dataplane_packages_import_only_errors_the_interface_and_themselves() -> None:
     for name, tree, _ in _modules():
         layer = _layer(name)
-        if layer not in DATAPLANES and layer != "dataplane":
+        if layer not in DATAPLANES and layer not in INTERFACE:
             continue
-        allowed = {"iptrace.errors", "iptrace.records"} if layer == "dataplane" else {
-            "iptrace.errors", "iptrace.records", "iptrace.dataplane", "iptrace.grammars", "iptrace.text"}
+        allowed = {"iptrace.errors", "iptrace.records", "iptrace.layout"} if layer in INTERFACE else {
+            "iptrace.errors", "iptrace.records", *(f"iptrace.{m}" for m in INTERFACE), "iptrace.grammars", "iptrace.text"}
         for imported in _imports(tree):
             if imported.startswith("iptrace") and imported not in allowed:
                 assert imported.startswith(f"iptrace.{layer}"), f"{name} imports {imported}"
@@ -83,7 +86,7 @@ def test_third_party_owners() -> None:
 
 
 def test_render_and_analysis_layers_do_no_io() -> None:
-    pure = {"dataplane", "records", *DATAPLANES, "conntrack", "kube", "explain", "render"}
+    pure = {*INTERFACE, "records", *DATAPLANES, "conntrack", "kube", "explain", "render"}
     for name, tree, text in _modules():
         if _layer(name) not in pure or name.endswith("iptables.loader"):
             continue  # the loader reads a dump file for the CLI (read_dump); nothing else may

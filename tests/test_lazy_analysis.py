@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from iptrace.dataplane import HEALTH_CHECK
 from iptrace.explain import Explainer
 from iptrace.iptables import load
+from iptrace.layout import HEALTH_CHECK
 from iptrace.nftables import load as load_nft
 from iptrace.render.explain import explain_to_json
 from tests.dumps import analysis

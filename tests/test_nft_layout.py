@@ -14,7 +14,8 @@ import pytest
 
 from bench.synth import EndpointSpec, PortSpec, ServiceSpec
 from bench.synth_nft import render_nft
-from iptrace.dataplane import CLUSTER_IP, LOAD_BALANCER, NODE_PORT, Packet
+from iptrace.dataplane import Packet
+from iptrace.layout import CLUSTER_IP, LOAD_BALANCER, NODE_PORT
 from iptrace.nftables import DATAPLANE, load
 from iptrace.nftables.era import DNAT_IN_SERVICE, FILTER_BEFORE_DNAT, INLINE_MASQ, NONE, PRE_DNAT
 from iptrace.nftables.names import endpoint_base, service_chain, service_port_base, split_chain

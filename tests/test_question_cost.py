@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from iptrace.dataplane import CLUSTER_IP
 from iptrace.iptables import load
 from iptrace.iptables.comments import chain_key
 from iptrace.iptables.facts import read
@@ -19,6 +18,7 @@ from iptrace.iptables.kube_chains import KubeChains
 from iptrace.iptables.layout import _Reader, read_layout
 from iptrace.iptables.model import Ruleset
 from iptrace.iptables.state import parse_net
+from iptrace.layout import CLUSTER_IP
 from tests.dumps import analysis
 
 ROOT = Path(__file__).resolve().parent.parent

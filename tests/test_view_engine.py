@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 
-from iptrace.dataplane import HEALTH_CHECK, Packet, Trace
+from iptrace.dataplane import Packet, Trace
 from iptrace.errors import IptraceError
 from iptrace.iptables import load
 from iptrace.iptables.walk import Tracer
 from iptrace.kube import shapes
 from iptrace.kube.view import EXTERNAL, KubeView, view_node_ips
+from iptrace.layout import HEALTH_CHECK
 from iptrace.nftables import load as load_nft
 from iptrace.nftables.model import Ruleset as NftRuleset
 from iptrace.nftables.walk import Tracer as NftTracer

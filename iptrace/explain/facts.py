@@ -12,19 +12,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from iptrace.dataplane import (
-    CLUSTER_IP,
-    HEALTH_CHECK,
-    NODE_PORT,
-    Outcome,
-    ProxyMode,
-    Step,
-    Trace,
-    join_host_port,
-)
+from iptrace.dataplane import Outcome, Step, Trace, join_host_port
 from iptrace.explain.diagnosis import Diagnosis, Evidence
 from iptrace.kube.analysis import ChainLabels
 from iptrace.kube.sharing import KIND_NAMES
+from iptrace.layout import CLUSTER_IP, HEALTH_CHECK, NODE_PORT, ProxyMode
 
 
 def label(svc: Any) -> str:

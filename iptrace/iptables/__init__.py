@@ -1,5 +1,5 @@
-"""The iptables dataplane: everything that knows iptables-save text, its model, the netfilter walk over it
-and how kube-proxy lays out its rules there. Imports only `iptrace.errors`, `iptrace.dataplane` and its own
+"""The iptables dataplane: everything that knows iptables-save text, its model, the netfilter walk over it and how
+kube-proxy lays out its rules there. Imports only `iptrace.errors`, `iptrace.dataplane`, `iptrace.layout` and its own
 modules; lark only in grammar.py and loader.py. `DATAPLANE` is what the layers above use."""
 
 from __future__ import annotations
@@ -7,10 +7,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from iptrace.dataplane import ForeignChain, KnownServicePort, Layout
+from iptrace.dataplane import ForeignChain
 from iptrace.iptables.loader import load, load_path, read_dump
 from iptrace.iptables.save import save
 from iptrace.iptables.sniff import sniff
+from iptrace.layout import KnownServicePort, Layout
 
 __all__ = ["DATAPLANE", "IptablesDataplane", "load", "load_path", "read_dump", "save", "sniff"]
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from iptrace.dataplane import CLUSTER_IP, EXTERNAL_IP, HEALTH_CHECK, LOAD_BALANCER
 from iptrace.iptables.hashes import SERVICE_PORT_CHAIN_PREFIXES
 from iptrace.iptables.model import Ruleset
+from iptrace.layout import CLUSTER_IP, EXTERNAL_IP, HEALTH_CHECK, LOAD_BALANCER
 
 _PORT_NAME = r"[^\s/]+/[^\s/:]+(?::\S*)?"
 _COMMENT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from iptrace.dataplane import ProxyMode
 from iptrace.iptables.comments import comment_lines
 from iptrace.iptables.model import Chain, Rule, Ruleset, Table
+from iptrace.layout import ProxyMode
 
 NONE = "none"
 XLB = "KUBE-XLB era"

@@ -17,23 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from operator import itemgetter
 
-from iptrace.dataplane import (
-    CLUSTER_IP,
-    EXTERNAL_IP,
-    HEALTH_CHECK,
-    LOAD_BALANCER,
-    NODE_PORT,
-    KnownServicePort,
-    Layout,
-    LayoutIndex,
-    NodePortAddresses,
-    ProxyMode,
-    ServicePortLayout,
-    WayIn,
-    WaySeed,
-    WaySeeds,
-    node_pod_subnet,
-)
 from iptrace.iptables.comments import chain_key, parse_comment
 from iptrace.iptables.era import no_rules_warnings, proxy_mode
 from iptrace.iptables.facts import RuleFacts, read
@@ -52,6 +35,23 @@ from iptrace.iptables.kube_chains import (
 )
 from iptrace.iptables.model import Ruleset
 from iptrace.iptables.sources import infer_node_ips
+from iptrace.layout import (
+    CLUSTER_IP,
+    EXTERNAL_IP,
+    HEALTH_CHECK,
+    LOAD_BALANCER,
+    NODE_PORT,
+    KnownServicePort,
+    Layout,
+    LayoutIndex,
+    NodePortAddresses,
+    ProxyMode,
+    ServicePortLayout,
+    WayIn,
+    WaySeed,
+    WaySeeds,
+    node_pod_subnet,
+)
 from iptrace.records import positional_new
 
 _LOCAL_PREFIXES = ("KUBE-SVL-", "KUBE-XLB-")

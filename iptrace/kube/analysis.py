@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from iptrace.dataplane import Dataplane, KnownServicePort, Layout, Tracer
+from iptrace.dataplane import Dataplane, Tracer
 from iptrace.kube.view import KubeView, PortFacts, ServicePortView, ViewBuilder, view_node_ips
+from iptrace.layout import KnownServicePort, Layout
 
 
 class ChainLabels(Mapping[str, str]):

@@ -10,7 +10,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from iptrace.dataplane import ProxyMode
 from iptrace.kube.cluster import ClusterState
 from iptrace.kube.compare import (
     ADDRESS_MISMATCH,
@@ -37,6 +36,7 @@ from iptrace.kube.digest import FamilyDigest, NodeResult, PortDigest, node_resul
 from iptrace.kube.fleets import cluster_groups, other_cluster_findings
 from iptrace.kube.peers import majority, ways_differ
 from iptrace.kube.view import ServicePortView
+from iptrace.layout import ProxyMode
 
 # A node whose kube-proxy runs in another proxy mode than the others' (a fleet migrating to nftables mode).
 PROXY_MODE_MISMATCH = "proxy-mode-mismatch"

@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
 
-from iptrace.dataplane import LOAD_BALANCER, Layout, WayIn
 from iptrace.kube.sources import inside, of_family, outside, pick_source
+from iptrace.layout import LOAD_BALANCER, Layout, WayIn
 
 # Kinds of client an entry is walked for.
 EXTERNAL = "external"  # outside the cluster (for a firewalled LB IP: inside loadBalancerSourceRanges)

@@ -16,11 +16,11 @@ from itertools import repeat
 from operator import attrgetter, itemgetter
 from typing import Any
 
-from iptrace.dataplane import ProxyMode
 from iptrace.kube.claims import claim_findings, claim_lines, claims_of
 from iptrace.kube.cluster import ClusterState
 from iptrace.kube.compare import Finding, compare_with_cluster, view_service_label
 from iptrace.kube.view import EXTERNAL, HEALTH_CHECK, KubeView, ServicePortView
+from iptrace.layout import ProxyMode
 from iptrace.records import positional_new
 
 HEAD = 4  # lines of a Service port shown as evidence when no endpoint line says more (audit.py)

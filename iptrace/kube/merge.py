@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from iptrace.dataplane import ProxyMode
 from iptrace.errors import InputError
 from iptrace.kube.compare import Finding
 from iptrace.kube.digest import FamilyDigest, NodeResult, PortDigest
+from iptrace.layout import ProxyMode
 
 MERGE_VERSION = 2  # 2: a Service port digest has its ways in (15 fields)
 

@@ -14,9 +14,10 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from iptrace.dataplane import HEALTH_CHECK, Packet, Trace, join_host_port
+from iptrace.dataplane import Packet, Trace, join_host_port
 from iptrace.kube.compare import listing, view_service_label
 from iptrace.kube.view import ServicePortView
+from iptrace.layout import HEALTH_CHECK
 
 # Endpoint shares are compared within this: iptables' statistic match draws against 2^31 steps and kube-proxy
 # writes 10 decimals, so over a chain of n rules a share is off by at most ~n × 5e-10 (1e-6: n up to 2,000).

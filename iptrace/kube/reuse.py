@@ -22,8 +22,9 @@ from dataclasses import dataclass, fields, replace
 from operator import attrgetter
 from typing import Any
 
-from iptrace.dataplane import Layout, Packet, ServicePortLayout, Trace, WayIn
+from iptrace.dataplane import Packet, Trace
 from iptrace.kube.view import EndpointView, EntryView, ServicePortView, SourcePath
+from iptrace.layout import Layout, ServicePortLayout, WayIn
 from iptrace.records import positional_new, positional_replace
 
 # Views kept per process: a node has a few thousand Service ports; a fleet's nodes share most of them.

@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from iptrace.dataplane import HEALTH_CHECK, ServicePortLayout
 from iptrace.kube import view as views  # (read when used: the view module builds its ports with this one)
 from iptrace.kube.names import split_destination
+from iptrace.layout import HEALTH_CHECK, ServicePortLayout
 
 # Views kept per builder (a node has a few shapes per endpoint count and way-in kinds; a cap for the odd dump).
 LIMIT = 4096

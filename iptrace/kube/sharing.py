@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable
 from typing import TypeVar
 
-from iptrace.dataplane import CLUSTER_IP, EXTERNAL_IP, LOAD_BALANCER
+from iptrace.layout import CLUSTER_IP, EXTERNAL_IP, LOAD_BALANCER
 
 # The kinds of way in another Service port can claim too, as a person names them.
 KIND_NAMES = {CLUSTER_IP: "ClusterIP", EXTERNAL_IP: "externalIP", LOAD_BALANCER: "LoadBalancer IP"}

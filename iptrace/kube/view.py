@@ -1,9 +1,9 @@
 """kube-proxy's view of every Service port on one node: every way in, every endpoint, for every kind of client.
 
-Built from two things a dataplane gives through iptrace.dataplane: its `Layout` (which chains make up each
-Service port, read statically) and its `Tracer` (the walk `iptrace trace` runs). Every verdict, endpoint,
-share and masquerade decision below is read off a trace of a representative packet — one per way in and
-kind of client — so the view and a trace of the same packet cannot disagree. Dataplane-free and pure.
+Built from two things a dataplane gives through its interface: its `Layout` (iptrace.layout: which chains make up
+each Service port, read statically) and its `Tracer` (iptrace.dataplane: the walk `iptrace trace` runs). Every
+verdict, endpoint, share and masquerade decision below is read off a trace of a representative packet — one per way
+in and kind of client — so the view and a trace of the same packet cannot disagree. Dataplane-free and pure.
 """
 
 from __future__ import annotations
@@ -14,23 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from sys import intern
 from typing import Any, NamedTuple
 
-from iptrace.dataplane import (
-    CLUSTER_IP,
-    EXTERNAL_IP,
-    HEALTH_CHECK,
-    LOAD_BALANCER,
-    NODE_PORT,
-    Layout,
-    NodePortAddresses,
-    Outcome,
-    Packet,
-    ProxyMode,
-    ServicePortLayout,
-    Trace,
-    Tracer,
-    WayIn,
-    packet_of,
-)
+from iptrace.dataplane import Outcome, Packet, Trace, Tracer, packet_of
 from iptrace.kube import shapes  # (ports of one shape: read when used, it builds on this module)
 from iptrace.kube.clients import (
     CLIENT_WORDS,
@@ -44,6 +28,18 @@ from iptrace.kube.clients import (
 )
 from iptrace.kube.names import split_destination, split_service_port_name
 from iptrace.kube.sharing import ADDRESS_KINDS, shared_claims
+from iptrace.layout import (
+    CLUSTER_IP,
+    EXTERNAL_IP,
+    HEALTH_CHECK,
+    LOAD_BALANCER,
+    NODE_PORT,
+    Layout,
+    NodePortAddresses,
+    ProxyMode,
+    ServicePortLayout,
+    WayIn,
+)
 from iptrace.records import positional_new
 
 __all__ = [

@@ -1,7 +1,7 @@
-"""The nftables dataplane: everything that knows nft's ruleset text and JSON, the model of tables, chains, sets
-and rules they describe, the nft evaluator (walk.py: hooks, sets, maps, vmaps, numgen, fib, marks) and kube-proxy's
-nft layout (layout.py). Imports only `iptrace.errors`, `iptrace.dataplane` and its own modules; lark only in
-grammar.py, loader.py and commands.py. `DATAPLANE` is what the layers above use."""
+"""The nftables dataplane: everything that knows nft's ruleset text and JSON, the model of tables, chains, sets and
+rules they describe, the nft evaluator (walk.py: hooks, sets, maps, vmaps, numgen, fib, marks) and kube-proxy's nft
+layout (layout.py). Imports only `iptrace.errors`, `iptrace.dataplane`, `iptrace.layout` and its own modules; lark
+only in grammar.py, loader.py and commands.py. `DATAPLANE` is what the layers above use."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iptrace.dataplane import ForeignChain, KnownServicePort, Layout
+from iptrace.dataplane import ForeignChain
+from iptrace.layout import KnownServicePort, Layout
 from iptrace.nftables.sniff import detect_format, sniff
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ Eras, newest first:
 
 from __future__ import annotations
 
-from iptrace.dataplane import ProxyMode
+from iptrace.layout import ProxyMode
 from iptrace.nftables.model import Nat, Ruleset, Table
 from iptrace.nftables.names import KUBE_PROXY_TABLE, split_chain
 

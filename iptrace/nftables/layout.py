@@ -15,7 +15,7 @@ from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from iptrace.dataplane import (
+from iptrace.layout import (
     CLUSTER_IP,
     EXTERNAL_IP,
     LOAD_BALANCER,

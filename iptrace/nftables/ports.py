@@ -9,7 +9,7 @@ from collections.abc import Container, Iterator
 from sys import intern
 from typing import Any
 
-from iptrace.dataplane import CLUSTER_IP, EXTERNAL_IP, LOAD_BALANCER, NODE_PORT, ServicePortLayout, WayIn
+from iptrace.layout import CLUSTER_IP, EXTERNAL_IP, LOAD_BALANCER, NODE_PORT, ServicePortLayout, WayIn
 from iptrace.nftables.lines import ElementLines
 from iptrace.nftables.model import (
     AnonSet,

@@ -8,7 +8,7 @@ import dataclasses
 import re
 from typing import Any
 
-from iptrace.dataplane import ProxyMode
+from iptrace.layout import ProxyMode
 from iptrace.nftables.era import proxy_mode
 from iptrace.nftables.model import Chain, LoadWarning, Rule, Ruleset, Set, Table
 
