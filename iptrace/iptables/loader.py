@@ -33,7 +33,7 @@ from iptrace.text import decode_input
 # the regex engine then skips ahead to each space instead of trying every position (a third faster). Its
 # repeats are possessive (nothing after one could match a character it gives back, so they match as greedy
 # ones do) and the plain value, the common one, is tried first (the two start with different characters):
-# ~5% fewer instructions a line (tests/test_loader_keys.py checks the keys against the plain pattern's).
+# ~3% fewer instructions (tests/test_value_patterns.py checks the keys against the plain pattern's).
 _SHAPE_KEY_RE = re.compile(r' (?<!-m )(?<!--match )(?:[^-!" ][^ ]*+|"[^"\\]*+(?:\\.[^"\\]*+)*+")')
 # Chain(name, policy, rules, counters, line) without the frozen dataclass's __init__ (a dump has ~10^5 chains).
 _new_chain = positional_new(Chain, ("name", "policy", "rules", "counters", "line"))
