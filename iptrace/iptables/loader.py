@@ -30,8 +30,11 @@ from iptrace.text import decode_input
 
 # Values become "_"; option words, "!" and the module name after -m stay, so one key means one layout.
 # The pattern starts with the space before a value (replaced by " _") rather than a look-behind for it:
-# the regex engine then skips ahead to each space instead of trying every position (a third faster).
-_SHAPE_KEY_RE = re.compile(r' (?<!-m )(?<!--match )(?:"[^"\\]*(?:\\.[^"\\]*)*"|[^-!" ][^ ]*)')
+# the regex engine then skips ahead to each space instead of trying every position (a third faster). Its
+# repeats are possessive (nothing after one could match a character it gives back, so they match as greedy
+# ones do) and the plain value, the common one, is tried first (the two start with different characters):
+# ~3% fewer instructions (tests/test_value_patterns.py checks the keys against the plain pattern's).
+_SHAPE_KEY_RE = re.compile(r' (?<!-m )(?<!--match )(?:[^-!" ][^ ]*+|"[^"\\]*+(?:\\.[^"\\]*+)*+")')
 # Chain(name, policy, rules, counters, line) without the frozen dataclass's __init__ (a dump has ~10^5 chains).
 _new_chain = positional_new(Chain, ("name", "policy", "rules", "counters", "line"))
 _TABLE_LINE_RE = re.compile(r"^[ \t]*\*", re.MULTILINE)

@@ -69,9 +69,10 @@ _ADDR, _NEGATED, _PORT, _NAT, _SKIP, _TARGET, _NAME = 0, 1, 2, 3, 4, 5, 6
 _VALUE_OPTIONS = {"-s": _ADDR, "-d": _ADDR, "--dport": _PORT, "--to-destination": _NAT, "--comment": _SKIP,
                   "-j": _TARGET, "-g": _TARGET, "--name": _NAME}
 # An option of those and its value, the value one token as model.TOKEN_RE reads it there (a quoted token ends at
-# its first unescaped quote); split() gives the text between them, the option and the value, in C.
+# its first unescaped quote); split() gives the text between them, the option and the value, in C. The repeats are
+# possessive: none gives back a character that what follows could match, so they match as greedy ones (fewer steps).
 _VALUE = re.compile(r' (-[sdjg]|--dport|--to-destination|--comment|--name) '
-                    r'("[^"\\\n]*(?:\\.[^"\\\n]*)*"(?!\S)|[^\s"]\S*)')
+                    r'("[^"\\\n]*+(?:\\.[^"\\\n]*+)*+"(?!\S)|[^\s"]\S*+)')
 _MARK = "\0"  # (joins a skeleton's pieces: no rule text holds it)
 _TEXT = itemgetter(1)  # (a Rule's text)
 _ORDER = attrgetter("table", "chain", "position")  # (a dispatch rule's place)
