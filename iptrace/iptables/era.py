@@ -14,11 +14,16 @@ from iptrace.iptables.model import Chain, Rule, Ruleset, Table
 from iptrace.layout import ProxyMode
 
 NONE = "none"
+FIRST = "first iptables proxier"
 XLB = "KUBE-XLB era"
 EXT = "KUBE-EXT era"
 IPVS = "IPVS mode"
 NFTABLES = "nftables-managed"
 USERSPACE = "userspace mode"
+
+# kube-proxy 1.1's one masquerade mark ("MASQ"): its endpoint chains set it themselves and POSTROUTING masqueraded
+# it; 1.2 moved to KUBE-MARK-MASQ/KUBE-POSTROUTING with --iptables-masquerade-bit and deleted the old rule.
+FIRST_MASQUERADE_MARK = "0x4d415351"
 
 LEGACY_WARNING = "iptables-legacy tables present"
 NFT_INCOMPATIBLE = "incompatible, use 'nft' tool"
@@ -26,7 +31,7 @@ NFT_INCOMPATIBLE = "incompatible, use 'nft' tool"
 
 @dataclass(frozen=True, slots=True)
 class Era:
-    name: str  # one of NONE, XLB, EXT, IPVS, NFTABLES, USERSPACE
+    name: str  # one of NONE, FIRST, XLB, EXT, IPVS, NFTABLES, USERSPACE
     evidence: tuple[str, ...]  # short human-readable reasons
     version_hint: str = ""  # e.g. "~1.29+" (nfacct counters), "~1.24-1.28"
     legacy_tables_present: bool = False  # the nft backend said the legacy backend holds tables too
@@ -68,6 +73,10 @@ def detect(ruleset: Ruleset) -> Era:
         return era(USERSPACE, "≤1.25")
     if kube_services and (has["KUBE-SVC-"] or has["KUBE-SEP-"] or has["KUBE-XLB-"] or has["KUBE-EXT-"]
                           or (nat is not None and bool(nat.chain("KUBE-SERVICES").rules))):  # type: ignore[union-attr]
+        if _first_proxier(nat):
+            evidence.append(f"POSTROUTING masquerades the mark {FIRST_MASQUERADE_MARK} itself and there is no "
+                            "KUBE-MARK-MASQ chain (kube-proxy 1.2 introduced KUBE-MARK-MASQ and KUBE-POSTROUTING)")
+            return era(FIRST, "1.1")
         if has["KUBE-XLB-"]:
             evidence.append("KUBE-XLB-* chains (externalTrafficPolicy=Local before KEP-3178)")
             return era(XLB, "≤1.23")
@@ -95,6 +104,15 @@ def detect(ruleset: Ruleset) -> Era:
     return era(NONE)
 
 
+def _first_proxier(nat: Table | None) -> bool:
+    """kube-proxy 1.1's layout: its mark matched in POSTROUTING itself, and no KUBE-MARK-MASQ chain."""
+    if nat is None or "KUBE-MARK-MASQ" in nat:
+        return False
+    postrouting = nat.chain("POSTROUTING")
+    return postrouting is not None and any(
+        "MASQUERADE" in r.text and f"--mark {FIRST_MASQUERADE_MARK}" in r.text for r in postrouting.rules)
+
+
 def _kube_rules(ruleset: Ruleset, chains: tuple[str, ...]) -> Iterator[tuple[Table, Chain, Rule]]:
     for t in ruleset.tables:
         for c in filter(None, map(t.chain, chains)):  # (by name: not a scan of every chain)
@@ -115,7 +133,7 @@ def _ipvs_sets(ruleset: Ruleset) -> bool:
 def proxy_mode(ruleset: Ruleset) -> ProxyMode:
     """kube-proxy's mode and era as this dump shows them (era.py)."""
     detected = detect(ruleset)
-    mode = {XLB: "iptables", EXT: "iptables", IPVS: "ipvs", NFTABLES: "nftables",
+    mode = {FIRST: "iptables", XLB: "iptables", EXT: "iptables", IPVS: "ipvs", NFTABLES: "nftables",
             USERSPACE: "userspace"}.get(detected.name, "none")
     warning = None
     if detected.legacy_tables_present:
@@ -123,7 +141,7 @@ def proxy_mode(ruleset: Ruleset) -> ProxyMode:
                         if LEGACY_WARNING in text), None)
     return ProxyMode("iptables", mode, detected.name, detected.evidence, detected.version_hint,
                      detected.legacy_tables_present, detected.nft_tables_present, warning,
-                     itp_filters_cluster_chain=detected.name == XLB)
+                     itp_filters_cluster_chain=detected.name in (FIRST, XLB))
 
 
 def no_rules_warnings(proxy: ProxyMode) -> list[str]:
