@@ -120,6 +120,7 @@ class TableBuilder:
     refs: set[str] = field(default_factory=set)
     first_use: int | None = None
     shapes: dict[str, Any] = field(default_factory=dict)  # shape key -> (builder, references); see loader
+    chain_shapes: Any = None  # blocks.ChainShapes, made by the text loader
 
     def chain(self, name: str, line: int | None) -> ChainBuilder:
         c = self.chains.get(name)
