@@ -5,7 +5,7 @@ regex per chain instead of being split line by line.
 When a chain the loader opened in its line loop closes, `ChainShapes.learn` looks at its lines: if each is a rule
 the line loop's fast path reads (shapes.fast_tokens: blanks only between its tokens, no braces, commas, quotes,
 `@`, `#`, `;` or `:` words), it compiles the block — header excepted, through its closing brace — into a regex
-whose groups are the tokens, a literal for each known word and a value group for each other token, and keeps it
+of its tokens, a literal for each known word and a group for each other token (a value), and keeps it
 for the next chains whose names start alike (`endpoint-`, up to the first "-"). A chain that matches is read by
 calling, for each of its lines, the same shape builder (with the same tokens, text, line and handle) the line loop
 would have called, because a matching line is one the line loop would have keyed the same way: its known words
@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-_VALUE = r'[^\s{},;"#@]*[^\s{},;"#@:]'  # a fast-path token that is no known word (nor ends in ":": nft's data `:`)
+_VALUE = r'[^\s{},;"#@]+(?<!:)'  # a fast-path token that is no known word (nor ends in ":": nft's data `:`)
 _is_value = re.compile(_VALUE).fullmatch
 _NOT_IN_CONSTANT = frozenset('{},;"#@:')
 _CHAIN_OPTIONS = ("type ", "policy ", "comment ", "devices")  # the line loop leaves these to the grammar
@@ -75,8 +75,9 @@ class ChainShapes:
 
 
 def _pattern(lines: list[str], shapes: dict[Any, Any], known: dict[str, str]) -> tuple[
-        str | None, list[tuple[int, int, tuple[int, ...], Any]]]:
-    """The block's regex and, for each body line, (first group, group count, value groups, shape)."""
+        str | None, list[tuple[tuple[str | int, ...], Any]]]:
+    """The block's regex (a group for each value) and, for each body line, its tokens (a known word, or the index
+    of the value's group) and its shape."""
     *body, closing = lines
     if not body or closing.strip() != "}" or closing.rstrip() != closing:
         return None, []
@@ -96,48 +97,52 @@ def _pattern(lines: list[str], shapes: dict[Any, Any], known: dict[str, str]) ->
         toks = s.split(" ")
         if toks != s.split():
             return None, []  # a double blank or another blank between tokens
-        key = []
-        values = []
+        key: list[str | None] = []
+        tokens: list[str | int] = []
         regex = []
         for i, tok in enumerate(toks):
             if known.get(tok) == tok:
                 if _NOT_IN_CONSTANT.intersection(tok) or (i == 0 and tok == "}"):
                     return None, []
                 key.append(tok)
-                regex.append(f"({re.escape(tok)})")
+                tokens.append(tok)
+                regex.append(re.escape(tok))
             elif i > 0 and _is_value(tok):
                 key.append(None)
-                values.append(group + i)
+                tokens.append(group)
+                group += 1
                 regex.append(f"({_VALUE})")
             else:
                 return None, []  # a first token that is a value could be a chain option (`devices…`)
         shape = shapes.get(tuple(key))
         if shape is None:
             return None, []
-        builders.append((group, len(toks), tuple(values), shape))
-        group += len(toks)
+        builders.append((tuple(tokens), shape))
         parts.append(re.escape(lead) + " ".join(regex))
     parts.append(re.escape(closing[:-1]) + r"\}")
     return "\n".join(parts), builders
 
 
-def _reader(builders: list[tuple[int, int, tuple[int, ...], Any]]) -> Callable[..., bool]:
-    """A function (groups, known, source text, header line, rules, refs) → whether it read the block: each line's
-    tokens given to its shape's builder as the line loop gives them, the rules appended only when all were made."""
+def _reader(builders: list[tuple[tuple[str | int, ...], Any]]) -> Callable[..., bool]:
+    """A function (value groups, known, source text, header line, rules, refs) → whether it read the block: each
+    line's tokens given to its shape's builder as the line loop gives them (a tuple for its list), the rules
+    appended only when all were made."""
     ns: dict[str, Any] = {}
-    checks = " or ".join(f"g[{i}] in known" for _, _, values, _ in builders for i in values) or "False"
+    groups = sum(isinstance(tok, int) for tokens, _ in builders for tok in tokens)
+    checks = " or ".join(f"g[{i}] in known" for i in range(groups)) or "False"
     lines = [f"    if {checks}:\n        return False\n"]
     made = []
-    for j, (first, count, _, (make, refs)) in enumerate(builders):
+    for j, (tokens, (make, refs)) in enumerate(builders):
         ns[f"m{j}"] = make
-        lines.append(f"    r{j} = m{j}(g[{first}:{first + count}], text, line + {j + 1}, None)\n"
+        v = "(" + "".join(f"g[{tok}], " if isinstance(tok, int) else f"{tok!r}, " for tok in tokens) + ")"
+        lines.append(f"    v{j} = {v}\n    r{j} = m{j}(v{j}, text, line + {j + 1}, None)\n"
                      f"    if r{j} is None:\n        return False\n")
         made.append(f"r{j}")
         if refs is not None:
             ns[f"f{j}"] = refs
-    for j, (first, count, _, (_, refs)) in enumerate(builders):
+    for j, (_, (_, refs)) in enumerate(builders):
         if refs is not None:
-            lines.append(f"    found.update(f{j}(g[{first}:{first + count}]))\n")
+            lines.append(f"    found.update(f{j}(v{j}))\n")
     lines.append(f"    rules.extend(({', '.join(made)},))\n    return True\n")
     exec(f"def read(g, known, text, line, rules, found):\n{''.join(lines)}", ns)
     return ns["read"]
