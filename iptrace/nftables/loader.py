@@ -12,6 +12,7 @@ several to a line — goes through the grammar, statement by statement, which al
 from __future__ import annotations
 
 import re
+from itertools import islice
 from typing import Any
 
 from lark import Token, Tree
@@ -204,8 +205,7 @@ class TextLoader(CommandMixin):
                             t.chain_shapes = ChainShapes()
                         read = t.chain_shapes.read(c, self.lines, line_no, self.known, source_text, t.refs)
                         if read:  # a chain like one before it, read whole (blocks.py): on after its "}"
-                            for _ in range(read):
-                                next(lines)
+                            next(islice(lines, read, read), None)  # (its lines: consumed, not read)
                             continue
                         stack.append((CHAIN, c, line_no))
                         opened = c
