@@ -34,12 +34,10 @@ from iptrace.nftables.model import (
     VerdictMap,
 )
 from iptrace.nftables.normalise import normalise_set
-from iptrace.nftables.shapes import fast_constructor
+from iptrace.nftables.shapes import draft_class, fast_constructor
 
 _make_chain = fast_constructor(Chain)
-_NEW = object.__new__
-_CHAIN_NAME, _CHAIN_RULES, _CHAIN_BASE, _CHAIN_LINE = (getattr(Chain, f).__set__
-                                                         for f in ("name", "rules", "base", "line"))
+_ChainDraft = draft_class(Chain)
 
 
 class ChainBuilder:
@@ -64,13 +62,14 @@ class ChainBuilder:
 
     def freeze(self) -> Chain:
         if self.hook is None and self.comment is None and self.handle is None:
-            chain = _NEW(Chain)  # a plain chain: comment and handle stay unset (read as None)
-            _CHAIN_NAME(chain, self.name)
-            _CHAIN_RULES(chain, tuple(self.rules))
+            chain = _ChainDraft()  # a plain chain: comment and handle stay unset (read as None)
+            chain.name = self.name
+            chain.rules = tuple(self.rules)
             # `base` is set (None): every chain's is read several times a run (the era, the hooks, the walker's
             # shapes), and an unset slot is read through an AttributeError and Chain.__getattr__, ~10x slower.
-            _CHAIN_BASE(chain, None)
-            _CHAIN_LINE(chain, self.line)
+            chain.base = None
+            chain.line = self.line
+            chain.__class__ = Chain
             return chain
         base = None
         if self.hook is not None:
@@ -120,6 +119,7 @@ class TableBuilder:
     refs: set[str] = field(default_factory=set)
     first_use: int | None = None
     shapes: dict[str, Any] = field(default_factory=dict)  # shape key -> (builder, references); see loader
+    chain_shapes: Any = None  # blocks.ChainShapes, made by the text loader
 
     def chain(self, name: str, line: int | None) -> ChainBuilder:
         c = self.chains.get(name)

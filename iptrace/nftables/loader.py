@@ -3,7 +3,8 @@
 Speed matters (kube-proxy's 5,000-Service listing is ~300,000 lines), so the loader walks physical lines and
 reads the shapes nft prints with str methods: `chain NAME {`, `}`, rules, element lists. Every rule is keyed by
 its shape (shapes.py): lark checks one rule of each new shape, the reader makes it a template, and every other
-rule of that shape is a regex split and one generated constructor call. Element lists are split, never parsed
+rule of that shape is a str split and one generated constructor call; a chain like the chains before it
+(kube-proxy's endpoint chains) is matched whole by one regex (blocks.py). Element lists are split, never parsed
 one element at a time. Everything else — base-chain specs, set declarations, transaction commands, statements
 several to a line — goes through the grammar, statement by statement, which also gives exact error columns.
 """
@@ -11,12 +12,14 @@ several to a line — goes through the grammar, statement by statement, which al
 from __future__ import annotations
 
 import re
+from itertools import islice
 from typing import Any
 
 from lark import Token, Tree
 
 from iptrace.errors import DumpSemanticError, ParseError
 from iptrace.nftables import grammar
+from iptrace.nftables.blocks import ChainShapes
 from iptrace.nftables.build import ChainBuilder, Finisher, SetBuilder, TableBuilder
 from iptrace.nftables.commands import CommandMixin
 from iptrace.nftables.model import LoadWarning, NamedObject, Rule, Ruleset, SourceText
@@ -117,6 +120,7 @@ class TextLoader(CommandMixin):
             return top[0], None, None, None
 
         pending = False
+        opened = None  # the chain the line loop opened last (blocks.py learns from it)
         source_text = self.source_text
         lines = enumerate(self.lines, 1)
         for line_no, raw in lines:
@@ -135,7 +139,10 @@ class TextLoader(CommandMixin):
                 # that needs the general path).
                 while True:
                     if s == "}":
-                        stack.pop()
+                        c = stack.pop()[1]
+                        if c is opened:  # opened by the line loop, closed here: maybe a template for others
+                            stack[-1][1].chain_shapes.learn(c.name.partition("-")[0], self.lines[c.line:line_no],
+                                                            shapes, self.known)
                         ctx = TABLE  # a chain block is always inside a table block
                         break
                     if ";" in s or "#" in s or s.startswith(_CHAIN_OPTIONS):
@@ -193,8 +200,15 @@ class TextLoader(CommandMixin):
                     c = t.chains.get(name)
                     if c is None:  # open_chain's common case, inlined
                         c = t.chains[name] = ChainBuilder(name, line_no, True)
-                        stack.append((CHAIN, c, line_no))
                         self.blocks += 1
+                        if t.chain_shapes is None:
+                            t.chain_shapes = ChainShapes()
+                        read = t.chain_shapes.read(c, self.lines, line_no, self.known, source_text, t.refs)
+                        if read:  # a chain like one before it, read whole (blocks.py): on after its "}"
+                            next(islice(lines, read, read), None)  # (its lines: consumed, not read)
+                            continue
+                        stack.append((CHAIN, c, line_no))
+                        opened = c
                     else:
                         c = self.open_chain(t, name, line_no, raw.find(s[0]), None)
                     ctx, rules, shapes, refs = CHAIN, c.rules, t.shapes, t.refs

@@ -1,0 +1,125 @@
+"""Chain blocks read whole (iptrace/nftables/blocks.py): a chain matched by the template of the chains before it
+must load exactly as the line loop reads it — same rules (items, comment, text, line, handle), same errors — for
+every chain, template-shaped or not. The oracle is the same loader with templates never learnt."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from iptrace.errors import IptraceError
+from iptrace.nftables import blocks, loader
+
+ENDPOINT = ("\t\tip saddr {a} jump mark-for-masquerade", "\t\tmeta l4proto tcp dnat to {a}:80")
+
+
+def listing(bodies: list[list[str]], prefix: str = "endpoint") -> str:
+    out = ["table ip kube-proxy {", "\tchain mark-for-masquerade {", "\t\tmeta mark set mark or 0x4000", "\t}"]
+    for i, body in enumerate(bodies):
+        out += ["", f"\tchain {prefix}-{i:04d}-ns/svc/tcp/p__10.1.{i // 250}.{i % 250}/80 {{", *body, "\t}"]
+    return "\n".join([*out, "}", ""])
+
+
+def alike(i: int) -> list[str]:
+    a = f"10.1.{i // 250}.{i % 250}"
+    return [line.format(a=a) for line in ENDPOINT]
+
+
+def read(text: str, *, templates: bool = True, lenient: bool = False) -> tuple[Any, ...]:
+    """Everything a load says: each rule's meaning and evidence, the references, warnings — or the error."""
+    ld = loader.TextLoader(text, "<t>", lenient)
+    if not templates:
+        ld_learn = blocks.ChainShapes.learn
+        blocks.ChainShapes.learn = lambda *a, **k: None  # type: ignore[method-assign]
+    try:
+        rs = ld.load()
+    except IptraceError as exc:
+        return ("error", str(exc))
+    finally:
+        if not templates:
+            blocks.ChainShapes.learn = ld_learn  # type: ignore[method-assign]
+    rules = tuple((t.name, c.name, c.line, tuple((r.text, r.line, r.handle, r.items, r.comment) for r in c.rules))
+                  for t in rs.tables for c in t.chains)
+    refs = tuple(sorted(r for t in ld.tables.values() for r in t.refs))
+    return rules, refs, rs.warnings, rs.skipped
+
+
+def test_alike_chains_are_read_whole_and_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = listing([alike(i) for i in range(40)])
+    want = read(text, templates=False)
+    hits = []
+    _weakened(monkeypatch, lambda real: lambda *args: hits.append(real(*args)) or hits[-1])
+    assert read(text) == want
+    # Every chain but the first two: reading the first teaches the loader the word `mark-for-masquerade` (its rule
+    # was keyed with a value there), the second's rules are keyed with the word and it becomes the template.
+    assert sum(hits) == 38
+
+
+# A later chain that is not quite like the ones before: each must be read as the line loop reads it.
+ODD_BODIES: dict[str, list[str]] = {
+    "known word at a value": ["\t\tip saddr 10.9.0.1 accept", "\t\tmeta l4proto tcp dnat to 10.9.0.1:80"],
+    "bad address": ["\t\tip saddr 10.9.0.300 jump mark-for-masquerade", "\t\tmeta l4proto tcp dnat to 10.9.0.1:80"],
+    "bad port": ["\t\tip saddr 10.9.0.1 jump mark-for-masquerade", "\t\tmeta l4proto tcp dnat to 10.9.0.1:99999"],
+    "udp": ["\t\tip saddr 10.9.0.1 jump mark-for-masquerade", "\t\tmeta l4proto udp dnat to 10.9.0.1:80"],
+    "one more rule": [*alike(900), "\t\tcounter"],
+    "one rule less": alike(900)[:1],
+    "no rules": [],
+    "other indent": ["    ip saddr 10.9.0.1 jump mark-for-masquerade", "    meta l4proto tcp dnat to 10.9.0.1:80"],
+    "trailing blank": ["\t\tip saddr 10.9.0.1 jump mark-for-masquerade ", "\t\tmeta l4proto tcp dnat to 10.9.0.1:80"],
+    "double blank": ["\t\tip saddr  10.9.0.1 jump mark-for-masquerade", "\t\tmeta l4proto tcp dnat to 10.9.0.1:80"],
+    "blank line inside": [alike(900)[0], "", alike(900)[1]],
+    "handle comment": [alike(900)[0] + " # handle 7", alike(900)[1]],
+    "carriage return": [alike(900)[0] + "\r", alike(900)[1]],
+    "two statements": [alike(900)[0] + "; counter", alike(900)[1]],
+    "chain option": ["\t\tpolicy accept", *alike(900)],
+    "glued colon": ["\t\tip saddr 10.9.0.1: jump mark-for-masquerade", alike(900)[1]],
+    "unknown chain": ["\t\tip saddr 10.9.0.1 jump nowhere-1", alike(900)[1]],
+    "set reference": ["\t\tip saddr @s jump mark-for-masquerade", alike(900)[1]],
+}
+
+
+@pytest.mark.parametrize("lenient", [False, True])
+@pytest.mark.parametrize("name", sorted(ODD_BODIES))
+def test_a_chain_unlike_the_template_reads_as_the_line_loop_does(name: str, lenient: bool) -> None:
+    bodies = [alike(i) for i in range(5)] + [ODD_BODIES[name]] + [alike(i) for i in range(5, 8)]
+    text = listing(bodies)
+    assert read(text, lenient=lenient) == read(text, templates=False, lenient=lenient)
+
+
+def test_a_closing_brace_that_differs_is_not_read_whole() -> None:
+    text = listing([alike(i) for i in range(6)]).replace("\t}\n\n\tchain endpoint-0004", "}\n\n\tchain endpoint-0004")
+    assert read(text) == read(text, templates=False)
+
+
+LINES = st.sampled_from([*ENDPOINT, *(b for body in ODD_BODIES.values() for b in body),
+                         "\t\tip saddr {a} goto endpoint-1", "\t\tmeta l4proto {{ tcp, udp }} accept",
+                         "\t\tip daddr {a} counter packets 1 bytes 2 drop"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(LINES, min_size=0, max_size=4), min_size=1, max_size=12),
+       st.sampled_from(["endpoint", "service", "x"]), st.booleans())
+def test_any_chains_read_as_the_line_loop_does(bodies: list[list[str]], prefix: str, lenient: bool) -> None:
+    filled = [[line.format(a=f"10.2.0.{j}") for line in body] for j, body in enumerate(bodies)]
+    text = listing(filled * 2, prefix)  # every body twice: the second time a template of it may exist
+    assert read(text, lenient=lenient) == read(text, templates=False, lenient=lenient)
+
+
+def _weakened(monkeypatch: pytest.MonkeyPatch, change: Callable[[Callable[..., bool]], Callable[..., bool]]) -> None:
+    real = blocks._reader
+    monkeypatch.setattr(blocks, "_reader", lambda builders: change(real(builders)))
+
+
+def test_a_template_that_ignores_known_words_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutation: a template that took a known word for a value (`accept` where the address was) would read
+    `ip saddr 10.9.0.1 accept` as an unknown statement, not a verdict."""
+    bodies = [[f"\t\tip saddr 10.9.0.{i} foo{i}"] for i in range(1, 5)] + [["\t\tip saddr 10.9.0.9 accept"]]
+    text = listing(bodies)
+    want = read(text, templates=False)
+    assert read(text) == want
+    _weakened(monkeypatch, lambda real: lambda g, known, *rest: real(g, {}, *rest))
+    assert read(text) != want
