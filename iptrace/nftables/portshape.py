@@ -97,7 +97,7 @@ class Shapes:
         self.hosts: list[str] = []  # generic exact-host tests
         self.ports: list[Any] = []  # generic exact-port tests (int) and ranges (Range)
         self._seen: set[Any] = set()
-        self._classes: dict[str, tuple[tuple[int, int], Any]] = {}
+        self._classes: dict[str, Any] = {}
         self._regions: tuple[Any, ...] | None = None
         self._reach: dict[tuple[int, str], frozenset[tuple[int, str]] | None] = {}
         self.lookups: dict[tuple[int, str, tuple[str, ...]], _Lookup | None] = {}
@@ -266,27 +266,39 @@ class Shapes:
             self.roots[version] = self.reach(starts)
         return self.roots[version]
 
+    def classes(self, addresses: Any, own_networks: list[tuple[int, int, bool]]) -> tuple[Any, ...]:
+        """Each address's class (address_class) and which of a port's own networks hold it. Classes are kept per
+        address while the generic networks and hosts are the same (a node's clients are in every port's
+        questions)."""
+        regions = self._regions
+        if regions is None or regions[0] != len(self.networks) or regions[1] != len(self.hosts):
+            self._regions = self._partition()
+            self._classes = {}
+        known = self._classes
+        out = []
+        for a in addresses:
+            found = known.get(a)
+            if found is None:
+                found = known[a] = self.address_class(a)
+            seen, value = found
+            out.append((seen, tuple([(":" in a) == n6 and value & mask == net for net, mask, n6 in own_networks])
+                        if own_networks else ()))
+        return tuple(out)
+
     def address_class(self, addr: str) -> tuple[tuple[str, tuple[bool, ...], tuple[bool, ...]], int]:
         """What generic tests and the routing decision see of an address: its fib type ("local" for the node's
         addresses and loopback: also whether the node sent it), which generic networks hold it and which exact
-        host it is; and the address as an int. Kept per address while the generic networks and hosts are the
-        same (a node's clients are in every port's questions)."""
-        now = (len(self.networks), len(self.hosts))
-        found = self._classes.get(addr)
-        if found is not None and found[0] == now:
-            return found[1]
+        host it is; and the address as an int."""
         regions = self._regions
-        if regions is None or regions[0] != now:
-            regions = self._regions = self._partition(now)
+        if regions is None or regions[0] != len(self.networks) or regions[1] != len(self.hosts):
+            regions = self._regions = self._partition()
         value = ip_int(addr)
-        bounds, nets = regions[2] if ":" in addr else regions[1]
-        host = regions[3].get(addr)
-        out = ((self.ctx.addrtype(addr), nets[bisect_right(bounds, value) - 1],
-                regions[4] if host is None else host), value)
-        self._classes[addr] = (now, out)
-        return out
+        bounds, nets = regions[3] if ":" in addr else regions[2]
+        host = regions[4].get(addr)
+        return (self.ctx.addrtype(addr), nets[bisect_right(bounds, value) - 1],
+                regions[5] if host is None else host), value
 
-    def _partition(self, now: tuple[int, int]) -> tuple[Any, ...]:
+    def _partition(self) -> tuple[Any, ...]:
         """The generic networks as ranges of addresses that each network holds whole or not at all: per IP
         version (the ranges' starts, each range's networks holding it), and each exact host's tuple."""
         networks = self.networks
@@ -304,7 +316,7 @@ class Shapes:
                                       for start in bounds]))
         hosts = self.hosts
         each = {host: tuple([h == host for h in hosts]) for host in hosts}
-        return now, versions[0], versions[1], each, tuple([False] * len(hosts))
+        return len(networks), len(hosts), versions[0], versions[1], each, tuple([False] * len(hosts))
 
     def port_class(self, port: int) -> str:
         return "".join(["1" if (port == p if type(p) is int else p.low <= port <= p.high) else "0"
@@ -551,13 +563,8 @@ class _Port:
             lines = []  # (nft's JSON: no rule has a line, and a view says 0 for each, the same for every port)
         elif len(set(lines)) != len(lines) or 0 in lines:
             raise _Decline
-        own_networks = self.own_networks
-        classes = []
-        for a in self.addresses:
-            seen, value = shapes.address_class(a)
-            classes.append((seen, tuple([(":" in a) == n6 and value & mask == net
-                                                for net, mask, n6 in own_networks])))
+        classes = shapes.classes(self.addresses, self.own_networks)
         port_classes = tuple([shapes.port_class(p) for p in self.ports])
         key = (version, tuple(asked), tuple(own_rules), sets, tuple(elements), len(shapes.networks), len(shapes.hosts),
-               len(shapes.ports), tuple(classes), port_classes)
+               len(shapes.ports), classes, port_classes)
         return PortShape(key, tuple(self.addresses), tuple(self.ports), self.chains, tuple(lines))
