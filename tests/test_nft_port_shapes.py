@@ -223,6 +223,25 @@ def test_own_rules_of_a_listing_are_read_by_plan() -> None:
     assert own and all(portrules.plan(r._lazy[0], len(r._lazy)) is not None for r in own)
 
 
+def test_a_builder_that_reads_a_value_through_another_function_has_no_plan() -> None:
+    """A template whose value goes through a function (shapes.Call) other than make_nat could leave no hole in
+    the items built with holes (the value hidden in what the function made): such a builder is read item by
+    item, as is one the plan would otherwise accept."""
+    from iptrace.nftables.model import Match, Payload
+    from iptrace.nftables.normalise import make_nat
+    from iptrace.nftables.shapes import Call, Slot
+
+    def made(fn: Any) -> Any:
+        def build(n: Any) -> Any:
+            return (Match(Payload("ip", "saddr"), "==", "10.0.0.1" if fn is not make_nat else n[3]),), None
+        build.template = ((Match(Payload("ip", "saddr"), "==", Call(fn, (Slot(0),))),), None,  # type: ignore
+                          {(0, id(None)): 3})
+        return build
+
+    assert portrules.plan(made(str.strip), 4) is None
+    assert portrules.plan(made(make_nat), 4) is not None
+
+
 # A plan's answers of one kind (portrules' ops), and the mutations that change only them.
 _PLANNED = {"value": (portrules._VALUE, ["masq-own"]), "nat": (portrules._NAT, ["port"]),
             "literal": (portrules._LITERAL, ["modulus"])}

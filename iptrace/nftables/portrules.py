@@ -3,13 +3,14 @@
 A rule the loader read through a shape (shapes.compile_template) is built by one function from its values:
 rules of one builder are the builder's template with their own values in its slots. `plan` abstracts a template
 once: the template's items built with a `Hole` in each value's place, read the way `portshape._Port.item` reads
-items, give the list of `_Port` calls (ops) that rule makes, each on a constant of the template or on a value.
-`resolve` then writes a rule of that builder as (its builder, what those calls answer for its values, in the
-same order): the same numbers, networks, jumps and sets `_Port.item` notes for its items, without building them
-(a port's ~20 endpoint rules are most of what its shape reads). A plan is made only when every hole of the items
-is one a call reads (no value of the rule is left out of its written form); otherwise, and for rules read alone
-or from JSON, `_Port.item` reads the items. Equal builders and equal answers: equal items but for the port's
-values, in the same places.
+items, give the `_Port` calls (ops) such a rule makes, each on a constant of the template or on a value, and
+are compiled into one function per builder. It writes a rule as (its builder, what those calls answer for its
+values, in the same order), noting the same numbers, networks, jumps and sets `_Port.item` notes for its items,
+without building them (a port's ~20 endpoint rules are most of what its shape reads). A plan is made only when
+the template runs no function of a value but make_nat (whose DNAT target's parts the holes follow: another could
+hide a value in what it makes) and every hole of the items is one a call reads (no value of the rule is left out
+of its written form); otherwise, and for rules read alone or from JSON, `_Port.item` reads the items. Equal
+builders and equal answers: equal items but for the port's values, in the same places.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from iptrace.nftables.model import (
     Verdict,
     VerdictMap,
 )
+from iptrace.nftables.normalise import make_nat
+from iptrace.nftables.shapes import Call
 
 ADDR, PORT, LIT = "a", "p", "l"
 _ADDRESS_FIELDS = ("saddr", "daddr")
@@ -91,6 +94,18 @@ class Hole:
 
 # The ops: (code, a, b), each answering one `_Port` call of `_Port.item` on its arguments (a Hole: the rule's value).
 _VALUE, _FIB, _LITERAL, _VERDICT, _NAT, _OWN_SET = range(6)
+
+
+def _calls_only(node: Any, fn: Any) -> bool:
+    """Whether every Call of a template (shapes.Call: a function of values, run when the rule is built) is `fn`."""
+    t = type(node)
+    if t is Call:
+        return node.fn is fn and _calls_only(node.args, fn)  # type: ignore[no-any-return]
+    if t is tuple:
+        return all(_calls_only(x, fn) for x in node)
+    if hasattr(node, "__dataclass_fields__"):
+        return all(_calls_only(getattr(node, name), fn) for name in node.__dataclass_fields__)
+    return True
 
 
 def _holes(node: Any, into: Tally[tuple[int, int | None]]) -> None:
@@ -172,7 +187,11 @@ class _Planner:
 
 
 def plan(build: Any, size: int) -> Callable[[Any, tuple[Any, ...]], tuple[Any, ...]] | None:
-    """`resolve` for the rules `build` makes (their `_lazy` `size` long), or None when their items are read."""
+    """The function writing a rule `build` makes (its `_lazy` `size` long) for a port (`_compile`), or None when
+    such rules' items are read."""
+    template = getattr(build, "template", None)
+    if template is None or not _calls_only(template[0], make_nat):
+        return None  # (a function of a value other than make_nat could hide it from the items built with holes)
     try:
         items = build((build, None, None, *[Hole(k) for k in range(3, size)]))[0]
         planner = _Planner()
