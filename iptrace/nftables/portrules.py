@@ -199,7 +199,8 @@ def plan(build: Any, size: int) -> Callable[[Any, tuple[Any, ...]], tuple[Any, .
             planner.item(item)
         holes: Tally[tuple[int, int | None]] = Tally()
         _holes(items, holes)
-    except Exception:  # (a builder given holes may fail anywhere: its rules' items are then read alone)
+    except (Decline, TypeError, AttributeError, IndexError, KeyError, ValueError):
+        # (a builder given holes fails where it reads a value's parts make_nat does not: its items are read)
         return None
     if holes != planner.read:
         return None
