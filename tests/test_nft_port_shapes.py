@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from bench import synth
 from bench.synth import EndpointSpec, PortSpec, ServiceSpec
 from bench.synth_nft import render_nft
-from iptrace.nftables import DATAPLANE, load, portshape
+from iptrace.nftables import DATAPLANE, load, portrules, portshape
 from tests import nft_corpus
 from tests.shapes_check import check_views
 
@@ -117,6 +117,13 @@ def _mutate(text: str, kind: str, rng: random.Random) -> str:
         k = rng.choice(spots)
         lines[k] = re.sub(r"ip daddr \S+", f"ip daddr {lines[rng.choice(spots)].split()[2]}", lines[k], count=1)
         return "\n".join(lines)
+    if kind == "masq-own":  # (a port's masquerading rule testing one of its own endpoints instead)
+        spots = [k for k, x in enumerate(lines) if re.search(r"ip daddr \S+ ip saddr != ", x)
+                 and "__" in lines[k + 1]]
+        k = rng.choice(spots)
+        endpoint = re.search(r"__([\d.]+)/", lines[k + 1]).group(1)  # type: ignore[union-attr]
+        lines[k] = re.sub(r"ip daddr \S+", f"ip daddr {endpoint}", lines[k], count=1)
+        return "\n".join(lines)
     if kind == "nodeport-drop":
         ports = re.findall(r"tcp \. (\d+) : goto external-", text)
         at = next(k for k, x in enumerate(lines) if x.strip().startswith("chain filter-prerouting-pre-dnat "))
@@ -141,6 +148,10 @@ def _mutate(text: str, kind: str, rng: random.Random) -> str:
     elif kind == "comment":
         lines[i] = (re.sub(r'comment "[^"]*"', 'comment "another"', line) if " comment " in line
                     else line + ' comment "another"')
+    elif kind == "target" and " : goto endpoint-" in line:  # (one element sent to another port's endpoint chain)
+        others = re.findall(r": goto (endpoint-\S+?)(?:,| })", text)
+        lines[i] = re.sub(r": goto endpoint-\S+?(,| })", lambda m: f": goto {rng.choice(others)}{m.group(1)}", line,
+                          count=1)
     elif kind == "modulus" and "numgen random mod " in line:
         lines[i] = re.sub(r"mod (\d+)", lambda m: f"mod {int(m.group(1)) + 1}", line, count=1)
     elif kind in ("forward-drop", "prerouting-drop", "network-drop", "port-drop") and found:
@@ -158,9 +169,9 @@ def _mutate(text: str, kind: str, rng: random.Random) -> str:
     return "\n".join(lines)
 
 
-KINDS = ["address", "port", "negate", "comment", "delete", "duplicate", "verdict", "modulus", "forward-drop",
+KINDS = ["address", "port", "negate", "comment", "delete", "duplicate", "verdict", "target", "modulus", "forward-drop",
          "prerouting-drop", "network-drop", "port-drop", "element-address", "element-port", "element-verdict",
-         "element-drop", "masq-address", "nodeport-drop"]
+         "element-drop", "masq-address", "masq-own", "nodeport-drop"]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -192,7 +203,7 @@ def test_a_weakened_key_is_caught(weaken: str) -> None:
     with pytest.MonkeyPatch.context() as m:
         n = 16
         if weaken == "classes":
-            m.setattr(portshape.Shapes, "address_class", lambda self, addr: (0, 0, "", (), (), 0))
+            m.setattr(portshape.Shapes, "address_class", lambda self, addr: (("", (), ()), 0))
             kinds = ["network-drop", "forward-drop"]
         elif weaken == "elements":
             m.setattr(portshape._Port, "elements", lambda self, lookups: [])
@@ -201,6 +212,128 @@ def test_a_weakened_key_is_caught(weaken: str) -> None:
             m.setattr(portshape.Shapes, "port_class", lambda self, port: "")
             kinds, n = ["nodeport-drop"], 40
         assert _fails_with(m, kinds, n)
+
+
+def test_own_rules_of_a_listing_are_read_by_plan() -> None:
+    """The rules of a listing's Service port chains are written from their builders' plans (portrules.py), not
+    read item by item: every own rule of the synthesized listing has a plan."""
+    ruleset = load(_ruleset(8, 2))
+    own = [rule for table in ruleset.tables for chain in table.chains
+           if _OWN.match("\t\tchain " + chain.name) and "/" in chain.name for rule in chain.rules]
+    assert own and all(portrules.plan(r._lazy[0], len(r._lazy)) is not None for r in own)
+
+
+def test_a_builder_that_reads_a_value_through_another_function_has_no_plan() -> None:
+    """A template whose value goes through a function (shapes.Call) other than make_nat could leave no hole in
+    the items built with holes (the value hidden in what the function made): such a builder is read item by
+    item, as is one the plan would otherwise accept."""
+    from iptrace.nftables.model import Match, Payload
+    from iptrace.nftables.normalise import make_nat
+    from iptrace.nftables.shapes import Call, Slot
+
+    def made(fn: Any) -> Any:
+        def build(n: Any) -> Any:
+            return (Match(Payload("ip", "saddr"), "==", "10.0.0.1" if fn is not make_nat else n[3]),), None
+        build.template = ((Match(Payload("ip", "saddr"), "==", Call(fn, (Slot(0),))),), None,  # type: ignore
+                          {(0, id(None)): 3})
+        return build
+
+    assert portrules.plan(made(str.strip), 4) is None
+    assert portrules.plan(made(make_nat), 4) is not None
+
+
+# A plan's answers of one kind (portrules' ops), and the mutations that change only them.
+_PLANNED = {"value": (portrules._VALUE, ["masq-own"]), "nat": (portrules._NAT, ["port"]),
+            "literal": (portrules._LITERAL, ["modulus"])}
+
+
+@pytest.mark.parametrize("weaken", sorted(_PLANNED))
+def test_a_weakened_plan_is_caught(weaken: str) -> None:
+    """Each answer of a planned rule is in its key: written as None, some mutation above tells."""
+    code, kinds = _PLANNED[weaken]
+    compile_ = portrules._compile
+
+    def weakened(ops: list[tuple[int, Any, Any]]) -> Any:
+        resolve = compile_(ops)
+        drop = {i + 1 for i, op in enumerate(ops) if op[0] == code}
+        return lambda port, lazy: tuple([None if i in drop else x for i, x in enumerate(resolve(port, lazy))])
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(portrules, "_compile", weakened)
+        assert _fails_with(m, kinds)
+
+
+def _keys(text: str, chains: dict[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
+    """Each Service port's shape key (its own chains those of `chains` when given), and their own chains."""
+    from iptrace.kube.analysis import analyse
+
+    analysis = analyse(DATAPLANE, load(text), "ipv4", node_ips=(NODE,))
+    builder = analysis.views._shapes.builder
+    out = {}
+    for sp in analysis.layout.service_ports:
+        shape = builder.tracer.port_shape(builder.questions(sp), (chains or {}).get(sp.key, sp.chains))
+        out[sp.key] = (shape and shape.key, sp.chains)
+    return out
+
+
+def test_a_verdict_to_another_own_chain_is_in_the_key() -> None:
+    """An element of a port's verdict map sent to another of its own chains (which a layout read from the changed
+    rules would hide, by leaving the orphaned chain out) makes its key differ from its shape's other ports'; a
+    plan that drops its verdicts' answers does not."""
+    text = _ruleset(12, 2)
+    keys = _keys(text)
+    alike = [k for k, (key, _) in keys.items() if key is not None and sum(key == x for x, _ in keys.values()) > 1]
+    lines = text.split("\n")
+
+    def vmap(key: str) -> str:
+        at = lines.index(f"\tchain service-{key} {{")
+        return next(x for x in lines[at:] if "numgen random" in x)
+
+    port = next(k for k in alike if " 1 : goto endpoint-" in vmap(k))
+    line = vmap(port)
+    first, second = re.findall(r": goto (endpoint-\S+?)(?:,| })", line)
+    changed = text.replace(line, line.replace(f"1 : goto {second}", f"1 : goto {first}"))
+    own = {k: chains for k, (_, chains) in keys.items()}
+
+    def alone(found: dict[str, Any]) -> bool:
+        return all(found[port][0] != key for k, (key, _) in found.items() if k != port)
+
+    assert not alone(keys) and alone(_keys(changed, own))
+    compile_ = portrules._compile
+
+    def weakened(ops: list[tuple[int, Any, Any]]) -> Any:
+        resolve = compile_(ops)
+        drop = {i + 1 for i, op in enumerate(ops) if op[0] == portrules._VERDICT}
+        return lambda port, lazy: tuple([None if i in drop else x for i, x in enumerate(resolve(port, lazy))])
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(portrules, "_compile", weakened)
+        assert not alone(_keys(changed, own))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32)), max_size=6),
+       st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=8))
+def test_address_classes_are_the_networks_holding_each_address(networks: list[tuple[int, int]],
+                                                               addresses: list[int]) -> None:
+    """Shapes.address_class (ranges found by bisection) says of each address which generic networks hold it, as
+    testing each network would."""
+    import ipaddress
+
+    from iptrace.nftables.state import prefix_bounds
+
+    shapes = portshape.Shapes(type("T", (), {"ruleset": None, "ctx": None, "local": frozenset()})())
+    shapes.ctx = type("C", (), {"addrtype": staticmethod(lambda a: "unicast")})()
+    for value, length in networks:
+        net, mask = prefix_bounds(str(ipaddress.IPv4Address(value)), length)
+        shapes.networks.append((net, mask, False))
+    shapes.networks.append((0, 0, True))
+    for value in [*addresses, *(n for n, _ in networks)]:
+        for v in (value, max(value - 1, 0), min(value + 1, 2**32 - 1)):
+            text = str(ipaddress.IPv4Address(v))
+            (_type, held, _hosts), number = shapes.address_class(text)
+            assert number == v
+            assert held == tuple([not n6 and v & mask == net for net, mask, n6 in shapes.networks])
 
 
 def _affine(n: int = 12) -> str:

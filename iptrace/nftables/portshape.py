@@ -33,6 +33,7 @@ tests/test_nft_port_shapes.py compares views built with and without shapes.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from typing import Any
 
 from iptrace.dataplane import PortShape
@@ -43,7 +44,6 @@ from iptrace.nftables.model import (
     Binop,
     Concat,
     Counter,
-    Ct,
     Element,
     Fib,
     Flags,
@@ -52,7 +52,6 @@ from iptrace.nftables.model import (
     Meta,
     Nat,
     Numgen,
-    Payload,
     Prefix,
     Range,
     Reject,
@@ -62,38 +61,13 @@ from iptrace.nftables.model import (
     VerdictMap,
 )
 from iptrace.nftables.names import KUBE_PROXY_TABLE
+from iptrace.nftables.portrules import ADDR as _ADDR
+from iptrace.nftables.portrules import LIT as _LIT
+from iptrace.nftables.portrules import PORT as _PORT
+from iptrace.nftables.portrules import Decline as _Decline
+from iptrace.nftables.portrules import kind as _kind
+from iptrace.nftables.portrules import plan
 from iptrace.nftables.state import ip_int, prefix_bounds
-
-_ADDR, _PORT, _LIT = "a", "p", "l"
-_ADDRESS_FIELDS = ("saddr", "daddr")
-_PORT_PROTOCOLS = ("th", "tcp", "udp", "sctp")
-# Branch fields generic rules may read as literals (the same for every port's walks but for the questions' own
-# protocol, source port and interface, which are in the key).
-_LITERAL_META = frozenset({"l4proto", "mark", "nfproto", "protocol"})
-
-
-class _Decline(Exception):
-    """The walks read something a shape cannot hold: no shape."""
-
-
-def _kind(e: Any) -> str:
-    """How a look-up or test reads what `e` gives: an address, a port, or something the questions fix (literal)."""
-    t = type(e)
-    if t is Payload:
-        if e.protocol in ("ip", "ip6") and e.field in _ADDRESS_FIELDS:
-            return _ADDR
-        if e.protocol in _PORT_PROTOCOLS and e.field == "dport":
-            return _PORT
-        if e.protocol in ("ip", "ip6") and e.field in ("protocol", "nexthdr"):
-            return _LIT
-        raise _Decline
-    if t is Meta and e.key in _LITERAL_META:
-        return _LIT
-    if t is Ct and e.key == "state" and e.direction is None:
-        return _LIT
-    if t is Binop and type(e.left) is Meta and e.left.key == "mark" and type(e.right) is int:
-        return _LIT
-    raise _Decline
 
 
 class _Lookup:
@@ -123,7 +97,8 @@ class Shapes:
         self.hosts: list[str] = []  # generic exact-host tests
         self.ports: list[Any] = []  # generic exact-port tests (int) and ranges (Range)
         self._seen: set[Any] = set()
-        self._classes: dict[str, tuple[Any, ...]] = {}
+        self._classes: dict[str, Any] = {}
+        self._regions: tuple[Any, ...] | None = None
         self._reach: dict[tuple[int, str], frozenset[tuple[int, str]] | None] = {}
         self.lookups: dict[tuple[int, str, tuple[str, ...]], _Lookup | None] = {}
         self.roots: dict[int, frozenset[tuple[int, str]] | None] = {}
@@ -291,22 +266,57 @@ class Shapes:
             self.roots[version] = self.reach(starts)
         return self.roots[version]
 
-    def address_class(self, addr: str) -> tuple[Any, ...]:
+    def classes(self, addresses: Any, own_networks: list[tuple[int, int, bool]]) -> tuple[Any, ...]:
+        """Each address's class (address_class) and which of a port's own networks hold it. Classes are kept per
+        address while the generic networks and hosts are the same (a node's clients are in every port's
+        questions)."""
+        regions = self._regions
+        if regions is None or regions[0] != len(self.networks) or regions[1] != len(self.hosts):
+            self._regions = self._partition()
+            self._classes = {}
+        known = self._classes
+        out = []
+        for a in addresses:
+            found = known.get(a)
+            if found is None:
+                found = known[a] = self.address_class(a)
+            seen, value = found
+            out.append((seen, tuple([(":" in a) == n6 and value & mask == net for net, mask, n6 in own_networks])
+                        if own_networks else ()))
+        return tuple(out)
+
+    def address_class(self, addr: str) -> tuple[tuple[str, tuple[bool, ...], tuple[bool, ...]], int]:
         """What generic tests and the routing decision see of an address: its fib type ("local" for the node's
         addresses and loopback: also whether the node sent it), which generic networks hold it and which exact
-        host it is; then the address as an int. Kept per address while the generic networks and hosts are the
-        same (a node's clients are in every port's questions)."""
-        networks, hosts = self.networks, self.hosts
-        found = self._classes.get(addr)
-        if found is not None and found[0] == len(networks) and found[1] == len(hosts):
-            return found  # type: ignore[no-any-return]
-        v6 = ":" in addr
+        host it is; and the address as an int."""
+        regions = self._regions
+        if regions is None or regions[0] != len(self.networks) or regions[1] != len(self.hosts):
+            regions = self._regions = self._partition()
         value = ip_int(addr)
-        found = self._classes[addr] = (
-            len(networks), len(hosts), self.ctx.addrtype(addr),
-            tuple([v6 == n6 and value & mask == net for net, mask, n6 in networks]),
-            tuple([addr == host for host in hosts]), value)
-        return found
+        bounds, nets = regions[3] if ":" in addr else regions[2]
+        host = regions[4].get(addr)
+        return (self.ctx.addrtype(addr), nets[bisect_right(bounds, value) - 1],
+                regions[5] if host is None else host), value
+
+    def _partition(self) -> tuple[Any, ...]:
+        """The generic networks as ranges of addresses that each network holds whole or not at all: per IP
+        version (the ranges' starts, each range's networks holding it), and each exact host's tuple."""
+        networks = self.networks
+        versions = []
+        for v6 in (False, True):
+            full = (1 << (128 if v6 else 32)) - 1
+            starts = {0}
+            for net, mask, n6 in networks:
+                if n6 == v6:
+                    starts.add(net)
+                    if net | (full ^ mask) < full:
+                        starts.add((net | (full ^ mask)) + 1)
+            bounds = sorted(starts)
+            versions.append((bounds, [tuple([v6 == n6 and start & mask == net for net, mask, n6 in networks])
+                                      for start in bounds]))
+        hosts = self.hosts
+        each = {host: tuple([h == host for h in hosts]) for host in hosts}
+        return len(networks), len(hosts), versions[0], versions[1], each, tuple([False] * len(hosts))
 
     def port_class(self, port: int) -> str:
         return "".join(["1" if (port == p if type(p) is int else p.low <= port <= p.high) else "0"
@@ -391,11 +401,15 @@ class _Port:
             raise _Decline
         if v.kind not in ("jump", "goto"):
             return v
-        own = self.own.get(v.target)  # type: ignore[arg-type]
+        return self.target(v.kind, v.target)  # type: ignore[arg-type]
+
+    def target(self, kind: str, chain: str) -> Any:
+        """A jump or goto to `chain`: an own chain as its number, another by name (walked as generic)."""
+        own = self.own.get(chain)
         if own is None:
-            self.jumps.add(v.target)  # type: ignore[arg-type]
-            return v
-        return (v.kind, own)
+            self.jumps.add(chain)
+            return (kind, chain)
+        return (kind, own)
 
     def item(self, item: Any) -> Any:
         """An own rule's item with its values as numbers (only what kube-proxy writes in a Service port's chains)."""
@@ -518,7 +532,17 @@ class _Port:
                 raise _Decline
             rules = []
             for rule in chain.rules:
-                rules.append(tuple([self.item(item) for item in rule.peek_items()]))
+                lazy = rule._lazy
+                if lazy is None:
+                    rules.append(tuple([self.item(item) for item in rule.items]))
+                else:
+                    build = lazy[0]
+                    try:
+                        ops = build.port_plan
+                    except AttributeError:
+                        ops = build.port_plan = plan(build, len(lazy))
+                    rules.append(tuple([self.item(item) for item in rule.peek_items()]) if ops is None
+                                 else ops(self, lazy))
                 lines.append(rule.line or 0)
             own_rules.append(tuple(rules))
         own_keys = {(id(kube), name) for name in self.chains}
@@ -539,13 +563,8 @@ class _Port:
             lines = []  # (nft's JSON: no rule has a line, and a view says 0 for each, the same for every port)
         elif len(set(lines)) != len(lines) or 0 in lines:
             raise _Decline
-        own_networks = self.own_networks
-        classes = []
-        for a in self.addresses:
-            found = shapes.address_class(a)
-            classes.append((found[2:5], tuple([(":" in a) == n6 and found[5] & mask == net
-                                                for net, mask, n6 in own_networks])))
+        classes = shapes.classes(self.addresses, self.own_networks)
         port_classes = tuple([shapes.port_class(p) for p in self.ports])
         key = (version, tuple(asked), tuple(own_rules), sets, tuple(elements), len(shapes.networks), len(shapes.hosts),
-               len(shapes.ports), tuple(classes), port_classes)
+               len(shapes.ports), classes, port_classes)
         return PortShape(key, tuple(self.addresses), tuple(self.ports), self.chains, tuple(lines))

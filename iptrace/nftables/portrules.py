@@ -1,0 +1,266 @@
+"""How a Service port's shape (portshape.py) reads what its rules test, and its own rules read by *plan*.
+
+A rule the loader read through a shape (shapes.compile_template) is built by one function from its values:
+rules of one builder are the builder's template with their own values in its slots. `plan` abstracts a template
+once: the template's items built with a `Hole` in each value's place, read the way `portshape._Port.item` reads
+items, give the `_Port` calls (ops) such a rule makes, each on a constant of the template or on a value, and
+are compiled into one function per builder. It writes a rule as (its builder, what those calls answer for its
+values, in the same order), noting the same numbers, networks, jumps and sets `_Port.item` notes for its items,
+without building them (a port's ~20 endpoint rules are most of what its shape reads). A plan is made only when
+the template runs no function of a value but make_nat (whose DNAT target's parts the holes follow: another could
+hide a value in what it makes) and every hole of the items is one a call reads (no value of the rule is left out
+of its written form); otherwise, and for rules read alone or from JSON, `_Port.item` reads the items. Equal
+builders and equal answers: equal items but for the port's values, in the same places.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Callable
+from typing import Any
+
+from iptrace.nftables.model import (
+    AnonSet,
+    Binop,
+    Ct,
+    Fib,
+    Match,
+    Meta,
+    Nat,
+    Numgen,
+    Payload,
+    SetRef,
+    SetUpdate,
+    Verdict,
+    VerdictMap,
+)
+from iptrace.nftables.normalise import make_nat
+from iptrace.nftables.shapes import Call
+
+ADDR, PORT, LIT = "a", "p", "l"
+_ADDRESS_FIELDS = ("saddr", "daddr")
+_PORT_PROTOCOLS = ("th", "tcp", "udp", "sctp")
+# Branch fields generic rules may read as literals (the same for every port's walks but for the questions' own
+# protocol, source port and interface, which are in the key).
+_LITERAL_META = frozenset({"l4proto", "mark", "nfproto", "protocol"})
+MATCH_OPS = ("==", "!=", "in")
+
+
+class Decline(Exception):
+    """The walks read something a shape cannot hold: no shape."""
+
+
+def kind(e: Any) -> str:
+    """How a look-up or test reads what `e` gives: an address, a port, or something the questions fix (literal)."""
+    t = type(e)
+    if t is Payload:
+        if e.protocol in ("ip", "ip6") and e.field in _ADDRESS_FIELDS:
+            return ADDR
+        if e.protocol in _PORT_PROTOCOLS and e.field == "dport":
+            return PORT
+        if e.protocol in ("ip", "ip6") and e.field in ("protocol", "nexthdr"):
+            return LIT
+        raise Decline
+    if t is Meta and e.key in _LITERAL_META:
+        return LIT
+    if t is Ct and e.key == "state" and e.direction is None:
+        return LIT
+    if t is Binop and type(e.left) is Meta and e.left.key == "mark" and type(e.right) is int:
+        return LIT
+    raise Decline
+
+
+def fib_ok(left: Fib) -> bool:
+    return left.result == "type" and left.flags in (("saddr",), ("daddr",))
+
+
+# -- plans ------------------------------------------------------------------------------------------------------
+
+class Hole:
+    """A value's place in a template (`lazy[k]`, or its `part`-th member: make_nat reads a DNAT target's address
+    and port)."""
+
+    __slots__ = ("k", "part")
+
+    def __init__(self, k: int, part: int | None = None) -> None:
+        self.k = k
+        self.part = part
+
+    def __getitem__(self, i: int) -> Hole:
+        if self.part is not None or i not in (0, 1):
+            raise IndexError(i)
+        return Hole(self.k, i)
+
+
+# The ops: (code, a, b), each answering one `_Port` call of `_Port.item` on its arguments (a Hole: the rule's value).
+_VALUE, _FIB, _LITERAL, _VERDICT, _NAT, _OWN_SET = range(6)
+
+
+def _calls_only(node: Any, fn: Any) -> bool:
+    """Whether every Call of a template (shapes.Call: a function of values, run when the rule is built) is `fn`."""
+    t = type(node)
+    if t is Call:
+        return node.fn is fn and _calls_only(node.args, fn)  # type: ignore[no-any-return]
+    if t is tuple:
+        return all(_calls_only(x, fn) for x in node)
+    if hasattr(node, "__dataclass_fields__"):
+        return all(_calls_only(getattr(node, name), fn) for name in node.__dataclass_fields__)
+    return True
+
+
+def _holes(node: Any, into: Tally[tuple[int, int | None]]) -> None:
+    t = type(node)
+    if t is Hole:
+        into[(node.k, node.part)] += 1
+    elif t is tuple:
+        for x in node:
+            _holes(x, into)
+    elif hasattr(node, "__dataclass_fields__"):
+        for name in node.__dataclass_fields__:
+            _holes(getattr(node, name), into)
+
+
+class _Planner:
+    def __init__(self) -> None:
+        self.ops: list[tuple[int, Any, Any]] = []
+        self.read: Tally[tuple[int, int | None]] = Tally()
+
+    def op(self, code: int, a: Any, b: Any = None) -> None:
+        for x in (a, b):
+            if type(x) is Hole:
+                self.read[(x.k, x.part)] += 1
+        self.ops.append((code, a, b))
+
+    def verdict(self, v: Any) -> None:
+        if type(v) is not Verdict or type(v.kind) is not str:
+            raise Decline
+        if v.kind in ("jump", "goto"):
+            self.op(_VERDICT, v.kind, v.target)
+
+    def item(self, item: Any) -> None:
+        """`_Port.item`'s calls on `item`, in its order (its checks of constants made here, once)."""
+        t = type(item)
+        if t is Match:
+            left, right = item.left, item.right
+            if item.op not in MATCH_OPS:
+                raise Decline
+            if type(left) is Fib:
+                if not fib_ok(left):
+                    raise Decline
+                if type(right) is Hole:
+                    self.op(_FIB, right)
+                elif type(right) is not str:
+                    raise Decline
+                return
+            k = kind(left)
+            if type(right) is SetRef and type(right.name) is Hole:
+                if k != ADDR:
+                    raise Decline
+                self.op(_OWN_SET, right.name)
+            else:
+                self.op(_VALUE, k, right)
+        elif t is VerdictMap:
+            key, found = item.key, item.map
+            if type(key) is not Numgen or key.mode != "random" or type(found) is not AnonSet:
+                raise Decline
+            for x in (key.modulus, key.offset):
+                if type(x) is Hole:
+                    self.op(_LITERAL, x)
+            for e in found.elements:
+                if type(e.key) is Hole:
+                    self.op(_LITERAL, e.key)
+                self.verdict(e.data)
+        elif t is Verdict:
+            self.verdict(item)
+        elif t is Nat:
+            if item.kind != "dnat":
+                raise Decline
+            self.op(_NAT, item.addr, item.port)
+        elif t is SetUpdate:
+            if item.op not in ("add", "update") or kind(item.key) != ADDR:
+                raise Decline
+            self.op(_OWN_SET, item.set)
+            if type(item.timeout_ms) is Hole:
+                self.op(_LITERAL, item.timeout_ms)
+        else:
+            raise Decline  # (Mangle, Counter, Reject…: `_Port.item` keeps them whole)
+
+
+def plan(build: Any, size: int) -> Callable[[Any, tuple[Any, ...]], tuple[Any, ...]] | None:
+    """The function writing a rule `build` makes (its `_lazy` `size` long) for a port (`_compile`), or None when
+    such rules' items are read."""
+    template = getattr(build, "template", None)
+    if template is None or not _calls_only(template[0], make_nat):
+        return None  # (a function of a value other than make_nat could hide it from the items built with holes)
+    try:
+        items = build((build, None, None, *[Hole(k) for k in range(3, size)]))[0]
+        planner = _Planner()
+        for item in items:
+            planner.item(item)
+        holes: Tally[tuple[int, int | None]] = Tally()
+        _holes(items, holes)
+    except (Decline, TypeError, AttributeError, IndexError, KeyError, ValueError):
+        # (a builder given holes fails where it reads a value's parts make_nat does not: its items are read)
+        return None
+    if holes != planner.read:
+        return None
+    return _compile(planner.ops)
+
+
+def _compile(ops: list[tuple[int, Any, Any]]) -> Callable[[Any, tuple[Any, ...]], tuple[Any, ...]]:
+    """resolve(port, lazy): a rule of a planned builder written for `port` (a portshape._Port), as its builder
+    and the answers of its ops for its values (see the module's doc). Generated code, one function per builder:
+    it runs for every own rule of every port."""
+    ns: dict[str, Any] = {"Decline": Decline, "_ADDR": ADDR}
+    lines = ["    addresses, own, jumps = port.addresses, port.own, port.jumps"]
+    out = ["lazy[0]"]
+
+    def const(x: Any) -> str:
+        name = f"c{len(ns)}"
+        ns[name] = x
+        return name
+
+    def get(x: Any, into: str, check: str | None = None) -> None:
+        """`into` = the value `x` stands for (a constant, or the rule's), of type `check` when given."""
+        if type(x) is not Hole:
+            lines.append(f"    {into} = {const(x)}")
+        elif x.part is None:
+            lines.append(f"    {into} = lazy[{x.k}]")
+        else:
+            lines.append(f"    {into} = lazy[{x.k}]")
+            lines.append(f"    if type({into}) is not tuple or len({into}) != 2:\n        raise Decline")
+            lines.append(f"    {into} = {into}[{x.part}]")
+        if check is not None:
+            lines.append(f"    if type({into}) is not {check}:\n        raise Decline")
+
+    for i, (code, a, b) in enumerate(ops):
+        x = f"x{i}"
+        if code == _VALUE:
+            get(b, "v")
+            if a == ADDR:  # (an address, inline: most values are)
+                lines.append(f"    if type(v) is str:\n        n = addresses.get(v)\n        if n is None:\n"
+                             f"            n = addresses[v] = len(addresses)\n        {x} = (_ADDR, n)\n"
+                             f"    else:\n        {x} = port.value(_ADDR, v)")
+            else:
+                lines.append(f"    {x} = port.value({const(a)}, v)")
+        elif code == _VERDICT:
+            get(b, "v", "str")
+            lines.append(f"    n = own.get(v)\n    if n is None:\n        jumps.add(v)\n        {x} = ({const(a)}, v)\n"
+                         f"    else:\n        {x} = ({const(a)}, n)")
+        elif code == _NAT:
+            get(a, "v", "str")
+            get(b, "p")
+            lines.append(f"    if p is not None and type(p) is not int:\n        raise Decline\n"
+                         f"    {x} = (port.address(v), None if p is None else port.port(p))")
+        elif code == _FIB:
+            get(a, x, "str")
+        elif code == _LITERAL:
+            get(a, x)
+            lines.append(f"    hash({x})")
+        else:
+            get(a, "v", "str")
+            lines.append(f"    {x} = port.own_set(v)")
+        out.append(x)
+    body = "\n".join(lines)
+    exec(f"def resolve(port, lazy):\n{body}\n    return ({', '.join(out)},)\n", ns)
+    return ns["resolve"]  # type: ignore[no-any-return]
