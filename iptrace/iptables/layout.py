@@ -15,7 +15,8 @@ import gc
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from operator import itemgetter
+from itertools import chain as chain_items
+from operator import attrgetter, itemgetter
 
 from iptrace.iptables.comments import chain_key, parse_comment
 from iptrace.iptables.era import no_rules_warnings, proxy_mode
@@ -33,7 +34,7 @@ from iptrace.iptables.kube_chains import (
     KubeChains,
     chain_summary,
 )
-from iptrace.iptables.model import Ruleset
+from iptrace.iptables.model import Chain, Ruleset
 from iptrace.iptables.sources import infer_node_ips
 from iptrace.layout import (
     CLUSTER_IP,
@@ -56,6 +57,7 @@ from iptrace.records import positional_new
 
 _LOCAL_PREFIXES = ("KUBE-SVL-", "KUBE-XLB-")
 _RULE_LINE = itemgetter(3)  # Rule.line, read straight from the tuple
+_RULES = attrgetter("rules")  # (a Chain's)
 
 def _port(text: str | None) -> int | None:
     if text is None:
@@ -425,17 +427,17 @@ class _Reader:
 
     def _service_port(self, g: _Group, hash_names: dict[str, str]) -> ServicePortLayout:
         nat = self.tables.nat_chains
-        lines: set[int] = set(g.lines)
-        # Each of the group's chains read once, for its summary and its lines.
+        # Each of the group's chains read once, for its summary; their lines and the endpoint chains' are taken
+        # below in one pass over their rules.
         summaries: dict[str, ChainSummary] = {}
+        found: list[Chain] = []
         for prefix, name in g.chains.items():
             chain = nat.get(name)
             if chain is None:
                 summaries[prefix] = NO_RULES
                 continue
-            rules = chain.rules
-            summaries[prefix] = chain_summary(rules)
-            lines.update(map(_RULE_LINE, rules))
+            summaries[prefix] = chain_summary(chain.rules)
+            found.append(chain)
         self.complete(g, list(summaries.values()))
         ways_in = self.ways_in(g)
         cluster_chain = g.chains.get("KUBE-SVC-")
@@ -470,13 +472,12 @@ class _Reader:
             elif cluster_way.chain.startswith("KUBE-SVC-"):
                 itp = "Cluster"
         affinity = cluster.affinity if cluster.affinity is not None else local.affinity
+        lines: set[int] = set(g.lines)
         for w in ways_in:
             lines.update(w.lines)
         lines.update(g.firewall_lines)
-        for chain in endpoint_chains:
-            found = nat.get(chain)
-            if found is not None:
-                lines.update(map(_RULE_LINE, found.rules))
+        found.extend(filter(None, map(nat.get, endpoint_chains)))  # (a Chain is always true)
+        lines.update(map(_RULE_LINE, chain_items.from_iterable(map(_RULES, found))))
         lines.discard(0)
         name, identity = g.name, g.identity
         if name is None and g.key in hash_names:
