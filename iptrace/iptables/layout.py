@@ -445,7 +445,20 @@ class _Reader:
         cluster = summaries.get("KUBE-SVC-", NO_RULES)
         local = summaries.get("KUBE-SVL-") or summaries.get("KUBE-XLB-") or NO_RULES
         endpoint_chains = list(dict.fromkeys([*cluster.endpoint_chains, *local.endpoint_chains]))
-        lb_ips = [w.address for w in ways_in if w.kind == LOAD_BALANCER and w.address]
+        # The ways in read once: the LB IPs, whether one is from outside the cluster, the first ClusterIP one.
+        lines: set[int] = set(g.lines)
+        lb_ips: list[str] = []
+        external = False
+        cluster_way: WayIn | None = None
+        for w in ways_in:
+            kind = w.kind
+            if kind == LOAD_BALANCER and w.address:
+                lb_ips.append(w.address)
+            if kind in (NODE_PORT, EXTERNAL_IP, LOAD_BALANCER):
+                external = True
+            elif kind == CLUSTER_IP and cluster_way is None:
+                cluster_way = w
+            lines.update(w.lines)
         ranges: list[str] = []
         fw = summaries.get("KUBE-FW-")
         if fw is not None:
@@ -455,7 +468,7 @@ class _Reader:
                 if src not in ranges:
                     ranges.append(src)
         etp: str | None = None
-        if any(w.kind in (NODE_PORT, EXTERNAL_IP, LOAD_BALANCER) for w in ways_in):
+        if external:
             ext = summaries.get("KUBE-EXT-")
             ext_local = "KUBE-XLB-" in g.chains or g.etp_local_drop
             if not ext_local and ext is not None:
@@ -465,16 +478,12 @@ class _Reader:
             elif g.chains or not g.no_endpoints:
                 etp = "Cluster"
         itp: str | None = None
-        cluster_way = next((w for w in ways_in if w.kind == CLUSTER_IP), None)
         if cluster_way is not None:
             if cluster_way.chain.startswith("KUBE-SVL-") or g.itp_local_drop:
                 itp = "Local"
             elif cluster_way.chain.startswith("KUBE-SVC-"):
                 itp = "Cluster"
         affinity = cluster.affinity if cluster.affinity is not None else local.affinity
-        lines: set[int] = set(g.lines)
-        for w in ways_in:
-            lines.update(w.lines)
         lines.update(g.firewall_lines)
         found.extend(filter(None, map(nat.get, endpoint_chains)))  # (a Chain is always true)
         lines.update(map(_RULE_LINE, chain_items.from_iterable(map(_RULES, found))))
