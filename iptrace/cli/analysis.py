@@ -83,7 +83,6 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
     batch()
     from iptrace.errors import InputError
     from iptrace.kube.select import select_ports
-    from iptrace.render.graph import render_dot, render_mermaid
     from iptrace.render.services import iter_services_json, iter_services_json_texts, render_services_text
 
     if service is not None and "/" not in service:
@@ -135,12 +134,15 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
         # (without cluster data, each object's text is written directly: the same bytes, ~half the cost)
         texts = (text for _, v in pairs for text in iter_services_json_texts(v)) if cluster is None else None
         emit_json_items(items, sum(len(v.services) for _, v in pairs), texts)
-    elif output == "dot":
-        click.echo(render_dot(pairs[0][1]), nl=False)
-    elif output == "svg":
-        click.echo(_render_svg(render_dot(pairs[0][1])), nl=False)
-    elif output == "mermaid":
-        click.echo(render_mermaid(pairs[0][1]), nl=False)
+    elif output in ("dot", "svg", "mermaid"):
+        from iptrace.render.graph import render_dot, render_mermaid  # (only here: text and json do not draw)
+
+        if output == "dot":
+            click.echo(render_dot(pairs[0][1]), nl=False)
+        elif output == "svg":
+            click.echo(_render_svg(render_dot(pairs[0][1])), nl=False)
+        else:
+            click.echo(render_mermaid(pairs[0][1]), nl=False)
     else:
         click.echo("\n".join(render_services_text(v, cluster) for _, v in pairs), nl=False)
         if cluster is not None:

@@ -154,7 +154,9 @@ _FIELDS_OF: dict[int, tuple[RuleShape, bool, frozenset[str]]] = {}
 def shape_fields(shape: RuleShape) -> tuple[bool, frozenset[str]]:
     """What every rule of `shape` gives `read`: whether its target is its last token, and which attributes (values,
     flags; `unknown` and a module's name too) it sets besides `target` and `goto`. A reader that wants only the
-    target of a rule whose shape sets nothing else it needs can take the last token (see target_of)."""
+    target of a rule whose shape sets nothing else it needs can take its last token: the text after its last space
+    (rule texts are single-spaced: the loader joins the tokens of any other), unless that token has a quote in it
+    (then `read` the rule: whatever tokenizer `read` picks, an unquoted last token is that text)."""
     found = _FIELDS_OF.get(id(shape))
     if found is not None and found[0] is shape:
         return found[1], found[2]
@@ -164,15 +166,6 @@ def shape_fields(shape: RuleShape) -> tuple[bool, frozenset[str]]:
     last = 0 <= plan.target_index == plan.n_tokens - 1
     _FIELDS_OF[id(shape)] = (shape, last, attrs)
     return last, attrs
-
-
-def target_of(text: str) -> str | None:
-    """`read(rule).target` for a rule whose shape ends with its target (shape_fields), from its text alone: its
-    last token, unless that token has a quote in it (None: then `read` it). Rule texts are single-spaced (the
-    loader joins the tokens of any other), and whatever tokenizer `read` picks, a last token without a quote is
-    the text after its last space."""
-    last = text[text.rfind(" ") + 1:]
-    return None if '"' in last else last
 
 
 def _reader(shape: RuleShape) -> Callable[[Rule], RuleFacts]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from operator import itemgetter
 
 from iptrace.iptables.comments import parse_comment
-from iptrace.iptables.facts import RuleFacts, read, shape_fields, target_of
+from iptrace.iptables.facts import RuleFacts, read, shape_fields
 from iptrace.iptables.hashes import SERVICE_PORT_CHAIN_PREFIXES
 from iptrace.iptables.model import Chain, Rule, Ruleset, RuleShape, Table
 from iptrace.records import positional_new
@@ -182,7 +182,7 @@ def chain_summary(rules: Sequence[Rule]) -> ChainSummary:
 
 
 # What a rule can give a summary besides its target: a rule whose shape sets none of these (or only the name's
-# comment and the protocol once both are known) is not read, its target taken from its text (facts.target_of).
+# comment and the protocol once both are known) is not read, its target taken from its text (facts.shape_fields).
 _NAME_FIELDS = frozenset({"comment"})
 _PROTO_FIELDS = frozenset({"proto"})
 _OTHER_FIELDS = frozenset({"src", "src_type", "recent_check", "seconds"})
@@ -206,8 +206,9 @@ def _summary(rules: Sequence[Rule]) -> ChainSummary:
             if skip is None or skip[0] is not shape:
                 skip = _skip(shape)
             if skip[1] and (name is not None or not skip[2]) and (proto is not None or not skip[3]):
-                target = target_of(rule[1])
-                if target is not None and target != DROP_CHAIN:
+                text = rule[1]
+                target = text[text.rfind(" ") + 1:]  # (see facts.shape_fields)
+                if '"' not in target and target != DROP_CHAIN:
                     if target.startswith(SEP):
                         endpoint_chains[target] = None
                     elif target.startswith("KUBE-SVL-"):

@@ -15,7 +15,8 @@ import gc
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from operator import itemgetter
+from itertools import chain as chain_items
+from operator import attrgetter, itemgetter
 
 from iptrace.iptables.comments import chain_key, parse_comment
 from iptrace.iptables.era import no_rules_warnings, proxy_mode
@@ -33,7 +34,7 @@ from iptrace.iptables.kube_chains import (
     KubeChains,
     chain_summary,
 )
-from iptrace.iptables.model import Ruleset
+from iptrace.iptables.model import Chain, Ruleset
 from iptrace.iptables.sources import infer_node_ips
 from iptrace.layout import (
     CLUSTER_IP,
@@ -56,6 +57,7 @@ from iptrace.records import positional_new
 
 _LOCAL_PREFIXES = ("KUBE-SVL-", "KUBE-XLB-")
 _RULE_LINE = itemgetter(3)  # Rule.line, read straight from the tuple
+_RULES = attrgetter("rules")  # (a Chain's)
 
 def _port(text: str | None) -> int | None:
     if text is None:
@@ -425,17 +427,17 @@ class _Reader:
 
     def _service_port(self, g: _Group, hash_names: dict[str, str]) -> ServicePortLayout:
         nat = self.tables.nat_chains
-        lines: set[int] = set(g.lines)
-        # Each of the group's chains read once, for its summary and its lines.
+        # Each of the group's chains read once, for its summary; their lines and the endpoint chains' are taken
+        # below in one pass over their rules.
         summaries: dict[str, ChainSummary] = {}
+        found: list[Chain] = []
         for prefix, name in g.chains.items():
             chain = nat.get(name)
             if chain is None:
                 summaries[prefix] = NO_RULES
                 continue
-            rules = chain.rules
-            summaries[prefix] = chain_summary(rules)
-            lines.update(map(_RULE_LINE, rules))
+            summaries[prefix] = chain_summary(chain.rules)
+            found.append(chain)
         self.complete(g, list(summaries.values()))
         ways_in = self.ways_in(g)
         cluster_chain = g.chains.get("KUBE-SVC-")
@@ -443,7 +445,20 @@ class _Reader:
         cluster = summaries.get("KUBE-SVC-", NO_RULES)
         local = summaries.get("KUBE-SVL-") or summaries.get("KUBE-XLB-") or NO_RULES
         endpoint_chains = list(dict.fromkeys([*cluster.endpoint_chains, *local.endpoint_chains]))
-        lb_ips = [w.address for w in ways_in if w.kind == LOAD_BALANCER and w.address]
+        # The ways in read once: the LB IPs, whether one is from outside the cluster, the first ClusterIP one.
+        lines: set[int] = set(g.lines)
+        lb_ips: list[str] = []
+        external = False
+        cluster_way: WayIn | None = None
+        for w in ways_in:
+            kind = w.kind
+            if kind == LOAD_BALANCER and w.address:
+                lb_ips.append(w.address)
+            if kind in (NODE_PORT, EXTERNAL_IP, LOAD_BALANCER):
+                external = True
+            elif kind == CLUSTER_IP and cluster_way is None:
+                cluster_way = w
+            lines.update(w.lines)
         ranges: list[str] = []
         fw = summaries.get("KUBE-FW-")
         if fw is not None:
@@ -453,7 +468,7 @@ class _Reader:
                 if src not in ranges:
                     ranges.append(src)
         etp: str | None = None
-        if any(w.kind in (NODE_PORT, EXTERNAL_IP, LOAD_BALANCER) for w in ways_in):
+        if external:
             ext = summaries.get("KUBE-EXT-")
             ext_local = "KUBE-XLB-" in g.chains or g.etp_local_drop
             if not ext_local and ext is not None:
@@ -463,20 +478,15 @@ class _Reader:
             elif g.chains or not g.no_endpoints:
                 etp = "Cluster"
         itp: str | None = None
-        cluster_way = next((w for w in ways_in if w.kind == CLUSTER_IP), None)
         if cluster_way is not None:
             if cluster_way.chain.startswith("KUBE-SVL-") or g.itp_local_drop:
                 itp = "Local"
             elif cluster_way.chain.startswith("KUBE-SVC-"):
                 itp = "Cluster"
         affinity = cluster.affinity if cluster.affinity is not None else local.affinity
-        for w in ways_in:
-            lines.update(w.lines)
         lines.update(g.firewall_lines)
-        for chain in endpoint_chains:
-            found = nat.get(chain)
-            if found is not None:
-                lines.update(map(_RULE_LINE, found.rules))
+        found.extend(filter(None, map(nat.get, endpoint_chains)))  # (a Chain is always true)
+        lines.update(map(_RULE_LINE, chain_items.from_iterable(map(_RULES, found))))
         lines.discard(0)
         name, identity = g.name, g.identity
         if name is None and g.key in hash_names:

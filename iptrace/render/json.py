@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -135,6 +134,8 @@ class PathTexts:
     no dump's text has), so no string of a dump can pass for one."""
 
     def __init__(self) -> None:
+        import secrets  # (here: every `-o json` imports this module, few print paths)
+
         nonce = secrets.token_hex(8)
         self._nonce = f"\x00path-{nonce}-"
         self._found = re.compile(r'"\\u0000path-' + nonce + r'-(\d+)\\u0000"')  # (as printed: NUL is \u0000)
