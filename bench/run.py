@@ -142,27 +142,32 @@ def baseline_cpu(text: str) -> float:
     return time.process_time() - start
 
 
-def figure_nft_services(dump: Path) -> dict[str, Any]:
-    """`iptrace services NFT_LISTING -o json` end to end in a fresh process: its CPU time (and wall time) against
-    the tokenizer baseline of the same text measured alongside, and its peak memory against the file's size."""
+def services_run(dump: Path, runs: int = 3) -> dict[str, Any]:
+    """`iptrace services DUMP -o json` end to end in a fresh process, `runs` times, alternating with the tokenizer
+    baseline of the same text: best CPU seconds of each (what the ratio is judged on: the machine is shared, and
+    a 2 s process loses the CPU to others more often than a 0.3 s baseline does), best wall seconds, peak memory
+    against the file's size."""
     text = dump.read_text()
     bases, cpus, walls = [], [], []
-    out_size = 0
-    for _ in range(2):
+    out = b""
+    for _ in range(runs):
         bases.append(baseline_cpu(text))
         before = _cpu_children()
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "iptrace", "services", str(dump), "-o", "json"],
-                              cwd=ROOT, capture_output=True, check=True)
+        out = subprocess.run([sys.executable, "-m", "iptrace", "services", str(dump), "-o", "json"],
+                             cwd=ROOT, capture_output=True, check=True).stdout
         walls.append(time.perf_counter() - start)
         cpus.append(_cpu_children() - before)
-        out_size = len(done.stdout)
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    size_mb = dump.stat().st_size / 1e6
     base, cpu = min(bases), min(cpus)
-    return {"services": len(json.loads(done.stdout)), "json_mb": round(out_size / 1e6, 1),
-            "cpu_s": round(cpu, 3), "wall_s": round(min(walls), 3), "baseline_cpu_s": round(base, 3),
-            "ratio": round(cpu / base, 2), "peak_rss_mb": round(rss), "rss_over_dump": round(rss / size_mb, 1)}
+    return {"services": len(json.loads(out)), "json_mb": round(len(out) / 1e6, 1), "cpu_s": round(cpu, 3),
+            "wall_s": round(min(walls), 3), "baseline_cpu_s": round(base, 3), "ratio": round(cpu / base, 2),
+            "peak_rss_mb": round(rss), "rss_over_dump": round(rss / (dump.stat().st_size / 1e6), 1)}
+
+
+def figure_nft_services(dump: Path) -> dict[str, Any]:
+    """`services` of kube-proxy's nftables ruleset as the kernel lists it (services_run)."""
+    return services_run(dump)
 
 
 def figure_nft_trace(dump: Path) -> dict[str, Any]:
@@ -195,23 +200,9 @@ def figure_nft_trace(dump: Path) -> dict[str, Any]:
 
 
 def figure_services(dump: Path) -> dict[str, Any]:
-    """`iptrace services DUMP -o json` end to end: a fresh process, its wall time and its peak memory, and that
-    time against the tokenizer baseline of the same text (issue 10 asks for <= 6x as well as SPEC's 4 s)."""
-    base = min(baseline_seconds(dump.read_text()) for _ in range(3))
-    best = float("inf")
-    out_size = 0
-    for _ in range(2):
-        start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "iptrace", "services", str(dump), "-o", "json"],
-                              cwd=ROOT, capture_output=True, check=True)
-        best = min(best, time.perf_counter() - start)
-        out_size = len(done.stdout)
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    size_mb = dump.stat().st_size / 1e6
-    services = json.loads(done.stdout)
-    return {"services": len(services), "json_mb": round(out_size / 1e6, 1), "end_to_end_s": round(best, 3),
-            "baseline_s": round(base, 3), "ratio": round(best / base, 2), "peak_rss_mb": round(rss),
-            "rss_over_dump": round(rss / size_mb, 1)}
+    """`iptrace services DUMP -o json` end to end (services_run): SPEC's 4 s on the wall clock, and issue 10's
+    <= 6x the tokenizer baseline in CPU seconds, as for the nftables listing."""
+    return services_run(dump)
 
 
 def figure_trace(dump: Path) -> dict[str, Any]:
@@ -378,9 +369,9 @@ def main() -> None:
     if "parse_s" in p:
         rows.append(("parse to model", f"{p['parse_s']} s, {p['ratio']}x baseline", "<= 2 s, <= 3x",
                      verdict(p["parse_s"], 2) if p["ratio"] <= 3 else "OVER"))
-    if "end_to_end_s" in s:
-        rows.append(("services end to end", f"{s['end_to_end_s']} s, {s['ratio']}x baseline", "<= 4 s, <= 6x",
-                     verdict(s["end_to_end_s"], 4) if s["ratio"] <= 6 else "OVER"))
+    if "cpu_s" in s:
+        rows.append(("services end to end", f"{s['wall_s']} s, {s['cpu_s']} s CPU, {s['ratio']}x baseline",
+                     "<= 4 s, <= 6x", verdict(s["wall_s"], 4) if s["ratio"] <= 6 else "OVER"))
         rows.append(("services peak memory", f"{s['rss_over_dump']}x dump", "<= 15x", verdict(s["rss_over_dump"], 15)))
     if "one_trace_ms" in t:
         rows.append(("one trace after load", f"{t['one_trace_ms']} ms", "<= 5 ms", verdict(t["one_trace_ms"], 5)))
