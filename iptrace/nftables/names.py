@@ -84,10 +84,9 @@ def service_chain(role: str, service_port_name: str, protocol: str) -> str:
     return ROLE_PREFIXES[role] + service_port_base(service_port_name, protocol)
 
 
-def split_chain(name: str) -> tuple[str, str, str, str] | None:
-    """A per-Service-port or per-endpoint chain (or affinity set) name → (prefix word, base, "ns/svc:port",
-    protocol); None for any other name. `base` is the hash and the port text (without the endpoint part), the
-    key every chain of one Service port shares."""
+def chain_parts(name: str) -> tuple[str, str, str, list[str]] | None:
+    """A per-Service-port or per-endpoint chain name → (prefix word, hash, port text, its four `/` parts) without
+    hashing anything; None for any other name (split_chain; whether an endpoint chain names a Service port)."""
     m = _NAMED_RE.fullmatch(name)
     if m is None:
         return None
@@ -96,7 +95,17 @@ def split_chain(name: str) -> tuple[str, str, str, str] | None:
     parts = port_part.split("/")
     if len(parts) != 4 or not parts[0] or not parts[1] or not parts[2]:
         return None
-    ns, svc, proto, port = parts
+    return word, digest, port_part, parts
+
+
+def split_chain(name: str) -> tuple[str, str, str, str] | None:
+    """A per-Service-port or per-endpoint chain (or affinity set) name → (prefix word, base, "ns/svc:port",
+    protocol); None for any other name. `base` is the hash and the port text (without the endpoint part), the
+    key every chain of one Service port shares."""
+    found = chain_parts(name)
+    if found is None:
+        return None
+    word, digest, port_part, (ns, svc, proto, port) = found
     if word in ("endpoint", "affinity"):
         # The endpoint's hash covers its address too: the Service port's own base is recomputed.
         base = _port_base(port_part)

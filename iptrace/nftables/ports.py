@@ -38,6 +38,7 @@ from iptrace.nftables.names import (
     MARK_FOR_MASQUERADE,
     MASQUERADING,
     SERVICES_CHAIN,
+    chain_parts,
     split_chain,
 )
 
@@ -53,15 +54,15 @@ def value_text(v: Any) -> str:
     return str(v)
 
 
-def endpoint_of_chain(name: str, v6: bool) -> tuple[str, str, int] | None:
-    """`endpoint-HASH-ns/svc/tcp/p80__10.180.0.1/80` → (the Service port's name base, endpoint IP, port)."""
-    split = split_chain(name)
-    if split is None or split[0] != "endpoint" or "__" not in name or name.endswith("..."):
+def endpoint_address(name: str, v6: bool) -> str | None:
+    """`endpoint-HASH-ns/svc/tcp/p80__10.180.0.1/80` (a name chain_parts reads) → its endpoint IP; None for a
+    name kube-proxy cut short (`…...`: the chain's DNAT says)."""
+    if "__" not in name or name.endswith("..."):
         return None
     host, _, port = name.rsplit("__", 1)[1].rpartition("/")
     if not port.isdigit():
         return None
-    return split[1], host.replace(".", ":") if v6 else host, int(port)
+    return host.replace(".", ":") if v6 else host
 
 
 def _targets(rule: Rule) -> Iterator[str]:
@@ -91,6 +92,36 @@ def _dnat_targets(rule: Rule) -> Iterator[tuple[str, int | None]]:
             yield addr, item.port if isinstance(item.port, int) else None
 
 
+def _endpoint_sources(table: Table, v6: bool) -> Iterator[tuple[str, str | None]]:
+    """(endpoint IP, the chain whose name gives the Service port's name base; None for no port) for every endpoint:
+    the endpoint chains' names (a cut name: its DNAT), the service chains' own DNATs (1.37) and
+    @hairpin-connections. The one walk both PortReader.endpoint_ips and endpoint_index read, so they agree."""
+    direct = False
+    for chain in table.chains:
+        name = chain.name
+        if name.startswith("endpoint-"):
+            if chain_parts(name) is None:
+                continue
+            ip = endpoint_address(name, v6)
+            if ip is not None:
+                yield ip, name
+            else:
+                for rule in chain.rules:
+                    for ip, _ in _dnat_targets(rule):
+                        yield ip, name
+        elif name.startswith(("service-", "local-", "svc-")) and chain.rules and (
+                direct or any("dnat" in r.text for r in chain.rules)):
+            direct = True
+            if chain_parts(name) is not None:
+                for rule in chain.rules:
+                    for ip, _ in _dnat_targets(rule):
+                        yield ip, name
+    hairpin = table.set(HAIRPIN_CONNECTIONS)
+    for e in (hairpin.elements if hairpin is not None else ()):
+        if isinstance(e.key, tuple) and e.key:
+            yield str(e.key[0]), None
+
+
 def _add_base(index: dict[str, str | set[str] | tuple[()]], ip: str, base: str) -> None:
     """Adds a name base to an endpoint IP's (PortReader.endpoint_index: one kept as itself, more as a set)."""
     found = index.get(ip)
@@ -108,7 +139,7 @@ class _LazyIps(Container[str]):
         self._reader = reader
 
     def __contains__(self, ip: object) -> bool:
-        return ip in self._reader.endpoint_index()
+        return ip in self._reader.endpoint_set()
 
 
 class PortReader:
@@ -118,6 +149,7 @@ class PortReader:
         self.v6 = table.family == "ip6"
         self.lines = ElementLines(ruleset)
         self._endpoints: dict[str, str | set[str] | tuple[()]] | None = None
+        self._endpoint_set: frozenset[str] | None = None
 
     @property
     def endpoint_ips(self) -> Container[str]:
@@ -189,38 +221,24 @@ class PortReader:
             for r in chain.rules for i in r.items)
         return (f"{mark:#x}" if mark is not None else None), random_fully
 
+    def endpoint_set(self) -> frozenset[str]:
+        """The endpoints' addresses without their Service ports' name bases (membership, as `services` asks, costs
+        no hashing: endpoint_index's keys)."""
+        if self._endpoint_set is None:
+            self._endpoint_set = frozenset(ip for ip, _ in _endpoint_sources(self.table, self.v6))
+        return self._endpoint_set
+
     def endpoint_index(self) -> dict[str, str | set[str] | tuple[()]]:
-        """endpoint IP → the name bases of the Service ports with an endpoint there: from the endpoint chains'
-        names, the service chains' own DNATs (1.37) and @hairpin-connections. One base is kept as itself, more
-        as a set, none as (): most endpoints serve one Service port, and a set each would be ~8 MB at 5,000
-        Services (endpoint_keys reads them)."""
+        """endpoint IP → the name bases of the Service ports with an endpoint there (_endpoint_sources). One base
+        is kept as itself, more as a set, none as (): most endpoints serve one Service port, and a set each would
+        be ~8 MB at 5,000 Services (endpoint_keys reads them)."""
         if self._endpoints is None:
             index: dict[str, str | set[str] | tuple[()]] = {}
-            direct = False
-            for chain in self.table.chains:
-                name = chain.name
-                if name.startswith("endpoint-"):
-                    found = endpoint_of_chain(name, self.v6)
-                    if found is not None:
-                        _add_base(index, found[1], found[0])
-                    elif chain.rules:  # a cut name: the DNAT says
-                        split = split_chain(name)
-                        for rule in chain.rules:
-                            for ip, _ in _dnat_targets(rule):
-                                if split is not None:
-                                    _add_base(index, ip, split[1])
-                elif name.startswith(("service-", "local-", "svc-")) and chain.rules and (
-                        direct or any("dnat" in r.text for r in chain.rules)):
-                    direct = True
-                    split = split_chain(name)
-                    for rule in chain.rules:
-                        for ip, _ in _dnat_targets(rule):
-                            if split is not None:
-                                _add_base(index, ip, split[1])
-            hairpin = self.table.set(HAIRPIN_CONNECTIONS)
-            for e in (hairpin.elements if hairpin is not None else ()):
-                if isinstance(e.key, tuple) and e.key:
-                    index.setdefault(str(e.key[0]), ())
+            for ip, name in _endpoint_sources(self.table, self.v6):
+                if name is None:
+                    index.setdefault(ip, ())
+                else:
+                    _add_base(index, ip, split_chain(name)[1])  # type: ignore[index]  # (chain_parts read it)
             self._endpoints = index
         return self._endpoints
 

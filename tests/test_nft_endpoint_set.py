@@ -1,0 +1,118 @@
+"""The endpoints' addresses `services` asks about (PortReader.endpoint_set: membership, no name bases hashed) are
+exactly those endpoint_index gives Service ports for (explain, trace): on every bundled sample, every corpus form,
+synthesized listings (IPv6, names kube-proxy cut short with `...`) and each source on its own — endpoint chain
+names, a cut name's DNAT, 1.37's DNATs in service chains, @hairpin-connections."""
+
+from __future__ import annotations
+
+import json
+from ipaddress import ip_address
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bench.synth import EndpointSpec, PortSpec, ServiceSpec
+from bench.synth_nft import render_nft
+from iptrace.nftables import DATAPLANE, load
+from iptrace.nftables.model import Ruleset
+from iptrace.nftables.names import KUBE_PROXY_FAMILIES, KUBE_PROXY_TABLE
+from iptrace.nftables.ports import PortReader
+from tests.nft_corpus import FIXTURES, SAMPLES, read, texts
+from tests.test_nft_layout import EPS, LB, LB_EP, WEB, era_ruleset
+
+ALONE = "198.18.0.9"  # an address only @hairpin-connections has
+
+
+def _readers(ruleset: Ruleset) -> list[PortReader]:
+    return [PortReader(ruleset, t) for t in ruleset.tables
+            if t.name == KUBE_PROXY_TABLE and t.family in KUBE_PROXY_FAMILIES]
+
+
+def _agree(ruleset: Ruleset) -> int:
+    """Asserts the two agree in every kube-proxy table; the number of addresses."""
+    count = 0
+    for reader in _readers(ruleset):
+        assert reader.endpoint_set() == set(reader.endpoint_index()), reader.table.label
+        assert all(ip in reader.endpoint_ips for ip in reader.endpoint_index())
+        count += len(reader.endpoint_set())
+    return count
+
+
+def _sample_text(path: Path) -> str:
+    return json.dumps(json.loads(path.read_text())) if path.suffix == ".json" else path.read_text()
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.name)
+def test_samples_agree(path: Path) -> None:
+    _agree(load(_sample_text(path), source=path.name))
+
+
+@pytest.mark.skipif(not FIXTURES, reason="corpus not present")
+def test_corpus_forms_agree() -> None:
+    total = 0
+    for fixture in FIXTURES:
+        for form, text in texts(read(fixture)).items():
+            total += _agree(load(text, source=f"{fixture.name} {form}"))
+    assert total
+
+
+def _services(v6: bool, name_len: int, n_eps: int, seed: int) -> list[ServiceSpec]:
+    """Two Services whose names are `name_len` long (long ones cut endpoint chain names to `…...`)."""
+    out = []
+    for i in range(2):
+        eps = [EndpointSpec(str(ip_address(f"fd00:10:{seed:x}:{i}::{j + 1:x}" if v6 else f"10.{seed % 250}.{i}.{j + 1}")),
+                            8080 + j) for j in range(n_eps)]
+        out.append(ServiceSpec("n" * name_len, f"s{i}-" + "x" * name_len,
+                               f"fd00:96::{i + 1:x}" if v6 else f"10.96.0.{i + 1}",
+                               [PortSpec("p" * min(name_len, 15), 80)], endpoints=eps))
+    return out
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(v6=st.booleans(), name_len=st.integers(1, 110), n_eps=st.integers(0, 4), seed=st.integers(0, 10_000),
+       form=st.sampled_from(["list", "transaction"]))
+def test_synthesized_rulesets_agree(v6: bool, name_len: int, n_eps: int, seed: int, form: str) -> None:
+    specs = _services(v6, name_len, n_eps, seed)
+    text = render_nft(specs, node_ips=["fd00::10" if v6 else "192.168.0.10"], pod_cidr=None, ipv6=v6, form=form)
+    ruleset = load(text)
+    _agree(ruleset)
+    (reader,) = _readers(ruleset)
+    if name_len <= 100:  # (longer: kube-proxy cuts the Service port's own text, no name says which port)
+        assert reader.endpoint_set() == {e.ip for s in specs for e in s.endpoints}
+
+
+def test_long_ipv6_names_are_cut_and_still_agree() -> None:
+    specs = _services(True, 100, 2, 7)
+    ruleset = load(render_nft(specs, node_ips=["fd00::10"], pod_cidr=None, ipv6=True))
+    (reader,) = _readers(ruleset)
+    assert any(c.name.startswith("endpoint-") and c.name.endswith("...") for c in reader.table.chains)
+    assert _agree(ruleset) == 4 and reader.endpoint_set() == {e.ip for s in specs for e in s.endpoints}
+
+
+def _every_source() -> str:
+    """1.37's ruleset (DNATs in service chains) with @hairpin-connections holding one address of its own, and
+    endpoint chains: a full name, a cut name with its DNAT, and two that name no endpoint."""
+    text = era_ruleset("1.37")
+    hairpin = ", ".join(f"{ip} . {ip} . tcp . 8080" for ip in (*EPS, LB_EP))
+    assert hairpin in text
+    text = text.replace(hairpin, f"{ALONE} . {ALONE} . tcp . 8080")
+    extra = ["\tchain endpoint-ABCDEFGH-default/web/tcp/http__198.18.0.10/8080 {\n\t}",
+             "\tchain endpoint-ABCDEFGH-default/web/tcp/http__198.18.0.1... {\n"
+             "\t\tmeta l4proto tcp dnat to 198.18.0.11:8080\n\t}",
+             "\tchain endpoint-ABCDEFGH-default/web/tcp__198.18.0.12/8080 {\n\t}",
+             "\tchain endpoint-ABCDEFGH-default/web/tcp/http__198.18.0.13/x {\n\t}"]
+    return text[:text.rindex("}")] + "\n".join(extra) + "\n}\n"
+
+
+def test_every_source_is_in_both() -> None:
+    ruleset = load(_every_source())
+    (reader,) = _readers(ruleset)
+    want = {*EPS, LB_EP, ALONE, "198.18.0.10", "198.18.0.11"}
+    assert _agree(ruleset) == len(want) and reader.endpoint_set() == want
+    index = reader.endpoint_index()
+    assert (index[EPS[0]], index[LB_EP], index[ALONE], index["198.18.0.11"]) == (WEB, LB, (), WEB)
+    layout = DATAPLANE.layout(ruleset, "ipv4")
+    assert layout.endpoint_keys(EPS[1]) == (WEB,) and layout.endpoint_keys(ALONE) == ()
+    assert "198.18.0.12" not in layout.endpoint_ips and "198.18.0.13" not in layout.endpoint_ips
