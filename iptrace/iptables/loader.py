@@ -3,9 +3,10 @@ counters) and `iptables -S` listings.
 
 Speed matters (a 160,000-rule dump should load in about a second), so lines are classified by their first
 character and every rule is keyed by its *shape* — the rule text with each value replaced by `_`. kube-proxy
-dumps repeat a few hundred shapes; lark parses one line of each new shape (that validates its syntax and
-gives exact error columns), the option table reads it once, and every other rule of that shape only stores
-its text. Lines that do not look like anything known go through lark too, for a precise error.
+dumps repeat a few hundred shapes; one line of each new shape is split into the grammar's words (rule_words,
+as lark would; lark itself parses a line that is not plain, which validates its syntax and gives exact error
+columns), the option table reads it once, and every other rule of that shape only stores its text. Lines
+that do not look like anything known go through lark too, for a precise error.
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 from iptrace.errors import DumpSemanticError, InputError, ParseError
-from iptrace.iptables import grammar, listing, restore
+from iptrace.iptables import listing, restore
 from iptrace.iptables.model import BUILTIN_CHAINS, TABLES, TOKEN_RE, Chain, LoadWarning, Rule, Ruleset, RuleShape, Table
 from iptrace.iptables.options import (
     BUILTIN_TARGETS,
 )
 from iptrace.iptables.restore import OpenTable
 from iptrace.iptables.rule_shapes import LoadMemo, build_shape
+from iptrace.iptables.rule_words import rule_args
 from iptrace.records import positional_new
 from iptrace.text import decode_input
 
@@ -41,6 +44,14 @@ _TABLE_LINE_RE = re.compile(r"^[ \t]*\*", re.MULTILINE)
 _CHAIN_RE = re.compile(r":(\S+)\s+(\S+)(?:\s+\[(\d+):(\d+)\])?\s*")
 _COUNTED_RULE_RE = re.compile(r"\[(\d+):(\d+)\]\s+-A\s")
 _IPV6_HINT_RE = re.compile(r" -[sd] !? ?[0-9a-fA-F]*:[0-9a-fA-F:]*[/ ]|icmp6|ipv6-icmp|icmpv6")
+
+
+def _grammar() -> ModuleType:
+    """iptrace.iptables.grammar, imported (and lark with it) only when a line needs it: a new rule shape
+    rule_words cannot read, a command, a line no fast path knows."""
+    from iptrace.iptables import grammar
+
+    return grammar
 
 
 def read_dump(path: str | Path) -> tuple[str, str]:
@@ -107,13 +118,16 @@ class _Loader:
         shape = self.shapes.get(key)
         if shape is not None:
             return shape
-        try:
-            tree = grammar.parse_line(line, source=self.source, line_no=line_no)
-        except ParseError as exc:
-            self.fail(exc)
-            return None
-        args, _, _ = grammar.rule_arg_tokens(tree)
-        args = args[lead:]
+        args = rule_args(line) if lead == 0 else None
+        if args is None:
+            grammar = _grammar()
+            try:
+                tree = grammar.parse_line(line, source=self.source, line_no=line_no)
+            except ParseError as exc:
+                self.fail(exc)
+                return None
+            args, _, _ = grammar.rule_arg_tokens(tree)
+            args = args[lead:]
         self.warned = False
         try:
             shape = build_shape(args, line, line_no, self.source, self.warn_once)
@@ -241,7 +255,7 @@ class _Loader:
         key = _SHAPE_KEY_RE.sub(" _", line)
         if key not in self.command_shapes:
             try:
-                grammar.parse_line(line, source=self.source, line_no=line_no)
+                _grammar().parse_line(line, source=self.source, line_no=line_no)
             except ParseError as exc:
                 self.fail(exc)
                 return
@@ -312,7 +326,7 @@ class _Loader:
                 key = shape_key(" _", args)
                 shape = shapes.get(key)
                 if shape is None:
-                    self.add_rule(current, line, line_no, line[3:], None)  # a new shape: lark reads it
+                    self.add_rule(current, line, line_no, line[3:], None)  # a new shape: read once
                     continue
                 jump = None
                 if shape.target_index == shape.n_tokens - 1 >= 0:
@@ -428,7 +442,7 @@ class _Loader:
     def fail_line(self, line: str, line_no: int) -> None:
         """A line no fast path recognises: ask the grammar exactly what is wrong with it."""
         try:
-            grammar.parse_line(line, source=self.source, line_no=line_no)
+            _grammar().parse_line(line, source=self.source, line_no=line_no)
         except ParseError as exc:
             self.fail(exc)
             return
