@@ -143,10 +143,10 @@ def baseline_cpu(text: str) -> float:
 
 
 def services_run(dump: Path, runs: int = 3) -> dict[str, Any]:
-    """`iptrace services DUMP -o json` end to end in a fresh process, `runs` times, alternating with the tokenizer
-    baseline of the same text: best CPU seconds of each (what the ratio is judged on: the machine is shared, and
-    a 2 s process loses the CPU to others more often than a 0.3 s baseline does), best wall seconds, peak memory
-    against the file's size."""
+    """The `services` figure of both dataplanes (an iptables-save dump, the nftables listing): `iptrace services DUMP -o
+    json` end to end in a fresh process, `runs` times, alternating with the tokenizer baseline of the same text:
+    best CPU seconds of each (what the ratio is judged on: the machine is shared, and a 2 s process loses the CPU
+    to others more often than a 0.3 s baseline does), best wall seconds, peak memory against the file's size."""
     text = dump.read_text()
     bases, cpus, walls = [], [], []
     out = b""
@@ -163,11 +163,6 @@ def services_run(dump: Path, runs: int = 3) -> dict[str, Any]:
     return {"services": len(json.loads(out)), "json_mb": round(len(out) / 1e6, 1), "cpu_s": round(cpu, 3),
             "wall_s": round(min(walls), 3), "baseline_cpu_s": round(base, 3), "ratio": round(cpu / base, 2),
             "peak_rss_mb": round(rss), "rss_over_dump": round(rss / (dump.stat().st_size / 1e6), 1)}
-
-
-def figure_nft_services(dump: Path) -> dict[str, Any]:
-    """`services` of kube-proxy's nftables ruleset as the kernel lists it (services_run)."""
-    return services_run(dump)
 
 
 def figure_nft_trace(dump: Path) -> dict[str, Any]:
@@ -197,12 +192,6 @@ def figure_nft_trace(dump: Path) -> dict[str, Any]:
     again_ms = (time.process_time() - start) / len(sample) * 1000
     return {"cluster_ips": len(targets), "sampled": len(sample), "first_trace_ms": round(first_ms, 3),
             "again_trace_ms": round(again_ms, 3)}
-
-
-def figure_services(dump: Path) -> dict[str, Any]:
-    """`iptrace services DUMP -o json` end to end (services_run): SPEC's 4 s on the wall clock, and issue 10's
-    <= 6x the tokenizer baseline in CPU seconds, as for the nftables listing."""
-    return services_run(dump)
 
 
 def figure_trace(dump: Path) -> dict[str, Any]:
@@ -300,8 +289,8 @@ def figure_conntrack(dump: Path) -> dict[str, Any]:
     return figure(synth_table(100_000, cache / "iptrace-bench-conntrack-100000.txt"))
 
 
-FIGURES = {"parse": figure_parse, "services": figure_services, "trace": figure_trace, "explain": figure_explain,
-           "conntrack": figure_conntrack, "nft-parse": figure_nft_parse, "nft-services": figure_nft_services,
+FIGURES = {"parse": figure_parse, "services": services_run, "trace": figure_trace, "explain": figure_explain,
+           "conntrack": figure_conntrack, "nft-parse": figure_nft_parse, "nft-services": services_run,
            "nft-trace": figure_nft_trace, "question": figure_question}
 
 

@@ -223,9 +223,10 @@ class PortReader:
 
     def endpoint_set(self) -> frozenset[str]:
         """The endpoints' addresses without their Service ports' name bases (membership, as `services` asks, costs
-        no hashing: endpoint_index's keys)."""
+        no hashing: endpoint_index's keys, taken from it when it was built first)."""
         if self._endpoint_set is None:
-            self._endpoint_set = frozenset(ip for ip, _ in _endpoint_sources(self.table, self.v6))
+            self._endpoint_set = frozenset(self._endpoints if self._endpoints is not None else
+                                           (ip for ip, _ in _endpoint_sources(self.table, self.v6)))
         return self._endpoint_set
 
     def endpoint_index(self) -> dict[str, str | set[str] | tuple[()]]:
