@@ -1,6 +1,6 @@
 """What every dataplane (iptables, nftables) shares with the layers above it: the packet a trace follows, what
 a trace found, and the protocols a dataplane implements (Ruleset, Tracer, Dataplane) with the records they hand
-upward (Footprint, PortShape, ForeignChain). kube-proxy's layout as a dataplane reports it is iptrace.layout.
+upward (PortShape, ForeignChain). kube-proxy's layout as a dataplane reports it is iptrace.layout.
 
 A dataplane package (iptrace.iptables, iptrace.nftables) turns its own rules into these types; kube, explain
 and render read only these, never a dataplane's model. `trace_to_json` is the stable `trace -o json` shape of
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from socket import AF_INET, inet_pton
@@ -368,34 +368,6 @@ class PortShape:
         self.lines = lines
 
 
-@dataclass(frozen=True, slots=True)
-class Footprint:
-    """How far some traces reach into one node's rules, as a key that another node's rules can be compared by
-    (an optional Tracer capability: `Tracer.footprint`, used to reuse Service views across nodes).
-
-    The contract: two tracers of one dataplane whose footprints of the same question have equal `key`s give
-    the same traces for it — every outcome, path and decision — once each node's own line numbers are put in
-    place position by position (`lines`: the node's lines of the rules the key names, in the key's order)
-    and each address of `abstracted` (the node's own addresses and the packets' sources, which the key names
-    by role, not by value) is replaced by the other node's address of the same role. A caller must not reuse
-    a result that spells an abstracted address.
-
-    Optionally, a looser key for rules that differ from node to node (e.g. ones naming the node's own pod CIDR)
-    but that the traces may never read: `loose` is `key` without how those rules answer the question (None:
-    nothing was left out); `watch()` starts noting the traces this node's tracer makes, and the function it
-    returns ends that and says which of the left-out answers those traces may have read, as this node gives
-    them (None: it cannot tell); `agrees(decided)` says whether this node's rules give every one of another
-    node's `decided` alike. Equal `loose` keys of the same question, with `agrees` of what the other node's
-    traces decided, mean the same traces, as equal `key`s do."""
-
-    key: bytes
-    lines: tuple[int, ...]
-    abstracted: tuple[str, ...]
-    loose: bytes | None = None
-    watch: Callable[[], Callable[[], Hashable | None]] | None = field(default=None, compare=False)
-    agrees: Callable[[Any], bool] | None = field(default=None, compare=False)
-
-
 class Tracer(Protocol):
     entry: str  # "hooks" or "kube-proxy" (see Trace.entry)
 
@@ -408,14 +380,10 @@ class Tracer(Protocol):
         load-balancing chain, by the same walk."""
         ...
 
-    # Optional: `footprint(calls) -> Footprint | None`, where `calls` are the questions asked, each (None,
-    # packet) for `trace(packet)` or (chain, packet) for `trace_chain(chain, packet)`. None: the dataplane
-    # cannot vouch for these traces (the caller computes them). A dataplane without it gets no reuse.
-    # With it, optionally `footprints_done()`: the caller will ask for no more footprints, so what the tracer kept
-    # to make them may go (a node's digest is made after its views, and the two would add up).
-    # Optional: `port_shape(calls, chains)`, the shape of a Service port's questions (`calls`, as for footprint)
-    # whose own chains are `chains`: a PortShape, or None when the dataplane cannot vouch for it. A dataplane
-    # without it has every port's view traced.
+    # Optional: `port_shape(calls, chains)`, the shape of a Service port's questions (`calls`: each (None, packet)
+    # for `trace(packet)` or (chain, packet) for `trace_chain(chain, packet)`) whose own chains are `chains`: a
+    # PortShape, or None when the dataplane cannot vouch for it. A dataplane without it has every port's view
+    # traced.
 
 
 class Dataplane(Protocol):

@@ -29,23 +29,6 @@ def positional_new(cls: type, names: Sequence[str]) -> Callable[..., Any]:
     return namespace["new"]  # type: ignore[return-value]
 
 
-def positional_replace(cls: type, every: Sequence[str], names: Sequence[str]) -> Callable[..., Any]:
-    """`replace(obj, *values)`: a copy of `obj`, an instance of slots class `cls` whose slots are `every`, with slot
-    `names[i]` set to `values[i]` and the others read from `obj`, made as positional_new makes one, in one call."""
-    params = [f"v{i}" for i in range(len(names))]
-    values = [params[names.index(n)] if n in names else f"o.{n}" for n in every]
-    twin = _twin(cls)
-    if twin is None:
-        namespace: dict[str, object] = {"new": positional_new(cls, every)}
-        exec(f"def replace(o, {', '.join(params)}):\n    return new({', '.join(values)})", namespace)
-        return namespace["replace"]  # type: ignore[return-value]
-    namespace = {"_new": object.__new__, "twin": twin, "cls": cls}
-    lines = [f"def replace(o, {', '.join(params)}):", "    self = _new(twin)"]
-    lines += [f"    self.{name} = {value}" for name, value in zip(every, values, strict=True)]
-    exec("\n".join([*lines, "    self.__class__ = cls", "    return self"]), namespace)
-    return namespace["replace"]  # type: ignore[return-value]
-
-
 def _twin(cls: type) -> type | None:
     """A class laid out like `cls` (a subclass of its base with the same `__slots__`, storing attributes the
     plain way) that an instance can be switched from to `cls` by assigning `__class__`; None when there is none

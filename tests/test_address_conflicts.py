@@ -127,16 +127,6 @@ def test_services_says_on_each_claimed_way_in_who_else_claims_it_and_who_takes_i
     assert not [n for n in _notes(dump(second_port=81), "shop/web:http", "198.18.5.5") if "claimed" in n]
 
 
-def test_a_node_that_reuses_another_nodes_views_says_the_same() -> None:
-    """The note is a fact of the layout, not of a walk: a port reused from a node without the conflict still
-    gets it (the packet never reaches the later rule, so its footprint cannot tell)."""
-    from tests.test_reuse import check_fleet
-
-    alone = render([s for s in specs() if s.namespace != "shop"], node_ips=[NODE], pod_cidr="10.244.0.0/16")
-    texts = [(NODE, alone), (NODE, dump(first="blog", second="shop")), (NODE, alone)]
-    check_fleet(texts)
-
-
 def _swapped(text: str) -> str:
     """The same rules with the two externalIP rules of 198.18.5.5 in the other order (another node, or another
     sync: kube-proxy writes its Services in Go's random map order)."""

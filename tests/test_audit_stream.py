@@ -1,4 +1,4 @@
-"""`audit` as a stream of nodes: one worker or several, Service views reused or not, one audit or shards merged —
+"""`audit` as a stream of nodes: one worker or several, a load memo or none, one audit or shards merged —
 the same report, identical to iptrace.kube.audit.audit of every node analysed whole; a node that cannot be read
 is one load-error and never stops the others; progress shows on a terminal only. The fleet is bench/fleet.py's
 (kube-proxy's layout and flannel's rules, every node unique in a few rules) plus a stale node, a node in
@@ -24,7 +24,6 @@ from iptrace.collect.inputs import inputs_from_directory
 from iptrace.collect.stream import analyse_nodes, conntrack, sources
 from iptrace.kube.audit import audit, combine
 from iptrace.kube.merge import merge, merge_json
-from iptrace.kube.reuse import ViewReuse
 from iptrace.render.audit import audit_to_json, render_audit_text
 from tests import fleet_scenario
 from tests.conftest import SAMPLES
@@ -87,10 +86,10 @@ def test_the_stream_reports_what_the_reference_audit_does(snap: Path) -> None:
     assert [n["status"] for n in doc["nodes"]] == ["ok"] * 7 + ["load-error", "ok"]
 
 
-def test_one_worker_or_several_reuse_or_not_the_same_results(snap: Path) -> None:
+def test_one_worker_or_several_memo_or_not_the_same_results(snap: Path) -> None:
     nodes = sources([str(snap)])
     one = analyse_nodes(nodes, jobs=1, pictures=True)
-    assert analyse_nodes(nodes, jobs=1, pictures=True, reuse=False) == one
+    assert analyse_nodes(nodes, jobs=1, pictures=True, memo=False) == one
     # Several workers, and another order: each node the same result whatever its worker saw before.
     order = list(range(len(nodes)))
     random.Random(7).shuffle(order)
@@ -317,14 +316,20 @@ def test_the_merge_key_prints_a_node_a_line(snap: Path) -> None:
         assert lines[start + 1 + len(items)] in ("    ],", "    ]")
 
 
-def test_views_are_reused_across_the_fleet(snap: Path) -> None:
+def test_a_worker_reads_later_nodes_with_what_the_first_taught_it(snap: Path) -> None:
+    """The load memo a worker keeps: the rules a later node shares with an earlier one are found there, not
+    read again (iptables loader: the lines seen), and the results are those of a worker without it."""
     from iptrace.collect.stream import Worker
+    from iptrace.iptables import loader
 
+    nodes = sources([str(snap)])[:3]
+    plain = Worker(None, False, False, False)
+    assert plain.load_memo is None
     worker = Worker(None, False, False, True)
-    for node in sources([str(snap)]):
-        worker.run(node)
-    assert isinstance(worker.reuse, ViewReuse)
-    assert worker.reuse.stats.reused >= worker.reuse.stats.ports // 4, worker.reuse.stats
+    assert [worker.run(n) for n in nodes] == [plain.run(n) for n in nodes]
+    memo = worker.load_memo["iptables"] if worker.load_memo else None
+    assert memo is not None and loader._LINES and loader._LINES[0][0] is memo
+    assert len(loader._LINES[0][1]) > 100  # (the fleet's shared rules, by line)
 
 
 def test_progress_on_a_terminal_never_on_a_pipe(snap: Path) -> None:
@@ -339,7 +344,7 @@ def test_progress_on_a_terminal_never_on_a_pipe(snap: Path) -> None:
                                     "nodeport-fb-backends-nft.nft", "dual-stack-nft.nft"])
 def test_tracing_done_lets_the_tracer_go_and_keeps_the_view(sample: str) -> None:
     """Analysis.tracing_done (audit's worker, before the digest): the tracer is freed, every port's view and the
-    node's digest are those of an analysis that kept it, with view reuse or without."""
+    node's digest are those of an analysis that kept it."""
     import gc
     import weakref
 
@@ -351,22 +356,20 @@ def test_tracing_done_lets_the_tracer_go_and_keeps_the_view(sample: str) -> None
     text = (SAMPLES / sample).read_text()
     ips = ("192.168.0.10",)
 
-    def analyses(reuse: ViewReuse | None) -> dict[str, Any]:
+    def analyses() -> dict[str, Any]:
         dataplane, ruleset = dataplanes.load(text, source=sample)
-        return {f: analyse(dataplane, ruleset, f, node_ips=ips, reuse=reuse) for f in ruleset.families}
+        return {f: analyse(dataplane, ruleset, f, node_ips=ips) for f in ruleset.families}
 
-    kept = analyses(None)
-    for reuse in (None, ViewReuse()):
-        for _ in range(2):  # (with reuse, the second node's views come from the cache)
-            done = analyses(reuse)
-            tracers = [weakref.ref(a.tracer) for a in done.values()]
-            for a in done.values():
-                a.tracing_done()
-            gc.collect()
-            assert all(t() is None for t in tracers)
-            for family, a in done.items():
-                assert not hasattr(a, "tracer")
-                assert a.view == kept[family].view
-                assert [a.port_view(k) for k in a.layout.keys] == [kept[family].port_view(k) for k in a.layout.keys]
-            assert (node_result(NodeInput("n", done, None, ips), None, pictures=True)
-                    == node_result(NodeInput("n", kept, None, ips), None, pictures=True))
+    kept = analyses()
+    done = analyses()
+    tracers = [weakref.ref(a.tracer) for a in done.values()]
+    for a in done.values():
+        a.tracing_done()
+    gc.collect()
+    assert all(t() is None for t in tracers)
+    for family, a in done.items():
+        assert not hasattr(a, "tracer")
+        assert a.view == kept[family].view
+        assert [a.port_view(k) for k in a.layout.keys] == [kept[family].port_view(k) for k in a.layout.keys]
+    assert (node_result(NodeInput("n", done, None, ips), None, pictures=True)
+            == node_result(NodeInput("n", kept, None, ips), None, pictures=True))

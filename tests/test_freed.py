@@ -1,6 +1,6 @@
 """An audit frees each node's rules before the next by reference counting alone: a reference cycle anywhere in a
 node's analysis would leave the whole ruleset (~10^6 objects on a big node) to the cyclic collector, whose scan
-costs seconds per node (tests/test_reuse.py checks the same with view reuse)."""
+costs seconds per node."""
 
 from __future__ import annotations
 

@@ -13,7 +13,6 @@ import pytest
 from iptrace.dataplanes import load
 from iptrace.iptables.memo import _key_function
 from iptrace.kube.analysis import analyse
-from iptrace.kube.reuse import ViewReuse
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_dumps"
 
@@ -32,23 +31,22 @@ def test_a_stage_plans_key_function_is_freed_without_a_collection() -> None:
             gc.enable()
 
 
-def _analyse(dump: Path, reuse: ViewReuse, memo: dict[str, object]) -> int:
-    """Service ports viewed in every family, as an audit worker reads and views a node (its load memo, its reuse
-    cache)."""
+def _analyse(dump: Path, memo: dict[str, object]) -> int:
+    """Service ports viewed in every family, as an audit worker reads and views a node (with its load memo)."""
     dataplane, ruleset = load(dump.read_text(), source=str(dump), memo=memo)
-    return sum(len(analyse(dataplane, ruleset, family, reuse=reuse).view.services) for family in ruleset.families)
+    return sum(len(analyse(dataplane, ruleset, family).view.services) for family in ruleset.families)
 
 
 @pytest.mark.parametrize("name", ["nodeport-fb-backends.txt", "xlb-era.txt", "calico-and-kube-proxy.txt",
                                   "large-cluster-no-comments.txt"])
 def test_an_iptables_node_analysed_again_leaves_no_cyclic_garbage(name: str) -> None:
-    reuse, memo = ViewReuse(), {}
-    assert _analyse(SAMPLES / name, reuse, memo)  # (once: grammars, generated readers and caches made for good)
+    memo: dict[str, object] = {}
+    assert _analyse(SAMPLES / name, memo)  # (once: grammars, generated readers and caches made for good)
     gc.collect()
     enabled = gc.isenabled()
     gc.disable()
     try:
-        assert _analyse(SAMPLES / name, reuse, memo)
+        assert _analyse(SAMPLES / name, memo)
         assert gc.collect() == 0
     finally:
         if enabled:

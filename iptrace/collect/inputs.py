@@ -89,11 +89,11 @@ def legacy_note_for(dataplane: Any, legacy: Any) -> str:
             "old copy of it) writes there too.")
 
 
-def node_input(snapshot: Any, *, cluster: Any = None, lenient: bool = False, reuse: Any = None,
+def node_input(snapshot: Any, *, cluster: Any = None, lenient: bool = False,
                memo: dict[str, Any] | None = None) -> NodeInput:
     """The audit's view of one collected node: an Analysis per family. A dump that cannot be read becomes
-    the node's `error` (the main dump) or a load warning (an extra one); it never stops the audit. `reuse`: an
-    iptrace.kube.reuse.ViewReuse shared by the nodes of one audit; `memo`: dataplanes.load's, likewise."""
+    the node's `error` (the main dump) or a load warning (an extra one); it never stops the audit. `memo`:
+    dataplanes.load's, shared by the nodes one process of an audit reads."""
     meta = dict(snapshot.meta)
     problems: list[str] = []
     analyses: dict[str, Analysis] = {}
@@ -104,14 +104,13 @@ def node_input(snapshot: Any, *, cluster: Any = None, lenient: bool = False, reu
         return NodeInput(snapshot.node, {}, str(exc), tuple(snapshot.addresses), meta)
     for family in chosen.ruleset.families:
         analyses[family] = analyse(chosen.dataplane, chosen.ruleset, family, node_ips=snapshot.addresses,
-                                   cluster=cluster, reuse=reuse,
-                                   layout=chosen.layout if family == "ipv4" else None)
+                                   cluster=cluster, layout=chosen.layout if family == "ipv4" else None)
     if "ipv6" not in analyses and snapshot.ip6_dump_text:
         try:
             v6 = choose_dump(snapshot, "ipv6", lenient=lenient, known=known_ports(cluster, "ipv6"), memo=memo)
             if "ipv6" in v6.ruleset.families:
                 analyses["ipv6"] = analyse(v6.dataplane, v6.ruleset, "ipv6", node_ips=snapshot.addresses,
-                                           cluster=cluster, reuse=reuse, layout=v6.layout)
+                                           cluster=cluster, layout=v6.layout)
         except IptraceError as exc:
             problems.append(str(exc))
     if snapshot.legacy_dump_text and chosen.note is None:
@@ -165,13 +164,11 @@ def inputs_from_directory(directory: Any, *, cluster: Any = None, lenient: bool 
 
 
 def dump_input(text: str, source: str, *, node_ips: Sequence[str] = (), cluster: Any = None,
-               lenient: bool = False, name: str | None = None, reuse: Any = None,
-               memo: dict[str, Any] | None = None) -> NodeInput:
+               lenient: bool = False, name: str | None = None, memo: dict[str, Any] | None = None) -> NodeInput:
     """A plain dump file given to `audit` as one node (named after the file)."""
     try:
         dataplane, ruleset = dataplanes.load(text, source=source, lenient=lenient, memo=memo)
     except IptraceError as exc:
         return NodeInput(name or Path(source).name, {}, str(exc), tuple(node_ips))
-    analyses = {f: analyse(dataplane, ruleset, f, node_ips=node_ips, cluster=cluster, reuse=reuse)
-                for f in ruleset.families}
+    analyses = {f: analyse(dataplane, ruleset, f, node_ips=node_ips, cluster=cluster) for f in ruleset.families}
     return NodeInput(name or Path(source).name, analyses, None, tuple(node_ips), {"dataplane": dataplane.name})

@@ -1,7 +1,8 @@
 """`audit`'s nodes analysed as a stream: each node read, parsed and analysed on its own — in `jobs` worker
 processes, each taking one node at a time — and only its digest (iptrace.kube.digest.NodeResult) kept, so that
-memory does not grow with the nodes' rules. A worker reuses the Service port views its earlier nodes had alike
-(iptrace.kube.reuse). A node that cannot be read is a NodeResult with its error; it never stops the others.
+memory does not grow with the nodes' rules. A worker reads a node's rules with what reading its earlier nodes
+learnt (dataplanes.load's memo: nodes of one cluster share almost every rule). A node that cannot be read is a
+NodeResult with its error; it never stops the others.
 Results come back in input order whatever the number of workers. The I/O side of `audit` (files, processes).
 """
 
@@ -22,7 +23,6 @@ from iptrace.collect.inputs import dump_input, node_directories, node_input
 from iptrace.errors import IptraceError
 from iptrace.kube.compare import LOAD_ERROR, Finding
 from iptrace.kube.digest import NodeResult, node_result
-from iptrace.kube.reuse import ViewReuse
 
 CONNTRACK_FILE = "conntrack.txt"
 LOAD_WAIT = 30.0  # seconds a worker waits for another's load (Worker.loading) before loading anyway
@@ -68,10 +68,10 @@ def sources(paths: Sequence[str], node_ips: Sequence[str] = (), *, stdin: Callab
 
 
 # A worker's peak memory: an interpreter with iptrace loaded, and about this many bytes per byte of the dumps of
-# the node it analyses (measured: auditing nodes of 5,000 Services × 10 endpoints, 24 MB dumps, a worker peaks at
-# ~540 MB; nftables listings of the same cluster need less).
+# the node it analyses (measured: auditing 20 nodes of 5,000 Services × 10 endpoints, 25.5 MB dumps, a worker peaks
+# at ~290 MB; one node's 14.6 MB nftables listing of the same cluster, ~205 MB).
 WORKER_BYTES = 60 * 2**20
-BYTES_PER_DUMP_BYTE = 22
+BYTES_PER_DUMP_BYTE = 10
 _DUMP_FILES = (store.DUMP_FILE, store.IP6_DUMP_FILE, store.LEGACY_DUMP_FILE, store.NFT_FILE)
 
 
@@ -129,16 +129,15 @@ def default_jobs(nodes: Sequence[Source], cpus: int, available: int | None) -> t
 
 
 class Worker:
-    """Analyses nodes one after the other, sharing Service views across them."""
+    """Analyses nodes one after the other, reading each with what reading the others learnt (`memo`)."""
 
-    def __init__(self, cluster: Any, lenient: bool, pictures: bool, reuse: bool, load_lock: Any = None) -> None:
+    def __init__(self, cluster: Any, lenient: bool, pictures: bool, memo: bool, load_lock: Any = None) -> None:
         self.cluster = cluster
         self.lenient = lenient
         self.pictures = pictures
-        self.reuse = ViewReuse() if reuse else None
-        # What loading a node learnt that helps read the next (dataplanes.load's memo): with reuse, as nodes of
-        # one cluster share almost every rule.
-        self.load_memo: dict[str, Any] | None = {} if reuse else None
+        # What loading a node learnt that helps read the next (dataplanes.load's memo): nodes of one cluster
+        # share almost every rule.
+        self.load_memo: dict[str, Any] | None = {} if memo else None
         self.intern: dict[Any, Any] = {}
         self.load_lock = load_lock  # shared by the workers of one audit (see loading)
 
@@ -163,12 +162,10 @@ class Worker:
         finally:
             import gc
 
-            if self.reuse is not None:
-                self.reuse.node_done()
             gc.collect()  # the node's rules are garbage now: give their memory back before the next node
             if len(self.intern) > 200_000:
                 self.intern.clear()
-            # What survives a node (the reuse cache, interned digests, per-process rule facts) lives on: frozen,
+            # What survives a node (the load memo, interned digests, per-process caches) lives on: frozen,
             # later collects do not scan it again (it is freed by reference counting when dropped; the serial
             # path unfreezes it when the audit ends).
             gc.freeze()
@@ -183,15 +180,14 @@ class Worker:
                 else:
                     text, where = read_dump(source.path or "")
                 node = dump_input(text, where, node_ips=source.node_ips, cluster=self.cluster,
-                                  lenient=self.lenient, name=source.name, reuse=self.reuse, memo=self.load_memo)
+                                  lenient=self.lenient, name=source.name, memo=self.load_memo)
                 del text
             _tracing_done(node)
             return node_result(node, self.cluster, pictures=self.pictures, intern=self.intern)
         path = Path(source.path or "")
         with self.loading():
             snapshot = store.read_node_dir(path)
-            node = node_input(snapshot, cluster=self.cluster, lenient=self.lenient, reuse=self.reuse,
-                              memo=self.load_memo)
+            node = node_input(snapshot, cluster=self.cluster, lenient=self.lenient, memo=self.load_memo)
             del snapshot
         extra: list[Finding] = []
         notes: list[str] = []
@@ -315,13 +311,13 @@ def _packed(digest: Any) -> bytes:
 _SENDER: _Sender | None = None
 
 
-def _init(cluster: Any, lenient: bool, pictures: bool, reuse: bool, load_lock: Any) -> None:
+def _init(cluster: Any, lenient: bool, pictures: bool, memo: bool, load_lock: Any) -> None:
     global _WORKER, _SENDER
     import gc
 
     gc.disable()  # a node's analysis builds ~10^6 acyclic objects; Worker.run collects once per node
     _big_blocks_returned()
-    _WORKER = Worker(cluster, lenient, pictures, reuse, load_lock)
+    _WORKER = Worker(cluster, lenient, pictures, memo, load_lock)
     _SENDER = _Sender()
 
 
@@ -376,13 +372,13 @@ class _Interner:
 
 
 def analyse_nodes(nodes: Sequence[Source], *, cluster: Any = None, lenient: bool = False, pictures: bool = False,
-                  jobs: int = 1, reuse: bool = True, progress: Callable[[NodeResult], None] | None = None,
+                  jobs: int = 1, memo: bool = True, progress: Callable[[NodeResult], None] | None = None,
                   ) -> list[NodeResult]:
     """Every node's NodeResult, in the order of `nodes`. `jobs` > 1: that many worker processes (fresh ones:
     the parent holds no rules), each analysing one node at a time. `progress` is called as each node is done."""
     results: list[NodeResult | None] = [None] * len(nodes)
     keep = _Interner()
-    for i, result, sent in _results(nodes, cluster, lenient, pictures, jobs, reuse):
+    for i, result, sent in _results(nodes, cluster, lenient, pictures, jobs, memo):
         result = results[i] = keep(result, sent)
         if sent is not None:
             _heap_returned()
@@ -392,15 +388,15 @@ def analyse_nodes(nodes: Sequence[Source], *, cluster: Any = None, lenient: bool
 
 
 def _results(nodes: Sequence[Source], cluster: Any, lenient: bool, pictures: bool, jobs: int,
-             reuse: bool) -> Iterator[tuple[int, NodeResult, list[Any] | None]]:
+             memo: bool) -> Iterator[tuple[int, NodeResult, list[Any] | None]]:
     """(index, result, the digests its worker sent before when the result names them by number) of each node."""
     if len(nodes) > 1:
         _big_blocks_returned()  # (this process reads node after node too, or their results)
     if jobs <= 1 or len(nodes) <= 1:
         import gc
 
-        # (one node: no other node could reuse its views, so their keys are not worked out)
-        worker = Worker(cluster, lenient, pictures, reuse and len(nodes) > 1)
+        # (one node: no other node reads with its memo, so it is not kept)
+        worker = Worker(cluster, lenient, pictures, memo and len(nodes) > 1)
         try:
             for i, source in enumerate(nodes):
                 yield i, worker.run(source), None
@@ -410,7 +406,7 @@ def _results(nodes: Sequence[Source], cluster: Any, lenient: bool, pictures: boo
     context = multiprocessing.get_context("spawn")
     # A worker's results come in the order it sent them (one queue), so its numbering is followed as sent.
     received: dict[int, list[Any]] = {}
-    initargs = (cluster, lenient, pictures, reuse, context.Lock())
+    initargs = (cluster, lenient, pictures, memo, context.Lock())
     with context.Pool(min(jobs, len(nodes)), initializer=_init, initargs=initargs) as pool:
         for i, worker_id, reset, result in pool.imap_unordered(_run, enumerate(nodes), chunksize=1):
             sent = received.setdefault(worker_id, [])

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
-from iptrace.dataplane import Decision, Entry, Footprint, Outcome, Packet, Step, Trace, join_host_port, new_outcome
+from iptrace.dataplane import Decision, Entry, Outcome, Packet, Step, Trace, join_host_port, new_outcome
 from iptrace.errors import InputError, TraceError
 from iptrace.iptables import chainmemo
 from iptrace.iptables.chainwalk import ChainWalker
@@ -106,9 +106,6 @@ class Tracer(ChainWalker):
         self._bound_values = {}
         no_policy = {w.line for w in ruleset.warnings if "has no policy" in w.message}
         self._dash_policy = {(t.name, c.name) for t in ruleset.tables for c in t.chains if c.line in no_policy}
-        # While a footprint watches (footprint_loose.py): each trace's original destination and, for each of its
-        # branches, its source, final destination, path and chains (cons lists).
-        self._watch: list[tuple[int, list[tuple[int, int, Any, Any]]]] | None = None
 
 
     # ------------------------------------------------------------------------------------ hooks
@@ -337,8 +334,6 @@ class Tracer(ChainWalker):
         gc.disable()
         try:
             finals = self._enter(code, state, ())
-            if self._watch is not None:
-                self._watch.append((ip_int(packet.dst)[1], [(s.src, s.dst, s.path, s.chains) for s, _t in finals]))
             original = join_host_port(packet.dst, packet.dport)
             outcomes = self._outcomes(finals, original, True)
         finally:
@@ -346,21 +341,11 @@ class Tracer(ChainWalker):
                 gc.enable()
         return _new_trace(packet, "kube-proxy", outcomes, _FIRST_PACKET)
 
-    def footprint(self, calls: Sequence[tuple[str | None, Packet]]) -> Footprint | None:
-        """How far these traces reach into the rules, as a key other nodes' rules compare by (footprint.py)."""
-        from iptrace.iptables.footprint import footprint
-
-        return footprint(self, calls)
-
     def port_shape(self, calls: Sequence[tuple[str | None, Packet]], chains: Sequence[str]) -> Any:
         """The shape of a Service port's traces (portshape.py): equal keys, the same traces but for its values."""
         from iptrace.iptables.portshape import port_shape
 
         return port_shape(self, calls, chains)
-
-    def footprints_done(self) -> None:
-        """No more footprints will be asked for: what footprint.py read of the rules to make them goes."""
-        self.__dict__.pop("_footprint_node", None)
 
     def trace(self, packet: Packet, *, in_interface: str | None = None, assumptions: Sequence[str] = ()) -> Trace:
         """Every outcome of `packet`. `assumptions` are the caller's (e.g. pick_source's note on the source
@@ -383,8 +368,6 @@ class Tracer(ChainWalker):
                 finals = self._walk_hooks(state)
             else:
                 finals = self._walk_fragment(state)
-            if self._watch is not None:
-                self._watch.append((dst, [(s.src, s.dst, s.path, s.chains) for s, _t in finals]))
             original = join_host_port(packet.dst, packet.dport)
             outcomes = self._outcomes(finals, original, self.entry == "kube-proxy")
         finally:

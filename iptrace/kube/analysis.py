@@ -55,7 +55,7 @@ class Analysis:
     (`port_view`): a question about one address never pays for the whole dump."""
 
     def __init__(self, dataplane: Dataplane, ruleset: Any, family: str, layout: Layout, tracer: Tracer,
-                 node_ips: Sequence[str], view_ips: Sequence[str], *, reuse: Any = None) -> None:
+                 node_ips: Sequence[str], view_ips: Sequence[str]) -> None:
         self.dataplane = dataplane
         self.ruleset = ruleset  # the dataplane's own model, read through iptrace.dataplane.Ruleset
         self.family = family
@@ -63,8 +63,7 @@ class Analysis:
         self.tracer = tracer  # knows the node addresses (and a placeholder when none is known: view_node_ips)
         self.node_ips = tuple(node_ips)  # as given (or collected); empty when unknown
         self.node_ips_given = bool(node_ips)
-        self.views = ViewBuilder(layout, tracer, source=ruleset.source, node_ips=view_ips, reuse=reuse)
-        self.reuse = reuse  # (iptrace.kube.digest keeps a digest per view of its cache)
+        self.views = ViewBuilder(layout, tracer, source=ruleset.source, node_ips=view_ips)
 
     @property
     def view(self) -> KubeView:
@@ -101,12 +100,11 @@ def known_ports(cluster: Any, family: str) -> tuple[KnownServicePort, ...]:
 
 
 def analyse(dataplane: Dataplane, ruleset: Any, family: str | None = None, *, node_ips: Sequence[str] = (),
-            cluster: Any = None, reuse: Any = None, layout: Layout | None = None) -> Analysis:
-    """Layout, tracer and view of `ruleset` for `family` (default: its first). `reuse`: an
-    iptrace.kube.reuse.ViewReuse shared by the nodes of one audit; `layout`: the layout already read for this
-    family and cluster data."""
+            cluster: Any = None, layout: Layout | None = None) -> Analysis:
+    """Layout, tracer and view of `ruleset` for `family` (default: its first). `layout`: the layout already read
+    for this family and cluster data."""
     family = family or ruleset.families[0]
     layout = layout or dataplane.layout(ruleset, family, known=known_ports(cluster, family))
     view_ips = view_node_ips(layout, node_ips)
     tracer = dataplane.tracer(ruleset, node_ips=view_ips, pod_cidrs=layout.pod_cidrs, names=chain_labels(layout))
-    return Analysis(dataplane, ruleset, family, layout, tracer, node_ips, view_ips, reuse=reuse)
+    return Analysis(dataplane, ruleset, family, layout, tracer, node_ips, view_ips)

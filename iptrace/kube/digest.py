@@ -12,7 +12,6 @@ import functools
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from itertools import repeat
 from operator import attrgetter, itemgetter
 from typing import Any
 
@@ -150,16 +149,10 @@ def port_digest(sp: ServicePortView, texts: Mapping[int, str], intern: dict[Any,
 _new_digest = positional_new(PortDigest, [f.name for f in fields(PortDigest)])
 
 
-def family_digest(analysis: Any, *, cluster: ClusterState | None = None, kube_node: str | None = None,
-                  node: str = "", pictures: bool = False, intern: dict[Any, Any] | None = None) -> FamilyDigest:
-    """One family of one node (an iptrace.kube.analysis.Analysis). `intern` shares equal digests between the
-    nodes a process digests."""
-    return _family_digest(analysis, cluster, kube_node, node, pictures, intern, set())[0]
-
-
 def _family_digest(analysis: Any, cluster: ClusterState | None, kube_node: str | None, node: str, pictures: bool,
                    intern: dict[Any, Any] | None, more: set[int]) -> tuple[FamilyDigest, dict[int, str]]:
-    """family_digest, and the text of each line its digests quote and of each of `more` (read in the same pass
+    """One family of one node (an iptrace.kube.analysis.Analysis; `intern` shares equal digests between the nodes
+    a process digests), and the text of each line its digests quote and of each of `more` (read in the same pass
     over the rules: the node's claims quote some)."""
     view: KubeView = analysis.view
     ruleset = analysis.ruleset
@@ -175,22 +168,8 @@ def _family_digest(analysis: Any, cluster: ClusterState | None, kube_node: str |
     texts = {x: t or "" for x, t in ruleset.line_texts(wanted | more if more else wanted).items()}
     ports: list[PortDigest] = []
     lines = array("I")
-    reuse = getattr(analysis, "reuse", None) if 0 not in texts else None  # (see _same_texts)
     for key in sorted(by_key):
-        sp = by_key[key]
-        origin = reuse.origin(sp) if reuse is not None else None
-        if origin is not None:
-            digest = reuse.digest(origin)
-            if digest is not None and _same_texts(digest, sp, texts):
-                # (a view of a key of the reuse cache: alike but for its lines, so its digest is the one made
-                # before as long as the texts on its lines are: `values` is not made again, nor hashed)
-                ports.append(digest)
-                lines.extend(sp.lines[:HEAD])
-                lines.extend([ep.line for ep in sp.endpoints])
-                continue
-        digest, mine = port_digest(sp, texts, intern, key)
-        if origin is not None:
-            reuse.keep_digest(origin, digest)
+        digest, mine = port_digest(by_key[key], texts, intern, key)
         ports.append(digest)
         lines.extend(mine)
     compared: tuple[Finding, ...] = ()
@@ -205,14 +184,6 @@ _NO_LINES: frozenset[int | None] = frozenset({0, None})
 
 
 _QUOTED = itemgetter(2)  # (a PortDigest endpoint's text)
-
-
-def _same_texts(digest: PortDigest, sp: ServicePortView, texts: Mapping[int, str]) -> bool:
-    """Whether port_digest of `sp` quotes the texts `digest` quotes (its other values being `digest`'s). `texts`
-    holds no line 0 (port_digest quotes "" for it, as texts.get(0, "") then gives; read at C level)."""
-    get = texts.get
-    return len(sp.endpoints) == len(digest.endpoints) and tuple(map(get, sp.lines[:HEAD], repeat(""))) == (
-        digest.head) and list(map(get, map(_LINE, sp.endpoints), repeat(""))) == list(map(_QUOTED, digest.endpoints))
 
 
 def _pictures(view: KubeView) -> tuple[tuple[str, ServicePortView], ...]:

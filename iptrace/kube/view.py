@@ -314,7 +314,7 @@ def _marked_for_drop(trace: Trace) -> bool:
 # ------------------------------------------------------------------------------------------------ building
 
 
-# Packets by (src, dst, port, proto), process-wide (immutable): a view checks ~2×10^4, its reuse keys the same
+# Packets by (src, dst, port, proto), process-wide (immutable): a view checks ~2×10^4, its shapes the same
 # again, an audit's nodes the same ones (shared Service addresses). Starts again when full.
 _PACKETS: dict[tuple[str, str, int, str], Packet] = {}
 PACKETS_LIMIT = 50_000
@@ -351,7 +351,7 @@ class _Builder:
 
     def questions(self, sp: ServicePortLayout, kinds: list[tuple[str, ...]] | None = None) -> list[Any]:
         """Every trace `service(sp)` asks for, in its order, as (the chain entered directly or None, packet): what
-        iptrace.kube.reuse and .shapes key a port's view by, unbuilt. `kinds`: told each way in's kinds of client."""
+        iptrace.kube.shapes keys a port's view by, unbuilt. `kinds`: told each way in's kinds of client."""
         packet = self.probe(sp)
         calls: list[Any] = [(chain, packet) for chain in (sp.cluster_chain, sp.local_chain) if chain is not None]
         for way in sp.ways_in:
@@ -480,15 +480,13 @@ def _port_fields(sp: ServicePortLayout, entries: Sequence[Any]) -> tuple[Any, ..
 class ViewBuilder:
     """Builds the view of one Service port at a time (memoised), or of them all."""
 
-    def __init__(self, layout: Layout, tracer: Tracer, *, source: str = "<dump>", node_ips: Sequence[str] = (),
-                 reuse: Any = None) -> None:
+    def __init__(self, layout: Layout, tracer: Tracer, *, source: str = "<dump>", node_ips: Sequence[str] = ()
+                 ) -> None:
         self.layout = layout
         self.source = source
         self.clients = Clients.for_layout(layout, node_ips)
-        self._tracer = tracer
         self._builder = _Builder(layout, tracer, self.clients)
         self._shapes = shapes.ShapeMemo(self._builder)  # ports of one shape: the first one's view, their values
-        self._reuse = reuse  # an iptrace.kube.reuse.ViewReuse: Service ports other nodes had alike
         self._ports: dict[str, ServicePortView] = {}
         self._facts: dict[str, PortFacts] = {}
         self._view: KubeView | None = None
@@ -509,7 +507,7 @@ class ViewBuilder:
     def claimed(self, key: str, view: ServicePortView) -> ServicePortView:
         """`view` with a note on each way in whose address, port and protocol another Service port claims too
         (two Services listing one externalIP, or another's ClusterIP: the API allows it, the first rule wins).
-        A fact of the layout, not of a walk: added alike to views built and views reused."""
+        A fact of the layout, not of a walk: added alike to views built and views made from a shape's."""
         claims = self._claims
         if claims is None:
             claims = self._claims = shared_claims((k, w.kind, w.address, w.port, w.protocol)
@@ -549,19 +547,11 @@ class ViewBuilder:
             enabled = gc.isenabled()
             gc.disable()  # ~10^5 small acyclic objects: the cyclic collector would only rescan the whole ruleset
             try:
-                if self._reuse is None:
-                    services = []
-                    for key in layout.keys:
-                        services.append(self.port(key))
-                        if progress is not None and len(services) % 100 == 0:
-                            progress(len(services))
-                else:
-                    clients = self.clients
-                    services = self._reuse.services(layout, self._tracer,
-                                                    lambda t: _Builder(layout, t, clients).service,
-                                                    _Builder(layout, self._tracer, clients).questions)
-                    services = [self.claimed(k, s) for k, s in zip(layout.keys, services, strict=True)]
-                    self._ports.update(zip(layout.keys, services, strict=True))
+                services = []
+                for key in layout.keys:
+                    services.append(self.port(key))
+                    if progress is not None and len(services) % 100 == 0:
+                        progress(len(services))
             finally:
                 if enabled:
                     gc.enable()
@@ -571,7 +561,7 @@ class ViewBuilder:
     def tracing_done(self) -> None:
         """Build every port's view, then let the tracer go (Analysis.tracing_done): the views are kept."""
         self.view()
-        del self._tracer, self._builder, self._shapes
+        del self._builder, self._shapes
 
     def view_of(self, keys: Iterable[str]) -> KubeView:
         """The view of these Service ports only, each built as `view` builds it, with the node-wide facts of the
@@ -587,10 +577,9 @@ class ViewBuilder:
                         layout.warnings, self.source, self.clients)
 
 
-def build_view(layout: Layout, tracer: Tracer, *, source: str = "<dump>", node_ips: Sequence[str] = (),
-               reuse: Any = None) -> KubeView:
+def build_view(layout: Layout, tracer: Tracer, *, source: str = "<dump>", node_ips: Sequence[str] = ()
+               ) -> KubeView:
     """kube-proxy's view of every Service port of `layout`, each way in traced with `tracer` for every kind of
     client. `node_ips` are the node's own addresses (the tracer must know them too); NodePorts are traced to
-    the first (or to a documentation placeholder when none is known: the tracer is then built with it).
-    `reuse` (an iptrace.kube.reuse.ViewReuse) takes Service ports other nodes had alike from its cache."""
-    return ViewBuilder(layout, tracer, source=source, node_ips=node_ips, reuse=reuse).view()
+    the first (or to a documentation placeholder when none is known: the tracer is then built with it)."""
+    return ViewBuilder(layout, tracer, source=source, node_ips=node_ips).view()
