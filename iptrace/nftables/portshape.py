@@ -101,6 +101,7 @@ class Shapes:
         self._regions: tuple[Any, ...] | None = None
         self._reach: dict[tuple[int, str], frozenset[tuple[int, str]] | None] = {}
         self.lookups: dict[tuple[int, str, tuple[str, ...]], _Lookup | None] = {}
+        self._merged: tuple[Any, ...] | None = None
         self.roots: dict[int, frozenset[tuple[int, str]] | None] = {}
 
     # ------------------------------------------------------------------------------------------- generic rules
@@ -168,6 +169,22 @@ class Shapes:
         self.lookups[key] = lookup
         if lookup is None:
             raise _Decline
+
+    def merged(self) -> tuple[Any, ...]:
+        """The lookups' indices merged (kept while no lookup is added): (each lookup as (set, kinds), every non-None
+        lookup's empty entry, value → [(its lookup's position, element index)] for the lookups filed by address,
+        the same for those filed by port). A port finds its candidates with one get per value of its own."""
+        merged = self._merged
+        if merged is None or merged[0] != len(self.lookups):
+            found = [lookup for lookup in self.lookups.values() if lookup is not None]
+            by: tuple[dict[Any, list[tuple[int, int]]], dict[Any, list[tuple[int, int]]]] = ({}, {})
+            for pos, lookup in enumerate(found):
+                into = by[0] if lookup.by == _ADDR else by[1]
+                for value, indices in lookup.index.items():
+                    into.setdefault(value, []).extend([(pos, i) for i in indices])
+            merged = self._merged = (len(self.lookups), found,
+                                     [(lookup.set.name, lookup.kinds, ()) for lookup in found], *by)
+        return merged
 
     def analyse(self, table: Any, name: str) -> tuple[tuple[int, str], ...] | None:
         """The chains a generic chain sends to (its rules analysed once); None when a rule reads what a shape cannot
@@ -468,23 +485,26 @@ class _Port:
             out.append((found.key_type, found.flags, found.timeout_ms, found.size, tuple(elements)))
         return tuple(out)
 
-    def elements(self, lookups: Any) -> list[Any]:
-        """The elements of the named sets generic rules look up that a branch of this port can find (their address
-        and port parts all the port's values), written with numbers, in each set's order."""
-        out = []
+    def elements(self, merged: tuple[Any, ...]) -> list[Any]:
+        """The elements of the named sets generic rules look up (`merged`: Shapes.merged) that a branch of this port
+        can find (their address and port parts all the port's values), written with numbers, in each set's order."""
+        _size, found, out, by_address, by_port = merged
+        out = list(out)
         addresses, ports = self.addresses, self.ports
-        for lookup in lookups.values():
-            if lookup is None:
-                continue
-            index, kinds = lookup.index, lookup.kinds
-            candidates: list[int] = []
-            for value in (addresses if lookup.by == _ADDR else ports):
-                found = index.get(value)
-                if found is not None:
-                    candidates.extend(found)
+        candidates: dict[int, list[int]] = {}
+        for values, index in ((addresses, by_address), (ports, by_port)):
+            if index:
+                for value in values:
+                    hits = index.get(value)
+                    if hits is not None:
+                        for pos, i in hits:
+                            candidates.setdefault(pos, []).append(i)
+        for pos, indices in sorted(candidates.items()):
+            lookup = found[pos]
+            kinds = lookup.kinds
             elements = lookup.set.elements
             written = []
-            for i in sorted(set(candidates)):
+            for i in sorted(set(indices)):
                 element: Element = elements[i]
                 parts = element.key if len(kinds) > 1 else (element.key,)
                 key = []
@@ -501,7 +521,7 @@ class _Port:
                     if data is not None and not lookup.set.is_vmap:
                         raise _Decline
                     written.append((tuple(key), None if data is None else self.verdict(data), element.timeout_ms))
-            out.append((lookup.set.name, kinds, tuple(written)))
+            out[pos] = (lookup.set.name, kinds, tuple(written))
         return out
 
     def shape(self, calls: Any) -> PortShape:
@@ -555,7 +575,7 @@ class _Port:
                 more = shapes.reach_one((id(kube), name))
                 if more is None or not more.isdisjoint(own_keys):
                     raise _Decline
-            elements = self.elements(shapes.lookups)
+            elements = self.elements(shapes.merged())
             if self.jumps <= done:
                 break
         sets = self.set_contents(kube, shapes.lookups) if self.sets else ()
