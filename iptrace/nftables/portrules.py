@@ -264,3 +264,106 @@ def _compile(ops: list[tuple[int, Any, Any]]) -> Callable[[Any, tuple[Any, ...]]
     body = "\n".join(lines)
     exec(f"def resolve(port, lazy):\n{body}\n    return ({', '.join(out)},)\n", ns)
     return ns["resolve"]  # type: ignore[no-any-return]
+
+
+# -- what the layout reads of a rule ----------------------------------------------------------------------------
+
+# What PortReader.service_port reads of a rule: the chains it sends to (verdicts, and the verdicts of an anonymous
+# verdict map's elements, in order, each that is set), the names of the named sets its matches test against (in
+# order), whether a match reads fib.
+Reads = tuple[tuple[str, ...], tuple[str, ...], bool]
+
+
+def items_reads(items: tuple[Any, ...]) -> Reads:
+    """`Reads` of a rule's items."""
+    targets: list[str] = []
+    names: list[str] = []
+    fib = False
+    for item in items:
+        if isinstance(item, Verdict):
+            if item.target:
+                targets.append(item.target)
+        elif isinstance(item, VerdictMap):
+            if isinstance(item.map, AnonSet):
+                for e in item.map.elements:
+                    if isinstance(e.data, Verdict) and e.data.target:
+                        targets.append(e.data.target)
+        elif isinstance(item, Match):
+            if isinstance(item.right, SetRef):
+                names.append(item.right.name)
+            fib = fib or isinstance(item.left, Fib)
+    return tuple(targets), tuple(names), fib
+
+
+def rule_reads(rule: Any) -> Reads:
+    """`Reads` of a rule. One a shape's builder made (a planned builder, as `plan`'s: no function of a value but
+    make_nat) is read from its values, by where its template puts them, without building its items: the layout
+    reads every service chain of a listing (5,000 verdict maps of 10 elements at 5,000 Services) and a trace
+    only a few. Any other rule, or one whose value could be a set reference where a match's right side is, by
+    its items."""
+    lazy = rule._lazy
+    if lazy is not None:
+        build = lazy[0]
+        try:
+            found = build.layout_plan
+        except AttributeError:
+            found = build.layout_plan = _reads_plan(build, len(lazy))
+        if found is not None:
+            targets, names, fib, rights = found
+            if not any(type(lazy[k]) is SetRef for k in rights):
+                return (tuple([x for x in [lazy[x] if type(x) is int else x for x in targets] if x]),
+                        tuple([lazy[x] if type(x) is int else x for x in names]), fib)
+    return items_reads(rule.items)
+
+
+def _slot(x: Any) -> int | str:
+    """A read value of a template built with holes: its place in `_lazy`, or the constant itself (a str)."""
+    if type(x) is Hole:
+        if x.part is not None:
+            raise Decline
+        return x.k
+    if type(x) is not str:
+        raise Decline
+    return x
+
+
+def _reads_plan(build: Any, size: int) -> tuple[tuple[int | str, ...], tuple[int | str, ...], bool,
+                                                 tuple[int, ...]] | None:
+    """Where `items_reads` finds its answers in the rules `build` makes (`rule_reads`): (targets, set names, fib,
+    the places of the values a match's right side is), or None when such rules are read by their items."""
+    template = getattr(build, "template", None)
+    if template is None or not _calls_only(template[0], make_nat):
+        return None
+    try:
+        items = build((build, None, None, *[Hole(k) for k in range(3, size)]))[0]
+        targets: list[int | str] = []
+        names: list[int | str] = []
+        rights: list[int] = []
+        fib = False
+        for item in items:
+            if isinstance(item, Verdict):
+                if type(item.target) is Hole or item.target:
+                    targets.append(_slot(item.target))
+            elif isinstance(item, VerdictMap):
+                if type(item.map) is Hole:
+                    raise Decline
+                if isinstance(item.map, AnonSet):
+                    for e in item.map.elements:
+                        if type(e) is Hole or type(e.data) is Hole:
+                            raise Decline
+                        if isinstance(e.data, Verdict) and (type(e.data.target) is Hole or e.data.target):
+                            targets.append(_slot(e.data.target))
+            elif isinstance(item, Match):
+                right = item.right
+                if type(right) is Hole:
+                    rights.append(_slot(right))  # type: ignore[arg-type]
+                elif isinstance(right, SetRef):
+                    names.append(_slot(right.name))
+                if type(item.left) is Hole:
+                    raise Decline
+                fib = fib or isinstance(item.left, Fib)
+            elif type(item) is Hole:
+                raise Decline
+    except (Decline, TypeError, AttributeError, IndexError, KeyError, ValueError):
+        return None
+    return tuple(targets), tuple(names), fib, tuple(rights)

@@ -16,7 +16,6 @@ from iptrace.nftables.model import (
     Binop,
     Chain,
     Element,
-    Fib,
     Mangle,
     MapLookup,
     Match,
@@ -28,10 +27,7 @@ from iptrace.nftables.model import (
     Rule,
     Ruleset,
     Set,
-    SetRef,
     Table,
-    Verdict,
-    VerdictMap,
 )
 from iptrace.nftables.names import (
     HAIRPIN_CONNECTIONS,
@@ -41,6 +37,7 @@ from iptrace.nftables.names import (
     chain_parts,
     split_chain,
 )
+from iptrace.nftables.portrules import rule_reads
 
 _DETECTOR_SCAN = 200  # service chains read for the local-traffic detector (it is the same in all of them)
 
@@ -63,17 +60,6 @@ def endpoint_address(name: str, v6: bool) -> str | None:
     if not port.isdigit():
         return None
     return host.replace(".", ":") if v6 else host
-
-
-def _targets(rule: Rule) -> Iterator[str]:
-    """The chains a rule sends packets to (verdicts, verdict maps)."""
-    for item in rule.items:
-        if isinstance(item, Verdict) and item.target:
-            yield item.target
-        elif isinstance(item, VerdictMap) and isinstance(item.map, AnonSet):
-            for e in item.map.elements:
-                if isinstance(e.data, Verdict) and e.data.target:
-                    yield e.data.target
 
 
 def _dnat_targets(rule: Rule) -> Iterator[tuple[str, int | None]]:
@@ -270,13 +256,13 @@ class PortReader:
         affinity: int | None = None
         for chain in (cluster, local):
             for rule in (chain.rules if chain is not None else ()):
-                for target in _targets(rule):
+                targets, names, _fib = rule_reads(rule)
+                for target in targets:
                     if target.startswith("endpoint-") and target not in endpoint_chains:
                         endpoint_chains.append(target)
-                for item in rule.items:
-                    if isinstance(item, Match) and isinstance(item.right, SetRef) and affinity is None \
-                            and item.right.name.startswith("affinity-"):
-                        s = table.set(item.right.name)
+                for name in names:
+                    if affinity is None and name.startswith("affinity-"):
+                        s = table.set(name)
                         if s is not None and s.timeout_ms is not None:
                             affinity = s.timeout_ms // 1000
         chains = [c.name for c in own.values() if c is not None]
@@ -311,8 +297,9 @@ class PortReader:
         if any(w.kind in (NODE_PORT, EXTERNAL_IP, LOAD_BALANCER) for w in ways):
             ext = own["external"]
             if ext is not None:
-                local_ext = any(isinstance(i, Match) and isinstance(i.left, Fib) for r in ext.rules for i in r.items) \
-                    or any(t.startswith("local-") for r in ext.rules for t in _targets(r))
+                reads = [rule_reads(r) for r in ext.rules]
+                local_ext = any(fib for _, _, fib in reads) or any(t.startswith("local-") for targets, _, _ in reads
+                                                                   for t in targets)
                 etp = "Local" if local_ext or g.etp_local_drop else "Cluster"
             elif g.etp_local_drop:
                 etp = "Local"
