@@ -38,7 +38,10 @@ from iptrace.nftables.names import (
     split_chain,
 )
 from iptrace.nftables.portrules import rule_reads
+from iptrace.nftables.shapes import fast_constructor
 
+# ServicePortLayout by position, without the frozen dataclass __init__ (one per Service port).
+_new_layout = fast_constructor(ServicePortLayout)
 _DETECTOR_SCAN = 200  # service chains read for the local-traffic detector (it is the same in all of them)
 
 
@@ -312,17 +315,12 @@ class PortReader:
                 itp = "Local"
             elif cluster_way.chain:
                 itp = "Cluster"
-        return ServicePortLayout(
-            key=g.key, name=g.name, identity=g.identity,
-            protocol=g.protocol, ways_in=ways,
-            cluster_chain=cluster.name if cluster is not None else None,
-            local_chain=local.name if local is not None else None,
-            chains=(*sorted(chains), *endpoint_chains), lines=tuple(sorted(lines)),
-            external_traffic_policy=etp, internal_traffic_policy=itp, session_affinity_timeout=affinity,
-            lb_source_ranges=tuple(sorted(ranges, key=_range_order)), health_check_node_port=None,
-            no_endpoints=g.no_endpoints, no_local_endpoints=g.no_local_endpoints,
-            notes=() if g.name else ("no chain name or element comment names this Service port; pass cluster data "
-                                     "to name it by its address",))
+        return _new_layout(  # (ServicePortLayout's fields in order)
+            g.key, g.name, g.identity, g.protocol, ways, cluster.name if cluster is not None else None,
+            local.name if local is not None else None, (*sorted(chains), *endpoint_chains), tuple(sorted(lines)),
+            etp, itp, affinity, tuple(sorted(ranges, key=_range_order)), None, g.no_endpoints, g.no_local_endpoints,
+            () if g.name else ("no chain name or element comment names this Service port; pass cluster data to name "
+                               "it by its address",))
 
 
 def _range_order(text: str) -> tuple[int, int, int, str]:
