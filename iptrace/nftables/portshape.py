@@ -97,7 +97,7 @@ class Shapes:
         self.hosts: list[str] = []  # generic exact-host tests
         self.ports: list[Any] = []  # generic exact-port tests (int) and ranges (Range)
         self._seen: set[Any] = set()
-        self._classes: dict[str, Any] = {}
+        self._classes: dict[tuple[tuple[int, int, bool], ...], dict[str, Any]] = {}  # own networks → address → class
         self._regions: tuple[Any, ...] | None = None
         self._reach: dict[tuple[int, str], frozenset[tuple[int, str]] | None] = {}
         self.lookups: dict[tuple[int, str, tuple[str, ...]], _Lookup | None] = {}
@@ -284,23 +284,27 @@ class Shapes:
         return self.roots[version]
 
     def classes(self, addresses: Any, own_networks: list[tuple[int, int, bool]]) -> tuple[Any, ...]:
-        """Each address's class (address_class) and which of a port's own networks hold it. Classes are kept per
-        address while the generic networks and hosts are the same (a node's clients are in every port's
-        questions)."""
+        """Each address's class (address_class) and which of a port's own networks hold it. Kept per address and
+        own networks (every port of a node has the same: its pod CIDR's) while the generic networks and hosts are
+        the same (a node's clients are in every port's questions)."""
         regions = self._regions
         if regions is None or regions[0] != len(self.networks) or regions[1] != len(self.hosts):
             self._regions = self._partition()
             self._classes = {}
-        known = self._classes
-        out = []
-        for a in addresses:
-            found = known.get(a)
-            if found is None:
-                found = known[a] = self.address_class(a)
-            seen, value = found
-            out.append((seen, tuple([(":" in a) == n6 and value & mask == net for net, mask, n6 in own_networks])
-                        if own_networks else ()))
-        return tuple(out)
+        own = tuple(own_networks)
+        known = self._classes.get(own)
+        if known is None:
+            known = self._classes[own] = {}
+        found = [known.get(a) for a in addresses]
+        if None in found:
+            address_class = self.address_class
+            for i, a in enumerate(addresses):
+                if found[i] is None:
+                    seen, value = address_class(a)
+                    v6 = ":" in a
+                    found[i] = known[a] = (seen, tuple([v6 == n6 and value & mask == net for net, mask, n6 in own])
+                                           if own else ())
+        return tuple(found)
 
     def address_class(self, addr: str) -> tuple[tuple[str, tuple[bool, ...], tuple[bool, ...]], int]:
         """What generic tests and the routing decision see of an address: its fib type ("local" for the node's
