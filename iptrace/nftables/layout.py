@@ -294,8 +294,10 @@ def read_layout(ruleset: Ruleset, family: str, *, known: Sequence[KnownServicePo
     pod_cidrs, pod_ifaces = ports.pod_detection()
     mark, random_fully = ports.masquerade()
 
+    ways = {key: g.ways() for key, g in groups.items()}  # (the index's, and each port's when it is read)
+
     def build(key: str) -> ServicePortLayout:
-        return ports.service_port(groups[key], groups[key].ways(), alpha)
+        return ports.service_port(groups[key], ways[key], alpha)
 
     def chain_key(chain: str) -> str | None:
         split = split_chain(chain)
@@ -308,7 +310,7 @@ def read_layout(ruleset: Ruleset, family: str, *, known: Sequence[KnownServicePo
         warnings.append(f"table {table.label} has no Service port in its dispatch maps (@{SERVICE_IPS}, "
                         f"@{SERVICE_NODEPORTS}, @{NO_ENDPOINT_SERVICES}): no Service, or none synced yet")
     index = LayoutIndex(
-        ways=tuple((g.key, way) for g in groups.values() for way in g.ways()),
+        ways=tuple((key, way) for key, of_port in ways.items() for way in of_port),
         keys=tuple(groups),
         build=build,
         endpoint_keys=lambda ip: tuple(k for k in ports.endpoint_keys(ip) if k in groups),
