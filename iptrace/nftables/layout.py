@@ -142,13 +142,13 @@ class _Reader:
             target = e.data.target if isinstance(e.data, Verdict) else None
             if addr is None or target is None:
                 continue
-            g = self.group_of_chain(target)
-            if g is None:
+            split = split_chain(target)  # (group_of_chain's, read once: its word says which way in)
+            if split is None:
                 self.warnings.append(f"@{SERVICE_IPS} element {addr} . {proto} . {port} goes to {target}, which is "
                                      "not named like a kube-proxy Service chain; not read as a way in")
                 continue
-            word = split_chain(target)[0]  # type: ignore[index]
-            if word == "external":
+            g = self.group(split[1], split[2], split[3])
+            if split[0] == "external":
                 lb = addr in self.firewalled
                 seed = g.seed(LOAD_BALANCER if lb else EXTERNAL_IP, addr, port, proto)
                 if not lb:
