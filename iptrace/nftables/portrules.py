@@ -96,15 +96,16 @@ class Hole:
 _VALUE, _FIB, _LITERAL, _VERDICT, _NAT, _OWN_SET = range(6)
 
 
-def _calls_only(node: Any, fn: Any) -> bool:
-    """Whether every Call of a template (shapes.Call: a function of values, run when the rule is built) is `fn`."""
+def calls_only(node: Any, fn: Any) -> bool:
+    """Whether every Call of a template (shapes.Call: a function of values, run when the rule is built) is `fn`
+    (None: it has none)."""
     t = type(node)
     if t is Call:
-        return node.fn is fn and _calls_only(node.args, fn)  # type: ignore[no-any-return]
+        return node.fn is fn and calls_only(node.args, fn)  # type: ignore[no-any-return]
     if t is tuple:
-        return all(_calls_only(x, fn) for x in node)
+        return all(calls_only(x, fn) for x in node)
     if hasattr(node, "__dataclass_fields__"):
-        return all(_calls_only(getattr(node, name), fn) for name in node.__dataclass_fields__)
+        return all(calls_only(getattr(node, name), fn) for name in node.__dataclass_fields__)
     return True
 
 
@@ -190,7 +191,7 @@ def plan(build: Any, size: int) -> Callable[[Any, tuple[Any, ...]], tuple[Any, .
     """The function writing a rule `build` makes (its `_lazy` `size` long) for a port (`_compile`), or None when
     such rules' items are read."""
     template = getattr(build, "template", None)
-    if template is None or not _calls_only(template[0], make_nat):
+    if template is None or not calls_only(template[0], make_nat):
         return None  # (a function of a value other than make_nat could hide it from the items built with holes)
     try:
         items = build((build, None, None, *[Hole(k) for k in range(3, size)]))[0]
@@ -332,7 +333,7 @@ def _reads_plan(build: Any, size: int) -> tuple[tuple[int | str, ...], tuple[int
     """Where `items_reads` finds its answers in the rules `build` makes (`rule_reads`): (targets, set names, fib,
     the places of the values a match's right side is), or None when such rules are read by their items."""
     template = getattr(build, "template", None)
-    if template is None or not _calls_only(template[0], make_nat):
+    if template is None or not calls_only(template[0], make_nat):
         return None
     try:
         items = build((build, None, None, *[Hole(k) for k in range(3, size)]))[0]

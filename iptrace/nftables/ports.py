@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Container, Iterator
+from dataclasses import is_dataclass
 from sys import intern
 from typing import Any
 
@@ -37,8 +38,8 @@ from iptrace.nftables.names import (
     chain_parts,
     split_chain,
 )
-from iptrace.nftables.portrules import rule_reads
-from iptrace.nftables.shapes import fast_constructor
+from iptrace.nftables.portrules import calls_only, rule_reads
+from iptrace.nftables.shapes import Slot, fast_constructor
 
 # ServicePortLayout by position, without the frozen dataclass __init__ (one per Service port).
 _new_layout = fast_constructor(ServicePortLayout)
@@ -81,6 +82,25 @@ def _dnat_targets(rule: Rule) -> Iterator[tuple[str, int | None]]:
             yield addr, item.port if isinstance(item.port, int) else None
 
 
+def _may_dnat(rule: Rule) -> bool:
+    """Whether a rule may hold a DNAT (_endpoint_sources reads the DNATs of a service chain that has one): its text
+    says `dnat`; a rule a shape's builder made from a template without a Nat or a function of a value (which
+    could make one) holds none, and its text is not read (a listing's 10,000 service chain rules at 5,000
+    Services, each read back from the listing)."""
+    lazy = rule._lazy
+    if lazy is not None:
+        build = lazy[0]
+        try:
+            may = build.may_dnat
+        except AttributeError:
+            template = getattr(build, "template", None)
+            may = build.may_dnat = template is None or not calls_only(template[0], None) or any(
+                type(item) in (Nat, Slot) or not is_dataclass(item) for item in template[0])
+        if not may:
+            return False
+    return "dnat" in rule.text
+
+
 def _endpoint_sources(table: Table, v6: bool) -> Iterator[tuple[str, str | None]]:
     """(endpoint IP, the chain whose name gives the Service port's name base; None for no port) for every endpoint:
     the endpoint chains' names (a cut name: its DNAT), the service chains' own DNATs (1.37) and
@@ -99,7 +119,7 @@ def _endpoint_sources(table: Table, v6: bool) -> Iterator[tuple[str, str | None]
                     for ip, _ in _dnat_targets(rule):
                         yield ip, name
         elif name.startswith(("service-", "local-", "svc-")) and chain.rules and (
-                direct or any("dnat" in r.text for r in chain.rules)):
+                direct or any(_may_dnat(r) for r in chain.rules)):
             direct = True
             if chain_parts(name) is not None:
                 for rule in chain.rules:
