@@ -166,3 +166,46 @@ def test_a_builder_whose_template_holds_a_nat_itself_may_dnat() -> None:
     assert rule is not None and rule._lazy is not None and ports._may_dnat(rule)
     plain = compile_template((), None, {})([], "counter", 2, None)
     assert plain is not None and not ports._may_dnat(plain)
+
+
+def _reference(name: str, v6: bool) -> str | bool | None:
+    """What ports.endpoint_name_address answers, read as _endpoint_sources read it before: names.chain_parts, then
+    the endpoint address after the name's last `__`."""
+    from iptrace.nftables.names import chain_parts
+
+    if chain_parts(name) is None:
+        return False
+    if "__" not in name or name.endswith("..."):
+        return None
+    host, _, port = name.rsplit("__", 1)[1].rpartition("/")
+    if not port.isdigit():
+        return None
+    return host.replace(".", ":") if v6 else host
+
+
+_PIECES = ["endpoint-", "ABCDEFGH", "ABCDEFG", "abcdefgh", "A2345677", "-", "/", "__", "_", "...", ".", ":", "\n",
+           "ns", "svc", "tcp", "p80", "10.0.0.1", "fd00::1", "80", "x", "²", "٣", " "]
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=14), st.booleans())
+def test_endpoint_names_are_read_as_chain_parts_reads_them(pieces: list[str], v6: bool) -> None:
+    from iptrace.nftables.ports import endpoint_name_address
+
+    for name in ("".join(pieces), "endpoint-ABCDEFGH-" + "".join(pieces), "endpoint-ABCDEFGH-ns/svc/tcp/p80"
+                 + "".join(pieces)):
+        assert endpoint_name_address(name, v6) == _reference(name, v6), name
+
+
+def test_every_endpoint_name_is_read_as_chain_parts_reads_it() -> None:
+    from iptrace.nftables.ports import endpoint_name_address
+
+    names = 0
+    for ruleset in _gated_rulesets():
+        for table in ruleset.tables:
+            for chain in table.chains:
+                if chain.name.startswith("endpoint-"):
+                    names += 1
+                    for v6 in (False, True):
+                        assert endpoint_name_address(chain.name, v6) == _reference(chain.name, v6), chain.name
+    assert names
