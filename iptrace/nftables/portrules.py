@@ -211,9 +211,11 @@ def plan(build: Any, size: int) -> Callable[[Any, tuple[Any, ...]], tuple[Any, .
 def _compile(ops: list[tuple[int, Any, Any]]) -> Callable[[Any, tuple[Any, ...]], tuple[Any, ...]]:
     """resolve(port, lazy): a rule of a planned builder written for `port` (a portshape._Port), as its builder
     and the answers of its ops for its values (see the module's doc). Generated code, one function per builder:
-    it runs for every own rule of every port."""
-    ns: dict[str, Any] = {"Decline": Decline, "_ADDR": ADDR}
-    lines = ["    addresses, own, jumps = port.addresses, port.own, port.jumps"]
+    it runs for every own rule of every port, so the `_Port` calls that number an address or port are inline,
+    and what a constant of the template answers is found here, once."""
+    ns: dict[str, Any] = {"Decline": Decline, "_ADDR": ADDR, "_PORT": PORT}
+    lines: list[str] = []
+    used: set[str] = set()  # which of the port's tables the code reads
     out = ["lazy[0]"]
 
     def const(x: Any) -> str:
@@ -225,34 +227,51 @@ def _compile(ops: list[tuple[int, Any, Any]]) -> Callable[[Any, tuple[Any, ...]]
         """`into` = the value `x` stands for (a constant, or the rule's), of type `check` when given."""
         if type(x) is not Hole:
             lines.append(f"    {into} = {const(x)}")
-        elif x.part is None:
-            lines.append(f"    {into} = lazy[{x.k}]")
-        else:
-            lines.append(f"    {into} = lazy[{x.k}]")
+            if check is not None and type(x) is not {"str": str}[check]:
+                lines.append("    raise Decline")  # (a constant of another type: every rule of the builder)
+            return
+        lines.append(f"    {into} = lazy[{x.k}]")
+        if x.part is not None:
             lines.append(f"    if type({into}) is not tuple or len({into}) != 2:\n        raise Decline")
             lines.append(f"    {into} = {into}[{x.part}]")
         if check is not None:
             lines.append(f"    if type({into}) is not {check}:\n        raise Decline")
 
+    def number(table: str, v: str, into: str, indent: str = "    ") -> None:
+        """`into` = `v`'s number in the port's `table` (addresses or ports), numbered now if new: _Port.address
+        and _Port.port, inline."""
+        used.add(table)
+        lines.append(f"{indent}{into} = {table}.get({v})\n{indent}if {into} is None:\n"
+                     f"{indent}    {into} = {table}[{v}] = len({table})")
+
     for i, (code, a, b) in enumerate(ops):
         x = f"x{i}"
         if code == _VALUE:
+            if a == LIT and type(b) in (str, int):
+                lines.append(f"    {x} = {const(b)}")  # (_Port.value of a literal constant: the constant itself)
+                out.append(x)
+                continue
             get(b, "v")
-            if a == ADDR:  # (an address, inline: most values are)
-                lines.append(f"    if type(v) is str:\n        n = addresses.get(v)\n        if n is None:\n"
-                             f"            n = addresses[v] = len(addresses)\n        {x} = (_ADDR, n)\n"
-                             f"    else:\n        {x} = port.value(_ADDR, v)")
+            if a in (ADDR, PORT):  # (_Port.value of an address or port, the common case inline)
+                table, kind, t = ("addresses", "_ADDR", "str") if a == ADDR else ("ports", "_PORT", "int")
+                lines.append(f"    if type(v) is {t}:")
+                number(table, "v", "n", "        ")
+                lines.append(f"        {x} = ({kind}, n)\n    else:\n        {x} = port.value({kind}, v)")
             else:
                 lines.append(f"    {x} = port.value({const(a)}, v)")
         elif code == _VERDICT:
             get(b, "v", "str")
+            used.update(("own", "jumps"))
             lines.append(f"    n = own.get(v)\n    if n is None:\n        jumps.add(v)\n        {x} = ({const(a)}, v)\n"
                          f"    else:\n        {x} = ({const(a)}, n)")
         elif code == _NAT:
             get(a, "v", "str")
             get(b, "p")
-            lines.append(f"    if p is not None and type(p) is not int:\n        raise Decline\n"
-                         f"    {x} = (port.address(v), None if p is None else port.port(p))")
+            lines.append("    if p is not None and type(p) is not int:\n        raise Decline")
+            number("addresses", "v", "n")  # (the address first, as _Port.item numbers them)
+            lines.append(f"    if p is None:\n        {x} = (n, None)\n    else:")
+            number("ports", "p", "m", "        ")
+            lines.append(f"        {x} = (n, m)")
         elif code == _FIB:
             get(a, x, "str")
         elif code == _LITERAL:
@@ -262,8 +281,9 @@ def _compile(ops: list[tuple[int, Any, Any]]) -> Callable[[Any, tuple[Any, ...]]
             get(a, "v", "str")
             lines.append(f"    {x} = port.own_set(v)")
         out.append(x)
+    prologue = "".join(f"    {name} = port.{name}\n" for name in sorted(used))
     body = "\n".join(lines)
-    exec(f"def resolve(port, lazy):\n{body}\n    return ({', '.join(out)},)\n", ns)
+    exec(f"def resolve(port, lazy):\n{prologue}{body}\n    return ({', '.join(out)},)\n", ns)
     return ns["resolve"]  # type: ignore[no-any-return]
 
 
