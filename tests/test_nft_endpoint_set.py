@@ -116,3 +116,96 @@ def test_every_source_is_in_both() -> None:
     layout = DATAPLANE.layout(ruleset, "ipv4")
     assert layout.endpoint_keys(EPS[1]) == (WEB,) and layout.endpoint_keys(ALONE) == ()
     assert "198.18.0.12" not in layout.endpoint_ips and "198.18.0.13" not in layout.endpoint_ips
+
+
+def _gated_rulesets() -> list[Ruleset]:
+    out = [load(_sample_text(path), source=path.name) for path in SAMPLES]
+    out += [load(text) for fixture in FIXTURES for text in texts(read(fixture)).values()]
+    out += [load(era_ruleset(era)) for era in ("1.29", "1.30", "1.33", "1.34", "1.36", "1.37")]
+    out.append(load(_every_source()))
+    out += [load(render_nft(_services(False, 20, 3, 1), node_ips=["192.168.0.10"], pod_cidr="10.244.0.0/16",
+                            form=form)) for form in ("list", "transaction")]
+    return out
+
+
+def test_a_rule_that_holds_a_dnat_may_dnat() -> None:
+    """ports._may_dnat (which spares reading the text of rules a builder made without a Nat) says so of every rule
+    whose items hold a DNAT: no service chain's DNAT is skipped."""
+    from iptrace.nftables import ports
+    from iptrace.nftables.model import Nat
+
+    held = 0
+    for ruleset in _gated_rulesets():
+        for table in ruleset.tables:
+            for chain in table.chains:
+                for rule in chain.rules:
+                    if any(type(i) is Nat and i.kind == "dnat" for i in rule.peek_items()):
+                        held += 1
+                        assert ports._may_dnat(rule), rule.text
+    assert held
+
+
+def test_the_dnat_gate_changes_no_endpoint_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The endpoint sets are those of reading every service chain rule's text for `dnat`."""
+    from iptrace.nftables import ports
+
+    rulesets = _gated_rulesets()
+    gated = [reader.endpoint_set() for ruleset in rulesets for reader in _readers(ruleset)]
+    monkeypatch.setattr(ports, "_may_dnat", lambda rule: "dnat" in rule.text)
+    assert gated == [reader.endpoint_set() for ruleset in _gated_rulesets() for reader in _readers(ruleset)]
+
+
+def test_a_builder_whose_template_holds_a_nat_itself_may_dnat() -> None:
+    """A template may hold a Nat with no value of its own (no function makes it): such rules are read by text."""
+    from iptrace.nftables import ports
+    from iptrace.nftables.model import Nat
+    from iptrace.nftables.shapes import compile_template
+
+    make = compile_template((Nat("dnat", None, "10.0.0.1", 80, ()),), None, {})
+    rule = make([], "dnat to 10.0.0.1:80", 1, None)
+    assert rule is not None and rule._lazy is not None and ports._may_dnat(rule)
+    plain = compile_template((), None, {})([], "counter", 2, None)
+    assert plain is not None and not ports._may_dnat(plain)
+
+
+def _reference(name: str, v6: bool) -> str | bool | None:
+    """What ports.endpoint_name_address answers, read as _endpoint_sources read it before: names.chain_parts, then
+    the endpoint address after the name's last `__`."""
+    from iptrace.nftables.names import chain_parts
+
+    if chain_parts(name) is None:
+        return False
+    if "__" not in name or name.endswith("..."):
+        return None
+    host, _, port = name.rsplit("__", 1)[1].rpartition("/")
+    if not port.isdigit():
+        return None
+    return host.replace(".", ":") if v6 else host
+
+
+_PIECES = ["endpoint-", "ABCDEFGH", "ABCDEFG", "abcdefgh", "A2345677", "-", "/", "__", "_", "...", ".", ":", "\n",
+           "ns", "svc", "tcp", "p80", "10.0.0.1", "fd00::1", "80", "x", "²", "٣", " "]
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=14), st.booleans())
+def test_endpoint_names_are_read_as_chain_parts_reads_them(pieces: list[str], v6: bool) -> None:
+    from iptrace.nftables.ports import endpoint_name_address
+
+    for name in ("".join(pieces), "endpoint-ABCDEFGH-" + "".join(pieces), "endpoint-ABCDEFGH-ns/svc/tcp/p80"
+                 + "".join(pieces)):
+        assert endpoint_name_address(name, v6) == _reference(name, v6), name
+
+
+def test_every_endpoint_name_is_read_as_chain_parts_reads_it() -> None:
+    from iptrace.nftables.ports import endpoint_name_address
+
+    names = 0
+    for ruleset in _gated_rulesets():
+        for table in ruleset.tables:
+            for chain in table.chains:
+                if chain.name.startswith("endpoint-"):
+                    names += 1
+                    for v6 in (False, True):
+                        assert endpoint_name_address(chain.name, v6) == _reference(chain.name, v6), chain.name
+    assert names

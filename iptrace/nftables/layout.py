@@ -142,13 +142,13 @@ class _Reader:
             target = e.data.target if isinstance(e.data, Verdict) else None
             if addr is None or target is None:
                 continue
-            g = self.group_of_chain(target)
-            if g is None:
+            split = split_chain(target)  # (group_of_chain's, read once: its word says which way in)
+            if split is None:
                 self.warnings.append(f"@{SERVICE_IPS} element {addr} . {proto} . {port} goes to {target}, which is "
                                      "not named like a kube-proxy Service chain; not read as a way in")
                 continue
-            word = split_chain(target)[0]  # type: ignore[index]
-            if word == "external":
+            g = self.group(split[1], split[2], split[3])
+            if split[0] == "external":
                 lb = addr in self.firewalled
                 seed = g.seed(LOAD_BALANCER if lb else EXTERNAL_IP, addr, port, proto)
                 if not lb:
@@ -294,8 +294,10 @@ def read_layout(ruleset: Ruleset, family: str, *, known: Sequence[KnownServicePo
     pod_cidrs, pod_ifaces = ports.pod_detection()
     mark, random_fully = ports.masquerade()
 
+    ways = {key: g.ways() for key, g in groups.items()}  # (the index's, and each port's when it is read)
+
     def build(key: str) -> ServicePortLayout:
-        return ports.service_port(groups[key], groups[key].ways(), alpha)
+        return ports.service_port(groups[key], ways[key], alpha)
 
     def chain_key(chain: str) -> str | None:
         split = split_chain(chain)
@@ -308,7 +310,7 @@ def read_layout(ruleset: Ruleset, family: str, *, known: Sequence[KnownServicePo
         warnings.append(f"table {table.label} has no Service port in its dispatch maps (@{SERVICE_IPS}, "
                         f"@{SERVICE_NODEPORTS}, @{NO_ENDPOINT_SERVICES}): no Service, or none synced yet")
     index = LayoutIndex(
-        ways=tuple((g.key, way) for g in groups.values() for way in g.ways()),
+        ways=tuple((key, way) for key, of_port in ways.items() for way in of_port),
         keys=tuple(groups),
         build=build,
         endpoint_keys=lambda ip: tuple(k for k in ports.endpoint_keys(ip) if k in groups),

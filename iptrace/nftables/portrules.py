@@ -96,15 +96,16 @@ class Hole:
 _VALUE, _FIB, _LITERAL, _VERDICT, _NAT, _OWN_SET = range(6)
 
 
-def _calls_only(node: Any, fn: Any) -> bool:
-    """Whether every Call of a template (shapes.Call: a function of values, run when the rule is built) is `fn`."""
+def calls_only(node: Any, fn: Any) -> bool:
+    """Whether every Call of a template (shapes.Call: a function of values, run when the rule is built) is `fn`
+    (None: it has none)."""
     t = type(node)
     if t is Call:
-        return node.fn is fn and _calls_only(node.args, fn)  # type: ignore[no-any-return]
+        return node.fn is fn and calls_only(node.args, fn)  # type: ignore[no-any-return]
     if t is tuple:
-        return all(_calls_only(x, fn) for x in node)
+        return all(calls_only(x, fn) for x in node)
     if hasattr(node, "__dataclass_fields__"):
-        return all(_calls_only(getattr(node, name), fn) for name in node.__dataclass_fields__)
+        return all(calls_only(getattr(node, name), fn) for name in node.__dataclass_fields__)
     return True
 
 
@@ -190,7 +191,7 @@ def plan(build: Any, size: int) -> Callable[[Any, tuple[Any, ...]], tuple[Any, .
     """The function writing a rule `build` makes (its `_lazy` `size` long) for a port (`_compile`), or None when
     such rules' items are read."""
     template = getattr(build, "template", None)
-    if template is None or not _calls_only(template[0], make_nat):
+    if template is None or not calls_only(template[0], make_nat):
         return None  # (a function of a value other than make_nat could hide it from the items built with holes)
     try:
         items = build((build, None, None, *[Hole(k) for k in range(3, size)]))[0]
@@ -210,9 +211,11 @@ def plan(build: Any, size: int) -> Callable[[Any, tuple[Any, ...]], tuple[Any, .
 def _compile(ops: list[tuple[int, Any, Any]]) -> Callable[[Any, tuple[Any, ...]], tuple[Any, ...]]:
     """resolve(port, lazy): a rule of a planned builder written for `port` (a portshape._Port), as its builder
     and the answers of its ops for its values (see the module's doc). Generated code, one function per builder:
-    it runs for every own rule of every port."""
-    ns: dict[str, Any] = {"Decline": Decline, "_ADDR": ADDR}
-    lines = ["    addresses, own, jumps = port.addresses, port.own, port.jumps"]
+    it runs for every own rule of every port, so the `_Port` calls that number an address or port are inline,
+    and what a constant of the template answers is found here, once."""
+    ns: dict[str, Any] = {"Decline": Decline, "_ADDR": ADDR, "_PORT": PORT}
+    lines: list[str] = []
+    used: set[str] = set()  # which of the port's tables the code reads
     out = ["lazy[0]"]
 
     def const(x: Any) -> str:
@@ -224,34 +227,51 @@ def _compile(ops: list[tuple[int, Any, Any]]) -> Callable[[Any, tuple[Any, ...]]
         """`into` = the value `x` stands for (a constant, or the rule's), of type `check` when given."""
         if type(x) is not Hole:
             lines.append(f"    {into} = {const(x)}")
-        elif x.part is None:
-            lines.append(f"    {into} = lazy[{x.k}]")
-        else:
-            lines.append(f"    {into} = lazy[{x.k}]")
+            if check is not None and type(x) is not {"str": str}[check]:
+                lines.append("    raise Decline")  # (a constant of another type: every rule of the builder)
+            return
+        lines.append(f"    {into} = lazy[{x.k}]")
+        if x.part is not None:
             lines.append(f"    if type({into}) is not tuple or len({into}) != 2:\n        raise Decline")
             lines.append(f"    {into} = {into}[{x.part}]")
         if check is not None:
             lines.append(f"    if type({into}) is not {check}:\n        raise Decline")
 
+    def number(table: str, v: str, into: str, indent: str = "    ") -> None:
+        """`into` = `v`'s number in the port's `table` (addresses or ports), numbered now if new: _Port.address
+        and _Port.port, inline."""
+        used.add(table)
+        lines.append(f"{indent}{into} = {table}.get({v})\n{indent}if {into} is None:\n"
+                     f"{indent}    {into} = {table}[{v}] = len({table})")
+
     for i, (code, a, b) in enumerate(ops):
         x = f"x{i}"
         if code == _VALUE:
+            if a == LIT and type(b) in (str, int):
+                lines.append(f"    {x} = {const(b)}")  # (_Port.value of a literal constant: the constant itself)
+                out.append(x)
+                continue
             get(b, "v")
-            if a == ADDR:  # (an address, inline: most values are)
-                lines.append(f"    if type(v) is str:\n        n = addresses.get(v)\n        if n is None:\n"
-                             f"            n = addresses[v] = len(addresses)\n        {x} = (_ADDR, n)\n"
-                             f"    else:\n        {x} = port.value(_ADDR, v)")
+            if a in (ADDR, PORT):  # (_Port.value of an address or port, the common case inline)
+                table, kind, t = ("addresses", "_ADDR", "str") if a == ADDR else ("ports", "_PORT", "int")
+                lines.append(f"    if type(v) is {t}:")
+                number(table, "v", "n", "        ")
+                lines.append(f"        {x} = ({kind}, n)\n    else:\n        {x} = port.value({kind}, v)")
             else:
                 lines.append(f"    {x} = port.value({const(a)}, v)")
         elif code == _VERDICT:
             get(b, "v", "str")
+            used.update(("own", "jumps"))
             lines.append(f"    n = own.get(v)\n    if n is None:\n        jumps.add(v)\n        {x} = ({const(a)}, v)\n"
                          f"    else:\n        {x} = ({const(a)}, n)")
         elif code == _NAT:
             get(a, "v", "str")
             get(b, "p")
-            lines.append(f"    if p is not None and type(p) is not int:\n        raise Decline\n"
-                         f"    {x} = (port.address(v), None if p is None else port.port(p))")
+            lines.append("    if p is not None and type(p) is not int:\n        raise Decline")
+            number("addresses", "v", "n")  # (the address first, as _Port.item numbers them)
+            lines.append(f"    if p is None:\n        {x} = (n, None)\n    else:")
+            number("ports", "p", "m", "        ")
+            lines.append(f"        {x} = (n, m)")
         elif code == _FIB:
             get(a, x, "str")
         elif code == _LITERAL:
@@ -261,6 +281,110 @@ def _compile(ops: list[tuple[int, Any, Any]]) -> Callable[[Any, tuple[Any, ...]]
             get(a, "v", "str")
             lines.append(f"    {x} = port.own_set(v)")
         out.append(x)
+    prologue = "".join(f"    {name} = port.{name}\n" for name in sorted(used))
     body = "\n".join(lines)
-    exec(f"def resolve(port, lazy):\n{body}\n    return ({', '.join(out)},)\n", ns)
+    exec(f"def resolve(port, lazy):\n{prologue}{body}\n    return ({', '.join(out)},)\n", ns)
     return ns["resolve"]  # type: ignore[no-any-return]
+
+
+# -- what the layout reads of a rule ----------------------------------------------------------------------------
+
+# What PortReader.service_port reads of a rule: the chains it sends to (verdicts, and the verdicts of an anonymous
+# verdict map's elements, in order, each that is set), the names of the named sets its matches test against (in
+# order), whether a match reads fib.
+Reads = tuple[tuple[str, ...], tuple[str, ...], bool]
+
+
+def items_reads(items: tuple[Any, ...]) -> Reads:
+    """`Reads` of a rule's items."""
+    targets: list[str] = []
+    names: list[str] = []
+    fib = False
+    for item in items:
+        if isinstance(item, Verdict):
+            if item.target:
+                targets.append(item.target)
+        elif isinstance(item, VerdictMap):
+            if isinstance(item.map, AnonSet):
+                for e in item.map.elements:
+                    if isinstance(e.data, Verdict) and e.data.target:
+                        targets.append(e.data.target)
+        elif isinstance(item, Match):
+            if isinstance(item.right, SetRef):
+                names.append(item.right.name)
+            fib = fib or isinstance(item.left, Fib)
+    return tuple(targets), tuple(names), fib
+
+
+def rule_reads(rule: Any) -> Reads:
+    """`Reads` of a rule. One a shape's builder made (a planned builder, as `plan`'s: no function of a value but
+    make_nat) is read from its values, by where its template puts them, without building its items: the layout
+    reads every service chain of a listing (5,000 verdict maps of 10 elements at 5,000 Services) and a trace
+    only a few. Any other rule, or one whose value could be a set reference where a match's right side is, by
+    its items."""
+    lazy = rule._lazy
+    if lazy is not None:
+        build = lazy[0]
+        try:
+            found = build.layout_plan
+        except AttributeError:
+            found = build.layout_plan = _reads_plan(build, len(lazy))
+        if found is not None:
+            targets, names, fib, rights = found
+            if not any(type(lazy[k]) is SetRef for k in rights):
+                return (tuple([x for x in [lazy[x] if type(x) is int else x for x in targets] if x]),
+                        tuple([lazy[x] if type(x) is int else x for x in names]), fib)
+    return items_reads(rule.items)
+
+
+def _slot(x: Any) -> int | str:
+    """A read value of a template built with holes: its place in `_lazy`, or the constant itself (a str)."""
+    if type(x) is Hole:
+        if x.part is not None:
+            raise Decline
+        return x.k
+    if type(x) is not str:
+        raise Decline
+    return x
+
+
+def _reads_plan(build: Any, size: int) -> tuple[tuple[int | str, ...], tuple[int | str, ...], bool,
+                                                 tuple[int, ...]] | None:
+    """Where `items_reads` finds its answers in the rules `build` makes (`rule_reads`): (targets, set names, fib,
+    the places of the values a match's right side is), or None when such rules are read by their items."""
+    template = getattr(build, "template", None)
+    if template is None or not calls_only(template[0], make_nat):
+        return None
+    try:
+        items = build((build, None, None, *[Hole(k) for k in range(3, size)]))[0]
+        targets: list[int | str] = []
+        names: list[int | str] = []
+        rights: list[int] = []
+        fib = False
+        for item in items:
+            if isinstance(item, Verdict):
+                if type(item.target) is Hole or item.target:
+                    targets.append(_slot(item.target))
+            elif isinstance(item, VerdictMap):
+                if type(item.map) is Hole:
+                    raise Decline
+                if isinstance(item.map, AnonSet):
+                    for e in item.map.elements:
+                        if type(e) is Hole or type(e.data) is Hole:
+                            raise Decline
+                        if isinstance(e.data, Verdict) and (type(e.data.target) is Hole or e.data.target):
+                            targets.append(_slot(e.data.target))
+            elif isinstance(item, Match):
+                right = item.right
+                if type(right) is Hole:
+                    rights.append(_slot(right))  # type: ignore[arg-type]
+                elif isinstance(right, SetRef):
+                    names.append(_slot(right.name))
+                if type(item.left) is Hole:
+                    raise Decline
+                fib = fib or isinstance(item.left, Fib)
+            elif type(item) is Hole:
+                raise Decline
+    except (Decline, TypeError, AttributeError, IndexError, KeyError, ValueError):
+        return None
+    return tuple(targets), tuple(names), fib, tuple(rights)

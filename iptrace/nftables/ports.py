@@ -5,7 +5,9 @@ Helpers of layout.py; pure."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Container, Iterator
+from dataclasses import is_dataclass
 from sys import intern
 from typing import Any
 
@@ -16,7 +18,6 @@ from iptrace.nftables.model import (
     Binop,
     Chain,
     Element,
-    Fib,
     Mangle,
     MapLookup,
     Match,
@@ -28,10 +29,7 @@ from iptrace.nftables.model import (
     Rule,
     Ruleset,
     Set,
-    SetRef,
     Table,
-    Verdict,
-    VerdictMap,
 )
 from iptrace.nftables.names import (
     HAIRPIN_CONNECTIONS,
@@ -41,7 +39,11 @@ from iptrace.nftables.names import (
     chain_parts,
     split_chain,
 )
+from iptrace.nftables.portrules import calls_only, rule_reads
+from iptrace.nftables.shapes import Slot, fast_constructor
 
+# ServicePortLayout by position, without the frozen dataclass __init__ (one per Service port).
+_new_layout = fast_constructor(ServicePortLayout)
 _DETECTOR_SCAN = 200  # service chains read for the local-traffic detector (it is the same in all of them)
 
 
@@ -52,28 +54,6 @@ def value_text(v: Any) -> str:
     if isinstance(v, Range):
         return f"{v.low}-{v.high}"
     return str(v)
-
-
-def endpoint_address(name: str, v6: bool) -> str | None:
-    """`endpoint-HASH-ns/svc/tcp/p80__10.180.0.1/80` (a name chain_parts reads) → its endpoint IP; None for a
-    name kube-proxy cut short (`…...`: the chain's DNAT says)."""
-    if "__" not in name or name.endswith("..."):
-        return None
-    host, _, port = name.rsplit("__", 1)[1].rpartition("/")
-    if not port.isdigit():
-        return None
-    return host.replace(".", ":") if v6 else host
-
-
-def _targets(rule: Rule) -> Iterator[str]:
-    """The chains a rule sends packets to (verdicts, verdict maps)."""
-    for item in rule.items:
-        if isinstance(item, Verdict) and item.target:
-            yield item.target
-        elif isinstance(item, VerdictMap) and isinstance(item.map, AnonSet):
-            for e in item.map.elements:
-                if isinstance(e.data, Verdict) and e.data.target:
-                    yield e.data.target
 
 
 def _dnat_targets(rule: Rule) -> Iterator[tuple[str, int | None]]:
@@ -92,6 +72,49 @@ def _dnat_targets(rule: Rule) -> Iterator[tuple[str, int | None]]:
             yield addr, item.port if isinstance(item.port, int) else None
 
 
+_ENDPOINT_NAME = re.compile(r"endpoint-[A-Z2-7]{8}-(.+)")  # (names.chain_parts' pattern, of its endpoint word)
+
+
+def endpoint_name_address(name: str, v6: bool) -> str | bool | None:
+    """An endpoint chain's name (`endpoint-HASH-ns/svc/tcp/p80__10.180.0.1/80`) → False when it names no Service
+    port (names.chain_parts reads none in it), else its endpoint IP, or None for a name kube-proxy cut short
+    (`…...`: the chain's DNAT says) or one without an endpoint part. One reading of the name
+    (_endpoint_sources reads 50,000 at 5,000 Services); tests/test_nft_endpoint_set.py holds it to chain_parts."""
+    m = _ENDPOINT_NAME.fullmatch(name)
+    if m is None:
+        return False
+    rest = m.group(1)
+    port_part, cut, _ = rest.partition("__")
+    parts = port_part.split("/")
+    if len(parts) != 4 or not parts[0] or not parts[1] or not parts[2]:
+        return False
+    if not cut or name.endswith("..."):
+        return None
+    host, _, port = rest.rpartition("__")[2].rpartition("/")  # (after the last `__`: `___` ends one later)
+    if not port.isdigit():
+        return None
+    return host.replace(".", ":") if v6 else host
+
+
+def _may_dnat(rule: Rule) -> bool:
+    """Whether a rule may hold a DNAT (_endpoint_sources reads the DNATs of a service chain that has one): its text
+    says `dnat`; a rule a shape's builder made from a template without a Nat or a function of a value (which
+    could make one) holds none, and its text is not read (a listing's 10,000 service chain rules at 5,000
+    Services, each read back from the listing)."""
+    lazy = rule._lazy
+    if lazy is not None:
+        build = lazy[0]
+        try:
+            may = build.may_dnat
+        except AttributeError:
+            template = getattr(build, "template", None)
+            may = build.may_dnat = template is None or not calls_only(template[0], None) or any(
+                type(item) in (Nat, Slot) or not is_dataclass(item) for item in template[0])
+        if not may:
+            return False
+    return "dnat" in rule.text
+
+
 def _endpoint_sources(table: Table, v6: bool) -> Iterator[tuple[str, str | None]]:
     """(endpoint IP, the chain whose name gives the Service port's name base; None for no port) for every endpoint:
     the endpoint chains' names (a cut name: its DNAT), the service chains' own DNATs (1.37) and
@@ -100,9 +123,9 @@ def _endpoint_sources(table: Table, v6: bool) -> Iterator[tuple[str, str | None]
     for chain in table.chains:
         name = chain.name
         if name.startswith("endpoint-"):
-            if chain_parts(name) is None:
+            ip = endpoint_name_address(name, v6)
+            if ip is False:
                 continue
-            ip = endpoint_address(name, v6)
             if ip is not None:
                 yield ip, name
             else:
@@ -110,7 +133,7 @@ def _endpoint_sources(table: Table, v6: bool) -> Iterator[tuple[str, str | None]
                     for ip, _ in _dnat_targets(rule):
                         yield ip, name
         elif name.startswith(("service-", "local-", "svc-")) and chain.rules and (
-                direct or any("dnat" in r.text for r in chain.rules)):
+                direct or any(_may_dnat(r) for r in chain.rules)):
             direct = True
             if chain_parts(name) is not None:
                 for rule in chain.rules:
@@ -270,13 +293,13 @@ class PortReader:
         affinity: int | None = None
         for chain in (cluster, local):
             for rule in (chain.rules if chain is not None else ()):
-                for target in _targets(rule):
+                targets, names, _fib = rule_reads(rule)
+                for target in targets:
                     if target.startswith("endpoint-") and target not in endpoint_chains:
                         endpoint_chains.append(target)
-                for item in rule.items:
-                    if isinstance(item, Match) and isinstance(item.right, SetRef) and affinity is None \
-                            and item.right.name.startswith("affinity-"):
-                        s = table.set(item.right.name)
+                for name in names:
+                    if affinity is None and name.startswith("affinity-"):
+                        s = table.set(name)
                         if s is not None and s.timeout_ms is not None:
                             affinity = s.timeout_ms // 1000
         chains = [c.name for c in own.values() if c is not None]
@@ -311,8 +334,9 @@ class PortReader:
         if any(w.kind in (NODE_PORT, EXTERNAL_IP, LOAD_BALANCER) for w in ways):
             ext = own["external"]
             if ext is not None:
-                local_ext = any(isinstance(i, Match) and isinstance(i.left, Fib) for r in ext.rules for i in r.items) \
-                    or any(t.startswith("local-") for r in ext.rules for t in _targets(r))
+                reads = [rule_reads(r) for r in ext.rules]
+                local_ext = any(fib for _, _, fib in reads) or any(t.startswith("local-") for targets, _, _ in reads
+                                                                   for t in targets)
                 etp = "Local" if local_ext or g.etp_local_drop else "Cluster"
             elif g.etp_local_drop:
                 etp = "Local"
@@ -325,17 +349,12 @@ class PortReader:
                 itp = "Local"
             elif cluster_way.chain:
                 itp = "Cluster"
-        return ServicePortLayout(
-            key=g.key, name=g.name, identity=g.identity,
-            protocol=g.protocol, ways_in=ways,
-            cluster_chain=cluster.name if cluster is not None else None,
-            local_chain=local.name if local is not None else None,
-            chains=(*sorted(chains), *endpoint_chains), lines=tuple(sorted(lines)),
-            external_traffic_policy=etp, internal_traffic_policy=itp, session_affinity_timeout=affinity,
-            lb_source_ranges=tuple(sorted(ranges, key=_range_order)), health_check_node_port=None,
-            no_endpoints=g.no_endpoints, no_local_endpoints=g.no_local_endpoints,
-            notes=() if g.name else ("no chain name or element comment names this Service port; pass cluster data "
-                                     "to name it by its address",))
+        return _new_layout(  # (ServicePortLayout's fields in order)
+            g.key, g.name, g.identity, g.protocol, ways, cluster.name if cluster is not None else None,
+            local.name if local is not None else None, (*sorted(chains), *endpoint_chains), tuple(sorted(lines)),
+            etp, itp, affinity, tuple(sorted(ranges, key=_range_order)), None, g.no_endpoints, g.no_local_endpoints,
+            () if g.name else ("no chain name or element comment names this Service port; pass cluster data to name "
+                               "it by its address",))
 
 
 def _range_order(text: str) -> tuple[int, int, int, str]:

@@ -20,33 +20,29 @@ addresses, ports and chain names, and routes it to them by elements of its verdi
   the networks and exact hosts of the generic rules (and of its own rules' networks) it is; for each port, which
   of the generic rules' ports and port ranges it is.
 
-*Generic* rules are every rule of every chain the walk can reach other than the port's own: the base chains of
-every table of the family and the chains their rules and the elements above send to. They may read addresses and
-ports only by prefix, exact host, port and range tests, fib's address type and look-ups in named sets (the above),
-and may rewrite nothing but marks and masquerade; any other read (an anonymous map, numgen, ct's original
-addresses, a dynamic set, an unknown expression) gives no shape. Own rules may hold only the tests and statements
-kube-proxy writes there (address, port and protocol tests, fib type, numgen's verdict maps, jumps, DNAT to a
-constant address, affinity sets' look-ups and updates by address); rule comments decide nothing and are left out
-(so are the walks' notes: a view reads none). Own chains or sets that a generic rule names give no shape.
+*Generic* rules (generic.py reads them) are every rule of every chain the walk can reach other than the port's own:
+the base chains of every table of the family and the chains their rules and the elements above send to. They may
+read addresses and ports only by prefix, exact host, port and range tests, fib's address type and look-ups in named
+sets (the above), and may rewrite nothing but marks and masquerade; any other read (an anonymous map, numgen, ct's
+original addresses, a dynamic set, an unknown expression) gives no shape. Own rules may hold only the tests and
+statements kube-proxy writes there (address, port and protocol tests, fib type, numgen's verdict maps, jumps, DNAT
+to a constant address, affinity sets' look-ups and updates by address); rule comments decide nothing and are left
+out (so are the walks' notes: a view reads none). Own chains or sets that a generic rule names give no shape.
 tests/test_nft_port_shapes.py compares views built with and without shapes.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from typing import Any
 
 from iptrace.dataplane import PortShape
-from iptrace.nftables.evaluate import Context
-from iptrace.nftables.hooks import TABLE_FAMILIES
+from iptrace.nftables.generic import Shapes
 from iptrace.nftables.model import (
     AnonSet,
     Binop,
-    Concat,
     Counter,
     Element,
     Fib,
-    Flags,
     Mangle,
     Match,
     Meta,
@@ -60,267 +56,13 @@ from iptrace.nftables.model import (
     Verdict,
     VerdictMap,
 )
-from iptrace.nftables.names import KUBE_PROXY_TABLE
 from iptrace.nftables.portrules import ADDR as _ADDR
 from iptrace.nftables.portrules import LIT as _LIT
 from iptrace.nftables.portrules import PORT as _PORT
 from iptrace.nftables.portrules import Decline as _Decline
 from iptrace.nftables.portrules import kind as _kind
 from iptrace.nftables.portrules import plan
-from iptrace.nftables.state import ip_int, prefix_bounds
-
-
-class _Lookup:
-    """A named set generic rules look up by a key of `kinds`: its elements' indices by the value of their part of
-    kind `by`."""
-
-    __slots__ = ("by", "index", "kinds", "set")
-
-    def __init__(self, found: Any, kinds: tuple[str, ...], by: str, index: dict[Any, list[int]]) -> None:
-        self.set = found
-        self.kinds = kinds
-        self.by = by
-        self.index = index
-
-
-class Shapes:
-    """One tracer's generic rules as shapes read them, per IP version: the chains they reach (analysed once each),
-    their networks, exact hosts and ports, and the named sets they look up (indexed by value)."""
-
-    def __init__(self, tracer: Any) -> None:
-        self.ruleset = tracer.ruleset
-        self.ctx: Context = tracer.ctx
-        self.local: frozenset[str] = tracer.local
-        self.chains: dict[tuple[int, str], tuple[tuple[int, str], ...] | None] = {}  # (table, chain) → jumps
-        self.tables: dict[int, Any] = {}
-        self.networks: list[tuple[int, int, bool]] = []  # (net, mask, v6) of generic prefix tests, in order found
-        self.hosts: list[str] = []  # generic exact-host tests
-        self.ports: list[Any] = []  # generic exact-port tests (int) and ranges (Range)
-        self._seen: set[Any] = set()
-        self._classes: dict[str, Any] = {}
-        self._regions: tuple[Any, ...] | None = None
-        self._reach: dict[tuple[int, str], frozenset[tuple[int, str]] | None] = {}
-        self.lookups: dict[tuple[int, str, tuple[str, ...]], _Lookup | None] = {}
-        self.roots: dict[int, frozenset[tuple[int, str]] | None] = {}
-
-    # ------------------------------------------------------------------------------------------- generic rules
-
-    def _note(self, value: Any, into: list[Any]) -> None:
-        if value not in self._seen:
-            self._seen.add(value)
-            into.append(value)
-
-    def _test(self, kind: str, right: Any, table: Any) -> None:
-        """A generic test of an address or port against `right` (a constant, prefix, range, set)."""
-        if kind == _LIT:
-            if isinstance(right, (SetRef, AnonSet, Prefix, Range, tuple)) and not isinstance(right, Flags):
-                if type(right) is Range and all(type(x) is int for x in (right.low, right.high)):
-                    return
-                raise _Decline
-            return
-        if type(right) is AnonSet:
-            for element in right.elements:
-                if element.data is not None:
-                    raise _Decline
-                self._test(kind, element.key, table)
-            return
-        if type(right) is SetRef:
-            self._lookup(table, right.name, (kind,))
-            return
-        if kind == _ADDR:
-            if type(right) is Prefix:
-                net, mask = prefix_bounds(right.addr, right.length)
-                self._note((net, mask, ":" in right.addr), self.networks)
-            elif type(right) is str:
-                self._note(right, self.hosts)
-            else:
-                raise _Decline
-        elif type(right) is int or (type(right) is Range and type(right.low) is int and type(right.high) is int):
-            self._note(right, self.ports)
-        else:
-            raise _Decline
-
-    def _lookup(self, table: Any, name: str, kinds: tuple[str, ...]) -> None:
-        """A look-up of named set `name` by a key of `kinds`: its exact elements filed by one part (a set of
-        intervals, or one the packet path fills, gives no shape)."""
-        key = (id(table), name, kinds)
-        if key in self.lookups:
-            if self.lookups[key] is None:
-                raise _Decline
-            return
-        found = table.set(name)
-        lookup: _Lookup | None = None
-        # (filed by its address part when it has one, else its port part: a port part alone, the Service port
-        # every ClusterIP shares, would file most elements under one value)
-        by = kinds.index(_ADDR) if _ADDR in kinds else kinds.index(_PORT) if _PORT in kinds else -1
-        if found is not None and by >= 0 and not {"dynamic", "timeout", "interval"} & set(found.flags) \
-                and len(found.key_type) == len(kinds):
-            index: dict[Any, list[int]] = {}
-            for i, element in enumerate(found.elements):
-                parts = element.key if len(kinds) > 1 else (element.key,)
-                if type(parts) is not tuple or len(parts) != len(kinds) or not all(
-                        kind == _LIT or type(part) is (str if kind == _ADDR else int)
-                        for kind, part in zip(kinds, parts, strict=True)):
-                    break
-                index.setdefault(parts[by], []).append(i)
-            else:
-                lookup = _Lookup(found, kinds, kinds[by], index)
-        self.lookups[key] = lookup
-        if lookup is None:
-            raise _Decline
-
-    def analyse(self, table: Any, name: str) -> tuple[tuple[int, str], ...] | None:
-        """The chains a generic chain sends to (its rules analysed once); None when a rule reads what a shape cannot
-        hold."""
-        key = (id(table), name)
-        if key in self.chains:
-            return self.chains[key]
-        self.tables[id(table)] = table
-        chain = table.chain(name)
-        jumps: list[tuple[int, str]] = []
-        found: tuple[tuple[int, str], ...] | None = None
-        try:
-            if chain is None:
-                raise _Decline
-            for rule in chain.rules:
-                for item in rule.items:
-                    self._item(item, table, jumps)
-            found = tuple(jumps)
-        except (_Decline, ValueError):
-            found = None
-        self.chains[key] = found
-        return found
-
-    def _item(self, item: Any, table: Any, jumps: list[tuple[int, str]]) -> None:
-        t = type(item)
-        if t is Match:
-            left = item.left
-            if type(left) is Fib:
-                if left.result != "type" or left.flags not in (("saddr",), ("daddr",)):
-                    raise _Decline
-                return  # (an address's fib type is in its class)
-            if type(left) is Concat:
-                if type(item.right) is not SetRef or item.op != "==":
-                    raise _Decline
-                self._lookup(table, item.right.name, tuple(map(_kind, left.parts)))
-                return
-            if item.op not in ("==", "!=", "in"):
-                raise _Decline
-            self._test(_kind(left), item.right, table)
-        elif t is VerdictMap:
-            if type(item.map) is not SetRef:
-                raise _Decline
-            key = item.key
-            # (its elements' verdicts are each port's: `_Port.elements` reads the ones a port's walks can find)
-            self._lookup(table, item.map.name, tuple(map(_kind, key.parts)) if type(key) is Concat else (_kind(key),))
-        elif t is Verdict:
-            self._verdict(item, table, jumps)
-        elif t is Nat:
-            if item.kind != "masquerade" or item.addr is not None or item.port is not None:
-                raise _Decline
-        elif t is Mangle:
-            if type(item.key) is not Meta or item.key.key != "mark" or not (
-                    type(item.value) is int or (type(item.value) is Binop and _kind(item.value) == _LIT)):
-                raise _Decline
-        elif t not in (Counter, Reject):
-            raise _Decline
-
-    @staticmethod
-    def _verdict(v: Any, table: Any, jumps: list[tuple[int, str]]) -> None:
-        if type(v) is not Verdict:
-            raise _Decline
-        if v.kind in ("jump", "goto"):
-            jumps.append((id(table), v.target))
-
-    def reach(self, starts: Any) -> frozenset[tuple[int, str]] | None:
-        """Every chain reachable from `starts` by generic rules (each analysed); None when one gives no shape."""
-        seen: set[tuple[int, str]] = set()
-        todo = list(starts)
-        while todo:
-            key = todo.pop()
-            if key in seen:
-                continue
-            seen.add(key)
-            jumps = self.analyse(self.tables[key[0]], key[1])
-            if jumps is None:
-                return None
-            todo.extend(jumps)
-        return frozenset(seen)
-
-    def reach_one(self, start: tuple[int, str]) -> frozenset[tuple[int, str]] | None:
-        """`reach([start])`, kept (the chains' rules do not change)."""
-        found = self._reach.get(start, False)
-        if found is False:
-            found = self._reach[start] = self.reach([start])
-        return found  # type: ignore[return-value]
-
-    def roots_of(self, version: int) -> frozenset[tuple[int, str]] | None:
-        """The generic chains every walk of IP `version` can reach: every base chain of its tables, and on."""
-        if version not in self.roots:
-            families = TABLE_FAMILIES[version]
-            starts = []
-            for table in self.ruleset.tables:
-                if table.family in families:
-                    self.tables[id(table)] = table
-                    starts.extend((id(table), c.name) for c in table.chains if c.base is not None)
-            self.roots[version] = self.reach(starts)
-        return self.roots[version]
-
-    def classes(self, addresses: Any, own_networks: list[tuple[int, int, bool]]) -> tuple[Any, ...]:
-        """Each address's class (address_class) and which of a port's own networks hold it. Classes are kept per
-        address while the generic networks and hosts are the same (a node's clients are in every port's
-        questions)."""
-        regions = self._regions
-        if regions is None or regions[0] != len(self.networks) or regions[1] != len(self.hosts):
-            self._regions = self._partition()
-            self._classes = {}
-        known = self._classes
-        out = []
-        for a in addresses:
-            found = known.get(a)
-            if found is None:
-                found = known[a] = self.address_class(a)
-            seen, value = found
-            out.append((seen, tuple([(":" in a) == n6 and value & mask == net for net, mask, n6 in own_networks])
-                        if own_networks else ()))
-        return tuple(out)
-
-    def address_class(self, addr: str) -> tuple[tuple[str, tuple[bool, ...], tuple[bool, ...]], int]:
-        """What generic tests and the routing decision see of an address: its fib type ("local" for the node's
-        addresses and loopback: also whether the node sent it), which generic networks hold it and which exact
-        host it is; and the address as an int."""
-        regions = self._regions
-        if regions is None or regions[0] != len(self.networks) or regions[1] != len(self.hosts):
-            regions = self._regions = self._partition()
-        value = ip_int(addr)
-        bounds, nets = regions[3] if ":" in addr else regions[2]
-        host = regions[4].get(addr)
-        return (self.ctx.addrtype(addr), nets[bisect_right(bounds, value) - 1],
-                regions[5] if host is None else host), value
-
-    def _partition(self) -> tuple[Any, ...]:
-        """The generic networks as ranges of addresses that each network holds whole or not at all: per IP
-        version (the ranges' starts, each range's networks holding it), and each exact host's tuple."""
-        networks = self.networks
-        versions = []
-        for v6 in (False, True):
-            full = (1 << (128 if v6 else 32)) - 1
-            starts = {0}
-            for net, mask, n6 in networks:
-                if n6 == v6:
-                    starts.add(net)
-                    if net | (full ^ mask) < full:
-                        starts.add((net | (full ^ mask)) + 1)
-            bounds = sorted(starts)
-            versions.append((bounds, [tuple([v6 == n6 and start & mask == net for net, mask, n6 in networks])
-                                      for start in bounds]))
-        hosts = self.hosts
-        each = {host: tuple([h == host for h in hosts]) for host in hosts}
-        return len(networks), len(hosts), versions[0], versions[1], each, tuple([False] * len(hosts))
-
-    def port_class(self, port: int) -> str:
-        return "".join(["1" if (port == p if type(p) is int else p.low <= port <= p.high) else "0"
-                        for p in self.ports])
+from iptrace.nftables.state import prefix_bounds
 
 
 def port_shape(tracer: Any, calls: Any, chains: Any) -> PortShape | None:
@@ -468,23 +210,26 @@ class _Port:
             out.append((found.key_type, found.flags, found.timeout_ms, found.size, tuple(elements)))
         return tuple(out)
 
-    def elements(self, lookups: Any) -> list[Any]:
-        """The elements of the named sets generic rules look up that a branch of this port can find (their address
-        and port parts all the port's values), written with numbers, in each set's order."""
-        out = []
+    def elements(self, merged: tuple[Any, ...]) -> list[Any]:
+        """The elements of the named sets generic rules look up (`merged`: Shapes.merged) that a branch of this port
+        can find (their address and port parts all the port's values), written with numbers, in each set's order."""
+        _size, found, out, by_address, by_port = merged
+        out = list(out)
         addresses, ports = self.addresses, self.ports
-        for lookup in lookups.values():
-            if lookup is None:
-                continue
-            index, kinds = lookup.index, lookup.kinds
-            candidates: list[int] = []
-            for value in (addresses if lookup.by == _ADDR else ports):
-                found = index.get(value)
-                if found is not None:
-                    candidates.extend(found)
+        candidates: dict[int, list[int]] = {}
+        for values, index in ((addresses, by_address), (ports, by_port)):
+            if index:
+                for value in values:
+                    hits = index.get(value)
+                    if hits is not None:
+                        for pos, i in hits:
+                            candidates.setdefault(pos, []).append(i)
+        for pos, indices in sorted(candidates.items()):
+            lookup = found[pos]
+            kinds = lookup.kinds
             elements = lookup.set.elements
             written = []
-            for i in sorted(set(candidates)):
+            for i in sorted(set(indices)):
                 element: Element = elements[i]
                 parts = element.key if len(kinds) > 1 else (element.key,)
                 key = []
@@ -501,7 +246,7 @@ class _Port:
                     if data is not None and not lookup.set.is_vmap:
                         raise _Decline
                     written.append((tuple(key), None if data is None else self.verdict(data), element.timeout_ms))
-            out.append((lookup.set.name, kinds, tuple(written)))
+            out[pos] = (lookup.set.name, kinds, tuple(written))
         return out
 
     def shape(self, calls: Any) -> PortShape:
@@ -516,14 +261,10 @@ class _Port:
             asked.append((None if chain is None else self.own[chain], self.address(packet.src),
                           self.address(packet.dst), self.port(packet.dport), packet.sport, packet.proto,
                           packet.in_interface))
-        roots = shapes.roots_of(version) if version else None
-        if roots is None:
+        found = shapes.kube_of(version) if version else None
+        if found is None:
             raise _Decline
-        kube = next((t for t in shapes.ruleset.tables
-                     if t.name == KUBE_PROXY_TABLE and t.family == ("ip" if version == 4 else "ip6")), None)
-        if kube is None:
-            raise _Decline
-        shapes.tables[id(kube)] = kube
+        kube, reached = found
         chains = [kube.chain(name) for name in self.chains]
         lines: list[int] = []
         own_rules = []
@@ -545,17 +286,16 @@ class _Port:
                                  else ops(self, lazy))
                 lines.append(rule.line or 0)
             own_rules.append(tuple(rules))
-        own_keys = {(id(kube), name) for name in self.chains}
-        if not roots.isdisjoint(own_keys):
+        if not reached.isdisjoint(self.chains):
             raise _Decline  # (a chain of the port's own that other rules lead to as well)
         done: set[str] = set()
         while True:
             for name in self.jumps - done:
                 done.add(name)
-                more = shapes.reach_one((id(kube), name))
-                if more is None or not more.isdisjoint(own_keys):
+                more = shapes.reach_names(kube, name)
+                if more is None or not more.isdisjoint(self.chains):
                     raise _Decline
-            elements = self.elements(shapes.lookups)
+            elements = self.elements(shapes.merged())
             if self.jumps <= done:
                 break
         sets = self.set_contents(kube, shapes.lookups) if self.sets else ()

@@ -1,0 +1,86 @@
+"""What the nft layout reads of a rule (portrules.rule_reads: the chains it sends to, the named sets its matches
+test, whether it reads fib) is read from a planned builder's values without building the rule's items; it must
+be what the items say, on every rule of every nft sample, corpus fixture form and synthesized ruleset."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from bench import synth
+from bench.synth_nft import render_nft
+from iptrace.nftables import load, portrules
+from iptrace.nftables.model import Match, Rule, SetRef
+from tests import nft_corpus
+
+
+def _rules(text: str) -> Iterator[Rule]:
+    for table in load(text).tables:
+        for chain in table.chains:
+            yield from chain.rules
+
+
+def _agree(text: str) -> int:
+    """Every rule's reads equal its items'; how many rules were read by plan."""
+    planned = 0
+    for rule in _rules(text):
+        assert portrules.rule_reads(rule) == portrules.items_reads(rule.peek_items()), rule.text
+        lazy = rule._lazy
+        planned += lazy is not None and getattr(lazy[0], "layout_plan", None) is not None
+    return planned
+
+
+def _synthesized(affinity: bool, **kwargs: Any) -> str:
+    specs = synth.scale(24, 3, 5)
+    if affinity:
+        for spec in specs:
+            spec.session_affinity_timeout = 10800
+    return render_nft(specs, node_ips=["192.168.0.10"], pod_cidr="10.244.0.0/16", service_cidrs=["10.96.0.0/12"],
+                      **kwargs)
+
+
+@pytest.mark.parametrize("form", ["list", "transaction"])
+@pytest.mark.parametrize("affinity", [False, True])
+def test_synthesized(form: str, affinity: bool) -> None:
+    assert _agree(_synthesized(affinity, form=form)) > 100
+
+
+def test_service_chains_of_a_listing_are_read_by_plan() -> None:
+    """The rules the layout reads of each Service port (its service and external chains) have plans."""
+    for table in load(_synthesized(True)).tables:
+        for chain in table.chains:
+            if chain.name.startswith(("service-", "external-")):
+                for rule in chain.rules:
+                    portrules.rule_reads(rule)
+                    assert rule._lazy is not None and rule._lazy[0].layout_plan is not None, rule.text
+
+
+@pytest.mark.parametrize("path", nft_corpus.SAMPLES, ids=lambda p: p.name)
+def test_samples(path: Any) -> None:
+    _agree(path.read_text(encoding="utf-8", errors="replace"))
+
+
+@pytest.mark.parametrize("fixture", nft_corpus.FIXTURES, ids=lambda p: p.stem)
+def test_corpus(fixture: Any) -> None:
+    for text in nft_corpus.texts(nft_corpus.read(fixture)).values():
+        _agree(text)
+
+
+def test_a_value_that_is_a_set_reference_is_read_by_items() -> None:
+    """A planned rule whose match's right side is a value holding a set reference (not what a listing's value
+    is, but a plan must not assume it) is read by its items: the set's name is among its reads."""
+    rules = [r for r in _rules(_synthesized(False)) if r.text.startswith("ip daddr 10.") and r._lazy is not None]
+    for r in rules:
+        portrules.rule_reads(r)
+    rule = next(r for r in rules if r._lazy[0].layout_plan is not None and r._lazy[0].layout_plan[3])
+    build, text, line, *values = rule._lazy  # type: ignore[misc]
+    plan = build.layout_plan
+    values[plan[3][0] - 3] = SetRef("affinity-x")
+    odd = Rule.__new__(Rule)
+    object.__setattr__(odd, "_lazy", (build, text, line, *values))
+    object.__setattr__(odd, "line", line)
+    assert any(type(i) is Match and i.right == SetRef("affinity-x") for i in odd.peek_items())
+    assert portrules.rule_reads(odd) == portrules.items_reads(odd.peek_items())
+    assert "affinity-x" in portrules.rule_reads(odd)[1]
