@@ -37,8 +37,11 @@ from iptrace.text import decode_input
 # the regex engine then skips ahead to each space instead of trying every position (a third faster). Its
 # repeats are possessive (nothing after one could match a character it gives back, so they match as greedy
 # ones do) and the plain value, the common one, is tried first (the two start with different characters):
-# ~3% fewer instructions (tests/test_value_patterns.py checks the keys against the plain pattern's).
-_SHAPE_KEY_RE = re.compile(r' (?<!-m )(?<!--match )(?:[^-!" ][^ ]*+|"[^"\\]*+(?:\\.[^"\\]*+)*+")')
+# ~3% fewer instructions. Each tests its first character before the look-behinds for a module name (after
+# "-m " or "--match "), which then take that character in: an option word fails at once (~3% fewer again;
+# tests/test_value_patterns.py checks the keys against the plain pattern's).
+_SHAPE_KEY_RE = re.compile(r' (?:[^-!" ](?<!-m .)(?<!--match .)[^ ]*+'
+                           r'|"(?<!-m ")(?<!--match ")[^"\\]*+(?:\\.[^"\\]*+)*+")')
 # Chain(name, policy, rules, counters, line) without the frozen dataclass's __init__ (a dump has ~10^5 chains).
 _new_chain = positional_new(Chain, ("name", "policy", "rules", "counters", "line"))
 _TABLE_LINE_RE = re.compile(r"^[ \t]*\*", re.MULTILINE)
