@@ -16,6 +16,7 @@ import gzip
 import re
 import sys
 from collections.abc import Iterator
+from itertools import chain as chain_items
 from pathlib import Path
 from types import ModuleType
 
@@ -36,8 +37,11 @@ from iptrace.text import decode_input
 # the regex engine then skips ahead to each space instead of trying every position (a third faster). Its
 # repeats are possessive (nothing after one could match a character it gives back, so they match as greedy
 # ones do) and the plain value, the common one, is tried first (the two start with different characters):
-# ~3% fewer instructions (tests/test_value_patterns.py checks the keys against the plain pattern's).
-_SHAPE_KEY_RE = re.compile(r' (?<!-m )(?<!--match )(?:[^-!" ][^ ]*+|"[^"\\]*+(?:\\.[^"\\]*+)*+")')
+# ~3% fewer instructions. Each tests its first character before the look-behinds for a module name (after
+# "-m " or "--match "), which then take that character in: an option word fails at once (~3% fewer again;
+# tests/test_value_patterns.py checks the keys against the plain pattern's).
+_SHAPE_KEY_RE = re.compile(r' (?:[^-!" ](?<!-m .)(?<!--match .)[^ ]*+'
+                           r'|"(?<!-m ")(?<!--match ")[^"\\]*+(?:\\.[^"\\]*+)*+")')
 # Chain(name, policy, rules, counters, line) without the frozen dataclass's __init__ (a dump has ~10^5 chains).
 _new_chain = positional_new(Chain, ("name", "policy", "rules", "counters", "line"))
 _TABLE_LINE_RE = re.compile(r"^[ \t]*\*", re.MULTILINE)
@@ -163,8 +167,8 @@ class _Loader:
 
     def close_table(self, t: OpenTable) -> None:
         self.report_jumps(t)
-        chains = tuple(_new_chain(name, policy, tuple(t.rules[name]), counters, line)
-                       for name, (policy, counters, line) in t.chains.items())
+        chains = tuple([_new_chain(name, policy, tuple(t.rules[name]), counters, line)
+                        for name, (policy, counters, line) in t.chains.items()])
         if t.name in self.tables:
             # Seen twice (e.g. two `iptables -S` sections for one table): merge, first declaration wins.
             old = self.tables[t.name]
@@ -291,12 +295,16 @@ class _Loader:
         remembered = self.memo.shapes if self.memo is not None else {}
         seen = _lines_seen(self.memo)
         heads: dict[str, str] = {}  # a chain's name → "-A NAME " (a line of `seen` starts with it)
+        tabs = "\t" in text  # (iptables-save writes none: one look at the text, not one a line)
+        # The last -A line's "-A CHAIN ", its chain and rules: a dump writes a chain's rules in a row, and a line that
+        # starts with it needs no look-up. "\0" (no line starts with it) whenever a table opens or fast_rules change.
+        last_head, last_chain, last_rules = "\0", "", []
         for line_no, raw in enumerate(_split_lines(text), 1):
             line = raw.strip()
             if not line:
                 continue
             c = line[0]
-            if c == "-" and seen is not None and current is not None:
+            if seen is not None and c == "-" and current is not None:
                 # (a line read before: the fast path's answer below, without slicing and hashing its spec)
                 hit = seen.get(hash(line))
                 if hit is not None:
@@ -313,13 +321,17 @@ class _Loader:
                     self.semantic("rule before its table; expected a '*filter' (or *nat, *mangle, …) line "
                                   "first", line_no, line)
                     continue
-                sp = line.find(" ", 3)
-                chain = names.get(line[3:sp]) if sp > 3 else None  # (the declared name object: see names)
-                rules = fast_rules.get(chain) if chain is not None else None
-                if rules is None:
-                    self.add_rule(current, line, line_no, line[3:], None)
-                    continue
-                if "  " in line or "\t" in line:
+                if line.startswith(last_head):
+                    sp, chain, rules = len(last_head) - 1, last_chain, last_rules
+                else:
+                    sp = line.find(" ", 3)
+                    chain = names.get(line[3:sp]) if sp > 3 else None  # (the declared name object: see names)
+                    rules = fast_rules.get(chain) if chain is not None else None
+                    if rules is None:
+                        self.add_rule(current, line, line_no, line[3:], None)
+                        continue
+                    last_head, last_chain, last_rules = line[:sp + 1], chain, rules
+                if "  " in line or (tabs and "\t" in line):
                     self.add_rule(current, line, line_no, line[3:], None)
                     continue
                 args = line[sp + 1:]
@@ -328,15 +340,15 @@ class _Loader:
                 if shape is None:
                     self.add_rule(current, line, line_no, line[3:], None)  # a new shape: read once
                     continue
-                jump = None
+                target = None
                 if shape.target_index == shape.n_tokens - 1 >= 0:
                     target = args[args.rfind(" ") + 1:]
-                    if target not in BUILTIN_TARGETS:
-                        jump = names.get(target, target)  # (the declared name object: `seen` keeps it)
-                        if target not in table_chains:
-                            jumps.append((target, line_no, chain))
+                    if target not in table_chains and target not in BUILTIN_TARGETS:
+                        jumps.append((target, line_no, chain))
                 rules.append(new_rule(Rule, (chain, args, None, line_no, shape)))
                 if seen is not None and remembered.get(key) is shape:
+                    # (the target when it is not a built-in one, as the declared name object: `seen` keeps it)
+                    jump = None if target is None or target in BUILTIN_TARGETS else names.get(target, target)
                     head = heads.get(chain)
                     if head is None:
                         head = heads[chain] = line[:sp + 1]
@@ -344,6 +356,7 @@ class _Loader:
             elif c == "-":
                 self.command(current, line, line_no)
                 fast_rules = {}  # rules of this table may now be edited: later -A lines keep count of jumps
+                last_head = "\0"
             elif c == ":":
                 name = line[1:-8]
                 if (line[-8:] == " - [0:0]" and current is not None and name.split() == [name]
@@ -399,6 +412,7 @@ class _Loader:
                 current = OpenTable(name, line_no, tuple(pending_comments), builtin_chains)
                 table_rules, table_chains, jumps = current.rules, current.chains, current.jumps
                 fast_rules = table_rules
+                last_head = "\0"
                 pending_comments = []
             elif c == "#":
                 pending_comments.append(line)
@@ -521,15 +535,19 @@ _BLOCK = 1 << 20
 
 
 def _split_lines(text: str) -> Iterator[str]:
-    """`text.split("\n")`, made a block at a time (each block ends at a newline)."""
+    """`text.split("\n")`, made a block at a time (each block ends at a newline; their lines chained in C)."""
+    return chain_items.from_iterable(_blocks(text))
+
+
+def _blocks(text: str) -> Iterator[list[str]]:
     start, size = 0, len(text)
     while start + _BLOCK < size:
         end = text.find("\n", start + _BLOCK)
         if end < 0:
             break
-        yield from text[start:end].split("\n")
+        yield text[start:end].split("\n")
         start = end + 1
-    yield from text[start:].split("\n")
+    yield text[start:].split("\n")
 
 
 def load(text: str | bytes, *, source: str = "<dump>", lenient: bool = False,
