@@ -1,8 +1,9 @@
 """`audit`'s nodes analysed as a stream: each node read, parsed and analysed on its own — in `jobs` worker
 processes, each taking one node at a time — and only its digest (iptrace.kube.digest.NodeResult) kept, so that
 memory does not grow with the nodes' rules. A worker reads a node's rules with what reading its earlier nodes
-learnt (dataplanes.load's memo: nodes of one cluster share almost every rule). A node that cannot be read is a
-NodeResult with its error; it never stops the others.
+learnt (dataplanes.load's memo: nodes of one cluster share almost every rule), and takes the digest of a Service
+port whose rules an earlier node wrote alike from that node (iptrace.kube.carried). A node that cannot be read is
+a NodeResult with its error; it never stops the others.
 Results come back in input order whatever the number of workers. The I/O side of `audit` (files, processes).
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 from iptrace.collect import store
 from iptrace.collect.inputs import dump_input, node_directories, node_input
 from iptrace.errors import IptraceError
+from iptrace.kube.carried import Carried
 from iptrace.kube.compare import LOAD_ERROR, Finding
 from iptrace.kube.digest import NodeResult, node_result
 
@@ -138,6 +140,8 @@ class Worker:
         # What loading a node learnt that helps read the next (dataplanes.load's memo): nodes of one cluster
         # share almost every rule.
         self.load_memo: dict[str, Any] | None = {} if memo else None
+        # Service port digests of earlier nodes, by content key (iptrace.kube.carried): likewise.
+        self.carried = Carried() if memo else None
         self.intern: dict[Any, Any] = {}
         self.load_lock = load_lock  # shared by the workers of one audit (see loading)
 
@@ -182,8 +186,7 @@ class Worker:
                 node = dump_input(text, where, node_ips=source.node_ips, cluster=self.cluster,
                                   lenient=self.lenient, name=source.name, memo=self.load_memo)
                 del text
-            _tracing_done(node)
-            return node_result(node, self.cluster, pictures=self.pictures, intern=self.intern)
+            return self._result(node)
         path = Path(source.path or "")
         with self.loading():
             snapshot = store.read_node_dir(path)
@@ -193,8 +196,14 @@ class Worker:
         notes: list[str] = []
         if node.analyses and (path / CONNTRACK_FILE).is_file():
             extra, notes = conntrack(node.name, path / CONNTRACK_FILE, node.analyses, lenient=self.lenient)
-        _tracing_done(node)
-        return node_result(node, self.cluster, pictures=self.pictures, intern=self.intern, extra=extra, notes=notes)
+        return self._result(node, extra, notes)
+
+    def _result(self, node: Any, extra: Sequence[Finding] = (), notes: Sequence[str] = ()) -> NodeResult:
+        carried = self.carried if self.cluster is None and not self.pictures else None
+        if carried is None:
+            _tracing_done(node)  # (carried: only the ports no earlier node had are traced, one at a time)
+        return node_result(node, self.cluster, pictures=self.pictures, intern=self.intern, extra=extra, notes=notes,
+                           carried=carried)
 
 
 def _tracing_done(node: Any) -> None:

@@ -63,6 +63,7 @@ class Analysis:
         self.tracer = tracer  # knows the node addresses (and a placeholder when none is known: view_node_ips)
         self.node_ips = tuple(node_ips)  # as given (or collected); empty when unknown
         self.node_ips_given = bool(node_ips)
+        self.view_ips = tuple(view_ips)  # the addresses the tracer and the view take for the node's own
         self.views = ViewBuilder(layout, tracer, source=ruleset.source, node_ips=view_ips)
 
     @property

@@ -209,8 +209,9 @@ def _pictures(view: KubeView) -> tuple[tuple[str, ServicePortView], ...]:
 
 def node_result(node: Any, cluster: ClusterState | None = None, *, pictures: bool = False,
                 intern: dict[Any, Any] | None = None, extra: Sequence[Finding] = (),
-                notes: Sequence[str] = ()) -> NodeResult:
-    """The NodeResult of an iptrace.kube.audit.NodeInput."""
+                notes: Sequence[str] = (), carried: Any = None) -> NodeResult:
+    """The NodeResult of an iptrace.kube.audit.NodeInput. `carried`: an iptrace.kube.carried.Carried, whose
+    digests of earlier nodes stand for ports of this one without cluster data or pictures."""
     from iptrace.kube.audit import kube_node_for
 
     meta = node.meta or {}
@@ -219,6 +220,11 @@ def node_result(node: Any, cluster: ClusterState | None = None, *, pictures: boo
     # (addresses several Service ports claim: which one takes them differs from node to node)
     claims: list[Finding] = []
     for a in node.analyses.values():
+        if carried is not None and cluster is None and not pictures:
+            done = carried.family_digest(a, intern)
+            if done is not None:  # (no address is claimed twice: no claims)
+                families.append(done)
+                continue
         found = claims_of(a.view)
         # (the lines the claims quote are read in the digest's pass over the rules, not in a pass of their own)
         digest, texts = _family_digest(a, cluster, kube_node, node.name, pictures, intern, claim_lines(found))

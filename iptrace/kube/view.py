@@ -504,6 +504,10 @@ class ViewBuilder:
                     gc.enable()
         return found
 
+    def questions(self, sp: ServicePortLayout) -> list[Any]:
+        """The traces the view of `sp` asks for ((the chain entered directly or None, packet), in order)."""
+        return self._builder.questions(sp)
+
     def claimed(self, key: str, view: ServicePortView) -> ServicePortView:
         """`view` with a note on each way in whose address, port and protocol another Service port claims too
         (two Services listing one externalIP, or another's ClusterIP: the API allows it, the first rule wins).

@@ -1,0 +1,330 @@
+"""Content keys of Service ports, so that an audit carries a port's digest from one node to the next without
+tracing it (iptrace.kube.carried): nodes of one cluster write almost every Service port alike, and what differs
+between them — the node's own addresses and pod CIDR, its clients' addresses, the order of KUBE-SERVICES — is
+written by *role* here (n0, pod0, o1, …: the same role names the corresponding value of every node).
+
+A rule outside the ports' own chains (KUBE-SVC/SEP/FW/EXT/SVL/XLB) is *exact* when it tests an exact destination
+(`-d A/32` or `--dport N`, neither negated) and no exact source (`-s A/32`, which a client's address may be); the
+others are the node's *context*. The *fingerprint* is a digest of the context: every chain with its policy, its
+rules in order written by role, how each address or network they name meets each of the node's own values (equal,
+within, holding, overlapping), the ports' own chains that context rules jump or go to (and all those lead to),
+and the layout's node-wide facts. A port's *key* is the fingerprint; its layout but lines; its questions (the
+traces its view asks for) written by role; the texts of its own chains; the exact rules that name one of its
+addresses (ways in, DNAT targets, the node's addresses) or, without an address, one of its ports (ways in, DNAT
+targets, port 1 of a way-less probe), by chain, by how many context rules come before each, and in the node's
+order except between rules of different destinations (which no packet matches both of; kube-proxy writes a
+Service's ClusterIP and external IP rules in Go map order); and how each address or network of those texts meets
+the node's own values. A port whose own or exact rules jump to another port's chain has no key.
+
+Why equal keys mean the same view but for the node's own values and lines. The questions are the same by role.
+A trace of one meets context rules (the same by role, answering its addresses alike: each of the node's own values
+meets every literal as the other node's meets it), the port's own rules (the same texts) and exact rules: an exact
+destination test matches only packets to that address or port, and the port's packets go only to its ways'
+addresses and ports, the node's addresses and its DNAT targets, so the exact rules it can meet are the key's, at
+the same places among the context rules. The regular expressions read text only: a rule they do not read as exact
+stays in the context, which must then be the same on both nodes (a miss, never a wrong answer). IPv4
+iptables-save dumps only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from bisect import bisect_left
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import fields, replace
+from operator import attrgetter, itemgetter
+from socket import AF_INET, inet_pton
+from sys import intern
+from typing import Any
+
+from iptrace.layout import Layout, ServicePortLayout, WayIn
+
+OWN = ("KUBE-SVC-", "KUBE-SEP-", "KUBE-FW-", "KUBE-EXT-", "KUBE-SVL-", "KUBE-XLB-")
+_EXACT_DST = re.compile(r"(?<!! )(?<![\w-])-d (\d+\.\d+\.\d+\.\d+)/32(?![\w.])")
+_EXACT_DPORT = re.compile(r"(?<!! )--dport (\d+)(?![\w:,])")
+_EXACT_SRC = re.compile(r"(?<![\w-])-s \d+\.\d+\.\d+\.\d+/32(?![\w.])")
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_CANONICAL = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
+_JUMP = re.compile(r"(?:^| )-[jg] (\S+)", re.MULTILINE)
+_TO = re.compile(r"--to-destination (\d+\.\d+\.\d+\.\d+):(\d+)")
+_IPV4 = re.compile(r"(?<![\w.:])(\d+\.\d+\.\d+\.\d+(?:/\d+)?)(?![\w.])")
+_LINE = itemgetter(3)
+_LAYOUT_VALUES = attrgetter(*(f.name for f in fields(ServicePortLayout) if f.name not in ("lines", "ways_in")))
+_WAY_VALUES = attrgetter(*(f.name for f in fields(WayIn) if f.name != "lines"))
+
+Exact = tuple[str, str, int, str, int, str]
+# (what `_read` finds in texts: DNAT targets (address, port), IPv4 literals, the first exact --dport, the ports' own
+# chains jumped or gone to, whether a literal is not written as iptables-save writes addresses, and the texts
+# themselves as kept: keys hold that one tuple, not a copy per port and node)
+Read = tuple[tuple[tuple[str, int], ...], tuple[str, ...], int | None, tuple[str, ...], bool, tuple[Any, ...]]
+
+
+class NodeKeys:
+    """One node's content keys (`key`) and the positions of its rules' lines (`positions`, `rules_at`)."""
+
+    def __init__(self, ruleset: Any, layout: Layout, node_ips: Sequence[str], others: Sequence[str] = ()) -> None:
+        self.ruleset = ruleset
+        self.node_ips = tuple(node_ips)
+        self._own: dict[str, tuple[str, Any]] = {}  # own chain name → (table, chain)
+        # exact rules by host and (without one) by port: (table, chain, before, host or "", position, text)
+        self._by_host: dict[str, list[Exact]] = {}
+        self._by_port: dict[int, list[Exact]] = {}
+        self._texts: dict[tuple[str, str, str], int | None] = {}  # (table, chain, text) → line; None: not one rule
+        roles = {ip: f"<o{i}>" for i, ip in enumerate(others)}
+        roles.update({ip: f"<n{i}>" for i, ip in enumerate(self.node_ips)})
+        roles.update({cidr: f"<pod{i}>" for i, cidr in enumerate(layout.node_pod_cidrs)})
+        self.roles = self._roles = roles  # (a value of the node's own → how every key writes it)
+        self._role_re = re.compile("|".join(fr"(?<![\w.]){re.escape(k)}(?![\w.])" for k in
+                                            sorted(roles, key=len, reverse=True))) if roles else None
+        # (the node's own values as address ranges: its addresses, then its pod CIDRs, in role order)
+        self._mine = [_range(v) for v in (*self.node_ips, *layout.node_pod_cidrs, *others)]
+        self._met: dict[str, tuple[str, tuple[tuple[int, str], ...]] | None] = {}
+        # (a plain address of a port's texts can meet the node's own values only when it is one of its addresses or
+        # starts as a pod CIDR of whole octets does: a test in C for most endpoints' addresses; None: no shortcut)
+        self._exact = frozenset((*self.node_ips, *others))
+        self._prefixes: tuple[str, ...] | None = _octet_prefixes(layout.node_pod_cidrs)
+        context = [repr((layout.proxy, replace(layout.node_port_addresses, lines=()), layout.pod_cidrs,
+                         layout.pod_interfaces,
+                         layout.masquerade_mark, layout.random_fully, layout.family, len(self.node_ips),
+                         len(layout.node_pod_cidrs)))]
+        entered: list[str] = []  # (the ports' own chains a context rule jumps or goes to)
+        for table in ruleset.tables:
+            for chain in table.chains:
+                name = chain.name
+                if name.startswith(OWN):
+                    self._own[name] = (table.name, chain)
+                    continue
+                context.append(f"{table.name} {name} {chain.policy}")
+                before = 0
+                for i, rule in enumerate(chain.rules):
+                    text = rule[1]
+                    where = (table.name, name, text)
+                    self._texts[where] = None if where in self._texts else rule[3]
+                    host = _EXACT_DST.search(text)
+                    port = _EXACT_DPORT.search(text)
+                    if (host is None and port is None) or _EXACT_SRC.search(text):
+                        before += 1
+                        context.append(self.by_role(text))
+                        _targets, literals, _port, jumps, _odd, _texts = _read((text,))
+                        entered.extend(sorted(jumps))
+                        # (sorted: a set's order follows its strings' hashes, which differ between the nodes' values)
+                        context.extend(map(repr, sorted(filter(None, map(self._meets, literals)))))
+                        continue
+                    entry = (table.name, name, before, host.group(1) if host is not None else "", i, text)
+                    if host is not None:
+                        self._by_host.setdefault(host.group(1), []).append(entry)
+                    else:
+                        self._by_port.setdefault(int(port.group(1)) if port else -1, []).append(entry)
+        seen: set[str] = set()
+        while entered:  # (such a chain, and all it leads to, is read by every port's questions: context too)
+            name = entered.pop()
+            if name in seen or name not in self._own:
+                continue
+            seen.add(name)
+            texts = tuple([r[1] for r in self._own[name][1].rules])
+            context.append(f"entered {name} " + self.by_role("\n".join(texts)))
+            entered.extend(sorted(_read(texts)[3]))
+        self.fingerprint = hashlib.blake2b("\n".join(context).encode(), digest_size=16).digest()
+
+    def by_role(self, text: str) -> str:
+        """`text` with the node's own values written by role."""
+        found = self._role_re
+        if found is None or not any(value in text for value in self._roles):
+            return text
+        return found.sub(lambda m: self._roles[m.group()], text)
+
+    def key(self, sp: ServicePortLayout, asked: Hashable) -> Hashable | None:
+        """The port's content key (see the module's docstring), `asked` being its questions written by role; None when
+        a rule of its own or one naming it jumps to another port's chain (what the key would hold grows beyond the
+        port)."""
+        addresses = {w.address for w in sp.ways_in if w.address}
+        ports = {w.port for w in sp.ways_in}
+        own_chains, read = self._own, _read
+        chains = frozenset(sp.chains)
+        # (the texts of its own chains, by chain, read as one: what they say is kept per port, not per chain)
+        targets, literals, _port, jumps, odd, own = read(tuple([
+            None if found is None else tuple([r[1] for r in found[1].rules])
+            for found in map(own_chains.get, sp.chains)]))
+        if jumps and not chains.issuperset(jumps):
+            return None
+        for address, port in targets:
+            addresses.add(address)
+            ports.add(port)
+        named = set(literals)
+        if sp.health_check_node_port is not None:
+            ports.add(sp.health_check_node_port)
+        addresses.update(self.node_ips)
+        ports.add(1)  # (the port a question takes when the port has no way in: view._Builder.probe)
+        chosen: dict[int, Exact] = {}
+        for address in addresses:
+            for entry in self._by_host.get(address, ()):
+                port = read((entry[5],))[2]
+                if port is None or port in ports:
+                    chosen[id(entry)] = entry
+        for port in ports:
+            for entry in self._by_port.get(port, ()):
+                chosen[id(entry)] = entry
+        exact = tuple([(t, c, before, self.by_role(text)) for t, c, before, _host, _i, text in _ordered(chosen)])
+        for entry in chosen.values():
+            _targets, literals, _port, jumps, unusual, _texts = read((entry[5],))
+            if jumps and not chains.issuperset(jumps):
+                return None
+            named.update(literals)
+            odd = odd or unusual
+        met, meets, exact_values, prefixes = self._met, self._meets, self._exact, self._prefixes
+        if prefixes is not None and not odd:
+            named = [a for a in named if "/" in a or a in exact_values or a.startswith(prefixes)]
+        own_values = tuple(sorted(filter(None, [met[a] if a in met else meets(a) for a in named])))
+        return (self.fingerprint, _LAYOUT_VALUES(sp), tuple(map(_WAY_VALUES, sp.ways_in)), tuple(own), exact,
+                own_values, asked)
+
+    def _meets(self, literal: str) -> tuple[str, tuple[tuple[int, str], ...]] | None:
+        """An address or network of a port's texts (by role when it is one of the node's own values) with how it meets
+        each of the node's own values it meets (equal, within it, holding it, or overlapping), None when it meets
+        none."""
+        if "/" not in literal:
+            try:
+                address = int.from_bytes(inet_pton(AF_INET, literal), "big")
+            except OSError:
+                address = -1
+            if address >= 0 and not any(m is None or m[0] <= address <= m[1] for m in self._mine):
+                self._met[literal] = None
+                return None  # (an address none of the node's own values holds: most endpoints')
+        span = _range(literal)
+        found = []
+        for i, mine in enumerate(self._mine):
+            if span is None or mine is None:
+                found.append((i, "?"))  # (not read: counted as meeting it)
+                continue
+            (low, high), (mine_low, mine_high) = span, mine
+            if low == mine_low and high == mine_high:
+                found.append((i, "="))
+            elif mine_low <= low and high <= mine_high:
+                found.append((i, "<"))
+            elif low <= mine_low and mine_high <= high:
+                found.append((i, ">"))
+            elif low <= mine_high and mine_low <= high:
+                found.append((i, "~"))
+        self._met[literal] = out = (self._roles.get(literal, literal), tuple(found)) if found else None
+        return out
+
+    def positions(self, lines: Iterable[int]) -> tuple[Any, ...] | None:
+        """Where the rules on `lines` are, as another node finds them (`rules_at`), two items each, flat (a digest
+        kept for a port holds ~40): an own chain's name and the rule's index in it, or a chain's name and (its
+        table, the rule's text) for another rule; None when one is not a rule the node can name that way (a
+        context rule written twice in its chain)."""
+        out: list[Any] = []
+        for line in lines:
+            rule = self.ruleset.rule_at(line)
+            if rule is None:
+                return None
+            name = rule[0]
+            own = self._own.get(name)
+            if own is not None:
+                rules = own[1].rules
+                i = bisect_left(rules, line, key=_LINE)
+                if i >= len(rules) or rules[i] is not rule:
+                    return None
+                out += (name, i)
+                continue
+            table = next((t.name for t in self.ruleset.tables if (t.name, name, rule[1]) in self._texts), None)
+            if table is None or self._texts.get((table, name, rule[1])) != line:
+                return None
+            out += (name, (table, rule[1]))
+        return tuple(out)
+
+    def rules_at(self, positions: Sequence[Any]) -> list[Any] | None:
+        """The rules at `positions` (made by another node's `positions`) on this node, None when one is not here."""
+        out = []
+        own_chains, texts = self._own, self._texts
+        for at in range(0, len(positions), 2):
+            name, where = positions[at], positions[at + 1]
+            if type(where) is int:
+                own = own_chains.get(name)
+                if own is None or where >= len(own[1].rules):
+                    return None
+                out.append(own[1].rules[where])
+                continue
+            line = texts.get((where[0], name, where[1]))
+            if line is None:
+                return None
+            out.append(self.ruleset.rule_at(line))
+        return out
+
+
+# (a port's own chains' texts, a chain's or one rule's → what `_read` finds in them: the same on every node, kept by
+# content; started again when full)
+_READ: dict[tuple[str, ...], Read] = {}
+READ_LIMIT = 50_000  # (a 5,000-Service node reads ~15,000: its ports and exact rules)
+
+
+def _read(texts: tuple[Any, ...]) -> Read:
+    """What `texts` say: rules' texts, or a port's own chains' (a tuple of texts, or None, per chain)."""
+    found = _READ.get(texts)
+    if found is None:
+        if len(_READ) >= READ_LIMIT:
+            _READ.clear()
+        one = len(texts) == 1 and type(texts[0]) is str
+        joined = "\n".join(texts if not texts or type(texts[0]) is str else
+                           [text for chain in texts if chain for text in chain])
+        port = _EXACT_DPORT.search(joined) if one else None
+        literals = tuple(dict.fromkeys(map(intern, _IPV4.findall(joined))))  # (interned: chains repeat them)
+        found = _READ[texts] = (tuple([(a, int(p)) for a, p in _TO.findall(joined)]), literals,
+                                int(port.group(1)) if port else None,
+                                tuple(dict.fromkeys(t for t in _JUMP.findall(joined) if t.startswith(OWN))),
+                                not all(map(_CANONICAL.fullmatch, (a.partition("/")[0] for a in literals))), texts)
+    return found
+
+
+def _octet_prefixes(cidrs: Sequence[str]) -> tuple[str, ...] | None:
+    """The texts every address of these IPv4 networks starts with, when each is a whole number of octets (`a.b.`
+    for a /16); None when one is not."""
+    out = []
+    for cidr in cidrs:
+        address, _, bits = cidr.partition("/")
+        if not bits.isdigit() or int(bits) % 8 or not 8 <= int(bits) <= 24 or address.count(".") != 3:
+            return None
+        out.append(".".join(address.split(".")[:int(bits) // 8]) + ".")
+    return tuple(out)
+
+
+def _range(text: str) -> tuple[int, int] | None:
+    """The first and last address of an IPv4 address or network (`a.b.c.d[/n]`), None when it is not one."""
+    address, _, bits = text.partition("/")
+    try:
+        low = int.from_bytes(inet_pton(AF_INET, address), "big")
+        width = 32 - (int(bits) if bits else 32)
+    except (OSError, ValueError):
+        return None
+    if not 0 <= width <= 32:
+        return None
+    low &= ~((1 << width) - 1)
+    return low, low | ((1 << width) - 1)
+
+
+def _ordered(chosen: dict[int, Exact]) -> list[Exact]:
+    """The exact rules of a port in an order equal on nodes that write them alike: by chain and by the context rules
+    before them; within those, by destination then place when every one names a destination (two rules of different
+    destinations never match one packet: kube-proxy writes a Service's ClusterIP and external IP rules in Go's map
+    order), else in the node's order."""
+    groups: dict[tuple[str, str, int], list[Exact]] = {}
+    for entry in chosen.values():
+        groups.setdefault(entry[:3], []).append(entry)
+    out: list[Exact] = []
+    for where in sorted(groups):
+        found = groups[where]
+        out += sorted(found, key=_BY_HOST if all(e[3] for e in found) else _BY_PLACE)
+    return out
+
+
+_BY_HOST = itemgetter(3, 4)
+_BY_PLACE = itemgetter(4)
+
+
+def node_keys(ruleset: Any, layout: Layout, node_ips: Sequence[str], others: Sequence[str] = ()) -> NodeKeys | None:
+    """The node's NodeKeys, None where there are none (IPv6, or a ruleset that is no iptables-save dump). `others`:
+    more addresses questions take for the node's own (its clients')."""
+    if layout.family != "ipv4" or ruleset.format != "save":
+        return None
+    return NodeKeys(ruleset, layout, node_ips, others)

@@ -1,0 +1,143 @@
+"""Service port digests carried from node to node in one audit process, by the dataplane's content keys
+(`Dataplane.port_keys`, optional: iptrace.iptables.carry): a port whose key an earlier node gave is not traced;
+its digest is that node's, with this node's lines, found where the earlier node's were (own chains by position,
+other rules by their text). Equal keys give equal digests but for the node's own values; a digest that names
+one (an address of the node, its pod CIDR) is not kept, nor one whose lines this node cannot find, and a carried
+port whose first lines (the digest's `head` texts) read otherwise here is made again. A node with addresses
+several Service ports claim, or two ports of one label, takes the whole path (node_result), as does every
+dataplane without keys. Dataplane-free and pure (a per-process cache)."""
+
+from __future__ import annotations
+
+from array import array
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+from iptrace.kube.compare import view_service_label
+from iptrace.kube.digest import HEAD, FamilyDigest, PortDigest, port_digest
+from iptrace.kube.sharing import shared_claims
+
+# Digests kept per process: a node has a few thousand Service ports; a fleet's nodes share most of them.
+CACHE_SIZE = 30_000
+# Lines of traced ports read one at a time up to this many (a pass over a 5,000-Service node's rules costs ~60 ms)
+LINES_ONE_BY_ONE = 5_000
+
+# (a digest; the positions of its port's lines and of its endpoints' lines (NodeKeys.positions); which endpoints
+# have a line)
+Kept = tuple[PortDigest, tuple[Any, ...], tuple[Any, ...], tuple[bool, ...]]
+
+
+class Carried:
+    """Port digests by content key, shared by every node one audit process analyses."""
+
+    def __init__(self, size: int = CACHE_SIZE) -> None:
+        self.size = size
+        self._kept: OrderedDict[Hashable, Kept] = OrderedDict()
+        self.carried = 0  # ports whose digest came from an earlier node
+        self.made = 0  # ports traced
+
+    def family_digest(self, analysis: Any, intern: dict[Any, Any] | None) -> FamilyDigest | None:
+        """The FamilyDigest of one family of a node without cluster data or pictures (as digest.node_result makes
+        it), None when it takes the whole path."""
+        port_keys = getattr(analysis.dataplane, "port_keys", None)
+        layout = analysis.layout
+        if port_keys is None or shared_claims((k, w.kind, w.address, w.port, w.protocol) for k, w in layout.ways):
+            return None
+        clients = analysis.views.clients
+        # (the addresses questions take for the node's own and its clients, written by role in every key)
+        others = (clients.node_address, clients.pod, clients.node, clients.external)
+        keys = port_keys(analysis.ruleset, layout, analysis.view_ips, others)
+        if keys is None:
+            return None
+        roles = keys.roles
+        questions = analysis.views.questions
+        found: dict[str, tuple[PortDigest, list[int]]] = {}
+        missed: list[tuple[str, Hashable | None]] = []
+        kept = self._kept
+        for name in layout.keys:
+            sp = layout.service_port(name)
+            asked = tuple([(chain, roles.get(p.src, p.src), roles.get(p.dst, p.dst), p.dport, p.sport, p.proto,
+                            p.in_interface) for chain, p in questions(sp)])
+            key = keys.key(sp, asked)
+            got = kept.get(key) if key is not None else None
+            carried = _carry(got, keys) if got is not None else None
+            if carried is None:
+                missed.append((name, key))
+                continue
+            kept.move_to_end(key)
+            if carried[0].key in found:
+                return None  # (two ports of one label: which one the comparison reads is the whole path's)
+            found[carried[0].key] = carried
+        self.carried += len(layout.keys) - len(missed)
+        self.made += len(missed)
+        views = [(key, analysis.port_view(name)) for name, key in missed]
+        wanted: set[int] = set()
+        for _key, sp in views:
+            wanted.update(sp.lines[:HEAD])
+            wanted.update(ep.line for ep in sp.endpoints)
+        wanted -= {0}
+        # (a few ports' lines found one by one; a first node's, in one pass over its rules)
+        ruleset = analysis.ruleset
+        found_texts = (ruleset.line_texts(wanted) if len(wanted) > LINES_ONE_BY_ONE else
+                       {x: ruleset.line_text(x) for x in wanted})
+        texts = {x: t or "" for x, t in found_texts.items()}
+        spelled = (*analysis.view_ips, *layout.node_pod_cidrs)
+        for key, sp in views:
+            label = view_service_label(sp)
+            if label in found:
+                return None
+            digest, lines = port_digest(sp, texts, intern, label)
+            found[label] = (digest, lines)
+            self._keep(key, digest, sp, keys, spelled)
+        ports: list[PortDigest] = []
+        lines_out = array("I")
+        for label in sorted(found):
+            digest, lines = found[label]
+            ports.append(digest)
+            lines_out.extend(lines)
+        return FamilyDigest(analysis.family, layout.proxy, tuple(layout.warnings), len(layout.keys), tuple(ports),
+                            lines_out)
+
+    def _keep(self, key: Hashable | None, digest: PortDigest, sp: Any, keys: Any, spelled: Sequence[str]) -> None:
+        if key is None:
+            return
+        text = repr(digest)
+        if any(value in text for value in spelled):
+            return  # (a digest that names the node's own values is this node's alone)
+        positions = keys.positions(sp.lines)
+        if positions is None:
+            return
+        endpoints = keys.positions([ep.line for ep in sp.endpoints if ep.line])
+        if endpoints is None:
+            return
+        kept = self._kept
+        kept[key] = (digest, positions, endpoints, tuple([bool(ep.line) for ep in sp.endpoints]))
+        if len(kept) > self.size:
+            kept.popitem(last=False)
+
+
+def same_head(digest: PortDigest, rules: Sequence[Any]) -> bool:
+    """Whether the port's first rules here read as the digest quotes them (its evidence): with equal keys they are the
+    same rules, but which of them come first follows this node's order of the dump."""
+    return tuple([r.to_save() for r in rules]) == digest.head
+
+
+def _carry(kept: Kept, keys: Any) -> tuple[PortDigest, list[int]] | None:
+    """An earlier node's digest with this node's lines, None when its lines are not all here or its first lines
+    read otherwise."""
+    digest, positions, endpoints, with_lines = kept
+    rules = keys.rules_at(positions)
+    if rules is None:
+        return None
+    by_line = {r[3]: r for r in rules}
+    if len(by_line) != len(rules) or 0 in by_line:
+        return None
+    head = sorted(by_line)[:HEAD]
+    if not same_head(digest, [by_line[x] for x in head]):
+        return None
+    found = keys.rules_at(endpoints)
+    if found is None:
+        return None
+    rules_of = iter(found)
+    return digest, [*head, *[next(rules_of)[3] if has else 0 for has in with_lines]]

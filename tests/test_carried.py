@@ -1,0 +1,235 @@
+"""Service port digests carried across an audit's nodes by content key (iptrace.kube.carried,
+iptrace.iptables.carry): every node's result equals that of a worker that traces every port, on fleets whose
+nodes differ in what the key must see (a port's own rule, a context rule, a host firewall rule naming one address,
+an endpoint that is a node's own address, KUBE-SERVICES' order); and a key weakened on purpose makes a scenario
+fail, so each scenario tests the part of the key it is about."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import fleet, synth
+from bench.synth import EndpointSpec, PortSpec, ServiceSpec
+from iptrace.collect import store
+from iptrace.collect.stream import Source, Worker
+from iptrace.iptables import carry
+
+
+def _write(root: Path, texts: list[str]) -> list[Source]:
+    out = []
+    for i, text in enumerate(texts):
+        path = root / fleet.node_name(i)
+        store.write_node_dir(path, {store.DUMP_FILE: text.encode()},
+                             {"node": fleet.node_name(i), "host": fleet.node_ip(i), "addresses": [fleet.node_ip(i)]})
+        out.append(Source(fleet.node_name(i), str(path), True))
+    return out
+
+
+def _specs() -> list[ServiceSpec]:
+    specs = synth.scale(60, 3, seed=5)
+    # (a Service whose endpoint is node 1's own address: a hostNetwork pod)
+    specs.append(ServiceSpec("kube-system", "host-agent", "10.96.250.1", [PortSpec("http", 80, target_port=9100)],
+                             endpoints=[EndpointSpec(fleet.node_ip(1), 9100), EndpointSpec("10.244.7.9", 9100)]))
+    return specs
+
+
+def _texts(nodes: int, extra: dict[int, str] | None = None, specs: list[ServiceSpec] | None = None) -> list[str]:
+    specs = specs or _specs()
+    return [fleet.node_dump(copy.deepcopy(specs), i, extra=(extra or {}).get(i, "")) for i in range(nodes)]
+
+
+def _audit(sources: list[Source]) -> tuple[list[Any], list[Any], Worker]:
+    """(each node's result with carried digests, each node's result of a worker that traces every port, the
+    first worker)."""
+    carried = Worker(None, False, False, True)
+    plain = Worker(None, False, False, False)
+    return [carried.run(s) for s in sources], [plain.run(s) for s in sources], carried
+
+
+def _ports(result: Any) -> int:
+    return sum(len(f.ports) for f in result.families)
+
+
+def test_later_nodes_carry_most_ports_and_give_the_same_results(tmp_path: Path) -> None:
+    got, plain, worker = _audit(_write(tmp_path, _texts(4)))
+    assert got == plain
+    assert worker.carried is not None
+    later = sum(_ports(r) for r in got[1:])
+    assert worker.carried.carried >= later * 3 // 4, (worker.carried.carried, later)
+
+
+def _one_endpoint_moved(text: str) -> str:
+    """The last endpoint chain's DNAT sent to another port (a stale rule on one node; the last, so that it is none
+    of its port's first lines, which a carried digest is checked by)."""
+    found = list(re.finditer(r"(-A KUBE-SEP-\S+ .*--to-destination \d+\.\d+\.\d+\.\d+:)(\d+)", text))[-1]
+    return text[:found.start(2)] + str(int(found.group(2)) + 1) + text[found.end(2):]
+
+
+def _first_rule(text: str, table: str, rule: str) -> str:
+    """`rule` written first in `table` (a rule a node's admin added)."""
+    start = text.index(f"\n*{table}\n")
+    at = text.index("\n", text.rindex("\n:", start, text.index("\nCOMMIT", start)) + 1)
+    return text[:at] + "\n" + rule + text[at:]
+
+
+_CLUSTER_IP = next(s.cluster_ip for s in _specs() if s.endpoints)
+
+SCENARIOS = {
+    # one port's own rule differs on node 2: that port is traced again there
+    "own rule": lambda texts: [*texts[:2], _one_endpoint_moved(texts[2]), *texts[3:]],
+    # a context rule differs on node 2: nothing is carried to it
+    "context rule": lambda texts: [*texts[:2], _first_rule(texts[2], "mangle", "-A PREROUTING -p tcp -j DROP"),
+                                   *texts[3:]],
+    # a host firewall rule on node 2 names one ClusterIP: that port's key holds it
+    "exact rule": lambda texts: [*texts[:2], _first_rule(texts[2], "mangle",
+                                                         f"-A PREROUTING -d {_CLUSTER_IP}/32 -p tcp -j DROP"),
+                                 *texts[3:]],
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_a_node_that_differs_gives_what_tracing_gives(tmp_path: Path, scenario: str) -> None:
+    texts = SCENARIOS[scenario](_texts(4))
+    got, plain, _worker = _audit(_write(tmp_path, texts))
+    assert got == plain
+    assert all(r.error is None for r in got)
+
+
+def test_an_endpoint_that_is_a_nodes_own_address(tmp_path: Path) -> None:
+    """host-agent's endpoint is node 1's address: on node 1 the port is its own (never carried there)."""
+    got, plain, _worker = _audit(_write(tmp_path, _texts(3)))
+    assert got == plain
+    keys = _host_agent_keys()
+    assert keys[0] == keys[2] != keys[1]
+
+
+def _host_agent_keys() -> list[Any]:
+    keys = []
+    for i, text in enumerate(_texts(3)):
+        from iptrace import dataplanes
+        from iptrace.kube.analysis import analyse
+
+        dataplane, ruleset = dataplanes.load(text)
+        a = analyse(dataplane, ruleset, "ipv4", node_ips=[fleet.node_ip(i)])
+        nk = carry.node_keys(ruleset, a.layout, a.view_ips)
+        assert nk is not None
+        name = next(k for k in a.layout.keys if a.layout.service_port(k).name == "kube-system/host-agent:http")
+        keys.append(nk.key(a.layout.service_port(name), ()))
+    return keys
+
+
+@pytest.mark.parametrize("part", ["own chains", "exact rules", "own values", "fingerprint"])
+def test_a_weakened_key_gives_wrong_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, part: str) -> None:
+    """Each part of the key matters: without it, some scenario's carried results differ from tracing (their first
+    lines' texts, which a carried digest is also checked by, taken as equal)."""
+    from iptrace.kube import carried
+    index = {"fingerprint": 0, "own chains": 3, "exact rules": 4, "own values": 5}[part]
+    real = carry.NodeKeys.key
+
+    def weak(self: carry.NodeKeys, sp: Any, asked: Any) -> Any:
+        key = real(self, sp, asked)
+        return (*key[:index], None, *key[index + 1:])
+
+    monkeypatch.setattr(carry.NodeKeys, "key", weak)
+    monkeypatch.setattr(carried, "same_head", lambda digest, rules: True)
+    if part == "own values":
+        keys = _host_agent_keys()
+        assert keys[0] == keys[1] == keys[2]  # (the port of node 1's own address would be carried to it)
+        return
+    scenario = {"own chains": "own rule", "exact rules": "exact rule", "fingerprint": "context rule"}[part]
+    got, plain, _worker = _audit(_write(tmp_path, SCENARIOS[scenario](_texts(4))))
+    assert got != plain
+
+
+def _node_keys(text: str, i: int) -> tuple[carry.NodeKeys, Any]:
+    from iptrace import dataplanes
+    from iptrace.kube.analysis import analyse
+
+    dataplane, ruleset = dataplanes.load(text)
+    a = analyse(dataplane, ruleset, "ipv4", node_ips=[fleet.node_ip(i)])
+    keys = carry.node_keys(ruleset, a.layout, a.view_ips)
+    assert keys is not None
+    return keys, a.layout
+
+
+def _svc_chain(text: str) -> str:
+    """host-agent's cluster chain (whose last endpoint _one_endpoint_moved moves)."""
+    found = re.search(r"^-A (KUBE-SVC-\w+) .*host-agent", text, re.MULTILINE)
+    assert found is not None
+    return found.group(1)
+
+
+def test_a_ports_chain_that_context_rules_enter_is_context() -> None:
+    """A rule outside the ports' own chains that jumps into one makes that chain part of every port's context:
+    two nodes that differ in it have different fingerprints (without such a rule, the same)."""
+    one, two = _texts(2)
+    chain = _svc_chain(one)
+    moved = [_one_endpoint_moved(one), two]
+    plain = [_node_keys(t, i)[0].fingerprint for i, t in enumerate(moved)]
+    assert plain[0] == plain[1]
+    entered = [_first_rule(t, "nat", f"-A PREROUTING -p sctp -j {chain}") for t in moved]
+    found = [_node_keys(t, i)[0].fingerprint for i, t in enumerate(entered)]
+    assert found[0] != found[1]
+
+
+def test_a_port_whose_rules_jump_to_another_ports_chain_has_no_key() -> None:
+    text = _texts(1)[0]
+    keys, layout = _node_keys(text, 0)
+    sp = next(layout.service_port(k) for k in layout.keys if layout.service_port(k).cluster_chain)
+    assert keys.key(sp, ()) is not None
+    other = next(layout.service_port(k).cluster_chain for k in layout.keys
+                 if layout.service_port(k).cluster_chain not in (None, sp.cluster_chain))
+    bent = _first_rule(text, "nat", f"-A {sp.cluster_chain} -p sctp -j {other}")
+    keys, layout = _node_keys(bent, 0)
+    assert keys.key(layout.service_port(sp.key), ()) is None
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_address_shortcut_skips_only_addresses_that_meet_nothing(seed: int) -> None:
+    """key() passes a plain address to _meets only when it is a node address or starts as a whole-octet pod CIDR
+    does: every address it skips meets none of the node's own values."""
+    import random
+
+    rng = random.Random(seed)
+    for _ in range(300):
+        bits = rng.choice((8, 16, 24))
+        base = [rng.randrange(256) for _ in range(4)]
+        cidr = ".".join(map(str, base[:bits // 8] + [0] * (4 - bits // 8))) + f"/{bits}"
+        node = ".".join(str(rng.randrange(256)) for _ in range(4))
+        keys = carry.NodeKeys.__new__(carry.NodeKeys)
+        keys._mine = [carry._range(v) for v in (node, cidr)]
+        keys._met = {}
+        prefixes = carry._octet_prefixes([cidr])
+        assert prefixes is not None
+        near = base[:bits // 8] + [rng.randrange(256) for _ in range(4 - bits // 8)]
+        for address in (".".join(map(str, near)), node, ".".join(str(rng.randrange(256)) for _ in range(4))):
+            if not (address == node or address.startswith(prefixes)):
+                assert keys._meets(address) is None, (address, cidr, node)
+    assert carry._octet_prefixes(["10.244.0.0/23"]) is None
+    assert carry._read(("-s 010.244.1.1/32 -j KUBE-MARK-MASQ",))[4]  # (an unusual literal: no shortcut)
+
+
+_KEYS_OF_NODE_1 = """
+import hashlib, sys
+from tests.test_carried import _node_keys, _texts
+keys, layout = _node_keys(_texts(2)[1], 1)
+print(keys.fingerprint.hex(), hashlib.sha256(repr(sorted((k, repr(keys.key(layout.service_port(k), ())))
+                                                      for k in layout.keys)).encode()).hexdigest())
+"""
+
+
+def test_keys_do_not_depend_on_the_string_hash_seed() -> None:
+    """Keys are compared across worker processes, each with its own hash seed: no set's order may leak into one."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    found = {subprocess.run([sys.executable, "-c", _KEYS_OF_NODE_1], cwd=root, capture_output=True, text=True,
+                            check=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3")}
+    assert len(found) == 1, found
