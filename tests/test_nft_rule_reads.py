@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 
-from bench import synth
-from bench.synth_nft import render_nft
 from iptrace.nftables import load, portrules
 from iptrace.nftables.model import Match, Rule, SetRef
 from tests import nft_corpus
+from tests.test_nft_port_plans import _synthesized
 
 
 def _rules(text: str) -> Iterator[Rule]:
@@ -30,15 +29,6 @@ def _agree(text: str) -> int:
         lazy = rule._lazy
         planned += lazy is not None and getattr(lazy[0], "layout_plan", None) is not None
     return planned
-
-
-def _synthesized(affinity: bool, **kwargs: Any) -> str:
-    specs = synth.scale(24, 3, 5)
-    if affinity:
-        for spec in specs:
-            spec.session_affinity_timeout = 10800
-    return render_nft(specs, node_ips=["192.168.0.10"], pod_cidr="10.244.0.0/16", service_cidrs=["10.96.0.0/12"],
-                      **kwargs)
 
 
 @pytest.mark.parametrize("form", ["list", "transaction"])
