@@ -70,10 +70,11 @@ def sources(paths: Sequence[str], node_ips: Sequence[str] = (), *, stdin: Callab
 
 
 # A worker's peak memory: an interpreter with iptrace loaded, and about this many bytes per byte of the dumps of
-# the node it analyses (measured: auditing 20 nodes of 5,000 Services × 10 endpoints, 25.5 MB dumps, a worker peaks
-# at ~290 MB; one node's 14.6 MB nftables listing of the same cluster, ~205 MB).
+# the node it analyses (measured: auditing 100 nodes of 5,000 Services × 10 endpoints, 25.5 MB dumps, a worker
+# peaks at ~330 MB with the digests it carries (iptrace.kube.carried); one node's 14.6 MB nftables listing of the
+# same cluster, ~205 MB).
 WORKER_BYTES = 60 * 2**20
-BYTES_PER_DUMP_BYTE = 10
+BYTES_PER_DUMP_BYTE = 11
 _DUMP_FILES = (store.DUMP_FILE, store.IP6_DUMP_FILE, store.LEGACY_DUMP_FILE, store.NFT_FILE)
 
 
