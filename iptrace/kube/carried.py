@@ -82,7 +82,7 @@ class Carried:
         found_texts = (ruleset.line_texts(wanted) if len(wanted) > LINES_ONE_BY_ONE else
                        {x: ruleset.line_text(x) for x in wanted})
         texts = {x: t or "" for x, t in found_texts.items()}
-        spelled = (*analysis.view_ips, *layout.node_pod_cidrs)
+        spelled = (*analysis.view_ips, *layout.node_pod_cidrs, clients.pod, clients.node)  # (the node's own values)
         for key, sp in views:
             label = view_service_label(sp)
             if label in found:
