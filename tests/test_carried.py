@@ -233,3 +233,21 @@ def test_keys_do_not_depend_on_the_string_hash_seed() -> None:
     found = {subprocess.run([sys.executable, "-c", _KEYS_OF_NODE_1], cwd=root, capture_output=True, text=True,
                             check=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3")}
     assert len(found) == 1, found
+
+
+def test_a_dual_stack_fleet_and_an_nft_node(tmp_path: Path) -> None:
+    """Only IPv4 iptables families carry: each node's IPv6 dump, and a node whose dump is an nft ruleset, take the
+    whole path, and every result is tracing's."""
+    from tests.conftest import SAMPLES
+
+    sources = _write(tmp_path, _texts(3))
+    ip6 = (SAMPLES / "ipv6.txt").read_bytes()
+    for source in sources:
+        (Path(source.path or "") / store.IP6_DUMP_FILE).write_bytes(ip6)
+    nft = tmp_path / "node-nft"
+    store.write_node_dir(nft, {store.NFT_FILE: (SAMPLES / "nodeport-fb-backends-nft.nft").read_bytes()},
+                         {"node": "node-nft", "addresses": ["192.168.49.2"]})
+    got, plain, worker = _audit([*sources, Source("node-nft", str(nft), True), *sources])
+    assert got == plain
+    assert {f.family for r in got for f in r.families} == {"ipv4", "ipv6"}
+    assert worker.carried is not None and worker.carried.carried > 0
