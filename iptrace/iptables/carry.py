@@ -34,10 +34,11 @@ from bisect import bisect_left
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import fields, replace
 from operator import attrgetter, itemgetter
-from socket import AF_INET, inet_pton
 from sys import intern
 from typing import Any
 
+from iptrace.errors import TraceError
+from iptrace.iptables.state import parse_net
 from iptrace.layout import Layout, ServicePortLayout, WayIn
 
 OWN = ("KUBE-SVC-", "KUBE-SEP-", "KUBE-FW-", "KUBE-EXT-", "KUBE-SVL-", "KUBE-XLB-")
@@ -74,7 +75,7 @@ class NodeKeys:
         roles = {ip: f"<o{i}>" for i, ip in enumerate(others)}
         roles.update({ip: f"<n{i}>" for i, ip in enumerate(self.node_ips)})
         roles.update({cidr: f"<pod{i}>" for i, cidr in enumerate(layout.node_pod_cidrs)})
-        self.roles = self._roles = roles  # (a value of the node's own → how every key writes it)
+        self.roles = roles  # (a value of the node's own → how every key writes it)
         self._role_re = re.compile("|".join(fr"(?<![\w.]){re.escape(k)}(?![\w.])" for k in
                                             sorted(roles, key=len, reverse=True))) if roles else None
         # (the node's own values as address ranges: its addresses, then its pod CIDRs, in role order)
@@ -114,8 +115,8 @@ class NodeKeys:
                     entry = (table.name, name, before, host.group(1) if host is not None else "", i, text)
                     if host is not None:
                         self._by_host.setdefault(host.group(1), []).append(entry)
-                    else:
-                        self._by_port.setdefault(int(port.group(1)) if port else -1, []).append(entry)
+                    elif port is not None:
+                        self._by_port.setdefault(int(port.group(1)), []).append(entry)
         seen: set[str] = set()
         while entered:  # (such a chain, and all it leads to, is read by every port's questions: context too)
             name = entered.pop()
@@ -130,9 +131,9 @@ class NodeKeys:
     def by_role(self, text: str) -> str:
         """`text` with the node's own values written by role."""
         found = self._role_re
-        if found is None or not any(value in text for value in self._roles):
+        if found is None or not any(value in text for value in self.roles):
             return text
-        return found.sub(lambda m: self._roles[m.group()], text)
+        return found.sub(lambda m: self.roles[m.group()], text)
 
     def key(self, sp: ServicePortLayout, asked: Hashable) -> Hashable | None:
         """The port's content key (see the module's docstring), `asked` being its questions written by role; None when
@@ -183,14 +184,6 @@ class NodeKeys:
         """An address or network of a port's texts (by role when it is one of the node's own values) with how it meets
         each of the node's own values it meets (equal, within it, holding it, or overlapping), None when it meets
         none."""
-        if "/" not in literal:
-            try:
-                address = int.from_bytes(inet_pton(AF_INET, literal), "big")
-            except OSError:
-                address = -1
-            if address >= 0 and not any(m is None or m[0] <= address <= m[1] for m in self._mine):
-                self._met[literal] = None
-                return None  # (an address none of the node's own values holds: most endpoints')
         span = _range(literal)
         found = []
         for i, mine in enumerate(self._mine):
@@ -206,7 +199,7 @@ class NodeKeys:
                 found.append((i, ">"))
             elif low <= mine_high and mine_low <= high:
                 found.append((i, "~"))
-        self._met[literal] = out = (self._roles.get(literal, literal), tuple(found)) if found else None
+        self._met[literal] = out = (self.roles.get(literal, literal), tuple(found)) if found else None
         return out
 
     def positions(self, lines: Iterable[int]) -> tuple[Any, ...] | None:
@@ -290,17 +283,16 @@ def _octet_prefixes(cidrs: Sequence[str]) -> tuple[str, ...] | None:
 
 
 def _range(text: str) -> tuple[int, int] | None:
-    """The first and last address of an IPv4 address or network (`a.b.c.d[/n]`), None when it is not one."""
-    address, _, bits = text.partition("/")
+    """The first and last address of an IPv4 address or network (`a.b.c.d[/n]`, as state.parse_net reads it), None
+    when it is not one."""
     try:
-        low = int.from_bytes(inet_pton(AF_INET, address), "big")
-        width = 32 - (int(bits) if bits else 32)
-    except (OSError, ValueError):
+        found = parse_net(text, 4)
+    except TraceError:
         return None
-    if not 0 <= width <= 32:
+    if found is None:
         return None
-    low &= ~((1 << width) - 1)
-    return low, low | ((1 << width) - 1)
+    net, mask = found
+    return net & mask, (net & mask) | (~mask & 0xFFFF_FFFF)
 
 
 def _ordered(chosen: dict[int, Exact]) -> list[Exact]:

@@ -16,7 +16,6 @@ from typing import Any
 
 from iptrace.kube.compare import view_service_label
 from iptrace.kube.digest import HEAD, FamilyDigest, PortDigest, port_digest
-from iptrace.kube.sharing import shared_claims
 
 # Digests kept per process: a node has a few thousand Service ports; a fleet's nodes share most of them.
 CACHE_SIZE = 30_000
@@ -42,7 +41,7 @@ class Carried:
         it), None when it takes the whole path."""
         port_keys = getattr(analysis.dataplane, "port_keys", None)
         layout = analysis.layout
-        if port_keys is None or shared_claims((k, w.kind, w.address, w.port, w.protocol) for k, w in layout.ways):
+        if port_keys is None or analysis.views.claims:
             return None
         clients = analysis.views.clients
         # (the addresses questions take for the node's own and its clients, written by role in every key)

@@ -508,14 +508,18 @@ class ViewBuilder:
         """The traces the view of `sp` asks for ((the chain entered directly or None, packet), in order)."""
         return self._builder.questions(sp)
 
+    @property
+    def claims(self) -> dict[tuple[str, int, str], list[str]]:
+        """(address, port, protocol) -> the Service ports (keys) that claim it, where several do (read once)."""
+        if self._claims is None:
+            self._claims = shared_claims((k, w.kind, w.address, w.port, w.protocol) for k, w in self.layout.ways)
+        return self._claims
+
     def claimed(self, key: str, view: ServicePortView) -> ServicePortView:
         """`view` with a note on each way in whose address, port and protocol another Service port claims too
         (two Services listing one externalIP, or another's ClusterIP: the API allows it, the first rule wins).
         A fact of the layout, not of a walk: added alike to views built and views made from a shape's."""
-        claims = self._claims
-        if claims is None:
-            claims = self._claims = shared_claims((k, w.kind, w.address, w.port, w.protocol)
-                                                  for k, w in self.layout.ways)
+        claims = self.claims
         if not claims:
             return view
         entries = list(view.entries)
