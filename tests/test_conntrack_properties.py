@@ -7,11 +7,14 @@ from __future__ import annotations
 import ipaddress
 import random
 import string
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from lark import Token
+from lark import Token, Tree
 
 from iptrace.conntrack import ConntrackEntry, FlowTuple, grammar, load, table, vocabulary
 from iptrace.conntrack.reader import _IPV4, _number_column, _port
@@ -134,15 +137,22 @@ def test_a_damaged_line_is_read_exactly_as_lark_reads_it_alone(generated: list[C
 
 
 def _lark_tokens(text: str) -> tuple[str, list[tuple[object, ...]]] | None:
+    """The kind of line and lark's own tokens, as `_fields`; `grammar.tokens` gives the same as Words."""
     try:
-        kind, toks = grammar.tokens(grammar.parse_line(text, source="ct.txt", line_no=1))
+        tree = grammar.parse_line(text, source="ct.txt", line_no=1)
     except ParseError:
         return None
+    kind, words = grammar.tokens(tree)
+    node = tree.children[0]
+    assert isinstance(node, Tree)
+    toks = [t if isinstance(t, Token) else t.children[0] for t in node.children]
+    assert [_fields(w) for w in words] == [_fields(t) for t in toks]
     return kind, [_fields(t) for t in toks]
 
 
-def _fields(t: Token) -> tuple[object, ...]:
-    return (t.type, str(t), t.start_pos, t.line, t.column, t.end_line, t.end_column, t.end_pos)
+def _fields(t: Token | grammar.Word) -> tuple[object, ...]:
+    # (repr too: an error message may show a token as lark's Token shows itself)
+    return (t.type, str(t), repr(t), t.start_pos, t.line, t.column, t.end_line, t.end_column, t.end_pos)
 
 
 # Lines of conntrack's words in the grammar's order (family, protocol, timeout, state, fields and flags), each
@@ -184,6 +194,24 @@ def test_the_fast_tokenizer_reads_every_printed_entry(generated: list[ConntrackE
         assert found is not None and _lark_tokens(text) == (found[0], [_fields(t) for t in found[1]])
     for text in ("conntrack v1.4.7 (conntrack-tools):\tfailed", "conntrack 6 src=1", "conntrack v1.4.7 x"):
         assert grammar.fast_tokens(text) is None
+
+
+def test_a_table_conntrack_prints_is_read_without_importing_lark(tmp_path: Path) -> None:
+    # (lark costs ~23 ms to import: it is imported for a line its parser must judge, which still names the column)
+    table = tmp_path / "ct.txt"
+    table.write_text("tcp      6 431999 ESTABLISHED src=10.244.1.10 dst=10.96.0.1 sport=40000 dport=443 "
+                     "src=192.168.49.2 dst=10.244.1.10 sport=6443 dport=40000 [ASSURED] mark=0 use=1\n"
+                     "conntrack v1.4.7 (conntrack-tools): 1 flow entries have been shown.\n")
+    code = ("import sys; from iptrace.conntrack import load_path\n"
+            "table = load_path(sys.argv[1]); print(len(table), 'lark' in sys.modules)\n"
+            "try:\n    load_path(sys.argv[2])\nexcept Exception as exc:\n    print(exc, 'lark' in sys.modules)")
+    damaged = tmp_path / "damaged.txt"
+    damaged.write_text(table.read_text().replace("src=", "src-", 1))
+    out = subprocess.run([sys.executable, "-c", code, str(table), str(damaged)], capture_output=True, text=True,
+                         check=True)
+    with pytest.raises(ParseError) as exc:
+        load(damaged.read_text(), source=str(damaged))
+    assert out.stdout.splitlines() == ["1 False", f"{exc.value} True"]
 
 
 _OCTETS = st.sampled_from(["0", "1", "9", "10", "99", "100", "199", "200", "249", "250", "255", "256", "300", "999",

@@ -1,7 +1,7 @@
 """Reads conntrack's flow table (`conntrack -L`, plain or `-o extended`, and /proc/net/nf_conntrack) into a
 frozen model, and compares its entries with what a dataplane's rules choose today. Imports only
-`iptrace.errors`, `iptrace.dataplane` and its own modules; lark only in grammar.py and layout.py. No I/O but
-reading the file it is given (reader.read_file, for the CLI)."""
+`iptrace.errors`, `iptrace.dataplane` and its own modules; lark only in grammar.py, when a line needs its parser.
+No I/O but reading the file it is given (reader.read_file, for the CLI)."""
 
 from typing import Any
 

@@ -3,18 +3,21 @@ about one line of each new shape and about every line it cannot read; lark is im
 
 Building lark's parser costs ~20 ms per process, as much as reading 10,000 entries: `fast_tokens` tokenizes the
 lines conntrack prints (printable ASCII words between spaces) exactly as lark would, so that the parser is built
-only for a line it must judge (a damaged line, a timestamp with spaces inside, anything unusual)."""
+only for a line it must judge (a damaged line, a timestamp with spaces inside, anything unusual). Importing lark
+costs ~23 ms more: it is imported when the parser is first needed, and the tokens both give are `Word`s."""
 
 from __future__ import annotations
 
 import re
 from functools import cache
-
-from lark import Lark, Token, Tree, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+from typing import TYPE_CHECKING
 
 from iptrace.errors import ParseError
 from iptrace.grammars import grammar_text as _grammar_file
 from iptrace.grammars import one_of
+
+if TYPE_CHECKING:
+    from lark import Lark, Tree, UnexpectedInput
 
 _GRAMMAR_NAME = "conntrack.lark"
 
@@ -31,6 +34,8 @@ def grammar_text() -> str:
 
 @cache
 def parser() -> Lark:
+    from lark import Lark
+
     return Lark(grammar_text(), parser="lalr", start="line", maybe_placeholders=False)
 
 
@@ -40,6 +45,8 @@ def _describe(expected: set[str] | frozenset[str]) -> str:
 
 def parse_line(text: str, *, source: str, line_no: int) -> Tree:
     """Parse one line, raising ParseError with its real column."""
+    from lark import UnexpectedInput
+
     try:
         return parser().parse(text)
     except UnexpectedInput as exc:
@@ -47,6 +54,8 @@ def parse_line(text: str, *, source: str, line_no: int) -> Tree:
 
 
 def _error(exc: UnexpectedInput, *, source: str, line_no: int, text: str) -> ParseError:
+    from lark import UnexpectedCharacters, UnexpectedToken
+
     column = getattr(exc, "column", 1) or 1
     if isinstance(exc, UnexpectedToken):
         if exc.token.type == "$END":
@@ -73,7 +82,7 @@ _TRAILER = re.compile(r"conntrack v[!-~]* \(conntrack-tools\):[ -~]*")
 _ITEMS = frozenset({"FIELD", "FLAG"})
 
 
-def fast_tokens(text: str) -> tuple[str, list[Token]] | None:
+def fast_tokens(text: str) -> tuple[str, list[Word]] | None:
     """What `tokens(parse_line(text))` returns, for a line of printable ASCII words between spaces that the
     grammar accepts; None for any other line (lark judges it)."""
     if _PRINTABLE.fullmatch(text) is None:
@@ -110,19 +119,46 @@ def fast_tokens(text: str) -> tuple[str, list[Token]] | None:
     return "entry", toks
 
 
-def _token(kind: str, value: str, start: int) -> Token:
+class Word(str):
+    """A token of one line: its text, with what lark's Token holds beside it (the terminal's name, where it is)
+    and as lark's Token shows itself (error messages may)."""
+
+    __slots__ = ("column", "end_column", "end_line", "end_pos", "line", "start_pos", "type")
+
+    type: str
+    start_pos: int
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+    end_pos: int
+
+    def __repr__(self) -> str:
+        return f"Token({self.type!r}, {str(self)!r})"
+
+
+def _word(kind: str, value: str, start_pos: int, line: int, column: int, end_line: int, end_column: int,
+          end_pos: int) -> Word:
+    word = Word(value)
+    word.type, word.start_pos, word.line, word.column = kind, start_pos, line, column
+    word.end_line, word.end_column, word.end_pos = end_line, end_column, end_pos
+    return word
+
+
+def _token(kind: str, value: str, start: int) -> Word:
     end = start + len(value)
-    return Token(kind, value, start, 1, start + 1, 1, end + 1, end)
+    return _word(kind, value, start, 1, start + 1, 1, end + 1, end)
 
 
-def tokens(tree: Tree) -> tuple[str, list[Token]]:
+def tokens(tree: Tree) -> tuple[str, list[Word]]:
     """("entry" | "trailer" | "comment", the line's tokens in order)."""
+    from lark import Token, Tree
+
     node = tree.children[0]
     assert isinstance(node, Tree)
-    out: list[Token] = []
+    out: list[Word] = []
     for child in node.children:
-        if isinstance(child, Token):
-            out.append(child)
-        else:
-            out.append(child.children[0])  # item: FIELD | FLAG
+        t = child if isinstance(child, Token) else child.children[0]  # (item: FIELD | FLAG)
+        assert isinstance(t, Token)
+        out.append(_word(t.type, t.value, t.start_pos, t.line, t.column, t.end_line, t.end_column, t.end_pos))
     return str(node.data), out

@@ -11,12 +11,11 @@ import ipaddress
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from lark import Token
-
 from iptrace.conntrack import vocabulary as v
 from iptrace.errors import ParseError
 
 if TYPE_CHECKING:
+    from iptrace.conntrack.grammar import Word
     from iptrace.conntrack.model import ConntrackEntry, FlowTuple
 
 # Roles of a word. Constant roles must be the same word on every line of a shape; the others carry values.
@@ -113,12 +112,12 @@ class _Reader:
     def __init__(self, source: str, line_no: int, text: str) -> None:
         self.source, self.line_no, self.text = source, line_no, text
         self.roles: list[Role] = []
-        self.versions: list[tuple[int, Token]] = []
+        self.versions: list[tuple[int, Word]] = []
 
     def error(self, why: str, column: int) -> ParseError:
         return ParseError(why, source=self.source, line=self.line_no, column=column, text=self.text)
 
-    def header(self, toks: list[Token]) -> tuple[str | None, str, int]:
+    def header(self, toks: list[Word]) -> tuple[str | None, str, int]:
         """Family, protocol and where the fields start."""
         names = [i for i, t in enumerate(toks) if t.type == "NAME"]
         family: str | None = None
@@ -157,7 +156,7 @@ class _Reader:
             i += 1
         return family, str(proto), i
 
-    def value(self, tok: Token, key: str, kind: str) -> None:
+    def value(self, tok: Word, key: str, kind: str) -> None:
         value = tok[len(key) + 1:]
         column = tok.column + len(key) + 1
         if kind == v.ADDRESS:
@@ -169,7 +168,7 @@ class _Reader:
         elif not v.check_value(kind, value):
             raise self.error(f"invalid value {value!r} in {key}=; expected {v.expected_value(kind)}", column)
 
-    def items(self, toks: list[Token], proto: str) -> None:
+    def items(self, toks: list[Word], proto: str) -> None:
         needed: list[tuple[str, str]] = []
         direction = ""
         phase = "start"  # start → original → after-original → reply → after-reply → fields
@@ -221,7 +220,7 @@ class _Reader:
             what = f"{needed[0][0]}=… ({direction} tuple)" if needed else "src=… (the reply tuple)"
             raise self.error(f"unexpected end of line; expected {what}: the entry is cut short", column)
 
-    def flag(self, tok: Token, phase: str) -> None:
+    def flag(self, tok: Word, phase: str) -> None:
         inner = tok[1:-1]
         if inner in v.FLAGS_BETWEEN_TUPLES:
             if phase != "after-original":
@@ -245,7 +244,7 @@ class _Reader:
                 raise self.error(f"IPv{version} address in {what}", tok.column + tok.index("=") + 1)
 
 
-def read_layout(toks: list[Token], *, source: str, line_no: int, text: str) -> Layout:
+def read_layout(toks: list[Word], *, source: str, line_no: int, text: str) -> Layout:
     """The layout of one entry line (its tokens from the grammar); raises ParseError where it is wrong."""
     reader = _Reader(source, line_no, text)
     family, proto, start = reader.header(toks)
