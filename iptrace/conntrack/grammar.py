@@ -4,7 +4,8 @@ about one line of each new shape and about every line it cannot read; lark is im
 Building lark's parser costs ~20 ms per process, as much as reading 10,000 entries: `fast_tokens` tokenizes the
 lines conntrack prints (printable ASCII words between spaces) exactly as lark would, so that the parser is built
 only for a line it must judge (a damaged line, a timestamp with spaces inside, anything unusual). Importing lark
-costs ~23 ms more: it is imported when the parser is first needed, and the tokens both give are `Word`s."""
+costs ~23 ms more (and iptrace.grammars ~5 ms): they are imported when the parser is first needed, and the
+tokens both give are `Word`s."""
 
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from iptrace.errors import ParseError
-from iptrace.grammars import grammar_text as _grammar_file
-from iptrace.grammars import one_of
 
 if TYPE_CHECKING:
     from lark import Lark, Tree, UnexpectedInput
@@ -29,7 +28,9 @@ _EXPECTED_NAMES = {
 
 
 def grammar_text() -> str:
-    return _grammar_file(_GRAMMAR_NAME)
+    from iptrace.grammars import grammar_text as grammar_file  # (~5 ms to import: with lark, for the parser)
+
+    return grammar_file(_GRAMMAR_NAME)
 
 
 @cache
@@ -40,6 +41,8 @@ def parser() -> Lark:
 
 
 def _describe(expected: set[str] | frozenset[str]) -> str:
+    from iptrace.grammars import one_of
+
     return one_of(_EXPECTED_NAMES.get(t, t.lower()) for t in sorted(expected) if t not in ("TRAILER", "COMMENT"))
 
 

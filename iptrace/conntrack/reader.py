@@ -25,7 +25,6 @@ the shapes.
 
 from __future__ import annotations
 
-import gzip
 import ipaddress
 import re
 import sys
@@ -84,10 +83,12 @@ def read_file(path: str | Path) -> tuple[bytes, str]:
                 raise InputError(f"{name}: is a directory; expected the output of `conntrack -L`")
             data = p.read_bytes()
         if data[:2] == b"\x1f\x8b":
+            import gzip  # (imported for a compressed table only: ~1 ms)
+
             data = gzip.decompress(data)
-    except OSError as exc:
+    except OSError as exc:  # (gzip.BadGzipFile too: it is an OSError)
         raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
-    except (EOFError, gzip.BadGzipFile) as exc:
+    except EOFError as exc:
         raise InputError(f"{name}: not a readable gzip file ({exc})") from None
     return utf8_input(data), name
 
