@@ -37,6 +37,7 @@ from iptrace.nftables.normalise import normalise_set
 from iptrace.nftables.shapes import draft_class, fast_constructor
 
 _make_chain = fast_constructor(Chain)
+_make_set = fast_constructor(Set)  # (a listing declares a set for each endpoint with affinity)
 _ChainDraft = draft_class(Chain)
 
 
@@ -275,12 +276,12 @@ class Finisher:
                 continue
             self.elements(t, s, line_text)
         updated = self.check_refs(t, line_text)
-        sets = tuple(normalise_set(Set(
+        sets = tuple([normalise_set(_make_set(
             s.name, s.key_type, s.data_type, tuple(sorted(s.flags)), s.timeout_ms, s.gc_interval_ms, s.size,
             s.policy, s.comment, s.counter, s.auto_merge, tuple(s.elements.values()), s.typeof, s.line, s.handle),
-            updated=s.name in updated) for s in t.sets.values())
-        return Table(t.family, t.name, tuple(c if type(c) is Chain else c.freeze() for c in t.chains.values()), sets,
-                     tuple(t.objects), t.flags, t.comment, t.line, t.handle)
+            updated=s.name in updated) for s in t.sets.values()])
+        chains = tuple([c if type(c) is Chain else c.freeze() for c in t.chains.values()])
+        return Table(t.family, t.name, chains, sets, tuple(t.objects), t.flags, t.comment, t.line, t.handle)
 
     def check_refs(self, t: TableBuilder, line_text: Callable[[int], str]) -> set[str]:
         """Reports what the rules name but the table lacks; returns the sets rules add elements to."""
