@@ -37,7 +37,31 @@ from iptrace.nftables.normalise import normalise_set
 from iptrace.nftables.shapes import draft_class, fast_constructor
 
 _make_chain = fast_constructor(Chain)
+_make_set = fast_constructor(Set)  # (a listing declares a set for each endpoint with affinity)
 _ChainDraft = draft_class(Chain)
+
+
+def plain_chain(name: str, rules: tuple[Rule, ...], line: int | None) -> Chain:
+    """A chain without base, comment or handle (those stay unset, read as None)."""
+    chain = _ChainDraft()
+    chain.name = name
+    chain.rules = rules
+    # `base` is set (None): every chain's is read several times a run (the era, the hooks, the walker's shapes),
+    # and an unset slot is read through an AttributeError and Chain.__getattr__, ~10x slower.
+    chain.base = None
+    chain.line = line
+    chain.__class__ = Chain
+    return chain
+
+
+class ChainReading:
+    """What blocks.ChainShapes.read fills when it reads a chain whole: the chain's name, the rules it read."""
+
+    __slots__ = ("name", "rules")
+
+    def __init__(self) -> None:
+        self.name = ""
+        self.rules: list[Rule] = []
 
 
 class ChainBuilder:
@@ -60,17 +84,16 @@ class ChainBuilder:
         self.first_use = first_use  # line of the first rule added before any declaration
         self.rules: list[Rule] = []
 
+    @classmethod
+    def thawed(cls, chain: Chain) -> ChainBuilder:
+        """The builder of a chain read whole (`plain_chain`), for what changes it after its block."""
+        c = cls(chain.name, chain.line, True)
+        c.rules = list(chain.rules)
+        return c
+
     def freeze(self) -> Chain:
         if self.hook is None and self.comment is None and self.handle is None:
-            chain = _ChainDraft()  # a plain chain: comment and handle stay unset (read as None)
-            chain.name = self.name
-            chain.rules = tuple(self.rules)
-            # `base` is set (None): every chain's is read several times a run (the era, the hooks, the walker's
-            # shapes), and an unset slot is read through an AttributeError and Chain.__getattr__, ~10x slower.
-            chain.base = None
-            chain.line = self.line
-            chain.__class__ = Chain
-            return chain
+            return plain_chain(self.name, tuple(self.rules), self.line)
         base = None
         if self.hook is not None:
             base = BaseChain(self.type or "filter", self.hook, self.priority or 0, self.policy or "accept",
@@ -112,7 +135,9 @@ class TableBuilder:
     handle: int | None = None
     flags: tuple[str, ...] = ()
     comment: str | None = None
-    chains: dict[str, ChainBuilder] = field(default_factory=dict)
+    # A chain the text loader read whole (blocks.py) is kept frozen (a Chain) until something changes it: a
+    # listing's ~50,000 endpoint chains never make a builder. `builder` thaws one.
+    chains: dict[str, ChainBuilder | Chain] = field(default_factory=dict)
     sets: dict[str, SetBuilder] = field(default_factory=dict)
     objects: list[NamedObject] = field(default_factory=list)
     # chain names, "@set" names rules refer to and "+set" names of sets rules add elements to
@@ -125,7 +150,20 @@ class TableBuilder:
         c = self.chains.get(name)
         if c is None:
             c = self.chains[name] = ChainBuilder(name, line, False, None, line)
+        elif isinstance(c, Chain):
+            c = self.chains[name] = ChainBuilder.thawed(c)
         return c
+
+    def builder(self, name: str) -> ChainBuilder | None:
+        """The builder of chain `name` (thawed when it was read whole), None when the table has no such chain."""
+        c = self.chains.get(name)
+        if isinstance(c, Chain):
+            c = self.chains[name] = ChainBuilder.thawed(c)
+        return c
+
+    def builders(self) -> list[ChainBuilder]:
+        """Every chain's builder (those read whole thawed)."""
+        return [self.chain(name, None) for name in list(self.chains)]
 
     def set(self, name: str, kind: str, line: int | None) -> SetBuilder:
         s = self.sets.get(name)
@@ -217,7 +255,7 @@ class Finisher:
                           f"'add table {t.family} {t.name}' line or a 'table {t.family} {t.name} {{' block",
                           t.first_use, line_text(t.first_use or 0))
         for name, c in t.chains.items():
-            if not c.declared:
+            if type(c) is not Chain and not c.declared:  # (a chain read whole was declared by its block)
                 self.semantic(f"rule for chain {name!r}, which table {t.family} {t.name} does not declare; "
                               f"expected an 'add chain {t.family} {t.name} {name}' line", c.first_use,
                               line_text(c.first_use or 0))
@@ -238,12 +276,12 @@ class Finisher:
                 continue
             self.elements(t, s, line_text)
         updated = self.check_refs(t, line_text)
-        sets = tuple(normalise_set(Set(
+        sets = tuple([normalise_set(_make_set(
             s.name, s.key_type, s.data_type, tuple(sorted(s.flags)), s.timeout_ms, s.gc_interval_ms, s.size,
             s.policy, s.comment, s.counter, s.auto_merge, tuple(s.elements.values()), s.typeof, s.line, s.handle),
-            updated=s.name in updated) for s in t.sets.values())
-        return Table(t.family, t.name, tuple(c.freeze() for c in t.chains.values()), sets,
-                     tuple(t.objects), t.flags, t.comment, t.line, t.handle)
+            updated=s.name in updated) for s in t.sets.values()])
+        chains = tuple([c if type(c) is Chain else c.freeze() for c in t.chains.values()])
+        return Table(t.family, t.name, chains, sets, tuple(t.objects), t.flags, t.comment, t.line, t.handle)
 
     def check_refs(self, t: TableBuilder, line_text: Callable[[int], str]) -> set[str]:
         """Reports what the rules name but the table lacks; returns the sets rules add elements to."""
@@ -254,7 +292,7 @@ class Finisher:
         if not missing:
             return updated
         # Slow path, only on error: find the rules (or elements) that name them.
-        for c in t.chains.values():
+        for c in t.builders():
             keep = []
             for rule in c.rules:
                 bad = [r for r in item_refs(rule.items) if r in missing]

@@ -267,7 +267,7 @@ class CommandMixin:
                 self.semantic(f"delete table {t.family} {t.name}, which does not exist", line_no, where)
             self.tables.pop((t.family, t.name), None)
         elif verb == "flush":
-            for c in t.chains.values():
+            for c in t.builders():
                 c.rules.clear()
 
     def chain_command(self, verb: str, t: TableBuilder, name: str, bodies: list[Tree], line_no: int,
@@ -278,7 +278,7 @@ class CommandMixin:
                 for option in body.children:
                     self.chain_option(t, c, option, line_no, where - 1)
             return
-        c = t.chains.get(name)
+        c = t.builder(name)
         if c is None:
             if verb != "destroy":
                 self.semantic(f"{verb} chain {name!r}, which table {t.family} {t.name} does not have", line_no, where)

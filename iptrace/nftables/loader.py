@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from itertools import islice
+from sys import intern
 from typing import Any
 
 from lark import Token, Tree
@@ -20,7 +21,7 @@ from lark import Token, Tree
 from iptrace.errors import DumpSemanticError, ParseError
 from iptrace.nftables import grammar
 from iptrace.nftables.blocks import ChainShapes
-from iptrace.nftables.build import ChainBuilder, Finisher, SetBuilder, TableBuilder
+from iptrace.nftables.build import ChainBuilder, ChainReading, Finisher, SetBuilder, TableBuilder, plain_chain
 from iptrace.nftables.commands import CommandMixin
 from iptrace.nftables.model import LoadWarning, NamedObject, Rule, Ruleset, SourceText
 from iptrace.nftables.reader import RuleReader, tokenize, tokenize_fast
@@ -121,6 +122,7 @@ class TextLoader(CommandMixin):
 
         pending = False
         opened = None  # the chain the line loop opened last (blocks.py learns from it)
+        reading = ChainReading()  # the chain blocks.py tries to read whole
         source_text = self.source_text
         lines = enumerate(self.lines, 1)
         for line_no, raw in lines:
@@ -197,16 +199,18 @@ class TextLoader(CommandMixin):
                 if s[:6] == "chain " and s[-2:] == " {" and '"' not in s and " " not in s[6:-2]:
                     t = stack[-1][1]
                     name = s[6:-2]
-                    c = t.chains.get(name)
-                    if c is None:  # open_chain's common case, inlined
-                        c = t.chains[name] = ChainBuilder(name, line_no, True)
+                    if name not in t.chains:  # open_chain's common case, inlined
                         self.blocks += 1
                         if t.chain_shapes is None:
                             t.chain_shapes = ChainShapes()
-                        read = t.chain_shapes.read(c, self.lines, line_no, self.known, source_text, t.refs)
+                        reading.name, reading.rules = name, []
+                        read = t.chain_shapes.read(reading, self.lines, line_no, self.known, source_text, t.refs)
                         if read:  # a chain like one before it, read whole (blocks.py): on after its "}"
+                            # kept frozen, no builder made (build.TableBuilder.chains)
+                            t.chains[name] = plain_chain(intern(name), tuple(reading.rules), line_no)
                             next(islice(lines, read, read), None)  # (its lines: consumed, not read)
                             continue
+                        c = t.chains[name] = ChainBuilder(name, line_no, True)  # (`read` kept none of its rules)
                         stack.append((CHAIN, c, line_no))
                         opened = c
                     else:
@@ -391,7 +395,7 @@ class TextLoader(CommandMixin):
             self.stack.append((OBJECT, _ObjectBuilder(kind, name, line_no), line_no))
 
     def open_chain(self, t: TableBuilder, name: str, line_no: int, col: int, handle: int | None) -> ChainBuilder:
-        c = t.chains.get(name)
+        c = t.builder(name)
         if c is not None and c.declared:
             self.semantic(f"chain {name!r} declared twice in table {t.family} {t.name} (first at line {c.line})",
                           line_no, col + 1)
