@@ -132,7 +132,7 @@ class NodeKeys:
     def by_role(self, text: str) -> str:
         """`text` with the node's own values written by role."""
         found = self._role_re
-        if found is None or not any(value in text for value in self.roles):
+        if found is None or not any(map(text.__contains__, self.roles)):
             return text
         return found.sub(lambda m: self.roles[m.group()], text)
 

@@ -558,8 +558,8 @@ def _read(ruleset: Ruleset, proxy: ProxyMode, known: Sequence[KnownServicePort])
     warnings.extend(r.warnings)
 
     def orphans(ports: tuple[ServicePortLayout, ...]) -> tuple[str, ...]:
-        used = {c for p in ports for c in p.chains}
-        left = sorted(c for c in r.tables.sep_chains if c not in used)
+        used = set().union(*[p.chains for p in ports])
+        left = sorted(r.tables.sep_chains.keys() - used)
         if not left:
             return ()
         shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from array import array
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
+from operator import itemgetter
 from typing import Any
 
 from iptrace.kube.compare import view_service_label
@@ -25,6 +26,7 @@ LINES_ONE_BY_ONE = 5_000
 # (a digest; the positions of its port's lines (NodeKeys.positions); where each endpoint's line is among the rules
 # at those positions, -1 for an endpoint without a line)
 Kept = tuple[PortDigest, tuple[Any, ...], tuple[int, ...]]
+_LINE = itemgetter(3)  # (a rule's line)
 
 
 class Carried:
@@ -130,10 +132,9 @@ def _carry(kept: Kept, keys: Any) -> tuple[PortDigest, list[int]] | None:
     rules = keys.rules_at(positions)
     if rules is None:
         return None
-    by_line = {r[3]: r for r in rules}
-    if len(by_line) != len(rules) or 0 in by_line:
+    first = sorted(rules, key=_LINE)[:HEAD]
+    if (first and first[0][3] == 0) or len(set(map(_LINE, rules))) != len(rules):
+        return None  # (a rule on no line, or two on one)
+    if not same_head(digest, first):
         return None
-    head = sorted(by_line)[:HEAD]
-    if not same_head(digest, [by_line[x] for x in head]):
-        return None
-    return digest, [*head, *[rules[i][3] if i >= 0 else 0 for i in endpoints]]
+    return digest, [*map(_LINE, first), *[rules[i][3] if i >= 0 else 0 for i in endpoints]]
