@@ -154,6 +154,9 @@ class LayoutIndex:
     build: Callable[[str], ServicePortLayout]  # the whole layout of one service port
     endpoint_keys: Callable[[str], tuple[str, ...]]  # the keys with an endpoint at this IP
     chain_key: Callable[[str], str | None]  # the key of the service port a chain belongs to
+    # the layout of one service port but its `lines` (what a content key reads: iptrace.iptables.carry), when
+    # that costs less than the whole
+    values: Callable[[str], ServicePortLayout] | None = None
 
 
 class Layout:
@@ -181,6 +184,7 @@ class Layout:
         self._index = index or LayoutIndex((), (), _no_port, lambda ip: (), lambda chain: None)
         self._full_warnings = full_warnings
         self._ports: dict[str, ServicePortLayout] = {}
+        self._values: dict[str, ServicePortLayout] = {}  # (port_values' that are not in _ports)
         self._by_address: dict[str | None, list[tuple[str, WayIn]]] | None = None
 
     @property
@@ -197,6 +201,16 @@ class Layout:
             found = self._ports[key] = self._index.build(key)
         return found
 
+    def port_values(self, key: str) -> ServicePortLayout:
+        """The Service port's layout, with no `lines` unless it was read whole (service_port) before."""
+        found = self._ports.get(key) or self._values.get(key)
+        if found is None:
+            values = self._index.values
+            if values is None:
+                return self.service_port(key)
+            found = self._values[key] = values(key)
+        return found
+
     @property
     def service_ports(self) -> tuple[ServicePortLayout, ...]:
         """Every Service port (reads them all)."""
@@ -204,9 +218,11 @@ class Layout:
 
     @property
     def warnings(self) -> tuple[str, ...]:
-        """The layout's warnings; those that need every Service port read (orphaned chains) once they were."""
-        if self._full_warnings is not None and len(self._ports) == len(self._index.keys):
-            return tuple(dict.fromkeys((*self._warnings, *self._full_warnings(self.service_ports))))
+        """The layout's warnings; those that need every Service port read (orphaned chains: their lines are not
+        read) once they were."""
+        if self._full_warnings is not None and all(k in self._ports or k in self._values for k in self._index.keys):
+            ports = tuple(self._ports.get(k) or self._values[k] for k in self._index.keys)
+            return tuple(dict.fromkeys((*self._warnings, *self._full_warnings(ports))))
         return self._warnings
 
     def ways_at(self, address: str | None) -> list[tuple[str, WayIn]]:

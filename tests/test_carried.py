@@ -204,12 +204,16 @@ def test_the_address_shortcut_skips_only_addresses_that_meet_nothing(seed: int) 
         keys = carry.NodeKeys.__new__(carry.NodeKeys)
         keys._mine = [carry._range(v) for v in (node, cidr)]
         keys._met = {}
+        keys.roles = {}
         prefixes = carry._octet_prefixes([cidr])
         assert prefixes is not None
         near = base[:bits // 8] + [rng.randrange(256) for _ in range(4 - bits // 8)]
         for address in (".".join(map(str, near)), node, ".".join(str(rng.randrange(256)) for _ in range(4))):
             if not (address == node or address.startswith(prefixes)):
                 assert keys._meets(address) is None, (address, cidr, node)
+                assert keys._meets(f"{address}/32") is None, (address, cidr, node)  # (an endpoint's hairpin rule)
+            else:
+                assert keys._meets(f"{address}/32") is not None, (address, cidr, node)
     assert carry._octet_prefixes(["10.244.0.0/23"]) is None
     assert carry._read(("-s 010.244.1.1/32 -j KUBE-MARK-MASQ",))[4]  # (an unusual literal: no shortcut)
 
@@ -251,3 +255,44 @@ def test_a_dual_stack_fleet_and_an_nft_node(tmp_path: Path) -> None:
     assert got == plain
     assert {f.family for r in got for f in r.families} == {"ipv4", "ipv6"}
     assert worker.carried is not None and worker.carried.carried > 0
+
+
+def test_positions_name_each_rule_and_a_later_node_finds_them() -> None:
+    """A port's lines as positions (own chains as ranges of rule indices, other rules by text) give back the rules
+    on those lines, here and on a node that writes them alike at other lines."""
+    one, two = _texts(2)
+    shifted = _first_rule(two, "nat", "-A PREROUTING -p sctp -j RETURN")  # (every later line one down)
+    (keys, layout), (later, later_layout) = _node_keys(one, 0), _node_keys(shifted, 1)
+    checked = 0
+    for k in layout.keys:
+        sp = layout.service_port(k)
+        positions = keys.positions(sp.lines)
+        if positions is None:
+            continue
+        rules = keys.rules_at(positions)
+        assert rules is not None and sorted(r[3] for r in rules) == list(sp.lines)
+        assert all(type(w) is not range or len(w) > 0 for w in positions[1::2])
+        found = later.rules_at(positions)
+        if k in later_layout.keys:
+            assert found is not None
+            assert [r[1] for r in found] == [r[1] for r in rules]
+            assert sorted(r[3] for r in found) == list(later_layout.service_port(k).lines)
+            checked += 1
+    assert checked > 50
+
+
+def test_a_ports_values_are_its_layout_but_lines() -> None:
+    """Layout.port_values (what a key reads) is the port's layout with no lines; the warnings that need every port
+    read (orphaned endpoint chains) are the same whichever of the two read them."""
+    from dataclasses import replace
+
+    text = _texts(1)[0]
+    orphan = "-A KUBE-SEP-ORPHAN0000000000 -p tcp -j DNAT --to-destination 10.244.9.9:80"
+    text = _first_rule(text.replace("\n*nat\n", "\n*nat\n:KUBE-SEP-ORPHAN0000000000 - [0:0]\n", 1), "nat", orphan)
+    _keys, layout = _node_keys(text, 0)
+    _keys, whole = _node_keys(text, 0)
+    for k in layout.keys:
+        values = layout.port_values(k)
+        assert values.lines == () and values == replace(whole.service_port(k), lines=())
+    assert "1 KUBE-SEP chain(s) no service chain jumps to: KUBE-SEP-ORPHAN0000000000" in whole.warnings
+    assert layout.warnings == whole.warnings

@@ -33,6 +33,7 @@ import re
 from bisect import bisect_left
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import fields, replace
+from itertools import compress
 from operator import attrgetter, itemgetter
 from sys import intern
 from typing import Any
@@ -71,7 +72,7 @@ class NodeKeys:
         # exact rules by host and (without one) by port: (table, chain, before, host or "", position, text)
         self._by_host: dict[str, list[Exact]] = {}
         self._by_port: dict[int, list[Exact]] = {}
-        self._texts: dict[tuple[str, str, str], int | None] = {}  # (table, chain, text) → line; None: not one rule
+        self._texts: dict[tuple[str, str, str], Any] = {}  # (table, chain, text) → its rule; None: not one rule
         roles = {ip: f"<o{i}>" for i, ip in enumerate(others)}
         roles.update({ip: f"<n{i}>" for i, ip in enumerate(self.node_ips)})
         roles.update({cidr: f"<pod{i}>" for i, cidr in enumerate(layout.node_pod_cidrs)})
@@ -91,20 +92,20 @@ class NodeKeys:
                          len(layout.node_pod_cidrs)))]
         entered: list[str] = []  # (the ports' own chains a context rule jumps or goes to)
         for table in ruleset.tables:
-            for chain in table.chains:
-                name = chain.name
-                if name.startswith(OWN):
-                    self._own[name] = (table.name, chain)
+            own = [chain.name.startswith(OWN) for chain in table.chains]
+            self._own.update({chain.name: (table.name, chain) for chain in compress(table.chains, own)})
+            for chain, is_own in zip(table.chains, own, strict=True):
+                if is_own:
                     continue
+                name = chain.name
                 context.append(f"{table.name} {name} {chain.policy}")
                 before = 0
                 for i, rule in enumerate(chain.rules):
                     text = rule[1]
                     where = (table.name, name, text)
-                    self._texts[where] = None if where in self._texts else rule[3]
-                    host = _EXACT_DST.search(text)
-                    port = _EXACT_DPORT.search(text)
-                    if (host is None and port is None) or _EXACT_SRC.search(text):
+                    self._texts[where] = None if where in self._texts else rule
+                    host, port = _exact(text)
+                    if host is None and port is None:
                         before += 1
                         context.append(self.by_role(text))
                         _targets, literals, _port, jumps, _odd, _texts = _read((text,))
@@ -112,11 +113,11 @@ class NodeKeys:
                         # (sorted: a set's order follows its strings' hashes, which differ between the nodes' values)
                         context.extend(map(repr, sorted(filter(None, map(self._meets, literals)))))
                         continue
-                    entry = (table.name, name, before, host.group(1) if host is not None else "", i, text)
+                    entry = (table.name, name, before, host or "", i, text)
                     if host is not None:
-                        self._by_host.setdefault(host.group(1), []).append(entry)
+                        self._by_host.setdefault(host, []).append(entry)
                     elif port is not None:
-                        self._by_port.setdefault(int(port.group(1)), []).append(entry)
+                        self._by_port.setdefault(port, []).append(entry)
         seen: set[str] = set()
         while entered:  # (such a chain, and all it leads to, is read by every port's questions: context too)
             name = entered.pop()
@@ -131,7 +132,7 @@ class NodeKeys:
     def by_role(self, text: str) -> str:
         """`text` with the node's own values written by role."""
         found = self._role_re
-        if found is None or not any(value in text for value in self.roles):
+        if found is None or not any(map(text.__contains__, self.roles)):
             return text
         return found.sub(lambda m: self.roles[m.group()], text)
 
@@ -175,7 +176,9 @@ class NodeKeys:
             odd = odd or unusual
         met, meets, exact_values, prefixes = self._met, self._meets, self._exact, self._prefixes
         if prefixes is not None and not odd:
-            named = [a for a in named if "/" in a or a in exact_values or a.startswith(prefixes)]
+            # (an `a/32` network is the address `a`: an endpoint's hairpin rule names it so)
+            named = [a for a in named if a.startswith(prefixes) or a.removesuffix("/32") in exact_values
+                     or ("/" in a and not a.endswith("/32"))]
         own_values = tuple(sorted(filter(None, [met[a] if a in met else meets(a) for a in named])))
         return (self.fingerprint, _LAYOUT_VALUES(sp), tuple(map(_WAY_VALUES, sp.ways_in)), tuple(own), exact,
                 own_values, asked)
@@ -204,9 +207,10 @@ class NodeKeys:
 
     def positions(self, lines: Iterable[int]) -> tuple[Any, ...] | None:
         """Where the rules on `lines` are, as another node finds them (`rules_at`), two items each, flat (a digest
-        kept for a port holds ~40): an own chain's name and the rule's index in it, or a chain's name and (its
-        table, the rule's text) for another rule; None when one is not a rule the node can name that way (a
-        context rule written twice in its chain)."""
+        kept for a port holds ~40 rules): an own chain's name and the range of the rules' indices in it (a port's
+        lines hold its own chains whole: one range a chain), or a chain's name and (its table, the rule's text) for
+        another rule; None when one is not a rule the node can name that way (a context rule written twice in its
+        chain)."""
         out: list[Any] = []
         for line in lines:
             rule = self.ruleset.rule_at(line)
@@ -219,10 +223,13 @@ class NodeKeys:
                 i = bisect_left(rules, line, key=_LINE)
                 if i >= len(rules) or rules[i] is not rule:
                     return None
-                out += (name, i)
+                if len(out) >= 2 and out[-2] == name and out[-1].stop == i:
+                    out[-1] = range(out[-1].start, i + 1)  # (the next rule of the chain)
+                else:
+                    out += (name, range(i, i + 1))
                 continue
             table = next((t.name for t in self.ruleset.tables if (t.name, name, rule[1]) in self._texts), None)
-            if table is None or self._texts.get((table, name, rule[1])) != line:
+            if table is None or self._texts.get((table, name, rule[1])) is not rule:
                 return None
             out += (name, (table, rule[1]))
         return tuple(out)
@@ -233,16 +240,16 @@ class NodeKeys:
         own_chains, texts = self._own, self._texts
         for at in range(0, len(positions), 2):
             name, where = positions[at], positions[at + 1]
-            if type(where) is int:
+            if type(where) is range:
                 own = own_chains.get(name)
-                if own is None or where >= len(own[1].rules):
+                if own is None or where.stop > len(own[1].rules):
                     return None
-                out.append(own[1].rules[where])
+                out += own[1].rules[where.start:where.stop]
                 continue
-            line = texts.get((where[0], name, where[1]))
-            if line is None:
+            rule = texts.get((where[0], name, where[1]))
+            if rule is None:
                 return None
-            out.append(self.ruleset.rule_at(line))
+            out.append(rule)
         return out
 
 
@@ -267,6 +274,28 @@ def _read(texts: tuple[Any, ...]) -> Read:
                                 int(port.group(1)) if port else None,
                                 tuple(dict.fromkeys(t for t in _JUMP.findall(joined) if t.startswith(OWN))),
                                 not all(map(_CANONICAL.fullmatch, (a.partition("/")[0] for a in literals))), texts)
+    return found
+
+
+# (a rule's text → what `_exact` finds in it: the same on every node, kept by content; started again when full)
+_EXACT: dict[str, tuple[str | None, int | None]] = {}
+EXACT_LIMIT = 100_000  # (a 5,000-Service node has ~17,000 rules outside the ports' own chains)
+
+
+def _exact(text: str) -> tuple[str | None, int | None]:
+    """(the exact destination address, the exact destination port) a rule's text tests; (None, None) when it tests
+    neither, or an exact source (then it is a context rule)."""
+    found = _EXACT.get(text)
+    if found is None:
+        if len(_EXACT) >= EXACT_LIMIT:
+            _EXACT.clear()
+        host = _EXACT_DST.search(text)
+        port = _EXACT_DPORT.search(text)
+        if (host is None and port is None) or _EXACT_SRC.search(text):
+            found = None, None
+        else:
+            found = host.group(1) if host is not None else None, int(port.group(1)) if port is not None else None
+        _EXACT[text] = found
     return found
 
 

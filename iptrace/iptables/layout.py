@@ -418,14 +418,15 @@ class _Reader:
         return tuple(g.key for g in self.groups.values()
                      if any(jumps(g.chains.get(p)) for p in ("KUBE-SVC-", "KUBE-SVL-", "KUBE-XLB-")))
 
-    def service_port(self, g: _Group, hash_names: dict[str, str]) -> ServicePortLayout:
+    def service_port(self, g: _Group, hash_names: dict[str, str], lines: bool = True) -> ServicePortLayout:
+        """`lines` False: the layout with no lines (LayoutIndex.values)."""
         mark = self.tables.mark()
         try:
-            return self._service_port(g, hash_names)
+            return self._service_port(g, hash_names, lines)
         finally:
             self.tables.forget_since(mark)
 
-    def _service_port(self, g: _Group, hash_names: dict[str, str]) -> ServicePortLayout:
+    def _service_port(self, g: _Group, hash_names: dict[str, str], with_lines: bool) -> ServicePortLayout:
         nat = self.tables.nat_chains
         # Each of the group's chains read once, for its summary; their lines and the endpoint chains' are taken
         # below in one pass over their rules.
@@ -458,7 +459,8 @@ class _Reader:
                 external = True
             elif kind == CLUSTER_IP and cluster_way is None:
                 cluster_way = w
-            lines.update(w.lines)
+            if with_lines:
+                lines.update(w.lines)
         ranges: list[str] = []
         fw = summaries.get("KUBE-FW-")
         if fw is not None:
@@ -484,10 +486,11 @@ class _Reader:
             elif cluster_way.chain.startswith("KUBE-SVC-"):
                 itp = "Cluster"
         affinity = cluster.affinity if cluster.affinity is not None else local.affinity
-        lines.update(g.firewall_lines)
-        found.extend(filter(None, map(nat.get, endpoint_chains)))  # (a Chain is always true)
-        lines.update(map(_RULE_LINE, chain_items.from_iterable(map(_RULES, found))))
-        lines.discard(0)
+        if with_lines:
+            lines.update(g.firewall_lines)
+            found.extend(filter(None, map(nat.get, endpoint_chains)))  # (a Chain is always true)
+            lines.update(map(_RULE_LINE, chain_items.from_iterable(map(_RULES, found))))
+            lines.discard(0)
         name, identity = g.name, g.identity
         if name is None and g.key in hash_names:
             name, identity = hash_names[g.key], "hash"
@@ -499,7 +502,8 @@ class _Reader:
             notes.append("only filter rules mention this Service port")
         return _new_layout(
             g.key, name, identity, g.protocol or "tcp", ways_in, cluster_chain, local_chain,
-            (*sorted(g.chains.values()), *endpoint_chains), tuple(sorted(lines)), etp, itp, affinity, tuple(ranges),
+            (*sorted(g.chains.values()), *endpoint_chains), tuple(sorted(lines)) if with_lines else (), etp, itp,
+            affinity, tuple(ranges),
             g.health_check, g.no_endpoints, g.no_local_endpoints, tuple(notes))
 
 
@@ -554,8 +558,8 @@ def _read(ruleset: Ruleset, proxy: ProxyMode, known: Sequence[KnownServicePort])
     warnings.extend(r.warnings)
 
     def orphans(ports: tuple[ServicePortLayout, ...]) -> tuple[str, ...]:
-        used = {c for p in ports for c in p.chains}
-        left = sorted(c for c in r.tables.sep_chains if c not in used)
+        used = set().union(*[p.chains for p in ports])
+        left = sorted(r.tables.sep_chains.keys() - used)
         if not left:
             return ()
         shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
@@ -569,6 +573,7 @@ def _read(ruleset: Ruleset, proxy: ProxyMode, known: Sequence[KnownServicePort])
         ways=tuple((g.key, way) for g in groups.values() for way in r.ways_in(g)),
         keys=tuple(groups),
         build=lambda key: r.service_port(groups[key], hash_names),
+        values=lambda key: r.service_port(groups[key], hash_names, False),
         endpoint_keys=r.endpoint_keys,
         chain_key=key_of)
     return Layout(proxy, ruleset.family, r.node_port_addresses(), pod_cidrs, pod_ifaces,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from array import array
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
+from operator import itemgetter
 from typing import Any
 
 from iptrace.kube.compare import view_service_label
@@ -22,9 +23,10 @@ CACHE_SIZE = 30_000
 # Lines of traced ports read one at a time up to this many (a pass over a 5,000-Service node's rules costs ~60 ms)
 LINES_ONE_BY_ONE = 5_000
 
-# (a digest; the positions of its port's lines and of its endpoints' lines (NodeKeys.positions); which endpoints
-# have a line)
-Kept = tuple[PortDigest, tuple[Any, ...], tuple[Any, ...], tuple[bool, ...]]
+# (a digest; the positions of its port's lines (NodeKeys.positions); where each endpoint's line is among the rules
+# at those positions, -1 for an endpoint without a line)
+Kept = tuple[PortDigest, tuple[Any, ...], tuple[int, ...]]
+_LINE = itemgetter(3)  # (a rule's line)
 
 
 class Carried:
@@ -55,7 +57,7 @@ class Carried:
         missed: list[tuple[str, Hashable | None]] = []
         kept = self._kept
         for name in layout.keys:
-            sp = layout.service_port(name)
+            sp = layout.port_values(name)  # (its lines are this node's: only a port traced here reads them)
             asked = tuple([(chain, roles.get(p.src, p.src), roles.get(p.dst, p.dst), p.dport, p.sport, p.proto,
                             p.in_interface) for chain, p in questions(sp)])
             key = keys.key(sp, asked)
@@ -107,11 +109,12 @@ class Carried:
         positions = keys.positions(sp.lines)
         if positions is None:
             return
-        endpoints = keys.positions([ep.line for ep in sp.endpoints if ep.line])
-        if endpoints is None:
+        rules = keys.rules_at(positions)  # (in the order a later node finds them)
+        at = {rule[3]: i for i, rule in enumerate(rules or ())}
+        if rules is None or len(at) != len(rules) or any(ep.line and ep.line not in at for ep in sp.endpoints):
             return
         kept = self._kept
-        kept[key] = (digest, positions, endpoints, tuple([bool(ep.line) for ep in sp.endpoints]))
+        kept[key] = (digest, positions, tuple([at[ep.line] if ep.line else -1 for ep in sp.endpoints]))
         if len(kept) > self.size:
             kept.popitem(last=False)
 
@@ -125,18 +128,13 @@ def same_head(digest: PortDigest, rules: Sequence[Any]) -> bool:
 def _carry(kept: Kept, keys: Any) -> tuple[PortDigest, list[int]] | None:
     """An earlier node's digest with this node's lines, None when its lines are not all here or its first lines
     read otherwise."""
-    digest, positions, endpoints, with_lines = kept
+    digest, positions, endpoints = kept
     rules = keys.rules_at(positions)
     if rules is None:
         return None
-    by_line = {r[3]: r for r in rules}
-    if len(by_line) != len(rules) or 0 in by_line:
+    first = sorted(rules, key=_LINE)[:HEAD]
+    if (first and first[0][3] == 0) or len(set(map(_LINE, rules))) != len(rules):
+        return None  # (a rule on no line, or two on one)
+    if not same_head(digest, first):
         return None
-    head = sorted(by_line)[:HEAD]
-    if not same_head(digest, [by_line[x] for x in head]):
-        return None
-    found = keys.rules_at(endpoints)
-    if found is None:
-        return None
-    rules_of = iter(found)
-    return digest, [*head, *[next(rules_of)[3] if has else 0 for has in with_lines]]
+    return digest, [*map(_LINE, first), *[rules[i][3] if i >= 0 else 0 for i in endpoints]]
