@@ -394,3 +394,33 @@ def test_a_weakened_affinity_key_is_caught() -> None:
             except AssertionError:
                 return
     pytest.fail("no mutation told the weakened key")
+
+
+def _firewalled(text: str) -> list[str]:
+    """The keys of the Service ports with a firewall chain (loadBalancerSourceRanges), in the text's order."""
+    return re.findall(r"\tchain firewall-(\S+/\S+) \{", text)
+
+
+def test_source_ranges_are_numbered_by_what_they_hold() -> None:
+    """Ports whose loadBalancerSourceRanges differ but hold the same of their addresses share a shape (a network is
+    written as its number); a range that holds the pod client (10.244.0.0/17: another network than the pod CIDR's)
+    gives its port a shape of its own, and views built with shapes stay those built by tracing — unless the key
+    forgets what the port's own networks hold."""
+    text = _ruleset(40, 2, seed=7)
+    keys = _keys(text)
+    firewalled = _firewalled(text)
+    lines = text.split("\n")
+    ranges = {k: lines[lines.index(f"\tchain firewall-{k} {{") + 1] for k in firewalled}
+    assert len(set(ranges.values())) == len(firewalled)  # (each port its own ranges)
+    port = next(k for k in firewalled if any(keys[k][0] == keys[x][0] for x in firewalled if x != k))
+    line = ranges[port]
+    opened = text.replace(line, re.sub(r"\{ (\S+),", "{ 10.244.0.0/17,", line, count=1))
+    assert opened != text
+    found = _keys(opened, {k: chains for k, (_, chains) in keys.items()})
+    assert all(found[port][0] != found[k][0] for k in firewalled if k != port)
+    assert check(opened) > 0
+    classes = portshape.Shapes.classes
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(portshape.Shapes, "classes", lambda self, addresses, own: classes(self, addresses, []))
+        with pytest.raises(AssertionError):
+            check(opened)
