@@ -424,3 +424,22 @@ def test_source_ranges_are_numbered_by_what_they_hold() -> None:
         m.setattr(portshape.Shapes, "classes", lambda self, addresses, own: classes(self, addresses, []))
         with pytest.raises(AssertionError):
             check(opened)
+
+
+def test_the_whole_view_uses_shapes_from_the_first_port() -> None:
+    """Building every port (ViewBuilder.view) traces one port a shape, even among the first ports (which a question
+    about a few ports builds without asking for shapes: kube.shapes.AFTER)."""
+    from iptrace.kube import shapes
+    from iptrace.kube.analysis import analyse
+
+    analysis = analyse(DATAPLANE, load(_ruleset(60, 4)), "ipv4", node_ips=(NODE,))
+    memo = analysis.views._shapes
+    builder = memo.builder
+    traced: list[str] = []
+    service = builder.service
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(builder, "service", lambda sp: traced.append(sp.key) or service(sp))
+        view = analysis.view
+    keys = {memo.shape(builder.questions(sp), sp.chains).key for sp in analysis.layout.service_ports}
+    assert len(view.services) > len(keys) + shapes.AFTER
+    assert len(traced) == len(keys)
