@@ -394,3 +394,52 @@ def test_a_weakened_affinity_key_is_caught() -> None:
             except AssertionError:
                 return
     pytest.fail("no mutation told the weakened key")
+
+
+def _firewalled(text: str) -> list[str]:
+    """The keys of the Service ports with a firewall chain (loadBalancerSourceRanges), in the text's order."""
+    return re.findall(r"\tchain firewall-(\S+/\S+) \{", text)
+
+
+def test_source_ranges_are_numbered_by_what_they_hold() -> None:
+    """Ports whose loadBalancerSourceRanges differ but hold the same of their addresses share a shape (a network is
+    written as its number); a range that holds the pod client (10.244.0.0/17: another network than the pod CIDR's)
+    gives its port a shape of its own, and views built with shapes stay those built by tracing — unless the key
+    forgets what the port's own networks hold."""
+    text = _ruleset(40, 2, seed=7)
+    keys = _keys(text)
+    firewalled = _firewalled(text)
+    lines = text.split("\n")
+    ranges = {k: lines[lines.index(f"\tchain firewall-{k} {{") + 1] for k in firewalled}
+    assert len(set(ranges.values())) == len(firewalled)  # (each port its own ranges)
+    port = next(k for k in firewalled if any(keys[k][0] == keys[x][0] for x in firewalled if x != k))
+    line = ranges[port]
+    opened = text.replace(line, re.sub(r"\{ (\S+),", "{ 10.244.0.0/17,", line, count=1))
+    assert opened != text
+    found = _keys(opened, {k: chains for k, (_, chains) in keys.items()})
+    assert all(found[port][0] != found[k][0] for k in firewalled if k != port)
+    assert check(opened) > 0
+    classes = portshape.Shapes.classes
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(portshape.Shapes, "classes", lambda self, addresses, own: classes(self, addresses, []))
+        with pytest.raises(AssertionError):
+            check(opened)
+
+
+def test_the_whole_view_uses_shapes_from_the_first_port() -> None:
+    """Building every port (ViewBuilder.view) traces one port a shape, even among the first ports (which a question
+    about a few ports builds without asking for shapes: kube.shapes.AFTER)."""
+    from iptrace.kube import shapes
+    from iptrace.kube.analysis import analyse
+
+    analysis = analyse(DATAPLANE, load(_ruleset(60, 4)), "ipv4", node_ips=(NODE,))
+    memo = analysis.views._shapes
+    builder = memo.builder
+    traced: list[str] = []
+    service = builder.service
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(builder, "service", lambda sp: traced.append(sp.key) or service(sp))
+        view = analysis.view
+    keys = {memo.shape(builder.questions(sp), sp.chains).key for sp in analysis.layout.service_ports}
+    assert len(view.services) > len(keys) + shapes.AFTER
+    assert len(traced) == len(keys)

@@ -160,6 +160,10 @@ class ShapeMemo:
         self.hits = 0
         self.built = 0  # (ports built before shapes were asked for: AFTER)
 
+    def every_port(self) -> None:
+        """Every port will be built (ViewBuilder.view): shapes pay from the first one on."""
+        self.built = max(self.built, AFTER)
+
     def service(self, sp: ServicePortLayout) -> views.ServicePortView:
         builder = self.builder
         if self.shape is None or self.built < AFTER:

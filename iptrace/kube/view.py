@@ -554,6 +554,7 @@ class ViewBuilder:
             layout = self.layout
             enabled = gc.isenabled()
             gc.disable()  # ~10^5 small acyclic objects: the cyclic collector would only rescan the whole ruleset
+            self._shapes.every_port()
             try:
                 services = []
                 for key in layout.keys:

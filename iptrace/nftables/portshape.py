@@ -10,7 +10,10 @@ addresses, ports and chain names, and routes it to them by elements of its verdi
   equal values, equal numbers; the walk compares addresses as their text, so equal texts are equal values);
 - its own chains (kube-proxy's table of the family), every item of every rule, with each address an equality test,
   an anonymous set's element or a DNAT reads written as its number, each port likewise, each own chain a verdict
-  names as its number; a network (prefix) stays itself and its containment of every address is in the key;
+  names as its number; each network (prefix) as its number too (equal networks, equal numbers), whose
+  containment of every address is in the key: a test of a network tells the walks no more than that (every address
+  a branch holds is one of the port's), so ports whose loadBalancerSourceRanges differ share a shape when the
+  ranges hold the same of their addresses;
 - every element of every named set or map that a walked rule looks up whose address and port parts are all among
   the port's values, written the same way, in the set's order (a look-up keyed by the branch's address and port
   finds no other element: every address a branch holds is a question's or a DNAT target of its own rules);
@@ -85,7 +88,8 @@ class _Port:
         self.chains = chains
         self.addresses: dict[str, int] = {}
         self.ports: dict[int, int] = {}
-        self.own_networks: list[tuple[int, int, bool]] = []
+        self.networks: dict[tuple[int, int, bool], int] = {}  # its own tests' networks (net, mask, v6), numbered
+        self.own_networks: list[tuple[int, int, bool]] = []  # them in number order
         self.jumps: set[str] = set()
         self.sets: dict[str, int] = {}  # the named sets its own rules read or fill (session affinity's), numbered
 
@@ -108,8 +112,8 @@ class _Port:
         return found
 
     def value(self, kind: str, right: Any) -> Any:
-        """An own test's constant: an address or port as its number, a network as itself (its containment of each
-        address is in the key), a set of them element by element."""
+        """An own test's constant: an address, port or network as its number (a network's containment of each
+        address is in the key: all a test of it can tell the walks), a set of them element by element."""
         t = type(right)
         if t is AnonSet:
             if any(e.data is not None or e.timeout_ms is not None for e in right.elements):
@@ -126,9 +130,12 @@ class _Port:
                     found = self.addresses[right] = len(self.addresses)
                 return (_ADDR, found)
             if t is Prefix:
-                net, mask = prefix_bounds(right.addr, right.length)
-                self.own_networks.append((net, mask, ":" in right.addr))
-                return right
+                network = (*prefix_bounds(right.addr, right.length), ":" in right.addr)
+                found = self.networks.get(network)
+                if found is None:
+                    found = self.networks[network] = len(self.networks)
+                    self.own_networks.append(network)
+                return (Prefix, found)
             raise _Decline
         if kind == _PORT:
             if t is int:
