@@ -13,6 +13,7 @@ import hashlib
 import json
 import multiprocessing
 import pickle
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -24,7 +25,7 @@ from iptrace.collect.inputs import dump_input, node_directories, node_input
 from iptrace.errors import IptraceError
 from iptrace.kube.carried import Carried
 from iptrace.kube.compare import LOAD_ERROR, Finding
-from iptrace.kube.digest import NodeResult, node_result
+from iptrace.kube.digest import NodeResult, ShiftedLines, node_result
 
 CONNTRACK_FILE = "conntrack.txt"
 LOAD_WAIT = 30.0  # seconds a worker waits for another's load (Worker.loading) before loading anyway
@@ -341,11 +342,14 @@ def _run(item: tuple[int, Source]) -> tuple[int, int, bool, NodeResult]:
 
 
 class _Interner:
-    """Keeps one copy of each digest (and picture) the workers send: nodes share almost all of them."""
+    """Keeps one copy of each digest (and picture) the workers send: nodes share almost all of them; and each
+    node's lines as the first node's of its family moved (ShiftedLines), where they lie so: the only thing the
+    parent keeps per node (~0.3 MB a 5,000-Service node as an array, ~30 MB at 100 nodes, ~3 so)."""
 
     def __init__(self) -> None:
         self.seen: dict[Any, Any] = {}
         self.packed: dict[bytes, Any] = {}  # a packed digest's key (_packed) → the digest kept
+        self.bases: dict[str, Any] = {}  # family → the lines others are kept as moved (ShiftedLines.base)
 
     def unpacked(self, data: bytes) -> Any:
         """The digest kept for a packed one (_packed): unpickled only when no worker sent it before."""
@@ -377,7 +381,11 @@ class _Interner:
                 ports = tuple(got)
             pictures = None if fam.pictures is None else tuple(
                 (k, seen.setdefault(v, v)) for k, v in fam.pictures)
-            families.append(replace(fam, ports=ports, pictures=pictures))
+            lines = fam.lines
+            if isinstance(lines, array):
+                base = self.bases.setdefault(fam.family, lines)
+                lines = lines if base is lines else ShiftedLines.of(lines, base) or lines
+            families.append(replace(fam, ports=ports, lines=lines, pictures=pictures))
         return replace(result, families=tuple(families))
 
 
