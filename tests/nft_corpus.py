@@ -120,3 +120,17 @@ def texts(data: dict[str, Any]) -> dict[str, str]:
             out["json"] = json.dumps(data["nft_json"])
         return out
     return {"transaction": synthesized(data, "transaction"), "listing": synthesized(data, "list")}
+
+
+def dumped_texts(forms: Sequence[str], json_indent: int | None = None) -> list[str]:
+    """The texts in `forms` (of FORMS) of every fixture kube-proxy dumped, fixture by fixture; the JSON one written
+    with `json_indent` (line by line mutations then meet its parts one at a time)."""
+    out: list[str] = []
+    for path in FIXTURES:
+        data = read(path)
+        if data.get("dump"):
+            found = texts(data)
+            if "json" in found and json_indent is not None:
+                found["json"] = json.dumps(data["nft_json"], indent=json_indent)
+            out += [found[form] for form in forms if form in found]
+    return out

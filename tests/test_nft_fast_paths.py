@@ -14,7 +14,6 @@ the same line but say why in other words ("'…' is not a protocol" against "can
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -27,9 +26,8 @@ from iptrace.errors import IptraceError
 from iptrace.nftables import blocks, loader
 from iptrace.nftables.build import TableBuilder
 from iptrace.nftables.model import Chain
-from tests.conftest import CORPUS
+from tests.nft_corpus import dumped_texts
 
-NFT_CORPUS = CORPUS / "kube-proxy-nft"
 _SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -80,12 +78,7 @@ def _fast_and_slow(text: str, lenient: bool) -> tuple[tuple[Any, ...], tuple[Any
 
 
 def _texts() -> list[str]:
-    out = []
-    if NFT_CORPUS.is_dir():
-        for path in sorted(NFT_CORPUS.glob("*.json")):
-            data = json.loads(path.read_text())
-            if data.get("dump"):
-                out += [data["dump"], data["nft_list"]]
+    out = dumped_texts(("transaction", "listing"))
     kw = {"node_ips": ["192.168.0.10"], "pod_cidr": "10.244.0.0/16", "service_cidrs": ["10.96.0.0/12"]}
     # (seed 3: among 40 Services some with ClientIP affinity, NodePorts, LoadBalancers, Local policy)
     services = synth.scale(40, 3, seed=3)

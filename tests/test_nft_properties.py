@@ -4,7 +4,6 @@ small shape round-trip."""
 
 from __future__ import annotations
 
-import json
 import re
 
 from hypothesis import HealthCheck, given, settings
@@ -13,19 +12,13 @@ from hypothesis import strategies as st
 from bench import synth, synth_nft
 from iptrace.errors import IptraceError, ParseError
 from iptrace.nftables import load, save
-from tests.conftest import CORPUS
+from tests.nft_corpus import FORMS, dumped_texts
 
-NFT_CORPUS = CORPUS / "kube-proxy-nft"
 _SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _texts() -> list[str]:
-    out = []
-    if NFT_CORPUS.is_dir():
-        for path in sorted(NFT_CORPUS.glob("*.json")):
-            data = json.loads(path.read_text())
-            if data.get("dump"):
-                out += [data["dump"], data["nft_list"], json.dumps(data["nft_json"], indent=1)]
+    out = dumped_texts(FORMS, json_indent=1)
     kw = {"node_ips": ["192.168.0.10"], "pod_cidr": "10.244.0.0/16", "service_cidrs": ["10.96.0.0/12"]}
     services = synth.scale(6, 2, seed=1)
     out += [synth_nft.render_nft(services, form="list", **kw), synth_nft.render_nft(services, form="transaction", **kw)]
