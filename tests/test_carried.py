@@ -218,6 +218,30 @@ def test_the_address_shortcut_skips_only_addresses_that_meet_nothing(seed: int) 
     assert carry._read(("-s 010.244.1.1/32 -j KUBE-MARK-MASQ",))[4]  # (an unusual literal: no shortcut)
 
 
+def _copy(text: str) -> str:
+    return "".join(list(text))  # (an equal string, another object)
+
+
+def test_what_texts_say_is_found_only_for_exactly_the_same_texts() -> None:
+    """carry._READ and carry._EXACT keep what rule texts say by their content: texts equal to ones read before (as
+    other strings) are found; texts one character apart are read again, never given the others' answer."""
+    svc = '-m comment --comment "ns/a:p" -m statistic --mode random --probability 0.5 -j KUBE-SEP-AAAAAAAAAAAAAAAA'
+    sep = '-m comment --comment "ns/a:p" -m tcp -p tcp -j DNAT --to-destination 10.244.1.5:8080'
+    texts = ((svc,), (sep,))
+    first = carry._read(texts)
+    assert first[:4] == ((("10.244.1.5",), (8080,)), ("10.244.1.5",), None, ("KUBE-SEP-AAAAAAAAAAAAAAAA",))
+    assert carry._read(((_copy(svc),), (_copy(sep),))) is first
+    for changed in (((svc.replace("AAAA", "AAAB", 1),), (sep,)), ((svc,), (sep.replace(":8080", ":8081"),)),
+                    ((svc,), (sep.replace("1.5:", "1.6:"),))):
+        other = carry._read(changed)
+        assert other is not first and other[:4] != first[:4] and other[5] is changed
+    rule = "-d 10.96.0.10/32 -p tcp -m tcp --dport 53 -j KUBE-SVC-BBBBBBBBBBBBBBBB"
+    assert carry._exact(rule) == ("10.96.0.10", 53) and carry._exact(_copy(rule)) == ("10.96.0.10", 53)
+    assert carry._exact(rule.replace("/32", "/31")) == (None, 53)
+    assert carry._exact(rule.replace("--dport 53", "--dport 54")) == ("10.96.0.10", 54)
+    assert carry._read((sep.replace("8080", "9090"),))[0] == (("10.244.1.5",), (9090,))
+
+
 _KEYS_OF_NODE_1 = """
 import hashlib, sys
 from tests.test_carried import _node_keys, _texts

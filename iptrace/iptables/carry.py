@@ -56,10 +56,13 @@ _LAYOUT_VALUES = attrgetter(*(f.name for f in fields(ServicePortLayout) if f.nam
 _WAY_VALUES = attrgetter(*(f.name for f in fields(WayIn) if f.name != "lines"))
 
 Exact = tuple[str, str, int, str, int, str]
-# (what `_read` finds in texts: DNAT targets (address, port), IPv4 literals, the first exact --dport, the ports' own
-# chains jumped or gone to, whether a literal is not written as iptables-save writes addresses, and the texts
-# themselves as kept: keys hold that one tuple, not a copy per port and node)
-Read = tuple[tuple[tuple[str, int], ...], tuple[str, ...], int | None, tuple[str, ...], bool, tuple[Any, ...]]
+# (what `_read` finds in texts: the DNAT targets' addresses and ports (each once: a key reads them as sets), IPv4
+# literals, the first exact --dport, the ports' own chains jumped or gone to, whether a literal is not written as
+# iptables-save writes addresses, and the texts themselves as kept: keys hold that one tuple, not a copy per port and
+# node. Addresses are the interned literals' strings and ports shared ints: ~10 targets a port, ~150 bytes each as
+# pairs of their own)
+Targets = tuple[tuple[str, ...], tuple[int, ...]]
+Read = tuple[Targets, tuple[str, ...], int | None, tuple[str, ...], bool, tuple[Any, ...]]
 
 
 class NodeKeys:
@@ -150,9 +153,8 @@ class NodeKeys:
             for found in map(own_chains.get, sp.chains)]))
         if jumps and not chains.issuperset(jumps):
             return None
-        for address, port in targets:
-            addresses.add(address)
-            ports.add(port)
+        addresses.update(targets[0])
+        ports.update(targets[1])
         named = set(literals)
         if sp.health_check_node_port is not None:
             ports.add(sp.health_check_node_port)
@@ -259,6 +261,15 @@ _READ: dict[tuple[str, ...], Read] = {}
 READ_LIMIT = 50_000  # (a 5,000-Service node reads ~15,000: its ports and exact rules)
 
 
+_NO_TARGETS: Targets = ((), ())
+_PORTS: dict[int, int] = {}  # (one int object per port number: at most 65,536)
+
+
+def _port(text: str) -> int:
+    number = int(text)
+    return _PORTS.setdefault(number, number)
+
+
 def _read(texts: tuple[Any, ...]) -> Read:
     """What `texts` say: rules' texts, or a port's own chains' (a tuple of texts, or None, per chain)."""
     found = _READ.get(texts)
@@ -270,8 +281,10 @@ def _read(texts: tuple[Any, ...]) -> Read:
                            [text for chain in texts if chain for text in chain])
         port = _EXACT_DPORT.search(joined) if one else None
         literals = tuple(dict.fromkeys(map(intern, _IPV4.findall(joined))))  # (interned: chains repeat them)
-        found = _READ[texts] = (tuple([(a, int(p)) for a, p in _TO.findall(joined)]), literals,
-                                int(port.group(1)) if port else None,
+        to = _TO.findall(joined)
+        targets = (tuple(dict.fromkeys([intern(a) for a, _p in to])), tuple(dict.fromkeys([_port(p) for _a, p in to]))
+                   ) if to else _NO_TARGETS
+        found = _READ[texts] = (targets, literals, _port(port.group(1)) if port else None,
                                 tuple(dict.fromkeys(t for t in _JUMP.findall(joined) if t.startswith(OWN))),
                                 not all(map(_CANONICAL.fullmatch, (a.partition("/")[0] for a in literals))), texts)
     return found
@@ -294,7 +307,8 @@ def _exact(text: str) -> tuple[str | None, int | None]:
         if (host is None and port is None) or _EXACT_SRC.search(text):
             found = None, None
         else:
-            found = host.group(1) if host is not None else None, int(port.group(1)) if port is not None else None
+            found = (intern(host.group(1)) if host is not None else None,
+                     _port(port.group(1)) if port is not None else None)
         _EXACT[text] = found
     return found
 
