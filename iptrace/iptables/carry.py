@@ -59,8 +59,8 @@ Exact = tuple[str, str, int, str, int, str]
 # (what `_read` finds in texts: the DNAT targets' addresses and ports (each once: a key reads them as sets), IPv4
 # literals, the first exact --dport, the ports' own chains jumped or gone to, whether a literal is not written as
 # iptables-save writes addresses, and the texts themselves as kept: keys hold that one tuple, not a copy per port and
-# node. Addresses are the interned literals' strings and ports shared ints: ~10 targets a port, ~150 bytes each as
-# pairs of their own)
+# node. Addresses are the interned literals' strings, ports shared ints (~10 targets a port, ~150 bytes each as
+# pairs of their own), chain names interned: kube_chains' summaries name the same endpoint chains)
 Targets = tuple[tuple[str, ...], tuple[int, ...]]
 Read = tuple[Targets, tuple[str, ...], int | None, tuple[str, ...], bool, tuple[Any, ...]]
 
@@ -285,7 +285,7 @@ def _read(texts: tuple[Any, ...]) -> Read:
         targets = (tuple(dict.fromkeys([intern(a) for a, _p in to])), tuple(dict.fromkeys([_port(p) for _a, p in to]))
                    ) if to else _NO_TARGETS
         found = _READ[texts] = (targets, literals, _port(port.group(1)) if port else None,
-                                tuple(dict.fromkeys(t for t in _JUMP.findall(joined) if t.startswith(OWN))),
+                                tuple(dict.fromkeys(intern(t) for t in _JUMP.findall(joined) if t.startswith(OWN))),
                                 not all(map(_CANONICAL.fullmatch, (a.partition("/")[0] for a in literals))), texts)
     return found
 

@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, fields
 from operator import itemgetter
+from sys import intern
 
 from iptrace.iptables.comments import parse_comment
 from iptrace.iptables.facts import RuleFacts, read, shape_fields
@@ -232,7 +233,9 @@ def _summary(rules: Sequence[Rule]) -> ChainSummary:
             ranges.append(f.src)
         if target.startswith("KUBE-SVL-") or f.src_type is not None:
             ext_local = True
-    return _new_summary(name, no_local_drop, proto, tuple(endpoint_chains), tuple(ranges), ext_local, affinity)
+    # (the endpoint chains' names interned: summaries are kept (_SUMMARIES), and carry's reads name the same chains)
+    return _new_summary(name, no_local_drop, proto, tuple(map(intern, endpoint_chains)), tuple(ranges), ext_local,
+                        affinity)
 
 
 # id(shape) -> (shape, whether its rules can be read for their target alone, whether only once the chain's name is

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterator
 from itertools import chain as chain_items
 from pathlib import Path
+from sys import intern
 from types import ModuleType
 
 from iptrace.errors import DumpSemanticError, InputError, ParseError
@@ -103,7 +104,9 @@ class _Loader:
         self.text = ""
         self._lines: list[str] | None = None
         # Every declared chain name, to itself: a rule keeps its chain's own name object rather than a copy
-        # sliced from its line (~70 bytes a rule, ~11 MB for a 160,000-rule dump).
+        # sliced from its line (~70 bytes a rule, ~11 MB for a 160,000-rule dump). Interned: the nodes an audit
+        # worker loads, the lines it remembers (_LINES) and its caches of chain summaries and port reads
+        # (kube_chains, carry) then hold one string a chain name, not one each (~3.5 MB of endpoint chain names).
         self.names: dict[str, str] = {}
 
     # -- errors -----------------------------------------------------------------------------------------
@@ -363,6 +366,7 @@ class _Loader:
                         and name not in table_chains and name not in builtin_chains):
                     # (the common line, ":NAME - [0:0]" with no blank in NAME, as _CHAIN_RE and the new user
                     # chain's case below read it, without the regex: a dump declares ~10^4–10^5 chains)
+                    name = intern(name)  # (see names)
                     table_chains[name] = (None, (0, 0), line_no)
                     table_rules[name] = []
                     names[name] = name
@@ -379,6 +383,7 @@ class _Loader:
                 if policy == "-" and name not in table_chains and name not in builtin_chains:
                     # declare()'s common case: a new user chain.
                     counters = (0, 0) if (pk == "0" and pb == "0") or pk is None or pb is None else (int(pk), int(pb))
+                    name = intern(name)
                     table_chains[name] = (None, counters, line_no)
                     table_rules[name] = []
                     names[name] = name
@@ -449,7 +454,7 @@ class _Loader:
                                              "assumed ACCEPT"))
             policy = "ACCEPT"
         counters = (int(pk), int(pb)) if pk is not None and pb is not None else (0, 0)
-        name = self.names.setdefault(name, name)
+        name = self.names.setdefault(name, intern(name))
         t.chains[name] = (None if policy == "-" else policy, counters, line_no)
         t.rules[name] = []
 
