@@ -217,3 +217,13 @@ def test_a_line_whose_hash_finds_another_lines_entry_loads_as_itself() -> None:
     chain, args, shape, target, _head = entries[0]
     seen[hash(lines[0])] = (chain, args, shape, target, "-A OTHER ")  # (its spec, another chain's prefix)
     _same(load(text, source="n2", memo=memo), load(text, source="n2"))
+
+
+def test_chain_names_are_one_string_across_loads() -> None:
+    """Declared chain names are interned: two nodes' rulesets (and what caches keep of either) share one string a
+    name, whatever memo read them."""
+    first, second = load(_node(0)), load(_node(1), memo=LoadMemo())
+    names = {c.name: c.name for t in first.tables for c in t.chains}
+    shared = [c.name for t in second.tables for c in t.chains if c.name in names]
+    assert len(shared) > 100 and all(names[n] is n for n in shared)
+    assert all(r.chain is c.name for t in second.tables for c in t.chains for r in c.rules)
