@@ -53,7 +53,7 @@ class _SlowLoader(loader.TextLoader):
         t = super().table_for(family, name, line_no)
         if not isinstance(t.shapes, _Forgetful):
             t.shapes = _Forgetful()
-            t.chain_shapes = _NoTemplates()
+            t.chain_shapes = _NoTemplates(self.lines, self.text, self.known, self.source_text, t.refs)
         return t
 
 
@@ -162,8 +162,8 @@ def test_a_template_that_misplaces_its_rules_is_caught(monkeypatch: pytest.Monke
     fast, slow = _fast_and_slow(text, False)
     assert fast == slow
     real = blocks._reader
-    monkeypatch.setattr(blocks, "_reader", lambda builders: (
-        lambda g, known, source, line, *rest: real(builders)(g, known, source, line + 1, *rest)))
+    monkeypatch.setattr(blocks, "_reader", lambda builders, *bound: (
+        lambda g, name, line: real(builders, *bound)(g, name, line + 1)))
     fast, slow = _fast_and_slow(text, False)
     assert fast != slow
 
