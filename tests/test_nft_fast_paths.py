@@ -204,3 +204,20 @@ def test_rules_of_chains_read_whole_that_name_a_missing_chain_load_as_the_oracle
     fast, slow = _fast_and_slow(text, lenient)
     assert fast == slow
     assert fast[0] == "error" if not lenient else fast[3]
+
+
+SET_THEN_MAP = ("table {family} t {{\n\tset s {{\n\t\t{line}\n\t}}\n\tmap m {{\n\t\t{line}\n\t}}\n}}\n"
+                "table {family} u {{\n\tset s {{\n\t\t{line}\n\t}}\n}}\n")
+
+
+@pytest.mark.parametrize("lenient", [False, True])
+@pytest.mark.parametrize("line", ["type ipv4_addr", "typeof ip daddr", "typeof ip6 daddr", "type ipv4_addr : verdict"])
+@pytest.mark.parametrize("family", ["ip", "ip6", "inet"])
+def test_a_declaration_line_repeated_in_a_map_or_another_family_loads_as_the_oracle_does(
+        family: str, line: str, lenient: bool) -> None:
+    """A set declaration line read once is remembered (its patch) for the sets that repeat it, by the table's
+    family and the set's kind too: `type ipv4_addr` declares a set but is an error in a map (found by the test
+    above, a `set` line moved into a map)."""
+    text = SET_THEN_MAP.format(family=family, line=line)
+    fast, slow = _fast_and_slow(text, lenient)
+    assert fast == slow

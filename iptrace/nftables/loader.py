@@ -67,7 +67,9 @@ class TextLoader(CommandMixin):
         self.warnings: list[LoadWarning] = []
         self.skipped: list[LoadWarning] = []
         self.trees: dict[tuple[str, str], Tree] = {}
-        self.set_patches: dict[str, tuple[tuple[str, Any], ...]] = {}
+        # (table family, "set" or "map", declaration line) -> what the line sets: reading a line checks it
+        # against the set's kind (a map's `type` needs a data type) and its table's family (`typeof`).
+        self.set_patches: dict[tuple[str, str, str], tuple[tuple[str, Any], ...]] = {}
         self.known = keywords()
         self.pending: list[str] | None = None
         self.pending_at = (0, 0, None)  # line, column, handle of the statement being continued
@@ -435,7 +437,8 @@ class TextLoader(CommandMixin):
                 if brace > 0 and text[:brace].replace(" ", "") == "elements=" and text.endswith("}"):
                     s.ops.append(("add", text[brace + 1:-1], line_no, col + brace + 2))
                     return
-            patch = self.set_patches.get(text)
+            patch_key = (self.stack[-2][1].family, s.kind, text)
+            patch = self.set_patches.get(patch_key)
             if patch is not None:  # a declaration line seen before (`size 65535` of every affinity set)
                 for name, value in patch:
                     setattr(s, name, tuple(sorted({*s.flags, *value})) if name == "flags" else value)
@@ -449,7 +452,7 @@ class TextLoader(CommandMixin):
                 blank = SetBuilder(s.name, s.kind, s.line, True)
                 patch = tuple((k, v) for k, v in vars(scratch).items() if getattr(blank, k) != v)
                 if len(self.skipped) == skipped:
-                    self.set_patches[text] = patch
+                    self.set_patches[patch_key] = patch
                 for name, value in patch:
                     setattr(s, name, tuple(sorted({*s.flags, *value})) if name == "flags" else value)
         elif ctx == TABLE:
