@@ -185,3 +185,13 @@ def test_a_run_reads_chains_without_the_line_loop(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(blocks.ChainShapes, "read", counting)
     loader.TextLoader(text, "<t>", False).load()
     assert [count for _, count in calls if count] == [38]
+
+
+def test_a_rule_read_whole_keeps_one_line_number_object() -> None:
+    """A rule keeps its line twice (its slot and its `_lazy`): one int object, as the line loop's builder call
+    gives it (each `line + 1` written into a chain reader would make another, ~50,000 at 5,000 Services)."""
+    text = listing([alike(i) for i in range(300, 400)])  # (lines past 256: ints Python does not share anyway)
+    rs = loader.TextLoader(text, "<t>", False).load()
+    rules = [r for c in rs.tables[0].chains for r in c.rules if c.name.startswith("endpoint-")]
+    assert len(rules) == 200 and rules[-1].line > 256
+    assert all(r.line is object.__getattribute__(r, "_lazy")[2] for r in rules)

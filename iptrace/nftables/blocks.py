@@ -208,9 +208,10 @@ def _reader(builders: list[tuple[tuple[str | int, ...], Any]], known: dict[str, 
     made = []
     for j, (tokens, (make, refs)) in enumerate(builders):
         values = [f"g[{tok + 1}]" if isinstance(tok, int) else repr(tok) for tok in tokens]
-        code, names = make.inline(f"r{j}_", values.__getitem__, "source", f"line + {j + 1}", "None")
+        # (the line computed once: the rule keeps it twice, and each `line + 1` would be an int object of its own)
+        code, names = make.inline(f"r{j}_", values.__getitem__, "source", f"r{j}_line", "None")
         ns.update(names)
-        lines.append(code)
+        lines.append(f"    r{j}_line = line + {j + 1}\n{code}")
         made.append(f"r{j}_o")
         if refs is not None:
             ns[f"f{j}"] = refs
@@ -222,4 +223,6 @@ def _reader(builders: list[tuple[tuple[str | int, ...], Any]], known: dict[str, 
     lines.append(f"    c = _draft()\n    c.name = _intern(name)\n    c.rules = ({''.join(r + ', ' for r in made)})\n"
                  "    c.base = None\n    c.line = line\n    c.__class__ = _Chain\n    return c\n")
     exec(f"def read(g, name, line):\n{''.join(lines)}", ns)
-    return ns["read"]
+    # (taken out of its own globals: no reference cycle keeps the table's references and the known words alive
+    # after the load, for a cyclic GC that a run may have turned off)
+    return ns.pop("read")
