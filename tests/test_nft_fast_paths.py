@@ -53,7 +53,7 @@ class _SlowLoader(loader.TextLoader):
         t = super().table_for(family, name, line_no)
         if not isinstance(t.shapes, _Forgetful):
             t.shapes = _Forgetful()
-            t.chain_shapes = _NoTemplates()
+            t.chain_shapes = _NoTemplates(self.lines, self.text, self.known, self.source_text, t.refs)
         return t
 
 
@@ -162,8 +162,8 @@ def test_a_template_that_misplaces_its_rules_is_caught(monkeypatch: pytest.Monke
     fast, slow = _fast_and_slow(text, False)
     assert fast == slow
     real = blocks._reader
-    monkeypatch.setattr(blocks, "_reader", lambda builders: (
-        lambda g, known, source, line, *rest: real(builders)(g, known, source, line + 1, *rest)))
+    monkeypatch.setattr(blocks, "_reader", lambda builders, *bound: (
+        lambda g, name, line: real(builders, *bound)(g, name, line + 1)))
     fast, slow = _fast_and_slow(text, False)
     assert fast != slow
 
@@ -204,3 +204,20 @@ def test_rules_of_chains_read_whole_that_name_a_missing_chain_load_as_the_oracle
     fast, slow = _fast_and_slow(text, lenient)
     assert fast == slow
     assert fast[0] == "error" if not lenient else fast[3]
+
+
+SET_THEN_MAP = ("table {family} t {{\n\tset s {{\n\t\t{line}\n\t}}\n\tmap m {{\n\t\t{line}\n\t}}\n}}\n"
+                "table {family} u {{\n\tset s {{\n\t\t{line}\n\t}}\n}}\n")
+
+
+@pytest.mark.parametrize("lenient", [False, True])
+@pytest.mark.parametrize("line", ["type ipv4_addr", "typeof ip daddr", "typeof ip6 daddr", "type ipv4_addr : verdict"])
+@pytest.mark.parametrize("family", ["ip", "ip6", "inet"])
+def test_a_declaration_line_repeated_in_a_map_or_another_family_loads_as_the_oracle_does(
+        family: str, line: str, lenient: bool) -> None:
+    """A set declaration line read once is remembered (its patch) for the sets that repeat it, by the table's
+    family and the set's kind too: `type ipv4_addr` declares a set but is an error in a map (found by the test
+    above, a `set` line moved into a map)."""
+    text = SET_THEN_MAP.format(family=family, line=line)
+    fast, slow = _fast_and_slow(text, lenient)
+    assert fast == slow

@@ -13,64 +13,135 @@ are the learnt ones (the loader's known words only ever grow), its values are ch
 match time, and the fast path's tests on the line (no `;`, `#`, chain option, quote, `@`, tab, double blank, glued
 `:`) hold for every text the regex accepts. Anything else — a builder that returns None or refuses a value, a
 chain of other lines — is read by the line loop as before: a template only decides how fast, never what.
+
+A chain read whole is matched in the text itself, at its character offset (no line is sliced or joined), and the
+chains right after it that the same template matches — a blank line, then a header `chain NAME {` indented as the
+template's was, for a name the table does not have yet — are read in the same run, without going back to the line
+loop: the line loop would skip that blank line, open each such header on its inlined path and find the same
+template for it, since which template reads a chain only decides how fast.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from sys import intern
 from typing import Any
+
+from iptrace.nftables.model import Chain
+from iptrace.nftables.shapes import draft_class
 
 _VALUE = r'[^\s{},;"#@]+(?<!:)'  # a fast-path token that is no known word (nor ends in ":": nft's data `:`)
 _is_value = re.compile(_VALUE).fullmatch
 _NOT_IN_CONSTANT = frozenset('{},;"#@:')
 _CHAIN_OPTIONS = ("type ", "policy ", "comment ", "devices")  # the line loop leaves these to the grammar
+# A name the line loop's inlined chain header takes (no quote, blank, brace, ";" or "#").
+_NAME = r'([^\s"{};#]+)'
+_END = r"(?=\n|\Z)"  # the closing brace ends its line
 _MAX_FAILURES = 64  # learning given up for a name prefix after this many chains that cannot be templates
 _MAX_TEMPLATES = 64  # distinct templates compiled per table
+_ChainDraft = draft_class(Chain)
 
-# A template: (regex fullmatch of the block's lines joined by "\n", how many lines, reader).
-Template = tuple[Callable[[str], Any], int, Callable[..., bool]]
+
+class Template:
+    """A chain block's regexes and its reader: `first` matches a body at its offset, `next` a blank line, a
+    header and a body (the name its first group); `read(groups, name, header line)` is the Chain, or None when a
+    value is a known word or a builder refuses the line."""
+
+    __slots__ = ("count", "first", "next", "read")
+
+    def __init__(self, first: Callable[..., Any], after: Callable[..., Any] | None, count: int,
+                 read: Callable[..., Any]) -> None:
+        self.first = first
+        self.next = after
+        self.count = count
+        self.read = read
 
 
 class ChainShapes:
-    """One table's chain templates, by the chain name's prefix."""
+    """One table's chain templates, by the chain name's prefix. `lines` and `text` are the listing (split and
+    whole), `known` the loader's known words, `source` the model.SourceText rules are given, `refs` the table's
+    references."""
 
-    __slots__ = ("by_pattern", "by_prefix", "failures")
+    __slots__ = ("at", "by_pattern", "by_prefix", "failures", "known", "lines", "refs", "source", "text")
 
-    def __init__(self) -> None:
+    def __init__(self, lines: list[str], text: str, known: dict[str, str], source: Any, refs: set[str]) -> None:
         self.by_prefix: dict[str, Template] = {}
-        self.by_pattern: dict[str, Template] = {}
+        self.by_pattern: dict[tuple[str, str], Template] = {}
         self.failures: dict[str, int] = {}
+        self.lines, self.text, self.known, self.source, self.refs = lines, text, known, source, refs
+        self.at = (0, 1)  # (offset, number) of a line at or before every header still to come
 
-    def read(self, chain: Any, lines: list[str], line_no: int, known: dict[str, str], text: Any,
-             refs: set[str]) -> int:
-        """Read the rules of `chain` (its header at `line_no`, 1-based, of `lines`) with the template of its name's
-        prefix; how many lines after the header that took (0: the line loop reads it)."""
-        template = self.by_prefix.get(chain.name.partition("-")[0])
+    def read(self, chains: dict[str, Any], name: str, line_no: int) -> tuple[int, int]:
+        """Read chain `name` (its header at `line_no`, 1-based) with the template of its name's prefix, and the
+        chains like it right after it, into `chains`: (how many lines after the header that took, how many
+        chains); (0, 0) when the line loop reads it."""
+        template = self.by_prefix.get(name.partition("-")[0])
         if template is None:
-            return 0
-        fullmatch, count, reader = template
-        m = fullmatch("\n".join(lines[line_no:line_no + count]))
+            return 0, 0
+        at, at_line = self.at
+        lines = self.lines
+        header = line_no - 1
+        at += sum(map(len, lines[at_line - 1:header])) + header - at_line + 1  # (each line and its "\n")
+        self.at = (at, line_no)
+        m = template.first(self.text, at + len(lines[header]) + 1)
+        if m is None:
+            return 0, 0
         try:
-            return count if m is not None and reader(m.groups(), known, text, line_no, chain.rules, refs) else 0
+            chain = template.read(m.groups(), name, line_no)
         except ValueError:  # a value its shape refuses: the line loop says where
-            return 0
+            return 0, 0
+        if chain is None:
+            return 0, 0
+        chains[name] = chain
+        count = template.count
+        step = count + 2  # the blank line, the next header, its body and closing line
+        after = template.next
+        read = 1
+        if after is not None:
+            text = self.text
+            while True:
+                end = m.end()
+                m = after(text, end)
+                if m is None:
+                    break
+                g = m.groups()
+                name = g[0]
+                if name in chains:  # the line loop says it is declared twice
+                    break
+                try:
+                    chain = template.read(g, name, line_no + step)
+                except ValueError:
+                    break
+                if chain is None:
+                    break
+                chains[name] = chain
+                line_no += step
+                read += 1
+            self.at = (end + 1, line_no + count + 1)  # the line after the last closing brace
+        return count + (read - 1) * step, read
 
-    def learn(self, prefix: str, lines: list[str], shapes: dict[Any, Any], known: dict[str, str]) -> None:
-        """Make `lines` (a chain's body and closing line, as split from the text) the template of `prefix`, when
-        each body line is a fast-path rule of a shape in `shapes`."""
+    def learn(self, prefix: str, header: str, lines: list[str], shapes: dict[Any, Any]) -> None:
+        """Make `lines` (a chain's body and closing line, as split from the text; `header` its header line) the
+        template of `prefix`, when each body line is a fast-path rule of a shape in `shapes`."""
         failures = self.failures.get(prefix, 0)
         if failures >= _MAX_FAILURES:
             return
-        pattern, builders = _pattern(lines, shapes, known)
+        pattern, builders = _pattern(lines, shapes, self.known)
         if pattern is None:
             self.failures[prefix] = failures + 1
             return
-        template = self.by_pattern.get(pattern)
+        lead = header[:len(header) - len(header.lstrip())]
+        template = self.by_pattern.get((pattern, lead))
         if template is None:
             if len(self.by_pattern) >= _MAX_TEMPLATES:
                 return
-            template = self.by_pattern[pattern] = (re.compile(pattern).fullmatch, len(lines), _reader(builders))
+            # (a header indented with other blanks than spaces and tabs is left to the line loop's strip)
+            after = None if lead.strip(" \t") else re.compile(
+                rf"\n\n{re.escape(lead)}chain {_NAME} \{{\n{pattern}{_END}").match
+            template = self.by_pattern[(pattern, lead)] = Template(
+                re.compile(f"(){pattern}{_END}").match, after, len(lines),
+                _reader(builders, self.known, self.source, self.refs))
         self.by_prefix[prefix] = template
 
 
@@ -123,26 +194,35 @@ def _pattern(lines: list[str], shapes: dict[Any, Any], known: dict[str, str]) ->
     return "\n".join(parts), builders
 
 
-def _reader(builders: list[tuple[tuple[str | int, ...], Any]]) -> Callable[..., bool]:
-    """A function (value groups, known, source text, header line, rules, refs) → whether it read the block: each
-    line's tokens given to its shape's builder as the line loop gives them (a tuple for its list), the rules
-    appended only when all were made."""
-    ns: dict[str, Any] = {}
+def _reader(builders: list[tuple[tuple[str | int, ...], Any]], known: dict[str, str], source: Any,
+            found: set[str]) -> Callable[..., Any]:
+    """A function (groups: the header's name or "", then the values; the chain's name; its header line) → the
+    Chain, or None: each line's rule made as its shape's builder makes it from the tokens the line loop gives it
+    (the builder's statements written in, shapes.compile_template), with the listing as text; references into
+    `found` once all rules were made."""
+    ns: dict[str, Any] = {"known": known, "source": source, "found": found, "_intern": intern,
+                          "_draft": _ChainDraft, "_Chain": Chain}
     groups = sum(isinstance(tok, int) for tokens, _ in builders for tok in tokens)
-    checks = " or ".join(f"g[{i}] in known" for i in range(groups)) or "False"
-    lines = [f"    if {checks}:\n        return False\n"]
+    checks = " or ".join(f"g[{i + 1}] in known" for i in range(groups)) or "False"
+    lines = [f"    if {checks}:\n        return None\n"]
     made = []
     for j, (tokens, (make, refs)) in enumerate(builders):
-        ns[f"m{j}"] = make
-        v = "(" + "".join(f"g[{tok}], " if isinstance(tok, int) else f"{tok!r}, " for tok in tokens) + ")"
-        lines.append(f"    v{j} = {v}\n    r{j} = m{j}(v{j}, text, line + {j + 1}, None)\n"
-                     f"    if r{j} is None:\n        return False\n")
-        made.append(f"r{j}")
+        values = [f"g[{tok + 1}]" if isinstance(tok, int) else repr(tok) for tok in tokens]
+        # (the line computed once: the rule keeps it twice, and each `line + 1` would be an int object of its own)
+        code, names = make.inline(f"r{j}_", values.__getitem__, "source", f"r{j}_line", "None")
+        ns.update(names)
+        lines.append(f"    r{j}_line = line + {j + 1}\n{code}")
+        made.append(f"r{j}_o")
         if refs is not None:
             ns[f"f{j}"] = refs
+            lines.append(f"    v{j} = ({''.join(v + ', ' for v in values)})\n")
     for j, (_, (_, refs)) in enumerate(builders):
         if refs is not None:
             lines.append(f"    found.update(f{j}(v{j}))\n")
-    lines.append(f"    rules.extend(({', '.join(made)},))\n    return True\n")
-    exec(f"def read(g, known, text, line, rules, found):\n{''.join(lines)}", ns)
-    return ns["read"]
+    # The Chain as build.plain_chain makes it (its comment and handle unset, its base None), inline.
+    lines.append(f"    c = _draft()\n    c.name = _intern(name)\n    c.rules = ({''.join(r + ', ' for r in made)})\n"
+                 "    c.base = None\n    c.line = line\n    c.__class__ = _Chain\n    return c\n")
+    exec(f"def read(g, name, line):\n{''.join(lines)}", ns)
+    # (taken out of its own globals: no reference cycle keeps the table's references and the known words alive
+    # after the load, for a cyclic GC that a run may have turned off)
+    return ns.pop("read")

@@ -54,16 +54,6 @@ def plain_chain(name: str, rules: tuple[Rule, ...], line: int | None) -> Chain:
     return chain
 
 
-class ChainReading:
-    """What blocks.ChainShapes.read fills when it reads a chain whole: the chain's name, the rules it read."""
-
-    __slots__ = ("name", "rules")
-
-    def __init__(self) -> None:
-        self.name = ""
-        self.rules: list[Rule] = []
-
-
 class ChainBuilder:
     """A chain in the making (a plain class, its rarely set attributes defaulted on the class: a listing
     declares tens of thousands of chains)."""
@@ -280,8 +270,12 @@ class Finisher:
             s.name, s.key_type, s.data_type, tuple(sorted(s.flags)), s.timeout_ms, s.gc_interval_ms, s.size,
             s.policy, s.comment, s.counter, s.auto_merge, tuple(s.elements.values()), s.typeof, s.line, s.handle),
             updated=s.name in updated) for s in t.sets.values()])
-        chains = tuple([c if type(c) is Chain else c.freeze() for c in t.chains.values()])
-        return Table(t.family, t.name, chains, sets, tuple(t.objects), t.flags, t.comment, t.line, t.handle)
+        index = t.chains
+        for name, c in index.items():
+            if type(c) is not Chain:
+                index[name] = c.freeze()  # (a value replaced, the dict's size unchanged: iterating goes on)
+        return Table(t.family, t.name, tuple(index.values()), sets, tuple(t.objects), t.flags, t.comment, t.line,
+                     t.handle, index=index)
 
     def check_refs(self, t: TableBuilder, line_text: Callable[[int], str]) -> set[str]:
         """Reports what the rules name but the table lacks; returns the sets rules add elements to."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 from itertools import islice
-from sys import intern
 from typing import Any
 
 from lark import Token, Tree
@@ -21,7 +20,7 @@ from lark import Token, Tree
 from iptrace.errors import DumpSemanticError, ParseError
 from iptrace.nftables import grammar
 from iptrace.nftables.blocks import ChainShapes
-from iptrace.nftables.build import ChainBuilder, ChainReading, Finisher, SetBuilder, TableBuilder, plain_chain
+from iptrace.nftables.build import ChainBuilder, Finisher, SetBuilder, TableBuilder
 from iptrace.nftables.commands import CommandMixin
 from iptrace.nftables.model import LoadWarning, NamedObject, Rule, Ruleset, SourceText
 from iptrace.nftables.reader import RuleReader, tokenize, tokenize_fast
@@ -68,7 +67,9 @@ class TextLoader(CommandMixin):
         self.warnings: list[LoadWarning] = []
         self.skipped: list[LoadWarning] = []
         self.trees: dict[tuple[str, str], Tree] = {}
-        self.set_patches: dict[str, tuple[tuple[str, Any], ...]] = {}
+        # (table family, "set" or "map", declaration line) -> what the line sets: reading a line checks it
+        # against the set's kind (a map's `type` needs a data type) and its table's family (`typeof`).
+        self.set_patches: dict[tuple[str, str, str], tuple[tuple[str, Any], ...]] = {}
         self.known = keywords()
         self.pending: list[str] | None = None
         self.pending_at = (0, 0, None)  # line, column, handle of the statement being continued
@@ -122,7 +123,6 @@ class TextLoader(CommandMixin):
 
         pending = False
         opened = None  # the chain the line loop opened last (blocks.py learns from it)
-        reading = ChainReading()  # the chain blocks.py tries to read whole
         source_text = self.source_text
         lines = enumerate(self.lines, 1)
         for line_no, raw in lines:
@@ -143,8 +143,8 @@ class TextLoader(CommandMixin):
                     if s == "}":
                         c = stack.pop()[1]
                         if c is opened:  # opened by the line loop, closed here: maybe a template for others
-                            stack[-1][1].chain_shapes.learn(c.name.partition("-")[0], self.lines[c.line:line_no],
-                                                            shapes, self.known)
+                            stack[-1][1].chain_shapes.learn(c.name.partition("-")[0], self.lines[c.line - 1],
+                                                            self.lines[c.line:line_no], shapes)
                         ctx = TABLE  # a chain block is always inside a table block
                         break
                     if ";" in s or "#" in s or s.startswith(_CHAIN_OPTIONS):
@@ -202,13 +202,13 @@ class TextLoader(CommandMixin):
                     if name not in t.chains:  # open_chain's common case, inlined
                         self.blocks += 1
                         if t.chain_shapes is None:
-                            t.chain_shapes = ChainShapes()
-                        reading.name, reading.rules = name, []
-                        read = t.chain_shapes.read(reading, self.lines, line_no, self.known, source_text, t.refs)
-                        if read:  # a chain like one before it, read whole (blocks.py): on after its "}"
-                            # kept frozen, no builder made (build.TableBuilder.chains)
-                            t.chains[name] = plain_chain(intern(name), tuple(reading.rules), line_no)
-                            next(islice(lines, read, read), None)  # (its lines: consumed, not read)
+                            t.chain_shapes = ChainShapes(self.lines, self.text, self.known, source_text, t.refs)
+                        # Chains like one before it, read whole (blocks.py) and kept frozen, no builder made
+                        # (build.TableBuilder.chains): on after the last one's "}".
+                        read, count = t.chain_shapes.read(t.chains, name, line_no)
+                        if read:
+                            self.blocks += count - 1
+                            next(islice(lines, read, read), None)  # (their lines: consumed, not read)
                             continue
                         c = t.chains[name] = ChainBuilder(name, line_no, True)  # (`read` kept none of its rules)
                         stack.append((CHAIN, c, line_no))
@@ -437,7 +437,8 @@ class TextLoader(CommandMixin):
                 if brace > 0 and text[:brace].replace(" ", "") == "elements=" and text.endswith("}"):
                     s.ops.append(("add", text[brace + 1:-1], line_no, col + brace + 2))
                     return
-            patch = self.set_patches.get(text)
+            patch_key = (self.stack[-2][1].family, s.kind, text)
+            patch = self.set_patches.get(patch_key)
             if patch is not None:  # a declaration line seen before (`size 65535` of every affinity set)
                 for name, value in patch:
                     setattr(s, name, tuple(sorted({*s.flags, *value})) if name == "flags" else value)
@@ -451,7 +452,7 @@ class TextLoader(CommandMixin):
                 blank = SetBuilder(s.name, s.kind, s.line, True)
                 patch = tuple((k, v) for k, v in vars(scratch).items() if getattr(blank, k) != v)
                 if len(self.skipped) == skipped:
-                    self.set_patches[text] = patch
+                    self.set_patches[patch_key] = patch
                 for name, value in patch:
                     setattr(s, name, tuple(sorted({*s.flags, *value})) if name == "flags" else value)
         elif ctx == TABLE:

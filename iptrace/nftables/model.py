@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from array import array
 from collections.abc import Collection, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from operator import methodcaller
 from typing import Any
 
@@ -472,9 +472,13 @@ class Table:
     handle: int | None = None
     _chains: Mapping[str, Chain] = field(default_factory=dict, repr=False)
     _sets: Mapping[str, Set] = field(default_factory=dict, repr=False)
+    # The loader's own name -> chain dict of exactly `chains`, in their order (55,000 chains at 5,000 Services: a
+    # dict copy instead of a comprehension). Not kept: `dataclasses.replace` passes the class's None and the
+    # index is rebuilt from the chains it was given.
+    index: InitVar[dict[str, Chain] | None] = None
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_chains", {c.name: c for c in self.chains})
+    def __post_init__(self, index: dict[str, Chain] | None) -> None:
+        object.__setattr__(self, "_chains", {c.name: c for c in self.chains} if index is None else dict(index))
         object.__setattr__(self, "_sets", {s.name: s for s in self.sets})
 
     def chain(self, name: str) -> Chain | None:

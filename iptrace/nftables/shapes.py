@@ -198,49 +198,66 @@ def compile_template(items: tuple[Any, ...], comment: Any, keywords: dict[int, s
     # The template itself, and where each Slot's value is in a rule's `_lazy`: skeleton.py reads a chain's
     # skeleton from its rules' shapes and values without building their items.
     build.template = (items, comment, {key: k for key, (k, _) in later.slots.items()})  # type: ignore[attr-defined]
-    now = _Emitter()
-    # Values are interned: the same addresses and chain names recur in many rules (an endpoint's address in
-    # both rules of its chain, every endpoint chain's name in its service chain's verdict map and as the
-    # chain's own name), ~10 MB of copies at 5,000 Services.
-    now.ns.update(_pton=inet_pton, _AF_INET=AF_INET, _intern=intern, _intern_str=_intern_str)
-    lines = "".join(f"    if v[{i}] != {word!r}:\n        return None\n" for i, word in sorted(keywords.items()))
-    parts = []
-    for k, slot in sorted(later.slots.values(), key=lambda x: x[0]):
-        if getattr(slot.fn, "canonical_ipv4", False):
-            # An address as the kernel prints it is the common case: checked by one C call, inline.
-            lines += (f"    x{k} = _intern(v[{slot.index}])\n    try:\n        _pton(_AF_INET, x{k})\n"
-                      f"    except OSError:\n        x{k} = {now.name(slot.fn)}(x{k})\n")
-            parts.append(f"x{k}")
-        elif getattr(slot.fn, "decimal_int", False):
-            fn = now.name(slot.fn)
-            lines += f"    x{k} = v[{slot.index}]\n    x{k} = int(x{k}) if x{k}.isdigit() else {fn}(x{k})\n"
-            parts.append(f"x{k}")
-        elif getattr(slot.fn, "ipv4_port", False):
-            # kube-proxy's `dnat to 10.180.0.1:80`, inline; anything else through values.nat_target.
-            fn = now.name(slot.fn)
-            lines += (f"    x{k} = v[{slot.index}]\n    h, sep, p = x{k}.partition(':')\n"
-                      f"    if sep and p.isdigit() and int(p) < 65536:\n        try:\n"
-                      f"            _pton(_AF_INET, h)\n            x{k} = (_intern(h), int(p))\n"
-                      f"        except OSError:\n            x{k} = {fn}(x{k})\n"
-                      f"    else:\n        x{k} = {fn}(x{k})\n")
-            parts.append(f"x{k}")
-        elif slot.fn is None:
-            parts.append(f"_intern({now.emit(slot)})")
-        else:
-            parts.append(f"_intern_str({now.emit(slot)})")
-    normalised = "".join(p + ", " for p in parts)
-    # `text`, `line` and `handle` (None without `nft -a`) are set as well as kept in `_lazy`: a slot costs its
-    # place whether set or not, and reading an unset one goes through an AttributeError and Rule.__getattr__ (the
-    # layout reads every endpoint rule's line, the walker every replayed rule's handle). A rule
-    # of a listing read line by line is given the listing (model.SourceText) for its text, which is that
-    # line stripped: it keeps no copy of it, and Rule.__getattr__ reads it from there.
-    lines += (f"    o = {now.name(_RuleDraft)}()\n"
-              f"    o.handle = handle\n"
-              f"    if type(text) is str:\n        o.text = text\n    o.line = line\n"
-              f"    o._lazy = ({now.name(build)}, text, line, {normalised})\n"
-              f"    o.__class__ = {now.name(Rule)}\n")
-    exec(f"def make(v, text, line, handle):\n{lines}    return o\n", now.ns)
-    return now.ns["make"]
+    slots = sorted(later.slots.values(), key=lambda x: x[0])
+
+    def inline(prefix: str, value: Callable[[int], str], text: str, line: str, handle: str) -> tuple[
+            str, dict[str, Any]]:
+        """The statements (indented once) that make the rule into local `{prefix}o`, its values read with
+        `value(index)` and its text, line and handle given as expressions, and the names they use (all but four
+        prefixed): blocks.py writes them into its chain readers."""
+        # Values are interned: the same addresses and chain names recur in many rules (an endpoint's address in
+        # both rules of its chain, every endpoint chain's name in its service chain's verdict map and as the
+        # chain's own name), ~10 MB of copies at 5,000 Services.
+        ns: dict[str, Any] = {"_pton": inet_pton, "_AF_INET": AF_INET, "_intern": intern}
+
+        def name(obj: Any) -> str:
+            key = f"_{prefix}{len(ns)}"
+            ns[key] = obj
+            return key
+
+        lines = "".join(f"    if {value(i)} != {word!r}:\n        return None\n"
+                        for i, word in sorted(keywords.items()))
+        parts = []
+        for k, slot in slots:
+            x, v = f"{prefix}x{k}", value(slot.index)
+            if getattr(slot.fn, "canonical_ipv4", False):
+                # An address as the kernel prints it is the common case: checked by one C call, inline.
+                lines += (f"    {x} = _intern({v})\n    try:\n        _pton(_AF_INET, {x})\n"
+                          f"    except OSError:\n        {x} = {name(slot.fn)}({x})\n")
+            elif getattr(slot.fn, "decimal_int", False):
+                lines += f"    {x} = {v}\n    {x} = int({x}) if {x}.isdigit() else {name(slot.fn)}({x})\n"
+            elif getattr(slot.fn, "ipv4_port", False):
+                # kube-proxy's `dnat to 10.180.0.1:80`, inline; anything else through values.nat_target.
+                fn, h, p = name(slot.fn), f"{prefix}h", f"{prefix}p"
+                lines += (f"    {x} = {v}\n    {h}, {prefix}sep, {p} = {x}.partition(':')\n"
+                          f"    if {prefix}sep and {p}.isdigit() and int({p}) < 65536:\n        try:\n"
+                          f"            _pton(_AF_INET, {h})\n            {x} = (_intern({h}), int({p}))\n"
+                          f"        except OSError:\n            {x} = {fn}({x})\n"
+                          f"    else:\n        {x} = {fn}({x})\n")
+            elif slot.fn is None:
+                lines += f"    {x} = _intern({v})\n"
+            else:
+                lines += f"    {x} = {name(_intern_str)}({name(slot.fn)}({v}))\n"
+            parts.append(x)
+        normalised = "".join(p + ", " for p in parts)
+        # `text`, `line` and `handle` (None without `nft -a`) are set as well as kept in `_lazy`: a slot costs its
+        # place whether set or not, and reading an unset one goes through an AttributeError and Rule.__getattr__
+        # (the layout reads every endpoint rule's line, the walker every replayed rule's handle). A rule
+        # of a listing read line by line is given the listing (model.SourceText) for its text, which is that
+        # line stripped: it keeps no copy of it, and Rule.__getattr__ reads it from there.
+        o = f"{prefix}o"
+        lines += (f"    {o} = {name(_RuleDraft)}()\n"
+                  f"    {o}.handle = {handle}\n"
+                  f"    if type({text}) is str:\n        {o}.text = {text}\n    {o}.line = {line}\n"
+                  f"    {o}._lazy = ({name(build)}, {text}, {line}, {normalised})\n"
+                  f"    {o}.__class__ = {name(Rule)}\n")
+        return lines, ns
+
+    code, ns = inline("", "v[{}]".format, "text", "line", "handle")
+    exec(f"def make(v, text, line, handle):\n{code}    return o\n", ns)
+    make = ns["make"]
+    make.inline = inline
+    return make
 
 
 def _intern_str(value: Any) -> Any:
