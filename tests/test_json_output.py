@@ -103,3 +103,21 @@ def test_services_json_streamed_is_dumps(big_dump: Path, cluster: bool) -> None:
     if cluster:
         assert all("api" in i and "findings" in i for i in items)
         assert any(i["findings"] for i in items)
+
+
+@pytest.mark.parametrize("kept", [1, 3, 100_000])
+def test_path_texts_print_the_paths_themselves(kept: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paths given to PathTexts print as their lists of steps would: a rule met again (the same Step, or an
+    equal one, as nft makes), a rule never met, a path of new and known rules, an empty path, and with the
+    texts forgotten whenever `kept` rules are held (the memory bound)."""
+    from iptrace.dataplane import Step
+    from iptrace.render import json as render_json
+
+    monkeypatch.setattr(render_json, "_STEP_TEXTS", kept)
+    a, b = Step("nat", "KUBE-SERVICES", 3, "-A KUBE-SERVICES -j X", "dispatch"), Step("nat", "X", 5, "-A X \"é\"")
+    c, again = Step("filter", "Y", 0, "y", handle=7), Step("nat", "X", 5, "-A X \"é\"")
+    paths = [(a,), (a, b), (), (b, c, a), (again, a), (c,), (a, b)]
+    texts = render_json.PathTexts()
+    doc = [{"n": i, "path": texts(p), "after": "x"} for i, p in enumerate(paths)]
+    plain = [{"n": i, "path": [s.to_json() for s in p], "after": "x"} for i, p in enumerate(paths)]
+    assert texts.encode(doc) == json.dumps(plain, ensure_ascii=False)

@@ -447,8 +447,7 @@ class _Branch(tuple):  # type: ignore[type-arg]
     __slots__ = ()
 
     def __call__(self) -> tuple[Step, ...]:
-        step = self[0]._step
-        return tuple(step(c) for c in compiled_path(self[1]))
+        return tuple(map(self[0]._step, compiled_path(self[1])))
 
     def service(self) -> str | None:
         return self[0]._service(compiled_path(self[1]))  # type: ignore[no-any-return]

@@ -148,25 +148,32 @@ class PathTexts:
         self._count = 0
 
     def __call__(self, steps: tuple[Step, ...]) -> str:
-        texts = list(map(self._by_id.get, map(id, steps)))
-        if None in texts:
-            if len(self._by_value) >= _STEP_TEXTS:  # (keep memory bounded)
-                self._by_value.clear()
-                self._by_id.clear()
-                self._kept.clear()
-            for i, text in enumerate(texts):
-                if text is None:
-                    step = steps[i]
-                    key = (step.table, step.chain, step.line, step.rule, step.handle)
-                    text = texts[i] = self._by_value.get(key)
-                    if text is None:
-                        text = texts[i] = self._by_value[key] = _COMPACT.encode(step.to_json())
-                        self._by_id[id(step)] = text
-                        self._kept.append(step)
         number = self._count
         self._count += 1
-        self._texts[number] = "[" + ", ".join(texts) + "]"
+        try:  # (the common case: every rule met before; a new one's None fails the join)
+            self._texts[number] = "[" + ", ".join(map(self._by_id.get, map(id, steps))) + "]"  # type: ignore[arg-type]
+        except TypeError:
+            self._texts[number] = "[" + ", ".join(self._new(steps)) + "]"
         return f"{self._nonce}{number}\x00"
+
+    def _new(self, steps: tuple[Step, ...]) -> list[str]:
+        """The texts of `steps`, some of them met for the first time: encoded (once a rule)."""
+        if len(self._by_value) >= _STEP_TEXTS:  # (keep memory bounded)
+            self._by_value.clear()
+            self._by_id.clear()
+            self._kept.clear()
+        texts = []
+        for step in steps:
+            text = self._by_id.get(id(step))
+            if text is None:
+                key = (step.table, step.chain, step.line, step.rule, step.handle)
+                text = self._by_value.get(key)
+                if text is None:
+                    text = self._by_value[key] = _COMPACT.encode(step.to_json())
+                    self._by_id[id(step)] = text
+                    self._kept.append(step)
+            texts.append(text)
+        return texts
 
     def encode(self, item: Any) -> str:
         """`item` as the compact encoder prints it, its placeholders replaced (and forgotten: a batch's paths
