@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bench import synth
 from iptrace.cli import main
@@ -121,3 +123,26 @@ def test_path_texts_print_the_paths_themselves(kept: int, monkeypatch: pytest.Mo
     doc = [{"n": i, "path": texts(p), "after": "x"} for i, p in enumerate(paths)]
     plain = [{"n": i, "path": [s.to_json() for s in p], "after": "x"} for i, p in enumerate(paths)]
     assert texts.encode(doc) == json.dumps(plain, ensure_ascii=False)
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON_VALUES)
+def test_compact_is_the_compact_encoder(value: object) -> None:
+    """render.json.compact (one C encoder made once) prints what the compact JSONEncoder prints, for any
+    JSON value: strings with quotes, controls and non-ASCII text, NaN and infinities, nesting."""
+    from iptrace.render.json import _COMPACT, compact
+
+    assert compact(value) == _COMPACT.encode(value)
+
+
+def test_compact_refuses_what_the_encoder_refuses() -> None:
+    from iptrace.render.json import compact
+
+    with pytest.raises(TypeError):
+        compact({"a": object()})
