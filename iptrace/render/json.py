@@ -46,13 +46,18 @@ def dumps(data: Any, paths: PathTexts | None = None) -> str:
     """JSON text as every `-o json` prints it: keys in the order the renderer built them, UTF-8, one trailing
     newline; indented, except that a large top-level list prints one compact item per line. `paths`: the
     PathTexts that the items' paths were given to (a large list only)."""
+    # One join over every piece: concatenating the 20 MB body with its brackets would copy it again.
+    return "".join(dumps_text_pieces(data, paths))
+
+
+def dumps_text_pieces(data: Any, paths: PathTexts | None = None) -> Iterator[str]:
+    """`dumps(data, paths)` in pieces, a few items of a large list each: a printer writes them as they come,
+    and never holds the whole text (~50 MB for a thousand explain answers)."""
     if isinstance(data, list) and len(data) > LARGE_LIST:
-        encode = compact if paths is None else paths.encode
-        # One join over every piece: concatenating the 20 MB body with its brackets would copy it again.
-        return "".join(_list_pieces(data, len(data), encode))
+        return _list_pieces(data, len(data), compact if paths is None else paths.encode)
     if paths is not None:
         raise ValueError("paths are printed compactly, in a large list only")
-    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    return iter((json.dumps(data, indent=2, ensure_ascii=False) + "\n",))
 
 
 # Items encoded per piece of dumps_pieces: pieces of ~0.5 MB (a Service port's object is ~4 KB).
