@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bench import synth
 from iptrace.cli import main
@@ -103,3 +105,44 @@ def test_services_json_streamed_is_dumps(big_dump: Path, cluster: bool) -> None:
     if cluster:
         assert all("api" in i and "findings" in i for i in items)
         assert any(i["findings"] for i in items)
+
+
+@pytest.mark.parametrize("kept", [1, 3, 100_000])
+def test_path_texts_print_the_paths_themselves(kept: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paths given to PathTexts print as their lists of steps would: a rule met again (the same Step, or an
+    equal one, as nft makes), a rule never met, a path of new and known rules, an empty path, and with the
+    texts forgotten whenever `kept` rules are held (the memory bound)."""
+    from iptrace.dataplane import Step
+    from iptrace.render import json as render_json
+
+    monkeypatch.setattr(render_json, "_STEP_TEXTS", kept)
+    a, b = Step("nat", "KUBE-SERVICES", 3, "-A KUBE-SERVICES -j X", "dispatch"), Step("nat", "X", 5, "-A X \"é\"")
+    c, again = Step("filter", "Y", 0, "y", handle=7), Step("nat", "X", 5, "-A X \"é\"")
+    paths = [(a,), (a, b), (), (b, c, a), (again, a), (c,), (a, b)]
+    texts = render_json.PathTexts()
+    doc = [{"n": i, "path": texts(p), "after": "x"} for i, p in enumerate(paths)]
+    plain = [{"n": i, "path": [s.to_json() for s in p], "after": "x"} for i, p in enumerate(paths)]
+    assert texts.encode(doc) == json.dumps(plain, ensure_ascii=False)
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON_VALUES)
+def test_compact_is_the_compact_encoder(value: object) -> None:
+    """render.json.compact (one C encoder made once) prints what the compact JSONEncoder prints, for any
+    JSON value: strings with quotes, controls and non-ASCII text, NaN and infinities, nesting."""
+    from iptrace.render.json import _COMPACT, compact
+
+    assert compact(value) == _COMPACT.encode(value)
+
+
+def test_compact_refuses_what_the_encoder_refuses() -> None:
+    from iptrace.render.json import compact
+
+    with pytest.raises(TypeError):
+        compact({"a": object()})

@@ -176,11 +176,40 @@ def test_port_facts_are_the_views_values(name: str) -> None:
             facts, view = facts_of(key), analysis.port_view(key)
             assert isinstance(facts, PortFacts)
             for f in dataclass_fields(PortFacts):
-                if f.name != "entries":
+                if f.name not in ("entries", "_endpoints"):
                     assert getattr(facts, f.name) == getattr(view, f.name), (key, f.name)
+            assert facts.endpoints == view.endpoints, key
             assert facts.label == view.label
             assert [(w.kind, w.address, w.port, w.lines) for w in facts.entries] == \
                 [(e.kind, e.address, e.port, e.lines) for e in view.entries]
+
+
+@pytest.mark.parametrize("name", ["nodeport-fb-backends.txt", "etp-local-with-endpoints-nft.nft"])
+def test_port_facts_walk_for_their_endpoints_when_read(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port's PortFacts walk its chains for its endpoints on their first read, once, not when made (most
+    explain questions read a Service's port and protocol only)."""
+    from iptrace.dataplanes import load as load_any
+    from iptrace.kube.analysis import analyse
+
+    dataplane, ruleset = load_any(Path("sample_dumps", name).read_text(), source=name)
+    analysis = analyse(dataplane, ruleset)
+    walked: list[str] = []
+    real = type(analysis.tracer).trace_chain
+
+    def counted(tracer: Any, chain: str, *args: Any, **kwargs: Any) -> Trace:
+        walked.append(chain)
+        return real(tracer, chain, *args, **kwargs)
+
+    monkeypatch.setattr(type(analysis.tracer), "trace_chain", counted)
+    keys = [k for k in analysis.layout.keys if analysis.layout.service_port(k).cluster_chain]
+    assert keys
+    facts = [analysis.port_facts(k) for k in keys]
+    assert walked == []
+    first = [f.endpoints for f in facts]
+    assert walked and any(first)
+    count = len(walked)
+    assert [f.endpoints for f in facts] == first and len(walked) == count
+    assert first == [analysis.port_view(k).endpoints for k in keys]
 
 
 def test_packet_cache_is_bounded_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -236,11 +236,11 @@ _WRITE_CHARS = 1 << 20
 
 def emit_json(data: Any, paths: Any = None) -> None:
     """Print `data` as JSON (iptrace.render.json.dumps; `paths`: the PathTexts its answers' paths went to)."""
-    from iptrace.render.json import dumps
+    from iptrace.render.json import dumps_text_pieces
 
-    text = dumps(data, paths)
-    for start in range(0, len(text), _WRITE_CHARS):
-        click.echo(text[start:start + _WRITE_CHARS], nl=False)
+    for text in dumps_text_pieces(data, paths):
+        for start in range(0, len(text), _WRITE_CHARS):
+            click.echo(text[start:start + _WRITE_CHARS], nl=False)
 
 
 def emit_json_document(data: Any) -> None:

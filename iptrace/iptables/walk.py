@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
+from operator import attrgetter
 from typing import Any
 
 from iptrace.dataplane import Decision, Entry, Outcome, Packet, Step, Trace, join_host_port, new_outcome
@@ -447,8 +448,9 @@ class _Branch(tuple):  # type: ignore[type-arg]
     __slots__ = ()
 
     def __call__(self) -> tuple[Step, ...]:
-        step = self[0]._step
-        return tuple(step(c) for c in compiled_path(self[1]))
+        compiled = compiled_path(self[1])
+        steps = tuple(map(_path_step, compiled))  # (each rule's Step, once made: read without a call a rule)
+        return steps if all(steps) else tuple(map(self[0]._step, compiled))
 
     def service(self) -> str | None:
         return self[0]._service(compiled_path(self[1]))  # type: ignore[no-any-return]
@@ -458,6 +460,7 @@ class _Branch(tuple):  # type: ignore[type-arg]
 
 
 _new_branch = tuple.__new__
+_path_step = attrgetter("_path_step")  # (Compiler._step's memo: None until the rule's Step is made)
 
 
 # Trace(...) without the frozen dataclass's __init__ (one a way in and kind of client of every Service port), and
