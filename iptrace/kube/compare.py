@@ -34,11 +34,11 @@ from iptrace.kube.view import (
     HEALTH_CHECK,
     LOAD_BALANCER,
     NODE_PORT,
-    PortIdentity,
     PortLayout,
     ServicePortView,
     port_layout,
 )
+from iptrace.kube.view_model import PortIdentity
 
 Severity = Literal["error", "warning", "info"]
 SEVERITY_ORDER: dict[str, int] = {"error": 0, "warning": 1, "info": 2}
