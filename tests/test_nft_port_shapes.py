@@ -323,7 +323,7 @@ def test_address_classes_are_the_networks_holding_each_address(networks: list[tu
     from iptrace.nftables.state import prefix_bounds
 
     shapes = portshape.Shapes(type("T", (), {"ruleset": None, "ctx": None, "local": frozenset()})())
-    shapes.ctx = type("C", (), {"addrtype": staticmethod(lambda a: "unicast")})()
+    shapes.ctx = type("C", (), {"addrtype": staticmethod(lambda a: "unicast"), "local": frozenset()})()
     for value, length in networks:
         net, mask = prefix_bounds(str(ipaddress.IPv4Address(value)), length)
         shapes.networks.append((net, mask, False))

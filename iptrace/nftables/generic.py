@@ -5,7 +5,7 @@ A rule that reads anything else gives no shape (see portshape.py)."""
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from typing import Any
 
 from iptrace.nftables.evaluate import Context
@@ -37,6 +37,14 @@ from iptrace.nftables.portrules import kind as _kind
 from iptrace.nftables.state import ip_int, prefix_bounds
 
 
+def _is_ipv4(text: str) -> bool:
+    try:
+        ip_int(text)
+    except ValueError:
+        return False
+    return True
+
+
 class _Lookup:
     """A named set generic rules look up by a key of `kinds`: its elements' indices by the value of their part of
     kind `by`."""
@@ -64,7 +72,8 @@ class Shapes:
         self.hosts: list[str] = []  # generic exact-host tests
         self.ports: list[Any] = []  # generic exact-port tests (int) and ranges (Range)
         self._seen: set[Any] = set()
-        self._classes: dict[tuple[tuple[int, int, bool], ...], dict[str, Any]] = {}  # own networks → address → class
+        # own networks → (address → class, IPv4 /24 → the class of each address of it that is no local address or host)
+        self._classes: dict[tuple[tuple[int, int, bool], ...], tuple[dict[str, Any], dict[int, Any]]] = {}
         self._regions: tuple[Any, ...] | None = None
         self._reach: dict[tuple[int, str], frozenset[tuple[int, str]] | None] = {}
         self.lookups: dict[tuple[int, str, tuple[str, ...]], _Lookup | None] = {}
@@ -279,25 +288,50 @@ class Shapes:
     def classes(self, addresses: Any, own_networks: list[tuple[int, int, bool]]) -> tuple[Any, ...]:
         """Each address's class (address_class) and which of a port's own networks hold it. Kept per address and
         own networks (every port of a node has the same: its pod CIDR's) while the generic networks and hosts are
-        the same (a node's clients are in every port's questions)."""
+        the same (a node's clients are in every port's questions), and per IPv4 /24 that nothing tells apart
+        (_uniform: a node's 50,000 endpoints lie in a few hundred /24s of its pod CIDR, each met once)."""
         regions = self._regions
         if regions is None or regions[0] != len(self.networks) or regions[1] != len(self.hosts):
-            self._regions = self._partition()
+            regions = self._regions = self._partition()
             self._classes = {}
         own = tuple(own_networks)
-        known = self._classes.get(own)
-        if known is None:
-            known = self._classes[own] = {}
+        kept = self._classes.get(own)
+        if kept is None:
+            kept = self._classes[own] = ({}, {})
+        known, blocks = kept
         found = [known.get(a) for a in addresses]
         if None in found:
-            address_class = self.address_class
             for i, a in enumerate(addresses):
                 if found[i] is None:
-                    seen, value = address_class(a)
-                    v6 = ":" in a
-                    found[i] = known[a] = (seen, tuple([v6 == n6 and value & mask == net for net, mask, n6 in own])
-                                           if own else ())
+                    if ":" in a:
+                        found[i] = known[a] = self._class(a, own)
+                        continue
+                    block = ip_int(a) >> 8  # (a ValueError for no address, as address_class raises)
+                    got = blocks.get(block)
+                    if got is None:
+                        got = self._class(a, own)
+                        if self._uniform(block, own):
+                            blocks[block] = got
+                    found[i] = known[a] = got
         return tuple(found)
+
+    def _class(self, a: str, own: tuple[tuple[int, int, bool], ...]) -> tuple[Any, tuple[bool, ...]]:
+        seen, value = self.address_class(a)
+        v6 = ":" in a
+        return seen, tuple([v6 == n6 and value & mask == net for net, mask, n6 in own]) if own else ()
+
+    def _uniform(self, block: int, own: tuple[tuple[int, int, bool], ...]) -> bool:
+        """Whether every address of the IPv4 /24 `block` has one class: no generic network starts or ends inside it
+        (no range bound of _partition), it holds no generic exact host and no local address (both told by their
+        text: an IPv4 address has one), each own network is IPv6 or at most a /24, and it is not 255.255.255.0/24
+        (broadcast; address types are otherwise alike within a /8: ctx.addrtype)."""
+        regions = self._regions
+        bounds, specials = regions[2][0], regions[6]  # type: ignore[index]
+        start = block << 8
+        end = start | 0xFF
+        at = bisect_left(specials, start)
+        return (block != 0xFFFFFF and bisect_right(bounds, start) == bisect_right(bounds, end)
+                and (at == len(specials) or specials[at] > end) and all(n6 or not mask & 0xFF for _n, mask, n6 in own))
 
     def address_class(self, addr: str) -> tuple[tuple[str, tuple[bool, ...], tuple[bool, ...]], int]:
         """What generic tests and the routing decision see of an address: its fib type ("local" for the node's
@@ -314,7 +348,8 @@ class Shapes:
 
     def _partition(self) -> tuple[Any, ...]:
         """The generic networks as ranges of addresses that each network holds whole or not at all: per IP
-        version (the ranges' starts, each range's networks holding it), and each exact host's tuple."""
+        version (the ranges' starts, each range's networks holding it), each exact host's tuple, and the IPv4
+        generic hosts and local addresses as ints, sorted (_uniform)."""
         networks = self.networks
         versions = []
         for v6 in (False, True):
@@ -330,7 +365,8 @@ class Shapes:
                                       for start in bounds]))
         hosts = self.hosts
         each = {host: tuple([h == host for h in hosts]) for host in hosts}
-        return len(networks), len(hosts), versions[0], versions[1], each, tuple([False] * len(hosts))
+        specials = sorted({ip_int(a) for a in (*hosts, *self.ctx.local) if ":" not in a and _is_ipv4(a)})
+        return len(networks), len(hosts), versions[0], versions[1], each, tuple([False] * len(hosts)), specials
 
     def port_class(self, port: int) -> str:
         return "".join(["1" if (port == p if type(p) is int else p.low <= port <= p.high) else "0"
