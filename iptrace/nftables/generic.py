@@ -6,6 +6,7 @@ A rule that reads anything else gives no shape (see portshape.py)."""
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from socket import AF_INET, inet_pton
 from typing import Any
 
 from iptrace.nftables.evaluate import Context
@@ -72,8 +73,8 @@ class Shapes:
         self.hosts: list[str] = []  # generic exact-host tests
         self.ports: list[Any] = []  # generic exact-port tests (int) and ranges (Range)
         self._seen: set[Any] = set()
-        # own networks → (address → class, IPv4 /24 → the class of each address of it that is no local address or host)
-        self._classes: dict[tuple[tuple[int, int, bool], ...], tuple[dict[str, Any], dict[int, Any]]] = {}
+        # own networks → (address → class, an IPv4 /24 (its 3 bytes) that _uniform holds alike → its addresses' class)
+        self._classes: dict[tuple[tuple[int, int, bool], ...], tuple[dict[str, Any], dict[bytes, Any]]] = {}
         self._regions: tuple[Any, ...] | None = None
         self._reach: dict[tuple[int, str], frozenset[tuple[int, str]] | None] = {}
         self.lookups: dict[tuple[int, str, tuple[str, ...]], _Lookup | None] = {}
@@ -292,7 +293,7 @@ class Shapes:
         (_uniform: a node's 50,000 endpoints lie in a few hundred /24s of its pod CIDR, each met once)."""
         regions = self._regions
         if regions is None or regions[0] != len(self.networks) or regions[1] != len(self.hosts):
-            regions = self._regions = self._partition()
+            self._regions = self._partition()
             self._classes = {}
         own = tuple(own_networks)
         kept = self._classes.get(own)
@@ -303,16 +304,19 @@ class Shapes:
         if None in found:
             for i, a in enumerate(addresses):
                 if found[i] is None:
-                    if ":" in a:
-                        found[i] = known[a] = self._class(a, own)
-                        continue
-                    block = ip_int(a) >> 8  # (a ValueError for no address, as address_class raises)
-                    got = blocks.get(block)
-                    if got is None:
-                        got = self._class(a, own)
-                        if self._uniform(block, own):
-                            blocks[block] = got
-                    found[i] = known[a] = got
+                    if ":" not in a:
+                        try:
+                            block = inet_pton(AF_INET, a)[:3]  # (its /24; one text per IPv4 address)
+                        except OSError:
+                            block = b""  # (no address: address_class raises ValueError)
+                        got = blocks.get(block) if block else None
+                        if got is not None:
+                            found[i] = got
+                            continue
+                        if block and self._uniform(int.from_bytes(block, "big"), own):
+                            found[i] = blocks[block] = self._class(a, own)
+                            continue
+                    found[i] = known[a] = self._class(a, own)
         return tuple(found)
 
     def _class(self, a: str, own: tuple[tuple[int, int, bool], ...]) -> tuple[Any, tuple[bool, ...]]:
