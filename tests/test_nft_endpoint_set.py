@@ -209,3 +209,22 @@ def test_every_endpoint_name_is_read_as_chain_parts_reads_it() -> None:
                     for v6 in (False, True):
                         assert endpoint_name_address(chain.name, v6) == _reference(chain.name, v6), chain.name
     assert names
+
+
+
+def test_kube_proxy_ipv4_endpoint_names_are_read_as_chain_parts_reads_them() -> None:
+    """Names like kube-proxy's (`endpoint-HASH-ns/svc/tcp/p80__10.0.0.1/80`, read by ports._IPV4_ENDPOINT_NAME)
+    and every name a piece away from them, piece by piece, read as the reference reads them."""
+    from itertools import product
+
+    from iptrace.nftables.ports import _IPV4_ENDPOINT_NAME, endpoint_name_address
+
+    parts = ["ns", "", "a_b", "a__b", "x/y", "a\nb", "a.b"]
+    hosts = ["10.0.0.1", "", "1/2", "1_2", "1__2", "10.0.0.1.", "٣", "a", "1\n2"]
+    ports = ["80", "", "8a", "٣", "8/0", "8_0", "8\n"]
+    for ns, svc, proto, port_name in product(parts, repeat=4):
+        for host, port in product(hosts, ports):
+            for name in (f"endpoint-ABCDEFGH-{ns}/{svc}/{proto}/{port_name}__{host}/{port}",
+                         f"endpoint-ABCDEFGH-{ns}/{svc}/{proto}/{port_name}_{host}/{port}"):
+                assert endpoint_name_address(name, False) == _reference(name, False), name
+    assert _IPV4_ENDPOINT_NAME.fullmatch("endpoint-ABCDEFGH-ns/svc/tcp/p80__10.0.0.1/80")

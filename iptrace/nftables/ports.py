@@ -73,6 +73,9 @@ def _dnat_targets(rule: Rule) -> Iterator[tuple[str, int | None]]:
 
 
 _ENDPOINT_NAME = re.compile(r"endpoint-[A-Z2-7]{8}-(.+)")  # (names.chain_parts' pattern, of its endpoint word)
+# kube-proxy's own names of IPv4 endpoints (namespace, name and port name hold no `_` or `/`): the address group is
+# what endpoint_name_address reads of such a name (the only `__` the address follows, the last `/` ends it).
+_IPV4_ENDPOINT_NAME = re.compile(r"endpoint-[A-Z2-7]{8}-[^/_\n]+/[^/_\n]+/[^/_\n]+/[^/_\n]*__([0-9.]+)/[0-9]+")
 
 
 def endpoint_name_address(name: str, v6: bool) -> str | bool | None:
@@ -80,6 +83,10 @@ def endpoint_name_address(name: str, v6: bool) -> str | bool | None:
     port (names.chain_parts reads none in it), else its endpoint IP, or None for a name kube-proxy cut short
     (`…...`: the chain's DNAT says) or one without an endpoint part. One reading of the name
     (_endpoint_sources reads 50,000 at 5,000 Services); tests/test_nft_endpoint_set.py holds it to chain_parts."""
+    if not v6:
+        m = _IPV4_ENDPOINT_NAME.fullmatch(name)
+        if m is not None:
+            return m.group(1)
     m = _ENDPOINT_NAME.fullmatch(name)
     if m is None:
         return False
