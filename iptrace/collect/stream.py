@@ -1,9 +1,9 @@
 """`audit`'s nodes analysed as a stream: each node read, parsed and analysed on its own — in `jobs` worker
-processes, each taking one node at a time — and only its digest (iptrace.kube.digest.NodeResult) kept, so that
-memory does not grow with the nodes' rules. A worker reads a node's rules with what reading its earlier nodes
-learnt (dataplanes.load's memo: nodes of one cluster share almost every rule), and takes the digest of a Service
-port whose rules an earlier node wrote alike from that node (iptrace.kube.carried). A node that cannot be read is
-a NodeResult with its error; it never stops the others.
+processes (iptrace.collect.nodeprocs), each taking one node at a time — and only its digest
+(iptrace.kube.digest.NodeResult) kept, so that memory does not grow with the nodes' rules. A worker reads a node's
+rules with what reading its earlier nodes learnt (dataplanes.load's memo: nodes of one cluster share almost every
+rule), and takes the digest of a Service port whose rules an earlier node wrote alike from that node
+(iptrace.kube.carried). A node that cannot be read is a NodeResult with its error; it never stops the others.
 Results come back in input order whatever the number of workers. The I/O side of `audit` (files, processes).
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import pickle
 from array import array
 from collections.abc import Callable, Iterator, Sequence
@@ -393,7 +392,8 @@ def analyse_nodes(nodes: Sequence[Source], *, cluster: Any = None, lenient: bool
                   jobs: int = 1, memo: bool = True, progress: Callable[[NodeResult], None] | None = None,
                   ) -> list[NodeResult]:
     """Every node's NodeResult, in the order of `nodes`. `jobs` > 1: that many worker processes (fresh ones:
-    the parent holds no rules), each analysing one node at a time. `progress` is called as each node is done."""
+    the parent holds no rules), each analysing one node at a time; a node whose worker died is a NodeResult with
+    that error (iptrace.collect.nodeprocs). `progress` is called as each node is done."""
     results: list[NodeResult | None] = [None] * len(nodes)
     keep = _Interner()
     for i, result, sent in _results(nodes, cluster, lenient, pictures, jobs, memo):
@@ -421,13 +421,18 @@ def _results(nodes: Sequence[Source], cluster: Any, lenient: bool, pictures: boo
         finally:
             gc.unfreeze()  # this process's own objects: collectable again once the audit is over
         return
-    context = multiprocessing.get_context("spawn")
-    # A worker's results come in the order it sent them (one queue), so its numbering is followed as sent.
+    from iptrace.collect.nodeprocs import answers
+
+    # A worker's results come in the order it sent them (one pipe), so its numbering is followed as sent.
     received: dict[int, list[Any]] = {}
-    initargs = (cluster, lenient, pictures, memo, context.Lock())
-    with context.Pool(min(jobs, len(nodes)), initializer=_init, initargs=initargs) as pool:
-        for i, worker_id, reset, result in pool.imap_unordered(_run, enumerate(nodes), chunksize=1):
-            sent = received.setdefault(worker_id, [])
-            if reset:
-                sent.clear()
-            yield i, result, sent
+    for i, answer, died in answers(list(enumerate(nodes)), (cluster, lenient, pictures, memo), jobs):
+        if answer is None:
+            source = nodes[i]
+            yield i, NodeResult(source.name, f"the worker process analysing it {died}; the other nodes' results "
+                                "are kept (audit this node alone to see why)", source.node_ips), None
+            continue
+        _i, worker_id, reset, result = answer
+        sent = received.setdefault(worker_id, [])
+        if reset:
+            sent.clear()
+        yield i, result, sent
