@@ -262,7 +262,7 @@ _TRIM: list[Callable[[int], int]] = []  # glibc's malloc_trim, once _big_blocks_
 
 def _heap_returned() -> None:
     """Every page free in the heap given back, not only its top (glibc's malloc_trim; nothing without glibc): the
-    parent's, after a result whose packed digests were known (_Interner.unpacked drops ~11 MB of them)."""
+    parent's, after a result whose packed digests were known (_Interner.kept drops ~11 MB of them)."""
     for trim in _TRIM:
         trim(0)
 
@@ -343,25 +343,23 @@ def _run(item: tuple[int, Source]) -> tuple[int, int, bool, NodeResult]:
 class _Interner:
     """Keeps one copy of each digest (and picture) the workers send: nodes share almost all of them; and each
     node's lines as the first node's of its family moved (ShiftedLines), where they lie so: the only thing the
-    parent keeps per node (~0.3 MB a 5,000-Service node as an array, ~30 MB at 100 nodes, ~3 so)."""
+    parent keeps per node (~0.3 MB a 5,000-Service node as an array, ~30 MB at 100 nodes, ~3 so). A digest a
+    worker sent packed (_packed) is kept so, as its bytes, until the audit's nodes are all in (`unpacked`): ~2 KB
+    instead of ~6 KB of objects, while the workers hold their nodes beside this process."""
 
     def __init__(self) -> None:
         self.seen: dict[Any, Any] = {}
-        self.packed: dict[bytes, Any] = {}  # a packed digest's key (_packed) → the digest kept
+        self.packed: dict[bytes, bytes] = {}  # a packed digest's key (_packed) → the packed digest kept
         self.bases: dict[str, Any] = {}  # family → the lines others are kept as moved (ShiftedLines.base)
 
-    def unpacked(self, data: bytes) -> Any:
-        """The digest kept for a packed one (_packed): unpickled only when no worker sent it before."""
-        key = data[:_KEY_BYTES]
-        found = self.packed.get(key)
-        if found is None:
-            digest = pickle.loads(memoryview(data)[_KEY_BYTES:])
-            found = self.packed[key] = self.seen.setdefault(digest, digest)
-        return found
+    def kept(self, data: bytes) -> bytes:
+        """The packed digest kept for `data`: the first one any worker sent with its key."""
+        return self.packed.setdefault(data[:_KEY_BYTES], data)
 
     def __call__(self, result: NodeResult, sent: list[Any] | None = None) -> NodeResult:
         """`sent`: the digests the worker that made `result` sent before, in order (_Sender), when it names them
-        by number (its new ones packed: _packed); its new ones are added."""
+        by number (its new ones packed: _packed); its new ones are added. The ports of a result so sent are
+        packed digests until `unpacked`."""
         seen = self.seen
         families = []
         for fam in result.families:
@@ -374,7 +372,7 @@ class _Interner:
                     if isinstance(p, int):
                         p = sent[p]
                     else:
-                        p = self.unpacked(p)
+                        p = self.kept(p)
                         sent.append(p)
                     got.append(p)
                 ports = tuple(got)
@@ -387,13 +385,31 @@ class _Interner:
             families.append(replace(fam, ports=ports, lines=lines, pictures=pictures))
         return replace(result, families=tuple(families))
 
+    def unpacked(self, results: Sequence[NodeResult]) -> list[NodeResult]:
+        """`results` with every packed digest unpickled, once for all the nodes that have it (one copy of equal
+        digests kept); the packed ones are let go."""
+        seen = self.seen
+        digests: dict[bytes, Any] = {}
+        for key, data in self.packed.items():
+            digest = pickle.loads(memoryview(data)[_KEY_BYTES:])
+            digests[key] = seen.setdefault(digest, digest)
+        self.packed.clear()
+        out = []
+        for r in results:
+            if any(type(p) is bytes for f in r.families for p in f.ports[:1]):
+                r = replace(r, families=tuple(replace(f, ports=tuple([
+                    digests[p[:_KEY_BYTES]] if type(p) is bytes else p for p in f.ports])) for f in r.families))
+            out.append(r)
+        return out
+
 
 def analyse_nodes(nodes: Sequence[Source], *, cluster: Any = None, lenient: bool = False, pictures: bool = False,
                   jobs: int = 1, memo: bool = True, progress: Callable[[NodeResult], None] | None = None,
                   ) -> list[NodeResult]:
     """Every node's NodeResult, in the order of `nodes`. `jobs` > 1: that many worker processes (fresh ones:
     the parent holds no rules), each analysing one node at a time; a node whose worker died is a NodeResult with
-    that error (iptrace.collect.nodeprocs). `progress` is called as each node is done."""
+    that error (iptrace.collect.nodeprocs). `progress` is called as each node is done, with its result (whose
+    digests may be packed still: its name and error are what it is for)."""
     results: list[NodeResult | None] = [None] * len(nodes)
     keep = _Interner()
     for i, result, sent in _results(nodes, cluster, lenient, pictures, jobs, memo):
@@ -402,7 +418,7 @@ def analyse_nodes(nodes: Sequence[Source], *, cluster: Any = None, lenient: bool
             _heap_returned()
         if progress is not None:
             progress(result)
-    return [r for r in results if r is not None]
+    return keep.unpacked([r for r in results if r is not None])
 
 
 def _results(nodes: Sequence[Source], cluster: Any, lenient: bool, pictures: bool, jobs: int,
