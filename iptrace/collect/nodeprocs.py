@@ -116,6 +116,7 @@ def _start(init: bytes) -> _Child:
     tasks_r, tasks_w = os.pipe()
     results_r, results_w = os.pipe()
     try:
+        # (its stdout is not the audit's document; its stderr is the audit's, for what Python says on the way)
         process = subprocess.Popen([sys.executable, "-c", _BOOT, str(tasks_r), str(results_w), *sys.path],
                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, pass_fds=(tasks_r, results_w))
     except BaseException:
@@ -132,7 +133,7 @@ def _start(init: bytes) -> _Child:
     return child
 
 
-def died(process: subprocess.Popen[bytes]) -> str:
+def _ended(process: subprocess.Popen[bytes]) -> str:
     """How a worker ended, in words."""
     code = process.wait()
     if code < 0:
@@ -171,7 +172,7 @@ def answers(items: Sequence[Any], init: tuple[Any, ...], jobs: int
                     data = conn.recv_bytes()  # type: ignore[union-attr]
                 except (EOFError, OSError):
                     child.end(kill=True)
-                    how = died(child.process)
+                    how = _ended(child.process)
                     children.remove(child)
                     if todo:
                         children.append(replacement := _start(init_bytes))
