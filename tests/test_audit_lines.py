@@ -4,6 +4,7 @@ node's, every one, whatever lies elsewhere, and the stream's results keep them s
 from __future__ import annotations
 
 from array import array
+from dataclasses import replace
 from pathlib import Path
 
 from hypothesis import given
@@ -27,6 +28,9 @@ def test_the_lines_read_back_are_the_nodes(base: list[int], shift: int, data: st
         return
     assert kept.array() == lines and list(kept) == moved and kept.tolist() == moved and len(kept) == len(moved)
     assert kept == lines and kept == ShiftedLines(kept.base, kept.shift, kept.at, kept.values)
+    start = data.draw(st.integers(min_value=0, max_value=len(base)))
+    stop = data.draw(st.integers(min_value=start, max_value=len(base)))
+    assert kept.window(start, stop) == lines[start:stop]  # (what the comparison reads of one port)
 
 
 def test_lines_mostly_elsewhere_or_of_another_length_stay_an_array() -> None:
@@ -51,3 +55,25 @@ def test_the_stream_keeps_later_nodes_lines_moved_and_reads_them_back(snap: Path
             assert isinstance(g.lines, array) and list(f.lines) == list(g.lines)
             assert [(p, list(x)) for p, x in f.port_lines()] == [(p, list(x)) for p, x in g.port_lines()]
             assert f == g and isinstance(f, FamilyDigest)
+
+
+def test_the_comparison_reads_each_ports_lines(snap: Path) -> None:  # noqa: F811
+    """audit._NodePorts: a port's lines found by its key, without an object per port, are FamilyDigest.port_lines'
+    (a node's lines kept moved or as they came; the last port of a key, as the comparison reads a view)."""
+    from iptrace.kube.audit import _NodePorts
+
+    results = analyse_nodes(sources([str(snap)]), jobs=1)
+    families = [f for r in results for f in r.families]
+    positions = list(range(max(len(f.ports) for f in families)))
+    for f in families:
+        ports = _NodePorts(f, positions)
+        expected = {p.key: (p, list(x)) for p, x in f.port_lines()}
+        assert set(ports.index) == set(expected)
+        for key, (digest, lines) in expected.items():
+            port = ports.port(key)
+            assert port.digest is digest and list(port.lines) == lines
+    first = families[0]
+    doubled = replace(first, ports=first.ports * 2, lines=array("I", [*first.lines, *(x + 1 for x in first.lines)]))
+    ports = _NodePorts(doubled, list(range(len(doubled.ports))))
+    assert all(list(ports.lines(k)) == x for k, (_p, x) in {p.key: (p, list(x)) for p, x in doubled.port_lines()}
+               .items())

@@ -107,13 +107,15 @@ def test_digests_sent_once_then_by_number(snap: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(stream._Sender, "LIMIT", len(distinct) - 1)  # (a reset as the second round starts)
     sender, keep, sent = stream._Sender(), stream._Interner(), []
     resets = numbered = 0
+    kept = []
     for result in one + one:
         reset, encoded = sender.encode(result)
         if reset:
             resets += 1
             sent.clear()
         numbered += sum(isinstance(p, int) for f in encoded.families for p in f.ports)
-        assert keep(encoded, sent) == result
+        kept.append(keep(encoded, sent))
+    assert keep.unpacked(kept) == one + one
     assert resets == 1 and numbered
 
 
@@ -127,13 +129,13 @@ def test_an_equal_copy_of_a_digest_sent_before_goes_in_full(snap: Path) -> None:
     one = analyse_nodes(sources([str(snap)]), jobs=1)
     sender, keep, sent = stream._Sender(), stream._Interner(), []
     _, first = sender.encode(one[0])
-    assert keep(first, sent) == one[0]
     again = copy.deepcopy(one[0])
     _, same = sender.encode(one[0])
     _, copied = sender.encode(again)
     assert all(isinstance(p, int) for f in same.families for p in f.ports)
     assert not any(isinstance(p, int) for f in copied.families for p in f.ports)
-    assert keep(same, sent) == one[0] and keep(copied, sent) == again == one[0]
+    rebuilt = keep.unpacked([keep(first, sent), keep(same, sent), keep(copied, sent)])
+    assert rebuilt == [one[0], one[0], again] and again == one[0]
 
 
 def test_a_digest_another_worker_sent_is_not_unpickled_again(snap: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -162,8 +164,10 @@ def test_a_digest_another_worker_sent_is_not_unpickled_again(snap: Path, monkeyp
             _, encoded = sender.encode(result)
             assert all(isinstance(p, (int, bytes)) for f in encoded.families for p in f.ports)
             rebuilt.append(keep(encoded, sent))
+    assert len(keep.packed) == len(distinct) and not loads  # (kept packed until every node is in)
+    rebuilt = keep.unpacked(rebuilt)
     assert rebuilt == one + one
-    assert len(loads) == len(distinct) == len(keep.packed)
+    assert len(loads) == len(distinct) and not keep.packed
     first, second = rebuilt[:len(one)], rebuilt[len(one):]
     assert all(a is b for r1, r2 in zip(first, second, strict=True) for f1, f2 in zip(r1.families, r2.families,
                                                                                        strict=True)

@@ -1,9 +1,9 @@
 """`audit`'s nodes analysed as a stream: each node read, parsed and analysed on its own — in `jobs` worker
-processes, each taking one node at a time — and only its digest (iptrace.kube.digest.NodeResult) kept, so that
-memory does not grow with the nodes' rules. A worker reads a node's rules with what reading its earlier nodes
-learnt (dataplanes.load's memo: nodes of one cluster share almost every rule), and takes the digest of a Service
-port whose rules an earlier node wrote alike from that node (iptrace.kube.carried). A node that cannot be read is
-a NodeResult with its error; it never stops the others.
+processes (iptrace.collect.nodeprocs), each taking one node at a time — and only its digest
+(iptrace.kube.digest.NodeResult) kept, so that memory does not grow with the nodes' rules. A worker reads a node's
+rules with what reading its earlier nodes learnt (dataplanes.load's memo: nodes of one cluster share almost every
+rule), and takes the digest of a Service port whose rules an earlier node wrote alike from that node
+(iptrace.kube.carried). A node that cannot be read is a NodeResult with its error; it never stops the others.
 Results come back in input order whatever the number of workers. The I/O side of `audit` (files, processes).
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import pickle
 from array import array
 from collections.abc import Callable, Iterator, Sequence
@@ -263,7 +262,7 @@ _TRIM: list[Callable[[int], int]] = []  # glibc's malloc_trim, once _big_blocks_
 
 def _heap_returned() -> None:
     """Every page free in the heap given back, not only its top (glibc's malloc_trim; nothing without glibc): the
-    parent's, after a result whose packed digests were known (_Interner.unpacked drops ~11 MB of them)."""
+    parent's, after a result whose packed digests were known (_Interner.kept drops ~11 MB of them)."""
     for trim in _TRIM:
         trim(0)
 
@@ -344,25 +343,23 @@ def _run(item: tuple[int, Source]) -> tuple[int, int, bool, NodeResult]:
 class _Interner:
     """Keeps one copy of each digest (and picture) the workers send: nodes share almost all of them; and each
     node's lines as the first node's of its family moved (ShiftedLines), where they lie so: the only thing the
-    parent keeps per node (~0.3 MB a 5,000-Service node as an array, ~30 MB at 100 nodes, ~3 so)."""
+    parent keeps per node (~0.3 MB a 5,000-Service node as an array, ~30 MB at 100 nodes, ~3 so). A digest a
+    worker sent packed (_packed) is kept so, as its bytes, until the audit's nodes are all in (`unpacked`): ~2 KB
+    instead of ~6 KB of objects, while the workers hold their nodes beside this process."""
 
     def __init__(self) -> None:
         self.seen: dict[Any, Any] = {}
-        self.packed: dict[bytes, Any] = {}  # a packed digest's key (_packed) → the digest kept
+        self.packed: dict[bytes, bytes] = {}  # a packed digest's key (_packed) → the packed digest kept
         self.bases: dict[str, Any] = {}  # family → the lines others are kept as moved (ShiftedLines.base)
 
-    def unpacked(self, data: bytes) -> Any:
-        """The digest kept for a packed one (_packed): unpickled only when no worker sent it before."""
-        key = data[:_KEY_BYTES]
-        found = self.packed.get(key)
-        if found is None:
-            digest = pickle.loads(memoryview(data)[_KEY_BYTES:])
-            found = self.packed[key] = self.seen.setdefault(digest, digest)
-        return found
+    def kept(self, data: bytes) -> bytes:
+        """The packed digest kept for `data`: the first one any worker sent with its key."""
+        return self.packed.setdefault(data[:_KEY_BYTES], data)
 
     def __call__(self, result: NodeResult, sent: list[Any] | None = None) -> NodeResult:
         """`sent`: the digests the worker that made `result` sent before, in order (_Sender), when it names them
-        by number (its new ones packed: _packed); its new ones are added."""
+        by number (its new ones packed: _packed); its new ones are added. The ports of a result so sent are
+        packed digests until `unpacked`."""
         seen = self.seen
         families = []
         for fam in result.families:
@@ -375,7 +372,7 @@ class _Interner:
                     if isinstance(p, int):
                         p = sent[p]
                     else:
-                        p = self.unpacked(p)
+                        p = self.kept(p)
                         sent.append(p)
                     got.append(p)
                 ports = tuple(got)
@@ -388,12 +385,31 @@ class _Interner:
             families.append(replace(fam, ports=ports, lines=lines, pictures=pictures))
         return replace(result, families=tuple(families))
 
+    def unpacked(self, results: Sequence[NodeResult]) -> list[NodeResult]:
+        """`results` with every packed digest unpickled, once for all the nodes that have it (one copy of equal
+        digests kept); the packed ones are let go."""
+        seen = self.seen
+        digests: dict[bytes, Any] = {}
+        for key, data in self.packed.items():
+            digest = pickle.loads(memoryview(data)[_KEY_BYTES:])
+            digests[key] = seen.setdefault(digest, digest)
+        self.packed.clear()
+        out = []
+        for r in results:
+            if any(type(p) is bytes for f in r.families for p in f.ports[:1]):
+                r = replace(r, families=tuple(replace(f, ports=tuple([
+                    digests[p[:_KEY_BYTES]] if type(p) is bytes else p for p in f.ports])) for f in r.families))
+            out.append(r)
+        return out
+
 
 def analyse_nodes(nodes: Sequence[Source], *, cluster: Any = None, lenient: bool = False, pictures: bool = False,
                   jobs: int = 1, memo: bool = True, progress: Callable[[NodeResult], None] | None = None,
                   ) -> list[NodeResult]:
     """Every node's NodeResult, in the order of `nodes`. `jobs` > 1: that many worker processes (fresh ones:
-    the parent holds no rules), each analysing one node at a time. `progress` is called as each node is done."""
+    the parent holds no rules), each analysing one node at a time; a node whose worker died is a NodeResult with
+    that error (iptrace.collect.nodeprocs). `progress` is called as each node is done, with its result (whose
+    digests may be packed still: its name and error are what it is for)."""
     results: list[NodeResult | None] = [None] * len(nodes)
     keep = _Interner()
     for i, result, sent in _results(nodes, cluster, lenient, pictures, jobs, memo):
@@ -402,7 +418,7 @@ def analyse_nodes(nodes: Sequence[Source], *, cluster: Any = None, lenient: bool
             _heap_returned()
         if progress is not None:
             progress(result)
-    return [r for r in results if r is not None]
+    return keep.unpacked([r for r in results if r is not None])
 
 
 def _results(nodes: Sequence[Source], cluster: Any, lenient: bool, pictures: bool, jobs: int,
@@ -421,13 +437,18 @@ def _results(nodes: Sequence[Source], cluster: Any, lenient: bool, pictures: boo
         finally:
             gc.unfreeze()  # this process's own objects: collectable again once the audit is over
         return
-    context = multiprocessing.get_context("spawn")
-    # A worker's results come in the order it sent them (one queue), so its numbering is followed as sent.
+    from iptrace.collect.nodeprocs import answers
+
+    # A worker's results come in the order it sent them (one pipe), so its numbering is followed as sent.
     received: dict[int, list[Any]] = {}
-    initargs = (cluster, lenient, pictures, memo, context.Lock())
-    with context.Pool(min(jobs, len(nodes)), initializer=_init, initargs=initargs) as pool:
-        for i, worker_id, reset, result in pool.imap_unordered(_run, enumerate(nodes), chunksize=1):
-            sent = received.setdefault(worker_id, [])
-            if reset:
-                sent.clear()
-            yield i, result, sent
+    for i, answer, died in answers(list(enumerate(nodes)), (cluster, lenient, pictures, memo), jobs):
+        if answer is None:
+            source = nodes[i]
+            yield i, NodeResult(source.name, f"the worker process analysing it {died}; the other nodes' results "
+                                "are kept (audit this node alone to see why)", source.node_ips), None
+            continue
+        _i, worker_id, reset, result = answer
+        sent = received.setdefault(worker_id, [])
+        if reset:
+            sent.clear()
+        yield i, result, sent

@@ -5,9 +5,11 @@ by the caller, which also reads the files (iptrace.collect.inputs). Pure: no I/O
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 from iptrace.kube.cluster import ClusterState
@@ -32,7 +34,7 @@ from iptrace.kube.compare import (
     Severity,
     listing,
 )
-from iptrace.kube.digest import FamilyDigest, NodeResult, PortDigest, node_result
+from iptrace.kube.digest import FamilyDigest, NodeResult, PortDigest, ShiftedLines, node_result
 from iptrace.kube.fleets import cluster_groups, other_cluster_findings
 from iptrace.kube.peers import majority, ways_differ
 from iptrace.kube.view import ServicePortView
@@ -305,13 +307,21 @@ def _mode_check(s: _NodeState, era: ProxyMode, proxied: Sequence[_NodeState]) ->
 
 
 class _Port:
-    """One node's digest of one Service port, with its lines (the evidence slots)."""
+    """One node's digest of one Service port, with its lines (the evidence slots): read from the node's only when
+    a finding shows them."""
 
-    __slots__ = ("digest", "lines")
+    __slots__ = ("_lines", "_node", "digest")
 
-    def __init__(self, digest: PortDigest, lines: Sequence[int]) -> None:
+    def __init__(self, digest: PortDigest, node: _NodePorts) -> None:
         self.digest = digest
-        self.lines = lines
+        self._node = node
+        self._lines: Sequence[int] | None = None
+
+    @property
+    def lines(self) -> Sequence[int]:
+        if self._lines is None:
+            self._lines = self._node.lines(self.digest.key)
+        return self._lines
 
     def evidence(self, lines: Iterable[int], limit: int = 6) -> tuple[tuple[int, str], ...]:
         """compare.Evidence over the lines this port's evidence slots hold."""
@@ -327,20 +337,51 @@ class _Port:
     def endpoint_lines(self, addresses: Iterable[str] | None = None) -> list[int]:
         wanted = set(addresses) if addresses is not None else None
         at = len(self.digest.head)
-        return [self.lines[at + i] for i, (a, _c, _t) in enumerate(self.digest.endpoints)
+        lines = self.lines
+        return [lines[at + i] for i, (a, _c, _t) in enumerate(self.digest.endpoints)
                 if wanted is None or a in wanted]
 
 
+class _NodePorts:
+    """One node's ports of one family by key (the last of a key, as the comparison reads a view), each by its
+    position among the family's: no object per port of every node (a fleet of 100 nodes of 5,000 ports made
+    half a million, ~100 MB, with their lines) — a _Port is made for a port the comparison reads."""
+
+    __slots__ = ("_starts", "fam", "index")
+
+    def __init__(self, fam: FamilyDigest, positions: Sequence[int]) -> None:
+        self.fam = fam
+        # (`positions`: one int object per position, shared by every node's index)
+        self.index = {p.key: i for p, i in zip(fam.ports, positions, strict=False)}
+        self._starts: array[int] | None = None
+
+    def digest(self, key: str) -> PortDigest:
+        return self.fam.ports[self.index[key]]
+
+    def port(self, key: str) -> _Port:
+        return _Port(self.digest(key), self)
+
+    def lines(self, key: str) -> Sequence[int]:
+        """The node's lines of the port of `key` (FamilyDigest.port_lines')."""
+        i = self.index[key]
+        if self._starts is None:
+            self._starts = array("I", accumulate((p.slots for p in self.fam.ports), initial=0))
+        start, stop = self._starts[i], self._starts[i + 1]
+        lines = self.fam.lines
+        return lines.window(start, stop) if isinstance(lines, ShiftedLines) else lines[start:stop]
+
+
 def _ports_by_node(members: Sequence[_NodeState], family: str,
-                   ) -> tuple[dict[str, dict[str, _Port]], Any, dict[str, tuple[str, str]]]:
-    """Each node's ports of `family` by key, the function that files a finding on a node, and each node's
-    kube-proxy mode and layout (era)."""
-    by_node: dict[str, dict[str, _Port]] = {}
+                   ) -> tuple[dict[str, _NodePorts], Any, dict[str, tuple[str, str]]]:
+    """Each node's ports of `family`, the function that files a finding on a node, and each node's kube-proxy
+    mode and layout (era)."""
+    by_node: dict[str, _NodePorts] = {}
     layouts: dict[str, tuple[str, str]] = {}
-    for s in members:
-        fam = s.result.family(family)
+    families = [s.result.family(family) for s in members]
+    positions = list(range(max((len(f.ports) for f in families if f is not None), default=0)))
+    for s, fam in zip(members, families, strict=True):
         assert fam is not None
-        by_node[s.name] = {d.key: _Port(d, lines) for d, lines in fam.port_lines()}
+        by_node[s.name] = _NodePorts(fam, positions)
         layouts[s.name] = (fam.proxy.mode, fam.proxy.name)
     states = {s.name: s for s in members}
 
@@ -352,26 +393,35 @@ def _ports_by_node(members: Sequence[_NodeState], family: str,
     return by_node, add, layouts
 
 
+def _differ(key: str, having: Sequence[str], by_node: Mapping[str, _NodePorts]) -> dict[str, _Port] | None:
+    """The ports of `key` of the nodes `having` it, when they are not all one digest object (nodes that program a
+    port alike share it: nothing differs), else None."""
+    first = by_node[having[0]].digest(key)
+    if all(by_node[n].digest(key) is first for n in having):
+        return None
+    return {n: by_node[n].port(key) for n in having}
+
+
 def _compare_ways(members: Sequence[_NodeState], family: str) -> None:
     """With cluster data (which says what each node should program, not what its own other rules do to it):
     the nodes' ways in against each other all the same."""
     by_node, add, layouts = _ports_by_node(members, family)
-    for key in sorted({k for ports in by_node.values() for k in ports}):
-        having = {n: ports[key] for n, ports in by_node.items() if key in ports}
-        if len(having) >= 2:
-            ways_differ(key, having, add, layouts)
+    for key in sorted({k for ports in by_node.values() for k in ports.index}):
+        having = [n for n, ports in by_node.items() if key in ports.index]
+        if len(having) >= 2 and (ports := _differ(key, having, by_node)) is not None:
+            ways_differ(key, ports, add, layouts)
 
 
 def _peer_compare(members: Sequence[_NodeState], family: str) -> None:
     """Nodes against each other, service port by service port (no cluster data: the majority is the
     reference; with a tie, every node in the disagreement is told)."""
     by_node, add, layouts = _ports_by_node(members, family)
-    all_keys = sorted({k for ports in by_node.values() for k in ports})
+    all_keys = sorted({k for ports in by_node.values() for k in ports.index})
     total = len(members)
 
     for key in all_keys:
-        having = [n for n in by_node if key in by_node[n]]
-        lacking = [n for n in by_node if key not in by_node[n]]
+        having = [n for n in by_node if key in by_node[n].index]
+        lacking = [n for n in by_node if key not in by_node[n].index]
         if lacking:
             if len(having) * 2 > total:
                 for n in lacking:
@@ -383,18 +433,16 @@ def _peer_compare(members: Sequence[_NodeState], family: str) -> None:
                         "compare with the API")
             else:
                 for n in having:
-                    port = by_node[n][key]
+                    port = by_node[n].port(key)
                     add(n, SERVICE_ONLY_ON_NODE, "warning", key,
                         f"{key}: only {len(having)} of {total} nodes have rules for it, this one included",
                         f"Nodes without it: {listing(lacking)}. Either this node keeps rules for a deleted "
                         "Service (kube-proxy here is not syncing) or the others have not picked up a new one.",
                         "audit with --cluster/--kubeconfig to see which side the API agrees with",
                         port, port.head_lines)
-        if len(having) >= 2:
-            ports = {n: by_node[n][key] for n in having}
-            if len({id(p.digest) for p in ports.values()}) > 1:  # (one digest object: nothing differs)
-                _peer_compare_port(key, ports, add)
-                ways_differ(key, ports, add, layouts)
+        if len(having) >= 2 and (ports := _differ(key, having, by_node)) is not None:
+            _peer_compare_port(key, ports, add)
+            ways_differ(key, ports, add, layouts)
 
 
 def _peer_compare_port(key: str, ports: Mapping[str, _Port], add: Any) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from array import array
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from operator import attrgetter, itemgetter
@@ -116,6 +117,14 @@ class ShiftedLines:
         lines = list(map(self.shift.__add__, self.base))  # (those at `at` may be negative before they are set)
         for i, value in zip(self.at, self.values, strict=True):
             lines[i] = value
+        return array("I", lines)
+
+    def window(self, start: int, stop: int) -> array:  # type: ignore[type-arg]
+        """`array()[start:stop]`, made alone."""
+        lines = list(map(self.shift.__add__, self.base[start:stop]))
+        at = self.at
+        for k in range(bisect_left(at, start), bisect_left(at, stop)):
+            lines[at[k] - start] = self.values[k]
         return array("I", lines)
 
     def __len__(self) -> int:
