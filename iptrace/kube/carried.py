@@ -132,9 +132,11 @@ def _carry(kept: Kept, keys: Any) -> tuple[PortDigest, list[int]] | None:
     rules = keys.rules_at(positions)
     if rules is None:
         return None
+    lines = list(map(_LINE, rules))
     first = sorted(rules, key=_LINE)[:HEAD]
-    if (first and first[0][3] == 0) or len(set(map(_LINE, rules))) != len(rules):
+    if (first and first[0][3] == 0) or len(set(lines)) != len(lines):
         return None  # (a rule on no line, or two on one)
     if not same_head(digest, first):
         return None
-    return digest, [*map(_LINE, first), *[rules[i][3] if i >= 0 else 0 for i in endpoints]]
+    lines.append(0)  # (lines[-1]: the line of an endpoint kept as -1, without one)
+    return digest, [*map(_LINE, first), *map(lines.__getitem__, endpoints)]
