@@ -295,7 +295,7 @@ def test_positions_name_each_rule_and_a_later_node_finds_them() -> None:
             continue
         rules = keys.rules_at(positions)
         assert rules is not None and sorted(r[3] for r in rules) == list(sp.lines)
-        assert all(type(w) is not slice or w.stop > w.start for w in positions[1::2])
+        assert all(w.stop > w.start for w in positions[1]) and positions[2] == sum(w.stop - w.start for w in positions[1])
         found = later.rules_at(positions)
         if k in later_layout.keys:
             assert found is not None
@@ -303,6 +303,28 @@ def test_positions_name_each_rule_and_a_later_node_finds_them() -> None:
             assert sorted(r[3] for r in found) == list(later_layout.service_port(k).lines)
             checked += 1
     assert checked > 50
+
+
+def test_positions_a_node_does_not_hold_are_none() -> None:
+    """rules_at gives None when an own chain of the positions is shorter or missing here, or another rule's text is
+    not in its chain here (a carried digest is then made again), and the rules otherwise."""
+    text = _texts(1)[0]
+    keys, layout = _node_keys(text, 0)
+    sp = next(layout.service_port(k) for k in layout.keys
+              if len(layout.service_port(k).chains) > 1 and layout.service_port(k).ways_in)
+    positions = keys.positions(sp.lines)
+    assert positions is not None and positions[3] and keys.rules_at(positions) is not None
+    names, slices, count, others = positions
+    last = names[-1]
+    gone = "\n".join(line for line in text.split("\n") if not line.startswith(f"-A {last} "))
+    shorter = re.sub(rf"^-A {last} .*\n", "", text, count=1, flags=re.MULTILINE)
+    other = next(o[2] for o in others if f" {o[2]}\n" in text)  # (as the dump writes it: not one of two blanks)
+    marked = text.replace(f" {other}\n", " " + other.replace(" -j ", " -m mark --mark 0x1 -j ") + "\n")
+    for changed in (gone, shorter, marked):
+        assert changed != text
+        assert _node_keys(changed, 0)[0].rules_at(positions) is None
+    assert keys.rules_at((names, slices, count + 1, others)) is None  # (a count the slices do not hold)
+    assert keys.rules_at(((*names[:-1], "KUBE-SEP-NOTHERE"), slices, count, others)) is None
 
 
 def test_a_ports_values_are_its_layout_but_lines() -> None:

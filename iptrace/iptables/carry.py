@@ -33,8 +33,9 @@ import re
 from bisect import bisect_left
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import fields, replace
+from itertools import chain as chained
 from itertools import compress, repeat
-from operator import attrgetter, itemgetter
+from operator import attrgetter, getitem, itemgetter
 from sys import intern
 from typing import Any
 
@@ -70,6 +71,8 @@ Read = tuple[Targets, tuple[str, ...], int | None, tuple[str, ...], bool, tuple[
 # index in the chain, its text, what `_read` finds in the text, and how a key writes it: (table, chain, before, its
 # text by role))
 Exact = tuple[str, str, int, str, int, str, Read, tuple[str, str, int, str]]
+# (where a port's rules are: NodeKeys.positions)
+Positions = tuple[tuple[str, ...], tuple[slice, ...], int, tuple[tuple[str, str, str], ...]]
 
 
 class NodeKeys:
@@ -222,13 +225,15 @@ class NodeKeys:
         self._met[literal] = out = (self.roles.get(literal, literal), tuple(found)) if found else None
         return out
 
-    def positions(self, lines: Iterable[int]) -> tuple[Any, ...] | None:
-        """Where the rules on `lines` are, as another node finds them (`rules_at`), two items each, flat (a digest
-        kept for a port holds ~40 rules): an own chain's name and the slice of the rules' indices in it (a port's
-        lines hold its own chains whole: one slice a chain), or a chain's name and (its table, the rule's text) for
-        another rule; None when one is not a rule the node can name that way (a context rule written twice in its
-        chain)."""
-        out: list[Any] = []
+    def positions(self, lines: Iterable[int]) -> Positions | None:
+        """Where the rules on `lines` are, as another node finds them (`rules_at`; a digest kept for a port holds ~40
+        rules): the own chains' names with the slice of the rules' indices in each (a port's lines hold its own chains
+        whole: one slice a chain), how many rules those hold, and each other rule as (its table, chain, text); None
+        when one is not a rule the node can name that way (a context rule written twice in its chain)."""
+        names: list[str] = []
+        slices: list[slice] = []
+        others: list[tuple[str, str, str]] = []
+        count = 0
         for line in lines:
             rule = self.ruleset.rule_at(line)
             if rule is None:
@@ -239,34 +244,35 @@ class NodeKeys:
                 i = bisect_left(rules, line, key=_LINE)
                 if i >= len(rules) or rules[i] is not rule:
                     return None
-                if len(out) >= 2 and out[-2] == name and out[-1].stop == i:
-                    out[-1] = slice(out[-1].start, i + 1)  # (the next rule of the chain)
+                count += 1
+                if names and names[-1] == name and slices[-1].stop == i:
+                    slices[-1] = slice(slices[-1].start, i + 1)  # (the next rule of the chain)
                 else:
-                    out += (name, slice(i, i + 1))
+                    names.append(name)
+                    slices.append(slice(i, i + 1))
                 continue
             table = next((t.name for t in self.ruleset.tables if (t.name, name, rule[1]) in self._texts), None)
             if table is None or self._texts.get((table, name, rule[1])) is not rule:
                 return None
-            out += (name, (table, rule[1]))
-        return tuple(out)
+            others.append((table, name, rule[1]))
+        return tuple(names), tuple(slices), count, tuple(others)
 
-    def rules_at(self, positions: Sequence[Any]) -> list[Any] | None:
-        """The rules at `positions` (made by another node's `positions`) on this node, None when one is not here."""
-        out = []
-        own_chains, texts = self._own, self._texts
-        for name, where in zip(positions[::2], positions[1::2], strict=True):
-            if type(where) is slice:
-                rules = own_chains.get(name)
-                if rules is None or where.stop > len(rules):
-                    return None
-                out += rules[where]
-                continue
-            rule = texts.get((where[0], name, where[1]))
-            if rule is None:
+    def rules_at(self, positions: Positions) -> list[Any] | None:
+        """The rules at `positions` (made by another node's `positions`) on this node, the own chains' first, None when
+        one is not here."""
+        names, slices, count, others = positions
+        found = list(map(self._own.get, names))
+        if not all(found):
+            return None  # (a chain not here, or empty: it holds none of its slice)
+        out = list(chained.from_iterable(map(getitem, found, slices)))
+        if len(out) != count:
+            return None  # (a chain shorter here)
+        if others:
+            rules = list(map(self._texts.get, others))
+            if not all(rules):
                 return None
-            out.append(rule)
+            out += rules
         return out
-
 
 # (a port's own chains' texts, a chain's or one rule's → what `_read` finds in them: the same on every node, kept by
 # content; started again when full)
