@@ -327,6 +327,31 @@ def test_positions_a_node_does_not_hold_are_none() -> None:
     assert keys.rules_at(((*names[:-1], "KUBE-SEP-NOTHERE"), slices, count, others)) is None
 
 
+def test_a_full_cache_keeps_the_digests_used_last(tmp_path: Path) -> None:
+    """Carried keeps at most `size` digests: when full, those used least recently go first (a digest every node uses
+    stays), and results stay tracing's."""
+    from iptrace.kube.carried import Carried
+
+    sources = _write(tmp_path, _texts(5))
+    worker = Worker(None, False, False, True)
+    plain = Worker(None, False, False, False)
+    size = 50  # (below a node's ~60 ports: every node evicts)
+    worker.carried = Carried(size)
+    kept = worker.carried._kept
+    for source in sources:
+        before = {key: entry[-1] for key, entry in kept.items()}
+        carried = worker.carried.carried
+        assert worker.run(source) == plain.run(source)
+        assert len(kept) <= size
+        gone = [used for key, used in before.items() if key not in kept]
+        if gone:
+            assert max(gone) <= min(entry[-1] for entry in kept.values())
+        # (a digest carried to this node is noted as used by it)
+        now = sum(entry[-1] == worker.carried._uses for entry in kept.values())
+        assert now >= min(worker.carried.carried - carried, size * 9 // 10)
+    assert worker.carried.carried > 0
+
+
 def test_a_ports_values_are_its_layout_but_lines() -> None:
     """Layout.port_values (what a key reads) is the port's layout with no lines; the warnings that need every port
     read (orphaned endpoint chains) are the same whichever of the two read them."""
