@@ -82,7 +82,7 @@ class NodeKeys:
         self.ruleset = ruleset
         self.node_ips = tuple(node_ips)
         self._own: dict[str, tuple[Any, ...]] = {}  # own chain name → its rules
-        # exact rules by host and (without one) by port: (table, chain, before, host or "", position, text)
+        # exact rules by host and (without one) by port (Exact)
         self._by_host: dict[str, list[Exact]] = {}
         self._by_port: dict[int, list[Exact]] = {}
         self._texts: dict[tuple[str, str, str], Any] = {}  # (table, chain, text) → its rule; None: not one rule
@@ -273,6 +273,7 @@ class NodeKeys:
                 return None
             out += rules
         return out
+
 
 # (a port's own chains' texts, a chain's or one rule's → what `_read` finds in them: the same on every node, kept by
 # content; started again when full)
