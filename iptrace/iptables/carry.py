@@ -34,7 +34,7 @@ from bisect import bisect_left
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import fields, replace
 from itertools import chain as chained
-from itertools import compress, repeat
+from itertools import compress
 from operator import attrgetter, getitem, itemgetter
 from sys import intern
 from typing import Any
@@ -132,8 +132,6 @@ class NodeKeys:
                         self._by_host.setdefault(host, []).append(entry)
                     elif port is not None:
                         self._by_port.setdefault(port, []).append(entry)
-        # (each own chain's rule texts, made in C: a key reads every port's, so every chain's)
-        self._own_texts = dict(zip(self._own, map(tuple, map(map, repeat(_TEXT), self._own.values())), strict=True))
         # (the addresses and ports exact rules test: what a port's addresses and ports are met with, in C)
         self._hosts, self._dports = frozenset(self._by_host), frozenset(self._by_port)
         seen: set[str] = set()
@@ -142,7 +140,7 @@ class NodeKeys:
             if name in seen or name not in self._own:
                 continue
             seen.add(name)
-            texts = self._own_texts[name]
+            texts = tuple(map(_TEXT, self._own[name]))
             context.append(f"entered {name} " + self.by_role("\n".join(texts)))
             entered.extend(sorted(_read(texts)[3]))
         self.fingerprint = hashlib.blake2b("\n".join(context).encode(), digest_size=16).digest()
@@ -164,7 +162,8 @@ class NodeKeys:
         ports = set(map(_PORT, ways))
         chains = sp.chains
         # (the texts of its own chains, by chain, read as one: what they say is kept per port, not per chain)
-        targets, literals, _port, jumps, odd, own = _read(tuple(map(self._own_texts.get, chains)))
+        targets, literals, _port, jumps, odd, own = _read(tuple([
+            None if rules is None else tuple(map(_TEXT, rules)) for rules in map(self._own.get, chains)]))
         if jumps and not frozenset(chains).issuperset(jumps):
             return None
         addresses.update(targets[0])
