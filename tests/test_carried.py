@@ -282,7 +282,7 @@ def test_a_dual_stack_fleet_and_an_nft_node(tmp_path: Path) -> None:
 
 
 def test_positions_name_each_rule_and_a_later_node_finds_them() -> None:
-    """A port's lines as positions (own chains as ranges of rule indices, other rules by text) give back the rules
+    """A port's lines as positions (own chains as slices of rule indices, other rules by text) give back the rules
     on those lines, here and on a node that writes them alike at other lines."""
     one, two = _texts(2)
     shifted = _first_rule(two, "nat", "-A PREROUTING -p sctp -j RETURN")  # (every later line one down)
@@ -295,7 +295,7 @@ def test_positions_name_each_rule_and_a_later_node_finds_them() -> None:
             continue
         rules = keys.rules_at(positions)
         assert rules is not None and sorted(r[3] for r in rules) == list(sp.lines)
-        assert all(type(w) is not range or len(w) > 0 for w in positions[1::2])
+        assert all(w.stop > w.start for w in positions[1]) and positions[2] == sum(w.stop - w.start for w in positions[1])
         found = later.rules_at(positions)
         if k in later_layout.keys:
             assert found is not None
@@ -303,6 +303,53 @@ def test_positions_name_each_rule_and_a_later_node_finds_them() -> None:
             assert sorted(r[3] for r in found) == list(later_layout.service_port(k).lines)
             checked += 1
     assert checked > 50
+
+
+def test_positions_a_node_does_not_hold_are_none() -> None:
+    """rules_at gives None when an own chain of the positions is shorter or missing here, or another rule's text is
+    not in its chain here (a carried digest is then made again), and the rules otherwise."""
+    text = _texts(1)[0]
+    keys, layout = _node_keys(text, 0)
+    sp = next(layout.service_port(k) for k in layout.keys
+              if len(layout.service_port(k).chains) > 1 and layout.service_port(k).ways_in)
+    positions = keys.positions(sp.lines)
+    assert positions is not None and positions[3] and keys.rules_at(positions) is not None
+    names, slices, count, others = positions
+    last = names[-1]
+    gone = "\n".join(line for line in text.split("\n") if not line.startswith(f"-A {last} "))
+    shorter = re.sub(rf"^-A {last} .*\n", "", text, count=1, flags=re.MULTILINE)
+    other = next(o[2] for o in others if f" {o[2]}\n" in text)  # (as the dump writes it: not one of two blanks)
+    marked = text.replace(f" {other}\n", " " + other.replace(" -j ", " -m mark --mark 0x1 -j ") + "\n")
+    for changed in (gone, shorter, marked):
+        assert changed != text
+        assert _node_keys(changed, 0)[0].rules_at(positions) is None
+    assert keys.rules_at((names, slices, count + 1, others)) is None  # (a count the slices do not hold)
+    assert keys.rules_at(((*names[:-1], "KUBE-SEP-NOTHERE"), slices, count, others)) is None
+
+
+def test_a_full_cache_keeps_the_digests_used_last(tmp_path: Path) -> None:
+    """Carried keeps at most `size` digests: when full, those used least recently go first (a digest every node uses
+    stays), and results stay tracing's."""
+    from iptrace.kube.carried import Carried
+
+    sources = _write(tmp_path, _texts(5))
+    worker = Worker(None, False, False, True)
+    plain = Worker(None, False, False, False)
+    size = 50  # (below a node's ~60 ports: every node evicts)
+    worker.carried = Carried(size)
+    kept = worker.carried._kept
+    for source in sources:
+        before = {key: entry[-1] for key, entry in kept.items()}
+        carried = worker.carried.carried
+        assert worker.run(source) == plain.run(source)
+        assert len(kept) <= size
+        gone = [used for key, used in before.items() if key not in kept]
+        if gone:
+            assert max(gone) <= min(entry[-1] for entry in kept.values())
+        # (a digest carried to this node is noted as used by it)
+        now = sum(entry[-1] == worker.carried._uses for entry in kept.values())
+        assert now >= min(worker.carried.carried - carried, size * 9 // 10)
+    assert worker.carried.carried > 0
 
 
 def test_a_ports_values_are_its_layout_but_lines() -> None:

@@ -33,8 +33,9 @@ import re
 from bisect import bisect_left
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import fields, replace
+from itertools import chain as chained
 from itertools import compress
-from operator import attrgetter, itemgetter
+from operator import attrgetter, getitem, itemgetter
 from sys import intern
 from typing import Any
 
@@ -52,10 +53,13 @@ _JUMP = re.compile(r"(?:^| )-[jg] (\S+)", re.MULTILINE)
 _TO = re.compile(r"--to-destination (\d+\.\d+\.\d+\.\d+):(\d+)")
 _IPV4 = re.compile(r"(?<![\w.:])(\d+\.\d+\.\d+\.\d+(?:/\d+)?)(?![\w.])")
 _LINE = itemgetter(3)
+_TEXT = itemgetter(1)  # (a rule's)
+_WRITTEN = itemgetter(7)  # (an Exact's)
+_ADDRESS = attrgetter("address")  # (a way's)
+_PORT = attrgetter("port")  # (a way's)
 _LAYOUT_VALUES = attrgetter(*(f.name for f in fields(ServicePortLayout) if f.name not in ("lines", "ways_in")))
 _WAY_VALUES = attrgetter(*(f.name for f in fields(WayIn) if f.name != "lines"))
 
-Exact = tuple[str, str, int, str, int, str]
 # (what `_read` finds in texts: the DNAT targets' addresses and ports (each once: a key reads them as sets), IPv4
 # literals, the first exact --dport, the ports' own chains jumped or gone to, whether a literal is not written as
 # iptables-save writes addresses, and the texts themselves as kept: keys hold that one tuple, not a copy per port and
@@ -63,6 +67,12 @@ Exact = tuple[str, str, int, str, int, str]
 # pairs of their own), chain names interned: kube_chains' summaries name the same endpoint chains)
 Targets = tuple[tuple[str, ...], tuple[int, ...]]
 Read = tuple[Targets, tuple[str, ...], int | None, tuple[str, ...], bool, tuple[Any, ...]]
+# (an exact rule: table, chain, how many context rules come before it, its exact destination address or "", its
+# index in the chain, its text, what `_read` finds in the text, and how a key writes it: (table, chain, before, its
+# text by role))
+Exact = tuple[str, str, int, str, int, str, Read, tuple[str, str, int, str]]
+# (where a port's rules are: NodeKeys.positions)
+Positions = tuple[tuple[str, ...], tuple[slice, ...], int, tuple[tuple[str, str, str], ...]]
 
 
 class NodeKeys:
@@ -71,8 +81,8 @@ class NodeKeys:
     def __init__(self, ruleset: Any, layout: Layout, node_ips: Sequence[str], others: Sequence[str] = ()) -> None:
         self.ruleset = ruleset
         self.node_ips = tuple(node_ips)
-        self._own: dict[str, tuple[str, Any]] = {}  # own chain name → (table, chain)
-        # exact rules by host and (without one) by port: (table, chain, before, host or "", position, text)
+        self._own: dict[str, tuple[Any, ...]] = {}  # own chain name → its rules
+        # exact rules by host and (without one) by port (Exact)
         self._by_host: dict[str, list[Exact]] = {}
         self._by_port: dict[int, list[Exact]] = {}
         self._texts: dict[tuple[str, str, str], Any] = {}  # (table, chain, text) → its rule; None: not one rule
@@ -96,7 +106,7 @@ class NodeKeys:
         entered: list[str] = []  # (the ports' own chains a context rule jumps or goes to)
         for table in ruleset.tables:
             own = [chain.name.startswith(OWN) for chain in table.chains]
-            self._own.update({chain.name: (table.name, chain) for chain in compress(table.chains, own)})
+            self._own.update({chain.name: chain.rules for chain in compress(table.chains, own)})
             for chain, is_own in zip(table.chains, own, strict=True):
                 if is_own:
                     continue
@@ -116,18 +126,21 @@ class NodeKeys:
                         # (sorted: a set's order follows its strings' hashes, which differ between the nodes' values)
                         context.extend(map(repr, sorted(filter(None, map(self._meets, literals)))))
                         continue
-                    entry = (table.name, name, before, host or "", i, text)
+                    entry = (table.name, name, before, host or "", i, text, _read((text,)),
+                             (table.name, name, before, self.by_role(text)))
                     if host is not None:
                         self._by_host.setdefault(host, []).append(entry)
                     elif port is not None:
                         self._by_port.setdefault(port, []).append(entry)
+        # (the addresses and ports exact rules test: what a port's addresses and ports are met with, in C)
+        self._hosts, self._dports = frozenset(self._by_host), frozenset(self._by_port)
         seen: set[str] = set()
         while entered:  # (such a chain, and all it leads to, is read by every port's questions: context too)
             name = entered.pop()
             if name in seen or name not in self._own:
                 continue
             seen.add(name)
-            texts = tuple([r[1] for r in self._own[name][1].rules])
+            texts = tuple(map(_TEXT, self._own[name]))
             context.append(f"entered {name} " + self.by_role("\n".join(texts)))
             entered.extend(sorted(_read(texts)[3]))
         self.fingerprint = hashlib.blake2b("\n".join(context).encode(), digest_size=16).digest()
@@ -143,15 +156,15 @@ class NodeKeys:
         """The port's content key (see the module's docstring), `asked` being its questions written by role; None when
         a rule of its own or one naming it jumps to another port's chain (what the key would hold grows beyond the
         port)."""
-        addresses = {w.address for w in sp.ways_in if w.address}
-        ports = {w.port for w in sp.ways_in}
-        own_chains, read = self._own, _read
-        chains = frozenset(sp.chains)
+        ways = sp.ways_in
+        # (addresses and ports taken from the ways and texts; None or "" meets no exact rule's host)
+        addresses = set(map(_ADDRESS, ways))
+        ports = set(map(_PORT, ways))
+        chains = sp.chains
         # (the texts of its own chains, by chain, read as one: what they say is kept per port, not per chain)
-        targets, literals, _port, jumps, odd, own = read(tuple([
-            None if found is None else tuple([r[1] for r in found[1].rules])
-            for found in map(own_chains.get, sp.chains)]))
-        if jumps and not chains.issuperset(jumps):
+        targets, literals, _port, jumps, odd, own = _read(tuple([
+            None if rules is None else tuple(map(_TEXT, rules)) for rules in map(self._own.get, chains)]))
+        if jumps and not frozenset(chains).issuperset(jumps):
             return None
         addresses.update(targets[0])
         ports.update(targets[1])
@@ -161,28 +174,32 @@ class NodeKeys:
         addresses.update(self.node_ips)
         ports.add(1)  # (the port a question takes when the port has no way in: view._Builder.probe)
         chosen: dict[int, Exact] = {}
-        for address in addresses:
-            for entry in self._by_host.get(address, ()):
-                port = read((entry[5],))[2]
+        by_host, by_port = self._by_host, self._by_port
+        for address in self._hosts.intersection(addresses):
+            for entry in by_host[address]:
+                port = entry[6][2]
                 if port is None or port in ports:
                     chosen[id(entry)] = entry
-        for port in ports:
-            for entry in self._by_port.get(port, ()):
+        for port in self._dports.intersection(ports):
+            for entry in by_port[port]:
                 chosen[id(entry)] = entry
-        exact = tuple([(t, c, before, self.by_role(text)) for t, c, before, _host, _i, text in _ordered(chosen)])
-        for entry in chosen.values():
-            _targets, literals, _port, jumps, unusual, _texts = read((entry[5],))
-            if jumps and not chains.issuperset(jumps):
-                return None
-            named.update(literals)
-            odd = odd or unusual
+        if not chosen:
+            exact: tuple[Any, ...] = ()
+        else:
+            exact = tuple(map(_WRITTEN, _ordered(chosen)))
+            for entry in chosen.values():
+                _targets, literals, _port, jumps, unusual, _texts = entry[6]
+                if jumps and not frozenset(chains).issuperset(jumps):
+                    return None
+                named.update(literals)
+                odd = odd or unusual
         met, meets, exact_values, prefixes = self._met, self._meets, self._exact, self._prefixes
         if prefixes is not None and not odd:
             # (an `a/32` network is the address `a`: an endpoint's hairpin rule names it so)
             named = [a for a in named if a.startswith(prefixes) or a.removesuffix("/32") in exact_values
                      or ("/" in a and not a.endswith("/32"))]
         own_values = tuple(sorted(filter(None, [met[a] if a in met else meets(a) for a in named])))
-        return (self.fingerprint, _LAYOUT_VALUES(sp), tuple(map(_WAY_VALUES, sp.ways_in)), tuple(own), exact,
+        return (self.fingerprint, _LAYOUT_VALUES(sp), tuple(map(_WAY_VALUES, ways)), tuple(own), exact,
                 own_values, asked)
 
     def _meets(self, literal: str) -> tuple[str, tuple[tuple[int, str], ...]] | None:
@@ -207,51 +224,53 @@ class NodeKeys:
         self._met[literal] = out = (self.roles.get(literal, literal), tuple(found)) if found else None
         return out
 
-    def positions(self, lines: Iterable[int]) -> tuple[Any, ...] | None:
-        """Where the rules on `lines` are, as another node finds them (`rules_at`), two items each, flat (a digest
-        kept for a port holds ~40 rules): an own chain's name and the range of the rules' indices in it (a port's
-        lines hold its own chains whole: one range a chain), or a chain's name and (its table, the rule's text) for
-        another rule; None when one is not a rule the node can name that way (a context rule written twice in its
-        chain)."""
-        out: list[Any] = []
+    def positions(self, lines: Iterable[int]) -> Positions | None:
+        """Where the rules on `lines` are, as another node finds them (`rules_at`; a digest kept for a port holds ~40
+        rules): the own chains' names with the slice of the rules' indices in each (a port's lines hold its own chains
+        whole: one slice a chain), how many rules those hold, and each other rule as (its table, chain, text); None
+        when one is not a rule the node can name that way (a context rule written twice in its chain)."""
+        names: list[str] = []
+        slices: list[slice] = []
+        others: list[tuple[str, str, str]] = []
+        count = 0
         for line in lines:
             rule = self.ruleset.rule_at(line)
             if rule is None:
                 return None
             name = rule[0]
-            own = self._own.get(name)
-            if own is not None:
-                rules = own[1].rules
+            rules = self._own.get(name)
+            if rules is not None:
                 i = bisect_left(rules, line, key=_LINE)
                 if i >= len(rules) or rules[i] is not rule:
                     return None
-                if len(out) >= 2 and out[-2] == name and out[-1].stop == i:
-                    out[-1] = range(out[-1].start, i + 1)  # (the next rule of the chain)
+                count += 1
+                if names and names[-1] == name and slices[-1].stop == i:
+                    slices[-1] = slice(slices[-1].start, i + 1)  # (the next rule of the chain)
                 else:
-                    out += (name, range(i, i + 1))
+                    names.append(name)
+                    slices.append(slice(i, i + 1))
                 continue
             table = next((t.name for t in self.ruleset.tables if (t.name, name, rule[1]) in self._texts), None)
             if table is None or self._texts.get((table, name, rule[1])) is not rule:
                 return None
-            out += (name, (table, rule[1]))
-        return tuple(out)
+            others.append((table, name, rule[1]))
+        return tuple(names), tuple(slices), count, tuple(others)
 
-    def rules_at(self, positions: Sequence[Any]) -> list[Any] | None:
-        """The rules at `positions` (made by another node's `positions`) on this node, None when one is not here."""
-        out = []
-        own_chains, texts = self._own, self._texts
-        for at in range(0, len(positions), 2):
-            name, where = positions[at], positions[at + 1]
-            if type(where) is range:
-                own = own_chains.get(name)
-                if own is None or where.stop > len(own[1].rules):
-                    return None
-                out += own[1].rules[where.start:where.stop]
-                continue
-            rule = texts.get((where[0], name, where[1]))
-            if rule is None:
+    def rules_at(self, positions: Positions) -> list[Any] | None:
+        """The rules at `positions` (made by another node's `positions`) on this node, the own chains' first, None when
+        one is not here."""
+        names, slices, count, others = positions
+        found = list(map(self._own.get, names))
+        if not all(found):
+            return None  # (a chain not here, or empty: it holds none of its slice)
+        out = list(chained.from_iterable(map(getitem, found, slices)))
+        if len(out) != count:
+            return None  # (a chain shorter here)
+        if others:
+            rules = list(map(self._texts.get, others))
+            if not all(rules):
                 return None
-            out.append(rule)
+            out += rules
         return out
 
 
@@ -343,6 +362,8 @@ def _ordered(chosen: dict[int, Exact]) -> list[Exact]:
     before them; within those, by destination then place when every one names a destination (two rules of different
     destinations never match one packet: kube-proxy writes a Service's ClusterIP and external IP rules in Go's map
     order), else in the node's order."""
+    if len(chosen) == 1:
+        return list(chosen.values())
     groups: dict[tuple[str, str, int], list[Exact]] = {}
     for entry in chosen.values():
         groups.setdefault(entry[:3], []).append(entry)

@@ -10,7 +10,6 @@ dataplane without keys. Dataplane-free and pure (a per-process cache)."""
 from __future__ import annotations
 
 from array import array
-from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from operator import itemgetter
 from typing import Any
@@ -23,9 +22,11 @@ CACHE_SIZE = 30_000
 # Lines of traced ports read one at a time up to this many (a pass over a 5,000-Service node's rules costs ~60 ms)
 LINES_ONE_BY_ONE = 5_000
 
-# (a digest; the positions of its port's lines (NodeKeys.positions); where each endpoint's line is among the rules
-# at those positions, -1 for an endpoint without a line)
-Kept = tuple[PortDigest, tuple[Any, ...], tuple[int, ...]]
+# [a digest; the positions of its port's lines (NodeKeys.positions); where each endpoint's line is among the rules
+# at those positions, -1 for an endpoint without a line; the number of the family digest that used it last]: a list,
+# so that a use is noted in place (an ordered dict's move_to_end hashes the key again: ~6 µs a port)
+Kept = list[Any]
+_USED = 3
 _LINE = itemgetter(3)  # (a rule's line)
 
 
@@ -34,7 +35,8 @@ class Carried:
 
     def __init__(self, size: int = CACHE_SIZE) -> None:
         self.size = size
-        self._kept: OrderedDict[Hashable, Kept] = OrderedDict()
+        self._kept: dict[Hashable, Kept] = {}
+        self._uses = 0  # family digests made (a kept digest's last use: the least recently used go first)
         self.carried = 0  # ports whose digest came from an earlier node
         self.made = 0  # ports traced
 
@@ -56,6 +58,7 @@ class Carried:
         found: dict[str, tuple[PortDigest, list[int]]] = {}
         missed: list[tuple[str, Hashable | None]] = []
         kept = self._kept
+        self._uses = uses = self._uses + 1
         for name in layout.keys:
             sp = layout.port_values(name)  # (its lines are this node's: only a port traced here reads them)
             asked = tuple([(chain, roles.get(p.src, p.src), roles.get(p.dst, p.dst), p.dport, p.sport, p.proto,
@@ -66,7 +69,7 @@ class Carried:
             if carried is None:
                 missed.append((name, key))
                 continue
-            kept.move_to_end(key)
+            got[_USED] = uses
             if carried[0].key in found:
                 return None  # (two ports of one label: which one the comparison reads is the whole path's)
             found[carried[0].key] = carried
@@ -114,9 +117,12 @@ class Carried:
         if rules is None or len(at) != len(rules) or any(ep.line and ep.line not in at for ep in sp.endpoints):
             return
         kept = self._kept
-        kept[key] = (digest, positions, tuple([at[ep.line] if ep.line else -1 for ep in sp.endpoints]))
+        kept[key] = [digest, positions, tuple([at[ep.line] if ep.line else -1 for ep in sp.endpoints]), self._uses]
         if len(kept) > self.size:
-            kept.popitem(last=False)
+            # (down to nine tenths of the size, the least recently used first: one sort every size/10 kept)
+            old = sorted(kept.items(), key=lambda item: item[1][_USED])[:len(kept) - self.size * 9 // 10]
+            for gone, _kept in old:
+                del kept[gone]
 
 
 def same_head(digest: PortDigest, rules: Sequence[Any]) -> bool:
@@ -128,13 +134,15 @@ def same_head(digest: PortDigest, rules: Sequence[Any]) -> bool:
 def _carry(kept: Kept, keys: Any) -> tuple[PortDigest, list[int]] | None:
     """An earlier node's digest with this node's lines, None when its lines are not all here or its first lines
     read otherwise."""
-    digest, positions, endpoints = kept
+    digest, positions, endpoints, _used = kept
     rules = keys.rules_at(positions)
     if rules is None:
         return None
+    lines = list(map(_LINE, rules))
     first = sorted(rules, key=_LINE)[:HEAD]
-    if (first and first[0][3] == 0) or len(set(map(_LINE, rules))) != len(rules):
+    if (first and first[0][3] == 0) or len(set(lines)) != len(lines):
         return None  # (a rule on no line, or two on one)
     if not same_head(digest, first):
         return None
-    return digest, [*map(_LINE, first), *[rules[i][3] if i >= 0 else 0 for i in endpoints]]
+    lines.append(0)  # (lines[-1]: the line of an endpoint kept as -1, without one)
+    return digest, [*map(_LINE, first), *map(lines.__getitem__, endpoints)]
