@@ -105,6 +105,24 @@ def test_values_prefixes_ranges_sets_and_negation() -> None:
     assert summary(trace(text, "10.4.0.1", "10.9.0.1", 1500, "udp"))[0][0] == "ACCEPT"
 
 
+@pytest.mark.parametrize("first, second", [
+    ("ip saddr != 10.0.0.0/8 counter", "counter ip saddr != 10.0.0.0/8 drop"),
+    ("counter ip saddr != 10.0.0.0/8", "ip saddr != 10.0.0.0/8 drop"),
+])
+def test_a_match_read_before_and_after_a_statement_in_two_rules(first: str, second: str) -> None:
+    # The table's rules share what an item compiled to: a match leading one rule and the same match after a
+    # statement in another (`counter ip saddr …`) must each be read as a test of the packet.
+    text = f"""
+    table ip t {{
+        chain base {{ type filter hook forward priority 0; policy accept;
+            {first}
+            {second}
+        }}
+    }}"""
+    assert summary(trace(text, "203.0.113.1", "10.9.0.1"))[0][0] == "DROP"
+    assert summary(trace(text, "10.1.0.1", "10.9.0.1"))[0][0] == "ACCEPT"
+
+
 def test_verdict_maps_keyed_by_concatenations_and_their_element_steps() -> None:
     text = """table ip t {
 \tmap m {
