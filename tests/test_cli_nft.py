@@ -132,6 +132,23 @@ def test_an_analysis_with_lenient_names_what_it_read_past(tmp_path) -> None:
         "  line 3: rule jumps to chain 'nowhere', which table ip t does not declare; expected a chain of that name"]
 
 
+@pytest.mark.parametrize(("name", "text"), [
+    # `nft -j list ruleset` of a node with no table at all, and a ruleset of tables of no IP family
+    ("empty.json", '{"nftables": [{"metainfo": {"version": "1.0.9", "json_schema_version": 1}}]}'),
+    ("bridge.nft", "table bridge b {\n\tchain c {\n\t\ttype filter hook forward priority 0; policy accept;\n\t}\n}\n"),
+])
+def test_a_ruleset_without_ip_tables_is_analysed_as_one_without_kube_proxy(tmp_path, name: str, text: str) -> None:
+    p = tmp_path / name
+    p.write_text(text)
+    result = CliRunner().invoke(main, ["services", str(p), "-o", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == []
+    result = CliRunner().invoke(main, ["services", str(p)])
+    assert result.exit_code == 0 and "no kube-proxy table for IPv4" in result.output
+    result = CliRunner().invoke(main, ["diff", str(p), str(p)])
+    assert result.exit_code == 0, result.output
+
+
 def test_iptables_dumps_still_go_to_the_iptables_loader(tmp_path) -> None:
     p = tmp_path / "node.txt"
     p.write_text("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\nCOMMIT\n")
