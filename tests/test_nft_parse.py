@@ -294,6 +294,21 @@ def test_digit_keywords_never_read_as_another_shape() -> None:
     assert [r.items[0].left for r in rules] == [Payload("ip6", "saddr")] * 2 + [Meta("l4proto"), Ct("l3proto")]
 
 
+_SET_LISTING = "table ip t {\n\tset s {\n\t\ttype ipv4_addr\n\t\telements = { 10.0.0.1, 10.0.0.2 }\n\t}\n}\n"
+
+
+@pytest.mark.parametrize("text", [
+    _SET_LISTING.replace("elements = {", "elements\t=\t{"),
+    "add table ip t\nadd set ip t s { type ipv4_addr ; elements = { 10.0.0.1, 10.0.0.2 } ; }\n",
+    "add table ip t\nadd set ip t s { type ipv4_addr ; elements\t=\t{ 10.0.0.1,\t10.0.0.2 } ; }\n",
+])
+def test_elements_with_tabs_or_in_a_transactions_set_declaration_are_read(text: str) -> None:
+    # nft loads all of these; their elements were once dropped without a word.
+    elements = load(_SET_LISTING).table("ip", "t").set("s").elements
+    assert len(elements) == 2
+    assert load(text, source="s.nft").table("ip", "t").set("s").elements == elements
+
+
 def test_hand_written_nft_file_with_several_statements_a_line() -> None:
     text = ('table inet filter { flags dormant; chain input { type filter hook input priority filter + 5; '
             'policy drop; ct state established,related accept; iifname "lo" accept; } }\n'

@@ -434,7 +434,7 @@ class TextLoader(CommandMixin):
             s = self.stack[-1][1]
             if text.startswith("elements"):
                 brace = text.find("{")
-                if brace > 0 and text[:brace].replace(" ", "") == "elements=" and text.endswith("}"):
+                if brace > 0 and "".join(text[:brace].split()) == "elements=" and text.endswith("}"):
                     s.ops.append(("add", text[brace + 1:-1], line_no, col + brace + 2))
                     return
             patch_key = (self.stack[-2][1].family, s.kind, text)
