@@ -162,6 +162,33 @@ def test_transaction_elements_are_evidence_with_their_own_line() -> None:
         (4, "ip daddr . meta l4proto . th dport vmap @m"), (6, "element ip t m { 10.96.0.2 . tcp . 80 : accept }")]
 
 
+@pytest.mark.parametrize("blanks", [" ", "\t", "  "])
+def test_elements_written_with_other_blanks_are_evidence_with_their_own_line(blanks: str) -> None:
+    # nft reads any run of blanks alike; the element's line is found in the text as kube-proxy's writing's is.
+    listing = "\n".join([
+        "table ip t {",
+        "\tmap m {",
+        "\t\ttype ipv4_addr . inet_proto . inet_service : verdict",
+        f"\t\telements{blanks}={blanks}{{ 10.96.0.1{blanks}.{blanks}tcp . 80{blanks}:{blanks}drop,",
+        f"\t\t\t     10.96.0.2 .{blanks}tcp . 80 :{blanks}accept }}",
+        "\t}",
+        "\tchain base {",
+        "\t\ttype filter hook forward priority 0; policy accept;",
+        "\t\tip daddr . meta l4proto . th dport vmap @m",
+        "\t}",
+        "}", ""])
+    transaction = "\n".join([
+        "add table ip t",
+        "add chain ip t base { type filter hook forward priority 0 ; }",
+        "add map ip t m { type ipv4_addr . inet_proto . inet_service : verdict ; }",
+        "add rule ip t base ip daddr . meta l4proto . th dport vmap @m",
+        f"add element ip t m {{ 10.96.0.1{blanks}.{blanks}tcp . 80 : drop }}",
+        f"add element ip t m {{ 10.96.0.2 . tcp{blanks}.{blanks}80{blanks}:{blanks}accept }}"])
+    for text, lines in ((listing, (4, 5)), (transaction, (5, 6))):
+        for dst, line in zip(("10.96.0.1", "10.96.0.2"), lines, strict=True):
+            assert trace(text, "203.0.113.1", dst).outcomes[0].path[-1].line == line
+
+
 def test_numgen_splits_into_exact_shares() -> None:
     text = """
     table ip t {

@@ -335,9 +335,9 @@ class TextLoader(CommandMixin):
     def opens_block(self, header: str) -> bool:
         ctx = self.stack[-1][0] if self.stack else TOP
         if ctx == TOP:
-            return header.startswith("table ") or header == "table"
+            return header.split(None, 1)[0] == "table"  # (nft reads a tab between words as a blank)
         if ctx == TABLE:
-            return _BLOCK_HEADER_RE.fullmatch(header) is not None or header.split(" ", 1)[0] in (
+            return _BLOCK_HEADER_RE.fullmatch(header) is not None or header.split(None, 1)[0] in (
                 "chain", "set", "map")
         return False
 
