@@ -3,10 +3,14 @@ rewrites read as the same thing, transaction commands, exact errors, lenient loa
 
 from __future__ import annotations
 
+import copy
 import json
+from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from iptrace.cli import main
 from iptrace.errors import DumpSemanticError, IptraceError, ParseError
 from iptrace.iptables import sniff as iptables_sniff
 from iptrace.nftables import detect_format, load, save, sniff
@@ -482,6 +486,42 @@ def test_arbitrary_garbage_raises_only_iptrace_errors() -> None:
                  "chain x {\n}", "\x00\x01", "table ip t {\n\tset s {\n\t\telements = { 1 }\n\t}\n}\n"):
         with pytest.raises(IptraceError):
             load(text)
+
+
+_JSON_MAP = {"map": {"family": "ip", "name": "m", "table": "t", "type": ["ipv4_addr", "inet_service"],
+                     "map": "verdict", "elem": [[{"concat": ["10.0.0.1", 80]}, {"goto": {"target": "x"}}]]}}
+_JSON_DRAW = {"rule": {"family": "ip", "table": "t", "chain": "c", "expr": [{"vmap": {
+    "key": {"numgen": {"mode": "random", "mod": 2, "offset": 0}},
+    "data": {"set": [[0, {"goto": {"target": "x"}}], [1, {"goto": {"target": "x"}}]]}}}]}}
+
+
+@pytest.mark.parametrize(("where", "value"), [
+    ((4, "rule", "expr", 0, "vmap", "key", "numgen", "offset"), None),
+    ((4, "rule", "expr", 0, "vmap", "key", "numgen", "offset"), "1"),
+    ((4, "rule", "expr", 0, "vmap", "data", "set", 0, 1, "goto", "target"), ""),
+    ((4, "rule", "expr", 0, "vmap", "data", "set", 0, 1, "goto", "target"), 7),
+    ((5, "map", "elem", 0, 1), None),
+    ((5, "map", "elem", 0, 1, "goto", "target"), ""),
+])
+def test_json_with_a_value_of_the_wrong_type_is_read_as_nft_json_never_crashes(where: tuple[Any, ...],
+                                                                               value: Any) -> None:
+    # (found by mutating the samples' JSON: each once reached the analysis and failed there)
+    doc: dict[str, Any] = {"nftables": [
+        {"table": {"family": "ip", "name": "t"}},
+        {"chain": {"family": "ip", "table": "t", "name": "x"}},
+        {"chain": {"family": "ip", "table": "t", "name": "c", "type": "nat", "hook": "prerouting", "prio": -100,
+                   "policy": "accept"}},
+        copy.deepcopy(_JSON_DRAW), copy.deepcopy(_JSON_MAP)]}
+    doc["nftables"].insert(3, {"rule": {"family": "ip", "table": "t", "chain": "c", "expr": [{"vmap": {
+        "key": {"concat": [{"payload": {"protocol": "ip", "field": "daddr"}},
+                           {"payload": {"protocol": "tcp", "field": "dport"}}]}, "data": "@m"}}]}})
+    parent: Any = doc["nftables"]
+    for key in where[:-1]:
+        parent = parent[key]
+    parent[where[-1]] = value
+    for args in (["services", "-"], ["trace", "-", "--dst", "10.0.0.1:80", "--dst", "10.0.0.2:80"]):
+        result = CliRunner().invoke(main, args, input=json.dumps(doc))
+        assert result.exit_code in (0, 1) and "internal error" not in result.output, result.output
 
 
 def test_detect_format_tells_the_inputs_apart() -> None:

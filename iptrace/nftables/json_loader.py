@@ -82,6 +82,18 @@ def _compact(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True)
 
 
+def _target(body: Any) -> str:
+    """A jump's or goto's chain: a name, as nft writes it (any other value is not a verdict nft lists)."""
+    target = body["target"]
+    if not isinstance(target, str) or not target:
+        raise _Bad
+    return target
+
+
+def _integers(*found: Any) -> bool:
+    return all(type(v) is int for v in found)
+
+
 def _one(obj: Any) -> tuple[str, Any]:
     if not isinstance(obj, dict) or len(obj) != 1:
         raise _Bad
@@ -145,6 +157,8 @@ class JsonReader:
             if isinstance(c, dict):
                 counter = (c.get("packets", 0), c.get("bytes", 0))
         key = self.value(e, keys)
+        if data is not None and data_j is None:
+            raise ValueError(f"map element {_compact(e)[:60]} has no value")
         value = None
         if data_j is not None:
             value = self.verdict(data_j) if data == ("verdict",) else self.value(data_j, data or (ANY,))
@@ -159,7 +173,7 @@ class JsonReader:
         if kind in VERDICT_WORDS:
             return Verdict(kind)
         if kind in CHAIN_VERDICTS:
-            return Verdict(kind, body["target"])
+            return Verdict(kind, _target(body))
         raise _Bad
 
     def map_lookup(self, body: dict[str, Any], data: tuple[str, ...]) -> MapLookup:
@@ -194,11 +208,13 @@ class JsonReader:
                 raise _Bad
             return Fib(flags, body["result"])
         if kind == "numgen":
-            if body["mode"] not in NUMGEN_MODES or not isinstance(body["mod"], int):
+            if body["mode"] not in NUMGEN_MODES or not _integers(body["mod"], body.get("offset", 0)):
                 raise _Bad
             return Numgen(body["mode"], body["mod"], body.get("offset", 0))
         if kind in ("jhash", "symhash"):
             inner = self.expr(body["expr"]) if kind == "jhash" else None
+            if not _integers(body["mod"], body.get("offset", 0), body.get("seed", 0)):
+                raise _Bad
             return Hash(kind, inner, body["mod"], body.get("seed"), body.get("offset", 0))
         if kind in ("rt", "socket", "osf"):
             words = [kind, *([body["family"]] if "family" in body else []), body["key"]]
@@ -242,7 +258,7 @@ class JsonReader:
         if kind in VERDICT_WORDS:
             return Verdict(kind)
         if kind in CHAIN_VERDICTS:
-            return Verdict(kind, body["target"])
+            return Verdict(kind, _target(body))
         if kind == "vmap":
             key = self.expr(body["key"])
             data = body["data"]
