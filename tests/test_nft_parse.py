@@ -502,6 +502,10 @@ _JSON_DRAW = {"rule": {"family": "ip", "table": "t", "chain": "c", "expr": [{"vm
     ((4, "rule", "expr", 0, "vmap", "data", "set", 0, 1, "goto", "target"), 7),
     ((5, "map", "elem", 0, 1), None),
     ((5, "map", "elem", 0, 1, "goto", "target"), ""),
+    ((5, "map", "name"), None),
+    ((1, "chain", "name"), 3),
+    ((0, "table", "name"), ""),
+    ((3, "rule", "chain"), ["c"]),
 ])
 def test_json_with_a_value_of_the_wrong_type_is_read_as_nft_json_never_crashes(where: tuple[Any, ...],
                                                                                value: Any) -> None:

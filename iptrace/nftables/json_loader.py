@@ -384,8 +384,16 @@ def load_json(text: str, *, source: str = "<ruleset>", lenient: bool = False) ->
     return Ruleset(tuple(t for t in out if t is not None), source, "nft-json", tuple(warnings), tuple(skipped))
 
 
+def _name(body: dict[str, Any], key: str) -> str:
+    """An object's family, table, chain or name: a word (what nft lists; anything else names nothing)."""
+    found = body[key]
+    if not isinstance(found, str) or not found:
+        raise ValueError(f"its {key} {_compact(found)[:40]} is not a name")
+    return found
+
+
 def _table(tables: dict[tuple[str, str], TableBuilder], body: dict[str, Any]) -> TableBuilder:
-    key = (body["family"], body["table"])
+    key = (_name(body, "family"), _name(body, "table"))
     t = tables.get(key)
     if t is None:
         raise ValueError(f"table {key[0]} {key[1]} is not listed before its objects")
@@ -397,7 +405,7 @@ def _read_object(obj: Any, tables: dict[tuple[str, str], TableBuilder], warnings
     if kind == "metainfo":
         return
     if kind == "table":
-        t = TableBuilder(body["family"], body["name"], None, True, body.get("handle"))
+        t = TableBuilder(_name(body, "family"), _name(body, "name"), None, True, body.get("handle"))
         flags = body.get("flags", [])
         flags = [flags] if isinstance(flags, str) else flags
         t.flags = tuple(sorted(f for f in flags if f in _TABLE_FLAGS))
@@ -405,7 +413,7 @@ def _read_object(obj: Any, tables: dict[tuple[str, str], TableBuilder], warnings
         tables[(t.family, t.name)] = t
     elif kind == "chain":
         t = _table(tables, body)
-        c = ChainBuilder(body["name"], None, True, body.get("handle"))
+        c = ChainBuilder(_name(body, "name"), None, True, body.get("handle"))
         c.type, c.hook, c.priority, c.policy = body.get("type"), body.get("hook"), body.get("prio"), body.get(
             "policy")
         _check_base_chain(c, t.family)
@@ -415,7 +423,7 @@ def _read_object(obj: Any, tables: dict[tuple[str, str], TableBuilder], warnings
         t.chains[c.name] = c
     elif kind in ("set", "map"):
         t = _table(tables, body)
-        s = SetBuilder(body["name"], kind, None, True, body.get("handle"))
+        s = SetBuilder(_name(body, "name"), kind, None, True, body.get("handle"))
         s.key_type = _types(body["type"])
         if kind == "map":
             s.data_type = _types(body["map"])
@@ -437,7 +445,7 @@ def _read_object(obj: Any, tables: dict[tuple[str, str], TableBuilder], warnings
         t.sets[s.name] = s
     elif kind == "rule":
         t = _table(tables, body)
-        c = t.chains.get(body["chain"])
+        c = t.chains.get(_name(body, "chain"))
         if c is None:
             raise ValueError(f"chain {body['chain']!r} is not listed before its rules")
         reader = JsonReader(t.family)
@@ -448,7 +456,7 @@ def _read_object(obj: Any, tables: dict[tuple[str, str], TableBuilder], warnings
         t.refs.update(item_refs(items))
     elif kind in _OBJECTS:
         t = _table(tables, body)
-        t.objects.append(NamedObject(kind, body["name"], _object_body(kind, body)))
+        t.objects.append(NamedObject(kind, _name(body, "name"), _object_body(kind, body)))
     else:
         warnings.append(LoadWarning(None, f"JSON object {kind!r} not read (iptrace does not know it)"))
 
