@@ -506,6 +506,9 @@ _JSON_DRAW = {"rule": {"family": "ip", "table": "t", "chain": "c", "expr": [{"vm
     ((1, "chain", "name"), 3),
     ((0, "table", "name"), ""),
     ((3, "rule", "chain"), ["c"]),
+    ((3, "rule", "expr", 0), {"dnat": {"addr": "10.0.0.9", "port": True}}),
+    ((5, "map", "elem", 0, 0), {"elem": {"val": {"concat": ["10.0.0.1", 80]}, "comment": ["x"]}}),
+    ((5, "map", "elem", 0, 0), {"elem": {"val": {"concat": ["10.0.0.1", 80]}, "timeout": "1s"}}),
 ])
 def test_json_with_a_value_of_the_wrong_type_is_read_as_nft_json_never_crashes(where: tuple[Any, ...],
                                                                                value: Any) -> None:

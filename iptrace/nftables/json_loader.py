@@ -150,9 +150,12 @@ class JsonReader:
         if isinstance(e, dict) and "elem" in e:
             opts = e["elem"]
             e = opts["val"]
+            comment = opts.get("comment")
+            if not _integers(opts.get("timeout", 0), opts.get("expires", 0)) or not (
+                    comment is None or isinstance(comment, str)):
+                raise _Bad
             timeout = opts["timeout"] * 1000 if "timeout" in opts else None
             expires = opts["expires"] * 1000 if "expires" in opts else None
-            comment = opts.get("comment")
             c = opts.get("counter")
             if isinstance(c, dict):
                 counter = (c.get("packets", 0), c.get("bytes", 0))
@@ -305,6 +308,8 @@ class JsonReader:
         family = body.get("family")
         addr_type = {"ip": "ipv4_addr", "ip6": "ipv6_addr"}.get(family or self.family, "ct_addr")
         addr = body.get("addr")
+        if isinstance(addr, bool) or isinstance(body.get("port"), bool):
+            raise _Bad  # (JSON's true/false are `exists`/`missing`: no address or port)
         if isinstance(addr, dict) and "map" in addr:
             elems = addr["map"]["data"]
             pairs = isinstance(elems, dict) and any(
