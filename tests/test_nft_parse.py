@@ -429,6 +429,9 @@ def test_json_reads_into_the_same_model_with_handles() -> None:
      "x.nft:4:1: chain c opened at line 2 is not closed (the listing looks truncated); expected '}'"),
     ("table ip t {\n\tset s {\n\t\ttype ipv4_addr\n\t\telements = { 1.2.3.4,\n\t\t\t     1.2.3.999 }\n\t}\n}\n",
      "x.nft:5:9: '1.2.3.999' is not an IPv4 address; expected an element of type ipv4_addr"),
+    # (a rule written over several lines: the value's own line and column)
+    ("table ip t {\n\tchain c {\n\t\tip saddr {\n\t\t\t1.2.3.4,\n\t\t\t5.6.7.x\n\t\t} drop\n\t}\n}\n",
+     "x.nft:5:4: '5.6.7.x' is not an IPv4 address; the rule cannot be read"),
     ('{"nftables": [ {"table": }', "x.nft:1:26: not valid JSON: Expecting value; expected the output of "
                                    "`nft -j list ruleset`"),
     ('{"nftables": [ {"table": {"name": "kube-pro', "x.nft:1:35: not valid JSON: a string starts here and never "
