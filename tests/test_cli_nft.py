@@ -4,6 +4,8 @@ exact error text with a caret, --lenient."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -130,6 +132,37 @@ def test_an_analysis_with_lenient_names_what_it_read_past(tmp_path) -> None:
     assert result.stderr.splitlines() == [
         f"note: {bad}: read with --lenient past 1 problem (what each names is left out or assumed):",
         "  line 3: rule jumps to chain 'nowhere', which table ip t does not declare; expected a chain of that name"]
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    # `nft -j list ruleset` of a node with no table at all, and a ruleset of tables of no IP family
+    ("empty.json", '{"nftables": [{"metainfo": {"version": "1.0.9", "json_schema_version": 1}}]}'),
+    ("bridge.nft", "table bridge b {\n\tchain c {\n\t\ttype filter hook forward priority 0; policy accept;\n\t}\n}\n"),
+])
+def test_a_ruleset_without_ip_tables_is_analysed_as_one_without_kube_proxy(tmp_path, name: str, text: str) -> None:
+    p = tmp_path / name
+    p.write_text(text)
+    result = CliRunner().invoke(main, ["services", str(p), "-o", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == []
+    result = CliRunner().invoke(main, ["services", str(p)])
+    assert result.exit_code == 0 and "no kube-proxy table for IPv4" in result.output
+    result = CliRunner().invoke(main, ["diff", str(p), str(p)])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("sample", ["nodeport-fb-backends-nft.nft", "dual-stack-nft.nft"])
+def test_a_listing_with_tabs_between_its_words_is_analysed_alike(tmp_path, sample: str) -> None:
+    # nft reads a tab wherever a blank goes (block headers, `elements = {`, elements, rules); a hand-edited or
+    # re-indented ruleset must give the same answers, its evidence lines included.
+    text = (Path(__file__).resolve().parents[1] / "sample_dumps" / sample).read_text()
+    tabbed = tmp_path / sample
+    tabbed.write_text(re.sub(r'"(?:\\.|[^"\\])*"| ', lambda m: "\t" if m.group() == " " else m.group(), text))
+    plain = tmp_path / ("plain-" + sample)
+    plain.write_text(text)
+    got = CliRunner().invoke(main, ["services", str(tabbed), "-o", "json"])
+    assert got.exit_code == 0, got.output
+    assert got.stdout == CliRunner().invoke(main, ["services", str(plain), "-o", "json"]).stdout
 
 
 def test_iptables_dumps_still_go_to_the_iptables_loader(tmp_path) -> None:

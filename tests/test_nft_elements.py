@@ -53,6 +53,11 @@ CASES = [
     ("transaction, deleted with its value",
      _TABLE % "" + f"add element ip t m {{ {_KEY} : goto a }}\ndelete element ip t m {{ {_KEY} : goto a }}\n"
      f"add element ip t m {{ {_KEY} : goto b }}\n", None, "b"),
+    # (nft reads any run of blanks between an element's words alike; kube-proxy and the kernel write one)
+    ("listing, doubled blanks and a tab in an element",
+     _TABLE % "\t\telements = { 198.19.0.4  .\ttcp . 80  : goto a }\n", None, "a"),
+    ("transaction, doubled blanks in an element",
+     _TABLE % "" + "add element ip t m { 198.19.0.4  . tcp .  80 :  goto a }\n", None, "a"),
 ]
 
 

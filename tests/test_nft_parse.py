@@ -3,10 +3,14 @@ rewrites read as the same thing, transaction commands, exact errors, lenient loa
 
 from __future__ import annotations
 
+import copy
 import json
+from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from iptrace.cli import main
 from iptrace.errors import DumpSemanticError, IptraceError, ParseError
 from iptrace.iptables import sniff as iptables_sniff
 from iptrace.nftables import detect_format, load, save, sniff
@@ -294,6 +298,21 @@ def test_digit_keywords_never_read_as_another_shape() -> None:
     assert [r.items[0].left for r in rules] == [Payload("ip6", "saddr")] * 2 + [Meta("l4proto"), Ct("l3proto")]
 
 
+_SET_LISTING = "table ip t {\n\tset s {\n\t\ttype ipv4_addr\n\t\telements = { 10.0.0.1, 10.0.0.2 }\n\t}\n}\n"
+
+
+@pytest.mark.parametrize("text", [
+    _SET_LISTING.replace("elements = {", "elements\t=\t{"),
+    "add table ip t\nadd set ip t s { type ipv4_addr ; elements = { 10.0.0.1, 10.0.0.2 } ; }\n",
+    "add table ip t\nadd set ip t s { type ipv4_addr ; elements\t=\t{ 10.0.0.1,\t10.0.0.2 } ; }\n",
+])
+def test_elements_with_tabs_or_in_a_transactions_set_declaration_are_read(text: str) -> None:
+    # nft loads all of these; their elements were once dropped without a word.
+    elements = load(_SET_LISTING).table("ip", "t").set("s").elements
+    assert len(elements) == 2
+    assert load(text, source="s.nft").table("ip", "t").set("s").elements == elements
+
+
 def test_hand_written_nft_file_with_several_statements_a_line() -> None:
     text = ('table inet filter { flags dormant; chain input { type filter hook input priority filter + 5; '
             'policy drop; ct state established,related accept; iifname "lo" accept; } }\n'
@@ -410,6 +429,9 @@ def test_json_reads_into_the_same_model_with_handles() -> None:
      "x.nft:4:1: chain c opened at line 2 is not closed (the listing looks truncated); expected '}'"),
     ("table ip t {\n\tset s {\n\t\ttype ipv4_addr\n\t\telements = { 1.2.3.4,\n\t\t\t     1.2.3.999 }\n\t}\n}\n",
      "x.nft:5:9: '1.2.3.999' is not an IPv4 address; expected an element of type ipv4_addr"),
+    # (a rule written over several lines: the value's own line and column)
+    ("table ip t {\n\tchain c {\n\t\tip saddr {\n\t\t\t1.2.3.4,\n\t\t\t5.6.7.x\n\t\t} drop\n\t}\n}\n",
+     "x.nft:5:4: '5.6.7.x' is not an IPv4 address; the rule cannot be read"),
     ('{"nftables": [ {"table": }', "x.nft:1:26: not valid JSON: Expecting value; expected the output of "
                                    "`nft -j list ruleset`"),
     ('{"nftables": [ {"table": {"name": "kube-pro', "x.nft:1:35: not valid JSON: a string starts here and never "
@@ -467,6 +489,49 @@ def test_arbitrary_garbage_raises_only_iptrace_errors() -> None:
                  "chain x {\n}", "\x00\x01", "table ip t {\n\tset s {\n\t\telements = { 1 }\n\t}\n}\n"):
         with pytest.raises(IptraceError):
             load(text)
+
+
+_JSON_MAP = {"map": {"family": "ip", "name": "m", "table": "t", "type": ["ipv4_addr", "inet_service"],
+                     "map": "verdict", "elem": [[{"concat": ["10.0.0.1", 80]}, {"goto": {"target": "x"}}]]}}
+_JSON_DRAW = {"rule": {"family": "ip", "table": "t", "chain": "c", "expr": [{"vmap": {
+    "key": {"numgen": {"mode": "random", "mod": 2, "offset": 0}},
+    "data": {"set": [[0, {"goto": {"target": "x"}}], [1, {"goto": {"target": "x"}}]]}}}]}}
+
+
+@pytest.mark.parametrize(("where", "value"), [
+    ((4, "rule", "expr", 0, "vmap", "key", "numgen", "offset"), None),
+    ((4, "rule", "expr", 0, "vmap", "key", "numgen", "offset"), "1"),
+    ((4, "rule", "expr", 0, "vmap", "data", "set", 0, 1, "goto", "target"), ""),
+    ((4, "rule", "expr", 0, "vmap", "data", "set", 0, 1, "goto", "target"), 7),
+    ((5, "map", "elem", 0, 1), None),
+    ((5, "map", "elem", 0, 1, "goto", "target"), ""),
+    ((5, "map", "name"), None),
+    ((1, "chain", "name"), 3),
+    ((0, "table", "name"), ""),
+    ((3, "rule", "chain"), ["c"]),
+    ((3, "rule", "expr", 0), {"dnat": {"addr": "10.0.0.9", "port": True}}),
+    ((5, "map", "elem", 0, 0), {"elem": {"val": {"concat": ["10.0.0.1", 80]}, "comment": ["x"]}}),
+    ((5, "map", "elem", 0, 0), {"elem": {"val": {"concat": ["10.0.0.1", 80]}, "timeout": "1s"}}),
+])
+def test_json_with_a_value_of_the_wrong_type_is_read_as_nft_json_never_crashes(where: tuple[Any, ...],
+                                                                               value: Any) -> None:
+    # (found by mutating the samples' JSON: each once reached the analysis and failed there)
+    doc: dict[str, Any] = {"nftables": [
+        {"table": {"family": "ip", "name": "t"}},
+        {"chain": {"family": "ip", "table": "t", "name": "x"}},
+        {"chain": {"family": "ip", "table": "t", "name": "c", "type": "nat", "hook": "prerouting", "prio": -100,
+                   "policy": "accept"}},
+        copy.deepcopy(_JSON_DRAW), copy.deepcopy(_JSON_MAP)]}
+    doc["nftables"].insert(3, {"rule": {"family": "ip", "table": "t", "chain": "c", "expr": [{"vmap": {
+        "key": {"concat": [{"payload": {"protocol": "ip", "field": "daddr"}},
+                           {"payload": {"protocol": "tcp", "field": "dport"}}]}, "data": "@m"}}]}})
+    parent: Any = doc["nftables"]
+    for key in where[:-1]:
+        parent = parent[key]
+    parent[where[-1]] = value
+    for args in (["services", "-"], ["trace", "-", "--dst", "10.0.0.1:80", "--dst", "10.0.0.2:80"]):
+        result = CliRunner().invoke(main, args, input=json.dumps(doc))
+        assert result.exit_code in (0, 1) and "internal error" not in result.output, result.output
 
 
 def test_detect_format_tells_the_inputs_apart() -> None:

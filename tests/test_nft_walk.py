@@ -105,6 +105,24 @@ def test_values_prefixes_ranges_sets_and_negation() -> None:
     assert summary(trace(text, "10.4.0.1", "10.9.0.1", 1500, "udp"))[0][0] == "ACCEPT"
 
 
+@pytest.mark.parametrize("first, second", [
+    ("ip saddr != 10.0.0.0/8 counter", "counter ip saddr != 10.0.0.0/8 drop"),
+    ("counter ip saddr != 10.0.0.0/8", "ip saddr != 10.0.0.0/8 drop"),
+])
+def test_a_match_read_before_and_after_a_statement_in_two_rules(first: str, second: str) -> None:
+    # The table's rules share what an item compiled to: a match leading one rule and the same match after a
+    # statement in another (`counter ip saddr …`) must each be read as a test of the packet.
+    text = f"""
+    table ip t {{
+        chain base {{ type filter hook forward priority 0; policy accept;
+            {first}
+            {second}
+        }}
+    }}"""
+    assert summary(trace(text, "203.0.113.1", "10.9.0.1"))[0][0] == "DROP"
+    assert summary(trace(text, "10.1.0.1", "10.9.0.1"))[0][0] == "ACCEPT"
+
+
 def test_verdict_maps_keyed_by_concatenations_and_their_element_steps() -> None:
     text = """table ip t {
 \tmap m {
@@ -142,6 +160,33 @@ def test_transaction_elements_are_evidence_with_their_own_line() -> None:
     t = trace(text, "203.0.113.1", "10.96.0.2")
     assert [(s.line, s.rule) for s in t.outcomes[0].path] == [
         (4, "ip daddr . meta l4proto . th dport vmap @m"), (6, "element ip t m { 10.96.0.2 . tcp . 80 : accept }")]
+
+
+@pytest.mark.parametrize("blanks", [" ", "\t", "  "])
+def test_elements_written_with_other_blanks_are_evidence_with_their_own_line(blanks: str) -> None:
+    # nft reads any run of blanks alike; the element's line is found in the text as kube-proxy's writing's is.
+    listing = "\n".join([
+        "table ip t {",
+        "\tmap m {",
+        "\t\ttype ipv4_addr . inet_proto . inet_service : verdict",
+        f"\t\telements{blanks}={blanks}{{ 10.96.0.1{blanks}.{blanks}tcp . 80{blanks}:{blanks}drop,",
+        f"\t\t\t     10.96.0.2 .{blanks}tcp . 80 :{blanks}accept }}",
+        "\t}",
+        "\tchain base {",
+        "\t\ttype filter hook forward priority 0; policy accept;",
+        "\t\tip daddr . meta l4proto . th dport vmap @m",
+        "\t}",
+        "}", ""])
+    transaction = "\n".join([
+        "add table ip t",
+        "add chain ip t base { type filter hook forward priority 0 ; }",
+        "add map ip t m { type ipv4_addr . inet_proto . inet_service : verdict ; }",
+        "add rule ip t base ip daddr . meta l4proto . th dport vmap @m",
+        f"add element ip t m {{ 10.96.0.1{blanks}.{blanks}tcp . 80 : drop }}",
+        f"add element ip t m {{ 10.96.0.2 . tcp{blanks}.{blanks}80{blanks}:{blanks}accept }}"])
+    for text, lines in ((listing, (4, 5)), (transaction, (5, 6))):
+        for dst, line in zip(("10.96.0.1", "10.96.0.2"), lines, strict=True):
+            assert trace(text, "203.0.113.1", dst).outcomes[0].path[-1].line == line
 
 
 def test_numgen_splits_into_exact_shares() -> None:

@@ -150,6 +150,11 @@ def test_unknown_option_kept_with_warning() -> None:
     ("*filter\n:INPUT\nCOMMIT\n", 2, 7, "expected a policy"),
     ("*nonsense\nCOMMIT\n", 1, 2, "unknown table"),
     ("hello world\n", 1, 1, "expected"),
+    # (iptables-save writes a blank after -A, -N and -P, as the grammar asks of every other command)
+    ("*filter\n:INPUT ACCEPT [0:0]\n-AINPUT -j ACCEPT\nCOMMIT\n", 3, 1, "unexpected '-AINPUT'"),
+    ("*filter\n:INPUT ACCEPT [0:0]\n-A0INPUT -j ACCEPT\nCOMMIT\n", 3, 1, "unexpected '-A0INPUT'"),
+    ("*filter\n:INPUT ACCEPT [0:0]\n-NFOO\nCOMMIT\n", 3, 1, "unexpected '-NFOO'"),
+    ("*filter\n:INPUT ACCEPT [0:0]\n-PINPUT DROP\nCOMMIT\n", 3, 1, "unexpected '-PINPUT'"),
 ])
 def test_errors_name_line_and_column(text: str, line: int, column: int, why: str) -> None:
     with pytest.raises(ParseError) as info:

@@ -239,7 +239,7 @@ E = BASE_LINES + 1  # the line of the first command
     (['-D INPUT -m comment --comment "abc'], E, 31, "unterminated quoted string; expected a closing '\"' before "
                                                     "the end of the line"),
     (["-L INPUT"], E, 1, "unexpected '-L'; expected \":\", a command (-D, -I, -R, -F, -Z, -X, -E, -C), a comment, "
-                         "\"COMMIT\", [packets:bytes], \"*\", \"-P\", \"-N\" or \"-A\""),
+                         "\"COMMIT\", [packets:bytes], \"*\", \"-A\", \"-N\" or \"-P\""),
 ])
 def test_refused_commands_name_line_and_column(commands: list[str], line: int, column: int, message: str) -> None:
     with pytest.raises(ParseError) as info:

@@ -84,12 +84,12 @@ def analysis_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = Non
     family = ("ipv6" if ":" in host else "ipv4") if host else "ipv4"
     dataplane, ruleset, collected = load_dump(dump, lenient=lenient, table=table, family=family, note=note)
     if host is None:
-        family = ruleset.families[0]
+        family = first_family(ruleset)
     elif family not in ruleset.families:
         from iptrace.errors import InputError
 
         # An IPv6 question to an iptables-save dump (or the reverse) has no answer in it: say which dump would.
-        have = ruleset.families[0] if ruleset.families else "ipv4"
+        have = first_family(ruleset)
         if dataplane.name == "nftables":
             table = "ip6" if family == "ipv6" else "ip"
             raise InputError(f"{host} is an {family.replace('ip', 'IP')} address but {ruleset.source} has no "
@@ -113,7 +113,13 @@ def analyses_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = Non
         a = analyse(dataplane, ruleset, family, node_ips=ips, cluster=cluster)
         if a.layout.proxy.has_rules:
             found.append(a)
-    return hold(found or [analyse(dataplane, ruleset, ruleset.families[0], node_ips=ips, cluster=cluster)])
+    return hold(found or [analyse(dataplane, ruleset, first_family(ruleset), node_ips=ips, cluster=cluster)])
+
+
+def first_family(ruleset: Any) -> str:
+    """The dump's first IP family; IPv4 for an nftables ruleset with no ip, ip6 or inet table (an empty
+    `nft -j list ruleset`, bridge or netdev tables only): analysed, it has no kube-proxy rules to show."""
+    return ruleset.families[0] if ruleset.families else "ipv4"
 
 
 _NODE_FORMS = "[user@]host[:port] or a Host alias of ~/.ssh/config"

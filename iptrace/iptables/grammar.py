@@ -23,7 +23,8 @@ _EXPECTED_NAMES = {
     "WORD": "a word", "QUOTED": "a quoted string", "NEG": '"!"', "COUNTERS": "[packets:bytes]",
     "NAME": "a name", "POLICY": "a policy (ACCEPT, DROP or -)", "_NL": "end of line", "$END": "end of line",
     "COMMENT": "a comment", "STAR": '"*"', "COLON": '":"', "COMMIT": '"COMMIT"',
-    "COMMAND": "a command (-D, -I, -R, -F, -Z, -X, -E, -C)",
+    "COMMAND": "a command (-D, -I, -R, -F, -Z, -X, -E, -C)", "_APPEND": '"-A"', "_NEW_CHAIN": '"-N"',
+    "_POLICY": '"-P"',
 }
 
 

@@ -236,7 +236,7 @@ class CommandMixin:
             self.chain_command(verb, t, names[1], bodies, line_no, where)
         elif kind == "set":
             setkind = str(kids[1].children[0])
-            self.set_command(verb, t, names[1], setkind, bodies, line_no, where)
+            self.set_command(verb, t, names[1], setkind, bodies, line_no, where, text)
         elif kind == "element":
             s = t.set(names[1], "set", line_no)
             name_end = max(tok.end_pos for tok in kids if isinstance(tok, Token))
@@ -289,7 +289,7 @@ class CommandMixin:
             del t.chains[name]
 
     def set_command(self, verb: str, t: TableBuilder, name: str, kind: str, bodies: list[Tree], line_no: int,
-                    where: int) -> None:
+                    where: int, text: str) -> None:
         if verb in ("add", "create"):
             existed = name in t.sets and t.sets[name].declared
             if verb == "create" and existed:
@@ -298,7 +298,10 @@ class CommandMixin:
             if not existed:
                 for body in bodies:
                     for option in body.children:
-                        self.set_option(t, s, option, line_no, where - 1)
+                        if option.data == "elements":
+                            self.declared_elements(s, option, text, line_no, where - 1)
+                        else:
+                            self.set_option(t, s, option, line_no, where - 1)
             return
         s = t.sets.get(name)
         if s is None:
@@ -310,6 +313,15 @@ class CommandMixin:
             s.ops.append(("flush", "", line_no, 0))
         else:
             del t.sets[name]
+
+    def declared_elements(self, s: SetBuilder, node: Tree, text: str, line_no: int, col: int) -> None:
+        """`elements = { … }` inside `add set|map … { … }`: added as `add element` adds them (the text between
+        the braces, read with the set's types once it is declared)."""
+        tokens = list(node.scan_values(lambda v: isinstance(v, Token)))
+        if not tokens:
+            return  # (`elements = { }`)
+        brace = text.rindex("{", 0, tokens[0].start_pos)
+        s.ops.append(("add", text[brace + 1:text.index("}", tokens[-1].end_pos)], line_no, col + brace + 2))
 
     def rule_command(self, verb: str, t: TableBuilder, chain: str, node: Tree, text: str, line_no: int, col: int,
                      handle: int | None) -> None:

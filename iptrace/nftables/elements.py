@@ -19,6 +19,8 @@ from iptrace.nftables.reader import NotUnderstood, RuleReader, tokenize
 from iptrace.nftables.shapes import fast_constructor, instantiate
 from iptrace.nftables.vocabulary import CHAIN_VERDICTS, VERDICT_WORDS
 
+# Blanks the str split does not expect between an element's words (kube-proxy and the kernel write one space).
+_ODD_BLANKS_RE = re.compile(r"\s\s|[^ \S]")
 _CHUNK_RE = re.compile(r'(?:"(?:\\.|[^"\\])*"|\{[^{}]*\}|[^,"{}])+')
 _VERDICTS = {w: Verdict(w) for w in VERDICT_WORDS}
 _make_element = fast_constructor(Element)
@@ -66,9 +68,14 @@ class ElementReader:
                     self.fail(error, body, offset, line, column, "an empty element (two commas)")
                 continue
             try:
-                element = None if "{" in text or " timeout " in text or " expires " in text \
-                    or " counter " in text else fast(text, keys_only) if '"' not in text \
-                    else self.commented(text, keys_only)
+                try:
+                    element = None if "{" in text or " timeout " in text or " expires " in text \
+                        or " counter " in text else fast(text, keys_only) if '"' not in text \
+                        else self.commented(text, keys_only)
+                except ValueError:
+                    if not _ODD_BLANKS_RE.search(text):
+                        raise
+                    element = None  # (split at " . " or " : ", a value kept a blank: the reader reads it)
                 if element is None:
                     element = self.slow(text, keys_only)
             except (ValueError, NotUnderstood) as exc:

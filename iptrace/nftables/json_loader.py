@@ -82,6 +82,18 @@ def _compact(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True)
 
 
+def _target(body: Any) -> str:
+    """A jump's or goto's chain: a name, as nft writes it (any other value is not a verdict nft lists)."""
+    target = body["target"]
+    if not isinstance(target, str) or not target:
+        raise _Bad
+    return target
+
+
+def _integers(*found: Any) -> bool:
+    return all(type(v) is int for v in found)
+
+
 def _one(obj: Any) -> tuple[str, Any]:
     if not isinstance(obj, dict) or len(obj) != 1:
         raise _Bad
@@ -138,13 +150,18 @@ class JsonReader:
         if isinstance(e, dict) and "elem" in e:
             opts = e["elem"]
             e = opts["val"]
+            comment = opts.get("comment")
+            if not _integers(opts.get("timeout", 0), opts.get("expires", 0)) or not (
+                    comment is None or isinstance(comment, str)):
+                raise _Bad
             timeout = opts["timeout"] * 1000 if "timeout" in opts else None
             expires = opts["expires"] * 1000 if "expires" in opts else None
-            comment = opts.get("comment")
             c = opts.get("counter")
             if isinstance(c, dict):
                 counter = (c.get("packets", 0), c.get("bytes", 0))
         key = self.value(e, keys)
+        if data is not None and data_j is None:
+            raise ValueError(f"map element {_compact(e)[:60]} has no value")
         value = None
         if data_j is not None:
             value = self.verdict(data_j) if data == ("verdict",) else self.value(data_j, data or (ANY,))
@@ -159,7 +176,7 @@ class JsonReader:
         if kind in VERDICT_WORDS:
             return Verdict(kind)
         if kind in CHAIN_VERDICTS:
-            return Verdict(kind, body["target"])
+            return Verdict(kind, _target(body))
         raise _Bad
 
     def map_lookup(self, body: dict[str, Any], data: tuple[str, ...]) -> MapLookup:
@@ -194,11 +211,13 @@ class JsonReader:
                 raise _Bad
             return Fib(flags, body["result"])
         if kind == "numgen":
-            if body["mode"] not in NUMGEN_MODES or not isinstance(body["mod"], int):
+            if body["mode"] not in NUMGEN_MODES or not _integers(body["mod"], body.get("offset", 0)):
                 raise _Bad
             return Numgen(body["mode"], body["mod"], body.get("offset", 0))
         if kind in ("jhash", "symhash"):
             inner = self.expr(body["expr"]) if kind == "jhash" else None
+            if not _integers(body["mod"], body.get("offset", 0), body.get("seed", 0)):
+                raise _Bad
             return Hash(kind, inner, body["mod"], body.get("seed"), body.get("offset", 0))
         if kind in ("rt", "socket", "osf"):
             words = [kind, *([body["family"]] if "family" in body else []), body["key"]]
@@ -242,7 +261,7 @@ class JsonReader:
         if kind in VERDICT_WORDS:
             return Verdict(kind)
         if kind in CHAIN_VERDICTS:
-            return Verdict(kind, body["target"])
+            return Verdict(kind, _target(body))
         if kind == "vmap":
             key = self.expr(body["key"])
             data = body["data"]
@@ -289,6 +308,8 @@ class JsonReader:
         family = body.get("family")
         addr_type = {"ip": "ipv4_addr", "ip6": "ipv6_addr"}.get(family or self.family, "ct_addr")
         addr = body.get("addr")
+        if isinstance(addr, bool) or isinstance(body.get("port"), bool):
+            raise _Bad  # (JSON's true/false are `exists`/`missing`: no address or port)
         if isinstance(addr, dict) and "map" in addr:
             elems = addr["map"]["data"]
             pairs = isinstance(elems, dict) and any(
@@ -368,8 +389,16 @@ def load_json(text: str, *, source: str = "<ruleset>", lenient: bool = False) ->
     return Ruleset(tuple(t for t in out if t is not None), source, "nft-json", tuple(warnings), tuple(skipped))
 
 
+def _name(body: dict[str, Any], key: str) -> str:
+    """An object's family, table, chain or name: a word (what nft lists; anything else names nothing)."""
+    found = body[key]
+    if not isinstance(found, str) or not found:
+        raise ValueError(f"its {key} {_compact(found)[:40]} is not a name")
+    return found
+
+
 def _table(tables: dict[tuple[str, str], TableBuilder], body: dict[str, Any]) -> TableBuilder:
-    key = (body["family"], body["table"])
+    key = (_name(body, "family"), _name(body, "table"))
     t = tables.get(key)
     if t is None:
         raise ValueError(f"table {key[0]} {key[1]} is not listed before its objects")
@@ -381,7 +410,7 @@ def _read_object(obj: Any, tables: dict[tuple[str, str], TableBuilder], warnings
     if kind == "metainfo":
         return
     if kind == "table":
-        t = TableBuilder(body["family"], body["name"], None, True, body.get("handle"))
+        t = TableBuilder(_name(body, "family"), _name(body, "name"), None, True, body.get("handle"))
         flags = body.get("flags", [])
         flags = [flags] if isinstance(flags, str) else flags
         t.flags = tuple(sorted(f for f in flags if f in _TABLE_FLAGS))
@@ -389,7 +418,7 @@ def _read_object(obj: Any, tables: dict[tuple[str, str], TableBuilder], warnings
         tables[(t.family, t.name)] = t
     elif kind == "chain":
         t = _table(tables, body)
-        c = ChainBuilder(body["name"], None, True, body.get("handle"))
+        c = ChainBuilder(_name(body, "name"), None, True, body.get("handle"))
         c.type, c.hook, c.priority, c.policy = body.get("type"), body.get("hook"), body.get("prio"), body.get(
             "policy")
         _check_base_chain(c, t.family)
@@ -399,7 +428,7 @@ def _read_object(obj: Any, tables: dict[tuple[str, str], TableBuilder], warnings
         t.chains[c.name] = c
     elif kind in ("set", "map"):
         t = _table(tables, body)
-        s = SetBuilder(body["name"], kind, None, True, body.get("handle"))
+        s = SetBuilder(_name(body, "name"), kind, None, True, body.get("handle"))
         s.key_type = _types(body["type"])
         if kind == "map":
             s.data_type = _types(body["map"])
@@ -421,7 +450,7 @@ def _read_object(obj: Any, tables: dict[tuple[str, str], TableBuilder], warnings
         t.sets[s.name] = s
     elif kind == "rule":
         t = _table(tables, body)
-        c = t.chains.get(body["chain"])
+        c = t.chains.get(_name(body, "chain"))
         if c is None:
             raise ValueError(f"chain {body['chain']!r} is not listed before its rules")
         reader = JsonReader(t.family)
@@ -432,7 +461,7 @@ def _read_object(obj: Any, tables: dict[tuple[str, str], TableBuilder], warnings
         t.refs.update(item_refs(items))
     elif kind in _OBJECTS:
         t = _table(tables, body)
-        t.objects.append(NamedObject(kind, body["name"], _object_body(kind, body)))
+        t.objects.append(NamedObject(kind, _name(body, "name"), _object_body(kind, body)))
     else:
         warnings.append(LoadWarning(None, f"JSON object {kind!r} not read (iptrace does not know it)"))
 

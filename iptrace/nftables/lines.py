@@ -14,6 +14,8 @@ from iptrace.nftables.values import normaliser
 
 _CHUNK_RE = re.compile(r'(?:"(?:\\.|[^"\\])*"|\{[^{}]*\}|[^,"{}])+')
 _ADD_ELEMENT_RE = re.compile(r'\s*(?:add|create)\s+element\s+(?:(ip|ip6|inet|arp|bridge|netdev)\s+)?(\S+)\s+(\S+)\s*\{')
+_ELEMENTS_RE = re.compile(r"elements\s*=\s*\{")
+_ODD_BLANKS_RE = re.compile(r"\s\s|[^ \S]")
 _OPTION_RE = re.compile(r'\s+(?:comment\s+"(?:\\.|[^"\\])*"|timeout\s+\S+|expires\s+\S+|counter(?:\s+packets\s+\d+\s+'
                         r'bytes\s+\d+)?)')
 
@@ -73,12 +75,16 @@ class ElementLines:
             text = self._line(i)
             if not inside:
                 at = text.find("elements = {")
-                if at < 0:
-                    if i > start and text.strip() == "}":  # the end of the set block: no elements
-                        break
-                    continue
+                if at >= 0:
+                    text = text[at + len("elements = {"):]
+                else:
+                    m = _ELEMENTS_RE.search(text) if "elements" in text else None  # (other blanks nft reads)
+                    if m is None:
+                        if i > start and text.strip() == "}":  # the end of the set block: no elements
+                            break
+                        continue
+                    text = text[m.end():]
                 inside = True
-                text = text[at + len("elements = {"):]
             done = False
             body = text
             depth_end = _closing(body)
@@ -141,6 +147,13 @@ def _closing(text: str) -> int | None:
 
 
 def _key(text: str, norms: list[Any], is_map: bool) -> Any:
+    found = _read_key(text, norms, is_map)
+    if found is None and _ODD_BLANKS_RE.search(text):  # (blanks other than the one space nft lists)
+        found = _read_key(" ".join(text.split()), norms, is_map)
+    return found
+
+
+def _read_key(text: str, norms: list[Any], is_map: bool) -> Any:
     key_text = text.split(" : ", 1)[0] if is_map else text
     key_text = _OPTION_RE.sub("", " " + key_text).strip()
     parts = key_text.split(" . ")

@@ -335,9 +335,9 @@ class TextLoader(CommandMixin):
     def opens_block(self, header: str) -> bool:
         ctx = self.stack[-1][0] if self.stack else TOP
         if ctx == TOP:
-            return header.startswith("table ") or header == "table"
+            return header.split(None, 1)[0] == "table"  # (nft reads a tab between words as a blank)
         if ctx == TABLE:
-            return _BLOCK_HEADER_RE.fullmatch(header) is not None or header.split(" ", 1)[0] in (
+            return _BLOCK_HEADER_RE.fullmatch(header) is not None or header.split(None, 1)[0] in (
                 "chain", "set", "map")
         return False
 
@@ -434,7 +434,7 @@ class TextLoader(CommandMixin):
             s = self.stack[-1][1]
             if text.startswith("elements"):
                 brace = text.find("{")
-                if brace > 0 and text[:brace].replace(" ", "") == "elements=" and text.endswith("}"):
+                if brace > 0 and "".join(text[:brace].split()) == "elements=" and text.endswith("}"):
                     s.ops.append(("add", text[brace + 1:-1], line_no, col + brace + 2))
                     return
             patch_key = (self.stack[-2][1].family, s.kind, text)
@@ -467,6 +467,7 @@ class TextLoader(CommandMixin):
     # -- rules -------------------------------------------------------------------------------------------
     def make_rule(self, t: TableBuilder, text: str, line_no: int, col: int, handle: int | None) -> Rule | None:
         """A rule of table `t` from its text (the general path: the line loop inlines the common case)."""
+        written = text
         if "  " in text or "\t" in text or "\n" in text:
             text = _squeeze(text)
         toks = fast_tokens(text)
@@ -492,9 +493,11 @@ class TextLoader(CommandMixin):
         except ValueError as exc:
             why = str(exc)
             quoted = re.search(r"'([^']+)'", why)  # the normalisers quote the value they refused
-            where = text.find(quoted.group(1)) if quoted else -1
-            self.fail(ParseError(f"{why}; the rule cannot be read", source=self.source, line=line_no,
-                                 column=col + max(where, 0) + 1, text=self.line_text(line_no)))
+            where = max(written.find(quoted.group(1)) if quoted else -1, 0)
+            line = line_no + written.count("\n", 0, where)  # (a rule written over several lines: the value's own)
+            column = where - written.rfind("\n", 0, where) if line > line_no else col + where + 1
+            self.fail(ParseError(f"{why}; the rule cannot be read", source=self.source, line=line, column=column,
+                                 text=self.line_text(line)))
             return None
         if rule is None:  # a masked keyword differs from the shape's (`ip6` where it had `ip6`… or not)
             key = "\1" + text

@@ -97,8 +97,8 @@ def compile_rule(rule: Rule, index: int, decision: Decision, where: str, ctx: Co
             tests.append(definite)
             k += 1
             continue
-        definite = cache.get(item)
-        if definite is None:
+        op = cache.get(item)  # (kept as the operation the same match compiles to after a statement)
+        if op is None:
             if forks(item):
                 break
             definite, test = compile_match(item, ctx, where, named)
@@ -106,7 +106,9 @@ def compile_rule(rule: Rule, index: int, decision: Decision, where: str, ctx: Co
                 assumed.append(test)  # type: ignore[arg-type]
                 k += 1
                 continue
-            cache[item] = definite
+            cache[item] = (TEST, definite, None)
+        else:
+            definite = op[1]
         tests.append(definite)
         k += 1
     ops = []

@@ -101,6 +101,12 @@ def _signature(rules: tuple[Any, ...]) -> tuple[Any, ...] | None:
 Dnats = tuple[tuple[str, int | None] | None, ...]  # by rule index: (address, port) of its DNAT, or None
 
 
+def _dnat_parameter(item: Nat) -> bool:
+    """A DNAT to one address (and maybe a port): a parameter of its chain's skeleton, replayed with the
+    member's own values. Any other DNAT of a chain (`dnat to :8001`, to a map) leaves it unshared."""
+    return item.kind == "dnat" and type(item.addr) is str and (item.port is None or type(item.port) is int)
+
+
 def parameters(rules: tuple[Any, ...]) -> tuple[tuple[tuple[str, str], ...], Dnats]:
     """A chain's own values of its skeleton's parameters: the address tests (field, address) in rule and item
     order, and each rule's first DNAT (the one that acts: a NAT statement ends the rule) by rule index (a tuple,
@@ -112,8 +118,7 @@ def parameters(rules: tuple[Any, ...]) -> tuple[tuple[tuple[str, str], ...], Dna
             t = type(item)
             if t is Match and address_equals(item) is not None:
                 tests.append(("src" if item.left.field == "saddr" else "dst", item.right))
-            elif t is Nat and item.kind == "dnat" and type(item.addr) is str and (
-                    item.port is None or type(item.port) is int):
+            elif t is Nat and _dnat_parameter(item):
                 dnats.setdefault(i, (item.addr, item.port))
     return tuple(tests), tuple([dnats.get(i) for i in range(len(rules))])
 
@@ -177,6 +182,8 @@ class Skeletons:
             for item in rule.items:
                 if type(item) is Match and address_equals(item) is not None:
                     param_items.add(id(item))
+                elif type(item) is Nat and item.kind == "dnat" and not _dnat_parameter(item):
+                    return None  # (replay sets the destination from the chain's parameters: it has none here)
         found = self._closure_fields(code, param_items)
         if found is None:
             return None
