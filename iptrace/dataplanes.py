@@ -10,6 +10,13 @@ from iptrace.errors import InputError, ParseError
 from iptrace.text import decode_input
 
 
+def analysed_families(ruleset: Any) -> tuple[str, ...]:
+    """The IP families a dump is analysed for: its own, or IPv4 for an nftables ruleset with no ip, ip6 or inet
+    table (an empty `nft -j list ruleset`, bridge or netdev tables only): analysed, it says it has no kube-proxy
+    rules rather than nothing at all."""
+    return tuple(ruleset.families) or ("ipv4",)
+
+
 def all_dataplanes() -> list[Dataplane]:
     from iptrace.iptables import DATAPLANE as IPTABLES
 

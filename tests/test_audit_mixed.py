@@ -141,3 +141,18 @@ def test_directories_saved_by_hand_are_nodes_whatever_dump_they_hold(tmp_path: P
     services = CliRunner().invoke(main, ["services", str(hand / "node-c"), "-o", "json"])
     assert services.exit_code == 0 and len(json.loads(services.stdout)) == len(json.loads(
         CliRunner().invoke(main, ["services", str(tmp_path / "snap" / "node-c"), "-o", "json"]).stdout))
+
+
+def test_an_nft_ruleset_without_ip_tables_is_a_node_without_kube_proxy(tmp_path: Path) -> None:
+    """An empty `nft -j list ruleset` (no ip, ip6 or inet table) given to audit is read: the node has no kube-proxy
+    rules, as `services` says of it, not a load error without a reason."""
+    empty = tmp_path / "bare.json"
+    empty.write_text('{"nftables": [{"metainfo": {"version": "1.0.9", "json_schema_version": 1}}]}')
+    other = Path(__file__).parent.parent / "sample_dumps" / "nodeport-fb-backends-nft.nft"
+    done = CliRunner().invoke(main, ["audit", str(empty), str(other), "--jobs", "1", "-o", "json"])
+    assert done.exit_code == 3, done.output
+    doc = json.loads(done.output)
+    nodes = {n["name"]: (n["status"], n["dataplane"], n["error"]) for n in doc["nodes"]}
+    assert nodes == {"bare.json": ("no-kube-proxy", "nftables", None),
+                     "nodeport-fb-backends-nft.nft": ("ok", "nftables", None)}
+    assert [(f["node"], f["id"]) for f in doc["findings"]] == [("bare.json", "no-kube-proxy-rules")]

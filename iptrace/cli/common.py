@@ -117,9 +117,10 @@ def analyses_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = Non
 
 
 def first_family(ruleset: Any) -> str:
-    """The dump's first IP family; IPv4 for an nftables ruleset with no ip, ip6 or inet table (an empty
-    `nft -j list ruleset`, bridge or netdev tables only): analysed, it has no kube-proxy rules to show."""
-    return ruleset.families[0] if ruleset.families else "ipv4"
+    """The dump's first IP family as it is analysed (dataplanes.analysed_families)."""
+    from iptrace.dataplanes import analysed_families
+
+    return analysed_families(ruleset)[0]
 
 
 _NODE_FORMS = "[user@]host[:port] or a Host alias of ~/.ssh/config"

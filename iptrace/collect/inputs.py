@@ -102,7 +102,7 @@ def node_input(snapshot: Any, *, cluster: Any = None, lenient: bool = False,
         chosen = choose_dump(snapshot, "ipv4", lenient=lenient, known=known_ports(cluster, "ipv4"), memo=memo)
     except IptraceError as exc:
         return NodeInput(snapshot.node, {}, str(exc), tuple(snapshot.addresses), meta)
-    for family in chosen.ruleset.families:
+    for family in dataplanes.analysed_families(chosen.ruleset):
         analyses[family] = analyse(chosen.dataplane, chosen.ruleset, family, node_ips=snapshot.addresses,
                                    cluster=cluster, layout=chosen.layout if family == "ipv4" else None)
     if "ipv6" not in analyses and snapshot.ip6_dump_text:
@@ -170,5 +170,6 @@ def dump_input(text: str, source: str, *, node_ips: Sequence[str] = (), cluster:
         dataplane, ruleset = dataplanes.load(text, source=source, lenient=lenient, memo=memo)
     except IptraceError as exc:
         return NodeInput(name or Path(source).name, {}, str(exc), tuple(node_ips))
-    analyses = {f: analyse(dataplane, ruleset, f, node_ips=node_ips, cluster=cluster) for f in ruleset.families}
+    analyses = {f: analyse(dataplane, ruleset, f, node_ips=node_ips, cluster=cluster)
+                for f in dataplanes.analysed_families(ruleset)}
     return NodeInput(name or Path(source).name, analyses, None, tuple(node_ips), {"dataplane": dataplane.name})
