@@ -73,6 +73,35 @@ def test_lenient_lists_what_was_skipped(tmp_path) -> None:
     assert "line 4: unterminated quoted string" in result.output
 
 
+def test_lenient_skips_a_rule_whose_value_iptables_restore_would_refuse(tmp_path) -> None:
+    """A rule the grammar reads but whose value iptables-restore refuses (`-d 10.101.234.1689/32`) is found when the
+    rule is compiled: strictly an error naming file:line:column; with --lenient that rule is skipped and listed
+    (in line order with the unreadable ones), and the rest of the dump is analysed."""
+    lines = (Path(__file__).parent.parent / "sample_dumps" / "nodeport-fb-backends.txt").read_text().split("\n")
+    at = next(i for i, line in enumerate(lines) if line.startswith("-A KUBE-SERVICES -d 10.101.234.168/32"))
+    lines[at] = lines[at].replace("10.101.234.168/32", "10.101.234.1689/32")
+    only = tmp_path / "only.txt"
+    only.write_text("\n".join(lines))
+    strict = CliRunner().invoke(main, ["services", str(only)])
+    assert strict.exit_code == 1
+    assert strict.stderr.startswith(f"Error: {only}:{at + 1}:21: cannot read address '10.101.234.1689/32'")
+    lines.insert(at + 1, '-A KUBE-SERVICES -m comment --comment "oops')
+    bad = tmp_path / "bad.txt"
+    bad.write_text("\n".join(lines))
+    result = CliRunner().invoke(main, ["services", "--lenient", str(bad), "-o", "json"])
+    assert result.exit_code == 0, result.output
+    err = result.stderr.splitlines()
+    assert err[0] == f"note: {bad}: read with --lenient past 2 problems (what each names is left out or assumed):"
+    assert err[1].startswith(f"  line {at + 1}: cannot read address '10.101.234.1689/32'")
+    assert err[2].startswith(f"  line {at + 2}: unterminated quoted string")
+    doc = json.loads(result.stdout)
+    fb = [s for s in doc if (s["namespace"], s["name"]) == ("default", "fb-backends")]
+    assert fb and all(e["ip"] in ("10.244.1.7", "10.244.2.3") for s in fb for e in s["endpoints"])
+    assert len(doc) > 1  # (the other Services' ports are there too)
+    parsed = run("parse", "--lenient", str(bad))
+    assert "skipped with --lenient (2)" in parsed.output
+
+
 def test_an_analysis_with_lenient_says_on_stderr_what_it_read_past(tmp_path) -> None:
     """`services`/`trace`/`explain --lenient` on a damaged dump: the answer on stdout (JSON `jq` can read), and on
     stderr how many problems were passed over, the first few with their lines, and how to list them all."""

@@ -27,7 +27,12 @@ class IptablesDataplane:
     def load(self, text: str | bytes, *, source: str = "<dump>", lenient: bool = False,
              table: str | None = None, memo: Any = None) -> Any:
         """`memo`: a rule_shapes.LoadMemo kept across the dumps of one cluster (the same Ruleset either way)."""
-        return load(text, source=source, lenient=lenient, table=table, memo=memo)
+        ruleset = load(text, source=source, lenient=lenient, table=table, memo=memo)
+        if not lenient:
+            return ruleset
+        from iptrace.iptables.lenient import without_refused_values
+
+        return without_refused_values(text, ruleset, source=source, table=table, memo=memo)
 
     def layout(self, ruleset: Any, family: str, *, known: Sequence[KnownServicePort] = ()) -> Layout:
         from iptrace.iptables.layout import read_layout

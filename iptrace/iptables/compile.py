@@ -347,6 +347,21 @@ class Compiler:
             self._codes[key] = code
         return code  # type: ignore[return-value]
 
+    def refused_values(self) -> list[ParseError]:
+        """Every rule compiled: the errors of those with a value iptables-restore would refuse (an address, a NAT
+        target, a mark), which a trace otherwise finds only when it first reads the rule (--lenient skips them)."""
+        errors = []
+        for table in self.ruleset.tables:
+            for chain in table.chains:
+                code = self._code(table.name, chain.name)
+                assert code is not None
+                for i in range(len(chain.rules)):
+                    try:
+                        self._compile(code, i)
+                    except ParseError as exc:
+                        errors.append(exc)
+        return errors
+
     def _compile(self, code: ChainCode, i: int) -> Compiled:
         """Rule `i` of `code`, compiled (and kept). A value iptables-restore would refuse (an address, a NAT
         target, a mark) is a ParseError naming the rule's file:line:column, as for any other unreadable text."""
