@@ -165,6 +165,28 @@ def test_a_node_whose_dump_does_not_parse(tmp_path: Path) -> None:
     assert inputs[1].error in text
 
 
+@pytest.mark.parametrize("damage", ["address", "meta-dir", "ip6-dir", "conntrack-dir"])
+def test_a_damaged_node_directory_is_one_load_error(tmp_path: Path, damage: str) -> None:
+    """A node whose meta.json names a non-address, or whose files are directories, is one load-error naming the
+    file; the other nodes are audited (neither an internal error for the whole run, nor a silently lost file)."""
+    services = base_services()
+    for name in ("node-a", "node-b"):
+        store.write_node_dir(tmp_path / name, {store.DUMP_FILE: dump_text(services, name).encode()},
+                             {"node": name, "addresses": [NODES[name]]})
+    bad = tmp_path / "node-b"
+    wrong = {"address": store.META_FILE, "meta-dir": store.META_FILE, "ip6-dir": store.IP6_DUMP_FILE,
+             "conntrack-dir": store.CONNTRACK_FILE}[damage]
+    if damage == "address":
+        (bad / wrong).write_text(json.dumps({"node": "node-b", "addresses": ["node-b.example"]}))
+    else:
+        (bad / wrong).unlink(missing_ok=True)
+        (bad / wrong).mkdir()
+    inputs = inputs_from_directory(tmp_path, cluster=cluster_of(services))
+    assert [i.name for i in inputs] == ["node-a", "node-b"]
+    assert inputs[0].analyses and not inputs[1].analyses
+    assert wrong in (inputs[1].error or ""), inputs[1].error
+
+
 def test_node_not_in_the_cluster_data_is_said() -> None:
     services = base_services()
     stranger = Dumped("10.9.9.9", dump(services, "node-a"), ("10.9.9.9",))

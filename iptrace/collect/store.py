@@ -18,6 +18,7 @@ Each file holds a command's output byte for byte, whichever way it was collected
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import tempfile
@@ -79,7 +80,7 @@ def read_node_dir(path: Path) -> NodeSnapshot:
                          f"(run `iptrace collect` again for this node, or save its rules there as {DUMP_FILE} "
                          f"or {NFT_FILE})")
     meta: dict[str, Any] = {}
-    if meta_path.is_file():
+    if _present(meta_path):
         try:
             loaded = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -90,6 +91,12 @@ def read_node_dir(path: Path) -> NodeSnapshot:
     addresses = meta.get("addresses", [])
     if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
         raise InputError(f"{meta_path}: `addresses` must be a list of strings; collect this node again")
+    for address in addresses:
+        try:
+            ipaddress.ip_address(address.strip("[]"))  # (as kube.sources.of_family reads them)
+        except ValueError:
+            raise InputError(f"{meta_path}: `addresses` holds {address!r}, not an IP address; collect this node "
+                             "again") from None
     node = meta.get("node") if isinstance(meta.get("node"), str) else path.name
     return NodeSnapshot(
         node=node,
@@ -122,8 +129,14 @@ def _read_text(path: Path) -> str:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from exc
 
 
+def _present(path: Path) -> bool:
+    """An optional file is there: a file, or something in its place that reading then names (a directory is no
+    file to skip silently)."""
+    return path.exists() or path.is_symlink()
+
+
 def _read_optional(path: Path) -> str | None:
-    return _read_text(path) if path.is_file() else None
+    return _read_text(path) if _present(path) else None
 
 
 def ensure_private_dir(path: Path, *, tighten: bool = True) -> None:
