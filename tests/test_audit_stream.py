@@ -280,6 +280,31 @@ def test_merge_errors_say_what_was_found_and_expected(tmp_path: Path, snap: Path
     assert CliRunner().invoke(main, ["audit", "--merge"]).exit_code == 2
 
 
+@pytest.mark.parametrize(("where", "value", "said"), [
+    ("family", "ipv9", "merge.nodes[0].families[0].family: found 'ipv9'; expected 'ipv4' or 'ipv6'"),
+    ("proxy", {"mode": None}, "merge.nodes[0].families[0].proxy: found"),
+    ("lines", [-5], "merge.nodes[0].families[0].lines: found"),
+    ("ports", [-1], "merge.nodes[0].families[0].ports: found"),
+])
+def test_a_hand_edited_merge_key_is_a_one_line_error(snap: Path, tmp_path: Path, where: str, value: Any,
+                                                     said: str) -> None:
+    """An edited family, proxy mode, evidence line or digest index is refused where it is (not an internal
+    error, nor a negative index silently read from the end of the digests)."""
+    doc = json.loads(CliRunner().invoke(main, ["audit", str(snap / "node-000"), "-o", "json"]).stdout)
+    fam = doc["merge"]["nodes"][0]["families"][0]
+    if isinstance(value, dict):
+        fam[where].update(value)
+    elif isinstance(value, list):
+        fam[where][:1] = value
+    else:
+        fam[where] = value
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(doc))
+    result = CliRunner().invoke(main, ["audit", "--merge", str(path)])
+    assert result.exit_code == 1, result.output
+    assert said in result.stderr and "internal error" not in result.stderr, result.stderr
+
+
 def test_merge_round_trip_keeps_every_result(snap: Path) -> None:
     results = analyse_nodes(sources([str(snap)]), jobs=1)
     doc = json.loads(json.dumps(merge_json(results, cluster_source=None, cluster_nodes=False)))

@@ -122,9 +122,12 @@ class _Reader:
             data = dict(item)
             data["evidence"] = tuple(data["evidence"])
             data["warning"] = tuple(data["warning"]) if data.get("warning") is not None else None
-            return ProxyMode(**data)
+            proxy = ProxyMode(**data)
         except (KeyError, TypeError, ValueError) as exc:
             raise self.fail(where, item, f"kube-proxy's mode ({exc})") from None
+        if not all(isinstance(getattr(proxy, name), str) for name in ("dataplane", "mode", "name", "version_hint")):
+            raise self.fail(where, item, "kube-proxy's mode (its dataplane, mode, name and version_hint strings)")
+        return proxy
 
 
 def read_merge(document: Any, source: str) -> tuple[list[NodeResult], str | None, bool]:
@@ -147,17 +150,22 @@ def read_merge(document: Any, source: str) -> tuple[list[NodeResult], str | None
         families = []
         for j, fam in enumerate(r.get(node, "families", list, where)):
             at = f"{where}.families[{j}]"
+            indexes = r.get(fam, "ports", list, at)
+            if not all(isinstance(k, int) and 0 <= k < len(digests) for k in indexes):
+                raise r.fail(f"{at}.ports", indexes, f"indexes of merge.digests (0-{len(digests) - 1})")
+            ports = tuple(digests[k] for k in indexes)
             try:
-                ports = tuple(digests[k] for k in r.get(fam, "ports", list, at))
-            except (IndexError, TypeError):
-                raise r.fail(f"{at}.ports", fam.get("ports"), f"indexes of merge.digests (0-{len(digests) - 1})") \
-                    from None
-            lines = array("I", (int(x) for x in r.get(fam, "lines", list, at)))
+                lines = array("I", (int(x) for x in r.get(fam, "lines", list, at)))
+            except (OverflowError, TypeError, ValueError):
+                raise r.fail(f"{at}.lines", fam["lines"], "line numbers (whole numbers from 0)") from None
             if len(lines) != sum(p.slots for p in ports):
                 raise r.fail(f"{at}.lines", len(lines), f"{sum(p.slots for p in ports)} lines (one per evidence "
                              "slot of its ports)")
+            family = r.get(fam, "family", str, at)
+            if family not in ("ipv4", "ipv6"):
+                raise r.fail(f"{at}.family", family, "'ipv4' or 'ipv6'")
             families.append(FamilyDigest(
-                r.get(fam, "family", str, at), r.proxy(r.get(fam, "proxy", dict, at), f"{at}.proxy"),
+                family, r.proxy(r.get(fam, "proxy", dict, at), f"{at}.proxy"),
                 tuple(r.get(fam, "warnings", list, at)), r.get(fam, "services", int, at), ports, lines,
                 tuple(r.finding(f, f"{at}.compared[{k}]") for k, f in enumerate(r.get(fam, "compared", list, at)))))
         results.append(NodeResult(
