@@ -198,3 +198,28 @@ def test_a_synthesized_cluster_of_hundreds_of_services_is_equivalent_in_both_mod
                       "nft"))
     assert d.equivalent, render_diff_text(d)
     assert len({c.split()[0] for c in d.notes}) >= 4
+
+
+def test_both_families_of_a_dual_stack_ruleset_are_compared(tmp_path: Path) -> None:
+    """A dual-stack node's nft ruleset holds `ip` and `ip6 kube-proxy`: a change in its IPv6 table alone is a
+    difference (not "equivalent" from the IPv4 table alone), and against a one-family dump the matching family
+    is compared and the other said to be compared on one side only."""
+    samples = Path(__file__).resolve().parent.parent / "sample_dumps"
+    dual = samples / "dual-stack-nft.nft"
+    text = dual.read_text()
+    old = "fd00:10:96::a . tcp . 9153 : goto"
+    assert text.count(old) == 1
+    changed = tmp_path / "changed.nft"
+    changed.write_text(text.replace(old, "fd00:10:96::a . tcp . 9154 : goto"))
+    result = CliRunner().invoke(main, ["diff", str(dual), str(changed), "-o", "json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert not doc["equivalent"]
+    assert [c["service"] for c in doc["services_changed"]] == ["kube-system/kube-dns:metrics"]
+    assert doc["services_changed"][0]["fields"] == [{"field": "port", "a": 9153, "b": 9154}]
+    assert CliRunner().invoke(main, ["diff", str(dual), str(dual), "-o", "json"]).stdout.count('"equivalent": true')
+    only_v4 = tmp_path / "v4.nft"  # (the same node's IPv4 table alone)
+    only_v4.write_text(text[:text.index("table ip6 kube-proxy")])
+    doc = json.loads(CliRunner().invoke(main, ["diff", str(dual), str(only_v4), "-o", "json"]).stdout)
+    assert doc["equivalent"]
+    assert any("IPv6" in w and "only" in w for w in doc["warnings"]), doc["warnings"]

@@ -13,6 +13,7 @@ import click
 
 from iptrace.cli import EXIT_ERROR, EXIT_FINDINGS, main
 from iptrace.cli.common import (
+    analyses_of,
     analysis_of,
     batch,
     build_showing_progress,
@@ -469,17 +470,21 @@ def diff(a: str, b: str, output: str, cluster_files: tuple[str, ...], kubeconfig
       iptrace diff iptables-save.txt nft-ruleset.txt --node-ip 192.168.49.2
     """
     batch()
+    from iptrace.kube.diff import combined, family_pairs
     from iptrace.kube.diff import diff as run_diff
     from iptrace.render.audit import diff_to_json, render_diff_text
 
     cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
-    left = analysis_of(a, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table)
-    right = analysis_of(b, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table)
-    if not node_ips and left.dataplane.name != right.dataplane.name:
-        left, right = _one_node(a, b, left, right, cluster, lenient, table)
-    build_showing_progress(left)  # (both whole views are compared: a big node's takes seconds)
-    build_showing_progress(right)
-    result = run_diff(left, right)
+    lefts = analyses_of(a, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table)
+    rights = analyses_of(b, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table)
+    diffs = []
+    for left, right in family_pairs(lefts, rights):
+        if not node_ips and left.dataplane.name != right.dataplane.name:
+            left, right = _one_node(a, b, left, right, cluster, lenient, table)
+        build_showing_progress(left)  # (both whole views are compared: a big node's takes seconds)
+        build_showing_progress(right)
+        diffs.append(run_diff(left, right))
+    result = combined(diffs, lefts, rights)
     if output == "json":
         emit_json(diff_to_json(result))
     else:
@@ -490,19 +495,19 @@ def _one_node(a: str, b: str, left: Any, right: Any, cluster: Any, lenient: bool
     """The migration check compares one node in two modes: when only one side's rules (or collection) name the
     node's addresses (an nft ruleset lists them for its NodePorts; iptables matches them by addrtype), the other
     side is analysed with them too, so that traffic to the node's own address is local on both sides. Said on
-    stderr."""
+    stderr. (Sides of two families share no address.)"""
     from iptrace.kube.sources import of_family
 
     def known(analysis: Any) -> tuple[str, ...]:
         return analysis.node_ips or tuple(of_family(analysis.layout.node_ips, analysis.family))
 
     found_left, found_right = known(left), known(right)
-    if bool(found_left) == bool(found_right):
+    if bool(found_left) == bool(found_right) or left.family != right.family:
         return left, right
     ips, (dump, other) = (found_left, (b, a)) if found_left else (found_right, (a, b))
     click.echo(f"note: {dump} does not name the node's own addresses; {', '.join(ips)} from {other} used for both "
                "sides (the migration check compares one node; --node-ip sets them)", err=True)
-    redone = analysis_of(dump, node_ips=ips, cluster=cluster, lenient=lenient, table=table, note=False)
+    redone = analysis_of(dump, node_ips=ips, cluster=cluster, lenient=lenient, table=table, host=ips[0], note=False)
     return (left, redone) if found_left else (redone, right)
 
 

@@ -12,7 +12,8 @@ dumps of one dataplane. Pure.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from iptrace.dataplane import join_host_port
@@ -262,6 +263,31 @@ def diff(a: Any, b: Any) -> Diff:
     warnings += shared_addresses({c.service for c in changed}, sa, sb)
     return Diff(a.ruleset.source, b.ruleset.source, va.era.name, vb.era.name, added, removed, tuple(changed),
                 tuple(_other_rules(a, b)), mode_a, mode_b, notes.texts(a, b) if notes is not None else (), warnings)
+
+
+def family_pairs(lefts: Sequence[Any], rights: Sequence[Any]) -> list[tuple[Any, Any]]:
+    """The analyses to compare, one pair per IP family both sides have kube-proxy rules for (a dual-stack node's
+    nft ruleset has both; an iptables dump one); each side's first family when they share none."""
+    by_family = {r.family: r for r in rights}
+    return [(x, by_family[x.family]) for x in lefts if x.family in by_family] or [(lefts[0], rights[0])]
+
+
+def combined(diffs: Sequence[Diff], lefts: Sequence[Any], rights: Sequence[Any]) -> Diff:
+    """One diff of the families' diffs (of family_pairs(lefts, rights)): each Service port of each family, notes
+    and warnings once, and a warning for a family only one side has rules for. Rules outside kube-proxy's are
+    the same rulesets' in every family's diff: the first's hold them all."""
+    compared = {x.family for x in lefts} & {y.family for y in rights}
+    warnings = [w for d in diffs for w in d.warnings]
+    for side, analyses in (("a", lefts), ("b", rights)):
+        warnings.extend(f"{x.family.replace('ip', 'IP')} not compared: only {side} ({x.ruleset.source}) has "
+                        "kube-proxy rules for it; diff it with the node's rules of that family (its "
+                        "ip6tables-save or iptables-save output, or its whole `nft list ruleset`)"
+                        for x in analyses if compared and x.family not in compared)
+    return replace(diffs[0], added=tuple(s for d in diffs for s in d.added),
+                   removed=tuple(s for d in diffs for s in d.removed),
+                   changed=tuple(c for d in diffs for c in d.changed),
+                   notes=tuple(dict.fromkeys(n for d in diffs for n in d.notes)),
+                   warnings=tuple(dict.fromkeys(warnings)))
 
 
 def shared_addresses(changed: set[str], *sides: dict[str, ServicePortView]) -> tuple[str, ...]:
