@@ -223,3 +223,15 @@ def test_both_families_of_a_dual_stack_ruleset_are_compared(tmp_path: Path) -> N
     doc = json.loads(CliRunner().invoke(main, ["diff", str(dual), str(only_v4), "-o", "json"]).stdout)
     assert doc["equivalent"]
     assert any("IPv6" in w and "only" in w for w in doc["warnings"]), doc["warnings"]
+
+
+def test_a_changed_lb_ip_is_one_change_across_modes() -> None:
+    """nftables mode writes an LB IP without source ranges like an externalIP: a changed LB IP is one change of
+    the addresses compared together, not an LB IP removed and an externalIP added."""
+    b = copy.deepcopy(services())
+    svc(b, "plain-lb").lb_ips = ["203.0.113.99"]
+    d = migration(services(), b)
+    assert [c.service for c in d.changed] == ["default/plain-lb:http"], render_diff_text(d)
+    assert d.changed[0].fields == (FieldChange("external_or_lb_ips", ("192.168.49.100", "203.0.113.12"),
+                                               ("192.168.49.100", "203.0.113.99")),)
+    assert any(n.startswith("LoadBalancer IPs compared together with externalIPs") for n in d.notes)

@@ -114,11 +114,17 @@ def _side(sp: ServicePortView) -> ServiceSide:
 
 
 def _service_change(a: ServicePortView, b: ServicePortView, notes: migration.Notes | None) -> ServiceChange | None:
-    """`notes` is given for a cross-mode diff: then LB IPs count as externalIPs, a health check nodePort the
-    nftables side cannot show is not compared, and ways in are matched by address, port and protocol."""
+    """`notes` is given for a cross-mode diff: then LB IPs and externalIPs are compared together (one field,
+    `external_or_lb_ips`), a health check nodePort the nftables side cannot show is not compared, and ways in are
+    matched by address, port and protocol."""
     fields = []
     for name in _FIELDS:
         before, after = getattr(a, name), getattr(b, name)
+        if notes is not None and name == "external_ips":
+            continue  # (with the LB IPs, next)
+        if notes is not None and name == "lb_ips":  # one change of both: one mode may read an LB IP as externalIP
+            notes.lb_ips(a, b)
+            name, before, after = "external_or_lb_ips", migration.ips(a), migration.ips(b)
         if isinstance(before, tuple):
             before, after = tuple(sorted(before)), tuple(sorted(after))
         if before == after:
@@ -129,10 +135,6 @@ def _service_change(a: ServicePortView, b: ServicePortView, notes: migration.Not
         if notes is not None and name == "lb_source_ranges" and a.no_endpoints and b.no_endpoints and not (
                 before and after):
             notes.ranges_unseen(a, before or after)
-            continue
-        if notes is not None and name in ("external_ips", "lb_ips") and migration.ips(a) == migration.ips(b):
-            if name == "lb_ips":
-                notes.lb_ips(a, b)
             continue
         fields.append(FieldChange(name, before, after))
     ea = {ep.address: ep for ep in a.endpoints}
