@@ -149,3 +149,18 @@ def test_audit_with_lenient_says_what_each_node_was_read_past(tmp_path: Path) ->
     assert result.stderr.splitlines() == [
         f"note: cut: {cut} read with --lenient past 1 problem (first: line {end}: table nat opened at line {nat} "
         "has no COMMIT (the dump looks truncated); expected 'COMMIT' at its end)"]
+
+
+def test_two_inputs_of_one_name_are_named_with_their_paths(tmp_path: Path) -> None:
+    """Dumps saved under one file name in two directories (or two node directories whose meta.json name one node)
+    cannot both be audited under that name: the usage error says which inputs, so that the user knows what to
+    rename."""
+    text = (Path(__file__).resolve().parent.parent / "sample_dumps" / "nodeport-fb-backends.txt").read_text()
+    paths = []
+    for node in ("node-1", "node-2"):
+        (tmp_path / node).mkdir()
+        (tmp_path / node / "rules.txt").write_text(text)
+        paths.append(str(tmp_path / node / "rules.txt"))
+    result = CliRunner().invoke(main, ["audit", *paths])
+    assert result.exit_code == 2
+    assert f"two inputs are both called 'rules' ({paths[0]}, {paths[1]}); rename one of them" in result.stderr

@@ -244,10 +244,14 @@ def _audit_sources(sources: tuple[str, ...], node_ips: tuple[str, ...]) -> list[
         return read_dump("-")
 
     nodes = list_sources(sources, node_ips, stdin=stdin)
-    names = [n.name for n in nodes]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    paths: dict[str, list[str]] = {}
+    for n in nodes:
+        paths.setdefault(n.name, []).append(n.path or n.name)
+    duplicates = sorted(name for name, where in paths.items() if len(where) > 1)
     if duplicates:
-        raise click.UsageError(f"two inputs are both called {duplicates[0]!r}; rename one of them")
+        name = duplicates[0]
+        raise click.UsageError(f"two inputs are both called {name!r} ({', '.join(paths[name][:2])}); rename one "
+                               "of them (a node directory is called what its meta.json's `node` says)")
     return nodes
 
 
