@@ -278,3 +278,26 @@ def test_audit_of_a_snapshot_collected_over_real_ssh(tmp_path: Path, monkeypatch
     assert doc["ok"] is False
     # Local endpoints were judged with the Node names matched through the collected addresses.
     assert copy.deepcopy(doc) == json.loads(json.dumps(doc))
+
+
+def test_an_ipv6_only_node_is_read_by_its_ipv6_rules(tmp_path: Path) -> None:
+    """A single-stack IPv6 node in iptables mode: kube-proxy's rules are all in ip6tables-save.txt, the IPv4
+    iptables-save.txt holds only kubelet's chains. Its mode, layout and cluster are its IPv6 rules' (not 'none'
+    from the empty IPv4 table, nor a proxy-mode-mismatch with a node whose IPv4 rules are kube-proxy's)."""
+    from click.testing import CliRunner
+
+    from iptrace.cli import main
+    from tests.conftest import SAMPLES
+
+    kubelet_only = "*filter\n:INPUT ACCEPT [0:0]\n:KUBE-FIREWALL - [0:0]\n-A INPUT -j KUBE-FIREWALL\nCOMMIT\n"
+    for name in ("node-a", "node-b"):
+        store.write_node_dir(tmp_path / name, {store.DUMP_FILE: kubelet_only.encode(),
+                                               store.IP6_DUMP_FILE: (SAMPLES / "ipv6.txt").read_bytes()},
+                             {"node": name, "addresses": []})
+    store.write_node_dir(tmp_path / "node-c", {store.DUMP_FILE: (SAMPLES / "ipv6.txt").read_bytes()},
+                         {"node": "node-c", "addresses": []})
+    result = CliRunner().invoke(main, ["audit", str(tmp_path), "-o", "json"])
+    doc = json.loads(result.stdout)
+    assert [(n["name"], n["mode"], n["era"]) for n in doc["nodes"]] == [
+        (name, "iptables", "KUBE-EXT era") for name in ("node-a", "node-b", "node-c")], doc["nodes"]
+    assert doc["findings"] == [] and result.exit_code == 0, doc["findings"]

@@ -164,7 +164,10 @@ class NodeResult:
 
     @property
     def primary(self) -> FamilyDigest | None:
-        return self.family("ipv4") or self.family("ipv6")
+        """The family that says the node's mode, layout and cluster: the first with kube-proxy's rules (IPv4 before
+        IPv6; an IPv6-only node's IPv4 table holds only kubelet's chains), else the first."""
+        ordered = [f for f in (self.family("ipv4"), self.family("ipv6")) if f is not None]
+        return next((f for f in ordered if f.proxied), ordered[0] if ordered else None)
 
     @property
     def proxied(self) -> bool:
