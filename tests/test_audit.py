@@ -301,3 +301,28 @@ def test_an_ipv6_only_node_is_read_by_its_ipv6_rules(tmp_path: Path) -> None:
     assert [(n["name"], n["mode"], n["era"]) for n in doc["nodes"]] == [
         (name, "iptables", "KUBE-EXT era") for name in ("node-a", "node-b", "node-c")], doc["nodes"]
     assert doc["findings"] == [] and result.exit_code == 0, doc["findings"]
+
+
+def test_services_and_diff_of_an_ipv6_only_node_directory(tmp_path: Path) -> None:
+    """`services DIR/NODE` and `diff DIR/NODE1 DIR/NODE2` read an IPv6-only node's ip6tables-save.txt (its
+    iptables-save.txt holds only kubelet's chains): an endpoint changed there is a difference, not 'no
+    differences' from the two IPv4 tables."""
+    from click.testing import CliRunner
+
+    from iptrace.cli import main
+    from tests.conftest import SAMPLES
+
+    kubelet_only = b"*filter\n:INPUT ACCEPT [0:0]\n:KUBE-FIREWALL - [0:0]\n-A INPUT -j KUBE-FIREWALL\nCOMMIT\n"
+    v6 = (SAMPLES / "ipv6.txt").read_text()
+    assert v6.count("fd00:10:244:1::7") > 1
+    for name, text in (("node-a", v6), ("node-b", v6.replace("fd00:10:244:1::7", "fd00:10:244:1::8"))):
+        store.write_node_dir(tmp_path / name, {store.DUMP_FILE: kubelet_only, store.IP6_DUMP_FILE: text.encode()},
+                             {"node": name, "addresses": []})
+    services = CliRunner().invoke(main, ["services", str(tmp_path / "node-a"), "-o", "json"])
+    assert services.exit_code == 0, services.output
+    assert any(s["cluster_ip"] == "fd00:10:96::c4f" for s in json.loads(services.stdout))
+    result = CliRunner().invoke(main, ["diff", str(tmp_path / "node-a"), str(tmp_path / "node-b"), "-o", "json"])
+    doc = json.loads(result.stdout)
+    assert not doc["equivalent"] and doc["services_changed"], doc
+    assert {e["endpoint"] for c in doc["services_changed"] for e in c["endpoints"]} >= {
+        "[fd00:10:244:1::7]:8080", "[fd00:10:244:1::8]:8080"}

@@ -103,16 +103,24 @@ def analysis_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = Non
 def analyses_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = None, lenient: bool = False,
                 table: str | None = None) -> list[Any]:
     """DUMP analysed for every IP family kube-proxy has rules for in it (an nftables ruleset holds `ip` and `ip6`
-    kube-proxy tables on a dual-stack node); the first family alone when none has."""
+    kube-proxy tables on a dual-stack node; a node directory may hold ip6tables-save.txt); the first family alone
+    when none has."""
+    from iptrace.collect.store import IP6_DUMP_FILE
     from iptrace.kube.analysis import analyse
 
     dataplane, ruleset, collected = load_dump(dump, lenient=lenient, table=table)
     ips = list(node_ips) or collected
+    loads = [(dataplane, ruleset, ruleset.families)]
+    if "ipv6" not in ruleset.families and dump != "-" and (Path(dump) / IP6_DUMP_FILE).is_file():
+        # (a node directory's IPv6 rules are in its ip6tables-save.txt: all of them on an IPv6-only node)
+        v6_dataplane, v6_ruleset, _ = load_dump(dump, lenient=lenient, table=table, family="ipv6")
+        loads.append((v6_dataplane, v6_ruleset, ("ipv6",)))
     found = []
-    for family in ruleset.families:
-        a = analyse(dataplane, ruleset, family, node_ips=ips, cluster=cluster)
-        if a.layout.proxy.has_rules:
-            found.append(a)
+    for dp, rs, families in loads:
+        for family in families:
+            a = analyse(dp, rs, family, node_ips=ips, cluster=cluster)
+            if a.layout.proxy.has_rules:
+                found.append(a)
     return hold(found or [analyse(dataplane, ruleset, first_family(ruleset), node_ips=ips, cluster=cluster)])
 
 
