@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class IptraceError(Exception):
     """Base of every error iptrace reports to a user. str(e) is the one-line message."""
@@ -35,12 +37,16 @@ class ParseError(IptraceError):
             before = "…" if start else ""
             after = "…" if start + _WINDOW < len(shown) else ""
             shown = shown[start:start + _WINDOW]
+        # A hostile or binary dump's control characters (terminal escapes) never reach the terminal: one
+        # replacement character each keeps the caret under its column.
+        shown = _CONTROL.sub("\ufffd", shown)
         pad = "".join(c if c == "\t" else " " for c in before + shown[:col - 1 - start])
         return f"{self}\n  {before}{shown}{after}\n  {pad}^"
 
 
 _LONG_LINE = 200  # longer offending lines are shown as a window of _WINDOW characters around the column
 _WINDOW = 160
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # (all but the tab)
 
 
 class DumpSemanticError(ParseError):

@@ -97,3 +97,12 @@ def test_an_unreadable_value_names_its_line_and_column(tmp_path: Path) -> None:
             assert first.startswith(f"Error: {dump}:{line}:{column}: ") and what in first, first
             assert caret.index("^") == shown.index(to.strip("[").split("]")[0] if src == "0.0.0.0/0" else src)
             assert "internal error" not in result.output
+
+
+def test_control_characters_of_the_offending_line_are_not_sent_to_the_terminal() -> None:
+    """A hostile or binary dump's escape sequences (a terminal title, colours) are shown as one replacement
+    character each, so that the caret still stands under the column; tabs are kept."""
+    text = "\x1b]0;pwned\x07\x1b[31mRED\tx!"
+    shown, caret = ParseError("bad", column=len(text) - 1 + 1, text=text).with_caret().splitlines()[1:]
+    assert not any((ord(c) < 32 and c != "\t") or 0x7f <= ord(c) < 0xa0 for c in shown), repr(shown)
+    assert "RED\tx!" in shown and caret.index("^") == shown.index("!")
