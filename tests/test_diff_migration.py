@@ -235,3 +235,10 @@ def test_a_changed_lb_ip_is_one_change_across_modes() -> None:
     assert d.changed[0].fields == (FieldChange("external_or_lb_ips", ("192.168.49.100", "203.0.113.12"),
                                                ("192.168.49.100", "203.0.113.99")),)
     assert any(n.startswith("LoadBalancer IPs compared together with externalIPs") for n in d.notes)
+
+
+def test_stdin_is_one_side_at_most() -> None:
+    """`diff - -` cannot read stdin twice: a usage error, not 'no rules found' in an empty second read."""
+    result = CliRunner().invoke(main, ["diff", "-", "-"], input=iptables_text(services()))
+    assert result.exit_code == 2
+    assert "only one side of a diff can be read from stdin" in result.stderr

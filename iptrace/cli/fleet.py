@@ -474,6 +474,8 @@ def diff(a: str, b: str, output: str, cluster_files: tuple[str, ...], kubeconfig
       iptrace diff iptables-save.txt nft-ruleset.txt --node-ip 192.168.49.2
     """
     batch()
+    if a == b == "-":
+        raise click.UsageError("only one side of a diff can be read from stdin (-); give the other as a file")
     from iptrace.kube.diff import combined, family_pairs
     from iptrace.kube.diff import diff as run_diff
     from iptrace.render.audit import diff_to_json, render_diff_text
