@@ -554,3 +554,13 @@ def test_a_node_port_on_a_loopback_address_the_rules_exclude_is_no_node_port() -
     assert f"[{node_ips('ipv6.txt')[0]}]:30080" in d.fix
     # Near-miss: the node's own address forwards the same nodePort.
     assert "node-port-not-on-address" not in ids(explain("ipv6.txt", node_ips("ipv6.txt")[0], 30080, "node"))
+
+
+def test_the_node_reaching_an_endpoint_on_itself_is_no_hairpin() -> None:
+    # kubernetes:https's endpoint is the node's own 192.168.49.2:6443: from the node itself the DNATed packet is
+    # delivered locally (no pod, no bridge port, no hairpin mode involved), so there is nothing to warn about.
+    e = explain(FB, "10.96.0.1", 443, "node")
+    assert "hairpin" not in ids(e) and ids(e) == ["healthy"]
+    assert [o.destination for o in e.trace.outcomes] == ["192.168.49.2:6443"]
+    # Near-miss: a pod that is an endpoint of its own Service does hairpin.
+    assert "hairpin" in ids(explain(FB, "10.101.234.168", 5001, "10.244.1.7"))

@@ -236,6 +236,8 @@ def blocked_by_rule(case: Case) -> Diagnosis | None:
 
 def hairpin(case: Case) -> Diagnosis | None:
     src = case.src
+    if case.facts.is_node_address(src):
+        return None  # (the node, or a host-network pod, reaching itself: delivered locally, no bridge port)
     for outcome in case.dnat:
         if outcome.destination and ip_of(outcome.destination) == src:
             masq = ("; kube-proxy masquerades it, so the pod sees the node's address as the source (the KUBE-SEP "
