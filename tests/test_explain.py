@@ -542,3 +542,25 @@ def test_cli_with_cluster_data_reports_stale_endpoints_for_the_port_asked() -> N
     ok = run(str(SAMPLES / FB), "--dst", f"{FB_IP}:5001", "--src", "pod", "--node-ip", FB_NODE,
              "--cluster", str(cluster))
     assert ok.exit_code == 0, ok.output
+
+
+def test_a_node_port_on_a_loopback_address_the_rules_exclude_is_no_node_port() -> None:
+    # ipv6.txt jumps to KUBE-NODEPORTS `! -d ::1/128`: [::1]:30080 is not a NodePort (kube-proxy never serves
+    # IPv6 NodePorts on localhost), which is no rule "placed before kube-proxy's" diverting the packet.
+    e = explain("ipv6.txt", "::1", 30080, "node")
+    d = the(e, "node-port-not-on-address")
+    assert d.severity == "error" and "not-forwarded" not in ids(e)
+    assert "except ::1;" in d.detail and "default/web:http" in d.summary
+    assert f"[{node_ips('ipv6.txt')[0]}]:30080" in d.fix
+    # Near-miss: the node's own address forwards the same nodePort.
+    assert "node-port-not-on-address" not in ids(explain("ipv6.txt", node_ips("ipv6.txt")[0], 30080, "node"))
+
+
+def test_the_node_reaching_an_endpoint_on_itself_is_no_hairpin() -> None:
+    # kubernetes:https's endpoint is the node's own 192.168.49.2:6443: from the node itself the DNATed packet is
+    # delivered locally (no pod, no bridge port, no hairpin mode involved), so there is nothing to warn about.
+    e = explain(FB, "10.96.0.1", 443, "node")
+    assert "hairpin" not in ids(e) and ids(e) == ["healthy"]
+    assert [o.destination for o in e.trace.outcomes] == ["192.168.49.2:6443"]
+    # Near-miss: a pod that is an endpoint of its own Service does hairpin.
+    assert "hairpin" in ids(explain(FB, "10.101.234.168", 5001, "10.244.1.7"))

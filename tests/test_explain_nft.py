@@ -54,3 +54,14 @@ def test_the_readmes_nftables_tour_is_what_iptrace_prints(monkeypatch: pytest.Mo
         result = CliRunner().invoke(main, shlex.split(command)[1:])
         assert result.exit_code in (0, 3), result.output
         assert result.output == shown, command
+
+
+def test_a_node_port_on_localhost_says_kube_proxy_does_not_open_it_there() -> None:
+    # kube-proxy's nftables mode accepts NodePorts only on @nodeport-ips (192.168.49.2): 127.0.0.1:30904 is no
+    # NodePort at all, not "a rule placed before kube-proxy's diverts it".
+    code, text = explain("--dst", "127.0.0.1:30904", "--src", "node")
+    assert code == 3 and "[node-port-not-on-address, error]" in text and "not-forwarded" not in text
+    assert "NodePorts on 192.168.49.2" in text and "use 192.168.49.2:30904" in text
+    # Near-miss: the node address @nodeport-ips holds is a NodePort that works.
+    code, text = explain("--dst", "192.168.49.2:30904", "--src", "node")
+    assert code == 0 and "node-port-not-on-address" not in text

@@ -412,3 +412,10 @@ def test_realworld_dumps_render_without_error(path: Path) -> None:
     if "kubeadm-flannel" in path.name:
         jtest = next(s for s in view.services if s.label == "default/jtest")
         assert jtest.node_port == 31455 and len(jtest.endpoints) == 2
+
+
+def test_mermaid_escapes_its_own_entity_sign() -> None:
+    # Mermaid reads `#word;` in a label as the entity &word;: a literal `#` must be escaped too (#35;), or
+    # "node#amp;1" would be drawn as "node&1".
+    out = render_mermaid(build_view(load("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n", source="node#amp;1 #lt;x")))
+    assert "node#35;amp;1 #35;lt;x" in out and "node#amp;1" not in out

@@ -4,6 +4,7 @@ Service has). Each a small function with a stable id (see catalogue.py). Pure.""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +49,32 @@ def not_forwarded(case: Case) -> Diagnosis | None:
         "compare the path with the Service (`iptrace services`); a rule inserted before kube-proxy's (CNI, host "
         "firewall) may divert it",
         facts.evidence(facts.rules_for(s, None if kind == "node address" else dst)))
+
+
+def node_port_not_on_address(case: Case) -> Diagnosis | None:
+    """A nodePort on a node address where the rules accept no NodePorts (localhost, or an address outside
+    --nodeport-addresses): nothing diverts the packet, it was never a NodePort there."""
+    facts, dst, dport, proto = case.facts, case.dst, case.dport, case.proto
+    if _service_address(case) is not None or not facts.is_node_address(dst) or facts.opens_node_ports(dst):
+        return None
+    exact = [s for s in facts.node_ports.get(dport, []) if s.protocol.lower() == proto]
+    if not exact:
+        return None
+    s = exact[0]
+    npa = facts.node_port_addresses
+    fam = ipaddress.ip_address(dst).version
+    open_ips = [ip for ip in (*facts.node_ips, *npa.addresses) if "/" not in ip
+                and ipaddress.ip_address(ip).version == fam and facts.opens_node_ports(ip)]
+    instead = tuple(Suggestion(ip, dport, proto, "external") for ip in dict.fromkeys(open_ips))
+    where = " or ".join(join_host_port(x.address, dport) for x in instead[:2]) or f"<node-ip>:{dport}"
+    return Diagnosis(
+        "node-port-not-on-address", "error", f"nodePort {dport} of {label(s)} is not open on {dst}",
+        f"kube-proxy accepts NodePorts only where its rules send them ({npa.describe()}), and {dst} is not one of "
+        f"those addresses, so no rule forwards {case.target}: the packet is delivered to the node itself, where "
+        "nothing of the Service listens.",
+        f"use {where} (a node address that accepts NodePorts), or {join_host_port(s.cluster_ip, s.port)} from "
+        "inside the cluster",
+        facts.evidence((*npa.lines, *facts.node_port_lines(dport))), instead)
 
 
 def _evidence(case: Case, rules: list[int]) -> tuple[Evidence, ...]:
@@ -259,6 +286,6 @@ def not_a_service_address(case: Case) -> Diagnosis | None:
 
 
 ADDRESS_RULES: tuple[Callable[[Case], Diagnosis | None], ...] = (
-    not_forwarded, wrong_protocol, node_port_on_service_ip, target_port_on_service_ip, unknown_port,
-    service_port_on_node_ip, not_a_service_address,
+    node_port_not_on_address, not_forwarded, wrong_protocol, node_port_on_service_ip, target_port_on_service_ip,
+    unknown_port, service_port_on_node_ip, not_a_service_address,
 )

@@ -21,7 +21,7 @@ CATALOGUE: tuple[str, ...] = (
     "target-port-on-service-ip", "node-port-on-service-ip", "service-port-on-node-ip", "unknown-port",
     "not-a-service-address", "wrong-protocol", "no-endpoints", "no-local-endpoints", "source-range-blocked",
     "hairpin", "no-kube-proxy-rules", "iptables-backend-split", "stale-endpoints", "missing-service",
-    "not-forwarded", "blocked-by-rule", "address-conflict", "healthy",
+    "not-forwarded", "node-port-not-on-address", "blocked-by-rule", "address-conflict", "healthy",
     # With a conntrack table (iptrace.explain.conntrack): entries the rules no longer decide.
     "stale-conntrack", "stale-conntrack-no-dnat", "conntrack-healthy",
 )
@@ -236,6 +236,8 @@ def blocked_by_rule(case: Case) -> Diagnosis | None:
 
 def hairpin(case: Case) -> Diagnosis | None:
     src = case.src
+    if case.facts.is_node_address(src):
+        return None  # (the node, or a host-network pod, reaching itself: delivered locally, no bridge port)
     for outcome in case.dnat:
         if outcome.destination and ip_of(outcome.destination) == src:
             masq = ("; kube-proxy masquerades it, so the pod sees the node's address as the source (the KUBE-SEP "

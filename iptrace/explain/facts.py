@@ -16,7 +16,7 @@ from iptrace.dataplane import Outcome, Step, Trace, join_host_port
 from iptrace.explain.diagnosis import Diagnosis, Evidence
 from iptrace.kube.analysis import ChainLabels
 from iptrace.kube.sharing import KIND_NAMES
-from iptrace.layout import CLUSTER_IP, HEALTH_CHECK, NODE_PORT, ProxyMode
+from iptrace.layout import CLUSTER_IP, HEALTH_CHECK, NODE_PORT, NodePortAddresses, ProxyMode
 
 
 def label(svc: Any) -> str:
@@ -240,6 +240,27 @@ class Facts:
 
     def is_node_address(self, ip: str) -> bool:
         return ip in self.node_ips or ipaddress.ip_address(ip).is_loopback
+
+    @property
+    def node_port_addresses(self) -> NodePortAddresses:
+        return self._layout.node_port_addresses  # type: ignore[no-any-return]
+
+    def opens_node_ports(self, ip: str) -> bool:
+        """Whether the rules accept NodePorts on this node address (False only when they say they do not)."""
+        npa = self.node_port_addresses
+        addr = ipaddress.ip_address(ip)
+
+        def within(nets: Iterable[str]) -> bool:
+            return any(addr in ipaddress.ip_network(n, strict=False) for n in nets
+                       if ipaddress.ip_network(n, strict=False).version == addr.version)
+
+        if addr.is_loopback and npa.localhost is not None:
+            return npa.localhost
+        if npa.mode == "none":
+            return False
+        if npa.mode == "addresses":
+            return within(npa.addresses)
+        return not within(npa.excluded)
 
     def in_pod_network(self, ip: str) -> bool:
         addr = ipaddress.ip_address(ip)

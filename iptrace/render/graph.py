@@ -133,9 +133,10 @@ def _title(view: KubeView) -> str:
 
 
 def _mermaid_quote(text: str) -> str:
-    # Mermaid reads labels as HTML-ish text: entities for the characters it would interpret.
-    escaped = (text.replace("&", "#amp;").replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
-               .replace("\n", "<br/>"))
+    # Mermaid reads labels as HTML-ish text: entities for the characters it would interpret, its own entity
+    # sign `#` (`#name;` is an entity to it) first.
+    escaped = (text.replace("#", "#35;").replace("&", "#amp;").replace('"', "#quot;").replace("<", "#lt;")
+               .replace(">", "#gt;").replace("\n", "<br/>"))
     return '"' + escaped + '"'
 
 
