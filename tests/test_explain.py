@@ -197,6 +197,14 @@ def test_wrong_protocol() -> None:
     node = the(explain(FB, FB_NODE, 30904, "external", proto="udp"), "wrong-protocol")
     assert node.summary == "nodePort 30904 of default/fb-backends:ka-port is TCP, not UDP"
     assert_evidence_is_in_the_dump(FB, node)
+    # Port 53 is kube-dns's over UDP and over TCP: an SCTP question names both, and both ways to use it.
+    both = the(explain(FB, "10.96.0.10", 53, "pod", proto="sctp"), "wrong-protocol")
+    assert both.summary == ("10.96.0.10:53 is kube-system/kube-dns:dns-tcp over TCP and kube-system/kube-dns:dns "
+                            "over UDP, not SCTP")
+    assert both.fix.startswith("use TCP (10.96.0.10:53/tcp) or UDP (10.96.0.10:53/udp)")
+    assert sorted(s.proto for s in both.instead) == ["tcp", "udp"]
+    assert len(both.evidence) == 2
+    assert_evidence_is_in_the_dump(FB, both)
     # Near-misses: port 53 exists for both protocols.
     assert_healthy(explain(FB, "10.96.0.10", 53, "pod", proto="udp"), "10.244.0.2:53", "10.244.0.3:53")
     assert_healthy(explain(FB, "10.96.0.10", 53, "pod", proto="tcp"))

@@ -92,31 +92,42 @@ def wrong_protocol(case: Case) -> Diagnosis | None:
         other = [s for s in svcs if s.port == dport and s.protocol.lower() != proto]
         if not other:
             return None
-        s = other[0]
-        use = s.protocol.lower()
+        # (every protocol the port has: kube-dns's 53 is UDP and TCP, so an SCTP question names both)
+        uses = [s.protocol.lower() for s in other]
+        said = " and ".join(f"{label(s)} over {s.protocol.upper()}" for s in other)
+        words = " and ".join(u.upper() for u in uses)
         return Diagnosis(
-            "wrong-protocol", "error", f"{case.target} is {label(s)} over {use.upper()}, not {proto.upper()}",
-            f"The Service declares port {dport} with protocol {use.upper()}, and kube-proxy only rewrites "
-            f"{use.upper()} packets for it. No rule forwards a {proto.upper()} packet to {case.target}. "
-            f"{fate(case, kind)}",
-            f"use {use.upper()} ({case.target}/{use}), or add a {proto.upper()} port to the Service",
-            _evidence(case, facts.rules_for(s, dst)), (Suggestion(dst, dport, use, _who_can(kind)),))
+            "wrong-protocol", "error", f"{case.target} is {said}, not {proto.upper()}",
+            f"The Service declares port {dport} with protocol{'s' if len(uses) > 1 else ''} {words}, and kube-proxy "
+            f"only rewrites {words} "
+            f"packets for it. No rule forwards a {proto.upper()} packet to {case.target}. {fate(case, kind)}",
+            f"use {_either([f'{u.upper()} ({case.target}/{u})' for u in uses])}, or add a {proto.upper()} port to "
+            f"the Service",
+            _evidence(case, [line for s in other for line in facts.rules_for(s, dst)]),
+            tuple(Suggestion(dst, dport, u, _who_can(kind)) for u in uses))
     if facts.is_node_address(dst):
         if any(s.protocol.lower() == proto for s in facts.node_ports.get(dport, [])):
             return None
         other = facts.node_ports.get(dport, [])
         if not other:
             return None
-        s = other[0]
-        use = s.protocol.lower()
+        uses = [s.protocol.lower() for s in other]
+        words = " and ".join(u.upper() for u in uses)
         return Diagnosis(
-            "wrong-protocol", "error", f"nodePort {dport} of {label(s)} is {use.upper()}, not {proto.upper()}",
-            f"kube-proxy opens nodePort {dport} for {use.upper()} only. A {proto.upper()} packet to {case.target} "
+            "wrong-protocol", "error", f"nodePort {dport} of {' and '.join(label(s) for s in other)} is {words}, "
+            f"not {proto.upper()}",
+            f"kube-proxy opens nodePort {dport} for {words} only. A {proto.upper()} packet to {case.target} "
             f"is delivered to the node itself, where nothing of the Service listens.",
-            f"use {use.upper()} ({case.target}/{use}), or add a {proto.upper()} port to the Service",
+            f"use {_either([f'{u.upper()} ({case.target}/{u})' for u in uses])}, or add a {proto.upper()} port to "
+            f"the Service",
             facts.evidence(facts.node_port_lines(dport)),
-            (Suggestion(dst, dport, use, "external"),))
+            tuple(Suggestion(dst, dport, u, "external") for u in uses))
     return None
+
+
+def _either(words: list[str]) -> str:
+    """`A`, `A or B`, `A, B or C`."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
 
 
 def node_port_on_service_ip(case: Case) -> Diagnosis | None:
