@@ -379,6 +379,26 @@ def test_mermaid_escapes_labels() -> None:
     assert 'say \\"hi\\"' in dot
 
 
+def test_a_mermaid_diagram_too_big_for_mermaid_says_so_on_stderr() -> None:
+    """Mermaid (GitHub's) draws at most 500 edges and 50,000 characters: a bigger diagram is still written, and
+    stderr says why it will not be drawn and what to do; a small one says nothing."""
+    from click.testing import CliRunner
+
+    from iptrace.cli import main
+    from iptrace.render.graph import MERMAID_MAX_EDGES, mermaid_too_big
+
+    big = CliRunner().invoke(main, ["services", str(SAMPLES / "large-cluster-no-comments.txt"), "-o", "mermaid"])
+    assert big.exit_code == 0 and big.stdout.startswith("flowchart LR")
+    edges = big.stdout.count(" -->")
+    assert edges > MERMAID_MAX_EDGES
+    assert big.stderr == f"note: {mermaid_too_big(big.stdout)}\n"
+    assert f"has {edges:,} edges and {len(big.stdout):,} characters" in big.stderr and "-o svg" in big.stderr
+    small = CliRunner().invoke(main, ["services", str(SAMPLES / "nodeport-fb-backends.txt"), "-o", "mermaid"])
+    assert small.exit_code == 0 and small.stderr == ""
+    assert mermaid_too_big("flowchart LR\n" + "  a --> b\n" * MERMAID_MAX_EDGES) is None
+    assert mermaid_too_big("flowchart LR\n" + "  a --> b\n" * (MERMAID_MAX_EDGES + 1)) is not None
+
+
 def test_json_is_stable_and_documented() -> None:
     """Every key services_to_json prints is documented in the README's JSON reference."""
     view = build_view(load(_XLB_2015, source="2015"))

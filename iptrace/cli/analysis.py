@@ -142,7 +142,13 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
         elif output == "svg":
             click.echo(_render_svg(render_dot(pairs[0][1])), nl=False)
         else:
-            click.echo(render_mermaid(pairs[0][1]), nl=False)
+            from iptrace.render.graph import mermaid_too_big
+
+            text = render_mermaid(pairs[0][1])
+            click.echo(text, nl=False)
+            big = mermaid_too_big(text)
+            if big is not None:
+                click.echo(f"note: {big}", err=True)
     else:
         click.echo("\n".join(render_services_text(v, cluster) for _, v in pairs), nl=False)
         if cluster is not None:

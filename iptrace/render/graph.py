@@ -143,6 +143,21 @@ def _mermaid_quote(text: str) -> str:
 _MERMAID_SHAPE = {"entry": ("([", "])"), "chain": ("[", "]"), "endpoint": ("[", "]"), "verdict": ("{{", "}}")}
 
 
+# What Mermaid draws at most unless its site raises them (maxTextSize, maxEdges; GitHub's renderer keeps them): a
+# larger diagram shows only an error there.
+MERMAID_MAX_TEXT, MERMAID_MAX_EDGES = 50_000, 500
+
+
+def mermaid_too_big(text: str) -> str | None:
+    """Why a render_mermaid text will not be drawn by a default Mermaid (GitHub's), None when it will."""
+    edges = text.count(" -->")  # (labels are entity-escaped: an arrow in the text is an edge)
+    if len(text) <= MERMAID_MAX_TEXT and edges <= MERMAID_MAX_EDGES:
+        return None
+    return (f"this diagram has {edges:,} edges and {len(text):,} characters; Mermaid (GitHub's too) draws at most "
+            f"{MERMAID_MAX_EDGES:,} edges and {MERMAID_MAX_TEXT:,} characters: narrow it with --namespace, --service "
+            f"or --address, or draw it with -o svg")
+
+
 def render_mermaid(view: KubeView) -> str:
     """A Mermaid flowchart (```mermaid block in a GitHub issue or README renders it)."""
     graph = _build(view)
