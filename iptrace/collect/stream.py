@@ -9,9 +9,10 @@ Results come back in input order whatever the number of workers. The I/O side of
 
 from __future__ import annotations
 
+import os
+
 import hashlib
 import json
-import os
 import pickle
 from array import array
 from collections.abc import Callable, Iterator, Sequence
