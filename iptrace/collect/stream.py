@@ -9,8 +9,6 @@ Results come back in input order whatever the number of workers. The I/O side of
 
 from __future__ import annotations
 
-import os
-
 import hashlib
 import json
 import pickle
@@ -166,14 +164,6 @@ class Worker:
             return self._run(source)
         except IptraceError as exc:
             return NodeResult(source.name, str(exc), source.node_ips)
-        except Exception as exc:
-            # A bug met on one node loses that node only: a fleet's other results are kept (IPTRACE_DEBUG=1 stops
-            # the audit there instead, with the traceback, as the CLI does for any internal error).
-            if os.environ.get("IPTRACE_DEBUG"):
-                raise
-            return NodeResult(source.name, f"internal error while analysing this node ({type(exc).__name__}: {exc}); "
-                              "please report it with this node's dump (IPTRACE_DEBUG=1 shows the traceback)",
-                              source.node_ips)
         finally:
             import gc
 
