@@ -116,6 +116,17 @@ class SetBuilder:
     first_use: int | None = None
 
 
+class ObjectBuilder:
+    """A stateful object or flowtable of a table (model.NamedObject): its statements kept as written."""
+
+    def __init__(self, kind: str, name: str, line: int) -> None:
+        self.kind, self.name, self.line = kind, name, line
+        self.body: list[str] = []
+
+    def freeze(self) -> NamedObject:
+        return NamedObject(self.kind, self.name, tuple(self.body), self.line)
+
+
 @dataclass
 class TableBuilder:
     family: str

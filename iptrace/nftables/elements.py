@@ -15,7 +15,7 @@ from typing import Any
 from iptrace.errors import ParseError
 from iptrace.nftables import values
 from iptrace.nftables.model import Element, Verdict
-from iptrace.nftables.reader import NotUnderstood, RuleReader, tokenize
+from iptrace.nftables.reader import NotUnderstood, RuleReader, offset_position, tokenize
 from iptrace.nftables.shapes import fast_constructor, instantiate
 from iptrace.nftables.vocabulary import CHAIN_VERDICTS, VERDICT_WORDS
 
@@ -82,7 +82,7 @@ class ElementReader:
                 why = str(exc) if isinstance(exc, ValueError) else "cannot read this element"
                 self.fail(error, body, start, line, column, why)
             if positions is not None:
-                positions.setdefault(element.key, _where(body, start, line, column))
+                positions.setdefault(element.key, offset_position(body, start, line, column))
             known = out.setdefault(element.key, element)
             if known is not element and known.data != element.data and not keys_only:
                 raise self.exists(error, body, start, line, column, text)
@@ -90,14 +90,15 @@ class ElementReader:
     def fail(self, error: Callable[[str, int, int], ParseError], body: str, start: int, line: int, column: int,
              why: str) -> None:
         expected = " . ".join(self.keys) + (f" : {' . '.join(self.data)}" if self.data else "")
-        raise error(f"{why}; expected an element of type {expected}", *_where(body, start, line, column)) from None
+        raise error(f"{why}; expected an element of type {expected}",
+                    *offset_position(body, start, line, column)) from None
 
     def exists(self, error: Callable[[str, int, int], ParseError], body: str, start: int, line: int, column: int,
                text: str) -> ParseError:
         key = text.partition(" : ")[0].strip()
         return error(f"the map already holds the key {key} with another value: nft refuses this (\"Could not "
                      "process rule: File exists\"), so no node's ruleset holds both; to change an element's value "
-                     "delete it first (kube-proxy does)", *_where(body, start, line, column))
+                     "delete it first (kube-proxy does)", *offset_position(body, start, line, column))
 
     def fast(self, text: str, keys_only: bool = False) -> Element | None:
         if self.data is not None:
@@ -161,10 +162,3 @@ class ElementReader:
         if self.data is not None and element.data is None and not keys_only:
             raise ValueError("a map element without its ': value'")
         return instantiate(element)
-
-
-def _where(body: str, start: int, line: int, column: int) -> tuple[int, int]:
-    """The line and column (1-based) of offset `start` of an element list that starts at `line`:`column`."""
-    where_line = line + body.count("\n", 0, start)
-    line_start = body.rfind("\n", 0, start) + 1
-    return where_line, (start - line_start + 1) if line_start else column + start

@@ -20,10 +20,10 @@ from lark import Token, Tree
 from iptrace.errors import DumpSemanticError, ParseError
 from iptrace.nftables import grammar
 from iptrace.nftables.blocks import ChainShapes
-from iptrace.nftables.build import ChainBuilder, Finisher, SetBuilder, TableBuilder
+from iptrace.nftables.build import ChainBuilder, Finisher, ObjectBuilder, SetBuilder, TableBuilder
 from iptrace.nftables.commands import CommandMixin
-from iptrace.nftables.model import LoadWarning, NamedObject, Rule, Ruleset, SourceText
-from iptrace.nftables.reader import RuleReader, tokenize, tokenize_fast
+from iptrace.nftables.model import LoadWarning, Rule, Ruleset, SourceText
+from iptrace.nftables.reader import RuleReader, offset_position, tokenize, tokenize_fast
 from iptrace.nftables.shapes import compile_template, fast_tokens, keywords, learn, references, shape_key
 
 TOP, TABLE, CHAIN, SET, OBJECT = range(5)
@@ -370,7 +370,7 @@ class TextLoader(CommandMixin):
         if m is None:
             tree = self.parse(header + " {", "table_line", line_no, col)
             if tree is None:
-                self.stack.append((OBJECT, _ObjectBuilder("?", "?", line_no), line_no))  # lenient: skipped
+                self.stack.append((OBJECT, ObjectBuilder("?", "?", line_no), line_no))  # lenient: skipped
                 return
             header_tree = tree.children[0]
             kind = header_tree.data.split("_")[0]
@@ -392,7 +392,7 @@ class TextLoader(CommandMixin):
             s.declared, s.kind, s.line, s.handle = True, kind, line_no, handle
             self.stack.append((SET, s, line_no))
         else:
-            self.stack.append((OBJECT, _ObjectBuilder(kind, name, line_no), line_no))
+            self.stack.append((OBJECT, ObjectBuilder(kind, name, line_no), line_no))
 
     def open_chain(self, t: TableBuilder, name: str, line_no: int, col: int, handle: int | None) -> ChainBuilder:
         c = t.builder(name)
@@ -414,7 +414,7 @@ class TextLoader(CommandMixin):
                           col + 1)
             return
         ctx, builder, _ = self.stack.pop()
-        if ctx == OBJECT and isinstance(builder, _ObjectBuilder) and builder.name != "?":
+        if ctx == OBJECT and isinstance(builder, ObjectBuilder) and builder.name != "?":
             self.stack[-1][1].objects.append(builder.freeze())
 
     def statement(self, text: str, line_no: int, col: int, handle: int | None) -> None:
@@ -494,8 +494,7 @@ class TextLoader(CommandMixin):
             why = str(exc)
             quoted = re.search(r"'([^']+)'", why)  # the normalisers quote the value they refused
             where = max(written.find(quoted.group(1)) if quoted else -1, 0)
-            line = line_no + written.count("\n", 0, where)  # (a rule written over several lines: the value's own)
-            column = where - written.rfind("\n", 0, where) if line > line_no else col + where + 1
+            line, column = offset_position(written, where, line_no, col + 1)  # (a multi-line rule: the value's own)
             self.fail(ParseError(f"{why}; the rule cannot be read", source=self.source, line=line, column=column,
                                  text=self.line_text(line)))
             return None
@@ -583,15 +582,6 @@ class TextLoader(CommandMixin):
         fmt = "nft-transaction" if self.commands and not self.blocks else "nft-list"
         return Ruleset(tuple(tables), self.source, fmt, tuple(self.warnings), tuple(self.skipped), self.text,
                        self.source_text)
-
-
-class _ObjectBuilder:
-    def __init__(self, kind: str, name: str, line: int) -> None:
-        self.kind, self.name, self.line = kind, name, line
-        self.body: list[str] = []
-
-    def freeze(self) -> NamedObject:
-        return NamedObject(self.kind, self.name, tuple(self.body), self.line)
 
 
 def grammar_name(text: str) -> str:

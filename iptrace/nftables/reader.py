@@ -120,6 +120,14 @@ def tokenize_fast(text: str, tokens: list[str], known: dict[str, str]) -> list[T
     return [Tok(tok, col) if tok in known else Tok(tok, col, i) for i, (tok, col) in enumerate(found)]
 
 
+def offset_position(text: str, offset: int, line: int, column: int) -> tuple[int, int]:
+    """The line and column (1-based) of `offset` in `text`, which starts at `line`:`column` of its file and may
+    span several lines (an element list, a rule written over several lines)."""
+    where_line = line + text.count("\n", 0, offset)
+    line_start = text.rfind("\n", 0, offset) + 1
+    return where_line, (offset - line_start + 1) if line_start else column + offset
+
+
 class RuleReader:
     def __init__(self, toks: list[Tok], family: str, *, error: Callable[[str, int], ParseError],
                  quoted: bool = True) -> None:
