@@ -293,6 +293,41 @@ class Trace:
         return frozenset(o.verdict for o in self.outcomes)
 
 
+def is_loopback(ip: str) -> bool:
+    """Whether a normalised address is loopback (127.0.0.0/8, ::1)."""
+    return ip.startswith("127.") or ip == "::1"
+
+
+def senders_own_loopback(packet: Packet, entry: Entry, notes: Sequence[str]) -> Trace:
+    """The trace of a packet for a loopback address from a source that is not the node: every network namespace
+    has its own lo, so the sender's kernel delivers it there (a pod to its own containers, another host to
+    itself) and it never reaches this node's rules: one CONTINUE outcome with an empty path. Both dataplanes'
+    tracers answer it this way (kube-proxy's localhost NodePorts work only from the node itself: iptables mode,
+    with route_localnet=1; nftables mode never accepts them)."""
+    original = join_host_port(packet.dst, packet.dport)
+    note = (f"destination {packet.dst} is loopback and source {packet.src} is not this node: the sender's own "
+            "network namespace delivers it to its own loopback, so it never reaches this node's rules")
+    outcome = new_outcome("CONTINUE", None, 1.0, False, None, None, (), Fraction(1), original, original, (), ())
+    return Trace(packet, entry, (outcome,), (*notes, note))
+
+
+# A node's connection to 127.0.0.1 has source 127.0.0.1; rewritten to another host's address it leaves the node
+# with it, which the kernel's routing refuses (a martian source) unless route_localnet is on.
+ROUTE_LOCALNET = ("route_localnet=1 on the node: a connection to a loopback address has source 127.0.0.1, which "
+                  "the kernel lets out to another host only with net.ipv4.conf.all.route_localnet=1 (kube-proxy "
+                  "sets it when it accepts NodePorts on localhost)")
+
+
+def loopback_notes(packet: Packet, outcomes: Sequence[Outcome], is_local: Callable[[str], bool]) -> tuple[str, ...]:
+    """The notes a node's own packet for loopback needs: ROUTE_LOCALNET when an outcome sends it to another host
+    (`is_local`: the dataplane's own test of a node address)."""
+    if packet.version == 4 and is_loopback(packet.dst):
+        for o in outcomes:
+            if o.verdict == "DNAT" and o.destination and not is_local(o.destination.rpartition(":")[0]):
+                return (ROUTE_LOCALNET,)
+    return ()
+
+
 # Stands in for a path's JSON list: given the steps, what the document holds instead (a batch of answers
 # prints each rule's text once: iptrace.render.json.PathTexts).
 PathEncoder = Callable[[tuple[Step, ...]], Any]

@@ -67,7 +67,11 @@ class Explainer:
             trace = Trace(trace.packet, trace.entry, trace.outcomes, (*trace.assumptions, chosen))
         diagnoses = tuple(sorted(diagnose(Case(self.facts, trace, kind)),
                                  key=lambda d: SEVERITY_ORDER[d.severity]))
-        return Explanation(kind, trace, _verdict(trace), _headline(trace, packet), diagnoses)
+        headline = _headline(trace, packet)
+        if any(d.id == "client-loopback" for d in diagnoses):  # (the trace met no rule: say why it did not)
+            headline = (f"{join_host_port(packet.dst, packet.dport)}/{packet.proto} never reaches this node: "
+                        f"{packet.dst} is the sender's own loopback")
+        return Explanation(kind, trace, _verdict(trace), headline, diagnoses)
 
     def explain(self, dst: str, dport: int, *, proto: str = "tcp", src: str | None = None,
                 in_interface: str | None = None) -> Report:

@@ -51,6 +51,58 @@ def not_forwarded(case: Case) -> Diagnosis | None:
         facts.evidence(facts.rules_for(s, None if kind == "node address" else dst)))
 
 
+def _open_node_addresses(case: Case) -> list[str]:
+    """This node's addresses of the question's IP family that accept NodePorts (none of them loopback)."""
+    facts = case.facts
+    fam = ipaddress.ip_address(case.dst).version
+    found = [ip for ip in (*facts.node_ips, *facts.node_port_addresses.addresses) if "/" not in ip
+             and ipaddress.ip_address(ip).version == fam and not ipaddress.ip_address(ip).is_loopback
+             and facts.opens_node_ports(ip)]
+    return list(dict.fromkeys(found))
+
+
+_SENDERS = {"pod": "the pod's own", "external": "the outside client's own"}
+
+
+def client_loopback(case: Case) -> Diagnosis | None:
+    """A loopback address from a pod or another host: its sender's own loopback, so the packet never reaches this
+    node (the tracer stops it before any hook: iptrace.dataplane.senders_own_loopback)."""
+    facts, dst, dport, proto = case.facts, case.dst, case.dport, case.proto
+    if (not ipaddress.ip_address(dst).is_loopback or facts.is_node_address(case.src)
+            or any(o.verdict != "CONTINUE" or o.path for o in case.trace.outcomes)):
+        return None
+    sender = _SENDERS.get(case.source_kind, "its sender's own")
+    node_port = [s for s in facts.node_ports.get(dport, []) if s.protocol.lower() == proto]
+    service_port = [s for s in facts.service_ports.get(dport, []) if s.protocol.lower() == proto]
+    instead: list[Suggestion] = []
+    if node_port:
+        s = node_port[0]
+        nodes = _open_node_addresses(case)
+        at = join_host_port(nodes[0] if nodes else "<node-ip>", dport)
+        what = f"{case.target} is nodePort {dport} of {label(s)}, which kube-proxy opens on the node's own addresses"
+        fix = f"use {at} (the node's address and the nodePort)"
+        instead.extend(Suggestion(ip, dport, proto, case.source_kind) for ip in nodes[:1])
+        if s.cluster_ip and s.port:
+            fix += f", or {join_host_port(s.cluster_ip, s.port)} (the ClusterIP and port) from inside the cluster"
+            instead.append(Suggestion(s.cluster_ip, s.port, proto, "pod"))
+    elif service_port:
+        s = service_port[0]
+        what = f"{dport} is the port of {label(s)}, which is forwarded on the Service's own IPs only"
+        fix = f"use {use_instead(facts, s)[0]}"
+        instead.extend(use_instead(facts, s)[1])
+    else:
+        what = f"no Service has nodePort {dport}/{proto}"
+        fix = "address a Service by its ClusterIP and port, or a nodePort on a node's address"
+    localhost = ("A localhost nodePort works only from the node itself (in iptables mode, with the route_localnet "
+                 "kube-proxy sets; never in nftables mode).")
+    return Diagnosis(
+        "client-loopback", "error", f"{dst} is {sender} loopback: the packet never reaches this node's rules",
+        f"Every network namespace has its own loopback: {case.src} sending to {case.target} reaches itself, not "
+        f"this node, so no kube-proxy rule sees the packet, and the connection is refused unless something in "
+        f"that sender listens on port {dport}. {what}. {localhost}",
+        fix, facts.evidence(facts.node_port_lines(dport)) if node_port else (), tuple(instead))
+
+
 def node_port_not_on_address(case: Case) -> Diagnosis | None:
     """A nodePort on a node address where the rules accept no NodePorts (localhost, or an address outside
     --nodeport-addresses): nothing diverts the packet, it was never a NodePort there."""

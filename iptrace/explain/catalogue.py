@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from iptrace.dataplane import Outcome, Step, join_host_port
-from iptrace.explain.addresses import ADDRESS_RULES
+from iptrace.explain.addresses import ADDRESS_RULES, client_loopback
 from iptrace.explain.conflicts import address_conflict
 from iptrace.explain.diagnosis import Diagnosis, Evidence, Suggestion
 from iptrace.explain.facts import Case, canonical, finding_label, label, step_evidence
@@ -22,6 +22,7 @@ CATALOGUE: tuple[str, ...] = (
     "not-a-service-address", "wrong-protocol", "no-endpoints", "no-local-endpoints", "source-range-blocked",
     "hairpin", "no-kube-proxy-rules", "iptables-backend-split", "stale-endpoints", "missing-service",
     "not-forwarded", "node-port-not-on-address", "blocked-by-rule", "address-conflict", "healthy",
+    "client-loopback",
     # With a conntrack table (iptrace.explain.conntrack): entries the rules no longer decide.
     "stale-conntrack", "stale-conntrack-no-dnat", "conntrack-healthy",
 )
@@ -324,6 +325,9 @@ def _first(rules: Iterable[Callable[[Case], Diagnosis | None]], case: Case) -> D
 def diagnose(case: Case) -> tuple[Diagnosis, ...]:
     """Every diagnosis that applies: node-wide ones, then at most one cause per failure, then notes."""
     found = [d for d in (rule(case) for rule in NODE_RULES) if d is not None]
+    elsewhere = client_loopback(case)
+    if elsewhere is not None:  # (no rule of this node saw the packet: nothing else to say about it)
+        return (*found, elsewhere)
     answer = _first(KUBE_ANSWERS, case)
     if answer is not None:
         found.append(answer)

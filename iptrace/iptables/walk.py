@@ -13,7 +13,19 @@ from fractions import Fraction
 from operator import attrgetter
 from typing import Any
 
-from iptrace.dataplane import Decision, Entry, Outcome, Packet, Step, Trace, join_host_port, new_outcome
+from iptrace.dataplane import (
+    Decision,
+    Entry,
+    Outcome,
+    Packet,
+    Step,
+    Trace,
+    is_loopback,
+    join_host_port,
+    loopback_notes,
+    new_outcome,
+    senders_own_loopback,
+)
 from iptrace.errors import InputError, TraceError
 from iptrace.iptables import chainmemo
 from iptrace.iptables.chainwalk import ChainWalker
@@ -357,6 +369,10 @@ class Tracer(ChainWalker):
                              f"trace it against the {'ip6tables' if packet.version == 6 else 'iptables'} dump")
         src = ip_int(packet.src)[1]
         dst = ip_int(packet.dst)[1]
+        to_loopback = is_loopback(packet.dst)
+        if to_loopback and not self.ctx.is_local(src):
+            return senders_own_loopback(packet, self.entry,
+                                        [NEW_CONNECTION, *(a for a in assumptions if a != NEW_CONNECTION)])
         state = State(src, dst, packet.sport, packet.dport, packet.proto_number,
                       in_interface if in_interface is not None else packet.in_interface)
         gc_was_enabled = gc.isenabled()
@@ -374,6 +390,8 @@ class Tracer(ChainWalker):
         finally:
             if gc_was_enabled:
                 gc.enable()
+        if to_loopback:
+            assumptions = (*assumptions, *loopback_notes(packet, outcomes, self._is_local_text))
         if not assumptions:
             made = False
             for o in outcomes:
@@ -388,6 +406,9 @@ class Tracer(ChainWalker):
                 if note not in notes:
                     notes.append(note)
         return Trace(packet, self.entry, outcomes, tuple(notes))
+
+    def _is_local_text(self, ip: str) -> bool:
+        return self.ctx.is_local(ip_int(ip)[1])
 
     def _outcomes(self, branches: Sequence[tuple[State, Terminal]], original: str, fragment: bool,
                   ) -> tuple[Outcome, ...]:

@@ -17,7 +17,16 @@ from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
-from iptrace.dataplane import Decision, Outcome, Packet, Trace, join_host_port, new_outcome
+from iptrace.dataplane import (
+    Decision,
+    Outcome,
+    Packet,
+    Trace,
+    join_host_port,
+    loopback_notes,
+    new_outcome,
+    senders_own_loopback,
+)
 from iptrace.errors import TraceError
 from iptrace.nftables.chains import ChainCode, ChainWalker, Terminal
 from iptrace.nftables.evaluate import Context
@@ -72,6 +81,11 @@ class Tracer(ChainWalker):
     def trace(self, packet: Packet, *, in_interface: str | None = None, assumptions: Sequence[str] = ()) -> Trace:
         """Every outcome of `packet`'s first packet. `assumptions` are the caller's (e.g. how the source was
         chosen); they follow the first-packet one."""
+        notes = [NEW_CONNECTION, *(a for a in assumptions if a != NEW_CONNECTION)] if assumptions else [
+            NEW_CONNECTION]
+        to_loopback = is_loopback(packet.dst)
+        if to_loopback and not self._is_local(packet.src):
+            return senders_own_loopback(packet, "hooks", notes)
         s = self._start(packet, in_interface if in_interface is not None else packet.in_interface)
         enabled = gc.isenabled()
         gc.disable()  # a walk allocates many small acyclic objects next to a ruleset of ~10^6 objects
@@ -82,9 +96,9 @@ class Tracer(ChainWalker):
         finally:
             if enabled:
                 gc.enable()
-        notes = [NEW_CONNECTION, *(a for a in assumptions if a != NEW_CONNECTION)] if assumptions else [
-            NEW_CONNECTION]
         notes.extend(self._notes(packet.version))
+        if to_loopback:
+            notes.extend(loopback_notes(packet, outcomes, self._is_local))
         for o in outcomes:
             if o.assumptions:
                 for note in o.assumptions:

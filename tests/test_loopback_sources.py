@@ -1,0 +1,72 @@
+"""127.0.0.1 (or ::1) is loopback in every network namespace: a pod or an outside client that connects to it
+reaches itself, never the node, so neither dataplane's rules see the packet (iptrace.dataplane.
+senders_own_loopback). Only the node's own connection to a localhost nodePort meets kube-proxy's rules, and in
+iptables mode only with route_localnet (tests/test_oracle_selftest.py probes that in the kernel)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from iptrace.cli import main
+from iptrace.dataplane import ROUTE_LOCALNET
+from tests.conftest import SAMPLES
+
+IPT = str(SAMPLES / "nodeport-fb-backends.txt")
+NFT = str(SAMPLES / "nodeport-fb-backends-nft.nft")
+
+
+def run(*args: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    result = CliRunner().invoke(main, [*args, "-o", "json"])
+    assert result.exit_code in (0, 3), result.output
+    return result.exit_code, json.loads(result.output)
+
+
+@pytest.mark.parametrize("dump", [IPT, NFT])
+@pytest.mark.parametrize("src", ["pod", "external", "10.244.2.9"])
+def test_loopback_from_elsewhere_never_reaches_the_nodes_rules(dump: str, src: str) -> None:
+    _, doc = run("trace", dump, "--dst", "127.0.0.1:30904", "--src", src)
+    assert [(o["verdict"], o["destination"], o["path"]) for o in doc["outcomes"]] == [("CONTINUE", None, [])]
+    assert any("never reaches this node's rules" in a for a in doc["assumptions"]), doc["assumptions"]
+
+
+@pytest.mark.parametrize("dump", [IPT, NFT])
+def test_explain_says_the_pods_loopback_is_its_own_and_what_to_use(dump: str) -> None:
+    code, doc = run("explain", dump, "--dst", "127.0.0.1:30904", "--src", "pod", "--node-ip", "192.168.49.2")
+    assert code == 3
+    assert [d["id"] for d in doc["diagnoses"]] == ["client-loopback"]
+    found = doc["diagnoses"][0]
+    assert found["severity"] == "error" and "the pod's own loopback" in found["summary"]
+    assert found["fix"] == ("use 192.168.49.2:30904 (the node's address and the nodePort), or 10.101.234.168:5001 "
+                            "(the ClusterIP and port) from inside the cluster")
+    assert doc["headline"].startswith("127.0.0.1:30904/tcp never reaches this node")
+
+
+def test_the_node_itself_reaches_a_localhost_node_port_in_iptables_mode_with_route_localnet() -> None:
+    _, doc = run("trace", IPT, "--dst", "127.0.0.1:30904", "--src", "node")
+    assert {o["verdict"] for o in doc["outcomes"]} == {"DNAT"}
+    assert ROUTE_LOCALNET in doc["assumptions"]
+    # Near-miss: a node address needs no route_localnet.
+    _, doc = run("trace", IPT, "--dst", "192.168.49.2:30904", "--src", "node", "--node-ip", "192.168.49.2")
+    assert {o["verdict"] for o in doc["outcomes"]} == {"DNAT"} and ROUTE_LOCALNET not in doc["assumptions"]
+
+
+def test_the_node_itself_gets_no_localhost_node_port_in_nftables_mode() -> None:
+    code, doc = run("explain", NFT, "--dst", "127.0.0.1:30904", "--src", "node", "--node-ip", "192.168.49.2")
+    assert code == 3 and [d["id"] for d in doc["diagnoses"]] == ["node-port-not-on-address"]
+
+
+def test_a_kube_proxy_fragment_is_not_entered_from_elsewhere_either(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # kube-proxy's restore text (no built-in chains): the walk enters KUBE-SERVICES directly, but a pod's packet to
+    # its own loopback still never gets there.
+    nat = [line for line in open(IPT).read().split("*nat\n", 1)[1].split("COMMIT", 1)[0].splitlines()
+           if line.startswith(":KUBE") or line.startswith("-A KUBE")]
+    dump = tmp_path / "fragment.txt"
+    dump.write_text("*nat\n" + "\n".join(nat) + "\nCOMMIT\n")
+    _, doc = run("trace", str(dump), "--dst", "127.0.0.1:30904", "--src", "pod")
+    assert doc["entry"] == "kube-proxy"
+    assert [(o["verdict"], o["path"]) for o in doc["outcomes"]] == [("CONTINUE", [])]
+    _, doc = run("trace", str(dump), "--dst", "127.0.0.1:30904", "--src", "node")
+    assert {o["verdict"] for o in doc["outcomes"]} == {"DNAT"}
