@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import click
@@ -178,10 +177,11 @@ def _with_findings(items: Iterator[dict[str, Any]], by_label: dict[str, list[Any
 
 def _cluster_findings(analysis: Any, cluster: Any, dump: str, view: Any, filtered: bool) -> list[Any]:
     """The API comparison for the Services shown (and, unfiltered, the Services the node lacks)."""
+    from iptrace.collect.inputs import dump_node_name
     from iptrace.kube.audit import kube_node_for
     from iptrace.kube.compare import compare_with_cluster, view_service_label
 
-    name = Path(dump).name if dump != "-" else "stdin"
+    name = dump_node_name(dump)
     node_name = kube_node_for(name, analysis.node_ips, cluster)
     shown = {view_service_label(s) for s in view.services} if filtered else None
     return compare_with_cluster(analysis, cluster, node_name=node_name, node=name, labels=shown)

@@ -19,6 +19,19 @@ from iptrace.kube.audit import NodeInput
 NFT_FILE = "nft-ruleset.txt"
 
 
+def dump_node_name(path: str) -> str:
+    """The node a dump file given on the command line stands for: the file as the user gave it (its name; `stdin`
+    for `-`), but for iptables-save's own `.txt` (`.txt.gz`), dropped as it always was (`node-a.txt` → `node-a`,
+    `node-a.nft.gz` → `node-a.nft.gz`)."""
+    if path in ("-", "<stdin>"):
+        return "stdin"
+    name = Path(path).name
+    for suffix in (".txt.gz", ".txt"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name.removesuffix(suffix)
+    return name
+
+
 @dataclass(frozen=True)
 class NodeDump:
     """One dump chosen to answer for a family: its dataplane, its parsed rules, and why it was chosen."""
@@ -169,7 +182,7 @@ def dump_input(text: str, source: str, *, node_ips: Sequence[str] = (), cluster:
     try:
         dataplane, ruleset = dataplanes.load(text, source=source, lenient=lenient, memo=memo)
     except IptraceError as exc:
-        return NodeInput(name or Path(source).name, {}, str(exc), tuple(node_ips))
+        return NodeInput(name or dump_node_name(source), {}, str(exc), tuple(node_ips))
     analyses = {f: analyse(dataplane, ruleset, f, node_ips=node_ips, cluster=cluster)
                 for f in dataplanes.analysed_families(ruleset)}
-    return NodeInput(name or Path(source).name, analyses, None, tuple(node_ips), {"dataplane": dataplane.name})
+    return NodeInput(name or dump_node_name(source), analyses, None, tuple(node_ips), {"dataplane": dataplane.name})

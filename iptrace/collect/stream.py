@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from iptrace.collect import store
-from iptrace.collect.inputs import dump_input, node_directories, node_input
+from iptrace.collect.inputs import dump_input, dump_node_name, node_directories, node_input
 from iptrace.errors import IptraceError
 from iptrace.kube.carried import Carried
 from iptrace.kube.compare import LOAD_ERROR, Finding
@@ -65,7 +65,7 @@ def sources(paths: Sequence[str], node_ips: Sequence[str] = (), *, stdin: Callab
             text = stdin() if stdin is not None else None
             out.append(Source("stdin", "<stdin>", False, text[0] if text else None, tuple(node_ips)))
         else:
-            out.append(Source(p.name.removesuffix(".gz").removesuffix(".txt"), path, False, None, tuple(node_ips)))
+            out.append(Source(dump_node_name(path), path, False, None, tuple(node_ips)))
     return out
 
 
