@@ -22,13 +22,15 @@ table_option = click.option("--table", "table", type=click.Choice(["raw", "mangl
 
 
 def load_dump(dump: str, *, lenient: bool = False, table: str | None = None, family: str = "ipv4",
-              note: bool = True) -> tuple[Any, Any, list[str]]:
+              note: bool = True, extras: bool = True) -> tuple[Any, Any, list[str]]:
     """Load DUMP (a file, `-`, a .gz, or a collected node directory) → (dataplane, its ruleset, node addresses).
 
     The dataplane is recognised by content (iptables-save, `iptables -S`, nft list ruleset, nft -j, kube-proxy's
     nft transaction). For a node directory the dump that answers is chosen (collect.inputs.choose_dump):
     ip6tables-save.txt for IPv6, the legacy backend's or the nftables ruleset when kube-proxy's rules are there.
-    `note`: say on stderr what --lenient read past (`parse` lists it all itself).
+    `note`: say on stderr what --lenient read past (`parse` lists it all itself). `extras`: say which of the node
+    directory's other dumps cannot be read (the nft ruleset beside an iptables-mode dump), as audit's load-error
+    warning does.
     """
     from iptrace import dataplanes
     from iptrace.iptables import read_dump
@@ -40,13 +42,17 @@ def load_dump(dump: str, *, lenient: bool = False, table: str | None = None, fam
         if note:
             note_skipped_rules(dump, ruleset)
         return dataplane, hold(ruleset), []
-    from iptrace.collect.inputs import choose_dump
+    from iptrace.collect.inputs import choose_dump, unread_nft
     from iptrace.collect.store import read_node_dir
 
     snapshot = read_node_dir(path)
     chosen = choose_dump(snapshot, family, lenient=lenient)
     if chosen.note is not None:
         click.echo(f"note: {chosen.note}", err=True)
+    problem = unread_nft(snapshot, chosen) if extras else None
+    if problem is not None:
+        click.echo(f"note: {snapshot.node}: {problem}; analyzing {Path(chosen.ruleset.source).name} without it",
+                   err=True)
     if note:
         note_skipped_rules(dump, chosen.ruleset)
     return chosen.dataplane, hold(chosen.ruleset), list(snapshot.addresses)
@@ -106,6 +112,7 @@ def analyses_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = Non
     kube-proxy tables on a dual-stack node; a node directory may hold ip6tables-save.txt); the first family alone
     when none has."""
     from iptrace.collect.store import IP6_DUMP_FILE
+    from iptrace.errors import IptraceError
     from iptrace.kube.analysis import analyse
 
     dataplane, ruleset, collected = load_dump(dump, lenient=lenient, table=table)
@@ -113,8 +120,11 @@ def analyses_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = Non
     loads = [(dataplane, ruleset, ruleset.families)]
     if "ipv6" not in ruleset.families and dump != "-" and (Path(dump) / IP6_DUMP_FILE).is_file():
         # (a node directory's IPv6 rules are in its ip6tables-save.txt: all of them on an IPv6-only node)
-        v6_dataplane, v6_ruleset, _ = load_dump(dump, lenient=lenient, table=table, family="ipv6")
-        loads.append((v6_dataplane, v6_ruleset, ("ipv6",)))
+        try:
+            v6_dataplane, v6_ruleset, _ = load_dump(dump, lenient=lenient, table=table, family="ipv6", extras=False)
+            loads.append((v6_dataplane, v6_ruleset, ("ipv6",)))
+        except IptraceError as exc:  # (as audit's load-error warning: what the IPv4 dump holds is still shown)
+            click.echo(f"note: {exc}; analyzing {Path(ruleset.source).name} without it", err=True)
     found = []
     for dp, rs, families in loads:
         for family in families:

@@ -92,6 +92,26 @@ def choose_dump(snapshot: Any, family: str = "ipv4", *, lenient: bool = False, k
     return NodeDump(dataplane, ruleset)
 
 
+def _looks_cut(text: str) -> bool:
+    """Whether an nft ruleset's text may be cut short: every form nft writes (a listing, `-j`'s JSON, a transaction)
+    ends with a newline and closes every brace it opens. Two counts, not a parse: an iptables-mode node's
+    nft-ruleset.txt (iptables-nft's own tables) is as big as its dump, and its analysis never reads it."""
+    return not text.endswith("\n") or text.count("{") != text.count("}")
+
+
+def unread_nft(snapshot: Any, chosen: NodeDump) -> str | None:
+    """What the node's nft-ruleset.txt cannot be read for (file:line:column and what was expected) when another
+    dump answers for the node and the ruleset looks cut short; None when it reads, is not there, or answers."""
+    text = _nft_text(snapshot)
+    if chosen.dataplane.name == "nftables" or not text or not _looks_cut(text):
+        return None
+    try:
+        dataplanes.load(text, source=str(Path(snapshot.dump_path).parent / NFT_FILE))
+    except IptraceError as exc:
+        return str(exc)
+    return None
+
+
 def legacy_note_for(dataplane: Any, legacy: Any) -> str:
     """What a node's iptables-legacy dump holds of kube-proxy's, for the audit's backend-split finding."""
     ports = dataplane.layout(legacy, legacy.families[0]).service_ports
@@ -128,11 +148,14 @@ def node_input(snapshot: Any, *, cluster: Any = None, lenient: bool = False,
             problems.append(str(exc))
     if snapshot.legacy_dump_text and chosen.note is None:
         try:
-            legacy_dp, legacy = dataplanes.load(snapshot.legacy_dump_text, source=f"{snapshot.node}/"
-                                                f"{store.LEGACY_DUMP_FILE}", lenient=lenient)
+            legacy_dp, legacy = dataplanes.load(snapshot.legacy_dump_text, lenient=lenient, source=str(
+                Path(snapshot.dump_path).parent / store.LEGACY_DUMP_FILE))
             legacy_note = legacy_note_for(legacy_dp, legacy)
         except IptraceError as exc:
             problems.append(str(exc))
+    nft_problem = unread_nft(snapshot, chosen)
+    if nft_problem is not None:
+        problems.append(nft_problem)
     if chosen.note is not None:
         meta["dataplane_note"] = chosen.note
     meta["dataplane"] = chosen.dataplane.name
