@@ -171,10 +171,13 @@ def node_directories(directory: Any) -> list[Path]:
     if store.is_node_dir(root):
         candidates = [root]
     elif root.is_dir():
-        # (a subdirectory with meta.json alone is a node whose dump is missing: said, not skipped)
+        # (a subdirectory with meta.json alone is a node whose dump is missing: said, not skipped; and so is
+        # such a directory given itself, as a node among others: `audit snap/node-1 other-snap`)
         candidates = sorted((c for c in root.iterdir() if not c.name.startswith(".")
                              and (store.is_node_dir(c) or (c / store.META_FILE).is_file())),
                             key=lambda c: c.name)
+        if not candidates and (root / store.META_FILE).is_file():
+            candidates = [root]
     elif not root.exists():
         raise InputError(f"{root}: no such file or directory")
     else:

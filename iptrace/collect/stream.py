@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 from array import array
 from collections.abc import Callable, Iterator, Sequence
@@ -54,18 +55,29 @@ def node_name(node_dir: Path) -> str:
 def sources(paths: Sequence[str], node_ips: Sequence[str] = (), *, stdin: Callable[[], tuple[str, str]] | None = None
             ) -> list[Source]:
     """Every node of `paths`: each collection directory's nodes (sorted), each dump file as one node (named
-    after the file), `-` as the node "stdin" (read through `stdin`). Raises InputError for a directory that
-    holds no node."""
+    after the file), `-` as the node "stdin" (read through `stdin`). A node given twice (a node directory and
+    the collection holding it, as `audit snap/node-1 snap`) is audited once, where it first appears. Raises
+    InputError for a directory that holds no node."""
     out: list[Source] = []
+    seen: set[str] = set()
+
+    def add(source: Source) -> None:
+        where = os.path.realpath(source.path) if source.path and source.path != "<stdin>" else None
+        if where is None or where not in seen:
+            out.append(source)
+            if where is not None:
+                seen.add(where)
+
     for path in paths:
         p = Path(path)
         if path != "-" and p.is_dir():
-            out += [Source(node_name(d), str(d), True) for d in node_directories(p)]
+            for d in node_directories(p):
+                add(Source(node_name(d), str(d), True))
         elif path == "-":
             text = stdin() if stdin is not None else None
             out.append(Source("stdin", "<stdin>", False, text[0] if text else None, tuple(node_ips)))
         else:
-            out.append(Source(dump_node_name(path), path, False, None, tuple(node_ips)))
+            add(Source(dump_node_name(path), path, False, None, tuple(node_ips)))
     return out
 
 
