@@ -363,8 +363,9 @@ def _summary(view: KubeView) -> str:
         lines.append(" · ".join(extra))
     clients = view.clients
     if clients is not None and clients.node_unknown and view.services:
-        lines.append(f"node addresses unknown (pass --node-ip): NodePorts traced to {clients.node_address}, and an "
-                     "endpoint on the node itself is taken for another machine")
+        # (clients.node_address is a documentation stand-in, not the node's: never printed, a reader would copy it)
+        lines.append("node addresses unknown (pass --node-ip IP, the node's own address): NodePorts (<node>:PORT) are "
+                     "traced to a stand-in address, and an endpoint on the node itself is taken for another machine")
     return "\n".join(lines)
 
 
