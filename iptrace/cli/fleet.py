@@ -255,6 +255,20 @@ def _audit_sources(sources: tuple[str, ...], node_ips: tuple[str, ...]) -> list[
     return nodes
 
 
+def _contained(run: Callable[[], Any]) -> Any:
+    """One node's analysis for the audit (stream.analyse_nodes' `contain`): a bug met there is returned, to be that
+    node's load-error, so that one node's bug costs the fleet's other results nothing; IPTRACE_DEBUG=1 raises it
+    (this program's one error boundary then shows the traceback)."""
+    import os
+
+    try:
+        return run()
+    except Exception as exc:
+        if os.environ.get("IPTRACE_DEBUG"):
+            raise
+        return exc
+
+
 def _analyse(nodes: list[Any], cluster: Any, lenient: bool, pictures: bool, jobs: int | None) -> list[Any]:
     """Every node's digest, with a progress bar on a terminal (nodes done / total, rate, time left). `jobs`
     None: stream.default_jobs (one per CPU, as many as fit in memory)."""
@@ -266,7 +280,8 @@ def _analyse(nodes: list[Any], cluster: Any, lenient: bool, pictures: bool, jobs
         jobs, note = default_jobs(nodes, os.cpu_count() or 1, available_memory())
         if note is not None:
             click.echo(note, err=True)
-    kwargs: dict[str, Any] = {"cluster": cluster, "lenient": lenient, "pictures": pictures, "jobs": jobs}
+    kwargs: dict[str, Any] = {"cluster": cluster, "lenient": lenient, "pictures": pictures, "jobs": jobs,
+                              "contain": _contained}
     if sys.stderr.isatty() and len(nodes) > 1:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

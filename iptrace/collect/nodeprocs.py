@@ -66,7 +66,8 @@ class LoadLock:
 def serve(tasks_fd: int, results_fd: int) -> None:
     """A worker's life: stream._init with the first message's arguments, then stream._run of each item until the
     pipe is closed (or None comes). Each answer is (what _run returned, None), or (None, the exception it raised)
-    before this process ends with it."""
+    before this process ends with it, silently: the parent reports it the CLI's way (IPTRACE_DEBUG=1: with this
+    process's traceback too)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # (a terminal's Ctrl-C reaches every process of the group)
     from iptrace.collect import stream
 
@@ -82,10 +83,16 @@ def serve(tasks_fd: int, results_fd: int) -> None:
             return
         try:
             answer = stream._run(item)
-        except Exception as exc:  # (a bug: the parent raises it, as the audit's own process would)
+        except Exception as exc:  # (a bug: the parent decides what becomes of it, as in the audit's own process)
             results.send_bytes(pickle.dumps((None, _portable(exc)), protocol=pickle.HIGHEST_PROTOCOL))
+            if not os.environ.get("IPTRACE_DEBUG"):
+                sys.excepthook = _untold  # (this process's stderr is the audit's: no traceback there)
             raise
         results.send_bytes(pickle.dumps((answer, None), protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _untold(*_: Any) -> None:
+    """A worker's excepthook once its exception has gone to the parent: nothing more to say."""
 
 
 def _portable(exc: Exception) -> Exception:
@@ -146,10 +153,11 @@ def _ended(process: subprocess.Popen[bytes]) -> str:
 
 
 def answers(items: Sequence[Any], init: tuple[Any, ...], jobs: int
-            ) -> Iterator[tuple[int, Any, str | None]]:
+            ) -> Iterator[tuple[int, Any, str | Exception | None]]:
     """(index, what stream._run answered for items[index], None) as each is done, in `jobs` workers made with
     stream._init(*init, LoadLock) — or (index, None, how its worker ended) for an item whose worker died before
-    answering it; a new worker takes the items left. An exception a worker's _run raised is raised here."""
+    answering it, or (index, None, the exception) for an item whose _run raised one (its worker ends with it); a new
+    worker takes the items left."""
     fd, lock_path = tempfile.mkstemp(prefix="iptrace-audit-")
     os.close(fd)
     todo = deque(range(len(items)))
@@ -184,7 +192,16 @@ def answers(items: Sequence[Any], init: tuple[Any, ...], jobs: int
                 answer, error = pickle.loads(data)
                 del data
                 if error is not None:
-                    raise error
+                    # (the worker ends with it, serve: the item it was given meanwhile goes to a new one)
+                    if child.doing is not None:
+                        todo.appendleft(child.doing)
+                    child.end(kill=False)
+                    children.remove(child)
+                    if todo:
+                        children.append(replacement := _start(init_bytes))
+                        _give(replacement, todo, items)
+                    yield index, None, error
+                    continue
                 yield index, answer, None
         done = True
     finally:

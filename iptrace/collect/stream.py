@@ -9,6 +9,7 @@ Results come back in input order whatever the number of workers. The I/O side of
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -415,16 +416,22 @@ class _Interner:
         return out
 
 
+# What the caller gives analyse_nodes to run each node's analysis through: the result, or the exception (a bug)
+# the analysis raised, returned rather than raised (the CLI's error boundary; a library layer catches no bug).
+Contain = Callable[[Callable[[], NodeResult]], "NodeResult | Exception"]
+
+
 def analyse_nodes(nodes: Sequence[Source], *, cluster: Any = None, lenient: bool = False, pictures: bool = False,
                   jobs: int = 1, memo: bool = True, progress: Callable[[NodeResult], None] | None = None,
-                  ) -> list[NodeResult]:
+                  contain: Contain | None = None) -> list[NodeResult]:
     """Every node's NodeResult, in the order of `nodes`. `jobs` > 1: that many worker processes (fresh ones:
     the parent holds no rules), each analysing one node at a time; a node whose worker died is a NodeResult with
     that error (iptrace.collect.nodeprocs). `progress` is called as each node is done, with its result (whose
-    digests may be packed still: its name and error are what it is for)."""
+    digests may be packed still: its name and error are what it is for). A bug met on a node is raised, or with
+    `contain`, that node's NodeResult naming it (the other nodes analysed as without it), whatever `jobs`."""
     results: list[NodeResult | None] = [None] * len(nodes)
     keep = _Interner()
-    for i, result, sent in _results(nodes, cluster, lenient, pictures, jobs, memo):
+    for i, result, sent in _results(nodes, cluster, lenient, pictures, jobs, memo, contain):
         result = results[i] = keep(result, sent)
         if sent is not None:
             _heap_returned()
@@ -433,8 +440,19 @@ def analyse_nodes(nodes: Sequence[Source], *, cluster: Any = None, lenient: bool
     return keep.unpacked([r for r in results if r is not None])
 
 
+def _bug(source: Source, exc: Exception) -> NodeResult:
+    """The result of a node whose analysis met a bug, in the CLI's words for an internal error."""
+    return NodeResult(source.name, f"internal error while analysing this node ({type(exc).__name__}: {exc}); please "
+                      "report it with the input that caused it (IPTRACE_DEBUG=1 shows the traceback)", source.node_ips)
+
+
+def _raised(exc: Exception) -> NodeResult:
+    """A worker's analysis that raised `exc`, as `contain` runs it."""
+    raise exc
+
+
 def _results(nodes: Sequence[Source], cluster: Any, lenient: bool, pictures: bool, jobs: int,
-             memo: bool) -> Iterator[tuple[int, NodeResult, list[Any] | None]]:
+             memo: bool, contain: Contain | None) -> Iterator[tuple[int, NodeResult, list[Any] | None]]:
     """(index, result, the digests its worker sent before when the result names them by number) of each node."""
     if len(nodes) > 1:
         _big_blocks_returned()  # (this process reads node after node too, or their results)
@@ -445,7 +463,16 @@ def _results(nodes: Sequence[Source], cluster: Any, lenient: bool, pictures: boo
         worker = Worker(cluster, lenient, pictures, memo and len(nodes) > 1)
         try:
             for i, source in enumerate(nodes):
-                yield i, worker.run(source), None
+                if contain is None:
+                    yield i, worker.run(source), None
+                    continue
+                got = contain(functools.partial(worker.run, source))
+                if isinstance(got, Exception):
+                    # (what the node left in the worker's memo half made is not read again, as a new worker
+                    # process starts without it)
+                    worker = Worker(cluster, lenient, pictures, memo)
+                    got = _bug(source, got)
+                yield i, got, None
         finally:
             gc.unfreeze()  # this process's own objects: collectable again once the audit is over
         return
@@ -456,6 +483,12 @@ def _results(nodes: Sequence[Source], cluster: Any, lenient: bool, pictures: boo
     for i, answer, died in answers(list(enumerate(nodes)), (cluster, lenient, pictures, memo), jobs):
         if answer is None:
             source = nodes[i]
+            if isinstance(died, Exception):
+                if contain is None:
+                    raise died
+                got = contain(functools.partial(_raised, died))
+                yield i, _bug(source, got) if isinstance(got, Exception) else got, None
+                continue
             yield i, NodeResult(source.name, f"the worker process analysing it {died}; the other nodes' results "
                                 "are kept (audit this node alone to see why)", source.node_ips), None
             continue
