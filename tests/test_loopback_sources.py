@@ -70,3 +70,16 @@ def test_a_kube_proxy_fragment_is_not_entered_from_elsewhere_either(tmp_path) ->
     assert [(o["verdict"], o["path"]) for o in doc["outcomes"]] == [("CONTINUE", [])]
     _, doc = run("trace", str(dump), "--dst", "127.0.0.1:30904", "--src", "node")
     assert {o["verdict"] for o in doc["outcomes"]} == {"DNAT"}
+
+
+@pytest.mark.parametrize(("dump", "dst", "use"), [
+    (NFT, "127.0.0.1:30904", "use 192.168.49.2:30904/tcp (a node address that accepts NodePorts), or "
+                             "10.101.234.168:5001/tcp from inside the cluster"),
+    (str(SAMPLES / "ipv6.txt"), "[::1]:30080", "use <node-ip>:30080/tcp (a node address that accepts NodePorts), "
+                                               "or [fd00:10:96::5e1]:80/tcp from inside the cluster")])
+def test_a_node_port_of_another_protocol_on_localhost_names_the_address_first(dump: str, dst: str, use: str) -> None:
+    # The node's own UDP packet to a TCP nodePort on localhost, where kube-proxy opens no NodePort at all: the fix is
+    # a node address (and TCP), never "use TCP on localhost", which fails just the same.
+    code, doc = run("explain", dump, "--dst", dst, "--proto", "udp", "--src", "node", "--node-ip", "192.168.49.2")
+    assert code == 3 and [d["id"] for d in doc["diagnoses"]] == ["node-port-not-on-address"]
+    assert doc["diagnoses"][0]["fix"] == use

@@ -109,23 +109,25 @@ def node_port_not_on_address(case: Case) -> Diagnosis | None:
     facts, dst, dport, proto = case.facts, case.dst, case.dport, case.proto
     if _service_address(case) is not None or not facts.is_node_address(dst) or facts.opens_node_ports(dst):
         return None
-    exact = [s for s in facts.node_ports.get(dport, []) if s.protocol.lower() == proto]
+    ports = facts.node_ports.get(dport, [])
+    # (of another protocol too: where no NodePort is open, the address is what fails first; the protocol is said)
+    exact = [s for s in ports if s.protocol.lower() == proto] or ports
     if not exact:
         return None
     s = exact[0]
     npa = facts.node_port_addresses
-    fam = ipaddress.ip_address(dst).version
-    open_ips = [ip for ip in (*facts.node_ips, *npa.addresses) if "/" not in ip
-                and ipaddress.ip_address(ip).version == fam and facts.opens_node_ports(ip)]
-    instead = tuple(Suggestion(ip, dport, proto, "external") for ip in dict.fromkeys(open_ips))
-    where = " or ".join(join_host_port(x.address, dport) for x in instead[:2]) or f"<node-ip>:{dport}"
+    its = s.protocol.lower()
+    suffix = "" if its == proto else f"/{its}"
+    instead = tuple(Suggestion(ip, dport, its, "external") for ip in _open_node_addresses(case))
+    where = " or ".join(join_host_port(x.address, dport) + suffix for x in instead[:2]) or f"<node-ip>:{dport}{suffix}"
     return Diagnosis(
         "node-port-not-on-address", "error", f"nodePort {dport} of {label(s)} is not open on {dst}",
         f"kube-proxy accepts NodePorts only where its rules send them ({npa.describe()}), and {dst} is not one of "
         f"those addresses, so no rule forwards {case.target}: the packet is delivered to the node itself, where "
-        "nothing of the Service listens.",
-        f"use {where} (a node address that accepts NodePorts), or {join_host_port(s.cluster_ip, s.port)} from "
-        "inside the cluster",
+        "nothing of the Service listens." + ("" if its == proto else f" Besides, nodePort {dport} is {its.upper()}, "
+                                             f"not {proto.upper()}."),
+        f"use {where} (a node address that accepts NodePorts), or {join_host_port(s.cluster_ip, s.port)}{suffix} "
+        "from inside the cluster",
         facts.evidence((*npa.lines, *facts.node_port_lines(dport))), instead)
 
 
