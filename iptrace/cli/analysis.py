@@ -25,6 +25,7 @@ from iptrace.cli.common import (
     load_dump,
     namespace_option,
     output_option,
+    stdin_once,
     table_option,
 )
 
@@ -248,6 +249,7 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
     from iptrace.kube.sources import of_family, pick_source
     from iptrace.render.trace import render_trace_text
 
+    stdin_once(DUMP=dump, **{"--dst-file": dst_file})
     questions = read_questions(dsts, dst_file, proto)
     check_source(src)
     cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
@@ -344,6 +346,7 @@ def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | N
     from iptrace.explain import Explainer
     from iptrace.render.explain import explain_to_json, render_explain_text
 
+    stdin_once(DUMP=dump, **{"--dst-file": dst_file, "--conntrack": conntrack_file})
     questions = read_questions(dsts, dst_file, proto)
     if src is not None:
         check_source(src)

@@ -144,6 +144,14 @@ def first_family(ruleset: Any) -> str:
 _NODE_FORMS = "[user@]host[:port] or a Host alias of ~/.ssh/config"
 
 
+def stdin_once(**inputs: str | None) -> None:
+    """Standard input is read once: two of `inputs` (option name → value) given as `-` are a usage error."""
+    on_stdin = [name for name, value in inputs.items() if value == "-"]
+    if len(on_stdin) > 1:
+        raise click.UsageError(f"{' and '.join(on_stdin[:2])} both read standard input (-); give one of them as a "
+                               "file")
+
+
 def looks_like_path(arg: str) -> bool:
     """An argument meant as a file or directory, never as a node: it has a '/' or a dump file's suffix."""
     return "/" in arg or arg.endswith((".txt", ".gz", ".nft", ".json"))

@@ -105,10 +105,14 @@ def read_questions(dsts: Sequence[str], dst_file: str | None, default_proto: str
             raise InputError(f"{dst_file}: no such file or directory") from None
         except OSError as exc:
             raise InputError(f"{dst_file}: cannot read ({exc.strerror or exc})") from None
+        asked = len(out)
         for number, line in enumerate(lines.splitlines(), 1):
             text = line.split("#", 1)[0].strip()
             if text:
                 out.append(parse_question(text, f"{name}:{number}", default_proto))
+        if len(out) == asked and not dsts:
+            raise click.UsageError(f"Missing option '--dst': {name} has no destination (only blank lines and # "
+                                   "comments); expected one IP:PORT or IP:PORT/proto a line")
     if not out:
         raise click.UsageError("Missing option '--dst' (or --dst-file FILE with one IP:PORT a line).")
     return out
