@@ -98,6 +98,14 @@ def packet_of(src: str, dst: str, dport: int, proto: str) -> Packet:
     return Packet(src, dst, dport, proto)
 
 
+def ip_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """`ipaddress.ip_address` of an address as rules and packets hold it: an IPv6 zone (`fe80::1%eth0`, which
+    `ipaddress` accepts) is refused with ValueError, as no rule names one and no packet carries it."""
+    if "%" in text:
+        raise ValueError(f"{text!r} names an IPv6 zone ({text[text.index('%'):]}); give the address alone")
+    return ipaddress.ip_address(text)
+
+
 @functools.lru_cache(maxsize=65536)
 def _address(text: str) -> tuple[str, int]:
     """(normalised address, IP version); the Service view builds ~10^5 packets from a few thousand addresses. A
@@ -108,7 +116,7 @@ def _address(text: str) -> tuple[str, int]:
     except (OSError, ValueError):
         pass
     try:
-        addr = ipaddress.ip_address(text.strip("[]"))
+        addr = ip_address(text.strip("[]"))
     except ValueError as exc:
         raise InputError(f"not an IP address: {exc}; expected e.g. 10.0.0.1 or fd00::1") from None
     return str(addr), addr.version

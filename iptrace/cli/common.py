@@ -306,7 +306,7 @@ def emit_json_items(items: Iterable[Any], count: int, texts: Iterable[str] | Non
 
 def parse_destination(text: str) -> tuple[str, int]:
     """`IP:PORT` or `[IPv6]:PORT` → (ip, port)."""
-    import ipaddress
+    from iptrace.dataplane import ip_address
 
     host, sep, port = text.rpartition(":")
     if text.startswith("[") and "]:" in text:
@@ -315,7 +315,7 @@ def parse_destination(text: str) -> tuple[str, int]:
         raise click.BadParameter(f"{text!r}: expected IP:PORT, e.g. 10.96.0.10:53 or [fd00::10]:53",
                                  param_hint="--dst")
     try:
-        ipaddress.ip_address(host)
+        ip_address(host)
         number = int(port)
     except ValueError:
         raise click.BadParameter(f"{text!r}: expected IP:PORT, e.g. 10.96.0.10:53 or [fd00::10]:53",
@@ -326,11 +326,11 @@ def parse_destination(text: str) -> tuple[str, int]:
 
 
 def check_ip(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
-    import ipaddress
+    from iptrace.dataplane import ip_address
 
     for value in values:
         try:
-            ipaddress.ip_address(value)
+            ip_address(value)
         except ValueError:
             raise click.BadParameter(f"{value!r} is not an IP address", ctx=ctx, param=param) from None
     return values
@@ -341,12 +341,12 @@ SOURCE_KINDS = ("pod", "node", "external")
 
 def check_source(src: str) -> None:
     """--src: an IP address or a kind of client."""
-    import ipaddress
+    from iptrace.dataplane import ip_address
 
     if src in SOURCE_KINDS:
         return
     try:
-        ipaddress.ip_address(src)
+        ip_address(src)
     except ValueError:
         raise click.BadParameter(f"{src!r}: expected an IP address or one of {', '.join(SOURCE_KINDS)}",
                                  param_hint="--src") from None

@@ -8,7 +8,6 @@ family the dump has no rules for), else `explain` exits 3 when an explanation ha
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+from iptrace.dataplane import ip_address
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 EXPECTED = "IP:PORT or IP:PORT/proto, e.g. 10.96.0.10:53/udp or [fd00::10]:443"
@@ -60,7 +61,7 @@ def parse_question(text: str, where: str, default_proto: str) -> Question:
         if not sep or ":" in host:
             return Question(where, text, error=f"{where}: found {text!r}; expected {EXPECTED}")
     try:
-        ipaddress.ip_address(host)
+        ip_address(host)
         number = int(port)
     except ValueError:
         named = _service(host, port, where, text, proto, bool(slash))
@@ -120,7 +121,7 @@ def read_questions(dsts: Sequence[str], dst_file: str | None, default_proto: str
 
 def _is_address(host: str) -> bool:
     try:
-        ipaddress.ip_address(host.strip("[]"))
+        ip_address(host.strip("[]"))
     except ValueError:
         return False
     return True

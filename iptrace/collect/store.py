@@ -18,7 +18,6 @@ Each file holds a command's output byte for byte, whichever way it was collected
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import tempfile
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from iptrace.dataplane import ip_address
 from iptrace.errors import InputError
 
 META_FILE = "meta.json"
@@ -93,7 +93,7 @@ def read_node_dir(path: Path) -> NodeSnapshot:
         raise InputError(f"{meta_path}: `addresses` must be a list of strings; collect this node again")
     for address in addresses:
         try:
-            ipaddress.ip_address(address.strip("[]"))  # (as kube.sources.of_family reads them)
+            ip_address(address.strip("[]"))  # (as kube.sources.of_family reads them)
         except ValueError:
             raise InputError(f"{meta_path}: `addresses` holds {address!r}, not an IP address; collect this node "
                              "again") from None
