@@ -83,3 +83,12 @@ def test_a_node_port_of_another_protocol_on_localhost_names_the_address_first(du
     code, doc = run("explain", dump, "--dst", dst, "--proto", "udp", "--src", "node", "--node-ip", "192.168.49.2")
     assert code == 3 and [d["id"] for d in doc["diagnoses"]] == ["node-port-not-on-address"]
     assert doc["diagnoses"][0]["fix"] == use
+
+
+def test_loopback_on_a_port_no_service_has_says_what_to_address_instead() -> None:
+    code, doc = run("explain", IPT, "--dst", "127.0.0.1:9999", "--src", "external")
+    assert code == 3
+    found = doc["diagnoses"][0]
+    assert found["id"] == "client-loopback" and "outside client's own loopback" in found["summary"]
+    assert "port 9999. No Service has nodePort 9999/tcp. A localhost" in found["detail"]
+    assert found["fix"] == "address a Service by its ClusterIP and port, or a nodePort on a node's address"

@@ -91,7 +91,7 @@ def client_loopback(case: Case) -> Diagnosis | None:
         fix = f"use {use_instead(facts, s)[0]}"
         instead.extend(use_instead(facts, s)[1])
     else:
-        what = f"no Service has nodePort {dport}/{proto}"
+        what = f"No Service has nodePort {dport}/{proto}"
         fix = "address a Service by its ClusterIP and port, or a nodePort on a node's address"
     localhost = ("A localhost nodePort works only from the node itself (in iptables mode, with the route_localnet "
                  "kube-proxy sets; never in nftables mode).")
