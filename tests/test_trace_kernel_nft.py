@@ -358,3 +358,20 @@ def test_a_host_port_that_is_also_a_node_port(node: Node) -> None:
     decided once: the hostPort's DNAT never runs."""
     result, _, trace, _ = check(node, "client", NODE_IP, CLASH_PORT)
     assert result.endpoint == (B, PORT) and [o.destination for o in trace.outcomes] == [f"{B}:{PORT}"]
+
+
+@pytest.mark.parametrize("kind", ["pod", "client"])
+def test_a_localhost_node_port_from_elsewhere_is_the_senders_own(node: Node, kind: str) -> None:
+    # 127.0.0.1 in the pod's (or the client's) own network namespace: no endpoint answers and no base chain of the
+    # node sees the packet; iptrace says it never reaches the node's rules. From the node itself, nftables mode
+    # has no localhost nodePorts: not rewritten either (the trace's own rules).
+    src_ip = CLIENT_POD if kind == "pod" else None
+    result, kernel = node.tracer.path_of(
+        lambda sport: node.topo.probe(kind, "127.0.0.1", 30080, src_ip=src_ip, sport=sport, timeout=0.4))  # type: ignore[arg-type]
+    assert result.outcome != "connected" and kernel == [], (result, kernel)
+    trace = node.analysis("127.0.0.1").tracer.trace(Packet(source_of(kind, src_ip, "127.0.0.1", result),
+                                                           "127.0.0.1", 30080))
+    assert [(o.verdict, o.path) for o in trace.outcomes] == [("CONTINUE", ())], describe(trace)
+    own = node.topo.probe("node", "127.0.0.1", 30080, timeout=0.4)
+    assert own.outcome != "connected", own
+    assert "DNAT" not in node.analysis("127.0.0.1").tracer.trace(Packet(NODE_IP, "127.0.0.1", 30080)).verdicts
