@@ -306,6 +306,26 @@ def is_loopback(ip: str) -> bool:
     return ip.startswith("127.") or ip == "::1"
 
 
+# The unspecified address a socket connects to, and the loopback address Linux connects it to instead
+# (ip_route_connect: no destination means this host).
+_UNSPECIFIED = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def for_this_host(ip: str) -> bool:
+    """Whether a normalised destination is the sending host itself: loopback, or the unspecified address."""
+    return ip.startswith("127.") or ip == "::1" or ip in _UNSPECIFIED
+
+
+def from_the_node(packet: Packet) -> tuple[Packet, tuple[str, ...]]:
+    """A node's own packet as its socket sends it, and the note that says how: addressed to 0.0.0.0 (::), Linux
+    connects it to 127.0.0.1 (::1), which is what the rules see."""
+    loop = _UNSPECIFIED.get(packet.dst)
+    if loop is None:
+        return packet, ()
+    return Packet(packet.src, loop, packet.dport, packet.proto, packet.sport, packet.in_interface), (
+        f"destination {packet.dst}: Linux connects a socket addressed to it to {loop}, the node itself",)
+
+
 def senders_own_loopback(packet: Packet, entry: Entry, notes: Sequence[str]) -> Trace:
     """The trace of a packet for a loopback address from a source that is not the node: every network namespace
     has its own lo, so the sender's kernel delivers it there (a pod to its own containers, another host to
@@ -313,7 +333,9 @@ def senders_own_loopback(packet: Packet, entry: Entry, notes: Sequence[str]) -> 
     tracers answer it this way (kube-proxy's localhost NodePorts work only from the node itself: iptables mode,
     with route_localnet=1; nftables mode never accepts them)."""
     original = join_host_port(packet.dst, packet.dport)
-    note = (f"destination {packet.dst} is loopback and source {packet.src} is not this node: the sender's own "
+    what = "the sender itself (Linux connects a socket addressed to it to its own host)" \
+        if packet.dst in _UNSPECIFIED else "loopback"
+    note = (f"destination {packet.dst} is {what} and source {packet.src} is not this node: the sender's own "
             "network namespace delivers it to its own loopback, so it never reaches this node's rules")
     outcome = new_outcome("CONTINUE", None, 1.0, False, None, None, (), Fraction(1), original, original, (), ())
     return Trace(packet, entry, (outcome,), (*notes, note))

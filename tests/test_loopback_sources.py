@@ -92,3 +92,24 @@ def test_loopback_on_a_port_no_service_has_says_what_to_address_instead() -> Non
     assert found["id"] == "client-loopback" and "outside client's own loopback" in found["summary"]
     assert "port 9999. No Service has nodePort 9999/tcp. A localhost" in found["detail"]
     assert found["fix"] == "address a Service by its ClusterIP and port, or a nodePort on a node's address"
+
+
+@pytest.mark.parametrize("dump", [IPT, NFT])
+def test_the_unspecified_address_is_the_senders_own_host(dump: str) -> None:
+    # curl 0.0.0.0:30904: Linux connects it to the sender itself: a pod's own, or the node's 127.0.0.1.
+    _, doc = run("trace", dump, "--dst", "0.0.0.0:30904", "--src", "pod")
+    assert [(o["verdict"], o["path"]) for o in doc["outcomes"]] == [("CONTINUE", [])]
+    _, node = run("trace", dump, "--dst", "0.0.0.0:30904", "--src", "node")
+    _, localhost = run("trace", dump, "--dst", "127.0.0.1:30904", "--src", "node")
+    assert node["packet"] == localhost["packet"] and node["outcomes"] == localhost["outcomes"]
+    assert "destination 0.0.0.0: Linux connects a socket addressed to it to 127.0.0.1, the node itself" in \
+        node["assumptions"]
+    code, doc = run("explain", dump, "--dst", "0.0.0.0:30904", "--src", "external")
+    assert code == 3 and [d["id"] for d in doc["diagnoses"]] == ["client-loopback"]
+
+
+def test_the_unspecified_ipv6_address_too() -> None:
+    _, doc = run("trace", str(SAMPLES / "dual-stack-nft.nft"), "--dst", "[::]:30080", "--src", "pod")
+    assert [(o["verdict"], o["path"]) for o in doc["outcomes"]] == [("CONTINUE", [])]
+    _, doc = run("trace", str(SAMPLES / "dual-stack-nft.nft"), "--dst", "[::]:30080", "--src", "node")
+    assert doc["packet"]["dst"] == "::1"

@@ -259,18 +259,21 @@ def test_session_affinity(backend: str, ruleset: Ruleset) -> None:
         topology.close()
 
 
-@pytest.mark.parametrize("kind", ["pod", "client"])
-def test_a_localhost_node_port_from_elsewhere_is_the_senders_own(topo: Topology, tracer: Tracer, kind: str) -> None:
+# (0.0.0.0 from the client only: a socket bound to an address connects to that address, and the oracle's pods share
+# one namespace whose pod addresses reach each other through the node)
+@pytest.mark.parametrize(("kind", "dst"), [("pod", "127.0.0.1"), ("client", "127.0.0.1"), ("client", "0.0.0.0")])
+def test_a_localhost_node_port_from_elsewhere_is_the_senders_own(topo: Topology, tracer: Tracer, kind: str,
+                                                                 dst: str) -> None:
     # 127.0.0.1 in the pod's (or the client's) own network namespace: no endpoint answers (what the sender's own
     # loopback does with it is the sender's: the oracle's namespaces drop it), and no rule of the node counts the
     # connection; iptrace says it never reaches the node's rules. From the node, the same address is the Service's
     # localhost nodePort (route_localnet=1, as kube-proxy sets it).
     src_ip = CLIENT_POD if kind == "pod" else None
-    path = topo.path_of(lambda: topo.probe(kind, "127.0.0.1", 30080, src_ip=src_ip, timeout=QUICK))  # type: ignore[arg-type]
+    path = topo.path_of(lambda: topo.probe(kind, dst, 30080, src_ip=src_ip, timeout=QUICK))  # type: ignore[arg-type]
     assert path.result.outcome != "connected", path.result
     assert not list(path), sorted((p.table, p.chain, p.index) for p in path)
-    trace = tracer.trace(Packet(source_of(kind, src_ip, path.result), "127.0.0.1", 30080))
+    trace = tracer.trace(Packet(source_of(kind, src_ip, path.result), dst, 30080))
     assert [(o.verdict, o.path) for o in trace.outcomes] == [("CONTINUE", ())], describe(trace)
-    node = topo.probe("node", "127.0.0.1", 30080)
+    node = topo.probe("node", dst, 30080)  # (0.0.0.0: Linux connects it to 127.0.0.1)
     landed = f"{node.endpoint[0]}:{node.endpoint[1]}" if node.endpoint else None
-    assert landed in {o.destination for o in tracer.trace(Packet("127.0.0.1", "127.0.0.1", 30080)).outcomes}
+    assert landed in {o.destination for o in tracer.trace(Packet("127.0.0.1", dst, 30080)).outcomes}

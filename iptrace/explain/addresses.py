@@ -8,7 +8,7 @@ import ipaddress
 from collections.abc import Callable
 from typing import Any
 
-from iptrace.dataplane import join_host_port
+from iptrace.dataplane import for_this_host, join_host_port
 from iptrace.explain.diagnosis import Diagnosis, Evidence, Suggestion
 from iptrace.explain.facts import Case, label, step_evidence
 from iptrace.explain.phrases import fate, fate_steps, kube_refusal, ports_text, service_name, use_instead
@@ -68,7 +68,7 @@ def client_loopback(case: Case) -> Diagnosis | None:
     """A loopback address from a pod or another host: its sender's own loopback, so the packet never reaches this
     node (the tracer stops it before any hook: iptrace.dataplane.senders_own_loopback)."""
     facts, dst, dport, proto = case.facts, case.dst, case.dport, case.proto
-    if (not ipaddress.ip_address(dst).is_loopback or facts.is_node_address(case.src)
+    if (not for_this_host(dst) or facts.is_node_address(case.src)
             or any(o.verdict != "CONTINUE" or o.path for o in case.trace.outcomes)):
         return None
     sender = _SENDERS.get(case.source_kind, "its sender's own")

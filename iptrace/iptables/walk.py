@@ -20,7 +20,8 @@ from iptrace.dataplane import (
     Packet,
     Step,
     Trace,
-    is_loopback,
+    for_this_host,
+    from_the_node,
     join_host_port,
     loopback_notes,
     new_outcome,
@@ -368,11 +369,14 @@ class Tracer(ChainWalker):
                              f"({'ip6tables-save' if self.version == 6 else 'iptables-save'} output); "
                              f"trace it against the {'ip6tables' if packet.version == 6 else 'iptables'} dump")
         src = ip_int(packet.src)[1]
+        to_loopback = for_this_host(packet.dst)
+        if to_loopback:
+            if not self.ctx.is_local(src):
+                return senders_own_loopback(packet, self.entry,
+                                            [NEW_CONNECTION, *(a for a in assumptions if a != NEW_CONNECTION)])
+            packet, sent = from_the_node(packet)
+            assumptions = (*assumptions, *sent)
         dst = ip_int(packet.dst)[1]
-        to_loopback = is_loopback(packet.dst)
-        if to_loopback and not self.ctx.is_local(src):
-            return senders_own_loopback(packet, self.entry,
-                                        [NEW_CONNECTION, *(a for a in assumptions if a != NEW_CONNECTION)])
         state = State(src, dst, packet.sport, packet.dport, packet.proto_number,
                       in_interface if in_interface is not None else packet.in_interface)
         gc_was_enabled = gc.isenabled()

@@ -22,6 +22,8 @@ from iptrace.dataplane import (
     Outcome,
     Packet,
     Trace,
+    for_this_host,
+    from_the_node,
     join_host_port,
     loopback_notes,
     new_outcome,
@@ -83,9 +85,12 @@ class Tracer(ChainWalker):
         chosen); they follow the first-packet one."""
         notes = [NEW_CONNECTION, *(a for a in assumptions if a != NEW_CONNECTION)] if assumptions else [
             NEW_CONNECTION]
-        to_loopback = is_loopback(packet.dst)
-        if to_loopback and not self._is_local(packet.src):
-            return senders_own_loopback(packet, "hooks", notes)
+        to_loopback = for_this_host(packet.dst)
+        if to_loopback:
+            if not self._is_local(packet.src):
+                return senders_own_loopback(packet, "hooks", notes)
+            packet, sent = from_the_node(packet)
+            notes.extend(sent)
         s = self._start(packet, in_interface if in_interface is not None else packet.in_interface)
         enabled = gc.isenabled()
         gc.disable()  # a walk allocates many small acyclic objects next to a ruleset of ~10^6 objects

@@ -69,6 +69,9 @@ _PROBE_ALLOWED = (
     ipaddress.ip_network("127.0.0.0/8"),
     ipaddress.ip_network("fd00:198:18::/47"),
     ipaddress.ip_network("::1/128"),
+    # (the unspecified address: Linux connects a socket addressed to it to its own loopback)
+    ipaddress.ip_network("0.0.0.0/32"),
+    ipaddress.ip_network("::/128"),
 )
 
 # Packets for an un-DNATed service address are forwarded to this neighbour: the pods namespace owns its MAC
