@@ -113,3 +113,14 @@ def test_the_unspecified_ipv6_address_too() -> None:
     assert [(o["verdict"], o["path"]) for o in doc["outcomes"]] == [("CONTINUE", [])]
     _, doc = run("trace", str(SAMPLES / "dual-stack-nft.nft"), "--dst", "[::]:30080", "--src", "node")
     assert doc["packet"]["dst"] == "::1"
+
+
+def test_a_given_source_that_may_be_the_node_is_told_about_node_ip() -> None:
+    _, doc = run("explain", IPT, "--dst", "127.0.0.1:30904", "--src", "192.168.49.2")
+    assert doc["diagnoses"][0]["detail"].endswith(
+        "If 192.168.49.2 is this node's own address, pass it with --node-ip (the node's own connections to 127.0.0.1 "
+        "do meet its rules).")
+    _, doc = run("explain", IPT, "--dst", "127.0.0.1:30904", "--src", "192.168.49.2", "--node-ip", "192.168.49.2")
+    assert [d["id"] for d in doc["diagnoses"]] == ["healthy"]
+    _, doc = run("explain", IPT, "--dst", "127.0.0.1:30904", "--src", "pod")
+    assert "--node-ip" not in doc["diagnoses"][0]["detail"]

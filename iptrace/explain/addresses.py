@@ -95,6 +95,9 @@ def client_loopback(case: Case) -> Diagnosis | None:
         fix = "address a Service by its ClusterIP and port, or a nodePort on a node's address"
     localhost = ("A localhost nodePort works only from the node itself (in iptables mode, with the route_localnet "
                  "kube-proxy sets; never in nftables mode).")
+    if case.source_kind == "given":
+        localhost += (f" If {case.src} is this node's own address, pass it with --node-ip (the node's own connections "
+                      f"to {dst} do meet its rules).")
     return Diagnosis(
         "client-loopback", "error", f"{dst} is {sender} loopback: the packet never reaches this node's rules",
         f"Every network namespace has its own loopback: {case.src} sending to {case.target} reaches itself, not "
