@@ -485,9 +485,10 @@ class _Loader:
                     break
         sections = listing.split_sections(lines)
         if not sections:
-            raise ParseError("no rules found; expected iptables-save output ('*filter' … 'COMMIT') or an "
-                             "'iptables -S' listing (-P/-N/-A lines)", source=self.source, line=1, column=1,
-                             text=lines[0] if lines else "")
+            # (iptables is what detection falls back to: a text without rules may have been meant as any form)
+            raise ParseError("no rules found; expected iptables-save output ('*filter' … 'COMMIT'), an "
+                             "'iptables -S' listing (-P/-N/-A lines) or an nftables ruleset (`nft list ruleset`, or "
+                             "its -j JSON)", source=self.source, line=1, column=1, text=lines[0] if lines else "")
         for hint, body in sections:
             name = hint or listing.infer_table(body, self.table_hint, self.source)
             t = OpenTable(name, body[0][0], (), BUILTIN_CHAINS.get(name, ()))
