@@ -24,7 +24,7 @@ from iptrace.collect.commands import (
     StepOutput,
     parse_batch,
 )
-from iptrace.collect.gather import NodeResult, Runner, gather, needs_legacy_followup
+from iptrace.collect.gather import NodeResult, Runner, gather, needs_legacy_followup, stopped_early
 from iptrace.collect.ssh_connect import (
     Hop,
     Settings,
@@ -153,8 +153,17 @@ def _gather(client: paramiko.SSHClient, hop: Hop, target: NodeTarget,
     boundary = f"iptrace-{secrets.token_hex(16)}"
     invocation = Invocation(privileged=SUDO_ARGV if settings.sudo else (), conntrack_cap=settings.conntrack_cap)
     clock = StepClock(boundary, settings.command_timeout, settings.listing_timeout, time.monotonic())
-    stdout, stderr, status = _run(client, shlex.join(invocation.argv(boundary)), settings, node, clock)
+    stdout, stderr, status, timed_out = _run(client, shlex.join(invocation.argv(boundary)), settings, node, clock,
+                                             salvage=True)
     batch = parse_batch(stdout, boundary)
+    if batch.running is not None:
+        # Cut in the middle of a step: what was complete is kept (stopped_early names the rest). A channel that
+        # closes without an exit status is a connection that went away.
+        ended = "the connection closed" if status == -1 else f"the node's shell exited with status {status}"
+        why = timed_out or f"stopped: {ended} while it ran"
+        batch = stopped_early(batch, node, why, "timeout" if timed_out else "ssh")
+    elif timed_out:
+        raise CollectError(f"{node}: {clock.describe()} {timed_out}", kind="timeout", node=node)
     if batch.encoding is None:
         detail = stderr.decode("utf-8", "replace").strip().splitlines()
         raise CollectError(f"{node}: the node's shell did not run the commands (exit status {status}"
@@ -165,7 +174,8 @@ def _gather(client: paramiko.SSHClient, hop: Hop, target: NodeTarget,
         # modules and create them, changing the node it is auditing.
         legacy = StepClock(boundary, settings.command_timeout, settings.listing_timeout, time.monotonic())
         legacy.step = "iptables-legacy-save"
-        out, err, code = _run(client, remote_command(SAVE_LEGACY_ARGV, sudo=settings.sudo), settings, node, legacy)
+        out, err, code, _ = _run(client, remote_command(SAVE_LEGACY_ARGV, sudo=settings.sudo), settings, node,
+                                 legacy)
         batch.steps["iptables-legacy-save"] = StepOutput("iptables-legacy-save", code, out,
                                                          err.decode("utf-8", "replace").strip())
     gathered = gather(batch, node, Runner("ssh", settings.sudo, hop.user), conntrack_cap=settings.conntrack_cap)
@@ -182,10 +192,11 @@ def _gather(client: paramiko.SSHClient, hop: Hop, target: NodeTarget,
     return gathered.dumps, meta, gathered.warnings, gathered.notes
 
 
-def _run(client: paramiko.SSHClient, command: str, settings: Settings, node: str,
-         clock: StepClock) -> tuple[bytes, bytes, int]:
-    """Run one remote command to its end: (stdout, stderr, exit status). `clock` follows the script's steps
-    through stdout; a step still running when its time is up is stopped, and named."""
+def _run(client: paramiko.SSHClient, command: str, settings: Settings, node: str, clock: StepClock, *,
+         salvage: bool = False) -> tuple[bytes, bytes, int, str | None]:
+    """Run one remote command to its end: (stdout, stderr, exit status, None). `clock` follows the script's steps
+    through stdout; a step still running when its time is up is stopped, and named (a CollectError); with
+    `salvage` the output so far is returned instead, with exit status -1 and why it stopped."""
     import paramiko
 
     transport = client.get_transport()
@@ -223,7 +234,7 @@ def _run(client: paramiko.SSHClient, command: str, settings: Settings, node: str
                 raise _Cancelled
             if time.monotonic() >= clock.deadline():
                 raise TimeoutError
-        return b"".join(out), b"".join(err), channel.recv_exit_status()
+        return b"".join(out), b"".join(err), channel.recv_exit_status(), None
     except _Cancelled:
         if channel is not None:
             _kill(channel)
@@ -232,6 +243,8 @@ def _run(client: paramiko.SSHClient, command: str, settings: Settings, node: str
     except TimeoutError:
         if channel is not None:
             _kill(channel)
+        if salvage:
+            return b"".join(out), b"".join(err), -1, f"did not finish within {clock.allowance():g}s; it was stopped"
         raise CollectError(f"{node}: {clock.describe()} did not finish within {clock.allowance():g}s; it was "
                            "stopped", kind="timeout", node=node) from None
     except (paramiko.SSHException, OSError, EOFError) as exc:
