@@ -21,6 +21,7 @@ from iptrace.collect.api import collect_api
 from iptrace.errors import ClusterError, InputError
 from tests.apicluster import ADMIN, KUBE_PROXY_IMAGE, FakeCluster, can_make_nodes
 from tests.apiserver import Grant
+from tests.apiserver_pods import CLOSE_STREAM_MARKER
 from tests.signals import default_sigint
 
 needs_nodes = pytest.mark.skipif(can_make_nodes() is not None, reason=str(can_make_nodes()))
@@ -287,6 +288,31 @@ def test_auto_falls_back_to_a_pod_when_exec_is_refused(cluster: FakeCluster):
         assert meta["method"] == "pod"
         assert "collected with a collector pod: forbidden: missing permission create pods/exec in namespace " \
                "kube-system (user alice)" in meta["notes"][0]
+
+
+@needs_nodes
+def test_an_exec_stream_closed_during_a_listing_keeps_what_was_complete(cluster: FakeCluster):
+    """The API server goes away while `nft list ruleset` streams: the dumps and addresses already received are
+    kept, the cut listing and the steps never reached are named; cut during iptables-save, the node fails and
+    says so."""
+    close = f"echo 'table ip kube-proxy {{'\necho {CLOSE_STREAM_MARKER.decode().strip()}\nexec sleep 60\n"
+    cluster.add_node("cut-nft", bin_scripts={"nft": "#!/bin/sh\n[ \"$1\" = --version ] && echo 'nftables v1.0.6' "
+                                                    "&& exit 0\n" + close})
+    cluster.add_node("cut-save", bin_scripts={"iptables-save": "#!/bin/sh\necho '*filter'\n" + close})
+    cluster.start()
+    cut_nft, cut_save = _collect(cluster, method="exec")
+    assert cut_nft.ok, cut_nft.error
+    out = cluster.root / "out"
+    snapshot = store.read_node_dir(out / "cut-nft")
+    assert '--comment "node cut-nft"' in snapshot.dump_text and "198.18.0.1" in snapshot.addresses
+    assert snapshot.nft_ruleset_text is None and snapshot.meta["nft"]["status"] == "failed"
+    assert cut_nft.warnings[0] == ("nft list ruleset: `nft list ruleset` failed (stopped: the exec stream closed "
+                                   "while it ran); nft-ruleset.txt not saved")
+    assert "conntrack -L -f ipv4: `conntrack -L -f ipv4` failed (not run: the node's run ended at `nft list " \
+           "ruleset`)" in cut_nft.warnings
+    assert (cut_save.ok, cut_save.error_kind) == (False, "exit")
+    assert cut_save.error == "cut-save: `iptables-save` stopped: the exec stream closed while it ran"
+    assert not (out / "cut-save").exists()
 
 
 @needs_nodes

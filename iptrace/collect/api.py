@@ -41,7 +41,7 @@ from iptrace.collect.commands import (
     parse_batch,
     worst_case_seconds,
 )
-from iptrace.collect.gather import NodeResult, Runner, gather
+from iptrace.collect.gather import NodeResult, Runner, gather, stopped_early
 from iptrace.collect.kubeconfig import ApiAccess, connection_reason, open_api
 from iptrace.collect.workers import run_parallel
 from iptrace.errors import ClusterError, CollectError, InputError
@@ -346,5 +346,6 @@ def _gather(output: bytes, said: bytes, boundary: str, node: str, used: str, cap
                            "its containerLogMaxSize, 10 MiB by default; the compressed output was larger)",
                            kind=kind, node=node)
     if batch.running is not None:
-        raise CollectError(f"{node}: the output stops while {batch.running} was running", kind=kind, node=node)
+        ended = "the exec stream closed" if used == "exec" else "the collector pod's log ends"
+        batch = stopped_early(batch, node, f"stopped: {ended} while it ran", kind)
     return gather(batch, node, Runner(used), conntrack_cap=cap)
