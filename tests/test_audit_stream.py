@@ -305,6 +305,27 @@ def test_a_hand_edited_merge_key_is_a_one_line_error(snap: Path, tmp_path: Path,
     assert said in result.stderr and "internal error" not in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize(("field", "value", "said"), [
+    (1, ["10.96.0.1"], "merge.digests[0][1]: found ['10.96.0.1']; expected a string or null (the port's cluster_ip)"),
+    (2, "443", "merge.digests[0][2]: found '443'; expected a whole number or null (the port's port)"),
+    (4, "10.0.0.1", "merge.digests[0][4]: found '10.0.0.1'; expected a list of strings (the port's ips)"),
+    (5, {"Local": 1}, "merge.digests[0][5]: found {'Local': 1}; expected a string or null (the port's "
+                      "external_traffic_policy)"),
+    (9, True, "merge.digests[0][9]: found True; expected a whole number or null (the port's health_check_node_port)"),
+])
+def test_a_hand_edited_digest_value_is_a_one_line_error(snap: Path, tmp_path: Path, field: int, value: Any,
+                                                        said: str) -> None:
+    """A Service port digest's plain values are checked where they are read: an address edited into a list was an
+    internal error (unhashable), a port edited into a string went into the report as it was."""
+    doc = json.loads(CliRunner().invoke(main, ["audit", str(snap / "node-000"), "-o", "json"]).stdout)
+    doc["merge"]["digests"][0][field] = value
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(doc))
+    for output in ("text", "json"):
+        result = CliRunner().invoke(main, ["audit", "--merge", str(path), "-o", output])
+        assert (result.exit_code, result.stderr) == (1, f"Error: {path}: {said}\n"), result.output
+
+
 def test_merge_round_trip_keeps_every_result(snap: Path) -> None:
     results = analyse_nodes(sources([str(snap)]), jobs=1)
     doc = json.loads(json.dumps(merge_json(results, cluster_source=None, cluster_nodes=False)))
