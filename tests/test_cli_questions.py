@@ -174,3 +174,20 @@ def test_help_says_how() -> None:
         code, out, _ = invoke(command, "--help")
         assert code == 0 and "--dst-file" in out and "--dst-file addresses.txt" in out
     assert "1 when a destination could not be explained" in " ".join(invoke("explain", "--help")[1].split())
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["trace", "-", "--dst-file", "-"], "DUMP and --dst-file"),
+    (["explain", "-", "--dst-file", "-"], "DUMP and --dst-file"),
+    # The silent one: the dump took all of stdin, the table read nothing, and no flow was checked.
+    (["explain", "-", "--dst", "10.96.0.10:53/udp", "--conntrack", "-"], "DUMP and --conntrack"),
+    (["explain", FB, "--dst-file", "-", "--conntrack", "-"], "--dst-file and --conntrack"),
+    (["explain", "-", "--dst", "10.96.0.10:53/udp", "--cluster", "-"], "DUMP and --cluster"),
+    (["services", "-", "--cluster", "-"], "DUMP and --cluster"),
+])
+def test_only_one_input_is_read_from_stdin(args: list[str], named: str) -> None:
+    """Two inputs given as `-`: the first read takes all of stdin and the second reads nothing, so it must be a
+    usage error rather than an answer made with an empty table (or the dump's lines read as destinations)."""
+    code, out, err = invoke(*args, stdin=(SAMPLES / "nodeport-fb-backends.txt").read_text())
+    assert (code, out) == (2, ""), err
+    assert f"Error: only one of {named} can be read from stdin (-); give the other as a file" in err

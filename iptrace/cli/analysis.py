@@ -25,6 +25,7 @@ from iptrace.cli.common import (
     load_conntrack,
     load_dump,
     namespace_option,
+    one_stdin,
     output_option,
     table_option,
 )
@@ -81,6 +82,7 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
       iptrace services node1.txt -o svg > services.svg
     """
     batch()
+    one_stdin({"DUMP": dump, "--cluster": cluster_files})
     from iptrace.errors import InputError
     from iptrace.kube.select import select_ports
     from iptrace.render.services import iter_services_json, iter_services_json_texts, render_services_text
@@ -248,6 +250,7 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
     from iptrace.kube.sources import of_family, pick_source
     from iptrace.render.trace import render_trace_text
 
+    one_stdin({"DUMP": dump, "--dst-file": dst_file, "--cluster": cluster_files})
     questions = read_questions(dsts, dst_file, proto)
     check_source(src)
     cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
@@ -344,6 +347,7 @@ def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | N
     from iptrace.explain import Explainer
     from iptrace.render.explain import explain_to_json, render_explain_text
 
+    one_stdin({"DUMP": dump, "--dst-file": dst_file, "--conntrack": conntrack_file, "--cluster": cluster_files})
     questions = read_questions(dsts, dst_file, proto)
     if src is not None:
         check_source(src)

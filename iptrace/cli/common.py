@@ -155,6 +155,17 @@ def split_sources(sources: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str,
     return tuple(paths), tuple(nodes)
 
 
+def one_stdin(inputs: dict[str, str | tuple[str, ...] | None]) -> None:
+    """At most one input may be `-`: the first read takes all of stdin and a second would read nothing (an empty
+    conntrack table is silently no flow at all). `inputs`: option or argument name → its value(s)."""
+    named = [name for name, value in inputs.items()
+             if value is not None and "-" in ((value,) if isinstance(value, str) else value)]
+    if len(named) > 1:
+        others = "the others as files" if len(named) > 2 else "the other as a file"
+        raise click.UsageError(f"only one of {', '.join(named[:-1])} and {named[-1]} can be read from stdin (-); "
+                               f"give {others}")
+
+
 def check_nodes(nodes: tuple[str, ...], command: str) -> None:
     """NODE arguments of a command that only collects: a path among them is a mistake worth naming."""
     from iptrace.errors import InputError
