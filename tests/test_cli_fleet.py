@@ -164,3 +164,18 @@ def test_two_inputs_of_one_name_are_named_with_their_paths(tmp_path: Path) -> No
     result = CliRunner().invoke(main, ["audit", *paths])
     assert result.exit_code == 2
     assert f"two inputs are both called 'rules' ({paths[0]}, {paths[1]}); rename one of them" in result.stderr
+
+
+@pytest.mark.parametrize("via", ["ssh", "api"])
+@pytest.mark.parametrize("timeout", ["nan", "inf", "-1"])
+def test_a_timeout_that_is_no_number_of_seconds_is_one_error_before_any_node(tmp_path: Path, via: str,
+                                                                            timeout: str) -> None:
+    """`--timeout nan` passed the check (nan <= 0 is false) and failed every node with paramiko's 'Invalid value
+    NaN'; `--timeout inf` was an internal error (OverflowError). Both are refused once, before any node."""
+    out = tmp_path / "out"
+    args = ["collect", "--via", via, "--out", str(out), "--timeout", timeout]
+    args += ["--kubeconfig", str(tmp_path / "no-kubeconfig")] if via == "api" else [f"127.0.0.1:{free_port()}"]
+    result = CliRunner().invoke(main, args)
+    assert (result.exit_code, result.stdout) == (1, ""), result.output
+    assert result.stderr == "Error: timeouts must be positive numbers of seconds\n"
+    assert not out.exists()

@@ -11,6 +11,7 @@ is interrupted (KeyboardInterrupt, or SIGTERM turned into one by the CLI). Libra
 from __future__ import annotations
 
 import json
+import math
 import re
 import secrets
 import threading
@@ -86,7 +87,8 @@ def collect_api(nodes: Sequence[str], *, out_dir: Path, kubeconfig: str | None =
         raise InputError(f"--api-method must be one of {', '.join(METHODS)}, not {method!r}")
     if parallel < 1:
         raise InputError(f"--parallel must be at least 1, not {parallel}")
-    if timeout <= 0 or listing_timeout <= 0:
+    # (nan passes `<= 0` and inf overflows the request timeouts)
+    if not all(0 < t < math.inf for t in (timeout, listing_timeout)):
         raise InputError("timeouts must be positive numbers of seconds")
     if conntrack_max_entries < 0:
         raise InputError(f"--conntrack-max-entries must be 0 (no cap) or more, not {conntrack_max_entries}")

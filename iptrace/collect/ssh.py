@@ -7,6 +7,7 @@ Library code: no printing.
 from __future__ import annotations
 
 import contextlib
+import math
 import secrets
 import shlex
 import time
@@ -77,7 +78,8 @@ def collect(targets: Iterable[NodeTarget | str], *, out_dir: Path, user: str | N
         seen[node.name] = node
     if parallel < 1:
         raise InputError(f"--parallel must be at least 1, not {parallel}")
-    if connect_timeout <= 0 or command_timeout <= 0 or listing_timeout <= 0:
+    # (nan passes `<= 0` and inf overflows the socket timeouts)
+    if not all(0 < t < math.inf for t in (connect_timeout, command_timeout, listing_timeout)):
         raise InputError("timeouts must be positive numbers of seconds")
     if conntrack_max_entries < 0:
         raise InputError(f"--conntrack-max-entries must be 0 (no cap) or more, not {conntrack_max_entries}")
