@@ -295,7 +295,7 @@ def test_an_exec_stream_closed_during_a_listing_keeps_what_was_complete(cluster:
     """The API server goes away while `nft list ruleset` streams: the dumps and addresses already received are
     kept, the cut listing and the steps never reached are named; cut during iptables-save, the node fails and
     says so."""
-    close = f"echo 'table ip kube-proxy {{'\necho {CLOSE_STREAM_MARKER.decode().strip()}\nexec sleep 60\n"
+    close = f"echo 'table ip kube-proxy {{'\necho {CLOSE_STREAM_MARKER.decode().strip()}\nexec /bin/sleep 60\n"
     cluster.add_node("cut-nft", bin_scripts={"nft": "#!/bin/sh\n[ \"$1\" = --version ] && echo 'nftables v1.0.6' "
                                                     "&& exit 0\n" + close})
     cluster.add_node("cut-save", bin_scripts={"iptables-save": "#!/bin/sh\necho '*filter'\n" + close})
@@ -313,6 +313,22 @@ def test_an_exec_stream_closed_during_a_listing_keeps_what_was_complete(cluster:
     assert (cut_save.ok, cut_save.error_kind) == (False, "exit")
     assert cut_save.error == "cut-save: `iptables-save` stopped: the exec stream closed while it ran"
     assert not (out / "cut-save").exists()
+
+
+@needs_nodes
+def test_a_listing_past_its_time_in_an_exec_keeps_what_was_complete(cluster: FakeCluster):
+    """`nft list ruleset` hangs in kube-proxy's pod: it is stopped at its time and named; the dumps and addresses
+    already received are kept (the node is not lost, as over SSH)."""
+    cluster.add_node("slow", bin_scripts={"nft": "#!/bin/sh\n[ \"$1\" = --version ] && echo 'nftables v1.0.6' && "
+                                                 "exit 0\necho 'table ip kube-proxy {'\nexec /bin/sleep 60\n"})
+    cluster.start()
+    [result] = _collect(cluster, method="exec", timeout=1, listing_timeout=1)
+    assert result.ok, result.error
+    snapshot = store.read_node_dir(cluster.root / "out" / "slow")
+    assert '--comment "node slow"' in snapshot.dump_text and "198.18.0.1" in snapshot.addresses
+    assert snapshot.nft_ruleset_text is None and snapshot.meta["nft"]["status"] == "failed"
+    assert result.warnings[0] == ("nft list ruleset: `nft list ruleset` failed (did not finish within 1s in "
+                                  "kube-system/kube-proxy-slow; the exec was closed); nft-ruleset.txt not saved")
 
 
 @needs_nodes

@@ -261,18 +261,20 @@ def _collect_node(plan: _Plan, node: NodeInfo) -> NodeResult:
         boundary = f"iptrace-{secrets.token_hex(16)}"
         output: bytes | None = None
         said, used, where = b"", "", ""
+        timed_out: str | None = None
         if plan.method != "pod":
-            output, said, where, refusal = _try_exec(plan, node, boundary)
+            output, said, where, problem = _try_exec(plan, node, boundary)
             if output is not None:
                 used = "exec"
+                timed_out = problem[0] or None
             elif plan.method == "exec":
-                raise CollectError(f"{node.name}: {refusal[0]}", kind=refusal[1], node=node.name)
+                raise CollectError(f"{node.name}: {problem[0]}", kind=problem[1], node=node.name)
             else:
-                notes.append(f"collected with a collector pod: {refusal[0]}")
+                notes.append(f"collected with a collector pod: {problem[0]}")
         if output is None:
             output, where = _run_pod(plan, node, boundary, warnings)
             used = "pod"
-        gathered = _gather(output, said, boundary, node.name, used, plan.conntrack_cap)
+        gathered = _gather(output, said, boundary, node.name, used, plan.conntrack_cap, timed_out)
         meta = {**gathered.meta, "via": "api", "method": used, "pod": where,
                 "image": plan.image if used == "pod" else plan.kube_proxy[node.name].image,
                 "server": plan.access.server, "context": plan.access.context, "collected_at": collected_at,
@@ -292,7 +294,8 @@ def _collect_node(plan: _Plan, node: NodeInfo) -> NodeResult:
 
 def _try_exec(plan: _Plan, node: NodeInfo,
               boundary: str) -> tuple[bytes | None, bytes, str, tuple[str, str]]:
-    """(stdout, stderr, pod, _) when the exec ran; (None, b"", "", (why not, error kind)) when it could not."""
+    """(stdout, stderr, pod, ("", "")) when the exec ran, (stdout so far, stderr, pod, (why, "timeout")) when a
+    listing was stopped at its time; (None, b"", "", (why not, error kind)) when it could not run."""
     if plan.exec_unavailable is not None:
         return None, b"", "", plan.exec_unavailable
     pod = plan.kube_proxy.get(node.name)
@@ -306,15 +309,17 @@ def _try_exec(plan: _Plan, node: NodeInfo,
     # NOTE: the exec stream takes over the ApiClient it is given: one per exec.
     api_client = plan.access.client()
     try:
-        stdout, stderr = run_exec(client.CoreV1Api(api_client), node.name, pod, invocation.argv(boundary), clock,
-                                  plan.cancel)
+        stdout, stderr, timed_out = run_exec(client.CoreV1Api(api_client), pod, invocation.argv(boundary), clock,
+                                             plan.cancel)
     except ExecRefused as e:
         if e.kind == "cancelled":
             raise CollectError(f"{node.name}: interrupted", kind="cancelled", node=node.name) from None
         return None, b"", "", (str(e), e.kind)
     finally:
         api_client.close()
-    return stdout, stderr, f"{KUBE_PROXY_NAMESPACE}/{pod.name}", ("", "")
+    if timed_out is not None and parse_batch(stdout, boundary).running is None:
+        raise CollectError(f"{node.name}: {clock.describe()} {timed_out}", kind="timeout", node=node.name)
+    return stdout, stderr, f"{KUBE_PROXY_NAMESPACE}/{pod.name}", (timed_out or "", "timeout" if timed_out else "")
 
 
 def _run_pod(plan: _Plan, node: NodeInfo, boundary: str, warnings: list[str]) -> tuple[bytes, str]:
@@ -334,8 +339,10 @@ def _run_pod(plan: _Plan, node: NodeInfo, boundary: str, warnings: list[str]) ->
         api_client.close()
 
 
-def _gather(output: bytes, said: bytes, boundary: str, node: str, used: str, cap: int) -> Any:
-    """`said`: the exec's stderr (a pod's log holds both streams already)."""
+def _gather(output: bytes, said: bytes, boundary: str, node: str, used: str, cap: int,
+            timed_out: str | None = None) -> Any:
+    """`said`: the exec's stderr (a pod's log holds both streams already); `timed_out`: why the exec was stopped
+    before its end."""
     batch = parse_batch(output, boundary)
     kind = "exit"
     if batch.encoding is None:
@@ -349,5 +356,6 @@ def _gather(output: bytes, said: bytes, boundary: str, node: str, used: str, cap
                            kind=kind, node=node)
     if batch.running is not None:
         ended = "the exec stream closed" if used == "exec" else "the collector pod's log ends"
-        batch = stopped_early(batch, node, f"stopped: {ended} while it ran", kind)
+        batch = stopped_early(batch, node, timed_out or f"stopped: {ended} while it ran",
+                              "timeout" if timed_out else kind)
     return gather(batch, node, Runner(used), conntrack_cap=cap)
