@@ -11,6 +11,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -425,6 +426,45 @@ def test_bad_input_is_one_line_and_nothing_is_written(cluster: FakeCluster):
     assert cluster.server.kubelet.created == []  # type: ignore[union-attr]
 
 
+def test_a_node_list_whose_continue_token_repeats_is_an_error_not_a_hang(cluster: FakeCluster):
+    """A broken API server or proxy that answers every page with the same continue token: the node list never
+    ends. It is one error (as `--kubeconfig` cluster data says it), not a collect that loops for ever."""
+    for name in ("node-a", "node-b", "node-c"):
+        cluster.add_node(name, netns=False, kube_proxy=False)
+    server = cluster.start()
+    server.page_limit, server.repeat_continue_token = 1, True
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            _collect(cluster)
+            outcome.append(None)
+        except BaseException as e:  # (the test's thread: whatever it raised is the answer)
+            outcome.append(e)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert outcome, "collect --via api is still listing nodes"
+    assert isinstance(outcome[0], ClusterError), outcome
+    assert str(outcome[0]) == (f"listing nodes at {server.url}: the API server repeated a continue token (page 2); "
+                               "the list never ends")
+    assert not (cluster.root / "out").exists()
+
+
+@pytest.mark.parametrize("answer", [[], "<html>", {"items": {"a": 1}}, {"items": "node-a"}])
+def test_a_node_list_that_is_no_list_is_an_error(cluster: FakeCluster, answer: object):
+    """JSON that is no list object (a proxy's answer): one ClusterError, not an internal error (AttributeError)."""
+    cluster.add_node("node-a", netns=False, kube_proxy=False)
+    server = cluster.start()
+    server.list_answer = answer
+    with pytest.raises(ClusterError) as e:
+        _collect(cluster)
+    assert str(e.value).startswith(f"listing nodes at {server.url}: the answer is JSON but no list (a ")
+    assert not (cluster.root / "out").exists()
+
+
+@needs_nodes
 def test_forbidden_node_list_names_the_permission(cluster: FakeCluster):
     cluster.add_node("node-a", netns=False)
     cluster.start(tokens={"t": Grant("alice", resources=frozenset({"pods"}))})

@@ -135,6 +135,7 @@ def _list(api_call: Callable[..., Any], access: ApiAccess, what: str, permission
 
     items: list[dict[str, Any]] = []
     token: str | None = None
+    seen: set[str] = set()
     while True:
         try:
             response = api_call(limit=500, _continue=token, _preload_content=False,
@@ -155,10 +156,19 @@ def _list(api_call: Callable[..., Any], access: ApiAccess, what: str, permission
         except ValueError:
             raise ClusterError(f"listing {what} at {access.server}: the answer is not JSON; is it a Kubernetes "
                                "API server?") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("items") or [], list):
+            raise ClusterError(f"listing {what} at {access.server}: the answer is JSON but no list (a "
+                               f"{type(doc).__name__}, not an object with items); is it a Kubernetes API server?")
         items += [i for i in doc.get("items") or [] if isinstance(i, dict)]
-        token = (doc.get("metadata") or {}).get("continue") or None
+        meta = doc.get("metadata")
+        token = (meta.get("continue") if isinstance(meta, dict) else None) or None
         if not token:
             return items
+        # A server (or proxy) that answers with a token it gave before would have this loop list for ever.
+        if not isinstance(token, str) or token in seen:
+            raise ClusterError(f"listing {what} at {access.server}: the API server repeated a continue token (page "
+                               f"{len(seen) + 1}); the list never ends")
+        seen.add(token)
 
 
 def _choose_nodes(api: Any, access: ApiAccess, names: Sequence[str], selector: str | None,
