@@ -37,7 +37,7 @@ from iptrace.collect.ssh_connect import (
 )
 from iptrace.collect.targets import USER_RE, NodeTarget, parse_target, read_inventory
 from iptrace.collect.workers import run_parallel
-from iptrace.errors import CollectError, InputError
+from iptrace.errors import CollectError, InputError, printable
 
 if TYPE_CHECKING:
     import paramiko
@@ -179,7 +179,7 @@ def _gather(client: paramiko.SSHClient, hop: Hop, target: NodeTarget,
         out, err, code, _ = _run(client, remote_command(SAVE_LEGACY_ARGV, sudo=settings.sudo), settings, node,
                                  legacy)
         batch.steps["iptables-legacy-save"] = StepOutput("iptables-legacy-save", code, out,
-                                                         err.decode("utf-8", "replace").strip())
+                                                         printable(err.decode("utf-8", "replace")).strip())
     gathered = gather(batch, node, Runner("ssh", settings.sudo, hop.user), conntrack_cap=settings.conntrack_cap)
     meta: dict[str, Any] = {
         **gathered.meta,
