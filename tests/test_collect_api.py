@@ -452,6 +452,23 @@ def test_a_node_list_whose_continue_token_repeats_is_an_error_not_a_hang(cluster
     assert not (cluster.root / "out").exists()
 
 
+@needs_nodes
+def test_a_node_name_that_is_no_kubernetes_name_is_not_a_directory_outside_out(cluster: FakeCluster):
+    """An API server (or whoever answers in its place, with a kubeconfig that skips TLS verification) that lists a
+    node named '../escape': the node's files would be written outside --out. It is refused, the others collected."""
+    cluster.add_node("node-a")
+    cluster.add_node("../escape")
+    cluster.start()
+    results = {r.node: r for r in _collect(cluster, method="exec")}
+    assert results["node-a"].ok, results["node-a"].error
+    bad = results["../escape"]
+    assert (bad.ok, bad.error_kind) == (False, "unsupported")
+    assert bad.error == ("'../escape': the API server lists a node of this name, which is no Kubernetes node name "
+                         "(a DNS subdomain); not collected")
+    assert not (cluster.root / "escape").exists()
+    assert sorted(p.name for p in (cluster.root / "out").iterdir()) == ["node-a"]
+
+
 @pytest.mark.parametrize("answer", [[], "<html>", {"items": {"a": 1}}, {"items": "node-a"}])
 def test_a_node_list_that_is_no_list_is_an_error(cluster: FakeCluster, answer: object):
     """JSON that is no list object (a proxy's answer): one ClusterError, not an internal error (AttributeError)."""

@@ -53,6 +53,8 @@ METHODS = ("auto", "exec", "pod")
 ERROR_KINDS = ("forbidden", "pod-security", "image-pull", "not-started", "rejected", "exit", "timeout", "exec",
                "api", "unsupported", "command", "command-missing", "permission")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+# A Node's name as the API server validates it (a DNS-1123 subdomain, at most 253 characters).
+_NODE_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*")
 
 
@@ -265,6 +267,10 @@ def _collect_node(plan: _Plan, node: NodeInfo) -> NodeResult:
     warnings: list[str] = []
     notes: list[str] = []
     try:
+        if not _NODE_NAME.fullmatch(node.name):
+            # The name becomes a directory under --out: only a name the API server could have stored is one.
+            raise CollectError(f"{node.name!r}: the API server lists a node of this name, which is no Kubernetes "
+                               "node name (a DNS subdomain); not collected", kind="unsupported", node=node.name)
         if node.os != "linux":
             raise CollectError(f"{node.name}: a {node.os} node has no iptables rules of kube-proxy to collect",
                                kind="unsupported", node=node.name)
