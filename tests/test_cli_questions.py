@@ -191,3 +191,16 @@ def test_only_one_input_is_read_from_stdin(args: list[str], named: str) -> None:
     code, out, err = invoke(*args, stdin=(SAMPLES / "nodeport-fb-backends.txt").read_text())
     assert (code, out) == (2, ""), err
     assert f"Error: only one of {named} can be read from stdin (-); give the other as a file" in err
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["audit", "-", "--cluster", "-"], "only one of SOURCES and --cluster can be read from stdin (-)"),
+    (["audit", "--merge", "-", "-"], "only one of SOURCES can be read from stdin (-)"),
+    (["audit", "-", "-"], "only one of SOURCES can be read from stdin (-)"),
+])
+def test_audit_reads_stdin_once(args: list[str], said: str) -> None:
+    """The second `-` read nothing: the dump was read as cluster JSON ('invalid JSON at <stdin>:1:1'), a merged
+    document as empty ('-: not JSON')."""
+    code, out, err = invoke(*args, stdin=(SAMPLES / "nodeport-fb-backends.txt").read_text())
+    assert (code, out) == (2, ""), err
+    assert f"Error: {said}; give the other as a file" in err

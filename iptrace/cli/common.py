@@ -158,12 +158,13 @@ def split_sources(sources: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str,
 def one_stdin(inputs: dict[str, str | tuple[str, ...] | None]) -> None:
     """At most one input may be `-`: the first read takes all of stdin and a second would read nothing (an empty
     conntrack table is silently no flow at all). `inputs`: option or argument name → its value(s)."""
-    named = [name for name, value in inputs.items()
-             if value is not None and "-" in ((value,) if isinstance(value, str) else value)]
+    named = [name for name, value in inputs.items() if value is not None
+             for v in ((value,) if isinstance(value, str) else value) if v == "-"]
     if len(named) > 1:
+        names = list(dict.fromkeys(named))
         others = "the others as files" if len(named) > 2 else "the other as a file"
-        raise click.UsageError(f"only one of {', '.join(named[:-1])} and {named[-1]} can be read from stdin (-); "
-                               f"give {others}")
+        listed = f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else names[0]
+        raise click.UsageError(f"only one of {listed} can be read from stdin (-); give {others}")
 
 
 def check_nodes(nodes: tuple[str, ...], command: str) -> None:

@@ -25,6 +25,7 @@ from iptrace.cli.common import (
     hold,
     lenient_option,
     namespace_option,
+    one_stdin,
     output_option,
     split_sources,
     table_option,
@@ -366,6 +367,7 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
     from iptrace.render.json import CompactItems
 
     _check_via(opts)
+    one_stdin({"SOURCES": sources, "--cluster": cluster_files})
     failures: list[Any] = []
     cluster: Any = None
     if merge_documents:
