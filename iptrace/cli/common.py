@@ -195,6 +195,11 @@ def load_conntrack(path: str | None, dump: str, *, lenient: bool = False,
         if dump == "-" or not node.is_dir() or not (node / CONNTRACK_FILE).is_file():
             return None
         path = str(node / CONNTRACK_FILE)
+        from iptrace.collect.store import capped_conntrack_note, read_meta
+
+        capped = capped_conntrack_note(node, read_meta(node))
+        if capped is not None:
+            click.echo(capped, err=True)
     from iptrace.conntrack import load, read_file  # (only when there is a table: an explain without one needs none)
 
     data, name = read_file(path)
