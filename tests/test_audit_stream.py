@@ -423,3 +423,15 @@ def test_tracing_done_lets_the_tracer_go_and_keeps_the_view(sample: str) -> None
         assert [a.port_view(k) for k in a.layout.keys] == [kept[family].port_view(k) for k in a.layout.keys]
     assert (node_result(NodeInput("n", done, None, ips), None, pictures=True)
             == node_result(NodeInput("n", kept, None, ips), None, pictures=True))
+
+
+def test_progress_shows_a_node_name_with_brackets_as_it_is(tmp_path: Path) -> None:
+    """An IPv6 node's directory is called `[fd00::5]:2200`: the progress line named it ':2200', the brackets read
+    as rich markup."""
+    snap = tmp_path / "snap"
+    for name in ("[fd00::5]:2200", "[fd00::6]:2200"):
+        (snap / name).mkdir(parents=True)
+        (snap / name / "iptables-save.txt").write_text((SAMPLES / "nodeport-fb-backends.txt").read_text())
+    code, _, shown = on_a_terminal(["audit", str(snap), "-j", "1", "-o", "json"], timeout=60)
+    assert code == 0, shown
+    assert "audited [fd00::" in shown and "audited :2200" not in shown, shown[-500:]

@@ -167,13 +167,15 @@ def _run_collect(targets: list[Any], out: Path, opts: dict[str, Any]) -> list[An
         }
     if sys.stderr.isatty():
         from rich.console import Console
+        from rich.markup import escape
         from rich.progress import Progress
 
+        # (escape: an IPv6 node's name, `[fd00::5]:22`, is no rich markup)
         with Progress(console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task("collecting", total=len(targets))
 
             def tick(result: Any) -> None:
-                bar.update(task, advance=1, description=f"collected {result.node}")
+                bar.update(task, advance=1, description=f"collected {escape(result.node)}")
 
             return collect(targets, progress=tick, **kwargs)
     return collect(targets, **kwargs)
@@ -270,6 +272,7 @@ def _analyse(nodes: list[Any], cluster: Any, lenient: bool, pictures: bool, jobs
     kwargs: dict[str, Any] = {"cluster": cluster, "lenient": lenient, "pictures": pictures, "jobs": jobs}
     if sys.stderr.isatty() and len(nodes) > 1:
         from rich.console import Console
+        from rich.markup import escape
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -281,7 +284,7 @@ def _analyse(nodes: list[Any], cluster: Any, lenient: bool, pictures: bool, jobs
                 bar.advance(task)
                 done = bar.tasks[0]
                 rate = done.speed
-                bar.update(task, description=f"audited {result.name}",
+                bar.update(task, description=f"audited {escape(result.name)}",
                            rate=f"{rate * 60:.1f} nodes/min" if rate else "")
 
             results = analyse_nodes(nodes, progress=tick, **kwargs)
