@@ -197,8 +197,9 @@ def test_only_one_input_is_read_from_stdin(args: list[str], named: str) -> None:
     (["audit", "-", "--cluster", "-"], "only one of SOURCES and --cluster can be read from stdin (-)"),
     (["audit", "--merge", "-", "-"], "only one of SOURCES can be read from stdin (-)"),
     (["audit", "-", "-"], "only one of SOURCES can be read from stdin (-)"),
+    (["diff", "-", FB, "--cluster", "-"], "only one of A and --cluster can be read from stdin (-)"),
 ])
-def test_audit_reads_stdin_once(args: list[str], said: str) -> None:
+def test_audit_and_diff_read_stdin_once(args: list[str], said: str) -> None:
     """The second `-` read nothing: the dump was read as cluster JSON ('invalid JSON at <stdin>:1:1'), a merged
     document as empty ('-: not JSON')."""
     code, out, err = invoke(*args, stdin=(SAMPLES / "nodeport-fb-backends.txt").read_text())

@@ -481,6 +481,7 @@ def diff(a: str, b: str, output: str, cluster_files: tuple[str, ...], kubeconfig
     batch()
     if a == b == "-":
         raise click.UsageError("only one side of a diff can be read from stdin (-); give the other as a file")
+    one_stdin({"A": a, "B": b, "--cluster": cluster_files})
     from iptrace.kube.diff import combined, family_pairs
     from iptrace.kube.diff import diff as run_diff
     from iptrace.render.audit import diff_to_json, render_diff_text
