@@ -205,3 +205,21 @@ def test_audit_and_diff_read_stdin_once(args: list[str], said: str) -> None:
     code, out, err = invoke(*args, stdin=(SAMPLES / "nodeport-fb-backends.txt").read_text())
     assert (code, out) == (2, ""), err
     assert f"Error: {said}; give the other as a file" in err
+
+
+@pytest.mark.parametrize("command", ["trace", "explain"])
+def test_a_service_named_in_a_file_is_asked_as_with_dst(command: str, tmp_path: Path) -> None:
+    """Every way --dst names a Service works on a --dst-file line: NS/NAME:PORT-NAME (with or without /proto)
+    and NS/NAME:PORT were read as an address with the unknown protocol 'fb-backends:ka-port'."""
+    names = ["default/fb-backends:ka-port", "default/fb-backends:ka-port/tcp", "default/fb-backends:5001",
+             "fb-backends.default:5001"]
+    listing = tmp_path / "names.txt"
+    listing.write_text("\n".join(names) + "\n")
+    code, out, err = invoke(command, FB, "--dst-file", str(listing), "-o", "json")
+    assert code == 0, err
+    answers = json.loads(out)
+    alone_out = alone(command, "10.101.234.168:5001", "-o", "json")[1]
+    assert [json.dumps(a, sort_keys=True) for a in answers] == [json.dumps(json.loads(alone_out),
+                                                                           sort_keys=True)] * 4
+    for name in names:
+        assert f"note: {name} is default/fb-backends:ka-port at 10.101.234.168:5001/tcp" in err

@@ -211,7 +211,8 @@ _SRC_HELP = ("Where the connection comes from: an IP, or `pod` (an address in th
 _DST_HELP = ("Destination of the new connection: IP:PORT or IP:PORT/proto, or a Service by name "
              "(kube-dns.kube-system:53, NS/NAME:PORT-NAME: its ClusterIP in these rules) (repeatable: every one "
              "answered after one load).")
-_DST_FILE_HELP = ("File with one IP:PORT or IP:PORT/proto a line (# comments, blank lines; `-`: stdin): each "
+_DST_FILE_HELP = ("File with one destination a line, as --dst takes it (IP:PORT, IP:PORT/proto or a Service by "
+                  "name; # comments, blank lines; `-`: stdin): each "
                   "answered after one load. A bad line is an error (exit 1); the others are still answered.")
 _MANY = ("With several destinations, -o json prints a JSON array of the one-destination objects in input order "
          "(an object with `error` for a bad line) and text a header line per destination.")
