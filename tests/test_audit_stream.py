@@ -245,6 +245,16 @@ def test_merged_shards_with_cluster_data(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["audit", "--merge", str(docs[1]), str(plain)])
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: the audits were made against different cluster data (")
+    # The same cluster data, once with its Nodes listed and once without (e.g. no permission to list them): the
+    # message tells the two apart rather than naming the same source twice.
+    without = json.loads(docs[1].read_text())
+    without["merge"]["cluster"]["nodes"] = False
+    (tmp_path / "without.json").write_text(json.dumps(without))
+    result = CliRunner().invoke(main, ["audit", "--merge", str(docs[0]), str(tmp_path / "without.json")])
+    source = json.loads(whole.stdout)["cluster"]
+    assert result.stderr == (f"Error: the audits were made against different cluster data ({docs[0]}: cluster data "
+                             f"{source!r} with its Nodes; {tmp_path / 'without.json'}: cluster data {source!r} "
+                             "without Nodes); expected every shard audited with the same --cluster/--kubeconfig\n")
 
 
 def test_merge_errors_say_what_was_found_and_expected(tmp_path: Path, snap: Path) -> None:

@@ -215,8 +215,9 @@ def merge(documents: Iterable[tuple[str, Mapping[str, Any]]]) -> tuple[list[Node
             nodes[result.name] = (source, result)
     if len(clusters) > 1:
         (a, a_src), (b, b_src) = list(clusters.items())[:2]
-        said = [f"{src}: {'cluster data ' + repr(c[0]) if c[0] else 'no cluster data'}" for c, src in
-                ((a, a_src), (b, b_src))]
+        nodes = {True: " with its Nodes", False: " without Nodes"} if a[0] == b[0] else {True: "", False: ""}
+        said = [f"{src}: {'cluster data ' + repr(c[0]) + nodes[c[1]] if c[0] else 'no cluster data'}"
+                for c, src in ((a, a_src), (b, b_src))]
         raise InputError(f"the audits were made against different cluster data ({'; '.join(said)}); expected "
                          "every shard audited with the same --cluster/--kubeconfig")
     ((cluster_source, cluster_nodes), _first), = clusters.items() if clusters else [((None, False), "")]
