@@ -152,6 +152,7 @@ class ApiServer:
     page_limit: int | None = None  # a server may return fewer items than `limit` asks for
     repeat_continue_token: bool = False  # a broken server (or proxy) that answers every page with the same token
     list_answer: Any = None  # when set: the JSON every list is answered with (a proxy's, not a list at all)
+    pod_quota: dict[str, int] | None = None  # namespace → a ResourceQuota's hard `pods` (as its admission refuses)
     anonymous: Grant | None = None  # what a request without a token may do (anonymous auth enabled)
     tls: bool = False  # serve https with a fresh self-signed certificate (`ca_pem`) for 127.0.0.1
     requests: list[Request] = field(default_factory=list)

@@ -219,6 +219,14 @@ class PodHandlers:
                                              f'"{level}:latest": ' + ", ".join(violations),
                                              {"name": name, "kind": "pods"}))
             return
+        quota = (self.api.pod_quota or {}).get(namespace)
+        used = sum(1 for p in self.api.objects.get("Pod", []) if p["metadata"].get("namespace") == namespace)
+        if quota is not None and used + 1 > quota:
+            # (quota admission's own words; a 403 like RBAC's, but no missing permission)
+            self._send_json(403, status_body(403, "Forbidden", f'pods "{name}" is forbidden: exceeded quota: '
+                                             f"pods, requested: pods=1, used: pods={used}, limited: pods={quota}",
+                                             {"name": name, "kind": "pods"}))
+            return
         with self.api.lock:
             if self.api.pod(namespace, name) is not None:
                 self._send_json(409, status_body(409, "AlreadyExists", f'pods "{name}" already exists',

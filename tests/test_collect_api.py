@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -450,6 +451,20 @@ def test_a_node_list_whose_continue_token_repeats_is_an_error_not_a_hang(cluster
     assert str(outcome[0]) == (f"listing nodes at {server.url}: the API server repeated a continue token (page 2); "
                                "the list never ends")
     assert not (cluster.root / "out").exists()
+
+
+@needs_nodes
+def test_a_403_that_is_no_rbac_denial_says_what_the_api_said(cluster: FakeCluster):
+    """A ResourceQuota (or an admission webhook: Kyverno, Gatekeeper) refuses the collector pod with 403 Forbidden:
+    that is no missing permission, and saying so sends the person to the wrong fix."""
+    cluster.add_node("node-a", kube_proxy=False)
+    server = cluster.start()
+    server.pod_quota = {"default": 0}
+    [result] = _collect(cluster)
+    assert (result.ok, result.error_kind) == (False, "forbidden")
+    assert re.fullmatch(r'node-a: forbidden: pods "iptrace-collector-node-a-[0-9a-f]{6}" is forbidden: exceeded '
+                        r"quota: pods, requested: pods=1, used: pods=0, limited: pods=0", result.error or ""), \
+        result.error
 
 
 @needs_nodes
