@@ -26,6 +26,8 @@ try:
 except ImportError:  # pytest's rootdir is not on sys.path: tests/ itself is
     from apiserver import DATA, ApiServer, Grant, write_kubeconfig  # type: ignore[no-redef]
 
+ROOT = Path(__file__).resolve().parents[1]
+FB = ROOT / "sample_dumps" / "nodeport-fb-backends.txt"
 LISTS = [DATA / "services.json", DATA / "endpointslices.json", DATA / "nodes.json"]
 KUBECTL_LIST = DATA / "kubectl-get-all.json"
 
@@ -362,6 +364,27 @@ def test_live_unauthorized(api: ApiServer, kubeconfig: str) -> None:
         load_cluster_live(kubeconfig, "expired", None)
     assert one_line(e) == (f"unauthorized: the credentials in {kubeconfig} were rejected (expired token?) by "
                            f"{api.url}; log in again or choose another --context")
+
+
+def test_a_failing_credential_plugin_is_said_as_such(api: ApiServer, tmp_path: Path) -> None:
+    """A kubeconfig whose user is an exec credential plugin (aws eks get-token, gke-gcloud-auth-plugin) that fails:
+    the client logged the failure on the root logger ('ERROR:root:exec: process returned 1', a stray line) and
+    went on without credentials, so the error blamed an expired token. One line says it was the plugin."""
+    plugin = tmp_path / "get-token"
+    plugin.write_text("#!/bin/sh\necho 'error: SSO session expired' >&2\nexit 1\n")
+    plugin.chmod(0o755)
+    config = json.loads(write_kubeconfig(tmp_path / "kubeconfig", api.url, USERS).read_text())
+    config["users"][0]["user"] = {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1",
+                                           "command": str(plugin), "args": ["eks", "get-token"],
+                                           "interactiveMode": "Never"}}
+    path = tmp_path / "kubeconfig"
+    path.write_text(json.dumps(config))
+    process = subprocess.run([sys.executable, "-m", "iptrace", "services", str(FB), "--kubeconfig",
+                              str(path)], capture_output=True, text=True, cwd=ROOT)
+    assert process.returncode == 1
+    assert process.stderr == (f"Error: kubeconfig {path}: its credential plugin (the user's `exec` command) failed "
+                              "(exec: process returned 1. error: SSO session expired); run it by hand to see why, or log in "
+                              "again\n")
 
 
 def test_live_forbidden(api: ApiServer, kubeconfig: str) -> None:
