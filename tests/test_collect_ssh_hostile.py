@@ -5,8 +5,11 @@ summary table, over a real sshd (tests/sshd.py)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -55,3 +58,34 @@ def test_terminal_escapes_in_a_nodes_errors_never_reach_the_terminal(farm: SshdF
     assert process.returncode == 1, process.stderr
     for stream in (process.stdout, process.stderr):
         assert b"\x1b" not in stream and b"\x07" not in stream, stream
+
+
+def test_a_listener_that_speaks_no_ssh_is_one_error_line_and_no_traceback(tmp_path: Path):
+    """paramiko logs a failed handshake with its traceback ('Exception (client): Error reading SSH protocol
+    banner', 'Traceback (most recent call last):' …); with no logging configured Python printed all of it on
+    stderr. Only the one-line errors may reach the person."""
+    silent, talker = socket.socket(), socket.socket()
+    with silent, talker:
+        for listener in (silent, talker):
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(4)
+
+        def answer_http() -> None:
+            connection, _ = talker.accept()
+            with connection:
+                connection.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n" + b"x" * 5000)
+                time.sleep(0.3)
+
+        thread = threading.Thread(target=answer_http, daemon=True)
+        thread.start()
+        (tmp_path / "cfg").write_text("")
+        targets = [f"127.0.0.1:{s.getsockname()[1]}" for s in (silent, talker)]
+        process = subprocess.run(
+            [sys.executable, "-m", "iptrace", "collect", *targets, "--out", str(tmp_path / "out"), "--timeout", "1",
+             "--ssh-config", str(tmp_path / "cfg"), "--known-hosts", str(tmp_path / "kh")],
+            cwd=ROOT, capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"})
+        thread.join(5)
+    assert process.returncode == 1
+    lines = process.stderr.splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"Error: {t}: ") for line, t in zip(lines, targets, strict=True)), \
+        process.stderr

@@ -7,6 +7,7 @@ Library code: no printing.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import secrets
 import shlex
@@ -100,6 +101,11 @@ def collect(targets: Iterable[NodeTarget | str], *, out_dir: Path, user: str | N
                         connect_timeout=float(connect_timeout), command_timeout=float(command_timeout),
                         allow_agent=allow_agent, config=load_ssh_config(ssh_config),
                         listing_timeout=float(listing_timeout), conntrack_cap=conntrack_max_entries)
+    # paramiko logs each failed handshake with its traceback: with no handler of the application's, Python would
+    # print those on stderr beside the one-line errors. (A handler the application adds still gets them.)
+    paramiko_log = logging.getLogger("paramiko")
+    if not any(isinstance(h, logging.NullHandler) for h in paramiko_log.handlers):
+        paramiko_log.addHandler(logging.NullHandler())
     out_dir = Path(out_dir)
     try:
         store.ensure_private_dir(out_dir, tighten=False)
