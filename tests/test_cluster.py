@@ -387,6 +387,22 @@ def test_a_failing_credential_plugin_is_said_as_such(api: ApiServer, tmp_path: P
                               "again\n")
 
 
+def test_a_kubeconfig_that_skips_tls_verification_prints_no_warning_per_request(tmp_path: Path) -> None:
+    """`insecure-skip-tls-verify: true` (labs, kind, some VPN setups): urllib3 printed its two-line
+    InsecureRequestWarning on stderr for every request (hundreds for a fleet). kubectl says nothing; nor does
+    iptrace, and the answer is the same."""
+    with ApiServer.from_data(TOKENS, tls=True) as server:
+        path = write_kubeconfig(tmp_path / "kubeconfig", server.url, USERS)
+        config = json.loads(path.read_text())
+        config["clusters"][0]["cluster"]["insecure-skip-tls-verify"] = True
+        path.write_text(json.dumps(config))
+        process = subprocess.run([sys.executable, "-m", "iptrace", "services", str(FB), "--kubeconfig", str(path),
+                                  "-o", "json"], capture_output=True, text=True, cwd=ROOT)
+    assert process.returncode == 0 and json.loads(process.stdout)
+    # (what is left is iptrace's own one-line note about the cluster's findings)
+    assert [line for line in process.stderr.splitlines() if not line.startswith("note: ")] == [], process.stderr
+
+
 def test_live_forbidden(api: ApiServer, kubeconfig: str) -> None:
     with pytest.raises(ClusterError) as e:
         load_cluster_live(kubeconfig, "bob", None)

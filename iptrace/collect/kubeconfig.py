@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,10 @@ def open_api(kubeconfig: str | None, context: str | None) -> ApiAccess:
         # The loader indexes into the YAML without checking its shape, so a kubeconfig of the wrong shape
         # surfaces as one of these.
         raise ClusterError(f"kubeconfig {shown} cannot be used: {type(e).__name__}: {e}") from None
+    if not configuration.verify_ssl:
+        # The kubeconfig asks for it (insecure-skip-tls-verify): kubectl says nothing, while urllib3 would print
+        # its two-line warning on stderr for every request.
+        warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
     if plugin.messages:
         raise ClusterError(f"kubeconfig {shown}: its credential plugin (the user's `exec` command) failed "
                            f"({' '.join(plugin.messages[0].split())[:300]}); run it by hand to see why, or log in "
