@@ -179,3 +179,15 @@ def test_a_timeout_that_is_no_number_of_seconds_is_one_error_before_any_node(tmp
     assert (result.exit_code, result.stdout) == (1, ""), result.output
     assert result.stderr == "Error: timeouts must be positive numbers of seconds\n"
     assert not out.exists()
+
+
+def test_an_inventory_without_nodes_is_named(tmp_path: Path) -> None:
+    """An inventory of comments only (an Ansible file whose hosts are all in :vars/:children sections): the usage
+    error said to give an --inventory FILE, which was given."""
+    inventory = tmp_path / "nodes.ini"
+    inventory.write_text("# none yet\n[workers:vars]\nansible_user=admin\n")
+    result = CliRunner().invoke(main, ["collect", "--inventory", str(inventory), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert result.stderr.endswith(f"Error: no nodes: {inventory} lists none (one [user@]host[:port] a line, "
+                                  "# comments)\n")
+    assert not (tmp_path / "out").exists()

@@ -99,6 +99,8 @@ def _targets(nodes: tuple[str, ...], inventory: str | None, kubeconfig: str | No
         state = load_cluster_live(kubeconfig, context, None, node_selector=node_selector)
         targets += [NodeTarget.parse(ip if ":" not in ip else f"[{ip}]", name=name)
                     for name, ip in node_addresses(state, node_selector)]
+    if not targets and inventory:
+        raise click.UsageError(f"no nodes: {inventory} lists none (one [user@]host[:port] a line, # comments)")
     if not targets:
         raise click.UsageError("no nodes: give NODE arguments, --inventory FILE or --kubeconfig")
     return targets
