@@ -27,8 +27,9 @@ def farm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def _collect(farm: SshdFarm, server, tmp_path: Path, known_hosts: Path, **kwargs):
     (tmp_path / "ssh_config").write_text("")
-    [result] = collect([f"127.0.0.1:{server.port}"], out_dir=tmp_path / "out", identity_files=[farm.client_key],
-                       user="root", ssh_config=tmp_path / "ssh_config", known_hosts=known_hosts, connect_timeout=5,
+    kwargs.setdefault("identity_files", [farm.client_key])
+    [result] = collect([f"127.0.0.1:{server.port}"], out_dir=tmp_path / "out", user="root",
+                       ssh_config=tmp_path / "ssh_config", known_hosts=known_hosts, connect_timeout=5,
                        command_timeout=10, **kwargs)
     return result
 
@@ -60,3 +61,19 @@ def test_a_revoked_host_key_is_refused_even_with_accept_new(farm: SshdFarm, tmp_
     result = _collect(farm, server, tmp_path, known_hosts)
     assert (result.ok, result.error_kind) == (False, "host-key"), result.error
     assert not (tmp_path / "out" / result.node).exists()
+
+
+@pytest.mark.parametrize("given", ["public", "garbage"])
+def test_an_identity_file_that_is_no_private_key_is_an_auth_error_naming_it(farm: SshdFarm, tmp_path: Path,
+                                                                           given: str):
+    """`-i key.pub` (the classic slip) or a file that is no key: paramiko's 'not a valid OPENSSH private key file'
+    came out as 'SSH to … failed (…)', kind ssh, naming no file."""
+    server = farm.start("a")
+    key = Path(f"{farm.client_key}.pub")
+    if given == "garbage":
+        key = tmp_path / "garbage"
+        key.write_text("not a key\n")
+    result = _collect(farm, server, tmp_path, farm.known_hosts(tmp_path / "known_hosts"), identity_files=[key],
+                      allow_agent=False)
+    assert (result.ok, result.error_kind) == (False, "auth"), result.error
+    assert f"(tried {key})" in (result.error or "") and "not a private key" in (result.error or "")

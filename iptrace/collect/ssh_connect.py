@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import re
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -380,6 +381,10 @@ def _revoked_error(hostname: str, key: paramiko.PKey, hop: Hop, node: str) -> Co
                         kind="host-key", node=node)
 
 
+# What paramiko says of a key file it cannot read as a private key (a .pub, a truncated or foreign file).
+_KEY_UNREADABLE = re.compile(r"private key file|invalid key|no lines in", re.IGNORECASE)
+
+
 def reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
@@ -407,6 +412,12 @@ def _classify_connect_error(exc: BaseException, hop: Hop, node: str, via: str,
         agent = " and the agent" if agent_used else ""
         return CollectError(f"{node}: authentication failed for {where} (tried {tried}{agent}); "
                             "check --user and -i", kind="auth", node=node)
+    if isinstance(exc, paramiko.SSHException) and _KEY_UNREADABLE.search(reason(exc)):
+        # (paramiko tries every key; this is the last one's, raised when none could be used)
+        tried = ", ".join(hop.identity_files) or "default keys"
+        return CollectError(f"{node}: authentication failed for {where} (tried {tried}): a key file is not a "
+                            f"private key ({reason(exc)}); give -i the private key, not its .pub",
+                            kind="auth", node=node)
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError | ConnectionRefusedError):
         return CollectError(f"{node}: connection to {where} refused; is sshd listening on port {hop.port}?",
                             kind="refused", node=node)
