@@ -1,6 +1,7 @@
 """known_hosts as OpenSSH reads it, against a real sshd (tests/sshd.py): marker lines (`@cert-authority`,
 `@revoked`) and lines that hold no key. paramiko's own loader stops at the first of them (an internal error for
-every node), and a revoked key must never be accepted, not even with --accept-new-host-keys."""
+every node), and a revoked key must never be accepted, not even with --accept-new-host-keys. And identity files
+that hold no private key, named as such."""
 
 from __future__ import annotations
 
