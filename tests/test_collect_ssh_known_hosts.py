@@ -40,9 +40,10 @@ def test_marker_lines_and_lines_without_a_key_are_read_as_openssh_reads_them(far
     ca = keygen(tmp_path / "host_ca")
     known_hosts = tmp_path / "known_hosts"
     # An organisation's host CA (paramiko verifies no certificates: such hosts stay unknown), a line cut by an
-    # editor, then the node's own key.
+    # editor, a key blob of the wrong shape, then the node's own key.
     known_hosts.write_text(f"@cert-authority *.example.com {public_key(ca)}\n"
                            "node9.example.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKnTPmFPT7ScO3KEj92rd6\n"
+                           "node8.example.com ssh-rsa AAAAB3NzaC1yc2E=\n"  # (base64, but no RSA key)
                            + server.known_hosts_line)
     result = _collect(farm, server, tmp_path, known_hosts)
     assert result.ok, result.error

@@ -351,6 +351,7 @@ def _load_known_hosts(keys: paramiko.HostKeys, path: Path) -> set[tuple[str, str
     revoked key is not to be trusted anywhere). `@cert-authority` lines are skipped (paramiko verifies no host
     certificates: such a host stays unknown, so refused), and so is a line that holds no key, as ssh skips it;
     paramiko's own loader stops at the first of either."""
+    import paramiko
     from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
 
     revoked: set[tuple[str, str]] = set()
@@ -365,7 +366,7 @@ def _load_known_hosts(keys: paramiko.HostKeys, path: Path) -> set[tuple[str, str
             continue
         try:
             entry = HostKeyEntry.from_line(line, number)
-        except InvalidHostKey:
+        except (InvalidHostKey, paramiko.SSHException, ValueError):  # (not base64; no key of its type)
             continue
         if entry is not None:
             for name in entry.hostnames:
