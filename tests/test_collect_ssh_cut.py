@@ -113,3 +113,18 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_shell_killed_while_the_connection_stays_up_is_not_called_a_closed_connection(farm: SshdFarm,
+                                                                                     tmp_path: Path):
+    """The node's shell killed by a signal (the OOM killer, a watchdog): sshd sends exit-signal, which paramiko
+    does not keep, so the exit status is -1 as when the connection drops; but the connection is still there."""
+    # Kills the batch shell (the child of the session's sshd) from inside the conntrack step.
+    kill_shell = ("p=$PPID\nwhile [ \"$p\" -gt 1 ]; do pp=$(cut -d' ' -f4 /proc/$p/stat)\n"
+                  "  case $(cat /proc/$pp/comm) in sshd*) kill -9 \"$p\"; exit 0;; esac; p=$pp\ndone\n")
+    scripts = {**default_scripts("198.18.0.1"),
+               "conntrack": f"#!/bin/sh\necho '{CONNTRACK_LINE}'\n" + kill_shell}
+    [result] = _collect(farm, [farm.start("a", scripts=scripts)], tmp_path, command_timeout=10)
+    assert result.ok, result.error
+    assert ("conntrack -L -f ipv4: `conntrack -L -f ipv4` failed (stopped: the node's shell was killed while it "
+            "ran)") in result.warnings, result.warnings

@@ -166,8 +166,13 @@ def _gather(client: paramiko.SSHClient, hop: Hop, target: NodeTarget,
     batch = parse_batch(stdout, boundary)
     if batch.running is not None:
         # Cut in the middle of a step: what was complete is kept (stopped_early names the rest). A channel that
-        # closes without an exit status is a connection that went away.
-        ended = "the connection closed" if status == -1 else f"the node's shell exited with status {status}"
+        # closes without an exit status is a connection that went away (the transport saved why before it closed
+        # its channels), or a shell killed by a signal while the connection stays up (paramiko keeps no
+        # exit-signal).
+        transport = client.get_transport()
+        alive = transport is not None and transport.saved_exception is None and transport.is_active()
+        ended = (f"the node's shell exited with status {status}" if status != -1
+                 else "the node's shell was killed" if alive else "the connection closed")
         why = timed_out or f"stopped: {ended} while it ran"
         batch = stopped_early(batch, node, why, "timeout" if timed_out else "ssh")
     elif timed_out:
