@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from click.testing import CliRunner
 from bench import synth
 from iptrace.cli import main
 from tests.sshd import SshdFarm, default_scripts, free_port, have_sshd, keygen
+from tests.terminal import ROOT, on_a_terminal
 
 pytestmark = pytest.mark.skipif(not have_sshd(), reason="OpenSSH server (/usr/sbin/sshd) is not installed")
 
@@ -191,3 +194,17 @@ def test_an_inventory_without_nodes_is_named(tmp_path: Path) -> None:
     assert result.stderr.endswith(f"Error: no nodes: {inventory} lists none (one [user@]host[:port] a line, "
                                   "# comments)\n")
     assert not (tmp_path / "out").exists()
+
+
+def test_collect_shows_progress_on_a_terminal_never_on_a_pipe(fleet) -> None:
+    """With stderr on a terminal, a progress line names each node as it is collected (and leaves nothing behind
+    on stdout, which stays the plain table); with stderr on a pipe there is no progress and no terminal code."""
+    out = fleet["tmp"] / "snap"
+    args = ["collect", "node-a", "node-b", "node-c", "--out", str(out), *_ssh_args(fleet)]
+    code, stdout, shown = on_a_terminal(args, timeout=60)
+    assert code == 0, shown
+    assert "collected node-" in shown and "\x1b[" in shown, shown
+    assert stdout.decode().endswith("3 of 3 nodes collected\n") and b"\x1b" not in stdout
+    piped = subprocess.run([sys.executable, "-m", "iptrace", *args], capture_output=True, cwd=ROOT)
+    assert (piped.returncode, piped.stderr) == (0, b""), piped.stderr
+    assert b"\x1b" not in piped.stdout
