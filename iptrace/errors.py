@@ -47,6 +47,13 @@ class ParseError(IptraceError):
 _LONG_LINE = 200  # longer offending lines are shown as a window of _WINDOW characters around the column
 _WINDOW = 160
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # (all but the tab)
+_CONTROL_IN_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # (all but the tab and the newline)
+
+
+def printable(text: str) -> str:
+    """`text` (what a node printed) with each control character but tab and newline replaced by U+FFFD, so that
+    a terminal escape in it never reaches the person's terminal (a title, a cleared screen, a clipboard write)."""
+    return _CONTROL_IN_LINES.sub("\ufffd", text.replace("\r\n", "\n"))
 
 
 class DumpSemanticError(ParseError):
@@ -72,4 +79,5 @@ class CollectError(IptraceError):
     def __init__(self, message: str, *, kind: str = "ssh", node: str = "") -> None:
         self.kind = kind
         self.node = node
-        super().__init__(message)
+        # (one line, and what a node or a cluster said in it never reaches a terminal as escapes)
+        super().__init__(_CONTROL.sub("\ufffd", message))

@@ -149,6 +149,10 @@ class ApiServer:
     resource_version: int = 48211
     missing_groups: set[str] = field(default_factory=set)  # e.g. {"discovery.k8s.io/v1"} for an old cluster
     expire_continue_after_first_page: bool = False
+    page_limit: int | None = None  # a server may return fewer items than `limit` asks for
+    repeat_continue_token: bool = False  # a broken server (or proxy) that answers every page with the same token
+    list_answer: Any = None  # when set: the JSON every list is answered with (a proxy's, not a list at all)
+    pod_quota: dict[str, int] | None = None  # namespace → a ResourceQuota's hard `pods` (as its admission refuses)
     anonymous: Grant | None = None  # what a request without a token may do (anonymous auth enabled)
     tls: bool = False  # serve https with a fresh self-signed certificate (`ca_pem`) for 127.0.0.1
     requests: list[Request] = field(default_factory=list)
@@ -440,6 +444,9 @@ class _Handler(pods.PodHandlers, BaseHTTPRequestHandler):
         self._list(res, namespace, query)
 
     def _list(self, res: Resource, namespace: str | None, query: dict[str, list[str]]) -> None:
+        if self.api.list_answer is not None:
+            self._send_json(200, self.api.list_answer)
+            return
         selector = query.get("labelSelector", [""])[0]
         try:
             _check_selector(selector)
@@ -477,6 +484,8 @@ class _Handler(pods.PodHandlers, BaseHTTPRequestHandler):
             start = sum(1 for o in items if self.api.key(o) < start_key)
         limit_text = query.get("limit", ["0"])[0]
         limit = int(limit_text) if limit_text.isdigit() else 0
+        if self.api.page_limit is not None:
+            limit = min(limit, self.api.page_limit) if limit else self.api.page_limit
         page = items[start:start + limit] if limit > 0 else items[start:]
         metadata: dict[str, Any] = {"resourceVersion": str(rv)}
         rest = len(items) - start - len(page)
@@ -484,6 +493,8 @@ class _Handler(pods.PodHandlers, BaseHTTPRequestHandler):
             last = self.api.key(page[-1])
             metadata["continue"] = base64.b64encode(json.dumps(
                 {"v": "meta.k8s.io/v1", "rv": rv, "start": last + "\x00"}, separators=(",", ":")).encode()).decode()
+            if self.api.repeat_continue_token and token:
+                metadata["continue"] = token
             # Like the real server, the count is only known when nothing was filtered out.
             if not selector:
                 metadata["remainingItemCount"] = rest

@@ -93,6 +93,11 @@ def exec_status(code: int | None, argv: list[str], error: str | None) -> dict[st
             "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
 
 
+# A command that prints this line makes the double end the exec there: a close frame and no Status, as when the
+# API server or the kubelet goes away in the middle of an exec.
+CLOSE_STREAM_MARKER = b"iptrace-test-close-the-exec-stream\n"
+
+
 def pump(rfile: BinaryIO, wfile: BinaryIO, connection: Any, process: subprocess.Popen[bytes] | str,
          argv: list[str]) -> None:
     """Stream a started exec to the client, then its Status on channel 3 and a close frame. A client that goes
@@ -120,6 +125,11 @@ def pump(rfile: BinaryIO, wfile: BinaryIO, connection: Any, process: subprocess.
                     selector.unregister(key.fileobj)
                     open_streams -= 1
                     continue
+                before, marker, _ = data.partition(CLOSE_STREAM_MARKER)
+                if marker and key.data == 1:
+                    _send(wfile, 1, before)
+                    wfile.write(close_frame())
+                    raise ConnectionResetError("the double ends the stream")
                 _send(wfile, key.data, data)
         code = process.wait()
         _send(wfile, 3, json.dumps(exec_status(code, argv, None)).encode())
@@ -207,6 +217,14 @@ class PodHandlers:
         if violations:
             self._send_json(403, status_body(403, "Forbidden", f'pods "{name}" is forbidden: violates PodSecurity '
                                              f'"{level}:latest": ' + ", ".join(violations),
+                                             {"name": name, "kind": "pods"}))
+            return
+        quota = (self.api.pod_quota or {}).get(namespace)
+        used = sum(1 for p in self.api.objects.get("Pod", []) if p["metadata"].get("namespace") == namespace)
+        if quota is not None and used + 1 > quota:
+            # (quota admission's own words; a 403 like RBAC's, but no missing permission)
+            self._send_json(403, status_body(403, "Forbidden", f'pods "{name}" is forbidden: exceeded quota: '
+                                             f"pods, requested: pods=1, used: pods={used}, limited: pods={quota}",
                                              {"name": name, "kind": "pods"}))
             return
         with self.api.lock:

@@ -245,6 +245,16 @@ def test_merged_shards_with_cluster_data(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["audit", "--merge", str(docs[1]), str(plain)])
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: the audits were made against different cluster data (")
+    # The same cluster data, once with its Nodes listed and once without (e.g. no permission to list them): the
+    # message tells the two apart rather than naming the same source twice.
+    without = json.loads(docs[1].read_text())
+    without["merge"]["cluster"]["nodes"] = False
+    (tmp_path / "without.json").write_text(json.dumps(without))
+    result = CliRunner().invoke(main, ["audit", "--merge", str(docs[0]), str(tmp_path / "without.json")])
+    source = json.loads(whole.stdout)["cluster"]
+    assert result.stderr == (f"Error: the audits were made against different cluster data ({docs[0]}: cluster data "
+                             f"{source!r} with its Nodes; {tmp_path / 'without.json'}: cluster data {source!r} "
+                             "without Nodes); expected every shard audited with the same --cluster/--kubeconfig\n")
 
 
 def test_merge_errors_say_what_was_found_and_expected(tmp_path: Path, snap: Path) -> None:
@@ -303,6 +313,27 @@ def test_a_hand_edited_merge_key_is_a_one_line_error(snap: Path, tmp_path: Path,
     result = CliRunner().invoke(main, ["audit", "--merge", str(path)])
     assert result.exit_code == 1, result.output
     assert said in result.stderr and "internal error" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(("field", "value", "said"), [
+    (1, ["10.96.0.1"], "merge.digests[0][1]: found ['10.96.0.1']; expected a string or null (the port's cluster_ip)"),
+    (2, "443", "merge.digests[0][2]: found '443'; expected a whole number or null (the port's port)"),
+    (4, "10.0.0.1", "merge.digests[0][4]: found '10.0.0.1'; expected a list of strings (the port's ips)"),
+    (5, {"Local": 1}, "merge.digests[0][5]: found {'Local': 1}; expected a string or null (the port's "
+                      "external_traffic_policy)"),
+    (9, True, "merge.digests[0][9]: found True; expected a whole number or null (the port's health_check_node_port)"),
+])
+def test_a_hand_edited_digest_value_is_a_one_line_error(snap: Path, tmp_path: Path, field: int, value: Any,
+                                                        said: str) -> None:
+    """A Service port digest's plain values are checked where they are read: an address edited into a list was an
+    internal error (unhashable), a port edited into a string went into the report as it was."""
+    doc = json.loads(CliRunner().invoke(main, ["audit", str(snap / "node-000"), "-o", "json"]).stdout)
+    doc["merge"]["digests"][0][field] = value
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(doc))
+    for output in ("text", "json"):
+        result = CliRunner().invoke(main, ["audit", "--merge", str(path), "-o", output])
+        assert (result.exit_code, result.stderr) == (1, f"Error: {path}: {said}\n"), result.output
 
 
 def test_merge_round_trip_keeps_every_result(snap: Path) -> None:
@@ -402,3 +433,15 @@ def test_tracing_done_lets_the_tracer_go_and_keeps_the_view(sample: str) -> None
         assert [a.port_view(k) for k in a.layout.keys] == [kept[family].port_view(k) for k in a.layout.keys]
     assert (node_result(NodeInput("n", done, None, ips), None, pictures=True)
             == node_result(NodeInput("n", kept, None, ips), None, pictures=True))
+
+
+def test_progress_shows_a_node_name_with_brackets_as_it_is(tmp_path: Path) -> None:
+    """An IPv6 node's directory is called `[fd00::5]:2200`: the progress line named it ':2200', the brackets read
+    as rich markup."""
+    snap = tmp_path / "snap"
+    for name in ("[fd00::5]:2200", "[fd00::6]:2200"):
+        (snap / name).mkdir(parents=True)
+        (snap / name / "iptables-save.txt").write_text((SAMPLES / "nodeport-fb-backends.txt").read_text())
+    code, _, shown = on_a_terminal(["audit", str(snap), "-j", "1", "-o", "json"], timeout=60)
+    assert code == 0, shown
+    assert "audited [fd00::" in shown and "audited :2200" not in shown, shown[-500:]

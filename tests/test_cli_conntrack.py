@@ -166,3 +166,23 @@ def test_audit_reports_stale_conntrack_per_node_and_service_port(tmp_path: Path,
     assert [(n["name"], n["findings"]["error"]) for n in data["nodes"]] == [("node1", 3), ("node2", 0)]
     text = run("audit", "snap", "-v")
     golden(GOLDEN / "audit" / "conntrack.txt", text.stdout)
+
+
+def test_a_capped_table_is_said_to_be_partial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """collect keeps the first --conntrack-max-entries entries per family: a stale entry beyond them is not
+    checked, so an explain or audit that finds none must say the table was partial (on stderr; stdout's JSON
+    is unchanged)."""
+    snap = _collection(tmp_path)
+    meta = {"node": "node1", "addresses": ["192.168.49.2"],
+            "conntrack": {"status": "ok", "entries": {"ipv4": 13, "ipv6": 0}, "capped": True, "max_entries": 13,
+                          "error": None}}
+    (snap / "node1" / "meta.json").write_text(json.dumps(meta))
+    note = (f"note: {snap / 'node1' / 'conntrack.txt'}: holds only the first 13 conntrack entries of each family "
+            "(collect --conntrack-max-entries); the flows beyond them were not checked\n")
+    explained = run("explain", str(snap / "node1"), "--dst", "10.96.0.10:53", "--proto", "udp", "-o", "json")
+    assert explained.exit_code == 3 and explained.stderr == note
+    assert json.loads(explained.stdout)["diagnoses"][0]["id"] == "stale-conntrack"
+    audited = run("audit", str(snap), "-o", "json")
+    assert audited.exit_code == 3 and audited.stderr == note
+    uncapped = run("explain", str(snap / "node2"), "--dst", "10.96.0.10:53", "--proto", "udp")
+    assert uncapped.stderr == ""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from click.testing import CliRunner
 from bench import synth
 from iptrace.cli import main
 from tests.sshd import SshdFarm, default_scripts, free_port, have_sshd, keygen
+from tests.terminal import ROOT, on_a_terminal
 
 pytestmark = pytest.mark.skipif(not have_sshd(), reason="OpenSSH server (/usr/sbin/sshd) is not installed")
 
@@ -164,3 +167,44 @@ def test_two_inputs_of_one_name_are_named_with_their_paths(tmp_path: Path) -> No
     result = CliRunner().invoke(main, ["audit", *paths])
     assert result.exit_code == 2
     assert f"two inputs are both called 'rules' ({paths[0]}, {paths[1]}); rename one of them" in result.stderr
+
+
+@pytest.mark.parametrize("via", ["ssh", "api"])
+@pytest.mark.parametrize("timeout", ["nan", "inf", "-1"])
+def test_a_timeout_that_is_no_number_of_seconds_is_one_error_before_any_node(tmp_path: Path, via: str,
+                                                                            timeout: str) -> None:
+    """`--timeout nan` passed the check (nan <= 0 is false) and failed every node with paramiko's 'Invalid value
+    NaN'; `--timeout inf` was an internal error (OverflowError). Both are refused once, before any node."""
+    out = tmp_path / "out"
+    args = ["collect", "--via", via, "--out", str(out), "--timeout", timeout]
+    args += ["--kubeconfig", str(tmp_path / "no-kubeconfig")] if via == "api" else [f"127.0.0.1:{free_port()}"]
+    result = CliRunner().invoke(main, args)
+    assert (result.exit_code, result.stdout) == (1, ""), result.output
+    assert result.stderr == "Error: timeouts must be positive numbers of seconds\n"
+    assert not out.exists()
+
+
+def test_an_inventory_without_nodes_is_named(tmp_path: Path) -> None:
+    """An inventory of comments only (an Ansible file whose hosts are all in :vars/:children sections): the usage
+    error said to give an --inventory FILE, which was given."""
+    inventory = tmp_path / "nodes.ini"
+    inventory.write_text("# none yet\n[workers:vars]\nansible_user=admin\n")
+    result = CliRunner().invoke(main, ["collect", "--inventory", str(inventory), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert result.stderr.endswith(f"Error: no nodes: {inventory} lists none (one [user@]host[:port] a line, "
+                                  "# comments)\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_collect_shows_progress_on_a_terminal_never_on_a_pipe(fleet) -> None:
+    """With stderr on a terminal, a progress line names each node as it is collected (and leaves nothing behind
+    on stdout, which stays the plain table); with stderr on a pipe there is no progress and no terminal code."""
+    out = fleet["tmp"] / "snap"
+    args = ["collect", "node-a", "node-b", "node-c", "--out", str(out), *_ssh_args(fleet)]
+    code, stdout, shown = on_a_terminal(args, timeout=60)
+    assert code == 0, shown
+    assert "collected node-" in shown and "\x1b[" in shown, shown
+    assert stdout.decode().endswith("3 of 3 nodes collected\n") and b"\x1b" not in stdout
+    piped = subprocess.run([sys.executable, "-m", "iptrace", *args], capture_output=True, cwd=ROOT)
+    assert (piped.returncode, piped.stderr) == (0, b""), piped.stderr
+    assert b"\x1b" not in piped.stdout

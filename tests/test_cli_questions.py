@@ -174,3 +174,52 @@ def test_help_says_how() -> None:
         code, out, _ = invoke(command, "--help")
         assert code == 0 and "--dst-file" in out and "--dst-file addresses.txt" in out
     assert "1 when a destination could not be explained" in " ".join(invoke("explain", "--help")[1].split())
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["trace", "-", "--dst-file", "-"], "DUMP and --dst-file"),
+    (["explain", "-", "--dst-file", "-"], "DUMP and --dst-file"),
+    # The silent one: the dump took all of stdin, the table read nothing, and no flow was checked.
+    (["explain", "-", "--dst", "10.96.0.10:53/udp", "--conntrack", "-"], "DUMP and --conntrack"),
+    (["explain", FB, "--dst-file", "-", "--conntrack", "-"], "--dst-file and --conntrack"),
+    (["explain", "-", "--dst", "10.96.0.10:53/udp", "--cluster", "-"], "DUMP and --cluster"),
+    (["services", "-", "--cluster", "-"], "DUMP and --cluster"),
+])
+def test_only_one_input_is_read_from_stdin(args: list[str], named: str) -> None:
+    """Two inputs given as `-`: the first read takes all of stdin and the second reads nothing, so it must be a
+    usage error rather than an answer made with an empty table (or the dump's lines read as destinations)."""
+    code, out, err = invoke(*args, stdin=(SAMPLES / "nodeport-fb-backends.txt").read_text())
+    assert (code, out) == (2, ""), err
+    assert f"Error: only one of {named} can be read from stdin (-); give the other as a file" in err
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["audit", "-", "--cluster", "-"], "only one of SOURCES and --cluster can be read from stdin (-)"),
+    (["audit", "--merge", "-", "-"], "only one of SOURCES can be read from stdin (-)"),
+    (["audit", "-", "-"], "only one of SOURCES can be read from stdin (-)"),
+    (["diff", "-", FB, "--cluster", "-"], "only one of A and --cluster can be read from stdin (-)"),
+])
+def test_audit_and_diff_read_stdin_once(args: list[str], said: str) -> None:
+    """The second `-` read nothing: the dump was read as cluster JSON ('invalid JSON at <stdin>:1:1'), a merged
+    document as empty ('-: not JSON')."""
+    code, out, err = invoke(*args, stdin=(SAMPLES / "nodeport-fb-backends.txt").read_text())
+    assert (code, out) == (2, ""), err
+    assert f"Error: {said}; give the other as a file" in err
+
+
+@pytest.mark.parametrize("command", ["trace", "explain"])
+def test_a_service_named_in_a_file_is_asked_as_with_dst(command: str, tmp_path: Path) -> None:
+    """Every way --dst names a Service works on a --dst-file line: NS/NAME:PORT-NAME (with or without /proto)
+    and NS/NAME:PORT were read as an address with the unknown protocol 'fb-backends:ka-port'."""
+    names = ["default/fb-backends:ka-port", "default/fb-backends:ka-port/tcp", "default/fb-backends:5001",
+             "fb-backends.default:5001"]
+    listing = tmp_path / "names.txt"
+    listing.write_text("\n".join(names) + "\n")
+    code, out, err = invoke(command, FB, "--dst-file", str(listing), "-o", "json")
+    assert code == 0, err
+    answers = json.loads(out)
+    alone_out = alone(command, "10.101.234.168:5001", "-o", "json")[1]
+    assert [json.dumps(a, sort_keys=True) for a in answers] == [json.dumps(json.loads(alone_out),
+                                                                           sort_keys=True)] * 4
+    for name in names:
+        assert f"note: {name} is default/fb-backends:ka-port at 10.101.234.168:5001/tcp" in err

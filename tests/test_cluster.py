@@ -26,6 +26,8 @@ try:
 except ImportError:  # pytest's rootdir is not on sys.path: tests/ itself is
     from apiserver import DATA, ApiServer, Grant, write_kubeconfig  # type: ignore[no-redef]
 
+ROOT = Path(__file__).resolve().parents[1]
+FB = ROOT / "sample_dumps" / "nodeport-fb-backends.txt"
 LISTS = [DATA / "services.json", DATA / "endpointslices.json", DATA / "nodes.json"]
 KUBECTL_LIST = DATA / "kubectl-get-all.json"
 
@@ -362,6 +364,43 @@ def test_live_unauthorized(api: ApiServer, kubeconfig: str) -> None:
         load_cluster_live(kubeconfig, "expired", None)
     assert one_line(e) == (f"unauthorized: the credentials in {kubeconfig} were rejected (expired token?) by "
                            f"{api.url}; log in again or choose another --context")
+
+
+def test_a_failing_credential_plugin_is_said_as_such(api: ApiServer, tmp_path: Path) -> None:
+    """A kubeconfig whose user is an exec credential plugin (aws eks get-token, gke-gcloud-auth-plugin) that fails:
+    the client logged the failure on the root logger ('ERROR:root:exec: process returned 1', a stray line) and
+    went on without credentials, so the error blamed an expired token. One line says it was the plugin."""
+    plugin = tmp_path / "get-token"
+    plugin.write_text("#!/bin/sh\necho 'error: SSO session expired' >&2\nexit 1\n")
+    plugin.chmod(0o755)
+    config = json.loads(write_kubeconfig(tmp_path / "kubeconfig", api.url, USERS).read_text())
+    config["users"][0]["user"] = {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1",
+                                           "command": str(plugin), "args": ["eks", "get-token"],
+                                           "interactiveMode": "Never"}}
+    path = tmp_path / "kubeconfig"
+    path.write_text(json.dumps(config))
+    process = subprocess.run([sys.executable, "-m", "iptrace", "services", str(FB), "--kubeconfig",
+                              str(path)], capture_output=True, text=True, cwd=ROOT)
+    assert process.returncode == 1
+    assert process.stderr == (f"Error: kubeconfig {path}: its credential plugin (the user's `exec` command) failed "
+                              "(exec: process returned 1. error: SSO session expired); run it by hand to see why, or log in "
+                              "again\n")
+
+
+def test_a_kubeconfig_that_skips_tls_verification_prints_no_warning_per_request(tmp_path: Path) -> None:
+    """`insecure-skip-tls-verify: true` (labs, kind, some VPN setups): urllib3 printed its two-line
+    InsecureRequestWarning on stderr for every request (hundreds for a fleet). kubectl says nothing; nor does
+    iptrace, and the answer is the same."""
+    with ApiServer.from_data(TOKENS, tls=True) as server:
+        path = write_kubeconfig(tmp_path / "kubeconfig", server.url, USERS)
+        config = json.loads(path.read_text())
+        config["clusters"][0]["cluster"]["insecure-skip-tls-verify"] = True
+        path.write_text(json.dumps(config))
+        process = subprocess.run([sys.executable, "-m", "iptrace", "services", str(FB), "--kubeconfig", str(path),
+                                  "-o", "json"], capture_output=True, text=True, cwd=ROOT)
+    assert process.returncode == 0 and json.loads(process.stdout)
+    # (what is left is iptrace's own one-line note about the cluster's findings)
+    assert [line for line in process.stderr.splitlines() if not line.startswith("note: ")] == [], process.stderr
 
 
 def test_live_forbidden(api: ApiServer, kubeconfig: str) -> None:

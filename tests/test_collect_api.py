@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from iptrace.collect.api import collect_api
 from iptrace.errors import ClusterError, InputError
 from tests.apicluster import ADMIN, KUBE_PROXY_IMAGE, FakeCluster, can_make_nodes
 from tests.apiserver import Grant
+from tests.apiserver_pods import CLOSE_STREAM_MARKER
 from tests.signals import default_sigint
 
 needs_nodes = pytest.mark.skipif(can_make_nodes() is not None, reason=str(can_make_nodes()))
@@ -290,6 +293,47 @@ def test_auto_falls_back_to_a_pod_when_exec_is_refused(cluster: FakeCluster):
 
 
 @needs_nodes
+def test_an_exec_stream_closed_during_a_listing_keeps_what_was_complete(cluster: FakeCluster):
+    """The API server goes away while `nft list ruleset` streams: the dumps and addresses already received are
+    kept, the cut listing and the steps never reached are named; cut during iptables-save, the node fails and
+    says so."""
+    close = f"echo 'table ip kube-proxy {{'\necho {CLOSE_STREAM_MARKER.decode().strip()}\nexec /bin/sleep 60\n"
+    cluster.add_node("cut-nft", bin_scripts={"nft": "#!/bin/sh\n[ \"$1\" = --version ] && echo 'nftables v1.0.6' "
+                                                    "&& exit 0\n" + close})
+    cluster.add_node("cut-save", bin_scripts={"iptables-save": "#!/bin/sh\necho '*filter'\n" + close})
+    cluster.start()
+    cut_nft, cut_save = _collect(cluster, method="exec")
+    assert cut_nft.ok, cut_nft.error
+    out = cluster.root / "out"
+    snapshot = store.read_node_dir(out / "cut-nft")
+    assert '--comment "node cut-nft"' in snapshot.dump_text and "198.18.0.1" in snapshot.addresses
+    assert snapshot.nft_ruleset_text is None and snapshot.meta["nft"]["status"] == "failed"
+    assert cut_nft.warnings[0] == ("nft list ruleset: `nft list ruleset` failed (stopped: the exec stream closed "
+                                   "while it ran); nft-ruleset.txt not saved")
+    assert "conntrack -L -f ipv4: `conntrack -L -f ipv4` failed (not run: the node's run ended at `nft list " \
+           "ruleset`)" in cut_nft.warnings
+    assert (cut_save.ok, cut_save.error_kind) == (False, "exit")
+    assert cut_save.error == "cut-save: `iptables-save` stopped: the exec stream closed while it ran"
+    assert not (out / "cut-save").exists()
+
+
+@needs_nodes
+def test_a_listing_past_its_time_in_an_exec_keeps_what_was_complete(cluster: FakeCluster):
+    """`nft list ruleset` hangs in kube-proxy's pod: it is stopped at its time and named; the dumps and addresses
+    already received are kept (the node is not lost, as over SSH)."""
+    cluster.add_node("slow", bin_scripts={"nft": "#!/bin/sh\n[ \"$1\" = --version ] && echo 'nftables v1.0.6' && "
+                                                 "exit 0\necho 'table ip kube-proxy {'\nexec /bin/sleep 60\n"})
+    cluster.start()
+    [result] = _collect(cluster, method="exec", timeout=1, listing_timeout=1)
+    assert result.ok, result.error
+    snapshot = store.read_node_dir(cluster.root / "out" / "slow")
+    assert '--comment "node slow"' in snapshot.dump_text and "198.18.0.1" in snapshot.addresses
+    assert snapshot.nft_ruleset_text is None and snapshot.meta["nft"]["status"] == "failed"
+    assert result.warnings[0] == ("nft list ruleset: `nft list ruleset` failed (did not finish within 1s in "
+                                  "kube-system/kube-proxy-slow; the exec was closed); nft-ruleset.txt not saved")
+
+
+@needs_nodes
 def test_a_pod_that_cannot_be_deleted_is_said_with_the_command_that_deletes_it(cluster: FakeCluster):
     cluster.add_node("node-a", kube_proxy=False)
     server = cluster.start(tokens={"t": Grant("alice", denied=frozenset({("delete", "pods")}))})
@@ -383,6 +427,76 @@ def test_bad_input_is_one_line_and_nothing_is_written(cluster: FakeCluster):
     assert cluster.server.kubelet.created == []  # type: ignore[union-attr]
 
 
+def test_a_node_list_whose_continue_token_repeats_is_an_error_not_a_hang(cluster: FakeCluster):
+    """A broken API server or proxy that answers every page with the same continue token: the node list never
+    ends. It is one error (as `--kubeconfig` cluster data says it), not a collect that loops for ever."""
+    for name in ("node-a", "node-b", "node-c"):
+        cluster.add_node(name, netns=False, kube_proxy=False)
+    server = cluster.start()
+    server.page_limit, server.repeat_continue_token = 1, True
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            _collect(cluster)
+            outcome.append(None)
+        except BaseException as e:  # (the test's thread: whatever it raised is the answer)
+            outcome.append(e)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert outcome, "collect --via api is still listing nodes"
+    assert isinstance(outcome[0], ClusterError), outcome
+    assert str(outcome[0]) == (f"listing nodes at {server.url}: the API server repeated a continue token (page 2); "
+                               "the list never ends")
+    assert not (cluster.root / "out").exists()
+
+
+@needs_nodes
+def test_a_403_that_is_no_rbac_denial_says_what_the_api_said(cluster: FakeCluster):
+    """A ResourceQuota (or an admission webhook: Kyverno, Gatekeeper) refuses the collector pod with 403 Forbidden:
+    that is no missing permission, and saying so sends the person to the wrong fix."""
+    cluster.add_node("node-a", kube_proxy=False)
+    server = cluster.start()
+    server.pod_quota = {"default": 0}
+    [result] = _collect(cluster)
+    assert (result.ok, result.error_kind) == (False, "forbidden")
+    assert re.fullmatch(r'node-a: forbidden: pods "iptrace-collector-node-a-[0-9a-f]{6}" is forbidden: exceeded '
+                        r"quota: pods, requested: pods=1, used: pods=0, limited: pods=0", result.error or ""), \
+        result.error
+
+
+@needs_nodes
+def test_a_node_name_that_is_no_kubernetes_name_is_not_a_directory_outside_out(cluster: FakeCluster):
+    """An API server (or whoever answers in its place, with a kubeconfig that skips TLS verification) that lists a
+    node named '../escape': the node's files would be written outside --out. It is refused, the others collected."""
+    cluster.add_node("node-a")
+    cluster.add_node("../escape")
+    cluster.start()
+    results = {r.node: r for r in _collect(cluster, method="exec")}
+    assert results["node-a"].ok, results["node-a"].error
+    bad = results["../escape"]
+    assert (bad.ok, bad.error_kind) == (False, "unsupported")
+    assert bad.error == ("'../escape': the API server lists a node of this name, which is no Kubernetes node name "
+                         "(a DNS subdomain); not collected")
+    assert not (cluster.root / "escape").exists()
+    assert sorted(p.name for p in (cluster.root / "out").iterdir()) == ["node-a"]
+
+
+@pytest.mark.parametrize("answer", [[], "<html>", {"items": {"a": 1}}, {"items": "node-a"}])
+def test_a_node_list_that_is_no_list_is_an_error(cluster: FakeCluster, answer: object):
+    """JSON that is no list object (a proxy's answer): one ClusterError, not an internal error (AttributeError)."""
+    cluster.add_node("node-a", netns=False, kube_proxy=False)
+    server = cluster.start()
+    server.list_answer = answer
+    with pytest.raises(ClusterError) as e:
+        _collect(cluster)
+    assert str(e.value).startswith(f"listing nodes at {server.url}: the answer is JSON but no list (a ")
+    assert not (cluster.root / "out").exists()
+
+
+@needs_nodes
 def test_forbidden_node_list_names_the_permission(cluster: FakeCluster):
     cluster.add_node("node-a", netns=False)
     cluster.start(tokens={"t": Grant("alice", resources=frozenset({"pods"}))})

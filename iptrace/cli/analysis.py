@@ -24,8 +24,8 @@ from iptrace.cli.common import (
     load_conntrack,
     load_dump,
     namespace_option,
+    one_stdin,
     output_option,
-    stdin_once,
     table_option,
 )
 
@@ -81,6 +81,7 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
       iptrace services node1.txt -o svg > services.svg
     """
     batch()
+    one_stdin({"DUMP": dump, "--cluster": cluster_files})
     from iptrace.errors import InputError
     from iptrace.kube.select import select_ports
     from iptrace.render.services import iter_services_json, iter_services_json_texts, render_services_text
@@ -210,7 +211,8 @@ _SRC_HELP = ("Where the connection comes from: an IP, or `pod` (an address in th
 _DST_HELP = ("Destination of the new connection: IP:PORT or IP:PORT/proto, or a Service by name "
              "(kube-dns.kube-system:53, NS/NAME:PORT-NAME: its ClusterIP in these rules) (repeatable: every one "
              "answered after one load).")
-_DST_FILE_HELP = ("File with one IP:PORT or IP:PORT/proto a line (# comments, blank lines; `-`: stdin): each "
+_DST_FILE_HELP = ("File with one destination a line, as --dst takes it (IP:PORT, IP:PORT/proto or a Service by "
+                  "name; # comments, blank lines; `-`: stdin): each "
                   "answered after one load. A bad line is an error (exit 1); the others are still answered.")
 _MANY = ("With several destinations, -o json prints a JSON array of the one-destination objects in input order "
          "(an object with `error` for a bad line) and text a header line per destination.")
@@ -249,7 +251,7 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
     from iptrace.kube.sources import of_family, pick_source
     from iptrace.render.trace import render_trace_text
 
-    stdin_once(DUMP=dump, **{"--dst-file": dst_file})
+    one_stdin({"DUMP": dump, "--dst-file": dst_file, "--cluster": cluster_files})
     questions = read_questions(dsts, dst_file, proto)
     check_source(src)
     cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
@@ -346,7 +348,7 @@ def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | N
     from iptrace.explain import Explainer
     from iptrace.render.explain import explain_to_json, render_explain_text
 
-    stdin_once(DUMP=dump, **{"--dst-file": dst_file, "--conntrack": conntrack_file})
+    one_stdin({"DUMP": dump, "--dst-file": dst_file, "--conntrack": conntrack_file, "--cluster": cluster_files})
     questions = read_questions(dsts, dst_file, proto)
     if src is not None:
         check_source(src)

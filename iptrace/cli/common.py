@@ -144,14 +144,6 @@ def first_family(ruleset: Any) -> str:
 _NODE_FORMS = "[user@]host[:port] or a Host alias of ~/.ssh/config"
 
 
-def stdin_once(**inputs: str | None) -> None:
-    """Standard input is read once: two of `inputs` (option name → value) given as `-` are a usage error."""
-    on_stdin = [name for name, value in inputs.items() if value == "-"]
-    if len(on_stdin) > 1:
-        raise click.UsageError(f"{' and '.join(on_stdin[:2])} both read standard input (-); give one of them as a "
-                               "file")
-
-
 def looks_like_path(arg: str) -> bool:
     """An argument meant as a file or directory, never as a node: it has a '/' or a dump file's suffix."""
     return "/" in arg or arg.endswith((".txt", ".gz", ".nft", ".json"))
@@ -171,6 +163,18 @@ def split_sources(sources: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str,
         else:
             nodes.append(source)
     return tuple(paths), tuple(nodes)
+
+
+def one_stdin(inputs: dict[str, str | tuple[str, ...] | None]) -> None:
+    """At most one input may be `-`: the first read takes all of stdin and a second would read nothing (an empty
+    conntrack table is silently no flow at all). `inputs`: option or argument name → its value(s)."""
+    named = [name for name, value in inputs.items() if value is not None
+             for v in ((value,) if isinstance(value, str) else value) if v == "-"]
+    if len(named) > 1:
+        names = list(dict.fromkeys(named))
+        others = "the others as files" if len(named) > 2 else "the other as a file"
+        listed = f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else names[0]
+        raise click.UsageError(f"only one of {listed} can be read from stdin (-); give {others}")
 
 
 def check_nodes(nodes: tuple[str, ...], command: str) -> None:
@@ -201,6 +205,11 @@ def load_conntrack(path: str | None, dump: str, *, lenient: bool = False,
         if dump == "-" or not node.is_dir() or not (node / CONNTRACK_FILE).is_file():
             return None
         path = str(node / CONNTRACK_FILE)
+        from iptrace.collect.store import capped_conntrack_note, read_meta
+
+        capped = capped_conntrack_note(node, read_meta(node))
+        if capped is not None:
+            click.echo(capped, err=True)
     from iptrace.conntrack import load, read_file  # (only when there is a table: an explain without one needs none)
 
     data, name = read_file(path)

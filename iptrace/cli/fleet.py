@@ -25,6 +25,7 @@ from iptrace.cli.common import (
     hold,
     lenient_option,
     namespace_option,
+    one_stdin,
     output_option,
     split_sources,
     table_option,
@@ -98,6 +99,8 @@ def _targets(nodes: tuple[str, ...], inventory: str | None, kubeconfig: str | No
         state = load_cluster_live(kubeconfig, context, None, node_selector=node_selector)
         targets += [NodeTarget.parse(ip if ":" not in ip else f"[{ip}]", name=name)
                     for name, ip in node_addresses(state, node_selector)]
+    if not targets and inventory:
+        raise click.UsageError(f"no nodes: {inventory} lists none (one [user@]host[:port] a line, # comments)")
     if not targets:
         raise click.UsageError("no nodes: give NODE arguments, --inventory FILE or --kubeconfig")
     return targets
@@ -166,13 +169,15 @@ def _run_collect(targets: list[Any], out: Path, opts: dict[str, Any]) -> list[An
         }
     if sys.stderr.isatty():
         from rich.console import Console
+        from rich.markup import escape
         from rich.progress import Progress
 
+        # (escape: an IPv6 node's name, `[fd00::5]:22`, is no rich markup)
         with Progress(console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task("collecting", total=len(targets))
 
             def tick(result: Any) -> None:
-                bar.update(task, advance=1, description=f"collected {result.node}")
+                bar.update(task, advance=1, description=f"collected {escape(result.node)}")
 
             return collect(targets, progress=tick, **kwargs)
     return collect(targets, **kwargs)
@@ -284,6 +289,7 @@ def _analyse(nodes: list[Any], cluster: Any, lenient: bool, pictures: bool, jobs
                               "contain": _contained}
     if sys.stderr.isatty() and len(nodes) > 1:
         from rich.console import Console
+        from rich.markup import escape
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -295,7 +301,7 @@ def _analyse(nodes: list[Any], cluster: Any, lenient: bool, pictures: bool, jobs
                 bar.advance(task)
                 done = bar.tasks[0]
                 rate = done.speed
-                bar.update(task, description=f"audited {result.name}",
+                bar.update(task, description=f"audited {escape(result.name)}",
                            rate=f"{rate * 60:.1f} nodes/min" if rate else "")
 
             results = analyse_nodes(nodes, progress=tick, **kwargs)
@@ -381,6 +387,7 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
     from iptrace.render.json import CompactItems
 
     _check_via(opts)
+    one_stdin({"SOURCES": sources, "--cluster": cluster_files})
     failures: list[Any] = []
     cluster: Any = None
     if merge_documents:
@@ -491,6 +498,7 @@ def diff(a: str, b: str, output: str, cluster_files: tuple[str, ...], kubeconfig
     batch()
     if a == b == "-":
         raise click.UsageError("only one side of a diff can be read from stdin (-); give the other as a file")
+    one_stdin({"A": a, "B": b, "--cluster": cluster_files})
     from iptrace.kube.diff import combined, family_pairs
     from iptrace.kube.diff import diff as run_diff
     from iptrace.render.audit import diff_to_json, render_diff_text

@@ -47,8 +47,25 @@ class Question:
         return f"{host}:{self.port}/{self.proto}"
 
 
+def named_question(text: str, where: str, default_proto: str) -> Question | None:
+    """A Service named instead of an address (`kube-dns.kube-system:53`, `NS/NAME:PORT-NAME`, either with
+    `/proto`), as --dst and a --dst-file line both take it; None when `text` names an address."""
+    # (a protocol is what follows the last slash: a Service's NAMESPACE/NAME has one of its own)
+    body, slash, proto = text.rpartition("/")
+    if not slash or proto.lower() not in PROTOCOLS:
+        body, slash, proto = text, "", ""
+    name, _, port_text = body.rpartition(":")
+    if _is_address(name):
+        return None
+    return _service(name, port_text, where, text, proto.lower() if slash else default_proto, bool(slash))
+
+
 def parse_question(text: str, where: str, default_proto: str) -> Question:
-    """`IP:PORT` or `IP:PORT/proto` (IPv6 as `[addr]:port`); a Question with its error when it is neither."""
+    """`IP:PORT` or `IP:PORT/proto` (IPv6 as `[addr]:port`), or a Service by name; a Question with its error when
+    it is none of them."""
+    named = named_question(text, where, default_proto)
+    if named is not None:
+        return named
     body, slash, proto = text.partition("/")
     proto = proto.lower() if slash else default_proto
     if slash and proto not in PROTOCOLS:
@@ -64,8 +81,7 @@ def parse_question(text: str, where: str, default_proto: str) -> Question:
         ip_address(host)
         number = int(port)
     except ValueError:
-        named = _service(host, port, where, text, proto, bool(slash))
-        return named or Question(where, text, error=f"{where}: found {text!r}; expected {EXPECTED}")
+        return Question(where, text, error=f"{where}: found {text!r}; expected {EXPECTED}")
     if not 0 < number <= 65535:
         return Question(where, text, error=f"{where}: found {text!r}: port {number} is out of range; expected "
                                            "1-65535")
@@ -79,13 +95,7 @@ def read_questions(dsts: Sequence[str], dst_file: str | None, default_proto: str
 
     out = []
     for text in dsts:
-        # (a protocol is what follows the last slash: a Service's NAMESPACE/NAME has one of its own)
-        body, slash, proto = text.rpartition("/")
-        if not slash or proto.lower() not in PROTOCOLS:
-            body, slash, proto = text, "", ""
-        name, _, port_text = body.rpartition(":")
-        named = None if _is_address(name) else _service(name, port_text, "--dst", text,
-                                                        proto.lower() if slash else default_proto, bool(slash))
+        named = named_question(text, "--dst", default_proto)
         if named is not None:
             out.append(named)
             continue

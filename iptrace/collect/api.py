@@ -11,6 +11,7 @@ is interrupted (KeyboardInterrupt, or SIGTERM turned into one by the CLI). Libra
 from __future__ import annotations
 
 import json
+import math
 import re
 import secrets
 import threading
@@ -41,7 +42,7 @@ from iptrace.collect.commands import (
     parse_batch,
     worst_case_seconds,
 )
-from iptrace.collect.gather import NodeResult, Runner, gather
+from iptrace.collect.gather import NodeResult, Runner, gather, stopped_early
 from iptrace.collect.kubeconfig import ApiAccess, connection_reason, open_api
 from iptrace.collect.workers import run_parallel
 from iptrace.errors import ClusterError, CollectError, InputError
@@ -52,6 +53,8 @@ METHODS = ("auto", "exec", "pod")
 ERROR_KINDS = ("forbidden", "pod-security", "image-pull", "not-started", "rejected", "exit", "timeout", "exec",
                "api", "unsupported", "command", "command-missing", "permission")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+# A Node's name as the API server validates it (a DNS-1123 subdomain, at most 253 characters).
+_NODE_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*")
 
 
@@ -86,7 +89,8 @@ def collect_api(nodes: Sequence[str], *, out_dir: Path, kubeconfig: str | None =
         raise InputError(f"--api-method must be one of {', '.join(METHODS)}, not {method!r}")
     if parallel < 1:
         raise InputError(f"--parallel must be at least 1, not {parallel}")
-    if timeout <= 0 or listing_timeout <= 0:
+    # (nan passes `<= 0` and inf overflows the request timeouts)
+    if not all(0 < t < math.inf for t in (timeout, listing_timeout)):
         raise InputError("timeouts must be positive numbers of seconds")
     if conntrack_max_entries < 0:
         raise InputError(f"--conntrack-max-entries must be 0 (no cap) or more, not {conntrack_max_entries}")
@@ -133,6 +137,7 @@ def _list(api_call: Callable[..., Any], access: ApiAccess, what: str, permission
 
     items: list[dict[str, Any]] = []
     token: str | None = None
+    seen: set[str] = set()
     while True:
         try:
             response = api_call(limit=500, _continue=token, _preload_content=False,
@@ -153,10 +158,19 @@ def _list(api_call: Callable[..., Any], access: ApiAccess, what: str, permission
         except ValueError:
             raise ClusterError(f"listing {what} at {access.server}: the answer is not JSON; is it a Kubernetes "
                                "API server?") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("items") or [], list):
+            raise ClusterError(f"listing {what} at {access.server}: the answer is JSON but no list (a "
+                               f"{type(doc).__name__}, not an object with items); is it a Kubernetes API server?")
         items += [i for i in doc.get("items") or [] if isinstance(i, dict)]
-        token = (doc.get("metadata") or {}).get("continue") or None
+        meta = doc.get("metadata")
+        token = (meta.get("continue") if isinstance(meta, dict) else None) or None
         if not token:
             return items
+        # A server (or proxy) that answers with a token it gave before would have this loop list for ever.
+        if not isinstance(token, str) or token in seen:
+            raise ClusterError(f"listing {what} at {access.server}: the API server repeated a continue token (page "
+                               f"{len(seen) + 1}); the list never ends")
+        seen.add(token)
 
 
 def _choose_nodes(api: Any, access: ApiAccess, names: Sequence[str], selector: str | None,
@@ -253,24 +267,30 @@ def _collect_node(plan: _Plan, node: NodeInfo) -> NodeResult:
     warnings: list[str] = []
     notes: list[str] = []
     try:
+        if not _NODE_NAME.fullmatch(node.name):
+            # The name becomes a directory under --out: only a name the API server could have stored is one.
+            raise CollectError(f"{node.name!r}: the API server lists a node of this name, which is no Kubernetes "
+                               "node name (a DNS subdomain); not collected", kind="unsupported", node=node.name)
         if node.os != "linux":
             raise CollectError(f"{node.name}: a {node.os} node has no iptables rules of kube-proxy to collect",
                                kind="unsupported", node=node.name)
         boundary = f"iptrace-{secrets.token_hex(16)}"
         output: bytes | None = None
         said, used, where = b"", "", ""
+        timed_out: str | None = None
         if plan.method != "pod":
-            output, said, where, refusal = _try_exec(plan, node, boundary)
+            output, said, where, problem = _try_exec(plan, node, boundary)
             if output is not None:
                 used = "exec"
+                timed_out = problem[0] or None
             elif plan.method == "exec":
-                raise CollectError(f"{node.name}: {refusal[0]}", kind=refusal[1], node=node.name)
+                raise CollectError(f"{node.name}: {problem[0]}", kind=problem[1], node=node.name)
             else:
-                notes.append(f"collected with a collector pod: {refusal[0]}")
+                notes.append(f"collected with a collector pod: {problem[0]}")
         if output is None:
             output, where = _run_pod(plan, node, boundary, warnings)
             used = "pod"
-        gathered = _gather(output, said, boundary, node.name, used, plan.conntrack_cap)
+        gathered = _gather(output, said, boundary, node.name, used, plan.conntrack_cap, timed_out)
         meta = {**gathered.meta, "via": "api", "method": used, "pod": where,
                 "image": plan.image if used == "pod" else plan.kube_proxy[node.name].image,
                 "server": plan.access.server, "context": plan.access.context, "collected_at": collected_at,
@@ -290,7 +310,8 @@ def _collect_node(plan: _Plan, node: NodeInfo) -> NodeResult:
 
 def _try_exec(plan: _Plan, node: NodeInfo,
               boundary: str) -> tuple[bytes | None, bytes, str, tuple[str, str]]:
-    """(stdout, stderr, pod, _) when the exec ran; (None, b"", "", (why not, error kind)) when it could not."""
+    """(stdout, stderr, pod, ("", "")) when the exec ran, (stdout so far, stderr, pod, (why, "timeout")) when a
+    listing was stopped at its time; (None, b"", "", (why not, error kind)) when it could not run."""
     if plan.exec_unavailable is not None:
         return None, b"", "", plan.exec_unavailable
     pod = plan.kube_proxy.get(node.name)
@@ -304,15 +325,17 @@ def _try_exec(plan: _Plan, node: NodeInfo,
     # NOTE: the exec stream takes over the ApiClient it is given: one per exec.
     api_client = plan.access.client()
     try:
-        stdout, stderr = run_exec(client.CoreV1Api(api_client), node.name, pod, invocation.argv(boundary), clock,
-                                  plan.cancel)
+        stdout, stderr, timed_out = run_exec(client.CoreV1Api(api_client), pod, invocation.argv(boundary), clock,
+                                             plan.cancel)
     except ExecRefused as e:
         if e.kind == "cancelled":
             raise CollectError(f"{node.name}: interrupted", kind="cancelled", node=node.name) from None
         return None, b"", "", (str(e), e.kind)
     finally:
         api_client.close()
-    return stdout, stderr, f"{KUBE_PROXY_NAMESPACE}/{pod.name}", ("", "")
+    if timed_out is not None and parse_batch(stdout, boundary).running is None:
+        raise CollectError(f"{node.name}: {clock.describe()} {timed_out}", kind="timeout", node=node.name)
+    return stdout, stderr, f"{KUBE_PROXY_NAMESPACE}/{pod.name}", (timed_out or "", "timeout" if timed_out else "")
 
 
 def _run_pod(plan: _Plan, node: NodeInfo, boundary: str, warnings: list[str]) -> tuple[bytes, str]:
@@ -332,8 +355,10 @@ def _run_pod(plan: _Plan, node: NodeInfo, boundary: str, warnings: list[str]) ->
         api_client.close()
 
 
-def _gather(output: bytes, said: bytes, boundary: str, node: str, used: str, cap: int) -> Any:
-    """`said`: the exec's stderr (a pod's log holds both streams already)."""
+def _gather(output: bytes, said: bytes, boundary: str, node: str, used: str, cap: int,
+            timed_out: str | None = None) -> Any:
+    """`said`: the exec's stderr (a pod's log holds both streams already); `timed_out`: why the exec was stopped
+    before its end."""
     batch = parse_batch(output, boundary)
     kind = "exit"
     if batch.encoding is None:
@@ -346,5 +371,7 @@ def _gather(output: bytes, said: bytes, boundary: str, node: str, used: str, cap
                            "its containerLogMaxSize, 10 MiB by default; the compressed output was larger)",
                            kind=kind, node=node)
     if batch.running is not None:
-        raise CollectError(f"{node}: the output stops while {batch.running} was running", kind=kind, node=node)
+        ended = "the exec stream closed" if used == "exec" else "the collector pod's log ends"
+        batch = stopped_early(batch, node, timed_out or f"stopped: {ended} while it ran",
+                              "timeout" if timed_out else kind)
     return gather(batch, node, Runner(used), conntrack_cap=cap)

@@ -15,7 +15,6 @@ from typing import Any
 
 from iptrace.collect.api_status import ApiFailure, forbidden_text
 from iptrace.collect.commands import StepClock
-from iptrace.errors import CollectError
 
 KUBE_PROXY_NAMESPACE = "kube-system"
 # The v4.channel.k8s.io protocol: the first byte of every message names its stream.
@@ -58,10 +57,10 @@ def kube_proxy_pods(items: list[dict[str, Any]]) -> dict[str, KubeProxyPod]:
     return {node: pod for node, (_, pod) in found.items()}
 
 
-def run_exec(api: Any, node: str, pod: KubeProxyPod, argv: tuple[str, ...], clock: StepClock,
-             cancel: threading.Event) -> tuple[bytes, bytes]:
-    """(stdout, stderr) of `argv` run in the pod. Raises ExecRefused when it could not run at all, CollectError
-    (kind timeout) when a step ran out of time."""
+def run_exec(api: Any, pod: KubeProxyPod, argv: tuple[str, ...], clock: StepClock,
+             cancel: threading.Event) -> tuple[bytes, bytes, str | None]:
+    """(stdout, stderr, None) of `argv` run in the pod. Raises ExecRefused when it could not run at all. A step
+    that runs out of time is stopped (the exec is closed): then the output so far and why it stopped."""
     from kubernetes.client.exceptions import ApiException
     from kubernetes.stream import stream
     from websocket import ABNF, WebSocketConnectionClosedException, WebSocketException
@@ -82,9 +81,9 @@ def run_exec(api: Any, node: str, pod: KubeProxyPod, argv: tuple[str, ...], cloc
                 raise ExecRefused("interrupted", "cancelled")
             remaining = clock.deadline() - time.monotonic()
             if remaining <= 0:
-                raise CollectError(f"{node}: {clock.describe()} did not finish within {clock.allowance():g}s in "
-                                   f"{KUBE_PROXY_NAMESPACE}/{pod.name}; the exec was closed", kind="timeout",
-                                   node=node)
+                return b"".join(channels[STDOUT]), b"".join(channels[STDERR]), (
+                    f"did not finish within {clock.allowance():g}s in {KUBE_PROXY_NAMESPACE}/{pod.name}; the exec "
+                    "was closed")
             if not _readable(sock.sock, min(remaining, 0.25)):
                 continue
             opcode, frame = sock.recv_data_frame(True)
@@ -106,7 +105,7 @@ def run_exec(api: Any, node: str, pod: KubeProxyPod, argv: tuple[str, ...], cloc
     finally:
         ws.close()
     _check_status(b"".join(channels[STATUS]), pod)
-    return b"".join(channels[STDOUT]), b"".join(channels[STDERR])
+    return b"".join(channels[STDOUT]), b"".join(channels[STDERR]), None
 
 
 def _readable(sock: Any, timeout: float) -> bool:

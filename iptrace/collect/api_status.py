@@ -80,9 +80,17 @@ def missing_permission(message: str) -> str | None:
 
 
 def forbidden_text(failure: ApiFailure, fallback: str) -> str:
-    """One line for an RBAC 403: the permission that is missing, and where the needed RBAC is written."""
-    permission = missing_permission(failure.message) or fallback
-    return f"forbidden: missing permission {permission}; {README_RBAC}"
+    """One line for a 403. An RBAC denial (or a bare 403 without a body): the permission that is missing, and where
+    the needed RBAC is written. Anything else that answers 403 (a ResourceQuota, an admission webhook such as
+    Kyverno or Gatekeeper) is no missing permission: its own words, on one line."""
+    permission = missing_permission(failure.message)
+    if permission is None and not _BARE_FORBIDDEN.fullmatch(failure.message.strip()):
+        return f"forbidden: {' '.join(failure.message.split())[:500]}"
+    return f"forbidden: missing permission {permission or fallback}; {README_RBAC}"
+
+
+# What a 403 without a Status body says (the exec handshake's "403 Forbidden", an empty reason).
+_BARE_FORBIDDEN = re.compile(r"(?:\d{3}\s*)?(?:forbidden)?\.?", re.IGNORECASE)
 
 
 def pod_security_text(failure: ApiFailure, namespace: str) -> str:

@@ -15,6 +15,8 @@ import re
 import zlib
 from dataclasses import dataclass
 
+from iptrace.errors import printable
+
 # How a collector pod reaches the node's own tools: every namespace of the host's PID 1.
 NSENTER_HOST = ("nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--")
 
@@ -198,7 +200,7 @@ def _steps(body: bytes, token: bytes) -> Batch:
         if err_end < 0:
             return Batch(steps, "plain", name)
         code = body[status_at + len(status_mark):line_end].decode("ascii", "replace").rpartition(" ")[2]
-        stderr = body[line_end + 1:err_end].decode("utf-8", "replace").strip()
+        stderr = printable(body[line_end + 1:err_end].decode("utf-8", "replace")).strip()
         steps[name] = StepOutput(name, int(code) if code.isdigit() else -1, body[name_end + 1:status_at], stderr)
         position = err_end + len(end_mark)
 

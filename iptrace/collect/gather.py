@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from iptrace.collect import store
-from iptrace.collect.commands import COMMANDS, Batch, StepOutput
+from iptrace.collect.commands import COMMANDS, STEPS, Batch, StepOutput
 from iptrace.errors import CollectError
 
 # iptables-nft prints this when the legacy backend also holds tables (e.g. an old kube-proxy image);
@@ -72,6 +72,27 @@ def needs_legacy_followup(batch: Batch) -> bool:
     save = batch.steps.get("iptables-save")
     return (save is not None and save.status == 0 and "iptables-legacy-save" not in batch.steps
             and LEGACY_WARNING.encode() in save.stdout)
+
+
+# The steps every run reaches (the others run only on some nodes: legacy tables, no `ip`).
+_ALWAYS_RUN = tuple(s for s in STEPS if s not in ("iptables-legacy-save", "proc-addresses"))
+
+
+def stopped_early(batch: Batch, node: str, why: str, kind: str) -> Batch:
+    """A run that stopped while `batch.running` ran (`why`: "did not finish within 30s; it was stopped",
+    "stopped: the connection closed while it ran"). Raises CollectError when iptables-save itself is not
+    complete; otherwise that step and the steps never reached become failed steps, so that each is named as cut
+    or not run (not as a missing command) and everything complete is kept."""
+    running = batch.running
+    assert running is not None
+    command = f"`{' '.join(COMMANDS.get(running, (running,)))}`"
+    if "iptables-save" not in batch.steps:
+        raise CollectError(f"{node}: {command} {why}", kind=kind, node=node)
+    steps = dict(batch.steps)
+    steps[running] = StepOutput(running, -1, b"", why)
+    for step in _ALWAYS_RUN:
+        steps.setdefault(step, StepOutput(step, -1, b"", f"not run: the node's run ended at {command}"))
+    return Batch(steps, batch.encoding)
 
 
 def gather(batch: Batch, node: str, runner: Runner, *, conntrack_cap: int = 0) -> Gathered:

@@ -6,9 +6,13 @@ client is imported inside the functions so that importing this module stays chea
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,10 +73,12 @@ def open_api(kubeconfig: str | None, context: str | None) -> ApiAccess:
         raise ClusterError(f"no kubeconfig: {shown} does not exist; pass --kubeconfig PATH or set KUBECONFIG")
     # A list in $KUBECONFIG is merged by the client itself, like kubectl does.
     path = os.path.expanduser(shown) if kubeconfig else shown
+    plugin = _PluginFailures()
     try:
         # persist_config=False: never write refreshed credentials back into the user's kubeconfig.
-        config.load_kube_config(config_file=path, context=context, client_configuration=configuration,
-                                persist_config=False)
+        with plugin.heard():
+            config.load_kube_config(config_file=path, context=context, client_configuration=configuration,
+                                    persist_config=False)
     except ConfigException as e:
         raise ClusterError(_config_error(shown, context, str(e))) from None
     except yaml.YAMLError as e:
@@ -83,6 +89,14 @@ def open_api(kubeconfig: str | None, context: str | None) -> ApiAccess:
         # The loader indexes into the YAML without checking its shape, so a kubeconfig of the wrong shape
         # surfaces as one of these.
         raise ClusterError(f"kubeconfig {shown} cannot be used: {type(e).__name__}: {e}") from None
+    if not configuration.verify_ssl:
+        # The kubeconfig asks for it (insecure-skip-tls-verify): kubectl says nothing, while urllib3 would print
+        # its two-line warning on stderr for every request.
+        warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+    if plugin.messages:
+        raise ClusterError(f"kubeconfig {shown}: its credential plugin (the user's `exec` command) failed "
+                           f"({' '.join(plugin.messages[0].split())[:300]}); run it by hand to see why, or log in "
+                           "again")
     try:
         contexts, active = config.list_kube_config_contexts(config_file=path)
     except (ConfigException, OSError, ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError):
@@ -91,6 +105,28 @@ def open_api(kubeconfig: str | None, context: str | None) -> ApiAccess:
     namespace = ((chosen or {}).get("context") or {}).get("namespace")
     return ApiAccess(configuration, configuration.host, shown, context,
                      namespace if isinstance(namespace, str) and namespace else None)
+
+
+class _PluginFailures(logging.Handler):
+    """What the kubernetes client says about its exec credential plugin: it logs a failure on the root logger
+    (where Python's logging would print a stray 'ERROR:root:…' line) and goes on without credentials, so that
+    the API's 401 would then blame an expired token."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    @contextlib.contextmanager
+    def heard(self) -> Iterator[None]:
+        root = logging.getLogger()
+        root.addHandler(self)
+        try:
+            yield
+        finally:
+            root.removeHandler(self)
 
 
 def _in_cluster(configuration: Any, context: str | None) -> ApiAccess:

@@ -7,6 +7,8 @@ Library code: no printing.
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import secrets
 import shlex
 import time
@@ -24,7 +26,7 @@ from iptrace.collect.commands import (
     StepOutput,
     parse_batch,
 )
-from iptrace.collect.gather import NodeResult, Runner, gather, needs_legacy_followup
+from iptrace.collect.gather import NodeResult, Runner, gather, needs_legacy_followup, stopped_early
 from iptrace.collect.ssh_connect import (
     Hop,
     Settings,
@@ -36,7 +38,7 @@ from iptrace.collect.ssh_connect import (
 )
 from iptrace.collect.targets import USER_RE, NodeTarget, parse_target, read_inventory
 from iptrace.collect.workers import run_parallel
-from iptrace.errors import CollectError, InputError
+from iptrace.errors import CollectError, InputError, printable
 
 if TYPE_CHECKING:
     import paramiko
@@ -77,7 +79,8 @@ def collect(targets: Iterable[NodeTarget | str], *, out_dir: Path, user: str | N
         seen[node.name] = node
     if parallel < 1:
         raise InputError(f"--parallel must be at least 1, not {parallel}")
-    if connect_timeout <= 0 or command_timeout <= 0 or listing_timeout <= 0:
+    # (nan passes `<= 0` and inf overflows the socket timeouts)
+    if not all(0 < t < math.inf for t in (connect_timeout, command_timeout, listing_timeout)):
         raise InputError("timeouts must be positive numbers of seconds")
     if conntrack_max_entries < 0:
         raise InputError(f"--conntrack-max-entries must be 0 (no cap) or more, not {conntrack_max_entries}")
@@ -98,6 +101,11 @@ def collect(targets: Iterable[NodeTarget | str], *, out_dir: Path, user: str | N
                         connect_timeout=float(connect_timeout), command_timeout=float(command_timeout),
                         allow_agent=allow_agent, config=load_ssh_config(ssh_config),
                         listing_timeout=float(listing_timeout), conntrack_cap=conntrack_max_entries)
+    # paramiko logs each failed handshake with its traceback: with no handler of the application's, Python would
+    # print those on stderr beside the one-line errors. (A handler the application adds still gets them.)
+    paramiko_log = logging.getLogger("paramiko")
+    if not any(isinstance(h, logging.NullHandler) for h in paramiko_log.handlers):
+        paramiko_log.addHandler(logging.NullHandler())
     out_dir = Path(out_dir)
     try:
         store.ensure_private_dir(out_dir, tighten=False)
@@ -153,8 +161,22 @@ def _gather(client: paramiko.SSHClient, hop: Hop, target: NodeTarget,
     boundary = f"iptrace-{secrets.token_hex(16)}"
     invocation = Invocation(privileged=SUDO_ARGV if settings.sudo else (), conntrack_cap=settings.conntrack_cap)
     clock = StepClock(boundary, settings.command_timeout, settings.listing_timeout, time.monotonic())
-    stdout, stderr, status = _run(client, shlex.join(invocation.argv(boundary)), settings, node, clock)
+    stdout, stderr, status, timed_out = _run(client, shlex.join(invocation.argv(boundary)), settings, node, clock,
+                                             salvage=True)
     batch = parse_batch(stdout, boundary)
+    if batch.running is not None:
+        # Cut in the middle of a step: what was complete is kept (stopped_early names the rest). A channel that
+        # closes without an exit status is a connection that went away (the transport saved why before it closed
+        # its channels), or a shell killed by a signal while the connection stays up (paramiko keeps no
+        # exit-signal).
+        transport = client.get_transport()
+        alive = transport is not None and transport.saved_exception is None and transport.is_active()
+        ended = (f"the node's shell exited with status {status}" if status != -1
+                 else "the node's shell was killed" if alive else "the connection closed")
+        why = timed_out or f"stopped: {ended} while it ran"
+        batch = stopped_early(batch, node, why, "timeout" if timed_out else "ssh")
+    elif timed_out:
+        raise CollectError(f"{node}: {clock.describe()} {timed_out}", kind="timeout", node=node)
     if batch.encoding is None:
         detail = stderr.decode("utf-8", "replace").strip().splitlines()
         raise CollectError(f"{node}: the node's shell did not run the commands (exit status {status}"
@@ -165,9 +187,10 @@ def _gather(client: paramiko.SSHClient, hop: Hop, target: NodeTarget,
         # modules and create them, changing the node it is auditing.
         legacy = StepClock(boundary, settings.command_timeout, settings.listing_timeout, time.monotonic())
         legacy.step = "iptables-legacy-save"
-        out, err, code = _run(client, remote_command(SAVE_LEGACY_ARGV, sudo=settings.sudo), settings, node, legacy)
+        out, err, code, _ = _run(client, remote_command(SAVE_LEGACY_ARGV, sudo=settings.sudo), settings, node,
+                                 legacy)
         batch.steps["iptables-legacy-save"] = StepOutput("iptables-legacy-save", code, out,
-                                                         err.decode("utf-8", "replace").strip())
+                                                         printable(err.decode("utf-8", "replace")).strip())
     gathered = gather(batch, node, Runner("ssh", settings.sudo, hop.user), conntrack_cap=settings.conntrack_cap)
     meta: dict[str, Any] = {
         **gathered.meta,
@@ -182,10 +205,11 @@ def _gather(client: paramiko.SSHClient, hop: Hop, target: NodeTarget,
     return gathered.dumps, meta, gathered.warnings, gathered.notes
 
 
-def _run(client: paramiko.SSHClient, command: str, settings: Settings, node: str,
-         clock: StepClock) -> tuple[bytes, bytes, int]:
-    """Run one remote command to its end: (stdout, stderr, exit status). `clock` follows the script's steps
-    through stdout; a step still running when its time is up is stopped, and named."""
+def _run(client: paramiko.SSHClient, command: str, settings: Settings, node: str, clock: StepClock, *,
+         salvage: bool = False) -> tuple[bytes, bytes, int, str | None]:
+    """Run one remote command to its end: (stdout, stderr, exit status, None). `clock` follows the script's steps
+    through stdout; a step still running when its time is up is stopped, and named (a CollectError); with
+    `salvage` the output so far is returned instead, with exit status -1 and why it stopped."""
     import paramiko
 
     transport = client.get_transport()
@@ -223,7 +247,7 @@ def _run(client: paramiko.SSHClient, command: str, settings: Settings, node: str
                 raise _Cancelled
             if time.monotonic() >= clock.deadline():
                 raise TimeoutError
-        return b"".join(out), b"".join(err), channel.recv_exit_status()
+        return b"".join(out), b"".join(err), channel.recv_exit_status(), None
     except _Cancelled:
         if channel is not None:
             _kill(channel)
@@ -232,6 +256,8 @@ def _run(client: paramiko.SSHClient, command: str, settings: Settings, node: str
     except TimeoutError:
         if channel is not None:
             _kill(channel)
+        if salvage:
+            return b"".join(out), b"".join(err), -1, f"did not finish within {clock.allowance():g}s; it was stopped"
         raise CollectError(f"{node}: {clock.describe()} did not finish within {clock.allowance():g}s; it was "
                            "stopped", kind="timeout", node=node) from None
     except (paramiko.SSHException, OSError, EOFError) as exc:

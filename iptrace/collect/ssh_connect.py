@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import re
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -193,11 +194,13 @@ def _fingerprint(key: paramiko.PKey) -> str:
     return key.fingerprint  # "SHA256:…", as OpenSSH prints it
 
 
-def _host_key_policy(hop: Hop, node: str) -> paramiko.MissingHostKeyPolicy:
+def _host_key_policy(hop: Hop, node: str, revoked: set[tuple[str, str]]) -> paramiko.MissingHostKeyPolicy:
     import paramiko
 
     class Policy(paramiko.MissingHostKeyPolicy):
         def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+            if (key.get_name(), key.get_base64()) in revoked:
+                raise _revoked_error(hostname, key, hop, node)
             where = " ".join(str(p) for p in hop.known_hosts_files)
             if not hop.accept_new:
                 raise CollectError(
@@ -310,17 +313,18 @@ def _handshake(hop: Hop, sock: Any, settings: Settings, node: str) -> paramiko.S
     import paramiko
 
     client = paramiko.SSHClient()
+    revoked: set[tuple[str, str]] = set()
     try:
         for path in hop.known_hosts_files:
             if path.is_file():
-                client.get_host_keys().load(str(path))
+                revoked |= _load_known_hosts(client.get_host_keys(), path)
         global_file = Path("/etc/ssh/ssh_known_hosts")
         if global_file.is_file():
-            client.load_system_host_keys(str(global_file))
-    except (OSError, UnicodeDecodeError, paramiko.SSHException, ValueError) as exc:
+            revoked |= _load_known_hosts(client.get_system_host_keys(), global_file)
+    except (OSError, UnicodeDecodeError) as exc:
         client.close()
         raise CollectError(f"{node}: cannot read known_hosts ({exc})", kind="host-key", node=node) from exc
-    client.set_missing_host_key_policy(_host_key_policy(hop, node))
+    client.set_missing_host_key_policy(_host_key_policy(hop, node, revoked))
     host_key_port = DEFAULT_SSH_PORT if not hop.host_key_name.startswith("[") else hop.port
     host_key_host = hop.host_key_name if not hop.host_key_name.startswith("[") else hop.hostname
     try:
@@ -332,7 +336,54 @@ def _handshake(hop: Hop, sock: Any, settings: Settings, node: str) -> paramiko.S
     except BaseException:
         client.close()
         raise
+    transport = client.get_transport()
+    offered = transport.get_remote_server_key() if transport is not None else None
+    if offered is not None and (offered.get_name(), offered.get_base64()) in revoked:
+        # (a revoked key that is also listed as the host's: paramiko accepted it without asking the policy)
+        client.close()
+        raise _revoked_error(hop.host_key_name, offered, hop, node)
     return client
+
+
+def _load_known_hosts(keys: paramiko.HostKeys, path: Path) -> set[tuple[str, str]]:
+    """Read one known_hosts file into `keys` the way ssh reads it, and return its `@revoked` keys (type, base64):
+    those are refused for every host (OpenSSH matches their host patterns; paramiko knows no patterns, and a
+    revoked key is not to be trusted anywhere). `@cert-authority` lines are skipped (paramiko verifies no host
+    certificates: such a host stays unknown, so refused), and so is a line that holds no key, as ssh skips it;
+    paramiko's own loader stops at the first of either."""
+    import paramiko
+    from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
+
+    revoked: set[tuple[str, str]] = set()
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("@"):
+            fields = line.split()
+            if fields[0] == "@revoked" and len(fields) >= 4:
+                revoked.add((fields[2], fields[3]))
+            continue
+        try:
+            entry = HostKeyEntry.from_line(line, number)
+        except (InvalidHostKey, paramiko.SSHException, ValueError):  # (not base64; no key of its type)
+            continue
+        if entry is not None:
+            for name in entry.hostnames:
+                if keys.lookup(name) is None or entry.key.get_name() not in keys.lookup(name):
+                    keys.add(name, entry.key.get_name(), entry.key)
+    return revoked
+
+
+def _revoked_error(hostname: str, key: paramiko.PKey, hop: Hop, node: str) -> CollectError:
+    files = " ".join(str(p) for p in hop.known_hosts_files)
+    return CollectError(f"{node}: host key of {hostname} ({key.get_name()} {_fingerprint(key)}) is REVOKED in "
+                        f"known_hosts ({files} or /etc/ssh/ssh_known_hosts); it is never accepted",
+                        kind="host-key", node=node)
+
+
+# What paramiko says of a key file it cannot read as a private key (a .pub, a truncated or foreign file).
+_KEY_UNREADABLE = re.compile(r"private key file|invalid key|no lines in", re.IGNORECASE)
 
 
 def reason(exc: BaseException) -> str:
@@ -362,6 +413,12 @@ def _classify_connect_error(exc: BaseException, hop: Hop, node: str, via: str,
         agent = " and the agent" if agent_used else ""
         return CollectError(f"{node}: authentication failed for {where} (tried {tried}{agent}); "
                             "check --user and -i", kind="auth", node=node)
+    if isinstance(exc, paramiko.SSHException) and _KEY_UNREADABLE.search(reason(exc)):
+        # (paramiko tries every key; this is the last one's, raised when none could be used)
+        tried = ", ".join(hop.identity_files) or "default keys"
+        return CollectError(f"{node}: authentication failed for {where} (tried {tried}): a key file is not a "
+                            f"private key ({reason(exc)}); give -i the private key, not its .pub",
+                            kind="auth", node=node)
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError | ConnectionRefusedError):
         return CollectError(f"{node}: connection to {where} refused; is sshd listening on port {hop.port}?",
                             kind="refused", node=node)

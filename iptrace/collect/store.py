@@ -79,15 +79,7 @@ def read_node_dir(path: Path) -> NodeSnapshot:
         raise InputError(f"{dump_path}: missing; {path} is not a collected node directory "
                          f"(run `iptrace collect` again for this node, or save its rules there as {DUMP_FILE} "
                          f"or {NFT_FILE})")
-    meta: dict[str, Any] = {}
-    if _present(meta_path):
-        try:
-            loaded = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(f"{meta_path}: unreadable metadata ({exc}); collect this node again") from exc
-        if not isinstance(loaded, dict):
-            raise InputError(f"{meta_path}: metadata is not a JSON object; collect this node again")
-        meta = loaded
+    meta = read_meta(path)
     addresses = meta.get("addresses", [])
     if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
         raise InputError(f"{meta_path}: `addresses` must be a list of strings; collect this node again")
@@ -111,6 +103,30 @@ def read_node_dir(path: Path) -> NodeSnapshot:
         conntrack_text=_read_optional(path / CONNTRACK_FILE),
         conntrack_path=path / CONNTRACK_FILE if (path / CONNTRACK_FILE).is_file() else None,
     )
+
+
+def capped_conntrack_note(node_dir: Path, meta: dict[str, Any]) -> str | None:
+    """A note when the node's conntrack.txt holds only the first entries of its table (collect's
+    --conntrack-max-entries): the flows beyond them were not checked, so a stale one among them goes unsaid."""
+    table = meta.get("conntrack")
+    if not isinstance(table, dict) or table.get("capped") is not True:
+        return None
+    return (f"note: {node_dir / CONNTRACK_FILE}: holds only the first {table.get('max_entries')} conntrack entries "
+            "of each family (collect --conntrack-max-entries); the flows beyond them were not checked")
+
+
+def read_meta(node_dir: Path) -> dict[str, Any]:
+    """A node directory's meta.json ({} when there is none); raises InputError when it cannot be read."""
+    meta_path = Path(node_dir) / META_FILE
+    if not _present(meta_path):
+        return {}
+    try:
+        loaded = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{meta_path}: unreadable metadata ({exc}); collect this node again") from exc
+    if not isinstance(loaded, dict):
+        raise InputError(f"{meta_path}: metadata is not a JSON object; collect this node again")
+    return loaded
 
 
 def list_snapshot(directory: Path) -> list[NodeSnapshot]:

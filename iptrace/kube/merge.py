@@ -68,6 +68,25 @@ def _proxy_json(proxy: ProxyMode) -> dict[str, Any]:
     return data
 
 
+# A digest's plain fields, by position (name, type, whether null is allowed): a hand-edited value of another type
+# would pass through into the comparison and the report (an address that is a list breaks them). The nested
+# fields are checked as they are read.
+_DIGEST_VALUES: tuple[tuple[int, str, type, bool], ...] = (
+    (1, "cluster_ip", str, True), (2, "port", int, True), (3, "node_port", int, True), (4, "ips", list, False),
+    (5, "external_traffic_policy", str, True), (6, "internal_traffic_policy", str, True),
+    (7, "affinity", int, True), (8, "ranges", list, True), (9, "health_check_node_port", int, True))
+
+
+def _is_value(value: Any, kind: type, optional: bool) -> bool:
+    if value is None:
+        return optional
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is list:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return isinstance(value, kind)
+
+
 class _Reader:
     def __init__(self, source: str) -> None:
         self.source = source
@@ -90,6 +109,11 @@ class _Reader:
     def digest(self, item: Any, where: str) -> PortDigest:
         if not isinstance(item, list) or len(item) != 15:
             raise self.fail(where, item, "a list of the 15 fields of a Service port digest")
+        for i, name, kind, optional in _DIGEST_VALUES:
+            if not _is_value(item[i], kind, optional):
+                expected = {str: "a string", int: "a whole number", list: "a list of strings"}[kind]
+                raise self.fail(f"{where}[{i}]", item[i],
+                                f"{expected}{' or null' if optional else ''} (the port's {name})")
         try:
             (key, cluster_ip, port, node_port, ips, etp, itp, affinity, ranges, hc, signature, endpoints,
              no_endpoints, head, ways) = item
@@ -191,8 +215,9 @@ def merge(documents: Iterable[tuple[str, Mapping[str, Any]]]) -> tuple[list[Node
             nodes[result.name] = (source, result)
     if len(clusters) > 1:
         (a, a_src), (b, b_src) = list(clusters.items())[:2]
-        said = [f"{src}: {'cluster data ' + repr(c[0]) if c[0] else 'no cluster data'}" for c, src in
-                ((a, a_src), (b, b_src))]
+        nodes = {True: " with its Nodes", False: " without Nodes"} if a[0] == b[0] else {True: "", False: ""}
+        said = [f"{src}: {'cluster data ' + repr(c[0]) + nodes[c[1]] if c[0] else 'no cluster data'}"
+                for c, src in ((a, a_src), (b, b_src))]
         raise InputError(f"the audits were made against different cluster data ({'; '.join(said)}); expected "
                          "every shard audited with the same --cluster/--kubeconfig")
     ((cluster_source, cluster_nodes), _first), = clusters.items() if clusters else [((None, False), "")]

@@ -1,28 +1,14 @@
-"""Standard input can be read once: `trace - --dst-file -` read the dump's lines as questions (150 errors, one a
-line) and then found no dump; two inputs on `-` are a usage error naming them. A --dst-file without a question in
-it names the file (it said only that --dst was missing, as if no file were given)."""
+"""A --dst-file without a question in it names the file (it said only that --dst was missing, as if no file were
+given). Two inputs on `-` (`trace - --dst-file -`): tests/test_cli_questions.py."""
 
 from __future__ import annotations
 
-import pytest
 from click.testing import CliRunner
 
 from iptrace.cli import main
 from tests.conftest import SAMPLES
 
 DUMP = SAMPLES / "nodeport-fb-backends.txt"
-
-
-@pytest.mark.parametrize(("args", "named"), [
-    (["trace", "-", "--dst-file", "-"], "DUMP and --dst-file"),
-    (["explain", "-", "--dst-file", "-"], "DUMP and --dst-file"),
-    (["explain", "-", "--dst", "10.101.234.168:5001", "--conntrack", "-"], "DUMP and --conntrack"),
-    (["explain", str(DUMP), "--dst-file", "-", "--conntrack", "-"], "--dst-file and --conntrack")])
-def test_two_inputs_on_stdin_are_a_usage_error(args: list[str], named: str) -> None:
-    result = CliRunner().invoke(main, args, input=DUMP.read_text())
-    assert result.exit_code == 2, result.output
-    assert result.output.splitlines()[-1] == (f"Error: {named} both read standard input (-); give one of them as a "
-                                              "file")
 
 
 def test_a_question_file_without_a_question_names_the_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
