@@ -94,6 +94,29 @@ def test_collect_audit_diff_explain(fleet) -> None:
     assert {o["destination"] for o in json.loads(ok.output)["outcomes"]} == {"10.244.1.5:8080", "10.244.2.6:8080"}
 
 
+def test_audit_reports_a_node_it_could_not_collect(fleet) -> None:
+    """`audit NODE…` with one node unreachable: that node is in the report as a load-error naming why (it said "no
+    findings — every node forwards every Service the same way" and `"ok": true`, the node only on stderr), and
+    the reachable nodes are audited as without it. Exit 1: the audit is incomplete (it wins over 3)."""
+    dead = f"127.0.0.1:{free_port()}"
+    runner = CliRunner()
+    result = runner.invoke(main, ["audit", "node-a", "node-c", dead, "-o", "json", *_ssh_args(fleet)])
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert report["ok"] is False
+    assert [(n["name"], n["status"]) for n in report["nodes"]] == [
+        ("node-a", "ok"), ("node-c", "ok"), (dead, "load-error")]
+    lost = report["nodes"][2]["error"]
+    assert lost.startswith("could not be collected: connection to ") and "refused" in lost, lost
+    assert [(f["id"], f["severity"], f["node"], f["detail"]) for f in report["findings"]] == [
+        ("load-error", "error", dead, lost)]
+    assert f"Error: {dead}: connection to " in result.stderr
+    text = runner.invoke(main, ["audit", "node-a", "node-c", dead, *_ssh_args(fleet)])
+    assert text.exit_code == 1
+    assert text.stdout.startswith("Audit of 3 nodes: 1 error(s)"), text.stdout
+    assert "no findings" not in text.stdout
+
+
 def test_rerun_keeps_the_old_files_of_a_node_that_now_fails(fleet) -> None:
     out = fleet["tmp"] / "snap"
     runner = CliRunner()

@@ -367,7 +367,8 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
     explains are not findings), stale kube-proxies, nodes without kube-proxy rules, backend splits and, with
     --cluster/--kubeconfig, every disagreement between a node's rules and the API. Nodes are analysed one at a
     time in --jobs worker processes, so memory does not grow with the fleet; a progress bar shows on a
-    terminal. Exit status 3 when any finding is an error, else 1 when a node could not be collected.
+    terminal. Exit status 1 when a node could not be collected (it is also in the report, as a load-error), else
+    3 when any finding is an error.
 
     \b
     Examples:
@@ -398,6 +399,12 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
     else:
         results, cluster, failures = _audit_nodes(sources, collect_first, out, cluster_files, namespace, node_ips,
                                                   jobs, output == "html", lenient, opts)
+        # A node that could not be collected is in the report as a node whose rules could not be read (its
+        # load-error says why), not only on stderr: the report must not say every node is fine without it.
+        from iptrace.kube.digest import NodeResult
+
+        results = [*results, *(NodeResult(r.node, f"could not be collected: {str(r.error).removeprefix(f'{r.node}: ')}")
+                               for r in failures)]
         cluster_source = cluster.source if cluster is not None else None
         cluster_nodes = bool(cluster.nodes) if cluster is not None else False
         report = combine(results, cluster)
@@ -414,10 +421,10 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
         click.echo(render_audit_text(report, verbose=verbose), nl=False)
     for r in failures:
         click.echo(f"Error: {r.error}", err=True)
+    if failures:  # (the audit is incomplete: as a destination that could not be answered, that wins over 3)
+        raise click.exceptions.Exit(EXIT_ERROR)
     if report.has_error:
         raise click.exceptions.Exit(EXIT_FINDINGS)
-    if failures:
-        raise click.exceptions.Exit(EXIT_ERROR)
 
 
 def _audit_nodes(sources: tuple[str, ...], collect_first: bool, out: str | None, cluster_files: tuple[str, ...],
