@@ -63,7 +63,8 @@ class FakeCluster:
     kubeconfig: Path | None = None
 
     def add_node(self, name: str, *, netns: bool = True, ready: bool = True, kube_proxy: bool = True,
-                 bin_scripts: dict[str, str] | None = None, os_name: str = "linux") -> FakeNode:
+                 bin_scripts: dict[str, str] | None = None, os_name: str = "linux",
+                 stuck_creating: bool = False) -> FakeNode:
         index = len(self.nodes) + 1
         ip = f"198.18.0.{index}"
         ns = None
@@ -94,7 +95,8 @@ class FakeCluster:
                 (bin_dir / script).chmod(0o755)
         image_dir = kube_proxy_image(self.root / "kube-proxy-image")
         node = FakeNode(name, ns, ready=ready, bin_dir=bin_dir,
-                        kube_proxy_path=f"{bin_dir}:{image_dir}" if bin_dir else str(image_dir))
+                        kube_proxy_path=f"{bin_dir}:{image_dir}" if bin_dir else str(image_dir),
+                        stuck_creating=stuck_creating)
         node.kube_proxy = kube_proxy  # type: ignore[attr-defined]
         node.ip = ip  # type: ignore[attr-defined]
         node.os_name = os_name  # type: ignore[attr-defined]

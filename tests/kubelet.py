@@ -54,6 +54,9 @@ class FakeNode:
     ready: bool = True
     bin_dir: Path | None = None
     kube_proxy_path: str | None = None
+    # The container runtime never creates the pod's sandbox (a FailedCreatePodSandBox or FailedMount in the events):
+    # its container stays waiting, ContainerCreating.
+    stuck_creating: bool = False
 
     def path(self) -> str:
         return f"{self.bin_dir}:{SYSTEM_PATH}" if self.bin_dir else SYSTEM_PATH
@@ -114,6 +117,8 @@ class FakeKubelet:
                 "conditions": [{"type": "PodScheduled", "status": "True"}]}
         self._set(key, {**base, "containerStatuses": [self._container(container, {"waiting": {
             "reason": "ContainerCreating"}})]})
+        if node.stuck_creating:
+            return
         if UNPULLABLE in container["image"]:
             message = (f'failed to pull and unpack image "{container["image"]}": failed to resolve reference '
                        f'"{container["image"]}": not found')

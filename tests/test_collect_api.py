@@ -363,6 +363,25 @@ def test_a_pod_past_its_deadline_is_a_timeout(cluster: FakeCluster, monkeypatch:
     assert "the collector pod ran longer than its deadline (2s) and was stopped" in (result.error or "")
 
 
+@needs_nodes
+def test_a_pod_whose_container_is_never_created_is_not_started(cluster: FakeCluster,
+                                                              monkeypatch: pytest.MonkeyPatch):
+    """A pod the runtime never creates (its container waits, ContainerCreating, as after a FailedCreatePodSandBox)
+    is named not-started once --timeout and the image pull's allowance are past, with where its events say why;
+    it waited for its own deadline (~13 minutes with the defaults) and was then called a pod that ran too long."""
+    monkeypatch.setattr(api_pod, "PULL_ALLOWANCE", 1)
+    cluster.add_node("healthy")
+    cluster.add_node("bad", kube_proxy=False, stuck_creating=True)
+    cluster.start()
+    results = {r.node: r for r in _collect(cluster, timeout=1)}
+    assert results["healthy"].ok, _describe(results.values())
+    bad = results["bad"]
+    assert (bad.ok, bad.error_kind) == (False, "not-started"), bad.error
+    assert "its container is still ContainerCreating (the node's container runtime could not pull its image or " \
+           "create it; `kubectl get events -n default --field-selector involvedObject.name=" in (bad.error or "")
+    assert not (cluster.root / "out" / "bad").exists()
+
+
 # ------------------------------------------------------------------------------------ interrupted, killed
 
 @needs_nodes

@@ -27,6 +27,8 @@ CONTAINER = "collect"
 PULL_ALLOWANCE = 120
 _PULL_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
                   "RegistryUnavailable", "SignatureValidationFailed"}
+# A container waiting for these has not been made yet (its image, its sandbox, its volumes).
+_CREATING = {"ContainerCreating", "PodInitializing"}
 _START_FAILURES = {"CreateContainerError", "CreateContainerConfigError", "RunContainerError", "StartError",
                    "ContainerCannotRun", "PreStartHookError"}
 
@@ -223,6 +225,17 @@ class PodRun:
             raise self._error(f"the node's kubelet rejected the collector pod ({reason}: {message})", "rejected")
         if not containers and not status.get("startTime") and waited > self.start_timeout:
             raise self._error(self._never_started(waited), "not-started")
+        if (waiting.get("reason") in _CREATING and phase == "Pending"
+                and waited > self.start_timeout + PULL_ALLOWANCE):
+            # (pulling the image is ContainerCreating too, hence the pull's allowance; past it, the runtime could not
+            # make the pod's sandbox or mount its volumes: only the pod's events say which, and they outlive the
+            # pod, which is deleted. The pod's own deadline would end it only minutes later, as 'ran too long'.)
+            raise self._error(
+                f"the collector pod {self.namespace}/{self.name} was not started within {waited:.0f}s: its "
+                f"container is still {waiting['reason']} (the node's container runtime could not pull its image or "
+                f"create it; `kubectl get events -n {self.namespace} --field-selector "
+                f"involvedObject.name={self.name}` says why, e.g. FailedCreatePodSandBox or FailedMount)",
+                "not-started")
         return None
 
     def _never_started(self, waited: float) -> str:
