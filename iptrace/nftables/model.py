@@ -395,13 +395,28 @@ class Chain:
     comment: str | None = None
     line: int | None = field(default=None, compare=False)
     handle: int | None = field(default=None, compare=False)
+    # A chain the loader read whole by a template (blocks.py) holds (its rules' maker, the listing, its line,
+    # its rules' normalised values…) instead of its rules, made on first use: most of a listing's ~50,000
+    # endpoint chains are only ever read through this record (port shapes, lines) or not at all.
+    _lazy: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
 
     def __getattr__(self, name: str) -> Any:
-        # The loader leaves the comment and handle of its ~50,000 plain chains unset: they read as None (their
-        # base is set: build.ChainBuilder.freeze).
-        if name in ("comment", "handle"):
+        # Called only for a slot not set yet. The loader leaves the comment, handle and record of its ~50,000
+        # plain chains unset: they read as None (their base is set: build.ChainBuilder.freeze).
+        if name in ("comment", "handle", "_lazy"):
             return None
+        if name == "rules":
+            lazy = self._lazy
+            if lazy is not None:
+                rules = lazy[0](lazy)
+                object.__setattr__(self, "rules", rules)
+                return rules
         raise AttributeError(name)
+
+    @property
+    def rule_count(self) -> int:
+        lazy = self._lazy
+        return lazy[0].count if lazy is not None else len(self.rules)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -494,7 +509,7 @@ class Table:
 
     @property
     def rule_count(self) -> int:
-        return sum(len(c.rules) for c in self.chains)
+        return sum(c.rule_count for c in self.chains)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Table):

@@ -202,7 +202,7 @@ class PortReader:
         candidates: list[Chain] = [services] if services is not None else []
         read = 0
         for chain in self.table.chains:
-            if chain.name.startswith(("service-", "local-", "external-", "svc-")) and chain.rules:
+            if chain.name.startswith(("service-", "local-", "external-", "svc-")) and chain.rule_count:
                 candidates.append(chain)
         for chain in candidates:
             if chain.name != SERVICES_CHAIN:
@@ -282,7 +282,7 @@ class PortReader:
         chains, deleted a moment later)."""
         used = {c for p in ports for c in p.chains}
         left = sorted(c.name for c in self.table.chains
-                      if c.name.startswith("endpoint-") and c.rules and c.name not in used)
+                      if c.name.startswith("endpoint-") and c.rule_count and c.name not in used)
         if not left:
             return ()
         shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
@@ -315,7 +315,13 @@ class PortReader:
             lines.update(w.lines)
         for name in (*chains, *endpoint_chains):
             chain = table.chain(name)
-            for rule in (chain.rules if chain is not None else ()):
+            if chain is None:
+                continue
+            record = chain._lazy
+            if record is not None:  # (a chain read by a template: its rules' lines from its record)
+                lines.update(range(record[2] + 1, record[2] + 1 + record[0].count))
+                continue
+            for rule in chain.rules:
                 if rule.line:
                     lines.add(rule.line)
         lines.discard(0)
