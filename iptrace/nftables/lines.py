@@ -6,7 +6,7 @@ the `add element` lines (kube-proxy's transaction) the first time one of that se
 from __future__ import annotations
 
 import re
-from array import array
+from itertools import count
 from typing import Any
 
 from iptrace.nftables.model import Element, Ruleset, Set
@@ -26,7 +26,6 @@ class ElementLines:
 
     def __init__(self, ruleset: Ruleset) -> None:
         self.ruleset = ruleset
-        self._starts: array[int] | None = None
         self._sets: dict[tuple[str, str, str], dict[Any, int]] = {}
         self._transaction: dict[tuple[str, str, str], list[tuple[str, int]]] | None = None
 
@@ -39,18 +38,12 @@ class ElementLines:
             index = self._sets[key] = self._index(family, table, s)
         return index.get(element.key, s.line or 0)
 
-    def _line_starts(self) -> array[int]:
-        """Where each line starts in the text: the ruleset's own index (model.SourceText, which its rules read
-        their text from too), kept instead of the lines themselves: a 300,000-line listing as a list of strings
+    def _line(self, i: int) -> str | None:
+        """Line `i + 1` of the text, None past its end: read from the ruleset's own index (model.SourceText, which
+        its rules read their text from too), not split into lines: a 300,000-line listing as a list of strings
         would double the text's footprint for the few sets a trace shows."""
-        if self._starts is None:
-            source = self.ruleset.source_text
-            self._starts = source.starts() if source is not None else array("q", [0])
-        return self._starts
-
-    def _line(self, i: int) -> str:
         source = self.ruleset.source_text
-        return source.line(i + 1) if source is not None else ""
+        return source.line(i + 1) if source is not None and source.has(i + 1) else None
 
     def _index(self, family: str, table: str, s: Set) -> dict[Any, int]:
         if self.ruleset.format == "nft-transaction":
@@ -67,12 +60,13 @@ class ElementLines:
 
     def _listing_chunks(self, s: Set) -> list[tuple[str, int]]:
         """The element texts of one set block of a listing, from its `elements = {` to the list's `}`."""
-        count = len(self._line_starts())
         out: list[tuple[str, int]] = []
         start = (s.line or 1) - 1
         inside = False
-        for i in range(start, count):
+        for i in count(start):
             text = self._line(i)
+            if text is None:
+                break
             if not inside:
                 at = text.find("elements = {")
                 if at >= 0:
