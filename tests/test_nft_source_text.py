@@ -1,4 +1,4 @@
-"""A listing's text is searched for line ends only as far as a use needs (model.SourceText), and the walker's split
+"""A listing's text is searched for line ends only as far as a use needs (source.SourceText), and the walker's split
 shapes tell a rule's draw from its template, not its text (splits._may_draw): the text past a listing's sets is
 then never searched in a `services` run. Both must answer exactly as before."""
 
@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 from bench import synth
 from bench.synth_nft import render_nft
-from iptrace.nftables import load, model, splits
-from iptrace.nftables.model import Numgen, SourceText, VerdictMap
+from iptrace.nftables import load, source, splits
+from iptrace.nftables.model import Numgen, VerdictMap
+from iptrace.nftables.source import SourceText
 from tests import nft_corpus
 
 QUERIES = st.lists(st.tuples(st.sampled_from(["line", "has", "len", "starts"]), st.integers(-1, 40)), max_size=12)
@@ -25,17 +26,17 @@ def test_lines_read_in_any_order_are_the_split_lines(text: str, queries: list[tu
     """Whatever is asked first and whatever the chunk searched at a time, each line is `text.split("\\n")`'s."""
     lines = text.split("\n")
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(model, "_CHUNK", chunk)
-        source = SourceText(text)
+        m.setattr(source, "_CHUNK", chunk)
+        found = SourceText(text)
         for op, n in [*queries, ("line", len(lines)), ("line", len(lines) + 1)]:
             if op == "line":
-                assert source.line(n) == (lines[n - 1] if 0 < n <= len(lines) else "")
+                assert found.line(n) == (lines[n - 1] if 0 < n <= len(lines) else "")
             elif op == "has":
-                assert source.has(n) == (0 < n <= len(lines))
+                assert found.has(n) == (0 < n <= len(lines))
             elif op == "len":
-                assert len(source) == len(lines)
+                assert len(found) == len(lines)
             else:
-                starts = list(source.starts())
+                starts = list(found.starts())
                 assert [text[a:b - 1] for a, b in zip(starts, [*starts[1:], len(text) + 1], strict=True)] == lines
 
 
@@ -48,7 +49,7 @@ def test_a_services_run_searches_a_listing_only_as_far_as_its_sets() -> None:
     text = render_nft(synth.scale(80, 3), node_ips=["192.168.0.10"], pod_cidr="10.244.0.0/16",
                       service_cidrs=["10.96.0.0/12"], form="list")
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(model, "_CHUNK", 256)
+        m.setattr(source, "_CHUNK", 256)
         ruleset = load(text)
         analyse(DATAPLANE, ruleset, "ipv4", node_ips=("192.168.0.10",)).view  # noqa: B018 — built for its reads
     # (its sets, and the first service chains' rules the local-traffic detector reads; the chunks double)

@@ -60,7 +60,7 @@ class Template:
 
 class ChainShapes:
     """One table's chain templates, by the chain name's prefix. `lines` and `text` are the listing (split and
-    whole), `known` the loader's known words, `source` the model.SourceText rules are given, `refs` the table's
+    whole), `known` the loader's known words, `source` the source.SourceText rules are given, `refs` the table's
     references."""
 
     __slots__ = ("at", "by_pattern", "by_prefix", "failures", "known", "lines", "refs", "source", "text")

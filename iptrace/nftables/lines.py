@@ -39,7 +39,7 @@ class ElementLines:
         return index.get(element.key, s.line or 0)
 
     def _line(self, i: int) -> str | None:
-        """Line `i + 1` of the text, None past its end: read from the ruleset's own index (model.SourceText, which
+        """Line `i + 1` of the text, None past its end: read from the ruleset's own index (source.SourceText, which
         its rules read their text from too), not split into lines: a 300,000-line listing as a list of strings
         would double the text's footprint for the few sets a trace shows."""
         source = self.ruleset.source_text

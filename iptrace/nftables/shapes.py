@@ -187,7 +187,7 @@ _RuleDraft = draft_class(Rule)
 def compile_template(items: tuple[Any, ...], comment: Any, keywords: dict[int, str]) -> Callable[
         [list[str], str, int | None, int | None], Rule | None]:
     """A function (values, text, line, handle) → Rule for every rule of one shape (`text` a str, or the
-    model.SourceText whose line `line` stripped is the rule's text): it normalises (and so checks)
+    source.SourceText whose line `line` stripped is the rule's text): it normalises (and so checks)
     the rule's values at once and leaves building the items to the Rule's first use (model.Rule: `_lazy` is
     (build, text, line, normalised values…), and build reads its own tuple). None when
     one of the masked `keywords` (slot → word: `l4proto`) is something else in this rule (the loader then
@@ -248,7 +248,7 @@ def compile_template(items: tuple[Any, ...], comment: Any, keywords: dict[int, s
         # `text`, `line` and `handle` (None without `nft -a`) are set as well as kept in `_lazy`: a slot costs its
         # place whether set or not, and reading an unset one goes through an AttributeError and Rule.__getattr__
         # (the layout reads every endpoint rule's line, the walker every replayed rule's handle). A rule
-        # of a listing read line by line is given the listing (model.SourceText) for its text, which is that
+        # of a listing read line by line is given the listing (source.SourceText) for its text, which is that
         # line stripped: it keeps no copy of it, and Rule.__getattr__ reads it from there.
         o = f"{prefix}o"
         return (f"    {o} = _{prefix}draft()\n"

@@ -40,7 +40,7 @@ _WORDS = ("numgen",)
 def _may_draw(rule: Any) -> bool:
     """Whether a rule may hold a `numgen` draw (`_signature` decides; this only spares it the rest): its text says
     `numgen`. One a shape's builder made is read from its template when that tells (`_template_draws`), and its
-    text is not read: the text of a listing's rule is a line found in the whole listing (model.SourceText),
+    text is not read: the text of a listing's rule is a line found in the whole listing (source.SourceText),
     which is otherwise searched only as far as its sets' elements."""
     lazy = rule._lazy
     if lazy is not None:
