@@ -1,20 +1,23 @@
 """A listing's text is searched for line ends only as far as a use needs (source.SourceText), and the walker's split
 shapes tell a rule's draw from its template, not its text (splits._may_draw): the text past a listing's sets is
-then never searched in a `services` run. Both must answer exactly as before."""
+then never searched in a `services` run; an element's key is read without the options' regex when it names none.
+All must answer exactly as before."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bench import synth
 from bench.synth_nft import render_nft
-from iptrace.nftables import load, source, splits
+from iptrace.nftables import lines, load, source, splits
 from iptrace.nftables.model import Numgen, VerdictMap
 from iptrace.nftables.source import SourceText
+from iptrace.nftables.values import normaliser
 from tests import nft_corpus
 
 QUERIES = st.lists(st.tuples(st.sampled_from(["line", "has", "len", "starts"]), st.integers(-1, 40)), max_size=12)
@@ -81,3 +84,42 @@ def test_a_filter_that_misses_draws_is_caught() -> None:
         m.setattr(splits, "_template_draws", lambda items: False)
         rules = [r for rs in _rulesets() for t in rs.tables for c in t.chains for r in c.rules]
         assert not all(splits._may_draw(r) for r in rules if _draws(r))
+
+
+_OPTION_RE = re.compile(r'\s+(?:comment\s+"(?:\\.|[^"\\])*"|timeout\s+\S+|expires\s+\S+|counter(?:\s+packets\s+\d+\s+'
+                        r'bytes\s+\d+)?)')
+
+
+def _read_key_as_before(text: str, norms: list[Any], is_map: bool) -> Any:
+    """lines._read_key before it skipped the options' regex for a text that names none."""
+    key_text = text.split(" : ", 1)[0] if is_map else text
+    key_text = _OPTION_RE.sub("", " " + key_text).strip()
+    parts = key_text.split(" . ")
+    if len(parts) != len(norms):
+        return None
+    try:
+        values = tuple(n(p.strip()) for n, p in zip(norms, parts, strict=True))
+    except ValueError:
+        return None
+    return values if len(values) > 1 else values[0]
+
+
+WORDS = st.sampled_from(["10.0.0.1", "10.0.0.1/24", "tcp", "80", "8080-8090", ".", ":", "goto", "x", "comment",
+                         '"a b"', '"c"', "timeout", "1s", "expires", "counter", "packets", "1", "bytes", "2", " ",
+                         "  ", "\t", "fd00::1", "300"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(WORDS, max_size=10), st.sampled_from([("ipv4_addr",), ("ipv4_addr", "inet_proto", "inet_service"),
+                                                       ("inet_service",), ("ipv6_addr", "inet_service")]),
+       st.booleans())
+@example(["10.0.0.1", "counter"], ("ipv4_addr",), False)
+@example(["10.0.0.1", "counter", "packets", "1", "bytes", "2", ":", "goto", "x"], ("ipv4_addr",), True)
+@example(["10.0.0.1", ".", "tcp", ".", "80", "comment", '"a b"', ":", "goto", "x"],
+         ("ipv4_addr", "inet_proto", "inet_service"), True)
+@example(["80", "timeout", "1s"], ("inet_service",), False)
+@example(["80", "expires", "1s"], ("inet_service",), False)
+def test_an_element_key_reads_as_before(words: list[str], types: tuple[str, ...], is_map: bool) -> None:
+    text = " ".join(words)
+    norms = [normaliser(t) for t in types]
+    assert lines._read_key(text, norms, is_map) == _read_key_as_before(text, norms, is_map)

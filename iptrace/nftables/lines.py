@@ -149,12 +149,14 @@ def _key(text: str, norms: list[Any], is_map: bool) -> Any:
 
 def _read_key(text: str, norms: list[Any], is_map: bool) -> Any:
     key_text = text.split(" : ", 1)[0] if is_map else text
-    key_text = _OPTION_RE.sub("", " " + key_text).strip()
-    parts = key_text.split(" . ")
+    if "comment" in key_text or "timeout" in key_text or "expires" in key_text or "counter" in key_text:
+        key_text = _OPTION_RE.sub("", " " + key_text)  # (each option starts with its word: none, nothing to cut)
+    parts = key_text.strip().split(" . ")
     if len(parts) != len(norms):
         return None
     try:
-        values = tuple(n(p.strip()) for n, p in zip(norms, parts, strict=True))
+        if len(parts) == 1:
+            return norms[0](parts[0].strip())
+        return tuple([n(p.strip()) for n, p in zip(norms, parts, strict=True)])
     except ValueError:
         return None
-    return values if len(values) > 1 else values[0]
