@@ -310,12 +310,12 @@ class PortReader:
                         s = table.set(name)
                         if s is not None and s.timeout_ms is not None:
                             affinity = s.timeout_ms // 1000
-        chains = [c.name for c in own.values() if c is not None]
+        own_chains = [c for c in own.values() if c is not None]
+        chains = [c.name for c in own_chains]
         lines: set[int] = set(g.lines)
         for w in ways:
             lines.update(w.lines)
-        for name in (*chains, *endpoint_chains):
-            chain = table.chain(name)
+        for chain in (*own_chains, *table.chains_named(endpoint_chains)):
             if chain is None:
                 continue
             record = chain._lazy

@@ -272,7 +272,7 @@ class _Port:
         if found is None:
             raise _Decline
         kube, reached = found
-        chains = [kube.chain(name) for name in self.chains]
+        chains = kube.chains_named(self.chains)
         lines: list[int] = []
         own_rules = []
         for chain in chains:
