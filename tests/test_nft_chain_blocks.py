@@ -195,3 +195,18 @@ def test_a_rule_read_whole_keeps_one_line_number_object() -> None:
     rules = [r for c in rs.tables[0].chains for r in c.rules if c.name.startswith("endpoint-")]
     assert len(rules) == 200 and rules[-1].line > 256
     assert all(r.line is object.__getattribute__(r, "_lazy")[2] for r in rules)
+
+
+def test_a_chain_read_whole_makes_its_rules_when_read() -> None:
+    """A chain read whole keeps a record (model.Chain._lazy) and makes its rules on first use, as the line loop
+    reads them; its rule count is the template's without making them."""
+    text = listing([alike(i) for i in range(10)])
+    rs = loader.TextLoader(text, "<t>", False).load()
+    whole = [c for c in rs.tables[0].chains if c._lazy is not None]
+    assert len(whole) == 8
+    for c in whole:
+        with pytest.raises(AttributeError):
+            object.__getattribute__(c, "rules")
+        assert c.rule_count == 2
+    assert all(len(c.rules) == 2 and object.__getattribute__(c, "rules") is c.rules for c in whole)  # (kept)
+    assert read(text) == read(text, templates=False)

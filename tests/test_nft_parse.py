@@ -556,7 +556,7 @@ def test_rules_build_their_items_on_first_use_and_compare_by_meaning() -> None:
 
 
 def test_rules_of_a_listing_read_their_text_from_its_lines() -> None:
-    # The listing's rules keep no text of their own (model.SourceText): each reads its line, stripped, and a
+    # The listing's rules keep no text of their own (source.SourceText): each reads its line, stripped, and a
     # CRLF listing reads alike.
     for text in (LISTING, LISTING.replace("\n", "\r\n")):
         r = load(text)

@@ -247,20 +247,64 @@ _PLANNED = {"value": (portrules._VALUE, ["masq-own"]), "nat": (portrules._NAT, [
             "literal": (portrules._LITERAL, ["modulus"])}
 
 
-@pytest.mark.parametrize("weaken", sorted(_PLANNED))
-def test_a_weakened_plan_is_caught(weaken: str) -> None:
-    """Each answer of a planned rule is in its key: written as None, some mutation above tells."""
+@pytest.mark.parametrize(("weaken", "whole"), [("literal", False), ("value", False), ("nat", True)])
+def test_a_weakened_plan_is_caught(weaken: str, whole: bool) -> None:
+    """Each answer of a planned rule is in its key, whether its rule's plan or (`whole`) its chain template's
+    writes it (portrules.chain_plan: the listing's DNATs are all in endpoint chains, which the loader reads whole):
+    written as None, some mutation above tells."""
     code, kinds = _PLANNED[weaken]
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(portrules, "_compile", _weakened(code, whole))
+        assert _fails_with(m, kinds)
+
+
+def _weakened(code: int, whole: bool) -> Any:
+    """portrules._compile with the answers of its `code` ops written as None: in rules' plans, or (`whole`) in
+    chain templates' plans."""
     compile_ = portrules._compile
 
-    def weakened(ops: list[tuple[int, Any, Any]]) -> Any:
-        resolve = compile_(ops)
-        drop = {i + 1 for i, op in enumerate(ops) if op[0] == code}
-        return lambda port, lazy: tuple([None if i in drop else x for i, x in enumerate(resolve(port, lazy))])
+    def weakened(parts: list[Any], arg: str, consts: Any = None, chain: bool = False) -> Any:
+        resolve = compile_(parts, arg, consts, chain)
+        if chain != whole:
+            return resolve
+        drops = [{i + 1 for i, op in enumerate(ops) if op[0] == code} for ops, _, _ in parts]
 
+        def weak(rule: tuple[Any, ...], drop: set[int]) -> tuple[Any, ...]:
+            return tuple([None if i in drop else x for i, x in enumerate(rule)])
+
+        if chain:
+            return lambda port, record: tuple(weak(r, d) for r, d in zip(resolve(port, record), drops, strict=True))
+        return lambda port, lazy: weak(resolve(port, lazy), drops[0])
+
+    return weakened
+
+
+def test_chain_plans_write_what_rule_plans_write() -> None:
+    """A chain read whole (blocks.py: its rules left to its record) is written by its template's plan exactly as
+    its rules, once made, are written one by one: the same keys, ports and lines for every port."""
+    ruleset = load(_ruleset(12, 3, seed=5))
+    makers = {c._lazy[0] for t in ruleset.tables for c in t.chains if c._lazy is not None}
+    assert makers and all(portrules.chain_plan(m) is not None for m in makers)
+    by_chain = _shapes(ruleset)
+    for maker in makers:
+        del maker.port_plan
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(portrules, "_compile", weakened)
-        assert _fails_with(m, kinds)
+        m.setattr(portshape, "chain_plan", lambda rules: None)
+        by_rule = _shapes(ruleset)
+    assert by_chain == by_rule and sum(s is not None for s in by_rule.values()) > 12
+
+
+def _shapes(ruleset: Any) -> dict[str, Any]:
+    """Each Service port's PortShape as (key, addresses, ports, chains, lines)."""
+    from iptrace.kube.analysis import analyse
+
+    analysis = analyse(DATAPLANE, ruleset, "ipv4", node_ips=(NODE,))
+    builder = analysis.views._shapes.builder
+    out = {}
+    for sp in analysis.layout.service_ports:
+        shape = builder.tracer.port_shape(builder.questions(sp), sp.chains)
+        out[sp.key] = shape and (shape.key, shape.addresses, shape.ports, shape.chains, shape.lines)
+    return out
 
 
 def _keys(text: str, chains: dict[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
@@ -299,15 +343,8 @@ def test_a_verdict_to_another_own_chain_is_in_the_key() -> None:
         return all(found[port][0] != key for k, (key, _) in found.items() if k != port)
 
     assert not alone(keys) and alone(_keys(changed, own))
-    compile_ = portrules._compile
-
-    def weakened(ops: list[tuple[int, Any, Any]]) -> Any:
-        resolve = compile_(ops)
-        drop = {i + 1 for i, op in enumerate(ops) if op[0] == portrules._VERDICT}
-        return lambda port, lazy: tuple([None if i in drop else x for i, x in enumerate(resolve(port, lazy))])
-
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(portrules, "_compile", weakened)
+        m.setattr(portrules, "_compile", _weakened(portrules._VERDICT, False))
         assert not alone(_keys(changed, own))
 
 

@@ -60,7 +60,7 @@ class Template:
 
 class ChainShapes:
     """One table's chain templates, by the chain name's prefix. `lines` and `text` are the listing (split and
-    whole), `known` the loader's known words, `source` the model.SourceText rules are given, `refs` the table's
+    whole), `known` the loader's known words, `source` the source.SourceText rules are given, `refs` the table's
     references."""
 
     __slots__ = ("at", "by_pattern", "by_prefix", "failures", "known", "lines", "refs", "source", "text")
@@ -197,21 +197,29 @@ def _pattern(lines: list[str], shapes: dict[Any, Any], known: dict[str, str]) ->
 def _reader(builders: list[tuple[tuple[str | int, ...], Any]], known: dict[str, str], source: Any,
             found: set[str]) -> Callable[..., Any]:
     """A function (groups: the header's name or "", then the values; the chain's name; its header line) → the
-    Chain, or None: each line's rule made as its shape's builder makes it from the tokens the line loop gives it
-    (the builder's statements written in, shapes.compile_template), with the listing as text; references into
-    `found` once all rules were made."""
+    Chain, or None: each line's values checked and normalised as its shape's builder does it from the tokens
+    the line loop gives it (shapes.compile_template), and kept in the chain's record (model.Chain._lazy: its
+    rules' maker, the listing, its line, the values), from which `rules` makes each rule as that builder would
+    have, with the listing as text; references into `found` once all values were read."""
     ns: dict[str, Any] = {"known": known, "source": source, "found": found, "_intern": intern,
                           "_draft": _ChainDraft, "_Chain": Chain}
     groups = sum(isinstance(tok, int) for tokens, _ in builders for tok in tokens)
     checks = " or ".join(f"g[{i + 1}] in known" for i in range(groups)) or "False"
     lines = [f"    if {checks}:\n        return None\n"]
     made = []
+    kept: dict[str, Any] = {}  # what `rules` reads (a namespace of its own: a record holds it for the run)
+    record: list[str] = []  # every rule's normalised values, in order
+    builds = []  # (each rule's build, where its values start in the record, how many)
+    making: list[str] = []  # the statements of `rules`, reading the values from the record
     for j, (tokens, (make, refs)) in enumerate(builders):
         values = [f"g[{tok + 1}]" if isinstance(tok, int) else repr(tok) for tok in tokens]
-        # (the line computed once: the rule keeps it twice, and each `line + 1` would be an int object of its own)
-        code, names = make.inline(f"r{j}_", values.__getitem__, "source", f"r{j}_line", "None")
-        ns.update(names)
-        lines.append(f"    r{j}_line = line + {j + 1}\n{code}")
+        code, parts = make.values(f"r{j}_", values.__getitem__, ns)
+        lines.append(code)
+        at = 3 + len(record)
+        record.extend(parts)
+        builds.append((make.build, at, len(parts)))
+        making.append(f"    r{j}_line = line + {j + 1}\n" + make.construct(
+            f"r{j}_", [f"lazy[{at + i}]" for i in range(len(parts))], "source", f"r{j}_line", "None", kept))
         made.append(f"r{j}_o")
         if refs is not None:
             ns[f"f{j}"] = refs
@@ -219,9 +227,15 @@ def _reader(builders: list[tuple[tuple[str | int, ...], Any]], known: dict[str, 
     for j, (_, (_, refs)) in enumerate(builders):
         if refs is not None:
             lines.append(f"    found.update(f{j}(v{j}))\n")
-    # The Chain as build.plain_chain makes it (its comment and handle unset, its base None), inline.
-    lines.append(f"    c = _draft()\n    c.name = _intern(name)\n    c.rules = ({''.join(r + ', ' for r in made)})\n"
-                 "    c.base = None\n    c.line = line\n    c.__class__ = _Chain\n    return c\n")
+    # The Chain as build.plain_chain makes it (its comment and handle unset, its base None), inline, its rules
+    # left to its record.
+    lines.append(f"    c = _draft()\n    c.name = _intern(name)\n    c.base = None\n    c.line = line\n"
+                 f"    c._lazy = (rules, source, line, {''.join(p + ', ' for p in record)})\n"
+                 "    c.__class__ = _Chain\n    return c\n")
+    exec(f"def rules(lazy):\n    source = lazy[1]\n    line = lazy[2]\n{''.join(making)}"
+         f"    return ({''.join(r + ', ' for r in made)})\n", kept)
+    rules = ns["rules"] = kept.pop("rules")
+    rules.count, rules.builds = len(builders), tuple(builds)
     exec(f"def read(g, name, line):\n{''.join(lines)}", ns)
     # (taken out of its own globals: no reference cycle keeps the table's references and the known words alive
     # after the load, for a cyclic GC that a run may have turned off)

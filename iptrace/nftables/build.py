@@ -50,6 +50,7 @@ def plain_chain(name: str, rules: tuple[Rule, ...], line: int | None) -> Chain:
     # and an unset slot is read through an AttributeError and Chain.__getattr__, ~10x slower.
     chain.base = None
     chain.line = line
+    chain._lazy = None  # (read as often as `base`: set for the same reason)
     chain.__class__ = Chain
     return chain
 
@@ -88,7 +89,7 @@ class ChainBuilder:
         if self.hook is not None:
             base = BaseChain(self.type or "filter", self.hook, self.priority or 0, self.policy or "accept",
                              self.devices)
-        return _make_chain(self.name, tuple(self.rules), base, self.comment, self.line, self.handle)
+        return _make_chain(self.name, tuple(self.rules), base, self.comment, self.line, self.handle, None)
 
 
 @dataclass

@@ -6,7 +6,7 @@ the `add element` lines (kube-proxy's transaction) the first time one of that se
 from __future__ import annotations
 
 import re
-from array import array
+from itertools import count
 from typing import Any
 
 from iptrace.nftables.model import Element, Ruleset, Set
@@ -26,7 +26,6 @@ class ElementLines:
 
     def __init__(self, ruleset: Ruleset) -> None:
         self.ruleset = ruleset
-        self._starts: array[int] | None = None
         self._sets: dict[tuple[str, str, str], dict[Any, int]] = {}
         self._transaction: dict[tuple[str, str, str], list[tuple[str, int]]] | None = None
 
@@ -39,18 +38,12 @@ class ElementLines:
             index = self._sets[key] = self._index(family, table, s)
         return index.get(element.key, s.line or 0)
 
-    def _line_starts(self) -> array[int]:
-        """Where each line starts in the text: the ruleset's own index (model.SourceText, which its rules read
-        their text from too), kept instead of the lines themselves: a 300,000-line listing as a list of strings
+    def _line(self, i: int) -> str | None:
+        """Line `i + 1` of the text, None past its end: read from the ruleset's own index (source.SourceText, which
+        its rules read their text from too), not split into lines: a 300,000-line listing as a list of strings
         would double the text's footprint for the few sets a trace shows."""
-        if self._starts is None:
-            source = self.ruleset.source_text
-            self._starts = source.starts() if source is not None else array("q", [0])
-        return self._starts
-
-    def _line(self, i: int) -> str:
         source = self.ruleset.source_text
-        return source.line(i + 1) if source is not None else ""
+        return source.line(i + 1) if source is not None and source.has(i + 1) else None
 
     def _index(self, family: str, table: str, s: Set) -> dict[Any, int]:
         if self.ruleset.format == "nft-transaction":
@@ -67,12 +60,13 @@ class ElementLines:
 
     def _listing_chunks(self, s: Set) -> list[tuple[str, int]]:
         """The element texts of one set block of a listing, from its `elements = {` to the list's `}`."""
-        count = len(self._line_starts())
         out: list[tuple[str, int]] = []
         start = (s.line or 1) - 1
         inside = False
-        for i in range(start, count):
+        for i in count(start):
             text = self._line(i)
+            if text is None:
+                break
             if not inside:
                 at = text.find("elements = {")
                 if at >= 0:
@@ -155,12 +149,14 @@ def _key(text: str, norms: list[Any], is_map: bool) -> Any:
 
 def _read_key(text: str, norms: list[Any], is_map: bool) -> Any:
     key_text = text.split(" : ", 1)[0] if is_map else text
-    key_text = _OPTION_RE.sub("", " " + key_text).strip()
-    parts = key_text.split(" . ")
+    if "comment" in key_text or "timeout" in key_text or "expires" in key_text or "counter" in key_text:
+        key_text = _OPTION_RE.sub("", " " + key_text)  # (each option starts with its word: none, nothing to cut)
+    parts = key_text.strip().split(" . ")
     if len(parts) != len(norms):
         return None
     try:
-        values = tuple(n(p.strip()) for n, p in zip(norms, parts, strict=True))
+        if len(parts) == 1:
+            return norms[0](parts[0].strip())
+        return tuple([n(p.strip()) for n, p in zip(norms, parts, strict=True)])
     except ValueError:
         return None
-    return values if len(values) > 1 else values[0]

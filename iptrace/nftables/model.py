@@ -14,12 +14,11 @@ Pure data: no parsing here (loader.py, json_loader.py), no printing (render.py, 
 
 from __future__ import annotations
 
-import re
-from array import array
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import InitVar, dataclass, field
-from operator import methodcaller
 from typing import Any
+
+from iptrace.nftables.source import SourceText
 
 # ------------------------------------------------------------------------------------------------- values
 
@@ -288,41 +287,6 @@ Item = Match | VerdictMap | Verdict | Reject | Nat | Mangle | SetUpdate | Counte
 # ------------------------------------------------------------------------------------------------ objects
 
 
-_NEWLINE = re.compile("\n")
-_END = methodcaller("end")
-
-
-class SourceText:
-    """The text a ruleset was read from, with where each of its lines starts (found on first use; 8 bytes a
-    line instead of a string each). Rules of a listing read their text from it (Rule.text), and element lines
-    (lines.py) and error messages their lines."""
-
-    __slots__ = ("_starts", "text")
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self._starts: array[int] | None = None
-
-    def starts(self) -> array[int]:
-        """Where each line starts: line n (1-based) is text[starts[n - 1]:starts[n] - 1] (the last to the end)."""
-        starts = self._starts
-        if starts is None:
-            starts = self._starts = array("q", [0])
-            starts.extend(map(_END, _NEWLINE.finditer(self.text)))
-        return starts
-
-    def line(self, n: int) -> str:
-        """Line `n` (1-based) as `text.split("\\n")[n - 1]` has it; "" past the end."""
-        starts = self.starts()
-        if not 0 < n <= len(starts):
-            return ""
-        end = starts[n] - 1 if n < len(starts) else len(self.text)
-        return self.text[starts[n - 1]:end]
-
-    def __len__(self) -> int:
-        return len(self.starts())
-
-
 @dataclass(frozen=True, slots=True)
 class Rule:
     """One rule: its items and comment (the meaning), the text as read with spacing normalised (`text`), its
@@ -342,7 +306,7 @@ class Rule:
     def __getattr__(self, name: str) -> Any:
         # Called only for a slot not set yet. A rule read through a shape has `_lazy` (its builder, text, line,
         # normalised values…) instead of its items and comment; its line and handle are set, its text when it
-        # is its own str (not the listing's, model.SourceText).
+        # is its own str (not the listing's, source.SourceText).
         lazy = object.__getattribute__(self, "_lazy")
         if lazy is None:
             raise AttributeError(name)
@@ -395,13 +359,28 @@ class Chain:
     comment: str | None = None
     line: int | None = field(default=None, compare=False)
     handle: int | None = field(default=None, compare=False)
+    # A chain the loader read whole by a template (blocks.py) holds (its rules' maker, the listing, its line,
+    # its rules' normalised values…) instead of its rules, made on first use: most of a listing's ~50,000
+    # endpoint chains are only ever read through this record (port shapes, lines) or not at all.
+    _lazy: tuple[Any, ...] | None = field(default=None, compare=False, repr=False)
 
     def __getattr__(self, name: str) -> Any:
-        # The loader leaves the comment and handle of its ~50,000 plain chains unset: they read as None (their
-        # base is set: build.ChainBuilder.freeze).
-        if name in ("comment", "handle"):
+        # Called only for a slot not set yet. The loader leaves the comment, handle and record of its ~50,000
+        # plain chains unset: they read as None (their base is set: build.ChainBuilder.freeze).
+        if name in ("comment", "handle", "_lazy"):
             return None
+        if name == "rules":
+            lazy = self._lazy
+            if lazy is not None:
+                rules = lazy[0](lazy)
+                object.__setattr__(self, "rules", rules)
+                return rules
         raise AttributeError(name)
+
+    @property
+    def rule_count(self) -> int:
+        lazy = self._lazy
+        return lazy[0].count if lazy is not None else len(self.rules)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -484,6 +463,11 @@ class Table:
     def chain(self, name: str) -> Chain | None:
         return self._chains.get(name)
 
+    def chains_named(self, names: Iterable[str]) -> list[Chain | None]:
+        """`chain` of each name, in order (a Service port's dozen chains, for each of 5,000 ports)."""
+        get = self._chains.get
+        return [get(name) for name in names]
+
     def set(self, name: str) -> Set | None:
         return self._sets.get(name)
 
@@ -494,7 +478,7 @@ class Table:
 
     @property
     def rule_count(self) -> int:
-        return sum(len(c.rules) for c in self.chains)
+        return sum(c.rule_count for c in self.chains)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Table):

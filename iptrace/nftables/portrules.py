@@ -190,6 +190,27 @@ class _Planner:
 def plan(build: Any, size: int) -> Callable[[Any, tuple[Any, ...]], tuple[Any, ...]] | None:
     """The function writing a rule `build` makes (its `_lazy` `size` long) for a port (`_compile`), or None when
     such rules' items are read."""
+    ops = _ops(build, size)
+    return None if ops is None else _compile([(ops, "lazy[0]", "lazy[{}]".format)], "lazy")
+
+
+def chain_plan(rules: Any) -> Callable[[Any, tuple[Any, ...]], tuple[Any, ...]] | None:
+    """The function writing the rules of a chain read by a template (model.Chain._lazy: `rules` its maker,
+    blocks.py) for a port from the chain's record, each as `plan`'s function writes it, without making them; None
+    when a rule's builder has no plan (the chain's rules are then made and read one by one)."""
+    parts = []
+    for j, (build, at, size) in enumerate(rules.builds):
+        ops = _ops(build, 3 + size)
+        if ops is None:
+            return None
+        # (the rule's `_lazy[k]`, k >= 3, is the record's `at + k - 3`-th item; its builder a constant)
+        parts.append((ops, f"b{j}", lambda k, at=at: f"record[{at + k - 3}]"))
+    return _compile(parts, "record", {f"b{j}": build for j, (build, _, _) in enumerate(rules.builds)}, True)
+
+
+def _ops(build: Any, size: int) -> list[tuple[int, Any, Any]] | None:
+    """The `_Port` calls (ops) of the rules `build` makes (their `_lazy` `size` long), or None (see the module's
+    doc)."""
     template = getattr(build, "template", None)
     if template is None or not calls_only(template[0], make_nat):
         return None  # (a function of a value other than make_nat could hide it from the items built with holes)
@@ -205,37 +226,26 @@ def plan(build: Any, size: int) -> Callable[[Any, tuple[Any, ...]], tuple[Any, .
         return None
     if holes != planner.read:
         return None
-    return _compile(planner.ops)
+    return planner.ops
 
 
-def _compile(ops: list[tuple[int, Any, Any]]) -> Callable[[Any, tuple[Any, ...]], tuple[Any, ...]]:
-    """resolve(port, lazy): a rule of a planned builder written for `port` (a portshape._Port), as its builder
-    and the answers of its ops for its values (see the module's doc). Generated code, one function per builder:
-    it runs for every own rule of every port, so the `_Port` calls that number an address or port are inline,
-    and what a constant of the template answers is found here, once."""
-    ns: dict[str, Any] = {"Decline": Decline, "_ADDR": ADDR, "_PORT": PORT}
+def _compile(parts: list[tuple[list[tuple[int, Any, Any]], str, Callable[[int], str]]], arg: str,
+             consts: dict[str, Any] | None = None, whole: bool = False) -> Callable[[Any, tuple[Any, ...]],
+                                                                                   tuple[Any, ...]]:
+    """resolve(port, `arg`): each rule of `parts` (its ops, its builder's expression, where its value k is)
+    written for `port` (a portshape._Port), as its builder and the answers of its ops for its values (see the
+    module's doc); one rule's tuple, or (`whole`) the tuple of them all. Generated code, one function per builder
+    or chain template: it runs for every own rule of every port, so the `_Port` calls that number an address or
+    port are inline, and what a constant of the template answers is found here, once."""
+    ns: dict[str, Any] = {"Decline": Decline, "_ADDR": ADDR, "_PORT": PORT, **(consts or {})}
     lines: list[str] = []
     used: set[str] = set()  # which of the port's tables the code reads
-    out = ["lazy[0]"]
+    rules: list[str] = []
 
     def const(x: Any) -> str:
         name = f"c{len(ns)}"
         ns[name] = x
         return name
-
-    def get(x: Any, into: str, check: str | None = None) -> None:
-        """`into` = the value `x` stands for (a constant, or the rule's), of type `check` when given."""
-        if type(x) is not Hole:
-            lines.append(f"    {into} = {const(x)}")
-            if check is not None and type(x) is not {"str": str}[check]:
-                lines.append("    raise Decline")  # (a constant of another type: every rule of the builder)
-            return
-        lines.append(f"    {into} = lazy[{x.k}]")
-        if x.part is not None:
-            lines.append(f"    if type({into}) is not tuple or len({into}) != 2:\n        raise Decline")
-            lines.append(f"    {into} = {into}[{x.part}]")
-        if check is not None:
-            lines.append(f"    if type({into}) is not {check}:\n        raise Decline")
 
     def number(table: str, v: str, into: str, indent: str = "    ") -> None:
         """`into` = `v`'s number in the port's `table` (addresses or ports), numbered now if new: _Port.address
@@ -244,46 +254,65 @@ def _compile(ops: list[tuple[int, Any, Any]]) -> Callable[[Any, tuple[Any, ...]]
         lines.append(f"{indent}{into} = {table}.get({v})\n{indent}if {into} is None:\n"
                      f"{indent}    {into} = {table}[{v}] = len({table})")
 
-    for i, (code, a, b) in enumerate(ops):
-        x = f"x{i}"
-        if code == _VALUE:
-            if a == LIT and type(b) in (str, int):
-                lines.append(f"    {x} = {const(b)}")  # (_Port.value of a literal constant: the constant itself)
-                out.append(x)
-                continue
-            get(b, "v")
-            if a in (ADDR, PORT):  # (_Port.value of an address or port, the common case inline)
-                table, kind, t = ("addresses", "_ADDR", "str") if a == ADDR else ("ports", "_PORT", "int")
-                lines.append(f"    if type(v) is {t}:")
-                number(table, "v", "n", "        ")
-                lines.append(f"        {x} = ({kind}, n)\n    else:\n        {x} = port.value({kind}, v)")
+    for j, (ops, builder, slot) in enumerate(parts):
+        out = [builder]
+
+        def get(x: Any, into: str, check: str | None = None, slot: Callable[[int], str] = slot) -> None:
+            """`into` = the value `x` stands for (a constant, or the rule's), of type `check` when given."""
+            if type(x) is not Hole:
+                lines.append(f"    {into} = {const(x)}")
+                if check is not None and type(x) is not {"str": str}[check]:
+                    lines.append("    raise Decline")  # (a constant of another type: every rule of the builder)
+                return
+            lines.append(f"    {into} = {slot(x.k)}")
+            if x.part is not None:
+                lines.append(f"    if type({into}) is not tuple or len({into}) != 2:\n        raise Decline")
+                lines.append(f"    {into} = {into}[{x.part}]")
+            if check is not None:
+                lines.append(f"    if type({into}) is not {check}:\n        raise Decline")
+
+        for i, (code, a, b) in enumerate(ops):
+            x = f"x{j}_{i}"
+            if code == _VALUE:
+                if a == LIT and type(b) in (str, int):
+                    lines.append(f"    {x} = {const(b)}")  # (_Port.value of a literal constant: the constant itself)
+                    out.append(x)
+                    continue
+                get(b, "v")
+                if a in (ADDR, PORT):  # (_Port.value of an address or port, the common case inline)
+                    table, kind, t = ("addresses", "_ADDR", "str") if a == ADDR else ("ports", "_PORT", "int")
+                    lines.append(f"    if type(v) is {t}:")
+                    number(table, "v", "n", "        ")
+                    lines.append(f"        {x} = ({kind}, n)\n    else:\n        {x} = port.value({kind}, v)")
+                else:
+                    lines.append(f"    {x} = port.value({const(a)}, v)")
+            elif code == _VERDICT:
+                get(b, "v", "str")
+                used.update(("own", "jumps"))
+                lines.append(f"    n = own.get(v)\n    if n is None:\n        jumps.add(v)\n"
+                             f"        {x} = ({const(a)}, v)\n    else:\n        {x} = ({const(a)}, n)")
+            elif code == _NAT:
+                get(a, "v", "str")
+                get(b, "p")
+                lines.append("    if p is not None and type(p) is not int:\n        raise Decline")
+                number("addresses", "v", "n")  # (the address first, as _Port.item numbers them)
+                lines.append(f"    if p is None:\n        {x} = (n, None)\n    else:")
+                number("ports", "p", "m", "        ")
+                lines.append(f"        {x} = (n, m)")
+            elif code == _FIB:
+                get(a, x, "str")
+            elif code == _LITERAL:
+                get(a, x)
+                lines.append(f"    hash({x})")
             else:
-                lines.append(f"    {x} = port.value({const(a)}, v)")
-        elif code == _VERDICT:
-            get(b, "v", "str")
-            used.update(("own", "jumps"))
-            lines.append(f"    n = own.get(v)\n    if n is None:\n        jumps.add(v)\n        {x} = ({const(a)}, v)\n"
-                         f"    else:\n        {x} = ({const(a)}, n)")
-        elif code == _NAT:
-            get(a, "v", "str")
-            get(b, "p")
-            lines.append("    if p is not None and type(p) is not int:\n        raise Decline")
-            number("addresses", "v", "n")  # (the address first, as _Port.item numbers them)
-            lines.append(f"    if p is None:\n        {x} = (n, None)\n    else:")
-            number("ports", "p", "m", "        ")
-            lines.append(f"        {x} = (n, m)")
-        elif code == _FIB:
-            get(a, x, "str")
-        elif code == _LITERAL:
-            get(a, x)
-            lines.append(f"    hash({x})")
-        else:
-            get(a, "v", "str")
-            lines.append(f"    {x} = port.own_set(v)")
-        out.append(x)
+                get(a, "v", "str")
+                lines.append(f"    {x} = port.own_set(v)")
+            out.append(x)
+        rules.append(f"({', '.join(out)},)")
     prologue = "".join(f"    {name} = port.{name}\n" for name in sorted(used))
     body = "\n".join(lines)
-    exec(f"def resolve(port, lazy):\n{prologue}{body}\n    return ({', '.join(out)},)\n", ns)
+    result = f"({''.join(r + ', ' for r in rules)})" if whole else rules[0]
+    exec(f"def resolve(port, {arg}):\n{prologue}{body}\n    return {result}\n", ns)
     return ns["resolve"]  # type: ignore[no-any-return]
 
 

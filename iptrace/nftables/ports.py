@@ -8,6 +8,7 @@ import ipaddress
 import re
 from collections.abc import Container, Iterator
 from dataclasses import is_dataclass
+from itertools import chain as chain_together
 from sys import intern
 from typing import Any
 
@@ -199,11 +200,11 @@ class PortReader:
         cidrs: list[str] = []
         ifaces: list[str] = []
         services = self.table.chain(SERVICES_CHAIN)
-        candidates: list[Chain] = [services] if services is not None else []
+        # (found as read: the loop stops a few chains after the detector's, of ~55,000 at 5,000 Services)
+        candidates: Iterator[Chain] = chain_together([services] if services is not None else [], (
+            chain for chain in self.table.chains
+            if chain.name.startswith(("service-", "local-", "external-", "svc-")) and chain.rule_count))
         read = 0
-        for chain in self.table.chains:
-            if chain.name.startswith(("service-", "local-", "external-", "svc-")) and chain.rules:
-                candidates.append(chain)
         for chain in candidates:
             if chain.name != SERVICES_CHAIN:
                 read += 1
@@ -282,7 +283,7 @@ class PortReader:
         chains, deleted a moment later)."""
         used = {c for p in ports for c in p.chains}
         left = sorted(c.name for c in self.table.chains
-                      if c.name.startswith("endpoint-") and c.rules and c.name not in used)
+                      if c.name not in used and c.name.startswith("endpoint-") and c.rule_count)
         if not left:
             return ()
         shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
@@ -309,13 +310,19 @@ class PortReader:
                         s = table.set(name)
                         if s is not None and s.timeout_ms is not None:
                             affinity = s.timeout_ms // 1000
-        chains = [c.name for c in own.values() if c is not None]
+        own_chains = [c for c in own.values() if c is not None]
+        chains = [c.name for c in own_chains]
         lines: set[int] = set(g.lines)
         for w in ways:
             lines.update(w.lines)
-        for name in (*chains, *endpoint_chains):
-            chain = table.chain(name)
-            for rule in (chain.rules if chain is not None else ()):
+        for chain in (*own_chains, *table.chains_named(endpoint_chains)):
+            if chain is None:
+                continue
+            record = chain._lazy
+            if record is not None:  # (a chain read by a template: its rules' lines from its record)
+                lines.update(range(record[2] + 1, record[2] + 1 + record[0].count))
+                continue
+            for rule in chain.rules:
                 if rule.line:
                     lines.add(rule.line)
         lines.discard(0)

@@ -63,8 +63,8 @@ from iptrace.nftables.portrules import ADDR as _ADDR
 from iptrace.nftables.portrules import LIT as _LIT
 from iptrace.nftables.portrules import PORT as _PORT
 from iptrace.nftables.portrules import Decline as _Decline
+from iptrace.nftables.portrules import chain_plan, plan
 from iptrace.nftables.portrules import kind as _kind
-from iptrace.nftables.portrules import plan
 from iptrace.nftables.state import prefix_bounds
 
 
@@ -272,12 +272,23 @@ class _Port:
         if found is None:
             raise _Decline
         kube, reached = found
-        chains = [kube.chain(name) for name in self.chains]
+        chains = kube.chains_named(self.chains)
         lines: list[int] = []
         own_rules = []
         for chain in chains:
             if chain is None or chain.base is not None:
                 raise _Decline
+            record = chain._lazy
+            if record is not None:  # a chain read by a template: its rules written from its record, not made
+                maker = record[0]
+                try:
+                    whole = maker.port_plan
+                except AttributeError:
+                    whole = maker.port_plan = chain_plan(maker)
+                if whole is not None:
+                    own_rules.append(whole(self, record))
+                    lines.extend(range(record[2] + 1, record[2] + 1 + maker.count))
+                    continue
             rules = []
             for rule in chain.rules:
                 lazy = rule._lazy

@@ -187,7 +187,7 @@ _RuleDraft = draft_class(Rule)
 def compile_template(items: tuple[Any, ...], comment: Any, keywords: dict[int, str]) -> Callable[
         [list[str], str, int | None, int | None], Rule | None]:
     """A function (values, text, line, handle) → Rule for every rule of one shape (`text` a str, or the
-    model.SourceText whose line `line` stripped is the rule's text): it normalises (and so checks)
+    source.SourceText whose line `line` stripped is the rule's text): it normalises (and so checks)
     the rule's values at once and leaves building the items to the Rule's first use (model.Rule: `_lazy` is
     (build, text, line, normalised values…), and build reads its own tuple). None when
     one of the masked `keywords` (slot → word: `l4proto`) is something else in this rule (the loader then
@@ -200,15 +200,14 @@ def compile_template(items: tuple[Any, ...], comment: Any, keywords: dict[int, s
     build.template = (items, comment, {key: k for key, (k, _) in later.slots.items()})  # type: ignore[attr-defined]
     slots = sorted(later.slots.values(), key=lambda x: x[0])
 
-    def inline(prefix: str, value: Callable[[int], str], text: str, line: str, handle: str) -> tuple[
-            str, dict[str, Any]]:
-        """The statements (indented once) that make the rule into local `{prefix}o`, its values read with
-        `value(index)` and its text, line and handle given as expressions, and the names they use (all but four
-        prefixed): blocks.py writes them into its chain readers."""
+    def values(prefix: str, value: Callable[[int], str], ns: dict[str, Any]) -> tuple[str, list[str]]:
+        """The statements (indented once) that check the rule's masked keywords and normalise its values, read
+        with `value(index)`, into locals `{prefix}x…` (their names returned, in `_lazy`'s order); the objects
+        they use go into `ns` (names prefixed)."""
         # Values are interned: the same addresses and chain names recur in many rules (an endpoint's address in
         # both rules of its chain, every endpoint chain's name in its service chain's verdict map and as the
         # chain's own name), ~10 MB of copies at 5,000 Services.
-        ns: dict[str, Any] = {"_pton": inet_pton, "_AF_INET": AF_INET, "_intern": intern}
+        ns.update({"_pton": inet_pton, "_AF_INET": AF_INET, "_intern": intern})
 
         def name(obj: Any) -> str:
             key = f"_{prefix}{len(ns)}"
@@ -239,24 +238,33 @@ def compile_template(items: tuple[Any, ...], comment: Any, keywords: dict[int, s
             else:
                 lines += f"    {x} = {name(_intern_str)}({name(slot.fn)}({v}))\n"
             parts.append(x)
+        return lines, parts
+
+    def construct(prefix: str, parts: list[str], text: str, line: str, handle: str, ns: dict[str, Any]) -> str:
+        """The statements (indented once) that make the rule of normalised values `parts` (expressions) into
+        local `{prefix}o`, its text, line and handle given as expressions; the objects they use go into `ns`."""
+        ns[f"_{prefix}draft"], ns[f"_{prefix}build"], ns["_Rule"] = _RuleDraft, build, Rule
         normalised = "".join(p + ", " for p in parts)
         # `text`, `line` and `handle` (None without `nft -a`) are set as well as kept in `_lazy`: a slot costs its
         # place whether set or not, and reading an unset one goes through an AttributeError and Rule.__getattr__
         # (the layout reads every endpoint rule's line, the walker every replayed rule's handle). A rule
-        # of a listing read line by line is given the listing (model.SourceText) for its text, which is that
+        # of a listing read line by line is given the listing (source.SourceText) for its text, which is that
         # line stripped: it keeps no copy of it, and Rule.__getattr__ reads it from there.
         o = f"{prefix}o"
-        lines += (f"    {o} = {name(_RuleDraft)}()\n"
-                  f"    {o}.handle = {handle}\n"
-                  f"    if type({text}) is str:\n        {o}.text = {text}\n    {o}.line = {line}\n"
-                  f"    {o}._lazy = ({name(build)}, {text}, {line}, {normalised})\n"
-                  f"    {o}.__class__ = {name(Rule)}\n")
-        return lines, ns
+        return (f"    {o} = _{prefix}draft()\n"
+                f"    {o}.handle = {handle}\n"
+                f"    if type({text}) is str:\n        {o}.text = {text}\n    {o}.line = {line}\n"
+                f"    {o}._lazy = (_{prefix}build, {text}, {line}, {normalised})\n"
+                f"    {o}.__class__ = _Rule\n")
 
-    code, ns = inline("", "v[{}]".format, "text", "line", "handle")
+    ns: dict[str, Any] = {}
+    code, parts = values("", "v[{}]".format, ns)
+    code += construct("", parts, "text", "line", "handle", ns)
     exec(f"def make(v, text, line, handle):\n{code}    return o\n", ns)
     make = ns["make"]
-    make.inline = inline
+    make.build = build
+    make.values = values
+    make.construct = construct
     return make
 
 

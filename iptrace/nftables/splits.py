@@ -26,13 +26,50 @@ from typing import Any
 
 from iptrace.nftables.evaluate import address_equals, forks
 from iptrace.nftables.model import AnonSet, Match, Nat, Numgen, SetUpdate, Verdict, VerdictMap
+from iptrace.nftables.normalise import make_nat
 from iptrace.nftables.rules import FORK, NAT, UPDATE, VMAP
+from iptrace.nftables.shapes import Call, Slot
 from iptrace.nftables.skeleton import NOT_RAW, RESTORED, closure_fields, rule_reads
 from iptrace.nftables.state import Bound, State, cons_list
 
 MAX_RULES = 8  # (kube-proxy's service chains have 2 rules, its local chains 1)
 MEMO_SIZE = 4096
 _WORDS = ("numgen",)
+
+
+def _may_draw(rule: Any) -> bool:
+    """Whether a rule may hold a `numgen` draw (`_signature` decides; this only spares it the rest): its text says
+    `numgen`. One a shape's builder made is read from its template when that tells (`_template_draws`), and its
+    text is not read: the text of a listing's rule is a line found in the whole listing (source.SourceText),
+    which is otherwise searched only as far as its sets' elements."""
+    lazy = rule._lazy
+    if lazy is not None:
+        build = lazy[0]
+        try:
+            may = build.may_draw
+        except AttributeError:
+            template = getattr(build, "template", None)
+            may = build.may_draw = None if template is None else _template_draws(template[0])
+        if may is not None:
+            return may  # type: ignore[no-any-return]
+    return "numgen" in rule.text
+
+
+def _template_draws(items: tuple[Any, ...]) -> bool | None:
+    """Whether the rules a template makes have a verdict map keyed by numgen (what `_signature` looks for), or
+    None when a value could make one: an item, or a verdict map's key, that a value's function or a Call other
+    than make_nat (which makes a Nat) makes."""
+    found = False
+    for item in items:
+        t = type(item)
+        if t is Slot or (t is Call and item.fn is not make_nat):
+            return None
+        if t is VerdictMap:
+            if type(item.key) is Numgen:
+                found = True
+            elif type(item.key) in (Slot, Call):
+                return None
+    return found
 
 
 class SplitShape:
@@ -114,8 +151,7 @@ class Splits:
 
     def of(self, code: Any, walker: Any) -> Member | None:
         rules = code.chain.rules
-        if code.chain.base is not None or not 0 < len(rules) <= MAX_RULES or \
-                not any("numgen" in rule.text for rule in rules):
+        if code.chain.base is not None or not 0 < len(rules) <= MAX_RULES or not any(map(_may_draw, rules)):
             return None
         found = _signature(rules)
         if found is None:
