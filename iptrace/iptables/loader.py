@@ -303,9 +303,9 @@ class _Loader:
             stream, known, runs = blocks.plan(text, memo.blocks)
         else:
             stream, known, runs = enumerate(blocks.lines(text, 0, len(text)), 1), [], []
-        known_blocks = iter(known)
+        known_blocks, mark = iter(known), blocks.MARK
         for line_no, raw in stream:
-            if raw is blocks.MARK:  # (a run of lines read before: blocks.plan)
+            if raw is mark:  # (a run of lines read before: blocks.plan)
                 line_no = self.block(next(known_blocks), current, fast_rules, line_no)
                 last_head = "\0"
                 continue
