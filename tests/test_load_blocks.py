@@ -153,3 +153,20 @@ def test_a_block_found_where_its_lines_read_otherwise_loads_as_its_lines() -> No
             assert _loaded(text, memo, lenient) == _loaded(text, None, lenient), why
             # (and again, with the blocks the first load kept)
             assert _loaded(text, memo, lenient) == _loaded(text, None, lenient), why
+
+
+def test_two_ways_of_writing_one_cluster_s_chains_are_both_kept() -> None:
+    """A node's IPv4 and IPv6 dumps (read with one memo) name the same chains with other rules: each dump's blocks
+    are found again after the other's."""
+    from bench import fleet, synth
+
+    memo = LoadMemo()
+    services = synth.scale(40, 3, 0)
+    first = fleet.node_dump(services, 0)
+    other = first.replace("10.", "11.")
+    for text in (first, other, first, other):
+        load(text, memo=memo)
+    for text in (first, other):
+        _stream, known, _runs = blocks.plan(text, memo.blocks)
+        assert sum(b.line_count for b in known) > 0.9 * text.count("\n")
+        assert _value(load(text, memo=memo)) == _value(load(text))

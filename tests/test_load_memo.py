@@ -211,9 +211,9 @@ def test_a_block_found_under_another_key_loads_as_its_lines() -> None:
         memo.blocks.update(zip(keys, found[shift:] + found[:shift], strict=True))
         _same(load(text, source="n2", memo=memo), load(text, source="n2"))
     memo.blocks.clear()
-    for (_table, name), block in zip(keys, found, strict=True):  # (each block under every table's key)
+    for (_table, name), kept in zip(keys, found, strict=True):  # (each block under every table's key)
         for other in ("filter", "nat", "mangle"):
-            memo.blocks[(other, name)] = block
+            memo.blocks[(other, name)] = (*memo.blocks.get((other, name), ()), *kept)
     _same(load(text, source="n2", memo=memo), load(text, source="n2"))
 
 

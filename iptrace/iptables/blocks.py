@@ -82,12 +82,23 @@ class Block:
         return map(slice, accumulate(counts, initial=0), accumulate(counts))
 
 
+# Blocks by their table and first chain (":" and the chain for declarations), the latest first: KEPT of them, so that
+# dumps that write a chain two ways (an IPv4 and an IPv6 dump of one node, read with one memo) find both.
+Blocks = dict[tuple[str, str], tuple[Block, ...]]
+KEPT = 2
+
+
+def _put(blocks: Blocks, key: tuple[str, str], block: Block) -> None:
+    old = [b for b in blocks.get(key, ()) if b.chains != block.chains or b.specs != block.specs]
+    blocks[key] = (block, *old[:KEPT - 1])
+
+
 # A run read line by line: (table, kind: "-" rules or ":" declarations, entries: [chain, its rules' count, where its
 # first one starts] a chain of rules, [chain] a declaration)
 Run = tuple[str, str, list[list[Any]]]
 
 
-def plan(text: str, blocks: dict[tuple[str, str], Block]) -> tuple[Iterator[tuple[int, str]], list[Block], list[Run]]:
+def plan(text: str, blocks: Blocks) -> tuple[Iterator[tuple[int, str]], list[Block], list[Run]]:
     """The loader's stream of (line number, line) over `text`, with (line number, MARK) where one of `blocks` stands
     (the blocks, in order, in the list returned), and the runs read line by line (for `remember`). The table a line is
     in is guessed here (from the `*table` lines); the loader checks it."""
@@ -126,22 +137,25 @@ def plan(text: str, blocks: dict[tuple[str, str], Block]) -> tuple[Iterator[tupl
             pos, line = eol + 1, line + 1
             continue
         # (a chain's first rule, or a declaration: where a block may start)
-        block = blocks.get((table, name if kind == "-" else ":" + name))  # type: ignore[arg-type]
-        if block is not None:
+        for block in blocks.get((table, name if kind == "-" else ":" + name), ()):  # type: ignore[arg-type]
             joined = block.text()
             end = pos + len(joined)
             # (a block followed by more of its last chain's rules is not those rules)
             if startswith(joined, pos) and (kind == ":" or not startswith(f"-A {block.chains[-1]} ", end)):
-                if run is not None:
-                    runs.append(run)
-                    run = None
-                if region < pos:
-                    pieces.append(enumerate(lines(text, region, pos - 1), region_line))
-                pieces.append(((line, MARK),))
-                known.append(block)
-                pos, line = end, line + block.line_count
-                region, region_line = pos, line
-                continue
+                break
+        else:
+            block = None
+        if block is not None:
+            if run is not None:
+                runs.append(run)
+                run = None
+            if region < pos:
+                pieces.append(enumerate(lines(text, region, pos - 1), region_line))
+            pieces.append(((line, MARK),))
+            known.append(block)
+            pos, line = end, line + block.line_count
+            region, region_line = pos, line
+            continue
         entry = [name, 1, pos] if kind == "-" else [name]
         if run is not None and run[1] == kind:
             run[2].append(entry)
@@ -156,7 +170,7 @@ def plan(text: str, blocks: dict[tuple[str, str], Block]) -> tuple[Iterator[tupl
     return chain_items.from_iterable(pieces), known, runs
 
 
-def remember(blocks: dict[tuple[str, str], Block], runs: list[Run], text: str, ruleset: Ruleset,
+def remember(blocks: Blocks, runs: list[Run], text: str, ruleset: Ruleset,
              shapes: Iterable[Any]) -> None:
     """Keep as blocks the `runs` of this load (see the module's docstring); `shapes`: the memo's."""
     if not runs:
@@ -190,17 +204,17 @@ def remember(blocks: dict[tuple[str, str], Block], runs: list[Run], text: str, r
         _keep(blocks, table, group)
 
 
-def _keep(blocks: dict[tuple[str, str], Block], table: str, group: list[tuple[str, tuple[Any, ...]]]) -> None:
+def _keep(blocks: Blocks, table: str, group: list[tuple[str, tuple[Any, ...]]]) -> None:
     if not group:
         return
     rules = [r for _name, chain_rules in group for r in chain_rules]
-    blocks[(table, group[0][0])] = Block(table, tuple([name for name, _ in group]),
-                                         tuple([len(chain_rules) for _, chain_rules in group]),
-                                         tuple(map(_TEXT, rules)), tuple(map(_SHAPE, rules)),
-                                         frozenset(filter(None, map(jump_target, rules))))
+    _put(blocks, (table, group[0][0]), Block(table, tuple([name for name, _ in group]),
+                                             tuple([len(chain_rules) for _, chain_rules in group]),
+                                             tuple(map(_TEXT, rules)), tuple(map(_SHAPE, rules)),
+                                             frozenset(filter(None, map(jump_target, rules)))))
 
 
-def _declarations(blocks: dict[tuple[str, str], Block], table: str, entries: list[list[Any]]) -> None:
+def _declarations(blocks: Blocks, table: str, entries: list[list[Any]]) -> None:
     """Blocks of the declarations of `entries` that the loop's fast path reads as a block's are replayed: of a name
     with no blank, not built in in the table, each once in its block."""
     builtin = BUILTIN_CHAINS.get(table, ())
@@ -215,10 +229,10 @@ def _declarations(blocks: dict[tuple[str, str], Block], table: str, entries: lis
     _keep_declared(blocks, table, group)
 
 
-def _keep_declared(blocks: dict[tuple[str, str], Block], table: str, group: dict[str, None]) -> None:
+def _keep_declared(blocks: Blocks, table: str, group: dict[str, None]) -> None:
     if group:
         names = tuple(group)
-        blocks[(table, ":" + names[0])] = Block(table, names)
+        _put(blocks, (table, ":" + names[0]), Block(table, names))
 
 
 def lines(text: str, start: int, end: int) -> Iterator[str]:

@@ -104,7 +104,7 @@ class _Loader:
         self._lines: list[str] | None = None
         # Every declared chain name, to itself: a rule keeps its chain's own name object rather than a copy
         # sliced from its line (~70 bytes a rule, ~11 MB for a 160,000-rule dump). Interned: the nodes an audit
-        # worker loads, the lines it remembers (_LINES) and its caches of chain summaries and port reads
+        # worker loads, the blocks it remembers (LoadMemo.blocks) and its caches of chain summaries and port reads
         # (kube_chains, carry) then hold one string a chain name, not one each (~3.5 MB of endpoint chain names).
         self.names: dict[str, str] = {}
 

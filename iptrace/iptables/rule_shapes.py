@@ -32,7 +32,7 @@ class LoadMemo:
 
     def __init__(self) -> None:
         self.shapes: dict[str, RuleShape] = {}
-        self.blocks: dict[tuple[str, str], Any] = {}  # (table, chain) → its blocks.Block
+        self.blocks: dict[tuple[str, str], tuple[Any, ...]] = {}  # (table, first chain) → blocks.Block (blocks.Blocks)
 
 
 def build_shape(args: list[tuple[str, str, int]], line: str, line_no: int, source: str,
