@@ -313,15 +313,18 @@ def test_parse_summary_golden(sample: Path, golden) -> None:
 
 @pytest.mark.parametrize("block", [1, 2, 3, 7, 64])
 def test_lines_split_a_block_at_a_time(monkeypatch: pytest.MonkeyPatch, block: int) -> None:
-    from iptrace.iptables import loader
+    from iptrace.iptables import blocks as line_blocks
 
-    monkeypatch.setattr(loader, "_BLOCK", block)
+    monkeypatch.setattr(line_blocks, "_BLOCK", block)
     rng = random.Random(block)
     for _ in range(200):
         text = "".join(rng.choice(["\n", "a", "bc", " ", "\n\n", "-A X"]) for _ in range(rng.randrange(40)))
-        assert list(loader._split_lines(text)) == text.split("\n")
+        assert list(line_blocks.lines(text, 0, len(text))) == text.split("\n")
+        start = rng.randrange(len(text) + 1)
+        end = rng.randrange(start, len(text) + 1)
+        assert list(line_blocks.lines(text, start, end)) == text[start:end].split("\n")
     sample = (Path(__file__).resolve().parent.parent / "sample_dumps" / "nodeport-fb-backends.txt").read_text()
-    monkeypatch.setattr(loader, "_BLOCK", 1000)
+    monkeypatch.setattr(line_blocks, "_BLOCK", 1000)
     blocks = load(sample)
     monkeypatch.undo()
     whole = load(sample)

@@ -15,14 +15,13 @@ import gc
 import gzip
 import re
 import sys
-from collections.abc import Iterator
-from itertools import chain as chain_items
+from itertools import repeat
 from pathlib import Path
 from sys import intern
 from types import ModuleType
 
 from iptrace.errors import DumpSemanticError, InputError, ParseError
-from iptrace.iptables import listing, restore
+from iptrace.iptables import blocks, listing, restore
 from iptrace.iptables.model import BUILTIN_CHAINS, TABLES, TOKEN_RE, Chain, LoadWarning, Rule, Ruleset, RuleShape, Table
 from iptrace.iptables.options import (
     BUILTIN_TARGETS,
@@ -105,7 +104,7 @@ class _Loader:
         self._lines: list[str] | None = None
         # Every declared chain name, to itself: a rule keeps its chain's own name object rather than a copy
         # sliced from its line (~70 bytes a rule, ~11 MB for a 160,000-rule dump). Interned: the nodes an audit
-        # worker loads, the lines it remembers (_LINES) and its caches of chain summaries and port reads
+        # worker loads, the blocks it remembers (LoadMemo.blocks) and its caches of chain summaries and port reads
         # (kube_chains, carry) then hold one string a chain name, not one each (~3.5 MB of endpoint chain names).
         self.names: dict[str, str] = {}
 
@@ -295,30 +294,25 @@ class _Loader:
         jumps: list[tuple[str, int, str]] = []
         builtin_chains: tuple[str, ...] = ()
         names = self.names
-        remembered = self.memo.shapes if self.memo is not None else {}
-        seen = _lines_seen(self.memo)
-        heads: dict[str, str] = {}  # a chain's name → "-A NAME " (a line of `seen` starts with it)
         tabs = "\t" in text  # (iptables-save writes none: one look at the text, not one a line)
         # The last -A line's "-A CHAIN ", its chain and rules: a dump writes a chain's rules in a row, and a line that
         # starts with it needs no look-up. "\0" (no line starts with it) whenever a table opens or fast_rules change.
         last_head, last_chain, last_rules = "\0", "", []
-        for line_no, raw in enumerate(_split_lines(text), 1):
+        memo = self.memo
+        if memo is not None:
+            stream, known, runs = blocks.plan(text, memo.blocks)
+        else:
+            stream, known, runs = enumerate(blocks.lines(text, 0, len(text)), 1), [], []
+        known_blocks, mark = iter(known), blocks.MARK
+        for line_no, raw in stream:
+            if raw is mark:  # (a run of lines read before: blocks.plan)
+                line_no = self.block(next(known_blocks), current, fast_rules, line_no)
+                last_head = "\0"
+                continue
             line = raw.strip()
             if not line:
                 continue
             c = line[0]
-            if seen is not None and c == "-" and current is not None:
-                # (a line read before: the fast path's answer below, without slicing and hashing its spec)
-                hit = seen.get(hash(line))
-                if hit is not None:
-                    chain, args, shape, target, head = hit
-                    rules = fast_rules.get(chain)
-                    # (found by the line's hash, so checked to be that line: "-A CHAIN " + its spec)
-                    if rules is not None and head + args == line:
-                        if target is not None and target not in table_chains:
-                            jumps.append((target, line_no, chain))
-                        rules.append(new_rule(Rule, (chain, args, None, line_no, shape)))
-                        continue
             if c == "-" and line[:3] == "-A ":
                 if current is None:
                     self.semantic("rule before its table; expected a '*filter' (or *nat, *mangle, …) line "
@@ -349,13 +343,6 @@ class _Loader:
                     if target not in table_chains and target not in BUILTIN_TARGETS:
                         jumps.append((target, line_no, chain))
                 rules.append(new_rule(Rule, (chain, args, None, line_no, shape)))
-                if seen is not None and remembered.get(key) is shape:
-                    # (the target when it is not a built-in one, as the declared name object: `seen` keeps it)
-                    jump = None if target is None or target in BUILTIN_TARGETS else names.get(target, target)
-                    head = heads.get(chain)
-                    if head is None:
-                        head = heads[chain] = line[:sp + 1]
-                    seen[hash(line)] = (chain, args, shape, jump, head)
             elif c == "-":
                 self.command(current, line, line_no)
                 fast_rules = {}  # rules of this table may now be edited: later -A lines keep count of jumps
@@ -438,7 +425,48 @@ class _Loader:
             raise ParseError("no table found; expected iptables-save output ('*filter' … 'COMMIT') or an "
                              "'iptables -S' listing", source=source, line=1, column=1,
                              text=text.split("\n", 1)[0])
-        return self.finish(text, "save", pending_comments)
+        ruleset = self.finish(text, "save", pending_comments)
+        if memo is not None:
+            blocks.remember(memo.blocks, runs, text, ruleset, memo.shapes.values())
+        return ruleset
+
+    def block(self, block: blocks.Block, t: OpenTable | None, fast_rules: dict[str, list[Rule]], line_no: int) -> int:
+        """A block read before (blocks.plan) standing at `line_no`, taken at once where the loop would read each of its
+        lines on its fast path: rules whose chains are in `fast_rules` (declared in this table, and no command has
+        emptied it) with no rule yet, the chains they jump to declared (no jump to check at COMMIT); declarations in
+        the block's table (none of its chains is built in there) of chains it does not declare yet. Else its lines
+        are read one by one as the loop's slow paths read them. Returns its last line's number."""
+        counts, chains = block.counts, block.chains
+        if counts is None:
+            if t is not None and t.name == block.table and t.chains.keys().isdisjoint(chains):
+                lines = range(line_no, line_no + len(chains))
+                t.chains.update(zip(chains, zip(repeat(None), repeat((0, 0)), lines, strict=False), strict=True))
+                t.rules.update(zip(chains, map(list, repeat((), len(chains))), strict=True))
+                self.names.update(zip(chains, chains, strict=True))
+            else:
+                for at, name in enumerate(chains, line_no):
+                    if t is None:
+                        self.semantic("chain declaration before its table; expected a '*table' line first", at,
+                                      f":{name} - [0:0]")
+                    else:
+                        self.declare(t, name, "-", "0", "0", at, f":{name} - [0:0]")
+            return line_no + len(chains) - 1
+        count = len(block.specs)
+        if (t is not None and all(map(fast_rules.__contains__, chains))
+                and not any(map(len, map(fast_rules.get, chains))) and block.targets <= t.chains.keys()):
+            rules = list(map(tuple.__new__, repeat(Rule), zip(block.rule_chains(), block.specs, repeat(None),
+                                                               range(line_no, line_no + count), block.shapes,
+                                                               strict=False)))
+            fast_rules.update(zip(chains, map(rules.__getitem__, block.rule_slices()), strict=True))
+            return line_no + count - 1
+        for at, chain, spec in zip(range(line_no, line_no + count), block.rule_chains(), block.specs, strict=True):
+            line = f"-A {chain} {spec}"
+            if t is None:
+                self.semantic("rule before its table; expected a '*filter' (or *nat, *mangle, …) line first", at,
+                              line)
+            else:
+                self.add_rule(t, line, at, line[3:], None)
+        return line_no + count - 1
 
     def declare(self, t: OpenTable, name: str, policy: str, pk: str | None, pb: str | None, line_no: int,
                 line: str) -> None:
@@ -511,49 +539,6 @@ class _Loader:
                     self.fail_line(line, line_no)
             self.close_table(t)
         return self.finish(text, "S", [])
-
-
-# Every "-A" line the loads with one memo read on their fast path, by its hash → (its chain's name, its spec, the
-# spec's shape, the target when it is not a built-in one, else None, and "-A CHAIN " — one string per chain): all of
-# them follow from the line's text (a shape from the spec's text, and only shapes read without a warning are kept:
-# LoadMemo), so a line read before is read with one look-up (a node's lines are almost all its cluster's other
-# nodes' lines), and its rule shares the spec's string with the nodes read before. By hash, not by the line itself
-# (~190 bytes, 30 MB for a 5,000-Service node): a line found is checked to be "-A CHAIN " and the spec. Kept for the
-# latest memo (a worker's: `audit` loads its nodes with one), as it lives.
-_LINES: list[tuple[LoadMemo, dict[int, tuple[str, str, RuleShape, str | None, str]]]] = []
-
-
-def _lines_seen(memo: LoadMemo | None) -> dict[int, tuple[str, str, RuleShape, str | None, str]] | None:
-    """The lines read before with `memo` (None without one)."""
-    if memo is None:
-        return None
-    if not _LINES or _LINES[0][0] is not memo:
-        _LINES[:] = [(memo, {})]
-    seen = _LINES[0][1]
-    if len(seen) > memo.LIMIT:
-        seen.clear()
-    return seen
-
-
-# Characters split into lines at a time: a 24 MB dump split whole is ~35 MB of line strings at once, beside
-# the text and the rules made from them (the loader's peak).
-_BLOCK = 1 << 20
-
-
-def _split_lines(text: str) -> Iterator[str]:
-    """`text.split("\n")`, made a block at a time (each block ends at a newline; their lines chained in C)."""
-    return chain_items.from_iterable(_blocks(text))
-
-
-def _blocks(text: str) -> Iterator[list[str]]:
-    start, size = 0, len(text)
-    while start + _BLOCK < size:
-        end = text.find("\n", start + _BLOCK)
-        if end < 0:
-            break
-        yield text[start:end].split("\n")
-        start = end + 1
-    yield text[start:].split("\n")
 
 
 def load(text: str | bytes, *, source: str = "<dump>", lenient: bool = False,

@@ -5,6 +5,7 @@ next dump of the same cluster can use (LoadMemo)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from iptrace.errors import ParseError
 from iptrace.iptables.model import RuleShape
@@ -24,15 +25,14 @@ class LoadMemo:
     hundreds whose rules are almost all alike): the shape of every shape key that lark read (`shapes`). A shape
     depends on its key alone, and a key on the spec's text alone, so a remembered one is the one this load would
     find; only shapes read without a warning are kept (a load says each of its own warnings). Skips lark for shapes
-    seen before; the loader keeps the lines read with a memo (loader._LINES), which skips the shape-key regex for
-    lines seen before (a quarter of a load's time)."""
+    seen before; and the chains' runs of lines read before (`blocks`: iptrace.iptables.blocks), whose rules a load
+    makes without reading their lines (most of a load's time)."""
 
-    __slots__ = ("shapes",)
-
-    LIMIT = 400_000  # lines kept (loader._LINES) before they start again (a node adds its few own rules)
+    __slots__ = ("blocks", "shapes")
 
     def __init__(self) -> None:
         self.shapes: dict[str, RuleShape] = {}
+        self.blocks: dict[tuple[str, str], tuple[Any, ...]] = {}  # (table, first chain) → blocks.Block (blocks.Blocks)
 
 
 def build_shape(args: list[tuple[str, str, int]], line: str, line_no: int, source: str,
