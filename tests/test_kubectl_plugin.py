@@ -133,7 +133,7 @@ def test_python_m_iptrace() -> None:
 
 
 def krew_build() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("krew_build", ROOT / "plugins" / "krew" / "build.py")
+    spec = importlib.util.spec_from_file_location("krew_build", ROOT / ".ci" / "krew" / "build.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -141,11 +141,11 @@ def krew_build() -> ModuleType:
 
 
 def test_krew_manifest() -> None:
-    manifest = yaml.safe_load((ROOT / "plugins" / "krew" / "iptrace.yaml").read_text())
+    manifest = yaml.safe_load((ROOT / ".ci" / "krew" / "iptrace.yaml").read_text())
     assert manifest["apiVersion"] == "krew.googlecontainertools.github.com/v1alpha2"
     assert manifest["kind"] == "Plugin" and manifest["metadata"]["name"] == "iptrace"
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-    assert manifest["spec"]["version"] == f"v{version}", "bump plugins/krew/iptrace.yaml with pyproject.toml"
+    assert manifest["spec"]["version"] == f"v{version}", "bump .ci/krew/iptrace.yaml with pyproject.toml"
     assert manifest["spec"]["shortDescription"] and len(manifest["spec"]["shortDescription"]) <= 60
     for platform in manifest["spec"]["platforms"]:
         assert platform["selector"]["matchExpressions"] == [{"key": "os", "operator": "In",

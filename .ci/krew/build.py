@@ -1,11 +1,11 @@
 """Build the krew archive of iptrace and its manifest.
 
-    python3 plugins/krew/build.py --uri https://example.org/kubectl-iptrace-v0.1.0.tar.gz --out dist/
+    python3 .ci/krew/build.py --uri https://example.org/kubectl-iptrace-v0.1.0.tar.gz --out dist/
 
 The archive holds the shim (kubectl-iptrace, krew's `bin`) and iptrace's source under src/ (the package, its
 grammars, pyproject.toml and README.md). It is reproducible: the same source gives the same bytes (sorted
 members, no timestamps or owners), so its sha256 can be checked by anyone who builds it again. The manifest
-is plugins/krew/iptrace.yaml with the archive's URL and sha256 filled in.
+is .ci/krew/iptrace.yaml with the archive's URL and sha256 filled in.
 """
 
 from __future__ import annotations
