@@ -16,8 +16,11 @@ from tests.sshd import SAMPLE_DUMP, SshdFarm, default_scripts, have_sshd, keygen
 pytestmark = pytest.mark.skipif(not have_sshd(), reason="OpenSSH server (/usr/sbin/sshd) is not installed")
 
 # Kills the nearest sshd above it (the session's own process): the client sees the connection close mid-run,
-# as when a node reboots or a middlebox drops the flow.
-CLOSE_CONNECTION = """p=$PPID
+# as when a node reboots or a middlebox drops the flow. It first lets sshd send what the earlier commands printed:
+# killed with -9, sshd drops what it read from them and had not sent yet (on a busy machine, the whole
+# iptables-save before it, which the test expects kept).
+CLOSE_CONNECTION = """sleep 1
+p=$PPID
 while [ "$p" -gt 1 ]; do
   case $(cat /proc/$p/comm) in sshd*) kill -9 "$p"; exit 0;; esac
   p=$(cut -d' ' -f4 /proc/$p/stat)
