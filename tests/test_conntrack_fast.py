@@ -221,3 +221,20 @@ def test_lines_right_after_an_asked_flows_line_are_read_as_the_shapes_read_them(
             for block in (4000, len("\n".join(edited[:at + 2])) + 1, 60_000):
                 fast = _outcome(text, fast=True, block=block, monkeypatch=monkeypatch)
                 assert fast == _outcome(text, fast=False, block=block, monkeypatch=monkeypatch)
+
+
+def test_an_asked_flows_lines_of_two_keys_of_one_shape_are_one_group_in_file_order(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every other line of the asked flow indented (another key, its own expression, the same shape): a block's
+    # lines of both keys are one group per flow, its lines in file order, as the shapes read them.
+    lines = _lines(3000, 5)
+    asked = [i for i, line in enumerate(lines) if " dst=10.96.0.10 " in line and " dport=53 " in line
+             and line.startswith("udp")]
+    for i in asked[1::2]:
+        lines[i] = _indented(lines[i])
+    assert asked[1] < 300  # (an indented line in the first block: the key has an expression after it)
+    text = "\n".join(lines) + "\n"
+    fast = _outcome(text, fast=True, block=40_000, monkeypatch=monkeypatch)
+    assert fast == _outcome(text, fast=False, block=40_000, monkeypatch=monkeypatch)
+    groups = load(text, source="ct.txt", focus=ASKED).flows_to("10.96.0.10", 53, "udp")
+    assert any(len(g.lines) > 2 for g in groups)
