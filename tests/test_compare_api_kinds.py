@@ -1,0 +1,55 @@
+"""compare_with_cluster on API data kube-proxy reads differently than a plain ClusterIP Service: Services that
+became headless, ExternalName or of the other IP family (kube-proxy drops their rules though the port is still
+in the spec), and cluster data collected without its EndpointSlices."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from iptrace.kube.cluster import ClusterState
+from iptrace.kube.cluster_json import state_from_objects
+from tests.test_compare import api_objects, base_services, compare, dump, ids, show
+
+
+def _state(objects: list[dict[str, Any]]) -> ClusterState:
+    return state_from_objects(((o["kind"], o, f"test {o['kind']}") for o in objects), "test cluster")
+
+
+def _web(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "web")
+
+
+def _headless(spec: dict[str, Any]) -> None:
+    spec.update(type="ClusterIP", clusterIP="None", clusterIPs=["None"])
+    spec.pop("externalTrafficPolicy", None)
+    for p in spec["ports"]:
+        p.pop("nodePort", None)
+
+
+def _external_name(spec: dict[str, Any]) -> None:
+    for key in ("clusterIP", "clusterIPs", "externalTrafficPolicy", "ipFamilies", "ipFamilyPolicy"):
+        spec.pop(key, None)
+    spec.update(type="ExternalName", externalName="web.example.com")
+
+
+def _ipv6_only(spec: dict[str, Any]) -> None:
+    spec.update(clusterIP="fd00:10:96::a1", clusterIPs=["fd00:10:96::a1"], ipFamilies=["IPv6"])
+
+
+@pytest.mark.parametrize(("change", "why"), [
+    (_headless, "is headless (clusterIP None;"),
+    (_external_name, "is of type ExternalName"),
+    (_ipv6_only, "has no IPv4 ClusterIP"),
+])
+def test_rules_for_a_service_kube_proxy_no_longer_proxies_say_why(change: Any, why: str) -> None:
+    services = base_services()
+    objects = api_objects(services)
+    change(_web(objects)["spec"])
+    findings = compare(dump(services, "node-a"), _state(objects), "node-a")
+    assert ("unknown-service", "warning", "default/web:http") in ids(findings), show(findings)
+    detail = next(f for f in findings if f.id == "unknown-service").detail
+    # The spec still has the TCP port named 'http': saying it has not sends the reader the wrong way.
+    assert why in detail and "has no TCP port named" not in detail, detail
+
