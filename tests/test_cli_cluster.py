@@ -58,3 +58,15 @@ def test_unreachable_server_is_one_line(tmp_path: Path) -> None:
                                        "--kubeconfig", str(config)])
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith(f"Error: cannot reach the API server at http://127.0.0.1:{port}")
+
+
+def test_services_without_endpointslices_compare_the_rest_and_say_so() -> None:
+    # `kubectl get --raw /api/v1/services` alone: no stale-endpoints about every Service, and a note on stderr.
+    data = Path(__file__).resolve().parent / "data" / "cluster"
+    result = CliRunner().invoke(main, ["audit", str(SAMPLE), "--cluster", str(data / "services.json"),
+                                       "-o", "json"])
+    report = json.loads(result.stdout)
+    assert "stale-endpoints" not in {f["id"] for f in report["findings"]}, report["findings"]
+    assert {f["service"] for f in report["findings"] if f["id"] == "missing-service"} == {
+        "default/orphan", "default/shop-lb:http"}
+    assert "has Services but no EndpointSlice" in result.stderr

@@ -53,3 +53,12 @@ def test_rules_for_a_service_kube_proxy_no_longer_proxies_say_why(change: Any, w
     # The spec still has the TCP port named 'http': saying it has not sends the reader the wrong way.
     assert why in detail and "has no TCP port named" not in detail, detail
 
+
+def test_cluster_data_without_endpointslices_does_not_call_every_endpoint_stale() -> None:
+    # `--cluster services.json` alone (kubectl get --raw /api/v1/services): nothing says which endpoints the
+    # Services have, so the node's endpoints cannot be judged; its other disagreements still can.
+    services = base_services()
+    objects = [o for o in api_objects(services) if o["kind"] != "EndpointSlice"]
+    _web(objects)["spec"]["ports"][0]["nodePort"] = 30081
+    findings = compare(dump(services, "node-a"), _state(objects), "node-a")
+    assert ids(findings) == [("port-mismatch", "error", "default/web:http")], show(findings)
