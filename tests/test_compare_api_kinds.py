@@ -62,3 +62,22 @@ def test_cluster_data_without_endpointslices_does_not_call_every_endpoint_stale(
     _web(objects)["spec"]["ports"][0]["nodePort"] = 30081
     findings = compare(dump(services, "node-a"), _state(objects), "node-a")
     assert ids(findings) == [("port-mismatch", "error", "default/web:http")], show(findings)
+
+
+def test_data_of_one_namespace_says_nothing_of_the_others() -> None:
+    # `--kubeconfig … --namespace kube-system` reads only kube-system's Services and EndpointSlices: the
+    # node's Service ports of other namespaces are not "rules for a Service port the API does not have".
+    services = base_services()
+    objects = [o for o in api_objects(services)
+               if o["kind"] == "Node" or o["metadata"].get("namespace") == "kube-system"]
+    scoped = state_from_objects(((o["kind"], o, f"test {o['kind']}") for o in objects), "test cluster",
+                                namespace="kube-system")
+    assert compare(dump(services, "node-a"), scoped, "node-a") == []
+    # A kube-system Service port the node has and the API no longer does is still said.
+    objects = [o for o in objects if o["metadata"]["name"] != "kube-dns"]
+    scoped = state_from_objects(((o["kind"], o, f"test {o['kind']}") for o in objects), "test cluster",
+                                namespace="kube-system")
+    findings = compare(dump(services, "node-a"), scoped, "node-a")
+    assert {(f.id, f.service) for f in findings} == {("unknown-service", "kube-system/kube-dns:dns-tcp"),
+                                                     ("unknown-service", "kube-system/kube-dns:dns/udp")}, \
+        show(findings)

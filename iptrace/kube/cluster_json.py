@@ -356,8 +356,10 @@ def _describe(item: _Item) -> str:
     return f"{item.where} ({item.kind})"
 
 
-def state_from_objects(items: Iterable[tuple[str, Mapping[str, Any], str]], source: str) -> ClusterState:
-    """Build a `ClusterState` from (kind, API object, where) triples; `where` names the object in errors.
+def state_from_objects(items: Iterable[tuple[str, Mapping[str, Any], str]], source: str, *,
+                       namespace: str | None = None) -> ClusterState:
+    """Build a `ClusterState` from (kind, API object, where) triples; `where` names the object in errors;
+    `namespace`: the one namespace whose Services and EndpointSlices were read, when only one was.
 
     A later object with the same namespace and name replaces an earlier one, so overlapping files merge."""
     services: dict[tuple[str, str], ClusterService] = {}
@@ -380,4 +382,5 @@ def state_from_objects(items: Iterable[tuple[str, Mapping[str, Any], str]], sour
         slices=tuple(slices[k] for k in sorted(slices)),
         nodes=tuple(nodes[k] for k in sorted(nodes)),
         source=source,
+        namespace=namespace,
     )

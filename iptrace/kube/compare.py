@@ -234,8 +234,10 @@ class _Comparer:
             missing.remove(twin)
             unknown.remove((port, key))
             items.append((twin.label, functools.partial(self.protocol_changed, port, twin)))
+        # Data of one namespace (`--namespace`) says nothing of the other namespaces' Service ports, nor of
+        # a comment-less port it could not name.
         items += [(view_service_label(port), functools.partial(self.unknown_key, port.key, key))
-                  for port, key in unknown]
+                  for port, key in unknown if cluster.covers(key[0] if key else port.namespace or None)]
         items += [(exp.label, functools.partial(self.missing_service, exp)) for exp in missing]
         return items
 
