@@ -81,3 +81,23 @@ def test_data_of_one_namespace_says_nothing_of_the_others() -> None:
     assert {(f.id, f.service) for f in findings} == {("unknown-service", "kube-system/kube-dns:dns-tcp"),
                                                      ("unknown-service", "kube-system/kube-dns:dns/udp")}, \
         show(findings)
+
+
+def test_same_node_hints_are_a_choice_kube_proxy_may_have_made() -> None:
+    # trafficDistribution: PreferSameNode (beta, on by default since 1.34): the EndpointSlice controller gives
+    # every endpoint a `hints.forNodes`, and kube-proxy balances over those hinted for its own node only.
+    services = base_services()
+    web = next(s for s in services if s.name == "web")
+    objects = api_objects(services)
+    for o in objects:
+        if o["kind"] == "EndpointSlice" and o["metadata"]["labels"]["kubernetes.io/service-name"] == "web":
+            for e in o["endpoints"]:
+                e["hints"] = {"forNodes": [{"name": e["nodeName"]}]}
+    node_a_only = [ep for ep in web.endpoints if ep.ip.startswith("10.244.1.")]
+    assert node_a_only and len(node_a_only) < len(web.endpoints)
+    web.endpoints = node_a_only
+    findings = compare(dump(services, "node-a"), _state(objects), "node-a")
+    assert findings == [], show(findings)
+    # On a node no endpoint is hinted for, kube-proxy ignores the hints: the same rules are stale there.
+    findings = compare(dump(services, "node-c"), _state(objects), "node-c")
+    assert ("stale-endpoints", "warning", "default/web:http") in ids(findings), show(findings)

@@ -109,6 +109,7 @@ class ClusterEndpoint:
     node_name: str | None = None
     zone: str | None = None
     zone_hints: tuple[str, ...] = ()
+    node_hints: tuple[str, ...] = ()
 
     @property
     def address(self) -> str:

@@ -237,6 +237,11 @@ def _endpoint_slice(obj: Mapping[str, Any]) -> ClusterEndpointSlice:
             if not isinstance(z, dict):
                 raise _ShapeError(f"{where}hints.forZones[{j}]", f"expected an object, got {type_name(z)}")
             zone_hints.append(_str(z, "name", f"{where}hints.forZones[{j}].", required=True) or "")
+        node_hints = []
+        for j, h in enumerate(_list(hints, "forNodes", f"{where}hints.")):
+            if not isinstance(h, dict):
+                raise _ShapeError(f"{where}hints.forNodes[{j}]", f"expected an object, got {type_name(h)}")
+            node_hints.append(_str(h, "name", f"{where}hints.forNodes[{j}].", required=True) or "")
         if not addresses:
             continue
         for port_name, number, protocol in ports:
@@ -252,6 +257,7 @@ def _endpoint_slice(obj: Mapping[str, Any]) -> ClusterEndpointSlice:
                 node_name=node_name,
                 zone=zone,
                 zone_hints=tuple(zone_hints),
+                node_hints=tuple(node_hints),
             ))
     return ClusterEndpointSlice(
         namespace=namespace,
