@@ -58,3 +58,27 @@ def test_unreachable_server_is_one_line(tmp_path: Path) -> None:
                                        "--kubeconfig", str(config)])
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith(f"Error: cannot reach the API server at http://127.0.0.1:{port}")
+
+
+def test_namespace_limits_the_comparison_too(api: ApiServer, kubeconfig: str) -> None:
+    # Only kube-system was read: default's Service ports on the node are not "unknown" to the API.
+    result = CliRunner().invoke(main, ["audit", str(SAMPLE), "--kubeconfig", kubeconfig, "-n", "kube-system",
+                                       "-o", "json"])
+    report = json.loads(result.stdout)
+    assert {f["service"] for f in report["findings"] if f["service"]} <= {
+        "kube-system/kube-dns:dns/udp", "kube-system/kube-dns:dns-tcp", "kube-system/kube-dns:metrics"}, \
+        report["findings"]
+    assert [r.path.split("?")[0] for r in api.requests if "services" in r.path] == [
+        "/api/v1/namespaces/kube-system/services"]
+
+
+def test_services_without_endpointslices_compare_the_rest_and_say_so() -> None:
+    # `kubectl get --raw /api/v1/services` alone: no stale-endpoints about every Service, and a note on stderr.
+    data = Path(__file__).resolve().parent / "data" / "cluster"
+    result = CliRunner().invoke(main, ["audit", str(SAMPLE), "--cluster", str(data / "services.json"),
+                                       "-o", "json"])
+    report = json.loads(result.stdout)
+    assert "stale-endpoints" not in {f["id"] for f in report["findings"]}, report["findings"]
+    assert {f["service"] for f in report["findings"] if f["id"] == "missing-service"} == {
+        "default/orphan", "default/shop-lb:http"}
+    assert "has Services but no EndpointSlice" in result.stderr

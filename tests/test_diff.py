@@ -14,6 +14,7 @@ from iptrace.iptables import load
 from iptrace.kube import diff as diff_module
 from iptrace.kube.diff import Diff, EndpointChange, FieldChange
 from iptrace.render.audit import diff_to_json, render_diff_text
+from tests.conftest import SAMPLES
 from tests.dumps import analysis
 from tests.test_compare import NODES, POD_CIDR, base_services, dump, dump_text, svc, with_local
 
@@ -121,3 +122,13 @@ def test_json_shape() -> None:
     assert web["service"] == "default/web:http"
     assert {"endpoint": "10.244.2.5:8080", "change": "removed", "a": 0.5, "b": None} in web["endpoints"]
     assert json.loads(json.dumps(doc)) == doc
+
+
+def test_an_ipv6_service_port_added_or_removed_is_written_with_brackets() -> None:
+    # `fd00:10:96::7d:8080` reads as an address; the port of an IPv6 ClusterIP is `[fd00:10:96::7d]:8080`.
+    text = (SAMPLES / "ipv6.txt").read_text()
+    without = "\n".join(line for line in text.splitlines() if "default/orders" not in line) + "\n"
+    d = diff(load(text, source="a.txt"), load(without, source="b.txt"))
+    assert "- service default/orders:http [fd00:10:96::7d]:8080 (0 endpoint(s))" in render_diff_text(d)
+    d = diff(load(without, source="b.txt"), load(text, source="a.txt"))
+    assert "+ service default/orders:http [fd00:10:96::7d]:8080 (0 endpoint(s))" in render_diff_text(d)

@@ -9,6 +9,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -201,3 +202,13 @@ def test_krew_layout_runs_through_kubectl(tmp_path: Path) -> None:
     broken = kubectl("iptrace", "--help", path=[bin_dir], home=tmp_path, env={"IPTRACE_PYTHON": "/nonexistent/py"})
     assert broken.returncode == 1
     assert "iptrace needs Python 3.11 or newer (set IPTRACE_PYTHON)" in broken.stderr
+
+
+def test_no_help_example_names_bare_iptrace_as_the_plugin() -> None:
+    # `collect … --out fleet/ && iptrace audit fleet/`: the second command of an example line too.
+    for args in ([], *([name] for name in sorted(main.commands))):
+        result = CliRunner().invoke(main, [*args, "--help"], prog_name="kubectl iptrace")
+        assert result.exit_code == 0, result.output
+        bare = [line for line in result.output.splitlines()
+                if re.search(rf"(?<!kubectl )(?<![\w/.-])iptrace (?:{'|'.join(main.commands)})\b", line)]
+        assert bare == [], (args, bare)

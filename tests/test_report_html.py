@@ -445,3 +445,21 @@ def test_a_service_port_no_node_has() -> None:
     section = _sections(render_audit_html(report, cluster))["default/fresh:http"]
     assert '<p class="absent wrong">No rules for this Service port on node-a, node-b, node-c:' in section
     assert "10.244.1.40:8080 (ready, node-a)" in section and "<figure" not in section
+
+
+def test_cluster_data_without_endpointslices_flags_no_endpoint_in_the_pictures() -> None:
+    # Services alone (no EndpointSlice at all): the web port still has a finding (its nodePort) and a picture,
+    # whose endpoints are not "not in any EndpointSlice" — the data says nothing of them.
+    services = base_services()
+    web = next(s for s in services if s.name == "web")
+    nodes = [Dumped(n, dump(services, n), (NODES[n],)) for n in sorted(NODES)]
+    web.ports[0].node_port = 30081
+    full = cluster_of(services)
+    cluster = type(full)(services=full.services, slices=(), nodes=full.nodes, source="services.json")
+    report = audit(nodes, cluster)
+    assert {f.id for f in report.findings if f.service == "default/web:http"} == {"port-mismatch"}
+    html = render_audit_html(report, cluster)
+    web_section = _sections(html)["default/web:http"]
+    assert "10.244.1.5:8080" in web_section and "not in any EndpointSlice" not in web_section
+    assert "Endpoints: no EndpointSlice in the cluster data." in web_section
+    assert "no such Service port in the cluster data" not in web_section

@@ -31,8 +31,8 @@ def _fail(exc: IptraceError) -> NoReturn:
     raise click.exceptions.Exit(EXIT_ERROR)
 
 
-# An example line of a command's help: `  iptrace …` or `… | iptrace …`.
-_EXAMPLE = re.compile(r"(^[ \t]+|\| )iptrace (?=\S)", re.MULTILINE)
+# An example line of a command's help: `  iptrace …`, `… | iptrace …` or `… && iptrace …`.
+_EXAMPLE = re.compile(r"(^[ \t]+|\| |&& )iptrace (?=\S)", re.MULTILINE)
 
 
 class _ProgramNamedHelp:

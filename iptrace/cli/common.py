@@ -390,7 +390,12 @@ def cluster_data(cluster_files: tuple[str, ...], kubeconfig: str | None, context
     if cluster_files:
         from iptrace.collect.cluster import load_cluster_files
 
-        return load_cluster_files(list(cluster_files))
+        state = load_cluster_files(list(cluster_files))
+        if state.services and not state.slices:
+            click.echo(f"note: the cluster data ({state.source}) has Services but no EndpointSlice, so the "
+                       "endpoints are not compared; add `kubectl get --raw "
+                       "/apis/discovery.k8s.io/v1/endpointslices` to compare them", err=True)
+        return state
     if kubeconfig or context:
         from iptrace.collect.cluster import load_cluster_live
 

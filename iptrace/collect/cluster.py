@@ -277,4 +277,4 @@ def load_cluster_live(kubeconfig: str | None, context: str | None, namespace: st
             items += list_all(_NODES, core.list_node, None, node_selector)
     finally:
         api_client.close()
-    return state_from_objects(items, where)
+    return state_from_objects(items, where, namespace=namespace or None)

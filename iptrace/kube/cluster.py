@@ -109,6 +109,7 @@ class ClusterEndpoint:
     node_name: str | None = None
     zone: str | None = None
     zone_hints: tuple[str, ...] = ()
+    node_hints: tuple[str, ...] = ()
 
     @property
     def address(self) -> str:
@@ -159,12 +160,14 @@ class ClusterState:
     """Services, EndpointSlices and Nodes (the loaders sort each by namespace and name).
 
     `source` says where the data came from (files or a kubeconfig context); it is left out of equality so
-    the same objects read two ways compare equal."""
+    the same objects read two ways compare equal. `namespace` is set when only that namespace's Services and
+    EndpointSlices were read (`--namespace`): the data says nothing about the others."""
 
     services: tuple[ClusterService, ...] = ()
     slices: tuple[ClusterEndpointSlice, ...] = ()
     nodes: tuple[ClusterNode, ...] = ()
     source: str = field(default="", compare=False)
+    namespace: str | None = None
     _index: _Index = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -183,6 +186,10 @@ class ClusterState:
         )
         # frozen dataclass: the derived index is set once here and never changes afterwards.
         object.__setattr__(self, "_index", index)
+
+    def covers(self, namespace: str | None) -> bool:
+        """Whether the data lists the Services of `namespace` (None: a namespace not known)."""
+        return self.namespace is None or namespace == self.namespace
 
     def service(self, namespace: str, name: str) -> ClusterService | None:
         return self._index.services.get((namespace, name))

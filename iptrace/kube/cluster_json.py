@@ -237,6 +237,11 @@ def _endpoint_slice(obj: Mapping[str, Any]) -> ClusterEndpointSlice:
             if not isinstance(z, dict):
                 raise _ShapeError(f"{where}hints.forZones[{j}]", f"expected an object, got {type_name(z)}")
             zone_hints.append(_str(z, "name", f"{where}hints.forZones[{j}].", required=True) or "")
+        node_hints = []
+        for j, h in enumerate(_list(hints, "forNodes", f"{where}hints.")):
+            if not isinstance(h, dict):
+                raise _ShapeError(f"{where}hints.forNodes[{j}]", f"expected an object, got {type_name(h)}")
+            node_hints.append(_str(h, "name", f"{where}hints.forNodes[{j}].", required=True) or "")
         if not addresses:
             continue
         for port_name, number, protocol in ports:
@@ -252,6 +257,7 @@ def _endpoint_slice(obj: Mapping[str, Any]) -> ClusterEndpointSlice:
                 node_name=node_name,
                 zone=zone,
                 zone_hints=tuple(zone_hints),
+                node_hints=tuple(node_hints),
             ))
     return ClusterEndpointSlice(
         namespace=namespace,
@@ -356,8 +362,10 @@ def _describe(item: _Item) -> str:
     return f"{item.where} ({item.kind})"
 
 
-def state_from_objects(items: Iterable[tuple[str, Mapping[str, Any], str]], source: str) -> ClusterState:
-    """Build a `ClusterState` from (kind, API object, where) triples; `where` names the object in errors.
+def state_from_objects(items: Iterable[tuple[str, Mapping[str, Any], str]], source: str, *,
+                       namespace: str | None = None) -> ClusterState:
+    """Build a `ClusterState` from (kind, API object, where) triples; `where` names the object in errors;
+    `namespace`: the one namespace whose Services and EndpointSlices were read, when only one was.
 
     A later object with the same namespace and name replaces an earlier one, so overlapping files merge."""
     services: dict[tuple[str, str], ClusterService] = {}
@@ -380,4 +388,5 @@ def state_from_objects(items: Iterable[tuple[str, Mapping[str, Any], str]], sour
         slices=tuple(slices[k] for k in sorted(slices)),
         nodes=tuple(nodes[k] for k in sorted(nodes)),
         source=source,
+        namespace=namespace,
     )

@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from iptrace.kube.cluster import ClusterEndpoint, ClusterState
+from iptrace.kube.cluster import ClusterEndpoint, ClusterService, ClusterState
 from iptrace.kube.expected import (
     ExpectedPort,
     choose_endpoints,
@@ -234,8 +234,10 @@ class _Comparer:
             missing.remove(twin)
             unknown.remove((port, key))
             items.append((twin.label, functools.partial(self.protocol_changed, port, twin)))
+        # Data of one namespace (`--namespace`) says nothing of the other namespaces' Service ports, nor of
+        # a comment-less port it could not name.
         items += [(view_service_label(port), functools.partial(self.unknown_key, port.key, key))
-                  for port, key in unknown]
+                  for port, key in unknown if cluster.covers(key[0] if key else port.namespace or None)]
         items += [(exp.label, functools.partial(self.missing_service, exp)) for exp in missing]
         return items
 
@@ -302,6 +304,11 @@ class _Comparer:
                  "restart kube-proxy on this node once it can sync", lines)
 
     def compare_endpoints(self, sp: ServicePortView, exp: ExpectedPort) -> None:
+        if not self.cluster.slices:
+            # Cluster data without a single EndpointSlice was collected without them (`--cluster` given only
+            # the ServiceList): every Service, default/kubernetes included, has a slice in a real cluster, so
+            # an empty list says nothing about the endpoints and judging them would call every one stale.
+            return
         choice = choose_endpoints(exp, self.node_name, self.zone)
         listed = {e.address: e for e in exp.endpoints}
         by_address = {ep.address: ep for ep in sp.endpoints}
@@ -477,7 +484,10 @@ class _Comparer:
     def missing_service(self, exp: ExpectedPort) -> None:
         choice = choose_endpoints(exp, self.node_name, self.zone)
         proto = exp.port.protocol.lower()
-        if choice.has_any:
+        if not self.cluster.slices:
+            # (without EndpointSlices kube-proxy's rule is unknown: a jump to the Service's chain, or a REJECT)
+            should = f"a KUBE-SERVICES rule for {_address(exp.cluster_ip, exp.port.port)}/{proto}"
+        elif choice.has_any:
             should = (f"`-A KUBE-SERVICES -d {exp.cluster_ip} -p {proto} --dport {exp.port.port} "
                       f"-j {self.chain('local' if not exp.uses_cluster_endpoints else 'cluster', exp)}`")
         else:
@@ -500,10 +510,10 @@ class _Comparer:
         if key is None:
             what = (f"no Service in the cluster data hashes to {sp.name} and none has ClusterIP "
                     f"{_address(sp.cluster_ip, sp.port) if sp.cluster_ip else 'of it'}")
-        elif self.cluster.service(key[0], key[1]) is None:
+        elif (svc := self.cluster.service(key[0], key[1])) is None:
             what = f"the Service {key[0]}/{key[1]} does not exist in the API"
         else:
-            what = f"the Service {key[0]}/{key[1]} exists but has no {key[3].upper()} port named {key[2]!r}"
+            what = f"the Service {svc.key} {_not_proxied(svc, key, self.analysis.layout.family)}"
         reused = ()
         if sp.cluster_ip is not None:
             reused = tuple(s.key for s in self.cluster.services_by_ip(sp.cluster_ip)
@@ -520,6 +530,19 @@ class _Comparer:
                  detail + f"Likely cause: {NOT_SYNCING} (or the cluster data is from another cluster).",
                  "restart kube-proxy on this node once it can sync; compare with fresh cluster data",
                  sp.lines[:4])
+
+
+def _not_proxied(svc: ClusterService, key: tuple[str, str, str, str], family: str) -> str:
+    """Why kube-proxy's `family` proxier has no Service port `key` of `svc` (ServiceChangeTracker skips headless
+    and ExternalName Services, and a Service without a ClusterIP of its family), as "the Service X ..." goes on."""
+    if svc.type == "ExternalName":
+        return "is of type ExternalName (kube-proxy writes no rules for it)"
+    if svc.headless:
+        return "is headless (clusterIP None; kube-proxy writes no rules for it)"
+    if svc.port(key[2], key[3]) is None:
+        return f"exists but has no {key[3].upper()} port named {key[2]!r}"
+    families = listing(svc.ip_families) if svc.ip_families else "none"
+    return f"has no {'IPv6' if family == 'ipv6' else 'IPv4'} ClusterIP (ipFamilies {families})"
 
 
 class ClusterComparison:

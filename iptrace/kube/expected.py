@@ -138,6 +138,12 @@ def choose_endpoints(exp: ExpectedPort, node_name: str | None, zone: str | None 
         has_any = bool(chosen)
         if not ready and terminating:
             alternatives.append(frozenset())  # before ProxyTerminatingEndpoints: no endpoints at all
+        # topologyModeFromHints: same-node hints (trafficDistribution PreferSameNode, 1.33+) when every ready
+        # endpoint has them and one is for this node, else same-zone hints alike.
+        if node_name is not None and ready and all(e.node_hints for e in ready):
+            hinted = frozenset(e.address for e in ready if node_name in e.node_hints)
+            if hinted:
+                alternatives.append(hinted)
         if zone is not None and ready and all(e.zone_hints for e in ready):
             hinted = frozenset(e.address for e in ready if zone in e.zone_hints)
             if hinted:

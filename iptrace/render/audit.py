@@ -152,6 +152,13 @@ def _verdict_line(d: Diff) -> str:
     return f"not equivalent: {ports} Service port(s) differ"
 
 
+def _host_port(ip: str, port: int | None) -> str:
+    """`ip:port`, `[ip]:port` for IPv6 (whose own colons would swallow the port), `ip` without a port."""
+    if port is None:
+        return ip
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
 def render_diff_text(d: Diff) -> str:
     """`-`/`+` lines per Service port, then the rules changed outside kube-proxy's chains, then the notes."""
     out = [f"--- {d.a}", f"+++ {d.b}", *(f"warning: {w}" for w in d.warnings)]
@@ -163,12 +170,10 @@ def render_diff_text(d: Diff) -> str:
     elif d.era_a != d.era_b:
         out.append(f"kube-proxy layout: {d.era_a} -> {d.era_b}")
     out.append(_verdict_line(d))
-    for s in d.removed:
-        where = f" {s.cluster_ip}:{s.port}" if s.cluster_ip else ""
-        out.append(f"- service {s.service}{where} ({len(s.endpoints)} endpoint(s))")
-    for s in d.added:
-        where = f" {s.cluster_ip}:{s.port}" if s.cluster_ip else ""
-        out.append(f"+ service {s.service}{where} ({len(s.endpoints)} endpoint(s))")
+    for sign, sides in (("-", d.removed), ("+", d.added)):
+        for s in sides:
+            where = f" {_host_port(s.cluster_ip, s.port)}" if s.cluster_ip else ""
+            out.append(f"{sign} service {s.service}{where} ({len(s.endpoints)} endpoint(s))")
     for c in d.changed:
         out.append(f"~ service {c.service}")
         for f in c.fields:

@@ -211,7 +211,8 @@ def _api_line(api: tuple[Any, Any, tuple[Any, ...]] | None, cluster: Any) -> str
     for e in endpoints:
         state = "ready" if e.ready else ("terminating" if e.terminating else "not ready")
         eps.append(f"{e.address} ({state}{', ' + e.node_name if e.node_name else ''})")
-    text = " · ".join(parts) + ". Endpoints: " + (", ".join(eps) if eps else "none") + "."
+    listed = ", ".join(eps) if eps else "none" if cluster.slices else "no EndpointSlice in the cluster data"
+    text = " · ".join(parts) + ". Endpoints: " + listed + "."
     return f'<p class="api"><b>API:</b> {_e(text)}</p>'
 
 
@@ -320,7 +321,8 @@ def _port_section(pv: PortViews, ident: str, findings: Sequence[tuple[int, Findi
         counts[f.node][f.severity] += 1
     variants, absent = _variants(pv, mine)
     api = _api_endpoints(cluster, pv.service, pv.family)
-    ref = _reference(api, variants)
+    # (cluster data without a single EndpointSlice says nothing of the endpoints: compare.py skips them too)
+    ref = _reference(api if api is not None and cluster.slices else None, variants)
     kinds = sorted({v.view.type for v in variants})
     severities = sorted({f.severity for f in mine}, key=SEVERITY_ORDER.__getitem__)
     nodes = sorted({f.node for f in mine})
