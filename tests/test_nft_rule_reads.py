@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from iptrace.nftables import load, portrules
-from iptrace.nftables.model import Match, Rule, SetRef
+from iptrace.nftables.model import Chain, Match, Rule, SetRef
 from tests import nft_corpus
 from tests.test_nft_port_plans import _synthesized
 
@@ -22,9 +22,15 @@ def _rules(text: str) -> Iterator[Rule]:
 
 
 def _agree(text: str) -> int:
-    """Every rule's reads equal its items'; how many rules were read by plan."""
+    """Every rule's reads equal its items', and every chain's (portrules.chain_reads, asked before its rules are
+    made) its rules' items'; how many rules were read by plan."""
     planned = 0
-    for rule in _rules(text):
+    ruleset = load(text)
+    for table in ruleset.tables:
+        for chain in table.chains:
+            reads = portrules.chain_reads(chain)
+            assert reads == [portrules.items_reads(r.peek_items()) for r in chain.rules], chain.name
+    for rule in (r for t in ruleset.tables for c in t.chains for r in c.rules):
         assert portrules.rule_reads(rule) == portrules.items_reads(rule.peek_items()), rule.text
         lazy = rule._lazy
         planned += lazy is not None and getattr(lazy[0], "layout_plan", None) is not None
@@ -74,3 +80,35 @@ def test_a_value_that_is_a_set_reference_is_read_by_items() -> None:
     assert any(type(i) is Match and i.right == SetRef("affinity-x") for i in odd.peek_items())
     assert portrules.rule_reads(odd) == portrules.items_reads(odd.peek_items())
     assert "affinity-x" in portrules.rule_reads(odd)[1]
+
+
+def test_external_chains_of_a_listing_are_read_from_their_records() -> None:
+    """The layout reads a listing's external chains (read whole by a template) without making their rules."""
+    ruleset = load(_synthesized(True))
+    chains = [c for t in ruleset.tables for c in t.chains if c.name.startswith("external-") and c._lazy is not None]
+    assert len(chains) > 3
+    for chain in chains:
+        reads = portrules.chain_reads(chain)
+        with pytest.raises(AttributeError):
+            object.__getattribute__(chain, "rules")  # (not made)
+        assert reads == [portrules.items_reads(r.peek_items()) for r in chain.rules]
+
+
+def test_a_record_value_that_is_a_set_reference_is_read_by_items() -> None:
+    """A chain record whose value a match's right side is holds a set reference (as in
+    test_a_value_that_is_a_set_reference_is_read_by_items) is read by its rules' items."""
+    ruleset = load(_synthesized(False))
+    whole = [c for t in ruleset.tables for c in t.chains if c._lazy is not None]
+    for c in whole:
+        portrules.chain_reads(c)
+    chain = next(c for c in whole if c._lazy[0].layout_plans is not None
+                 and any(p[0][3] for p in c._lazy[0].layout_plans))
+    maker, source, line, *values = chain._lazy  # type: ignore[misc]
+    found, at = next(p for p in maker.layout_plans if p[0][3])
+    values[at + found[3][0] - 6] = SetRef("affinity-x")
+    odd = Chain.__new__(Chain)
+    object.__setattr__(odd, "name", chain.name)
+    object.__setattr__(odd, "_lazy", (maker, source, line, *values))
+    reads = portrules.chain_reads(odd)
+    assert reads == [portrules.items_reads(r.peek_items()) for r in odd.rules]
+    assert any("affinity-x" in names for _, names, _ in reads)

@@ -123,3 +123,50 @@ def test_an_element_key_reads_as_before(words: list[str], types: tuple[str, ...]
     text = " ".join(words)
     norms = [normaliser(t) for t in types]
     assert lines._read_key(text, norms, is_map) == _read_key_as_before(text, norms, is_map)
+
+
+def _chunks(text: str, line: int, plain: bool) -> list[tuple[str, int]]:
+    """The element texts and lines of the set block at `line` of `text`: read at once (lines._plain_chunks where it
+    reads the block) or (`plain` False) line by line."""
+    from types import SimpleNamespace
+
+    found = lines.ElementLines(SimpleNamespace(source_text=SourceText(text), text=text, format="nft"))  # type: ignore[arg-type]
+    s: Any = SimpleNamespace(line=line)
+    if plain:
+        return found._listing_chunks(s)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(found, "_plain_chunks", lambda s: None)
+        return found._listing_chunks(s)
+
+
+PIECES = st.sampled_from(["10.0.0.1", " . ", "tcp", " : ", "goto x", ",", ", ", ",\n\t\t", "\n", " ", "\t", "}",
+                          "{", '"', "elements = {", "elements={", "comment", "\r", ""])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(PIECES, max_size=6), st.lists(PIECES, max_size=14), st.lists(PIECES, max_size=4),
+       st.integers(1, 3))
+@example([], ["1.2.3.4 . tcp . 80 : goto a", ",\n\t\t", "1.2.3.5 . tcp . 81 : goto b", "\n"], ["}"], 2)
+def test_a_plain_element_list_reads_as_line_by_line(head: list[str], body: list[str], tail: list[str],
+                                                    line: int) -> None:
+    """A set block read at once (kube-proxy's dispatch maps) gives the texts and lines the line by line reading
+    gives, whatever blanks, braces, quotes and odd headers its text holds (else it is read line by line)."""
+    text = "table ip t {\n\tset s {\n\t\ttype x\n" + "".join(head) + "\t\telements = { " + "".join(body) + \
+        "\n\t}\n" + "".join(tail) + "}\n"
+    assert _chunks(text, line, True) == _chunks(text, line, False)
+
+
+def test_dispatch_maps_of_a_listing_are_read_at_once() -> None:
+    """Every set block of the listings reads as line by line, and the synthesized listing's dispatch maps are read
+    at once."""
+    text = render_nft(synth.scale(30, 4), node_ips=["192.168.0.10"], pod_cidr="10.244.0.0/16",
+                      service_cidrs=["10.96.0.0/12"], form="list")
+    at_once = set()
+    for t in [text, *nft_corpus.dumped_texts(("listing",)), *(p.read_text() for p in nft_corpus.SAMPLES)]:
+        ruleset = load(t)
+        for table in ruleset.tables:
+            for s in table.sets:
+                if t is text and lines.ElementLines(ruleset)._plain_chunks(s) is not None:
+                    at_once.add(s.name)
+                assert _chunks(t, s.line, True) == _chunks(t, s.line, False), s.name
+    assert {"service-ips", "service-nodeports", "cluster-ips"} <= at_once

@@ -40,7 +40,7 @@ from iptrace.nftables.names import (
     chain_parts,
     split_chain,
 )
-from iptrace.nftables.portrules import calls_only, rule_reads
+from iptrace.nftables.portrules import calls_only, chain_reads, rule_reads
 from iptrace.nftables.shapes import Slot, fast_constructor
 
 # ServicePortLayout by position, without the frozen dataclass __init__ (one per Service port).
@@ -348,7 +348,7 @@ class PortReader:
         if any(w.kind in (NODE_PORT, EXTERNAL_IP, LOAD_BALANCER) for w in ways):
             ext = own["external"]
             if ext is not None:
-                reads = [rule_reads(r) for r in ext.rules]
+                reads = chain_reads(ext)
                 local_ext = any(fib for _, _, fib in reads) or any(t.startswith("local-") for targets, _, _ in reads
                                                                    for t in targets)
                 etp = "Local" if local_ext or g.etp_local_drop else "Cluster"

@@ -45,6 +45,10 @@ class SourceText:
             self._find(n)
         return 0 < n <= len(self._starts)
 
+    def start(self, n: int) -> int | None:
+        """Where line `n` (1-based) starts in the text; None past its end."""
+        return self._starts[n - 1] if self.has(n) else None
+
     def line(self, n: int) -> str:
         """Line `n` (1-based) as `text.split("\\n")[n - 1]` has it; "" past the end."""
         starts = self._starts
