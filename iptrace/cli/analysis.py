@@ -278,13 +278,13 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
         q = questions[0]
         analysis = analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table,
                                host=q.host or None)
-        result = answer(analysis, resolved(q, analysis))
+        result = answer(analysis, resolved(q, analysis, cluster))
         if output == "json":
             emit_json(trace_to_json(result))
         else:
             click.echo(render_trace_text(result), nl=False)
         return
-    answers = answer_all(questions, analysis_for, answer)
+    answers = answer_all(questions, analysis_for, answer, cluster)
     if len(questions) == 1:
         _single(answers[0], output, trace_to_json, render_trace_text)
         return
@@ -380,14 +380,14 @@ def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | N
         q = questions[0]
         analysis = analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table,
                                host=q.host or None)
-        report = answer(analysis, resolved(q, analysis))
+        report = answer(analysis, resolved(q, analysis, cluster))
         reports = [report]
         if output == "json":
             emit_json(explain_to_json(report))
         else:
             click.echo(render_explain_text(report), nl=False)
     else:
-        answers = answer_all(questions, analysis_for, answer)
+        answers = answer_all(questions, analysis_for, answer, cluster)
         reports = [a for a in answers if not isinstance(a, str)]
         if len(questions) == 1:
             _single(answers[0], output, explain_to_json, render_explain_text)

@@ -145,22 +145,36 @@ def _service(host: str, port: str, where: str, text: str, proto: str, proto_give
     return None if ref is None else Question(where, text, proto=proto, service=ref, proto_given=proto_given)
 
 
-def resolved(q: Question, analysis: Any) -> Question:
+def resolved(q: Question, analysis: Any, cluster: Any = None) -> Question:
     """`q` about its Service's ClusterIP in `analysis`'s rules (said on stderr), or `q` when it names an
-    address. Raises InputError when the rules have no such Service or port."""
+    address. A Service the rules do not name but the cluster data has is asked at the API's ClusterIP (explain
+    then says this node has no rules for it). Raises InputError when neither has such a Service or port."""
     if q.service is None:
         return q
-    from iptrace.kube.names import resolve
+    from iptrace.errors import InputError
+    from iptrace.kube.names import resolve, resolve_in_cluster
 
-    host, port, proto, label = resolve(analysis.layout, q.service, q.proto, analysis.ruleset.source,
-                                       proto_given=q.proto_given)
+    try:
+        host, port, proto, label = resolve(analysis.layout, q.service, q.proto, analysis.ruleset.source,
+                                           proto_given=q.proto_given)
+    except InputError:
+        family = 6 if analysis.family == "ipv6" else 4
+        api = None if cluster is None else resolve_in_cluster(cluster, q.service, q.proto, family,
+                                                              proto_given=q.proto_given)
+        if api is None:
+            raise
+        host, port, proto, label = api
+        found = Question(q.where, q.text, host, port, proto)
+        click.echo(f"note: {q.text} is {label} at {found.label} in {cluster.source}; "
+                   f"{analysis.ruleset.source} has no rules naming it", err=True)
+        return found
     found = Question(q.where, q.text, host, port, proto)
     click.echo(f"note: {q.text} is {label} at {found.label}", err=True)
     return found
 
 
 def answer_all(questions: Sequence[Question], analysis_for: Callable[[str, Sequence[str]], Any],
-               answer: Callable[[Any, Question], Any]) -> list[Any]:
+               answer: Callable[[Any, Question], Any], cluster: Any = None) -> list[Any]:
     """Each question's answer (or its error, as a string), one analysis per IP family asked about
     (`analysis_for(family, hosts)`), in input order."""
     from iptrace.errors import InputError
@@ -178,7 +192,7 @@ def answer_all(questions: Sequence[Question], analysis_for: Callable[[str, Seque
                 if named is None or isinstance(named, InputError):
                     named = analysis_for("", [])  # (the dump's first family)
                     analyses.setdefault(named.family, named)
-                q = resolved(q, named)
+                q = resolved(q, named, cluster)
             except InputError as exc:
                 out.append(f"{q.where}: {q.text}: {exc}")
                 continue

@@ -84,6 +84,32 @@ def resolve(layout: Any, ref: ServiceRef, proto: str, source: str, *, proto_give
     return p.cluster_ip, p.port, p.protocol if not proto_given else proto, _label(p)
 
 
+def resolve_in_cluster(cluster: Any, ref: ServiceRef, proto: str, family: int, *, proto_given: bool = False,
+                       ) -> tuple[str, int, str, str] | None:
+    """(ClusterIP of this IP family, port, protocol, the Service port's name) that `ref` names in the cluster data
+    (a ClusterState), for a Service this node's rules do not name: asked about its address, explain says the
+    node has no rules for it. None when the data has no such Service, port or address (headless, ExternalName,
+    another family, a name in several namespaces)."""
+    import ipaddress
+
+    found = [s for s in cluster.services
+             if s.name == ref.name and (ref.namespace is None or s.namespace == ref.namespace)]
+    if len(found) != 1:
+        return None
+    service = found[0]
+    ips = [ip for ip in service.cluster_ips if ip != "None" and ipaddress.ip_address(ip).version == family]
+    if not ips or service.headless or service.external_name is not None:
+        return None
+    ports = [p for p in service.ports if (str(p.port) == ref.port if ref.port.isdigit() else p.name == ref.port)]
+    same = [p for p in ports if p.protocol.lower() == proto]
+    chosen = (same or ([] if proto_given else ports))[:1]
+    if not chosen:
+        return None
+    p = chosen[0]
+    label = f"{service.key}:{p.name}" if p.name else service.key
+    return ips[0], p.port, p.protocol.lower() if not same else proto, label
+
+
 def _label(p: Any) -> str:
     return f"{p.namespace}/{p.name}:{p.port_name}" if p.port_name else f"{p.namespace}/{p.name}"
 
