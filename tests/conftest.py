@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,3 +52,18 @@ def check_golden(path: Path, actual: str, update: bool) -> None:
 def golden(update_golden: bool) -> Callable[[Path | str, str], None]:
     """`golden(path, actual)` compares with (or, with --update-golden, rewrites) a golden file."""
     return lambda path, actual: check_golden(Path(path), actual, update_golden)
+
+
+@pytest.fixture
+def farm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Real sshd servers (tests/sshd.py) for a test, with a fresh client key, no agent and a HOME of its own (no
+    ~/.ssh of the machine's); every server stopped after it."""
+    from tests.sshd import SshdFarm, keygen
+
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    servers = SshdFarm(tmp_path, keygen(tmp_path / "client_key"))
+    try:
+        yield servers
+    finally:
+        servers.stop_all()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from iptrace.collect.ssh import collect
-from tests.sshd import SAMPLE_DUMP, SshdFarm, default_scripts, have_sshd, keygen
+from tests.sshd import SAMPLE_DUMP, SshdFarm, default_scripts, have_sshd
 
 pytestmark = pytest.mark.skipif(not have_sshd(), reason="OpenSSH server (/usr/sbin/sshd) is not installed")
 
@@ -29,17 +29,6 @@ done
 CONNTRACK_LINE = ("udp      17 29 src=198.18.0.9 dst=198.19.0.10 sport=1000 dport=53 [UNREPLIED] src=198.19.0.10 "
                   "dst=198.18.0.9 sport=53 dport=1000 mark=0 use=1")
 NFT_VERSION = '[ "$1" = --version ] && echo "nftables v1.0.6 (Lester Gooch #5)" && exit 0\n'
-
-
-@pytest.fixture
-def farm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    farm = SshdFarm(tmp_path, keygen(tmp_path / "client_key"))
-    try:
-        yield farm
-    finally:
-        farm.stop_all()
 
 
 def _collect(farm: SshdFarm, servers: list, tmp_path: Path, **kwargs) -> list:

@@ -15,23 +15,12 @@ from pathlib import Path
 import pytest
 
 from iptrace.collect.ssh import collect
-from tests.sshd import SshdFarm, default_scripts, have_sshd, keygen
+from tests.sshd import SshdFarm, default_scripts, have_sshd
 
 pytestmark = pytest.mark.skipif(not have_sshd(), reason="OpenSSH server (/usr/sbin/sshd) is not installed")
 ROOT = Path(__file__).resolve().parents[1]
 # Sets the terminal's title, then clears the screen: what a hostile node would send.
 ESCAPES = r"\033]0;owned\007\033[2J"
-
-
-@pytest.fixture
-def farm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    farm = SshdFarm(tmp_path, keygen(tmp_path / "client_key"))
-    try:
-        yield farm
-    finally:
-        farm.stop_all()
 
 
 def test_terminal_escapes_in_a_nodes_errors_never_reach_the_terminal(farm: SshdFarm, tmp_path: Path):

@@ -15,17 +15,6 @@ from tests.sshd import SshdFarm, have_sshd, keygen, public_key
 pytestmark = pytest.mark.skipif(not have_sshd(), reason="OpenSSH server (/usr/sbin/sshd) is not installed")
 
 
-@pytest.fixture
-def farm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    farm = SshdFarm(tmp_path, keygen(tmp_path / "client_key"))
-    try:
-        yield farm
-    finally:
-        farm.stop_all()
-
-
 def _collect(farm: SshdFarm, server, tmp_path: Path, known_hosts: Path, **kwargs):
     (tmp_path / "ssh_config").write_text("")
     kwargs.setdefault("identity_files", [farm.client_key])

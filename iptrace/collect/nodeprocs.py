@@ -168,6 +168,15 @@ def answers(items: Sequence[Any], init: tuple[Any, ...], jobs: int
         children = [_start(init_bytes) for _ in range(max(1, min(jobs, len(items))))]
         for child in children:
             _give(child, todo, items)
+
+        def replace(child: _Child, *, kill: bool) -> None:
+            """`child` ended, and a new worker for the items left."""
+            child.end(kill=kill)
+            children.remove(child)
+            if todo:
+                children.append(replacement := _start(init_bytes))
+                _give(replacement, todo, items)
+
         while True:
             busy = {c.results: c for c in children if c.doing is not None}
             if not busy:
@@ -179,13 +188,8 @@ def answers(items: Sequence[Any], init: tuple[Any, ...], jobs: int
                 try:
                     data = conn.recv_bytes()  # type: ignore[union-attr]
                 except (EOFError, OSError):
-                    child.end(kill=True)
-                    how = _ended(child.process)
-                    children.remove(child)
-                    if todo:
-                        children.append(replacement := _start(init_bytes))
-                        _give(replacement, todo, items)
-                    yield index, None, how
+                    replace(child, kill=True)
+                    yield index, None, _ended(child.process)
                     continue
                 child.doing = None
                 _give(child, todo, items)  # (before this answer is read: the worker does not wait for it)
@@ -195,11 +199,7 @@ def answers(items: Sequence[Any], init: tuple[Any, ...], jobs: int
                     # (the worker ends with it, serve: the item it was given meanwhile goes to a new one)
                     if child.doing is not None:
                         todo.appendleft(child.doing)
-                    child.end(kill=False)
-                    children.remove(child)
-                    if todo:
-                        children.append(replacement := _start(init_bytes))
-                        _give(replacement, todo, items)
+                    replace(child, kill=False)
                     yield index, None, error
                     continue
                 yield index, answer, None
