@@ -166,3 +166,12 @@ def test_evidence_of_an_nft_listing_is_the_rule_without_the_listings_indentation
     evidence = [e for f in doc["findings"] for e in f["evidence"]]
     assert evidence and all(e["rule"] == e["rule"].strip() and e["line"] > 0 for e in evidence), evidence
     assert "dnat to 10.244.2.99:8080" in str(evidence)
+
+
+def test_endpoints_differ_on_an_nft_node_names_no_iptables_chain(tmp_path: Path) -> None:
+    stale = copy.deepcopy(base_services())
+    svc(stale, "web").endpoints.append(EndpointSpec("10.244.2.99", 8080))
+    report = run(fleet(tmp_path, {"node-a": "nftables", "node-b": "nftables", "node-c": "nftables"},
+                       {"node-c": stale}))
+    (finding,) = [f for f in report.findings if f.id == "endpoints-differ"]
+    assert "service-… chain in nftables mode" in finding.detail, finding.detail
