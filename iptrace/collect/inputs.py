@@ -43,14 +43,6 @@ class NodeDump:
     split: str | None = None  # kube-proxy's rules are in both modes' dumps: what that means, which was read, why
 
 
-def _nft_text(snapshot: Any) -> str | None:
-    text = getattr(snapshot, "nft_text", None)
-    if text is None and snapshot.dump_path is not None:
-        path = Path(snapshot.dump_path).parent / NFT_FILE
-        text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else None
-    return text
-
-
 def _kube_layout(dataplane: Any, ruleset: Any, family: str, known: Any) -> Any:
     """The layout of `family` when kube-proxy's rules are there, else None."""
     if family not in ruleset.families:
@@ -110,7 +102,7 @@ def choose_dump(snapshot: Any, family: str = "ipv4", *, lenient: bool = False, k
 
 def _nft_kube(snapshot: Any, family: str, lenient: bool, known: Any) -> NodeDump | None:
     """The node's nft ruleset when kube-proxy's table for `family` holds rules, else None."""
-    nft = _nft_text(snapshot)
+    nft = snapshot.nft_ruleset_text
     if not nft or not any(mark in nft for mark in _KUBE_TABLE_MARKS):
         return None
     nft_dp, nft_rs = dataplanes.load(nft, source=str(Path(snapshot.dump_path).parent / NFT_FILE), lenient=lenient)
@@ -162,7 +154,7 @@ def unread_nft(snapshot: Any, chosen: NodeDump) -> str | None:
     dump answers for the node and the ruleset looks cut short; None when it reads, is not there, or answers."""
     if chosen.dataplane.name == "nftables":
         return None
-    text = _nft_text(snapshot)
+    text = snapshot.nft_ruleset_text
     if not text or not _looks_cut(text):
         return None
     try:
