@@ -326,6 +326,22 @@ def from_the_node(packet: Packet) -> tuple[Packet, tuple[str, ...]]:
         f"destination {packet.dst}: Linux connects a socket addressed to it to {loop}, the node itself",)
 
 
+def as_sent(ip: str, what: str = "destination") -> tuple[str, tuple[str, ...]]:
+    """An address as a socket's connection to it leaves the sender, and the note that says how: an IPv4-mapped
+    IPv6 address (::ffff:a.b.c.d) is sent as IPv4 to a.b.c.d by a dual-stack socket (Linux: tcp_v6_connect and
+    ip6_datagram_connect hand it to the IPv4 stack), so the rules of the IPv4 family are the ones it meets. Any
+    other address is unchanged."""
+    try:
+        mapped = ip_address(ip).ipv4_mapped if ":" in ip else None  # type: ignore[union-attr]
+    except ValueError:
+        return ip, ()
+    if mapped is None:
+        return ip, ()
+    return str(mapped), (f"{what} {ip} is an IPv4-mapped IPv6 address: Linux sends a dual-stack socket's "
+                         f"connection to it as IPv4, to {mapped}, and traced so (an IPV6_V6ONLY socket cannot "
+                         "connect to it)",)
+
+
 def senders_own_loopback(packet: Packet, entry: Entry, notes: Sequence[str]) -> Trace:
     """The trace of a packet for a loopback address from a source that is not the node: every network namespace
     has its own lo, so the sender's kernel delivers it there (a pod to its own containers, another host to

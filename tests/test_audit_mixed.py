@@ -156,3 +156,22 @@ def test_an_nft_ruleset_without_ip_tables_is_a_node_without_kube_proxy(tmp_path:
     assert nodes == {"bare.json": ("no-kube-proxy", "nftables", None),
                      "nodeport-fb-backends-nft.nft": ("ok", "nftables", None)}
     assert [(f["node"], f["id"]) for f in doc["findings"]] == [("bare.json", "no-kube-proxy-rules")]
+
+
+def test_evidence_of_an_nft_listing_is_the_rule_without_the_listings_indentation(tmp_path: Path) -> None:
+    stale = copy.deepcopy(base_services())
+    svc(stale, "web").endpoints.append(EndpointSpec("10.244.2.99", 8080))
+    snap = fleet(tmp_path, {"node-a": "nftables", "node-b": "nftables", "node-c": "nftables"}, {"node-c": stale})
+    doc = audit_to_json(run(snap))
+    evidence = [e for f in doc["findings"] for e in f["evidence"]]
+    assert evidence and all(e["rule"] == e["rule"].strip() and e["line"] > 0 for e in evidence), evidence
+    assert "dnat to 10.244.2.99:8080" in str(evidence)
+
+
+def test_endpoints_differ_on_an_nft_node_names_no_iptables_chain(tmp_path: Path) -> None:
+    stale = copy.deepcopy(base_services())
+    svc(stale, "web").endpoints.append(EndpointSpec("10.244.2.99", 8080))
+    report = run(fleet(tmp_path, {"node-a": "nftables", "node-b": "nftables", "node-c": "nftables"},
+                       {"node-c": stale}))
+    (finding,) = [f for f in report.findings if f.id == "endpoints-differ"]
+    assert "service-… chain in nftables mode" in finding.detail, finding.detail

@@ -178,7 +178,7 @@ def test_structure_lines_and_base_chains() -> None:
     assert affinity.flags == ("dynamic", "timeout") and affinity.timeout_ms == 3 * 3600 * 1000
     assert affinity.size == 65535
     assert r.families == ("ipv4",)
-    assert r.line_text(38) == "\t\tip daddr . meta l4proto . th dport vmap @service-ips"
+    assert r.line_text(38) == "ip daddr . meta l4proto . th dport vmap @service-ips"
     assert r.source == "l.nft" and r.rule_count == 11
 
 

@@ -463,3 +463,36 @@ def test_cluster_data_without_endpointslices_flags_no_endpoint_in_the_pictures()
     assert "10.244.1.5:8080" in web_section and "not in any EndpointSlice" not in web_section
     assert "Endpoints: no EndpointSlice in the cluster data." in web_section
     assert "no such Service port in the cluster data" not in web_section
+
+
+@needs_chromium
+def test_chromium_renders_a_fleet_of_nft_nodes(browser, tmp_path) -> None:
+    # nftables-mode nodes as `nft list ruleset` and as `nft -j list ruleset`, beside an iptables-mode node, one of
+    # them stale: the report shows every node and finding, and its evidence is the rules, not the listing's
+    # indentation or a line 0 of the JSON (which has no lines).
+    from tests.test_audit_mixed import write_node
+
+    stale = base_services()
+    next(s for s in stale if s.name == "web").endpoints.append(EndpointSpec("10.244.2.99", 8080))
+    snap = tmp_path / "snap"
+    for node, mode in {"node-a": "iptables", "node-b": "nftables", "node-c": "nftables"}.items():
+        write_node(snap, node, mode, stale if node == "node-c" else base_services())
+    from iptrace.collect import store
+    from tests.conftest import SAMPLES
+
+    store.write_node_dir(snap / "node-j", {store.NFT_FILE: (SAMPLES / "nodeport-fb-backends-nft.json").read_bytes()},
+                         {"node": "node-j", "addresses": ["192.168.49.2"]})
+    html = CliRunner().invoke(main, ["audit", str(snap), "-o", "html"]).output
+    doc = json.loads(CliRunner().invoke(main, ["audit", str(snap), "-o", "json"]).output)
+    path = tmp_path / "report.html"
+    path.write_text(html, encoding="utf-8")
+    page = browser.load(path.as_uri())
+    text = text_of(page.dom)
+    assert page.requests == [path.as_uri()] and page.console == [] and page.dialogs == []
+    assert [n["dataplane"] for n in doc["nodes"]] == ["iptables", "nftables", "nftables", "nftables"]
+    for n in doc["nodes"]:
+        assert n["name"] in text
+    for f in doc["findings"]:
+        assert f["id"] in text and " ".join(f["summary"].split()) in text, f["summary"]
+    assert "dnat to 10.244.2.99:8080" in text
+    assert "\t" not in re.sub(r"<(script|style)\b.*?</\1>", "", page.dom, flags=re.S) and "line 0" not in text

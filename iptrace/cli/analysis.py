@@ -96,6 +96,12 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
             raise click.BadParameter(f"{service!r}: expected NS/NAME or NAME.NAMESPACE, e.g. default/kubernetes",
                                      param_hint="--service")
         service = f"{ref.namespace}/{ref.name}" + (f":{port}" if port else "")
+    if address is not None:
+        from iptrace.dataplane import as_sent
+
+        address, said = as_sent(address, "--address")
+        for note in said:
+            click.echo(f"note: {note}", err=True)
     cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
     # One view per IP family kube-proxy programs (an nftables ruleset of a dual-stack node has both).
     pairs = []
@@ -247,13 +253,14 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
     """
     batch()
     from iptrace.cli.questions import answer_all, emit_answers, read_questions, resolved
-    from iptrace.dataplane import Packet, trace_to_json
+    from iptrace.dataplane import Packet, as_sent, trace_to_json
     from iptrace.kube.sources import of_family, pick_source
     from iptrace.render.trace import render_trace_text
 
     one_stdin({"DUMP": dump, "--dst-file": dst_file, "--cluster": cluster_files})
     questions = read_questions(dsts, dst_file, proto)
     check_source(src)
+    src, src_notes = as_sent(src, "source")
     cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
     sources: dict[int, tuple[str, list[str]]] = {}
 
@@ -270,9 +277,9 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
                                            layout.node_pod_cidrs)
                 picked = sources[id(analysis)] = (src_ip, [note])
             else:
-                picked = sources[id(analysis)] = (src, [])
+                picked = sources[id(analysis)] = (src, list(src_notes))
         return analysis.tracer.trace(Packet(picked[0], q.host, q.port, q.proto, in_interface=in_interface),
-                                     assumptions=picked[1])
+                                     assumptions=[*picked[1], *q.notes])
 
     if len(questions) == 1 and questions[0].error is None and dst_file is None:
         q = questions[0]
@@ -345,13 +352,16 @@ def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | N
     """
     batch()
     from iptrace.cli.questions import answer_all, emit_answers, read_questions, resolved
+    from iptrace.dataplane import as_sent
     from iptrace.explain import Explainer
     from iptrace.render.explain import explain_to_json, render_explain_text
 
     one_stdin({"DUMP": dump, "--dst-file": dst_file, "--conntrack": conntrack_file, "--cluster": cluster_files})
     questions = read_questions(dsts, dst_file, proto)
+    src_notes: tuple[str, ...] = ()
     if src is not None:
         check_source(src)
+        src, src_notes = as_sent(src, "source")
     cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
     explainers: dict[int, Any] = {}
     flows: list[Any] = []
@@ -367,7 +377,8 @@ def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | N
                 flows.append(load_conntrack(conntrack_file, dump, lenient=lenient,
                                             focus=[(x.host, x.port, x.proto) for x in questions
                                                    if x.error is None]))
-        report = explainer.explain(q.host, q.port, proto=q.proto, src=src, in_interface=in_interface)
+        report = explainer.explain(q.host, q.port, proto=q.proto, src=src, in_interface=in_interface,
+                                   notes=(*src_notes, *q.notes))
         if flows[0] is not None:
             from iptrace.explain.conntrack import conntrack_diagnoses, with_conntrack
 

@@ -47,8 +47,9 @@ def load_dump(dump: str, *, lenient: bool = False, table: str | None = None, fam
 
     snapshot = read_node_dir(path)
     chosen = choose_dump(snapshot, family, lenient=lenient)
-    if chosen.note is not None:
-        click.echo(f"note: {chosen.note}", err=True)
+    for said in (chosen.note, chosen.split):
+        if said is not None:
+            click.echo(f"note: {said}", err=True)
     problem = unread_nft(snapshot, chosen) if extras else None
     if problem is not None:
         click.echo(f"note: {snapshot.node}: {problem}; analyzing {Path(chosen.ruleset.source).name} without it",

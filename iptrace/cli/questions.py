@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from iptrace.dataplane import ip_address
+from iptrace.dataplane import as_sent, ip_address
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 EXPECTED = "IP:PORT or IP:PORT/proto, e.g. 10.96.0.10:53/udp or [fd00::10]:443"
@@ -34,6 +34,7 @@ class Question:
     error: str | None = None
     service: Any = None  # a Service named instead of an address (iptrace.kube.names.ServiceRef): resolved later
     proto_given: bool = False
+    notes: tuple[str, ...] = ()  # how the address was read (an IPv4-mapped one as IPv4): the trace's assumptions
 
     @property
     def family(self) -> str:
@@ -85,7 +86,8 @@ def parse_question(text: str, where: str, default_proto: str) -> Question:
     if not 0 < number <= 65535:
         return Question(where, text, error=f"{where}: found {text!r}: port {number} is out of range; expected "
                                            "1-65535")
-    return Question(where, text, host, number, proto)
+    host, notes = as_sent(host)
+    return Question(where, text, host, number, proto, notes=notes)
 
 
 def read_questions(dsts: Sequence[str], dst_file: str | None, default_proto: str) -> list[Question]:
@@ -104,7 +106,8 @@ def read_questions(dsts: Sequence[str], dst_file: str | None, default_proto: str
         if slash and proto.lower() not in PROTOCOLS:
             raise click.BadParameter(f"{text!r}: unknown protocol {proto!r}; expected tcp, udp or sctp",
                                      param_hint="--dst")
-        out.append(Question("--dst", text, host, port, proto.lower() if slash else default_proto))
+        host, notes = as_sent(host)
+        out.append(Question("--dst", text, host, port, proto.lower() if slash else default_proto, notes=notes))
     if dst_file is not None:
         from iptrace.errors import InputError
         from iptrace.text import decode_input
@@ -180,7 +183,7 @@ def answer_all(questions: Sequence[Question], analysis_for: Callable[[str, Seque
     from iptrace.errors import InputError
 
     analyses: dict[str, Any] = {}
-    answered: dict[tuple[str, int, str], Any] = {}  # a destination asked again has the same answer
+    answered: dict[tuple[str, int, str, tuple[str, ...]], Any] = {}  # a destination asked again has the same answer
     out: list[Any] = []
     for q in questions:
         if q.error is not None:
@@ -196,7 +199,7 @@ def answer_all(questions: Sequence[Question], analysis_for: Callable[[str, Seque
             except InputError as exc:
                 out.append(f"{q.where}: {q.text}: {exc}")
                 continue
-        again = answered.get((q.host, q.port, q.proto))
+        again = answered.get((q.host, q.port, q.proto, q.notes))
         if again is not None:
             out.append(again)
             continue
@@ -211,7 +214,7 @@ def answer_all(questions: Sequence[Question], analysis_for: Callable[[str, Seque
             out.append(f"{q.where}: {q.text}: {found}")
             continue
         try:
-            out.append(answered.setdefault((q.host, q.port, q.proto), answer(found, q)))
+            out.append(answered.setdefault((q.host, q.port, q.proto, q.notes), answer(found, q)))
         except InputError as exc:
             out.append(f"{q.where}: {q.text}: {exc}")
     return out

@@ -40,14 +40,7 @@ class NodeDump:
     ruleset: Any
     note: str | None = None  # said to the user when the choice is not the obvious iptables-save.txt
     layout: Any = None  # the chosen family's layout, read with the `known` ports it was chosen with
-
-
-def _nft_text(snapshot: Any) -> str | None:
-    text = getattr(snapshot, "nft_text", None)
-    if text is None and snapshot.dump_path is not None:
-        path = Path(snapshot.dump_path).parent / NFT_FILE
-        text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else None
-    return text
+    split: str | None = None  # kube-proxy's rules are in both modes' dumps: what that means, which was read, why
 
 
 def _kube_layout(dataplane: Any, ruleset: Any, family: str, known: Any) -> Any:
@@ -58,38 +51,95 @@ def _kube_layout(dataplane: Any, ruleset: Any, family: str, known: Any) -> Any:
     return layout if layout.proxy.has_rules else None
 
 
+# A kube-proxy table in an nft ruleset, as each form writes its header (listing and transaction, -j JSON): substring
+# searches (a few ms), not a parse or a regex (~0.1 s), on an iptables-mode node whose ruleset (iptables-nft's own
+# tables) is as big as its dump. A false hit (`table ip kube-proxy-old`) costs a load that then finds no table.
+_KUBE_TABLE_MARKS = ("table ip kube-proxy", "table ip6 kube-proxy", '"name": "kube-proxy"', '"name":"kube-proxy"')
+PROXY_MODES = ("iptables", "nftables")
+
+
+def proxy_mode_of(snapshot: Any) -> str | None:
+    """The proxy mode meta.json's `proxy_mode` says kube-proxy runs in on the node (`iptables` or `nftables`, as
+    KubeProxyConfiguration's `mode`; written by hand where both modes' rules were collected), or None."""
+    mode = snapshot.meta.get("proxy_mode")
+    if mode is None or mode in PROXY_MODES:
+        return mode
+    raise InputError(f"{Path(snapshot.dump_path).parent / store.META_FILE}: `proxy_mode` is {mode!r}; expected "
+                     f"{' or '.join(map(repr, PROXY_MODES))} (kube-proxy's --proxy-mode on this node)")
+
+
 def choose_dump(snapshot: Any, family: str = "ipv4", *, lenient: bool = False, known: Any = (),
                 memo: dict[str, Any] | None = None) -> NodeDump:
     """The dump of `snapshot` (a collect.store.NodeSnapshot) that answers for `family`: the iptables-save (or
     ip6tables-save) dump when kube-proxy's rules are there, else the legacy backend's, else the nftables
-    ruleset's. `known`: the API's Service ports (kube.analysis.known_ports), to read the layout with. `memo`:
-    dataplanes.load's, kept across the nodes of one audit. Raises IptraceError when the main dump cannot be
-    read."""
+    ruleset's. When the iptables dump and the nft ruleset both hold kube-proxy's rules, meta.json's `proxy_mode`
+    chooses (else the iptables dump) and `split` says so. `known`: the API's Service ports
+    (kube.analysis.known_ports), to read the layout with. `memo`: dataplanes.load's, kept across the nodes of one
+    audit. Raises IptraceError when the main dump cannot be read."""
     node = snapshot.node
     text = snapshot.dump_text
     name = str(snapshot.dump_path)
+    mode = proxy_mode_of(snapshot)
     if family == "ipv6" and snapshot.ip6_dump_text:
         text, name = snapshot.ip6_dump_text, str(Path(snapshot.dump_path).parent / store.IP6_DUMP_FILE)
     dataplane, ruleset = dataplanes.load(text, source=name, lenient=lenient, memo=memo)
     layout = _kube_layout(dataplane, ruleset, family, known)
     if layout is not None:
-        return NodeDump(dataplane, ruleset, layout=layout)
+        return _with_nft(snapshot, NodeDump(dataplane, ruleset, layout=layout), family, lenient, known, mode)
     if snapshot.legacy_dump_text and family == "ipv4":
         legacy_dp, legacy = dataplanes.load(snapshot.legacy_dump_text, lenient=lenient,
                                             source=str(Path(snapshot.dump_path).parent / store.LEGACY_DUMP_FILE))
         layout = _kube_layout(legacy_dp, legacy, family, known)
         if layout is not None:
-            return NodeDump(legacy_dp, legacy, f"{node}: kube-proxy's rules are in the legacy iptables backend; "
-                                               f"analyzing {store.LEGACY_DUMP_FILE}", layout)
-    nft = _nft_text(snapshot)
-    if nft:
-        nft_dp, nft_rs = dataplanes.load(nft, source=str(Path(snapshot.dump_path).parent / NFT_FILE),
-                                         lenient=lenient)
-        layout = _kube_layout(nft_dp, nft_rs, family, known)
-        if layout is not None:
-            return NodeDump(nft_dp, nft_rs, f"{node}: kube-proxy runs in nftables mode here; analyzing {NFT_FILE}",
-                            layout)
+            chosen = NodeDump(legacy_dp, legacy, f"{node}: kube-proxy's rules are in the legacy iptables backend; "
+                                                 f"analyzing {store.LEGACY_DUMP_FILE}", layout)
+            return _with_nft(snapshot, chosen, family, lenient, known, mode)
+    nft = _nft_kube(snapshot, family, lenient, known)
+    if nft is not None:
+        return nft
     return NodeDump(dataplane, ruleset)
+
+
+def _nft_kube(snapshot: Any, family: str, lenient: bool, known: Any) -> NodeDump | None:
+    """The node's nft ruleset when kube-proxy's table for `family` holds rules, else None."""
+    nft = snapshot.nft_ruleset_text
+    if not nft or not any(mark in nft for mark in _KUBE_TABLE_MARKS):
+        return None
+    nft_dp, nft_rs = dataplanes.load(nft, source=str(Path(snapshot.dump_path).parent / NFT_FILE), lenient=lenient)
+    layout = _kube_layout(nft_dp, nft_rs, family, known)
+    if layout is None:
+        return None
+    return NodeDump(nft_dp, nft_rs, f"{snapshot.node}: kube-proxy runs in nftables mode here; analyzing {NFT_FILE}",
+                    layout)
+
+
+def _with_nft(snapshot: Any, chosen: NodeDump, family: str, lenient: bool, known: Any,
+              mode: str | None) -> NodeDump:
+    """`chosen` (an iptables dump with kube-proxy's rules), or the nft ruleset when it holds kube-proxy's table too
+    and meta.json says nftables mode; either way, with both modes' rules, `split` says what that means. A ruleset
+    that cannot be read leaves `chosen` alone (unread_nft names it)."""
+    try:
+        nft = _nft_kube(snapshot, family, lenient, known)
+    except IptraceError:
+        return chosen
+    if nft is None:
+        return chosen
+    iptables_file = Path(chosen.ruleset.source).name
+    table = "ip6 kube-proxy" if family == "ipv6" else "ip kube-proxy"
+    picked, why = ((nft, "meta.json's proxy_mode says nftables") if mode == "nftables" else
+                   (chosen, "meta.json's proxy_mode says iptables") if mode == "iptables" else
+                   (chosen, "nothing collected says which mode kube-proxy runs in; iptables is the dump collect "
+                            "reads first"))
+    picked_file = NFT_FILE if picked is nft else iptables_file
+    split = (f"{snapshot.node}: kube-proxy's rules are there in both proxy modes: {iptables_file} holds "
+             f"{len(chosen.layout.service_ports)} Service port(s) in iptables mode ({chosen.layout.proxy.name}) and "
+             f"{NFT_FILE}'s table {table} {len(nft.layout.service_ports)} in nftables mode ({nft.layout.proxy.name}). "
+             "The kernel runs both: every packet passes both, and the first rule to DNAT it decides (both nat "
+             "chains hook at priority dstnat, where the one registered last runs first: the dumps cannot tell "
+             f"which). Analyzing {picked_file}: {why}; set \"proxy_mode\" (iptables or nftables) in the node's "
+             f"meta.json to choose, and `iptrace diff {chosen.ruleset.source} {nft.ruleset.source}` shows where the "
+             "two differ.")
+    return NodeDump(picked.dataplane, picked.ruleset, picked.note, picked.layout, split)
 
 
 def _looks_cut(text: str) -> bool:
@@ -104,7 +154,7 @@ def unread_nft(snapshot: Any, chosen: NodeDump) -> str | None:
     dump answers for the node and the ruleset looks cut short; None when it reads, is not there, or answers."""
     if chosen.dataplane.name == "nftables":
         return None
-    text = _nft_text(snapshot)
+    text = snapshot.nft_ruleset_text
     if not text or not _looks_cut(text):
         return None
     try:
@@ -160,6 +210,8 @@ def node_input(snapshot: Any, *, cluster: Any = None, lenient: bool = False,
         problems.append(nft_problem)
     if chosen.note is not None:
         meta["dataplane_note"] = chosen.note
+    if chosen.split is not None:
+        meta["mode_split"] = chosen.split
     meta["dataplane"] = chosen.dataplane.name
     if problems:
         meta["load_warnings"] = problems

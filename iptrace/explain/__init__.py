@@ -58,13 +58,15 @@ class Explainer:
         return found
 
     def explain_one(self, dst: str, dport: int, *, proto: str = "tcp", src: str = "external",
-                    in_interface: str | None = None) -> Explanation:
+                    in_interface: str | None = None, notes: Sequence[str] = ()) -> Explanation:
+        """`notes`: how the caller read the addresses (dataplane.as_sent), listed with the trace's assumptions."""
         kind = src if src in SOURCE_KINDS else "given"
         src_ip, chosen = self.source(src) if kind != "given" else (src, "")
         packet = Packet(src_ip, dst, dport, proto, in_interface=in_interface)
         trace = self.tracer.trace(packet)
-        if chosen:  # (Trace's own fields: dataclasses.replace would read them all again, by name)
-            trace = Trace(trace.packet, trace.entry, trace.outcomes, (*trace.assumptions, chosen))
+        if chosen or notes:  # (Trace's own fields: dataclasses.replace would read them all again, by name)
+            added = tuple(n for n in (*notes, chosen) if n)
+            trace = Trace(trace.packet, trace.entry, trace.outcomes, (*trace.assumptions, *added))
         diagnoses = tuple(sorted(diagnose(Case(self.facts, trace, kind)),
                                  key=lambda d: SEVERITY_ORDER[d.severity]))
         headline = _headline(trace, packet)
@@ -74,12 +76,12 @@ class Explainer:
         return Explanation(kind, trace, _verdict(trace), headline, diagnoses)
 
     def explain(self, dst: str, dport: int, *, proto: str = "tcp", src: str | None = None,
-                in_interface: str | None = None) -> Report:
+                in_interface: str | None = None, notes: Sequence[str] = ()) -> Report:
         if not 0 < dport <= 65535:
             raise InputError(f"port {dport} is out of range; expected 1-65535")
         kinds = (src,) if src is not None else SOURCE_KINDS
-        explanations = tuple(self.explain_one(dst, dport, proto=proto, src=k, in_interface=in_interface)
-                             for k in kinds)
+        explanations = tuple(self.explain_one(dst, dport, proto=proto, src=k, in_interface=in_interface,
+                                              notes=notes) for k in kinds)
         return Report(join_host_port(dst, dport), proto, explanations, _differences(explanations))
 
 

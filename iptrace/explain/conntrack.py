@@ -37,7 +37,7 @@ def _diagnosis(a: advice.Advice, table: ConntrackTable) -> Diagnosis:
     if len(a.lines) > len(shown):
         detail += f" (Evidence shows the first {len(shown)} of {len(a.lines)} entries; the fix covers all.)"
     evidence = [Evidence(n, table.line_text(n), table.source) for n in shown]
-    evidence += [Evidence(s.line, s.rule) for s in a.rules]
+    evidence += [Evidence(s.line, s.rule, handle=s.handle) for s in a.rules]
     return Diagnosis(a.id, a.severity, a.summary, detail, a.fix, tuple(evidence))  # type: ignore[arg-type]
 
 

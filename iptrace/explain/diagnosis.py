@@ -13,16 +13,22 @@ SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
 @dataclass(frozen=True, slots=True)
 class Evidence:
-    """A line of the dump (`rule`: its text), or of another file, `source` (a conntrack table)."""
+    """A line of the dump (`rule`: its text), or of another file, `source` (a conntrack table). `line` 0: the dump
+    has no lines (nft JSON input), where `handle` is the rule's kernel handle (None for a set or map element);
+    JSON prints such a line as null, as trace's path does (SPEC.md)."""
 
     line: int
     rule: str
     source: str = ""
+    handle: int | None = None
 
     def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"line": self.line or None, "rule": self.rule}
+        if self.handle is not None:
+            out["handle"] = self.handle
         if self.source:
-            return {"line": self.line, "rule": self.rule, "source": self.source}
-        return {"line": self.line, "rule": self.rule}
+            out["source"] = self.source
+        return out
 
 
 @dataclass(frozen=True, slots=True)

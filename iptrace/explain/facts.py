@@ -340,7 +340,8 @@ class Case:
 
 
 def step_evidence(steps: Iterable[Step]) -> tuple[Evidence, ...]:
-    seen: dict[int, Evidence] = {}
+    """Each rule of `steps` once: by its line, or without one (nft JSON input) by where it is and its text."""
+    seen: dict[object, Evidence] = {}
     for s in steps:
-        seen.setdefault(s.line, Evidence(s.line, s.rule))
+        seen.setdefault(s.line or (s.table, s.chain, s.handle, s.rule), Evidence(s.line, s.rule, handle=s.handle))
     return tuple(seen.values())

@@ -510,8 +510,9 @@ def _peer_compare_port(key: str, ports: Mapping[str, _Port], add: Any) -> None:
             parts.append("REJECTs (no endpoints)" if port.digest.no_endpoints else "has no endpoints")
         severity: Severity = "error" if extra or not mine else "warning"
         add(n, ENDPOINTS_DIFFER, severity, key, f"{key}: this node " + "; ".join(parts),
-            "Every node's KUBE-SVC chain for a Service port lists the same endpoints (only the local ones of a "
-            "Local traffic policy differ). This node's list is " +
+            "Every node's kube-proxy sends a Service port to the same endpoints (its KUBE-SVC chain in iptables "
+            "mode, its service-… chain in nftables mode; only the local ones of a Local traffic policy differ). "
+            "This node's list is " +
             ("older than the others'" if strict and extra else "different from the others'") +
             f". {NOT_SYNCING}.",
             "restart kube-proxy on this node once it can sync; audit with --cluster/--kubeconfig to confirm "

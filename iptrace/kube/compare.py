@@ -58,6 +58,8 @@ KUBE_PROXY_STALE = "kube-proxy-stale"
 NO_KUBE_PROXY_RULES = "no-kube-proxy-rules"
 ERA_MISMATCH = "era-mismatch"
 BACKEND_SPLIT = "iptables-backend-split"
+# kube-proxy's rules in both proxy modes on one node (iptables-save.txt and nft-ruleset.txt's kube-proxy table).
+MODE_SPLIT = "kube-proxy-mode-split"
 LOAD_ERROR = "load-error"
 NODE_UNKNOWN = "node-not-in-cluster"
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from iptrace.kube.claims import claim_findings, claim_lines, claims_of
 from iptrace.kube.cluster import ClusterState
-from iptrace.kube.compare import Finding, compare_with_cluster, view_service_label
+from iptrace.kube.compare import MODE_SPLIT, Finding, compare_with_cluster, view_service_label
 from iptrace.kube.view import EXTERNAL, HEALTH_CHECK, KubeView, ServicePortView
 from iptrace.layout import ProxyMode
 from iptrace.records import positional_new
@@ -292,6 +292,13 @@ def node_result(node: Any, cluster: ClusterState | None = None, *, pictures: boo
         families.append(digest)
         claims += claim_findings(a.view, node.name, functools.partial(_quoted, texts), found)
     warnings = meta.get("load_warnings")
+    split = meta.get("mode_split")
+    if isinstance(split, str):
+        extra = (*extra, Finding(
+            MODE_SPLIT, "warning", node.name, None, f"{node.name}: kube-proxy's rules in both proxy modes "
+            "(iptables and nftables)", split.removeprefix(f"{node.name}: "),
+            "run one kube-proxy, in one mode: a kube-proxy of 1.29 or later deletes the other mode's rules when it "
+            "starts (or run `kube-proxy --cleanup` in the mode no longer used); until then compare both dumps"))
     return NodeResult(node.name, node.error, tuple(node.addresses), str(meta.get("host", "") or ""), kube_node,
                       node.legacy_note, tuple(str(w) for w in warnings) if isinstance(warnings, list) else (),
                       tuple(families), (*claims, *extra), (*_lenient_notes(node), *notes))

@@ -532,9 +532,11 @@ class Ruleset:
         return tuple(f for f in ("ipv4", "ipv6") if f in seen)
 
     def line_text(self, line: int) -> str | None:
+        """Input line `line` as evidence: the statement without the listing's indentation (a listing nests rules
+        and elements two tabs deep), as iptables' evidence is the rule alone."""
         if self.source_text is None or line < 1 or line > len(self.source_text):
             return None
-        return self.source_text.line(line).rstrip("\r")
+        return self.source_text.line(line).strip()
 
     def line_texts(self, lines: Collection[int]) -> dict[int, str | None]:
         return {x: self.line_text(x) for x in lines}  # (each line is found in the kept text directly)

@@ -29,8 +29,10 @@ def _diagnosis(d: Diagnosis) -> list[str]:
         out.append("  Evidence:")
         for e in d.evidence:
             source = e.source  # evidence from another file (a conntrack table) names it
-            where = f"{source}:{e.line}" if source else f"line {e.line}" if e.line else "dump"
-            out.append(f"    {where}: {e.rule.strip()}")  # a listing indents its lines
+            # (nft JSON input has no lines: a rule's kernel handle, or a set element's own text, says which)
+            where = (f"{source}:{e.line}: " if source else f"line {e.line}: " if e.line else
+                     f"handle {e.handle}: " if e.handle is not None else "")
+            out.append(f"    {where}{e.rule.strip()}")  # a listing indents its lines
     return out
 
 

@@ -1,0 +1,56 @@
+"""Evidence from nft JSON input (`nft -j list ruleset`), which has no lines: SPEC.md's JSON contract prints an
+unknown line as null (as trace's path and decided_by do) and gives the rule's kernel handle; text never says
+"line 0"; and rules without lines are not merged into one piece of evidence because they share line 0."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from iptrace.cli import main
+from tests.conftest import SAMPLES
+
+JSON_DUMP = str(SAMPLES / "nodeport-fb-backends-nft.json")
+LISTING = str(SAMPLES / "nodeport-fb-backends-nft.nft")
+QUESTIONS = ["10.101.234.168:8001", "10.101.234.168:30904", "192.168.49.2:5001", "10.101.234.169:5001",
+             "10.96.0.10:53/udp", "192.168.49.2:30904", "10.101.234.168:5001/udp"]
+
+
+def explain(dump: str, dst: str, *more: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["explain", dump, "--dst", dst, *more])
+    return result.exit_code, result.stdout
+
+
+def evidence(doc: dict[str, object]) -> list[dict[str, object]]:
+    docs = [doc, *doc.get("sources", {}).values()]  # type: ignore[attr-defined]
+    return [e for d in docs for g in d["diagnoses"] for e in g["evidence"]]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("dst", QUESTIONS)
+def test_json_input_evidence_has_no_line_zero(dst: str) -> None:
+    for src in ("pod", "node", "external", None):
+        _, out = explain(JSON_DUMP, dst, "-o", "json", *(("--src", src) if src else ()))
+        found = evidence(json.loads(out))
+        assert all(e["line"] is None for e in found), found
+        assert all(isinstance(e.get("handle"), int) for e in found if not str(e["rule"]).startswith("element")), found
+        _, text = explain(JSON_DUMP, dst, *(("--src", src) if src else ()))
+        assert "line 0" not in text and "line None" not in text and "dump:" not in text, text
+        handles = [e["handle"] for e in found if e.get("handle") is not None]
+        assert all(f"handle {h}: " in text for h in handles), text
+
+
+def test_hairpin_evidence_keeps_both_rules_of_the_endpoint_chain() -> None:
+    # Both rules of the endpoint chain (the hairpin masquerade mark and the DNAT) have line 0 in JSON input: they
+    # were taken for one rule and the DNAT was lost.
+    found = {}
+    for dump in (LISTING, JSON_DUMP):
+        _, out = explain(dump, "10.101.234.168:5001", "--src", "10.244.1.7", "-o", "json")
+        (hairpin,) = [d for d in json.loads(out)["diagnoses"] if d["id"] == "hairpin"]
+        found[dump] = hairpin["evidence"]
+    assert [e["rule"] for e in found[JSON_DUMP]] == [e["rule"] for e in found[LISTING]] == [
+        "ip saddr 10.244.1.7 jump mark-for-masquerade", "meta l4proto tcp dnat to 10.244.1.7:8001"]
+    assert [e["line"] for e in found[LISTING]] == [132, 133]
+    assert [e["line"] for e in found[JSON_DUMP]] == [None, None]
+    assert len({e["handle"] for e in found[JSON_DUMP]}) == 2
