@@ -82,3 +82,16 @@ def test_services_without_endpointslices_compare_the_rest_and_say_so() -> None:
     assert {f["service"] for f in report["findings"] if f["id"] == "missing-service"} == {
         "default/orphan", "default/shop-lb:http"}
     assert "has Services but no EndpointSlice" in result.stderr
+
+
+def test_namespace_scopes_cluster_files_as_it_does_a_live_read() -> None:
+    # `-n kube-system --cluster all.json`: the files' other namespaces are left out and so is the comparison of
+    # the node's Service ports there, as with --kubeconfig (it used to be ignored without a word).
+    data = Path(__file__).resolve().parent / "data" / "cluster"
+    result = CliRunner().invoke(main, ["audit", str(SAMPLE), "--cluster", str(data), "-n", "kube-system",
+                                       "-o", "json"])
+    report = json.loads(result.stdout)
+    services = {f["service"] for f in report["findings"] if f["service"]}
+    assert services and services <= {
+        "kube-system/kube-dns:dns/udp", "kube-system/kube-dns:dns-tcp", "kube-system/kube-dns:metrics"}, \
+        report["findings"]

@@ -576,3 +576,12 @@ def test_missing_kubeconfig_from_the_environment_says_so(monkeypatch: pytest.Mon
     with pytest.raises(ClusterError) as e:
         load_cluster_live(None, None, None)
     assert one_line(e) == f"kubeconfig {shown} does not exist; pass --kubeconfig PATH or set KUBECONFIG"
+
+
+def test_cluster_files_read_for_one_namespace() -> None:
+    # `-n NS --cluster FILE`: only that namespace's Services and EndpointSlices (Nodes are cluster-scoped).
+    everything = load_cluster_files([DATA / "kubectl-get-all.json"])
+    state = everything.scoped("kube-system")
+    assert state.namespace == "kube-system" and state.nodes == everything.nodes
+    assert {s.key for s in state.services} == {s.key for s in everything.services if s.namespace == "kube-system"}
+    assert state.services and all(s.namespace == "kube-system" for s in state.slices) and state.slices

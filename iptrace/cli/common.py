@@ -382,7 +382,8 @@ def analysis_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 namespace_option = click.option(
     "--namespace", "-n", metavar="NS",
-    help="With --kubeconfig: read only this namespace's Services and EndpointSlices.")
+    help="Only this namespace's Services and EndpointSlices (read with --kubeconfig, kept from --cluster files); "
+         "the rules are compared with the API for that namespace's Service ports only.")
 
 
 def cluster_data(cluster_files: tuple[str, ...], kubeconfig: str | None, context: str | None,
@@ -395,7 +396,7 @@ def cluster_data(cluster_files: tuple[str, ...], kubeconfig: str | None, context
             click.echo(f"note: the cluster data ({state.source}) has Services but no EndpointSlice, so the "
                        "endpoints are not compared; add `kubectl get --raw "
                        "/apis/discovery.k8s.io/v1/endpointslices` to compare them", err=True)
-        return state
+        return state.scoped(namespace) if namespace else state
     if kubeconfig or context:
         from iptrace.collect.cluster import load_cluster_live
 

@@ -346,7 +346,7 @@ def _merged(documents: tuple[str, ...]) -> tuple[list[Any], str | None, bool]:
               help="With --collect: where to keep the collection (default: a temporary directory).")
 @click.option("--cluster", "cluster_files", multiple=True, type=click.Path(),
               help="Services/EndpointSlices/Nodes JSON to compare every node with.")
-@click.option("--namespace", "-n", help="With --kubeconfig: only this namespace's Services.")
+@namespace_option
 @click.option("--node-ip", "node_ips", multiple=True, callback=check_ip, metavar="IP",
               help="Addresses of a node given as a plain dump file.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, metavar="N",
