@@ -396,11 +396,31 @@ def cluster_data(cluster_files: tuple[str, ...], kubeconfig: str | None, context
             click.echo(f"note: the cluster data ({state.source}) has Services but no EndpointSlice, so the "
                        "endpoints are not compared; add `kubectl get --raw "
                        "/apis/discovery.k8s.io/v1/endpointslices` to compare them", err=True)
+        # (a file without Services is wrong data even when -n asks about one namespace of it)
+        if note_no_services(state) is None:
+            return None
         return state.scoped(namespace) if namespace else state
     if kubeconfig or context:
         from iptrace.collect.cluster import load_cluster_live
 
-        return load_cluster_live(kubeconfig, context, namespace)
+        return note_no_services(load_cluster_live(kubeconfig, context, namespace))
+    return None
+
+
+def note_no_services(state: Any) -> Any:
+    """`state`, or None (after a note on stderr) when it was read for every namespace and holds no Service: a
+    cluster always has default/kubernetes, so it was read from the wrong place (`kubectl get svc -n other -o
+    json`, a NodeList alone) and says nothing of the node's Service ports; compared with it, every one of them
+    would be an unknown-service and the audit's headline would claim an agreement with the API."""
+    if state.services or state.namespace is not None:
+        return state
+    from iptrace.explain.phrases import plural
+
+    held = [plural(n, kind) for n, kind in ((len(state.slices), "EndpointSlice"), (len(state.nodes), "Node")) if n]
+    click.echo(f"note: the cluster data ({state.source}) holds no Service ("
+               + (f"only {' and '.join(held)}" if held else "nor any EndpointSlice or Node")
+               + "; a cluster always has default/kubernetes), so it is not used; read the Services of every "
+               "namespace: `kubectl get svc,endpointslices,nodes -A -o json`", err=True)
     return None
 
 

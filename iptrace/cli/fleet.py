@@ -25,6 +25,7 @@ from iptrace.cli.common import (
     hold,
     lenient_option,
     namespace_option,
+    note_no_services,
     one_stdin,
     output_option,
     split_sources,
@@ -448,7 +449,7 @@ def _audit_nodes(sources: tuple[str, ...], collect_first: bool, out: str | None,
         from iptrace.collect.cluster import load_cluster_live
 
         # The cluster the nodes were collected from is the one to compare them with.
-        cluster = load_cluster_live(kubeconfig, context, namespace)
+        cluster = note_no_services(load_cluster_live(kubeconfig, context, namespace))
     else:
         cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
     failures: list[Any] = []
