@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from iptrace.cli import EXIT_ERROR, EXIT_FINDINGS, main
+from iptrace.cli import EXIT_ERROR, EXIT_FINDINGS, main, named
 from iptrace.cli.common import (
     analyses_of,
     analysis_of,
@@ -129,8 +129,8 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
             shown = {_json_label(s.label, s.protocol) for _, v in pairs for s in v.services}
             rest = sum(len(fs) for label, fs in by_label.items() if label not in shown)
             if rest:
-                click.echo(f"note: {rest} finding(s) concern Services this node has no rules for, or the node "
-                           f"itself; see `iptrace audit {dump} --cluster …`", err=True)
+                click.echo(named(f"note: {rest} finding(s) concern Services this node has no rules for, or the "
+                                 f"node itself; see `iptrace audit {dump} --cluster …`"), err=True)
             items = _with_findings(items, by_label)
         # (without cluster data, each object's text is written directly: the same bytes, ~half the cost)
         texts = (text for _, v in pairs for text in iter_services_json_texts(v)) if cluster is None else None

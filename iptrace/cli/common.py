@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 
 import click
 
+from iptrace.cli import named
+
 
 def output_option(*choices: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return click.option("-o", "--output", type=click.Choice(choices), default="text", show_default=True,
@@ -48,7 +50,7 @@ def load_dump(dump: str, *, lenient: bool = False, table: str | None = None, fam
     snapshot = read_node_dir(path)
     chosen = choose_dump(snapshot, family, lenient=lenient)
     if chosen.note is not None:
-        click.echo(f"note: {chosen.note}", err=True)
+        click.echo(named(f"note: {chosen.note}"), err=True)
     problem = unread_nft(snapshot, chosen) if extras else None
     if problem is not None:
         click.echo(f"note: {snapshot.node}: {problem}; analyzing {Path(chosen.ruleset.source).name} without it",
@@ -73,8 +75,8 @@ def note_skipped_rules(dump: str, ruleset: Any) -> None:
     for s in skipped[:_SKIPPED_SHOWN]:
         click.echo(f"  line {s.line}: {s.message}" if s.line else f"  {s.message}", err=True)
     if len(skipped) > _SKIPPED_SHOWN:
-        click.echo(f"  … and {len(skipped) - _SKIPPED_SHOWN} more (iptrace parse --lenient {dump} lists them all)",
-                   err=True)
+        click.echo(named(f"  … and {len(skipped) - _SKIPPED_SHOWN} more (iptrace parse --lenient {dump} lists them "
+                         "all)"), err=True)
 
 
 def analysis_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = None, lenient: bool = False,
@@ -124,7 +126,7 @@ def analyses_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = Non
             v6_dataplane, v6_ruleset, _ = load_dump(dump, lenient=lenient, table=table, family="ipv6", extras=False)
             loads.append((v6_dataplane, v6_ruleset, ("ipv6",)))
         except IptraceError as exc:  # (as audit's load-error warning: what the IPv4 dump holds is still shown)
-            click.echo(f"note: {exc}; analyzing {Path(ruleset.source).name} without it", err=True)
+            click.echo(named(f"note: {exc}; analyzing {Path(ruleset.source).name} without it"), err=True)
     found = []
     for dp, rs, families in loads:
         for family in families:
@@ -209,7 +211,7 @@ def load_conntrack(path: str | None, dump: str, *, lenient: bool = False,
 
         capped = capped_conntrack_note(node, read_meta(node))
         if capped is not None:
-            click.echo(capped, err=True)
+            click.echo(named(capped), err=True)
     from iptrace.conntrack import load, read_file  # (only when there is a table: an explain without one needs none)
 
     data, name = read_file(path)
@@ -223,7 +225,7 @@ def note_skipped(name: str, table: Any) -> None:
     from iptrace.conntrack.table import skipped_notes
 
     for note in skipped_notes(name, table):
-        click.echo(note, err=True)
+        click.echo(named(note), err=True)
 
 
 def batch() -> None:
