@@ -219,12 +219,12 @@ def test_text_report_is_short_and_ordered() -> None:
     report = audit([node("node-a", new), node("node-b", old), node("node-c", new)], cluster_of(new))
     text = render_audit_text(report)
     lines = text.splitlines()
-    assert lines[0] == "Audit of 3 nodes against test cluster: 2 error(s), 1 warning(s)."
+    assert lines[0] == "Audit of 3 nodes against test cluster: 2 errors, 1 warning."
     marks = [line[0] for line in lines if line[:1] in ("✗", "!")]
     assert marks == ["✗", "✗", "!"]
     table = lines[lines.index(next(x for x in lines if x.startswith("NODE"))):]
     assert table[0].split() == ["NODE", "STATUS", "ERA", "SERVICES", "FINDINGS"]
-    assert table[2].startswith("node-b") and "2 error(s), 1 warning(s)" in table[2]
+    assert table[2].startswith("node-b") and "2 errors, 1 warning" in table[2]
     assert len(lines) < 20
     healthy = render_audit_text(audit(fleet(new), cluster_of(new)))
     assert healthy.startswith("Audit of 3 nodes against test cluster: no findings")

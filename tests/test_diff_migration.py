@@ -97,7 +97,7 @@ def test_a_changed_endpoint_nodeport_and_policy_are_named() -> None:
     # Outside clients now reach no endpoint of this node (its only one runs on node-c): the way in says so.
     assert any(f.client == "external" and f.before.startswith("DNAT") and f.after == "DROP" for f in fw.forwarding)
     text = render_diff_text(d)
-    assert "not equivalent: 3 Service port(s) differ" in text
+    assert "not equivalent: 3 Service ports differ" in text
     assert "    node_port: 30087 -> 30097" in text
     assert "    - endpoint 10.244.2.5:8080" in text and "    + endpoint 10.244.2.6:8080" in text
     assert "    external_traffic_policy: Cluster -> Local" in text
