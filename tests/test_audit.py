@@ -326,3 +326,19 @@ def test_services_and_diff_of_an_ipv6_only_node_directory(tmp_path: Path) -> Non
     assert not doc["equivalent"] and doc["services_changed"], doc
     assert {e["endpoint"] for c in doc["services_changed"] for e in c["endpoints"]} >= {
         "[fd00:10:244:1::7]:8080", "[fd00:10:244:1::8]:8080"}
+
+
+def test_no_kube_proxy_rules_beside_legacy_tables_sends_to_the_legacy_backend() -> None:
+    # iptables-nft-save with only kubelet's chains and the 'iptables-legacy tables are present' warning: restarting
+    # or checking kube-proxy's mode is not the fix a reader needs first; its rules may be in the legacy backend,
+    # not collected. And the summary does not end in the era's name "(none)", which says nothing.
+    from click.testing import CliRunner
+
+    from iptrace.cli import main
+
+    sample = Path(__file__).resolve().parent.parent / "sample_dumps"
+    for name, legacy in (("legacy-split-nft.txt", True), ("no-kube-proxy.txt", False)):
+        result = CliRunner().invoke(main, ["audit", str(sample / name), "-o", "json"])
+        found = [f for f in json.loads(result.stdout)["findings"] if f["id"] == "no-kube-proxy-rules"]
+        assert len(found) == 1 and not found[0]["summary"].endswith("(none)"), found
+        assert ("iptables-legacy-save" in found[0]["fix"]) is legacy, found[0]["fix"]

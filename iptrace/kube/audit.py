@@ -242,11 +242,14 @@ def _node_checks(s: _NodeState, proxied: Sequence[_NodeState]) -> list[Finding]:
         if others:
             detail += (f". {counted(others, 'other node has', 'other nodes have')} kube-proxy rules, so Services do "
                        "not work the same here")
-        out.append(Finding(
-            NO_KUBE_PROXY_RULES, "error", s.name, None,
-            f"{s.name}: no kube-proxy {era.dataplane} rules ({era.name})", detail,
-            "check that kube-proxy runs on this node (kubectl -n kube-system get pods -o wide | grep kube-proxy) "
-            "and in which --proxy-mode, or that the Service proxy replacing it is healthy"))
+        fix = ("check that kube-proxy runs on this node (kubectl -n kube-system get pods -o wide | grep kube-proxy) "
+               "and in which --proxy-mode, or that the Service proxy replacing it is healthy")
+        if era.legacy_tables_present and s.result.legacy_note is None:  # (its rules may be there, not collected)
+            fix = ("collect `iptables-legacy-save` from this node too (`iptrace collect` does when "
+                   "iptables-nft-save warns) and audit again: kube-proxy may write its rules there; else " + fix)
+        what = f" ({era.name})" if era.name != "none" else ""  # ("none" says nothing more)
+        out.append(Finding(NO_KUBE_PROXY_RULES, "error", s.name, None,
+                           f"{s.name}: no kube-proxy {era.dataplane} rules{what}", detail, fix))
     elif proxied:
         mode_finding = _mode_check(s, era, proxied)
         if mode_finding is not None:
