@@ -242,3 +242,17 @@ def test_stdin_is_one_side_at_most() -> None:
     result = CliRunner().invoke(main, ["diff", "-", "-"], input=iptables_text(services()))
     assert result.exit_code == 2
     assert "only one side of a diff can be read from stdin" in result.stderr
+
+
+def test_text_counts_endpoints_and_writes_flags_as_services_json_does() -> None:
+    # '(1 endpoint(s))' and 'no_local_endpoints: False -> True' (Python's spelling of a JSON field's value).
+    samples = Path(__file__).resolve().parent.parent / "sample_dumps"
+
+    def text(a: str, b: str) -> str:
+        return CliRunner().invoke(main, ["diff", str(samples / a), str(samples / b)]).stdout
+
+    out = text("nodeport-fb-backends.txt", "no-kube-proxy.txt")
+    assert "- service default/kubernetes:https 10.96.0.1:443 (1 endpoint)\n" in out, out
+    assert "(2 endpoints)" in out and "(s)" not in out, out
+    out = text("etp-local-with-endpoints.txt", "etp-local-no-local-endpoints.txt")
+    assert "    no_local_endpoints: false -> true\n" in out, out

@@ -137,6 +137,8 @@ def diff_to_json(d: Diff) -> dict[str, Any]:
 def _fmt(v: object) -> str:
     if v is None:
         return "-"
+    if isinstance(v, bool):  # (the fields are `services -o json`'s keys: their values as it writes them)
+        return "true" if v else "false"
     if isinstance(v, tuple):
         return ", ".join(str(x) for x in v) or "-"
     if isinstance(v, float):
@@ -174,7 +176,7 @@ def render_diff_text(d: Diff) -> str:
     for sign, sides in (("-", d.removed), ("+", d.added)):
         for s in sides:
             where = f" {_host_port(s.cluster_ip, s.port)}" if s.cluster_ip else ""
-            out.append(f"{sign} service {s.service}{where} ({len(s.endpoints)} endpoint(s))")
+            out.append(f"{sign} service {s.service}{where} ({counted(len(s.endpoints), 'endpoint')})")
     for c in d.changed:
         out.append(f"~ service {c.service}")
         for f in c.fields:
