@@ -342,3 +342,16 @@ def test_no_kube_proxy_rules_beside_legacy_tables_sends_to_the_legacy_backend() 
         found = [f for f in json.loads(result.stdout)["findings"] if f["id"] == "no-kube-proxy-rules"]
         assert len(found) == 1 and not found[0]["summary"].endswith("(none)"), found
         assert ("iptables-legacy-save" in found[0]["fix"]) is legacy, found[0]["fix"]
+
+
+def test_a_node_the_cluster_data_does_not_name_is_told_how_to_give_its_address() -> None:
+    # A plain dump file has no addresses: "collect the node's addresses" was no way to give them to audit.
+    from click.testing import CliRunner
+
+    from iptrace.cli import main
+
+    sample = Path(__file__).resolve().parent.parent / "sample_dumps" / "nodeport-fb-backends.txt"
+    cluster = Path(__file__).resolve().parent / "data" / "cluster" / "kubectl-get-all.json"
+    result = CliRunner().invoke(main, ["audit", str(sample), "--cluster", str(cluster), "-o", "json"])
+    found = [f for f in json.loads(result.stdout)["findings"] if f["id"] == "node-not-in-cluster"]
+    assert len(found) == 1 and "--node-ip IP" in found[0]["fix"], found

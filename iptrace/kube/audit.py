@@ -187,7 +187,7 @@ def combine(results: Sequence[NodeResult], cluster: ClusterState | None = None, 
                     f"{s.name}: no Node in the cluster data has its addresses or name",
                     f"Addresses collected: {listing(s.result.addresses)}. Without the Node's name, endpoints "
                     "local to this node (traffic policy Local) cannot be checked.",
-                    "collect the node's addresses, or pass cluster data that includes this Node"))
+                    "give the node's address (--node-ip IP; a collection has it), or cluster data with this Node"))
             for fam in s.result.families:
                 if fam.proxied:
                     s.findings.extend(fam.compared)
