@@ -116,7 +116,7 @@ def test_target_port_on_service_ip(src: str) -> None:
 def test_target_port_on_a_loadbalancer_ip_and_ipv6() -> None:
     name = "loadbalancer-source-ranges.txt"
     d = the(explain(name, "203.0.113.50", 8443, "198.51.100.7"), "target-port-on-service-ip")
-    assert "203.0.113.50:443 from outside" in d.fix
+    assert "203.0.113.50:443 from 198.51.100.0/24, 192.168.49.0/24 (its loadBalancerSourceRanges)" in d.fix
     assert_evidence_is_in_the_dump(name, d)
     v6 = the(explain("ipv6.txt", "fd00:10:96::5e1", 8080, "pod"), "target-port-on-service-ip")
     assert "[fd00:10:96::5e1]:80 from inside the cluster" in v6.fix
@@ -587,3 +587,11 @@ def test_a_fix_does_not_send_outside_clients_to_a_node_port_this_node_drops() ->
     d = the(e, "node-port-on-service-ip")
     assert "any other node's address" not in d.fix and "192.168.49.2:31080 from outside" in d.fix, d.fix
     assert any(s.port == 31080 for s in d.instead), d.instead
+
+
+def test_a_fix_names_a_load_balancer_ip_only_for_its_source_ranges() -> None:
+    # loadBalancerSourceRanges: "203.0.113.50:443 from outside" would not work from any other client.
+    e = explain("loadbalancer-source-ranges.txt", "10.100.12.34", 30443, "pod")
+    d = the(e, "node-port-on-service-ip")
+    assert "203.0.113.50:443 from 198.51.100.0/24, 192.168.49.0/24 (its loadBalancerSourceRanges)" in d.fix, d.fix
+    assert {s.source for s in d.instead if s.address == "203.0.113.50"} == {"198.51.100.0/24", "192.168.49.0/24"}

@@ -36,8 +36,17 @@ def use_instead(facts: Facts, svc: Any) -> tuple[str, tuple[Suggestion, ...]]:
     if svc.cluster_ip and svc.port:
         parts.append(f"{join_host_port(svc.cluster_ip, svc.port)} from inside the cluster")
         out.append(Suggestion(svc.cluster_ip, svc.port, proto, "pod"))
-    for ip in (*svc.external_ips, *svc.lb_ips):
+    for ip in svc.external_ips:
         if svc.port:
+            parts.append(f"{join_host_port(ip, svc.port)} from outside")
+            out.append(Suggestion(ip, svc.port, proto, "external"))
+    for ip in svc.lb_ips:
+        if svc.port and svc.lb_source_ranges:
+            # (kube-proxy drops a load-balancer IP's clients outside loadBalancerSourceRanges)
+            parts.append(f"{join_host_port(ip, svc.port)} from {', '.join(svc.lb_source_ranges)} "
+                         "(its loadBalancerSourceRanges)")
+            out += [Suggestion(ip, svc.port, proto, r) for r in svc.lb_source_ranges]
+        elif svc.port:
             parts.append(f"{join_host_port(ip, svc.port)} from outside")
             out.append(Suggestion(ip, svc.port, proto, "external"))
     if svc.node_port and svc.no_local_endpoints:
