@@ -1,6 +1,7 @@
 """An input file's bytes as text, whatever wrote it: a dump saved on Windows starts with a byte order mark — UTF-8's
 from an editor, or UTF-16 from PowerShell 5's `>` (`kubectl debug node/… -- iptables-save > node1.txt`). Bytes
-that are not valid in their encoding are replaced, never fatal (the readers then name the line). Pure."""
+that are not valid in their encoding are replaced, never fatal (the readers then name the line). And `counted`:
+a count with its noun in the right number, for the messages every layer writes. Pure."""
 
 from __future__ import annotations
 
@@ -25,3 +26,8 @@ def utf8_input(data: bytes) -> bytes:
     if data[:2] in _UTF16:
         return data.decode("utf-16", errors="replace").encode("utf-8")
     return data[3:] if data[:3] == codecs.BOM_UTF8 else data
+
+
+def counted(n: int, one: str, many: str | None = None) -> str:
+    """`1 error`, `2 errors` (`many`: an irregular plural, `1 node has` / `2 nodes have`)."""
+    return f"{n} {one}" if n == 1 else f"{n} {many if many is not None else one + 's'}"

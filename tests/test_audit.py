@@ -219,12 +219,12 @@ def test_text_report_is_short_and_ordered() -> None:
     report = audit([node("node-a", new), node("node-b", old), node("node-c", new)], cluster_of(new))
     text = render_audit_text(report)
     lines = text.splitlines()
-    assert lines[0] == "Audit of 3 nodes against test cluster: 2 error(s), 1 warning(s)."
+    assert lines[0] == "Audit of 3 nodes against test cluster: 2 errors, 1 warning."
     marks = [line[0] for line in lines if line[:1] in ("✗", "!")]
     assert marks == ["✗", "✗", "!"]
     table = lines[lines.index(next(x for x in lines if x.startswith("NODE"))):]
     assert table[0].split() == ["NODE", "STATUS", "ERA", "SERVICES", "FINDINGS"]
-    assert table[2].startswith("node-b") and "2 error(s), 1 warning(s)" in table[2]
+    assert table[2].startswith("node-b") and "2 errors, 1 warning" in table[2]
     assert len(lines) < 20
     healthy = render_audit_text(audit(fleet(new), cluster_of(new)))
     assert healthy.startswith("Audit of 3 nodes against test cluster: no findings")
@@ -326,3 +326,32 @@ def test_services_and_diff_of_an_ipv6_only_node_directory(tmp_path: Path) -> Non
     assert not doc["equivalent"] and doc["services_changed"], doc
     assert {e["endpoint"] for c in doc["services_changed"] for e in c["endpoints"]} >= {
         "[fd00:10:244:1::7]:8080", "[fd00:10:244:1::8]:8080"}
+
+
+def test_no_kube_proxy_rules_beside_legacy_tables_sends_to_the_legacy_backend() -> None:
+    # iptables-nft-save with only kubelet's chains and the 'iptables-legacy tables are present' warning: restarting
+    # or checking kube-proxy's mode is not the fix a reader needs first; its rules may be in the legacy backend,
+    # not collected. And the summary does not end in the era's name "(none)", which says nothing.
+    from click.testing import CliRunner
+
+    from iptrace.cli import main
+
+    sample = Path(__file__).resolve().parent.parent / "sample_dumps"
+    for name, legacy in (("legacy-split-nft.txt", True), ("no-kube-proxy.txt", False)):
+        result = CliRunner().invoke(main, ["audit", str(sample / name), "-o", "json"])
+        found = [f for f in json.loads(result.stdout)["findings"] if f["id"] == "no-kube-proxy-rules"]
+        assert len(found) == 1 and not found[0]["summary"].endswith("(none)"), found
+        assert ("iptables-legacy-save" in found[0]["fix"]) is legacy, found[0]["fix"]
+
+
+def test_a_node_the_cluster_data_does_not_name_is_told_how_to_give_its_address() -> None:
+    # A plain dump file has no addresses: "collect the node's addresses" was no way to give them to audit.
+    from click.testing import CliRunner
+
+    from iptrace.cli import main
+
+    sample = Path(__file__).resolve().parent.parent / "sample_dumps" / "nodeport-fb-backends.txt"
+    cluster = Path(__file__).resolve().parent / "data" / "cluster" / "kubectl-get-all.json"
+    result = CliRunner().invoke(main, ["audit", str(sample), "--cluster", str(cluster), "-o", "json"])
+    found = [f for f in json.loads(result.stdout)["findings"] if f["id"] == "node-not-in-cluster"]
+    assert len(found) == 1 and "--node-ip IP" in found[0]["fix"], found

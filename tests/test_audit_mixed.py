@@ -55,7 +55,7 @@ def test_an_nft_node_forwarding_alike_is_only_named(tmp_path: Path) -> None:
     assert ids(report) == [("node-c", PROXY_MODE_MISMATCH, None)], render_audit_text(report, verbose=True)
     (finding,) = report.findings
     assert finding.severity == "warning"
-    assert finding.summary == "node-c: kube-proxy runs in nftables mode here; 2 other node(s) run it in iptables mode"
+    assert finding.summary == "node-c: kube-proxy runs in nftables mode here; 2 other nodes run it in iptables mode"
     assert "node-a, node-b" in finding.detail
     modes = {n.name: (n.mode, n.dataplane, n.status) for n in report.nodes}
     assert modes == {"node-a": ("iptables", "iptables", "ok"), "node-b": ("iptables", "iptables", "ok"),
@@ -82,7 +82,7 @@ def test_service_ports_are_still_compared_across_modes(tmp_path: Path) -> None:
 def test_the_iptables_node_is_the_odd_one_out_too(tmp_path: Path) -> None:
     report = run(fleet(tmp_path, {"node-a": "nftables", "node-b": "iptables", "node-c": "nftables"}))
     assert ids(report) == [("node-b", PROXY_MODE_MISMATCH, None)]
-    assert "runs in iptables mode here; 2 other node(s) run it in nftables mode" in report.findings[0].summary
+    assert "runs in iptables mode here; 2 other nodes run it in nftables mode" in report.findings[0].summary
 
 
 def test_a_tie_names_every_node(tmp_path: Path) -> None:

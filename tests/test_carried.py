@@ -365,5 +365,5 @@ def test_a_ports_values_are_its_layout_but_lines() -> None:
     for k in layout.keys:
         values = layout.port_values(k)
         assert values.lines == () and values == replace(whole.service_port(k), lines=())
-    assert "1 KUBE-SEP chain(s) no service chain jumps to: KUBE-SEP-ORPHAN0000000000" in whole.warnings
+    assert "1 KUBE-SEP chain no service chain jumps to: KUBE-SEP-ORPHAN0000000000" in whole.warnings
     assert layout.warnings == whole.warnings

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -82,3 +83,34 @@ def test_services_without_endpointslices_compare_the_rest_and_say_so() -> None:
     assert {f["service"] for f in report["findings"] if f["id"] == "missing-service"} == {
         "default/orphan", "default/shop-lb:http"}
     assert "has Services but no EndpointSlice" in result.stderr
+
+
+def test_namespace_scopes_cluster_files_as_it_does_a_live_read() -> None:
+    # `-n kube-system --cluster all.json`: the files' other namespaces are left out and so is the comparison of
+    # the node's Service ports there, as with --kubeconfig (it used to be ignored without a word).
+    data = Path(__file__).resolve().parent / "data" / "cluster"
+    result = CliRunner().invoke(main, ["audit", str(SAMPLE), "--cluster", str(data), "-n", "kube-system",
+                                       "-o", "json"])
+    report = json.loads(result.stdout)
+    services = {f["service"] for f in report["findings"] if f["service"]}
+    assert services and services <= {
+        "kube-system/kube-dns:dns/udp", "kube-system/kube-dns:dns-tcp", "kube-system/kube-dns:metrics"}, \
+        report["findings"]
+
+
+@pytest.mark.parametrize("data", [{"apiVersion": "v1", "kind": "List", "items": []}, "nodes.json"])
+def test_cluster_data_without_services_is_said_once_not_as_a_warning_per_port(tmp_path: Path, data: Any) -> None:
+    # `kubectl get svc -n wrong-namespace -o json` (an empty List), or a NodeList alone: not one unknown-service
+    # per Service port of the node, and no headline claiming the node agrees with the API; one note says why.
+    if isinstance(data, dict):
+        path = tmp_path / "empty.json"
+        path.write_text(json.dumps(data))
+    else:
+        path = Path(__file__).resolve().parent / "data" / "cluster" / data
+    result = CliRunner().invoke(main, ["audit", str(SAMPLE), "--cluster", str(path), "-o", "json"])
+    report = json.loads(result.stdout)
+    assert report["findings"] == [] and report["cluster"] is None, report
+    assert result.stderr.count("holds no Service") == 1, result.stderr
+    assert f"the cluster data ({path}) holds no Service (" in result.stderr
+    text = CliRunner().invoke(main, ["audit", str(SAMPLE), "--cluster", str(path)])
+    assert "the API asks" not in text.stdout and "unknown-service" not in text.stdout, text.stdout

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -564,3 +565,23 @@ def test_kubectl_output_of_both_shapes_reads_like_the_live_state(tmp_path: Path)
     assert load_cluster_files(raw) == live
     assert load_cluster_files([listed]) == live
     assert json.loads(listed.read_text()) == json.loads(KUBECTL_LIST.read_text())
+
+
+@pytest.mark.parametrize("names", [["gone"], ["gone", "also-gone"]])
+def test_missing_kubeconfig_from_the_environment_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                       names: list[str]) -> None:
+    # KUBECONFIG naming no file that exists is the same mistake as `--kubeconfig /missing`, and says the same.
+    shown = os.pathsep.join(str(tmp_path / n) for n in names)
+    monkeypatch.setenv("KUBECONFIG", shown)
+    with pytest.raises(ClusterError) as e:
+        load_cluster_live(None, None, None)
+    assert one_line(e) == f"kubeconfig {shown} does not exist; pass --kubeconfig PATH or set KUBECONFIG"
+
+
+def test_cluster_files_read_for_one_namespace() -> None:
+    # `-n NS --cluster FILE`: only that namespace's Services and EndpointSlices (Nodes are cluster-scoped).
+    everything = load_cluster_files([DATA / "kubectl-get-all.json"])
+    state = everything.scoped("kube-system")
+    assert state.namespace == "kube-system" and state.nodes == everything.nodes
+    assert {s.key for s in state.services} == {s.key for s in everything.services if s.namespace == "kube-system"}
+    assert state.services and all(s.namespace == "kube-system" for s in state.slices) and state.slices

@@ -72,8 +72,8 @@ def test_services_and_endpoints_changed() -> None:
     assert changed["default/fw:http"].fields == (
         FieldChange("lb_source_ranges", ("198.51.100.0/24",), ("192.0.2.0/28",)),)
     text = render_diff_text(d)
-    assert "+ service default/fresh:http 10.96.10.20:80 (1 endpoint(s))" in text
-    assert "- service default/affine 10.96.10.4:80 (1 endpoint(s))" in text
+    assert "+ service default/fresh:http 10.96.10.20:80 (1 endpoint)" in text
+    assert "- service default/affine 10.96.10.4:80 (1 endpoint)" in text
     assert "    node_port: 30080 -> 30081" in text
     assert "    - endpoint 10.244.2.5:8080 (p=0.5)" in text
     assert "    ~ endpoint 10.244.1.5:8080 probability 0.5 -> 0.3333" in text
@@ -129,6 +129,6 @@ def test_an_ipv6_service_port_added_or_removed_is_written_with_brackets() -> Non
     text = (SAMPLES / "ipv6.txt").read_text()
     without = "\n".join(line for line in text.splitlines() if "default/orders" not in line) + "\n"
     d = diff(load(text, source="a.txt"), load(without, source="b.txt"))
-    assert "- service default/orders:http [fd00:10:96::7d]:8080 (0 endpoint(s))" in render_diff_text(d)
+    assert "- service default/orders:http [fd00:10:96::7d]:8080 (0 endpoints)" in render_diff_text(d)
     d = diff(load(without, source="b.txt"), load(text, source="a.txt"))
-    assert "+ service default/orders:http [fd00:10:96::7d]:8080 (0 endpoint(s))" in render_diff_text(d)
+    assert "+ service default/orders:http [fd00:10:96::7d]:8080 (0 endpoints)" in render_diff_text(d)

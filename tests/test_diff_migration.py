@@ -97,7 +97,7 @@ def test_a_changed_endpoint_nodeport_and_policy_are_named() -> None:
     # Outside clients now reach no endpoint of this node (its only one runs on node-c): the way in says so.
     assert any(f.client == "external" and f.before.startswith("DNAT") and f.after == "DROP" for f in fw.forwarding)
     text = render_diff_text(d)
-    assert "not equivalent: 3 Service port(s) differ" in text
+    assert "not equivalent: 3 Service ports differ" in text
     assert "    node_port: 30087 -> 30097" in text
     assert "    - endpoint 10.244.2.5:8080" in text and "    + endpoint 10.244.2.6:8080" in text
     assert "    external_traffic_policy: Cluster -> Local" in text
@@ -242,3 +242,17 @@ def test_stdin_is_one_side_at_most() -> None:
     result = CliRunner().invoke(main, ["diff", "-", "-"], input=iptables_text(services()))
     assert result.exit_code == 2
     assert "only one side of a diff can be read from stdin" in result.stderr
+
+
+def test_text_counts_endpoints_and_writes_flags_as_services_json_does() -> None:
+    # '(1 endpoint(s))' and 'no_local_endpoints: False -> True' (Python's spelling of a JSON field's value).
+    samples = Path(__file__).resolve().parent.parent / "sample_dumps"
+
+    def text(a: str, b: str) -> str:
+        return CliRunner().invoke(main, ["diff", str(samples / a), str(samples / b)]).stdout
+
+    out = text("nodeport-fb-backends.txt", "no-kube-proxy.txt")
+    assert "- service default/kubernetes:https 10.96.0.1:443 (1 endpoint)\n" in out, out
+    assert "(2 endpoints)" in out and "(s)" not in out, out
+    out = text("etp-local-with-endpoints.txt", "etp-local-no-local-endpoints.txt")
+    assert "    no_local_endpoints: false -> true\n" in out, out

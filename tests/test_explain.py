@@ -116,7 +116,7 @@ def test_target_port_on_service_ip(src: str) -> None:
 def test_target_port_on_a_loadbalancer_ip_and_ipv6() -> None:
     name = "loadbalancer-source-ranges.txt"
     d = the(explain(name, "203.0.113.50", 8443, "198.51.100.7"), "target-port-on-service-ip")
-    assert "203.0.113.50:443 from outside" in d.fix
+    assert "203.0.113.50:443 from 198.51.100.0/24, 192.168.49.0/24 (its loadBalancerSourceRanges)" in d.fix
     assert_evidence_is_in_the_dump(name, d)
     v6 = the(explain("ipv6.txt", "fd00:10:96::5e1", 8080, "pod"), "target-port-on-service-ip")
     assert "[fd00:10:96::5e1]:80 from inside the cluster" in v6.fix
@@ -572,3 +572,26 @@ def test_the_node_reaching_an_endpoint_on_itself_is_no_hairpin() -> None:
     assert [o.destination for o in e.trace.outcomes] == ["192.168.49.2:6443"]
     # Near-miss: a pod that is an endpoint of its own Service does hairpin.
     assert "hairpin" in ids(explain(FB, "10.101.234.168", 5001, "10.244.1.7"))
+
+
+def test_a_fix_does_not_send_outside_clients_to_a_node_port_this_node_drops() -> None:
+    # externalTrafficPolicy Local and no endpoint on this node: its nodePort drops outside clients, so "use
+    # <node-ip>:31080 (or any other node's address) from outside" would not work here; only nodes that run one
+    # of the Service's endpoints answer.
+    e = explain("etp-local-no-local-endpoints.txt", "10.103.45.67", 31080, "pod")
+    d = the(e, "node-port-on-service-ip")
+    assert "any other node's address" not in d.fix and "a node that runs one of its endpoints" in d.fix, d.fix
+    assert all(s.port != 31080 for s in d.instead), d.instead
+    # With an endpoint here, this node's address works, but not any other node's (those without one drop it).
+    e = explain("etp-local-with-endpoints.txt", "10.103.45.67", 31080, "pod")
+    d = the(e, "node-port-on-service-ip")
+    assert "any other node's address" not in d.fix and "192.168.49.2:31080 from outside" in d.fix, d.fix
+    assert any(s.port == 31080 for s in d.instead), d.instead
+
+
+def test_a_fix_names_a_load_balancer_ip_only_for_its_source_ranges() -> None:
+    # loadBalancerSourceRanges: "203.0.113.50:443 from outside" would not work from any other client.
+    e = explain("loadbalancer-source-ranges.txt", "10.100.12.34", 30443, "pod")
+    d = the(e, "node-port-on-service-ip")
+    assert "203.0.113.50:443 from 198.51.100.0/24, 192.168.49.0/24 (its loadBalancerSourceRanges)" in d.fix, d.fix
+    assert {s.source for s in d.instead if s.address == "203.0.113.50"} == {"198.51.100.0/24", "192.168.49.0/24"}

@@ -212,3 +212,21 @@ def test_no_help_example_names_bare_iptrace_as_the_plugin() -> None:
         bare = [line for line in result.output.splitlines()
                 if re.search(rf"(?<!kubectl )(?<![\w/.-])iptrace (?:{'|'.join(main.commands)})\b", line)]
         assert bare == [], (args, bare)
+
+
+@pytest.mark.parametrize("prog", ["kubectl iptrace", "python -m iptrace", "iptrace"])
+def test_messages_suggest_commands_by_the_name_the_program_was_called(tmp_path: Path, prog: str) -> None:
+    # Not only help: an error (a library's) and a note (the CLI's) that suggest a command spell it as the user
+    # called the program, so that the suggestion can be pasted.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    error = CliRunner().invoke(main, ["audit", str(empty)], prog_name=prog)
+    assert error.exit_code == 1 and f"run `{prog} collect NODE... --out DIR` first" in error.stderr, error.stderr
+    lines = SAMPLE.read_text().split("\n")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("\n".join([*lines[:3], *(['-A KUBE-SERVICES -m comment --comment "oops'] * 4), *lines[3:]]))
+    note = CliRunner().invoke(main, ["services", "--lenient", str(bad)], prog_name=prog)
+    assert note.exit_code == 0 and f"({prog} parse --lenient {bad} lists them all)" in note.stderr, note.stderr
+    if prog != "iptrace":
+        said = (error.stderr + note.stderr).replace(prog, "")
+        assert not re.search(r"(?<![\w/.-])iptrace (?:collect|parse)", said), said

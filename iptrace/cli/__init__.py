@@ -23,11 +23,29 @@ EXIT_ERROR = 1
 EXIT_FINDINGS = 3
 
 
-def _fail(exc: IptraceError) -> NoReturn:
-    if isinstance(exc, ParseError):
-        click.echo(f"Error: {exc.with_caret()}", err=True)
-    else:
-        click.echo(f"Error: {exc}", err=True)
+def _program(ctx: click.Context | None) -> str | None:
+    """The name the program was called by when it is not plain `iptrace` (`kubectl iptrace`, `python -m
+    iptrace`), else None."""
+    prog = ctx.find_root().info_name if ctx is not None else None
+    return prog if prog and prog != "iptrace" and prog.endswith(" iptrace") else None
+
+
+def named(text: str, ctx: click.Context | None = None) -> str:
+    """`text` (an error or a note) with the commands it suggests (`iptrace audit DIR`) spelled as the program was
+    called, as its help spells them: a kubectl plugin's user types `kubectl iptrace audit DIR`."""
+    ctx = ctx or click.get_current_context(silent=True)
+    prog = _program(ctx)
+    if prog is None or ctx is None or "iptrace " not in text:
+        return text
+    commands = "|".join(map(re.escape, getattr(ctx.find_root().command, "commands", {})))
+    return re.sub(rf"(?<![\w./-])iptrace (?=(?:{commands})\b)", f"{prog} ", text) if commands else text
+
+
+def _fail(exc: IptraceError, ctx: click.Context) -> NoReturn:
+    message = str(exc)
+    # (a parse error's quoted dump line and caret are the dump's text, never renamed)
+    shown = exc.with_caret() if isinstance(exc, ParseError) else message
+    click.echo(f"Error: {named(message, ctx)}{shown.removeprefix(message)}", err=True)
     raise click.exceptions.Exit(EXIT_ERROR)
 
 
@@ -42,8 +60,8 @@ class _ProgramNamedHelp:
     help: str | None
 
     def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        prog = ctx.find_root().info_name
-        if not self.help or not prog or prog == "iptrace" or not prog.endswith(" iptrace"):
+        prog = _program(ctx)
+        if not self.help or prog is None:
             super().format_help_text(ctx, formatter)  # type: ignore[misc]
             return
         text = inspect.cleandoc(self.help).partition("\f")[0]
@@ -65,7 +83,7 @@ class _Group(_ProgramNamedHelp, click.Group):
         try:
             return super().invoke(ctx)
         except IptraceError as exc:
-            _fail(exc)
+            _fail(exc, ctx)
         except BrokenPipeError:
             # `iptrace … | head`: the reader went away; that is not an error of ours.
             sys.stderr.close()

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from iptrace.cli import EXIT_ERROR, EXIT_FINDINGS, main
+from iptrace.cli import EXIT_ERROR, EXIT_FINDINGS, main, named
 from iptrace.cli.common import (
     analyses_of,
     analysis_of,
@@ -28,6 +28,7 @@ from iptrace.cli.common import (
     output_option,
     table_option,
 )
+from iptrace.text import counted
 
 
 @main.command()
@@ -135,8 +136,9 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
             shown = {_json_label(s.label, s.protocol) for _, v in pairs for s in v.services}
             rest = sum(len(fs) for label, fs in by_label.items() if label not in shown)
             if rest:
-                click.echo(f"note: {rest} finding(s) concern Services this node has no rules for, or the node "
-                           f"itself; see `iptrace audit {dump} --cluster …`", err=True)
+                said = counted(rest, "finding concerns", "findings concern")
+                click.echo(named(f"note: {said} Services this node has no rules for, or the node itself; see "
+                                 f"`iptrace audit {dump} --cluster …`"), err=True)
             items = _with_findings(items, by_label)
         # (without cluster data, each object's text is written directly: the same bytes, ~half the cost)
         texts = (text for _, v in pairs for text in iter_services_json_texts(v)) if cluster is None else None
@@ -163,8 +165,8 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
 
             click.echo("")
             if findings:
-                click.echo(f"Compared with the cluster ({getattr(cluster, 'source', '')}): {len(findings)} "
-                           "finding(s)")
+                click.echo(f"Compared with the cluster ({getattr(cluster, 'source', '')}): "
+                           f"{counted(len(findings), 'finding')}")
                 click.echo("\n".join(render_findings_lines(findings, with_node=False)))
             else:
                 click.echo(f"Compared with the cluster ({getattr(cluster, 'source', '')}): the rules match "

@@ -9,6 +9,8 @@ from typing import Any, TypeVar
 
 import click
 
+from iptrace.cli import named
+
 
 def output_option(*choices: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return click.option("-o", "--output", type=click.Choice(choices), default="text", show_default=True,
@@ -49,7 +51,7 @@ def load_dump(dump: str, *, lenient: bool = False, table: str | None = None, fam
     chosen = choose_dump(snapshot, family, lenient=lenient)
     for said in (chosen.note, chosen.split):
         if said is not None:
-            click.echo(f"note: {said}", err=True)
+            click.echo(named(f"note: {said}"), err=True)
     problem = unread_nft(snapshot, chosen) if extras else None
     if problem is not None:
         click.echo(f"note: {snapshot.node}: {problem}; analyzing {Path(chosen.ruleset.source).name} without it",
@@ -74,8 +76,8 @@ def note_skipped_rules(dump: str, ruleset: Any) -> None:
     for s in skipped[:_SKIPPED_SHOWN]:
         click.echo(f"  line {s.line}: {s.message}" if s.line else f"  {s.message}", err=True)
     if len(skipped) > _SKIPPED_SHOWN:
-        click.echo(f"  … and {len(skipped) - _SKIPPED_SHOWN} more (iptrace parse --lenient {dump} lists them all)",
-                   err=True)
+        click.echo(named(f"  … and {len(skipped) - _SKIPPED_SHOWN} more (iptrace parse --lenient {dump} lists them "
+                         "all)"), err=True)
 
 
 def analysis_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = None, lenient: bool = False,
@@ -125,7 +127,7 @@ def analyses_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = Non
             v6_dataplane, v6_ruleset, _ = load_dump(dump, lenient=lenient, table=table, family="ipv6", extras=False)
             loads.append((v6_dataplane, v6_ruleset, ("ipv6",)))
         except IptraceError as exc:  # (as audit's load-error warning: what the IPv4 dump holds is still shown)
-            click.echo(f"note: {exc}; analyzing {Path(ruleset.source).name} without it", err=True)
+            click.echo(named(f"note: {exc}; analyzing {Path(ruleset.source).name} without it"), err=True)
     found = []
     for dp, rs, families in loads:
         for family in families:
@@ -210,7 +212,7 @@ def load_conntrack(path: str | None, dump: str, *, lenient: bool = False,
 
         capped = capped_conntrack_note(node, read_meta(node))
         if capped is not None:
-            click.echo(capped, err=True)
+            click.echo(named(capped), err=True)
     from iptrace.conntrack import load, read_file  # (only when there is a table: an explain without one needs none)
 
     data, name = read_file(path)
@@ -224,7 +226,7 @@ def note_skipped(name: str, table: Any) -> None:
     from iptrace.conntrack.table import skipped_notes
 
     for note in skipped_notes(name, table):
-        click.echo(note, err=True)
+        click.echo(named(note), err=True)
 
 
 def batch() -> None:
@@ -383,7 +385,8 @@ def analysis_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 namespace_option = click.option(
     "--namespace", "-n", metavar="NS",
-    help="With --kubeconfig: read only this namespace's Services and EndpointSlices.")
+    help="Only this namespace's Services and EndpointSlices (read with --kubeconfig, kept from --cluster files); "
+         "the rules are compared with the API for that namespace's Service ports only.")
 
 
 def cluster_data(cluster_files: tuple[str, ...], kubeconfig: str | None, context: str | None,
@@ -396,11 +399,31 @@ def cluster_data(cluster_files: tuple[str, ...], kubeconfig: str | None, context
             click.echo(f"note: the cluster data ({state.source}) has Services but no EndpointSlice, so the "
                        "endpoints are not compared; add `kubectl get --raw "
                        "/apis/discovery.k8s.io/v1/endpointslices` to compare them", err=True)
-        return state
+        # (a file without Services is wrong data even when -n asks about one namespace of it)
+        if note_no_services(state) is None:
+            return None
+        return state.scoped(namespace) if namespace else state
     if kubeconfig or context:
         from iptrace.collect.cluster import load_cluster_live
 
-        return load_cluster_live(kubeconfig, context, namespace)
+        return note_no_services(load_cluster_live(kubeconfig, context, namespace))
+    return None
+
+
+def note_no_services(state: Any) -> Any:
+    """`state`, or None (after a note on stderr) when it was read for every namespace and holds no Service: a
+    cluster always has default/kubernetes, so it was read from the wrong place (`kubectl get svc -n other -o
+    json`, a NodeList alone) and says nothing of the node's Service ports; compared with it, every one of them
+    would be an unknown-service and the audit's headline would claim an agreement with the API."""
+    if state.services or state.namespace is not None:
+        return state
+    from iptrace.explain.phrases import plural
+
+    held = [plural(n, kind) for n, kind in ((len(state.slices), "EndpointSlice"), (len(state.nodes), "Node")) if n]
+    click.echo(f"note: the cluster data ({state.source}) holds no Service ("
+               + (f"only {' and '.join(held)}" if held else "nor any EndpointSlice or Node")
+               + "; a cluster always has default/kubernetes), so it is not used; read the Services of every "
+               "namespace: `kubectl get svc,endpointslices,nodes -A -o json`", err=True)
     return None
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from iptrace.cli import EXIT_ERROR, EXIT_FINDINGS, main
+from iptrace.cli import EXIT_ERROR, EXIT_FINDINGS, main, named
 from iptrace.cli.common import (
     analyses_of,
     analysis_of,
@@ -25,6 +25,7 @@ from iptrace.cli.common import (
     hold,
     lenient_option,
     namespace_option,
+    note_no_services,
     one_stdin,
     output_option,
     split_sources,
@@ -235,7 +236,7 @@ def collect(nodes: tuple[str, ...], out: str, output: str, **opts: Any) -> None:
         click.echo(_collect_table(results), nl=False)
     failed = [r for r in results if not r.ok]
     for r in failed:
-        click.echo(f"Error: {r.error}", err=True)
+        click.echo(named(f"Error: {r.error}"), err=True)
     if failed:
         raise click.exceptions.Exit(EXIT_ERROR)
 
@@ -284,7 +285,7 @@ def _analyse(nodes: list[Any], cluster: Any, lenient: bool, pictures: bool, jobs
     if jobs is None:
         jobs, note = default_jobs(nodes, os.cpu_count() or 1, available_memory())
         if note is not None:
-            click.echo(note, err=True)
+            click.echo(named(note), err=True)
     kwargs: dict[str, Any] = {"cluster": cluster, "lenient": lenient, "pictures": pictures, "jobs": jobs,
                               "contain": _contained}
     if sys.stderr.isatty() and len(nodes) > 1:
@@ -309,7 +310,7 @@ def _analyse(nodes: list[Any], cluster: Any, lenient: bool, pictures: bool, jobs
         results = analyse_nodes(nodes, **kwargs)
     for r in results:
         for note in r.notes:
-            click.echo(note, err=True)
+            click.echo(named(note), err=True)
     return hold(results)  # (a fleet's digests: not freed one by one at the end, see common.hold)
 
 
@@ -346,7 +347,7 @@ def _merged(documents: tuple[str, ...]) -> tuple[list[Any], str | None, bool]:
               help="With --collect: where to keep the collection (default: a temporary directory).")
 @click.option("--cluster", "cluster_files", multiple=True, type=click.Path(),
               help="Services/EndpointSlices/Nodes JSON to compare every node with.")
-@click.option("--namespace", "-n", help="With --kubeconfig: only this namespace's Services.")
+@namespace_option
 @click.option("--node-ip", "node_ips", multiple=True, callback=check_ip, metavar="IP",
               help="Addresses of a node given as a plain dump file.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, metavar="N",
@@ -420,7 +421,7 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
     else:
         click.echo(render_audit_text(report, verbose=verbose), nl=False)
     for r in failures:
-        click.echo(f"Error: {r.error}", err=True)
+        click.echo(named(f"Error: {r.error}"), err=True)
     if failures:  # (the audit is incomplete: as a destination that could not be answered, that wins over 3)
         raise click.exceptions.Exit(EXIT_ERROR)
     if report.has_error:
@@ -448,7 +449,7 @@ def _audit_nodes(sources: tuple[str, ...], collect_first: bool, out: str | None,
         from iptrace.collect.cluster import load_cluster_live
 
         # The cluster the nodes were collected from is the one to compare them with.
-        cluster = load_cluster_live(kubeconfig, context, namespace)
+        cluster = note_no_services(load_cluster_live(kubeconfig, context, namespace))
     else:
         cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
     failures: list[Any] = []
@@ -465,7 +466,7 @@ def _audit_nodes(sources: tuple[str, ...], collect_first: bool, out: str | None,
             collected = tuple(str(where / r.node) for r in collected_results if r.ok)
             if not collected and not paths:
                 for r in failures:
-                    click.echo(f"Error: {r.error}", err=True)
+                    click.echo(named(f"Error: {r.error}"), err=True)
                 raise click.exceptions.Exit(EXIT_ERROR)
             paths += collected
         results = _analyse(_audit_sources(paths, node_ips), cluster, lenient, pictures, jobs)

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from iptrace.cli import named
 from iptrace.dataplane import as_sent, ip_address
 
 PROTOCOLS = ("tcp", "udp", "sctp")
@@ -235,7 +236,7 @@ def emit_answers(questions: Sequence[Question], answers: Sequence[Any], output: 
     for q, a in zip(questions, answers, strict=True):
         if isinstance(a, str):
             bad = True
-            click.echo(f"Error: {a}", err=True)
+            click.echo(named(f"Error: {a}"), err=True)
             docs.append({"dst": q.text, "where": q.where, "error": a})
             chunks.append(f"=== {q.text} ({q.where}) ===\nError: {a}\n")
         elif output == "json":  # (only the form printed is rendered: a thousand answers' text costs as much)

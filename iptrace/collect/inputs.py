@@ -15,6 +15,7 @@ from iptrace.collect import store
 from iptrace.errors import InputError, IptraceError
 from iptrace.kube.analysis import Analysis, analyse, known_ports
 from iptrace.kube.audit import NodeInput
+from iptrace.text import counted
 
 NFT_FILE = "nft-ruleset.txt"
 
@@ -170,8 +171,8 @@ def legacy_note_for(dataplane: Any, legacy: Any) -> str:
     if not ports:
         return "The collected legacy dump holds no kube-proxy Service chains."
     example = ports[0].name or ports[0].cluster_chain or ports[0].key
-    return (f"The legacy dump holds {len(ports)} kube-proxy Service port(s) (e.g. {example}): kube-proxy (or an "
-            "old copy of it) writes there too.")
+    return (f"The legacy dump holds {counted(len(ports), 'kube-proxy Service port')} (e.g. {example}): kube-proxy "
+            "(or an old copy of it) writes there too.")
 
 
 def node_input(snapshot: Any, *, cluster: Any = None, lenient: bool = False,

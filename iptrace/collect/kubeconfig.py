@@ -65,7 +65,10 @@ def open_api(kubeconfig: str | None, context: str | None) -> ApiAccess:
     configuration = type.__call__(client.Configuration)
     configuration.retries = urllib3.util.Retry(total=0, redirect=0)
     shown = kubeconfig_path(kubeconfig)
-    if kubeconfig and not os.path.exists(os.path.expanduser(kubeconfig)):
+    # kubectl skips the files of a $KUBECONFIG list that do not exist; when none does, the client would say
+    # only "no configuration found", which reads as a file that exists but is wrong.
+    named = [kubeconfig] if kubeconfig else [f for f in os.environ.get("KUBECONFIG", "").split(os.pathsep) if f]
+    if named and not any(os.path.exists(os.path.expanduser(f)) for f in named):
         raise ClusterError(f"kubeconfig {shown} does not exist; pass --kubeconfig PATH or set KUBECONFIG")
     if not kubeconfig and not os.environ.get("KUBECONFIG") and not os.path.exists(os.path.expanduser(shown)):
         if os.environ.get("KUBERNETES_SERVICE_HOST"):

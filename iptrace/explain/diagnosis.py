@@ -33,7 +33,8 @@ class Evidence:
 
 @dataclass(frozen=True, slots=True)
 class Suggestion:
-    """An address the `fix` names that does reach the Service, and from where (`pod`, `node`, `external`)."""
+    """An address the `fix` names that does reach the Service, and from where (`pod`, `node`, `external`, or the
+    source range a load-balancer IP accepts clients from)."""
 
     address: str
     port: int

@@ -36,13 +36,28 @@ def use_instead(facts: Facts, svc: Any) -> tuple[str, tuple[Suggestion, ...]]:
     if svc.cluster_ip and svc.port:
         parts.append(f"{join_host_port(svc.cluster_ip, svc.port)} from inside the cluster")
         out.append(Suggestion(svc.cluster_ip, svc.port, proto, "pod"))
-    for ip in (*svc.external_ips, *svc.lb_ips):
+    for ip in svc.external_ips:
         if svc.port:
             parts.append(f"{join_host_port(ip, svc.port)} from outside")
             out.append(Suggestion(ip, svc.port, proto, "external"))
-    if svc.node_port:
-        parts.append(f"{join_host_port(facts.node_hint(), svc.node_port)} (or any other node's address) "
-                     "from outside")
+    for ip in svc.lb_ips:
+        if svc.port and svc.lb_source_ranges:
+            # (kube-proxy drops a load-balancer IP's clients outside loadBalancerSourceRanges)
+            parts.append(f"{join_host_port(ip, svc.port)} from {', '.join(svc.lb_source_ranges)} "
+                         "(its loadBalancerSourceRanges)")
+            out += [Suggestion(ip, svc.port, proto, r) for r in svc.lb_source_ranges]
+        elif svc.port:
+            parts.append(f"{join_host_port(ip, svc.port)} from outside")
+            out.append(Suggestion(ip, svc.port, proto, "external"))
+    if svc.node_port and svc.no_local_endpoints:
+        # externalTrafficPolicy Local: a node without one of the Service's endpoints drops outside clients.
+        parts.append(f"<a node that runs one of its endpoints>:{svc.node_port} from outside "
+                     "(externalTrafficPolicy Local: this node has none)")
+    elif svc.node_port:
+        local = svc.external_traffic_policy == "Local"
+        parts.append(f"{join_host_port(facts.node_hint(), svc.node_port)} "
+                     + ("from outside (externalTrafficPolicy Local: only nodes that run one of its endpoints "
+                        "answer)" if local else "(or any other node's address) from outside"))
         if facts.node_ips:
             out.append(Suggestion(facts.node_ips[0], svc.node_port, proto, "external"))
     text = "; ".join(parts) if parts else "no address of this node reaches it"

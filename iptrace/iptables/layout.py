@@ -54,6 +54,7 @@ from iptrace.layout import (
     node_pod_subnet,
 )
 from iptrace.records import positional_new
+from iptrace.text import counted
 
 _LOCAL_PREFIXES = ("KUBE-SVL-", "KUBE-XLB-")
 _RULE_LINE = itemgetter(3)  # Rule.line, read straight from the tuple
@@ -563,7 +564,7 @@ def _read(ruleset: Ruleset, proxy: ProxyMode, known: Sequence[KnownServicePort])
         if not left:
             return ()
         shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
-        return (f"{len(left)} KUBE-SEP chain(s) no service chain jumps to: {shown}",)
+        return (f"{counted(len(left), 'KUBE-SEP chain')} no service chain jumps to: {shown}",)
 
     def key_of(chain: str) -> str | None:
         split = chain_key(chain)

@@ -39,6 +39,7 @@ from iptrace.kube.fleets import cluster_groups, other_cluster_findings
 from iptrace.kube.peers import majority, ways_differ
 from iptrace.kube.view import ServicePortView
 from iptrace.layout import ProxyMode
+from iptrace.text import counted
 
 # A node whose kube-proxy runs in another proxy mode than the others' (a fleet migrating to nftables mode).
 PROXY_MODE_MISMATCH = "proxy-mode-mismatch"
@@ -186,7 +187,7 @@ def combine(results: Sequence[NodeResult], cluster: ClusterState | None = None, 
                     f"{s.name}: no Node in the cluster data has its addresses or name",
                     f"Addresses collected: {listing(s.result.addresses)}. Without the Node's name, endpoints "
                     "local to this node (traffic policy Local) cannot be checked.",
-                    "collect the node's addresses, or pass cluster data that includes this Node"))
+                    "give the node's address (--node-ip IP; a collection has it), or cluster data with this Node"))
             for fam in s.result.families:
                 if fam.proxied:
                     s.findings.extend(fam.compared)
@@ -239,12 +240,16 @@ def _node_checks(s: _NodeState, proxied: Sequence[_NodeState]) -> list[Finding]:
         others = len(proxied)
         detail = "; ".join(fam.warnings) or "no kube-proxy Service rules"
         if others:
-            detail += f". {others} other node(s) have kube-proxy rules, so Services do not work the same here"
-        out.append(Finding(
-            NO_KUBE_PROXY_RULES, "error", s.name, None,
-            f"{s.name}: no kube-proxy {era.dataplane} rules ({era.name})", detail,
-            "check that kube-proxy runs on this node (kubectl -n kube-system get pods -o wide | grep kube-proxy) "
-            "and in which --proxy-mode, or that the Service proxy replacing it is healthy"))
+            detail += (f". {counted(others, 'other node has', 'other nodes have')} kube-proxy rules, so Services do "
+                       "not work the same here")
+        fix = ("check that kube-proxy runs on this node (kubectl -n kube-system get pods -o wide | grep kube-proxy) "
+               "and in which --proxy-mode, or that the Service proxy replacing it is healthy")
+        if era.legacy_tables_present and s.result.legacy_note is None:  # (its rules may be there, not collected)
+            fix = ("collect `iptables-legacy-save` from this node too (`iptrace collect` does when "
+                   "iptables-nft-save warns) and audit again: kube-proxy may write its rules there; else " + fix)
+        what = f" ({era.name})" if era.name != "none" else ""  # ("none" says nothing more)
+        out.append(Finding(NO_KUBE_PROXY_RULES, "error", s.name, None,
+                           f"{s.name}: no kube-proxy {era.dataplane} rules{what}", detail, fix))
     elif proxied:
         mode_finding = _mode_check(s, era, proxied)
         if mode_finding is not None:
@@ -259,7 +264,8 @@ def _node_checks(s: _NodeState, proxied: Sequence[_NodeState]) -> list[Finding]:
             out.append(Finding(
                 ERA_MISMATCH, "warning", s.name, None,
                 f"{s.name}: kube-proxy writes the {era.name} layout ({era.version_hint}); "
-                f"{count} other node(s) write the {common} layout ({others.version_hint})",
+                f"{counted(count, 'other node writes', 'other nodes write')} the {common} layout "
+                f"({others.version_hint})",
                 "Different kube-proxy versions handle traffic policies, terminating endpoints and source ranges "
                 "differently; " + "; ".join(era.evidence),
                 "run the same kube-proxy version on every node (check the DaemonSet's image and any node "
@@ -296,7 +302,8 @@ def _mode_check(s: _NodeState, era: ProxyMode, proxied: Sequence[_NodeState]) ->
     holders = [p.name for p in proxied if p.primary is not None and p.primary.proxy.mode == mode]
     return Finding(
         PROXY_MODE_MISMATCH, "warning", s.name, None,
-        f"{s.name}: kube-proxy runs in {mine} mode here; {count} other node(s) run it in {mode} mode",
+        f"{s.name}: kube-proxy runs in {mine} mode here; {counted(count, 'other node runs', 'other nodes run')} it "
+        f"in {mode} mode",
         f"Nodes in {mode} mode: {listing(holders)}. This node's rules are {era.dataplane} rules "
         f"({era.name}). Its Service ports are compared with the other nodes' as on any node: a Service "
         "port it forwards differently has a finding of its own; none means it forwards every one as they do "
@@ -538,7 +545,7 @@ def _stale_summaries(proxied: Sequence[_NodeState], skewed: Mapping[str, str]) -
             what = "proxy mode" if skewed[n] == PROXY_MODE_MISMATCH else "version"
             out.append(Finding(
                 KUBE_PROXY_STALE, "error" if errors else "warning", n, None,
-                f"{n}: {len(services)} Service port(s) forwarded differently ({errors} serious); "
+                f"{n}: {counted(len(services), 'Service port')} forwarded differently ({errors} serious); "
                 f"{matching}; this node runs kube-proxy in another {what} (see {skewed[n]})",
                 f"Service ports that differ: {listing(services, 8)}. The differences may come from the {what}, "
                 f"or from a kube-proxy that stopped syncing.",
@@ -546,7 +553,8 @@ def _stale_summaries(proxied: Sequence[_NodeState], skewed: Mapping[str, str]) -
             continue
         out.append(Finding(
             KUBE_PROXY_STALE, "error" if errors else "warning", n, None,
-            f"{n}: kube-proxy looks stale: {len(services)} Service port(s) differ ({errors} serious); "
+            f"{n}: kube-proxy looks stale: {counted(len(services), 'Service port differs', 'Service ports differ')} "
+            f"({errors} serious); "
             f"{matching}",
             f"Service ports that differ: {listing(services, 8)}. {NOT_SYNCING}.",
             f"restart kube-proxy on {n} (kubectl -n kube-system delete pod <its kube-proxy pod>) and check its logs"))

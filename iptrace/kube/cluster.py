@@ -191,6 +191,13 @@ class ClusterState:
         """Whether the data lists the Services of `namespace` (None: a namespace not known)."""
         return self.namespace is None or namespace == self.namespace
 
+    def scoped(self, namespace: str) -> ClusterState:
+        """Only `namespace`'s Services and EndpointSlices (Nodes are cluster-scoped), as a read of that namespace
+        alone gives: data of every namespace (`--cluster` files) asked about one (`--namespace`)."""
+        return ClusterState(services=tuple(s for s in self.services if s.namespace == namespace),
+                            slices=tuple(s for s in self.slices if s.namespace == namespace),
+                            nodes=self.nodes, source=self.source, namespace=namespace)
+
     def service(self, namespace: str, name: str) -> ClusterService | None:
         return self._index.services.get((namespace, name))
 

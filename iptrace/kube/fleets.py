@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from iptrace.kube.compare import Finding, listing
 from iptrace.kube.digest import FamilyDigest
+from iptrace.text import counted
 
 # Nodes are another cluster's when less than this share of the smaller node's Service ports (name and ClusterIP)
 # are also the other's — a lagging node's ports are nearly all the others' (whatever it misses), another
@@ -95,7 +96,7 @@ def other_cluster_findings(names: Sequence[str], groups: Sequence[Group]) -> lis
 
     def described(g: Group) -> str:
         where = f", default/kubernetes at {g.kubernetes}" if g.kubernetes else ""
-        return f"{listing([names[i] for i in g.members], 4)} ({len(g.members)} node(s){where})"
+        return f"{listing([names[i] for i in g.members], 4)} ({counted(len(g.members), 'node')}{where})"
 
     overview = "; ".join(described(g) for g in groups)
     main = ("most audited nodes" if len(groups[0].members) > len(groups[1].members)

@@ -273,7 +273,9 @@ class _Builder:
 
     def facts(self, sp: ServicePortLayout) -> PortFacts:
         """The port's PortFacts: its view's values but for the traces of its ways in."""
-        return PortFacts(*_port_fields(sp, sp.ways_in), entries=sp.ways_in, _endpoints=partial(self.endpoints, sp))
+        return PortFacts(*_port_fields(sp, sp.ways_in), entries=sp.ways_in,
+                         external_traffic_policy=sp.external_traffic_policy,
+                         no_local_endpoints=sp.no_local_endpoints, _endpoints=partial(self.endpoints, sp))
 
 
 def port_view(sp: ServicePortLayout, endpoints: Sequence[EndpointView], entries: Sequence[Any]) -> ServicePortView:

@@ -151,6 +151,9 @@ class PortFacts(PortIdentity):
     Service's address read its port and protocol, not its endpoints (~0.1 ms of an explain answer)."""
 
     entries: tuple[WayIn, ...]
+    # (as the view says them: where outside clients are answered, which explain's advice needs)
+    external_traffic_policy: str | None
+    no_local_endpoints: bool
     # The endpoints, or the walk that finds them (called once, on first read).
     _endpoints: tuple[EndpointView, ...] | Callable[[], Sequence[EndpointView]] = field(repr=False, compare=False)
 

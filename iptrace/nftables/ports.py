@@ -42,6 +42,7 @@ from iptrace.nftables.names import (
 )
 from iptrace.nftables.portrules import calls_only, chain_reads, rule_reads
 from iptrace.nftables.shapes import Slot, fast_constructor
+from iptrace.text import counted
 
 # ServicePortLayout by position, without the frozen dataclass __init__ (one per Service port).
 _new_layout = fast_constructor(ServicePortLayout)
@@ -287,7 +288,7 @@ class PortReader:
         if not left:
             return ()
         shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
-        return (f"{len(left)} endpoint- chain(s) with rules that no service chain sends to: {shown}",)
+        return (f"{counted(len(left), 'endpoint chain')} with rules that no service chain sends to: {shown}",)
 
     # -- one Service port
 

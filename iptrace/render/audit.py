@@ -9,6 +9,7 @@ from typing import Any
 from iptrace.kube.audit import AuditReport
 from iptrace.kube.compare import Finding
 from iptrace.kube.diff import Diff
+from iptrace.text import counted
 
 AUDIT_FORMAT = 1
 DIFF_FORMAT = 1
@@ -79,7 +80,7 @@ def render_audit_text(report: AuditReport, *, verbose: bool = False) -> str:
         out.append(f"{head}: no findings — every node forwards every Service the same way"
                    + (" the API asks" if report.cluster_source else "") + ".")
     else:
-        out.append(f"{head}: {errors} error(s), {warnings} warning(s).")
+        out.append(f"{head}: {counted(errors, 'error')}, {counted(warnings, 'warning')}.")
         out.append("")
         out += render_findings_lines(report.findings, verbose=verbose)
     out.append("")
@@ -89,7 +90,7 @@ def render_audit_text(report: AuditReport, *, verbose: bool = False) -> str:
     for s in report.nodes:
         name = s.name if not s.kube_node or s.kube_node == s.name else f"{s.name} ({s.kube_node})"
         era = s.era + (f" {s.version_hint}" if s.version_hint else "")
-        found = f"{s.errors} error(s), {s.warnings} warning(s)" if (s.errors or s.warnings) else "-"
+        found = f"{counted(s.errors, 'error')}, {counted(s.warnings, 'warning')}" if (s.errors or s.warnings) else "-"
         rows.append([name, s.status, *([s.mode] if mixed else []), era,
                      str(s.services) if s.status != "load-error" else "-", found])
     out += _table(rows)
@@ -136,6 +137,8 @@ def diff_to_json(d: Diff) -> dict[str, Any]:
 def _fmt(v: object) -> str:
     if v is None:
         return "-"
+    if isinstance(v, bool):  # (the fields are `services -o json`'s keys: their values as it writes them)
+        return "true" if v else "false"
     if isinstance(v, tuple):
         return ", ".join(str(x) for x in v) or "-"
     if isinstance(v, float):
@@ -149,7 +152,7 @@ def _verdict_line(d: Diff) -> str:
     if d.equivalent:
         return "equivalent: every Service port is forwarded alike" + (
             f" in {d.mode_a} and {d.mode_b} mode" if d.mode_a != d.mode_b else "")
-    return f"not equivalent: {ports} Service port(s) differ"
+    return f"not equivalent: {counted(ports, 'Service port differs', 'Service ports differ')}"
 
 
 def _host_port(ip: str, port: int | None) -> str:
@@ -173,7 +176,7 @@ def render_diff_text(d: Diff) -> str:
     for sign, sides in (("-", d.removed), ("+", d.added)):
         for s in sides:
             where = f" {_host_port(s.cluster_ip, s.port)}" if s.cluster_ip else ""
-            out.append(f"{sign} service {s.service}{where} ({len(s.endpoints)} endpoint(s))")
+            out.append(f"{sign} service {s.service}{where} ({counted(len(s.endpoints), 'endpoint')})")
     for c in d.changed:
         out.append(f"~ service {c.service}")
         for f in c.fields:
