@@ -37,7 +37,7 @@ from iptrace.kube.compare import (
 from iptrace.kube.digest import FamilyDigest, NodeResult, PortDigest, ShiftedLines, node_result
 from iptrace.kube.fleets import cluster_groups, other_cluster_findings
 from iptrace.kube.peers import majority, ways_differ
-from iptrace.kube.view import ServicePortView
+from iptrace.kube.portviews import PortViews, port_views
 from iptrace.layout import ProxyMode
 from iptrace.text import counted
 
@@ -228,7 +228,7 @@ def combine(results: Sequence[NodeResult], cluster: ClusterState | None = None, 
             mode=fam.proxy.mode if fam is not None else "-",
             dataplane=fam.proxy.dataplane if fam is not None else "-"))
     return AuditReport(tuple(summaries), tuple(findings), cluster_source if compared else None,
-                       _port_views(proxied, drawn))
+                       port_views([s.result for s in proxied], drawn))
 
 
 def _node_checks(s: _NodeState, proxied: Sequence[_NodeState]) -> list[Finding]:
@@ -559,43 +559,3 @@ def _stale_summaries(proxied: Sequence[_NodeState], skewed: Mapping[str, str]) -
             f"Service ports that differ: {listing(services, 8)}. {NOT_SYNCING}.",
             f"restart kube-proxy on {n} (kubectl -n kube-system delete pod <its kube-proxy pod>) and check its logs"))
     return out
-
-
-# ------------------------------------------------------------------------------------------------ report views
-# What a report draws (render.html): kept apart from the comparison above, which never reads it.
-
-
-@dataclass(frozen=True, slots=True)
-class PortViews:
-    """One Service port a finding names, in one IP family: every node with kube-proxy rules in that family, in
-    audit order, with its view of the port (None: the node has no rules for it; lines are left out)."""
-
-    service: str
-    family: str
-    nodes: tuple[tuple[str, ServicePortView | None], ...]
-
-
-def _port_views(proxied: Sequence[_NodeState], wanted: Sequence[str]) -> tuple[PortViews, ...]:
-    if not wanted or not any(f.pictures is not None for s in proxied for f in s.result.families):
-        return ()  # (nodes digested without their pictures: a merge of audits draws none)
-    families = sorted({f.family for s in proxied for f in s.result.families if f.proxied})
-    by_node: dict[tuple[str, str], dict[str, ServicePortView]] = {}
-    for s in proxied:
-        for family in families:
-            fam = s.result.family(family)
-            if fam is None or not fam.proxied or fam.pictures is None:
-                continue
-            by_node[(s.name, family)] = dict(fam.pictures)
-    out: list[PortViews] = []
-    for key in wanted:
-        drawn = False
-        for family in families:
-            nodes = tuple((s.name, by_node[(s.name, family)].get(key)) for s in proxied
-                          if (s.name, family) in by_node)
-            if any(sp is not None for _, sp in nodes):
-                out.append(PortViews(key, family, nodes))
-                drawn = True
-        if not drawn and families:  # no node has rules for it (the API has it): one row of absences
-            family = families[0]
-            out.append(PortViews(key, family, tuple((s.name, None) for s in proxied if (s.name, family) in by_node)))
-    return tuple(out)

@@ -17,8 +17,9 @@ from html import escape
 from typing import Any
 
 from iptrace import __version__
-from iptrace.kube.audit import AuditReport, PortViews
+from iptrace.kube.audit import AuditReport
 from iptrace.kube.compare import SEVERITY_ORDER, Finding
+from iptrace.kube.portviews import PortViews
 from iptrace.kube.view import HEALTH_CHECK, ServicePortView
 from iptrace.render.audit import AUDIT_FORMAT
 from iptrace.render.graph import KIND_SHORT, service_graph
