@@ -74,3 +74,15 @@ def test_an_iptables_nft_ruleset_without_kube_proxys_table_is_no_split(tmp_path:
                                        "priority dstnat; policy accept;\n\t}\n}\n")
     result = CliRunner().invoke(main, ["services", str(node), "-o", "json"])
     assert result.exit_code == 0 and result.stderr == "", result.stderr
+
+
+def test_meta_proxy_mode_nftables_without_kube_proxys_table_is_said(tmp_path: Path) -> None:
+    """meta.json says nftables mode but only the iptables dump holds kube-proxy's rules: the iptables dump answers,
+    and a note says so (it was silent, as if nothing had been asked)."""
+    node = both_modes(tmp_path, meta={"proxy_mode": "nftables"})
+    (node / store.NFT_FILE).write_text("table ip nat {\n\tchain PREROUTING {\n\t\ttype nat hook prerouting "
+                                       "priority dstnat; policy accept;\n\t}\n}\n")
+    result = CliRunner().invoke(main, ["services", str(node), "-o", "json"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (f"note: {NODE}: meta.json's proxy_mode says nftables, but nft-ruleset.txt holds no "
+                             "kube-proxy table for ipv4; analyzing iptables-save.txt, where kube-proxy's rules are\n")

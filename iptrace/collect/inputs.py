@@ -123,9 +123,15 @@ def _with_nft(snapshot: Any, chosen: NodeDump, family: str, lenient: bool, known
         nft = _nft_kube(snapshot, family, lenient, known)
     except IptraceError:
         return chosen
-    if nft is None:
-        return chosen
     iptables_file = Path(chosen.ruleset.source).name
+    if nft is None:
+        if mode != "nftables":
+            return chosen
+        # (meta.json says nftables mode, yet only the iptables dump holds kube-proxy's rules: said, not silent)
+        said = (f"{snapshot.node}: meta.json's proxy_mode says nftables, but {NFT_FILE} holds no kube-proxy table "
+                f"for {family}; analyzing {iptables_file}, where kube-proxy's rules are")
+        return NodeDump(chosen.dataplane, chosen.ruleset, f"{chosen.note}; {said}" if chosen.note else said,
+                        chosen.layout)
     table = "ip6 kube-proxy" if family == "ipv6" else "ip kube-proxy"
     picked, why = ((nft, "meta.json's proxy_mode says nftables") if mode == "nftables" else
                    (chosen, "meta.json's proxy_mode says iptables") if mode == "iptables" else
@@ -133,7 +139,8 @@ def _with_nft(snapshot: Any, chosen: NodeDump, family: str, lenient: bool, known
                             "reads first"))
     picked_file = NFT_FILE if picked is nft else iptables_file
     split = (f"{snapshot.node}: kube-proxy's rules are there in both proxy modes: {iptables_file} holds "
-             f"{len(chosen.layout.service_ports)} Service port(s) in iptables mode ({chosen.layout.proxy.name}) and "
+             f"{counted(len(chosen.layout.service_ports), 'Service port')} in iptables mode "
+             f"({chosen.layout.proxy.name}) and "
              f"{NFT_FILE}'s table {table} {len(nft.layout.service_ports)} in nftables mode ({nft.layout.proxy.name}). "
              "The kernel runs both: every packet passes both, and the first rule to DNAT it decides (both nat "
              "chains hook at priority dstnat, where the one registered last runs first: the dumps cannot tell "
