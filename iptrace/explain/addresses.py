@@ -227,13 +227,17 @@ def target_port_on_service_ip(case: Case) -> Diagnosis | None:
     pods = ", ".join(join_host_port(ep.ip, ep.port) for ep in s.endpoints[:4] if ep.port == dport)
     more = ", …" if len(s.endpoints) > 4 else ""
     use, instead = use_instead(facts, s)
+    # (endpoints outside the pod network are no pods: default/kubernetes's is the API server's host address)
+    hosts = bool(facts.pod_nets) and not any(facts.in_pod_network(ep.ip) for ep in s.endpoints)
+    who, one, where = ("the endpoints", "an endpoint", "the endpoint addresses") if hosts else (
+        "the pods", "a pod", "the pod IPs")
     return Diagnosis(
         "target-port-on-service-ip", "error",
         f"{dport} is the targetPort of {label(s)}; the Service listens on {s.port}",
-        f"{dport} is the port the pods listen on (the Service's targetPort). kube-proxy only rewrites "
-        f"{join_host_port(dst, s.port)} to port {dport} of a pod; no rule forwards a packet to {case.target}. "
+        f"{dport} is the port {who} listen on (the Service's targetPort). kube-proxy only rewrites "
+        f"{join_host_port(dst, s.port)} to port {dport} of {one}; no rule forwards a packet to {case.target}. "
         f"{fate(case, kind)}",
-        f"use {use}. Port {dport} only works on the pod IPs themselves ({pods}{more})",
+        f"use {use}. Port {dport} only works on {where} themselves ({pods}{more})",
         _evidence(case, facts.rules_for(s, dst)), instead)
 
 
