@@ -59,3 +59,15 @@ def test_services_address_filter_reads_it_as_ipv4(dump: str) -> None:
     assert mapped.exit_code == 0, mapped.output
     assert "IPv4-mapped" in mapped.stderr
     assert mapped.stdout == run("services", path, "--address", "10.101.234.168", "-o", "json")[1]
+
+
+@pytest.mark.parametrize("command", ["trace", "explain"])
+def test_a_mapped_source_to_an_ipv6_destination_is_named_as_given(command: str) -> None:
+    """A socket bound to an IPv4-mapped address sends IPv4 only: it cannot reach a native IPv6 destination. The
+    error names the source as the user gave it (it named the IPv4 address it became, as if the user had typed that)."""
+    result = CliRunner().invoke(main, [command, str(SAMPLES / "dual-stack-nft.nft"), "--dst", "[fd00:10:96::a]:53",
+                                       "--src", "::ffff:10.244.0.5"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr == ("Error: source ::ffff:10.244.0.5 is an IPv4-mapped IPv6 address, which a socket uses as "
+                             "IPv4 (10.244.0.5): it cannot reach the IPv6 destination fd00:10:96::a; give an IPv6 "
+                             "--src, or the IPv4 destination\n")

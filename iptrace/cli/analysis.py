@@ -254,7 +254,7 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
       iptrace trace node1.txt --dst-file addresses.txt -o json | jq '.[].outcomes[0].verdict'
     """
     batch()
-    from iptrace.cli.questions import answer_all, emit_answers, read_questions, resolved
+    from iptrace.cli.questions import answer_all, check_mapped_source, emit_answers, read_questions, resolved
     from iptrace.dataplane import Packet, as_sent, trace_to_json
     from iptrace.kube.sources import of_family, pick_source
     from iptrace.render.trace import render_trace_text
@@ -262,6 +262,7 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
     one_stdin({"DUMP": dump, "--dst-file": dst_file, "--cluster": cluster_files})
     questions = read_questions(dsts, dst_file, proto)
     check_source(src)
+    given = src
     src, src_notes = as_sent(src, "source")
     cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
     sources: dict[int, tuple[str, list[str]]] = {}
@@ -270,6 +271,7 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
         return analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table, hosts=hosts)
 
     def answer(analysis: Any, q: Any) -> Any:
+        check_mapped_source(given, src, q.host)
         picked = sources.get(id(analysis))
         if picked is None:
             layout = analysis.layout
@@ -353,7 +355,7 @@ def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | N
       iptrace explain node1.txt --dst-file addresses.txt -o json | jq '.[] | [.destination, .verdict]'
     """
     batch()
-    from iptrace.cli.questions import answer_all, emit_answers, read_questions, resolved
+    from iptrace.cli.questions import answer_all, check_mapped_source, emit_answers, read_questions, resolved
     from iptrace.dataplane import as_sent
     from iptrace.explain import Explainer
     from iptrace.render.explain import explain_to_json, render_explain_text
@@ -361,6 +363,7 @@ def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | N
     one_stdin({"DUMP": dump, "--dst-file": dst_file, "--conntrack": conntrack_file, "--cluster": cluster_files})
     questions = read_questions(dsts, dst_file, proto)
     src_notes: tuple[str, ...] = ()
+    given = src
     if src is not None:
         check_source(src)
         src, src_notes = as_sent(src, "source")
@@ -372,6 +375,7 @@ def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | N
         return analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table, hosts=hosts)
 
     def answer(analysis: Any, q: Any) -> Any:
+        check_mapped_source(given, src, q.host)
         explainer = explainers.get(id(analysis))
         if explainer is None:
             explainer = explainers[id(analysis)] = Explainer(analysis, cluster=cluster)

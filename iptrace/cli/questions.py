@@ -149,6 +149,18 @@ def _service(host: str, port: str, where: str, text: str, proto: str, proto_give
     return None if ref is None else Question(where, text, proto=proto, service=ref, proto_given=proto_given)
 
 
+def check_mapped_source(given: str | None, src: str | None, host: str) -> None:
+    """An IPv4-mapped --src (`given`, sent as IPv4 `src`) with an IPv6 destination: a socket bound to a mapped
+    address sends IPv4 only and cannot reach it. Said with the address as the user gave it (the packet's own check
+    would name the IPv4 address it became)."""
+    from iptrace.errors import InputError
+
+    if given is None or given == src or ":" not in host:
+        return
+    raise InputError(f"source {given} is an IPv4-mapped IPv6 address, which a socket uses as IPv4 ({src}): it cannot "
+                     f"reach the IPv6 destination {host}; give an IPv6 --src, or the IPv4 destination")
+
+
 def resolved(q: Question, analysis: Any, cluster: Any = None) -> Question:
     """`q` about its Service's ClusterIP in `analysis`'s rules (said on stderr), or `q` when it names an
     address. A Service the rules do not name but the cluster data has is asked at the API's ClusterIP (explain
