@@ -313,7 +313,7 @@ _UNSPECIFIED = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
 def for_this_host(ip: str) -> bool:
     """Whether a normalised destination is the sending host itself: loopback, or the unspecified address."""
-    return ip.startswith("127.") or ip == "::1" or ip in _UNSPECIFIED
+    return is_loopback(ip) or ip in _UNSPECIFIED
 
 
 def from_the_node(packet: Packet) -> tuple[Packet, tuple[str, ...]]:

@@ -171,11 +171,11 @@ def split_sources(sources: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str,
 def one_stdin(inputs: dict[str, str | tuple[str, ...] | None]) -> None:
     """At most one input may be `-`: the first read takes all of stdin and a second would read nothing (an empty
     conntrack table is silently no flow at all). `inputs`: option or argument name → its value(s)."""
-    named = [name for name, value in inputs.items() if value is not None
-             for v in ((value,) if isinstance(value, str) else value) if v == "-"]
-    if len(named) > 1:
-        names = list(dict.fromkeys(named))
-        others = "the others as files" if len(named) > 2 else "the other as a file"
+    on_stdin = [name for name, value in inputs.items() if value is not None
+                for v in ((value,) if isinstance(value, str) else value) if v == "-"]
+    if len(on_stdin) > 1:
+        names = list(dict.fromkeys(on_stdin))
+        others = "the others as files" if len(on_stdin) > 2 else "the other as a file"
         listed = f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else names[0]
         raise click.UsageError(f"only one of {listed} can be read from stdin (-); give {others}")
 

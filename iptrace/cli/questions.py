@@ -65,9 +65,9 @@ def named_question(text: str, where: str, default_proto: str) -> Question | None
 def parse_question(text: str, where: str, default_proto: str) -> Question:
     """`IP:PORT` or `IP:PORT/proto` (IPv6 as `[addr]:port`), or a Service by name; a Question with its error when
     it is none of them."""
-    named = named_question(text, where, default_proto)
-    if named is not None:
-        return named
+    by_name = named_question(text, where, default_proto)
+    if by_name is not None:
+        return by_name
     body, slash, proto = text.partition("/")
     proto = proto.lower() if slash else default_proto
     if slash and proto not in PROTOCOLS:
@@ -98,9 +98,9 @@ def read_questions(dsts: Sequence[str], dst_file: str | None, default_proto: str
 
     out = []
     for text in dsts:
-        named = named_question(text, "--dst", default_proto)
-        if named is not None:
-            out.append(named)
+        by_name = named_question(text, "--dst", default_proto)
+        if by_name is not None:
+            out.append(by_name)
             continue
         body, slash, proto = text.partition("/")
         host, port = parse_destination(body)  # (a bad --dst is a usage error, worded as it always was)
@@ -170,6 +170,7 @@ def resolved(q: Question, analysis: Any, cluster: Any = None) -> Question:
     from iptrace.errors import InputError
     from iptrace.kube.names import resolve, resolve_in_cluster
 
+    where = ""
     try:
         host, port, proto, label = resolve(analysis.layout, q.service, q.proto, analysis.ruleset.source,
                                            proto_given=q.proto_given)
@@ -180,12 +181,9 @@ def resolved(q: Question, analysis: Any, cluster: Any = None) -> Question:
         if api is None:
             raise
         host, port, proto, label = api
-        found = Question(q.where, q.text, host, port, proto)
-        click.echo(f"note: {q.text} is {label} at {found.label} in {cluster.source}; "
-                   f"{analysis.ruleset.source} has no rules naming it", err=True)
-        return found
+        where = f" in {cluster.source}; {analysis.ruleset.source} has no rules naming it"
     found = Question(q.where, q.text, host, port, proto)
-    click.echo(f"note: {q.text} is {label} at {found.label}", err=True)
+    click.echo(f"note: {q.text} is {label} at {found.label}{where}", err=True)
     return found
 
 
@@ -204,11 +202,11 @@ def answer_all(questions: Sequence[Question], analysis_for: Callable[[str, Seque
             continue
         if q.service is not None:
             try:
-                named = next(iter(analyses.values()), None)
-                if named is None or isinstance(named, InputError):
-                    named = analysis_for("", [])  # (the dump's first family)
-                    analyses.setdefault(named.family, named)
-                q = resolved(q, named, cluster)
+                first = next(iter(analyses.values()), None)
+                if first is None or isinstance(first, InputError):
+                    first = analysis_for("", [])  # (the dump's first family)
+                    analyses.setdefault(first.family, first)
+                q = resolved(q, first, cluster)
             except InputError as exc:
                 out.append(f"{q.where}: {q.text}: {exc}")
                 continue

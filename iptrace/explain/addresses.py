@@ -55,9 +55,10 @@ def _open_node_addresses(case: Case) -> list[str]:
     """This node's addresses of the question's IP family that accept NodePorts (none of them loopback)."""
     facts = case.facts
     fam = ipaddress.ip_address(case.dst).version
-    found = [ip for ip in (*facts.node_ips, *facts.node_port_addresses.addresses) if "/" not in ip
-             and ipaddress.ip_address(ip).version == fam and not ipaddress.ip_address(ip).is_loopback
-             and facts.opens_node_ports(ip)]
+    candidates = [(ip, ipaddress.ip_address(ip)) for ip in (*facts.node_ips, *facts.node_port_addresses.addresses)
+                  if "/" not in ip]
+    found = [ip for ip, addr in candidates
+             if addr.version == fam and not addr.is_loopback and facts.opens_node_ports(ip)]
     return list(dict.fromkeys(found))
 
 
@@ -88,8 +89,9 @@ def client_loopback(case: Case) -> Diagnosis | None:
     elif service_port:
         s = service_port[0]
         what = f"{dport} is the port of {label(s)}, which is forwarded on the Service's own IPs only"
-        fix = f"use {use_instead(facts, s)[0]}"
-        instead.extend(use_instead(facts, s)[1])
+        use, suggested = use_instead(facts, s)
+        fix = f"use {use}"
+        instead.extend(suggested)
     else:
         what = f"No Service has nodePort {dport}/{proto}"
         fix = "address a Service by its ClusterIP and port, or a nodePort on a node's address"
