@@ -44,10 +44,16 @@ def load_dump(dump: str, *, lenient: bool = False, table: str | None = None, fam
         if note:
             note_skipped_rules(dump, ruleset)
         return dataplane, hold(ruleset), []
-    from iptrace.collect.inputs import choose_dump, unread_nft
     from iptrace.collect.store import read_node_dir
 
-    snapshot = read_node_dir(path)
+    return node_dump(read_node_dir(path), dump, family=family, lenient=lenient, note=note, extras=extras)
+
+
+def node_dump(snapshot: Any, dump: str, *, family: str = "ipv4", lenient: bool = False, note: bool = True,
+              extras: bool = True) -> tuple[Any, Any, list[str]]:
+    """load_dump of a collected node directory already read (collect.store.read_node_dir), for `family`."""
+    from iptrace.collect.inputs import choose_dump, unread_nft
+
     chosen = choose_dump(snapshot, family, lenient=lenient)
     for said in (chosen.note, chosen.split):
         if said is not None:
@@ -114,17 +120,22 @@ def analyses_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = Non
     """DUMP analysed for every IP family kube-proxy has rules for in it (an nftables ruleset holds `ip` and `ip6`
     kube-proxy tables on a dual-stack node; a node directory may hold ip6tables-save.txt); the first family alone
     when none has."""
-    from iptrace.collect.store import IP6_DUMP_FILE
+    from iptrace.collect.store import read_node_dir
     from iptrace.errors import IptraceError
     from iptrace.kube.analysis import analyse
 
-    dataplane, ruleset, collected = load_dump(dump, lenient=lenient, table=table)
+    snapshot = read_node_dir(Path(dump)) if dump != "-" and Path(dump).is_dir() else None
+    if snapshot is None:
+        dataplane, ruleset, collected = load_dump(dump, lenient=lenient, table=table)
+    else:
+        dataplane, ruleset, collected = node_dump(snapshot, dump, lenient=lenient)
     ips = list(node_ips) or collected
     loads = [(dataplane, ruleset, ruleset.families)]
-    if "ipv6" not in ruleset.families and dump != "-" and (Path(dump) / IP6_DUMP_FILE).is_file():
-        # (a node directory's IPv6 rules are in its ip6tables-save.txt: all of them on an IPv6-only node)
+    if "ipv6" not in ruleset.families and snapshot is not None and snapshot.ip6_dump_text:
+        # (a node directory's IPv6 rules are in its ip6tables-save.txt: all of them on an IPv6-only node; the
+        # directory is read once for both families)
         try:
-            v6_dataplane, v6_ruleset, _ = load_dump(dump, lenient=lenient, table=table, family="ipv6", extras=False)
+            v6_dataplane, v6_ruleset, _ = node_dump(snapshot, dump, family="ipv6", lenient=lenient, extras=False)
             loads.append((v6_dataplane, v6_ruleset, ("ipv6",)))
         except IptraceError as exc:  # (as audit's load-error warning: what the IPv4 dump holds is still shown)
             click.echo(named(f"note: {exc}; analyzing {Path(ruleset.source).name} without it"), err=True)
