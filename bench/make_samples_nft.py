@@ -17,7 +17,7 @@ from typing import Any
 
 from bench import netns
 from bench.make_samples import MINIKUBE_DNS, MINIKUBE_NODE, MINIKUBE_PODS, cluster_basics, fb_backends, ingress
-from bench.synth import EndpointSpec, PortSpec, ServiceSpec, expected_service_ports
+from bench.synth import EndpointSpec, PortSpec, ServiceSpec, expected_service_ports, render
 from bench.synth_nft import name_base, render_nft
 
 MINIKUBE_SERVICE_CIDR = "10.96.0.0/12"
@@ -136,6 +136,19 @@ def dual_stack_services() -> list[ServiceSpec]:
     ]
 
 
+def iptables_mode_leftovers() -> str:
+    """What kube-proxy wrote through iptables-nft in iptables mode before the node moved to nftables mode, left
+    behind (the new kube-proxy's cleanup never ran): fb-backends' endpoints as they were then (both pods since
+    replaced), and default/old-api, a Service deleted after the move."""
+    then = [*cluster_basics(MINIKUBE_NODE, MINIKUBE_DNS),
+            ServiceSpec("default", "fb-backends", "10.101.234.168",
+                        [PortSpec("ka-port", 5001, "TCP", node_port=30904, target_port=8001)], type="NodePort",
+                        endpoints=[EndpointSpec("10.244.1.4", 8001), EndpointSpec("10.244.2.6", 8001)]),
+            ServiceSpec("default", "old-api", "10.99.41.7", [PortSpec("http", 80, "TCP", target_port=8080)],
+                        endpoints=[EndpointSpec("10.244.2.8", 8080)])]
+    return render(then, node_ips=[MINIKUBE_NODE], pod_cidr=MINIKUBE_PODS, nfacct=False)
+
+
 def scenarios() -> list[NftScenario]:
     node, pods, cidrs = [MINIKUBE_NODE], [MINIKUBE_PODS], [MINIKUBE_SERVICE_CIDR]
     basics = cluster_basics(MINIKUBE_NODE, MINIKUBE_DNS)
@@ -174,6 +187,14 @@ def scenarios() -> list[NftScenario]:
                     "`ip6 flannel-ipv6` (nftables mode), then `ip kube-proxy`.",
                     fb_backends(), node, pods, cidrs, iptables=KUBELET_AND_PORTMAP, other_nft=flannel_nft(),
                     other_rules="iptables-nft (kubelet, CNI portmap) and flannel (nftables mode)"),
+        NftScenario("mode-split-nft.nft",
+                    "The fb-backends node after its move from iptables to nftables mode, with the old mode's rules "
+                    "left behind: iptables-nft's `ip nat`/`ip filter` still hold kube-proxy's iptables-mode "
+                    "chains, written before the move (fb-backends' endpoints then, 10.244.1.4 and 10.244.2.6, and "
+                    "default/old-api 10.99.41.7:80, deleted since), then `ip kube-proxy`. Both run in the kernel; "
+                    "explain and audit say `kube-proxy-mode-split`.",
+                    fb_backends(), node, pods, cidrs, iptables=iptables_mode_leftovers(),
+                    other_rules="kube-proxy's iptables-mode rules (iptables-nft), left from before the move"),
     ]
 
 

@@ -35,6 +35,9 @@ class ProxyMode:
     warning: tuple[int, str] | None = None  # (line, text) of the dump's own warning about the other backend
     # Before KEP-3178 (iptables' KUBE-XLB layout) internalTrafficPolicy=Local filtered the cluster chain itself.
     itp_filters_cluster_chain: bool = False
+    # kube-proxy's rules of the other proxy mode beside these, in a few words (an nft ruleset whose `ip nat` holds
+    # iptables mode's KUBE-SERVICES, written through iptables-nft); "" when there are none.
+    other_mode: str = ""
 
     @property
     def has_rules(self) -> bool:

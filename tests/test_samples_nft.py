@@ -162,6 +162,10 @@ def test_kube_proxys_transaction_answers_as_the_kernels_listing(sc: Any) -> None
     tx_dp, tx = dataplanes.load(sc.transaction(), source=sc.file)
     strip = {"lines": [], "line": 0, "decided_by_line": 0, "source": ""}
     for family in tx.families:
-        a = analyse(tx_dp, tx, family, node_ips=sc.node_ips).view
-        b = analyse(listed_dp, listed, family, node_ips=sc.node_ips).view
-        assert _without(view_to_json(a), strip) == _without(view_to_json(b), strip), (sc.file, family)
+        a = view_to_json(analyse(tx_dp, tx, family, node_ips=sc.node_ips).view)
+        b = view_to_json(analyse(listed_dp, listed, family, node_ips=sc.node_ips).view)
+        # (only the listing holds the other tables: kube-proxy's iptables-mode rules too, where the node has them)
+        both = [w for w in b["warnings"] if w.startswith("kube-proxy's rules are here in both proxy modes")]
+        assert bool(both) == ("KUBE-SERVICES" in sc.iptables and family == "ipv4"), (sc.file, family)
+        b["warnings"] = [w for w in b["warnings"] if w not in both]
+        assert _without(a, strip) == _without(b, strip), (sc.file, family)

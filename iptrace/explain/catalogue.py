@@ -22,7 +22,7 @@ CATALOGUE: tuple[str, ...] = (
     "not-a-service-address", "wrong-protocol", "no-endpoints", "no-local-endpoints", "source-range-blocked",
     "hairpin", "no-kube-proxy-rules", "iptables-backend-split", "stale-endpoints", "missing-service",
     "not-forwarded", "node-port-not-on-address", "blocked-by-rule", "address-conflict", "healthy",
-    "client-loopback",
+    "client-loopback", "kube-proxy-mode-split",
     # With a conntrack table (iptrace.explain.conntrack): entries the rules no longer decide.
     "stale-conntrack", "stale-conntrack-no-dnat", "conntrack-healthy",
 )
@@ -37,6 +37,14 @@ def no_kube_proxy_rules(case: Case) -> Diagnosis | None:
     lost = ("so nothing on this node rewrites a Service address to a pod: every ClusterIP and nodePort "
             "connection fails here")
     warning = case.facts.warning()
+    if proxy.dataplane == "nftables" and proxy.other_mode:
+        # (an iptables-mode node's `nft list ruleset`: its Services work, through rules of the other form)
+        return Diagnosis(
+            "no-kube-proxy-rules", "warning", "this ruleset shows kube-proxy in iptables mode, not in nftables mode",
+            f"The ruleset has no `kube-proxy` table, but {proxy.other_mode}. The trace follows those rules as nft "
+            "lists them; what kube-proxy meant by them (which Service a port is, its endpoints and policies) is "
+            "read from the iptables form of the same rules.",
+            "give iptrace the node's `iptables-save` output (`iptrace collect` saves it as iptables-save.txt)")
     if proxy.dataplane == "nftables":
         summary = "this node has no kube-proxy nftables table"
         detail = (f"The ruleset has no `kube-proxy` table, {lost}. kube-proxy is not running in nftables mode: it "
@@ -82,6 +90,20 @@ def iptables_backend_split(case: Case) -> Diagnosis | None:
         "also run `iptables-legacy-save` on the node (`iptrace collect` does) and explain both dumps; make "
         "kube-proxy, kubelet and the CNI use the same backend",
         (warning,) if warning is not None else ())
+
+
+def proxy_mode_split(case: Case) -> Diagnosis | None:
+    proxy = case.facts.proxy
+    if not proxy.has_rules or not proxy.other_mode:
+        return None
+    return Diagnosis(
+        "kube-proxy-mode-split", "warning", "kube-proxy's rules are on this node in both proxy modes",
+        f"Besides kube-proxy's {proxy.mode}-mode table, {proxy.other_mode}. The kernel runs both: a packet passes "
+        "the chains of both, and the first DNAT decides. The trace follows the kernel's order (by priority; of "
+        "equal priorities, the chain created later runs first), so a Service the two modes send to different "
+        "endpoints goes where the trace says, until either is rewritten.",
+        "run one kube-proxy, in one mode: a kube-proxy of 1.29 or later deletes the other mode's rules when it "
+        "starts (or run `kube-proxy --cleanup` in the mode no longer used)")
 
 
 # -- a rule of kube-proxy's decided -------------------------------------------------------------------------
@@ -309,7 +331,8 @@ def cluster_disagreements(case: Case) -> list[Diagnosis]:
 
 # -- putting it together ------------------------------------------------------------------------------------
 
-NODE_RULES: tuple[Callable[[Case], Diagnosis | None], ...] = (no_kube_proxy_rules, iptables_backend_split)
+NODE_RULES: tuple[Callable[[Case], Diagnosis | None], ...] = (no_kube_proxy_rules, iptables_backend_split,
+                                                               proxy_mode_split)
 KUBE_ANSWERS: tuple[Callable[[Case], Diagnosis | None], ...] = (no_endpoints, no_local_endpoints,
                                                                  source_range_blocked)
 

@@ -292,13 +292,19 @@ def node_result(node: Any, cluster: ClusterState | None = None, *, pictures: boo
         families.append(digest)
         claims += claim_findings(a.view, node.name, functools.partial(_quoted, texts), found)
     warnings = meta.get("load_warnings")
-    split = meta.get("mode_split")
+    split, then = meta.get("mode_split"), "; until then compare both dumps"
+    if not isinstance(split, str):
+        # (one ruleset with both: an nft ruleset whose iptables-nft `nat` table still holds iptables mode's rules)
+        split, then = next((f"{f.proxy.other_mode}, beside kube-proxy's {f.proxy.mode}-mode rules. The kernel runs "
+                            "both, and the first DNAT decides: of equal priorities, the chain created later runs first "
+                            "(`iptrace trace` follows that order)" for f in families
+                            if f.proxy.has_rules and f.proxy.other_mode), None), ""
     if isinstance(split, str):
         extra = (*extra, Finding(
             MODE_SPLIT, "warning", node.name, None, f"{node.name}: kube-proxy's rules in both proxy modes "
             "(iptables and nftables)", split.removeprefix(f"{node.name}: "),
             "run one kube-proxy, in one mode: a kube-proxy of 1.29 or later deletes the other mode's rules when it "
-            "starts (or run `kube-proxy --cleanup` in the mode no longer used); until then compare both dumps"))
+            f"starts (or run `kube-proxy --cleanup` in the mode no longer used){then}"))
     return NodeResult(node.name, node.error, tuple(node.addresses), str(meta.get("host", "") or ""), kube_node,
                       node.legacy_note, tuple(str(w) for w in warnings) if isinstance(warnings, list) else (),
                       tuple(families), (*claims, *extra), (*_lenient_notes(node), *notes))

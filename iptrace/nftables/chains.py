@@ -16,6 +16,7 @@ from typing import Any
 from iptrace.dataplane import Decision
 from iptrace.errors import TraceError
 from iptrace.nftables import skeleton, splits
+from iptrace.nftables.chance import Chance
 from iptrace.nftables.evaluate import NA, Context, Unknown
 from iptrace.nftables.memo import MEMO_SIZE, Plan, make_plan, record, replay
 from iptrace.nftables.model import Chain, Numgen, Ruleset, Table
@@ -424,8 +425,21 @@ class ChainWalker:
 
     def _fork(self, code: ChainCode, c: CompiledRule, op: tuple[Any, ...], ops: tuple[tuple[Any, ...], ...], k: int,
               s: State) -> list[tuple[State, Any]]:
-        """A numgen/hash draw: one branch per value, each with its exact share."""
+        """A numgen/hash draw: one branch per value, each with its exact share. A chance (a `meta random`
+        match): the branch where it held goes on with the rule, the other leaves it."""
         drawn = op[1]
+        if type(drawn[0]) is Chance:
+            num, den = drawn[0].num, drawn[0].den
+            if num == 0:
+                return [(s, BREAK)]
+            if num == den:
+                return self._ops(code, c, ops, k, s)
+            missed = s.copy()
+            missed.num *= den - num
+            missed.den *= den
+            s.num *= num
+            s.den *= den
+            return [*self._ops(code, c, ops, k, s), (missed, BREAK)]
         size = 1
         for e in drawn:
             size *= e.modulus

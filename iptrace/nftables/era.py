@@ -12,9 +12,12 @@ Eras, newest first:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from iptrace.layout import ProxyMode
 from iptrace.nftables.model import Nat, Ruleset, Table
 from iptrace.nftables.names import KUBE_PROXY_TABLE, split_chain
+from iptrace.text import counted
 
 DNAT_IN_SERVICE = "DNAT-in-service-chain layout"
 INLINE_MASQ = "inline-masquerade layout"
@@ -42,8 +45,29 @@ def _dnats_in_service_chains(table: Table) -> bool | None:
     return None
 
 
+def iptables_mode_rules(ruleset: Ruleset, family: str) -> str:
+    """kube-proxy's iptables-mode rules in `ruleset`, in a few words: its KUBE-SERVICES chain, with rules, in the
+    `nat` table iptables-nft writes (an iptables-mode node's own listing, or leftovers of iptables mode beside the
+    kube-proxy table); "" when there are none."""
+    table = ruleset.table("ip6" if family == "ipv6" else "ip", "nat")
+    services = table.chain("KUBE-SERVICES") if table is not None else None
+    if table is None or services is None or not services.rule_count:
+        return ""
+    chains = sum(c.name.startswith("KUBE-SVC-") for c in table.chains)
+    where = f" (line {services.line})" if services.line else ""
+    return (f"table {table.label} holds kube-proxy's iptables-mode rules, written through iptables-nft: KUBE-SERVICES"
+            f"{where} with {counted(services.rule_count, 'rule')} and {counted(chains, 'KUBE-SVC- chain')}")
+
+
 def proxy_mode(ruleset: Ruleset, family: str) -> ProxyMode:
-    """kube-proxy's mode and era for one IP family of `ruleset`."""
+    """kube-proxy's mode and era for one IP family of `ruleset`; `other_mode` names kube-proxy's iptables-mode
+    rules beside it."""
+    found = _proxy_mode(ruleset, family)
+    other = iptables_mode_rules(ruleset, family)
+    return replace(found, other_mode=other) if other else found
+
+
+def _proxy_mode(ruleset: Ruleset, family: str) -> ProxyMode:
     table = kube_table(ruleset, family)
     if table is None:
         other = [t.label for t in ruleset.tables if t.name == KUBE_PROXY_TABLE]
@@ -89,9 +113,24 @@ def proxy_mode(ruleset: Ruleset, family: str) -> ProxyMode:
 
 def no_rules_warnings(proxy: ProxyMode, family: str) -> list[str]:
     version = "IPv6" if family == "ipv6" else "IPv4"
+    if proxy.name == NONE and proxy.other_mode:
+        return [f"no kube-proxy table for {version} (table {'ip6' if family == 'ipv6' else 'ip'} kube-proxy), but "
+                f"{proxy.other_mode}: kube-proxy runs in iptables mode on this node. Traces run through those rules "
+                f"as nft lists them; for kube-proxy's Service view give iptrace the node's "
+                f"`{'ip6tables-save' if family == 'ipv6' else 'iptables-save'}` output", *proxy.evidence]
     if proxy.name == NONE:
         return [f"no kube-proxy table for {version} (table {'ip6' if family == 'ipv6' else 'ip'} kube-proxy): "
                 "kube-proxy is not running in nftables mode for this family on this node (iptables or IPVS mode, "
                 "or a replacement such as Cilium); traces still run through the tables there are",
                 *proxy.evidence]
     return [f"kube-proxy's {version} table has no rules yet", *proxy.evidence]
+
+
+def mode_split_warning(proxy: ProxyMode, table: str) -> str:
+    """What kube-proxy's rules in both proxy modes in one ruleset mean (proxy.other_mode set, `table` kube-proxy's
+    own)."""
+    return (f"kube-proxy's rules are here in both proxy modes: {proxy.other_mode}, beside table {table} "
+            "(nftables mode). The kernel runs both: every packet passes both tables' chains, and at each hook the "
+            "first DNAT decides. Traces follow the kernel's order (by priority; of equal priorities, the chain "
+            "created later runs first). Run one kube-proxy, in one mode: a kube-proxy of 1.29 or later deletes the "
+            "other mode's rules when it starts (or run `kube-proxy --cleanup` in the mode no longer used)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from iptrace.nftables.chance import Chance, chance
 from iptrace.nftables.model import (
     AnonSet,
     Binop,
@@ -487,11 +488,16 @@ _NO_DRAW = frozenset({Payload, Meta, Ct, Fib, Selector, str, int, Prefix, Range,
                       type(None)})
 
 
-def forks(e: Any) -> list[Numgen | Hash]:
-    """The numgen/hash expressions inside an item (each draws its own number when the item runs)."""
+def forks(e: Any) -> list[Numgen | Hash] | list[Chance]:
+    """The numgen/hash expressions inside an item (each draws its own number when the item runs); for a match on
+    `meta random`, its Chance alone."""
     if type(e) in _NO_DRAW:
         return []
     if isinstance(e, Match):
+        if type(e.left) is Binop or type(e.left) is Meta:
+            found = chance(e)
+            if found is not None:
+                return [found]
         return forks(e.left) if type(e.left) not in _NO_DRAW else []
     if isinstance(e, (Numgen, Hash)):
         return [e]

@@ -30,7 +30,7 @@ from iptrace.layout import (
     WaySeeds,
     node_pod_subnet,
 )
-from iptrace.nftables.era import kube_table, no_rules_warnings, proxy_mode
+from iptrace.nftables.era import kube_table, mode_split_warning, no_rules_warnings, proxy_mode
 from iptrace.nftables.model import (
     Fib,
     Match,
@@ -306,6 +306,8 @@ def read_layout(ruleset: Ruleset, family: str, *, known: Sequence[KnownServicePo
         return None
 
     warnings = list(r.warnings)
+    if proxy.other_mode:
+        warnings.append(mode_split_warning(proxy, table.label))
     if proxy.name != "kube-proxy table without rules" and not groups:
         warnings.append(f"table {table.label} has no Service port in its dispatch maps (@{SERVICE_IPS}, "
                         f"@{SERVICE_NODEPORTS}, @{NO_ENDPOINT_SERVICES}): no Service, or none synced yet")

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from iptrace.dataplane import Decision
+from iptrace.nftables.chance import Chance
 from iptrace.nftables.evaluate import (
     NA,
     Context,
@@ -57,6 +58,8 @@ TEST, VMAP, VERDICT, REJECT, NAT, MANGLE, UPDATE, NOTE, FAIL, QUEUE, NOTRACK, FO
 
 Named = Callable[[str], tuple[SetIndex | None, str | None]]
 _SHAREABLE = frozenset({TEST, VMAP, VERDICT, REJECT, MANGLE})  # operations whose code names no rule
+# What a chance's FORK holds as its item's own operation (the walk runs none: the chance alone decides).
+_HOLDS = (TEST, lambda s: True, None)
 
 
 class CompiledRule:
@@ -125,6 +128,8 @@ def compile_rule(rule: Rule, index: int, decision: Decision, where: str, ctx: Co
 
 def _op(item: Any, ctx: Context, where: str, named: Named, family: str) -> tuple[Any, ...] | None:
     drawn = forks(item)
+    if drawn and type(drawn[0]) is Chance:
+        return (FORK, tuple(drawn), _HOLDS, True)  # (the chance alone decides: chains.Walker._fork)
     if drawn:
         inner = _plain_op(item, ctx, where, named, family)
         return (FORK, tuple(drawn), inner, _draw_only(item)) if inner is not None else None
