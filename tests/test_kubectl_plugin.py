@@ -227,6 +227,10 @@ def test_messages_suggest_commands_by_the_name_the_program_was_called(tmp_path: 
     bad.write_text("\n".join([*lines[:3], *(['-A KUBE-SERVICES -m comment --comment "oops'] * 4), *lines[3:]]))
     note = CliRunner().invoke(main, ["services", "--lenient", str(bad)], prog_name=prog)
     assert note.exit_code == 0 and f"({prog} parse --lenient {bad} lists them all)" in note.stderr, note.stderr
+    # (and a diagnosis's fix, in the answer itself)
+    legacy = SAMPLE.parent / "legacy-split-nft.txt"
+    fix = CliRunner().invoke(main, ["explain", str(legacy), "--dst", "10.96.0.1:443"], prog_name=prog)
+    assert f"(`{prog} collect` fetches both)" in fix.stdout.replace("\n  ", " "), fix.stdout
     if prog != "iptrace":
-        said = (error.stderr + note.stderr).replace(prog, "")
+        said = (error.stderr + note.stderr + fix.stdout).replace(prog, "")
         assert not re.search(r"(?<![\w/.-])iptrace (?:collect|parse)", said), said

@@ -167,7 +167,7 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
             if findings:
                 click.echo(f"Compared with the cluster ({getattr(cluster, 'source', '')}): "
                            f"{counted(len(findings), 'finding')}")
-                click.echo("\n".join(render_findings_lines(findings, with_node=False)))
+                click.echo(named("\n".join(render_findings_lines(findings, with_node=False))))
             else:
                 click.echo(f"Compared with the cluster ({getattr(cluster, 'source', '')}): the rules match "
                            "the API.")
@@ -312,7 +312,7 @@ def _single(found: Any, output: str, to_json: Any, to_text: Any) -> None:
     if output == "json":
         emit_json(to_json(found))
     else:
-        click.echo(to_text(found), nl=False)
+        click.echo(named(to_text(found)), nl=False)
 
 
 @main.command()
@@ -402,7 +402,7 @@ def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | N
         if output == "json":
             emit_json(explain_to_json(report))
         else:
-            click.echo(render_explain_text(report), nl=False)
+            click.echo(named(render_explain_text(report)), nl=False)
     else:
         answers = answer_all(questions, analysis_for, answer, cluster)
         reports = [a for a in answers if not isinstance(a, str)]

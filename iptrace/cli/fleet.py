@@ -417,9 +417,9 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
     elif output == "html":
         from iptrace.render.html import render_audit_html
 
-        click.echo(render_audit_html(report, cluster), nl=False)
+        click.echo(named(render_audit_html(report, cluster)), nl=False)
     else:
-        click.echo(render_audit_text(report, verbose=verbose), nl=False)
+        click.echo(named(render_audit_text(report, verbose=verbose)), nl=False)
     for r in failures:
         click.echo(named(f"Error: {r.error}"), err=True)
     if failures:  # (the audit is incomplete: as a destination that could not be answered, that wins over 3)

@@ -256,5 +256,5 @@ def emit_answers(questions: Sequence[Question], answers: Sequence[Any], output: 
     if output == "json":
         emit_json(docs, paths)
     else:
-        click.echo("\n".join(chunks), nl=False)
+        click.echo(named("\n".join(chunks)), nl=False)
     return bad
