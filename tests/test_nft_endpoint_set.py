@@ -152,7 +152,35 @@ def test_the_dnat_gate_changes_no_endpoint_set(monkeypatch: pytest.MonkeyPatch) 
     rulesets = _gated_rulesets()
     gated = [reader.endpoint_set() for ruleset in rulesets for reader in _readers(ruleset)]
     monkeypatch.setattr(ports, "_may_dnat", lambda rule: "dnat" in rule.text)
+    monkeypatch.setattr(ports, "_chain_may_dnat", lambda chain: any("dnat" in r.text for r in chain.rules))
     assert gated == [reader.endpoint_set() for ruleset in _gated_rulesets() for reader in _readers(ruleset)]
+
+
+def _direct_services(n: int) -> str:
+    """`n` service chains that DNAT themselves (1.37), alike but for their addresses: read whole by a template."""
+    out = ["table ip kube-proxy {"]
+    for i in range(n):
+        out += ["", f"\tchain service-ABCDEFG{'ABCDEFGHIJ'[i]}-default/web{i}/tcp/http {{",
+                f"\t\tmeta l4proto tcp dnat ip to numgen random mod 2 map {{ 0 : 10.244.{i}.5 . 8080, "
+                f"1 : 10.244.{i}.6 . 8080 }}", "\t}"]
+    return "\n".join([*out, "}", ""])
+
+
+def test_service_chains_read_whole_keep_their_dnats(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service chain read whole (its rules left to its record) whose builder makes a DNAT gives its endpoints
+    (ports._chain_may_dnat asks the builders, then the rules); a gate that said no from the builders alone would
+    lose them."""
+    from iptrace.nftables import ports
+
+    ruleset = load(_direct_services(8))
+    (reader,) = _readers(ruleset)
+    whole = [c for c in reader.table.chains if c._lazy is not None]
+    assert len(whole) >= 6
+    want = {f"10.244.{i}.{j}" for i in range(8) for j in (5, 6)}
+    assert reader.endpoint_set() == want == set(reader.endpoint_index())
+    monkeypatch.setattr(ports, "_build_may_dnat", lambda build: False)
+    (reader,) = _readers(load(_direct_services(8)))
+    assert reader.endpoint_set() != want
 
 
 def test_a_builder_whose_template_holds_a_nat_itself_may_dnat() -> None:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from bench import synth
 from bench.synth import EndpointSpec, PortSpec, ServiceSpec
 from bench.synth_nft import render_nft
-from iptrace.nftables import DATAPLANE, load, portrules, portshape
+from iptrace.nftables import DATAPLANE, blocks, load, portrules, portshape
 from tests import nft_corpus
 from tests.shapes_check import check_views
 
@@ -247,14 +247,17 @@ _PLANNED = {"value": (portrules._VALUE, ["masq-own"]), "nat": (portrules._NAT, [
             "literal": (portrules._LITERAL, ["modulus"])}
 
 
-@pytest.mark.parametrize(("weaken", "whole"), [("literal", False), ("value", False), ("nat", True)])
+@pytest.mark.parametrize("whole", [False, True])
+@pytest.mark.parametrize("weaken", sorted(_PLANNED))
 def test_a_weakened_plan_is_caught(weaken: str, whole: bool) -> None:
     """Each answer of a planned rule is in its key, whether its rule's plan or (`whole`) its chain template's
-    writes it (portrules.chain_plan: the listing's DNATs are all in endpoint chains, which the loader reads whole):
-    written as None, some mutation above tells."""
+    writes it (portrules.chain_plan: the loader reads a listing's service and endpoint chains whole; without
+    chain templates, rule by rule): written as None, some mutation above tells."""
     code, kinds = _PLANNED[weaken]
     with pytest.MonkeyPatch.context() as m:
         m.setattr(portrules, "_compile", _weakened(code, whole))
+        if not whole:
+            m.setattr(blocks.ChainShapes, "learn", lambda *args: None)
         assert _fails_with(m, kinds)
 
 
@@ -343,9 +346,12 @@ def test_a_verdict_to_another_own_chain_is_in_the_key() -> None:
         return all(found[port][0] != key for k, (key, _) in found.items() if k != port)
 
     assert not alone(keys) and alone(_keys(changed, own))
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(portrules, "_compile", _weakened(portrules._VERDICT, False))
-        assert not alone(_keys(changed, own))
+    for whole in (False, True):  # (the service chain read whole by its template, or rule by rule)
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(portrules, "_compile", _weakened(portrules._VERDICT, whole))
+            if not whole:
+                m.setattr(blocks.ChainShapes, "learn", lambda *args: None)
+            assert not alone(_keys(changed, own))
 
 
 @settings(max_examples=200, deadline=None)

@@ -1,24 +1,29 @@
 """Chain blocks read whole: a listing's chains that differ only in their values (kube-proxy's 50,000 endpoint chains
-at 5,000 Services: `ip saddr A jump mark-for-masquerade`, `meta l4proto tcp dnat to A:P`) are matched by one
-regex per chain instead of being split line by line.
+at 5,000 Services: `ip saddr A jump mark-for-masquerade`, `meta l4proto tcp dnat to A:P`, and its 5,000 service
+chains: `numgen random mod 2 vmap { 0 : goto E1, 1 : goto E2 }`) are matched by one regex per chain instead of
+being split line by line.
 
 When a chain the loader opened in its line loop closes, `ChainShapes.learn` looks at its lines: if each is a rule
-the line loop's fast path reads (shapes.fast_tokens: blanks only between its tokens, no braces, commas, quotes,
-`@`, `#`, `;` or `:` words), it compiles the block — header excepted, through its closing brace — into a regex
-of its tokens, a literal for each known word and a group for each other token (a value), and keeps it
-for the next chains whose names start alike (`endpoint-`, up to the first "-"). A chain that matches is read by
-calling, for each of its lines, the same shape builder (with the same tokens, text, line and handle) the line loop
-would have called, because a matching line is one the line loop would have keyed the same way: its known words
-are the learnt ones (the loader's known words only ever grow), its values are checked to be no known word at
-match time, and the fast path's tests on the line (no `;`, `#`, chain option, quote, `@`, tab, double blank, glued
-`:`) hold for every text the regex accepts. Anything else — a builder that returns None or refuses a value, a
-chain of other lines — is read by the line loop as before: a template only decides how fast, never what.
+the line loop's fast path reads (shapes.fast_tokens: blanks only between its words, no quotes, `@`, `#`, `;`, no
+word ending in `:`, and braces, commas and colons only as words of their own — a comma may end the word before
+it, as in `goto E1,`: the line loop splits it off), it compiles the block — header excepted, through its closing
+brace — into a regex of its tokens, a literal for each known word (and for a comma that ends a word) and a group
+for each other token (a value, which holds none of those characters), and keeps it for the next chains whose names
+start alike (`endpoint-`, up to the first "-"). A chain that matches is read by calling, for each of its lines,
+the same shape builder (with the same tokens, text, line and handle) the line loop would have called, because a
+matching line is one the line loop would have keyed the same way: its known words are the learnt ones (the
+loader's known words only ever grow), its values are checked to be no known word at match time, it splits into
+the same tokens (a value holds no brace or comma for the line loop to split off), and the fast path's tests on
+the line (no `;`, `#`, chain option, quote, `@`, tab, double blank; a `:` only as ` : `, never last) hold for
+every text the regex accepts. Anything else — a builder that returns None or refuses a value, a chain of other
+lines — is read by the line loop as before: a template only decides how fast, never what.
 
 A chain read whole is matched in the text itself, at its character offset (no line is sliced or joined), and the
-chains right after it that the same template matches — a blank line, then a header `chain NAME {` indented as the
+chains right after it that a template matches — a blank line, then a header `chain NAME {` indented as the
 template's was, for a name the table does not have yet — are read in the same run, without going back to the line
-loop: the line loop would skip that blank line, open each such header on its inlined path and find the same
-template for it, since which template reads a chain only decides how fast.
+loop: the line loop would skip that blank line, open each such header on its inlined path and find the template
+of that name's prefix for it (the same one, or another: a service chain after its endpoint chains), and which
+template reads a chain only decides how fast.
 """
 
 from __future__ import annotations
@@ -34,10 +39,15 @@ from iptrace.nftables.shapes import draft_class
 _VALUE = r'[^\s{},;"#@]+(?<!:)'  # a fast-path token that is no known word (nor ends in ":": nft's data `:`)
 _is_value = re.compile(_VALUE).fullmatch
 _NOT_IN_CONSTANT = frozenset('{},;"#@:')
+# Words that are known words made of those characters alone, as the line loop splits them off: kube-proxy's service
+# chains' verdict maps (`numgen random mod 2 vmap { 0 : goto endpoint-…, 1 : goto endpoint-… }`).
+_PUNCTUATION = frozenset({"{", "}", ",", ":"})
 _CHAIN_OPTIONS = ("type ", "policy ", "comment ", "devices")  # the line loop leaves these to the grammar
 # A name the line loop's inlined chain header takes (no quote, blank, brace, ";" or "#").
 _NAME = r'([^\s"{};#]+)'
 _END = r"(?=\n|\Z)"  # the closing brace ends its line
+# The name prefix (up to its first "-") of a chain whose header follows a blank line, as `next` regexes match them.
+_NEXT_PREFIX = re.compile(r'\n\n[ \t]*chain ([^\s"{};#-]+)').match
 _MAX_FAILURES = 64  # learning given up for a name prefix after this many chains that cannot be templates
 _MAX_TEMPLATES = 64  # distinct templates compiled per table
 _ChainDraft = draft_class(Chain)
@@ -94,32 +104,39 @@ class ChainShapes:
         if chain is None:
             return 0, 0
         chains[name] = chain
-        count = template.count
-        step = count + 2  # the blank line, the next header, its body and closing line
-        after = template.next
         read = 1
-        if after is not None:
-            text = self.text
-            while True:
-                end = m.end()
-                m = after(text, end)
+        done = template.count  # the lines after the first header read so far: through the last closing brace
+        end = m.end()
+        text = self.text
+        while True:
+            # The next chain: the same template's, or another's (a service chain after its endpoint chains),
+            # as the line loop would find it for the next header's name.
+            m = template.next(text, end) if template.next is not None else None
+            if m is None:
+                head = _NEXT_PREFIX(text, end)
+                other = self.by_prefix.get(head.group(1)) if head is not None else None
+                if other is None or other is template or other.next is None:
+                    break
+                m = other.next(text, end)
                 if m is None:
                     break
-                g = m.groups()
-                name = g[0]
-                if name in chains:  # the line loop says it is declared twice
-                    break
-                try:
-                    chain = template.read(g, name, line_no + step)
-                except ValueError:
-                    break
-                if chain is None:
-                    break
-                chains[name] = chain
-                line_no += step
-                read += 1
-            self.at = (end + 1, line_no + count + 1)  # the line after the last closing brace
-        return count + (read - 1) * step, read
+                template = other
+            g = m.groups()
+            name = g[0]
+            if name in chains:  # the line loop says it is declared twice
+                break
+            try:
+                chain = template.read(g, name, line_no + done + 2)
+            except ValueError:
+                break
+            if chain is None:
+                break
+            chains[name] = chain
+            done += 2 + template.count  # the blank line, the header, its body and closing line
+            end = m.end()
+            read += 1
+        self.at = (end + 1, line_no + done + 1)  # the line after the last closing brace
+        return done, read
 
     def learn(self, prefix: str, header: str, lines: list[str], shapes: dict[Any, Any]) -> None:
         """Make `lines` (a chain's body and closing line, as split from the text; `header` its header line) the
@@ -165,26 +182,36 @@ def _pattern(lines: list[str], shapes: dict[Any, Any], known: dict[str, str]) ->
             indent = lead
         elif lead != indent:
             return None, []
-        toks = s.split(" ")
-        if toks != s.split():
-            return None, []  # a double blank or another blank between tokens
+        words = s.split(" ")
+        if words != s.split() or s[-1] == ":":
+            return None, []  # a double blank or another blank between tokens; a `:` the line loop leaves alone
         key: list[str | None] = []
         tokens: list[str | int] = []
         regex = []
-        for i, tok in enumerate(toks):
+        for i, word in enumerate(words):
+            # A word may end in the comma the line loop splits off it (`goto endpoint-…,`): a known word of its own.
+            comma = len(word) > 1 and word[-1] == ","
+            tok = word[:-1] if comma else word
             if known.get(tok) == tok:
-                if _NOT_IN_CONSTANT.intersection(tok) or (i == 0 and tok == "}"):
+                if (tok not in _PUNCTUATION and _NOT_IN_CONSTANT.intersection(tok)) or (i == 0 and tok in _PUNCTUATION):
                     return None, []
                 key.append(tok)
                 tokens.append(tok)
-                regex.append(re.escape(tok))
+                part = re.escape(tok)
             elif i > 0 and _is_value(tok):
                 key.append(None)
                 tokens.append(group)
                 group += 1
-                regex.append(f"({_VALUE})")
+                part = f"({_VALUE})"
             else:
                 return None, []  # a first token that is a value could be a chain option (`devices…`)
+            if comma:
+                if known.get(",") != ",":
+                    return None, []
+                key.append(",")
+                tokens.append(",")
+                part += ","
+            regex.append(part)
         shape = shapes.get(tuple(key))
         if shape is None:
             return None, []

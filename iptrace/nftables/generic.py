@@ -300,7 +300,7 @@ class Shapes:
         if kept is None:
             kept = self._classes[own] = ({}, {})
         known, blocks = kept
-        found = [known.get(a) for a in addresses]
+        found = list(map(known.get, addresses))
         if None in found:
             for i, a in enumerate(addresses):
                 if found[i] is None:

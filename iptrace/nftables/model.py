@@ -465,8 +465,7 @@ class Table:
 
     def chains_named(self, names: Iterable[str]) -> list[Chain | None]:
         """`chain` of each name, in order (a Service port's dozen chains, for each of 5,000 ports)."""
-        get = self._chains.get
-        return [get(name) for name in names]
+        return list(map(self._chains.get, names))
 
     def set(self, name: str) -> Set | None:
         return self._sets.get(name)

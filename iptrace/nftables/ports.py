@@ -40,7 +40,7 @@ from iptrace.nftables.names import (
     chain_parts,
     split_chain,
 )
-from iptrace.nftables.portrules import calls_only, chain_reads, rule_reads
+from iptrace.nftables.portrules import calls_only, chain_reads
 from iptrace.nftables.shapes import Slot, fast_constructor
 from iptrace.text import counted
 
@@ -105,23 +105,35 @@ def endpoint_name_address(name: str, v6: bool) -> str | bool | None:
     return host.replace(".", ":") if v6 else host
 
 
+def _build_may_dnat(build: Any) -> bool:
+    """Whether rules a shape's builder makes may hold a DNAT: a template without a Nat or a function of a value
+    (which could make one) makes none (kept on the builder)."""
+    try:
+        return build.may_dnat  # type: ignore[no-any-return]
+    except AttributeError:
+        template = getattr(build, "template", None)
+        may = build.may_dnat = template is None or not calls_only(template[0], None) or any(
+            type(item) in (Nat, Slot) or not is_dataclass(item) for item in template[0])
+        return may  # type: ignore[no-any-return]
+
+
 def _may_dnat(rule: Rule) -> bool:
     """Whether a rule may hold a DNAT (_endpoint_sources reads the DNATs of a service chain that has one): its text
-    says `dnat`; a rule a shape's builder made from a template without a Nat or a function of a value (which
-    could make one) holds none, and its text is not read (a listing's 10,000 service chain rules at 5,000
-    Services, each read back from the listing)."""
+    says `dnat`; a rule a builder that makes none made (_build_may_dnat) holds none, and its text is not read (a
+    listing's 10,000 service chain rules at 5,000 Services, each read back from the listing)."""
     lazy = rule._lazy
-    if lazy is not None:
-        build = lazy[0]
-        try:
-            may = build.may_dnat
-        except AttributeError:
-            template = getattr(build, "template", None)
-            may = build.may_dnat = template is None or not calls_only(template[0], None) or any(
-                type(item) in (Nat, Slot) or not is_dataclass(item) for item in template[0])
-        if not may:
-            return False
+    if lazy is not None and not _build_may_dnat(lazy[0]):
+        return False
     return "dnat" in rule.text
+
+
+def _chain_may_dnat(chain: Chain) -> bool:
+    """`any(_may_dnat(r) for r in chain.rules)`; for a chain read by a template (model.Chain._lazy) whose rules'
+    builders make no DNAT, False without making its rules (each rule's builder is its maker's in that order)."""
+    record = chain._lazy
+    if record is not None and not any(_build_may_dnat(build) for build, _, _ in record[0].builds):
+        return False
+    return any(_may_dnat(r) for r in chain.rules)
 
 
 def _endpoint_sources(table: Table, v6: bool) -> Iterator[tuple[str, str | None]]:
@@ -141,8 +153,8 @@ def _endpoint_sources(table: Table, v6: bool) -> Iterator[tuple[str, str | None]
                 for rule in chain.rules:
                     for ip, _ in _dnat_targets(rule):
                         yield ip, name
-        elif name.startswith(("service-", "local-", "svc-")) and chain.rules and (
-                direct or any(_may_dnat(r) for r in chain.rules)):
+        elif name.startswith(("service-", "local-", "svc-")) and chain.rule_count and (
+                direct or _chain_may_dnat(chain)):
             direct = True
             if chain_parts(name) is not None:
                 for rule in chain.rules:
@@ -301,8 +313,7 @@ class PortReader:
         endpoint_chains: list[str] = []
         affinity: int | None = None
         for chain in (cluster, local):
-            for rule in (chain.rules if chain is not None else ()):
-                targets, names, _fib = rule_reads(rule)
+            for targets, names, _fib in (chain_reads(chain) if chain is not None else ()):
                 for target in targets:
                     if target.startswith("endpoint-") and target not in endpoint_chains:
                         endpoint_chains.append(target)
