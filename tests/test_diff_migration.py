@@ -256,3 +256,17 @@ def test_text_counts_endpoints_and_writes_flags_as_services_json_does() -> None:
     assert "(2 endpoints)" in out and "(s)" not in out, out
     out = text("etp-local-with-endpoints.txt", "etp-local-no-local-endpoints.txt")
     assert "    no_local_endpoints: false -> true\n" in out, out
+
+
+def test_a_ruleset_that_still_holds_iptables_modes_rules_is_warned_of() -> None:
+    """The nft side of a node that moved modes but kept the old rules (sample_dumps/mode-split-nft.nft): its
+    nftables-mode Services equal the iptables dump's, yet the old rules still DNAT (a deleted Service's ClusterIP):
+    equivalent, with a warning that the comparison read one mode's rules of two."""
+    samples = Path(__file__).resolve().parent.parent / "sample_dumps"
+    a, b = str(samples / "nodeport-fb-backends.txt"), str(samples / "mode-split-nft.nft")
+    result = CliRunner().invoke(main, ["diff", a, b, "--node-ip", "192.168.49.2", "-o", "json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["equivalent"] is True
+    assert [w for w in doc["warnings"] if w.startswith(f"{b}: table ip nat holds kube-proxy's iptables-mode rules")
+            and "this comparison reads the nftables-mode rules only" in w]

@@ -263,6 +263,10 @@ def diff(a: Any, b: Any) -> Diff:
         f"the two dumps look like nodes of different clusters ({why}): their Services differ as a whole; diff "
         "two nodes of one cluster, or one node before and after a change",)
     warnings += shared_addresses({c.service for c in changed}, sa, sb)
+    warnings += tuple(
+        f"{x.ruleset.source}: {v.era.other_mode}, beside kube-proxy's {v.era.mode}-mode rules: the kernel runs "
+        f"both (the first DNAT decides); this comparison reads the {v.era.mode}-mode rules only, `iptrace trace` "
+        "follows both" for x, v in ((a, va), (b, vb)) if v.era.has_rules and v.era.other_mode)
     return Diff(a.ruleset.source, b.ruleset.source, va.era.name, vb.era.name, added, removed, tuple(changed),
                 tuple(_other_rules(a, b)), mode_a, mode_b, notes.texts(a, b) if notes is not None else (), warnings)
 
