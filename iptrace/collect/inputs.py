@@ -119,6 +119,8 @@ def _with_nft(snapshot: Any, chosen: NodeDump, family: str, lenient: bool, known
     """`chosen` (an iptables dump with kube-proxy's rules), or the nft ruleset when it holds kube-proxy's table too
     and meta.json says nftables mode; either way, with both modes' rules, `split` says what that means. A ruleset
     that cannot be read leaves `chosen` alone (unread_nft names it)."""
+    if chosen.dataplane.name == "nftables":
+        return chosen  # (the node's dump is itself an nft ruleset, e.g. nft-ruleset.txt saved alone: no other mode)
     try:
         nft = _nft_kube(snapshot, family, lenient, known)
     except IptraceError:
