@@ -175,3 +175,18 @@ def test_endpoints_differ_on_an_nft_node_names_no_iptables_chain(tmp_path: Path)
                        {"node-c": stale}))
     (finding,) = [f for f in report.findings if f.id == "endpoints-differ"]
     assert "service-… chain in nftables mode" in finding.detail, finding.detail
+
+
+def test_a_node_differing_from_a_node_of_its_own_mode_is_stale_not_skewed(tmp_path: Path, monkeypatch) -> None:
+    """Mid-migration, an nftables-mode node whose endpoints differ while another nftables-mode node forwards like
+    the rest: the difference is not the mode's, so its kube-proxy looks stale and the fix is a restart (the summary
+    blamed the proxy mode and said 'run the fleet's kube-proxy proxy mode on node-d')."""
+    monkeypatch.setitem(NODES, "node-d", "192.168.49.5")
+    stale = copy.deepcopy(base_services())
+    svc(stale, "web").endpoints.append(EndpointSpec("10.244.2.99", 8080))
+    report = run(fleet(tmp_path, {"node-a": "iptables", "node-b": "iptables", "node-c": "nftables",
+                                  "node-d": "nftables"}, {"node-d": stale}))
+    (summary,) = [f for f in report.findings if f.id == "kube-proxy-stale"]
+    assert summary.node == "node-d", render_audit_text(report, verbose=True)
+    assert "looks stale" in summary.summary and "proxy mode" not in summary.summary, summary.summary
+    assert summary.fix.startswith("restart kube-proxy on node-d"), summary.fix
