@@ -27,6 +27,17 @@ def of_family(addresses: Sequence[str], family: str) -> list[str]:
     return [a for a in addresses if ipaddress.ip_address(a.strip("[]")).version == version]
 
 
+def reachable_first(addresses: Sequence[str]) -> list[str]:
+    """A node's addresses with those another host can reach first (loopback, link-local and unspecified ones
+    last), each kind in its given order: `ip -o addr show` lists lo first, yet the node address NodePorts are
+    traced to, the node's own client and the addresses advised must be one a client elsewhere can use."""
+    def local_only(a: str) -> bool:
+        ip = ipaddress.ip_address(a.strip("[]"))
+        return ip.is_loopback or ip.is_link_local or ip.is_unspecified
+
+    return sorted(addresses, key=local_only)
+
+
 def pick_source(kind: SourceKind | str, family: str, node_ips: Sequence[str] = (), pod_cidrs: Sequence[str] = (),
                 endpoint_ips: Container[str] = (), node_pod_cidrs: Sequence[str] = ()) -> tuple[str, str]:
     """A source address of `kind`, and the assumption that choice makes (for the trace).

@@ -1,0 +1,48 @@
+"""A collected node's addresses come in `ip -o addr show`'s order: loopback (lo is interface 1) first, link-local
+ones among the rest. The node address NodePorts are traced to, the node's own client and the addresses explain
+advises must be one a client elsewhere can reach: `services snap/NODE` showed every nodePort 'not DNATed' (traced
+to 127.0.0.1, which another host's packet never reaches) and explain's fix said 'use 127.0.0.1:30904 … from
+outside'."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from iptrace.cli import main
+from iptrace.collect import store
+from iptrace.kube.sources import reachable_first
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_dumps"
+# As collect writes them for a minikube node: lo, then eth0, then the CNI bridge; IPv6 loopback and link-local.
+ADDRESSES = ["127.0.0.1", "::1", "192.168.49.2", "10.244.0.1", "fe80::42:c0ff:fea8:3102"]
+
+
+def node_dir(tmp_path: Path, sample: str, file: str) -> Path:
+    store.write_node_dir(tmp_path / "node-1", {file: (SAMPLES / sample).read_bytes()},
+                         {"node": "node-1", "addresses": ADDRESSES})
+    return tmp_path / "node-1"
+
+
+@pytest.mark.parametrize(("sample", "file"), [("nodeport-fb-backends.txt", store.DUMP_FILE),
+                                              ("nodeport-fb-backends-nft.nft", store.NFT_FILE)])
+def test_a_collected_nodes_nodeports_are_traced_to_its_own_address(tmp_path: Path, sample: str, file: str) -> None:
+    node = node_dir(tmp_path, sample, file)
+    result = CliRunner().invoke(main, ["services", str(node), "--service", "default/fb-backends", "-o", "json"])
+    assert result.exit_code == 0, result.output
+    (port,) = json.loads(result.stdout)
+    (node_port,) = [e for e in port["entries"] if e["kind"] == "nodePort"]
+    assert node_port["verdict"] == "DNAT" and len(node_port["endpoints"]) == 2, node_port
+    explained = CliRunner().invoke(main, ["explain", str(node), "--dst", "10.101.234.168:8001", "-o", "json"])
+    fixes = " ".join(d["fix"] for d in json.loads(explained.stdout)["diagnoses"])
+    assert "192.168.49.2:30904" in fixes and "127.0.0.1:30904" not in fixes, fixes
+
+
+def test_reachable_first_keeps_the_order_of_each_kind() -> None:
+    assert reachable_first(ADDRESSES) == ["192.168.49.2", "10.244.0.1", "127.0.0.1", "::1",
+                                          "fe80::42:c0ff:fea8:3102"]
+    assert reachable_first(["127.0.0.1"]) == ["127.0.0.1"]
+    assert reachable_first(["[fd00::2]", "::1"]) == ["[fd00::2]", "::1"]
