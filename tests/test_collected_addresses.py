@@ -19,18 +19,22 @@ from iptrace.kube.sources import reachable_first
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_dumps"
 # As collect writes them for a minikube node: lo, then eth0, then the CNI bridge; IPv6 loopback and link-local.
 ADDRESSES = ["127.0.0.1", "::1", "192.168.49.2", "10.244.0.1", "fe80::42:c0ff:fea8:3102"]
+# As collect --via api writes them from kube-proxy's pod (no `ip`): /proc/net/fib_trie's numeric order.
+FIB_TRIE = ["10.244.0.1", "127.0.0.1", "192.168.49.2"]
 
 
-def node_dir(tmp_path: Path, sample: str, file: str) -> Path:
+def node_dir(tmp_path: Path, sample: str, file: str, addresses: list[str]) -> Path:
     store.write_node_dir(tmp_path / "node-1", {file: (SAMPLES / sample).read_bytes()},
-                         {"node": "node-1", "addresses": ADDRESSES})
+                         {"node": "node-1", "addresses": addresses})
     return tmp_path / "node-1"
 
 
+@pytest.mark.parametrize("addresses", [ADDRESSES, FIB_TRIE])
 @pytest.mark.parametrize(("sample", "file"), [("nodeport-fb-backends.txt", store.DUMP_FILE),
                                               ("nodeport-fb-backends-nft.nft", store.NFT_FILE)])
-def test_a_collected_nodes_nodeports_are_traced_to_its_own_address(tmp_path: Path, sample: str, file: str) -> None:
-    node = node_dir(tmp_path, sample, file)
+def test_a_collected_nodes_nodeports_are_traced_to_its_own_address(tmp_path: Path, sample: str, file: str,
+                                                                   addresses: list[str]) -> None:
+    node = node_dir(tmp_path, sample, file, addresses)
     result = CliRunner().invoke(main, ["services", str(node), "--service", "default/fb-backends", "-o", "json"])
     assert result.exit_code == 0, result.output
     (port,) = json.loads(result.stdout)
@@ -44,5 +48,8 @@ def test_a_collected_nodes_nodeports_are_traced_to_its_own_address(tmp_path: Pat
 def test_reachable_first_keeps_the_order_of_each_kind() -> None:
     assert reachable_first(ADDRESSES) == ["192.168.49.2", "10.244.0.1", "127.0.0.1", "::1",
                                           "fe80::42:c0ff:fea8:3102"]
+    assert reachable_first(FIB_TRIE, pod_cidrs=["10.244.0.0/16"]) == ["192.168.49.2", "10.244.0.1", "127.0.0.1"]
+    assert reachable_first(["192.168.49.3", "192.168.49.2"], revealed=["192.168.49.2"]) == [
+        "192.168.49.2", "192.168.49.3"]
     assert reachable_first(["127.0.0.1"]) == ["127.0.0.1"]
     assert reachable_first(["[fd00::2]", "::1"]) == ["[fd00::2]", "::1"]
