@@ -22,6 +22,7 @@ from iptrace.kube.compare import MODE_SPLIT, Finding, compare_with_cluster, view
 from iptrace.kube.view import EXTERNAL, HEALTH_CHECK, KubeView, ServicePortView
 from iptrace.layout import ProxyMode
 from iptrace.records import positional_new
+from iptrace.text import counted
 
 HEAD = 4  # lines of a Service port shown as evidence when no endpoint line says more (audit.py)
 
@@ -236,8 +237,21 @@ def _family_digest(analysis: Any, cluster: ClusterState | None, kube_node: str |
     compared: tuple[Finding, ...] = ()
     if cluster is not None and view.proxy.mode in ("iptables", "nftables"):
         compared = tuple(compare_with_cluster(analysis, cluster, node_name=kube_node, node=node))
-    return FamilyDigest(analysis.family, view.proxy, tuple(view.warnings), len(view.services), tuple(ports), lines,
-                        compared, _pictures(view) if pictures else None), texts
+    return FamilyDigest(analysis.family, view.proxy, family_warnings(analysis), len(view.services), tuple(ports),
+                        lines, compared, _pictures(view) if pictures else None), texts
+
+
+def family_warnings(analysis: Any) -> tuple[str, ...]:
+    """The layout's warnings of a family, and, where --lenient read past problems and found no kube-proxy rules,
+    that they may be in what could not be read (the report must not send its reader after a stopped kube-proxy
+    for a truncated dump)."""
+    layout = analysis.layout
+    skipped = analysis.ruleset.skipped
+    if not skipped or layout.proxy.has_rules:
+        return tuple(layout.warnings)
+    where = f"line {skipped[0].line}: " if skipped[0].line else ""
+    return (f"its dump was read with --lenient past {counted(len(skipped), 'problem')} (first: {where}"
+            f"{skipped[0].message}): kube-proxy's rules may be in what could not be read", *layout.warnings)
 
 
 _LINE = attrgetter("line")  # (an EndpointView's)
