@@ -143,6 +143,16 @@ class NodePortAddresses:
             text += "; not on localhost"
         return text
 
+    def accepts(self, address: str) -> bool:
+        """Whether the dispatch sends a nodePort on `address` (a node address) to its Service."""
+        if self.mode == "none":
+            return False
+        ip = ipaddress.ip_address(address)
+        listed = self.addresses if self.mode == "addresses" else self.excluded
+        within = any(ip in ipaddress.ip_network(a, strict=False) for a in listed
+                     if ipaddress.ip_network(a, strict=False).version == ip.version)
+        return within if self.mode == "addresses" else not within
+
 
 @dataclass(frozen=True, slots=True)
 class LayoutIndex:

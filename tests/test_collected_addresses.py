@@ -53,3 +53,17 @@ def test_reachable_first_keeps_the_order_of_each_kind() -> None:
         "192.168.49.2", "192.168.49.3"]
     assert reachable_first(["127.0.0.1"]) == ["127.0.0.1"]
     assert reachable_first(["[fd00::2]", "::1"]) == ["[fd00::2]", "::1"]
+
+
+def test_services_says_when_the_nodes_address_is_not_one_nodeports_are_accepted_on(tmp_path: Path) -> None:
+    """A node whose kube-proxy accepts NodePorts on other addresses than its own (nftables mode's @nodeport-ips,
+    --nodeport-addresses): the view's '<node>:30904 ──▶ ACCEPT' said nothing of why; the header now names the
+    address traced and that NodePorts are not accepted there."""
+    node = node_dir(tmp_path, "nodeport-fb-backends-nft.nft", store.NFT_FILE, ["127.0.0.1", "192.168.49.3"])
+    result = CliRunner().invoke(main, ["services", str(node), "--service", "default/fb-backends"])
+    assert result.exit_code == 0, result.output
+    header = result.stdout.split("\n\n")[0]
+    assert "NodePorts on 192.168.49.2" in header and "<node> is 192.168.49.3, where the rules accept no NodePort" in header, header
+    accepted = CliRunner().invoke(main, ["services", str(node_dir(tmp_path / "ok", "nodeport-fb-backends-nft.nft",
+                                                                  store.NFT_FILE, ADDRESSES))])
+    assert "<node> is" not in accepted.stdout and "NodePorts on 192.168.49.2" in accepted.stdout
