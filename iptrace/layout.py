@@ -144,13 +144,17 @@ class NodePortAddresses:
         return text
 
     def accepts(self, address: str) -> bool:
-        """Whether the dispatch sends a nodePort on `address` (a node address) to its Service."""
+        """Whether the dispatch sends a nodePort on `address` (a node address) to its Service; True where the
+        rules name addresses in a form this does not read (an anonymous set, a range)."""
         if self.mode == "none":
             return False
         ip = ipaddress.ip_address(address)
-        listed = self.addresses if self.mode == "addresses" else self.excluded
-        within = any(ip in ipaddress.ip_network(a, strict=False) for a in listed
-                     if ipaddress.ip_network(a, strict=False).version == ip.version)
+        try:
+            listed = [ipaddress.ip_network(a, strict=False)
+                      for a in (self.addresses if self.mode == "addresses" else self.excluded)]
+        except ValueError:
+            return True
+        within = any(ip.version == net.version and ip in net for net in listed)
         return within if self.mode == "addresses" else not within
 
 

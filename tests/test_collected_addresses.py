@@ -67,3 +67,15 @@ def test_services_says_when_the_nodes_address_is_not_one_nodeports_are_accepted_
     accepted = CliRunner().invoke(main, ["services", str(node_dir(tmp_path / "ok", "nodeport-fb-backends-nft.nft",
                                                                   store.NFT_FILE, ADDRESSES))])
     assert "<node> is" not in accepted.stdout and "NodePorts on 192.168.49.2" in accepted.stdout
+
+
+def test_accepts_reads_addresses_prefixes_and_exclusions() -> None:
+    from iptrace.layout import NodePortAddresses
+
+    assert not NodePortAddresses("addresses", ("192.168.49.2",)).accepts("192.168.49.3")
+    assert NodePortAddresses("addresses", ("192.168.0.0/16",)).accepts("192.168.49.3")
+    assert not NodePortAddresses("all-local", (), ("127.0.0.0/8",)).accepts("127.0.0.1")
+    assert NodePortAddresses("all-local", (), ("127.0.0.0/8",)).accepts("192.168.49.3")
+    assert not NodePortAddresses("addresses", ("fd00::1",)).accepts("192.168.49.2")
+    assert NodePortAddresses("all-local", (), ("{ 127.0.0.0/8, ::1 }",)).accepts("1.2.3.4")  # (unread: no claim)
+    assert not NodePortAddresses("none").accepts("192.168.49.2")
