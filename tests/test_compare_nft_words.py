@@ -13,7 +13,7 @@ from bench.synth_nft import render_nft
 from iptrace import dataplanes
 from iptrace.kube.analysis import analyse
 from iptrace.kube.compare import compare_with_cluster
-from tests.test_compare import NODES, POD_CIDR, base_services, cluster_of, dump, show, svc, with_local
+from tests.test_compare import NODES, POD_CIDR, base_services, cluster_of, dump, node_of, show, svc, with_local
 
 NODE = "node-a"
 IPTABLES_WORDS = ("KUBE-", "-m recent", "-A ", "-j ")
@@ -36,6 +36,8 @@ def changed() -> tuple[list[ServiceSpec], list[ServiceSpec]]:
     svc(new, "web").cluster_ip = "10.96.10.77"
     svc(new, "affine").session_affinity_timeout = None
     svc(new, "fw").lb_source_ranges = []
+    local = svc(new, "local-lb")
+    local.endpoints = [ep for ep in local.endpoints if node_of(ep.ip) != NODE]  # (its local endpoint is gone)
     return old, new
 
 
@@ -44,8 +46,9 @@ def test_findings_about_an_nft_node_name_what_nftables_mode_writes() -> None:
     got = {(f.id, f.service) for f in found}
     assert {("missing-service", "default/new:http"), ("address-mismatch", "default/web:http"),
             ("policy-mismatch", "default/affine")} <= got, show(found)
+    assert ("stale-endpoints", "default/local-lb:https") in got, show(found)
     for f in found:
-        assert not [w for w in IPTABLES_WORDS if w in f.detail], (f.id, f.detail)
+        assert not [w for w in IPTABLES_WORDS if w in f.summary + f.detail], (f.id, f.summary, f.detail)
     (missing,) = [f for f in found if f.id == "missing-service" and f.service == "default/new:http"]
     assert "10.96.10.99 . tcp . 80 : goto service-" in missing.detail and "service-ips" in missing.detail, missing
 

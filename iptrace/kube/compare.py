@@ -360,7 +360,7 @@ class _Comparer:
                      f"connections to the old port, where nothing listens. {NOT_SYNCING}.",
                      "restart kube-proxy on this node once it can sync", lines)
             return
-        which = "local endpoints (KUBE-SVL/KUBE-XLB)" if local else "endpoints"
+        which = f"local endpoints ({'local-…' if self.nft else 'KUBE-SVL/KUBE-XLB'})" if local else "endpoints"
         reasons = []
         for a in extra:
             e = listed.get(a)
