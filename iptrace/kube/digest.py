@@ -18,11 +18,14 @@ from typing import Any
 
 from iptrace.kube.claims import claim_findings, claim_lines, claims_of
 from iptrace.kube.cluster import ClusterState
-from iptrace.kube.compare import MODE_SPLIT, Finding, compare_with_cluster, view_service_label
+from iptrace.kube.compare import LOAD_ERROR, MODE_SPLIT, Finding, compare_with_cluster, view_service_label
 from iptrace.kube.view import EXTERNAL, HEALTH_CHECK, KubeView, ServicePortView
 from iptrace.layout import ProxyMode
 from iptrace.records import positional_new
 from iptrace.text import counted
+
+# A node whose nft listing, the dump that answers for it, collect found nft could not read in full.
+NFT_MISREAD_SAID = "the nft-ruleset.txt analysed may be wrong"
 
 HEAD = 4  # lines of a Service port shown as evidence when no endpoint line says more (audit.py)
 
@@ -313,6 +316,13 @@ def node_result(node: Any, cluster: ClusterState | None = None, *, pictures: boo
             "(iptables and nftables)", split.removeprefix(f"{node.name}: "),
             "run one kube-proxy, in one mode: a kube-proxy of 1.29 or later deletes the other mode's rules when it "
             "starts (or run `kube-proxy --cleanup` in the mode no longer used); until then compare both dumps"))
+    misread = meta.get("nft_misread")
+    if isinstance(misread, str):
+        extra = (*extra, Finding(
+            LOAD_ERROR, "warning", node.name, None, f"{node.name}: {NFT_MISREAD_SAID}",
+            f"When it was collected: {misread}. Its Service ports may be missing or read wrongly here.",
+            "collect it again with an nft as new as the one that wrote the rules (`iptrace collect --via api` runs "
+            "kube-proxy's own)"))
     return NodeResult(node.name, node.error, tuple(node.addresses), str(meta.get("host", "") or ""), kube_node,
                       node.legacy_note, tuple(str(w) for w in warnings) if isinstance(warnings, list) else (),
                       tuple(families), (*claims, *extra), (*_lenient_notes(node), *notes))
