@@ -65,3 +65,28 @@ def compare_with_cluster_iptables(old: list[ServiceSpec], new: list[ServiceSpec]
     from tests.test_compare import compare
 
     return compare(dump(old, NODE), cluster_of(new), NODE)
+
+
+def test_an_address_the_api_has_but_this_node_does_not_is_said_so(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """nftables mode drops an unallocated service-CIDR address; with cluster data naming a Service there,
+    not-a-service-address said 'no Service has the address' beside missing-service's 'the API has this Service
+    port', and told to use the --cluster just given."""
+    import json
+
+    from click.testing import CliRunner
+
+    from iptrace.cli import main
+    from tests.test_compare import api_objects
+
+    old, new = changed()
+    nft = tmp_path / "nft-ruleset.txt"
+    nft.write_text(render_nft(with_local(old, NODE), node_ips=[NODES[NODE]], pod_cidr=POD_CIDR,
+                              service_cidrs=["10.96.0.0/12"]))
+    cluster = tmp_path / "cluster.json"
+    cluster.write_text(json.dumps({"kind": "List", "apiVersion": "v1", "items": list(api_objects(new))}))
+    result = CliRunner().invoke(main, ["explain", str(nft), "--dst", "10.96.10.99:80", "--src", "pod",
+                                       "--cluster", str(cluster), "-o", "json"])
+    found = {d["id"]: d for d in json.loads(result.stdout)["diagnoses"]}
+    assert "missing-service" in found, found
+    assert "on this node" in found["not-a-service-address"]["summary"], found["not-a-service-address"]
+    assert "--cluster" not in found["not-a-service-address"]["fix"], found["not-a-service-address"]
