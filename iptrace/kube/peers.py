@@ -74,8 +74,7 @@ def ways_differ(key: str, ports: Mapping[str, Any], add: Any, layouts: Mapping[s
                                                         f"{len(alike)} nodes")
                 told.setdefault(n, []).append(f"{way} {CLIENT_WORDS[client]}: {_fare(value)} here, "
                                               f"{_fare(ref) if strict else 'otherwise'} {there}")
-        reach = {_reaches(v) for v in alike.values()}
-        if len(reach) != 1:
+        if not across or len({_reaches(v) for v in alike.values()}) != 1:
             continue
         ref, _strict = majority(alike)
         for n, value in values.items():
