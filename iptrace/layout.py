@@ -146,6 +146,20 @@ class NodePortAddresses:
             text += "; not on localhost"
         return text
 
+    def accepts(self, address: str) -> bool:
+        """Whether the dispatch sends a nodePort on `address` (a node address) to its Service; True where the
+        rules name addresses in a form this does not read (an anonymous set, a range)."""
+        if self.mode == "none":
+            return False
+        ip = ipaddress.ip_address(address)
+        try:
+            listed = [ipaddress.ip_network(a, strict=False)
+                      for a in (self.addresses if self.mode == "addresses" else self.excluded)]
+        except ValueError:
+            return True
+        within = any(ip.version == net.version and ip in net for net in listed)
+        return within if self.mode == "addresses" else not within
+
 
 @dataclass(frozen=True, slots=True)
 class LayoutIndex:

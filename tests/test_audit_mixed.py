@@ -175,3 +175,39 @@ def test_endpoints_differ_on_an_nft_node_names_no_iptables_chain(tmp_path: Path)
                        {"node-c": stale}))
     (finding,) = [f for f in report.findings if f.id == "endpoints-differ"]
     assert "service-… chain in nftables mode" in finding.detail, finding.detail
+
+
+def test_a_node_differing_from_a_node_of_its_own_mode_is_stale_not_skewed(tmp_path: Path, monkeypatch) -> None:
+    """Mid-migration, an nftables-mode node whose endpoints differ while another nftables-mode node forwards like
+    the rest: the difference is not the mode's, so its kube-proxy looks stale and the fix is a restart (the summary
+    blamed the proxy mode and said 'run the fleet's kube-proxy proxy mode on node-d')."""
+    monkeypatch.setitem(NODES, "node-d", "192.168.49.5")
+    stale = copy.deepcopy(base_services())
+    svc(stale, "web").endpoints.append(EndpointSpec("10.244.2.99", 8080))
+    report = run(fleet(tmp_path, {"node-a": "iptables", "node-b": "iptables", "node-c": "nftables",
+                                  "node-d": "nftables"}, {"node-d": stale}))
+    (summary,) = [f for f in report.findings if f.id == "kube-proxy-stale"]
+    assert summary.node == "node-d", render_audit_text(report, verbose=True)
+    assert "looks stale" in summary.summary and "proxy mode" not in summary.summary, summary.summary
+    assert summary.fix.startswith("restart kube-proxy on node-d"), summary.fix
+
+
+def test_a_way_in_reaching_the_endpoints_in_one_mode_only_is_a_finding(tmp_path: Path) -> None:
+    """An nftables-mode node whose kube-proxy accepts NodePorts on another address than the one it is reached at
+    (--nodeport-addresses; nftables mode's default is the primary address) forwards to the same endpoints as the
+    iptables-mode nodes, but its nodePorts reach none: a finding, as `iptrace diff` of the two nodes says (the
+    audit compared ways in among nodes of the majority's mode only, and proxy-mode-mismatch said 'none means it
+    forwards every one as they do')."""
+    snap = fleet(tmp_path, {"node-a": "iptables", "node-b": "iptables"})
+    specs = with_local(base_services(), "node-c")  # type: ignore[arg-type]
+    nft = render_nft(specs, node_ips=["172.16.0.4"], pod_cidr=POD_CIDR, service_cidrs=[SERVICE_CIDR])
+    store.write_node_dir(snap / "node-c", {store.DUMP_FILE: KUBELET_ONLY_NFT.encode(), store.NFT_FILE: nft.encode()},
+                         {"node": "node-c", "host": "node-c", "addresses": [NODES["node-c"]]})
+    report = run(snap)
+    differs = [f for f in report.findings if f.id == "forwarding-differs"]
+    assert {(f.node, f.service) for f in differs} >= {("node-c", "default/web:http")}, render_audit_text(report)
+    web = next(f for f in differs if f.service == "default/web:http")
+    assert "<node>:30080" in web.summary and "nftables" in web.detail, (web.summary, web.detail)
+    assert not [f for f in report.findings if f.node in ("node-a", "node-b") and f.id != PROXY_MODE_MISMATCH]
+    diff = CliRunner().invoke(main, ["diff", str(snap / "node-a"), str(snap / "node-c")])
+    assert "<node>:30080" in diff.output, diff.output

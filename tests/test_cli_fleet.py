@@ -177,6 +177,21 @@ def test_audit_with_lenient_says_what_each_node_was_read_past(tmp_path: Path) ->
         "has no COMMIT (the dump looks truncated); expected 'COMMIT' at its end)"]
 
 
+def test_audit_with_lenient_of_a_dump_cut_before_kube_proxys_rules_says_so(tmp_path: Path) -> None:
+    """A dump cut before KUBE-SERVICES, read with --lenient: no-kube-proxy-rules says its rules may be in what
+    could not be read; the report (-o json/html, kept where stderr is not) said only 'kube-proxy is not running in
+    iptables mode on this node'."""
+    whole = (Path(__file__).parent.parent / "sample_dumps" / "nodeport-fb-backends.txt").read_text()
+    cut = tmp_path / "cut.txt"
+    cut.write_text(whole[:whole.index(":KUBE-SERVICES")])
+    good = tmp_path / "good.txt"
+    good.write_text(whole)
+    result = CliRunner().invoke(main, ["audit", "--lenient", str(cut), str(good), "-o", "json"])
+    (finding,) = [f for f in json.loads(result.stdout)["findings"] if f["node"] == "cut"]
+    assert finding["id"] == "no-kube-proxy-rules", finding
+    assert "--lenient" in finding["detail"] and "could not be read" in finding["detail"], finding["detail"]
+
+
 def test_two_inputs_of_one_name_are_named_with_their_paths(tmp_path: Path) -> None:
     """Dumps saved under one file name in two directories (or two node directories whose meta.json name one node)
     cannot both be audited under that name: the usage error says which inputs, so that the user knows what to

@@ -170,3 +170,24 @@ def test_iptables_dumps_still_go_to_the_iptables_loader(tmp_path) -> None:
     p.write_text("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\nCOMMIT\n")
     result = run("parse", str(p))
     assert result.exit_code == 0 and "iptables-save" in result.output.splitlines()[0]
+
+
+def test_a_cut_nft_json_is_read_up_to_its_last_whole_object_with_lenient(tmp_path) -> None:
+    """`nft -j list ruleset` cut short (a listing out of time, a paste): without --lenient the error names where;
+    with it, the objects before the cut are analysed and the cut is listed (it was the same error: --lenient
+    read nothing of a cut JSON document)."""
+    whole = (Path(__file__).resolve().parent.parent / "sample_dumps" / "nodeport-fb-backends-nft.json").read_text()
+    cut = tmp_path / "cut.json"
+    cut.write_text(whole[:whole.rindex('{"rule"') + 40])  # (in the last rule)
+    strict = CliRunner().invoke(main, ["services", str(cut)])
+    assert strict.exit_code == 1 and "looks truncated" in strict.stderr, strict.output
+    result = CliRunner().invoke(main, ["services", "--lenient", str(cut), "-o", "json"])
+    assert result.exit_code == 0, result.output
+    ports = {p["service"] for p in json.loads(result.stdout)}
+    assert "default/fb-backends:ka-port" in ports, ports
+    note = result.stderr.splitlines()
+    assert note[0] == f"note: {cut}: read with --lenient past 1 problem (what each names is left out or assumed):"
+    assert "not valid JSON" in note[1] and "looks truncated" in note[1], note
+    parsed = CliRunner().invoke(main, ["parse", "--lenient", str(cut)])
+    listed = parsed.stdout[parsed.stdout.index("skipped with --lenient"):].splitlines()[1:]
+    assert listed and not [x for x in listed if x.startswith("  line 0:")], listed  # (JSON has no lines)

@@ -270,3 +270,17 @@ def test_a_ruleset_that_still_holds_iptables_modes_rules_is_warned_of() -> None:
     assert doc["equivalent"] is True
     assert [w for w in doc["warnings"] if w.startswith(f"{b}: table ip nat holds kube-proxy's iptables-mode rules")
             and "this comparison reads the nftables-mode rules only" in w]
+
+
+def test_localhost_nodeports_that_only_iptables_mode_accepts_are_a_note() -> None:
+    """iptables mode (IPv4, without --nodeport-addresses) accepts a nodePort on 127.0.0.1 from the node itself;
+    nftables mode never does: a process on the node using localhost:NODEPORT stops working after the move (the
+    migration check said 'equivalent' and nothing of it)."""
+    d = migration(services(), services())
+    assert d.equivalent
+    (note,) = [n for n in d.notes if n.startswith("localhost NodePorts")]
+    assert "iptables (a) accepts" in note and "nftables (b) does not" in note and "127.0.0.1:30080" in note, note
+    back = diff(analysis(nft_text(services()), "nft"), analysis(iptables_text(services()), "ipt"))
+    assert any("nftables (a) does not" in n and "iptables (b) accepts" in n for n in back.notes), back.notes
+    same = diff(analysis(iptables_text(services()), "a"), analysis(iptables_text(services()), "b"))
+    assert not [n for n in same.notes if n.startswith("localhost NodePorts")]

@@ -54,3 +54,13 @@ def test_hairpin_evidence_keeps_both_rules_of_the_endpoint_chain() -> None:
     assert [e["line"] for e in found[LISTING]] == [132, 133]
     assert [e["line"] for e in found[JSON_DUMP]] == [None, None]
     assert len({e["handle"] for e in found[JSON_DUMP]}) == 2
+
+
+@pytest.mark.parametrize("dump", [LISTING, JSON_DUMP])
+def test_hairpin_detail_names_the_nft_rule_not_iptables_chains(dump: str) -> None:
+    """In nftables mode the hairpin's masquerade is the endpoint chain's `ip saddr … jump mark-for-masquerade`; the
+    detail named iptables' 'KUBE-SEP rule `-s 10.244.1.7` → KUBE-MARK-MASQ', chains this node does not have."""
+    _, out = explain(dump, "10.101.234.168:5001", "--src", "10.244.1.7", "-o", "json")
+    (hairpin,) = [d for d in json.loads(out)["diagnoses"] if d["id"] == "hairpin"]
+    assert "KUBE-" not in hairpin["detail"], hairpin["detail"]
+    assert "`ip saddr 10.244.1.7 jump mark-for-masquerade`" in hairpin["detail"], hairpin["detail"]

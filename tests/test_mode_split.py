@@ -86,3 +86,18 @@ def test_meta_proxy_mode_nftables_without_kube_proxys_table_is_said(tmp_path: Pa
     assert result.exit_code == 0, result.output
     assert result.stderr == (f"note: {NODE}: meta.json's proxy_mode says nftables, but nft-ruleset.txt holds no "
                              "kube-proxy table for ipv4; analyzing iptables-save.txt, where kube-proxy's rules are\n")
+
+
+def test_a_node_saved_with_its_nft_ruleset_alone_is_no_split(tmp_path: Path) -> None:
+    """A node in nftables mode saved by hand as DIR/NODE/nft-ruleset.txt alone (no iptables-save.txt): that ruleset
+    is the node's dump, not a second mode beside it (it was called 'both proxy modes', its file 'in iptables mode',
+    and the suggested diff compared the file with itself)."""
+    node = both_modes(tmp_path / "snap")
+    (node / store.DUMP_FILE).unlink()
+    result = CliRunner().invoke(main, ["services", str(node), "-o", "json"])
+    assert result.exit_code == 0, result.output
+    assert "both proxy modes" not in result.stderr, result.stderr
+    assert json.loads(result.stdout)[0]["chains"][0].startswith(("service-", "external-")), result.stdout[:300]
+    report = audit(inputs_from_directory(tmp_path / "snap"))
+    assert [f.id for f in report.findings if f.id == MODE_SPLIT] == []
+    assert report.nodes[0].dataplane == "nftables"

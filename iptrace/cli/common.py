@@ -52,11 +52,13 @@ def load_dump(dump: str, *, lenient: bool = False, table: str | None = None, fam
 def node_dump(snapshot: Any, dump: str, *, family: str = "ipv4", lenient: bool = False, note: bool = True,
               extras: bool = True) -> tuple[Any, Any, list[str]]:
     """load_dump of a collected node directory already read (collect.store.read_node_dir), for `family`."""
-    from iptrace.collect.inputs import choose_dump, unread_nft
+    from iptrace.collect.inputs import choose_dump, misread_nft, unread_nft
+    from iptrace.kube.digest import NFT_MISREAD_SAID
 
     chosen = choose_dump(snapshot, family, lenient=lenient)
-    for said in (chosen.note, chosen.split):
-        if said is not None:
+    misread = misread_nft(snapshot, chosen)
+    for said in (chosen.note, chosen.split, misread and f"{snapshot.node}: {NFT_MISREAD_SAID}: {misread}"):
+        if said:
             click.echo(named(f"note: {said}"), err=True)
     problem = unread_nft(snapshot, chosen) if extras else None
     if problem is not None:

@@ -119,6 +119,8 @@ def _with_nft(snapshot: Any, chosen: NodeDump, family: str, lenient: bool, known
     """`chosen` (an iptables dump with kube-proxy's rules), or the nft ruleset when it holds kube-proxy's table too
     and meta.json says nftables mode; either way, with both modes' rules, `split` says what that means. A ruleset
     that cannot be read leaves `chosen` alone (unread_nft names it)."""
+    if chosen.dataplane.name == "nftables":
+        return chosen  # (the node's dump is itself an nft ruleset, e.g. nft-ruleset.txt saved alone: no other mode)
     try:
         nft = _nft_kube(snapshot, family, lenient, known)
     except IptraceError:
@@ -172,6 +174,15 @@ def unread_nft(snapshot: Any, chosen: NodeDump) -> str | None:
     return None
 
 
+def misread_nft(snapshot: Any, chosen: NodeDump) -> str | None:
+    """What collect said of the node's nft listing when it is the dump that answers and nft could not read every
+    rule (meta.json `nft.status` "misread": an nft older than the rules' writer), else None."""
+    nft = snapshot.meta.get("nft")
+    if chosen.dataplane.name != "nftables" or not isinstance(nft, dict) or nft.get("status") != "misread":
+        return None
+    return str(nft.get("error") or "nft could not read every rule when it listed them")
+
+
 def legacy_note_for(dataplane: Any, legacy: Any) -> str:
     """What a node's iptables-legacy dump holds of kube-proxy's, for the audit's backend-split finding."""
     ports = dataplane.layout(legacy, legacy.families[0]).service_ports
@@ -220,6 +231,8 @@ def node_input(snapshot: Any, *, cluster: Any = None, lenient: bool = False,
         meta["dataplane_note"] = chosen.note
     if chosen.split is not None:
         meta["mode_split"] = chosen.split
+    if (misread := misread_nft(snapshot, chosen)) is not None:
+        meta["nft_misread"] = misread
     meta["dataplane"] = chosen.dataplane.name
     if problems:
         meta["load_warnings"] = problems

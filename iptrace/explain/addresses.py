@@ -336,13 +336,15 @@ def not_a_service_address(case: Case) -> Diagnosis | None:
                                                f"; directly, use {join_host_port(dst, ports[0])}"),
             (), instead)
     nearby = facts.near_service_range(dst)
+    # (with cluster data given, its comparison is said beside: missing-service when the API has the address)
+    compare = "" if facts.has_cluster else "; --cluster or --kubeconfig compares the rules with the API"
     if kube_refusal(case) == "unallocated":
         return Diagnosis(
-            "not-a-service-address", "error", f"no Service has the address {dst}, so kube-proxy drops the packet",
+            "not-a-service-address", "error",
+            f"no Service on this node has the address {dst}, so kube-proxy drops the packet",
             hint + f"{dst} is inside the service CIDR but no Service has it: the Service was deleted or not yet "
             "synced to this node, it lives in another cluster, or the address is mistyped. " + fate(case, "ClusterIP"),
-            "look the Service up again (`kubectl get svc -A -o wide`) and use its current ClusterIP; "
-            "--cluster or --kubeconfig compares the rules with the API",
+            "look the Service up again (`kubectl get svc -A -o wide`) and use its current ClusterIP" + compare,
             _evidence(case, []))
     if nearby:
         detail = (f"{dst} looks like a ClusterIP (this node's Service IPs are in {nearby}), but no rule names it: "
@@ -355,8 +357,7 @@ def not_a_service_address(case: Case) -> Diagnosis | None:
     return Diagnosis(
         "not-a-service-address", "error" if nearby else "warning", f"no Service on this node has the address {dst}",
         hint + detail,
-        "look the Service up again (`kubectl get svc -A -o wide`) and use its current ClusterIP; "
-        "--cluster or --kubeconfig compares the rules with the API", ())
+        "look the Service up again (`kubectl get svc -A -o wide`) and use its current ClusterIP" + compare, ())
 
 
 ADDRESS_RULES: tuple[Callable[[Case], Diagnosis | None], ...] = (

@@ -263,8 +263,10 @@ def hairpin(case: Case) -> Diagnosis | None:
         return None  # (the node, or a host-network pod, reaching itself: delivered locally, no bridge port)
     for outcome in case.dnat:
         if outcome.destination and ip_of(outcome.destination) == src:
-            masq = ("; kube-proxy masquerades it, so the pod sees the node's address as the source (the KUBE-SEP "
-                    f"rule `-s {src}` → KUBE-MARK-MASQ)") \
+            marking = next((st.rule for st in outcome.path if st.kind == "endpoint" and "dnat" not in st.rule), None)
+            why = (f"the KUBE-SEP rule `-s {src}` → KUBE-MARK-MASQ" if case.facts.proxy.dataplane != "nftables" else
+                   f"its endpoint chain's rule `{marking}`" if marking else "its endpoint chain")
+            masq = f"; kube-proxy masquerades it, so the pod sees the node's address as the source ({why})" \
                 if outcome.masquerade else ""
             return Diagnosis(
                 "hairpin", "info", f"the pod {src} reaches itself through its Service (hairpin)",

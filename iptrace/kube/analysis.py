@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from iptrace.dataplane import Dataplane, Tracer
+from iptrace.kube.sources import reachable_first
 from iptrace.kube.view import KubeView, PortFacts, ServicePortView, ViewBuilder, view_node_ips
 from iptrace.layout import KnownServicePort, Layout
 
@@ -106,6 +107,7 @@ def analyse(dataplane: Dataplane, ruleset: Any, family: str | None = None, *, no
     for this family and cluster data."""
     family = family or ruleset.families[0]
     layout = layout or dataplane.layout(ruleset, family, known=known_ports(cluster, family))
+    node_ips = reachable_first(node_ips, layout.node_ips, layout.pod_cidrs)  # (a collected node's start with lo's)
     view_ips = view_node_ips(layout, node_ips)
     tracer = dataplane.tracer(ruleset, node_ips=view_ips, pod_cidrs=layout.pod_cidrs, names=chain_labels(layout))
     return Analysis(dataplane, ruleset, family, layout, tracer, node_ips, view_ips)

@@ -535,6 +535,10 @@ def _stale_summaries(proxied: Sequence[_NodeState], skewed: Mapping[str, str]) -
     out: list[Finding] = []
     if not clean:
         return out
+    # A node that differs where a node of its own mode and layout does not: neither explains the difference.
+    kinds = {s.name: (s.primary.proxy.mode, s.primary.proxy.name) for s in proxied if s.primary is not None}
+    clean_kinds = {kinds.get(n) for n in clean}
+    skewed = {n: why for n, why in skewed.items() if kinds.get(n) not in clean_kinds}
     for n, fs in counts.items():
         if not fs:
             continue

@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from iptrace.kube import writes
 from iptrace.kube.cluster import ClusterEndpoint, ClusterService, ClusterState
 from iptrace.kube.expected import (
     ExpectedPort,
@@ -174,6 +175,7 @@ class _Comparer:
     def __init__(self, analysis: Any, cluster: ClusterState, node_name: str | None, node: str) -> None:
         self.analysis = analysis
         self.proxy = analysis.layout.proxy
+        self.nft = self.proxy.mode == "nftables"  # (what kube-proxy writes is said in that mode's words)
         self.dataplane = analysis.dataplane
         self.cluster = cluster
         self.node_name = node_name
@@ -255,14 +257,14 @@ class _Comparer:
             self.add(ADDRESS_MISMATCH, "error", label,
                      f"{label}: the rules capture ClusterIP {sp.cluster_ip}, the API says {exp.cluster_ip}",
                      f"Connections to {_address(exp.cluster_ip, exp.port.port)} match no rule on this node "
-                     f"and hang. kube-proxy writes a KUBE-SERVICES rule for the Service's current ClusterIP. "
+                     f"and hang. kube-proxy writes a {writes.dispatch(self.nft)} for the Service's current ClusterIP. "
                      f"{NOT_SYNCING}.", "restart kube-proxy on this node once it can sync",
                      [x for e in sp.entries if e.kind == "clusterIP" for x in e.lines])
         if sp.port is not None and sp.port != exp.port.port:
             self.add(PORT_MISMATCH, "error", label,
                      f"{label}: the rules forward port {sp.port}, the API says port {exp.port.port}",
                      f"Connections to {_address(exp.cluster_ip, exp.port.port)} match no rule on this node; "
-                     f"kube-proxy would have rewritten the KUBE-SERVICES rule for port {exp.port.port}. "
+                     f"kube-proxy would have rewritten the {writes.dispatch(self.nft)} for port {exp.port.port}. "
                      f"{NOT_SYNCING}.", "restart kube-proxy on this node once it can sync", entry_lines)
         if sp.node_port != exp.node_port and (sp.node_port is not None or sp.endpoints or sp.no_endpoints):
             if exp.node_port is None:
@@ -358,7 +360,7 @@ class _Comparer:
                      f"connections to the old port, where nothing listens. {NOT_SYNCING}.",
                      "restart kube-proxy on this node once it can sync", lines)
             return
-        which = "local endpoints (KUBE-SVL/KUBE-XLB)" if local else "endpoints"
+        which = f"local endpoints ({'local-…' if self.nft else 'KUBE-SVL/KUBE-XLB'})" if local else "endpoints"
         reasons = []
         for a in extra:
             e = listed.get(a)
@@ -445,10 +447,10 @@ class _Comparer:
             self.add(POLICY_MISMATCH, "warning", label,
                      f"{label}: session affinity is {say(exp.affinity_timeout)} in the API, "
                      f"{say(sp.session_affinity_timeout)} in the rules",
-                     f"kube-proxy writes `-m recent` affinity rules exactly when sessionAffinity is ClientIP. "
+                     f"kube-proxy writes {writes.affinity(self.nft)} exactly when sessionAffinity is ClientIP. "
                      f"{NOT_SYNCING}.", "restart kube-proxy on this node once it can sync",
                      [ep.line for ep in sp.endpoints])
-        has_fw = any(c.startswith("KUBE-FW-") for c in sp.chains)
+        has_fw = any(c.startswith(("KUBE-FW-", "firewall-")) for c in sp.chains)
         if exp.lb_ips and (has_fw or exp.lb_source_ranges) and sp.endpoints:
             have = {_canonical_cidr(r) for r in sp.lb_source_ranges}
             want_r = set(exp.lb_source_ranges)
@@ -457,7 +459,7 @@ class _Comparer:
                          f"{label}: loadBalancerSourceRanges are {listing(sorted(want_r))} in the API, "
                          f"{listing(sorted(have))} in the rules",
                          "Clients the Service admits are dropped on this node, or clients it excludes get "
-                         f"through (KUBE-FW-/KUBE-PROXY-FIREWALL). {NOT_SYNCING}.",
+                         f"through ({writes.firewall(self.nft)}). {NOT_SYNCING}.",
                          "restart kube-proxy on this node once it can sync",
                          [x for e in sp.entries if e.kind == LOAD_BALANCER for x in e.lines])
         hc_known = any(e.kind == HEALTH_CHECK for e in sp.entries) or sp.health_check_node_port is not None
@@ -486,15 +488,10 @@ class _Comparer:
     def missing_service(self, exp: ExpectedPort) -> None:
         choice = choose_endpoints(exp, self.node_name, self.zone)
         proto = exp.port.protocol.lower()
-        if not self.cluster.slices:
-            # (without EndpointSlices kube-proxy's rule is unknown: a jump to the Service's chain, or a REJECT)
-            should = f"a KUBE-SERVICES rule for {_address(exp.cluster_ip, exp.port.port)}/{proto}"
-        elif choice.has_any:
-            should = (f"`-A KUBE-SERVICES -d {exp.cluster_ip} -p {proto} --dport {exp.port.port} "
-                      f"-j {self.chain('local' if not exp.uses_cluster_endpoints else 'cluster', exp)}`")
-        else:
-            should = (f"a filter `KUBE-SERVICES ... -d {exp.cluster_ip} --dport {exp.port.port} -j REJECT` "
-                      "(\"has no endpoints\")")
+        # (without EndpointSlices kube-proxy's rule is unknown: a jump to the Service's chain, or a REJECT)
+        chain = ("" if not self.cluster.slices else
+                 self.chain("local" if not exp.uses_cluster_endpoints else "cluster", exp) if choice.has_any else None)
+        should = writes.missing(self.nft, self.analysis.layout.family, exp.cluster_ip, exp.port.port, proto, chain)
         ways = [_address(exp.cluster_ip, exp.port.port)]
         if exp.node_port is not None:
             ways.append(f"<node>:{exp.node_port}")

@@ -18,10 +18,14 @@ from typing import Any
 
 from iptrace.kube.claims import claim_findings, claim_lines, claims_of
 from iptrace.kube.cluster import ClusterState
-from iptrace.kube.compare import MODE_SPLIT, Finding, compare_with_cluster, view_service_label
+from iptrace.kube.compare import LOAD_ERROR, MODE_SPLIT, Finding, compare_with_cluster, view_service_label
 from iptrace.kube.view import EXTERNAL, HEALTH_CHECK, KubeView, ServicePortView
 from iptrace.layout import ProxyMode
 from iptrace.records import positional_new
+from iptrace.text import counted
+
+# A node whose nft listing, the dump that answers for it, collect found nft could not read in full.
+NFT_MISREAD_SAID = "the nft-ruleset.txt analysed may be wrong"
 
 HEAD = 4  # lines of a Service port shown as evidence when no endpoint line says more (audit.py)
 
@@ -236,8 +240,21 @@ def _family_digest(analysis: Any, cluster: ClusterState | None, kube_node: str |
     compared: tuple[Finding, ...] = ()
     if cluster is not None and view.proxy.mode in ("iptables", "nftables"):
         compared = tuple(compare_with_cluster(analysis, cluster, node_name=kube_node, node=node))
-    return FamilyDigest(analysis.family, view.proxy, tuple(view.warnings), len(view.services), tuple(ports), lines,
-                        compared, _pictures(view) if pictures else None), texts
+    return FamilyDigest(analysis.family, view.proxy, family_warnings(analysis), len(view.services), tuple(ports),
+                        lines, compared, _pictures(view) if pictures else None), texts
+
+
+def family_warnings(analysis: Any) -> tuple[str, ...]:
+    """The layout's warnings of a family, and, where --lenient read past problems and found no kube-proxy rules,
+    that they may be in what could not be read (the report must not send its reader after a stopped kube-proxy
+    for a truncated dump)."""
+    layout = analysis.layout
+    skipped = analysis.ruleset.skipped
+    if not skipped or layout.proxy.has_rules:
+        return tuple(layout.warnings)
+    where = f"line {skipped[0].line}: " if skipped[0].line else ""
+    return (f"its dump was read with --lenient past {counted(len(skipped), 'problem')} (first: {where}"
+            f"{skipped[0].message}): kube-proxy's rules may be in what could not be read", *layout.warnings)
 
 
 _LINE = attrgetter("line")  # (an EndpointView's)
@@ -305,6 +322,13 @@ def node_result(node: Any, cluster: ClusterState | None = None, *, pictures: boo
             "(iptables and nftables)", split.removeprefix(f"{node.name}: "),
             "run one kube-proxy, in one mode: a kube-proxy of 1.29 or later deletes the other mode's rules when it "
             f"starts (or run `kube-proxy --cleanup` in the mode no longer used){then}"))
+    misread = meta.get("nft_misread")
+    if isinstance(misread, str):
+        extra = (*extra, Finding(
+            LOAD_ERROR, "warning", node.name, None, f"{node.name}: {NFT_MISREAD_SAID}",
+            f"When it was collected: {misread}. Its Service ports may be missing or read wrongly here.",
+            "collect it again with an nft as new as the one that wrote the rules (`iptrace collect --via api` runs "
+            "kube-proxy's own)"))
     return NodeResult(node.name, node.error, tuple(node.addresses), str(meta.get("host", "") or ""), kube_node,
                       node.legacy_note, tuple(str(w) for w in warnings) if isinstance(warnings, list) else (),
                       tuple(families), (*claims, *extra), (*_lenient_notes(node), *notes))

@@ -18,6 +18,7 @@ from iptrace.dataplane import Packet, Trace, join_host_port
 from iptrace.kube.compare import listing, view_service_label
 from iptrace.kube.view import ServicePortView
 from iptrace.layout import HEALTH_CHECK
+from iptrace.text import counted
 
 # Endpoint shares are compared within this: iptables' statistic match draws against 2^31 steps and kube-proxy
 # writes 10 decimals, so over a chain of n rules a share is off by at most ~n × 5e-10 (1e-6: n up to 2,000).
@@ -111,8 +112,28 @@ class Notes:
             out.append("reaching no endpoint in either mode, refused by one and dropped by the other (a Service "
                        "without endpoints: nftables mode drops clients outside its loadBalancerSourceRanges before "
                        f"it rejects the rest, iptables mode rejects them all): {ways}")
+        out.extend(localhost_notes(a, b))
         out.extend(unclaimed_notes(a, b))
         return tuple(out)
+
+
+def localhost_notes(a: Any, b: Any) -> list[str]:
+    """A nodePort on 127.0.0.1 (::1) from the node itself, when one side's rules accept it and the other's do not
+    (iptables mode does in IPv4 unless --nodeport-addresses says otherwise; nftables mode never does)."""
+    sides = [(side, mode, x.view.node_port_addresses.localhost)
+             for side, mode, x in zip("ab", modes(a, b), (a, b), strict=True)]
+    if None in (sides[0][2], sides[1][2]) or sides[0][2] == sides[1][2]:
+        return []
+    ports = [sp for sp in (a if sides[0][2] else b).view.services if sp.node_port]
+    if not ports:
+        return []
+    (yes_side, yes_mode, _), (no_side, no_mode, _) = sorted(sides, key=lambda s: not s[2])
+    loop = "::1" if a.family == "ipv6" else "127.0.0.1"
+    example = join_host_port(loop, min(sp.node_port for sp in ports))
+    return [f"localhost NodePorts: {yes_mode} ({yes_side}) accepts a nodePort on {loop} from the node itself, "
+            f"{no_mode} ({no_side}) does not: a process on the node that connects to localhost:NODEPORT (e.g. "
+            f"{example}, one of {counted(len(ports), 'nodePort')}) reaches the Service in {yes_mode} mode only; "
+            "the node's own address works in both"]
 
 
 # ------------------------------------------------------------------------------------------------ unclaimed traffic

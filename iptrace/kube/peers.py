@@ -32,18 +32,21 @@ def ways_differ(key: str, ports: Mapping[str, Any], add: Any, layouts: Mapping[s
     whose endpoints agree (where they do not, endpoints-differ says so): a rule of the node's own decides (a host
     firewall, a CNI's rule, the order kube-proxy wrote an address two Services share in). A Local traffic
     policy's clients are not compared: nodes without a local endpoint answer them otherwise by design; nor are
-    nodes whose kube-proxy writes another layout (`layouts`: each node's mode and era; era-mismatch says so)."""
+    nodes whose kube-proxy writes another layout of the same proxy mode (`layouts`: each node's mode and era;
+    era-mismatch says so). Nodes of the other proxy mode are compared on whether a way in reaches the endpoints
+    at all: how a packet that reaches none is answered differs between the modes by design (`iptrace diff`'s
+    migration notes), reaching them or not does not."""
     if len({id(p.digest) for p in ports.values()}) <= 1:
         return  # (one digest object: nodes that program a port alike share it)
     era, _ = majority({n: layouts[n] for n in ports})
-    ports = {n: p for n, p in ports.items() if layouts[n] == era}
     sigs = {n: p.digest.signature for n, p in ports.items()}
-    ref_sig, _strict = majority(sigs)
-    agree = {n: p for n, p in ports.items() if sigs[n] == ref_sig}
-    if len(agree) < 2 or len({p.digest.ways for p in agree.values()}) <= 1:
+    ref_sig, _strict = majority({n: sigs[n] for n in ports if layouts[n] == era})
+    agree = {n: p for n, p in ports.items() if layouts[n] == era and sigs[n] == ref_sig}
+    across = {n: p for n, p in ports.items() if layouts[n][0] != era[0] and sigs[n] == ref_sig}
+    if len(agree) + len(across) < 2 or len({p.digest.ways for p in (*agree.values(), *across.values())}) <= 1:
         return
     fares: dict[tuple[Any, ...], dict[str, tuple[str, bool]]] = {}
-    for n, p in agree.items():
+    for n, p in (*agree.items(), *across.items()):
         d = p.digest
         for kind, address, port, protocol, clients in d.ways:
             main = clients[0][1:]
@@ -55,31 +58,50 @@ def ways_differ(key: str, ports: Mapping[str, Any], add: Any, layouts: Mapping[s
                     continue
                 if client == OUTSIDE_RANGES and client not in given:
                     continue
-                fares.setdefault((kind, address, port, protocol, client), {})[n] = given.get(client, main)
+                # (kind left out: nftables mode writes an LB IP without source ranges like an externalIP)
+                fares.setdefault((address, port, protocol, client), {})[n] = given.get(client, main)
     told: dict[str, list[str]] = {}
-    for (_kind, address, port, protocol, client), values in fares.items():
-        if len(set(values.values())) <= 1:
-            continue
-        ref, strict = majority(values)
+    for (address, port, protocol, client), values in fares.items():
         way = f"{join_host_port(address, port) if address else f'<node>:{port}'}" + (
             "" if protocol == "tcp" else f"/{protocol}")
+        alike = {n: v for n, v in values.items() if n in agree}
+        if len(set(alike.values())) > 1:
+            ref, strict = majority(alike)
+            for n, value in alike.items():
+                if strict and value == ref:
+                    continue
+                there = "elsewhere" if not strict else (f"on {sum(v == ref for v in alike.values())} of "
+                                                        f"{len(alike)} nodes")
+                told.setdefault(n, []).append(f"{way} {CLIENT_WORDS[client]}: {_fare(value)} here, "
+                                              f"{_fare(ref) if strict else 'otherwise'} {there}")
+        if not across or len({_reaches(v) for v in alike.values()}) != 1:
+            continue
+        ref, _strict = majority(alike)
         for n, value in values.items():
-            if strict and value == ref:
-                continue
-            there = "elsewhere" if not strict else (f"on {sum(v == ref for v in values.values())} of "
-                                                    f"{len(values)} nodes")
-            told.setdefault(n, []).append(f"{way} {CLIENT_WORDS[client]}: {_fare(value)} here, "
-                                          f"{_fare(ref) if strict else 'otherwise'} {there}")
+            if n in across and _reaches(value) != _reaches(ref):
+                told.setdefault(n, []).append(f"{way} {CLIENT_WORDS[client]}: {_fare(value)} here, {_fare(ref)} "
+                                              f"on the {len(alike)} nodes in {era[0]} mode")
     for n, ways in told.items():
         port = ports[n]
+        why = ("The Service's own rules agree with the other nodes', but on this node a rule of its own decides "
+               "otherwise: a host firewall, a CNI's rule, or the order kube-proxy wrote an address two Services "
+               "share in." if n in agree else
+               f"This node runs kube-proxy in {layouts[n][0]} mode, most nodes in {era[0]} mode; both send the "
+               "Service port to the same endpoints, yet here a way in reaches them where it does not there, or the "
+               "reverse: kube-proxy's settings in one mode (--nodeport-addresses: nftables mode accepts NodePorts "
+               "on the node's primary addresses only by default, and never on localhost) or a rule of the node's "
+               "own.")
         add(n, FORWARDING_DIFFERS, "error", key, f"{key}: {ways[0]}" + (f" (and {len(ways) - 1} more)"
                                                                         if len(ways) > 1 else ""),
-            "The Service's own rules agree with the other nodes', but on this node a rule of its own decides "
-            f"otherwise: a host firewall, a CNI's rule, or the order kube-proxy wrote an address two Services share "
-            f"in. Ways in that differ: {listing(ways, 6)}.",
+            f"{why} Ways in that differ: {listing(ways, 6)}.",
             f"explain it on this node's dump (iptrace explain NODE --dst "
             f"{ways[0].split()[0].replace('<node>', 'NODE-IP')}): it names the rule that decides", port,
             port.head_lines)
+
+
+def _reaches(value: tuple[str, bool]) -> bool:
+    """A way in's fare reaches the Service port's own endpoints."""
+    return value == ("DNAT", True)
 
 
 def _fare(value: tuple[str, bool]) -> str:

@@ -27,6 +27,25 @@ def of_family(addresses: Sequence[str], family: str) -> list[str]:
     return [a for a in addresses if ipaddress.ip_address(a.strip("[]")).version == version]
 
 
+def reachable_first(addresses: Sequence[str], revealed: Sequence[str] = (), pod_cidrs: Sequence[str] = ()) -> list[str]:
+    """A node's addresses, those another host reaches it at first, each kind in its given order: the ones the
+    rules accept NodePorts on (`revealed`), then others outside the pod CIDRs (not a CNI bridge's), then the rest,
+    loopback, link-local and unspecified ones last. `ip -o addr show` lists lo first (and /proc/net/fib_trie in
+    numeric order), yet the node address NodePorts are traced to, the node's own client and the addresses advised
+    must be one a client elsewhere can use."""
+    nets = [ipaddress.ip_network(c, strict=False) for c in pod_cidrs]
+
+    def rank(a: str) -> int:
+        ip = ipaddress.ip_address(a.strip("[]"))
+        if ip.is_loopback or ip.is_link_local or ip.is_unspecified:
+            return 3
+        if a in revealed:
+            return 0
+        return 2 if any(ip.version == n.version and ip in n for n in nets) else 1
+
+    return sorted(addresses, key=rank)
+
+
 def pick_source(kind: SourceKind | str, family: str, node_ips: Sequence[str] = (), pod_cidrs: Sequence[str] = (),
                 endpoint_ips: Container[str] = (), node_pod_cidrs: Sequence[str] = ()) -> tuple[str, str]:
     """A source address of `kind`, and the assumption that choice makes (for the trace).

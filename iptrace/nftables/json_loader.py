@@ -354,6 +354,7 @@ class JsonReader:
 
 
 def load_json(text: str, *, source: str = "<ruleset>", lenient: bool = False) -> Ruleset:
+    skipped: list[LoadWarning] = []
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -362,12 +363,17 @@ def load_json(text: str, *, source: str = "<ruleset>", lenient: bool = False) ->
         why = "a string starts here and never ends" if unterminated else exc.msg
         cut = (" (the file ends in the middle of the document: it looks truncated)"
                if unterminated or not text[exc.pos:].strip() else "")
-        raise ParseError(f"not valid JSON: {why}; expected the output of `nft -j list ruleset`{cut}",
-                         source=source, line=exc.lineno, column=exc.colno, text=line_text) from None
+        error = ParseError(f"not valid JSON: {why}; expected the output of `nft -j list ruleset`{cut}",
+                           source=source, line=exc.lineno, column=exc.colno, text=line_text)
+        read = _whole_objects(text) if lenient else None
+        if read is None:
+            raise error from None
+        doc = {"nftables": read}
+        skipped.append(LoadWarning(exc.lineno, f"column {exc.colno}: {error.reason}; read up to the last whole "
+                                               "object before it"))
     if not isinstance(doc, dict) or not isinstance(doc.get("nftables"), list):
         raise ParseError('JSON without an "nftables" list; expected the output of `nft -j list ruleset`',
                          source=source, line=1, column=1)
-    skipped: list[LoadWarning] = []
     warnings: list[LoadWarning] = []
 
     def fail(exc: ParseError) -> None:
@@ -387,6 +393,28 @@ def load_json(text: str, *, source: str = "<ruleset>", lenient: bool = False) ->
     finisher = Finisher(source, fail, warnings)
     out = [finisher.table(t, lambda line: "") for t in tables.values()]
     return Ruleset(tuple(t for t in out if t is not None), source, "nft-json", tuple(warnings), tuple(skipped))
+
+
+_LIST_START = re.compile(r'\{\s*"nftables"\s*:\s*\[')
+
+
+def _whole_objects(text: str) -> list[Any] | None:
+    """--lenient: the objects of a JSON document's "nftables" list that are whole before where it cannot be read
+    (a listing cut short), None when it has none."""
+    start = _LIST_START.match(text.lstrip())
+    if start is None:
+        return None
+    decoder = json.JSONDecoder()
+    at = len(text) - len(text.lstrip()) + start.end()
+    found: list[Any] = []
+    while True:
+        while at < len(text) and text[at] in " \t\r\n,":
+            at += 1
+        try:
+            obj, at = decoder.raw_decode(text, at)
+        except json.JSONDecodeError:
+            return found or None
+        found.append(obj)
 
 
 def _name(body: dict[str, Any], key: str) -> str:

@@ -27,7 +27,7 @@ def _listed(title: str, items: tuple[LoadWarning, ...], limit: int = 50) -> list
     if not items:
         return []
     out = ["", f"{title} ({len(items)}):"]
-    out += [f"  line {w.line}: {w.message}" for w in items[:limit]]
+    out += [f"  line {w.line}: {w.message}" if w.line else f"  {w.message}" for w in items[:limit]]
     if len(items) > limit:
         out.append(f"  … and {len(items) - limit} more (see -o json)")
     return out
@@ -70,13 +70,9 @@ def render_nft_summary(ruleset: Ruleset) -> str:
         out += [f"  - {reason}" for reason in mode.evidence]
     for t in tables:
         out += ["", *_table_summary(t)]
-    out += _listed("warnings", _as_items(ruleset.warnings))
-    out += _listed("skipped with --lenient", _as_items(ruleset.skipped))
+    out += _listed("warnings", ruleset.warnings)
+    out += _listed("skipped with --lenient", ruleset.skipped)
     return "\n".join(out) + "\n"
-
-
-def _as_items(items: tuple[LoadWarning, ...]) -> tuple[Any, ...]:
-    return tuple(LoadWarning(w.line if w.line is not None else 0, w.message) for w in items)
 
 
 def _columns(rows: list[list[str]], indent: str = "    ") -> list[str]:

@@ -366,6 +366,11 @@ def _summary(view: KubeView) -> str:
         # (clients.node_address is a documentation stand-in, not the node's: never printed, a reader would copy it)
         lines.append("node addresses unknown (pass --node-ip IP, the node's own address): NodePorts (<node>:PORT) are "
                      "traced to a stand-in address, and an endpoint on the node itself is taken for another machine")
+    elif clients is not None and view.services and view.node_port_addresses.mode != "none" and (
+            not view.node_port_addresses.accepts(clients.node_address)):
+        lines.insert(2, f"<node> is {clients.node_address}, where the rules accept no NodePort: no nodePort reaches "
+                        "a Service there (kube-proxy's --nodeport-addresses; if the node has an address they "
+                        "accept, pass it with --node-ip)")
     return "\n".join(lines)
 
 

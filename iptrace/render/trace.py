@@ -15,12 +15,19 @@ def _pct(p: float) -> str:
     return f"{text}%"
 
 
-def _step(step: Step, indent: str) -> str:
+def _step(step: Step, indent: str, widths: tuple[int, int] = (6, 28)) -> str:
     if step.line or step.handle is None:
         where = f"line {step.line or '-':<6}"
     else:  # nft JSON input: no lines, the kernel's rule handle
         where = f"handle {step.handle:<4}"
-    return f"{indent}{step.table:<6} {step.chain:<28} {where} {step.rule}"
+    return f"{indent}{step.table:<{widths[0]}} {step.chain:<{widths[1]}} {where} {step.rule}"
+
+
+def _widths(paths: list[tuple[Step, ...]]) -> tuple[int, int]:
+    """Columns wide enough for every step's table and chain (nftables' are longer than iptables' 6 and 28), so that
+    the lines and rules of a path stay aligned."""
+    steps = [s for path in paths for s in path]
+    return (max([6, *(len(s.table) for s in steps)]), max([28, *(len(s.chain) for s in steps)]))
 
 
 def _outcome_line(o: Outcome) -> str:
@@ -41,6 +48,7 @@ def render_trace_text(trace: Trace) -> str:
     out = [f"{p.proto} {join_host_port(p.src, p.sport)} → {join_host_port(p.dst, p.dport)}",
            f"entry: {_ENTRY[trace.entry]}"]
     paths = [o.path for o in trace.outcomes]
+    widths = _widths(paths)
     common = 0
     if paths:
         shortest = min(len(path) for path in paths)
@@ -49,14 +57,14 @@ def render_trace_text(trace: Trace) -> str:
     if len(trace.outcomes) > 1 and common:
         out.append("")
         out.append("every branch:")
-        out += [_step(s, "    ") for s in paths[0][:common]]
+        out += [_step(s, "    ", widths) for s in paths[0][:common]]
     for i, o in enumerate(trace.outcomes):
         last = i == len(trace.outcomes) - 1
         out.append("")
         out.append(("└─" if last else "├─") + _outcome_line(o))
         rest = o.path[common:] if len(trace.outcomes) > 1 else o.path
         bar = "   " if last else "│  "
-        out += [_step(s, bar + " ") for s in rest]
+        out += [_step(s, bar + " ", widths) for s in rest]
         if not o.path:
             out.append(bar + " (no rule matched)")
     if trace.assumptions:
