@@ -104,12 +104,18 @@ def test_text_has_a_header_per_destination(command: str) -> None:
 
 
 def test_one_destination_prints_what_it_always_did() -> None:
+    """One --dst prints the lone answer; a --dst-file of one line, as one of ten, an array (or headed text): a
+    script reading the file's answers must not depend on how many lines it has."""
     for command in ("trace", "explain"):
         for args in (["--dst", "10.101.234.168:8001"], ["--dst", "10.101.234.168:8001", "-o", "json"]):
             code, out, _ = invoke(command, FB, *args)
             assert not out.startswith(("[", "===")), out[:40]
-            with_file = invoke(command, FB, "--dst-file", "-", *args[2:], stdin=args[1] + "\n")
-            assert with_file[:2] == (code, out)
+            file_code, from_file, _ = invoke(command, FB, "--dst-file", "-", *args[2:], stdin=args[1] + "\n")
+            assert file_code == code
+            if args[2:]:
+                assert json.loads(from_file) == [json.loads(out)]
+            else:
+                assert from_file == f"=== {args[1]}/tcp (<stdin>:1) ===\n{out}", from_file[:80]
     code, out, _ = invoke("trace", FB, "--dst", "10.101.234.168:5001", "-o", "json")
     assert code == 0 and json.loads(out)["packet"]["dport"] == 5001
 
@@ -136,10 +142,10 @@ def test_a_bad_line_is_named_and_the_others_answered(tmp_path: Path) -> None:
 
 
 def test_a_lone_bad_line_is_an_error() -> None:
-    code, out, err = invoke("trace", FB, "--dst-file", "-", stdin="# nothing but\n10.1.2.3\n")
-    assert code == 1 and out == ""
-    assert err == ("Error: <stdin>:2: found '10.1.2.3'; expected IP:PORT or IP:PORT/proto, e.g. 10.96.0.10:53/udp "
-                   "or [fd00::10]:443\n")
+    code, out, err = invoke("trace", FB, "--dst-file", "-", "-o", "json", stdin="# nothing but\n10.1.2.3\n")
+    said = "<stdin>:2: found '10.1.2.3'; expected IP:PORT or IP:PORT/proto, e.g. 10.96.0.10:53/udp or [fd00::10]:443"
+    assert code == 1 and json.loads(out) == [{"dst": "10.1.2.3", "where": "<stdin>:2", "error": said}]
+    assert err == f"Error: {said}\n"
     code, _, err = invoke("trace", FB, "--dst-file", "-", stdin="# only comments\n\n")
     assert code == 2 and "Missing option '--dst'" in err
     code, _, err = invoke("trace", FB, "--dst-file", "missing.txt")

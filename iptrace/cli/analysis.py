@@ -296,7 +296,7 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
             click.echo(render_trace_text(result), nl=False)
         return
     answers = answer_all(questions, analysis_for, answer, cluster)
-    if len(questions) == 1:
+    if len(questions) == 1 and dst_file is None:
         _single(answers[0], output, trace_to_json, render_trace_text)
         return
     if emit_answers(questions, answers, output, trace_to_json, render_trace_text):
@@ -304,7 +304,9 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
 
 
 def _single(found: Any, output: str, to_json: Any, to_text: Any) -> None:
-    """One destination read from --dst-file: printed as a lone --dst is (an unusable line is an error)."""
+    """One --dst that could not be asked as it was given (a name the cluster data resolves): printed as a lone
+    --dst is (an unusable one is an error). A --dst-file's answers are an array whatever its length, so that a
+    script reads a file of one line as it reads one of ten."""
     from iptrace.errors import InputError
 
     if isinstance(found, str):
@@ -406,7 +408,7 @@ def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | N
     else:
         answers = answer_all(questions, analysis_for, answer, cluster)
         reports = [a for a in answers if not isinstance(a, str)]
-        if len(questions) == 1:
+        if len(questions) == 1 and dst_file is None:
             _single(answers[0], output, explain_to_json, render_explain_text)
         elif emit_answers(questions, answers, output, explain_to_json, render_explain_text):
             raise click.exceptions.Exit(EXIT_ERROR)
