@@ -367,3 +367,24 @@ def test_a_ports_values_are_its_layout_but_lines() -> None:
         assert values.lines == () and values == replace(whole.service_port(k), lines=())
     assert "1 KUBE-SEP chain no service chain jumps to: KUBE-SEP-ORPHAN0000000000" in whole.warnings
     assert layout.warnings == whole.warnings
+
+
+def test_a_later_nodes_traced_port_is_kept_when_its_key_comes_again(tmp_path: Path) -> None:
+    """The first node's digests are all kept; a port a later node had to trace is kept only when a next node traces
+    it under the same key again (most such keys are one node's alone: an endpoint in its pod CIDR), and is carried
+    after that; results stay tracing's."""
+    first, later = _write(tmp_path, _texts(2))
+    worker = Worker(None, False, False, True)
+    plain = Worker(None, False, False, False)
+    carried = worker.carried
+    assert carried is not None
+    sizes, made = [], []
+    for source in (first, later, later, later):  # (node 1 audited three times: its keys come again)
+        before = carried.made
+        assert worker.run(source) == plain.run(source)
+        sizes.append(len(carried._kept))
+        made.append(carried.made - before)
+    assert sizes[0] > 0 and made[1] > 0
+    assert sizes[1] == sizes[0]  # (node 1's traced ports: noted, not kept)
+    assert made[2] == made[1] and sizes[2] > sizes[1]  # (traced again under the same keys: kept)
+    assert made[3] < made[2]  # (and carried after)

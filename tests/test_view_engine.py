@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -222,9 +223,43 @@ def test_packet_cache_is_bounded_and_changes_nothing(monkeypatch: pytest.MonkeyP
     fresh = analysis(load(path.read_text(), source=path.name)).view
     assert view_module._PACKETS, "the view's packets went through the cache"
     packet = next(iter(view_module._PACKETS.values()))
-    assert view_module._Builder.packet(None, packet.src, packet.dst, packet.dport, packet.proto) is packet  # type: ignore[arg-type]
+    shared = SimpleNamespace(_own_addresses=frozenset())  # (a builder of a node whose own addresses it is not)
+    assert view_module._Builder.packet(shared, packet.src, packet.dst, packet.dport, packet.proto) is packet  # type: ignore[arg-type]
     monkeypatch.setattr(view_module, "_PACKETS", {})
     monkeypatch.setattr(view_module, "PACKETS_LIMIT", 3)
     again = analysis(load(path.read_text(), source=path.name)).view
     assert len(view_module._PACKETS) <= 3
     assert again.services == fresh.services
+
+
+def test_packets_of_a_nodes_own_addresses_stay_with_its_view(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A packet from or to the node's own address (its NodePorts, its node client) is kept by that node's view, not
+    process-wide: another node of a fleet never asks for it; the view is the one built with every packet shared."""
+    from bench import fleet, synth
+    from iptrace import dataplanes
+    from iptrace.kube import view as view_module
+    from iptrace.kube.analysis import analyse
+
+    text = fleet.node_dump(synth.scale(20, 2, 0), 0)
+    own = fleet.node_ip(0)
+
+    def view(own_kept: bool) -> Any:
+        if not own_kept:
+            monkeypatch.setattr(view_module._Builder, "packet", _shared_packet)
+        dataplane, ruleset = dataplanes.load(text)
+        return analyse(dataplane, ruleset, node_ips=[own]).view
+
+    monkeypatch.setattr(view_module, "_PACKETS", {})
+    got = view(True)
+    assert view_module._PACKETS
+    assert not any(own in key[:2] for key in view_module._PACKETS)
+    monkeypatch.setattr(view_module, "_PACKETS", {})
+    shared = view(False)
+    assert any(own in key[:2] for key in view_module._PACKETS)
+    assert got.services == shared.services
+
+
+def _shared_packet(self: Any, src: str, dst: str, port: int, proto: str) -> Packet:
+    from iptrace.kube import view as view_module
+
+    return view_module._PACKETS.setdefault((src, dst, port, proto), view_module.packet_of(src, dst, port, proto))

@@ -43,13 +43,13 @@ _DECLARED = " - [0:0]"
 
 class Block:
     """Lines read before, in one table: the rules of `chains` (`counts` of them each; `specs` and their `shapes` in
-    order, `parts` joined being the lines; `targets`: the chains they jump or go to), or, with `counts` None, the
-    declarations of `chains`."""
+    order, `parts` joined being the lines; `targets`: the chains they jump or go to, each once), or, with `counts` None,
+    the declarations of `chains`."""
 
     __slots__ = ("chains", "counts", "parts", "shapes", "specs", "table", "targets")
 
     def __init__(self, table: str, chains: tuple[str, ...], counts: tuple[int, ...] | None = None,
-                 specs: tuple[str, ...] = (), shapes: tuple[Any, ...] = (), targets: frozenset[str] = frozenset()
+                 specs: tuple[str, ...] = (), shapes: tuple[Any, ...] = (), targets: tuple[str, ...] = ()
                  ) -> None:
         self.table = table
         self.chains = chains
@@ -211,7 +211,14 @@ def _keep(blocks: Blocks, table: str, group: list[tuple[str, tuple[Any, ...]]]) 
     _put(blocks, (table, group[0][0]), Block(table, tuple([name for name, _ in group]),
                                              tuple([len(chain_rules) for _, chain_rules in group]),
                                              tuple(map(_TEXT, rules)), tuple(map(_SHAPE, rules)),
-                                             frozenset(filter(None, map(jump_target, rules)))))
+                                             _targets(rules)))
+
+
+def _targets(rules: list[Any]) -> tuple[str, ...]:
+    """The chains `rules` jump or go to, each once: a tuple (a frozenset of a block's ~50 names was ~2.7 KB, 7 MB a
+    worker's memo) of the interned names (those the loader declared: a name sliced from a rule's text was a string
+    of its own per rule, another 5 MB)."""
+    return tuple(dict.fromkeys(map(intern, filter(None, map(jump_target, rules)))))
 
 
 def _declarations(blocks: Blocks, table: str, entries: list[list[Any]]) -> None:

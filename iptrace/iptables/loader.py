@@ -453,7 +453,8 @@ class _Loader:
             return line_no + len(chains) - 1
         count = len(block.specs)
         if (t is not None and all(map(fast_rules.__contains__, chains))
-                and not any(map(len, map(fast_rules.get, chains))) and block.targets <= t.chains.keys()):
+                and not any(map(len, map(fast_rules.get, chains)))
+                and all(map(t.chains.__contains__, block.targets))):
             rules = list(map(tuple.__new__, repeat(Rule), zip(block.rule_chains(), block.specs, repeat(None),
                                                                range(line_no, line_no + count), block.shapes,
                                                                strict=False)))

@@ -36,6 +36,9 @@ class Carried:
     def __init__(self, size: int = CACHE_SIZE) -> None:
         self.size = size
         self._kept: dict[Hashable, Kept] = {}
+        # (the hashes of the keys of ports traced on a node after the cache's first: such a port's digest is kept only
+        # when its key comes again, see _keep)
+        self._missed: set[int] = set()
         self._uses = 0  # family digests made (a kept digest's last use: the least recently used go first)
         self.carried = 0  # ports whose digest came from an earlier node
         self.made = 0  # ports traced
@@ -58,6 +61,7 @@ class Carried:
         found: dict[str, tuple[PortDigest, list[int]]] = {}
         missed: list[tuple[str, Hashable | None]] = []
         kept = self._kept
+        filling = not kept  # (see _keep)
         self._uses = uses = self._uses + 1
         for name in layout.keys:
             sp = layout.port_values(name)  # (its lines are this node's: only a port traced here reads them)
@@ -93,7 +97,7 @@ class Carried:
                 return None
             digest, lines = port_digest(sp, texts, intern, label)
             found[label] = (digest, lines)
-            self._keep(key, digest, sp, keys, spelled)
+            self._keep(key, digest, sp, keys, spelled, filling)
         ports: list[PortDigest] = []
         lines_out = array("I")
         for label in sorted(found):
@@ -103,9 +107,22 @@ class Carried:
         return FamilyDigest(analysis.family, layout.proxy, family_warnings(analysis), len(layout.keys), tuple(ports),
                             lines_out)
 
-    def _keep(self, key: Hashable | None, digest: PortDigest, sp: Any, keys: Any, spelled: Sequence[str]) -> None:
+    def _keep(self, key: Hashable | None, digest: PortDigest, sp: Any, keys: Any, spelled: Sequence[str],
+              filling: bool) -> None:
         if key is None:
             return
+        if not filling:
+            # A port a later node had to trace is kept the second time its key comes: most such keys are that node's
+            # alone (a port with an endpoint in the node's pod CIDR: ~190 of 5,000 a node, by the bench fleet),
+            # and kept at once they grew a worker by ~0.6 MB a node (measured over 30 nodes) for no later use.
+            seen = self._missed
+            if len(seen) > self.size:
+                seen.clear()
+            found = hash(key)
+            if found not in seen:
+                seen.add(found)
+                return
+            seen.discard(found)
         text = repr(digest)
         if any(value in text for value in spelled):
             return  # (a digest that names the node's own values is this node's alone)

@@ -148,7 +148,9 @@ def _marked_for_drop(trace: Trace) -> bool:
 
 
 # Packets by (src, dst, port, proto), process-wide (immutable): a view checks ~2×10^4, its shapes the same
-# again, an audit's nodes the same ones (shared Service addresses). Starts again when full.
+# again, an audit's nodes the same ones (shared Service addresses). Starts again when full. Those from or to the node's
+# own address or its pod client are the builder's (_Builder.own): other nodes have other such addresses, and kept here
+# they were ~14,500 a node of a 5,000-Service fleet, ~6 MB of a worker's caches on average between two clearings.
 _PACKETS: dict[tuple[str, str, int, str], Packet] = {}
 PACKETS_LIMIT = 50_000
 
@@ -158,14 +160,18 @@ class _Builder:
         self.layout = layout
         self.tracer = tracer
         self.clients = clients
+        self.own: dict[tuple[str, str, int, str], Packet] = {}
+        self._own_addresses = frozenset((clients.node_address, clients.pod))
 
     def packet(self, src: str, dst: str, port: int, proto: str) -> Packet:
         key = (src, dst, port, proto)
-        found = _PACKETS.get(key)
+        own = self._own_addresses
+        kept = self.own if src in own or dst in own else _PACKETS
+        found = kept.get(key)
         if found is None:
-            if len(_PACKETS) >= PACKETS_LIMIT:
-                _PACKETS.clear()
-            found = _PACKETS[key] = packet_of(src, dst, port, proto)
+            if len(kept) >= PACKETS_LIMIT:
+                kept.clear()
+            found = kept[key] = packet_of(src, dst, port, proto)
         return found
 
     def probe(self, sp: ServicePortLayout) -> Packet:
