@@ -398,7 +398,8 @@ class ChainWalker:
                 value = op[2](s)
                 if isinstance(value, Unknown):
                     s.assume(value.note)
-                elif value is not NA:
+                elif value is not NA and (op[1] != "ct_mark" or s.notrack is False):
+                    # (`ct mark set` on a packet without a connection does nothing: nft_ct_set_eval)
                     setattr(s, op[1], value)
             elif code_ == UPDATE:
                 value = op[3](s)
@@ -417,7 +418,8 @@ class ChainWalker:
                 s.assume(op[1])
                 return [(s, ("accept",))]
             elif code_ == NOTRACK:
-                s.notrack = True
+                if s.notrack is None:  # (a packet that has its connection already is left as it is)
+                    s.notrack = True
             elif code_ == FORK:
                 return self._fork(code, c, op, ops, k, s)
         return [(s, None)]

@@ -46,6 +46,9 @@ _INPUT = (("input", True, False),)
 _OUT = (("postrouting", True, False),)
 _OUT_LOOPBACK = (("postrouting", True, False), ("prerouting", False, True), ("input", False, False))
 
+# nf_conntrack's hooks on prerouting and output (NF_IP_PRI_CONNTRACK). Of a chain at exactly -200 the kernel runs
+# whichever registered last first; it is taken as after conntrack, where every chain but a raw one is.
+CONNTRACK_PRIORITY = -200
 NEW_CONNECTION = "first packet of a new connection (ct state new, mark 0, no conntrack or dynamic-set entries yet)"
 
 
@@ -182,11 +185,14 @@ class Tracer(ChainWalker):
     def _walk(self, s: State) -> list[tuple[State, Terminal]]:
         out: list[tuple[State, Terminal]] = []
         local = self.local
+        s.notrack = None  # no connection until the first hook's conntrack (_base)
         if self._is_local(s.src):
             s.local_origin = True
             s.out_iface = "lo" if self._is_local(s.dst) else None
             branches = self._hook(s, "output")
             for s1, t1 in branches:
+                if s1.notrack is None:  # (no base chain after conntrack on the hook)
+                    s1.notrack = False
                 if t1 is None:
                     # The route is looked up again after output's DNAT; a packet for the node itself comes back
                     # in through lo.
@@ -194,7 +200,11 @@ class Tracer(ChainWalker):
                     s1.out_iface = "lo" if dst in local or is_loopback(dst) else None
             self._tails(branches, _OUT_LOOPBACK, _OUT, out)
             return out
-        self._tails(self._hook(s, "prerouting"), _INPUT, _FORWARD, out)
+        branches = self._hook(s, "prerouting")
+        for s1, _ in branches:
+            if s1.notrack is None:  # (no base chain after conntrack on the hook)
+                s1.notrack = False
+        self._tails(branches, _INPUT, _FORWARD, out)
         return out
 
     def _tails(self, branches: list[tuple[State, Terminal]], to_node: tuple[tuple[str, bool, bool], ...],
@@ -342,8 +352,9 @@ class Tracer(ChainWalker):
         return stages
 
     def _nat_stage(self, chains: tuple[tuple[Table, Chain], ...], k: int, s: State) -> list[tuple[State, Terminal]]:
-        """The NAT chains of one hook in their order, until one set up the mapping (nf_nat_inet_fn)."""
-        if k == len(chains):
+        """The NAT chains of one hook in their order, until one set up the mapping (nf_nat_inet_fn); none for an
+        untracked packet (nf_nat_inet_fn passes a packet without a connection)."""
+        if k == len(chains) or s.notrack:
             return [(s, None)]
         dnat_by, snat = s.dnat_by, s.snat
         out: list[tuple[State, Terminal]] = []
@@ -360,6 +371,8 @@ class Tracer(ChainWalker):
     def _base(self, table: Table, chain: Chain, s: State) -> list[tuple[State, Terminal]]:
         code = self._chain(self._tables[(table.family, table.name)], chain.name)
         assert code is not None and chain.base is not None
+        if s.notrack is None and chain.base.priority >= CONNTRACK_PRIORITY:
+            s.notrack = False  # conntrack (-200) has run: the packet has its connection
         filtering = chain.base.type != "nat"
         out: list[tuple[State, Terminal]] = []
         for s2, term in self._run_chain(code, s, ()):
