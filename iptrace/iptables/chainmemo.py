@@ -43,7 +43,7 @@ _MODULE_FIELDS: dict[str, frozenset[str]] = {
                                 "multiport", "icmp", "icmp6", "icmpv6", "ipv6-icmp", "limit", "length", "ttl",
                                 "hl", "tos", "dscp", "quota", "hashlimit", "connlimit", "rpfilter")},
     "mark": frozenset({"mark"}),
-    "connmark": frozenset({"ctmark"}),
+    "connmark": frozenset({"ctmark", "notrack"}),
     "conntrack": frozenset({"dnat", "snat", "notrack"}),
     "state": frozenset({"dnat", "snat", "notrack"}),
     "recent": frozenset({"recent"}),
@@ -52,7 +52,7 @@ _MODULE_FIELDS: dict[str, frozenset[str]] = {
 _INTERFACES = frozenset({"in_iface", "out_iface", "hook", "local_origin"})
 # Fields each target writes (and, for the read-modify-write ones, reads).
 _TARGET_FIELDS: dict[str, frozenset[str]] = {
-    "MARK": frozenset({"mark", "ctmark"}), "CONNMARK": frozenset({"mark", "ctmark"}),
+    "MARK": frozenset({"mark", "ctmark"}), "CONNMARK": frozenset({"mark", "ctmark", "notrack"}),
     "SNAT": frozenset({"snat", "masq"}), "MASQUERADE": frozenset({"snat", "masq"}),
     "NOTRACK": frozenset({"notrack"}), "CT": frozenset({"notrack"}),
     "DNAT": frozenset({"dnat"}), "REDIRECT": frozenset({"dnat", "local_origin"}),
