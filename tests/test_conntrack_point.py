@@ -78,6 +78,14 @@ def test_without_a_connection_only_ctstate_counts() -> None:
     assert only(trace(CLIENT_IP, 84))[0] == "DROP"  # --ctstate INVALID holds: --ctorigdst is not looked at
 
 
+def test_an_untracked_packet_is_judged_by_its_state_alone() -> None:
+    untracked = DUMP.replace("*raw\n:PREROUTING ACCEPT [0:0]\n", f"*raw\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -s {OTHER_POD}/32 -j CT --notrack\n")
+    untracked = untracked.replace("-A FORWARD -m connmark", f"-A FORWARD -s {OTHER_POD}/32 -m conntrack --ctstate UNTRACKED "
+                                                           "--ctorigdst 10.0.0.1 -j REJECT\n-A FORWARD -m connmark")
+    t = Tracer(load(untracked), node_ips=[NODE_IP]).trace(Packet(OTHER_POD, SERVICE, 80))
+    assert only(t)[0] == "REJECT"  # not DNATed (untracked), and --ctorigdst is not looked at
+
+
 def test_connmark_needs_a_connection() -> None:
     assert only(trace(CLIENT_IP, 85)) == DNATED
     assert only(trace(CLIENT_IP, 86)) == DNATED  # the CONNMARK in raw did nothing: FORWARD's connmark 0x7 fails

@@ -149,3 +149,16 @@ def test_ct_mark_set_before_conntrack_does_nothing() -> None:
     tracer = Tracer(load(text), node_ips=[NODE_IP])
     assert [o.verdict for o in tracer.trace(Packet(CLIENT_IP, SERVICE, 80)).outcomes] == ["ACCEPT"]
     assert [o.verdict for o in tracer.trace(Packet(CLIENT_IP, SERVICE, 81)).outcomes] == ["REJECT"]
+
+
+def test_a_chain_at_conntracks_own_priority_is_an_assumption() -> None:
+    """The kernel runs such a chain before conntrack when it was created after conntrack's hooks (kernfuzz saw
+    a table at -200 loaded after kube-proxy's drop on `ct state invalid`), after it otherwise."""
+    text = RULES + f"""table ip at200 {{
+	chain pre {{ type filter hook prerouting priority -200; policy accept; ip saddr {CLIENT_IP} tcp dport 86 ct state invalid drop; }}
+}}
+"""
+    t = Tracer(load(text), node_ips=[NODE_IP]).trace(Packet(CLIENT_IP, SERVICE, 86))
+    assert only(t) == ("DNAT", f"{POD}:{PORT}", True)
+    assert any("priority -200" in a and "ip at200 pre" in a for a in t.assumptions), t.assumptions
+    assert not any("priority -200" in a for a in trace(CLIENT_IP, 80).assumptions)

@@ -47,7 +47,8 @@ _OUT = (("postrouting", True, False),)
 _OUT_LOOPBACK = (("postrouting", True, False), ("prerouting", False, True), ("input", False, False))
 
 # nf_conntrack's hooks on prerouting and output (NF_IP_PRI_CONNTRACK). Of a chain at exactly -200 the kernel runs
-# whichever registered last first; it is taken as after conntrack, where every chain but a raw one is.
+# whichever registered last first (when the first table that needs conntrack came, which the listing does not
+# tell): it is taken as after conntrack, and the trace says so.
 CONNTRACK_PRIORITY = -200
 NEW_CONNECTION = "first packet of a new connection (ct state new, mark 0, no conntrack or dynamic-set entries yet)"
 
@@ -372,6 +373,9 @@ class Tracer(ChainWalker):
         code = self._chain(self._tables[(table.family, table.name)], chain.name)
         assert code is not None and chain.base is not None
         if s.notrack is None and chain.base.priority >= CONNTRACK_PRIORITY:
+            if chain.base.priority == CONNTRACK_PRIORITY:
+                s.assume(f"{code.table.label} {chain.name}: at priority -200, conntrack's own, assumed to run after "
+                         "conntrack (it runs before it when it was created after conntrack's hooks were)")
             s.notrack = False  # conntrack (-200) has run: the packet has its connection
         filtering = chain.base.type != "nat"
         out: list[tuple[State, Terminal]] = []
