@@ -40,8 +40,9 @@ from iptrace.iptables.state import cons_prefix, cons_push, merged_assumptions
 # Branch fields a closure may read or write besides the packet's addresses and ports, per match module.
 _MODULE_FIELDS: dict[str, frozenset[str]] = {
     **{m: frozenset() for m in ("comment", "nfacct", "statistic", "tcp", "udp", "sctp", "udplite", "dccp",
-                                "multiport", "icmp", "icmp6", "icmpv6", "ipv6-icmp", "limit", "length", "ttl",
-                                "hl", "tos", "dscp", "quota", "hashlimit", "connlimit", "rpfilter")},
+                                "multiport", "icmp", "icmp6", "icmpv6", "ipv6-icmp", "limit", "length", "tos",
+                                "dscp", "quota", "hashlimit", "connlimit", "rpfilter")},
+    **{m: frozenset({"hook", "local_origin"}) for m in ("ttl", "hl")},  # (one less once forwarded)
     "mark": frozenset({"mark"}),
     "connmark": frozenset({"ctmark", "notrack"}),
     "conntrack": frozenset({"dnat", "snat", "notrack"}),

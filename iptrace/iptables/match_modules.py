@@ -425,12 +425,20 @@ def match_length(opts: Sequence[Opt], ctx: Context, plan: MatchPlan, where: str)
 
 
 def match_ttl(opts: Sequence[Opt], ctx: Context, plan: MatchPlan, where: str) -> None:
+    """The packet is assumed sent with TTL (hop limit) 64; a forwarded one has one less in FORWARD and
+    POSTROUTING (ip_forward / ip6_forward decrement it before the FORWARD hook)."""
     for opt in opts:
         value = int(opt.value)
         kind = opt.name.rsplit("-", 1)[-1]
-        result = {"eq": _ASSUMED_TTL == value, "gt": _ASSUMED_TTL > value, "lt": _ASSUMED_TTL < value}[kind]
-        text = f"{where}: the packet's TTL/hop limit is assumed {_ASSUMED_TTL}"
-        plan.assumed.append(lambda s, r=result != opt.negated, t=text: (r, t))
+        held = {seen: {"eq": seen == value, "gt": seen > value, "lt": seen < value}[kind] != opt.negated
+                for seen in (_ASSUMED_TTL, _ASSUMED_TTL - 1)}
+        text = f"{where}: the packet is assumed sent with TTL/hop limit {_ASSUMED_TTL} (one less once forwarded)"
+
+        def ttl(s: State, held: dict[int, bool] = held, text: str = text) -> tuple[bool, str]:
+            forwarded = s.hook in ("FORWARD", "POSTROUTING") and not s.local_origin
+            return held[_ASSUMED_TTL - 1 if forwarded else _ASSUMED_TTL], text
+
+        plan.assumed.append(ttl)
 
 
 def match_zero_field(what: str) -> Callable[[Sequence[Opt], Context, MatchPlan, str], None]:
