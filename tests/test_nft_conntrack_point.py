@@ -20,7 +20,7 @@ from iptrace.dataplane import Packet, Trace
 from iptrace.nftables import load
 from iptrace.nftables.walk import Tracer
 from tests.oracle import CLIENT_IP, NODE_IP, Topology
-from tests.oracle.nft import NftTracer, list_ruleset, load_nft, requires_nft
+from tests.oracle.nft import NftTracer, list_ruleset, load_nft, nft, requires_nft
 
 POD = "198.18.128.10"
 SERVICE = "198.19.0.20"
@@ -101,7 +101,7 @@ def test_the_nodes_own_packet_untracked_in_output_is_not_natted() -> None:
 
 
 @pytest.fixture(scope="module")
-def node() -> Iterator[tuple[Topology, Tracer, NftTracer]]:
+def node() -> Iterator[tuple[Topology, Tracer, NftTracer, Tracer]]:
     with Topology("nft") as topo:
         topo.add_pod_ip(POD)
         topo.add_client_ip(UNTRACKED_CLIENT)
@@ -111,8 +111,9 @@ def node() -> Iterator[tuple[Topology, Tracer, NftTracer]]:
 }}
 """)
         tracer = Tracer(load(list_ruleset(topo)), node_ips=topo.node_ips)
+        from_json = Tracer(load(nft(topo, "-j", "list", "ruleset")), node_ips=topo.node_ips)
         with NftTracer(topo) as kernel:
-            yield topo, tracer, kernel
+            yield topo, tracer, kernel, from_json
 
 
 @pytest.mark.root
@@ -121,11 +122,12 @@ def node() -> Iterator[tuple[Topology, Tracer, NftTracer]]:
     ("client", CLIENT_IP, 80), ("client", UNTRACKED_CLIENT, 80), ("client", CLIENT_IP, 81),
     ("client", CLIENT_IP, 82), ("client", CLIENT_IP, 83), ("client", CLIENT_IP, 84), ("client", CLIENT_IP, 85),
     ("node", NODE_IP, 80)])
-def test_the_kernel_agrees(node: tuple[Topology, Tracer, NftTracer], kind: str, src: str, dport: int) -> None:
-    topo, tracer, kernel = node
+def test_the_kernel_agrees(node: tuple[Topology, Tracer, NftTracer, Tracer], kind: str, src: str, dport: int) -> None:
+    topo, tracer, kernel, from_json = node
     result, steps = kernel.path_of(lambda sport: topo.probe(kind, SERVICE, dport, src_ip=None if kind == "node"  # type: ignore[arg-type]
                                                             else src, sport=sport, timeout=0.5))
     t = tracer.trace(Packet(src, SERVICE, dport))
+    twin = from_json.trace(Packet(src, SERVICE, dport))
     where = f"{src} → {SERVICE}:{dport}: kernel {result}, {steps}; predicted {t.outcomes}"
     if result.outcome == "connected":
         assert only(t) == ("DNAT", f"{POD}:{PORT}", result.seen_source != src), where
@@ -134,6 +136,7 @@ def test_the_kernel_agrees(node: tuple[Topology, Tracer, NftTracer], kind: str, 
         verdict = only(t)[0]
         assert verdict != "DNAT", where
         assert (verdict == "DROP") == bool(steps and steps[-1].verdict == "drop"), where
+    assert only(twin) == only(t), where  # the kernel's JSON listing predicts the same
     # The rules the SYN matched, table by table, are the predicted path.
     assert [(s.chain, " ".join(s.rule.split())) for s in steps] == [
         (s.chain, " ".join(s.rule.split())) for s in t.outcomes[0].path], where
