@@ -512,7 +512,11 @@ class ChainWalker:
         if version is not None and version != s.version:
             return False
         if kind in ("snat", "masquerade"):
-            s.snat = True
+            # The address the source becomes, for the chains after the NAT hook (Tracer._translated_source):
+            # `snat to` names it; masquerade's (True) is the outgoing interface's.
+            value = target(s) if kind == "snat" else None
+            addr = value[0] if isinstance(value, tuple) else value
+            s.snat = str(addr) if addr is not None and addr is not NA else True
             s.masq = True
             return True
         if kind == "redirect":
