@@ -40,10 +40,11 @@ from iptrace.iptables.state import cons_prefix, cons_push, merged_assumptions
 # Branch fields a closure may read or write besides the packet's addresses and ports, per match module.
 _MODULE_FIELDS: dict[str, frozenset[str]] = {
     **{m: frozenset() for m in ("comment", "nfacct", "statistic", "tcp", "udp", "sctp", "udplite", "dccp",
-                                "multiport", "icmp", "icmp6", "icmpv6", "ipv6-icmp", "limit", "length", "ttl",
-                                "hl", "tos", "dscp", "quota", "hashlimit", "connlimit", "rpfilter")},
+                                "multiport", "icmp", "icmp6", "icmpv6", "ipv6-icmp", "limit", "length", "tos",
+                                "dscp", "quota", "hashlimit", "connlimit", "rpfilter")},
+    **{m: frozenset({"hook", "local_origin"}) for m in ("ttl", "hl")},  # (one less once forwarded)
     "mark": frozenset({"mark"}),
-    "connmark": frozenset({"ctmark"}),
+    "connmark": frozenset({"ctmark", "notrack"}),
     "conntrack": frozenset({"dnat", "snat", "notrack"}),
     "state": frozenset({"dnat", "snat", "notrack"}),
     "recent": frozenset({"recent"}),
@@ -52,7 +53,7 @@ _MODULE_FIELDS: dict[str, frozenset[str]] = {
 _INTERFACES = frozenset({"in_iface", "out_iface", "hook", "local_origin"})
 # Fields each target writes (and, for the read-modify-write ones, reads).
 _TARGET_FIELDS: dict[str, frozenset[str]] = {
-    "MARK": frozenset({"mark", "ctmark"}), "CONNMARK": frozenset({"mark", "ctmark"}),
+    "MARK": frozenset({"mark", "ctmark"}), "CONNMARK": frozenset({"mark", "ctmark", "notrack"}),
     "SNAT": frozenset({"snat", "masq"}), "MASQUERADE": frozenset({"snat", "masq"}),
     "NOTRACK": frozenset({"notrack"}), "CT": frozenset({"notrack"}),
     "DNAT": frozenset({"dnat"}), "REDIRECT": frozenset({"dnat", "local_origin"}),

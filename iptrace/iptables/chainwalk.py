@@ -365,7 +365,8 @@ class ChainWalker(Compiler):
             out.append((s, ("NAT", c.decision)))
             return True
         if action == NOTRACK:
-            s.notrack = True
+            if s.notrack is None:  # (CT is raw's only: a packet that has its connection is left as it is)
+                s.notrack = True
             return False
         if action == ACCEPT_ASSUMED:
             s.assume(c.note or "")

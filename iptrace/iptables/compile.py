@@ -278,6 +278,14 @@ def _tokens(kit: _Kit, text: str) -> list[str]:
 
 def _mark_effect(target: str, opts: Mapping[str, str]) -> Callable[[State], None]:
     """MARK/CONNMARK as a function on the branch state (xt_MARK / xt_CONNMARK semantics)."""
+    effect = _mark_change(target, opts)
+    if target == "CONNMARK":
+        # (a packet without a connection, or an untracked one: connmark_tg does nothing)
+        return lambda s: effect(s) if s.notrack is False else None
+    return effect
+
+
+def _mark_change(target: str, opts: Mapping[str, str]) -> Callable[[State], None]:
     attr = "mark" if target == "MARK" else "ctmark"
     full = 0xFFFFFFFF
     if "--set-xmark" in opts or "--set-mark" in opts:

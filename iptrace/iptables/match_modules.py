@@ -224,45 +224,53 @@ def match_addrtype(opts: Sequence[Opt], ctx: Context, plan: MatchPlan, where: st
 
 
 def match_conntrack(opts: Sequence[Opt], ctx: Context, plan: MatchPlan, where: str) -> None:
+    """A packet without a connection (State.notrack None in raw, before conntrack: INVALID; True: UNTRACKED) is
+    judged by its state alone: the match holds when it has a --ctstate and that holds (conntrack_mt returns
+    before looking at the other criteria), so each other criterion then answers whether there is a --ctstate."""
+    with_state = any(o.name in ("--ctstate", "--state") for o in opts)
+
+    def other(test: Callable[[State], bool]) -> None:
+        plan.tests.append(lambda s: test(s) if s.notrack is False else with_state)
+
     for opt in opts:
         name, neg = opt.name, opt.negated
         if name in ("--ctstate", "--state"):
             wanted = frozenset(opt.value.upper().split(","))
-            new, dnat, snat, untracked = ("NEW" in wanted, "DNAT" in wanted, "SNAT" in wanted,
-                                          "UNTRACKED" in wanted)
+            new, dnat, snat, untracked, invalid = ("NEW" in wanted, "DNAT" in wanted, "SNAT" in wanted,
+                                                   "UNTRACKED" in wanted, "INVALID" in wanted)
 
             def ctstate(s: State, new: bool = new, dnat: bool = dnat, snat: bool = snat,
-                        untracked: bool = untracked, neg: bool = neg) -> bool:
-                if s.notrack:
-                    return untracked != neg
+                        untracked: bool = untracked, invalid: bool = invalid, neg: bool = neg) -> bool:
+                if s.notrack is not False:
+                    return (untracked if s.notrack else invalid) != neg
                 return (new or (dnat and s.dnat) or (snat and s.snat)) != neg
 
             plan.tests.append(ctstate)
         elif name == "--ctproto":
             number = protocol_number(opt.value)
-            plan.tests.append(lambda s, p=number, n=neg: (p is None or s.proto == p) != n)
+            other(lambda s, p=number, n=neg: (p is None or s.proto == p) != n)
         elif name in ("--ctorigsrc", "--ctorigdst", "--ctreplsrc", "--ctrepldst"):
             nets = [x for x in (parse_net(v, ctx.version) for v in opt.value.split(",")) if x is not None]
             getter: Callable[[State], int] = {
                 "--ctorigsrc": lambda s: s.src, "--ctorigdst": lambda s: s.orig_dst,
                 "--ctreplsrc": lambda s: s.dst, "--ctrepldst": lambda s: s.src}[name]
-            plan.tests.append(lambda s, g=getter, ns=nets, n=neg: any(g(s) & m == x for x, m in ns) != n)
+            other(lambda s, g=getter, ns=nets, n=neg: any(g(s) & m == x for x, m in ns) != n)
         elif name in ("--ctorigsrcport", "--ctorigdstport", "--ctreplsrcport", "--ctrepldstport"):
             ranges = _ports(opt.value)
             port: Callable[[State], int] = {
                 "--ctorigsrcport": lambda s: s.sport, "--ctorigdstport": lambda s: s.orig_dport,
                 "--ctreplsrcport": lambda s: s.dport, "--ctrepldstport": lambda s: s.sport}[name]
-            plan.tests.append(lambda s, p=port, r=ranges, n=neg: any(a <= p(s) <= b for a, b in r) != n)
+            other(lambda s, p=port, r=ranges, n=neg: any(a <= p(s) <= b for a, b in r) != n)
         elif name == "--ctstatus":
             # A connection's first packet has none of EXPECTED, SEEN_REPLY, ASSURED, CONFIRMED.
             result = ("NONE" in opt.value.upper().split(",")) != neg
-            plan.tests.append(lambda s, r=result: r)
+            other(lambda s, r=result: r)
         elif name == "--ctdir":
             result = (opt.value.upper() == "ORIGINAL") != neg
-            plan.tests.append(lambda s, r=result: r)
+            other(lambda s, r=result: r)
         else:
             text = f"{where}: conntrack {name} {opt.value} assumed to match a new connection"
-            plan.assumed.append(lambda s, t=text: (True, t))
+            plan.assumed.append(lambda s, t=text: (True, t) if s.notrack is False else (with_state, None))
 
 
 def match_mark(attr: str) -> Callable[[Sequence[Opt], Context, MatchPlan, str], None]:
@@ -276,7 +284,8 @@ def match_mark(attr: str) -> Callable[[Sequence[Opt], Context, MatchPlan, str], 
             if attr == "mark":
                 plan.tests.append(lambda s, v=value, m=mask, n=neg: (s.mark & m == v) != n)
             else:
-                plan.tests.append(lambda s, v=value, m=mask, n=neg: (s.ctmark & m == v) != n)
+                # (no connection, or an untracked packet: connmark_mt fails, negated or not)
+                plan.tests.append(lambda s, v=value, m=mask, n=neg: s.notrack is False and (s.ctmark & m == v) != n)
     return handler
 
 
@@ -416,12 +425,20 @@ def match_length(opts: Sequence[Opt], ctx: Context, plan: MatchPlan, where: str)
 
 
 def match_ttl(opts: Sequence[Opt], ctx: Context, plan: MatchPlan, where: str) -> None:
+    """The packet is assumed sent with TTL (hop limit) 64; a forwarded one has one less in FORWARD and
+    POSTROUTING (ip_forward / ip6_forward decrement it before the FORWARD hook)."""
     for opt in opts:
         value = int(opt.value)
         kind = opt.name.rsplit("-", 1)[-1]
-        result = {"eq": _ASSUMED_TTL == value, "gt": _ASSUMED_TTL > value, "lt": _ASSUMED_TTL < value}[kind]
-        text = f"{where}: the packet's TTL/hop limit is assumed {_ASSUMED_TTL}"
-        plan.assumed.append(lambda s, r=result != opt.negated, t=text: (r, t))
+        held = {seen: {"eq": seen == value, "gt": seen > value, "lt": seen < value}[kind] != opt.negated
+                for seen in (_ASSUMED_TTL, _ASSUMED_TTL - 1)}
+        text = f"{where}: the packet is assumed sent with TTL/hop limit {_ASSUMED_TTL} (one less once forwarded)"
+
+        def ttl(s: State, held: dict[int, bool] = held, text: str = text) -> tuple[bool, str]:
+            forwarded = s.hook in ("FORWARD", "POSTROUTING") and not s.local_origin
+            return held[_ASSUMED_TTL - 1 if forwarded else _ASSUMED_TTL], text
+
+        plan.assumed.append(ttl)
 
 
 def match_zero_field(what: str) -> Callable[[Sequence[Opt], Context, MatchPlan, str], None]:

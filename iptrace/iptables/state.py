@@ -183,7 +183,9 @@ class State:
         self.dnat = False
         self.snat = False
         self.masq = False
-        self.notrack = False
+        # False: the packet has its connection; True: untracked (NOTRACK, CT --notrack); None: no connection yet,
+        # in the raw table of the first hook, which runs before conntrack (Tracer._stage).
+        self.notrack: bool | None = False
         self.kube_masq = False
         self.mark_drop: Any = None  # the Step of a jump to KUBE-MARK-DROP (fragment entry only)
         self.recent: frozenset[tuple[str, int]] = frozenset()

@@ -30,7 +30,7 @@ from iptrace.dataplane import (
 from iptrace.errors import InputError, TraceError
 from iptrace.iptables import chainmemo
 from iptrace.iptables.chainwalk import ChainWalker
-from iptrace.iptables.compile import chain_list, compiled_path
+from iptrace.iptables.compile import ChainCode, chain_list, compiled_path
 from iptrace.iptables.matchers import NEW_CONNECTION
 from iptrace.iptables.memo import StagePlan, record, replay, stage_plan
 from iptrace.iptables.model import BUILTIN_CHAINS, Ruleset
@@ -131,6 +131,18 @@ class Tracer(ChainWalker):
         code = self._code(table, chain)
         if code is None:
             return [(s, None)]
+        if table == "raw" and s.notrack is False and (chain == "OUTPUT" or not s.local_origin):
+            # raw runs before conntrack (-300 < -200), except for the node's own packet coming back in through lo
+            s.notrack = None
+            out = self._stage_chain(table, chain, code, s)
+            for s2, _ in out:
+                if s2.notrack is None:  # conntrack runs next: the packet gets its connection
+                    s2.notrack = False
+            return out
+        return self._stage_chain(table, chain, code, s)
+
+    def _stage_chain(self, table: str, chain: str, code: ChainCode, s: State) -> list[tuple[State, Terminal]]:
+        """`_stage` once the chain's code is found."""
         s.hook = chain
         out: list[tuple[State, Terminal]] = []
         if not code.rules:

@@ -399,7 +399,8 @@ class ChainWalker:
                 value = op[2](s)
                 if isinstance(value, Unknown):
                     s.assume(value.note)
-                elif value is not NA:
+                elif value is not NA and (op[1] != "ct_mark" or s.notrack is False):
+                    # (`ct mark set` on a packet without a connection does nothing: nft_ct_set_eval)
                     setattr(s, op[1], value)
             elif code_ == UPDATE:
                 value = op[3](s)
@@ -418,7 +419,8 @@ class ChainWalker:
                 s.assume(op[1])
                 return [(s, ("accept",))]
             elif code_ == NOTRACK:
-                s.notrack = True
+                if s.notrack is None:  # (a packet that has its connection already is left as it is)
+                    s.notrack = True
             elif code_ == FORK:
                 return self._fork(code, c, op, ops, k, s)
         return [(s, None)]
@@ -524,7 +526,11 @@ class ChainWalker:
         if version is not None and version != s.version:
             return False
         if kind in ("snat", "masquerade"):
-            s.snat = True
+            # The address the source becomes, for the chains after the NAT hook (Tracer._translated_source):
+            # `snat to` names it; masquerade's (True) is the outgoing interface's.
+            value = target(s) if kind == "snat" else None
+            addr = value[0] if isinstance(value, tuple) else value
+            s.snat = str(addr) if addr is not None and addr is not NA else True
             s.masq = True
             return True
         if kind == "redirect":

@@ -8,10 +8,11 @@ when the packet's property cannot be known from the rules (an interface not give
 an L2 header): the packet is then assumed not to have the property — `==` fails, `!=` holds — and the test
 records that assumption. Nothing unknown is silently treated as a match.
 
-The model of a first packet (documented once, here): ct state new (untracked after notrack); ct status dnat/snat
-once this trace rewrote the destination/source; mark and ct mark 0 until a rule sets them; tcp flags SYN; fib
-type local = the node's addresses and loopback; dynamic sets (session affinity) hold no entry for the packet
-unless this trace added it.
+The model of a first packet (documented once, here): ct state new (untracked after notrack; invalid in a chain
+hooked before conntrack, where the packet has no connection yet and every other ct key fails, as for an
+untracked packet); ct status dnat/snat once this trace rewrote the destination/source; mark and ct mark 0 until a
+rule sets them; tcp flags SYN; fib type local = the node's addresses and loopback; dynamic sets (session affinity)
+hold no entry for the packet unless this trace added it.
 """
 
 from __future__ import annotations
@@ -232,12 +233,20 @@ def _meta(e: Meta, where: str) -> Getter:
 
 _NEW = frozenset({"new"})  # a first packet's `ct state` (one value for every branch: it runs for every rule testing it)
 _UNTRACKED = frozenset({"untracked"})
+_INVALID = frozenset({"invalid"})
 
 
 def _ct(e: Ct, where: str) -> Getter:
+    """`ct state` of a packet without a connection (State.notrack None: before the conntrack hook) reads invalid;
+    every other key of it, or of an untracked packet, fails whatever the operator (nft_ct_get_eval's NFT_BREAK)."""
+    if e.key == "state":
+        return lambda s: _NEW if s.notrack is False else _UNTRACKED if s.notrack else _INVALID
+    found = _ct_key(e, where)
+    return lambda s: found(s) if s.notrack is False else NA
+
+
+def _ct_key(e: Ct, where: str) -> Getter:
     key, direction = e.key, e.direction
-    if key == "state":
-        return lambda s: _UNTRACKED if s.notrack else _NEW
     if key == "status":
         return lambda s: frozenset(n for n, on in (("dnat", s.dnat_by is not None), ("snat", s.snat)) if on)
     if key == "mark":
@@ -521,9 +530,11 @@ _PAYLOAD_FIELDS = {"saddr": ("src",), "daddr": ("dst",), "dport": ("dport", "pro
                    "protocol": ("proto",), "nexthdr": ("proto",), "flags": ("proto",)}
 _META_FIELDS = {"l4proto": ("proto",), "mark": ("mark",), "iifname": ("in_iface",), "oifname": ("out_iface",),
                 "nfproto": (), "protocol": (), "nftrace": (), "pkttype": ("dst",)}
-_CT_FIELDS = {"state": ("notrack",), "status": ("dnat_by", "snat"), "mark": ("ct_mark",), "direction": (),
-              "l3proto": (), "protocol": ("proto",), "zone": (), "saddr": ("src", "dst"),
-              "daddr": ("src", "orig_dst"), "proto-dst": ("sport", "orig_dport"), "proto-src": ("sport", "dport")}
+# (every ct key reads `notrack`: whether the packet has a connection)
+_CT_FIELDS = {"state": ("notrack",), "status": ("notrack", "dnat_by", "snat"), "mark": ("notrack", "ct_mark"),
+              "direction": ("notrack",), "l3proto": ("notrack",), "protocol": ("notrack", "proto"),
+              "zone": ("notrack",), "saddr": ("notrack", "src", "dst"), "daddr": ("notrack", "src", "orig_dst"),
+              "proto-dst": ("notrack", "sport", "orig_dport"), "proto-src": ("notrack", "sport", "dport")}
 
 
 def reads(e: Any) -> set[str] | None:
@@ -538,7 +549,7 @@ def reads(e: Any) -> set[str] | None:
         return set(meta) if meta is not None else set()
     if isinstance(e, Ct):
         ct = _CT_FIELDS.get(e.key)
-        return set(ct) if ct is not None else set()
+        return set(ct) if ct is not None else {"notrack"}
     if isinstance(e, Fib):
         return {"src", "dst"}
     if isinstance(e, (Numgen, Hash)):

@@ -63,9 +63,11 @@ class State:
         self.hook = ""
         self.mark = 0
         self.ct_mark = 0
-        self.notrack = False
+        # False: tracked (the packet has its connection); True: untracked (`notrack`); None: no connection yet, in
+        # the chains hooked before conntrack (priority < -200) of the first hook, where `notrack` takes effect.
+        self.notrack: bool | None = False
         self.dnat_by: Decision | None = None
-        self.snat = False
+        self.snat: bool | str = False  # str: the address `snat to` named
         self.masq = False
         self.accept: Decision | None = None
         self.num = 1
@@ -115,7 +117,7 @@ class State:
         new.num = new.den = 1
         return new
 
-    def branch(self, mark: int, ct_mark: int, notrack: bool, snat: bool, masq: bool, hook: str,
+    def branch(self, mark: int, ct_mark: int, notrack: bool | None, snat: bool | str, masq: bool, hook: str,
                in_iface: str | None, out_iface: str | None) -> State:
         """`copy()` with the fields a replayed walk restores set to the recorded ones (splits.py: each branch of a
         load-balancing chain's replay, made in one go)."""
@@ -154,7 +156,7 @@ class State:
 
     @property
     def ct_state(self) -> int:
-        return CT_STATE_BITS["untracked"] if self.notrack else CT_STATE_BITS["new"]
+        return CT_STATE_BITS["new" if self.notrack is False else "untracked" if self.notrack else "invalid"]
 
     @property
     def ct_status(self) -> int:

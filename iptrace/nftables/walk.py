@@ -35,7 +35,7 @@ from iptrace.nftables.evaluate import Context
 from iptrace.nftables.hooks import Stage, base_chains, hook_stages, unwalked_tables
 from iptrace.nftables.memo import MEMO_SIZE, Plan, make_plan, record, replay, replay_one
 from iptrace.nftables.model import Chain, Ruleset, Table
-from iptrace.nftables.state import State, cons_list, is_loopback
+from iptrace.nftables.state import State, cons_list, ip_int, is_loopback
 from iptrace.nftables.steps import StepMaker
 from iptrace.nftables.values import protocol
 
@@ -46,6 +46,11 @@ _INPUT = (("input", True, False),)
 _OUT = (("postrouting", True, False),)
 _OUT_LOOPBACK = (("postrouting", True, False), ("prerouting", False, True), ("input", False, False))
 
+# nf_conntrack's hooks on prerouting and output (NF_IP_PRI_CONNTRACK). Of a chain at exactly -200 the kernel runs
+# whichever registered last first (when the first table that needs conntrack came, which the listing does not
+# tell): it is taken as after conntrack, and the trace says so.
+CONNTRACK_PRIORITY = -200
+SNAT_HOOKS = ("postrouting", "input")  # (their NAT rewrites the source)
 NEW_CONNECTION = "first packet of a new connection (ct state new, mark 0, no conntrack or dynamic-set entries yet)"
 
 
@@ -182,11 +187,14 @@ class Tracer(ChainWalker):
     def _walk(self, s: State) -> list[tuple[State, Terminal]]:
         out: list[tuple[State, Terminal]] = []
         local = self.local
+        s.notrack = None  # no connection until the first hook's conntrack (_base)
         if self._is_local(s.src):
             s.local_origin = True
             s.out_iface = "lo" if self._is_local(s.dst) else None
             branches = self._hook(s, "output")
             for s1, t1 in branches:
+                if s1.notrack is None:  # (no base chain after conntrack on the hook)
+                    s1.notrack = False
                 if t1 is None:
                     # The route is looked up again after output's DNAT; a packet for the node itself comes back
                     # in through lo.
@@ -194,7 +202,11 @@ class Tracer(ChainWalker):
                     s1.out_iface = "lo" if dst in local or is_loopback(dst) else None
             self._tails(branches, _OUT_LOOPBACK, _OUT, out)
             return out
-        self._tails(self._hook(s, "prerouting"), _INPUT, _FORWARD, out)
+        branches = self._hook(s, "prerouting")
+        for s1, _ in branches:
+            if s1.notrack is None:  # (no base chain after conntrack on the hook)
+                s1.notrack = False
+        self._tails(branches, _INPUT, _FORWARD, out)
         return out
 
     def _tails(self, branches: list[tuple[State, Terminal]], to_node: tuple[tuple[str, bool, bool], ...],
@@ -263,10 +275,19 @@ class Tracer(ChainWalker):
         """The plan of a tail of hooks (version, seq) or of a hook's stages from the k-th (version, hook, k)."""
         stages: list[Stage] = []
         if len(key) == 2:
+            snat = False
             for hook, nat, _ in key[1]:
-                stages.extend(stage for stage in self._hook_stages(key[0], hook) if nat or not stage.nat)
+                for stage in self._hook_stages(key[0], hook):
+                    if nat or not stage.nat:
+                        if snat and not stage.nat:
+                            return None  # (it sees the source SNAT rewrote, which a plan's key does not hold)
+                        snat = snat or (stage.nat and hook in SNAT_HOOKS)
+                        stages.append(stage)
         else:
-            stages.extend(self._hook_stages(key[0], key[1])[key[2]:])
+            hook_stages = self._hook_stages(key[0], key[1])
+            if key[1] in SNAT_HOOKS and any(stage.nat for stage in hook_stages[:key[2]]):
+                return None
+            stages.extend(hook_stages[key[2]:])
         codes = []
         for stage in stages:
             for table, chain in stage.chains:
@@ -342,8 +363,9 @@ class Tracer(ChainWalker):
         return stages
 
     def _nat_stage(self, chains: tuple[tuple[Table, Chain], ...], k: int, s: State) -> list[tuple[State, Terminal]]:
-        """The NAT chains of one hook in their order, until one set up the mapping (nf_nat_inet_fn)."""
-        if k == len(chains):
+        """The NAT chains of one hook in their order, until one set up the mapping (nf_nat_inet_fn); none for an
+        untracked packet (nf_nat_inet_fn passes a packet without a connection)."""
+        if k == len(chains) or s.notrack:
             return [(s, None)]
         dnat_by, snat = s.dnat_by, s.snat
         out: list[tuple[State, Terminal]] = []
@@ -360,6 +382,13 @@ class Tracer(ChainWalker):
     def _base(self, table: Table, chain: Chain, s: State) -> list[tuple[State, Terminal]]:
         code = self._chain(self._tables[(table.family, table.name)], chain.name)
         assert code is not None and chain.base is not None
+        if s.snat and chain.base.type != "nat":
+            self._translated_source(s)
+        if s.notrack is None and chain.base.priority >= CONNTRACK_PRIORITY:
+            if chain.base.priority == CONNTRACK_PRIORITY:
+                s.assume(f"{code.table.label} {chain.name}: at priority -200, conntrack's own, assumed to run after "
+                         "conntrack (it runs before it when it was created after conntrack's hooks were)")
+            s.notrack = False  # conntrack (-200) has run: the packet has its connection
         filtering = chain.base.type != "nat"
         out: list[tuple[State, Terminal]] = []
         for s2, term in self._run_chain(code, s, ()):
@@ -379,6 +408,25 @@ class Tracer(ChainWalker):
                     s2.accept = term[1]
                 out.append((s2, None))
         return out
+
+    def _translated_source(self, s: State) -> None:
+        """The source as the chains after SNAT see it (nf_nat_packet rewrites it in the NAT hook itself): the
+        address `snat to` named, or for masquerade the outgoing interface's, which the rules do not say (the node
+        address closest to the destination stands for it)."""
+        if isinstance(s.snat, str):
+            s.src = s.snat
+            return
+        own = sorted(ip for ip in self.local if (":" in ip) == (s.version == 6))
+        if not own:
+            s.assume("masquerade: the source becomes the address of the interface the packet leaves by, which "
+                     "neither the rules nor the node addresses say: later rules are assumed to see the original one")
+            return
+        dst = ip_int(s.dst)
+        pick = min(own, key=lambda ip: (ip_int(ip) ^ dst).bit_length())
+        if s.src != pick:
+            s.src = pick
+            s.assume(f"masquerade: the source becomes the address of the interface the packet leaves by, which the "
+                     f"rules do not say; shown as the node address closest to the destination, {pick}")
 
     def _policy(self, table: str, chain: str, policy: str) -> Decision:
         key = (table, chain, policy)
