@@ -221,11 +221,10 @@ def load_conntrack(path: str | None, dump: str, *, lenient: bool = False,
         if dump == "-" or not node.is_dir() or not (node / CONNTRACK_FILE).is_file():
             return None
         path = str(node / CONNTRACK_FILE)
-        from iptrace.collect.store import capped_conntrack_note, read_meta
+        from iptrace.collect.store import conntrack_notes, read_meta
 
-        capped = capped_conntrack_note(node, read_meta(node))
-        if capped is not None:
-            click.echo(named(capped), err=True)
+        for partial in conntrack_notes(node, read_meta(node)):
+            click.echo(named(partial), err=True)
     from iptrace.conntrack import load, read_file  # (only when there is a table: an explain without one needs none)
 
     data, name = read_file(path)

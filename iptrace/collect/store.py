@@ -105,14 +105,27 @@ def read_node_dir(path: Path) -> NodeSnapshot:
     )
 
 
-def capped_conntrack_note(node_dir: Path, meta: dict[str, Any]) -> str | None:
-    """A note when the node's conntrack.txt holds only the first entries of its table (collect's
-    --conntrack-max-entries): the flows beyond them were not checked, so a stale one among them goes unsaid."""
+def conntrack_notes(node_dir: Path, meta: dict[str, Any]) -> list[str]:
+    """Notes when the node's conntrack.txt holds only part of its table: the first entries of each family
+    (collect's --conntrack-max-entries), or one family only (the other's `conntrack -L` failed). The flows left
+    out were not checked, so a stale one among them goes unsaid."""
     table = meta.get("conntrack")
-    if not isinstance(table, dict) or table.get("capped") is not True:
-        return None
-    return (f"note: {node_dir / CONNTRACK_FILE}: holds only the first {table.get('max_entries')} conntrack entries "
-            "of each family (collect --conntrack-max-entries); the flows beyond them were not checked")
+    if not isinstance(table, dict):
+        return []
+    notes = []
+    if table.get("capped") is True:
+        notes.append(f"note: {node_dir / CONNTRACK_FILE}: holds only the first {table.get('max_entries')} conntrack "
+                     "entries of each family (collect --conntrack-max-entries); the flows beyond them were not checked")
+    entries = table.get("entries")
+    if table.get("status") == "failed" and isinstance(entries, dict) and entries:
+        missing = [f for f in ("ipv4", "ipv6") if f not in entries]
+        if missing:
+            said = table.get("error")
+            said = said if isinstance(said, str) else f"`conntrack -L -f {missing[0]}` failed"
+            names = " or ".join(f.replace("ipv", "IPv") for f in missing)
+            notes.append(f"note: {node_dir / CONNTRACK_FILE}: holds no {names} entries: {said} when the node was "
+                         "collected; those flows were not checked")
+    return notes
 
 
 def read_meta(node_dir: Path) -> dict[str, Any]:
