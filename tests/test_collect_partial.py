@@ -44,3 +44,45 @@ def test_a_conntrack_table_collected_for_one_family_only_is_said_to_be_partial(f
 
     explained = CliRunner().invoke(main, ["explain", str(node), "--dst", "198.19.0.10:80", "--proto", "udp"])
     assert said in explained.stderr, explained.stderr
+
+
+def test_a_node_whose_new_collection_failed_keeps_its_files_and_says_they_are_older(farm: SshdFarm, tmp_path: Path):
+    """Collecting into the same directory again (a cron job, a second try): a node that fails this time keeps the
+    earlier collection's files, as it should, but `audit DIR` then showed it 'ok' beside the fresh nodes and
+    `services DIR/NODE` answered from it, with nothing saying these rules were from an earlier collection."""
+    servers = [farm.start(name, ip=f"198.18.0.{i + 1}") for i, name in enumerate(("flaky", "fine"))]
+    never = farm.start("never", ip="198.18.0.3", scripts={**default_scripts("198.18.0.3"),
+                                                          "iptables-save": "#!/bin/sh\nexit 1\n"})
+    (tmp_path / "ssh_config").write_text("")
+    out = tmp_path / "out"
+
+    def run() -> list:
+        return collect([f"127.0.0.1:{s.port}" for s in (*servers, never)], out_dir=out,
+                       identity_files=[farm.client_key], user="root", ssh_config=tmp_path / "ssh_config",
+                       known_hosts=farm.known_hosts(tmp_path / "known_hosts"), connect_timeout=5, command_timeout=10)
+
+    flaky, fine, failed = run()
+    assert flaky.ok and fine.ok and not failed.ok
+    dump = (out / flaky.node / "iptables-save.txt").read_bytes()
+    servers[0].set_script("iptables-save", "#!/bin/sh\necho 'iptables-save: broken' >&2\nexit 1\n")
+    flaky_again, _, _ = run()
+    assert not flaky_again.ok
+    assert (out / flaky.node / "iptables-save.txt").read_bytes() == dump
+    assert not (out / failed.node).exists(), "a node never collected gets no directory"
+    meta = json.loads((out / flaky.node / "meta.json").read_text())
+    assert meta["failed_attempt"]["error"] == "`iptables-save` failed (iptables-save: broken)"
+
+    audited = CliRunner().invoke(main, ["audit", str(out), "-o", "json", "--jobs", "1"])
+    assert audited.exit_code == 0, audited.output
+    said = [f for f in json.loads(audited.stdout)["findings"] if f["id"] == "load-error"]
+    assert [(f["node"], f["severity"]) for f in said] == [(flaky.node, "warning")]
+    assert f"failed (`iptables-save` failed (iptables-save: broken)); its files are from an earlier one " \
+           f"({meta['collected_at']})" in said[0]["detail"]
+    services = CliRunner().invoke(main, ["services", str(out / flaky.node)])
+    assert services.exit_code == 0 and services.stderr.count("its last collection") == 1, services.stderr
+
+    servers[0].set_script("iptables-save", default_scripts("198.18.0.1")["iptables-save"])
+    assert run()[0].ok
+    assert "failed_attempt" not in json.loads((out / flaky.node / "meta.json").read_text())
+    audited = CliRunner().invoke(main, ["audit", str(out), "-o", "json", "--jobs", "1"])
+    assert not [f for f in json.loads(audited.stdout)["findings"] if f["id"] == "load-error"]

@@ -22,6 +22,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,33 @@ def conntrack_notes(node_dir: Path, meta: dict[str, Any]) -> list[str]:
             notes.append(f"note: {node_dir / CONNTRACK_FILE}: holds no {names} entries: {said} when the node was "
                          "collected; those flows were not checked")
     return notes
+
+
+def mark_failed(out_dir: Path, node: str, error: str) -> None:
+    """A new collection of a node failed: its directory keeps the earlier collection's files (never half of a new
+    one), and its meta.json now says so (`failed_attempt`: when, and why), so that whoever reads the directory
+    later is told these rules are older than the attempt. Nothing when the node has no earlier collection or its
+    meta.json cannot be read or written (the failure itself is reported by the collector)."""
+    path = Path(out_dir) / node
+    if "/" in node or node in (".", "..") or not (path / META_FILE).is_file():
+        return
+    with contextlib.suppress(OSError, InputError):
+        meta = read_meta(path)
+        meta["failed_attempt"] = {"at": datetime.now(UTC).isoformat(timespec="seconds"),
+                                  "error": error.removeprefix(f"{node}: ")}
+        write_atomic(path / META_FILE, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+
+
+def failed_attempt_note(node: str, meta: dict[str, Any]) -> str | None:
+    """What a node's meta.json says of a later collection that failed (mark_failed), for readers of the
+    directory: the files are older than that attempt."""
+    attempt = meta.get("failed_attempt")
+    if not isinstance(attempt, dict):
+        return None
+    at, error, before = attempt.get("at"), attempt.get("error"), meta.get("collected_at")
+    return (f"{node}: its last collection{f' ({at})' if isinstance(at, str) else ''} failed"
+            f"{f' ({error})' if isinstance(error, str) else ''}; its files are from an earlier one"
+            f"{f' ({before})' if isinstance(before, str) else ''} and may no longer be the node's rules")
 
 
 def read_meta(node_dir: Path) -> dict[str, Any]:
