@@ -560,3 +560,20 @@ def test_kubeconfig_like_kubectl(cluster: FakeCluster, monkeypatch: pytest.Monke
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
     with pytest.raises(ClusterError, match="no kubeconfig"):
         kc.open_api(None, None)
+
+
+@needs_nodes
+def test_a_node_whose_new_collection_fails_keeps_its_files_and_its_meta_says_so(cluster: FakeCluster):
+    """Collected once, then refused (a ResourceQuota) when collected again into the same --out: the earlier files
+    stay, and meta.json records the failed attempt (what audit then says of it: tests/test_collect_partial.py)."""
+    cluster.add_node("node-a", kube_proxy=False)
+    server = cluster.start()
+    [first] = _collect(cluster)
+    assert first.ok, _describe([first])
+    node_dir = cluster.root / "out" / "node-a"
+    dump = (node_dir / "iptables-save.txt").read_bytes()
+    server.pod_quota = {"default": 0}
+    [again] = _collect(cluster)
+    assert not again.ok and (node_dir / "iptables-save.txt").read_bytes() == dump
+    attempt = json.loads((node_dir / "meta.json").read_text())["failed_attempt"]
+    assert attempt["error"].startswith("forbidden: pods \"iptrace-collector-node-a-"), attempt

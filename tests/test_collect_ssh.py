@@ -509,7 +509,12 @@ def test_partial_success_and_rerun_replace_only_successful_nodes(farm: SshdFarm,
     assert second[0].ok and not second[1].ok, _describe(second)
     assert second[1].error_kind == "ssh" and "broken" in second[1].error
     assert (out / second[0].node / "iptables-save.txt").read_text() == "*filter\nCOMMIT\n"
-    assert {p.name: p.read_bytes() for p in (out / first[1].node).iterdir()} == b_before
+    b_after = {p.name: p.read_bytes() for p in (out / first[1].node).iterdir()}
+    # Every file intact; meta.json only gains what the failed attempt was (store.mark_failed).
+    meta_before, meta_after = json.loads(b_before.pop("meta.json")), json.loads(b_after.pop("meta.json"))
+    assert b_after == b_before
+    assert meta_after.pop("failed_attempt")["error"] == "`iptables-save` failed (iptables-save: broken)"
+    assert meta_after == meta_before
 
     # A node that cannot even be reached keeps its files too.
     farm.stop_all()

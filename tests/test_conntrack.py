@@ -399,3 +399,31 @@ def test_ipv6_and_zones_in_commands() -> None:
     assert DeleteFilter("ipv6", "udp", "fd00::10", 53, zone=5).matches(entry)
     assert not DeleteFilter("ipv6", "udp", "fd00::10", 53, zone=0).matches(entry)
     assert not DeleteFilter("ipv4", "udp", "fd00::10", 53).matches(entry)
+
+
+# The kernel's /proc/net/nf_conntrack prints GRE's own timeouts between the entry's timeout and its original
+# tuple (nf_conntrack_proto_gre.c, gre_print_conntrack); `conntrack -L` does not. Seen on a real kernel: see
+# test_conntrack_kernel.py's GRE test.
+GRE_PROC = ("ipv4     2 gre      47 29 timeout=30, stream_timeout=180 src=198.18.5.{n} dst=198.18.0.1 srckey=0x0 "
+            "dstkey=0x0 [UNREPLIED] src=198.18.0.1 dst=198.18.5.{n} srckey=0x0 dstkey=0x0 mark=0 zone=0 use=2")
+UDP_PROC = ("ipv4     2 udp      17 29 src=198.18.128.9 dst=198.19.0.53 sport=41000 dport=53 src=198.18.128.10 "
+            "dst=198.18.128.9 sport=5353 dport=41000 mark=0 zone=0 use=2")
+
+
+@pytest.mark.parametrize("many", [1, 2000], ids=["one-gre-flow", "a-table-of-gre-flows"])
+def test_proc_table_with_gre_flows_is_read(many: int):
+    """One GRE flow (a PPTP or GRE tunnel through the node) made the whole /proc table unreadable:
+    'unexpected timeout=; expected src=… (the original tuple)'. Its timeouts are read and checked, its tuple kept."""
+    text = "\n".join([GRE_PROC.format(n=n % 250) for n in range(many)] + [UDP_PROC]) + "\n"
+    table = load(text, source="nf_conntrack", focus=[("198.19.0.53", 53, "udp")])
+    assert [g.reply_src for g in table.flows_to("198.19.0.53", 53, "udp")] == ["198.18.128.10"]
+    gre = next(iter(load(text, source="nf_conntrack").entries()))
+    assert (gre.proto, gre.timeout, gre.original.src, gre.original.fields) == (
+        "gre", 29, "198.18.5.0", (("srckey", "0x0"), ("dstkey", "0x0")))
+
+
+def test_proc_gre_timeouts_are_checked():
+    with pytest.raises(ParseError) as caught:
+        load(GRE_PROC.format(n=1).replace("timeout=30,", "timeout=30") + "\n", source="nf_conntrack")
+    assert (caught.value.line, caught.value.column) == (1, 35)
+    assert "expected a number followed by a comma" in str(caught.value)

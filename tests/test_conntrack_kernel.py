@@ -29,7 +29,7 @@ from click.testing import CliRunner
 from bench.synth import EndpointSpec, PortSpec, ServiceSpec, render
 from iptrace.cli import main
 from tests.oracle import CLIENT_IP, NODE_IP, Topology, requires_root_netns
-from tests.oracle.netns import CLIENT_IP6, NODE_IP6, ConntrackEntry, socket_in
+from tests.oracle.netns import CLIENT_IP6, NODE_IP6, ConntrackEntry, run_in_netns, socket_in
 
 _NO_CONNTRACK = None if shutil.which("conntrack") else "conntrack (conntrack-tools) is not installed"
 if _NO_CONNTRACK and os.environ.get("IPTRACE_ORACLE_REQUIRED") == "1":
@@ -345,3 +345,22 @@ def test_established_tcp_connection_stays_on_a_removed_endpoint_until_its_entry_
         assert ask(healthy) == B, "the other connection is untouched"
     finally:
         servers.close()
+
+
+def test_proc_table_with_a_gre_flow_is_read(topo: Topology, tmp_path: Path) -> None:
+    """A GRE flow through the node (a PPTP or GRE tunnel) is printed in /proc/net/nf_conntrack with GRE's own
+    timeouts (`gre 47 29 timeout=30, stream_timeout=180 src=…`); that one line made the whole table unreadable,
+    so the stale UDP entry beside it went unsaid."""
+    topo.start_server(udp_ports=[5353])
+    topo.load(udp_dump([A, B]))
+    stale = landing(topo, DNS, 53, A, 42000)
+    topo.load(udp_dump([B]), flush_conntrack=False)
+    gre = run_in_netns(topo.client, lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, 47))
+    with gre:
+        gre.sendto(b"\x00\x00\x08\x00" + bytes(20), (NODE_IP, 0))  # a GRE header carrying an IPv4 payload
+    listing = in_node(topo, "cat /proc/net/nf_conntrack")
+    assert any(line.split()[2:3] == ["gre"] and " timeout=" in line for line in listing.splitlines()), listing
+    code, report = explain(tmp_path, topo, listing, DNS, 53, "udp")
+    assert code == 3
+    evidence = [e for e in the(report, "stale-conntrack")["evidence"] if e.get("source")]
+    assert any(f"sport={stale.getsockname()[1]} " in e["rule"] for e in evidence)

@@ -53,11 +53,14 @@ def node_dump(snapshot: Any, dump: str, *, family: str = "ipv4", lenient: bool =
               extras: bool = True) -> tuple[Any, Any, list[str]]:
     """load_dump of a collected node directory already read (collect.store.read_node_dir), for `family`."""
     from iptrace.collect.inputs import choose_dump, misread_nft, unread_nft
+    from iptrace.collect.store import failed_attempt_note
     from iptrace.kube.digest import NFT_MISREAD_SAID
 
     chosen = choose_dump(snapshot, family, lenient=lenient)
     misread = misread_nft(snapshot, chosen)
-    for said in (chosen.note, chosen.split, misread and f"{snapshot.node}: {NFT_MISREAD_SAID}: {misread}"):
+    # (a failed later collection is said once, with the first family's dump: `extras`)
+    failed = failed_attempt_note(snapshot.node, snapshot.meta) if extras else None
+    for said in (chosen.note, chosen.split, misread and f"{snapshot.node}: {NFT_MISREAD_SAID}: {misread}", failed):
         if said:
             click.echo(named(f"note: {said}"), err=True)
     problem = unread_nft(snapshot, chosen) if extras else None
@@ -221,11 +224,10 @@ def load_conntrack(path: str | None, dump: str, *, lenient: bool = False,
         if dump == "-" or not node.is_dir() or not (node / CONNTRACK_FILE).is_file():
             return None
         path = str(node / CONNTRACK_FILE)
-        from iptrace.collect.store import capped_conntrack_note, read_meta
+        from iptrace.collect.store import conntrack_notes, read_meta
 
-        capped = capped_conntrack_note(node, read_meta(node))
-        if capped is not None:
-            click.echo(named(capped), err=True)
+        for partial in conntrack_notes(node, read_meta(node)):
+            click.echo(named(partial), err=True)
     from iptrace.conntrack import load, read_file  # (only when there is a table: an explain without one needs none)
 
     data, name = read_file(path)

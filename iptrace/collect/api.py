@@ -300,6 +300,8 @@ def _collect_node(plan: _Plan, node: NodeInfo) -> NodeResult:
         files = store.write_node_dir(plan.out_dir / node.name, gathered.dumps, meta)
     except CollectError as exc:
         message = str(exc) + "".join(f"; {w}" for w in warnings)
+        if exc.kind not in ("cancelled", "unsupported"):
+            store.mark_failed(plan.out_dir, node.name, message)
         return NodeResult(node.name, False, exc.kind, message, (), time.monotonic() - started, target=node)
     except OSError as exc:
         message = f"{node.name}: cannot write {exc.filename or plan.out_dir}: {exc.strerror}"

@@ -262,6 +262,9 @@ _SIGNALS = {s.value: s.name for s in (signal.SIGSEGV, signal.SIGABRT, signal.SIG
                                        signal.SIGFPE, signal.SIGKILL, signal.SIGTERM, signal.SIGPIPE)}
 
 _SUDO_PASSWORD = ("a password is required", "a terminal is required", "no tty present", "askpass")
+# `Defaults requiretty` in sudoers (the default on older RHEL/CentOS): sudo refuses a session without a terminal,
+# which collect never asks for (-n and no pty, so that no password prompt can ever hang it).
+_SUDO_TTY = ("must have a tty",)
 _SUDO_DENIED = ("not in the sudoers", "is not allowed to execute", "may not run sudo", "not allowed to run")
 _PERMISSION = ("permission denied", "you must be root", "operation not permitted")
 _SUDO_MISSING = re.compile(r"\bsudo: (?:command )?not found")
@@ -278,6 +281,11 @@ def command_error(output: StepOutput, node: str, runner: Runner) -> CollectError
     if sudo and _SUDO_MISSING.search(lowered):
         return CollectError(f"{node}: `sudo` not found on the node; drop --sudo or connect as root",
                             kind="command-missing", node=node)
+    if sudo and any(s in lowered for s in _SUDO_TTY):
+        return CollectError(f"{node}: sudo on the node insists on a terminal (`Defaults requiretty` in its sudoers: "
+                            f"{detail}); exempt {user} (`Defaults:{user} !requiretty`)"
+                            f"{'' if user == 'root' else ' or connect as root'}",
+                            kind="permission", node=node)
     if sudo and any(s in lowered for s in _SUDO_PASSWORD):
         return CollectError(f"{node}: `sudo -n {command}` needs a password ({detail}); allow it without a "
                             f"password for {user} (NOPASSWD in sudoers) or connect as root",

@@ -227,6 +227,9 @@ def node_input(snapshot: Any, *, cluster: Any = None, lenient: bool = False,
     nft_problem = unread_nft(snapshot, chosen)
     if nft_problem is not None:
         problems.append(nft_problem)
+    failed = store.failed_attempt_note(snapshot.node, snapshot.meta)
+    if failed is not None:
+        meta["failed_attempt_note"] = failed
     if chosen.note is not None:
         meta["dataplane_note"] = chosen.note
     if chosen.split is not None:

@@ -135,6 +135,8 @@ def _collect_node(target: NodeTarget, out_dir: Path, settings: Settings) -> Node
         meta["duration_s"] = round(duration, 3)
         files = store.write_node_dir(out_dir / target.name, dumps, meta)
     except CollectError as exc:
+        if exc.kind != "cancelled":
+            store.mark_failed(out_dir, target.name, str(exc))
         return NodeResult(target.name, False, exc.kind, str(exc), (), time.monotonic() - started,
                           target=target)
     except OSError as exc:

@@ -22,6 +22,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -105,14 +106,54 @@ def read_node_dir(path: Path) -> NodeSnapshot:
     )
 
 
-def capped_conntrack_note(node_dir: Path, meta: dict[str, Any]) -> str | None:
-    """A note when the node's conntrack.txt holds only the first entries of its table (collect's
-    --conntrack-max-entries): the flows beyond them were not checked, so a stale one among them goes unsaid."""
+def conntrack_notes(node_dir: Path, meta: dict[str, Any]) -> list[str]:
+    """Notes when the node's conntrack.txt holds only part of its table: the first entries of each family
+    (collect's --conntrack-max-entries), or one family only (the other's `conntrack -L` failed). The flows left
+    out were not checked, so a stale one among them goes unsaid."""
     table = meta.get("conntrack")
-    if not isinstance(table, dict) or table.get("capped") is not True:
+    if not isinstance(table, dict):
+        return []
+    notes = []
+    if table.get("capped") is True:
+        notes.append(f"note: {node_dir / CONNTRACK_FILE}: holds only the first {table.get('max_entries')} conntrack "
+                     "entries of each family (collect --conntrack-max-entries); the flows beyond them were not checked")
+    entries = table.get("entries")
+    if table.get("status") == "failed" and isinstance(entries, dict) and entries:
+        missing = [f for f in ("ipv4", "ipv6") if f not in entries]
+        if missing:
+            said = table.get("error")
+            said = said if isinstance(said, str) else f"`conntrack -L -f {missing[0]}` failed"
+            names = " or ".join(f.replace("ipv", "IPv") for f in missing)
+            notes.append(f"note: {node_dir / CONNTRACK_FILE}: holds no {names} entries: {said} when the node was "
+                         "collected; those flows were not checked")
+    return notes
+
+
+def mark_failed(out_dir: Path, node: str, error: str) -> None:
+    """A new collection of a node failed: its directory keeps the earlier collection's files (never half of a new
+    one), and its meta.json now says so (`failed_attempt`: when, and why), so that whoever reads the directory
+    later is told these rules are older than the attempt. Nothing when the node has no earlier collection or its
+    meta.json cannot be read or written (the failure itself is reported by the collector)."""
+    path = Path(out_dir) / node
+    if "/" in node or node in (".", "..") or not (path / META_FILE).is_file():
+        return
+    with contextlib.suppress(OSError, InputError):
+        meta = read_meta(path)
+        meta["failed_attempt"] = {"at": datetime.now(UTC).isoformat(timespec="seconds"),
+                                  "error": error.removeprefix(f"{node}: ")}
+        write_atomic(path / META_FILE, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+
+
+def failed_attempt_note(node: str, meta: dict[str, Any]) -> str | None:
+    """What a node's meta.json says of a later collection that failed (mark_failed), for readers of the
+    directory: the files are older than that attempt."""
+    attempt = meta.get("failed_attempt")
+    if not isinstance(attempt, dict):
         return None
-    return (f"note: {node_dir / CONNTRACK_FILE}: holds only the first {table.get('max_entries')} conntrack entries "
-            "of each family (collect --conntrack-max-entries); the flows beyond them were not checked")
+    at, error, before = attempt.get("at"), attempt.get("error"), meta.get("collected_at")
+    return (f"{node}: its last collection{f' ({at})' if isinstance(at, str) else ''} failed"
+            f"{f' ({error})' if isinstance(error, str) else ''}; its files are from an earlier one"
+            f"{f' ({before})' if isinstance(before, str) else ''} and may no longer be the node's rules")
 
 
 def read_meta(node_dir: Path) -> dict[str, Any]:

@@ -205,13 +205,13 @@ class Worker:
         with self.loading():
             snapshot = store.read_node_dir(path)
             node = node_input(snapshot, cluster=self.cluster, lenient=self.lenient, memo=self.load_memo)
-            capped = store.capped_conntrack_note(path, snapshot.meta)
+            partial = store.conntrack_notes(path, snapshot.meta)
             del snapshot
         extra: list[Finding] = []
         notes: list[str] = []
         if node.analyses and (path / CONNTRACK_FILE).is_file():
             extra, notes = conntrack(node.name, path / CONNTRACK_FILE, node.analyses, lenient=self.lenient)
-            notes += [capped] if capped is not None else []
+            notes += partial
         return self._result(node, extra, notes)
 
     def _result(self, node: Any, extra: Sequence[Finding] = (), notes: Sequence[str] = ()) -> NodeResult:

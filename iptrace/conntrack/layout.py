@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 FAMILY, FAMILY_NUMBER, PROTO, PROTO_NUMBER, STATE, FLAG = "family", "family#", "proto", "proto#", "state", "flag"
 CONSTANT_ROLES = frozenset({FAMILY, FAMILY_NUMBER, PROTO, PROTO_NUMBER, STATE, FLAG})
 TIMEOUT, TUPLE, COUNTER, FIELD = "timeout", "tuple", "counter", "field"
+PROTO_INFO = "proto-info"  # a tracker's own field before the original tuple (vocabulary.PROTO_INFO_FIELDS)
 ORIGINAL, REPLY = "original", "reply"
 
 
@@ -174,6 +175,7 @@ class _Reader:
         phase = "start"  # start → original → after-original → reply → after-reply → fields
         seen: set[str] = set()
         tuple_fields = v.ADDRESS_FIELDS + v.TUPLE_FIELDS[proto]
+        info = list(v.PROTO_INFO_FIELDS.get(proto, ()))
         for tok in toks:
             if tok.type == "FLAG":
                 self.flag(tok, phase)
@@ -198,6 +200,13 @@ class _Reader:
                 self.value(tok, key, v.ADDRESS)
                 self.roles.append(Role(TUPLE, direction, key, v.ADDRESS))
                 phase = direction
+                continue
+            if phase == "start" and key in dict(info):
+                while info[0][0] != key:  # (in the kernel's order; one may be missing)
+                    info.pop(0)
+                kind = info.pop(0)[1]
+                self.value(tok, key, kind)
+                self.roles.append(Role(PROTO_INFO, "", key, kind))
                 continue
             if phase == "start":
                 raise self.error(f"unexpected {key}=; expected src=… (the original tuple)", tok.column)

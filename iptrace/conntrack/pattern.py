@@ -63,6 +63,7 @@ IPV4 = rb"\.".join([_OCTET] * 4)
 VALUES: dict[str, bytes] = {kind: at_most(limit) for kind, limit in v.NUMBER_LIMITS.items()}
 VALUES[v.ADDRESS] = IPV4
 VALUES[v.HEX16] = rb"0x[0-9a-f]{1,4}"
+VALUES[v.U32_COMMA] = VALUES[v.U32] + rb","
 
 _PIECES = re.compile(rb" +|[^ ]+")
 # A piece of an expression (a word, or the spaces between two) and whether it is a capturing group.

@@ -64,6 +64,7 @@ _HINT = "; is this `conntrack -L` output (or /proc/net/nf_conntrack)?"
 # words are proven per kind.
 _KINDS_OF_KEY: dict[str, set[str]] = {}
 for _key, _kind in [*v.ADDRESS_FIELDS, *(f for fields in v.TUPLE_FIELDS.values() for f in fields),
+                    *(f for fields in v.PROTO_INFO_FIELDS.values() for f in fields),
                     *(f for fields in v.DIRECTION_FIELDS.values() for f in fields.items()), *v.ENTRY_FIELDS.items()]:
     _KINDS_OF_KEY.setdefault(_key, set()).add(_kind)
 AMBIGUOUS_KEYS = frozenset(k for k, kinds in _KINDS_OF_KEY.items() if len(kinds) > 1)

@@ -20,6 +20,7 @@ PROTOCOLS: dict[str, int | None] = {
 
 # Kinds of value: how `check_value` reads them.
 ADDRESS, PORT, U8, U16, U32, U64, HEX16, TEXT = "address", "port", "u8", "u16", "u32", "u64", "hex16", "text"
+U32_COMMA = "u32,"  # a number with the comma the kernel prints after it (GRE's `timeout=30,`)
 
 _PORTS = (("sport", PORT), ("dport", PORT))
 _ICMP = (("type", U8), ("code", U8), ("id", U16))
@@ -31,6 +32,13 @@ TUPLE_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
     "unknown": (),
 }
 ADDRESS_FIELDS = (("src", ADDRESS), ("dst", ADDRESS))
+
+# Fields a protocol's tracker prints between the timeout and the original tuple, in /proc/net/nf_conntrack only
+# (the kernel's l4proto print_conntrack; `conntrack -L` never prints them): GRE's two timeouts, as in
+# `ipv4 2 gre 47 29 timeout=30, stream_timeout=180 src=…`. Read and checked, not kept.
+PROTO_INFO_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "gre": (("timeout", U32_COMMA), ("stream_timeout", U32)),
+}
 
 # Protocols whose entries print a state word after the timeout (ESTABLISHED, TIME_WAIT, COOKIE_WAIT, …).
 STATEFUL: frozenset[str] = frozenset({"tcp", "sctp", "dccp"})
@@ -56,7 +64,7 @@ TIMESTAMP_FLAGS: tuple[str, ...] = ("start=", "stop=")
 NUMBER_LIMITS = {U8: 0xFF, U16: 0xFFFF, PORT: 0xFFFF, U32: 0xFFFFFFFF, U64: 0xFFFFFFFFFFFFFFFF}
 _KIND_WORDS = {ADDRESS: "an IPv4 or IPv6 address", PORT: "a port number (0-65535)", U8: "a number (0-255)",
                U16: "a number (0-65535)", U32: "a number", U64: "a number", HEX16: "a hex number such as 0x1f",
-               TEXT: "text"}
+               TEXT: "text", U32_COMMA: "a number followed by a comma"}
 
 
 def expected_value(kind: str) -> str:
@@ -68,6 +76,8 @@ def check_value(kind: str, text: str) -> bool:
     """Whether `text` is a value of this kind as conntrack prints it (addresses are checked by the reader)."""
     if kind == TEXT:
         return True
+    if kind == U32_COMMA:
+        return text[-1:] == "," and check_value(U32, text[:-1])
     if kind == HEX16:
         digits = text[2:]
         return text[:2] == "0x" and 0 < len(digits) <= 4 and all(c in "0123456789abcdef" for c in digits)

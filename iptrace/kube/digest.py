@@ -322,6 +322,12 @@ def node_result(node: Any, cluster: ClusterState | None = None, *, pictures: boo
             "(iptables and nftables)", split.removeprefix(f"{node.name}: "),
             "run one kube-proxy, in one mode: a kube-proxy of 1.29 or later deletes the other mode's rules when it "
             f"starts (or run `kube-proxy --cleanup` in the mode no longer used){then}"))
+    failed = meta.get("failed_attempt_note")
+    if isinstance(failed, str):
+        extra = (*extra, Finding(
+            LOAD_ERROR, "warning", node.name, None, f"{node.name}: its last collection failed; its rules are from an "
+            "earlier one", failed, "collect this node again (`iptrace collect NODE --out DIR` writes the node's "
+            "directory anew)"))
     misread = meta.get("nft_misread")
     if isinstance(misread, str):
         extra = (*extra, Finding(
