@@ -301,7 +301,8 @@ def not_a_service_address(case: Case) -> Diagnosis | None:
     owners = facts.by_endpoint_ip.get(dst, [])
     node_port = [s for s in facts.node_ports.get(dport, []) if s.protocol.lower() == proto]
     if facts.is_node_address(dst):
-        serves = [o for o in owners if any(ep.ip == dst and ep.port == dport for ep in o.endpoints)]
+        serves = sorted((o for o in owners if any(ep.ip == dst and ep.port == dport for ep in o.endpoints)),
+                        key=lambda o: o.protocol.lower() != proto)
         if serves:
             return Diagnosis(
                 "not-a-service-address", "info", f"{case.target} is this node's own address, an endpoint of "
@@ -320,13 +321,22 @@ def not_a_service_address(case: Case) -> Diagnosis | None:
         hint = (f"{dport} is the nodePort of {label(node_port[0])}: if {dst} is a node's address, pass it with "
                 f"--node-ip{unknown}. ")
     if owners:
-        s = owners[0]
-        ports = sorted({ep.port for o in owners for ep in o.endpoints if ep.ip == dst and ep.port})
+        # each Service port this address is an endpoint of, with the port it serves it on: the one the asked
+        # port and protocol belong to is the Service the reader meant
+        served = sorted({(ep.port, o.protocol.lower(), label(o)): o for o in owners for ep in o.endpoints
+                         if ep.ip == dst and ep.port}.items(), key=lambda item: item[0])
+        ports = sorted({port for (port, _, _), _ in served})
         ok = dport in ports
+        s = next((o for (port, p, _), o in served if port == dport and p == proto),
+                 next((o for (port, _, _), o in served if port == dport), served[0][1] if served else owners[0]))
         what = "a pod IP" if facts.in_pod_network(dst) or not facts.pod_nets else "a host-network address"
-        port_text = ", ".join(map(str, ports)) or "?"
         use, instead = use_instead(facts, s)
-        serves = f"It serves {label(s)} on port{'s' if len(ports) > 1 else ''} {port_text}"
+        named = [f"{name} on port {port}/{p}" for (port, p, name), _ in served]
+        if not named:
+            named = [f"{label(s)} on port ?"]
+        elif len(named) > 3:
+            named = [*named[:3], f"{len(named) - 3} other Service ports"]
+        serves = "It serves " + (named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1])
         return Diagnosis(
             "not-a-service-address", "info" if ok else "warning",
             f"{dst} is {what}, an endpoint of {label(s)}, not a Service address",
