@@ -31,3 +31,8 @@ def utf8_input(data: bytes) -> bytes:
 def counted(n: int, one: str, many: str | None = None) -> str:
     """`1 error`, `2 errors` (`many`: an irregular plural, `1 node has` / `2 nodes have`)."""
     return f"{n} {one}" if n == 1 else f"{n} {many if many is not None else one + 's'}"
+
+
+def listed(words: list[str]) -> str:
+    """`a`, `a and b`, `a, b and c`: a list in a sentence."""
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]

@@ -53,3 +53,11 @@ def test_a_port_no_owner_serves_lists_each_owner_with_its_own_port(dump: str) ->
     assert ("default/karma-daemon:ftp on port 2121/tcp" in d["detail"]
             and "default/karma-daemon:http on port 8080/tcp" in d["detail"]), d["detail"]
     assert "not 80: 80 answers only if something else listens there." in d["detail"]
+
+
+def test_a_service_port_of_three_services_on_a_node_address_is_a_list() -> None:
+    result = CliRunner().invoke(main, ["explain", str(SAMPLES / "xlb-era.txt"), "--dst", "172.31.10.20:443",
+                                       "--src", "external", "--node-ip", "172.31.10.20", "-o", "json"])
+    (d,) = json.loads(result.stdout)["diagnoses"]
+    assert d["summary"] == ("443 is the service port of default/admin-api:https, default/kubernetes:https and "
+                            "ingress-nginx/ingress-nginx-controller:https, used on a node address")

@@ -12,6 +12,7 @@ from iptrace.dataplane import for_this_host, join_host_port
 from iptrace.explain.diagnosis import Diagnosis, Evidence, Suggestion
 from iptrace.explain.facts import Case, label, step_evidence
 from iptrace.explain.phrases import fate, fate_steps, kube_refusal, ports_text, service_name, use_instead
+from iptrace.text import counted, listed
 
 
 def _who_can(kind: str) -> str:
@@ -284,7 +285,8 @@ def service_port_on_node_ip(case: Case) -> Diagnosis | None:
         fix = (f"use {join_host_port(s.cluster_ip, dport)} from inside the cluster; {label(s)} has no nodePort, "
                "so to reach it from outside make it type NodePort or LoadBalancer")
         instead = (Suggestion(s.cluster_ip, dport, s.protocol.lower(), "pod"),) if s.cluster_ip else ()
-    owners = " and ".join(sorted({label(x) for x in (same or svc_port)})[:3])
+    names = sorted({label(x) for x in (same or svc_port)})
+    owners = listed(names if len(names) <= 3 else [*names[:3], counted(len(names) - 3, "other Service port")])
     return Diagnosis(
         "service-port-on-node-ip", "error", f"{dport} is the service port of {owners}, used on a node address",
         f"{dst} is this node's own address. A Service port is forwarded only on the Service's own IPs (here "
@@ -331,12 +333,10 @@ def not_a_service_address(case: Case) -> Diagnosis | None:
                  next((o for (port, _, _), o in served if port == dport), served[0][1] if served else owners[0]))
         what = "a pod IP" if facts.in_pod_network(dst) or not facts.pod_nets else "a host-network address"
         use, instead = use_instead(facts, s)
-        named = [f"{name} on port {port}/{p}" for (port, p, name), _ in served]
-        if not named:
-            named = [f"{label(s)} on port ?"]
-        elif len(named) > 3:
-            named = [*named[:3], f"{len(named) - 3} other Service ports"]
-        serves = "It serves " + (named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1])
+        named = [f"{name} on port {port}/{p}" for (port, p, name), _ in served] or [f"{label(s)} on port ?"]
+        if len(named) > 3:
+            named = [*named[:3], counted(len(named) - 3, "other Service port")]
+        serves = "It serves " + listed(named)
         return Diagnosis(
             "not-a-service-address", "info" if ok else "warning",
             f"{dst} is {what}, an endpoint of {label(s)}, not a Service address",
