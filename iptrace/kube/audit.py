@@ -395,7 +395,7 @@ def _ports_by_node(members: Sequence[_NodeState], family: str,
     def add(node: str, id_: str, severity: Severity, service: str, summary: str, detail: str, fix: str,
             port: _Port | None = None, lines: Iterable[int] = ()) -> None:
         states[node].findings.append(Finding(id_, severity, node, service, summary, detail, fix,
-                                             port.evidence(lines) if port is not None else ()))
+                                             port.evidence(lines) if port is not None else (), family))
 
     return by_node, add, layouts
 

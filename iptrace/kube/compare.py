@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from iptrace.kube import writes
@@ -84,6 +84,9 @@ class Finding:
     detail: str
     fix: str
     evidence: tuple[tuple[int, str], ...] = ()
+    # the IP family of the rules it is about, when one ("ipv4", "ipv6"): which picture of a dual-stack Service
+    # port a report draws it in. Not in the JSON (a merged audit's findings have none: drawn in every family's)
+    family: str | None = field(default=None, compare=False)
 
     @property
     def sort_key(self) -> tuple[int, str, str, str]:
@@ -196,7 +199,7 @@ class _Comparer:
     def add(self, id_: str, severity: Severity, service: str | None, summary: str, detail: str, fix: str,
             lines: Iterable[int] = ()) -> None:
         self.findings.append(Finding(id_, severity, self.node, service, summary, detail, fix,
-                                     self.evidence(lines)))
+                                     self.evidence(lines), self.analysis.family))
 
     def plan(self) -> list[tuple[str, Callable[[], None]]]:
         """What there is to say, as (the label of the Service port it is about, how to say it): every port is

@@ -291,11 +291,17 @@ def _node_table(report: AuditReport) -> list[str]:
     return out
 
 
-def _finding(f: Finding, i: int, port_ids: dict[str, list[str]]) -> list[str]:
+def _drawn_in(f: Finding, family: str) -> bool:
+    """Whether a finding belongs in a picture of `family` (one without a family, from a merge: in every one)."""
+    return f.family is None or f.family == family
+
+
+def _finding(f: Finding, i: int, port_ids: dict[str, list[tuple[str, str]]]) -> list[str]:
     meta = [f"<code>{_e(f.id)}</code>", f"node <code>{_e(f.node)}</code>"]
     if f.service:
         meta.append(f"Service port <code>{_e(f.service)}</code>")
-    links = "".join(f' · <a href="#{pid}">picture</a>' for pid in port_ids.get(f.service or "", []))
+    links = "".join(f' · <a href="#{pid}">picture</a>' for family, pid in port_ids.get(f.service or "", [])
+                    if _drawn_in(f, family))
     out = [f'<article class="finding {f.severity}" id="finding-{i}" data-severity="{f.severity}" '
            f'data-node="{_e(f.node)}">',
            f'<div class="head"><span class="badge {f.severity}">{_WORD[f.severity]}</span>'
@@ -378,10 +384,13 @@ def render_audit_html(report: AuditReport, cluster: Any = None) -> str:
         worst = min((SEVERITY_ORDER[f.severity] for _, f in by_service.get(pv.service, ())), default=9)
         return (worst, pv.service, pv.family)
 
-    ports = sorted(report.port_views, key=rank)
-    port_ids: dict[str, list[str]] = {}
+    # (a dual-stack Service port is drawn in each family; its pictures of a family no finding is about, where
+    # the nodes agree, are left out)
+    ports = sorted((pv for pv in report.port_views if not by_service.get(pv.service)
+                    or any(_drawn_in(f, pv.family) for _, f in by_service[pv.service])), key=rank)
+    port_ids: dict[str, list[tuple[str, str]]] = {}
     for j, pv in enumerate(ports, start=1):
-        port_ids.setdefault(pv.service, []).append(f"port-{j}")
+        port_ids.setdefault(pv.service, []).append((pv.family, f"port-{j}"))
     word = "FAIL" if counts["error"] else ("WARNINGS" if counts["warning"] else "OK")
     body: list[str] = []
     body += _masthead(report)
@@ -399,7 +408,8 @@ def render_audit_html(report: AuditReport, cluster: Any = None) -> str:
         body += ['<section id="ports">', f'<h2>Service ports that differ <span class="count">({len(ports)}: how '
                  "each node forwards them, nodes with the same rules drawn once)</span></h2>"]
         for j, pv in enumerate(ports, start=1):
-            body += _port_section(pv, f"port-{j}", by_service.get(pv.service, []), cluster)
+            mine = [(i, f) for i, f in by_service.get(pv.service, []) if _drawn_in(f, pv.family)]
+            body += _port_section(pv, f"port-{j}", mine, cluster)
         body.append("</section>")
     body += [f"<footer>iptrace {_e(__version__)} · the same audit as <code>iptrace audit … -o json</code> "
              f"(format {AUDIT_FORMAT}) · this page loads nothing from the network</footer>"]
