@@ -56,14 +56,17 @@ def render_explain_text(report: Report) -> str:
     first = report.explanations[0]
     if len(report.explanations) == 1:
         out += _explanation(first, first.source_kind != "external")
-    elif not _differ(report):
+    elif not _differ(report) and not _worded_apart(report):
         sources = ", ".join(f"{e.source_kind} {e.trace.packet.src}" for e in report.explanations)
         out += _explanation(first, False)
         out.append("")
         out.append(f"The same from every source ({sources}).")
         out += [f"Note: {d}" for d in report.differences]
     else:
-        out.append(f"{report.destination}/{report.proto}: the answer depends on where the client is.")
+        if _differ(report):
+            out.append(f"{report.destination}/{report.proto}: the answer depends on where the client is.")
+        else:  # the same answer, in words that name each source (its address): each source's are shown
+            out.append(first.headline)
         out += [f"  - {d}" for d in report.differences]
         # A finding every source shares (a node-wide one, say) is said once, before the per-source answers.
         shared = tuple(d for d in first.diagnoses if all(d in e.diagnoses for e in report.explanations[1:]))
@@ -85,6 +88,14 @@ def render_explain_text(report: Report) -> str:
 
 def _differ(report: Report) -> bool:
     keys = {(e.verdict, tuple(d.id for d in e.diagnoses)) for e in report.explanations}
+    return len(keys) > 1
+
+
+def _worded_apart(report: Report) -> bool:
+    """Whether a problem's words differ from source to source (they name the client: source-range-blocked). An
+    info's may (healthy says whom it masquerades; the differences note it), and are shown once as the first's."""
+    keys = {tuple((d.summary, d.detail, d.fix) for d in e.diagnoses if d.severity != "info")
+            for e in report.explanations}
     return len(keys) > 1
 
 

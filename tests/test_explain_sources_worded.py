@@ -1,0 +1,36 @@
+"""explain without --src when every source gets the same diagnosis but its words name the source
+(source-range-blocked: '<client> is outside the loadBalancerSourceRanges'): each source's own words are shown.
+The text printed the pod's alone ('fd00:10:244::4 is outside …') under 'The same from every source', so an SRE
+asking about an outside client read of a pod address it never used. Words that name no source are still said once."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from iptrace.cli import main
+from tests.conftest import SAMPLES
+
+
+def _text(dump: str, dst: str, *node_ips: str) -> str:
+    result = CliRunner().invoke(main, ["explain", str(SAMPLES / dump), "--dst", dst,
+                                       *(x for ip in node_ips for x in ("--node-ip", ip))])
+    assert result.exit_code == 3, result.output
+    return result.stdout
+
+
+@pytest.mark.parametrize(("dump", "node_ips"), [("ipv6.txt", ("fd00:192:168:49::2",)),
+                                                ("dual-stack-nft.nft", ("192.168.49.2", "fd00:192:168:49::2"))])
+def test_each_source_is_named_in_its_own_diagnosis(dump: str, node_ips: tuple[str, ...]) -> None:
+    text = _text(dump, "[2001:db8:49::240]:80", *node_ips)
+    assert text.startswith("[2001:db8:49::240]:80/tcp is dropped: a rule drops it")
+    for src in ("fd00:10:244::4", "fd00:192:168:49::2", "2001:db8::1"):
+        assert f"✗ {src} is outside the loadBalancerSourceRanges of default/web:http" in text, text
+    assert "The same from every source" not in text
+    assert "depends on where the client is" not in text
+
+
+def test_words_that_name_no_source_are_said_once() -> None:
+    text = _text("nodeport-fb-backends.txt", "10.101.234.168:8001", "192.168.49.2")
+    assert text.count("[target-port-on-service-ip, error]") == 1
+    assert "The same from every source (pod 10.244.0.4, node 192.168.49.2, external 203.0.113.1)." in text
