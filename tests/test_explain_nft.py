@@ -65,3 +65,13 @@ def test_a_node_port_on_localhost_says_kube_proxy_does_not_open_it_there() -> No
     # Near-miss: the node address @nodeport-ips holds is a NodePort that works.
     code, text = explain("--dst", "192.168.49.2:30904", "--src", "node")
     assert code == 0 and "node-port-not-on-address" not in text
+
+
+def test_no_endpoints_evidence_names_the_services_element() -> None:
+    """nftables mode's REJECT of a Service without endpoints is its element of @no-endpoint-services (naming the
+    Service) then the shared reject-chain: the evidence showed only `line 117: reject`, which names nothing."""
+    result = CliRunner().invoke(main, ["explain", str(SAMPLES / "no-endpoints-nft.nft"), "--dst", "10.98.7.10:8080",
+                                       "--src", "external", "-o", "json"])
+    (d,) = [d for d in json.loads(result.stdout)["diagnoses"] if d["id"] == "no-endpoints"]
+    assert [e["line"] for e in d["evidence"]] == [32, 117], d["evidence"]
+    assert 'comment "default/orders:http" : goto reject-chain' in d["evidence"][0]["rule"]

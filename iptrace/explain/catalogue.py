@@ -124,10 +124,11 @@ def no_endpoints(case: Case) -> Diagnosis | None:
         if step is None or step.kind != "no-endpoints" or step.service is None:
             continue
         name = step.service
+        # (nftables mode: the Service's own element of @no-endpoint-services, then the shared reject-chain)
         return _no_endpoints_diagnosis(
             name, f"No pod of {name} is ready, so kube-proxy answers for the Service with a REJECT rule: the "
             "client gets 'connection refused' at once (an ICMP port-unreachable), not a timeout.",
-            step_evidence([step]))
+            step_evidence(s for s in outcome.path if s.kind == "no-endpoints" and s.service == name))
     if case.dnat:
         return None
     # kube-proxy hooks its REJECT for externalIPs, LB IPs and nodePorts (filter KUBE-EXTERNAL-SERVICES) into
