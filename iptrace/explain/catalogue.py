@@ -129,7 +129,7 @@ def no_endpoints(case: Case) -> Diagnosis | None:
             name, f"No pod of {name} is ready, so kube-proxy answers for the Service with a REJECT rule: the "
             "client gets 'connection refused' at once (an ICMP port-unreachable), not a timeout.",
             step_evidence(s for s in outcome.path if s.kind == "no-endpoints" and s.service == name))
-    if case.dnat:
+    if case.dnat or _local_drop_step(case) is not None:  # (a Local policy's drop: no_local_endpoints says it)
         return None
     # kube-proxy hooks its REJECT for externalIPs, LB IPs and nodePorts (filter KUBE-EXTERNAL-SERVICES) into
     # INPUT and FORWARD only, so the node's own connections miss it and go on unanswered.
@@ -175,9 +175,14 @@ def no_local_endpoints(case: Case) -> Diagnosis | None:
         fate = ("so kube-proxy marks the packet to be dropped (KUBE-MARK-DROP); kubelet drops marked packets only "
                 f"when they are addressed to the node itself, so this one goes on to {case.dst} unchanged and "
                 "never reaches a pod")
-    detail = (f"{name} has {policy}: Local, which sends traffic only to endpoints on the node that received it "
-              f"(to keep the client's source address). This node runs none{where}, {fate}. Only this node "
-              "fails; nodes that run a pod of the Service answer.")
+    if internal:
+        detail = (f"{name} has {policy}: Local, which sends connections to its ClusterIP only to endpoints on "
+                  f"the node they are made on (the node's own pods and processes). This node runs none{where}, "
+                  f"{fate}. Only this node drops them; on nodes that run a pod of the Service they are answered.")
+    else:
+        detail = (f"{name} has {policy}: Local, which sends traffic only to endpoints on the node that received "
+                  f"it (to keep the client's source address). This node runs none{where}, {fate}. Only this node "
+                  "fails; nodes that run a pod of the Service answer.")
     instead: tuple[Suggestion, ...] = ()
     if internal:
         fix = f"run a pod of {name} on this node, or set {policy}: Cluster"
