@@ -10,7 +10,7 @@ from typing import Any
 
 from iptrace.dataplane import for_this_host, join_host_port
 from iptrace.explain.diagnosis import Diagnosis, Evidence, Suggestion
-from iptrace.explain.facts import Case, label, step_evidence
+from iptrace.explain.facts import Case, canonical, label, step_evidence
 from iptrace.explain.phrases import fate, fate_steps, kube_refusal, ports_text, service_name, use_instead
 from iptrace.text import counted, listed
 
@@ -345,6 +345,20 @@ def not_a_service_address(case: Case) -> Diagnosis | None:
             f"through the Service use {use}" + ("" if ok or not ports else
                                                f"; directly, use {join_host_port(dst, ports[0])}"),
             (), instead)
+    api = sorted(facts.api_ports_by_address.get(canonical(dst), ()))
+    if api:  # the API has a Service there: this node's kube-proxy has not written it (missing-service says so)
+        asked = [a for a in api if a[1] == dport and a[2] == proto] or api
+        kind = "ClusterIP" if facts.near_service_range(dst) or kube_refusal(case) else "address"
+        has = listed([f"{name} at {join_host_port(dst, port)}/{p}" for name, port, p in asked[:3]])
+        return Diagnosis(
+            "not-a-service-address", "error",
+            f"no Service on this node has the address {dst}"
+            + (", so kube-proxy drops the packet" if kube_refusal(case) == "unallocated" else ""),
+            hint + f"No rule of this node names {dst}, but the API has {has}: the Service is new or changed and "
+            f"this node's kube-proxy has not written it yet. {fate(case, kind)}",
+            "restart kube-proxy on this node once it can sync (see missing-service); until it has written the "
+            "Service, connections to it through this node fail",
+            _evidence(case, []))
     nearby = facts.near_service_range(dst)
     # (with cluster data given, its comparison is said beside: missing-service when the API has the address)
     compare = "" if facts.has_cluster else "; --cluster or --kubeconfig compares the rules with the API"
