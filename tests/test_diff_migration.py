@@ -284,3 +284,12 @@ def test_localhost_nodeports_that_only_iptables_mode_accepts_are_a_note() -> Non
     assert any("nftables (a) does not" in n and "iptables (b) accepts" in n for n in back.notes), back.notes
     same = diff(analysis(iptables_text(services()), "a"), analysis(iptables_text(services()), "b"))
     assert not [n for n in same.notes if n.startswith("localhost NodePorts")]
+
+
+def test_a_single_localhost_nodeport_is_the_only_one() -> None:
+    """One nodePort: '(e.g. 127.0.0.1:30080, the only nodePort)', not 'one of 1 nodePort'."""
+    samples = Path(__file__).resolve().parent.parent / "sample_dumps"
+    result = CliRunner().invoke(main, ["diff", str(samples / "no-endpoints.txt"),
+                                       str(samples / "no-endpoints-nft.nft"), "--node-ip", "192.168.49.2"])
+    assert "(e.g. 127.0.0.1:30080, the only nodePort)" in result.stdout, result.stdout
+    assert "one of 1 " not in result.stdout

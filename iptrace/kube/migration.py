@@ -130,10 +130,10 @@ def localhost_notes(a: Any, b: Any) -> list[str]:
     (yes_side, yes_mode, _), (no_side, no_mode, _) = sorted(sides, key=lambda s: not s[2])
     loop = "::1" if a.family == "ipv6" else "127.0.0.1"
     example = join_host_port(loop, min(sp.node_port for sp in ports))
+    which = "the only nodePort" if len(ports) == 1 else f"one of {counted(len(ports), 'nodePort')}"
     return [f"localhost NodePorts: {yes_mode} ({yes_side}) accepts a nodePort on {loop} from the node itself, "
             f"{no_mode} ({no_side}) does not: a process on the node that connects to localhost:NODEPORT (e.g. "
-            f"{example}, one of {counted(len(ports), 'nodePort')}) reaches the Service in {yes_mode} mode only; "
-            "the node's own address works in both"]
+            f"{example}, {which}) reaches the Service in {yes_mode} mode only; the node's own address works in both"]
 
 
 # ------------------------------------------------------------------------------------------------ unclaimed traffic
