@@ -18,6 +18,9 @@ EXTERNAL_IP = "externalIP"
 LOAD_BALANCER = "loadBalancer"
 HEALTH_CHECK = "healthCheck"
 ENTRY_KINDS = (CLUSTER_IP, NODE_PORT, EXTERNAL_IP, LOAD_BALANCER, HEALTH_CHECK)
+# The note of an externalIP way in whose rules cannot tell it from a LoadBalancer IP (nftables mode writes an LB
+# IP without source ranges exactly as an externalIP): explain then names it as either.
+SAME_RULE_NOTE = "an externalIP or a LoadBalancer IP: kube-proxy writes the same element for both"
 
 
 @dataclass(frozen=True, slots=True)

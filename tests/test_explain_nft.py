@@ -75,3 +75,15 @@ def test_no_endpoints_evidence_names_the_services_element() -> None:
     (d,) = [d for d in json.loads(result.stdout)["diagnoses"] if d["id"] == "no-endpoints"]
     assert [e["line"] for e in d["evidence"]] == [32, 117], d["evidence"]
     assert 'comment "default/orders:http" : goto reject-chain' in d["evidence"][0]["rule"]
+
+
+@pytest.mark.parametrize(("dump", "role"), [("etp-local-with-endpoints-nft.nft", "externalIP or LoadBalancer IP"),
+                                            ("etp-local-with-endpoints.txt", "LoadBalancer IP")])
+def test_an_address_nftables_mode_cannot_tell_is_named_as_either(dump: str, role: str) -> None:
+    """nftables mode writes an LB IP without source ranges exactly like an externalIP (services says so): explain
+    called the LoadBalancer's 192.168.49.240 'its externalIP'; it now names both, as the rules allow."""
+    result = CliRunner().invoke(main, ["explain", str(SAMPLES / dump), "--dst", "192.168.49.240:31080",
+                                       "--src", "external", "--node-ip", "192.168.49.2", "-o", "json"])
+    (d,) = json.loads(result.stdout)["diagnoses"]
+    assert d["summary"] == ("31080 is the nodePort of ingress-nginx/ingress-nginx-controller:http, used on its "
+                            f"{role} 192.168.49.240"), d["summary"]

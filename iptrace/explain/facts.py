@@ -16,7 +16,15 @@ from iptrace.dataplane import Outcome, Step, Trace, join_host_port
 from iptrace.explain.diagnosis import Diagnosis, Evidence
 from iptrace.kube.analysis import ChainLabels
 from iptrace.kube.sharing import KIND_NAMES
-from iptrace.layout import CLUSTER_IP, HEALTH_CHECK, NODE_PORT, NodePortAddresses, ProxyMode
+from iptrace.layout import (
+    CLUSTER_IP,
+    EXTERNAL_IP,
+    HEALTH_CHECK,
+    NODE_PORT,
+    SAME_RULE_NOTE,
+    NodePortAddresses,
+    ProxyMode,
+)
 
 
 def label(svc: Any) -> str:
@@ -123,8 +131,9 @@ class Facts:
     def _at_address(self, ip: str) -> list[tuple[Any, str]]:
         out: dict[str, str] = {}
         for key, way in self._layout.ways_at(ip):
-            if way.kind in KIND_NAMES:
-                out.setdefault(key, KIND_NAMES[way.kind])
+            if way.kind in KIND_NAMES:  # (an address the rules cannot tell an externalIP from an LB IP: either)
+                either = way.kind == EXTERNAL_IP and SAME_RULE_NOTE in way.notes
+                out.setdefault(key, "externalIP or LoadBalancer IP" if either else KIND_NAMES[way.kind])
         return [(self.analysis.port_facts(k), kind) for k, kind in out.items()]
 
     def _with_service_port(self, port: int) -> list[Any]:

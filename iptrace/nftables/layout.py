@@ -20,6 +20,7 @@ from iptrace.layout import (
     EXTERNAL_IP,
     LOAD_BALANCER,
     NODE_PORT,
+    SAME_RULE_NOTE,
     KnownServicePort,
     Layout,
     LayoutIndex,
@@ -57,8 +58,6 @@ from iptrace.nftables.names import (
     split_chain,
 )
 from iptrace.nftables.ports import PortReader, value_text
-
-SAME_RULE_NOTE = "an externalIP or a LoadBalancer IP: kube-proxy writes the same element for both"
 
 
 @dataclass
