@@ -23,7 +23,7 @@ def _text(dump: str, dst: str, *node_ips: str) -> str:
                                                 ("dual-stack-nft.nft", ("192.168.49.2", "fd00:192:168:49::2"))])
 def test_each_source_is_named_in_its_own_diagnosis(dump: str, node_ips: tuple[str, ...]) -> None:
     text = _text(dump, "[2001:db8:49::240]:80", *node_ips)
-    assert text.startswith("[2001:db8:49::240]:80/tcp is dropped: a rule drops it")
+    assert text.startswith("[2001:db8:49::240]:80/tcp: dropped (times out) from every source, as each says below.")
     for src in ("fd00:10:244::4", "fd00:192:168:49::2", "2001:db8::1"):
         assert f"✗ {src} is outside the loadBalancerSourceRanges of default/web:http" in text, text
     assert "The same from every source" not in text
@@ -34,3 +34,19 @@ def test_words_that_name_no_source_are_said_once() -> None:
     text = _text("nodeport-fb-backends.txt", "10.101.234.168:8001", "192.168.49.2")
     assert text.count("[target-port-on-service-ip, error]") == 1
     assert "The same from every source (pod 10.244.0.4, node 192.168.49.2, external 203.0.113.1)." in text
+
+
+@pytest.mark.parametrize("dump", ["etp-local-with-endpoints.txt", "etp-local-with-endpoints-nft.nft"])
+def test_each_source_reaching_other_endpoints_is_shown(dump: str) -> None:
+    """externalTrafficPolicy Local: pods and the node reach both endpoints, an outside client only this node's.
+    The text printed the pod's '10.244.0.12:80 50%, 10.244.1.14:80 50%' under 'The same from every source'."""
+    result = CliRunner().invoke(main, ["explain", str(SAMPLES / dump), "--dst", "192.168.49.2:31080",
+                                       "--node-ip", "192.168.49.2"])
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert "The same from every source" not in text
+    assert text.startswith("192.168.49.2:31080/tcp: reaches an endpoint from every source, as each says below.")
+    outside = text.split("From outside the cluster (203.0.113.1): ")[1]
+    assert "reaches ingress-nginx/ingress-nginx-controller:http: 10.244.0.12:80 100%" in outside, outside
+    pod = text.split("From a pod (10.244.0.4): ")[1].split("From the node itself")[0]
+    assert "10.244.0.12:80 50%, 10.244.1.14:80 50%" in pod, pod

@@ -17,10 +17,10 @@ from iptrace.explain.diagnosis import SEVERITY_ORDER, Diagnosis, Evidence, Expla
 from iptrace.explain.facts import Case, Facts
 from iptrace.kube.sources import of_family, pick_source
 
-__all__ = ["CATALOGUE", "Diagnosis", "Evidence", "Explainer", "Explanation", "Report"]
+__all__ = ["CATALOGUE", "VERDICT_WORDS", "Diagnosis", "Evidence", "Explainer", "Explanation", "Report"]
 
 SOURCE_KINDS = ("pod", "node", "external")
-_VERDICT_WORDS = {"DNAT": "reaches an endpoint", "DROP": "dropped (times out)", "REJECT": "refused",
+VERDICT_WORDS = {"DNAT": "reaches an endpoint", "DROP": "dropped (times out)", "REJECT": "refused",
                   "ACCEPT": "not sent to any pod", "CONTINUE": "not sent to any pod"}
 _SOURCE_WORDS = {"pod": "from a pod", "node": "from the node itself", "external": "from outside the cluster",
                  "given": "from the given source"}
@@ -141,5 +141,5 @@ def _differences(explanations: Sequence[Explanation]) -> tuple[str, ...]:
     out = []
     for (verdict, ids), kinds in by_verdict.items():
         words = " and ".join(_SOURCE_WORDS[k] for k in kinds)
-        out.append(f"{words}: {_VERDICT_WORDS.get(verdict, verdict)}" + (f" ({', '.join(sorted(ids))})" if ids else ""))
+        out.append(f"{words}: {VERDICT_WORDS.get(verdict, verdict)}" + (f" ({', '.join(sorted(ids))})" if ids else ""))
     return tuple(out)

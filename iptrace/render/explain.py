@@ -6,6 +6,7 @@ import textwrap
 from typing import Any
 
 from iptrace.dataplane import PathEncoder
+from iptrace.explain import VERDICT_WORDS
 from iptrace.explain.diagnosis import Diagnosis, Explanation, Report
 
 _MARK = {"error": "✗", "warning": "!", "info": "✓"}
@@ -65,8 +66,9 @@ def render_explain_text(report: Report) -> str:
     else:
         if _differ(report):
             out.append(f"{report.destination}/{report.proto}: the answer depends on where the client is.")
-        else:  # the same answer, in words that name each source (its address): each source's are shown
-            out.append(first.headline)
+        else:  # one verdict, in words of each source's own (its address, the endpoints it reaches): each shown
+            out.append(f"{report.destination}/{report.proto}: {VERDICT_WORDS.get(first.verdict, first.verdict)} "
+                       "from every source, as each says below.")
         out += [f"  - {d}" for d in report.differences]
         # A finding every source shares (a node-wide one, say) is said once, before the per-source answers.
         shared = tuple(d for d in first.diagnoses if all(d in e.diagnoses for e in report.explanations[1:]))
@@ -92,9 +94,11 @@ def _differ(report: Report) -> bool:
 
 
 def _worded_apart(report: Report) -> bool:
-    """Whether a problem's words differ from source to source (they name the client: source-range-blocked). An
-    info's may (healthy says whom it masquerades; the differences note it), and are shown once as the first's."""
-    keys = {tuple((d.summary, d.detail, d.fix) for d in e.diagnoses if d.severity != "info")
+    """Whether a diagnosis's words differ from source to source: a problem's (source-range-blocked names the
+    client), or an answer's summary (healthy lists the endpoints each source reaches: externalTrafficPolicy Local
+    keeps outside clients on this node's). An info's detail may differ (healthy says whom it masquerades; the
+    differences note it) and is shown once, as the first source's."""
+    keys = {tuple((d.summary, d.detail, d.fix) if d.severity != "info" else (d.summary,) for d in e.diagnoses)
             for e in report.explanations}
     return len(keys) > 1
 
