@@ -5,6 +5,8 @@ asking about an outside client read of a pod address it never used. Words that n
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from click.testing import CliRunner
 
@@ -50,3 +52,11 @@ def test_each_source_reaching_other_endpoints_is_shown(dump: str) -> None:
     assert "reaches ingress-nginx/ingress-nginx-controller:http: 10.244.0.12:80 100%" in outside, outside
     pod = text.split("From a pod (10.244.0.4): ")[1].split("From the node itself")[0]
     assert "10.244.0.12:80 50%, 10.244.1.14:80 50%" in pod, pod
+
+
+def test_the_differences_name_the_endpoints_each_source_reaches() -> None:
+    result = CliRunner().invoke(main, ["explain", str(SAMPLES / "etp-local-with-endpoints-nft.nft"), "--dst",
+                                       "192.168.49.2:31080", "--node-ip", "192.168.49.2", "-o", "json"])
+    differences = json.loads(result.stdout)["differences"]
+    assert ("endpoints reached differ: from a pod and from the node itself 10.244.0.12:80, 10.244.1.14:80; "
+            "from outside the cluster 10.244.0.12:80") in differences, differences

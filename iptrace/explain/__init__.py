@@ -132,12 +132,22 @@ def _differences(explanations: Sequence[Explanation]) -> tuple[str, ...]:
         ids = frozenset(d.id for d in e.diagnoses if d.severity != "info")
         by_verdict.setdefault((e.verdict, ids), []).append(e.source_kind)
     if len(by_verdict) == 1:
+        out = []
+        # (externalTrafficPolicy Local: outside clients reach this node's endpoints only, pods and the node all)
+        reached: dict[tuple[str, ...], list[str]] = {}
+        for e in explanations:
+            dests = tuple(sorted({str(o.destination) for o in e.trace.outcomes if o.verdict == "DNAT"}))
+            reached.setdefault(dests, []).append(e.source_kind)
+        if len(reached) > 1:
+            out.append("endpoints reached differ: " + "; ".join(
+                f"{' and '.join(_SOURCE_WORDS[k] for k in kinds)} {', '.join(dests) or 'none'}"
+                for dests, kinds in reached.items()))
         masq = {e.source_kind: any(o.masquerade for o in e.trace.outcomes) for e in explanations}
         if len(set(masq.values())) > 1:
             yes = [_SOURCE_WORDS[k] for k, v in masq.items() if v]
             no = [_SOURCE_WORDS[k] for k, v in masq.items() if not v]
-            return (f"masqueraded {' and '.join(yes)} (the endpoint sees the node's address), not {' or '.join(no)}",)
-        return ()
+            out.append(f"masqueraded {' and '.join(yes)} (the endpoint sees the node's address), not {' or '.join(no)}")
+        return tuple(out)
     out = []
     for (verdict, ids), kinds in by_verdict.items():
         words = " and ".join(_SOURCE_WORDS[k] for k in kinds)
