@@ -279,6 +279,10 @@ def test_source_range_blocked() -> None:
     assert_healthy(explain(name, "203.0.113.50", 443, "node"))
     xlb = the(explain("xlb-era.txt", "52.14.88.203", 443, "203.0.113.5"), "source-range-blocked")
     assert_evidence_is_in_the_dump("xlb-era.txt", xlb)
+    # KUBE-MARK-DROP only marks it: kubelet drops it only when the LB IP is the node's own, so it goes on unchanged.
+    assert "is dropped" not in xlb.summary and "never reaches a pod" in xlb.summary
+    assert "KUBE-MARK-DROP" in xlb.detail and "52.14.88.203 unchanged" in xlb.detail
+    assert "and is dropped" not in xlb.detail
     assert_healthy(explain("xlb-era.txt", "52.14.88.203", 443, "198.51.100.9"))
     v6 = the(explain("ipv6.txt", "2001:db8:49::240", 80, "2001:db8:ffff::1"), "source-range-blocked")
     assert_evidence_is_in_the_dump("ipv6.txt", v6)
