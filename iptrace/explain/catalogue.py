@@ -220,12 +220,18 @@ def source_range_blocked(case: Case) -> Diagnosis | None:
         instead: tuple[Suggestion, ...] = ()
         if svcs and svcs[0].port:
             instead = tuple(Suggestion(case.dst, case.dport, case.proto, r) for r in svcs[0].lb_source_ranges)
-        fate = wait(case.proto) if outcome.verdict == "DROP" else "it never reaches a pod"
+        if outcome.verdict == "DROP":
+            fate, end = f" and is dropped: {wait(case.proto)}", "is dropped"
+        else:  # the KUBE-XLB era's KUBE-MARK-DROP: kubelet drops the mark only on the node's own addresses
+            fate = (", which marks it to be dropped (KUBE-MARK-DROP); kubelet drops marked packets only when they are "
+                    f"addressed to the node itself, so this one goes on to {case.dst} unchanged and never reaches "
+                    "a pod")
+            end = "never reaches a pod"
         return Diagnosis(
             "source-range-blocked", "error",
-            f"{case.src} is outside the loadBalancerSourceRanges of {name}, so the packet is dropped",
+            f"{case.src} is outside the loadBalancerSourceRanges of {name}, so the packet {end}",
             f"{name} accepts traffic to its LoadBalancer IP {allowed}. {case.src} is not in those ranges, so "
-            f"the packet falls through the Service's firewall chain and is dropped: {fate}.",
+            f"the packet falls through the Service's firewall chain{fate}.",
             f"connect from an allowed range, or add the client's range to spec.loadBalancerSourceRanges of "
             f"{service_name(svcs[0]) if svcs else name}",
             step_evidence(steps), instead)
