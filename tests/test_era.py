@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.synth import EndpointSpec, PortSpec, ServiceSpec, render
 from iptrace.iptables import load
-from iptrace.iptables.era import FIRST, XLB, proxy_mode
+from iptrace.iptables.era import EXT, FIRST, XLB, proxy_mode
 from tests.dumps import build_view
 
 # As kube-proxy 1.1's syncProxyRules wrote a ClusterIP Service with two endpoints (the shape of the 2015 dump in
@@ -65,3 +66,29 @@ def test_the_2015_dump_from_an_issue_thread(corpus: Path) -> None:
     if not dump.exists():
         pytest.skip(f"{dump} absent")
     assert proxy_mode(load(dump.read_text(), lenient=True)).name == FIRST
+
+
+CLUSTER_IPS_ONLY = [ServiceSpec("default", "web", "10.96.10.20", [PortSpec("http", 80, target_port=8080)],
+                                endpoints=[EndpointSpec("10.244.1.5", 8080), EndpointSpec("10.244.2.6", 8080)])]
+
+
+@pytest.mark.parametrize(("era", "named", "hint"), [
+    # Since KEP-3178 (~1.24) the cluster IP's masquerade rule is the first rule of KUBE-SVC (k3s of July 2022,
+    # corpus 012, was named 'KUBE-XLB era (≤1.23, or newer …)'); before, it sat in KUBE-SERVICES before the jump.
+    ("current", EXT, "~1.29+"),
+    ("ext", EXT, "~1.24-1.28"),
+    ("xlb", XLB, "≤1.23"),
+])
+def test_cluster_ips_only_are_named_by_where_the_cluster_ip_masquerade_rule_is(era: str, named: str,
+                                                                                hint: str) -> None:
+    def dump(**options: object) -> str:
+        # without KUBE-PROXY-FIREWALL, as 1.24 wrote (corpus 012): the chains alone do not tell
+        text = render(CLUSTER_IPS_ONLY, node_ips=["192.168.49.2"], era=era, **options)  # type: ignore[arg-type]
+        return "".join(line for line in text.splitlines(keepends=True) if "KUBE-PROXY-FIREWALL" not in line)
+
+    for masquerade_all in (False, True):
+        mode = proxy_mode(load(dump(pod_cidr="10.244.0.0/16", masquerade_all=masquerade_all)))
+        assert (mode.name, mode.version_hint) == (named, hint), masquerade_all
+    # Without a masquerade rule (no local-traffic detector) nothing tells.
+    bare = proxy_mode(load(dump(pod_cidr=None)))
+    assert (bare.name, bare.version_hint) == (XLB, "≤1.23, or newer with no NodePort or LoadBalancer Service to tell")
