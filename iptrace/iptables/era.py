@@ -80,17 +80,27 @@ def detect(ruleset: Ruleset) -> Era:
         if has["KUBE-XLB-"]:
             evidence.append("KUBE-XLB-* chains (externalTrafficPolicy=Local before KEP-3178)")
             return era(XLB, "≤1.23")
-        if has["KUBE-EXT-"] or has["KUBE-SVL-"] or (filt is not None and "KUBE-PROXY-FIREWALL" in filt):
+        def ext() -> Era:
             nfacct = any("nfacct" in r.text for _, _, r in _kube_rules(ruleset, ("KUBE-NODEPORTS", "KUBE-FORWARD")))
-            evidence.append("KUBE-EXT-*/KUBE-SVL-* chains or KUBE-PROXY-FIREWALL (KEP-3178 layout)")
             if nfacct:
                 evidence.append("nfacct counters (~1.29+)")
             return era(EXT, "~1.29+" if nfacct else "~1.24-1.28")
+
+        if has["KUBE-EXT-"] or has["KUBE-SVL-"] or (filt is not None and "KUBE-PROXY-FIREWALL" in filt):
+            evidence.append("KUBE-EXT-*/KUBE-SVL-* chains or KUBE-PROXY-FIREWALL (KEP-3178 layout)")
+            return ext()
         evidence.append("KUBE-SERVICES with KUBE-SVC/KUBE-SEP chains but no KUBE-EXT/KUBE-XLB/KUBE-PROXY-FIREWALL")
         nodeports = nat is not None and "KUBE-NODEPORTS" in nat and bool(nat.chain("KUBE-NODEPORTS").rules)  # type: ignore[union-attr]
         if nodeports or has["KUBE-FW-"]:
             # (since KEP-3178, ~1.24, a NodePort or LoadBalancer way in always goes through a KUBE-EXT chain)
             evidence.append("NodePort/LoadBalancer ways in without KUBE-EXT chains")
+            return era(XLB, "≤1.23")
+        masquerade = _cluster_ip_masquerade(nat)
+        if masquerade == "KUBE-SVC":
+            evidence.append("the cluster IPs' masquerade rules open the KUBE-SVC chains (KEP-3178 layout)")
+            return ext()
+        if masquerade == "KUBE-SERVICES":
+            evidence.append("the cluster IPs' masquerade rules are in KUBE-SERVICES (before KEP-3178)")
             return era(XLB, "≤1.23")
         return era(XLB, "≤1.23, or newer with no NodePort or LoadBalancer Service to tell")
     if kube_services:
@@ -111,6 +121,24 @@ def _first_proxier(nat: Table | None) -> bool:
     postrouting = nat.chain("POSTROUTING")
     return postrouting is not None and any(
         "MASQUERADE" in r.text and f"--mark {FIRST_MASQUERADE_MARK}" in r.text for r in postrouting.rules)
+
+
+def _cluster_ip_masquerade(nat: Table | None) -> str | None:
+    """Where a cluster IP's masquerade rule (`-d <clusterIP> … -j KUBE-MARK-MASQ`) is: in KUBE-SERVICES before
+    the jump up to ~1.23, the first rule of the KUBE-SVC chain since KEP-3178; None when no Service has one
+    (no local-traffic detector and no masqueradeAll)."""
+    if nat is None:
+        return None
+    services = nat.chain("KUBE-SERVICES")
+    if services is not None and any(r.text.endswith("-j KUBE-MARK-MASQ") and " -d " in f" {r.text}"
+                                    for r in services.rules):
+        return "KUBE-SERVICES"
+    for chain in nat.chains:
+        if chain.name.startswith("KUBE-SVC-") and chain.rules:
+            text = chain.rules[0].text
+            if text.endswith("-j KUBE-MARK-MASQ") and " -d " in f" {text}":
+                return "KUBE-SVC"
+    return None
 
 
 def _kube_rules(ruleset: Ruleset, chains: tuple[str, ...]) -> Iterator[tuple[Table, Chain, Rule]]:
