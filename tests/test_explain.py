@@ -599,3 +599,32 @@ def test_a_fix_names_a_load_balancer_ip_only_for_its_source_ranges() -> None:
     d = the(e, "node-port-on-service-ip")
     assert "203.0.113.50:443 from 198.51.100.0/24, 192.168.49.0/24 (its loadBalancerSourceRanges)" in d.fix, d.fix
     assert {s.source for s in d.instead if s.address == "203.0.113.50"} == {"198.51.100.0/24", "192.168.49.0/24"}
+
+
+def _nat_listing(name: str) -> str:
+    """`iptables -S -t nat` of a sample dump: kubelet's KUBE-FIREWALL (filter) is not in it."""
+    out, table = [], None
+    for line in (SAMPLES / name).read_text().splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif table == "nat" and line.startswith(":"):
+            chain, policy = line[1:].split()[:2]
+            out.append(f"-P {chain} {policy}" if policy != "-" else f"-N {chain}")
+        elif table == "nat" and line.startswith("-A "):
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def test_a_mark_drop_to_the_node_itself_is_not_said_to_go_on_unchanged() -> None:
+    """The KUBE-XLB era's KUBE-MARK-DROP on a packet addressed to the node (a nodePort) is dropped by kubelet's
+    KUBE-FIREWALL, which a nat-only listing does not hold: it must not be said to go on to the node unchanged."""
+    node = "172.31.10.20"
+    e = make_explainer(load(_nat_listing("xlb-era.txt"), table="nat"), node_ips=(node,)).explain(
+        node, 30300, proto="tcp", src="external").explanations[0]
+    d = the(e, "no-local-endpoints")
+    assert f"goes on to {node} unchanged" not in d.detail
+    assert "KUBE-MARK-DROP" in d.detail and "addressed to the node itself, as this one is" in d.detail
+    # An LB IP the node does not hold still goes on unchanged.
+    lb = make_explainer(load(_nat_listing("xlb-era.txt"), table="nat"), node_ips=(node,)).explain(
+        "52.14.88.202", 3000, proto="tcp", src="external").explanations[0]
+    assert "goes on to 52.14.88.202 unchanged" in the(lb, "no-local-endpoints").detail
