@@ -157,6 +157,15 @@ def _local_drop_step(case: Case) -> tuple[Outcome, Step, str] | None:
     return None
 
 
+def _mark_drop_fate(case: Case) -> str:
+    """What becomes of a packet kube-proxy marked with KUBE-MARK-DROP (the KUBE-XLB era) that no rule dropped."""
+    if case.facts.is_node_address(case.dst):  # (INPUT: a dump without kubelet's KUBE-FIREWALL, e.g. nat alone)
+        return ("kubelet's KUBE-FIREWALL drops marked packets addressed to the node itself, as this one is (no "
+                "rule of this dump does), so it never reaches a pod")
+    return ("kubelet drops marked packets only when they are addressed to the node itself, so this one goes on to "
+            f"{case.dst} unchanged and never reaches a pod")
+
+
 def no_local_endpoints(case: Case) -> Diagnosis | None:
     found = _local_drop_step(case)
     if found is None:
@@ -172,9 +181,7 @@ def no_local_endpoints(case: Case) -> Diagnosis | None:
     if outcome.verdict == "DROP":
         fate = f"so kube-proxy drops the packet and {wait(case.proto)}"
     else:
-        fate = ("so kube-proxy marks the packet to be dropped (KUBE-MARK-DROP); kubelet drops marked packets only "
-                f"when they are addressed to the node itself, so this one goes on to {case.dst} unchanged and "
-                "never reaches a pod")
+        fate = f"so kube-proxy marks the packet to be dropped (KUBE-MARK-DROP); {_mark_drop_fate(case)}"
     if internal:
         detail = (f"{name} has {policy}: Local, which sends connections to its ClusterIP only to endpoints on "
                   f"the node they are made on (the node's own pods and processes). This node runs none{where}, "
@@ -223,9 +230,7 @@ def source_range_blocked(case: Case) -> Diagnosis | None:
         if outcome.verdict == "DROP":
             fate, end = f" and is dropped: {wait(case.proto)}", "is dropped"
         else:  # the KUBE-XLB era's KUBE-MARK-DROP: kubelet drops the mark only on the node's own addresses
-            fate = (", which marks it to be dropped (KUBE-MARK-DROP); kubelet drops marked packets only when they are "
-                    f"addressed to the node itself, so this one goes on to {case.dst} unchanged and never reaches "
-                    "a pod")
+            fate = f", which marks it to be dropped (KUBE-MARK-DROP); {_mark_drop_fate(case)}"
             end = "never reaches a pod"
         return Diagnosis(
             "source-range-blocked", "error",
