@@ -439,3 +439,20 @@ def test_mermaid_escapes_its_own_entity_sign() -> None:
     # "node#amp;1" would be drawn as "node&1".
     out = render_mermaid(build_view(load("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n", source="node#amp;1 #lt;x")))
     assert "node#35;amp;1 #35;lt;x" in out and "node#amp;1" not in out
+
+
+def test_a_nodeport_marked_for_drop_is_not_said_to_depend_on_the_node_holding_its_address() -> None:
+    """A KUBE-XLB-era nodePort without a local endpoint, in a nat-only listing (kubelet's KUBE-FIREWALL is in
+    filter): a nodePort is addressed to the node itself, so the note says kubelet's KUBE-FIREWALL drops it; it
+    said it drops it 'only if this node itself holds 192.0.2.10', the stand-in a nodePort is traced to."""
+    text = (SAMPLES / "xlb-era.txt").read_text()
+    nat = text[text.index("*nat"):]
+    nat = nat[:nat.index("COMMIT") + len("COMMIT\n")]
+    view = build_view(load(nat))
+    (port,) = [p for p in view.services if (p.namespace, p.name) == ("monitoring", "grafana")]
+    (entry,) = [e for e in port.entries if e.kind == "nodePort"]
+    assert not any("192.0.2.10" in n or "only if this node itself holds" in n for n in entry.notes), entry.notes
+    assert any("KUBE-MARK-DROP" in n and "addressed to the node itself" in n for n in entry.notes), entry.notes
+    (lb,) = [e for e in port.entries if e.kind == "loadBalancer"]
+    assert any("only if this node itself holds 52.14.88.202" in n for n in lb.notes), lb.notes
+    assert "192.0.2.10" not in render_services_text(view)
