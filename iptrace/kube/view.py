@@ -240,7 +240,13 @@ class _Builder:
         for kind, packet in self.way_packets(sp, way):
             found = traces[kind] = trace(packet)
             paths[kind] = _source_path(kind, found, own if kind == EXTERNAL else None)
-            if _marked_for_drop(found):
+            if not _marked_for_drop(found):
+                continue
+            if way.kind == NODE_PORT:  # (its address is the node's, or the stand-in for it)
+                notes.append(f"{CLIENT_WORDS[kind]}: marked by KUBE-MARK-DROP, which kubelet's KUBE-FIREWALL "
+                             "drops (INPUT/OUTPUT): a nodePort is addressed to the node itself (no rule of this "
+                             "dump drops it); it reaches no pod")
+            else:
                 notes.append(f"{CLIENT_WORDS[kind]}: marked by KUBE-MARK-DROP, which kubelet's KUBE-FIREWALL "
                              f"drops only if this node itself holds {packet.dst} (INPUT/OUTPUT); otherwise the "
                              "packet is forwarded unchanged and reaches no pod")
