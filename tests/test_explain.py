@@ -628,3 +628,13 @@ def test_a_mark_drop_to_the_node_itself_is_not_said_to_go_on_unchanged() -> None
     lb = make_explainer(load(_nat_listing("xlb-era.txt"), table="nat"), node_ips=(node,)).explain(
         "52.14.88.202", 3000, proto="tcp", src="external").explanations[0]
     assert "goes on to 52.14.88.202 unchanged" in the(lb, "no-local-endpoints").detail
+
+
+def test_healthy_says_session_affinity() -> None:
+    """A Service with sessionAffinity ClientIP: the shares are a first connection's; later ones stick to its
+    endpoint. explain said only the shares, so 'why does my client always reach one pod' had no answer."""
+    for name in ("session-affinity.txt", "xlb-era.txt"):
+        d = the(explain(name, "10.97.3.3", 80, "pod"), "healthy")
+        assert "sessionAffinity ClientIP" in d.detail and "10800s" in d.detail, d.detail
+    plain = the(explain("session-affinity.txt", "10.96.0.10", 53, "pod", proto="udp"), "healthy")
+    assert "affinity" not in plain.detail
