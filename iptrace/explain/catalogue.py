@@ -317,10 +317,15 @@ def healthy(case: Case) -> Diagnosis | None:
     dests = plural(len(dnat), "endpoint")
     # (whether it is masqueraded depends on the client: said for this one, as the answer may be shown for all)
     who = _CLIENT.get(case.source_kind, "From {src}").format(src=case.src)
+    decided = case.decided_step(dnat[0])
+    ports = case.facts.ports_of_step(decided) if decided is not None else []
+    timeout = ports[0].session_affinity_timeout if ports else None
+    sticky = (f" With sessionAffinity ClientIP these shares are a client's first connection's; its later ones go "
+              f"to the same endpoint as long as each comes within {timeout}s of the one before.") if timeout else ""
     return Diagnosis(
         "healthy", "info", f"reaches {service}: {', '.join(parts)}",
         f"kube-proxy rewrites the destination to {'one of ' if len(dnat) > 1 else ''}{dests}. {who} it is "
-        f"{masq_text}.",
+        f"{masq_text}.{sticky}",
         "nothing to fix in these rules; if the connection still fails, look at the pods (readiness, the port they "
         "listen on, NetworkPolicies)",
         step_evidence(s for s in dnat[0].path if s.kind == "dispatch")[:2])

@@ -287,7 +287,8 @@ class _Builder:
         """The port's PortFacts: its view's values but for the traces of its ways in."""
         return PortFacts(*_port_fields(sp, sp.ways_in), entries=sp.ways_in,
                          external_traffic_policy=sp.external_traffic_policy,
-                         no_local_endpoints=sp.no_local_endpoints, _endpoints=partial(self.endpoints, sp))
+                         no_local_endpoints=sp.no_local_endpoints,
+                         session_affinity_timeout=sp.session_affinity_timeout, _endpoints=partial(self.endpoints, sp))
 
 
 def port_view(sp: ServicePortLayout, endpoints: Sequence[EndpointView], entries: Sequence[Any]) -> ServicePortView:

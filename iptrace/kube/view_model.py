@@ -154,6 +154,7 @@ class PortFacts(PortIdentity):
     # (as the view says them: where outside clients are answered, which explain's advice needs)
     external_traffic_policy: str | None
     no_local_endpoints: bool
+    session_affinity_timeout: int | None
     # The endpoints, or the walk that finds them (called once, on first read).
     _endpoints: tuple[EndpointView, ...] | Callable[[], Sequence[EndpointView]] = field(repr=False, compare=False)
 
