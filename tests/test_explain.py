@@ -638,3 +638,36 @@ def test_healthy_says_session_affinity() -> None:
         assert "sessionAffinity ClientIP" in d.detail and "10800s" in d.detail, d.detail
     plain = the(explain("session-affinity.txt", "10.96.0.10", 53, "pod", proto="udp"), "healthy")
     assert "affinity" not in plain.detail
+
+
+IPVS_NAT = """*nat
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:KUBE-LOAD-BALANCER - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-NODE-PORT - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-SERVICES - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING
+-A KUBE-LOAD-BALANCER -j KUBE-MARK-MASQ
+-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0
+-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE
+-A KUBE-SERVICES ! -s 10.244.0.0/16 -m comment --comment "Kubernetes service cluster ip + port for masquerade purpose" -m set --match-set KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ
+-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT
+-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT
+COMMIT
+"""
+
+
+def test_ipvs_mode_is_not_said_to_have_no_kube_proxy_iptables_rules() -> None:
+    """An IPVS-mode node's KUBE-SERVICES holds kube-proxy's iptables rules (ipset matches), not its Services."""
+    e = make_explainer(load(IPVS_NAT), node_ips=("192.168.49.2",)).explain(
+        "10.96.0.10", 53, proto="udp", src="pod").explanations[0]
+    d = the(e, "no-kube-proxy-rules")
+    assert "no kube-proxy iptables rules" not in d.summary and "IPVS" in d.summary, d.summary
+    assert "ipvsadm -Ln" in d.fix
