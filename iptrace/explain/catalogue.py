@@ -51,8 +51,8 @@ def no_kube_proxy_rules(case: Case) -> Diagnosis | None:
                   "is stopped, runs in iptables or IPVS mode, or was replaced (Cilium, kube-router).")
         fix = ("check kube-proxy's --proxy-mode on this node, and its pod's logs; for iptables mode give "
                "`iptables-save` to iptrace instead")
-    elif proxy.mode == "ipvs":
-        summary = "this node has no kube-proxy iptables rules"
+    elif proxy.mode == "ipvs":  # (kube-proxy's KUBE-SERVICES is there: its ipset matches mark and accept)
+        summary = "kube-proxy runs in IPVS mode: its Services are not in these iptables rules"
         detail = ("kube-proxy runs in IPVS mode: Services are IPVS virtual servers in the kernel, not iptables "
                   "rules, so an iptables dump cannot show where they go.")
         fix = "list the virtual servers with `ipvsadm -Ln` on the node"
