@@ -671,3 +671,21 @@ def test_ipvs_mode_is_not_said_to_have_no_kube_proxy_iptables_rules() -> None:
     d = the(e, "no-kube-proxy-rules")
     assert "no kube-proxy iptables rules" not in d.summary and "IPVS" in d.summary, d.summary
     assert "ipvsadm -Ln" in d.fix
+
+
+@pytest.mark.parametrize(("name", "node", "port", "service", "local"), [
+    ("xlb-era.txt", "172.31.10.20", 32102, "monitoring/grafana", False),
+    ("etp-local-with-endpoints.txt", "192.168.49.2", 32101, "ingress-nginx/ingress-nginx-controller", True),
+])
+def test_a_health_check_node_port_is_named(name: str, node: str, port: int, service: str, local: bool) -> None:
+    """A load balancer's health check (node:healthCheckNodePort) is answered by kube-proxy's health server; it was
+    'no Service has nodePort 32102/tcp' with a list of other nodePorts to use instead."""
+    e = make_explainer(load_path(SAMPLES / name), node_ips=(node,)).explain(
+        node, port, proto="tcp", src="external").explanations[0]
+    d = e.diagnoses[0]
+    assert "no Service has nodePort" not in d.summary
+    assert "health-check nodePort" in d.summary and service in d.summary, d.summary
+    assert d.severity == "info"
+    assert ("200" if local else "503") in d.detail, d.detail
+    assert_evidence_is_in_the_dump(name, d)
+    assert any("health check node port" in ev.rule for ev in d.evidence)
