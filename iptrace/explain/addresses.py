@@ -296,6 +296,26 @@ def service_port_on_node_ip(case: Case) -> Diagnosis | None:
         fix, facts.evidence(facts.rules_for(s)), instead)
 
 
+def _health_check(case: Case, checked: list[tuple[Any, tuple[int, ...]]]) -> Diagnosis:
+    """A load balancer's health check of this node: kube-proxy's own health server answers it, not a pod."""
+    names = listed(list(dict.fromkeys(service_name(s) for s, _ in checked)))  # (one health server a Service)
+    local = len({ep.ip for s, _ in checked for ep in s.endpoints if ep.local})
+    answer = (f"200 (this node runs {counted(local, 'local endpoint')})" if local else
+              "503 (this node runs no endpoint of it, so a load balancer sends it no traffic)")
+    svc = checked[0][0]
+    use = f" To reach the Service itself use its nodePort {svc.node_port}." if svc.node_port else ""
+    return Diagnosis(
+        "not-a-service-address", "info",
+        f"{case.dport} is the health-check nodePort of {names}: kube-proxy's health server answers it, not a pod",
+        f"For a Service with externalTrafficPolicy: Local, kube-proxy itself listens on {case.dport}/tcp and "
+        f"answers a load balancer's HTTP health check with whether this node has a ready endpoint of it: here "
+        f"{answer}. Nothing is rewritten; the rules only accept the port.{use}",
+        f"nothing to fix in these rules; if the load balancer marks this node down, look at the pods of {names} "
+        "on it" if local else f"nothing to fix in these rules: 503 is meant, as this node runs no pod of {names}; "
+        "run one here if it should take the load balancer's traffic",
+        case.facts.evidence([line for _, lines in checked for line in lines]))
+
+
 def not_a_service_address(case: Case) -> Diagnosis | None:
     facts, dst, dport, proto = case.facts, case.dst, case.dport, case.proto
     if _service_address(case) is not None:
@@ -303,6 +323,9 @@ def not_a_service_address(case: Case) -> Diagnosis | None:
     owners = facts.by_endpoint_ip.get(dst, [])
     node_port = [s for s in facts.node_ports.get(dport, []) if s.protocol.lower() == proto]
     if facts.is_node_address(dst):
+        checked = facts.health_checks(dport) if proto == "tcp" else []
+        if checked:
+            return _health_check(case, checked)
         serves = sorted((o for o in owners if any(ep.ip == dst and ep.port == dport for ep in o.endpoints)),
                         key=lambda o: o.protocol.lower() != proto)
         if serves:

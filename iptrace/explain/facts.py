@@ -154,6 +154,11 @@ class Facts:
             self._node_port_keys = index
         return self._views(self._node_port_keys.get(port, ()))
 
+    def health_checks(self, port: int) -> list[tuple[Any, tuple[int, ...]]]:
+        """The Service ports whose healthCheckNodePort is `port`, each with the lines that accept it."""
+        return [(self.analysis.port_facts(key), way.lines) for key, way in self._layout.ways_at(None)
+                if way.kind == HEALTH_CHECK and way.port == port]
+
     def ports_of_chains(self, chains: Iterable[str]) -> list[Any]:
         """The Service ports owning any of `chains` (e.g. the chains an outcome entered)."""
         return self._views(k for c in chains if (k := self._layout.chain_key(c)) is not None)
