@@ -290,6 +290,19 @@ def test_merge_errors_say_what_was_found_and_expected(tmp_path: Path, snap: Path
     assert CliRunner().invoke(main, ["audit", "--merge"]).exit_code == 2
 
 
+def test_an_empty_shard_document_says_its_audit_wrote_nothing(tmp_path: Path, snap: Path) -> None:
+    """A shard's `audit -o json > c.json` that failed (a selector matching no node) leaves c.json empty: the merge
+    names it as empty, not as JSON that ends at line 1 column 1."""
+    good = tmp_path / "a.json"
+    good.write_text(CliRunner().invoke(main, ["audit", str(snap / "node-000"), "-o", "json"]).stdout)
+    empty = tmp_path / "c.json"
+    empty.write_text("\n")
+    result = CliRunner().invoke(main, ["audit", "--merge", str(good), str(empty)])
+    assert result.exit_code == 1
+    assert result.stderr == (f"Error: {empty}: empty; expected the output of `iptrace audit -o json` (did the "
+                             "audit that should have written it fail?)\n")
+
+
 @pytest.mark.parametrize(("where", "value", "said"), [
     ("family", "ipv9", "merge.nodes[0].families[0].family: found 'ipv9'; expected 'ipv4' or 'ipv6'"),
     ("proxy", {"mode": None}, "merge.nodes[0].families[0].proxy: found"),
