@@ -330,6 +330,9 @@ def _merged(documents: tuple[str, ...]) -> tuple[list[Any], str | None, bool]:
             raise InputError(f"{name}: no such file or directory") from None
         except OSError as exc:
             raise InputError(f"{name}: cannot read ({exc})") from None
+        if not text.strip():  # (a shard's `audit -o json > FILE` that failed leaves FILE empty)
+            raise InputError(f"{name}: empty; expected the output of `iptrace audit -o json` (did the audit that "
+                             "should have written it fail?)")
         try:
             loaded.append((name, json.loads(text)))
         except ValueError as exc:
