@@ -303,6 +303,23 @@ def test_an_empty_shard_document_says_its_audit_wrote_nothing(tmp_path: Path, sn
                              "audit that should have written it fail?)\n")
 
 
+@pytest.mark.parametrize("option", [["--cluster", "services.json"], ["--kubeconfig", "kubeconfig"],
+                                    ["-n", "default"], ["-l", "zone=a"], ["--node-ip", "192.0.2.1"], ["--lenient"],
+                                    ["--via", "api"], ["--context", "prod"]])
+def test_merge_refuses_an_option_it_would_not_use(tmp_path: Path, snap: Path, option: list[str]) -> None:
+    """--merge reads audits already made: cluster data, a selector or a namespace given with it would be
+    silently unused (the report then looks compared with the API while it is not), so they are a usage error."""
+    good = tmp_path / "a.json"
+    good.write_text(CliRunner().invoke(main, ["audit", str(snap / "node-000"), "-o", "json"]).stdout)
+    result = CliRunner().invoke(main, ["audit", "--merge", str(good), *option])
+    assert result.exit_code == 2, result.output
+    named = result.stderr.split("--merge reads audits already made: ")[1].split(" is not used there; give it to "
+                                                                           "each shard's audit instead")[0]
+    assert option[0] in named.split("/"), result.stderr
+    for fine in (["-j", "3"], ["-v"], ["-o", "json"]):
+        assert CliRunner().invoke(main, ["audit", "--merge", str(good), *fine]).exit_code == 0
+
+
 @pytest.mark.parametrize(("where", "value", "said"), [
     ("family", "ipv9", "merge.nodes[0].families[0].family: found 'ipv9'; expected 'ipv4' or 'ipv6'"),
     ("proxy", {"mode": None}, "merge.nodes[0].families[0].proxy: found"),
