@@ -398,6 +398,7 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
     if merge_documents:
         if not sources:
             raise click.UsageError("--merge needs the `audit -o json` documents to merge")
+        _check_merge_options()
         results, cluster_source, cluster_nodes = _merged(sources)
         report = combine(results, cluster_source=cluster_source, cluster_nodes=cluster_nodes)
     else:
@@ -429,6 +430,24 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
         raise click.exceptions.Exit(EXIT_ERROR)
     if report.has_error:
         raise click.exceptions.Exit(EXIT_FINDINGS)
+
+
+# What --merge reads besides the documents: how to print the report. --jobs changes no result, so a script
+# that passes it to every audit may pass it here too.
+_MERGE_OPTIONS = frozenset({"sources", "merge_documents", "output", "verbose", "jobs"})
+
+
+def _check_merge_options() -> None:
+    """A usage error for an option given with --merge that says what to audit or compare with: the shards were
+    audited already, and cluster data given here would go unused while the report looks compared with it."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    for param in ctx.command.params:
+        if param.name not in _MERGE_OPTIONS and ctx.get_parameter_source(param.name or "") \
+                == ParameterSource.COMMANDLINE:
+            raise click.UsageError(f"--merge reads audits already made: {'/'.join(param.opts)} is not used "
+                                   "there; give it to each shard's audit instead")
 
 
 def _audit_nodes(sources: tuple[str, ...], collect_first: bool, out: str | None, cluster_files: tuple[str, ...],
