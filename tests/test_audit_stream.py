@@ -27,6 +27,7 @@ from iptrace.kube.merge import merge, merge_json
 from iptrace.render.audit import audit_to_json, render_audit_text
 from tests import fleet_scenario
 from tests.conftest import SAMPLES
+from tests.sshd import free_port
 from tests.terminal import on_a_terminal
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,6 +226,30 @@ def test_merged_shards_are_the_audit_of_all_nodes(snap: Path, tmp_path: Path) ->
     text = CliRunner().invoke(main, ["audit", "--merge", *map(str, docs)])
     assert text.stdout == CliRunner().invoke(main, ["audit", str(snap), "-j", "1"]).stdout
 
+
+
+def test_a_node_a_shard_could_not_collect_fails_the_merge_as_the_whole_audit(snap: Path, tmp_path: Path) -> None:
+    """A shard that could not collect one of its nodes exits 1 (the audit is incomplete, README); the merge of
+    it and the other shards is that audit too: exit 1 and the same error line, not 3 as if complete."""
+    dead = f"127.0.0.1:{free_port()}"  # (nothing listens: the connection is refused at once)
+    timeout = ["--timeout", "5"]
+    shard = CliRunner().invoke(main, ["audit", str(snap / "node-000"), dead, *timeout, "-o", "json"])
+    assert shard.exit_code == 1, shard.output
+    (tmp_path / "a.json").write_text(shard.stdout)
+    (tmp_path / "b.json").write_text(CliRunner().invoke(main, ["audit", str(snap / "node-001"), "-o", "json"]).stdout)
+    whole = CliRunner().invoke(main, ["audit", dead, str(snap / "node-000"), str(snap / "node-001"), *timeout,
+                                      "-o", "json"])
+    merged = CliRunner().invoke(main, ["audit", "--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                                       "-o", "json"])
+
+    def by_name(doc: dict[str, Any]) -> dict[str, Any]:  # (a merge sorts the nodes by name)
+        for nodes in (doc["nodes"], doc["merge"]["nodes"]):
+            nodes.sort(key=lambda n: n["name"])
+        return doc
+
+    assert by_name(json.loads(merged.stdout)) == by_name(json.loads(whole.stdout))
+    assert (merged.exit_code, merged.stderr) == (whole.exit_code, whole.stderr) == (1, whole.stderr)
+    assert whole.stderr.startswith(f"Error: {dead}: connection to "), whole.stderr
 
 def test_merged_shards_with_cluster_data(tmp_path: Path) -> None:
     snap, files = fleet_scenario.write(tmp_path)
