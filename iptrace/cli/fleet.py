@@ -393,7 +393,6 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
 
     _check_via(opts)
     one_stdin({"SOURCES": sources, "--cluster": cluster_files})
-    failures: list[Any] = []
     cluster: Any = None
     if merge_documents:
         if not sources:
@@ -401,6 +400,9 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
         _check_merge_options()
         results, cluster_source, cluster_nodes = _merged(sources)
         report = combine(results, cluster_source=cluster_source, cluster_nodes=cluster_nodes)
+        # A shard's node that could not be collected fails the merge as it failed the shard's audit.
+        failed = [f"{r.name}: {r.error.removeprefix(NOT_COLLECTED)}" for r in results
+                  if r.error is not None and r.error.startswith(NOT_COLLECTED)]
     else:
         results, cluster, failures = _audit_nodes(sources, collect_first, out, cluster_files, namespace, node_ips,
                                                   jobs, output == "html", lenient, opts)
@@ -408,8 +410,9 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
         # load-error says why), not only on stderr: the report must not say every node is fine without it.
         from iptrace.kube.digest import NodeResult
 
-        results = [*results, *(NodeResult(r.node, f"could not be collected: {str(r.error).removeprefix(f'{r.node}: ')}")
-                               for r in failures)]
+        lost = [(r.node, str(r.error).removeprefix(f"{r.node}: ")) for r in failures]
+        results = [*results, *(NodeResult(node, NOT_COLLECTED + why) for node, why in lost)]
+        failed = [f"{node}: {why}" for node, why in lost]
         cluster_source = cluster.source if cluster is not None else None
         cluster_nodes = bool(cluster.nodes) if cluster is not None else False
         report = combine(results, cluster)
@@ -424,13 +427,16 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
         click.echo(named(render_audit_html(report, cluster)), nl=False)
     else:
         click.echo(named(render_audit_text(report, verbose=verbose)), nl=False)
-    for r in failures:
-        click.echo(named(f"Error: {r.error}"), err=True)
-    if failures:  # (the audit is incomplete: as a destination that could not be answered, that wins over 3)
+    for line in failed:
+        click.echo(named(f"Error: {line}"), err=True)
+    if failed:  # (the audit is incomplete: as a destination that could not be answered, that wins over 3)
         raise click.exceptions.Exit(EXIT_ERROR)
     if report.has_error:
         raise click.exceptions.Exit(EXIT_FINDINGS)
 
+
+# A node's error in the report (and the JSON a merge reads) when it could not be collected.
+NOT_COLLECTED = "could not be collected: "
 
 # What --merge reads besides the documents: how to print the report. --jobs changes no result, so a script
 # that passes it to every audit may pass it here too.
