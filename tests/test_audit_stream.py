@@ -251,6 +251,25 @@ def test_a_node_a_shard_could_not_collect_fails_the_merge_as_the_whole_audit(sna
     assert (merged.exit_code, merged.stderr) == (whole.exit_code, whole.stderr) == (1, whole.stderr)
     assert whole.stderr.startswith(f"Error: {dead}: connection to "), whole.stderr
 
+
+def test_a_shards_notes_are_said_by_the_merge_as_by_the_whole_audit(snap: Path, tmp_path: Path) -> None:
+    """A dump read with --lenient past problems is noted on stderr only (its findings leave that out): the shard's
+    JSON carries the note, so the merge says it as the audit of all the nodes does, not a clean stderr."""
+    cut = tmp_path / "cut.txt"
+    cut.write_text((snap / "node-002" / "iptables-save.txt").read_text()[:20_000])
+    (tmp_path / "a.json").write_text(CliRunner().invoke(main, ["audit", str(cut), str(snap / "node-000"),
+                                                               "--lenient", "-o", "json"]).stdout)
+    (tmp_path / "b.json").write_text(CliRunner().invoke(main, ["audit", str(snap / "node-001"), "-o", "json"]).stdout)
+    whole = CliRunner().invoke(main, ["audit", str(cut), str(snap / "node-000"), str(snap / "node-001"),
+                                      "--lenient", "-o", "json"])
+    assert whole.stderr.startswith(f"note: cut: {cut} read with --lenient past "), whole.stderr
+    merged = CliRunner().invoke(main, ["audit", "--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                                       "-o", "json"])
+    assert (merged.exit_code, merged.stderr) == (whole.exit_code, whole.stderr)
+    again = tmp_path / "merged.json"
+    again.write_text(merged.stdout)
+    assert CliRunner().invoke(main, ["audit", "--merge", str(again)]).stderr == whole.stderr
+
 def test_merged_shards_with_cluster_data(tmp_path: Path) -> None:
     snap, files = fleet_scenario.write(tmp_path)
     cluster = [x for f in files for x in ("--cluster", str(f))]
