@@ -399,6 +399,9 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
             raise click.UsageError("--merge needs the `audit -o json` documents to merge")
         _check_merge_options()
         results, cluster_source, cluster_nodes = _merged(sources)
+        for r in results:  # (what each shard's audit said on stderr of its nodes, as one audit says it)
+            for note in r.notes:
+                click.echo(named(note), err=True)
         report = combine(results, cluster_source=cluster_source, cluster_nodes=cluster_nodes)
         # A shard's node that could not be collected fails the merge as it failed the shard's audit.
         failed = [f"{r.name}: {r.error.removeprefix(NOT_COLLECTED)}" for r in results
