@@ -120,7 +120,8 @@ def _check_via(opts: dict[str, Any]) -> None:
 
 @contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (kill, a CI job's cancel) unwinds like Ctrl-C, so that the collector pods are deleted."""
+    """SIGTERM (kill, a CI job's cancel) unwinds like Ctrl-C, so that the collector pods are deleted and the
+    audit's workers ended."""
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
@@ -280,7 +281,7 @@ def _analyse(nodes: list[Any], cluster: Any, lenient: bool, pictures: bool, jobs
     None: stream.default_jobs (one per CPU, as many as fit in memory)."""
     import os
 
-    from iptrace.collect.stream import analyse_nodes, available_memory, default_jobs
+    from iptrace.collect.stream import available_memory, default_jobs
 
     if jobs is None:
         jobs, note = default_jobs(nodes, os.cpu_count() or 1, available_memory())
@@ -288,6 +289,16 @@ def _analyse(nodes: list[Any], cluster: Any, lenient: bool, pictures: bool, jobs
             click.echo(named(note), err=True)
     kwargs: dict[str, Any] = {"cluster": cluster, "lenient": lenient, "pictures": pictures, "jobs": jobs,
                               "contain": _contained}
+    # SIGTERM (a cancelled Job or CI job) unwinds as Ctrl-C does, through analyse_nodes ending its workers: else
+    # they would outlive the audit, analysing for no one.
+    with _terminate_as_interrupt():
+        return _analysed(nodes, kwargs)
+
+
+def _analysed(nodes: list[Any], kwargs: dict[str, Any]) -> list[Any]:
+    """analyse_nodes of `nodes` (with `kwargs`), its progress on a terminal, each node's notes on stderr."""
+    from iptrace.collect.stream import analyse_nodes
+
     if sys.stderr.isatty() and len(nodes) > 1:
         from rich.console import Console
         from rich.markup import escape
