@@ -27,6 +27,7 @@ from iptrace.kube.merge import merge, merge_json
 from iptrace.render.audit import audit_to_json, render_audit_text
 from tests import fleet_scenario
 from tests.conftest import SAMPLES
+from tests.sshd import free_port
 from tests.terminal import on_a_terminal
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -226,6 +227,49 @@ def test_merged_shards_are_the_audit_of_all_nodes(snap: Path, tmp_path: Path) ->
     assert text.stdout == CliRunner().invoke(main, ["audit", str(snap), "-j", "1"]).stdout
 
 
+
+def test_a_node_a_shard_could_not_collect_fails_the_merge_as_the_whole_audit(snap: Path, tmp_path: Path) -> None:
+    """A shard that could not collect one of its nodes exits 1 (the audit is incomplete, README); the merge of
+    it and the other shards is that audit too: exit 1 and the same error line, not 3 as if complete."""
+    dead = f"127.0.0.1:{free_port()}"  # (nothing listens: the connection is refused at once)
+    timeout = ["--timeout", "5"]
+    shard = CliRunner().invoke(main, ["audit", str(snap / "node-000"), dead, *timeout, "-o", "json"])
+    assert shard.exit_code == 1, shard.output
+    (tmp_path / "a.json").write_text(shard.stdout)
+    (tmp_path / "b.json").write_text(CliRunner().invoke(main, ["audit", str(snap / "node-001"), "-o", "json"]).stdout)
+    whole = CliRunner().invoke(main, ["audit", dead, str(snap / "node-000"), str(snap / "node-001"), *timeout,
+                                      "-o", "json"])
+    merged = CliRunner().invoke(main, ["audit", "--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                                       "-o", "json"])
+
+    def by_name(doc: dict[str, Any]) -> dict[str, Any]:  # (a merge sorts the nodes by name)
+        for nodes in (doc["nodes"], doc["merge"]["nodes"]):
+            nodes.sort(key=lambda n: n["name"])
+        return doc
+
+    assert by_name(json.loads(merged.stdout)) == by_name(json.loads(whole.stdout))
+    assert (merged.exit_code, merged.stderr) == (whole.exit_code, whole.stderr) == (1, whole.stderr)
+    assert whole.stderr.startswith(f"Error: {dead}: connection to "), whole.stderr
+
+
+def test_a_shards_notes_are_said_by_the_merge_as_by_the_whole_audit(snap: Path, tmp_path: Path) -> None:
+    """A dump read with --lenient past problems is noted on stderr only (its findings leave that out): the shard's
+    JSON carries the note, so the merge says it as the audit of all the nodes does, not a clean stderr."""
+    cut = tmp_path / "cut.txt"
+    cut.write_text((snap / "node-002" / "iptables-save.txt").read_text()[:20_000])
+    (tmp_path / "a.json").write_text(CliRunner().invoke(main, ["audit", str(cut), str(snap / "node-000"),
+                                                               "--lenient", "-o", "json"]).stdout)
+    (tmp_path / "b.json").write_text(CliRunner().invoke(main, ["audit", str(snap / "node-001"), "-o", "json"]).stdout)
+    whole = CliRunner().invoke(main, ["audit", str(cut), str(snap / "node-000"), str(snap / "node-001"),
+                                      "--lenient", "-o", "json"])
+    assert whole.stderr.startswith(f"note: cut: {cut} read with --lenient past "), whole.stderr
+    merged = CliRunner().invoke(main, ["audit", "--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                                       "-o", "json"])
+    assert (merged.exit_code, merged.stderr) == (whole.exit_code, whole.stderr)
+    again = tmp_path / "merged.json"
+    again.write_text(merged.stdout)
+    assert CliRunner().invoke(main, ["audit", "--merge", str(again)]).stderr == whole.stderr
+
 def test_merged_shards_with_cluster_data(tmp_path: Path) -> None:
     snap, files = fleet_scenario.write(tmp_path)
     cluster = [x for f in files for x in ("--cluster", str(f))]
@@ -288,6 +332,36 @@ def test_merge_errors_say_what_was_found_and_expected(tmp_path: Path, snap: Path
     broken["merge"]["nodes"][0]["families"][0]["lines"].pop()
     assert "merge.nodes[0].families[0].lines: found" in error(broken)
     assert CliRunner().invoke(main, ["audit", "--merge"]).exit_code == 2
+
+
+def test_an_empty_shard_document_says_its_audit_wrote_nothing(tmp_path: Path, snap: Path) -> None:
+    """A shard's `audit -o json > c.json` that failed (a selector matching no node) leaves c.json empty: the merge
+    names it as empty, not as JSON that ends at line 1 column 1."""
+    good = tmp_path / "a.json"
+    good.write_text(CliRunner().invoke(main, ["audit", str(snap / "node-000"), "-o", "json"]).stdout)
+    empty = tmp_path / "c.json"
+    empty.write_text("\n")
+    result = CliRunner().invoke(main, ["audit", "--merge", str(good), str(empty)])
+    assert result.exit_code == 1
+    assert result.stderr == (f"Error: {empty}: empty; expected the output of `iptrace audit -o json` (did the "
+                             "audit that should have written it fail?)\n")
+
+
+@pytest.mark.parametrize("option", [["--cluster", "services.json"], ["--kubeconfig", "kubeconfig"],
+                                    ["-n", "default"], ["-l", "zone=a"], ["--node-ip", "192.0.2.1"], ["--lenient"],
+                                    ["--via", "api"], ["--context", "prod"]])
+def test_merge_refuses_an_option_it_would_not_use(tmp_path: Path, snap: Path, option: list[str]) -> None:
+    """--merge reads audits already made: cluster data, a selector or a namespace given with it would be
+    silently unused (the report then looks compared with the API while it is not), so they are a usage error."""
+    good = tmp_path / "a.json"
+    good.write_text(CliRunner().invoke(main, ["audit", str(snap / "node-000"), "-o", "json"]).stdout)
+    result = CliRunner().invoke(main, ["audit", "--merge", str(good), *option])
+    assert result.exit_code == 2, result.output
+    named = result.stderr.split("--merge reads audits already made: ")[1].split(" is not used there; give it to "
+                                                                           "each shard's audit instead")[0]
+    assert option[0] in named.split("/"), result.stderr
+    for fine in (["-j", "3"], ["-v"], ["-o", "json"]):
+        assert CliRunner().invoke(main, ["audit", "--merge", str(good), *fine]).exit_code == 0
 
 
 @pytest.mark.parametrize(("where", "value", "said"), [

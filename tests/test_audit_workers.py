@@ -134,6 +134,38 @@ def test_ctrl_c_ends_the_audit_and_its_workers(snap: Path, tmp_path: Path) -> No
     assert not any(Path(f"/proc/{w}").exists() for w in workers)
 
 
+
+def test_sigterm_to_the_audit_ends_it_and_its_workers_quietly(snap: Path, tmp_path: Path) -> None:
+    """SIGTERM to the audit alone (a Kubernetes Job's pod or a CI job cancelled, README's way to shard a fleet):
+    the audit unwinds as on Ctrl-C and ends its workers; none is left analysing nor prints a BrokenPipeError
+    traceback when it answers a parent that is gone."""
+    stuck = tmp_path / "stuck.txt"
+    os.mkfifo(stuck)
+    process = subprocess.Popen([sys.executable, "-m", "iptrace", "audit", str(snap), str(stuck), "-j", "2",
+                                "-o", "json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    writer = None
+    try:
+        _, writer = _reader_of(stuck, process.pid)  # (kept open: the worker waits for its bytes)
+        workers = _children(process.pid)
+        assert len(workers) == 2
+        process.send_signal(signal.SIGTERM)  # (the parent only)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if writer is not None:
+            os.close(writer)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    left = [w for w in workers if Path(f"/proc/{w}").exists()]
+    for w in left:
+        os.kill(w, signal.SIGKILL)
+    assert not left
+    assert process.returncode == 1 and out == "" and err.strip() == "Aborted!", err
+
 def test_the_load_lock_is_released_when_its_holder_dies(tmp_path: Path) -> None:
     path = tmp_path / "lock"
     path.write_bytes(b"")

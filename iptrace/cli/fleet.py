@@ -120,7 +120,8 @@ def _check_via(opts: dict[str, Any]) -> None:
 
 @contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (kill, a CI job's cancel) unwinds like Ctrl-C, so that the collector pods are deleted."""
+    """SIGTERM (kill, a CI job's cancel) unwinds like Ctrl-C, so that the collector pods are deleted and the
+    audit's workers ended."""
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
@@ -280,7 +281,7 @@ def _analyse(nodes: list[Any], cluster: Any, lenient: bool, pictures: bool, jobs
     None: stream.default_jobs (one per CPU, as many as fit in memory)."""
     import os
 
-    from iptrace.collect.stream import analyse_nodes, available_memory, default_jobs
+    from iptrace.collect.stream import available_memory, default_jobs
 
     if jobs is None:
         jobs, note = default_jobs(nodes, os.cpu_count() or 1, available_memory())
@@ -288,6 +289,16 @@ def _analyse(nodes: list[Any], cluster: Any, lenient: bool, pictures: bool, jobs
             click.echo(named(note), err=True)
     kwargs: dict[str, Any] = {"cluster": cluster, "lenient": lenient, "pictures": pictures, "jobs": jobs,
                               "contain": _contained}
+    # SIGTERM (a cancelled Job or CI job) unwinds as Ctrl-C does, through analyse_nodes ending its workers: else
+    # they would outlive the audit, analysing for no one.
+    with _terminate_as_interrupt():
+        return _analysed(nodes, kwargs)
+
+
+def _analysed(nodes: list[Any], kwargs: dict[str, Any]) -> list[Any]:
+    """analyse_nodes of `nodes` (with `kwargs`), its progress on a terminal, each node's notes on stderr."""
+    from iptrace.collect.stream import analyse_nodes
+
     if sys.stderr.isatty() and len(nodes) > 1:
         from rich.console import Console
         from rich.markup import escape
@@ -330,6 +341,9 @@ def _merged(documents: tuple[str, ...]) -> tuple[list[Any], str | None, bool]:
             raise InputError(f"{name}: no such file or directory") from None
         except OSError as exc:
             raise InputError(f"{name}: cannot read ({exc})") from None
+        if not text.strip():  # (a shard's `audit -o json > FILE` that failed leaves FILE empty)
+            raise InputError(f"{name}: empty; expected the output of `iptrace audit -o json` (did the audit that "
+                             "should have written it fail?)")
         try:
             loaded.append((name, json.loads(text)))
         except ValueError as exc:
@@ -390,13 +404,19 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
 
     _check_via(opts)
     one_stdin({"SOURCES": sources, "--cluster": cluster_files})
-    failures: list[Any] = []
     cluster: Any = None
     if merge_documents:
         if not sources:
             raise click.UsageError("--merge needs the `audit -o json` documents to merge")
+        _check_merge_options()
         results, cluster_source, cluster_nodes = _merged(sources)
+        for r in results:  # (what each shard's audit said on stderr of its nodes, as one audit says it)
+            for note in r.notes:
+                click.echo(named(note), err=True)
         report = combine(results, cluster_source=cluster_source, cluster_nodes=cluster_nodes)
+        # A shard's node that could not be collected fails the merge as it failed the shard's audit.
+        failed = [f"{r.name}: {r.error.removeprefix(NOT_COLLECTED)}" for r in results
+                  if r.error is not None and r.error.startswith(NOT_COLLECTED)]
     else:
         results, cluster, failures = _audit_nodes(sources, collect_first, out, cluster_files, namespace, node_ips,
                                                   jobs, output == "html", lenient, opts)
@@ -404,8 +424,9 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
         # load-error says why), not only on stderr: the report must not say every node is fine without it.
         from iptrace.kube.digest import NodeResult
 
-        results = [*results, *(NodeResult(r.node, f"could not be collected: {str(r.error).removeprefix(f'{r.node}: ')}")
-                               for r in failures)]
+        lost = [(r.node, str(r.error).removeprefix(f"{r.node}: ")) for r in failures]
+        results = [*results, *(NodeResult(node, NOT_COLLECTED + why) for node, why in lost)]
+        failed = [f"{node}: {why}" for node, why in lost]
         cluster_source = cluster.source if cluster is not None else None
         cluster_nodes = bool(cluster.nodes) if cluster is not None else False
         report = combine(results, cluster)
@@ -420,12 +441,33 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
         click.echo(named(render_audit_html(report, cluster)), nl=False)
     else:
         click.echo(named(render_audit_text(report, verbose=verbose)), nl=False)
-    for r in failures:
-        click.echo(named(f"Error: {r.error}"), err=True)
-    if failures:  # (the audit is incomplete: as a destination that could not be answered, that wins over 3)
+    for line in failed:
+        click.echo(named(f"Error: {line}"), err=True)
+    if failed:  # (the audit is incomplete: as a destination that could not be answered, that wins over 3)
         raise click.exceptions.Exit(EXIT_ERROR)
     if report.has_error:
         raise click.exceptions.Exit(EXIT_FINDINGS)
+
+
+# A node's error in the report (and the JSON a merge reads) when it could not be collected.
+NOT_COLLECTED = "could not be collected: "
+
+# What --merge reads besides the documents: how to print the report. --jobs changes no result, so a script
+# that passes it to every audit may pass it here too.
+_MERGE_OPTIONS = frozenset({"sources", "merge_documents", "output", "verbose", "jobs"})
+
+
+def _check_merge_options() -> None:
+    """A usage error for an option given with --merge that says what to audit or compare with: the shards were
+    audited already, and cluster data given here would go unused while the report looks compared with it."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    for param in ctx.command.params:
+        if param.name not in _MERGE_OPTIONS and ctx.get_parameter_source(param.name or "") \
+                == ParameterSource.COMMANDLINE:
+            raise click.UsageError(f"--merge reads audits already made: {'/'.join(param.opts)} is not used "
+                                   "there; give it to each shard's audit instead")
 
 
 def _audit_nodes(sources: tuple[str, ...], collect_first: bool, out: str | None, cluster_files: tuple[str, ...],

@@ -88,7 +88,10 @@ def serve(tasks_fd: int, results_fd: int) -> None:
             if not os.environ.get("IPTRACE_DEBUG"):
                 sys.excepthook = _untold  # (this process's stderr is the audit's: no traceback there)
             raise
-        results.send_bytes(pickle.dumps((answer, None), protocol=pickle.HIGHEST_PROTOCOL))
+        try:
+            results.send_bytes(pickle.dumps((answer, None), protocol=pickle.HIGHEST_PROTOCOL))
+        except BrokenPipeError:  # (the parent is gone, killed: no one to answer)
+            return
 
 
 def _untold(*_: Any) -> None:

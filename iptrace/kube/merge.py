@@ -51,7 +51,7 @@ def _node_json(r: NodeResult, index: Mapping[int, int]) -> dict[str, Any]:
                  "compared": [f.to_json() for f in fam.compared]} for fam in r.families]
     return {"name": r.name, "error": r.error, "addresses": list(r.addresses), "host": r.host,
             "kube_node": r.kube_node, "legacy_note": r.legacy_note, "load_warnings": list(r.load_warnings),
-            "families": families, "extra": [f.to_json() for f in r.extra]}
+            "families": families, "extra": [f.to_json() for f in r.extra], "notes": list(r.notes)}
 
 
 def _digest_json(p: PortDigest) -> list[Any]:
@@ -196,7 +196,9 @@ def read_merge(document: Any, source: str) -> tuple[list[NodeResult], str | None
             r.get(node, "name", str, where), node.get("error"), tuple(r.get(node, "addresses", list, where)),
             str(node.get("host") or ""), node.get("kube_node"), node.get("legacy_note"),
             tuple(r.get(node, "load_warnings", list, where)), tuple(families),
-            tuple(r.finding(f, f"{where}.extra[{k}]") for k, f in enumerate(r.get(node, "extra", list, where)))))
+            tuple(r.finding(f, f"{where}.extra[{k}]") for k, f in enumerate(r.get(node, "extra", list, where))),
+            # (a document written before notes were kept has none)
+            tuple(map(str, r.get(node, "notes", list, where))) if "notes" in node else ()))
     return results, (cluster or {}).get("source"), bool((cluster or {}).get("nodes"))
 
 
