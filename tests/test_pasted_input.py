@@ -1,0 +1,61 @@
+"""A dump pasted from a GitHub issue or chat: the ruleset inside a Markdown code fence, with prose or a shell
+prompt around it. iptrace reads the fenced block (the lines around it are left out, line numbers kept) in both
+dataplanes; without a fence, prose is still an error naming its line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from iptrace.cli import main
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_dumps"
+NFT = (SAMPLES / "nodeport-fb-backends-nft.nft").read_text()
+IPT = (SAMPLES / "nodeport-fb-backends.txt").read_text()
+
+
+def _services(path: Path) -> list[dict[str, object]]:
+    result = CliRunner().invoke(main, ["services", "-o", "json", str(path)])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def _pasted(text: str, indent: str) -> str:
+    body = "".join(indent + line for line in text.splitlines(True))
+    return (f"Here is my ruleset:\n\n{indent}```console\n{indent}$ sudo nft list ruleset\n{body}{indent}```\n\n"
+            "Thanks!\n")
+
+
+@pytest.mark.parametrize("indent", ["", "   "])
+@pytest.mark.parametrize("text", [NFT, IPT], ids=["nft", "iptables"])
+def test_fenced_paste_reads_as_the_dump(tmp_path: Path, text: str, indent: str) -> None:
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "pasted").mkdir()
+    plain = tmp_path / "plain" / "node.txt"
+    plain.write_text("\n" * 4 + text)  # the lines before the block: the same line numbers in the answers
+    pasted = tmp_path / "pasted" / "node.txt"
+    pasted.write_text(_pasted(text, indent))
+    assert _services(pasted) == _services(plain)
+
+
+def test_fenced_paste_keeps_line_numbers(tmp_path: Path) -> None:
+    """An error inside the fence names the line of the pasted file, not of the block."""
+    broken = NFT.replace("chain services {", "chain services {\n\t\tip daddr frobnicate 1", 1)
+    pasted = tmp_path / "pasted.txt"
+    pasted.write_text(_pasted(broken, ""))
+    line = 5 + broken.splitlines().index("\t\tip daddr frobnicate 1")
+    result = CliRunner().invoke(main, ["parse", str(pasted)])
+    assert result.exit_code == 1
+    assert f"pasted.txt:{line}:" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_prose_without_fence_is_still_an_error(tmp_path: Path) -> None:
+    prose = tmp_path / "prose.txt"
+    prose.write_text("Here is my ruleset:\n" + NFT)
+    result = CliRunner().invoke(main, ["parse", str(prose)])
+    assert result.exit_code == 1
+    assert "prose.txt:1:1:" in result.output
