@@ -7,7 +7,7 @@ from typing import Any
 
 from iptrace.dataplane import Dataplane
 from iptrace.errors import InputError, ParseError
-from iptrace.text import decode_input
+from iptrace.text import decode_input, unfenced
 
 
 def analysed_families(ruleset: Any) -> tuple[str, ...]:
@@ -41,10 +41,24 @@ def by_name(name: str) -> Dataplane:
 def detect(text: str) -> Dataplane:
     """The dataplane whose input `text` looks like (iptables when nothing else claims it: its loader gives the
     clear error for text that is neither)."""
+    return _claimed(text) or all_dataplanes()[-1]
+
+
+def _claimed(text: str) -> Dataplane | None:
     for dataplane in all_dataplanes():
         if dataplane.sniff(text):
             return dataplane
-    return all_dataplanes()[-1]
+    return None
+
+
+def _pasted(text: str) -> str:
+    """The text to read: a paste from an issue (prose around a Markdown code fence) is read as the fenced block
+    when nothing claims the text as it is but a dataplane claims the block; anything else is read as it is."""
+    if _claimed(text) is None:
+        block = unfenced(text)
+        if block is not None and _claimed(block) is not None:
+            return block
+    return text
 
 
 def load(text: str | bytes, *, source: str = "<dump>", lenient: bool = False, table: str | None = None,
@@ -54,6 +68,7 @@ def load(text: str | bytes, *, source: str = "<dump>", lenient: bool = False, ta
     same with or without it."""
     if isinstance(text, bytes):
         text = decode_input(text)
+    text = _pasted(text)
     dataplane = detect(text)
     try:
         return dataplane, _load(dataplane, text, source, lenient, table, memo)

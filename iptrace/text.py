@@ -6,6 +6,7 @@ a count with its noun in the right number, for the messages every layer writes. 
 from __future__ import annotations
 
 import codecs
+import re
 
 _UTF16 = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
@@ -26,6 +27,26 @@ def utf8_input(data: bytes) -> bytes:
     if data[:2] in _UTF16:
         return data.decode("utf-16", errors="replace").encode("utf-8")
     return data[3:] if data[:3] == codecs.BOM_UTF8 else data
+
+
+_FENCE_RE = re.compile(r"[ \t]*(?:```|~~~)")
+
+
+def unfenced(text: str) -> str | None:
+    """The dump inside the first Markdown code fence of a paste (from a GitHub issue or a chat, prose and a shell
+    prompt around it), every other line left blank so that an error still names the line of the file as it is;
+    None when the text has no fence. A prompt line (`$ sudo nft list ruleset`) opening the block is left out too:
+    neither dataplane's text starts a line with `$`."""
+    lines = text.splitlines(True)
+    opened = next((i for i, line in enumerate(lines) if _FENCE_RE.match(line)), None)
+    if opened is None:
+        return None
+    closed = next((i for i in range(opened + 1, len(lines)) if _FENCE_RE.match(lines[i])), len(lines))
+    first = opened + 1
+    if first < closed and lines[first].lstrip().startswith("$ "):
+        first += 1
+    inside = lines[first:closed]
+    return "\n" * first + "".join(inside) + "\n" * (len(lines) - closed)
 
 
 def counted(n: int, one: str, many: str | None = None) -> str:
