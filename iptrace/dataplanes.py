@@ -7,7 +7,7 @@ from typing import Any
 
 from iptrace.dataplane import Dataplane
 from iptrace.errors import InputError, ParseError
-from iptrace.text import decode_input, unfenced
+from iptrace.text import decode_input, fenced_blocks
 
 
 def analysed_families(ruleset: Any) -> tuple[str, ...]:
@@ -52,12 +52,12 @@ def _claimed(text: str) -> Dataplane | None:
 
 
 def _pasted(text: str) -> str:
-    """The text to read: a paste from an issue (prose around a Markdown code fence) is read as the fenced block
-    when nothing claims the text as it is but a dataplane claims the block; anything else is read as it is."""
+    """The text to read: a paste from an issue (prose around Markdown code fences) is read as its first fenced
+    block a dataplane claims when nothing claims the text as it is; anything else is read as it is."""
     if _claimed(text) is None:
-        block = unfenced(text)
-        if block is not None and _claimed(block) is not None:
-            return block
+        for block in fenced_blocks(text):
+            if _claimed(block) is not None:
+                return block
     return text
 
 

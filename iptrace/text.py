@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import codecs
 import re
+from collections.abc import Iterator
 
 _UTF16 = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
@@ -32,21 +33,19 @@ def utf8_input(data: bytes) -> bytes:
 _FENCE_RE = re.compile(r"[ \t]*(?:```|~~~)")
 
 
-def unfenced(text: str) -> str | None:
-    """The dump inside the first Markdown code fence of a paste (from a GitHub issue or a chat, prose and a shell
-    prompt around it), every other line left blank so that an error still names the line of the file as it is;
-    None when the text has no fence. A prompt line (`$ sudo nft list ruleset`) opening the block is left out too:
-    neither dataplane's text starts a line with `$`."""
+def fenced_blocks(text: str) -> Iterator[str]:
+    """The dumps inside the Markdown code fences of a paste (from a GitHub issue or a chat: prose, a shell prompt
+    and other blocks around it), each with every other line left blank so that an error still names the line of
+    the file as it is. A prompt line (`$ sudo nft list ruleset`) opening a block is left out too: neither
+    dataplane's text starts a line with `$`. An unclosed fence runs to the end (a paste cut short)."""
     lines = text.splitlines(True)
-    opened = next((i for i, line in enumerate(lines) if _FENCE_RE.match(line)), None)
-    if opened is None:
-        return None
-    closed = next((i for i in range(opened + 1, len(lines)) if _FENCE_RE.match(lines[i])), len(lines))
-    first = opened + 1
-    if first < closed and lines[first].lstrip().startswith("$ "):
-        first += 1
-    inside = lines[first:closed]
-    return "\n" * first + "".join(inside) + "\n" * (len(lines) - closed)
+    fences = [i for i, line in enumerate(lines) if _FENCE_RE.match(line)]
+    # a closing fence for each opening one, the end of the text for an unclosed last one (unused when closed)
+    for opened, closed in zip(fences[::2], [*fences[1::2], len(lines)], strict=False):
+        first = opened + 1
+        if first < closed and lines[first].lstrip().startswith("$ "):
+            first += 1
+        yield "\n" * first + "".join(lines[first:closed]) + "\n" * (len(lines) - closed)
 
 
 def counted(n: int, one: str, many: str | None = None) -> str:

@@ -59,3 +59,16 @@ def test_prose_without_fence_is_still_an_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["parse", str(prose)])
     assert result.exit_code == 1
     assert "prose.txt:1:1:" in result.output
+
+
+def test_the_block_that_holds_a_dump_is_read(tmp_path: Path) -> None:
+    """An issue often shows `kubectl get svc` in a block before the ruleset's, and may be cut before its last
+    fence: the first block a dataplane reads is the one read."""
+    kubectl = "```\n$ kubectl get svc\nNAME          TYPE       CLUSTER-IP\nfb-backends   NodePort   10.101.234.168\n```\n"
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "pasted").mkdir()
+    plain = tmp_path / "plain" / "node.txt"
+    plain.write_text("\n" * 6 + NFT)
+    pasted = tmp_path / "pasted" / "node.txt"
+    pasted.write_text(kubectl + "~~~\n" + NFT)
+    assert _services(pasted) == _services(plain)
