@@ -54,11 +54,21 @@ def test_fenced_paste_keeps_line_numbers(tmp_path: Path) -> None:
 
 
 def test_prose_without_fence_is_still_an_error(tmp_path: Path) -> None:
-    prose = tmp_path / "prose.txt"
+    """In the words of the ruleset that follows (nft's, not iptables-save's); --lenient reads past it and says so."""
+    prose = tmp_path / "prose" / "node.txt"
+    prose.parent.mkdir()
     prose.write_text("Here is my ruleset:\n" + NFT)
     result = CliRunner().invoke(main, ["parse", str(prose)])
     assert result.exit_code == 1
-    assert "prose.txt:1:1:" in result.output
+    assert "node.txt:1:1: unexpected 'Here'; expected" in result.output
+    assert '"table"' in result.output and "COMMIT" not in result.output
+    lenient = CliRunner().invoke(main, ["services", "-o", "json", "--lenient", str(prose)])
+    assert lenient.exit_code == 0, lenient.output
+    assert "read with --lenient past 1 problem" in lenient.stderr and "line 1: unexpected 'Here'" in lenient.stderr
+    plain = tmp_path / "plain" / "node.txt"
+    plain.parent.mkdir()
+    plain.write_text("\n" + NFT)
+    assert json.loads(lenient.stdout) == _services(plain)
 
 
 def test_the_block_that_holds_a_dump_is_read(tmp_path: Path) -> None:
