@@ -40,8 +40,22 @@ def by_name(name: str) -> Dataplane:
 
 def detect(text: str) -> Dataplane:
     """The dataplane whose input `text` looks like (iptables when nothing else claims it: its loader gives the
-    clear error for text that is neither)."""
-    return _claimed(text) or all_dataplanes()[-1]
+    clear error for text that is neither). Text whose first line none reads (a line of prose before a paste) is
+    the input of the dataplane that claims a later line: its reader names that first line in its own words, and
+    --lenient reads past it."""
+    return _claimed(text) or _claimed_later(text) or all_dataplanes()[-1]
+
+
+_HEAD = 16384
+
+
+def _claimed_later(text: str) -> Dataplane | None:
+    for line in text[:_HEAD].splitlines():
+        if line.strip():
+            claimed = _claimed(line)
+            if claimed is not None:
+                return claimed
+    return None
 
 
 def _claimed(text: str) -> Dataplane | None:
