@@ -82,3 +82,22 @@ def test_the_block_that_holds_a_dump_is_read(tmp_path: Path) -> None:
     pasted = tmp_path / "pasted" / "node.txt"
     pasted.write_text(kubectl + "~~~\n" + NFT)
     assert _services(pasted) == _services(plain)
+
+
+def test_kube_proxy_log_of_a_transaction_reads_with_lenient(tmp_path: Path, corpus: Path) -> None:
+    """kube-proxy's log at -v=9 writes the transaction as klog's multi-line value (`transaction=<`, each line
+    tab-indented, ` >`): --lenient reads the transaction and lists the log's own lines as skipped."""
+    fixture = json.loads((corpus / "kube-proxy-nft" / "current-TestSyncProxyRulesRepeated_step1.json").read_text())
+    transaction = fixture["dump"]
+    plain = tmp_path / "plain" / "node.txt"
+    plain.parent.mkdir()
+    plain.write_text("\n" + transaction + "\n")
+    log = tmp_path / "log" / "node.txt"
+    log.parent.mkdir()
+    body = "".join("\t" + line for line in transaction.splitlines(True))
+    log.write_text('I1205 04:00:00.000000       1 proxier.go:1234] "Running nftables transaction" transaction=<\n'
+                   f"{body} >\n")
+    result = CliRunner().invoke(main, ["services", "-o", "json", "--lenient", str(log)])
+    assert result.exit_code == 0, result.output
+    assert "read with --lenient past 2 problems" in result.stderr
+    assert json.loads(result.stdout) == _services(plain)
