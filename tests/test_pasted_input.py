@@ -101,3 +101,17 @@ def test_kube_proxy_log_of_a_transaction_reads_with_lenient(tmp_path: Path, corp
     assert result.exit_code == 0, result.output
     assert "read with --lenient past 2 problems" in result.stderr
     assert json.loads(result.stdout) == _services(plain)
+
+
+def test_json_without_final_newline_is_not_called_truncated(tmp_path: Path) -> None:
+    """JSON of the wrong shape saved without a final newline (an editor, a script's json.dump) is not cut short:
+    the JSON reader itself says when the document ends early."""
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text('{"nftables": 5}')
+    result = CliRunner().invoke(main, ["parse", str(wrong)])
+    assert result.exit_code == 1
+    assert 'wrong.json:1:1: JSON without an "nftables" list' in result.output
+    assert "truncated" not in result.output
+    cut = tmp_path / "cut.json"
+    cut.write_text('{"nftables": [{"table": {"family": "ip", "na')
+    assert "looks truncated" in CliRunner().invoke(main, ["parse", str(cut)]).output
