@@ -87,7 +87,7 @@ def load(text: str | bytes, *, source: str = "<dump>", lenient: bool = False, ta
     try:
         return dataplane, _load(dataplane, text, source, lenient, table, memo)
     except ParseError as exc:
-        raise _cut_short(exc, text) from None
+        raise _cut_short(exc, text, dataplane) from None
 
 
 def _load(dataplane: Dataplane, text: str, source: str, lenient: bool, table: str | None,
@@ -108,9 +108,11 @@ def _load(dataplane: Dataplane, text: str, source: str, lenient: bool, table: st
 _CUT = " (the file ends in the middle of this line: it looks truncated)"
 
 
-def _cut_short(exc: ParseError, text: str) -> ParseError:
+def _cut_short(exc: ParseError, text: str, dataplane: Dataplane) -> ParseError:
     """An error on the last line of a text that does not end with a newline: the file was most likely cut there
-    (a copy that stopped, a paste from an issue thread), which the reader alone cannot tell."""
-    if (not text or text.endswith("\n") or "truncated" in exc.reason or exc.line != text.count("\n") + 1):
+    (a copy that stopped, a paste from an issue thread), which the reader alone cannot tell. Not of nft's JSON:
+    its reader knows when the document ends early, and a one-line document's every error is on its last line."""
+    if (not text or text.endswith("\n") or "truncated" in exc.reason or exc.line != text.count("\n") + 1
+            or (dataplane.name == "nftables" and text.lstrip().startswith("{"))):
         return exc
     return type(exc)(exc.reason + _CUT, source=exc.source, line=exc.line, column=exc.column, text=exc.text)
