@@ -115,3 +115,22 @@ def test_json_without_final_newline_is_not_called_truncated(tmp_path: Path) -> N
     cut = tmp_path / "cut.json"
     cut.write_text('{"nftables": [{"table": {"family": "ip", "na')
     assert "looks truncated" in CliRunner().invoke(main, ["parse", str(cut)]).output
+
+
+def test_nft_json_list_alone_reads(tmp_path: Path) -> None:
+    """`nft -j list ruleset | jq .nftables` (the list without its wrapping object) reads as the whole document,
+    and cut short, --lenient reads its whole objects."""
+    document = json.loads((SAMPLES / "nodeport-fb-backends-nft.json").read_text())
+    whole = tmp_path / "whole" / "node.json"
+    whole.parent.mkdir()
+    whole.write_text(json.dumps(document))
+    alone = tmp_path / "alone" / "node.json"
+    alone.parent.mkdir()
+    alone.write_text(json.dumps(document["nftables"], indent=2) + "\n")
+    assert _services(alone) == _services(whole)
+    cut = tmp_path / "cut.json"
+    text = json.dumps(document["nftables"], indent=2)
+    cut.write_text(text[: len(text) * 9 // 10])
+    result = CliRunner().invoke(main, ["parse", "--lenient", str(cut)])
+    assert result.exit_code == 0, result.output
+    assert "read up to the last whole object before it" in result.output
