@@ -134,3 +134,13 @@ def test_nft_json_list_alone_reads(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["parse", "--lenient", str(cut)])
     assert result.exit_code == 0, result.output
     assert "read up to the last whole object before it" in result.output
+
+
+def test_no_break_space_is_named(tmp_path: Path) -> None:
+    """A web page or chat copies spaces as U+00A0, which no reader takes for a space: the error names it."""
+    copied = tmp_path / "copied.nft"
+    copied.write_text("add table ip\u00a0kube-proxy\nadd chain ip kube-proxy services\n")
+    result = CliRunner().invoke(main, ["parse", str(copied)])
+    assert result.exit_code == 1
+    assert "copied.nft:1:13: unexpected '\\xa0' (U+00A0 NO-BREAK SPACE" in result.output
+    assert "Traceback" not in result.output
