@@ -7,7 +7,7 @@ from typing import Any
 
 from iptrace.dataplane import Dataplane
 from iptrace.errors import InputError, ParseError
-from iptrace.text import decode_input
+from iptrace.text import decode_input, fenced_blocks
 
 
 def analysed_families(ruleset: Any) -> tuple[str, ...]:
@@ -40,11 +40,39 @@ def by_name(name: str) -> Dataplane:
 
 def detect(text: str) -> Dataplane:
     """The dataplane whose input `text` looks like (iptables when nothing else claims it: its loader gives the
-    clear error for text that is neither)."""
+    clear error for text that is neither). Text whose first line none reads (a line of prose before a paste) is
+    the input of the dataplane that claims a later line: its reader names that first line in its own words, and
+    --lenient reads past it."""
+    return _claimed(text) or _claimed_later(text) or all_dataplanes()[-1]
+
+
+_HEAD = 16384
+
+
+def _claimed_later(text: str) -> Dataplane | None:
+    for line in text[:_HEAD].splitlines():
+        if line.strip():
+            claimed = _claimed(line)
+            if claimed is not None:
+                return claimed
+    return None
+
+
+def _claimed(text: str) -> Dataplane | None:
     for dataplane in all_dataplanes():
         if dataplane.sniff(text):
             return dataplane
-    return all_dataplanes()[-1]
+    return None
+
+
+def _pasted(text: str) -> str:
+    """The text to read: a paste from an issue (prose around Markdown code fences) is read as its first fenced
+    block a dataplane claims when nothing claims the text as it is; anything else is read as it is."""
+    if _claimed(text) is None:
+        for block in fenced_blocks(text):
+            if _claimed(block) is not None:
+                return block
+    return text
 
 
 def load(text: str | bytes, *, source: str = "<dump>", lenient: bool = False, table: str | None = None,
@@ -54,11 +82,12 @@ def load(text: str | bytes, *, source: str = "<dump>", lenient: bool = False, ta
     same with or without it."""
     if isinstance(text, bytes):
         text = decode_input(text)
+    text = _pasted(text)
     dataplane = detect(text)
     try:
         return dataplane, _load(dataplane, text, source, lenient, table, memo)
     except ParseError as exc:
-        raise _cut_short(exc, text) from None
+        raise _cut_short(exc, text, dataplane) from None
 
 
 def _load(dataplane: Dataplane, text: str, source: str, lenient: bool, table: str | None,
@@ -79,9 +108,11 @@ def _load(dataplane: Dataplane, text: str, source: str, lenient: bool, table: st
 _CUT = " (the file ends in the middle of this line: it looks truncated)"
 
 
-def _cut_short(exc: ParseError, text: str) -> ParseError:
+def _cut_short(exc: ParseError, text: str, dataplane: Dataplane) -> ParseError:
     """An error on the last line of a text that does not end with a newline: the file was most likely cut there
-    (a copy that stopped, a paste from an issue thread), which the reader alone cannot tell."""
-    if (not text or text.endswith("\n") or "truncated" in exc.reason or exc.line != text.count("\n") + 1):
+    (a copy that stopped, a paste from an issue thread), which the reader alone cannot tell. Not of nft's JSON:
+    its reader knows when the document ends early, and a one-line document's every error is on its last line."""
+    if (not text or text.endswith("\n") or "truncated" in exc.reason or exc.line != text.count("\n") + 1
+            or (dataplane.name == "nftables" and text.lstrip().startswith("{"))):
         return exc
     return type(exc)(exc.reason + _CUT, source=exc.source, line=exc.line, column=exc.column, text=exc.text)

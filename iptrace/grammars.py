@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -85,4 +86,12 @@ def unexpected_character(text: str, pos: int, allowed: str | None) -> str:
     char = text[pos] if 0 <= pos < len(text) else "?"
     if char == '"':
         return "unterminated quoted string; expected a closing '\"' before the end of the line"
-    return f"unexpected {char!r}; expected {allowed or 'a word'}"
+    return f"unexpected {char!r}{_invisible(char)}; expected {allowed or 'a word'}"
+
+
+def _invisible(char: str) -> str:
+    """What a character a terminal shows as a blank or nothing is (a web page or chat copies spaces as U+00A0)."""
+    if char == " " or unicodedata.category(char) not in ("Zs", "Cf"):
+        return ""
+    return f" (U+{ord(char):04X} {unicodedata.name(char, 'a format character')}: copied from a web page or chat? " \
+        "retype it as a plain space or remove it)"

@@ -6,6 +6,8 @@ a count with its noun in the right number, for the messages every layer writes. 
 from __future__ import annotations
 
 import codecs
+import re
+from collections.abc import Iterator
 
 _UTF16 = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
@@ -26,6 +28,24 @@ def utf8_input(data: bytes) -> bytes:
     if data[:2] in _UTF16:
         return data.decode("utf-16", errors="replace").encode("utf-8")
     return data[3:] if data[:3] == codecs.BOM_UTF8 else data
+
+
+_FENCE_RE = re.compile(r"[ \t]*(?:```|~~~)")
+
+
+def fenced_blocks(text: str) -> Iterator[str]:
+    """The dumps inside the Markdown code fences of a paste (from a GitHub issue or a chat: prose, a shell prompt
+    and other blocks around it), each with every other line left blank so that an error still names the line of
+    the file as it is. A prompt line (`$ sudo nft list ruleset`) opening a block is left out too: neither
+    dataplane's text starts a line with `$`. An unclosed fence runs to the end (a paste cut short)."""
+    lines = text.splitlines(True)
+    fences = [i for i, line in enumerate(lines) if _FENCE_RE.match(line)]
+    # a closing fence for each opening one, the end of the text for an unclosed last one (unused when closed)
+    for opened, closed in zip(fences[::2], [*fences[1::2], len(lines)], strict=False):
+        first = opened + 1
+        if first < closed and lines[first].lstrip().startswith("$ "):
+            first += 1
+        yield "\n" * first + "".join(lines[first:closed]) + "\n" * (len(lines) - closed)
 
 
 def counted(n: int, one: str, many: str | None = None) -> str:

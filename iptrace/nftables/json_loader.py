@@ -357,6 +357,8 @@ def load_json(text: str, *, source: str = "<ruleset>", lenient: bool = False) ->
     skipped: list[LoadWarning] = []
     try:
         doc = json.loads(text)
+        if isinstance(doc, list):  # the document's list alone (`nft -j list ruleset | jq .nftables`)
+            doc = {"nftables": doc}
     except json.JSONDecodeError as exc:
         line_text = text.split("\n")[exc.lineno - 1] if exc.lineno >= 1 else ""
         unterminated = exc.msg.startswith("Unterminated string")  # (json names where the string starts)
@@ -395,7 +397,7 @@ def load_json(text: str, *, source: str = "<ruleset>", lenient: bool = False) ->
     return Ruleset(tuple(t for t in out if t is not None), source, "nft-json", tuple(warnings), tuple(skipped))
 
 
-_LIST_START = re.compile(r'\{\s*"nftables"\s*:\s*\[')
+_LIST_START = re.compile(r'(?:\{\s*"nftables"\s*:\s*)?\[')
 
 
 def _whole_objects(text: str) -> list[Any] | None:

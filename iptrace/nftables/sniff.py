@@ -15,7 +15,8 @@ NFT_TRANSACTION = "nft-transaction"
 FORMATS = (IPTABLES_SAVE, IPTABLES_S, NFT_LIST, NFT_JSON, NFT_TRANSACTION)
 
 _HEAD = 16384
-_JSON_RE = re.compile(r'\s*\{\s*"nftables"\s*:')
+# the document, or its list alone (`nft -j list ruleset | jq .nftables`)
+_JSON_RE = re.compile(r'\s*(?:\{\s*"nftables"\s*:|\[\s*\{\s*"(?:metainfo|table)"\s*:)')
 _NFT_TABLE_RE = re.compile(r"table\s+(?:(?:ip|ip6|inet|arp|bridge|netdev)\s+)?\S+\s*\{")
 _NFT_COMMAND_RE = re.compile(r"(?:add|create|insert|replace|delete|destroy|flush)\s+"
                              r"(?:table|chain|set|map|rule|element|ruleset|counter|quota|flowtable)\b")
