@@ -16,6 +16,7 @@ from iptrace.explain.conflicts import address_conflict
 from iptrace.explain.diagnosis import Diagnosis, Evidence, Suggestion
 from iptrace.explain.facts import Case, canonical, finding_label, label, step_evidence
 from iptrace.explain.phrases import ip_of, pct, plural, service_name, wait
+from iptrace.layout import ONE_MODE_FIX
 
 CATALOGUE: tuple[str, ...] = (
     "target-port-on-service-ip", "node-port-on-service-ip", "service-port-on-node-ip", "unknown-port",
@@ -101,9 +102,7 @@ def proxy_mode_split(case: Case) -> Diagnosis | None:
         f"Besides kube-proxy's {proxy.mode}-mode table, {proxy.other_mode}. The kernel runs both: a packet passes "
         "the chains of both, and the first DNAT decides. The trace follows the kernel's order (by priority; of "
         "equal priorities, the chain created later runs first), so a Service the two modes send to different "
-        "endpoints goes where the trace says, until either is rewritten.",
-        "run one kube-proxy, in one mode: a kube-proxy of 1.29 or later deletes the other mode's rules when it "
-        "starts (or run `kube-proxy --cleanup` in the mode no longer used)")
+        "endpoints goes where the trace says, until either is rewritten.", ONE_MODE_FIX)
 
 
 # -- a rule of kube-proxy's decided -------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from iptrace.kube.claims import claim_findings, claim_lines, claims_of
 from iptrace.kube.cluster import ClusterState
 from iptrace.kube.compare import LOAD_ERROR, MODE_SPLIT, Finding, compare_with_cluster, view_service_label
 from iptrace.kube.view import EXTERNAL, HEALTH_CHECK, KubeView, ServicePortView
-from iptrace.layout import ProxyMode
+from iptrace.layout import ONE_MODE_FIX, ProxyMode
 from iptrace.records import positional_new
 from iptrace.text import counted
 
@@ -320,8 +320,7 @@ def node_result(node: Any, cluster: ClusterState | None = None, *, pictures: boo
         extra = (*extra, Finding(
             MODE_SPLIT, "warning", node.name, None, f"{node.name}: kube-proxy's rules in both proxy modes "
             "(iptables and nftables)", split.removeprefix(f"{node.name}: "),
-            "run one kube-proxy, in one mode: a kube-proxy of 1.29 or later deletes the other mode's rules when it "
-            f"starts (or run `kube-proxy --cleanup` in the mode no longer used){then}"))
+            ONE_MODE_FIX + then))
     failed = meta.get("failed_attempt_note")
     if isinstance(failed, str):
         extra = (*extra, Finding(

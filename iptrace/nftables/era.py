@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from iptrace.layout import ProxyMode
+from iptrace.layout import ONE_MODE_FIX, ProxyMode
 from iptrace.nftables.model import Nat, Ruleset, Table
 from iptrace.nftables.names import KUBE_PROXY_TABLE, split_chain
 from iptrace.text import counted
@@ -132,5 +132,4 @@ def mode_split_warning(proxy: ProxyMode, table: str) -> str:
     return (f"kube-proxy's rules are here in both proxy modes: {proxy.other_mode}, beside table {table} "
             "(nftables mode). The kernel runs both: every packet passes both tables' chains, and at each hook the "
             "first DNAT decides. Traces follow the kernel's order (by priority; of equal priorities, the chain "
-            "created later runs first). Run one kube-proxy, in one mode: a kube-proxy of 1.29 or later deletes the "
-            "other mode's rules when it starts (or run `kube-proxy --cleanup` in the mode no longer used)")
+            f"created later runs first). {ONE_MODE_FIX[0].upper()}{ONE_MODE_FIX[1:]}")
