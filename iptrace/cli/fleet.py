@@ -292,7 +292,11 @@ def _analyse(nodes: list[Any], cluster: Any, lenient: bool, pictures: bool, jobs
     # SIGTERM (a cancelled Job or CI job) unwinds as Ctrl-C does, through analyse_nodes ending its workers: else
     # they would outlive the audit, analysing for no one.
     with _terminate_as_interrupt():
-        return _analysed(nodes, kwargs)
+        try:
+            return _analysed(nodes, kwargs)
+        except KeyboardInterrupt:
+            click.echo("Error: interrupted; the audit's workers were ended, no report was written", err=True)
+            raise click.exceptions.Exit(130) from None
 
 
 def _analysed(nodes: list[Any], kwargs: dict[str, Any]) -> list[Any]:
