@@ -68,11 +68,33 @@ def _claimed(text: str) -> Dataplane | None:
 def _pasted(text: str) -> str:
     """The text to read: a paste from an issue (prose around Markdown code fences) is read as its first fenced
     block a dataplane claims when nothing claims the text as it is; anything else is read as it is."""
-    if _claimed(text) is None:
-        for block in fenced_blocks(text):
-            if _claimed(block) is not None:
-                return block
-    return text
+    blocks = _claimed_blocks(text)
+    return blocks[0][0] if blocks else text
+
+
+def _claimed_blocks(text: str) -> list[tuple[str, int, int]]:
+    """The fenced blocks of a paste that a dataplane claims (text.fenced_blocks); none when the text itself is
+    claimed."""
+    if _claimed(text) is not None:
+        return []
+    return [block for block in fenced_blocks(text) if _claimed(block[0]) is not None]
+
+
+def paste_note(text: str) -> str | None:
+    """What load read of a paste, for a note: the lines of the code block read, and the next block that holds
+    rules too (an issue showing two nodes' dumps, or iptables-save and nft's), which a person must save alone."""
+    blocks = _claimed_blocks(text)
+    if not blocks:
+        return None
+    _, first, last = blocks[0]
+    said = f"read the rules in the pasted code block at lines {first}-{last}; the lines around it are not read"
+    if len(blocks) == 2:
+        said += f"; the block at lines {blocks[1][1]}-{blocks[1][2]} holds rules too: save it in a file of its " \
+                "own to read it"
+    elif len(blocks) > 2:
+        said += f"; {len(blocks) - 1} other blocks hold rules too (the next at lines {blocks[1][1]}-" \
+                f"{blocks[1][2]}): save one in a file of its own to read it"
+    return said
 
 
 def load(text: str | bytes, *, source: str = "<dump>", lenient: bool = False, table: str | None = None,

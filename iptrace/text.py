@@ -33,11 +33,12 @@ def utf8_input(data: bytes) -> bytes:
 _FENCE_RE = re.compile(r"[ \t]*(?:```|~~~)")
 
 
-def fenced_blocks(text: str) -> Iterator[str]:
+def fenced_blocks(text: str) -> Iterator[tuple[str, int, int]]:
     """The dumps inside the Markdown code fences of a paste (from a GitHub issue or a chat: prose, a shell prompt
     and other blocks around it), each with every other line left blank so that an error still names the line of
-    the file as it is. A prompt line (`$ sudo nft list ruleset`) opening a block is left out too: neither
-    dataplane's text starts a line with `$`. An unclosed fence runs to the end (a paste cut short)."""
+    the file as it is, and the numbers of its first and last line. A prompt line (`$ sudo nft list ruleset`)
+    opening a block is left out too: neither dataplane's text starts a line with `$`. An unclosed fence runs to
+    the end (a paste cut short)."""
     lines = text.splitlines(True)
     fences = [i for i, line in enumerate(lines) if _FENCE_RE.match(line)]
     # a closing fence for each opening one, the end of the text for an unclosed last one (unused when closed)
@@ -45,7 +46,7 @@ def fenced_blocks(text: str) -> Iterator[str]:
         first = opened + 1
         if first < closed and lines[first].lstrip().startswith("$ "):
             first += 1
-        yield "\n" * first + "".join(lines[first:closed]) + "\n" * (len(lines) - closed)
+        yield "\n" * first + "".join(lines[first:closed]) + "\n" * (len(lines) - closed), first + 1, closed
 
 
 def counted(n: int, one: str, many: str | None = None) -> str:

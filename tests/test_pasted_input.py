@@ -144,3 +144,25 @@ def test_no_break_space_is_named(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "copied.nft:1:13: unexpected '\\xa0' (U+00A0 NO-BREAK SPACE" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_paste_is_said_with_the_lines_read(tmp_path: Path) -> None:
+    """A paste is read quietly no more: stderr names the lines of the block read (stdout stays the answer), and a
+    second block of rules (an issue showing iptables-save and nft's listing) is named, to be saved alone."""
+    pasted = tmp_path / "issue.md"
+    pasted.write_text(_pasted(NFT, ""))
+    result = CliRunner().invoke(main, ["services", "-o", "json", str(pasted)])
+    assert result.exit_code == 0, result.output
+    last = 4 + len(NFT.splitlines())
+    assert result.stderr == (f"note: {pasted}: read the rules in the pasted code block at lines 5-{last}; the "
+                             "lines around it are not read\n")
+    json.loads(result.stdout)
+    two = tmp_path / "two.md"
+    two.write_text(_pasted(NFT, "") + "and with iptables mode:\n```\n" + IPT + "```\n")
+    result = CliRunner().invoke(main, ["services", "-o", "json", str(two)])
+    assert result.exit_code == 0, result.output
+    start = last + 6  # (the closing fence, a blank line, "Thanks!", a line of prose, the fence)
+    assert f"; the block at lines {start}-{start + len(IPT.splitlines()) - 1} holds rules too: save it in a " \
+           "file of its own to read it\n" in result.stderr
+    plain = CliRunner().invoke(main, ["services", "-o", "json", str(SAMPLES / "nodeport-fb-backends-nft.nft")])
+    assert plain.stderr == ""

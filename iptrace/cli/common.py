@@ -41,6 +41,9 @@ def load_dump(dump: str, *, lenient: bool = False, table: str | None = None, fam
     if dump == "-" or not path.is_dir():
         text, source = read_dump(dump)
         dataplane, ruleset = dataplanes.load(text, source=source, lenient=lenient, table=table)
+        pasted = dataplanes.paste_note(text)
+        if pasted is not None:
+            click.echo(f"note: {source}: {pasted}", err=True)
         if note:
             note_skipped_rules(dump, ruleset)
         return dataplane, hold(ruleset), []
