@@ -422,15 +422,9 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
         failed = [f"{r.name}: {r.error.removeprefix(NOT_COLLECTED)}" for r in results
                   if r.error is not None and r.error.startswith(NOT_COLLECTED)]
     else:
-        results, cluster, failures = _audit_nodes(sources, collect_first, out, cluster_files, namespace, node_ips,
+        results, cluster, collection = _audit_nodes(sources, collect_first, out, cluster_files, namespace, node_ips,
                                                   jobs, output == "html", lenient, opts)
-        # A node that could not be collected is in the report as a node whose rules could not be read (its
-        # load-error says why), not only on stderr: the report must not say every node is fine without it.
-        from iptrace.kube.digest import NodeResult
-
-        lost = [(r.node, str(r.error).removeprefix(f"{r.node}: ")) for r in failures]
-        results = [*results, *(NodeResult(node, NOT_COLLECTED + why) for node, why in lost)]
-        failed = [f"{node}: {why}" for node, why in lost]
+        failed = [f"{r.node}: {_why_not_collected(r)}" for r in collection if not r.ok]
         cluster_source = cluster.source if cluster is not None else None
         cluster_nodes = bool(cluster.nodes) if cluster is not None else False
         report = combine(results, cluster)
@@ -477,7 +471,7 @@ def _check_merge_options() -> None:
 def _audit_nodes(sources: tuple[str, ...], collect_first: bool, out: str | None, cluster_files: tuple[str, ...],
                  namespace: str | None, node_ips: tuple[str, ...], jobs: int | None, pictures: bool, lenient: bool,
                  opts: dict[str, Any]) -> tuple[list[Any], Any, list[Any]]:
-    """Collect what must be collected, then analyse every node: (results, cluster data, collection failures)."""
+    """Collect what must be collected, then analyse every node: (results, cluster data, the collection's results)."""
     import tempfile
 
     via, inventory, kubeconfig, context = opts["via"], opts["inventory"], opts["kubeconfig"], opts["context"]
@@ -498,7 +492,7 @@ def _audit_nodes(sources: tuple[str, ...], collect_first: bool, out: str | None,
         cluster = note_no_services(load_cluster_live(kubeconfig, context, namespace))
     else:
         cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
-    failures: list[Any] = []
+    collection: list[Any] = []
     with tempfile.TemporaryDirectory(prefix="iptrace-audit-") as tmp:
         if nodes or inventory or discover:
             if via == "api":
@@ -507,16 +501,36 @@ def _audit_nodes(sources: tuple[str, ...], collect_first: bool, out: str | None,
                 targets = _targets(nodes, inventory, kubeconfig if discover else None,
                                    context if discover else None, node_selector if discover else None)
             where = Path(out) if out else Path(tmp)
-            collected_results = _run_collect(targets, where, opts)
-            failures = [r for r in collected_results if not r.ok]
-            collected = tuple(str(where / r.node) for r in collected_results if r.ok)
+            collection = _run_collect(targets, where, opts)
+            collected = tuple(str(where / r.node) for r in collection if r.ok)
             if not collected and not paths:
-                for r in failures:
+                for r in collection:
                     click.echo(named(f"Error: {r.error}"), err=True)
                 raise click.exceptions.Exit(EXIT_ERROR)
             paths += collected
         results = _analyse(_audit_sources(paths, node_ips), cluster, lenient, pictures, jobs)
-    return results, cluster, failures
+    return _with_uncollected(results, collection), cluster, collection
+
+
+def _why_not_collected(result: Any) -> str:
+    return str(result.error).removeprefix(f"{result.node}: ")
+
+
+def _with_uncollected(results: list[Any], collection: list[Any]) -> list[Any]:
+    """The audit's node results with each node that could not be collected in its place among the collected
+    ones (`collection`: the collection's results, in the order of the nodes given), as a node whose rules could
+    not be read (its load-error says why): the report must not say every node is fine without it."""
+    from iptrace.kube.digest import NodeResult
+
+    ok = {r.node for r in collection if r.ok}
+    by_name = {r.name: r for r in results if r.name in ok}
+    placed = [r for r in results if r.name not in ok]
+    for r in collection:
+        if not r.ok:
+            placed.append(NodeResult(r.node, NOT_COLLECTED + _why_not_collected(r)))
+        elif r.node in by_name:
+            placed.append(by_name.pop(r.node))
+    return [*placed, *by_name.values()]  # (a node its meta.json names otherwise: last, never lost)
 
 
 @main.command()
