@@ -307,22 +307,24 @@ class PortReader:
     def service_port(self, g: Any, ways: tuple[WayIn, ...], alpha: dict[tuple[str, str, int], list[str]]
                      ) -> ServicePortLayout:
         table = self.table
-        own = {word: table.chain(f"{word}-{g.key}") for word in ("service", "svc", "local", "external", "firewall")}
-        cluster = own["service"] or own["svc"]
-        local = own["local"]
-        endpoint_chains: list[str] = []
+        key = g.key
+        service, svc, local, external, fw = table.chains_named(
+            (f"service-{key}", f"svc-{key}", f"local-{key}", f"external-{key}", f"firewall-{key}"))
+        cluster = service or svc
+        targeted: dict[str, None] = {}  # (the endpoint chains in order of first mention, as a dict: ~10 a port)
         affinity: int | None = None
         for chain in (cluster, local):
             for targets, names, _fib in (chain_reads(chain) if chain is not None else ()):
                 for target in targets:
-                    if target.startswith("endpoint-") and target not in endpoint_chains:
-                        endpoint_chains.append(target)
+                    if target.startswith("endpoint-"):
+                        targeted[target] = None
                 for name in names:
                     if affinity is None and name.startswith("affinity-"):
                         s = table.set(name)
                         if s is not None and s.timeout_ms is not None:
                             affinity = s.timeout_ms // 1000
-        own_chains = [c for c in own.values() if c is not None]
+        endpoint_chains = list(targeted)
+        own_chains = [c for c in (service, svc, local, external, fw) if c is not None]
         chains = [c.name for c in own_chains]
         lines: set[int] = set(g.lines)
         for w in ways:
@@ -340,7 +342,6 @@ class PortReader:
         lines.discard(0)
         lb_ips = {w.address for w in ways if w.kind == LOAD_BALANCER}
         ranges: list[str] = []
-        fw = own["firewall"]
         for rule in (fw.rules if fw is not None else ()):
             for item in rule.items:
                 if isinstance(item, Match) and isinstance(item.left, Payload) and item.left.field == "saddr" \
@@ -358,9 +359,8 @@ class PortReader:
                         ranges.append(text)
         etp: str | None = None
         if any(w.kind in (NODE_PORT, EXTERNAL_IP, LOAD_BALANCER) for w in ways):
-            ext = own["external"]
-            if ext is not None:
-                reads = chain_reads(ext)
+            if external is not None:
+                reads = chain_reads(external)
                 local_ext = any(fib for _, _, fib in reads) or any(t.startswith("local-") for targets, _, _ in reads
                                                                    for t in targets)
                 etp = "Local" if local_ext or g.etp_local_drop else "Cluster"
