@@ -99,6 +99,12 @@ def rule_key(rule: Rule, version: int, cache: dict[object, Structure], plans: di
     return _planned_key(plan, tokens if tokens is not None else fast_tokens(rule.text), version)
 
 
+# What `rule_key` files a rule under, by all it reads of the rule: its text, its shape (by identity: the key keeps it
+# alive) and the IP version. Process-wide: an audit's nodes write KUBE-SERVICES' rules alike, in another order each,
+# and build its index once a node (their tracers are their own). Started again when full.
+_KEYS: dict[tuple[str, object, int], tuple[Key | None, int | None]] = {}
+KEYS_LIMIT = 50_000
+
 # Merged candidate lists kept per index.
 MERGED_SIZE = 4096
 
@@ -127,8 +133,15 @@ class ChainIndex:
         alive: list[Structure] = []  # keeps every structure (hence its id) alive while `plans` is in use
         if cache is None:
             cache = {}
+        keys = _KEYS
         for i, rule in enumerate(rules):
-            key, host = rule_key(rule, version, cache, plans, alive)
+            what = (rule[1], rule[4], version)
+            found = keys.get(what)
+            if found is None:
+                if len(keys) >= KEYS_LIMIT:
+                    keys.clear()
+                found = keys[what] = rule_key(rule, version, cache, plans, alive)
+            key, host = found
             if key is not None:
                 index.by_port.setdefault(key, []).append(i)
             elif host is not None:
