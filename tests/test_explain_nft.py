@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -87,3 +88,40 @@ def test_an_address_nftables_mode_cannot_tell_is_named_as_either(dump: str, role
     (d,) = json.loads(result.stdout)["diagnoses"]
     assert d["summary"] == ("31080 is the nodePort of ingress-nginx/ingress-nginx-controller:http, used on its "
                             f"{role} 192.168.49.240"), d["summary"]
+
+
+def _services_of(dump: str, tmp_path: Path) -> Path:
+    """The scenario's Service objects as `kubectl get svc -A -o json` lists them."""
+    from bench.make_samples_nft import scenarios
+    from tests.test_compare import service_object
+
+    (scenario,) = [s for s in scenarios() if s.file == dump]
+    path = tmp_path / "services.json"
+    path.write_text(json.dumps({"apiVersion": "v1", "kind": "List",
+                                "items": [service_object(s) for s in scenario.services]}))
+    return path
+
+
+@pytest.mark.parametrize(("dump", "answer"), [("etp-local-with-endpoints-nft.nft", "200 (this node runs 1 local"),
+                                              ("etp-local-no-local-endpoints-nft.nft", "503 (this node runs no")])
+def test_a_health_check_node_port_named_by_the_api_is_said_to_be_one(dump: str, answer: str, tmp_path: Path) -> None:
+    """nftables mode writes no rule for a healthCheckNodePort: explain said 'no Service has nodePort 32101/tcp'
+    (a warning) even when the Service objects given name 32101 as ingress-nginx-controller's health check."""
+    args = ["explain", str(SAMPLES / dump), "--dst", "192.168.49.2:32101", "--src", "external", "-o", "json"]
+    result = CliRunner().invoke(main, [*args, "--cluster", str(_services_of(dump, tmp_path))])
+    assert result.exit_code == 0, result.output
+    (d,) = [d for d in json.loads(result.stdout)["diagnoses"] if d["id"] == "not-a-service-address"]
+    assert d["severity"] == "info", d
+    assert d["summary"] == ("32101 is the health-check nodePort of ingress-nginx/ingress-nginx-controller: "
+                            "kube-proxy's health server answers it, not a pod"), d["summary"]
+    assert answer in d["detail"] and "nftables mode writes no rule for it" in d["detail"], d["detail"]
+    assert "no Service has nodePort" not in d["detail"] and d["evidence"] == []
+    # Near-miss: without the Service objects the rules cannot tell; the warning says what it might be.
+    (d,) = json.loads(CliRunner().invoke(main, args).stdout)["diagnoses"]
+    assert d["severity"] == "warning" and "no Service has nodePort 32101/tcp" in d["summary"], d
+    assert "nftables mode writes no rule for a healthCheckNodePort" in d["detail"], d["detail"]
+    # … nor is another port of the node a health check because the API names one.
+    result = CliRunner().invoke(main, ["explain", str(SAMPLES / dump), "--dst", "192.168.49.2:32102", "-o", "json",
+                                       "--src", "external", "--cluster", str(_services_of(dump, tmp_path))])
+    (d,) = [d for d in json.loads(result.stdout)["diagnoses"] if d["id"] == "not-a-service-address"]
+    assert d["severity"] == "warning" and "health-check" not in d["summary"], d

@@ -110,6 +110,9 @@ class Facts:
         self._compared: set[str] = set()
         self.api_ports_by_address: dict[str, set[tuple[str, int, str]]] = {}  # (label, port, proto)
         self.api_labels_by_node_port: dict[int, set[str]] = {}
+        # healthCheckNodePort -> the API Services (iptrace.kube.cluster.ClusterService) with it: nftables mode
+        # writes no rule for one, so only the API can say what such a port of the node is
+        self.api_health_checks: dict[int, list[Any]] = {}
 
     @classmethod
     def build(cls, analysis: Any, node_ips: Sequence[str], *, node_ips_given: bool = True,
@@ -195,6 +198,8 @@ class Facts:
                             (name, port.port, port.protocol.lower()))
                 if port.node_port:
                     self.api_labels_by_node_port.setdefault(port.node_port, set()).add(name)
+            if svc.health_check_node_port:
+                self.api_health_checks.setdefault(svc.health_check_node_port, []).append(svc)
 
     def _index_findings(self, findings: Iterable[Any]) -> None:
         for f in findings:
