@@ -461,6 +461,11 @@ class Tracer(Protocol):
         load-balancing chain, by the same walk."""
         ...
 
+    def line_text(self, line: int) -> str | None:
+        """Input line `line` (1-based) as evidence, in the form the steps of a path show it (a line the rules
+        have none of, e.g. one of an nft map's elements, may read otherwise than Ruleset.line_text), or None."""
+        ...
+
     # Optional: `port_shape(calls, chains)`, the shape of a Service port's questions (`calls`: each (None, packet)
     # for `trace(packet)` or (chain, packet) for `trace_chain(chain, packet)`) whose own chains are `chains`: a
     # PortShape, or None when the dataplane cannot vouch for it. A dataplane without it has every port's view

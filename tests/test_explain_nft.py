@@ -125,3 +125,48 @@ def test_a_health_check_node_port_named_by_the_api_is_said_to_be_one(dump: str, 
                                        "--src", "external", "--cluster", str(_services_of(dump, tmp_path))])
     (d,) = [d for d in json.loads(result.stdout)["diagnoses"] if d["id"] == "not-a-service-address"]
     assert d["severity"] == "warning" and "health-check" not in d["summary"], d
+
+
+@pytest.mark.parametrize("form", ["list", "transaction"])
+def test_a_map_element_is_evidence_in_one_form(form: str) -> None:
+    """One answer showed line 38 of the listing twice: as the trace's step `element ip kube-proxy service-ips
+    { 10.101.234.168 . tcp . 5001 : goto service-… }` and, as a diagnosis's evidence, the listing's bare
+    `10.101.234.168 . tcp . 5001 : goto service-…,` (which names neither map nor table). Both are the step's."""
+    from bench.make_samples_nft import scenarios
+
+    (scenario,) = [s for s in scenarios() if s.file == "nodeport-fb-backends-nft.nft"]
+    text = (SAMPLES / scenario.file).read_text() if form == "list" else scenario.transaction()
+    result = CliRunner().invoke(main, ["explain", "-", "--dst", "10.101.234.168:5001", "--dst", "10.101.234.168:8001",
+                                       "--node-ip", "192.168.49.2", "--src", "external", "-o", "json"], input=text)
+    healthy, target_port = json.loads(result.stdout)
+    texts: dict[int, set[str]] = {}
+    for answer in (healthy, target_port):
+        for d in answer["diagnoses"]:
+            for ev in d["evidence"]:
+                texts.setdefault(ev["line"], set()).add(ev["rule"])
+        for outcome in answer["trace"]["outcomes"]:
+            for step in outcome["path"]:
+                texts.setdefault(step["line"], set()).add(step["rule"])
+    element = ("element ip kube-proxy service-ips { 10.101.234.168 . tcp . 5001 : goto "
+               "service-SX2ZK5HK-default/fb-backends/tcp/ka-port }")
+    (line,) = [n for n, found in texts.items() if element in found]
+    assert texts[line] == {element}, texts[line]
+    assert [ev["rule"] for d in target_port["diagnoses"] for ev in d["evidence"] if ev["line"] == line] == [element]
+
+
+def test_a_line_of_several_elements_reads_as_them_and_other_lines_as_written() -> None:
+    from iptrace import dataplanes
+    from iptrace.kube.analysis import analyse
+
+    text = (SAMPLES / "nodeport-fb-backends-nft.nft").read_text()
+    dataplane, ruleset = dataplanes.load(text, source="fb.nft")
+    tracer = analyse(dataplane, ruleset, node_ips=["192.168.49.2"]).tracer
+    lines = text.split("\n")
+    first = next(n for n, line in enumerate(lines, 1) if "elements = {" in line and "cluster-ips" in lines[n - 4])
+    shown = tracer.line_text(first)
+    listed = lines[first - 1].split("{", 1)[1].strip().rstrip(",")
+    assert shown == f"element ip kube-proxy cluster-ips {{ {listed} }}", (shown, lines[first - 1])
+    rest = lines[first].strip().rstrip("}").strip()  # (the list's last line, closing it)
+    assert tracer.line_text(first + 1) == f"element ip kube-proxy cluster-ips {{ {rest} }}"
+    for n in (first - 1, first - 3, next(n for n, line in enumerate(lines, 1) if "jump services" in line)):
+        assert tracer.line_text(n) == lines[n - 1].strip()

@@ -220,10 +220,11 @@ class Facts:
         return [d for name in wanted for d in self.findings_by_label.get(name, ())]
 
     def evidence(self, lines: Iterable[int], limit: int = 4) -> tuple[Evidence, ...]:
-        """The dump's own text of `lines` (rule lines; others are skipped), in order, at most `limit`."""
+        """The dump's own text of `lines` (rule lines; others are skipped), in order, at most `limit`, as the
+        steps of a trace show them (one form of a line in one answer)."""
         out = []
         for line in sorted(set(lines)):
-            text = self.analysis.ruleset.line_text(line)
+            text = self.analysis.tracer.line_text(line)
             if text is None:
                 continue
             out.append(Evidence(line, text.strip()))  # (a line of an nft listing is indented)

@@ -17,7 +17,7 @@ from typing import Any
 from iptrace.dataplane import Decision, Step
 from iptrace.nftables import render
 from iptrace.nftables.lines import ElementLines
-from iptrace.nftables.model import Element, Nat, Reject, Ruleset, Verdict
+from iptrace.nftables.model import Element, Nat, Reject, Ruleset, Table, Verdict
 from iptrace.nftables.names import (
     CLUSTER_IPS_CHECK,
     FIREWALL_ALLOW_CHECK,
@@ -47,6 +47,17 @@ def _verdict_of(items: Sequence[Any]) -> str:
     return ""
 
 
+def element_text(table: Table, set_name: str, elements: Sequence[Element]) -> str:
+    """Elements of a set or map as a path shows them, whatever the input's form: `element ip kube-proxy
+    service-ips { 10.96.0.10 . udp . 53 : goto service-… }` (nft's own syntax for them; a listing's element line
+    alone names neither its set nor its table)."""
+    s = table.set(set_name)
+    keys = s.key_type if s is not None else ()
+    data = s.data_type if s is not None else None
+    listed = ", ".join(render.element(e, keys, data) for e in elements)
+    return f"element {table.label} {render.name(set_name)} {{ {listed} }}"
+
+
 class StepMaker:
     """Turns path entries (chain code, compiled rule, set name or None, element or None) into Steps."""
 
@@ -56,6 +67,15 @@ class StepMaker:
         self.lines = ElementLines(ruleset)
         self._texts: dict[int, str] = {}
         self._decisions: dict[tuple[str, str, str, Any], Decision] = {}
+
+    def line_text(self, line: int) -> str | None:
+        """Input line `line` as evidence, in the form a path shows it: a line of set or map elements as its
+        elements (element_text), any other line as the ruleset's own text."""
+        found = self.lines.at_line(line)
+        if found is None:
+            return self.ruleset.line_text(line)
+        table, s, elements = found
+        return element_text(table, s.name, elements)
 
     def label(self, chain: str) -> str | None:
         if self.names is not None:
@@ -99,10 +119,7 @@ class StepMaker:
             kube = table.name == KUBE_PROXY_TABLE and table.family in KUBE_PROXY_FAMILIES
             chain = code.name
             if element is not None:
-                s = table.set(set_name)
-                keys = s.key_type if s is not None else ()
-                data = s.data_type if s is not None else None
-                text = f"element {table.label} {render.name(set_name)} {{ {render.element(element, keys, data)} }}"
+                text = element_text(table, set_name, (element,))
                 kind, service = "", element.comment
                 if kube:
                     target = element.data.target if isinstance(element.data, Verdict) else None
