@@ -293,3 +293,30 @@ def test_a_single_localhost_nodeport_is_the_only_one() -> None:
                                        str(samples / "no-endpoints-nft.nft"), "--node-ip", "192.168.49.2"])
     assert "(e.g. 127.0.0.1:30080, the only nodePort)" in result.stdout, result.stdout
     assert "one of 1 " not in result.stdout
+
+
+@pytest.mark.parametrize("cut", ["b", "a"])
+def test_a_side_read_past_problems_is_warned_of_in_the_json_too(cut: str, tmp_path: Path) -> None:
+    """`diff --lenient` of a complete iptables dump and an nft listing cut in half said 'not equivalent: 10
+    Service ports differ' with the lenient reading named only on stderr: `-o json` had "warnings": [], so a
+    script saw ten Service ports gone, not a truncated file."""
+    a, b = tmp_path / "iptables-save.txt", tmp_path / "ruleset.nft"
+    a.write_text(iptables_text(services()))
+    listing = nft_text(services()).split("\n")
+    b.write_text("\n".join(listing[:len(listing) // 2]) + "\n")
+    sides = [str(a), str(b)] if cut == "b" else [str(b), str(a)]
+    result = CliRunner().invoke(main, ["diff", *sides, "--node-ip", NODES[NODE], "--lenient", "-o", "json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["equivalent"] is False
+    (warning,) = [w for w in doc["warnings"] if "--lenient" in w]
+    assert warning.startswith(f"{b}: read with --lenient past "), warning
+    assert "is not closed (the listing looks truncated)" in warning, warning
+    assert "the Service ports it lacks or shows otherwise may be in what could not be read" in warning, warning
+    text = CliRunner().invoke(main, ["diff", *sides, "--node-ip", NODES[NODE], "--lenient"]).stdout
+    assert f"warning: {warning}\n" in text
+    # Near-miss: --lenient over two whole files warns of nothing.
+    b.write_text(nft_text(services()))
+    doc = json.loads(CliRunner().invoke(main, ["diff", *sides, "--node-ip", NODES[NODE], "--lenient",
+                                               "-o", "json"]).stdout)
+    assert doc["equivalent"] is True and not [w for w in doc["warnings"] if "--lenient" in w], doc["warnings"]

@@ -22,6 +22,7 @@ from iptrace.kube.compare import listing, view_service_label
 from iptrace.kube.fleets import other_clusters
 from iptrace.kube.sharing import shared_claims
 from iptrace.kube.view import EXTERNAL, NODE, OUTSIDE_RANGES, POD, EntryView, ServicePortView
+from iptrace.text import counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,12 +264,21 @@ def diff(a: Any, b: Any) -> Diff:
         f"the two dumps look like nodes of different clusters ({why}): their Services differ as a whole; diff "
         "two nodes of one cluster, or one node before and after a change",)
     warnings += shared_addresses({c.service for c in changed}, sa, sb)
+    warnings += tuple(_read_past(x.ruleset) for x in (a, b) if x.ruleset.skipped)
     warnings += tuple(
         f"{x.ruleset.source}: {v.era.other_mode}, beside kube-proxy's {v.era.mode}-mode rules: the kernel runs "
         f"both (the first DNAT decides); this comparison reads the {v.era.mode}-mode rules only, `iptrace trace` "
         "follows both" for x, v in ((a, va), (b, vb)) if v.era.has_rules and v.era.other_mode)
     return Diff(a.ruleset.source, b.ruleset.source, va.era.name, vb.era.name, added, removed, tuple(changed),
                 tuple(_other_rules(a, b)), mode_a, mode_b, notes.texts(a, b) if notes is not None else (), warnings)
+
+
+def _read_past(ruleset: Any) -> str:
+    """A side --lenient read past problems (a truncated file): its differences may be what was not read."""
+    skipped = ruleset.skipped
+    where = f"line {skipped[0].line}: " if skipped[0].line else ""
+    return (f"{ruleset.source}: read with --lenient past {counted(len(skipped), 'problem')} (first: {where}"
+            f"{skipped[0].message}): the Service ports it lacks or shows otherwise may be in what could not be read")
 
 
 def family_pairs(lefts: Sequence[Any], rights: Sequence[Any]) -> list[tuple[Any, Any]]:
