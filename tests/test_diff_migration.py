@@ -320,3 +320,16 @@ def test_a_side_read_past_problems_is_warned_of_in_the_json_too(cut: str, tmp_pa
     doc = json.loads(CliRunner().invoke(main, ["diff", *sides, "--node-ip", NODES[NODE], "--lenient",
                                                "-o", "json"]).stdout)
     assert doc["equivalent"] is True and not [w for w in doc["warnings"] if "--lenient" in w], doc["warnings"]
+
+
+def test_the_shares_note_reports_rounding_not_a_changed_split() -> None:
+    """A Service port whose endpoint went away (one of two: 0.5 -> 1) is a difference; the note on iptables'
+    10-decimal probabilities said 'largest gap seen: 0.5', that very difference, as if it were rounding."""
+    b = copy.deepcopy(services())
+    svc(b, "web").endpoints.pop()
+    d = migration(services(), b)
+    (web,) = [c for c in d.changed if c.service == "default/web:http"]
+    assert [e.change for e in web.endpoints] == ["probability", "removed"], web.endpoints
+    (note,) = [n for n in d.notes if n.startswith("endpoint shares compared within 1e-06")]
+    gap = float(note.rsplit("largest gap seen: ", 1)[1].rstrip(")"))
+    assert gap < 1e-6, note

@@ -149,10 +149,10 @@ def _service_change(a: ServicePortView, b: ServicePortView, notes: migration.Not
             endpoints.append(EndpointChange(addr, "removed", x.probability, None))
         else:
             gap = abs(x.probability - y.probability)
-            if notes is not None and len(ea) > 1:
-                notes.shares([gap])
             if gap > migration.SHARE_TOLERANCE:
                 endpoints.append(EndpointChange(addr, "probability", x.probability, y.probability))
+            elif notes is not None and len(ea) > 1:  # (rounding: a changed split is a difference, not a note)
+                notes.shares([gap])
             if x.local != y.local:
                 endpoints.append(EndpointChange(addr, "locality", x.local, y.local))
     forwarding = _forwarding(a, b, notes, compare_reach=not endpoints)
