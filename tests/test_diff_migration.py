@@ -16,6 +16,7 @@ from bench.synth import EndpointSpec, PortSpec, ServiceSpec, render
 from bench.synth_nft import render_nft
 from iptrace import dataplanes
 from iptrace.cli import main
+from iptrace.collect import store
 from iptrace.kube.analysis import analyse
 from iptrace.kube.diff import Diff, FieldChange, diff
 from iptrace.render.audit import diff_to_json, render_diff_text
@@ -333,3 +334,50 @@ def test_the_shares_note_reports_rounding_not_a_changed_split() -> None:
     (note,) = [n for n in d.notes if n.startswith("endpoint shares compared within 1e-06")]
     gap = float(note.rsplit("largest gap seen: ", 1)[1].rstrip(")"))
     assert gap < 1e-6, note
+
+
+def test_each_family_of_a_dual_stack_diff_is_named(tmp_path: Path) -> None:
+    """kube-proxy runs one proxier per family and names both families' Service ports alike: a dual-stack diff
+    whose kube-dns:metrics changed in both tables said '~ service kube-system/kube-dns:metrics' twice, 'not
+    equivalent: 1 Service port differs', and repeated each note once a family without saying which."""
+    samples = Path(__file__).resolve().parent.parent / "sample_dumps"
+    dual = samples / "dual-stack-nft.nft"
+    text = dual.read_text()
+    changed = tmp_path / "changed.nft"
+    changed.write_text(text.replace("10.96.0.10 . tcp . 9153 :", "10.96.0.10 . tcp . 9154 :")
+                       .replace("fd00:10:96::a . tcp . 9153 :", "fd00:10:96::a . tcp . 9154 :"))
+    ipt = tmp_path / "iptables-save.txt"  # (notes: the migration check of its IPv4 table)
+    result = CliRunner().invoke(main, ["diff", str(dual), str(changed)])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "not equivalent: 2 Service ports differ" in out, out
+    assert "~ service kube-system/kube-dns:metrics (IPv4)\n    port: 9153 -> 9154\n" in out, out
+    assert "~ service kube-system/kube-dns:metrics (IPv6)\n    port: 9153 -> 9154\n" in out, out
+    doc = json.loads(CliRunner().invoke(main, ["diff", str(dual), str(changed), "-o", "json"]).stdout)
+    assert [(c["service"], c["family"]) for c in doc["services_changed"]] == [
+        ("kube-system/kube-dns:metrics", "ipv4"), ("kube-system/kube-dns:metrics", "ipv6")]
+    # The migration check of a dual-stack node: each note says its family (both tables have notes).
+    from bench.make_samples_nft import scenarios
+
+    (scenario,) = [s for s in scenarios() if s.file == "dual-stack-nft.nft"]
+    ipt.write_text(render(scenario.services, node_ips=scenario.node_ips, pod_cidr=scenario.pod_cidrs[0]))
+    ip6 = tmp_path / "ip6tables-save.txt"
+    ip6.write_text(render(scenario.services, node_ips=scenario.node_ips, pod_cidr=scenario.pod_cidrs[1], ipv6=True))
+    for side in (ipt, ip6):
+        doc = json.loads(CliRunner().invoke(main, ["diff", str(side), str(dual), "-o", "json"]).stdout)
+        assert doc["equivalent"], doc
+        assert doc["notes"] and not [n for n in doc["notes"] if n.startswith(("IPv4: ", "IPv6: "))], doc["notes"]
+    node = tmp_path / "snap" / "node-a"  # (both families of the node in iptables mode, as collect saves them)
+    store.write_node_dir(node, {store.DUMP_FILE: ipt.read_bytes(), store.IP6_DUMP_FILE: ip6.read_bytes()},
+                         {"node": "node-a", "host": "node-a", "addresses": scenario.node_ips})
+    doc = json.loads(CliRunner().invoke(main, ["diff", str(node), str(dual), "-o", "json"]).stdout)
+    assert doc["equivalent"] and doc["a"] == f"{node / store.DUMP_FILE}, {node / store.IP6_DUMP_FILE}", doc["a"]
+    for family in ("IPv4", "IPv6"):
+        notes = [n for n in doc["notes"] if n.startswith(f"{family}: ")]
+        assert [n for n in notes if "endpoint shares compared" in n], doc["notes"]
+    assert all(n.startswith(("IPv4: ", "IPv6: ")) for n in doc["notes"]), doc["notes"]
+    # Near-miss: one family on each side: no family in the text, though the JSON says it.
+    only_v4 = tmp_path / "v4.nft"
+    only_v4.write_text(changed.read_text()[:changed.read_text().index("table ip6 kube-proxy")])
+    out = CliRunner().invoke(main, ["diff", str(ipt), str(only_v4), "--node-ip", "192.168.49.2"]).stdout
+    assert "~ service kube-system/kube-dns:metrics\n" in out and "(IPv4)" not in out, out
