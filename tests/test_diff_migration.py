@@ -381,3 +381,35 @@ def test_each_family_of_a_dual_stack_diff_is_named(tmp_path: Path) -> None:
     only_v4.write_text(changed.read_text()[:changed.read_text().index("table ip6 kube-proxy")])
     out = CliRunner().invoke(main, ["diff", str(ipt), str(only_v4), "--node-ip", "192.168.49.2"]).stdout
     assert "~ service kube-system/kube-dns:metrics\n" in out and "(IPv4)" not in out, out
+
+
+def test_a_side_without_kube_proxy_rules_is_warned_of() -> None:
+    """The iptables-save of a node whose kube-proxy wrote through iptables-legacy holds no kube-proxy rule: the
+    migration check said 'not equivalent: 7 Service ports differ' and listed them all as added, the header's
+    'kube-proxy mode: none -> nftables' being all there was to tell that the wrong file was compared."""
+    samples = Path(__file__).resolve().parent.parent / "sample_dumps"
+    split, nft = str(samples / "legacy-split-nft.txt"), str(samples / "nodeport-fb-backends-nft.nft")
+    for a, b, what in ((split, nft, "added"), (nft, split, "removed")):
+        doc = json.loads(CliRunner().invoke(main, ["diff", a, b, "-o", "json"]).stdout)
+        assert not doc["equivalent"]
+        (warning,) = [w for w in doc["warnings"] if w.startswith(f"{split} holds no kube-proxy rules to compare")]
+        assert "look at `iptables-legacy-save` from this node" in warning, warning
+        assert f"every Service port of {nft} counts as {what}" in warning, warning
+    out = CliRunner().invoke(main, ["diff", split, str(samples / "no-kube-proxy.txt")]).stdout
+    assert out.count(" holds no kube-proxy rules to compare") == 2 and "counts as" not in out, out
+    # Near-miss: both sides hold kube-proxy's rules.
+    doc = json.loads(CliRunner().invoke(main, ["diff", str(samples / "nodeport-fb-backends.txt"), nft,
+                                               "-o", "json"]).stdout)
+    assert doc["equivalent"] and doc["warnings"] == [], doc["warnings"]
+
+
+def test_sides_of_different_families_are_warned_of() -> None:
+    """An IPv4 ruleset against an IPv6 dump compared the one's IPv4 Service ports with the other's IPv6 ones, and
+    warned only that the dumps looked like two clusters' nodes."""
+    samples = Path(__file__).resolve().parent.parent / "sample_dumps"
+    a, b = str(samples / "nodeport-fb-backends-nft.nft"), str(samples / "ipv6.txt")
+    doc = json.loads(CliRunner().invoke(main, ["diff", a, b, "-o", "json"]).stdout)
+    assert any(w.startswith(f"no IP family in common: {a} has kube-proxy rules for IPv4 only, {b} for IPv6 only")
+               for w in doc["warnings"]), doc["warnings"]
+    doc = json.loads(CliRunner().invoke(main, ["diff", b, b, "-o", "json"]).stdout)
+    assert doc["warnings"] == []

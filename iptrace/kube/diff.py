@@ -268,6 +268,8 @@ def diff(a: Any, b: Any) -> Diff:
         "two nodes of one cluster, or one node before and after a change",)
     warnings += shared_addresses({c.service for c in changed}, sa, sb)
     warnings += tuple(_read_past(x.ruleset) for x in (a, b) if x.ruleset.skipped)
+    warnings += tuple(_no_rules(x, other, what) for x, other, what in ((a, b, "added"), (b, a, "removed"))
+                      if not x.view.era.has_rules)
     warnings += tuple(
         f"{x.ruleset.source}: {v.era.other_mode}, beside kube-proxy's {v.era.mode}-mode rules: the kernel runs "
         f"both (the first DNAT decides); this comparison reads the {v.era.mode}-mode rules only, `iptrace trace` "
@@ -275,6 +277,15 @@ def diff(a: Any, b: Any) -> Diff:
     return Diff(a.ruleset.source, b.ruleset.source, va.era.name, vb.era.name, added, removed, tuple(changed),
                 tuple(_other_rules(a, b)), mode_a, mode_b, notes.texts(a, b) if notes is not None else (), warnings,
                 (a.family,))
+
+
+def _no_rules(x: Any, other: Any, counted_as: str) -> str:
+    """A side without kube-proxy's rules (the wrong file, or another backend's): the diff is no comparison."""
+    why = "; ".join(x.layout.warnings) or "no kube-proxy table or chain"
+    text = f"{x.ruleset.source} holds no kube-proxy rules to compare ({why})"
+    if other.view.era.has_rules:
+        text += f": every Service port of {other.ruleset.source} counts as {counted_as}"
+    return text
 
 
 def _read_past(ruleset: Any) -> str:
@@ -300,6 +311,14 @@ def combined(diffs: Sequence[Diff], lefts: Sequence[Any], rights: Sequence[Any])
     compared = {x.family for x in lefts} & {y.family for y in rights}
     families = tuple(f for d in diffs for f in d.families)
     warnings = [w for d in diffs for w in d.warnings]
+    if not compared:  # (family_pairs compared the sides' first families: Service ports of two families)
+        def having(analyses: Sequence[Any]) -> str:
+            return " and ".join(family_name(x.family) for x in analyses)
+
+        warnings.insert(0, f"no IP family in common: {lefts[0].ruleset.source} has kube-proxy rules for "
+                           f"{having(lefts)} only, {rights[0].ruleset.source} for {having(rights)} only: their "
+                           "Service ports cannot match; diff the same family of both (a node's iptables-save with "
+                           "another's iptables-save, ip6tables-save with ip6tables-save)")
     for side, analyses in (("a", lefts), ("b", rights)):
         warnings.extend(f"{family_name(x.family)} not compared: only {side} ({x.ruleset.source}) has "
                         "kube-proxy rules for it; diff it with the node's rules of that family (its "
