@@ -413,3 +413,23 @@ def test_sides_of_different_families_are_warned_of() -> None:
                for w in doc["warnings"]), doc["warnings"]
     doc = json.loads(CliRunner().invoke(main, ["diff", b, b, "-o", "json"]).stdout)
     assert doc["warnings"] == []
+
+
+def test_a_way_whose_masquerading_alone_changed_says_so_once() -> None:
+    """kube-proxy with --masquerade-all on one side: each way in printed its whole DNAT twice, '10.96.10.4:80 from
+    a pod: DNAT to 10.244.2.9:9376 (masqueraded) -> DNAT to 10.244.2.9:9376', the change a suffix to spot in
+    a line that lists every endpoint twice. The text says the DNAT once, then what changed; JSON is unchanged."""
+    specs = with_local(services(), NODE)
+    a = analysis(render(specs, node_ips=[NODES[NODE]], pod_cidr=POD_CIDR, masquerade_all=True), "ipt")
+    d = diff(a, analysis(nft_text(services()), "nft"))
+    text = render_diff_text(d)
+    assert "    ~ 10.96.10.4:80 from a pod: DNAT to 10.244.2.9:9376; masqueraded -> not masqueraded\n" in text, text
+    assert "(masqueraded) -> DNAT" not in text, text
+    (affine,) = [c for c in d.changed if c.service == "default/affine"]
+    (pod,) = [f for f in affine.forwarding if f.client == "pod"]
+    assert (pod.before, pod.after) == ("DNAT to 10.244.2.9:9376 (masqueraded)", "DNAT to 10.244.2.9:9376")
+    # Near-miss: a way whose destination changed as well keeps both sides whole.
+    b = copy.deepcopy(services())
+    svc(b, "fw").external_traffic_policy = "Local"
+    text = render_diff_text(migration(services(), b))
+    assert "~ <node>:30085 from outside: DNAT to 10.244.3.4:8080 (masqueraded) -> DROP" in text, text

@@ -163,6 +163,19 @@ def _host_port(ip: str, port: int | None) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
+_MASQUERADED = " (masqueraded)"
+
+
+def _fares_change(before: str, after: str) -> str:
+    """`before -> after`; when only masquerading changed, the DNAT once (it may list many endpoints) and then
+    that change."""
+    dnat = before.removesuffix(_MASQUERADED)
+    if not dnat.startswith("DNAT") or dnat != after.removesuffix(_MASQUERADED):
+        return f"{before} -> {after}"
+    masq = {True: "masqueraded", False: "not masqueraded"}
+    return f"{dnat}; {masq[before.endswith(_MASQUERADED)]} -> {masq[after.endswith(_MASQUERADED)]}"
+
+
 def render_diff_text(d: Diff) -> str:
     """`-`/`+` lines per Service port, then the rules changed outside kube-proxy's chains, then the notes."""
     out = [f"--- {d.a}", f"+++ {d.b}", *(f"warning: {w}" for w in d.warnings)]
@@ -196,7 +209,8 @@ def render_diff_text(d: Diff) -> str:
             else:
                 out.append(f"    ~ endpoint {e.endpoint} local {_fmt(e.before)} -> {_fmt(e.after)}")
         for f in c.forwarding:
-            out.append(f"    ~ {f.way} from {_CLIENT_WORDS.get(f.client, f.client)}: {f.before} -> {f.after}")
+            client = _CLIENT_WORDS.get(f.client, f.client)
+            out.append(f"    ~ {f.way} from {client}: {_fares_change(f.before, f.after)}")
     if d.rules:
         out.append("rules outside kube-proxy's chains:")
         for r in d.rules:
