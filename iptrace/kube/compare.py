@@ -278,8 +278,9 @@ class _Comparer:
             else:
                 summary = (f"{label}: nodePort is {exp.node_port} in the API, "
                            f"{sp.node_port if sp.node_port is not None else 'absent'} in the rules")
-                detail = (f"Connections to <node>:{exp.node_port} match no nodePort rule on this node. "
-                          f"kube-proxy sends {exp.port.protocol.lower()} port {exp.node_port} of the node's "
+                now = f"; its rules forward <node>:{sp.node_port} instead" if sp.node_port is not None else ""
+                detail = (f"Connections to <node>:{exp.node_port} match no nodePort rule on this node{now}; "
+                          f"kube-proxy would send {exp.port.protocol.lower()} port {exp.node_port} of the node's "
                           f"addresses to {self.chain('external', exp)}. {NOT_SYNCING}.")
                 severity = "error"
             self.add(PORT_MISMATCH, severity, label, summary, detail,
