@@ -431,6 +431,11 @@ class Ruleset(Protocol):
         """`line_text` of each of `lines` (a node's evidence, ~10^4 lines: a dataplane may find them at once)."""
         ...
 
+    def evidence_text(self, line: int) -> str | None:
+        """Input line `line` as an answer's evidence shows it: in the form a trace's path shows it (a line that
+        holds no rule, e.g. one of an nft map's elements, may read otherwise than line_text), or None."""
+        ...
+
 
 class PortShape:
     """A Service port's shape (the optional `Tracer.port_shape`, read by iptrace.kube.shapes): `key` (equal keys:
@@ -459,11 +464,6 @@ class Tracer(Protocol):
     def trace_chain(self, chain: str, packet: Packet) -> Trace:
         """The outcomes of `packet` entering `chain` (of kube-proxy's table) directly: the endpoint shares of a
         load-balancing chain, by the same walk."""
-        ...
-
-    def line_text(self, line: int) -> str | None:
-        """Input line `line` (1-based) as evidence, in the form the steps of a path show it (a line the rules
-        have none of, e.g. one of an nft map's elements, may read otherwise than Ruleset.line_text), or None."""
         ...
 
     # Optional: `port_shape(calls, chains)`, the shape of a Service port's questions (`calls`: each (None, packet)

@@ -156,17 +156,38 @@ def test_a_map_element_is_evidence_in_one_form(form: str) -> None:
 
 def test_a_line_of_several_elements_reads_as_them_and_other_lines_as_written() -> None:
     from iptrace import dataplanes
-    from iptrace.kube.analysis import analyse
 
     text = (SAMPLES / "nodeport-fb-backends-nft.nft").read_text()
-    dataplane, ruleset = dataplanes.load(text, source="fb.nft")
-    tracer = analyse(dataplane, ruleset, node_ips=["192.168.49.2"]).tracer
+    _, ruleset = dataplanes.load(text, source="fb.nft")
     lines = text.split("\n")
     first = next(n for n, line in enumerate(lines, 1) if "elements = {" in line and "cluster-ips" in lines[n - 4])
-    shown = tracer.line_text(first)
     listed = lines[first - 1].split("{", 1)[1].strip().rstrip(",")
+    shown = ruleset.evidence_text(first)
     assert shown == f"element ip kube-proxy cluster-ips {{ {listed} }}", (shown, lines[first - 1])
     rest = lines[first].strip().rstrip("}").strip()  # (the list's last line, closing it)
-    assert tracer.line_text(first + 1) == f"element ip kube-proxy cluster-ips {{ {rest} }}"
+    assert ruleset.evidence_text(first + 1) == f"element ip kube-proxy cluster-ips {{ {rest} }}"
     for n in (first - 1, first - 3, next(n for n, line in enumerate(lines, 1) if "jump services" in line)):
-        assert tracer.line_text(n) == lines[n - 1].strip()
+        assert ruleset.evidence_text(n) == ruleset.line_text(n) == lines[n - 1].strip()
+
+
+def test_the_apis_findings_beside_explains_evidence_read_alike(tmp_path: Path) -> None:
+    """explain --cluster of an nft node whose fb-backends has another nodePort in the API: the port-mismatch
+    finding's evidence was the listing's bare `elements = { tcp . 30904 : goto external-…,` while explain's own
+    evidence and the trace show that element as `element ip kube-proxy service-nodeports { … }`."""
+    from bench.make_samples_nft import scenarios
+    from tests.test_compare import service_object
+
+    (scenario,) = [s for s in scenarios() if s.file == "nodeport-fb-backends-nft.nft"]
+    objects = [service_object(s) for s in scenario.services]
+    (fb,) = [o for o in objects if o["metadata"]["name"] == "fb-backends"]
+    fb["spec"]["ports"][0]["nodePort"] = 30905
+    cluster = tmp_path / "services.json"
+    cluster.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+    result = CliRunner().invoke(main, ["explain", NFT, "--dst", "192.168.49.2:30904", "--src", "external",
+                                       "--cluster", str(cluster), "-o", "json"])
+    answer = json.loads(result.stdout)
+    (finding,) = [d for d in answer["diagnoses"] if d["id"] == "port-mismatch"]
+    element = ("element ip kube-proxy service-nodeports { tcp . 30904 : goto "
+               "external-SX2ZK5HK-default/fb-backends/tcp/ka-port }")
+    assert [e["rule"] for e in finding["evidence"]] == [element], finding["evidence"]
+    assert element in {s["rule"] for o in answer["trace"]["outcomes"] for s in o["path"]}

@@ -224,7 +224,7 @@ class Facts:
         steps of a trace show them (one form of a line in one answer)."""
         out = []
         for line in sorted(set(lines)):
-            text = self.analysis.tracer.line_text(line)
+            text = self.analysis.ruleset.evidence_text(line)
             if text is None:
                 continue
             out.append(Evidence(line, text.strip()))  # (a line of an nft listing is indented)

@@ -347,10 +347,6 @@ class Tracer(ChainWalker):
             if gc_was_enabled:
                 gc.enable()
 
-    def line_text(self, line: int) -> str | None:
-        """Input line `line` as a path shows it: the rule as iptables-save wrote it."""
-        return self.ruleset.line_text(line)
-
     def trace_chain(self, chain: str, packet: Packet, *, table: str = "nat") -> Trace:
         """`packet` entering `chain` directly, without the hooks: the same walk, from inside (the Service view
         reads a load-balancing chain's endpoint shares this way)."""

@@ -26,12 +26,15 @@ class ElementLines:
     """`line(table family, table name, set, element)` → its 1-based input line (the set's own line when the
     element cannot be found, 0 for JSON input)."""
 
-    def __init__(self, ruleset: Ruleset) -> None:
+    def __init__(self, ruleset: Ruleset, kept: dict[str, Any] | None = None) -> None:
+        """`kept`: where what was read is kept, when it outlives this object (it holds no reference back to the
+        ruleset: a ruleset may keep it)."""
         self.ruleset = ruleset
-        self._sets: dict[tuple[str, str, str], dict[Any, int]] = {}
-        self._transaction: dict[tuple[str, str, str], list[tuple[str, int]]] | None = None
-        self._headers: tuple[list[int], list[tuple[Table, Set]]] | None = None  # a listing's sets by first line
-        self._by_line: dict[tuple[str, str, str], dict[int, list[Any]]] = {}
+        kept = {} if kept is None else kept
+        self._sets: dict[tuple[str, str, str], dict[Any, int]] = kept.setdefault("sets", {})
+        self._by_line: dict[tuple[str, str, str], dict[int, list[Any]]] = kept.setdefault("by_line", {})
+        # "transaction": the `add element` chunks by set; "headers": a listing's sets by their first line
+        self._read: dict[str, Any] = kept.setdefault("read", {})
 
     def line(self, family: str, table: str, s: Set, element: Element) -> int:
         if self.ruleset.format == "nft-json" or self.ruleset.text is None:
@@ -76,11 +79,12 @@ class ElementLines:
             table = self.ruleset.table(m.group(1) or "ip", m.group(2))
             s = table.set(m.group(3)) if table is not None else None
             return (table, s) if table is not None and s is not None else None
-        if self._headers is None:
-            sets = sorted(((s.line, t, s) for t in self.ruleset.tables for s in t.sets if s.line),
-                          key=lambda x: x[0])
-            self._headers = ([at for at, _, _ in sets], [(t, s) for _, t, s in sets])
-        starts, sets = self._headers
+        headers: tuple[list[int], list[tuple[Table, Set]]] | None = self._read.get("headers")
+        if headers is None:
+            found = sorted(((s.line, t, s) for t in self.ruleset.tables for s in t.sets if s.line),
+                           key=lambda x: x[0])
+            headers = self._read["headers"] = ([at for at, _, _ in found], [(t, s) for _, t, s in found])
+        starts, sets = headers
         i = bisect_right(starts, line) - 1
         return sets[i] if i >= 0 else None
 
@@ -171,7 +175,8 @@ class ElementLines:
         return out
 
     def _transaction_chunks(self) -> dict[tuple[str, str, str], list[tuple[str, int]]]:
-        if self._transaction is None:
+        chunks: dict[tuple[str, str, str], list[tuple[str, int]]] | None = self._read.get("transaction")
+        if chunks is None:
             found: dict[tuple[str, str, str], list[tuple[str, int]]] = {}
             for i, text in enumerate((self.ruleset.text or "").split("\n")):
                 if "element" not in text:
@@ -187,8 +192,8 @@ class ElementLines:
                     chunk = c.group().strip()
                     if chunk:
                         found.setdefault((family, table, name), []).append((chunk, i + 1))
-            self._transaction = found
-        return self._transaction
+            chunks = self._read["transaction"] = found
+        return chunks
 
 
 def _closing(text: str) -> int | None:

@@ -58,6 +58,16 @@ def element_text(table: Table, set_name: str, elements: Sequence[Element]) -> st
     return f"element {table.label} {render.name(set_name)} {{ {listed} }}"
 
 
+def evidence_text(ruleset: Ruleset, lines: ElementLines, line: int) -> str | None:
+    """Input line `line` in the form a path shows it (Ruleset.evidence_text): a line of set or map elements as
+    its elements (element_text), any other line as the ruleset's own text."""
+    found = lines.at_line(line)
+    if found is None:
+        return ruleset.line_text(line)
+    table, s, elements = found
+    return element_text(table, s.name, elements)
+
+
 class StepMaker:
     """Turns path entries (chain code, compiled rule, set name or None, element or None) into Steps."""
 
@@ -67,15 +77,6 @@ class StepMaker:
         self.lines = ElementLines(ruleset)
         self._texts: dict[int, str] = {}
         self._decisions: dict[tuple[str, str, str, Any], Decision] = {}
-
-    def line_text(self, line: int) -> str | None:
-        """Input line `line` as evidence, in the form a path shows it: a line of set or map elements as its
-        elements (element_text), any other line as the ruleset's own text."""
-        found = self.lines.at_line(line)
-        if found is None:
-            return self.ruleset.line_text(line)
-        table, s, elements = found
-        return element_text(table, s.name, elements)
 
     def label(self, chain: str) -> str | None:
         if self.names is not None:

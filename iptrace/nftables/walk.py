@@ -141,10 +141,6 @@ class Tracer(ChainWalker):
     def trace_many(self, packets: Sequence[Packet]) -> list[Trace]:
         return [self.trace(p) for p in packets]
 
-    def line_text(self, line: int) -> str | None:
-        """Input line `line` as a path shows it (a line of map elements as `element <table> <map> { … }`)."""
-        return self.steps.line_text(line)
-
     def trace_chain(self, chain: str, packet: Packet) -> Trace:
         """`packet` entering `chain` of kube-proxy's table of its family directly (any table of the family that
         has the chain when there is no kube-proxy table): the endpoint shares of a load-balancing chain, by the
