@@ -205,9 +205,11 @@ class Facts:
         for f in findings:
             if f.service is None:
                 continue
+            # (a finding quotes a line as audit does; an answer shows it as its own evidence and the trace do)
             self.findings_by_label.setdefault(f.service, []).append(Diagnosis(
                 f.id, f.severity, f.summary, f.detail, f.fix,
-                tuple(Evidence(line, rule) for line, rule in f.evidence)))
+                tuple(Evidence(line, (self.analysis.ruleset.evidence_text(line) if line else None) or rule)
+                      for line, rule in f.evidence)))
 
     def cluster_findings(self, labels: Iterable[str]) -> list[Diagnosis]:
         """compare_with_cluster's findings about these Service ports, by label in order (each compared once)."""

@@ -121,8 +121,8 @@ def listing(items: Iterable[str], limit: int = 6) -> str:
 
 
 class Evidence:
-    """Dump lines as their dataplane prints them in evidence (iptrace.dataplane.Ruleset.evidence_text: as a
-    trace's path shows them, so that explain's own evidence and the API's findings beside it read alike)."""
+    """Dump lines as their dataplane prints them (through iptrace.dataplane.Ruleset.line_text, as audit's port
+    digests quote them: one form in an audit; explain shows findings' lines as its own evidence)."""
 
     def __init__(self, ruleset: Any) -> None:
         self._ruleset = ruleset
@@ -131,7 +131,7 @@ class Evidence:
         wanted = sorted({x for x in lines if x})[:limit]
         if not wanted or self._ruleset is None:
             return tuple((x, "") for x in wanted)
-        return tuple((x, self._ruleset.evidence_text(x) or "") for x in wanted)
+        return tuple((x, self._ruleset.line_text(x) or "") for x in wanted)
 
 
 def _identify(ports: Sequence[PortLayout], cluster: ClusterState,
