@@ -433,3 +433,23 @@ def test_a_way_whose_masquerading_alone_changed_says_so_once() -> None:
     svc(b, "fw").external_traffic_policy = "Local"
     text = render_diff_text(migration(services(), b))
     assert "~ <node>:30085 from outside: DNAT to 10.244.3.4:8080 (masqueraded) -> DROP" in text, text
+
+
+def test_the_node_addresses_taken_from_the_other_side_are_said_once(tmp_path: Path) -> None:
+    """A dual-stack node's iptables-save.txt and ip6tables-save.txt, collected without its addresses, against its
+    nft ruleset (which names them): the note that the ruleset's addresses stand for both sides came once a family,
+    the same addresses in another order."""
+    from bench.make_samples_nft import scenarios
+
+    (scenario,) = [s for s in scenarios() if s.file == "dual-stack-nft.nft"]
+    node = tmp_path / "snap" / "node-a"
+    store.write_node_dir(node, {
+        store.DUMP_FILE: render(scenario.services, node_ips=scenario.node_ips,
+                                pod_cidr=scenario.pod_cidrs[0]).encode(),
+        store.IP6_DUMP_FILE: render(scenario.services, node_ips=scenario.node_ips, pod_cidr=scenario.pod_cidrs[1],
+                                    ipv6=True).encode()}, {"node": "node-a", "host": "node-a"})
+    dual = Path(__file__).resolve().parent.parent / "sample_dumps" / "dual-stack-nft.nft"
+    result = CliRunner().invoke(main, ["diff", str(node), str(dual)])
+    assert result.exit_code == 0, result.output
+    assert "equivalent: every Service port is forwarded alike" in result.stdout, result.stdout
+    assert result.stderr.count("does not name the node's own addresses") == 1, result.stderr
