@@ -431,6 +431,11 @@ class Ruleset(Protocol):
         """`line_text` of each of `lines` (a node's evidence, ~10^4 lines: a dataplane may find them at once)."""
         ...
 
+    def evidence_text(self, line: int) -> str | None:
+        """Input line `line` as an answer's evidence shows it: in the form a trace's path shows it (a line that
+        holds no rule, e.g. one of an nft map's elements, may read otherwise than line_text), or None."""
+        ...
+
 
 class PortShape:
     """A Service port's shape (the optional `Tracer.port_shape`, read by iptrace.kube.shapes): `key` (equal keys:

@@ -123,6 +123,10 @@ class ServicePortLayout:
     no_endpoints: bool
     no_local_endpoints: bool
     notes: tuple[str, ...] = ()
+    # Input without lines (nft -j): the kernel handles of its chains' rules, in order, and per chain the handle of
+    # the rule that DNATs (an endpoint's evidence); empty when `lines` can say it.
+    handles: tuple[int, ...] = ()
+    dnat_handles: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -211,3 +211,25 @@ def test_a_way_in_reaching_the_endpoints_in_one_mode_only_is_a_finding(tmp_path:
     assert not [f for f in report.findings if f.node in ("node-a", "node-b") and f.id != PROXY_MODE_MISMATCH]
     diff = CliRunner().invoke(main, ["diff", str(snap / "node-a"), str(snap / "node-c")])
     assert "<node>:30080" in diff.output, diff.output
+
+
+def test_an_nft_nodes_findings_quote_a_line_in_one_form(tmp_path: Path) -> None:
+    """Audit quotes each line as its port digests do (the line as listed, compared across nodes): the findings
+    the API comparison makes say an nft map element's line the same way as the findings between nodes."""
+    from tests.test_compare import cluster_of
+
+    moved = copy.deepcopy(base_services())
+    svc(moved, "web").ports[0].node_port = 30081
+    snap = fleet(tmp_path, {"node-a": "nftables", "node-b": "nftables", "node-c": "nftables"}, {"node-c": moved})
+    cluster = cluster_of(base_services(), extra=False)
+    doc = audit_to_json(audit(inputs_from_directory(snap, cluster=cluster), cluster))
+    quoted: dict[int, set[str]] = {}
+    for f in doc["findings"]:
+        if f["node"] == "node-c" or "node-c" in str(f.get("nodes", "")):
+            for e in f["evidence"]:
+                quoted.setdefault(e["line"], set()).add(e["rule"])
+    listed = (snap / "node-c" / store.NFT_FILE).read_text().split("\n")
+    element = [n for n, rules in quoted.items() if any("30081" in r for r in rules)]
+    assert element, doc["findings"]
+    for n in element:
+        assert quoted[n] == {listed[n - 1].strip()}, (n, quoted[n])

@@ -344,6 +344,10 @@ def test_port_mismatches(change: str, summary: str) -> None:
     label = "default/web:http/udp" if change == "protocol" else "default/web:http"
     assert ids(findings) == [("port-mismatch", "error", label)], show(findings)
     assert summary in findings[0].summary
+    if change == "node_port":  # (it said 'kube-proxy sends tcp port 30081 …', what the rules do not do)
+        assert "kube-proxy sends" not in findings[0].detail, findings[0].detail
+        assert ("its rules forward <node>:30080 instead; kube-proxy would send tcp port 30081 of the node's "
+                "addresses to KUBE-EXT-") in findings[0].detail, findings[0].detail
 
 
 def test_external_ip_added_in_the_api() -> None:

@@ -16,6 +16,7 @@ from bench.synth import EndpointSpec, PortSpec, ServiceSpec, render
 from bench.synth_nft import render_nft
 from iptrace import dataplanes
 from iptrace.cli import main
+from iptrace.collect import store
 from iptrace.kube.analysis import analyse
 from iptrace.kube.diff import Diff, FieldChange, diff
 from iptrace.render.audit import diff_to_json, render_diff_text
@@ -293,3 +294,162 @@ def test_a_single_localhost_nodeport_is_the_only_one() -> None:
                                        str(samples / "no-endpoints-nft.nft"), "--node-ip", "192.168.49.2"])
     assert "(e.g. 127.0.0.1:30080, the only nodePort)" in result.stdout, result.stdout
     assert "one of 1 " not in result.stdout
+
+
+@pytest.mark.parametrize("cut", ["b", "a"])
+def test_a_side_read_past_problems_is_warned_of_in_the_json_too(cut: str, tmp_path: Path) -> None:
+    """`diff --lenient` of a complete iptables dump and an nft listing cut in half said 'not equivalent: 10
+    Service ports differ' with the lenient reading named only on stderr: `-o json` had "warnings": [], so a
+    script saw ten Service ports gone, not a truncated file."""
+    a, b = tmp_path / "iptables-save.txt", tmp_path / "ruleset.nft"
+    a.write_text(iptables_text(services()))
+    listing = nft_text(services()).split("\n")
+    b.write_text("\n".join(listing[:len(listing) // 2]) + "\n")
+    sides = [str(a), str(b)] if cut == "b" else [str(b), str(a)]
+    result = CliRunner().invoke(main, ["diff", *sides, "--node-ip", NODES[NODE], "--lenient", "-o", "json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["equivalent"] is False
+    (warning,) = [w for w in doc["warnings"] if "--lenient" in w]
+    assert warning.startswith(f"{b}: read with --lenient past "), warning
+    assert "is not closed (the listing looks truncated)" in warning, warning
+    assert "the Service ports it lacks or shows otherwise may be in what could not be read" in warning, warning
+    text = CliRunner().invoke(main, ["diff", *sides, "--node-ip", NODES[NODE], "--lenient"]).stdout
+    assert f"warning: {warning}\n" in text
+    # Near-miss: --lenient over two whole files warns of nothing.
+    b.write_text(nft_text(services()))
+    doc = json.loads(CliRunner().invoke(main, ["diff", *sides, "--node-ip", NODES[NODE], "--lenient",
+                                               "-o", "json"]).stdout)
+    assert doc["equivalent"] is True and not [w for w in doc["warnings"] if "--lenient" in w], doc["warnings"]
+
+
+def test_the_shares_note_reports_rounding_not_a_changed_split() -> None:
+    """A Service port whose endpoint went away (one of two: 0.5 -> 1) is a difference; the note on iptables'
+    10-decimal probabilities said 'largest gap seen: 0.5', that very difference, as if it were rounding."""
+    b = copy.deepcopy(services())
+    svc(b, "web").endpoints.pop()
+    d = migration(services(), b)
+    (web,) = [c for c in d.changed if c.service == "default/web:http"]
+    assert [e.change for e in web.endpoints] == ["probability", "removed"], web.endpoints
+    (note,) = [n for n in d.notes if n.startswith("endpoint shares compared within 1e-06")]
+    gap = float(note.rsplit("largest gap seen: ", 1)[1].rstrip(")"))
+    assert gap < 1e-6, note
+
+
+def test_each_family_of_a_dual_stack_diff_is_named(tmp_path: Path) -> None:
+    """kube-proxy runs one proxier per family and names both families' Service ports alike: a dual-stack diff
+    whose kube-dns:metrics changed in both tables said '~ service kube-system/kube-dns:metrics' twice, 'not
+    equivalent: 1 Service port differs', and repeated each note once a family without saying which."""
+    samples = Path(__file__).resolve().parent.parent / "sample_dumps"
+    dual = samples / "dual-stack-nft.nft"
+    text = dual.read_text()
+    changed = tmp_path / "changed.nft"
+    changed.write_text(text.replace("10.96.0.10 . tcp . 9153 :", "10.96.0.10 . tcp . 9154 :")
+                       .replace("fd00:10:96::a . tcp . 9153 :", "fd00:10:96::a . tcp . 9154 :"))
+    ipt = tmp_path / "iptables-save.txt"  # (notes: the migration check of its IPv4 table)
+    result = CliRunner().invoke(main, ["diff", str(dual), str(changed)])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "not equivalent: 2 Service ports differ" in out, out
+    assert "~ service kube-system/kube-dns:metrics (IPv4)\n    port: 9153 -> 9154\n" in out, out
+    assert "~ service kube-system/kube-dns:metrics (IPv6)\n    port: 9153 -> 9154\n" in out, out
+    doc = json.loads(CliRunner().invoke(main, ["diff", str(dual), str(changed), "-o", "json"]).stdout)
+    assert [(c["service"], c["family"]) for c in doc["services_changed"]] == [
+        ("kube-system/kube-dns:metrics", "ipv4"), ("kube-system/kube-dns:metrics", "ipv6")]
+    # The migration check of a dual-stack node: each note says its family (both tables have notes).
+    from bench.make_samples_nft import scenarios
+
+    (scenario,) = [s for s in scenarios() if s.file == "dual-stack-nft.nft"]
+    ipt.write_text(render(scenario.services, node_ips=scenario.node_ips, pod_cidr=scenario.pod_cidrs[0]))
+    ip6 = tmp_path / "ip6tables-save.txt"
+    ip6.write_text(render(scenario.services, node_ips=scenario.node_ips, pod_cidr=scenario.pod_cidrs[1], ipv6=True))
+    for side in (ipt, ip6):
+        doc = json.loads(CliRunner().invoke(main, ["diff", str(side), str(dual), "-o", "json"]).stdout)
+        assert doc["equivalent"], doc
+        assert doc["notes"] and not [n for n in doc["notes"] if n.startswith(("IPv4: ", "IPv6: "))], doc["notes"]
+    node = tmp_path / "snap" / "node-a"  # (both families of the node in iptables mode, as collect saves them)
+    store.write_node_dir(node, {store.DUMP_FILE: ipt.read_bytes(), store.IP6_DUMP_FILE: ip6.read_bytes()},
+                         {"node": "node-a", "host": "node-a", "addresses": scenario.node_ips})
+    doc = json.loads(CliRunner().invoke(main, ["diff", str(node), str(dual), "-o", "json"]).stdout)
+    assert doc["equivalent"] and doc["a"] == f"{node / store.DUMP_FILE}, {node / store.IP6_DUMP_FILE}", doc["a"]
+    for family in ("IPv4", "IPv6"):
+        notes = [n for n in doc["notes"] if n.startswith(f"{family}: ")]
+        assert [n for n in notes if "endpoint shares compared" in n], doc["notes"]
+    assert all(n.startswith(("IPv4: ", "IPv6: ")) for n in doc["notes"]), doc["notes"]
+    # Near-miss: one family on each side: no family in the text, though the JSON says it.
+    only_v4 = tmp_path / "v4.nft"
+    only_v4.write_text(changed.read_text()[:changed.read_text().index("table ip6 kube-proxy")])
+    out = CliRunner().invoke(main, ["diff", str(ipt), str(only_v4), "--node-ip", "192.168.49.2"]).stdout
+    assert "~ service kube-system/kube-dns:metrics\n" in out and "(IPv4)" not in out, out
+
+
+def test_a_side_without_kube_proxy_rules_is_warned_of() -> None:
+    """The iptables-save of a node whose kube-proxy wrote through iptables-legacy holds no kube-proxy rule: the
+    migration check said 'not equivalent: 7 Service ports differ' and listed them all as added, the header's
+    'kube-proxy mode: none -> nftables' being all there was to tell that the wrong file was compared."""
+    samples = Path(__file__).resolve().parent.parent / "sample_dumps"
+    split, nft = str(samples / "legacy-split-nft.txt"), str(samples / "nodeport-fb-backends-nft.nft")
+    for a, b, what in ((split, nft, "added"), (nft, split, "removed")):
+        doc = json.loads(CliRunner().invoke(main, ["diff", a, b, "-o", "json"]).stdout)
+        assert not doc["equivalent"]
+        (warning,) = [w for w in doc["warnings"] if w.startswith(f"{split} holds no kube-proxy rules to compare")]
+        assert "look at `iptables-legacy-save` from this node" in warning, warning
+        assert f"every Service port of {nft} counts as {what}" in warning, warning
+    out = CliRunner().invoke(main, ["diff", split, str(samples / "no-kube-proxy.txt")]).stdout
+    assert out.count(" holds no kube-proxy rules to compare") == 2 and "counts as" not in out, out
+    # Near-miss: both sides hold kube-proxy's rules.
+    doc = json.loads(CliRunner().invoke(main, ["diff", str(samples / "nodeport-fb-backends.txt"), nft,
+                                               "-o", "json"]).stdout)
+    assert doc["equivalent"] and doc["warnings"] == [], doc["warnings"]
+
+
+def test_sides_of_different_families_are_warned_of() -> None:
+    """An IPv4 ruleset against an IPv6 dump compared the one's IPv4 Service ports with the other's IPv6 ones, and
+    warned only that the dumps looked like two clusters' nodes."""
+    samples = Path(__file__).resolve().parent.parent / "sample_dumps"
+    a, b = str(samples / "nodeport-fb-backends-nft.nft"), str(samples / "ipv6.txt")
+    doc = json.loads(CliRunner().invoke(main, ["diff", a, b, "-o", "json"]).stdout)
+    assert any(w.startswith(f"no IP family in common: {a} has kube-proxy rules for IPv4 only, {b} for IPv6 only")
+               for w in doc["warnings"]), doc["warnings"]
+    doc = json.loads(CliRunner().invoke(main, ["diff", b, b, "-o", "json"]).stdout)
+    assert doc["warnings"] == []
+
+
+def test_a_way_whose_masquerading_alone_changed_says_so_once() -> None:
+    """kube-proxy with --masquerade-all on one side: each way in printed its whole DNAT twice, '10.96.10.4:80 from
+    a pod: DNAT to 10.244.2.9:9376 (masqueraded) -> DNAT to 10.244.2.9:9376', the change a suffix to spot in
+    a line that lists every endpoint twice. The text says the DNAT once, then what changed; JSON is unchanged."""
+    specs = with_local(services(), NODE)
+    a = analysis(render(specs, node_ips=[NODES[NODE]], pod_cidr=POD_CIDR, masquerade_all=True), "ipt")
+    d = diff(a, analysis(nft_text(services()), "nft"))
+    text = render_diff_text(d)
+    assert "    ~ 10.96.10.4:80 from a pod: DNAT to 10.244.2.9:9376; masqueraded -> not masqueraded\n" in text, text
+    assert "(masqueraded) -> DNAT" not in text, text
+    (affine,) = [c for c in d.changed if c.service == "default/affine"]
+    (pod,) = [f for f in affine.forwarding if f.client == "pod"]
+    assert (pod.before, pod.after) == ("DNAT to 10.244.2.9:9376 (masqueraded)", "DNAT to 10.244.2.9:9376")
+    # Near-miss: a way whose destination changed as well keeps both sides whole.
+    b = copy.deepcopy(services())
+    svc(b, "fw").external_traffic_policy = "Local"
+    text = render_diff_text(migration(services(), b))
+    assert "~ <node>:30085 from outside: DNAT to 10.244.3.4:8080 (masqueraded) -> DROP" in text, text
+
+
+def test_the_node_addresses_taken_from_the_other_side_are_said_once(tmp_path: Path) -> None:
+    """A dual-stack node's iptables-save.txt and ip6tables-save.txt, collected without its addresses, against its
+    nft ruleset (which names them): the note that the ruleset's addresses stand for both sides came once a family,
+    the same addresses in another order."""
+    from bench.make_samples_nft import scenarios
+
+    (scenario,) = [s for s in scenarios() if s.file == "dual-stack-nft.nft"]
+    node = tmp_path / "snap" / "node-a"
+    store.write_node_dir(node, {
+        store.DUMP_FILE: render(scenario.services, node_ips=scenario.node_ips,
+                                pod_cidr=scenario.pod_cidrs[0]).encode(),
+        store.IP6_DUMP_FILE: render(scenario.services, node_ips=scenario.node_ips, pod_cidr=scenario.pod_cidrs[1],
+                                    ipv6=True).encode()}, {"node": "node-a", "host": "node-a"})
+    dual = Path(__file__).resolve().parent.parent / "sample_dumps" / "dual-stack-nft.nft"
+    result = CliRunner().invoke(main, ["diff", str(node), str(dual)])
+    assert result.exit_code == 0, result.output
+    assert "equivalent: every Service port is forwarded alike" in result.stdout, result.stdout
+    assert result.stderr.count("does not name the node's own addresses") == 1, result.stderr

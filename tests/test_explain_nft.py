@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -87,3 +88,106 @@ def test_an_address_nftables_mode_cannot_tell_is_named_as_either(dump: str, role
     (d,) = json.loads(result.stdout)["diagnoses"]
     assert d["summary"] == ("31080 is the nodePort of ingress-nginx/ingress-nginx-controller:http, used on its "
                             f"{role} 192.168.49.240"), d["summary"]
+
+
+def _services_of(dump: str, tmp_path: Path) -> Path:
+    """The scenario's Service objects as `kubectl get svc -A -o json` lists them."""
+    from bench.make_samples_nft import scenarios
+    from tests.test_compare import service_object
+
+    (scenario,) = [s for s in scenarios() if s.file == dump]
+    path = tmp_path / "services.json"
+    path.write_text(json.dumps({"apiVersion": "v1", "kind": "List",
+                                "items": [service_object(s) for s in scenario.services]}))
+    return path
+
+
+@pytest.mark.parametrize(("dump", "answer"), [("etp-local-with-endpoints-nft.nft", "200 (this node runs 1 local"),
+                                              ("etp-local-no-local-endpoints-nft.nft", "503 (this node runs no")])
+def test_a_health_check_node_port_named_by_the_api_is_said_to_be_one(dump: str, answer: str, tmp_path: Path) -> None:
+    """nftables mode writes no rule for a healthCheckNodePort: explain said 'no Service has nodePort 32101/tcp'
+    (a warning) even when the Service objects given name 32101 as ingress-nginx-controller's health check."""
+    args = ["explain", str(SAMPLES / dump), "--dst", "192.168.49.2:32101", "--src", "external", "-o", "json"]
+    result = CliRunner().invoke(main, [*args, "--cluster", str(_services_of(dump, tmp_path))])
+    assert result.exit_code == 0, result.output
+    (d,) = [d for d in json.loads(result.stdout)["diagnoses"] if d["id"] == "not-a-service-address"]
+    assert d["severity"] == "info", d
+    assert d["summary"] == ("32101 is the health-check nodePort of ingress-nginx/ingress-nginx-controller: "
+                            "kube-proxy's health server answers it, not a pod"), d["summary"]
+    assert answer in d["detail"] and "nftables mode writes no rule for it" in d["detail"], d["detail"]
+    assert "no Service has nodePort" not in d["detail"] and d["evidence"] == []
+    # Near-miss: without the Service objects the rules cannot tell; the warning says what it might be.
+    (d,) = json.loads(CliRunner().invoke(main, args).stdout)["diagnoses"]
+    assert d["severity"] == "warning" and "no Service has nodePort 32101/tcp" in d["summary"], d
+    assert "nftables mode writes no rule for a healthCheckNodePort" in d["detail"], d["detail"]
+    # … nor is another port of the node a health check because the API names one.
+    result = CliRunner().invoke(main, ["explain", str(SAMPLES / dump), "--dst", "192.168.49.2:32102", "-o", "json",
+                                       "--src", "external", "--cluster", str(_services_of(dump, tmp_path))])
+    (d,) = [d for d in json.loads(result.stdout)["diagnoses"] if d["id"] == "not-a-service-address"]
+    assert d["severity"] == "warning" and "health-check" not in d["summary"], d
+
+
+@pytest.mark.parametrize("form", ["list", "transaction"])
+def test_a_map_element_is_evidence_in_one_form(form: str) -> None:
+    """One answer showed line 38 of the listing twice: as the trace's step `element ip kube-proxy service-ips
+    { 10.101.234.168 . tcp . 5001 : goto service-… }` and, as a diagnosis's evidence, the listing's bare
+    `10.101.234.168 . tcp . 5001 : goto service-…,` (which names neither map nor table). Both are the step's."""
+    from bench.make_samples_nft import scenarios
+
+    (scenario,) = [s for s in scenarios() if s.file == "nodeport-fb-backends-nft.nft"]
+    text = (SAMPLES / scenario.file).read_text() if form == "list" else scenario.transaction()
+    result = CliRunner().invoke(main, ["explain", "-", "--dst", "10.101.234.168:5001", "--dst", "10.101.234.168:8001",
+                                       "--node-ip", "192.168.49.2", "--src", "external", "-o", "json"], input=text)
+    healthy, target_port = json.loads(result.stdout)
+    texts: dict[int, set[str]] = {}
+    for answer in (healthy, target_port):
+        for d in answer["diagnoses"]:
+            for ev in d["evidence"]:
+                texts.setdefault(ev["line"], set()).add(ev["rule"])
+        for outcome in answer["trace"]["outcomes"]:
+            for step in outcome["path"]:
+                texts.setdefault(step["line"], set()).add(step["rule"])
+    element = ("element ip kube-proxy service-ips { 10.101.234.168 . tcp . 5001 : goto "
+               "service-SX2ZK5HK-default/fb-backends/tcp/ka-port }")
+    (line,) = [n for n, found in texts.items() if element in found]
+    assert texts[line] == {element}, texts[line]
+    assert [ev["rule"] for d in target_port["diagnoses"] for ev in d["evidence"] if ev["line"] == line] == [element]
+
+
+def test_a_line_of_several_elements_reads_as_them_and_other_lines_as_written() -> None:
+    from iptrace import dataplanes
+
+    text = (SAMPLES / "nodeport-fb-backends-nft.nft").read_text()
+    _, ruleset = dataplanes.load(text, source="fb.nft")
+    lines = text.split("\n")
+    first = next(n for n, line in enumerate(lines, 1) if "elements = {" in line and "cluster-ips" in lines[n - 4])
+    listed = lines[first - 1].split("{", 1)[1].strip().rstrip(",")
+    shown = ruleset.evidence_text(first)
+    assert shown == f"element ip kube-proxy cluster-ips {{ {listed} }}", (shown, lines[first - 1])
+    rest = lines[first].strip().rstrip("}").strip()  # (the list's last line, closing it)
+    assert ruleset.evidence_text(first + 1) == f"element ip kube-proxy cluster-ips {{ {rest} }}"
+    for n in (first - 1, first - 3, next(n for n, line in enumerate(lines, 1) if "jump services" in line)):
+        assert ruleset.evidence_text(n) == ruleset.line_text(n) == lines[n - 1].strip()
+
+
+def test_the_apis_findings_beside_explains_evidence_read_alike(tmp_path: Path) -> None:
+    """explain --cluster of an nft node whose fb-backends has another nodePort in the API: the port-mismatch
+    finding's evidence was the listing's bare `elements = { tcp . 30904 : goto external-…,` while explain's own
+    evidence and the trace show that element as `element ip kube-proxy service-nodeports { … }`."""
+    from bench.make_samples_nft import scenarios
+    from tests.test_compare import service_object
+
+    (scenario,) = [s for s in scenarios() if s.file == "nodeport-fb-backends-nft.nft"]
+    objects = [service_object(s) for s in scenario.services]
+    (fb,) = [o for o in objects if o["metadata"]["name"] == "fb-backends"]
+    fb["spec"]["ports"][0]["nodePort"] = 30905
+    cluster = tmp_path / "services.json"
+    cluster.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+    result = CliRunner().invoke(main, ["explain", NFT, "--dst", "192.168.49.2:30904", "--src", "external",
+                                       "--cluster", str(cluster), "-o", "json"])
+    answer = json.loads(result.stdout)
+    (finding,) = [d for d in answer["diagnoses"] if d["id"] == "port-mismatch"]
+    element = ("element ip kube-proxy service-nodeports { tcp . 30904 : goto "
+               "external-SX2ZK5HK-default/fb-backends/tcp/ka-port }")
+    assert [e["rule"] for e in finding["evidence"]] == [element], finding["evidence"]
+    assert element in {s["rule"] for o in answer["trace"]["outcomes"] for s in o["path"]}

@@ -64,3 +64,30 @@ def test_hairpin_detail_names_the_nft_rule_not_iptables_chains(dump: str) -> Non
     (hairpin,) = [d for d in json.loads(out)["diagnoses"] if d["id"] == "hairpin"]
     assert "KUBE-" not in hairpin["detail"], hairpin["detail"]
     assert "`ip saddr 10.244.1.7 jump mark-for-masquerade`" in hairpin["detail"], hairpin["detail"]
+
+
+def test_services_json_of_json_input_gives_handles_where_it_has_no_lines() -> None:
+    """`services -o json` of `nft -j` input said `"line": null` for every endpoint and `"lines": []` for every
+    Service port: no evidence at all. Like a trace's path, it now gives the rules' kernel handles there: each
+    endpoint's DNAT rule (`handle`, the one a trace to it is decided by) and the port's rules (`handles`)."""
+    def services(dump: str) -> dict[str, dict[str, object]]:
+        result = CliRunner().invoke(main, ["services", dump, "-o", "json"])
+        return {s["service"]: s for s in json.loads(result.stdout)}
+
+    listed, from_json = services(LISTING), services(JSON_DUMP)
+    fb = from_json["default/fb-backends:ka-port"]
+    assert fb["lines"] == [] and all(ep["line"] is None for ep in fb["endpoints"])  # type: ignore[union-attr]
+    result = CliRunner().invoke(main, ["trace", JSON_DUMP, "--dst", "10.101.234.168:5001", "-o", "json"])
+    decided = {o["destination"]: o["decided_by"]["handle"] for o in json.loads(result.stdout)["outcomes"]}
+    assert {ep["address"]: ep["handle"] for ep in fb["endpoints"]} == decided  # type: ignore[union-attr,index]
+    handles = fb["handles"]
+    assert isinstance(handles, list) and set(decided.values()) <= set(handles) and len(set(handles)) == len(handles)
+    # Each port's handles are its own rules': as many as the listing has lines for it, its map elements aside.
+    for name, s in from_json.items():
+        port = listed[name]
+        elements = {n for e in port["entries"] for n in e["lines"]}  # type: ignore[attr-defined]
+        rules = [n for n in port["lines"] if n not in elements]  # type: ignore[attr-defined]
+        assert len(s.get("handles", [])) == len(rules), (name, s.get("handles"), rules)  # type: ignore[arg-type]
+    # Near-miss: a listing has lines, and no such key.
+    assert all("handles" not in s and all("handle" not in ep for ep in s["endpoints"])  # type: ignore[attr-defined]
+               for s in listed.values())

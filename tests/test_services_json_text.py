@@ -63,7 +63,8 @@ _SERVICE = st.builds(
     ServicePortView, _TEXT, _TEXT, _TEXT, _TEXT, _MAYBE_TEXT, _MAYBE_INT, _MAYBE_INT, _TEXTS, _TEXTS, _TEXTS,
     _MAYBE_INT, _MAYBE_TEXT, _MAYBE_TEXT, _MAYBE_INT, st.lists(_ENDPOINT, max_size=3).map(tuple),
     st.lists(_ENTRY, max_size=3).map(tuple), st.booleans(), st.booleans(), _TEXTS,
-    st.lists(_INT, max_size=4).map(tuple), _TEXT, _TEXTS)
+    st.lists(_INT, max_size=4).map(tuple), _TEXT, _TEXTS, st.lists(_INT, max_size=4).map(tuple),
+    st.lists(st.tuples(st.sampled_from(["", "a", "endpoint-x"]) | _TEXT, _INT), max_size=3).map(tuple))
 
 
 @settings(max_examples=300, deadline=None)

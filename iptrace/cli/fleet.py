@@ -575,9 +575,10 @@ def diff(a: str, b: str, output: str, cluster_files: tuple[str, ...], kubeconfig
     lefts = analyses_of(a, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table)
     rights = analyses_of(b, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table)
     diffs = []
+    noted: set[str] = set()
     for left, right in family_pairs(lefts, rights):
         if not node_ips and left.dataplane.name != right.dataplane.name:
-            left, right = _one_node(a, b, left, right, cluster, lenient, table)
+            left, right = _one_node(a, b, left, right, cluster, lenient, table, noted)
         build_showing_progress(left)  # (both whole views are compared: a big node's takes seconds)
         build_showing_progress(right)
         diffs.append(run_diff(left, right))
@@ -588,11 +589,13 @@ def diff(a: str, b: str, output: str, cluster_files: tuple[str, ...], kubeconfig
         click.echo(render_diff_text(result), nl=False)
 
 
-def _one_node(a: str, b: str, left: Any, right: Any, cluster: Any, lenient: bool, table: str | None) -> tuple[Any, Any]:
+def _one_node(a: str, b: str, left: Any, right: Any, cluster: Any, lenient: bool, table: str | None,
+              noted: set[str]) -> tuple[Any, Any]:
     """The migration check compares one node in two modes: when only one side's rules (or collection) name the
     node's addresses (an nft ruleset lists them for its NodePorts; iptables matches them by addrtype), the other
     side is analysed with them too, so that traffic to the node's own address is local on both sides. Said on
-    stderr. (Sides of two families share no address.)"""
+    stderr, once a dump (`noted`: the dumps said so far; a dual-stack node's families each redo theirs). (Sides
+    of two families share no address.)"""
     from iptrace.kube.sources import of_family
 
     def known(analysis: Any) -> tuple[str, ...]:
@@ -602,8 +605,10 @@ def _one_node(a: str, b: str, left: Any, right: Any, cluster: Any, lenient: bool
     if bool(found_left) == bool(found_right) or left.family != right.family:
         return left, right
     ips, (dump, other) = (found_left, (b, a)) if found_left else (found_right, (a, b))
-    click.echo(f"note: {dump} does not name the node's own addresses; {', '.join(ips)} from {other} used for both "
-               "sides (the migration check compares one node; --node-ip sets them)", err=True)
+    if dump not in noted:
+        noted.add(dump)
+        click.echo(f"note: {dump} does not name the node's own addresses; {', '.join(ips)} from {other} used for "
+                   "both sides (the migration check compares one node; --node-ip sets them)", err=True)
     redone = analysis_of(dump, node_ips=ips, cluster=cluster, lenient=lenient, table=table, host=ips[0], note=False)
     return (left, redone) if found_left else (redone, right)
 

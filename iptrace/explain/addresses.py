@@ -296,24 +296,50 @@ def service_port_on_node_ip(case: Case) -> Diagnosis | None:
         fix, facts.evidence(facts.rules_for(s)), instead)
 
 
-def _health_check(case: Case, checked: list[tuple[Any, tuple[int, ...]]]) -> Diagnosis:
-    """A load balancer's health check of this node: kube-proxy's own health server answers it, not a pod."""
-    names = listed(list(dict.fromkeys(service_name(s) for s, _ in checked)))  # (one health server a Service)
-    local = len({ep.ip for s, _ in checked for ep in s.endpoints if ep.local})
-    answer = (f"200 (this node runs {counted(local, 'local endpoint')})" if local else
-              "503 (this node runs no endpoint of it, so a load balancer sends it no traffic)")
-    svc = checked[0][0]
-    use = f" To reach the Service itself use its nodePort {svc.node_port}." if svc.node_port else ""
+def _health_check(case: Case, names: str, local: int | None, node_port: int | None, rules: str,
+                  evidence: tuple[Evidence, ...]) -> Diagnosis:
+    """A load balancer's health check of this node: kube-proxy's own health server answers it, not a pod.
+    `local`: how many endpoints of the Service run on this node (None: its rules show none of the Service's);
+    `rules`: what the rules do with the port."""
+    if local is None:
+        answer = "200 if it runs a ready endpoint, 503 if not (this node's rules show no endpoint of it)"
+    else:
+        answer = (f"200 (this node runs {counted(local, 'local endpoint')})" if local else
+                  "503 (this node runs no endpoint of it, so a load balancer sends it no traffic)")
+    use = f" To reach the Service itself use its nodePort {node_port}." if node_port else ""
     return Diagnosis(
         "not-a-service-address", "info",
         f"{case.dport} is the health-check nodePort of {names}: kube-proxy's health server answers it, not a pod",
         f"For a Service with externalTrafficPolicy: Local, kube-proxy itself listens on {case.dport}/tcp and "
         f"answers a load balancer's HTTP health check with whether this node has a ready endpoint of it: here "
-        f"{answer}. Nothing is rewritten; the rules only accept the port.{use}",
+        f"{answer}. Nothing is rewritten; {rules}.{use}",
         f"nothing to fix in these rules; if the load balancer marks this node down, look at the pods of {names} "
-        "on it" if local else f"nothing to fix in these rules: 503 is meant, as this node runs no pod of {names}; "
-        "run one here if it should take the load balancer's traffic",
-        case.facts.evidence([line for _, lines in checked for line in lines]))
+        "on it" if local or local is None else f"nothing to fix in these rules: 503 is meant, as this node runs "
+        f"no pod of {names}; run one here if it should take the load balancer's traffic",
+        evidence)
+
+
+def _rules_health_check(case: Case, checked: list[tuple[Any, tuple[int, ...]]]) -> Diagnosis:
+    """The health check of the rules' own (iptables mode accepts it in KUBE-NODEPORTS)."""
+    names = listed(list(dict.fromkeys(service_name(s) for s, _ in checked)))  # (one health server a Service)
+    local = len({ep.ip for s, _ in checked for ep in s.endpoints if ep.local})
+    return _health_check(case, names, local, checked[0][0].node_port, "the rules only accept the port",
+                         case.facts.evidence([line for _, lines in checked for line in lines]))
+
+
+def _api_health_check(case: Case, services: list[Any]) -> Diagnosis:
+    """A health check only the API names (iptrace.kube.cluster.ClusterService objects): nftables mode writes no
+    rule for it; whether this node has local endpoints is read off the rules of the Service's ClusterIPs."""
+    facts = case.facts
+    keys = {(s.namespace, s.name) for s in services}
+    views = [v for s in services for ip in s.cluster_ips if ip and ip != "None"
+             for v, _ in facts.by_address.get(canonical(ip), []) if (v.namespace, v.name) in keys]
+    local = len({ep.ip for v in views for ep in v.endpoints if ep.local}) if views else None
+    node_port = next((p.node_port for s in services for p in s.ports if p.node_port), None)
+    rules = ("nftables mode writes no rule for it (the cluster data names it)" if facts.proxy.mode == "nftables"
+             else f"no rule of this node names it, though kube-proxy in {facts.proxy.mode} mode writes one: the "
+             "rules may be older than the Service")
+    return _health_check(case, listed(sorted(f"{ns}/{name}" for ns, name in keys)), local, node_port, rules, ())
 
 
 def not_a_service_address(case: Case) -> Diagnosis | None:
@@ -325,7 +351,10 @@ def not_a_service_address(case: Case) -> Diagnosis | None:
     if facts.is_node_address(dst):
         checked = facts.health_checks(dport) if proto == "tcp" else []
         if checked:
-            return _health_check(case, checked)
+            return _rules_health_check(case, checked)
+        named = facts.api_health_checks.get(dport, []) if proto == "tcp" else []
+        if named:
+            return _api_health_check(case, named)
         serves = sorted((o for o in owners if any(ep.ip == dst and ep.port == dport for ep in o.endpoints)),
                         key=lambda o: o.protocol.lower() != proto)
         if serves:
@@ -338,7 +367,10 @@ def not_a_service_address(case: Case) -> Diagnosis | None:
         return Diagnosis(
             "not-a-service-address", "warning", f"{dst} is a node address, and no Service has nodePort {dport}/{proto}",
             f"kube-proxy forwards only nodePorts on the node's addresses, so the packet is delivered to the node "
-            f"itself: a program listening on {dport} answers, otherwise the connection is refused.",
+            f"itself: a program listening on {dport} answers, otherwise the connection is refused."
+            + (" nftables mode writes no rule for a healthCheckNodePort, so it may be one (kube-proxy's health "
+               "server answers those): --cluster or --kubeconfig tells"
+               if proto == "tcp" and facts.proxy.mode == "nftables" and not facts.has_cluster else ""),
             f"nodePorts on this node: {facts.node_port_listing}", ())
     hint = ""
     if node_port:

@@ -110,6 +110,9 @@ class Facts:
         self._compared: set[str] = set()
         self.api_ports_by_address: dict[str, set[tuple[str, int, str]]] = {}  # (label, port, proto)
         self.api_labels_by_node_port: dict[int, set[str]] = {}
+        # healthCheckNodePort -> the API Services (iptrace.kube.cluster.ClusterService) with it: nftables mode
+        # writes no rule for one, so only the API can say what such a port of the node is
+        self.api_health_checks: dict[int, list[Any]] = {}
 
     @classmethod
     def build(cls, analysis: Any, node_ips: Sequence[str], *, node_ips_given: bool = True,
@@ -195,14 +198,18 @@ class Facts:
                             (name, port.port, port.protocol.lower()))
                 if port.node_port:
                     self.api_labels_by_node_port.setdefault(port.node_port, set()).add(name)
+            if svc.health_check_node_port:
+                self.api_health_checks.setdefault(svc.health_check_node_port, []).append(svc)
 
     def _index_findings(self, findings: Iterable[Any]) -> None:
         for f in findings:
             if f.service is None:
                 continue
+            # (a finding quotes a line as audit does; an answer shows it as its own evidence and the trace do)
             self.findings_by_label.setdefault(f.service, []).append(Diagnosis(
                 f.id, f.severity, f.summary, f.detail, f.fix,
-                tuple(Evidence(line, rule) for line, rule in f.evidence)))
+                tuple(Evidence(line, (self.analysis.ruleset.evidence_text(line) if line else None) or rule)
+                      for line, rule in f.evidence)))
 
     def cluster_findings(self, labels: Iterable[str]) -> list[Diagnosis]:
         """compare_with_cluster's findings about these Service ports, by label in order (each compared once)."""
@@ -215,10 +222,11 @@ class Facts:
         return [d for name in wanted for d in self.findings_by_label.get(name, ())]
 
     def evidence(self, lines: Iterable[int], limit: int = 4) -> tuple[Evidence, ...]:
-        """The dump's own text of `lines` (rule lines; others are skipped), in order, at most `limit`."""
+        """The dump's own text of `lines` (rule lines; others are skipped), in order, at most `limit`, as the
+        steps of a trace show them (one form of a line in one answer)."""
         out = []
         for line in sorted(set(lines)):
-            text = self.analysis.ruleset.line_text(line)
+            text = self.analysis.ruleset.evidence_text(line)
             if text is None:
                 continue
             out.append(Evidence(line, text.strip()))  # (a line of an nft listing is indented)

@@ -505,7 +505,7 @@ class _Reader:
             g.key, name, identity, g.protocol or "tcp", ways_in, cluster_chain, local_chain,
             (*sorted(g.chains.values()), *endpoint_chains), tuple(sorted(lines)) if with_lines else (), etp, itp,
             affinity, tuple(ranges),
-            g.health_check, g.no_endpoints, g.no_local_endpoints, tuple(notes))
+            g.health_check, g.no_endpoints, g.no_local_endpoints, tuple(notes), (), ())
 
 
 # ServicePortLayout(…) with every field given in order, without the frozen dataclass's __init__ (one a Service

@@ -338,6 +338,10 @@ class Ruleset:
         rule = self.rule_at(line)
         return rule.to_save() if rule is not None else None
 
+    def evidence_text(self, line: int) -> str | None:
+        """`line_text`: a trace's path shows a rule as iptables-save prints it too."""
+        return self.line_text(line)
+
     def line_texts(self, lines: Collection[int]) -> dict[int, str | None]:
         """`line_text` of each of `lines` (a Service view's evidence: ~10^4 lines of one node), in one pass over
         the rules. When no two rules share a line, each of `rule_at`'s ways finds the one rule on it (or none),

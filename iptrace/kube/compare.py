@@ -121,7 +121,8 @@ def listing(items: Iterable[str], limit: int = 6) -> str:
 
 
 class Evidence:
-    """Dump lines as their dataplane prints them (through iptrace.dataplane.Ruleset.line_text)."""
+    """Dump lines as their dataplane prints them (through iptrace.dataplane.Ruleset.line_text, as audit's port
+    digests quote them: one form in an audit; explain shows findings' lines as its own evidence)."""
 
     def __init__(self, ruleset: Any) -> None:
         self._ruleset = ruleset
@@ -278,8 +279,9 @@ class _Comparer:
             else:
                 summary = (f"{label}: nodePort is {exp.node_port} in the API, "
                            f"{sp.node_port if sp.node_port is not None else 'absent'} in the rules")
-                detail = (f"Connections to <node>:{exp.node_port} match no nodePort rule on this node. "
-                          f"kube-proxy sends {exp.port.protocol.lower()} port {exp.node_port} of the node's "
+                now = f"; its rules forward <node>:{sp.node_port} instead" if sp.node_port is not None else ""
+                detail = (f"Connections to <node>:{exp.node_port} match no nodePort rule on this node{now}; "
+                          f"kube-proxy would send {exp.port.protocol.lower()} port {exp.node_port} of the node's "
                           f"addresses to {self.chain('external', exp)}. {NOT_SYNCING}.")
                 severity = "error"
             self.add(PORT_MISMATCH, severity, label, summary, detail,

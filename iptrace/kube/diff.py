@@ -22,6 +22,7 @@ from iptrace.kube.compare import listing, view_service_label
 from iptrace.kube.fleets import other_clusters
 from iptrace.kube.sharing import shared_claims
 from iptrace.kube.view import EXTERNAL, NODE, OUTSIDE_RANGES, POD, EntryView, ServicePortView
+from iptrace.text import counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,7 @@ class ServiceChange:
     fields: tuple[FieldChange, ...]
     endpoints: tuple[EndpointChange, ...]
     forwarding: tuple[ForwardingChange, ...] = ()
+    family: str = ""  # ipv4 | ipv6 (kube-proxy names a dual-stack Service's ports alike in both families)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,7 @@ class ServiceSide:
     port: int | None
     node_port: int | None
     endpoints: tuple[str, ...]
+    family: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,7 @@ class Diff:
     mode_b: str = "iptables"
     notes: tuple[str, ...] = ()  # what one mode cannot show; never a Service-port difference
     warnings: tuple[str, ...] = ()  # what makes the comparison itself doubtful (two clusters' nodes)
+    families: tuple[str, ...] = ()  # the IP families compared (ipv4, ipv6)
 
     @property
     def empty(self) -> bool:
@@ -108,9 +112,9 @@ _FIELDS = ("cluster_ip", "port", "node_port", "external_ips", "lb_ips", "lb_sour
            "session_affinity_timeout", "no_endpoints", "no_local_endpoints")
 
 
-def _side(sp: ServicePortView) -> ServiceSide:
+def _side(sp: ServicePortView, family: str) -> ServiceSide:
     return ServiceSide(view_service_label(sp), sp.cluster_ip, sp.port, sp.node_port,
-                       tuple(ep.address for ep in sp.endpoints))
+                       tuple(ep.address for ep in sp.endpoints), family)
 
 
 def _service_change(a: ServicePortView, b: ServicePortView, notes: migration.Notes | None) -> ServiceChange | None:
@@ -148,10 +152,10 @@ def _service_change(a: ServicePortView, b: ServicePortView, notes: migration.Not
             endpoints.append(EndpointChange(addr, "removed", x.probability, None))
         else:
             gap = abs(x.probability - y.probability)
-            if notes is not None and len(ea) > 1:
-                notes.shares([gap])
             if gap > migration.SHARE_TOLERANCE:
                 endpoints.append(EndpointChange(addr, "probability", x.probability, y.probability))
+            elif notes is not None and len(ea) > 1:  # (rounding: a changed split is a difference, not a note)
+                notes.shares([gap])
             if x.local != y.local:
                 endpoints.append(EndpointChange(addr, "locality", x.local, y.local))
     forwarding = _forwarding(a, b, notes, compare_reach=not endpoints)
@@ -250,25 +254,46 @@ def diff(a: Any, b: Any) -> Diff:
     notes = migration.Notes(a, b) if migration.cross_mode(a, b) else None
     sa = {view_service_label(sp): sp for sp in va.services}
     sb = {view_service_label(sp): sp for sp in vb.services}
-    added = tuple(_side(sb[k]) for k in sorted(sb.keys() - sa.keys()))
-    removed = tuple(_side(sa[k]) for k in sorted(sa.keys() - sb.keys()))
+    added = tuple(_side(sb[k], a.family) for k in sorted(sb.keys() - sa.keys()))
+    removed = tuple(_side(sa[k], a.family) for k in sorted(sa.keys() - sb.keys()))
     changed = []
     for k in sorted(sa.keys() & sb.keys()):
         change = _service_change(sa[k], sb[k], notes)
         if change is not None:
-            changed.append(change)
+            changed.append(replace(change, family=a.family))
     mode_a, mode_b = migration.modes(a, b)
     why = other_clusters(*({(k, sp.cluster_ip) for k, sp in side.items() if sp.cluster_ip} for side in (sa, sb)))
     warnings: tuple[str, ...] = () if why is None else (
         f"the two dumps look like nodes of different clusters ({why}): their Services differ as a whole; diff "
         "two nodes of one cluster, or one node before and after a change",)
     warnings += shared_addresses({c.service for c in changed}, sa, sb)
+    warnings += tuple(_read_past(x.ruleset) for x in (a, b) if x.ruleset.skipped)
+    warnings += tuple(_no_rules(x, other, what) for x, other, what in ((a, b, "added"), (b, a, "removed"))
+                      if not x.view.era.has_rules)
     warnings += tuple(
         f"{x.ruleset.source}: {v.era.other_mode}, beside kube-proxy's {v.era.mode}-mode rules: the kernel runs "
         f"both (the first DNAT decides); this comparison reads the {v.era.mode}-mode rules only, `iptrace trace` "
         "follows both" for x, v in ((a, va), (b, vb)) if v.era.has_rules and v.era.other_mode)
     return Diff(a.ruleset.source, b.ruleset.source, va.era.name, vb.era.name, added, removed, tuple(changed),
-                tuple(_other_rules(a, b)), mode_a, mode_b, notes.texts(a, b) if notes is not None else (), warnings)
+                tuple(_other_rules(a, b)), mode_a, mode_b, notes.texts(a, b) if notes is not None else (), warnings,
+                (a.family,))
+
+
+def _no_rules(x: Any, other: Any, counted_as: str) -> str:
+    """A side without kube-proxy's rules (the wrong file, or another backend's): the diff is no comparison."""
+    why = "; ".join(x.layout.warnings) or "no kube-proxy table or chain"
+    text = f"{x.ruleset.source} holds no kube-proxy rules to compare ({why})"
+    if other.view.era.has_rules:
+        text += f": every Service port of {other.ruleset.source} counts as {counted_as}"
+    return text
+
+
+def _read_past(ruleset: Any) -> str:
+    """A side --lenient read past problems (a truncated file): its differences may be what was not read."""
+    skipped = ruleset.skipped
+    where = f"line {skipped[0].line}: " if skipped[0].line else ""
+    return (f"{ruleset.source}: read with --lenient past {counted(len(skipped), 'problem')} (first: {where}"
+            f"{skipped[0].message}): the Service ports it lacks or shows otherwise may be in what could not be read")
 
 
 def family_pairs(lefts: Sequence[Any], rights: Sequence[Any]) -> list[tuple[Any, Any]]:
@@ -280,20 +305,37 @@ def family_pairs(lefts: Sequence[Any], rights: Sequence[Any]) -> list[tuple[Any,
 
 def combined(diffs: Sequence[Diff], lefts: Sequence[Any], rights: Sequence[Any]) -> Diff:
     """One diff of the families' diffs (of family_pairs(lefts, rights)): each Service port of each family, notes
-    and warnings once, and a warning for a family only one side has rules for. Rules outside kube-proxy's are
-    the same rulesets' in every family's diff: the first's hold them all."""
+    (each family's said to be its own, when there are two) and warnings once, and a warning for a family only
+    one side has rules for. Rules outside kube-proxy's are the same rulesets' in every family's diff: the
+    first's hold them all."""
     compared = {x.family for x in lefts} & {y.family for y in rights}
+    families = tuple(f for d in diffs for f in d.families)
     warnings = [w for d in diffs for w in d.warnings]
+    if not compared:  # (family_pairs compared the sides' first families: Service ports of two families)
+        def having(analyses: Sequence[Any]) -> str:
+            return " and ".join(family_name(x.family) for x in analyses)
+
+        warnings.insert(0, f"no IP family in common: {lefts[0].ruleset.source} has kube-proxy rules for "
+                           f"{having(lefts)} only, {rights[0].ruleset.source} for {having(rights)} only: their "
+                           "Service ports cannot match; diff the same family of both (a node's iptables-save with "
+                           "another's iptables-save, ip6tables-save with ip6tables-save)")
     for side, analyses in (("a", lefts), ("b", rights)):
-        warnings.extend(f"{x.family.replace('ip', 'IP')} not compared: only {side} ({x.ruleset.source}) has "
+        warnings.extend(f"{family_name(x.family)} not compared: only {side} ({x.ruleset.source}) has "
                         "kube-proxy rules for it; diff it with the node's rules of that family (its "
                         "ip6tables-save or iptables-save output, or its whole `nft list ruleset`)"
                         for x in analyses if compared and x.family not in compared)
-    return replace(diffs[0], added=tuple(s for d in diffs for s in d.added),
+    return replace(diffs[0], a=", ".join(dict.fromkeys(d.a for d in diffs)),  # (a node's two dumps, when read)
+                   b=", ".join(dict.fromkeys(d.b for d in diffs)), added=tuple(s for d in diffs for s in d.added),
                    removed=tuple(s for d in diffs for s in d.removed),
                    changed=tuple(c for d in diffs for c in d.changed),
-                   notes=tuple(dict.fromkeys(n for d in diffs for n in d.notes)),
-                   warnings=tuple(dict.fromkeys(warnings)))
+                   notes=tuple(dict.fromkeys(n if len(diffs) == 1 else f"{family_name(d.families[0])}: {n}"
+                                             for d in diffs for n in d.notes)),
+                   warnings=tuple(dict.fromkeys(warnings)), families=families)
+
+
+def family_name(family: str) -> str:
+    """ipv4 -> IPv4, as people write it."""
+    return family.replace("ip", "IP")
 
 
 def shared_addresses(changed: set[str], *sides: dict[str, ServicePortView]) -> tuple[str, ...]:

@@ -266,7 +266,7 @@ _QUOTED = itemgetter(2)  # (a PortDigest endpoint's text)
 
 def _pictures(view: KubeView) -> tuple[tuple[str, ServicePortView], ...]:
     """Per key the port the report draws: kube-proxy's main one when several fragments name it (the most
-    chains, then entries), its lines left out (the picture shows none)."""
+    chains, then entries), its lines (and nft JSON input's handles) left out (the picture shows none)."""
     from dataclasses import replace
 
     chosen: dict[str, ServicePortView] = {}
@@ -281,7 +281,7 @@ def _pictures(view: KubeView) -> tuple[tuple[str, ServicePortView], ...]:
         entries = tuple(replace(e, lines=(), paths=tuple(replace(p, decided_by=0) for p in e.paths))
                         for e in sp.entries)
         out.append((key, replace(sp, lines=(), endpoints=tuple(replace(ep, line=0) for ep in sp.endpoints),
-                                 entries=entries)))
+                                 entries=entries, handles=(), dnat_handles=())))
     return tuple(out)
 
 

@@ -295,7 +295,7 @@ def port_view(sp: ServicePortLayout, endpoints: Sequence[EndpointView], entries:
     return _new_service(  # type: ignore[no-any-return]
         *_port_fields(sp, entries), sp.external_traffic_policy, sp.internal_traffic_policy,
         sp.session_affinity_timeout, tuple(endpoints), tuple(entries), sp.no_endpoints, sp.no_local_endpoints,
-        sp.chains, sp.lines, sp.identity, sp.notes)
+        sp.chains, sp.lines, sp.identity, sp.notes, sp.handles, sp.dnat_handles)
 
 
 def port_layout(sp: ServicePortLayout) -> PortLayout:

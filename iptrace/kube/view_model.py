@@ -128,6 +128,9 @@ class ServicePortView(PortIdentity):
     lines: tuple[int, ...]
     identity: str  # "comment" | "hash" (chain name + cluster data) | "address" (cluster data) | "chain"
     notes: tuple[str, ...] = ()
+    # Input without lines (nft -j): its rules' kernel handles, and per chain its DNAT rule's (ServicePortLayout's)
+    handles: tuple[int, ...] = ()
+    dnat_handles: tuple[tuple[str, int], ...] = ()
 
     @property
     def type(self) -> str:

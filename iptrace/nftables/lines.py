@@ -1,15 +1,17 @@
 """The input line of a set or map element, found when a trace shows the element (a verdict-map look-up that
 matched is a step of its own, with the element's line as evidence). The model keeps lines for rules and sets,
 not for the ~10^5 elements of a big ruleset; this reads them back from the text of one set (a listing) or of
-the `add element` lines (kube-proxy's transaction) the first time one of that set's elements is asked for."""
+the `add element` lines (kube-proxy's transaction) the first time one of that set's elements is asked for, and
+the other way round: which elements a line holds (evidence named by its line)."""
 
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from itertools import count
 from typing import Any
 
-from iptrace.nftables.model import Element, Ruleset, Set
+from iptrace.nftables.model import Element, Ruleset, Set, Table
 from iptrace.nftables.values import normaliser
 
 _CHUNK_RE = re.compile(r'(?:"(?:\\.|[^"\\])*"|\{[^{}]*\}|[^,"{}])+')
@@ -24,10 +26,15 @@ class ElementLines:
     """`line(table family, table name, set, element)` → its 1-based input line (the set's own line when the
     element cannot be found, 0 for JSON input)."""
 
-    def __init__(self, ruleset: Ruleset) -> None:
+    def __init__(self, ruleset: Ruleset, kept: dict[str, Any] | None = None) -> None:
+        """`kept`: where what was read is kept, when it outlives this object (it holds no reference back to the
+        ruleset: a ruleset may keep it)."""
         self.ruleset = ruleset
-        self._sets: dict[tuple[str, str, str], dict[Any, int]] = {}
-        self._transaction: dict[tuple[str, str, str], list[tuple[str, int]]] | None = None
+        kept = {} if kept is None else kept
+        self._sets: dict[tuple[str, str, str], dict[Any, int]] = kept.setdefault("sets", {})
+        self._by_line: dict[tuple[str, str, str], dict[int, list[Any]]] = kept.setdefault("by_line", {})
+        # "transaction": the `add element` chunks by set; "headers": a listing's sets by their first line
+        self._read: dict[str, Any] = kept.setdefault("read", {})
 
     def line(self, family: str, table: str, s: Set, element: Element) -> int:
         if self.ruleset.format == "nft-json" or self.ruleset.text is None:
@@ -37,6 +44,49 @@ class ElementLines:
         if index is None:
             index = self._sets[key] = self._index(family, table, s)
         return index.get(element.key, s.line or 0)
+
+    def at_line(self, line: int) -> tuple[Table, Set, tuple[Element, ...]] | None:
+        """The set or map whose elements input line `line` writes, and those elements (None: it writes none)."""
+        if self.ruleset.format == "nft-json" or self.ruleset.text is None:
+            return None
+        found = self._set_at(line)
+        if found is None:
+            return None
+        table, s = found
+        key = (table.family, table.name, s.name)
+        by_line = self._by_line.get(key)
+        if by_line is None:
+            index = self._sets.get(key)
+            if index is None:
+                index = self._sets[key] = self._index(table.family, table.name, s)
+            by_line = self._by_line[key] = {}
+            for element_key, at in index.items():
+                by_line.setdefault(at, []).append(element_key)
+        keys = by_line.get(line)
+        if not keys:
+            return None
+        wanted = set(keys)
+        return table, s, tuple(e for e in s.elements if e.key in wanted)
+
+    def _set_at(self, line: int) -> tuple[Table, Set] | None:
+        """The set an element on `line` would belong to: in a transaction the one its `add element` names, in a
+        listing the last set block that starts above it (at_line checks that the line is among its elements)."""
+        if self.ruleset.format == "nft-transaction":
+            text = self._line(line - 1)
+            m = _ADD_ELEMENT_RE.match(text) if text is not None and "element" in text else None
+            if m is None:
+                return None
+            table = self.ruleset.table(m.group(1) or "ip", m.group(2))
+            s = table.set(m.group(3)) if table is not None else None
+            return (table, s) if table is not None and s is not None else None
+        headers: tuple[list[int], list[tuple[Table, Set]]] | None = self._read.get("headers")
+        if headers is None:
+            found = sorted(((s.line, t, s) for t in self.ruleset.tables for s in t.sets if s.line),
+                           key=lambda x: x[0])
+            headers = self._read["headers"] = ([at for at, _, _ in found], [(t, s) for _, t, s in found])
+        starts, sets = headers
+        i = bisect_right(starts, line) - 1
+        return sets[i] if i >= 0 else None
 
     def _line(self, i: int) -> str | None:
         """Line `i + 1` of the text, None past its end: read from the ruleset's own index (source.SourceText, which
@@ -125,7 +175,8 @@ class ElementLines:
         return out
 
     def _transaction_chunks(self) -> dict[tuple[str, str, str], list[tuple[str, int]]]:
-        if self._transaction is None:
+        chunks: dict[tuple[str, str, str], list[tuple[str, int]]] | None = self._read.get("transaction")
+        if chunks is None:
             found: dict[tuple[str, str, str], list[tuple[str, int]]] = {}
             for i, text in enumerate((self.ruleset.text or "").split("\n")):
                 if "element" not in text:
@@ -141,8 +192,8 @@ class ElementLines:
                     chunk = c.group().strip()
                     if chunk:
                         found.setdefault((family, table, name), []).append((chunk, i + 1))
-            self._transaction = found
-        return self._transaction
+            chunks = self._read["transaction"] = found
+        return chunks
 
 
 def _closing(text: str) -> int | None:

@@ -516,6 +516,7 @@ class Ruleset:
     text: str | None = field(default=None, repr=False)
     source_text: SourceText | None = field(default=None, repr=False)  # of `text` (the loader's, shared)
     _tables: Mapping[tuple[str, str], Table] = field(default_factory=dict, repr=False)
+    _evidence: dict[str, Any] = field(default_factory=dict, repr=False)  # (what evidence_text read of the text)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_tables", {(t.family, t.name): t for t in self.tables})
@@ -539,6 +540,15 @@ class Ruleset:
 
     def line_texts(self, lines: Collection[int]) -> dict[int, str | None]:
         return {x: self.line_text(x) for x in lines}  # (each line is found in the kept text directly)
+
+    def evidence_text(self, line: int) -> str | None:
+        """Input line `line` as a trace's path shows it: a listing's or transaction's line of set or map elements
+        as `element ip kube-proxy service-ips { … }` (the line alone names neither set nor table), any other as
+        line_text."""
+        from iptrace.nftables.lines import ElementLines
+        from iptrace.nftables.steps import evidence_text
+
+        return evidence_text(self, ElementLines(self, self._evidence), line)
 
     @property
     def rule_count(self) -> int:

@@ -340,6 +340,15 @@ class PortReader:
                 if rule.line:
                     lines.add(rule.line)
         lines.discard(0)
+        handles: list[int] = []
+        dnat: list[tuple[str, int]] = []
+        if self.ruleset.format == "nft-json":  # (no lines: the rules' kernel handles say which they are)
+            for chain in own_chains + [c for c in table.chains_named(endpoint_chains) if c is not None]:
+                for rule in chain.rules:
+                    if rule.handle is not None:
+                        handles.append(rule.handle)
+                        if any(isinstance(item, Nat) and item.kind == "dnat" for item in rule.items):
+                            dnat.append((chain.name, rule.handle))
         lb_ips = {w.address for w in ways if w.kind == LOAD_BALANCER}
         ranges: list[str] = []
         for rule in (fw.rules if fw is not None else ()):
@@ -380,7 +389,7 @@ class PortReader:
             local.name if local is not None else None, (*sorted(chains), *endpoint_chains), tuple(sorted(lines)),
             etp, itp, affinity, tuple(sorted(ranges, key=_range_order)), None, g.no_endpoints, g.no_local_endpoints,
             () if g.name else ("no chain name or element comment names this Service port; pass cluster data to name "
-                               "it by its address",))
+                               "it by its address",), tuple(handles), tuple(dnat))
 
 
 def _range_order(text: str) -> tuple[int, int, int, str]:

@@ -17,7 +17,7 @@ from typing import Any
 from iptrace.dataplane import Decision, Step
 from iptrace.nftables import render
 from iptrace.nftables.lines import ElementLines
-from iptrace.nftables.model import Element, Nat, Reject, Ruleset, Verdict
+from iptrace.nftables.model import Element, Nat, Reject, Ruleset, Table, Verdict
 from iptrace.nftables.names import (
     CLUSTER_IPS_CHECK,
     FIREWALL_ALLOW_CHECK,
@@ -45,6 +45,27 @@ def _verdict_of(items: Sequence[Any]) -> str:
         if isinstance(item, Nat) and item.kind == "dnat":
             return "dnat"
     return ""
+
+
+def element_text(table: Table, set_name: str, elements: Sequence[Element]) -> str:
+    """Elements of a set or map as a path shows them, whatever the input's form: `element ip kube-proxy
+    service-ips { 10.96.0.10 . udp . 53 : goto service-… }` (nft's own syntax for them; a listing's element line
+    alone names neither its set nor its table)."""
+    s = table.set(set_name)
+    keys = s.key_type if s is not None else ()
+    data = s.data_type if s is not None else None
+    listed = ", ".join(render.element(e, keys, data) for e in elements)
+    return f"element {table.label} {render.name(set_name)} {{ {listed} }}"
+
+
+def evidence_text(ruleset: Ruleset, lines: ElementLines, line: int) -> str | None:
+    """Input line `line` in the form a path shows it (Ruleset.evidence_text): a line of set or map elements as
+    its elements (element_text), any other line as the ruleset's own text."""
+    found = lines.at_line(line)
+    if found is None:
+        return ruleset.line_text(line)
+    table, s, elements = found
+    return element_text(table, s.name, elements)
 
 
 class StepMaker:
@@ -99,10 +120,7 @@ class StepMaker:
             kube = table.name == KUBE_PROXY_TABLE and table.family in KUBE_PROXY_FAMILIES
             chain = code.name
             if element is not None:
-                s = table.set(set_name)
-                keys = s.key_type if s is not None else ()
-                data = s.data_type if s is not None else None
-                text = f"element {table.label} {render.name(set_name)} {{ {render.element(element, keys, data)} }}"
+                text = element_text(table, set_name, (element,))
                 kind, service = "", element.comment
                 if kube:
                     target = element.data.target if isinstance(element.data, Verdict) else None

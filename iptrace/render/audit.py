@@ -8,7 +8,7 @@ from typing import Any
 
 from iptrace.kube.audit import AuditReport
 from iptrace.kube.compare import Finding
-from iptrace.kube.diff import Diff
+from iptrace.kube.diff import Diff, family_name
 from iptrace.text import counted
 
 AUDIT_FORMAT = 1
@@ -107,7 +107,7 @@ def diff_to_json(d: Diff) -> dict[str, Any]:
     """The diff as a JSON-ready dict; keys are stable (the README's JSON reference)."""
     def side(s: Any) -> dict[str, Any]:
         return {"service": s.service, "cluster_ip": s.cluster_ip, "port": s.port, "node_port": s.node_port,
-                "endpoints": list(s.endpoints)}
+                "endpoints": list(s.endpoints), "family": s.family}
 
     def value(v: object) -> object:
         return list(v) if isinstance(v, tuple) else v
@@ -124,6 +124,7 @@ def diff_to_json(d: Diff) -> dict[str, Any]:
             "endpoints": [{"endpoint": e.endpoint, "change": e.change, "a": e.before, "b": e.after}
                           for e in c.endpoints],
             "forwarding": [{"way": f.way, "client": f.client, "a": f.before, "b": f.after} for f in c.forwarding],
+            "family": c.family,
         } for c in d.changed],
         "rules": [{"table": r.table, "chain": r.chain, "change": r.change, "rule": r.rule, "line": r.line}
                   for r in d.rules],
@@ -148,7 +149,7 @@ def _fmt(v: object) -> str:
 
 def _verdict_line(d: Diff) -> str:
     """The migration check's answer (or a diff's, when only rules outside kube-proxy's chains differ)."""
-    ports = len({*(s.service for s in d.added), *(s.service for s in d.removed), *(c.service for c in d.changed)})
+    ports = len({(x.family, x.service) for x in (*d.added, *d.removed, *d.changed)})
     if d.equivalent:
         return "equivalent: every Service port is forwarded alike" + (
             f" in {d.mode_a} and {d.mode_b} mode" if d.mode_a != d.mode_b else "")
@@ -162,6 +163,19 @@ def _host_port(ip: str, port: int | None) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
+_MASQUERADED = " (masqueraded)"
+
+
+def _fares_change(before: str, after: str) -> str:
+    """`before -> after`; when only masquerading changed, the DNAT once (it may list many endpoints) and then
+    that change."""
+    dnat = before.removesuffix(_MASQUERADED)
+    if not dnat.startswith("DNAT") or dnat != after.removesuffix(_MASQUERADED):
+        return f"{before} -> {after}"
+    masq = {True: "masqueraded", False: "not masqueraded"}
+    return f"{dnat}; {masq[before.endswith(_MASQUERADED)]} -> {masq[after.endswith(_MASQUERADED)]}"
+
+
 def render_diff_text(d: Diff) -> str:
     """`-`/`+` lines per Service port, then the rules changed outside kube-proxy's chains, then the notes."""
     out = [f"--- {d.a}", f"+++ {d.b}", *(f"warning: {w}" for w in d.warnings)]
@@ -173,12 +187,16 @@ def render_diff_text(d: Diff) -> str:
     elif d.era_a != d.era_b:
         out.append(f"kube-proxy layout: {d.era_a} -> {d.era_b}")
     out.append(_verdict_line(d))
+    # (kube-proxy names a dual-stack Service's ports alike in both families: which one, when both are compared)
+    def family(x: Any) -> str:
+        return f" ({family_name(x.family)})" if len(d.families) > 1 else ""
+
     for sign, sides in (("-", d.removed), ("+", d.added)):
         for s in sides:
             where = f" {_host_port(s.cluster_ip, s.port)}" if s.cluster_ip else ""
-            out.append(f"{sign} service {s.service}{where} ({counted(len(s.endpoints), 'endpoint')})")
+            out.append(f"{sign} service {s.service}{family(s)}{where} ({counted(len(s.endpoints), 'endpoint')})")
     for c in d.changed:
-        out.append(f"~ service {c.service}")
+        out.append(f"~ service {c.service}{family(c)}")
         for f in c.fields:
             out.append(f"    {f.field}: {_fmt(f.before)} -> {_fmt(f.after)}")
         for e in c.endpoints:
@@ -191,7 +209,8 @@ def render_diff_text(d: Diff) -> str:
             else:
                 out.append(f"    ~ endpoint {e.endpoint} local {_fmt(e.before)} -> {_fmt(e.after)}")
         for f in c.forwarding:
-            out.append(f"    ~ {f.way} from {_CLIENT_WORDS.get(f.client, f.client)}: {f.before} -> {f.after}")
+            client = _CLIENT_WORDS.get(f.client, f.client)
+            out.append(f"    ~ {f.way} from {client}: {_fares_change(f.before, f.after)}")
     if d.rules:
         out.append("rules outside kube-proxy's chains:")
         for r in d.rules:

@@ -89,7 +89,7 @@ def _path_json(p: SourcePath, shares: _Shares = _SHARES) -> dict[str, Any]:
 
 def service_to_json(s: ServicePortView, shares: _Shares = _SHARES) -> dict[str, Any]:
     """One Service port as a JSON object (see the README's JSON reference for every key)."""
-    return {
+    out = {
         "service": s.label,
         "namespace": s.namespace,
         "name": s.name,
@@ -123,6 +123,13 @@ def service_to_json(s: ServicePortView, shares: _Shares = _SHARES) -> dict[str, 
         "lines": list(s.lines),
         "notes": list(s.notes),
     }
+    if s.handles:  # (input without lines, nft -j: the kernel's rule handles say which rules, as in a trace)
+        dnat = dict(s.dnat_handles)
+        for ep, doc in zip(s.endpoints, out["endpoints"], strict=True):
+            if ep.chain in dnat:
+                doc["handle"] = dnat[ep.chain]
+        out = {**{k: v for k, v in out.items() if k != "notes"}, "handles": list(s.handles), "notes": out["notes"]}
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ JSON text
@@ -192,12 +199,13 @@ def _entry_text(e: EntryView) -> str:
             f'"notes": {_strings(e.notes)}, "lines": {list(e.lines)!r}}}')
 
 
-def _endpoints_text(endpoints: Sequence[EndpointView]) -> str:
+def _endpoints_text(endpoints: Sequence[EndpointView], dnat: dict[str, int] | None = None) -> str:
     if not endpoints:
         return "[]"
     shares = _SHARE_TEXTS
     out = []
     for ep in endpoints:
+        handle = f', "handle": {dnat[ep.chain]!r}' if dnat and ep.chain in dnat else ""
         ip, port, local = ep.ip, ep.port, ep.local_probability
         if port is None:
             address, port_text = ip, "null"
@@ -206,7 +214,7 @@ def _endpoints_text(endpoints: Sequence[EndpointView]) -> str:
         out.append(f'{{"ip": {_text(ip)}, "port": {port_text}, "address": {_text(address)}, '
                    f'"probability": {shares[ep.probability]}, "local": {"true" if ep.local else "false"}, '
                    f'"local_probability": {"null" if local is None else shares[local]}, '
-                   f'"chain": {_text(ep.chain)}, "line": {repr(ep.line) if ep.line else "null"}}}')
+                   f'"chain": {_text(ep.chain)}, "line": {repr(ep.line) if ep.line else "null"}{handle}}}')
     return "[" + ", ".join(out) + "]"
 
 
@@ -217,6 +225,7 @@ def service_json_text(s: ServicePortView) -> str:
     """`_COMPACT.encode(service_to_json(s))`, written directly."""
     timeout, cluster_ip, port, node_port = s.session_affinity_timeout, s.cluster_ip, s.port, s.node_port
     check, etp, itp = s.health_check_node_port, s.external_traffic_policy, s.internal_traffic_policy
+    handles = f'"handles": {list(s.handles)!r}, ' if s.handles else ""
     return (
         f'{{"service": {_text(s.label)}, "namespace": {_text(s.namespace)}, "name": {_text(s.name)}, '
         f'"port_name": {_text(s.port_name)}, "protocol": {_text(s.protocol)}, "type": {_text(s.type)}, '
@@ -232,9 +241,9 @@ def service_json_text(s: ServicePortView) -> str:
         f'"session_affinity_timeout": {"null" if timeout is None else repr(timeout)}, '
         f'"no_endpoints": {"true" if s.no_endpoints else "false"}, '
         f'"no_local_endpoints": {"true" if s.no_local_endpoints else "false"}, '
-        f'"endpoints": {_endpoints_text(s.endpoints)}, '
+        f'"endpoints": {_endpoints_text(s.endpoints, dict(s.dnat_handles) if s.handles else None)}, '
         f'"entries": {"[" + ", ".join(map(_entry_text, s.entries)) + "]" if s.entries else "[]"}, '
-        f'"chains": {_strings(s.chains)}, "lines": {list(s.lines)!r}, "notes": {_strings(s.notes)}}}')
+        f'"chains": {_strings(s.chains)}, "lines": {list(s.lines)!r}, {handles}"notes": {_strings(s.notes)}}}')
 
 
 def services_to_json(view: KubeView, cluster: Any = None) -> list[dict[str, Any]]:
