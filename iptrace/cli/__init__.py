@@ -181,6 +181,6 @@ def kubectl_plugin() -> None:
 
 
 # The commands register themselves on `main` (each module is small enough to read in one sitting).
-from iptrace.cli import analysis, fleet  # noqa: E402
+from iptrace.cli import analysis, diff, fleet  # noqa: E402
 
-__all__ = ["analysis", "fleet", "kubectl_plugin", "main"]
+__all__ = ["analysis", "diff", "fleet", "kubectl_plugin", "main"]
