@@ -10,10 +10,15 @@ from iptrace.nftables.model import AnonSet, Element, Prefix, Range, Set
 from iptrace.nftables.state import ip_int, prefix_bounds
 
 
+def _wildcard(value: Any) -> bool:
+    """A string ending in `*` (`iifname "veth*"`): nft matches every string it begins (a prefix compare)."""
+    return isinstance(value, str) and value.endswith("*")
+
+
 def _interval(value: Any) -> bool:
-    if isinstance(value, (Prefix, Range)):
+    if isinstance(value, (Prefix, Range)) or _wildcard(value):
         return True
-    return isinstance(value, tuple) and any(isinstance(p, (Prefix, Range)) for p in value)
+    return isinstance(value, tuple) and any(isinstance(p, (Prefix, Range)) or _wildcard(p) for p in value)
 
 
 def _order(value: Any) -> Any:
@@ -27,7 +32,8 @@ def _order(value: Any) -> Any:
 
 
 def covers(part: Any, value: Any) -> bool:
-    """Whether one element (part) holds `value`: a prefix or range contains it, a scalar equals it."""
+    """Whether one element (part) holds `value`: a prefix or range contains it, a wildcard string begins it, a
+    scalar equals it."""
     if isinstance(part, Prefix):
         if not isinstance(value, str):
             return False
@@ -45,6 +51,8 @@ def covers(part: Any, value: Any) -> bool:
     if isinstance(part, tuple):
         return isinstance(value, tuple) and len(part) == len(value) and all(
             covers(p, v) for p, v in zip(part, value, strict=True))
+    if _wildcard(part):
+        return isinstance(value, str) and value.startswith(part[:-1])
     return bool(part == value)
 
 
