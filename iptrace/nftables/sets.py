@@ -58,7 +58,9 @@ def covers(part: Any, value: Any) -> bool:
 
 class SetIndex:
     """The elements of one set, map or anonymous set, ready for look-ups. `dynamic`: a set the packet path fills
-    (`update @set { ip saddr }`, session affinity): a first packet finds none of its entries."""
+    (`update @set { ip saddr }`, session affinity; loading flags every set a rule updates `dynamic`): a first
+    packet finds none of its entries. A timeout alone does not make one: the elements of a set no rule fills (a
+    firewall's block list with `flags timeout`) are looked up as listed, as the kernel does."""
 
     __slots__ = ("dynamic", "exact", "name", "ranged", "set")
 
@@ -72,7 +74,7 @@ class SetIndex:
                 self.ranged.append(e)
             else:
                 self.exact.setdefault(e.key, e)
-        self.dynamic = source is not None and ("dynamic" in source.flags or "timeout" in source.flags)
+        self.dynamic = source is not None and "dynamic" in source.flags
 
     @classmethod
     def of(cls, s: Set | AnonSet) -> SetIndex:
