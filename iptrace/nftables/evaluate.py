@@ -214,8 +214,9 @@ def _meta(e: Meta, where: str) -> Getter:
         return lambda s: s.mark
     if key == "nftrace":
         return lambda s: 0
-    if key in ("iifname", "oifname"):
-        inbound = key == "iifname"
+    if key in ("iifname", "oifname", "iif", "oif"):
+        # (iif/oif compare the interface's index; a listing names the interface that holds it: compared by name)
+        inbound = key[0] == "i"
         note = (f"{where}: the {'input' if inbound else 'output'} interface is not known (pass --in-interface): "
                 f"assumed none of the names this rule tests")
 
@@ -529,7 +530,8 @@ def forks(e: Any) -> list[Numgen | Hash] | list[Chance]:
 _PAYLOAD_FIELDS = {"saddr": ("src",), "daddr": ("dst",), "dport": ("dport", "proto"), "sport": ("sport", "proto"),
                    "protocol": ("proto",), "nexthdr": ("proto",), "flags": ("proto",)}
 _META_FIELDS = {"l4proto": ("proto",), "mark": ("mark",), "iifname": ("in_iface",), "oifname": ("out_iface",),
-                "nfproto": (), "protocol": (), "nftrace": (), "pkttype": ("dst",)}
+                "iif": ("in_iface",), "oif": ("out_iface",), "nfproto": (), "protocol": (), "nftrace": (),
+                "pkttype": ("dst",)}
 # (every ct key reads `notrack`: whether the packet has a connection)
 _CT_FIELDS = {"state": ("notrack",), "status": ("notrack", "dnat_by", "snat"), "mark": ("notrack", "ct_mark"),
               "direction": ("notrack",), "l3proto": ("notrack",), "protocol": ("notrack", "proto"),
