@@ -300,6 +300,8 @@ class RuleReader:
             if self.word() in EXPRESSION_WORDS:
                 data = (addr_type, "inet_service") if addr_port else (addr_type,)
                 target = (self.read_value_expression(data), None)
+                if (t := self.peek()) is not None and t.text.startswith(":"):
+                    target = (target[0], self._nat_port(t))
             else:
                 target_tok = self.take()
                 if target_tok.text in _PUNCT:
@@ -320,6 +322,17 @@ class RuleReader:
             return nat_from_text(kind, family, addr_type, tuple(flags))(target_tok.text)
         except ValueError as exc:
             raise self.error(str(exc), target_tok.col) from None
+
+    def _nat_port(self, t: Tok) -> Any:
+        """The port after an address a map chooses: `map { … }:8080` (one token; a range, or `:tcp dport map
+        { … }` glued to its first word, as the kernel lists it), `map { … } : 8080`."""
+        port = values.normaliser("inet_service")
+        if t.text != ":" and t.text[1:] not in EXPRESSION_WORDS:
+            self.pos += 1
+            return Slot(t.slot, lambda text: port(text[1:])) if t.slot >= 0 else port(t.text[1:])
+        self.toks[self.pos:self.pos + 1] = [Tok(":", t.col)] + ([Tok(t.text[1:], t.col + 1)] if t.text != ":" else [])
+        self.pos += 1
+        return self.read_value_expression(("inet_service",))
 
     def read_set_update(self, op: str) -> SetUpdate:
         self.pos += 1

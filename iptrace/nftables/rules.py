@@ -177,25 +177,33 @@ def _plain_op(item: Any, ctx: Context, where: str, named: Named, family: str) ->
     return (FAIL, f"{where}: {type(item).__name__} is not modeled: assumed the rule does not match")
 
 
+def _looked_up(m: MapLookup, ctx: Context, where: str, named: Named) -> Callable[[State], Any] | str:
+    """The value a NAT map gives a packet (NA when it holds no element for it), or why it cannot be looked up."""
+    key = getter(m.key, ctx, where)
+    if isinstance(m.map, SetRef):
+        index, problem = named(m.map.name)
+        if index is None:
+            return f"{where}: {problem}: assumed no element matches"
+    else:
+        index = SetIndex.of(m.map)
+
+    def found(s: State) -> Any:
+        k = key(s)
+        if k is NA or isinstance(k, Unknown):
+            return NA
+        element = index.find(k)
+        return NA if element is None else element.data
+    return found
+
+
 def _nat(item: Nat, ctx: Context, where: str, named: Named, family: str) -> tuple[Any, ...]:
     version = {"ip": 4, "ip6": 6}.get(item.family or "") or {"ip": 4, "ip6": 6}.get(family)
     addr: Any = item.addr
     note = None
     if isinstance(addr, MapLookup):
-        key = getter(addr.key, ctx, where)
-        if isinstance(addr.map, SetRef):
-            index, problem = named(addr.map.name)
-            if index is None:
-                return (FAIL, f"{where}: {problem}: assumed no element matches")
-        else:
-            index = SetIndex.of(addr.map)
-
-        def target(s: State) -> Any:
-            k = key(s)
-            if k is NA or isinstance(k, Unknown):
-                return NA
-            found = index.find(k)
-            return NA if found is None else found.data
+        target = _looked_up(addr, ctx, where, named)
+        if isinstance(target, str):
+            return (FAIL, target)
     elif isinstance(addr, (Range, Prefix)):
         low = addr.low if isinstance(addr, Range) else addr.addr
         note = f"{where}: {item.kind} to an address range: the kernel picks one per connection; shown as {low}"
@@ -206,8 +214,20 @@ def _nat(item: Nat, ctx: Context, where: str, named: Named, family: str) -> tupl
     if isinstance(port, Range):
         note = f"{where}: {item.kind} to a port range: the kernel picks one per connection; shown as {port.low}"
         port = port.low
-    # Whether the packet chooses the address (a map keyed by its fields; memo.py cannot share such a walk).
-    chosen = isinstance(addr, MapLookup) and not all(isinstance(e, (Numgen, Hash)) for e in _parts(addr.key))
+    elif isinstance(port, MapLookup):  # `dnat to … map { … }:tcp dport map { … }`
+        if item.kind == "redirect":
+            return (FAIL, f"{where}: redirect to a port a map chooses is not modeled: assumed the rule does not match")
+        port_of, address = _looked_up(port, ctx, where, named), target
+        if isinstance(port_of, str):
+            return (FAIL, port_of)
+
+        def target(s: State) -> Any:  # (address, port): what an `addr . port` map gives
+            a, p = address(s), port_of(s)  # type: ignore[operator]
+            return NA if a is NA or p is NA else (a[0] if isinstance(a, tuple) else a, p)
+        port = None
+    # Whether the packet chooses the address or port (a map keyed by its fields; memo.py cannot share such a walk).
+    chosen = any(isinstance(m, MapLookup) and not all(isinstance(e, (Numgen, Hash)) for e in _parts(m.key))
+                 for m in (addr, item.port))
     return (NAT, item.kind, version, target, port, note, chosen)
 
 
