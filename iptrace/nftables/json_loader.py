@@ -285,6 +285,12 @@ class JsonReader:
                 return Counter(body)
             body = body or {}
             return Counter(None, body.get("packets"), body.get("bytes"))
+        if kind == "mangle" and "tcp option" in body["key"]:  # (MSS clamping, as the text listing reads it)
+            option, value = body["key"]["tcp option"], body["value"]
+            setting = ["rt", "mtu"] if value == {"rt": {"key": "mtu"}} else [str(value)] if type(value) is int else []
+            if not setting or "field" not in option:
+                raise _Bad
+            return make_statement("tcp", ("option", option["name"], option["field"], "set", *setting))
         if kind == "mangle":
             key = self.expr(body["key"])
             return Mangle(key, self.operand(body["value"], expr_type(key, self.family)))

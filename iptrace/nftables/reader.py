@@ -241,6 +241,8 @@ class RuleReader:
             return Xt(kind, self.value(values.unquote))
         if w in OPTION_STATEMENTS:
             return self.read_option_statement(w)
+        if w == "tcp" and self.word(1) == "option" and self.word(4) == "set":
+            return self.read_tcp_option()
         if w in EXPRESSION_WORDS:
             return self.read_expression_item()
         raise NotUnderstood
@@ -364,6 +366,16 @@ class RuleReader:
                             Slot(t.slot, lambda s: "@" + s) if t.ref else t.text)
                 self.pos += 1
         return Call(make_statement, (keyword, tuple(args)))
+
+    def read_tcp_option(self) -> Any:
+        """`tcp option maxseg size set 1400` / `… set rt mtu` (MSS clamping): a statement rewriting an option of
+        the TCP header. (The test `tcp option maxseg size 1460` is an Unknown: the sender chose the value.)"""
+        n = 7 if self.word(5) == "rt" else 6
+        args = [Slot(t.slot, None) if t.slot >= 0 else t.text for t in self.toks[self.pos + 1:self.pos + n]]
+        if len(args) != n - 1 or any(isinstance(a, str) and a in _PUNCT for a in args):
+            raise NotUnderstood
+        self.pos += n
+        return Call(make_statement, ("tcp", tuple(args)))
 
     # -- expressions -------------------------------------------------------------------------------------
     def read_single_expression(self) -> Any:

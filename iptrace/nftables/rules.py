@@ -265,7 +265,7 @@ def _mangle(item: Mangle, ctx: Context, where: str) -> tuple[Any, ...] | None:
 
 def _statement(item: Statement, where: str) -> tuple[Any, ...] | None:
     word = item.keyword
-    if word in ("log", "last", "secmark", "flow", "dup"):
+    if word in ("log", "last", "secmark", "flow", "dup", "tcp"):  # (`tcp option … set`: the MSS, not the path)
         return None
     if word == "notrack":
         return (NOTRACK,)
