@@ -226,8 +226,8 @@ def _nat(item: Nat, ctx: Context, where: str, named: Named, family: str) -> tupl
             return NA if a is NA or p is NA else (a[0] if isinstance(a, tuple) else a, p)
         port = None
     # Whether the packet chooses the address or port (a map keyed by its fields; memo.py cannot share such a walk).
-    chosen = any(isinstance(m, MapLookup) and not all(isinstance(e, (Numgen, Hash)) for e in _parts(m.key))
-                 for m in (addr, item.port))
+    chosen = (isinstance(addr, MapLookup) and not all(isinstance(e, (Numgen, Hash)) for e in _parts(addr.key))) or (
+        isinstance(item.port, MapLookup) and not all(isinstance(e, (Numgen, Hash)) for e in _parts(item.port.key)))
     return (NAT, item.kind, version, target, port, note, chosen)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from iptrace.nftables.model import AnonSet, Element, Prefix, Range, Set
 from iptrace.nftables.state import ip_int, prefix_bounds
+from iptrace.nftables.vocabulary import STRING_TYPES
 
 
 def _wildcard(value: Any) -> bool:
@@ -16,9 +17,13 @@ def _wildcard(value: Any) -> bool:
 
 
 def _interval(value: Any) -> bool:
-    if isinstance(value, (Prefix, Range)) or _wildcard(value):
+    if isinstance(value, (Prefix, Range)):
         return True
-    return isinstance(value, tuple) and any(isinstance(p, (Prefix, Range)) or _wildcard(p) for p in value)
+    return isinstance(value, tuple) and any(isinstance(p, (Prefix, Range)) for p in value)
+
+
+def _wildcarded(value: Any) -> bool:
+    return _wildcard(value) or (isinstance(value, tuple) and any(_wildcard(p) for p in value))
 
 
 def _order(value: Any) -> Any:
@@ -69,8 +74,10 @@ class SetIndex:
         self.set = source
         self.exact: dict[Any, Element] = {}
         self.ranged: list[Element] = []
+        # (only keys of a string type can be wildcards: `service-ips` need not be looked over for them)
+        strings = source is None or any(t in STRING_TYPES for t in source.key_type)
         for e in elements:
-            if _interval(e.key):
+            if _interval(e.key) or (strings and _wildcarded(e.key)):
                 self.ranged.append(e)
             else:
                 self.exact.setdefault(e.key, e)
