@@ -368,6 +368,8 @@ def compile_match(m: Match, ctx: Context, where: str,
     fast = address_equals(m)
     if fast is not None:
         return fast, None
+    if isinstance(m.left, Fib) and "iif" in m.left.flags and m.left.result == "type":
+        return None, _on_iif(m, ctx, where, named)
     get = getter(m.left, ctx, where)
     dtype = expr_type(m.left)
     negated = m.op == "!="
@@ -410,6 +412,20 @@ def compile_match(m: Match, ctx: Context, where: str,
             return negated, v.note
         return _compare(m.op, v, right, dtype), None
     return None, compare
+
+
+def _on_iif(m: Match, ctx: Context, where: str, named: Callable[[str], tuple[SetIndex | None, str | None]]) -> Test:
+    """`fib daddr . iif type local`: local only on the interface the packet came in on (a node address another
+    interface holds is unicast there). Which interface holds which address the rules do not say: assumed its own."""
+    flags = m.left.flags
+    definite, test = compile_match(Match(Fib(tuple(f for f in flags if f != "iif"), "type"), m.op, m.right), ctx,
+                                   where, named)
+    note = f"{where}: fib {' . '.join(flags)} type: assumed the node address is on the interface the packet came in on"
+
+    def on_iif(s: State) -> tuple[bool, str | None]:
+        held, why = (definite(s), None) if definite is not None else test(s)  # type: ignore[misc]
+        return held, why or (note if (s.dst if "daddr" in flags else s.src) in ctx.local else None)
+    return on_iif
 
 
 def address_equals(m: Match) -> Definite | None:
