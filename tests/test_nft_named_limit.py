@@ -1,7 +1,8 @@
 """`limit name "x"` / `quota name "x"` (found by kernfuzz2, judged by the kernel): a named limit's rate, and
 whether it is `over`, is in the object's declaration (`limit x { rate over 10/second }`), not in the rule. iptrace
 read the rule alone and took every named limit for one that matches under its rate, so `limit name "over-rate"
-drop` was predicted to drop the first packet the kernel let through."""
+drop` was predicted to drop the first packet the kernel let through; the JSON listing's named limit statement was
+not understood at all, and its limit objects had no declaration."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from iptrace import dataplanes
 from iptrace.dataplane import Packet, Trace
 from iptrace.nftables import load
 from iptrace.nftables.walk import Tracer
 from tests.oracle import NODE_IP, Topology
-from tests.oracle.nft import list_ruleset, load_nft, requires_nft
+from tests.oracle.nft import list_ruleset, load_nft, nft, requires_nft
 
 POD, PORT = "198.18.128.10", 8080
 OVER, UNDER, QUOTA, UNDECLARED = "198.18.64.6", "198.18.64.7", "198.18.64.8", "198.18.64.9"
@@ -51,21 +53,24 @@ def test_an_undeclared_object_is_assumed_not_to_match() -> None:
 
 
 @pytest.fixture(scope="module")
-def node() -> Iterator[tuple[Topology, Tracer]]:
+def node() -> Iterator[tuple[Topology, list[Tracer]]]:
     with Topology("nft") as topo:
         topo.add_pod_ip(POD)
         for src, _ in CASES:
             topo.add_client_ip(src)
         topo.start_server(tcp_ports=[PORT])
         load_nft(topo, RULES)
-        yield topo, Tracer(load(list_ruleset(topo)), node_ips=topo.node_ips)
+        _, from_json = dataplanes.load(nft(topo, "-j", "list", "ruleset"), source="nft -j list ruleset")
+        yield topo, [Tracer(load(list_ruleset(topo)), node_ips=topo.node_ips),
+                     Tracer(from_json, node_ips=topo.node_ips)]
 
 
 @pytest.mark.root
 @requires_nft()
 @pytest.mark.parametrize(("src", "passes"), CASES)
-def test_the_kernel_agrees(node: tuple[Topology, Tracer], src: str, passes: bool) -> None:
-    topo, tracer = node
+def test_the_kernel_agrees(node: tuple[Topology, list[Tracer]], src: str, passes: bool) -> None:
+    topo, tracers = node
     result = topo.probe("client", POD, PORT, src_ip=src, timeout=0.5)
     assert result.outcome == ("connected" if passes else "timeout"), result
-    assert [o.verdict for o in trace(tracer, src).outcomes] == (["ACCEPT"] if passes else ["DROP"])
+    for tracer in tracers:  # the text listing and the JSON one
+        assert [o.verdict for o in trace(tracer, src).outcomes] == (["ACCEPT"] if passes else ["DROP"])

@@ -306,6 +306,8 @@ class JsonReader:
                              timeout * 1000 if timeout is not None else None)
         if kind == "xt":
             return Xt(body["type"], body["name"])
+        if kind in ("limit", "quota") and isinstance(body, str):  # a named object: `limit name "x"`
+            return make_statement(kind, ("name", values.quote(body)))
         if kind in ("log", "limit", "notrack", "quota", "queue"):
             return make_statement(kind, tuple(self.statement_args(kind, body or {})))
         raise _Bad
@@ -529,4 +531,7 @@ def _object_body(kind: str, body: dict[str, Any]) -> tuple[str, ...]:
         return (f"{'over ' if body.get('inv') else ''}{body.get('bytes', 0)} bytes",)
     if kind == "ct helper":
         return (f"type {values.quote(body.get('type', ''))} protocol {body.get('protocol', 'tcp')}",)
+    if kind == "limit":  # (as the text listing writes it: `limit name "x"` reads whether it is `over`)
+        unit = "" if body.get("unit", "packets") == "packets" else f" {body.get('rate_unit', 'bytes')}"
+        return (f"rate {'over ' if body.get('inv') else ''}{body.get('rate', 0)}{unit}/{body.get('per', 'second')}",)
     return ()
