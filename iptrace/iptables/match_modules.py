@@ -262,9 +262,10 @@ def match_conntrack(opts: Sequence[Opt], ctx: Context, plan: MatchPlan, where: s
                 "--ctreplsrcport": lambda s: s.dport, "--ctrepldstport": lambda s: s.sport}[name]
             other(lambda s, p=port, r=ranges, n=neg: any(a <= p(s) <= b for a, b in r) != n)
         elif name == "--ctstatus":
-            # A connection's first packet has none of EXPECTED, SEEN_REPLY, ASSURED, CONFIRMED.
-            result = ("NONE" in opt.value.upper().split(",")) != neg
-            other(lambda s, r=result: r)
+            # The match holds when the connection has one of the listed status bits (NONE names none). A first
+            # packet has none of EXPECTED, SEEN_REPLY, ASSURED, CONFIRMED (confirmed after the last hook): only
+            # the negated form holds, also `! --ctstatus NONE`, while `--ctstatus NONE` never does.
+            other(lambda s, r=neg: r)
         elif name == "--ctdir":
             result = (opt.value.upper() == "ORIGINAL") != neg
             other(lambda s, r=result: r)

@@ -137,7 +137,7 @@ class ChainWalker:
             where = f"{table.label} {code.name} rule {i + 1}" + (f" (handle {rule.handle})" if rule.handle else "")
         decision = Decision(table.label, code.name, rule.line or 0, handle=rule.handle)
         found = code.compiled[i] = compile_rule(rule, i, decision, where, self.ctx, table.named, table.family,
-                                                table.items)
+                                                table.items, table.table.objects)
         return found
 
     def _run_chain(self, code: ChainCode, s: State, stack: tuple[tuple[str, str], ...]

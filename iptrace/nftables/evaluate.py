@@ -214,8 +214,9 @@ def _meta(e: Meta, where: str) -> Getter:
         return lambda s: s.mark
     if key == "nftrace":
         return lambda s: 0
-    if key in ("iifname", "oifname"):
-        inbound = key == "iifname"
+    if key in ("iifname", "oifname", "iif", "oif"):
+        # (iif/oif compare the interface's index; a listing names the interface that holds it: compared by name)
+        inbound = key[0] == "i"
         note = (f"{where}: the {'input' if inbound else 'output'} interface is not known (pass --in-interface): "
                 f"assumed none of the names this rule tests")
 
@@ -367,6 +368,8 @@ def compile_match(m: Match, ctx: Context, where: str,
     fast = address_equals(m)
     if fast is not None:
         return fast, None
+    if isinstance(m.left, Fib) and "iif" in m.left.flags and m.left.result == "type":
+        return None, _on_iif(m, ctx, where, named)
     get = getter(m.left, ctx, where)
     dtype = expr_type(m.left)
     negated = m.op == "!="
@@ -409,6 +412,20 @@ def compile_match(m: Match, ctx: Context, where: str,
             return negated, v.note
         return _compare(m.op, v, right, dtype), None
     return None, compare
+
+
+def _on_iif(m: Match, ctx: Context, where: str, named: Callable[[str], tuple[SetIndex | None, str | None]]) -> Test:
+    """`fib daddr . iif type local`: local only on the interface the packet came in on (a node address another
+    interface holds is unicast there). Which interface holds which address the rules do not say: assumed its own."""
+    flags = m.left.flags
+    definite, test = compile_match(Match(Fib(tuple(f for f in flags if f != "iif"), "type"), m.op, m.right), ctx,
+                                   where, named)
+    note = f"{where}: fib {' . '.join(flags)} type: assumed the node address is on the interface the packet came in on"
+
+    def on_iif(s: State) -> tuple[bool, str | None]:
+        held, why = (definite(s), None) if definite is not None else test(s)  # type: ignore[misc]
+        return held, why or (note if (s.dst if "daddr" in flags else s.src) in ctx.local else None)
+    return on_iif
 
 
 def address_equals(m: Match) -> Definite | None:
@@ -529,7 +546,8 @@ def forks(e: Any) -> list[Numgen | Hash] | list[Chance]:
 _PAYLOAD_FIELDS = {"saddr": ("src",), "daddr": ("dst",), "dport": ("dport", "proto"), "sport": ("sport", "proto"),
                    "protocol": ("proto",), "nexthdr": ("proto",), "flags": ("proto",)}
 _META_FIELDS = {"l4proto": ("proto",), "mark": ("mark",), "iifname": ("in_iface",), "oifname": ("out_iface",),
-                "nfproto": (), "protocol": (), "nftrace": (), "pkttype": ("dst",)}
+                "iif": ("in_iface",), "oif": ("out_iface",), "nfproto": (), "protocol": (), "nftrace": (),
+                "pkttype": ("dst",)}
 # (every ct key reads `notrack`: whether the packet has a connection)
 _CT_FIELDS = {"state": ("notrack",), "status": ("notrack", "dnat_by", "snat"), "mark": ("notrack", "ct_mark"),
               "direction": ("notrack",), "l3proto": ("notrack",), "protocol": ("notrack", "proto"),

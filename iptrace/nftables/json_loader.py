@@ -285,6 +285,12 @@ class JsonReader:
                 return Counter(body)
             body = body or {}
             return Counter(None, body.get("packets"), body.get("bytes"))
+        if kind == "mangle" and "tcp option" in body["key"]:  # (MSS clamping, as the text listing reads it)
+            option, value = body["key"]["tcp option"], body["value"]
+            setting = ["rt", "mtu"] if value == {"rt": {"key": "mtu"}} else [str(value)] if type(value) is int else []
+            if not setting or "field" not in option:
+                raise _Bad
+            return make_statement("tcp", ("option", option["name"], option["field"], "set", *setting))
         if kind == "mangle":
             key = self.expr(body["key"])
             return Mangle(key, self.operand(body["value"], expr_type(key, self.family)))
@@ -300,6 +306,8 @@ class JsonReader:
                              timeout * 1000 if timeout is not None else None)
         if kind == "xt":
             return Xt(body["type"], body["name"])
+        if kind in ("limit", "quota") and isinstance(body, str):  # a named object: `limit name "x"`
+            return make_statement(kind, ("name", values.quote(body)))
         if kind in ("log", "limit", "notrack", "quota", "queue"):
             return make_statement(kind, tuple(self.statement_args(kind, body or {})))
         raise _Bad
@@ -523,4 +531,7 @@ def _object_body(kind: str, body: dict[str, Any]) -> tuple[str, ...]:
         return (f"{'over ' if body.get('inv') else ''}{body.get('bytes', 0)} bytes",)
     if kind == "ct helper":
         return (f"type {values.quote(body.get('type', ''))} protocol {body.get('protocol', 'tcp')}",)
+    if kind == "limit":  # (as the text listing writes it: `limit name "x"` reads whether it is `over`)
+        unit = "" if body.get("unit", "packets") == "packets" else f" {body.get('rate_unit', 'bytes')}"
+        return (f"rate {'over ' if body.get('inv') else ''}{body.get('rate', 0)}{unit}/{body.get('per', 'second')}",)
     return ()

@@ -241,6 +241,8 @@ class RuleReader:
             return Xt(kind, self.value(values.unquote))
         if w in OPTION_STATEMENTS:
             return self.read_option_statement(w)
+        if w == "tcp" and self.word(1) == "option" and self.word(4) == "set":
+            return self.read_tcp_option()
         if w in EXPRESSION_WORDS:
             return self.read_expression_item()
         raise NotUnderstood
@@ -300,6 +302,8 @@ class RuleReader:
             if self.word() in EXPRESSION_WORDS:
                 data = (addr_type, "inet_service") if addr_port else (addr_type,)
                 target = (self.read_value_expression(data), None)
+                if (t := self.peek()) is not None and t.text.startswith(":"):
+                    target = (target[0], self._nat_port(t))
             else:
                 target_tok = self.take()
                 if target_tok.text in _PUNCT:
@@ -320,6 +324,17 @@ class RuleReader:
             return nat_from_text(kind, family, addr_type, tuple(flags))(target_tok.text)
         except ValueError as exc:
             raise self.error(str(exc), target_tok.col) from None
+
+    def _nat_port(self, t: Tok) -> Any:
+        """The port after an address a map chooses: `map { … }:8080` (one token; a range, or `:tcp dport map
+        { … }` glued to its first word, as the kernel lists it), `map { … } : 8080`."""
+        port = values.normaliser("inet_service")
+        if t.text != ":" and t.text[1:] not in EXPRESSION_WORDS:
+            self.pos += 1
+            return Slot(t.slot, lambda text: port(text[1:])) if t.slot >= 0 else port(t.text[1:])
+        self.toks[self.pos:self.pos + 1] = [Tok(":", t.col)] + ([Tok(t.text[1:], t.col + 1)] if t.text != ":" else [])
+        self.pos += 1
+        return self.read_value_expression(("inet_service",))
 
     def read_set_update(self, op: str) -> SetUpdate:
         self.pos += 1
@@ -351,6 +366,16 @@ class RuleReader:
                             Slot(t.slot, lambda s: "@" + s) if t.ref else t.text)
                 self.pos += 1
         return Call(make_statement, (keyword, tuple(args)))
+
+    def read_tcp_option(self) -> Any:
+        """`tcp option maxseg size set 1400` / `… set rt mtu` (MSS clamping): a statement rewriting an option of
+        the TCP header. (The test `tcp option maxseg size 1460` is an Unknown: the sender chose the value.)"""
+        n = 7 if self.word(5) == "rt" else 6
+        args = [Slot(t.slot, None) if t.slot >= 0 else t.text for t in self.toks[self.pos + 1:self.pos + n]]
+        if len(args) != n - 1 or any(isinstance(a, str) and a in _PUNCT for a in args):
+            raise NotUnderstood
+        self.pos += n
+        return Call(make_statement, ("tcp", tuple(args)))
 
     # -- expressions -------------------------------------------------------------------------------------
     def read_single_expression(self) -> Any:

@@ -160,13 +160,15 @@ def _operand(v: Any, dtype: str) -> str:
 
 
 def _nat_target(n: Nat, family: str) -> str:
+    port = "" if n.port is None else map_lookup(n.port, ("inet_service",)) if isinstance(
+        n.port, MapLookup) else value(n.port, "inet_service")
     if isinstance(n.addr, MapLookup):
         fam = n.family or ("ip" if family == "ip" else "ip6" if family == "ip6" else None)
         addr_type = "ipv6_addr" if fam == "ip6" else "ipv4_addr"
         data = _map_data(n.addr)
-        return map_lookup(n.addr, (addr_type, "inet_service") if data else (addr_type,))
+        return map_lookup(n.addr, (addr_type, "inet_service") if data else (addr_type,)) + (
+            f":{port}" if port else "")
     addr = "" if n.addr is None else value(n.addr)
-    port = "" if n.port is None else value(n.port, "inet_service")
     if port:
         if ":" in addr and not isinstance(n.addr, Range):
             addr = f"[{addr}]"

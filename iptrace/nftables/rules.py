@@ -34,6 +34,7 @@ from iptrace.nftables.model import (
     MapLookup,
     Match,
     Meta,
+    NamedObject,
     Nat,
     Numgen,
     Prefix,
@@ -52,6 +53,7 @@ from iptrace.nftables.model import (
 )
 from iptrace.nftables.sets import SetIndex
 from iptrace.nftables.state import State
+from iptrace.nftables.values import unquote
 
 # Operation codes.
 TEST, VMAP, VERDICT, REJECT, NAT, MANGLE, UPDATE, NOTE, FAIL, QUEUE, NOTRACK, FORK = range(12)
@@ -84,9 +86,11 @@ class CompiledRule:
 
 
 def compile_rule(rule: Rule, index: int, decision: Decision, where: str, ctx: Context, named: Named,
-                 family: str, shared: dict[Any, Any] | None = None) -> CompiledRule:
+                 family: str, shared: dict[Any, Any] | None = None,
+                 objects: tuple[NamedObject, ...] = ()) -> CompiledRule:
     """`shared`: what items equal to an earlier rule's compiled to, in the same table (`meta l4proto tcp`,
-    `jump mark-for-masquerade`, a map look-up): reused, for items whose code names no rule (no assumption)."""
+    `jump mark-for-masquerade`, a map look-up): reused, for items whose code names no rule (no assumption).
+    `objects`: the table's named objects (`limit name "x"` reads its rate)."""
     items = rule.items
     tests: list[Definite] = []
     assumed: list[Test] = []
@@ -118,7 +122,7 @@ def compile_rule(rule: Rule, index: int, decision: Decision, where: str, ctx: Co
     for item in items[k:]:
         op = cache.get(item)
         if op is None:
-            op = _op(item, ctx, where, named, family)
+            op = _op(item, ctx, where, named, family, objects)
             if op is not None and op[0] in _SHAREABLE and (op[0] != TEST or op[1] is not None):
                 cache[item] = op
         if op is not None:
@@ -126,17 +130,19 @@ def compile_rule(rule: Rule, index: int, decision: Decision, where: str, ctx: Co
     return CompiledRule(rule, index, decision, where, tuple(tests), tuple(assumed), tuple(ops))
 
 
-def _op(item: Any, ctx: Context, where: str, named: Named, family: str) -> tuple[Any, ...] | None:
+def _op(item: Any, ctx: Context, where: str, named: Named, family: str,
+        objects: tuple[NamedObject, ...]) -> tuple[Any, ...] | None:
     drawn = forks(item)
     if drawn and type(drawn[0]) is Chance:
         return (FORK, tuple(drawn), _HOLDS, True)  # (the chance alone decides: chains.Walker._fork)
     if drawn:
-        inner = _plain_op(item, ctx, where, named, family)
+        inner = _plain_op(item, ctx, where, named, family, objects)
         return (FORK, tuple(drawn), inner, _draw_only(item)) if inner is not None else None
-    return _plain_op(item, ctx, where, named, family)
+    return _plain_op(item, ctx, where, named, family, objects)
 
 
-def _plain_op(item: Any, ctx: Context, where: str, named: Named, family: str) -> tuple[Any, ...] | None:
+def _plain_op(item: Any, ctx: Context, where: str, named: Named, family: str,
+              objects: tuple[NamedObject, ...]) -> tuple[Any, ...] | None:
     if isinstance(item, Match):
         return (TEST, *compile_match(item, ctx, where, named))
     if isinstance(item, VerdictMap):
@@ -161,7 +167,7 @@ def _plain_op(item: Any, ctx: Context, where: str, named: Named, family: str) ->
     if isinstance(item, Counter):
         return None
     if isinstance(item, Statement):
-        return _statement(item, where)
+        return _statement(item, where, objects)
     if isinstance(item, Xt):
         if item.kind in ("match", None, "") and item.name == "comment":
             return None  # `-m comment` always matches (the text listing leaves it out altogether)
@@ -177,25 +183,33 @@ def _plain_op(item: Any, ctx: Context, where: str, named: Named, family: str) ->
     return (FAIL, f"{where}: {type(item).__name__} is not modeled: assumed the rule does not match")
 
 
+def _looked_up(m: MapLookup, ctx: Context, where: str, named: Named) -> Callable[[State], Any] | str:
+    """The value a NAT map gives a packet (NA when it holds no element for it), or why it cannot be looked up."""
+    key = getter(m.key, ctx, where)
+    if isinstance(m.map, SetRef):
+        index, problem = named(m.map.name)
+        if index is None:
+            return f"{where}: {problem}: assumed no element matches"
+    else:
+        index = SetIndex.of(m.map)
+
+    def found(s: State) -> Any:
+        k = key(s)
+        if k is NA or isinstance(k, Unknown):
+            return NA
+        element = index.find(k)
+        return NA if element is None else element.data
+    return found
+
+
 def _nat(item: Nat, ctx: Context, where: str, named: Named, family: str) -> tuple[Any, ...]:
     version = {"ip": 4, "ip6": 6}.get(item.family or "") or {"ip": 4, "ip6": 6}.get(family)
     addr: Any = item.addr
     note = None
     if isinstance(addr, MapLookup):
-        key = getter(addr.key, ctx, where)
-        if isinstance(addr.map, SetRef):
-            index, problem = named(addr.map.name)
-            if index is None:
-                return (FAIL, f"{where}: {problem}: assumed no element matches")
-        else:
-            index = SetIndex.of(addr.map)
-
-        def target(s: State) -> Any:
-            k = key(s)
-            if k is NA or isinstance(k, Unknown):
-                return NA
-            found = index.find(k)
-            return NA if found is None else found.data
+        target = _looked_up(addr, ctx, where, named)
+        if isinstance(target, str):
+            return (FAIL, target)
     elif isinstance(addr, (Range, Prefix)):
         low = addr.low if isinstance(addr, Range) else addr.addr
         note = f"{where}: {item.kind} to an address range: the kernel picks one per connection; shown as {low}"
@@ -206,8 +220,20 @@ def _nat(item: Nat, ctx: Context, where: str, named: Named, family: str) -> tupl
     if isinstance(port, Range):
         note = f"{where}: {item.kind} to a port range: the kernel picks one per connection; shown as {port.low}"
         port = port.low
-    # Whether the packet chooses the address (a map keyed by its fields; memo.py cannot share such a walk).
-    chosen = isinstance(addr, MapLookup) and not all(isinstance(e, (Numgen, Hash)) for e in _parts(addr.key))
+    elif isinstance(port, MapLookup):  # `dnat to … map { … }:tcp dport map { … }`
+        if item.kind == "redirect":
+            return (FAIL, f"{where}: redirect to a port a map chooses is not modeled: assumed the rule does not match")
+        port_of, address = _looked_up(port, ctx, where, named), target
+        if isinstance(port_of, str):
+            return (FAIL, port_of)
+
+        def target(s: State) -> Any:  # (address, port): what an `addr . port` map gives
+            a, p = address(s), port_of(s)  # type: ignore[operator]
+            return NA if a is NA or p is NA else (a[0] if isinstance(a, tuple) else a, p)
+        port = None
+    # Whether the packet chooses the address or port (a map keyed by its fields; memo.py cannot share such a walk).
+    chosen = (isinstance(addr, MapLookup) and not all(isinstance(e, (Numgen, Hash)) for e in _parts(addr.key))) or (
+        isinstance(item.port, MapLookup) and not all(isinstance(e, (Numgen, Hash)) for e in _parts(item.port.key)))
     return (NAT, item.kind, version, target, port, note, chosen)
 
 
@@ -243,13 +269,21 @@ def _mangle(item: Mangle, ctx: Context, where: str) -> tuple[Any, ...] | None:
                   "it does not change where the packet goes")
 
 
-def _statement(item: Statement, where: str) -> tuple[Any, ...] | None:
+def _statement(item: Statement, where: str, objects: tuple[NamedObject, ...]) -> tuple[Any, ...] | None:
     word = item.keyword
-    if word in ("log", "last", "secmark", "flow", "dup"):
+    if word in ("log", "last", "secmark", "flow", "dup", "tcp"):  # (`tcp option … set`: the MSS, not the path)
         return None
     if word == "notrack":
         return (NOTRACK,)
     if word in ("limit", "quota"):
+        if item.args[:1] == ("name",) and len(item.args) == 2:  # a named object: `over` is in its declaration
+            body = [o.body for o in objects if o.kind == word and o.name == unquote(item.args[1])]
+            if not body:
+                return (FAIL, f"{where}: {word} {item.args[1]} is not declared in the table: assumed it does not "
+                              "match")
+            over = any("over" in part.split() for part in body[0])
+            return (FAIL if over else NOTE, f"{where}: {word} {' '.join(item.args)} ({'; '.join(body[0])}): "
+                                           "assumed under the limit (a first packet)")
         if "over" in item.args:
             return (FAIL, f"{where}: {word} {' '.join(item.args)}: assumed under the limit (a first packet)")
         return (NOTE, f"{where}: {word} {' '.join(item.args)}: assumed under the limit (a first packet)")

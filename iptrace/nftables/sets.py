@@ -8,12 +8,22 @@ from typing import Any
 
 from iptrace.nftables.model import AnonSet, Element, Prefix, Range, Set
 from iptrace.nftables.state import ip_int, prefix_bounds
+from iptrace.nftables.vocabulary import STRING_TYPES
+
+
+def _wildcard(value: Any) -> bool:
+    """A string ending in `*` (`iifname "veth*"`): nft matches every string it begins (a prefix compare)."""
+    return isinstance(value, str) and value.endswith("*")
 
 
 def _interval(value: Any) -> bool:
     if isinstance(value, (Prefix, Range)):
         return True
     return isinstance(value, tuple) and any(isinstance(p, (Prefix, Range)) for p in value)
+
+
+def _wildcarded(value: Any) -> bool:
+    return _wildcard(value) or (isinstance(value, tuple) and any(_wildcard(p) for p in value))
 
 
 def _order(value: Any) -> Any:
@@ -27,7 +37,8 @@ def _order(value: Any) -> Any:
 
 
 def covers(part: Any, value: Any) -> bool:
-    """Whether one element (part) holds `value`: a prefix or range contains it, a scalar equals it."""
+    """Whether one element (part) holds `value`: a prefix or range contains it, a wildcard string begins it, a
+    scalar equals it."""
     if isinstance(part, Prefix):
         if not isinstance(value, str):
             return False
@@ -45,12 +56,16 @@ def covers(part: Any, value: Any) -> bool:
     if isinstance(part, tuple):
         return isinstance(value, tuple) and len(part) == len(value) and all(
             covers(p, v) for p, v in zip(part, value, strict=True))
+    if _wildcard(part):
+        return isinstance(value, str) and value.startswith(part[:-1])
     return bool(part == value)
 
 
 class SetIndex:
     """The elements of one set, map or anonymous set, ready for look-ups. `dynamic`: a set the packet path fills
-    (`update @set { ip saddr }`, session affinity): a first packet finds none of its entries."""
+    (`update @set { ip saddr }`, session affinity; loading flags every set a rule updates `dynamic`): a first
+    packet finds none of its entries. A timeout alone does not make one: the elements of a set no rule fills (a
+    firewall's block list with `flags timeout`) are looked up as listed, as the kernel does."""
 
     __slots__ = ("dynamic", "exact", "name", "ranged", "set")
 
@@ -59,12 +74,14 @@ class SetIndex:
         self.set = source
         self.exact: dict[Any, Element] = {}
         self.ranged: list[Element] = []
+        # (only keys of a string type can be wildcards: `service-ips` need not be looked over for them)
+        strings = source is None or any(t in STRING_TYPES for t in source.key_type)
         for e in elements:
-            if _interval(e.key):
+            if _interval(e.key) or (strings and _wildcarded(e.key)):
                 self.ranged.append(e)
             else:
                 self.exact.setdefault(e.key, e)
-        self.dynamic = source is not None and ("dynamic" in source.flags or "timeout" in source.flags)
+        self.dynamic = source is not None and "dynamic" in source.flags
 
     @classmethod
     def of(cls, s: Set | AnonSet) -> SetIndex:

@@ -197,5 +197,5 @@ VOCABULARY: frozenset[str] = frozenset(
     | set(FIB_FLAGS) | set(FIB_RESULTS) | set(NUMGEN_MODES) | {w for ws in SELECTORS.values() for w in ws}
     | set(RELATIONAL_OPS) | set(BINARY_OPS) | NAT_FLAGS | set(REJECT_TYPES)
     | {"set", "map", "vmap", "to", "with", "mod", "offset", "seed", "addr", "port", "type", "reset", "tcp",
-       ".", "/", "-", "packets", "bytes", "name", "match", "target", "watcher", "ip", "ip6", "timeout"}
+       ".", "/", "-", "packets", "bytes", "name", "match", "target", "watcher", "ip", "ip6", "timeout", "option"}
 )
