@@ -359,6 +359,11 @@ def senders_own_loopback(packet: Packet, entry: Entry, notes: Sequence[str]) -> 
 
 # A node's connection to 127.0.0.1 has source 127.0.0.1; rewritten to another host's address it leaves the node
 # with it, which the kernel's routing refuses (a martian source) unless route_localnet is on.
+# How a trace learns the interface a packet comes in on, and why it cannot learn the one it leaves by: said where a
+# rule tests an interface the trace does not know.
+IN_HOW = "pass --in-interface"
+OUT_HOW = "it follows the node's routes, which a dump does not hold"
+
 ROUTE_LOCALNET = ("route_localnet=1 on the node: a connection to a loopback address has source 127.0.0.1, which "
                   "the kernel lets out to another host only with net.ipv4.conf.all.route_localnet=1 (kube-proxy "
                   "sets it when it accepts NodePorts on localhost)")

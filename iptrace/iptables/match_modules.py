@@ -8,7 +8,7 @@ import functools
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 
-from iptrace.dataplane import protocol_number
+from iptrace.dataplane import IN_HOW, OUT_HOW, protocol_number
 from iptrace.errors import TraceError
 from iptrace.iptables.matchers import (
     MatchPlan,
@@ -99,9 +99,8 @@ def match_basic(opts: Sequence[Opt], ctx: Context, plan: MatchPlan, where: str) 
         elif name in ("-i", "-o"):
             pattern = opt.value
             attr = "in_iface" if name == "-i" else "out_iface"
-            flag = "--in-interface" if name == "-i" else "--out-interface"
             text = (f"{where}: {'input' if name == '-i' else 'output'} interface unknown: assumed not "
-                    f"{pattern} (pass {flag})")
+                    f"{pattern} ({IN_HOW if name == '-i' else OUT_HOW})")
 
             def iface(s: State, attr: str = attr, pattern: str = pattern, neg: bool = neg,
                       text: str = text) -> tuple[bool, str | None]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from iptrace.dataplane import IN_HOW, OUT_HOW
 from iptrace.nftables.chance import Chance, chance
 from iptrace.nftables.model import (
     AnonSet,
@@ -217,9 +218,8 @@ def _meta(e: Meta, where: str) -> Getter:
     if key in ("iifname", "oifname", "iif", "oif"):
         # (iif/oif compare the interface's index; a listing names the interface that holds it: compared by name)
         inbound = key[0] == "i"
-        note = (f"{where}: the {'input' if inbound else 'output'} interface is not known (pass --in-interface): "
-                f"assumed none of the names this rule tests")
-
+        note = f"{where}: the {'input' if inbound else 'output'} interface is not known " \
+               f"({IN_HOW if inbound else OUT_HOW}): assumed none of the names this rule tests"
         def iface(s: State) -> Any:
             name = s.in_iface if inbound else s.out_iface
             return name if name is not None else Unknown(note)
