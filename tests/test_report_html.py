@@ -496,3 +496,54 @@ def test_chromium_renders_a_fleet_of_nft_nodes(browser, tmp_path) -> None:
         assert f["id"] in text and " ".join(f["summary"].split()) in text, f["summary"]
     assert "dnat to 10.244.2.99:8080" in text
     assert "\t" not in re.sub(r"<(script|style)\b.*?</\1>", "", page.dom, flags=re.S) and "line 0" not in text
+
+
+def _nft_fleet_with_long_names(tmp_path: Path) -> Path:
+    """Three nftables-mode nodes, one stale, forwarding a LoadBalancer Service with a Local policy and a long
+    name: kube-proxy's chain names carry it (`service-HASH-ingress-nginx/ingress-nginx-controller/tcp/https`)."""
+    from tests.test_audit_mixed import write_node
+
+    def services(stale: bool) -> list[ServiceSpec]:
+        out = base_services()
+        out.append(ServiceSpec("ingress-nginx", "ingress-nginx-controller", "10.96.10.50",
+                               [PortSpec("https", 443, node_port=31443, target_port=8443)], type="LoadBalancer",
+                               lb_ips=["203.0.113.50"], external_traffic_policy="Local", health_check_node_port=32050,
+                               endpoints=[EndpointSpec("10.244.1.14", 8443), EndpointSpec("10.244.2.9", 8443),
+                                          *([EndpointSpec("10.244.3.77", 8443)] if stale else [])]))
+        return out
+
+    snap = tmp_path / "snap"
+    for node in ("node-a", "node-b", "node-c"):
+        write_node(snap, node, "nftables", services(node == "node-b"))  # type: ignore[arg-type]
+    return snap
+
+
+def test_long_nft_chain_names_are_drawn_on_several_lines(tmp_path) -> None:
+    """A chain box holds at most 28 characters a line (an iptables chain name's limit), its lines one <text>
+    whose text is the chain name whole (the page's search and filter find it), its tooltip the same."""
+    html = CliRunner().invoke(main, ["audit", str(_nft_fleet_with_long_names(tmp_path)), "-o", "html"]).output
+    section = _sections(html)["ingress-nginx/ingress-nginx-controller:https"]
+    chains = re.findall(r'<g class="n n-chain"><title>chain (\S+)[^<]*</title>.*?(<text .*?</text>)\s*</g>', section,
+                        re.S)
+    names = {name for name, _ in chains}
+    assert any(n.startswith("local-") and n.endswith("-ingress-nginx/ingress-nginx-controller/tcp/https")
+               for n in names), names
+    for name, text in chains:
+        lines = [read(t).text[0] for t in re.findall(r"<tspan .*?</tspan>", text)] or read(text).text
+        assert "".join(lines) == name and max(map(len, lines)) <= 28, (name, lines)
+        assert len(lines) > 1 or len(name) <= 28
+
+
+@needs_chromium
+def test_pictures_of_nft_nodes_keep_their_size_on_screen_and_on_paper(browser, tmp_path) -> None:
+    """No picture of the nftables-mode fleet is shrunk to fit a 1280-pixel window, and on paper (US Letter:
+    Chromium prints 725 CSS pixels wide here) none below 60 % (its text stays at least ~7 px)."""
+    html = CliRunner().invoke(main, ["audit", str(_nft_fleet_with_long_names(tmp_path)), "-o", "html"]).output
+    path = tmp_path / "report.html"
+    path.write_text(html, encoding="utf-8")
+    scales = """[...document.querySelectorAll("svg.flow")].map(
+        (s) => s.getBoundingClientRect().width / Number(s.getAttribute("width")))"""
+    screen = browser.load(path.as_uri(), width=1280, evaluate=scales).value
+    paper = browser.load(path.as_uri(), width=725, media="print", evaluate=scales).value
+    assert screen and all(s > 0.999 for s in screen), screen
+    assert paper and min(paper) >= 0.6, paper
