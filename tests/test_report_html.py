@@ -547,3 +547,31 @@ def test_pictures_of_nft_nodes_keep_their_size_on_screen_and_on_paper(browser, t
     paper = browser.load(path.as_uri(), width=725, media="print", evaluate=scales).value
     assert screen and all(s > 0.999 for s in screen), screen
     assert paper and min(paper) >= 0.6, paper
+
+
+@needs_chromium
+@pytest.mark.parametrize("width", [1280, 800])
+def test_evidence_rules_are_shown_whole(browser, cli_report, width) -> None:
+    """A rule longer than its box wraps under its own text (its DNAT target and comment are at its end: a box
+    that scrolled sideways hid them), with no blank line between rules; copied, each rule is one line."""
+    path, doc = cli_report
+    value = browser.load(path.as_uri(), width=width, evaluate="""[...document.querySelectorAll("pre.evidence")].map(
+        (pre) => ({cut: pre.scrollWidth > pre.clientWidth, text: pre.textContent,
+                   line: parseFloat(getComputedStyle(pre).lineHeight),
+                   rows: [...pre.querySelectorAll(".row")].map((r) => {
+                     const rule = r.querySelector(".rule").getBoundingClientRect();
+                     const ln = r.querySelector(".ln");
+                     return {height: r.getBoundingClientRect().height, indent: ln ? rule.left - ln.getBoundingClientRect().right : 0,
+                             inside: rule.right <= pre.getBoundingClientRect().right};
+                   }),
+                   gaps: (() => { const rs = [...pre.querySelectorAll(".row")].map((r) => r.getBoundingClientRect());
+                                  return rs.slice(1).map((r, i) => r.top - rs[i].bottom); })()}))""").value
+    evidence = [f["evidence"] for f in doc["findings"] if f["evidence"]]
+    assert len(value) == len(evidence)
+    assert not [pre["text"] for pre in value if pre["cut"]]
+    assert any(row["height"] > 1.5 * pre["line"] for pre in value for row in pre["rows"])  # some rule wrapped
+    for pre, lines in zip(value, evidence, strict=True):
+        assert all(row["inside"] and abs(row["indent"]) < 1 for row in pre["rows"]), pre
+        assert all(abs(gap) < 1 for gap in pre["gaps"]), pre["gaps"]
+        assert pre["text"].splitlines() == [f"line {e['line']:>{max(len(str(x['line'])) for x in lines)}}  {e['rule']}"
+                                            if e["line"] else e["rule"] for e in lines]

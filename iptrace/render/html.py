@@ -312,10 +312,12 @@ def _finding(f: Finding, i: int, port_ids: dict[str, list[tuple[str, str]]]) -> 
            f'<p class="fix"><b>Fix:</b>{_e(f.fix)}</p>']
     if f.evidence:
         width = max(len(str(line)) for line, _ in f.evidence)
-        rows = [(f'<span class="ln">line {line:>{width}}  </span>' if line else "") + _e(rule)
-                for line, rule in f.evidence]
+        # One row a rule, wrapped under its own text when it is longer than the box (a rule's DNAT target or
+        # comment is at its end): each row a flex box, whose newline is there for copying, not drawn.
+        rows = ['<span class="row">' + (f'<span class="ln">line {line:>{width}}  </span>' if line else "")
+                + f'<span class="rule">{_e(rule)}</span>\n</span>' for line, rule in f.evidence]
         out += [f"<details open><summary>Evidence: {_plural(len(f.evidence), 'line')} of {_e(f.node)}'s "
-                "rules</summary>", '<pre class="evidence">' + "\n".join(rows) + "</pre>", "</details>"]
+                "rules</summary>", '<pre class="evidence">' + "".join(rows) + "</pre>", "</details>"]
     out += ["</div>", "</article>"]
     return out
 

@@ -69,9 +69,11 @@ table.nodes td.error-text { font-family: var(--mono); font-size: 12px; color: va
 .fix { padding: 6px 10px; background: var(--code-bg); border-radius: 4px; }
 .fix b { margin-right: 4px; }
 details > summary { cursor: pointer; color: var(--muted); font-size: 12.5px; }
-pre.evidence { margin: 4px 0 0; padding: 8px 10px; overflow-x: auto; background: var(--code-bg);
-               border: 1px solid var(--line); border-radius: 4px; white-space: pre; line-height: 1.45; }
-pre.evidence .ln { color: var(--muted); user-select: none; }
+pre.evidence { margin: 4px 0 0; padding: 8px 10px; background: var(--code-bg);
+               border: 1px solid var(--line); border-radius: 4px; white-space: pre-wrap; line-height: 1.45; }
+pre.evidence .row { display: flex; }
+pre.evidence .ln { flex: none; color: var(--muted); user-select: none; }
+pre.evidence .rule { min-width: 0; overflow-wrap: anywhere; }
 .port { margin: 14px 0 22px; padding: 12px 14px; border: 1px solid var(--line); border-radius: 6px; }
 .port .head { display: flex; flex-wrap: wrap; gap: 4px 12px; align-items: baseline; }
 .port .kind { color: var(--muted); }
@@ -99,7 +101,6 @@ footer { margin-top: 36px; padding-top: 8px; border-top: 1px solid var(--line); 
   .finding, figure.variant, tr { break-inside: avoid; }
   .port { break-inside: auto; }
   h2, h3, .port .head { break-after: avoid; }
-  pre.evidence { white-space: pre-wrap; word-break: break-all; overflow: visible; }
   figure.variant { overflow: visible; }
   details > summary { list-style: none; }
   * { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
