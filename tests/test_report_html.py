@@ -575,3 +575,18 @@ def test_evidence_rules_are_shown_whole(browser, cli_report, width) -> None:
         assert all(abs(gap) < 1 for gap in pre["gaps"]), pre["gaps"]
         assert pre["text"].splitlines() == [f"line {e['line']:>{max(len(str(x['line'])) for x in lines)}}  {e['rule']}"
                                             if e["line"] else e["rule"] for e in lines]
+
+
+@needs_chromium
+def test_long_node_names_neither_widen_the_page_nor_shrink_the_print(browser, tmp_path) -> None:
+    """Nodes named as clouds name them: in an 800-pixel window the node table scrolls inside its box, not the
+    whole page sideways; on paper (725 CSS pixels here) nothing is wider than the page, so Chromium prints it
+    at its own size instead of shrinking every page to fit the table."""
+    nodes, cluster = fleet_scenario.inputs()
+    named = [Dumped(f"ip-172-31-{i}-{10 + i}.eu-west-1.compute.internal", n.ruleset, n.addresses)
+             for i, n in enumerate(nodes)]
+    path = tmp_path / "report.html"
+    path.write_text(render_audit_html(audit(named, cluster), cluster), encoding="utf-8")
+    widest = "document.documentElement.scrollWidth"
+    assert browser.load(path.as_uri(), width=800, evaluate=widest).value <= 800
+    assert browser.load(path.as_uri(), width=725, media="print", evaluate=widest).value <= 725

@@ -267,7 +267,7 @@ def _controls(report: AuditReport, counts: dict[str, int]) -> list[str]:
 
 def _node_table(report: AuditReport) -> list[str]:
     out = ['<section id="nodes">', f'<h2>Nodes <span class="count">({len(report.nodes)})</span></h2>',
-           '<table class="nodes">',
+           '<div class="table-scroll">', '<table class="nodes">',
            "<thead><tr><th>Node</th><th>Status</th><th>Mode</th><th>kube-proxy layout</th><th>Dataplane read</th>"
            '<th class="num">Service ports</th><th>Errors</th><th>Warnings</th><th>Info</th></tr></thead>', "<tbody>"]
     for n in report.nodes:
@@ -287,7 +287,7 @@ def _node_table(report: AuditReport) -> list[str]:
         if n.error:
             out.append(f'<tr class="{_e(n.status)}"><td></td>'
                        f'<td colspan="8" class="error-text">{_e(n.error)}</td></tr>')
-    out += ["</tbody>", "</table>", "</section>"]
+    out += ["</tbody>", "</table>", "</div>", "</section>"]
     return out
 
 

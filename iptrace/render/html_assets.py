@@ -46,6 +46,7 @@ h3 { font-size: 15px; margin: 0; font-family: var(--mono); }
 .controls label { white-space: nowrap; }
 .controls input[type=search] { width: 20em; padding: 3px 6px; }
 .controls .shown { color: var(--muted); margin-left: auto; }
+.table-scroll { overflow-x: auto; }  /* long node names in a narrow window: the table scrolls, not the page */
 table.nodes { border-collapse: collapse; width: 100%; }
 table.nodes th, table.nodes td { text-align: left; padding: 6px 10px; border-bottom: 1px solid var(--line);
                                  vertical-align: top; }
@@ -100,6 +101,10 @@ footer { margin-top: 36px; padding-top: 8px; border-top: 1px solid var(--line); 
   a { color: inherit; text-decoration: none; }
   .finding, figure.variant, tr { break-inside: avoid; }
   .port { break-inside: auto; }
+  /* the node table fits the paper (else Chromium shrinks every page to fit it) */
+  .table-scroll { overflow: visible; }
+  table.nodes th { white-space: normal; }
+  table.nodes .badge { min-width: 0; }
   h2, h3, .port .head { break-after: avoid; }
   figure.variant { overflow: visible; }
   details > summary { list-style: none; }
