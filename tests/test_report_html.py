@@ -26,7 +26,7 @@ from tests.chromium import Browser, ProxySink, find_chromium
 from tests.conftest import GOLDEN
 from tests.dumps import Dumped, audit
 from tests.png import decode
-from tests.test_compare import NODES, base_services, cluster_of, dump
+from tests.test_compare import NODES, base_services, cluster_of, dump, svc
 
 # ------------------------------------------------------------------------------------------------ reading HTML
 
@@ -590,3 +590,19 @@ def test_long_node_names_neither_widen_the_page_nor_shrink_the_print(browser, tm
     widest = "document.documentElement.scrollWidth"
     assert browser.load(path.as_uri(), width=800, evaluate=widest).value <= 800
     assert browser.load(path.as_uri(), width=725, media="print", evaluate=widest).value <= 725
+
+
+def test_a_health_check_accept_is_not_drawn_as_a_failure() -> None:
+    """A Local-policy LoadBalancer drawn where one node differs: its health check nodePort ends in ACCEPT (kube-
+    proxy's own health check server), drawn in grey; a DROP (no local endpoints) stays red."""
+    services = base_services()
+    odd = base_services()
+    svc(odd, "local-lb").endpoints.append(EndpointSpec("10.244.3.7", 8443))
+    nodes = [Dumped("node-a", dump(services, "node-a"), (NODES["node-a"],)),
+             Dumped("node-b", dump(odd, "node-b"), (NODES["node-b"],)),
+             Dumped("node-c", dump(services, "node-c"), (NODES["node-c"],))]
+    section = _sections(render_audit_html(audit(nodes, None)))["default/local-lb:https"]
+    fills = {m.group(2).split("<", 1)[0]: m.group(1)
+             for m in re.finditer(r'<g class="n n-verdict[^"]*">.*?fill="(#\w+)".*?<text [^>]*>(.*?)</g>', section, re.S)}
+    assert fills.get("ACCEPT") and fills.get("DROP"), fills
+    assert fills["DROP"] == "#fce8e6" and fills["ACCEPT"] != "#fce8e6", fills

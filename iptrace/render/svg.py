@@ -33,6 +33,8 @@ _COLOURS = {
     "chain": ("#ffffff", "#80868b", "#202124"),
     "endpoint": ("#e6f4ea", "#3c8d50", "#0d3d1b"),
     "verdict": ("#fce8e6", "#c5221f", "#6d0e0a"),
+    # an ACCEPT is no failure (kube-proxy accepts a health check nodePort for its own server): not in red
+    "accept": ("#f1f3f4", "#5f6368", "#202124"),
     "ghost": ("#ffffff", "#9aa0a6", "#5f6368"),
 }
 _FLAGGED_STROKE = "#c5221f"
@@ -186,7 +188,7 @@ def draw_service_port(nodes: Sequence[GraphNode], edges: Sequence[GraphEdge], *,
     for b in boxes:
         if b.kind == "lane":
             continue
-        fill, stroke, ink = _COLOURS[b.kind]
+        fill, stroke, ink = _COLOURS["accept" if b.kind == "verdict" and b.lines[0] == "ACCEPT" else b.kind]
         if b.flagged:
             stroke = _FLAGGED_STROKE
         dash = ' stroke-dasharray="5 3"' if b.kind == "ghost" or b.flagged else ""
