@@ -606,3 +606,12 @@ def test_a_health_check_accept_is_not_drawn_as_a_failure() -> None:
              for m in re.finditer(r'<g class="n n-verdict[^"]*">.*?fill="(#\w+)".*?<text [^>]*>(.*?)</g>', section, re.S)}
     assert fills.get("ACCEPT") and fills.get("DROP"), fills
     assert fills["DROP"] == "#fce8e6" and fills["ACCEPT"] != "#fce8e6", fills
+
+
+@needs_chromium
+def test_copied_text_reads_as_sentences(browser, cli_report) -> None:
+    """What a reader copies from a finding (the browser's innerText) has a space after `Fix:`."""
+    path, doc = cli_report
+    fixes = browser.load(path.as_uri(), evaluate="""[...document.querySelectorAll("article.finding .fix")]
+        .map((p) => p.innerText)""").value
+    assert fixes == [f"Fix: {f['fix']}" for f in doc["findings"]]

@@ -309,7 +309,7 @@ def _finding(f: Finding, i: int, port_ids: dict[str, list[tuple[str, str]]]) -> 
            f'<p class="meta">{" · ".join(meta)}{links}</p>',
            '<div class="body">',
            f'<p class="detail">{_e(f.detail)}</p>',
-           f'<p class="fix"><b>Fix:</b>{_e(f.fix)}</p>']
+           f'<p class="fix"><b>Fix:</b> {_e(f.fix)}</p>']
     if f.evidence:
         width = max(len(str(line)) for line, _ in f.evidence)
         # One row a rule, wrapped under its own text when it is longer than the box (a rule's DNAT target or

@@ -68,7 +68,6 @@ table.nodes td.error-text { font-family: var(--mono); font-size: 12px; color: va
 .finding .body { margin-left: 78px; }
 .finding p { margin: 6px 0; }
 .fix { padding: 6px 10px; background: var(--code-bg); border-radius: 4px; }
-.fix b { margin-right: 4px; }
 details > summary { cursor: pointer; color: var(--muted); font-size: 12.5px; }
 pre.evidence { margin: 4px 0 0; padding: 8px 10px; background: var(--code-bg);
                border: 1px solid var(--line); border-radius: 4px; white-space: pre-wrap; line-height: 1.45; }
