@@ -27,6 +27,7 @@ from iptrace.cli.common import (
     one_stdin,
     output_option,
     table_option,
+    terminal_width,
 )
 from iptrace.text import counted
 
@@ -362,6 +363,11 @@ def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | N
     from iptrace.explain import Explainer
     from iptrace.render.explain import explain_to_json, render_explain_text
 
+    width = terminal_width()
+
+    def as_text(report: Any) -> str:
+        return render_explain_text(report, width)
+
     one_stdin({"DUMP": dump, "--dst-file": dst_file, "--conntrack": conntrack_file, "--cluster": cluster_files})
     questions = read_questions(dsts, dst_file, proto)
     src_notes: tuple[str, ...] = ()
@@ -404,13 +410,13 @@ def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | N
         if output == "json":
             emit_json(explain_to_json(report))
         else:
-            click.echo(named(render_explain_text(report)), nl=False)
+            click.echo(named(as_text(report)), nl=False)
     else:
         answers = answer_all(questions, analysis_for, answer, cluster)
         reports = [a for a in answers if not isinstance(a, str)]
         if len(questions) == 1 and dst_file is None:
-            _single(answers[0], output, explain_to_json, render_explain_text)
-        elif emit_answers(questions, answers, output, explain_to_json, render_explain_text):
+            _single(answers[0], output, explain_to_json, as_text)
+        elif emit_answers(questions, answers, output, explain_to_json, as_text):
             raise click.exceptions.Exit(EXIT_ERROR)
     if any(r.has_error for r in reports):
         raise click.exceptions.Exit(EXIT_FINDINGS)
