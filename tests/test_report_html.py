@@ -615,3 +615,31 @@ def test_copied_text_reads_as_sentences(browser, cli_report) -> None:
     fixes = browser.load(path.as_uri(), evaluate="""[...document.querySelectorAll("article.finding .fix")]
         .map((p) => p.innerText)""").value
     assert fixes == [f"Fix: {f['fix']}" for f in doc["findings"]]
+
+
+@needs_chromium
+def test_a_stale_conntrack_finding_shows_its_commands_and_its_table(browser, tmp_path) -> None:
+    """A node whose conntrack table holds stale entries: the fix's `conntrack -D` commands are code, one a line
+    (HTML ran them into the prose), and the evidence is said to be lines of the conntrack table, not of the
+    node's rules."""
+    from iptrace.collect import store
+    from tests.conftest import SAMPLES
+
+    snap = tmp_path / "snap"
+    for name in ("node-a", "node-b"):
+        files = {store.DUMP_FILE: (SAMPLES / "nodeport-fb-backends.txt").read_bytes()}
+        if name == "node-a":
+            files["conntrack.txt"] = (SAMPLES / "conntrack" / "nodeport-fb-backends.txt").read_bytes()
+        store.write_node_dir(snap / name, files, {"node": name, "host": name, "addresses": ["192.168.49.2"]})
+    doc = json.loads(CliRunner().invoke(main, ["audit", str(snap), "-o", "json"]).output)
+    path = tmp_path / "report.html"
+    path.write_text(CliRunner().invoke(main, ["audit", str(snap), "-o", "html"]).output, encoding="utf-8")
+    shown = browser.load(path.as_uri(), evaluate="""[...document.querySelectorAll("article.finding")].map((a) => ({
+        fix: a.querySelector(".fix").innerText, evidence: a.querySelector("details summary").innerText}))""").value
+    stale = [(f, s) for f, s in zip(doc["findings"], shown, strict=True) if f["id"].startswith("stale-conntrack")]
+    assert len(stale) == 3
+    for f, s in stale:
+        fix, *commands = f["fix"].split("\n")
+        assert commands and all(c.startswith("conntrack -D ") for c in commands)
+        assert [line for line in s["fix"].splitlines() if line.strip()] == [f"Fix: {fix}", *commands], s
+        assert s["evidence"].endswith(str(snap / "node-a" / "conntrack.txt")), s["evidence"]

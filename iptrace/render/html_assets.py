@@ -67,7 +67,9 @@ table.nodes td.error-text { font-family: var(--mono); font-size: 12px; color: va
 .finding .meta code { color: var(--ink); }
 .finding .body { margin-left: 78px; }
 .finding p { margin: 6px 0; }
-.fix { padding: 6px 10px; background: var(--code-bg); border-radius: 4px; }
+.fix { margin: 6px 0; padding: 6px 10px; background: var(--code-bg); border-radius: 4px; }
+.finding .fix p { margin: 0; }
+pre.commands { margin: 4px 0 0; white-space: pre-wrap; overflow-wrap: anywhere; }
 details > summary { cursor: pointer; color: var(--muted); font-size: 12.5px; }
 pre.evidence { margin: 4px 0 0; padding: 8px 10px; background: var(--code-bg);
                border: 1px solid var(--line); border-radius: 4px; white-space: pre-wrap; line-height: 1.45; }
