@@ -168,7 +168,8 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
             if findings:
                 click.echo(f"Compared with the cluster ({getattr(cluster, 'source', '')}): "
                            f"{counted(len(findings), 'finding')}")
-                click.echo(named("\n".join(render_findings_lines(findings, with_node=False))))
+                click.echo(named("\n".join(render_findings_lines(findings, with_node=False,
+                                                                  width=terminal_width(), say=named))))
             else:
                 click.echo(f"Compared with the cluster ({getattr(cluster, 'source', '')}): the rules match "
                            "the API.")
@@ -366,7 +367,7 @@ def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | N
     width = terminal_width()
 
     def as_text(report: Any) -> str:
-        return render_explain_text(report, width)
+        return render_explain_text(report, width, named)
 
     one_stdin({"DUMP": dump, "--dst-file": dst_file, "--conntrack": conntrack_file, "--cluster": cluster_files})
     questions = read_questions(dsts, dst_file, proto)

@@ -30,6 +30,7 @@ from iptrace.cli.common import (
     output_option,
     split_sources,
     table_option,
+    terminal_width,
 )
 
 # The collector pod's default image; written out here so that `--help` imports nothing of collect.
@@ -438,7 +439,7 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
 
         click.echo(named(render_audit_html(report, cluster)), nl=False)
     else:
-        click.echo(named(render_audit_text(report, verbose=verbose)), nl=False)
+        click.echo(named(render_audit_text(report, verbose=verbose, width=terminal_width(), say=named)), nl=False)
     for line in failed:
         click.echo(named(f"Error: {line}"), err=True)
     if failed:  # (the audit is incomplete: as a destination that could not be answered, that wins over 3)

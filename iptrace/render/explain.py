@@ -2,42 +2,20 @@
 
 from __future__ import annotations
 
-import textwrap
+from collections.abc import Callable
 from typing import Any
 
 from iptrace.dataplane import PathEncoder
 from iptrace.explain import VERDICT_WORDS
 from iptrace.explain.diagnosis import Diagnosis, Explanation, Report
+from iptrace.render.prose import Prose
 
 _MARK = {"error": "✗", "warning": "!", "info": "✓"}
 _WHO = {"pod": "From a pod", "node": "From the node itself", "external": "From outside the cluster"}
-_WIDTH = 100
+_WIDTH = 100  # the documented width of its paragraphs
 
 
-class _Prose:
-    """How wide the prose is: paragraphs at _WIDTH, headlines and summaries one line each (one line a finding
-    for grep, and the documented output on a pipe); or, for a terminal narrower than that (`width`), every
-    line of prose within it, so that the terminal never breaks a line itself. Rules and commands are never
-    wrapped: they are pasted."""
-
-    def __init__(self, width: int | None) -> None:
-        self.width = min(width, _WIDTH) if width else _WIDTH
-        self.narrow = width is not None and width < _WIDTH
-
-    def wrap(self, text: str, indent: str, later: str | None = None) -> list[str]:
-        return textwrap.wrap(text, width=self.width, initial_indent=indent,
-                             subsequent_indent=indent if later is None else later,
-                             break_long_words=False, break_on_hyphens=False) or [indent.rstrip()]
-
-    def line(self, text: str, later: str = "") -> list[str]:
-        """A headline or summary: one line, wrapped only on a narrow terminal."""
-        return self.wrap(text, "", later) if self.narrow else [text]
-
-
-_WIDE = _Prose(None)
-
-
-def _diagnosis(d: Diagnosis, prose: _Prose = _WIDE) -> list[str]:
+def _diagnosis(d: Diagnosis, prose: Prose) -> list[str]:
     out = prose.line(f"{_MARK[d.severity]} {d.summary}   [{d.id}, {d.severity}]", "  ")
     out += prose.wrap(d.detail, "  ")
     # A fix may end in commands, one a line: they are shown unwrapped so that they can be pasted.
@@ -60,8 +38,7 @@ def _who(e: Explanation) -> str:
     return f"From {src}" if e.source_kind not in _WHO else f"{_WHO[e.source_kind]} ({src})"
 
 
-def _explanation(e: Explanation, with_source: bool, skip: tuple[Diagnosis, ...] = (),
-                 prose: _Prose = _WIDE) -> list[str]:
+def _explanation(e: Explanation, with_source: bool, skip: tuple[Diagnosis, ...], prose: Prose) -> list[str]:
     out = prose.line(f"{_who(e)}: {e.headline}" if with_source else e.headline)
     for d in e.diagnoses:
         if d in skip:
@@ -71,16 +48,17 @@ def _explanation(e: Explanation, with_source: bool, skip: tuple[Diagnosis, ...] 
     return out
 
 
-def render_explain_text(report: Report, width: int | None = None) -> str:
-    """The report as prose; `width`: the terminal's, when it is narrower than the text's own 100 columns."""
-    prose = _Prose(width)
+def render_explain_text(report: Report, width: int | None = None, say: Callable[[str], str] | None = None) -> str:
+    """The report as prose; `width`: the terminal's, when it is narrower than the text's own 100 columns, and
+    `say` (iptrace.render.prose.Prose)."""
+    prose = Prose(width, _WIDTH, say)
     out: list[str] = []
     first = report.explanations[0]
     if len(report.explanations) == 1:
-        out += _explanation(first, first.source_kind != "external", prose=prose)
+        out += _explanation(first, first.source_kind != "external", (), prose)
     elif not _differ(report) and not _worded_apart(report):
         sources = ", ".join(f"{e.source_kind} {e.trace.packet.src}" for e in report.explanations)
-        out += _explanation(first, False, prose=prose)
+        out += _explanation(first, False, (), prose)
         out.append("")
         out += prose.line(f"The same from every source ({sources}).")
         for d in report.differences:
