@@ -251,7 +251,7 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
     \b
     Examples:
       iptrace trace sample_dumps/nodeport-fb-backends.txt --dst 10.101.234.168:5001 --src pod
-      iptrace trace node1.txt --dst 192.168.49.2:30904 --src external -o json | jq '.outcomes[].destination'
+      iptrace trace node1.txt --dst 192.168.49.2:30904 --node-ip 192.168.49.2 -o json | jq '.outcomes[].destination'
       iptrace trace snap/node1 --dst 10.96.0.10:53 --proto udp
       iptrace trace node1.txt --dst-file addresses.txt -o json | jq '.[].outcomes[0].verdict'
     """
