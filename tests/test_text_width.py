@@ -1,4 +1,4 @@
-"""Text read at a terminal: the prose of `explain` and `audit` fits the terminal it is printed on (COLUMNS, or
+"""Text read at a terminal: the prose of `explain`, `audit` and `diff` fits the terminal it is printed on (COLUMNS, or
 the terminal's own width), so that an 80-column terminal never breaks its lines itself; on a pipe the text is
 the documented one (explain's paragraphs at 100 columns, a headline and a finding's summary one line each).
 Rules, conntrack entries and commands are never wrapped (they are pasted); the words are the same either way."""
@@ -58,7 +58,8 @@ def on_a_pipe(args: list[str]) -> str:
      "sample_dumps/conntrack/nodeport-fb-backends.txt", "--node-ip", "192.168.49.2"],
     ["audit", SAMPLE, "sample_dumps/xlb-era.txt", "sample_dumps/dual-stack-nft.nft"],
     ["audit", "-v", SAMPLE, "sample_dumps/xlb-era.txt", "sample_dumps/no-kube-proxy.txt"],
-], ids=["explain-target-port", "explain-sources-differ", "explain-conntrack", "audit", "audit-verbose"])
+    ["diff", SAMPLE, "sample_dumps/mode-split-nft.nft"],
+], ids=["explain-target-port", "explain-sources-differ", "explain-conntrack", "audit", "audit-verbose", "diff"])
 def test_prose_fits_an_80_column_terminal(args: list[str]) -> None:
     seen = on_a_terminal(args, 80)
     piped = on_a_pipe(args)

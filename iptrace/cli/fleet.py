@@ -586,7 +586,7 @@ def diff(a: str, b: str, output: str, cluster_files: tuple[str, ...], kubeconfig
     if output == "json":
         emit_json(diff_to_json(result))
     else:
-        click.echo(render_diff_text(result), nl=False)
+        click.echo(named(render_diff_text(result, width=terminal_width(), say=named)), nl=False)
 
 
 def _one_node(a: str, b: str, left: Any, right: Any, cluster: Any, lenient: bool, table: str | None) -> tuple[Any, Any]:

@@ -167,9 +167,13 @@ def _host_port(ip: str, port: int | None) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
-def render_diff_text(d: Diff) -> str:
-    """`-`/`+` lines per Service port, then the rules changed outside kube-proxy's chains, then the notes."""
-    out = [f"--- {d.a}", f"+++ {d.b}", *(f"warning: {w}" for w in d.warnings)]
+def render_diff_text(d: Diff, *, width: int | None = None, say: Callable[[str], str] | None = None) -> str:
+    """`-`/`+` lines per Service port, then the rules changed outside kube-proxy's chains, then the notes;
+    `width`: the terminal's, to wrap the warnings and notes to, and `say` (iptrace.render.prose.Prose)."""
+    prose = Prose(width, None, say)
+    out = [f"--- {d.a}", f"+++ {d.b}"]
+    for w in d.warnings:
+        out += prose.line(f"warning: {w}", "  ")
     if d.empty:
         out.append("no differences in Services, endpoints or non-kube-proxy rules")
         return "\n".join(out) + "\n"
@@ -205,5 +209,6 @@ def render_diff_text(d: Diff) -> str:
             out.append(f"  {sign} [{r.table}] {r.rule}   ({side}:{r.line})")
     if d.notes:
         out.append("notes (what one mode cannot show; no Service-port difference):")
-        out += [f"  - {n}" for n in d.notes]
+        for n in d.notes:
+            out += prose.line(f"  - {n}", "    ")
     return "\n".join(out) + "\n"
