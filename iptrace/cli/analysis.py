@@ -160,7 +160,7 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
             if big is not None:
                 click.echo(f"note: {big}", err=True)
     else:
-        click.echo("\n".join(render_services_text(v, cluster) for _, v in pairs), nl=False)
+        click.echo(named("\n".join(render_services_text(v, cluster) for _, v in pairs)), nl=False)
         if cluster is not None:
             from iptrace.render.audit import render_findings_lines
 
@@ -295,7 +295,7 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
         if output == "json":
             emit_json(trace_to_json(result))
         else:
-            click.echo(render_trace_text(result), nl=False)
+            click.echo(named(render_trace_text(result)), nl=False)
         return
     answers = answer_all(questions, analysis_for, answer, cluster)
     if len(questions) == 1 and dst_file is None:
