@@ -7,6 +7,7 @@ tests/test_explain_kernel.py has the kernel send the packet where explain says."
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -125,6 +126,15 @@ def test_services_says_on_each_claimed_way_in_who_else_claims_it_and_who_takes_i
     assert cluster_ip.startswith("also claimed by evil/mitm:https")
     assert not [n for n in _notes(text, "shop/web:http", "10.96.0.20") if "claimed" in n]
     assert not [n for n in _notes(dump(second_port=81), "shop/web:http", "198.18.5.5") if "claimed" in n]
+
+
+def test_the_services_note_names_the_command_as_the_program_was_called(tmp_path: Path) -> None:
+    # `kubectl iptrace services` printed the note's command as `iptrace explain …` (its text was not named)
+    path = tmp_path / "node.txt"
+    path.write_text(dump(capture=True))
+    shown = CliRunner().invoke(main, ["services", str(path), "--node-ip", NODE], prog_name="kubectl iptrace").output
+    assert "(kubectl iptrace explain --dst 198.18.5.5:80/tcp)" in shown, shown
+    assert "(iptrace explain" not in shown
 
 
 def _swapped(text: str) -> str:

@@ -114,6 +114,31 @@ def test_two_nodes_that_disagree_are_both_told() -> None:
     assert ("endpoints-differ", "error", "default/web:http") in found["node-b"], show(report)
 
 
+def test_addresses_that_differ_are_worded_as_addresses() -> None:
+    """A LoadBalancer Service's IPs and source ranges differ on one node: the finding names the addresses as a
+    person writes them (`none`, one address, `[a, b]`), never the tuple they are held in (`('203.0.113.10',)`)."""
+    services = base_services()
+    svc(services, "local-lb").lb_source_ranges = ["198.51.100.0/24"]
+    odd = copy.deepcopy(services)
+    svc(odd, "local-lb").lb_ips = ["203.0.113.10", "203.0.113.11"]
+    svc(odd, "local-lb").lb_source_ranges = ["192.168.49.0/24", "198.51.100.0/24"]
+    bare = copy.deepcopy(services)
+    svc(bare, "local-lb").lb_ips = []
+    svc(bare, "local-lb").external_ips = []
+    report = audit([node("node-a", services), node("node-b", odd), node("node-c", services)], None)
+    # (the odd LB IP, which the other nodes do not capture, also answers the node's own clients differently)
+    said = {f.summary.split(": ", 1)[1]: f.detail.split(". ", 1)[0] for f in report.findings
+            if f.id == "forwarding-differs" and " on this node, " in f.summary}
+    assert said == {
+        "external/LoadBalancer IPs is [203.0.113.10, 203.0.113.11] on this node, 203.0.113.10 on other nodes":
+            "Other nodes: node-a=203.0.113.10, node-c=203.0.113.10",
+        "loadBalancerSourceRanges is [192.168.49.0/24, 198.51.100.0/24] on this node, 198.51.100.0/24 on other "
+        "nodes": "Other nodes: node-a=198.51.100.0/24, node-c=198.51.100.0/24"}, show(report)
+    report = audit([node("node-a", services), node("node-b", bare), node("node-c", services)], None)
+    said = {f.summary.split(": ", 1)[1] for f in report.findings if f.id == "forwarding-differs"}
+    assert "external/LoadBalancer IPs is none on this node, 203.0.113.10 on other nodes" in said, show(report)
+
+
 def test_node_without_kube_proxy() -> None:
     services = base_services()
     bare = Dumped("node-c", load("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\nCOMMIT\n"),

@@ -231,6 +231,9 @@ def test_messages_suggest_commands_by_the_name_the_program_was_called(tmp_path: 
     legacy = SAMPLE.parent / "legacy-split-nft.txt"
     fix = CliRunner().invoke(main, ["explain", str(legacy), "--dst", "10.96.0.1:443"], prog_name=prog)
     assert f"(`{prog} collect` fetches both)" in fix.stdout.replace("\n  ", " "), fix.stdout
+    # (and a diff's warning: diff printed its text unnamed, `iptrace trace` under `kubectl iptrace diff`)
+    split = CliRunner().invoke(main, ["diff", str(SAMPLE), str(SAMPLE.parent / "mode-split-nft.nft")], prog_name=prog)
+    assert f"`{prog} trace` follows both" in split.stdout, split.stdout
     if prog != "iptrace":
-        said = (error.stderr + note.stderr + fix.stdout).replace(prog, "")
-        assert not re.search(r"(?<![\w/.-])iptrace (?:collect|parse)", said), said
+        said = (error.stderr + note.stderr + fix.stdout + split.stdout).replace(prog, "")
+        assert not re.search(r"(?<![\w/.-])iptrace (?:collect|parse|trace)", said), said

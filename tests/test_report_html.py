@@ -26,7 +26,7 @@ from tests.chromium import Browser, ProxySink, find_chromium
 from tests.conftest import GOLDEN
 from tests.dumps import Dumped, audit
 from tests.png import decode
-from tests.test_compare import NODES, base_services, cluster_of, dump
+from tests.test_compare import NODES, base_services, cluster_of, dump, svc
 
 # ------------------------------------------------------------------------------------------------ reading HTML
 
@@ -496,3 +496,150 @@ def test_chromium_renders_a_fleet_of_nft_nodes(browser, tmp_path) -> None:
         assert f["id"] in text and " ".join(f["summary"].split()) in text, f["summary"]
     assert "dnat to 10.244.2.99:8080" in text
     assert "\t" not in re.sub(r"<(script|style)\b.*?</\1>", "", page.dom, flags=re.S) and "line 0" not in text
+
+
+def _nft_fleet_with_long_names(tmp_path: Path) -> Path:
+    """Three nftables-mode nodes, one stale, forwarding a LoadBalancer Service with a Local policy and a long
+    name: kube-proxy's chain names carry it (`service-HASH-ingress-nginx/ingress-nginx-controller/tcp/https`)."""
+    from tests.test_audit_mixed import write_node
+
+    def services(stale: bool) -> list[ServiceSpec]:
+        out = base_services()
+        out.append(ServiceSpec("ingress-nginx", "ingress-nginx-controller", "10.96.10.50",
+                               [PortSpec("https", 443, node_port=31443, target_port=8443)], type="LoadBalancer",
+                               lb_ips=["203.0.113.50"], external_traffic_policy="Local", health_check_node_port=32050,
+                               endpoints=[EndpointSpec("10.244.1.14", 8443), EndpointSpec("10.244.2.9", 8443),
+                                          *([EndpointSpec("10.244.3.77", 8443)] if stale else [])]))
+        return out
+
+    snap = tmp_path / "snap"
+    for node in ("node-a", "node-b", "node-c"):
+        write_node(snap, node, "nftables", services(node == "node-b"))  # type: ignore[arg-type]
+    return snap
+
+
+def test_long_nft_chain_names_are_drawn_on_several_lines(tmp_path) -> None:
+    """A chain box holds at most 28 characters a line (an iptables chain name's limit), its lines one <text>
+    whose text is the chain name whole (the page's search and filter find it), its tooltip the same."""
+    html = CliRunner().invoke(main, ["audit", str(_nft_fleet_with_long_names(tmp_path)), "-o", "html"]).output
+    section = _sections(html)["ingress-nginx/ingress-nginx-controller:https"]
+    chains = re.findall(r'<g class="n n-chain"><title>chain (\S+)[^<]*</title>.*?(<text .*?</text>)\s*</g>', section,
+                        re.S)
+    names = {name for name, _ in chains}
+    assert any(n.startswith("local-") and n.endswith("-ingress-nginx/ingress-nginx-controller/tcp/https")
+               for n in names), names
+    for name, text in chains:
+        lines = [read(t).text[0] for t in re.findall(r"<tspan .*?</tspan>", text)] or read(text).text
+        assert "".join(lines) == name and max(map(len, lines)) <= 28, (name, lines)
+        assert len(lines) > 1 or len(name) <= 28
+
+
+@needs_chromium
+def test_pictures_of_nft_nodes_keep_their_size_on_screen_and_on_paper(browser, tmp_path) -> None:
+    """No picture of the nftables-mode fleet is shrunk to fit a 1280-pixel window, and on paper (US Letter:
+    Chromium prints 725 CSS pixels wide here) none below 60 % (its text stays at least ~7 px)."""
+    html = CliRunner().invoke(main, ["audit", str(_nft_fleet_with_long_names(tmp_path)), "-o", "html"]).output
+    path = tmp_path / "report.html"
+    path.write_text(html, encoding="utf-8")
+    scales = """[...document.querySelectorAll("svg.flow")].map(
+        (s) => s.getBoundingClientRect().width / Number(s.getAttribute("width")))"""
+    screen = browser.load(path.as_uri(), width=1280, evaluate=scales).value
+    paper = browser.load(path.as_uri(), width=725, media="print", evaluate=scales).value
+    assert screen and all(s > 0.999 for s in screen), screen
+    assert paper and min(paper) >= 0.6, paper
+
+
+@needs_chromium
+@pytest.mark.parametrize("width", [1280, 800])
+def test_evidence_rules_are_shown_whole(browser, cli_report, width) -> None:
+    """A rule longer than its box wraps under its own text (its DNAT target and comment are at its end: a box
+    that scrolled sideways hid them), with no blank line between rules; copied, each rule is one line."""
+    path, doc = cli_report
+    value = browser.load(path.as_uri(), width=width, evaluate="""[...document.querySelectorAll("pre.evidence")].map(
+        (pre) => ({cut: pre.scrollWidth > pre.clientWidth, text: pre.textContent,
+                   line: parseFloat(getComputedStyle(pre).lineHeight),
+                   rows: [...pre.querySelectorAll(".row")].map((r) => {
+                     const rule = r.querySelector(".rule").getBoundingClientRect();
+                     const ln = r.querySelector(".ln");
+                     return {height: r.getBoundingClientRect().height, indent: ln ? rule.left - ln.getBoundingClientRect().right : 0,
+                             inside: rule.right <= pre.getBoundingClientRect().right};
+                   }),
+                   gaps: (() => { const rs = [...pre.querySelectorAll(".row")].map((r) => r.getBoundingClientRect());
+                                  return rs.slice(1).map((r, i) => r.top - rs[i].bottom); })()}))""").value
+    evidence = [f["evidence"] for f in doc["findings"] if f["evidence"]]
+    assert len(value) == len(evidence)
+    assert not [pre["text"] for pre in value if pre["cut"]]
+    assert any(row["height"] > 1.5 * pre["line"] for pre in value for row in pre["rows"])  # some rule wrapped
+    for pre, lines in zip(value, evidence, strict=True):
+        assert all(row["inside"] and abs(row["indent"]) < 1 for row in pre["rows"]), pre
+        assert all(abs(gap) < 1 for gap in pre["gaps"]), pre["gaps"]
+        assert pre["text"].splitlines() == [f"line {e['line']:>{max(len(str(x['line'])) for x in lines)}}  {e['rule']}"
+                                            if e["line"] else e["rule"] for e in lines]
+
+
+@needs_chromium
+def test_long_node_names_neither_widen_the_page_nor_shrink_the_print(browser, tmp_path) -> None:
+    """Nodes named as clouds name them: in an 800-pixel window the node table scrolls inside its box, not the
+    whole page sideways; on paper (725 CSS pixels here) nothing is wider than the page, so Chromium prints it
+    at its own size instead of shrinking every page to fit the table."""
+    nodes, cluster = fleet_scenario.inputs()
+    named = [Dumped(f"ip-172-31-{i}-{10 + i}.eu-west-1.compute.internal", n.ruleset, n.addresses)
+             for i, n in enumerate(nodes)]
+    path = tmp_path / "report.html"
+    path.write_text(render_audit_html(audit(named, cluster), cluster), encoding="utf-8")
+    widest = "document.documentElement.scrollWidth"
+    assert browser.load(path.as_uri(), width=800, evaluate=widest).value <= 800
+    assert browser.load(path.as_uri(), width=725, media="print", evaluate=widest).value <= 725
+
+
+def test_a_health_check_accept_is_not_drawn_as_a_failure() -> None:
+    """A Local-policy LoadBalancer drawn where one node differs: its health check nodePort ends in ACCEPT (kube-
+    proxy's own health check server), drawn in grey; a DROP (no local endpoints) stays red."""
+    services = base_services()
+    odd = base_services()
+    svc(odd, "local-lb").endpoints.append(EndpointSpec("10.244.3.7", 8443))
+    nodes = [Dumped("node-a", dump(services, "node-a"), (NODES["node-a"],)),
+             Dumped("node-b", dump(odd, "node-b"), (NODES["node-b"],)),
+             Dumped("node-c", dump(services, "node-c"), (NODES["node-c"],))]
+    section = _sections(render_audit_html(audit(nodes, None)))["default/local-lb:https"]
+    fills = {m.group(2).split("<", 1)[0]: m.group(1)
+             for m in re.finditer(r'<g class="n n-verdict[^"]*">.*?fill="(#\w+)".*?<text [^>]*>(.*?)</g>', section, re.S)}
+    assert fills.get("ACCEPT") and fills.get("DROP"), fills
+    assert fills["DROP"] == "#fce8e6" and fills["ACCEPT"] != "#fce8e6", fills
+
+
+@needs_chromium
+def test_copied_text_reads_as_sentences(browser, cli_report) -> None:
+    """What a reader copies from a finding (the browser's innerText) has a space after `Fix:`."""
+    path, doc = cli_report
+    fixes = browser.load(path.as_uri(), evaluate="""[...document.querySelectorAll("article.finding .fix")]
+        .map((p) => p.innerText)""").value
+    assert fixes == [f"Fix: {f['fix']}" for f in doc["findings"]]
+
+
+@needs_chromium
+def test_a_stale_conntrack_finding_shows_its_commands_and_its_table(browser, tmp_path) -> None:
+    """A node whose conntrack table holds stale entries: the fix's `conntrack -D` commands are code, one a line
+    (HTML ran them into the prose), and the evidence is said to be lines of the conntrack table, not of the
+    node's rules."""
+    from iptrace.collect import store
+    from tests.conftest import SAMPLES
+
+    snap = tmp_path / "snap"
+    for name in ("node-a", "node-b"):
+        files = {store.DUMP_FILE: (SAMPLES / "nodeport-fb-backends.txt").read_bytes()}
+        if name == "node-a":
+            files["conntrack.txt"] = (SAMPLES / "conntrack" / "nodeport-fb-backends.txt").read_bytes()
+        store.write_node_dir(snap / name, files, {"node": name, "host": name, "addresses": ["192.168.49.2"]})
+    doc = json.loads(CliRunner().invoke(main, ["audit", str(snap), "-o", "json"]).output)
+    path = tmp_path / "report.html"
+    path.write_text(CliRunner().invoke(main, ["audit", str(snap), "-o", "html"]).output, encoding="utf-8")
+    shown = browser.load(path.as_uri(), evaluate="""[...document.querySelectorAll("article.finding")].map((a) => ({
+        fix: a.querySelector(".fix").innerText, evidence: a.querySelector("details summary").innerText}))""").value
+    stale = [(f, s) for f, s in zip(doc["findings"], shown, strict=True) if f["id"].startswith("stale-conntrack")]
+    assert len(stale) == 3
+    for f, s in stale:
+        fix, *commands = f["fix"].split("\n")
+        assert commands and all(c.startswith("conntrack -D ") for c in commands)
+        assert [line for line in s["fix"].splitlines() if line.strip()] == [f"Fix: {fix}", *commands], s
+        assert s["evidence"].endswith(str(snap / "node-a" / "conntrack.txt")), s["evidence"]

@@ -38,7 +38,9 @@ def named(text: str, ctx: click.Context | None = None) -> str:
     if prog is None or ctx is None or "iptrace " not in text:
         return text
     commands = "|".join(map(re.escape, getattr(ctx.find_root().command, "commands", {})))
-    return re.sub(rf"(?<![\w./-])iptrace (?=(?:{commands})\b)", f"{prog} ", text) if commands else text
+    # (a command already named so is left alone: text wrapped to a terminal was named before it was wrapped)
+    named_so = re.escape(prog.removesuffix("iptrace"))
+    return re.sub(rf"(?<![\w./-])(?<!{named_so})iptrace (?=(?:{commands})\b)", f"{prog} ", text) if commands else text
 
 
 def _fail(exc: IptraceError, ctx: click.Context) -> NoReturn:

@@ -27,6 +27,7 @@ from iptrace.cli.common import (
     one_stdin,
     output_option,
     table_option,
+    terminal_width,
 )
 from iptrace.text import counted
 
@@ -159,7 +160,7 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
             if big is not None:
                 click.echo(f"note: {big}", err=True)
     else:
-        click.echo("\n".join(render_services_text(v, cluster) for _, v in pairs), nl=False)
+        click.echo(named("\n".join(render_services_text(v, cluster) for _, v in pairs)), nl=False)
         if cluster is not None:
             from iptrace.render.audit import render_findings_lines
 
@@ -167,7 +168,8 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
             if findings:
                 click.echo(f"Compared with the cluster ({getattr(cluster, 'source', '')}): "
                            f"{counted(len(findings), 'finding')}")
-                click.echo(named("\n".join(render_findings_lines(findings, with_node=False))))
+                click.echo(named("\n".join(render_findings_lines(findings, with_node=False,
+                                                                  width=terminal_width(), say=named))))
             else:
                 click.echo(f"Compared with the cluster ({getattr(cluster, 'source', '')}): the rules match "
                            "the API.")
@@ -249,7 +251,7 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
     \b
     Examples:
       iptrace trace sample_dumps/nodeport-fb-backends.txt --dst 10.101.234.168:5001 --src pod
-      iptrace trace node1.txt --dst 192.168.49.2:30904 --src external -o json | jq '.outcomes[].destination'
+      iptrace trace node1.txt --dst 192.168.49.2:30904 --node-ip 192.168.49.2 -o json | jq '.outcomes[].destination'
       iptrace trace snap/node1 --dst 10.96.0.10:53 --proto udp
       iptrace trace node1.txt --dst-file addresses.txt -o json | jq '.[].outcomes[0].verdict'
     """
@@ -293,7 +295,7 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
         if output == "json":
             emit_json(trace_to_json(result))
         else:
-            click.echo(render_trace_text(result), nl=False)
+            click.echo(named(render_trace_text(result)), nl=False)
         return
     answers = answer_all(questions, analysis_for, answer, cluster)
     if len(questions) == 1 and dst_file is None:
@@ -362,6 +364,11 @@ def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | N
     from iptrace.explain import Explainer
     from iptrace.render.explain import explain_to_json, render_explain_text
 
+    width = terminal_width()
+
+    def as_text(report: Any) -> str:
+        return render_explain_text(report, width, named)
+
     one_stdin({"DUMP": dump, "--dst-file": dst_file, "--conntrack": conntrack_file, "--cluster": cluster_files})
     questions = read_questions(dsts, dst_file, proto)
     src_notes: tuple[str, ...] = ()
@@ -404,13 +411,13 @@ def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | N
         if output == "json":
             emit_json(explain_to_json(report))
         else:
-            click.echo(named(render_explain_text(report)), nl=False)
+            click.echo(named(as_text(report)), nl=False)
     else:
         answers = answer_all(questions, analysis_for, answer, cluster)
         reports = [a for a in answers if not isinstance(a, str)]
         if len(questions) == 1 and dst_file is None:
-            _single(answers[0], output, explain_to_json, render_explain_text)
-        elif emit_answers(questions, answers, output, explain_to_json, render_explain_text):
+            _single(answers[0], output, explain_to_json, as_text)
+        elif emit_answers(questions, answers, output, explain_to_json, as_text):
             raise click.exceptions.Exit(EXIT_ERROR)
     if any(r.has_error for r in reports):
         raise click.exceptions.Exit(EXIT_FINDINGS)

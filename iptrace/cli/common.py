@@ -297,6 +297,16 @@ def holding() -> bool:
 _WRITE_CHARS = 1 << 20
 
 
+def terminal_width() -> int | None:
+    """The width of the terminal stdout is on (COLUMNS, else the terminal's own), None on a pipe or a file:
+    prose is wrapped to fit a terminal, and printed as documented everywhere else."""
+    if not sys.stdout.isatty():
+        return None
+    import shutil
+
+    return max(shutil.get_terminal_size().columns, 40)
+
+
 def emit_json(data: Any, paths: Any = None) -> None:
     """Print `data` as JSON (iptrace.render.json.dumps; `paths`: the PathTexts its answers' paths went to)."""
     from iptrace.render.json import dumps_text_pieces

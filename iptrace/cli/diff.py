@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from iptrace.cli import main
+from iptrace.cli import main, named
 from iptrace.cli.common import (
     analyses_of,
     analysis_of,
@@ -20,6 +20,7 @@ from iptrace.cli.common import (
     one_stdin,
     output_option,
     table_option,
+    terminal_width,
 )
 
 
@@ -76,7 +77,7 @@ def diff(a: str, b: str, output: str, cluster_files: tuple[str, ...], kubeconfig
     if output == "json":
         emit_json(diff_to_json(result))
     else:
-        click.echo(render_diff_text(result), nl=False)
+        click.echo(named(render_diff_text(result, width=terminal_width(), say=named)), nl=False)
 
 
 def _one_node(a: str, b: str, left: Any, right: Any, cluster: Any, lenient: bool, table: str | None,

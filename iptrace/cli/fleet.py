@@ -26,6 +26,7 @@ from iptrace.cli.common import (
     one_stdin,
     output_option,
     split_sources,
+    terminal_width,
 )
 
 # The collector pod's default image; written out here so that `--help` imports nothing of collect.
@@ -434,7 +435,7 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
 
         click.echo(named(render_audit_html(report, cluster)), nl=False)
     else:
-        click.echo(named(render_audit_text(report, verbose=verbose)), nl=False)
+        click.echo(named(render_audit_text(report, verbose=verbose, width=terminal_width(), say=named)), nl=False)
     for line in failed:
         click.echo(named(f"Error: {line}"), err=True)
     if failed:  # (the audit is incomplete: as a destination that could not be answered, that wins over 3)

@@ -452,6 +452,15 @@ def _peer_compare(members: Sequence[_NodeState], family: str) -> None:
             ways_differ(key, ports, add, layouts)
 
 
+def _shown(value: Any) -> str:
+    """A compared field's value in a sentence, not the tuple it is held in: `none`, `203.0.113.50`, or
+    `[192.168.49.0/24, 198.51.100.0/24]` (bracketed, so that the detail's `node=value, node=value` stays
+    readable)."""
+    if isinstance(value, tuple | list):
+        return "none" if not value else str(value[0]) if len(value) == 1 else "[" + ", ".join(map(str, value)) + "]"
+    return str(value)
+
+
 def _peer_compare_port(key: str, ports: Mapping[str, _Port], add: Any) -> None:
     fields: list[tuple[str, str, Severity, Any]] = [
         ("ClusterIP", "cluster_ip", "error", lambda d: d.cluster_ip),
@@ -474,9 +483,10 @@ def _peer_compare_port(key: str, ports: Mapping[str, _Port], add: Any) -> None:
         for n, v in values.items():
             if strict and v == ref:
                 continue
-            others = sorted({f"{o}={values[o]}" for o in values if values[o] != v})
+            others = sorted({f"{o}={_shown(values[o])}" for o in values if values[o] != v})
             add(n, FORWARDING_DIFFERS, severity, key,
-                f"{key}: {title} is {v} on this node, {ref if strict else 'different'} on other nodes",
+                f"{key}: {title} is {_shown(v)} on this node, {_shown(ref) if strict else 'different'} on other "
+                "nodes",
                 f"Other nodes: {listing(others)}. One kube-proxy has not applied the Service's current spec. "
                 f"{NOT_SYNCING}.",
                 "audit with --cluster/--kubeconfig to see which nodes agree with the API; restart the stale "

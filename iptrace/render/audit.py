@@ -3,12 +3,13 @@ Returns strings; no I/O."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from iptrace.kube.audit import AuditReport
 from iptrace.kube.compare import Finding
 from iptrace.kube.diff import Diff, family_name
+from iptrace.render.prose import Prose
 from iptrace.text import counted
 
 AUDIT_FORMAT = 1
@@ -43,20 +44,23 @@ def _table(rows: list[list[str]]) -> list[str]:
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
-def render_findings_lines(findings: Sequence[Finding], *, verbose: bool = False, with_node: bool = True) -> list[str]:
-    """One line per finding (plus its fix; `verbose` adds the detail and the evidence lines)."""
+def render_findings_lines(findings: Sequence[Finding], *, verbose: bool = False, with_node: bool = True,
+                          width: int | None = None, say: Callable[[str], str] | None = None) -> list[str]:
+    """One line per finding (plus its fix; `verbose` adds the detail and the evidence lines); `width`: the
+    terminal's, to wrap them to, and `say` (iptrace.render.prose.Prose)."""
+    prose = Prose(width, None, say)
     out: list[str] = []
     for f in findings:
         summary = f.summary
         if f.service is None and f.node and summary.startswith(f"{f.node}: "):
             summary = summary[len(f.node) + 2:]  # the node is already in the brackets
         where = f"[{f.node}] " if f.node and with_node else ""
-        out.append(f"{_MARK[f.severity]} {where}{summary}   ({f.id})")
+        out += prose.line(f"{_MARK[f.severity]} {where}{summary}   ({f.id})", "  ")
         if verbose:
-            out.append(f"    {f.detail}")
+            out += prose.wrap(f.detail, "    ")
         # A fix may end in commands, one a line (conntrack -D …): indented, never joined, so they can be pasted.
         fix, *commands = f.fix.split("\n")
-        out.append(f"    fix: {fix}")
+        out += prose.wrap(f"fix: {fix}", "    ", "      ")
         out += [f"      {c}" for c in commands]
         if verbose:
             source = getattr(f, "source", "")  # evidence from a conntrack table, not the dump
@@ -66,9 +70,10 @@ def render_findings_lines(findings: Sequence[Finding], *, verbose: bool = False,
     return out
 
 
-def render_audit_text(report: AuditReport, *, verbose: bool = False) -> str:
+def render_audit_text(report: AuditReport, *, verbose: bool = False, width: int | None = None,
+                      say: Callable[[str], str] | None = None) -> str:
     """Findings ordered by severity (one line each, plus the fix; `verbose` adds details and evidence),
-    then one row per node."""
+    then one row per node; `width`: the terminal's, to wrap the findings to."""
     out: list[str] = []
     errors = sum(f.severity == "error" for f in report.findings)
     warnings = sum(f.severity == "warning" for f in report.findings)
@@ -82,7 +87,7 @@ def render_audit_text(report: AuditReport, *, verbose: bool = False) -> str:
     else:
         out.append(f"{head}: {counted(errors, 'error')}, {counted(warnings, 'warning')}.")
         out.append("")
-        out += render_findings_lines(report.findings, verbose=verbose)
+        out += render_findings_lines(report.findings, verbose=verbose, width=width, say=say)
     out.append("")
     # A MODE column only for a fleet whose kube-proxies run in more than one proxy mode.
     mixed = len({s.mode for s in report.nodes if s.status == "ok"}) > 1
@@ -176,9 +181,13 @@ def _fares_change(before: str, after: str) -> str:
     return f"{dnat}; {masq[before.endswith(_MASQUERADED)]} -> {masq[after.endswith(_MASQUERADED)]}"
 
 
-def render_diff_text(d: Diff) -> str:
-    """`-`/`+` lines per Service port, then the rules changed outside kube-proxy's chains, then the notes."""
-    out = [f"--- {d.a}", f"+++ {d.b}", *(f"warning: {w}" for w in d.warnings)]
+def render_diff_text(d: Diff, *, width: int | None = None, say: Callable[[str], str] | None = None) -> str:
+    """`-`/`+` lines per Service port, then the rules changed outside kube-proxy's chains, then the notes;
+    `width`: the terminal's, to wrap the warnings and notes to, and `say` (iptrace.render.prose.Prose)."""
+    prose = Prose(width, None, say)
+    out = [f"--- {d.a}", f"+++ {d.b}"]
+    for w in d.warnings:
+        out += prose.line(f"warning: {w}", "  ")
     if d.empty:
         out.append("no differences in Services, endpoints or non-kube-proxy rules")
         return "\n".join(out) + "\n"
@@ -219,5 +228,6 @@ def render_diff_text(d: Diff) -> str:
             out.append(f"  {sign} [{r.table}] {r.rule}   ({side}:{r.line})")
     if d.notes:
         out.append("notes (what one mode cannot show; no Service-port difference):")
-        out += [f"  - {n}" for n in d.notes]
+        for n in d.notes:
+            out += prose.line(f"  - {n}", "    ")
     return "\n".join(out) + "\n"

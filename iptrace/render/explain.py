@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-import textwrap
+from collections.abc import Callable
 from typing import Any
 
 from iptrace.dataplane import PathEncoder
 from iptrace.explain import VERDICT_WORDS
 from iptrace.explain.diagnosis import Diagnosis, Explanation, Report
+from iptrace.render.prose import Prose
 
 _MARK = {"error": "✗", "warning": "!", "info": "✓"}
 _WHO = {"pod": "From a pod", "node": "From the node itself", "external": "From outside the cluster"}
-_WIDTH = 100
+_WIDTH = 100  # the documented width of its paragraphs
 
 
-def _wrap(text: str, indent: str) -> list[str]:
-    return textwrap.wrap(text, width=_WIDTH, initial_indent=indent, subsequent_indent=indent,
-                         break_long_words=False, break_on_hyphens=False) or [indent.rstrip()]
-
-
-def _diagnosis(d: Diagnosis) -> list[str]:
-    out = [f"{_MARK[d.severity]} {d.summary}   [{d.id}, {d.severity}]"]
-    out += _wrap(d.detail, "  ")
+def _diagnosis(d: Diagnosis, prose: Prose) -> list[str]:
+    out = prose.line(f"{_MARK[d.severity]} {d.summary}   [{d.id}, {d.severity}]", "  ")
+    out += prose.wrap(d.detail, "  ")
     # A fix may end in commands, one a line: they are shown unwrapped so that they can be pasted.
     fix, *commands = d.fix.split("\n")
-    out += _wrap(f"{'Note' if d.severity == 'info' else 'Fix'}: {fix}", "  ")
+    out += prose.wrap(f"{'Note' if d.severity == 'info' else 'Fix'}: {fix}", "  ")
     out += [f"    {c}" for c in commands]
     if d.evidence:
         out.append("  Evidence:")
@@ -42,49 +38,54 @@ def _who(e: Explanation) -> str:
     return f"From {src}" if e.source_kind not in _WHO else f"{_WHO[e.source_kind]} ({src})"
 
 
-def _explanation(e: Explanation, with_source: bool, skip: tuple[Diagnosis, ...] = ()) -> list[str]:
-    out = [f"{_who(e)}: {e.headline}" if with_source else e.headline]
+def _explanation(e: Explanation, with_source: bool, skip: tuple[Diagnosis, ...], prose: Prose) -> list[str]:
+    out = prose.line(f"{_who(e)}: {e.headline}" if with_source else e.headline)
     for d in e.diagnoses:
         if d in skip:
             continue
         out.append("")
-        out += _diagnosis(d)
+        out += _diagnosis(d, prose)
     return out
 
 
-def render_explain_text(report: Report) -> str:
+def render_explain_text(report: Report, width: int | None = None, say: Callable[[str], str] | None = None) -> str:
+    """The report as prose; `width`: the terminal's, when it is narrower than the text's own 100 columns, and
+    `say` (iptrace.render.prose.Prose)."""
+    prose = Prose(width, _WIDTH, say)
     out: list[str] = []
     first = report.explanations[0]
     if len(report.explanations) == 1:
-        out += _explanation(first, first.source_kind != "external")
+        out += _explanation(first, first.source_kind != "external", (), prose)
     elif not _differ(report) and not _worded_apart(report):
         sources = ", ".join(f"{e.source_kind} {e.trace.packet.src}" for e in report.explanations)
-        out += _explanation(first, False)
+        out += _explanation(first, False, (), prose)
         out.append("")
-        out.append(f"The same from every source ({sources}).")
-        out += [f"Note: {d}" for d in report.differences]
+        out += prose.line(f"The same from every source ({sources}).")
+        for d in report.differences:
+            out += prose.line(f"Note: {d}", "  ")
     else:
         if _differ(report):
-            out.append(f"{report.destination}/{report.proto}: the answer depends on where the client is.")
+            out += prose.line(f"{report.destination}/{report.proto}: the answer depends on where the client is.")
         else:  # one verdict, in words of each source's own (its address, the endpoints it reaches): each shown
-            out.append(f"{report.destination}/{report.proto}: {VERDICT_WORDS.get(first.verdict, first.verdict)} "
-                       "from every source, as each says below.")
-        out += [f"  - {d}" for d in report.differences]
+            out += prose.line(f"{report.destination}/{report.proto}: "
+                              f"{VERDICT_WORDS.get(first.verdict, first.verdict)} from every source, as each says "
+                              "below.")
+        for d in report.differences:
+            out += prose.line(f"  - {d}", "    ")
         # A finding every source shares (a node-wide one, say) is said once, before the per-source answers.
         shared = tuple(d for d in first.diagnoses if all(d in e.diagnoses for e in report.explanations[1:]))
         for d in shared:
             out.append("")
-            out += _diagnosis(d)
+            out += _diagnosis(d, prose)
         for e in report.explanations:
             out.append("")
-            out += _explanation(e, True, shared)
+            out += _explanation(e, True, shared, prose)
     assumptions = list(dict.fromkeys(a for e in report.explanations for a in e.trace.assumptions))
     if assumptions:
         out.append("")
         out.append("Assumed:")
         for a in assumptions:
-            out += textwrap.wrap(a, width=_WIDTH, initial_indent="  - ", subsequent_indent="    ",
-                                 break_long_words=False, break_on_hyphens=False)
+            out += prose.wrap(a, "  - ", "    ")
     return "\n".join(out) + "\n"
 
 

@@ -267,7 +267,7 @@ def _controls(report: AuditReport, counts: dict[str, int]) -> list[str]:
 
 def _node_table(report: AuditReport) -> list[str]:
     out = ['<section id="nodes">', f'<h2>Nodes <span class="count">({len(report.nodes)})</span></h2>',
-           '<table class="nodes">',
+           '<div class="table-scroll">', '<table class="nodes">',
            "<thead><tr><th>Node</th><th>Status</th><th>Mode</th><th>kube-proxy layout</th><th>Dataplane read</th>"
            '<th class="num">Service ports</th><th>Errors</th><th>Warnings</th><th>Info</th></tr></thead>', "<tbody>"]
     for n in report.nodes:
@@ -287,7 +287,7 @@ def _node_table(report: AuditReport) -> list[str]:
         if n.error:
             out.append(f'<tr class="{_e(n.status)}"><td></td>'
                        f'<td colspan="8" class="error-text">{_e(n.error)}</td></tr>')
-    out += ["</tbody>", "</table>", "</section>"]
+    out += ["</tbody>", "</table>", "</div>", "</section>"]
     return out
 
 
@@ -308,14 +308,23 @@ def _finding(f: Finding, i: int, port_ids: dict[str, list[tuple[str, str]]]) -> 
            f'<p class="summary">{_e(f.summary)}</p></div>',
            f'<p class="meta">{" · ".join(meta)}{links}</p>',
            '<div class="body">',
-           f'<p class="detail">{_e(f.detail)}</p>',
-           f'<p class="fix"><b>Fix:</b>{_e(f.fix)}</p>']
+           f'<p class="detail">{_e(f.detail)}</p>']
+    # A fix may end in commands, one a line (conntrack -D …): shown as code, one a line, to be pasted.
+    fix, *commands = f.fix.split("\n")
+    out.append(f'<div class="fix"><p><b>Fix:</b> {_e(fix)}</p>'
+               + ('<pre class="commands">' + "\n".join(map(_e, commands)) + "</pre>" if commands else "")
+               + "</div>")
     if f.evidence:
         width = max(len(str(line)) for line, _ in f.evidence)
-        rows = [(f'<span class="ln">line {line:>{width}}  </span>' if line else "") + _e(rule)
-                for line, rule in f.evidence]
-        out += [f"<details open><summary>Evidence: {_plural(len(f.evidence), 'line')} of {_e(f.node)}'s "
-                "rules</summary>", '<pre class="evidence">' + "\n".join(rows) + "</pre>", "</details>"]
+        # One row a rule, wrapped under its own text when it is longer than the box (a rule's DNAT target or
+        # comment is at its end): each row a flex box, whose newline is there for copying, not drawn.
+        rows = ['<span class="row">' + (f'<span class="ln">line {line:>{width}}  </span>' if line else "")
+                + f'<span class="rule">{_e(rule)}</span>\n</span>' for line, rule in f.evidence]
+        # (a conntrack finding's evidence is entries of the node's conntrack table, not its rules)
+        source = getattr(f, "source", "")
+        of = _e(source) if source else f"{_e(f.node)}'s rules"
+        out += [f"<details open><summary>Evidence: {_plural(len(f.evidence), 'line')} of {of}</summary>",
+                '<pre class="evidence">' + "".join(rows) + "</pre>", "</details>"]
     out += ["</div>", "</article>"]
     return out
 

@@ -46,6 +46,7 @@ h3 { font-size: 15px; margin: 0; font-family: var(--mono); }
 .controls label { white-space: nowrap; }
 .controls input[type=search] { width: 20em; padding: 3px 6px; }
 .controls .shown { color: var(--muted); margin-left: auto; }
+.table-scroll { overflow-x: auto; }  /* long node names in a narrow window: the table scrolls, not the page */
 table.nodes { border-collapse: collapse; width: 100%; }
 table.nodes th, table.nodes td { text-align: left; padding: 6px 10px; border-bottom: 1px solid var(--line);
                                  vertical-align: top; }
@@ -66,12 +67,15 @@ table.nodes td.error-text { font-family: var(--mono); font-size: 12px; color: va
 .finding .meta code { color: var(--ink); }
 .finding .body { margin-left: 78px; }
 .finding p { margin: 6px 0; }
-.fix { padding: 6px 10px; background: var(--code-bg); border-radius: 4px; }
-.fix b { margin-right: 4px; }
+.fix { margin: 6px 0; padding: 6px 10px; background: var(--code-bg); border-radius: 4px; }
+.finding .fix p { margin: 0; }
+pre.commands { margin: 4px 0 0; white-space: pre-wrap; overflow-wrap: anywhere; }
 details > summary { cursor: pointer; color: var(--muted); font-size: 12.5px; }
-pre.evidence { margin: 4px 0 0; padding: 8px 10px; overflow-x: auto; background: var(--code-bg);
-               border: 1px solid var(--line); border-radius: 4px; white-space: pre; line-height: 1.45; }
-pre.evidence .ln { color: var(--muted); user-select: none; }
+pre.evidence { margin: 4px 0 0; padding: 8px 10px; background: var(--code-bg);
+               border: 1px solid var(--line); border-radius: 4px; white-space: pre-wrap; line-height: 1.45; }
+pre.evidence .row { display: flex; }
+pre.evidence .ln { flex: none; color: var(--muted); user-select: none; }
+pre.evidence .rule { min-width: 0; overflow-wrap: anywhere; }
 .port { margin: 14px 0 22px; padding: 12px 14px; border: 1px solid var(--line); border-radius: 6px; }
 .port .head { display: flex; flex-wrap: wrap; gap: 4px 12px; align-items: baseline; }
 .port .kind { color: var(--muted); }
@@ -98,8 +102,11 @@ footer { margin-top: 36px; padding-top: 8px; border-top: 1px solid var(--line); 
   a { color: inherit; text-decoration: none; }
   .finding, figure.variant, tr { break-inside: avoid; }
   .port { break-inside: auto; }
+  /* the node table fits the paper (else Chromium shrinks every page to fit it) */
+  .table-scroll { overflow: visible; }
+  table.nodes th { white-space: normal; }
+  table.nodes .badge { min-width: 0; }
   h2, h3, .port .head { break-after: avoid; }
-  pre.evidence { white-space: pre-wrap; word-break: break-all; overflow: visible; }
   figure.variant { overflow: visible; }
   details > summary { list-style: none; }
   * { -webkit-print-color-adjust: exact; print-color-adjust: exact; }

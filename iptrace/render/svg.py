@@ -9,6 +9,7 @@ always gives the same bytes. Returns str; no I/O.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
@@ -32,9 +33,17 @@ _COLOURS = {
     "chain": ("#ffffff", "#80868b", "#202124"),
     "endpoint": ("#e6f4ea", "#3c8d50", "#0d3d1b"),
     "verdict": ("#fce8e6", "#c5221f", "#6d0e0a"),
+    # an ACCEPT is no failure (kube-proxy accepts a health check nodePort for its own server): not in red
+    "accept": ("#f1f3f4", "#5f6368", "#202124"),
     "ghost": ("#ffffff", "#9aa0a6", "#5f6368"),
 }
 _FLAGGED_STROKE = "#c5221f"
+# A chain name longer than this is drawn over several lines: nftables mode's chain names carry the Service
+# port (`service-FRX3YWVZ-ingress-nginx/ingress-nginx-controller/tcp/https`, up to ~100 characters), and one
+# line each made a picture of three chains ~1,500 px wide, shrunk to an unreadable size on paper and in a
+# narrow window. No iptables chain name is longer (the kernel allows 28 characters).
+_CHAIN_LINE = 28
+_NFT_HEAD = re.compile(r"[a-z]+-[A-Z0-9]{8}-")  # kube-proxy's `<kind>-<hash>-` before the Service port
 _KIND_WORDS = {"entry": "way in", "chain": "chain", "endpoint": "endpoint", "verdict": "verdict",
                "ghost": "endpoint"}
 # Boxes of kind "lane" are invisible: the place where an edge crosses a column it skips.
@@ -49,6 +58,7 @@ class _Box:
     col: int
     width: float
     height: float
+    whole: bool = False  # the lines are the pieces of one name (a long chain name), read as one text
 
 
 def _fmt(v: float) -> str:
@@ -98,6 +108,9 @@ def draw_service_port(nodes: Sequence[GraphNode], edges: Sequence[GraphEdge], *,
     column = _columns(nodes, edges)
     boxes: list[_Box] = []
     for nid, label, kind in nodes:
+        if kind == "chain" and len(label) > _CHAIN_LINE:
+            boxes.append(_box(nid, _name_lines(label), kind, False, column[nid], whole=True))
+            continue
         lines = tuple(label.split("\n")) + ((notes[nid],) if nid in notes else ())
         boxes.append(_box(nid, lines, kind, nid in notes, column[nid]))
     last = max([b.col for b in boxes] or [0])
@@ -175,12 +188,12 @@ def draw_service_port(nodes: Sequence[GraphNode], edges: Sequence[GraphEdge], *,
     for b in boxes:
         if b.kind == "lane":
             continue
-        fill, stroke, ink = _COLOURS[b.kind]
+        fill, stroke, ink = _COLOURS["accept" if b.kind == "verdict" and b.lines[0] == "ACCEPT" else b.kind]
         if b.flagged:
             stroke = _FLAGGED_STROKE
         dash = ' stroke-dasharray="5 3"' if b.kind == "ghost" or b.flagged else ""
         x, y = xs[b.col], top[b.id]
-        tip = f"{_KIND_WORDS[b.kind]} " + " — ".join(b.lines)
+        tip = f"{_KIND_WORDS[b.kind]} " + ("".join(b.lines) if b.whole else " — ".join(b.lines))
         if incoming.get(b.id):
             tip += " (" + "; ".join(incoming[b.id]) + ")"
         cls = f"n n-{b.kind}" + (" flagged" if b.flagged else "")
@@ -188,6 +201,12 @@ def draw_service_port(nodes: Sequence[GraphNode], edges: Sequence[GraphEdge], *,
                    f'<rect x="{_fmt(x)}" y="{_fmt(y)}" width="{_fmt(b.width)}" height="{_fmt(b.height)}" '
                    f'rx="{10 if b.kind == "entry" else 3}" fill="{fill}" stroke="{stroke}" '
                    f'stroke-width="{2.2 if b.flagged else 1.2}"{dash}/>')
+        if b.whole:  # one <text>: the page's search and its filter read the name whole
+            pieces = "".join(f'<tspan x="{_fmt(x + _PAD_X)}" dy="{_LINE_H if i else 0}">{escape(line)}</tspan>'
+                             for i, line in enumerate(b.lines))
+            out.append(f'<text x="{_fmt(x + _PAD_X)}" y="{_fmt(y + _PAD_Y + 11)}" fill="{ink}">{pieces}</text>')
+            out.append("</g>")
+            continue
         for i, line in enumerate(b.lines):
             bold = ' font-weight="bold"' if b.kind in ("endpoint", "verdict") and i == 0 else ""
             colour = _FLAGGED_STROKE if (b.flagged and i == len(b.lines) - 1) else ink
@@ -198,9 +217,29 @@ def draw_service_port(nodes: Sequence[GraphNode], edges: Sequence[GraphEdge], *,
     return "\n".join(out)
 
 
-def _box(nid: str, lines: tuple[str, ...], kind: str, flagged: bool, col: int) -> _Box:
+def _box(nid: str, lines: tuple[str, ...], kind: str, flagged: bool, col: int, whole: bool = False) -> _Box:
     return _Box(nid, lines, kind, flagged, col, round(max(len(x) for x in lines) * _CHAR_W + 2 * _PAD_X),
-                len(lines) * _LINE_H + 2 * _PAD_Y)
+                len(lines) * _LINE_H + 2 * _PAD_Y, whole)
+
+
+def _name_lines(name: str) -> tuple[str, ...]:
+    """A long chain name in lines of at most _CHAIN_LINE characters where it can be: nftables mode's
+    `<kind>-<hash>-` first, then the Service port broken after its `/`s (a part still too long, after its
+    `-`s); joined, the lines are the name again."""
+    head = _NFT_HEAD.match(name)
+    lines = [head.group(0)] if head else []
+    parts = re.findall(r"[^/]*/|[^/]+$", name[head.end() if head else 0:])
+    tokens = [t for part in parts
+              for t in ((part,) if len(part) <= _CHAIN_LINE else re.findall(r"[^-]*-|[^-]+$", part))]
+    line = ""
+    for token in tokens:
+        if line and len(line) + len(token) > _CHAIN_LINE:
+            lines.append(line)
+            line = ""
+        line += token
+    if line:
+        lines.append(line)
+    return tuple(lines)
 
 
 def _stack(boxes: Sequence[_Box], preds: Mapping[str, list[str]], ncols: int) -> dict[str, float]:
