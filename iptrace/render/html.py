@@ -297,6 +297,8 @@ def _drawn_in(f: Finding, family: str) -> bool:
 
 
 def _finding(f: Finding, i: int, port_ids: dict[str, list[tuple[str, str]]]) -> list[str]:
+    # A fix may end in commands, one a line (conntrack -D …).
+    fix, *commands = f.fix.split("\n")
     meta = [f"<code>{_e(f.id)}</code>", f"node <code>{_e(f.node)}</code>"]
     if f.service:
         meta.append(f"Service port <code>{_e(f.service)}</code>")
@@ -309,13 +311,18 @@ def _finding(f: Finding, i: int, port_ids: dict[str, list[tuple[str, str]]]) -> 
            f'<p class="meta">{" · ".join(meta)}{links}</p>',
            '<div class="body">',
            f'<p class="detail">{_e(f.detail)}</p>',
-           f'<p class="fix"><b>Fix:</b>{_e(f.fix)}</p>']
+           f'<p class="fix"><b>Fix:</b>{_e(fix)}</p>']
+    if commands:  # one a line, as the text report prints them, so that each can be copied and pasted
+        out.append('<pre class="fix commands">' + "\n".join(_e(c) for c in commands) + "</pre>")
     if f.evidence:
         width = max(len(str(line)) for line, _ in f.evidence)
         rows = [(f'<span class="ln">line {line:>{width}}  </span>' if line else "") + _e(rule)
                 for line, rule in f.evidence]
-        out += [f"<details open><summary>Evidence: {_plural(len(f.evidence), 'line')} of {_e(f.node)}'s "
-                "rules</summary>", '<pre class="evidence">' + "\n".join(rows) + "</pre>", "</details>"]
+        # A conntrack finding's evidence is lines of the node's conntrack table, not of its rules.
+        source = getattr(f, "source", "")
+        of = f"<code>{_e(source)}</code>" if source else f"{_e(f.node)}'s rules"
+        out += [f"<details open><summary>Evidence: {_plural(len(f.evidence), 'line')} of {of}</summary>",
+                '<pre class="evidence">' + "\n".join(rows) + "</pre>", "</details>"]
     out += ["</div>", "</article>"]
     return out
 

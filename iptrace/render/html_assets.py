@@ -68,6 +68,7 @@ table.nodes td.error-text { font-family: var(--mono); font-size: 12px; color: va
 .finding p { margin: 6px 0; }
 .fix { padding: 6px 10px; background: var(--code-bg); border-radius: 4px; }
 .fix b { margin-right: 4px; }
+pre.commands { margin: 0; padding: 2px 10px 8px 24px; white-space: pre-wrap; word-break: break-all; }
 details > summary { cursor: pointer; color: var(--muted); font-size: 12.5px; }
 pre.evidence { margin: 4px 0 0; padding: 8px 10px; overflow-x: auto; background: var(--code-bg);
                border: 1px solid var(--line); border-radius: 4px; white-space: pre; line-height: 1.45; }
