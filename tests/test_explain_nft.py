@@ -191,3 +191,16 @@ def test_the_apis_findings_beside_explains_evidence_read_alike(tmp_path: Path) -
                "external-SX2ZK5HK-default/fb-backends/tcp/ka-port }")
     assert [e["rule"] for e in finding["evidence"]] == [element], finding["evidence"]
     assert element in {s["rule"] for o in answer["trace"]["outcomes"] for s in o["path"]}
+
+
+def test_a_source_outside_the_ranges_is_dropped_by_the_firewall_chains_own_rule() -> None:
+    """nftables mode drops it by a rule of the firewall-… chain (`ip saddr != RANGES drop`); explain said the
+    packet "falls through the Service's firewall chain", as an iptables KUBE-FW chain lets it."""
+    result = CliRunner().invoke(main, ["explain", str(SAMPLES / "dual-stack-nft.nft"), "--dst", "203.0.113.50:80",
+                                       "--src", "192.0.2.9"])
+    assert result.exit_code == 3
+    text = " ".join(result.output.split())
+    assert "[source-range-blocked, error]" in text and "falls through" not in text
+    assert ("192.0.2.9 is not in those ranges, so the Service's firewall chain "
+            "firewall-SUSTUHLJ-default/web/tcp/http drops it: the connection hangs until it times out.") in text
+    assert "Evidence: line 178: ip saddr != 198.51.100.0/24 drop" in text

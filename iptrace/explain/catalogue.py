@@ -235,7 +235,11 @@ def source_range_blocked(case: Case) -> Diagnosis | None:
             "source-range-blocked", "error",
             f"{case.src} is outside the loadBalancerSourceRanges of {name}, so the packet {end}",
             f"{name} accepts traffic to its LoadBalancer IP {allowed}. {case.src} is not in those ranges, so "
-            f"the packet falls through the Service's firewall chain{fate}.",
+            + (f"the Service's firewall chain {steps[-1].chain} drops it: {wait(case.proto)}."
+               if case.facts.proxy.dataplane == "nftables" and outcome.verdict == "DROP" else
+               # (iptables: it falls through the nat KUBE-FW chain, whose jumps take only the ranges, and
+               # KUBE-PROXY-FIREWALL (KUBE-MARK-DROP before it) drops it; nftables: a rule of its own)
+               f"the packet falls through the Service's firewall chain{fate}."),
             f"connect from an allowed range, or add the client's range to spec.loadBalancerSourceRanges of "
             f"{service_name(svcs[0]) if svcs else name}",
             step_evidence(steps), instead)
