@@ -83,6 +83,12 @@ def choose_dump(snapshot: Any, family: str = "ipv4", *, lenient: bool = False, k
     mode = proxy_mode_of(snapshot)
     if family == "ipv6" and snapshot.ip6_dump_text:
         text, name = snapshot.ip6_dump_text, str(Path(snapshot.dump_path).parent / store.IP6_DUMP_FILE)
+    if not text.strip():
+        # iptables-save prints nothing on a node without iptables tables (nftables mode, kubelet writing none):
+        # no rules to read there, kube-proxy's are in the nft ruleset (else the load below says what is missing).
+        nft = _nft_kube(snapshot, family, lenient, known)
+        if nft is not None:
+            return nft
     dataplane, ruleset = dataplanes.load(text, source=name, lenient=lenient, memo=memo)
     layout = _kube_layout(dataplane, ruleset, family, known)
     if layout is not None:
