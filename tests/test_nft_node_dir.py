@@ -53,3 +53,27 @@ def test_services_trace_explain_and_diff_of_the_node(tmp_path: Path) -> None:
     diff = run("diff", node, str(snap / "node-2"))
     assert diff.exit_code == 0, diff.output
     assert "no differences in Services, endpoints" in diff.stdout and "no rules found" not in diff.output
+
+
+CANARIES = "*mangle\n:KUBE-IPTABLES-HINT - [0:0]\n:KUBE-KUBELET-CANARY - [0:0]\nCOMMIT\n"  # kubelet's, each family
+
+
+def test_an_ipv6_question_to_an_ipv4_only_nftables_node_is_answered_in_nftables_words(tmp_path: Path) -> None:
+    """With kubelet's canaries in iptables-save.txt and ip6tables-save.txt the error named the iptables dump ("is
+    an IPv4 dump; give the node's ip6tables-save output instead"); with both empty it was "no rules found"."""
+    snap = collection(tmp_path)
+    with_canaries = snap / "node-2"
+    (with_canaries / store.DUMP_FILE).write_text(CANARIES)
+    (with_canaries / store.IP6_DUMP_FILE).write_text(CANARIES)
+    for node in ("node-1", "node-2"):
+        result = run("explain", str(snap / node), "--dst", "[fd00:10:96::1]:443")
+        assert result.exit_code == 1, result.output
+        assert result.stderr.splitlines()[-1] == (
+            f"Error: fd00:10:96::1 is an IPv6 address but {snap / node / store.NFT_FILE} has no `table ip6 "
+            "kube-proxy`: kube-proxy (nftables mode) programs no IPv6 Services on this node")
+    # An iptables-mode node still names the dump it lacks.
+    iptables_node = snap / "node-3"
+    store.write_node_dir(iptables_node, {store.DUMP_FILE: (SAMPLES / "nodeport-fb-backends.txt").read_bytes()},
+                         {"node": "node-3", "addresses": ["192.168.49.2"]})
+    result = run("explain", str(iptables_node), "--dst", "[fd00:10:96::1]:443")
+    assert result.stderr.splitlines()[-1].endswith("is an IPv4 dump; give the node's ip6tables-save output instead")
