@@ -84,6 +84,8 @@ def test_one_stale_node_without_cluster_data() -> None:
     assert "10.244.2.99:8080" in web.summary and "the other nodes do not have" in web.summary
     assert any("10.244.2.99:8080" in rule for _, rule in web.evidence)
     assert report.has_error
+    stale = next(f for f in report.findings if f.id == "kube-proxy-stale")
+    assert "(kubectl -n kube-system delete pod <its kube-proxy pod>)" in stale.fix  # no Node object to name
 
 
 def test_one_stale_node_against_the_api() -> None:
@@ -96,6 +98,10 @@ def test_one_stale_node_against_the_api() -> None:
                                        ("stale-endpoints", "error", "default/web:http"),
                                        ("unknown-service", "warning", "default/gone:http")], show(report)
     assert [f.severity for f in report.findings] == ["error", "error", "warning"]
+    # The fix names the pod to delete by the Node the cluster data matched (it said "<its kube-proxy pod>").
+    stale = next(f for f in report.findings if f.id == "kube-proxy-stale")
+    assert stale.fix == ("restart kube-proxy on node-b (kubectl -n kube-system delete pod -l k8s-app=kube-proxy "
+                         "--field-selector spec.nodeName=node-b) and check its logs")
 
 
 def test_a_service_missing_on_one_node() -> None:

@@ -3,7 +3,9 @@ error text for a garbled or truncated table, --lenient, and DIR/NODE/conntrack.t
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -186,3 +188,26 @@ def test_a_capped_table_is_said_to_be_partial(tmp_path: Path, monkeypatch: pytes
     assert audited.exit_code == 3 and audited.stderr == note
     uncapped = run("explain", str(snap / "node2"), "--dst", "10.96.0.10:53", "--proto", "udp")
     assert uncapped.stderr == ""
+
+
+def test_audit_html_shows_conntrack_evidence_and_commands_as_they_are(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The HTML report said "Evidence: 2 lines of node1's rules" above lines of conntrack.txt, and ran the
+    `conntrack -D` commands of a fix into its sentence (several of them into one line that cannot be pasted)."""
+    _collection(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    findings = json.loads(run("audit", "snap", "-o", "json").stdout)["findings"]
+    page = run("audit", "snap", "-o", "html").stdout
+    articles = re.findall(r'<article class="finding.*?</article>', page, re.S)
+    assert len(articles) == len(findings) == 3
+    for finding, article in zip(findings, articles, strict=True):
+        sentence, *commands = finding["fix"].split("\n")
+        assert commands  # each conntrack finding's fix ends in the commands to run
+        assert f'<p><b>Fix:</b> {html.escape(sentence)}</p>' in article
+        shown = re.search(r'<pre class="commands">(.*?)</pre>', article, re.S)
+        assert shown is not None and html.unescape(shown.group(1)).split("\n") == commands
+        summary = re.search(r"<summary>(Evidence: .*?)</summary>", article)
+        assert summary is not None
+        assert html.unescape(re.sub("<[^>]+>", "", summary.group(1))) == \
+            f"Evidence: {len(finding['evidence'])} line{'s' * (len(finding['evidence']) > 1)} of " \
+            "snap/node1/conntrack.txt"

@@ -725,3 +725,31 @@ def _runner():
     def run(*argv: str) -> None:
         subprocess.run(argv, check=True, capture_output=True)
     return run
+
+
+@pytest.mark.root
+@needs_sshd
+def test_a_node_without_iptables_is_collected_from_its_nft_ruleset(farm: SshdFarm, tmp_path: Path):
+    """A node in nftables mode need not have iptables installed: collect failed it ('`iptables-save` not found on
+    the node'), losing its nft ruleset. Its `nft list ruleset` is its rules now (store reads it as the dump), the
+    missing iptables commands are one note, and audit analyses the node."""
+    nft = ('#!/bin/sh\n[ "$1" = --version ] && echo "nftables v1.0.6 (Lester Gooch #5)" && exit 0\n'
+           "cat <<'EOF'\n" + SAMPLE_NFT + "EOF\n")
+    scripts = {name: text for name, text in default_scripts("198.18.0.1").items()
+               if name not in ("iptables-save", "ip6tables-save", "iptables")}
+    server = farm.start("nftonly", scripts={**scripts, "nft": nft})  # (PATH /usr/bin:/bin: no iptables there)
+    [result] = _collect(farm, [_target(server)], tmp_path)
+    assert result.ok, _describe([result])
+    node_dir = tmp_path / "out" / result.node
+    assert sorted(p.name for p in node_dir.iterdir()) == ["meta.json", "nft-ruleset.txt"]
+    assert result.warnings == ()
+    assert result.notes[0] == "no `iptables-save` on the node: the node's rules are its `nft list ruleset` " \
+                              "(nft-ruleset.txt)"
+    snapshot = store.read_node_dir(node_dir)
+    assert snapshot.dump_path == node_dir / "nft-ruleset.txt" and snapshot.addresses
+    from click.testing import CliRunner
+
+    from iptrace.cli import main
+    audit = CliRunner().invoke(main, ["audit", str(tmp_path / "out"), "-o", "json"])
+    [row] = json.loads(audit.stdout)["nodes"]
+    assert (row["status"], row["mode"], row["services"]) == ("ok", "nftables", 1), audit.output

@@ -453,3 +453,29 @@ def test_the_node_addresses_taken_from_the_other_side_are_said_once(tmp_path: Pa
     assert result.exit_code == 0, result.output
     assert "equivalent: every Service port is forwarded alike" in result.stdout, result.stdout
     assert result.stderr.count("does not name the node's own addresses") == 1, result.stderr
+
+
+def test_a_node_address_only_iptables_mode_accepts_nodeports_on_is_a_note() -> None:
+    """iptables mode accepts nodePorts on every local address, nftables mode on the node's primary ones
+    (--nodeport-addresses): with a second node address the migration check said 'equivalent' and nothing of it
+    (its `<node>` ways are traced to the first address, which both accept), though a client of the second address
+    reaches the Service in iptables mode only (explain says node-port-not-on-address there)."""
+    second = "192.0.2.77"
+    ips = [NODES[NODE], second]
+
+    def of(text: str, source: str) -> object:
+        dataplane, ruleset = dataplanes.load(text, source=source)
+        return analyse(dataplane, ruleset, node_ips=ips)
+
+    d = diff(of(iptables_text(services()), "iptables-save.txt"), of(nft_text(services()), "nft-ruleset.txt"))
+    (note,) = [n for n in d.notes if n.startswith("NodePorts on ")]
+    assert note == (f"NodePorts on {second}: iptables (a) accepts a nodePort there, nftables (b) does not (NodePorts "
+                    f"on {NODES[NODE]}; not on localhost: kube-proxy's --nodeport-addresses, in nftables mode the "
+                    f"node's primary addresses by default): a client that connects to {second}:NODEPORT (e.g. "
+                    f"{second}:30080) reaches the Service in iptables mode only")
+    back = diff(of(nft_text(services()), "nft"), of(iptables_text(services()), "ipt"))
+    assert any(n.startswith(f"NodePorts on {second}: iptables (b) accepts") for n in back.notes), back.notes
+    # The primary address alone (both accept it), and two dumps of one mode: no such note.
+    assert not [n for n in migration(services(), services()).notes if n.startswith("NodePorts on ")]
+    same = diff(of(nft_text(services()), "a"), of(nft_text(services()), "b"))
+    assert not [n for n in same.notes if n.startswith("NodePorts on ")]

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from bench.synth import PortSpec, ServiceSpec
+from bench.synth_nft import render_nft
 from iptrace.cli import main
 from tests.conftest import SAMPLES
 
@@ -191,3 +193,47 @@ def test_the_apis_findings_beside_explains_evidence_read_alike(tmp_path: Path) -
                "external-SX2ZK5HK-default/fb-backends/tcp/ka-port }")
     assert [e["rule"] for e in finding["evidence"]] == [element], finding["evidence"]
     assert element in {s["rule"] for o in answer["trace"]["outcomes"] for s in o["path"]}
+
+
+def test_a_source_outside_the_ranges_is_dropped_by_the_firewall_chains_own_rule() -> None:
+    """nftables mode drops it by a rule of the firewall-… chain (`ip saddr != RANGES drop`); explain said the
+    packet "falls through the Service's firewall chain", as an iptables KUBE-FW chain lets it."""
+    result = CliRunner().invoke(main, ["explain", str(SAMPLES / "dual-stack-nft.nft"), "--dst", "203.0.113.50:80",
+                                       "--src", "192.0.2.9"])
+    assert result.exit_code == 3
+    text = " ".join(result.output.split())
+    assert "[source-range-blocked, error]" in text and "falls through" not in text
+    assert ("192.0.2.9 is not in those ranges, so the Service's firewall chain "
+            "firewall-SUSTUHLJ-default/web/tcp/http drops it: the connection hangs until it times out.") in text
+    assert "Evidence: line 178: ip saddr != 198.51.100.0/24 drop" in text
+
+
+def test_a_source_outside_the_ranges_of_a_service_without_endpoints_is_told_it_is_dropped(tmp_path: Path) -> None:
+    """nftables mode filters a LoadBalancer IP by its source ranges before @no-endpoint-services: a client
+    outside them is dropped by the firewall-… chain (a timeout), one inside is refused (the kernel does both:
+    198.18.0.2 timed out, 198.18.64.5 was refused, on this transaction loaded with `nft -f`). explain said
+    no-endpoints there, "this packet leaves the node itself, so it is not rewritten and it goes on to … unchanged",
+    for a pod, the node and an outside client alike."""
+    services = [ServiceSpec("apps", "api", "10.96.10.102", [PortSpec("http", 80, node_port=32738, target_port=8080)],
+                            type="LoadBalancer", lb_ips=["203.0.123.102"], lb_source_ranges=["198.51.100.0/24"])]
+    ruleset = tmp_path / "ruleset.nft"
+    ruleset.write_text(render_nft(services, node_ips=["192.168.49.2"], pod_cidr="10.244.0.0/16",
+                                  service_cidrs=["10.96.0.0/12"], form="list"))
+    for src in ("pod", "node", "external", "192.0.2.9"):
+        result = CliRunner().invoke(main, ["explain", str(ruleset), "--dst", "203.0.123.102:80", "--src", src,
+                                           "-o", "json"])
+        assert result.exit_code == 3, result.output
+        doc = json.loads(result.stdout)
+        assert {o["verdict"] for o in doc["trace"]["outcomes"]} == {"DROP"}
+        (diagnosis,) = doc["diagnoses"]
+        assert diagnosis["id"] == "source-range-blocked", diagnosis
+        assert "drops it: the connection hangs until it times out" in diagnosis["detail"]
+        assert diagnosis["fix"].endswith(
+            "; from there it is refused as long as the Service has no ready endpoints: check "
+            "`kubectl -n apps get endpointslices -l kubernetes.io/service-name=api`")
+    inside = CliRunner().invoke(main, ["explain", str(ruleset), "--dst", "203.0.123.102:80", "--src", "198.51.100.7",
+                                       "-o", "json"])
+    doc = json.loads(inside.stdout)
+    assert {o["verdict"] for o in doc["trace"]["outcomes"]} == {"REJECT"}
+    assert [d["id"] for d in doc["diagnoses"]] == ["no-endpoints"]
+    assert "connection refused' at once" in doc["diagnoses"][0]["detail"]

@@ -113,10 +113,21 @@ def analysis_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = Non
 
         # An IPv6 question to an iptables-save dump (or the reverse) has no answer in it: say which dump would.
         have = first_family(ruleset)
-        if dataplane.name == "nftables":
+        node_dir = dump != "-" and Path(dump).is_dir()
+        nft_source = ruleset.source if dataplane.name == "nftables" else None
+        if nft_source is None and node_dir:
+            from iptrace.collect.inputs import holds_kube_proxy_table
+            from iptrace.collect.store import NFT_FILE, read_node_dir
+
+            if holds_kube_proxy_table(read_node_dir(Path(dump))):  # (nftables mode: its ruleset, not iptables, says)
+                nft_source = str(Path(dump) / NFT_FILE)
+        if nft_source is not None:
             table = "ip6" if family == "ipv6" else "ip"
-            raise InputError(f"{host} is an {family.replace('ip', 'IP')} address but {ruleset.source} has no "
-                             f"{table} or inet table; give the node's whole `nft list ruleset`")
+            # (a node's whole ruleset may have other tables of the family, iptables-nft's: kube-proxy's is the one)
+            raise InputError(f"{host} is an {family.replace('ip', 'IP')} address but {nft_source} has no " + (
+                f"`table {table} kube-proxy`: kube-proxy (nftables mode) programs no "
+                f"{family.replace('ip', 'IP')} Services on this node" if node_dir else
+                f"{table} or inet table; give the node's whole `nft list ruleset`"))
         tool = "ip6tables-save" if family == "ipv6" else "iptables-save"
         raise InputError(f"{host} is an {family.replace('ip', 'IP')} address but {ruleset.source} is an "
                          f"{have.replace('ip', 'IP')} dump; give the node's {tool} output instead")

@@ -1,6 +1,7 @@
 """Turn what the node printed (commands.parse_batch) into the files of `DIR/NODE/` and the node's half of
 meta.json — the same for every way in (SSH, exec into kube-proxy, a collector pod). Only iptables-save is
-vital; every other command that fails is named in the result and in meta.json, and nothing else is lost.
+vital (or, on a node without iptables, `nft list ruleset`); every other command that fails is named in the result
+and in meta.json, and nothing else is lost.
 Library code: no I/O.
 """
 
@@ -102,19 +103,28 @@ def gather(batch: Batch, node: str, runner: Runner, *, conntrack_cap: int = 0) -
     if save is None:
         raise CollectError(f"{node}: the node's shell did not run the commands; is `sh` a POSIX shell there?",
                            kind=runner.failure_kind, node=node)
-    error = command_error(save, node, runner)
-    if error is not None:
-        raise error
     warnings: list[str] = []
     notes: list[str] = []
-    dumps = {store.DUMP_FILE: save.stdout}
+    dumps: dict[str, bytes] = {}
+    listing = steps.get("nft")
+    if is_missing(save) and listing is not None and listing.status == 0:
+        # A node without iptables (kube-proxy in nftables mode needs none on the host): its nft ruleset is the
+        # node's rules, read as its dump (store.read_node_dir), and nothing vital is missing.
+        notes.append(f"no `iptables-save` {_where(runner)}: the node's rules are its `nft list ruleset` "
+                     f"({store.NFT_FILE})")
+    else:
+        error = command_error(save, node, runner)
+        if error is not None:
+            raise error
+        dumps[store.DUMP_FILE] = save.stdout
     save_text = save.stdout.decode("utf-8", "replace")
+    no_iptables = store.DUMP_FILE not in dumps  # (then its other commands are missing too: the note says it)
     six = steps.get("ip6tables-save")
     if six is not None and (six_error := command_error(six, node, runner)) is None:
         dumps[store.IP6_DUMP_FILE] = six.stdout
         if IP6_LEGACY_WARNING.encode() in six.stdout:
             warnings.append("ip6tables-legacy tables are present too; they were not collected")
-    elif six is not None:
+    elif six is not None and not (no_iptables and is_missing(six)):
         warnings.append(f"ip6tables-save: {_strip_node(str(six_error), node)}")
     if LEGACY_WARNING in save_text:
         legacy = steps.get("iptables-legacy-save")
@@ -129,7 +139,7 @@ def gather(batch: Batch, node: str, runner: Runner, *, conntrack_cap: int = 0) -
     version_output = steps.get("iptables-version")
     if version_output is not None and version_output.status == 0:
         version, backend = parse_iptables_version(version_output.stdout.decode("utf-8", "replace"))
-    elif version_output is not None:
+    elif version_output is not None and not (no_iptables and is_missing(version_output)):
         warnings.append(f"iptables --version: {_warning(version_output, node, runner)}")
     if version is None:
         version, backend = parse_iptables_version(save_text.partition("\n")[0])

@@ -83,6 +83,18 @@ def choose_dump(snapshot: Any, family: str = "ipv4", *, lenient: bool = False, k
     mode = proxy_mode_of(snapshot)
     if family == "ipv6" and snapshot.ip6_dump_text:
         text, name = snapshot.ip6_dump_text, str(Path(snapshot.dump_path).parent / store.IP6_DUMP_FILE)
+    if not text.strip():
+        # iptables-save prints nothing on a node without iptables tables (nftables mode, kubelet writing none):
+        # no rules to read there, kube-proxy's are in the nft ruleset (else the load below says what is missing),
+        # which answers too for a family it has no table of.
+        nft = _nft_kube(snapshot, family, lenient, known)
+        if nft is None and holds_kube_proxy_table(snapshot):
+            nft_dp, nft_rs = dataplanes.load(snapshot.nft_ruleset_text, lenient=lenient,
+                                             source=str(Path(snapshot.dump_path).parent / NFT_FILE))
+            nft = NodeDump(nft_dp, nft_rs, f"{snapshot.node}: kube-proxy runs in nftables mode here; analyzing "
+                                           f"{NFT_FILE}")
+        if nft is not None:
+            return nft
     dataplane, ruleset = dataplanes.load(text, source=name, lenient=lenient, memo=memo)
     layout = _kube_layout(dataplane, ruleset, family, known)
     if layout is not None:
@@ -101,11 +113,17 @@ def choose_dump(snapshot: Any, family: str = "ipv4", *, lenient: bool = False, k
     return NodeDump(dataplane, ruleset)
 
 
+def holds_kube_proxy_table(snapshot: Any) -> bool:
+    """Whether the node's nft ruleset has a kube-proxy table (of any family; found by its header)."""
+    nft = snapshot.nft_ruleset_text
+    return bool(nft) and any(mark in nft for mark in _KUBE_TABLE_MARKS)
+
+
 def _nft_kube(snapshot: Any, family: str, lenient: bool, known: Any) -> NodeDump | None:
     """The node's nft ruleset when kube-proxy's table for `family` holds rules, else None."""
-    nft = snapshot.nft_ruleset_text
-    if not nft or not any(mark in nft for mark in _KUBE_TABLE_MARKS):
+    if not holds_kube_proxy_table(snapshot):
         return None
+    nft = snapshot.nft_ruleset_text
     nft_dp, nft_rs = dataplanes.load(nft, source=str(Path(snapshot.dump_path).parent / NFT_FILE), lenient=lenient)
     layout = _kube_layout(nft_dp, nft_rs, family, known)
     if layout is None:

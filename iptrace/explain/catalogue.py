@@ -131,7 +131,11 @@ def no_endpoints(case: Case) -> Diagnosis | None:
     if case.dnat or _local_drop_step(case) is not None:  # (a Local policy's drop: no_local_endpoints says it)
         return None
     # kube-proxy hooks its REJECT for externalIPs, LB IPs and nodePorts (filter KUBE-EXTERNAL-SERVICES) into
-    # INPUT and FORWARD only, so the node's own connections miss it and go on unanswered.
+    # INPUT and FORWARD only, so the node's own connections miss it and go on unanswered. A packet another rule
+    # dropped or rejected first did not go on (nftables mode: a loadBalancerSourceRanges firewall-… chain drops a
+    # client outside the ranges before @no-endpoint-services): the rules after this one say what did.
+    if any(o.verdict in ("DROP", "REJECT") for o in case.failed):
+        return None
     facts = case.facts
     owners = [svc for svc, _ in facts.by_address.get(case.dst, []) if svc.port == case.dport]
     if facts.is_node_address(case.dst):
@@ -224,7 +228,9 @@ def source_range_blocked(case: Case) -> Diagnosis | None:
         ranges = ", ".join(svcs[0].lb_source_ranges) if svcs and svcs[0].lb_source_ranges else ""
         allowed = f"only from {ranges}" if ranges else "only from its loadBalancerSourceRanges"
         instead: tuple[Suggestion, ...] = ()
-        if svcs and svcs[0].port:
+        # (nftables mode filters a Service without endpoints too: from an allowed range it is then refused)
+        empty = bool(svcs) and not svcs[0].endpoints
+        if svcs and svcs[0].port and not empty:
             instead = tuple(Suggestion(case.dst, case.dport, case.proto, r) for r in svcs[0].lb_source_ranges)
         if outcome.verdict == "DROP":
             fate, end = f" and is dropped: {wait(case.proto)}", "is dropped"
@@ -235,9 +241,16 @@ def source_range_blocked(case: Case) -> Diagnosis | None:
             "source-range-blocked", "error",
             f"{case.src} is outside the loadBalancerSourceRanges of {name}, so the packet {end}",
             f"{name} accepts traffic to its LoadBalancer IP {allowed}. {case.src} is not in those ranges, so "
-            f"the packet falls through the Service's firewall chain{fate}.",
+            + (f"the Service's firewall chain {steps[-1].chain} drops it: {wait(case.proto)}."
+               if case.facts.proxy.dataplane == "nftables" and outcome.verdict == "DROP" else
+               # (iptables: it falls through the nat KUBE-FW chain, whose jumps take only the ranges, and
+               # KUBE-PROXY-FIREWALL (KUBE-MARK-DROP before it) drops it; nftables: a rule of its own)
+               f"the packet falls through the Service's firewall chain{fate}."),
             f"connect from an allowed range, or add the client's range to spec.loadBalancerSourceRanges of "
-            f"{service_name(svcs[0]) if svcs else name}",
+            f"{service_name(svcs[0]) if svcs else name}"
+            + ("; from there it is refused as long as the Service has no ready endpoints" if empty else "")
+            + (f": check `kubectl -n {svcs[0].namespace} get endpointslices -l "
+               f"kubernetes.io/service-name={svcs[0].name}`" if empty and svcs[0].namespace else ""),
             step_evidence(steps), instead)
     return None
 

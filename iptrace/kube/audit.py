@@ -549,6 +549,7 @@ def _stale_summaries(proxied: Sequence[_NodeState], skewed: Mapping[str, str]) -
     kinds = {s.name: (s.primary.proxy.mode, s.primary.proxy.name) for s in proxied if s.primary is not None}
     clean_kinds = {kinds.get(n) for n in clean}
     skewed = {n: why for n, why in skewed.items() if kinds.get(n) not in clean_kinds}
+    kube_nodes = {s.name: s.kube_node for s in proxied}
     for n, fs in counts.items():
         if not fs:
             continue
@@ -571,5 +572,14 @@ def _stale_summaries(proxied: Sequence[_NodeState], skewed: Mapping[str, str]) -
             f"({errors} serious); "
             f"{matching}",
             f"Service ports that differ: {listing(services, 8)}. {NOT_SYNCING}.",
-            f"restart kube-proxy on {n} (kubectl -n kube-system delete pod <its kube-proxy pod>) and check its logs"))
+            f"restart kube-proxy on {n} ({_delete_kube_proxy_pod(kube_nodes.get(n))}) and check its logs"))
     return out
+
+
+def _delete_kube_proxy_pod(kube_node: str | None) -> str:
+    """The command that restarts a node's kube-proxy (its DaemonSet makes the pod again): by the Node object's
+    name when cluster data matched the node (the label collect --via api finds kube-proxy's pods by), else
+    for the person to fill in."""
+    if kube_node is None:
+        return "kubectl -n kube-system delete pod <its kube-proxy pod>"
+    return f"kubectl -n kube-system delete pod -l k8s-app=kube-proxy --field-selector spec.nodeName={kube_node}"

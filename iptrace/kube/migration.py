@@ -113,6 +113,7 @@ class Notes:
                        "without endpoints: nftables mode drops clients outside its loadBalancerSourceRanges before "
                        f"it rejects the rest, iptables mode rejects them all): {ways}")
         out.extend(localhost_notes(a, b))
+        out.extend(node_address_notes(a, b))
         out.extend(unclaimed_notes(a, b))
         return tuple(out)
 
@@ -134,6 +135,36 @@ def localhost_notes(a: Any, b: Any) -> list[str]:
     return [f"localhost NodePorts: {yes_mode} ({yes_side}) accepts a nodePort on {loop} from the node itself, "
             f"{no_mode} ({no_side}) does not: a process on the node that connects to localhost:NODEPORT (e.g. "
             f"{example}, {which}) reaches the Service in {yes_mode} mode only; the node's own address works in both"]
+
+
+def node_address_notes(a: Any, b: Any) -> list[str]:
+    """A node address (of the ones given or collected, other than loopback and link-local) one side accepts
+    nodePorts on and the other does not: iptables mode accepts them on every local address by default, nftables
+    mode on the node's primary addresses (--nodeport-addresses). The Service ports' `<node>` ways are traced to
+    one address, which both accept; a client of another address reaches the Service through one mode only."""
+    ports = sorted({sp.node_port for sp in a.view.services if sp.node_port}
+                   & {sp.node_port for sp in b.view.services if sp.node_port})
+    if not ports:
+        return []
+    out = []
+    version = 6 if a.family == "ipv6" else 4
+    for address in dict.fromkeys((*a.node_ips, *b.node_ips)):
+        ip = ipaddress.ip_address(address)
+        if ip.version != version or ip.is_loopback or ip.is_link_local:
+            continue
+        sides = [(side, mode, x.view.node_port_addresses)
+                 for side, mode, x in zip("ab", modes(a, b), (a, b), strict=True)]
+        accepted = [s for s in sides if s[2].accepts(address)]
+        if len(accepted) != 1:
+            continue
+        (yes_side, yes_mode, _), = accepted
+        no_side, no_mode, no = next(s for s in sides if s not in accepted)
+        example = join_host_port(address, ports[0])
+        out.append(f"NodePorts on {address}: {yes_mode} ({yes_side}) accepts a nodePort there, {no_mode} ({no_side}) "
+                   f"does not ({no.describe()}: kube-proxy's --nodeport-addresses, in nftables mode the node's "
+                   f"primary addresses by default): a client that connects to {address}:NODEPORT (e.g. {example}) "
+                   f"reaches the Service in {yes_mode} mode only")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ unclaimed traffic
