@@ -185,7 +185,7 @@ def test_a_node_whose_dump_does_not_parse(tmp_path: Path) -> None:
     (broken_meta / store.META_FILE).write_text("{not json")
     inputs = inputs_from_directory(tmp_path / "snap", cluster=cluster_of(services))
     assert [i.name for i in inputs] == ["node-a", "node-b", "node-c"]
-    assert not inputs[2].analyses and "meta.json: unreadable metadata" in (inputs[2].error or "")
+    assert not inputs[2].analyses and "meta.json:1:2: unreadable metadata" in (inputs[2].error or "")
     inputs = inputs[:2]
     assert not inputs[1].analyses and inputs[1].error and "iptables-save.txt:3" in inputs[1].error
     report = audit(inputs, cluster_of(services))

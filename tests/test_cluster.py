@@ -203,7 +203,16 @@ def test_ipv6_addresses() -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     ('{"kind": "ServiceList",\n  "items": [}\n', "invalid JSON at {f}:2:13: Expecting value; expected `kubectl"),
-    ("", "invalid JSON at {f}:1:1: Expecting value;"),
+    ("", "{f}:1:1: the file is empty; expected `kubectl get --raw /api/v1/services`"),
+    ("\n  \n", "{f}:1:1: the file is empty;"),
+    ("apiVersion: v1\nitems:\n- kind: Service\nkind: List\n",
+     "{f}:1:1: this is YAML (`kubectl get … -o yaml`?); iptrace reads the API's JSON: save it with `-o json`"),
+    ("---\napiVersion: v1\nkind: Service\n", "{f}:1:1: this is YAML"),
+    ('{"kind": "List", "items": [{"kind": "Service", "metadata": {"name": "a"',
+     "invalid JSON at {f}:1:72: the file ends before its JSON does (Expecting ',' delimiter): it looks cut short"),
+    ('{"kind": "List", "items": [{"kind": "Service", "metadata": {"name": "a',
+     "invalid JSON at {f}:1:69: the file ends before its JSON does (Unterminated string starting at): it looks"),
+    ('{"kind": "List",\n "items": [}\n', "invalid JSON at {f}:2:12: Expecting value; expected `kubectl"),
     ("[1, 2]", "{f}: the JSON is a list, not a Kubernetes object; expected `kubectl get --raw /api/v1/services`"),
     ('{"items": []}', "{f}: the JSON object has no `kind`; expected"),
     ('{"kind": "PodList", "items": []}', "{f}: got kind PodList; expected"),

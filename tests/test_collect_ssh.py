@@ -180,7 +180,7 @@ def test_store_rejects_what_is_not_a_node_dir(tmp_path: Path):
     (tmp_path / "n" / "iptables-save.txt").write_text("*filter\nCOMMIT\n")
     assert store.read_node_dir(tmp_path / "n").dump_path == tmp_path / "n" / "iptables-save.txt"
     (tmp_path / "n" / "meta.json").write_text("{not json")
-    with pytest.raises(InputError, match=r"meta\.json: unreadable metadata"):
+    with pytest.raises(InputError, match=r"meta\.json:1:2: unreadable metadata"):
         store.read_node_dir(tmp_path / "n")
 
 

@@ -355,6 +355,26 @@ def emit_json_items(items: Iterable[Any], count: int, texts: Iterable[str] | Non
         click.echo(piece, nl=False)
 
 
+def ipv6_without_port(text: str) -> str | None:
+    """What is wrong with a destination that is an IPv6 address with no port it can be told by (`fd00::10:53`, where
+    `:53` reads as part of the address; `[fd00::10]`; `fd00::10`), with how to write it; None for anything else."""
+    from iptrace.dataplane import ip_address
+
+    body = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        if ip_address(body).version != 6:
+            return None
+    except ValueError:
+        return None
+    if body != text:
+        return f"no port after the IPv6 address; write [{body}]:PORT"
+    head, _, last = body.rpartition(":")
+    suggestion = f"[{body}]:PORT"
+    if head and last.isdigit() and not head.endswith(":"):
+        suggestion = f"[{head}]:{last} if {last} is the port, else [{body}]:PORT"
+    return f"an IPv6 address with no port (an IPv6 address's port is written after brackets); write {suggestion}"
+
+
 def parse_destination(text: str) -> tuple[str, int]:
     """`IP:PORT` or `[IPv6]:PORT` → (ip, port)."""
     from iptrace.dataplane import ip_address
@@ -363,8 +383,8 @@ def parse_destination(text: str) -> tuple[str, int]:
     if text.startswith("[") and "]:" in text:
         host, port = text[1:].split("]:", 1)
     elif not sep or ":" in host:
-        raise click.BadParameter(f"{text!r}: expected IP:PORT, e.g. 10.96.0.10:53 or [fd00::10]:53",
-                                 param_hint="--dst")
+        why = ipv6_without_port(text) or "expected IP:PORT, e.g. 10.96.0.10:53 or [fd00::10]:53"
+        raise click.BadParameter(f"{text!r}: {why}", param_hint="--dst")
     try:
         ip_address(host)
         number = int(port)

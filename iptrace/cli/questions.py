@@ -78,6 +78,11 @@ def parse_question(text: str, where: str, default_proto: str) -> Question:
     else:
         host, sep, port = body.rpartition(":")
         if not sep or ":" in host:
+            from iptrace.cli.common import ipv6_without_port
+
+            why = ipv6_without_port(body)
+            if why is not None:
+                return Question(where, text, error=f"{where}: found {text!r}: {why}")
             return Question(where, text, error=f"{where}: found {text!r}; expected {EXPECTED}")
     try:
         ip_address(host)

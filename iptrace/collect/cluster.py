@@ -74,11 +74,31 @@ def load_cluster_files(paths: Iterable[str | os.PathLike[str]]) -> ClusterState:
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ClusterError(f"invalid JSON at {name}:{e.lineno}:{e.colno}: {e.msg}; {EXPECTED}") from None
+            raise ClusterError(_not_json(name, text, e)) from None
         except RecursionError:
             raise ClusterError(f"invalid JSON at {name}: nested too deeply") from None
         collected.extend((i.kind, i.obj, i.where) for i in api_items(doc, name))
     return state_from_objects(collected, ", ".join("<stdin>" if f == "-" else f for f in files))
+
+
+# The first line of `kubectl get … -o yaml` (a List, or one object), or a YAML document marker.
+_YAML_START = re.compile(r"(?:---|apiVersion:|kind:|items:|metadata:)(?:\s|$)")
+
+
+def _not_json(name: str, text: str, e: json.JSONDecodeError) -> str:
+    """Why a --cluster file is not JSON, at file:line:column: empty, YAML (kubectl's -o yaml) or cut short, each
+    said as such; else the decoder's own words."""
+    if not text.strip():
+        return f"{name}:1:1: the file is empty; {EXPECTED}"
+    first = text.lstrip("\ufeff \t\r\n").split("\n", 1)[0]
+    if _YAML_START.match(first):
+        return (f"{name}:{e.lineno}:{e.colno}: this is YAML (`kubectl get … -o yaml`?); iptrace reads the API's "
+                f"JSON: save it with `-o json` instead (`kubectl get svc,endpointslices,nodes -A -o json`)")
+    # (the decoder meets the end: after the last value read, or inside a string it never saw closed)
+    if not text[e.pos:].strip() or e.msg.startswith("Unterminated string"):
+        return (f"invalid JSON at {name}:{e.lineno}:{e.colno}: the file ends before its JSON does ({e.msg}): "
+                "it looks cut short; save it again")
+    return f"invalid JSON at {name}:{e.lineno}:{e.colno}: {e.msg}; {EXPECTED}"
 
 
 # --- label selectors -----------------------------------------------------------------------------------

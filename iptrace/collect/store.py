@@ -18,8 +18,11 @@ Each file holds a command's output byte for byte, whichever way it was collected
 from __future__ import annotations
 
 import contextlib
+import gzip
+import io
 import json
 import os
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -162,8 +165,12 @@ def read_meta(node_dir: Path) -> dict[str, Any]:
     if not _present(meta_path):
         return {}
     try:
+        _check_regular(meta_path)
         loaded = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{meta_path}:{exc.lineno}:{exc.colno}: unreadable metadata ({exc.msg}); collect this node "
+                         "again") from None
+    except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{meta_path}: unreadable metadata ({exc}); collect this node again") from exc
     if not isinstance(loaded, dict):
         raise InputError(f"{meta_path}: metadata is not a JSON object; collect this node again")
@@ -180,10 +187,33 @@ def list_snapshot(directory: Path) -> list[NodeSnapshot]:
 
 
 def _read_text(path: Path) -> str:
+    """A node's file as text (universal newlines, as read_text gives it); gzip-compressed by hand, decompressed.
+    Raises InputError for what is not a saved output: a FIFO or device would block or never end."""
     try:
-        return path.read_text(encoding="utf-8", errors="surrogateescape")
+        _check_regular(path)
+        with path.open("rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"
+        if not gzipped:
+            return path.read_text(encoding="utf-8", errors="surrogateescape")
+        data = gzip.decompress(path.read_bytes())
+    except (EOFError, gzip.BadGzipFile) as exc:
+        raise InputError(f"{path}: a gzip file that cannot be decompressed ({exc}): it looks cut short; "
+                         "collect this node again") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from exc
+    return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="surrogateescape").read()
+
+
+def _check_regular(path: Path) -> None:
+    """Raises InputError when `path` is a FIFO, socket or device (a directory is left to open, which names it)."""
+    mode = path.stat().st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise InputError(f"{path}: not a regular file ({_KINDS.get(stat.S_IFMT(mode), 'a special file')}); "
+                         "expected a file saved by `iptrace collect`")
+
+
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device"}
 
 
 def _present(path: Path) -> bool:

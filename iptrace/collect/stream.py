@@ -45,8 +45,11 @@ class Source:
 
 def node_name(node_dir: Path) -> str:
     """The name an audit gives a collected node (collect.store: meta.json's `node`, else the directory's)."""
+    meta_path = node_dir / store.META_FILE
+    if not meta_path.is_file():  # (nor a FIFO, whose reading would block: read_meta names it)
+        return node_dir.name
     try:
-        meta = json.loads((node_dir / store.META_FILE).read_text(encoding="utf-8"))
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return node_dir.name
     name = meta.get("node") if isinstance(meta, dict) else None
@@ -88,6 +91,7 @@ def sources(paths: Sequence[str], node_ips: Sequence[str] = (), *, stdin: Callab
 # same cluster, ~205 MB).
 WORKER_BYTES = 60 * 2**20
 BYTES_PER_DUMP_BYTE = 11
+_DEFLATE_RATIO = 1032
 _DUMP_FILES = (store.DUMP_FILE, store.IP6_DUMP_FILE, store.LEGACY_DUMP_FILE, store.NFT_FILE)
 
 
@@ -102,6 +106,8 @@ def dump_bytes(source: Source) -> int:
     files = [path / name for name in _DUMP_FILES] if source.directory else [path]
     total = 0
     for f in files:
+        if not f.is_file():
+            continue  # (not there, or a FIFO that opening would wait on: the worker says what it is)
         try:
             with f.open("rb") as fh:
                 size = fh.seek(0, 2)
@@ -109,7 +115,9 @@ def dump_bytes(source: Source) -> int:
                     fh.seek(0)
                     if fh.read(2) == b"\x1f\x8b":
                         fh.seek(-4, 2)
-                        size = max(size, int.from_bytes(fh.read(4), "little"))  # (ISIZE: the text's size mod 2^32)
+                        # (ISIZE: the text's size mod 2^32; a file cut short ends in any 4 bytes, up to 4 GB, but
+                        # deflate makes no text more than 1032 times its size)
+                        size = max(size, min(int.from_bytes(fh.read(4), "little"), size * _DEFLATE_RATIO))
         except OSError:
             continue  # (a file that is not there, or not readable: the worker says so)
         total += size

@@ -27,6 +27,25 @@ _EXPECTED_NAMES = {
 }
 
 
+_NOT_A_TABLE = "; is this `conntrack -L` output (or /proc/net/nf_conntrack)?"
+# Other outputs of conntrack that people save for a table, by their first line, and what to list instead.
+_OTHER_OUTPUTS = (
+    (re.compile(r"\s*(?:\[\d+\.\d+\]\s*)?\[(?:NEW|UPDATE|DESTROY)\]"),  # (`-o timestamp` first)
+     "; this is `conntrack -E` (events as they happen), not the table: list the table with `conntrack -L`"),
+    (re.compile(r"\s*<\?xml|\s*<conntrack>"),
+     "; this is `conntrack -L -o xml`, which iptrace does not read: list the table plain (`conntrack -L`) or with "
+     "`-o extended`"),
+)
+
+
+def other_output_hint(text: str) -> str:
+    """What to say about a failing line that comes before any entry: which other output it is, if it is one."""
+    for pattern, hint in _OTHER_OUTPUTS:
+        if pattern.match(text):
+            return hint
+    return _NOT_A_TABLE
+
+
 def grammar_text() -> str:
     from iptrace.grammars import grammar_text as grammar_file  # (~5 ms to import: with lark, for the parser)
 

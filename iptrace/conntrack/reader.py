@@ -58,7 +58,6 @@ _PATTERN_KEYS = 64
 _LEFT_FOR_NEW_KEYS = 256
 # The first block, read before there is any expression, is this small (~400 lines).
 _FIRST_BLOCK = 1 << 16
-_HINT = "; is this `conntrack -L` output (or /proc/net/nf_conntrack)?"
 
 # Keys whose value is of different kinds in different places (icmp's id= is 16 bits, the entry's id= 32): their
 # words are proven per kind.
@@ -457,7 +456,7 @@ class _Reader:
         for exc, maybe_other_file in failures:
             # (no entry nor conntrack's closing line before it: say what the file should be)
             if maybe_other_file and exc.line < min(self.entries, *(n for n, _ in self.trailers), exc.line + 1):
-                exc = _amend(exc, _HINT)
+                exc = _amend(exc, grammar.other_output_hint(exc.text))
             if not self.lenient:
                 raise exc
             self.skipped.append(Skipped(exc.line, exc.reason))

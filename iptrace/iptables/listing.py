@@ -13,6 +13,25 @@ _NAT_ONLY_TARGETS = frozenset({"DNAT", "SNAT", "MASQUERADE", "REDIRECT", "NETMAP
 _FILTER_ONLY_TARGETS = frozenset({"REJECT"})
 _MANGLE_ONLY_TARGETS = frozenset({"TPROXY", "TCPMSS", "CHECKSUM", "DSCP", "TOS", "TTL", "HL", "ECN"})
 _RAW_ONLY_TARGETS = frozenset({"CT", "NOTRACK"})
+# The first line of listings people give for a dump that are not a form iptables-restore reads, and what to run
+# instead. `iptables -L` prints `Chain NAME (policy …)` or `Chain NAME (N references)`, then its column header.
+_FOREIGN = (
+    (re.compile(r"Chain \S+ \((?:policy \S+|\d+ references)"),
+     "this is an `iptables -L` listing (a table for people, not a save format); expected iptables-save output: "
+     "run `iptables-save` (or `iptables -S`) on the node"),
+    (re.compile(r"IP Virtual Server version "),
+     "this is `ipvsadm -Ln` output (kube-proxy's IPVS mode); iptrace reads rules, not IPVS virtual servers: "
+     "give the node's `iptables-save`, where IPVS mode keeps its KUBE- chains"),
+)
+
+
+def foreign_format(line: str) -> str | None:
+    """What a dump's first line shows the text to be, when it is a listing iptrace does not read (and what to give
+    instead); None for any other line."""
+    for pattern, why in _FOREIGN:
+        if pattern.match(line):
+            return why
+    return None
 
 
 def split_sections(lines: list[str]) -> list[tuple[str | None, list[tuple[int, str]]]]:

@@ -510,6 +510,10 @@ class _Loader:
             for line_no, raw in enumerate(lines, 1):
                 line = raw.strip()
                 if line and not line.startswith("#"):
+                    why = listing.foreign_format(line)
+                    if why is not None:
+                        # (even with --lenient: no line of another tool's listing is a rule to read)
+                        raise ParseError(why, source=self.source, line=line_no, column=1, text=line)
                     self.fail_line(line, line_no)
                     break
         sections = listing.split_sections(lines)
