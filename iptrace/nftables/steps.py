@@ -11,6 +11,7 @@ service CIDR (unallocated). Built only when a path is read.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -58,14 +59,49 @@ def element_text(table: Table, set_name: str, elements: Sequence[Element]) -> st
     return f"element {table.label} {render.name(set_name)} {{ {listed} }}"
 
 
-def evidence_text(ruleset: Ruleset, lines: ElementLines, line: int) -> str | None:
+def evidence_text(ruleset: Ruleset, lines: ElementLines, line: int, kept: dict[str, Any]) -> str | None:
     """Input line `line` in the form a path shows it (Ruleset.evidence_text): a line of set or map elements as
-    its elements (element_text), any other line as the ruleset's own text."""
+    its elements (element_text); a listing's rule of an endpoint's (its chain's rules or the DNAT that picks it)
+    as `rule ip kube-proxy CHAIN STATEMENT` (nft's syntax for a rule; the path's chain column says it, the line
+    alone does not, as an element's line names no set); any other line as the ruleset's own text. `kept`: what
+    was read of the ruleset to find a line's chain (it refers to no ruleset)."""
     found = lines.at_line(line)
     if found is None:
-        return ruleset.line_text(line)
+        text = ruleset.line_text(line)
+        found_chain = _endpoint_chain(ruleset, line, kept) if text is not None else None
+        return rule_in_chain(*found_chain, text) if found_chain is not None and text is not None else text
     table, s, elements = found
     return element_text(table, s.name, elements)
+
+
+def rule_in_chain(table: str, chain: str, text: str) -> str:
+    """A rule standing alone, named by its table (`ip kube-proxy`) and chain as nft's syntax for a rule does."""
+    return f"rule {table} {render.name(chain)} {text}"
+
+
+def _endpoint_chain(ruleset: Ruleset, line: int, kept: dict[str, Any]) -> tuple[str, str] | None:
+    """(`ip kube-proxy`, chain) when input line `line` of a listing holds a rule of one of kube-proxy's endpoint
+    chains or a rule of its table that DNATs, else None (a transaction's `add rule` line names its chain)."""
+    if ruleset.format != "nft-list":
+        return None
+    starts: tuple[list[int], list[tuple[Table, Any]]] | None = kept.get("chains")
+    if starts is None:
+        found = sorted(((c.line, t, c) for t in ruleset.tables
+                        if t.name == KUBE_PROXY_TABLE and t.family in KUBE_PROXY_FAMILIES
+                        for c in t.chains if c.line), key=lambda x: x[0])
+        starts = kept["chains"] = ([at for at, _, _ in found], [(t, c) for _, t, c in found])
+    i = bisect_right(starts[0], line) - 1
+    if i < 0:
+        return None
+    table, chain = starts[1][i]
+    rule = next((r for r in chain.rules if r.line == line), None)
+    if rule is None:
+        return None
+    word = split_chain(chain.name)
+    if (word is None or word[0] != "endpoint") and not any(
+            isinstance(item, Nat) and item.kind == "dnat" for item in rule.items):
+        return None
+    return table.label, chain.name
 
 
 class StepMaker:
