@@ -552,7 +552,7 @@ class Ruleset:
         from iptrace.nftables.lines import ElementLines
         from iptrace.nftables.steps import evidence_text
 
-        return evidence_text(self, ElementLines(self, self._evidence), line, self._evidence)
+        return evidence_text(self, ElementLines(self, self._evidence), line)
 
     def step_text(self, step: Step) -> str:
         """evidence_text of the step's line; with none (JSON input), an endpoint's rule named as it names one."""

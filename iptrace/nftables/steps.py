@@ -11,7 +11,6 @@ service CIDR (unallocated). Built only when a path is read.
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,6 +31,7 @@ from iptrace.nftables.names import (
     SERVICE_NODEPORTS,
     split_chain,
 )
+from iptrace.nftables.values import unquote
 
 INVALID_PORT = "invalid-port"
 UNALLOCATED = "unallocated"
@@ -59,17 +59,16 @@ def element_text(table: Table, set_name: str, elements: Sequence[Element]) -> st
     return f"element {table.label} {render.name(set_name)} {{ {listed} }}"
 
 
-def evidence_text(ruleset: Ruleset, lines: ElementLines, line: int, kept: dict[str, Any]) -> str | None:
+def evidence_text(ruleset: Ruleset, lines: ElementLines, line: int) -> str | None:
     """Input line `line` in the form a path shows it (Ruleset.evidence_text): a line of set or map elements as
     its elements (element_text); a listing's rule of an endpoint's (its chain's rules or the DNAT that picks it)
     as `rule ip kube-proxy CHAIN STATEMENT` (nft's syntax for a rule; the path's chain column says it, the line
-    alone does not, as an element's line names no set); any other line as the ruleset's own text. `kept`: what
-    was read of the ruleset to find a line's chain (it refers to no ruleset)."""
+    alone does not, as an element's line names no set); any other line as the ruleset's own text."""
     found = lines.at_line(line)
     if found is None:
         text = ruleset.line_text(line)
-        found_chain = _endpoint_chain(ruleset, line, kept) if text is not None else None
-        return rule_in_chain(*found_chain, text) if found_chain is not None and text is not None else text
+        chain = _endpoint_chain(ruleset, line, text) if text else None
+        return rule_in_chain(*chain, text) if chain is not None and text else text
     table, s, elements = found
     return element_text(table, s.name, elements)
 
@@ -79,29 +78,37 @@ def rule_in_chain(table: str, chain: str, text: str) -> str:
     return f"rule {table} {render.name(chain)} {text}"
 
 
-def _endpoint_chain(ruleset: Ruleset, line: int, kept: dict[str, Any]) -> tuple[str, str] | None:
-    """(`ip kube-proxy`, chain) when input line `line` of a listing holds a rule of one of kube-proxy's endpoint
-    chains or a rule of its table that DNATs, else None (a transaction's `add rule` line names its chain)."""
-    if ruleset.format != "nft-list":
+def _endpoint_chain(ruleset: Ruleset, line: int, text: str) -> tuple[str, str] | None:
+    """(`ip kube-proxy`, chain) when input line `line` (`text`) of a listing holds a rule of one of kube-proxy's
+    endpoint chains or a rule of its table that DNATs, else None (a transaction's `add rule` line names its
+    chain). The chain is the block the line is in, found by reading up to its header (an endpoint chain's is a
+    few lines up; a search of every chain by line would read 55,000 chains at 5,000 Services)."""
+    source = ruleset.source_text
+    if ruleset.format != "nft-list" or source is None:
         return None
-    starts: tuple[list[int], list[tuple[Table, Any]]] | None = kept.get("chains")
-    if starts is None:
-        found = sorted(((c.line, t, c) for t in ruleset.tables
-                        if t.name == KUBE_PROXY_TABLE and t.family in KUBE_PROXY_FAMILIES
-                        for c in t.chains if c.line), key=lambda x: x[0])
-        starts = kept["chains"] = ([at for at, _, _ in found], [(t, c) for _, t, c in found])
-    i = bisect_right(starts[0], line) - 1
-    if i < 0:
+    for at in range(line - 1, 0, -1):
+        header = source.line(at).strip()
+        if header.startswith("chain "):
+            break
+        if header.startswith(("table ", "set ", "map ")):
+            return None
+    else:
         return None
-    table, chain = starts[1][i]
-    rule = next((r for r in chain.rules if r.line == line), None)
-    if rule is None:
+    name = header[len("chain "):].rstrip("{").strip()
+    name = unquote(name) if name.startswith('"') else name
+    word = split_chain(name)
+    endpoint = word is not None and word[0] == "endpoint"
+    if not endpoint and "dnat" not in text:
         return None
-    word = split_chain(chain.name)
-    if (word is None or word[0] != "endpoint") and not any(
-            isinstance(item, Nat) and item.kind == "dnat" for item in rule.items):
-        return None
-    return table.label, chain.name
+    for family in KUBE_PROXY_FAMILIES:
+        table = ruleset.table(family, KUBE_PROXY_TABLE)
+        chain = table.chain(name) if table is not None else None
+        if chain is None or chain.line != at:
+            continue
+        rule = next((r for r in chain.rules if r.line == line), None)
+        if rule is not None and (endpoint or any(isinstance(i, Nat) and i.kind == "dnat" for i in rule.items)):
+            return table.label, name
+    return None
 
 
 class StepMaker:
