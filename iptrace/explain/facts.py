@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from iptrace.dataplane import Outcome, Step, Trace, join_host_port
+from iptrace.dataplane import Outcome, Ruleset, Step, Trace, join_host_port
 from iptrace.explain.diagnosis import Diagnosis, Evidence
 from iptrace.kube.analysis import ChainLabels
 from iptrace.kube.sharing import KIND_NAMES
@@ -361,7 +361,7 @@ class Case:
         return next((s for s in reversed(outcome.path) if s.line == d.line and s.chain == d.chain), None)
 
 
-def step_evidence(steps: Iterable[Step], ruleset: Any = None) -> tuple[Evidence, ...]:
+def step_evidence(steps: Iterable[Step], ruleset: Ruleset | None = None) -> tuple[Evidence, ...]:
     """Each rule of `steps` once: by its line, or without one (nft JSON input) by where it is and its text. With
     the `ruleset`, an endpoint's rule as its step_text: standing alone, an nft rule names its endpoint chain
     there (the path shows it beside the rule)."""
