@@ -441,6 +441,12 @@ class Ruleset(Protocol):
         holds no rule, e.g. one of an nft map's elements, may read otherwise than line_text), or None."""
         ...
 
+    def step_text(self, step: Step) -> str:
+        """A step of a trace's path as an answer's evidence shows it, standing alone: evidence_text of its line,
+        or with no line (nft JSON input) its rule, named as evidence_text would name it (an nft endpoint's rule
+        with its chain, which the path shows beside it)."""
+        ...
+
 
 class PortShape:
     """A Service port's shape (the optional `Tracer.port_shape`, read by iptrace.kube.shapes): `key` (equal keys:

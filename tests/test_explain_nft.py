@@ -172,6 +172,56 @@ def test_a_line_of_several_elements_reads_as_them_and_other_lines_as_written() -
         assert ruleset.evidence_text(n) == ruleset.line_text(n) == lines[n - 1].strip()
 
 
+@pytest.mark.parametrize("form", ["list", "transaction", "json"])
+def test_an_endpoints_rules_as_evidence_name_their_chain(form: str) -> None:
+    """A hairpin's evidence is its endpoint chain's rules: a listing's `meta l4proto tcp dnat to 10.244.1.7:8001`
+    alone named no chain (iptables' `-A KUBE-SEP-… -j DNAT` does), nor did JSON input's. Each is named as nft
+    names a rule, `rule ip kube-proxy endpoint-… STATEMENT`, in every input form; a transaction's line is its
+    own `add rule ip kube-proxy endpoint-… …`."""
+    from bench.make_samples_nft import scenarios
+
+    (scenario,) = [s for s in scenarios() if s.file == "nodeport-fb-backends-nft.nft"]
+    text = {"list": (SAMPLES / scenario.file).read_text(), "transaction": scenario.transaction(),
+            "json": (SAMPLES / "nodeport-fb-backends-nft.json").read_text()}[form]
+    result = CliRunner().invoke(main, ["explain", "-", "--dst", "10.101.234.168:5001", "--src", "10.244.1.7",
+                                       "-o", "json"], input=text)
+    (hairpin,) = [d for d in json.loads(result.stdout)["diagnoses"] if d["id"] == "hairpin"]
+    chain = "ip kube-proxy endpoint-3U7NEUMW-default/fb-backends/tcp/ka-port__10.244.1.7/8001"
+    named = "add rule" if form == "transaction" else "rule"
+    assert [e["rule"] for e in hairpin["evidence"]] == [f"{named} {chain} ip saddr 10.244.1.7 jump mark-for-masquerade",
+                                                        f"{named} {chain} meta l4proto tcp dnat to 10.244.1.7:8001"]
+
+
+@pytest.mark.parametrize("dump", sorted(p.name for p in SAMPLES.glob("*-nft.nft")))
+def test_only_an_endpoints_rules_and_kube_proxys_dnat_name_their_chain(dump: str) -> None:
+    """evidence_text names the chain of a listing's rule of an endpoint chain and of a DNAT in kube-proxy's table
+    (the 1.37 layout's service chain DNATs itself); every other rule reads as listed, and line_text (what audit
+    quotes and compares across nodes) never changes."""
+    from iptrace import dataplanes
+
+    text = (SAMPLES / dump).read_text()
+    _, ruleset = dataplanes.load(text, source=dump)
+    lines = text.split("\n")
+    named = 0
+    for n, listed in enumerate(lines, 1):
+        shown = ruleset.evidence_text(n)
+        assert ruleset.line_text(n) == listed.strip()
+        if shown is None or shown.startswith("element "):
+            continue
+        block = next((x.split() for x in reversed(lines[:n - 1]) if x.strip().startswith(("chain ", "set ", "map "))),
+                     ["", ""])
+        chain = block[1] if block[0] == "chain" else ""
+        rule = listed.strip() not in ("", "}") and not listed.strip().startswith(("chain ", "type ", "policy "))
+        table = " ".join(next(x.split()[1:3] for x in reversed(lines[:n]) if x.startswith("table ")))
+        if table in ("ip kube-proxy", "ip6 kube-proxy") and chain and rule and (
+                chain.startswith("endpoint-") or " dnat to " in listed):
+            assert shown == f"rule {table} {chain} {listed.strip()}", (n, shown)
+            named += 1
+        else:
+            assert shown == listed.strip(), (n, shown)
+    assert named or "kube-proxy" not in text
+
+
 def test_the_apis_findings_beside_explains_evidence_read_alike(tmp_path: Path) -> None:
     """explain --cluster of an nft node whose fb-backends has another nodePort in the API: the port-mismatch
     finding's evidence was the listing's bare `elements = { tcp . 30904 : goto external-…,` while explain's own

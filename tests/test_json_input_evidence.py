@@ -49,8 +49,9 @@ def test_hairpin_evidence_keeps_both_rules_of_the_endpoint_chain() -> None:
         _, out = explain(dump, "10.101.234.168:5001", "--src", "10.244.1.7", "-o", "json")
         (hairpin,) = [d for d in json.loads(out)["diagnoses"] if d["id"] == "hairpin"]
         found[dump] = hairpin["evidence"]
+    chain = "rule ip kube-proxy endpoint-3U7NEUMW-default/fb-backends/tcp/ka-port__10.244.1.7/8001"
     assert [e["rule"] for e in found[JSON_DUMP]] == [e["rule"] for e in found[LISTING]] == [
-        "ip saddr 10.244.1.7 jump mark-for-masquerade", "meta l4proto tcp dnat to 10.244.1.7:8001"]
+        f"{chain} ip saddr 10.244.1.7 jump mark-for-masquerade", f"{chain} meta l4proto tcp dnat to 10.244.1.7:8001"]
     assert [e["line"] for e in found[LISTING]] == [132, 133]
     assert [e["line"] for e in found[JSON_DUMP]] == [None, None]
     assert len({e["handle"] for e in found[JSON_DUMP]}) == 2

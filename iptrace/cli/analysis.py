@@ -258,7 +258,7 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
     batch()
     from iptrace.cli.questions import answer_all, check_mapped_source, emit_answers, read_questions, resolved
     from iptrace.dataplane import Packet, as_sent, trace_to_json
-    from iptrace.kube.sources import of_family, pick_source
+    from iptrace.kube.sources import destination_note, of_family, pick_source
     from iptrace.render.trace import render_trace_text
 
     one_stdin({"DUMP": dump, "--dst-file": dst_file, "--cluster": cluster_files})
@@ -284,8 +284,9 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
                 picked = sources[id(analysis)] = (src_ip, [note])
             else:
                 picked = sources[id(analysis)] = (src, list(src_notes))
+        about = destination_note(analysis.layout, analysis.node_ips, q.host, q.port, q.proto)
         return analysis.tracer.trace(Packet(picked[0], q.host, q.port, q.proto, in_interface=in_interface),
-                                     assumptions=[*picked[1], *q.notes])
+                                     assumptions=[*picked[1], *q.notes, *([about] if about else [])])
 
     if len(questions) == 1 and questions[0].error is None and dst_file is None:
         q = questions[0]

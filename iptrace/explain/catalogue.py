@@ -304,7 +304,7 @@ def hairpin(case: Case) -> Diagnosis | None:
                 "through it, which works only when that bridge port has hairpin mode on.",
                 "if these connections hang, turn on hairpin mode (kubelet --hairpin-mode=hairpin-veth, or "
                 "`hairpinMode: true` in the CNI bridge configuration), or let the pod talk to itself on localhost",
-                step_evidence(s for s in outcome.path if s.kind == "endpoint")[:2])
+                step_evidence((s for s in outcome.path if s.kind == "endpoint"), case.facts.analysis.ruleset)[:2])
     return None
 
 

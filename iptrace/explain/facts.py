@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from iptrace.dataplane import Outcome, Step, Trace, join_host_port
+from iptrace.dataplane import Outcome, Ruleset, Step, Trace, join_host_port
 from iptrace.explain.diagnosis import Diagnosis, Evidence
 from iptrace.kube.analysis import ChainLabels
 from iptrace.kube.sharing import KIND_NAMES
@@ -361,9 +361,14 @@ class Case:
         return next((s for s in reversed(outcome.path) if s.line == d.line and s.chain == d.chain), None)
 
 
-def step_evidence(steps: Iterable[Step]) -> tuple[Evidence, ...]:
-    """Each rule of `steps` once: by its line, or without one (nft JSON input) by where it is and its text."""
+def step_evidence(steps: Iterable[Step], ruleset: Ruleset | None = None) -> tuple[Evidence, ...]:
+    """Each rule of `steps` once: by its line, or without one (nft JSON input) by where it is and its text. With
+    the `ruleset`, an endpoint's rule as its step_text: standing alone, an nft rule names its endpoint chain
+    there (the path shows it beside the rule)."""
     seen: dict[object, Evidence] = {}
     for s in steps:
-        seen.setdefault(s.line or (s.table, s.chain, s.handle, s.rule), Evidence(s.line, s.rule, handle=s.handle))
+        key = s.line or (s.table, s.chain, s.handle, s.rule)
+        if key not in seen:
+            text = ruleset.step_text(s) if ruleset is not None and s.kind == "endpoint" else s.rule
+            seen[key] = Evidence(s.line, text, handle=s.handle)
     return tuple(seen.values())

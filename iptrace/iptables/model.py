@@ -16,6 +16,10 @@ from itertools import chain as chained
 from itertools import compress
 from operator import attrgetter, itemgetter
 from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from iptrace.dataplane import Step
 
 TOKEN_RE = re.compile(r'"(?:\\.|[^"\\])*"|\S+')
 _UNESCAPE_RE = re.compile(r"\\(.)")
@@ -341,6 +345,10 @@ class Ruleset:
     def evidence_text(self, line: int) -> str | None:
         """`line_text`: a trace's path shows a rule as iptables-save prints it too."""
         return self.line_text(line)
+
+    def step_text(self, step: Step) -> str:
+        """The step's rule as iptables-save prints it (its chain in its `-A`)."""
+        return (self.evidence_text(step.line) if step.line else None) or step.rule
 
     def line_texts(self, lines: Collection[int]) -> dict[int, str | None]:
         """`line_text` of each of `lines` (a Service view's evidence: ~10^4 lines of one node), in one pass over

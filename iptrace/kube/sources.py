@@ -8,6 +8,7 @@ from collections.abc import Container, Sequence
 from typing import Literal
 
 from iptrace.errors import InputError
+from iptrace.layout import NODE_PORT, Layout
 
 SourceKind = Literal["pod", "node", "external"]
 
@@ -78,6 +79,25 @@ def pick_source(kind: SourceKind | str, family: str, node_ips: Sequence[str] = (
             raise InputError("no documentation address is outside the node and pod addresses; pass --src IP")
         return found, f"source {found}: an external client (a documentation address)"
     raise InputError(f"unknown source kind {kind!r}; expected pod, node, external or an IP address")
+
+
+def destination_note(layout: Layout, node_ips: Sequence[str], host: str, port: int, proto: str) -> str | None:
+    """The assumption a trace to host:port makes of `host` when the node's addresses are unknown (none given,
+    none in the rules) and `port` is a nodePort of `proto`: an address no Service claims is not taken for the
+    node's own (the tracer counts loopback and a placeholder address as the node's), and --node-ip says
+    otherwise. None when nothing was assumed of it."""
+    if of_family(node_ips, layout.family) or of_family(layout.node_ips, layout.family):
+        return None
+    if ipaddress.ip_address(host.strip("[]")).is_loopback or layout.ways_at(host):
+        return None
+    owners = [layout.port_values(key).name for key, way in layout.ways_at(None)
+              if way.kind == NODE_PORT and way.port == port and way.protocol == proto]
+    if not owners:
+        return None
+    named = sorted({name for name in owners if name})
+    which = f"the nodePort of {named[0]}" if len(named) == 1 else "a nodePort"
+    return (f"destination {host}: taken as not the node's own address (its addresses are unknown), though "
+            f"{port}/{proto} is {which}: if it is the node's, pass --node-ip {host.strip('[]')}")
 
 
 def _pod_in(net: ipaddress.IPv4Network | ipaddress.IPv6Network, nodes: Sequence[str], endpoint_ips: Container[str],

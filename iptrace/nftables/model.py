@@ -16,9 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import InitVar, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iptrace.nftables.source import SourceText
+
+if TYPE_CHECKING:
+    from iptrace.dataplane import Step
 
 # ------------------------------------------------------------------------------------------------- values
 
@@ -543,12 +546,21 @@ class Ruleset:
 
     def evidence_text(self, line: int) -> str | None:
         """Input line `line` as a trace's path shows it: a listing's or transaction's line of set or map elements
-        as `element ip kube-proxy service-ips { … }` (the line alone names neither set nor table), any other as
+        as `element ip kube-proxy service-ips { … }` (the line alone names neither set nor table), a listing's
+        rule of an endpoint's as `rule ip kube-proxy endpoint-… STATEMENT` (nor its chain), any other as
         line_text."""
         from iptrace.nftables.lines import ElementLines
         from iptrace.nftables.steps import evidence_text
 
         return evidence_text(self, ElementLines(self, self._evidence), line)
+
+    def step_text(self, step: Step) -> str:
+        """evidence_text of the step's line; with none (JSON input), an endpoint's rule named as it names one."""
+        from iptrace.nftables.steps import rule_in_chain
+
+        if step.line:
+            return self.evidence_text(step.line) or step.rule
+        return rule_in_chain(step.table, step.chain, step.rule) if step.kind == "endpoint" else step.rule
 
     @property
     def rule_count(self) -> int:

@@ -31,6 +31,7 @@ from iptrace.nftables.names import (
     SERVICE_NODEPORTS,
     split_chain,
 )
+from iptrace.nftables.values import unquote
 
 INVALID_PORT = "invalid-port"
 UNALLOCATED = "unallocated"
@@ -60,12 +61,54 @@ def element_text(table: Table, set_name: str, elements: Sequence[Element]) -> st
 
 def evidence_text(ruleset: Ruleset, lines: ElementLines, line: int) -> str | None:
     """Input line `line` in the form a path shows it (Ruleset.evidence_text): a line of set or map elements as
-    its elements (element_text), any other line as the ruleset's own text."""
+    its elements (element_text); a listing's rule of an endpoint's (its chain's rules or the DNAT that picks it)
+    as `rule ip kube-proxy CHAIN STATEMENT` (nft's syntax for a rule; the path's chain column says it, the line
+    alone does not, as an element's line names no set); any other line as the ruleset's own text."""
     found = lines.at_line(line)
     if found is None:
-        return ruleset.line_text(line)
+        text = ruleset.line_text(line)
+        chain = _endpoint_chain(ruleset, line, text) if text else None
+        return rule_in_chain(*chain, text) if chain is not None and text else text
     table, s, elements = found
     return element_text(table, s.name, elements)
+
+
+def rule_in_chain(table: str, chain: str, text: str) -> str:
+    """A rule standing alone, named by its table (`ip kube-proxy`) and chain as nft's syntax for a rule does."""
+    return f"rule {table} {render.name(chain)} {text}"
+
+
+def _endpoint_chain(ruleset: Ruleset, line: int, text: str) -> tuple[str, str] | None:
+    """(`ip kube-proxy`, chain) when input line `line` (`text`) of a listing holds a rule of one of kube-proxy's
+    endpoint chains or a rule of its table that DNATs, else None (a transaction's `add rule` line names its
+    chain). The chain is the block the line is in, found by reading up to its header (an endpoint chain's is a
+    few lines up; a search of every chain by line would read 55,000 chains at 5,000 Services)."""
+    source = ruleset.source_text
+    if ruleset.format != "nft-list" or source is None:
+        return None
+    for at in range(line - 1, 0, -1):
+        header = source.line(at).strip()
+        if header.startswith("chain "):
+            break
+        if header.startswith(("table ", "set ", "map ")):
+            return None
+    else:
+        return None
+    name = header[len("chain "):].rstrip("{").strip()
+    name = unquote(name) if name.startswith('"') else name
+    word = split_chain(name)
+    endpoint = word is not None and word[0] == "endpoint"
+    if not endpoint and "dnat" not in text:
+        return None
+    for family in KUBE_PROXY_FAMILIES:
+        table = ruleset.table(family, KUBE_PROXY_TABLE)
+        chain = table.chain(name) if table is not None else None
+        if chain is None or chain.line != at:
+            continue
+        rule = next((r for r in chain.rules if r.line == line), None)
+        if rule is not None and (endpoint or any(isinstance(i, Nat) and i.kind == "dnat" for i in rule.items)):
+            return table.label, name
+    return None
 
 
 class StepMaker:
