@@ -258,7 +258,7 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
     batch()
     from iptrace.cli.questions import answer_all, check_mapped_source, emit_answers, read_questions, resolved
     from iptrace.dataplane import Packet, as_sent, trace_to_json
-    from iptrace.kube.sources import destination_note, of_family, pick_source
+    from iptrace.kube.sources import destination_note, of_family, pick_source, pod_interface, pod_interface_note
     from iptrace.render.trace import render_trace_text
 
     one_stdin({"DUMP": dump, "--dst-file": dst_file, "--cluster": cluster_files})
@@ -267,7 +267,7 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
     given = src
     src, src_notes = as_sent(src, "source")
     cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
-    sources: dict[int, tuple[str, list[str]]] = {}
+    sources: dict[int, tuple[str, list[str], str | None]] = {}  # analysis -> (source, its notes, its interface)
 
     def analysis_for(family: str, hosts: Any) -> Any:
         return analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table, hosts=hosts)
@@ -281,11 +281,13 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
             if src in ("pod", "node", "external"):
                 src_ip, note = pick_source(src, analysis.family, ips, layout.pod_cidrs, layout.endpoint_ips,
                                            layout.node_pod_cidrs)
-                picked = sources[id(analysis)] = (src_ip, [note])
+                arrives = pod_interface(layout.pod_interfaces) if src == "pod" and in_interface is None else None
+                notes = [note] if arrives is None else [note, pod_interface_note(arrives)]
+                picked = sources[id(analysis)] = (src_ip, notes, arrives or in_interface)
             else:
-                picked = sources[id(analysis)] = (src, list(src_notes))
+                picked = sources[id(analysis)] = (src, list(src_notes), in_interface)
         about = destination_note(analysis.layout, analysis.node_ips, q.host, q.port, q.proto)
-        return analysis.tracer.trace(Packet(picked[0], q.host, q.port, q.proto, in_interface=in_interface),
+        return analysis.tracer.trace(Packet(picked[0], q.host, q.port, q.proto, in_interface=picked[2]),
                                      assumptions=[*picked[1], *q.notes, *([about] if about else [])])
 
     if len(questions) == 1 and questions[0].error is None and dst_file is None:

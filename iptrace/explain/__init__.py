@@ -15,7 +15,7 @@ from iptrace.errors import InputError
 from iptrace.explain.catalogue import CATALOGUE, diagnose
 from iptrace.explain.diagnosis import SEVERITY_ORDER, Diagnosis, Evidence, Explanation, Report
 from iptrace.explain.facts import Case, Facts
-from iptrace.kube.sources import of_family, pick_source
+from iptrace.kube.sources import of_family, pick_source, pod_interface, pod_interface_note
 
 __all__ = ["CATALOGUE", "VERDICT_WORDS", "Diagnosis", "Evidence", "Explainer", "Explanation", "Report"]
 
@@ -44,6 +44,7 @@ class Explainer:
         self._sources = {kind: pick_source(kind, family, self.node_ips, self.pod_cidrs, layout.endpoint_ips,
                                            layout.node_pod_cidrs)
                          for kind in SOURCE_KINDS}
+        self.pod_interface = pod_interface(layout.pod_interfaces)
 
     @property
     def view(self) -> Any:
@@ -62,10 +63,13 @@ class Explainer:
         """`notes`: how the caller read the addresses (dataplane.as_sent), listed with the trace's assumptions."""
         kind = src if src in SOURCE_KINDS else "given"
         src_ip, chosen = self.source(src) if kind != "given" else (src, "")
+        arrives = ""
+        if kind == "pod" and in_interface is None and self.pod_interface is not None:
+            in_interface, arrives = self.pod_interface, pod_interface_note(self.pod_interface)
         packet = Packet(src_ip, dst, dport, proto, in_interface=in_interface)
         trace = self.tracer.trace(packet)
-        if chosen or notes:  # (Trace's own fields: dataclasses.replace would read them all again, by name)
-            added = tuple(n for n in (*notes, chosen) if n)
+        if chosen or notes or arrives:  # (Trace's own fields: dataclasses.replace would read them all again, by name)
+            added = tuple(n for n in (*notes, chosen, arrives) if n)
             trace = Trace(trace.packet, trace.entry, trace.outcomes, (*trace.assumptions, *added))
         diagnoses = tuple(sorted(diagnose(Case(self.facts, trace, kind)),
                                  key=lambda d: SEVERITY_ORDER[d.severity]))

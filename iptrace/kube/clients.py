@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
 
-from iptrace.kube.sources import inside, of_family, outside, pick_source
+from iptrace.kube.sources import inside, of_family, outside, pick_source, pod_interface
 from iptrace.layout import LOAD_BALANCER, Layout, WayIn
 
 # Kinds of client an entry is walked for.
@@ -44,6 +44,7 @@ class Clients:
     node: str
     node_address: str  # the node address NodePorts are traced to
     taken: _Taken  # node, pod and endpoint addresses (never picked for a source-range client)
+    pod_interface: str | None  # where the pod's packets come in, when the rules tell pods by interface
 
     @classmethod
     def for_layout(cls, layout: Layout, node_ips: Sequence[str]) -> Clients:
@@ -54,7 +55,8 @@ class Clients:
         external = pick_source("external", family, known, layout.pod_cidrs)[0]
         pod = pick_source("pod", family, known, layout.pod_cidrs, layout.endpoint_ips, layout.node_pod_cidrs)[0]
         node = pick_source("node", family, known)[0]
-        return cls(external, pod, node, node_address, _Taken(frozenset({*known, pod, external}), layout.endpoint_ips))
+        return cls(external, pod, node, node_address, _Taken(frozenset({*known, pod, external}), layout.endpoint_ips),
+                   pod_interface(layout.pod_interfaces))
 
     @property
     def node_unknown(self) -> bool:

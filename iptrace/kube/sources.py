@@ -47,6 +47,21 @@ def reachable_first(addresses: Sequence[str], revealed: Sequence[str] = (), pod_
     return sorted(addresses, key=rank)
 
 
+def pod_interface(pod_interfaces: Sequence[str]) -> str | None:
+    """The interface a pod's packets come in on, when kube-proxy detects pod traffic by interface (layout
+    pod_interfaces; --detect-local-mode BridgeInterface: the bridge, `cni0`; InterfaceNamePrefix: a name with the
+    prefix, `veth+`/`veth*` -> `veth0`). None when it detects pods by address: then no rule reads it."""
+    if not pod_interfaces:
+        return None
+    name = pod_interfaces[0]
+    return name[:-1] + "0" if name.endswith(("+", "*")) else name
+
+
+def pod_interface_note(name: str) -> str:
+    """The assumption a pod client's interface makes (a trace's, explain's)."""
+    return f"a pod's packets come in on {name} (kube-proxy tells pods by that interface)"
+
+
 def pick_source(kind: SourceKind | str, family: str, node_ips: Sequence[str] = (), pod_cidrs: Sequence[str] = (),
                 endpoint_ips: Container[str] = (), node_pod_cidrs: Sequence[str] = ()) -> tuple[str, str]:
     """A source address of `kind`, and the assumption that choice makes (for the trace).

@@ -185,8 +185,12 @@ class _Builder:
         """(kind of client, its packet) for every client a way in is traced for (none for a health check)."""
         if way.kind == HEALTH_CHECK:
             return []
-        dst, sources = self.clients.packets(way, sp.lb_source_ranges, self.layout.family)
-        return [(kind, self.packet(src, dst, way.port, way.protocol)) for kind, src in sources]
+        clients = self.clients
+        dst, sources = clients.packets(way, sp.lb_source_ranges, self.layout.family)
+        found = [(kind, self.packet(src, dst, way.port, way.protocol)) for kind, src in sources]
+        if clients.pod_interface is not None:  # (the rules tell pods by the interface they come in on)
+            found = [(kind, replace(p, in_interface=clients.pod_interface) if kind == POD else p) for kind, p in found]
+        return found
 
     def questions(self, sp: ServicePortLayout, kinds: list[tuple[str, ...]] | None = None) -> list[Any]:
         """Every trace `service(sp)` asks for, in its order, as (the chain entered directly or None, packet): what
