@@ -12,6 +12,7 @@ almost all of them).
 from __future__ import annotations
 
 import gc
+import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -106,6 +107,17 @@ class _Group:
 
     def has_kind(self, kind: str) -> bool:
         return self.seeds.has_kind(kind)
+
+
+def _localhost_reached(rule_dst: str, dispatch: NodePortAddresses) -> str:
+    """The loopback addresses a localhost NodePort rule (`-A KUBE-NODEPORTS -d 127.0.0.0/8 …`) gets packets for:
+    its range where KUBE-SERVICES sends every local address there, else only the loopback addresses it names
+    (--nodeport-addresses 127.0.0.0/8 writes `-d 127.0.0.1`: the address lo holds), none where it excludes them."""
+    if dispatch.mode == "all-local":
+        return "" if dispatch.localhost is False else rule_dst
+    net = ipaddress.ip_network(rule_dst, strict=False)
+    named = [(a, ipaddress.ip_network(a, strict=False)) for a in dispatch.addresses if is_loopback(a)]
+    return ", ".join(a for a, n in named if n.version == net.version and n.subnet_of(net))  # type: ignore[arg-type]
 
 
 class _Reader:
@@ -209,6 +221,7 @@ class _Reader:
             seed.chain = seed.chain or f.target
             seed.lines.append(f.line)
         # nat KUBE-NODEPORTS: nodePorts (and the localhost copy of each, ~1.29+).
+        dispatch: NodePortAddresses | None = None
         for f in self.tables.facts(NODEPORTS):
             split = chain_key(f.target)
             if split is None:
@@ -225,7 +238,11 @@ class _Reader:
             seed.lines.append(f.line)
             if f.dst is not None and not f.dst_neg and is_loopback(f.dst):
                 counted = f" (counted by nfacct {f.nfacct})" if f.nfacct else ""
-                seed.notes.append(f"also reachable on localhost {f.dst}{counted}")
+                dispatch = dispatch or self.node_port_addresses()
+                reached = _localhost_reached(f.dst, dispatch)
+                seed.notes.append(f"also reachable on localhost {reached}{counted}" if reached else
+                                  f"its localhost rule ({f.dst}) is never reached: KUBE-SERVICES sends it no "
+                                  "loopback address")
             else:
                 seed.chain = seed.chain or f.target
         # filter: REJECT/DROP for services without (local) endpoints, health checks, the LB firewall.
