@@ -71,6 +71,25 @@ def test_json_shape_and_evidence_sources() -> None:
     assert [d["id"] for d in verbose["diagnoses"]][-1] == "conntrack-healthy"
 
 
+def test_nft_rules_as_evidence_name_their_endpoint_chain() -> None:
+    """An nft endpoint's DNAT rule as a stale entry's evidence reads as explain's own evidence and the trace's
+    path show it ('rule ip kube-proxy endpoint-… dnat to …'), not as the listing's bare 'meta l4proto udp dnat
+    to …', which names neither the chain nor the Service."""
+    nft = "sample_dumps/nodeport-fb-backends-nft.nft"
+    result = run("explain", nft, *GOLDEN_CASES["stale-conntrack"][1:-1], "-o", "json")
+    assert result.exit_code == 3, result.output
+    dump = Path(nft).read_text().splitlines()
+    found = {d["id"]: [e for e in d["evidence"] if "source" not in e] for d in json.loads(result.stdout)["diagnoses"]}
+    chains = ["endpoint-2GKX576Q-kube-system/kube-dns/udp/dns__10.244.0.2/53",
+              "endpoint-SHKW4FT7-kube-system/kube-dns/udp/dns__10.244.0.3/53"]
+    for diagnosis in ("stale-conntrack", "stale-conntrack-no-dnat"):
+        rules = found[diagnosis]
+        assert [e["rule"] for e in rules] == [
+            f"rule ip kube-proxy {chain} {dump[e['line'] - 1].strip()}" for chain, e in zip(chains, rules, strict=True)]
+        assert [dump[e["line"] - 1].strip() for e in rules] == [
+            "meta l4proto udp dnat to 10.244.0.2:53", "meta l4proto udp dnat to 10.244.0.3:53"]
+
+
 def test_a_service_without_stale_entries_and_an_address_without_entries() -> None:
     fine = run("explain", FB, "--dst", "10.96.0.1:443", "--conntrack", FB_FLOWS, "--node-ip", "192.168.49.2",
                "--src", "pod", "-v", "-o", "json")

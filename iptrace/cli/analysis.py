@@ -401,8 +401,8 @@ def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | N
             from iptrace.explain.conntrack import conntrack_diagnoses, with_conntrack
 
             report = with_conntrack(report, conntrack_diagnoses(
-                explainer.tracer, flows[0], q.host, q.port, proto=q.proto, src=src, verbose=verbose,
-                version_hint=analysis.layout.proxy.version_hint))
+                explainer.tracer, explainer.analysis.ruleset, flows[0], q.host, q.port, proto=q.proto, src=src,
+                verbose=verbose, version_hint=analysis.layout.proxy.version_hint))
         return report
 
     if len(questions) == 1 and questions[0].error is None and dst_file is None:
