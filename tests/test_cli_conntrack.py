@@ -90,6 +90,21 @@ def test_nft_rules_as_evidence_name_their_endpoint_chain() -> None:
             "meta l4proto udp dnat to 10.244.0.2:53", "meta l4proto udp dnat to 10.244.0.3:53"]
 
 
+def test_nft_json_input_shows_only_the_rules_that_decide_by_handle() -> None:
+    """nft JSON input has no lines (every step's line is 0): the deciding rules are the ones with the decision's
+    chain and handle, not every rule of the path that shares the unknown line."""
+    result = run("explain", "sample_dumps/nodeport-fb-backends-nft.json", *GOLDEN_CASES["stale-conntrack"][1:-1],
+                 "-o", "json")
+    assert result.exit_code == 3, result.output
+    for d in json.loads(result.stdout)["diagnoses"][:2]:
+        assert d["id"] in ("stale-conntrack", "stale-conntrack-no-dnat")
+        assert [(e["line"], e.get("handle"), e["rule"]) for e in d["evidence"] if "source" not in e] == [
+            (None, 103, "rule ip kube-proxy endpoint-2GKX576Q-kube-system/kube-dns/udp/dns__10.244.0.2/53 "
+                        "meta l4proto udp dnat to 10.244.0.2:53"),
+            (None, 105, "rule ip kube-proxy endpoint-SHKW4FT7-kube-system/kube-dns/udp/dns__10.244.0.3/53 "
+                        "meta l4proto udp dnat to 10.244.0.3:53")]
+
+
 def test_a_service_without_stale_entries_and_an_address_without_entries() -> None:
     fine = run("explain", FB, "--dst", "10.96.0.1:443", "--conntrack", FB_FLOWS, "--node-ip", "192.168.49.2",
                "--src", "pod", "-v", "-o", "json")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from iptrace.conntrack.delete import plan_deletion
 from iptrace.conntrack.stale import CURRENT, FINISHED, NOT_DNATED, STALE, UNCHANGED, Judgement
 from iptrace.conntrack.table import FlowGroup
-from iptrace.dataplane import Step
+from iptrace.dataplane import Decision, Step
 
 if TYPE_CHECKING:
     from iptrace.conntrack.model import ConntrackEntry
@@ -95,8 +95,16 @@ def _rules(judgements: Sequence[Judgement]) -> tuple[Step, ...]:
     for o in judgements[0].trace.outcomes:
         if o.decided_by is None or o.decided_by.line is None:
             continue
-        out += [s for s in o.path if s.line == o.decided_by.line and s not in out]
+        out += [s for s in o.path if _decided(s, o.decided_by) and s not in out]
     return tuple(out)
+
+
+def _decided(step: Step, by: Decision) -> bool:
+    """Whether `step` is the rule `by` names: by its line, or without one (nft JSON input, where every step's line
+    is 0) by its chain and kernel handle."""
+    if by.line:
+        return step.line == by.line
+    return by.handle is not None and (step.table, step.chain, step.handle) == (by.table, by.chain, by.handle)
 
 
 def _why_udp_left(judgements: Sequence[Judgement], version_hint: str) -> str:
