@@ -11,7 +11,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,18 +113,21 @@ def test_a_worker_that_dies_loses_its_node_only(snap: Path, tmp_path: Path) -> N
 _INTERRUPTED = "Error: interrupted; the audit's workers were ended, no report was written\n"
 
 
-def test_ctrl_c_ends_the_audit_and_its_workers(snap: Path, tmp_path: Path) -> None:
+def _interrupted_audit(snap: Path, tmp_path: Path, interrupt: Callable[[subprocess.Popen[str]], None],
+                       **popen: Any) -> tuple[subprocess.Popen[str], str, str, list[int]]:
+    """An audit with two workers, one of them waiting on a FIFO's bytes, interrupted by `interrupt`: (the process,
+    its stdout, its stderr, its workers' PIDs)."""
     stuck = tmp_path / "stuck.txt"
     os.mkfifo(stuck)
     process = subprocess.Popen([sys.executable, "-m", "iptrace", "audit", str(snap), str(stuck), "-j", "2",
                                 "-o", "json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True, preexec_fn=default_sigint)
+                               start_new_session=True, **popen)
     writer = None
     try:
         _, writer = _reader_of(stuck, process.pid)  # (kept open: the worker waits for its bytes)
         workers = _children(process.pid)
         assert len(workers) == 2
-        os.killpg(process.pid, signal.SIGINT)  # (as a terminal does: to every process of the group)
+        interrupt(process)
         out, err = process.communicate(timeout=30)
     finally:
         if writer is not None:
@@ -130,44 +135,35 @@ def test_ctrl_c_ends_the_audit_and_its_workers(snap: Path, tmp_path: Path) -> No
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-    assert process.returncode == 130 and out == "" and err == _INTERRUPTED, err
-    deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not any(Path(f"/proc/{w}").exists() for w in workers)
+    return process, out, err, workers
 
 
-
-def test_sigterm_to_the_audit_ends_it_and_its_workers_quietly(snap: Path, tmp_path: Path) -> None:
-    """SIGTERM to the audit alone (a Kubernetes Job's pod or a CI job cancelled, README's way to shard a fleet):
-    the audit unwinds as on Ctrl-C and ends its workers; none is left analysing nor prints a BrokenPipeError
-    traceback when it answers a parent that is gone."""
-    stuck = tmp_path / "stuck.txt"
-    os.mkfifo(stuck)
-    process = subprocess.Popen([sys.executable, "-m", "iptrace", "audit", str(snap), str(stuck), "-j", "2",
-                                "-o", "json"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    writer = None
-    try:
-        _, writer = _reader_of(stuck, process.pid)  # (kept open: the worker waits for its bytes)
-        workers = _children(process.pid)
-        assert len(workers) == 2
-        process.send_signal(signal.SIGTERM)  # (the parent only)
-        out, err = process.communicate(timeout=30)
-    finally:
-        if writer is not None:
-            os.close(writer)
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+def _left_running(workers: list[int]) -> list[int]:
+    """The workers still running 10 s on (each then killed, so that none outlives the test)."""
     deadline = time.monotonic() + 10
     while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
         time.sleep(0.02)
     left = [w for w in workers if Path(f"/proc/{w}").exists()]
     for w in left:
         os.kill(w, signal.SIGKILL)
-    assert not left
+    return left
+
+
+def test_ctrl_c_ends_the_audit_and_its_workers(snap: Path, tmp_path: Path) -> None:
+    process, out, err, workers = _interrupted_audit(  # (SIGINT as a terminal sends it: to every process of the group)
+        snap, tmp_path, lambda p: os.killpg(p.pid, signal.SIGINT), preexec_fn=default_sigint)
     assert process.returncode == 130 and out == "" and err == _INTERRUPTED, err
+    assert not _left_running(workers)
+
+
+def test_sigterm_to_the_audit_ends_it_and_its_workers_quietly(snap: Path, tmp_path: Path) -> None:
+    """SIGTERM to the audit alone (a Kubernetes Job's pod or a CI job cancelled, README's way to shard a fleet):
+    the audit unwinds as on Ctrl-C and ends its workers; none is left analysing nor prints a BrokenPipeError
+    traceback when it answers a parent that is gone."""
+    process, out, err, workers = _interrupted_audit(snap, tmp_path, lambda p: p.send_signal(signal.SIGTERM))
+    assert not _left_running(workers)
+    assert process.returncode == 130 and out == "" and err == _INTERRUPTED, err
+
 
 def test_the_load_lock_is_released_when_its_holder_dies(tmp_path: Path) -> None:
     path = tmp_path / "lock"
