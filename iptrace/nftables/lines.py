@@ -39,11 +39,15 @@ class ElementLines:
     def line(self, family: str, table: str, s: Set, element: Element) -> int:
         if self.ruleset.format == "nft-json" or self.ruleset.text is None:
             return 0
+        return self._indexed(family, table, s).get(element.key, s.line or 0)
+
+    def _indexed(self, family: str, table: str, s: Set) -> dict[Any, int]:
+        """Each element of set `s` (by key) to its input line, read once a set."""
         key = (family, table, s.name)
         index = self._sets.get(key)
         if index is None:
             index = self._sets[key] = self._index(family, table, s)
-        return index.get(element.key, s.line or 0)
+        return index
 
     def at_line(self, line: int) -> tuple[Table, Set, tuple[Element, ...]] | None:
         """The set or map whose elements input line `line` writes, and those elements (None: it writes none)."""
@@ -56,11 +60,8 @@ class ElementLines:
         key = (table.family, table.name, s.name)
         by_line = self._by_line.get(key)
         if by_line is None:
-            index = self._sets.get(key)
-            if index is None:
-                index = self._sets[key] = self._index(table.family, table.name, s)
             by_line = self._by_line[key] = {}
-            for element_key, at in index.items():
+            for element_key, at in self._indexed(table.family, table.name, s).items():
                 by_line.setdefault(at, []).append(element_key)
         keys = by_line.get(line)
         if not keys:
