@@ -54,6 +54,6 @@ def counted(n: int, one: str, many: str | None = None) -> str:
     return f"{n} {one}" if n == 1 else f"{n} {many if many is not None else one + 's'}"
 
 
-def listed(words: list[str]) -> str:
-    """`a`, `a and b`, `a, b and c`: a list in a sentence."""
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+def listed(words: list[str], conjunction: str = "and") -> str:
+    """`a`, `a and b`, `a, b and c`: a list in a sentence (`or`: `a, b or c`)."""
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + f" {conjunction} " + words[-1]

@@ -540,6 +540,33 @@ def test_blocked_by_rule_after_dnat_names_the_rule_and_the_endpoint() -> None:
     assert "healthy" not in ids(e) and e.has_error
 
 
+def test_a_packet_dropped_after_dnat_to_every_endpoint_was_forwarded() -> None:
+    # A host firewall dropping every endpoint's traffic in FORWARD: kube-proxy did DNAT the packet, so the answer
+    # is the rule that stops it, never "not-forwarded" (which said the packet left kube-proxy's chains
+    # unrewritten), and it names each endpoint the rule stops it after.
+    ex, _ = _with_rule_before(
+        '-A FORWARD -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" '
+        '-j KUBE-PROXY-FIREWALL', "-A FORWARD -d 10.244.0.0/16 -j DROP")
+    e = ex.explain(FB_IP, 5001, src="pod").explanations[0]
+    assert ids(e) == ["blocked-by-rule"]
+    assert the(e, "blocked-by-rule").summary == (
+        "a DROP rule in filter FORWARD (line 36) stops the packet after it was sent to 10.244.1.7:8001 or "
+        "10.244.2.3:8001")
+    # The same with filter FORWARD's policy DROP deciding (a pod's packet is not marked for KUBE-FORWARD's accept).
+    text = (SAMPLES / FB).read_text()
+    filter_at = text.index("*filter")
+    dropping = text[:filter_at] + text[filter_at:].replace(":FORWARD ACCEPT [0:0]", ":FORWARD DROP [0:0]", 1)
+    e = make_explainer(load(dropping), node_ips=[FB_NODE]).explain(FB_IP, 5001, src="pod").explanations[0]
+    assert ids(e) == ["blocked-by-rule"]
+    assert the(e, "blocked-by-rule").summary == (
+        "the filter FORWARD chain's policy DROP stops the packet after it was sent to 10.244.1.7:8001 or "
+        "10.244.2.3:8001")
+    # Near-miss: a rule before kube-proxy's that diverts the packet unrewritten is still not-forwarded.
+    ex, _ = _with_rule_before('-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+                              "-A PREROUTING -s 10.244.0.0/16 -j RETURN")
+    assert "not-forwarded" in ids(ex.explain(FB_IP, 5001, src="pod").explanations[0])
+
+
 def test_cli_with_cluster_data_reports_stale_endpoints_for_the_port_asked() -> None:
     cluster = Path(__file__).resolve().parent / "data" / "cluster" / "kubectl-get-all.json"
     result = run(str(SAMPLES / FB), "--dst", "10.106.199.236:80", "--src", "pod", "--node-ip", FB_NODE,

@@ -14,9 +14,10 @@ from iptrace.dataplane import Outcome, Step, join_host_port
 from iptrace.explain.addresses import ADDRESS_RULES, client_loopback
 from iptrace.explain.conflicts import address_conflict
 from iptrace.explain.diagnosis import Diagnosis, Evidence, Suggestion
-from iptrace.explain.facts import Case, canonical, finding_label, label, step_evidence
+from iptrace.explain.facts import Case, canonical, finding_label, label, rewritten, step_evidence
 from iptrace.explain.phrases import ip_of, pct, plural, service_name, wait
 from iptrace.layout import ONE_MODE_FIX
+from iptrace.text import listed
 
 CATALOGUE: tuple[str, ...] = (
     "target-port-on-service-ip", "node-port-on-service-ip", "service-port-on-node-ip", "unknown-port",
@@ -266,8 +267,10 @@ def blocked_by_rule(case: Case) -> Diagnosis | None:
         step = case.decided_step(outcome)
         if step is not None and step.kind in ("invalid-port", "unallocated"):
             continue  # kube-proxy's own answer for the address (nftables mode): the address diagnoses say it
-        rewritten = outcome.final_destination and outcome.final_destination != outcome.original_destination
-        after = f" after it was sent to {outcome.final_destination}" if rewritten else ""
+        # (every endpoint the same rule or policy stops the packet after: each failed outcome is one endpoint)
+        sent = [o.final_destination for o in case.failed if o.verdict == outcome.verdict and rewritten(o)
+                and o.decided_by == d] if rewritten(outcome) else []
+        after = f" after it was sent to {listed(list(dict.fromkeys(sent)), 'or')}" if sent else ""
         refused = "the client gets 'connection refused'" if outcome.verdict == "REJECT" else \
             f"{wait(case.proto)}"
         if d.policy is not None:
@@ -391,7 +394,7 @@ def diagnose(case: Case) -> tuple[Diagnosis, ...]:
     if answer is not None:
         found.append(answer)
     else:
-        if not case.dnat and case.facts.proxy.has_rules:
+        if not case.rewritten and case.facts.proxy.has_rules:  # (for a packet nothing rewrote)
             address = _first(ADDRESS_RULES, case)
             if address is not None:
                 found.append(address)

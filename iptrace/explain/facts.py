@@ -350,6 +350,11 @@ class Case:
     def failed(self) -> list[Outcome]:
         return [o for o in self.trace.outcomes if o.verdict != "DNAT"]
 
+    @property
+    def rewritten(self) -> bool:
+        """Some outcome's destination was rewritten to an endpoint, whether or not a later rule let it through."""
+        return any(o.verdict == "DNAT" or rewritten(o) for o in self.trace.outcomes)
+
     def decided_step(self, outcome: Outcome) -> Step | None:
         """The step of `outcome`'s path that decided it (None for a policy or no decision)."""
         d = outcome.decided_by
@@ -359,6 +364,11 @@ class Case:
             return next((s for s in reversed(outcome.path) if s.chain == d.chain and s.table == d.table
                          and s.handle == d.handle), None)
         return next((s for s in reversed(outcome.path) if s.line == d.line and s.chain == d.chain), None)
+
+
+def rewritten(outcome: Outcome) -> bool:
+    """`outcome`'s packet was sent on to another destination (DNAT) before its verdict."""
+    return bool(outcome.final_destination) and outcome.final_destination != outcome.original_destination
 
 
 def step_evidence(steps: Iterable[Step], ruleset: Ruleset | None = None) -> tuple[Evidence, ...]:
