@@ -291,3 +291,21 @@ def _loops_from_a_builtin_chain(model: Ruleset) -> bool:
         return chain in path or any(loops(t, (*path, chain)) for t in jumps.get(chain, ()))
 
     return any(loops(c.name, ()) for c in table.chains if c.builtin)
+
+
+@pytest.mark.parametrize("backend", BOTH)
+@pytest.mark.parametrize("declaration", [":INPUT ACC [0:0]", ":OUTPUT drop [0:0]", ":FORWARD RETURN [0:0]",
+                                         ":INPUT Accept"])
+def test_a_built_in_chain_policy_the_kernel_refuses_is_refused_at_its_line(declaration: str, backend: str) -> None:
+    # iptables-restore: "line 2 failed: Bad policy name" (iptrace took any word there: `drop` was traced as ACCEPT)
+    text = f"*filter\n{declaration}\nCOMMIT\n"
+    with pytest.raises(ParseError) as info:
+        load(text)
+    status, _, err = kernel(text, backend)
+    reported = _KERNEL_LINE_RE.search(err)
+    assert status != 0 and reported is not None, err
+    assert info.value.line == int(reported.group(1)) == 2 and "iptables-restore refuses" in str(info.value)
+    # Near-miss: '-' for a built-in chain (it keeps the policy it has: ACCEPT in a fresh namespace).
+    accepted = "*filter\n:INPUT - [0:0]\n:FOO - [0:0]\n-A INPUT -j FOO\nCOMMIT\n"
+    assert kernel(accepted, backend)[0] == 0
+    assert load(accepted).chain("filter", "INPUT").policy == "ACCEPT"

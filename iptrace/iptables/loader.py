@@ -112,6 +112,7 @@ class _Loader:
     def fail(self, exc: ParseError) -> None:
         """Raise, or in lenient mode remember what was skipped and go on."""
         if not self.lenient:
+            exc.skippable = True
             raise exc
         self.skipped.append(LoadWarning(exc.line, exc.reason))
 
@@ -476,6 +477,12 @@ class _Loader:
                           f"{t.chains[name][2]})", line_no, line, 2)
             return
         builtin = name in BUILTIN_CHAINS.get(t.name, ())
+        if builtin and policy != "-" and policy not in restore.POLICIES:
+            # (iptables-restore refuses the whole dump: "Bad policy name"; read past, the chain keeps its '-')
+            column = line.find(policy, line.find(name) + len(name)) + 1
+            self.semantic(f"built-in chain {name} has the policy {policy!r}, which iptables-restore refuses; "
+                          "expected ACCEPT, DROP or -", line_no, line, column)
+            policy = "-"
         if builtin and policy == "-":
             # iptables-restore accepts "-" for a built-in chain and keeps its current policy (ACCEPT on a
             # fresh node); kube-proxy's own test dumps write it that way.
