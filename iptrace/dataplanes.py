@@ -137,4 +137,6 @@ def _cut_short(exc: ParseError, text: str, dataplane: Dataplane) -> ParseError:
     if (not text or text.endswith("\n") or "truncated" in exc.reason or exc.line != text.count("\n") + 1
             or (dataplane.name == "nftables" and text.lstrip().startswith("{"))):
         return exc
-    return type(exc)(exc.reason + _CUT, source=exc.source, line=exc.line, column=exc.column, text=exc.text)
+    cut = type(exc)(exc.reason + _CUT, source=exc.source, line=exc.line, column=exc.column, text=exc.text)
+    cut.skippable = exc.skippable
+    return cut

@@ -19,6 +19,8 @@ class ParseError(IptraceError):
         self.column = column
         self.text = text
         self.reason = message
+        # (a reader that would have skipped this line with --lenient sets it: the CLI says so — `lenient_hint`)
+        self.skippable = False
         where = f"{source}:{line}:{column}" if line else source
         super().__init__(f"{where}: {message}")
 
@@ -54,6 +56,11 @@ def printable(text: str) -> str:
     """`text` (what a node printed) with each control character but tab and newline replaced by U+FFFD, so that
     a terminal escape in it never reaches the person's terminal (a title, a cleared screen, a clipboard write)."""
     return _CONTROL_IN_LINES.sub("\ufffd", text.replace("\r\n", "\n"))
+
+
+def lenient_hint(exc: IptraceError) -> str:
+    """What to add to `exc`'s message for a person: that --lenient reads past it, when it would."""
+    return " (--lenient reads past it and analyses the rest)" if isinstance(exc, ParseError) and exc.skippable else ""
 
 
 class DumpSemanticError(ParseError):

@@ -188,6 +188,7 @@ def test_a_node_whose_dump_does_not_parse(tmp_path: Path) -> None:
     assert not inputs[2].analyses and "meta.json:1:2: unreadable metadata" in (inputs[2].error or "")
     inputs = inputs[:2]
     assert not inputs[1].analyses and inputs[1].error and "iptables-save.txt:3" in inputs[1].error
+    assert inputs[1].error.endswith("(--lenient reads past it and analyses the rest)")  # (it would)
     report = audit(inputs, cluster_of(services))
     assert by_node(report) == {"node-b": [("load-error", "error", None)]}, show(report)
     assert report.findings[0].detail == inputs[1].error

@@ -60,8 +60,23 @@ def test_bad_input_is_one_error_line_with_position(tmp_path) -> None:
     result = CliRunner().invoke(main, ["parse", str(bad)])
     assert result.exit_code == 1
     first = result.stderr.splitlines()[0] if hasattr(result, "stderr") else result.output.splitlines()[0]
-    assert first == f"Error: {bad}:3:31: unterminated quoted string; expected a closing '\"' before the end of the line"
+    assert first == (f"Error: {bad}:3:31: unterminated quoted string; expected a closing '\"' before the end of the "
+                     "line (--lenient reads past it and analyses the rest)")
     assert "Traceback" not in result.output
+    # What --lenient cannot read past is not said to be (another tool's listing is no dump at all).
+    listing = tmp_path / "listing.txt"
+    listing.write_text("Chain INPUT (policy ACCEPT)\ntarget     prot opt source               destination\n")
+    result = CliRunner().invoke(main, ["parse", str(listing)])
+    assert result.exit_code == 1 and "--lenient" not in result.output
+    assert CliRunner().invoke(main, ["parse", "--lenient", str(listing)]).exit_code == 1
+    # A dump cut in the middle of a line (a paste that stopped): said so, and that --lenient reads the rest.
+    cut = tmp_path / "cut.txt"
+    cut.write_text("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACC")
+    result = CliRunner().invoke(main, ["services", str(cut)])
+    assert result.exit_code == 1 and result.output.splitlines()[0].endswith(
+        "(the file ends in the middle of this line: it looks truncated) (--lenient reads past it and analyses the "
+        "rest)")
+    assert CliRunner().invoke(main, ["services", "--lenient", str(cut)]).exit_code == 0
 
 
 def test_lenient_lists_what_was_skipped(tmp_path) -> None:

@@ -106,7 +106,7 @@ def test_a_syntax_error_is_one_line_with_a_caret(tmp_path) -> None:
     result = run("parse", str(bad))
     assert result.exit_code == 1
     assert result.output == (f"Error: {bad}:3:28: unterminated quoted string; expected a closing '\"' before the "
-                             "end of the line\n  \t\tip saddr 1.2.3.4 comment \"abc\n  \t\t" + " " * 25 + "^\n")
+                             "end of the line (--lenient reads past it and analyses the rest)\n  \t\tip saddr 1.2.3.4 comment \"abc\n  \t\t" + " " * 25 + "^\n")
 
 
 def test_a_semantic_error_names_its_line_and_lenient_goes_on(tmp_path) -> None:
@@ -115,7 +115,7 @@ def test_a_semantic_error_names_its_line_and_lenient_goes_on(tmp_path) -> None:
     result = run("parse", str(bad))
     assert result.exit_code == 1
     assert result.output.startswith(f"Error: {bad}:3:8: rule jumps to chain 'nowhere', which table ip t does not "
-                                    "declare; expected a chain of that name\n")
+                                    "declare; expected a chain of that name (--lenient reads past it and analyses the rest)\n")
     lenient = run("parse", "--lenient", str(bad))
     assert lenient.exit_code == 0
     assert lenient.output.splitlines()[-2:] == [

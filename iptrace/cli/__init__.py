@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 import click
 
 from iptrace import __version__
-from iptrace.errors import IptraceError, ParseError
+from iptrace.errors import IptraceError, ParseError, lenient_hint
 
 EXIT_ERROR = 1
 EXIT_FINDINGS = 3
@@ -47,7 +47,7 @@ def _fail(exc: IptraceError, ctx: click.Context) -> NoReturn:
     message = str(exc)
     # (a parse error's quoted dump line and caret are the dump's text, never renamed)
     shown = exc.with_caret() if isinstance(exc, ParseError) else message
-    click.echo(f"Error: {named(message, ctx)}{shown.removeprefix(message)}", err=True)
+    click.echo(f"Error: {named(message + lenient_hint(exc), ctx)}{shown.removeprefix(message)}", err=True)
     raise click.exceptions.Exit(EXIT_ERROR)
 
 

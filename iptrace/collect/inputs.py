@@ -12,7 +12,7 @@ from typing import Any
 
 from iptrace import dataplanes
 from iptrace.collect import store
-from iptrace.errors import InputError, IptraceError
+from iptrace.errors import InputError, IptraceError, lenient_hint
 from iptrace.kube.analysis import Analysis, analyse, known_ports
 from iptrace.kube.audit import NodeInput
 from iptrace.text import counted
@@ -223,7 +223,7 @@ def node_input(snapshot: Any, *, cluster: Any = None, lenient: bool = False,
     try:
         chosen = choose_dump(snapshot, "ipv4", lenient=lenient, known=known_ports(cluster, "ipv4"), memo=memo)
     except IptraceError as exc:
-        return NodeInput(snapshot.node, {}, str(exc), tuple(snapshot.addresses), meta)
+        return NodeInput(snapshot.node, {}, str(exc) + lenient_hint(exc), tuple(snapshot.addresses), meta)
     for family in dataplanes.analysed_families(chosen.ruleset):
         analyses[family] = analyse(chosen.dataplane, chosen.ruleset, family, node_ips=snapshot.addresses,
                                    cluster=cluster, layout=chosen.layout if family == "ipv4" else None)
@@ -234,14 +234,14 @@ def node_input(snapshot: Any, *, cluster: Any = None, lenient: bool = False,
                 analyses["ipv6"] = analyse(v6.dataplane, v6.ruleset, "ipv6", node_ips=snapshot.addresses,
                                            cluster=cluster, layout=v6.layout)
         except IptraceError as exc:
-            problems.append(str(exc))
+            problems.append(str(exc) + lenient_hint(exc))
     if snapshot.legacy_dump_text and chosen.note is None:
         try:
             legacy_dp, legacy = dataplanes.load(snapshot.legacy_dump_text, lenient=lenient, source=str(
                 Path(snapshot.dump_path).parent / store.LEGACY_DUMP_FILE))
             legacy_note = legacy_note_for(legacy_dp, legacy)
         except IptraceError as exc:
-            problems.append(str(exc))
+            problems.append(str(exc) + lenient_hint(exc))
     nft_problem = unread_nft(snapshot, chosen)
     if nft_problem is not None:
         problems.append(nft_problem)
@@ -304,7 +304,7 @@ def dump_input(text: str, source: str, *, node_ips: Sequence[str] = (), cluster:
     try:
         dataplane, ruleset = dataplanes.load(text, source=source, lenient=lenient, memo=memo)
     except IptraceError as exc:
-        return NodeInput(name or dump_node_name(source), {}, str(exc), tuple(node_ips))
+        return NodeInput(name or dump_node_name(source), {}, str(exc) + lenient_hint(exc), tuple(node_ips))
     analyses = {f: analyse(dataplane, ruleset, f, node_ips=node_ips, cluster=cluster)
                 for f in dataplanes.analysed_families(ruleset)}
     return NodeInput(name or dump_node_name(source), analyses, None, tuple(node_ips), {"dataplane": dataplane.name})

@@ -388,6 +388,7 @@ def load_json(text: str, *, source: str = "<ruleset>", lenient: bool = False) ->
 
     def fail(exc: ParseError) -> None:
         if not lenient:
+            exc.skippable = True
             raise exc
         skipped.append(LoadWarning(None, exc.reason))
 

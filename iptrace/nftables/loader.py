@@ -81,6 +81,7 @@ class TextLoader(CommandMixin):
     # -- errors ------------------------------------------------------------------------------------------
     def fail(self, exc: ParseError) -> None:
         if not self.lenient:
+            exc.skippable = True
             raise exc
         self.skipped.append(LoadWarning(exc.line or None, exc.reason))
 
