@@ -567,6 +567,22 @@ def test_a_packet_dropped_after_dnat_to_every_endpoint_was_forwarded() -> None:
     assert "not-forwarded" in ids(ex.explain(FB_IP, 5001, src="pod").explanations[0])
 
 
+@pytest.mark.parametrize(("dst", "port", "src"), [(FB_IP, 8001, "pod"), (FB_IP, 5001, "pod"), ("10.96.0.10", 53, "node"),
+                                                 (FB_NODE, 5001, "external"), (FB_IP, 30904, "pod")])
+def test_packet_counters_do_not_change_an_answers_evidence(dst: str, port: int, src: str) -> None:
+    # `iptables-save -c` writes [packets:bytes] before each rule: the evidence of every diagnosis shows each rule as
+    # the trace's path does, without them (address diagnoses quoted them, path-based ones did not: two forms of one
+    # line in one answer).
+    text = (SAMPLES / FB).read_text()
+    counted = "".join(f"[3:180] {line}" if line.startswith("-A ") else line for line in text.splitlines(True))
+    plain = make_explainer(load(text), node_ips=[FB_NODE]).explain(dst, port, src=src)
+    with_counters = make_explainer(load(counted), node_ips=[FB_NODE]).explain(dst, port, src=src)
+    evidence = [[(ev.line, ev.rule) for d in e.diagnoses for ev in d.evidence] for e in plain.explanations]
+    assert any(evidence)
+    assert [[(ev.line, ev.rule) for d in e.diagnoses for ev in d.evidence]
+            for e in with_counters.explanations] == evidence
+
+
 def test_cli_with_cluster_data_reports_stale_endpoints_for_the_port_asked() -> None:
     cluster = Path(__file__).resolve().parent / "data" / "cluster" / "kubectl-get-all.json"
     result = run(str(SAMPLES / FB), "--dst", "10.106.199.236:80", "--src", "pod", "--node-ip", FB_NODE,

@@ -343,8 +343,10 @@ class Ruleset:
         return rule.to_save() if rule is not None else None
 
     def evidence_text(self, line: int) -> str | None:
-        """`line_text`: a trace's path shows a rule as iptables-save prints it too."""
-        return self.line_text(line)
+        """The rule on input line `line` as a trace's path shows it (iptrace.iptables.compile's steps): as
+        iptables-save prints it without its packet counters (`iptables-save -c`), one form of a rule in one answer."""
+        rule = self.rule_at(line)
+        return None if rule is None else f"-A {rule.chain} {rule.text}".rstrip()
 
     def step_text(self, step: Step) -> str:
         """The step's rule as iptables-save prints it (its chain in its `-A`)."""
