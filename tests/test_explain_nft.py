@@ -42,6 +42,19 @@ def test_the_target_port_on_the_cluster_ip_is_refused_by_kube_proxy() -> None:
     assert doc["trace"]["outcomes"][0]["decided_by"]["chain"] == "cluster-ips-check"
 
 
+def test_a_host_firewall_dropping_every_endpoint_after_dnat_is_blocked_by_rule_only(tmp_path: Path) -> None:
+    # kube-proxy DNATed the packet; a host table's forward chain drops it: never "not-forwarded".
+    ruleset = tmp_path / "host-firewall.nft"
+    ruleset.write_text(Path(NFT).read_text() + "table inet host {\n\tchain forward {\n\t\ttype filter hook forward "
+                       "priority filter; policy drop;\n\t\tip daddr 10.244.0.0/16 drop\n\t}\n}\n")
+    result = CliRunner().invoke(main, ["explain", str(ruleset), "--node-ip", "192.168.49.2", "--dst",
+                                       "10.101.234.168:5001", "--src", "pod", "-o", "json"])
+    doc = json.loads(result.output)
+    assert result.exit_code == 3 and [d["id"] for d in doc["diagnoses"]] == ["blocked-by-rule"]
+    assert doc["diagnoses"][0]["summary"].endswith("stops the packet after it was sent to 10.244.1.7:8001 or "
+                                                   "10.244.2.3:8001")
+
+
 def test_an_unallocated_service_address_is_dropped_by_kube_proxy() -> None:
     code, text = explain("--dst", "10.96.0.99:80", "--src", "external")
     assert code == 3 and "[not-a-service-address, error]" in text and "blocked-by-rule" not in text
