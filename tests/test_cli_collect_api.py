@@ -124,3 +124,27 @@ def test_collect_and_audit_via_api(cluster: FakeCluster):
         listed = subprocess.run(["kubectl", "--kubeconfig", str(cluster.kubeconfig), "get", "pods", "-A", "-l",
                                  "app.kubernetes.io/name=iptrace-collector"], capture_output=True, text=True)
         assert (listed.returncode, listed.stdout, listed.stderr) == (0, "", "No resources found\n")
+
+
+@needs_nodes
+def test_a_node_the_audit_could_not_collect_is_named_so_with_no_ssh_advice(cluster: FakeCluster):
+    """`audit --via api` where PodSecurity refuses the collector pod of a node without a kube-proxy pod: its
+    load-error said "its rules could not be read" and advised re-collecting with `iptrace collect` (SSH, the
+    default, where SSH is closed); it says the node could not be collected, and why, and to audit again once
+    that is fixed. Its merged shard says the same."""
+    cluster.add_node("node-a")
+    cluster.add_node("node-b", kube_proxy=False)
+    cluster.start(namespaces={"default": {"pod-security.kubernetes.io/enforce": "baseline"}, "kube-system": {}})
+    result = _run("audit", "--via", "api", "--kubeconfig", str(cluster.kubeconfig), "-o", "json")
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    [lost] = [f for f in report["findings"] if f["id"] == "load-error"]
+    assert (lost["node"], lost["summary"]) == ("node-b", "node-b: could not be collected")
+    assert lost["detail"].startswith("could not be collected: PodSecurity admission rejected the collector pod")
+    assert "iptrace collect" not in lost["fix"] and "audit again" in lost["fix"]
+    shard = cluster.root / "shard.json"
+    shard.write_text(result.stdout)
+    merged = _run("audit", "--merge", str(shard))
+    assert merged.exit_code == 1
+    assert "✗ [node-b] could not be collected   (load-error)" in merged.stdout, merged.stdout
+    assert "iptrace collect" not in merged.stdout

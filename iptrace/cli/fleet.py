@@ -399,6 +399,7 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
     batch()
 
     from iptrace.kube.audit import combine
+    from iptrace.kube.digest import NOT_COLLECTED
     from iptrace.kube.merge import merge_json
     from iptrace.render.audit import audit_to_json, render_audit_text
     from iptrace.render.json import CompactItems
@@ -443,9 +444,6 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
     if report.has_error:
         raise click.exceptions.Exit(EXIT_FINDINGS)
 
-
-# A node's error in the report (and the JSON a merge reads) when it could not be collected.
-NOT_COLLECTED = "could not be collected: "
 
 # What --merge reads besides the documents: how to print the report. --jobs changes no result, so a script
 # that passes it to every audit may pass it here too.
@@ -517,7 +515,7 @@ def _with_uncollected(results: list[Any], collection: list[Any]) -> list[Any]:
     """The audit's node results with each node that could not be collected in its place among the collected
     ones (`collection`: the collection's results, in the order of the nodes given), as a node whose rules could
     not be read (its load-error says why): the report must not say every node is fine without it."""
-    from iptrace.kube.digest import NodeResult
+    from iptrace.kube.digest import NOT_COLLECTED, NodeResult
 
     ok = {r.node for r in collection if r.ok}
     by_name = {r.name: r for r in results if r.name in ok}

@@ -146,6 +146,10 @@ class ShiftedLines:
         return self.array() == other if isinstance(other, array) else NotImplemented
 
 
+# A node's error in the report (and the JSON a merge reads) when the audit could not collect it.
+NOT_COLLECTED = "could not be collected: "
+
+
 @dataclass(frozen=True, slots=True)
 class NodeResult:
     """What an audit keeps of one node: enough for its row, its findings and the comparison with the others.
