@@ -269,11 +269,20 @@ def test_each_failure_is_named_per_node_while_the_others_succeed(cluster: FakeCl
     assert (bad_result.error_kind, expected[1] in error) == (expected[0], True), error
     if case == "forbidden-create":
         assert error == ("bad: forbidden: missing permission create pods in namespace default (user alice); see the "
-                         "README's RBAC for `collect --via api`")
+                         "README's RBAC for `collect --via api` (a collector pod, as exec could not run: no running "
+                         "kube-proxy pod (k8s-app=kube-proxy in kube-system) on the node)")
     if case == "image-pull":
         assert "pass --image with an image the nodes can pull" in error
     if case == "pod-security":
         assert "kubectl label namespace iptrace pod-security.kubernetes.io/enforce=privileged" in error
+        # auto fell back to the pod because exec could not run: it says why, and offers no exec (it advised
+        # `--api-method exec` for a node without a kube-proxy pod); --api-method pod may still try exec.
+        assert error.endswith("(a collector pod, as exec could not run: no running kube-proxy pod "
+                              "(k8s-app=kube-proxy in kube-system) on the node)"), error
+        assert "--api-method exec" not in error
+        [chosen] = _collect(cluster, ["bad"], method="pod")
+        assert (chosen.error_kind, (chosen.error or "").endswith("`), or use --api-method exec")) == (
+            "pod-security", True), chosen.error
 
 
 @needs_nodes
@@ -482,7 +491,8 @@ def test_a_403_that_is_no_rbac_denial_says_what_the_api_said(cluster: FakeCluste
     [result] = _collect(cluster)
     assert (result.ok, result.error_kind) == (False, "forbidden")
     assert re.fullmatch(r'node-a: forbidden: pods "iptrace-collector-node-a-[0-9a-f]{6}" is forbidden: exceeded '
-                        r"quota: pods, requested: pods=1, used: pods=0, limited: pods=0", result.error or ""), \
+                        r"quota: pods, requested: pods=1, used: pods=0, limited: pods=0 \(a collector pod, as exec could not run: no "
+                        r"running kube-proxy pod \(k8s-app=kube-proxy in kube-system\) on the node\)", result.error or ""), \
         result.error
 
 

@@ -266,6 +266,7 @@ def _collect_node(plan: _Plan, node: NodeInfo) -> NodeResult:
     collected_at = datetime.now(UTC).isoformat(timespec="seconds")
     warnings: list[str] = []
     notes: list[str] = []
+    no_exec = ""  # why auto's exec could not run, when it falls back to a pod
     try:
         if not _NODE_NAME.fullmatch(node.name):
             # The name becomes a directory under --out: only a name the API server could have stored is one.
@@ -286,7 +287,8 @@ def _collect_node(plan: _Plan, node: NodeInfo) -> NodeResult:
             elif plan.method == "exec":
                 raise CollectError(f"{node.name}: {problem[0]}", kind=problem[1], node=node.name)
             else:
-                notes.append(f"collected with a collector pod: {problem[0]}")
+                no_exec = problem[0]
+                notes.append(f"collected with a collector pod: {no_exec}")
         if output is None:
             output, where = _run_pod(plan, node, boundary, warnings)
             used = "pod"
@@ -299,7 +301,10 @@ def _collect_node(plan: _Plan, node: NodeInfo) -> NodeResult:
         meta["errors"] = meta["errors"] + warnings
         files = store.write_node_dir(plan.out_dir / node.name, gathered.dumps, meta)
     except CollectError as exc:
-        message = str(exc) + "".join(f"; {w}" for w in warnings)
+        # (a collector pod that fails says why it was the way tried: exec into kube-proxy's pod was none)
+        fallback = f" (a collector pod, as exec could not run: {no_exec})" if no_exec and exc.kind != "cancelled" \
+            else ""
+        message = str(exc) + fallback + "".join(f"; {w}" for w in warnings)
         if exc.kind not in ("cancelled", "unsupported"):
             store.mark_failed(plan.out_dir, node.name, message)
         return NodeResult(node.name, False, exc.kind, message, (), time.monotonic() - started, target=node)
@@ -347,7 +352,7 @@ def _run_pod(plan: _Plan, node: NodeInfo, boundary: str, warnings: list[str]) ->
     deadline = deadline_seconds(worst_case_seconds(plan.timeout, plan.listing_timeout))
     api_client = plan.access.client()
     run = PodRun(client.CoreV1Api(api_client), node, plan.namespace, plan.image, invocation.argv(boundary),
-                 deadline, plan.timeout, plan.timeout, plan.ledger, plan.cancel)
+                 deadline, plan.timeout, plan.timeout, plan.ledger, plan.cancel, offer_exec=plan.method == "pod")
     try:
         return run.run(), f"{plan.namespace}/{run.name}"
     finally:
