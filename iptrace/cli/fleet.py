@@ -423,7 +423,7 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
         results, cluster, collection = _audit_nodes(sources, collect_first, out, cluster_files, namespace, node_ips,
                                                   jobs, output == "html", lenient, opts)
         failed = [f"{r.node}: {_why_not_collected(r)}" for r in collection if not r.ok]
-        cluster_source = cluster.source if cluster is not None else None
+        cluster_source = cluster.compared if cluster is not None else None
         cluster_nodes = bool(cluster.nodes) if cluster is not None else False
         report = combine(results, cluster)
     if output == "json":

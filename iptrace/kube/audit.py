@@ -159,7 +159,7 @@ def combine(results: Sequence[NodeResult], cluster: ClusterState | None = None, 
     data's `cluster_source` and whether it listed Nodes (`cluster_nodes`) instead."""
     compared = cluster is not None or cluster_source is not None
     if cluster is not None:
-        cluster_source = cluster.source
+        cluster_source = cluster.compared
         cluster_nodes = bool(cluster.nodes)
     states = [_NodeState(r) for r in results]
     findings: list[Finding] = []

@@ -21,8 +21,8 @@ from iptrace.layout import ProxyMode
 
 MERGE_VERSION = 2  # 2: a Service port digest has its ways in (15 fields)
 # Cluster data read from an API server, as iptrace.collect.kubeconfig.ApiAccess.where names it: "kubeconfig PATH
-# [context NAME] at URL", or "in-cluster service account … at URL".
-_LIVE_SOURCE = re.compile(r"(?:kubeconfig .+|in-cluster service account.*) at (\S+)")
+# [context NAME] at URL", or "in-cluster service account … at URL"; then ClusterState.compared's namespace.
+_LIVE_SOURCE = re.compile(r"(?:kubeconfig .+|in-cluster service account.*) at (\S+)( \(namespace \S+ only\))?")
 
 
 def merge_json(results: Sequence[NodeResult], *, cluster_source: str | None, cluster_nodes: bool,
@@ -225,7 +225,7 @@ def merge(documents: Iterable[tuple[str, Mapping[str, Any]]]) -> tuple[list[Node
         said = [f"{src}: {'cluster data ' + repr(data) + nodes[listed] if data else 'no cluster data'}"
                 for data, listed, src in ((a_data, a_nodes, a_src), (b_data, b_nodes, b_src))]
         raise InputError(f"the audits were made against different cluster data ({'; '.join(said)}); expected "
-                         "every shard audited with the same --cluster/--kubeconfig")
+                         "every shard audited with the same --cluster/--kubeconfig and -n")
     ((_, cluster_nodes), (cluster_source, _first)), = clusters.items() if clusters else [((None, False), (None, ""))]
     return [nodes[name][1] for name in sorted(nodes)], cluster_source, cluster_nodes
 
@@ -235,4 +235,4 @@ def _same_data(cluster_source: str | None) -> str | None:
     and context differ from one CI job or Kubernetes Job to the next: a runner's temporary file, a service
     account), else the files read."""
     live = _LIVE_SOURCE.fullmatch(cluster_source or "")
-    return f"the API server at {live.group(1)}" if live else cluster_source
+    return f"the API server at {live.group(1)}{live.group(2) or ''}" if live else cluster_source
