@@ -587,3 +587,12 @@ def test_a_node_whose_new_collection_fails_keeps_its_files_and_its_meta_says_so(
     assert not again.ok and (node_dir / "iptables-save.txt").read_bytes() == dump
     attempt = json.loads((node_dir / "meta.json").read_text())["failed_attempt"]
     assert attempt["error"].startswith("forbidden: pods \"iptrace-collector-node-a-"), attempt
+    # audit says so, and how to collect it again: through the API, as before (it said `iptrace collect NODE`: SSH)
+    from click.testing import CliRunner
+
+    from iptrace.cli import main
+
+    audited = CliRunner().invoke(main, ["audit", str(cluster.root / "out"), "-o", "json"])
+    [said] = [f for f in json.loads(audited.stdout)["findings"] if f["id"] == "load-error"]
+    assert said["fix"] == ("collect this node again (`iptrace collect --via api node-a --out DIR` writes the node's "
+                           "directory anew)"), said

@@ -327,9 +327,11 @@ def node_result(node: Any, cluster: ClusterState | None = None, *, pictures: boo
             ONE_MODE_FIX + then))
     failed = meta.get("failed_attempt_note")
     if isinstance(failed, str):
+        # (collected through the API, as where SSH is closed: again that way, and the node is its Node's name)
+        again = f"--via api {node.name}" if meta.get("via") == "api" else "NODE"
         extra = (*extra, Finding(
             LOAD_ERROR, "warning", node.name, None, f"{node.name}: its last collection failed; its rules are from an "
-            "earlier one", failed, "collect this node again (`iptrace collect NODE --out DIR` writes the node's "
+            "earlier one", failed, f"collect this node again (`iptrace collect {again} --out DIR` writes the node's "
             "directory anew)"))
     misread = meta.get("nft_misread")
     if isinstance(misread, str):
