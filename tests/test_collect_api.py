@@ -21,7 +21,7 @@ import pytest
 from iptrace.collect import api_pod, store
 from iptrace.collect.api import collect_api
 from iptrace.errors import ClusterError, InputError
-from tests.apicluster import ADMIN, KUBE_PROXY_IMAGE, FakeCluster, can_make_nodes
+from tests.apicluster import ADMIN, KUBE_PROXY_IMAGE, FakeCluster, can_make_nodes, kube_proxy_pod
 from tests.apiserver import Grant
 from tests.apiserver_pods import CLOSE_STREAM_MARKER
 from tests.signals import default_sigint
@@ -299,6 +299,60 @@ def test_auto_falls_back_to_a_pod_when_exec_is_refused(cluster: FakeCluster):
         assert meta["method"] == "pod"
         assert "collected with a collector pod: forbidden: missing permission create pods/exec in namespace " \
                "kube-system (user alice)" in meta["notes"][0]
+
+
+CRASH_LOOPING = {"name": "kube-proxy", "ready": False, "restartCount": 17, "started": False,
+                 "image": KUBE_PROXY_IMAGE, "imageID": "",
+                 "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m0s restarting failed "
+                                       "container=kube-proxy pod=kube-proxy-ode-b_kube-system"}},
+                 "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}}
+
+
+@needs_nodes
+def test_a_crash_looping_kube_proxy_is_named_and_its_node_collected_by_a_pod(cluster: FakeCluster):
+    """kube-proxy's pod stays Running while its container crash-loops, and exec into it fails ("container not
+    found"): the node was collected by a pod whose note said only that the exec was refused, and audit said nothing
+    of why its rules are stale. Now the pod's status is read: the note and audit name the crash loop."""
+    cluster.add_node("node-a")
+    cluster.add_node("node-b")
+    server = cluster.start()
+    [pod] = [p for p in server.objects["Pod"] if p["spec"]["nodeName"] == "node-b"]
+    pod["status"]["containerStatuses"] = [CRASH_LOOPING]
+    results = {r.node: r for r in _collect(cluster)}
+    assert all(r.ok for r in results.values()), _describe(results.values())
+    out = cluster.root / "out"
+    meta = json.loads((out / "node-b" / "meta.json").read_text())
+    down = "kube-system/kube-proxy-ode-b: CrashLoopBackOff, restarted 17 times, its last run exited 1 (Error)"
+    assert meta["method"] == "pod" and meta["kube_proxy_down"] == down
+    assert meta["notes"][0] == (f"collected with a collector pod: kube-proxy's container is not running ({down}); "
+                                "`kubectl logs -n kube-system kube-proxy-ode-b --previous` says why")
+    assert json.loads((out / "node-a" / "meta.json").read_text())["method"] == "exec"
+    from click.testing import CliRunner
+
+    from iptrace.cli import main
+
+    audited = CliRunner().invoke(main, ["audit", str(out)])
+    assert f"note: node-b: kube-proxy was not running when its rules were collected ({down}): they are as it last " \
+           "wrote them, whatever the API says since\n" in audited.stderr, audited.stderr
+    assert "node-a" not in audited.stderr
+    # --api-method exec has no other way: the node fails, saying why.
+    [refused] = _collect(cluster, ["node-b"], method="exec", out_dir=cluster.root / "exec")
+    assert (refused.error_kind, refused.error) == ("exec", f"node-b: kube-proxy's container is not running ({down}); "
+                                                   "`kubectl logs -n kube-system kube-proxy-ode-b --previous` says why")
+
+
+def test_of_two_kube_proxy_pods_on_a_node_the_one_whose_container_runs_is_execed_into():
+    """A rollout's new pod crash-loops while the old one still runs: exec goes to the running one; a node whose only
+    pod crash-loops has it, with why its container is not running."""
+    from iptrace.collect.api_exec import kube_proxy_pods
+
+    old, new = kube_proxy_pod("node-a"), kube_proxy_pod("node-a")
+    new["metadata"].update(name="kube-proxy-new", creationTimestamp="2025-01-07T10:00:00Z")
+    new["status"]["containerStatuses"] = [CRASH_LOOPING]
+    assert (kube_proxy_pods([new, old])["node-a"].name, kube_proxy_pods([new, old])["node-a"].down) == (
+        "kube-proxy-ode-a", None)
+    assert kube_proxy_pods([new])["node-a"].down == ("CrashLoopBackOff, restarted 17 times, its last run exited 1 "
+                                                     "(Error)")
 
 
 @needs_nodes

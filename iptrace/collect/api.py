@@ -24,6 +24,7 @@ from typing import Any
 
 from iptrace.collect import store
 from iptrace.collect.api_exec import (
+    KUBE_PROXY_DOWN,
     KUBE_PROXY_NAMESPACE,
     KUBE_PROXY_SELECTOR,
     ExecRefused,
@@ -298,6 +299,9 @@ def _collect_node(plan: _Plan, node: NodeInfo) -> NodeResult:
                 "server": plan.access.server, "context": plan.access.context, "collected_at": collected_at,
                 "duration_s": round(time.monotonic() - started, 3)}
         meta["notes"] = notes + meta["notes"]
+        kube_proxy = plan.kube_proxy.get(node.name)
+        if kube_proxy is not None and kube_proxy.down is not None:  # (for audit: its rules are as it left them)
+            meta["kube_proxy_down"] = f"{KUBE_PROXY_NAMESPACE}/{kube_proxy.name}: {kube_proxy.down}"
         meta["errors"] = meta["errors"] + warnings
         files = store.write_node_dir(plan.out_dir / node.name, gathered.dumps, meta)
     except CollectError as exc:
@@ -325,6 +329,10 @@ def _try_exec(plan: _Plan, node: NodeInfo,
     if pod is None:
         return None, b"", "", (f"no running kube-proxy pod ({KUBE_PROXY_SELECTOR} in {KUBE_PROXY_NAMESPACE}) on "
                                "the node", "exec")
+    if pod.down is not None:
+        # (no exec into a container that is not running; and its rules are as it last wrote them)
+        return None, b"", "", (f"{KUBE_PROXY_DOWN} ({KUBE_PROXY_NAMESPACE}/{pod.name}: {pod.down}); `kubectl logs "
+                               f"-n {KUBE_PROXY_NAMESPACE} {pod.name} --previous` says why", "exec")
     from kubernetes import client
 
     invocation = Invocation(conntrack_cap=plan.conntrack_cap)

@@ -340,6 +340,10 @@ def node_result(node: Any, cluster: ClusterState | None = None, *, pictures: boo
             f"When it was collected: {misread}. Its Service ports may be missing or read wrongly here.",
             "collect it again with an nft as new as the one that wrote the rules (`iptrace collect --via api` runs "
             "kube-proxy's own)"))
+    down = meta.get("kube_proxy_down")
+    if isinstance(down, str):  # (collect --via api read it off the pod's status: the cause of stale rules)
+        notes = (*notes, f"note: {node.name}: kube-proxy was not running when its rules were collected ({down}): "
+                 "they are as it last wrote them, whatever the API says since")
     return NodeResult(node.name, node.error, tuple(node.addresses), str(meta.get("host", "") or ""), kube_node,
                       node.legacy_note, tuple(str(w) for w in warnings) if isinstance(warnings, list) else (),
                       tuple(families), (*claims, *extra), (*_lenient_notes(node), *notes))
