@@ -148,3 +148,20 @@ def test_a_node_the_audit_could_not_collect_is_named_so_with_no_ssh_advice(clust
     assert merged.exit_code == 1
     assert "✗ [node-b] could not be collected   (load-error)" in merged.stdout, merged.stdout
     assert "iptrace collect" not in merged.stdout
+
+
+def test_audit_via_api_without_the_right_to_list_services_says_how_to_audit_without_them(cluster: FakeCluster):
+    """RBAC for `collect --via api` alone (no list services): `audit --via api` stopped at "forbidden: list services"
+    with the advice to ask for it or give --namespace, though collect then audit DIR works with what was granted."""
+    from tests.apiserver import Grant
+
+    cluster.add_node("node-a", netns=False)
+    server = cluster.start(tokens={"t": Grant("alice", denied=frozenset({("list", "services")}))})
+    result = _run("audit", "--via", "api", "--kubeconfig", str(cluster.kubeconfig))
+    assert result.exit_code == 1
+    assert result.stderr == (f"Error: forbidden: list services at cluster scope for user alice at {server.url}; ask for "
+                             "that permission or limit to one --namespace; or audit the nodes without the API's "
+                             "Services: `iptrace collect --via api --out DIR`, then `iptrace audit DIR`\n"), \
+        result.stderr
+    assert server.kubelet.created == []  # type: ignore[union-attr]
+

@@ -482,9 +482,17 @@ def _audit_nodes(sources: tuple[str, ...], collect_first: bool, out: str | None,
         paths, nodes = split_sources(sources)
     if via == "api" and not cluster_files:
         from iptrace.collect.cluster import load_cluster_live
+        from iptrace.errors import ClusterError
 
         # The cluster the nodes were collected from is the one to compare them with.
-        cluster = note_no_services(load_cluster_live(kubeconfig, context, namespace))
+        try:
+            cluster = note_no_services(load_cluster_live(kubeconfig, context, namespace))
+        except ClusterError as e:
+            if not str(e).startswith("forbidden: ") or str(e).startswith("forbidden: list nodes "):
+                raise
+            # (collect lists no Services or EndpointSlices: the nodes can still be audited, with each other)
+            raise ClusterError(f"{e}; or audit the nodes without the API's Services: `iptrace collect --via api "
+                               "--out DIR`, then `iptrace audit DIR`") from None
     else:
         cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
     collection: list[Any] = []
