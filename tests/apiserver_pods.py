@@ -306,6 +306,13 @@ class PodHandlers:
         if (obj.get("status") or {}).get("phase") != "Running" or self.api.kubelet is None:
             self._send_json(400, status_body(400, "BadRequest", f'pod {name} is not running'))
             return
+        container = (query.get("container") or [""])[0]
+        state = next((c.get("state") for c in (obj.get("status") or {}).get("containerStatuses") or []
+                      if c.get("name") == container), None)
+        if state and "running" not in state:  # (a Running pod whose container crash-loops: the kubelet's answer)
+            self._send_json(400, status_body(400, "BadRequest", "unable to upgrade connection: container not found "
+                                                                f'("{container}")'))
+            return
         argv = query.get("command", [])
         process = self.api.kubelet.exec(obj, argv)
         self.send_response(101, "Switching Protocols")

@@ -298,7 +298,80 @@ def test_merged_shards_with_cluster_data(tmp_path: Path) -> None:
     source = json.loads(whole.stdout)["cluster"]
     assert result.stderr == (f"Error: the audits were made against different cluster data ({docs[0]}: cluster data "
                              f"{source!r} with its Nodes; {tmp_path / 'without.json'}: cluster data {source!r} "
-                             "without Nodes); expected every shard audited with the same --cluster/--kubeconfig\n")
+                             "without Nodes); expected every shard audited with the same --cluster/--kubeconfig and -n\n")
+
+
+def test_shards_of_ci_jobs_whose_kubeconfigs_lie_elsewhere_merge(tmp_path: Path) -> None:
+    """Each CI job (or Kubernetes Job) audits its node pool with the cluster's kubeconfig at a path of its own (a
+    runner's temporary file, named by time): the shards were compared with the same API server, but --merge
+    refused them as "audited against different cluster data". Shards of another API server still are."""
+    from tests.apiserver import ApiServer, Grant, write_kubeconfig
+    from tests.test_compare import api_objects
+
+    snap, _ = fleet_scenario.write(tmp_path)
+    objects: dict[str, list[dict[str, Any]]] = {}
+    for o in api_objects(fleet_scenario.services()[1]):
+        objects.setdefault(o["kind"], []).append(o)
+    with ApiServer(objects=objects, tokens={"t": Grant("admin")}) as api, \
+            ApiServer(objects=copy.deepcopy(objects), tokens={"t": Grant("admin")}) as other:
+        url, docs = api.url, []
+        for k, group in enumerate((["node-a", "node-d"], ["node-b", "node-c"])):
+            (tmp_path / f"job{k}").mkdir()
+            config = write_kubeconfig(tmp_path / f"job{k}" / f"kubeconfig_17333892001{k}", api.url, {"admin": "t"})
+            result = CliRunner().invoke(main, ["audit", *(str(snap / n) for n in group), "--kubeconfig", str(config),
+                                               "-o", "json"])
+            docs.append(tmp_path / f"shard{k}.json")
+            docs[-1].write_text(result.stdout)
+        whole = CliRunner().invoke(main, ["audit", str(snap), "--kubeconfig", str(config), "-o", "json"])
+        elsewhere = write_kubeconfig(tmp_path / "elsewhere", other.url, {"admin": "t"})
+        foreign = tmp_path / "foreign.json"
+        foreign.write_text(CliRunner().invoke(main, ["audit", str(snap / "node-a"), "--kubeconfig", str(elsewhere),
+                                                     "-o", "json"]).stdout)
+    merged = CliRunner().invoke(main, ["audit", "--merge", *map(str, docs), "-o", "json"])
+    assert merged.exit_code == whole.exit_code == 3, merged.output
+    doc, one = json.loads(merged.stdout), json.loads(whole.stdout)
+    assert (doc["findings"], doc["nodes"]) == (one["findings"], one["nodes"])
+    assert doc["cluster"] == f"kubeconfig {tmp_path / 'job0' / 'kubeconfig_173338920010'} at {url}"
+    refused = CliRunner().invoke(main, ["audit", "--merge", str(docs[1]), str(foreign)])
+    assert refused.exit_code == 1
+    assert refused.stderr.startswith("Error: the audits were made against different cluster data (")
+    # Files are compared by what was read (their names), an in-cluster service account by its server.
+    from iptrace.kube.merge import _same_data
+
+    assert _same_data("services.json, endpointslices.json") == "services.json, endpointslices.json"
+    assert _same_data("in-cluster service account at https://10.96.0.1:443") == "the API server at " \
+        "https://10.96.0.1:443"
+
+
+def test_an_audit_of_one_namespace_says_so_and_merges_only_with_that_namespace(tmp_path: Path) -> None:
+    """`-n default` compares only default's Service ports with the API: the audit said "every node forwards every
+    Service the same way the API asks" as of the whole cluster, and --merge took its shard with a shard compared
+    in every namespace as one audit."""
+    from tests.apiserver import ApiServer, Grant, write_kubeconfig
+    from tests.test_compare import api_objects
+
+    snap, _ = fleet_scenario.write(tmp_path)
+    objects: dict[str, list[dict[str, Any]]] = {}
+    for o in api_objects(fleet_scenario.services()[1]):
+        objects.setdefault(o["kind"], []).append(o)
+    with ApiServer(objects=objects, tokens={"t": Grant("admin")}) as api:
+        config = str(write_kubeconfig(tmp_path / "kubeconfig", api.url, {"admin": "t"}))
+        scoped = CliRunner().invoke(main, ["audit", str(snap / "node-a"), str(snap / "node-c"), "--kubeconfig",
+                                           config, "-n", "kube-system"])
+        assert scoped.stdout.startswith(f"Audit of 2 nodes against kubeconfig {config} at {api.url} (namespace "
+                                        "kube-system only): "), scoped.stdout
+        (tmp_path / "a.json").write_text(CliRunner().invoke(main, ["audit", str(snap / "node-a"), "--kubeconfig",
+                                                                   config, "-n", "kube-system", "-o", "json"]).stdout)
+        (tmp_path / "b.json").write_text(CliRunner().invoke(main, ["audit", str(snap / "node-b"), "--kubeconfig",
+                                                                   config, "-o", "json"]).stdout)
+        (tmp_path / "c.json").write_text(CliRunner().invoke(main, ["audit", str(snap / "node-c"), "--kubeconfig",
+                                                                   config, "-n", "kube-system", "-o", "json"]).stdout)
+    refused = CliRunner().invoke(main, ["audit", "--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    assert refused.exit_code == 1
+    assert "(namespace kube-system only)'; " in refused.stderr and refused.stderr.endswith(
+        "expected every shard audited with the same --cluster/--kubeconfig and -n\n"), refused.stderr
+    merged = CliRunner().invoke(main, ["audit", "--merge", str(tmp_path / "a.json"), str(tmp_path / "c.json")])
+    assert merged.stdout == scoped.stdout, merged.output
 
 
 def test_merge_errors_say_what_was_found_and_expected(tmp_path: Path, snap: Path) -> None:

@@ -124,3 +124,44 @@ def test_collect_and_audit_via_api(cluster: FakeCluster):
         listed = subprocess.run(["kubectl", "--kubeconfig", str(cluster.kubeconfig), "get", "pods", "-A", "-l",
                                  "app.kubernetes.io/name=iptrace-collector"], capture_output=True, text=True)
         assert (listed.returncode, listed.stdout, listed.stderr) == (0, "", "No resources found\n")
+
+
+@needs_nodes
+def test_a_node_the_audit_could_not_collect_is_named_so_with_no_ssh_advice(cluster: FakeCluster):
+    """`audit --via api` where PodSecurity refuses the collector pod of a node without a kube-proxy pod: its
+    load-error said "its rules could not be read" and advised re-collecting with `iptrace collect` (SSH, the
+    default, where SSH is closed); it says the node could not be collected, and why, and to audit again once
+    that is fixed. Its merged shard says the same."""
+    cluster.add_node("node-a")
+    cluster.add_node("node-b", kube_proxy=False)
+    cluster.start(namespaces={"default": {"pod-security.kubernetes.io/enforce": "baseline"}, "kube-system": {}})
+    result = _run("audit", "--via", "api", "--kubeconfig", str(cluster.kubeconfig), "-o", "json")
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    [lost] = [f for f in report["findings"] if f["id"] == "load-error"]
+    assert (lost["node"], lost["summary"]) == ("node-b", "node-b: could not be collected")
+    assert lost["detail"].startswith("could not be collected: PodSecurity admission rejected the collector pod")
+    assert "iptrace collect" not in lost["fix"] and "audit again" in lost["fix"]
+    shard = cluster.root / "shard.json"
+    shard.write_text(result.stdout)
+    merged = _run("audit", "--merge", str(shard))
+    assert merged.exit_code == 1
+    assert "✗ [node-b] could not be collected   (load-error)" in merged.stdout, merged.stdout
+    assert "iptrace collect" not in merged.stdout
+
+
+def test_audit_via_api_without_the_right_to_list_services_says_how_to_audit_without_them(cluster: FakeCluster):
+    """RBAC for `collect --via api` alone (no list services): `audit --via api` stopped at "forbidden: list services"
+    with the advice to ask for it or give --namespace, though collect then audit DIR works with what was granted."""
+    from tests.apiserver import Grant
+
+    cluster.add_node("node-a", netns=False)
+    server = cluster.start(tokens={"t": Grant("alice", denied=frozenset({("list", "services")}))})
+    result = _run("audit", "--via", "api", "--kubeconfig", str(cluster.kubeconfig))
+    assert result.exit_code == 1
+    assert result.stderr == (f"Error: forbidden: list services at cluster scope for user alice at {server.url}; ask for "
+                             "that permission or limit to one --namespace; or audit the nodes without the API's "
+                             "Services: `iptrace collect --via api --out DIR`, then `iptrace audit DIR`\n"), \
+        result.stderr
+    assert server.kubelet.created == []  # type: ignore[union-attr]
+

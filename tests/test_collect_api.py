@@ -21,7 +21,7 @@ import pytest
 from iptrace.collect import api_pod, store
 from iptrace.collect.api import collect_api
 from iptrace.errors import ClusterError, InputError
-from tests.apicluster import ADMIN, KUBE_PROXY_IMAGE, FakeCluster, can_make_nodes
+from tests.apicluster import ADMIN, KUBE_PROXY_IMAGE, FakeCluster, can_make_nodes, kube_proxy_pod
 from tests.apiserver import Grant
 from tests.apiserver_pods import CLOSE_STREAM_MARKER
 from tests.signals import default_sigint
@@ -269,11 +269,20 @@ def test_each_failure_is_named_per_node_while_the_others_succeed(cluster: FakeCl
     assert (bad_result.error_kind, expected[1] in error) == (expected[0], True), error
     if case == "forbidden-create":
         assert error == ("bad: forbidden: missing permission create pods in namespace default (user alice); see the "
-                         "README's RBAC for `collect --via api`")
+                         "README's RBAC for `collect --via api` (a collector pod, as exec could not run: no running "
+                         "kube-proxy pod (k8s-app=kube-proxy in kube-system) on the node)")
     if case == "image-pull":
         assert "pass --image with an image the nodes can pull" in error
     if case == "pod-security":
         assert "kubectl label namespace iptrace pod-security.kubernetes.io/enforce=privileged" in error
+        # auto fell back to the pod because exec could not run: it says why, and offers no exec (it advised
+        # `--api-method exec` for a node without a kube-proxy pod); --api-method pod may still try exec.
+        assert error.endswith("(a collector pod, as exec could not run: no running kube-proxy pod "
+                              "(k8s-app=kube-proxy in kube-system) on the node)"), error
+        assert "--api-method exec" not in error
+        [chosen] = _collect(cluster, ["bad"], method="pod")
+        assert (chosen.error_kind, (chosen.error or "").endswith("`), or use --api-method exec")) == (
+            "pod-security", True), chosen.error
 
 
 @needs_nodes
@@ -290,6 +299,60 @@ def test_auto_falls_back_to_a_pod_when_exec_is_refused(cluster: FakeCluster):
         assert meta["method"] == "pod"
         assert "collected with a collector pod: forbidden: missing permission create pods/exec in namespace " \
                "kube-system (user alice)" in meta["notes"][0]
+
+
+CRASH_LOOPING = {"name": "kube-proxy", "ready": False, "restartCount": 17, "started": False,
+                 "image": KUBE_PROXY_IMAGE, "imageID": "",
+                 "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m0s restarting failed "
+                                       "container=kube-proxy pod=kube-proxy-ode-b_kube-system"}},
+                 "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}}
+
+
+@needs_nodes
+def test_a_crash_looping_kube_proxy_is_named_and_its_node_collected_by_a_pod(cluster: FakeCluster):
+    """kube-proxy's pod stays Running while its container crash-loops, and exec into it fails ("container not
+    found"): the node was collected by a pod whose note said only that the exec was refused, and audit said nothing
+    of why its rules are stale. Now the pod's status is read: the note and audit name the crash loop."""
+    cluster.add_node("node-a")
+    cluster.add_node("node-b")
+    server = cluster.start()
+    [pod] = [p for p in server.objects["Pod"] if p["spec"]["nodeName"] == "node-b"]
+    pod["status"]["containerStatuses"] = [CRASH_LOOPING]
+    results = {r.node: r for r in _collect(cluster)}
+    assert all(r.ok for r in results.values()), _describe(results.values())
+    out = cluster.root / "out"
+    meta = json.loads((out / "node-b" / "meta.json").read_text())
+    down = "kube-system/kube-proxy-ode-b: CrashLoopBackOff, restarted 17 times, its last run exited 1 (Error)"
+    assert meta["method"] == "pod" and meta["kube_proxy_down"] == down
+    assert meta["notes"][0] == (f"collected with a collector pod: kube-proxy's container is not running ({down}); "
+                                "`kubectl logs -n kube-system kube-proxy-ode-b --previous` says why")
+    assert json.loads((out / "node-a" / "meta.json").read_text())["method"] == "exec"
+    from click.testing import CliRunner
+
+    from iptrace.cli import main
+
+    audited = CliRunner().invoke(main, ["audit", str(out)])
+    assert f"note: node-b: kube-proxy was not running when its rules were collected ({down}): they are as it last " \
+           "wrote them, whatever the API says since\n" in audited.stderr, audited.stderr
+    assert "node-a" not in audited.stderr
+    # --api-method exec has no other way: the node fails, saying why.
+    [refused] = _collect(cluster, ["node-b"], method="exec", out_dir=cluster.root / "exec")
+    assert (refused.error_kind, refused.error) == ("exec", f"node-b: kube-proxy's container is not running ({down}); "
+                                                   "`kubectl logs -n kube-system kube-proxy-ode-b --previous` says why")
+
+
+def test_of_two_kube_proxy_pods_on_a_node_the_one_whose_container_runs_is_execed_into():
+    """A rollout's new pod crash-loops while the old one still runs: exec goes to the running one; a node whose only
+    pod crash-loops has it, with why its container is not running."""
+    from iptrace.collect.api_exec import kube_proxy_pods
+
+    old, new = kube_proxy_pod("node-a"), kube_proxy_pod("node-a")
+    new["metadata"].update(name="kube-proxy-new", creationTimestamp="2025-01-07T10:00:00Z")
+    new["status"]["containerStatuses"] = [CRASH_LOOPING]
+    assert (kube_proxy_pods([new, old])["node-a"].name, kube_proxy_pods([new, old])["node-a"].down) == (
+        "kube-proxy-ode-a", None)
+    assert kube_proxy_pods([new])["node-a"].down == ("CrashLoopBackOff, restarted 17 times, its last run exited 1 "
+                                                     "(Error)")
 
 
 @needs_nodes
@@ -482,7 +545,8 @@ def test_a_403_that_is_no_rbac_denial_says_what_the_api_said(cluster: FakeCluste
     [result] = _collect(cluster)
     assert (result.ok, result.error_kind) == (False, "forbidden")
     assert re.fullmatch(r'node-a: forbidden: pods "iptrace-collector-node-a-[0-9a-f]{6}" is forbidden: exceeded '
-                        r"quota: pods, requested: pods=1, used: pods=0, limited: pods=0", result.error or ""), \
+                        r"quota: pods, requested: pods=1, used: pods=0, limited: pods=0 \(a collector pod, as exec could not run: no "
+                        r"running kube-proxy pod \(k8s-app=kube-proxy in kube-system\) on the node\)", result.error or ""), \
         result.error
 
 
@@ -577,3 +641,12 @@ def test_a_node_whose_new_collection_fails_keeps_its_files_and_its_meta_says_so(
     assert not again.ok and (node_dir / "iptables-save.txt").read_bytes() == dump
     attempt = json.loads((node_dir / "meta.json").read_text())["failed_attempt"]
     assert attempt["error"].startswith("forbidden: pods \"iptrace-collector-node-a-"), attempt
+    # audit says so, and how to collect it again: through the API, as before (it said `iptrace collect NODE`: SSH)
+    from click.testing import CliRunner
+
+    from iptrace.cli import main
+
+    audited = CliRunner().invoke(main, ["audit", str(cluster.root / "out"), "-o", "json"])
+    [said] = [f for f in json.loads(audited.stdout)["findings"] if f["id"] == "load-error"]
+    assert said["fix"] == ("collect this node again (`iptrace collect --via api node-a --out DIR` writes the node's "
+                           "directory anew)"), said

@@ -643,3 +643,20 @@ def test_a_stale_conntrack_finding_shows_its_commands_and_its_table(browser, tmp
         assert commands and all(c.startswith("conntrack -D ") for c in commands)
         assert [line for line in s["fix"].splitlines() if line.strip()] == [f"Fix: {fix}", *commands], s
         assert s["evidence"].endswith(str(snap / "node-a" / "conntrack.txt")), s["evidence"]
+
+
+@needs_chromium
+def test_a_node_the_audit_could_not_collect_reads_so_in_the_browser(browser, tmp_path) -> None:
+    """Its badge said "could not be read", over its error "could not be collected: …" (an SSH key refused, a
+    PodSecurity level): the node was never read, it was never reached."""
+    from iptrace.kube.audit import combine
+    from iptrace.kube.digest import NOT_COLLECTED, NodeResult
+
+    lost = NodeResult("node-z", NOT_COLLECTED + "PodSecurity admission rejected the collector pod in namespace "
+                      "default (violates PodSecurity \"baseline:latest\")")
+    path = tmp_path / "report.html"
+    path.write_text(render_audit_html(combine([lost])), encoding="utf-8")
+    text = text_of(browser.load(path.as_uri()).dom)
+    assert "node-z could not be collected" in " ".join(text.split()), text
+    assert "could not be read" not in text
+

@@ -399,6 +399,7 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
     batch()
 
     from iptrace.kube.audit import combine
+    from iptrace.kube.digest import NOT_COLLECTED
     from iptrace.kube.merge import merge_json
     from iptrace.render.audit import audit_to_json, render_audit_text
     from iptrace.render.json import CompactItems
@@ -422,7 +423,7 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
         results, cluster, collection = _audit_nodes(sources, collect_first, out, cluster_files, namespace, node_ips,
                                                   jobs, output == "html", lenient, opts)
         failed = [f"{r.node}: {_why_not_collected(r)}" for r in collection if not r.ok]
-        cluster_source = cluster.source if cluster is not None else None
+        cluster_source = cluster.compared if cluster is not None else None
         cluster_nodes = bool(cluster.nodes) if cluster is not None else False
         report = combine(results, cluster)
     if output == "json":
@@ -443,9 +444,6 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
     if report.has_error:
         raise click.exceptions.Exit(EXIT_FINDINGS)
 
-
-# A node's error in the report (and the JSON a merge reads) when it could not be collected.
-NOT_COLLECTED = "could not be collected: "
 
 # What --merge reads besides the documents: how to print the report. --jobs changes no result, so a script
 # that passes it to every audit may pass it here too.
@@ -484,9 +482,17 @@ def _audit_nodes(sources: tuple[str, ...], collect_first: bool, out: str | None,
         paths, nodes = split_sources(sources)
     if via == "api" and not cluster_files:
         from iptrace.collect.cluster import load_cluster_live
+        from iptrace.errors import ClusterError
 
         # The cluster the nodes were collected from is the one to compare them with.
-        cluster = note_no_services(load_cluster_live(kubeconfig, context, namespace))
+        try:
+            cluster = note_no_services(load_cluster_live(kubeconfig, context, namespace))
+        except ClusterError as e:
+            if not str(e).startswith("forbidden: ") or str(e).startswith("forbidden: list nodes "):
+                raise
+            # (collect lists no Services or EndpointSlices: the nodes can still be audited, with each other)
+            raise ClusterError(f"{e}; or audit the nodes without the API's Services: `iptrace collect --via api "
+                               "--out DIR`, then `iptrace audit DIR`") from None
     else:
         cluster = cluster_data(cluster_files, kubeconfig, context, namespace)
     collection: list[Any] = []
@@ -517,7 +523,7 @@ def _with_uncollected(results: list[Any], collection: list[Any]) -> list[Any]:
     """The audit's node results with each node that could not be collected in its place among the collected
     ones (`collection`: the collection's results, in the order of the nodes given), as a node whose rules could
     not be read (its load-error says why): the report must not say every node is fine without it."""
-    from iptrace.kube.digest import NodeResult
+    from iptrace.kube.digest import NOT_COLLECTED, NodeResult
 
     ok = {r.node for r in collection if r.ok}
     by_name = {r.name: r for r in results if r.name in ok}

@@ -24,6 +24,7 @@ from typing import Any
 
 from iptrace.collect import store
 from iptrace.collect.api_exec import (
+    KUBE_PROXY_DOWN,
     KUBE_PROXY_NAMESPACE,
     KUBE_PROXY_SELECTOR,
     ExecRefused,
@@ -266,6 +267,7 @@ def _collect_node(plan: _Plan, node: NodeInfo) -> NodeResult:
     collected_at = datetime.now(UTC).isoformat(timespec="seconds")
     warnings: list[str] = []
     notes: list[str] = []
+    no_exec = ""  # why auto's exec could not run, when it falls back to a pod
     try:
         if not _NODE_NAME.fullmatch(node.name):
             # The name becomes a directory under --out: only a name the API server could have stored is one.
@@ -286,7 +288,8 @@ def _collect_node(plan: _Plan, node: NodeInfo) -> NodeResult:
             elif plan.method == "exec":
                 raise CollectError(f"{node.name}: {problem[0]}", kind=problem[1], node=node.name)
             else:
-                notes.append(f"collected with a collector pod: {problem[0]}")
+                no_exec = problem[0]
+                notes.append(f"collected with a collector pod: {no_exec}")
         if output is None:
             output, where = _run_pod(plan, node, boundary, warnings)
             used = "pod"
@@ -296,10 +299,16 @@ def _collect_node(plan: _Plan, node: NodeInfo) -> NodeResult:
                 "server": plan.access.server, "context": plan.access.context, "collected_at": collected_at,
                 "duration_s": round(time.monotonic() - started, 3)}
         meta["notes"] = notes + meta["notes"]
+        kube_proxy = plan.kube_proxy.get(node.name)
+        if kube_proxy is not None and kube_proxy.down is not None:  # (for audit: its rules are as it left them)
+            meta["kube_proxy_down"] = f"{KUBE_PROXY_NAMESPACE}/{kube_proxy.name}: {kube_proxy.down}"
         meta["errors"] = meta["errors"] + warnings
         files = store.write_node_dir(plan.out_dir / node.name, gathered.dumps, meta)
     except CollectError as exc:
-        message = str(exc) + "".join(f"; {w}" for w in warnings)
+        # (a collector pod that fails says why it was the way tried: exec into kube-proxy's pod was none)
+        fallback = f" (a collector pod, as exec could not run: {no_exec})" if no_exec and exc.kind != "cancelled" \
+            else ""
+        message = str(exc) + fallback + "".join(f"; {w}" for w in warnings)
         if exc.kind not in ("cancelled", "unsupported"):
             store.mark_failed(plan.out_dir, node.name, message)
         return NodeResult(node.name, False, exc.kind, message, (), time.monotonic() - started, target=node)
@@ -320,6 +329,10 @@ def _try_exec(plan: _Plan, node: NodeInfo,
     if pod is None:
         return None, b"", "", (f"no running kube-proxy pod ({KUBE_PROXY_SELECTOR} in {KUBE_PROXY_NAMESPACE}) on "
                                "the node", "exec")
+    if pod.down is not None:
+        # (no exec into a container that is not running; and its rules are as it last wrote them)
+        return None, b"", "", (f"{KUBE_PROXY_DOWN} ({KUBE_PROXY_NAMESPACE}/{pod.name}: {pod.down}); `kubectl logs "
+                               f"-n {KUBE_PROXY_NAMESPACE} {pod.name} --previous` says why", "exec")
     from kubernetes import client
 
     invocation = Invocation(conntrack_cap=plan.conntrack_cap)
@@ -347,7 +360,7 @@ def _run_pod(plan: _Plan, node: NodeInfo, boundary: str, warnings: list[str]) ->
     deadline = deadline_seconds(worst_case_seconds(plan.timeout, plan.listing_timeout))
     api_client = plan.access.client()
     run = PodRun(client.CoreV1Api(api_client), node, plan.namespace, plan.image, invocation.argv(boundary),
-                 deadline, plan.timeout, plan.timeout, plan.ledger, plan.cancel)
+                 deadline, plan.timeout, plan.timeout, plan.ledger, plan.cancel, offer_exec=plan.method == "pod")
     try:
         return run.run(), f"{plan.namespace}/{run.name}"
     finally:

@@ -20,6 +20,7 @@ KUBE_PROXY_NAMESPACE = "kube-system"
 # The v4.channel.k8s.io protocol: the first byte of every message names its stream.
 STDOUT, STDERR, STATUS = 1, 2, 3
 KUBE_PROXY_SELECTOR = "k8s-app=kube-proxy"
+KUBE_PROXY_DOWN = "kube-proxy's container is not running"
 
 
 class ExecRefused(Exception):
@@ -33,14 +34,18 @@ class ExecRefused(Exception):
 
 @dataclass(frozen=True, slots=True)
 class KubeProxyPod:
+    """`down`: why its kube-proxy container is not running (a pod stays Running while its container crash-loops),
+    None when it runs or its status does not say."""
+
     name: str
     container: str
     image: str
+    down: str | None = None
 
 
 def kube_proxy_pods(items: list[dict[str, Any]]) -> dict[str, KubeProxyPod]:
-    """node name → its running kube-proxy pod (the newest, if a rollout left two)."""
-    found: dict[str, tuple[str, KubeProxyPod]] = {}
+    """node name → its running kube-proxy pod (the newest whose container runs, if a rollout left two)."""
+    found: dict[str, tuple[tuple[bool, str], KubeProxyPod]] = {}
     for pod in items:
         spec, status, meta = pod.get("spec") or {}, pod.get("status") or {}, pod.get("metadata") or {}
         node = spec.get("nodeName")
@@ -50,11 +55,32 @@ def kube_proxy_pods(items: list[dict[str, Any]]) -> dict[str, KubeProxyPod]:
         if not containers:
             continue
         chosen = next((c for c in containers if c.get("name") == "kube-proxy"), containers[0])
-        created = str(meta.get("creationTimestamp") or "")
-        candidate = KubeProxyPod(str(meta.get("name")), str(chosen.get("name")), str(chosen.get("image", "")))
-        if node not in found or created > found[node][0]:
-            found[node] = (created, candidate)
+        down = _not_running(status, str(chosen.get("name")))
+        rank = (down is None, str(meta.get("creationTimestamp") or ""))
+        candidate = KubeProxyPod(str(meta.get("name")), str(chosen.get("name")), str(chosen.get("image", "")), down)
+        if node not in found or rank > found[node][0]:
+            found[node] = (rank, candidate)
     return {node: pod for node, (_, pod) in found.items()}
+
+
+def _not_running(status: dict[str, Any], container: str) -> str | None:
+    """Why `container` of a Running pod is not running, from its containerStatuses (the kubelet's words: waiting
+    in CrashLoopBackOff, its restarts and how its last run ended), or None."""
+    entry = next((c for c in status.get("containerStatuses") or [] if isinstance(c, dict)
+                  and c.get("name") == container), None)
+    state = entry.get("state") if entry is not None else None
+    if not isinstance(state, dict) or not state or "running" in state:
+        return None
+    now = next(iter(state))
+    said = [str((state[now] or {}).get("reason") or now)]
+    restarts = entry.get("restartCount") if entry is not None else None
+    if isinstance(restarts, int) and restarts > 0:
+        said.append(f"restarted {restarts} time{'s' if restarts != 1 else ''}")
+    last = ((entry or {}).get("lastState") or {}).get("terminated") or (state.get("terminated") or {})
+    if isinstance(last, dict) and last.get("exitCode") is not None:
+        said.append(f"its last run exited {last.get('exitCode')}" + (f" ({last['reason']})" if last.get("reason")
+                                                                      else ""))
+    return ", ".join(said)
 
 
 def run_exec(api: Any, pod: KubeProxyPod, argv: tuple[str, ...], clock: StepClock,

@@ -108,8 +108,9 @@ class PodRun:
 
     def __init__(self, api: Any, node: NodeInfo, namespace: str, image: str, command: tuple[str, ...],
                  deadline: int, start_timeout: float, request_timeout: float, ledger: PodLedger,
-                 cancel: threading.Event) -> None:
+                 cancel: threading.Event, *, offer_exec: bool) -> None:
         self.api = api
+        self.offer_exec = offer_exec
         self.node = node
         self.namespace = namespace
         self.image = image
@@ -130,7 +131,8 @@ class PodRun:
     def _api_error(self, error: Any, doing: str, permission: str) -> CollectError:
         failure = ApiFailure.from_exception(error)
         if failure.pod_security:
-            return self._error(pod_security_text(failure, self.namespace), "pod-security")
+            return self._error(pod_security_text(failure, self.namespace, self.offer_exec),
+                               "pod-security")
         if failure.forbidden:
             return self._error(forbidden_text(failure, permission), "forbidden")
         if failure.status == 404 and "namespaces" in failure.message:

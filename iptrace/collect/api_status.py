@@ -93,10 +93,11 @@ def forbidden_text(failure: ApiFailure, fallback: str) -> str:
 _BARE_FORBIDDEN = re.compile(r"(?:\d{3}\s*)?(?:forbidden)?\.?", re.IGNORECASE)
 
 
-def pod_security_text(failure: ApiFailure, namespace: str) -> str:
-    """One line for a PodSecurity admission rejection: the admission's own words, and the fix."""
+def pod_security_text(failure: ApiFailure, namespace: str, offer_exec: bool) -> str:
+    """One line for a PodSecurity admission rejection: the admission's own words, and the fix. `offer_exec`:
+    whether exec into kube-proxy's pod is an untried way (--api-method pod); after auto's exec failed, it is none."""
     why = failure.message.split(" is forbidden: ", 1)[-1]
     return (f"PodSecurity admission rejected the collector pod in namespace {namespace} ({why}); the pod must "
             "be privileged: pass --pod-namespace with a namespace whose PodSecurity level is privileged (e.g. "
             "`kubectl create namespace iptrace && kubectl label namespace iptrace "
-            "pod-security.kubernetes.io/enforce=privileged`), or use --api-method exec")
+            "pod-security.kubernetes.io/enforce=privileged`)" + (", or use --api-method exec" if offer_exec else ""))

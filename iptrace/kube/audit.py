@@ -34,7 +34,7 @@ from iptrace.kube.compare import (
     Severity,
     listing,
 )
-from iptrace.kube.digest import FamilyDigest, NodeResult, PortDigest, ShiftedLines, node_result
+from iptrace.kube.digest import NOT_COLLECTED, FamilyDigest, NodeResult, PortDigest, ShiftedLines, node_result
 from iptrace.kube.fleets import cluster_groups, other_cluster_findings
 from iptrace.kube.peers import majority, ways_differ
 from iptrace.kube.portviews import PortViews, port_views
@@ -159,16 +159,13 @@ def combine(results: Sequence[NodeResult], cluster: ClusterState | None = None, 
     data's `cluster_source` and whether it listed Nodes (`cluster_nodes`) instead."""
     compared = cluster is not None or cluster_source is not None
     if cluster is not None:
-        cluster_source = cluster.source
+        cluster_source = cluster.compared
         cluster_nodes = bool(cluster.nodes)
     states = [_NodeState(r) for r in results]
     findings: list[Finding] = []
     for s in states:
         if not s.result.families:
-            r = s.result
-            findings.append(Finding(
-                LOAD_ERROR, "error", r.name, None, f"{r.name}: its rules could not be read",
-                r.error or "no dump", "fix or re-collect this node's dump (`iptrace collect`), then audit again"))
+            findings.append(_unread(s.result))
     loaded = [s for s in states if s.result.families]
     proxied = [s for s in loaded if s.has_rules]
     # Nodes of different clusters (a collection of two) are compared within their own cluster only.
@@ -229,6 +226,18 @@ def combine(results: Sequence[NodeResult], cluster: ClusterState | None = None, 
             dataplane=fam.proxy.dataplane if fam is not None else "-"))
     return AuditReport(tuple(summaries), tuple(findings), cluster_source if compared else None,
                        port_views([s.result for s in proxied], drawn))
+
+
+def _unread(r: NodeResult) -> Finding:
+    """The load-error of a node without rules to analyse. One this audit could not collect says so, and its fix is
+    the cause its error names (e.g. a PodSecurity level, an SSH key), not a re-collection, which could only name
+    one way in while the audit may have collected through the API, where SSH is closed."""
+    if r.error is not None and r.error.startswith(NOT_COLLECTED):
+        return Finding(LOAD_ERROR, "error", r.name, None, f"{r.name}: could not be collected",
+                       r.error, "fix what its error names, then run this audit again: it collects the node the "
+                       "same way")
+    return Finding(LOAD_ERROR, "error", r.name, None, f"{r.name}: its rules could not be read", r.error or "no dump",
+                   "fix or re-collect this node's dump (`iptrace collect`), then audit again")
 
 
 def _node_checks(s: _NodeState, proxied: Sequence[_NodeState]) -> list[Finding]:

@@ -187,6 +187,12 @@ class ClusterState:
         # frozen dataclass: the derived index is set once here and never changes afterwards.
         object.__setattr__(self, "_index", index)
 
+    @property
+    def compared(self) -> str:
+        """What an audit was compared with: the source, and the one namespace when only its Services were read (an
+        audit of it says nothing of the others', and its shards merge only with shards of that namespace)."""
+        return self.source + (f" (namespace {self.namespace} only)" if self.namespace is not None else "")
+
     def covers(self, namespace: str | None) -> bool:
         """Whether the data lists the Services of `namespace` (None: a namespace not known)."""
         return self.namespace is None or namespace == self.namespace

@@ -146,6 +146,10 @@ class ShiftedLines:
         return self.array() == other if isinstance(other, array) else NotImplemented
 
 
+# A node's error in the report (and the JSON a merge reads) when the audit could not collect it.
+NOT_COLLECTED = "could not be collected: "
+
+
 @dataclass(frozen=True, slots=True)
 class NodeResult:
     """What an audit keeps of one node: enough for its row, its findings and the comparison with the others.
@@ -323,9 +327,11 @@ def node_result(node: Any, cluster: ClusterState | None = None, *, pictures: boo
             ONE_MODE_FIX + then))
     failed = meta.get("failed_attempt_note")
     if isinstance(failed, str):
+        # (collected through the API, as where SSH is closed: again that way, and the node is its Node's name)
+        again = f"--via api {node.name}" if meta.get("via") == "api" else "NODE"
         extra = (*extra, Finding(
             LOAD_ERROR, "warning", node.name, None, f"{node.name}: its last collection failed; its rules are from an "
-            "earlier one", failed, "collect this node again (`iptrace collect NODE --out DIR` writes the node's "
+            "earlier one", failed, f"collect this node again (`iptrace collect {again} --out DIR` writes the node's "
             "directory anew)"))
     misread = meta.get("nft_misread")
     if isinstance(misread, str):
@@ -334,6 +340,10 @@ def node_result(node: Any, cluster: ClusterState | None = None, *, pictures: boo
             f"When it was collected: {misread}. Its Service ports may be missing or read wrongly here.",
             "collect it again with an nft as new as the one that wrote the rules (`iptrace collect --via api` runs "
             "kube-proxy's own)"))
+    down = meta.get("kube_proxy_down")
+    if isinstance(down, str):  # (collect --via api read it off the pod's status: the cause of stale rules)
+        notes = (*notes, f"note: {node.name}: kube-proxy was not running when its rules were collected ({down}): "
+                 "they are as it last wrote them, whatever the API says since")
     return NodeResult(node.name, node.error, tuple(node.addresses), str(meta.get("host", "") or ""), kube_node,
                       node.legacy_note, tuple(str(w) for w in warnings) if isinstance(warnings, list) else (),
                       tuple(families), (*claims, *extra), (*_lenient_notes(node), *notes))

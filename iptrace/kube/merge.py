@@ -8,6 +8,7 @@ and what was expected. Digests that nodes share are written once (`digests`) and
 
 from __future__ import annotations
 
+import re
 from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
@@ -19,6 +20,9 @@ from iptrace.kube.digest import FamilyDigest, NodeResult, PortDigest
 from iptrace.layout import ProxyMode
 
 MERGE_VERSION = 2  # 2: a Service port digest has its ways in (15 fields)
+# Cluster data read from an API server, as iptrace.collect.kubeconfig.ApiAccess.where names it: "kubeconfig PATH
+# [context NAME] at URL", or "in-cluster service account … at URL"; then ClusterState.compared's namespace.
+_LIVE_SOURCE = re.compile(r"(?:kubeconfig .+|in-cluster service account.*) at (\S+)( \(namespace \S+ only\))?")
 
 
 def merge_json(results: Sequence[NodeResult], *, cluster_source: str | None, cluster_nodes: bool,
@@ -206,21 +210,29 @@ def merge(documents: Iterable[tuple[str, Mapping[str, Any]]]) -> tuple[list[Node
     """Every node of several audits, sorted by name, and their cluster data (which must be the same). Raises
     InputError for a node in two documents or audits made against different cluster data."""
     nodes: dict[str, tuple[str, NodeResult]] = {}
-    clusters: dict[tuple[str | None, bool], str] = {}
+    clusters: dict[tuple[str | None, bool], tuple[str | None, str]] = {}
     for source, document in documents:
         results, cluster_source, cluster_nodes = read_merge(document, source)
-        clusters.setdefault((cluster_source, cluster_nodes), source)
+        clusters.setdefault((_same_data(cluster_source), cluster_nodes), (cluster_source, source))
         for result in results:
             if result.name in nodes:
                 raise InputError(f"{source}: node {result.name!r} is also in {nodes[result.name][0]}; expected "
                                  "each node in one audit only (shard the nodes, e.g. by label selector)")
             nodes[result.name] = (source, result)
     if len(clusters) > 1:
-        (a, a_src), (b, b_src) = list(clusters.items())[:2]
-        nodes = {True: " with its Nodes", False: " without Nodes"} if a[0] == b[0] else {True: "", False: ""}
-        said = [f"{src}: {'cluster data ' + repr(c[0]) + nodes[c[1]] if c[0] else 'no cluster data'}"
-                for c, src in ((a, a_src), (b, b_src))]
+        ((a, a_nodes), (a_data, a_src)), ((b, b_nodes), (b_data, b_src)) = list(clusters.items())[:2]
+        nodes = {True: " with its Nodes", False: " without Nodes"} if a == b else {True: "", False: ""}
+        said = [f"{src}: {'cluster data ' + repr(data) + nodes[listed] if data else 'no cluster data'}"
+                for data, listed, src in ((a_data, a_nodes, a_src), (b_data, b_nodes, b_src))]
         raise InputError(f"the audits were made against different cluster data ({'; '.join(said)}); expected "
-                         "every shard audited with the same --cluster/--kubeconfig")
-    ((cluster_source, cluster_nodes), _first), = clusters.items() if clusters else [((None, False), "")]
+                         "every shard audited with the same --cluster/--kubeconfig and -n")
+    ((_, cluster_nodes), (cluster_source, _first)), = clusters.items() if clusters else [((None, False), (None, ""))]
     return [nodes[name][1] for name in sorted(nodes)], cluster_source, cluster_nodes
+
+
+def _same_data(cluster_source: str | None) -> str | None:
+    """What makes two shards' cluster data the same: the API server they listed it from (the kubeconfig's path
+    and context differ from one CI job or Kubernetes Job to the next: a runner's temporary file, a service
+    account), else the files read."""
+    live = _LIVE_SOURCE.fullmatch(cluster_source or "")
+    return f"the API server at {live.group(1)}{live.group(2) or ''}" if live else cluster_source

@@ -19,6 +19,7 @@ from typing import Any
 from iptrace import __version__
 from iptrace.kube.audit import AuditReport
 from iptrace.kube.compare import SEVERITY_ORDER, Finding
+from iptrace.kube.digest import NOT_COLLECTED
 from iptrace.kube.portviews import PortViews
 from iptrace.kube.view import HEALTH_CHECK, ServicePortView
 from iptrace.render.audit import AUDIT_FORMAT
@@ -274,7 +275,9 @@ def _node_table(report: AuditReport) -> list[str]:
         name = _e(n.name) + (f' <span class="none">(Node {_e(n.kube_node)})</span>'
                              if n.kube_node and n.kube_node != n.name else "")
         status_cls = "ok" if n.status == "ok" else "error"
-        status = f'<span class="badge {status_cls}">{_e(_STATUS_WORDS.get(n.status, n.status))}</span>'
+        word = "could not be collected" if (n.error or "").startswith(NOT_COLLECTED) else \
+            _STATUS_WORDS.get(n.status, n.status)
+        status = f'<span class="badge {status_cls}">{_e(word)}</span>'
         loaded = n.status != "load-error"
         layout = _e(n.era + (f" ({n.version_hint})" if n.version_hint else "")) if loaded else "—"
         cells = [f'<td class="node">{name}</td>', f"<td>{status}</td>",
