@@ -55,7 +55,7 @@ def load_dump(dump: str, *, lenient: bool = False, table: str | None = None, fam
 def node_dump(snapshot: Any, dump: str, *, family: str = "ipv4", lenient: bool = False, note: bool = True,
               extras: bool = True) -> tuple[Any, Any, list[str]]:
     """load_dump of a collected node directory already read (collect.store.read_node_dir), for `family`."""
-    from iptrace.collect.inputs import choose_dump, misread_nft, unread_nft
+    from iptrace.collect.inputs import choose_dump, misfiled, misread_nft, unread_nft
     from iptrace.collect.store import failed_attempt_note
     from iptrace.kube.digest import NFT_MISREAD_SAID
 
@@ -63,7 +63,8 @@ def node_dump(snapshot: Any, dump: str, *, family: str = "ipv4", lenient: bool =
     misread = misread_nft(snapshot, chosen)
     # (a failed later collection is said once, with the first family's dump: `extras`)
     failed = failed_attempt_note(snapshot.node, snapshot.meta) if extras else None
-    for said in (chosen.note, chosen.split, misread and f"{snapshot.node}: {NFT_MISREAD_SAID}: {misread}", failed):
+    for said in (chosen.note, chosen.split, misread and f"{snapshot.node}: {NFT_MISREAD_SAID}: {misread}", failed,
+                 misfiled(snapshot, chosen, family)):
         if said:
             click.echo(named(f"note: {said}"), err=True)
     problem = unread_nft(snapshot, chosen) if extras else None
