@@ -271,8 +271,8 @@ def _node_table(report: AuditReport) -> list[str]:
            "<thead><tr><th>Node</th><th>Status</th><th>Mode</th><th>kube-proxy layout</th><th>Dataplane read</th>"
            '<th class="num">Service ports</th><th>Errors</th><th>Warnings</th><th>Info</th></tr></thead>', "<tbody>"]
     for n in report.nodes:
-        name = _e(n.name) + (f' <span class="none">(Node {_e(n.kube_node)})</span>'
-                             if n.kube_node and n.kube_node != n.name else "")
+        name = _node_name(n.name) + (f' <span class="none">(Node {_e(n.kube_node)})</span>'
+                                     if n.kube_node and n.kube_node != n.name else "")
         status_cls = "ok" if n.status == "ok" else "error"
         status = f'<span class="badge {status_cls}">{_e(_STATUS_WORDS.get(n.status, n.status))}</span>'
         loaded = n.status != "load-error"
@@ -289,6 +289,15 @@ def _node_table(report: AuditReport) -> list[str]:
                        f'<td colspan="8" class="error-text">{_e(n.error)}</td></tr>')
     out += ["</tbody>", "</table>", "</div>", "</section>"]
     return out
+
+
+def _node_name(name: str) -> str:
+    """A node's name for the node table: never broken at its hyphens (`node-` over `001`); on paper, a name too
+    long for its column breaks only after a dot of a DNS name (`ip-10-0-1-2.` over `eu-west-1.compute.internal`:
+    each label is a box of its own there), and copies back whole either way."""
+    labels = name.split(".")
+    parts = "".join(f"<span>{_e(label)}{'.' if i < len(labels) - 1 else ''}</span>" for i, label in enumerate(labels))
+    return f'<span class="name">{parts}</span>'
 
 
 def _drawn_in(f: Finding, family: str) -> bool:
