@@ -433,7 +433,7 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
     elif output == "html":
         from iptrace.render.html import render_audit_html
 
-        click.echo(named(render_audit_html(report, cluster)), nl=False)
+        click.echo(render_audit_html(report, cluster, say=named), nl=False)
     else:
         click.echo(named(render_audit_text(report, verbose=verbose, width=terminal_width(), say=named)), nl=False)
     for line in failed:

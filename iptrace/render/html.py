@@ -11,7 +11,7 @@ Pure and deterministic: no I/O, no clock. The JSON twin is `render.audit.audit_t
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from html import escape
 from typing import Any
@@ -387,9 +387,11 @@ def _port_section(pv: PortViews, ident: str, findings: Sequence[tuple[int, Findi
     return out
 
 
-def render_audit_html(report: AuditReport, cluster: Any = None) -> str:
+def render_audit_html(report: AuditReport, cluster: Any = None, say: Callable[[str], str] | None = None) -> str:
     """The audit as one HTML page. `cluster` (a kube.cluster.ClusterState, optional) adds what the API says
-    of each Service port drawn and marks the endpoints it does not list."""
+    of each Service port drawn and marks the endpoints it does not list. `say` spells the commands the page
+    suggests as the program was called (`kubectl iptrace audit …`: iptrace.cli.named); the page's title and
+    heading name the report, `iptrace audit`, however it was made."""
     counts = {s: sum(f.severity == s for f in report.findings) for s in _SEVERITIES}
     numbered = list(enumerate(report.findings, start=1))
 
@@ -411,7 +413,6 @@ def render_audit_html(report: AuditReport, cluster: Any = None) -> str:
         port_ids.setdefault(pv.service, []).append((pv.family, f"port-{j}"))
     word = "FAIL" if counts["error"] else ("WARNINGS" if counts["warning"] else "OK")
     body: list[str] = []
-    body += _masthead(report)
     body += _verdict(report, counts)
     body += _controls(report, counts)
     body += _node_table(report)
@@ -439,4 +440,5 @@ def render_audit_html(report: AuditReport, cluster: Any = None) -> str:
             f"{_e(_plural(counts['warning'], 'warning'))} on {_e(_plural(len(report.nodes), 'node'))}</title>",
             f"<style>{STYLE}</style>", "</head>", "<body>"]
     tail = [f"<script>{SCRIPT}</script>", "</body>", "</html>"]
-    return "\n".join(head + body + tail) + "\n"
+    said = "\n".join(body)
+    return "\n".join([*head, *_masthead(report), said if say is None else say(said), *tail]) + "\n"
