@@ -127,15 +127,19 @@ def read_questions(dsts: Sequence[str], dst_file: str | None, default_proto: str
         out.append(Question("--dst", text, host, port, proto.lower() if slash else default_proto, notes=notes))
     if dst_file is not None:
         from iptrace.errors import InputError
-        from iptrace.text import decode_input
+        from iptrace.text import decode_input, not_text
 
         name = "<stdin>" if dst_file == "-" else dst_file
         try:
-            lines = decode_input(sys.stdin.buffer.read() if dst_file == "-" else Path(dst_file).read_bytes())
+            data = sys.stdin.buffer.read() if dst_file == "-" else Path(dst_file).read_bytes()
         except FileNotFoundError:
             raise InputError(f"{dst_file}: no such file or directory") from None
         except OSError as exc:
             raise InputError(f"{dst_file}: cannot read ({exc.strerror or exc})") from None
+        kind = not_text(data[:8192])
+        if kind is not None:
+            raise InputError(f"{name}: {kind}; expected one IP:PORT or IP:PORT/proto a line")
+        lines = decode_input(data)
         asked = len(out)
         for number, line in enumerate(lines.splitlines(), 1):
             text = line.split("#", 1)[0].rstrip()

@@ -31,6 +31,7 @@ from typing import Any
 
 from iptrace.dataplane import ip_address
 from iptrace.errors import InputError
+from iptrace.text import not_text
 
 META_FILE = "meta.json"
 DUMP_FILE = "iptables-save.txt"
@@ -192,8 +193,12 @@ def _read_text(path: Path) -> str:
     try:
         _check_regular(path)
         with path.open("rb") as f:
-            gzipped = f.read(2) == b"\x1f\x8b"
+            head = f.read(8192)
+        gzipped = head[:2] == b"\x1f\x8b"
         if not gzipped:
+            kind = not_text(head)
+            if kind is not None:
+                raise InputError(f"{path}: {kind}; expected the text `iptrace collect` saves there")
             return path.read_text(encoding="utf-8", errors="surrogateescape")
         data = gzip.decompress(path.read_bytes())
     except (EOFError, gzip.BadGzipFile) as exc:
