@@ -7,6 +7,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import json
 import lzma
 import zipfile
 from pathlib import Path
@@ -62,3 +63,16 @@ def test_text_and_gzip_are_read(tmp_path: Path, data: bytes) -> None:
     dump.write_bytes(data)
     result = CliRunner().invoke(main, ["services", str(dump)])
     assert result.exit_code == 0 and "default/fb-backends:ka-port" in result.stdout
+
+
+def test_an_extra_file_of_binary_data_spoils_only_itself(tmp_path: Path) -> None:
+    """Only the node's main dump is refused at once: a binary ip6tables-save.txt or conntrack.txt is still that
+    file's own warning (audit: load-error), and the node's rules are analysed."""
+    for extra in (store.IP6_DUMP_FILE, store.CONNTRACK_FILE):
+        node = tmp_path / extra / "node-1"
+        store.write_node_dir(node, {store.DUMP_FILE: TEXT, extra: bytes(range(256))},
+                             {"node": "node-1", "addresses": ["192.168.49.2"]})
+        result = CliRunner().invoke(main, ["audit", str(node), "-o", "json"])
+        doc = json.loads(result.stdout)
+        assert [(n["name"], n["status"], n["services"]) for n in doc["nodes"]] == [("node-1", "ok", 7)], doc["nodes"]
+        assert [f["id"] for f in doc["findings"]] == ["load-error"]

@@ -98,7 +98,7 @@ def read_node_dir(path: Path) -> NodeSnapshot:
     return NodeSnapshot(
         node=node,
         dump_path=dump_path,
-        dump_text=_read_text(dump_path),
+        dump_text=_read_text(dump_path, text_only=True),
         ip6_dump_text=_read_optional(path / IP6_DUMP_FILE),
         legacy_dump_text=_read_optional(path / LEGACY_DUMP_FILE),
         addresses=tuple(addresses),
@@ -187,16 +187,18 @@ def list_snapshot(directory: Path) -> list[NodeSnapshot]:
             if not child.name.startswith(".") and is_node_dir(child)]
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, *, text_only: bool = False) -> str:
     """A node's file as text (universal newlines, as read_text gives it); gzip-compressed by hand, decompressed.
-    Raises InputError for what is not a saved output: a FIFO or device would block or never end."""
+    Raises InputError for what is not a saved output: a FIFO or device would block or never end; with
+    `text_only` (the node's main dump, without which nothing of the node is read), data that is no text. (An
+    extra dump or conntrack table is read as it is: its reader's error is then a warning of that file only.)"""
     try:
         _check_regular(path)
         with path.open("rb") as f:
             head = f.read(8192)
         gzipped = head[:2] == b"\x1f\x8b"
         if not gzipped:
-            kind = not_text(head)
+            kind = not_text(head) if text_only else None
             if kind is not None:
                 raise InputError(f"{path}: {kind}; expected the text `iptrace collect` saves there")
             return path.read_text(encoding="utf-8", errors="surrogateescape")
