@@ -68,7 +68,7 @@ class NodeSnapshot:
 def is_node_dir(path: Path) -> bool:
     """True when `path` looks like one node of a collection: it holds the node's iptables-save.txt or, on a node
     in nftables mode saved by hand, only its nft-ruleset.txt (meta.json is optional, as read_node_dir reads it)."""
-    return path.is_dir() and ((path / DUMP_FILE).is_file() or (path / NFT_FILE).is_file())
+    return path.is_dir() and (_present(path / DUMP_FILE) or (path / NFT_FILE).is_file())
 
 
 def read_node_dir(path: Path) -> NodeSnapshot:
@@ -80,6 +80,11 @@ def read_node_dir(path: Path) -> NodeSnapshot:
     dump_path = path / DUMP_FILE
     if not dump_path.is_file() and (path / NFT_FILE).is_file():
         dump_path = path / NFT_FILE  # (a node in nftables mode whose ruleset alone was saved: it is the dump)
+    if _present(dump_path) and not dump_path.is_file():  # (a directory, a FIFO, a dangling link: no "missing")
+        what = ("a directory" if dump_path.is_dir() else "a dangling symbolic link" if not dump_path.exists() else
+                _KINDS.get(stat.S_IFMT(dump_path.stat().st_mode), "a special file"))
+        raise InputError(f"{dump_path}: {what}, not a file; expected the node's rules there, as `iptrace collect` "
+                         "saves them")
     if not dump_path.is_file():
         raise InputError(f"{dump_path}: missing; {path} is not a collected node directory "
                          f"(run `iptrace collect` again for this node, or save its rules there as {DUMP_FILE} "
