@@ -100,3 +100,18 @@ def test_a_main_dump_that_is_no_file_is_named_as_what_it_is(tmp_path: Path, kind
     doc = json.loads(result.stdout)
     assert [(n["name"], n["status"]) for n in doc["nodes"]] == [("m", "ok"), ("n", "load-error")]
     assert [n["error"] for n in doc["nodes"] if n["name"] == "n"] == [said.replace("python -m iptrace", "iptrace")]
+
+
+def test_meta_json_that_is_no_text_or_a_directory_is_said_in_words(tmp_path: Path) -> None:
+    """Not Python's exception text ("'utf-8' codec can't decode byte 0x9f in position 1…", "[Errno 21] …")."""
+    node = _node(tmp_path, "n")
+    (node / store.META_FILE).write_bytes(b"{\x9f}")
+    with pytest.raises(InputError) as caught:
+        store.read_node_dir(node)
+    assert str(caught.value) == (f"{node / store.META_FILE}: unreadable metadata (not UTF-8 text: byte 0x9f at "
+                                 "offset 1); collect this node again")
+    (node / store.META_FILE).unlink()
+    (node / store.META_FILE).mkdir()
+    with pytest.raises(InputError) as caught:
+        store.read_node_dir(node)
+    assert str(caught.value) == f"{node / store.META_FILE}: unreadable metadata (Is a directory); collect this node again"

@@ -176,8 +176,11 @@ def read_meta(node_dir: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise InputError(f"{meta_path}:{exc.lineno}:{exc.colno}: unreadable metadata ({exc.msg}); collect this node "
                          "again") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{meta_path}: unreadable metadata ({exc}); collect this node again") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{meta_path}: unreadable metadata (not UTF-8 text: byte {exc.object[exc.start]:#04x} at "
+                         f"offset {exc.start}); collect this node again") from None
+    except OSError as exc:
+        raise InputError(f"{meta_path}: unreadable metadata ({exc.strerror or exc}); collect this node again") from None
     if not isinstance(loaded, dict):
         raise InputError(f"{meta_path}: metadata is not a JSON object; collect this node again")
     return loaded
