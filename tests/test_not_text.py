@@ -55,6 +55,10 @@ def test_data_that_is_no_text_is_named(tmp_path: Path, data: bytes, said: str) -
     result = CliRunner().invoke(main, ["trace", str(SAMPLES / "nodeport-fb-backends.txt"), "--dst-file", str(dump)])
     assert result.exit_code == 1 and result.stderr == (
         f"Error: {dump}: {said}; expected one IP:PORT or IP:PORT/proto a line\n"), result.stderr
+    result = CliRunner().invoke(main, ["explain", str(SAMPLES / "nodeport-fb-backends.txt"), "--dst", "10.96.0.10:53",
+                                       "--conntrack", str(dump)])
+    assert result.exit_code == 1 and result.stderr == (
+        f"Error: {dump}: {said}; expected the output of `conntrack -L` (or /proc/net/nf_conntrack)\n"), result.stderr
 
 
 @pytest.mark.parametrize("data", [gzip.compress(TEXT), TEXT.decode().encode("utf-16"), b"\xef\xbb\xbf" + TEXT])
