@@ -115,3 +115,19 @@ def test_meta_json_that_is_no_text_or_a_directory_is_said_in_words(tmp_path: Pat
     with pytest.raises(InputError) as caught:
         store.read_node_dir(node)
     assert str(caught.value) == f"{node / store.META_FILE}: unreadable metadata (Is a directory); collect this node again"
+
+
+def test_a_directory_of_dump_files_is_no_collection_and_the_error_says_what_to_do(tmp_path: Path) -> None:
+    """`audit sample_dumps/` advised `run iptrace collect … first` of a directory that holds dumps: it names them
+    and says to audit the files themselves; an empty directory still gets the collect advice."""
+    (tmp_path / "dumps").mkdir()
+    for name in ("b.txt", "a.txt", "c.nft", "d.txt"):
+        (tmp_path / "dumps" / name).write_bytes(FB)
+    result = _run("audit", str(tmp_path / "dumps"))
+    assert result.returncode == 1 and result.stderr == (
+        f"Error: {tmp_path / 'dumps'}: no node directories (NODE/iptables-save.txt or NODE/nft-ruleset.txt) found; it "
+        "holds dump files (a.txt, b.txt, c.nft, …): audit the files themselves, e.g. `python -m iptrace audit "
+        f"{tmp_path / 'dumps' / '*'}.txt`\n")
+    (tmp_path / "empty").mkdir()
+    assert _run("audit", str(tmp_path / "empty")).stderr.endswith("found; run `python -m iptrace collect NODE... "
+                                                                   "--out DIR` first\n")

@@ -312,9 +312,17 @@ def node_directories(directory: Any) -> list[Path]:
     else:
         raise InputError(f"{root}: not a directory; expected the --out directory of `iptrace collect`")
     if not candidates:
+        # (a directory of dump files, as sample_dumps/ is: each is a node given by its path, not a collection)
+        dumps = sorted(c.name for c in root.iterdir() if c.is_file() and c.name.endswith(_DUMP_SUFFIXES))
+        advice = ("run `iptrace collect NODE... --out DIR` first" if not dumps else
+                  f"it holds dump files ({', '.join(dumps[:3])}{', …' if len(dumps) > 3 else ''}): audit the "
+                  f"files themselves, e.g. `iptrace audit {root / '*'}{Path(dumps[0]).suffix}`")
         raise InputError(f"{root}: no node directories (NODE/{store.DUMP_FILE} or NODE/{store.NFT_FILE}) found; "
-                         "run `iptrace collect NODE... --out DIR` first")
+                         + advice)
     return candidates
+
+
+_DUMP_SUFFIXES = (".txt", ".nft", ".json", ".gz")
 
 
 def inputs_from_directory(directory: Any, *, cluster: Any = None, lenient: bool = False) -> list[NodeInput]:
