@@ -130,6 +130,11 @@ def analysis_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = Non
                 f"{family.replace('ip', 'IP')} Services on this node" if node_dir else
                 f"{table} or inet table; give the node's whole `nft list ruleset`"))
         tool = "ip6tables-save" if family == "ipv6" else "iptables-save"
+        if node_dir and family == "ipv6" and not (Path(dump) / f"{tool}.txt").exists():
+            # (a node directory is not replaced by another dump: its IPv6 rules go beside its IPv4 ones)
+            raise InputError(f"{host} is an IPv6 address but {dump} has no {tool}.txt ({ruleset.source} is an "
+                             f"{have.replace('ip', 'IP')} dump); save the node's `{tool}` output there as "
+                             f"{tool}.txt (iptrace collect does)")
         raise InputError(f"{host} is an {family.replace('ip', 'IP')} address but {ruleset.source} is an "
                          f"{have.replace('ip', 'IP')} dump; give the node's {tool} output instead")
     return hold(analyse(dataplane, ruleset, family, node_ips=list(node_ips) or collected, cluster=cluster))
