@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from json.encoder import encode_basestring
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iptrace.kube.view import (
     CLUSTER_IP,
@@ -26,7 +26,9 @@ from iptrace.kube.view import (
     SourcePath,
 )
 from iptrace.render.json import _COMPACT, percent, share
-from iptrace.render.prose import Prose
+
+if TYPE_CHECKING:
+    from iptrace.render.prose import Prose
 
 _KIND_NAMES = {CLUSTER_IP: "ClusterIP", NODE_PORT: "NodePort", EXTERNAL_IP: "externalIP",
                LOAD_BALANCER: "LoadBalancer IP", HEALTH_CHECK: "health check"}
@@ -343,6 +345,8 @@ def render_services_text(view: KubeView, cluster: Any = None, *, width: int | No
     API says of each (type, selector, targetPort, endpoint nodes). `width`: the terminal's (None on a pipe),
     which the header's notes, the notes under each flow and the warnings are wrapped to when it is narrower
     than they are (the flows are pictures: never wrapped); `say`: iptrace.render.prose.Prose's."""
+    from iptrace.render.prose import Prose  # (here: `-o json`, a big node's usual form, never wraps text)
+
     prose = Prose(width, None, say)
     out: list[str] = [*(line for text in _summary(view) for line in prose.line(text, "  ")), ""]
     if not view.services and view.era.has_rules:
