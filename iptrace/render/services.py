@@ -345,7 +345,7 @@ def render_services_text(view: KubeView, cluster: Any = None, *, width: int | No
     API says of each (type, selector, targetPort, endpoint nodes). `width`: the terminal's (None on a pipe),
     which the header's notes, the notes under each flow and the warnings are wrapped to when it is narrower
     than they are (the flows are pictures: never wrapped); `say`: iptrace.render.prose.Prose's."""
-    from iptrace.render.prose import Prose  # (here: `-o json`, a big node's usual form, never wraps text)
+    from iptrace.render.prose import Prose  # (imported here: `-o json`, a big node's usual form, wraps no text)
 
     prose = Prose(width, None, say)
     out: list[str] = [*(line for text in _summary(view) for line in prose.line(text, "  ")), ""]
