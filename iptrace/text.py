@@ -22,6 +22,28 @@ def decode_input(data: bytes, errors: str = "replace") -> str:
     return data.decode("utf-8", errors=errors)
 
 
+# Compressed data no reader decompresses (gzip is read as what it holds): said as what it is, never parsed as text.
+_COMPRESSED = ((b"\xfd7zXZ\x00", "xz-compressed data", "xz -d"),
+               (b"\x28\xb5\x2f\xfd", "zstd-compressed data", "zstd -d"),
+               (b"PK\x03\x04", "a zip archive", "unzip"))
+
+
+def not_text(data: bytes) -> str | None:
+    """What `data` (an input's first bytes, after any gzip is decompressed) is when it cannot be text: another
+    compression (with the command that undoes it), or binary data (a NUL byte, which no text input holds outside
+    UTF-16); None for text."""
+    if data[:2] in _UTF16:
+        return None
+    found = next(((what, command) for magic, what, command in _COMPRESSED if data.startswith(magic)), None)
+    if found is None and data.startswith(b"BZh") and data[3:4].isdigit():
+        found = ("bzip2-compressed data", "bunzip2")
+    if found is not None:
+        return f"{found[0]}, which iptrace does not read (only text, and gzip): decompress it first (`{found[1]}`)"
+    if b"\x00" in data[:8192]:
+        return "binary data, not text"
+    return None
+
+
 def utf8_input(data: bytes) -> bytes:
     """The same as UTF-8 bytes, for readers that work on bytes (unchanged, without a copy, when it is UTF-8 without a
     byte order mark)."""

@@ -397,10 +397,20 @@ def test_merge_errors_say_what_was_found_and_expected(tmp_path: Path, snap: Path
     newer = json.loads(json.dumps(doc))
     newer["merge"]["version"] = 99
     assert "merge.version: found 99; expected 2 (written by another iptrace version" in error(newer)
-    assert error("{not json").startswith(f"Error: {tmp_path}/doc0.json: not JSON (")
+    assert error("{not json").startswith(f"Error: {tmp_path}/doc0.json:1:2: not JSON (")
+    # (a shard's document cut short, at the line and column where it ends; a file that is a directory)
+    cut = json.dumps(doc, indent=2)[:500]
+    said = error(cut)
+    assert said.startswith(f"Error: {tmp_path}/doc0.json:{cut.count(chr(10)) + 1}:") and said.endswith(
+        ": not JSON (the file ends before its JSON does: it looks cut short); expected the output of `iptrace audit "
+        "-o json`"), said
+    assert CliRunner().invoke(main, ["audit", "--merge", str(tmp_path)]).stderr == (
+        f"Error: {tmp_path}: cannot read (Is a directory)\n")
     del newer["merge"]
-    assert error(newer).endswith("the document: found ['cluster', 'counts', 'findings', 'format', 'nodes', 'ok']; "
-                                 "expected an object with 'merge'")
+    assert error(newer).endswith("the document: found an object without 'merge' (keys: 'cluster', 'counts', "
+                                 "'findings', 'format', 'nodes', 'ok'); expected an object with 'merge'")
+    assert error({}).endswith("the document: found an object without 'merge' (an empty object); expected an "
+                              "object with 'merge'")
     broken = json.loads(json.dumps(doc))
     broken["merge"]["nodes"][0]["families"][0]["lines"].pop()
     assert "merge.nodes[0].families[0].lines: found" in error(broken)

@@ -91,7 +91,7 @@ def test_a_large_batch_prints_each_answer_alone_one_a_line(command: str, dump: s
         docs[dst] = json.dumps(json.loads(one), ensure_ascii=False)
     for i, (dst, line) in enumerate(zip(asked[:-1], lines[1:-3], strict=True)):
         assert line == "  " + docs[dst] + ",", (i, dst)
-    assert json.loads(lines[-3])["error"].startswith(f"{listing}:{len(asked)}: found 'nonsense'")
+    assert json.loads(lines[-3])["error"].startswith(f"{listing}:{len(asked)}:1: found 'nonsense'")
 
 
 @pytest.mark.parametrize("command", ["trace", "explain"])
@@ -131,19 +131,19 @@ def test_a_bad_line_is_named_and_the_others_answered(tmp_path: Path) -> None:
                                                  f"{listing}:5", None]
     expected = "expected IP:PORT or IP:PORT/proto, e.g. 10.96.0.10:53/udp or [fd00::10]:443"
     assert answers[1] == {"dst": "not-an-address", "where": f"{listing}:2",
-                          "error": f"{listing}:2: found 'not-an-address'; {expected}"}
+                          "error": f"{listing}:2:1: found 'not-an-address'; {expected}"}
     assert "unknown protocol 'icmp'; expected tcp, udp or sctp" in answers[2]["error"]
     assert "port 99999 is out of range; expected 1-65535" in answers[3]["error"]
     assert "IPv6 address" in answers[4]["error"] and "ip6tables-save" in answers[4]["error"]
     assert answers[0]["verdict"] == "DNAT" and answers[5]["verdict"] == "DNAT"
     assert err.splitlines() == [f"Error: {a['error']}" for a in answers if "error" in a]
     text_code, text, _ = invoke("explain", FB, "--dst-file", str(listing))
-    assert text_code == 1 and f"=== not-an-address ({listing}:2) ===\nError: {listing}:2: found" in text
+    assert text_code == 1 and f"=== not-an-address ({listing}:2) ===\nError: {listing}:2:1: found" in text
 
 
 def test_a_lone_bad_line_is_an_error() -> None:
     code, out, err = invoke("trace", FB, "--dst-file", "-", "-o", "json", stdin="# nothing but\n10.1.2.3\n")
-    said = "<stdin>:2: found '10.1.2.3'; expected IP:PORT or IP:PORT/proto, e.g. 10.96.0.10:53/udp or [fd00::10]:443"
+    said = "<stdin>:2:1: found '10.1.2.3'; expected IP:PORT or IP:PORT/proto, e.g. 10.96.0.10:53/udp or [fd00::10]:443"
     assert code == 1 and json.loads(out) == [{"dst": "10.1.2.3", "where": "<stdin>:2", "error": said}]
     assert err == f"Error: {said}\n"
     code, _, err = invoke("trace", FB, "--dst-file", "-", stdin="# only comments\n\n")
@@ -229,3 +229,17 @@ def test_a_service_named_in_a_file_is_asked_as_with_dst(command: str, tmp_path: 
                                                                            sort_keys=True)] * 4
     for name in names:
         assert f"note: {name} is default/fb-backends:ka-port at 10.101.234.168:5001/tcp" in err
+
+
+def test_a_bad_line_names_the_column_of_what_is_wrong() -> None:
+    """SPEC: an error names file:line:column. The column is 1-based and points at the part that is wrong (the
+    protocol, the port) or at the start of the entry, past leading blanks; a Service name the rules lack too."""
+    asked = ("  10.96.0.1:443/xyz\n10.96.0.1:99999\n   10.96.0.1\n10.96.0.1:abc  # note\n\tfd00::1:80\n"
+             "    nope.default:80\n")
+    code, out, err = invoke("trace", FB, "--dst-file", "-", "-o", "json", stdin=asked)
+    assert code == 1
+    starts = ["<stdin>:1:17: found", "<stdin>:2:11: found", "<stdin>:3:4: found", "<stdin>:4:11: found",
+              "<stdin>:5:2: found", "<stdin>:6:5: nope.default:80: no Service default/nope"]
+    assert [a["error"][:len(start)] for a, start in zip(json.loads(out), starts, strict=True)] == starts
+    assert [a["where"] for a in json.loads(out)] == [f"<stdin>:{n}" for n in range(1, 7)]
+    assert "port 'abc' is not a number" in err

@@ -524,6 +524,15 @@ def test_bad_kubeconfig(tmp_path: Path, content: str | None, context: str | None
     assert one_line(e).startswith(message.format(p=path))
 
 
+def test_a_kubeconfig_of_binary_data_is_said_in_words(tmp_path: Path) -> None:
+    path = tmp_path / "kubeconfig"
+    path.write_bytes(b"\xba\x00\x01binary")
+    with pytest.raises(ClusterError) as e:
+        load_cluster_live(str(path), None, None)
+    assert one_line(e) == (f"kubeconfig {path} is not UTF-8 text (byte 0xba at offset 0); expected the YAML of a "
+                           "kubeconfig")
+
+
 def test_unknown_context(kubeconfig: str) -> None:
     with pytest.raises(ClusterError) as e:
         load_cluster_live(kubeconfig, "prod", None)

@@ -34,7 +34,7 @@ def test_dst_file_line() -> None:
     assert result.exit_code == 1
     answers = json.loads(result.stdout)
     assert "error" not in answers[0]
-    assert answers[1]["error"] == ("<stdin>:2: found 'fd00:10:96::c4f:80/udp': " + BRACKETS
+    assert answers[1]["error"] == ("<stdin>:2:1: found 'fd00:10:96::c4f:80/udp': " + BRACKETS
                                    + "[fd00:10:96::c4f]:80 if 80 is the port, else [fd00:10:96::c4f:80]:PORT")
     # (an IPv4 address is not given the IPv6 advice)
-    assert answers[2]["error"].startswith("<stdin>:3: found '10.0.0.1'; expected IP:PORT")
+    assert answers[2]["error"].startswith("<stdin>:3:1: found '10.0.0.1'; expected IP:PORT")

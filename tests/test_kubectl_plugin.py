@@ -237,3 +237,20 @@ def test_messages_suggest_commands_by_the_name_the_program_was_called(tmp_path: 
     if prog != "iptrace":
         said = (error.stderr + note.stderr + fix.stdout + split.stdout).replace(prog, "")
         assert not re.search(r"(?<![\w/.-])iptrace (?:collect|parse|trace)", said), said
+
+
+@pytest.mark.parametrize("prog", ["kubectl iptrace", "python -m iptrace"])
+def test_the_html_report_is_titled_iptrace_audit_however_it_was_called(tmp_path: Path, prog: str) -> None:
+    """The page's title and heading name the report (`iptrace audit`, as a browser tab and a printout show it),
+    whatever the program was called by; the commands it suggests (its footer's) are spelled as it was called."""
+    for name in ("node-a", "node-b"):
+        (tmp_path / name).mkdir()
+        shutil.copy(SAMPLE, tmp_path / name / "iptables-save.txt")
+    plain = reference("audit", str(tmp_path), "-o", "html")
+    called = CliRunner().invoke(main, ["audit", str(tmp_path), "-o", "html"], prog_name=prog)
+    assert called.exit_code == 0, called.output
+    heads = [re.findall(r"<title>[^<]*</title>|<h1>[^<]*</h1>", html) for html in (plain, called.stdout)]
+    assert heads[0] == heads[1] == ["<title>iptrace audit: OK — 0 errors, 0 warnings on 2 nodes</title>",
+                                    "<h1>iptrace audit of 2 nodes</h1>"]
+    assert f"<code>{prog} audit … -o json</code>" in called.stdout
+    assert called.stdout.replace(f"{prog} audit …", "iptrace audit …") == plain

@@ -71,9 +71,13 @@ def test_an_ipv6_question_to_an_ipv4_only_nftables_node_is_answered_in_nftables_
         assert result.stderr.splitlines()[-1] == (
             f"Error: fd00:10:96::1 is an IPv6 address but {snap / node / store.NFT_FILE} has no `table ip6 "
             "kube-proxy`: kube-proxy (nftables mode) programs no IPv6 Services on this node")
-    # An iptables-mode node still names the dump it lacks.
+    # An iptables-mode node still names the dump it lacks, and where it goes: beside the IPv4 one (it advised to
+    # "give the node's ip6tables-save output instead" of the directory).
     iptables_node = snap / "node-3"
     store.write_node_dir(iptables_node, {store.DUMP_FILE: (SAMPLES / "nodeport-fb-backends.txt").read_bytes()},
                          {"node": "node-3", "addresses": ["192.168.49.2"]})
     result = run("explain", str(iptables_node), "--dst", "[fd00:10:96::1]:443")
-    assert result.stderr.splitlines()[-1].endswith("is an IPv4 dump; give the node's ip6tables-save output instead")
+    assert result.stderr.splitlines()[-1] == (
+        f"Error: fd00:10:96::1 is an IPv6 address but {iptables_node} has no ip6tables-save.txt "
+        f"({iptables_node / store.DUMP_FILE} is an IPv4 dump); save the node's `ip6tables-save` output there as "
+        "ip6tables-save.txt (iptrace collect does)")

@@ -80,3 +80,54 @@ def test_meta_json_that_is_not_json_is_named_at_its_line_and_column(tmp_path: Pa
     (node / store.META_FILE).write_text('{"node": "n",\n "addresses": [1.2.3]}\n')
     with pytest.raises(InputError, match=rf"^{node / store.META_FILE}:2:19: unreadable metadata \(Expecting ','"):
         store.read_node_dir(node)
+
+
+@pytest.mark.parametrize("kind", ["a directory", "a FIFO", "a dangling symbolic link"])
+def test_a_main_dump_that_is_no_file_is_named_as_what_it_is(tmp_path: Path, kind: str) -> None:
+    """iptables-save.txt that is a directory (or a FIFO, or a link to nothing) was 'missing' to `services DIR/NODE`
+    and the node was left out of `audit DIR` without a word; now it is said as what it is, the node's load-error."""
+    node = tmp_path / "snap" / "n"
+    node.mkdir(parents=True)
+    dump = node / store.DUMP_FILE
+    {"a directory": dump.mkdir, "a FIFO": lambda: os.mkfifo(dump),
+     "a dangling symbolic link": lambda: dump.symlink_to(tmp_path / "nowhere")}[kind]()
+    _node(tmp_path / "snap", "m")
+    # (run as `python -m iptrace`, which the commands it suggests are spelled as)
+    said = f"{dump}: {kind}, not a file; expected the node's rules there, as `python -m iptrace collect` saves them"
+    result = _run("services", str(node))
+    assert result.returncode == 1 and result.stderr == f"Error: {said}\n"
+    result = _run("audit", str(tmp_path / "snap"), "-o", "json")
+    doc = json.loads(result.stdout)
+    assert [(n["name"], n["status"]) for n in doc["nodes"]] == [("m", "ok"), ("n", "load-error")]
+    assert [n["error"] for n in doc["nodes"] if n["name"] == "n"] == [said.replace("python -m iptrace", "iptrace")]
+
+
+def test_meta_json_that_is_no_text_or_a_directory_is_said_in_words(tmp_path: Path) -> None:
+    """Not Python's exception text ("'utf-8' codec can't decode byte 0x9f in position 1…", "[Errno 21] …")."""
+    node = _node(tmp_path, "n")
+    (node / store.META_FILE).write_bytes(b"{\x9f}")
+    with pytest.raises(InputError) as caught:
+        store.read_node_dir(node)
+    assert str(caught.value) == (f"{node / store.META_FILE}: unreadable metadata (not UTF-8 text: byte 0x9f at "
+                                 "offset 1); collect this node again")
+    (node / store.META_FILE).unlink()
+    (node / store.META_FILE).mkdir()
+    with pytest.raises(InputError) as caught:
+        store.read_node_dir(node)
+    assert str(caught.value) == f"{node / store.META_FILE}: unreadable metadata (Is a directory); collect this node again"
+
+
+def test_a_directory_of_dump_files_is_no_collection_and_the_error_says_what_to_do(tmp_path: Path) -> None:
+    """`audit sample_dumps/` advised `run iptrace collect … first` of a directory that holds dumps: it names them
+    and says to audit the files themselves; an empty directory still gets the collect advice."""
+    (tmp_path / "dumps").mkdir()
+    for name in ("b.txt", "a.txt", "c.nft", "d.txt"):
+        (tmp_path / "dumps" / name).write_bytes(FB)
+    result = _run("audit", str(tmp_path / "dumps"))
+    assert result.returncode == 1 and result.stderr == (
+        f"Error: {tmp_path / 'dumps'}: no node directories (NODE/iptables-save.txt or NODE/nft-ruleset.txt) found; it "
+        "holds dump files (a.txt, b.txt, c.nft, …): audit the files themselves, e.g. `python -m iptrace audit "
+        f"{tmp_path / 'dumps' / '*'}.txt`\n")
+    (tmp_path / "empty").mkdir()
+    assert _run("audit", str(tmp_path / "empty")).stderr.endswith("found; run `python -m iptrace collect NODE... "
+                                                                   "--out DIR` first\n")

@@ -660,3 +660,26 @@ def test_a_node_the_audit_could_not_collect_reads_so_in_the_browser(browser, tmp
     assert "node-z could not be collected" in " ".join(text.split()), text
     assert "could not be read" not in text
 
+
+@needs_chromium
+def test_node_names_break_at_no_hyphen(browser, tmp_path) -> None:
+    """A node name in the node table is one line on screen (the table scrolls), never `node-` over `001`; on paper
+    a name too long for its column breaks only after a dot of its DNS name. Its text is the name either way."""
+    nodes, cluster = fleet_scenario.inputs()
+    names = ["worker-pool-a-001", "ip-172-31-7-19.eu-west-1.compute.internal"] + [
+        f"gke-prod-default-pool-{i}" for i in range(len(nodes) - 2)]
+    named = [Dumped(name, n.ruleset, n.addresses) for name, n in zip(names, nodes, strict=True)]
+    path = tmp_path / "report.html"
+    path.write_text(render_audit_html(audit(named, cluster), cluster), encoding="utf-8")
+    lines = """[...document.querySelectorAll("table.nodes td.node")].map((td) => {
+        const range = document.createRange();
+        range.selectNode(td.firstChild);  // (the name; a "(Node …)" after it may go to a line of its own)
+        return {text: td.firstChild.textContent.trim(), lines: new Set([...range.getClientRects()].map((r) => Math.round(r.top))).size,
+                labels: [...td.querySelectorAll(".name > span")].map((s) => s.getClientRects().length)}; })"""
+    for width in (1280, 800, 500):
+        shown = browser.load(path.as_uri(), width=width, evaluate=lines).value
+        assert sorted(s["text"] for s in shown) == sorted(names)
+        assert all(s["lines"] == 1 for s in shown), (width, shown)
+    paper = browser.load(path.as_uri(), width=725, media="print", evaluate=lines).value
+    assert sorted(s["text"] for s in paper) == sorted(names)
+    assert all(n == 1 for s in paper for n in s["labels"]), paper  # (each label whole: a break only after a dot)

@@ -30,7 +30,7 @@ def test_a_zone_is_a_usage_error(args: list[str]) -> None:
 
 def test_a_zone_in_a_question_file_is_that_line_s_error() -> None:
     result = CliRunner().invoke(main, ["trace", NFT, "--dst-file", "-"], input="[fe80::1%eth0]:80\n")
-    assert result.exit_code == 1 and result.output.startswith("Error: <stdin>:1: found '[fe80::1%eth0]:80'")
+    assert result.exit_code == 1 and result.output.startswith("Error: <stdin>:1:1: found '[fe80::1%eth0]:80'")
 
 
 def test_a_zone_in_meta_json_is_the_nodes_load_error(tmp_path: Path) -> None:

@@ -79,3 +79,26 @@ def test_a_wide_terminal_gets_the_documented_text() -> None:
     assert on_a_terminal(args, 200) == on_a_pipe(args)
     args = ["audit", SAMPLE, "sample_dumps/xlb-era.txt"]
     assert on_a_terminal(args, 300) == on_a_pipe(args)
+
+
+# A line of a `services` flow (a picture: printed whole) draws with these.
+_DRAWN = re.compile("[─▶┬┴┼┤├└┘┌┐│]")
+
+
+@pytest.mark.parametrize(("args", "columns"), [
+    (["services", SAMPLE], 80),
+    (["services", "sample_dumps/loadbalancer-source-ranges.txt", "--node-ip", "192.168.49.2"], 60),
+    (["services", "sample_dumps/etp-local-no-local-endpoints-nft.nft"], 72),
+])
+def test_services_notes_fit_the_terminal(args: list[str], columns: int) -> None:
+    """`services`' header notes ("node addresses unknown (pass --node-ip …)"), the notes under each flow and its
+    warnings fit a narrow terminal as the other commands' prose does; its flows are pictures, printed whole."""
+    seen = on_a_terminal(args, columns)
+    piped = on_a_pipe(args)
+    assert seen.split() == piped.split()
+    assert [line for line in piped.splitlines() if len(line) > columns and not _DRAWN.search(line)]
+    wide = [line for line in seen.splitlines() if len(line) > columns and not _DRAWN.search(line)]
+    assert not wide, wide
+    assert [line for line in seen.splitlines() if _DRAWN.search(line)] == [
+        line for line in piped.splitlines() if _DRAWN.search(line)]
+    assert on_a_terminal(args, 300) == piped

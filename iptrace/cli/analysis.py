@@ -160,7 +160,9 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
             if big is not None:
                 click.echo(f"note: {big}", err=True)
     else:
-        click.echo(named("\n".join(render_services_text(v, cluster) for _, v in pairs)), nl=False)
+        width = terminal_width()
+        click.echo(named("\n".join(render_services_text(v, cluster, width=width, say=named) for _, v in pairs)),
+                   nl=False)
         if cluster is not None:
             from iptrace.render.audit import render_findings_lines
 

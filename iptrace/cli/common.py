@@ -55,7 +55,7 @@ def load_dump(dump: str, *, lenient: bool = False, table: str | None = None, fam
 def node_dump(snapshot: Any, dump: str, *, family: str = "ipv4", lenient: bool = False, note: bool = True,
               extras: bool = True) -> tuple[Any, Any, list[str]]:
     """load_dump of a collected node directory already read (collect.store.read_node_dir), for `family`."""
-    from iptrace.collect.inputs import choose_dump, misread_nft, unread_nft
+    from iptrace.collect.inputs import choose_dump, misfiled, misread_nft, unread_nft
     from iptrace.collect.store import failed_attempt_note
     from iptrace.kube.digest import NFT_MISREAD_SAID
 
@@ -63,7 +63,8 @@ def node_dump(snapshot: Any, dump: str, *, family: str = "ipv4", lenient: bool =
     misread = misread_nft(snapshot, chosen)
     # (a failed later collection is said once, with the first family's dump: `extras`)
     failed = failed_attempt_note(snapshot.node, snapshot.meta) if extras else None
-    for said in (chosen.note, chosen.split, misread and f"{snapshot.node}: {NFT_MISREAD_SAID}: {misread}", failed):
+    for said in (chosen.note, chosen.split, misread and f"{snapshot.node}: {NFT_MISREAD_SAID}: {misread}", failed,
+                 misfiled(snapshot, chosen, family)):
         if said:
             click.echo(named(f"note: {said}"), err=True)
     problem = unread_nft(snapshot, chosen) if extras else None
@@ -129,6 +130,11 @@ def analysis_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = Non
                 f"{family.replace('ip', 'IP')} Services on this node" if node_dir else
                 f"{table} or inet table; give the node's whole `nft list ruleset`"))
         tool = "ip6tables-save" if family == "ipv6" else "iptables-save"
+        if node_dir and family == "ipv6" and not (Path(dump) / f"{tool}.txt").exists():
+            # (a node directory is not replaced by another dump: its IPv6 rules go beside its IPv4 ones)
+            raise InputError(f"{host} is an IPv6 address but {dump} has no {tool}.txt ({ruleset.source} is an "
+                             f"{have.replace('ip', 'IP')} dump); save the node's `{tool}` output there as "
+                             f"{tool}.txt (iptrace collect does)")
         raise InputError(f"{host} is an {family.replace('ip', 'IP')} address but {ruleset.source} is an "
                          f"{have.replace('ip', 'IP')} dump; give the node's {tool} output instead")
     return hold(analyse(dataplane, ruleset, family, node_ips=list(node_ips) or collected, cluster=cluster))

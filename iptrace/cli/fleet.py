@@ -341,14 +341,18 @@ def _merged(documents: tuple[str, ...]) -> tuple[list[Any], str | None, bool]:
         except FileNotFoundError:
             raise InputError(f"{name}: no such file or directory") from None
         except OSError as exc:
-            raise InputError(f"{name}: cannot read ({exc})") from None
+            raise InputError(f"{name}: cannot read ({exc.strerror or exc})") from None
         if not text.strip():  # (a shard's `audit -o json > FILE` that failed leaves FILE empty)
             raise InputError(f"{name}: empty; expected the output of `iptrace audit -o json` (did the audit that "
                              "should have written it fail?)")
         try:
             loaded.append((name, json.loads(text)))
-        except ValueError as exc:
-            raise InputError(f"{name}: not JSON ({exc}); expected the output of `iptrace audit -o json`") from None
+        except json.JSONDecodeError as exc:
+            # (the decoder meets the end of the text: after the last value read, or in a string never closed)
+            cut = not text[exc.pos:].strip() or exc.msg.startswith("Unterminated string")
+            why = "the file ends before its JSON does: it looks cut short" if cut else exc.msg
+            raise InputError(f"{'<stdin>' if name == '-' else name}:{exc.lineno}:{exc.colno}: not JSON ({why}); "
+                             "expected the output of `iptrace audit -o json`") from None
     return merge(loaded)
 
 
@@ -434,7 +438,7 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
     elif output == "html":
         from iptrace.render.html import render_audit_html
 
-        click.echo(named(render_audit_html(report, cluster)), nl=False)
+        click.echo(render_audit_html(report, cluster, say=named), nl=False)
     else:
         click.echo(named(render_audit_text(report, verbose=verbose, width=terminal_width(), say=named)), nl=False)
     for line in failed:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,12 @@ class Question:
     service: Any = None  # a Service named instead of an address (iptrace.kube.names.ServiceRef): resolved later
     proto_given: bool = False
     notes: tuple[str, ...] = ()  # how the address was read (an IPv4-mapped one as IPv4): the trace's assumptions
+    column: int = 0  # where the text starts on its --dst-file line (1-based; 0 for --dst)
+
+    @property
+    def at(self) -> str:
+        """Where the question was written, as an error names it: FILE:LINE:COLUMN, or `--dst`."""
+        return f"{self.where}:{self.column}" if self.column else self.where
 
     @property
     def family(self) -> str:
@@ -62,17 +68,22 @@ def named_question(text: str, where: str, default_proto: str) -> Question | None
     return _service(name, port_text, where, text, proto.lower() if slash else default_proto, bool(slash))
 
 
-def parse_question(text: str, where: str, default_proto: str) -> Question:
+def parse_question(text: str, where: str, default_proto: str, column: int = 0) -> Question:
     """`IP:PORT` or `IP:PORT/proto` (IPv6 as `[addr]:port`), or a Service by name; a Question with its error when
-    it is none of them."""
+    it is none of them. `column` is where `text` starts on its line: an error names the column of what is wrong."""
     by_name = named_question(text, where, default_proto)
     if by_name is not None:
-        return by_name
+        return replace(by_name, column=column)
+
+    def bad(offset: int, why: str) -> Question:
+        at = f"{where}:{column + offset}" if column else where
+        return Question(where, text, error=f"{at}: found {text!r}{why}", column=column)
+
     body, slash, proto = text.partition("/")
     proto = proto.lower() if slash else default_proto
     if slash and proto not in PROTOCOLS:
-        return Question(where, text, error=f"{where}: found {text!r}: unknown protocol {proto!r}; expected "
-                                           f"tcp, udp or sctp after the slash ({EXPECTED})")
+        return bad(len(body) + 1, f": unknown protocol {proto!r}; expected tcp, udp or sctp after the slash "
+                                  f"({EXPECTED})")
     if body.startswith("[") and "]:" in body:
         host, port = body[1:].split("]:", 1)
     else:
@@ -81,19 +92,19 @@ def parse_question(text: str, where: str, default_proto: str) -> Question:
             from iptrace.cli.common import ipv6_without_port
 
             why = ipv6_without_port(body)
-            if why is not None:
-                return Question(where, text, error=f"{where}: found {text!r}: {why}")
-            return Question(where, text, error=f"{where}: found {text!r}; expected {EXPECTED}")
+            return bad(0, f"; expected {EXPECTED}" if why is None else f": {why}")
     try:
         ip_address(host)
+    except ValueError:
+        return bad(0, f"; expected {EXPECTED}")
+    try:
         number = int(port)
     except ValueError:
-        return Question(where, text, error=f"{where}: found {text!r}; expected {EXPECTED}")
+        return bad(len(body) - len(port), f": port {port!r} is not a number; expected {EXPECTED}")
     if not 0 < number <= 65535:
-        return Question(where, text, error=f"{where}: found {text!r}: port {number} is out of range; expected "
-                                           "1-65535")
+        return bad(len(body) - len(port), f": port {number} is out of range; expected 1-65535")
     host, notes = as_sent(host)
-    return Question(where, text, host, number, proto, notes=notes)
+    return Question(where, text, host, number, proto, notes=notes, column=column)
 
 
 def read_questions(dsts: Sequence[str], dst_file: str | None, default_proto: str) -> list[Question]:
@@ -116,20 +127,25 @@ def read_questions(dsts: Sequence[str], dst_file: str | None, default_proto: str
         out.append(Question("--dst", text, host, port, proto.lower() if slash else default_proto, notes=notes))
     if dst_file is not None:
         from iptrace.errors import InputError
-        from iptrace.text import decode_input
+        from iptrace.text import decode_input, not_text
 
         name = "<stdin>" if dst_file == "-" else dst_file
         try:
-            lines = decode_input(sys.stdin.buffer.read() if dst_file == "-" else Path(dst_file).read_bytes())
+            data = sys.stdin.buffer.read() if dst_file == "-" else Path(dst_file).read_bytes()
         except FileNotFoundError:
             raise InputError(f"{dst_file}: no such file or directory") from None
         except OSError as exc:
             raise InputError(f"{dst_file}: cannot read ({exc.strerror or exc})") from None
+        kind = not_text(data[:8192])
+        if kind is not None:
+            raise InputError(f"{name}: {kind}; expected one IP:PORT or IP:PORT/proto a line")
+        lines = decode_input(data)
         asked = len(out)
         for number, line in enumerate(lines.splitlines(), 1):
-            text = line.split("#", 1)[0].strip()
-            if text:
-                out.append(parse_question(text, f"{name}:{number}", default_proto))
+            text = line.split("#", 1)[0].rstrip()
+            if text.strip():
+                column = len(text) - len(text.lstrip()) + 1
+                out.append(parse_question(text.strip(), f"{name}:{number}", default_proto, column))
         if len(out) == asked and not dsts:
             raise click.UsageError(f"Missing option '--dst': {name} has no destination (only blank lines and # "
                                    "comments); expected one IP:PORT or IP:PORT/proto a line")
@@ -187,7 +203,7 @@ def resolved(q: Question, analysis: Any, cluster: Any = None) -> Question:
             raise
         host, port, proto, label = api
         where = f" in {cluster.source}; {analysis.ruleset.source} has no rules naming it"
-    found = Question(q.where, q.text, host, port, proto)
+    found = Question(q.where, q.text, host, port, proto, column=q.column)
     click.echo(f"note: {q.text} is {label} at {found.label}{where}", err=True)
     return found
 
@@ -213,7 +229,7 @@ def answer_all(questions: Sequence[Question], analysis_for: Callable[[str, Seque
                     analyses.setdefault(first.family, first)
                 q = resolved(q, first, cluster)
             except InputError as exc:
-                out.append(f"{q.where}: {q.text}: {exc}")
+                out.append(f"{q.at}: {q.text}: {exc}")
                 continue
         again = answered.get((q.host, q.port, q.proto, q.notes))
         if again is not None:
@@ -227,12 +243,12 @@ def answer_all(questions: Sequence[Question], analysis_for: Callable[[str, Seque
                 analyses[q.family] = exc
         found = analyses[q.family]
         if isinstance(found, InputError):
-            out.append(f"{q.where}: {q.text}: {found}")
+            out.append(f"{q.at}: {q.text}: {found}")
             continue
         try:
             out.append(answered.setdefault((q.host, q.port, q.proto, q.notes), answer(found, q)))
         except InputError as exc:
-            out.append(f"{q.where}: {q.text}: {exc}")
+            out.append(f"{q.at}: {q.text}: {exc}")
     return out
 
 

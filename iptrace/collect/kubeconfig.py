@@ -88,6 +88,9 @@ def open_api(kubeconfig: str | None, context: str | None) -> ApiAccess:
         mark = getattr(e, "problem_mark", None)
         where = f"{shown}:{mark.line + 1}:{mark.column + 1}" if mark else shown
         raise ClusterError(f"kubeconfig {where} is not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    except UnicodeDecodeError as e:  # (binary data, or a kubeconfig saved in another encoding)
+        raise ClusterError(f"kubeconfig {shown} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                           "expected the YAML of a kubeconfig") from None
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
         # The loader indexes into the YAML without checking its shape, so a kubeconfig of the wrong shape
         # surfaces as one of these.

@@ -31,6 +31,7 @@ from typing import Any
 
 from iptrace.dataplane import ip_address
 from iptrace.errors import InputError
+from iptrace.text import not_text
 
 META_FILE = "meta.json"
 DUMP_FILE = "iptables-save.txt"
@@ -67,7 +68,7 @@ class NodeSnapshot:
 def is_node_dir(path: Path) -> bool:
     """True when `path` looks like one node of a collection: it holds the node's iptables-save.txt or, on a node
     in nftables mode saved by hand, only its nft-ruleset.txt (meta.json is optional, as read_node_dir reads it)."""
-    return path.is_dir() and ((path / DUMP_FILE).is_file() or (path / NFT_FILE).is_file())
+    return path.is_dir() and (_present(path / DUMP_FILE) or (path / NFT_FILE).is_file())
 
 
 def read_node_dir(path: Path) -> NodeSnapshot:
@@ -79,6 +80,11 @@ def read_node_dir(path: Path) -> NodeSnapshot:
     dump_path = path / DUMP_FILE
     if not dump_path.is_file() and (path / NFT_FILE).is_file():
         dump_path = path / NFT_FILE  # (a node in nftables mode whose ruleset alone was saved: it is the dump)
+    if _present(dump_path) and not dump_path.is_file():  # (a directory, a FIFO, a dangling link: no "missing")
+        what = ("a directory" if dump_path.is_dir() else "a dangling symbolic link" if not dump_path.exists() else
+                _KINDS.get(stat.S_IFMT(dump_path.stat().st_mode), "a special file"))
+        raise InputError(f"{dump_path}: {what}, not a file; expected the node's rules there, as `iptrace collect` "
+                         "saves them")
     if not dump_path.is_file():
         raise InputError(f"{dump_path}: missing; {path} is not a collected node directory "
                          f"(run `iptrace collect` again for this node, or save its rules there as {DUMP_FILE} "
@@ -97,7 +103,7 @@ def read_node_dir(path: Path) -> NodeSnapshot:
     return NodeSnapshot(
         node=node,
         dump_path=dump_path,
-        dump_text=_read_text(dump_path),
+        dump_text=_read_text(dump_path, text_only=True),
         ip6_dump_text=_read_optional(path / IP6_DUMP_FILE),
         legacy_dump_text=_read_optional(path / LEGACY_DUMP_FILE),
         addresses=tuple(addresses),
@@ -170,8 +176,11 @@ def read_meta(node_dir: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise InputError(f"{meta_path}:{exc.lineno}:{exc.colno}: unreadable metadata ({exc.msg}); collect this node "
                          "again") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{meta_path}: unreadable metadata ({exc}); collect this node again") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{meta_path}: unreadable metadata (not UTF-8 text: byte {exc.object[exc.start]:#04x} at "
+                         f"offset {exc.start}); collect this node again") from None
+    except OSError as exc:
+        raise InputError(f"{meta_path}: unreadable metadata ({exc.strerror or exc}); collect this node again") from None
     if not isinstance(loaded, dict):
         raise InputError(f"{meta_path}: metadata is not a JSON object; collect this node again")
     return loaded
@@ -186,14 +195,20 @@ def list_snapshot(directory: Path) -> list[NodeSnapshot]:
             if not child.name.startswith(".") and is_node_dir(child)]
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, *, text_only: bool = False) -> str:
     """A node's file as text (universal newlines, as read_text gives it); gzip-compressed by hand, decompressed.
-    Raises InputError for what is not a saved output: a FIFO or device would block or never end."""
+    Raises InputError for what is not a saved output: a FIFO or device would block or never end; with
+    `text_only` (the node's main dump, without which nothing of the node is read), data that is no text. (An
+    extra dump or conntrack table is read as it is: its reader's error is then a warning of that file only.)"""
     try:
         _check_regular(path)
         with path.open("rb") as f:
-            gzipped = f.read(2) == b"\x1f\x8b"
+            head = f.read(8192)
+        gzipped = head[:2] == b"\x1f\x8b"
         if not gzipped:
+            kind = not_text(head) if text_only else None
+            if kind is not None:
+                raise InputError(f"{path}: {kind}; expected the text `iptrace collect` saves there")
             return path.read_text(encoding="utf-8", errors="surrogateescape")
         data = gzip.decompress(path.read_bytes())
     except (EOFError, gzip.BadGzipFile) as exc:

@@ -42,7 +42,7 @@ from iptrace.conntrack.pattern import Fast, LinePattern, line_pattern
 from iptrace.conntrack.shape import VALUE_CHARS, Shape, split_words
 from iptrace.conntrack.table import ConntrackTable, DstIndex, Lines, Skipped
 from iptrace.errors import InputError, ParseError
-from iptrace.text import utf8_input
+from iptrace.text import not_text, utf8_input
 
 _TRAILER_COUNT = re.compile(r"\): (\d+) flow entries have been shown\.\s*$")
 # Lines of one key checked at once first, then twice as many each time up to the last size (see _Reader.read):
@@ -90,6 +90,9 @@ def read_file(path: str | Path) -> tuple[bytes, str]:
         raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
     except EOFError as exc:
         raise InputError(f"{name}: not a readable gzip file ({exc})") from None
+    kind = not_text(data[:8192])
+    if kind is not None:  # (parsed, its bytes would be quoted back to the terminal as the offending text)
+        raise InputError(f"{name}: {kind}; expected the output of `conntrack -L` (or /proc/net/nf_conntrack)")
     return utf8_input(data), name
 
 

@@ -30,7 +30,7 @@ from iptrace.iptables.restore import OpenTable
 from iptrace.iptables.rule_shapes import LoadMemo, build_shape
 from iptrace.iptables.rule_words import rule_args
 from iptrace.records import positional_new
-from iptrace.text import decode_input
+from iptrace.text import decode_input, not_text
 
 # Values become "_"; option words, "!" and the module name after -m stay, so one key means one layout.
 # The pattern starts with the space before a value (replaced by " _") rather than a look-behind for it:
@@ -82,6 +82,9 @@ def read_dump(path: str | Path) -> tuple[str, str]:
         raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
     except (EOFError, gzip.BadGzipFile) as exc:
         raise InputError(f"{name}: not a readable gzip file ({exc})") from None
+    kind = not_text(data[:8192])
+    if kind is not None:  # (parsed, its bytes would be quoted back to the terminal as the offending text)
+        raise InputError(f"{name}: {kind}; expected a dump as text: iptables-save output or an nft ruleset")
     return decode_input(data), name
 
 

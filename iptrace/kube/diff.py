@@ -12,11 +12,11 @@ dumps of one dataplane. Pure.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from iptrace.dataplane import join_host_port
+from iptrace.dataplane import Trace, join_host_port
 from iptrace.kube import migration
 from iptrace.kube.compare import listing, view_service_label
 from iptrace.kube.fleets import other_clusters
@@ -117,10 +117,13 @@ def _side(sp: ServicePortView, family: str) -> ServiceSide:
                        tuple(ep.address for ep in sp.endpoints), family)
 
 
-def _service_change(a: ServicePortView, b: ServicePortView, notes: migration.Notes | None) -> ServiceChange | None:
+def _service_change(a: ServicePortView, b: ServicePortView, notes: migration.Notes | None,
+                    more: Callable[[ServicePortView, ServicePortView, bool], list[ForwardingChange]] | None = None,
+                    ) -> ServiceChange | None:
     """`notes` is given for a cross-mode diff: then LB IPs and externalIPs are compared together (one field,
     `external_or_lb_ips`), a health check nodePort the nftables side cannot show is not compared, and ways in are
-    matched by address, port and protocol."""
+    matched by address, port and protocol. `more(a, b, compare_reach)`: ways in of the ports' own beyond their
+    entries (a nodePort on a node address only one mode accepts them on)."""
     fields = []
     for name in _FIELDS:
         before, after = getattr(a, name), getattr(b, name)
@@ -159,6 +162,8 @@ def _service_change(a: ServicePortView, b: ServicePortView, notes: migration.Not
             if x.local != y.local:
                 endpoints.append(EndpointChange(addr, "locality", x.local, y.local))
     forwarding = _forwarding(a, b, notes, compare_reach=not endpoints)
+    if more is not None:
+        forwarding += more(a, b, not endpoints)
     if not fields and not endpoints and not forwarding:
         return None
     return ServiceChange(view_service_label(a), tuple(fields), tuple(endpoints), tuple(forwarding))
@@ -214,6 +219,45 @@ def _forwarding(a: ServicePortView, b: ServicePortView, notes: migration.Notes |
     return out
 
 
+def _trace_fares(trace: Trace, compare_reach: bool) -> str:
+    """What an outside client's traced connection gets, in _fares' words."""
+    verdicts = sorted({o.verdict for o in trace.outcomes})
+    if verdicts != ["DNAT"]:
+        return " or ".join("CONTINUE (no rule decides)" if v == "CONTINUE" else v for v in verdicts)
+    reaches = sorted({o.destination for o in trace.outcomes if o.destination})
+    return ("DNAT" + (f" to {', '.join(reaches)}" if compare_reach else "")
+            + (" (masqueraded)" if any(o.masquerade for o in trace.outcomes) else ""))
+
+
+def _node_address_ways(a: Any, b: Any, notes: migration.Notes,
+                       ) -> Callable[[ServicePortView, ServicePortView, bool], list[ForwardingChange]]:
+    """The ways in at the node addresses only one mode accepts nodePorts on (migration.nodeport_addresses_apart):
+    each Service port's nodePort there, traced from an outside client on both sides. A client of such an address
+    breaks (or starts to work) with the migration: a difference, as any way in that forwards otherwise (but, as
+    there, reaching no endpoint in either mode, refused in one and left to no rule in the other, is a note)."""
+    addresses = migration.nodeport_addresses_apart(a, b)
+
+    def ways(x: ServicePortView, y: ServicePortView, compare_reach: bool) -> list[ForwardingChange]:
+        if not x.node_port or x.node_port != y.node_port or x.protocol != y.protocol:
+            return []
+        out = []
+        for address in addresses:
+            traces = [migration.trace_from_outside(side, address, x.node_port, x.protocol) for side in (a, b)]
+            if traces[0] is None or traces[1] is None:
+                continue
+            before, after = (_trace_fares(t, compare_reach) for t in traces)
+            if before == after:
+                continue
+            way = join_host_port(address, x.node_port) + ("" if x.protocol == "tcp" else f"/{x.protocol}")
+            if migration.undecided_versus_refused(before, after):
+                notes.unanswered(view_service_label(x), way, EXTERNAL, before, after)
+            else:
+                out.append(ForwardingChange(way, EXTERNAL, before, after))
+        return out
+
+    return ways
+
+
 def _other_rules(a: Any, b: Any) -> list[RuleChange]:
     """Rules of the chains kube-proxy did not write, rule by rule as text (one dataplane on both sides)."""
     out: list[RuleChange] = []
@@ -257,8 +301,9 @@ def diff(a: Any, b: Any) -> Diff:
     added = tuple(_side(sb[k], a.family) for k in sorted(sb.keys() - sa.keys()))
     removed = tuple(_side(sa[k], a.family) for k in sorted(sa.keys() - sb.keys()))
     changed = []
+    more = _node_address_ways(a, b, notes) if notes is not None else None
     for k in sorted(sa.keys() & sb.keys()):
-        change = _service_change(sa[k], sb[k], notes)
+        change = _service_change(sa[k], sb[k], notes, more)
         if change is not None:
             changed.append(replace(change, family=a.family))
     mode_a, mode_b = migration.modes(a, b)

@@ -333,6 +333,12 @@ def node_result(node: Any, cluster: ClusterState | None = None, *, pictures: boo
             LOAD_ERROR, "warning", node.name, None, f"{node.name}: its last collection failed; its rules are from an "
             "earlier one", failed, f"collect this node again (`iptrace collect {again} --out DIR` writes the node's "
             "directory anew)"))
+    misfiled = meta.get("misfiled")
+    if isinstance(misfiled, str):
+        extra = (*extra, Finding(
+            LOAD_ERROR, "warning", node.name, None, f"{node.name}: a dump holds the other IP family's rules",
+            misfiled.removeprefix(f"{node.name}: "), "put iptables-save's output in iptables-save.txt and "
+            "ip6tables-save's in ip6tables-save.txt"))
     misread = meta.get("nft_misread")
     if isinstance(misread, str):
         extra = (*extra, Finding(

@@ -102,9 +102,12 @@ class _Reader:
         return InputError(f"{self.source}: {where}: found {shown}; expected {expected}")
 
     def get(self, data: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
-        if not isinstance(data, dict) or key not in data:
-            raise self.fail(where, data if not isinstance(data, dict) else sorted(data),
-                            f"an object with {key!r}")
+        if not isinstance(data, dict):
+            raise self.fail(where, data, f"an object with {key!r}")
+        if key not in data:
+            keys = ", ".join(map(repr, sorted(data)[:8])) + (", …" if len(data) > 8 else "")
+            raise InputError(f"{self.source}: {where}: found an object without {key!r} "
+                             f"({'keys: ' + keys if data else 'an empty object'}); expected an object with {key!r}")
         value = data[key]
         if not isinstance(value, kind):
             raise self.fail(f"{where}.{key}", value, getattr(kind, "__name__", "another type"))

@@ -1,11 +1,13 @@
 """What one proxy mode cannot show, when a diff compares an iptables dump with an nftables ruleset of the same
 cluster (the migration check): which Service-port facts are compared differently, and the notes that say so.
 
-Nothing here is a difference in how a Service port forwards: nftables mode writes no rule for a health check
+No note here is a difference in how a Service port forwards: nftables mode writes no rule for a health check
 nodePort, writes a LoadBalancer IP without source ranges like an externalIP, splits endpoints exactly 1/N where
 iptables writes 10-decimal probabilities, and answers packets that no Service claims (a ClusterIP's unserved
 port, an unallocated address) where iptables lets them go unanswered. The last is read off traces of the two
-rulesets, never assumed. Dataplane-free and pure: both sides are iptrace.kube.analysis.Analysis objects.
+rulesets, never assumed. The node addresses only one mode accepts nodePorts on are found here too, and traced
+by iptrace.kube.diff as differences. Dataplane-free and pure: both sides are iptrace.kube.analysis.Analysis
+objects.
 """
 
 from __future__ import annotations
@@ -113,7 +115,6 @@ class Notes:
                        "without endpoints: nftables mode drops clients outside its loadBalancerSourceRanges before "
                        f"it rejects the rest, iptables mode rejects them all): {ways}")
         out.extend(localhost_notes(a, b))
-        out.extend(node_address_notes(a, b))
         out.extend(unclaimed_notes(a, b))
         return tuple(out)
 
@@ -137,14 +138,14 @@ def localhost_notes(a: Any, b: Any) -> list[str]:
             f"{example}, {which}) reaches the Service in {yes_mode} mode only; the node's own address works in both"]
 
 
-def node_address_notes(a: Any, b: Any) -> list[str]:
-    """A node address (of the ones given or collected, other than loopback and link-local) one side accepts
+def nodeport_addresses_apart(a: Any, b: Any) -> list[str]:
+    """The node addresses (of the ones given or collected, other than loopback and link-local) one side accepts
     nodePorts on and the other does not: iptables mode accepts them on every local address by default, nftables
     mode on the node's primary addresses (--nodeport-addresses). The Service ports' `<node>` ways are traced to
-    one address, which both accept; a client of another address reaches the Service through one mode only."""
-    ports = sorted({sp.node_port for sp in a.view.services if sp.node_port}
-                   & {sp.node_port for sp in b.view.services if sp.node_port})
-    if not ports:
+    one address, which both accept; a client of another address may reach a Service through one mode only, which
+    iptrace.kube.diff traces on both sides as a way in of its own: a difference, not a note (that client breaks
+    after the migration)."""
+    if not any(sp.node_port for sp in a.view.services) or not any(sp.node_port for sp in b.view.services):
         return []
     out = []
     version = 6 if a.family == "ipv6" else 4
@@ -152,18 +153,8 @@ def node_address_notes(a: Any, b: Any) -> list[str]:
         ip = ipaddress.ip_address(address)
         if ip.version != version or ip.is_loopback or ip.is_link_local:
             continue
-        sides = [(side, mode, x.view.node_port_addresses)
-                 for side, mode, x in zip("ab", modes(a, b), (a, b), strict=True)]
-        accepted = [s for s in sides if s[2].accepts(address)]
-        if len(accepted) != 1:
-            continue
-        (yes_side, yes_mode, _), = accepted
-        no_side, no_mode, no = next(s for s in sides if s not in accepted)
-        example = join_host_port(address, ports[0])
-        out.append(f"NodePorts on {address}: {yes_mode} ({yes_side}) accepts a nodePort there, {no_mode} ({no_side}) "
-                   f"does not ({no.describe()}: kube-proxy's --nodeport-addresses, in nftables mode the node's "
-                   f"primary addresses by default): a client that connects to {address}:NODEPORT (e.g. {example}) "
-                   f"reaches the Service in {yes_mode} mode only")
+        if a.view.node_port_addresses.accepts(address) != b.view.node_port_addresses.accepts(address):
+            out.append(address)
     return out
 
 
@@ -230,7 +221,7 @@ def unclaimed_notes(a: Any, b: Any) -> list[str]:
         if probe is None:
             continue
         ip, port, protocol = probe
-        traces = [_trace(x, ip, port, protocol) for x in (a, b)]
+        traces = [trace_from_outside(x, ip, port, protocol) for x in (a, b)]
         if any(t is None for t in traces) or _verdict_words(traces[0]) == _verdict_words(traces[1]):
             continue
         where = f"{join_host_port(ip, port)}/{protocol}"
@@ -240,7 +231,9 @@ def unclaimed_notes(a: Any, b: Any) -> list[str]:
     return out
 
 
-def _trace(analysis: Any, ip: str, port: int, protocol: str) -> Trace | None:
+def trace_from_outside(analysis: Any, ip: str, port: int, protocol: str) -> Trace | None:
+    """A new connection of an outside client (the view's) to ip:port, traced; None when the client's IP family
+    is not `ip`'s."""
     clients = analysis.view.clients
     if clients is None or (":" in ip) != (":" in clients.external):
         return None

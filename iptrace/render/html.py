@@ -11,7 +11,7 @@ Pure and deterministic: no I/O, no clock. The JSON twin is `render.audit.audit_t
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from html import escape
 from typing import Any
@@ -272,8 +272,8 @@ def _node_table(report: AuditReport) -> list[str]:
            "<thead><tr><th>Node</th><th>Status</th><th>Mode</th><th>kube-proxy layout</th><th>Dataplane read</th>"
            '<th class="num">Service ports</th><th>Errors</th><th>Warnings</th><th>Info</th></tr></thead>', "<tbody>"]
     for n in report.nodes:
-        name = _e(n.name) + (f' <span class="none">(Node {_e(n.kube_node)})</span>'
-                             if n.kube_node and n.kube_node != n.name else "")
+        name = _node_name(n.name) + (f' <span class="none">(Node {_e(n.kube_node)})</span>'
+                                     if n.kube_node and n.kube_node != n.name else "")
         status_cls = "ok" if n.status == "ok" else "error"
         word = "could not be collected" if (n.error or "").startswith(NOT_COLLECTED) else \
             _STATUS_WORDS.get(n.status, n.status)
@@ -292,6 +292,15 @@ def _node_table(report: AuditReport) -> list[str]:
                        f'<td colspan="8" class="error-text">{_e(n.error)}</td></tr>')
     out += ["</tbody>", "</table>", "</div>", "</section>"]
     return out
+
+
+def _node_name(name: str) -> str:
+    """A node's name for the node table: never broken at its hyphens (`node-` over `001`); on paper, a name too
+    long for its column breaks only after a dot of a DNS name (`ip-10-0-1-2.` over `eu-west-1.compute.internal`:
+    each label is a box of its own there), and copies back whole either way."""
+    labels = name.split(".")
+    parts = "".join(f"<span>{_e(label)}{'.' if i < len(labels) - 1 else ''}</span>" for i, label in enumerate(labels))
+    return f'<span class="name">{parts}</span>'
 
 
 def _drawn_in(f: Finding, family: str) -> bool:
@@ -381,9 +390,11 @@ def _port_section(pv: PortViews, ident: str, findings: Sequence[tuple[int, Findi
     return out
 
 
-def render_audit_html(report: AuditReport, cluster: Any = None) -> str:
+def render_audit_html(report: AuditReport, cluster: Any = None, say: Callable[[str], str] | None = None) -> str:
     """The audit as one HTML page. `cluster` (a kube.cluster.ClusterState, optional) adds what the API says
-    of each Service port drawn and marks the endpoints it does not list."""
+    of each Service port drawn and marks the endpoints it does not list. `say` spells the commands the page
+    suggests as the program was called (`kubectl iptrace audit …`: iptrace.cli.named); the page's title and
+    heading name the report, `iptrace audit`, however it was made."""
     counts = {s: sum(f.severity == s for f in report.findings) for s in _SEVERITIES}
     numbered = list(enumerate(report.findings, start=1))
 
@@ -405,7 +416,6 @@ def render_audit_html(report: AuditReport, cluster: Any = None) -> str:
         port_ids.setdefault(pv.service, []).append((pv.family, f"port-{j}"))
     word = "FAIL" if counts["error"] else ("WARNINGS" if counts["warning"] else "OK")
     body: list[str] = []
-    body += _masthead(report)
     body += _verdict(report, counts)
     body += _controls(report, counts)
     body += _node_table(report)
@@ -433,4 +443,5 @@ def render_audit_html(report: AuditReport, cluster: Any = None) -> str:
             f"{_e(_plural(counts['warning'], 'warning'))} on {_e(_plural(len(report.nodes), 'node'))}</title>",
             f"<style>{STYLE}</style>", "</head>", "<body>"]
     tail = [f"<script>{SCRIPT}</script>", "</body>", "</html>"]
-    return "\n".join(head + body + tail) + "\n"
+    said = "\n".join(body)
+    return "\n".join([*head, *_masthead(report), said if say is None else say(said), *tail]) + "\n"

@@ -53,6 +53,7 @@ table.nodes th, table.nodes td { text-align: left; padding: 6px 10px; border-bot
 table.nodes th { background: var(--code-bg); font-weight: 600; white-space: nowrap; }
 table.nodes td.num { text-align: right; font-variant-numeric: tabular-nums; }
 table.nodes td.node { font-family: var(--mono); font-weight: 600; }
+table.nodes .name, table.nodes .name > span { white-space: nowrap; }  /* a node name on one line (the table scrolls) */
 table.nodes tr.load-error td, table.nodes tr.no-kube-proxy td { background: #fffafa; }
 table.nodes td.error-text { font-family: var(--mono); font-size: 12px; color: var(--err); }
 .none { color: var(--muted); }
@@ -105,6 +106,9 @@ footer { margin-top: 36px; padding-top: 8px; border-top: 1px solid var(--line); 
   /* the node table fits the paper (else Chromium shrinks every page to fit it) */
   .table-scroll { overflow: visible; }
   table.nodes th { white-space: normal; }
+  /* on paper a name too long for its column breaks after a dot only: each label a nowrap box */
+  table.nodes .name { white-space: normal; }
+  table.nodes .name > span { display: inline-block; }
   table.nodes .badge { min-width: 0; }
   h2, h3, .port .head { break-after: avoid; }
   figure.variant { overflow: visible; }

@@ -3,9 +3,9 @@ object per Service port for scripts (keys documented in the README's JSON refere
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from json.encoder import encode_basestring
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iptrace.kube.view import (
     CLUSTER_IP,
@@ -26,6 +26,9 @@ from iptrace.kube.view import (
     SourcePath,
 )
 from iptrace.render.json import _COMPACT, percent, share
+
+if TYPE_CHECKING:
+    from iptrace.render.prose import Prose
 
 _KIND_NAMES = {CLUSTER_IP: "ClusterIP", NODE_PORT: "NodePort", EXTERNAL_IP: "externalIP",
                LOAD_BALANCER: "LoadBalancer IP", HEALTH_CHECK: "health check"}
@@ -335,28 +338,35 @@ def view_to_json(view: KubeView) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ text
 
 
-def render_services_text(view: KubeView, cluster: Any = None) -> str:
+def render_services_text(view: KubeView, cluster: Any = None, *, width: int | None = None,
+                         say: Callable[[str], str] | None = None) -> str:
     """A small flow per Service port: every way in on the left, the chain that balances, every endpoint with
     its share on the right; then what other clients get and who is masqueraded. With cluster data, what the
-    API says of each (type, selector, targetPort, endpoint nodes)."""
-    out: list[str] = [_summary(view), ""]
+    API says of each (type, selector, targetPort, endpoint nodes). `width`: the terminal's (None on a pipe),
+    which the header's notes, the notes under each flow and the warnings are wrapped to when it is narrower
+    than they are (the flows are pictures: never wrapped); `say`: iptrace.render.prose.Prose's."""
+    from iptrace.render.prose import Prose  # (imported here: `-o json`, a big node's usual form, wraps no text)
+
+    prose = Prose(width, None, say)
+    out: list[str] = [*(line for text in _summary(view) for line in prose.line(text, "  ")), ""]
     if not view.services and view.era.has_rules:
         out.extend(["no Service ports", ""])
+    narrow = prose if prose.narrow else None  # (on a pipe, the flows' lines are made as they always were)
     for s in view.services:
-        out.extend(_service_text(s, view))
+        out.extend(_service_text(s, view, narrow))
         if cluster is not None:
             out.extend(_api_text(s, cluster))
         out.append("")
     if view.warnings:
         out.append("warnings:")
-        out.extend(f"  {w}" for w in view.warnings)
+        out.extend(line for w in view.warnings for line in prose.wrap(w, "  ", "    "))
     return "\n".join(out).rstrip("\n") + "\n"
 
 
-def _summary(view: KubeView) -> str:
+def _summary(view: KubeView) -> list[str]:
     era = view.era
     if not era.has_rules:
-        return f"{view.source}: {era.name}: no kube-proxy {era.dataplane} service rules"
+        return [f"{view.source}: {era.name}: no kube-proxy {era.dataplane} service rules"]
     hint = f" ({era.version_hint})" if era.version_hint else ""
     parts = [f"{view.source}: kube-proxy {era.mode} mode, {era.name}{hint}", view.family,
              f"{len(view.services)} service port{'s' if len(view.services) != 1 else ''}"]
@@ -380,7 +390,7 @@ def _summary(view: KubeView) -> str:
         lines.insert(2, f"<node> is {clients.node_address}, where the rules accept no NodePort: no nodePort reaches "
                         "a Service there (kube-proxy's --nodeport-addresses; if the node has an address they "
                         "accept, pass it with --node-ip)")
-    return "\n".join(lines)
+    return lines
 
 
 def _header(s: ServicePortView) -> str:
@@ -449,8 +459,9 @@ def _block(lefts: list[str], middle: str, rights: list[str]) -> list[str]:
     return rows
 
 
-def _service_text(s: ServicePortView, view: KubeView) -> list[str]:
-    out = [_header(s)]
+def _service_text(s: ServicePortView, view: KubeView, prose: Prose | None = None) -> list[str]:
+    """The Service port's flow and its notes; `prose` (a narrow terminal's) wraps the header and the notes."""
+    out = [_header(s)] if prose is None else prose.line(_header(s), "  ")
     groups: dict[tuple[Any, ...], list[EntryView]] = {}
     for e in s.entries:
         if e.kind == HEALTH_CHECK:
@@ -468,19 +479,29 @@ def _service_text(s: ServicePortView, view: KubeView) -> list[str]:
         out.extend(_block(lefts, via[0] if via else "", rights))
         per_entry = [[*_other_sources(s, [e]), *e.notes] for e in entries]
         shared = [t for t in per_entry[0] if all(t in texts for texts in per_entry[1:])]
-        out.extend(f"    {t}" for t in shared)
-        for e, texts in zip(entries, per_entry, strict=True):
-            out.extend(f"    {e.label}: {t}" for t in texts if t not in shared)
+        notes = [*shared, *(f"{e.label}: {t}" for e, texts in zip(entries, per_entry, strict=True)
+                             for t in texts if t not in shared)]
+        out.extend(_notes(notes, "    ", prose))
     for e in s.entries:
         if e.kind == HEALTH_CHECK:
             out.append(f"  health check: {e.label}/tcp ─▶ ACCEPT (kube-proxy's health server)")
+    said = []
     if s.lb_source_ranges:
-        out.append("  loadBalancerSourceRanges: " + ", ".join(s.lb_source_ranges))
+        said.append("loadBalancerSourceRanges: " + ", ".join(s.lb_source_ranges))
     masq = _masquerade_text(s, view)
     if masq:
-        out.append(f"  masquerade: {masq}")
-    out.extend(f"  note: {n}" for n in s.notes)
+        said.append(f"masquerade: {masq}")
+    said.extend(f"note: {n}" for n in s.notes)
+    out.extend(_notes(said, "  ", prose))
     return out
+
+
+def _notes(texts: Sequence[str], indent: str, prose: Prose | None) -> list[str]:
+    """Notes under a flow, each at `indent`; wrapped (its later lines indented two more) by a narrow terminal's
+    `prose`."""
+    if prose is None:
+        return [indent + t for t in texts]
+    return [line for t in texts for line in prose.wrap(t, indent, indent + "  ")]
 
 
 def _other_sources(s: ServicePortView, entries: list[EntryView]) -> list[str]:
