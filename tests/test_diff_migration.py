@@ -481,6 +481,9 @@ def test_a_node_address_only_iptables_mode_accepts_nodeports_on_is_a_difference(
     assert any(f"default/empty:http {second}:30088 from outside: iptables REJECT, nftables ACCEPT" in n
                for n in d.notes), d.notes
     assert "not equivalent" in render_diff_text(d) and f"{second}:30080 from outside" in render_diff_text(d)
+    # (the text says what ACCEPT means there: the node takes the packet itself, nothing forwards it)
+    assert (f"{second}:30080 from outside: DNAT to 10.244.1.5:8080, 10.244.2.5:8080 (masqueraded) -> ACCEPT (not "
+            "forwarded: the node itself receives it)") in render_diff_text(d)
     back = diff(of(nft_text(services()), "nft"), of(iptables_text(services()), "ipt"))
     assert [(f.before, f.after) for c in back.changed for f in c.forwarding if c.service == "default/web:http"] == [
         ("ACCEPT", "DNAT to 10.244.1.5:8080, 10.244.2.5:8080 (masqueraded)")]

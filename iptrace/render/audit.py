@@ -171,12 +171,16 @@ def _host_port(ip: str, port: int | None) -> str:
 _MASQUERADED = " (masqueraded)"
 
 
+# (a way in whose packet no rule forwards and a chain's ACCEPT or policy lets in: said for a person, in text only)
+_ACCEPTED = "ACCEPT (not forwarded: the node itself receives it)"
+
+
 def _fares_change(before: str, after: str) -> str:
     """`before -> after`; when only masquerading changed, the DNAT once (it may list many endpoints) and then
     that change."""
     dnat = before.removesuffix(_MASQUERADED)
     if not dnat.startswith("DNAT") or dnat != after.removesuffix(_MASQUERADED):
-        return f"{before} -> {after}"
+        return " -> ".join(_ACCEPTED if x == "ACCEPT" else x for x in (before, after))
     masq = {True: "masqueraded", False: "not masqueraded"}
     return f"{dnat}; {masq[before.endswith(_MASQUERADED)]} -> {masq[after.endswith(_MASQUERADED)]}"
 
