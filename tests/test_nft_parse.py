@@ -565,3 +565,13 @@ def test_rules_of_a_listing_read_their_text_from_its_lines() -> None:
             assert rule.text == lines[rule.line - 1].strip()
         assert r.line_text(len(lines)) == lines[-1] and r.line_text(len(lines) + 1) is None
         assert r.line_text(0) is None
+
+
+@pytest.mark.parametrize("text", ["[]", "[\n]\n", '{"nftables": []}', "[{}]"])
+def test_json_with_no_nftables_objects_is_said_so(text: str) -> None:
+    # (an empty list was read as iptables-save's counters and refused at '[]', or as an empty ruleset)
+    assert detect_format(text) == "nft-json"
+    with pytest.raises(ParseError, match=r'^x\.json:1:1: JSON with no nftables objects \(no "metainfo", no table\)'):
+        load(text, source="x.json")
+    # Near-miss: nft's own listing of an empty ruleset (its metainfo alone) is an empty ruleset.
+    assert load('{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}}]}').tables == ()

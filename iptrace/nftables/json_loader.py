@@ -384,6 +384,10 @@ def load_json(text: str, *, source: str = "<ruleset>", lenient: bool = False) ->
     if not isinstance(doc, dict) or not isinstance(doc.get("nftables"), list):
         raise ParseError('JSON without an "nftables" list; expected the output of `nft -j list ruleset`',
                          source=source, line=1, column=1)
+    if not skipped and not any(isinstance(o, dict) and o for o in doc["nftables"]):
+        # (nft always lists its metainfo: `[]` is some other tool's empty answer, not an empty ruleset)
+        raise ParseError('JSON with no nftables objects (no "metainfo", no table); expected the output of '
+                         '`nft -j list ruleset`', source=source, line=1, column=1)
     warnings: list[LoadWarning] = []
 
     def fail(exc: ParseError) -> None:
