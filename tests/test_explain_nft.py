@@ -300,3 +300,13 @@ def test_a_source_outside_the_ranges_of_a_service_without_endpoints_is_told_it_i
     assert {o["verdict"] for o in doc["trace"]["outcomes"]} == {"REJECT"}
     assert [d["id"] for d in doc["diagnoses"]] == ["no-endpoints"]
     assert "connection refused' at once" in doc["diagnoses"][0]["detail"]
+
+
+def test_an_ipv6_question_to_an_ipv4_only_listing_says_what_it_means_if_the_listing_is_whole() -> None:
+    # The file may be `nft list table ip kube-proxy` or the node's whole ruleset: the advice was to "give the
+    # node's whole `nft list ruleset`" even when it already was that.
+    result = CliRunner().invoke(main, ["explain", NFT, "--dst", "[fd00::1]:80"])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[0] == (
+        f"Error: fd00::1 is an IPv6 address but {NFT} has no ip6 or inet table: if it is the node's whole `nft list "
+        "ruleset`, kube-proxy (nftables mode) programs no IPv6 Services on this node; else give that")

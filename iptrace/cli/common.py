@@ -128,7 +128,8 @@ def analysis_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = Non
             raise InputError(f"{host} is an {family.replace('ip', 'IP')} address but {nft_source} has no " + (
                 f"`table {table} kube-proxy`: kube-proxy (nftables mode) programs no "
                 f"{family.replace('ip', 'IP')} Services on this node" if node_dir else
-                f"{table} or inet table; give the node's whole `nft list ruleset`"))
+                f"{table} or inet table: if it is the node's whole `nft list ruleset`, kube-proxy (nftables mode) "
+                f"programs no {family.replace('ip', 'IP')} Services on this node; else give that"))
         tool = "ip6tables-save" if family == "ipv6" else "iptables-save"
         if node_dir and family == "ipv6" and not (Path(dump) / f"{tool}.txt").exists():
             # (a node directory is not replaced by another dump: its IPv6 rules go beside its IPv4 ones)
