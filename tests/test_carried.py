@@ -218,6 +218,31 @@ def test_the_address_shortcut_skips_only_addresses_that_meet_nothing(seed: int) 
     assert carry._read(("-s 010.244.1.1/32 -j KUBE-MARK-MASQ",))[4]  # (an unusual literal: no shortcut)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_the_literals_a_key_reads_are_those_that_may_meet_the_nodes_values(seed: int) -> None:
+    """key() reads of a port's literals those that start as the node's pod CIDR does, are one of the node's own
+    addresses (or it as `a/32`), or are networks: picked out in C (_may_meet, with `_read`'s networks) when none
+    starts as the pod CIDR, by the plain rule otherwise; both give what the plain rule gives."""
+    import random
+
+    keys, layout = _node_keys(_texts(2)[1], 1)
+    prefixes = keys._prefixes
+    assert prefixes and layout.node_pod_cidrs
+    mine = sorted(a for a in keys._exact if a)
+    pool = [*mine, *(f"{a}/32" for a in mine), *layout.node_pod_cidrs, f"{prefixes[0]}7", f"{prefixes[0]}7/32",
+            "10.96.0.10", "10.96.0.10/32", "10.244.0.0/16", "0.0.0.0/0", "192.168.5.0/24", "172.16.0.1/32"]
+    rng = random.Random(seed)
+    pool += [".".join(str(rng.randrange(256)) for _ in range(4)) + rng.choice(("", "/32", "/24", "/8"))
+             for _ in range(20)]
+    for _ in range(300):
+        texts = tuple(f"-s {a} -j KUBE-MARK-MASQ" for a in rng.sample(pool, rng.randrange(1, 12)))
+        read = carry._read(texts)
+        named = set(read[1])
+        want = {a for a in named if a.startswith(prefixes) or a.removesuffix("/32") in keys._exact
+                or ("/" in a and not a.endswith("/32"))}
+        assert set(keys._may_meet(named, read[6], prefixes)) == want, texts
+
+
 def _copy(text: str) -> str:
     return "".join(list(text))  # (an equal string, another object)
 

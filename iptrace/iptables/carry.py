@@ -62,11 +62,12 @@ _WAY_VALUES = attrgetter(*(f.name for f in fields(WayIn) if f.name != "lines"))
 
 # (what `_read` finds in texts: the DNAT targets' addresses and ports (each once: a key reads them as sets), IPv4
 # literals, the first exact --dport, the ports' own chains jumped or gone to, whether a literal is not written as
-# iptables-save writes addresses, and the texts themselves as kept: keys hold that one tuple, not a copy per port and
-# node. Addresses are the interned literals' strings, ports shared ints (~10 targets a port, ~150 bytes each as
-# pairs of their own), chain names interned: kube_chains' summaries name the same endpoint chains)
+# iptables-save writes addresses, the texts themselves as kept: keys hold that one tuple, not a copy per port and
+# node, and the literals that are networks (not a/32). Addresses are the interned literals' strings, ports shared ints
+# (~10 targets a port, ~150 bytes each as pairs of their own), chain names interned: kube_chains' summaries name the
+# same endpoint chains)
 Targets = tuple[tuple[str, ...], tuple[int, ...]]
-Read = tuple[Targets, tuple[str, ...], int | None, tuple[str, ...], bool, tuple[Any, ...]]
+Read = tuple[Targets, tuple[str, ...], int | None, tuple[str, ...], bool, tuple[Any, ...], tuple[str, ...]]
 # (an exact rule: table, chain, how many context rules come before it, its exact destination address or "", its
 # index in the chain, its text, what `_read` finds in the text, and how a key writes it: (table, chain, before, its
 # text by role))
@@ -99,6 +100,8 @@ class NodeKeys:
         # starts as a pod CIDR of whole octets does: a test in C for most endpoints' addresses; None: no shortcut)
         self._exact = frozenset((*self.node_ips, *others))
         self._prefixes: tuple[str, ...] | None = _octet_prefixes(layout.node_pod_cidrs)
+        self._leads = tuple(f"\n{p}" for p in self._prefixes or ())  # (a literal that starts so, in joined literals)
+        self._exact32 = self._exact.union([f"{a}/32" for a in self._exact])
         context = [repr((layout.proxy, replace(layout.node_port_addresses, lines=()), layout.pod_cidrs,
                          layout.pod_interfaces,
                          layout.masquerade_mark, layout.random_fully, layout.family, len(self.node_ips),
@@ -121,7 +124,7 @@ class NodeKeys:
                     if host is None and port is None:
                         before += 1
                         context.append(self.by_role(text))
-                        _targets, literals, _port, jumps, _odd, _texts = _read((text,))
+                        _targets, literals, _port, jumps, _odd, _texts, _nets = _read((text,))
                         entered.extend(sorted(jumps))
                         # (sorted: a set's order follows its strings' hashes, which differ between the nodes' values)
                         context.extend(map(repr, sorted(filter(None, map(self._meets, literals)))))
@@ -162,7 +165,7 @@ class NodeKeys:
         ports = set(map(_PORT, ways))
         chains = sp.chains
         # (the texts of its own chains, by chain, read as one: what they say is kept per port, not per chain)
-        targets, literals, _port, jumps, odd, own = _read(tuple([
+        targets, literals, _port, jumps, odd, own, nets = _read(tuple([
             None if rules is None else tuple(map(_TEXT, rules)) for rules in map(self._own.get, chains)]))
         if jumps and not frozenset(chains).issuperset(jumps):
             return None
@@ -188,19 +191,31 @@ class NodeKeys:
         else:
             exact = tuple(map(_WRITTEN, _ordered(chosen)))
             for entry in chosen.values():
-                _targets, literals, _port, jumps, unusual, _texts = entry[6]
+                _targets, literals, _port, jumps, unusual, _texts, more = entry[6]
                 if jumps and not frozenset(chains).issuperset(jumps):
                     return None
                 named.update(literals)
                 odd = odd or unusual
-        met, meets, exact_values, prefixes = self._met, self._meets, self._exact, self._prefixes
-        if prefixes is not None and not odd:
-            # (an `a/32` network is the address `a`: an endpoint's hairpin rule names it so)
-            named = [a for a in named if a.startswith(prefixes) or a.removesuffix("/32") in exact_values
-                     or ("/" in a and not a.endswith("/32"))]
-        own_values = tuple(sorted(filter(None, [met[a] if a in met else meets(a) for a in named])))
+                if more:
+                    nets += more
+        met, meets, prefixes = self._met, self._meets, self._prefixes
+        kept: Iterable[str] = named if prefixes is None or odd else self._may_meet(named, nets, prefixes)
+        own_values = tuple(sorted(filter(None, [met[a] if a in met else meets(a) for a in kept])))
         return (self.fingerprint, _LAYOUT_VALUES(sp), tuple(map(_WAY_VALUES, ways)), tuple(own), exact,
                 own_values, asked)
+
+    def _may_meet(self, named: set[str], nets: tuple[str, ...], prefixes: tuple[str, ...]) -> Iterable[str]:
+        """Those of a port's literals `named` (canonical IPv4 texts) that can meet the node's own values: each that
+        starts as a pod CIDR of whole octets does, is one of the node's addresses (or that address as `a/32`: an
+        endpoint's hairpin rule names it so), or is a network (not `a/32`: `nets`, those of `named` `_read` found).
+        Without a literal of the first kind (one look for each prefix in the literals' joined text, which holds no
+        newline) the rest are picked out in C."""
+        joined = "\n" + "\n".join(named)
+        if any(map(joined.__contains__, self._leads)):
+            exact_values = self._exact
+            return [a for a in named if a.startswith(prefixes) or a.removesuffix("/32") in exact_values
+                    or ("/" in a and not a.endswith("/32"))]
+        return self._exact32.intersection(named).union(nets)
 
     def _meets(self, literal: str) -> tuple[str, tuple[tuple[int, str], ...]] | None:
         """An address or network of a port's texts (by role when it is one of the node's own values) with how it meets
@@ -281,6 +296,7 @@ READ_LIMIT = 50_000  # (a 5,000-Service node reads ~15,000: its ports and exact 
 
 
 _NO_TARGETS: Targets = ((), ())
+_NETS: dict[tuple[str, ...], tuple[str, ...]] = {}  # (one tuple each: a few networks, named by ~10^4 reads)
 _PORTS: dict[int, int] = {}  # (one int object per port number: at most 65,536)
 
 
@@ -295,6 +311,7 @@ def _read(texts: tuple[Any, ...]) -> Read:
     if found is None:
         if len(_READ) >= READ_LIMIT:
             _READ.clear()
+            _NETS.clear()
         one = len(texts) == 1 and type(texts[0]) is str
         joined = "\n".join(texts if not texts or type(texts[0]) is str else
                            [text for chain in texts if chain for text in chain])
@@ -303,9 +320,11 @@ def _read(texts: tuple[Any, ...]) -> Read:
         to = _TO.findall(joined)
         targets = (tuple(dict.fromkeys([intern(a) for a, _p in to])), tuple(dict.fromkeys([_port(p) for _a, p in to]))
                    ) if to else _NO_TARGETS
+        nets = tuple([a for a in literals if "/" in a and not a.endswith("/32")])
         found = _READ[texts] = (targets, literals, _port(port.group(1)) if port else None,
                                 tuple(dict.fromkeys(intern(t) for t in _JUMP.findall(joined) if t.startswith(OWN))),
-                                not all(map(_CANONICAL.fullmatch, (a.partition("/")[0] for a in literals))), texts)
+                                not all(map(_CANONICAL.fullmatch, (a.partition("/")[0] for a in literals))), texts,
+                                _NETS.setdefault(nets, nets))
     return found
 
 
