@@ -19,6 +19,7 @@ from iptrace.kube.compare import (
     ENDPOINTS_DIFFER,
     ERA_MISMATCH,
     FORWARDING_DIFFERS,
+    KUBE_PROXY_DOWN,
     KUBE_PROXY_STALE,
     LOAD_ERROR,
     MISSING_SERVICE,
@@ -559,6 +560,8 @@ def _stale_summaries(proxied: Sequence[_NodeState], skewed: Mapping[str, str]) -
     clean_kinds = {kinds.get(n) for n in clean}
     skewed = {n: why for n, why in skewed.items() if kinds.get(n) not in clean_kinds}
     kube_nodes = {s.name: s.kube_node for s in proxied}
+    # (a node whose kube-proxy was not running: its pod's log says why, a new pod would fail alike)
+    down = {s.name: f for s in proxied for f in s.result.extra if f.id == KUBE_PROXY_DOWN}
     for n, fs in counts.items():
         if not fs:
             continue
@@ -573,14 +576,17 @@ def _stale_summaries(proxied: Sequence[_NodeState], skewed: Mapping[str, str]) -
                 f"{matching}; this node runs kube-proxy in another {what} (see {skewed[n]})",
                 f"Service ports that differ: {listing(services, 8)}. The differences may come from the {what}, "
                 f"or from a kube-proxy that stopped syncing.",
-                f"run the fleet's kube-proxy {what} on {n}, then audit again"))
+                down[n].fix if n in down else f"run the fleet's kube-proxy {what} on {n}, then audit again"))
             continue
         out.append(Finding(
             KUBE_PROXY_STALE, "error" if errors else "warning", n, None,
             f"{n}: kube-proxy looks stale: {counted(len(services), 'Service port differs', 'Service ports differ')} "
             f"({errors} serious); "
             f"{matching}",
-            f"Service ports that differ: {listing(services, 8)}. {NOT_SYNCING}.",
+            f"Service ports that differ: {listing(services, 8)}. " + (
+                f"kube-proxy on this node was not running when it was collected ({KUBE_PROXY_DOWN})."
+                if n in down else f"{NOT_SYNCING}."),
+            down[n].fix if n in down else
             f"restart kube-proxy on {n} ({_delete_kube_proxy_pod(kube_nodes.get(n))}) and check its logs"))
     return out
 

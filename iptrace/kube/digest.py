@@ -18,7 +18,14 @@ from typing import Any
 
 from iptrace.kube.claims import claim_findings, claim_lines, claims_of
 from iptrace.kube.cluster import ClusterState
-from iptrace.kube.compare import LOAD_ERROR, MODE_SPLIT, Finding, compare_with_cluster, view_service_label
+from iptrace.kube.compare import (
+    KUBE_PROXY_DOWN,
+    LOAD_ERROR,
+    MODE_SPLIT,
+    Finding,
+    compare_with_cluster,
+    view_service_label,
+)
 from iptrace.kube.view import EXTERNAL, HEALTH_CHECK, KubeView, ServicePortView
 from iptrace.layout import ONE_MODE_FIX, ProxyMode
 from iptrace.records import positional_new
@@ -342,11 +349,30 @@ def node_result(node: Any, cluster: ClusterState | None = None, *, pictures: boo
             "kube-proxy's own)"))
     down = meta.get("kube_proxy_down")
     if isinstance(down, str):  # (collect --via api read it off the pod's status: the cause of stale rules)
-        notes = (*notes, f"note: {node.name}: kube-proxy was not running when its rules were collected ({down}): "
-                 "they are as it last wrote them, whatever the API says since")
+        extra = (*extra, not_running(node.name, down))
     return NodeResult(node.name, node.error, tuple(node.addresses), str(meta.get("host", "") or ""), kube_node,
                       node.legacy_note, tuple(str(w) for w in warnings) if isinstance(warnings, list) else (),
                       tuple(families), (*claims, *extra), (*_lenient_notes(node), *notes))
+
+
+def not_running(node: str, down: str) -> Finding:
+    """The kube-proxy-not-running finding of a node whose meta.json says `kube_proxy_down` ("NS/POD: why", as
+    collect --via api read it off the pod's status). Its fix reads why: the last run's log when the container
+    ran before (a crash loop), else the pod's events (an image that cannot be pulled, a bad config map)."""
+    pod, _, why = down.partition(": ")
+    namespace, _, name = pod.partition("/")
+    if not name or not why:  # (not as collect writes it: said as it is, the pod left for the person to name)
+        namespace, name, why = "kube-system", "<its kube-proxy pod>", down
+    ran = "restarted" in why or "exited" in why
+    fix = (f"read why its last run ended: `kubectl -n {namespace} logs {name} --previous`; fix that, then audit "
+           "again (deleting the pod does not help: its new container fails alike)") if ran else (
+        f"read why its container does not start: `kubectl -n {namespace} describe pod {name}` (its events); fix "
+        "that, then audit again")
+    return Finding(
+        KUBE_PROXY_DOWN, "error", node, None, f"{node}: kube-proxy is not running ({why})",
+        f"When the node was collected, kube-proxy's container in {namespace}/{name} was not running: {why}. The "
+        "node's rules are as kube-proxy last wrote them: a Service or endpoint changed since is not applied here, "
+        "and whatever else this audit finds on the node likely comes from that.", fix)
 
 
 def _lenient_notes(node: Any) -> list[str]:
