@@ -81,6 +81,8 @@ class FamilyDigest:
     lines: array | ShiftedLines  # type: ignore[type-arg]
     compared: tuple[Finding, ...] = ()
     pictures: tuple[tuple[str, ServicePortView], ...] | None = None
+    # the node address its NodePorts were traced to ("" for a stand-in: its addresses were unknown)
+    node_address: str = ""
 
     @property
     def proxied(self) -> bool:
@@ -161,7 +163,9 @@ NOT_COLLECTED = "could not be collected: "
 class NodeResult:
     """What an audit keeps of one node: enough for its row, its findings and the comparison with the others.
     `kube_node`: the Node object it was matched with (cluster data). `extra`: findings made apart from the rules
-    (its conntrack table). `notes`: what reading it said on the way (for stderr)."""
+    (its conntrack table). `notes`: what reading it said on the way (for stderr). `explain_at`: the DUMP argument
+    (shell-quoted) and --node-ip options `iptrace explain` reads the node's rules as the audit read them, None when
+    there is none to name (stdin, a collection the audit did not keep)."""
 
     name: str
     error: str | None = None
@@ -173,6 +177,7 @@ class NodeResult:
     families: tuple[FamilyDigest, ...] = ()
     extra: tuple[Finding, ...] = ()
     notes: tuple[str, ...] = field(default=(), compare=False)
+    explain_at: str | None = field(default=None, compare=False)
 
     def family(self, name: str) -> FamilyDigest | None:
         return next((f for f in self.families if f.family == name), None)
@@ -252,7 +257,13 @@ def _family_digest(analysis: Any, cluster: ClusterState | None, kube_node: str |
     if cluster is not None and view.proxy.mode in ("iptables", "nftables"):
         compared = tuple(compare_with_cluster(analysis, cluster, node_name=kube_node, node=node))
     return FamilyDigest(analysis.family, view.proxy, family_warnings(analysis), len(view.services), tuple(ports),
-                        lines, compared, _pictures(view) if pictures else None), texts
+                        lines, compared, _pictures(view) if pictures else None, traced_node_address(analysis)), texts
+
+
+def traced_node_address(analysis: Any) -> str:
+    """The node address an Analysis traces NodePorts to, "" when a stand-in (FamilyDigest.node_address)."""
+    clients = analysis.views.clients
+    return "" if clients.node_unknown else str(clients.node_address)
 
 
 def family_warnings(analysis: Any) -> tuple[str, ...]:
@@ -298,7 +309,7 @@ def _pictures(view: KubeView) -> tuple[tuple[str, ServicePortView], ...]:
 
 def node_result(node: Any, cluster: ClusterState | None = None, *, pictures: bool = False,
                 intern: dict[Any, Any] | None = None, extra: Sequence[Finding] = (),
-                notes: Sequence[str] = (), carried: Any = None) -> NodeResult:
+                notes: Sequence[str] = (), carried: Any = None, explain_at: str | None = None) -> NodeResult:
     """The NodeResult of an iptrace.kube.audit.NodeInput. `carried`: an iptrace.kube.carried.Carried, whose
     digests of earlier nodes stand for ports of this one without cluster data or pictures."""
     from iptrace.kube.audit import kube_node_for
@@ -352,7 +363,7 @@ def node_result(node: Any, cluster: ClusterState | None = None, *, pictures: boo
         extra = (*extra, not_running(node.name, down))
     return NodeResult(node.name, node.error, tuple(node.addresses), str(meta.get("host", "") or ""), kube_node,
                       node.legacy_note, tuple(str(w) for w in warnings) if isinstance(warnings, list) else (),
-                      tuple(families), (*claims, *extra), (*_lenient_notes(node), *notes))
+                      tuple(families), (*claims, *extra), (*_lenient_notes(node), *notes), explain_at)
 
 
 def not_running(node: str, down: str) -> Finding:
