@@ -383,7 +383,7 @@ def not_running(node: str, down: str) -> Finding:
         KUBE_PROXY_DOWN, "error", node, None, f"{node}: kube-proxy is not running ({why})",
         f"When the node was collected, kube-proxy's container in {namespace}/{name} was not running: {why}. The "
         "node's rules are as kube-proxy last wrote them: a Service or endpoint changed since is not applied here, "
-        "and whatever else this audit finds on the node likely comes from that.", fix)
+        "and what else this audit finds on the node may come from that.", fix)
 
 
 def _lenient_notes(node: Any) -> list[str]:
