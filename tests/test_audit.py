@@ -104,6 +104,50 @@ def test_one_stale_node_against_the_api() -> None:
                          "--field-selector spec.nodeName=node-b) and check its logs")
 
 
+DOWN = "kube-system/kube-proxy-x7k2p: CrashLoopBackOff, restarted 17 times, its last run exited 1 (Error)"
+
+
+@pytest.mark.parametrize("with_cluster", [False, True])
+def test_a_stale_node_whose_kube_proxy_crash_loops_is_told_to_read_its_logs(with_cluster: bool) -> None:
+    """collect --via api read a crash loop off kube-proxy's pod (meta.json `kube_proxy_down`): audit said it only
+    on stderr, and the node's kube-proxy-stale fix said to delete the pod, whose new container crashes alike.
+    Now the node has a kube-proxy-not-running finding (text, JSON, HTML) and the stale fix reads the logs."""
+    from iptrace.kube.audit import NodeInput
+    from iptrace.render.html import render_audit_html
+    from tests.dumps import analysis
+
+    old, new = stale_services()
+    cluster = cluster_of(new) if with_cluster else None
+    stale = node("node-b", old)
+    down = NodeInput("node-b", {"ipv4": analysis(stale.ruleset, cluster=cluster, node_ips=stale.addresses)}, None,
+                     stale.addresses, {"kube_proxy_down": DOWN})
+    report = audit([node("node-a", new), down, node("node-c", new)], cluster)
+    found = by_node(report)
+    assert set(found) == {"node-b"}, show(report)
+    assert ("kube-proxy-not-running", "error", None) in found["node-b"]
+    (crash,) = [f for f in report.findings if f.id == "kube-proxy-not-running"]
+    logs = "`kubectl -n kube-system logs kube-proxy-x7k2p --previous`"
+    assert crash.summary == ("node-b: kube-proxy is not running (CrashLoopBackOff, restarted 17 times, its last run "
+                             "exited 1 (Error))")
+    assert logs in crash.fix
+    (summary,) = [f for f in report.findings if f.id == "kube-proxy-stale"]
+    assert summary.fix == crash.fix and "delete pod" not in summary.fix
+    assert "was not running when it was collected (kube-proxy-not-running)" in summary.detail
+    assert "kube-proxy-not-running" in show(report) and logs in show(report)
+    assert crash.summary in [f["summary"] for f in audit_to_json(report)["findings"]]
+    html = render_audit_html(report, cluster)
+    assert "kube-proxy-not-running" in html and "kubectl -n kube-system logs kube-proxy-x7k2p --previous" in html
+
+
+def test_a_kube_proxy_that_never_started_is_told_to_read_its_pods_events() -> None:
+    """An image that cannot be pulled leaves no previous log (`logs --previous` says none): the pod's events do."""
+    from iptrace.kube.digest import not_running
+
+    finding = not_running("node-b", "kube-system/kube-proxy-x7k2p: ImagePullBackOff")
+    assert finding.fix.startswith("read why its container does not start: `kubectl -n kube-system describe pod "
+                                  "kube-proxy-x7k2p` (its events)")
+
+
 def test_a_service_missing_on_one_node() -> None:
     services = base_services()
     lagging = [s for s in services if s.name != "affine"]

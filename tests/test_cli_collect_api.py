@@ -118,6 +118,8 @@ def test_collect_and_audit_via_api(cluster: FakeCluster):
     assert [(n["name"], n["status"], n["kube_node"]) for n in report["nodes"]] == [
         ("node-a", "ok", "node-a"), ("node-b", "ok", "node-b")]
     assert not [f for f in report["findings"] if f["severity"] == "error"], report["findings"]
+    # (collected into a temporary directory, gone with the audit: no finding's fix names it)
+    assert [n["explain_at"] for n in report["merge"]["nodes"]] == [None, None]
 
     # What the README tells a user to run to find leftovers, with the real kubectl against the same server.
     if shutil.which("kubectl"):

@@ -312,7 +312,7 @@ CRASH_LOOPING = {"name": "kube-proxy", "ready": False, "restartCount": 17, "star
 def test_a_crash_looping_kube_proxy_is_named_and_its_node_collected_by_a_pod(cluster: FakeCluster):
     """kube-proxy's pod stays Running while its container crash-loops, and exec into it fails ("container not
     found"): the node was collected by a pod whose note said only that the exec was refused, and audit said nothing
-    of why its rules are stale. Now the pod's status is read: the note and audit name the crash loop."""
+    of why its rules are stale. Now the pod's status is read: the note and audit's finding name the crash loop."""
     cluster.add_node("node-a")
     cluster.add_node("node-b")
     server = cluster.start()
@@ -331,10 +331,12 @@ def test_a_crash_looping_kube_proxy_is_named_and_its_node_collected_by_a_pod(clu
 
     from iptrace.cli import main
 
-    audited = CliRunner().invoke(main, ["audit", str(out)])
-    assert f"note: node-b: kube-proxy was not running when its rules were collected ({down}): they are as it last " \
-           "wrote them, whatever the API says since\n" in audited.stderr, audited.stderr
-    assert "node-a" not in audited.stderr
+    # (a finding of the node's, not only a note on stderr: in the text, JSON and HTML reports alike)
+    audited = CliRunner().invoke(main, ["audit", str(out), "-o", "json"])
+    [crash] = [f for f in json.loads(audited.stdout)["findings"] if f["id"] == "kube-proxy-not-running"]
+    assert (crash["node"], crash["severity"]) == ("node-b", "error")
+    assert "`kubectl -n kube-system logs kube-proxy-ode-b --previous`" in crash["fix"]
+    assert "kube-proxy" not in audited.stderr, audited.stderr
     # --api-method exec has no other way: the node fails, saying why.
     [refused] = _collect(cluster, ["node-b"], method="exec", out_dir=cluster.root / "exec")
     assert (refused.error_kind, refused.error) == ("exec", f"node-b: kube-proxy's container is not running ({down}); "

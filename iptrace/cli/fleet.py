@@ -516,6 +516,11 @@ def _audit_nodes(sources: tuple[str, ...], collect_first: bool, out: str | None,
                 raise click.exceptions.Exit(EXIT_ERROR)
             paths += collected
         results = _analyse(_audit_sources(paths, node_ips), cluster, lenient, pictures, jobs)
+    if collection and not out:  # (its directory is gone with the audit: no `iptrace explain` can read it)
+        from dataclasses import replace
+
+        gone = {r.node for r in collection if r.ok}
+        results = [replace(r, explain_at=None) if r.name in gone else r for r in results]
     return _with_uncollected(results, collection), cluster, collection
 
 

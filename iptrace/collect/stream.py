@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import pickle
+import shlex
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -208,7 +209,7 @@ class Worker:
                 node = dump_input(text, where, node_ips=source.node_ips, cluster=self.cluster,
                                   lenient=self.lenient, name=source.name, memo=self.load_memo)
                 del text
-            return self._result(node)
+            return self._result(node, explain_at=explain_at(source))
         path = Path(source.path or "")
         with self.loading():
             snapshot = store.read_node_dir(path)
@@ -220,14 +221,23 @@ class Worker:
         if node.analyses and (path / CONNTRACK_FILE).is_file():
             extra, notes = conntrack(node.name, path / CONNTRACK_FILE, node.analyses, lenient=self.lenient)
             notes += partial
-        return self._result(node, extra, notes)
+        return self._result(node, extra, notes, explain_at(source))
 
-    def _result(self, node: Any, extra: Sequence[Finding] = (), notes: Sequence[str] = ()) -> NodeResult:
+    def _result(self, node: Any, extra: Sequence[Finding] = (), notes: Sequence[str] = (),
+                explain_at: str | None = None) -> NodeResult:
         carried = self.carried if self.cluster is None and not self.pictures else None
         if carried is None:
             _tracing_done(node)  # (carried: only the ports no earlier node had are traced, one at a time)
         return node_result(node, self.cluster, pictures=self.pictures, intern=self.intern, extra=extra, notes=notes,
-                           carried=carried)
+                           carried=carried, explain_at=explain_at)
+
+
+def explain_at(source: Source) -> str | None:
+    """How `iptrace explain` reads the node's rules as the audit does (NodeResult.explain_at): its directory, or
+    its dump file with the addresses the audit was given for it; None for stdin."""
+    if source.path is None or source.text is not None:
+        return None
+    return " ".join([shlex.quote(source.path), *(f"--node-ip {ip}" for ip in source.node_ips)])
 
 
 def _tracing_done(node: Any) -> None:

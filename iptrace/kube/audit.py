@@ -19,6 +19,7 @@ from iptrace.kube.compare import (
     ENDPOINTS_DIFFER,
     ERA_MISMATCH,
     FORWARDING_DIFFERS,
+    KUBE_PROXY_DOWN,
     KUBE_PROXY_STALE,
     LOAD_ERROR,
     MISSING_SERVICE,
@@ -36,7 +37,7 @@ from iptrace.kube.compare import (
 )
 from iptrace.kube.digest import NOT_COLLECTED, FamilyDigest, NodeResult, PortDigest, ShiftedLines, node_result
 from iptrace.kube.fleets import cluster_groups, other_cluster_findings
-from iptrace.kube.peers import majority, ways_differ
+from iptrace.kube.peers import ExplainAt, majority, ways_differ
 from iptrace.kube.portviews import PortViews, port_views
 from iptrace.layout import ProxyMode
 from iptrace.text import counted
@@ -388,17 +389,19 @@ class _NodePorts:
 
 
 def _ports_by_node(members: Sequence[_NodeState], family: str,
-                   ) -> tuple[dict[str, _NodePorts], Any, dict[str, tuple[str, str]]]:
-    """Each node's ports of `family`, the function that files a finding on a node, and each node's kube-proxy
-    mode and layout (era)."""
+                   ) -> tuple[dict[str, _NodePorts], Any, dict[str, tuple[str, str]], dict[str, ExplainAt]]:
+    """Each node's ports of `family`, the function that files a finding on a node, each node's kube-proxy
+    mode and layout (era), and where `iptrace explain` reads it."""
     by_node: dict[str, _NodePorts] = {}
     layouts: dict[str, tuple[str, str]] = {}
+    at: dict[str, ExplainAt] = {}
     families = [s.result.family(family) for s in members]
     positions = list(range(max((len(f.ports) for f in families if f is not None), default=0)))
     for s, fam in zip(members, families, strict=True):
         assert fam is not None
         by_node[s.name] = _NodePorts(fam, positions)
         layouts[s.name] = (fam.proxy.mode, fam.proxy.name)
+        at[s.name] = ExplainAt(s.result.explain_at, fam.node_address)
     states = {s.name: s for s in members}
 
     def add(node: str, id_: str, severity: Severity, service: str, summary: str, detail: str, fix: str,
@@ -406,7 +409,7 @@ def _ports_by_node(members: Sequence[_NodeState], family: str,
         states[node].findings.append(Finding(id_, severity, node, service, summary, detail, fix,
                                              port.evidence(lines) if port is not None else (), family))
 
-    return by_node, add, layouts
+    return by_node, add, layouts, at
 
 
 def _differ(key: str, having: Sequence[str], by_node: Mapping[str, _NodePorts]) -> dict[str, _Port] | None:
@@ -421,17 +424,17 @@ def _differ(key: str, having: Sequence[str], by_node: Mapping[str, _NodePorts]) 
 def _compare_ways(members: Sequence[_NodeState], family: str) -> None:
     """With cluster data (which says what each node should program, not what its own other rules do to it):
     the nodes' ways in against each other all the same."""
-    by_node, add, layouts = _ports_by_node(members, family)
+    by_node, add, layouts, at = _ports_by_node(members, family)
     for key in sorted({k for ports in by_node.values() for k in ports.index}):
         having = [n for n, ports in by_node.items() if key in ports.index]
         if len(having) >= 2 and (ports := _differ(key, having, by_node)) is not None:
-            ways_differ(key, ports, add, layouts)
+            ways_differ(key, ports, add, layouts, at)
 
 
 def _peer_compare(members: Sequence[_NodeState], family: str) -> None:
     """Nodes against each other, service port by service port (no cluster data: the majority is the
     reference; with a tie, every node in the disagreement is told)."""
-    by_node, add, layouts = _ports_by_node(members, family)
+    by_node, add, layouts, at = _ports_by_node(members, family)
     all_keys = sorted({k for ports in by_node.values() for k in ports.index})
     total = len(members)
 
@@ -458,7 +461,7 @@ def _peer_compare(members: Sequence[_NodeState], family: str) -> None:
                         port, port.head_lines)
         if len(having) >= 2 and (ports := _differ(key, having, by_node)) is not None:
             _peer_compare_port(key, ports, add)
-            ways_differ(key, ports, add, layouts)
+            ways_differ(key, ports, add, layouts, at)
 
 
 def _shown(value: Any) -> str:
@@ -559,6 +562,8 @@ def _stale_summaries(proxied: Sequence[_NodeState], skewed: Mapping[str, str]) -
     clean_kinds = {kinds.get(n) for n in clean}
     skewed = {n: why for n, why in skewed.items() if kinds.get(n) not in clean_kinds}
     kube_nodes = {s.name: s.kube_node for s in proxied}
+    # (a node whose kube-proxy was not running: its pod's log says why, a new pod would fail alike)
+    down = {s.name: f for s in proxied for f in s.result.extra if f.id == KUBE_PROXY_DOWN}
     for n, fs in counts.items():
         if not fs:
             continue
@@ -573,14 +578,17 @@ def _stale_summaries(proxied: Sequence[_NodeState], skewed: Mapping[str, str]) -
                 f"{matching}; this node runs kube-proxy in another {what} (see {skewed[n]})",
                 f"Service ports that differ: {listing(services, 8)}. The differences may come from the {what}, "
                 f"or from a kube-proxy that stopped syncing.",
-                f"run the fleet's kube-proxy {what} on {n}, then audit again"))
+                down[n].fix if n in down else f"run the fleet's kube-proxy {what} on {n}, then audit again"))
             continue
         out.append(Finding(
             KUBE_PROXY_STALE, "error" if errors else "warning", n, None,
             f"{n}: kube-proxy looks stale: {counted(len(services), 'Service port differs', 'Service ports differ')} "
             f"({errors} serious); "
             f"{matching}",
-            f"Service ports that differ: {listing(services, 8)}. {NOT_SYNCING}.",
+            f"Service ports that differ: {listing(services, 8)}. " + (
+                f"kube-proxy on this node was not running when it was collected ({KUBE_PROXY_DOWN})."
+                if n in down else f"{NOT_SYNCING}."),
+            down[n].fix if n in down else
             f"restart kube-proxy on {n} ({_delete_kube_proxy_pod(kube_nodes.get(n))}) and check its logs"))
     return out
 

@@ -15,7 +15,7 @@ from operator import itemgetter
 from typing import Any
 
 from iptrace.kube.compare import view_service_label
-from iptrace.kube.digest import HEAD, FamilyDigest, PortDigest, family_warnings, port_digest
+from iptrace.kube.digest import HEAD, FamilyDigest, PortDigest, family_warnings, port_digest, traced_node_address
 
 # Digests kept per process: a node has a few thousand Service ports; a fleet's nodes share most of them.
 CACHE_SIZE = 30_000
@@ -105,7 +105,7 @@ class Carried:
             ports.append(digest)
             lines_out.extend(lines)
         return FamilyDigest(analysis.family, layout.proxy, family_warnings(analysis), len(layout.keys), tuple(ports),
-                            lines_out)
+                            lines_out, node_address=traced_node_address(analysis))
 
     def _keep(self, key: Hashable | None, digest: PortDigest, sp: Any, keys: Any, spelled: Sequence[str],
               filling: bool) -> None:

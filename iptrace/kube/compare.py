@@ -56,6 +56,8 @@ SERVICE_ONLY_ON_NODE = "service-only-on-node"
 ENDPOINTS_DIFFER = "endpoints-differ"
 FORWARDING_DIFFERS = "forwarding-differs"
 KUBE_PROXY_STALE = "kube-proxy-stale"
+# kube-proxy's container was not running when the node was collected (collect --via api reads the pod's status).
+KUBE_PROXY_DOWN = "kube-proxy-not-running"
 NO_KUBE_PROXY_RULES = "no-kube-proxy-rules"
 ERA_MISMATCH = "era-mismatch"
 BACKEND_SPLIT = "iptables-backend-split"

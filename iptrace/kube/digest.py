@@ -18,7 +18,14 @@ from typing import Any
 
 from iptrace.kube.claims import claim_findings, claim_lines, claims_of
 from iptrace.kube.cluster import ClusterState
-from iptrace.kube.compare import LOAD_ERROR, MODE_SPLIT, Finding, compare_with_cluster, view_service_label
+from iptrace.kube.compare import (
+    KUBE_PROXY_DOWN,
+    LOAD_ERROR,
+    MODE_SPLIT,
+    Finding,
+    compare_with_cluster,
+    view_service_label,
+)
 from iptrace.kube.view import EXTERNAL, HEALTH_CHECK, KubeView, ServicePortView
 from iptrace.layout import ONE_MODE_FIX, ProxyMode
 from iptrace.records import positional_new
@@ -74,6 +81,8 @@ class FamilyDigest:
     lines: array | ShiftedLines  # type: ignore[type-arg]
     compared: tuple[Finding, ...] = ()
     pictures: tuple[tuple[str, ServicePortView], ...] | None = None
+    # the node address its NodePorts were traced to ("" for a stand-in: its addresses were unknown)
+    node_address: str = ""
 
     @property
     def proxied(self) -> bool:
@@ -154,7 +163,9 @@ NOT_COLLECTED = "could not be collected: "
 class NodeResult:
     """What an audit keeps of one node: enough for its row, its findings and the comparison with the others.
     `kube_node`: the Node object it was matched with (cluster data). `extra`: findings made apart from the rules
-    (its conntrack table). `notes`: what reading it said on the way (for stderr)."""
+    (its conntrack table). `notes`: what reading it said on the way (for stderr). `explain_at`: the DUMP argument
+    (shell-quoted) and --node-ip options `iptrace explain` reads the node's rules as the audit read them, None when
+    there is none to name (stdin, a collection the audit did not keep)."""
 
     name: str
     error: str | None = None
@@ -166,6 +177,7 @@ class NodeResult:
     families: tuple[FamilyDigest, ...] = ()
     extra: tuple[Finding, ...] = ()
     notes: tuple[str, ...] = field(default=(), compare=False)
+    explain_at: str | None = field(default=None, compare=False)
 
     def family(self, name: str) -> FamilyDigest | None:
         return next((f for f in self.families if f.family == name), None)
@@ -245,7 +257,13 @@ def _family_digest(analysis: Any, cluster: ClusterState | None, kube_node: str |
     if cluster is not None and view.proxy.mode in ("iptables", "nftables"):
         compared = tuple(compare_with_cluster(analysis, cluster, node_name=kube_node, node=node))
     return FamilyDigest(analysis.family, view.proxy, family_warnings(analysis), len(view.services), tuple(ports),
-                        lines, compared, _pictures(view) if pictures else None), texts
+                        lines, compared, _pictures(view) if pictures else None, traced_node_address(analysis)), texts
+
+
+def traced_node_address(analysis: Any) -> str:
+    """The node address an Analysis traces NodePorts to, "" when a stand-in (FamilyDigest.node_address)."""
+    clients = analysis.views.clients
+    return "" if clients.node_unknown else str(clients.node_address)
 
 
 def family_warnings(analysis: Any) -> tuple[str, ...]:
@@ -291,7 +309,7 @@ def _pictures(view: KubeView) -> tuple[tuple[str, ServicePortView], ...]:
 
 def node_result(node: Any, cluster: ClusterState | None = None, *, pictures: bool = False,
                 intern: dict[Any, Any] | None = None, extra: Sequence[Finding] = (),
-                notes: Sequence[str] = (), carried: Any = None) -> NodeResult:
+                notes: Sequence[str] = (), carried: Any = None, explain_at: str | None = None) -> NodeResult:
     """The NodeResult of an iptrace.kube.audit.NodeInput. `carried`: an iptrace.kube.carried.Carried, whose
     digests of earlier nodes stand for ports of this one without cluster data or pictures."""
     from iptrace.kube.audit import kube_node_for
@@ -348,11 +366,30 @@ def node_result(node: Any, cluster: ClusterState | None = None, *, pictures: boo
             "kube-proxy's own)"))
     down = meta.get("kube_proxy_down")
     if isinstance(down, str):  # (collect --via api read it off the pod's status: the cause of stale rules)
-        notes = (*notes, f"note: {node.name}: kube-proxy was not running when its rules were collected ({down}): "
-                 "they are as it last wrote them, whatever the API says since")
+        extra = (*extra, not_running(node.name, down))
     return NodeResult(node.name, node.error, tuple(node.addresses), str(meta.get("host", "") or ""), kube_node,
                       node.legacy_note, tuple(str(w) for w in warnings) if isinstance(warnings, list) else (),
-                      tuple(families), (*claims, *extra), (*_lenient_notes(node), *notes))
+                      tuple(families), (*claims, *extra), (*_lenient_notes(node), *notes), explain_at)
+
+
+def not_running(node: str, down: str) -> Finding:
+    """The kube-proxy-not-running finding of a node whose meta.json says `kube_proxy_down` ("NS/POD: why", as
+    collect --via api read it off the pod's status). Its fix reads why: the last run's log when the container
+    ran before (a crash loop), else the pod's events (an image that cannot be pulled, a bad config map)."""
+    pod, _, why = down.partition(": ")
+    namespace, _, name = pod.partition("/")
+    if not name or not why:  # (not as collect writes it: said as it is, the pod left for the person to name)
+        namespace, name, why = "kube-system", "<its kube-proxy pod>", down
+    ran = "restarted" in why or "exited" in why
+    fix = (f"read why its last run ended: `kubectl -n {namespace} logs {name} --previous`; fix that, then audit "
+           "again (deleting the pod does not help: its new container fails alike)") if ran else (
+        f"read why its container does not start: `kubectl -n {namespace} describe pod {name}` (its events); fix "
+        "that, then audit again")
+    return Finding(
+        KUBE_PROXY_DOWN, "error", node, None, f"{node}: kube-proxy is not running ({why})",
+        f"When the node was collected, kube-proxy's container in {namespace}/{name} was not running: {why}. The "
+        "node's rules are as kube-proxy last wrote them: a Service or endpoint changed since is not applied here, "
+        "and what else this audit finds on the node may come from that.", fix)
 
 
 def _lenient_notes(node: Any) -> list[str]:

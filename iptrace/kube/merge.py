@@ -52,10 +52,12 @@ def _node_json(r: NodeResult, index: Mapping[int, int]) -> dict[str, Any]:
     """`index`: each digest's index in the document's `digests`, by its id."""
     families = [{"family": fam.family, "proxy": _proxy_json(fam.proxy), "warnings": list(fam.warnings),
                  "services": fam.services, "ports": [index[id(p)] for p in fam.ports], "lines": fam.lines.tolist(),
-                 "compared": [f.to_json() for f in fam.compared]} for fam in r.families]
+                 "compared": [f.to_json() for f in fam.compared], "node_address": fam.node_address}
+                for fam in r.families]
     return {"name": r.name, "error": r.error, "addresses": list(r.addresses), "host": r.host,
             "kube_node": r.kube_node, "legacy_note": r.legacy_note, "load_warnings": list(r.load_warnings),
-            "families": families, "extra": [f.to_json() for f in r.extra], "notes": list(r.notes)}
+            "families": families, "extra": [f.to_json() for f in r.extra], "notes": list(r.notes),
+            "explain_at": r.explain_at}
 
 
 def _digest_json(p: PortDigest) -> list[Any]:
@@ -198,14 +200,17 @@ def read_merge(document: Any, source: str) -> tuple[list[NodeResult], str | None
             families.append(FamilyDigest(
                 family, r.proxy(r.get(fam, "proxy", dict, at), f"{at}.proxy"),
                 tuple(r.get(fam, "warnings", list, at)), r.get(fam, "services", int, at), ports, lines,
-                tuple(r.finding(f, f"{at}.compared[{k}]") for k, f in enumerate(r.get(fam, "compared", list, at)))))
+                tuple(r.finding(f, f"{at}.compared[{k}]") for k, f in enumerate(r.get(fam, "compared", list, at))),
+                # (a document written before node addresses and explain arguments were kept has none)
+                node_address=r.get(fam, "node_address", str, at) if "node_address" in fam else ""))
+        explain_at = r.get(node, "explain_at", str, where) if node.get("explain_at") is not None else None
         results.append(NodeResult(
             r.get(node, "name", str, where), node.get("error"), tuple(r.get(node, "addresses", list, where)),
             str(node.get("host") or ""), node.get("kube_node"), node.get("legacy_note"),
             tuple(r.get(node, "load_warnings", list, where)), tuple(families),
             tuple(r.finding(f, f"{where}.extra[{k}]") for k, f in enumerate(r.get(node, "extra", list, where))),
             # (a document written before notes were kept has none)
-            tuple(map(str, r.get(node, "notes", list, where))) if "notes" in node else ()))
+            tuple(map(str, r.get(node, "notes", list, where))) if "notes" in node else (), explain_at))
     return results, (cluster or {}).get("source"), bool((cluster or {}).get("nodes"))
 
 

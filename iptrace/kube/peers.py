@@ -9,12 +9,21 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from iptrace.dataplane import join_host_port
 from iptrace.kube.clients import CLIENT_WORDS
 from iptrace.kube.compare import FORWARDING_DIFFERS, listing
 from iptrace.kube.view import CLUSTER_IP, EXTERNAL, NODE, OUTSIDE_RANGES, POD
+
+
+class ExplainAt(NamedTuple):
+    """Where `iptrace explain` reads a node's rules as the audit read them (NodeResult.explain_at: its dump
+    argument and --node-ip options, None when there is none to name) and the address its NodePorts were traced
+    to in the family compared ("" when its addresses were unknown)."""
+
+    dump: str | None
+    node_address: str
 
 
 def majority(values: Mapping[str, Any]) -> tuple[Any, bool]:
@@ -27,7 +36,8 @@ def majority(values: Mapping[str, Any]) -> tuple[Any, bool]:
     return top, len(ranked) == 1 or n > ranked[1][1]
 
 
-def ways_differ(key: str, ports: Mapping[str, Any], add: Any, layouts: Mapping[str, Any]) -> None:
+def ways_differ(key: str, ports: Mapping[str, Any], add: Any, layouts: Mapping[str, Any],
+                at: Mapping[str, ExplainAt]) -> None:
     """A way in through which some kind of client fares otherwise on a node than on the others, among the nodes
     whose endpoints agree (where they do not, endpoints-differ says so): a rule of the node's own decides (a host
     firewall, a CNI's rule, the order kube-proxy wrote an address two Services share in). A Local traffic
@@ -35,7 +45,8 @@ def ways_differ(key: str, ports: Mapping[str, Any], add: Any, layouts: Mapping[s
     nodes whose kube-proxy writes another layout of the same proxy mode (`layouts`: each node's mode and era;
     era-mismatch says so). Nodes of the other proxy mode are compared on whether a way in reaches the endpoints
     at all: how a packet that reaches none is answered differs between the modes by design (`iptrace diff`'s
-    migration notes), reaching them or not does not."""
+    migration notes), reaching them or not does not. Each finding's fix is the `iptrace explain` command of its
+    first way in on the node (`at`)."""
     if len({id(p.digest) for p in ports.values()}) <= 1:
         return  # (one digest object: nodes that program a port alike share it)
     era, _ = majority({n: layouts[n] for n in ports})
@@ -94,9 +105,22 @@ def ways_differ(key: str, ports: Mapping[str, Any], add: Any, layouts: Mapping[s
         add(n, FORWARDING_DIFFERS, "error", key, f"{key}: {ways[0]}" + (f" (and {len(ways) - 1} more)"
                                                                         if len(ways) > 1 else ""),
             f"{why} Ways in that differ: {listing(ways, 6)}.",
-            f"explain it on this node's dump (iptrace explain NODE --dst "
-            f"{ways[0].split()[0].replace('<node>', 'NODE-IP')}): it names the rule that decides", port,
-            port.head_lines)
+            f"explain it on this node's dump (`{_explain_command(ways[0].split()[0], at[n])}`): it names the rule "
+            "that decides", port, port.head_lines)
+
+
+def _explain_command(way: str, at: ExplainAt) -> str:
+    """`iptrace explain` of a way in (`10.96.0.1:443`, `<node>:30080/udp`) on the node: with its dump and the
+    address its NodePorts were traced to when the audit knows them, else the placeholders a person fills in."""
+    dump = at.dump or "NODE"
+    if not way.startswith("<node>:"):
+        return f"iptrace explain {dump} --dst {way}"
+    port = way.removeprefix("<node>:")
+    if not at.node_address:  # (the audit had no address of it: explain needs one as well)
+        return f"iptrace explain {dump} --node-ip NODE-IP --dst NODE-IP:{port}"
+    # (a bare IPv6 address is bracketed before its port: join_host_port of `[fd00::1]:30080/udp`)
+    number, slash, protocol = port.partition("/")
+    return f"iptrace explain {dump} --dst {join_host_port(at.node_address, int(number))}{slash}{protocol}"
 
 
 def _reaches(value: tuple[str, bool]) -> bool:
