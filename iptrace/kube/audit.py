@@ -283,13 +283,10 @@ def _node_checks(s: _NodeState, proxied: Sequence[_NodeState]) -> list[Finding]:
     if era.legacy_tables_present:
         detail = ("iptables-nft-save warned that iptables-legacy tables are present: some component writes to "
                   "the legacy backend, and the kernel runs both, so the rules that decide may not be these. ")
-        severity: Severity = "warning"
-        if s.result.legacy_note is not None:
-            detail += s.result.legacy_note
-        else:
-            detail += "Collect iptables-legacy-save too (iptrace collect does when it sees the warning)."
+        detail += s.result.legacy_note or ("Collect iptables-legacy-save too (iptrace collect does when it sees the "
+                                           "warning).")
         out.append(Finding(
-            BACKEND_SPLIT, severity, s.name, None, f"{s.name}: rules in both iptables backends (nft and legacy)",
+            BACKEND_SPLIT, "warning", s.name, None, f"{s.name}: rules in both iptables backends (nft and legacy)",
             detail, "make every component on the node use one backend (the nft one on current distributions); "
             "remove the legacy rules with iptables-legacy -F/-X once nothing writes them"))
     for p in s.result.load_warnings:
