@@ -541,7 +541,7 @@ class TextLoader(CommandMixin):
             return None
         fixed, varying = references(items)
         t.refs.update(fixed)
-        return compile_template(items, comment, keywords), varying
+        return compile_template(items, comment, keywords | reader.tails), varying
 
     # -- objects -----------------------------------------------------------------------------------------
     def table_for(self, family: str, name: str, line_no: int) -> TableBuilder:

@@ -136,6 +136,8 @@ class RuleReader:
         self.pos = 0
         self.error = error  # (why, column0) -> ParseError for values that cannot be right
         self.quoted = quoted  # whether a masked name may be a quoted string
+        # Masked values whose tail is structure (slot → ":word"): every rule of the shape must end them so.
+        self.tails: dict[int, str] = {}
 
     # -- cursor ------------------------------------------------------------------------------------------
     def peek(self, k: int = 0) -> Tok | None:
@@ -308,6 +310,15 @@ class RuleReader:
                 target_tok = self.take()
                 if target_tok.text in _PUNCT:
                     raise NotUnderstood
+                host, glued, word = target_tok.text.rpartition(":")
+                if glued and host and word in EXPRESSION_WORDS:
+                    # `dnat to 10.0.0.1:numgen random mod 2 map { 0 : 80, 1 : 81 }`, `…:tcp dport map { … }`: the
+                    # address is given and an expression chooses the port (the kernel glues its first word on).
+                    target = (self._glued_address(target_tok, host, addr_type), None)
+                    self.pos -= 1
+                    self.toks[self.pos] = Tok(":" + word, target_tok.col + len(host))
+                    target = (target[0], self._nat_port(self.toks[self.pos]))
+                    target_tok = None
         flags: list[Any] = []
         while self.word() in NAT_FLAGS:
             flags.append(self.take().text)
@@ -324,6 +335,18 @@ class RuleReader:
             return nat_from_text(kind, family, addr_type, tuple(flags))(target_tok.text)
         except ValueError as exc:
             raise self.error(str(exc), target_tok.col) from None
+
+    def _glued_address(self, t: Tok, host: str, addr_type: str) -> Any:
+        """The address of `ADDR:word…` (a Slot when the shape masks the token: then every rule of the shape must
+        glue the same word to its address)."""
+        address = values.nat_target(addr_type)
+        if t.slot >= 0:
+            self.tails[t.slot] = t.text[len(host):]
+            return Slot(t.slot, lambda text: address(text.rpartition(":")[0])[0])
+        try:
+            return address(host)[0]
+        except ValueError as exc:
+            raise self.error(str(exc), t.col) from None
 
     def _nat_port(self, t: Tok) -> Any:
         """The port after an address a map chooses: `map { … }:8080` (one token; a range, or `:tcp dport map
