@@ -319,6 +319,10 @@ class RuleReader:
                     self.toks[self.pos] = Tok(":" + word, target_tok.col + len(host))
                     target = (target[0], self._nat_port(self.toks[self.pos]))
                     target_tok = None
+                elif (t := self.peek()) is not None and t.text.startswith(":"):
+                    # `dnat to 10.0.0.1 : 8080`, `… :numgen …`: nft reads a port written apart from its address
+                    target = (self._glued_address(target_tok, target_tok.text, addr_type), self._nat_port(t))
+                    target_tok = None
         flags: list[Any] = []
         while self.word() in NAT_FLAGS:
             flags.append(self.take().text)
@@ -337,12 +341,14 @@ class RuleReader:
             raise self.error(str(exc), target_tok.col) from None
 
     def _glued_address(self, t: Tok, host: str, addr_type: str) -> Any:
-        """The address of `ADDR:word…` (a Slot when the shape masks the token: then every rule of the shape must
-        glue the same word to its address)."""
+        """The address of `ADDR:word…` or of `ADDR` before a port of its own (a Slot when the shape masks the
+        token: then every rule of the shape must glue the same word to its address)."""
         address = values.nat_target(addr_type)
-        if t.slot >= 0:
+        if t.slot >= 0 and host != t.text:
             self.tails[t.slot] = t.text[len(host):]
             return Slot(t.slot, lambda text: address(text.rpartition(":")[0])[0])
+        if t.slot >= 0:
+            return Slot(t.slot, lambda text: address(text)[0])
         try:
             return address(host)[0]
         except ValueError as exc:
