@@ -176,6 +176,8 @@ def _plain_op(item: Any, ctx: Context, where: str, named: Named, family: str,
                           "assumed it does not match")
         if item.kind == "watcher":
             return None
+        if item.name == "REJECT":  # (its ICMP type is not shown, but iptables' REJECT always ends the packet's path)
+            return (REJECT,)
         return (NOTE, f"{where}: iptables extension `xt target \"{item.name}\"` is not modeled: assumed it does not "
                       "change the packet or decide")
     if isinstance(item, UnknownItem):
