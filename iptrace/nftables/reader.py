@@ -314,11 +314,10 @@ class RuleReader:
                 if glued and host and word in EXPRESSION_WORDS:
                     # `dnat to 10.0.0.1:numgen random mod 2 map { 0 : 80, 1 : 81 }`, `…:tcp dport map { … }`: the
                     # address is given and an expression chooses the port (the kernel glues its first word on).
-                    target = (self._glued_address(target_tok, host, addr_type), None)
+                    address = self._glued_address(target_tok, host, addr_type)
                     self.pos -= 1
                     self.toks[self.pos] = Tok(":" + word, target_tok.col + len(host))
-                    target = (target[0], self._nat_port(self.toks[self.pos]))
-                    target_tok = None
+                    target, target_tok = (address, self._nat_port(self.toks[self.pos])), None
                 elif (t := self.peek()) is not None and t.text.startswith(":"):
                     # `dnat to 10.0.0.1 : 8080`, `… :numgen …`: nft reads a port written apart from its address
                     target = (self._glued_address(target_tok, target_tok.text, addr_type), self._nat_port(t))
