@@ -357,6 +357,12 @@ def senders_own_loopback(packet: Packet, entry: Entry, notes: Sequence[str]) -> 
     return Trace(packet, entry, (outcome,), (*notes, note))
 
 
+# iptables targets that end a packet's walk by handing it over, and to what (whatever backend shows them: an nft
+# listing names iptables-nft's as `xt target "TPROXY"`); a trace assumes the taker lets the connection through.
+HANDED_OFF_TARGETS = {"QUEUE": "queued to a userspace program", "NFQUEUE": "queued to a userspace program",
+                      "TPROXY": "handed to a transparent proxy socket", "SYNPROXY": "answered by SYNPROXY",
+                      "MIRROR": "mirrored back"}
+
 # A node's connection to 127.0.0.1 has source 127.0.0.1; rewritten to another host's address it leaves the node
 # with it, which the kernel's routing refuses (a martian source) unless route_localnet is on.
 # How a trace learns the interface a packet comes in on, and why it cannot learn the one it leaves by: said where a

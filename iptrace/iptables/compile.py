@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from iptrace.dataplane import Decision, Step
+from iptrace.dataplane import HANDED_OFF_TARGETS, Decision, Step
 from iptrace.errors import ParseError, TraceError
 from iptrace.iptables import chainmemo
 from iptrace.iptables.comments import parse_comment
@@ -39,15 +39,12 @@ from iptrace.records import positional_new
 JUMP, GOTO, RETURN, ACCEPT, DROP, REJECT, DNAT, SNAT, MASQUERADE, REDIRECT, NETMAP = range(11)
 SET_MARK, NOTRACK, CONTINUE, UNKNOWN, ACCEPT_ASSUMED = range(11, 16)
 
-# Targets that change nothing iptrace models and return to the chain (logging, QoS, checksums, …), and
-# terminating targets whose effect lies outside the rules (a userspace program, a transparent proxy).
+# Targets that change nothing iptrace models and return to the chain (logging, QoS, checksums, …); those that end
+# the walk by handing the packet over are dataplane.HANDED_OFF_TARGETS.
 _PASSIVE_TARGETS = frozenset({
     "LOG", "NFLOG", "ULOG", "TRACE", "AUDIT", "CHECKSUM", "TCPMSS", "DSCP", "TOS", "TTL", "HL", "ECN",
     "CLASSIFY", "SECMARK", "CONNSECMARK", "IDLETIMER", "LED", "RATEEST", "TCPOPTSTRIP", "SET", "TEE", "CT",
 })
-_HANDED_OFF = {"QUEUE": "queued to a userspace program", "NFQUEUE": "queued to a userspace program",
-               "TPROXY": "handed to a transparent proxy socket", "SYNPROXY": "answered by SYNPROXY",
-               "MIRROR": "mirrored back"}
 
 # "ns/svc:port" (or "ns/svc") at the start of a kube-proxy comment or after "for "/"to ".
 _SERVICE_RE = re.compile(r"(?:^|\bfor |\bto )([a-z0-9][-a-z0-9.]*/[a-z0-9][-a-z0-9.]*(?::[-a-z0-9]+)?)")
@@ -497,9 +494,9 @@ class Compiler:
             c.action = NOTRACK
         elif name in _PASSIVE_TARGETS:
             c.action = CONTINUE
-        elif name in _HANDED_OFF:
+        elif name in HANDED_OFF_TARGETS:
             c.action = ACCEPT_ASSUMED
-            c.note = f"{where}: -j {name}: {_HANDED_OFF[name]}; assumed it lets the connection through"
+            c.note = f"{where}: -j {name}: {HANDED_OFF_TARGETS[name]}; assumed it lets the connection through"
         elif name in BUILTIN_TARGETS:
             c.action = UNKNOWN
             c.note = f"{where}: -j {name} is not modeled: assumed it returns to the chain without changing " \

@@ -374,8 +374,8 @@ def match_set(opts: Sequence[Opt], ctx: Context, plan: MatchPlan, where: str) ->
             plan.tests.append(lambda s, ms=members, src=src, n=neg:
                               any(((s.src if src else s.dst) & m) == x for x, m in ms) != n)
             continue
-        text = (f"{where}: ipset {set_name!r} membership unknown: assumed the packet's {','.join(flags)} is not "
-                "in it")
+        text = (f"{where}: ipset {set_name!r} membership unknown (iptables-save does not hold it; `ipset list "
+                f"{set_name}` on the node does): assumed the packet's {','.join(flags)} is not in it")
         plan.assumed.append(lambda s, n=neg, t=text: (n, t))
 
 

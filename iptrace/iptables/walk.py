@@ -31,6 +31,7 @@ from iptrace.errors import InputError, TraceError
 from iptrace.iptables import chainmemo
 from iptrace.iptables.chainwalk import ChainWalker
 from iptrace.iptables.compile import ChainCode, chain_list, compiled_path
+from iptrace.iptables.era import LEGACY_WARNING, NFT_INCOMPATIBLE
 from iptrace.iptables.matchers import NEW_CONNECTION
 from iptrace.iptables.memo import StagePlan, record, replay, stage_plan
 from iptrace.iptables.model import BUILTIN_CHAINS, Ruleset
@@ -73,6 +74,26 @@ FINALS_SIZE = 4096
 
 
 
+# iptables-nft-save's note on a table that holds base chains of nft's own (`type filter hook forward priority 5`).
+NFT_BASE_CHAINS = "contains incompatible base-chains, use 'nft' tool"
+
+
+def _unseen_rules(ruleset: Ruleset) -> tuple[str, ...]:
+    """What iptables-nft-save says the kernel runs beside the dump's rules: named on every trace, since a packet
+    meets those rules too (the kernel dropped what a legacy FORWARD rule dropped, beside a trace that DNATed it)."""
+    comments = " ".join(ruleset.comments)
+    notes = []
+    if LEGACY_WARNING in comments:
+        notes.append("the dump warns that iptables-legacy tables are present: the kernel runs their rules too, and "
+                     "this dump does not hold them (iptables-legacy-save does): assumed they let the packet through "
+                     "unchanged")
+    if NFT_INCOMPATIBLE in comments or NFT_BASE_CHAINS in comments:
+        notes.append("the dump says some tables or base chains are incompatible (written by nft, not iptables): the "
+                     "kernel runs their rules too, and this dump does not hold them (nft list ruleset does): assumed "
+                     "they let the packet through unchanged")
+    return tuple(notes)
+
+
 def _wired(ruleset: Ruleset) -> bool:
     """Whether the dump's built-in chains carry the traffic (else a kube-proxy fragment)."""
     for table in ruleset.tables:
@@ -106,6 +127,7 @@ class Tracer(ChainWalker):
         self._stage_walks: dict[tuple[tuple[str, str], ...], int] = {}  # walks of stages not planned yet
         self._plan_stages_after = PLAN_STAGES_AFTER
         self.entry: Entry = "hooks" if _wired(ruleset) else "kube-proxy"
+        self._unseen = _unseen_rules(ruleset)
         self._probabilities: dict[tuple[int, int], tuple[Fraction, float]] = {}
         self._finals: dict[tuple[int, int], str] = {}  # (address, port) -> "ip:port" (an endpoint's, many times)
         self._policies: dict[tuple[str, str, str], Decision] = {}
@@ -388,6 +410,8 @@ class Tracer(ChainWalker):
                                             [NEW_CONNECTION, *(a for a in assumptions if a != NEW_CONNECTION)])
             packet, sent = from_the_node(packet)
             assumptions = (*assumptions, *sent)
+        if self._unseen:
+            assumptions = (*assumptions, *self._unseen)
         dst = ip_int(packet.dst)[1]
         state = State(src, dst, packet.sport, packet.dport, packet.proto_number,
                       in_interface if in_interface is not None else packet.in_interface)

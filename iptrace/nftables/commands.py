@@ -15,7 +15,8 @@ from lark import Token, Tree
 from iptrace.nftables import values
 from iptrace.nftables.build import ChainBuilder, SetBuilder, TableBuilder
 from iptrace.nftables.model import NamedObject
-from iptrace.nftables.reader import NotUnderstood, RuleReader, tokenize
+from iptrace.nftables.reader import NotUnderstood, RuleReader
+from iptrace.nftables.tokens import tokenize
 from iptrace.nftables.types import key_types
 from iptrace.nftables.vocabulary import (
     CHAIN_TYPES,

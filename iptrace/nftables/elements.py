@@ -15,8 +15,9 @@ from typing import Any
 from iptrace.errors import ParseError
 from iptrace.nftables import values
 from iptrace.nftables.model import Element, Verdict
-from iptrace.nftables.reader import NotUnderstood, RuleReader, offset_position, tokenize
+from iptrace.nftables.reader import NotUnderstood, RuleReader
 from iptrace.nftables.shapes import fast_constructor, instantiate
+from iptrace.nftables.tokens import offset_position, tokenize
 from iptrace.nftables.vocabulary import CHAIN_VERDICTS, VERDICT_WORDS
 
 # Blanks the str split does not expect between an element's words (kube-proxy and the kernel write one space).

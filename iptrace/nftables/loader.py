@@ -23,9 +23,10 @@ from iptrace.nftables.blocks import ChainShapes
 from iptrace.nftables.build import ChainBuilder, Finisher, ObjectBuilder, SetBuilder, TableBuilder
 from iptrace.nftables.commands import CommandMixin
 from iptrace.nftables.model import LoadWarning, Rule, Ruleset
-from iptrace.nftables.reader import RuleReader, offset_position, tokenize, tokenize_fast
+from iptrace.nftables.reader import RuleReader
 from iptrace.nftables.shapes import compile_template, fast_tokens, keywords, learn, references, shape_key
 from iptrace.nftables.source import SourceText
+from iptrace.nftables.tokens import offset_position, tokenize, tokenize_fast
 
 TOP, TABLE, CHAIN, SET, OBJECT = range(5)
 _CTX_NAMES = {TABLE: "table", CHAIN: "chain", SET: "set", OBJECT: "object"}
@@ -542,7 +543,7 @@ class TextLoader(CommandMixin):
             return None
         fixed, varying = references(items)
         t.refs.update(fixed)
-        return compile_template(items, comment, keywords), varying
+        return compile_template(items, comment, keywords | reader.tails), varying
 
     # -- objects -----------------------------------------------------------------------------------------
     def table_for(self, family: str, name: str, line_no: int) -> TableBuilder:

@@ -10,7 +10,6 @@ Values written out (not masked) are normalised here, once per shape.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from iptrace.errors import ParseError
@@ -41,7 +40,8 @@ from iptrace.nftables.model import (
     Xt,
 )
 from iptrace.nftables.normalise import make_nat, make_reject, make_statement, nat_from_text, normalise_items
-from iptrace.nftables.shapes import DIGIT_KEYWORDS, MASK_RE, TOKEN_RE, Call, Slot, join_tokens
+from iptrace.nftables.shapes import Call, Slot, join_tokens
+from iptrace.nftables.tokens import Tok
 from iptrace.nftables.types import ANY, expr_type, is_bitmask, key_types
 from iptrace.nftables.vocabulary import (
     BINARY_OPS,
@@ -70,62 +70,8 @@ from iptrace.nftables.vocabulary import (
 _PUNCT = frozenset({"{", "}", ",", ":", ";"})
 
 
-@dataclass(frozen=True, slots=True)
-class Tok:
-    text: str  # as written (for a masked value: this rule's value)
-    col: int  # 0-based offset in the rule text
-    slot: int = -1  # index among the masked values; -1: part of the shape
-    ref: bool = False  # `@name` whose name is masked
-
-    @property
-    def word(self) -> str | None:
-        """The word, when it is part of the shape (structure may depend on it)."""
-        return self.text if self.slot < 0 else None
-
-
 class NotUnderstood(Exception):
     """The tables do not describe what follows: the reader falls back to an Unknown item."""
-
-
-def tokenize(text: str, *, masked: bool = True) -> tuple[list[Tok], dict[int, str]]:
-    """The rule's tokens; with `masked`, values the shape key masks carry their slot index. Also returns the
-    masked keywords (`l4proto`: slot → word) that every rule of the shape must repeat."""
-    starts: dict[int, int] = {}
-    if masked:
-        starts = {m.start(1): i for i, m in enumerate(MASK_RE.finditer(text))}
-    out = []
-    keywords: dict[int, str] = {}
-    for m in TOKEN_RE.finditer(text):
-        start = m.start()
-        tok = m.group()
-        if start in starts:
-            if tok in DIGIT_KEYWORDS:
-                keywords[starts[start]] = tok
-                out.append(Tok(tok, start))
-            else:
-                out.append(Tok(tok, start, starts[start]))
-        elif tok[0] == "@" and start + 1 in starts:
-            out.append(Tok(tok, start, starts[start + 1], ref=True))
-        else:
-            out.append(Tok(tok, start))
-    return out, keywords
-
-
-def tokenize_fast(text: str, tokens: list[str], known: dict[str, str]) -> list[Tok] | None:
-    """The tokens of a rule keyed by shapes.fast_tokens: every token that is not a `known` word is a value,
-    slot = its index. None if the grammar's tokens are not those (then the rule takes the MASK_RE key)."""
-    found = [(m.group(), m.start()) for m in TOKEN_RE.finditer(text)]
-    if [tok for tok, _ in found] != tokens:
-        return None
-    return [Tok(tok, col) if tok in known else Tok(tok, col, i) for i, (tok, col) in enumerate(found)]
-
-
-def offset_position(text: str, offset: int, line: int, column: int) -> tuple[int, int]:
-    """The line and column (1-based) of `offset` in `text`, which starts at `line`:`column` of its file and may
-    span several lines (an element list, a rule written over several lines)."""
-    where_line = line + text.count("\n", 0, offset)
-    line_start = text.rfind("\n", 0, offset) + 1
-    return where_line, (offset - line_start + 1) if line_start else column + offset
 
 
 class RuleReader:
@@ -136,6 +82,8 @@ class RuleReader:
         self.pos = 0
         self.error = error  # (why, column0) -> ParseError for values that cannot be right
         self.quoted = quoted  # whether a masked name may be a quoted string
+        # Masked values whose tail is structure (slot → ":word"): every rule of the shape must end them so.
+        self.tails: dict[int, str] = {}
 
     # -- cursor ------------------------------------------------------------------------------------------
     def peek(self, k: int = 0) -> Tok | None:
@@ -308,6 +256,19 @@ class RuleReader:
                 target_tok = self.take()
                 if target_tok.text in _PUNCT:
                     raise NotUnderstood
+                # `dnat to 10.0.0.1:numgen random mod 2 map { … }` (the kernel glues the port expression's first word
+                # to the address), `dnat to 10.0.0.1 : 8080` (nft reads a port written apart): an address, a port
+                host, glued, word = target_tok.text.rpartition(":")
+                if glued and host and word in EXPRESSION_WORDS:
+                    self.pos -= 1
+                    self.toks[self.pos] = Tok(":" + word, target_tok.col + len(host))
+                elif (t := self.peek()) is not None and t.text.startswith(":"):
+                    host = target_tok.text
+                else:
+                    host = ""
+                if host:
+                    address = self._glued_address(target_tok, host, addr_type)
+                    target, target_tok = (address, self._nat_port(self.toks[self.pos])), None
         flags: list[Any] = []
         while self.word() in NAT_FLAGS:
             flags.append(self.take().text)
@@ -324,6 +285,19 @@ class RuleReader:
             return nat_from_text(kind, family, addr_type, tuple(flags))(target_tok.text)
         except ValueError as exc:
             raise self.error(str(exc), target_tok.col) from None
+
+    def _glued_address(self, t: Tok, host: str, addr_type: str) -> Any:
+        """The address `host` of `ADDR:word…` or of an `ADDR` its port follows (a Slot when the shape masks it)."""
+        address = values.nat_target(addr_type)
+        tail = t.text[len(host):]
+        if t.slot >= 0:
+            if tail:  # (every rule of the shape must glue the same word to its address)
+                self.tails[t.slot] = tail
+            return Slot(t.slot, lambda text: address(text[:len(text) - len(tail)])[0])
+        try:
+            return address(host)[0]
+        except ValueError as exc:
+            raise self.error(str(exc), t.col) from None
 
     def _nat_port(self, t: Tok) -> Any:
         """The port after an address a map chooses: `map { … }:8080` (one token; a range, or `:tcp dport map

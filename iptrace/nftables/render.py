@@ -66,6 +66,8 @@ def value(v: Any, dtype: str = ANY) -> str:
             return f"0x{v:0{width}x}"
         return str(v)
     if isinstance(v, str):
+        if dtype in STRING_TYPES and v.endswith("\\*"):  # a literal star (values._string), as nft lists it
+            return quote(v[:-2])[:-1] + '\\*"'
         if dtype in STRING_TYPES or not _BARE_RE.fullmatch(v):
             return quote(v)
         return v

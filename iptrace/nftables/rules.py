@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from iptrace.dataplane import Decision
+from iptrace.dataplane import HANDED_OFF_TARGETS, Decision
 from iptrace.nftables.chance import Chance
 from iptrace.nftables.evaluate import (
     NA,
@@ -176,6 +176,11 @@ def _plain_op(item: Any, ctx: Context, where: str, named: Named, family: str,
                           "assumed it does not match")
         if item.kind == "watcher":
             return None
+        if item.name == "REJECT":  # (its ICMP type is not shown, but iptables' REJECT always ends the packet's path)
+            return (REJECT,)
+        if item.name in HANDED_OFF_TARGETS:  # (iptables' target ends the chain, as `queue` does)
+            return (QUEUE, f"{where}: iptables extension `xt target \"{item.name}\"`: "
+                           f"{HANDED_OFF_TARGETS[item.name]}; assumed it lets the connection through")
         return (NOTE, f"{where}: iptables extension `xt target \"{item.name}\"` is not modeled: assumed it does not "
                       "change the packet or decide")
     if isinstance(item, UnknownItem):

@@ -12,7 +12,8 @@ from iptrace.nftables.vocabulary import STRING_TYPES
 
 
 def _wildcard(value: Any) -> bool:
-    """A string ending in `*` (`iifname "veth*"`): nft matches every string it begins (a prefix compare)."""
+    """A string ending in `*` (`iifname "veth*"`): nft matches every string it begins (a prefix compare); or in an
+    escaped `\\*` (`iifname "a\\*"`, values._string), a literal star. covers() tells them apart."""
     return isinstance(value, str) and value.endswith("*")
 
 
@@ -56,7 +57,9 @@ def covers(part: Any, value: Any) -> bool:
     if isinstance(part, tuple):
         return isinstance(value, tuple) and len(part) == len(value) and all(
             covers(p, v) for p, v in zip(part, value, strict=True))
-    if _wildcard(part):
+    if isinstance(part, str) and part.endswith("*"):
+        if part.endswith("\\*"):
+            return value == part[:-2] + "*"
         return isinstance(value, str) and value.startswith(part[:-1])
     return bool(part == value)
 

@@ -190,8 +190,8 @@ def compile_template(items: tuple[Any, ...], comment: Any, keywords: dict[int, s
     source.SourceText whose line `line` stripped is the rule's text): it normalises (and so checks)
     the rule's values at once and leaves building the items to the Rule's first use (model.Rule: `_lazy` is
     (build, text, line, normalised values…), and build reads its own tuple). None when
-    one of the masked `keywords` (slot → word: `l4proto`) is something else in this rule (the loader then
-    reads it alone)."""
+    one of the masked `keywords` (slot → word: `l4proto`; → ":word": the tail the value ends with) is something
+    else in this rule (the loader then reads it alone)."""
     later = _Emitter(deferred=True)
     result = f"({later.emit(items)}, {later.emit(comment)})"
     build = later.function("build", "n", "", result)
@@ -214,8 +214,10 @@ def compile_template(items: tuple[Any, ...], comment: Any, keywords: dict[int, s
             ns[key] = obj
             return key
 
-        lines = "".join(f"    if {value(i)} != {word!r}:\n        return None\n"
-                        for i, word in sorted(keywords.items()))
+        # (a word starting with ":" is the tail a value must end with: `10.0.0.1:numgen`, reader.tails)
+        tests = (f"not {value(i)}.endswith({word!r})" if word[0] == ":" else f"{value(i)} != {word!r}"
+                 for i, word in sorted(keywords.items()))
+        lines = "".join(f"    if {test}:\n        return None\n" for test in tests)
         parts = []
         for k, slot in slots:
             x, v = f"{prefix}x{k}", value(slot.index)

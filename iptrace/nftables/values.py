@@ -187,7 +187,12 @@ def format_duration(ms: int) -> str:
 
 
 def _string(text: str) -> str:
-    return unquote(text)
+    """A string (an interface name). A trailing `*` is a wildcard (nft compares the bytes before it), an escaped
+    one a literal star: it stays `\\*`, as the JSON listing gives it (sets.covers and render.value read it so)."""
+    body = unquote(text)
+    if text.endswith('\\*"') and body.endswith("*"):
+        return body[:-1] + "\\*"
+    return body
 
 
 def _ether(text: str) -> str:
