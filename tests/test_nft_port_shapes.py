@@ -397,7 +397,9 @@ def _affinity_mutation(text: str, kind: str, rng: random.Random) -> str:
         bodies = {i: "\n".join(lines[i:lines.index("\t}", i)]) for i, line in enumerate(lines)
                   if line.startswith("\tchain service-")}
         chains = [i for i, body in bodies.items() if "ip saddr @affinity-" in body]
-        for at in sorted(rng.sample(chains, min(4, len(chains))), reverse=True):
+        # (two a mutation: three of them leave 7 of _affine's 13 ports as written, in its 5 shapes, so that some
+        # still share one and the test proves shapes were used; four each left none alike, seen by hypothesis)
+        for at in sorted(rng.sample(chains, min(2, len(chains))), reverse=True):
             own = re.findall(r"@(affinity-\S+)", bodies[at])
             lines.insert(at + 1, f"\t\tupdate @{rng.choice(own + sets[:1])} {{ ip saddr }}")
     elif kind == "listed":
