@@ -491,3 +491,44 @@ def test_a_node_address_only_iptables_mode_accepts_nodeports_on_is_a_difference(
     assert migration(services(), services()).equivalent
     same = diff(of(nft_text(services()), "a"), of(nft_text(services()), "b"))
     assert same.equivalent
+
+
+def test_node_addresses_only_one_mode_accepts_nodeports_on_are_said_once_in_text() -> None:
+    """A collected node lists every local address (cni0, docker0, …): each nodePort at each address only iptables
+    mode accepts nodePorts on is a difference, but the text says it once per set of addresses alike (which,
+    what each mode accepts there, how many Service ports, one traced example, the fix) so that it buries no other
+    difference; a Service port's other differences show as before, and JSON keeps each way as its own change."""
+    extra = ["192.0.2.77", "198.51.100.9"]
+    ips = [NODES[NODE], *extra]
+
+    def of(text: str, source: str) -> object:
+        dataplane, ruleset = dataplanes.load(text, source=source)
+        return analyse(dataplane, ruleset, node_ips=ips)
+
+    b = copy.deepcopy(services())
+    svc(b, "web").endpoints[1] = EndpointSpec("10.244.2.6", 8080)
+    d = diff(of(iptables_text(services()), "iptables-save.txt"), of(nft_text(b), "nft-ruleset.txt"))
+    nodeports = (30080, 30085, 30087, 30443)
+    ways = {f.way for c in d.changed for f in c.forwarding}
+    assert ways >= {f"{ip}:{port}" for ip in extra for port in nodeports}
+    doc = diff_to_json(d)
+    assert {f["way"] for c in doc["services_changed"] for f in c["forwarding"]} == ways
+    assert all(set(f) == {"way", "client", "a", "b"} for c in doc["services_changed"] for f in c["forwarding"])
+    text = render_diff_text(d)
+    lines = text.splitlines()
+    assert "not equivalent: 4 Service ports differ" in lines
+    (summary,) = [line for line in lines if line.startswith("~ nodePorts at ")]
+    assert summary.startswith("~ nodePorts at 192.0.2.77, 198.51.100.9: iptables mode (a) accepts every nodePort "
+                              "there, nftables mode (b) none (it accepts them only on 192.168.49.2: its "
+                              "--nodeport-addresses): 4 Service ports differ there from outside"), summary
+    assert summary.endswith("e.g. default/web:http at 192.0.2.77:30080 from outside: DNAT (masqueraded) -> ACCEPT "
+                            "(not forwarded: the node itself receives it)"), summary
+    fix = lines[lines.index(summary) + 1]
+    assert "set nftables mode's --nodeport-addresses to cover them, or have the clients use 192.168.49.2" in fix
+    differences = lines[:lines.index("notes (what one mode cannot show; no Service-port difference):")]
+    # (no line per nodePort and address: the summary alone names them)
+    assert not [line for line in differences if line != summary and any(ip in line for ip in extra)], text
+    # The Service port with another difference still shows it; its ways at those addresses are in the summary.
+    web = lines.index("~ service default/web:http")
+    assert lines[web + 1:web + 3] == ["    - endpoint 10.244.2.5:8080 (p=0.5)", "    + endpoint 10.244.2.6:8080 (p=0.5)"]
+    assert "~ service default/local-lb:https" not in lines  # (its nodePort at those addresses only)

@@ -12,6 +12,7 @@ dumps of one dataplane. Pure.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -48,6 +49,22 @@ class ForwardingChange:
     client: str  # external | outside-source-ranges | pod | node
     before: str  # "DNAT to 10.244.1.7:8080 (masqueraded)", "DROP", "REJECT", "CONTINUE (no rule decides)"
     after: str
+    node_address: bool = False  # a nodePort at a node address only one mode accepts nodePorts on (NodeAddressGap)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAddressGap:
+    """Node addresses only one side accepts nodePorts on, at each of which the same Service ports fare otherwise
+    from outside. A node lists every local address (cni0, docker0, …): text says this once, where each nodePort
+    at each address would bury every other difference; JSON keeps each as a `forwarding` change of its own."""
+
+    addresses: tuple[str, ...]
+    accepting: str  # "a" | "b": the side whose rules accept every nodePort there
+    elsewhere: tuple[str, ...]  # the node addresses the other side accepts nodePorts on (its --nodeport-addresses)
+    services: tuple[str, ...]  # the Service ports whose nodePort fares otherwise there
+    example: ForwardingChange  # one of them, traced (at the first address, the lowest nodePort)
+    example_service: str
+    family: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +112,7 @@ class Diff:
     notes: tuple[str, ...] = ()  # what one mode cannot show; never a Service-port difference
     warnings: tuple[str, ...] = ()  # what makes the comparison itself doubtful (two clusters' nodes)
     families: tuple[str, ...] = ()  # the IP families compared (ipv4, ipv6)
+    node_address_gaps: tuple[NodeAddressGap, ...] = ()  # (their ways are `forwarding` changes, node_address=True)
 
     @property
     def empty(self) -> bool:
@@ -229,20 +247,24 @@ def _trace_fares(trace: Trace, compare_reach: bool) -> str:
             + (" (masqueraded)" if any(o.masquerade for o in trace.outcomes) else ""))
 
 
-def _node_address_ways(a: Any, b: Any, notes: migration.Notes,
-                       ) -> Callable[[ServicePortView, ServicePortView, bool], list[ForwardingChange]]:
+class _NodeAddressWays:
     """The ways in at the node addresses only one mode accepts nodePorts on (migration.nodeport_addresses_apart):
     each Service port's nodePort there, traced from an outside client on both sides. A client of such an address
     breaks (or starts to work) with the migration: a difference, as any way in that forwards otherwise (but, as
-    there, reaching no endpoint in either mode, refused in one and left to no rule in the other, is a note)."""
-    addresses = migration.nodeport_addresses_apart(a, b)
+    there, reaching no endpoint in either mode, refused in one and left to no rule in the other, is a note).
+    Called as _service_change's `more`; then gaps() groups what it found by address."""
 
-    def ways(x: ServicePortView, y: ServicePortView, compare_reach: bool) -> list[ForwardingChange]:
+    def __init__(self, a: Any, b: Any, notes: migration.Notes) -> None:
+        self.a, self.b, self.notes = a, b, notes
+        self.addresses = migration.nodeport_addresses_apart(a, b)
+        self.found: dict[str, list[tuple[int, str, ForwardingChange]]] = {}  # address: (nodePort, Service port, …)
+
+    def __call__(self, x: ServicePortView, y: ServicePortView, compare_reach: bool) -> list[ForwardingChange]:
         if not x.node_port or x.node_port != y.node_port or x.protocol != y.protocol:
             return []
         out = []
-        for address in addresses:
-            traces = [migration.trace_from_outside(side, address, x.node_port, x.protocol) for side in (a, b)]
+        for address in self.addresses:
+            traces = [migration.trace_from_outside(side, address, x.node_port, x.protocol) for side in (self.a, self.b)]
             if traces[0] is None or traces[1] is None:
                 continue
             before, after = (_trace_fares(t, compare_reach) for t in traces)
@@ -250,12 +272,27 @@ def _node_address_ways(a: Any, b: Any, notes: migration.Notes,
                 continue
             way = join_host_port(address, x.node_port) + ("" if x.protocol == "tcp" else f"/{x.protocol}")
             if migration.undecided_versus_refused(before, after):
-                notes.unanswered(view_service_label(x), way, EXTERNAL, before, after)
+                self.notes.unanswered(view_service_label(x), way, EXTERNAL, before, after)
             else:
-                out.append(ForwardingChange(way, EXTERNAL, before, after))
+                change = ForwardingChange(way, EXTERNAL, before, after, node_address=True)
+                self.found.setdefault(address, []).append((x.node_port, view_service_label(x), change))
+                out.append(change)
         return out
 
-    return ways
+    def gaps(self) -> tuple[NodeAddressGap, ...]:
+        """The addresses that differ alike (the side accepting nodePorts there, the Service ports concerned),
+        grouped; in address order."""
+        groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+        for address in sorted(self.found, key=ipaddress.ip_address):
+            side = "a" if self.a.view.node_port_addresses.accepts(address) else "b"
+            groups.setdefault((side, tuple(sorted({s for _, s, _ in self.found[address]}))), []).append(address)
+        out = []
+        for (side, services), addresses in groups.items():
+            other = (self.b if side == "a" else self.a).view.node_port_addresses
+            elsewhere = tuple(x for x in migration.node_addresses(self.a, self.b) if other.accepts(x))
+            _, label, example = min(self.found[addresses[0]], key=lambda found: (found[0], found[1]))
+            out.append(NodeAddressGap(tuple(addresses), side, elsewhere, services, example, label, self.a.family))
+        return tuple(out)
 
 
 def _other_rules(a: Any, b: Any) -> list[RuleChange]:
@@ -301,7 +338,7 @@ def diff(a: Any, b: Any) -> Diff:
     added = tuple(_side(sb[k], a.family) for k in sorted(sb.keys() - sa.keys()))
     removed = tuple(_side(sa[k], a.family) for k in sorted(sa.keys() - sb.keys()))
     changed = []
-    more = _node_address_ways(a, b, notes) if notes is not None else None
+    more = _NodeAddressWays(a, b, notes) if notes is not None else None
     for k in sorted(sa.keys() & sb.keys()):
         change = _service_change(sa[k], sb[k], notes, more)
         if change is not None:
@@ -321,7 +358,7 @@ def diff(a: Any, b: Any) -> Diff:
         "follows both" for x, v in ((a, va), (b, vb)) if v.era.has_rules and v.era.other_mode)
     return Diff(a.ruleset.source, b.ruleset.source, va.era.name, vb.era.name, added, removed, tuple(changed),
                 tuple(_other_rules(a, b)), mode_a, mode_b, notes.texts(a, b) if notes is not None else (), warnings,
-                (a.family,))
+                (a.family,), more.gaps() if more is not None else ())
 
 
 def _no_rules(x: Any, other: Any, counted_as: str) -> str:
@@ -375,7 +412,8 @@ def combined(diffs: Sequence[Diff], lefts: Sequence[Any], rights: Sequence[Any])
                    changed=tuple(c for d in diffs for c in d.changed),
                    notes=tuple(dict.fromkeys(n if len(diffs) == 1 else f"{family_name(d.families[0])}: {n}"
                                              for d in diffs for n in d.notes)),
-                   warnings=tuple(dict.fromkeys(warnings)), families=families)
+                   warnings=tuple(dict.fromkeys(warnings)), families=families,
+                   node_address_gaps=tuple(g for d in diffs for g in d.node_address_gaps))
 
 
 def family_name(family: str) -> str:

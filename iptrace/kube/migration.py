@@ -147,13 +147,18 @@ def nodeport_addresses_apart(a: Any, b: Any) -> list[str]:
     after the migration)."""
     if not any(sp.node_port for sp in a.view.services) or not any(sp.node_port for sp in b.view.services):
         return []
-    out = []
+    return [address for address in node_addresses(a, b)
+            if a.view.node_port_addresses.accepts(address) != b.view.node_port_addresses.accepts(address)]
+
+
+def node_addresses(a: Any, b: Any) -> list[str]:
+    """The node addresses given or collected for either side, of their family, other than loopback and
+    link-local (no client elsewhere reaches those)."""
     version = 6 if a.family == "ipv6" else 4
+    out = []
     for address in dict.fromkeys((*a.node_ips, *b.node_ips)):
         ip = ipaddress.ip_address(address)
-        if ip.version != version or ip.is_loopback or ip.is_link_local:
-            continue
-        if a.view.node_port_addresses.accepts(address) != b.view.node_port_addresses.accepts(address):
+        if ip.version == version and not ip.is_loopback and not ip.is_link_local:
             out.append(address)
     return out
 

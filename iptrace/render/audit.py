@@ -8,7 +8,7 @@ from typing import Any
 
 from iptrace.kube.audit import AuditReport
 from iptrace.kube.compare import Finding
-from iptrace.kube.diff import Diff, family_name
+from iptrace.kube.diff import Diff, NodeAddressGap, family_name
 from iptrace.render.prose import Prose
 from iptrace.text import counted
 
@@ -185,6 +185,27 @@ def _fares_change(before: str, after: str) -> str:
     return f"{dnat}; {masq[before.endswith(_MASQUERADED)]} -> {masq[after.endswith(_MASQUERADED)]}"
 
 
+def _node_address_gap_lines(d: Diff, gap: NodeAddressGap, family: str, prose: Prose) -> list[str]:
+    """Node addresses only one mode accepts nodePorts on, once: a node lists every local address (cni0, docker0,
+    …), and each nodePort at each of them would bury every other difference."""
+    yes, no = (d.mode_a, d.mode_b) if gap.accepting == "a" else (d.mode_b, d.mode_a)
+    other = "b" if gap.accepting == "a" else "a"
+    many = len(gap.addresses) > 1
+    where = f"only on {', '.join(gap.elsewhere)}" if gap.elsewhere else "on none of the node's addresses"
+    f = gap.example
+    text = (f"~ nodePorts at {', '.join(gap.addresses)}{family}: {yes} mode ({gap.accepting}) accepts every nodePort "
+            f"there, {no} mode ({other}) none (it accepts them {where}: its --nodeport-addresses): "
+            f"{counted(len(gap.services), 'Service port differs', 'Service ports differ')} there from outside "
+            f"(-o json lists each), e.g. {gap.example_service} at {f.way} from {_CLIENT_WORDS[f.client]}: "
+            f"{_fares_change(f.before, f.after)}")
+    them = "them" if many else "it"
+    fix = (f"fix: a client of {'these addresses' if many else 'this address'} reaches those nodePorts in {yes} mode "
+           f"only: set {no} mode's --nodeport-addresses to cover {them}")
+    if gap.elsewhere:
+        fix += f", or have the clients use {' or '.join(gap.elsewhere)}"
+    return prose.line(text, "    ") + prose.wrap(fix, "    ", "      ")
+
+
 def render_diff_text(d: Diff, *, width: int | None = None, say: Callable[[str], str] | None = None) -> str:
     """`-`/`+` lines per Service port, then the rules changed outside kube-proxy's chains, then the notes;
     `width`: the terminal's, to wrap the warnings and notes to, and `say` (iptrace.render.prose.Prose)."""
@@ -204,11 +225,17 @@ def render_diff_text(d: Diff, *, width: int | None = None, say: Callable[[str], 
     def family(x: Any) -> str:
         return f" ({family_name(x.family)})" if len(d.families) > 1 else ""
 
+    for gap in d.node_address_gaps:
+        out += _node_address_gap_lines(d, gap, family(gap), prose)
+
     for sign, sides in (("-", d.removed), ("+", d.added)):
         for s in sides:
             where = f" {_host_port(s.cluster_ip, s.port)}" if s.cluster_ip else ""
             out.append(f"{sign} service {s.service}{family(s)}{where} ({counted(len(s.endpoints), 'endpoint')})")
     for c in d.changed:
+        ways = [f for f in c.forwarding if not f.node_address]  # (said once above, per set of node addresses)
+        if not (c.fields or c.endpoints or ways):
+            continue
         out.append(f"~ service {c.service}{family(c)}")
         for f in c.fields:
             out.append(f"    {f.field}: {_fmt(f.before)} -> {_fmt(f.after)}")
@@ -221,7 +248,7 @@ def render_diff_text(d: Diff, *, width: int | None = None, say: Callable[[str], 
                 out.append(f"    ~ endpoint {e.endpoint} probability {_fmt(e.before)} -> {_fmt(e.after)}")
             else:
                 out.append(f"    ~ endpoint {e.endpoint} local {_fmt(e.before)} -> {_fmt(e.after)}")
-        for f in c.forwarding:
+        for f in ways:
             client = _CLIENT_WORDS.get(f.client, f.client)
             out.append(f"    ~ {f.way} from {client}: {_fares_change(f.before, f.after)}")
     if d.rules:
