@@ -57,6 +57,7 @@ _NEXT_PREFIX = re.compile(r'\n\n[ \t]*chain ([^\s"{};#-]+)').match
 _MAX_FAILURES = 64  # learning given up for a name prefix after this many chains that cannot be templates
 _MAX_TEMPLATES = 64  # distinct templates compiled per table
 _MAX_PREFIX_TEMPLATES = 8  # templates tried for a name prefix, the last learnt first
+_MAX_SEEN = 4096  # blocks kept as seen once per table (a block first seen after that is never compiled)
 _ChainDraft = draft_class(Chain)
 
 
@@ -80,13 +81,14 @@ class ChainShapes:
     whole), `known` the loader's known words, `source` the source.SourceText rules are given, `refs` the table's
     references."""
 
-    __slots__ = ("at", "by_pattern", "by_prefix", "failures", "known", "lines", "refs", "source", "text")
+    __slots__ = ("at", "by_pattern", "by_prefix", "failures", "known", "lines", "refs", "seen", "source", "text")
 
     def __init__(self, lines: list[str], text: str, known: dict[str, str], source: Any, refs: set[str]) -> None:
         # each name prefix's templates, the last learnt first (kube-proxy's endpoint chains come in two shapes,
         # with and without affinity, and its service chains in one per endpoint count)
         self.by_prefix: dict[str, list[Template]] = {}
         self.by_pattern: dict[tuple[str, str], Template] = {}
+        self.seen: set[tuple[str, str]] = set()  # (pattern, indent) of blocks learnt once, not compiled
         self.failures: dict[str, int] = {}
         self.lines, self.text, self.known, self.source, self.refs = lines, text, known, source, refs
         self.at = (0, 1)  # (offset, number) of a line at or before every header still to come
@@ -165,6 +167,12 @@ class ChainShapes:
         lead = header[:len(header) - len(header.lstrip())]
         template = self.by_pattern.get((pattern, lead))
         if template is None:
+            # A template is compiled for a block seen twice: a listing's base chains and other one-off chains
+            # would each cost their regexes and reader (~0.4 ms) and never read another chain.
+            if (pattern, lead) not in self.seen:
+                if len(self.seen) < _MAX_SEEN:
+                    self.seen.add((pattern, lead))
+                return
             if len(self.by_pattern) >= _MAX_TEMPLATES:
                 return
             # (a header indented with other blanks than spaces and tabs is left to the line loop's strip)
