@@ -171,6 +171,29 @@ def test_help_does_not_import_heavy_modules() -> None:
     assert out.stdout.strip().splitlines()[-1] == "HEAVY="
 
 
+def test_services_of_an_nft_listing_imports_only_what_it_reads() -> None:
+    """A dump file's `services` imports neither the other dataplane's reader (iptables' loader: read_dump is
+    iptrace.dumpfile, below both), nor the JSON reader of an nft listing, nor the node-directory store."""
+    nft = Path(__file__).resolve().parent.parent / "sample_dumps" / "nodeport-fb-backends-nft.nft"
+    code = ("import sys; from iptrace.cli import main\n"
+            f"try:\n    main(['services', {str(nft)!r}, '-o', 'json'])\nexcept SystemExit:\n    pass\n"
+            "print('LOADED=' + ','.join(m for m in ('iptrace.iptables.loader', 'iptrace.nftables.json_loader', "
+            "'iptrace.collect.store', 'gzip') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "LOADED="
+
+
+def test_the_iptables_packages_save_stays_its_function_once_its_printer_is_imported() -> None:
+    """iptrace.iptables imports its loader and printer on first use: a submodule named like one of the package's
+    functions would replace it as the package's attribute when first imported (`save` became a module)."""
+    dump = Path(__file__).resolve().parent.parent / "sample_dumps" / "nodeport-fb-backends.txt"
+    code = ("import iptrace.iptables as p\n"
+            f"r = p.load_path({str(dump)!r})\n"
+            "print(p.save(r) == p.save(r) == p.DATAPLANE.save(r), callable(p.load), callable(p.save))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "True"]
+
+
 def test_services_with_cluster_data_attaches_findings() -> None:
     root = Path(__file__).resolve().parent
     data = root / "data" / "cluster"

@@ -35,7 +35,7 @@ def load_dump(dump: str, *, lenient: bool = False, table: str | None = None, fam
     warning does.
     """
     from iptrace import dataplanes
-    from iptrace.iptables import read_dump
+    from iptrace.dumpfile import read_dump
 
     path = Path(dump)
     if dump == "-" or not path.is_dir():
@@ -146,11 +146,14 @@ def analyses_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = Non
     """DUMP analysed for every IP family kube-proxy has rules for in it (an nftables ruleset holds `ip` and `ip6`
     kube-proxy tables on a dual-stack node; a node directory may hold ip6tables-save.txt); the first family alone
     when none has."""
-    from iptrace.collect.store import read_node_dir
     from iptrace.errors import IptraceError
     from iptrace.kube.analysis import analyse
 
-    snapshot = read_node_dir(Path(dump)) if dump != "-" and Path(dump).is_dir() else None
+    snapshot = None
+    if dump != "-" and Path(dump).is_dir():
+        from iptrace.collect.store import read_node_dir  # (only here: a dump file's run does not import it)
+
+        snapshot = read_node_dir(Path(dump))
     if snapshot is None:
         dataplane, ruleset, collected = load_dump(dump, lenient=lenient, table=table)
     else:

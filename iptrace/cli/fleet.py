@@ -242,7 +242,7 @@ def collect(nodes: tuple[str, ...], out: str, output: str, **opts: Any) -> None:
 def _audit_sources(sources: tuple[str, ...], node_ips: tuple[str, ...]) -> list[Any]:
     """Every node to audit: each collection directory's nodes, each plain dump file as one node."""
     from iptrace.collect.stream import sources as list_sources
-    from iptrace.iptables import read_dump
+    from iptrace.dumpfile import read_dump
 
     def stdin() -> tuple[str, str]:
         return read_dump("-")

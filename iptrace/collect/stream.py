@@ -198,7 +198,7 @@ class Worker:
             gc.freeze()
 
     def _run(self, source: Source) -> NodeResult:
-        from iptrace.iptables import read_dump
+        from iptrace.dumpfile import read_dump
 
         if not source.directory:
             with self.loading():

@@ -5,15 +5,44 @@ modules; lark only in grammar.py and loader.py. `DATAPLANE` is what the layers a
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from iptrace.dataplane import ForeignChain
-from iptrace.iptables.loader import load, load_path, read_dump
-from iptrace.iptables.save import save
+from iptrace.dumpfile import read_dump
 from iptrace.iptables.sniff import sniff
 from iptrace.layout import KnownServicePort, Layout
 
+if TYPE_CHECKING:
+    from iptrace.iptables.model import Ruleset
+    from iptrace.iptables.rule_shapes import LoadMemo
+
 __all__ = ["DATAPLANE", "IptablesDataplane", "load", "load_path", "read_dump", "save", "sniff"]
+
+# The loader and the printer are imported on first use: every run imports this package to sniff its input
+# (iptrace.dataplanes), and an nftables ruleset's never needs them (~6 ms of imports: the model, the loader).
+
+
+def load(text: str | bytes, *, source: str = "<dump>", lenient: bool = False, table: str | None = None,
+         memo: LoadMemo | None = None) -> Ruleset:
+    """iptrace.iptables.loader.load: iptables-save text (or an `iptables -S` listing) -> Ruleset."""
+    from iptrace.iptables import loader
+
+    return loader.load(text, source=source, lenient=lenient, table=table, memo=memo)
+
+
+def load_path(path: str | Path, *, lenient: bool = False, table: str | None = None) -> Ruleset:
+    """iptrace.iptables.loader.load_path: a dump file -> Ruleset."""
+    from iptrace.iptables import loader
+
+    return loader.load_path(path, lenient=lenient, table=table)
+
+
+def save(ruleset: Ruleset) -> str:
+    """iptrace.iptables.printer.save: the ruleset as iptables-save prints it."""
+    from iptrace.iptables import printer
+
+    return printer.save(ruleset)
 
 
 class IptablesDataplane:

@@ -12,14 +12,13 @@ that do not look like anything known go through lark too, for a precise error.
 from __future__ import annotations
 
 import gc
-import gzip
 import re
-import sys
 from itertools import repeat
 from pathlib import Path
 from sys import intern
 from types import ModuleType
 
+from iptrace.dumpfile import read_dump
 from iptrace.errors import DumpSemanticError, InputError, ParseError
 from iptrace.iptables import blocks, listing, restore
 from iptrace.iptables.model import BUILTIN_CHAINS, TABLES, TOKEN_RE, Chain, LoadWarning, Rule, Ruleset, RuleShape, Table
@@ -30,7 +29,6 @@ from iptrace.iptables.restore import OpenTable
 from iptrace.iptables.rule_shapes import LoadMemo, build_shape
 from iptrace.iptables.rule_words import rule_args
 from iptrace.records import positional_new
-from iptrace.text import decode_input, not_text
 
 # Values become "_"; option words, "!" and the module name after -m stay, so one key means one layout.
 # The pattern starts with the space before a value (replaced by " _") rather than a look-behind for it:
@@ -56,36 +54,6 @@ def _grammar() -> ModuleType:
     from iptrace.iptables import grammar
 
     return grammar
-
-
-def read_dump(path: str | Path) -> tuple[str, str]:
-    """Read a dump file (`-` = stdin, `.gz` decompressed) as text; returns (text, display name).
-
-    Bytes that are not UTF-8 are replaced, never fatal; the first such line becomes a load warning.
-    """
-    name = str(path)
-    try:
-        if name == "-":
-            data = sys.stdin.buffer.read()
-            name = "<stdin>"
-        else:
-            p = Path(path)
-            if p.is_dir():
-                raise InputError(f"{name}: is a directory; expected an iptables-save dump file "
-                                 "(or a collected node directory holding iptables-save.txt)")
-            data = p.read_bytes()
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
-    except FileNotFoundError:
-        raise InputError(f"{name}: no such file or directory") from None
-    except OSError as exc:
-        raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
-    except (EOFError, gzip.BadGzipFile) as exc:
-        raise InputError(f"{name}: not a readable gzip file ({exc})") from None
-    kind = not_text(data[:8192])
-    if kind is not None:  # (parsed, its bytes would be quoted back to the terminal as the offending text)
-        raise InputError(f"{name}: {kind}; expected a dump as text: iptables-save output or an nft ruleset")
-    return decode_input(data), name
 
 
 class _Loader:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import gzip
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from iptrace.errors import InputError
-from iptrace.nftables.json_loader import load_json
-from iptrace.nftables.loader import load_text
-from iptrace.nftables.model import Ruleset
 from iptrace.text import decode_input
+
+if TYPE_CHECKING:
+    from iptrace.nftables.model import Ruleset
 
 
 def load(text: str | bytes, *, source: str = "<ruleset>", lenient: bool = False) -> Ruleset:
@@ -19,13 +19,21 @@ def load(text: str | bytes, *, source: str = "<ruleset>", lenient: bool = False)
     cannot be read is skipped and listed in `Ruleset.skipped`."""
     if isinstance(text, bytes):
         text = decode_input(text)
+    # (each reader imported when its input comes: a listing's run never needs the JSON reader, nor JSON's the
+    # text reader and lark)
     if text.lstrip("\ufeff \t\r\n")[:1] in ("{", "["):
+        from iptrace.nftables.json_loader import load_json
+
         return load_json(text, source=source, lenient=lenient)
+    from iptrace.nftables.loader import load_text
+
     return load_text(text, source=source, lenient=lenient)
 
 
 def read_ruleset(path: str | Path) -> tuple[str, str]:
     """A ruleset file (`-` = stdin, `.gz` decompressed) as text, with its display name."""
+    import gzip  # (only here: a ruleset read from a dump file by the CLI never comes this way)
+
     name = str(path)
     try:
         if name == "-":

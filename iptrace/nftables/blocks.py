@@ -15,8 +15,12 @@ matching line is one the line loop would have keyed the same way: its known word
 loader's known words only ever grow), its values are checked to be no known word at match time, it splits into
 the same tokens (a value holds no brace or comma for the line loop to split off), and the fast path's tests on
 the line (no `;`, `#`, chain option, quote, `@`, tab, double blank; a `:` only as ` : `, never last) hold for
-every text the regex accepts. Anything else — a builder that returns None or refuses a value, a chain of other
-lines — is read by the line loop as before: a template only decides how fast, never what.
+every text the regex accepts. A line with a set reference (`@`: kube-proxy's session affinity) is one the line loop
+gives make_rule, keyed by shapes.MASK_RE: its regex is that key's constants with a group for each masked value,
+and every text it accepts is keyed the same (_masked_line says why). Anything else — a builder that returns None or
+refuses a value, a chain of other lines — is read by the line loop as before: a template only decides how fast,
+never what. A name prefix keeps its last few templates, tried in turn (endpoint chains with affinity and without,
+service chains of each endpoint count).
 
 A chain read whole is matched in the text itself, at its character offset (no line is sliced or joined), and the
 chains right after it that a template matches — a blank line, then a header `chain NAME {` indented as the
@@ -34,10 +38,12 @@ from sys import intern
 from typing import Any
 
 from iptrace.nftables.model import Chain
-from iptrace.nftables.shapes import draft_class
+from iptrace.nftables.shapes import draft_class, shape_key
 
 _VALUE = r'[^\s{},;"#@]+(?<!:)'  # a fast-path token that is no known word (nor ends in ":": nft's data `:`)
 _is_value = re.compile(_VALUE).fullmatch
+_MASKED = r'[^\s{},;"#@:]*[0-9A-Z][^\s{},;"#@:]*'  # a token shapes.MASK_RE masks whole wherever a token starts
+_is_masked = re.compile(_MASKED).fullmatch
 _NOT_IN_CONSTANT = frozenset('{},;"#@:')
 # Words that are known words made of those characters alone, as the line loop splits them off: kube-proxy's service
 # chains' verdict maps (`numgen random mod 2 vmap { 0 : goto endpoint-…, 1 : goto endpoint-… }`).
@@ -50,6 +56,8 @@ _END = r"(?=\n|\Z)"  # the closing brace ends its line
 _NEXT_PREFIX = re.compile(r'\n\n[ \t]*chain ([^\s"{};#-]+)').match
 _MAX_FAILURES = 64  # learning given up for a name prefix after this many chains that cannot be templates
 _MAX_TEMPLATES = 64  # distinct templates compiled per table
+_MAX_PREFIX_TEMPLATES = 8  # templates tried for a name prefix, the last learnt first
+_MAX_SEEN = 4096  # blocks kept as seen once per table (a block first seen after that is never compiled)
 _ChainDraft = draft_class(Chain)
 
 
@@ -73,11 +81,14 @@ class ChainShapes:
     whole), `known` the loader's known words, `source` the source.SourceText rules are given, `refs` the table's
     references."""
 
-    __slots__ = ("at", "by_pattern", "by_prefix", "failures", "known", "lines", "refs", "source", "text")
+    __slots__ = ("at", "by_pattern", "by_prefix", "failures", "known", "lines", "refs", "seen", "source", "text")
 
     def __init__(self, lines: list[str], text: str, known: dict[str, str], source: Any, refs: set[str]) -> None:
-        self.by_prefix: dict[str, Template] = {}
+        # each name prefix's templates, the last learnt first (kube-proxy's endpoint chains come in two shapes,
+        # with and without affinity, and its service chains in one per endpoint count)
+        self.by_prefix: dict[str, list[Template]] = {}
         self.by_pattern: dict[tuple[str, str], Template] = {}
+        self.seen: set[tuple[str, str]] = set()  # (pattern, indent) of blocks learnt once, not compiled
         self.failures: dict[str, int] = {}
         self.lines, self.text, self.known, self.source, self.refs = lines, text, known, source, refs
         self.at = (0, 1)  # (offset, number) of a line at or before every header still to come
@@ -86,16 +97,20 @@ class ChainShapes:
         """Read chain `name` (its header at `line_no`, 1-based) with the template of its name's prefix, and the
         chains like it right after it, into `chains`: (how many lines after the header that took, how many
         chains); (0, 0) when the line loop reads it."""
-        template = self.by_prefix.get(name.partition("-")[0])
-        if template is None:
+        templates = self.by_prefix.get(name.partition("-")[0])
+        if templates is None:
             return 0, 0
         at, at_line = self.at
         lines = self.lines
         header = line_no - 1
         at += sum(map(len, lines[at_line - 1:header])) + header - at_line + 1  # (each line and its "\n")
         self.at = (at, line_no)
-        m = template.first(self.text, at + len(lines[header]) + 1)
-        if m is None:
+        body = at + len(lines[header]) + 1
+        for template in templates:
+            m = template.first(self.text, body)
+            if m is not None:
+                break
+        else:
             return 0, 0
         try:
             chain = template.read(m.groups(), name, line_no)
@@ -114,13 +129,14 @@ class ChainShapes:
             m = template.next(text, end) if template.next is not None else None
             if m is None:
                 head = _NEXT_PREFIX(text, end)
-                other = self.by_prefix.get(head.group(1)) if head is not None else None
-                if other is None or other is template or other.next is None:
-                    break
-                m = other.next(text, end)
+                for other in self.by_prefix.get(head.group(1), ()) if head is not None else ():
+                    if other is not template and other.next is not None:
+                        m = other.next(text, end)
+                        if m is not None:
+                            template = other
+                            break
                 if m is None:
                     break
-                template = other
             g = m.groups()
             name = g[0]
             if name in chains:  # the line loop says it is declared twice
@@ -151,6 +167,12 @@ class ChainShapes:
         lead = header[:len(header) - len(header.lstrip())]
         template = self.by_pattern.get((pattern, lead))
         if template is None:
+            # A template is compiled for a block seen twice: a listing's base chains and other one-off chains
+            # would each cost their regexes and reader (~0.4 ms) and never read another chain.
+            if (pattern, lead) not in self.seen:
+                if len(self.seen) < _MAX_SEEN:
+                    self.seen.add((pattern, lead))
+                return
             if len(self.by_pattern) >= _MAX_TEMPLATES:
                 return
             # (a header indented with other blanks than spaces and tabs is left to the line loop's strip)
@@ -159,7 +181,11 @@ class ChainShapes:
             template = self.by_pattern[(pattern, lead)] = Template(
                 re.compile(f"(){pattern}{_END}").match, after, len(lines),
                 _reader(builders, self.known, self.source, self.refs))
-        self.by_prefix[prefix] = template
+        templates = self.by_prefix.setdefault(prefix, [])
+        if template in templates:
+            templates.remove(template)
+        templates.insert(0, template)
+        del templates[_MAX_PREFIX_TEMPLATES:]
 
 
 def _pattern(lines: list[str], shapes: dict[Any, Any], known: dict[str, str]) -> tuple[
@@ -185,6 +211,15 @@ def _pattern(lines: list[str], shapes: dict[Any, Any], known: dict[str, str]) ->
         words = s.split(" ")
         if words != s.split() or s[-1] == ":":
             return None, []  # a double blank or another blank between tokens; a `:` the line loop leaves alone
+        if "@" in s:
+            masked = _masked_line(s, shapes, group)
+            if masked is None:
+                return None, []
+            regex_part, value_groups, shape = masked
+            group += len(value_groups)
+            builders.append((value_groups, shape))
+            parts.append(re.escape(lead) + regex_part)
+            continue
         key: list[str | None] = []
         tokens: list[str | int] = []
         regex = []
@@ -219,6 +254,31 @@ def _pattern(lines: list[str], shapes: dict[Any, Any], known: dict[str, str]) ->
         parts.append(re.escape(lead) + " ".join(regex))
     parts.append(re.escape(closing[:-1]) + r"\}")
     return "\n".join(parts), builders
+
+
+def _masked_line(s: str, shapes: dict[Any, Any], group: int) -> tuple[str, tuple[int, ...], Any] | None:
+    """A body line with a set reference (kube-proxy's affinity: `update @affinity-… { ip saddr }`, `ip saddr
+    @affinity-… goto endpoint-…`), which the line loop gives make_rule, keyed by MASK_RE (shapes.shape_key): its
+    regex (the key's constants, a group for each masked value), the indices of those groups (its values, in
+    order), and its shape; None when the line loop would take another line of that regex another way.
+
+    Every text `c0 x0 c1 … cn` the regex accepts splits by MASK_RE into the same constants and the values x0…, as
+    the learnt line `c0 v0 c1 … cn` does: each x is a token MASK_RE masks whole (_MASKED: a digit or capital, no
+    delimiter, `@`, `:` or quote), found where v was — after a blank or an `@` that the learnt line's split left
+    in the constant before it (a match starts right after either, none at an `@`), and before a blank, a `:`
+    before a blank, or the end (where its match ends); no match starts inside a constant, as none did in the
+    learnt line (a constant's first character follows a value's last, neither a delimiter nor `@`, in both; every
+    later one follows the same characters). The line starts with a constant (not a value that could be a chain
+    option) and has `@` (never the fast path), no `;`, `#` or quote and braces that balance: the line loop gives
+    each such line to make_rule as it is."""
+    if '"' in s or ";" in s or "#" in s or s.count("{") != s.count("}"):
+        return None
+    key, values = shape_key(s)
+    shape = shapes.get(key)
+    constants = key.split("\0")
+    if shape is None or not constants[0] or not all(map(_is_masked, values)):
+        return None
+    return f"({_MASKED})".join(map(re.escape, constants)), tuple(range(group, group + len(values))), shape
 
 
 def _reader(builders: list[tuple[tuple[str | int, ...], Any]], known: dict[str, str], source: Any,
