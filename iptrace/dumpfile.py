@@ -11,11 +11,9 @@ from iptrace.errors import InputError
 from iptrace.text import decode_input, not_text
 
 
-def read_dump(path: str | Path) -> tuple[str, str]:
-    """Read a dump file (`-` = stdin, `.gz` decompressed) as text; returns (text, display name).
-
-    Bytes that are not UTF-8 are replaced, never fatal; the first such line becomes a load warning.
-    """
+def read_bytes(path: str | Path, expected: str) -> tuple[bytes, str]:
+    """A file's bytes as the command line names it (`-` = stdin, `.gz` decompressed) and its display name; an
+    InputError naming it when it cannot be read (`expected`: what a directory there should have been)."""
     name = str(path)
     try:
         if name == "-":
@@ -24,8 +22,7 @@ def read_dump(path: str | Path) -> tuple[str, str]:
         else:
             p = Path(path)
             if p.is_dir():
-                raise InputError(f"{name}: is a directory; expected an iptables-save dump file "
-                                 "(or a collected node directory holding iptables-save.txt)")
+                raise InputError(f"{name}: is a directory; expected {expected}")
             data = p.read_bytes()
         if data[:2] == b"\x1f\x8b":
             import gzip  # (only for a gzip file: every run reads its dump here, few read one)
@@ -33,10 +30,20 @@ def read_dump(path: str | Path) -> tuple[str, str]:
             data = gzip.decompress(data)
     except FileNotFoundError:
         raise InputError(f"{name}: no such file or directory") from None
-    except OSError as exc:
+    except OSError as exc:  # (gzip.BadGzipFile too: it is an OSError)
         raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
-    except EOFError as exc:  # (a gzip.BadGzipFile is an OSError: said as one, above)
+    except EOFError as exc:
         raise InputError(f"{name}: not a readable gzip file ({exc})") from None
+    return data, name
+
+
+def read_dump(path: str | Path) -> tuple[str, str]:
+    """Read a dump file (`-` = stdin, `.gz` decompressed) as text; returns (text, display name).
+
+    Bytes that are not UTF-8 are replaced, never fatal; the first such line becomes a load warning.
+    """
+    data, name = read_bytes(path, "an iptables-save dump file (or a collected node directory holding "
+                                  "iptables-save.txt)")
     kind = not_text(data[:8192])
     if kind is not None:  # (parsed, its bytes would be quoted back to the terminal as the offending text)
         raise InputError(f"{name}: {kind}; expected a dump as text: iptables-save output or an nft ruleset")

@@ -68,7 +68,8 @@ def test_conntrack_reader_imports_only_errors_the_interface_and_itself() -> None
         seen = True
         for imported in _imports(tree):
             if imported.startswith("iptrace"):
-                assert imported in ("iptrace.errors", "iptrace.dataplane", "iptrace.grammars", "iptrace.text") or imported.startswith(
+                assert imported in ("iptrace.errors", "iptrace.dataplane", "iptrace.grammars", "iptrace.text",
+                                    "iptrace.dumpfile") or imported.startswith(
                     "iptrace.conntrack"), f"{name} imports {imported}"
             if imported.split(".")[0] == "lark":
                 assert name == "iptrace.conntrack.grammar", f"{name} imports lark"

@@ -41,6 +41,7 @@ from iptrace.conntrack.layout import CONSTANT_ROLES, Layout, read_layout
 from iptrace.conntrack.pattern import Fast, LinePattern, line_pattern
 from iptrace.conntrack.shape import VALUE_CHARS, Shape, split_words
 from iptrace.conntrack.table import ConntrackTable, DstIndex, Lines, Skipped
+from iptrace.dumpfile import read_bytes
 from iptrace.errors import InputError, ParseError
 from iptrace.text import not_text, utf8_input
 
@@ -72,24 +73,7 @@ _AMBIGUOUS = frozenset(kind for k in AMBIGUOUS_KEYS for kind in _KINDS_OF_KEY[k]
 
 def read_file(path: str | Path) -> tuple[bytes, str]:
     """A conntrack file's bytes (`-` = stdin, `.gz` decompressed) and its display name."""
-    name = str(path)
-    try:
-        if name == "-":
-            data = sys.stdin.buffer.read()
-            name = "<stdin>"
-        else:
-            p = Path(path)
-            if p.is_dir():
-                raise InputError(f"{name}: is a directory; expected the output of `conntrack -L`")
-            data = p.read_bytes()
-        if data[:2] == b"\x1f\x8b":
-            import gzip  # (imported for a compressed table only: ~1 ms)
-
-            data = gzip.decompress(data)
-    except OSError as exc:  # (gzip.BadGzipFile too: it is an OSError)
-        raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
-    except EOFError as exc:
-        raise InputError(f"{name}: not a readable gzip file ({exc})") from None
+    data, name = read_bytes(path, "the output of `conntrack -L`")
     kind = not_text(data[:8192])
     if kind is not None:  # (parsed, its bytes would be quoted back to the terminal as the offending text)
         raise InputError(f"{name}: {kind}; expected the output of `conntrack -L` (or /proc/net/nf_conntrack)")

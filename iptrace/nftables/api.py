@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from iptrace.errors import InputError
+from iptrace.dumpfile import read_bytes
 from iptrace.text import decode_input
 
 if TYPE_CHECKING:
@@ -32,23 +31,7 @@ def load(text: str | bytes, *, source: str = "<ruleset>", lenient: bool = False)
 
 def read_ruleset(path: str | Path) -> tuple[str, str]:
     """A ruleset file (`-` = stdin, `.gz` decompressed) as text, with its display name."""
-    import gzip  # (only here: a ruleset read from a dump file by the CLI never comes this way)
-
-    name = str(path)
-    try:
-        if name == "-":
-            data = sys.stdin.buffer.read()
-            name = "<stdin>"
-        else:
-            data = Path(path).read_bytes()
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
-    except IsADirectoryError:
-        raise InputError(f"{name}: is a directory; expected an nft ruleset file") from None
-    except OSError as exc:
-        raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
-    except (EOFError, gzip.BadGzipFile) as exc:
-        raise InputError(f"{name}: not a readable gzip file ({exc})") from None
+    data, name = read_bytes(path, "an nft ruleset file")
     return decode_input(data), name
 
 
