@@ -1,6 +1,7 @@
 """Reading a dump file as the command line names it (`-` = stdin, `.gz` decompressed) into text, below both
 dataplanes: the CLI and collection read any dump with it before a dataplane is chosen by its content, and the
-iptables loader's load_path reads its file with it."""
+iptables loader's load_path reads its file with it; the nft and conntrack readers read their files' bytes with
+`read_bytes`."""
 
 from __future__ import annotations
 
