@@ -16,7 +16,7 @@ from iptrace.explain.conflicts import address_conflict
 from iptrace.explain.diagnosis import Diagnosis, Evidence, Suggestion
 from iptrace.explain.facts import Case, canonical, finding_label, label, rewritten, step_evidence
 from iptrace.explain.phrases import ip_of, pct, plural, service_name, wait
-from iptrace.layout import ONE_MODE_FIX
+from iptrace.layout import ONE_MODE_FIX, PARTIAL_DUMP
 from iptrace.text import listed
 
 CATALOGUE: tuple[str, ...] = (
@@ -47,6 +47,15 @@ def no_kube_proxy_rules(case: Case) -> Diagnosis | None:
             "lists them; what kube-proxy meant by them (which Service a port is, its endpoints and policies) is "
             "read from the iptables form of the same rules.",
             "give iptrace the node's `iptables-save` output (`iptrace collect` saves it as iptables-save.txt)")
+    if proxy.name == PARTIAL_DUMP:
+        # (the node's Services may well work: what they do is in the part of the dump that is missing)
+        return Diagnosis(
+            "no-kube-proxy-rules", "warning", "this dump does not hold kube-proxy's Service rules",
+            f"The dump has {proxy.evidence[-1]}. So kube-proxy runs in iptables mode on this node, and where a "
+            "Service address goes is in the part the dump lacks: nothing here tells whether a ClusterIP or "
+            "nodePort connection works.",
+            "give iptrace the node's whole `iptables-save` output (every table, not cut: `iptrace collect` saves "
+            "it as iptables-save.txt)")
     if proxy.dataplane == "nftables":
         summary = "this node has no kube-proxy nftables table"
         detail = (f"The ruleset has no `kube-proxy` table, {lost}. kube-proxy is not running in nftables mode: it "
