@@ -60,3 +60,18 @@ def test_the_differences_name_the_endpoints_each_source_reaches() -> None:
     differences = json.loads(result.stdout)["differences"]
     assert ("endpoints reached differ: from a pod and from the node itself 10.244.0.12:80, 10.244.1.14:80; "
             "from outside the cluster 10.244.0.12:80") in differences, differences
+
+
+def test_a_masquerade_with_no_dnat_names_no_endpoint(corpus) -> None:
+    # kubeadm+flannel (corpus 017): flannel masquerades pods' packets to non-pod addresses, so a pod's packet to
+    # the dashboard's targetPort on its ClusterIP is masqueraded; no rule DNATs it, so there is no endpoint to
+    # see the node's address (the note said "the endpoint sees the node's address").
+    dump = corpus / "realworld" / "017-kubeadm-flannel-kube-ext-master.txt"
+    if not dump.exists():
+        pytest.skip(f"{dump} absent")
+    result = CliRunner().invoke(main, ["explain", str(dump), "--dst", "10.96.223.136:8443"])
+    assert "[target-port-on-service-ip, error]" in result.stdout
+    assert ("Note: masqueraded from a pod (10.96.223.136 would see the node's address), not from the node itself "
+            "or from outside the cluster") in result.stdout, result.stdout
+    result = CliRunner().invoke(main, ["explain", str(dump), "--dst", "10.97.121.82:8080"])
+    assert "masqueraded from the node itself and from outside the cluster (the endpoint sees" in result.stdout
