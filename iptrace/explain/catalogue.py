@@ -291,11 +291,29 @@ def blocked_by_rule(case: Case) -> Diagnosis | None:
             summary = f"a {outcome.verdict} rule in {d.table} {d.chain} (line {d.line}) stops the packet{after}"
             detail = (f"This rule is not kube-proxy's (a host firewall or the CNI wrote it), and {refused}.")
             evidence = step_evidence([step]) if step is not None else ()
+        detail += _maybe_local(case, sent)
         return Diagnosis(
             "blocked-by-rule", "error", summary, detail,
             "allow this traffic in the rules that own that chain (the host firewall or the CNI's policy), or "
             "connect from a source they accept", evidence)
     return None
+
+
+def _maybe_local(case: Case, sent: list[str]) -> str:
+    """When the node's addresses were not given, an endpoint outside the pod network may be the node itself (a
+    host-network endpoint: the API server of a single-node k3s): the trace forwarded the packet to it as to another
+    machine, where the kernel would deliver it locally, through other chains."""
+    facts = case.facts
+    if facts.node_ips_given or not facts.pod_nets:  # (with no pod network known, any endpoint could be a pod)
+        return ""
+    hosts = [ip for ip in dict.fromkeys(ip_of(d) for d in sent)
+             if not facts.is_node_address(ip) and not facts.in_pod_network(ip)]
+    if not hosts:
+        return ""
+    ip = hosts[0]
+    return (f" The node's addresses were not given, so {ip} was taken for another machine; if it is this node's "
+            f"own address (a host-network endpoint, as the API server of a single-node cluster), the kernel "
+            f"delivers the packet locally, past other chains: pass --node-ip {ip} for that answer.")
 
 
 def hairpin(case: Case) -> Diagnosis | None:
