@@ -14,6 +14,7 @@ from bench.synth import EndpointSpec, PortSpec, ServiceSpec, render
 from iptrace.cli import main
 from iptrace.iptables import load
 from iptrace.iptables.era import EXT, FIRST, NONE, XLB, no_rules_warnings, proxy_mode
+from iptrace.iptables.layout import read_layout
 from iptrace.layout import PARTIAL_DUMP
 from tests.dumps import build_view
 
@@ -164,3 +165,14 @@ def test_explain_of_a_cut_paste_asks_for_the_whole_dump_instead_of_blaming_kube_
     assert (diagnosis["id"], diagnosis["severity"]) == ("no-kube-proxy-rules", "warning")
     assert "kube-proxy runs in iptables mode" in diagnosis["detail"] and "fails here" not in diagnosis["detail"]
     assert "whole `iptables-save`" in diagnosis["fix"]
+
+
+def test_a_dump_cut_inside_a_table_warns_that_missing_ways_in_may_be_cut_off() -> None:
+    # kubernetes#18259 and #34563 (corpus 019, 021) end mid-table, before KUBE-SERVICES' rules: every Service port
+    # shows "no way in" and NodePorts "not reachable", which the node never said.
+    cut = FIRST_PROXIER[:FIRST_PROXIER.index("-A KUBE-SERVICES")]
+    layout = read_layout(load(cut, lenient=True))
+    assert [w for w in layout.warnings if "the part that was cut" in w] == [
+        "the dump ends inside table nat (no COMMIT): a Service port with no way in, endpoints missing, or "
+        "NodePorts said not reachable may only have lost their rules in the part that was cut"]
+    assert not [w for w in read_layout(load(FIRST_PROXIER)).warnings if "the part that was cut" in w]

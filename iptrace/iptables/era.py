@@ -205,6 +205,14 @@ def proxy_mode(ruleset: Ruleset) -> ProxyMode:
                      itp_filters_cluster_chain=detected.name in (FIRST, XLB))
 
 
+def cut_warnings(ruleset: Ruleset) -> list[str]:
+    """A dump read with --lenient past its end in the middle of a table (a paste cut short): what the view says
+    is missing may only be in the part that was cut."""
+    return [f"the dump ends inside table {w.message.split()[1]} (no COMMIT): a Service port with no way in, "
+            "endpoints missing, or NodePorts said not reachable may only have lost their rules in the part that was "
+            "cut" for w in ruleset.skipped if "has no COMMIT (the dump looks truncated)" in w.message][:1]
+
+
 def no_rules_warnings(proxy: ProxyMode) -> list[str]:
     what = {
         "ipvs": "kube-proxy runs in IPVS mode: Services live in IPVS virtual servers (ipvsadm -Ln) and ipsets, "
