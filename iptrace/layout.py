@@ -21,6 +21,9 @@ ENTRY_KINDS = (CLUSTER_IP, NODE_PORT, EXTERNAL_IP, LOAD_BALANCER, HEALTH_CHECK)
 # The note of an externalIP way in whose rules cannot tell it from a LoadBalancer IP (nftables mode writes an LB
 # IP without source ranges exactly as an externalIP): explain then names it as either.
 SAME_RULE_NOTE = "an externalIP or a LoadBalancer IP: kube-proxy writes the same element for both"
+# The era of a dump that holds pieces only kube-proxy's iptables mode writes but not KUBE-SERVICES, its way into
+# every Service: the dump was cut (a paste cut short, one table only), so it cannot tell where a Service goes.
+PARTIAL_DUMP = "partial dump"
 # What to do about kube-proxy's rules in both proxy modes on one node (services, explain and audit say it alike).
 ONE_MODE_FIX = ("run one kube-proxy, in one mode: a kube-proxy of 1.29 or later deletes the other mode's rules when it "
                 "starts (or run `kube-proxy --cleanup` in the mode no longer used)")

@@ -199,6 +199,17 @@ def test_node_without_kube_proxy() -> None:
         assert [n.status for n in report.nodes] == ["ok", "ok", "no-kube-proxy"]
 
 
+def test_a_node_file_cut_before_kube_proxys_service_rules_is_told_to_be_collected_again() -> None:
+    # Its filter table only, with kube-proxy's KUBE-FORWARD: kube-proxy runs there, the file lacks its nat rules.
+    cut = Dumped("node-c", load("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:KUBE-FORWARD - [0:0]\n"
+                                "-A FORWARD -j KUBE-FORWARD\nCOMMIT\n"), (NODES["node-c"],))
+    services = base_services()
+    report = audit([node("node-a", services), node("node-b", services), cut], None)
+    (finding,) = [f for f in report.findings if f.node == "node-c"]
+    assert finding.summary == "node-c: no kube-proxy iptables rules (partial dump)", show(report)
+    assert "collect this node's whole `iptables-save`" in finding.fix and "check that kube-proxy" not in finding.fix
+
+
 def test_legacy_backend_split() -> None:
     services = base_services()
     split = Dumped("node-b", load(LEGACY_WARNING + dump_text(services, "node-b")), (NODES["node-b"],),

@@ -4,13 +4,18 @@ KUBE-MARK-MASQ/KUBE-POSTROUTING."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from bench.synth import EndpointSpec, PortSpec, ServiceSpec, render
+from iptrace.cli import main
 from iptrace.iptables import load
-from iptrace.iptables.era import EXT, FIRST, XLB, proxy_mode
+from iptrace.iptables.era import EXT, FIRST, NONE, XLB, no_rules_warnings, proxy_mode
+from iptrace.iptables.layout import read_layout
+from iptrace.layout import PARTIAL_DUMP
 from tests.dumps import build_view
 
 # As kube-proxy 1.1's syncProxyRules wrote a ClusterIP Service with two endpoints (the shape of the 2015 dump in
@@ -92,3 +97,82 @@ def test_cluster_ips_only_are_named_by_where_the_cluster_ip_masquerade_rule_is(e
     # Without a masquerade rule (no local-traffic detector) nothing tells.
     bare = proxy_mode(load(dump(pod_cidr=None)))
     assert (bare.name, bare.version_hint) == (XLB, "≤1.23, or newer with no NodePort or LoadBalancer Service to tell")
+
+
+@pytest.mark.parametrize(("name", "shows"), [
+    # issue k8s#89632: filter only (cut), FORWARD DROP and kube-proxy's KUBE-FORWARD
+    ("024-issue-k8s-89632-2020-forward-drop-filter.txt", "filter KUBE-FORWARD) but no nat table"),
+    # issue k8s#37628: the paste starts in KUBE-NODEPORTS (jumps to KUBE-SVC chains) and ends before KUBE-SERVICES
+    ("033-issue-k8s-37628-blank-line-mangled.txt", "nat KUBE-NODEPORTS, nat KUBE-SVC-FHMNESDVRD4ZENCX"),
+])
+def test_a_cut_dump_of_an_iptables_mode_node_is_not_called_a_node_without_kube_proxy(
+        corpus: Path, name: str, shows: str) -> None:
+    dump = corpus / "realworld" / name
+    if not dump.exists():
+        pytest.skip(f"{dump} absent")
+    mode = proxy_mode(load(dump.read_text(), lenient=True))
+    assert (mode.name, mode.mode) == (PARTIAL_DUMP, "none")
+    assert shows in mode.evidence[-1]
+    warnings = no_rules_warnings(mode)
+    assert "whole `iptables-save`" in warnings[0] and not any("not in iptables mode" in w for w in warnings)
+
+
+# kubelet's chains and a kube-proxy chain (as a paste cut before KUBE-SERVICES leaves them), in nat or filter.
+KUBELET_ONLY = """*nat
+:PREROUTING ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:KUBE-MARK-DROP - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-POSTROUTING - [0:0]
+-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:KUBE-FIREWALL - [0:0]
+:KUBE-KUBELET-CANARY - [0:0]
+-A INPUT -j KUBE-FIREWALL
+COMMIT
+"""
+
+
+@pytest.mark.parametrize(("change", "name"), [
+    (lambda t: t, NONE),  # kubelet's chains alone say nothing of kube-proxy
+    (lambda t: t.replace(":KUBE-KUBELET-CANARY - [0:0]\n", ":KUBE-KUBELET-CANARY - [0:0]\n:KUBE-FORWARD - [0:0]\n"),
+     PARTIAL_DUMP),
+    (lambda t: t.replace(":KUBE-POSTROUTING - [0:0]\n", ":KUBE-POSTROUTING - [0:0]\n:KUBE-SEP-AAAAAAAAAAAAAAAA - [0:0]\n"),
+     PARTIAL_DUMP),
+    # a jump to a kube-proxy chain whose declaration the paste lost
+    (lambda t: t.replace("-A INPUT -j KUBE-FIREWALL\n", "-A INPUT -j KUBE-FIREWALL\n-A INPUT -j KUBE-PROXY-FIREWALL\n"),
+     PARTIAL_DUMP),
+    # the dump's own warning names another backend: that is where kube-proxy's rules are, not a cut paste
+    (lambda t: t.replace(":KUBE-KUBELET-CANARY - [0:0]\n", ":KUBE-KUBELET-CANARY - [0:0]\n:KUBE-FORWARD - [0:0]\n")
+     + "# Warning: iptables-legacy tables present, use iptables-legacy-save to see them\n", NONE),
+])
+def test_only_a_chain_kube_proxy_alone_writes_makes_a_dump_partial(change, name: str) -> None:
+    mode = proxy_mode(load(change(KUBELET_ONLY), lenient=True))
+    assert mode.name == name, mode.evidence
+
+
+def test_explain_of_a_cut_paste_asks_for_the_whole_dump_instead_of_blaming_kube_proxy(corpus: Path) -> None:
+    # The poster of k8s#37628 said NodePorts work: "kube-proxy is not running in iptables mode, every nodePort
+    # connection fails here" was wrong, and its fix (check kube-proxy) did not apply to that node.
+    dump = corpus / "realworld" / "033-issue-k8s-37628-blank-line-mangled.txt"
+    if not dump.exists():
+        pytest.skip(f"{dump} absent")
+    result = CliRunner().invoke(main, ["explain", str(dump), "--lenient", "--dst", "10.0.0.1:30500", "-o", "json"])
+    (diagnosis,) = json.loads(result.stdout)["diagnoses"]
+    assert (diagnosis["id"], diagnosis["severity"]) == ("no-kube-proxy-rules", "warning")
+    assert "kube-proxy runs in iptables mode" in diagnosis["detail"] and "fails here" not in diagnosis["detail"]
+    assert "whole `iptables-save`" in diagnosis["fix"]
+
+
+def test_a_dump_cut_inside_a_table_warns_that_missing_ways_in_may_be_cut_off() -> None:
+    # kubernetes#18259 and #34563 (corpus 019, 021) end mid-table, before KUBE-SERVICES' rules: every Service port
+    # shows "no way in" and NodePorts "not reachable", which the node never said.
+    cut = FIRST_PROXIER[:FIRST_PROXIER.index("-A KUBE-SERVICES")]
+    layout = read_layout(load(cut, lenient=True))
+    assert [w for w in layout.warnings if "the part that was cut" in w] == [
+        "the dump ends inside table nat (no COMMIT): a Service port with no way in, endpoints missing, or "
+        "NodePorts said not reachable may only have lost their rules in the part that was cut"]
+    assert not [w for w in read_layout(load(FIRST_PROXIER)).warnings if "the part that was cut" in w]

@@ -60,3 +60,37 @@ def test_the_differences_name_the_endpoints_each_source_reaches() -> None:
     differences = json.loads(result.stdout)["differences"]
     assert ("endpoints reached differ: from a pod and from the node itself 10.244.0.12:80, 10.244.1.14:80; "
             "from outside the cluster 10.244.0.12:80") in differences, differences
+
+
+def test_a_masquerade_with_no_dnat_names_no_endpoint(corpus) -> None:
+    # kubeadm+flannel (corpus 017): flannel masquerades pods' packets to non-pod addresses, so a pod's packet to
+    # the dashboard's targetPort on its ClusterIP is masqueraded; no rule DNATs it, so there is no endpoint to
+    # see the node's address (the note said "the endpoint sees the node's address").
+    dump = corpus / "realworld" / "017-kubeadm-flannel-kube-ext-master.txt"
+    if not dump.exists():
+        pytest.skip(f"{dump} absent")
+    result = CliRunner().invoke(main, ["explain", str(dump), "--dst", "10.96.223.136:8443"])
+    assert "[target-port-on-service-ip, error]" in result.stdout
+    assert ("Note: masqueraded from a pod (10.96.223.136 would see the node's address), not from the node itself "
+            "or from outside the cluster") in result.stdout, result.stdout
+    result = CliRunner().invoke(main, ["explain", str(dump), "--dst", "10.97.121.82:8080"])
+    assert "masqueraded from the node itself and from outside the cluster (the endpoint sees" in result.stdout
+
+
+def test_a_host_network_endpoint_blocked_in_forward_may_be_the_node_itself(corpus) -> None:
+    # k3s single node (corpus 012, host VM-20-5): the API server endpoint 10.0.20.5:6443 is the node's own
+    # address. Without --node-ip the trace forwards a pod's packet to it and FORWARD's policy DROP stops it; the
+    # kernel delivers it locally (INPUT) instead. The diagnosis says so, and with --node-ip the answer is healthy.
+    dump = corpus / "realworld" / "012-k3s-counters-no-endpoints.txt"
+    if not dump.exists():
+        pytest.skip(f"{dump} absent")
+    args = ["explain", str(dump), "--dst", "10.43.0.1:443", "--src", "pod", "-o", "json"]
+    (diagnosis,) = json.loads(CliRunner().invoke(main, args).stdout)["diagnoses"]
+    assert diagnosis["id"] == "blocked-by-rule"
+    assert "if it is this node's own address" in diagnosis["detail"] and "--node-ip 10.0.20.5" in diagnosis["detail"]
+    doc = json.loads(CliRunner().invoke(main, [*args, "--node-ip", "10.0.20.5"]).stdout)
+    assert [d["id"] for d in doc["diagnoses"]] == ["healthy"]
+    # the node's addresses given (not 10.0.20.5): another machine indeed, and nothing to add
+    doc = json.loads(CliRunner().invoke(main, [*args, "--node-ip", "10.0.20.6"]).stdout)
+    (diagnosis,) = doc["diagnoses"]
+    assert diagnosis["id"] == "blocked-by-rule" and "own address" not in diagnosis["detail"]

@@ -150,7 +150,10 @@ def _differences(explanations: Sequence[Explanation]) -> tuple[str, ...]:
         if len(set(masq.values())) > 1:
             yes = [_SOURCE_WORDS[k] for k, v in masq.items() if v]
             no = [_SOURCE_WORDS[k] for k, v in masq.items() if not v]
-            out.append(f"masqueraded {' and '.join(yes)} (the endpoint sees the node's address), not {' or '.join(no)}")
+            # (no DNAT: no endpoint either; the packet goes on to the address it was sent to, which then sees it)
+            dnat = any(o.verdict == "DNAT" for e in explanations for o in e.trace.outcomes)
+            seen = "the endpoint sees" if dnat else f"{explanations[0].trace.packet.dst} would see"
+            out.append(f"masqueraded {' and '.join(yes)} ({seen} the node's address), not {' or '.join(no)}")
         return tuple(out)
     out = []
     for (verdict, ids), kinds in by_verdict.items():

@@ -426,8 +426,8 @@ def not_a_service_address(case: Case) -> Diagnosis | None:
             "look the Service up again (`kubectl get svc -A -o wide`) and use its current ClusterIP" + compare,
             _evidence(case, []))
     if nearby:
-        detail = (f"{dst} looks like a ClusterIP (this node's Service IPs are in {nearby}), but no rule names it: "
-                  "the Service was deleted or not yet synced to this node, it lives in another cluster, or the "
+        detail = (f"{dst} looks like a ClusterIP (other ClusterIPs of this node are in {nearby}), but no rule names "
+                  "it: the Service was deleted or not yet synced to this node, it lives in another cluster, or the "
                   f"address is mistyped. {fate(case, 'ClusterIP')}")
     else:
         detail = (f"{dst} appears in no kube-proxy rule: it is no ClusterIP, externalIP or LoadBalancer IP this "

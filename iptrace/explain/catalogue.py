@@ -16,7 +16,7 @@ from iptrace.explain.conflicts import address_conflict
 from iptrace.explain.diagnosis import Diagnosis, Evidence, Suggestion
 from iptrace.explain.facts import Case, canonical, finding_label, label, rewritten, step_evidence
 from iptrace.explain.phrases import ip_of, pct, plural, service_name, wait
-from iptrace.layout import ONE_MODE_FIX
+from iptrace.layout import ONE_MODE_FIX, PARTIAL_DUMP
 from iptrace.text import listed
 
 CATALOGUE: tuple[str, ...] = (
@@ -47,6 +47,15 @@ def no_kube_proxy_rules(case: Case) -> Diagnosis | None:
             "lists them; what kube-proxy meant by them (which Service a port is, its endpoints and policies) is "
             "read from the iptables form of the same rules.",
             "give iptrace the node's `iptables-save` output (`iptrace collect` saves it as iptables-save.txt)")
+    if proxy.name == PARTIAL_DUMP:
+        # (the node's Services may well work: what they do is in the part of the dump that is missing)
+        return Diagnosis(
+            "no-kube-proxy-rules", "warning", "this dump does not hold kube-proxy's Service rules",
+            f"The dump has {proxy.evidence[-1]}. So kube-proxy runs in iptables mode on this node, and where a "
+            "Service address goes is in the part the dump lacks: nothing here tells whether a ClusterIP or "
+            "nodePort connection works.",
+            "give iptrace the node's whole `iptables-save` output (every table, not cut: `iptrace collect` saves "
+            "it as iptables-save.txt)")
     if proxy.dataplane == "nftables":
         summary = "this node has no kube-proxy nftables table"
         detail = (f"The ruleset has no `kube-proxy` table, {lost}. kube-proxy is not running in nftables mode: it "
@@ -282,11 +291,29 @@ def blocked_by_rule(case: Case) -> Diagnosis | None:
             summary = f"a {outcome.verdict} rule in {d.table} {d.chain} (line {d.line}) stops the packet{after}"
             detail = (f"This rule is not kube-proxy's (a host firewall or the CNI wrote it), and {refused}.")
             evidence = step_evidence([step]) if step is not None else ()
+        detail += _maybe_local(case, sent)
         return Diagnosis(
             "blocked-by-rule", "error", summary, detail,
             "allow this traffic in the rules that own that chain (the host firewall or the CNI's policy), or "
             "connect from a source they accept", evidence)
     return None
+
+
+def _maybe_local(case: Case, sent: list[str]) -> str:
+    """When the node's addresses were not given, an endpoint outside the pod network may be the node itself (a
+    host-network endpoint: the API server of a single-node k3s): the trace forwarded the packet to it as to another
+    machine, where the kernel would deliver it locally, through other chains."""
+    facts = case.facts
+    if facts.node_ips_given or not facts.pod_nets:  # (with no pod network known, any endpoint could be a pod)
+        return ""
+    hosts = [ip for ip in dict.fromkeys(ip_of(d) for d in sent)
+             if not facts.is_node_address(ip) and not facts.in_pod_network(ip)]
+    if not hosts:
+        return ""
+    ip = hosts[0]
+    return (f" The node's addresses were not given, so {ip} was taken for another machine; if it is this node's "
+            f"own address (a host-network endpoint, as the API server of a single-node cluster), the kernel "
+            f"delivers the packet locally, past other chains: pass --node-ip {ip} for that answer.")
 
 
 def hairpin(case: Case) -> Diagnosis | None:

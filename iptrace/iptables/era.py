@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from iptrace.iptables.comments import comment_lines
 from iptrace.iptables.model import Chain, Rule, Ruleset, Table
-from iptrace.layout import ProxyMode
+from iptrace.layout import PARTIAL_DUMP, ProxyMode
+from iptrace.text import listed
 
 NONE = "none"
 FIRST = "first iptables proxier"
@@ -106,12 +107,44 @@ def detect(ruleset: Ruleset) -> Era:
     if kube_services:
         evidence.append("an empty KUBE-SERVICES chain: kube-proxy runs but no Service has endpoints yet?")
         return era(EXT)
+    cut = "" if legacy or nft else _cut_off(ruleset, nat)
+    if cut:
+        evidence.append(cut)
+        return era(PARTIAL_DUMP)
     if has_chain("KUBE-KUBELET-CANARY") or has_chain("KUBE-FIREWALL"):
         evidence.append("kubelet's chains (KUBE-KUBELET-CANARY/KUBE-FIREWALL) but no KUBE-SERVICES: kube-proxy is "
                         "not in iptables mode here")
     if nft:
         return era(NFTABLES)
     return era(NONE)
+
+
+# Chains only kube-proxy's iptables mode writes (kubelet wrote KUBE-MARK-*, KUBE-POSTROUTING and KUBE-FIREWALL
+# too, up to 1.24, and writes KUBE-KUBELET-CANARY: those tell nothing of kube-proxy).
+_PROXY_CHAINS = ("KUBE-NODEPORTS", "KUBE-FORWARD", "KUBE-PROXY-FIREWALL", "KUBE-EXTERNAL-SERVICES",
+                 "KUBE-PROXY-CANARY")
+_PROXY_PREFIXES = ("KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-SVL-", "KUBE-FW-", "KUBE-XLB-")
+
+
+def _cut_off(ruleset: Ruleset, nat: Table | None) -> str:
+    """Why a dump without KUBE-SERVICES still shows kube-proxy in iptables mode (so the dump, not the node, lacks
+    the Service rules), in a few words; "" when nothing in it is kube-proxy's alone. A rule's jump counts as a
+    chain: a cut paste keeps rules whose chain declarations it lost."""
+    seen: dict[str, None] = {}
+    for table in ruleset.tables:
+        for chain in table.chains:
+            for name in (chain.name, *(r.target_name for r in chain.rules)):
+                if name in _PROXY_CHAINS or name.startswith(_PROXY_PREFIXES):
+                    seen[f"{table.name} {name}"] = None
+    if not seen:
+        return ""
+    names = list(seen)
+    found = listed(names[:3] + ([f"{len(names) - 3} more"] if len(names) > 3 else []))
+    if nat is None:
+        return (f"kube-proxy's chains ({found}) but no nat table, where kube-proxy writes its Service rules: the "
+                "dump holds only part of the node's tables")
+    return (f"kube-proxy's chains ({found}) but no KUBE-SERVICES chain in nat: the dump was cut before kube-proxy's "
+            "Service rules")
 
 
 def _first_proxier(nat: Table | None) -> bool:
@@ -172,6 +205,14 @@ def proxy_mode(ruleset: Ruleset) -> ProxyMode:
                      itp_filters_cluster_chain=detected.name in (FIRST, XLB))
 
 
+def cut_warnings(ruleset: Ruleset) -> list[str]:
+    """A dump read with --lenient past its end in the middle of a table (a paste cut short): what the view says
+    is missing may only be in the part that was cut."""
+    return [f"the dump ends inside table {w.message.split()[1]} (no COMMIT): a Service port with no way in, "
+            "endpoints missing, or NodePorts said not reachable may only have lost their rules in the part that was "
+            "cut" for w in ruleset.skipped if "has no COMMIT (the dump looks truncated)" in w.message][:1]
+
+
 def no_rules_warnings(proxy: ProxyMode) -> list[str]:
     what = {
         "ipvs": "kube-proxy runs in IPVS mode: Services live in IPVS virtual servers (ipvsadm -Ln) and ipsets, "
@@ -183,6 +224,9 @@ def no_rules_warnings(proxy: ProxyMode) -> list[str]:
         "none": "no kube-proxy iptables rules (no KUBE-SERVICES chain): kube-proxy is not running in iptables "
                 "mode on this node, or a replacement (Cilium, kube-router IPVS, …) handles Services",
     }
+    if proxy.name == PARTIAL_DUMP:
+        what["none"] = ("kube-proxy's Service rules are not in this dump (no KUBE-SERVICES chain), though it runs in "
+                        "iptables mode: give iptrace the node's whole `iptables-save` output")
     out = [what.get(proxy.mode, f"kube-proxy mode {proxy.name}: no iptables service rules"), *proxy.evidence]
     if proxy.legacy_tables_present:
         out.append("kube-proxy may have written its rules through the other backend: look at "

@@ -20,7 +20,7 @@ from itertools import chain as chain_items
 from operator import attrgetter, itemgetter
 
 from iptrace.iptables.comments import chain_key, parse_comment
-from iptrace.iptables.era import no_rules_warnings, proxy_mode
+from iptrace.iptables.era import cut_warnings, no_rules_warnings, proxy_mode
 from iptrace.iptables.facts import RuleFacts, read
 from iptrace.iptables.hashes import service_port_chain
 from iptrace.iptables.kube_chains import (
@@ -573,7 +573,7 @@ def _read(ruleset: Ruleset, proxy: ProxyMode, known: Sequence[KnownServicePort])
     if proxy.legacy_tables_present:
         warnings.append("the dump warns that iptables-legacy tables are present: the rules that matter may be "
                         "in the other backend (iptables-legacy-save)")
-    warnings.extend(r.warnings)
+    warnings += [*r.warnings, *cut_warnings(ruleset)]
 
     def orphans(ports: tuple[ServicePortLayout, ...]) -> tuple[str, ...]:
         used = set().union(*[p.chains for p in ports])

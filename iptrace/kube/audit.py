@@ -39,7 +39,7 @@ from iptrace.kube.digest import NOT_COLLECTED, FamilyDigest, NodeResult, PortDig
 from iptrace.kube.fleets import cluster_groups, other_cluster_findings
 from iptrace.kube.peers import ExplainAt, majority, ways_differ
 from iptrace.kube.portviews import PortViews, port_views
-from iptrace.layout import ProxyMode
+from iptrace.layout import PARTIAL_DUMP, ProxyMode
 from iptrace.text import counted
 
 # A node whose kube-proxy runs in another proxy mode than the others' (a fleet migrating to nftables mode).
@@ -254,7 +254,9 @@ def _node_checks(s: _NodeState, proxied: Sequence[_NodeState]) -> list[Finding]:
                        "not work the same here")
         fix = ("check that kube-proxy runs on this node (kubectl -n kube-system get pods -o wide | grep kube-proxy) "
                "and in which --proxy-mode, or that the Service proxy replacing it is healthy")
-        if era.legacy_tables_present and s.result.legacy_note is None:  # (its rules may be there, not collected)
+        if era.name == PARTIAL_DUMP:  # (kube-proxy runs; the file lacks the part with its Service rules)
+            fix = "collect this node's whole `iptables-save` output again (`iptrace collect`) and audit again"
+        elif era.legacy_tables_present and s.result.legacy_note is None:  # (its rules may be there, not collected)
             fix = ("collect `iptables-legacy-save` from this node too (`iptrace collect` does when "
                    "iptables-nft-save warns) and audit again: kube-proxy may write its rules there; else " + fix)
         what = f" ({era.name})" if era.name != "none" else ""  # ("none" says nothing more)
