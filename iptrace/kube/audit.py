@@ -247,11 +247,10 @@ def _node_checks(s: _NodeState, proxied: Sequence[_NodeState]) -> list[Finding]:
     assert fam is not None
     era = fam.proxy
     if not s.has_rules:
-        others = len(proxied)
         detail = "; ".join(fam.warnings) or "no kube-proxy Service rules"
-        if others:
-            detail += (f". {counted(others, 'other node has', 'other nodes have')} kube-proxy rules, so Services do "
-                       "not work the same here")
+        if proxied:
+            detail += (f". {counted(len(proxied), 'other node has', 'other nodes have')} kube-proxy rules, so "
+                       "Services do not work the same here")
         fix = ("check that kube-proxy runs on this node (kubectl -n kube-system get pods -o wide | grep kube-proxy) "
                "and in which --proxy-mode, or that the Service proxy replacing it is healthy")
         if era.name == PARTIAL_DUMP:  # (kube-proxy runs; the file lacks the part with its Service rules)
