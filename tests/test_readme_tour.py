@@ -1,0 +1,53 @@
+"""The README's tour is what iptrace prints: every `$ iptrace …` block of the README is run from the repository
+(its paths are relative to it) and must print what the block shows, line for line. A block may shorten the
+output where it says so: a line that starts with `…` stands for one or more lines, and `…` inside a line for
+any text. A block that shows only its command (the prose says what it prints) must run and exit 0. The
+nftables blocks are also checked exactly by tests/test_explain_nft.py."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import pytest
+from click.testing import CliRunner
+
+from iptrace.cli import main
+from tests.conftest import ROOT
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+BLOCKS = [(" ".join(command.replace("\\\n", " ").split()), shown)
+          for command, shown in re.findall(r"```\n\$ (iptrace (?:[^\n]*\\\n)*[^\n]*)\n(.*?)```", README, re.S)]
+
+
+def shown_pattern(shown: str) -> re.Pattern[str]:
+    """The block's text as a pattern of the output it stands for (see the module's docstring)."""
+    parts = [r"[^\n]*(?:\n[^\n]*)*?" if line.lstrip().startswith("…")
+             else "[^\n]*".join(re.escape(piece) for piece in line.split("…"))
+             for line in shown.split("\n")]
+    return re.compile("\n".join(parts))
+
+
+def test_the_readme_has_its_tour() -> None:
+    commands = [command.split()[1] for command, _ in BLOCKS]
+    assert len(BLOCKS) >= 7 and {"explain", "services", "trace", "diff"} <= set(commands), commands
+
+
+@pytest.mark.parametrize(("command", "shown"), BLOCKS, ids=[c for c, _ in BLOCKS])
+def test_each_readme_block_is_what_iptrace_prints(command: str, shown: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    result = CliRunner().invoke(main, shlex.split(command)[1:])
+    assert result.exit_code in ((0, 3) if command.split()[1] == "explain" else (0,)), result.output
+    if not shown:
+        assert result.exit_code == 0 and result.output
+    else:
+        assert shown_pattern(shown).fullmatch(result.output), f"{command}:\n{result.output}"
+
+
+def test_an_elision_stands_only_for_what_it_replaces() -> None:
+    pattern = shown_pattern("a\n  …why…\nFix: x …\nend\n")
+    assert pattern.fullmatch("a\n  one\n  two\nFix: x y z\nend\n")
+    assert not pattern.fullmatch("a\nFix: x y\nend\n")  # an elided line stands for at least one
+    assert not pattern.fullmatch("a\n  one\nFix: y\nend\n")  # the text before `…` must be there
+    assert not pattern.fullmatch("a\n  one\nFix: x y\nend\nmore\n")  # and nothing after the block's end
