@@ -2,7 +2,8 @@
 (its paths are relative to it) and must print what the block shows, line for line. A block may shorten the
 output where it says so: a line that starts with `…` stands for one or more lines, and `…` inside a line for
 any text. A block that shows only its command (the prose says what it prints) must run and exit 0. The
-nftables blocks are also checked exactly by tests/test_explain_nft.py."""
+nftables blocks are also checked exactly by tests/test_explain_nft.py. And its lists of ids: the audit finding table
+holds every finding id the audit makes and no other, and the tour names every diagnosis of explain's catalogue."""
 
 from __future__ import annotations
 
@@ -51,3 +52,30 @@ def test_an_elision_stands_only_for_what_it_replaces() -> None:
     assert not pattern.fullmatch("a\nFix: x y\nend\n")  # an elided line stands for at least one
     assert not pattern.fullmatch("a\n  one\nFix: y\nend\n")  # the text before `…` must be there
     assert not pattern.fullmatch("a\n  one\nFix: x y\nend\nmore\n")  # and nothing after the block's end
+
+
+def _section(start: str, end: str) -> str:
+    at = README.index(start)
+    return README[at:README.index(end, at + len(start))]
+
+
+def _finding_ids_in_code() -> set[str]:
+    """Every kebab-case string constant of the audit's modules (compare.py's finding ids, and those kept beside
+    the code that makes them), less the two that name no audit finding."""
+    pattern = re.compile(r'^[A-Z_]+ = "([a-z]+(?:-[a-z]+)+)"$', re.M)
+    sources = [*(ROOT / "iptrace" / "kube").glob("*.py"), ROOT / "iptrace" / "conntrack" / "advice.py"]
+    found = {value for path in sources for value in pattern.findall(path.read_text(encoding="utf-8"))}
+    # (a kind of client; and explain's `-v` remark that a node's flows agree with its rules, never an audit's)
+    return found - {"outside-source-ranges", "conntrack-healthy"}
+
+
+def test_the_finding_table_lists_every_finding_audit_makes_and_no_other() -> None:
+    table = set(re.findall(r"^\| `([a-z-]+)` \|", _section("##### Finding ids", "\n#####"), re.M))
+    assert table == _finding_ids_in_code()
+
+
+def test_every_diagnosis_of_the_catalogue_is_named_in_the_tour() -> None:
+    from iptrace.explain.catalogue import CATALOGUE
+
+    prose = _section("Diagnoses have stable ids:", "\n\n")
+    assert [d for d in CATALOGUE if f"`{d}`" not in prose] == []
