@@ -3,7 +3,8 @@
 output where it says so: a line that starts with `…` stands for one or more lines, and `…` inside a line for
 any text. A block that shows only its command (the prose says what it prints) must run and exit 0. The
 nftables blocks are also checked exactly by tests/test_explain_nft.py. And its lists of ids: the audit finding table
-holds every finding id the audit makes and no other, and the tour names every diagnosis of explain's catalogue."""
+holds every finding id the audit makes and no other, and the tour names every diagnosis of explain's catalogue;
+and every key of explain's JSON, with `--src` and without, is named where the README describes it."""
 
 from __future__ import annotations
 
@@ -79,3 +80,15 @@ def test_every_diagnosis_of_the_catalogue_is_named_in_the_tour() -> None:
 
     prose = _section("Diagnoses have stable ids:", "\n\n")
     assert [d for d in CATALOGUE if f"`{d}`" not in prose] == []
+
+
+def test_every_key_of_explain_json_is_documented() -> None:
+    import json
+
+    prose = _section("`explain -o json` with `--src`:", "\n\n")
+    dump, ask = str(ROOT / "sample_dumps" / "nodeport-fb-backends.txt"), ["--dst", "10.101.234.168:8001"]
+    whole = json.loads(CliRunner().invoke(main, ["explain", dump, *ask, "-o", "json"]).stdout)
+    one = json.loads(CliRunner().invoke(main, ["explain", dump, *ask, "--src", "pod", "-o", "json"]).stdout)
+    keys = set(whole) | set(whole["sources"]) | set(whole["sources"]["pod"]) | set(one)
+    keys |= {k for d in one["diagnoses"] for k in d} | {k for d in one["diagnoses"] for e in d["evidence"] for k in e}
+    assert sorted(k for k in keys if f'"{k}"' not in prose) == []
