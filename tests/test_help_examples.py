@@ -1,4 +1,4 @@
-"""The examples of `--help` work when pasted: each example of the commands that read dumps (parse, services,
+"""The examples of `--help` (and the README's shell lines) work when pasted: each example of the commands that read dumps (parse, services,
 trace, explain, diff, audit, and `iptrace --help`'s own) is run by bash as written (its `| jq …` by the real jq),
 with node1.txt the bundled minikube node (192.168.49.2), snap/node1 the same node as `collect` writes it,
 addresses.txt a file of destinations, node2.txt/after.txt and snap/node2 the node with one endpoint moved, the
@@ -57,6 +57,10 @@ def _workdir(tmp_path: Path) -> None:
     (tmp_path / "addresses.txt").write_text("10.101.234.168:5001\n10.96.0.10:53/udp\n")
     for name in ("services.json", "endpointslices.json"):
         (tmp_path / name).write_bytes((CLUSTER / name).read_bytes())
+    for node, rules in (("node-01", dump), ("node-11", moved)):  # (the README's shards: snap/node-0*, snap/node-1*)
+        store.write_node_dir(snap / node, {store.DUMP_FILE: rules},
+                             {"node": node, "host": node, "addresses": ["192.168.49.2"]})
+    (tmp_path / "cluster.json").write_bytes((CLUSTER / "kubectl-get-all.json").read_bytes())
     for shard, node in (("shard-a.json", "node1"), ("shard-b.json", "node2")):
         done = CliRunner().invoke(main, ["audit", str(snap / node), "-o", "json"])
         assert done.exit_code in (0, 3), done.output
@@ -81,3 +85,26 @@ def test_the_examples_of_help_work_when_pasted(command: str, tmp_path: Path) -> 
         assert command == "diff" or "null" not in done.stdout.split(), (example, done.stdout)
         ran += 1
     assert ran >= 2
+
+
+def readme_examples() -> list[str]:
+    """The command lines of the README's ```sh blocks that run iptrace on files (in order: a later one may read
+    what an earlier one wrote)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    lines = [line for block in re.findall(r"```sh\n(.*?)```", readme, re.S) for line in block.splitlines()]
+    return [line for line in lines if line.startswith("iptrace ") and not SKIPPED.search(line)]
+
+
+@needs_jq
+def test_the_readmes_examples_work_when_pasted(tmp_path: Path) -> None:
+    """Each `iptrace …` line of the README's shell blocks (those that read no node, cluster or API), with the same
+    files as the --help examples, in one directory and in order."""
+    _workdir(tmp_path)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    ran = readme_examples()
+    for example in ran:
+        done = subprocess.run(["bash", "-o", "pipefail", "-c", example], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120, check=False)
+        gates = example.split()[1] in ("explain", "audit")
+        assert done.returncode in ((0, 3) if gates else (0,)), (example, done.stderr)
+    assert len(ran) >= 10 and (tmp_path / "report.html").stat().st_size > 0, ran
