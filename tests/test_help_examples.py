@@ -1,9 +1,10 @@
-"""The examples of `--help` (and the README's shell lines) work when pasted: each example of the commands that read dumps (parse, services,
-trace, explain, diff, audit, and `iptrace --help`'s own) is run by bash as written (its `| jq …` by the real jq),
-with node1.txt the bundled minikube node (192.168.49.2), snap/node1 the same node as `collect` writes it,
-addresses.txt a file of destinations, node2.txt/after.txt and snap/node2 the node with one endpoint moved, the
-node's nft ruleset, the cluster's JSON and two audit shards. Each must succeed (explain and audit: 0 or 3) and
-print no `null` where it promised a value (diff's JSON has one by design: the side an endpoint is missing from)."""
+"""The examples of `--help` (and the README's shell lines) work when pasted: each example of the commands that
+read dumps (parse, services, trace, explain, diff, audit, and `iptrace --help`'s own) is run by bash as written
+(its `| jq …` by the real jq), with node1.txt the bundled minikube node (192.168.49.2), snap/node1 the same node
+as `collect` writes it, addresses.txt a file of destinations, node2.txt/after.txt and snap/node2 the node with
+one endpoint moved, the node's nft ruleset, the cluster's JSON and two audit shards. Each must succeed (explain
+and audit: 0 or 3) and print no `null` where it promised a value (diff's JSON has one by design: the side an
+endpoint is missing from)."""
 
 from __future__ import annotations
 
