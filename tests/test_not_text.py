@@ -69,6 +69,17 @@ def test_text_and_gzip_are_read(tmp_path: Path, data: bytes) -> None:
     assert result.exit_code == 0 and "default/fb-backends:ka-port" in result.stdout
 
 
+def test_a_gzip_dst_file_is_read_as_the_message_for_other_compressions_says() -> None:
+    """'which iptrace does not read (only text, and gzip)' held for dumps and conntrack tables, but a gzip
+    --dst-file was refused as 'binary data, not text': it is read through the dumps' reader now."""
+    asked = gzip.compress(b"10.101.234.168:5001\n10.96.0.10:53/udp\n")
+    for command in ("trace", "explain"):
+        result = CliRunner().invoke(main, [command, str(SAMPLES / "nodeport-fb-backends.txt"), "--dst-file", "-",
+                                           "-o", "json"], input=asked)
+        assert result.exit_code == 0, result.stderr
+        assert [len(answer) > 0 for answer in json.loads(result.stdout)] == [True, True]
+
+
 def test_an_extra_file_of_binary_data_spoils_only_itself(tmp_path: Path) -> None:
     """Only the node's main dump is refused at once: a binary ip6tables-save.txt or conntrack.txt is still that
     file's own warning (audit: load-error), and the node's rules are analysed."""

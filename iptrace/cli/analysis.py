@@ -337,7 +337,8 @@ def _single(found: Any, output: str, to_json: Any, to_text: Any) -> None:
 @click.option("--in-interface", metavar="IFACE", help="Interface the packet arrives on (for -i matches).")
 @click.option("--conntrack", "conntrack_file", type=click.Path(dir_okay=False, allow_dash=True), metavar="FILE",
               help="The node's `conntrack -L` (plain or -o extended) or /proc/net/nf_conntrack: also check the flows "
-                   "that already exist (stale-conntrack). Default for DIR/NODE: its conntrack.txt, if collected.")
+                   "that already exist (stale-conntrack, stale-conntrack-no-dnat). Default for DIR/NODE: its "
+                   "conntrack.txt, if collected.")
 @click.option("--verbose", "-v", is_flag=True,
               help="With a conntrack table: also say which entries agree with the rules.")
 @output_option("text", "json")
@@ -350,10 +351,11 @@ def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | N
     """Explain why a connection fails and what would work instead.
 
     With a conntrack table (--conntrack FILE, or a collected node's conntrack.txt), also the flows that already
-    exist: entries that still go to an endpoint the rules no longer choose, with the `conntrack -D` command
-    that deletes exactly those. Several destinations (--dst repeated, --dst-file) are answered after one load.
-    Exit status: 1 when a destination could not be explained (a bad --dst-file line), else 3 when any diagnosis
-    is an error (the connection does not reach an endpoint), else 0.
+    exist: entries that still go to an endpoint the rules no longer choose, and UDP entries never DNATed
+    while the rules now DNAT them, with the `conntrack -D` command that deletes exactly those. Several
+    destinations (--dst repeated, --dst-file) are answered after one load. Exit status: 1 when a destination
+    could not be explained (a bad --dst-file line), else 3 when any diagnosis is an error (the connection does
+    not reach an endpoint), else 0.
 
     \b
     Examples:

@@ -384,8 +384,10 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
     """Analyze every node of a collection and compare them with each other and with the cluster.
 
     Finds Services missing or forwarded differently on some nodes (differences that traffic policy Local
-    explains are not findings), stale kube-proxies, nodes without kube-proxy rules, backend splits and, with
-    --cluster/--kubeconfig, every disagreement between a node's rules and the API. Nodes are analysed one at a
+    explains are not findings), stale kube-proxies and ones not running (--via api), nodes without kube-proxy
+    rules or in another proxy mode, addresses two Services claim, backend and mode splits, conntrack entries the
+    rules no longer decide (a collected conntrack.txt) and, with --cluster/--kubeconfig, every disagreement
+    between a node's rules and the API (the README lists every finding id). Nodes are analysed one at a
     time in --jobs worker processes, so memory does not grow with the fleet; a progress bar shows on a
     terminal. Exit status 1 when a node could not be collected (it is also in the report, as a load-error), else
     3 when any finding is an error.

@@ -8,10 +8,8 @@ family the dump has no rules for), else `explain` exits 3 when an explanation ha
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import click
@@ -126,16 +124,12 @@ def read_questions(dsts: Sequence[str], dst_file: str | None, default_proto: str
         host, notes = as_sent(host)
         out.append(Question("--dst", text, host, port, proto.lower() if slash else default_proto, notes=notes))
     if dst_file is not None:
+        from iptrace.dumpfile import read_bytes
         from iptrace.errors import InputError
         from iptrace.text import decode_input, not_text
 
-        name = "<stdin>" if dst_file == "-" else dst_file
-        try:
-            data = sys.stdin.buffer.read() if dst_file == "-" else Path(dst_file).read_bytes()
-        except FileNotFoundError:
-            raise InputError(f"{dst_file}: no such file or directory") from None
-        except OSError as exc:
-            raise InputError(f"{dst_file}: cannot read ({exc.strerror or exc})") from None
+        # (read as a dump is: `-` = stdin, gzip decompressed, a directory or missing file said in words)
+        data, name = read_bytes(dst_file, "a file of destinations, one IP:PORT a line")
         kind = not_text(data[:8192])
         if kind is not None:
             raise InputError(f"{name}: {kind}; expected one IP:PORT or IP:PORT/proto a line")

@@ -162,10 +162,12 @@ NOT_COLLECTED = "could not be collected: "
 @dataclass(frozen=True, slots=True)
 class NodeResult:
     """What an audit keeps of one node: enough for its row, its findings and the comparison with the others.
-    `kube_node`: the Node object it was matched with (cluster data). `extra`: findings made apart from the rules
-    (its conntrack table). `notes`: what reading it said on the way (for stderr). `explain_at`: the DUMP argument
-    (shell-quoted) and --node-ip options `iptrace explain` reads the node's rules as the audit read them, None when
-    there is none to name (stdin, a collection the audit did not keep)."""
+    `kube_node`: the Node object it was matched with (cluster data). `extra`: the node's own findings, which the
+    comparison between nodes does not make (address conflicts, its conntrack table, what its meta.json says:
+    kube-proxy not running, both proxy modes, a failed collection). `notes`: what reading it said on the way
+    (for stderr). `explain_at`: the DUMP argument (shell-quoted) and --node-ip options `iptrace explain` reads
+    the node's rules as the audit read them, None when there is none to name (stdin, a collection the audit did
+    not keep)."""
 
     name: str
     error: str | None = None
