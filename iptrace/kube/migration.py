@@ -98,9 +98,10 @@ class Notes:
                        "without loadBalancerSourceRanges exactly like an externalIP, so its rules cannot tell "
                        f"them apart: {listing(self.lb_as_external, 8)}")
         if self.shares_compared:
+            gap = self.largest_share_gap
             out.append(f"endpoint shares compared within {SHARE_TOLERANCE:g}: iptables writes each split as a "
-                       "10-decimal probability, nftables' numgen splits exactly 1/N (largest gap seen: "
-                       f"{self.largest_share_gap:.2g})")
+                       "10-decimal probability, nftables' numgen splits exactly 1/N ("
+                       + (f"largest gap seen: {gap:.2g})" if gap else "here every split came out the same)"))
         if self.unanswered_ways:
             out.append("reaching no endpoint in either mode, refused or dropped in one and left to no rule in the "
                        "other (iptables mode hooks its \"has no endpoints\" rules for externalIPs and nodePorts "
