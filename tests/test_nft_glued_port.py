@@ -13,12 +13,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from iptrace import dataplanes
 from iptrace.dataplane import Packet, Trace
 from iptrace.nftables import load, render, save
 from iptrace.nftables.walk import Tracer
 from tests.oracle import NODE_IP, Topology
-from tests.oracle.nft import list_ruleset, load_nft, nft, requires_nft
+from tests.oracle.nft import json_listing, list_ruleset, load_nft, requires_nft
 
 POD, POD_B = "198.18.128.10", "198.18.128.11"
 BY_DRAW, BY_PORT, BY_OTHER_WORD, BY_MAP = "198.18.64.6", "198.18.64.7", "198.18.64.8", "198.18.64.9"
@@ -88,7 +87,7 @@ def node() -> Iterator[tuple[Topology, list[Tracer]]]:
         listed = list_ruleset(topo)
         # (the kernel lists the spaced rules in the form this test is about; `th` after `tcp dport` as `tcp`)
         assert NAT.replace(":th ", ":tcp ") in listed
-        _, from_json = dataplanes.load(nft(topo, "-j", "list", "ruleset"), source="nft -j list ruleset")
+        from_json = json_listing(topo)
         yield topo, [Tracer(load(text), node_ips=topo.node_ips) for text in (listed, SPACED)] + [
             Tracer(from_json, node_ips=topo.node_ips)]
 

@@ -10,12 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from iptrace import dataplanes
 from iptrace.dataplane import Packet
 from iptrace.nftables import load, render, save
 from iptrace.nftables.walk import Tracer
 from tests.oracle import NODE_IP, Topology
-from tests.oracle.nft import list_ruleset, load_nft, nft, requires_nft, restore_iptables_nft
+from tests.oracle.nft import json_listing, list_ruleset, load_nft, requires_nft, restore_iptables_nft
 
 CLIENT = "198.18.64.9"
 LITERAL, WILDCARD, IN_SET, BY_IPTABLES, IPTABLES_WILDCARD = 9002, 9003, 9004, 9005, 9006
@@ -69,7 +68,7 @@ def node() -> Iterator[tuple[Topology, list[Tracer]]]:
         restore_iptables_nft(topo, IPTABLES)
         listed = list_ruleset(topo)
         assert 'iifname "eth\\*" tcp dport 9005' in listed  # (iptables-nft's literal `eth*`, as nft lists it)
-        _, from_json = dataplanes.load(nft(topo, "-j", "list", "ruleset"), source="nft -j list ruleset")
+        from_json = json_listing(topo)
         yield topo, [Tracer(load(listed), node_ips=topo.node_ips), Tracer(from_json, node_ips=topo.node_ips)]
 
 

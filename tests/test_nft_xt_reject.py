@@ -12,13 +12,12 @@ import pytest
 
 from bench.synth import EndpointSpec, PortSpec, ServiceSpec
 from bench.synth_nft import render_nft
-from iptrace import dataplanes
 from iptrace.dataplane import Packet
 from iptrace.nftables import load
 from iptrace.nftables.model import Xt
 from iptrace.nftables.walk import Tracer
 from tests.oracle import NODE_IP, Topology
-from tests.oracle.nft import list_ruleset, load_nft, nft, requires_nft, restore_iptables_nft
+from tests.oracle.nft import json_listing, list_ruleset, load_nft, requires_nft, restore_iptables_nft
 
 POD, SERVICE, PORT = "198.18.128.10", "198.19.0.10", 8080
 BANNED, RESET, ALLOWED = "198.18.64.9", "198.18.64.8", "198.18.64.7"
@@ -64,7 +63,7 @@ def node() -> Iterator[tuple[Topology, list[Tracer]]]:
         topo.start_server(tcp_ports=[PORT])
         restore_iptables_nft(topo, FAIL2BAN)
         load_nft(topo, KUBE_PROXY)
-        _, from_json = dataplanes.load(nft(topo, "-j", "list", "ruleset"), source="nft -j list ruleset")
+        from_json = json_listing(topo)
         # (the form this test is about: the JSON listing keeps the target as an xt statement)
         assert any(isinstance(i, Xt) and i.name == "REJECT" for t in from_json.tables for c in t.chains
                    for r in c.rules for i in r.items)

@@ -13,14 +13,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from iptrace import dataplanes
 from iptrace.dataplane import HANDED_OFF_TARGETS, Packet, Trace
 from iptrace.iptables import load
 from iptrace.iptables.walk import Tracer
 from iptrace.nftables import load as load_nft_text
 from iptrace.nftables.walk import Tracer as NftTracer
 from tests.oracle import Topology, oracle_unavailable, run_in_netns
-from tests.oracle.nft import list_ruleset, nft
+from tests.oracle.nft import json_listing, list_ruleset
 
 pytestmark = [pytest.mark.root]
 
@@ -78,7 +77,7 @@ def node(request: pytest.FixtureRequest) -> Iterator[tuple[Topology, list[Tracer
             if request.param == "nft":
                 listed = list_ruleset(topo)
                 assert 'xt target "TPROXY"' in listed or "xt target TPROXY" in listed
-                _, from_json = dataplanes.load(nft(topo, "-j", "list", "ruleset"), source="nft -j list ruleset")
+                from_json = json_listing(topo)
                 tracers += [NftTracer(load_nft_text(listed), node_ips=topo.node_ips),
                             NftTracer(from_json, node_ips=topo.node_ips)]
             yield topo, tracers

@@ -84,6 +84,13 @@ def nft(topo: Topology, *args: str) -> str:
     return _run(["ip", "netns", "exec", topo.node, "nft", *args])
 
 
+def json_listing(topo: Topology) -> Any:
+    """`nft -j list ruleset` in `node`, read as iptrace reads it (the JSON form of list_ruleset's listing)."""
+    from iptrace import dataplanes
+
+    return dataplanes.load(nft(topo, "-j", "list", "ruleset"), source="nft -j list ruleset")[1]
+
+
 def _packet_fields(text: str) -> dict[str, str]:
     words = text.split()
     out: dict[str, str] = {}
