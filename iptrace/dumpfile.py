@@ -12,9 +12,11 @@ from iptrace.errors import InputError
 from iptrace.text import decode_input, not_text
 
 
-def read_bytes(path: str | Path, expected: str) -> tuple[bytes, str]:
+def read_bytes(path: str | Path, expected: str, text: str | None = None) -> tuple[bytes, str]:
     """A file's bytes as the command line names it (`-` = stdin, `.gz` decompressed) and its display name; an
-    InputError naming it when it cannot be read (`expected`: what a directory there should have been)."""
+    InputError naming it when it cannot be read (`expected`: what a directory there should have been) or, given
+    `text` (what it should hold), when it is no text (parsed, its bytes would be quoted back to the terminal as the
+    offending text)."""
     name = str(path)
     try:
         if name == "-":
@@ -35,6 +37,9 @@ def read_bytes(path: str | Path, expected: str) -> tuple[bytes, str]:
         raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
     except EOFError as exc:
         raise InputError(f"{name}: not a readable gzip file ({exc})") from None
+    kind = None if text is None else not_text(data[:8192])
+    if kind is not None:
+        raise InputError(f"{name}: {kind}; expected {text}")
     return data, name
 
 
@@ -44,8 +49,5 @@ def read_dump(path: str | Path) -> tuple[str, str]:
     Bytes that are not UTF-8 are replaced, never fatal; the first such line becomes a load warning.
     """
     data, name = read_bytes(path, "an iptables-save dump file (or a collected node directory holding "
-                                  "iptables-save.txt)")
-    kind = not_text(data[:8192])
-    if kind is not None:  # (parsed, its bytes would be quoted back to the terminal as the offending text)
-        raise InputError(f"{name}: {kind}; expected a dump as text: iptables-save output or an nft ruleset")
+                                  "iptables-save.txt)", "a dump as text: iptables-save output or an nft ruleset")
     return decode_input(data), name

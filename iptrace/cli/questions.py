@@ -125,14 +125,11 @@ def read_questions(dsts: Sequence[str], dst_file: str | None, default_proto: str
         out.append(Question("--dst", text, host, port, proto.lower() if slash else default_proto, notes=notes))
     if dst_file is not None:
         from iptrace.dumpfile import read_bytes
-        from iptrace.errors import InputError
-        from iptrace.text import decode_input, not_text
+        from iptrace.text import decode_input
 
-        # (read as a dump is: `-` = stdin, gzip decompressed, a directory or missing file said in words)
-        data, name = read_bytes(dst_file, "a file of destinations, one IP:PORT a line")
-        kind = not_text(data[:8192])
-        if kind is not None:
-            raise InputError(f"{name}: {kind}; expected one IP:PORT or IP:PORT/proto a line")
+        # (read as a dump is: `-` = stdin, gzip decompressed, a directory, missing file or binary data said in words)
+        data, name = read_bytes(dst_file, "a file of destinations, one IP:PORT a line",
+                                "one IP:PORT or IP:PORT/proto a line")
         lines = decode_input(data)
         asked = len(out)
         for number, line in enumerate(lines.splitlines(), 1):

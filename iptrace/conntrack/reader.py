@@ -42,8 +42,8 @@ from iptrace.conntrack.pattern import Fast, LinePattern, line_pattern
 from iptrace.conntrack.shape import VALUE_CHARS, Shape, split_words
 from iptrace.conntrack.table import ConntrackTable, DstIndex, Lines, Skipped
 from iptrace.dumpfile import read_bytes
-from iptrace.errors import InputError, ParseError
-from iptrace.text import not_text, utf8_input
+from iptrace.errors import ParseError
+from iptrace.text import utf8_input
 
 _TRAILER_COUNT = re.compile(r"\): (\d+) flow entries have been shown\.\s*$")
 # Lines of one key checked at once first, then twice as many each time up to the last size (see _Reader.read):
@@ -73,10 +73,8 @@ _AMBIGUOUS = frozenset(kind for k in AMBIGUOUS_KEYS for kind in _KINDS_OF_KEY[k]
 
 def read_file(path: str | Path) -> tuple[bytes, str]:
     """A conntrack file's bytes (`-` = stdin, `.gz` decompressed) and its display name."""
-    data, name = read_bytes(path, "the output of `conntrack -L`")
-    kind = not_text(data[:8192])
-    if kind is not None:  # (parsed, its bytes would be quoted back to the terminal as the offending text)
-        raise InputError(f"{name}: {kind}; expected the output of `conntrack -L` (or /proc/net/nf_conntrack)")
+    data, name = read_bytes(path, "the output of `conntrack -L`",
+                            "the output of `conntrack -L` (or /proc/net/nf_conntrack)")
     return utf8_input(data), name
 
 
