@@ -14,7 +14,7 @@ from iptrace.dataplane import Packet, Trace
 from iptrace.nftables import load
 from iptrace.nftables.walk import Tracer
 from tests.oracle import NODE_IP, Topology
-from tests.oracle.nft import json_listing, list_ruleset, load_nft, requires_nft
+from tests.oracle.nft import listing_tracers, load_nft, requires_nft
 
 POD, PORT = "198.18.128.10", 8080
 OVER, UNDER, QUOTA, UNDECLARED = "198.18.64.6", "198.18.64.7", "198.18.64.8", "198.18.64.9"
@@ -59,9 +59,7 @@ def node() -> Iterator[tuple[Topology, list[Tracer]]]:
             topo.add_client_ip(src)
         topo.start_server(tcp_ports=[PORT])
         load_nft(topo, RULES)
-        from_json = json_listing(topo)
-        yield topo, [Tracer(load(list_ruleset(topo)), node_ips=topo.node_ips),
-                     Tracer(from_json, node_ips=topo.node_ips)]
+        yield topo, listing_tracers(topo)
 
 
 @pytest.mark.root

@@ -91,6 +91,14 @@ def json_listing(topo: Topology) -> Any:
     return dataplanes.load(nft(topo, "-j", "list", "ruleset"), source="nft -j list ruleset")[1]
 
 
+def listing_tracers(topo: Topology) -> list[Any]:
+    """iptrace's tracers of `node`'s ruleset as the kernel lists it: the text listing's, then the JSON one's."""
+    from iptrace.nftables import load
+    from iptrace.nftables.walk import Tracer
+
+    return [Tracer(load(list_ruleset(topo)), node_ips=topo.node_ips), Tracer(json_listing(topo), node_ips=topo.node_ips)]
+
+
 def _packet_fields(text: str) -> dict[str, str]:
     words = text.split()
     out: dict[str, str] = {}
