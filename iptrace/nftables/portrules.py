@@ -374,16 +374,48 @@ def chain_reads(chain: Any) -> list[Reads]:
     if record is not None:
         maker = record[0]
         try:
-            plans = maker.layout_plans
+            read = maker.layout_reads
         except AttributeError:
             found = [(_reads_plan(build, 3 + size), at) for build, at, size in maker.builds]
             plans = maker.layout_plans = None if any(p is None for p, _ in found) else found
-        if plans is not None:
-            # (the rule's `_lazy[k]`, k >= 3, is the record's `at + k - 3`-th item: chain_plan's reading)
-            reads = [_planned(p, record, at - 3) for p, at in plans]
-            if None not in reads:
-                return reads  # type: ignore[return-value]
+            read = maker.layout_reads = None if plans is None else _compile_reads(plans)  # type: ignore[arg-type]
+        if read is not None:
+            reads = read(record)
+            if reads is not None:
+                return reads  # type: ignore[no-any-return]
     return [rule_reads(r) for r in chain.rules]
+
+
+def _compile_reads(plans: list[tuple[tuple[tuple[int | str, ...], tuple[int | str, ...], bool, tuple[int, ...]],
+                                     int]]) -> Callable[[tuple[Any, ...]], list[Reads] | None]:
+    """read(record): `[_planned(p, record, at - 3) for p, at in plans]`, or None where one is None, as one
+    generated function per chain template (the layout reads a listing's ~6,000 service and external chains, each
+    of a few rules whose targets are ten endpoint chains)."""
+    ns: dict[str, Any] = {"SetRef": SetRef}
+    checks: list[str] = []
+    rules: list[str] = []
+
+    def at(k: int, off: int) -> str:
+        return f"record[{off + k}]"  # (the rule's `_lazy[k]`, k >= 3, is the record's `at + k - 3`-th item)
+
+    def const(x: Any) -> str:
+        name = f"c{len(ns)}"
+        ns[name] = x
+        return name
+
+    for (targets, names, fib, rights), start in plans:
+        off = start - 3
+        checks.extend(f"type({at(k, off)}) is SetRef" for k in rights)
+        if any(type(x) is int for x in targets):  # (a value may be empty: `_planned` leaves it out)
+            parts = [at(x, off) if type(x) is int else const(x) for x in targets]
+            target_text = f"tuple([x for x in ({''.join(p + ', ' for p in parts)}) if x])"
+        else:
+            target_text = const(tuple([x for x in targets if x]))
+        name_text = f"({''.join((at(x, off) if type(x) is int else const(x)) + ', ' for x in names)})"
+        rules.append(f"({target_text}, {name_text}, {fib!r})")
+    check = f"    if {' or '.join(checks)}:\n        return None\n" if checks else ""
+    exec(f"def read(record):\n{check}    return [{', '.join(rules)}]\n", ns)
+    return ns["read"]  # type: ignore[no-any-return]
 
 
 def _planned(found: tuple[tuple[int | str, ...], tuple[int | str, ...], bool, tuple[int, ...]],
