@@ -46,6 +46,7 @@ from iptrace.text import counted
 
 # ServicePortLayout by position, without the frozen dataclass __init__ (one per Service port).
 _new_layout = fast_constructor(ServicePortLayout)
+_OUTER_KINDS = frozenset({NODE_PORT, EXTERNAL_IP, LOAD_BALANCER})  # ways in that make externalTrafficPolicy apply
 _DETECTOR_SCAN = 200  # service chains read for the local-traffic detector (it is the same in all of them)
 
 
@@ -327,8 +328,19 @@ class PortReader:
         own_chains = [c for c in (service, svc, local, external, fw) if c is not None]
         chains = [c.name for c in own_chains]
         lines: set[int] = set(g.lines)
-        for w in ways:
+        lb_ips: set[str | None] = set()
+        outer = False  # (a NodePort, externalIP or LB IP way in)
+        cluster_way: WayIn | None = None  # (the first ClusterIP way in)
+        for w in ways:  # (one pass over the ways in for all that is read of them below)
             lines.update(w.lines)
+            kind = w.kind
+            if kind == CLUSTER_IP:
+                if cluster_way is None:
+                    cluster_way = w
+            elif kind in _OUTER_KINDS:
+                outer = True
+                if kind == LOAD_BALANCER:
+                    lb_ips.add(w.address)
         for chain in (*own_chains, *table.chains_named(endpoint_chains)):
             if chain is None:
                 continue
@@ -349,7 +361,6 @@ class PortReader:
                         handles.append(rule.handle)
                         if any(isinstance(item, Nat) and item.kind == "dnat" for item in rule.items):
                             dnat.append((chain.name, rule.handle))
-        lb_ips = {w.address for w in ways if w.kind == LOAD_BALANCER}
         ranges: list[str] = []
         for rule in (fw.rules if fw is not None else ()):
             for item in rule.items:
@@ -367,7 +378,7 @@ class PortReader:
                     if text not in ranges:
                         ranges.append(text)
         etp: str | None = None
-        if any(w.kind in (NODE_PORT, EXTERNAL_IP, LOAD_BALANCER) for w in ways):
+        if outer:
             if external is not None:
                 reads = chain_reads(external)
                 local_ext = any(fib for _, _, fib in reads) or any(t.startswith("local-") for targets, _, _ in reads
@@ -378,7 +389,6 @@ class PortReader:
             elif not g.no_endpoints:
                 etp = "Cluster"
         itp: str | None = None
-        cluster_way = next((w for w in ways if w.kind == CLUSTER_IP), None)
         if cluster_way is not None:
             if cluster_way.chain.startswith("local-") or g.itp_local_drop:
                 itp = "Local"
