@@ -112,3 +112,26 @@ def test_a_record_value_that_is_a_set_reference_is_read_by_items() -> None:
     reads = portrules.chain_reads(odd)
     assert reads == [portrules.items_reads(r.peek_items()) for r in odd.rules]
     assert any("affinity-x" in names for _, names, _ in reads)
+
+
+def test_a_record_target_that_is_empty_is_left_out_as_items_leave_it() -> None:
+    """A chain record's verdict target value that is empty is not among the chain's reads (read from the record by
+    the template's generated function, as from the rules' items), and the other targets keep their order."""
+    ruleset = load(_synthesized(False))
+    whole = [c for t in ruleset.tables for c in t.chains if c._lazy is not None and c.name.startswith("service-")]
+    for c in whole:
+        portrules.chain_reads(c)
+    chain = next(c for c in whole if c._lazy[0].layout_plans is not None
+                 and sum(type(x) is int for p in c._lazy[0].layout_plans for x in p[0][0]) > 1)
+    maker, source, line, *values = chain._lazy  # type: ignore[misc]
+    found, at = next(p for p in maker.layout_plans if any(type(x) is int for x in p[0][0]))
+    k = next(x for x in found[0] if type(x) is int)
+    dropped = values[at + k - 6]
+    values[at + k - 6] = ""
+    odd = Chain.__new__(Chain)
+    object.__setattr__(odd, "name", chain.name)
+    object.__setattr__(odd, "_lazy", (maker, source, line, *values))
+    reads = portrules.chain_reads(odd)
+    assert reads == [portrules.items_reads(r.peek_items()) for r in odd.rules]
+    assert all(dropped not in targets and "" not in targets for targets, _, _ in reads)
+    assert reads != portrules.chain_reads(chain)
