@@ -232,7 +232,7 @@ def _key(text: str, norms: list[Any], is_map: bool) -> Any:
 
 
 def _read_key(text: str, norms: list[Any], is_map: bool) -> Any:
-    key_text = text.split(" : ", 1)[0] if is_map else text
+    key_text = text.partition(" : ")[0] if is_map else text
     if "comment" in key_text or "timeout" in key_text or "expires" in key_text or "counter" in key_text:
         key_text = _OPTION_RE.sub("", " " + key_text)  # (each option starts with its word: none, nothing to cut)
     parts = key_text.strip().split(" . ")
@@ -241,6 +241,9 @@ def _read_key(text: str, norms: list[Any], is_map: bool) -> Any:
     try:
         if len(parts) == 1:
             return norms[0](parts[0].strip())
+        if len(parts) == 3:  # kube-proxy's address . protocol . port (a dispatch map's ~5,000 elements), unrolled
+            a, b, c = parts
+            return (norms[0](a.strip()), norms[1](b.strip()), norms[2](c.strip()))
         return tuple([n(p.strip()) for n, p in zip(norms, parts, strict=True)])
     except ValueError:
         return None
