@@ -125,3 +125,12 @@ def test_synthesized_rulesets_round_trip(n: int, m: int, seed: int, ipv6: bool, 
     model = load(text)
     assert model == load(synth_nft.render_nft(services, form="transaction" if form == "list" else "list", **kw))
     assert load(save(model)) == model
+
+
+def test_a_comment_with_an_escaped_carriage_return_is_written_back_escaped() -> None:
+    """A quoted string holds a carriage return only escaped (`\\` and CR): written back so, it reads the same (it was
+    written raw, which the loader refuses as an unterminated string; hypothesis found it)."""
+    text = 'add table ip kube-proxy { comment "\\\rrules for kube-proxy" ; }\n'
+    ruleset = load(text, source="t")
+    assert ruleset.tables[0].comment == "\rrules for kube-proxy"
+    assert load(save(ruleset), source="saved") == ruleset

@@ -31,7 +31,9 @@ def unquote(token: str) -> str:
 
 
 def quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """`text` as a quoted string `unquote` gives back: a backslash, a quote and a carriage return (which a quoted
+    string holds only escaped: grammars/nft.lark's STRING) escaped."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "\\\r") + '"'
 
 
 def _inet_aton_part(part: str) -> int:
