@@ -39,7 +39,8 @@ IP6_DUMP_FILE = "ip6tables-save.txt"
 LEGACY_DUMP_FILE = "iptables-legacy-save.txt"
 NFT_FILE = "nft-ruleset.txt"
 CONNTRACK_FILE = "conntrack.txt"
-DUMP_FILES = (DUMP_FILE, IP6_DUMP_FILE, LEGACY_DUMP_FILE, NFT_FILE, CONNTRACK_FILE)
+ROUTES_FILE = "routes.txt"
+DUMP_FILES = (DUMP_FILE, IP6_DUMP_FILE, LEGACY_DUMP_FILE, NFT_FILE, CONNTRACK_FILE, ROUTES_FILE)
 # Bumped when meta.json changes incompatibly; readers accept what they know.
 META_FORMAT = 1
 

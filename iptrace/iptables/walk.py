@@ -327,9 +327,6 @@ class Tracer(ChainWalker):
         return out
 
     def _output_filter(self, s: State) -> list[tuple[State, Terminal]]:
-        # The routing decision is taken again when nat OUTPUT rewrote the destination (nf_nat_ipv4_local_fn,
-        # before filter OUTPUT).
-        self._route(s)
         return self._stages(s, _OUTPUT_FILTER, self._post_output)
 
     def _route(self, s: State) -> None:
@@ -340,6 +337,9 @@ class Tracer(ChainWalker):
             s.assume(no_route_note(format_ip(s.dst, self.version)))
 
     def _post_output(self, s: State) -> list[tuple[State, Terminal]]:
+        # The routing decision is taken again after nat OUTPUT rewrote the destination; the OUTPUT hook's own
+        # chains still see the interface it started with (the hook's output device is set once, before it).
+        self._route(s)
         return self._stages(s, _POSTROUTING, self._after_output)
 
     def _walk_fragment(self, s: State) -> list[tuple[State, Terminal]]:

@@ -201,8 +201,8 @@ class Tracer(ChainWalker):
                 if s1.notrack is None:  # (no base chain after conntrack on the hook)
                     s1.notrack = False
                 if t1 is None:
-                    # The route is looked up again after output's DNAT; a packet for the node itself comes back
-                    # in through lo.
+                    # The route is looked up again after output's DNAT (the hook's chains all saw the interface it
+                    # started with); a packet for the node itself comes back in through lo.
                     self._route(s1)
             self._tails(branches, _OUT_LOOPBACK, _OUT, out)
             return out
@@ -351,12 +351,7 @@ class Tracer(ChainWalker):
                 if term is not None:
                     following.append((st, term))
                 elif stage.nat:
-                    nat_states = self._nat_stage(stage.chains, 0, st)
-                    if hook == "output":  # (DNAT here routes the packet again, before the chains after it)
-                        for st2, term2 in nat_states:
-                            if term2 is None:
-                                self._route(st2)
-                    following.extend(nat_states)
+                    following.extend(self._nat_stage(stage.chains, 0, st))
                 else:
                     following.extend(self._base(*stage.chains[0], st))
             states = following
