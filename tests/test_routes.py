@@ -90,7 +90,7 @@ def test_errors_name_file_line_and_column(line: str, column: int, reason: str) -
 
 
 def test_a_v4_route_before_the_header_is_an_error() -> None:
-    with pytest.raises(ParseError, match="routes.txt:1:1: not a route"):
+    with pytest.raises(ParseError, match=r"routes\.txt:1:1: not a route"):
         parse_routes(v4("eth0", "00000000", "00000000") + "\n", source="routes.txt")
 
 
