@@ -13,6 +13,8 @@ from click.testing import CliRunner
 
 from iptrace import dataplanes
 from iptrace.cli import main
+from iptrace.collect.commands import Batch, StepOutput
+from iptrace.collect.gather import Gathered, Runner, gather
 from iptrace.dataplane import Packet
 from iptrace.errors import ParseError
 from iptrace.routes import parse_routes
@@ -177,3 +179,26 @@ table ip routed {
                 (o.verdict, o.destination, o.masquerade, o.assumptions) for o in b.outcomes], packet
             seen.update((o.verdict, o.masquerade) for o in a.outcomes)
     assert {("DROP", False), ("DNAT", True)} <= seen, seen
+
+
+def _gathered(routes: StepOutput) -> Gathered:
+    save = StepOutput("iptables-save", 0, (SAMPLES / "no-kube-proxy.txt").read_bytes(), "")
+    return gather(Batch({"iptables-save": save, "routes": routes}, "plain"), "n1", Runner("ssh"))
+
+
+def test_collect_keeps_the_routes_and_a_failure_to_read_them_loses_nothing_else() -> None:
+    listed = NODE.encode()
+    kept = _gathered(StepOutput("routes", 0, listed, ""))
+    assert kept.dumps["routes.txt"] == listed and kept.meta["routes"] == {"status": "ok", "error": None}
+    assert "routes.txt" in kept.meta["files"] and kept.warnings == []
+    # A node without IPv6 has no /proc/net/ipv6_route: `cat` fails, its IPv4 routes are kept all the same.
+    v4_only = (HEADER + "\n" + v4("eth0", "00000000", "00000000") + "\n").encode()
+    no_six = _gathered(StepOutput("routes", 1, v4_only, "cat: /proc/net/ipv6_route: No such file or directory"))
+    assert no_six.dumps["routes.txt"] == v4_only and no_six.warnings == []
+    for step, said in ((StepOutput("routes", 1, b"", "cat: /proc/net/route: Permission denied"), "Permission denied"),
+                       (StepOutput("routes", 0, b"hello\n", ""), "not routes as /proc lists them")):
+        failed = _gathered(step)
+        assert "routes.txt" not in failed.dumps and "iptables-save.txt" in failed.dumps
+        assert failed.meta["routes"]["status"] == "failed" and said in failed.meta["routes"]["error"]
+        [warning] = failed.warnings
+        assert warning.startswith("cat /proc/net/route /proc/net/ipv6_route: ") and said in warning, warning
