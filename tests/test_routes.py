@@ -121,6 +121,16 @@ def test_trace_answers_docker_s_output_interface_rules_with_the_routes(tmp_path:
     assert not any("output interface docker0, by the node" in a for a in without["assumptions"]), without
 
 
+def test_the_sample_docker_host_s_published_port_is_reached_with_its_routes() -> None:
+    """The README's example: sample_dumps/routes/no-kube-proxy.txt is the kernel's listing of that host."""
+    base = ["trace", str(SAMPLES / "no-kube-proxy.txt"), "--dst", "172.17.0.3:5432", "--src", "192.168.1.7", "-o",
+            "json"]
+    routes = str(SAMPLES / "routes" / "no-kube-proxy.txt")
+    for given, verdict in (([], "DROP"), (["--routes", routes], "ACCEPT")):
+        done = CliRunner().invoke(main, [*base, *given])
+        assert [o["verdict"] for o in json.loads(done.output)["outcomes"]] == [verdict], done.output
+
+
 def test_a_collected_node_directory_s_routes_are_read_and_a_bad_file_is_named(tmp_path: Path) -> None:
     node = tmp_path / "node1"
     node.mkdir()

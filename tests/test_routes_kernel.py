@@ -212,3 +212,31 @@ def test_trace_takes_the_routes_file(topo: Topology, mode: str, tmp_path: Path) 
     routed = CliRunner().invoke(main, [*base, "--routes", str(routes)])
     assert routed.exit_code == 0, routed.output
     assert "DROP" in routed.output and "output interface cni0, by the node's routes" in routed.output, routed.output
+
+
+POD6 = "fd00:198:18:8000::10"
+CLIENT6 = "fd00:198:18::2"
+
+
+def test_ipv6_routes_answer_ip6tables_as_the_kernel_does() -> None:
+    """/proc/net/ipv6_route (every table, one line a route) read back: the node namespace's pods behind cni0, its
+    clients on eth0; ip6tables' `-o cni0 -j DROP` drops what the kernel forwards to a pod."""
+    with Topology("nft", ipv6=True) as topo:
+        topo.add_pod_ip(POD6)
+        topo.start_server(tcp_ports=[PORT])
+        routes = parse_routes(_routes(topo), source="routes")
+        assert routes.v6 is not None
+        from ipaddress import ip_address
+
+        assert [routes.v6.device(int(ip_address(ip))) for ip in (POD6, CLIENT6, "fd00:198:19::10", "2001:db8::1")] \
+            == ["cni0", "eth0", "cni0", None]
+        assert topo.probe("client", POD6, PORT).outcome == "connected"
+        topo.load("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                  "-A FORWARD -o cni0 -j DROP\nCOMMIT\n", ipv6=True)
+        assert topo.probe("client", POD6, PORT).outcome == "timeout"
+        dataplane, ruleset = dataplanes.load(topo.save(ipv6=True), source="ip6tables-save")
+        packet = Packet(CLIENT6, POD6, PORT, in_interface="eth0")
+        assert [o.verdict for o in dataplane.tracer(ruleset, node_ips=topo.node_ips).trace(packet).outcomes] == [
+            "ACCEPT"]
+        assert [o.verdict for o in dataplane.tracer(ruleset, node_ips=topo.node_ips, routes=routes).trace(
+            packet).outcomes] == ["DROP"]

@@ -369,6 +369,7 @@ def compile_match(m: Match, ctx: Context, where: str,
     if fast is not None:
         return fast, None
     if ctx.routes is not None and isinstance(m.left, Meta) and m.left.key in ("oifname", "oif"):
+        # (the test itself is the one without routes: the walk set the interface it reads; only the note differs)
         return None, _routed(compile_match(m, Context(ctx.local), where, named), where)
     if isinstance(m.left, Fib) and "iif" in m.left.flags and m.left.result == "type":
         return None, _on_iif(m, ctx, where, named)
