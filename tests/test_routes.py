@@ -212,3 +212,17 @@ def test_collect_keeps_the_routes_and_a_failure_to_read_them_loses_nothing_else(
         assert failed.meta["routes"]["status"] == "failed" and said in failed.meta["routes"]["error"]
         [warning] = failed.warnings
         assert warning.startswith("cat /proc/net/route /proc/net/ipv6_route: ") and said in warning, warning
+
+
+@pytest.mark.parametrize("dump", ["nodeport-fb-backends.txt", "nodeport-fb-backends-nft.nft",
+                                  "nodeport-fb-backends-nft.json"])
+def test_routes_change_nothing_where_no_rule_tests_the_output_interface(dump: str, tmp_path: Path) -> None:
+    """kube-proxy's own rules never test the output interface: with routes (even ones without a route for some
+    endpoint) `services` says exactly what it says without them, and keeps its port shapes."""
+    routes = tmp_path / "routes.txt"
+    routes.write_text("\n".join([HEADER, v4("cni0", "0000F40A", "00FFFFFF")]) + "\n")
+    base = ["services", str(SAMPLES / dump), "-o", "json"]
+    without, routed = (CliRunner().invoke(main, [*base, *given]) for given in ([], ["--routes", str(routes)]))
+    assert routed.exit_code == 0 and routed.output == without.output
+    dataplane, ruleset = dataplanes.load((SAMPLES / dump).read_text())
+    assert dataplane.tracer(ruleset, routes=parse_routes(routes.read_text())).ctx.routes is None

@@ -24,7 +24,7 @@ from iptrace.cli import main
 from iptrace.dataplane import Packet
 from iptrace.routes import parse_routes
 from tests.oracle import CLIENT_IP, NODE_IP, Topology
-from tests.oracle.nft import list_ruleset, load_nft, requires_nft
+from tests.oracle.nft import json_listing, list_ruleset, load_nft, requires_nft
 
 pytestmark = [pytest.mark.root, requires_nft()]
 
@@ -159,6 +159,11 @@ def test_a_forwarded_packet_to_a_pod_meets_the_rule_on_its_route_after_dnat(topo
         after = routed.trace(packet)
         assert [o.verdict for o in after.outcomes] == ["DROP"], after
         assert any("output interface cni0, by the node's routes" in a for a in after.assumptions), after.assumptions
+        if mode == "nftables":  # (the kernel's JSON listing of the same rules, `nft -j list ruleset`)
+            listed = json_listing(topo)
+            tracer = dataplanes.by_name("nftables").tracer(listed, node_ips=topo.node_ips,
+                                                            routes=parse_routes(_routes(topo)))
+            assert [o.verdict for o in tracer.trace(packet).outcomes] == ["DROP"]
 
 
 @pytest.mark.parametrize("mode", MODES)

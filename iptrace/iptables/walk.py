@@ -8,6 +8,7 @@ function over a small cache of tracers.
 from __future__ import annotations
 
 import gc
+import re
 from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from operator import attrgetter
@@ -95,6 +96,23 @@ def _unseen_rules(ruleset: Ruleset) -> tuple[str, ...]:
     return tuple(notes)
 
 
+_OUT_IFACE = re.compile(r"(?:^|\s)(?:-o|--out-interface)\s")
+
+
+def _tests_out_iface(ruleset: Ruleset) -> bool:
+    """Whether a rule tests the output interface (`-o`): the node's routes change nothing else, so a ruleset
+    without one is traced as without them (and keeps its port shapes). (Its text is searched: a comment that
+    spells `-o` only costs the shapes.)"""
+    search = _OUT_IFACE.search
+    for table in ruleset.tables:
+        for chain in table.chains:
+            for rule in chain.rules:
+                text = rule.text
+                if "-o" in text and search(text):
+                    return True
+    return False
+
+
 def _wired(ruleset: Ruleset) -> bool:
     """Whether the dump's built-in chains carry the traffic (else a kube-proxy fragment)."""
     for table in ruleset.tables:
@@ -121,7 +139,7 @@ class Tracer(ChainWalker):
                  ipsets: Mapping[str, Sequence[str]] | None = None, share: bool = True,
                  routes: Routes | None = None) -> None:
         version = 6 if ruleset.family == "ipv6" else 4
-        table = routes.table(version) if routes is not None else None
+        table = routes.table(version) if routes is not None and _tests_out_iface(ruleset) else None
         super().__init__(ruleset, Context.build(version, node_ips, ipsets, table), names, use_index)
         self.routed = table is not None
         self.node_ips = tuple(node_ips)

@@ -55,6 +55,15 @@ SNAT_HOOKS = ("postrouting", "input")  # (their NAT rewrites the source)
 NEW_CONNECTION = "first packet of a new connection (ct state new, mark 0, no conntrack or dynamic-set entries yet)"
 
 
+def _tests_out_iface(ruleset: Ruleset) -> bool:
+    """Whether a rule may test the output interface (`oifname`, `oif`): the node's routes change nothing else.
+    (The input text is searched, else every rule's: a mention elsewhere, `oiftype`, a comment, only costs the
+    port shapes.)"""
+    if ruleset.text is not None:
+        return "oif" in ruleset.text
+    return any("oif" in rule.text for _, _, rule in ruleset.rules())
+
+
 class Tracer(ChainWalker):
     """Traces packets through one nft Ruleset (both IP families when it has tables for both). Build once, call
     `trace(packet)` many times. `node_ips`: the node's own addresses (fib type local, and whether the node sent
@@ -71,6 +80,8 @@ class Tracer(ChainWalker):
                 local.add(str(ipaddress.ip_address(ip)))
             except ValueError:
                 continue
+        if routes is not None and not _tests_out_iface(ruleset):
+            routes = None  # (they would change nothing, and cost the port shapes)
         # share: replay the hooks after NAT, and a load-balancing chain, for branches they cannot tell apart
         super().__init__(ruleset, Context(frozenset(local), routes), frozenset(local), StepMaker(ruleset, names),
                          share)
