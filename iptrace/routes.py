@@ -83,9 +83,6 @@ class RouteTable:
         self._found[address] = device
         return device
 
-    def __len__(self) -> int:
-        return sum(len(n) for n in self._by_length.values())
-
 
 @dataclass(frozen=True, slots=True)
 class Routes:
@@ -104,7 +101,7 @@ class Routes:
 def parse_routes(text: str, *, source: str = "<routes>", lenient: bool = False) -> Routes:
     """Read `cat /proc/net/route /proc/net/ipv6_route`; raises ParseError naming file:line:column (with --lenient
     the line is left out and listed in `skipped`)."""
-    v4: list[tuple[int, int, int, str | None, int]] = []  # (metric, line, network, length, device) before sorting
+    v4: list[tuple[int, int, int, str | None, int]] = []  # (metric, line, network, device, length) before sorting
     v6: list[tuple[int, int, int, str | None, int]] = []
     v4_raw: list[tuple[int, str, int, str, int, str]] = []  # (line, iface, flags, destination, metric, mask)
     header = False
