@@ -20,6 +20,7 @@ from typing import Any, Literal, Protocol
 from iptrace.errors import InputError
 from iptrace.layout import KnownServicePort, Layout
 from iptrace.records import positional_new
+from iptrace.routes import Routes
 
 # IP protocol numbers for the names iptables accepts after -p: its own built-in names plus Debian's
 # /etc/protocols (iptables-save prints getprotobynumber's name, e.g. `-p ipencap` for Calico's IP-in-IP).
@@ -503,7 +504,10 @@ class Dataplane(Protocol):
         ...
 
     def tracer(self, ruleset: Any, *, node_ips: Sequence[str] = (), pod_cidrs: Sequence[str] = (),
-               names: Mapping[str, str] | None = None) -> Tracer: ...
+               names: Mapping[str, str] | None = None, routes: Routes | None = None) -> Tracer:
+        """The tracer of `ruleset`; `routes` (the node's, iptrace.routes) answer the rules that test the interface
+        a packet leaves by."""
+        ...
 
     def service_chain(self, role: str, service_port_name: str, protocol: str) -> str:
         """The chain kube-proxy names for a Service port: role cluster | local | external | firewall."""

@@ -103,7 +103,7 @@ def test_collect_and_audit_via_api(cluster: FakeCluster):
     assert rows[1]["notes"] == ["collected with a collector pod: no running kube-proxy pod (k8s-app=kube-proxy in "
                                 "kube-system) on the node"]
     assert sorted(p.name for p in (out / "node-b").iterdir()) == [
-        "conntrack.txt", "ip6tables-save.txt", "iptables-save.txt", "meta.json", "nft-ruleset.txt"]
+        "conntrack.txt", "ip6tables-save.txt", "iptables-save.txt", "meta.json", "nft-ruleset.txt", "routes.txt"]
 
     # The text table says how each node was reached when it had to fall back.
     result = _run("collect", "--via", "api", "node-b", "--kubeconfig", str(cluster.kubeconfig), "--out", str(out))

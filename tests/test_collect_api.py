@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ import pytest
 from iptrace.collect import api_pod, store
 from iptrace.collect.api import collect_api
 from iptrace.errors import ClusterError, InputError
+from iptrace.routes import parse_routes
 from tests.apicluster import ADMIN, KUBE_PROXY_IMAGE, FakeCluster, can_make_nodes, kube_proxy_pod
 from tests.apiserver import Grant
 from tests.apiserver_pods import CLOSE_STREAM_MARKER
@@ -96,6 +98,11 @@ def test_exec_and_pod_return_each_nodes_real_rules(cluster: FakeCluster):
             snapshot.nft_ruleset_text
         assert f"node-{other}" not in snapshot.nft_ruleset_text
         assert f"198.18.0.{index}" in snapshot.addresses and "127.0.0.1" in snapshot.addresses
+        # Its routes, read from /proc (no `ip` in kube-proxy's image): the node namespace's (no default route
+        # there, unlike the host's).
+        routes = parse_routes((out / name / "routes.txt").read_text())
+        assert snapshot.meta["routes"] == {"status": "ok", "error": None} and routes.v4 is not None
+        assert [routes.v4.device(int(ip_address(ip))) for ip in ("198.18.0.200", "10.0.0.1")] == ["eth0", None]
         assert snapshot.meta["via"] == "api" and snapshot.meta["backend"] == "nf_tables"
         assert snapshot.meta["server"] == cluster.server.url and snapshot.meta["errors"] == []
         assert stat.S_IMODE((out / name).stat().st_mode) == 0o700
@@ -419,13 +426,13 @@ def test_a_pod_that_cannot_be_deleted_is_said_with_the_command_that_deletes_it(c
 
 @needs_nodes
 def test_a_pod_past_its_deadline_is_a_timeout(cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch):
-    # Deadline = the commands' worst case (10 steps of 0.2 s) + the pull allowance (0 here): 2 s.
+    # Deadline = the commands' worst case (11 steps of 0.2 s) + the pull allowance (0 here): 2.2 s, said as 3 s.
     monkeypatch.setattr(api_pod, "PULL_ALLOWANCE", 0)
     cluster.add_node("node-a", kube_proxy=False, bin_scripts={"iptables-save": HUNG_SAVE})
     cluster.start()
     [result] = _collect(cluster, timeout=0.2, listing_timeout=0.2)
     assert result.error_kind == "timeout", result.error
-    assert "the collector pod ran longer than its deadline (2s) and was stopped" in (result.error or "")
+    assert "the collector pod ran longer than its deadline (3s) and was stopped" in (result.error or "")
 
 
 @needs_nodes

@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import time
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from iptrace.collect import store
 from iptrace.collect.gather import parse_ip_addr, parse_iptables_version
 from iptrace.collect.ssh import NodeTarget, collect, read_inventory, remote_command
 from iptrace.errors import InputError
+from iptrace.routes import parse_routes
 from tests.signals import default_sigint
 from tests.sshd import (
     SAMPLE_DUMP,
@@ -206,11 +208,13 @@ def test_several_nodes_in_parallel(farm: SshdFarm, tmp_path: Path):
         assert (meta["host"], meta["port"], meta["user"]) == ("127.0.0.1", server.port, "root")
         assert meta["addresses"] == ["127.0.0.1", "::1", ip, "fe80::1"]
         assert (meta["iptables_version"], meta["backend"]) == ("1.8.9", "nf_tables")
-        assert meta["files"] == ["ip6tables-save.txt", "iptables-save.txt"]
-        assert meta["errors"] == []
+        assert meta["files"] == ["ip6tables-save.txt", "iptables-save.txt", "routes.txt"]
+        assert meta["errors"] == [] and meta["routes"] == {"status": "ok", "error": None}
         assert meta["collected_at"].endswith("+00:00")
         assert set(result.files) == {node_dir / "iptables-save.txt", node_dir / "ip6tables-save.txt",
-                                     node_dir / "meta.json"}
+                                     node_dir / "routes.txt", node_dir / "meta.json"}
+        # (the host's own routes, as its real `cat` read them: what the node directory's analyses then use)
+        assert parse_routes((node_dir / "routes.txt").read_text()).v4 is not None
         # Dumps describe the cluster's topology: private files in private directories.
         assert stat.S_IMODE(node_dir.stat().st_mode) == 0o700
         for path in node_dir.iterdir():
@@ -300,7 +304,7 @@ def test_command_missing_and_missing_ip6tables_is_a_warning(farm: SshdFarm, tmp_
     assert "`iptables-save` not found" in ra.error
     assert rb.ok, rb.error
     meta = json.loads((tmp_path / "out" / rb.node / "meta.json").read_text())
-    assert meta["files"] == ["iptables-save.txt"]
+    assert meta["files"] == ["iptables-save.txt", "routes.txt"]
     assert any("ip6tables-save" in e and "not found" in e for e in meta["errors"]), meta["errors"]
     assert rb.warnings == tuple(meta["errors"])
 
@@ -481,7 +485,7 @@ def test_legacy_tables_are_collected_and_stale_files_removed(farm: SshdFarm, tmp
     node_dir = tmp_path / "out" / result.node
     assert (node_dir / "iptables-legacy-save.txt").read_text() == SAMPLE_LEGACY_DUMP
     assert json.loads((node_dir / "meta.json").read_text())["files"] == [
-        "ip6tables-save.txt", "iptables-legacy-save.txt", "iptables-save.txt"]
+        "ip6tables-save.txt", "iptables-legacy-save.txt", "iptables-save.txt", "routes.txt"]
     assert store.read_node_dir(node_dir).legacy_dump_text == SAMPLE_LEGACY_DUMP
 
     # The node was cleaned up: the legacy dump of the previous run must not linger beside the new one.
@@ -667,6 +671,7 @@ def test_real_iptables_save_inside_a_node_namespace(farm: SshdFarm, tmp_path: Pa
         for ns, dev in ((node_ns, "veth-n"), (client_ns, "veth-c")):
             run("ip", "-n", ns, "link", "set", "lo", "up")
             run("ip", "-n", ns, "link", "set", dev, "up")
+        run("ip", "-n", node_ns, "route", "add", "198.18.128.0/17", "via", "198.18.0.2")
         rules = (SAMPLE_DUMP % {"ip": "198.18.0.1"}).replace("# node 198.18.0.1\n", "")
         subprocess.run(["ip", "netns", "exec", node_ns, "iptables-restore"], input=rules.encode(), check=True)
         subprocess.run(["ip", "netns", "exec", node_ns, "nft", "-f", "-"], input=SAMPLE_NFT.encode(), check=True)
@@ -713,7 +718,12 @@ def test_real_iptables_save_inside_a_node_namespace(farm: SshdFarm, tmp_path: Pa
                    for e in entries), snapshot.conntrack_text
         assert snapshot.meta["conntrack"]["entries"]["ipv4"] >= 1 and not snapshot.meta["conntrack"]["capped"]
         assert snapshot.meta["files"] == ["conntrack.txt", "ip6tables-save.txt", "iptables-save.txt",
-                                          "nft-ruleset.txt"]
+                                          "nft-ruleset.txt", "routes.txt"]
+        # Its routes: the namespace's own (no default route there, unlike the host's).
+        routes = parse_routes((tmp_path / "out" / "198.18.0.1" / "routes.txt").read_text())
+        assert routes.v4 is not None
+        assert [routes.v4.device(int(ip_address(ip))) for ip in ("198.18.128.9", "198.18.0.2", "10.0.0.1")] == [
+            "veth-n", "veth-n", None]
         assert snapshot.meta["errors"] == [] and snapshot.meta["via"] == "ssh"
     finally:
         farm.stop_all()
@@ -741,7 +751,7 @@ def test_a_node_without_iptables_is_collected_from_its_nft_ruleset(farm: SshdFar
     [result] = _collect(farm, [_target(server)], tmp_path)
     assert result.ok, _describe([result])
     node_dir = tmp_path / "out" / result.node
-    assert sorted(p.name for p in node_dir.iterdir()) == ["meta.json", "nft-ruleset.txt"]
+    assert sorted(p.name for p in node_dir.iterdir()) == ["meta.json", "nft-ruleset.txt", "routes.txt"]
     assert result.warnings == ()
     assert result.notes[0] == "no `iptables-save` on the node: the node's rules are its `nft list ruleset` " \
                               "(nft-ruleset.txt)"

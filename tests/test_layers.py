@@ -35,7 +35,8 @@ def _layer(module: str) -> str:
 DATAPLANES = {"iptables", "nftables"}
 # The interface between the dataplanes and the layers above: packets, traces and protocols (iptrace.dataplane),
 # kube-proxy's layout as a dataplane reports it (iptrace.layout).
-INTERFACE = ("dataplane", "layout")
+# The node's routes (iptrace.routes) are read below them: the tracers answer `-o`/`oifname` with them.
+INTERFACE = ("dataplane", "layout", "routes")
 
 
 def test_dataplane_packages_import_only_errors_the_interface_and_themselves() -> None:
@@ -43,7 +44,7 @@ def test_dataplane_packages_import_only_errors_the_interface_and_themselves() ->
         layer = _layer(name)
         if layer not in DATAPLANES and layer not in INTERFACE:
             continue
-        allowed = {"iptrace.errors", "iptrace.records", "iptrace.layout"} if layer in INTERFACE else {
+        allowed = {"iptrace.errors", "iptrace.records", "iptrace.layout", "iptrace.routes"} if layer in INTERFACE else {
             "iptrace.errors", "iptrace.records", *(f"iptrace.{m}" for m in INTERFACE), "iptrace.grammars", "iptrace.text",
             "iptrace.dumpfile"}
         for imported in _imports(tree):

@@ -64,8 +64,8 @@ def test_iif_and_oif_name_the_interface(kind: str, src: str, dst: str, port: int
 def test_what_a_shared_walk_answers_is_the_plain_walks() -> None:
     """Walks after a split are shared by the fields the rules read: iif/oif read the interfaces (mutation: a
     `reads` that says they read nothing fails the first assertion)."""
-    from iptrace.nftables.evaluate import reads
     from iptrace.nftables.model import Match, Meta
+    from iptrace.nftables.reads import reads
 
     assert reads(Match(Meta("iif"), "==", "lo")) == {"in_iface"}
     assert reads(Match(Meta("oif"), "==", "lo")) == {"out_iface"}

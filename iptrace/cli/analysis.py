@@ -72,7 +72,7 @@ def parse(dump: str, output: str, as_save: bool, lenient: bool, table: str | Non
 @analysis_options
 def services(dump: str, output: str, namespace: str | None, service: str | None, address: str | None,
              node_ips: tuple[str, ...], cluster_files: tuple[str, ...], kubeconfig: str | None,
-             context: str | None, lenient: bool, table: str | None) -> None:
+             context: str | None, routes_file: str | None, lenient: bool, table: str | None) -> None:
     """The kube-proxy view: every Service port the node forwards, every way in, every endpoint.
 
     \b
@@ -83,7 +83,7 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
       iptrace services node1.txt -o svg > services.svg
     """
     batch()
-    one_stdin({"DUMP": dump, "--cluster": cluster_files})
+    one_stdin({"DUMP": dump, "--cluster": cluster_files, "--routes": routes_file})
     from iptrace.errors import InputError
     from iptrace.kube.select import select_ports
     from iptrace.render.services import iter_services_json, iter_services_json_texts, render_services_text
@@ -109,7 +109,8 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
     pairs = []
     errors = []
     filtered = namespace is not None or service is not None or address is not None
-    for analysis in analyses_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table):
+    for analysis in analyses_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table,
+                                routes_file=routes_file):
         if not filtered:
             build_showing_progress(analysis)
         try:
@@ -243,7 +244,8 @@ _MANY = ("With several destinations, -o json prints a JSON array of the one-dest
 @namespace_option
 def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, proto: str, in_interface: str | None,
           output: str, node_ips: tuple[str, ...], cluster_files: tuple[str, ...], kubeconfig: str | None,
-          context: str | None, lenient: bool, table: str | None, namespace: str | None) -> None:
+          context: str | None, routes_file: str | None, lenient: bool, table: str | None,
+          namespace: str | None) -> None:
     """Simulate one new connection through the rules, exactly as the kernel would.
 
     Prints every outcome (DNAT to which endpoint, ACCEPT, DROP, REJECT, CONTINUE) with its exact probability,
@@ -263,7 +265,7 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
     from iptrace.kube.sources import destination_note, of_family, pick_source, pod_interface, pod_interface_note
     from iptrace.render.trace import render_trace_text
 
-    one_stdin({"DUMP": dump, "--dst-file": dst_file, "--cluster": cluster_files})
+    one_stdin({"DUMP": dump, "--dst-file": dst_file, "--cluster": cluster_files, "--routes": routes_file})
     questions = read_questions(dsts, dst_file, proto)
     check_source(src)
     given = src
@@ -272,7 +274,8 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
     sources: dict[int, tuple[str, list[str], str | None]] = {}  # analysis -> (source, its notes, its interface)
 
     def analysis_for(family: str, hosts: Any) -> Any:
-        return analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table, hosts=hosts)
+        return analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table, hosts=hosts,
+                           routes_file=routes_file)
 
     def answer(analysis: Any, q: Any) -> Any:
         check_mapped_source(given, src, q.host)
@@ -295,7 +298,7 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
     if len(questions) == 1 and questions[0].error is None and dst_file is None:
         q = questions[0]
         analysis = analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table,
-                               host=q.host or None)
+                               host=q.host or None, routes_file=routes_file)
         result = answer(analysis, resolved(q, analysis, cluster))
         if output == "json":
             emit_json(trace_to_json(result))
@@ -347,7 +350,7 @@ def _single(found: Any, output: str, to_json: Any, to_text: Any) -> None:
 def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | None, proto: str,
             in_interface: str | None, conntrack_file: str | None, verbose: bool, output: str,
             node_ips: tuple[str, ...], cluster_files: tuple[str, ...], kubeconfig: str | None, context: str | None,
-            lenient: bool, table: str | None, namespace: str | None) -> None:
+            routes_file: str | None, lenient: bool, table: str | None, namespace: str | None) -> None:
     """Explain why a connection fails and what would work instead.
 
     With a conntrack table (--conntrack FILE, or a collected node's conntrack.txt), also the flows that already
@@ -376,7 +379,8 @@ def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | N
     def as_text(report: Any) -> str:
         return render_explain_text(report, width, named)
 
-    one_stdin({"DUMP": dump, "--dst-file": dst_file, "--conntrack": conntrack_file, "--cluster": cluster_files})
+    one_stdin({"DUMP": dump, "--dst-file": dst_file, "--conntrack": conntrack_file, "--cluster": cluster_files,
+               "--routes": routes_file})
     questions = read_questions(dsts, dst_file, proto)
     src_notes: tuple[str, ...] = ()
     given = src
@@ -388,7 +392,8 @@ def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | N
     flows: list[Any] = []
 
     def analysis_for(family: str, hosts: Any) -> Any:
-        return analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table, hosts=hosts)
+        return analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table, hosts=hosts,
+                           routes_file=routes_file)
 
     def answer(analysis: Any, q: Any) -> Any:
         check_mapped_source(given, src, q.host)
@@ -412,7 +417,7 @@ def explain(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str | N
     if len(questions) == 1 and questions[0].error is None and dst_file is None:
         q = questions[0]
         analysis = analysis_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table,
-                               host=q.host or None)
+                               host=q.host or None, routes_file=routes_file)
         report = answer(analysis, resolved(q, analysis, cluster))
         reports = [report]
         if output == "json":

@@ -19,6 +19,10 @@ def output_option(*choices: str) -> Callable[[Callable[..., Any]], Callable[...,
 
 lenient_option = click.option("--lenient", is_flag=True,
                                help="Analyze what can be read and list what was skipped instead of failing.")
+routes_option = click.option(
+    "--routes", "routes_file", type=click.Path(dir_okay=False, allow_dash=True), metavar="FILE",
+    help="The node's routes, as `cat /proc/net/route /proc/net/ipv6_route` prints them: they answer the rules that "
+         "test the interface a packet leaves by (-o, oifname). Default for DIR/NODE: its routes.txt, if collected.")
 table_option = click.option("--table", "table", type=click.Choice(["raw", "mangle", "nat", "filter", "security"]),
                              help="Table of an `iptables -S` listing when its chains do not tell.")
 
@@ -97,11 +101,12 @@ def note_skipped_rules(dump: str, ruleset: Any) -> None:
 
 def analysis_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = None, lenient: bool = False,
                 table: str | None = None, host: str | None = None, hosts: Sequence[str] = (),
-                note: bool = True) -> Any:
+                note: bool = True, routes_file: str | None = None) -> Any:
     """DUMP loaded and analysed (iptrace.kube.analysis.Analysis: the layout, the tracer and the Service view)
     for the family of `host` when given, else for the dump's first. Node addresses: --node-ip, else those
-    collected with a node directory. `hosts`: with several questions, every address they ask about (all of
-    `host`'s family): the analysis answers for each of them. `note`: as load_dump's."""
+    collected with a node directory; routes: --routes, else a node directory's (load_routes). `hosts`: with
+    several questions, every address they ask about (all of `host`'s family): the analysis answers for each of
+    them. `note`: as load_dump's."""
     from iptrace.kube.analysis import analyse
 
     host = host or (hosts[0] if hosts else None)
@@ -138,11 +143,12 @@ def analysis_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = Non
                              f"{tool}.txt (iptrace collect does)")
         raise InputError(f"{host} is an {family.replace('ip', 'IP')} address but {ruleset.source} is an "
                          f"{have.replace('ip', 'IP')} dump; give the node's {tool} output instead")
-    return hold(analyse(dataplane, ruleset, family, node_ips=list(node_ips) or collected, cluster=cluster))
+    return hold(analyse(dataplane, ruleset, family, node_ips=list(node_ips) or collected, cluster=cluster,
+                        routes=load_routes(routes_file, dump, lenient=lenient, note=note)))
 
 
 def analyses_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = None, lenient: bool = False,
-                table: str | None = None) -> list[Any]:
+                table: str | None = None, routes_file: str | None = None) -> list[Any]:
     """DUMP analysed for every IP family kube-proxy has rules for in it (an nftables ruleset holds `ip` and `ip6`
     kube-proxy tables on a dual-stack node; a node directory may hold ip6tables-save.txt); the first family alone
     when none has."""
@@ -159,6 +165,7 @@ def analyses_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = Non
     else:
         dataplane, ruleset, collected = node_dump(snapshot, dump, lenient=lenient)
     ips = list(node_ips) or collected
+    routes = load_routes(routes_file, dump, lenient=lenient)
     loads = [(dataplane, ruleset, ruleset.families)]
     if "ipv6" not in ruleset.families and snapshot is not None and snapshot.ip6_dump_text:
         # (a node directory's IPv6 rules are in its ip6tables-save.txt: all of them on an IPv6-only node; the
@@ -171,10 +178,11 @@ def analyses_of(dump: str, *, node_ips: tuple[str, ...] = (), cluster: Any = Non
     found = []
     for dp, rs, families in loads:
         for family in families:
-            a = analyse(dp, rs, family, node_ips=ips, cluster=cluster)
+            a = analyse(dp, rs, family, node_ips=ips, cluster=cluster, routes=routes)
             if a.layout.proxy.has_rules:
                 found.append(a)
-    return hold(found or [analyse(dataplane, ruleset, first_family(ruleset), node_ips=ips, cluster=cluster)])
+    return hold(found or [analyse(dataplane, ruleset, first_family(ruleset), node_ips=ips, cluster=cluster,
+                                  routes=routes)])
 
 
 def first_family(ruleset: Any) -> str:
@@ -258,6 +266,35 @@ def load_conntrack(path: str | None, dump: str, *, lenient: bool = False,
     table = hold(load(data, source=name, lenient=lenient, focus=focus))
     note_skipped(name, table)
     return table
+
+
+def load_routes(path: str | None, dump: str, *, lenient: bool = False, note: bool = True) -> Any:
+    """The node's routes (iptrace.routes.Routes): --routes FILE, else DIR/NODE/routes.txt when DUMP is a collected
+    node directory that has one (None without either: the output interface stays unknown, as it always was).
+    --lenient: the lines read past are said on stderr (`note`)."""
+    if path is None:
+        node = Path(dump)
+        if dump == "-" or not node.is_dir():
+            return None
+        from iptrace.collect.store import ROUTES_FILE  # (only for a node directory: a dump file's run needs none)
+
+        if not (node / ROUTES_FILE).is_file():
+            return None
+        path = str(node / ROUTES_FILE)
+    from iptrace.dumpfile import read_bytes
+    from iptrace.routes import parse_routes
+    from iptrace.text import decode_input
+
+    data, name = read_bytes(path, "the node's routes (`cat /proc/net/route /proc/net/ipv6_route`)",
+                            "the node's routes as text")
+    routes = parse_routes(decode_input(data), source=name, lenient=lenient)
+    if note and routes.skipped:
+        first = routes.skipped[0]
+        many = len(routes.skipped)
+        lines = f"{many} line that is" if many == 1 else f"{many} lines that are"
+        click.echo(f"note: {name}: read with --lenient past {lines} no route (the first, line {first.line}: "
+                   f"{first.message})", err=True)
+    return hold(routes)
 
 
 def note_skipped(name: str, table: Any) -> None:
@@ -444,6 +481,7 @@ def analysis_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--kubeconfig", type=click.Path(dir_okay=False),
                      help="Read Services/EndpointSlices/Nodes live (read-only) with this kubeconfig."),
         click.option("--context", help="kubeconfig context to use with --kubeconfig."),
+        routes_option,
         lenient_option,
         table_option,
     ]

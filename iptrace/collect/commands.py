@@ -26,7 +26,7 @@ NSENTER_HOST = ("nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--")
 # running anything (no sudo, no nsenter), its steps are reported as "not found" without a fork: every process
 # counts when twenty nodes share a CPU with the collector.
 STEPS = ("iptables-version", "iptables-save", "ip6tables-save", "iptables-legacy-save", "addresses",
-         "proc-addresses", "nft-version", "nft", "conntrack-ipv4", "conntrack-ipv6")
+         "proc-addresses", "routes", "nft-version", "nft", "conntrack-ipv4", "conntrack-ipv6")
 COMMANDS: dict[str, tuple[str, ...]] = {
     "iptables-version": ("iptables", "--version"),
     "iptables-save": ("iptables-save",),
@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "iptables-legacy-save": ("iptables-legacy-save",),
     "addresses": ("ip", "-o", "addr", "show"),
     "proc-addresses": ("cat", "/proc/net/fib_trie", "/proc/net/if_inet6"),
+    # (the kernel's own listing, which every node has: kube-proxy's image has no `ip`)
+    "routes": ("cat", "/proc/net/route", "/proc/net/ipv6_route"),
     "nft-version": ("nft", "--version"),
     # NOTE: never --terse: it drops set and map elements, and kube-proxy keeps its Services in map elements.
     "nft": ("nft", "list", "ruleset"),
@@ -80,6 +82,7 @@ batch() {
   [ -z "$L" ] || run iptables-legacy-save $h $s iptables-legacy-save
   run addresses $h ip -o addr show
   [ "$r" = 0 ] || run proc-addresses $h cat /proc/net/fib_trie /proc/net/if_inet6
+  run routes $h cat /proc/net/route /proc/net/ipv6_route
   if have nft; then
     run nft-version $h nft --version
     run nft $h $s nft list ruleset

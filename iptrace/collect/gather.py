@@ -146,6 +146,7 @@ def gather(batch: Batch, node: str, runner: Runner, *, conntrack_cap: int = 0) -
     details = _addresses(steps, node, runner, warnings, notes)
     nft_meta = _nft(steps, node, runner, dumps, warnings, notes)
     conntrack_meta = _conntrack(steps, node, runner, dumps, warnings, notes, conntrack_cap)
+    routes_meta = _routes(steps, node, runner, dumps, warnings)
     meta: dict[str, Any] = {
         "format": store.META_FORMAT,
         "node": node,
@@ -155,6 +156,7 @@ def gather(batch: Batch, node: str, runner: Runner, *, conntrack_cap: int = 0) -
         "backend": backend,
         "nft": nft_meta,
         "conntrack": conntrack_meta,
+        "routes": routes_meta,
         "files": sorted(dumps),
         "errors": warnings,
         "notes": notes,
@@ -244,6 +246,31 @@ def _conntrack(steps: dict[str, StepOutput], node: str, runner: Runner, dumps: d
     if meta["capped"]:
         notes.append(f"{store.CONNTRACK_FILE} capped at {cap} entries per family (--conntrack-max-entries)")
     return meta
+
+
+def _routes(steps: dict[str, StepOutput], node: str, runner: Runner, dumps: dict[str, bytes],
+            warnings: list[str]) -> dict[str, Any]:
+    """The node's routes (routes.txt), kept only when they read as routes (an analysis of the node reads them
+    whenever they are there); a failure is named, and nothing else of the node is lost. A node without IPv6
+    has no /proc/net/ipv6_route: its IPv4 routes are kept all the same."""
+    output = steps.get("routes")
+    if output is None:  # (a script that did not run it: nothing to say beyond the step that stopped it)
+        return {"status": "missing", "error": None}
+    from iptrace.errors import ParseError
+    from iptrace.routes import parse_routes
+
+    problem = None
+    try:
+        routes = parse_routes(output.stdout.decode("utf-8", "replace"), source=store.ROUTES_FILE)
+    except ParseError as exc:
+        routes, problem = None, f"not routes as /proc lists them ({exc})"
+    if routes is not None and routes.v4 is None:
+        problem = _failure(output, node, runner) if output.status != 0 else "/proc/net/route listed nothing"
+    if problem is not None:
+        warnings.append(f"cat /proc/net/route /proc/net/ipv6_route: {problem}")
+        return {"status": "failed", "error": problem}
+    dumps[store.ROUTES_FILE] = output.stdout
+    return {"status": "ok", "error": None}
 
 
 def _where(runner: Runner) -> str:

@@ -1,6 +1,6 @@
 """The on-disk layout of a collection: `DIR/NODE/{iptables-save.txt, ip6tables-save.txt,
-iptables-legacy-save.txt, nft-ruleset.txt, conntrack.txt, meta.json}`. Writes are atomic and private (0600
-files in 0700 directories, because dumps describe the cluster's topology); reads never touch the network.
+iptables-legacy-save.txt, nft-ruleset.txt, conntrack.txt, routes.txt, meta.json}`. Writes are atomic and private
+(0600 files in 0700 directories, because dumps describe the cluster's topology); reads never touch the network.
 
 Each file holds a command's output byte for byte, whichever way it was collected (SSH or the Kubernetes API):
 - `iptables-save.txt`, `ip6tables-save.txt`: `iptables-save`, `ip6tables-save`; `iptables-legacy-save.txt`
@@ -13,6 +13,9 @@ Each file holds a command's output byte for byte, whichever way it was collected
   not kept). A line's family is told by its addresses (`src=`/`dst=` hold `:` in IPv6 entries only). With
   `--conntrack-max-entries N` each family keeps its first N entries; meta.json `conntrack` then says
   `"capped": true` and `entries` counts what was kept per family.
+- `routes.txt`: `cat /proc/net/route /proc/net/ipv6_route` (iptrace.routes reads it), where it read as routes;
+  meta.json `routes.status` says `ok` or `failed` (not saved: `error` says why). A node collected before has
+  none: its output interfaces stay unknown.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ IP6_DUMP_FILE = "ip6tables-save.txt"
 LEGACY_DUMP_FILE = "iptables-legacy-save.txt"
 NFT_FILE = "nft-ruleset.txt"
 CONNTRACK_FILE = "conntrack.txt"
-DUMP_FILES = (DUMP_FILE, IP6_DUMP_FILE, LEGACY_DUMP_FILE, NFT_FILE, CONNTRACK_FILE)
+ROUTES_FILE = "routes.txt"
+DUMP_FILES = (DUMP_FILE, IP6_DUMP_FILE, LEGACY_DUMP_FILE, NFT_FILE, CONNTRACK_FILE, ROUTES_FILE)
 # Bumped when meta.json changes incompatibly; readers accept what they know.
 META_FORMAT = 1
 

@@ -12,6 +12,7 @@ from iptrace.dataplane import ForeignChain
 from iptrace.dumpfile import read_dump
 from iptrace.iptables.sniff import sniff
 from iptrace.layout import KnownServicePort, Layout
+from iptrace.routes import Routes
 
 if TYPE_CHECKING:
     from iptrace.iptables.model import Ruleset
@@ -69,10 +70,10 @@ class IptablesDataplane:
         return read_layout(ruleset, family, known=known)
 
     def tracer(self, ruleset: Any, *, node_ips: Sequence[str] = (), pod_cidrs: Sequence[str] = (),
-               names: Mapping[str, str] | None = None) -> Any:
+               names: Mapping[str, str] | None = None, routes: Routes | None = None) -> Any:
         from iptrace.iptables.walk import Tracer
 
-        return Tracer(ruleset, node_ips=node_ips, pod_cidrs=pod_cidrs, names=names)
+        return Tracer(ruleset, node_ips=node_ips, pod_cidrs=pod_cidrs, names=names, routes=routes)
 
     def port_keys(self, ruleset: Any, layout: Layout, node_ips: Sequence[str], others: Sequence[str] = ()) -> Any:
         """Content keys of the Service ports (carry.py), None where there are none."""

@@ -19,6 +19,7 @@ from iptrace.iptables.matchers import (
     unmodeled,
 )
 from iptrace.iptables.state import Context, State, parse_net
+from iptrace.routes import routed_note
 
 _PORT_PROTOCOLS = frozenset({6, 17, 132, 136, 33})
 _MODULE_PROTOCOL = {"tcp": 6, "udp": 17, "sctp": 132, "udplite": 136, "dccp": 33, "icmp": 1, "icmp6": 58,
@@ -109,11 +110,32 @@ def match_basic(opts: Sequence[Opt], ctx: Context, plan: MatchPlan, where: str) 
                     return neg, text
                 return _iface_matches(pattern, current) != neg, None
 
-            plan.assumed.append(iface)
+            plan.assumed.append(_routed(pattern, neg, where) if name == "-o" and ctx.routes is not None else iface)
         elif name == "-f":
             # A first packet is never a non-first fragment.
             if not neg:
                 plan.never = True
+
+
+def _routed(pattern: str, neg: bool, where: str) -> Callable[[State], tuple[bool, str | None]]:
+    """`-o` answered by the node's routes (the walk sets the output interface from them), and a note that says
+    so; without a route for the destination, assumed not the interface, as without routes (the walk says the
+    route is missing)."""
+    unknown = f"{where}: output interface unknown (the node's routes have no route for the destination): " \
+              f"assumed not {pattern}"
+    notes: dict[str, str] = {}
+
+    def iface(s: State) -> tuple[bool, str | None]:
+        current = s.out_iface
+        if current is None:
+            return neg, unknown
+        if current == "lo":  # (the node's own address: delivered locally, routes or not)
+            return _iface_matches(pattern, current) != neg, None
+        note = notes.get(current)
+        if note is None:
+            note = notes[current] = routed_note(where, current)
+        return _iface_matches(pattern, current) != neg, note
+    return iface
 
 
 def match_ports(module: str) -> Callable[[Sequence[Opt], Context, MatchPlan, str], None]:

@@ -11,6 +11,7 @@ from typing import Any
 
 from iptrace.dataplane import Decision
 from iptrace.errors import InputError, TraceError
+from iptrace.routes import RouteTable
 
 # A terminal result of a chain walk: (verdict, decision); None = the chain returned / fell off its end.
 Terminal = tuple[str, Decision] | None
@@ -112,15 +113,18 @@ LOOPBACK_V4 = parse_net("127.0.0.0/8", 4)
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """What a trace knows besides the packet: the node's own addresses and known ipset memberships."""
+    """What a trace knows besides the packet: the node's own addresses, known ipset memberships and the node's
+    routes of this IP version (None: not given; the interface a packet leaves by is then unknown)."""
 
     version: int
     local_addresses: frozenset[int]
     node_ips_known: bool
     ipsets: Mapping[str, tuple[tuple[int, int], ...]]
+    routes: RouteTable | None = None
 
     @classmethod
-    def build(cls, version: int, node_ips: Iterable[str], ipsets: Mapping[str, Sequence[str]] | None) -> Context:
+    def build(cls, version: int, node_ips: Iterable[str], ipsets: Mapping[str, Sequence[str]] | None,
+              routes: RouteTable | None = None) -> Context:
         local: set[int] = set()
         known = False
         for text in node_ips:
@@ -135,7 +139,14 @@ class Context:
         for name, members in (ipsets or {}).items():
             nets = [parse_net(m, version) for m in members]
             sets[name] = tuple(n for n in nets if n is not None)
-        return cls(version, frozenset(local), known, sets)
+        return cls(version, frozenset(local), known, sets, routes)
+
+    def out_iface(self, addr: int) -> str | None:
+        """The interface a packet for `addr` leaves by, when known: lo for the node's own addresses, else the
+        route's (None without routes, or without a route for it)."""
+        if self.is_local(addr):
+            return "lo"
+        return self.routes.device(addr) if self.routes is not None else None
 
     def is_loopback(self, addr: int) -> bool:
         if self.version == 4:

@@ -8,6 +8,7 @@ function over a small cache of tracers.
 from __future__ import annotations
 
 import gc
+import re
 from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from operator import attrgetter
@@ -37,6 +38,7 @@ from iptrace.iptables.memo import StagePlan, record, replay, stage_plan
 from iptrace.iptables.model import BUILTIN_CHAINS, Ruleset
 from iptrace.iptables.state import Context, State, Terminal, format_ip, ip_int
 from iptrace.records import positional_new
+from iptrace.routes import Routes, no_route_note
 
 # Hook order (net/netfilter priorities): raw -300, mangle -150, nat DNAT -100, filter 0, security 50,
 # nat SNAT 100.
@@ -94,6 +96,23 @@ def _unseen_rules(ruleset: Ruleset) -> tuple[str, ...]:
     return tuple(notes)
 
 
+_OUT_IFACE = re.compile(r"(?:^|\s)(?:-o|--out-interface)\s")
+
+
+def _tests_out_iface(ruleset: Ruleset) -> bool:
+    """Whether a rule tests the output interface (`-o`): the node's routes change nothing else, so a ruleset
+    without one is traced as without them (and keeps its port shapes). (Its text is searched: a comment that
+    spells `-o` only costs the shapes.)"""
+    search = _OUT_IFACE.search
+    for table in ruleset.tables:
+        for chain in table.chains:
+            for rule in chain.rules:
+                text = rule.text
+                if "-o" in text and search(text):
+                    return True
+    return False
+
+
 def _wired(ruleset: Ruleset) -> bool:
     """Whether the dump's built-in chains carry the traffic (else a kube-proxy fragment)."""
     for table in ruleset.tables:
@@ -117,9 +136,12 @@ class Tracer(ChainWalker):
 
     def __init__(self, ruleset: Ruleset, *, node_ips: Sequence[str] = (), pod_cidrs: Sequence[str] = (),
                  names: Mapping[str, str] | None = None, use_index: bool = True,
-                 ipsets: Mapping[str, Sequence[str]] | None = None, share: bool = True) -> None:
+                 ipsets: Mapping[str, Sequence[str]] | None = None, share: bool = True,
+                 routes: Routes | None = None) -> None:
         version = 6 if ruleset.family == "ipv6" else 4
-        super().__init__(ruleset, Context.build(version, node_ips, ipsets), names, use_index)
+        table = routes.table(version) if routes is not None and _tests_out_iface(ruleset) else None
+        super().__init__(ruleset, Context.build(version, node_ips, ipsets, table), names, use_index)
+        self.routed = table is not None
         self.node_ips = tuple(node_ips)
         self.pod_cidrs = tuple(pod_cidrs)
         self.share = share
@@ -304,25 +326,38 @@ class Tracer(ChainWalker):
     def _walk_hooks(self, s: State) -> list[tuple[State, Terminal]]:
         if self.ctx.is_local(s.src):
             s.local_origin = True
-            s.out_iface = "lo" if self.ctx.is_local(s.dst) else None
+            self._route(s)
             return self._stages(s, _OUTPUT_NAT, self._output_filter)
         # (`_stages(s, _PREROUTING, self._after_prerouting)`, its loop spelled out: a Service's every branch)
         out: list[tuple[State, Terminal]] = []
         stages = self._stages
         is_local = self.ctx.is_local
+        routed = self.routed
         for s2, terminal in stages(s, _PREROUTING):
             if terminal is not None:
                 out.append((s2, terminal))
+            elif is_local(s2.dst):
+                out.extend(stages(s2, _LOCAL_IN))
             else:
-                out.extend(stages(s2, _LOCAL_IN if is_local(s2.dst) else _FORWARD_POSTROUTING))
+                if routed:  # (the routing decision on the destination after DNAT: FORWARD and POSTROUTING see it)
+                    self._route(s2)
+                out.extend(stages(s2, _FORWARD_POSTROUTING))
         return out
 
     def _output_filter(self, s: State) -> list[tuple[State, Terminal]]:
         return self._stages(s, _OUTPUT_FILTER, self._post_output)
 
+    def _route(self, s: State) -> None:
+        """The routing decision on the branch's destination: its output interface (lo for the node's own); with
+        the node's routes, the route's, and a note when they have none for it."""
+        s.out_iface = iface = self.ctx.out_iface(s.dst)
+        if iface is None and self.routed:
+            s.assume(no_route_note(format_ip(s.dst, self.version)))
+
     def _post_output(self, s: State) -> list[tuple[State, Terminal]]:
-        # The routing decision is taken again after nat OUTPUT rewrote the destination.
-        s.out_iface = "lo" if self.ctx.is_local(s.dst) else None
+        # The routing decision is taken again after nat OUTPUT rewrote the destination; the OUTPUT hook's own
+        # chains still see the interface it started with (the hook's output device is set once, before it).
+        self._route(s)
         return self._stages(s, _POSTROUTING, self._after_output)
 
     def _walk_fragment(self, s: State) -> list[tuple[State, Terminal]]:
@@ -390,7 +425,10 @@ class Tracer(ChainWalker):
         return _new_trace(packet, "kube-proxy", outcomes, _FIRST_PACKET)
 
     def port_shape(self, calls: Sequence[tuple[str | None, Packet]], chains: Sequence[str]) -> Any:
-        """The shape of a Service port's traces (portshape.py): equal keys, the same traces but for its values."""
+        """The shape of a Service port's traces (portshape.py): equal keys, the same traces but for its values.
+        None with routes: a shape does not hold which interface each of its addresses is routed out of."""
+        if self.routed:
+            return None
         from iptrace.iptables.portshape import port_shape
 
         return port_shape(self, calls, chains)

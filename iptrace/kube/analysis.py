@@ -11,6 +11,7 @@ from iptrace.dataplane import Dataplane, Tracer
 from iptrace.kube.sources import reachable_first
 from iptrace.kube.view import KubeView, PortFacts, ServicePortView, ViewBuilder, view_node_ips
 from iptrace.layout import KnownServicePort, Layout
+from iptrace.routes import Routes
 
 
 class ChainLabels(Mapping[str, str]):
@@ -102,12 +103,13 @@ def known_ports(cluster: Any, family: str) -> tuple[KnownServicePort, ...]:
 
 
 def analyse(dataplane: Dataplane, ruleset: Any, family: str | None = None, *, node_ips: Sequence[str] = (),
-            cluster: Any = None, layout: Layout | None = None) -> Analysis:
+            cluster: Any = None, layout: Layout | None = None, routes: Routes | None = None) -> Analysis:
     """Layout, tracer and view of `ruleset` for `family` (default: its first). `layout`: the layout already read
-    for this family and cluster data."""
+    for this family and cluster data; `routes`: the node's, for the rules that test the output interface."""
     family = family or ruleset.families[0]
     layout = layout or dataplane.layout(ruleset, family, known=known_ports(cluster, family))
     node_ips = reachable_first(node_ips, layout.node_ips, layout.pod_cidrs)  # (a collected node's start with lo's)
     view_ips = view_node_ips(layout, node_ips)
-    tracer = dataplane.tracer(ruleset, node_ips=view_ips, pod_cidrs=layout.pod_cidrs, names=chain_labels(layout))
+    tracer = dataplane.tracer(ruleset, node_ips=view_ips, pod_cidrs=layout.pod_cidrs, names=chain_labels(layout),
+                              routes=routes)
     return Analysis(dataplane, ruleset, family, layout, tracer, node_ips, view_ips)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from iptrace.dataplane import ForeignChain
 from iptrace.layout import KnownServicePort, Layout
 from iptrace.nftables.sniff import detect_format, sniff
+from iptrace.routes import Routes
 
 if TYPE_CHECKING:
     from iptrace.nftables.model import Ruleset
@@ -61,10 +62,10 @@ class NftablesDataplane:
         return read_layout(ruleset, family, known=known)
 
     def tracer(self, ruleset: Any, *, node_ips: Sequence[str] = (), pod_cidrs: Sequence[str] = (),
-               names: Mapping[str, str] | None = None) -> Any:
+               names: Mapping[str, str] | None = None, routes: Routes | None = None) -> Any:
         from iptrace.nftables.walk import Tracer
 
-        return Tracer(ruleset, node_ips=node_ips, pod_cidrs=pod_cidrs, names=names)
+        return Tracer(ruleset, node_ips=node_ips, pod_cidrs=pod_cidrs, names=names, routes=routes)
 
     def service_chain(self, role: str, service_port_name: str, protocol: str) -> str:
         from iptrace.nftables.names import service_chain

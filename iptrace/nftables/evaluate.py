@@ -21,37 +21,28 @@ from collections.abc import Callable
 from typing import Any
 
 from iptrace.dataplane import IN_HOW, OUT_HOW
-from iptrace.nftables.chance import Chance, chance
 from iptrace.nftables.model import (
     AnonSet,
     Binop,
     Concat,
-    Counter,
     Ct,
     Fib,
     Flags,
     Hash,
-    Mangle,
     MapLookup,
     Match,
     Meta,
-    Nat,
     Numgen,
     Payload,
     Prefix,
     Range,
-    Reject,
     Selector,
     SetRef,
-    Statement,
-    Verdict,
-    VerdictMap,
-    Xt,
 )
-from iptrace.nftables.model import Unknown as UnknownItem
 from iptrace.nftables.sets import SetIndex, _order, covers
 from iptrace.nftables.state import BITS, State, ip_int, is_loopback, prefix_bounds
 from iptrace.nftables.types import expr_type
+from iptrace.routes import Routes, routed_note
 
 
 class _NotApplicable:
@@ -85,8 +76,17 @@ class Context:
     """What the evaluator knows about the node: its local addresses (fib type local), and how to find a table's
     named sets."""
 
-    def __init__(self, local: frozenset[str]) -> None:
+    def __init__(self, local: frozenset[str], routes: Routes | None = None) -> None:
         self.local = local
+        self.routes = routes  # the node's (None: the interface a packet leaves by is unknown)
+
+    def out_iface(self, ip: str, version: int) -> str | None:
+        """The interface a packet for `ip` leaves by, when known: lo for the node's own addresses, else the
+        route's (None without routes for the version, or without a route for it)."""
+        if ip in self.local or is_loopback(ip):
+            return "lo"
+        table = self.routes.table(version) if self.routes is not None else None
+        return table.device(ip_int(ip)) if table is not None else None
 
     def addrtype(self, ip: str) -> str:
         if ip in self.local or is_loopback(ip):
@@ -368,6 +368,9 @@ def compile_match(m: Match, ctx: Context, where: str,
     fast = address_equals(m)
     if fast is not None:
         return fast, None
+    if ctx.routes is not None and isinstance(m.left, Meta) and m.left.key in ("oifname", "oif"):
+        # (the test itself is the one without routes: the walk set the interface it reads; only the note differs)
+        return None, _routed(compile_match(m, Context(ctx.local), where, named), where)
     if isinstance(m.left, Fib) and "iif" in m.left.flags and m.left.result == "type":
         return None, _on_iif(m, ctx, where, named)
     get = getter(m.left, ctx, where)
@@ -412,6 +415,24 @@ def compile_match(m: Match, ctx: Context, where: str,
             return negated, v.note
         return _compare(m.op, v, right, dtype), None
     return None, compare
+
+
+def _routed(compiled: tuple[Definite | None, Test | None], where: str) -> Test:
+    """A test of the output interface answered by the node's routes (the walk sets it from them), with a note
+    that says so; lo (the node's own address) and an unknown interface as without routes."""
+    definite, test = compiled
+    notes: dict[str, str] = {}
+
+    def routed(s: State) -> tuple[bool, str | None]:
+        held, why = (definite(s), None) if definite is not None else test(s)  # type: ignore[misc]
+        current = s.out_iface
+        if current is None or current == "lo":
+            return held, why
+        note = notes.get(current)
+        if note is None:
+            note = notes[current] = routed_note(where, current)
+        return held, note
+    return routed
 
 
 def _on_iif(m: Match, ctx: Context, where: str, named: Callable[[str], tuple[SetIndex | None, str | None]]) -> Test:
@@ -508,93 +529,3 @@ def _definite(e: Any) -> bool:
     if isinstance(e, (Numgen, Hash)):
         return True
     return False
-
-
-_NO_DRAW = frozenset({Payload, Meta, Ct, Fib, Selector, str, int, Prefix, Range, Flags, SetRef, AnonSet,
-                      type(None)})
-
-
-def forks(e: Any) -> list[Numgen | Hash] | list[Chance]:
-    """The numgen/hash expressions inside an item (each draws its own number when the item runs); for a match on
-    `meta random`, its Chance alone."""
-    if type(e) in _NO_DRAW:
-        return []
-    if isinstance(e, Match):
-        if type(e.left) is Binop or type(e.left) is Meta:
-            found = chance(e)
-            if found is not None:
-                return [found]
-        return forks(e.left) if type(e.left) not in _NO_DRAW else []
-    if isinstance(e, (Numgen, Hash)):
-        return [e]
-    if isinstance(e, Binop):
-        return [*forks(e.left), *forks(e.right)]
-    if isinstance(e, Concat):
-        return [x for p in e.parts for x in forks(p)]
-    if isinstance(e, MapLookup):
-        return forks(e.key)
-    if isinstance(e, VerdictMap):
-        return forks(e.key)
-    if isinstance(e, Mangle):
-        return forks(e.value)
-    if isinstance(e, Nat):
-        return [*forks(e.addr), *forks(e.port)]
-    return []
-
-
-# What each expression reads of a branch (State attribute names), for memo.py's keys. None: cannot tell.
-_PAYLOAD_FIELDS = {"saddr": ("src",), "daddr": ("dst",), "dport": ("dport", "proto"), "sport": ("sport", "proto"),
-                   "protocol": ("proto",), "nexthdr": ("proto",), "flags": ("proto",)}
-_META_FIELDS = {"l4proto": ("proto",), "mark": ("mark",), "iifname": ("in_iface",), "oifname": ("out_iface",),
-                "iif": ("in_iface",), "oif": ("out_iface",), "nfproto": (), "protocol": (), "nftrace": (),
-                "pkttype": ("dst",)}
-# (every ct key reads `notrack`: whether the packet has a connection)
-_CT_FIELDS = {"state": ("notrack",), "status": ("notrack", "dnat_by", "snat"), "mark": ("notrack", "ct_mark"),
-              "direction": ("notrack",), "l3proto": ("notrack",), "protocol": ("notrack", "proto"),
-              "zone": ("notrack",), "saddr": ("notrack", "src", "dst"), "daddr": ("notrack", "src", "orig_dst"),
-              "proto-dst": ("notrack", "sport", "orig_dport"), "proto-src": ("notrack", "sport", "dport")}
-
-
-def reads(e: Any) -> set[str] | None:
-    """The branch fields an item or expression reads; None when it is not known (read everything)."""
-    if e is None or isinstance(e, (str, int, Prefix, Range, Flags, SetRef, AnonSet)):
-        return set()
-    if isinstance(e, Payload):
-        found = _PAYLOAD_FIELDS.get(e.field)
-        return {*found, "proto"} if found is not None else {"proto"}
-    if isinstance(e, Meta):
-        meta = _META_FIELDS.get(e.key)
-        return set(meta) if meta is not None else set()
-    if isinstance(e, Ct):
-        ct = _CT_FIELDS.get(e.key)
-        return set(ct) if ct is not None else {"notrack"}
-    if isinstance(e, Fib):
-        return {"src", "dst"}
-    if isinstance(e, (Numgen, Hash)):
-        return reads(e.expr) if isinstance(e, Hash) else set()
-    if isinstance(e, Binop):
-        left, right = reads(e.left), reads(e.right)
-        return None if left is None or right is None else left | right
-    if isinstance(e, Concat):
-        out: set[str] = set()
-        for p in e.parts:
-            found = reads(p)
-            if found is None:
-                return None
-            out |= found
-        return out
-    if isinstance(e, MapLookup):
-        return reads(e.key)
-    if isinstance(e, Match):
-        left = reads(e.left)
-        return None if left is None else left | ({"updates"} if isinstance(e.right, SetRef) else set())
-    if isinstance(e, VerdictMap):
-        return reads(e.key)
-    if isinstance(e, Mangle):
-        return reads(e.value)
-    if isinstance(e, Nat):
-        addr, port = reads(e.addr), reads(e.port)
-        return None if addr is None or port is None else addr | port
-    if isinstance(e, (Selector, Verdict, Reject, Counter, Statement, Xt, UnknownItem)):
-        return set()  # verdicts, counters, notes: they read no branch field (the walk only records notes)
-    return None

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from operator import attrgetter
 from typing import Any
 
-from iptrace.nftables.evaluate import reads
+from iptrace.nftables.reads import reads
 from iptrace.nftables.rules import FORK, MANGLE, NAT, TEST, UPDATE, VMAP, CompiledRule
 from iptrace.nftables.state import Segment, State, cons_list
 

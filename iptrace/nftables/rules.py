@@ -22,7 +22,6 @@ from iptrace.nftables.evaluate import (
     Unknown,
     address_equals,
     compile_match,
-    forks,
     getter,
 )
 from iptrace.nftables.model import (
@@ -51,6 +50,7 @@ from iptrace.nftables.model import (
 from iptrace.nftables.model import (
     Unknown as UnknownItem,
 )
+from iptrace.nftables.reads import forks
 from iptrace.nftables.sets import SetIndex
 from iptrace.nftables.state import State
 from iptrace.nftables.values import unquote

@@ -28,9 +28,10 @@ from collections.abc import Callable
 from typing import Any
 
 from iptrace.dataplane import Decision
-from iptrace.nftables.evaluate import address_equals, forks, reads
+from iptrace.nftables.evaluate import address_equals
 from iptrace.nftables.model import Match, Nat, Payload, SetUpdate, VerdictMap
 from iptrace.nftables.normalise import make_nat, make_reject, make_statement
+from iptrace.nftables.reads import forks, reads
 from iptrace.nftables.rules import FORK, NAT, UPDATE, CompiledRule
 from iptrace.nftables.shapes import Call, Slot
 from iptrace.nftables.state import Segment, State, cons_list

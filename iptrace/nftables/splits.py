@@ -24,9 +24,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from iptrace.nftables.evaluate import address_equals, forks
+from iptrace.nftables.evaluate import address_equals
 from iptrace.nftables.model import AnonSet, Match, Nat, Numgen, SetUpdate, Verdict, VerdictMap
 from iptrace.nftables.normalise import make_nat
+from iptrace.nftables.reads import forks
 from iptrace.nftables.rules import FORK, NAT, UPDATE, VMAP
 from iptrace.nftables.shapes import Call, Slot
 from iptrace.nftables.skeleton import NOT_RAW, RESTORED, closure_fields, rule_reads

@@ -38,6 +38,7 @@ from iptrace.nftables.model import Chain, Ruleset, Table
 from iptrace.nftables.state import State, cons_list, ip_int, is_loopback
 from iptrace.nftables.steps import StepMaker
 from iptrace.nftables.values import protocol
+from iptrace.routes import Routes, no_route_note
 
 # The hooks after the routing decision: (hook, with its NAT chains, entering through lo). A packet the node sends
 # to itself comes back in through lo; its NAT mappings are made, so NAT chains are not called again.
@@ -54,6 +55,15 @@ SNAT_HOOKS = ("postrouting", "input")  # (their NAT rewrites the source)
 NEW_CONNECTION = "first packet of a new connection (ct state new, mark 0, no conntrack or dynamic-set entries yet)"
 
 
+def _tests_out_iface(ruleset: Ruleset) -> bool:
+    """Whether a rule may test the output interface (`oifname`, `oif`): the node's routes change nothing else.
+    (The input text is searched, else every rule's: a mention elsewhere, `oiftype`, a comment, only costs the
+    port shapes.)"""
+    if ruleset.text is not None:
+        return "oif" in ruleset.text
+    return any("oif" in rule.text for _, _, rule in ruleset.rules())
+
+
 class Tracer(ChainWalker):
     """Traces packets through one nft Ruleset (both IP families when it has tables for both). Build once, call
     `trace(packet)` many times. `node_ips`: the node's own addresses (fib type local, and whether the node sent
@@ -63,15 +73,19 @@ class Tracer(ChainWalker):
     entry = "hooks"
 
     def __init__(self, ruleset: Ruleset, *, node_ips: Sequence[str] = (), pod_cidrs: Sequence[str] = (),
-                 names: Mapping[str, str] | None = None, share: bool = True) -> None:
+                 names: Mapping[str, str] | None = None, share: bool = True, routes: Routes | None = None) -> None:
         local = set()
         for ip in node_ips:
             try:
                 local.add(str(ipaddress.ip_address(ip)))
             except ValueError:
                 continue
+        if routes is not None and not _tests_out_iface(ruleset):
+            routes = None  # (they would change nothing, and cost the port shapes)
         # share: replay the hooks after NAT, and a load-balancing chain, for branches they cannot tell apart
-        super().__init__(ruleset, Context(frozenset(local)), frozenset(local), StepMaker(ruleset, names), share)
+        super().__init__(ruleset, Context(frozenset(local), routes), frozenset(local), StepMaker(ruleset, names),
+                         share)
+        self.routes = routes
         self.node_ips = tuple(node_ips)
         self.pod_cidrs = tuple(pod_cidrs)
         self._plans: dict[tuple[Any, ...], Plan | None] = {}
@@ -133,7 +147,10 @@ class Tracer(ChainWalker):
         return found
 
     def port_shape(self, calls: Sequence[tuple[str | None, Packet]], chains: Sequence[str]) -> Any:
-        """The shape of a Service port's traces (portshape.py): equal keys, the same traces but for its values."""
+        """The shape of a Service port's traces (portshape.py): equal keys, the same traces but for its values.
+        None with routes: a shape does not hold which interface each of its addresses is routed out of."""
+        if self.routes is not None:
+            return None
         from iptrace.nftables.portshape import port_shape
 
         return port_shape(self, calls, chains)
@@ -186,20 +203,18 @@ class Tracer(ChainWalker):
 
     def _walk(self, s: State) -> list[tuple[State, Terminal]]:
         out: list[tuple[State, Terminal]] = []
-        local = self.local
         s.notrack = None  # no connection until the first hook's conntrack (_base)
         if self._is_local(s.src):
             s.local_origin = True
-            s.out_iface = "lo" if self._is_local(s.dst) else None
+            self._route(s)
             branches = self._hook(s, "output")
             for s1, t1 in branches:
                 if s1.notrack is None:  # (no base chain after conntrack on the hook)
                     s1.notrack = False
                 if t1 is None:
-                    # The route is looked up again after output's DNAT; a packet for the node itself comes back
-                    # in through lo.
-                    dst = s1.dst
-                    s1.out_iface = "lo" if dst in local or is_loopback(dst) else None
+                    # The route is looked up again after output's DNAT (the hook's chains all saw the interface it
+                    # started with); a packet for the node itself comes back in through lo.
+                    self._route(s1)
             self._tails(branches, _OUT_LOOPBACK, _OUT, out)
             return out
         branches = self._hook(s, "prerouting")
@@ -209,6 +224,13 @@ class Tracer(ChainWalker):
         self._tails(branches, _INPUT, _FORWARD, out)
         return out
 
+    def _route(self, s: State) -> None:
+        """The routing decision on the branch's destination: its output interface (lo for the node's own); with
+        the node's routes, the route's, and a note when they have none for it."""
+        s.out_iface = iface = self.ctx.out_iface(s.dst, s.version)
+        if iface is None and self.routes is not None and self.routes.table(s.version) is not None:
+            s.assume(no_route_note(s.dst))
+
     def _tails(self, branches: list[tuple[State, Terminal]], to_node: tuple[tuple[str, bool, bool], ...],
                elsewhere: tuple[tuple[str, bool, bool], ...], out: list[tuple[State, Terminal]]) -> None:
         """Every branch that passed a hook, through the hooks after the routing decision: `to_node` for a
@@ -216,13 +238,19 @@ class Tracer(ChainWalker):
         cannot tell apart from it (memo.py, as _shared does; spelled out here with the two plans found once:
         this runs for every branch of every trace, most of them for endpoints elsewhere)."""
         local = self.local
+        routed = self.routes is not None
         plans: dict[Any, tuple[int, Plan | None]] = {}  # (the branches of one trace have one IP version)
         for s1, t1 in branches:
             if t1 is not None:
                 out.append((s1, t1))
                 continue
             dst = s1.dst
-            seq = to_node if dst in local or is_loopback(dst) else elsewhere
+            if dst in local or is_loopback(dst):
+                seq = to_node
+            else:
+                seq = elsewhere
+                if routed:  # (the routing decision on the destination after DNAT: forward and postrouting see it)
+                    self._route(s1)
             if not self.share:
                 out.extend(self._walk_seq(s1, seq))
                 continue

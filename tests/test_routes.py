@@ -1,0 +1,228 @@
+"""The node's routes file (iptrace.routes: `cat /proc/net/route /proc/net/ipv6_route`): read exactly, errors named
+file:line:column, --lenient reads past a bad line; `--routes` (and a node directory's routes.txt) answers the rules
+that test the output interface, and says so. The kernel's own listings are checked in test_routes_kernel.py."""
+
+from __future__ import annotations
+
+import json
+from ipaddress import ip_address
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from iptrace import dataplanes
+from iptrace.cli import main
+from iptrace.collect.commands import Batch, StepOutput
+from iptrace.collect.gather import Gathered, Runner, gather
+from iptrace.dataplane import Packet
+from iptrace.errors import ParseError
+from iptrace.routes import parse_routes
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_dumps"
+HEADER = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT"
+
+
+def v4(iface: str, dest: str, mask: str, flags: str = "0001", metric: int = 0, gateway: str = "00000000") -> str:
+    return f"{iface}\t{dest}\t{gateway}\t{flags}\t0\t0\t{metric}\t{mask}\t0\t0\t0" + " " * 40
+
+
+# A flannel node on a little-endian machine: its pods behind cni0, other nodes' through flannel.1, a default
+# route through eth0 (metric 100) and a worse one through eth1, and an unreachable route.
+NODE = "\n".join([
+    HEADER,
+    v4("eth0", "00000000", "00000000", "0003", 100, "0100A8C0"),
+    v4("eth1", "00000000", "00000000", "0003", 200, "0101A8C0"),
+    v4("cni0", "0000F40A", "00FFFFFF"),
+    v4("flannel.1", "0001F40A", "00FFFFFF", "0003"),
+    v4("*", "0002F40A", "00FFFFFF", "0201"),
+    v4("eth0", "0500F40A", "FFFFFFFF", "0005"),
+    "fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 "
+    "00000100 00000001 00000000 00000001     eth0",
+    "fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 "
+    "00000400 00000001 00000000 00000001     eth1",
+    "fd00000000000000000000000000aa00 78 00000000000000000000000000000000 00 00000000000000000000000000000000 "
+    "00000100 00000001 00000000 00000001     cni0",
+    # source-specific: not modeled, left out
+    "fd00000000000000000000000000bb00 78 fd000000000000000000000000000000 40 00000000000000000000000000000000 "
+    "00000100 00000001 00000000 00000001     bad0",
+    "00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 "
+    "ffffffff 00000001 00000000 00200200       lo",
+]) + "\n"
+
+
+def device(text: str, ip: str) -> str | None:
+    routes = parse_routes(text, source="routes.txt")
+    address = ip_address(ip)
+    table = routes.table(address.version)
+    assert table is not None
+    return table.device(int(address))
+
+
+@pytest.mark.parametrize(("ip", "iface"), [
+    ("10.244.0.7", "cni0"), ("10.244.1.7", "flannel.1"), ("10.244.2.7", None), ("8.8.8.8", "eth0"),
+    ("10.244.0.5", "eth0"), ("fd00::1", "eth0"), ("fd00::aa01", "cni0"), ("fd00::bb01", "eth0"), ("2001:db8::1", None),
+])
+def test_longest_prefix_then_lowest_metric(ip: str, iface: str | None) -> None:
+    assert device(NODE, ip) == iface
+
+
+def test_a_big_endian_machine_writes_its_masks_the_other_way() -> None:
+    text = "\n".join([HEADER, v4("cni0", "0AF40000", "FFFFFF00"), v4("eth0", "00000000", "00000000", "0003")])
+    assert device(text, "10.244.0.9") == "cni0" and device(text, "10.9.0.1") == "eth0"
+
+
+def test_a_family_the_file_does_not_list_is_unknown_not_unrouted() -> None:
+    only_v4 = parse_routes(HEADER + "\n" + v4("eth0", "00000000", "00000000") + "\n")
+    assert only_v4.v4 is not None and only_v4.v6 is None
+    assert parse_routes("").v4 is None
+
+
+@pytest.mark.parametrize(("line", "column", "reason"), [
+    (v4("eth0", "0000F40Z", "00FFFFFF"), 6, "destination '0000F40Z' is not 8 hexadecimal digits"),
+    (v4("eth0", "0000F40A", "00FF00FF"), 35, "mask '00FF00FF' is not a network mask"),
+    (v4("eth0", "0000F40A", "00FFFFFF", metric="x"), 33, "metric 'x' is not a number"),
+    ("default via 192.168.0.1 dev eth0", 1, "not a route of /proc/net/route"),
+])
+def test_errors_name_file_line_and_column(line: str, column: int, reason: str) -> None:
+    with pytest.raises(ParseError) as caught:
+        parse_routes(f"{HEADER}\n{line}\n", source="routes.txt")
+    assert (caught.value.line, caught.value.column) == (2, column), caught.value
+    assert str(caught.value).startswith(f"routes.txt:2:{column}: {reason}")
+
+
+def test_a_v4_route_before_the_header_is_an_error() -> None:
+    with pytest.raises(ParseError, match=r"routes\.txt:1:1: not a route"):
+        parse_routes(v4("eth0", "00000000", "00000000") + "\n", source="routes.txt")
+
+
+def test_lenient_reads_past_bad_lines() -> None:
+    text = "\n".join([HEADER, v4("cni0", "0000F40A", "00FFFFFF"), "garbage", v4("eth0", "0000F40A", "00FF00FF")])
+    routes = parse_routes(text, source="r", lenient=True)
+    assert [s.line for s in routes.skipped] == [3, 4]
+    assert routes.v4 is not None and routes.v4.device(int(ip_address("10.244.0.1"))) == "cni0"
+
+
+DOCKER_ROUTES = "\n".join([HEADER, v4("eth0", "00000000", "00000000", "0003"), v4("docker0", "000011AC", "0000FFFF")])
+
+
+def test_trace_answers_docker_s_output_interface_rules_with_the_routes(tmp_path: Path) -> None:
+    routes = tmp_path / "routes.txt"
+    routes.write_text(DOCKER_ROUTES)
+    base = ["trace", str(SAMPLES / "no-kube-proxy.txt"), "--dst", "172.17.0.3:5432", "--src", "10.0.0.5", "-o",
+            "json"]
+    without = json.loads(CliRunner().invoke(main, base).output)
+    routed = json.loads(CliRunner().invoke(main, [*base, "--routes", str(routes)]).output)
+    assert [o["verdict"] for o in routed["outcomes"]] == ["ACCEPT"]
+    # (line 24: `-d 172.17.0.3/32 ! -i docker0 -o docker0 … --dport 5432 -j ACCEPT`, now reached)
+    assert [s["line"] for s in routed["outcomes"][0]["path"]][-1] == 24, routed
+    assert [s["line"] for s in without["outcomes"][0]["path"]] != [s["line"] for s in routed["outcomes"][0]["path"]]
+    assert any("output interface docker0, by the node's routes" in a for a in routed["assumptions"]), routed
+    assert not any("output interface docker0, by the node" in a for a in without["assumptions"]), without
+
+
+def test_the_sample_docker_host_s_published_port_is_reached_with_its_routes() -> None:
+    """The README's example: sample_dumps/routes/no-kube-proxy.txt is the kernel's listing of that host."""
+    base = ["trace", str(SAMPLES / "no-kube-proxy.txt"), "--dst", "172.17.0.3:5432", "--src", "192.168.1.7", "-o",
+            "json"]
+    routes = str(SAMPLES / "routes" / "no-kube-proxy.txt")
+    for given, verdict in (([], "DROP"), (["--routes", routes], "ACCEPT")):
+        done = CliRunner().invoke(main, [*base, *given])
+        assert [o["verdict"] for o in json.loads(done.output)["outcomes"]] == [verdict], done.output
+
+
+def test_a_collected_node_directory_s_routes_are_read_and_a_bad_file_is_named(tmp_path: Path) -> None:
+    node = tmp_path / "node1"
+    node.mkdir()
+    (node / "iptables-save.txt").write_text((SAMPLES / "no-kube-proxy.txt").read_text())
+    args = ["trace", str(node), "--dst", "172.17.0.3:5432", "--src", "10.0.0.5"]
+    assert "by the node's routes" not in CliRunner().invoke(main, args).output
+    (node / "routes.txt").write_text(DOCKER_ROUTES)
+    assert "output interface docker0, by the node's routes" in CliRunner().invoke(main, args).output
+    (node / "routes.txt").write_text(DOCKER_ROUTES + "\nnonsense\n")
+    failed = CliRunner().invoke(main, args)
+    assert failed.exit_code != 0 and f"{node / 'routes.txt'}:4:1: not a route" in failed.output, failed.output
+    lenient = CliRunner().invoke(main, [*args, "--lenient"])
+    assert lenient.exit_code == 0, lenient.output
+    assert "read with --lenient past 1 line that is no route (the first, line 4" in lenient.output
+
+
+def test_help_says_routes() -> None:
+    for command in ("trace", "explain", "services"):
+        said = CliRunner().invoke(main, [command, "--help"]).output
+        assert "--routes FILE" in said and "/proc/net/route" in said, command
+
+
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+def test_the_memos_replay_routed_walks_as_walked(mode: str) -> None:
+    """With routes, the walks after DNAT replayed from the memos (keyed by the output interface) give the traces
+    a walk without sharing gives, for endpoints behind different interfaces."""
+    from bench.synth import EndpointSpec, PortSpec, ServiceSpec, render
+    from bench.synth_nft import render_nft
+    from iptrace.iptables.walk import PLAN_STAGES_AFTER
+
+    services = [ServiceSpec("ns", f"s{i}", f"10.96.0.{i}", [PortSpec("p", 80, target_port=8080)],
+                            endpoints=[EndpointSpec(f"10.244.{i % 3}.{i}", 8080)]) for i in range(1, 60)]
+    assert len(services) > PLAN_STAGES_AFTER
+    if mode == "iptables":
+        text = render(services, node_ips=["192.168.0.10"], pod_cidr="10.244.0.0/16")
+        text = text.replace("COMMIT", "-A POSTROUTING -s 10.244.0.0/16 ! -o cni0 -j MASQUERADE\nCOMMIT", 1)
+        text = text.replace(":FORWARD ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]\n-A FORWARD -o flannel.1 -j DROP", 1)
+    else:
+        text = render_nft(services, node_ips=["192.168.0.10"], pod_cidr="10.244.0.0/16") + """
+table ip routed {
+  chain forwarding { type filter hook forward priority 0; oifname "flannel.1" drop; }
+  chain postnat { type nat hook postrouting priority 100; ip saddr 10.244.0.0/16 oifname != "cni0" masquerade; }
+}
+"""
+    dataplane, ruleset = dataplanes.load(text)
+    routes = parse_routes(NODE)
+    tracer = type(dataplane.tracer(ruleset))
+    shared = tracer(ruleset, node_ips=["192.168.0.10"], routes=routes)
+    walked = tracer(ruleset, node_ips=["192.168.0.10"], routes=routes, share=False)
+    seen = set()
+    for spec in services * 2:
+        for src in ("10.244.0.3", "192.168.5.5"):
+            packet = Packet(src, spec.cluster_ip, 80, in_interface="eth0")
+            a, b = shared.trace(packet), walked.trace(packet)
+            assert [(o.verdict, o.destination, o.masquerade, o.assumptions) for o in a.outcomes] == [
+                (o.verdict, o.destination, o.masquerade, o.assumptions) for o in b.outcomes], packet
+            seen.update((o.verdict, o.masquerade) for o in a.outcomes)
+    assert {("DROP", False), ("DNAT", True)} <= seen, seen
+
+
+def _gathered(routes: StepOutput) -> Gathered:
+    save = StepOutput("iptables-save", 0, (SAMPLES / "no-kube-proxy.txt").read_bytes(), "")
+    return gather(Batch({"iptables-save": save, "routes": routes}, "plain"), "n1", Runner("ssh"))
+
+
+def test_collect_keeps_the_routes_and_a_failure_to_read_them_loses_nothing_else() -> None:
+    listed = NODE.encode()
+    kept = _gathered(StepOutput("routes", 0, listed, ""))
+    assert kept.dumps["routes.txt"] == listed and kept.meta["routes"] == {"status": "ok", "error": None}
+    assert "routes.txt" in kept.meta["files"] and kept.warnings == []
+    # A node without IPv6 has no /proc/net/ipv6_route: `cat` fails, its IPv4 routes are kept all the same.
+    v4_only = (HEADER + "\n" + v4("eth0", "00000000", "00000000") + "\n").encode()
+    no_six = _gathered(StepOutput("routes", 1, v4_only, "cat: /proc/net/ipv6_route: No such file or directory"))
+    assert no_six.dumps["routes.txt"] == v4_only and no_six.warnings == []
+    for step, said in ((StepOutput("routes", 1, b"", "cat: /proc/net/route: Permission denied"), "Permission denied"),
+                       (StepOutput("routes", 0, b"hello\n", ""), "not routes as /proc lists them")):
+        failed = _gathered(step)
+        assert "routes.txt" not in failed.dumps and "iptables-save.txt" in failed.dumps
+        assert failed.meta["routes"]["status"] == "failed" and said in failed.meta["routes"]["error"]
+        [warning] = failed.warnings
+        assert warning.startswith("cat /proc/net/route /proc/net/ipv6_route: ") and said in warning, warning
+
+
+@pytest.mark.parametrize("dump", ["nodeport-fb-backends.txt", "nodeport-fb-backends-nft.nft",
+                                  "nodeport-fb-backends-nft.json"])
+def test_routes_change_nothing_where_no_rule_tests_the_output_interface(dump: str, tmp_path: Path) -> None:
+    """kube-proxy's own rules never test the output interface: with routes (even ones without a route for some
+    endpoint) `services` says exactly what it says without them, and keeps its port shapes."""
+    routes = tmp_path / "routes.txt"
+    routes.write_text("\n".join([HEADER, v4("cni0", "0000F40A", "00FFFFFF")]) + "\n")
+    base = ["services", str(SAMPLES / dump), "-o", "json"]
+    without, routed = (CliRunner().invoke(main, [*base, *given]) for given in ([], ["--routes", str(routes)]))
+    assert routed.exit_code == 0 and routed.output == without.output
+    dataplane, ruleset = dataplanes.load((SAMPLES / dump).read_text())
+    assert dataplane.tracer(ruleset, routes=parse_routes(routes.read_text())).ctx.routes is None

@@ -1,0 +1,247 @@
+"""Rules that test the interface a packet leaves by (`-o cni0`, `oifname "cni0"`), answered with the node's routes
+(iptrace.routes, `--routes`) and checked against the kernel: the oracle's `node` namespace routes its pods out of
+an interface named cni0 (the pod-side veth) and the client's network out of eth0, and a route sends 198.19.5.0/24
+out of eth0, so a Service address there is DNATed to a pod behind cni0: its route before DNAT is not its route
+after. The routes are the namespace's own, read from its /proc/net/route and /proc/net/ipv6_route.
+
+Without routes iptrace assumes every such rule does not match (and says so); for a packet to a pod that is wrong
+(weave's `-o weave -j DROP`, flannel's `! -o cni0 -j MASQUERADE`, Docker's bridge used as the CNI bridge): these
+tests show the kernel disagreeing with that answer and agreeing with the routed one.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from iptrace import dataplanes
+from iptrace.cli import main
+from iptrace.dataplane import Packet
+from iptrace.routes import parse_routes
+from tests.oracle import CLIENT_IP, NODE_IP, Topology
+from tests.oracle.nft import json_listing, list_ruleset, load_nft, requires_nft
+
+pytestmark = [pytest.mark.root, requires_nft()]
+
+POD = "198.18.128.10"
+PORT = 8080
+# Routed out of eth0 (towards the client) before DNAT; DNATed to POD, behind cni0.
+SERVICE = "198.19.5.10"
+SERVICE_ROUTE = "198.19.5.0/24 via 198.18.0.2 dev eth0"
+
+
+def _routes(topo: Topology) -> str:
+    return subprocess.run(["ip", "netns", "exec", topo.node, "cat", "/proc/net/route", "/proc/net/ipv6_route"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def topo() -> Iterator[Topology]:
+    with Topology("nft") as t:
+        t.add_pod_ip(POD)
+        t._ip(t.node, f"route add {SERVICE_ROUTE}")
+        t.start_server(tcp_ports=[PORT])
+        yield t
+
+
+IPTABLES = {
+    # weave: forwarded traffic out of its bridge is dropped unless an earlier rule let it through
+    "forward-drop": """*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -d 198.19.5.10/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 198.18.128.10:8080
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A FORWARD -o cni0 -j DROP
+COMMIT
+""",
+    # flannel: what leaves by any interface but the pods' bridge is masqueraded
+    "masquerade": """*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A POSTROUTING -s 198.18.0.0/24 ! -o cni0 -j MASQUERADE
+COMMIT
+""",
+    # the node's own connections: filter OUTPUT sees the route taken before nat OUTPUT's DNAT (the hook's output
+    # device is fixed when the hook starts), POSTROUTING the one after it
+    "output": """*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A OUTPUT -d 198.19.5.10/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 198.18.128.10:8080
+-A POSTROUTING -o cni0 -j MASQUERADE
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A OUTPUT -o cni0 -p tcp -m tcp --dport 8080 -j REJECT --reject-with icmp-port-unreachable
+COMMIT
+""",
+}
+
+NFT = {
+    "forward-drop": """table ip routed {
+  chain prenat { type nat hook prerouting priority -100; ip daddr 198.19.5.10 tcp dport 80 dnat to 198.18.128.10:8080; }
+  chain forwarding { type filter hook forward priority 0; oifname "cni0" drop; }
+}
+""",
+    "masquerade": """table ip routed {
+  chain postnat { type nat hook postrouting priority 100; ip saddr 198.18.0.0/24 oifname != "cni0" masquerade; }
+}
+""",
+    "output": """table ip routed {
+  chain outnat { type nat hook output priority -100; ip daddr 198.19.5.10 tcp dport 80 dnat to 198.18.128.10:8080; }
+  chain outfilter { type filter hook output priority 0; oifname "cni0" tcp dport 8080 reject; }
+  chain postnat { type nat hook postrouting priority 100; oifname "cni0" masquerade; }
+}
+""",
+}
+
+
+def _load(topo: Topology, mode: str, name: str) -> Any:
+    """The rules loaded into the kernel, and iptrace's ruleset of them as the kernel lists them."""
+    subprocess.run(["ip", "netns", "exec", topo.node, "nft", "flush", "ruleset"], check=True)
+    if mode == "iptables":
+        topo.load(IPTABLES[name])
+        return dataplanes.load(topo.save(), source="iptables-save")
+    load_nft(topo, NFT[name])
+    return dataplanes.load(list_ruleset(topo), source="nft list ruleset")
+
+
+def _tracers(topo: Topology, loaded: Any) -> tuple[Any, Any]:
+    """iptrace's tracers of the loaded rules: without routes (today's answer), and with the namespace's."""
+    dataplane, ruleset = loaded
+    routes = parse_routes(_routes(topo), source="routes")
+    return (dataplane.tracer(ruleset, node_ips=topo.node_ips),
+            dataplane.tracer(ruleset, node_ips=topo.node_ips, routes=routes))
+
+
+MODES = ("iptables", "nftables")
+
+
+def test_the_namespace_routes_read_back(topo: Topology) -> None:
+    routes = parse_routes(_routes(topo), source="routes")
+    assert routes.v4 is not None
+    device = routes.v4.device
+    from ipaddress import ip_address
+
+    assert device(int(ip_address(POD))) == "cni0"
+    assert device(int(ip_address(CLIENT_IP))) == "eth0"
+    assert device(int(ip_address(SERVICE))) == "eth0"
+    assert device(int(ip_address("198.19.0.10"))) == "cni0"  # (the oracle's own service sink)
+    assert device(int(ip_address("10.1.2.3"))) is None  # (no default route in the namespace)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_forwarded_packet_to_a_pod_meets_the_rule_on_its_route_after_dnat(topo: Topology, mode: str) -> None:
+    unrouted, routed = _tracers(topo, _load(topo, mode, "forward-drop"))
+    for dst, port in ((POD, PORT), (SERVICE, 80)):
+        assert topo.probe("client", dst, port).outcome == "timeout", dst  # the kernel: dropped out of cni0
+        packet = Packet(CLIENT_IP, dst, port, in_interface="eth0")
+        before = unrouted.trace(packet)
+        assert [o.verdict for o in before.outcomes] == ["DNAT" if dst == SERVICE else "ACCEPT"], before
+        assert any(("output interface" in a and "not known" in a) or "output interface unknown" in a
+                   for a in before.assumptions), before.assumptions
+        after = routed.trace(packet)
+        assert [o.verdict for o in after.outcomes] == ["DROP"], after
+        assert any("output interface cni0, by the node's routes" in a for a in after.assumptions), after.assumptions
+        if mode == "nftables":  # (the kernel's JSON listing of the same rules, `nft -j list ruleset`)
+            listed = json_listing(topo)
+            tracer = dataplanes.by_name("nftables").tracer(listed, node_ips=topo.node_ips,
+                                                            routes=parse_routes(_routes(topo)))
+            assert [o.verdict for o in tracer.trace(packet).outcomes] == ["DROP"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_forwarded_packet_to_a_pod_is_not_masqueraded_out_of_its_bridge(topo: Topology, mode: str) -> None:
+    unrouted, routed = _tracers(topo, _load(topo, mode, "masquerade"))
+    result = topo.probe("client", POD, PORT)
+    assert result.outcome == "connected" and result.seen_source == CLIENT_IP, result  # the kernel: no masquerade
+    packet = Packet(CLIENT_IP, POD, PORT, in_interface="eth0")
+    assert [o.masquerade for o in unrouted.trace(packet).outcomes] == [True]
+    assert [o.masquerade for o in routed.trace(packet).outcomes] == [False]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_node_own_connection_meets_output_on_the_first_route_and_postrouting_on_the_second(
+        topo: Topology, mode: str) -> None:
+    unrouted, routed = _tracers(topo, _load(topo, mode, "output"))
+    # Straight to the pod: out of cni0 from the start, rejected in filter OUTPUT.
+    assert topo.probe("node", POD, PORT).outcome == "refused"
+    packet = Packet(NODE_IP, POD, PORT)
+    assert [o.verdict for o in unrouted.trace(packet).outcomes] == ["ACCEPT"]
+    assert [o.verdict for o in routed.trace(packet).outcomes] == ["REJECT"]
+    # Through the Service address routed out of eth0: filter OUTPUT still sees eth0 (not rejected); postrouting,
+    # after the reroute to the pod, cni0 (masqueraded to the node's cni0 address).
+    result = topo.probe("node", SERVICE, 80)
+    assert result.outcome == "connected" and result.seen_source == "198.18.128.1", result
+    traced = routed.trace(Packet(NODE_IP, SERVICE, 80))
+    assert [(o.verdict, o.destination, o.masquerade) for o in traced.outcomes] == [
+        ("DNAT", f"{POD}:{PORT}", True)], traced
+    assert [(o.verdict, o.masquerade) for o in unrouted.trace(Packet(NODE_IP, SERVICE, 80)).outcomes] == [
+        ("DNAT", False)]
+
+
+def test_a_destination_without_a_route_is_said(topo: Topology) -> None:
+    _, routed = _tracers(topo, _load(topo, "iptables", "forward-drop"))
+    traced = routed.trace(Packet(CLIENT_IP, "10.1.2.3", 80, in_interface="eth0"))
+    assert [o.verdict for o in traced.outcomes] == ["ACCEPT"]
+    assert any("no route for 10.1.2.3" in a for a in traced.assumptions), traced.assumptions
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_trace_takes_the_routes_file(topo: Topology, mode: str, tmp_path: Path) -> None:
+    _load(topo, mode, "forward-drop")
+    dump = tmp_path / "rules.txt"
+    dump.write_text(topo.save() if mode == "iptables" else list_ruleset(topo))
+    routes = tmp_path / "routes.txt"
+    routes.write_text(_routes(topo))
+    base = ["trace", str(dump), "--dst", f"{POD}:{PORT}", "--src", CLIENT_IP, "--node-ip", NODE_IP,
+            "--in-interface", "eth0"]
+    without = CliRunner().invoke(main, base)
+    assert without.exit_code == 0 and "ACCEPT" in without.output, without.output
+    routed = CliRunner().invoke(main, [*base, "--routes", str(routes)])
+    assert routed.exit_code == 0, routed.output
+    assert "DROP" in routed.output and "output interface cni0, by the node's routes" in routed.output, routed.output
+
+
+POD6 = "fd00:198:18:8000::10"
+CLIENT6 = "fd00:198:18::2"
+
+
+def test_ipv6_routes_answer_ip6tables_as_the_kernel_does() -> None:
+    """/proc/net/ipv6_route (every table, one line a route) read back: the node namespace's pods behind cni0, its
+    clients on eth0; ip6tables' `-o cni0 -j DROP` drops what the kernel forwards to a pod."""
+    with Topology("nft", ipv6=True) as topo:
+        topo.add_pod_ip(POD6)
+        topo.start_server(tcp_ports=[PORT])
+        routes = parse_routes(_routes(topo), source="routes")
+        assert routes.v6 is not None
+        from ipaddress import ip_address
+
+        assert [routes.v6.device(int(ip_address(ip))) for ip in (POD6, CLIENT6, "fd00:198:19::10", "2001:db8::1")] \
+            == ["cni0", "eth0", "cni0", None]
+        assert topo.probe("client", POD6, PORT).outcome == "connected"
+        topo.load("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                  "-A FORWARD -o cni0 -j DROP\nCOMMIT\n", ipv6=True)
+        assert topo.probe("client", POD6, PORT).outcome == "timeout"
+        dataplane, ruleset = dataplanes.load(topo.save(ipv6=True), source="ip6tables-save")
+        packet = Packet(CLIENT6, POD6, PORT, in_interface="eth0")
+        assert [o.verdict for o in dataplane.tracer(ruleset, node_ips=topo.node_ips).trace(packet).outcomes] == [
+            "ACCEPT"]
+        assert [o.verdict for o in dataplane.tracer(ruleset, node_ips=topo.node_ips, routes=routes).trace(
+            packet).outcomes] == ["DROP"]
