@@ -92,6 +92,50 @@ SCENARIOS = {
 }
 
 
+def _svc_rule(text: str) -> re.Match[str]:
+    """A ClusterIP rule of nat KUBE-SERVICES: (its address, its port, its service chain, its port's name)."""
+    found = re.search(r'^-A KUBE-SERVICES -d (\S+)/32 -p tcp -m comment --comment "(\S+) cluster IP" -m tcp '
+                      r"--dport (\d+) -j (KUBE-SVC-\w+)$", text, re.MULTILINE)
+    assert found is not None
+    return found
+
+
+def _on_node_2(rule: Any, table: str) -> Any:
+    """Node 2 with one more rule (`rule(text)`) written first in `table`: the worker's node 3 then differs from its
+    last node the other way."""
+    return lambda texts: [*texts[:2], _first_rule(texts[2], table, rule(texts[2])), *texts[3:]]
+
+
+# (what a worker's next node may differ in from its last while every port's own chains and the context stay the same:
+# NodeKeys.unchanged must see each)
+DELTAS = {
+    # a new way into one port's chain, at an address it did not have
+    "new way in": _on_node_2(lambda t: f"-A KUBE-SERVICES -d 10.96.99.99/32 -p tcp -m tcp --dport "
+                                       f"{_svc_rule(t).group(3)} -j {_svc_rule(t).group(4)}", "nat"),
+    # a filter rule at another address that names one port by its comment
+    "comment names a port": _on_node_2(lambda t: f'-A KUBE-SERVICES -d 10.96.99.98/32 -p tcp -m comment --comment '
+                                                 f'"{_svc_rule(t).group(2)} has no endpoints" -m tcp --dport '
+                                                 f"{_svc_rule(t).group(3)} -j REJECT --reject-with "
+                                                 "icmp-port-unreachable", "filter"),
+    # a host firewall rule that tests a Service's port, with no address (the ports of ClusterIP-only Services that
+    # have it: a nodePort's port has two rules in KUBE-NODEPORTS, whose exact rules are found again anyway)
+    "port firewall": _on_node_2(lambda t: f"-A INPUT -p tcp -m tcp --dport {_svc_rule(t).group(3)} -j DROP",
+                                "filter"),
+}
+
+
+def _node_port_rules_swapped(text: str) -> str:
+    """The first nodePort's two KUBE-NODEPORTS rules (localhost's, then every address's) written the other way."""
+    found = re.search(r"^(-A KUBE-NODEPORTS -d 127\.0\.0\.0/8 .*)\n(-A KUBE-NODEPORTS .*)$", text, re.MULTILINE)
+    assert found is not None
+    return text[:found.start()] + found.group(2) + "\n" + found.group(1) + text[found.end():]
+
+
+# the order of one port's two rules in one chain (their exact rules are then found again on the next node)
+DELTAS["rules of a port swapped"] = lambda texts: [*texts[:2], _node_port_rules_swapped(texts[2]), *texts[3:]]
+SCENARIOS.update(DELTAS)
+
+
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_a_node_that_differs_gives_what_tracing_gives(tmp_path: Path, scenario: str) -> None:
     texts = SCENARIOS[scenario](_texts(4))
@@ -413,3 +457,97 @@ def test_a_later_nodes_traced_port_is_kept_when_its_key_comes_again(tmp_path: Pa
     assert sizes[1] == sizes[0]  # (node 1's traced ports: noted, not kept)
     assert made[2] == made[1] and sizes[2] > sizes[1]  # (traced again under the same keys: kept)
     assert made[3] < made[2]  # (and carried after)
+
+
+def _unchanged_keys(texts: list[str]) -> tuple[int, int]:
+    """Every port's key taken from the last node (NodeKeys.unchanged) is the one read and asked on this node: (keys
+    taken, keys that were not the node's)."""
+    from iptrace import dataplanes
+    from iptrace.kube.analysis import analyse
+    from iptrace.kube.carried import port_key
+
+    taken = wrong = 0
+    earlier: Any = None
+    records: dict[str, Any] = {}
+    for i, text in enumerate(texts):
+        dataplane, ruleset = dataplanes.load(text)
+        a = analyse(dataplane, ruleset, "ipv4", node_ips=[fleet.node_ip(i)])
+        clients = a.views.clients
+        keys = carry.node_keys(ruleset, a.layout, a.view_ips,
+                               (clients.node_address, clients.pod, clients.node, clients.external))
+        assert keys is not None
+        changes = keys.changes(earlier)
+        now = {}
+        for name in a.layout.keys:
+            key, record = port_key(a, keys, name)
+            if changes is not None and name in records:
+                found = keys.unchanged(records[name], changes)
+                if found is not None:
+                    taken += 1
+                    wrong += found != key
+            if record is not None:
+                now[name] = record
+        earlier, records = keys.summary(), now
+    return taken, wrong
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_a_key_taken_from_the_last_node_is_the_nodes_own(scenario: str) -> None:
+    taken, wrong = _unchanged_keys(SCENARIOS[scenario](_texts(4)))
+    assert taken > 0 and wrong == 0
+
+
+@pytest.mark.parametrize("part", ["hosts", "ports", "targets", "texts"])
+def test_each_change_unchanged_reads_matters(monkeypatch: pytest.MonkeyPatch, part: str) -> None:
+    """Without one part of what NodeKeys.changes finds, some scenario's port takes a key that is not its own."""
+    index = {"hosts": 0, "ports": 1, "targets": 2, "texts": 3}[part]
+    real = carry.NodeKeys.changes
+
+    def blind(self: carry.NodeKeys, earlier: Any) -> Any:
+        found = real(self, earlier)
+        if found is None:
+            return None
+        return (*found[:index], "" if part == "texts" else frozenset(), *found[index + 1:])
+
+    monkeypatch.setattr(carry.NodeKeys, "changes", blind)
+    scenario = {"hosts": "exact rule", "ports": "port firewall",
+                "targets": "new way in", "texts": "comment names a port"}[part]
+    assert _unchanged_keys(SCENARIOS[scenario](_texts(4)))[1] > 0
+
+
+def test_own_values_are_read_again_on_each_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port whose endpoint is one node's own address takes no key from another node: its literals meet that node's
+    address (without the check, it would)."""
+    assert _unchanged_keys(_texts(3))[1] == 0
+    real = carry.NodeKeys.unchanged
+
+    def blind(self: carry.NodeKeys, record: Any, changes: Any) -> Any:
+        with pytest.MonkeyPatch.context() as patch:  # (its literals taken to meet this node's values as before)
+            patch.setattr(carry.NodeKeys, "_own_values", lambda _self, _named, _nets, _odd: record[0][5])
+            return real(self, record, changes)
+
+    monkeypatch.setattr(carry.NodeKeys, "unchanged", blind)
+    assert _unchanged_keys(_texts(3))[1] > 0
+
+
+def test_a_ports_exact_rules_in_place_order_are_found_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port with two exact rules in one chain (ordered by their places) is not taken from the last node when they
+    are written the other way here: found again, they differ (without that, the last node's key is taken)."""
+    real = carry.NodeKeys.unchanged
+
+    def blind(self: carry.NodeKeys, record: Any, changes: Any) -> Any:
+        return real(self, (*record[:3], None, *record[4:]), changes)
+
+    texts = SCENARIOS["rules of a port swapped"](_texts(4))
+    assert _unchanged_keys(texts)[1] == 0
+    monkeypatch.setattr(carry.NodeKeys, "unchanged", blind)
+    assert _unchanged_keys(texts)[1] > 0
+
+
+def test_a_ports_own_chains_are_compared_on_each_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port one of whose own chains differs here is not taken from the last node (without comparing them, it is)."""
+    texts = SCENARIOS["own rule"](_texts(4))
+    assert _unchanged_keys(texts)[1] == 0
+
+    monkeypatch.setattr(carry.NodeKeys, "_same_own", lambda _self, _chains, _ids: True)
+    assert _unchanged_keys(texts)[1] > 0

@@ -24,6 +24,7 @@ from operator import itemgetter
 from sys import intern
 from typing import Any
 
+from iptrace.iptables.contents import content_id
 from iptrace.iptables.model import BUILTIN_CHAINS, Ruleset
 from iptrace.iptables.restore import jump_target
 
@@ -46,7 +47,7 @@ class Block:
     order, `parts` joined being the lines; `targets`: the chains they jump or go to, each once), or, with `counts` None,
     the declarations of `chains`."""
 
-    __slots__ = ("chains", "counts", "parts", "shapes", "specs", "table", "targets")
+    __slots__ = ("chains", "counts", "ids", "parts", "shapes", "specs", "table", "targets")
 
     def __init__(self, table: str, chains: tuple[str, ...], counts: tuple[int, ...] | None = None,
                  specs: tuple[str, ...] = (), shapes: tuple[Any, ...] = (), targets: tuple[str, ...] = ()
@@ -58,6 +59,7 @@ class Block:
         self.shapes = shapes
         self.targets = targets
         self.parts: list[str] | None = None
+        self.ids: list[bytes] | None = None  # (content_id's, when first asked for)
         if counts is not None:
             heads = [f"-A {name} " for name in chains]
             self.parts = [x for head, count, first in zip(heads, counts, accumulate(counts, initial=0), strict=False)
@@ -80,6 +82,13 @@ class Block:
         """Where each chain's rules are among `specs`."""
         counts = self.counts or ()
         return map(slice, accumulate(counts, initial=0), accumulate(counts))
+
+    def content_ids(self) -> list[bytes]:
+        """The content id (iptrace.iptables.contents) of each of its chains' rules."""
+        ids = self.ids
+        if ids is None:
+            ids = self.ids = [content_id(self.specs[s]) for s in self.rule_slices()]
+        return ids
 
 
 # Blocks by their table and first chain (":" and the chain for declarations), the latest first: KEPT of them, so that

@@ -24,6 +24,18 @@ addresses and ports, the node's addresses and its DNAT targets, so the exact rul
 the same places among the context rules. The regular expressions read text only: a rule they do not read as exact
 stays in the context, which must then be the same on both nodes (a miss, never a wrong answer). IPv4
 iptables-save dumps only.
+
+A port's own chains are named in its key by content ids (iptrace.iptables.contents: a digest of a chain's texts; a
+chain a memo block gave whole by the block's, without reading its rules). A worker's next node takes most keys from
+its last node instead of reading and asking each port again (`changes`, `unchanged`): a port's key is a function of
+the fingerprint, its layout and ways (a function, in turn, of the context, its own chains and the exact rules that
+name its addresses, ports, chains or name: the dispatch reads a way in from a rule's target, a port's name from a
+comment), its own chains, its exact rules and how its literals meet the node's own values, and its questions (a
+function of its layout and the clients by role, but for a LoadBalancer with source ranges, whose clients avoid the
+node's addresses and endpoints: read every time). So with equal fingerprints, a port none of whose own chains
+differs, that no exact rule one node alone has could name (by host, port, target or text), whose literals meet the
+node's values alike, and whose exact rules, when their order among themselves is their places', are found again
+alike, has the last node's key.
 """
 
 from __future__ import annotations
@@ -31,7 +43,8 @@ from __future__ import annotations
 import hashlib
 import re
 from bisect import bisect_left
-from collections.abc import Hashable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Collection, Hashable, Iterable, Sequence
 from dataclasses import fields, replace
 from itertools import chain as chained
 from itertools import compress
@@ -40,6 +53,7 @@ from sys import intern
 from typing import Any
 
 from iptrace.errors import TraceError
+from iptrace.iptables.contents import content_id
 from iptrace.iptables.state import parse_net
 from iptrace.layout import Layout, ServicePortLayout, WayIn
 
@@ -62,8 +76,8 @@ _WAY_VALUES = attrgetter(*(f.name for f in fields(WayIn) if f.name != "lines"))
 
 # (what `_read` finds in texts: the DNAT targets' addresses and ports (each once: a key reads them as sets), IPv4
 # literals, the first exact --dport, the ports' own chains jumped or gone to, whether a literal is not written as
-# iptables-save writes addresses, the texts themselves as kept: keys hold that one tuple, not a copy per port and
-# node, and the literals that are networks (not a/32). Addresses are the interned literals' strings, ports shared ints
+# iptables-save writes addresses, the texts as kept (a port's own chains': their content ids, which its key holds),
+# and the literals that are networks (not a/32). Addresses are the interned literals' strings, ports shared ints
 # (~10 targets a port, ~150 bytes each as pairs of their own), chain names interned: kube_chains' summaries name the
 # same endpoint chains)
 Targets = tuple[tuple[str, ...], tuple[int, ...]]
@@ -72,6 +86,17 @@ Read = tuple[Targets, tuple[str, ...], int | None, tuple[str, ...], bool, tuple[
 # index in the chain, its text, what `_read` finds in the text, and how a key writes it: (table, chain, before, its
 # text by role))
 Exact = tuple[str, str, int, str, int, str, Read, tuple[str, str, int, str]]
+# (what `unchanged` reads of a port's key on an earlier node: the key, its own chains, its addresses (by role), those
+# not the node's as written when its exact rules are to be found again (else None), its ports, its literals (`nets` of
+# them networks, whether one is odd: see _read), its name)
+Record = tuple[Hashable, tuple[str, ...], tuple[str, ...], frozenset[str | None] | None, tuple[int, ...],
+               tuple[str, ...], tuple[str, ...], bool, str | None]
+# (NodeKeys.summary: the fingerprint, how many exact rules each form has: (as a key writes the rule, its host by role,
+# its port))
+Summary = tuple[bytes, Counter[tuple[Any, str, int | None]]]
+# (NodeKeys.changes: the hosts (by role) and ports of exact rules one node alone has, the chains they jump or go to,
+# their texts joined)
+Changes = tuple[frozenset[str], frozenset[int], frozenset[str], str]
 # (where a port's rules are: NodeKeys.positions)
 Positions = tuple[tuple[str, ...], tuple[slice, ...], int, tuple[tuple[str, str, str], ...]]
 
@@ -83,10 +108,13 @@ class NodeKeys:
         self.ruleset = ruleset
         self.node_ips = tuple(node_ips)
         self._own: dict[str, tuple[Any, ...]] = {}  # own chain name → its rules
+        self._ids: dict[str, bytes] = {}  # own chain name → its content id (iptrace.iptables.contents)
         # exact rules by host and (without one) by port (Exact)
         self._by_host: dict[str, list[Exact]] = {}
         self._by_port: dict[int, list[Exact]] = {}
         self._texts: dict[tuple[str, str, str], Any] = {}  # (table, chain, text) → its rule; None: not one rule
+        self.record: Record | None = None  # (the last port's, that `key` made: see `unchanged`)
+        self._summary: Summary | None = None
         roles = {ip: f"<o{i}>" for i, ip in enumerate(others)}
         roles.update({ip: f"<n{i}>" for i, ip in enumerate(self.node_ips)})
         roles.update({cidr: f"<pod{i}>" for i, cidr in enumerate(layout.node_pod_cidrs)})
@@ -107,9 +135,13 @@ class NodeKeys:
                          layout.masquerade_mark, layout.random_fully, layout.family, len(self.node_ips),
                          len(layout.node_pod_cidrs)))]
         entered: list[str] = []  # (the ports' own chains a context rule jumps or goes to)
+        holding: list[str] = []  # (the tables with own chains)
         for table in ruleset.tables:
             own = [chain.name.startswith(OWN) for chain in table.chains]
-            self._own.update({chain.name: chain.rules for chain in compress(table.chains, own)})
+            owned = list(compress(table.chains, own))
+            self._own.update({chain.name: chain.rules for chain in owned})
+            if owned:
+                holding.append(table.name)
             for chain, is_own in zip(table.chains, own, strict=True):
                 if is_own:
                     continue
@@ -135,6 +167,15 @@ class NodeKeys:
                         self._by_host.setdefault(host, []).append(entry)
                     elif port is not None:
                         self._by_port.setdefault(port, []).append(entry)
+        # (a chain a block gave whole named by the block's id for it, without reading its rules; the others by texts)
+        ids = self._ids
+        if len(holding) == 1:  # (own chains in one table: its blocks' ids name them; else each by its texts)
+            table_name = holding[0]
+            for name, block in ruleset.replayed:
+                if name == table_name:
+                    ids.update(zip(block.chains, block.content_ids(), strict=True))
+        for name in self._own.keys() - ids.keys():
+            ids[name] = content_id(tuple(map(_TEXT, self._own[name])))
         # (the addresses and ports exact rules test: what a port's addresses and ports are met with, in C)
         self._hosts, self._dports = frozenset(self._by_host), frozenset(self._by_port)
         seen: set[str] = set()
@@ -164,9 +205,13 @@ class NodeKeys:
         addresses = set(map(_ADDRESS, ways))
         ports = set(map(_PORT, ways))
         chains = sp.chains
-        # (the texts of its own chains, by chain, read as one: what they say is kept per port, not per chain)
-        targets, literals, _port, jumps, odd, own, nets = _read(tuple([
-            None if rules is None else tuple(map(_TEXT, rules)) for rules in map(self._own.get, chains)]))
+        # (its own chains by their content ids, read as one: what they say is kept per port, not per chain)
+        own = tuple(map(self._ids.get, chains))
+        found = _READ.get(own)
+        if found is None:
+            found = _READ[own] = _read(tuple([None if rules is None else tuple(map(_TEXT, rules))
+                                              for rules in map(self._own.get, chains)]), own)
+        targets, literals, _port, jumps, odd, _own, nets = found
         if jumps and not frozenset(chains).issuperset(jumps):
             return None
         addresses.update(targets[0])
@@ -174,18 +219,9 @@ class NodeKeys:
         named = set(literals)
         if sp.health_check_node_port is not None:
             ports.add(sp.health_check_node_port)
-        addresses.update(self.node_ips)
+        own_addresses = frozenset(addresses)
         ports.add(1)  # (the port a question takes when the port has no way in: view._Builder.probe)
-        chosen: dict[int, Exact] = {}
-        by_host, by_port = self._by_host, self._by_port
-        for address in self._hosts.intersection(addresses):
-            for entry in by_host[address]:
-                port = entry[6][2]
-                if port is None or port in ports:
-                    chosen[id(entry)] = entry
-        for port in self._dports.intersection(ports):
-            for entry in by_port[port]:
-                chosen[id(entry)] = entry
+        chosen = self._chosen(own_addresses, ports)
         if not chosen:
             exact: tuple[Any, ...] = ()
         else:
@@ -198,13 +234,93 @@ class NodeKeys:
                 odd = odd or unusual
                 if more:
                     nets += more
+        own_values = self._own_values(named, nets, odd)
+        key = (self.fingerprint, _LAYOUT_VALUES(sp), tuple(map(_WAY_VALUES, ways)), own, exact, own_values, asked)
+        roles = self.roles
+        # (what `unchanged` needs to tell, on a later node, that this key is that node's key of the port too; the
+        # exact rules are found again there when their order among themselves is by their places: two in one chain
+        # with as many context rules before them)
+        # (tuples, not sets: a worker keeps one a port, and `unchanged` only iterates them)
+        self.record = None if sp.lb_source_ranges else (
+            key, chains, tuple([roles.get(a, a) for a in (*own_addresses, *self.node_ips) if a]),
+            own_addresses if len({e[:3] for e in chosen.values()}) < len(chosen) else None, tuple(ports),
+            tuple(named), nets, odd, sp.name)
+        return key
+
+    def _same_own(self, chains: Sequence[str], ids: tuple[bytes | None, ...]) -> bool:
+        """Whether the chains of a port are here as they were where its own chains' content ids were `ids` (a chain
+        not here has none)."""
+        return tuple(map(self._ids.get, chains)) == ids
+
+    def _chosen(self, addresses: frozenset[str | None], ports: set[int] | frozenset[int]) -> dict[int, Exact]:
+        """The exact rules that test one of a port's `addresses` (and the node's: with no port, or one of its `ports`)
+        or, with no address, one of its `ports`."""
+        chosen: dict[int, Exact] = {}
+        by_host, by_port = self._by_host, self._by_port
+        for address in self._hosts.intersection(addresses.union(self.node_ips)):
+            for entry in by_host[address]:
+                port = entry[6][2]
+                if port is None or port in ports:
+                    chosen[id(entry)] = entry
+        for port in self._dports.intersection(ports):
+            for entry in by_port[port]:
+                chosen[id(entry)] = entry
+        return chosen
+
+    def _own_values(self, named: Collection[str], nets: tuple[str, ...], odd: bool) -> tuple[Any, ...]:
+        """How a port's literals `named` (`nets` of them networks; `odd` when one is not written as iptables-save
+        writes addresses) meet the node's own values, by role."""
         met, meets, prefixes = self._met, self._meets, self._prefixes
         kept: Iterable[str] = named if prefixes is None or odd else self._may_meet(named, nets, prefixes)
-        own_values = tuple(sorted(filter(None, [met[a] if a in met else meets(a) for a in kept])))
-        return (self.fingerprint, _LAYOUT_VALUES(sp), tuple(map(_WAY_VALUES, ways)), tuple(own), exact,
-                own_values, asked)
+        return tuple(sorted(filter(None, [met[a] if a in met else meets(a) for a in kept])))
 
-    def _may_meet(self, named: set[str], nets: tuple[str, ...], prefixes: tuple[str, ...]) -> Iterable[str]:
+    def summary(self) -> Summary:
+        """What `changes` reads of this node when it is the earlier one (not the node's rules: a worker keeps it
+        while it reads the next node)."""
+        found = self._summary
+        if found is None:
+            roles = self.roles
+            forms = Counter([(e[7], roles.get(e[3], e[3]), e[6][2]) for entries in
+                             (*self._by_host.values(), *self._by_port.values()) for e in entries])
+            found = self._summary = (self.fingerprint, forms)
+        return found
+
+    def changes(self, earlier: Summary | None) -> Changes | None:
+        """What differs from an `earlier` node (its `summary`: the last node a worker analysed) that a port's key can
+        take: the exact rules (as keys write them) either node has and the other has not, with their hosts (by role),
+        ports, the chains they jump or go to (a layout reads a way in from a rule's target) and their joined texts;
+        None when the fingerprints differ (no key of one node is the other's)."""
+        if earlier is None or earlier[0] != self.fingerprint:
+            return None
+        there, here = earlier[1], self.summary()[1]
+        differ = (here - there) + (there - here)
+        hosts = {host for _w, host, _p in differ if host}
+        ports = {port for _w, host, port in differ if not host and port is not None}
+        texts = "\n".join(w[3] for w, _h, _p in differ)
+        return frozenset(hosts), frozenset(ports), frozenset(_JUMP.findall(texts)), texts
+
+    def unchanged(self, record: Record, changes: Changes) -> Hashable | None:
+        """The key an earlier node's port had (`record`: its `key`'s), when it is this node's key of the port too
+        (`changes`: this node's from that one): none of its own chains differs, no exact rule either node alone has
+        tests one of its addresses or ports or names one of its chains or its name, and its literals meet this node's
+        own values as they met the earlier's (then its layout, ways, exact rules and questions are the same: each a
+        function of those and of the fingerprint). None otherwise."""
+        key, chains, addresses, found_again, ports, named, nets, odd, label = record
+        hosts, dports, targets, texts = changes
+        if (not hosts.isdisjoint(addresses) or not dports.isdisjoint(ports) or not targets.isdisjoint(chains)
+                or (label is not None and label in texts)):
+            return None
+        if not self._same_own(chains, key[3]):  # type: ignore[index]
+            return None
+        if self._own_values(named, nets, odd) != key[5]:  # type: ignore[index]
+            return None
+        if found_again is not None:
+            exact = tuple(map(_WRITTEN, _ordered(self._chosen(found_again, ports))))
+            if exact != key[4]:  # type: ignore[index]
+                return None
+        return key
+
+    def _may_meet(self, named: Collection[str], nets: tuple[str, ...], prefixes: tuple[str, ...]) -> Iterable[str]:
         """Those of a port's literals `named` (canonical IPv4 texts) that can meet the node's own values: each that
         starts as a pod CIDR of whole octets does, is one of the node's addresses (or that address as `a/32`: an
         endpoint's hairpin rule names it so), or is a network (not `a/32`: `nets`, those of `named` `_read` found).
@@ -305,9 +421,10 @@ def _port(text: str) -> int:
     return _PORTS.setdefault(number, number)
 
 
-def _read(texts: tuple[Any, ...]) -> Read:
-    """What `texts` say: rules' texts, or a port's own chains' (a tuple of texts, or None, per chain)."""
-    found = _READ.get(texts)
+def _read(texts: tuple[Any, ...], own: tuple[bytes | None, ...] | None = None) -> Read:
+    """What `texts` say: rules' texts (kept by them), or a port's own chains' (a tuple of texts, or None, per chain),
+    their content ids being `own` (kept by those, by the caller)."""
+    found = _READ.get(texts) if own is None else None
     if found is None:
         if len(_READ) >= READ_LIMIT:
             _READ.clear()
@@ -321,10 +438,12 @@ def _read(texts: tuple[Any, ...]) -> Read:
         targets = (tuple(dict.fromkeys([intern(a) for a, _p in to])), tuple(dict.fromkeys([_port(p) for _a, p in to]))
                    ) if to else _NO_TARGETS
         nets = tuple([a for a in literals if "/" in a and not a.endswith("/32")])
-        found = _READ[texts] = (targets, literals, _port(port.group(1)) if port else None,
-                                tuple(dict.fromkeys(intern(t) for t in _JUMP.findall(joined) if t.startswith(OWN))),
-                                not all(map(_CANONICAL.fullmatch, (a.partition("/")[0] for a in literals))), texts,
-                                _NETS.setdefault(nets, nets))
+        found = (targets, literals, _port(port.group(1)) if port else None,
+                 tuple(dict.fromkeys(intern(t) for t in _JUMP.findall(joined) if t.startswith(OWN))),
+                 not all(map(_CANONICAL.fullmatch, (a.partition("/")[0] for a in literals))),
+                 texts if own is None else own, _NETS.setdefault(nets, nets))
+        if own is None:
+            _READ[texts] = found
     return found
 
 

@@ -78,6 +78,8 @@ class _Loader:
         # worker loads, the blocks it remembers (LoadMemo.blocks) and its caches of chain summaries and port reads
         # (kube_chains, carry) then hold one string a chain name, not one each (~3.5 MB of endpoint chain names).
         self.names: dict[str, str] = {}
+        # (table, block) of each block that gave chains their rules whole (Ruleset.replayed)
+        self.replayed: list[tuple[str, blocks.Block]] = []
 
     # -- errors -----------------------------------------------------------------------------------------
     def fail(self, exc: ParseError) -> None:
@@ -141,6 +143,12 @@ class _Loader:
 
     def close_table(self, t: OpenTable) -> None:
         self.report_jumps(t)
+        if t.name in self.tables:  # (a table seen twice merges its chains: their blocks no longer say them)
+            self.replayed = [(name, block) for name, block in self.replayed if name != t.name]
+        else:  # (a block whose chains have more rules than it gave them had more after it: not the block's)
+            rules = t.rules
+            self.replayed += [(t.name, block) for block in t.replayed
+                              if list(map(len, map(rules.__getitem__, block.chains))) == list(block.counts)]
         chains = tuple([_new_chain(name, policy, tuple(t.rules[name]), counters, line)
                         for name, (policy, counters, line) in t.chains.items()])
         if t.name in self.tables:
@@ -183,7 +191,7 @@ class _Loader:
         family = "ipv6" if "ip6tables" in header or _IPV6_HINT_RE.search(text, 0, 262144) else "ipv4"
         tables = tuple(self.tables[name] for name in self.order)
         return Ruleset(tables, family, fmt, tuple(trailer), self.source, tuple(self.warnings),
-                       tuple(self.skipped))
+                       tuple(self.skipped), replayed=tuple(self.replayed))
 
     def add_rule(self, t: OpenTable, line: str, line_no: int, body: str,
                  counters: tuple[int, int] | None) -> None:
@@ -238,6 +246,7 @@ class _Loader:
                 self.fail(exc)
                 return
             self.command_shapes.add(key)
+        t.replayed.clear()  # (the command may edit any chain)
         words = [(m.group(), m.start() + 1) for m in TOKEN_RE.finditer(line)]
         cmd = restore.Command(words, line_no, lambda chain, first: self.spec_rule(line, line_no, words, chain,
                                                                                    first))
@@ -431,6 +440,7 @@ class _Loader:
                                                                range(line_no, line_no + count), block.shapes,
                                                                strict=False)))
             fast_rules.update(zip(chains, map(rules.__getitem__, block.rule_slices()), strict=True))
+            t.replayed.append(block)
             return line_no + count - 1
         for at, chain, spec in zip(range(line_no, line_no + count), block.rule_chains(), block.specs, strict=True):
             line = f"-A {chain} {spec}"

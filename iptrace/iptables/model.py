@@ -16,7 +16,7 @@ from itertools import chain as chained
 from itertools import compress
 from operator import attrgetter, itemgetter
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from iptrace.dataplane import Step
@@ -296,6 +296,9 @@ class Ruleset:
     warnings: tuple[LoadWarning, ...] = field(default=(), compare=False)
     skipped: tuple[LoadWarning, ...] = field(default=(), compare=False)
     _index: Mapping[str, Table] = field(default_factory=dict, compare=False, repr=False)
+    # (table, block) of each block read in an earlier dump that gave its chains all their rules
+    # (iptrace.iptables.blocks: Block.content_ids name them without reading them)
+    replayed: tuple[tuple[str, Any], ...] = field(default=(), compare=False, repr=False)
     _by_line: dict[int, Rule] = field(default_factory=dict, compare=False, repr=False)
     _spans: list[tuple[int, tuple[Rule, ...]]] = field(default_factory=list, compare=False, repr=False)
     _table_spans: dict[str, list[tuple[int, tuple[Rule, ...]]]] = field(default_factory=dict, compare=False,

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from iptrace.iptables.model import Option, Rule
 from iptrace.iptables.options import BASIC_ARITY, BUILTIN_TARGETS
@@ -72,6 +73,9 @@ class OpenTable:
     jumps: list[tuple[str, int, str]] = field(default_factory=list)
     # How many rules jump to each chain; counted at the first -X/-E, then kept up to date by every edit.
     refs: Counter[str] | None = None
+    # The blocks read in an earlier dump that gave chains their rules whole (Ruleset.replayed), in order. Forgotten
+    # when a command edits the table.
+    replayed: list[Any] = field(default_factory=list)
 
 
 Words = list[tuple[str, int]]  # (text, 1-based column) of each word of a command line

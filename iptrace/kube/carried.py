@@ -22,6 +22,7 @@ CACHE_SIZE = 30_000
 # Lines of traced ports read one at a time up to this many (a pass over a 5,000-Service node's rules costs ~60 ms)
 LINES_ONE_BY_ONE = 5_000
 
+_NONE = (None, None)
 # [a digest; the positions of its port's lines (NodeKeys.positions); where each endpoint's line is among the rules
 # at those positions, -1 for an endpoint without a line; the number of the family digest that used it last]: a list,
 # so that a use is noted in place (an ordered dict's move_to_end hashes the key again: ~6 µs a port)
@@ -41,6 +42,9 @@ class Carried:
         self._missed: set[int] = set()
         self._uses = 0  # family digests made (a kept digest's last use: the least recently used go first)
         self.carried = 0  # ports whose digest came from an earlier node
+        # family → (NodeKeys.summary of the last node whose ports were keyed, by port: its record (NodeKeys.unchanged)
+        # and the digest it took, or None)
+        self._last: dict[str, tuple[Any, dict[str, Any]]] = {}
         self.made = 0  # ports traced
 
     def family_digest(self, analysis: Any, intern: dict[Any, Any] | None) -> FamilyDigest | None:
@@ -56,19 +60,27 @@ class Carried:
         keys = port_keys(analysis.ruleset, layout, analysis.view_ips, others)
         if keys is None:
             return None
-        roles = keys.roles
-        questions = analysis.views.questions
         found: dict[str, tuple[PortDigest, list[int]]] = {}
         missed: list[tuple[str, Hashable | None]] = []
         kept = self._kept
         filling = not kept  # (see _keep)
         self._uses = uses = self._uses + 1
+        # (a port whose key the worker's last node had, and whose inputs are the same here, takes that key: see
+        # NodeKeys.unchanged; the others are read and asked here)
+        earlier, records = self._last.get(analysis.family, (None, {}))
+        changes = keys.changes(earlier)
+        unchanged = keys.unchanged
+        now: dict[str, Any] = {}
         for name in layout.keys:
-            sp = layout.port_values(name)  # (its lines are this node's: only a port traced here reads them)
-            asked = tuple([(chain, roles.get(p.src, p.src), roles.get(p.dst, p.dst), p.dport, p.sport, p.proto,
-                            p.in_interface) for chain, p in questions(sp)])
-            key = keys.key(sp, asked)
-            got = kept.get(key) if key is not None else None
+            record, got = records.get(name, _NONE) if changes is not None else _NONE
+            key = unchanged(record, changes) if record is not None else None
+            if key is None:
+                key, record = port_key(analysis, keys, name)
+                got = None
+            if got is None and key is not None:  # (the last node's digest of the port, when it took one: its key's)
+                got = kept.get(key)
+            if record is not None:
+                now[name] = (record, got)
             carried = _carry(got, keys) if got is not None else None
             if carried is None:
                 missed.append((name, key))
@@ -77,6 +89,7 @@ class Carried:
             if carried[0].key in found:
                 return None  # (two ports of one label: which one the comparison reads is the whole path's)
             found[carried[0].key] = carried
+        self._last[analysis.family] = (keys.summary(), now)
         self.carried += len(layout.keys) - len(missed)
         self.made += len(missed)
         views = [(key, analysis.port_view(name)) for name, key in missed]
@@ -142,6 +155,18 @@ class Carried:
                 del kept[gone]
 
 
+def port_key(analysis: Any, keys: Any, name: str) -> tuple[Hashable | None, Any]:
+    """A port's content key (and the record NodeKeys.unchanged reads on a later node) read and asked here: its layout
+    (without lines: those are this node's, read only for a port traced here) and its questions, by role."""
+    roles = keys.roles
+    sp = analysis.layout.port_values(name)
+    asked = tuple([(chain, roles.get(p.src, p.src), roles.get(p.dst, p.dst), p.dport, p.sport, p.proto, p.in_interface)
+                   for chain, p in analysis.views.questions(sp)])
+    keys.record = None
+    key = keys.key(sp, asked)
+    return key, keys.record
+
+
 def same_head(digest: PortDigest, rules: Sequence[Any]) -> bool:
     """Whether the port's first rules here read as the digest quotes them (its evidence): with equal keys they are the
     same rules, but which of them come first follows this node's order of the dump."""
@@ -156,10 +181,10 @@ def _carry(kept: Kept, keys: Any) -> tuple[PortDigest, list[int]] | None:
     if rules is None:
         return None
     lines = list(map(_LINE, rules))
-    first = sorted(rules, key=_LINE)[:HEAD]
-    if (first and first[0][3] == 0) or len(set(lines)) != len(lines):
+    head = sorted(lines)[:HEAD]
+    if (head and head[0] == 0) or len(set(lines)) != len(lines):
         return None  # (a rule on no line, or two on one)
-    if not same_head(digest, first):
+    if not same_head(digest, [rules[lines.index(line)] for line in head]):  # (the first rules: one a line)
         return None
     lines.append(0)  # (lines[-1]: the line of an endpoint kept as -1, without one)
-    return digest, [*map(_LINE, first), *map(lines.__getitem__, endpoints)]
+    return digest, [*head, *map(lines.__getitem__, endpoints)]
