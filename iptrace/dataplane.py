@@ -517,9 +517,10 @@ class Dataplane(Protocol):
         """Every chain of `ruleset` that kube-proxy did not write, in dump order."""
         ...
 
-    # Optional: `port_keys(ruleset, layout, node_ips, others)`, the content keys of its Service ports across the
-    # nodes of one audit (iptrace.kube.carried; see iptrace.iptables.carry), `others` being the other addresses its
-    # questions take for the node's own; or None. Without it, every port is traced.
+    # Optional: `port_keys(ruleset, layout, node_ips, others, tracer)`, the content keys of its Service ports across
+    # the nodes of one audit (iptrace.kube.carried; see iptrace.iptables.carry), `others` being the other addresses
+    # its questions take for the node's own, `tracer` the one that traces them (the node's routes it reads are in
+    # its keys); or None. Without it, every port is traced.
 
     def summary(self, ruleset: Any) -> str:
         """`iptrace parse`: tables, chains, rule counts, kube-proxy's mode and era, warnings (text)."""

@@ -5,8 +5,9 @@ that test the output interface, and says so. The kernel's own listings are check
 from __future__ import annotations
 
 import json
-from ipaddress import ip_address
+from ipaddress import ip_address, ip_network
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -226,3 +227,81 @@ def test_routes_change_nothing_where_no_rule_tests_the_output_interface(dump: st
     assert routed.exit_code == 0 and routed.output == without.output
     dataplane, ruleset = dataplanes.load((SAMPLES / dump).read_text())
     assert dataplane.tracer(ruleset, routes=parse_routes(routes.read_text())).ctx.routes is None
+
+
+def _le(net: str) -> tuple[str, str]:
+    """A network's address and mask as /proc/net/route writes them (little-endian hex)."""
+    network = ip_network(net)
+    return (int(network.network_address).to_bytes(4, "little").hex().upper(),
+            int(network.netmask).to_bytes(4, "little").hex().upper())
+
+
+def _flannel_routes(i: int) -> str:
+    """Node i of the bench fleet: its pods behind cni0, the other nodes' through flannel.1, a default via eth0."""
+    from bench import fleet
+
+    return "\n".join([HEADER, v4("eth0", "00000000", "00000000", "0003", 100, "0100A8C0"),
+                      v4("flannel.1", *_le(fleet.CLUSTER_CIDR), "0001"), v4("cni0", *_le(fleet.pod_cidr(i)))]) + "\n"
+
+
+def _fleet_with_routes(root: Path, nodes: int, routes: bool, extra: str = "") -> list[Any]:
+    """A fleet whose nodes drop what they forward to the other nodes' pods (`-A FORWARD -o flannel.1 -j DROP`, as
+    weave's rule reads), with each node's routes.txt when `routes`."""
+    from tests.test_carried import _texts, _write
+
+    texts = [t.replace("\n-A FORWARD ", "\n-A FORWARD -o flannel.1 -j DROP\n-A FORWARD ", 1) for t in _texts(nodes)]
+    sources = _write(root, texts)
+    if routes:
+        for i, source in enumerate(sources):
+            (Path(source.path) / "routes.txt").write_text(_flannel_routes(i) + extra)
+    return sources
+
+
+def test_audit_reads_a_node_directory_s_routes_and_carries_ports_across_nodes_only_where_they_route_alike(
+        tmp_path: Path) -> None:
+    """`audit` answers the output-interface rules with each node's routes.txt as `trace` does (here a rule that drops
+    what a node forwards to the other nodes' pods: its ports differ from what they are without routes), and a worker that carries ports across nodes gives what one that traces every port gives."""
+    from iptrace.collect.stream import Worker
+
+    routed = _fleet_with_routes(tmp_path / "routed", 3, True)
+    plain = _fleet_with_routes(tmp_path / "plain", 3, False)
+    carrying, tracing = Worker(None, False, False, True), Worker(None, False, False, False)
+    carried, traced = [carrying.run(s) for s in routed], [tracing.run(s) for s in routed]
+    without = [tracing.run(s) for s in plain]
+    assert carried == traced and carrying.carried is not None and carrying.carried.carried > 0
+    assert all(r.error is None and not r.load_warnings for r in carried)
+    for a, b in zip(carried, without, strict=True):
+        assert {p.key for p in a.families[0].ports} == {p.key for p in b.families[0].ports}
+        assert a.families[0].ports != b.families[0].ports  # (some port's ways read the routes)
+
+
+def test_audit_names_a_routes_file_it_cannot_read_and_analyses_the_node_without_it(tmp_path: Path) -> None:
+    from iptrace.collect.stream import Worker
+
+    sources = _fleet_with_routes(tmp_path, 1, True, extra="nonsense\n")
+    result = Worker(None, False, False, False).run(sources[0])
+    assert result.error is None and result.families
+    assert any("routes.txt:5:1: not a route" in w and "without the node's routes" in w
+               for w in result.load_warnings), result.load_warnings
+
+
+def test_a_port_is_carried_only_to_a_node_that_routes_its_addresses_alike(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node 2 sends the other nodes' pods out of eth0, not flannel.1: the rule that drops what leaves by flannel.1
+    spares them there, so no port whose endpoints are there is carried to it from node 1 (its keys say which
+    interface each address leaves by); without that part of the key, some are, wrongly."""
+    from iptrace.collect.stream import Worker
+    from iptrace.iptables import carry
+
+    sources = _fleet_with_routes(tmp_path, 3, True)
+    (Path(sources[2].path) / "routes.txt").write_text(_flannel_routes(2).replace("flannel.1", "eth0"))
+
+    def audits() -> tuple[list[Any], list[Any]]:
+        carrying, tracing = Worker(None, False, False, True), Worker(None, False, False, False)
+        return [carrying.run(s) for s in sources], [tracing.run(s) for s in sources]
+
+    carried, traced = audits()
+    assert carried == traced
+    monkeypatch.setattr(carry.NodeKeys, "_devices", lambda self, addresses: ())
+    carried, traced = audits()
+    assert carried != traced

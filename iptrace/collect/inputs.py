@@ -252,16 +252,18 @@ def node_input(snapshot: Any, *, cluster: Any = None, lenient: bool = False,
         chosen = choose_dump(snapshot, "ipv4", lenient=lenient, known=known_ports(cluster, "ipv4"), memo=memo)
     except IptraceError as exc:
         return NodeInput(snapshot.node, {}, str(exc) + lenient_hint(exc), tuple(snapshot.addresses), meta)
+    routes = node_routes(snapshot, lenient, problems)
     for family in dataplanes.analysed_families(chosen.ruleset):
         analyses[family] = analyse(chosen.dataplane, chosen.ruleset, family, node_ips=snapshot.addresses,
-                                   cluster=cluster, layout=chosen.layout if family == "ipv4" else None)
+                                   cluster=cluster, layout=chosen.layout if family == "ipv4" else None,
+                                   routes=routes)
     misfiled_said = misfiled(snapshot, chosen, "ipv4")
     if "ipv6" not in analyses and snapshot.ip6_dump_text:
         try:
             v6 = choose_dump(snapshot, "ipv6", lenient=lenient, known=known_ports(cluster, "ipv6"), memo=memo)
             if "ipv6" in v6.ruleset.families:
                 analyses["ipv6"] = analyse(v6.dataplane, v6.ruleset, "ipv6", node_ips=snapshot.addresses,
-                                           cluster=cluster, layout=v6.layout)
+                                           cluster=cluster, layout=v6.layout, routes=routes)
             else:
                 misfiled_said = misfiled(snapshot, v6, "ipv6")
         except IptraceError as exc:
@@ -291,6 +293,26 @@ def node_input(snapshot: Any, *, cluster: Any = None, lenient: bool = False,
     if problems:
         meta["load_warnings"] = problems
     return NodeInput(snapshot.node, analyses, None, tuple(snapshot.addresses), meta, legacy_note)
+
+
+def node_routes(snapshot: Any, lenient: bool, problems: list[str]) -> Any:
+    """The node's routes (iptrace.routes.Routes) from its directory's routes.txt, None without one; one that cannot
+    be read is a problem of the node's (its rules are analysed without routes, as `trace` would refuse it)."""
+    path = Path(snapshot.dump_path).parent / store.ROUTES_FILE
+    if not path.is_file():
+        return None
+    from iptrace.dumpfile import read_bytes
+    from iptrace.routes import parse_routes
+    from iptrace.text import decode_input
+
+    try:
+        data, name = read_bytes(str(path), "the node's routes (`cat /proc/net/route /proc/net/ipv6_route`)",
+                                "the node's routes as text")
+        return parse_routes(decode_input(data), source=name, lenient=lenient)
+    except IptraceError as exc:
+        problems.append(f"{exc}{lenient_hint(exc)}; the rules that test the interface a packet leaves by are "
+                        "answered without the node's routes")
+        return None
 
 
 def node_directories(directory: Any) -> list[Path]:

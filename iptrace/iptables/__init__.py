@@ -75,11 +75,12 @@ class IptablesDataplane:
 
         return Tracer(ruleset, node_ips=node_ips, pod_cidrs=pod_cidrs, names=names, routes=routes)
 
-    def port_keys(self, ruleset: Any, layout: Layout, node_ips: Sequence[str], others: Sequence[str] = ()) -> Any:
-        """Content keys of the Service ports (carry.py), None where there are none."""
+    def port_keys(self, ruleset: Any, layout: Layout, node_ips: Sequence[str], others: Sequence[str] = (),
+                  tracer: Any = None) -> Any:
+        """Content keys of the Service ports (carry.py) for `tracer`'s walks, None where there are none."""
         from iptrace.iptables.carry import node_keys
 
-        return node_keys(ruleset, layout, node_ips, others)
+        return node_keys(ruleset, layout, node_ips, others, getattr(tracer, "route_table", None))
 
     def service_chain(self, role: str, service_port_name: str, protocol: str) -> str:
         from iptrace.iptables.hashes import service_port_chain

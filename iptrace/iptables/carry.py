@@ -35,7 +35,9 @@ function of its layout and the clients by role, but for a LoadBalancer with sour
 node's addresses and endpoints: read every time). So with equal fingerprints, a port none of whose own chains
 differs, that no exact rule one node alone has could name (by host, port, target or text), whose literals meet the
 node's values alike, and whose exact rules, when their order among themselves is their places', are found again
-alike, has the last node's key.
+alike, has the last node's key. Where the tracer reads the node's routes (a rule tests the output interface), a key
+also holds the interface each of the port's addresses (its ways', its DNAT targets', the node's) leaves by, the
+only destinations its traces route, and every key is read again.
 """
 
 from __future__ import annotations
@@ -104,8 +106,12 @@ Positions = tuple[tuple[str, ...], tuple[slice, ...], int, tuple[tuple[str, str,
 class NodeKeys:
     """One node's content keys (`key`) and the positions of its rules' lines (`positions`, `rules_at`)."""
 
-    def __init__(self, ruleset: Any, layout: Layout, node_ips: Sequence[str], others: Sequence[str] = ()) -> None:
+    def __init__(self, ruleset: Any, layout: Layout, node_ips: Sequence[str], others: Sequence[str] = (),
+                 routes: Any = None) -> None:
         self.ruleset = ruleset
+        # (the node's routes the tracer reads (iptrace.routes.RouteTable), None when it reads none: then each key
+        # also says which interface the kernel sends each of a port's addresses out of)
+        self.routes = routes
         self.node_ips = tuple(node_ips)
         self._own: dict[str, tuple[Any, ...]] = {}  # own chain name → its rules
         self._ids: dict[str, bytes] = {}  # own chain name → its content id (iptrace.iptables.contents)
@@ -133,7 +139,7 @@ class NodeKeys:
         context = [repr((layout.proxy, replace(layout.node_port_addresses, lines=()), layout.pod_cidrs,
                          layout.pod_interfaces,
                          layout.masquerade_mark, layout.random_fully, layout.family, len(self.node_ips),
-                         len(layout.node_pod_cidrs)))]
+                         len(layout.node_pod_cidrs), routes is not None))]
         entered: list[str] = []  # (the ports' own chains a context rule jumps or goes to)
         holding: list[str] = []  # (the tables with own chains)
         for table in ruleset.tables:
@@ -235,13 +241,16 @@ class NodeKeys:
                 if more:
                     nets += more
         own_values = self._own_values(named, nets, odd)
+        if self.routes is not None:  # (where the kernel sends each address a trace of the port may go to)
+            own_values += (self._devices(own_addresses),)
         key = (self.fingerprint, _LAYOUT_VALUES(sp), tuple(map(_WAY_VALUES, ways)), own, exact, own_values, asked)
         roles = self.roles
         # (what `unchanged` needs to tell, on a later node, that this key is that node's key of the port too; the
         # exact rules are found again there when their order among themselves is by their places: two in one chain
         # with as many context rules before them)
-        # (tuples, not sets: a worker keeps one a port, and `unchanged` only iterates them)
-        self.record = None if sp.lb_source_ranges else (
+        # (tuples, not sets: a worker keeps one a port, and `unchanged` only iterates them; none with routes: each
+        # key is read again)
+        self.record = None if sp.lb_source_ranges or self.routes is not None else (
             key, chains, tuple([roles.get(a, a) for a in (*own_addresses, *self.node_ips) if a]),
             own_addresses if len({e[:3] for e in chosen.values()}) < len(chosen) else None, tuple(ports),
             tuple(named), nets, odd, sp.name)
@@ -251,6 +260,12 @@ class NodeKeys:
         """Whether the chains of a port are here as they were where its own chains' content ids were `ids` (a chain
         not here has none)."""
         return tuple(map(self._ids.get, chains)) == ids
+
+    def _devices(self, addresses: Iterable[str | None]) -> tuple[tuple[str, str | None], ...]:
+        """The interface the node's routes send each of `addresses` (and the node's own) out of, by role."""
+        roles, device = self.roles, self.routes.device
+        return tuple(sorted((roles.get(a, a), "lo" if a in self.node_ips else device(span[0]) if span else None)
+                            for a in {*addresses, *self.node_ips} if a for span in (_range(a),)))
 
     def _chosen(self, addresses: frozenset[str | None], ports: set[int] | frozenset[int]) -> dict[int, Exact]:
         """The exact rules that test one of a port's `addresses` (and the node's: with no port, or one of its `ports`)
@@ -516,9 +531,11 @@ _BY_HOST = itemgetter(3, 4)
 _BY_PLACE = itemgetter(4)
 
 
-def node_keys(ruleset: Any, layout: Layout, node_ips: Sequence[str], others: Sequence[str] = ()) -> NodeKeys | None:
+def node_keys(ruleset: Any, layout: Layout, node_ips: Sequence[str], others: Sequence[str] = (),
+              routes: Any = None) -> NodeKeys | None:
     """The node's NodeKeys, None where there are none (IPv6, or a ruleset that is no iptables-save dump). `others`:
-    more addresses questions take for the node's own (its clients')."""
+    more addresses questions take for the node's own (its clients'); `routes`: the node's routes (RouteTable) the
+    tracer reads, if any."""
     if layout.family != "ipv4" or ruleset.format != "save":
         return None
-    return NodeKeys(ruleset, layout, node_ips, others)
+    return NodeKeys(ruleset, layout, node_ips, others, routes)

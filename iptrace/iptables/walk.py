@@ -142,6 +142,7 @@ class Tracer(ChainWalker):
         table = routes.table(version) if routes is not None and _tests_out_iface(ruleset) else None
         super().__init__(ruleset, Context.build(version, node_ips, ipsets, table), names, use_index)
         self.routed = table is not None
+        self.route_table = table  # (the routes its walks read: None when they read none)
         self.node_ips = tuple(node_ips)
         self.pod_cidrs = tuple(pod_cidrs)
         self.share = share

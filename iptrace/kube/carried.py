@@ -57,7 +57,7 @@ class Carried:
         clients = analysis.views.clients
         # (the addresses questions take for the node's own and its clients, written by role in every key)
         others = (clients.node_address, clients.pod, clients.node, clients.external)
-        keys = port_keys(analysis.ruleset, layout, analysis.view_ips, others)
+        keys = port_keys(analysis.ruleset, layout, analysis.view_ips, others, analysis.tracer)
         if keys is None:
             return None
         found: dict[str, tuple[PortDigest, list[int]]] = {}
