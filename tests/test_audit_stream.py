@@ -205,6 +205,24 @@ def test_an_unreadable_node_never_stops_the_others(snap: Path, tmp_path: Path) -
     assert "cannot read" in errors[0]["detail"]
 
 
+def test_a_node_given_twice_is_audited_once_and_said_so(snap: Path, tmp_path: Path) -> None:
+    """`audit A A` (or `./A` after `A`, or a node directory and the collection holding it) audited the node once
+    without a word: the report counted one node fewer than the user gave. stderr says which node was given
+    twice and that it is audited once."""
+    dump = tmp_path / "n0.txt"
+    dump.write_bytes((snap / "node-000" / "iptables-save.txt").read_bytes())
+    once = CliRunner().invoke(main, ["audit", str(dump), "-o", "json"])
+    assert once.stderr == ""
+    twice = CliRunner().invoke(main, ["audit", str(dump), str(dump), "-o", "json"])
+    assert json.loads(twice.stdout) == json.loads(once.stdout)
+    assert twice.stderr == f"note: node n0 is given twice ({dump}); it is audited once, where it first appears\n"
+    inner = CliRunner().invoke(main, ["audit", str(snap / "node-001"), str(snap / "node-000"), str(snap), "-o",
+                                      "json"])
+    assert inner.stderr.startswith(f"note: 2 nodes (node-000, node-001) are given twice ({snap / 'node-001'}, "
+                                   f"{snap / 'node-000'}, {snap}); each is audited once, where it first appears\n")
+    assert [n["name"] for n in json.loads(inner.stdout)["nodes"]][:3] == ["node-001", "node-000", "node-002"]
+
+
 def test_merged_shards_are_the_audit_of_all_nodes(snap: Path, tmp_path: Path) -> None:
     """Shards as a fleet would cut them (by label selector: any subset), each audited on its own, then merged."""
     names = sorted(p.name for p in snap.iterdir())

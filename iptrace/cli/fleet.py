@@ -248,6 +248,8 @@ def _audit_sources(sources: tuple[str, ...], node_ips: tuple[str, ...]) -> list[
         return read_dump("-")
 
     nodes = list_sources(sources, node_ips, stdin=stdin)
+    for note in _given_again(sources):
+        click.echo(note, err=True)
     paths: dict[str, list[str]] = {}
     for n in nodes:
         paths.setdefault(n.name, []).append(n.path or n.name)
@@ -257,6 +259,42 @@ def _audit_sources(sources: tuple[str, ...], node_ips: tuple[str, ...]) -> list[
         raise click.UsageError(f"two inputs are both called {name!r} ({', '.join(paths[name][:2])}); rename one "
                                "of them (a node directory is called what its meta.json's `node` says)")
     return nodes
+
+
+def _given_again(sources: tuple[str, ...]) -> list[str]:
+    """A note for each argument naming a node given before it (a dump file twice, a node directory and the
+    collection holding it): stream.sources audits such a node once, where it first appears, and the report has
+    one node fewer than the user counted."""
+    import os
+
+    from iptrace.collect.inputs import dump_node_name, node_directories
+    from iptrace.collect.stream import node_name
+    from iptrace.errors import IptraceError
+
+    first: dict[str, str] = {}  # a node's real path -> the argument that named it first
+    notes = []
+    for path in sources:
+        if path == "-":
+            continue
+        try:
+            given = ([(os.path.realpath(d), node_name(d)) for d in node_directories(path)] if Path(path).is_dir()
+                     else [(os.path.realpath(path), dump_node_name(path))])
+        except IptraceError:
+            continue  # (stream.sources said what is wrong with it)
+        again = [(name, first[where]) for where, name in given if where in first]
+        for where, _ in given:
+            first.setdefault(where, path)
+        if not again:
+            continue
+        where = ", ".join(sorted({*(by for _, by in again), path}, key=sources.index))
+        if len(again) == 1:
+            notes.append(f"note: node {again[0][0]} is given twice ({where}); it is audited once, where it first "
+                         "appears")
+        else:
+            names = ", ".join(name for name, _ in again[:3]) + (", …" if len(again) > 3 else "")
+            notes.append(f"note: {len(again)} nodes ({names}) are given twice ({where}); each is audited once, "
+                         "where it first appears")
+    return notes
 
 
 def _contained(run: Callable[[], Any]) -> Any:
