@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -542,7 +543,8 @@ def test_the_merge_key_prints_a_node_a_line(snap: Path) -> None:
     result = CliRunner().invoke(main, ["audit", str(snap), "-j", "1", "-o", "json"])
     doc = json.loads(result.stdout)
     results = analyse_nodes(sources([str(snap)]), jobs=1)
-    assert doc["merge"] == json.loads(json.dumps(merge_json(results, cluster_source=None, cluster_nodes=False)))
+    assert doc["merge"] == json.loads(json.dumps(merge_json(results, cluster_source=None, cluster_nodes=False,
+                                                            directory=os.getcwd())))
     lines = result.stdout.split("\n")
     for key in ("digests", "nodes"):
         start = lines.index(f'    "{key}": [')

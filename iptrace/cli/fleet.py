@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -265,8 +266,6 @@ def _given_again(sources: tuple[str, ...]) -> list[str]:
     """A note for each argument naming a node given before it (a dump file twice, a node directory and the
     collection holding it): stream.sources audits such a node once, where it first appears, and the report has
     one node fewer than the user counted."""
-    import os
-
     from iptrace.collect.inputs import dump_node_name, node_directories
     from iptrace.collect.stream import node_name
     from iptrace.errors import IptraceError
@@ -301,8 +300,6 @@ def _contained(run: Callable[[], Any]) -> Any:
     """One node's analysis for the audit (stream.analyse_nodes' `contain`): a bug met there is returned, to be that
     node's load-error, so that one node's bug costs the fleet's other results nothing; IPTRACE_DEBUG=1 raises it
     (this program's one error boundary then shows the traceback)."""
-    import os
-
     try:
         return run()
     except Exception as exc:
@@ -314,8 +311,6 @@ def _contained(run: Callable[[], Any]) -> Any:
 def _analyse(nodes: list[Any], cluster: Any, lenient: bool, pictures: bool, jobs: int | None) -> list[Any]:
     """Every node's digest, with a progress bar on a terminal (nodes done / total, rate, time left). `jobs`
     None: stream.default_jobs (one per CPU, as many as fit in memory)."""
-    import os
-
     from iptrace.collect.stream import available_memory, default_jobs
 
     if jobs is None:
@@ -391,7 +386,15 @@ def _merged(documents: tuple[str, ...]) -> tuple[list[Any], str | None, bool]:
             why = "the file ends before its JSON does: it looks cut short" if cut else exc.msg
             raise InputError(f"{'<stdin>' if name == '-' else name}:{exc.lineno}:{exc.colno}: not JSON ({why}); "
                              "expected the output of `iptrace audit -o json`") from None
-    return merge(loaded)
+    return merge(loaded, _here())
+
+
+def _here() -> str | None:
+    """The working directory, which an audit's relative paths are relative to (None when it was removed)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
 
 
 @main.command()
@@ -473,7 +476,7 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
     if output == "json":
         doc = audit_to_json(report)
         doc["merge"] = merge_json(results, cluster_source=cluster_source, cluster_nodes=cluster_nodes,
-                                  items=CompactItems)
+                                  items=CompactItems, directory=_here())
         emit_json_document(doc)
     elif output == "html":
         from iptrace.render.html import render_audit_html
