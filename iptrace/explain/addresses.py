@@ -139,7 +139,7 @@ def node_port_not_on_address(case: Case) -> Diagnosis | None:
 
 def _evidence(case: Case, rules: list[int]) -> tuple[Evidence, ...]:
     """The Service's rules (at most four), then the rules that rejected or dropped the packet, if any."""
-    return (*case.facts.evidence(rules), *step_evidence(fate_steps(case)))
+    return (*case.facts.evidence(rules), *step_evidence(fate_steps(case), case.facts.analysis.ruleset))
 
 
 def wrong_protocol(case: Case) -> Diagnosis | None:

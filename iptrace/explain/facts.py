@@ -371,14 +371,13 @@ def rewritten(outcome: Outcome) -> bool:
     return bool(outcome.final_destination) and outcome.final_destination != outcome.original_destination
 
 
-def step_evidence(steps: Iterable[Step], ruleset: Ruleset | None = None) -> tuple[Evidence, ...]:
-    """Each rule of `steps` once: by its line, or without one (nft JSON input) by where it is and its text. With
-    the `ruleset`, an endpoint's rule as its step_text: standing alone, an nft rule names its endpoint chain
-    there (the path shows it beside the rule)."""
+def step_evidence(steps: Iterable[Step], ruleset: Ruleset) -> tuple[Evidence, ...]:
+    """Each rule of `steps` once: by its line, or without one (nft JSON input) by where it is and its text; as
+    the `ruleset`'s step_text: standing alone, an nft rule names its chain there (the path shows it beside the
+    rule), as iptables' `-A CHAIN …` does."""
     seen: dict[object, Evidence] = {}
     for s in steps:
         key = s.line or (s.table, s.chain, s.handle, s.rule)
         if key not in seen:
-            text = ruleset.step_text(s) if ruleset is not None and s.kind == "endpoint" else s.rule
-            seen[key] = Evidence(s.line, text, handle=s.handle)
+            seen[key] = Evidence(s.line, ruleset.step_text(s), handle=s.handle)
     return tuple(seen.values())
