@@ -226,6 +226,24 @@ def test_the_rule_that_refuses_names_its_chain_in_every_input_form(form: str) ->
         'ports of ClusterIPs"'], target["evidence"]
 
 
+@pytest.mark.parametrize("dst", ["10.101.234.168:8001", "10.101.234.168:30904", "10.101.234.168:5001/udp",
+                                 "10.106.199.236:8080", "10.101.234.168:5002"])
+def test_nft_json_input_quotes_the_same_evidence_as_its_listing(dst: str) -> None:
+    """The same node's `nft -j list ruleset` and `nft list ruleset`: the targetPort, a nodePort or another
+    protocol on a ClusterIP were explained alike, but from JSON without the Service's `element ip kube-proxy
+    service-ips { … }` (its way in, found by input line, which JSON has none of): no evidence at all but the
+    reject. Now both quote the same rules and elements (JSON's rules by kernel handle, not line)."""
+    def evidence(dump: str) -> list[tuple[str, list[str]]]:
+        result = CliRunner().invoke(main, ["explain", str(SAMPLES / dump), "--dst", dst, "--node-ip", "192.168.49.2",
+                                           "-o", "json"])
+        return [(d["id"], [e["rule"] for e in d["evidence"]]) for answer in json.loads(result.stdout)["sources"].values()
+                for d in answer["diagnoses"]]
+
+    listing = evidence("nodeport-fb-backends-nft.nft")
+    assert any(rule.startswith("element ip kube-proxy service-ips {") for _, rules in listing for rule in rules)
+    assert evidence("nodeport-fb-backends-nft.json") == listing
+
+
 @pytest.mark.parametrize("dump", sorted(p.name for p in SAMPLES.glob("*-nft.nft")))
 def test_every_rule_as_evidence_names_its_chain(dump: str) -> None:
     """evidence_text names the table and chain of every rule of a listing, in any table (kube-proxy's, iptables-
