@@ -43,7 +43,16 @@ def detect(text: str) -> Dataplane:
     clear error for text that is neither). Text whose first line none reads (a line of prose before a paste) is
     the input of the dataplane that claims a later line: its reader names that first line in its own words, and
     --lenient reads past it."""
-    return _claimed(text) or _claimed_later(text) or all_dataplanes()[-1]
+    return _claimed(text) or _json_value(text) or _claimed_later(text) or all_dataplanes()[-1]
+
+
+def _json_value(text: str) -> Dataplane | None:
+    """nftables (whose JSON reader says what it is) for a text that is one JSON value, no object or list."""
+    try:
+        from iptrace.nftables.sniff import json_value
+    except ImportError:  # a checkout without the nftables package
+        return None
+    return by_name("nftables") if json_value(text) else None
 
 
 _HEAD = 16384
@@ -135,7 +144,7 @@ def _cut_short(exc: ParseError, text: str, dataplane: Dataplane) -> ParseError:
     (a copy that stopped, a paste from an issue thread), which the reader alone cannot tell. Not of nft's JSON:
     its reader knows when the document ends early, and a one-line document's every error is on its last line."""
     if (not text or text.endswith("\n") or "truncated" in exc.reason or exc.line != text.count("\n") + 1
-            or (dataplane.name == "nftables" and text.lstrip().startswith("{"))):
+            or (dataplane.name == "nftables" and (text.lstrip().startswith("{") or _json_value(text)))):
         return exc
     cut = type(exc)(exc.reason + _CUT, source=exc.source, line=exc.line, column=exc.column, text=exc.text)
     cut.skippable = exc.skippable

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -203,6 +204,24 @@ def test_an_unreadable_node_never_stops_the_others(snap: Path, tmp_path: Path) -
     assert [(f["node"], f["detail"].split(":")[0]) for f in errors] == [
         ("broken", str(broken)), ("node-007", str(snap / "node-007" / "iptables-save.txt"))]
     assert "cannot read" in errors[0]["detail"]
+
+
+def test_a_node_given_twice_is_audited_once_and_said_so(snap: Path, tmp_path: Path) -> None:
+    """`audit A A` (or `./A` after `A`, or a node directory and the collection holding it) audited the node once
+    without a word: the report counted one node fewer than the user gave. stderr says which node was given
+    twice and that it is audited once."""
+    dump = tmp_path / "n0.txt"
+    dump.write_bytes((snap / "node-000" / "iptables-save.txt").read_bytes())
+    once = CliRunner().invoke(main, ["audit", str(dump), "-o", "json"])
+    assert once.stderr == ""
+    twice = CliRunner().invoke(main, ["audit", str(dump), str(dump), "-o", "json"])
+    assert json.loads(twice.stdout) == json.loads(once.stdout)
+    assert twice.stderr == f"note: node n0 is given twice ({dump}); it is audited once, where it first appears\n"
+    inner = CliRunner().invoke(main, ["audit", str(snap / "node-001"), str(snap / "node-000"), str(snap), "-o",
+                                      "json"])
+    assert inner.stderr.startswith(f"note: 2 nodes (node-000, node-001) are given twice ({snap / 'node-001'}, "
+                                   f"{snap / 'node-000'}, {snap}); each is audited once, where it first appears\n")
+    assert [n["name"] for n in json.loads(inner.stdout)["nodes"]][:3] == ["node-001", "node-000", "node-002"]
 
 
 def test_merged_shards_are_the_audit_of_all_nodes(snap: Path, tmp_path: Path) -> None:
@@ -524,7 +543,8 @@ def test_the_merge_key_prints_a_node_a_line(snap: Path) -> None:
     result = CliRunner().invoke(main, ["audit", str(snap), "-j", "1", "-o", "json"])
     doc = json.loads(result.stdout)
     results = analyse_nodes(sources([str(snap)]), jobs=1)
-    assert doc["merge"] == json.loads(json.dumps(merge_json(results, cluster_source=None, cluster_nodes=False)))
+    assert doc["merge"] == json.loads(json.dumps(merge_json(results, cluster_source=None, cluster_nodes=False,
+                                                            directory=os.getcwd())))
     lines = result.stdout.split("\n")
     for key in ("digests", "nodes"):
         start = lines.index(f'    "{key}": [')

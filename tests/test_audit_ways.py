@@ -74,6 +74,44 @@ def test_the_fix_of_a_way_that_differs_is_an_explain_command_that_shows_the_diff
         assert _pasted(fix) == ["explain", str(tmp_path / "node-b.txt"), *dst], fix
 
 
+def test_a_merged_shards_fix_names_its_node_where_the_merge_can_read_it(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shard audited in its own working directory (a Job's, a CI runner's) with relative paths: its fix's
+    `iptrace explain snap/node-b …` named a path relative to that directory, which the merge, run elsewhere,
+    printed as it was (a path of nothing there). The shard's document says where it ran (`merge.directory`), and
+    the merge names the node's directory from there; merged where the audit ran, the fix is the audit's own."""
+    services = base_services()
+    job = tmp_path / "job 1"  # (a space: the path stays quoted for the shell)
+    for name, address in NODES.items():
+        (job / "snap" / name).mkdir(parents=True)
+        (job / "snap" / name / "iptables-save.txt").write_text(dump_text(services, name,
+                                                                         extra=FIREWALL if name == "node-b" else ""))
+        (job / "snap" / name / "meta.json").write_text(json.dumps({"node": name, "addresses": [address]}))
+    monkeypatch.chdir(job)
+    audited = CliRunner().invoke(main, ["audit", "snap", "-o", "json"])
+    doc = json.loads(audited.stdout)
+    assert doc["merge"]["directory"] == str(job)
+    [fix] = [f["fix"] for f in doc["findings"] if f["id"] == "forwarding-differs"]
+    assert _pasted(fix)[:2] == ["explain", "snap/node-b"], fix
+    (tmp_path / "shard.json").write_text(audited.stdout)
+    merged_here = CliRunner().invoke(main, ["audit", "--merge", str(tmp_path / "shard.json"), "-o", "json"])
+    assert [f["fix"] for f in json.loads(merged_here.stdout)["findings"] if f["id"] == "forwarding-differs"] == [fix]
+    elsewhere = tmp_path / "merge"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    merged = CliRunner().invoke(main, ["audit", "--merge", str(tmp_path / "shard.json"), "-o", "json"])
+    [moved] = [f["fix"] for f in json.loads(merged.stdout)["findings"] if f["id"] == "forwarding-differs"]
+    assert _pasted(moved) == ["explain", str(job / "snap" / "node-b"), "--dst", "192.168.49.3:30080"], moved
+    explained = CliRunner().invoke(main, _pasted(moved))
+    assert "-A PREROUTING -p tcp -m tcp --dport 30080 -j DROP" in explained.stdout, explained.output
+    doc["merge"]["directory"] = "job 1"  # (hand-edited: relative to what?)
+    (tmp_path / "edited.json").write_text(json.dumps(doc))
+    refused = CliRunner().invoke(main, ["audit", "--merge", str(tmp_path / "edited.json")])
+    assert (refused.exit_code, refused.stderr) == (1, f"Error: {tmp_path / 'edited.json'}: merge.directory: found "
+                                                      "'job 1'; expected an absolute path (the directory the audit "
+                                                      "ran in)\n")
+
+
 def test_two_nodes_that_disagree_are_both_told() -> None:
     services = base_services()
     report = audit([node("node-a", services), node("node-b", services, extra=FIREWALL)], None)

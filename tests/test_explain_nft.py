@@ -181,8 +181,10 @@ def test_a_line_of_several_elements_reads_as_them_and_other_lines_as_written() -
     assert shown == f"element ip kube-proxy cluster-ips {{ {listed} }}", (shown, lines[first - 1])
     rest = lines[first].strip().rstrip("}").strip()  # (the list's last line, closing it)
     assert ruleset.evidence_text(first + 1) == f"element ip kube-proxy cluster-ips {{ {rest} }}"
-    for n in (first - 1, first - 3, next(n for n, line in enumerate(lines, 1) if "jump services" in line)):
+    for n in (first - 1, first - 3):
         assert ruleset.evidence_text(n) == ruleset.line_text(n) == lines[n - 1].strip()
+    jump = next(n for n, line in enumerate(lines, 1) if "jump services" in line)
+    assert ruleset.evidence_text(jump) == f"rule ip kube-proxy nat-output {lines[jump - 1].strip()}"
 
 
 @pytest.mark.parametrize("form", ["list", "transaction", "json"])
@@ -205,11 +207,50 @@ def test_an_endpoints_rules_as_evidence_name_their_chain(form: str) -> None:
                                                         f"{named} {chain} meta l4proto tcp dnat to 10.244.1.7:8001"]
 
 
+@pytest.mark.parametrize("form", ["list", "transaction", "json"])
+def test_the_rule_that_refuses_names_its_chain_in_every_input_form(form: str) -> None:
+    """The targetPort on the ClusterIP, refused by cluster-ips-check: its evidence quoted `ip daddr @cluster-ips
+    reject …` alone in a listing, a transaction and JSON input (by handle) alike, where the trace's path names the
+    chain beside it. Each names its table and chain as nft does a rule (a transaction's line is its own)."""
+    from bench.make_samples_nft import scenarios
+
+    (scenario,) = [s for s in scenarios() if s.file == "nodeport-fb-backends-nft.nft"]
+    text = {"list": (SAMPLES / scenario.file).read_text(), "transaction": scenario.transaction(),
+            "json": (SAMPLES / "nodeport-fb-backends-nft.json").read_text()}[form]
+    result = CliRunner().invoke(main, ["explain", "-", "--dst", "10.101.234.168:8001", "--src", "pod", "-o", "json"],
+                                input=text)
+    (target,) = [d for d in json.loads(result.stdout)["diagnoses"] if d["id"] == "target-port-on-service-ip"]
+    named = "add rule" if form == "transaction" else "rule"
+    assert [e["rule"] for e in target["evidence"] if "@cluster-ips" in e["rule"]] == [
+        f'{named} ip kube-proxy cluster-ips-check ip daddr @cluster-ips reject comment "Reject traffic to invalid '
+        'ports of ClusterIPs"'], target["evidence"]
+
+
+@pytest.mark.parametrize("dst", ["10.101.234.168:8001", "10.101.234.168:30904", "10.101.234.168:5001/udp",
+                                 "10.106.199.236:8080", "10.101.234.168:5002"])
+def test_nft_json_input_quotes_the_same_evidence_as_its_listing(dst: str) -> None:
+    """The same node's `nft -j list ruleset` and `nft list ruleset`: the targetPort, a nodePort or another
+    protocol on a ClusterIP were explained alike, but from JSON without the Service's `element ip kube-proxy
+    service-ips { … }` (its way in, found by input line, which JSON has none of): no evidence at all but the
+    reject. Now both quote the same rules and elements (JSON's rules by kernel handle, not line)."""
+    def evidence(dump: str) -> list[tuple[str, list[str]]]:
+        result = CliRunner().invoke(main, ["explain", str(SAMPLES / dump), "--dst", dst, "--node-ip", "192.168.49.2",
+                                           "-o", "json"])
+        return [(d["id"], [e["rule"] for e in d["evidence"]]) for answer in json.loads(result.stdout)["sources"].values()
+                for d in answer["diagnoses"]]
+
+    listing = evidence("nodeport-fb-backends-nft.nft")
+    assert any(rule.startswith("element ip kube-proxy service-ips {") for _, rules in listing for rule in rules)
+    assert evidence("nodeport-fb-backends-nft.json") == listing
+
+
 @pytest.mark.parametrize("dump", sorted(p.name for p in SAMPLES.glob("*-nft.nft")))
-def test_only_an_endpoints_rules_and_kube_proxys_dnat_name_their_chain(dump: str) -> None:
-    """evidence_text names the chain of a listing's rule of an endpoint chain and of a DNAT in kube-proxy's table
-    (the 1.37 layout's service chain DNATs itself); every other rule reads as listed, and line_text (what audit
-    quotes and compares across nodes) never changes."""
+def test_every_rule_as_evidence_names_its_chain(dump: str) -> None:
+    """evidence_text names the table and chain of every rule of a listing, in any table (kube-proxy's, iptables-
+    nft's, a CNI's): only an endpoint chain's rules and kube-proxy's DNATs were named, so a firewall chain's `ip
+    saddr != 198.51.100.0/24 drop` or reject-chain's `reject` stood alone, naming no Service, where iptables'
+    evidence is `-A KUBE-FW-… …`. Other lines (elements aside) read as listed, and line_text (what audit quotes and
+    compares across nodes) never changes."""
     from iptrace import dataplanes
 
     text = (SAMPLES / dump).read_text()
@@ -224,15 +265,15 @@ def test_only_an_endpoints_rules_and_kube_proxys_dnat_name_their_chain(dump: str
         block = next((x.split() for x in reversed(lines[:n - 1]) if x.strip().startswith(("chain ", "set ", "map "))),
                      ["", ""])
         chain = block[1] if block[0] == "chain" else ""
-        rule = listed.strip() not in ("", "}") and not listed.strip().startswith(("chain ", "type ", "policy "))
+        rule = listed.strip() not in ("", "}") and not listed.strip().startswith(
+            ("chain ", "type ", "policy ", "comment ", "set ", "map ", "table "))
         table = " ".join(next(x.split()[1:3] for x in reversed(lines[:n]) if x.startswith("table ")))
-        if table in ("ip kube-proxy", "ip6 kube-proxy") and chain and rule and (
-                chain.startswith("endpoint-") or " dnat to " in listed):
+        if chain and rule:
             assert shown == f"rule {table} {chain} {listed.strip()}", (n, shown)
             named += 1
         else:
             assert shown == listed.strip(), (n, shown)
-    assert named or "kube-proxy" not in text
+    assert named
 
 
 def test_the_apis_findings_beside_explains_evidence_read_alike(tmp_path: Path) -> None:
@@ -268,7 +309,8 @@ def test_a_source_outside_the_ranges_is_dropped_by_the_firewall_chains_own_rule(
     assert "[source-range-blocked, error]" in text and "falls through" not in text
     assert ("192.0.2.9 is not in those ranges, so the Service's firewall chain "
             "firewall-SUSTUHLJ-default/web/tcp/http drops it: the connection hangs until it times out.") in text
-    assert "Evidence: line 178: ip saddr != 198.51.100.0/24 drop" in text
+    assert ("Evidence: line 178: rule ip kube-proxy firewall-SUSTUHLJ-default/web/tcp/http ip saddr != "
+            "198.51.100.0/24 drop") in text
 
 
 def test_a_source_outside_the_ranges_of_a_service_without_endpoints_is_told_it_is_dropped(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import pathlib
 from typing import Any
 
 import pytest
@@ -546,6 +547,24 @@ def test_detect_format_tells_the_inputs_apart() -> None:
     assert detect_format("hello\n") is None
     assert sniff(LISTING) and sniff(TRANSACTION) and not sniff("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n")
     assert iptables_sniff("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n") and not iptables_sniff(LISTING)
+
+
+@pytest.mark.parametrize(("text", "said"), [("null\n", "null"), ("null", "null"), ("  true \n\n", "true"),
+                                             ("42\n", "42"), ('"x"\n', '"x"')])
+def test_a_json_value_that_is_no_document_is_said_so(tmp_path: pathlib.Path, text: str, said: str) -> None:
+    """`null` (what `jq .x` prints of a document without `x`), saved as a dump, was read as iptables-save and
+    refused as a bad rule (`unexpected 'null'; expected ":", a command …`): it is JSON, and the error says which
+    value it is. A line `null` before iptables-save output is still prose before a paste."""
+    dump = tmp_path / "x.json"
+    dump.write_text(text)
+    for command in (["parse"], ["services"], ["trace", "--dst", "10.96.0.1:443"]):
+        result = CliRunner().invoke(main, [*command, str(dump)])
+        assert result.exit_code == 1, result.output
+        assert result.stderr == (f"Error: {dump}:1:1: the JSON value {said}, not a ruleset; expected the output "
+                                 "of `nft -j list ruleset`\n"), result.stderr
+    prose = tmp_path / "prose.txt"
+    prose.write_text("null\n*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n")
+    assert "expected \":\", a command" in CliRunner().invoke(main, ["parse", str(prose)]).stderr
 
 
 def test_rules_build_their_items_on_first_use_and_compare_by_meaning() -> None:

@@ -32,7 +32,9 @@ from tests.test_compare import NODES, base_services, cluster_of, dump, svc
 
 
 class _Page(HTMLParser):
-    """Tags with their attributes, the text of the page, and the text of each <style>/<script>."""
+    """Tags with their attributes, the text of the page, and the text of each <style>/<script>. Text either side
+    of a <span>'s tag is one word, as a browser shows it (a node name's labels: `ip-10-0-1-2.` `eu-west-1`); any
+    other tag parts words."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -40,9 +42,11 @@ class _Page(HTMLParser):
         self.text: list[str] = []
         self.raw: dict[str, list[str]] = {"style": [], "script": []}
         self._in: str | None = None
+        self._parted = True  # (a tag other than <span> since the last text)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.tags.append((tag, dict(attrs)))
+        self._parted = self._parted or tag != "span"
         if tag in self.raw:
             self._in = tag
             self.raw[tag].append("")
@@ -51,14 +55,18 @@ class _Page(HTMLParser):
         self.tags.append((tag, dict(attrs)))
 
     def handle_endtag(self, tag: str) -> None:
+        self._parted = self._parted or tag != "span"
         if tag == self._in:
             self._in = None
 
     def handle_data(self, data: str) -> None:
         if self._in is not None:
             self.raw[self._in][-1] += data
+        elif not self._parted and self.text:
+            self.text[-1] += data
         else:
             self.text.append(data)
+        self._parted = False
 
 
 def read(html: str) -> _Page:
@@ -683,3 +691,53 @@ def test_node_names_break_at_no_hyphen(browser, tmp_path) -> None:
     paper = browser.load(path.as_uri(), width=725, media="print", evaluate=lines).value
     assert sorted(s["text"] for s in paper) == sorted(names)
     assert all(n == 1 for s in paper for n in s["labels"]), paper  # (each label whole: a break only after a dot)
+
+
+# Every whole occurrence of each node name in the findings' text (and the verdict's, and a Service port's list of
+# findings): per DNS label, whether its text runs over more than one line (its range taller than one character's).
+_BROKEN_NAMES = """((names) => {
+    const broken = [], seen = {};
+    for (const root of document.querySelectorAll(".verdict, article.finding, ul.port-findings")) {
+        const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT), nodes = [];
+        let text = "";
+        while (walker.nextNode()) { nodes.push([walker.currentNode, text.length]); text += walker.currentNode.data; }
+        const at = (i) => { const [node, from] = nodes.filter(([, from]) => from <= i).pop(); return [node, i - from]; };
+        const range = (start, end) => {
+            const r = document.createRange(), [a, i] = at(start), [b, j] = at(end - 1);
+            r.setStart(a, i); r.setEnd(b, j + 1); return r; };
+        for (const name of names) {
+            for (let k = text.indexOf(name); k >= 0; k = text.indexOf(name, k + 1)) {
+                if (/[\\w.-]/.test(text[k - 1] || "") || /[\\w-]/.test(text[k + name.length] || "")) continue;
+                seen[name] = (seen[name] || 0) + 1;
+                let from = k;
+                for (const label of name.split(".")) {
+                    const one = range(from, from + 1).getBoundingClientRect().height;
+                    if (range(from, from + label.length).getBoundingClientRect().height > 1.5 * one) {
+                        broken.push(label);
+                    }
+                    from += label.length + 1;
+                }
+            }
+        }
+    }
+    return {broken, seen};
+})(%s)"""
+
+
+@needs_chromium
+def test_node_names_in_findings_break_at_no_hyphen(browser, tmp_path) -> None:
+    """The node table kept `worker-pool-a-001` on one line, but a finding's summary, detail, fix (`spec.nodeName=
+    gke-prod-default-pool-1`), its `node` line and the verdict broke it at a hyphen as any word: `worker-pool-` at
+    the end of one line, `a-001` on the next. Now a name breaks there at no hyphen; a DNS name only after a dot."""
+    nodes, cluster = fleet_scenario.inputs()
+    names = ["worker-pool-a-001", "ip-172-31-7-19.eu-west-1.compute.internal"] + [
+        f"gke-prod-default-pool-{i}" for i in range(len(nodes) - 2)]
+    named = [Dumped(name, n.ruleset, n.addresses) for name, n in zip(names, nodes, strict=True)]
+    path = tmp_path / "report.html"
+    path.write_text(render_audit_html(audit(named, cluster), cluster), encoding="utf-8")
+    for width in range(320, 1000, 23):
+        shown = browser.load(path.as_uri(), width=width, evaluate=_BROKEN_NAMES % json.dumps(names)).value
+        assert shown["broken"] == [], (width, shown)
+        assert len(shown["seen"]) >= 2, shown
+    paper = browser.load(path.as_uri(), width=725, media="print", evaluate=_BROKEN_NAMES % json.dumps(names)).value
+    assert paper["broken"] == [], paper

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -248,6 +249,8 @@ def _audit_sources(sources: tuple[str, ...], node_ips: tuple[str, ...]) -> list[
         return read_dump("-")
 
     nodes = list_sources(sources, node_ips, stdin=stdin)
+    for note in _given_again(sources):
+        click.echo(note, err=True)
     paths: dict[str, list[str]] = {}
     for n in nodes:
         paths.setdefault(n.name, []).append(n.path or n.name)
@@ -259,12 +262,44 @@ def _audit_sources(sources: tuple[str, ...], node_ips: tuple[str, ...]) -> list[
     return nodes
 
 
+def _given_again(sources: tuple[str, ...]) -> list[str]:
+    """A note for each argument naming a node given before it (a dump file twice, a node directory and the
+    collection holding it): stream.sources audits such a node once, where it first appears, and the report has
+    one node fewer than the user counted."""
+    from iptrace.collect.inputs import dump_node_name, node_directories
+    from iptrace.collect.stream import node_name
+    from iptrace.errors import IptraceError
+
+    first: dict[str, str] = {}  # a node's real path -> the argument that named it first
+    notes = []
+    for path in sources:
+        if path == "-":
+            continue
+        try:
+            given = ([(os.path.realpath(d), node_name(d)) for d in node_directories(path)] if Path(path).is_dir()
+                     else [(os.path.realpath(path), dump_node_name(path))])
+        except IptraceError:
+            continue  # (stream.sources said what is wrong with it)
+        again = [(name, first[where]) for where, name in given if where in first]
+        for where, _ in given:
+            first.setdefault(where, path)
+        if not again:
+            continue
+        where = ", ".join(sorted({*(by for _, by in again), path}, key=sources.index))
+        if len(again) == 1:
+            notes.append(f"note: node {again[0][0]} is given twice ({where}); it is audited once, where it first "
+                         "appears")
+        else:
+            names = ", ".join(name for name, _ in again[:3]) + (", …" if len(again) > 3 else "")
+            notes.append(f"note: {len(again)} nodes ({names}) are given twice ({where}); each is audited once, "
+                         "where it first appears")
+    return notes
+
+
 def _contained(run: Callable[[], Any]) -> Any:
     """One node's analysis for the audit (stream.analyse_nodes' `contain`): a bug met there is returned, to be that
     node's load-error, so that one node's bug costs the fleet's other results nothing; IPTRACE_DEBUG=1 raises it
     (this program's one error boundary then shows the traceback)."""
-    import os
-
     try:
         return run()
     except Exception as exc:
@@ -276,8 +311,6 @@ def _contained(run: Callable[[], Any]) -> Any:
 def _analyse(nodes: list[Any], cluster: Any, lenient: bool, pictures: bool, jobs: int | None) -> list[Any]:
     """Every node's digest, with a progress bar on a terminal (nodes done / total, rate, time left). `jobs`
     None: stream.default_jobs (one per CPU, as many as fit in memory)."""
-    import os
-
     from iptrace.collect.stream import available_memory, default_jobs
 
     if jobs is None:
@@ -353,7 +386,15 @@ def _merged(documents: tuple[str, ...]) -> tuple[list[Any], str | None, bool]:
             why = "the file ends before its JSON does: it looks cut short" if cut else exc.msg
             raise InputError(f"{'<stdin>' if name == '-' else name}:{exc.lineno}:{exc.colno}: not JSON ({why}); "
                              "expected the output of `iptrace audit -o json`") from None
-    return merge(loaded)
+    return merge(loaded, _here())
+
+
+def _here() -> str | None:
+    """The working directory, which an audit's relative paths are relative to (None when it was removed)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
 
 
 @main.command()
@@ -435,7 +476,7 @@ def audit(sources: tuple[str, ...], collect_first: bool, out: str | None, cluste
     if output == "json":
         doc = audit_to_json(report)
         doc["merge"] = merge_json(results, cluster_source=cluster_source, cluster_nodes=cluster_nodes,
-                                  items=CompactItems)
+                                  items=CompactItems, directory=_here())
         emit_json_document(doc)
     elif output == "html":
         from iptrace.render.html import render_audit_html

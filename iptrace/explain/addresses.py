@@ -5,7 +5,7 @@ Service has). Each a small function with a stable id (see catalogue.py). Pure.""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from iptrace.dataplane import for_this_host, join_host_port
@@ -49,7 +49,7 @@ def not_forwarded(case: Case) -> Diagnosis | None:
         "its chains without being rewritten to an endpoint. The path below shows which rules it met.",
         "compare the path with the Service (`iptrace services`); a rule inserted before kube-proxy's (CNI, host "
         "firewall) may divert it",
-        facts.evidence(facts.rules_for(s, None if kind == "node address" else dst)))
+        facts.way_evidence([s], None if kind == "node address" else dst))
 
 
 def _open_node_addresses(case: Case) -> list[str]:
@@ -137,9 +137,10 @@ def node_port_not_on_address(case: Case) -> Diagnosis | None:
         facts.evidence((*npa.lines, *facts.node_port_lines(dport))), instead)
 
 
-def _evidence(case: Case, rules: list[int]) -> tuple[Evidence, ...]:
-    """The Service's rules (at most four), then the rules that rejected or dropped the packet, if any."""
-    return (*case.facts.evidence(rules), *step_evidence(fate_steps(case)))
+def _evidence(case: Case, svcs: Sequence[Any]) -> tuple[Evidence, ...]:
+    """The rules of the Services' ways in at the asked address (at most four), then the rules that rejected or
+    dropped the packet, if any."""
+    return (*case.facts.way_evidence(svcs, case.dst), *step_evidence(fate_steps(case), case.facts.analysis.ruleset))
 
 
 def wrong_protocol(case: Case) -> Diagnosis | None:
@@ -163,7 +164,7 @@ def wrong_protocol(case: Case) -> Diagnosis | None:
             f"packets for it. No rule forwards a {proto.upper()} packet to {case.target}. {fate(case, kind)}",
             f"use {_either([f'{u.upper()} ({case.target}/{u})' for u in uses])}, or add a {proto.upper()} port to "
             f"the Service",
-            _evidence(case, [line for s in other for line in facts.rules_for(s, dst)]),
+            _evidence(case, other),
             tuple(Suggestion(dst, dport, u, _who_can(kind)) for u in uses))
     if facts.is_node_address(dst):
         if any(s.protocol.lower() == proto for s in facts.node_ports.get(dport, [])):
@@ -212,7 +213,7 @@ def node_port_on_service_ip(case: Case) -> Diagnosis | None:
         f"A nodePort is opened on the nodes' own addresses, not on Service IPs. {dport} is {whose} nodePort; "
         f"{dst} only forwards {ports_text(svcs)}. No rule forwards a packet to {case.target}. "
         f"{fate(case, kind)}",
-        f"use {use}", _evidence(case, facts.rules_for(svcs[0] if not mine else s, dst)), instead)
+        f"use {use}", _evidence(case, [svcs[0] if not mine else s]), instead)
 
 
 def target_port_on_service_ip(case: Case) -> Diagnosis | None:
@@ -241,11 +242,11 @@ def target_port_on_service_ip(case: Case) -> Diagnosis | None:
         f"{join_host_port(dst, s.port)} to port {dport} of {one}; no rule forwards a packet to {case.target}. "
         f"{fate(case, kind)}",
         f"use {use}. Port {dport} only works on {where} themselves ({pods}{more})",
-        _evidence(case, facts.rules_for(s, dst)), instead)
+        _evidence(case, [s]), instead)
 
 
 def unknown_port(case: Case) -> Diagnosis | None:
-    facts, dst, dport, proto = case.facts, case.dst, case.dport, case.proto
+    dst, dport, proto = case.dst, case.dport, case.proto
     found = _service_address(case)
     if found is None:
         return None
@@ -261,7 +262,7 @@ def unknown_port(case: Case) -> Diagnosis | None:
         f"{dst} forwards only {ports}. {dport}/{proto} is none of the Service's ports (nor a targetPort or "
         f"nodePort of it), so no rule forwards it. {fate(case, kind)}",
         f"use one of the ports it has: {ports}",
-        _evidence(case, [line for s in svcs for line in facts.rules_for(s, dst)]), instead)
+        _evidence(case, svcs), instead)
 
 
 def service_port_on_node_ip(case: Case) -> Diagnosis | None:
@@ -293,7 +294,7 @@ def service_port_on_node_ip(case: Case) -> Diagnosis | None:
         f"{join_host_port(s.cluster_ip, dport)}); a node address forwards only nodePorts, and no Service has "
         f"nodePort {dport}/{proto}. The packet is delivered to the node itself: a program listening on {dport} "
         "answers, otherwise the connection is refused.",
-        fix, facts.evidence(facts.rules_for(s)), instead)
+        fix, facts.way_evidence([s]), instead)
 
 
 def _health_check(case: Case, names: str, local: int | None, node_port: int | None, rules: str,

@@ -137,7 +137,8 @@ def no_endpoints(case: Case) -> Diagnosis | None:
         return _no_endpoints_diagnosis(
             name, f"No pod of {name} is ready, so kube-proxy answers for the Service with a REJECT rule: the "
             "client gets 'connection refused' at once (an ICMP port-unreachable), not a timeout.",
-            step_evidence(s for s in outcome.path if s.kind == "no-endpoints" and s.service == name))
+            step_evidence((s for s in outcome.path if s.kind == "no-endpoints" and s.service == name),
+                          case.facts.analysis.ruleset))
     if case.dnat or _local_drop_step(case) is not None:  # (a Local policy's drop: no_local_endpoints says it)
         return None
     # kube-proxy hooks its REJECT for externalIPs, LB IPs and nodePorts (filter KUBE-EXTERNAL-SERVICES) into
@@ -221,7 +222,7 @@ def no_local_endpoints(case: Case) -> Diagnosis | None:
         "no-local-endpoints", "error",
         f"{name} has {policy} Local and no endpoint on this node, so the packet "
         + ("is dropped" if outcome.verdict == "DROP" else "never reaches a pod"),
-        detail, fix, step_evidence(steps), instead)
+        detail, fix, step_evidence(steps, case.facts.analysis.ruleset), instead)
 
 
 def source_range_blocked(case: Case) -> Diagnosis | None:
@@ -261,7 +262,7 @@ def source_range_blocked(case: Case) -> Diagnosis | None:
             + ("; from there it is refused as long as the Service has no ready endpoints" if empty else "")
             + (f": check `kubectl -n {svcs[0].namespace} get endpointslices -l "
                f"kubernetes.io/service-name={svcs[0].name}`" if empty and svcs[0].namespace else ""),
-            step_evidence(steps), instead)
+            step_evidence(steps, case.facts.analysis.ruleset), instead)
     return None
 
 
@@ -290,7 +291,7 @@ def blocked_by_rule(case: Case) -> Diagnosis | None:
         else:
             summary = f"a {outcome.verdict} rule in {d.table} {d.chain} (line {d.line}) stops the packet{after}"
             detail = (f"This rule is not kube-proxy's (a host firewall or the CNI wrote it), and {refused}.")
-            evidence = step_evidence([step]) if step is not None else ()
+            evidence = step_evidence([step], case.facts.analysis.ruleset) if step is not None else ()
         detail += _maybe_local(case, sent)
         return Diagnosis(
             "blocked-by-rule", "error", summary, detail,
@@ -370,7 +371,7 @@ def healthy(case: Case) -> Diagnosis | None:
         f"{masq_text}.{sticky}",
         "nothing to fix in these rules; if the connection still fails, look at the pods (readiness, the port they "
         "listen on, NetworkPolicies)",
-        step_evidence(s for s in dnat[0].path if s.kind == "dispatch")[:2])
+        step_evidence((s for s in dnat[0].path if s.kind == "dispatch"), case.facts.analysis.ruleset)[:2])
 
 
 def cluster_disagreements(case: Case) -> list[Diagnosis]:

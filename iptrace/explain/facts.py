@@ -68,6 +68,11 @@ class _Lazy:
         return found or default
 
 
+# The steps of a way in's dispatch: a map element that sends it to its Service (or answers for it when it has no
+# endpoints, or none on this node).
+_WAY_KINDS = ("dispatch", "no-endpoints", "no-local-endpoints")
+
+
 class Facts:
     """What every diagnosis may ask of one node, answered lazily: look-ups by address, nodePort, service port,
     endpoint and chain read the layout's index of ways in and give the Service ports they find as their views,
@@ -234,6 +239,29 @@ class Facts:
                 break
         return tuple(out)
 
+    def way_evidence(self, svcs: Sequence[Any], address: str | None = None) -> tuple[Evidence, ...]:
+        """The rules that write these Service ports' ways in at `address` (rules_for), as evidence. Input without
+        lines (nft -j) has none to name them by: there each way in is traced (the one engine, for its first kind
+        of client) and the map elements it meets that send it on (`element ip kube-proxy service-ips { … }`, or
+        in @no-endpoint-services) are its evidence, as listing and transaction input show them."""
+        lines = [line for svc in svcs for line in self.rules_for(svc, address)]
+        if lines or any(e.lines for svc in svcs for e in svc.entries):
+            return self.evidence(lines)
+        steps: list[Step] = []
+        for svc in svcs:
+            addrs = {address} if address else {ip for ip, _ in addresses(svc)}
+            for e in svc.entries:
+                if e.kind == HEALTH_CHECK or e.address not in addrs or e.port != svc.port:
+                    continue
+                for key, way in self._layout.ways_at(e.address):
+                    # (`e` is the way in itself, or a built view's entry for it)
+                    same = (way.kind, way.port, way.protocol) == (e.kind, e.port, e.protocol)
+                    packets = self.analysis.views.way_packets(key, way) if same else ()
+                    for _, packet in packets[:1]:
+                        steps += [s for o in self.analysis.tracer.trace(packet).outcomes for s in o.path
+                                  if s.kind in _WAY_KINDS and s.handle is None]
+        return step_evidence(steps, self.analysis.ruleset)[:4]
+
     def rules_for(self, svc: Any, address: str | None = None) -> list[int]:
         """The lines that write this service port's ways in at `address` (every address of it when None)."""
         addrs = {address} if address else {ip for ip, _ in addresses(svc)}
@@ -371,14 +399,13 @@ def rewritten(outcome: Outcome) -> bool:
     return bool(outcome.final_destination) and outcome.final_destination != outcome.original_destination
 
 
-def step_evidence(steps: Iterable[Step], ruleset: Ruleset | None = None) -> tuple[Evidence, ...]:
-    """Each rule of `steps` once: by its line, or without one (nft JSON input) by where it is and its text. With
-    the `ruleset`, an endpoint's rule as its step_text: standing alone, an nft rule names its endpoint chain
-    there (the path shows it beside the rule)."""
+def step_evidence(steps: Iterable[Step], ruleset: Ruleset) -> tuple[Evidence, ...]:
+    """Each rule of `steps` once: by its line, or without one (nft JSON input) by where it is and its text; as
+    the `ruleset`'s step_text: standing alone, an nft rule names its chain there (the path shows it beside the
+    rule), as iptables' `-A CHAIN …` does."""
     seen: dict[object, Evidence] = {}
     for s in steps:
         key = s.line or (s.table, s.chain, s.handle, s.rule)
         if key not in seen:
-            text = ruleset.step_text(s) if ruleset is not None and s.kind == "endpoint" else s.rule
-            seen[key] = Evidence(s.line, text, handle=s.handle)
+            seen[key] = Evidence(s.line, ruleset.step_text(s), handle=s.handle)
     return tuple(seen.values())

@@ -8,7 +8,9 @@ and what was expected. Digests that nodes share are written once (`digests`) and
 
 from __future__ import annotations
 
+import posixpath
 import re
+import shlex
 from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
@@ -26,10 +28,12 @@ _LIVE_SOURCE = re.compile(r"(?:kubeconfig .+|in-cluster service account.*) at (\
 
 
 def merge_json(results: Sequence[NodeResult], *, cluster_source: str | None, cluster_nodes: bool,
-               items: Callable[[Iterable[Any]], Any] = list) -> dict[str, Any]:
+               items: Callable[[Iterable[Any]], Any] = list, directory: str | None = None) -> dict[str, Any]:
     """The `merge` key of an audit's JSON document. `items` holds its two long lists (digests, nodes) as the
     caller will print them: `list` by default; the CLI passes a writer's lazy list, so that each node's object
-    (~0.5 MB of JSON for a 5,000-Service node) is made as it is printed, not all of them at once."""
+    (~0.5 MB of JSON for a 5,000-Service node) is made as it is printed, not all of them at once. `directory`:
+    the one the audit ran in, which the nodes' relative `explain_at` paths are relative to (a shard's Job or CI
+    runner has its own; read_merge makes them absolute where the merge runs elsewhere)."""
     # Each digest's index by identity (`results` keep them alive), an equal digest found by equality once per
     # object: an audit's digests are interned (one object per value), and hashing one is a Python call through
     # its whole structure (a fleet of 100 nodes of 5,000 ports made 10^6 of them).
@@ -44,7 +48,8 @@ def merge_json(results: Sequence[NodeResult], *, cluster_source: str | None, clu
                     if n == len(digests):
                         digests.append(_digest_json(p))
     cluster = {"source": cluster_source, "nodes": cluster_nodes} if cluster_source is not None else None
-    return {"version": MERGE_VERSION, "cluster": cluster, "digests": items(digests),
+    return {"version": MERGE_VERSION, "cluster": cluster, **({"directory": directory} if directory else {}),
+            "digests": items(digests),
             "nodes": items(_node_json(r, index) for r in results)}
 
 
@@ -163,9 +168,10 @@ class _Reader:
         return proxy
 
 
-def read_merge(document: Any, source: str) -> tuple[list[NodeResult], str | None, bool]:
+def read_merge(document: Any, source: str, here: str | None = None) -> tuple[list[NodeResult], str | None, bool]:
     """The nodes of one `audit -o json` document, the cluster data's source and whether it listed Nodes.
-    Raises InputError naming what was found where, and what was expected."""
+    `here`: the directory the merge runs in; a node's `explain_at` path relative to another (the document's
+    `directory`) is made absolute. Raises InputError naming what was found where, and what was expected."""
     r = _Reader(source)
     data = r.get(document, "merge", dict, "the document")
     version = r.get(data, "version", int, "merge")
@@ -175,6 +181,9 @@ def read_merge(document: Any, source: str) -> tuple[list[NodeResult], str | None
     cluster = data.get("cluster")
     if cluster is not None and not isinstance(cluster, dict):
         raise r.fail("merge.cluster", cluster, "an object or null")
+    directory = data.get("directory")
+    if directory is not None and not (isinstance(directory, str) and posixpath.isabs(directory)):
+        raise r.fail("merge.directory", directory, "an absolute path (the directory the audit ran in)")
     digests = [r.digest(item, f"merge.digests[{i}]")
                for i, item in enumerate(r.get(data, "digests", list, "merge"))]
     results = []
@@ -204,6 +213,8 @@ def read_merge(document: Any, source: str) -> tuple[list[NodeResult], str | None
                 # (a document written before node addresses and explain arguments were kept has none)
                 node_address=r.get(fam, "node_address", str, at) if "node_address" in fam else ""))
         explain_at = r.get(node, "explain_at", str, where) if node.get("explain_at") is not None else None
+        if explain_at is not None and directory is not None and directory != here:
+            explain_at = _rooted(explain_at, directory)
         results.append(NodeResult(
             r.get(node, "name", str, where), node.get("error"), tuple(r.get(node, "addresses", list, where)),
             str(node.get("host") or ""), node.get("kube_node"), node.get("legacy_note"),
@@ -214,13 +225,29 @@ def read_merge(document: Any, source: str) -> tuple[list[NodeResult], str | None
     return results, (cluster or {}).get("source"), bool((cluster or {}).get("nodes"))
 
 
-def merge(documents: Iterable[tuple[str, Mapping[str, Any]]]) -> tuple[list[NodeResult], str | None, bool]:
-    """Every node of several audits, sorted by name, and their cluster data (which must be the same). Raises
-    InputError for a node in two documents or audits made against different cluster data."""
+def _rooted(explain_at: str, directory: str) -> str:
+    """A node's `explain_at` (its dump argument, shell-quoted, then its --node-ip options) with a relative path
+    made absolute from the audit's `directory`: relative, it named a file of the shard's working directory as
+    if it were the merge's."""
+    try:
+        words = shlex.split(explain_at)
+    except ValueError:
+        return explain_at
+    if not words or posixpath.isabs(words[0]):
+        return explain_at
+    return " ".join([shlex.quote(posixpath.normpath(posixpath.join(directory, words[0]))),
+                     *map(shlex.quote, words[1:])])
+
+
+def merge(documents: Iterable[tuple[str, Mapping[str, Any]]], here: str | None = None
+          ) -> tuple[list[NodeResult], str | None, bool]:
+    """Every node of several audits, sorted by name, and their cluster data (which must be the same). `here`:
+    the directory the merge runs in (read_merge). Raises InputError for a node in two documents or audits made
+    against different cluster data."""
     nodes: dict[str, tuple[str, NodeResult]] = {}
     clusters: dict[tuple[str | None, bool], tuple[str | None, str]] = {}
     for source, document in documents:
-        results, cluster_source, cluster_nodes = read_merge(document, source)
+        results, cluster_source, cluster_nodes = read_merge(document, source, here)
         clusters.setdefault((_same_data(cluster_source), cluster_nodes), (cluster_source, source))
         for result in results:
             if result.name in nodes:

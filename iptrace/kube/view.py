@@ -360,6 +360,10 @@ class ViewBuilder:
         """The traces the view of `sp` asks for ((the chain entered directly or None, packet), in order)."""
         return self._builder.questions(sp)
 
+    def way_packets(self, key: str, way: WayIn) -> list[tuple[str, Packet]]:
+        """(kind of client, its packet) for every client the view traces a way in of Service port `key` for."""
+        return self._builder.way_packets(self.layout.service_port(key), way)
+
     @property
     def claims(self) -> dict[tuple[str, int, str], list[str]]:
         """(address, port, protocol) -> the Service ports (keys) that claim it, where several do (read once)."""

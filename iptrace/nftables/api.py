@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from iptrace.dumpfile import read_bytes
+from iptrace.nftables.sniff import json_value
 from iptrace.text import decode_input
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ def load(text: str | bytes, *, source: str = "<ruleset>", lenient: bool = False)
         text = decode_input(text)
     # (each reader imported when its input comes: a listing's run never needs the JSON reader, nor JSON's the
     # text reader and lark)
-    if text.lstrip("\ufeff \t\r\n")[:1] in ("{", "["):
+    if text.lstrip("\ufeff \t\r\n")[:1] in ("{", "[") or json_value(text):
         from iptrace.nftables.json_loader import load_json
 
         return load_json(text, source=source, lenient=lenient)

@@ -381,7 +381,10 @@ def load_json(text: str, *, source: str = "<ruleset>", lenient: bool = False) ->
         doc = {"nftables": read}
         skipped.append(LoadWarning(exc.lineno, f"column {exc.colno}: {error.reason}; read up to the last whole "
                                                "object before it"))
-    if not isinstance(doc, dict) or not isinstance(doc.get("nftables"), list):
+    if not isinstance(doc, dict):  # (a lone value: `null` is what `jq .x` prints of a document without `x`)
+        raise ParseError(f"the JSON value {json.dumps(doc)[:40]}, not a ruleset; expected the output of "
+                         "`nft -j list ruleset`", source=source, line=1, column=1)
+    if not isinstance(doc.get("nftables"), list):
         raise ParseError('JSON without an "nftables" list; expected the output of `nft -j list ruleset`',
                          source=source, line=1, column=1)
     if not skipped and not any(isinstance(o, dict) and o for o in doc["nftables"]):

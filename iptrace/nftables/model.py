@@ -547,20 +547,20 @@ class Ruleset:
     def evidence_text(self, line: int) -> str | None:
         """Input line `line` as a trace's path shows it: a listing's or transaction's line of set or map elements
         as `element ip kube-proxy service-ips { … }` (the line alone names neither set nor table), a listing's
-        rule of an endpoint's as `rule ip kube-proxy endpoint-… STATEMENT` (nor its chain), any other as
-        line_text."""
+        rule as `rule ip kube-proxy CHAIN STATEMENT` (nor its chain), any other as line_text."""
         from iptrace.nftables.lines import ElementLines
         from iptrace.nftables.steps import evidence_text
 
         return evidence_text(self, ElementLines(self, self._evidence), line)
 
     def step_text(self, step: Step) -> str:
-        """evidence_text of the step's line; with none (JSON input), an endpoint's rule named as it names one."""
+        """evidence_text of the step's line; with none (JSON input), a rule (one with a kernel handle; an element
+        reads as its set's already) named as evidence_text names one."""
         from iptrace.nftables.steps import rule_in_chain
 
         if step.line:
             return self.evidence_text(step.line) or step.rule
-        return rule_in_chain(step.table, step.chain, step.rule) if step.kind == "endpoint" else step.rule
+        return rule_in_chain(step.table, step.chain, step.rule) if step.handle is not None else step.rule
 
     @property
     def rule_count(self) -> int:

@@ -61,13 +61,14 @@ def element_text(table: Table, set_name: str, elements: Sequence[Element]) -> st
 
 def evidence_text(ruleset: Ruleset, lines: ElementLines, line: int) -> str | None:
     """Input line `line` in the form a path shows it (Ruleset.evidence_text): a line of set or map elements as
-    its elements (element_text); a listing's rule of an endpoint's (its chain's rules or the DNAT that picks it)
-    as `rule ip kube-proxy CHAIN STATEMENT` (nft's syntax for a rule; the path's chain column says it, the line
-    alone does not, as an element's line names no set); any other line as the ruleset's own text."""
+    its elements (element_text); a listing's rule as `rule ip kube-proxy CHAIN STATEMENT` (nft's syntax for a
+    rule: the path's chain column says which chain, the line alone does not, as an element's line names no set,
+    and `ip saddr != 198.51.100.0/24 drop` or `reject` alone names no Service); any other line (a transaction's
+    `add rule ip kube-proxy CHAIN …` names its chain) as the ruleset's own text."""
     found = lines.at_line(line)
     if found is None:
         text = ruleset.line_text(line)
-        chain = _endpoint_chain(ruleset, line, text) if text else None
+        chain = _rule_chain(ruleset, line) if text else None
         return rule_in_chain(*chain, text) if chain is not None and text else text
     table, s, elements = found
     return element_text(table, s.name, elements)
@@ -78,11 +79,11 @@ def rule_in_chain(table: str, chain: str, text: str) -> str:
     return f"rule {table} {render.name(chain)} {text}"
 
 
-def _endpoint_chain(ruleset: Ruleset, line: int, text: str) -> tuple[str, str] | None:
-    """(`ip kube-proxy`, chain) when input line `line` (`text`) of a listing holds a rule of one of kube-proxy's
-    endpoint chains or a rule of its table that DNATs, else None (a transaction's `add rule` line names its
-    chain). The chain is the block the line is in, found by reading up to its header (an endpoint chain's is a
-    few lines up; a search of every chain by line would read 55,000 chains at 5,000 Services)."""
+def _rule_chain(ruleset: Ruleset, line: int) -> tuple[str, str] | None:
+    """(`ip kube-proxy`, chain) when input line `line` of a listing holds a rule, else None (a transaction's
+    `add rule` line names its chain). The chain is the block the line is in, found by reading up to its header (a
+    chain's rules are a few lines below it; a search of every chain by line would read 55,000 chains at 5,000
+    Services)."""
     source = ruleset.source_text
     if ruleset.format != "nft-list" or source is None:
         return None
@@ -96,18 +97,10 @@ def _endpoint_chain(ruleset: Ruleset, line: int, text: str) -> tuple[str, str] |
         return None
     name = header[len("chain "):].rstrip("{").strip()
     name = unquote(name) if name.startswith('"') else name
-    word = split_chain(name)
-    endpoint = word is not None and word[0] == "endpoint"
-    if not endpoint and "dnat" not in text:
-        return None
-    for family in KUBE_PROXY_FAMILIES:
-        table = ruleset.table(family, KUBE_PROXY_TABLE)
-        chain = table.chain(name) if table is not None else None
-        if chain is None or chain.line != at:
-            continue
-        rule = next((r for r in chain.rules if r.line == line), None)
-        if rule is not None and (endpoint or any(isinstance(i, Nat) and i.kind == "dnat" for i in rule.items)):
-            return table.label, name
+    for table in ruleset.tables:
+        chain = table.chain(name)
+        if chain is not None and chain.line == at:
+            return (table.label, name) if any(r.line == line for r in chain.rules) else None
     return None
 
 

@@ -11,7 +11,8 @@ Pure and deterministic: no I/O, no clock. The JSON twin is `render.audit.audit_t
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from html import escape
 from typing import Any
@@ -229,7 +230,7 @@ def _masthead(report: AuditReport) -> list[str]:
             f'<span class="source">{_e(source)}</span>', "</header>"]
 
 
-def _verdict(report: AuditReport, counts: dict[str, int]) -> list[str]:
+def _verdict(report: AuditReport, counts: dict[str, int], names: _Names) -> list[str]:
     bad = sorted({f.node for f in report.findings if f.severity == "error"})
     if counts["error"]:
         cls, word = "fail", "FAIL"
@@ -243,7 +244,7 @@ def _verdict(report: AuditReport, counts: dict[str, int]) -> list[str]:
         cls, word = "pass", "OK"
         text = ("Every node forwards every Service the same way"
                 + (" the API asks." if report.cluster_source else "."))
-    out = [f'<section class="verdict {cls}" aria-label="verdict">', f"<strong>{word}</strong>{_e(text)}",
+    out = [f'<section class="verdict {cls}" aria-label="verdict">', f"<strong>{word}</strong>{names(text)}",
            '<ul class="tally">']
     for s in _SEVERITIES:
         out.append(f'<li><span class="badge {s}">{_WORD[s]}</span> {counts[s]}</li>')
@@ -303,13 +304,35 @@ def _node_name(name: str) -> str:
     return f'<span class="name">{parts}</span>'
 
 
+class _Names:
+    """A finding's text escaped with each node name in it kept whole as the node table keeps it (_node_name): a
+    browser broke `node-` over `b` in a summary, a fix's command (`spec.nodeName=node-b`) or a verdict."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        longest_first = sorted({n for n in names if n}, key=len, reverse=True)
+        # (a name inside a longer word or DNS name is not that node: `node-b` in `node-bb`, `a` in `a.b`)
+        self.pattern = re.compile(r"(?<![\w.-])(?:" + "|".join(map(re.escape, longest_first))
+                                  + r")(?![\w-]|\.\w)") if longest_first else None
+
+    def __call__(self, text: object) -> str:
+        text = str(text)
+        if self.pattern is None:
+            return _e(text)
+        out, at = [], 0
+        for m in self.pattern.finditer(text):
+            out += [_e(text[at:m.start()]), _node_name(m.group())]
+            at = m.end()
+        out.append(_e(text[at:]))
+        return "".join(out)
+
+
 def _drawn_in(f: Finding, family: str) -> bool:
     """Whether a finding belongs in a picture of `family` (one without a family, from a merge: in every one)."""
     return f.family is None or f.family == family
 
 
-def _finding(f: Finding, i: int, port_ids: dict[str, list[tuple[str, str]]]) -> list[str]:
-    meta = [f"<code>{_e(f.id)}</code>", f"node <code>{_e(f.node)}</code>"]
+def _finding(f: Finding, i: int, port_ids: dict[str, list[tuple[str, str]]], names: _Names) -> list[str]:
+    meta = [f"<code>{_e(f.id)}</code>", f"node <code>{names(f.node)}</code>"]
     if f.service:
         meta.append(f"Service port <code>{_e(f.service)}</code>")
     links = "".join(f' · <a href="#{pid}">picture</a>' for family, pid in port_ids.get(f.service or "", [])
@@ -317,14 +340,14 @@ def _finding(f: Finding, i: int, port_ids: dict[str, list[tuple[str, str]]]) -> 
     out = [f'<article class="finding {f.severity}" id="finding-{i}" data-severity="{f.severity}" '
            f'data-node="{_e(f.node)}">',
            f'<div class="head"><span class="badge {f.severity}">{_WORD[f.severity]}</span>'
-           f'<p class="summary">{_e(f.summary)}</p></div>',
+           f'<p class="summary">{names(f.summary)}</p></div>',
            f'<p class="meta">{" · ".join(meta)}{links}</p>',
            '<div class="body">',
-           f'<p class="detail">{_e(f.detail)}</p>']
+           f'<p class="detail">{names(f.detail)}</p>']
     # A fix may end in commands, one a line (conntrack -D …): shown as code, one a line, to be pasted.
     fix, *commands = f.fix.split("\n")
-    out.append(f'<div class="fix"><p><b>Fix:</b> {_e(fix)}</p>'
-               + ('<pre class="commands">' + "\n".join(map(_e, commands)) + "</pre>" if commands else "")
+    out.append(f'<div class="fix"><p><b>Fix:</b> {names(fix)}</p>'
+               + ('<pre class="commands">' + "\n".join(map(names, commands)) + "</pre>" if commands else "")
                + "</div>")
     if f.evidence:
         width = max(len(str(line)) for line, _ in f.evidence)
@@ -334,14 +357,15 @@ def _finding(f: Finding, i: int, port_ids: dict[str, list[tuple[str, str]]]) -> 
                 + f'<span class="rule">{_e(rule)}</span>\n</span>' for line, rule in f.evidence]
         # (a conntrack finding's evidence is entries of the node's conntrack table, not its rules)
         source = getattr(f, "source", "")
-        of = _e(source) if source else f"{_e(f.node)}'s rules"
+        of = _e(source) if source else f"{names(f.node)}'s rules"
         out += [f"<details open><summary>Evidence: {_plural(len(f.evidence), 'line')} of {of}</summary>",
                 '<pre class="evidence">' + "".join(rows) + "</pre>", "</details>"]
     out += ["</div>", "</article>"]
     return out
 
 
-def _port_section(pv: PortViews, ident: str, findings: Sequence[tuple[int, Finding]], cluster: Any) -> list[str]:
+def _port_section(pv: PortViews, ident: str, findings: Sequence[tuple[int, Finding]], cluster: Any,
+                  names: _Names) -> list[str]:
     mine = [f for _, f in findings]
     counts: dict[str, dict[str, int]] = {}
     for f in mine:
@@ -362,7 +386,7 @@ def _port_section(pv: PortViews, ident: str, findings: Sequence[tuple[int, Findi
     for i, f in findings:
         summary = f.summary.removeprefix(f"{pv.service}: ")
         out.append(f'<li><span class="badge {f.severity}">{_WORD[f.severity]}</span> '
-                   f'<a href="#finding-{i}"><code>{_e(f.id)}</code> on {_e(f.node)}</a>: {_e(summary)}</li>')
+                   f'<a href="#finding-{i}"><code>{_e(f.id)}</code> on {names(f.node)}</a>: {names(summary)}</li>')
     out.append("</ul>")
     api_line = _api_line(api, cluster)
     if api_line:
@@ -416,7 +440,8 @@ def render_audit_html(report: AuditReport, cluster: Any = None, say: Callable[[s
         port_ids.setdefault(pv.service, []).append((pv.family, f"port-{j}"))
     word = "FAIL" if counts["error"] else ("WARNINGS" if counts["warning"] else "OK")
     body: list[str] = []
-    body += _verdict(report, counts)
+    names = _Names(n.name for n in report.nodes)
+    body += _verdict(report, counts, names)
     body += _controls(report, counts)
     body += _node_table(report)
     body += ['<section id="findings">', f'<h2>Findings <span class="count">({len(report.findings)}, errors '
@@ -424,14 +449,14 @@ def render_audit_html(report: AuditReport, cluster: Any = None, say: Callable[[s
     if not report.findings:
         body.append('<p class="none">No findings.</p>')
     for i, f in numbered:
-        body += _finding(f, i, port_ids)
+        body += _finding(f, i, port_ids, names)
     body.append("</section>")
     if ports:
         body += ['<section id="ports">', f'<h2>Service ports that differ <span class="count">({len(ports)}: how '
                  "each node forwards them, nodes with the same rules drawn once)</span></h2>"]
         for j, pv in enumerate(ports, start=1):
             mine = [(i, f) for i, f in by_service.get(pv.service, []) if _drawn_in(f, pv.family)]
-            body += _port_section(pv, f"port-{j}", mine, cluster)
+            body += _port_section(pv, f"port-{j}", mine, cluster, names)
         body.append("</section>")
     body += [f"<footer>iptrace {_e(__version__)} · the same audit as <code>iptrace audit … -o json</code> "
              f"(format {AUDIT_FORMAT}) · this page loads nothing from the network</footer>"]

@@ -54,6 +54,9 @@ table.nodes th { background: var(--code-bg); font-weight: 600; white-space: nowr
 table.nodes td.num { text-align: right; font-variant-numeric: tabular-nums; }
 table.nodes td.node { font-family: var(--mono); font-weight: 600; }
 table.nodes .name, table.nodes .name > span { white-space: nowrap; }  /* a node name on one line (the table scrolls) */
+/* a node name in prose breaks at no hyphen either; a long DNS name only after a dot (each label a nowrap box) */
+.verdict .name > span, .finding .name > span, .port-findings .name > span { display: inline-block;
+                                                                           white-space: nowrap; }
 table.nodes tr.load-error td, table.nodes tr.no-kube-proxy td { background: #fffafa; }
 table.nodes td.error-text { font-family: var(--mono); font-size: 12px; color: var(--err); }
 .none { color: var(--muted); }
