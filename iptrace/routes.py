@@ -34,11 +34,19 @@ def routed_note(where: str, iface: str) -> str:
     return f"{where}: output interface {iface}, by the node's routes (longest prefix match); {POLICY_UNSEEN}"
 
 
-def no_route_note(destination: str) -> str:
-    """The note of a packet whose destination the node's routes have no route for (said by the walk, where the
-    kernel routes it)."""
-    return (f"the node's routes have no route for {destination}: the kernel would not send it on (network "
-            "unreachable); traced on as if it had one, through an output interface of no name the rules test")
+def no_route_note(destination: str, where: str) -> str:
+    """The note of a packet the kernel does not send on because the node's routes have no route for its
+    destination (`where`: "forwarded", "own" for the node's own packet, "rerouted" for the node's own after output's
+    DNAT); the walk ends the branch there (REJECT, DROP when rerouted), as the kernel does."""
+    if where == "forwarded":
+        what = ("the kernel does not forward it (no rule after the routing decision sees it) and answers ICMP "
+                "network unreachable")
+    elif where == "own":
+        what = "the kernel does not send it (the socket gets network unreachable before any rule sees it)"
+    else:
+        destination += ", where output's DNAT sends it"
+        what = "the kernel drops it when it routes it again, after output's nat chains (no rule after them sees it)"
+    return f"the node's routes have no route for {destination}: {what}; {POLICY_UNSEEN}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +61,7 @@ class RouteTable:
     """One IP version's routes: `device(address)` is the interface of the longest prefix holding it (None: no
     route, or a reject route)."""
 
-    __slots__ = ("_by_length", "_found", "_lengths", "bits", "version")
+    __slots__ = ("_by_length", "_found", "_lengths", "bits", "routes_all", "version")
 
     def __init__(self, version: int, routes: Sequence[tuple[int, int, str | None]]) -> None:
         self.version = version
@@ -64,6 +72,10 @@ class RouteTable:
         self._by_length = by_length
         self._lengths = tuple(sorted(by_length, reverse=True))
         self._found: dict[int, str | None] = {}
+        # Whether every address has a way out (a default route, and no reject route): then no packet is left
+        # unrouted, and rules that do not test the output interface are traced as without routes.
+        self.routes_all = 0 in by_length.get(0, {}) and all(
+            device is not None for networks in by_length.values() for device in networks.values())
 
     def device(self, address: int) -> str | None:
         found = self._found.get(address, False)

@@ -218,15 +218,22 @@ def test_collect_keeps_the_routes_and_a_failure_to_read_them_loses_nothing_else(
 @pytest.mark.parametrize("dump", ["nodeport-fb-backends.txt", "nodeport-fb-backends-nft.nft",
                                   "nodeport-fb-backends-nft.json"])
 def test_routes_change_nothing_where_no_rule_tests_the_output_interface(dump: str, tmp_path: Path) -> None:
-    """kube-proxy's own rules never test the output interface: with routes (even ones without a route for some
-    endpoint) `services` says exactly what it says without them, and keeps its port shapes."""
+    """kube-proxy's own rules never test the output interface: with routes that route every address (a default
+    route) `services` says exactly what it says without them, and keeps its port shapes. Routes without a route for
+    some endpoint do change it: the kernel sends a packet for it nowhere (test_routes_kernel.py)."""
     routes = tmp_path / "routes.txt"
-    routes.write_text("\n".join([HEADER, v4("cni0", "0000F40A", "00FFFFFF")]) + "\n")
+    routes.write_text("\n".join([HEADER, v4("cni0", "0000F40A", "00FFFFFF"),
+                                 v4("eth0", "00000000", "00000000", "0003", 100, "0100A8C0")]) + "\n")
     base = ["services", str(SAMPLES / dump), "-o", "json"]
     without, routed = (CliRunner().invoke(main, [*base, *given]) for given in ([], ["--routes", str(routes)]))
     assert routed.exit_code == 0 and routed.output == without.output
     dataplane, ruleset = dataplanes.load((SAMPLES / dump).read_text())
     assert dataplane.tracer(ruleset, routes=parse_routes(routes.read_text())).ctx.routes is None
+    # Without the default route: the Services' endpoints outside 10.244.0.0/24 are not sent on.
+    routes.write_text("\n".join([HEADER, v4("cni0", "0000F40A", "00FFFFFF")]) + "\n")
+    unrouted = CliRunner().invoke(main, [*base, "--routes", str(routes)])
+    assert unrouted.exit_code == 0 and unrouted.output != without.output and '"REJECT"' in unrouted.output
+    assert dataplane.tracer(ruleset, routes=parse_routes(routes.read_text())).ctx.routes is not None
 
 
 def _le(net: str) -> tuple[str, str]:

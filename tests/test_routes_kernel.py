@@ -11,6 +11,7 @@ tests show the kernel disagreeing with that answer and agreeing with the routed 
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,11 +197,82 @@ def test_the_node_own_connection_meets_output_on_the_first_route_and_postrouting
         ("DNAT", False)]
 
 
-def test_a_destination_without_a_route_is_said(topo: Topology) -> None:
-    _, routed = _tracers(topo, _load(topo, "iptables", "forward-drop"))
-    traced = routed.trace(Packet(CLIENT_IP, "10.1.2.3", 80, in_interface="eth0"))
-    assert [o.verdict for o in traced.outcomes] == ["ACCEPT"]
-    assert any("no route for 10.1.2.3" in a for a in traced.assumptions), traced.assumptions
+UNROUTED = "198.18.64.10"  # (in no route of the node's: between its eth0 /24 and its cni0 /17)
+NO_ROUTE_IPTABLES = """*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -d 198.19.5.10/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 198.18.64.10:8080
+-A OUTPUT -d 198.19.5.11/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 198.18.128.10:8080
+-A OUTPUT -d 198.18.128.10/32 -p tcp -m tcp --dport 81 -j DNAT --to-destination 198.18.64.10:8080
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A FORWARD -d 198.18.64.10/32 -j DROP
+-A OUTPUT -d 198.18.64.10/32 -j REJECT --reject-with icmp-port-unreachable
+COMMIT
+"""
+NO_ROUTE_NFT = """table ip routed {
+  chain prenat { type nat hook prerouting priority -100; ip daddr 198.19.5.10 tcp dport 80 dnat to 198.18.64.10:8080; }
+  chain outnat { type nat hook output priority -100; ip daddr 198.19.5.11 tcp dport 80 dnat to 198.18.128.10:8080; ip daddr 198.18.128.10 tcp dport 81 dnat to 198.18.64.10:8080; }
+  chain forwarding { type filter hook forward priority 0; ip daddr 198.18.64.10 drop; }
+  chain outfilter { type filter hook output priority 0; ip daddr 198.18.64.10 reject; }
+}
+"""
+
+
+@pytest.mark.parametrize(("backend", "mode"), [("nft", "iptables"), ("legacy", "iptables"), ("nft", "nftables")])
+def test_a_destination_without_a_route_is_not_sent_on_as_the_kernel_does(backend: Any, mode: str,
+                                                                          tmp_path: Path) -> None:
+    """A node without a default route (nor one for its Service range): the kernel sends a packet for a destination
+    its routes do not hold nowhere, whatever the rules after the routing decision say. Forwarded (after
+    PREROUTING's DNAT): ICMP network unreachable, FORWARD never sees it; the node's own: connect() fails before
+    OUTPUT (the classic ClusterIP from a node without a default route, though its endpoint is routed); DNATed by
+    nat OUTPUT to such a destination: dropped where the nat hook routes it again, filter OUTPUT never sees it."""
+    if backend == "legacy" and shutil.which("iptables-legacy-restore") is None:
+        pytest.skip("iptables-legacy is not installed")
+    with Topology(backend) as topo:
+        topo.add_pod_ip(POD)
+        topo.start_server(tcp_ports=[PORT])
+        topo._ip(topo.node, "route del 198.19.0.0/16")
+        if mode == "iptables":
+            topo.load(NO_ROUTE_IPTABLES)
+            dataplane, ruleset = dataplanes.load(topo.save(), source="iptables-save")
+        else:
+            load_nft(topo, NO_ROUTE_NFT)
+            dataplane, ruleset = dataplanes.load(list_ruleset(topo), source="nft list ruleset")
+        routes = parse_routes(_routes(topo), source="routes")
+        assert routes.v4 is not None and not routes.v4.routes_all
+        tracer = dataplane.tracer(ruleset, node_ips=topo.node_ips, routes=routes)
+        for src, dst, port, kernel, verdict, said in (
+                ("client", "198.19.5.10", 80, "unreachable", "REJECT", f"no route for {UNROUTED}: the kernel does not "
+                 "forward it"),
+                ("node", "198.19.5.11", 80, "unreachable", "REJECT", "no route for 198.19.5.11: the kernel does not "
+                 "send it"),
+                ("node", POD, 81, "timeout", "DROP", f"no route for {UNROUTED}, where output's DNAT sends it"),
+                ("node", POD, PORT, "connected", "ACCEPT", None)):
+            assert topo.probe(src, dst, port).outcome == kernel, (src, dst, port)
+            packet = Packet(CLIENT_IP if src == "client" else NODE_IP, dst, port,
+                            in_interface="eth0" if src == "client" else None)
+            [outcome] = tracer.trace(packet).outcomes
+            assert outcome.verdict == verdict, (src, dst, port, outcome, outcome.assumptions)
+            if said is not None:
+                assert outcome.decided_by is None and any(said in a for a in outcome.assumptions), outcome.assumptions
+        # What trace and explain print of it, from the files (the node's routes as its /proc lists them).
+        dump, routes_file = tmp_path / "rules.txt", tmp_path / "routes.txt"
+        dump.write_text(topo.save() if mode == "iptables" else list_ruleset(topo))
+        routes_file.write_text(_routes(topo))
+        base = [str(dump), "--dst", "198.19.5.11:80", "--src", NODE_IP, "--node-ip", NODE_IP, "--routes",
+                str(routes_file)]
+        traced = CliRunner().invoke(main, ["trace", *base])
+        assert traced.exit_code == 0 and "REJECT   (by the node's routes: no route for its destination)" in \
+            traced.output, traced.output
+        explained = CliRunner().invoke(main, ["explain", *base])
+        assert "198.19.5.11:80/tcp is not sent: the node's routes have no route for where it goes" in \
+            explained.output, explained.output
 
 
 @pytest.mark.parametrize("mode", MODES)

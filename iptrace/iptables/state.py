@@ -14,7 +14,7 @@ from iptrace.errors import InputError, TraceError
 from iptrace.routes import RouteTable
 
 # A terminal result of a chain walk: (verdict, decision); None = the chain returned / fell off its end.
-Terminal = tuple[str, Decision] | None
+Terminal = tuple[str, Decision | None] | None  # (None: decided by no rule, the node's routes)
 
 # A persistent singly linked list: (head, tail) or None. Branches share their common prefix for free.
 Cons = tuple[Any, "Cons"] | None

@@ -100,9 +100,9 @@ _OUT_IFACE = re.compile(r"(?:^|\s)(?:-o|--out-interface)\s")
 
 
 def _tests_out_iface(ruleset: Ruleset) -> bool:
-    """Whether a rule tests the output interface (`-o`): the node's routes change nothing else, so a ruleset
-    without one is traced as without them (and keeps its port shapes). (Its text is searched: a comment that
-    spells `-o` only costs the shapes.)"""
+    """Whether a rule tests the output interface (`-o`): the node's routes change nothing else when they route
+    every address, so a ruleset without one is then traced as without them (and keeps its port shapes). (Its text
+    is searched: a comment that spells `-o` only costs the shapes.)"""
     search = _OUT_IFACE.search
     for table in ruleset.tables:
         for chain in table.chains:
@@ -139,7 +139,9 @@ class Tracer(ChainWalker):
                  ipsets: Mapping[str, Sequence[str]] | None = None, share: bool = True,
                  routes: Routes | None = None) -> None:
         version = 6 if ruleset.family == "ipv6" else 4
-        table = routes.table(version) if routes is not None and _tests_out_iface(ruleset) else None
+        table = routes.table(version) if routes is not None else None
+        if table is not None and table.routes_all and not _tests_out_iface(ruleset):
+            table = None  # (they would change nothing, and cost the port shapes)
         super().__init__(ruleset, Context.build(version, node_ips, ipsets, table), names, use_index)
         self.routed = table is not None
         self.route_table = table  # (the routes its walks read: None when they read none)
@@ -327,7 +329,9 @@ class Tracer(ChainWalker):
     def _walk_hooks(self, s: State) -> list[tuple[State, Terminal]]:
         if self.ctx.is_local(s.src):
             s.local_origin = True
-            self._route(s)
+            if not self._route(s):
+                s.assume(no_route_note(format_ip(s.dst, self.version), "own"))
+                return [(s, ("REJECT", None))]
             return self._stages(s, _OUTPUT_NAT, self._output_filter)
         # (`_stages(s, _PREROUTING, self._after_prerouting)`, its loop spelled out: a Service's every branch)
         out: list[tuple[State, Terminal]] = []
@@ -340,20 +344,27 @@ class Tracer(ChainWalker):
             elif is_local(s2.dst):
                 out.extend(stages(s2, _LOCAL_IN))
             else:
-                if routed:  # (the routing decision on the destination after DNAT: FORWARD and POSTROUTING see it)
-                    self._route(s2)
+                # (the routing decision on the destination after DNAT: FORWARD and POSTROUTING see it)
+                if routed and not self._route(s2):
+                    s2.assume(no_route_note(format_ip(s2.dst, self.version), "forwarded"))
+                    out.append((s2, ("REJECT", None)))
+                    continue
                 out.extend(stages(s2, _FORWARD_POSTROUTING))
         return out
 
     def _output_filter(self, s: State) -> list[tuple[State, Terminal]]:
+        if self.routed and self.ctx.out_iface(s.dst) is None:
+            # (nat OUTPUT's DNAT sent it where the node has no route (it had one before): the kernel routes it again
+            # in the nat hook itself and drops it there, ip_route_me_harder)
+            s.assume(no_route_note(format_ip(s.dst, self.version), "rerouted"))
+            return [(s, ("DROP", None))]
         return self._stages(s, _OUTPUT_FILTER, self._post_output)
 
-    def _route(self, s: State) -> None:
+    def _route(self, s: State) -> bool:
         """The routing decision on the branch's destination: its output interface (lo for the node's own); with
-        the node's routes, the route's, and a note when they have none for it."""
+        the node's routes, the route's. False when they have none for it (the kernel sends it nowhere)."""
         s.out_iface = iface = self.ctx.out_iface(s.dst)
-        if iface is None and self.routed:
-            s.assume(no_route_note(format_ip(s.dst, self.version)))
+        return iface is not None or not self.routed
 
     def _post_output(self, s: State) -> list[tuple[State, Terminal]]:
         # The routing decision is taken again after nat OUTPUT rewrote the destination; the OUTPUT hook's own

@@ -46,7 +46,8 @@ CODES_SIZE = 8192  # chain codes kept (see _chain)
 PLAN_AFTER = 16  # entries of a chain walked before its plan is made (see _enter)
 
 BREAK = ("break",)  # the rule did not match (a later test failed, a look-up found nothing)
-Terminal = tuple[str, Decision] | None  # ("accept"|"drop"|"reject"|"nat", decision); None = returned
+Terminal = tuple[str, Decision | None] | None  # ("accept"|"drop"|"reject"|"nat", decision: None when the node's
+# routes decided); None = returned
 
 
 class TableCode:

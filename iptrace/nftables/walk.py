@@ -56,7 +56,8 @@ NEW_CONNECTION = "first packet of a new connection (ct state new, mark 0, no con
 
 
 def _tests_out_iface(ruleset: Ruleset) -> bool:
-    """Whether a rule may test the output interface (`oifname`, `oif`): the node's routes change nothing else.
+    """Whether a rule may test the output interface (`oifname`, `oif`): the node's routes change nothing else
+    when they route every address.
     (The input text is searched, else every rule's: a mention elsewhere, `oiftype`, a comment, only costs the
     port shapes.)"""
     if ruleset.text is not None:
@@ -80,7 +81,8 @@ class Tracer(ChainWalker):
                 local.add(str(ipaddress.ip_address(ip)))
             except ValueError:
                 continue
-        if routes is not None and not _tests_out_iface(ruleset):
+        if routes is not None and all(t is None or t.routes_all for t in (routes.v4, routes.v6)) \
+                and not _tests_out_iface(ruleset):
             routes = None  # (they would change nothing, and cost the port shapes)
         # share: replay the hooks after NAT, and a load-balancing chain, for branches they cannot tell apart
         super().__init__(ruleset, Context(frozenset(local), routes), frozenset(local), StepMaker(ruleset, names),
@@ -206,14 +208,17 @@ class Tracer(ChainWalker):
         s.notrack = None  # no connection until the first hook's conntrack (_base)
         if self._is_local(s.src):
             s.local_origin = True
-            self._route(s)
+            if not self._route(s):
+                s.assume(no_route_note(s.dst, "own"))
+                return [(s, ("reject", None))]
             branches = self._hook(s, "output")
             for s1, t1 in branches:
                 if s1.notrack is None:  # (no base chain after conntrack on the hook)
                     s1.notrack = False
                 if t1 is None:
                     # The route is looked up again after output's DNAT (the hook's chains all saw the interface it
-                    # started with); a packet for the node itself comes back in through lo.
+                    # started with; one it has none for was dropped in the hook, _rerouted); a packet for the node
+                    # itself comes back in through lo.
                     self._route(s1)
             self._tails(branches, _OUT_LOOPBACK, _OUT, out)
             return out
@@ -224,12 +229,20 @@ class Tracer(ChainWalker):
         self._tails(branches, _INPUT, _FORWARD, out)
         return out
 
-    def _route(self, s: State) -> None:
+    def _route(self, s: State) -> bool:
         """The routing decision on the branch's destination: its output interface (lo for the node's own); with
-        the node's routes, the route's, and a note when they have none for it."""
+        the node's routes, the route's. False when they have none for it (the kernel sends it nowhere)."""
         s.out_iface = iface = self.ctx.out_iface(s.dst, s.version)
-        if iface is None and self.routes is not None and self.routes.table(s.version) is not None:
-            s.assume(no_route_note(s.dst))
+        return iface is not None or self.routes is None or self.routes.table(s.version) is None
+
+    def _rerouted(self, branch: tuple[State, Terminal]) -> tuple[State, Terminal]:
+        """A branch of the node's own after output's nat chains: dropped there when their DNAT sent it where the
+        node's routes have no route (the nat hook routes it again, ip_route_me_harder; it had one before)."""
+        s, term = branch
+        if term is None and self.ctx.out_iface(s.dst, s.version) is None:
+            s.assume(no_route_note(s.dst, "rerouted"))
+            return s, ("drop", None)
+        return branch
 
     def _tails(self, branches: list[tuple[State, Terminal]], to_node: tuple[tuple[str, bool, bool], ...],
                elsewhere: tuple[tuple[str, bool, bool], ...], out: list[tuple[State, Terminal]]) -> None:
@@ -249,8 +262,11 @@ class Tracer(ChainWalker):
                 seq = to_node
             else:
                 seq = elsewhere
-                if routed:  # (the routing decision on the destination after DNAT: forward and postrouting see it)
-                    self._route(s1)
+                # (the routing decision on the destination after DNAT: forward and postrouting see it)
+                if routed and not self._route(s1):
+                    s1.assume(no_route_note(dst, "forwarded"))
+                    out.append((s1, ("reject", None)))
+                    continue
             if not self.share:
                 out.extend(self._walk_seq(s1, seq))
                 continue
@@ -365,6 +381,8 @@ class Tracer(ChainWalker):
                     following.extend(self._nat_stage(stage.chains, 0, st))
                 else:
                     following.extend(self._base(*stage.chains[0], st))
+            if stage.nat and hook == "output" and self.routes is not None:
+                following = list(map(self._rerouted, following))
             states = following
             after_nat = stage.nat and len(states) > 1 and not any(x.nat for x in stages[k + 1:])
         return states
