@@ -9,8 +9,9 @@ saves as routes.txt; the kube-proxy image has no `ip`, but every node has /proc)
   addresses and masks in hexadecimal, in the machine's byte order (told by the masks: a mask is contiguous ones).
 - /proc/net/ipv6_route (IPv6, every table): one route a line of 10 columns: destination, its prefix length,
   source, its prefix length, next hop, metric, refcnt, use, flags (hexadecimal), interface.
-A route with the reject flag (unreachable, prohibit, blackhole; interface `*`) is no way out. A route that applies
-to some sources only (IPv6 source routing) is not modeled and left out.
+A route with the reject flag (unreachable, prohibit; on IPv6 blackhole too, which its file does not tell apart) is
+no way out, and so is an IPv4 blackhole route (interface `*` without the reject flag), whose packets the kernel drops
+without an answer. A route that applies to some sources only (IPv6 source routing) is not modeled and left out.
 
 Lookups are longest-prefix match, the lowest metric first among equal prefixes. What the file cannot show: policy
 routing (`ip rule`: marks, source addresses, other tables), which the traces that use a route say. Pure: no I/O.
@@ -34,19 +35,29 @@ def routed_note(where: str, iface: str) -> str:
     return f"{where}: output interface {iface}, by the node's routes (longest prefix match); {POLICY_UNSEEN}"
 
 
-def no_route_note(destination: str, where: str) -> str:
-    """The note of a packet the kernel does not send on because the node's routes have no route for its
-    destination (`where`: "forwarded", "own" for the node's own packet, "rerouted" for the node's own after output's
-    DNAT); the walk ends the branch there (REJECT, DROP when rerouted), as the kernel does."""
-    if where == "forwarded":
-        what = ("the kernel does not forward it (no rule after the routing decision sees it) and answers ICMP "
-                "network unreachable")
-    elif where == "own":
-        what = "the kernel does not send it (the socket gets network unreachable before any rule sees it)"
+BLACKHOLE = ""  # the device of an IPv4 blackhole route (`*` without the reject flag): no way out, and no answer
+
+
+def no_route_note(destination: str, where: str, version: int, blackhole: bool = False) -> str:
+    """The note of a packet the kernel does not send on: the node's routes have no way out for its destination
+    (`blackhole`: a blackhole route; else no route, or a reject route). `where`: "forwarded", "own" for the node's
+    own packet, "rerouted" for the node's own after output's DNAT; the walk ends the branch there, as the kernel
+    does: REJECT, DROP for a blackhole forwarded and when rerouted."""
+    if blackhole:
+        way = f"the node's routes send {destination} to a blackhole"
     else:
-        destination += ", where output's DNAT sends it"
+        way = f"the node's routes have no way out for {destination} (no route, or an unreachable or prohibit route)"
+    if where == "forwarded":
+        what = ("the kernel drops it silently" if blackhole else "the kernel answers ICMP destination unreachable") \
+            + " (no rule after the routing decision sees it)"
+        if version == 6 and not blackhole:
+            what += "; a blackhole route, which /proc/net/ipv6_route does not tell from those, would drop it silently"
+    elif where == "own":
+        what = "the kernel does not send it (connect() fails before any rule sees it)"
+    else:
+        way += ", where output's DNAT sends it"
         what = "the kernel drops it when it routes it again, after output's nat chains (no rule after them sees it)"
-    return f"the node's routes have no route for {destination}: {what}; {POLICY_UNSEEN}"
+    return f"{way}: {what}; {POLICY_UNSEEN}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +70,7 @@ class Skipped:
 
 class RouteTable:
     """One IP version's routes: `device(address)` is the interface of the longest prefix holding it (None: no
-    route, or a reject route)."""
+    route, or a reject route; BLACKHOLE: an IPv4 blackhole route)."""
 
     __slots__ = ("_by_length", "_found", "_lengths", "bits", "routes_all", "version")
 
@@ -75,7 +86,7 @@ class RouteTable:
         # Whether every address has a way out (a default route, and no reject route): then no packet is left
         # unrouted, and rules that do not test the output interface are traced as without routes.
         self.routes_all = 0 in by_length.get(0, {}) and all(
-            device is not None for networks in by_length.values() for device in networks.values())
+            device for networks in by_length.values() for device in networks.values())
 
     def device(self, address: int) -> str | None:
         found = self._found.get(address, False)
@@ -154,7 +165,7 @@ def parse_routes(text: str, *, source: str = "<routes>", lenient: bool = False) 
             skipped.append(Skipped(number, exc.reason))
             continue
         network = _word(destination, big_endian)
-        device = None if flags & RTF_REJECT or iface == "*" else iface
+        device = None if flags & RTF_REJECT else BLACKHOLE if iface == "*" else iface
         if flags & RTF_UP:
             v4.append((metric, number, network & _prefix_mask(length, 32), device, length))
     return Routes(source, _table(4, v4) if header else None, _table(6, v6) if v6 else None, tuple(skipped))

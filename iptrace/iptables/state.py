@@ -143,7 +143,7 @@ class Context:
 
     def out_iface(self, addr: int) -> str | None:
         """The interface a packet for `addr` leaves by, when known: lo for the node's own addresses, else the
-        route's (None without routes, or without a route for it)."""
+        route's (None without routes, or without a route for it; BLACKHOLE for a blackhole route)."""
         if self.is_local(addr):
             return "lo"
         return self.routes.device(addr) if self.routes is not None else None

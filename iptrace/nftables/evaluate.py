@@ -82,7 +82,8 @@ class Context:
 
     def out_iface(self, ip: str, version: int) -> str | None:
         """The interface a packet for `ip` leaves by, when known: lo for the node's own addresses, else the
-        route's (None without routes for the version, or without a route for it)."""
+        route's (None without routes for the version, or without a route for it; BLACKHOLE for a
+        blackhole route)."""
         if ip in self.local or is_loopback(ip):
             return "lo"
         table = self.routes.table(version) if self.routes is not None else None

@@ -38,7 +38,7 @@ from iptrace.nftables.model import Chain, Ruleset, Table
 from iptrace.nftables.state import State, cons_list, ip_int, is_loopback
 from iptrace.nftables.steps import StepMaker
 from iptrace.nftables.values import protocol
-from iptrace.routes import Routes, no_route_note
+from iptrace.routes import BLACKHOLE, Routes, no_route_note
 
 # The hooks after the routing decision: (hook, with its NAT chains, entering through lo). A packet the node sends
 # to itself comes back in through lo; its NAT mappings are made, so NAT chains are not called again.
@@ -209,7 +209,7 @@ class Tracer(ChainWalker):
         if self._is_local(s.src):
             s.local_origin = True
             if not self._route(s):
-                s.assume(no_route_note(s.dst, "own"))
+                s.assume(no_route_note(s.dst, "own", s.version, s.out_iface == BLACKHOLE))
                 return [(s, ("reject", None))]
             branches = self._hook(s, "output")
             for s1, t1 in branches:
@@ -233,14 +233,15 @@ class Tracer(ChainWalker):
         """The routing decision on the branch's destination: its output interface (lo for the node's own); with
         the node's routes, the route's. False when they have none for it (the kernel sends it nowhere)."""
         s.out_iface = iface = self.ctx.out_iface(s.dst, s.version)
-        return iface is not None or self.routes is None or self.routes.table(s.version) is None
+        return bool(iface) or self.routes is None or self.routes.table(s.version) is None
 
     def _rerouted(self, branch: tuple[State, Terminal]) -> tuple[State, Terminal]:
         """A branch of the node's own after output's nat chains: dropped there when their DNAT sent it where the
         node's routes have no route (the nat hook routes it again, ip_route_me_harder; it had one before)."""
         s, term = branch
-        if term is None and self.ctx.out_iface(s.dst, s.version) is None:
-            s.assume(no_route_note(s.dst, "rerouted"))
+        if term is None and self.routes.table(s.version) is not None and not (  # type: ignore[union-attr]
+                iface := self.ctx.out_iface(s.dst, s.version)):
+            s.assume(no_route_note(s.dst, "rerouted", s.version, iface == BLACKHOLE))
             return s, ("drop", None)
         return branch
 
@@ -264,8 +265,9 @@ class Tracer(ChainWalker):
                 seq = elsewhere
                 # (the routing decision on the destination after DNAT: forward and postrouting see it)
                 if routed and not self._route(s1):
-                    s1.assume(no_route_note(dst, "forwarded"))
-                    out.append((s1, ("reject", None)))
+                    blackhole = s1.out_iface == BLACKHOLE
+                    s1.assume(no_route_note(dst, "forwarded", s1.version, blackhole))
+                    out.append((s1, ("drop" if blackhole else "reject", None)))
                     continue
             if not self.share:
                 out.extend(self._walk_seq(s1, seq))
