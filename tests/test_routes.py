@@ -312,3 +312,21 @@ def test_a_port_is_carried_only_to_a_node_that_routes_its_addresses_alike(tmp_pa
     monkeypatch.setattr(carry.NodeKeys, "_devices", lambda self, addresses: ())
     carried, traced = audits()
     assert carried != traced
+
+
+def test_a_family_the_routes_file_does_not_list_is_routed_as_without_routes() -> None:
+    """A routes file of IPv4 only (no /proc/net/ipv6_route): the node's own IPv6 packet DNATed by output is traced
+    on as without routes (not taken for one the node has no way out for), its IPv4 twin without a route is not."""
+    ruleset_text = """table inet routed {
+  chain outnat { type nat hook output priority -100; ip6 daddr fd00::10 tcp dport 80 dnat ip6 to [fd00::20]:8080; ip daddr 10.96.0.10 tcp dport 80 dnat ip to 10.244.0.20:8080; }
+  chain postnat { type nat hook postrouting priority 100; oifname "cni0" masquerade; }
+}
+"""
+    dataplane, ruleset = dataplanes.load(ruleset_text)
+    routes = parse_routes("\n".join([HEADER, v4("cni0", "0000F40A", "00FFFFFF")]) + "\n")
+    assert routes.v6 is None
+    tracer = dataplane.tracer(ruleset, node_ips=["fd00::1", "10.0.0.1"], routes=routes)
+    [six] = tracer.trace(Packet("fd00::1", "fd00::10", 80)).outcomes
+    assert (six.verdict, six.destination) == ("DNAT", "[fd00::20]:8080"), six
+    [four] = tracer.trace(Packet("10.0.0.1", "10.96.0.10", 80)).outcomes
+    assert four.verdict == "REJECT" and four.decided_by is None, four
