@@ -109,6 +109,8 @@ def getter(e: Any, ctx: Context, where: str, bind: dict[int, int] | None = None)
     if isinstance(e, Payload):
         return _payload(e, where)
     if isinstance(e, Meta):
+        if ctx.routes is not None and e.key in ("oifname", "oif"):
+            return _routed_meta(_meta(e, where), where)
         return _meta(e, where)
     if isinstance(e, Ct):
         return _ct(e, where)
@@ -433,6 +435,22 @@ def _routed(compiled: tuple[Definite | None, Test | None], where: str) -> Test:
         if note is None:
             note = notes[current] = routed_note(where, current)
         return held, note
+    return routed
+
+
+def _routed_meta(get: Getter, where: str) -> Getter:
+    """The output interface read inside a key (a concatenation, a map's or a verdict map's): answered by the node's
+    routes as a test of it is (_routed), and said on the branch the same way."""
+    notes: dict[str, str] = {}
+
+    def routed(s: State) -> Any:
+        current = get(s)
+        if isinstance(current, str) and current != "lo":
+            note = notes.get(current)
+            if note is None:
+                note = notes[current] = routed_note(where, current)
+            s.assume(note)
+        return current
     return routed
 
 
