@@ -344,5 +344,13 @@ def test_ipv6_routes_answer_ip6tables_as_the_kernel_does() -> None:
         packet = Packet(CLIENT6, POD6, PORT, in_interface="eth0")
         assert [o.verdict for o in dataplane.tracer(ruleset, node_ips=topo.node_ips).trace(packet).outcomes] == [
             "ACCEPT"]
-        assert [o.verdict for o in dataplane.tracer(ruleset, node_ips=topo.node_ips, routes=routes).trace(
-            packet).outcomes] == ["DROP"]
+        routed = dataplane.tracer(ruleset, node_ips=topo.node_ips, routes=routes)
+        assert [o.verdict for o in routed.trace(packet).outcomes] == ["DROP"]
+        # An address no route holds (the namespace has no default route): forwarded, ICMPv6 no route; the node's
+        # own, connect() fails.
+        for src, source in (("client", CLIENT6), ("node", "fd00:198:18::1")):
+            assert topo.probe(src, "fd00:198:18:4000::10", PORT).outcome == "unreachable", src
+            traced = routed.trace(Packet(source, "fd00:198:18:4000::10", PORT,
+                                         in_interface="eth0" if src == "client" else None))
+            assert [o.verdict for o in traced.outcomes] == ["REJECT"], traced
+            assert any("no way out for fd00:198:18:4000::10" in a for a in traced.assumptions), traced.assumptions
