@@ -297,10 +297,10 @@ def test_a_destination_without_a_route_is_not_sent_on_as_the_kernel_does(backend
         base = [str(dump), "--dst", "198.19.5.11:80", "--src", NODE_IP, "--node-ip", NODE_IP, "--routes",
                 str(routes_file)]
         traced = CliRunner().invoke(main, ["trace", *base])
-        assert traced.exit_code == 0 and "REJECT   (by the node's routes: no route for its destination)" in \
+        assert traced.exit_code == 0 and "REJECT   (by the node's routes: no way out for its destination)" in \
             traced.output, traced.output
         explained = CliRunner().invoke(main, ["explain", *base])
-        assert "198.19.5.11:80/tcp is not sent: the node's routes have no route for where it goes" in \
+        assert "198.19.5.11:80/tcp is not sent: the node's routes have no way out for where it goes" in \
             explained.output, explained.output
 
 

@@ -119,10 +119,10 @@ def _headline(trace: Trace, packet: Packet) -> str:
     verdicts = {o.verdict for o in trace.outcomes}
     if verdicts <= {"DROP", "REJECT"} and all(o.decided_by is None for o in trace.outcomes):  # (by the routes)
         if verdicts == {"REJECT"}:
-            return (f"{target} is not sent: the node's routes have no route for where it goes, so the client gets "
-                    "'network unreachable' at once")
-        return (f"{target} is dropped: the node's routes have no route for where output's DNAT sends it, so the "
-                "client waits until it times out")
+            return (f"{target} is not sent: the node's routes have no way out for where it goes, so the client gets "
+                    "'unreachable' at once")
+        return (f"{target} is dropped: the node's routes send it nowhere (a blackhole route, or none where output's "
+                "DNAT sends it), so the client waits until it times out")
     if verdicts == {"REJECT"}:
         return f"{target} is refused: a rule rejects it, so the client gets 'connection refused' at once"
     if verdicts == {"DROP"}:

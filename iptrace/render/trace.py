@@ -41,7 +41,7 @@ def _outcome_line(o: Outcome) -> str:
     if o.decided_by is not None and o.decided_by.policy is not None:
         parts.append(f"  (policy of {o.decided_by.table} {o.decided_by.chain})")
     elif o.decided_by is None and o.verdict in ("DROP", "REJECT"):
-        parts.append("  (by the node's routes: no route for its destination)")
+        parts.append("  (by the node's routes: no way out for its destination)")
     return " ".join(parts)
 
 
