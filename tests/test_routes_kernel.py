@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from iptrace import dataplanes
 from iptrace.cli import main
 from iptrace.dataplane import Packet
-from iptrace.routes import parse_routes
+from iptrace.routes import BLACKHOLE, parse_routes
 from tests.oracle import CLIENT_IP, NODE_IP, Topology
 from tests.oracle.nft import json_listing, list_ruleset, load_nft, requires_nft
 
@@ -354,3 +354,26 @@ def test_ipv6_routes_answer_ip6tables_as_the_kernel_does() -> None:
                                          in_interface="eth0" if src == "client" else None))
             assert [o.verdict for o in traced.outcomes] == ["REJECT"], traced
             assert any("no way out for fd00:198:18:4000::10" in a for a in traced.assumptions), traced.assumptions
+
+
+def test_the_route_lookup_is_the_kernels() -> None:
+    """Longest prefix, then the lowest metric (a reject route that wins by metric is no way out), an IPv4 blackhole
+    told from the rest: RouteTable.device against `ip route get` in the namespace whose /proc was read."""
+    with Topology("nft") as topo:
+        for route in ("198.18.64.0/24 dev eth0 metric 200", "198.18.64.0/24 dev cni0 metric 100",
+                      "unreachable 198.18.65.0/24 metric 10", "198.18.65.0/24 dev cni0 metric 100",
+                      "198.18.66.0/23 dev eth0", "198.18.66.128/25 dev cni0", "blackhole 198.18.68.0/24",
+                      "prohibit 198.18.69.0/24"):
+            topo._ip(topo.node, f"route add {route}")
+        table = parse_routes(_routes(topo), source="routes").v4
+        assert table is not None
+        from ipaddress import ip_address
+
+        for address in ("198.18.64.1", "198.18.65.1", "198.18.66.200", "198.18.67.1", "198.18.68.1", "198.18.69.1",
+                        "198.18.70.1", POD, CLIENT_IP):
+            got = subprocess.run(["ip", "netns", "exec", topo.node, "ip", "route", "get", address],
+                                 capture_output=True, text=True)
+            words = got.stdout.split()  # (a blackhole: "Invalid argument"; unreachable, prohibit, none: errors too)
+            kernel = (words[words.index("dev") + 1] if "dev" in words
+                      else BLACKHOLE if "Invalid argument" in got.stderr else None)
+            assert table.device(int(ip_address(address))) == kernel, (address, got.stdout, got.stderr)
