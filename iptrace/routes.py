@@ -35,6 +35,8 @@ def routed_note(where: str, iface: str) -> str:
     return f"{where}: output interface {iface}, by the node's routes (longest prefix match); {POLICY_UNSEEN}"
 
 
+# How no_route_note's notes start (the Service view repeats them on the way in they end).
+SENT_NOWHERE = ("the node's routes have no way out for ", "the node's routes send ")
 BLACKHOLE = ""  # the device of an IPv4 blackhole route (`*` without the reject flag): no way out, and no answer
 
 
@@ -44,9 +46,9 @@ def no_route_note(destination: str, where: str, version: int, blackhole: bool = 
     own packet, "rerouted" for the node's own after output's DNAT; the walk ends the branch there, as the kernel
     does: REJECT, DROP for a blackhole forwarded and when rerouted."""
     if blackhole:
-        way = f"the node's routes send {destination} to a blackhole"
+        way = f"{SENT_NOWHERE[1]}{destination} to a blackhole"
     else:
-        way = f"the node's routes have no way out for {destination} (no route, or an unreachable or prohibit route)"
+        way = f"{SENT_NOWHERE[0]}{destination} (no route, or an unreachable or prohibit route)"
     if where == "forwarded":
         what = ("the kernel drops it silently" if blackhole else "the kernel answers ICMP destination unreachable") \
             + " (no rule after the routing decision sees it)"

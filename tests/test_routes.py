@@ -233,6 +233,7 @@ def test_routes_change_nothing_where_no_rule_tests_the_output_interface(dump: st
     routes.write_text("\n".join([HEADER, v4("cni0", "0000F40A", "00FFFFFF")]) + "\n")
     unrouted = CliRunner().invoke(main, [*base, "--routes", str(routes)])
     assert unrouted.exit_code == 0 and unrouted.output != without.output and '"REJECT"' in unrouted.output
+    assert "from outside the cluster: the node's routes have no way out for 10.244.1.7" in unrouted.output
     assert dataplane.tracer(ruleset, routes=parse_routes(routes.read_text())).ctx.routes is not None
 
 

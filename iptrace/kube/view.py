@@ -54,6 +54,7 @@ from iptrace.layout import (
     WayIn,
 )
 from iptrace.records import positional_new
+from iptrace.routes import SENT_NOWHERE
 
 __all__ = [
     "CLUSTER_IP", "EXTERNAL", "EXTERNAL_IP", "HEALTH_CHECK", "LOAD_BALANCER", "MASQ_ALWAYS", "MASQ_NEVER",
@@ -243,7 +244,10 @@ class _Builder:
         trace = self.tracer.trace
         for kind, packet in self.way_packets(sp, way):
             found = traces[kind] = trace(packet)
-            paths[kind] = _source_path(kind, found, own if kind == EXTERNAL else None)
+            path = paths[kind] = _source_path(kind, found, own if kind == EXTERNAL else None)
+            if path.verdict == "DROP" or path.verdict == "REJECT":  # (by a rule, or by the node's routes: said)
+                notes.extend(f"{CLIENT_WORDS[kind]}: {a}" for o in found.outcomes if o.decided_by is None
+                             for a in o.assumptions if a.startswith(SENT_NOWHERE))
             if not _marked_for_drop(found):
                 continue
             if way.kind == NODE_PORT:  # (its address is the node's, or the stand-in for it)
