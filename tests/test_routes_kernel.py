@@ -302,6 +302,8 @@ def test_a_destination_without_a_route_is_not_sent_on_as_the_kernel_does(backend
         explained = CliRunner().invoke(main, ["explain", *base])
         assert "198.19.5.11:80/tcp is not sent: the node's routes have no way out for where it goes" in \
             explained.output, explained.output
+        assert explained.exit_code == 3 and "198.19.5.11: the kernel sends the packet nowhere   [no-route, error]" \
+            in explained.output, explained.output
 
 
 @pytest.mark.parametrize("mode", MODES)

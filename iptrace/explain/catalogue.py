@@ -24,7 +24,7 @@ CATALOGUE: tuple[str, ...] = (
     "not-a-service-address", "wrong-protocol", "no-endpoints", "no-local-endpoints", "source-range-blocked",
     "hairpin", "no-kube-proxy-rules", "iptables-backend-split", "stale-endpoints", "missing-service",
     "not-forwarded", "node-port-not-on-address", "blocked-by-rule", "address-conflict", "healthy",
-    "client-loopback", "kube-proxy-mode-split",
+    "client-loopback", "kube-proxy-mode-split", "no-route",
     # With a conntrack table (iptrace.explain.conntrack): entries the rules no longer decide.
     "stale-conntrack", "stale-conntrack-no-dnat", "conntrack-healthy",
 )
@@ -300,6 +300,24 @@ def blocked_by_rule(case: Case) -> Diagnosis | None:
     return None
 
 
+def no_route(case: Case) -> Diagnosis | None:
+    """A DROP/REJECT no rule decided: the node's routes (--routes) have no way out for where the packet goes, and the
+    kernel sends it nowhere (iptrace.routes.no_route_note)."""
+    stopped = [o for o in case.failed if o.decided_by is None and o.verdict in ("DROP", "REJECT")]
+    if not stopped:
+        return None
+    where = listed(list(dict.fromkeys(ip_of(o.final_destination) for o in stopped)), "or")
+    refused = "the client gets 'unreachable' at once (ICMP destination unreachable; the node's own connect() " \
+        "fails)" if any(o.verdict == "REJECT" for o in stopped) else f"{wait(case.proto)}"
+    return Diagnosis(
+        "no-route", "error", f"the node's routes have no way out for {where}: the kernel sends the packet nowhere",
+        f"No rule stops it: the routing decision does. The node's routes have no route for {where} (and no default "
+        f"route), or an unreachable, prohibit or blackhole route, so {refused}. Policy routing (ip rule) is not in "
+        "the routes file.",
+        f"give the node a route for {where} (a default route, or the CNI's route to the pods there); "
+        f"`ip route get {ip_of(stopped[0].final_destination)}` on the node shows what the kernel does", ())
+
+
 def _maybe_local(case: Case, sent: list[str]) -> str:
     """When the node's addresses were not given, an endpoint outside the pod network may be the node itself (a
     host-network endpoint: the API server of a single-node k3s): the trace forwarded the packet to it as to another
@@ -426,7 +444,7 @@ def diagnose(case: Case) -> tuple[Diagnosis, ...]:
             address = _first(ADDRESS_RULES, case)
             if address is not None:
                 found.append(address)
-        blocked = blocked_by_rule(case)
+        blocked = blocked_by_rule(case) or no_route(case)
         if blocked is not None:
             found.append(blocked)
     conflict = address_conflict(case)
