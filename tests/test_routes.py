@@ -331,3 +331,29 @@ def test_a_family_the_routes_file_does_not_list_is_routed_as_without_routes() ->
     assert (six.verdict, six.destination) == ("DNAT", "[fd00::20]:8080"), six
     [four] = tracer.trace(Packet("10.0.0.1", "10.96.0.10", 80)).outcomes
     assert four.verdict == "REJECT" and four.decided_by is None, four
+
+
+def test_routed_notes_of_a_concatenation_are_the_same_replayed_as_walked() -> None:
+    """`iifname . oifname { … }` and `ip daddr . oifname @set` answered by the routes say so on exactly the branches
+    that met them, whether the walks after the split are shared (replayed) or each walked (a note made while the
+    shared walk's key was read would land on branches that never met the rule)."""
+    from iptrace.nftables.walk import Tracer
+
+    routes = parse_routes("\n".join([HEADER, v4("cni0", "0000F40A", "00FFFFFF"),
+                                     v4("flannel.1", "0001F40A", "00FFFFFF", "0003")]) + "\n")
+    _, ruleset = dataplanes.load("""table ip t {
+ set s { type ipv4_addr . ifname; elements = { 10.244.0.5 . "cni0", 10.244.1.5 . "flannel.1" } }
+ chain pre { type nat hook prerouting priority -100; ip daddr 10.96.0.1 tcp dport 80 dnat to numgen random mod 4 map { 0 : 10.244.0.5, 1 : 10.244.1.5, 2 : 10.244.2.5, 3 : 10.244.0.6 }; }
+ chain f { type filter hook forward priority 0; iifname . oifname { "eth0" . "cni0" } jump c; iifname . oifname { "eth0" . "flannel.1" } accept; }
+ chain c { ip daddr . oifname @s drop; }
+ chain post { type nat hook postrouting priority 100; oifname != "cni0" masquerade; }
+}
+""")
+    packet = Packet("192.168.1.5", "10.96.0.1", 80, in_interface="eth0")
+    shared, walked = (Tracer(ruleset, node_ips=["10.0.0.1"], routes=routes, share=share) for share in (True, False))
+    for _ in range(3):  # (the first walks and records, the next replay)
+        got, want = ([(o.verdict, o.destination, o.masquerade, o.assumptions) for o in t.trace(packet).outcomes]
+                     for t in (shared, walked))
+        assert got == want
+    assert [(verdict, len([a for a in notes if "by the node's routes" in a])) for verdict, _, _, notes in got] == [
+        ("DROP", 2), ("DNAT", 2), ("REJECT", 0), ("DNAT", 3)]

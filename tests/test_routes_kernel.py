@@ -198,13 +198,13 @@ def test_the_node_own_connection_meets_output_on_the_first_route_and_postrouting
 
 
 def test_an_output_interface_in_a_key_is_answered_by_the_routes_and_said(topo: Topology) -> None:
-    """nftables: `oifname` in a concatenation, a verdict map's key and a set's concatenated key (Docker's and
-    Calico's nft rules key on it) is answered by the node's routes as a plain `oifname` test is, and the trace says
-    so (it said nothing, though the verdict rested on the route)."""
+    """nftables: `oifname` in a concatenation matched against an anonymous set and a named set of concatenations
+    is answered by the node's routes as a plain `oifname` test is, and the trace says so (it said nothing, though
+    the verdict rested on the route)."""
     subprocess.run(["ip", "netns", "exec", topo.node, "nft", "flush", "ruleset"], check=True)
     load_nft(topo, """table ip routed {
   set pods { type ipv4_addr . ifname; elements = { 198.18.128.10 . "cni0" } }
-  chain forwarding { type filter hook forward priority 0; iifname . oifname vmap { "eth0" . "cni0" : jump topods }; }
+  chain forwarding { type filter hook forward priority 0; iifname . oifname { "eth0" . "cni0" } jump topods; }
   chain topods { ip daddr . oifname @pods drop; }
 }
 """)
@@ -213,7 +213,7 @@ def test_an_output_interface_in_a_key_is_answered_by_the_routes_and_said(topo: T
     traced = routed.trace(Packet(CLIENT_IP, POD, PORT, in_interface="eth0"))
     assert [o.verdict for o in traced.outcomes] == ["DROP"], traced
     notes = [a for a in traced.assumptions if "output interface cni0, by the node's routes" in a]
-    assert len({n.split(":")[0] for n in notes}) == 2, traced.assumptions  # (the verdict map's rule, the set's)
+    assert len({n.split(":")[0] for n in notes}) == 2, traced.assumptions  # (the anonymous set's rule, the set's)
 
 
 UNROUTED = "198.18.64.10"  # (in no route of the node's: between its eth0 /24 and its cni0 /17)

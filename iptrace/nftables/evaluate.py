@@ -109,8 +109,6 @@ def getter(e: Any, ctx: Context, where: str, bind: dict[int, int] | None = None)
     if isinstance(e, Payload):
         return _payload(e, where)
     if isinstance(e, Meta):
-        if ctx.routes is not None and e.key in ("oifname", "oif"):
-            return _routed_meta(_meta(e, where), where)
         return _meta(e, where)
     if isinstance(e, Ct):
         return _ct(e, where)
@@ -371,7 +369,7 @@ def compile_match(m: Match, ctx: Context, where: str,
     fast = address_equals(m)
     if fast is not None:
         return fast, None
-    if ctx.routes is not None and isinstance(m.left, Meta) and m.left.key in ("oifname", "oif"):
+    if ctx.routes is not None and _reads_oif(m.left):
         # (the test itself is the one without routes: the walk set the interface it reads; only the note differs)
         return None, _routed(compile_match(m, Context(ctx.local), where, named), where)
     if isinstance(m.left, Fib) and "iif" in m.left.flags and m.left.result == "type":
@@ -420,6 +418,14 @@ def compile_match(m: Match, ctx: Context, where: str,
     return None, compare
 
 
+def _reads_oif(e: Any) -> bool:
+    """Whether a test's left side reads the output interface: `oifname`, `oif`, or a concatenation holding one
+    (`ip daddr . oifname @set`, `iifname . oifname { … }`)."""
+    if isinstance(e, Concat):
+        return any(_reads_oif(part) for part in e.parts)
+    return isinstance(e, Meta) and e.key in ("oifname", "oif")
+
+
 def _routed(compiled: tuple[Definite | None, Test | None], where: str) -> Test:
     """A test of the output interface answered by the node's routes (the walk sets it from them), with a note
     that says so; lo (the node's own address) and an unknown interface as without routes."""
@@ -435,22 +441,6 @@ def _routed(compiled: tuple[Definite | None, Test | None], where: str) -> Test:
         if note is None:
             note = notes[current] = routed_note(where, current)
         return held, note
-    return routed
-
-
-def _routed_meta(get: Getter, where: str) -> Getter:
-    """The output interface read inside a key (a concatenation, a map's or a verdict map's): answered by the node's
-    routes as a test of it is (_routed), and said on the branch the same way."""
-    notes: dict[str, str] = {}
-
-    def routed(s: State) -> Any:
-        current = get(s)
-        if isinstance(current, str) and current != "lo":
-            note = notes.get(current)
-            if note is None:
-                note = notes[current] = routed_note(where, current)
-            s.assume(note)
-        return current
     return routed
 
 
