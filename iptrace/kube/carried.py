@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Hashable, Sequence
+from itertools import chain as chained
 from operator import itemgetter
 from typing import Any
 
@@ -22,7 +23,6 @@ CACHE_SIZE = 30_000
 # Lines of traced ports read one at a time up to this many (a pass over a 5,000-Service node's rules costs ~60 ms)
 LINES_ONE_BY_ONE = 5_000
 
-_NONE = (None, None)
 # [a digest; the positions of its port's lines (NodeKeys.positions); where each endpoint's line is among the rules
 # at those positions, -1 for an endpoint without a line; its first rules' (chain, text, counters) where they read as
 # the digest's `head`, else None; the number of the family digest that used it last]: a list, so that a use is noted
@@ -30,6 +30,7 @@ _NONE = (None, None)
 Kept = list[Any]
 _USED = 4
 _LINE = itemgetter(3)  # (a rule's line)
+_DIGEST, _LINES = itemgetter(0), itemgetter(1)  # (of a port's digest and its lines)
 _SAID = itemgetter(0, 1, 2)  # (what a rule's printed text is made of: its chain, text and counters)
 
 
@@ -71,26 +72,34 @@ class Carried:
         # NodeKeys.unchanged; the others are read and asked here)
         earlier, records = self._last.get(analysis.family, (None, {}))
         changes = keys.changes(earlier)
+        if changes is None:
+            records = {}
         unchanged = keys.unchanged
-        now: dict[str, Any] = {}
+        # (by port: its record and the digest it took, or None; the last node's pair itself when both are its)
+        now: dict[str, tuple[Any, Kept | None]] = {}
         for name in layout.keys:
-            record, got = records.get(name, _NONE) if changes is not None else _NONE
-            key = unchanged(record, changes) if record is not None else None
-            if key is None:
+            last = records.get(name)
+            key = unchanged(last[0], changes) if last is not None else None
+            if key is not None:
+                got = last[1]
+                if got is None:  # (the last node's digest of the port, when it took one: its key's)
+                    got = kept.get(key)
+                    last = (last[0], got)
+                now[name] = last
+            else:
                 key, record = port_key(analysis, keys, name)
-                got = None
-            if got is None and key is not None:  # (the last node's digest of the port, when it took one: its key's)
-                got = kept.get(key)
-            if record is not None:
-                now[name] = (record, got)
+                got = kept.get(key) if key is not None else None
+                if record is not None:
+                    now[name] = (record, got)
             carried = _carry(got, keys) if got is not None else None
             if carried is None:
                 missed.append((name, key))
                 continue
             got[_USED] = uses
-            if carried[0].key in found:
+            label = carried[0].key
+            if label in found:
                 return None  # (two ports of one label: which one the comparison reads is the whole path's)
-            found[carried[0].key] = carried
+            found[label] = carried
         self._last[analysis.family] = (keys.summary(), now)
         self.carried += len(layout.keys) - len(missed)
         self.made += len(missed)
@@ -113,14 +122,10 @@ class Carried:
             digest, lines = port_digest(sp, texts, intern, label)
             found[label] = (digest, lines)
             self._keep(key, digest, sp, keys, spelled, filling)
-        ports: list[PortDigest] = []
-        lines_out = array("I")
-        for label in sorted(found):
-            digest, lines = found[label]
-            ports.append(digest)
-            lines_out.extend(lines)
-        return FamilyDigest(analysis.family, layout.proxy, family_warnings(analysis), len(layout.keys), tuple(ports),
-                            lines_out, node_address=traced_node_address(analysis))
+        chosen = list(map(found.__getitem__, sorted(found)))
+        return FamilyDigest(analysis.family, layout.proxy, family_warnings(analysis), len(layout.keys),
+                            tuple(map(_DIGEST, chosen)), array("I", chained.from_iterable(map(_LINES, chosen))),
+                            node_address=traced_node_address(analysis))
 
     def _keep(self, key: Hashable | None, digest: PortDigest, sp: Any, keys: Any, spelled: Sequence[str],
               filling: bool) -> None:
