@@ -551,3 +551,27 @@ def test_a_ports_own_chains_are_compared_on_each_node(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(carry.NodeKeys, "_same_own", lambda _self, _chains, _ids: True)
     assert _unchanged_keys(texts)[1] > 0
+
+
+def _counted(text: str) -> str:
+    """The dump as `iptables-save -c` writes it, every rule with packet and byte counters."""
+    return re.sub(r"^-A ", "[3:180] -A ", text, flags=re.MULTILINE)
+
+
+@pytest.mark.parametrize("compared", ["as kept", "without counters"])
+def test_a_carried_ports_first_rules_are_read_with_their_counters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 compared: str) -> None:
+    """A node whose dump has counters (same keys: counters are not rule texts) quotes its first rules with them: its
+    ports are traced, not carried with the other nodes' evidence; the first rules compared as kept (chain, text and
+    counters) stand for their printed texts, and compared without counters they would not."""
+    from operator import itemgetter
+
+    from iptrace.kube import carried
+
+    texts = _texts(3)
+    texts[2] = _counted(texts[2])
+    if compared == "without counters":
+        monkeypatch.setattr(carried, "_SAID", itemgetter(0, 1))
+    got, plain, worker = _audit(_write(tmp_path, texts))
+    assert (got == plain) == (compared == "as kept")
+    assert worker.carried is not None and worker.carried.carried > 0

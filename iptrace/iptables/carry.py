@@ -308,7 +308,9 @@ class NodeKeys:
         if earlier is None or earlier[0] != self.fingerprint:
             return None
         there, here = earlier[1], self.summary()[1]
-        differ = (here - there) + (there - here)
+        # (the forms counted differently, compared in C; their texts in any order: a port's name, which `unchanged`
+        # looks for in them, holds no newline)
+        differ = {form for form, _count in here.items() ^ there.items()}
         hosts = {host for _w, host, _p in differ if host}
         ports = {port for _w, host, port in differ if not host and port is not None}
         texts = "\n".join(w[3] for w, _h, _p in differ)
