@@ -459,12 +459,12 @@ class PortShape:
     """A Service port's shape (the optional `Tracer.port_shape`, read by iptrace.kube.shapes): `key` (equal keys:
     the same traces but for the values below) and the port's values by number: `addresses` (as the walk writes
     them), `ports`, `chains` (its own, in the layout's order) and `lines` (of the rules the key names, in its
-    order)."""
+    order; for input without lines, nft -j, each rule's Decision: table, chain and kernel handle)."""
 
     __slots__ = ("addresses", "chains", "key", "lines", "ports")
 
     def __init__(self, key: tuple[Any, ...], addresses: tuple[str, ...], ports: tuple[int, ...],
-                 chains: tuple[str, ...], lines: tuple[int, ...]) -> None:
+                 chains: tuple[str, ...], lines: tuple[int | Decision, ...]) -> None:
         self.key = key
         self.addresses = addresses
         self.ports = ports
