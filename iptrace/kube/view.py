@@ -15,7 +15,7 @@ from functools import partial
 from sys import intern
 from typing import Any
 
-from iptrace.dataplane import Decision, Outcome, Packet, Trace, Tracer, packet_of
+from iptrace.dataplane import Outcome, Packet, RuleAt, Trace, Tracer, packet_of
 from iptrace.kube import shapes  # (ports of one shape: read when used, it builds on this module)
 from iptrace.kube.clients import (
     CLIENT_WORDS,
@@ -131,9 +131,10 @@ def _source_path(source: str, trace: Trace, own: frozenset[str] | None) -> Sourc
         return _new_path(source, "CONTINUE", (), (), False, 0)
     best = max(outcomes, key=lambda o: o.probability)
     decided = best.decided_by
-    where: int | Decision = 0
+    where: int | RuleAt = 0
     if decided is not None and decided.policy is None:
-        where = decided.line or (decided if decided.handle is not None else 0)
+        where = decided.line or (RuleAt(decided.table, decided.chain, decided.handle) if decided.handle is not None
+                                 else 0)
     return _new_path(source, best.verdict, _via(outcomes[0], own) if own is not None else (), (), False, where)
 
 

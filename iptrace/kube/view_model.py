@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from iptrace.dataplane import Decision
+from iptrace.dataplane import RuleAt
 from iptrace.kube.clients import Clients
 from iptrace.layout import NodePortAddresses, ProxyMode, WayIn
 
@@ -57,9 +57,9 @@ class SourcePath:
     via: tuple[str, ...]
     reaches: tuple[Reach, ...]
     masquerade: bool
-    # The rule that dropped/rejected: its dump line, 0 when none did; for input without lines (nft -j) the trace's
-    # Decision (table, chain and the rule's kernel handle)
-    decided_by: int | Decision = 0
+    # The rule that dropped/rejected: its dump line, 0 when none did; for input without lines (nft -j) its table,
+    # chain and kernel handle
+    decided_by: int | RuleAt = 0
 
 
 @dataclass(frozen=True, slots=True)

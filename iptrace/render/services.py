@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Any
 
-from iptrace.dataplane import Decision
+from iptrace.dataplane import RuleAt
 from iptrace.kube.view import (
     CLUSTER_IP,
     EXTERNAL_IP,
@@ -91,7 +91,7 @@ def _path_json(p: SourcePath, shares: _Shares = _SHARES) -> dict[str, Any]:
     }
 
 
-def _decided_json(decided: int | Decision) -> dict[str, Any]:
+def _decided_json(decided: int | RuleAt) -> dict[str, Any]:
     """`decided_by_line`; for input without lines (nft -j) null, and the rule's table, chain and kernel handle in
     `decided_by_rule`, as a trace's `decided_by` names it."""
     if type(decided) is int:
@@ -201,7 +201,7 @@ def _path_text(p: SourcePath) -> str:
             f'{_decided_text(p.decided_by)}}}')
 
 
-def _decided_text(decided: int | Decision) -> str:
+def _decided_text(decided: int | RuleAt) -> str:
     """`_decided_json(decided)`'s keys, as `_path_text` writes them."""
     if type(decided) is int:
         return f'"decided_by_line": {repr(decided) if decided else "null"}'
