@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from socket import AF_INET, inet_pton
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from iptrace.errors import InputError
 from iptrace.layout import KnownServicePort, Layout
@@ -157,6 +157,14 @@ class Step:
         if self.handle is not None:
             out["handle"] = self.handle
         return out
+
+
+class RuleAt(NamedTuple):
+    """Where a rule is in input without lines (nft -j): its table (`ip kube-proxy`), chain and kernel handle."""
+
+    table: str
+    chain: str
+    handle: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,12 +467,12 @@ class PortShape:
     """A Service port's shape (the optional `Tracer.port_shape`, read by iptrace.kube.shapes): `key` (equal keys:
     the same traces but for the values below) and the port's values by number: `addresses` (as the walk writes
     them), `ports`, `chains` (its own, in the layout's order) and `lines` (of the rules the key names, in its
-    order)."""
+    order; for input without lines, nft -j, each rule's RuleAt: table, chain and kernel handle)."""
 
     __slots__ = ("addresses", "chains", "key", "lines", "ports")
 
     def __init__(self, key: tuple[Any, ...], addresses: tuple[str, ...], ports: tuple[int, ...],
-                 chains: tuple[str, ...], lines: tuple[int, ...]) -> None:
+                 chains: tuple[str, ...], lines: tuple[int | RuleAt, ...]) -> None:
         self.key = key
         self.addresses = addresses
         self.ports = ports

@@ -36,9 +36,14 @@ def address_conflict(case: Case) -> Diagnosis | None:
     listed = ", ".join(f"{name} ({kind})" for name, (_, kind) in zip(names, claims, strict=True))
     taken = [name for name in dict.fromkeys(o.service for o in case.trace.outcomes if o.service) if name in names]
     lines = {name: facts.rules_for(svc, case.dst) for name, (svc, _) in zip(names, claims, strict=True)}
+    by_lines = any(lines.values())
     if taken:
         first = lines.get(taken[0]) or []
         where = f" (line {min(first)})" if first else ""
+        if not by_lines:  # (input without lines, nft -j: the taker's first element, quoted)
+            found = facts.claim_evidence([svc for name, (svc, _) in zip(names, claims, strict=True)
+                                          if name == taken[0]], case.dst)
+            where = f" ({found[0].rule})" if found else ""
         here = (f"here {taken[0]} takes the packet{where}" if len(taken) == 1 else
                 f"here {' and '.join(taken)} each take some of its outcomes{where}")
     else:
@@ -56,6 +61,7 @@ def address_conflict(case: Case) -> Diagnosis | None:
                                    owner)
     # (a ClusterIP cannot move: the Services that claim it as an externalIP or LoadBalancer address must)
     fix = conflict_fix(service_name(svc) for svc, kind in claims if kind != "ClusterIP")
-    evidence = facts.evidence([n for name in names for n in lines[name]], limit=max(4, len(names)))
+    evidence = (facts.evidence([n for name in names for n in lines[name]], limit=max(4, len(names))) if by_lines
+                else facts.claim_evidence([svc for svc, _ in claims], case.dst)[:max(4, len(names))])
     return Diagnosis("address-conflict", "error",
                      f"{target} is claimed by {len(claims)} Service ports: {listed}", detail, fix, evidence)

@@ -8,7 +8,7 @@ knows which dataplane wrote them. Pure: no I/O.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -247,7 +247,22 @@ class Facts:
         lines = [line for svc in svcs for line in self.rules_for(svc, address)]
         if lines or any(e.lines for svc in svcs for e in svc.entries):
             return self.evidence(lines)
-        steps: list[Step] = []
+        steps = [s for trace in self._way_traces(svcs, address, 1) for o in trace.outcomes for s in o.path
+                 if s.kind in _WAY_KINDS and s.handle is None]
+        return step_evidence(steps, self.analysis.ruleset)[:4]
+
+    def claim_evidence(self, svcs: Sequence[Any], address: str) -> tuple[Evidence, ...]:
+        """For input without lines (nft -j): the map elements that write these Service ports' ways in at `address`,
+        as rules_for's lines are in a listing: each way in traced for every kind of client (the one engine), and
+        of the elements met (in the order met) those that name one of these Service ports."""
+        names = {label(svc) for svc in svcs}
+        steps = [s for trace in self._way_traces(svcs, address, None) for o in trace.outcomes for s in o.path
+                 if s.handle is None and s.service in names]
+        return step_evidence(steps, self.analysis.ruleset)
+
+    def _way_traces(self, svcs: Sequence[Any], address: str | None, clients: int | None) -> Iterator[Trace]:
+        """Traces of these Service ports' ways in at `address` (every address of theirs when None), for their
+        first `clients` kinds of client (every kind when None)."""
         for svc in svcs:
             addrs = {address} if address else {ip for ip, _ in addresses(svc)}
             for e in svc.entries:
@@ -257,10 +272,8 @@ class Facts:
                     # (`e` is the way in itself, or a built view's entry for it)
                     same = (way.kind, way.port, way.protocol) == (e.kind, e.port, e.protocol)
                     packets = self.analysis.views.way_packets(key, way) if same else ()
-                    for _, packet in packets[:1]:
-                        steps += [s for o in self.analysis.tracer.trace(packet).outcomes for s in o.path
-                                  if s.kind in _WAY_KINDS and s.handle is None]
-        return step_evidence(steps, self.analysis.ruleset)[:4]
+                    for _, packet in packets[:clients]:
+                        yield self.analysis.tracer.trace(packet)
 
     def rules_for(self, svc: Any, address: str | None = None) -> list[int]:
         """The lines that write this service port's ways in at `address` (every address of it when None)."""

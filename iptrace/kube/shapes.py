@@ -3,11 +3,12 @@
 kube-proxy writes thousands of Service ports as the same rules but for addresses, ports, chain names and lines.
 A dataplane that can say so (`Tracer.port_shape(calls, chains)`, optional: iptrace.iptables.portshape and
 iptrace.nftables.portshape) gives the shape of the traces a port's view asks for: a key, and the port's addresses,
-ports, own chains and lines by number. Ports with equal keys have the same traces but for those values, so the
-view of the second is the view of the first with each value put back by its number: every endpoint address and
-port, chain crossed and rule line of the traced fields; the rest (identity, ways in, lines, notes of the layout) is
-the port's own layout, as `_Builder.service` writes it. A view is kept only when every such value of it is one of
-its shape's (else it is built, not kept). Dataplane-free and pure (a cache per ViewBuilder).
+ports, own chains and lines by number (for input without lines, nft -j, its rules' handles: each one's RuleAt).
+Ports with equal keys have the same traces but for those values, so the view of the second is the view of the
+first with each value put back by its number: every endpoint address and port, chain crossed and rule line (or
+handle) of the traced fields; the rest (identity, ways in, lines, notes of the layout) is the port's own layout,
+as `_Builder.service` writes it. A view is kept only when every such value of it is one of its shape's (else it is
+built, not kept). Dataplane-free and pure (a cache per ViewBuilder).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from iptrace.dataplane import RuleAt
 from iptrace.kube import view as views  # (read when used: the view module builds its ports with this one)
 from iptrace.kube.names import split_destination
 from iptrace.layout import HEALTH_CHECK, ServicePortLayout
@@ -42,7 +44,7 @@ class _Values:
         self.lines = {line: i for i, line in enumerate(shape.lines)}
         self.texts = (*shape.addresses, *shape.chains)
 
-    def line(self, line: int) -> int:
+    def line(self, line: int | RuleAt) -> int | RuleAt:
         found = self.lines.get(line)
         return line if found is None else -1 - found
 
@@ -81,8 +83,9 @@ class _Put:
         self.chains = shape.chains
         self.lines = shape.lines
 
-    def line(self, line: int) -> int:
-        return line if line >= 0 else self.lines[-1 - line]  # type: ignore[no-any-return]
+    def line(self, line: int | RuleAt) -> int | RuleAt:
+        # (a rule of input without lines, nft -j, is its RuleAt: the shape's own, by number, or another's)
+        return self.lines[-1 - line] if type(line) is int and line < 0 else line  # type: ignore[no-any-return]
 
     def chain(self, chain: int | str) -> str:
         return chain if type(chain) is str else self.chains[chain]  # type: ignore[no-any-return,index]

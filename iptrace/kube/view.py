@@ -15,7 +15,7 @@ from functools import partial
 from sys import intern
 from typing import Any
 
-from iptrace.dataplane import Outcome, Packet, Trace, Tracer, packet_of
+from iptrace.dataplane import Outcome, Packet, RuleAt, Trace, Tracer, packet_of
 from iptrace.kube import shapes  # (ports of one shape: read when used, it builds on this module)
 from iptrace.kube.clients import (
     CLIENT_WORDS,
@@ -131,8 +131,12 @@ def _source_path(source: str, trace: Trace, own: frozenset[str] | None) -> Sourc
     if not outcomes:
         return _new_path(source, "CONTINUE", (), (), False, 0)
     best = max(outcomes, key=lambda o: o.probability)
-    line = best.decided_by.line if best.decided_by is not None and best.decided_by.line else 0
-    return _new_path(source, best.verdict, _via(outcomes[0], own) if own is not None else (), (), False, line)
+    decided = best.decided_by
+    where: int | RuleAt = 0
+    if decided is not None and decided.policy is None:
+        where = decided.line or (RuleAt(decided.table, decided.chain, decided.handle) if decided.handle is not None
+                                 else 0)
+    return _new_path(source, best.verdict, _via(outcomes[0], own) if own is not None else (), (), False, where)
 
 
 def _marked_for_drop(trace: Trace) -> bool:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from iptrace.dataplane import RuleAt
 from iptrace.kube.clients import Clients
 from iptrace.layout import NodePortAddresses, ProxyMode, WayIn
 
@@ -56,7 +57,9 @@ class SourcePath:
     via: tuple[str, ...]
     reaches: tuple[Reach, ...]
     masquerade: bool
-    decided_by: int = 0  # dump line of the rule that dropped/rejected, 0 when none did
+    # The rule that dropped/rejected: its dump line, 0 when none did; for input without lines (nft -j) its table,
+    # chain and kernel handle
+    decided_by: int | RuleAt = 0
 
 
 @dataclass(frozen=True, slots=True)

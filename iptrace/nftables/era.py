@@ -54,7 +54,9 @@ def iptables_mode_rules(ruleset: Ruleset, family: str) -> str:
     if table is None or services is None or not services.rule_count:
         return ""
     chains = sum(c.name.startswith("KUBE-SVC-") for c in table.chains)
-    where = f" (line {services.line})" if services.line else ""
+    # (nft -j input has no lines: the chain's kernel handle says where, as its rules' do in a trace)
+    where = (f" (line {services.line})" if services.line else
+             f" (handle {services.handle})" if services.handle is not None else "")
     return (f"table {table.label} holds kube-proxy's iptables-mode rules, written through iptables-nft: KUBE-SERVICES"
             f"{where} with {counted(services.rule_count, 'rule')} and {counted(chains, 'KUBE-SVC- chain')}")
 

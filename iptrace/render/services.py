@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Any
 
+from iptrace.dataplane import RuleAt
 from iptrace.kube.view import (
     CLUSTER_IP,
     EXTERNAL_IP,
@@ -86,8 +87,17 @@ def _path_json(p: SourcePath, shares: _Shares = _SHARES) -> dict[str, Any]:
         "endpoints": [{"address": a, "probability": shares[q]} for a, q in p.reaches],
         "masquerade": p.masquerade,
         "via": list(p.via),
-        "decided_by_line": p.decided_by or None,
+        **_decided_json(p.decided_by),
     }
+
+
+def _decided_json(decided: int | RuleAt) -> dict[str, Any]:
+    """`decided_by_line`; for input without lines (nft -j) null, and the rule's table, chain and kernel handle in
+    `decided_by_rule`, as a trace's `decided_by` names it."""
+    if type(decided) is int:
+        return {"decided_by_line": decided or None}
+    return {"decided_by_line": None,
+            "decided_by_rule": {"table": decided.table, "chain": decided.chain, "handle": decided.handle}}
 
 
 def service_to_json(s: ServicePortView, shares: _Shares = _SHARES) -> dict[str, Any]:
@@ -188,7 +198,15 @@ def _reaches_text(reaches: tuple[tuple[str, float], ...]) -> str:
 def _path_text(p: SourcePath) -> str:
     return (f'{{"source": {_text(p.source)}, "verdict": {_text(p.verdict)}, "endpoints": {_reaches_text(p.reaches)}, '
             f'"masquerade": {"true" if p.masquerade else "false"}, "via": {_strings(p.via)}, '
-            f'"decided_by_line": {repr(p.decided_by) if p.decided_by else "null"}}}')
+            f'{_decided_text(p.decided_by)}}}')
+
+
+def _decided_text(decided: int | RuleAt) -> str:
+    """`_decided_json(decided)`'s keys, as `_path_text` writes them."""
+    if type(decided) is int:
+        return f'"decided_by_line": {repr(decided) if decided else "null"}'
+    return (f'"decided_by_line": null, "decided_by_rule": {{"table": {_text(decided.table)}, '
+            f'"chain": {_text(decided.chain)}, "handle": {decided.handle!r}}}')
 
 
 def _entry_text(e: EntryView) -> str:
@@ -522,7 +540,9 @@ def _other_sources(s: ServicePortView, entries: list[EntryView]) -> list[str]:
             chain = f" through {via[-1]}" if via else ""
             lines.append(f"{who}: {what}{chain}")
         else:
-            at = f" (line {line})" if line else ""
+            # (input without lines, nft -j: the rule's chain and kernel handle, as a trace's path shows it)
+            at = (f" (line {line})" if type(line) is int else f" ({line.table} {line.chain} handle {line.handle})"
+                  ) if line else ""
             lines.append(f"{who}: {_verdict_text(s, verdict)}{at}")
     return lines
 
