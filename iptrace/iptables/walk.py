@@ -104,13 +104,7 @@ def _tests_out_iface(ruleset: Ruleset) -> bool:
     every address, so a ruleset without one is then traced as without them (and keeps its port shapes). (Its text
     is searched: a comment that spells `-o` only costs the shapes.)"""
     search = _OUT_IFACE.search
-    for table in ruleset.tables:
-        for chain in table.chains:
-            for rule in chain.rules:
-                text = rule.text
-                if "-o" in text and search(text):
-                    return True
-    return False
+    return any("-o" in r[1] and search(r[1]) for t in ruleset.tables for c in t.chains for r in c.rules)
 
 
 def _wired(ruleset: Ruleset) -> bool:
