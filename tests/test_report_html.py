@@ -669,16 +669,22 @@ def test_a_node_the_audit_could_not_collect_reads_so_in_the_browser(browser, tmp
     assert "could not be read" not in text
 
 
-@needs_chromium
-def test_node_names_break_at_no_hyphen(browser, tmp_path) -> None:
-    """A node name in the node table is one line on screen (the table scrolls), never `node-` over `001`; on paper
-    a name too long for its column breaks only after a dot of its DNS name. Its text is the name either way."""
+def _named_report(tmp_path: Path) -> tuple[Path, list[str]]:
+    """The fleet scenario's report with its nodes named as clouds name them (hyphens, a DNS name), and the names."""
     nodes, cluster = fleet_scenario.inputs()
     names = ["worker-pool-a-001", "ip-172-31-7-19.eu-west-1.compute.internal"] + [
         f"gke-prod-default-pool-{i}" for i in range(len(nodes) - 2)]
     named = [Dumped(name, n.ruleset, n.addresses) for name, n in zip(names, nodes, strict=True)]
     path = tmp_path / "report.html"
     path.write_text(render_audit_html(audit(named, cluster), cluster), encoding="utf-8")
+    return path, names
+
+
+@needs_chromium
+def test_node_names_break_at_no_hyphen(browser, tmp_path) -> None:
+    """A node name in the node table is one line on screen (the table scrolls), never `node-` over `001`; on paper
+    a name too long for its column breaks only after a dot of its DNS name. Its text is the name either way."""
+    path, names = _named_report(tmp_path)
     lines = """[...document.querySelectorAll("table.nodes td.node")].map((td) => {
         const range = document.createRange();
         range.selectNode(td.firstChild);  // (the name; a "(Node …)" after it may go to a line of its own)
@@ -729,12 +735,7 @@ def test_node_names_in_findings_break_at_no_hyphen(browser, tmp_path) -> None:
     """The node table kept `worker-pool-a-001` on one line, but a finding's summary, detail, fix (`spec.nodeName=
     gke-prod-default-pool-1`), its `node` line and the verdict broke it at a hyphen as any word: `worker-pool-` at
     the end of one line, `a-001` on the next. Now a name breaks there at no hyphen; a DNS name only after a dot."""
-    nodes, cluster = fleet_scenario.inputs()
-    names = ["worker-pool-a-001", "ip-172-31-7-19.eu-west-1.compute.internal"] + [
-        f"gke-prod-default-pool-{i}" for i in range(len(nodes) - 2)]
-    named = [Dumped(name, n.ruleset, n.addresses) for name, n in zip(names, nodes, strict=True)]
-    path = tmp_path / "report.html"
-    path.write_text(render_audit_html(audit(named, cluster), cluster), encoding="utf-8")
+    path, names = _named_report(tmp_path)
     for width in range(320, 1000, 23):
         shown = browser.load(path.as_uri(), width=width, evaluate=_BROKEN_NAMES % json.dumps(names)).value
         assert shown["broken"] == [], (width, shown)
