@@ -80,7 +80,9 @@ class IptablesDataplane:
         """Content keys of the Service ports (carry.py) for `tracer`'s walks, None where there are none."""
         from iptrace.iptables.carry import node_keys
 
-        return node_keys(ruleset, layout, node_ips, others, getattr(tracer, "route_table", None))
+        # (with the node's routes, its keys hold where the tracer's own lookup sends each address)
+        return node_keys(ruleset, layout, node_ips, others, tracer.ctx.out_iface if getattr(tracer, "routed", False)
+                         else None)
 
     def service_chain(self, role: str, service_port_name: str, protocol: str) -> str:
         from iptrace.iptables.hashes import service_port_chain

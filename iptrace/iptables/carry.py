@@ -46,7 +46,7 @@ import hashlib
 import re
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Collection, Hashable, Iterable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import fields, replace
 from itertools import chain as chained
 from itertools import compress
@@ -99,6 +99,8 @@ Summary = tuple[bytes, Counter[tuple[Any, str, int | None]]]
 # (NodeKeys.changes: the hosts (by role) and ports of exact rules one node alone has, the chains they jump or go to,
 # their texts joined)
 Changes = tuple[frozenset[str], frozenset[int], frozenset[str], str]
+# (the tracer's output interface of an IPv4 address as a number: state.Context.out_iface)
+OutIface = Callable[[int], "str | None"]
 # (where a port's rules are: NodeKeys.positions)
 Positions = tuple[tuple[str, ...], tuple[slice, ...], int, tuple[tuple[str, str, str], ...]]
 
@@ -107,11 +109,11 @@ class NodeKeys:
     """One node's content keys (`key`) and the positions of its rules' lines (`positions`, `rules_at`)."""
 
     def __init__(self, ruleset: Any, layout: Layout, node_ips: Sequence[str], others: Sequence[str] = (),
-                 routes: Any = None) -> None:
+                 out_iface: OutIface | None = None) -> None:
         self.ruleset = ruleset
-        # (the node's routes the tracer reads (iptrace.routes.RouteTable), None when it reads none: then each key
-        # also says which interface the kernel sends each of a port's addresses out of)
-        self.routes = routes
+        # (the tracer's output interface of an address (its lookup in the node's routes), None when it reads no
+        # routes: then each key also says which interface the kernel sends each of a port's addresses out of)
+        self.out_iface = out_iface
         self.node_ips = tuple(node_ips)
         self._own: dict[str, tuple[Any, ...]] = {}  # own chain name → its rules
         self._ids: dict[str, bytes] = {}  # own chain name → its content id (iptrace.iptables.contents)
@@ -139,7 +141,7 @@ class NodeKeys:
         context = [repr((layout.proxy, replace(layout.node_port_addresses, lines=()), layout.pod_cidrs,
                          layout.pod_interfaces,
                          layout.masquerade_mark, layout.random_fully, layout.family, len(self.node_ips),
-                         len(layout.node_pod_cidrs), routes is not None))]
+                         len(layout.node_pod_cidrs), out_iface is not None))]
         entered: list[str] = []  # (the ports' own chains a context rule jumps or goes to)
         holding: list[str] = []  # (the tables with own chains)
         for table in ruleset.tables:
@@ -241,7 +243,7 @@ class NodeKeys:
                 if more:
                     nets += more
         own_values = self._own_values(named, nets, odd)
-        if self.routes is not None:  # (where the kernel sends each address a trace of the port may go to)
+        if self.out_iface is not None:  # (where the kernel sends each address a trace of the port may go to)
             own_values += (self._devices(own_addresses),)
         key = (self.fingerprint, _LAYOUT_VALUES(sp), tuple(map(_WAY_VALUES, ways)), own, exact, own_values, asked)
         roles = self.roles
@@ -250,7 +252,7 @@ class NodeKeys:
         # with as many context rules before them)
         # (tuples, not sets: a worker keeps one a port, and `unchanged` only iterates them; none with routes: each
         # key is read again)
-        self.record = None if sp.lb_source_ranges or self.routes is not None else (
+        self.record = None if sp.lb_source_ranges or self.out_iface is not None else (
             key, chains, tuple([roles.get(a, a) for a in (*own_addresses, *self.node_ips) if a]),
             own_addresses if len({e[:3] for e in chosen.values()}) < len(chosen) else None, tuple(ports),
             tuple(named), nets, odd, sp.name)
@@ -262,9 +264,9 @@ class NodeKeys:
         return tuple(map(self._ids.get, chains)) == ids
 
     def _devices(self, addresses: Iterable[str | None]) -> tuple[tuple[str, str | None], ...]:
-        """The interface the node's routes send each of `addresses` (and the node's own) out of, by role."""
-        roles, device = self.roles, self.routes.device
-        return tuple(sorted((roles.get(a, a), "lo" if a in self.node_ips else device(span[0]) if span else None)
+        """The interface the tracer sends each of `addresses` (and the node's own) out of, by role."""
+        roles, out = self.roles, self.out_iface
+        return tuple(sorted((roles.get(a, a), out(span[0]) if span else None)
                             for a in {*addresses, *self.node_ips} if a for span in (_range(a),)))
 
     def _chosen(self, addresses: frozenset[str | None], ports: set[int] | frozenset[int]) -> dict[int, Exact]:
@@ -534,10 +536,10 @@ _BY_PLACE = itemgetter(4)
 
 
 def node_keys(ruleset: Any, layout: Layout, node_ips: Sequence[str], others: Sequence[str] = (),
-              routes: Any = None) -> NodeKeys | None:
+              out_iface: OutIface | None = None) -> NodeKeys | None:
     """The node's NodeKeys, None where there are none (IPv6, or a ruleset that is no iptables-save dump). `others`:
-    more addresses questions take for the node's own (its clients'); `routes`: the node's routes (RouteTable) the
-    tracer reads, if any."""
+    more addresses questions take for the node's own (its clients'); `out_iface`: the tracer's output interface of an
+    address when it reads the node's routes."""
     if layout.family != "ipv4" or ruleset.format != "save":
         return None
-    return NodeKeys(ruleset, layout, node_ips, others, routes)
+    return NodeKeys(ruleset, layout, node_ips, others, out_iface)

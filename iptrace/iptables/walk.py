@@ -138,7 +138,6 @@ class Tracer(ChainWalker):
             table = None  # (they would change nothing, and cost the port shapes)
         super().__init__(ruleset, Context.build(version, node_ips, ipsets, table), names, use_index)
         self.routed = table is not None
-        self.route_table = table  # (the routes its walks read: None when they read none)
         self.node_ips = tuple(node_ips)
         self.pod_cidrs = tuple(pod_cidrs)
         self.share = share
