@@ -131,7 +131,8 @@ def parse_routes(text: str, *, source: str = "<routes>", lenient: bool = False) 
     v4_raw: list[tuple[int, str, int, str, int, str]] = []  # (line, iface, flags, destination, metric, mask)
     header = False
     skipped: list[Skipped] = []
-    for number, line in enumerate(text.splitlines(), 1):
+    lines = text.splitlines()
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -155,7 +156,6 @@ def parse_routes(text: str, *, source: str = "<routes>", lenient: bool = False) 
                 raise
             skipped.append(Skipped(number, exc.reason))
     big_endian = _big_endian(v4_raw)
-    lines = text.splitlines()
     for number, iface, flags, destination, metric, mask in v4_raw:
         length = _mask_length(_word(mask, big_endian))
         if length < 0:
