@@ -281,13 +281,10 @@ def load_routes(path: str | None, dump: str, *, lenient: bool = False, note: boo
         if not (node / ROUTES_FILE).is_file():
             return None
         path = str(node / ROUTES_FILE)
-    from iptrace.dumpfile import read_bytes
-    from iptrace.routes import parse_routes
-    from iptrace.text import decode_input
+    from iptrace.collect.inputs import read_routes
 
-    data, name = read_bytes(path, "the node's routes (`cat /proc/net/route /proc/net/ipv6_route`)",
-                            "the node's routes as text")
-    routes = parse_routes(decode_input(data), source=name, lenient=lenient)
+    routes = read_routes(path, lenient=lenient)
+    name = routes.source
     if note and routes.skipped:
         first = routes.skipped[0]
         many = len(routes.skipped)

@@ -295,20 +295,26 @@ def node_input(snapshot: Any, *, cluster: Any = None, lenient: bool = False,
     return NodeInput(snapshot.node, analyses, None, tuple(snapshot.addresses), meta, legacy_note)
 
 
-def node_routes(snapshot: Any, lenient: bool, problems: list[str]) -> Any:
-    """The node's routes (iptrace.routes.Routes) from its directory's routes.txt, None without one; one that cannot
-    be read is a problem of the node's (its rules are analysed without routes, as `trace` would refuse it)."""
-    path = Path(snapshot.dump_path).parent / store.ROUTES_FILE
-    if not path.is_file():
-        return None
+def read_routes(path: str, *, lenient: bool = False) -> Any:
+    """A routes file (iptrace.routes.Routes: `cat /proc/net/route /proc/net/ipv6_route`) as the command line names it
+    (iptrace.dumpfile.read_bytes: `-`, gzip, …). Raises IptraceError naming file:line:column."""
     from iptrace.dumpfile import read_bytes
     from iptrace.routes import parse_routes
     from iptrace.text import decode_input
 
+    data, name = read_bytes(path, "the node's routes (`cat /proc/net/route /proc/net/ipv6_route`)",
+                            "the node's routes as text")
+    return parse_routes(decode_input(data), source=name, lenient=lenient)
+
+
+def node_routes(snapshot: Any, lenient: bool, problems: list[str]) -> Any:
+    """The node's routes from its directory's routes.txt, None without one; one that cannot be read is a problem of
+    the node's (its rules are analysed without routes, as `trace` would refuse it)."""
+    path = Path(snapshot.dump_path).parent / store.ROUTES_FILE
+    if not path.is_file():
+        return None
     try:
-        data, name = read_bytes(str(path), "the node's routes (`cat /proc/net/route /proc/net/ipv6_route`)",
-                                "the node's routes as text")
-        return parse_routes(decode_input(data), source=name, lenient=lenient)
+        return read_routes(str(path), lenient=lenient)
     except IptraceError as exc:
         problems.append(f"{exc}{lenient_hint(exc)}; the rules that test the interface a packet leaves by are "
                         "answered without the node's routes")
