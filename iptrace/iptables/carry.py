@@ -207,7 +207,8 @@ class NodeKeys:
     def key(self, sp: ServicePortLayout, asked: Hashable) -> Hashable | None:
         """The port's content key (see the module's docstring), `asked` being its questions written by role; None when
         a rule of its own or one naming it jumps to another port's chain (what the key would hold grows beyond the
-        port)."""
+        port). Sets `record` to the port's (see `unchanged`), None without one."""
+        self.record = None
         ways = sp.ways_in
         # (addresses and ports taken from the ways and texts; None or "" meets no exact rule's host)
         addresses = set(map(_ADDRESS, ways))

@@ -171,7 +171,6 @@ def port_key(analysis: Any, keys: Any, name: str) -> tuple[Hashable | None, Any]
     sp = analysis.layout.port_values(name)
     asked = tuple([(chain, roles.get(p.src, p.src), roles.get(p.dst, p.dst), p.dport, p.sport, p.proto, p.in_interface)
                    for chain, p in analysis.views.questions(sp)])
-    keys.record = None
     key = keys.key(sp, asked)
     return key, keys.record
 
