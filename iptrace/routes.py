@@ -62,6 +62,13 @@ def no_route_note(destination: str, where: str, version: int, blackhole: bool = 
     return f"{way}: {what}; {POLICY_UNSEEN}"
 
 
+def unrouted(destination: str, where: str, version: int, blackhole: bool = False) -> tuple[str, str]:
+    """What the kernel does with a packet its routes send nowhere (`where`, `blackhole`: as no_route_note's), for
+    both engines: ("reject" or "drop", the note)."""
+    verdict = "drop" if where == "rerouted" or (where == "forwarded" and blackhole) else "reject"
+    return verdict, no_route_note(destination, where, version, blackhole)
+
+
 @dataclass(frozen=True, slots=True)
 class Skipped:
     """A line --lenient read past, and why."""

@@ -38,7 +38,7 @@ from iptrace.iptables.memo import StagePlan, record, replay, stage_plan
 from iptrace.iptables.model import BUILTIN_CHAINS, Ruleset
 from iptrace.iptables.state import Context, State, Terminal, format_ip, ip_int
 from iptrace.records import positional_new
-from iptrace.routes import BLACKHOLE, Routes, no_route_note
+from iptrace.routes import BLACKHOLE, Routes, unrouted
 
 # Hook order (net/netfilter priorities): raw -300, mangle -150, nat DNAT -100, filter 0, security 50,
 # nat SNAT 100.
@@ -323,8 +323,9 @@ class Tracer(ChainWalker):
         if self.ctx.is_local(s.src):
             s.local_origin = True
             if not self._route(s):
-                s.assume(no_route_note(format_ip(s.dst, self.version), "own", self.version, s.out_iface == BLACKHOLE))
-                return [(s, ("REJECT", None))]
+                verdict, note = unrouted(format_ip(s.dst, self.version), "own", self.version, s.out_iface == BLACKHOLE)
+                s.assume(note)
+                return [(s, (verdict.upper(), None))]
             return self._stages(s, _OUTPUT_NAT, self._output_filter)
         # (`_stages(s, _PREROUTING, self._after_prerouting)`, its loop spelled out: a Service's every branch)
         out: list[tuple[State, Terminal]] = []
@@ -339,9 +340,10 @@ class Tracer(ChainWalker):
             else:
                 # (the routing decision on the destination after DNAT: FORWARD and POSTROUTING see it)
                 if routed and not self._route(s2):
-                    blackhole = s2.out_iface == BLACKHOLE
-                    s2.assume(no_route_note(format_ip(s2.dst, self.version), "forwarded", self.version, blackhole))
-                    out.append((s2, ("DROP" if blackhole else "REJECT", None)))
+                    verdict, note = unrouted(format_ip(s2.dst, self.version), "forwarded", self.version,
+                                             s2.out_iface == BLACKHOLE)
+                    s2.assume(note)
+                    out.append((s2, (verdict.upper(), None)))
                     continue
                 out.extend(stages(s2, _FORWARD_POSTROUTING))
         return out
@@ -350,8 +352,9 @@ class Tracer(ChainWalker):
         if self.routed and not (iface := self.ctx.out_iface(s.dst)):
             # (nat OUTPUT's DNAT sent it where the node has no way out (it had one before): the kernel routes it
             # again in the nat hook itself and drops it there, ip_route_me_harder)
-            s.assume(no_route_note(format_ip(s.dst, self.version), "rerouted", self.version, iface == BLACKHOLE))
-            return [(s, ("DROP", None))]
+            verdict, note = unrouted(format_ip(s.dst, self.version), "rerouted", self.version, iface == BLACKHOLE)
+            s.assume(note)
+            return [(s, (verdict.upper(), None))]
         return self._stages(s, _OUTPUT_FILTER, self._post_output)
 
     def _route(self, s: State) -> bool:

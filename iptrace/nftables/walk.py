@@ -38,7 +38,7 @@ from iptrace.nftables.model import Chain, Ruleset, Table
 from iptrace.nftables.state import State, cons_list, ip_int, is_loopback
 from iptrace.nftables.steps import StepMaker
 from iptrace.nftables.values import protocol
-from iptrace.routes import BLACKHOLE, Routes, no_route_note
+from iptrace.routes import BLACKHOLE, Routes, unrouted
 
 # The hooks after the routing decision: (hook, with its NAT chains, entering through lo). A packet the node sends
 # to itself comes back in through lo; its NAT mappings are made, so NAT chains are not called again.
@@ -209,8 +209,9 @@ class Tracer(ChainWalker):
         if self._is_local(s.src):
             s.local_origin = True
             if not self._route(s):
-                s.assume(no_route_note(s.dst, "own", s.version, s.out_iface == BLACKHOLE))
-                return [(s, ("reject", None))]
+                verdict, note = unrouted(s.dst, "own", s.version, s.out_iface == BLACKHOLE)
+                s.assume(note)
+                return [(s, (verdict, None))]
             branches = self._hook(s, "output")
             for s1, t1 in branches:
                 if s1.notrack is None:  # (no base chain after conntrack on the hook)
@@ -241,8 +242,9 @@ class Tracer(ChainWalker):
         s, term = branch
         if term is None and self.routes.table(s.version) is not None and not (  # type: ignore[union-attr]
                 iface := self.ctx.out_iface(s.dst, s.version)):
-            s.assume(no_route_note(s.dst, "rerouted", s.version, iface == BLACKHOLE))
-            return s, ("drop", None)
+            verdict, note = unrouted(s.dst, "rerouted", s.version, iface == BLACKHOLE)
+            s.assume(note)
+            return s, (verdict, None)
         return branch
 
     def _tails(self, branches: list[tuple[State, Terminal]], to_node: tuple[tuple[str, bool, bool], ...],
@@ -265,9 +267,9 @@ class Tracer(ChainWalker):
                 seq = elsewhere
                 # (the routing decision on the destination after DNAT: forward and postrouting see it)
                 if routed and not self._route(s1):
-                    blackhole = s1.out_iface == BLACKHOLE
-                    s1.assume(no_route_note(dst, "forwarded", s1.version, blackhole))
-                    out.append((s1, ("drop" if blackhole else "reject", None)))
+                    verdict, note = unrouted(dst, "forwarded", s1.version, s1.out_iface == BLACKHOLE)
+                    s1.assume(note)
+                    out.append((s1, (verdict, None)))
                     continue
             if not self.share:
                 out.extend(self._walk_seq(s1, seq))
