@@ -78,9 +78,9 @@ def serve(tasks_fd: int, results_fd: int) -> None:
         try:
             item = pickle.loads(tasks.recv_bytes())
         except EOFError:
-            return
+            item = None
         if item is None:
-            return
+            _exit()
         try:
             answer = stream._run(item)
         except Exception as exc:  # (a bug: the parent decides what becomes of it, as in the audit's own process)
@@ -92,6 +92,15 @@ def serve(tasks_fd: int, results_fd: int) -> None:
             results.send_bytes(pickle.dumps((answer, None), protocol=pickle.HIGHEST_PROTOCOL))
         except BrokenPipeError:  # (the parent is gone, killed: no one to answer)
             return
+
+
+def _exit() -> None:
+    """A worker's end once no item is left: at once, as the CLI's fast exit (iptrace.cli.run) ends the parent.
+    Finalizing the interpreter would free the ~10^6 objects its load memo and caches hold one by one (~0.2 s a
+    worker, measured at the end of a 5,000-Service fleet's audit, which the parent waits for); nothing of them is
+    anyone's after this process (its answers are sent, its stderr is the parent's and written through)."""
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _untold(*_: Any) -> None:
