@@ -127,10 +127,7 @@ class ShiftedLines:
 
     def array(self) -> array:  # type: ignore[type-arg]
         """The lines, as the node gave them."""
-        lines = list(map(self.shift.__add__, self.base))  # (those at `at` may be negative before they are set)
-        for i, value in zip(self.at, self.values, strict=True):
-            lines[i] = value
-        return array("I", lines)
+        return array("I", self.tolist())
 
     def window(self, start: int, stop: int) -> array:  # type: ignore[type-arg]
         """`array()[start:stop]`, made alone."""
@@ -147,7 +144,11 @@ class ShiftedLines:
         return iter(self.array())
 
     def tolist(self) -> list[int]:
-        return self.array().tolist()
+        """The lines as a list (what a merge document prints), made as such, not through an array."""
+        lines = list(map(self.shift.__add__, self.base))  # (those at `at` may be negative before they are set)
+        for i, value in zip(self.at, self.values, strict=True):
+            lines[i] = value
+        return lines
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, ShiftedLines):
