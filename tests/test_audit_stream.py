@@ -88,6 +88,34 @@ def test_the_stream_reports_what_the_reference_audit_does(snap: Path) -> None:
     assert [n["status"] for n in doc["nodes"]] == ["ok"] * 7 + ["load-error", "ok"]
 
 
+def test_nodes_with_one_set_of_ports_are_compared_as_key_by_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    """The comparison's shortcut for nodes with the same Service ports at the same places (audit._alike: the ports that
+    differ found a place at a time across the nodes) reports what comparing them key by key does: here one node's
+    Service port has an endpoint the others lack and another's port has lost one."""
+    from iptrace.kube import audit as audit_module
+
+    root = tmp_path / "snap"
+    for i in range(4):
+        fleet.write_node(root, specs(), i)
+    stale = specs()
+    stale[3].endpoints.append(EndpointSpec("10.244.9.99", stale[3].endpoints[0].port))
+    fleet.write_node(root, stale, 4)
+    short = specs()
+    short[6].endpoints.pop()
+    fleet.write_node(root, short, 5)
+    results = analyse_nodes(sources([str(root)]), jobs=1)
+    alike = audit_module._alike
+    taken: list[set[str] | None] = []
+    monkeypatch.setattr(audit_module, "_alike", lambda by_node: taken.append(alike(by_node)) or taken[-1])
+    fast = audit_to_json(combine(results))
+    assert taken and all(t is not None for t in taken)  # (the shortcut was taken)
+    monkeypatch.setattr(audit_module, "_alike", lambda by_node: None)
+    assert fast == audit_to_json(combine(results))
+    found = {(f["node"], f["id"]) for f in fast["findings"]}
+    assert {("node-004", "endpoints-differ"), ("node-005", "endpoints-differ")} <= found, sorted(found)
+
+
 def test_one_worker_or_several_memo_or_not_the_same_results(snap: Path) -> None:
     nodes = sources([str(snap)])
     one = analyse_nodes(nodes, jobs=1, pictures=True)
