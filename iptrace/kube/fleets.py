@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from operator import attrgetter, itemgetter
 from typing import TypeVar
 
 from iptrace.kube.compare import Finding, listing
@@ -28,6 +29,8 @@ KUBERNETES = "default/kubernetes:https"
 OTHER_CLUSTER = "other-cluster"
 
 T = TypeVar("T")
+_KEY_IP = attrgetter("key", "cluster_ip")
+_IP = itemgetter(1)
 
 
 def other_clusters(a: AbstractSet[tuple[str, str]], b: AbstractSet[tuple[str, str]]) -> str | None:
@@ -45,7 +48,7 @@ def _ports(digest: FamilyDigest | None) -> frozenset[tuple[str, str]]:
     """A node's Service ports as (name, ClusterIP): what one cluster's nodes share."""
     if digest is None:
         return frozenset()
-    return frozenset((p.key, p.cluster_ip) for p in digest.ports if p.cluster_ip)
+    return frozenset(filter(_IP, map(_KEY_IP, digest.ports)))  # (C-level: 5,000 ports a node)
 
 
 def _kubernetes(ports: AbstractSet[tuple[str, str]]) -> str | None:
