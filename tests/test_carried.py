@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from bench import fleet, synth
 from bench.synth import EndpointSpec, PortSpec, ServiceSpec
@@ -575,3 +577,43 @@ def test_a_carried_ports_first_rules_are_read_with_their_counters(tmp_path: Path
     got, plain, worker = _audit(_write(tmp_path, texts))
     assert (got == plain) == (compared == "as kept")
     assert worker.carried is not None and worker.carried.carried > 0
+
+
+# The content keys' regular expressions as first written (lookbehinds first): carry's are rewritten to start with
+# what they match (faster), and must find exactly what these do.
+_PLAIN = {
+    "_EXACT_DST": re.compile(r"(?<!! )(?<![\w-])-d (\d+\.\d+\.\d+\.\d+)/32(?![\w.])"),
+    "_EXACT_DPORT": re.compile(r"(?<!! )--dport (\d+)(?![\w:,])"),
+    "_EXACT_SRC": re.compile(r"(?<![\w-])-s \d+\.\d+\.\d+\.\d+/32(?![\w.])"),
+    "_JUMP": re.compile(r"(?:^| )-[jg] (\S+)", re.MULTILINE),
+    "_IPV4": re.compile(r"(?<![\w.:])(\d+\.\d+\.\d+\.\d+(?:/\d+)?)(?![\w.])"),
+}
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet="-! dsjgpotr12.3/:,xK\n", max_size=40))
+@example("-j KUBE-SVC-A\n-g KUBE-FW-B\na-j C -j D\n!-j E")
+@example("-d 1.2.3.4/32 ! -d 1.2.3.5/32 x-d 1.2.3.6/32 --d 1.2.3.7/32 -d 1.2.3.8/32x")
+@example("--dport 80 ! --dport 81 x--dport 82 --dport 83, --dport 84:85")
+@example("-s 1.2.3.4/32 x-s 1.2.3.5/32 --s 1.2.3.6/32")
+@example("1.2.3.4 :1.2.3.5 .1.2.3.6 a1.2.3.7 11.2.3.4.5 9.9.9.9/24x (10.0.0.0/8) 1.2.3.4/32")
+def test_key_patterns_find_what_the_plain_ones_do(text: str) -> None:
+    for name, plain in _PLAIN.items():
+        fast = getattr(carry, name)
+        assert _spans(fast, text) == _spans(plain, text), name
+
+
+def _spans(pattern: re.Pattern[str], text: str) -> list[tuple[int, int]]:
+    """Where each match's group is (the whole match's, without one: _JUMP's plain one also holds the space before)."""
+    return [m.span(1 if pattern.groups else 0) for m in pattern.finditer(text)]
+
+
+def test_key_patterns_on_every_rule_of_a_dump() -> None:
+    from tests.conftest import SAMPLES
+
+    rules = [line[3:] for line in (SAMPLES / "nodeport-fb-backends.txt").read_text().splitlines()
+             if line.startswith("-A ")]
+    for name, plain in _PLAIN.items():
+        fast = getattr(carry, name)
+        assert [_spans(fast, r) for r in rules] == [_spans(plain, r) for r in rules], name
+        assert _spans(fast, "\n".join(rules)) == _spans(plain, "\n".join(rules)), name

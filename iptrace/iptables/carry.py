@@ -60,14 +60,17 @@ from iptrace.iptables.state import parse_net
 from iptrace.layout import Layout, ServicePortLayout, WayIn
 
 OWN = ("KUBE-SVC-", "KUBE-SEP-", "KUBE-FW-", "KUBE-EXT-", "KUBE-SVL-", "KUBE-XLB-")
-_EXACT_DST = re.compile(r"(?<!! )(?<![\w-])-d (\d+\.\d+\.\d+\.\d+)/32(?![\w.])")
-_EXACT_DPORT = re.compile(r"(?<!! )--dport (\d+)(?![\w:,])")
-_EXACT_SRC = re.compile(r"(?<![\w-])-s \d+\.\d+\.\d+\.\d+/32(?![\w.])")
+# (each pattern starts with what it matches, its lookbehinds after it: the engine then skips to the places where
+# that character is; written with the lookbehinds first, it tried every place of a text: 2-5x slower, the same
+# matches, checked on every rule of a 5,000-Service dump and 200,000 random texts)
+_EXACT_DST = re.compile(r"-(?<!! -)(?<![\w-]-)d (\d+\.\d+\.\d+\.\d+)/32(?![\w.])")
+_EXACT_DPORT = re.compile(r"--(?<!! --)dport (\d+)(?![\w:,])")
+_EXACT_SRC = re.compile(r"-(?<![\w-]-)s \d+\.\d+\.\d+\.\d+/32(?![\w.])")
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _CANONICAL = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
-_JUMP = re.compile(r"(?:^| )-[jg] (\S+)", re.MULTILINE)
+_JUMP = re.compile(r"-(?<![^\n ]-)[jg] (\S+)")
 _TO = re.compile(r"--to-destination (\d+\.\d+\.\d+\.\d+):(\d+)")
-_IPV4 = re.compile(r"(?<![\w.:])(\d+\.\d+\.\d+\.\d+(?:/\d+)?)(?![\w.])")
+_IPV4 = re.compile(r"(\d(?<![\w.:]\d)\d*\.\d+\.\d+\.\d+(?:/\d+)?)(?![\w.])")
 _LINE = itemgetter(3)
 _TEXT = itemgetter(1)  # (a rule's)
 _WRITTEN = itemgetter(7)  # (an Exact's)
