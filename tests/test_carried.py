@@ -617,3 +617,25 @@ def test_key_patterns_on_every_rule_of_a_dump() -> None:
         fast = getattr(carry, name)
         assert [_spans(fast, r) for r in rules] == [_spans(plain, r) for r in rules], name
         assert _spans(fast, "\n".join(rules)) == _spans(plain, "\n".join(rules)), name
+
+
+@pytest.mark.parametrize("restore", [False, True])
+def test_positions_through_the_line_index_are_rule_ats(monkeypatch: pytest.MonkeyPatch, restore: bool) -> None:
+    """Once positions has been asked LINES_AFTER times it reads lines through an index of every line's rule: the same
+    positions (None included) as through Ruleset.rule_at, for every port's lines and lines of no rule or of a context
+    rule, also where a restore file's `-I` writes two chains' rules out of order."""
+    text = _texts(1)[0]
+    if restore:  # (a rule put first in KUBE-SERVICES, written after the chain's others)
+        head, nat = text.split("*nat\n", 1)
+        text = head + "*nat\n" + nat.replace(
+            "COMMIT", "-I KUBE-SERVICES 1 -d 198.18.0.9/32 -p tcp --dport 81 -j RETURN\nCOMMIT", 1)
+    asked = []
+    for after in (10**9, 1):
+        monkeypatch.setattr(carry, "LINES_AFTER", after)
+        keys, layout = _node_keys(text, 0)
+        lines = [list(layout.service_port(k).lines) for k in layout.keys]
+        lines += [[0], [10**6], list(range(1, text.count("\n") + 2))]
+        asked.append([keys.positions(x) for x in lines])
+        assert bool(keys._lines) == (after == 1)
+    assert asked[0] == asked[1]
+    assert sum(p is not None for p in asked[0]) > 10
