@@ -185,6 +185,29 @@ def test_the_load_lock_is_released_when_its_holder_dies(tmp_path: Path) -> None:
             holder.wait()
 
 
+def test_a_workers_first_load_does_not_wait_for_the_others(tmp_path: Path) -> None:
+    """The workers of an audit start at once: a worker's first node is loaded without the load lock (it holds nothing
+    between nodes yet, so its peak is below a later node's), its later nodes with it."""
+    from iptrace.collect.stream import Worker
+
+    class Counted(LoadLock):
+        asked = 0
+
+        def acquire(self, timeout: float) -> bool:
+            Counted.asked += 1
+            return super().acquire(timeout)
+
+    path = tmp_path / "lock"
+    path.write_bytes(b"")
+    worker = Worker(None, False, False, True, Counted(str(path)))
+    with worker.loading():
+        assert Counted.asked == 0
+    with worker.loading():
+        assert Counted.asked == 1
+        assert not LoadLock(str(path)).acquire(0)  # (this worker holds it)
+    assert LoadLock(str(path)).acquire(0)
+
+
 def test_a_bug_in_a_worker_is_raised_in_the_audit(snap: Path) -> None:
     """An exception that is not the input's fault (a node whose text is not text stands for a bug) stops the audit
     with that exception, as in one process, and its workers are ended."""
