@@ -396,7 +396,9 @@ def emit_json_items(items: Iterable[Any], count: int, texts: Iterable[str] | Non
 
     pieces = encoded_pieces(texts, count) if texts is not None and count > LARGE_LIST else dumps_pieces(items, count)
     for piece in pieces:
-        click.echo(piece, nl=False)
+        # (color=True: JSON text holds no ANSI code for click to strip off a pipe — the encoder writes ESC, as every
+        # control character, escaped — and stripping scans every piece: ~10 ms of a 25 MB answer)
+        click.echo(piece, nl=False, color=True)
 
 
 def ipv6_without_port(text: str) -> str | None:

@@ -230,29 +230,54 @@ class _Port:
             if index:
                 for hits in filter(None, map(index.get, values)):  # (a port's ~16 values, most in no element)
                     for pos, i in hits:
-                        candidates.setdefault(pos, []).append(i)
-        for pos, indices in sorted(candidates.items()):
+                        at = candidates.get(pos)
+                        if at is None:
+                            candidates[pos] = [i]
+                        else:
+                            at.append(i)
+        for pos in sorted(candidates) if len(candidates) > 1 else candidates:
+            indices = candidates[pos]
             lookup = found[pos]
             kinds = lookup.kinds
             elements = lookup.set.elements
+            vmap: bool | None = None  # (lookup.set.is_vmap, read at the first element with data)
             written = []
             for i in (sorted(set(indices)) if len(indices) > 1 else indices):
                 element: Element = elements[i]
-                parts = element.key if len(kinds) > 1 else (element.key,)
-                key = []
-                for kind, part in zip(kinds, parts, strict=True):
+                # (each part of the key: a literal as itself, an address or port as its number, or not found)
+                if len(kinds) == 1:
+                    part = element.key
+                    kind = kinds[0]
                     if kind == _LIT:
-                        key.append(part)
+                        key: tuple[Any, ...] = (part,)
                     else:
                         number = (addresses if kind == _ADDR else ports).get(part)
                         if number is None:
-                            break
-                        key.append((kind, number))
+                            continue
+                        key = ((kind, number),)
                 else:
-                    data = element.data
-                    if data is not None and not lookup.set.is_vmap:
-                        raise _Decline
-                    written.append((tuple(key), None if data is None else self.verdict(data), element.timeout_ms))
+                    parts: list[Any] | None = []
+                    for kind, part in zip(kinds, element.key, strict=True):
+                        if kind == _LIT:
+                            parts.append(part)  # type: ignore[union-attr]
+                        else:
+                            number = (addresses if kind == _ADDR else ports).get(part)
+                            if number is None:
+                                parts = None  # (a part that is none of the port's values: not found)
+                                break
+                            parts.append((kind, number))  # type: ignore[union-attr]
+                    if parts is None:
+                        continue
+                    key = tuple(parts)
+                data = element.data
+                if data is None:
+                    written.append((key, None, element.timeout_ms))
+                    continue
+                if vmap is None:
+                    vmap = lookup.set.is_vmap
+                if not vmap:
+                    raise _Decline
+                written.append((key, self.verdict(data), element.timeout_ms))
             out[pos] = (lookup.set.name, kinds, tuple(written))
         return out
 
