@@ -388,3 +388,33 @@ def test_a_throw_route_is_named_beside_the_blackhole_it_reads_as() -> None:
                                         in_interface="eth0")).outcomes
         assert outcome.verdict == verdict and outcome.decided_by is None, outcome
         assert any(all(part in a for part in said) for a in outcome.assumptions), outcome.assumptions
+
+
+def test_routed_notes_of_a_verdict_map_are_the_same_replayed_as_walked() -> None:
+    """`oifname vmap { … }` answered by the routes says so on the branches that met it, whether the walks after
+    a draw are shared (replayed) or each walked; the same map in two rules of a table names each rule's line."""
+    from iptrace.nftables.walk import Tracer
+
+    routes = parse_routes("\n".join([HEADER, v4("cni0", "0000F40A", "00FFFFFF"),
+                                     v4("flannel.1", "0001F40A", "00FFFFFF", "0003")]) + "\n")
+    _, ruleset = dataplanes.load("""table ip t {
+ chain pre { type nat hook prerouting priority -100; ip daddr 10.96.0.1 tcp dport 80 dnat to numgen random mod 3 map { 0 : 10.244.0.5, 1 : 10.244.1.5, 2 : 10.244.2.5 }; }
+ chain f {
+  type filter hook forward priority 0;
+  oifname vmap { "flannel.1" : accept }
+  oifname vmap { "cni0" : jump c }
+ }
+ chain c {
+  oifname vmap { "flannel.1" : accept }
+  ip daddr . oifname vmap { 10.244.0.5 . "cni0" : drop }
+ }
+}
+""")
+    packet = Packet("192.168.1.5", "10.96.0.1", 80, in_interface="eth0")
+    shared, walked = (Tracer(ruleset, node_ips=["10.0.0.1"], routes=routes, share=share) for share in (True, False))
+    for _ in range(3):  # (the first walks and records, the next replay)
+        got, want = ([(o.verdict, o.destination, o.assumptions) for o in t.trace(packet).outcomes]
+                     for t in (shared, walked))
+        assert got == want
+    assert [(verdict, [a.split(":")[0] for a in notes if "by the node's routes" in a]) for verdict, _, notes in got] \
+        == [("DROP", ["line 5", "line 6", "line 9", "line 10"]), ("DNAT", ["line 5"]), ("REJECT", [])]

@@ -216,6 +216,36 @@ def test_an_output_interface_in_a_key_is_answered_by_the_routes_and_said(topo: T
     assert len({n.split(":")[0] for n in notes}) == 2, traced.assumptions  # (the anonymous set's rule, the set's)
 
 
+
+def test_a_verdict_map_keyed_on_the_output_interface_says_what_answered_it(topo: Topology) -> None:
+    """nftables: `oifname vmap { … }` and a verdict map keyed on `ip daddr . oifname`, as the kernel lists them:
+    answered by the node's routes, each says so as a plain `oifname` test does (they said nothing, though the
+    verdict rested on the route), each naming its own line (two rules of one table with the same map must not share
+    one compiled look-up whose note names the first rule's line); without routes, each says what it assumed."""
+    subprocess.run(["ip", "netns", "exec", topo.node, "nft", "flush", "ruleset"], check=True)
+    maps = ('oifname vmap { "eth0" : accept }', 'oifname vmap { "eth0" : accept, "cni0" : jump topods }',
+            'ip daddr . oifname vmap { 198.18.128.10 . "cni0" : drop }')
+    load_nft(topo, f"""table ip routed {{
+  chain forwarding {{ type filter hook forward priority 0; {maps[0]}; {maps[1]}; }}
+  chain topods {{ {maps[0]}; {maps[2]}; }}
+}}
+""")
+    listing = list_ruleset(topo)
+    unrouted, routed = _tracers(topo, dataplanes.load(listing, source="nft list ruleset"))
+    lines = [number for number, text in enumerate(listing.splitlines(), 1) if text.strip() in maps]
+    assert len(lines) == 4, listing
+    assert topo.probe("client", POD, PORT).outcome == "timeout"  # the kernel: dropped out of cni0
+    traced = routed.trace(Packet(CLIENT_IP, POD, PORT, in_interface="eth0"))
+    assert [o.verdict for o in traced.outcomes] == ["DROP"], traced
+    notes = [a.split(":")[0] for a in traced.assumptions if "output interface cni0, by the node's routes" in a]
+    assert notes == [f"line {n}" for n in lines], traced.assumptions
+    # Without routes each look-up met is assumed to find nothing (the interface is not known), and says so.
+    traced = unrouted.trace(Packet(CLIENT_IP, POD, PORT, in_interface="eth0"))
+    assert [o.verdict for o in traced.outcomes] == ["ACCEPT"], traced
+    unknown = [a.split(":")[0] for a in traced.assumptions if "the output interface is not known" in a]
+    assert unknown == [f"line {n}" for n in lines[:2]], traced.assumptions
+
+
 UNROUTED = "198.18.64.10"  # (in no route of the node's: between its eth0 /24 and its cni0 /17)
 NO_ROUTE_IPTABLES = """*nat
 :PREROUTING ACCEPT [0:0]
