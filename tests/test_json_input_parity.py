@@ -113,7 +113,7 @@ def _where_aside(text: str, path: Path) -> str:
 def _json_aside(value: Any, path: Path) -> Any:
     if isinstance(value, dict):
         return {k: _json_aside(v, path) for k, v in value.items()
-                if k not in ("line", "lines", "handle", "handles", "decided_by_line", "decided_by_rule")}
+                if k not in ("line", "lines", "handle", "handles", "decided_by_line", "decided_by_rule", "map")}
     if isinstance(value, list):
         return [_json_aside(v, path) for v in value]
     return _where_aside(value, path) if isinstance(value, str) else value
