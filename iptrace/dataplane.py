@@ -495,6 +495,12 @@ class Ruleset(Protocol):
         with its chain, which the path shows beside it)."""
         ...
 
+    def elements_at(self, address: str, port: int, protocol: str) -> tuple[tuple[MapAt, str], ...]:
+        """For input without lines (nft -j), whose ways in have none to quote: kube-proxy's set and map elements
+        keyed on this address, port and protocol, by their sets, as a trace's path shows them; () for input
+        with lines."""
+        ...
+
 
 class PortShape:
     """A Service port's shape (the optional `Tracer.port_shape`, read by iptrace.kube.shapes): `key` (equal keys:

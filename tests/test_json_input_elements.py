@@ -76,3 +76,38 @@ def test_an_element_that_decides_is_named_by_its_map_in_trace_and_explain(tmp_pa
     assert evidence and all(e.get("map") == where for e in evidence), evidence
     text = cli("explain", *args)
     assert f"    handle {where['handle']}: element ip kube-proxy no-endpoint-services {{ 192.168.49.240" in text, text
+
+
+FIREWALLS = Path(__file__).resolve().parent / "data" / "nft-firewalls"
+
+
+def test_audit_quotes_the_elements_of_an_address_conflict_on_json_input(tmp_path: Path) -> None:
+    """Two Services claim 198.18.7.7:80 (alpha's firewall-ips element, beta's service-ips element): audit of the
+    listing quotes both elements by line; of the JSON it quoted nothing. It quotes them by their maps and handles,
+    in its text (-v), its JSON, and a merge of that JSON."""
+    handles = map_handles(json.loads((FIREWALLS / "ruleset.json").read_text()))
+    dump = tmp_path / "node.json"
+    dump.write_text((FIREWALLS / "ruleset.json").read_text())
+    args = ["audit", str(dump), "--node-ip", "192.168.0.10"]
+    doc = json.loads(cli(*args, "-o", "json"))
+    [conflict] = [f for f in doc["findings"] if f["id"] == "address-conflict"]
+    want = [{"line": None, "rule": "element ip kube-proxy firewall-ips { 198.18.7.7 . tcp . 80 : goto "
+             "firewall-6MEUNKOI-alpha/lb/tcp/http }",
+             "map": {"table": "ip kube-proxy", "name": "firewall-ips", "handle": handles["firewall-ips"]}},
+            {"line": None, "rule": "element ip kube-proxy service-ips { 198.18.7.7 . tcp . 80 : goto "
+             "external-3XWUUKJJ-beta/lb/tcp/http }",
+             "map": {"table": "ip kube-proxy", "name": "service-ips", "handle": handles["service-ips"]}}]
+    assert conflict["evidence"] == want, conflict
+    lines = [f"    handle {handles['firewall-ips']}: {want[0]['rule']}",
+             f"    handle {handles['service-ips']}: {want[1]['rule']}"]
+    text = cli(*args, "-v")
+    assert all(line in text.splitlines() for line in lines), text
+    shard = tmp_path / "shard.json"
+    shard.write_text(json.dumps(doc))
+    merged = json.loads(cli("audit", "--merge", str(shard), "-o", "json"))
+    assert [f["evidence"] for f in merged["findings"] if f["id"] == "address-conflict"] == [want]
+    assert all(line in cli("audit", "--merge", str(shard), "-v").splitlines() for line in lines)
+    # The listing's evidence keeps its lines.
+    listed = json.loads(cli("audit", str(FIREWALLS / "listing.nft"), "--node-ip", "192.168.0.10", "-o", "json"))
+    [conflict] = [f for f in listed["findings"] if f["id"] == "address-conflict"]
+    assert [e["line"] for e in conflict["evidence"]] == [31, 67] and all("map" not in e for e in conflict["evidence"])

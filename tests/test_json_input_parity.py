@@ -154,7 +154,8 @@ def test_listing_and_json_answer_alike_but_for_line_vs_handle(tmp_path: Path, na
                 for doc in (a, b):
                     if isinstance(doc, dict):
                         doc.pop("merge", None)  # (the shard merge key's rule texts: kube/digest.py's, not an answer)
-                        # (audit's address-conflict quotes the lines kube/digest.py gives it: none for JSON input)
+                        # (audit's address-conflict quotes a listing's element lines as they are, the JSON's
+                        # elements whole, by their maps: test_json_input_elements.py)
                         for finding in doc.get("findings", ()):
                             if finding["id"] == "address-conflict":
                                 finding["evidence"] = []

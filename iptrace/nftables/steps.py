@@ -74,6 +74,23 @@ def evidence_text(ruleset: Ruleset, lines: ElementLines, line: int) -> str | Non
     return element_text(table, s.name, elements)
 
 
+def elements_at(ruleset: Ruleset, address: str, port: int, protocol: str) -> tuple[tuple[MapAt, str], ...]:
+    """The elements of kube-proxy's sets and maps keyed on `address . protocol . port` (the ways in kube-proxy
+    writes there: service-ips, firewall-ips, no-endpoint-services…), by their sets, as element_text shows them:
+    for input without lines, the evidence a listing's element lines are."""
+    out = []
+    for table in ruleset.tables:
+        if table.name != KUBE_PROXY_TABLE or table.family not in KUBE_PROXY_FAMILIES:
+            continue
+        for s in table.sets:
+            found = [e for e in s.elements if isinstance(e.key, tuple) and len(e.key) == 3
+                     and (e.key[0], str(e.key[1]), e.key[2]) == (address, protocol, port)]
+            if found:
+                at = MapAt(table.label, s.name, s.handle)
+                out.extend((at, element_text(table, s.name, (e,))) for e in found)
+    return tuple(out)
+
+
 def rule_in_chain(table: str, chain: str, text: str) -> str:
     """A rule standing alone, named by its table (`ip kube-proxy`) and chain as nft's syntax for a rule does."""
     return f"rule {table} {render.name(chain)} {text}"
