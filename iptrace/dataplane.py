@@ -131,17 +131,33 @@ Verdict = Literal["DNAT", "ACCEPT", "DROP", "REJECT", "CONTINUE"]
 Entry = Literal["hooks", "kube-proxy"]
 
 
+class MapAt(NamedTuple):
+    """Where a set or map element is in input without lines (nft -j): its set's table (`ip kube-proxy`), name and
+    kernel handle (None where the JSON gives none). Handles are unique in a table: `nft -a list ruleset` prints
+    the set's as `map service-ips { # handle 6`."""
+
+    table: str
+    name: str
+    handle: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"table": self.table, "name": self.name}
+        if self.handle is not None:
+            out["handle"] = self.handle
+        return out
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
     """One rule that matched, in the order the packet met it. `rule` is the rule as its dataplane prints it
     (iptables-save without counters: `-A CHAIN args…`; an nft rule or set element). `line` is the 1-based input
-    line (0 when unknown, e.g. nft JSON input, which gives the rule's kernel `handle` instead; JSON prints an
-    unknown line as null). `kind` says what the rule is to kube-proxy, whatever the dataplane: "dispatch" (a way
-    into a Service), "endpoint" (an endpoint's own chain), "no-endpoints", "no-local-endpoints", "firewall"
-    (loadBalancerSourceRanges), "invalid-port" (nftables mode: a ClusterIP on a port or protocol it does not
-    serve is rejected), "unallocated" (nftables mode: an address of the service CIDR no Service has is
-    dropped), or "" (anything else); `service` the Service port ("ns/svc:port") it belongs to when the rules
-    say."""
+    line (0 when unknown, e.g. nft JSON input, which gives the rule's kernel `handle` instead, or for a set or map
+    element its set, `element_of`; JSON prints an unknown line as null). `kind` says what the rule is to
+    kube-proxy, whatever the dataplane: "dispatch" (a way into a Service), "endpoint" (an endpoint's own chain),
+    "no-endpoints", "no-local-endpoints", "firewall" (loadBalancerSourceRanges), "invalid-port" (nftables mode: a
+    ClusterIP on a port or protocol it does not serve is rejected), "unallocated" (nftables mode: an address of
+    the service CIDR no Service has is dropped), or "" (anything else); `service` the Service port ("ns/svc:port")
+    it belongs to when the rules say."""
 
     table: str
     chain: str
@@ -150,13 +166,26 @@ class Step:
     kind: str = field(default="", compare=False)
     service: str | None = field(default=None, compare=False)
     handle: int | None = field(default=None, compare=False)
+    element_of: MapAt | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"table": self.table, "chain": self.chain, "line": self.line or None,
                                "rule": self.rule}
         if self.handle is not None:
             out["handle"] = self.handle
+        if self.element_of is not None:
+            out["map"] = self.element_of.to_json()
         return out
+
+    @property
+    def where(self) -> str:
+        """Where the step is, as text names it: `line N`, or without a line (nft -j) `handle N` (a rule's, or for
+        a set or map element its set's), or `line -` where the input says nothing."""
+        if self.line:
+            return f"line {self.line}"
+        handle = self.handle if self.handle is not None else (
+            self.element_of.handle if self.element_of is not None else None)
+        return f"handle {handle}" if handle is not None else "line -"
 
 
 class RuleAt(NamedTuple):
@@ -170,13 +199,15 @@ class RuleAt(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class Decision:
     """Who decided an outcome: a rule (`line` set; 0 when unknown, with the kernel's `handle` for nft JSON
-    input) or a built-in chain's policy (`policy` set)."""
+    input, or for a set or map element whose verdict decided, `element_of`) or a built-in chain's policy
+    (`policy` set)."""
 
     table: str
     chain: str
     line: int | None = None
     policy: str | None = None
     handle: int | None = None
+    element_of: MapAt | None = None
 
     def to_json(self) -> dict[str, Any]:
         if self.policy is not None:
@@ -184,6 +215,8 @@ class Decision:
         out: dict[str, Any] = {"table": self.table, "chain": self.chain, "line": self.line or None}
         if self.handle is not None:
             out["handle"] = self.handle
+        if self.element_of is not None:
+            out["map"] = self.element_of.to_json()
         return out
 
 
@@ -460,6 +493,12 @@ class Ruleset(Protocol):
         """A step of a trace's path as an answer's evidence shows it, standing alone: evidence_text of its line,
         or with no line (nft JSON input) its rule, named as evidence_text would name it (an nft endpoint's rule
         with its chain, which the path shows beside it)."""
+        ...
+
+    def elements_at(self, address: str, port: int, protocol: str) -> tuple[tuple[MapAt, str], ...]:
+        """For input without lines (nft -j), whose ways in have none to quote: kube-proxy's set and map elements
+        keyed on this address, port and protocol, by their sets, as a trace's path shows them; () for input
+        with lines."""
         ...
 
 

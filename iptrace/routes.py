@@ -9,9 +9,11 @@ saves as routes.txt; the kube-proxy image has no `ip`, but every node has /proc)
   addresses and masks in hexadecimal, in the machine's byte order (told by the masks: a mask is contiguous ones).
 - /proc/net/ipv6_route (IPv6, every table): one route a line of 10 columns: destination, its prefix length,
   source, its prefix length, next hop, metric, refcnt, use, flags (hexadecimal), interface.
-A route with the reject flag (unreachable, prohibit; on IPv6 blackhole too, which its file does not tell apart) is
-no way out, and so is an IPv4 blackhole route (interface `*` without the reject flag), whose packets the kernel drops
-without an answer. A route that applies to some sources only (IPv6 source routing) is not modeled and left out.
+A route with the reject flag (unreachable, prohibit; on IPv6 blackhole and throw too, which its file does not tell
+apart, and lists without the up flag) is no way out, and so is an IPv4 blackhole route (interface `*` without the
+reject flag), whose forwarded packets the kernel drops without an answer; an IPv4 throw route reads the same (the
+kernel sets the reject flag for unreachable and prohibit only), though the kernel answers its packets as without a
+route: the notes name both. A route that applies to some sources only (IPv6 source routing) is not modeled.
 
 Lookups are longest-prefix match, the lowest metric first among equal prefixes. What the file cannot show: policy
 routing (`ip rule`: marks, source addresses, other tables), which the traces that use a route say. Pure: no I/O.
@@ -37,21 +39,29 @@ def routed_note(where: str, iface: str) -> str:
 
 # How no_route_note's notes start (the Service view repeats them on the way in they end).
 SENT_NOWHERE = ("the node's routes have no way out for ", "the node's routes send ")
-BLACKHOLE = ""  # the device of an IPv4 blackhole route (`*` without the reject flag): no way out, and no answer
+BLACKHOLE = ""  # the device of an IPv4 blackhole (or throw) route (`*` without the reject flag): no way out
 
 
 def no_route_note(destination: str, where: str, version: int, blackhole: bool = False) -> str:
     """The note of a packet the kernel does not send on: the node's routes have no way out for its destination
-    (`blackhole`: a blackhole route; else no route, or a reject route). `where`: "forwarded", "own" for the node's
-    own packet, "rerouted" for the node's own after output's DNAT; the walk ends the branch there, as the kernel
-    does: REJECT, DROP for a blackhole forwarded and when rerouted."""
+    (`blackhole`: an IPv4 route of device `*` without the reject flag, a blackhole or a throw route, which
+    /proc/net/route shows alike; else no route, or a reject route: unreachable, prohibit, and on IPv6 blackhole and
+    throw too). `where`: "forwarded", "own" for the node's own packet, "rerouted" for the node's own after output's
+    DNAT; the walk ends the branch there, as the kernel does: REJECT, DROP for a blackhole forwarded and when
+    rerouted. A throw route in the main table (the only one the file lists) sends the lookup on to the next table:
+    with none holding the destination the kernel answers as with no route (ICMP network unreachable forwarded,
+    connect() fails)."""
     if blackhole:
-        way = f"{SENT_NOWHERE[1]}{destination} to a blackhole"
+        way = f"{SENT_NOWHERE[1]}{destination} to a blackhole or a throw route (/proc/net/route shows them alike)"
     else:
-        way = f"{SENT_NOWHERE[0]}{destination} (no route, or an unreachable or prohibit route)"
+        kinds = "an unreachable, prohibit or throw route" if version == 6 else "an unreachable or prohibit route"
+        way = f"{SENT_NOWHERE[0]}{destination} (no route, or {kinds})"
     if where == "forwarded":
-        what = ("the kernel drops it silently" if blackhole else "the kernel answers ICMP destination unreachable") \
-            + " (no rule after the routing decision sees it)"
+        if blackhole:
+            what = ("the kernel drops it silently if it is a blackhole (no rule after the routing decision sees it); "
+                    "through a throw route it answers ICMP destination unreachable, as with no route")
+        else:
+            what = "the kernel answers ICMP destination unreachable (no rule after the routing decision sees it)"
         if version == 6 and not blackhole:
             what += "; a blackhole route, which /proc/net/ipv6_route does not tell from those, would drop it silently"
     elif where == "own":
@@ -225,7 +235,8 @@ def _v6_route(fields: list[str], line: str, source: str, number: int) -> tuple[i
     source_length = _hex(fields[3], 2, "source prefix length", line, source, number, 3)
     metric = _hex(fields[5], 8, "metric", line, source, number, 5)
     flags = _hex(fields[8], 8, "flags", line, source, number, 8)
-    if source_length or not flags & RTF_UP:
+    # (the kernel lists a reject route, ip6_null_entry's kind, without the up flag: it is no way out all the same)
+    if source_length or not flags & (RTF_UP | RTF_REJECT):
         return None
     device = None if flags & RTF_REJECT else fields[9]
     return metric, number, destination & _prefix_mask(length, 128), device, length

@@ -1,13 +1,15 @@
 """An input file's bytes as text, whatever wrote it: a dump saved on Windows starts with a byte order mark — UTF-8's
 from an editor, or UTF-16 from PowerShell 5's `>` (`kubectl debug node/… -- iptables-save > node1.txt`). Bytes
-that are not valid in their encoding are replaced, never fatal (the readers then name the line). And `counted`:
-a count with its noun in the right number, for the messages every layer writes. Pure."""
+that are not valid in their encoding are replaced, never fatal (the readers then name the line). And for the
+messages every layer writes: `counted`, a count with its noun in the right number, and `met_order`, a trace's
+notes in the order the packet met them. Pure."""
 
 from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
+from itertools import pairwise
 
 _UTF16 = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
@@ -79,3 +81,37 @@ def counted(n: int, one: str, many: str | None = None) -> str:
 def listed(words: list[str], conjunction: str = "and") -> str:
     """`a`, `a and b`, `a, b and c`: a list in a sentence (`or`: `a, b or c`)."""
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + f" {conjunction} " + words[-1]
+
+
+def met_order(sequences: Iterable[tuple[str, ...]], known: Collection[str]) -> list[str]:
+    """The notes of a trace's outcomes (`sequences`: each outcome's assumptions, in the order its branch met them)
+    not in `known`, each once, in the order the packet met them: a note comes after every note some branch met
+    before it (the branches of a draw share the walk up to it); of the notes that may come next, the one listed
+    first (by outcome) does. Met in two orders by two branches: as listed first."""
+    distinct = list(dict.fromkeys(seq for seq in sequences if seq))
+    if not distinct:
+        return []
+    if len(distinct) == 1:  # (the common case: every branch met the same, or one branch met any)
+        return [a for a in distinct[0] if a not in known]
+    order: dict[str, int] = {}
+    for seq in distinct:
+        for a in seq:
+            if a not in order and a not in known:
+                order[a] = len(order)
+    after: dict[str, set[str]] = {a: set() for a in order}
+    before = dict.fromkeys(order, 0)  # (how many notes not yet listed some branch met just before it)
+    for seq in distinct:
+        items = [a for a in seq if a in order]
+        for x, y in pairwise(items):
+            if y not in after[x]:
+                after[x].add(y)
+                before[y] += 1
+    out: list[str] = []
+    left = dict(order)
+    while left:
+        pick = next((a for a in left if before[a] <= 0), next(iter(left)))
+        out.append(pick)
+        del left[pick]
+        for y in after[pick]:
+            before[y] -= 1
+    return out

@@ -113,7 +113,7 @@ def _where_aside(text: str, path: Path) -> str:
 def _json_aside(value: Any, path: Path) -> Any:
     if isinstance(value, dict):
         return {k: _json_aside(v, path) for k, v in value.items()
-                if k not in ("line", "lines", "handle", "handles", "decided_by_line", "decided_by_rule")}
+                if k not in ("line", "lines", "handle", "handles", "decided_by_line", "decided_by_rule", "map")}
     if isinstance(value, list):
         return [_json_aside(v, path) for v in value]
     return _where_aside(value, path) if isinstance(value, str) else value
@@ -154,7 +154,8 @@ def test_listing_and_json_answer_alike_but_for_line_vs_handle(tmp_path: Path, na
                 for doc in (a, b):
                     if isinstance(doc, dict):
                         doc.pop("merge", None)  # (the shard merge key's rule texts: kube/digest.py's, not an answer)
-                        # (audit's address-conflict quotes the lines kube/digest.py gives it: none for JSON input)
+                        # (audit's address-conflict quotes a listing's element lines as they are, the JSON's
+                        # elements whole, by their maps: test_json_input_elements.py)
                         for finding in doc.get("findings", ()):
                             if finding["id"] == "address-conflict":
                                 finding["evidence"] = []

@@ -357,3 +357,64 @@ def test_routed_notes_of_a_concatenation_are_the_same_replayed_as_walked() -> No
         assert got == want
     assert [(verdict, len([a for a in notes if "by the node's routes" in a])) for verdict, _, _, notes in got] == [
         ("DROP", 2), ("DNAT", 2), ("REJECT", 0), ("DNAT", 3)]
+
+
+def test_a_throw_route_is_named_beside_the_blackhole_it_reads_as() -> None:
+    """/proc/net/route shows an IPv4 throw route as it shows a blackhole (device `*`, flags 0001: the kernel's
+    fib_flag_trans sets the reject flag for unreachable and prohibit only), /proc/net/ipv6_route shows it as an
+    unreachable one (lo, reject flag); the kernel answers a packet through a throw route in the main table as one
+    without a route (ICMP network unreachable forwarded, connect() fails), a blackhole's forwarded packet it drops
+    silently (test_routes_kernel.py). So the note of a `*` route names both and what the kernel does with each,
+    and the IPv6 note names throw among the routes it cannot tell apart."""
+    routes = parse_routes("\n".join([
+        HEADER, v4("eth0", "00000000", "00000000", "0003", 100, "0100A8C0"), v4("*", "0007F40A", "00FFFFFF"),
+        "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000000000000000000000000000001 "
+        "00000400 00000001 00000000 00000003     eth0",
+        # (the kernel lists a reject route without the up flag: read as none, the wider route around it answered)
+        "20010db8000700000000000000000000 30 00000000000000000000000000000000 00 00000000000000000000000000000000 "
+        "00000400 00000002 00000000 00200200       lo"]) + "\n")
+    dataplane, ruleset = dataplanes.load("table inet filter {\n chain forward { type filter hook forward priority 0; "
+                                         "policy accept; }\n}\n")
+    for version, dst, verdict, said in (
+            (4, "10.244.7.5", "DROP", ("send 10.244.7.5 to a blackhole or a throw route",
+                                       "/proc/net/route shows them alike",
+                                       "the kernel drops it silently if it is a blackhole",
+                                       "through a throw route it answers ICMP destination unreachable, as with "
+                                       "no route")),
+            (6, "2001:db8:7::5", "REJECT", ("no way out for 2001:db8:7::5 (no route, or an unreachable, prohibit "
+                                            "or throw route)",))):
+        tracer = dataplane.tracer(ruleset, node_ips=["10.0.0.1" if version == 4 else "fd00::1"], routes=routes)
+        [outcome] = tracer.trace(Packet("192.168.1.5" if version == 4 else "fd00::9", dst, 80,
+                                        in_interface="eth0")).outcomes
+        assert outcome.verdict == verdict and outcome.decided_by is None, outcome
+        assert any(all(part in a for part in said) for a in outcome.assumptions), outcome.assumptions
+
+
+def test_routed_notes_of_a_verdict_map_are_the_same_replayed_as_walked() -> None:
+    """`oifname vmap { … }` answered by the routes says so on the branches that met it, whether the walks after
+    a draw are shared (replayed) or each walked; the same map in two rules of a table names each rule's line."""
+    from iptrace.nftables.walk import Tracer
+
+    routes = parse_routes("\n".join([HEADER, v4("cni0", "0000F40A", "00FFFFFF"),
+                                     v4("flannel.1", "0001F40A", "00FFFFFF", "0003")]) + "\n")
+    _, ruleset = dataplanes.load("""table ip t {
+ chain pre { type nat hook prerouting priority -100; ip daddr 10.96.0.1 tcp dport 80 dnat to numgen random mod 3 map { 0 : 10.244.0.5, 1 : 10.244.1.5, 2 : 10.244.2.5 }; }
+ chain f {
+  type filter hook forward priority 0;
+  oifname vmap { "flannel.1" : accept }
+  oifname vmap { "cni0" : jump c }
+ }
+ chain c {
+  oifname vmap { "flannel.1" : accept }
+  ip daddr . oifname vmap { 10.244.0.5 . "cni0" : drop }
+ }
+}
+""")
+    packet = Packet("192.168.1.5", "10.96.0.1", 80, in_interface="eth0")
+    shared, walked = (Tracer(ruleset, node_ips=["10.0.0.1"], routes=routes, share=share) for share in (True, False))
+    for _ in range(3):  # (the first walks and records, the next replay)
+        got, want = ([(o.verdict, o.destination, o.assumptions) for o in t.trace(packet).outcomes]
+                     for t in (shared, walked))
+        assert got == want
+    assert [(verdict, [a.split(":")[0] for a in notes if "by the node's routes" in a]) for verdict, _, notes in got] \
+        == [("DROP", ["line 5", "line 6", "line 9", "line 10"]), ("DNAT", ["line 5"]), ("REJECT", [])]

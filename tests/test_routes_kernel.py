@@ -216,6 +216,36 @@ def test_an_output_interface_in_a_key_is_answered_by_the_routes_and_said(topo: T
     assert len({n.split(":")[0] for n in notes}) == 2, traced.assumptions  # (the anonymous set's rule, the set's)
 
 
+
+def test_a_verdict_map_keyed_on_the_output_interface_says_what_answered_it(topo: Topology) -> None:
+    """nftables: `oifname vmap { … }` and a verdict map keyed on `ip daddr . oifname`, as the kernel lists them:
+    answered by the node's routes, each says so as a plain `oifname` test does (they said nothing, though the
+    verdict rested on the route), each naming its own line (two rules of one table with the same map must not share
+    one compiled look-up whose note names the first rule's line); without routes, each says what it assumed."""
+    subprocess.run(["ip", "netns", "exec", topo.node, "nft", "flush", "ruleset"], check=True)
+    maps = ('oifname vmap { "eth0" : accept }', 'oifname vmap { "eth0" : accept, "cni0" : jump topods }',
+            'ip daddr . oifname vmap { 198.18.128.10 . "cni0" : drop }')
+    load_nft(topo, f"""table ip routed {{
+  chain forwarding {{ type filter hook forward priority 0; {maps[0]}; {maps[1]}; }}
+  chain topods {{ {maps[0]}; {maps[2]}; }}
+}}
+""")
+    listing = list_ruleset(topo)
+    unrouted, routed = _tracers(topo, dataplanes.load(listing, source="nft list ruleset"))
+    lines = [number for number, text in enumerate(listing.splitlines(), 1) if text.strip() in maps]
+    assert len(lines) == 4, listing
+    assert topo.probe("client", POD, PORT).outcome == "timeout"  # the kernel: dropped out of cni0
+    traced = routed.trace(Packet(CLIENT_IP, POD, PORT, in_interface="eth0"))
+    assert [o.verdict for o in traced.outcomes] == ["DROP"], traced
+    notes = [a.split(":")[0] for a in traced.assumptions if "output interface cni0, by the node's routes" in a]
+    assert notes == [f"line {n}" for n in lines], traced.assumptions
+    # Without routes each look-up met is assumed to find nothing (the interface is not known), and says so.
+    traced = unrouted.trace(Packet(CLIENT_IP, POD, PORT, in_interface="eth0"))
+    assert [o.verdict for o in traced.outcomes] == ["ACCEPT"], traced
+    unknown = [a.split(":")[0] for a in traced.assumptions if "the output interface is not known" in a]
+    assert unknown == [f"line {n}" for n in lines[:2]], traced.assumptions
+
+
 UNROUTED = "198.18.64.10"  # (in no route of the node's: between its eth0 /24 and its cni0 /17)
 NO_ROUTE_IPTABLES = """*nat
 :PREROUTING ACCEPT [0:0]
@@ -379,3 +409,44 @@ def test_the_route_lookup_is_the_kernels() -> None:
             kernel = (words[words.index("dev") + 1] if "dev" in words
                       else BLACKHOLE if "Invalid argument" in got.stderr else None)
             assert table.device(int(ip_address(address))) == kernel, (address, got.stdout, got.stderr)
+
+
+def test_a_throw_route_reads_as_a_blackhole_and_the_kernel_answers_it_as_no_route() -> None:
+    """`ip route add throw` in the main table: /proc/net/route lists it exactly as a blackhole (`*`, flags 0001) and
+    /proc/net/ipv6_route as an unreachable route (lo, reject flag, and no up flag: one that was read as no route at
+    all, so the wider route around it answered). The kernel sends a packet through it nowhere, as with no route:
+    forwarded, ICMP network unreachable (a blackhole's it drops silently); the node's own connect() fails. iptrace
+    names the throw route beside the blackhole it cannot tell it from, and rejects what an IPv6 one holds."""
+    with Topology("nft", ipv6=True) as topo:
+        topo.add_pod_ip(POD)
+        topo.start_server(tcp_ports=[PORT])
+        # (inside the Service range, which the node routes to its sink: a wider route than these)
+        topo._ip(topo.node, "route add throw 198.19.7.0/24")
+        topo._ip(topo.node, "route add blackhole 198.19.10.0/24")
+        topo._ip(topo.node, "route add throw fd00:198:19::20/128")
+        listed = _routes(topo)
+        lines = {line.split("\t")[1]: line.split("\t")[0] + "\t" + "\t".join(line.split("\t")[2:]).rstrip()
+                 for line in listed.splitlines() if line.startswith("*\t")}
+        assert lines["000713C6"] == lines["000A13C6"] and "\t0001\t" in lines["000713C6"], listed
+        [six] = [line for line in listed.splitlines() if line.startswith("fd000198001900000000000000000020")]
+        assert six.split()[8] == "00200200" and six.split()[9] == "lo", six
+        for src, dst, kernel in (("client", "198.19.7.1", "unreachable"), ("client", "198.19.10.1", "timeout"),
+                                 ("client", "fd00:198:19::20", "unreachable"), ("node", "198.19.7.1", "unreachable"),
+                                 ("client", "fd00:198:19::21", "timeout")):
+            assert topo.probe(src, dst, 80).outcome == kernel, (src, dst)
+        routes = parse_routes(listed, source="routes")
+        for ipv6 in (False, True):
+            topo.load("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n", ipv6=ipv6)
+        for dst, verdict, said in (
+                ("198.19.7.1", "DROP", ("to a blackhole or a throw route", "through a throw route it answers "
+                                        "ICMP destination unreachable, as with no route")),
+                ("fd00:198:19::20", "REJECT", ("no way out for fd00:198:19::20 (no route, or an unreachable, "
+                                               "prohibit or throw route)",)),
+                ("fd00:198:19::21", "ACCEPT", ())):
+            version = 6 if ":" in dst else 4
+            dataplane, ruleset = dataplanes.load(topo.save(ipv6=version == 6), source="iptables-save")
+            tracer = dataplane.tracer(ruleset, node_ips=topo.node_ips, routes=routes)
+            [outcome] = tracer.trace(Packet(CLIENT6 if version == 6 else CLIENT_IP, dst, 80,
+                                            in_interface="eth0")).outcomes
+            assert outcome.verdict == verdict, (dst, outcome)
+            assert not said or any(all(part in a for part in said) for a in outcome.assumptions), outcome.assumptions

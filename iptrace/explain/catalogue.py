@@ -312,8 +312,8 @@ def no_route(case: Case) -> Diagnosis | None:
     return Diagnosis(
         "no-route", "error", f"the node's routes have no way out for {where}: the kernel sends the packet nowhere",
         f"No rule stops it: the routing decision does. The node's routes have no route for {where} (and no default "
-        f"route), or an unreachable, prohibit or blackhole route, so {refused}. Policy routing (ip rule) is not in "
-        "the routes file.",
+        f"route), or an unreachable, prohibit, blackhole or throw route, so {refused}. Policy routing (ip rule) is "
+        "not in the routes file.",
         f"give the node a route for {where} (a default route, or the CNI's route to the pods there); "
         f"`ip route get {ip_of(stopped[0].final_destination)}` on the node shows what the kernel does", ())
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from iptrace.dataplane import PathEncoder, Trace, trace_to_json
+from iptrace.dataplane import MapAt, PathEncoder, Trace, trace_to_json
 
 Severity = Literal["error", "warning", "info"]
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
@@ -14,21 +14,36 @@ SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 @dataclass(frozen=True, slots=True)
 class Evidence:
     """A line of the dump (`rule`: its text), or of another file, `source` (a conntrack table). `line` 0: the dump
-    has no lines (nft JSON input), where `handle` is the rule's kernel handle (None for a set or map element);
-    JSON prints such a line as null, as trace's path does (SPEC.md)."""
+    has no lines (nft JSON input), where `handle` is the rule's kernel handle (None for a set or map element,
+    whose set `element_of` names); JSON prints such a line as null, as trace's path does (SPEC.md)."""
 
     line: int
     rule: str
     source: str = ""
     handle: int | None = None
+    element_of: MapAt | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"line": self.line or None, "rule": self.rule}
         if self.handle is not None:
             out["handle"] = self.handle
+        if self.element_of is not None:
+            out["map"] = self.element_of.to_json()
         if self.source:
             out["source"] = self.source
         return out
+
+    @property
+    def where(self) -> str:
+        """`line N: ` (`SOURCE:N: ` for another file's), or without a line (nft -j) `handle N: ` (the rule's, or
+        an element's set's), or nothing where the input says nothing."""
+        if self.source:
+            return f"{self.source}:{self.line}: "
+        if self.line:
+            return f"line {self.line}: "
+        handle = self.handle if self.handle is not None else (
+            self.element_of.handle if self.element_of is not None else None)
+        return f"handle {handle}: " if handle is not None else ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -420,5 +420,5 @@ def step_evidence(steps: Iterable[Step], ruleset: Ruleset) -> tuple[Evidence, ..
     for s in steps:
         key = s.line or (s.table, s.chain, s.handle, s.rule)
         if key not in seen:
-            seen[key] = Evidence(s.line, ruleset.step_text(s), handle=s.handle)
+            seen[key] = Evidence(s.line, ruleset.step_text(s), handle=s.handle, element_of=s.element_of)
     return tuple(seen.values())

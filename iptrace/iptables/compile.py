@@ -53,9 +53,9 @@ _SERVICE_RE = re.compile(r"(?:^|\bfor |\bto )([a-z0-9][-a-z0-9.]*/[a-z0-9][-a-z0
 KUBE_MARK_MASQ = "KUBE-MARK-MASQ"
 
 # Step(...) without the frozen dataclass's __init__: a question's trace reports each new rule it meets.
-_new_step = positional_new(Step, ("table", "chain", "line", "rule", "kind", "service", "handle"))
+_new_step = positional_new(Step, ("table", "chain", "line", "rule", "kind", "service", "handle", "element_of"))
 # Decision(...) the same way: a Service view's first pass builds one per endpoint (~5x10^4).
-_new_decision = positional_new(Decision, ("table", "chain", "line", "policy", "handle"))
+_new_decision = positional_new(Decision, ("table", "chain", "line", "policy", "handle", "element_of"))
 
 
 KUBE_MARK_DROP = "KUBE-MARK-DROP"
@@ -118,7 +118,7 @@ class Compiled:
     def decision(self) -> Decision:
         if self._decision is None:
             rule = self.rule
-            self._decision = _new_decision(self.table, rule[0], rule[3], None, None)
+            self._decision = _new_decision(self.table, rule[0], rule[3], None, None, None)
         return self._decision
 
 
@@ -531,7 +531,7 @@ class Compiler:
             if service is None and self.names is not None:
                 service = self.names.get(rule.chain) or (self.names.get(c.target) if c.target else None)
             step = c._path_step = _new_step(c.table, rule.chain, rule.line, f"-A {rule.chain} {rule.text}".rstrip(),
-                                            kind, service, None)
+                                            kind, service, None, None)
         return step
 
     def _service(self, compiled: Sequence[Compiled]) -> str | None:

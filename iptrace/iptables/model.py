@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from iptrace.dataplane import Step
+    from iptrace.dataplane import MapAt, Step
 
 TOKEN_RE = re.compile(r'"(?:\\.|[^"\\])*"|\S+')
 _UNESCAPE_RE = re.compile(r"\\(.)")
@@ -354,6 +354,10 @@ class Ruleset:
     def step_text(self, step: Step) -> str:
         """The step's rule as iptables-save prints it (its chain in its `-A`)."""
         return (self.evidence_text(step.line) if step.line else None) or step.rule
+
+    def elements_at(self, address: str, port: int, protocol: str) -> tuple[tuple[MapAt, str], ...]:
+        """None: iptables has no sets of Service addresses, and a dump has its lines."""
+        return ()
 
     def line_texts(self, lines: Collection[int]) -> dict[int, str | None]:
         """`line_text` of each of `lines` (a Service view's evidence: ~10^4 lines of one node), in one pass over

@@ -39,6 +39,7 @@ from iptrace.iptables.model import BUILTIN_CHAINS, Ruleset
 from iptrace.iptables.state import Context, State, Terminal, format_ip, ip_int
 from iptrace.records import positional_new
 from iptrace.routes import BLACKHOLE, Routes, unrouted
+from iptrace.text import met_order
 
 # Hook order (net/netfilter priorities): raw -300, mangle -150, nat DNAT -100, filter 0, security 50,
 # nat SNAT 100.
@@ -488,10 +489,7 @@ class Tracer(ChainWalker):
             if not made:  # (the common case: the first-packet note alone)
                 return _new_trace(packet, self.entry, outcomes, _FIRST_PACKET)
         notes: list[str] = [NEW_CONNECTION, *(a for a in assumptions if a != NEW_CONNECTION)]
-        for o in outcomes:
-            for note in o.assumptions:
-                if note not in notes:
-                    notes.append(note)
+        notes.extend(met_order([o.assumptions for o in outcomes], notes))  # (in the order the packet met them)
         return Trace(packet, self.entry, outcomes, tuple(notes))
 
     def _is_local_text(self, ip: str) -> bool:

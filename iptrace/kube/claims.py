@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 
 from iptrace.dataplane import join_host_port
 from iptrace.kube.compare import Finding, view_service_label
+from iptrace.kube.evidence import EvidenceAt
 from iptrace.kube.sharing import KIND_NAMES, shared_claims
 from iptrace.kube.view import CLUSTER_IP, EntryView, KubeView
 
@@ -56,11 +57,16 @@ def claim_lines(found: Claims) -> set[int]:
     return {n for _, claims in found for _, e in claims for n in e.lines}
 
 
+# For input without lines (nft -j): the elements keyed on an address, port and protocol (Ruleset.elements_at).
+Elements = Callable[[str, int, str], tuple[tuple[EvidenceAt, str], ...]]
+
+
 def claim_findings(view: KubeView, node: str, line_texts: Callable[[Iterable[int]], dict[int, str | None]],
-                   found: Claims | None = None) -> list[Finding]:
+                   found: Claims | None = None, elements: Elements | None = None) -> list[Finding]:
     """An `address-conflict` finding per address several Service ports claim on this node, naming the one that
     takes a client's packet here (the one whose own chains its way in crosses). `found`: claims_of(view), when
-    worked out already."""
+    worked out already; `elements` (the ruleset's elements_at): the evidence of claims whose ways in have no
+    lines, by the sets of the elements that write them."""
     if found is None:
         found = claims_of(view)
     if not found:
@@ -87,8 +93,11 @@ def claim_findings(view: KubeView, node: str, line_texts: Callable[[Iterable[int
                   "send this address to another of them (kubernetes#69599). Compare this finding across nodes.")
         if owner is not None:
             detail += capture_sentence(capture, owner)
+        evidence: tuple[tuple[EvidenceAt, str], ...] = tuple((n, texts.get(n) or "") for n in lines)
+        if not evidence and elements is not None:
+            evidence = elements(address, port, protocol)
         out.append(Finding(
             ADDRESS_CONFLICT, "error", node, winners[0] if winners else claims[0][0],
             f"{target} is claimed by {len(claims)} Service ports: {', '.join(names)}; {here}", detail,
-            conflict_fix(capture), tuple((n, texts.get(n) or "") for n in lines)))
+            conflict_fix(capture), evidence))
     return out

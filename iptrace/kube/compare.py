@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from iptrace.kube import writes
 from iptrace.kube.cluster import ClusterEndpoint, ClusterService, ClusterState
+from iptrace.kube.evidence import EvidenceAt, evidence_json
 from iptrace.kube.expected import (
     ExpectedPort,
     choose_endpoints,
@@ -76,7 +77,7 @@ _EVIDENCE_LIMIT = 6
 class Finding:
     """One disagreement. `service` is kube-proxy's ServicePortName (`ns/svc:port`) with the protocol when it
     is not TCP (`ns/svc:dns/udp`), or None for a finding about the whole node. `evidence` holds (dump line,
-    rule as iptables-save prints it); line 0 means the evidence is not a dump line."""
+    rule as its dataplane prints it); line 0: not a dump line; nft -j input's say where otherwise (evidence.py)."""
 
     id: str
     severity: Severity
@@ -85,7 +86,7 @@ class Finding:
     summary: str
     detail: str
     fix: str
-    evidence: tuple[tuple[int, str], ...] = ()
+    evidence: tuple[tuple[EvidenceAt, str], ...] = ()
     # the IP family of the rules it is about, when one ("ipv4", "ipv6"): which picture of a dual-stack Service
     # port a report draws it in. Not in the JSON (a merged audit's findings have none: drawn in every family's)
     family: str | None = field(default=None, compare=False)
@@ -97,7 +98,7 @@ class Finding:
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "severity": self.severity, "node": self.node, "service": self.service,
                 "summary": self.summary, "detail": self.detail, "fix": self.fix,
-                "evidence": [{"line": line, "rule": rule} for line, rule in self.evidence]}
+                "evidence": [evidence_json(at, rule) for at, rule in self.evidence]}
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -332,7 +332,8 @@ def node_result(node: Any, cluster: ClusterState | None = None, *, pictures: boo
         # (the lines the claims quote are read in the digest's pass over the rules, not in a pass of their own)
         digest, texts = _family_digest(a, cluster, kube_node, node.name, pictures, intern, claim_lines(found))
         families.append(digest)
-        claims += claim_findings(a.view, node.name, functools.partial(_quoted, texts), found)
+        claims += claim_findings(a.view, node.name, functools.partial(_quoted, texts), found,
+                                 a.ruleset.elements_at)
     warnings = meta.get("load_warnings")
     split, then = meta.get("mode_split"), "; until then compare both dumps"
     if not isinstance(split, str):

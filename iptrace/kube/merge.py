@@ -19,6 +19,7 @@ from typing import Any
 from iptrace.errors import InputError
 from iptrace.kube.compare import Finding
 from iptrace.kube.digest import FamilyDigest, NodeResult, PortDigest
+from iptrace.kube.evidence import evidence_at
 from iptrace.layout import ProxyMode
 
 MERGE_VERSION = 2  # 2: a Service port digest has its ways in (15 fields)
@@ -145,7 +146,7 @@ class _Reader:
         from iptrace.kube.conntrack import ConntrackFinding
 
         try:
-            evidence = tuple((int(e["line"]), str(e["rule"])) for e in item["evidence"])
+            evidence = tuple((evidence_at(e), str(e["rule"])) for e in item["evidence"])
             fields = (item["id"], item["severity"], item["node"], item["service"], item["summary"], item["detail"],
                       item["fix"], evidence)
             sources = {e.get("source") for e in item["evidence"]}

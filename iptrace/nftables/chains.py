@@ -378,6 +378,8 @@ class ChainWalker:
                 if isinstance(value, Unknown):
                     s.assume(value.note)
                     return [(s, BREAK)]
+                if op[4] is not None and (iface := s.out_iface) is not None and iface != "lo":
+                    s.assume(op[4](iface))
                 element = op[2].find(value)
                 if element is None:
                     return [(s, BREAK)]

@@ -369,7 +369,7 @@ def compile_match(m: Match, ctx: Context, where: str,
     fast = address_equals(m)
     if fast is not None:
         return fast, None
-    if ctx.routes is not None and _reads_oif(m.left):
+    if ctx.routes is not None and reads_oif(m.left):
         # (the test itself is the one without routes: the walk set the interface it reads; only the note differs)
         return None, _routed(compile_match(m, Context(ctx.local), where, named), where)
     if isinstance(m.left, Fib) and "iif" in m.left.flags and m.left.result == "type":
@@ -390,7 +390,7 @@ def compile_match(m: Match, ctx: Context, where: str,
             return None, (lambda s: (negated, note))
         if index.dynamic:
             return None, _dynamic_lookup(get, index, negated, where)
-        if _definite(m.left):
+        if always_known(m.left):
             if not index.ranged:
                 exact = index.exact
                 return (lambda s: (v := get(s)) is not NA and (v in exact) != negated), None
@@ -405,7 +405,7 @@ def compile_match(m: Match, ctx: Context, where: str,
                 return negated, v.note
             return (index.find(v) is not None) != negated, None
         return None, member
-    if _definite(m.left):
+    if always_known(m.left):
         return _definite_compare(get, m.op, right, dtype), None
 
     def compare(s: State) -> tuple[bool, str | None]:
@@ -418,29 +418,38 @@ def compile_match(m: Match, ctx: Context, where: str,
     return None, compare
 
 
-def _reads_oif(e: Any) -> bool:
+def reads_oif(e: Any) -> bool:
     """Whether a test's left side reads the output interface: `oifname`, `oif`, or a concatenation holding one
     (`ip daddr . oifname @set`, `iifname . oifname { … }`)."""
     if isinstance(e, Concat):
-        return any(_reads_oif(part) for part in e.parts)
+        return any(reads_oif(part) for part in e.parts)
     return isinstance(e, Meta) and e.key in ("oifname", "oif")
+
+
+def routed_notes(where: str) -> Callable[[str], str]:
+    """The note of a rule at `where` answered by the route out of an interface, made once per interface."""
+    notes: dict[str, str] = {}
+
+    def note(iface: str) -> str:
+        found = notes.get(iface)
+        if found is None:
+            found = notes[iface] = routed_note(where, iface)
+        return found
+    return note
 
 
 def _routed(compiled: tuple[Definite | None, Test | None], where: str) -> Test:
     """A test of the output interface answered by the node's routes (the walk sets it from them), with a note
     that says so; lo (the node's own address) and an unknown interface as without routes."""
     definite, test = compiled
-    notes: dict[str, str] = {}
+    note = routed_notes(where)
 
     def routed(s: State) -> tuple[bool, str | None]:
         held, why = (definite(s), None) if definite is not None else test(s)  # type: ignore[misc]
         current = s.out_iface
         if current is None or current == "lo":
             return held, why
-        note = notes.get(current)
-        if note is None:
-            note = notes[current] = routed_note(where, current)
-        return held, note
+        return held, note(current)
     return routed
 
 
@@ -517,7 +526,7 @@ def _dynamic_lookup(get: Getter, index: SetIndex, negated: bool, where: str) -> 
     return lookup
 
 
-def _definite(e: Any) -> bool:
+def always_known(e: Any) -> bool:
     """Whether an expression's value is always known for a first packet (its getter never returns Unknown)."""
     if isinstance(e, Payload):
         return (e.protocol in ("ip", "ip6") and e.field in ("saddr", "daddr", "protocol", "nexthdr", "version")) \
@@ -531,10 +540,10 @@ def _definite(e: Any) -> bool:
     if isinstance(e, Fib):
         return e.result == "type" and ("daddr" in e.flags or "saddr" in e.flags)
     if isinstance(e, Binop):
-        return _definite(e.left) and (not isinstance(e.right, (Payload, Meta, Ct, Fib, Binop, Concat))
-                                      or _definite(e.right))
+        return always_known(e.left) and (not isinstance(e.right, (Payload, Meta, Ct, Fib, Binop, Concat))
+                                      or always_known(e.right))
     if isinstance(e, Concat):
-        return all(_definite(p) for p in e.parts)
+        return all(always_known(p) for p in e.parts)
     if isinstance(e, (Numgen, Hash)):
         return True
     return False

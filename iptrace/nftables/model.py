@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from iptrace.nftables.source import SourceText
 
 if TYPE_CHECKING:
-    from iptrace.dataplane import Step
+    from iptrace.dataplane import MapAt, Step
 
 # ------------------------------------------------------------------------------------------------- values
 
@@ -561,6 +561,12 @@ class Ruleset:
         if step.line:
             return self.evidence_text(step.line) or step.rule
         return rule_in_chain(step.table, step.chain, step.rule) if step.handle is not None else step.rule
+
+    def elements_at(self, address: str, port: int, protocol: str) -> tuple[tuple[MapAt, str], ...]:
+        """For JSON input: kube-proxy's elements keyed on the address, port and protocol (steps.elements_at)."""
+        from iptrace.nftables.steps import elements_at
+
+        return elements_at(self, address, port, protocol) if self.format == "nft-json" else ()
 
     @property
     def rule_count(self) -> int:

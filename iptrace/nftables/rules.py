@@ -21,8 +21,11 @@ from iptrace.nftables.evaluate import (
     Test,
     Unknown,
     address_equals,
+    always_known,
     compile_match,
     getter,
+    reads_oif,
+    routed_notes,
 )
 from iptrace.nftables.model import (
     Concat,
@@ -60,6 +63,8 @@ TEST, VMAP, VERDICT, REJECT, NAT, MANGLE, UPDATE, NOTE, FAIL, QUEUE, NOTRACK, FO
 
 Named = Callable[[str], tuple[SetIndex | None, str | None]]
 _SHAREABLE = frozenset({TEST, VMAP, VERDICT, REJECT, MANGLE})  # operations whose code names no rule
+# A VMAP operation: (VMAP, key getter, SetIndex, the named map or None, None or the note of a key the node's
+# routes answered, by output interface).
 # What a chance's FORK holds as its item's own operation (the walk runs none: the chance alone decides).
 _HOLDS = (TEST, lambda s: True, None)
 
@@ -123,7 +128,9 @@ def compile_rule(rule: Rule, index: int, decision: Decision, where: str, ctx: Co
         op = cache.get(item)
         if op is None:
             op = _op(item, ctx, where, named, family, objects)
-            if op is not None and op[0] in _SHAREABLE and (op[0] != TEST or op[1] is not None):
+            # (not a look-up whose key may be unknown or routed: its notes name this rule)
+            if op is not None and op[0] in _SHAREABLE and (op[0] != TEST or op[1] is not None) and (
+                    op[0] != VMAP or always_known(item.key)):
                 cache[item] = op
         if op is not None:
             ops.append(op)
@@ -147,12 +154,14 @@ def _plain_op(item: Any, ctx: Context, where: str, named: Named, family: str,
         return (TEST, *compile_match(item, ctx, where, named))
     if isinstance(item, VerdictMap):
         key = getter(item.key, ctx, where)
+        # (a key that reads the output interface, answered by the node's routes: the walk says so, as for a test)
+        routed = routed_notes(where) if ctx.routes is not None and reads_oif(item.key) else None
         if isinstance(item.map, SetRef):
             index, problem = named(item.map.name)
             if index is None:
                 return (FAIL, f"{where}: {problem}: assumed no element matches")
-            return (VMAP, key, index, item.map.name)
-        return (VMAP, key, SetIndex.of(item.map), None)
+            return (VMAP, key, index, item.map.name, routed)
+        return (VMAP, key, SetIndex.of(item.map), None, routed)
     if isinstance(item, Verdict):
         return (VERDICT, item.kind, item.target)
     if isinstance(item, Reject):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from iptrace.dataplane import Decision, Step
+from iptrace.dataplane import Decision, MapAt, Step
 from iptrace.nftables import render
 from iptrace.nftables.lines import ElementLines
 from iptrace.nftables.model import Element, Nat, Reject, Ruleset, Table, Verdict
@@ -74,6 +74,23 @@ def evidence_text(ruleset: Ruleset, lines: ElementLines, line: int) -> str | Non
     return element_text(table, s.name, elements)
 
 
+def elements_at(ruleset: Ruleset, address: str, port: int, protocol: str) -> tuple[tuple[MapAt, str], ...]:
+    """The elements of kube-proxy's sets and maps keyed on `address . protocol . port` (the ways in kube-proxy
+    writes there: service-ips, firewall-ips, no-endpoint-services…), by their sets, as element_text shows them:
+    for input without lines, the evidence a listing's element lines are."""
+    out = []
+    for table in ruleset.tables:
+        if table.name != KUBE_PROXY_TABLE or table.family not in KUBE_PROXY_FAMILIES:
+            continue
+        for s in table.sets:
+            found = [e for e in s.elements if isinstance(e.key, tuple) and len(e.key) == 3
+                     and (e.key[0], str(e.key[1]), e.key[2]) == (address, protocol, port)]
+            if found:
+                at = MapAt(table.label, s.name, s.handle)
+                out.extend((at, element_text(table, s.name, (e,))) for e in found)
+    return tuple(out)
+
+
 def rule_in_chain(table: str, chain: str, text: str) -> str:
     """A rule standing alone, named by its table (`ip kube-proxy`) and chain as nft's syntax for a rule does."""
     return f"rule {table} {render.name(chain)} {text}"
@@ -127,13 +144,21 @@ class StepMaker:
         s = table.set(set_name)
         return self.lines.line(table.family, table.name, s, element) if s is not None else 0
 
+    def element_of(self, code: Any, set_name: str, line: int) -> MapAt | None:
+        """Where an element is without a line (nft -j input): its set, by table, name and kernel handle."""
+        if line:
+            return None
+        s = code.table.table.set(set_name)
+        return MapAt(code.table.label, set_name, s.handle if s is not None else None)
+
     def element_decision(self, code: Any, set_name: str, element: Element) -> Decision:
         """Who decided when an element's verdict (drop, accept) ends the packet: the element itself."""
         key = (code.table.label, code.name, set_name, element.key)
         found = self._decisions.get(key)
         if found is None:
-            found = self._decisions[key] = Decision(code.table.label, code.name,
-                                                    self.element_line(code, set_name, element))
+            line = self.element_line(code, set_name, element)
+            found = self._decisions[key] = Decision(code.table.label, code.name, line,
+                                                    element_of=self.element_of(code, set_name, line))
         return found
 
     def _rule_text(self, code: Any, c: Any) -> str:
@@ -169,7 +194,9 @@ class StepMaker:
                         context = (kind, service)
                     elif set_name == FIREWALL_IPS:
                         service = service or (self.label(target) if target else None)
-                out.append(Step(table.label, chain, self.element_line(code, set_name, element), text, kind, service))
+                line = self.element_line(code, set_name, element)
+                out.append(Step(table.label, chain, line, text, kind, service,
+                                element_of=self.element_of(code, set_name, line)))
                 continue
             rule = c.rule
             kind, service = "", None

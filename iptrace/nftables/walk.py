@@ -39,6 +39,7 @@ from iptrace.nftables.state import State, cons_list, ip_int, is_loopback
 from iptrace.nftables.steps import StepMaker
 from iptrace.nftables.values import protocol
 from iptrace.routes import BLACKHOLE, Routes, unrouted
+from iptrace.text import met_order
 
 # The hooks after the routing decision: (hook, with its NAT chains, entering through lo). A packet the node sends
 # to itself comes back in through lo; its NAT mappings are made, so NAT chains are not called again.
@@ -125,11 +126,7 @@ class Tracer(ChainWalker):
         notes.extend(self._notes(packet.version))
         if to_loopback:
             notes.extend(loopback_notes(packet, outcomes, self._is_local))
-        for o in outcomes:
-            if o.assumptions:
-                for note in o.assumptions:
-                    if note not in notes:
-                        notes.append(note)
+        notes.extend(met_order([o.assumptions for o in outcomes], notes))  # (in the order the packet met them)
         return Trace(packet, "hooks", outcomes, tuple(notes))
 
     def _notes(self, version: int) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ from typing import Any
 from iptrace.kube.audit import AuditReport
 from iptrace.kube.compare import Finding
 from iptrace.kube.diff import Diff, NodeAddressGap, family_name
+from iptrace.kube.evidence import evidence_where
 from iptrace.render.prose import Prose
 from iptrace.text import counted
 
@@ -64,9 +65,8 @@ def render_findings_lines(findings: Sequence[Finding], *, verbose: bool = False,
         out += [f"      {c}" for c in commands]
         if verbose:
             source = getattr(f, "source", "")  # evidence from a conntrack table, not the dump
-            for line, rule in f.evidence:
-                out.append(f"    {source}:{line}: {rule}" if source else f"    line {line}: {rule}" if line
-                           else f"    {rule}")
+            for at, rule in f.evidence:
+                out.append(f"    {source}:{at}: {rule}" if source else f"    {evidence_where(at)}{rule}")
     return out
 
 

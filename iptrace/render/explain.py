@@ -25,11 +25,9 @@ def _diagnosis(d: Diagnosis, prose: Prose) -> list[str]:
     if d.evidence:
         out.append("  Evidence:")
         for e in d.evidence:
-            source = e.source  # evidence from another file (a conntrack table) names it
-            # (nft JSON input has no lines: a rule's kernel handle, or a set element's own text, says which)
-            where = (f"{source}:{e.line}: " if source else f"line {e.line}: " if e.line else
-                     f"handle {e.handle}: " if e.handle is not None else "")
-            out.append(f"    {where}{e.rule.strip()}")  # a listing indents its lines
+            # (another file's evidence, a conntrack table's, names it; nft JSON input has no lines: the kernel
+            # handle of a rule, or of an element's set, says which)
+            out.append(f"    {e.where}{e.rule.strip()}")  # a listing indents its lines
     return out
 
 

@@ -21,6 +21,7 @@ from iptrace import __version__
 from iptrace.kube.audit import AuditReport
 from iptrace.kube.compare import SEVERITY_ORDER, Finding
 from iptrace.kube.digest import NOT_COLLECTED
+from iptrace.kube.evidence import evidence_where
 from iptrace.kube.portviews import PortViews
 from iptrace.kube.view import HEALTH_CHECK, ServicePortView
 from iptrace.render.audit import AUDIT_FORMAT
@@ -350,11 +351,14 @@ def _finding(f: Finding, i: int, port_ids: dict[str, list[tuple[str, str]]], nam
                + ('<pre class="commands">' + "\n".join(map(names, commands)) + "</pre>" if commands else "")
                + "</div>")
     if f.evidence:
-        width = max(len(str(line)) for line, _ in f.evidence)
+        # (nft -j input has no lines: `handle N` of an element's set or of a rule, evidence_where's)
+        wheres = [evidence_where(at).removesuffix(": ").partition(" ") for at, _ in f.evidence]
+        width = max(len(number) for _, _, number in wheres)
         # One row a rule, wrapped under its own text when it is longer than the box (a rule's DNAT target or
         # comment is at its end): each row a flex box, whose newline is there for copying, not drawn.
-        rows = ['<span class="row">' + (f'<span class="ln">line {line:>{width}}  </span>' if line else "")
-                + f'<span class="rule">{_e(rule)}</span>\n</span>' for line, rule in f.evidence]
+        rows = ['<span class="row">' + (f'<span class="ln">{word} {number:>{width}}  </span>' if word else "")
+                + f'<span class="rule">{_e(rule)}</span>\n</span>'
+                for (word, _, number), (_, rule) in zip(wheres, f.evidence, strict=True)]
         # (a conntrack finding's evidence is entries of the node's conntrack table, not its rules)
         source = getattr(f, "source", "")
         of = _e(source) if source else f"{names(f.node)}'s rules"

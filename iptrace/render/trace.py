@@ -16,10 +16,9 @@ def _pct(p: float) -> str:
 
 
 def _step(step: Step, indent: str, widths: tuple[int, int] = (6, 28)) -> str:
-    if step.line or step.handle is None:
-        where = f"line {step.line or '-':<6}"
-    else:  # nft JSON input: no lines, the kernel's rule handle
-        where = f"handle {step.handle:<4}"
+    # (nft JSON input has no lines: the kernel's handle of the rule, or of an element's set)
+    kind, _, at = step.where.partition(" ")
+    where = f"line {at:<6}" if kind == "line" else f"handle {at:<4}"
     return f"{indent}{step.table:<{widths[0]}} {step.chain:<{widths[1]}} {where} {step.rule}"
 
 

@@ -1,0 +1,113 @@
+"""Map elements on nft JSON input (`nft -j list ruleset`), which has no lines: a trace's path and an explanation's
+evidence name an element by its map (table, name) and the map's kernel handle, as they name a rule by its handle
+(`nft -a list ruleset` prints it: `map service-ips { # handle 6`; handles are unique in a table). They said
+`line -` in text and nothing in JSON. The listing's answers are unchanged (its elements have their lines)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from iptrace.cli import main
+from tests.conftest import SAMPLES
+from tests.oracle import Topology
+from tests.oracle.nft import load_nft, nft, requires_nft
+
+JSON_DUMP = SAMPLES / "nodeport-fb-backends-nft.json"
+
+
+def cli(*args: str) -> str:
+    result = CliRunner().invoke(main, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result.stdout
+
+
+def map_handles(doc: Any) -> dict[str, int]:
+    """map name -> its kernel handle, read off the JSON itself."""
+    return {o["map"]["name"]: o["map"]["handle"] for o in doc["nftables"] if "map" in o}
+
+
+def test_a_trace_of_json_input_names_each_element_by_its_map_and_handle() -> None:
+    handles = map_handles(json.loads(JSON_DUMP.read_text()))
+    args = ["trace", str(JSON_DUMP), "--dst", "10.101.234.168:5001", "--src", "192.168.49.1"]
+    text = cli(*args)
+    assert "line -" not in text, text
+    element = "element ip kube-proxy service-ips { 10.101.234.168 . tcp . 5001 : goto service-SX2ZK5HK-"
+    [row] = [line for line in text.splitlines() if element in line]
+    assert "ip kube-proxy services  " in row and f" handle {handles['service-ips']:<4} element" in row, row
+    doc = json.loads(cli(*args, "-o", "json"))
+    steps = [s for o in doc["outcomes"] for s in o["path"] if s["rule"].startswith("element")]
+    assert steps and all(s["line"] is None and "handle" not in s for s in steps), steps
+    assert {json.dumps(s["map"]) for s in steps} == {json.dumps(
+        {"table": "ip kube-proxy", "name": "service-ips", "handle": handles["service-ips"]})}
+    # The listing's elements keep their lines and say nothing more.
+    listed = json.loads(cli("trace", str(SAMPLES / "nodeport-fb-backends-nft.nft"), *args[2:], "-o", "json"))
+    steps = [s for o in listed["outcomes"] for s in o["path"] if s["rule"].startswith("element")]
+    assert steps and all(isinstance(s["line"], int) and "map" not in s for s in steps), steps
+
+
+@requires_nft()
+@pytest.mark.root
+def test_an_element_that_decides_is_named_by_its_map_in_trace_and_explain(tmp_path: Path) -> None:
+    """The kernel's JSON of a ruleset whose no-endpoint-services element drops (externalTrafficPolicy Local without
+    a local endpoint): decided_by, the path and explain's evidence name the element's map and its handle."""
+    with Topology("nft") as topo:
+        load_nft(topo, (SAMPLES / "etp-local-no-local-endpoints-nft.nft").read_text())
+        listing = nft(topo, "-j", "list", "ruleset")
+    dump = tmp_path / "ruleset.json"
+    dump.write_text(listing)
+    handles = map_handles(json.loads(listing))
+    where = {"table": "ip kube-proxy", "name": "no-endpoint-services", "handle": handles["no-endpoint-services"]}
+    args = [str(dump), "--dst", "192.168.49.240:80", "--src", "192.168.49.1", "--node-ip", "192.168.49.2"]
+    [outcome] = json.loads(cli("trace", *args, "-o", "json"))["outcomes"]
+    assert outcome["verdict"] == "DROP" and outcome["decided_by"] == {
+        "table": "ip kube-proxy", "chain": "service-endpoints-check", "line": None, "map": where}, outcome
+    assert [s["map"] for s in outcome["path"] if "map" in s] == [
+        {**where, "name": "service-ips", "handle": handles["service-ips"]}, where]
+    text = cli("trace", *args)
+    assert "line -" not in text and f"handle {where['handle']:<4} element ip kube-proxy no-endpoint-services" \
+        in text, text
+    explained = json.loads(cli("explain", *args, "-o", "json"))
+    evidence = [e for d in explained["diagnoses"] for e in d["evidence"]]
+    assert evidence and all(e.get("map") == where for e in evidence), evidence
+    text = cli("explain", *args)
+    assert f"    handle {where['handle']}: element ip kube-proxy no-endpoint-services {{ 192.168.49.240" in text, text
+
+
+FIREWALLS = Path(__file__).resolve().parent / "data" / "nft-firewalls"
+
+
+def test_audit_quotes_the_elements_of_an_address_conflict_on_json_input(tmp_path: Path) -> None:
+    """Two Services claim 198.18.7.7:80 (alpha's firewall-ips element, beta's service-ips element): audit of the
+    listing quotes both elements by line; of the JSON it quoted nothing. It quotes them by their maps and handles,
+    in its text (-v), its JSON, and a merge of that JSON."""
+    handles = map_handles(json.loads((FIREWALLS / "ruleset.json").read_text()))
+    dump = tmp_path / "node.json"
+    dump.write_text((FIREWALLS / "ruleset.json").read_text())
+    args = ["audit", str(dump), "--node-ip", "192.168.0.10"]
+    doc = json.loads(cli(*args, "-o", "json"))
+    [conflict] = [f for f in doc["findings"] if f["id"] == "address-conflict"]
+    want = [{"line": None, "rule": "element ip kube-proxy firewall-ips { 198.18.7.7 . tcp . 80 : goto "
+             "firewall-6MEUNKOI-alpha/lb/tcp/http }",
+             "map": {"table": "ip kube-proxy", "name": "firewall-ips", "handle": handles["firewall-ips"]}},
+            {"line": None, "rule": "element ip kube-proxy service-ips { 198.18.7.7 . tcp . 80 : goto "
+             "external-3XWUUKJJ-beta/lb/tcp/http }",
+             "map": {"table": "ip kube-proxy", "name": "service-ips", "handle": handles["service-ips"]}}]
+    assert conflict["evidence"] == want, conflict
+    lines = [f"    handle {handles['firewall-ips']}: {want[0]['rule']}",
+             f"    handle {handles['service-ips']}: {want[1]['rule']}"]
+    text = cli(*args, "-v")
+    assert all(line in text.splitlines() for line in lines), text
+    shard = tmp_path / "shard.json"
+    shard.write_text(json.dumps(doc))
+    merged = json.loads(cli("audit", "--merge", str(shard), "-o", "json"))
+    assert [f["evidence"] for f in merged["findings"] if f["id"] == "address-conflict"] == [want]
+    assert all(line in cli("audit", "--merge", str(shard), "-v").splitlines() for line in lines)
+    # The listing's evidence keeps its lines.
+    listed = json.loads(cli("audit", str(FIREWALLS / "listing.nft"), "--node-ip", "192.168.0.10", "-o", "json"))
+    [conflict] = [f for f in listed["findings"] if f["id"] == "address-conflict"]
+    assert [e["line"] for e in conflict["evidence"]] == [31, 67] and all("map" not in e for e in conflict["evidence"])
