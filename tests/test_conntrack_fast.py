@@ -164,6 +164,21 @@ def test_a_number_expression_accepts_what_the_vocabulary_accepts(kind: str, valu
     assert at_most(limit) == VALUES[kind]
 
 
+@pytest.mark.parametrize("limit", [0, 1, 9, 10, 99, 100, 109, 200, 255, 256, 1000, 12345, 65535])
+def test_a_number_expression_takes_every_number_up_to_its_limit_and_nothing_else(limit: int) -> None:
+    # Every string of digits up to the limit's width (leading zeros included), and one wider in ten (and those
+    # the limit begins): the tree of digits at_most writes takes those without a leading zero up to the
+    # limit, followed by a non-digit.
+    taken = re.compile(at_most(limit) + b" ")
+    digits = len(str(limit))
+    wider = [n for n in range(10 ** (digits + 1)) if n % 10 == 3 or n // 10 == limit]
+    for width, numbers in [*((w, range(10 ** w)) for w in range(1, digits + 1)), (digits + 1, wider)]:
+        for number in numbers:
+            text = str(number).zfill(width)
+            want = (text == "0" or text[0] != "0") and number <= limit
+            assert (taken.fullmatch((text + " ").encode()) is not None) == want, text
+
+
 @settings(max_examples=500, deadline=None)
 @given(st.lists(st.integers(0, 300), min_size=4, max_size=4), st.lists(st.integers(0, 2), min_size=4, max_size=4))
 def test_the_address_expression_accepts_what_ipaddress_accepts(octets: list[int], zeros: list[int]) -> None:
