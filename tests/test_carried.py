@@ -91,6 +91,10 @@ SCENARIOS = {
     "exact rule": lambda texts: [*texts[:2], _first_rule(texts[2], "mangle",
                                                          f"-A PREROUTING -d {_CLUSTER_IP}/32 -p tcp -j DROP"),
                                  *texts[3:]],
+    # a context rule on node 2 whose comment spells an exact test (it drops every packet): context, not exact
+    "comment spells an exact test": lambda texts: [*texts[:2], _first_rule(
+        texts[2], "mangle", f'-A PREROUTING -p tcp -m comment --comment "-d {_CLUSTER_IP}/32 --dport 80" -j DROP'),
+        *texts[3:]],
 }
 
 

@@ -66,6 +66,7 @@ OWN = ("KUBE-SVC-", "KUBE-SEP-", "KUBE-FW-", "KUBE-EXT-", "KUBE-SVL-", "KUBE-XLB
 _EXACT_DST = re.compile(r"-(?<!! -)(?<![\w-]-)d (\d+\.\d+\.\d+\.\d+)/32(?![\w.])")
 _EXACT_DPORT = re.compile(r"--(?<!! --)dport (\d+)(?![\w:,])")
 _EXACT_SRC = re.compile(r"-(?<![\w-]-)s \d+\.\d+\.\d+\.\d+/32(?![\w.])")
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')  # (a quoted word of iptables-save's: a comment's, a prefix's)
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _CANONICAL = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
 _JUMP = re.compile(r"-(?<![^\n ]-)[jg] (\S+)")
@@ -514,9 +515,12 @@ def _exact(text: str) -> tuple[str | None, int | None]:
     if found is None:
         if len(_EXACT) >= EXACT_LIMIT:
             _EXACT.clear()
-        host = _EXACT_DST.search(text)
-        port = _EXACT_DPORT.search(text)
-        if (host is None and port is None) or _EXACT_SRC.search(text):
+        # (what a rule tests, not what its quoted words spell: a comment `"-d 10.96.0.1/32"` on a rule that drops
+        # every packet made it an exact rule, left out of the fingerprint)
+        tested = _QUOTED.sub('""', text) if '"' in text else text
+        host = _EXACT_DST.search(tested)
+        port = _EXACT_DPORT.search(tested)
+        if (host is None and port is None) or _EXACT_SRC.search(tested):
             found = None, None
         else:
             found = (intern(host.group(1)) if host is not None else None,
