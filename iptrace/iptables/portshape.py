@@ -45,6 +45,7 @@ from typing import Any
 
 from iptrace.dataplane import PortShape
 from iptrace.errors import TraceError
+from iptrace.iptables.carry import OWN
 from iptrace.iptables.matchers import Structure, fast_tokens, rule_structure
 from iptrace.iptables.memo import PACKET_WRITERS, exact_dport_tokens, rule_target, structure_reads
 from iptrace.iptables.model import BUILTIN_CHAINS, TABLES
@@ -552,5 +553,9 @@ class _Port:
         key = (tuple(asked), own_rules, tuple(map(_WHERE, dispatch)), read, len(shapes.networks),
                shapes.kinds(addresses), held)
         version, texts = shapes.version, {at: text for text, at in hosts.items()}
+        # (portable: its traces read no Service port's own chain but its own and those the roots reach, which the
+        # context rules enter: carry.NodeKeys' fingerprint digests every other chain, by role; a dispatch rule's or
+        # its own rule's jump to another port's chain reads that port's rules, which another node writes otherwise)
+        portable = reached is roots or not any(chain.startswith(OWN) for _table, chain in reached - roots)
         return PortShape(key, tuple([texts.get(at) or format_ip(a, version) for a, at in addresses.items()]),
-                         tuple(ports), self.chains, lines)
+                         tuple(ports), self.chains, lines, portable)
