@@ -47,7 +47,7 @@ from iptrace.dataplane import PortShape
 from iptrace.errors import TraceError
 from iptrace.iptables.carry import OWN
 from iptrace.iptables.matchers import Structure, fast_tokens, rule_structure
-from iptrace.iptables.memo import PACKET_WRITERS, exact_dport_tokens, rule_target, structure_reads
+from iptrace.iptables.memo import PACKET_WRITERS, exact_dport_tokens, structure_reads
 from iptrace.iptables.model import BUILTIN_CHAINS, TABLES
 from iptrace.iptables.options import BUILTIN_TARGETS
 from iptrace.iptables.state import format_ip, ip_int, parse_net
@@ -146,6 +146,12 @@ class _Rule:
         self.jump = jump
 
 
+# (a rule's text → what Shapes.read reads of it: the same on every node whose loader gave the text that shape; per
+# process, started again when full: a 5,000-Service node's dispatch chains hold ~2·10^4 rules)
+_READ: dict[str, tuple[Any, ...]] = {}
+READ_LIMIT = 100_000
+
+
 class Shapes:
     """One tracer's rules as shapes read them: other chains analysed once each (their generic rules' networks and
     jumps, their exact-host and exact-port rules filed by value), rule plans by structure."""
@@ -216,24 +222,18 @@ class Shapes:
         generic = 0
         found: tuple[tuple[str, str], ...] | None = None
         try:
+            by_name, add = table.by_name, self._add_networks
             for position, rule in enumerate(chain.rules):
-                tokens = fast_tokens(rule.text)
-                plan = self.plan(rule, tokens)
-                if not plan.ok or plan.masks:
+                read = _READ.get(rule[1])
+                if read is None or read[0] is not rule[4] or read[1] != self.version:
+                    read = self.read(rule)
+                _shape, _version, hosts, ports, networks, target = read
+                if networks:
+                    add(networks)  # (a rule that reads what a shape cannot hold too: those found before)
+                if target is None:
                     raise _Decline
-                hosts: list[int] = []
-                ports: list[int] = []
-                for i, kind in plan.values:
-                    value = tokens[i]
-                    if kind == _ADDR or kind == _NEGATED:
-                        self.address_test(value, kind == _NEGATED, hosts)
-                    elif kind == _PORT:
-                        ports.append(int(value))
-                    elif kind == _NAT:
-                        raise _Decline
-                jump, target = rule_target(rule, table.by_name, BUILTIN_TARGETS)
-                if target in PACKET_WRITERS:
-                    raise _Decline
+                jump = target if target and target not in BUILTIN_TARGETS and target in by_name else None  # (as
+                # memo.rule_target reads it)
                 if not hosts and not ports:
                     generic += 1
                     if jump is not None:
@@ -243,14 +243,52 @@ class Shapes:
                 for value in (hosts if hosts else ports):
                     (self.by_host if hosts else self.by_port).setdefault(value, []).append(entry)
             found = tuple(jumps)
-        except (_Decline, TraceError, ValueError):
+        except _Decline:
             found = None
         self.chains[key] = found
         return found
 
-    def address_test(self, value: str, negated: bool, hosts: list[int]) -> None:
+    def read(self, rule: Any) -> tuple[Any, ...]:
+        """What `analyse` reads of a rule (kept by its text, _READ): its shape and the shapes' IP version (the checks
+        that the text gives them), its exact hosts and ports, the networks of its -s/-d tests in order, and its target
+        name ("" for none); the target None when the rule reads what a shape cannot hold or rewrites the packet."""
+        hosts: list[int] = []
+        ports: list[int] = []
+        networks: list[tuple[int, int]] = []
+        target: str | None = None
+        try:
+            tokens = fast_tokens(rule.text)
+            plan = self.plan(rule, tokens)
+            if not plan.ok or plan.masks:
+                raise _Decline
+            for i, kind in plan.values:
+                value = tokens[i]
+                if kind == _ADDR or kind == _NEGATED:
+                    self.address_test(value, kind == _NEGATED, hosts, networks)
+                elif kind == _PORT:
+                    ports.append(int(value))
+                elif kind == _NAT:
+                    raise _Decline
+            target = rule.target_name or ""
+            if target in PACKET_WRITERS:
+                raise _Decline
+        except (_Decline, TraceError, ValueError):
+            target = None
+        found = (rule[4], self.version, tuple(hosts), tuple(ports), tuple(networks), target)
+        if len(_READ) >= READ_LIMIT:
+            _READ.clear()
+        _READ[rule[1]] = found
+        return found
+
+    def _add_networks(self, networks: tuple[tuple[int, int], ...]) -> None:
+        for net in networks:
+            if net not in self._network_set:
+                self._network_set.add(net)
+                self.networks.append(net)
+
+    def address_test(self, value: str, negated: bool, hosts: list[int], networks: list[tuple[int, int]]) -> None:
         """A generic or exact rule's -s/-d value: an exact host (unnegated, one address: `hosts`) or networks
-        (their containment is part of every address's class)."""
+        (their containment is part of every address's class: `networks`)."""
         if value[:1] == '"':
             raise _Decline
         for part in value.split(","):
@@ -259,9 +297,8 @@ class Shapes:
                 raise _Decline  # (another family's address: such a test never matches; not worth a shape)
             if net[1] == self.full and not negated and "," not in value:
                 hosts.append(net[0])
-            elif net not in self._network_set:
-                self._network_set.add(net)
-                self.networks.append(net)
+            else:
+                networks.append(net)
 
     def plan(self, rule: Any, tokens: list[str]) -> _Plan:
         """The plan of `rule`'s structure (kept by structure)."""
