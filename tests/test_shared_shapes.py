@@ -139,3 +139,32 @@ def test_a_shape_whose_traces_enter_another_ports_chain_is_not_shared(tmp_path: 
     monkeypatch.setattr(portshape, "OWN", ("\0",))  # (no chain is another port's: every shape portable)
     shared, traced = _views(_write(tmp_path / "weak", texts), monkeypatch)
     assert shared != traced
+
+
+def _portable(text: str) -> list[bool]:
+    """PortShape.portable of each port of node 0's `text` that has a shape."""
+    from bench import fleet
+    from iptrace import dataplanes
+    from iptrace.kube.analysis import analyse
+
+    dataplane, ruleset = dataplanes.load(text)
+    a = analyse(dataplane, ruleset, "ipv4", node_ips=[fleet.node_ip(0)])
+    found = []
+    for key in a.layout.keys:
+        sp = a.layout.service_port(key)
+        shape = a.tracer.port_shape(a.views._builder.questions(sp), sp.chains)
+        if shape is not None:
+            found.append(shape.portable)
+    return found
+
+
+def test_no_shape_is_portable_where_an_exact_rule_adds_a_network() -> None:
+    """A shape's `held` says which networks of the node's rules hold each of its addresses, by their places in the
+    order found: a node's own exact rules (which another node writes otherwise) could put the context's networks at
+    other places, so a node where one adds a network shares no shape; one that tests a network the context's rules
+    test too adds none."""
+    text = _texts(1)[0]
+    assert all(_portable(text))
+    exact = "-A PREROUTING -s {} -d 10.96.99.99/32 -p tcp -j ACCEPT"
+    assert not any(_portable(_first_rule(text, "mangle", exact.format("172.16.0.0/12"))))
+    assert all(_portable(_first_rule(text, "mangle", exact.format("10.244.0.0/16"))))

@@ -146,8 +146,7 @@ class _Rule:
         self.jump = jump
 
 
-# (a rule's text → what Shapes.read reads of it: the same on every node whose loader gave the text that shape; per
-# process, started again when full: a 5,000-Service node's dispatch chains hold ~2·10^4 rules)
+# (a rule's text → Shapes.read's: per process, a node's ~10^4 dispatch rules read once; started again when full)
 _READ: dict[str, tuple[Any, ...]] = {}
 READ_LIMIT = 100_000
 
@@ -169,6 +168,7 @@ class Shapes:
         self.by_port: dict[int, list[_Rule]] = {}
         self.networks: list[tuple[int, int]] = []  # of generic and exact rules' -s/-d tests, in order found
         self._network_set: set[tuple[int, int]] = set()
+        self.exact_networks = False  # (an exact rule added one: see _Port.shape's `portable`)
         self._kinds: dict[int, tuple[Any, ...]] = {}
         ctx = tracer.ctx
         self.local: frozenset[int] = ctx.local_addresses
@@ -228,12 +228,11 @@ class Shapes:
                 if read is None or read[0] is not rule[4] or read[1] != self.version:
                     read = self.read(rule)
                 _shape, _version, hosts, ports, networks, target = read
-                if networks:
-                    add(networks)  # (a rule that reads what a shape cannot hold too: those found before)
+                if networks and add(networks) and (hosts or ports):  # (a rule a shape cannot hold: those before)
+                    self.exact_networks = True
                 if target is None:
                     raise _Decline
-                jump = target if target and target not in BUILTIN_TARGETS and target in by_name else None  # (as
-                # memo.rule_target reads it)
+                jump = target if target and target not in BUILTIN_TARGETS and target in by_name else None  # (memo's)
                 if not hosts and not ports:
                     generic += 1
                     if jump is not None:
@@ -249,9 +248,8 @@ class Shapes:
         return found
 
     def read(self, rule: Any) -> tuple[Any, ...]:
-        """What `analyse` reads of a rule (kept by its text, _READ): its shape and the shapes' IP version (the checks
-        that the text gives them), its exact hosts and ports, the networks of its -s/-d tests in order, and its target
-        name ("" for none); the target None when the rule reads what a shape cannot hold or rewrites the packet."""
+        """What `analyse` reads of a rule, kept by its text (_READ) with its shape and IP version: its exact hosts and
+        ports, its -s/-d networks in order, its target ("" none; None: it reads what a shape cannot hold)."""
         hosts: list[int] = []
         ports: list[int] = []
         networks: list[tuple[int, int]] = []
@@ -280,11 +278,14 @@ class Shapes:
         _READ[rule[1]] = found
         return found
 
-    def _add_networks(self, networks: tuple[tuple[int, int], ...]) -> None:
+    def _add_networks(self, networks: tuple[tuple[int, int], ...]) -> bool:
+        """Whether one of `networks` is new (added to `networks` in order)."""
+        count = len(self.networks)
         for net in networks:
             if net not in self._network_set:
                 self._network_set.add(net)
                 self.networks.append(net)
+        return len(self.networks) > count
 
     def address_test(self, value: str, negated: bool, hosts: list[int], networks: list[tuple[int, int]]) -> None:
         """A generic or exact rule's -s/-d value: an exact host (unnegated, one address: `hosts`) or networks
@@ -590,9 +591,10 @@ class _Port:
         key = (tuple(asked), own_rules, tuple(map(_WHERE, dispatch)), read, len(shapes.networks),
                shapes.kinds(addresses), held)
         version, texts = shapes.version, {at: text for text, at in hosts.items()}
-        # (portable: its traces read no Service port's own chain but its own and those the roots reach, which the
-        # context rules enter: carry.NodeKeys' fingerprint digests every other chain, by role; a dispatch rule's or
-        # its own rule's jump to another port's chain reads that port's rules, which another node writes otherwise)
-        portable = reached is roots or not any(chain.startswith(OWN) for _table, chain in reached - roots)
+        # (portable: its traces read no other port's chain but those the context enters (carry's fingerprint digests
+        # every other chain by role: another port's rules differ by node), and no exact rule (another node's differ)
+        # put one of `held`'s networks before the context's)
+        portable = not shapes.exact_networks and (
+            reached is roots or not any(chain.startswith(OWN) for _table, chain in reached - roots))
         return PortShape(key, tuple([texts.get(at) or format_ip(a, version) for a, at in addresses.items()]),
                          tuple(ports), self.chains, lines, portable)
