@@ -506,17 +506,20 @@ class PortShape:
     """A Service port's shape (the optional `Tracer.port_shape`, read by iptrace.kube.shapes): `key` (equal keys:
     the same traces but for the values below) and the port's values by number: `addresses` (as the walk writes
     them), `ports`, `chains` (its own, in the layout's order) and `lines` (of the rules the key names, in its
-    order; for input without lines, nft -j, each rule's RuleAt: table, chain and kernel handle)."""
+    order; for input without lines, nft -j, each rule's RuleAt: table, chain and kernel handle). `portable`: the
+    traces read no rule but the key's and the node's context (what `Dataplane.port_keys`' fingerprint digests), so
+    that equal keys on nodes of equal fingerprints give the same traces too (iptrace.kube.shapes.ShapeMemo.share)."""
 
-    __slots__ = ("addresses", "chains", "key", "lines", "ports")
+    __slots__ = ("addresses", "chains", "key", "lines", "portable", "ports")
 
     def __init__(self, key: tuple[Any, ...], addresses: tuple[str, ...], ports: tuple[int, ...],
-                 chains: tuple[str, ...], lines: tuple[int | RuleAt, ...]) -> None:
+                 chains: tuple[str, ...], lines: tuple[int | RuleAt, ...], portable: bool = False) -> None:
         self.key = key
         self.addresses = addresses
         self.ports = ports
         self.chains = chains
         self.lines = lines
+        self.portable = portable
 
 
 class Tracer(Protocol):
@@ -567,7 +570,8 @@ class Dataplane(Protocol):
     # Optional: `port_keys(ruleset, layout, node_ips, others, tracer)`, the content keys of its Service ports across
     # the nodes of one audit (iptrace.kube.carried; see iptrace.iptables.carry), `others` being the other addresses
     # its questions take for the node's own, `tracer` the one that traces them (the node's routes it reads are in
-    # its keys); or None. Without it, every port is traced.
+    # its keys); or None. Without it, every port is traced. Its `fingerprint` (a digest of the node's context) also
+    # names the views of portable shapes shared between nodes (PortShape.portable; iptrace.kube.shapes).
 
     def summary(self, ruleset: Any) -> str:
         """`iptrace parse`: tables, chains, rule counts, kube-proxy's mode and era, warnings (text)."""

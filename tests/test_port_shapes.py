@@ -295,3 +295,37 @@ def test_a_view_of_a_few_ports_reads_no_shapes() -> None:
     assert "_port_shapes" not in analysis.tracer.__dict__
     assert analysis.view.services
     assert "_port_shapes" in analysis.tracer.__dict__ and analysis.views._shapes.hits > 0
+
+
+def _shapes_read(shapes_of: Any) -> tuple[Any, ...]:
+    """What a Shapes read of its tracer's other chains, comparably."""
+    def filed(by: dict[int, list[Any]]) -> dict[int, list[Any]]:
+        return {value: [(r.table, r.chain, r.position, r.before, r.rule[3], r.hosts, r.ports, r.jump) for r in found]
+                for value, found in by.items()}
+    return shapes_of.roots, shapes_of.chains, shapes_of.networks, filed(shapes_of.by_host), filed(shapes_of.by_port)
+
+
+def test_what_shapes_read_of_a_rule_is_kept_by_its_text_and_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """portshape._READ: a node whose rules an earlier node of one load memo read (the same texts and shapes) reads
+    its other chains as it does alone; a rule of the same text without a shape (read apart) is not taken for one."""
+    from bench import fleet
+    from iptrace import dataplanes
+    from iptrace.iptables import portshape
+    from tests.test_carried import _texts
+
+    def read(text: str, memo: dict[str, Any]) -> tuple[Any, ...]:
+        dataplane, ruleset = dataplanes.load(text, memo=memo)
+        tracer = analyse(dataplane, ruleset, "ipv4", node_ips=[fleet.node_ip(1)]).tracer
+        return _shapes_read(portshape.Shapes(tracer))
+
+    texts = _texts(2)
+    monkeypatch.setattr(portshape, "_READ", {})
+    alone = read(texts[1], {})
+    memo: dict[str, Any] = {}
+    read(texts[0], memo)
+    assert read(texts[1], memo) == alone
+    assert all(found[0] is not None for found in portshape._READ.values())
+    # (the same texts read from rules without shapes: none holds what a shape can; not these rules' reads)
+    unshaped = {text: (None, found[1], (), (), (), None) for text, found in portshape._READ.items()}
+    monkeypatch.setattr(portshape, "_READ", unshaped)
+    assert read(texts[1], memo) == alone

@@ -45,8 +45,9 @@ from typing import Any
 
 from iptrace.dataplane import PortShape
 from iptrace.errors import TraceError
+from iptrace.iptables.carry import OWN
 from iptrace.iptables.matchers import Structure, fast_tokens, rule_structure
-from iptrace.iptables.memo import PACKET_WRITERS, exact_dport_tokens, rule_target, structure_reads
+from iptrace.iptables.memo import PACKET_WRITERS, exact_dport_tokens, structure_reads
 from iptrace.iptables.model import BUILTIN_CHAINS, TABLES
 from iptrace.iptables.options import BUILTIN_TARGETS
 from iptrace.iptables.state import format_ip, ip_int, parse_net
@@ -145,6 +146,11 @@ class _Rule:
         self.jump = jump
 
 
+# (a rule's text → Shapes.read's: per process, a node's ~10^4 dispatch rules read once; started again when full)
+_READ: dict[str, tuple[Any, ...]] = {}
+READ_LIMIT = 100_000
+
+
 class Shapes:
     """One tracer's rules as shapes read them: other chains analysed once each (their generic rules' networks and
     jumps, their exact-host and exact-port rules filed by value), rule plans by structure."""
@@ -162,6 +168,7 @@ class Shapes:
         self.by_port: dict[int, list[_Rule]] = {}
         self.networks: list[tuple[int, int]] = []  # of generic and exact rules' -s/-d tests, in order found
         self._network_set: set[tuple[int, int]] = set()
+        self.exact_networks = False  # (an exact rule added one: see _Port.shape's `portable`)
         self._kinds: dict[int, tuple[Any, ...]] = {}
         ctx = tracer.ctx
         self.local: frozenset[int] = ctx.local_addresses
@@ -215,24 +222,17 @@ class Shapes:
         generic = 0
         found: tuple[tuple[str, str], ...] | None = None
         try:
+            by_name, add = table.by_name, self._add_networks
             for position, rule in enumerate(chain.rules):
-                tokens = fast_tokens(rule.text)
-                plan = self.plan(rule, tokens)
-                if not plan.ok or plan.masks:
+                read = _READ.get(rule[1])
+                if read is None or read[0] is not rule[4] or read[1] != self.version:
+                    read = self.read(rule)
+                _shape, _version, hosts, ports, networks, target = read
+                if networks and add(networks) and (hosts or ports):  # (a rule a shape cannot hold: those before)
+                    self.exact_networks = True
+                if target is None:
                     raise _Decline
-                hosts: list[int] = []
-                ports: list[int] = []
-                for i, kind in plan.values:
-                    value = tokens[i]
-                    if kind == _ADDR or kind == _NEGATED:
-                        self.address_test(value, kind == _NEGATED, hosts)
-                    elif kind == _PORT:
-                        ports.append(int(value))
-                    elif kind == _NAT:
-                        raise _Decline
-                jump, target = rule_target(rule, table.by_name, BUILTIN_TARGETS)
-                if target in PACKET_WRITERS:
-                    raise _Decline
+                jump = target if target and target not in BUILTIN_TARGETS and target in by_name else None  # (memo's)
                 if not hosts and not ports:
                     generic += 1
                     if jump is not None:
@@ -242,14 +242,54 @@ class Shapes:
                 for value in (hosts if hosts else ports):
                     (self.by_host if hosts else self.by_port).setdefault(value, []).append(entry)
             found = tuple(jumps)
-        except (_Decline, TraceError, ValueError):
+        except _Decline:
             found = None
         self.chains[key] = found
         return found
 
-    def address_test(self, value: str, negated: bool, hosts: list[int]) -> None:
+    def read(self, rule: Any) -> tuple[Any, ...]:
+        """What `analyse` reads of a rule, kept by its text (_READ) with its shape and IP version: its exact hosts and
+        ports, its -s/-d networks in order, its target ("" none; None: it reads what a shape cannot hold)."""
+        hosts: list[int] = []
+        ports: list[int] = []
+        networks: list[tuple[int, int]] = []
+        target: str | None = None
+        try:
+            tokens = fast_tokens(rule.text)
+            plan = self.plan(rule, tokens)
+            if not plan.ok or plan.masks:
+                raise _Decline
+            for i, kind in plan.values:
+                value = tokens[i]
+                if kind == _ADDR or kind == _NEGATED:
+                    self.address_test(value, kind == _NEGATED, hosts, networks)
+                elif kind == _PORT:
+                    ports.append(int(value))
+                elif kind == _NAT:
+                    raise _Decline
+            target = rule.target_name or ""
+            if target in PACKET_WRITERS:
+                raise _Decline
+        except (_Decline, TraceError, ValueError):
+            target = None
+        found = (rule[4], self.version, tuple(hosts), tuple(ports), tuple(networks), target)
+        if len(_READ) >= READ_LIMIT:
+            _READ.clear()
+        _READ[rule[1]] = found
+        return found
+
+    def _add_networks(self, networks: tuple[tuple[int, int], ...]) -> bool:
+        """Whether one of `networks` is new (added to `networks` in order)."""
+        count = len(self.networks)
+        for net in networks:
+            if net not in self._network_set:
+                self._network_set.add(net)
+                self.networks.append(net)
+        return len(self.networks) > count
+
+    def address_test(self, value: str, negated: bool, hosts: list[int], networks: list[tuple[int, int]]) -> None:
         """A generic or exact rule's -s/-d value: an exact host (unnegated, one address: `hosts`) or networks
-        (their containment is part of every address's class)."""
+        (their containment is part of every address's class: `networks`)."""
         if value[:1] == '"':
             raise _Decline
         for part in value.split(","):
@@ -258,9 +298,8 @@ class Shapes:
                 raise _Decline  # (another family's address: such a test never matches; not worth a shape)
             if net[1] == self.full and not negated and "," not in value:
                 hosts.append(net[0])
-            elif net not in self._network_set:
-                self._network_set.add(net)
-                self.networks.append(net)
+            else:
+                networks.append(net)
 
     def plan(self, rule: Any, tokens: list[str]) -> _Plan:
         """The plan of `rule`'s structure (kept by structure)."""
@@ -552,5 +591,10 @@ class _Port:
         key = (tuple(asked), own_rules, tuple(map(_WHERE, dispatch)), read, len(shapes.networks),
                shapes.kinds(addresses), held)
         version, texts = shapes.version, {at: text for text, at in hosts.items()}
+        # (portable: its traces read no other port's chain but those the context enters (carry's fingerprint digests
+        # every other chain by role: another port's rules differ by node), and no exact rule (another node's differ)
+        # put one of `held`'s networks before the context's)
+        portable = not shapes.exact_networks and (
+            reached is roots or not any(chain.startswith(OWN) for _table, chain in reached - roots))
         return PortShape(key, tuple([texts.get(at) or format_ip(a, version) for a, at in addresses.items()]),
-                         tuple(ports), self.chains, lines)
+                         tuple(ports), self.chains, lines, portable)

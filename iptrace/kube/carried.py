@@ -5,7 +5,9 @@ other rules by their text). Equal keys give equal digests but for the node's own
 one (an address of the node, its pod CIDR) is not kept, nor one whose lines this node cannot find, and a carried
 port whose first lines (the digest's `head` texts) read otherwise here is made again. A node with addresses
 several Service ports claim, or two ports of one label, takes the whole path (node_result), as does every
-dataplane without keys. Dataplane-free and pure (a per-process cache)."""
+dataplane without keys. The ports a node traces take the views of an earlier node's ports of their shape where
+the two nodes' contexts are the same (iptrace.kube.shapes.ShapeMemo.share). Dataplane-free and pure (a per-process
+cache)."""
 
 from __future__ import annotations
 
@@ -103,6 +105,8 @@ class Carried:
         self._last[analysis.family] = (keys.summary(), now)
         self.carried += len(layout.keys) - len(missed)
         self.made += len(missed)
+        # (the ports traced here: of shapes an earlier node of this context mostly traced already)
+        analysis.views.share_shapes(keys.fingerprint)
         views = [(key, analysis.port_view(name)) for name, key in missed]
         wanted: set[int] = set()
         for _key, sp in views:

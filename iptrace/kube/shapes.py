@@ -8,12 +8,13 @@ Ports with equal keys have the same traces but for those values, so the view of 
 first with each value put back by its number: every endpoint address and port, chain crossed and rule line (or
 handle) of the traced fields; the rest (identity, ways in, lines, notes of the layout) is the port's own layout,
 as `_Builder.service` writes it. A view is kept only when every such value of it is one of its shape's (else it is
-built, not kept). Dataplane-free and pure (a cache per ViewBuilder).
+built, not kept). An audit's worker also shares views between its nodes whose contexts are the same
+(ShapeMemo.share). Dataplane-free and pure (a cache per ViewBuilder, and one per process for those shared).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 from iptrace.dataplane import RuleAt
@@ -28,6 +29,12 @@ ENABLED = True
 # Ports built before shapes are asked for: a question about a few ports (explain, a filtered `services`) would pay
 # for reading the dispatch chains' rules (Tracer.port_shape: ~35 ms at 5,000 Services) and reuse nothing.
 AFTER = 8
+# Views kept for the nodes one process reads after (ShapeMemo.share: an audit's worker), by the node's context and
+# shape key: a later node of a fleet traces the ~190 ports no earlier node gave a digest for (their endpoints are
+# its own pods'), of ~50 shapes, most of them an earlier node's. ~10 KB each with its key (a 5,000-Service fleet's
+# first node keeps ~100, each later one ~20-30): started again when full.
+_SHARED: dict[tuple[Hashable, tuple[Any, ...]], tuple[Any, ...]] = {}
+SHARED_LIMIT = 1024
 
 
 class _Values:
@@ -162,10 +169,26 @@ class ShapeMemo:
         self.kept: dict[tuple[Any, ...], tuple[Any, ...] | None] = {}
         self.hits = 0
         self.built = 0  # (ports built before shapes were asked for: AFTER)
+        self.context: Hashable | None = None  # (see share)
 
     def every_port(self) -> None:
         """Every port will be built (ViewBuilder.view): shapes pay from the first one on."""
         self.built = max(self.built, AFTER)
+
+    def share(self, context: Hashable) -> None:
+        """Views of portable shapes (PortShape.portable) kept for, and taken from, the other nodes of this process
+        whose `context` is the same: the fingerprint of the node's context rules (the dataplane's port_keys, e.g.
+        iptrace.iptables.carry.NodeKeys.fingerprint: every chain but the ports' own, written by role, with how the
+        values its rules name meet the node's own, and the layout's node-wide facts). Equal keys on two nodes of
+        equal fingerprints give the same traces but for the shape's values: what else the traces read is the
+        context (a portable shape's walks enter no other port's chain), and how the node's own values (by number in
+        the key: the questions' sources and destinations) meet the context's is in the key (their kinds and the
+        networks holding them). A kept view names no value of its shape but by number, and its notes name none
+        (_Values.notes; its ways' notes are in the key); one that names a line of a rule not the shape's (a
+        context rule's: another node writes it at another line) is not shared. Shapes pay from the first port on:
+        a later node's ports are mostly earlier nodes' shapes."""
+        self.context = context
+        self.every_port()
 
     def service(self, sp: ServicePortLayout) -> views.ServicePortView:
         builder = self.builder
@@ -180,6 +203,9 @@ class ShapeMemo:
             return builder.service(sp)  # type: ignore[no-any-return]
         key = (shape.key, tuple(ways), sp.cluster_chain is None, sp.local_chain is None)  # (which chain is which)
         kept = self.kept.get(key)
+        shared = self.context is not None and shape.portable
+        if kept is None and shared:
+            kept = _SHARED.get((self.context, key))
         if kept is not None:
             self.hits += 1
             return _view(kept, sp, shape, builder)
@@ -187,5 +213,16 @@ class ShapeMemo:
         if key not in self.kept:
             if len(self.kept) >= LIMIT:
                 self.kept.clear()
-            self.kept[key] = _kept(view, sp, shape)
+            kept = self.kept[key] = _kept(view, sp, shape)
+            if shared and kept is not None and _own_lines(kept):
+                if len(_SHARED) >= SHARED_LIMIT:
+                    _SHARED.clear()
+                _SHARED[(self.context, key)] = kept
         return view
+
+
+def _own_lines(kept: tuple[Any, ...]) -> bool:
+    """Whether a kept view names no line but its shape's (by number) or none (0): its endpoints' and paths'."""
+    endpoints, entries = kept
+    lines = [e[7] for e in endpoints] + [p[5] for e in entries if e is not None for p in e[5]]
+    return all(type(line) is int and line <= 0 for line in lines)

@@ -9,7 +9,7 @@ in and kind of client — so the view and a trace of the same packet cannot disa
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import fields, replace
 from functools import partial
 from sys import intern
@@ -430,6 +430,11 @@ class ViewBuilder:
                     gc.enable()
             self._view = self._assemble(services)
         return self._view
+
+    def share_shapes(self, context: Hashable) -> None:
+        """Port views by shape kept for and taken from the other nodes of this process of the same `context`
+        (shapes.ShapeMemo.share)."""
+        self._shapes.share(context)
 
     def tracing_done(self) -> None:
         """Build every port's view, then let the tracer go (Analysis.tracing_done): the views are kept."""
