@@ -405,6 +405,10 @@ def _address_nets(structure: Structure, tokens: Sequence[str], version: int,
 def rule_target(rule: Rule, table_chains: Any, builtin_targets: Any) -> tuple[str | None, str]:
     """(the chain a rule jumps or goes to, or None; its target name) as the walk reads them."""
     name = rule.target_name
-    if name and name not in builtin_targets and name in table_chains:
-        return name, name
-    return None, name
+    return chain_target(name, table_chains, builtin_targets), name
+
+
+def chain_target(name: str | None, table_chains: Any, builtin_targets: Any) -> str | None:
+    """The chain a rule whose target is `name` jumps or goes to (a chain of the table, not a built-in target), or
+    None."""
+    return name if name and name not in builtin_targets and name in table_chains else None

@@ -47,7 +47,7 @@ from iptrace.dataplane import PortShape
 from iptrace.errors import TraceError
 from iptrace.iptables.carry import OWN
 from iptrace.iptables.matchers import Structure, fast_tokens, rule_structure
-from iptrace.iptables.memo import PACKET_WRITERS, exact_dport_tokens, structure_reads
+from iptrace.iptables.memo import PACKET_WRITERS, chain_target, exact_dport_tokens, structure_reads
 from iptrace.iptables.model import BUILTIN_CHAINS, TABLES
 from iptrace.iptables.options import BUILTIN_TARGETS
 from iptrace.iptables.state import format_ip, ip_int, parse_net
@@ -232,7 +232,7 @@ class Shapes:
                     self.exact_networks = True
                 if target is None:
                     raise _Decline
-                jump = target if target and target not in BUILTIN_TARGETS and target in by_name else None  # (memo's)
+                jump = chain_target(target, by_name, BUILTIN_TARGETS)
                 if not hosts and not ports:
                     generic += 1
                     if jump is not None:
