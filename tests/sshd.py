@@ -247,5 +247,23 @@ def _children(pid: int) -> list[str]:
         return []
 
 
+def gone_within(pid: int, seconds: float) -> bool:
+    """Whether process `pid` has ended (or is a zombie) within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while _alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        # (the process may end between opening its stat file and reading it: ESRCH, an OSError)
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def have_sshd() -> bool:
     return os.path.exists(SSHD) and shutil.which("ssh-keygen") is not None

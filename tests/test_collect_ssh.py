@@ -32,6 +32,7 @@ from tests.sshd import (
     SshdFarm,
     default_scripts,
     free_port,
+    gone_within,
     have_sshd,
     keygen,
     public_key,
@@ -351,10 +352,7 @@ def test_hung_command_times_out_and_is_stopped(farm: SshdFarm, tmp_path: Path):
     assert "`iptables-save` did not finish within 1s" in r_hung.error
     assert r_fine.ok, r_fine.error
     pid = int(pid_file.read_text())
-    deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(pid), "the hung command was left running on the node"
+    assert gone_within(pid, 10), "the hung command was left running on the node"
 
 
 @needs_sshd
@@ -398,10 +396,7 @@ def test_an_interrupted_collect_stops_at_once_and_keeps_what_it_collected(farm: 
     assert not (out / _name(hung)).exists() and not (out / _name(later)).exists()
     assert b"Accepted publickey" not in later.log.read_bytes()
     pid = int(pid_file.read_text())
-    deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(pid), "the hung command was left running on the node"
+    assert gone_within(pid, 10), "the hung command was left running on the node"
 
 
 @needs_sshd
@@ -468,13 +463,6 @@ def test_nft_failures_are_named_and_nothing_else_is_lost(farm: SshdFarm, tmp_pat
         assert "conntrack.txt capped at 3 entries per family (--conntrack-max-entries)" in result.notes
         assert meta[result.node]["notes"] == list(result.notes)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].split()[0]
-    except FileNotFoundError:
-        return False
-    return status != "Z"
 
 
 @needs_sshd

@@ -5,13 +5,12 @@ are named as such (not as missing commands), and a cut in iptables-save itself i
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 
 from iptrace.collect.ssh import collect
-from tests.sshd import SAMPLE_DUMP, SshdFarm, default_scripts, have_sshd
+from tests.sshd import SAMPLE_DUMP, SshdFarm, default_scripts, gone_within, have_sshd
 
 pytestmark = pytest.mark.skipif(not have_sshd(), reason="OpenSSH server (/usr/sbin/sshd) is not installed")
 
@@ -94,17 +93,8 @@ def test_a_listing_past_its_time_is_stopped_and_the_dumps_are_kept(farm: SshdFar
         in result.warnings, result.warnings
     assert not (tmp_path / "out" / result.node / "conntrack.txt").exists()
     pid = int(pid_file.read_text())
-    deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(pid), "the hung listing was left running on the node"
+    assert gone_within(pid, 10), "the hung listing was left running on the node"
 
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_a_shell_killed_while_the_connection_stays_up_is_not_called_a_closed_connection(farm: SshdFarm,
