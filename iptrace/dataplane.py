@@ -501,6 +501,12 @@ class Ruleset(Protocol):
         with lines."""
         ...
 
+    def handle_texts(self, family: str, handles: Collection[int]) -> tuple[str, dict[int, str]]:
+        """For input without lines (nft -j), whose Service port views name their rules by kernel handle
+        (ServicePortView.handles): the table those handles are of (`ip kube-proxy`) and each handle's rule as
+        step_text shows one; ("", {}) where there are none."""
+        ...
+
 
 class PortShape:
     """A Service port's shape (the optional `Tracer.port_shape`, read by iptrace.kube.shapes): `key` (equal keys:

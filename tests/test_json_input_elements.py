@@ -111,3 +111,43 @@ def test_audit_quotes_the_elements_of_an_address_conflict_on_json_input(tmp_path
     listed = json.loads(cli("audit", str(FIREWALLS / "listing.nft"), "--node-ip", "192.168.0.10", "-o", "json"))
     [conflict] = [f for f in listed["findings"] if f["id"] == "address-conflict"]
     assert [e["line"] for e in conflict["evidence"]] == [31, 67] and all("map" not in e for e in conflict["evidence"])
+
+
+def _moved_endpoint(doc: Any, chain_part: str, address: str) -> int:
+    """The DNAT of the endpoint chain whose name holds `chain_part` sent to `address` instead (a node whose
+    kube-proxy did not sync); its rule's kernel handle."""
+    [rule] = [o["rule"] for o in doc["nftables"] if "rule" in o and chain_part in o["rule"]["chain"]
+              and any("dnat" in e for e in o["rule"]["expr"])]
+    next(e for e in rule["expr"] if "dnat" in e)["dnat"]["addr"] = address
+    return int(rule["handle"])
+
+
+def test_audit_of_json_input_quotes_a_differing_endpoints_rule_by_its_handle(tmp_path: Path) -> None:
+    """Two nodes' `nft -j` rulesets, one DNATing fb-backends to another pod: audit of the listings quotes each
+    node's DNAT rule by line; of the JSON it quoted nothing (the view's rules have handles, not lines). It quotes
+    each node's rule by its kernel handle, in its text (-v), its JSON, and a merge of per-node shards."""
+    a = json.loads(JSON_DUMP.read_text())
+    b = json.loads(JSON_DUMP.read_text())
+    handle = _moved_endpoint(b, "M5NZKSJ4", "10.244.2.99")
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    chain = "endpoint-M5NZKSJ4-default/fb-backends/tcp/ka-port__10.244.2.3/8001"
+    want = {"a.json": [{"line": None, "rule": f"rule ip kube-proxy {chain} meta l4proto tcp dnat to 10.244.2.3:8001",
+                        "handle": handle}],
+            "b.json": [{"line": None, "rule": f"rule ip kube-proxy {chain} meta l4proto tcp dnat to 10.244.2.99:8001",
+                        "handle": handle}]}
+    nodes = [str(tmp_path / "a.json"), str(tmp_path / "b.json")]
+    doc = json.loads(cli("audit", *nodes, "-o", "json"))
+    found = {f["node"]: f["evidence"] for f in doc["findings"] if f["id"] == "endpoints-differ"}
+    assert found == want, doc["findings"]
+    text = cli("audit", *nodes, "-v").splitlines()
+    assert all(f"    handle {handle}: {e[0]['rule']}" in text for e in want.values()), text
+    shards = []
+    for node in nodes:
+        shard = tmp_path / f"shard-{Path(node).stem}.json"
+        shard.write_text(cli("audit", node, "-o", "json"))
+        shards.append(str(shard))
+    merged = json.loads(cli("audit", "--merge", *shards, "-o", "json"))
+    assert {f["node"]: f["evidence"] for f in merged["findings"] if f["id"] == "endpoints-differ"} == want
+    assert all(f"    handle {handle}: {e[0]['rule']}" in cli("audit", "--merge", *shards, "-v").splitlines()
+               for e in want.values())

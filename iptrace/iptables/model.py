@@ -359,6 +359,10 @@ class Ruleset:
         """None: iptables has no sets of Service addresses, and a dump has its lines."""
         return ()
 
+    def handle_texts(self, family: str, handles: Collection[int]) -> tuple[str, dict[int, str]]:
+        """Nothing: iptables rules have no kernel handles in a dump (its lines say where)."""
+        return "", {}
+
     def line_texts(self, lines: Collection[int]) -> dict[int, str | None]:
         """`line_text` of each of `lines` (a Service view's evidence: ~10^4 lines of one node), in one pass over
         the rules. When no two rules share a line, each of `rule_at`'s ways finds the one rule on it (or none),

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
 
+from iptrace.dataplane import RuleAt
 from iptrace.kube.cluster import ClusterState
 from iptrace.kube.compare import (
     ADDRESS_MISMATCH,
@@ -33,6 +34,7 @@ from iptrace.kube.compare import (
     listing,
 )
 from iptrace.kube.digest import NOT_COLLECTED, FamilyDigest, NodeResult, PortDigest, ShiftedLines, node_result
+from iptrace.kube.evidence import EvidenceAt
 from iptrace.kube.fleets import cluster_groups, other_cluster_findings
 from iptrace.kube.nodechecks import PROXY_MODE_MISMATCH, Modes, modes_of, node_checks
 from iptrace.kube.peers import ExplainAt, majority, ways_differ
@@ -255,11 +257,15 @@ class _Port:
             self._lines = self._node.lines(self.digest.key)
         return self._lines
 
-    def evidence(self, lines: Iterable[int], limit: int = 6) -> tuple[tuple[int, str], ...]:
-        """compare.Evidence over the lines this port's evidence slots hold."""
+    def evidence(self, lines: Iterable[int], limit: int = 6) -> tuple[tuple[EvidenceAt, str], ...]:
+        """compare.Evidence over the lines this port's evidence slots hold (for input without lines, nft -j: the
+        kernel handles of the rules of FamilyDigest.handles_of's table)."""
         d = self.digest
         texts = dict(zip(self.lines, (*d.head, *(t for _a, _c, t in d.endpoints)), strict=True))
         wanted = sorted({x for x in lines if x})[:limit]
+        table = self._node.fam.handles_of
+        if table:
+            return tuple((RuleAt(table, "", x), texts.get(x, "")) for x in wanted)
         return tuple((x, texts.get(x, "")) for x in wanted)
 
     @property

@@ -83,6 +83,9 @@ class FamilyDigest:
     pictures: tuple[tuple[str, ServicePortView], ...] | None = None
     # the node address its NodePorts were traced to ("" for a stand-in: its addresses were unknown)
     node_address: str = ""
+    # For input without lines (nft -j): the table whose kernel handles `lines` are (`ip kube-proxy`): evidence says
+    # `handle N` (evidence_slots)
+    handles_of: str = ""
 
     @property
     def proxied(self) -> bool:
@@ -199,13 +202,13 @@ class NodeResult:
 
 def port_digest(sp: ServicePortView, texts: Mapping[int, str], intern: dict[Any, Any] | None = None,
                 label: str | None = None) -> tuple[PortDigest, list[int]]:
-    """The digest of one Service port and its evidence lines (`texts`: line -> the rule's text). `intern`: the
-    digests made before, by their fields' values (a digest equal to one of them is that one); `label`: the
-    port's view_service_label, when known."""
-    head_lines = list(sp.lines[:HEAD])
+    """The digest of one Service port and its evidence lines (`texts`: line -> the rule's text; for input without
+    lines, handles: see evidence_slots). `intern`: the digests made before, by their fields' values (a digest equal
+    to one of them is that one); `label`: the port's view_service_label, when known."""
+    head_lines, at = evidence_slots(sp)
     # (each endpoint's address made once: a node's digests read ~50,000 of them)
-    endpoints = tuple([(ep.address, ep.in_cluster_chain, texts.get(ep.line, "") if ep.line else "")
-                       for ep in sp.endpoints])
+    endpoints = tuple([(ep.address, ep.in_cluster_chain, texts.get(x, "") if x else "")
+                       for ep, x in zip(sp.endpoints, at, strict=True)])
     has_endpoints = bool(endpoints)
     signature = sorted([(address, round(ep.probability, 6))
                         for ep, (address, in_cluster, _) in zip(sp.endpoints, endpoints, strict=True) if in_cluster])
@@ -226,7 +229,16 @@ def port_digest(sp: ServicePortView, texts: Mapping[int, str], intern: dict[Any,
         digest = _new_digest(*values)
         if intern is not None:
             intern[values] = digest
-    return digest, [*head_lines, *(ep.line for ep in sp.endpoints)]
+    return digest, [*head_lines, *at]
+
+
+def evidence_slots(sp: ServicePortView) -> tuple[list[int], list[int]]:
+    """A port's evidence slots: its first HEAD rules and each endpoint's rule (0: none), by line; for input without
+    lines (nft -j), by kernel handle: its view's rules' handles, an endpoint's its chain's DNAT rule's."""
+    if not sp.handles:
+        return list(sp.lines[:HEAD]), list(map(_LINE, sp.endpoints))
+    dnat = dict(sp.dnat_handles)
+    return list(sp.handles[:HEAD]), [dnat.get(ep.chain, 0) for ep in sp.endpoints]
 
 
 # PortDigest(…) with every field given in order, without the frozen dataclass's __init__ (a node makes thousands).
@@ -250,17 +262,26 @@ def _family_digest(analysis: Any, cluster: ClusterState | None, kube_node: str |
     wanted -= _NO_LINES  # (a line 0 is none)
     # (an iptables ruleset finds them all in one pass over its rules: one by one is ~2 µs a line)
     texts = {x: t or "" for x, t in ruleset.line_texts(wanted | more if more else wanted).items()}
+    quoted, handles_of = texts, ""
+    if any(sp.handles for sp in by_key.values()):  # (input without lines, nft -j: its rules by kernel handle)
+        handles: set[int] = set()
+        for sp in by_key.values():
+            head, at = evidence_slots(sp)
+            handles.update(head, at)
+        handles.discard(0)
+        handles_of, quoted = ruleset.handle_texts(analysis.family, handles)
     ports: list[PortDigest] = []
     lines = array("I")
     for key in sorted(by_key):
-        digest, mine = port_digest(by_key[key], texts, intern, key)
+        digest, mine = port_digest(by_key[key], quoted, intern, key)
         ports.append(digest)
         lines.extend(mine)
     compared: tuple[Finding, ...] = ()
     if cluster is not None and view.proxy.mode in ("iptables", "nftables"):
         compared = tuple(compare_with_cluster(analysis, cluster, node_name=kube_node, node=node))
     return FamilyDigest(analysis.family, view.proxy, family_warnings(analysis), len(view.services), tuple(ports),
-                        lines, compared, _pictures(view) if pictures else None, traced_node_address(analysis)), texts
+                        lines, compared, _pictures(view) if pictures else None, traced_node_address(analysis),
+                        handles_of), texts
 
 
 def traced_node_address(analysis: Any) -> str:

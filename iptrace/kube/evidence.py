@@ -40,4 +40,7 @@ def evidence_at(item: Mapping[str, Any]) -> EvidenceAt:
     if found is not None:
         handle = found.get("handle")
         return MapAt(str(found["table"]), str(found["name"]), None if handle is None else int(handle))
-    return 0  # (a rule's handle names no chain here: said by its text)
+    handle = item.get("handle")
+    if handle is not None:
+        return RuleAt("", "", int(handle))  # (the handle is what evidence_json and evidence_where say of it)
+    return 0

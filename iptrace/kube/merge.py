@@ -58,7 +58,8 @@ def _node_json(r: NodeResult, index: Mapping[int, int]) -> dict[str, Any]:
     """`index`: each digest's index in the document's `digests`, by its id."""
     families = [{"family": fam.family, "proxy": _proxy_json(fam.proxy), "warnings": list(fam.warnings),
                  "services": fam.services, "ports": [index[id(p)] for p in fam.ports], "lines": fam.lines.tolist(),
-                 "compared": [f.to_json() for f in fam.compared], "node_address": fam.node_address}
+                 "compared": [f.to_json() for f in fam.compared], "node_address": fam.node_address,
+                 **({"handles_of": fam.handles_of} if fam.handles_of else {})}
                 for fam in r.families]
     return {"name": r.name, "error": r.error, "addresses": list(r.addresses), "host": r.host,
             "kube_node": r.kube_node, "legacy_note": r.legacy_note, "load_warnings": list(r.load_warnings),
@@ -212,7 +213,9 @@ def read_merge(document: Any, source: str, here: str | None = None) -> tuple[lis
                 tuple(r.get(fam, "warnings", list, at)), r.get(fam, "services", int, at), ports, lines,
                 tuple(r.finding(f, f"{at}.compared[{k}]") for k, f in enumerate(r.get(fam, "compared", list, at))),
                 # (a document written before node addresses and explain arguments were kept has none)
-                node_address=r.get(fam, "node_address", str, at) if "node_address" in fam else ""))
+                node_address=r.get(fam, "node_address", str, at) if "node_address" in fam else "",
+                # (nft -j input: its lines are kernel handles of this table's rules)
+                handles_of=r.get(fam, "handles_of", str, at) if "handles_of" in fam else ""))
         explain_at = r.get(node, "explain_at", str, where) if node.get("explain_at") is not None else None
         if explain_at is not None and directory is not None and directory != here:
             explain_at = _rooted(explain_at, directory)

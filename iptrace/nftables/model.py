@@ -568,6 +568,12 @@ class Ruleset:
 
         return elements_at(self, address, port, protocol) if self.format == "nft-json" else ()
 
+    def handle_texts(self, family: str, handles: Collection[int]) -> tuple[str, dict[int, str]]:
+        """For JSON input: kube-proxy's table of the family and its rules of these handles (steps.handle_texts)."""
+        from iptrace.nftables.steps import handle_texts
+
+        return handle_texts(self, family, handles)
+
     @property
     def rule_count(self) -> int:
         return sum(t.rule_count for t in self.tables)

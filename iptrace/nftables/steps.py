@@ -11,7 +11,7 @@ service CIDR (unallocated). Built only when a path is read.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from iptrace.dataplane import Decision, MapAt, Step
@@ -89,6 +89,20 @@ def elements_at(ruleset: Ruleset, address: str, port: int, protocol: str) -> tup
                 at = MapAt(table.label, s.name, s.handle)
                 out.extend((at, element_text(table, s.name, (e,))) for e in found)
     return tuple(out)
+
+
+def handle_texts(ruleset: Ruleset, family: str, handles: Collection[int]) -> tuple[str, dict[int, str]]:
+    """The label of kube-proxy's table of `family` (`ip kube-proxy`) and its rules of these kernel handles, each as
+    step_text names a rule without a line (rule_in_chain): for input without lines, the evidence a listing's rule
+    lines are. Handles are unique in a table."""
+    from iptrace.nftables.era import kube_table
+
+    table = kube_table(ruleset, family)
+    if table is None or not handles:
+        return "", {}
+    label = table.label
+    return label, {r.handle: rule_in_chain(label, c.name, r.text) for c in table.chains for r in c.rules
+                   if r.handle in handles}
 
 
 def rule_in_chain(table: str, chain: str, text: str) -> str:
