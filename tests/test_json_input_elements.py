@@ -151,3 +151,35 @@ def test_audit_of_json_input_quotes_a_differing_endpoints_rule_by_its_handle(tmp
     assert {f["node"]: f["evidence"] for f in merged["findings"] if f["id"] == "endpoints-differ"} == want
     assert all(f"    handle {handle}: {e[0]['rule']}" in cli("audit", "--merge", *shards, "-v").splitlines()
                for e in want.values())
+
+
+def _dnat_handles(doc: Any) -> dict[str, int]:
+    """chain -> the kernel handle of its DNAT rule, read off the JSON itself."""
+    return {o["rule"]["chain"]: o["rule"]["handle"] for o in doc["nftables"]
+            if "rule" in o and any("dnat" in e for e in o["rule"]["expr"])}
+
+
+def test_cluster_comparison_of_json_input_quotes_rules_by_handle() -> None:
+    """Compared with cluster data, the listing's stale endpoints are quoted by their DNAT rules' lines; the JSON's
+    were quoted by nothing. Now by the same rules' kernel handles, with their chains, in audit and explain alike."""
+    cluster = str(Path(__file__).resolve().parent / "data" / "cluster")
+    handles = _dnat_handles(json.loads(JSON_DUMP.read_text()))
+    listed = json.loads(cli("audit", str(SAMPLES / "nodeport-fb-backends-nft.nft"), "--cluster", cluster, "-o", "json"))
+    doc = json.loads(cli("audit", str(JSON_DUMP), "--cluster", cluster, "-o", "json"))
+    by_listing = {(f["id"], f["service"]): f["evidence"] for f in listed["findings"]}
+    quoted = 0
+    for f in doc["findings"]:
+        want = by_listing[(f["id"], f["service"])]
+        assert len(f["evidence"]) == len(want), (f, want)
+        for e, line in zip(f["evidence"], want, strict=True):
+            chain = e["rule"].removeprefix("rule ip kube-proxy ").split(" ", 1)[0]
+            assert e == {"line": None, "rule": f"rule ip kube-proxy {chain} {line['rule']}",
+                         "handle": handles[chain]}, (e, line)
+            quoted += 1
+    assert quoted >= 6  # (the sample's stale endpoints and changed target port)
+    answer = json.loads(cli("explain", str(JSON_DUMP), "--cluster", cluster, "--dst", "10.96.0.10:53", "--proto",
+                            "udp", "-o", "json"))
+    [stale] = [d for d in answer["diagnoses"] if d["id"] == "stale-endpoints"]
+    chain = "endpoint-SHKW4FT7-kube-system/kube-dns/udp/dns__10.244.0.3/53"
+    assert stale["evidence"] == [{"line": None, "rule": f"rule ip kube-proxy {chain} meta l4proto udp dnat to "
+                                  "10.244.0.3:53", "handle": handles[chain]}]

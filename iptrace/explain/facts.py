@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from iptrace.dataplane import Outcome, Ruleset, Step, Trace, join_host_port
+from iptrace.dataplane import MapAt, Outcome, RuleAt, Ruleset, Step, Trace, join_host_port
 from iptrace.explain.diagnosis import Diagnosis, Evidence
 from iptrace.kube.analysis import ChainLabels
+from iptrace.kube.evidence import EvidenceAt
 from iptrace.kube.sharing import KIND_NAMES
 from iptrace.layout import (
     CLUSTER_IP,
@@ -213,8 +214,16 @@ class Facts:
             # (a finding quotes a line as audit does; an answer shows it as its own evidence and the trace do)
             self.findings_by_label.setdefault(f.service, []).append(Diagnosis(
                 f.id, f.severity, f.summary, f.detail, f.fix,
-                tuple(Evidence(line, (self.analysis.ruleset.evidence_text(line) if line else None) or rule)
-                      for line, rule in f.evidence)))
+                tuple(self._evidence(at, rule) for at, rule in f.evidence)))
+
+    def _evidence(self, at: EvidenceAt, rule: str) -> Evidence:
+        """A finding's piece of evidence as an answer's: a line as the trace shows it, or (nft -j input) a rule by
+        its kernel handle, an element by its set."""
+        if isinstance(at, RuleAt):
+            return Evidence(0, rule, handle=at.handle)
+        if isinstance(at, MapAt):
+            return Evidence(0, rule, element_of=at)
+        return Evidence(at, (self.analysis.ruleset.evidence_text(at) if at else None) or rule)
 
     def cluster_findings(self, labels: Iterable[str]) -> list[Diagnosis]:
         """compare_with_cluster's findings about these Service ports, by label in order (each compared once)."""

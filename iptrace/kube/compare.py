@@ -14,9 +14,10 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from iptrace.dataplane import RuleAt
 from iptrace.kube import writes
 from iptrace.kube.cluster import ClusterEndpoint, ClusterService, ClusterState
-from iptrace.kube.evidence import EvidenceAt, evidence_json
+from iptrace.kube.evidence import Evidence, EvidenceAt, evidence_json, port_rules
 from iptrace.kube.expected import (
     ExpectedPort,
     choose_endpoints,
@@ -70,7 +71,6 @@ NODE_UNKNOWN = "node-not-in-cluster"
 NOT_SYNCING = ("kube-proxy on this node has not applied the API's current state: it is not running, "
                 "crash-looping, or cannot reach the API server (check its pod's logs and restarts, and its "
                 "sync_proxy_rules_last_timestamp_seconds metric)")
-_EVIDENCE_LIMIT = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,20 +123,6 @@ def listing(items: Iterable[str], limit: int = 6) -> str:
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "") if items else "none"
 
 
-class Evidence:
-    """Dump lines as their dataplane prints them (through iptrace.dataplane.Ruleset.line_text, as audit's port
-    digests quote them: one form in an audit; explain shows findings' lines as its own evidence)."""
-
-    def __init__(self, ruleset: Any) -> None:
-        self._ruleset = ruleset
-
-    def __call__(self, lines: Iterable[int], limit: int = _EVIDENCE_LIMIT) -> tuple[tuple[int, str], ...]:
-        wanted = sorted({x for x in lines if x})[:limit]
-        if not wanted or self._ruleset is None:
-            return tuple((x, "") for x in wanted)
-        return tuple((x, self._ruleset.line_text(x) or "") for x in wanted)
-
-
 def _identify(ports: Sequence[PortLayout], cluster: ClusterState,
               dataplane: Any) -> dict[int, tuple[str, str, str, str]]:
     """(ns, name, port name, protocol) for each service port, by index: its own name (a layout read with the
@@ -187,7 +173,7 @@ class _Comparer:
         self.cluster = cluster
         self.node_name = node_name
         self.node = node
-        self.evidence = Evidence(analysis.ruleset)
+        self.evidence = Evidence(analysis.ruleset, analysis.family)
         self.findings: list[Finding] = []
         zone = None
         if node_name is not None:
@@ -201,7 +187,7 @@ class _Comparer:
         return str(self.dataplane.service_chain(role, exp.service_port_name, exp.port.protocol))
 
     def add(self, id_: str, severity: Severity, service: str | None, summary: str, detail: str, fix: str,
-            lines: Iterable[int] = ()) -> None:
+            lines: Iterable[int | RuleAt] = ()) -> None:
         self.findings.append(Finding(id_, severity, self.node, service, summary, detail, fix,
                                      self.evidence(lines), self.analysis.family))
 
@@ -354,7 +340,7 @@ class _Comparer:
                          *, local: bool) -> None:
         label = exp.label
         extra, missing = sorted(have - want), sorted(want - have)
-        lines = [by_address[a].line for a in extra if a in by_address]
+        lines = port_rules(sp, [by_address[a] for a in extra if a in by_address])
         # Same pods, other ports: the Service's targetPort changed and the rules still use the old one.
         extra_ips = {a.rsplit(":", 1)[0] for a in extra}
         missing_ips = {a.rsplit(":", 1)[0] for a in missing}
@@ -411,7 +397,7 @@ class _Comparer:
                       f"ready): {listing(sorted(want))}")
         self.add(STALE_ENDPOINTS, severity, label,
                  f"{label}: this node's {which} disagree with the EndpointSlices: " + "; ".join(parts),
-                 f"{should}. Likely cause: {cause}.", fix, lines or sp.lines[:4])
+                 f"{should}. Likely cause: {cause}.", fix, lines or port_rules(sp)[:4])
 
     def _node_whose_local_set_is(self, exp: ExpectedPort, have: frozenset[str]) -> str | None:
         if not have:
@@ -457,7 +443,7 @@ class _Comparer:
                      f"{say(sp.session_affinity_timeout)} in the rules",
                      f"kube-proxy writes {writes.affinity(self.nft)} exactly when sessionAffinity is ClientIP. "
                      f"{NOT_SYNCING}.", "restart kube-proxy on this node once it can sync",
-                     [ep.line for ep in sp.endpoints])
+                     port_rules(sp, sp.endpoints))
         has_fw = any(c.startswith(("KUBE-FW-", "firewall-")) for c in sp.chains)
         if exp.lb_ips and (has_fw or exp.lb_source_ranges) and sp.endpoints:
             have = {_canonical_cidr(r) for r in sp.lb_source_ranges}

@@ -4,12 +4,45 @@ handle (RuleAt). Its JSON is explain's (`line` null, then `map` or `handle`), wh
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from operator import attrgetter
 from typing import Any
 
 from iptrace.dataplane import MapAt, RuleAt
 
 EvidenceAt = int | MapAt | RuleAt
+_LIMIT = 6  # (pieces of evidence of one finding)
+_HANDLE = attrgetter("handle")
+
+
+class Evidence:
+    """Dump lines as their dataplane prints them (through iptrace.dataplane.Ruleset.line_text, as audit's port
+    digests quote them: one form in an audit; explain shows findings' lines as its own evidence); for input without
+    lines (nft -j), rules by kernel handle (RuleAt, Ruleset.handle_texts of the family's)."""
+
+    def __init__(self, ruleset: Any, family: str = "ipv4") -> None:
+        self._ruleset = ruleset
+        self._family = family
+
+    def __call__(self, lines: Iterable[int | RuleAt], limit: int = _LIMIT) -> tuple[tuple[EvidenceAt, str], ...]:
+        found = {x for x in lines if x}
+        rules = sorted((x for x in found if isinstance(x, RuleAt)), key=_HANDLE)[:limit]
+        if rules:
+            texts = self._ruleset.handle_texts(self._family, {r.handle for r in rules})[1] if self._ruleset else {}
+            return tuple((r, texts.get(r.handle, "")) for r in rules)
+        wanted = sorted(x for x in found if isinstance(x, int))[:limit]
+        if not wanted or self._ruleset is None:
+            return tuple((x, "") for x in wanted)
+        return tuple((x, self._ruleset.line_text(x) or "") for x in wanted)
+
+
+def port_rules(sp: Any, endpoints: Sequence[Any] | None = None) -> list[int | RuleAt]:
+    """Where a Service port view's rules are: its lines (with `endpoints`: those endpoints' rules'), or for input
+    without lines (nft -j) its rules by kernel handle (an endpoint's: its chain's DNAT rule's)."""
+    if endpoints is not None:
+        dnat = dict(sp.dnat_handles)
+        return [ep.line or (RuleAt("", ep.chain, dnat[ep.chain]) if ep.chain in dnat else 0) for ep in endpoints]
+    return list(sp.lines) if sp.lines or not sp.handles else [RuleAt("", "", h) for h in sp.handles]
 
 
 def evidence_json(at: EvidenceAt, rule: str) -> dict[str, Any]:
