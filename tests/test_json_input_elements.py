@@ -183,3 +183,22 @@ def test_cluster_comparison_of_json_input_quotes_rules_by_handle() -> None:
     chain = "endpoint-SHKW4FT7-kube-system/kube-dns/udp/dns__10.244.0.3/53"
     assert stale["evidence"] == [{"line": None, "rule": f"rule ip kube-proxy {chain} meta l4proto udp dnat to "
                                   "10.244.0.3:53", "handle": handles[chain]}]
+
+
+def test_cluster_comparison_of_json_input_quotes_a_way_in_by_its_element(tmp_path: Path) -> None:
+    """The API moved fb-backends to another ClusterIP: the listing's address-mismatch quotes the service-ips
+    element's line; the JSON's quoted nothing. Now the same element, by its map and handle."""
+    cluster = tmp_path / "cluster"
+    cluster.mkdir()
+    for f in (Path(__file__).resolve().parent / "data" / "cluster").iterdir():
+        (cluster / f.name).write_text(f.read_text().replace("10.101.234.168", "10.101.234.200"))
+    handles = map_handles(json.loads(JSON_DUMP.read_text()))
+    found = {}
+    for dump in (SAMPLES / "nodeport-fb-backends-nft.nft", JSON_DUMP):
+        doc = json.loads(cli("audit", str(dump), "--cluster", str(cluster), "-o", "json"))
+        [found[dump.suffix]] = [f["evidence"] for f in doc["findings"] if f["id"] == "address-mismatch"]
+    element = "10.101.234.168 . tcp . 5001 : goto service-SX2ZK5HK-default/fb-backends/tcp/ka-port"
+    assert [e["rule"] for e in found[".nft"]] == [element + ","]
+    assert found[".json"] == [{"line": None, "rule": f"element ip kube-proxy service-ips {{ {element} }}",
+                               "map": {"table": "ip kube-proxy", "name": "service-ips",
+                                       "handle": handles["service-ips"]}}]

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from iptrace.dataplane import RuleAt
 from iptrace.kube import writes
 from iptrace.kube.cluster import ClusterEndpoint, ClusterService, ClusterState
-from iptrace.kube.evidence import Evidence, EvidenceAt, evidence_json, port_rules
+from iptrace.kube.evidence import Evidence, EvidenceAt, Quoted, evidence_json, port_rules
 from iptrace.kube.expected import (
     ExpectedPort,
     choose_endpoints,
@@ -33,6 +33,7 @@ from iptrace.kube.expected import (
     service_label as _service_label,
 )
 from iptrace.kube.view import (
+    CLUSTER_IP,
     EXTERNAL_IP,
     HEALTH_CHECK,
     LOAD_BALANCER,
@@ -186,8 +187,19 @@ class _Comparer:
         """The chain kube-proxy names for `exp` in this node's dataplane (cluster, local, external)."""
         return str(self.dataplane.service_chain(role, exp.service_port_name, exp.port.protocol))
 
+    def ways(self, sp: ServicePortView, kept: Callable[[str], bool] = bool) -> list[int | Quoted]:
+        """Where the port's ways in (those of the kinds `kept`) are: their lines; for input without lines (nft -j),
+        the set and map elements keyed on their addresses (Ruleset.elements_at), quoted."""
+        entries = [e for e in sp.entries if kept(e.kind)]
+        lines: list[int | Quoted] = [x for e in entries for x in e.lines]
+        if lines or not sp.handles:
+            return lines
+        at = self.analysis.ruleset.elements_at
+        return [Quoted(*q) for e in entries if e.address is not None and e.port is not None
+                for q in at(e.address, e.port, e.protocol)]
+
     def add(self, id_: str, severity: Severity, service: str | None, summary: str, detail: str, fix: str,
-            lines: Iterable[int | RuleAt] = ()) -> None:
+            lines: Iterable[int | RuleAt | Quoted] = ()) -> None:
         self.findings.append(Finding(id_, severity, self.node, service, summary, detail, fix,
                                      self.evidence(lines), self.analysis.family))
 
@@ -245,14 +257,14 @@ class _Comparer:
 
     def compare_port(self, sp: ServicePortView, exp: ExpectedPort) -> None:
         label = exp.label
-        entry_lines = [x for e in sp.entries for x in e.lines]
+        entry_lines = self.ways(sp)
         if sp.cluster_ip is not None and _canonical(sp.cluster_ip) != exp.cluster_ip:
             self.add(ADDRESS_MISMATCH, "error", label,
                      f"{label}: the rules capture ClusterIP {sp.cluster_ip}, the API says {exp.cluster_ip}",
                      f"Connections to {_address(exp.cluster_ip, exp.port.port)} match no rule on this node "
                      f"and hang. kube-proxy writes a {writes.dispatch(self.nft)} for the Service's current ClusterIP. "
                      f"{NOT_SYNCING}.", "restart kube-proxy on this node once it can sync",
-                     [x for e in sp.entries if e.kind == "clusterIP" for x in e.lines])
+                     self.ways(sp, {CLUSTER_IP}.__contains__))
         if sp.port is not None and sp.port != exp.port.port:
             self.add(PORT_MISMATCH, "error", label,
                      f"{label}: the rules forward port {sp.port}, the API says port {exp.port.port}",
@@ -275,7 +287,7 @@ class _Comparer:
                 severity = "error"
             self.add(PORT_MISMATCH, severity, label, summary, detail,
                      "restart kube-proxy on this node once it can sync",
-                     [x for e in sp.entries if e.kind == NODE_PORT for x in e.lines])
+                     self.ways(sp, {NODE_PORT}.__contains__))
         self.compare_addresses(sp, exp)
         self.compare_endpoints(sp, exp)
         self.compare_policies(sp, exp)
@@ -288,7 +300,7 @@ class _Comparer:
         if have == want:
             return
         label = exp.label
-        lines = [x for e in sp.entries if e.kind in (EXTERNAL_IP, LOAD_BALANCER) for x in e.lines]
+        lines = self.ways(sp, {EXTERNAL_IP, LOAD_BALANCER}.__contains__)
         missing, extra = sorted(want - have), sorted(have - want)
         parts = []
         if missing:
@@ -423,7 +435,7 @@ class _Comparer:
                           "External connections are balanced as the old policy says (client source IP "
                           "preservation and the node's share of traffic differ from what the Service asks). ")
                          + f"{NOT_SYNCING}.", "restart kube-proxy on this node once it can sync",
-                         [x for e in sp.entries if e.kind != "clusterIP" for x in e.lines])
+                         self.ways(sp, CLUSTER_IP.__ne__))
         if sp.internal_traffic_policy is not None and not self.proxy.itp_filters_cluster_chain:
             want = "Local" if exp.internal_policy_local else "Cluster"
             if sp.internal_traffic_policy != want:
@@ -434,7 +446,7 @@ class _Comparer:
                          ("In-cluster connections are dropped on this node for want of a local endpoint. "
                           if dropping else "In-cluster connections use the old policy's endpoints. ")
                          + f"{NOT_SYNCING}.", "restart kube-proxy on this node once it can sync",
-                         [x for e in sp.entries if e.kind == "clusterIP" for x in e.lines])
+                         self.ways(sp, {CLUSTER_IP}.__contains__))
         if sp.endpoints and sp.session_affinity_timeout != exp.affinity_timeout:
             def say(t: int | None) -> str:
                 return "None" if t is None else f"ClientIP ({t}s)"
@@ -455,7 +467,7 @@ class _Comparer:
                          "Clients the Service admits are dropped on this node, or clients it excludes get "
                          f"through ({writes.firewall(self.nft)}). {NOT_SYNCING}.",
                          "restart kube-proxy on this node once it can sync",
-                         [x for e in sp.entries if e.kind == LOAD_BALANCER for x in e.lines])
+                         self.ways(sp, {LOAD_BALANCER}.__contains__))
         hc_known = any(e.kind == HEALTH_CHECK for e in sp.entries) or sp.health_check_node_port is not None
         if hc_known and sp.health_check_node_port != exp.health_check_node_port:
             self.add(POLICY_MISMATCH, "warning", label,
@@ -463,7 +475,7 @@ class _Comparer:
                      f"{sp.health_check_node_port} in the rules",
                      "The cloud load balancer's health checks may reach a port this node does not accept, and "
                      f"mark it unhealthy. {NOT_SYNCING}.", "restart kube-proxy on this node once it can sync",
-                     [x for e in sp.entries if e.kind == HEALTH_CHECK for x in e.lines])
+                     self.ways(sp, {HEALTH_CHECK}.__contains__))
 
     # --- one side only -------------------------------------------------------------------------------------
 

@@ -6,13 +6,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from iptrace.dataplane import MapAt, RuleAt
 
 EvidenceAt = int | MapAt | RuleAt
 _LIMIT = 6  # (pieces of evidence of one finding)
 _HANDLE = attrgetter("handle")
+
+
+class Quoted(NamedTuple):
+    """A piece of evidence found with its text: a set or map element (Ruleset.elements_at's)."""
+
+    at: MapAt
+    text: str
 
 
 class Evidence:
@@ -24,12 +31,14 @@ class Evidence:
         self._ruleset = ruleset
         self._family = family
 
-    def __call__(self, lines: Iterable[int | RuleAt], limit: int = _LIMIT) -> tuple[tuple[EvidenceAt, str], ...]:
+    def __call__(self, lines: Iterable[int | RuleAt | Quoted],
+                 limit: int = _LIMIT) -> tuple[tuple[EvidenceAt, str], ...]:
         found = {x for x in lines if x}
-        rules = sorted((x for x in found if isinstance(x, RuleAt)), key=_HANDLE)[:limit]
-        if rules:
+        quoted = [(q.at, q.text) for q in found if isinstance(q, Quoted)]
+        rules = sorted((x for x in found if isinstance(x, RuleAt)), key=_HANDLE)[:limit - len(quoted)]
+        if quoted or rules:
             texts = self._ruleset.handle_texts(self._family, {r.handle for r in rules})[1] if self._ruleset else {}
-            return tuple((r, texts.get(r.handle, "")) for r in rules)
+            return (*sorted(quoted, key=str)[:limit], *((r, texts.get(r.handle, "")) for r in rules))
         wanted = sorted(x for x in found if isinstance(x, int))[:limit]
         if not wanted or self._ruleset is None:
             return tuple((x, "") for x in wanted)
