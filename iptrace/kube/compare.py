@@ -187,10 +187,10 @@ class _Comparer:
         """The chain kube-proxy names for `exp` in this node's dataplane (cluster, local, external)."""
         return str(self.dataplane.service_chain(role, exp.service_port_name, exp.port.protocol))
 
-    def ways(self, sp: ServicePortView, kept: Callable[[str], bool] = bool) -> list[int | Quoted]:
-        """Where the port's ways in (those of the kinds `kept`) are: their lines; for input without lines (nft -j),
-        the set and map elements keyed on their addresses (Ruleset.elements_at), quoted."""
-        entries = [e for e in sp.entries if kept(e.kind)]
+    def ways(self, sp: ServicePortView, kept: Callable[[str], bool] | None = None) -> list[int | Quoted]:
+        """Where the port's ways in (all, or those of the kinds `kept`) are: their lines; for input without lines
+        (nft -j), the set and map elements keyed on their addresses (Ruleset.elements_at), quoted."""
+        entries = [e for e in sp.entries if kept is None or kept(e.kind)]
         lines: list[int | Quoted] = [x for e in entries for x in e.lines]
         if lines or not sp.handles:
             return lines
