@@ -20,6 +20,7 @@ from iptrace.cli.common import (
     cluster_data,
     emit_json,
     emit_json_items,
+    hold,
     lenient_option,
     load_conntrack,
     load_dump,
@@ -130,7 +131,7 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
     if compact:
         from iptrace.render.shaped import port_json_texts
 
-        ports = [p for a in analyses for p in a.views.shaped()]
+        ports = hold([p for a in analyses for p in a.views.shaped()])  # (not freed one by one: see hold)
         emit_json_items((), len(ports), port_json_texts(ports))
         return
     if not pairs:
