@@ -20,6 +20,7 @@ from iptrace.cli.common import (
     cluster_data,
     emit_json,
     emit_json_items,
+    hold,
     lenient_option,
     load_conntrack,
     load_dump,
@@ -109,15 +110,30 @@ def services(dump: str, output: str, namespace: str | None, service: str | None,
     pairs = []
     errors = []
     filtered = namespace is not None or service is not None or address is not None
-    for analysis in analyses_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table,
-                                routes_file=routes_file):
+    analyses = analyses_of(dump, node_ips=node_ips, cluster=cluster, lenient=lenient, table=table,
+                           routes_file=routes_file)
+    # Every port's JSON text, the ports of a shape met before written from its text (render.shaped): printed
+    # compactly, a list longer than LARGE_LIST (a shorter one is indented, from the views' objects).
+    from iptrace.render.json import LARGE_LIST
+
+    compact = (output == "json" and cluster is None and not filtered
+               and sum(len(a.layout.keys) for a in analyses) > LARGE_LIST)
+    for analysis in analyses:
         if not filtered:
             build_showing_progress(analysis)
+        if compact:
+            continue
         try:
             pairs.append((analysis, select_ports(analysis, namespace=namespace, service=service, address=address,
                                                  source=analysis.ruleset.source)))
         except InputError as exc:  # a filter that matches only in the other family
             errors.append((analysis.family, exc))
+    if compact:
+        from iptrace.render.shaped import port_json_texts
+
+        ports = hold([p for a in analyses for p in a.views.shaped()])  # (not freed one by one: see hold)
+        emit_json_items((), len(ports), port_json_texts(ports))
+        return
     if not pairs:
         # An address's own family says what is closest to it (the other family's view has none of its kind).
         asked = ("ipv6" if ":" in address else "ipv4") if address is not None else None

@@ -15,12 +15,12 @@ built, not kept). An audit's worker also shares views between its nodes whose co
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from iptrace.dataplane import RuleAt
 from iptrace.kube import view as views  # (read when used: the view module builds its ports with this one)
 from iptrace.kube.names import split_destination
-from iptrace.layout import HEALTH_CHECK, ServicePortLayout
+from iptrace.layout import HEALTH_CHECK, ServicePortLayout, WayIn
 
 # Views kept per builder (a node has a few shapes per endpoint count and way-in kinds; a cap for the odd dump).
 LIMIT = 4096
@@ -159,6 +159,29 @@ def _view(kept: tuple[Any, ...], sp: ServicePortLayout, shape: Any, builder: Any
     return views.port_view(sp, endpoints, entries)
 
 
+class Shaped(NamedTuple):
+    """A port whose view is an earlier port's of its shape with its own values and layout, unmade: what `_view`
+    makes it of (`kept`, the port's `shape` and layout `sp`, the view builder), and its view's other fields
+    (`shell`: view.port_shell, no endpoints or entries)."""
+
+    sp: ServicePortLayout
+    kept: tuple[Any, ...]
+    shape: Any
+    builder: Any
+    shell: views.ServicePortView
+
+    @property
+    def sort_key(self) -> tuple[str, str, str, str]:
+        return self.shell.sort_key
+
+    def view(self) -> views.ServicePortView:
+        return _view(self.kept, self.sp, self.shape, self.builder)
+
+    def health_check(self, way: WayIn) -> views.EntryView:
+        """The entry of a health check way in of the port (its view's, built as `_view` builds it)."""
+        return self.builder.entry(self.sp, way, frozenset())  # type: ignore[no-any-return]
+
+
 class ShapeMemo:
     """`service(sp)`: a port's view, from an earlier port of its shape when there is one, else built by
     `builder` (a view._Builder) and kept for the next ports of its shape."""
@@ -191,6 +214,14 @@ class ShapeMemo:
         self.every_port()
 
     def service(self, sp: ServicePortLayout) -> views.ServicePortView:
+        found = self.find(sp)
+        if type(found) is tuple:
+            return _view(found[0], sp, found[1], self.builder)
+        return found  # type: ignore[return-value]
+
+    def find(self, sp: ServicePortLayout) -> views.ServicePortView | tuple[tuple[Any, ...], Any]:
+        """`service(sp)`, or for a port of a kept shape what its view is made of, unmade: (the kept view, the
+        port's shape)."""
         builder = self.builder
         if self.shape is None or self.built < AFTER:
             self.built += 1
@@ -208,7 +239,7 @@ class ShapeMemo:
             kept = _SHARED.get((self.context, key))
         if kept is not None:
             self.hits += 1
-            return _view(kept, sp, shape, builder)
+            return kept, shape
         view: views.ServicePortView = builder.service(sp)
         if key not in self.kept:
             if len(self.kept) >= LIMIT:

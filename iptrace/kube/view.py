@@ -15,7 +15,7 @@ from functools import partial
 from sys import intern
 from typing import Any
 
-from iptrace.dataplane import Outcome, Packet, RuleAt, Trace, Tracer, packet_of
+from iptrace.dataplane import Outcome, Packet, PortShape, RuleAt, Trace, Tracer, packet_of
 from iptrace.kube import shapes  # (ports of one shape: read when used, it builds on this module)
 from iptrace.kube.clients import (
     CLIENT_WORDS,
@@ -310,6 +310,15 @@ def port_view(sp: ServicePortLayout, endpoints: Sequence[EndpointView], entries:
         sp.chains, sp.lines, sp.identity, sp.notes, sp.handles, sp.dnat_handles)
 
 
+def port_shell(sp: ServicePortLayout) -> ServicePortView:
+    """The view of `sp` without endpoints and entries: its other fields, as `port_view` writes them from entries
+    made of its ways in (each entry's kind, address and port are its way's)."""
+    return _new_service(  # type: ignore[no-any-return]
+        *_port_fields(sp, sp.ways_in), sp.external_traffic_policy, sp.internal_traffic_policy,
+        sp.session_affinity_timeout, (), (), sp.no_endpoints, sp.no_local_endpoints, sp.chains, sp.lines,
+        sp.identity, sp.notes, sp.handles, sp.dnat_handles)
+
+
 def port_layout(sp: ServicePortLayout) -> PortLayout:
     """A Service port's PortLayout (its view's first fields, from its layout alone)."""
     return PortLayout(*_port_fields(sp, sp.ways_in), key=sp.key, chains=sp.chains, entries=sp.ways_in,
@@ -430,6 +439,41 @@ class ViewBuilder:
                     gc.enable()
             self._view = self._assemble(services)
         return self._view
+
+    def shaped(self) -> list[ServicePortView | shapes.Shaped]:
+        """Every Service port in the view's order, as `view` builds it, but a port whose view would be made from an
+        earlier port's of its shape (shapes.ShapeMemo) and whose ways in no other port claims left unmade: what
+        its view is made of (a Shaped), for a writer that writes its text from its shape's (`services -o json`:
+        render.shaped). The views built are kept as `port` keeps them; the Shaped are not."""
+        if self._view is not None:
+            return list(self._view.services)
+        layout, ports, memo = self.layout, self._ports, self._shapes
+        claims = self.claims
+        enabled = gc.isenabled()
+        gc.disable()
+        memo.every_port()
+        out: list[ServicePortView | shapes.Shaped] = []
+        try:
+            for key in layout.keys:
+                found: Any = ports.get(key)
+                if found is None:
+                    sp = layout.service_port(key)
+                    found = memo.find(sp)
+                    if type(found) is tuple:
+                        if not claims or not any(claims.get((w.address or "", w.port, w.protocol))
+                                                 for w in sp.ways_in if w.kind in ADDRESS_KINDS):
+                            kept, shape = found  # (its values only: the key, ~3 KB, is read)
+                            values = PortShape((), shape.addresses, shape.ports, shape.chains, shape.lines)
+                            out.append(shapes.Shaped(sp, kept, values, self._builder, port_shell(sp)))
+                            continue
+                        found = shapes._view(found[0], sp, found[1], self._builder)
+                    found = ports[key] = self.claimed(key, found)
+                out.append(found)
+        finally:
+            if enabled:
+                gc.enable()
+        out.sort(key=lambda s: s.sort_key)
+        return out
 
     def share_shapes(self, context: Hashable) -> None:
         """Port views by shape kept for and taken from the other nodes of this process of the same `context`

@@ -244,6 +244,12 @@ _CLIENT_IP, _NONE = _text("ClientIP"), _text("None")
 
 def service_json_text(s: ServicePortView) -> str:
     """`_COMPACT.encode(service_to_json(s))`, written directly."""
+    return port_json_text(s, _endpoints_text(s.endpoints, dict(s.dnat_handles) if s.handles else None),
+                          "[" + ", ".join(map(_entry_text, s.entries)) + "]" if s.entries else "[]")
+
+
+def port_json_text(s: ServicePortView, endpoints: str, entries: str) -> str:
+    """service_json_text(s) with its endpoints' and entries' texts given (render.shaped writes them)."""
     timeout, cluster_ip, port, node_port = s.session_affinity_timeout, s.cluster_ip, s.port, s.node_port
     check, etp, itp = s.health_check_node_port, s.external_traffic_policy, s.internal_traffic_policy
     handles = f'"handles": {list(s.handles)!r}, ' if s.handles else ""
@@ -262,8 +268,7 @@ def service_json_text(s: ServicePortView) -> str:
         f'"session_affinity_timeout": {"null" if timeout is None else repr(timeout)}, '
         f'"no_endpoints": {"true" if s.no_endpoints else "false"}, '
         f'"no_local_endpoints": {"true" if s.no_local_endpoints else "false"}, '
-        f'"endpoints": {_endpoints_text(s.endpoints, dict(s.dnat_handles) if s.handles else None)}, '
-        f'"entries": {"[" + ", ".join(map(_entry_text, s.entries)) + "]" if s.entries else "[]"}, '
+        f'"endpoints": {endpoints}, "entries": {entries}, '
         f'"chains": {_strings(s.chains)}, "lines": {list(s.lines)!r}, {handles}"notes": {_strings(s.notes)}}}')
 
 
