@@ -65,6 +65,28 @@ def test_later_nodes_carry_most_ports_and_give_the_same_results(tmp_path: Path) 
     assert worker.carried.carried >= later * 3 // 4, (worker.carried.carried, later)
 
 
+def test_a_nodes_traced_ports_are_digested_a_chunk_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ports a node traces are viewed, digested and let go CHUNK at a time: the same results, and none of their
+    views is held once the node's digest is made (a first node's ~5,000 views held at once were ~40 MB of a worker's
+    peak)."""
+    from iptrace.kube import carried
+
+    monkeypatch.setattr(carried, "CHUNK", 7)
+    held = []
+    made = carried.Carried.family_digest
+
+    def counted(self: carried.Carried, analysis: Any, intern: Any) -> Any:
+        out = made(self, analysis, intern)
+        held.append(len(analysis.views._ports))
+        return out
+
+    monkeypatch.setattr(carried.Carried, "family_digest", counted)
+    got, plain, worker = _audit(_write(tmp_path, _texts(2)))
+    assert got == plain
+    assert worker.carried is not None and worker.carried.made > 7 * 3
+    assert held == [0, 0]
+
+
 def _one_endpoint_moved(text: str) -> str:
     """The last endpoint chain's DNAT sent to another port (a stale rule on one node; the last, so that it is none
     of its port's first lines, which a carried digest is checked by)."""
@@ -624,22 +646,37 @@ def test_key_patterns_on_every_rule_of_a_dump() -> None:
 
 
 @pytest.mark.parametrize("restore", [False, True])
-def test_positions_through_the_line_index_are_rule_ats(monkeypatch: pytest.MonkeyPatch, restore: bool) -> None:
-    """Once positions has been asked LINES_AFTER times it reads lines through an index of every line's rule: the same
-    positions (None included) as through Ruleset.rule_at, for every port's lines and lines of no rule or of a context
-    rule, also where a restore file's `-I` writes two chains' rules out of order."""
+def test_positions_through_each_chains_lines_are_rule_ats(restore: bool) -> None:
+    """positions reads the lines of an own chain it met through that chain's rules (one Ruleset.rule_at a chain): the
+    same positions (None included) as each line's own rule_at, merged, for every port's lines and lines of no rule or of
+    a context rule, also where a restore file's `-I` writes two chains' rules out of order."""
     text = _texts(1)[0]
     if restore:  # (a rule put first in KUBE-SERVICES, written after the chain's others)
         head, nat = text.split("*nat\n", 1)
         text = head + "*nat\n" + nat.replace(
             "COMMIT", "-I KUBE-SERVICES 1 -d 198.18.0.9/32 -p tcp --dport 81 -j RETURN\nCOMMIT", 1)
-    asked = []
-    for after in (10**9, 1):
-        monkeypatch.setattr(carry, "LINES_AFTER", after)
-        keys, layout = _node_keys(text, 0)
-        lines = [list(layout.service_port(k).lines) for k in layout.keys]
-        lines += [[0], [10**6], list(range(1, text.count("\n") + 2))]
-        asked.append([keys.positions(x) for x in lines])
-        assert bool(keys._lines) == (after == 1)
-    assert asked[0] == asked[1]
-    assert sum(p is not None for p in asked[0]) > 10
+    keys, layout = _node_keys(text, 0)
+    lines = [list(layout.service_port(k).lines) for k in layout.keys]
+    lines += [[0], [10**6], list(range(1, text.count("\n") + 2))]
+
+    def one_by_one(port_lines: list[int]) -> Any:
+        names: list[str] = []
+        slices: list[slice] = []
+        others: list[Any] = []
+        for line in port_lines:
+            found = keys.positions([line])  # (one line: found through rule_at)
+            if found is None:
+                return None
+            names_, slices_, _count, others_ = found
+            for name, at in zip(names_, slices_, strict=True):
+                if names and names[-1] == name and slices[-1].stop == at.start:
+                    slices[-1] = slice(slices[-1].start, at.stop)
+                else:
+                    names.append(name)
+                    slices.append(at)
+            others += others_
+        return tuple(names), tuple(slices), sum(s.stop - s.start for s in slices), tuple(others)
+
+    asked = [keys.positions(x) for x in lines]
+    assert asked == [one_by_one(x) for x in lines]
+    assert sum(p is not None for p in asked) > 10

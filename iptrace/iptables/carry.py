@@ -126,10 +126,6 @@ class NodeKeys:
         self._by_port: dict[int, list[Exact]] = {}
         self._texts: dict[tuple[str, str, str], Any] = {}  # (table, chain, text) → its rule; None: not one rule
         self.record: Record | None = None  # (the last port's, that `key` made: see `unchanged`)
-        # (the rule on each line and its place in its chain, once `positions` has been asked LINES_AFTER times: a
-        # first node's ports, ~30 lines each, not a later node's few hundred)
-        self._asked = 0
-        self._lines: dict[int, tuple[Any, int]] = {}
         self._summary: Summary | None = None
         roles = {ip: f"<o{i}>" for i, ip in enumerate(others)}
         roles.update({ip: f"<n{i}>" for i, ip in enumerate(self.node_ips)})
@@ -392,22 +388,27 @@ class NodeKeys:
         slices: list[slice] = []
         others: list[tuple[str, str, str]] = []
         count = 0
-        self._asked += 1
-        if self._asked == LINES_AFTER:
-            self._lines = _by_line(self.ruleset)
-        at = self._lines.get
+        # (the rule on each line of the own chains met so far, and its index in its chain: a port's lines hold its own
+        # chains whole, so one look-up in the ruleset a chain; a dict of every line of the node was ~20 MB at a first
+        # node's peak)
+        lined: dict[int, tuple[Any, int]] = {}
+        at = lined.get
         rule_at = self.ruleset.rule_at
         for line in lines:
-            found = at(line)
+            found = at(line) if line > 0 else None
             rule = rule_at(line) if found is None else found[0]
             if rule is None:
                 return None
             name = rule[0]
             rules = self._own.get(name)
             if rules is not None:
-                i = bisect_left(rules, line, key=_LINE) if found is None else found[1]
-                if i >= len(rules) or rules[i] is not rule:
-                    return None
+                if found is None:
+                    i = bisect_left(rules, line, key=_LINE)
+                    if i >= len(rules) or rules[i] is not rule:
+                        return None
+                    lined.update({r[3]: (r, k) for k, r in enumerate(rules)})
+                else:
+                    i = found[1]
                 count += 1
                 if names and names[-1] == name and slices[-1].stop == i:
                     slices[-1] = slice(slices[-1].start, i + 1)  # (the next rule of the chain)
@@ -448,28 +449,6 @@ READ_LIMIT = 50_000  # (a 5,000-Service node reads ~15,000: its ports and exact 
 _NO_TARGETS: Targets = ((), ())
 _NETS: dict[tuple[str, ...], tuple[str, ...]] = {}  # (one tuple each: a few networks, named by ~10^4 reads)
 _PORTS: dict[int, int] = {}  # (one int object per port number: at most 65,536)
-
-
-LINES_AFTER = 500  # (NodeKeys.positions' calls before it reads lines through a dict of them all: ~20 ms to make)
-
-
-def _by_line(ruleset: Any) -> dict[int, tuple[Any, int]]:
-    """Each line's rule and its index in its chain, for the lines that hold one rule (a line of two, which a restore
-    file's commands may write, is left to Ruleset.rule_at, which says which)."""
-    found: dict[int, tuple[Any, int]] = {}
-    shared: set[int] = set()
-    for table in ruleset.tables:
-        for chain in table.chains:
-            for i, rule in enumerate(chain.rules):
-                line = rule[3]
-                if line <= 0:
-                    continue  # (a rule on no line: Ruleset.rule_at's)
-                if line in found:
-                    shared.add(line)
-                found[line] = rule, i
-    for line in shared:
-        del found[line]
-    return found
 
 
 def _port(text: str) -> int:

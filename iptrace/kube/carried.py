@@ -24,6 +24,8 @@ from iptrace.kube.digest import HEAD, FamilyDigest, PortDigest, family_warnings,
 CACHE_SIZE = 30_000
 # Lines of traced ports read one at a time up to this many (a pass over a 5,000-Service node's rules costs ~60 ms)
 LINES_ONE_BY_ONE = 5_000
+# Ports traced on a node whose views are made, digested and let go together (a first node traces all of its ports)
+CHUNK = 500
 
 # [a digest; the positions of its port's lines (NodeKeys.positions); where each endpoint's line is among the rules
 # at those positions, -1 for an endpoint without a line; its first rules' (chain, text, counters) where they read as
@@ -107,25 +109,31 @@ class Carried:
         self.made += len(missed)
         # (the ports traced here: of shapes an earlier node of this context mostly traced already)
         analysis.views.share_shapes(keys.fingerprint)
-        views = [(key, analysis.port_view(name)) for name, key in missed]
-        wanted: set[int] = set()
-        for _key, sp in views:
-            wanted.update(sp.lines[:HEAD])
-            wanted.update(ep.line for ep in sp.endpoints)
-        wanted -= {0}
-        # (a few ports' lines found one by one; a first node's, in one pass over its rules)
-        ruleset = analysis.ruleset
-        found_texts = (ruleset.line_texts(wanted) if len(wanted) > LINES_ONE_BY_ONE else
-                       {x: ruleset.line_text(x) for x in wanted})
-        texts = {x: t or "" for x, t in found_texts.items()}
         spelled = (*analysis.view_ips, *layout.node_pod_cidrs, clients.pod, clients.node)  # (the node's own values)
-        for key, sp in views:
-            label = view_service_label(sp)
-            if label in found:
-                return None
-            digest, lines = port_digest(sp, texts, intern, label)
-            found[label] = (digest, lines)
-            self._keep(key, digest, sp, keys, spelled, filling)
+        ruleset = analysis.ruleset
+        # (CHUNK ports at a time viewed, digested and their views let go: a first node traces all its ports, whose
+        # views held at once were ~40 MB of its peak)
+        for start in range(0, len(missed), CHUNK):
+            chunk = missed[start:start + CHUNK]
+            views = [(key, analysis.port_view(name)) for name, key in chunk]
+            wanted: set[int] = set()
+            for _key, sp in views:
+                wanted.update(sp.lines[:HEAD])
+                wanted.update(ep.line for ep in sp.endpoints)
+            wanted -= {0}
+            # (a few ports' lines found one by one; many, in one pass over the rules)
+            found_texts = (ruleset.line_texts(wanted) if len(wanted) > LINES_ONE_BY_ONE else
+                           {x: ruleset.line_text(x) for x in wanted})
+            texts = {x: t or "" for x, t in found_texts.items()}
+            for key, sp in views:
+                label = view_service_label(sp)
+                if label in found:
+                    return None
+                digest, lines = port_digest(sp, texts, intern, label)
+                found[label] = (digest, lines)
+                self._keep(key, digest, sp, keys, spelled, filling)
+            del views, texts, found_texts
+            analysis.views.let_go([name for name, _key in chunk])
         chosen = list(map(found.__getitem__, sorted(found)))
         return FamilyDigest(analysis.family, layout.proxy, family_warnings(analysis), len(layout.keys),
                             tuple(map(_DIGEST, chosen)), array("I", chained.from_iterable(map(_LINES, chosen))),

@@ -475,6 +475,12 @@ class ViewBuilder:
         out.sort(key=lambda s: s.sort_key)
         return out
 
+    def let_go(self, keys: Iterable[str]) -> None:
+        """Forget the views built of these ports (a caller that reads each once: an audit's digests); asked again,
+        one is built again."""
+        for key in keys:
+            self._ports.pop(key, None)
+
     def share_shapes(self, context: Hashable) -> None:
         """Port views by shape kept for and taken from the other nodes of this process of the same `context`
         (shapes.ShapeMemo.share)."""
