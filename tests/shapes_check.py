@@ -43,3 +43,20 @@ def check_views(load: Callable[..., Any], dataplane: Any, text: str, node_ips: t
             assert x == y, f"{x.label} differs when built from its shape:\n{x}\n{y}"
         assert a == b
     return hits
+
+
+# An IPv6-only nft ruleset of 12 Services (a nodePort on every third) and the node address it is read with.
+IPV6_NODE = "fd00:1::10"
+
+
+def ipv6_nft_ruleset() -> str:
+    from bench.synth import EndpointSpec, PortSpec, ServiceSpec
+    from bench.synth_nft import render_nft
+
+    specs = [ServiceSpec("default", f"svc-{k}", f"fd00:10:96::{k + 1:x}",
+                         [PortSpec("http", 80, node_port=30000 + k if k % 3 == 0 else None, target_port=8080)],
+                         type="NodePort" if k % 3 == 0 else "ClusterIP",
+                         endpoints=[EndpointSpec(f"fd00:10:244:{(k + j) % 3}::{k + 5:x}", 8080) for j in range(2)])
+             for k in range(12)]
+    return render_nft(specs, node_ips=[IPV6_NODE], pod_cidr="fd00:10:244::/56", service_cidrs=["fd00:10:96::/108"],
+                      ipv6=True)

@@ -15,11 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench import synth
-from bench.synth import EndpointSpec, PortSpec, ServiceSpec
 from bench.synth_nft import render_nft
 from iptrace.nftables import DATAPLANE, blocks, load, portrules, portshape
 from tests import nft_corpus
-from tests.shapes_check import check_views
+from tests.shapes_check import check_views, ipv6_nft_ruleset
 
 NODE = "192.168.0.10"
 
@@ -58,13 +57,7 @@ def test_synthesized(form: str, seed: int) -> None:
 
 
 def test_ipv6() -> None:
-    specs = [ServiceSpec("default", f"svc-{k}", f"fd00:10:96::{k + 1:x}",
-                         [PortSpec("http", 80, node_port=30000 + k if k % 3 == 0 else None, target_port=8080)],
-                         type="NodePort" if k % 3 == 0 else "ClusterIP",
-                         endpoints=[EndpointSpec(f"fd00:10:244:{(k + j) % 3}::{k + 5:x}", 8080) for j in range(2)])
-             for k in range(12)]
-    text = render_nft(specs, node_ips=["fd00:1::10"], pod_cidr="fd00:10:244::/56",
-                      service_cidrs=["fd00:10:96::/108"], ipv6=True)
+    text = ipv6_nft_ruleset()
     assert check(text, ("fd00:1::10",)) > 0
 
 

@@ -14,7 +14,6 @@ import pytest
 from click.testing import CliRunner
 
 from bench import synth
-from bench.synth import EndpointSpec, PortSpec, ServiceSpec
 from bench.synth_nft import render_nft
 from iptrace import iptables, nftables
 from iptrace.cli import main
@@ -27,6 +26,7 @@ from iptrace.render.services import service_json_text
 from iptrace.render.shaped import port_json_texts
 from tests import nft_corpus
 from tests.conftest import SAMPLES
+from tests.shapes_check import ipv6_nft_ruleset
 
 NODE = "192.168.0.10"
 
@@ -88,13 +88,7 @@ def test_synthesized_iptables() -> None:
 
 
 def test_ipv6() -> None:
-    specs = [ServiceSpec("default", f"svc-{k}", f"fd00:10:96::{k + 1:x}",
-                         [PortSpec("http", 80, node_port=30000 + k if k % 3 == 0 else None, target_port=8080)],
-                         type="NodePort" if k % 3 == 0 else "ClusterIP",
-                         endpoints=[EndpointSpec(f"fd00:10:244:{(k + j) % 3}::{k + 5:x}", 8080) for j in range(2)])
-             for k in range(12)]
-    text = render_nft(specs, node_ips=["fd00:1::10"], pod_cidr="fd00:10:244::/56",
-                      service_cidrs=["fd00:10:96::/108"], ipv6=True)
+    text = ipv6_nft_ruleset()
     assert check(nftables.load, nftables.DATAPLANE, text, ("fd00:1::10",)) > 0
     assert '"address": "[fd00:10:244:' in "".join(port_json_texts(analyse(
         nftables.DATAPLANE, nftables.load(text), node_ips=("fd00:1::10",)).views.shaped()))
