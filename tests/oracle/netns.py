@@ -709,7 +709,12 @@ _SOCK_EXTENDED_ERR = struct.Struct("=IBBBBII")  # ee_errno, ee_origin, ee_type, 
 
 
 def _queued_errno(sock: socket.socket) -> int | None:
-    """The errno of the first ICMP error queued on `sock` (IP_RECVERR), None when there is none."""
+    """The errno of the first ICMP error queued on `sock` (IP_RECVERR), None when there is none.
+
+    Read without waiting: an error that came while connect() waited is queued already. (A socket with a timeout
+    makes Python poll for it before every call, MSG_DONTWAIT or not: a probe that timed out waited its whole
+    timeout a second time here, for an error that does not come.)"""
+    sock.setblocking(False)
     try:
         _data, ancillary, _flags, _addr = sock.recvmsg(512, 1024, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
     except OSError:
