@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from operator import attrgetter
 from pathlib import Path
 from types import FunctionType
 from typing import Any
@@ -120,6 +121,7 @@ def check_dump(ruleset: Ruleset, name: str) -> int:
 
 
 _PACKET_FIELDS = tuple(f for f in State.__slots__ if f not in ("path", "chains"))
+_packet_fields = attrgetter(*_PACKET_FIELDS)  # (a packet's fields as one tuple, in _PACKET_FIELDS' order)
 
 
 def _packets(*rules: Compiled) -> list[State]:
@@ -166,7 +168,7 @@ def _behaviour(c: Compiled, packet: State) -> tuple[Any, ...]:
         marked = packet.copy()
         arg(marked)
         arg = (marked.mark, marked.ctmark)
-    return (applies, c.probability, c.complement, tuple(getattr(s, f) for f in _PACKET_FIELDS), c.action,
+    return (applies, c.probability, c.complement, _packet_fields(s), c.action,
             c.target, arg, c.note)
 
 

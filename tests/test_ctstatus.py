@@ -64,7 +64,8 @@ def node(request: pytest.FixtureRequest) -> Iterator[tuple[Topology, Tracer]]:
 @pytest.mark.parametrize(("src", "passes"), CASES)
 def test_the_kernel_agrees(node: tuple[Topology, Tracer], src: str, passes: bool) -> None:
     topo, tracer = node
-    for dst, port, through in ((POD, PORT, "ACCEPT"), (SERVICE, 80, "DNAT")):
-        result = topo.probe("client", dst, port, src_ip=src, timeout=0.5)
+    targets = ((POD, PORT, "ACCEPT"), (SERVICE, 80, "DNAT"))
+    kernel = topo.probe_each((("client", dst, port) for dst, port, _ in targets), src_ip=src, timeout=0.5)
+    for (dst, port, through), result in zip(targets, kernel, strict=True):
         assert result.outcome == ("connected" if passes else "timeout"), (src, dst, result)
         assert verdicts(tracer.trace(Packet(src, dst, port))) == ({through} if passes else {"DROP"})

@@ -89,8 +89,9 @@ def node() -> Iterator[tuple[Topology, Tracer]]:
 @pytest.mark.parametrize(("kind", "src", "iface", "passes"), CASES)
 def test_the_kernel_agrees(node: tuple[Topology, Tracer], kind: str, src: str, iface: str, passes: bool) -> None:
     topo, tracer = node
-    for dst, port in ((POD, PORT), (SERVICE, 80)):
-        result = topo.probe(kind, dst, port, src_ip=src, timeout=0.5)  # type: ignore[arg-type]
+    targets = ((POD, PORT), (SERVICE, 80))
+    kernel = topo.probe_each(((kind, dst, port) for dst, port in targets), src_ip=src, timeout=0.5)  # type: ignore[arg-type]
+    for (dst, port), result in zip(targets, kernel, strict=True):
         predicted = verdicts(tracer.trace(Packet(src, dst, port), in_interface=iface))
         assert result.outcome == ("connected" if passes else "timeout"), (src, dst, result)
         assert predicted == ({"ACCEPT" if dst == POD else "DNAT"} if passes else {"DROP"}), (src, dst, predicted)

@@ -77,8 +77,9 @@ def node() -> Iterator[tuple[Topology, list[Tracer]]]:
 @pytest.mark.parametrize(("src", "passes"), CASES)
 def test_the_kernel_agrees(node: tuple[Topology, list[Tracer]], src: str, passes: bool) -> None:
     topo, tracers = node
-    for dst, port, through in ((POD, PORT, "ACCEPT"), (SERVICE, 80, "DNAT")):
-        result = topo.probe("client", dst, port, src_ip=src, timeout=0.5)
+    targets = ((POD, PORT, "ACCEPT"), (SERVICE, 80, "DNAT"))
+    kernel = topo.probe_each((("client", dst, port) for dst, port, _ in targets), src_ip=src, timeout=0.5)
+    for (dst, port, through), result in zip(targets, kernel, strict=True):
         assert result.outcome == ("connected" if passes else "timeout"), (src, dst, result)
         for tracer in tracers:
             assert verdicts(tracer.trace(Packet(src, dst, port), in_interface="eth0")) == (

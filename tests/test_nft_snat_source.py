@@ -142,8 +142,10 @@ def node() -> Iterator[tuple[Topology, Tracer]]:
                                            ("node", NODE_IP)])
 def test_the_kernel_agrees(node: tuple[Topology, Tracer], kind: str, src: str) -> None:
     topo, trace = node
-    for dst in (SERVICE, BALANCED, BALANCED, BALANCED):
-        result = topo.probe(kind, dst, 80, src_ip=None if kind == "node" else src, timeout=0.5)  # type: ignore[arg-type]
+    destinations = (SERVICE, BALANCED, BALANCED, BALANCED)
+    kernel = topo.probe_each(((kind, dst, 80) for dst in destinations),  # type: ignore[arg-type]
+                             src_ip=None if kind == "node" else src, timeout=0.5)
+    for dst, result in zip(destinations, kernel, strict=True):
         t = trace.trace(Packet(result.source[0] if result.source else src, dst, 80))
         where = f"{src} → {dst}: kernel {result}; predicted {summary(t)}"
         if result.outcome == "connected":

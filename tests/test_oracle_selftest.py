@@ -110,8 +110,8 @@ def test_reject_refuses_drop_times_out(topo: Topology) -> None:
 def test_undnated_service_address_hangs(topo: Topology) -> None:
     topo.load(ONE_ENDPOINT)
     # Port 8080 on the service IP: the classic targetPort-on-ClusterIP mistake, silently lost.
-    assert topo.probe("client", SERVICE, 8080, timeout=QUICK).outcome == "timeout"
-    assert topo.probe("node", SERVICE, 8080, timeout=QUICK).outcome == "timeout"
+    tcp = topo.probe_each((("client", SERVICE, 8080), ("node", SERVICE, 8080)), timeout=QUICK)
+    assert [r.outcome for r in tcp] == ["timeout", "timeout"]
     assert topo.probe("client", SERVICE, 54, proto="udp", timeout=QUICK).outcome == "timeout"
     # A pod IP and port without a listener answers with a reset.
     assert topo.probe("client", POD_B, 9999).outcome == "refused"

@@ -39,7 +39,8 @@ def test_readme_commands_use_a_virtual_environment() -> None:
         assert f" {package} " in test, package
     # Debian's kubectl only where none is installed (it conflicts with google-cloud-sdk's /usr/bin/kubectl)
     assert "{ command -v kubectl >/dev/null || apt-get install -y kubernetes-client; }" in test
-    assert test.endswith(".venv/bin/pip install -q -e '.[test]' && .venv/bin/python -m pytest -q")
+    # (-n 2: two pytest-xdist workers, one a core of the 2-core CI machine: the suite is mostly CPU-bound)
+    assert test.endswith(".venv/bin/pip install -q -e '.[test]' && .venv/bin/python -m pytest -q -n 2")
 
 
 def test_ci_runs_the_readme_test_command() -> None:

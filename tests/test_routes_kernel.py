@@ -150,8 +150,10 @@ def test_the_namespace_routes_read_back(topo: Topology) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_a_forwarded_packet_to_a_pod_meets_the_rule_on_its_route_after_dnat(topo: Topology, mode: str) -> None:
     unrouted, routed = _tracers(topo, _load(topo, mode, "forward-drop"))
-    for dst, port in ((POD, PORT), (SERVICE, 80)):
-        assert topo.probe("client", dst, port).outcome == "timeout", dst  # the kernel: dropped out of cni0
+    targets = ((POD, PORT), (SERVICE, 80))
+    kernel = topo.probe_each(("client", dst, port) for dst, port in targets)
+    for (dst, port), result in zip(targets, kernel, strict=True):
+        assert result.outcome == "timeout", dst  # the kernel: dropped out of cni0
         packet = Packet(CLIENT_IP, dst, port, in_interface="eth0")
         before = unrouted.trace(packet)
         assert [o.verdict for o in before.outcomes] == ["DNAT" if dst == SERVICE else "ACCEPT"], before
@@ -300,19 +302,21 @@ def test_a_destination_without_a_route_is_not_sent_on_as_the_kernel_does(backend
         routes = parse_routes(_routes(topo), source="routes")
         assert routes.v4 is not None and not routes.v4.routes_all
         tracer = dataplane.tracer(ruleset, node_ips=topo.node_ips, routes=routes)
-        for src, dst, port, kernel, verdict, said in (
-                ("client", "198.19.5.10", 80, "unreachable", "REJECT", (f"no way out for {UNROUTED} (no route",
-                                                                         "answers ICMP destination unreachable")),
-                # an IPv4 blackhole route: dropped silently; an unreachable one: answered
-                ("client", "198.19.5.12", 80, "timeout", "DROP", ("send 198.18.64.40 to a blackhole",
-                                                                  "drops it silently")),
-                ("client", "198.19.5.13", 80, "unreachable", "REJECT", ("no way out for 198.18.64.50",)),
-                ("node", "198.19.5.11", 80, "unreachable", "REJECT", ("no way out for 198.19.5.11",
-                                                                      "the kernel does not send it")),
-                ("node", POD, 81, "timeout", "DROP", (f"no way out for {UNROUTED} (no route, or an unreachable or "
-                                                      "prohibit route), where output's DNAT sends it",)),
-                ("node", POD, PORT, "connected", "ACCEPT", ())):
-            assert topo.probe(src, dst, port).outcome == kernel, (src, dst, port)
+        cases = (
+            ("client", "198.19.5.10", 80, "unreachable", "REJECT", (f"no way out for {UNROUTED} (no route",
+                                                                     "answers ICMP destination unreachable")),
+            # an IPv4 blackhole route: dropped silently; an unreachable one: answered
+            ("client", "198.19.5.12", 80, "timeout", "DROP", ("send 198.18.64.40 to a blackhole",
+                                                              "drops it silently")),
+            ("client", "198.19.5.13", 80, "unreachable", "REJECT", ("no way out for 198.18.64.50",)),
+            ("node", "198.19.5.11", 80, "unreachable", "REJECT", ("no way out for 198.19.5.11",
+                                                                  "the kernel does not send it")),
+            ("node", POD, 81, "timeout", "DROP", (f"no way out for {UNROUTED} (no route, or an unreachable or "
+                                                  "prohibit route), where output's DNAT sends it",)),
+            ("node", POD, PORT, "connected", "ACCEPT", ()))
+        probed = topo.probe_each((src, dst, port) for src, dst, port, *_ in cases)
+        for (src, dst, port, kernel, verdict, said), result in zip(cases, probed, strict=True):
+            assert result.outcome == kernel, (src, dst, port)
             packet = Packet(CLIENT_IP if src == "client" else NODE_IP, dst, port,
                             in_interface="eth0" if src == "client" else None)
             [outcome] = tracer.trace(packet).outcomes
@@ -430,10 +434,12 @@ def test_a_throw_route_reads_as_a_blackhole_and_the_kernel_answers_it_as_no_rout
         assert lines["000713C6"] == lines["000A13C6"] and "\t0001\t" in lines["000713C6"], listed
         [six] = [line for line in listed.splitlines() if line.startswith("fd000198001900000000000000000020")]
         assert six.split()[8] == "00200200" and six.split()[9] == "lo", six
-        for src, dst, kernel in (("client", "198.19.7.1", "unreachable"), ("client", "198.19.10.1", "timeout"),
-                                 ("client", "fd00:198:19::20", "unreachable"), ("node", "198.19.7.1", "unreachable"),
-                                 ("client", "fd00:198:19::21", "timeout")):
-            assert topo.probe(src, dst, 80).outcome == kernel, (src, dst)
+        expected = (("client", "198.19.7.1", "unreachable"), ("client", "198.19.10.1", "timeout"),
+                    ("client", "fd00:198:19::20", "unreachable"), ("node", "198.19.7.1", "unreachable"),
+                    ("client", "fd00:198:19::21", "timeout"))
+        probed = topo.probe_each((src, dst, 80) for src, dst, _ in expected)
+        for (src, dst, kernel), result in zip(expected, probed, strict=True):
+            assert result.outcome == kernel, (src, dst)
         routes = parse_routes(listed, source="routes")
         for ipv6 in (False, True):
             topo.load("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n", ipv6=ipv6)

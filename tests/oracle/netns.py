@@ -40,6 +40,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from types import TracebackType
@@ -338,6 +339,7 @@ class Topology:
         # UDP probes take their source ports in turn: a random ephemeral port could repeat a tuple whose
         # conntrack entry (and so its DNAT decision) is still alive, and the probe would not be a new flow.
         self._udp_ports = itertools.cycle(range(20000, 60000))
+        self._udp_lock = threading.Lock()
 
     # context management
 
@@ -638,8 +640,10 @@ class Topology:
 
     def _bind_next_udp_port(self, sock: socket.socket, ip: str) -> None:
         for _ in range(100):
+            with self._udp_lock:  # (probe_each probes from several threads)
+                port = next(self._udp_ports)
             try:
-                sock.bind((ip, next(self._udp_ports)))
+                sock.bind((ip, port))
                 return
             except OSError as exc:
                 if exc.errno != 98:  # EADDRINUSE
@@ -649,6 +653,16 @@ class Topology:
     def probe_many(self, count: int, src: Source, dst_ip: str, dst_port: int,
                    **kwargs: Any) -> list[ProbeResult]:
         return [self.probe(src, dst_ip, dst_port, **kwargs) for _ in range(count)]
+
+    def probe_each(self, probes: Iterable[tuple[Source, str, int]], **kwargs: Any) -> list[ProbeResult]:
+        """`probe(src, dst_ip, dst_port, **kwargs)` of each at once, the results in order: a probe the node drops
+        waits its whole timeout, and the waits of several overlap instead of adding up. Each probe is a new
+        connection of its own, so this suits probes whose flows do not depend on one another (not path_of's)."""
+        todo = list(probes)
+        if len(todo) < 2:
+            return [self.probe(*args, **kwargs) for args in todo]
+        with ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="probe") as pool:
+            return list(pool.map(lambda args: self.probe(*args, **kwargs), todo))
 
 
 def _outcome_of(exc: OSError) -> Outcome:
@@ -709,7 +723,12 @@ _SOCK_EXTENDED_ERR = struct.Struct("=IBBBBII")  # ee_errno, ee_origin, ee_type, 
 
 
 def _queued_errno(sock: socket.socket) -> int | None:
-    """The errno of the first ICMP error queued on `sock` (IP_RECVERR), None when there is none."""
+    """The errno of the first ICMP error queued on `sock` (IP_RECVERR), None when there is none.
+
+    Read without waiting: an error that came while connect() waited is queued already. (A socket with a timeout
+    makes Python poll for it before every call, MSG_DONTWAIT or not: a probe that timed out waited its whole
+    timeout a second time here, for an error that does not come.)"""
+    sock.setblocking(False)
     try:
         _data, ancillary, _flags, _addr = sock.recvmsg(512, 1024, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
     except OSError:
