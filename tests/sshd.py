@@ -6,6 +6,7 @@ with generated ed25519 keys and a per-node PATH of small scripts standing in for
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -115,10 +116,30 @@ def public_key(path: Path) -> str:
     return " ".join(Path(f"{path}.pub").read_text().split()[:2])
 
 
+# Under pytest-xdist, each worker's ports for free_port: a range of its own below the kernel's ephemeral ports.
+_WORKER_PORTS = 2_000
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free on 127.0.0.1 now, for a server started next. Under pytest-xdist each worker takes one from a range
+    of its own, so that two workers never pick one port between the check and the server's bind (bind(0) may hand
+    two processes the same port once each has closed its probe)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit()):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+    low = 12_000 + _WORKER_PORTS * (int(worker[2:]) % 10)
+    start = random.randrange(_WORKER_PORTS)
+    for k in range(_WORKER_PORTS):
+        port = low + (start + k) % _WORKER_PORTS
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}-{low + _WORKER_PORTS - 1} for xdist worker {worker}")
 
 
 def default_scripts(ip: str, *, legacy: bool = False) -> dict[str, str]:

@@ -751,3 +751,16 @@ def test_a_node_without_iptables_is_collected_from_its_nft_ruleset(farm: SshdFar
     audit = CliRunner().invoke(main, ["audit", str(tmp_path / "out"), "-o", "json"])
     [row] = json.loads(audit.stdout)["nodes"]
     assert (row["status"], row["mode"], row["services"]) == ("ok", "nftables", 1), audit.output
+
+
+def test_free_ports_of_two_xdist_workers_never_meet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pytest-xdist worker's sshd ports come from a range of its own (bind(0) may hand two workers one port
+    between the check and sshd's bind); outside xdist the kernel picks one."""
+    ports = {}
+    for worker in ("gw0", "gw1"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        ports[worker] = {free_port() for _ in range(50)}
+    assert all(12_000 <= p < 14_000 for p in ports["gw0"]) and all(14_000 <= p < 16_000 for p in ports["gw1"])
+    monkeypatch.delenv("PYTEST_XDIST_WORKER")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", free_port()))  # (free now)
