@@ -278,7 +278,14 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
     batch()
     from iptrace.cli.questions import answer_all, check_mapped_source, emit_answers, read_questions, resolved
     from iptrace.dataplane import Packet, as_sent, trace_to_json
-    from iptrace.kube.sources import destination_note, of_family, pick_source, pod_interface, pod_interface_note
+    from iptrace.kube.sources import (
+        Claimed,
+        destination_note,
+        of_family,
+        pick_source,
+        pod_interface,
+        pod_interface_note,
+    )
     from iptrace.render.trace import render_trace_text
 
     one_stdin({"DUMP": dump, "--dst-file": dst_file, "--cluster": cluster_files, "--routes": routes_file})
@@ -301,7 +308,7 @@ def trace(dump: str, dsts: tuple[str, ...], dst_file: str | None, src: str, prot
             ips = of_family(analysis.node_ips, analysis.family) or of_family(layout.node_ips, analysis.family)
             if src in ("pod", "node", "external"):
                 src_ip, note = pick_source(src, analysis.family, ips, layout.pod_cidrs, layout.endpoint_ips,
-                                           layout.node_pod_cidrs)
+                                           layout.node_pod_cidrs, claimed=Claimed(layout))
                 arrives = pod_interface(layout.pod_interfaces) if src == "pod" and in_interface is None else None
                 notes = [note] if arrives is None else [note, pod_interface_note(arrives)]
                 picked = sources[id(analysis)] = (src_ip, notes, arrives or in_interface)

@@ -15,7 +15,7 @@ from iptrace.errors import InputError
 from iptrace.explain.catalogue import CATALOGUE, diagnose
 from iptrace.explain.diagnosis import SEVERITY_ORDER, Diagnosis, Evidence, Explanation, Report
 from iptrace.explain.facts import Case, Facts
-from iptrace.kube.sources import of_family, pick_source, pod_interface, pod_interface_note
+from iptrace.kube.sources import Claimed, of_family, pick_source, pod_interface, pod_interface_note
 
 __all__ = ["CATALOGUE", "VERDICT_WORDS", "Diagnosis", "Evidence", "Explainer", "Explanation", "Report"]
 
@@ -42,7 +42,7 @@ class Explainer:
             self.facts.add_cluster(cluster, findings if findings is not None else
                                    _cluster_findings(analysis, cluster, self.node_ips))
         self._sources = {kind: pick_source(kind, family, self.node_ips, self.pod_cidrs, layout.endpoint_ips,
-                                           layout.node_pod_cidrs)
+                                           layout.node_pod_cidrs, claimed=Claimed(layout))
                          for kind in SOURCE_KINDS}
         self.pod_interface = pod_interface(layout.pod_interfaces)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
 
-from iptrace.kube.sources import inside, of_family, outside, pick_source, pod_interface
+from iptrace.kube.sources import Claimed, inside, of_family, outside, pick_source, pod_interface
 from iptrace.layout import LOAD_BALANCER, Layout, WayIn
 
 # Kinds of client an entry is walked for.
@@ -52,7 +52,8 @@ class Clients:
         nodes = of_family(node_ips, family) or of_family(layout.node_ips, family)
         node_address = nodes[0] if nodes else _PLACEHOLDER_NODE[family]
         known = [node_address, *nodes]
-        external = pick_source("external", family, known, layout.pod_cidrs)[0]
+        external = pick_source("external", family, known, layout.pod_cidrs, layout.endpoint_ips,
+                               claimed=Claimed(layout))[0]
         pod = pick_source("pod", family, known, layout.pod_cidrs, layout.endpoint_ips, layout.node_pod_cidrs)[0]
         node = pick_source("node", family, known)[0]
         return cls(external, pod, node, node_address, _Taken(frozenset({*known, pod, external}), layout.endpoint_ips),

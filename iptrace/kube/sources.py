@@ -63,12 +63,15 @@ def pod_interface_note(name: str) -> str:
 
 
 def pick_source(kind: SourceKind | str, family: str, node_ips: Sequence[str] = (), pod_cidrs: Sequence[str] = (),
-                endpoint_ips: Container[str] = (), node_pod_cidrs: Sequence[str] = ()) -> tuple[str, str]:
+                endpoint_ips: Container[str] = (), node_pod_cidrs: Sequence[str] = (),
+                claimed: Container[str] = ()) -> tuple[str, str]:
     """A source address of `kind`, and the assumption that choice makes (for the trace).
 
     pod: an address of a pod on this node — inside the node's own pod subnet when the rules name it, else
     inside the pod CIDR — that is no endpoint (so that no hairpin rule fires by accident); node: a node address
-    (loopback when none is known); external: a documentation address outside both.
+    (loopback when none is known); external: a documentation address outside both that is no endpoint and no
+    Service's address (`claimed`, e.g. Claimed: a cluster may hand out a documentation range as LB IPs, and a
+    client with a Service's own address is none from outside).
     """
     version = _version(family)
     nodes = of_family(node_ips, family)
@@ -89,7 +92,7 @@ def pick_source(kind: SourceKind | str, family: str, node_ips: Sequence[str] = (
         loop = "::1" if version == 6 else "127.0.0.1"
         return loop, f"source {loop}: the node itself (its addresses are unknown; pass --node-ip)"
     if kind == "external":
-        found = outside(family, nodes, cidrs)
+        found = outside(family, _Among((nodes, endpoint_ips, claimed)), cidrs)
         if found is None:
             raise InputError("no documentation address is outside the node and pod addresses; pass --src IP")
         return found, f"source {found}: an external client (a documentation address)"
@@ -125,6 +128,26 @@ def _pod_in(net: ipaddress.IPv4Network | ipaddress.IPv6Network, nodes: Sequence[
     else:
         candidate = str(net.network_address)
     return candidate, f"source {candidate}: " + why.format(net=net)
+
+
+class Claimed:
+    """The addresses a way in of the layout's Service ports has (Layout.ways_at): ClusterIPs, external and LB IPs."""
+
+    def __init__(self, layout: Layout) -> None:
+        self._layout = layout
+
+    def __contains__(self, ip: object) -> bool:
+        return isinstance(ip, str) and bool(self._layout.ways_at(ip))
+
+
+class _Among:
+    """In any of these."""
+
+    def __init__(self, containers: Sequence[Container[str]]) -> None:
+        self._containers = containers
+
+    def __contains__(self, ip: object) -> bool:
+        return any(ip in c for c in self._containers)
 
 
 def outside(family: str, taken: Container[str], ranges: Sequence[str]) -> str | None:
