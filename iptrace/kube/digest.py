@@ -26,6 +26,7 @@ from iptrace.kube.compare import (
     compare_with_cluster,
     view_service_label,
 )
+from iptrace.kube.evidence import endpoint_rules
 from iptrace.kube.view import EXTERNAL, HEALTH_CHECK, KubeView, ServicePortView
 from iptrace.layout import ONE_MODE_FIX, ProxyMode
 from iptrace.records import positional_new
@@ -235,10 +236,7 @@ def port_digest(sp: ServicePortView, texts: Mapping[int, str], intern: dict[Any,
 def evidence_slots(sp: ServicePortView) -> tuple[list[int], list[int]]:
     """A port's evidence slots: its first HEAD rules and each endpoint's rule (0: none), by line; for input without
     lines (nft -j), by kernel handle: its view's rules' handles, an endpoint's its chain's DNAT rule's."""
-    if not sp.handles:
-        return list(sp.lines[:HEAD]), list(map(_LINE, sp.endpoints))
-    dnat = dict(sp.dnat_handles)
-    return list(sp.handles[:HEAD]), [dnat.get(ep.chain, 0) for ep in sp.endpoints]
+    return list((sp.handles or sp.lines)[:HEAD]), endpoint_rules(sp, sp.endpoints)
 
 
 # PortDigest(…) with every field given in order, without the frozen dataclass's __init__ (a node makes thousands).

@@ -45,13 +45,23 @@ class Evidence:
         return tuple((x, self._ruleset.line_text(x) or "") for x in wanted)
 
 
+def endpoint_rules(sp: Any, endpoints: Sequence[Any]) -> list[int]:
+    """Each endpoint's rule in a Service port view: its line, or for input without lines (nft -j) the kernel handle
+    of its chain's DNAT rule (ServicePortView.dnat_handles); 0: none."""
+    if not sp.handles:
+        return [ep.line for ep in endpoints]
+    dnat = dict(sp.dnat_handles)
+    return [dnat.get(ep.chain, 0) for ep in endpoints]
+
+
 def port_rules(sp: Any, endpoints: Sequence[Any] | None = None) -> list[int | RuleAt]:
     """Where a Service port view's rules are: its lines (with `endpoints`: those endpoints' rules'), or for input
-    without lines (nft -j) its rules by kernel handle (an endpoint's: its chain's DNAT rule's)."""
-    if endpoints is not None:
-        dnat = dict(sp.dnat_handles)
-        return [ep.line or (RuleAt("", ep.chain, dnat[ep.chain]) if ep.chain in dnat else 0) for ep in endpoints]
-    return list(sp.lines) if sp.lines or not sp.handles else [RuleAt("", "", h) for h in sp.handles]
+    without lines (nft -j) its rules by kernel handle (RuleAt)."""
+    if not sp.handles:
+        return list(sp.lines) if endpoints is None else list(endpoint_rules(sp, endpoints))
+    if endpoints is None:
+        return [RuleAt("", "", h) for h in sp.handles]
+    return [RuleAt("", ep.chain, h) if h else 0 for ep, h in zip(endpoints, endpoint_rules(sp, endpoints), strict=True)]
 
 
 def evidence_json(at: EvidenceAt, rule: str) -> dict[str, Any]:

@@ -215,9 +215,11 @@ class ShapeMemo:
 
     def service(self, sp: ServicePortLayout) -> views.ServicePortView:
         found = self.find(sp)
-        if type(found) is tuple:
-            return _view(found[0], sp, found[1], self.builder)
-        return found  # type: ignore[return-value]
+        return self.made(found, sp) if type(found) is tuple else found  # type: ignore[return-value]
+
+    def made(self, found: tuple[tuple[Any, ...], Any], sp: ServicePortLayout) -> views.ServicePortView:
+        """The view of `sp` that `find` gave unmade (its kept view and shape)."""
+        return _view(found[0], sp, found[1], self.builder)
 
     def find(self, sp: ServicePortLayout) -> views.ServicePortView | tuple[tuple[Any, ...], Any]:
         """`service(sp)`, or for a port of a kept shape what its view is made of, unmade: (the kept view, the

@@ -304,19 +304,21 @@ class _Builder:
 
 
 def port_view(sp: ServicePortLayout, endpoints: Sequence[EndpointView], entries: Sequence[Any]) -> ServicePortView:
-    return _new_service(  # type: ignore[no-any-return]
-        *_port_fields(sp, entries), sp.external_traffic_policy, sp.internal_traffic_policy,
-        sp.session_affinity_timeout, tuple(endpoints), tuple(entries), sp.no_endpoints, sp.no_local_endpoints,
-        sp.chains, sp.lines, sp.identity, sp.notes, sp.handles, sp.dnat_handles)
+    return _port(sp, _port_fields(sp, entries), tuple(endpoints), tuple(entries))
 
 
 def port_shell(sp: ServicePortLayout) -> ServicePortView:
     """The view of `sp` without endpoints and entries: its other fields, as `port_view` writes them from entries
     made of its ways in (each entry's kind, address and port are its way's)."""
+    return _port(sp, _port_fields(sp, sp.ways_in), (), ())
+
+
+def _port(sp: ServicePortLayout, fields: tuple[Any, ...], endpoints: tuple[EndpointView, ...],
+          entries: tuple[Any, ...]) -> ServicePortView:
     return _new_service(  # type: ignore[no-any-return]
-        *_port_fields(sp, sp.ways_in), sp.external_traffic_policy, sp.internal_traffic_policy,
-        sp.session_affinity_timeout, (), (), sp.no_endpoints, sp.no_local_endpoints, sp.chains, sp.lines,
-        sp.identity, sp.notes, sp.handles, sp.dnat_handles)
+        *fields, sp.external_traffic_policy, sp.internal_traffic_policy, sp.session_affinity_timeout, endpoints,
+        entries, sp.no_endpoints, sp.no_local_endpoints, sp.chains, sp.lines, sp.identity, sp.notes, sp.handles,
+        sp.dnat_handles)
 
 
 def port_layout(sp: ServicePortLayout) -> PortLayout:
@@ -466,7 +468,7 @@ class ViewBuilder:
                             values = PortShape((), shape.addresses, shape.ports, shape.chains, shape.lines)
                             out.append(shapes.Shaped(sp, kept, values, self._builder, port_shell(sp)))
                             continue
-                        found = shapes._view(found[0], sp, found[1], self._builder)
+                        found = memo.made(found, sp)
                     found = ports[key] = self.claimed(key, found)
                 out.append(found)
         finally:

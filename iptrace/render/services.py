@@ -209,11 +209,15 @@ def _decided_text(decided: int | RuleAt) -> str:
             f'"chain": {_text(decided.chain)}, "handle": {decided.handle!r}}}')
 
 
-def _entry_text(e: EntryView) -> str:
+def way_text(e: Any) -> str:
+    """The beginning of an entry's text: what its way in (or the entry, which has its way's) says."""
     address = e.address
     return (f'{{"kind": {_text(e.kind)}, "address": {"null" if address is None else _text(address)}, '
-            f'"port": {e.port!r}, "protocol": {_text(e.protocol)}, "chain": {_text(e.chain) if e.chain else "null"}, '
-            f'"verdict": {_text(e.verdict)}, "endpoints": {_reaches_text(e.reaches)}, '
+            f'"port": {e.port!r}, "protocol": {_text(e.protocol)}, "chain": {_text(e.chain) if e.chain else "null"}, ')
+
+
+def _entry_text(e: EntryView) -> str:
+    return (f'{way_text(e)}"verdict": {_text(e.verdict)}, "endpoints": {_reaches_text(e.reaches)}, '
             f'"masquerade": {_text(e.masquerade)}, "masquerade_sources": {_strings(e.masquerade_sources)}, '
             f'"via": {_strings(e.via)}, '
             f'"other_sources": {"[" + ", ".join(map(_path_text, e.paths)) + "]" if e.paths else "[]"}, '

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from operator import itemgetter
 from typing import Any
 
+from iptrace.dataplane import join_host_port
 from iptrace.kube.shapes import Shaped
 from iptrace.kube.view import ServicePortView
 from iptrace.render.services import (
@@ -27,6 +28,7 @@ from iptrace.render.services import (
     _text,
     port_json_text,
     service_json_text,
+    way_text,
 )
 
 _SLOT_KINDS = ("a", "p", "e", "c", "l", "w", "s", "h")  # (the order of `_Template.text`'s value texts)
@@ -203,17 +205,11 @@ class _Template:
         addresses, ports, chains, lines = shape.addresses, shape.ports, shape.chains, shape.lines
         values = [_text(addresses[i]) for i in self.addresses]
         values += [repr(ports[i]) for i in self.ports]
-        for i, j in self.endpoints:
-            ip = addresses[i]
-            values.append(_text(f"[{ip}]:{ports[j]}" if ":" in ip else f"{ip}:{ports[j]}"))
+        values += [_text(join_host_port(addresses[i], ports[j])) for i, j in self.endpoints]
         values += [_text(chains[i]) for i in self.chains]
         values += [int.__repr__(lines[i]) if lines[i] else "null" for i in self.lines]  # (a RuleAt: TypeError)
         ways = p.sp.ways_in
-        for w in self.ways:
-            e = ways[w]
-            values.append(f'{{"kind": {_text(e.kind)}, "address": {"null" if e.address is None else _text(e.address)}, '
-                          f'"port": {e.port!r}, "protocol": {_text(e.protocol)}, '
-                          f'"chain": {_text(e.chain) if e.chain else "null"}, ')
+        values += [way_text(ways[w]) for w in self.ways]
         values += [repr(list(ways[w].lines)) for w in self.ways]
         values += [_entry_text(p.health_check(ways[w])) for w in self.checks]
         values += self.constants
